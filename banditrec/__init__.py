@@ -1,0 +1,1 @@
+"""banditrec: contextual-bandit recommendation carousels."""

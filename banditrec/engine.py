@@ -1,0 +1,222 @@
+"""The decision path: candidates -> policy -> sampled slate with propensities -> decision log.
+
+The engine holds no HTTP and no estimator code. A service wraps :meth:`Engine.decide` and
+:meth:`Engine.reward`; a learner calls :meth:`Engine.learn` on joined log rows.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from .candidates import ItemItemCF
+from .errors import ValidationError
+from .policies import Policy, Request
+from .store import DecisionLog
+from .types import Decision, Reward, Slot
+from .validation import as_seed_sequence, check_positive_int
+
+SOURCE_REQUEST = "request"
+
+
+@dataclass(frozen=True)
+class ItemTable:
+    """Catalog item ids, their index, and the attribute vectors policies see."""
+
+    ids: tuple[str, ...]
+    features: np.ndarray  # (n_items, d_i)
+
+    def __post_init__(self):
+        feats = np.asarray(self.features, dtype=float)
+        if feats.ndim != 2 or len(feats) != len(self.ids):
+            raise ValidationError(
+                f"item features must have shape ({len(self.ids)}, d), got {feats.shape}", "item_features"
+            )
+        if len(set(self.ids)) != len(self.ids):
+            raise ValidationError("item ids must be unique", "item_ids")
+        object.__setattr__(self, "features", feats)
+        object.__setattr__(self, "_index", {item: i for i, item in enumerate(self.ids)})
+
+    @property
+    def n_items(self) -> int:
+        return len(self.ids)
+
+    def index_of(self, item_ids, field: str) -> np.ndarray:
+        out = np.empty(len(item_ids), dtype=np.int64)
+        for j, item in enumerate(item_ids):
+            i = self._index.get(item)
+            if i is None:
+                raise ValidationError(f"{field}[{j}]: unknown item id {item!r}", field)
+            out[j] = i
+        return out
+
+
+class Engine:
+    """Serves decisions for one surface of a shop.
+
+    Parameters
+    ----------
+    items : ItemTable
+    policy : Policy
+    log : DecisionLog
+    candidate_generator : ItemItemCF, fitted on ``user_items``
+    user_items : csr_matrix (n_users, n_items) of each known user's history
+    user_index : dict mapping user id -> row of ``user_items``
+    context_dim : length of the context vector requests send (zeros when absent)
+    n_candidates : candidates generated per request when the request brings none
+    min_epsilon : exploration floor mixed into every served slot (must be > 0)
+    seed : seeds the sampler and the event-id streams; ``None`` is fresh entropy
+    clock : callable returning the current time in seconds (injectable for simulations)
+    """
+
+    def __init__(
+        self,
+        *,
+        items: ItemTable,
+        policy: Policy,
+        log: DecisionLog,
+        candidate_generator: ItemItemCF,
+        user_items: sp.csr_matrix,
+        user_index: dict[str, int],
+        context_dim: int,
+        n_candidates: int = 30,
+        min_epsilon: float = 0.01,
+        seed=None,
+        clock=time.time,
+    ):
+        if not 0.0 < min_epsilon <= 1.0:
+            raise ValidationError(
+                f"min_epsilon must be in (0, 1]: a served policy must explore, got {min_epsilon!r}",
+                "min_epsilon",
+            )
+        self.items = items
+        self.policy = policy
+        self.log = log
+        self.cf = candidate_generator
+        self.user_items = sp.csr_matrix(user_items)
+        self.user_index = dict(user_index)
+        self.context_dim = check_positive_int(context_dim, "context_dim")
+        self.n_candidates = check_positive_int(n_candidates, "n_candidates")
+        self.min_epsilon = float(min_epsilon)
+        sampler_seq, id_seq = as_seed_sequence(seed).spawn(2)
+        self._sampler = np.random.default_rng(sampler_seq)
+        self._ids = np.random.default_rng(id_seq)
+        self.clock = clock
+        self._learned_rowid = 0
+
+    # ---- serving ------------------------------------------------------------------------
+    def history(self, user_id: str) -> np.ndarray:
+        row = self.user_index.get(user_id)
+        if row is None:
+            return np.empty(0, dtype=np.int64)
+        return self.user_items.indices[self.user_items.indptr[row] : self.user_items.indptr[row + 1]]
+
+    def _context(self, context) -> np.ndarray:
+        if context is None:
+            return np.zeros(self.context_dim)
+        ctx = np.asarray(context, dtype=float)
+        if ctx.shape != (self.context_dim,):
+            raise ValidationError(
+                f"context must be a list of {self.context_dim} numbers, got shape {ctx.shape}", "context"
+            )
+        if not np.isfinite(ctx).all():
+            raise ValidationError("context must hold finite numbers", "context")
+        return ctx
+
+    def _candidates(self, user_id, n_slots, candidates, exclude):
+        excluded = np.empty(0, dtype=np.int64)
+        if exclude:
+            known = [e for e in exclude if e in self.items._index]
+            excluded = self.items.index_of(known, "exclude")
+        if candidates is not None:
+            idx = self.items.index_of(candidates, "candidates")
+            if len(np.unique(idx)) != len(idx):
+                raise ValidationError("candidates must not repeat an item", "candidates")
+            idx = idx[~np.isin(idx, excluded)]
+            source = np.full(len(idx), SOURCE_REQUEST, dtype=object)
+        else:
+            eligible = self.items.n_items - len(np.union1d(excluded, self.history(user_id)))
+            n = min(self.n_candidates, eligible)
+            if n < n_slots:
+                raise ValidationError(
+                    f"slots ({n_slots}) is more than the {n} eligible candidates for this user", "slots"
+                )
+            idx, _, source = self.cf.candidates(self.history(user_id), n, exclude=excluded)
+        if n_slots > len(idx):
+            raise ValidationError(
+                f"slots ({n_slots}) is more than the number of candidates ({len(idx)})", "slots"
+            )
+        return idx, source
+
+    def request(self, context, items) -> Request:
+        return Request(context=context, items=items, item_features=self.items.features[items])
+
+    def decide(self, user_id: str, n_slots: int, *, context=None, candidates=None, exclude=None,
+               surface: str = "home") -> Decision:
+        """Fill ``n_slots`` slots for ``user_id``, log the decision, and return it."""
+        if not isinstance(user_id, str) or not user_id:
+            raise ValidationError(f"user_id must be a non-empty string, got {user_id!r}", "user_id")
+        n_slots = check_positive_int(n_slots, "slots")
+        ctx = self._context(context)
+        cand_idx, source = self._candidates(user_id, n_slots, candidates, exclude)
+        dist = self.policy.distribution(self.request(ctx, cand_idx), n_slots, self.min_epsilon)
+        draw = dist.sample(self._sampler)
+        chosen = cand_idx[draw.index]
+        slots = tuple(
+            Slot(
+                position=k,
+                item_id=self.items.ids[chosen[k]],
+                propensity=float(draw.propensity[k]),
+                marginal=float(draw.marginal[k]),
+                source=str(source[draw.index[k]]),
+            )
+            for k in range(n_slots)
+        )
+        decision = Decision(
+            event_id=self._ids.bytes(16).hex(),
+            user_id=user_id,
+            slots=slots,
+            joint_propensity=draw.joint,
+            policy=self.policy.name,
+            model_version=self.policy.model_version,
+            candidates=tuple(self.items.ids[i] for i in cand_idx),
+            ts=float(self.clock()),
+        )
+        self.log.write_decision(
+            decision,
+            policy_params=self.policy.params,
+            candidate_index=cand_idx,
+            slot_index=chosen,
+            context=ctx,
+            surface=surface,
+        )
+        return decision
+
+    def reward(self, event_id: str, value: float, *, position: int | None = None, kind: str = "click") -> str:
+        """Join a reward to a logged decision; returns ``"recorded"`` or ``"duplicate"``."""
+        return self.log.record_reward(
+            Reward(event_id=event_id, value=float(value), position=position, kind=kind, ts=float(self.clock()))
+        )
+
+    # ---- learning -----------------------------------------------------------------------
+    def learn(self, *, until_rowid: int | None = None, kind: str = "click", default_reward: float = 0.0) -> int:
+        """Update the policy from logged decisions not yet learned from, up to ``until_rowid``.
+
+        Slots without a ``kind`` reward count as ``default_reward`` (their reward window is
+        taken to be closed). Returns the number of slot rows learned from.
+        """
+        logged = self.log.decisions(
+            after_rowid=self._learned_rowid, until_rowid=until_rowid, kind=kind, default_reward=default_reward
+        )
+        if logged.n_decisions == 0:
+            return 0
+        self.policy.update(
+            logged.context[logged.row_decision],
+            self.items.features[logged.row_action],
+            logged.row_reward,
+        )
+        self._learned_rowid = int(logged.rowid[-1])
+        return len(logged.row_reward)

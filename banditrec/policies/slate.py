@@ -1,0 +1,180 @@
+"""Filling carousel slots: sequential sampling without replacement, with exact propensities.
+
+A score-based policy hands over one score per candidate and one exploration rate per slot.
+Slot ``k`` is then filled from the candidates not yet shown with
+
+    P(a | x, earlier slots) = (1 - eps_k) * 1[a is a top-scoring remaining item] / #top
+                              + eps_k / (n - k)
+
+(ties split evenly). That probability is the slot's *conditional* propensity; their product is
+the slate's *joint* probability. The *marginal* P(slot k holds a | x) -- what position-based
+off-policy estimators need -- is computed exactly by a small dynamic programme over ranks
+(see :func:`rank_slot_marginals`): it depends only on (n, eps), never on the score values,
+so it is cached and a decision pays only a sort.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from ..errors import ValidationError
+
+
+@lru_cache(maxsize=512)
+def _rank_slot_marginals_cached(n: int, eps: tuple[float, ...]) -> np.ndarray:
+    n_slots = len(eps)
+    out = np.zeros((n, n_slots))
+    # State (t, c): ranks 0..t-1 are all shown, rank t is not, and c further shown items
+    # form a uniformly random c-subset of ranks t+1..n-1 (random picks are exchangeable).
+    states: dict[tuple[int, int], float] = {(0, 0): 1.0}
+    for k in range(n_slots):
+        e = eps[k]
+        remaining = n - k
+        point = np.zeros(n)
+        ramp = np.zeros(n + 1)  # difference array for "every rank > t gets the same mass"
+        nxt: dict[tuple[int, int], float] = {}
+        for (t, c), p in states.items():
+            m = n - t - 1  # ranks after t
+            p_top = (1.0 - e) + e / remaining  # rank t: greedy pick, or drawn uniformly
+            point[t] += p * p_top
+            if m > 0 and c < m:
+                each = p * e / remaining * (1.0 - c / m)
+                ramp[t + 1] += each
+                ramp[n] -= each
+                key = (t, c + 1)
+                nxt[key] = nxt.get(key, 0.0) + p * e * (remaining - 1) / remaining
+            # rank t taken: the fully-shown prefix grows over the run of shown ranks after it
+            at_least = 1.0  # P(run length >= l)
+            for run in range(c + 1):
+                at_least_next = at_least * (c - run) / (m - run) if run < c else 0.0
+                p_run = at_least - at_least_next
+                if p_run > 0.0:
+                    t2 = t + 1 + run
+                    if t2 < n:
+                        key = (t2, c - run)
+                        nxt[key] = nxt.get(key, 0.0) + p * p_top * p_run
+                at_least = at_least_next
+                if at_least == 0.0:
+                    break
+        out[:, k] = point + np.cumsum(ramp[:n])
+        states = nxt
+    out.setflags(write=False)
+    return out
+
+
+def rank_slot_marginals(n: int, epsilon) -> np.ndarray:
+    """Exact ``M[r, k]`` = P(the item ranked ``r`` is shown in slot ``k``).
+
+    For per-slot epsilon-greedy filling without replacement over a strict ranking of ``n``
+    candidates; ``epsilon`` has one rate per slot. Columns sum to 1, rows to at most 1.
+    The result is cached and read-only.
+    """
+    eps = tuple(float(e) for e in np.asarray(epsilon, dtype=float).ravel())
+    if len(eps) > n:
+        raise ValidationError(f"cannot fill {len(eps)} slots from {n} candidates", "slots")
+    return _rank_slot_marginals_cached(int(n), eps)
+
+
+@dataclass(frozen=True)
+class SlateSample:
+    """One sampled slate: candidate positions per slot and the probabilities logged with it."""
+
+    index: np.ndarray  # (K,) positions into the candidate array
+    propensity: np.ndarray  # (K,) conditional P(item | earlier slots)
+    marginal: np.ndarray  # (K,) P(slot k holds this item)
+    joint: float  # product of the conditionals
+
+
+class EpsilonGreedySlate:
+    """The slate distribution of a score-based policy over one request's candidates.
+
+    Parameters
+    ----------
+    scores : (n,) float
+        Higher is better. Ties split the greedy share evenly.
+    epsilon : (K,) float in [0, 1]
+        Exploration rate of each slot; 1 everywhere is uniform sampling without replacement.
+    """
+
+    def __init__(self, scores, epsilon):
+        scores = np.asarray(scores, dtype=float)
+        eps = np.asarray(epsilon, dtype=float)
+        if scores.ndim != 1 or eps.ndim != 1:
+            raise ValidationError("scores and epsilon must be 1-D", "scores")
+        if not np.isfinite(scores).all():
+            raise ValidationError("policy scores must be finite", "scores")
+        if ((eps < 0) | (eps > 1)).any() or not np.isfinite(eps).all():
+            raise ValidationError(f"epsilon must be in [0, 1], got {eps.tolist()}", "epsilon")
+        if len(eps) > len(scores):
+            raise ValidationError(
+                f"cannot fill {len(eps)} slots from {len(scores)} candidates", "slots"
+            )
+        self.scores = scores
+        self.epsilon = eps
+
+    @property
+    def n_candidates(self) -> int:
+        return len(self.scores)
+
+    @property
+    def n_slots(self) -> int:
+        return len(self.epsilon)
+
+    def slot_pmf(self, shown: np.ndarray, k: int) -> np.ndarray:
+        """P(candidate | earlier slots) for slot ``k``; ``shown`` is a boolean mask of shown ones."""
+        avail = ~shown
+        n_left = self.n_candidates - k
+        masked = np.where(avail, self.scores, -np.inf)
+        top = avail & (self.scores == masked.max())
+        e = self.epsilon[k]
+        return (e / n_left) * avail + ((1.0 - e) / top.sum()) * top
+
+    def sample(self, rng: np.random.Generator) -> SlateSample:
+        n, n_slots = self.n_candidates, self.n_slots
+        shown = np.zeros(n, dtype=bool)
+        index = np.empty(n_slots, dtype=np.int64)
+        prop = np.empty(n_slots)
+        u = rng.random(n_slots)
+        for k in range(n_slots):
+            pmf = self.slot_pmf(shown, k)
+            cdf = np.cumsum(pmf)
+            # first index whose cdf exceeds u*total: never an index of probability zero
+            i = min(int(np.searchsorted(cdf, u[k] * cdf[-1], side="right")), n - 1)
+            index[k] = i
+            prop[k] = pmf[i]
+            shown[i] = True
+        marg = self.marginals()[index, np.arange(n_slots)]
+        return SlateSample(index=index, propensity=prop, marginal=marg, joint=float(np.prod(prop)))
+
+    def conditionals(self, index) -> np.ndarray:
+        """Conditional propensities of a given slate (candidate positions per slot)."""
+        index = np.asarray(index, dtype=np.int64)
+        shown = np.zeros(self.n_candidates, dtype=bool)
+        out = np.empty(len(index))
+        for k, i in enumerate(index):
+            out[k] = self.slot_pmf(shown, k)[i]
+            shown[i] = True
+        return out
+
+    def marginals(self) -> np.ndarray:
+        """Exact (n, K) matrix of P(slot k holds candidate j).
+
+        Items tied in score are exchangeable, so each gets the mean of the rank marginals
+        over the ranks its tie group occupies.
+        """
+        ranks = rank_slot_marginals(self.n_candidates, self.epsilon)
+        order = np.argsort(-self.scores, kind="stable")
+        sorted_scores = self.scores[order]
+        starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
+        if len(starts) == len(sorted_scores):
+            by_rank = ranks
+        else:
+            sizes = np.diff(np.r_[starts, len(sorted_scores)])
+            group_mean = np.add.reduceat(ranks, starts, axis=0) / sizes[:, None]
+            by_rank = np.repeat(group_mean, sizes, axis=0)
+        out = np.empty_like(by_rank)
+        out[order] = by_rank
+        return out

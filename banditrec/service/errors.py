@@ -1,0 +1,80 @@
+"""Every error leaves the service as JSON naming the problem; never an HTML page or a bare 500."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from flask import Flask, jsonify, request
+from pydantic import ValidationError as PydanticValidationError
+from werkzeug.exceptions import HTTPException
+
+from ..errors import BanditRecError, ConflictError, NotFoundError, ValidationError
+
+log = logging.getLogger("banditrec.service")
+
+
+class BadRequest(Exception):
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.message, self.field = message, field
+
+
+def error_body(status: int, message: str, fields: list[dict] | None = None):
+    body = {"error": {"status": status, "message": message, "fields": fields or []}}
+    return jsonify(body), status
+
+
+def json_body() -> dict:
+    """The request body as a JSON object, or a :class:`BadRequest` saying what is wrong."""
+    raw = request.get_data(cache=True)
+    if not raw:
+        raise BadRequest("request body is empty; expected a JSON object", "body")
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}", "body") from None
+    if not isinstance(data, dict):
+        raise BadRequest(f"request body must be a JSON object, got {type(data).__name__}", "body")
+    return data
+
+
+def _field_name(loc) -> str:
+    return ".".join(str(p) for p in loc) or "body"
+
+
+def register(app: Flask) -> None:
+    @app.errorhandler(PydanticValidationError)
+    def _pydantic(exc: PydanticValidationError):
+        fields = [
+            {"field": _field_name(e["loc"]), "message": e["msg"]}
+            for e in exc.errors(include_url=False, include_input=False)
+        ]
+        message = "; ".join(f"{f['field']}: {f['message']}" for f in fields)
+        return error_body(400, message, fields)
+
+    @app.errorhandler(BadRequest)
+    def _bad_request(exc: BadRequest):
+        return error_body(400, exc.message, [{"field": exc.field or "body", "message": exc.message}])
+
+    @app.errorhandler(BanditRecError)
+    def _domain(exc: BanditRecError):
+        status = 400
+        if isinstance(exc, NotFoundError):
+            status = 404
+        elif isinstance(exc, ConflictError):
+            status = 409
+        elif not isinstance(exc, ValidationError):
+            status = 422
+        message = getattr(exc, "message", str(exc))
+        field = getattr(exc, "field", None)
+        return error_body(status, message, [{"field": field, "message": message}] if field else [])
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException):
+        return error_body(exc.code or 500, exc.description or exc.name)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):  # pragma: no cover - exercised only by bugs
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_body(500, "internal error; the request was not processed")

@@ -1,0 +1,215 @@
+"""The decision log: every decision, its propensities and context, and rewards joined later.
+
+SQLite through sqlite-utils, WAL journal with ``synchronous=NORMAL`` and a busy timeout. One
+write path: each decision and its slots are written in one transaction, so a crash never
+leaves a half-logged decision. Readers hand arrays to the estimators; no estimator math here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import sqlite_utils
+
+from ..errors import ConflictError, NotFoundError, ValidationError
+from ..types import Decision, LoggedBandit, Reward
+from .migrations import migrations
+
+WHOLE_DECISION = -1
+
+
+@dataclass(frozen=True)
+class LoggedDecisions:
+    """Logged decisions in row order, with what a policy needs to re-score them.
+
+    ``context (D, d_c)``, ``candidates`` a list of D int arrays (catalog indices),
+    ``rowid (D,)`` the log's row ids, ``event_id`` a list of D strings, and per logged slot
+    ``row_decision (n,)`` (index into the D decisions), ``row_slot (n,)``, ``row_action (n,)``,
+    ``row_pscore (n,)`` the logged marginal, ``row_reward (n,)`` with the default filled in.
+    """
+
+    event_id: list
+    rowid: np.ndarray
+    context: np.ndarray
+    candidates: list
+    row_decision: np.ndarray
+    row_slot: np.ndarray
+    row_action: np.ndarray
+    row_pscore: np.ndarray
+    row_reward: np.ndarray
+
+    @property
+    def n_decisions(self) -> int:
+        return len(self.event_id)
+
+    def logged_bandit(self, n_actions: int, n_slots: int) -> LoggedBandit:
+        return LoggedBandit(
+            reward=self.row_reward,
+            action=self.row_action,
+            slot=self.row_slot,
+            pscore=self.row_pscore,
+            decision=self.row_decision,
+            n_actions=n_actions,
+            n_slots=n_slots,
+        )
+
+
+class DecisionLog:
+    """The SQLite decision log. ``path=":memory:"`` gives a private in-memory log."""
+
+    def __init__(self, path: str | Path = ":memory:", *, busy_timeout_ms: int = 5000):
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, check_same_thread=False, timeout=busy_timeout_ms / 1000)
+        self.db = sqlite_utils.Database(conn)
+        self._lock = threading.Lock()
+        if self.path != ":memory:":
+            self.db.enable_wal()
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        migrations.apply(self.db)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # ---- writes -------------------------------------------------------------------------
+    def write_decision(
+        self,
+        decision: Decision,
+        *,
+        policy_params: dict,
+        candidate_index,
+        slot_index,
+        context,
+        surface: str = "home",
+    ) -> None:
+        """Write a decision and all its slots in one transaction."""
+        context = [float(c) for c in np.asarray(context, dtype=float).ravel()]
+        row = (
+            decision.event_id,
+            float(decision.ts),
+            decision.user_id,
+            surface,
+            decision.policy,
+            json.dumps(policy_params, sort_keys=True),
+            decision.model_version,
+            len(decision.slots),
+            json.dumps(list(decision.candidates)),
+            json.dumps([int(i) for i in candidate_index]),
+            json.dumps(context),
+            float(decision.joint_propensity),
+        )
+        slot_rows = [
+            (
+                decision.event_id,
+                s.position,
+                s.item_id,
+                int(idx),
+                float(s.propensity),
+                float(s.marginal),
+                int(s.marginal_draws),
+                s.source,
+            )
+            for s, idx in zip(decision.slots, slot_index)
+        ]
+        with self._lock, self.db.atomic():
+            self.db.execute(
+                "INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row
+            )
+            self.db.conn.executemany("INSERT INTO slots VALUES (?, ?, ?, ?, ?, ?, ?, ?)", slot_rows)
+
+    def record_reward(self, reward: Reward) -> str:
+        """Join a reward to its decision. Returns ``"recorded"`` or ``"duplicate"``.
+
+        Idempotent: the same (event_id, position, kind) with the same value is a duplicate and
+        changes nothing; with a different value it is a :class:`ConflictError`.
+        """
+        if not math.isfinite(reward.value):
+            raise ValidationError(f"reward must be finite, got {reward.value!r}", "reward")
+        position = WHOLE_DECISION if reward.position is None else int(reward.position)
+        with self._lock, self.db.atomic():
+            found = self.db.execute(
+                "SELECT n_slots FROM decisions WHERE event_id = ?", (reward.event_id,)
+            ).fetchone()
+            if found is None:
+                raise NotFoundError(f"no decision with event_id {reward.event_id!r}", "event_id")
+            if not WHOLE_DECISION <= position < found[0]:
+                raise ValidationError(
+                    f"position must be in [0, {found[0]}) for this decision, got {position}", "position"
+                )
+            cur = self.db.execute(
+                "INSERT OR IGNORE INTO rewards VALUES (?, ?, ?, ?, ?)",
+                (reward.event_id, position, reward.kind, float(reward.value), float(reward.ts)),
+            )
+            if cur.rowcount == 1:
+                return "recorded"
+            (existing,) = self.db.execute(
+                "SELECT reward FROM rewards WHERE event_id = ? AND position = ? AND kind = ?",
+                (reward.event_id, position, reward.kind),
+            ).fetchone()
+        if existing == float(reward.value):
+            return "duplicate"
+        raise ConflictError(
+            f"a {reward.kind} reward of {existing} is already recorded for event {reward.event_id!r} "
+            f"position {reward.position}; got {reward.value}",
+            "reward",
+        )
+
+    # ---- reads --------------------------------------------------------------------------
+    def count(self, table: str) -> int:
+        if table not in ("decisions", "slots", "rewards"):
+            raise ValidationError(f"unknown table {table!r}", "table")
+        return self.db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+    def max_rowid(self) -> int:
+        return self.db.execute("SELECT coalesce(max(rowid), 0) FROM decisions").fetchone()[0]
+
+    def decisions(
+        self, *, after_rowid: int = 0, until_rowid: int | None = None, kind: str = "click",
+        default_reward: float = 0.0,
+    ) -> LoggedDecisions:
+        """Decisions with ``after_rowid < rowid <= until_rowid``, slots joined to ``kind`` rewards.
+
+        A slot without a reward gets ``default_reward``.
+        """
+        until = self.max_rowid() if until_rowid is None else int(until_rowid)
+        dec = self.db.execute(
+            "SELECT rowid, event_id, context, candidate_index FROM decisions "
+            "WHERE rowid > ? AND rowid <= ? ORDER BY rowid",
+            (int(after_rowid), until),
+        ).fetchall()
+        rows = self.db.execute(
+            "SELECT d.rowid, s.position, s.item_index, s.marginal, r.reward "
+            "FROM decisions d JOIN slots s ON s.event_id = d.event_id "
+            "LEFT JOIN rewards r ON r.event_id = s.event_id AND r.position = s.position AND r.kind = ? "
+            "WHERE d.rowid > ? AND d.rowid <= ? ORDER BY d.rowid, s.position",
+            (kind, int(after_rowid), until),
+        ).fetchall()
+        rowid = np.array([d[0] for d in dec], dtype=np.int64)
+        context = np.array([json.loads(d[2]) for d in dec], dtype=float).reshape(len(dec), -1)
+        candidates = [np.array(json.loads(d[3]), dtype=np.int64) for d in dec]
+        if rows:
+            cols = list(zip(*rows))
+            row_rowid = np.array(cols[0], dtype=np.int64)
+            reward = np.array([default_reward if r is None else r for r in cols[4]], dtype=float)
+            arrays = (
+                np.searchsorted(rowid, row_rowid),
+                np.array(cols[1], dtype=np.int64),
+                np.array(cols[2], dtype=np.int64),
+                np.array(cols[3], dtype=float),
+                reward,
+            )
+        else:
+            arrays = (np.empty(0, np.int64),) * 3 + (np.empty(0),) * 2
+        return LoggedDecisions([d[1] for d in dec], rowid, context, candidates, *arrays)
+
+    def integrity_ok(self) -> bool:
+        return self.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

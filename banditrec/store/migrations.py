@@ -1,0 +1,52 @@
+"""The decision log's schema, as named transactional migrations (sqlite-utils ``Migrations``).
+
+Never edit an applied migration: add a new one.
+"""
+
+from __future__ import annotations
+
+from sqlite_utils import Migrations
+
+migrations = Migrations("banditrec.log")
+
+
+@migrations(name="0001_decisions_slots_rewards")
+def _initial(db):
+    db.executescript(
+        """
+        CREATE TABLE decisions (
+            event_id TEXT PRIMARY KEY,
+            ts REAL NOT NULL,
+            user_id TEXT NOT NULL,
+            surface TEXT NOT NULL,
+            policy TEXT NOT NULL,
+            policy_params TEXT NOT NULL,          -- JSON object
+            model_version TEXT NOT NULL,
+            n_slots INTEGER NOT NULL CHECK (n_slots >= 1),
+            candidates TEXT NOT NULL,             -- JSON list of item ids, in scoring order
+            candidate_index TEXT NOT NULL,        -- JSON list of catalog indices, same order
+            context TEXT NOT NULL,                -- JSON list of floats (full precision)
+            joint_propensity REAL NOT NULL CHECK (joint_propensity > 0 AND joint_propensity <= 1)
+        );
+        CREATE TABLE slots (
+            event_id TEXT NOT NULL REFERENCES decisions(event_id),
+            position INTEGER NOT NULL CHECK (position >= 0),
+            item_id TEXT NOT NULL,
+            item_index INTEGER NOT NULL CHECK (item_index >= 0),
+            propensity REAL NOT NULL CHECK (propensity > 0 AND propensity <= 1),
+            marginal REAL NOT NULL CHECK (marginal > 0 AND marginal <= 1),
+            marginal_draws INTEGER NOT NULL DEFAULT 0 CHECK (marginal_draws >= 0),
+            source TEXT NOT NULL,
+            PRIMARY KEY (event_id, position)
+        );
+        CREATE TABLE rewards (
+            event_id TEXT NOT NULL REFERENCES decisions(event_id),
+            position INTEGER NOT NULL CHECK (position >= -1),   -- -1: the decision as a whole
+            kind TEXT NOT NULL,
+            reward REAL NOT NULL,
+            ts REAL NOT NULL,
+            PRIMARY KEY (event_id, position, kind)
+        );
+        CREATE INDEX decisions_ts ON decisions (ts);
+        """
+    )

@@ -1,0 +1,170 @@
+"""The few records every part of banditrec shares.
+
+Plain frozen dataclasses with numpy arrays inside; nothing heavy is imported here.
+
+Vocabulary (see the architecture page): one *row* is one slot of one decision.
+
+- ``reward (n,)``   observed reward of the row (e.g. a click on that slot)
+- ``action (n,)``   integer index of the item shown, in ``[0, n_actions)``
+- ``slot (n,)``     position of the row in its carousel, in ``[0, n_slots)``
+- ``pscore (n,)``   the logging policy's *marginal* probability that this item is shown in
+                    this slot, given the context: P(slot k holds a | x)
+- ``decision (n,)`` which decision (carousel) the row belongs to; rows of one decision share
+                    a context, so intervals are computed over decisions, not rows
+- ``action_dist (n, n_actions, n_slots)`` a target policy's marginal probabilities
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .validation import (
+    ValidationError,
+    as_1d,
+    check_finite,
+    check_int_range,
+    check_probabilities,
+    check_same_length,
+)
+
+
+def _frozen(arr: np.ndarray) -> np.ndarray:
+    out = np.array(arr, copy=True)
+    out.setflags(write=False)
+    return out
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One filled carousel position and the probabilities recorded when it was sampled.
+
+    ``propensity`` is P(item | context, items in earlier slots), ``marginal`` is
+    P(slot ``position`` holds item | context); ``marginal_draws`` is 0 when the marginal is
+    exact, otherwise the number of Monte-Carlo draws it was estimated from.
+    """
+
+    position: int
+    item_id: str
+    propensity: float
+    marginal: float
+    source: str = "candidates"
+    marginal_draws: int = 0
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A served carousel: what was shown, how likely it was, and what produced it."""
+
+    event_id: str
+    user_id: str
+    slots: tuple[Slot, ...]
+    joint_propensity: float
+    policy: str
+    model_version: str
+    candidates: tuple[str, ...]
+    ts: float
+
+
+@dataclass(frozen=True)
+class Reward:
+    """A reward joined to a decision by ``event_id`` (and ``position`` for one slot)."""
+
+    event_id: str
+    value: float
+    position: int | None = None
+    kind: str = "click"
+    ts: float = 0.0
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """An off-policy estimate of a policy's value with its interval and diagnostics.
+
+    ``value`` is the expected reward *per decision* (summed over its slots).
+    ``n`` counts decisions, ``n_rows`` logged slots. ``ess`` is the effective sample size
+    (sum w)^2 / sum w^2 of the row weights; ``max_weight`` the largest importance weight.
+    """
+
+    estimator: str
+    value: float
+    lower: float
+    upper: float
+    se: float
+    n: int
+    n_rows: int
+    ess: float
+    max_weight: float
+    level: float = 0.95
+
+    def covers(self, truth: float) -> bool:
+        return bool(self.lower <= truth <= self.upper)
+
+
+@dataclass(frozen=True)
+class LoggedBandit:
+    """Logged carousel data as arrays, in the shared vocabulary. Construct by keyword.
+
+    Arrays are copied and made read-only, so a caller's arrays are never aliased or mutated.
+    """
+
+    reward: np.ndarray
+    action: np.ndarray
+    slot: np.ndarray
+    pscore: np.ndarray
+    n_actions: int
+    n_slots: int
+    decision: np.ndarray | None = None
+    context: np.ndarray | None = None
+    _n_decisions: int = field(default=0, init=False, repr=False)
+
+    def __post_init__(self):
+        reward = as_1d(self.reward, "reward", float)
+        action = as_1d(self.action, "action")
+        slot = as_1d(self.slot, "slot")
+        pscore = as_1d(self.pscore, "pscore", float)
+        n = check_same_length(reward=reward, action=action, slot=slot, pscore=pscore)
+        if n == 0:
+            raise ValidationError("logged data must have at least one row, got 0", "reward")
+        for name, value in (("n_actions", self.n_actions), ("n_slots", self.n_slots)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValidationError(f"{name} must be a positive integer, got {value!r}", name)
+        check_finite(reward, "reward")
+        check_int_range(action, "action", 0, int(self.n_actions))
+        check_int_range(slot, "slot", 0, int(self.n_slots))
+        check_probabilities(pscore, "pscore")
+        if self.decision is None:
+            decision = np.arange(n)
+        else:
+            decision = as_1d(self.decision, "decision")
+            check_same_length(reward=reward, decision=decision)
+            check_int_range(decision, "decision", 0, np.iinfo(np.int64).max)
+            # compact to 0..D-1 so that bincount over decisions is dense
+            _, decision = np.unique(decision, return_inverse=True)
+        context = None
+        if self.context is not None:
+            context = np.asarray(self.context, dtype=float)
+            if context.ndim != 2 or len(context) != n:
+                raise ValidationError(
+                    f"context must have shape (n, d) with n={n}, got {context.shape}", "context"
+                )
+            check_finite(context, "context")
+            context = _frozen(context)
+        object.__setattr__(self, "reward", _frozen(reward))
+        object.__setattr__(self, "action", _frozen(action.astype(np.int64)))
+        object.__setattr__(self, "slot", _frozen(slot.astype(np.int64)))
+        object.__setattr__(self, "pscore", _frozen(pscore))
+        object.__setattr__(self, "decision", _frozen(decision.astype(np.int64)))
+        object.__setattr__(self, "context", context)
+        object.__setattr__(self, "n_actions", int(self.n_actions))
+        object.__setattr__(self, "n_slots", int(self.n_slots))
+        object.__setattr__(self, "_n_decisions", int(decision.max()) + 1)
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.reward)
+
+    @property
+    def n_decisions(self) -> int:
+        return self._n_decisions

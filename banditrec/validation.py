@@ -1,0 +1,92 @@
+"""Input checks shared by every module; messages show what was found, never just "invalid".
+
+None of these functions mutates its input; each returns a (possibly converted) copy-free view
+where it can.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import ValidationError
+
+
+def as_1d(x, name: str, dtype=None) -> np.ndarray:
+    """Return ``x`` as a 1-D array, or raise naming ``name`` and the shape found."""
+    try:
+        arr = np.asarray(x, dtype=dtype)
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(f"{name} must be a 1-D array of numbers: {exc}", name) from None
+    if arr.ndim != 1:
+        raise ValidationError(f"{name} must be 1-dimensional, got shape {arr.shape}", name)
+    return arr
+
+
+def check_finite(arr: np.ndarray, name: str) -> None:
+    """Raise if ``arr`` holds NaN or an infinity, naming the first bad position."""
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        idx = np.argwhere(bad)[0]
+        where = int(idx[0]) if arr.ndim == 1 else tuple(int(i) for i in idx)
+        raise ValidationError(f"{name} must be finite, found {arr[tuple(idx)]} at index {where}", name)
+
+
+def check_same_length(**arrays) -> int:
+    """All arrays given by keyword must have the same first dimension; return it."""
+    names = list(arrays)
+    lengths = [len(a) for a in arrays.values()]
+    for n, length in zip(names[1:], lengths[1:]):
+        if length != lengths[0]:
+            raise ValidationError(
+                f"{names[0]} and {n} must have the same length, got {lengths[0]} and {length}", n
+            )
+    return lengths[0] if lengths else 0
+
+
+def check_probabilities(p: np.ndarray, name: str, *, allow_zero: bool = False) -> None:
+    """Every entry must be in (0, 1] (or [0, 1] with ``allow_zero``); name the first offender."""
+    check_finite(p, name)
+    low_ok = p >= 0 if allow_zero else p > 0
+    bad = ~(low_ok & (p <= 1.0))
+    if bad.any():
+        i = int(np.argmax(bad))
+        interval = "[0, 1]" if allow_zero else "(0, 1]"
+        raise ValidationError(f"{name} must be in {interval}, found {p[i]!r} at row {i}", name)
+
+
+def check_int_range(arr: np.ndarray, name: str, low: int, high: int) -> None:
+    """Integer entries must lie in [low, high); name the first offender."""
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise ValidationError(f"{name} must hold integers, got dtype {arr.dtype}", name)
+    bad = (arr < low) | (arr >= high)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValidationError(f"{name} must be in [{low}, {high}), found {arr[i]} at row {i}", name)
+
+
+def check_positive_int(value, name: str) -> int:
+    """A plain positive integer (bools are refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValidationError(f"{name} must be an integer, got {type(value).__name__} {value!r}", name)
+    if value < 1:
+        raise ValidationError(f"{name} must be >= 1, got {value}", name)
+    return int(value)
+
+
+def as_generator(seed_or_rng) -> np.random.Generator:
+    """A ``Generator`` from a seed, a ``SeedSequence`` or a ``Generator``.
+
+    ``None`` means fresh entropy, never a global RNG.
+    """
+    if isinstance(seed_or_rng, np.random.Generator):
+        return seed_or_rng
+    return np.random.default_rng(seed_or_rng)
+
+
+def as_seed_sequence(seed) -> np.random.SeedSequence:
+    """A ``SeedSequence`` from an int, ``None`` (fresh entropy) or a ``SeedSequence``."""
+    if isinstance(seed, np.random.SeedSequence):
+        return seed
+    if isinstance(seed, np.random.Generator):
+        raise ValidationError("pass a seed or a SeedSequence here, not a Generator", "seed")
+    return np.random.SeedSequence(seed)

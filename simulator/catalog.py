@@ -1,0 +1,44 @@
+"""The catalog: items with a product type, a latent taste vector, a bias and a price."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Struct of arrays, one entry per item.
+
+    ``latent (n, dim)``: taste vector; it is also what the shop publishes as item features
+    (think of a learned embedding of the item's metadata). ``bias (n,)``: appeal every
+    customer shares, *not* published. ``product_type (n,)``, ``price (n,)``.
+    """
+
+    latent: np.ndarray
+    bias: np.ndarray
+    product_type: np.ndarray
+    price: np.ndarray
+
+    @property
+    def n_items(self) -> int:
+        return len(self.bias)
+
+    @property
+    def item_ids(self) -> list[str]:
+        return [f"i{i}" for i in range(self.n_items)]
+
+    @property
+    def features(self) -> np.ndarray:
+        return self.latent
+
+
+def make_catalog(n_items: int, n_types: int, dim: int, rng: np.random.Generator) -> Catalog:
+    """Items cluster around their type's centre; biases and log-prices are normal."""
+    centres = rng.normal(0.0, 1.0, size=(n_types, dim))
+    product_type = rng.integers(0, n_types, size=n_items)
+    latent = centres[product_type] + rng.normal(0.0, 0.5, size=(n_items, dim))
+    bias = rng.normal(0.0, 0.5, size=n_items)
+    price = np.round(np.exp(rng.normal(3.0, 0.8, size=n_items)), 2)
+    return Catalog(latent=latent, bias=bias, product_type=product_type, price=price)
