@@ -28,7 +28,7 @@ def check_finite(arr: np.ndarray, name: str) -> None:
     if bad.any():
         idx = np.argwhere(bad)[0]
         where = int(idx[0]) if arr.ndim == 1 else tuple(int(i) for i in idx)
-        raise ValidationError(f"{name} must be finite, found {arr[tuple(idx)]} at index {where}", name)
+        raise ValidationError(f"{name} must be finite, found {arr[tuple(idx)].item()} at index {where}", name)
 
 
 def check_same_length(**arrays) -> int:
@@ -51,7 +51,7 @@ def check_probabilities(p: np.ndarray, name: str, *, allow_zero: bool = False) -
     if bad.any():
         i = int(np.argmax(bad))
         interval = "[0, 1]" if allow_zero else "(0, 1]"
-        raise ValidationError(f"{name} must be in {interval}, found {p[i]!r} at row {i}", name)
+        raise ValidationError(f"{name} must be in {interval}, found {float(p[i])} at row {i}", name)
 
 
 def check_int_range(arr: np.ndarray, name: str, low: int, high: int) -> None:
@@ -61,7 +61,7 @@ def check_int_range(arr: np.ndarray, name: str, low: int, high: int) -> None:
     bad = (arr < low) | (arr >= high)
     if bad.any():
         i = int(np.argmax(bad))
-        raise ValidationError(f"{name} must be in [{low}, {high}), found {arr[i]} at row {i}", name)
+        raise ValidationError(f"{name} must be in [{low}, {high}), found {arr[i].item()} at row {i}", name)
 
 
 def check_positive_int(value, name: str) -> int:

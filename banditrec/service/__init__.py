@@ -12,7 +12,8 @@ from .routes import v1
 def create_app(engine: Engine, config: dict | None = None) -> Flask:
     """Build the app serving ``engine``. ``config`` overrides Flask settings."""
     app = Flask(__name__)
-    app.config.update(MAX_CONTENT_LENGTH=1 << 20, JSON_SORT_KEYS=False)
+    app.config.update(MAX_CONTENT_LENGTH=1 << 20)
+    app.json.sort_keys = False  # keep the response models' field order
     if config:
         app.config.update(config)
     app.extensions["banditrec.engine"] = engine

@@ -34,6 +34,8 @@ def json_body() -> dict:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"request body is not valid JSON: {exc}", "body") from None
+    except RecursionError:
+        raise BadRequest("request body is nested too deeply to parse", "body") from None
     if not isinstance(data, dict):
         raise BadRequest(f"request body must be a JSON object, got {type(data).__name__}", "body")
     return data
@@ -72,7 +74,11 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException):
-        return error_body(exc.code or 500, exc.description or exc.name)
+        response, status = error_body(exc.code or 500, exc.description or exc.name)
+        for name, value in exc.get_headers():  # e.g. Allow on a 405
+            if name.lower() != "content-type":
+                response.headers[name] = value
+        return response, status
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):  # pragma: no cover - exercised only by bugs

@@ -6,7 +6,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False, strict=False)]
+# strict: a JSON number only (ints are fine); no numeric strings, no booleans, no NaN or infinities
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False, strict=True)]
 ItemId = Annotated[StrictStr, Field(min_length=1, max_length=256)]
 Kind = Annotated[StrictStr, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
 

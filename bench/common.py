@@ -1,0 +1,111 @@
+"""Shared helpers for bench/run.py: seeded Generators, one timing helper, plain-text tables."""
+
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+SEED = 20240601
+
+
+def rng(stream: int) -> np.random.Generator:
+    """A Generator for one named stream of the benchmark: same numbers on every run."""
+    return np.random.default_rng(np.random.SeedSequence(SEED, spawn_key=(stream,)))
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Per-call timings in nanoseconds (each sample is the mean of ``number`` back-to-back calls)."""
+
+    ns: np.ndarray
+
+    @property
+    def p50(self) -> float:
+        return float(np.median(self.ns))
+
+    @property
+    def p99(self) -> float:
+        return float(np.percentile(self.ns, 99))
+
+    @property
+    def per_second(self) -> float:
+        return 1e9 / self.p50
+
+
+def _block(fn, count: int, number: int) -> np.ndarray:
+    clock = time.perf_counter_ns
+    out = np.empty(count)
+    if number == 1:
+        for i in range(count):
+            t0 = clock()
+            fn()
+            out[i] = clock() - t0
+    else:
+        loop = range(number)
+        for i in range(count):
+            t0 = clock()
+            for _ in loop:
+                fn()
+            out[i] = (clock() - t0) / number
+    return out
+
+
+def compare(cases: dict, *, repeats: int, number: int = 1, warmup: int | None = None,
+            rounds: int = 5) -> dict[str, Timing]:
+    """Time every case ``repeats`` times, interleaved in ``rounds`` blocks.
+
+    Interleaving spreads a noisy neighbour's bursts over all cases instead of one. Each case
+    is warmed up first; the garbage collector is off while timing (as in :mod:`timeit`).
+    """
+    warmup = max(1, repeats // 20) if warmup is None else warmup
+    for fn in cases.values():
+        _block(fn, warmup, number)
+    rounds = max(1, min(rounds, repeats))
+    sizes = np.diff(np.linspace(0, repeats, rounds + 1).astype(int))
+    samples: dict[str, list[np.ndarray]] = {name: [] for name in cases}
+    enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        for size in sizes:
+            for name, fn in cases.items():
+                samples[name].append(_block(fn, int(size), number))
+    finally:
+        if enabled:
+            gc.enable()
+    return {name: Timing(np.concatenate(parts)) for name, parts in samples.items()}
+
+
+def us(ns: float) -> str:
+    return f"{ns / 1e3:,.1f}"
+
+
+def ms(ns: float) -> str:
+    return f"{ns / 1e6:,.2f}"
+
+
+def rate(x: float) -> str:
+    return f"{x:,.0f}"
+
+
+def ratio(x: float, of: float) -> str:
+    return f"{x / of:,.2f}x"
+
+
+def table(title: str, note: str, header: list[str], rows: list[list]) -> None:
+    """Print a fixed-width table: first column left-aligned, the rest right-aligned."""
+    cells = [[str(c) for c in header]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[j]) for r in cells) for j in range(len(header))]
+
+    def line(r):
+        return "  ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths)))
+
+    print(f"\n== {title} ==")
+    print(note)
+    print(line(cells[0]))
+    print("-" * len(line(cells[0])))
+    for r in cells[1:]:
+        print(line(r))

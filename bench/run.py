@@ -1,0 +1,416 @@
+"""banditrec benchmarks: each hot path beside a ceiling or peer measured in the same run.
+
+Sections (``--only NAME`` runs one):
+
+  decide     LinUCB scoring of 200 candidates for 10 slots: bare numpy, LinUCB.scores,
+             distribution().sample and the full Engine.decide logging to SQLite (WAL)
+  marginals  the exact rank-slot marginal DP (uncached, cached, per decision) vs a
+             Monte-Carlo estimate from 1,000 sampled slates: time and error
+  log        DecisionLog.write_decision vs bare sqlite3 inserts of the same rows, and
+             reading 100,000 logged slot rows back into arrays with DecisionLog.decisions()
+  ope        IPS / SNIPS on 1,000,000 rows vs the bare numpy expression; LoggedBandit build
+  http       POST /v1/decide through Flask's test client vs a bare Flask JSON route
+
+Run:   .venv/bin/python bench/run.py            (the ``make bench`` target, < 3 min on 2 cores)
+       .venv/bin/python bench/run.py --quick    (small sizes and repeats, < 20 s)
+       .venv/bin/python bench/run.py --only log
+
+Timings use time.perf_counter_ns after a warm-up, with the cases of a table interleaved in
+rounds and the garbage collector off while timing; tables show medians (p50) and, where tail
+latency matters, p99. Ratios compare with the row named in the ``vs`` column. All randomness
+comes from numpy Generators with fixed seeds. Speed is measured here, never asserted in tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from common import compare, ms, rate, ratio, rng, table, us
+
+from banditrec.demo import build_engine
+from banditrec.ope import IPS, SNIPS
+from banditrec.policies import EpsilonGreedySlate, Request, make, rank_slot_marginals
+from banditrec.policies.slate import _rank_slot_marginals_cached
+from banditrec.service import create_app
+from banditrec.store import DecisionLog
+from banditrec.types import Decision, LoggedBandit, Slot
+from simulator import Shop, ShopConfig
+
+SPEC = "linucb:alpha=1.0,epsilon=0.1"
+MIN_EPSILON = 0.01
+N_CAND, N_SLOTS = 200, 10
+CONTEXT_DIM, ITEM_DIM = 4, 7  # LinUCB joint dim 7 + 4 * 7 = 35
+SHOP_DIM = 6  # build_engine uses it as context_dim and item_dim: joint dim 6 + 36 = 42
+N_ITEMS = 2000
+
+FULL = dict(decide=5000, marg_fast=3000, marg_dp=300, marg_mc=30, marg_loop=5, mc_draws=1000,
+            log_writes=4000, read_rows=100_000, read_reps=7, ope_decisions=200_000, ope_reps=15,
+            http=4000)
+QUICK = dict(decide=300, marg_fast=300, marg_dp=50, marg_mc=5, marg_loop=2, mc_draws=1000,
+             log_writes=200, read_rows=10_000, read_reps=3, ope_decisions=20_000, ope_reps=5,
+             http=200)
+
+
+# ---- shared fixtures ---------------------------------------------------------------------
+def trained_linucb(gen: np.random.Generator, context_dim: int, item_dim: int, policy=None):
+    """A LinUCB (new, or ``policy``) updated on random rows so theta and A^-1 are dense."""
+    policy = policy or make(SPEC, context_dim=context_dim, item_dim=item_dim)
+    m = 2000
+    policy.update(gen.normal(size=(m, context_dim)), gen.normal(size=(m, item_dim)),
+                  gen.binomial(1, 0.1, size=m).astype(float))
+    return policy
+
+
+def shop_engine(db: Path, stream: int):
+    """An engine from banditrec.demo.build_engine on a 2,000-item shop, logging to ``db`` (WAL)."""
+    gen = rng(stream)
+    shop = Shop(ShopConfig(n_items=N_ITEMS, dim=SHOP_DIM), seed=np.random.SeedSequence(gen.integers(2**32)))
+    engine = build_engine(shop, SPEC, DecisionLog(db), seed=np.random.SeedSequence(gen.integers(2**32)),
+                          min_epsilon=MIN_EPSILON)
+    trained_linucb(gen, SHOP_DIM, SHOP_DIM, engine.policy)
+    candidates = [engine.items.ids[i] for i in gen.choice(N_ITEMS, N_CAND, replace=False)]
+    context = gen.normal(size=SHOP_DIM).tolist()
+    return engine, candidates, context
+
+
+# ---- 1. decide ---------------------------------------------------------------------------
+def bench_decide(cfg: dict, tmp: Path) -> None:
+    gen = rng(1)
+    policy = trained_linucb(gen, CONTEXT_DIM, ITEM_DIM)
+    request = Request(context=gen.normal(size=CONTEXT_DIM), items=np.arange(N_CAND),
+                      item_features=gen.normal(size=(N_CAND, ITEM_DIM)))
+    X, theta, A_inv, alpha = policy.features(request), policy.theta, policy.A_inv, policy.config.alpha
+
+    def bare():
+        return X @ theta + alpha * np.sqrt(np.einsum("ij,ij->i", X @ A_inv, X))
+
+    assert np.allclose(bare(), policy.scores(request))
+    engine, candidates, context = shop_engine(tmp / "decide.db", 2)
+    eng_request = engine.request(np.asarray(context), engine.items.index_of(candidates, "candidates"))
+    sampler = rng(3)
+    cases = {
+        "a": bare,
+        "b": lambda: policy.scores(request),
+        "c": lambda: policy.distribution(request, N_SLOTS, MIN_EPSILON).sample(sampler),
+        "c42": lambda: engine.policy.distribution(eng_request, N_SLOTS, MIN_EPSILON).sample(sampler),
+        "d": lambda: engine.decide("u17", N_SLOTS, context=context, candidates=candidates),
+    }
+    t = compare(cases, repeats=cfg["decide"])
+    engine.log.close()
+    labels = {
+        "a": ("(a) bare numpy X@theta + alpha*sqrt(rowsum(X@A_inv * X))", 35),
+        "b": ("(b) LinUCB.scores(request), incl. joint features", 35),
+        "c": ("(c) policy.distribution(request, 10, 0.01).sample(rng)", 35),
+        "c42": ("(c') same as (c) on the engine's policy", 42),
+        "d": ("(d) Engine.decide(candidates=200 ids) + SQLite WAL log", 42),
+    }
+    rows = [[label, dim, us(t[k].p50), us(t[k].p99), ratio(t[k].p50, t["a"].p50), "(a)"]
+            for k, (label, dim) in labels.items()]
+    table("decide", f"One decision: {N_CAND} candidates, {N_SLOTS} slots, alpha=1, epsilon=0.1; "
+          f"(a)-(c) context 4 x item 7, (c')-(d) build_engine on Shop(dim={SHOP_DIM}); "
+          f"{cfg['decide']} calls each.",
+          ["case", "joint dim", "p50 us", "p99 us", "ratio", "vs"], rows)
+
+
+# ---- 2. marginals ------------------------------------------------------------------------
+def mc_marginals(scores: np.ndarray, eps: np.ndarray, n_draws: int, gen: np.random.Generator) -> np.ndarray:
+    """Monte-Carlo (n, K) marginals: ``n_draws`` slates sampled at once, in rank space."""
+    n, n_slots = len(scores), len(eps)
+    order = np.argsort(-scores, kind="stable")
+    shown = np.zeros((n_draws, n), dtype=bool)
+    counts = np.empty((n, n_slots))
+    draws = np.arange(n_draws)
+    for k in range(n_slots):
+        avail = ~shown
+        greedy = avail.argmax(axis=1)  # best remaining rank
+        j = gen.integers(0, n - k, size=n_draws)  # j-th remaining rank, uniformly
+        uniform = (np.cumsum(avail, axis=1) > j[:, None]).argmax(axis=1)
+        pick = np.where(gen.random(n_draws) < eps[k], uniform, greedy)
+        shown[draws, pick] = True
+        counts[:, k] = np.bincount(pick, minlength=n)
+    out = np.empty_like(counts)
+    out[order] = counts / n_draws
+    return out
+
+
+def mc_by_sampling(slate: EpsilonGreedySlate, n_draws: int, gen: np.random.Generator) -> np.ndarray:
+    counts = np.zeros((slate.n_candidates, slate.n_slots))
+    cols = np.arange(slate.n_slots)
+    for _ in range(n_draws):
+        counts[slate.sample(gen).index, cols] += 1
+    return counts / n_draws
+
+
+def bench_marginals(cfg: dict, tmp: Path) -> None:
+    gen = rng(4)
+    eps = np.full(N_SLOTS, 0.1)
+    eps_t = tuple(eps.tolist())
+    slate = EpsilonGreedySlate(gen.normal(size=N_CAND), eps)
+    exact = slate.marginals()
+    assert np.allclose(exact.sum(axis=0), 1.0)
+    n_draws = cfg["mc_draws"]
+    mc_gen, loop_gen = rng(5), rng(6)
+    rank_slot_marginals(N_CAND, eps)  # fill the cache
+    fast = compare({"cached": lambda: rank_slot_marginals(N_CAND, eps),
+                    "slate": slate.marginals}, repeats=cfg["marg_fast"], number=10)
+    dp = compare({"dp": lambda: _rank_slot_marginals_cached.__wrapped__(N_CAND, eps_t)},
+                 repeats=cfg["marg_dp"])
+    mc = compare({"mc": lambda: mc_marginals(slate.scores, eps, n_draws, mc_gen)}, repeats=cfg["marg_mc"])
+    loop = compare({"loop": lambda: mc_by_sampling(slate, n_draws, loop_gen)},
+                   repeats=cfg["marg_loop"], warmup=0)
+    t = {**fast, **dp, **mc, **loop}
+    est = {"mc": mc_marginals(slate.scores, eps, n_draws, rng(7)),
+           "loop": mc_by_sampling(slate, n_draws, rng(8))}
+    base = t["cached"].p50
+
+    def err(k):
+        if k not in est:
+            return "exact", "0", "0.00%"
+        e = est[k]
+        rel = np.abs(e - exact) / exact
+        return f"{np.abs(e - exact).max():.4f}", f"{rel.max():.2f}", f"{(e == 0).mean():.1%}"
+
+    labels = {
+        "dp": "(a) exact DP, uncached (__wrapped__)",
+        "cached": "(b) rank_slot_marginals, cached",
+        "slate": "(c) EpsilonGreedySlate.marginals(), per decision",
+        "mc": f"(d) Monte Carlo, {n_draws} slates, vectorised",
+        "loop": f"(e) Monte Carlo, {n_draws} x EpsilonGreedySlate.sample",
+    }
+    rows = [[label, us(t[k].p50), ratio(t[k].p50, base), "(b)", *err(k)] for k, label in labels.items()]
+    table("marginals", f"P(slot k holds candidate j), n={N_CAND}, K={N_SLOTS}, epsilon=0.1 per slot; error "
+          f"against the exact DP (smallest exact cell {exact.min():.1e}); MC cells estimated as 0 would "
+          "get infinite IPS weights.",
+          ["case", "p50 us", "ratio", "vs", "max abs err", "max rel err", "cells = 0"], rows)
+
+
+# ---- 3. log ------------------------------------------------------------------------------
+PARAMS = {"alpha": 1.0, "epsilon": 0.1, "reg": 1.0}
+DECISION_SQL = "INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+SLOT_SQL = "INSERT INTO slots VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+
+
+def fake_decisions(n: int, gen: np.random.Generator) -> list[tuple]:
+    """(Decision, candidate_index, slot_index, context) like Engine.decide logs: 200 candidates, 10 slots."""
+    ids = [f"item{i}" for i in range(N_ITEMS)]
+    out = []
+    for i in range(n):
+        cand = gen.choice(N_ITEMS, N_CAND, replace=False)
+        chosen = cand[:N_SLOTS]
+        p = gen.uniform(0.001, 1.0, size=(2, N_SLOTS))
+        slots = tuple(Slot(position=k, item_id=ids[chosen[k]], propensity=float(p[0, k]),
+                           marginal=float(p[1, k]), source="request") for k in range(N_SLOTS))
+        dec = Decision(event_id=gen.bytes(16).hex(), user_id=f"u{i % 5000}", slots=slots,
+                       joint_propensity=float(np.prod(p[0])), policy="linucb", model_version="linucb-1",
+                       candidates=tuple(ids[c] for c in cand), ts=float(i))
+        out.append((dec, cand, chosen, gen.normal(size=SHOP_DIM)))
+    return out
+
+
+def log_rows(dec: Decision, cand, chosen, context) -> tuple[tuple, list[tuple]]:
+    """The rows DecisionLog.write_decision writes for one decision (same conversions)."""
+    row = (dec.event_id, float(dec.ts), dec.user_id, "home", dec.policy, json.dumps(PARAMS, sort_keys=True),
+           dec.model_version, len(dec.slots), json.dumps(list(dec.candidates)),
+           json.dumps([int(i) for i in cand]), json.dumps([float(c) for c in context]),
+           float(dec.joint_propensity))
+    slots = [(dec.event_id, s.position, s.item_id, int(i), float(s.propensity), float(s.marginal),
+              int(s.marginal_draws), s.source) for s, i in zip(dec.slots, chosen)]
+    return row, slots
+
+
+def bare_connection(path: Path) -> sqlite3.Connection:
+    """A connection configured like DecisionLog's, on a file whose schema DecisionLog created."""
+    DecisionLog(path).close()
+    conn = sqlite3.connect(str(path), check_same_thread=False, timeout=5.0)
+    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=5000", "foreign_keys=ON"):
+        conn.execute(f"PRAGMA {pragma}")
+    return conn
+
+
+def insert(conn: sqlite3.Connection, row: tuple, slots: list[tuple]) -> None:
+    conn.execute("BEGIN")
+    conn.execute(DECISION_SQL, row)
+    conn.executemany(SLOT_SQL, slots)
+    conn.execute("COMMIT")
+
+
+def bench_log_write(cfg: dict, tmp: Path) -> list[list]:
+    n = cfg["log_writes"]
+    decisions = fake_decisions(n + max(1, n // 20) + 1, rng(9))
+    prebuilt = [log_rows(*d) for d in decisions]
+    log = DecisionLog(tmp / "write.db")
+    bare, bare_build = bare_connection(tmp / "bare.db"), bare_connection(tmp / "bare_build.db")
+    it_log, it_bare, it_build = iter(decisions), iter(prebuilt), iter(decisions)
+
+    def via_log():
+        dec, cand, chosen, ctx = next(it_log)
+        log.write_decision(dec, policy_params=PARAMS, candidate_index=cand, slot_index=chosen, context=ctx)
+
+    t = compare({"bare": lambda: insert(bare, *next(it_bare)),
+                 "build": lambda: insert(bare_build, *log_rows(*next(it_build))),
+                 "log": via_log}, repeats=n)
+    same = "SELECT * FROM decisions d JOIN slots s USING (event_id) ORDER BY d.rowid, s.position"
+    assert log.db.execute(same).fetchall() == bare.execute(same).fetchall()  # the same rows were written
+    log.close(), bare.close(), bare_build.close()
+    labels = {"bare": "(a) bare sqlite3, prebuilt rows", "build": "(b) bare sqlite3 + building rows",
+              "log": "(c) DecisionLog.write_decision"}
+    return [[label, us(t[k].p50), us(t[k].p99), rate(t[k].per_second), ratio(t[k].p50, t["bare"].p50), "(a)"]
+            for k, label in labels.items()]
+
+
+READ_DECISIONS = "SELECT rowid, event_id, context, candidate_index FROM decisions WHERE rowid > ? AND rowid <= ? ORDER BY rowid"
+READ_SLOTS = (
+    "SELECT d.rowid, s.position, s.item_index, s.marginal, r.reward "
+    "FROM decisions d JOIN slots s ON s.event_id = d.event_id "
+    "LEFT JOIN rewards r ON r.event_id = s.event_id AND r.position = s.position AND r.kind = ? "
+    "WHERE d.rowid > ? AND d.rowid <= ? ORDER BY d.rowid, s.position"
+)
+
+
+def filled_log(path: Path, n_rows: int, gen: np.random.Generator) -> None:
+    """A log holding ``n_rows`` slot rows (10 per decision) and a click on ~5% of them."""
+    rows = [log_rows(*d) for d in fake_decisions(n_rows // N_SLOTS, gen)]
+    conn = bare_connection(path)
+    conn.execute("BEGIN")
+    conn.executemany(DECISION_SQL, [r for r, _ in rows])
+    conn.executemany(SLOT_SQL, [s for _, slots in rows for s in slots])
+    clicks = [(s[0], s[1], "click", 1.0, 0.0) for _, slots in rows for s in slots if gen.random() < 0.05]
+    conn.executemany("INSERT INTO rewards VALUES (?, ?, ?, ?, ?)", clicks)
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def bench_log_read(cfg: dict, tmp: Path) -> list[list]:
+    n_rows = cfg["read_rows"]
+    path = tmp / "read.db"
+    filled_log(path, n_rows, rng(10))
+    log = DecisionLog(path)
+    bare = bare_connection(path)
+    until = log.max_rowid()
+
+    def fetch():
+        return (bare.execute(READ_DECISIONS, (0, until)).fetchall(),
+                bare.execute(READ_SLOTS, ("click", 0, until)).fetchall())
+
+    assert len(log.decisions().row_reward) == n_rows == len(fetch()[1])
+    t = compare({"bare": fetch, "log": log.decisions}, repeats=cfg["read_reps"], warmup=1)
+    log.close(), bare.close()
+    labels = {"bare": "(d) bare sqlite3, same 2 queries, fetchall", "log": "(e) DecisionLog.decisions() -> arrays"}
+    return [[label, ms(t[k].p50), ms(t[k].p99), rate(n_rows / t[k].p50 * 1e9), ratio(t[k].p50, t["bare"].p50), "(d)"]
+            for k, label in labels.items()]
+
+
+def bench_log(cfg: dict, tmp: Path) -> None:
+    write = bench_log_write(cfg, tmp)
+    table("log write", f"One decision ({N_CAND} candidates, {N_SLOTS} slots) per transaction, on-disk WAL, "
+          f"synchronous=NORMAL; {cfg['log_writes']} decisions each.",
+          ["case", "p50 us", "p99 us", "decisions/s", "ratio", "vs"], write)
+    read = bench_log_read(cfg, tmp)
+    table("log read", f"All {cfg['read_rows']:,} slot rows ({cfg['read_rows'] // N_SLOTS:,} decisions, "
+          f"~5% clicked) back out; {cfg['read_reps']} repeats (p99 ~ max).",
+          ["case", "p50 ms", "p99 ms", "rows/s", "ratio", "vs"], read)
+
+
+# ---- 4. ope ------------------------------------------------------------------------------
+def bench_ope(cfg: dict, tmp: Path) -> None:
+    gen = rng(11)
+    n_dec, n_slots = cfg["ope_decisions"], 5
+    n = n_dec * n_slots
+    arrays = dict(reward=gen.binomial(1, 0.05, size=n).astype(float), action=gen.integers(0, N_ITEMS, size=n),
+                  slot=np.tile(np.arange(n_slots), n_dec), pscore=gen.uniform(0.01, 1.0, size=n),
+                  decision=np.repeat(np.arange(n_dec), n_slots))
+    pi = gen.uniform(0.0, 1.0, size=n)
+    data = LoggedBandit(**arrays, n_actions=N_ITEMS, n_slots=n_slots)
+    pscore, reward = data.pscore, data.reward
+    ips, snips = IPS(), SNIPS()
+    cases = {
+        "bare": lambda: np.mean(pi / pscore * reward),
+        "ips": lambda: ips.estimate(data, target_pscore=pi),
+        "snips": lambda: snips.estimate(data, target_pscore=pi),
+        "copy": lambda: [np.array(a, copy=True) for a in arrays.values()],
+        "build": lambda: LoggedBandit(**arrays, n_actions=N_ITEMS, n_slots=n_slots),
+    }
+    t = compare(cases, repeats=cfg["ope_reps"], warmup=1)
+    per_dec = ips.estimate(data, target_pscore=pi).value / n_slots
+    assert np.isclose(per_dec, np.mean(pi / pscore * reward))
+    labels = {
+        "bare": ("(a) np.mean(pi / pscore * reward)", "bare"),
+        "ips": ("(b) IPS().estimate(data, target_pscore=pi)", "bare"),
+        "snips": ("(c) SNIPS().estimate(data, target_pscore=pi)", "bare"),
+        "copy": ("(d) copy the 5 input arrays", "copy"),
+        "build": ("(e) LoggedBandit(...) construction", "copy"),
+    }
+    rows = [[label, ms(t[k].p50), rate(n / t[k].p50 * 1e9), ratio(t[k].p50, t[peer].p50), labels[peer][0][:3]]
+            for k, (label, peer) in labels.items()]
+    table("ope", f"{n:,} logged rows ({n_dec:,} decisions x {n_slots} slots), random rewards and "
+          f"propensities; {cfg['ope_reps']} repeats.", ["case", "p50 ms", "rows/s", "ratio", "vs"], rows)
+
+
+# ---- 5. http -----------------------------------------------------------------------------
+def bare_app(response: dict):
+    from flask import Flask, jsonify
+
+    app = Flask("bare")
+
+    @app.post("/v1/decide")
+    def decide():
+        return jsonify(response)
+
+    return app
+
+
+def bench_http(cfg: dict, tmp: Path) -> None:
+    engine, candidates, context = shop_engine(tmp / "http.db", 12)
+    client = create_app(engine).test_client()
+    body = {"user_id": "u17", "slots": N_SLOTS, "context": context, "candidates": candidates}
+    first = client.post("/v1/decide", json=body)
+    assert first.status_code == 200, first.get_json()
+    bare = bare_app(first.get_json()).test_client()
+    assert bare.post("/v1/decide", json=body).get_json() == first.get_json()
+    t = compare({
+        "bare": lambda: bare.post("/v1/decide", json=body),
+        "http": lambda: client.post("/v1/decide", json=body),
+        "engine": lambda: engine.decide("u17", N_SLOTS, context=context, candidates=candidates),
+    }, repeats=cfg["http"])
+    engine.log.close()
+    labels = {"bare": "(a) bare Flask route, constant dict, same body",
+              "http": "(b) POST /v1/decide (create_app test client)",
+              "engine": "(c) Engine.decide, same arguments, no HTTP"}
+    rows = [[label, us(t[k].p50), us(t[k].p99), rate(t[k].per_second), ratio(t[k].p50, t["bare"].p50), "(a)"]
+            for k, label in labels.items()]
+    table("http", f"In-process Flask test client; body: {N_CAND} candidate ids, {N_SLOTS} slots, "
+          f"context of {SHOP_DIM}; SQLite WAL log on disk; {cfg['http']} requests each.",
+          ["case", "p50 us", "p99 us", "requests/s", "ratio", "vs"], rows)
+
+
+SECTIONS = {"decide": bench_decide, "marginals": bench_marginals, "log": bench_log, "ope": bench_ope,
+            "http": bench_http}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes and repeats (< 20 s)")
+    parser.add_argument("--only", choices=sorted(SECTIONS), help="run one section")
+    args = parser.parse_args(argv)
+    cfg = QUICK if args.quick else FULL
+    start = time.perf_counter()
+    print(f"banditrec bench ({'quick' if args.quick else 'full'}): python {sys.version.split()[0]}, "
+          f"numpy {np.__version__}, sqlite {sqlite3.sqlite_version}; medians over repeated timings")
+    for name, fn in SECTIONS.items():
+        if args.only in (None, name):
+            with tempfile.TemporaryDirectory(prefix=f"banditrec-bench-{name}-") as tmp:
+                fn(cfg, Path(tmp))
+            sys.stdout.flush()
+    print(f"\ntotal {time.perf_counter() - start:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""Shared fixtures: a small simulated shop and an engine logging to an in-memory SQLite log."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from banditrec.demo import build_engine
+from banditrec.store import DecisionLog
+from simulator import Shop, ShopConfig
+
+SMALL = ShopConfig(n_items=200, n_types=8, n_customers=400, dim=4, history_purchases=6)
+
+
+@pytest.fixture(scope="session")
+def small_shop() -> Shop:
+    return Shop(SMALL, seed=123)
+
+
+def make_engine(shop: Shop, policy: str = "linucb:alpha=1.0,epsilon=0.1", *, seed=7, db=":memory:",
+                n_candidates: int = 20, **kw):
+    """A fresh engine on ``shop`` with its own log (in memory unless ``db`` is a path)."""
+    t = [0.0]
+
+    def clock():
+        t[0] += 1.0
+        return t[0]
+
+    return build_engine(shop, policy, DecisionLog(db), seed=seed, n_candidates=n_candidates, clock=clock, **kw)
+
+
+@pytest.fixture
+def engine(small_shop):
+    eng = make_engine(small_shop)
+    yield eng
+    eng.log.close()
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(20261123)

@@ -1,0 +1,87 @@
+"""Item-item CF: sparse cosine against a dense reference; candidate lists."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from banditrec.candidates import ItemItemCF
+from banditrec.errors import ValidationError
+
+
+@pytest.fixture
+def interactions():
+    rng = np.random.default_rng(11)
+    dense = (rng.random((300, 40)) < 0.1) * rng.integers(1, 4, size=(300, 40))
+    dense[:, 39] = 0  # an item nobody touched
+    return sp.csr_matrix(dense.astype(float)), dense.astype(float)
+
+
+def dense_cosine(dense):
+    norms = np.linalg.norm(dense, axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        S = dense.T @ dense / np.outer(norms, norms)
+    S = np.nan_to_num(S)
+    np.fill_diagonal(S, 0)
+    return S
+
+
+def test_neighbours_equal_dense_cosine_top_n(interactions):
+    X, dense = interactions
+    cf = ItemItemCF(n_neighbors=7).fit(X)
+    S = dense_cosine(dense)
+    ids, scores = cf.similar_items(np.arange(40), N=7)
+    for i in range(40):
+        expected = np.sort(S[i])[::-1][:7]
+        np.testing.assert_allclose(scores[i], expected, atol=1e-12)
+        valid = ids[i] >= 0
+        np.testing.assert_allclose(S[i, ids[i][valid]], scores[i][valid], atol=1e-12)
+    assert (ids[39] == -1).all() and (scores[39] == 0).all()
+    assert (cf.similarity.getnnz(axis=1) <= 7).all()
+
+
+def test_candidates_score_by_summed_similarity_and_exclude_history(interactions):
+    X, dense = interactions
+    cf = ItemItemCF(n_neighbors=40).fit(X)
+    S = dense_cosine(dense)
+    history = np.array([0, 5, 9])
+    ids, scores, source = cf.candidates(history, N=10, exclude=[3])
+    expected = S[history].sum(axis=0)
+    expected[[0, 5, 9, 3]] = -1
+    top = np.argsort(-expected, kind="stable")[:10]
+    np.testing.assert_allclose(scores, expected[top], atol=1e-12)
+    assert not set(ids) & {0, 5, 9, 3}
+    assert (source == "cf").all()
+
+
+def test_unknown_user_gets_popular_items(interactions):
+    X, dense = interactions
+    cf = ItemItemCF().fit(X)
+    ids, scores, source = cf.candidates([], N=5)
+    np.testing.assert_array_equal(ids, np.argsort(-dense.sum(axis=0), kind="stable")[:5])
+    assert (source == "popular").all() and (scores == 0).all()
+
+
+def test_short_cf_list_is_filled_with_popular_items():
+    X = sp.csr_matrix(np.array([[1, 1, 0, 0, 0], [0, 0, 1, 1, 1], [0, 0, 1, 1, 0]], dtype=float))
+    cf = ItemItemCF().fit(X)
+    ids, scores, source = cf.candidates([0], N=4)
+    assert ids[0] == 1 and source[0] == "cf"
+    assert list(source[1:]) == ["popular"] * 3
+    assert len(set(ids)) == 4 and 0 not in ids
+
+
+def test_errors_name_the_problem(interactions):
+    X, _ = interactions
+    with pytest.raises(ValidationError, match="not fitted"):
+        ItemItemCF().similar_items([0])
+    with pytest.raises(ValidationError, match="n_neighbors must be a positive integer"):
+        ItemItemCF(0)
+    with pytest.raises(ValidationError, match="scipy.sparse"):
+        ItemItemCF().fit(np.ones((3, 3)))
+    cf = ItemItemCF().fit(X)
+    with pytest.raises(ValidationError, match=r"item id 40 is outside \[0, 40\)"):
+        cf.similar_items([40])
+    with pytest.raises(ValidationError, match="only 37 items are eligible"):
+        cf.candidates([0, 1, 2], N=38)

@@ -1,0 +1,137 @@
+"""Policy registry, LinUCB against direct linear algebra, and the policy contract."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from banditrec.errors import ValidationError
+from banditrec.features import joint_dim, joint_features
+from banditrec.policies import REGISTRY, LinUCB, Request, make, parse_spec
+
+ENV = {"context_dim": 3, "item_dim": 2, "popularity": np.arange(10.0)}
+
+
+def request(rng, n=6):
+    items = rng.choice(10, size=n, replace=False)
+    return Request(context=rng.normal(size=3), items=items, item_features=rng.normal(size=(n, 2)))
+
+
+def test_parse_spec():
+    assert parse_spec("linucb:alpha=0.5, epsilon=0.05") == ("linucb", {"alpha": "0.5", "epsilon": "0.05"})
+    assert parse_spec("uniform") == ("uniform", {})
+
+
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        ("nope", "unknown policy 'nope'; known: linucb, popularity, uniform"),
+        ("linucb:beta=1", "policy linucb has no parameter beta; it takes: epsilon, alpha, reg"),
+        ("linucb:alpha=fast", "alpha must be a number, got 'fast'"),
+        ("linucb:alpha", "must look like key=value"),
+        ("linucb:alpha=1,alpha=2", "given twice"),
+        ("linucb:epsilon=1.5", r"epsilon must be a number in \[0, 1\], got 1.5"),
+        ("linucb:alpha=-1", "alpha must be a finite number >= 0"),
+        ("linucb:reg=0", "reg must be a finite number > 0"),
+        ("uniform:epsilon=0.5", "epsilon must be 1"),
+        ("", "non-empty"),
+    ],
+)
+def test_bad_specs_raise_clear_errors(spec, match):
+    with pytest.raises(ValidationError, match=match):
+        make(spec, **ENV)
+
+
+def test_missing_environment_is_named():
+    with pytest.raises(ValidationError, match="context_dim"):
+        make("linucb")
+    with pytest.raises(ValidationError, match="popularity"):
+        make("popularity")
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_contract_for_every_registered_policy(name, rng):
+    """Spec round-trip, params, PMF and marginals, and propensity == probability of the choice."""
+    policy = make(name, **ENV)
+    again = make(policy.spec, **ENV)
+    assert again.params == policy.params
+    req = request(rng)
+    dist = policy.distribution(req, 3, min_epsilon=0.05)
+    M = dist.marginals()
+    np.testing.assert_allclose(M.sum(axis=0), 1.0, atol=1e-12)
+    assert (M > 0).all()  # the floor reaches every candidate in every slot
+    draw = dist.sample(np.random.default_rng(1))
+    np.testing.assert_allclose(draw.propensity, dist.conditionals(draw.index), rtol=0, atol=0)
+    np.testing.assert_allclose(draw.marginal, M[draw.index, np.arange(3)])
+
+
+def test_serving_floor_mixes_a_greedy_policy(rng):
+    policy = make("linucb:epsilon=0", **ENV)
+    req = request(rng)
+    assert (policy.distribution(req, 2).marginals() == 0).any()  # greedy: some items never shown
+    floored = policy.distribution(req, 2, min_epsilon=0.02)
+    np.testing.assert_array_equal(floored.epsilon, [0.02, 0.02])
+
+
+def test_joint_features_are_item_then_outer_product(rng):
+    x, V = rng.normal(size=3), rng.normal(size=(4, 2))
+    X = joint_features(x, V)
+    assert X.shape == (4, joint_dim(3, 2))
+    for i in range(4):
+        np.testing.assert_allclose(X[i], np.r_[V[i], np.outer(V[i], x).ravel()])
+    rows = joint_features(np.tile(x, (4, 1)), V)
+    np.testing.assert_allclose(rows, X)
+
+
+def test_linucb_scores_match_direct_formula(rng):
+    policy = make("linucb:alpha=0.7,reg=2.0", **ENV)
+    ctx, feats, r = rng.normal(size=(50, 3)), rng.normal(size=(50, 2)), rng.normal(size=50)
+    policy.update(ctx, feats, r)
+    req = request(rng)
+    X = joint_features(req.context, req.item_features)
+    Xall = joint_features(ctx, feats)
+    A = 2.0 * np.eye(X.shape[1]) + Xall.T @ Xall
+    theta = np.linalg.solve(A, Xall.T @ r)
+    expected = X @ theta + 0.7 * np.sqrt(np.einsum("ij,jk,ik->i", X, np.linalg.inv(A), X))
+    np.testing.assert_allclose(policy.scores(req), expected, rtol=1e-9)
+
+
+def test_sherman_morrison_updates_match_inverse(rng):
+    one_by_one = make("linucb", **ENV)
+    batch = make("linucb", **ENV)
+    ctx, feats, r = rng.normal(size=(300, 3)), rng.normal(size=(300, 2)), rng.normal(size=300)
+    for i in range(300):
+        one_by_one.update(ctx[i], feats[i], r[i])
+    batch.update(ctx, feats, r)
+    np.testing.assert_allclose(one_by_one.A_inv, np.linalg.inv(one_by_one.A), atol=1e-10)
+    np.testing.assert_allclose(one_by_one.A_inv, batch.A_inv, atol=1e-10)
+    np.testing.assert_allclose(one_by_one.theta, batch.theta, atol=1e-9)
+    assert one_by_one.n_updates == 300 and batch.n_updates == 1
+    assert batch.model_version == "linucb-1"
+
+
+def test_linucb_recovers_a_known_parameter():
+    """20,000 rows with reward = x . theta* + N(0, 0.1^2): theta within 0.01 of theta*."""
+    rng = np.random.default_rng(3)
+    policy: LinUCB = make("linucb:reg=1.0", **ENV)
+    theta_star = rng.normal(size=policy.dim)
+    ctx, feats = rng.normal(size=(20_000, 3)), rng.normal(size=(20_000, 2))
+    X = joint_features(ctx, feats)
+    policy.update(ctx, feats, X @ theta_star + rng.normal(0, 0.1, size=20_000))
+    assert np.abs(policy.theta - theta_star).max() < 0.01
+
+
+def test_update_rejects_bad_rows():
+    policy = make("linucb", **ENV)
+    with pytest.raises(ValidationError, match="finite"):
+        policy.update(np.zeros((1, 3)), np.zeros((1, 2)), [np.nan])
+    with pytest.raises(ValidationError, match=r"update needs features \(m, 8\)"):
+        policy.update_features(np.zeros((2, 5)), np.zeros(2))
+    assert policy.n_updates == 0
+
+
+def test_popularity_ranks_by_counts(rng):
+    policy = make("popularity:epsilon=0", **ENV)
+    req = Request(context=np.zeros(3), items=np.array([2, 9, 5]), item_features=np.zeros((3, 2)))
+    M = policy.distribution(req, 3).marginals()
+    np.testing.assert_array_equal(M.argmax(axis=0), [1, 2, 0])

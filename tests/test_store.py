@@ -1,0 +1,88 @@
+"""The decision log: schema constraints, atomic writes, joins, migrations."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import numpy as np
+import pytest
+
+from banditrec.store import DecisionLog
+from banditrec.store.migrations import migrations
+from banditrec.types import Decision, Reward, Slot
+
+
+def decision(event_id="e1", props=(0.5, 0.25), margs=(0.5, 0.3), items=("a", "b")):
+    slots = tuple(
+        Slot(position=k, item_id=items[k], propensity=props[k], marginal=margs[k], source="cf")
+        for k in range(len(props))
+    )
+    return Decision(event_id=event_id, user_id="u1", slots=slots, joint_propensity=float(np.prod(props)),
+                    policy="test", model_version="test-0", candidates=("a", "b", "c"), ts=1.0)
+
+
+def write(log, d, context=(0.1, 0.2)):
+    log.write_decision(d, policy_params={"epsilon": 0.1}, candidate_index=[0, 1, 2],
+                       slot_index=[0, 1][: len(d.slots)], context=context)
+
+
+def test_round_trip_into_arrays_at_full_precision():
+    log = DecisionLog()
+    p = 1 / 3 + 1e-15
+    write(log, decision(props=(p, 0.25), margs=(p, 0.3)), context=(np.pi, -1e-300))
+    write(log, decision("e2"))
+    log.record_reward(Reward("e1", 1.0, position=1))
+    got = log.decisions()
+    assert got.event_id == ["e1", "e2"]
+    np.testing.assert_array_equal(got.context[0], [np.pi, -1e-300])
+    assert got.row_pscore[0] == p  # bit-exact
+    np.testing.assert_array_equal(got.row_decision, [0, 0, 1, 1])
+    np.testing.assert_array_equal(got.row_slot, [0, 1, 0, 1])
+    np.testing.assert_array_equal(got.row_action, [0, 1, 0, 1])
+    np.testing.assert_array_equal(got.row_reward, [0.0, 1.0, 0.0, 0.0])
+    assert log.decisions(default_reward=-1.0).row_reward.tolist() == [-1.0, 1.0, -1.0, -1.0]
+    assert log.decisions(kind="purchase").row_reward.tolist() == [0.0] * 4
+    assert log.decisions(after_rowid=1).event_id == ["e2"]
+    row = log.db.execute("SELECT policy_params, candidates FROM decisions WHERE event_id='e1'").fetchone()
+    assert json.loads(row[0]) == {"epsilon": 0.1} and json.loads(row[1]) == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "INSERT INTO slots VALUES ('e1', 5, 'x', 0, 0.0, 0.5, 0, 'cf')",
+        "INSERT INTO slots VALUES ('e1', 5, 'x', 0, 0.5, 1.5, 0, 'cf')",
+        "INSERT INTO slots VALUES ('e1', -1, 'x', 0, 0.5, 0.5, 0, 'cf')",
+        "INSERT INTO slots VALUES ('nope', 5, 'x', 0, 0.5, 0.5, 0, 'cf')",
+        "UPDATE decisions SET joint_propensity = 0",
+        "INSERT INTO rewards VALUES ('e1', -2, 'click', 1.0, 0)",
+    ],
+)
+def test_schema_constraints_refuse_bad_rows(sql):
+    log = DecisionLog()
+    write(log, decision())
+    with pytest.raises(sqlite3.IntegrityError):
+        log.db.execute(sql)
+
+
+def test_a_decision_with_a_bad_slot_leaves_nothing_behind():
+    log = DecisionLog()
+    write(log, decision())
+    with pytest.raises(sqlite3.IntegrityError):
+        write(log, decision("e2", props=(0.5, 0.0)))
+    with pytest.raises(sqlite3.IntegrityError):
+        write(log, decision("e1"))  # duplicate event id
+    assert log.count("decisions") == 1 and log.count("slots") == 2
+
+
+def test_file_log_uses_wal_and_migrates_once(tmp_path):
+    path = tmp_path / "log.db"
+    log = DecisionLog(path)
+    write(log, decision())
+    assert log.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    log.close()
+    again = DecisionLog(path)
+    assert [m.name for m in migrations.applied(again.db)] == ["0001_decisions_slots_rewards"]
+    assert again.count("decisions") == 1
+    assert again.integrity_ok()
