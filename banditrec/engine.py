@@ -45,12 +45,12 @@ class ItemTable:
         return len(self.ids)
 
     def index_of(self, item_ids, field: str) -> np.ndarray:
-        out = np.empty(len(item_ids), dtype=np.int64)
-        for j, item in enumerate(item_ids):
-            i = self._index.get(item)
-            if i is None:
-                raise ValidationError(f"{field}[{j}]: unknown item id {item!r}", field)
-            out[j] = i
+        """Catalog indices of ``item_ids``; an unknown id is an error naming its position."""
+        get = self._index.get
+        out = np.fromiter((get(item, -1) for item in item_ids), dtype=np.int64, count=len(item_ids))
+        if len(out) and out.min() < 0:
+            j = int(np.argmin(out))
+            raise ValidationError(f"{field}[{j}]: unknown item id {item_ids[j]!r}", field)
         return out
 
 
@@ -133,9 +133,10 @@ class Engine:
             excluded = self.items.index_of(known, "exclude")
         if candidates is not None:
             idx = self.items.index_of(candidates, "candidates")
-            if len(np.unique(idx)) != len(idx):
+            if len(set(candidates)) != len(candidates):
                 raise ValidationError("candidates must not repeat an item", "candidates")
-            idx = idx[~np.isin(idx, excluded)]
+            if len(excluded):
+                idx = idx[~np.isin(idx, excluded)]
             source = np.full(len(idx), SOURCE_REQUEST, dtype=object)
         else:
             eligible = self.items.n_items - len(np.union1d(excluded, self.history(user_id)))
@@ -168,7 +169,7 @@ class Engine:
         slots = tuple(
             Slot(
                 position=k,
-                item_id=self.items.ids[chosen[k]],
+                item_id=self.items.ids[int(chosen[k])],
                 propensity=float(draw.propensity[k]),
                 marginal=float(draw.marginal[k]),
                 source=str(source[draw.index[k]]),
@@ -182,7 +183,7 @@ class Engine:
             joint_propensity=draw.joint,
             policy=self.policy.name,
             model_version=self.policy.model_version,
-            candidates=tuple(self.items.ids[i] for i in cand_idx),
+            candidates=tuple(map(self.items.ids.__getitem__, cand_idx.tolist())),
             ts=float(self.clock()),
         )
         self.log.write_decision(

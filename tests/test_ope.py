@@ -171,3 +171,16 @@ def test_snips_with_no_support_says_so(rng):
     data, pi = random_log(rng, n_dec=10)
     with pytest.raises(ValidationError, match="probability 0 to every logged action"):
         SNIPS().estimate(data, target_pscore=np.zeros_like(pi))
+
+
+def test_row_order_does_not_change_estimates(rng):
+    """Decision ids compact the same way whether rows come grouped (fast path) or shuffled."""
+    data, pi = random_log(rng, n_dec=50)
+    perm = rng.permutation(data.n_rows)
+    shuffled = LoggedBandit(reward=data.reward[perm], action=data.action[perm], slot=data.slot[perm],
+                            pscore=data.pscore[perm], decision=data.decision[perm],
+                            n_actions=data.n_actions, n_slots=data.n_slots)
+    for est in (IPS(), SNIPS()):
+        a, b = est.estimate(data, target_pscore=pi), est.estimate(shuffled, target_pscore=pi[perm])
+        assert a.value == pytest.approx(b.value, rel=1e-12)
+        assert a.se == pytest.approx(b.se, rel=1e-9)

@@ -114,6 +114,7 @@ class EpsilonGreedySlate:
             )
         self.scores = scores
         self.epsilon = eps
+        self._rank = None
 
     @property
     def n_candidates(self) -> int:
@@ -132,20 +133,64 @@ class EpsilonGreedySlate:
         e = self.epsilon[k]
         return (e / n_left) * avail + ((1.0 - e) / top.sum()) * top
 
+    def _ranking(self):
+        """Candidates in descending score order, each sorted position's tie group, group sizes."""
+        if self._rank is None:
+            order = np.argsort(-self.scores, kind="stable")
+            s = self.scores[order]
+            new_group = np.r_[True, s[1:] != s[:-1]]
+            group = np.cumsum(new_group) - 1
+            sizes = np.bincount(group)
+            self._rank = (order, group, sizes)
+        return self._rank
+
     def sample(self, rng: np.random.Generator) -> SlateSample:
+        """Draw a slate; O(n log n) once for the ranking, then O(1) per slot (ties aside).
+
+        Each slot uses one uniform draw ``u``: ``u < eps_k`` picks uniformly among the
+        candidates not yet shown, otherwise uniformly among the best remaining tie group. The
+        logged propensity is the mixture probability of the item, as in :meth:`slot_pmf`.
+        """
         n, n_slots = self.n_candidates, self.n_slots
-        shown = np.zeros(n, dtype=bool)
-        index = np.empty(n_slots, dtype=np.int64)
-        prop = np.empty(n_slots)
-        u = rng.random(n_slots)
-        for k in range(n_slots):
-            pmf = self.slot_pmf(shown, k)
-            cdf = np.cumsum(pmf)
-            # first index whose cdf exceeds u*total: never an index of probability zero
-            i = min(int(np.searchsorted(cdf, u[k] * cdf[-1], side="right")), n - 1)
+        order_a, group_a, sizes_a = self._ranking()
+        group_of_a = np.empty(n, dtype=np.int64)
+        group_of_a[order_a] = group_a
+        order, group, sizes, group_of = order_a.tolist(), group_a.tolist(), sizes_a.tolist(), group_of_a.tolist()
+        remaining = list(range(n))  # candidates not shown, with swap-remove
+        where = list(range(n))
+        shown = [False] * n
+        shown_in_group = [0] * len(sizes)
+        top = 0  # first sorted position not yet shown
+        index, prop = [0] * n_slots, [0.0] * n_slots
+        eps = self.epsilon.tolist()
+        for k, u in enumerate(rng.random(n_slots).tolist()):
+            e, left = eps[k], n - k
+            while shown[order[top]]:
+                top += 1
+            g = group[top]
+            n_top = sizes[g] - shown_in_group[g]
+            if u < e:
+                i = remaining[min(int(u / e * left), left - 1)]
+            else:
+                pick = min(int((u - e) / (1.0 - e) * n_top), n_top - 1)
+                r = top
+                while True:  # the pick-th unshown candidate of the top tie group
+                    if not shown[order[r]]:
+                        if pick == 0:
+                            break
+                        pick -= 1
+                    r += 1
+                i = order[r]
+            prop[k] = e / left + ((1.0 - e) / n_top if group_of[i] == g else 0.0)
             index[k] = i
-            prop[k] = pmf[i]
             shown[i] = True
+            shown_in_group[group_of[i]] += 1
+            last = remaining.pop()  # swap-remove i from remaining
+            if last != i:
+                remaining[where[i]] = last
+                where[last] = where[i]
+        index = np.array(index, dtype=np.int64)
+        prop = np.array(prop)
         marg = self.marginals()[index, np.arange(n_slots)]
         return SlateSample(index=index, propensity=prop, marginal=marg, joint=float(np.prod(prop)))
 
@@ -166,13 +211,11 @@ class EpsilonGreedySlate:
         over the ranks its tie group occupies.
         """
         ranks = rank_slot_marginals(self.n_candidates, self.epsilon)
-        order = np.argsort(-self.scores, kind="stable")
-        sorted_scores = self.scores[order]
-        starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
-        if len(starts) == len(sorted_scores):
+        order, group, sizes = self._ranking()
+        if len(sizes) == len(order):
             by_rank = ranks
         else:
-            sizes = np.diff(np.r_[starts, len(sorted_scores)])
+            starts = np.r_[0, np.cumsum(sizes)[:-1]]
             group_mean = np.add.reduceat(ranks, starts, axis=0) / sizes[:, None]
             by_rank = np.repeat(group_mean, sizes, axis=0)
         out = np.empty_like(by_rank)
