@@ -46,6 +46,27 @@ def demo(decisions, slots, candidates, batch, seed, policy, targets, out):
 
 
 @main.command()
+@click.option("--seeds", default=10, show_default=True, help="Number of seeded runs (seeds 0..N-1).")
+@click.option("--first-seed", default=0, show_default=True)
+@click.option("--decisions", default=20_000, show_default=True)
+@click.option("--slots", default=5, show_default=True)
+@click.option("--policy", default="linucb:alpha=1.0,epsilon=0.1", show_default=True, help="Logging policy spec.")
+@click.option("--target", "targets", multiple=True, default=("uniform", "popularity:epsilon=0.1"), show_default=True)
+def coverage(seeds, first_seed, decisions, slots, policy, targets):
+    """Repeat the demo over many seeds: do the 95% intervals cover the exact truth 95% of the time?"""
+    from .demo import coverage_study, coverage_table
+    from .errors import BanditRecError
+
+    try:
+        rows = coverage_study(seeds=range(first_seed, first_seed + seeds), n_decisions=decisions, n_slots=slots,
+                              policy=policy, targets=tuple(targets), echo=click.echo)
+    except BanditRecError as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo("")
+    click.echo(coverage_table(rows))
+
+
+@main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--workers", default=1, show_default=True, type=int)

@@ -210,6 +210,23 @@ def evaluate_against_truth(shop: Shop, engine: Engine, served: Served, targets, 
     return results, per_decision
 
 
+def _run(seed, shop_config, policy, log, *, n_decisions, n_slots, n_candidates, batch, via, echo=None):
+    """One seeded run: the seed splits into world, engine, traffic and click streams."""
+    world_seq, engine_seq, traffic_seq, click_seq = np.random.SeedSequence(seed).spawn(4)
+    shop = Shop(shop_config or ShopConfig(), seed=world_seq)
+    now = [0.0]  # simulated clock: one second per request
+
+    def clock():
+        now[0] += 1.0
+        return now[0]
+
+    engine = build_engine(shop, policy, log, seed=engine_seq, n_candidates=n_candidates, clock=clock)
+    served = simulate(shop, engine, n_decisions=n_decisions, n_slots=n_slots, batch=batch,
+                      traffic=np.random.default_rng(traffic_seq), clicks=np.random.default_rng(click_seq),
+                      via=via, echo=echo)
+    return shop, engine, served
+
+
 def run_demo(
     *,
     n_decisions: int = 20_000,
@@ -231,19 +248,9 @@ def run_demo(
     db_path = out / "log.db"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db_path}{suffix}").unlink(missing_ok=True)
-    world_seq, engine_seq, traffic_seq, click_seq = np.random.SeedSequence(seed).spawn(4)
-    shop = Shop(shop_config or ShopConfig(), seed=world_seq)
-    now = [0.0]  # simulated clock: one second per request
-
-    def clock():
-        now[0] += 1.0
-        return now[0]
-
-    log = DecisionLog(db_path)
-    engine = build_engine(shop, policy, log, seed=engine_seq, n_candidates=n_candidates, clock=clock)
-    served = simulate(shop, engine, n_decisions=n_decisions, n_slots=n_slots, batch=batch,
-                      traffic=np.random.default_rng(traffic_seq), clicks=np.random.default_rng(click_seq),
-                      via="http", echo=echo)
+    shop, engine, served = _run(seed, shop_config, policy, DecisionLog(db_path), n_decisions=n_decisions,
+                                n_slots=n_slots, n_candidates=n_candidates, batch=batch, via="http", echo=echo)
+    log = engine.log
     results, per_decision = evaluate_against_truth(shop, engine, served, targets, n_slots=n_slots)
     n_batches = len(served.batch_truth)
     result = DemoResult(
@@ -327,3 +334,61 @@ def _plot(result: DemoResult, path: Path, batch: int) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+@dataclass
+class CoverageRow:
+    policy: str
+    estimator: str
+    covered: int
+    runs: int
+    z: np.ndarray  # (runs,) (estimate - truth) / se
+
+    @property
+    def coverage(self) -> float:
+        return self.covered / self.runs
+
+
+def coverage_study(
+    *,
+    seeds=range(10),
+    n_decisions: int = 20_000,
+    n_slots: int = 5,
+    n_candidates: int = 30,
+    batch: int = 500,
+    policy: str = "linucb:alpha=1.0,epsilon=0.1",
+    targets: tuple[str, ...] = ("uniform", "popularity:epsilon=0.1"),
+    shop_config: ShopConfig | None = None,
+    echo=print,
+) -> list[CoverageRow]:
+    """Repeat the demo (in process, in-memory log) over ``seeds``; for every policy and
+    estimator, how often the 95% interval covered the exact truth, and the standardised errors
+    (estimate - truth) / se, which should look standard normal if the intervals are honest."""
+    rows: dict[tuple[str, str], CoverageRow] = {}
+    for seed in seeds:
+        shop, engine, served = _run(seed, shop_config, policy, DecisionLog(), n_decisions=n_decisions,
+                                    n_slots=n_slots, n_candidates=n_candidates, batch=batch, via="engine")
+        results, _ = evaluate_against_truth(shop, engine, served, targets, n_slots=n_slots)
+        engine.log.close()
+        for r in results:
+            for name, e in r.estimates.items():
+                row = rows.setdefault((r.spec, name), CoverageRow(r.spec, name, 0, 0, np.empty(0)))
+                row.covered += e.covers(r.truth)
+                row.runs += 1
+                row.z = np.append(row.z, (e.value - r.truth) / e.se)
+        if echo:
+            echo(f"  seed {seed}: " + ", ".join(
+                f"{r.spec.split(':')[0]} IPS z={(r.estimates['IPS'].value - r.truth) / r.estimates['IPS'].se:+.2f}"
+                for r in results))
+    return list(rows.values())
+
+
+def coverage_table(rows: list[CoverageRow]) -> str:
+    w = max(len(r.policy) for r in rows)
+    head = f"{'policy':<{w}}  {'estim.':<6} {'covered':>9} {'mean z':>7} {'sd z':>6} {'min z':>6} {'max z':>6}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        sd = r.z.std(ddof=1) if r.runs > 1 else float("nan")
+        lines.append(f"{r.policy:<{w}}  {r.estimator:<6} {r.covered:>4}/{r.runs:<4} {r.z.mean():>7.2f} {sd:>6.2f} "
+                     f"{r.z.min():>6.2f} {r.z.max():>6.2f}")
+    return "\n".join(lines)

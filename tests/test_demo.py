@@ -52,3 +52,18 @@ def test_cli_demo_bad_policy_is_a_usage_error(tmp_path):
     assert res.exit_code == 2
     assert "policy linucb has no parameter beta" in res.output
     assert "Traceback" not in res.output
+
+
+def test_coverage_study_counts_and_standardised_errors():
+    from banditrec.demo import coverage_study, coverage_table
+
+    rows = coverage_study(seeds=range(3), n_decisions=300, n_slots=3, n_candidates=15, batch=150,
+                          targets=("uniform",), shop_config=SMALL, echo=None)
+    assert [(r.policy.split(":")[0], r.estimator) for r in rows] == [
+        ("linucb", "IPS"), ("linucb", "SNIPS"), ("uniform", "IPS"), ("uniform", "SNIPS")]
+    for r in rows:
+        assert r.runs == 3 and len(r.z) == 3
+        assert r.covered == int((abs(r.z) <= 1.959963984540054 + 1e-9).sum())
+    table = coverage_table(rows)
+    for r in rows:
+        assert f"{r.covered:>4}/{r.runs:<4}" in table

@@ -86,3 +86,24 @@ def test_file_log_uses_wal_and_migrates_once(tmp_path):
     assert [m.name for m in migrations.applied(again.db)] == ["0001_decisions_slots_rewards"]
     assert again.count("decisions") == 1
     assert again.integrity_ok()
+
+
+def _open_and_write(args):
+    path, i = args
+    log = DecisionLog(path)
+    write(log, decision(f"e{i}"))
+    log.close()
+    return i
+
+
+def test_processes_opening_a_new_log_together_migrate_once(tmp_path):
+    """Six processes open the same new file at once (as gunicorn workers do) and each writes."""
+    import multiprocessing as mp
+
+    path = str(tmp_path / "shared.db")
+    with mp.get_context("spawn").Pool(6) as pool:
+        assert sorted(pool.map(_open_and_write, [(path, i) for i in range(6)])) == list(range(6))
+    log = DecisionLog(path)
+    assert log.count("decisions") == 6
+    assert len(migrations.applied(log.db)) == 1
+    assert log.integrity_ok()

@@ -75,7 +75,15 @@ class DecisionLog:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         self.db.execute("PRAGMA foreign_keys=ON")
-        migrations.apply(self.db)
+        # Take the write lock before reading which migrations are pending, so that processes
+        # opening a new log at the same moment (gunicorn workers) apply each migration once.
+        self.db.conn.execute("BEGIN IMMEDIATE")
+        try:
+            migrations.apply(self.db)
+        except BaseException:
+            self.db.rollback()
+            raise
+        self.db.commit()
 
     def close(self) -> None:
         self.db.close()
