@@ -16,10 +16,10 @@ def main():
 
 
 @main.command()
-@click.option("--decisions", default=20_000, show_default=True, help="Decisions to serve.")
-@click.option("--slots", default=5, show_default=True, help="Carousel slots per decision.")
-@click.option("--candidates", default=30, show_default=True, help="CF candidates per decision.")
-@click.option("--batch", default=500, show_default=True, help="Decisions between learning steps.")
+@click.option("--decisions", default=20_000, show_default=True, help="Decisions to serve.", type=click.IntRange(min=1))
+@click.option("--slots", default=5, show_default=True, help="Carousel slots per decision.", type=click.IntRange(min=1))
+@click.option("--candidates", default=30, show_default=True, help="CF candidates per decision.", type=click.IntRange(min=1))
+@click.option("--batch", default=500, show_default=True, help="Decisions between learning steps.", type=click.IntRange(min=1))
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--policy", default="linucb:alpha=1.0,epsilon=0.1", show_default=True, help="Logging policy spec.")
 @click.option("--target", "targets", multiple=True, default=("uniform", "popularity:epsilon=0.1"),
@@ -46,10 +46,10 @@ def demo(decisions, slots, candidates, batch, seed, policy, targets, out):
 
 
 @main.command()
-@click.option("--seeds", default=10, show_default=True, help="Number of seeded runs (seeds 0..N-1).")
+@click.option("--seeds", default=10, show_default=True, help="Number of seeded runs (seeds 0..N-1).", type=click.IntRange(min=1))
 @click.option("--first-seed", default=0, show_default=True)
-@click.option("--decisions", default=20_000, show_default=True)
-@click.option("--slots", default=5, show_default=True)
+@click.option("--decisions", default=20_000, show_default=True, type=click.IntRange(min=1))
+@click.option("--slots", default=5, show_default=True, type=click.IntRange(min=1))
 @click.option("--policy", default="linucb:alpha=1.0,epsilon=0.1", show_default=True, help="Logging policy spec.")
 @click.option("--target", "targets", multiple=True, default=("uniform", "popularity:epsilon=0.1"), show_default=True)
 def coverage(seeds, first_seed, decisions, slots, policy, targets):
@@ -68,8 +68,8 @@ def coverage(seeds, first_seed, decisions, slots, policy, targets):
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True, type=int)
-@click.option("--workers", default=1, show_default=True, type=int)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(min=1))
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1))
 @click.option("--db", default="out/serve/log.db", show_default=True, type=click.Path(dir_okay=False))
 @click.option("--policy", default="linucb:alpha=1.0,epsilon=0.1", show_default=True)
 @click.option("--shop-seed", default=0, show_default=True, type=int, help="Seed of the simulated demo shop.")

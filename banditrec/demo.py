@@ -134,7 +134,7 @@ def simulate(shop: Shop, engine: Engine, *, n_decisions: int, n_slots: int, batc
     decide, reward = {"http": _http_transport, "engine": _engine_transport}[via](engine)
     item_of = {item: i for i, item in enumerate(engine.items.ids)}
     customers, truths = [], []
-    n_rewards, mismatch, learned = 0, 0.0, engine.log.max_rowid()
+    n_rewards, mismatch, learned = 0, 0.0, engine.log.max_seq()
     n_batches = -(-n_decisions // batch)
     for b in range(n_batches):
         size = min(batch, n_decisions - b * batch)
@@ -148,7 +148,7 @@ def simulate(shop: Shop, engine: Engine, *, n_decisions: int, n_slots: int, batc
         for i, k in zip(*np.nonzero(clicked)):
             reward(event_ids[i], int(k), 1.0)
             n_rewards += 1
-        logged = engine.log.decisions(after_rowid=learned)
+        logged = engine.log.decisions(after_seq=learned)
         truth = np.empty(logged.n_decisions)
 
         def exact(d, items, marg, _cust=req.customer, _truth=truth):
@@ -159,8 +159,8 @@ def simulate(shop: Shop, engine: Engine, *, n_decisions: int, n_slots: int, batc
         mismatch = max(mismatch, float(np.abs(recomputed - logged.row_pscore).max()))
         customers.append(req.customer)
         truths.append(truth)
-        learned = int(logged.rowid[-1])
-        engine.learn(until_rowid=learned)
+        learned = int(logged.seq[-1])
+        engine.learn(until_seq=learned)
         if echo and (b + 1) % max(1, n_batches // 10) == 0:
             echo(f"  {b * batch + size:>7} decisions logged; exact clicks per carousel in this batch {truth.mean():.4f}")
     return Served(
@@ -252,13 +252,13 @@ def run_demo(
                                 n_slots=n_slots, n_candidates=n_candidates, batch=batch, via="http", echo=echo)
     log = engine.log
     results, per_decision = evaluate_against_truth(shop, engine, served, targets, n_slots=n_slots)
-    n_batches = len(served.batch_truth)
     result = DemoResult(
         n_decisions=len(served.customer),
         n_rewards=served.n_rewards,
         seconds=time.perf_counter() - start,
         results=results,
-        batch_truth={k: np.array([c.mean() for c in np.array_split(v, n_batches)]) for k, v in per_decision.items()},
+        batch_truth={k: np.array([c.mean() for c in np.split(v, np.arange(batch, len(v), batch))])
+                     for k, v in per_decision.items()},
         max_pscore_mismatch=served.max_pscore_mismatch,
         db=db_path,
     )
@@ -326,7 +326,7 @@ def _plot(result: DemoResult, path: Path, batch: int) -> None:
     ax1.set_title("Off-policy estimates (95% CI) vs the simulator's truth")
     ax1.legend()
     for name, series in result.batch_truth.items():
-        ax2.plot((np.arange(len(series)) + 1) * batch, series, label=name)
+        ax2.plot(np.minimum((np.arange(len(series)) + 1) * batch, result.n_decisions), series, label=name)
     ax2.set_xlabel("decisions")
     ax2.set_ylabel("exact expected clicks per carousel")
     ax2.set_title("Per batch of the log: the logging policy learns")
@@ -375,12 +375,19 @@ def coverage_study(
                 row = rows.setdefault((r.spec, name), CoverageRow(r.spec, name, 0, 0, np.empty(0)))
                 row.covered += e.covers(r.truth)
                 row.runs += 1
-                row.z = np.append(row.z, (e.value - r.truth) / e.se)
+                row.z = np.append(row.z, _standardised(e, r.truth))
         if echo:
             echo(f"  seed {seed}: " + ", ".join(
-                f"{r.spec.split(':')[0]} IPS z={(r.estimates['IPS'].value - r.truth) / r.estimates['IPS'].se:+.2f}"
-                for r in results))
+                f"{r.spec.split(':')[0]} IPS z={_standardised(r.estimates['IPS'], r.truth):+.2f}" for r in results))
     return list(rows.values())
+
+
+def _standardised(e: Estimate, truth: float) -> float:
+    """(estimate - truth) / se; an exact estimate with se 0 counts as 0, a wrong one as +-inf."""
+    diff = e.value - truth
+    if e.se > 0:
+        return diff / e.se
+    return 0.0 if diff == 0 else float(np.sign(diff) * np.inf)
 
 
 def coverage_table(rows: list[CoverageRow]) -> str:

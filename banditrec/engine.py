@@ -6,6 +6,7 @@ The engine holds no HTTP and no estimator code. A service wraps :meth:`Engine.de
 
 from __future__ import annotations
 
+import secrets
 import time
 from dataclasses import dataclass
 
@@ -68,7 +69,9 @@ class Engine:
     context_dim : length of the context vector requests send (zeros when absent)
     n_candidates : candidates generated per request when the request brings none
     min_epsilon : exploration floor mixed into every served slot (must be > 0)
-    seed : seeds the sampler and the event-id streams; ``None`` is fresh entropy
+    seed : seeds the sampler and the event-id streams (a seeded run is reproducible);
+        ``None`` samples from fresh entropy and takes event ids from the OS, so that forked
+        serving processes never share a stream
     clock : callable returning the current time in seconds (injectable for simulations)
     """
 
@@ -103,9 +106,9 @@ class Engine:
         self.min_epsilon = float(min_epsilon)
         sampler_seq, id_seq = as_seed_sequence(seed).spawn(2)
         self._sampler = np.random.default_rng(sampler_seq)
-        self._ids = np.random.default_rng(id_seq)
+        self._ids = np.random.default_rng(id_seq) if seed is not None else None
         self.clock = clock
-        self._learned_rowid = 0
+        self._learned_seq = 0
 
     # ---- serving ------------------------------------------------------------------------
     def history(self, user_id: str) -> np.ndarray:
@@ -163,7 +166,14 @@ class Engine:
         n_slots = check_positive_int(n_slots, "slots")
         ctx = self._context(context)
         cand_idx, source = self._candidates(user_id, n_slots, candidates, exclude)
-        dist = self.policy.distribution(self.request(ctx, cand_idx), n_slots, self.min_epsilon)
+        try:
+            dist = self.policy.distribution(self.request(ctx, cand_idx), n_slots, self.min_epsilon)
+        except ValidationError as exc:
+            if exc.field != "scores":
+                raise
+            raise ValidationError(
+                "the policy's scores are not finite for this context; are its values in a sensible range?",
+                "context") from None
         draw = dist.sample(self._sampler)
         chosen = cand_idx[draw.index]
         slots = tuple(
@@ -177,10 +187,11 @@ class Engine:
             for k in range(n_slots)
         )
         decision = Decision(
-            event_id=self._ids.bytes(16).hex(),
+            event_id=self._ids.bytes(16).hex() if self._ids is not None else secrets.token_hex(16),
             user_id=user_id,
             slots=slots,
             joint_propensity=draw.joint,
+            log_joint_propensity=draw.log_joint,
             policy=self.policy.name,
             model_version=self.policy.model_version,
             candidates=tuple(map(self.items.ids.__getitem__, cand_idx.tolist())),
@@ -188,7 +199,7 @@ class Engine:
         )
         self.log.write_decision(
             decision,
-            policy_params=self.policy.params,
+            policy_params={**self.policy.params, "min_epsilon": self.min_epsilon},
             candidate_index=cand_idx,
             slot_index=chosen,
             context=ctx,
@@ -203,14 +214,15 @@ class Engine:
         )
 
     # ---- learning -----------------------------------------------------------------------
-    def learn(self, *, until_rowid: int | None = None, kind: str = "click", default_reward: float = 0.0) -> int:
-        """Update the policy from logged decisions not yet learned from, up to ``until_rowid``.
+    def learn(self, *, until_seq: int | None = None, kind: str = "click", default_reward: float = 0.0) -> int:
+        """Update the policy from logged decisions not yet learned from, up to ``until_seq``.
 
-        Slots without a ``kind`` reward count as ``default_reward`` (their reward window is
-        taken to be closed). Returns the number of slot rows learned from.
+        The caller says when a decision's rewards are in: slots without a ``kind`` reward by
+        then count as ``default_reward``, and a reward posted after a decision was learned
+        from is kept in the log but not learned from again. Returns the slot rows learned from.
         """
         logged = self.log.decisions(
-            after_rowid=self._learned_rowid, until_rowid=until_rowid, kind=kind, default_reward=default_reward
+            after_seq=self._learned_seq, until_seq=until_seq, kind=kind, default_reward=default_reward
         )
         if logged.n_decisions == 0:
             return 0
@@ -219,5 +231,5 @@ class Engine:
             self.items.features[logged.row_action],
             logged.row_reward,
         )
-        self._learned_rowid = int(logged.rowid[-1])
+        self._learned_seq = int(logged.seq[-1])
         return len(logged.row_reward)

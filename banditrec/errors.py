@@ -1,4 +1,7 @@
-"""One family of errors, so callers can catch everything banditrec raises on bad input."""
+"""One family of errors, so callers can catch everything banditrec raises on purpose.
+
+Each carries ``field``, the name of the offending input, so an HTTP layer can point at it.
+"""
 
 from __future__ import annotations
 
@@ -6,32 +9,19 @@ from __future__ import annotations
 class BanditRecError(Exception):
     """Base class of every error banditrec raises on purpose."""
 
-
-class ValidationError(BanditRecError, ValueError):
-    """An input has the wrong shape, type or value.
-
-    ``field`` names the offending input, so an HTTP layer can point at it.
-    """
-
     def __init__(self, message: str, field: str | None = None):
         super().__init__(message)
-        self.field = field
         self.message = message
+        self.field = field
+
+
+class ValidationError(BanditRecError, ValueError):
+    """An input has the wrong shape, type or value."""
 
 
 class NotFoundError(BanditRecError, LookupError):
     """Something referred to by id (an event, an item) does not exist."""
 
-    def __init__(self, message: str, field: str | None = None):
-        super().__init__(message)
-        self.field = field
-        self.message = message
-
 
 class ConflictError(BanditRecError):
     """A write contradicts what is already recorded (e.g. a different value for the same reward)."""
-
-    def __init__(self, message: str, field: str | None = None):
-        super().__init__(message)
-        self.field = field
-        self.message = message

@@ -60,7 +60,8 @@ class Decision:
     event_id: str
     user_id: str
     slots: tuple[Slot, ...]
-    joint_propensity: float
+    joint_propensity: float  # product of the slots' conditionals; may underflow to 0
+    log_joint_propensity: float  # its logarithm, which does not
     policy: str
     model_version: str
     candidates: tuple[str, ...]
@@ -169,6 +170,19 @@ class LoggedBandit:
     @property
     def n_rows(self) -> int:
         return len(self.reward)
+
+    def subset(self, rows: np.ndarray) -> "LoggedBandit":
+        """The rows selected by a boolean mask or index array, as a new ``LoggedBandit``."""
+        return LoggedBandit(
+            reward=self.reward[rows],
+            action=self.action[rows],
+            slot=self.slot[rows],
+            pscore=self.pscore[rows],
+            decision=self.decision[rows],
+            context=None if self.context is None else self.context[rows],
+            n_actions=self.n_actions,
+            n_slots=self.n_slots,
+        )
 
     @property
     def n_decisions(self) -> int:

@@ -73,16 +73,6 @@ def check_positive_int(value, name: str) -> int:
     return int(value)
 
 
-def as_generator(seed_or_rng) -> np.random.Generator:
-    """A ``Generator`` from a seed, a ``SeedSequence`` or a ``Generator``.
-
-    ``None`` means fresh entropy, never a global RNG.
-    """
-    if isinstance(seed_or_rng, np.random.Generator):
-        return seed_or_rng
-    return np.random.default_rng(seed_or_rng)
-
-
 def as_seed_sequence(seed) -> np.random.SeedSequence:
     """A ``SeedSequence`` from an int, ``None`` (fresh entropy) or a ``SeedSequence``."""
     if isinstance(seed, np.random.SeedSequence):

@@ -94,10 +94,6 @@ class Shop:
         data = np.ones(rows.size)
         return sp.csr_matrix((data, (rows, cols.ravel())), shape=(c.n_customers, c.n_items))
 
-    def user_history(self, customer: int) -> np.ndarray:
-        """Catalog indices the customer bought in the pre-period."""
-        return self.history.indices[self.history.indptr[customer] : self.history.indptr[customer + 1]]
-
     def requests(self, n: int, rng: np.random.Generator) -> Requests:
         customer = rng.integers(0, self.config.n_customers, size=n)
         return Requests(customer=customer, context=self.customers.observed[customer])

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
+from hypothesis import settings
 import pytest
 
 from banditrec.demo import build_engine
@@ -39,3 +42,9 @@ def engine(small_shop):
 @pytest.fixture
 def rng():
     return np.random.default_rng(20261123)
+
+
+# Property tests explore new examples locally; under CI they replay the same examples every run.
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")

@@ -103,6 +103,8 @@ def test_ips_is_exactly_unbiased_by_enumeration(n, k, seed, eps_log, eps_target)
 
     Slot k's reward depends only on the item in slot k (position-based), the logger is
     epsilon-greedy (uniform when eps_log = 1) and the target any other epsilon-greedy ranking.
+    Each enumerated slate is one logged decision; the estimator's own per-row terms are
+    averaged with the slate's probability.
     """
     k = min(k, n)
     rng = np.random.default_rng(seed)
@@ -111,11 +113,37 @@ def test_ips_is_exactly_unbiased_by_enumeration(n, k, seed, eps_log, eps_target)
     pi = EpsilonGreedySlate(rng.normal(size=n), [eps_target] * k)
     mu_m, pi_m = mu.marginals(), pi.marginals()
     truth = float((pi_m * q).sum())
+    ips = IPS()
     expected = 0.0
     for slate in itertools.permutations(range(n), k):
         p = float(np.prod(mu.conditionals(slate)))
-        expected += p * sum(pi_m[a, s] / mu_m[a, s] * q[a, s] for s, a in enumerate(slate))
+        if p == 0:
+            continue
+        slots = np.arange(k)
+        data = LoggedBandit(reward=q[list(slate), slots], action=list(slate), slot=slots,
+                            pscore=mu_m[list(slate), slots], n_actions=n, n_slots=k, decision=np.zeros(k, int))
+        _, wr = ips.row_terms(data, pi_m[list(slate), slots])
+        expected += p * wr.sum()
     assert expected == pytest.approx(truth, rel=1e-9, abs=1e-12)
+
+
+def test_per_slot_estimates_add_up_to_the_whole(rng):
+    data, pi = random_log(rng)
+    whole = IPS().estimate(data, target_pscore=pi)
+    parts = [IPS().estimate(data, target_pscore=pi, slot=k) for k in range(3)]
+    assert sum(p.value for p in parts) == pytest.approx(whole.value, rel=1e-12)
+    k1 = data.slot == 1
+    assert parts[1].value == pytest.approx((pi[k1] / data.pscore[k1] * data.reward[k1]).mean())
+    assert all(p.n_rows == 300 for p in parts)
+    with pytest.raises(ValidationError, match=r"slot must be an integer in \[0, 3\), got 3"):
+        IPS().estimate(data, target_pscore=pi, slot=3)
+
+
+def test_an_interval_needs_two_decisions():
+    data = LoggedBandit(reward=[1.0, 0.0], action=[0, 1], slot=[0, 1], pscore=[0.5, 0.5], decision=[4, 4],
+                        n_actions=2, n_slots=2)
+    with pytest.raises(ValidationError, match="at least 2 decisions, got 1"):
+        IPS().estimate(data, target_pscore=[0.5, 0.5])
 
 
 @pytest.mark.parametrize(

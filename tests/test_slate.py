@@ -65,11 +65,15 @@ def test_sampled_propensities_match_independent_recomputation(sk, data):
     shown = []
     for k, j in enumerate(draw.index):
         pmf = reference_slot_pmf(scores, eps[k], shown)
-        assert pmf.sum() == pytest.approx(1.0, abs=1e-12)
         assert draw.propensity[k] == pytest.approx(pmf[j], abs=1e-15)
-        # the exploration floor: every remaining candidate keeps eps_k / (n - k)
+        # the code's own slot distribution: sums to 1, equals the reference, keeps the floor
+        mask = np.zeros(len(scores), dtype=bool)
+        mask[shown] = True
+        code_pmf = dist.slot_pmf(mask, k)
+        assert code_pmf.sum() == pytest.approx(1.0, abs=1e-12)
+        np.testing.assert_allclose(code_pmf, pmf, atol=1e-15)
         remaining = [i for i in range(len(scores)) if i not in shown]
-        assert pmf[remaining].min() >= eps[k] / len(remaining) - 1e-15
+        assert code_pmf[remaining].min() >= eps[k] / len(remaining) - 1e-15
         shown.append(j)
     assert draw.joint == pytest.approx(np.prod(draw.propensity), rel=1e-12)
     np.testing.assert_allclose(draw.marginal, dist.marginals()[draw.index, np.arange(K)], atol=0)

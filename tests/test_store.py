@@ -19,6 +19,7 @@ def decision(event_id="e1", props=(0.5, 0.25), margs=(0.5, 0.3), items=("a", "b"
         for k in range(len(props))
     )
     return Decision(event_id=event_id, user_id="u1", slots=slots, joint_propensity=float(np.prod(props)),
+                    log_joint_propensity=float(np.log(props).sum()) if min(props) > 0 else 0.0,
                     policy="test", model_version="test-0", candidates=("a", "b", "c"), ts=1.0)
 
 
@@ -43,7 +44,7 @@ def test_round_trip_into_arrays_at_full_precision():
     np.testing.assert_array_equal(got.row_reward, [0.0, 1.0, 0.0, 0.0])
     assert log.decisions(default_reward=-1.0).row_reward.tolist() == [-1.0, 1.0, -1.0, -1.0]
     assert log.decisions(kind="purchase").row_reward.tolist() == [0.0] * 4
-    assert log.decisions(after_rowid=1).event_id == ["e2"]
+    assert log.decisions(after_seq=1).event_id == ["e2"]
     row = log.db.execute("SELECT policy_params, candidates FROM decisions WHERE event_id='e1'").fetchone()
     assert json.loads(row[0]) == {"epsilon": 0.1} and json.loads(row[1]) == ["a", "b", "c"]
 
@@ -55,7 +56,8 @@ def test_round_trip_into_arrays_at_full_precision():
         "INSERT INTO slots VALUES ('e1', 5, 'x', 0, 0.5, 1.5, 0, 'cf')",
         "INSERT INTO slots VALUES ('e1', -1, 'x', 0, 0.5, 0.5, 0, 'cf')",
         "INSERT INTO slots VALUES ('nope', 5, 'x', 0, 0.5, 0.5, 0, 'cf')",
-        "UPDATE decisions SET joint_propensity = 0",
+        "UPDATE decisions SET joint_propensity = -0.5",
+        "UPDATE decisions SET log_joint_propensity = 0.1",
         "INSERT INTO rewards VALUES ('e1', -2, 'click', 1.0, 0)",
     ],
 )

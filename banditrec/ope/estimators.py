@@ -73,12 +73,22 @@ class IPS:
         per_decision = np.bincount(data.decision, weights=wr, minlength=data.n_decisions)
         return per_decision.mean(), per_decision
 
-    def estimate(self, data: LoggedBandit, action_dist=None, *, target_pscore=None) -> Estimate:
+    def estimate(self, data: LoggedBandit, action_dist=None, *, target_pscore=None, slot: int | None = None) -> Estimate:
+        """The target policy's value per decision, or of one ``slot`` alone."""
         pi = resolve_target_pscore(data, action_dist, target_pscore)
+        if slot is not None:
+            if isinstance(slot, bool) or not isinstance(slot, (int, np.integer)) or not 0 <= slot < data.n_slots:
+                raise ValidationError(f"slot must be an integer in [0, {data.n_slots}), got {slot!r}", "slot")
+            keep = data.slot == slot
+            if not keep.any():
+                raise ValidationError(f"no logged rows in slot {slot}", "slot")
+            pi, data = pi[keep], data.subset(keep)
+        n = data.n_decisions
+        if n < 2:
+            raise ValidationError(f"an interval needs at least 2 decisions, got {n}", "reward")
         w, wr = self.row_terms(data, pi)
         value, influence = self._point_and_influence(data, w, wr)
-        n = data.n_decisions
-        se = float(influence.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+        se = float(influence.std(ddof=1) / np.sqrt(n))
         z = float(norm.ppf(0.5 + self.level / 2))
         sw, sw2 = w.sum(), (w * w).sum()
         return Estimate(

@@ -23,8 +23,15 @@ import numpy as np
 from ..errors import ValidationError
 
 
-@lru_cache(maxsize=512)
+_CACHE_MAX_CELLS = 20_000  # cache tables up to 160 KB each; larger ones are computed per call
+
+
+@lru_cache(maxsize=256)
 def _rank_slot_marginals_cached(n: int, eps: tuple[float, ...]) -> np.ndarray:
+    return _rank_slot_marginals(n, eps)
+
+
+def _rank_slot_marginals(n: int, eps: tuple[float, ...]) -> np.ndarray:
     n_slots = len(eps)
     out = np.zeros((n, n_slots))
     # State (t, c): ranks 0..t-1 are all shown, rank t is not, and c further shown items
@@ -75,6 +82,8 @@ def rank_slot_marginals(n: int, epsilon) -> np.ndarray:
     eps = tuple(float(e) for e in np.asarray(epsilon, dtype=float).ravel())
     if len(eps) > n:
         raise ValidationError(f"cannot fill {len(eps)} slots from {n} candidates", "slots")
+    if n * len(eps) > _CACHE_MAX_CELLS:
+        return _rank_slot_marginals(int(n), eps)
     return _rank_slot_marginals_cached(int(n), eps)
 
 
@@ -85,7 +94,8 @@ class SlateSample:
     index: np.ndarray  # (K,) positions into the candidate array
     propensity: np.ndarray  # (K,) conditional P(item | earlier slots)
     marginal: np.ndarray  # (K,) P(slot k holds this item)
-    joint: float  # product of the conditionals
+    joint: float  # product of the conditionals (may underflow to 0 for long slates)
+    log_joint: float  # sum of the log conditionals
 
 
 class EpsilonGreedySlate:
@@ -192,7 +202,9 @@ class EpsilonGreedySlate:
         index = np.array(index, dtype=np.int64)
         prop = np.array(prop)
         marg = self.marginals()[index, np.arange(n_slots)]
-        return SlateSample(index=index, propensity=prop, marginal=marg, joint=float(np.prod(prop)))
+        log_joint = float(np.log(prop).sum())
+        return SlateSample(index=index, propensity=prop, marginal=marg, joint=float(np.exp(log_joint)),
+                           log_joint=log_joint)
 
     def conditionals(self, index) -> np.ndarray:
         """Conditional propensities of a given slate (candidate positions per slot)."""

@@ -1,8 +1,13 @@
 """The decision log: every decision, its propensities and context, and rewards joined later.
 
-SQLite through sqlite-utils, WAL journal with ``synchronous=NORMAL`` and a busy timeout. One
-write path: each decision and its slots are written in one transaction, so a crash never
-leaves a half-logged decision. Readers hand arrays to the estimators; no estimator math here.
+SQLite through sqlite-utils, WAL journal and a busy timeout. One write path: each decision and
+its slots are written in one transaction, so a crash never leaves a half-logged decision.
+Readers hand arrays to the estimators; no estimator math here.
+
+Durability: with ``synchronous="NORMAL"`` (the default) a committed decision survives a crash
+or kill of the process; a power loss or OS crash may lose the last transactions. Pass
+``synchronous="FULL"`` to make every acknowledged decision survive those too, at a cost that
+``make bench`` measures.
 """
 
 from __future__ import annotations
@@ -29,13 +34,15 @@ class LoggedDecisions:
     """Logged decisions in row order, with what a policy needs to re-score them.
 
     ``context (D, d_c)``, ``candidates`` a list of D int arrays (catalog indices),
-    ``rowid (D,)`` the log's row ids, ``event_id`` a list of D strings, and per logged slot
-    ``row_decision (n,)`` (index into the D decisions), ``row_slot (n,)``, ``row_action (n,)``,
-    ``row_pscore (n,)`` the logged marginal, ``row_reward (n,)`` with the default filled in.
+    ``seq (D,)`` the decisions' log sequence numbers, ``event_id`` a list of D strings,
+    ``decision_reward (D,)`` the whole-decision rewards of the kind asked for (posted without a
+    position; the default where none), and per logged slot ``row_decision (n,)`` (index into
+    the D decisions), ``row_slot (n,)``, ``row_action (n,)``, ``row_pscore (n,)`` the logged
+    marginal, ``row_reward (n,)`` with the default filled in.
     """
 
     event_id: list
-    rowid: np.ndarray
+    seq: np.ndarray
     context: np.ndarray
     candidates: list
     row_decision: np.ndarray
@@ -43,6 +50,7 @@ class LoggedDecisions:
     row_action: np.ndarray
     row_pscore: np.ndarray
     row_reward: np.ndarray
+    decision_reward: np.ndarray
 
     @property
     def n_decisions(self) -> int:
@@ -63,7 +71,10 @@ class LoggedDecisions:
 class DecisionLog:
     """The SQLite decision log. ``path=":memory:"`` gives a private in-memory log."""
 
-    def __init__(self, path: str | Path = ":memory:", *, busy_timeout_ms: int = 5000):
+    def __init__(self, path: str | Path = ":memory:", *, busy_timeout_ms: int = 5000,
+                 synchronous: str = "NORMAL"):
+        if synchronous not in ("NORMAL", "FULL"):
+            raise ValidationError(f"synchronous must be NORMAL or FULL, got {synchronous!r}", "synchronous")
         self.path = str(path)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -72,7 +83,7 @@ class DecisionLog:
         self._lock = threading.Lock()
         if self.path != ":memory:":
             self.db.enable_wal()
-        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute(f"PRAGMA synchronous={synchronous}")
         self.db.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         self.db.execute("PRAGMA foreign_keys=ON")
         # Take the write lock before reading which migrations are pending, so that processes
@@ -99,8 +110,20 @@ class DecisionLog:
         context,
         surface: str = "home",
     ) -> None:
-        """Write a decision and all its slots in one transaction."""
+        """Write a decision and all its slots in one transaction.
+
+        ``candidate_index`` holds the catalog index of each of ``decision.candidates`` and
+        ``slot_index`` that of each slot's item; slots must be at positions 0..K-1 in order.
+        """
         context = [float(c) for c in np.asarray(context, dtype=float).ravel()]
+        if len(slot_index) != len(decision.slots) or len(candidate_index) != len(decision.candidates):
+            raise ValidationError(
+                f"a decision with {len(decision.slots)} slots and {len(decision.candidates)} candidates needs "
+                f"as many indices, got {len(slot_index)} and {len(candidate_index)}", "slots")
+        if [s.position for s in decision.slots] != list(range(len(decision.slots))):
+            raise ValidationError(
+                f"slot positions must be 0..{len(decision.slots) - 1} in order, got {[s.position for s in decision.slots]}",
+                "slots")
         row = (
             decision.event_id,
             float(decision.ts),
@@ -114,6 +137,7 @@ class DecisionLog:
             json.dumps([int(i) for i in candidate_index]),
             json.dumps(context),
             float(decision.joint_propensity),
+            float(decision.log_joint_propensity),
         )
         slot_rows = [
             (
@@ -126,11 +150,14 @@ class DecisionLog:
                 int(s.marginal_draws),
                 s.source,
             )
-            for s, idx in zip(decision.slots, slot_index)
+            for s, idx in zip(decision.slots, slot_index, strict=True)
         ]
         with self._lock, self.db.atomic():
             self.db.execute(
-                "INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row
+                "INSERT INTO decisions (event_id, ts, user_id, surface, policy, policy_params, model_version, "
+                "n_slots, candidates, candidate_index, context, joint_propensity, log_joint_propensity) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                row,
             )
             self.db.conn.executemany("INSERT INTO slots VALUES (?, ?, ?, ?, ?, ?, ?, ?)", slot_rows)
 
@@ -165,9 +192,10 @@ class DecisionLog:
             ).fetchone()
         if existing == float(reward.value):
             return "duplicate"
+        where = "the decision as a whole" if reward.position is None else f"position {reward.position}"
         raise ConflictError(
             f"a {reward.kind} reward of {existing} is already recorded for event {reward.event_id!r} "
-            f"position {reward.position}; got {reward.value}",
+            f"({where}); got {reward.value}",
             "reward",
         )
 
@@ -175,41 +203,52 @@ class DecisionLog:
     def count(self, table: str) -> int:
         if table not in ("decisions", "slots", "rewards"):
             raise ValidationError(f"unknown table {table!r}", "table")
-        return self.db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+        with self._lock:
+            return self.db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
 
-    def max_rowid(self) -> int:
-        return self.db.execute("SELECT coalesce(max(rowid), 0) FROM decisions").fetchone()[0]
+    def max_seq(self) -> int:
+        """The sequence number of the last logged decision (0 when the log is empty)."""
+        with self._lock:
+            return self.db.execute("SELECT coalesce(max(seq), 0) FROM decisions").fetchone()[0]
 
     def decisions(
-        self, *, after_rowid: int = 0, until_rowid: int | None = None, kind: str = "click",
+        self, *, after_seq: int = 0, until_seq: int | None = None, kind: str = "click",
         default_reward: float = 0.0,
     ) -> LoggedDecisions:
-        """Decisions with ``after_rowid < rowid <= until_rowid``, slots joined to ``kind`` rewards.
+        """Decisions with ``after_seq < seq <= until_seq``, slots joined to ``kind`` rewards.
 
-        A slot without a reward gets ``default_reward``.
+        A slot (or decision) without a reward of that kind gets ``default_reward``. Reads run
+        in one transaction under the write lock, so they never see half of a decision.
         """
-        until = self.max_rowid() if until_rowid is None else int(until_rowid)
-        dec = self.db.execute(
-            "SELECT rowid, event_id, context, candidate_index FROM decisions "
-            "WHERE rowid > ? AND rowid <= ? ORDER BY rowid",
-            (int(after_rowid), until),
-        ).fetchall()
-        rows = self.db.execute(
-            "SELECT d.rowid, s.position, s.item_index, s.marginal, r.reward "
-            "FROM decisions d JOIN slots s ON s.event_id = d.event_id "
-            "LEFT JOIN rewards r ON r.event_id = s.event_id AND r.position = s.position AND r.kind = ? "
-            "WHERE d.rowid > ? AND d.rowid <= ? ORDER BY d.rowid, s.position",
-            (kind, int(after_rowid), until),
-        ).fetchall()
-        rowid = np.array([d[0] for d in dec], dtype=np.int64)
-        context = np.array([json.loads(d[2]) for d in dec], dtype=float).reshape(len(dec), -1)
+        with self._lock, self.db.atomic():
+            until = self.db.execute("SELECT coalesce(max(seq), 0) FROM decisions").fetchone()[0]
+            if until_seq is not None:
+                until = min(until, int(until_seq))
+            bounds = (int(after_seq), until)
+            dec = self.db.execute(
+                "SELECT d.seq, d.event_id, d.context, d.candidate_index, r.reward FROM decisions d "
+                "LEFT JOIN rewards r ON r.event_id = d.event_id AND r.position = -1 AND r.kind = ? "
+                "WHERE d.seq > ? AND d.seq <= ? ORDER BY d.seq",
+                (kind, *bounds),
+            ).fetchall()
+            rows = self.db.execute(
+                "SELECT d.seq, s.position, s.item_index, s.marginal, r.reward "
+                "FROM decisions d JOIN slots s ON s.event_id = d.event_id "
+                "LEFT JOIN rewards r ON r.event_id = s.event_id AND r.position = s.position AND r.kind = ? "
+                "WHERE d.seq > ? AND d.seq <= ? ORDER BY d.seq, s.position",
+                (kind, *bounds),
+            ).fetchall()
+        seq = np.array([d[0] for d in dec], dtype=np.int64)
+        contexts = [json.loads(d[2]) for d in dec]
+        width = len(contexts[0]) if contexts else 0
+        context = np.array(contexts, dtype=float).reshape(len(dec), width)
         candidates = [np.array(json.loads(d[3]), dtype=np.int64) for d in dec]
+        decision_reward = np.array([default_reward if d[4] is None else d[4] for d in dec], dtype=float)
         if rows:
             cols = list(zip(*rows))
-            row_rowid = np.array(cols[0], dtype=np.int64)
             reward = np.array([default_reward if r is None else r for r in cols[4]], dtype=float)
             arrays = (
-                np.searchsorted(rowid, row_rowid),
+                np.searchsorted(seq, np.array(cols[0], dtype=np.int64)),
                 np.array(cols[1], dtype=np.int64),
                 np.array(cols[2], dtype=np.int64),
                 np.array(cols[3], dtype=float),
@@ -217,7 +256,8 @@ class DecisionLog:
             )
         else:
             arrays = (np.empty(0, np.int64),) * 3 + (np.empty(0),) * 2
-        return LoggedDecisions([d[1] for d in dec], rowid, context, candidates, *arrays)
+        return LoggedDecisions([d[1] for d in dec], seq, context, candidates, *arrays, decision_reward)
 
     def integrity_ok(self) -> bool:
-        return self.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        with self._lock:
+            return self.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

@@ -15,7 +15,8 @@ def _initial(db):
     db.executescript(
         """
         CREATE TABLE decisions (
-            event_id TEXT PRIMARY KEY,
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- log order; never reused, never renumbered
+            event_id TEXT NOT NULL UNIQUE,
             ts REAL NOT NULL,
             user_id TEXT NOT NULL,
             surface TEXT NOT NULL,
@@ -26,7 +27,9 @@ def _initial(db):
             candidates TEXT NOT NULL,             -- JSON list of item ids, in scoring order
             candidate_index TEXT NOT NULL,        -- JSON list of catalog indices, same order
             context TEXT NOT NULL,                -- JSON list of floats (full precision)
-            joint_propensity REAL NOT NULL CHECK (joint_propensity > 0 AND joint_propensity <= 1)
+            -- the joint probability can underflow to 0 for long slates; its log cannot
+            joint_propensity REAL NOT NULL CHECK (joint_propensity >= 0 AND joint_propensity <= 1),
+            log_joint_propensity REAL NOT NULL CHECK (log_joint_propensity <= 0)
         );
         CREATE TABLE slots (
             event_id TEXT NOT NULL REFERENCES decisions(event_id),

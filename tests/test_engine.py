@@ -1,0 +1,106 @@
+"""The decision path's edges: learning cursors, late and whole-decision rewards, long slates,
+partial writes, out-of-range contexts, event ids."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from banditrec.errors import ValidationError
+from banditrec.store import DecisionLog
+from conftest import make_engine
+
+CTX = [0.1, -0.2, 0.3, 0.4]
+
+
+def test_learning_with_nothing_new_is_a_no_op(engine):
+    assert engine.learn() == 0
+    engine.decide("u1", 3, context=CTX)
+    assert engine.learn() == 3
+    version = engine.policy.model_version
+    assert engine.learn() == 0
+    assert engine.policy.model_version == version
+
+
+def test_learning_uses_rewards_in_by_then_and_keeps_late_ones(engine):
+    d1 = engine.decide("u1", 2, context=CTX)
+    engine.reward(d1.event_id, 1.0, position=0)
+    engine.learn()
+    A_after_first = engine.policy.A.copy()
+    engine.reward(d1.event_id, 1.0, position=1)  # late: d1 was already learned from
+    assert engine.learn() == 0
+    np.testing.assert_array_equal(engine.policy.A, A_after_first)
+    logged = engine.log.decisions()
+    np.testing.assert_array_equal(logged.row_reward, [1.0, 1.0])  # but it is in the log
+
+
+def test_theta_after_learning_equals_ridge_on_the_joined_rows(engine):
+    from banditrec.features import joint_features
+
+    for u in range(20):
+        d = engine.decide(f"u{u}", 3, context=CTX)
+        engine.reward(d.event_id, 1.0, position=u % 3)
+    engine.learn()
+    logged = engine.log.decisions()
+    X = joint_features(logged.context[logged.row_decision], engine.items.features[logged.row_action])
+    A = np.eye(X.shape[1]) + X.T @ X
+    np.testing.assert_allclose(engine.policy.theta, np.linalg.solve(A, X.T @ logged.row_reward), atol=1e-10)
+    assert logged.row_reward.sum() == 20
+
+
+def test_a_slate_whose_joint_probability_underflows_is_logged_with_its_log(small_shop):
+    eng = make_engine(small_shop, "uniform")
+    items = [f"i{i}" for i in range(199)]
+    d = eng.decide("u1", 190, context=CTX, candidates=items)
+    expected_log = -(math.lgamma(200) - math.lgamma(10))  # log of 1/(199 * 198 * ... * 10)
+    assert d.joint_propensity == 0.0
+    assert d.log_joint_propensity == pytest.approx(expected_log, rel=1e-12)
+    stored = eng.log.db.execute("SELECT joint_propensity, log_joint_propensity FROM decisions").fetchone()
+    assert stored == (0.0, d.log_joint_propensity)
+
+
+def test_whole_decision_rewards_are_read_separately(engine):
+    d1 = engine.decide("u1", 2, context=CTX)
+    d2 = engine.decide("u2", 2, context=CTX)
+    engine.reward(d2.event_id, 9.5, kind="purchase")
+    logged = engine.log.decisions(kind="purchase", default_reward=-1.0)
+    np.testing.assert_array_equal(logged.decision_reward, [-1.0, 9.5])
+    np.testing.assert_array_equal(logged.row_reward, [-1.0] * 4)  # no slot got a purchase
+    assert [d1.event_id, d2.event_id] == logged.event_id
+
+
+def test_a_decision_with_missing_slot_indices_is_refused_whole(engine):
+    d = engine.decide("u1", 3, context=CTX)
+    log = DecisionLog()
+    other = d.__class__(**{**d.__dict__, "event_id": "x"})
+    with pytest.raises(ValidationError, match="needs as many indices, got 1 and"):
+        log.write_decision(other, policy_params={}, candidate_index=range(len(d.candidates)), slot_index=[0], context=CTX)
+    assert log.count("decisions") == 0 and log.count("slots") == 0
+
+
+def test_an_overflowing_context_is_a_context_error(engine):
+    with pytest.raises(ValidationError, match="scores are not finite") as err:
+        engine.decide("u1", 2, context=[1e200, 0, 0, 1e200])
+    assert err.value.field == "context"
+    assert engine.log.count("decisions") == 0
+
+
+def test_unseeded_engines_take_event_ids_from_the_os(small_shop):
+    a, b = make_engine(small_shop, seed=None), make_engine(small_shop, seed=None)
+    ids = {a.decide("u1", 2, context=CTX).event_id for _ in range(50)} | {b.decide("u1", 2, context=CTX).event_id for _ in range(50)}
+    assert len(ids) == 100 and all(len(i) == 32 for i in ids)
+
+
+def test_served_exploration_floor_is_logged_with_the_policy_params(small_shop):
+    import json
+
+    eng = make_engine(small_shop, "linucb:epsilon=0.0", min_epsilon=0.05)
+    d = eng.decide("u1", 3, context=CTX)
+    params = json.loads(eng.log.db.execute("SELECT policy_params FROM decisions").fetchone()[0])
+    assert params == {"epsilon": 0.0, "alpha": 1.0, "reg": 1.0, "min_epsilon": 0.05}
+    n = len(d.candidates)
+    assert min(s.marginal for s in d.slots) > 0
+    # every logged conditional is at least the floor's share
+    assert all(s.propensity >= 0.05 / (n - s.position) - 1e-15 for s in d.slots)
