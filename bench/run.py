@@ -41,6 +41,7 @@ from banditrec.policies import EpsilonGreedySlate, Request, make, rank_slot_marg
 from banditrec.policies.slate import _rank_slot_marginals_cached
 from banditrec.service import create_app
 from banditrec.store import DecisionLog
+from banditrec.store.log import INSERT_DECISION, INSERT_SLOT, READ_DECISIONS, READ_SLOTS, decision_rows
 from banditrec.types import Decision, LoggedBandit, Slot
 from simulator import Shop, ShopConfig
 
@@ -194,8 +195,6 @@ def bench_marginals(cfg: dict, tmp: Path) -> None:
 
 # ---- 3. log ------------------------------------------------------------------------------
 PARAMS = {"alpha": 1.0, "epsilon": 0.1, "reg": 1.0}
-DECISION_SQL = "INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-SLOT_SQL = "INSERT INTO slots VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 
 
 def fake_decisions(n: int, gen: np.random.Generator) -> list[tuple]:
@@ -209,21 +208,16 @@ def fake_decisions(n: int, gen: np.random.Generator) -> list[tuple]:
         slots = tuple(Slot(position=k, item_id=ids[chosen[k]], propensity=float(p[0, k]),
                            marginal=float(p[1, k]), source="request") for k in range(N_SLOTS))
         dec = Decision(event_id=gen.bytes(16).hex(), user_id=f"u{i % 5000}", slots=slots,
-                       joint_propensity=float(np.prod(p[0])), policy="linucb", model_version="linucb-1",
+                       joint_propensity=float(np.prod(p[0])), log_joint_propensity=float(np.log(p[0]).sum()),
+                       policy="linucb", model_version="linucb-1",
                        candidates=tuple(ids[c] for c in cand), ts=float(i))
         out.append((dec, cand, chosen, gen.normal(size=SHOP_DIM)))
     return out
 
 
 def log_rows(dec: Decision, cand, chosen, context) -> tuple[tuple, list[tuple]]:
-    """The rows DecisionLog.write_decision writes for one decision (same conversions)."""
-    row = (dec.event_id, float(dec.ts), dec.user_id, "home", dec.policy, json.dumps(PARAMS, sort_keys=True),
-           dec.model_version, len(dec.slots), json.dumps(list(dec.candidates)),
-           json.dumps([int(i) for i in cand]), json.dumps([float(c) for c in context]),
-           float(dec.joint_propensity))
-    slots = [(dec.event_id, s.position, s.item_id, int(i), float(s.propensity), float(s.marginal),
-              int(s.marginal_draws), s.source) for s, i in zip(dec.slots, chosen)]
-    return row, slots
+    """The rows DecisionLog.write_decision writes for one decision."""
+    return decision_rows(dec, PARAMS, cand, chosen, context)
 
 
 def bare_connection(path: Path) -> sqlite3.Connection:
@@ -237,8 +231,8 @@ def bare_connection(path: Path) -> sqlite3.Connection:
 
 def insert(conn: sqlite3.Connection, row: tuple, slots: list[tuple]) -> None:
     conn.execute("BEGIN")
-    conn.execute(DECISION_SQL, row)
-    conn.executemany(SLOT_SQL, slots)
+    conn.execute(INSERT_DECISION, row)
+    conn.executemany(INSERT_SLOT, slots)
     conn.execute("COMMIT")
 
 
@@ -247,32 +241,27 @@ def bench_log_write(cfg: dict, tmp: Path) -> list[list]:
     decisions = fake_decisions(n + max(1, n // 20) + 1, rng(9))
     prebuilt = [log_rows(*d) for d in decisions]
     log = DecisionLog(tmp / "write.db")
+    log_full = DecisionLog(tmp / "write_full.db", synchronous="FULL")
     bare, bare_build = bare_connection(tmp / "bare.db"), bare_connection(tmp / "bare_build.db")
-    it_log, it_bare, it_build = iter(decisions), iter(prebuilt), iter(decisions)
+    it_log, it_full, it_bare, it_build = iter(decisions), iter(decisions), iter(prebuilt), iter(decisions)
 
-    def via_log():
-        dec, cand, chosen, ctx = next(it_log)
-        log.write_decision(dec, policy_params=PARAMS, candidate_index=cand, slot_index=chosen, context=ctx)
+    def writer(target, it):
+        def write():
+            dec, cand, chosen, ctx = next(it)
+            target.write_decision(dec, policy_params=PARAMS, candidate_index=cand, slot_index=chosen, context=ctx)
+        return write
 
     t = compare({"bare": lambda: insert(bare, *next(it_bare)),
                  "build": lambda: insert(bare_build, *log_rows(*next(it_build))),
-                 "log": via_log}, repeats=n)
-    same = "SELECT * FROM decisions d JOIN slots s USING (event_id) ORDER BY d.rowid, s.position"
+                 "log": writer(log, it_log),
+                 "full": writer(log_full, it_full)}, repeats=n)
+    same = "SELECT * FROM decisions d JOIN slots s USING (event_id) ORDER BY d.seq, s.position"
     assert log.db.execute(same).fetchall() == bare.execute(same).fetchall()  # the same rows were written
-    log.close(), bare.close(), bare_build.close()
+    log.close(), log_full.close(), bare.close(), bare_build.close()
     labels = {"bare": "(a) bare sqlite3, prebuilt rows", "build": "(b) bare sqlite3 + building rows",
-              "log": "(c) DecisionLog.write_decision"}
+              "log": "(c) DecisionLog.write_decision", "full": "(c2) same, synchronous=FULL"}
     return [[label, us(t[k].p50), us(t[k].p99), rate(t[k].per_second), ratio(t[k].p50, t["bare"].p50), "(a)"]
             for k, label in labels.items()]
-
-
-READ_DECISIONS = "SELECT rowid, event_id, context, candidate_index FROM decisions WHERE rowid > ? AND rowid <= ? ORDER BY rowid"
-READ_SLOTS = (
-    "SELECT d.rowid, s.position, s.item_index, s.marginal, r.reward "
-    "FROM decisions d JOIN slots s ON s.event_id = d.event_id "
-    "LEFT JOIN rewards r ON r.event_id = s.event_id AND r.position = s.position AND r.kind = ? "
-    "WHERE d.rowid > ? AND d.rowid <= ? ORDER BY d.rowid, s.position"
-)
 
 
 def filled_log(path: Path, n_rows: int, gen: np.random.Generator) -> None:
@@ -280,8 +269,8 @@ def filled_log(path: Path, n_rows: int, gen: np.random.Generator) -> None:
     rows = [log_rows(*d) for d in fake_decisions(n_rows // N_SLOTS, gen)]
     conn = bare_connection(path)
     conn.execute("BEGIN")
-    conn.executemany(DECISION_SQL, [r for r, _ in rows])
-    conn.executemany(SLOT_SQL, [s for _, slots in rows for s in slots])
+    conn.executemany(INSERT_DECISION, [r for r, _ in rows])
+    conn.executemany(INSERT_SLOT, [s for _, slots in rows for s in slots])
     clicks = [(s[0], s[1], "click", 1.0, 0.0) for _, slots in rows for s in slots if gen.random() < 0.05]
     conn.executemany("INSERT INTO rewards VALUES (?, ?, ?, ?, ?)", clicks)
     conn.execute("COMMIT")
@@ -294,10 +283,10 @@ def bench_log_read(cfg: dict, tmp: Path) -> list[list]:
     filled_log(path, n_rows, rng(10))
     log = DecisionLog(path)
     bare = bare_connection(path)
-    until = log.max_rowid()
+    until = log.max_seq()
 
     def fetch():
-        return (bare.execute(READ_DECISIONS, (0, until)).fetchall(),
+        return (bare.execute(READ_DECISIONS, ("click", 0, until)).fetchall(),
                 bare.execute(READ_SLOTS, ("click", 0, until)).fetchall())
 
     assert len(log.decisions().row_reward) == n_rows == len(fetch()[1])

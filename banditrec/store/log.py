@@ -28,6 +28,62 @@ from .migrations import migrations
 
 WHOLE_DECISION = -1
 
+INSERT_DECISION = (
+    "INSERT INTO decisions (event_id, ts, user_id, surface, policy, policy_params, model_version, n_slots, "
+    "candidates, candidate_index, context, joint_propensity, log_joint_propensity) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+INSERT_SLOT = "INSERT INTO slots VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+# both readers take (kind, after_seq, until_seq)
+READ_DECISIONS = (
+    "SELECT d.seq, d.event_id, d.context, d.candidate_index, r.reward FROM decisions d "
+    "LEFT JOIN rewards r ON r.event_id = d.event_id AND r.position = -1 AND r.kind = ? "
+    "WHERE d.seq > ? AND d.seq <= ? ORDER BY d.seq"
+)
+READ_SLOTS = (
+    "SELECT d.seq, s.position, s.item_index, s.marginal, r.reward "
+    "FROM decisions d JOIN slots s ON s.event_id = d.event_id "
+    "LEFT JOIN rewards r ON r.event_id = s.event_id AND r.position = s.position AND r.kind = ? "
+    "WHERE d.seq > ? AND d.seq <= ? ORDER BY d.seq, s.position"
+)
+
+
+def decision_rows(decision: Decision, policy_params: dict, candidate_index, slot_index, context,
+                  surface: str = "home") -> tuple[tuple, list[tuple]]:
+    """The ``decisions`` row and ``slots`` rows of one decision, checked for consistency.
+
+    ``candidate_index`` holds the catalog index of each of ``decision.candidates`` and
+    ``slot_index`` that of each slot's item; slots must be at positions 0..K-1 in order.
+    """
+    if len(slot_index) != len(decision.slots) or len(candidate_index) != len(decision.candidates):
+        raise ValidationError(
+            f"a decision with {len(decision.slots)} slots and {len(decision.candidates)} candidates needs "
+            f"as many indices, got {len(slot_index)} and {len(candidate_index)}", "slots")
+    positions = [s.position for s in decision.slots]
+    if positions != list(range(len(positions))):
+        raise ValidationError(f"slot positions must be 0..{len(positions) - 1} in order, got {positions}", "slots")
+    row = (
+        decision.event_id,
+        float(decision.ts),
+        decision.user_id,
+        surface,
+        decision.policy,
+        json.dumps(policy_params, sort_keys=True),
+        decision.model_version,
+        len(decision.slots),
+        json.dumps(list(decision.candidates)),
+        json.dumps([int(i) for i in candidate_index]),
+        json.dumps([float(c) for c in np.asarray(context, dtype=float).ravel()]),
+        float(decision.joint_propensity),
+        float(decision.log_joint_propensity),
+    )
+    slot_rows = [
+        (decision.event_id, s.position, s.item_id, int(idx), float(s.propensity), float(s.marginal),
+         int(s.marginal_draws), s.source)
+        for s, idx in zip(decision.slots, slot_index, strict=True)
+    ]
+    return row, slot_rows
+
 
 @dataclass(frozen=True)
 class LoggedDecisions:
@@ -110,56 +166,11 @@ class DecisionLog:
         context,
         surface: str = "home",
     ) -> None:
-        """Write a decision and all its slots in one transaction.
-
-        ``candidate_index`` holds the catalog index of each of ``decision.candidates`` and
-        ``slot_index`` that of each slot's item; slots must be at positions 0..K-1 in order.
-        """
-        context = [float(c) for c in np.asarray(context, dtype=float).ravel()]
-        if len(slot_index) != len(decision.slots) or len(candidate_index) != len(decision.candidates):
-            raise ValidationError(
-                f"a decision with {len(decision.slots)} slots and {len(decision.candidates)} candidates needs "
-                f"as many indices, got {len(slot_index)} and {len(candidate_index)}", "slots")
-        if [s.position for s in decision.slots] != list(range(len(decision.slots))):
-            raise ValidationError(
-                f"slot positions must be 0..{len(decision.slots) - 1} in order, got {[s.position for s in decision.slots]}",
-                "slots")
-        row = (
-            decision.event_id,
-            float(decision.ts),
-            decision.user_id,
-            surface,
-            decision.policy,
-            json.dumps(policy_params, sort_keys=True),
-            decision.model_version,
-            len(decision.slots),
-            json.dumps(list(decision.candidates)),
-            json.dumps([int(i) for i in candidate_index]),
-            json.dumps(context),
-            float(decision.joint_propensity),
-            float(decision.log_joint_propensity),
-        )
-        slot_rows = [
-            (
-                decision.event_id,
-                s.position,
-                s.item_id,
-                int(idx),
-                float(s.propensity),
-                float(s.marginal),
-                int(s.marginal_draws),
-                s.source,
-            )
-            for s, idx in zip(decision.slots, slot_index, strict=True)
-        ]
+        """Write a decision and all its slots in one transaction (see :func:`decision_rows`)."""
+        row, slot_rows = decision_rows(decision, policy_params, candidate_index, slot_index, context, surface)
         with self._lock, self.db.atomic():
-            self.db.execute(
-                "INSERT INTO decisions (event_id, ts, user_id, surface, policy, policy_params, model_version, "
-                "n_slots, candidates, candidate_index, context, joint_propensity, log_joint_propensity) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                row,
-            )
-            self.db.conn.executemany("INSERT INTO slots VALUES (?, ?, ?, ?, ?, ?, ?, ?)", slot_rows)
+            self.db.execute(INSERT_DECISION, row)
+            self.db.conn.executemany(INSERT_SLOT, slot_rows)
 
     def record_reward(self, reward: Reward) -> str:
         """Join a reward to its decision. Returns ``"recorded"`` or ``"duplicate"``.
@@ -224,20 +235,9 @@ class DecisionLog:
             until = self.db.execute("SELECT coalesce(max(seq), 0) FROM decisions").fetchone()[0]
             if until_seq is not None:
                 until = min(until, int(until_seq))
-            bounds = (int(after_seq), until)
-            dec = self.db.execute(
-                "SELECT d.seq, d.event_id, d.context, d.candidate_index, r.reward FROM decisions d "
-                "LEFT JOIN rewards r ON r.event_id = d.event_id AND r.position = -1 AND r.kind = ? "
-                "WHERE d.seq > ? AND d.seq <= ? ORDER BY d.seq",
-                (kind, *bounds),
-            ).fetchall()
-            rows = self.db.execute(
-                "SELECT d.seq, s.position, s.item_index, s.marginal, r.reward "
-                "FROM decisions d JOIN slots s ON s.event_id = d.event_id "
-                "LEFT JOIN rewards r ON r.event_id = s.event_id AND r.position = s.position AND r.kind = ? "
-                "WHERE d.seq > ? AND d.seq <= ? ORDER BY d.seq, s.position",
-                (kind, *bounds),
-            ).fetchall()
+            args = (kind, int(after_seq), until)
+            dec = self.db.execute(READ_DECISIONS, args).fetchall()
+            rows = self.db.execute(READ_SLOTS, args).fetchall()
         seq = np.array([d[0] for d in dec], dtype=np.int64)
         contexts = [json.loads(d[2]) for d in dec]
         width = len(contexts[0]) if contexts else 0
