@@ -330,7 +330,7 @@ def _plot(result: DemoResult, path: Path, batch: int) -> None:
     ax2.set_xlabel("decisions")
     ax2.set_ylabel("exact expected clicks per carousel")
     ax2.set_title("Per batch of the log: the logging policy learns")
-    ax2.legend()
+    ax2.legend(loc="center right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
