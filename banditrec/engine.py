@@ -7,6 +7,7 @@ The engine holds no HTTP and no estimator code. A service wraps :meth:`Engine.de
 from __future__ import annotations
 
 import secrets
+import threading
 import time
 from dataclasses import dataclass
 
@@ -109,6 +110,9 @@ class Engine:
         self._ids = np.random.default_rng(id_seq) if seed is not None else None
         self.clock = clock
         self._learned_seq = 0
+        # scoring, sampling and learning share the policy state and the Generators; a threaded
+        # server (or a learner thread) must not interleave them
+        self._lock = threading.Lock()
 
     # ---- serving ------------------------------------------------------------------------
     def history(self, user_id: str) -> np.ndarray:
@@ -166,15 +170,18 @@ class Engine:
         n_slots = check_positive_int(n_slots, "slots")
         ctx = self._context(context)
         cand_idx, source = self._candidates(user_id, n_slots, candidates, exclude)
-        try:
-            dist = self.policy.distribution(self.request(ctx, cand_idx), n_slots, self.min_epsilon)
-        except ValidationError as exc:
-            if exc.field != "scores":
-                raise
-            raise ValidationError(
-                "the policy's scores are not finite for this context; are its values in a sensible range?",
-                "context") from None
-        draw = dist.sample(self._sampler)
+        with self._lock:
+            try:
+                dist = self.policy.distribution(self.request(ctx, cand_idx), n_slots, self.min_epsilon)
+            except ValidationError as exc:
+                if exc.field != "scores":
+                    raise
+                raise ValidationError(
+                    "the policy's scores are not finite for this context; are its values in a sensible range?",
+                    "context") from None
+            draw = dist.sample(self._sampler)
+            model_version = self.policy.model_version
+            event_id = self._ids.bytes(16).hex() if self._ids is not None else secrets.token_hex(16)
         chosen = cand_idx[draw.index]
         slots = tuple(
             Slot(
@@ -187,13 +194,13 @@ class Engine:
             for k in range(n_slots)
         )
         decision = Decision(
-            event_id=self._ids.bytes(16).hex() if self._ids is not None else secrets.token_hex(16),
+            event_id=event_id,
             user_id=user_id,
             slots=slots,
             joint_propensity=draw.joint,
             log_joint_propensity=draw.log_joint,
             policy=self.policy.name,
-            model_version=self.policy.model_version,
+            model_version=model_version,
             candidates=tuple(map(self.items.ids.__getitem__, cand_idx.tolist())),
             ts=float(self.clock()),
         )
@@ -221,15 +228,16 @@ class Engine:
         then count as ``default_reward``, and a reward posted after a decision was learned
         from is kept in the log but not learned from again. Returns the slot rows learned from.
         """
-        logged = self.log.decisions(
-            after_seq=self._learned_seq, until_seq=until_seq, kind=kind, default_reward=default_reward
-        )
-        if logged.n_decisions == 0:
-            return 0
-        self.policy.update(
-            logged.context[logged.row_decision],
-            self.items.features[logged.row_action],
-            logged.row_reward,
-        )
-        self._learned_seq = int(logged.seq[-1])
+        with self._lock:
+            logged = self.log.decisions(
+                after_seq=self._learned_seq, until_seq=until_seq, kind=kind, default_reward=default_reward
+            )
+            if logged.n_decisions == 0:
+                return 0
+            self.policy.update(
+                logged.context[logged.row_decision],
+                self.items.features[logged.row_action],
+                logged.row_reward,
+            )
+            self._learned_seq = int(logged.seq[-1])
         return len(logged.row_reward)

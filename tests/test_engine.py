@@ -104,3 +104,40 @@ def test_served_exploration_floor_is_logged_with_the_policy_params(small_shop):
     assert min(s.marginal for s in d.slots) > 0
     # every logged conditional is at least the floor's share
     assert all(s.propensity >= 0.05 / (n - s.position) - 1e-15 for s in d.slots)
+
+
+def test_threads_deciding_while_a_learner_runs_lose_and_double_nothing(small_shop, tmp_path):
+    """4 threads x 100 decisions with a learner thread looping: every decision is logged once,
+    every slot is learned from exactly once, and the file passes an integrity check."""
+    import threading
+
+    eng = make_engine(small_shop, db=str(tmp_path / "log.db"), seed=None)
+    errors, learned = [], []
+    done = threading.Event()
+
+    def serve(t):
+        try:
+            for i in range(100):
+                d = eng.decide(f"u{t * 100 + i}", 3, context=CTX)
+                eng.reward(d.event_id, 1.0, position=i % 3)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    def learner():
+        while not done.is_set():
+            learned.append(eng.learn())
+
+    threads = [threading.Thread(target=serve, args=(t,)) for t in range(4)]
+    lt = threading.Thread(target=learner)
+    lt.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    done.set()
+    lt.join()
+    learned.append(eng.learn())
+    assert errors == []
+    assert eng.log.count("decisions") == 400 and eng.log.count("rewards") == 400
+    assert sum(learned) == 1200  # each logged slot learned from once
+    assert eng.log.integrity_ok()
