@@ -46,8 +46,8 @@ def demo(decisions, slots, candidates, batch, seed, policy, targets, out):
 
 
 @main.command()
-@click.option("--seeds", default=10, show_default=True, help="Number of seeded runs (seeds 0..N-1).", type=click.IntRange(min=1))
-@click.option("--first-seed", default=0, show_default=True)
+@click.option("--seeds", default=10, show_default=True, help="Number of seeded runs.", type=click.IntRange(min=1))
+@click.option("--first-seed", default=0, show_default=True, help="Seeds run are first-seed .. first-seed+seeds-1.")
 @click.option("--decisions", default=20_000, show_default=True, type=click.IntRange(min=1))
 @click.option("--slots", default=5, show_default=True, type=click.IntRange(min=1))
 @click.option("--policy", default="linucb:alpha=1.0,epsilon=0.1", show_default=True, help="Logging policy spec.")

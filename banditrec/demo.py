@@ -18,6 +18,7 @@ from simulator import Shop, ShopConfig
 
 from .candidates import ItemItemCF
 from .engine import Engine, ItemTable
+from .errors import ValidationError
 from .ope import IPS, SNIPS
 from .offline import target_pscore
 from .policies import make
@@ -72,14 +73,21 @@ class DemoResult:
 
     def table(self) -> str:
         w = max(len(r.spec) for r in self.results)
-        head = f"{'policy':<{w}}  {'estim.':<6} {'estimate':>8} {'95% CI':>18} {'truth':>7}  in CI"
+        head = f"{'policy':<{w}}  {'estim.':<6} {'estimate':>8} {'95% CI':>18} {'truth':>7}  in CI {'ESS':>8}"
         lines = [head, "-" * len(head)]
+        low = False
         for r in self.results:
             for name, e in r.estimates.items():
                 ci = f"[{e.lower:.3f}, {e.upper:.3f}]"
+                mark = " !" if e.ess < LOW_ESS else ""
+                low |= bool(mark)
                 lines.append(
-                    f"{r.spec:<{w}}  {name:<6} {e.value:>8.4f} {ci:>18} {r.truth:>7.4f}  {'yes' if e.covers(r.truth) else 'NO'}"
+                    f"{r.spec:<{w}}  {name:<6} {e.value:>8.4f} {ci:>18} {r.truth:>7.4f}  "
+                    f"{'yes' if e.covers(r.truth) else 'NO':<5} {e.ess:>8,.0f}{mark}"
                 )
+        if low:
+            lines.append(f"! effective sample size below {LOW_ESS}: the log barely covers this policy; "
+                         "do not trust that interval")
         return "\n".join(lines)
 
 
@@ -210,10 +218,30 @@ def evaluate_against_truth(shop: Shop, engine: Engine, served: Served, targets, 
     return results, per_decision
 
 
-def _run(seed, shop_config, policy, log, *, n_decisions, n_slots, n_candidates, batch, via, echo=None):
+LOW_ESS = 100  # below this effective sample size a normal-approximation interval is not trusted
+
+
+def _check_run(config: ShopConfig, *, n_decisions, n_slots, n_candidates, batch):
+    """Refuse sizes that cannot work before any simulation time is spent."""
+    eligible = config.n_items - config.history_purchases
+    if n_decisions < 2:
+        raise ValidationError(f"decisions must be at least 2 (intervals need two), got {n_decisions}", "decisions")
+    if batch < 1:
+        raise ValidationError(f"batch must be at least 1, got {batch}", "batch")
+    if not 1 <= n_slots <= n_candidates:
+        raise ValidationError(f"slots must be between 1 and candidates ({n_candidates}), got {n_slots}", "slots")
+    if n_candidates > eligible:
+        raise ValidationError(
+            f"candidates ({n_candidates}) exceeds the {eligible} items a customer has not bought "
+            f"({config.n_items} items, {config.history_purchases} bought each)", "candidates")
+
+
+def _run(seed, shop_config, policy, log, *, n_decisions, n_slots, n_candidates, batch, via, targets=(), echo=None):
     """One seeded run: the seed splits into world, engine, traffic and click streams."""
+    config = shop_config or ShopConfig()
+    _check_run(config, n_decisions=n_decisions, n_slots=n_slots, n_candidates=n_candidates, batch=batch)
     world_seq, engine_seq, traffic_seq, click_seq = np.random.SeedSequence(seed).spawn(4)
-    shop = Shop(shop_config or ShopConfig(), seed=world_seq)
+    shop = Shop(config, seed=world_seq)
     now = [0.0]  # simulated clock: one second per request
 
     def clock():
@@ -221,6 +249,8 @@ def _run(seed, shop_config, policy, log, *, n_decisions, n_slots, n_candidates, 
         return now[0]
 
     engine = build_engine(shop, policy, log, seed=engine_seq, n_candidates=n_candidates, clock=clock)
+    for spec in targets:  # a bad target spec fails now, not after the simulation
+        make(spec, **policy_env(shop, engine.cf))
     served = simulate(shop, engine, n_decisions=n_decisions, n_slots=n_slots, batch=batch,
                       traffic=np.random.default_rng(traffic_seq), clicks=np.random.default_rng(click_seq),
                       via=via, echo=echo)
@@ -249,7 +279,8 @@ def run_demo(
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db_path}{suffix}").unlink(missing_ok=True)
     shop, engine, served = _run(seed, shop_config, policy, DecisionLog(db_path), n_decisions=n_decisions,
-                                n_slots=n_slots, n_candidates=n_candidates, batch=batch, via="http", echo=echo)
+                                n_slots=n_slots, n_candidates=n_candidates, batch=batch, via="http",
+                                targets=targets, echo=echo)
     log = engine.log
     results, per_decision = evaluate_against_truth(shop, engine, served, targets, n_slots=n_slots)
     result = DemoResult(
@@ -293,7 +324,8 @@ def write_report(result: DemoResult, out: Path, *, seed, n_slots, n_candidates, 
         for name, e in r.estimates.items():
             lines.append(
                 f"| `{r.spec}` | {name} | {e.value:.4f} | [{e.lower:.4f}, {e.upper:.4f}] | {r.truth:.4f} | "
-                f"{'yes' if e.covers(r.truth) else '**no**'} | {e.ess:,.0f} | {e.max_weight:.1f} |"
+                f"{'yes' if e.covers(r.truth) else '**no**'} | {e.ess:,.0f}{' (low)' if e.ess < LOW_ESS else ''} | "
+                f"{e.max_weight:.1f} |"
             )
     lines += [
         "",
@@ -367,7 +399,8 @@ def coverage_study(
     rows: dict[tuple[str, str], CoverageRow] = {}
     for seed in seeds:
         shop, engine, served = _run(seed, shop_config, policy, DecisionLog(), n_decisions=n_decisions,
-                                    n_slots=n_slots, n_candidates=n_candidates, batch=batch, via="engine")
+                                    n_slots=n_slots, n_candidates=n_candidates, batch=batch, via="engine",
+                                    targets=targets)
         results, _ = evaluate_against_truth(shop, engine, served, targets, n_slots=n_slots)
         engine.log.close()
         for r in results:

@@ -103,7 +103,7 @@ class Estimate:
         return bool(self.lower <= truth <= self.upper)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True, eq=False)
 class LoggedBandit:
     """Logged carousel data as arrays, in the shared vocabulary. Construct by keyword.
 

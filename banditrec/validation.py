@@ -74,9 +74,14 @@ def check_positive_int(value, name: str) -> int:
 
 
 def as_seed_sequence(seed) -> np.random.SeedSequence:
-    """A ``SeedSequence`` from an int, ``None`` (fresh entropy) or a ``SeedSequence``."""
+    """A ``SeedSequence`` from an int, ``None`` (fresh entropy) or a ``SeedSequence``.
+
+    A ``SeedSequence`` is copied (spawn counter included), so spawning from the result never
+    changes the caller's object: passing the same object twice gives the same streams.
+    """
     if isinstance(seed, np.random.SeedSequence):
-        return seed
+        return np.random.SeedSequence(seed.entropy, spawn_key=seed.spawn_key, pool_size=seed.pool_size,
+                                      n_children_spawned=seed.n_children_spawned)
     if isinstance(seed, np.random.Generator):
         raise ValidationError("pass a seed or a SeedSequence here, not a Generator", "seed")
     return np.random.SeedSequence(seed)

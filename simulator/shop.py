@@ -13,6 +13,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from banditrec.errors import ValidationError
+from banditrec.validation import as_seed_sequence
 
 from .catalog import Catalog, make_catalog
 from .choice import PositionBasedModel
@@ -69,7 +70,7 @@ class Shop:
 
     def __init__(self, config: ShopConfig | None = None, seed=0):
         self.config = config or ShopConfig()
-        world_rng, history_rng = np.random.default_rng(seed).spawn(2)  # seed: int, SeedSequence or None
+        world_rng, history_rng = np.random.default_rng(as_seed_sequence(seed)).spawn(2)
         c = self.config
         cat_rng, cust_rng = world_rng.spawn(2)
         self.catalog: Catalog = make_catalog(c.n_items, c.n_types, c.dim, cat_rng)

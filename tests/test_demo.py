@@ -67,3 +67,30 @@ def test_coverage_study_counts_and_standardised_errors():
     table = coverage_table(rows)
     for r in rows:
         assert f"{r.covered:>4}/{r.runs:<4}" in table
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--slots", "40"], "slots must be between 1 and candidates (30), got 40"),
+        (["--candidates", "3"], "slots must be between 1 and candidates (3), got 5"),
+        (["--candidates", "5000"], "candidates (5000) exceeds the 992 items a customer has not bought"),
+        (["--decisions", "1"], "decisions must be at least 2"),
+        (["--target", "nope"], "unknown policy 'nope'"),
+        (["--batch", "0"], "Invalid value for '--batch'"),
+    ],
+)
+def test_cli_demo_refuses_impossible_sizes_before_simulating(tmp_path, args, message):
+    res = CliRunner().invoke(main, ["demo", "--out", str(tmp_path), *args])
+    assert res.exit_code == 2, res.output
+    assert message in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "report.md").exists()
+
+
+def test_demo_table_flags_a_low_effective_sample_size(tmp_path):
+    result = run_demo(n_decisions=300, n_slots=3, n_candidates=15, batch=150, seed=3, out=tmp_path,
+                      shop_config=SMALL, echo=None, plot=False, targets=("popularity:epsilon=0.0",))
+    low = [e for r in result.results for e in r.estimates.values() if e.ess < 100]
+    table = result.table()
+    assert low and table.count(" !") == len(low)
+    assert "effective sample size below 100" in table

@@ -212,3 +212,11 @@ def test_row_order_does_not_change_estimates(rng):
         a, b = est.estimate(data, target_pscore=pi), est.estimate(shuffled, target_pscore=pi[perm])
         assert a.value == pytest.approx(b.value, rel=1e-12)
         assert a.se == pytest.approx(b.se, rel=1e-9)
+
+
+def test_logged_bandit_is_keyword_only_and_not_compared_by_value():
+    with pytest.raises(TypeError):
+        LoggedBandit([1.0], [0], [0], [0.5], 1, 1)
+    a = LoggedBandit(reward=[1.0], action=[0], slot=[0], pscore=[0.5], n_actions=1, n_slots=1)
+    assert a == a and a != LoggedBandit(reward=[1.0], action=[0], slot=[0], pscore=[0.5], n_actions=1, n_slots=1)
+    assert isinstance(hash(a), int)

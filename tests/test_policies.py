@@ -135,3 +135,19 @@ def test_popularity_ranks_by_counts(rng):
     req = Request(context=np.zeros(3), items=np.array([2, 9, 5]), item_features=np.zeros((3, 2)))
     M = policy.distribution(req, 3).marginals()
     np.testing.assert_array_equal(M.argmax(axis=0), [1, 2, 0])
+
+
+def test_an_update_that_would_overflow_leaves_the_model_as_it_was(rng):
+    policy = make("linucb", **ENV)
+    policy.update(rng.normal(size=(20, 3)), rng.normal(size=(20, 2)), rng.normal(size=20))
+    before = (policy.A.copy(), policy.b.copy(), policy.theta.copy(), policy.n_updates)
+    with pytest.raises(ValidationError, match="non-finite"):  # batch path: A overflows
+        policy.update(np.ones((2, 3)), np.full((2, 2), 1e155), [1.0, 0.0])
+    with pytest.raises(ValidationError, match="non-finite"):  # one row: Sherman-Morrison overflows
+        policy.update(np.ones((1, 3)), np.full((1, 2), 1e155), [1.0])
+    with pytest.raises(ValidationError, match="finite"):  # the features themselves overflow
+        policy.update(np.full((1, 3), 1e200), np.full((1, 2), 1e200), [1.0])
+    np.testing.assert_array_equal(policy.A, before[0])
+    np.testing.assert_array_equal(policy.theta, before[2])
+    assert policy.n_updates == before[3]
+    assert np.isfinite(policy.scores(request(rng))).all()

@@ -73,3 +73,11 @@ def test_same_seed_same_world_and_different_seed_different_world():
 def test_config_errors_name_the_field_and_value(kwargs, match):
     with pytest.raises(ValidationError, match=match):
         ShopConfig(**kwargs)
+
+
+def test_the_same_seed_sequence_object_builds_the_same_world_twice():
+    cfg = ShopConfig(n_items=30, n_customers=10, dim=2)
+    seq = np.random.SeedSequence(99)
+    a, b = Shop(cfg, seed=seq), Shop(cfg, seed=seq)
+    np.testing.assert_array_equal(a.catalog.latent, b.catalog.latent)
+    assert seq.n_children_spawned == 0  # the caller's object is untouched

@@ -8,6 +8,7 @@ import sqlite3
 import numpy as np
 import pytest
 
+from banditrec.errors import ValidationError
 from banditrec.store import DecisionLog
 from banditrec.store.migrations import migrations
 from banditrec.types import Decision, Reward, Slot
@@ -109,3 +110,41 @@ def test_processes_opening_a_new_log_together_migrate_once(tmp_path):
     assert log.count("decisions") == 6
     assert len(migrations.applied(log.db)) == 1
     assert log.integrity_ok()
+
+
+def _post_rewards(args):
+    path, events, worker = args
+    log = DecisionLog(path)
+    statuses = []
+    for e in events:
+        for position in (0, 1):
+            statuses.append(log.record_reward(Reward(e, 1.0, position=position, kind=f"k{worker % 2}")))
+    log.close()
+    return statuses
+
+
+def test_processes_posting_rewards_together_never_see_a_locked_database(tmp_path):
+    """Four processes post 2,000 rewards each into one file, two of them duplicating the other
+    two: no 'database is locked', exactly 4,000 rows, every duplicate recognised."""
+    import multiprocessing as mp
+
+    path = str(tmp_path / "shared.db")
+    log = DecisionLog(path)
+    events = [f"e{i}" for i in range(1000)]
+    for e in events:
+        write(log, decision(e))
+    log.close()
+    with mp.get_context("spawn").Pool(4) as pool:
+        results = pool.map(_post_rewards, [(path, events, w) for w in range(4)])
+    statuses = [s for r in results for s in r]
+    assert statuses.count("recorded") == 4000 and statuses.count("duplicate") == 4000
+    assert DecisionLog(path).count("rewards") == 4000
+
+
+def test_rewards_out_of_range_are_refused():
+    log = DecisionLog()
+    write(log, decision())
+    for bad in (float("nan"), float("inf"), 1.7e308, -2e12):
+        with pytest.raises(ValidationError, match="reward must be a finite number within"):
+            log.record_reward(Reward("e1", bad, position=0))
+    assert log.count("rewards") == 0

@@ -25,32 +25,77 @@ def run(shop, seed, *, n=800, slots=3, batch=200, db=":memory:", policy="linucb:
 
 
 def test_logged_propensities_equal_an_independent_recomputation(small_shop):
-    """After learning, every logged conditional and joint propensity is re-derived from the log
-    with an explicit matrix inverse and the slot rule written out plainly."""
-    engine, _ = run(small_shop, 1, n=400, batch=400)  # learns once, after all 400 are logged
+    """Two batches of 200 decisions, learning in between. Every logged conditional and joint
+    propensity is re-derived from the log with the slot rule written out plainly, scores from
+    an explicit matrix inverse, and the model of the second batch rebuilt by ridge regression
+    on the first batch's joined rows (missing rewards = 0)."""
+    import json
+
+    engine, _ = run(small_shop, 1, n=400, batch=200)
     pol = engine.policy
-    # the state the 400 decisions were served with: the prior (no update before them)
-    A0, b0 = np.eye(pol.dim) * pol.config.reg, np.zeros(pol.dim)
+    eps = max(pol.config.epsilon, engine.min_epsilon)
+    first = engine.log.decisions(until_seq=200)
+    X1 = joint_features(first.context[first.row_decision], engine.items.features[first.row_action])
+    states = {
+        "linucb-0": (np.eye(pol.dim) * pol.config.reg, np.zeros(pol.dim)),
+        "linucb-1": (np.eye(pol.dim) * pol.config.reg + X1.T @ X1, X1.T @ first.row_reward),
+    }
     rows = engine.log.db.execute(
-        "SELECT d.event_id, d.context, d.candidate_index, d.joint_propensity, "
+        "SELECT d.model_version, d.context, d.candidate_index, d.joint_propensity, "
         "group_concat(s.item_index), group_concat(s.propensity, '|') "
         "FROM decisions d JOIN slots s USING (event_id) GROUP BY d.event_id ORDER BY d.seq"
     ).fetchall()
-    assert len(rows) == 400
-    eps = max(pol.config.epsilon, engine.min_epsilon)
-    import json
-
-    for _, ctx, cands, joint, shown, props in rows:
+    assert [r[0] for r in rows] == ["linucb-0"] * 200 + ["linucb-1"] * 200
+    for version, ctx, cands, joint, shown, props in rows:
+        A, b = states[version]
         cands = np.array(json.loads(cands))
         X = joint_features(np.array(json.loads(ctx)), engine.items.features[cands])
-        scores = reference_linucb_scores(A0, b0, pol.config.alpha, X)
+        scores = reference_linucb_scores(A, b, pol.config.alpha, X)
         shown_pos = [int(np.flatnonzero(cands == int(i))[0]) for i in shown.split(",")]
         logged = [float(p) for p in props.split("|")]
-        expected = []
-        for k, j in enumerate(shown_pos):
-            expected.append(reference_slot_pmf(scores, eps, shown_pos[:k])[j])
+        expected = [reference_slot_pmf(scores, eps, shown_pos[:k])[j] for k, j in enumerate(shown_pos)]
         np.testing.assert_allclose(logged, expected, rtol=1e-9)
         assert joint == pytest.approx(np.prod(expected), rel=1e-9)
+
+
+def test_logged_marginals_equal_brute_force_enumeration(small_shop):
+    """For 8 logged decisions (7 candidates, 3 slots), the logged marginal of each shown item
+    equals the sum of the probabilities of every slate that puts it there."""
+    import itertools
+    import json
+
+    engine_seq, traffic_seq, click_seq = np.random.SeedSequence(3).spawn(3)
+    engine = make_engine(small_shop, "linucb:alpha=1.0,epsilon=0.3", seed=engine_seq, n_candidates=7)
+    simulate(small_shop, engine, n_decisions=16, n_slots=3, batch=8,
+             traffic=np.random.default_rng(traffic_seq), clicks=np.random.default_rng(click_seq), via="engine")
+    pol = engine.policy
+    # the model that served the second batch: ridge on the first batch's joined rows
+    first = engine.log.decisions(until_seq=8)
+    X1 = joint_features(first.context[first.row_decision], engine.items.features[first.row_action])
+    A = np.eye(pol.dim) * pol.config.reg + X1.T @ X1
+    b = X1.T @ first.row_reward
+    rows = engine.log.db.execute(
+        "SELECT d.context, d.candidate_index, s.position, s.item_index, s.marginal FROM decisions d "
+        "JOIN slots s USING (event_id) WHERE d.model_version = 'linucb-1' ORDER BY d.seq, s.position"
+    ).fetchall()
+    assert len(rows) == 24
+    scores_of = {}
+    for ctx, cands, position, item, marginal in rows:
+        cand = np.array(json.loads(cands))
+        if (ctx, cands) not in scores_of:
+            X = joint_features(np.array(json.loads(ctx)), engine.items.features[cand])
+            scores_of[(ctx, cands)] = reference_linucb_scores(A, b, pol.config.alpha, X)
+        scores = scores_of[(ctx, cands)]
+        j = int(np.flatnonzero(cand == item)[0])
+        total = 0.0
+        for slate in itertools.permutations(range(len(cand)), 3):
+            if slate[position] != j:
+                continue
+            p = 1.0
+            for k, a in enumerate(slate):
+                p *= reference_slot_pmf(scores, 0.3, list(slate[:k]))[a]
+            total += p
+        assert marginal == pytest.approx(total, rel=1e-9)
 
 
 def test_ips_of_logging_and_target_policies_within_three_se_on_a_fixed_seed(small_shop):

@@ -65,7 +65,9 @@ class LinUCB(Policy):
         return mean + self.config.alpha * np.sqrt(np.maximum(var, 0.0))
 
     def update(self, context: np.ndarray, item_features: np.ndarray, reward: np.ndarray) -> None:
-        self.update_features(joint_features(np.atleast_2d(context), np.atleast_2d(item_features)), reward)
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is refused by update_features
+            X = joint_features(np.atleast_2d(context), np.atleast_2d(item_features))
+        self.update_features(X, reward)
 
     def update_features(self, features: np.ndarray, reward: np.ndarray) -> None:
         """Ridge update from rows of joint features ``(m, dim)`` and rewards ``(m,)``."""
@@ -80,13 +82,22 @@ class LinUCB(Policy):
             raise ValidationError("update features and rewards must be finite", "reward")
         if len(X) == 0:
             return
-        self.A += X.T @ X
-        self.b += X.T @ r
-        if len(X) == 1:
-            x = X[0]
-            Ax = self.A_inv @ x
-            self.A_inv -= np.outer(Ax, Ax) / (1.0 + x @ Ax)
-        else:
-            self.A_inv = cho_solve(cho_factor(self.A), np.eye(self.dim))
-        self.theta = self.A_inv @ self.b
+        overflow = ValidationError("update would make the model non-finite (rewards or features too large); "
+                                   "the update was not applied", "reward")
+        # computed on copies: a failed update keeps serving the old state, never a NaN model
+        with np.errstate(over="ignore", invalid="ignore"):
+            A = self.A + X.T @ X
+            b = self.b + X.T @ r
+            if not (np.isfinite(A).all() and np.isfinite(b).all()):
+                raise overflow
+            if len(X) == 1:
+                x = X[0]
+                Ax = self.A_inv @ x
+                A_inv = self.A_inv - np.outer(Ax, Ax) / (1.0 + x @ Ax)
+            else:
+                A_inv = cho_solve(cho_factor(A), np.eye(self.dim))
+            theta = A_inv @ b
+        if not (np.isfinite(A_inv).all() and np.isfinite(theta).all()):
+            raise overflow
+        self.A, self.b, self.A_inv, self.theta = A, b, A_inv, theta
         self.n_updates += 1

@@ -12,6 +12,7 @@ or kill of the process; a power loss or OS crash may lose the last transactions.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sqlite3
@@ -27,6 +28,8 @@ from ..types import Decision, LoggedBandit, Reward
 from .migrations import migrations
 
 WHOLE_DECISION = -1
+MAX_ABS_REWARD = 1e12  # beyond this a reward is a unit or encoding mistake, and it would
+# overflow a learner's sums of squares
 
 INSERT_DECISION = (
     "INSERT INTO decisions (event_id, ts, user_id, surface, policy, policy_params, model_version, n_slots, "
@@ -155,6 +158,23 @@ class DecisionLog:
     def close(self) -> None:
         self.db.close()
 
+    @contextlib.contextmanager
+    def _writing(self):
+        """A write transaction that takes SQLite's write lock up front (``BEGIN IMMEDIATE``).
+
+        A deferred transaction that reads before it writes fails at once with "database is
+        locked" when another process commits in between (WAL cannot upgrade a stale read
+        snapshot); taking the lock first makes it wait out the busy timeout instead.
+        """
+        with self._lock:
+            self.db.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self.db.rollback()
+                raise
+            self.db.commit()
+
     # ---- writes -------------------------------------------------------------------------
     def write_decision(
         self,
@@ -168,7 +188,7 @@ class DecisionLog:
     ) -> None:
         """Write a decision and all its slots in one transaction (see :func:`decision_rows`)."""
         row, slot_rows = decision_rows(decision, policy_params, candidate_index, slot_index, context, surface)
-        with self._lock, self.db.atomic():
+        with self._writing():
             self.db.execute(INSERT_DECISION, row)
             self.db.conn.executemany(INSERT_SLOT, slot_rows)
 
@@ -178,10 +198,11 @@ class DecisionLog:
         Idempotent: the same (event_id, position, kind) with the same value is a duplicate and
         changes nothing; with a different value it is a :class:`ConflictError`.
         """
-        if not math.isfinite(reward.value):
-            raise ValidationError(f"reward must be finite, got {reward.value!r}", "reward")
+        if not math.isfinite(reward.value) or abs(reward.value) > MAX_ABS_REWARD:
+            raise ValidationError(
+                f"reward must be a finite number within +-{MAX_ABS_REWARD:g}, got {reward.value!r}", "reward")
         position = WHOLE_DECISION if reward.position is None else int(reward.position)
-        with self._lock, self.db.atomic():
+        with self._writing():
             found = self.db.execute(
                 "SELECT n_slots FROM decisions WHERE event_id = ?", (reward.event_id,)
             ).fetchone()
