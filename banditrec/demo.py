@@ -2,8 +2,8 @@
 every decision logged with its propensities, and off-policy estimates checked against the
 simulator's exact truth.
 
-This module and :mod:`banditrec.cli` are the wiring layer: the only parts of ``banditrec``
-that import ``simulator``.
+This module, :mod:`banditrec.cli` and :mod:`banditrec.service.wsgi` are the wiring layer: the
+only parts of ``banditrec`` that import ``simulator`` (tests/test_architecture.py holds the line).
 """
 
 from __future__ import annotations

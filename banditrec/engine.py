@@ -46,10 +46,13 @@ class ItemTable:
     def n_items(self) -> int:
         return len(self.ids)
 
-    def index_of(self, item_ids, field: str) -> np.ndarray:
-        """Catalog indices of ``item_ids``; an unknown id is an error naming its position."""
+    def index_of(self, item_ids, field: str, *, skip_unknown: bool = False) -> np.ndarray:
+        """Catalog indices of ``item_ids``; an unknown id is an error naming its position
+        (or, with ``skip_unknown``, left out)."""
         get = self._index.get
         out = np.fromiter((get(item, -1) for item in item_ids), dtype=np.int64, count=len(item_ids))
+        if skip_unknown:
+            return out[out >= 0]
         if len(out) and out.min() < 0:
             j = int(np.argmin(out))
             raise ValidationError(f"{field}[{j}]: unknown item id {item_ids[j]!r}", field)
@@ -135,9 +138,8 @@ class Engine:
 
     def _candidates(self, user_id, n_slots, candidates, exclude):
         excluded = np.empty(0, dtype=np.int64)
-        if exclude:
-            known = [e for e in exclude if e in self.items._index]
-            excluded = self.items.index_of(known, "exclude")
+        if exclude:  # ids the catalog no longer knows cannot be served anyway: ignore them
+            excluded = self.items.index_of(exclude, "exclude", skip_unknown=True)
         if candidates is not None:
             idx = self.items.index_of(candidates, "candidates")
             if len(set(candidates)) != len(candidates):

@@ -8,6 +8,7 @@ off-policy evaluation.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -42,7 +43,7 @@ class PolicyConfig:
             raise ValidationError(f"epsilon must be a number in [0, 1], got {e!r}", "epsilon")
 
 
-class Policy:
+class Policy(ABC):
     """Base class: subclasses set ``name`` and ``Config`` and implement :meth:`scores`."""
 
     name: str = ""
@@ -68,8 +69,9 @@ class Policy:
     def model_version(self) -> str:
         return f"{self.name}-{self.n_updates}"
 
-    def scores(self, request: Request) -> np.ndarray:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def scores(self, request: Request) -> np.ndarray:
+        """One score per candidate of ``request``, shape (n,); higher is better."""
 
     def epsilon_per_slot(self, n_slots: int) -> np.ndarray:
         return np.full(n_slots, float(self.config.epsilon))
