@@ -141,3 +141,13 @@ def test_threads_deciding_while_a_learner_runs_lose_and_double_nothing(small_sho
     assert eng.log.count("decisions") == 400 and eng.log.count("rewards") == 400
     assert sum(learned) == 1200  # each logged slot learned from once
     assert eng.log.integrity_ok()
+
+
+def test_exclude_ignores_ids_the_catalog_does_not_know(engine):
+    cands = [f"i{i}" for i in range(10)]
+    for _ in range(20):
+        d = engine.decide("u1", 5, context=CTX, candidates=cands, exclude=["gone-item", "i3", "i7"])
+        assert not {"i3", "i7"} & {s.item_id for s in d.slots}
+        assert len(d.candidates) == 8
+    with pytest.raises(ValidationError, match=r"candidates\[1\]: unknown item id 'gone-item'"):
+        engine.decide("u1", 2, context=CTX, candidates=["i1", "gone-item"])
