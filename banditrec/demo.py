@@ -97,7 +97,6 @@ class Served:
 
     customer: np.ndarray  # (D,) customer of each logged decision, in log order
     truth: np.ndarray  # (D,) exact expected clicks of the logging policy's distribution
-    batch_truth: np.ndarray  # (n_batches,) mean of ``truth`` per learning batch
     n_rewards: int
     max_pscore_mismatch: float
 
@@ -174,7 +173,6 @@ def simulate(shop: Shop, engine: Engine, *, n_decisions: int, n_slots: int, batc
     return Served(
         customer=np.concatenate(customers),
         truth=np.concatenate(truths),
-        batch_truth=np.array([t.mean() for t in truths]),
         n_rewards=n_rewards,
         max_pscore_mismatch=mismatch,
     )

@@ -148,13 +148,9 @@ class Engine:
                 idx = idx[~np.isin(idx, excluded)]
             source = np.full(len(idx), SOURCE_REQUEST, dtype=object)
         else:
-            eligible = self.items.n_items - len(np.union1d(excluded, self.history(user_id)))
-            n = min(self.n_candidates, eligible)
-            if n < n_slots:
-                raise ValidationError(
-                    f"slots ({n_slots}) is more than the {n} eligible candidates for this user", "slots"
-                )
-            idx, _, source = self.cf.candidates(self.history(user_id), n, exclude=excluded)
+            history = self.history(user_id)
+            eligible = self.items.n_items - len(np.union1d(excluded, history))
+            idx, _, source = self.cf.candidates(history, min(self.n_candidates, eligible), exclude=excluded)
         if n_slots > len(idx):
             raise ValidationError(
                 f"slots ({n_slots}) is more than the number of candidates ({len(idx)})", "slots"

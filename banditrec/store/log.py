@@ -37,6 +37,7 @@ INSERT_DECISION = (
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 INSERT_SLOT = "INSERT INTO slots VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+MAX_SEQ = "SELECT coalesce(max(seq), 0) FROM decisions"
 # both readers take (kind, after_seq, until_seq)
 READ_DECISIONS = (
     "SELECT d.seq, d.event_id, d.context, d.candidate_index, r.reward FROM decisions d "
@@ -241,7 +242,7 @@ class DecisionLog:
     def max_seq(self) -> int:
         """The sequence number of the last logged decision (0 when the log is empty)."""
         with self._lock:
-            return self.db.execute("SELECT coalesce(max(seq), 0) FROM decisions").fetchone()[0]
+            return self.db.execute(MAX_SEQ).fetchone()[0]
 
     def decisions(
         self, *, after_seq: int = 0, until_seq: int | None = None, kind: str = "click",
@@ -253,7 +254,7 @@ class DecisionLog:
         in one transaction under the write lock, so they never see half of a decision.
         """
         with self._lock, self.db.atomic():
-            until = self.db.execute("SELECT coalesce(max(seq), 0) FROM decisions").fetchone()[0]
+            until = self.db.execute(MAX_SEQ).fetchone()[0]
             if until_seq is not None:
                 until = min(until, int(until_seq))
             args = (kind, int(after_seq), until)
