@@ -85,7 +85,10 @@ class Estimate:
 
     ``value`` is the expected reward *per decision* (summed over its slots).
     ``n`` counts decisions, ``n_rows`` logged slots. ``ess`` is the effective sample size
-    (sum w)^2 / sum w^2 of the row weights; ``max_weight`` the largest importance weight.
+    (sum w)^2 / sum w^2 of the row weights; ``max_weight`` the largest importance weight;
+    ``unsupported`` the target's mean probability, per row, on items never logged in that slot
+    (None when the target was given compactly). ``warnings`` says why not to trust it, if so;
+    ``interval`` is ``"normal"`` or ``"bootstrap"``.
     """
 
     estimator: str
@@ -98,6 +101,9 @@ class Estimate:
     ess: float
     max_weight: float
     level: float = 0.95
+    unsupported: float | None = None
+    warnings: tuple[str, ...] = ()
+    interval: str = "normal"
 
     def covers(self, truth: float) -> bool:
         return bool(self.lower <= truth <= self.upper)

@@ -77,6 +77,7 @@ def test_snips_matches_a_plain_loop_and_its_interval_a_delta_method_bootstrap_ch
 def test_action_dist_and_compact_target_agree(rng):
     data, pi = random_log(rng, n_dec=40, n_actions=6)
     dist = rng.uniform(size=(data.n_rows, 6, 3))
+    dist /= dist.sum(axis=1, keepdims=True)
     compact = dist[np.arange(data.n_rows), data.action, data.slot]
     for est in (IPS(), SNIPS()):
         assert est.estimate(data, dist).value == est.estimate(data, target_pscore=compact).value
@@ -122,8 +123,9 @@ def test_ips_is_exactly_unbiased_by_enumeration(n, k, seed, eps_log, eps_target)
         slots = np.arange(k)
         data = LoggedBandit(reward=q[list(slate), slots], action=list(slate), slot=slots,
                             pscore=mu_m[list(slate), slots], n_actions=n, n_slots=k, decision=np.zeros(k, int))
-        _, wr = ips.row_terms(data, pi_m[list(slate), slots])
-        expected += p * wr.sum()
+        from banditrec.ope.estimators import RowInputs
+        inputs = RowInputs(pi=pi_m[list(slate), slots])
+        expected += p * ips.terms(data, inputs, ips.weights(data, inputs)).plain.sum()
     assert expected == pytest.approx(truth, rel=1e-9, abs=1e-12)
 
 

@@ -1,6 +1,24 @@
 """Off-policy evaluation: estimators as small classes over ``LoggedBandit`` arrays."""
 
 from ..types import Estimate, LoggedBandit
-from .estimators import ESTIMATORS, IPS, SNIPS, resolve_target_pscore
+from .estimators import (
+    ESTIMATORS,
+    DM,
+    DR,
+    IPS,
+    SNDR,
+    SNIPS,
+    ClippedIPS,
+    OPEWarning,
+    Replay,
+    SlatePI,
+    SwitchDR,
+    Terms,
+    resolve_target_pscore,
+)
+from .reward_model import RidgeRewardModel
 
-__all__ = ["ESTIMATORS", "Estimate", "IPS", "LoggedBandit", "SNIPS", "resolve_target_pscore"]
+__all__ = [
+    "DM", "DR", "ESTIMATORS", "IPS", "SNDR", "SNIPS", "ClippedIPS", "Estimate", "LoggedBandit", "OPEWarning",
+    "Replay", "RidgeRewardModel", "SlatePI", "SwitchDR", "Terms", "resolve_target_pscore",
+]

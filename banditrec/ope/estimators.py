@@ -1,32 +1,120 @@
 """Off-policy estimators over logged carousel data (pure array code; the store hands arrays).
 
-Position-wise inverse propensity scoring (Li et al. 2018's independent IPS; Open Bandit
-Pipeline's IIPS): under a reward that is additive over slots and where slot k's reward depends
-only on the item in slot k (true of a position-based click model),
+Notation (Open Bandit Pipeline's): row ``i`` is one logged slot -- context ``x_i``, slot
+``k_i``, item ``a_i``, reward ``r_i`` and the logging policy's *marginal* probability
+``mu_i = mu(a_i at k_i | x_i)``; the target policy ``pi`` is given as ``action_dist (n,
+n_actions, n_slots)`` -- ``action_dist[i, a, k] = pi(a at k | x_i)`` -- or compactly as
+``target_pscore (n,) = pi(a_i at k_i | x_i)``. ``w_i = pi_i / mu_i``. A reward model gives
+``q_hat(x, a, k)``; ``qt_i = sum_a pi(a at k_i | x_i) q_hat(x_i, a, k_i)`` and
+``ql_i = q_hat(x_i, a_i, k_i)``.
 
-    V(pi) = E_x sum_k sum_a pi_k(a | x) q_k(x, a)
+Every estimator is position-wise (Li et al. 2018's independent IPS, OBP's IIPS): under a
+reward additive over slots, with slot k's reward depending only on the item in slot k (a
+position-based click model), ``V(pi) = E_x sum_k sum_a pi(a at k | x) q_k(x, a)``. Each
+returns the value **per decision** (summed over its slots), with decisions -- not rows -- as
+the independent units, because the rows of one carousel share a context:
 
-and with ``w = pi_k(a_k | x) / mu_k(a_k | x)`` -- ratios of *marginal* item-in-slot
-probabilities, which banditrec logs at decision time --
+==========  ================================================================================
+IPS         ``sum_d sum_{i in d} w_i r_i / D``
+ClippedIPS  IPS with ``w_i`` replaced by ``min(w_i, lambda_)`` (biased down, lower variance)
+SNIPS       IPS divided by the mean row weight (``E[w] = 1`` when mu supports pi)
+DM          ``sum_d sum_{i in d} qt_i / D``
+DR          ``sum_d sum_{i in d} (qt_i + w_i (r_i - ql_i)) / D``  (Dudik et al. 2011)
+SNDR        DM plus the DR correction self-normalised by the mean row weight
+SwitchDR    DR's correction only on rows with ``w_i <= lambda_`` (Wang et al. 2017)
+Replay      Li et al. 2011: rows where the target, sampled, agrees with a uniform logger
+SlatePI     Swaminathan et al. 2017's pseudo-inverse, from the whole-slate reward only
+==========  ================================================================================
 
-    V_IPS   = (1/D) sum_d sum_{k in d} w_dk r_dk
-    V_SNIPS = V_IPS / mean_rows(w)        (E[w] = 1 per row when pi is supported by mu)
-
-``V`` is the expected reward per decision (summed over slots). Intervals treat decisions, not
-rows, as the independent units (rows of one carousel share a context): normal approximation
-on per-decision sums, and the delta method for the ratio in SNIPS.
+Each estimator reduces the log to per-decision terms -- a plain part and ratio parts,
+``V = mean(p) + sum_j mean(a_j) / mean(b_j)`` -- so that the point value, the delta-method
+standard error (influence ``p - mean(p) + sum_j (a_j - R_j b_j) / mean(b_j)``) and a one-shot
+vectorised bootstrap over decisions all come from the same code, and a partitioned log can be
+reduced to sums and combined.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+import warnings
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 from scipy.stats import norm
 
 from ..errors import ValidationError
 from ..types import Estimate, LoggedBandit
-from ..validation import as_1d, check_probabilities
+from ..validation import as_1d, check_finite, check_probabilities
+from .reward_model import RidgeRewardModel
+
+LOW_ESS = 100  # fewer effective rows than this and an interval is not to be trusted
+LOW_ESS_SHARE = 0.01  # ... or fewer than this share of the rows
+MAX_WEIGHT_SHARE = 0.1  # one row carrying more than this share of the total weight
+MAX_UNSUPPORTED = 0.01  # target mass on items never logged in that slot
+SUM_TOL = 1e-6
+
+
+class OPEWarning(UserWarning):
+    """An estimate was computed, but its diagnostics say it should not be trusted."""
+
+
+# ---- inputs ------------------------------------------------------------------------------
+@dataclass
+class RowInputs:
+    """What the estimators need about the target policy and reward model, per logged row."""
+
+    pi: np.ndarray
+    dist: np.ndarray | None = None  # the caller's action_dist (n, A, K), or None
+    slot: np.ndarray | None = None
+    q_logged: np.ndarray | None = None
+    q_target: np.ndarray | None = None
+    rows: np.ndarray | None = None  # rows of ``dist`` these inputs refer to (after a subset)
+
+    @functools.cached_property
+    def target_rows(self) -> np.ndarray:
+        """(n, A): the target's distribution over items in each row's own slot."""
+        rows = np.arange(len(self.pi)) if self.rows is None else self.rows
+        return self.dist[rows, :, self.slot]
+
+    def subset(self, keep: np.ndarray) -> "RowInputs":
+        base = np.arange(len(self.pi)) if self.rows is None else self.rows
+        return RowInputs(
+            pi=self.pi[keep],
+            dist=self.dist,
+            slot=None if self.slot is None else self.slot[keep],
+            q_logged=None if self.q_logged is None else self.q_logged[keep],
+            q_target=None if self.q_target is None else self.q_target[keep],
+            rows=base[keep],
+        )
+
+
+def _check_action_dist(data: LoggedBandit, action_dist) -> np.ndarray:
+    dist = np.asarray(action_dist, dtype=float)
+    expected = (data.n_rows, data.n_actions, data.n_slots)
+    if dist.shape != expected:
+        raise ValidationError(f"action_dist must have shape {expected}, got {dist.shape}", "action_dist")
+    sums = dist.sum(axis=1)
+    bad = np.flatnonzero((np.abs(sums - 1.0) > SUM_TOL).any(axis=1) | ~np.isfinite(sums).all(axis=1))
+    if bad.size:
+        i = int(bad[0])
+        k = int(np.argmax(np.abs(sums[i] - 1.0) > SUM_TOL) if np.isfinite(sums[i]).all() else np.argmin(np.isfinite(sums[i])))
+        raise ValidationError(
+            f"action_dist[i, :, k] must be a probability distribution over actions (sum 1), "
+            f"found sum {float(sums[i, k])!r} at row {i}, slot {k}", "action_dist")
+    if dist.min() < 0:
+        i, a, k = np.unravel_index(int(np.argmin(dist)), dist.shape)
+        raise ValidationError(f"action_dist must be >= 0, found {float(dist[i, a, k])!r} at row {i}, action {a}, slot {k}",
+                              "action_dist")
+    return dist
+
+
+def _row_array(value, name: str, n: int) -> np.ndarray:
+    arr = as_1d(value, name, float)
+    if len(arr) != n:
+        raise ValidationError(f"{name} must have one entry per logged row ({n}), got {len(arr)}", name)
+    check_finite(arr, name)
+    return arr
 
 
 def resolve_target_pscore(data: LoggedBandit, action_dist=None, target_pscore=None) -> np.ndarray:
@@ -34,6 +122,10 @@ def resolve_target_pscore(data: LoggedBandit, action_dist=None, target_pscore=No
 
     Give either ``action_dist (n, n_actions, n_slots)`` or the compact ``target_pscore (n,)``.
     """
+    return _resolve(data, action_dist, target_pscore).pi
+
+
+def _resolve(data: LoggedBandit, action_dist, target_pscore) -> RowInputs:
     if (action_dist is None) == (target_pscore is None):
         raise ValidationError("give exactly one of action_dist or target_pscore", "action_dist")
     if target_pscore is not None:
@@ -43,87 +135,441 @@ def resolve_target_pscore(data: LoggedBandit, action_dist=None, target_pscore=No
                 f"target_pscore must have one entry per logged row ({data.n_rows}), got {len(pi)}",
                 "target_pscore",
             )
-    else:
-        dist = np.asarray(action_dist, dtype=float)
-        expected = (data.n_rows, data.n_actions, data.n_slots)
-        if dist.shape != expected:
-            raise ValidationError(f"action_dist must have shape {expected}, got {dist.shape}", "action_dist")
-        pi = dist[np.arange(data.n_rows), data.action, data.slot]
-    check_probabilities(pi, "target_pscore", allow_zero=True)
-    return pi
+        check_probabilities(pi, "target_pscore", allow_zero=True)
+        return RowInputs(pi=pi)
+    dist = _check_action_dist(data, action_dist)
+    pi = dist[np.arange(data.n_rows), data.action, data.slot]
+    return RowInputs(pi=pi, dist=dist, slot=data.slot)
+
+
+# ---- per-decision terms and their combination ----------------------------------------------
+def per_decision(data: LoggedBandit, x: np.ndarray) -> np.ndarray:
+    """Sum a per-row array within each decision, shape (D,).
+
+    When every row is its own decision the rows are returned as they are: every statistic
+    computed from these terms is invariant to the order of the decisions.
+    """
+    if data.n_decisions == data.n_rows:
+        return x
+    return np.bincount(data.decision, weights=x, minlength=data.n_decisions)
 
 
 @dataclass(frozen=True)
+class Terms:
+    """Per-decision terms: ``V = mean(plain) + sum_j mean(num[j]) / mean(den[j])``."""
+
+    plain: np.ndarray
+    ratios: tuple[tuple[np.ndarray, np.ndarray], ...] = ()
+
+    @property
+    def n(self) -> int:
+        return len(self.plain)
+
+    def value_and_influence(self) -> tuple[float, np.ndarray]:
+        p_mean = self.plain.mean()
+        value = p_mean
+        influence = self.plain - p_mean
+        for num, den in self.ratios:
+            b = den.mean()
+            if b <= 0:
+                raise ValidationError(
+                    "the target policy gives probability 0 to every logged action: a self-normalised "
+                    "estimate is undefined", "target_pscore")
+            r = num.mean() / b
+            value = value + r
+            influence = influence + (num - r * den) / b
+        return float(value), influence
+
+    def bootstrap(self, n_boot: int, rng: np.random.Generator, chunk_elems: int = 4_000_000) -> np.ndarray:
+        """``n_boot`` replicates of the value, decisions resampled with replacement.
+
+        One ``rng.integers(0, D, size=(B, D))`` draw per chunk of replicates; memory is bounded
+        by ``chunk_elems`` indices at a time.
+        """
+        D = self.n
+        per = max(1, chunk_elems // D)
+        out = np.empty(n_boot)
+        for start in range(0, n_boot, per):
+            stop = min(n_boot, start + per)
+            idx = rng.integers(0, D, size=(stop - start, D))
+            rep = self.plain[idx].mean(axis=1)
+            for num, den in self.ratios:
+                d = den[idx].mean(axis=1)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    rep = rep + np.where(d > 0, num[idx].mean(axis=1) / np.where(d > 0, d, 1), np.nan)
+            out[start:stop] = rep
+        return out
+
+
+# ---- estimators ----------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
 class IPS:
-    """Inverse propensity scoring with position-wise marginal propensities."""
+    """Inverse propensity scoring with position-wise marginal propensities.
+
+    Parameters
+    ----------
+    level : confidence level of the interval.
+    interval : ``"normal"`` (delta method over decisions) or ``"bootstrap"`` (percentile
+        interval from ``n_bootstrap`` resamples of the decisions).
+    seed : seeds the bootstrap and, for estimators that need them, cross-fitting folds and
+        replay's sampling. ``None`` draws fresh entropy.
+    """
 
     level: float = 0.95
-    name = "IPS"
+    interval: str = "normal"
+    n_bootstrap: int = 2000
+    seed: int | None = None
+    name: ClassVar[str] = "IPS"
+    needs_q: ClassVar[bool] = False
 
     def __post_init__(self):
-        if not 0 < self.level < 1:
+        if not (isinstance(self.level, float | int) and 0 < self.level < 1):
             raise ValidationError(f"level must be in (0, 1), got {self.level!r}", "level")
+        if self.interval not in ("normal", "bootstrap"):
+            raise ValidationError(f"interval must be 'normal' or 'bootstrap', got {self.interval!r}", "interval")
+        if isinstance(self.n_bootstrap, bool) or not isinstance(self.n_bootstrap, int) or self.n_bootstrap < 100:
+            raise ValidationError(f"n_bootstrap must be an integer >= 100, got {self.n_bootstrap!r}", "n_bootstrap")
 
-    def row_terms(self, data: LoggedBandit, pi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per-row importance weight and weighted reward."""
-        w = pi / data.pscore
-        return w, w * data.reward
+    # -- what each estimator defines
+    def weights(self, data: LoggedBandit, inputs: RowInputs) -> np.ndarray:
+        return inputs.pi / data.pscore
 
-    def _point_and_influence(self, data, w, wr):
-        per_decision = np.bincount(data.decision, weights=wr, minlength=data.n_decisions)
-        return per_decision.mean(), per_decision
+    def terms(self, data: LoggedBandit, inputs: RowInputs, w: np.ndarray) -> Terms:
+        return Terms(per_decision(data, w * data.reward))
 
-    def estimate(self, data: LoggedBandit, action_dist=None, *, target_pscore=None, slot: int | None = None) -> Estimate:
-        """The target policy's value per decision, or of one ``slot`` alone."""
-        pi = resolve_target_pscore(data, action_dist, target_pscore)
+    # -- shared machinery
+    def _streams(self) -> tuple[np.random.Generator, np.random.Generator]:
+        boot, other = np.random.default_rng(self.seed).spawn(2)
+        return boot, other
+
+    def _inputs(self, data, action_dist, target_pscore, q_hat, q_hat_logged, q_hat_target, rng) -> RowInputs:
+        inputs = _resolve(data, action_dist, target_pscore)
+        if not self.needs_q:
+            if any(v is not None for v in (q_hat, q_hat_logged, q_hat_target)):
+                raise ValidationError(f"{self.name} does not use a reward model; q_hat was given", "q_hat")
+            return inputs
+        if q_hat is not None:
+            if q_hat_logged is not None or q_hat_target is not None:
+                raise ValidationError("give q_hat or the compact q_hat_logged/q_hat_target, not both", "q_hat")
+            q = np.asarray(q_hat, dtype=float)
+            expected = (data.n_rows, data.n_actions, data.n_slots)
+            if q.shape != expected:
+                raise ValidationError(f"q_hat must have shape {expected}, got {q.shape}", "q_hat")
+            ar = np.arange(data.n_rows)
+            q_rows = q[ar, :, data.slot]
+            check_finite(q_rows, "q_hat")
+            inputs.q_logged = q_rows[ar, data.action]
+            if inputs.dist is None:
+                raise ValidationError("with q_hat, give the target as action_dist (the DM term needs pi over "
+                                      "every action), or give q_hat_target", "action_dist")
+            inputs.q_target = np.einsum("ij,ij->i", inputs.target_rows, q_rows)
+        elif q_hat_logged is not None or q_hat_target is not None:
+            if q_hat_logged is None or q_hat_target is None:
+                raise ValidationError("give both q_hat_logged and q_hat_target", "q_hat_logged")
+            inputs.q_logged = _row_array(q_hat_logged, "q_hat_logged", data.n_rows)
+            inputs.q_target = _row_array(q_hat_target, "q_hat_target", data.n_rows)
+        else:
+            if inputs.dist is None:
+                raise ValidationError(
+                    f"{self.name} fits a reward model when q_hat is not given, which needs the target as "
+                    "action_dist; or pass q_hat_logged and q_hat_target", "action_dist")
+            inputs.q_logged, inputs.q_target = self.reward_model.cross_fit(
+                data, inputs.target_rows, n_folds=self.n_folds, rng=rng)
+        return inputs
+
+    def estimate(self, data: LoggedBandit, action_dist=None, *, target_pscore=None, q_hat=None,
+                 q_hat_logged=None, q_hat_target=None, slot: int | None = None) -> Estimate:
+        """The target policy's value per decision (or of one ``slot`` alone), with an interval.
+
+        ``action_dist (n, n_actions, n_slots)`` or ``target_pscore (n,)`` give the target
+        policy; DM-family estimators also take ``q_hat (n, n_actions, n_slots)`` or the compact
+        ``q_hat_logged (n,)`` and ``q_hat_target (n,)``, and fit a cross-fitted reward model on
+        the log when neither is given.
+        """
+        boot_rng, other_rng = self._streams()
+        inputs = self._inputs(data, action_dist, target_pscore, q_hat, q_hat_logged, q_hat_target, other_rng)
         if slot is not None:
-            if isinstance(slot, bool) or not isinstance(slot, (int, np.integer)) or not 0 <= slot < data.n_slots:
+            if isinstance(slot, bool) or not isinstance(slot, int | np.integer) or not 0 <= slot < data.n_slots:
                 raise ValidationError(f"slot must be an integer in [0, {data.n_slots}), got {slot!r}", "slot")
             keep = data.slot == slot
             if not keep.any():
                 raise ValidationError(f"no logged rows in slot {slot}", "slot")
-            pi, data = pi[keep], data.subset(keep)
-        n = data.n_decisions
-        if n < 2:
-            raise ValidationError(f"an interval needs at least 2 decisions, got {n}", "reward")
-        w, wr = self.row_terms(data, pi)
-        value, influence = self._point_and_influence(data, w, wr)
+            inputs, data = inputs.subset(keep), data.subset(keep)
+        if data.n_decisions < 2:
+            raise ValidationError(f"an interval needs at least 2 decisions, got {data.n_decisions}", "reward")
+        w = self.weights(data, inputs)
+        terms = self._terms(data, inputs, w, other_rng)
+        return self._finish(data, inputs, w, terms, boot_rng)
+
+    def per_slot(self, data: LoggedBandit, action_dist=None, **kwargs) -> list[Estimate]:
+        """One estimate per slot that has logged rows (slot ``k``'s value alone)."""
+        return [self.estimate(data, action_dist, slot=k, **kwargs) for k in np.unique(data.slot).tolist()]
+
+    def _terms(self, data, inputs, w, rng) -> Terms:
+        return self.terms(data, inputs, w)
+
+    def _finish(self, data: LoggedBandit, inputs: RowInputs, w: np.ndarray, terms: Terms,
+                boot_rng: np.random.Generator) -> Estimate:
+        value, influence = terms.value_and_influence()
+        n = terms.n
         se = float(influence.std(ddof=1) / np.sqrt(n))
-        z = float(norm.ppf(0.5 + self.level / 2))
-        sw, sw2 = w.sum(), (w * w).sum()
+        if self.interval == "normal":
+            z = float(norm.ppf(0.5 + self.level / 2))
+            lower, upper = value - z * se, value + z * se
+        else:
+            reps = terms.bootstrap(self.n_bootstrap, boot_rng)
+            reps = reps[np.isfinite(reps)]
+            tail = (1 - self.level) / 2
+            lower, upper = (float(v) for v in np.quantile(reps, [tail, 1 - tail]))
+        sw, sw2 = float(w.sum()), float((w * w).sum())
+        ess = sw * sw / sw2 if sw2 > 0 else 0.0
+        max_w = float(w.max())
+        unsupported = _unsupported_share(data, inputs)
+        notes = _diagnose(self.name, ess, data.n_rows, max_w, sw, unsupported)
+        for msg in notes:
+            warnings.warn(msg, OPEWarning, stacklevel=3)
         return Estimate(
-            estimator=self.name,
-            value=float(value),
-            lower=float(value - z * se),
-            upper=float(value + z * se),
-            se=se,
-            n=n,
-            n_rows=data.n_rows,
-            ess=float(sw * sw / sw2) if sw2 > 0 else 0.0,
-            max_weight=float(w.max()),
-            level=self.level,
+            estimator=self.name, value=value, lower=float(lower), upper=float(upper), se=se, n=n,
+            n_rows=data.n_rows, ess=ess, max_weight=max_w, level=self.level, unsupported=unsupported,
+            warnings=tuple(notes), interval=self.interval,
         )
 
 
-@dataclass(frozen=True)
+def _unsupported_share(data: LoggedBandit, inputs: RowInputs) -> float | None:
+    """Mean target mass, per row, on items never logged in that row's slot (None if unknown).
+
+    A coarse, context-free notion of support: the log cannot say how the target would fare on
+    an item the logger never showed in that slot, so IPS counts it as earning nothing and
+    DM/DR extrapolate the reward model there.
+    """
+    if inputs.dist is None:
+        return None
+    seen = np.zeros((data.n_actions, data.n_slots), dtype=bool)
+    seen[data.action, data.slot] = True
+    if seen.all():
+        return 0.0
+    mass = 0.0
+    for k in np.unique(data.slot).tolist():
+        unseen = np.flatnonzero(~seen[:, k])
+        if unseen.size:
+            rows = np.flatnonzero(data.slot == k)
+            src = rows if inputs.rows is None else inputs.rows[rows]
+            mass += float(inputs.dist[src[:, None], unseen[None, :], k].sum())
+    return mass / data.n_rows
+
+
+def _diagnose(name: str, ess: float, n_rows: int, max_w: float, sw: float, unsupported: float | None) -> list[str]:
+    notes = []
+    if ess < LOW_ESS or ess < LOW_ESS_SHARE * n_rows:
+        notes.append(f"{name}: effective sample size {ess:.0f} of {n_rows} rows: the log barely overlaps the "
+                     "target policy, so the estimate rests on a few rows")
+    if sw > 0 and max_w / sw > MAX_WEIGHT_SHARE:
+        notes.append(f"{name}: one row carries {max_w / sw:.0%} of the total importance weight")
+    if unsupported is not None and unsupported > MAX_UNSUPPORTED:
+        notes.append(f"{name}: the target puts {unsupported:.1%} of its probability on items never logged in "
+                     "that slot; the log cannot see how they would do")
+    return notes
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClippedIPS(IPS):
+    """IPS with importance weights clipped at ``lambda_``: biased towards 0, lower variance."""
+
+    lambda_: float = 10.0
+    name: ClassVar[str] = "ClippedIPS"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not (isinstance(self.lambda_, int | float) and self.lambda_ > 0):
+            raise ValidationError(f"lambda_ must be a positive number, got {self.lambda_!r}", "lambda_")
+
+    def weights(self, data, inputs):
+        return np.minimum(inputs.pi / data.pscore, self.lambda_)
+
+
+def _row_share(data: LoggedBandit, w: np.ndarray) -> np.ndarray:
+    """Per-decision weight sums scaled so that their mean is the mean row weight (about 1)."""
+    return per_decision(data, w) * (data.n_decisions / data.n_rows)
+
+
+@dataclass(frozen=True, kw_only=True)
 class SNIPS(IPS):
     """Self-normalised IPS: IPS divided by the mean row weight; delta-method interval."""
 
-    name = "SNIPS"
+    name: ClassVar[str] = "SNIPS"
 
-    def _point_and_influence(self, data, w, wr):
-        n_dec = data.n_decisions
-        a = np.bincount(data.decision, weights=wr, minlength=n_dec)
-        # per-decision weight sums, scaled so that they have mean 1 in expectation
-        b = np.bincount(data.decision, weights=w, minlength=n_dec) * (n_dec / data.n_rows)
-        b_mean = b.mean()
-        if b_mean <= 0:
+    def terms(self, data, inputs, w):
+        return Terms(np.zeros(data.n_decisions), ((per_decision(data, w * data.reward), _row_share(data, w)),))
+
+
+@dataclass(frozen=True, kw_only=True)
+class DM(IPS):
+    """Direct method: the reward model's value of the target. Its interval ignores the
+    model's own error, so it covers the truth only when the model is right."""
+
+    reward_model: RidgeRewardModel = field(default_factory=RidgeRewardModel)
+    n_folds: int = 2
+    name: ClassVar[str] = "DM"
+    needs_q: ClassVar[bool] = True
+
+    def __post_init__(self):
+        super().__post_init__()
+        if isinstance(self.n_folds, bool) or not isinstance(self.n_folds, int) or self.n_folds < 2:
+            raise ValidationError(f"n_folds must be an integer >= 2, got {self.n_folds!r}", "n_folds")
+
+    def terms(self, data, inputs, w):
+        return Terms(per_decision(data, inputs.q_target))
+
+
+@dataclass(frozen=True, kw_only=True)
+class DR(DM):
+    """Doubly robust: the model's value plus an importance-weighted correction of its error."""
+
+    name: ClassVar[str] = "DR"
+
+    def correction_weights(self, w: np.ndarray) -> np.ndarray:
+        return w
+
+    def terms(self, data, inputs, w):
+        cw = self.correction_weights(w)
+        return Terms(per_decision(data, inputs.q_target + cw * (data.reward - inputs.q_logged)))
+
+
+@dataclass(frozen=True, kw_only=True)
+class SNDR(DM):
+    """Self-normalised doubly robust: DR's correction divided by the mean row weight."""
+
+    name: ClassVar[str] = "SNDR"
+
+    def terms(self, data, inputs, w):
+        corr = per_decision(data, w * (data.reward - inputs.q_logged))
+        return Terms(per_decision(data, inputs.q_target), ((corr, _row_share(data, w)),))
+
+
+@dataclass(frozen=True, kw_only=True)
+class SwitchDR(DR):
+    """Switch-DR: DR's correction on rows with ``w <= lambda_``, the model alone elsewhere."""
+
+    lambda_: float = 10.0
+    name: ClassVar[str] = "SwitchDR"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not (isinstance(self.lambda_, int | float) and self.lambda_ > 0):
+            raise ValidationError(f"lambda_ must be a positive number, got {self.lambda_!r}", "lambda_")
+
+    def correction_weights(self, w):
+        return np.where(w <= self.lambda_, w, 0.0)
+
+
+def _uniform_per_slot(data: LoggedBandit, who: str) -> None:
+    for k in np.unique(data.slot).tolist():
+        p = data.pscore[data.slot == k]
+        lo, hi = float(p.min()), float(p.max())
+        if hi > lo * (1 + 1e-9):
             raise ValidationError(
-                "the target policy gives probability 0 to every logged action: SNIPS is undefined",
-                "target_pscore",
-            )
-        value = a.mean() / b_mean
-        return value, (a - value * b) / b_mean + value
+                f"{who} needs a uniformly random logging policy; logged propensities in slot {k} range from "
+                f"{lo:.4g} to {hi:.4g} (use IPS or DR for this log)", "pscore")
 
 
-ESTIMATORS: dict[str, type[IPS]] = {cls.name: cls for cls in (IPS, SNIPS)}
+@dataclass(frozen=True, kw_only=True)
+class Replay(IPS):
+    """Li et al. (2011)'s replay for logs from a uniformly random policy.
+
+    A row counts when the target policy, sampled in that row's slot, shows the logged item
+    (probability ``pi_i``; sampled with the estimator's ``seed``, exact for a deterministic
+    target); slot k's value is the mean reward of its counted rows, and the decision's value
+    the sum over slots. Unbiased (as a ratio, consistent) only under uniform logging, which is
+    checked: in each slot every logged propensity must be equal.
+    """
+
+    name: ClassVar[str] = "Replay"
+
+    def _terms(self, data, inputs, w, rng):
+        _uniform_per_slot(data, self.name)
+        match = (rng.random(data.n_rows) < inputs.pi).astype(float)
+        ratios = []
+        for k in np.unique(data.slot).tolist():
+            in_k = (data.slot == k).astype(float)
+            m = match * in_k
+            if m.sum() < 2:
+                raise ValidationError(f"replay matched {int(m.sum())} logged rows in slot {k}; it needs at "
+                                      "least 2 (log more, or use IPS)", "target_pscore")
+            ratios.append((per_decision(data, m * data.reward), per_decision(data, m)))
+        return Terms(np.zeros(data.n_decisions), tuple(ratios))
+
+
+@functools.lru_cache(maxsize=64)
+def _pi_coefficients(m: int, k: int) -> tuple[float, float, float]:
+    """Pseudo-inverse weights for uniform logging of k of m items without replacement.
+
+    ``Gamma = E_mu[1_s 1_s^T]`` over slot-item indicators; ``Gamma^+ 1_s`` takes three values:
+    on the logged (slot, item) pairs, on a logged item in another slot, and on items not logged.
+    """
+    dim = k * m
+    idx = np.arange(dim)
+    slot_of, item_of = idx // m, idx % m
+    same_slot = slot_of[:, None] == slot_of[None, :]
+    same_item = item_of[:, None] == item_of[None, :]
+    gamma = np.where(same_slot & same_item, 1.0 / m, 0.0)
+    if m > 1:
+        gamma += np.where(~same_slot & ~same_item, 1.0 / (m * (m - 1)), 0.0)
+    s = np.zeros(dim)
+    s[np.arange(k) * m + np.arange(k)] = 1.0  # the slate (item j in slot j)
+    g = np.linalg.pinv(gamma) @ s
+    here = g[0]  # slot 0, item 0
+    elsewhere = g[1 * m + 0] if k > 1 else 0.0  # slot 1, item 0
+    absent = g[k] if m > k else 0.0  # slot 0, item k (never logged)
+    return float(here), float(elsewhere), float(absent)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SlatePI(IPS):
+    """The pseudo-inverse slate estimator (Swaminathan et al. 2017) from whole-slate rewards.
+
+    Uses only each decision's total reward ``r_d = sum_k r_dk`` (e.g. a purchase anywhere in the
+    carousel) and is unbiased when that reward is additive over (slot, item) pairs:
+    ``V = mean_d r_d (a T1_d + b (T_d - T1_d) + c (K - T_d))`` with ``T1_d = sum_j pi_j(s_dj)``
+    and ``T_d = sum_ij pi_j(s_di)`` for the logged slate ``s_d``; (a, b, c) are the entries of
+    ``Gamma^+ 1_s``. Implemented for uniformly random logging without replacement (every
+    row's propensity ``1/m`` with m candidates), checked; needs ``action_dist`` (the target's
+    marginal of every logged item in every slot).
+    """
+
+    name: ClassVar[str] = "SlatePI"
+
+    def _terms(self, data, inputs, w, rng):
+        if inputs.dist is None:
+            raise ValidationError("SlatePI needs the target as action_dist (its marginal of every logged item "
+                                  "in every slot)", "action_dist")
+        D, K = data.n_decisions, data.n_slots
+        counts = np.bincount(data.decision, minlength=D)
+        if (counts != K).any():
+            d = int(np.argmax(counts != K))
+            raise ValidationError(f"SlatePI needs every decision to fill all {K} slots; decision {d} logged "
+                                  f"{counts[d]} rows", "slot")
+        order = np.lexsort((data.slot, data.decision)).reshape(D, K)
+        if (data.slot[order] != np.arange(K)).any():
+            raise ValidationError("SlatePI needs each decision to log slots 0..K-1 once each", "slot")
+        p = data.pscore[order]
+        m_float = 1.0 / p
+        m = np.rint(m_float).astype(np.int64)
+        if (np.abs(m_float - m) > 1e-6 * m).any() or (m != m[:, :1]).any() or (m < K).any():
+            raise ValidationError("SlatePI needs uniformly random logging without replacement: every logged "
+                                  "propensity of a decision must be 1/m for its number m >= K of candidates",
+                                  "pscore")
+        items = data.action[order]  # (D, K) logged item of slot j
+        base = order[:, 0] if inputs.rows is None else inputs.rows[order[:, 0]]
+        pij = inputs.dist[base[:, None, None], items[:, :, None], np.arange(K)[None, None, :]]  # pi_j(s_i)
+        t1 = np.einsum("dii->d", pij)
+        t = pij.sum(axis=(1, 2))
+        sizes, which = np.unique(m[:, 0], return_inverse=True)
+        coef = np.array([_pi_coefficients(int(size), K) for size in sizes.tolist()])[which]
+        weight = coef[:, 0] * t1 + coef[:, 1] * (t - t1) + coef[:, 2] * (K - t)
+        slate_reward = data.reward[order].sum(axis=1)
+        return Terms(slate_reward * weight)
+
+
+ESTIMATORS: dict[str, type[IPS]] = {
+    cls.name: cls for cls in (IPS, ClippedIPS, SNIPS, DM, DR, SNDR, SwitchDR, Replay, SlatePI)
+}
