@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test bench serve clean
+.PHONY: install demo test bench bench-peers serve clean
 
 $(STAMP): setup.cfg setup.py pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -24,6 +24,24 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+
+# Peers for bench/run.py in their own venv, never banditrec dependencies: Open Bandit Pipeline
+# 0.5.7. Its metadata says python<3.11 and pins torch==1.12 (no 3.11 build), so: the machine's
+# CPU torch 2.13.0 first, obp's runtime deps at its pins where 3.11 wheels exist (numpy 1.23.5,
+# scipy 1.9.3, scikit-learn 1.1.3, pandas 1.5.2), then obp itself without resolving its pins.
+# pip check then lists torch, Pillow, PyYAML, pingouin and pyieoe: none is imported by obp.ope.
+bench-peers:
+	test -f bench/.peers-venv/.installed || { \
+	  { test -x bench/.peers-venv/bin/python || $(PY) -m venv bench/.peers-venv; } && \
+	  bench/.peers-venv/bin/python -m pip install --quiet --upgrade pip && \
+	  bench/.peers-venv/bin/python -m pip install --quiet torch==2.13.0 && \
+	  bench/.peers-venv/bin/python -m pip install --quiet --only-binary :all: numpy==1.23.5 \
+	    scipy==1.9.3 scikit-learn==1.1.3 pandas==1.5.2 'matplotlib>=3.4.3,<3.9' \
+	    'seaborn>=0.11.2,<0.12' 'tqdm>=4.62.2' 'PyYAML>=6.0' 'mypy-extensions>=0.4.3,<0.5' && \
+	  bench/.peers-venv/bin/python -m pip install --quiet --no-deps --ignore-requires-python obp==0.5.7 && \
+	  bench/.peers-venv/bin/python -c 'from obp.ope import InverseProbabilityWeighting, \
+	    SelfNormalizedInverseProbabilityWeighting, DoublyRobust, OffPolicyEvaluation' && \
+	  touch bench/.peers-venv/.installed; }
 
 serve: $(STAMP)
 	$(BIN)/banditrec serve
