@@ -8,7 +8,9 @@ Sections (``--only NAME`` runs one):
              Monte-Carlo estimate from 1,000 sampled slates: time and error
   log        DecisionLog.write_decision vs bare sqlite3 inserts of the same rows, and
              reading 100,000 logged slot rows back into arrays with DecisionLog.decisions()
-  ope        IPS / SNIPS on 1,000,000 rows vs the bare numpy expression; LoggedBandit build
+  ope        IPS / SNIPS on 1,000,000 rows vs the bare numpy expression; LoggedBandit build;
+             IPS / SNIPS / DR vs Open Bandit Pipeline 0.5.7 on 1,000,000 rows (its own venv,
+             ``make bench-peers``; skipped with a note when that venv is missing)
   http       POST /v1/decide through Flask's test client vs a bare Flask JSON route
 
 Run:   .venv/bin/python bench/run.py            (the ``make bench`` target, < 3 min on 2 cores)
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +39,7 @@ import numpy as np
 from common import compare, ms, rate, ratio, rng, table, us
 
 from banditrec.demo import build_engine
-from banditrec.ope import IPS, SNIPS
+from banditrec.ope import DR, IPS, SNIPS
 from banditrec.policies import EpsilonGreedySlate, Request, make, rank_slot_marginals
 from banditrec.policies.slate import _rank_slot_marginals_cached
 from banditrec.service import create_app
@@ -51,13 +54,17 @@ N_CAND, N_SLOTS = 200, 10
 CONTEXT_DIM, ITEM_DIM = 4, 7  # LinUCB joint dim 7 + 4 * 7 = 35
 SHOP_DIM = 6  # build_engine uses it as context_dim and item_dim: joint dim 6 + 36 = 42
 N_ITEMS = 2000
+BENCH = Path(__file__).resolve().parent
+PEERS_PYTHON = BENCH / ".peers-venv" / "bin" / "python"  # created by `make bench-peers`
+OBP_SCRIPT = BENCH / "peers" / "obp_ope.py"
+OBP_ACTIONS, OBP_LIST = 10, 3  # obp's synthetic defaults: n_actions=10, len_list=3
 
 FULL = dict(decide=5000, marg_fast=3000, marg_dp=300, marg_mc=30, marg_loop=5, mc_draws=1000,
             log_writes=4000, read_rows=100_000, read_reps=7, ope_decisions=200_000, ope_reps=15,
-            http=4000)
+            obp_rows=1_000_000, obp_reps=7, http=4000)
 QUICK = dict(decide=300, marg_fast=300, marg_dp=50, marg_mc=5, marg_loop=2, mc_draws=1000,
              log_writes=200, read_rows=10_000, read_reps=3, ope_decisions=20_000, ope_reps=5,
-             http=200)
+             obp_rows=100_000, obp_reps=3, http=200)
 
 
 # ---- shared fixtures ---------------------------------------------------------------------
@@ -341,6 +348,100 @@ def bench_ope(cfg: dict, tmp: Path) -> None:
             for k, (label, peer) in labels.items()]
     table("ope", f"{n:,} logged rows ({n_dec:,} decisions x {n_slots} slots), random rewards and "
           f"propensities; {cfg['ope_reps']} repeats.", ["case", "p50 ms", "rows/s", "ratio", "vs"], rows)
+    bench_ope_obp(cfg, tmp)
+
+
+def softmax(logits: np.ndarray, axis: int) -> np.ndarray:
+    e = np.exp(logits - logits.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def obp_style_data(n: int, gen: np.random.Generator) -> dict[str, np.ndarray]:
+    """``n`` logged rows in obp's vocabulary: one action shown per row, at a random position.
+
+    The logging policy is a per-row softmax over the 10 actions, sampled to give ``action`` and
+    ``pscore``; the target ``action_dist`` is a different per-row, per-position softmax (sums to
+    1 over actions, as obp checks); rewards are Bernoulli with a rate per (action, position);
+    ``q_hat`` is uniform noise, so DR's correction term does real work.
+    """
+    position = gen.integers(0, OBP_LIST, size=n)
+    mu = softmax(gen.normal(size=(n, OBP_ACTIONS)), axis=1)
+    u = gen.random(n)
+    action = np.minimum((mu.cumsum(axis=1) < u[:, None]).sum(axis=1), OBP_ACTIONS - 1)
+    rows = np.arange(n)
+    pscore = mu[rows, action]
+    rate_ak = gen.uniform(0.02, 0.3, size=(OBP_ACTIONS, OBP_LIST))
+    reward = (gen.random(n) < rate_ak[action, position]).astype(float)
+    action_dist = softmax(gen.normal(scale=1.5, size=(n, OBP_ACTIONS, OBP_LIST)), axis=1)
+    q_hat = gen.uniform(0.0, 0.5, size=(n, OBP_ACTIONS, OBP_LIST))
+    return dict(reward=reward, action=action, position=position, pscore=pscore, action_dist=action_dist,
+                estimated_rewards_by_reg_model=q_hat)
+
+
+def run_obp(d: dict[str, np.ndarray], tmp: Path, repeats: int) -> dict | None:
+    """obp's figures on ``d`` from bench/peers/obp_ope.py in the peer venv, or None (with a note why)."""
+    if not PEERS_PYTHON.exists():
+        print(f"\n(obp peer skipped: {PEERS_PYTHON.relative_to(BENCH.parent)} does not exist; "
+              "`make bench-peers` installs obp 0.5.7 there, outside banditrec's dependencies)")
+        return None
+    npz = tmp / "obp_ope.npz"
+    np.savez(npz, **d)
+    proc = subprocess.run([str(PEERS_PYTHON), str(OBP_SCRIPT), str(npz), "--repeats", str(repeats)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = "\n    ".join(proc.stderr.strip().splitlines()[-5:])
+        print(f"\n(obp peer skipped: {OBP_SCRIPT.name} exited {proc.returncode}:\n    {tail})")
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def bench_ope_obp(cfg: dict, tmp: Path) -> None:
+    n, reps = cfg["obp_rows"], cfg["obp_reps"]
+    d = obp_style_data(n, rng(13))
+    peer = run_obp(d, tmp, reps)  # before banditrec's timings, never beside them
+    arrays = dict(reward=d["reward"], action=d["action"], slot=d["position"], pscore=d["pscore"])
+    dist, q_hat = d["action_dist"], d["estimated_rewards_by_reg_model"]
+    del d
+
+    def build():
+        return LoggedBandit(**arrays, n_actions=OBP_ACTIONS, n_slots=OBP_LIST)
+
+    data = build()
+    ips, snips, dr = IPS(), SNIPS(), DR()
+    cases = {
+        "IPS": lambda: ips.estimate(data, dist),
+        "SNIPS": lambda: snips.estimate(data, dist),
+        "DR": lambda: dr.estimate(data, dist, q_hat=q_hat),
+        "IPS+": lambda: ips.estimate(build(), dist),
+        "SNIPS+": lambda: snips.estimate(build(), dist),
+        "DR+": lambda: dr.estimate(build(), dist, q_hat=q_hat),
+    }
+    values = {k: cases[k]().value for k in ("IPS", "SNIPS", "DR")}
+    t = compare(cases, repeats=reps, warmup=1)
+    obp_name = {"IPS": "IPW", "SNIPS": "SNIPW", "DR": "DR"}
+    rows = []
+    for k, theirs in obp_name.items():
+        mine, mine_all = t[k].p50 / 1e6, t[k + "+"].p50 / 1e6
+        if peer is None:
+            rows.append([f"{k} (obp {theirs})", "-", f"{values[k]:.6f}", "-", "-",
+                         f"{mine:,.2f}", "-", f"{mine_all:,.2f}", "-"])
+            continue
+        o = peer["estimators"][theirs]
+        o_ms = o["seconds_median"] * 1e3
+        rows.append([f"{k} (obp {theirs})", f"{o['value']:.6f}", f"{values[k]:.6f}",
+                     f"{abs(o['value'] - values[k]):.1e}", f"{o_ms:,.2f}",
+                     f"{mine:,.2f}", ratio(o_ms, mine), f"{mine_all:,.2f}", ratio(o_ms, mine_all)])
+    who = ("obp not run" if peer is None else
+           f"obp {peer['obp_version']} on numpy {peer['numpy_version']}, python {peer['python_version']}")
+    table("ope vs obp", f"{n:,} rows, one action per row (n_actions={OBP_ACTIONS}, len_list={OBP_LIST}, random "
+          f"positions), each row its own decision so banditrec's value is obp's per-row mean; {who}; "
+          f"{reps} repeats, p50 ms; ratio = obp / banditrec.\n"
+          "obp's estimate_policy_value checks its inputs on every call, so 'build+est' (LoggedBandit "
+          "construction, which validates, then estimate) is the like-for-like figure; 'est.' alone is "
+          "estimate() on a LoggedBandit already built. banditrec also computes the 95% interval, ESS and "
+          "max weight; obp only the point value.",
+          ["estimator", "obp value", "banditrec", "|diff|", "obp ms", "est. ms", "ratio", "build+est ms",
+           "ratio"], rows)
 
 
 # ---- 5. http -----------------------------------------------------------------------------
