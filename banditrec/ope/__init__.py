@@ -16,9 +16,10 @@ from .estimators import (
     Terms,
     resolve_target_pscore,
 )
+from .ranking import RankingMetrics, coverage, ranking_metrics, ranking_metrics_per_user
 from .reward_model import RidgeRewardModel
 
 __all__ = [
     "DM", "DR", "ESTIMATORS", "IPS", "SNDR", "SNIPS", "ClippedIPS", "Estimate", "LoggedBandit", "OPEWarning",
-    "Replay", "RidgeRewardModel", "SlatePI", "SwitchDR", "Terms", "resolve_target_pscore",
+    "RankingMetrics", "Replay", "RidgeRewardModel", "SlatePI", "SwitchDR", "Terms", "coverage", "ranking_metrics", "ranking_metrics_per_user", "resolve_target_pscore",
 ]

@@ -59,7 +59,11 @@ class RidgeRewardModel:
     def predict(self, coef: np.ndarray, data: LoggedBandit, rows: np.ndarray,
                 target_rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
         """``q(x_i, a_i, k_i)`` for ``rows`` and, given the target's ``(len(rows), A)``
-        distribution over items in each row's slot, ``sum_a pi(a | x_i, k_i) q(x_i, a, k_i)``."""
+        distribution over items in each row's slot, ``sum_a pi(a | x_i, k_i) q(x_i, a, k_i)``.
+
+        ``target_rows`` may be a dense array or a scipy sparse matrix (a large catalog where
+        each decision's target puts mass only on its own candidates).
+        """
         k, a = data.n_slots, data.n_actions
         b_slot, b_item, theta = coef[:k], coef[k:k + a], coef[k + a:]
         base = b_slot[data.slot[rows]]
@@ -68,7 +72,8 @@ class RidgeRewardModel:
         logged = base + b_item[data.action[rows]]
         if target_rows is None:
             return logged, None
-        return logged, target_rows.sum(axis=1) * base + target_rows @ b_item
+        mass = np.asarray(target_rows.sum(axis=1)).ravel()
+        return logged, mass * base + np.asarray(target_rows @ b_item).ravel()
 
     def cross_fit(self, data: LoggedBandit, target_rows: np.ndarray | None, *, n_folds: int,
                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
