@@ -90,5 +90,97 @@ def serve(host, port, workers, db, policy, shop_seed):
     os.execvpe(sys.executable, args, env)
 
 
+# ---- moving logs in and out (banditrec.store.exchange) -----------------------------------------
+
+def _open_log(db: str):
+    """The decision log at ``db``; a file that is not one is a usage error, not a traceback."""
+    import sqlite3
+
+    from .store import DecisionLog
+
+    try:
+        return DecisionLog(db)
+    except sqlite3.DatabaseError as exc:
+        raise click.UsageError(f"{db} is not a decision log: {exc}") from None
+
+
+@main.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--format", "fmt", required=True, type=click.Choice(("obd", "csv")),
+              help="obd: the Open Bandit Dataset's CSV layout; csv: one row per logged slot, columns by --map.")
+@click.option("--db", required=True, type=click.Path(dir_okay=False), help="Decision log to import into (created if missing).")
+@click.option("--map", "pairs", multiple=True, metavar="FIELD=COLUMN",
+              help="Column of a field (repeatable), e.g. position=pos, reward=clicked, context=x_*. "
+                   "Defaults: the columns `banditrec export --format csv` writes (obd: the OBD names).")
+@click.option("--kind", default="click", show_default=True, help="Reward kind of a column mapped as `reward`.")
+@click.option("--position-base", default=0, show_default=True, type=click.IntRange(0, 1),
+              help="csv: 1 when positions count from 1 (obd positions always do).")
+@click.option("--n-items", default=None, type=click.IntRange(min=1), help="Catalog size when item ids are 0..n-1.")
+@click.option("--policy", default=None, help="Logging policy name to record (default: obd or imported).")
+@click.option("--event-prefix", default=None, help="Prefix of generated event ids (default: the file's stem).")
+@click.option("--start-line", default=None, type=click.IntRange(min=2), help="Resume an import at this line.")
+def import_(file, fmt, db, pairs, kind, position_base, n_items, policy, event_prefix, start_line):
+    """Import FILE's logged slots into the decision log --db, in batches.
+
+    A bad line stops the import with its line and column; what was imported before it stays in
+    the log, and the message says which --start-line resumes.
+    """
+    import json
+    from pathlib import Path
+
+    from .errors import BanditRecError
+    from .store.exchange import import_file, parse_mapping
+
+    if fmt == "obd" and position_base != 0:
+        raise click.UsageError("--position-base applies to --format csv; OBD positions are always 1-based")
+    log = _open_log(db)
+    try:
+        kw = dict(n_items=n_items, event_prefix=event_prefix, start_line=start_line)
+        if policy is not None:
+            kw["policy"] = policy
+        if fmt == "csv":
+            kw.update(kind=kind, position_base=position_base)
+        result = import_file(file, log, fmt, parse_mapping(pairs), **kw)
+    except BanditRecError as exc:
+        raise click.UsageError(str(exc)) from None
+    finally:
+        log.close()
+    encoding = Path(f"{db}.context-{result.encoding_id}.json")
+    encoding.write_text(json.dumps(result.encoding(), indent=1) + "\n")
+    lines = f"lines {result.first_line}-{result.last_line} of " if result.decisions else ""
+    click.echo(f"imported {result.decisions} decisions ({result.slots} slots, {result.rewards} rewards) from "
+               f"{lines}{file} into {db}")
+    click.echo(f"{len(result.context_names)} context columns, {result.n_items} items; encoding: {encoding}")
+
+
+@main.command("export")
+@click.option("--db", required=True, type=click.Path(exists=True, dir_okay=False), help="Decision log to export.")
+@click.option("--format", "fmt", required=True, type=click.Choice(("csv", "parquet", "vw", "dsjson")),
+              help="csv/parquet: one row per logged slot with every reward kind; vw: VW text --cb_adf "
+                   "examples; dsjson: VW decision-service JSON lines.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="File to write.")
+@click.option("--kind", default="click", show_default=True, help="vw/dsjson: the reward kind labels carry (cost = -reward).")
+@click.option("--default-reward", default=0.0, show_default=True, type=float,
+              help="vw/dsjson: reward of a slot that has none of --kind.")
+@click.option("--min-probability", default=None, type=click.FloatRange(0, 1, min_open=True),
+              help="vw/dsjson: clip smaller logged probabilities up to this (default: refuse ones VW reads as 0).")
+@click.option("--candidates", is_flag=True, help="csv/parquet: add each decision's candidate ids and indices.")
+def export(db, fmt, out, kind, default_reward, min_probability, candidates):
+    """Export the decision log --db to --out, one row or example per logged slot."""
+    from .errors import BanditRecError
+    from .store.exchange import export_log
+
+    log = _open_log(db)
+    try:
+        result = export_log(log, out, fmt, kind=kind, default_reward=default_reward,
+                            min_probability=min_probability, candidates=candidates)
+    except BanditRecError as exc:
+        raise click.UsageError(str(exc)) from None
+    finally:
+        log.close()
+    clipped = f"; {result.clipped} probabilities clipped to {min_probability}" if result.clipped else ""
+    click.echo(f"exported {result.rows} logged slots of {result.decisions} decisions to {out} ({fmt}){clipped}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
