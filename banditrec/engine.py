@@ -66,7 +66,8 @@ class Engine:
     ----------
     items : ItemTable
     policy : Policy
-    log : DecisionLog
+    log : DecisionLog; when it holds no items yet, the engine writes ``items`` to it, so
+        that the log alone says what the logged item indices were (and their features)
     candidate_generator : ItemItemCF, fitted on ``user_items``
     user_items : csr_matrix (n_users, n_items) of each known user's history
     user_index : dict mapping user id -> row of ``user_items``
@@ -102,6 +103,8 @@ class Engine:
         self.items = items
         self.policy = policy
         self.log = log
+        if log.count("items") == 0:
+            log.write_items(items.ids, items.features)
         self.cf = candidate_generator
         self.user_items = sp.csr_matrix(user_items)
         self.user_index = dict(user_index)
@@ -213,7 +216,8 @@ class Engine:
         return decision
 
     def reward(self, event_id: str, value: float, *, position: int | None = None, kind: str = "click") -> str:
-        """Join a reward to a logged decision; returns ``"recorded"`` or ``"duplicate"``."""
+        """Join a reward to a logged decision; returns ``"recorded"``, ``"late"`` (after the
+        log's reward window: kept, not learned from) or ``"duplicate"``."""
         return self.log.record_reward(
             Reward(event_id=event_id, value=float(value), position=position, kind=kind, ts=float(self.clock()))
         )

@@ -1,5 +1,5 @@
 """The decision log (SQLite via sqlite-utils): all SQL lives here."""
 
-from .log import WHOLE_DECISION, DecisionLog, LoggedDecisions
+from .log import WHOLE_DECISION, DecisionLog, LoggedDecisions, LoggedEvents
 
-__all__ = ["DecisionLog", "LoggedDecisions", "WHOLE_DECISION"]
+__all__ = ["DecisionLog", "LoggedDecisions", "LoggedEvents", "WHOLE_DECISION"]

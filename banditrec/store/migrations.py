@@ -53,3 +53,47 @@ def _initial(db):
         CREATE INDEX decisions_ts ON decisions (ts);
         """
     )
+
+
+@migrations(name="0002_late_rewards_events_models_items")
+def _late_events_models_items(db):
+    """Late-reward flag; interaction events; model versions; the item catalog.
+
+    With ``items`` a log is self-describing: an offline evaluator can rebuild the features a
+    policy saw from the log alone (``slots.item_index`` and ``decisions.candidate_index``
+    index into it).
+    """
+    db.executescript(
+        """
+        -- 1: a reward that arrived after its decision's reward window; kept, never learned from
+        -- by default (see DecisionLog.decisions)
+        ALTER TABLE rewards ADD COLUMN late INTEGER NOT NULL DEFAULT 0 CHECK (late IN (0, 1));
+        CREATE TABLE events (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            ts REAL NOT NULL,
+            user_id TEXT NOT NULL,
+            item_id TEXT NOT NULL,
+            kind TEXT NOT NULL CHECK (kind IN ('view', 'cart', 'purchase')),
+            event_id TEXT NULL REFERENCES decisions(event_id)  -- the decision it is attributed to
+        );
+        CREATE INDEX events_user_ts ON events (user_id, ts);
+        CREATE TABLE model_versions (
+            version TEXT PRIMARY KEY NOT NULL,
+            policy TEXT NOT NULL,
+            params TEXT NOT NULL CHECK (CASE WHEN json_valid(params) THEN json_type(params) = 'object' ELSE 0 END),
+            created_ts REAL NOT NULL,
+            path TEXT NULL,
+            sha256 TEXT NULL CHECK (sha256 IS NULL OR length(sha256) = 64),
+            n_updates INTEGER NOT NULL DEFAULT 0 CHECK (n_updates >= 0),
+            trained_until_seq INTEGER NOT NULL DEFAULT 0 CHECK (trained_until_seq >= 0)
+        );
+        CREATE TABLE items (
+            item_index INTEGER PRIMARY KEY CHECK (item_index >= 0),
+            item_id TEXT NOT NULL UNIQUE,
+            -- JSON list of floats (full precision)
+            features TEXT NOT NULL CHECK (CASE WHEN json_valid(features) THEN json_type(features) = 'array' ELSE 0 END),
+            -- JSON object of business columns (price, margin, stock, ...)
+            attrs TEXT NOT NULL DEFAULT '{}' CHECK (CASE WHEN json_valid(attrs) THEN json_type(attrs) = 'object' ELSE 0 END)
+        );
+        """
+    )
