@@ -90,6 +90,38 @@ def serve(host, port, workers, db, policy, shop_seed):
     os.execvpe(sys.executable, args, env)
 
 
+@main.command()
+@click.option("--db", required=True, type=click.Path(dir_okay=False), help="Decision log to evaluate on.")
+@click.option("--policy", "specs", multiple=True, required=True, help="Candidate policy spec (repeatable).")
+@click.option("--estimator", "estimators", multiple=True, default=("IPS", "SNIPS", "DR", "SNDR"), show_default=True,
+              help="Estimator to report (repeatable).")
+@click.option("--primary", default="DR", show_default=True, help="Estimator whose lower bound decides the verdict.")
+@click.option("--kind", default="click", show_default=True, help="Reward kind to evaluate.")
+@click.option("--train-frac", default=0.5, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+              help="Share of the log (oldest first) the candidates learn from before evaluation.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--out", default="out/evaluate", show_default=True, type=click.Path(file_okay=False),
+              help="Directory for the report and plot.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of the table.")
+def evaluate(db, specs, estimators, primary, kind, train_frac, seed, out, as_json):
+    """Estimate candidate policies' value on a logged period, with a safe-to-deploy verdict."""
+    import json
+
+    from .errors import BanditRecError
+    from .evaluate import evaluate_log
+
+    try:
+        result = evaluate_log(db, list(specs), estimators=tuple(estimators), primary=primary, kind=kind,
+                              train_frac=train_frac, seed=seed, out=out)
+    except BanditRecError as exc:
+        raise click.UsageError(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(result.as_json(), indent=2))
+        return
+    click.echo(result.table())
+    click.echo(f"report: {result.report}")
+
+
 # ---- moving logs in and out (banditrec.store.exchange) -----------------------------------------
 
 def _open_log(db: str):

@@ -597,6 +597,11 @@ class DecisionLog:
             raise ValidationError("the logged item indices have gaps", "items")
         return ids, _float_rows(features), json.loads("[" + ",".join(attrs) + "]")
 
+    def policies(self) -> list[str]:
+        """The distinct policy specs that logged decisions, sorted."""
+        with self._lock:
+            return sorted(r[0] for r in self.db.execute("SELECT DISTINCT policy FROM decisions").fetchall())
+
     def integrity_ok(self) -> bool:
         with self._lock:
             return self.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

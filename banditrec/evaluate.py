@@ -1,0 +1,260 @@
+"""Compare candidate policies with the logging policy on the log: ``banditrec evaluate``.
+
+The log is split in time: candidate policies learn from the first ``train_frac`` of the
+decisions (as they would have, had they been deployed then) and are evaluated off-policy on
+the rest, where the logging policy's own value is the on-policy mean reward. For every
+candidate and estimator: the estimate, its interval and diagnostics; and a verdict --
+**safe to deploy** when the primary estimator's lower bound beats the logging policy's
+estimate and no diagnostic warns.
+
+The target policy's probabilities come from re-scoring each logged decision (its context and
+candidate list are in the log) with the candidate policy; the doubly robust family gets a
+cross-fitted reward model whose target term is computed over each decision's candidates only
+(a sparse (rows x catalog) matrix), so a large catalog costs nothing extra.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from .errors import ValidationError
+from .offline import target_pscore
+from .ope import ESTIMATORS, IPS, Estimate, LoggedBandit, OPEWarning, RidgeRewardModel
+from .policies import make
+from .store import DecisionLog, LoggedDecisions
+
+DEFAULT_ESTIMATORS = ("IPS", "SNIPS", "DR", "SNDR")
+MAX_ONE_HOT_ITEMS = 200  # without item features in the log, items are one-hot up to this many
+
+
+@dataclass
+class PolicyEvaluation:
+    spec: str
+    estimates: dict[str, Estimate]
+    safe: bool
+    reason: str
+
+
+@dataclass
+class Evaluation:
+    db: str
+    kind: str
+    n_train: int
+    n_eval: int
+    n_rows: int
+    primary: str
+    logging: Estimate
+    logging_policies: list[str]
+    candidates: list[PolicyEvaluation] = field(default_factory=list)
+    report: Path | None = None
+
+    def table(self) -> str:
+        w = max([len("logging (on-policy)")] + [len(c.spec) for c in self.candidates])
+        head = f"{'policy':<{w}}  {'estim.':<10} {'estimate':>9} {'95% CI':>21} {'ESS':>9} {'max w':>7}  note"
+        lines = [head, "-" * len(head)]
+
+        def row(label, e: Estimate, note=""):
+            return (f"{label:<{w}}  {e.estimator:<10} {e.value:>9.4f} [{e.lower:>9.4f}, {e.upper:>9.4f}] "
+                    f"{e.ess:>9.0f} {e.max_weight:>7.2f}  {note}").rstrip()
+
+        lines.append(row("logging (on-policy)", self.logging))
+        for c in self.candidates:
+            for name, e in c.estimates.items():
+                lines.append(row(c.spec, e, "warn" if e.warnings else ""))
+        lines.append("")
+        for c in self.candidates:
+            lines.append(f"{c.spec}: {'SAFE to deploy' if c.safe else 'not shown safe'} -- {c.reason}")
+        return "\n".join(lines)
+
+    def as_json(self) -> dict:
+        return {
+            "db": self.db, "kind": self.kind, "n_train_decisions": self.n_train, "n_eval_decisions": self.n_eval,
+            "n_eval_rows": self.n_rows, "primary_estimator": self.primary, "logging_policies": self.logging_policies,
+            "logging": _estimate_json(self.logging),
+            "candidates": [
+                {"policy": c.spec, "safe_to_deploy": c.safe, "reason": c.reason,
+                 "estimates": {k: _estimate_json(e) for k, e in c.estimates.items()}}
+                for c in self.candidates
+            ],
+            "report": None if self.report is None else str(self.report),
+        }
+
+
+def _estimate_json(e: Estimate) -> dict:
+    out = asdict(e)
+    out["warnings"] = list(e.warnings)
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}
+
+
+def _item_features(log: DecisionLog, logged: LoggedDecisions) -> np.ndarray:
+    n_items = 1 + max([int(c.max()) for c in logged.candidates if len(c)] + [0])
+    ids, features, _ = log.items()
+    if len(ids):
+        if len(ids) < n_items:
+            raise ValidationError(f"the log's item table has {len(ids)} items but decisions refer to item index "
+                                  f"{n_items - 1}", "items")
+        return np.asarray(features, dtype=float)
+    if n_items > MAX_ONE_HOT_ITEMS:
+        raise ValidationError(f"the log has no item features and {n_items} items; one-hot item features are "
+                              f"used up to {MAX_ONE_HOT_ITEMS} items only", "items")
+    return np.eye(n_items)
+
+
+def _decisions(logged: LoggedDecisions, lo: int, hi: int) -> LoggedDecisions:
+    """Decisions ``lo <= d < hi`` of ``logged`` (in log order) with their rows."""
+    rows = slice(*np.searchsorted(logged.row_decision, [lo, hi]).tolist())
+    return LoggedDecisions(
+        event_id=logged.event_id[lo:hi], seq=logged.seq[lo:hi], context=logged.context[lo:hi],
+        candidates=logged.candidates[lo:hi], row_decision=logged.row_decision[rows] - lo,
+        row_slot=logged.row_slot[rows], row_action=logged.row_action[rows], row_pscore=logged.row_pscore[rows],
+        row_reward=logged.row_reward[rows], decision_reward=logged.decision_reward[lo:hi],
+    )
+
+
+def _sparse_target(logged: LoggedDecisions, per_decision: list, n_items: int) -> sp.csr_matrix:
+    """(rows x catalog): each row's target distribution over its decision's candidates, in its slot."""
+    starts = np.searchsorted(logged.row_decision, np.arange(logged.n_decisions + 1))
+    indptr, indices, data = [0], [], []
+    for d, (items, marg) in enumerate(per_decision):
+        for slot in logged.row_slot[starts[d]:starts[d + 1]].tolist():
+            indices.append(items)
+            data.append(marg[:, slot])
+            indptr.append(indptr[-1] + len(items))
+    if not indices:
+        return sp.csr_matrix((len(logged.row_slot), n_items))
+    return sp.csr_matrix((np.concatenate(data), np.concatenate(indices), np.array(indptr)),
+                         shape=(len(logged.row_slot), n_items))
+
+
+def evaluate_log(
+    db: str,
+    specs: list[str],
+    *,
+    estimators: tuple[str, ...] = DEFAULT_ESTIMATORS,
+    primary: str = "DR",
+    kind: str = "click",
+    default_reward: float = 0.0,
+    train_frac: float = 0.5,
+    level: float = 0.95,
+    seed: int | None = 0,
+    out: str | Path | None = None,
+) -> Evaluation:
+    """Evaluate each policy ``spec`` on the log at ``db`` (see the module docstring)."""
+    unknown = [e for e in (*estimators, primary) if e not in ESTIMATORS]
+    if unknown:
+        raise ValidationError(f"unknown estimator {unknown[0]!r}; known: {', '.join(sorted(ESTIMATORS))}", "estimator")
+    if primary not in estimators:
+        estimators = (*estimators, primary)
+    if not specs:
+        raise ValidationError("give at least one --policy to evaluate", "policy")
+    if not Path(db).exists():
+        raise ValidationError(f"no decision log at {db}", "db")
+    log = DecisionLog(db)
+    try:
+        full = log.decisions(kind=kind, default_reward=default_reward)
+        if full.n_decisions < 4:
+            raise ValidationError(f"the log at {db} has {full.n_decisions} decisions; evaluation needs at least 4",
+                                  "db")
+        features = _item_features(log, full)
+        logging_policies = log.policies()
+    finally:
+        log.close()
+    if not 0 <= train_frac < 1:
+        raise ValidationError(f"train_frac must be in [0, 1), got {train_frac!r}", "train_frac")
+    n_train = int(round(train_frac * full.n_decisions))
+    train = _decisions(full, 0, n_train) if n_train else None
+    test = _decisions(full, n_train, full.n_decisions)
+    n_items, n_slots = len(features), int(test.row_slot.max()) + 1
+    context = test.context[test.row_decision]
+    data = LoggedBandit(reward=test.row_reward, action=test.row_action, slot=test.row_slot, pscore=test.row_pscore,
+                        decision=test.row_decision, context=context, n_actions=n_items, n_slots=n_slots)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OPEWarning)
+        logging = IPS(level=level).estimate(data, target_pscore=data.pscore)
+    result = Evaluation(db=str(db), kind=kind, n_train=0 if train is None else train.n_decisions,
+                        n_eval=test.n_decisions, n_rows=data.n_rows, primary=primary, logging=logging,
+                        logging_policies=logging_policies)
+    popularity = np.ones(n_items)
+    if train is not None:
+        popularity += np.bincount(train.row_action, weights=(train.row_reward > 0).astype(float), minlength=n_items)
+    env = {"context_dim": test.context.shape[1], "item_dim": features.shape[1], "popularity": popularity}
+    for spec in specs:
+        policy = make(spec, **env)
+        if train is not None and train.n_decisions:
+            policy.update(train.context[train.row_decision], features[train.row_action], train.row_reward)
+        kept: list = []
+        pi = target_pscore(policy, test, features, on_decision=lambda d, items, marg: kept.append((items, marg)))
+        target_rows = _sparse_target(test, kept, n_items)
+        q_logged, q_target = RidgeRewardModel().cross_fit(data, target_rows, n_folds=2,
+                                                          rng=np.random.default_rng(seed))
+        estimates = {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", OPEWarning)
+            for name in estimators:
+                est = ESTIMATORS[name](level=level, seed=seed)
+                kwargs = {"q_hat_logged": q_logged, "q_hat_target": q_target} if est.needs_q else {}
+                if name in ("Replay", "SlatePI"):
+                    raise ValidationError(f"{name} needs a uniformly random log and a dense action_dist; use it "
+                                          "from Python", "estimator")
+                estimates[name] = est.estimate(data, target_pscore=pi, **kwargs)
+        main = estimates[primary]
+        if main.warnings:
+            safe, reason = False, f"{primary} diagnostics warn: " + "; ".join(main.warnings)
+        elif main.lower > logging.value:
+            safe, reason = True, (f"{primary} lower bound {main.lower:.4f} beats the logging policy's "
+                                  f"{logging.value:.4f}")
+        else:
+            safe, reason = False, (f"{primary} lower bound {main.lower:.4f} does not beat the logging policy's "
+                                   f"{logging.value:.4f}")
+        result.candidates.append(PolicyEvaluation(spec, estimates, safe, reason))
+    if out is not None:
+        result.report = write_report(result, Path(out))
+    return result
+
+
+def write_report(result: Evaluation, out: Path) -> Path:
+    """A Markdown report with the table and a plot of every estimate and interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    labels, values, lows, highs = [], [], [], []
+    for c in result.candidates:
+        for name, e in c.estimates.items():
+            labels.append(f"{c.spec}  {name}")
+            values.append(e.value)
+            lows.append(e.value - e.lower)
+            highs.append(e.upper - e.value)
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(labels) + 1.5))
+    y = np.arange(len(labels))
+    ax.errorbar(values, y, xerr=[lows, highs], fmt="o", capsize=3)
+    ax.axvline(result.logging.value, color="k", ls="--", label="logging policy (on-policy)")
+    ax.axvspan(result.logging.lower, result.logging.upper, color="k", alpha=0.08)
+    ax.set_yticks(y, labels)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"{result.kind} reward per decision")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "evaluate.png", dpi=110)
+    plt.close(fig)
+    report = out / "evaluate.md"
+    notes = [f"- **{c.spec}** / {n}: {w}" for c in result.candidates for n, e in c.estimates.items() for w in e.warnings]
+    report.write_text(
+        f"# Off-policy evaluation of {result.db}\n\n"
+        f"Candidates learned from the first {result.n_train} decisions and were evaluated on the next "
+        f"{result.n_eval} ({result.n_rows} logged slots), reward `{result.kind}` per decision. "
+        f"Logging policies: {', '.join(result.logging_policies)}.\n\n"
+        f"```\n{result.table()}\n```\n\n![estimates](evaluate.png)\n\n"
+        + ("## Diagnostics\n\n" + "\n".join(notes) + "\n" if notes else "No diagnostic warnings.\n")
+    )
+    (out / "evaluate.json").write_text(json.dumps(result.as_json(), indent=2))
+    return report
