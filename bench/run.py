@@ -8,6 +8,9 @@ Sections (``--only NAME`` runs one):
              Monte-Carlo estimate from 1,000 sampled slates: time and error
   log        DecisionLog.write_decision vs bare sqlite3 inserts of the same rows, and
              reading 100,000 logged slot rows back into arrays with DecisionLog.decisions()
+  logread    1,000,000 logged slots (200,000 decisions x 5 slots, 30 candidates, context of
+             6) into arrays: DecisionLog.decisions vs a bare fetchall of the same rows, and
+             vs the previous reader (a LEFT JOIN per slot row, json.loads per decision)
   ope        IPS / SNIPS on 1,000,000 rows vs the bare numpy expression; LoggedBandit build;
              IPS / SNIPS / DR vs Open Bandit Pipeline 0.5.7 on 1,000,000 rows (its own venv,
              ``make bench-peers``; skipped with a note when that venv is missing)
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sqlite3
 import subprocess
 import sys
@@ -44,7 +48,8 @@ from banditrec.policies import EpsilonGreedySlate, Request, make, rank_slot_marg
 from banditrec.policies.slate import _rank_slot_marginals_cached
 from banditrec.service import create_app
 from banditrec.store import DecisionLog
-from banditrec.store.log import INSERT_DECISION, INSERT_SLOT, READ_DECISIONS, READ_SLOTS, decision_rows
+from banditrec.store.log import (INSERT_DECISION, INSERT_SLOT, READ_DECISIONS, READ_REWARDS_SCAN, READ_SLOTS,
+                                 decision_rows, read_params)
 from banditrec.types import Decision, LoggedBandit, Slot
 from simulator import Shop, ShopConfig
 
@@ -60,10 +65,12 @@ OBP_SCRIPT = BENCH / "peers" / "obp_ope.py"
 OBP_ACTIONS, OBP_LIST = 10, 3  # obp's synthetic defaults: n_actions=10, len_list=3
 
 FULL = dict(decide=5000, marg_fast=3000, marg_dp=300, marg_mc=30, marg_loop=5, mc_draws=1000,
-            log_writes=4000, read_rows=100_000, read_reps=7, ope_decisions=200_000, ope_reps=15,
+            log_writes=4000, read_rows=100_000, read_reps=7, logread_decisions=200_000,
+            logread_reps=5, ope_decisions=200_000, ope_reps=15,
             obp_rows=1_000_000, obp_reps=7, http=4000)
 QUICK = dict(decide=300, marg_fast=300, marg_dp=50, marg_mc=5, marg_loop=2, mc_draws=1000,
-             log_writes=200, read_rows=10_000, read_reps=3, ope_decisions=20_000, ope_reps=5,
+             log_writes=200, read_rows=10_000, read_reps=3, logread_decisions=20_000,
+             logread_reps=3, ope_decisions=20_000, ope_reps=5,
              obp_rows=100_000, obp_reps=3, http=200)
 
 
@@ -279,7 +286,7 @@ def filled_log(path: Path, n_rows: int, gen: np.random.Generator) -> None:
     conn.executemany(INSERT_DECISION, [r for r, _ in rows])
     conn.executemany(INSERT_SLOT, [s for _, slots in rows for s in slots])
     clicks = [(s[0], s[1], "click", 1.0, 0.0) for _, slots in rows for s in slots if gen.random() < 0.05]
-    conn.executemany("INSERT INTO rewards VALUES (?, ?, ?, ?, ?)", clicks)
+    conn.executemany("INSERT INTO rewards (event_id, position, kind, reward, ts) VALUES (?, ?, ?, ?, ?)", clicks)
     conn.execute("COMMIT")
     conn.close()
 
@@ -293,13 +300,12 @@ def bench_log_read(cfg: dict, tmp: Path) -> list[list]:
     until = log.max_seq()
 
     def fetch():
-        return (bare.execute(READ_DECISIONS, ("click", 0, until)).fetchall(),
-                bare.execute(READ_SLOTS, ("click", 0, until)).fetchall())
+        return bare_fetch(bare, until)
 
     assert len(log.decisions().row_reward) == n_rows == len(fetch()[1])
     t = compare({"bare": fetch, "log": log.decisions}, repeats=cfg["read_reps"], warmup=1)
     log.close(), bare.close()
-    labels = {"bare": "(d) bare sqlite3, same 2 queries, fetchall", "log": "(e) DecisionLog.decisions() -> arrays"}
+    labels = {"bare": "(d) bare sqlite3, same 3 queries, fetchall", "log": "(e) DecisionLog.decisions() -> arrays"}
     return [[label, ms(t[k].p50), ms(t[k].p99), rate(n_rows / t[k].p50 * 1e9), ratio(t[k].p50, t["bare"].p50), "(d)"]
             for k, label in labels.items()]
 
@@ -313,6 +319,114 @@ def bench_log(cfg: dict, tmp: Path) -> None:
     table("log read", f"All {cfg['read_rows']:,} slot rows ({cfg['read_rows'] // N_SLOTS:,} decisions, "
           f"~5% clicked) back out; {cfg['read_reps']} repeats (p99 ~ max).",
           ["case", "p50 ms", "p99 ms", "rows/s", "ratio", "vs"], read)
+
+
+# ---- 3b. logread ----------------------------------------------------------------------------
+LOGREAD_SLOTS, LOGREAD_CANDIDATES = 5, 30
+
+
+def bare_fetch(conn: sqlite3.Connection, until: int) -> tuple[list, list, list]:
+    """The rows DecisionLog.decisions() reads (its 3 queries, one transaction), fetched as tuples."""
+    params = read_params(until_seq=until)
+    conn.execute("BEGIN")
+    try:
+        return tuple(conn.execute(q, params).fetchall() for q in (READ_DECISIONS, READ_SLOTS, READ_REWARDS_SCAN))
+    finally:
+        conn.execute("COMMIT")
+
+
+def previous_reader(conn: sqlite3.Connection, until: int) -> tuple:
+    """DecisionLog.decisions() as it was before issue 6 (commit 27c981c): the rewards LEFT JOINed
+    to every slot row, json.loads per decision, one array per column from Python lists."""
+    dec_sql = ("SELECT d.seq, d.event_id, d.context, d.candidate_index, r.reward FROM decisions d "
+               "LEFT JOIN rewards r ON r.event_id = d.event_id AND r.position = -1 AND r.kind = ? "
+               "WHERE d.seq > ? AND d.seq <= ? ORDER BY d.seq")
+    slot_sql = ("SELECT d.seq, s.position, s.item_index, s.marginal, r.reward "
+                "FROM decisions d JOIN slots s ON s.event_id = d.event_id "
+                "LEFT JOIN rewards r ON r.event_id = s.event_id AND r.position = s.position AND r.kind = ? "
+                "WHERE d.seq > ? AND d.seq <= ? ORDER BY d.seq, s.position")
+    conn.execute("BEGIN")
+    try:
+        dec = conn.execute(dec_sql, ("click", 0, until)).fetchall()
+        rows = conn.execute(slot_sql, ("click", 0, until)).fetchall()
+    finally:
+        conn.execute("COMMIT")
+    seq = np.array([d[0] for d in dec], dtype=np.int64)
+    context = np.array([json.loads(d[2]) for d in dec], dtype=float)
+    candidates = [np.array(json.loads(d[3]), dtype=np.int64) for d in dec]
+    decision_reward = np.array([0.0 if d[4] is None else d[4] for d in dec], dtype=float)
+    cols = list(zip(*rows))
+    reward = np.array([0.0 if r is None else r for r in cols[4]], dtype=float)
+    return (seq, context, candidates, decision_reward, np.searchsorted(seq, np.array(cols[0], dtype=np.int64)),
+            np.array(cols[1], dtype=np.int64), np.array(cols[2], dtype=np.int64), np.array(cols[3], dtype=float),
+            reward)
+
+
+def slot_log(path: Path, n_decisions: int, gen: np.random.Generator) -> None:
+    """A log of ``n_decisions`` decisions like the demo's: 30 candidates of 2,000 items, 5 slots,
+    a context of 6 normals, increasing times; a click on ~5% of slots and on ~2% of decisions
+    as a whole. Rows are built directly (as decision_rows would) and inserted in one transaction."""
+    k, m = LOGREAD_SLOTS, LOGREAD_CANDIDATES
+    # 30 distinct items per decision: a random stride through a shuffled catalog
+    strides = np.array([s for s in range(1, 400) if s % 2 and s % 5])  # coprime with 2,000
+    cand = gen.permutation(N_ITEMS)[(gen.integers(0, N_ITEMS, n_decisions)[:, None]
+                                     + np.arange(m) * gen.choice(strides, n_decisions)[:, None]) % N_ITEMS]
+    prop = gen.uniform(0.001, 1.0, size=(n_decisions, k, 2))
+    contexts = gen.normal(size=(n_decisions, SHOP_DIM)).tolist()
+    item_json = [json.dumps(f"item{i}") for i in range(N_ITEMS)]
+    event_ids = [gen.bytes(16).hex() for _ in range(n_decisions)]
+    params = json.dumps(PARAMS, sort_keys=True)
+    decisions, slots = [], []
+    for i, (row, ctx, p) in enumerate(zip(cand.tolist(), contexts, prop.tolist())):
+        decisions.append((event_ids[i], float(i), f"u{i % 5000}", "home", "linucb", params, "linucb-1", k,
+                          "[" + ", ".join(item_json[c] for c in row) + "]", json.dumps(row), json.dumps(ctx),
+                          math.prod(q[0] for q in p), sum(math.log(q[0]) for q in p)))
+        slots.extend((event_ids[i], j, f"item{row[j]}", row[j], p[j][0], p[j][1], 0, "request") for j in range(k))
+    clicked = np.flatnonzero(gen.random(len(slots)) < 0.05).tolist()
+    whole = np.flatnonzero(gen.random(n_decisions) < 0.02).tolist()
+    rewards = [(slots[j][0], slots[j][1], "click", 1.0, float(j // k) + 1.0) for j in clicked]
+    rewards += [(event_ids[i], -1, "click", 1.0, float(i) + 1.0) for i in whole]
+    conn = bare_connection(path)
+    conn.execute("BEGIN")
+    conn.executemany(INSERT_DECISION, decisions)
+    conn.executemany(INSERT_SLOT, slots)
+    conn.executemany("INSERT INTO rewards (event_id, position, kind, reward, ts) VALUES (?, ?, ?, ?, ?)", rewards)
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def bench_logread(cfg: dict, tmp: Path) -> None:
+    n_dec = cfg["logread_decisions"]
+    n_rows = n_dec * LOGREAD_SLOTS
+    path = tmp / "logread.db"
+    t0 = time.perf_counter()
+    slot_log(path, n_dec, rng(14))
+    build_s = time.perf_counter() - t0
+    log = DecisionLog(path)
+    bare = bare_connection(path)
+    bare.isolation_level = None  # bare_fetch and previous_reader open their own read transactions
+    until = log.max_seq()
+    new, old = log.decisions(), previous_reader(bare, until)
+    # the same arrays from both readers, bit for bit, before anything is timed
+    for a, b in zip((new.seq, new.context, new.decision_reward, new.row_decision, new.row_slot, new.row_action,
+                     new.row_pscore, new.row_reward), old[:2] + old[3:]):
+        assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+    assert all(np.array_equal(a, b) for a, b in zip(new.candidates, old[2]))
+    assert len(new.row_reward) == n_rows == len(bare_fetch(bare, until)[1])
+    t = compare({"bare": lambda: bare_fetch(bare, until), "log": log.decisions,
+                 "old": lambda: previous_reader(bare, until)}, repeats=cfg["logread_reps"], warmup=1)
+    log.close(), bare.close()
+    labels = {"bare": "(a) bare sqlite3: the reader's 3 queries, fetchall",
+              "log": "(b) DecisionLog.decisions() -> arrays",
+              "old": "(c) previous reader: LEFT JOIN per slot, json per row"}
+    rows = [[label, ms(t[k].p50), ms(t[k].p99), rate(n_rows / t[k].p50 * 1e9), ratio(t[k].p50, t["bare"].p50), "(a)"]
+            for k, label in labels.items()]
+    clicks = int((new.row_reward > 0).sum())
+    table("logread", f"{n_rows:,} logged slots ({n_dec:,} decisions x {LOGREAD_SLOTS} slots, {LOGREAD_CANDIDATES} "
+          f"candidates, context of {SHOP_DIM}; {clicks:,} slot clicks) from an on-disk WAL log into arrays, "
+          f"contexts and candidate lists included; (b) and (c) return the same arrays bit for bit; "
+          f"{cfg['logread_reps']} repeats (p99 ~ max); building the log took {build_s:.1f} s.",
+          ["case", "p50 ms", "p99 ms", "slots/s", "ratio", "vs"], rows)
 
 
 # ---- 4. ope ------------------------------------------------------------------------------
@@ -481,7 +595,8 @@ def bench_http(cfg: dict, tmp: Path) -> None:
           ["case", "p50 us", "p99 us", "requests/s", "ratio", "vs"], rows)
 
 
-SECTIONS = {"decide": bench_decide, "marginals": bench_marginals, "log": bench_log, "ope": bench_ope,
+SECTIONS = {"decide": bench_decide, "marginals": bench_marginals, "log": bench_log, "logread": bench_logread,
+            "ope": bench_ope,
             "http": bench_http}
 
 
