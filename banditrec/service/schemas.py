@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
@@ -51,4 +51,5 @@ class RewardResponse(BaseModel):
     event_id: str
     position: int | None
     kind: str
-    status: str
+    # "late": recorded after the decision's reward window, flagged, and not learned from
+    status: Literal["recorded", "duplicate", "late"]
