@@ -99,16 +99,17 @@ def _number_lists(texts: list[str], dtype) -> tuple[np.ndarray, np.ndarray]:
     ``json.loads`` per list (4x faster on 6,000,000 candidate indices, 1.7x on contexts;
     exact: numpy reads decimal text with correct rounding, as Python does). ``np.fromstring``
     is lax -- a whitespace-only field reads as 0 (or -1.0), nested lists would flatten -- so
-    that path is taken only when there is one ``[`` and one ``]`` per non-empty text, no
-    whitespace right after a ``[`` (so no ``[ ]``), no tab or line break, and as many values
-    as comma-separated fields; for valid JSON that leaves no way to misread. Empty lists are
-    ``[]`` as ``json.dumps`` writes them; anything else (``[ ]``, NaN, malformed text) goes
-    through strict ``json.loads`` row by row.
+    that path is taken only when every non-empty text starts with ``[`` not followed by
+    whitespace (so no ``[ ]``) and ends with ``]``, there is no other bracket, tab or line
+    break, and there are as many values as comma-separated fields; for valid JSON that leaves
+    no way to misread. Empty lists are ``[]`` as ``json.dumps`` writes them; anything else
+    (``[ ]``, `` [1]``, NaN, malformed text) goes through strict ``json.loads`` row by row.
     """
     n = len(texts)
     filled = [t for t in texts if t != "[]"]
     joined = ",".join(filled)
-    if (joined.count("[") == len(filled) and joined.count("]") == len(filled) and "[ " not in joined
+    if (all(t[:1] == "[" and t[-1:] == "]" and t[1:2] not in " \t\n\r" for t in filled)
+            and joined.count("[") == len(filled) and joined.count("]") == len(filled)
             and not any(c in joined for c in "\t\n\r")):
         lengths = np.fromiter((t.count(",") + 1 if t != "[]" else 0 for t in texts), dtype=np.int64, count=n)
         try:
