@@ -180,9 +180,10 @@ class LoggedDecisions:
     ``context (D, d_c)``, ``candidates`` a list of D int arrays (catalog indices),
     ``seq (D,)`` the decisions' log sequence numbers, ``event_id`` a list of D strings,
     ``decision_reward (D,)`` the whole-decision rewards of the kind asked for (posted without a
-    position; the default where none), and per logged slot ``row_decision (n,)`` (index into
-    the D decisions), ``row_slot (n,)``, ``row_action (n,)``, ``row_pscore (n,)`` the logged
-    marginal, ``row_reward (n,)`` with the default filled in.
+    position; the default where none, or where the only one is late), and per logged slot
+    ``row_decision (n,)`` (index into the D decisions, non-decreasing), ``row_slot (n,)``,
+    ``row_action (n,)``, ``row_pscore (n,)`` the logged marginal, ``row_reward (n,)`` with the
+    default filled in the same way.
     """
 
     event_id: list
@@ -566,12 +567,12 @@ class DecisionLog:
 
     def events(self, *, after_seq: int = 0, user_id: str | None = None) -> LoggedEvents:
         """Interaction events with ``seq > after_seq`` (of one user, if given), in log order."""
+        sql = "SELECT seq, ts, user_id, item_id, kind, event_id FROM events WHERE seq > ?"
+        args: tuple = (int(after_seq),)
+        if user_id is not None:  # a separate statement, so that SQLite uses the (user_id, ts) index
+            sql, args = sql + " AND user_id = ?", (*args, user_id)
         with self._lock:
-            rows = self.db.conn.execute(
-                "SELECT seq, ts, user_id, item_id, kind, event_id FROM events "
-                "WHERE seq > ? AND (? IS NULL OR user_id = ?) ORDER BY seq",
-                (int(after_seq), user_id, user_id),
-            ).fetchall()
+            rows = self.db.conn.execute(sql + " ORDER BY seq", args).fetchall()
         cols = list(zip(*rows)) if rows else [()] * 6
         return LoggedEvents(np.array(cols[0], dtype=np.int64), np.array(cols[1], dtype=float),
                             *(_object_array(c) for c in cols[2:]))
