@@ -15,6 +15,8 @@ Sections (``--only NAME`` runs one):
              IPS / SNIPS / DR vs Open Bandit Pipeline 0.5.7 on 1,000,000 rows (its own venv,
              ``make bench-peers``; skipped with a note when that venv is missing)
   http       POST /v1/decide through Flask's test client vs a bare Flask JSON route
+  opetruth   every estimator against the simulator's exact truth over 60 seeds, two loggers:
+             bias, RMSE, interval coverage and width (bench/ope_truth.py, about 3 min)
 
 Run:   .venv/bin/python bench/run.py            (the ``make bench`` target, < 3 min on 2 cores)
        .venv/bin/python bench/run.py --quick    (small sizes and repeats, < 20 s)
@@ -41,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from common import compare, ms, rate, ratio, rng, table, us
+from ope_truth import bench_ope_truth
 
 from banditrec.demo import build_engine
 from banditrec.ope import DR, IPS, SNIPS
@@ -67,11 +70,11 @@ OBP_ACTIONS, OBP_LIST = 10, 3  # obp's synthetic defaults: n_actions=10, len_lis
 FULL = dict(decide=5000, marg_fast=3000, marg_dp=300, marg_mc=30, marg_loop=5, mc_draws=1000,
             log_writes=4000, read_rows=100_000, read_reps=7, logread_decisions=200_000,
             logread_reps=5, ope_decisions=200_000, ope_reps=15,
-            obp_rows=1_000_000, obp_reps=7, http=4000)
+            obp_rows=1_000_000, obp_reps=7, http=4000, truth_seeds=60, truth_decisions=4000)
 QUICK = dict(decide=300, marg_fast=300, marg_dp=50, marg_mc=5, marg_loop=2, mc_draws=1000,
              log_writes=200, read_rows=10_000, read_reps=3, logread_decisions=20_000,
              logread_reps=3, ope_decisions=20_000, ope_reps=5,
-             obp_rows=100_000, obp_reps=3, http=200)
+             obp_rows=100_000, obp_reps=3, http=200, truth_seeds=3, truth_decisions=500)
 
 
 # ---- shared fixtures ---------------------------------------------------------------------
@@ -597,7 +600,7 @@ def bench_http(cfg: dict, tmp: Path) -> None:
 
 SECTIONS = {"decide": bench_decide, "marginals": bench_marginals, "log": bench_log, "logread": bench_logread,
             "ope": bench_ope,
-            "http": bench_http}
+            "http": bench_http, "opetruth": bench_ope_truth}
 
 
 def main(argv=None) -> None:
