@@ -16,7 +16,7 @@ Sections (``--only NAME`` runs one):
              ``make bench-peers``; skipped with a note when that venv is missing)
   http       POST /v1/decide through Flask's test client vs a bare Flask JSON route
   opetruth   every estimator against the simulator's exact truth over 60 seeds, two loggers:
-             bias, RMSE, interval coverage and width (bench/ope_truth.py, about 3 min)
+             bias, RMSE, interval coverage and width (bench/ope_truth.py, 80 s on 2 cores)
 
 Run:   .venv/bin/python bench/run.py            (the ``make bench`` target, < 3 min on 2 cores)
        .venv/bin/python bench/run.py --quick    (small sizes and repeats, < 20 s)
