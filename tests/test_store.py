@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import sqlite3
@@ -317,3 +318,186 @@ def test_a_log_made_by_the_first_migration_only_is_migrated_with_its_data(tmp_pa
     assert log.record_reward(Reward("e1", 1.0, position=0, ts=100.0)) == "late"
     log.write_event("u1", "a", "view", ts=1.0, event_id="e1")
     assert log.count("events") == 1 and log.integrity_ok()
+
+
+# ---- batch writes ---------------------------------------------------------------------------
+def _tables(log) -> list[list[tuple]]:
+    """Every row of every table, floats as hex so that -0.0 and last bits count."""
+    def cell(v):
+        return float(v).hex() if isinstance(v, float) else v
+
+    return [[tuple(cell(v) for v in row) for row in log.db.execute(f"SELECT * FROM {t} ORDER BY rowid").fetchall()]
+            for t in ("decisions", "slots", "rewards", "sqlite_sequence")]
+
+
+def _random_batch(seed: int):
+    """60 decisions of 1-4 slots with awkward numbers (subnormal and -0.0 contexts, propensities
+    a last bit from 1, out-of-order times, unicode ids, surfaces, params), and ~150 rewards of
+    two kinds on them: some repeated with the same value (duplicates), some at or past a 10 s
+    window's edge (late), some for the decision as a whole."""
+    gen = np.random.default_rng(seed)
+    items, rewards = [], []
+    extremes = [np.pi, -1e-300, 5e-324, -0.0, 1.7976931348623157e308, 0.1 + 0.2]
+    for i in range(60):
+        k = int(gen.integers(1, 5))
+        props = [float(np.nextafter(1.0, 0)) if gen.random() < 0.2 else float(gen.uniform(1e-9, 1)) for _ in range(k)]
+        margs = [float(gen.uniform(5e-324, 1)) for _ in range(k)]
+        slots = tuple(Slot(position=j, item_id=f"é{j}\t{i}", propensity=props[j], marginal=margs[j],
+                           source=["cf", "explore"][j % 2], marginal_draws=int(gen.integers(0, 1000)))
+                      for j in range(k))
+        ts = float(gen.uniform(0, 100))
+        d = Decision(event_id=f"e{i}/{seed}", user_id=f"u{int(gen.integers(5))}", slots=slots,
+                     joint_propensity=float(np.prod(props)), log_joint_propensity=float(np.log(props).sum()),
+                     policy="linucb:alpha=1.0", model_version=f"v{i % 3}",
+                     candidates=tuple(f"c{j}" for j in range(k + 2)), ts=ts)
+        context = gen.choice(extremes, size=3) if gen.random() < 0.3 else gen.normal(size=3)
+        items.append((d, {"alpha": float(gen.normal()), "name": "ü"}, gen.integers(0, 99, size=k + 2),
+                      gen.integers(0, 99, size=k), context, ["home", "cart"][i % 2]))
+        for position in [None, *range(k)]:
+            for kind in ("click", "purchase"):
+                if gen.random() < 0.35:
+                    delay = [0.0, 10.0, float(np.nextafter(10.0, np.inf)), float(gen.uniform(0, 20))][int(gen.integers(4))]
+                    r = Reward(d.event_id, float(gen.integers(0, 3)), position=position, kind=kind, ts=ts + delay)
+                    rewards.append(r)
+                    if gen.random() < 0.2:  # posted again, the same value: a duplicate
+                        rewards.append(Reward(r.event_id, r.value, r.position, r.kind, ts=r.ts + 30.0))
+    order = gen.permutation(len(rewards))
+    return items, [rewards[j] for j in order]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_batch_writes_exactly_what_single_writes_write(seed):
+    """60 random decisions and ~150 rewards (duplicates and late ones among them), written one
+    call each and as one batch: every table equal bit for bit, every reward status equal."""
+    items, rewards = _random_batch(seed)
+    one = DecisionLog(reward_window_s=10.0)
+    for d, params, cand, chosen, ctx, surface in items:
+        one.write_decision(d, policy_params=params, candidate_index=cand, slot_index=chosen, context=ctx,
+                           surface=surface)
+    single = [one.record_reward(r) for r in rewards]
+    assert {"recorded", "late", "duplicate"} <= set(single)
+    together = DecisionLog(reward_window_s=10.0)
+    assert together.write_decisions(items, rewards=rewards) == single
+    assert _tables(together) == _tables(one)
+    # decisions in one batch, rewards in another
+    apart = DecisionLog(reward_window_s=10.0)
+    assert apart.write_decisions(iter(items)) == []
+    assert apart.record_rewards(rewards) == single
+    assert _tables(apart) == _tables(one)
+
+
+def test_a_batch_is_one_transaction():
+    items, rewards = _random_batch(0)
+    log = DecisionLog(reward_window_s=10.0)
+    statements = []
+    log.db.conn.set_trace_callback(statements.append)
+    log.write_decisions(items, rewards=rewards)
+    log.record_rewards(rewards)
+    assert [s for s in statements if s.startswith(("BEGIN", "COMMIT"))] == ["BEGIN IMMEDIATE", "COMMIT"] * 2
+
+
+def _good_items(n=4, first=0):
+    return [(decision(f"b{i}"), {"epsilon": 0.1}, [0, 1, 2], [0, 1], (0.1, 0.2)) for i in range(first, first + n)]
+
+
+@pytest.mark.parametrize("bad, error, match", [
+    ((decision("b2", props=(0.5, 0.0)), {}, [0, 1, 2], [0, 1], ()), ValidationError, "CHECK constraint failed"),
+    ((decision("b2", margs=(0.5, 1.5)), {}, [0, 1, 2], [0, 1], ()), ValidationError, "CHECK constraint failed"),
+    ((decision("b2"), {}, [0, 1, 2], [0], ()), ValidationError, "needs as many indices, got 1 and 3"),
+    ((decision("b2"), {"x": object()}, [0, 1, 2], [0, 1], ()), ValidationError, "not JSON serializable"),
+    ((decision("b0"), {}, [0, 1, 2], [0, 1], ()), ConflictError, r"event id 'b0' is also items\[0\] of this batch"),
+    ((decision("e1"), {}, [0, 1, 2], [0, 1], ()), ConflictError, "event id 'e1' is already in the log"),
+])
+def test_a_bad_decision_leaves_the_log_unchanged_and_is_named(bad, error, match):
+    log = DecisionLog()
+    write(log, decision())
+    log.record_reward(Reward("e1", 1.0, position=0))
+    before = _tables(log)
+    items = _good_items()
+    items[2] = bad
+    with pytest.raises(error, match=match) as err:
+        log.write_decisions(items, rewards=[Reward("b0", 1.0, position=0)])
+    assert err.value.batch == "items" and err.value.index == 2
+    assert str(err.value).startswith(f"items[2] (event {bad[0].event_id!r}): ") and err.value.reason in str(err.value)
+    assert _tables(log) == before
+    assert log.write_decisions(_good_items(), rewards=[Reward("b0", 1.0, position=0)]) == ["recorded"]
+
+
+@pytest.mark.parametrize("bad, error, match", [
+    (Reward("nope", 1.0, position=0), NotFoundError, "no decision with event_id 'nope'"),
+    (Reward("b1", 1.0, position=2), ValidationError, r"position must be in \[0, 2\) for this decision, got 2"),
+    (Reward("b1", float("nan"), position=0), ValidationError, "reward must be a finite number"),
+    (Reward("b1", 1.0, position=0, ts=float("inf")), ValidationError, "ts must be finite"),
+    (Reward("b0", 0.0, position=0), ConflictError, r"a click reward of 1.0 is already recorded for event 'b0' \(position 0\)"),
+    (Reward("e1", 2.0), ConflictError, r"a click reward of 3.0 is already recorded for event 'e1' \(the decision"),
+])
+def test_a_bad_reward_leaves_the_log_unchanged_and_is_named(bad, error, match):
+    """The reward at index 3 of 5 is bad: neither the batch's decisions nor the rewards before
+    it are written, whether they come with decisions or alone."""
+    log = DecisionLog()
+    write(log, decision())
+    log.record_reward(Reward("e1", 3.0))
+    log.write_decisions(_good_items(2, first=100))
+    before = _tables(log)
+    rewards = [Reward("b0", 1.0, position=0), Reward("b1", 0.0, position=1), Reward("b100", 1.0), bad,
+               Reward("b101", 1.0, position=0)]
+    with pytest.raises(error, match=match) as err:
+        log.write_decisions(_good_items(), rewards=rewards)
+    assert (err.value.batch, err.value.index) == ("rewards", 3)
+    assert str(err.value).startswith(f"rewards[3] (event {bad.event_id!r}): ")
+    assert _tables(log) == before
+    log.write_decisions(_good_items())
+    before = _tables(log)
+    with pytest.raises(error, match=match) as err:
+        log.record_rewards(rewards)
+    assert (err.value.batch, err.value.index) == ("rewards", 3) and _tables(log) == before
+
+
+def test_statuses_in_a_batch_say_recorded_late_or_duplicate_per_reward():
+    log = DecisionLog(reward_window_s=10.0)
+    log.write_decision(decision(), policy_params={}, candidate_index=[0, 1, 2], slot_index=[0, 1], context=())
+    assert log.record_reward(Reward("e1", 1.0, position=0, ts=2.0)) == "recorded"
+    statuses = log.write_decisions(
+        [(dataclasses.replace(decision("e2"), ts=100.0), {}, [0, 1, 2], [0, 1], ())],
+        rewards=[
+            Reward("e1", 1.0, position=0, ts=50.0),    # logged before the batch, same value
+            Reward("e2", 1.0, position=0, ts=110.0),   # at the window's edge: on time
+            Reward("e2", 0.0, position=1, ts=110.5),   # past it
+            Reward("e2", 0.0, position=1, ts=111.0),   # again in the same batch
+            Reward("e2", 1.0, position=0, ts=200.0),   # again, late this time: still the same reward
+            Reward("e2", 4.0, kind="buy", ts=99.0),    # the decision as a whole
+            Reward("e1", 1.0, position=1, ts=13.0),    # an earlier decision, late
+        ])
+    assert statuses == ["duplicate", "recorded", "late", "duplicate", "duplicate", "recorded", "late"]
+    assert log.db.execute("SELECT event_id, position, kind, late FROM rewards ORDER BY rowid").fetchall() == [
+        ("e1", 0, "click", 0), ("e2", 0, "click", 0), ("e2", 1, "click", 1), ("e2", -1, "buy", 0), ("e1", 1, "click", 1)]
+    assert log.record_rewards([Reward("e2", 0.0, position=1), Reward("e1", 5.0, position=1, kind="buy", ts=1.0)]) == [
+        "duplicate", "recorded"]
+    with pytest.raises(ConflictError, match=r"rewards\[1\] \(event 'e2'\): a buy reward of 7.0 is already recorded"):
+        log.record_rewards([Reward("e2", 7.0, position=0, kind="buy"), Reward("e2", 8.0, position=0, kind="buy")])
+    assert log.count("rewards") == 6  # the conflict took the first reward of its batch with it
+
+
+def test_an_empty_batch_writes_nothing():
+    log = DecisionLog()
+    assert log.write_decisions([]) == [] and log.record_rewards([]) == []
+    assert log.count("decisions") == 0
+
+
+def test_a_snapshot_is_read_only_and_consistent(tmp_path):
+    mem = DecisionLog()
+    write(mem, decision())
+    with mem.snapshot() as conn:
+        assert conn.execute("SELECT count(*) FROM decisions").fetchone() == (1,)
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            conn.execute("DELETE FROM slots")
+    write(mem, decision("e2"))  # the refused write left no transaction open behind it
+    assert mem.count("decisions") == 2 and mem.count("slots") == 4
+    log = DecisionLog(tmp_path / "log.db")
+    write(log, decision())
+    with log.snapshot() as conn:
+        write(log, decision("e2"))  # a writer commits meanwhile: the snapshot does not see it
+        assert conn.execute("SELECT count(*) FROM decisions").fetchone() == (1,)
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            conn.execute("DELETE FROM slots")
+    assert log.count("decisions") == 2

@@ -27,11 +27,12 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import sqlite_utils
 
-from ..errors import ConflictError, NotFoundError, ValidationError
+from ..errors import BanditRecError, ConflictError, NotFoundError, ValidationError
 from ..types import Decision, LoggedBandit, Reward
 from .migrations import migrations
 
@@ -267,6 +268,43 @@ def _json_object(value, field: str) -> str:
         raise ValidationError(f"{field} must be JSON-serialisable with finite numbers: {exc}", field) from None
 
 
+class DecisionRecord(NamedTuple):
+    """One decision for :meth:`DecisionLog.write_decisions`: the arguments of
+    :meth:`DecisionLog.write_decision`, in that order (a plain tuple of 5 or 6 works too)."""
+
+    decision: Decision
+    policy_params: dict
+    candidate_index: Sequence[int]
+    slot_index: Sequence[int]
+    context: Any
+    surface: str = "home"
+
+
+def _in_batch(exc: BanditRecError, batch: str, index: int, event_id) -> BanditRecError:
+    """``exc`` as raised by a batch method: same class and ``field``, the message prefixed with
+    the item it is about, and ``batch`` (``"items"`` or ``"rewards"``), ``index`` and ``reason``
+    (the unprefixed message) set, so that a caller can map it back to its own input."""
+    out = type(exc)(f"{batch}[{index}] (event {event_id!r}): {exc.message}", exc.field)
+    out.batch, out.index, out.reason = batch, index, exc.message
+    return out
+
+
+def _refusal(exc: sqlite3.IntegrityError, event_id) -> BanditRecError:
+    """A schema refusal of a decision's rows as one of our errors."""
+    if "UNIQUE" in str(exc) and "decisions.event_id" in str(exc):
+        return ConflictError(f"event id {event_id!r} is already in the log", "event_id")
+    return ValidationError(f"the log's schema refused the decision: {exc}", "slots")
+
+
+def _checked_reward(reward: Reward) -> tuple[int, float]:
+    """The checks of a reward that need no database: ``(position, ts)``."""
+    if not math.isfinite(reward.value) or abs(reward.value) > MAX_ABS_REWARD:
+        raise ValidationError(
+            f"reward must be a finite number within +-{MAX_ABS_REWARD:g}, got {reward.value!r}", "reward")
+    position = WHOLE_DECISION if reward.position is None else int(reward.position)
+    return position, _check_time(reward.ts, "ts")
+
+
 class DecisionLog:
     """The SQLite decision log. ``path=":memory:"`` gives a private in-memory log.
 
@@ -285,6 +323,7 @@ class DecisionLog:
                 raise ValidationError(f"reward_window_s must be >= 0, got {reward_window_s!r}", "reward_window_s")
         self.reward_window_s = reward_window_s
         self.path = str(path)
+        self._busy_timeout_s = busy_timeout_ms / 1000
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, check_same_thread=False, timeout=busy_timeout_ms / 1000)
@@ -336,11 +375,70 @@ class DecisionLog:
         context,
         surface: str = "home",
     ) -> None:
-        """Write a decision and all its slots in one transaction (see :func:`decision_rows`)."""
+        """Write a decision and all its slots in one transaction (see :func:`decision_rows`).
+
+        A row the schema refuses (a propensity outside (0, 1], an event id already logged)
+        raises ``sqlite3.IntegrityError`` and leaves nothing behind.
+        """
         row, slot_rows = decision_rows(decision, policy_params, candidate_index, slot_index, context, surface)
         with self._writing():
             self.db.execute(INSERT_DECISION, row)
             self.db.conn.executemany(INSERT_SLOT, slot_rows)
+
+    def write_decisions(self, items: Iterable[DecisionRecord | tuple], *,
+                        rewards: Iterable[Reward] = ()) -> list[str]:
+        """Write many decisions, then ``rewards`` (for them or for earlier decisions), in ONE
+        transaction: all of it or, on any error, none of it. Returns the status of each reward,
+        as :meth:`record_rewards` does.
+
+        ``items``: :class:`DecisionRecord` s or tuples ``(decision, policy_params,
+        candidate_index, slot_index, context[, surface])``. The rows are exactly those that
+        :meth:`write_decision` writes one by one, with the same checks and the same
+        CHECK-constrained tables; the cost of a transaction (taking the write lock, the commit)
+        is paid once per batch instead of once per decision and once per reward.
+
+        Errors are the :class:`~banditrec.errors.BanditRecError` s the single methods raise,
+        with the message prefixed by the offending entry (``items[3] (event 'e9'): ...`` or
+        ``rewards[7] (event 'e2'): ...``) and ``batch`` (``"items"`` or ``"rewards"``),
+        ``index`` and ``reason`` (the unprefixed message) set. Where :meth:`write_decision`
+        lets a schema refusal out as ``sqlite3.IntegrityError``, this raises ConflictError
+        (an event id already logged, or twice in the batch) or ValidationError (a CHECK).
+        """
+        rows = []
+        first_of: dict[str, int] = {}
+        for i, item in enumerate(items):
+            try:
+                record = DecisionRecord(*item)
+            except TypeError:
+                raise _in_batch(ValidationError(
+                    "expected (decision, policy_params, candidate_index, slot_index, context[, surface]), got "
+                    f"{type(item).__name__} of {len(item) if hasattr(item, '__len__') else '?'}", "items"),
+                    "items", i, None) from None
+            event_id = getattr(record.decision, "event_id", None)
+            try:
+                row, slot_rows = decision_rows(*record)
+            except BanditRecError as exc:
+                raise _in_batch(exc, "items", i, event_id) from None
+            except (TypeError, ValueError, AttributeError) as exc:  # e.g. policy_params not JSON-able
+                raise _in_batch(ValidationError(f"{type(exc).__name__}: {exc}", "items"), "items", i,
+                                event_id) from exc
+            first = first_of.setdefault(row[0], i)
+            if first != i:
+                raise _in_batch(ConflictError(f"event id {row[0]!r} is also items[{first}] of this batch",
+                                              "event_id"), "items", i, row[0])
+            rows.append((row, slot_rows))
+        checked = self._checked_rewards(rewards)
+        with self._writing():
+            conn = self.db.conn
+            for i, (row, slot_rows) in enumerate(rows):
+                try:
+                    conn.execute(INSERT_DECISION, row)
+                    conn.executemany(INSERT_SLOT, slot_rows)
+                except sqlite3.IntegrityError as exc:
+                    raise _in_batch(_refusal(exc, row[0]), "items", i, row[0]) from None
+            # (n_slots, ts) of the decisions just written, as the reward join reads them back
+            known = {row[0]: (row[7], row[1]) for row, _ in rows}
+            return self._join_rewards(checked, known)
 
     def record_reward(self, reward: Reward) -> str:
         """Join a reward to its decision. Returns ``"recorded"``, ``"late"`` or ``"duplicate"``.
@@ -350,32 +448,68 @@ class DecisionLog:
         the same (event_id, position, kind) with the same value is a duplicate (late or not)
         and changes nothing; with a different value it is a :class:`ConflictError`.
         """
-        if not math.isfinite(reward.value) or abs(reward.value) > MAX_ABS_REWARD:
-            raise ValidationError(
-                f"reward must be a finite number within +-{MAX_ABS_REWARD:g}, got {reward.value!r}", "reward")
-        position = WHOLE_DECISION if reward.position is None else int(reward.position)
-        ts = _check_time(reward.ts, "ts")
+        position, ts = _checked_reward(reward)
         with self._writing():
+            return self._join_reward(reward, position, ts, {})
+
+    def record_rewards(self, rewards: Iterable[Reward]) -> list[str]:
+        """Join many rewards in ONE transaction, all or nothing; returns each one's status.
+
+        The statuses are those :meth:`record_reward` would return called once per reward in
+        order: a reward equal to one earlier in the batch is ``"duplicate"``, and one that
+        contradicts it (or one already logged) raises :class:`ConflictError`. Any error leaves
+        the log unchanged and names the reward (``rewards[i] (event ...): ...``, with ``batch``,
+        ``index`` and ``reason`` set as in :meth:`write_decisions`).
+        """
+        checked = self._checked_rewards(rewards)
+        with self._writing():
+            return self._join_rewards(checked, {})
+
+    @staticmethod
+    def _checked_rewards(rewards: Iterable[Reward]) -> list[tuple[Reward, int, float]]:
+        out = []
+        for i, reward in enumerate(rewards):
+            try:
+                out.append((reward, *_checked_reward(reward)))
+            except BanditRecError as exc:
+                raise _in_batch(exc, "rewards", i, reward.event_id) from None
+        return out
+
+    def _join_rewards(self, checked: list[tuple[Reward, int, float]], known: dict) -> list[str]:
+        statuses = []
+        for i, (reward, position, ts) in enumerate(checked):
+            try:
+                statuses.append(self._join_reward(reward, position, ts, known))
+            except BanditRecError as exc:
+                raise _in_batch(exc, "rewards", i, reward.event_id) from None
+        return statuses
+
+    def _join_reward(self, reward: Reward, position: int, ts: float, known: dict) -> str:
+        """Inside a write transaction: insert one checked reward, or recognise a duplicate.
+        ``known`` caches each decision's ``(n_slots, ts)`` by event id."""
+        found = known.get(reward.event_id)
+        if found is None:
             found = self.db.execute(
                 "SELECT n_slots, ts FROM decisions WHERE event_id = ?", (reward.event_id,)
             ).fetchone()
             if found is None:
                 raise NotFoundError(f"no decision with event_id {reward.event_id!r}", "event_id")
-            n_slots, decision_ts = found
-            if not WHOLE_DECISION <= position < n_slots:
-                raise ValidationError(
-                    f"position must be in [0, {n_slots}) for this decision, got {position}", "position"
-                )
-            late = self.reward_window_s is not None and ts > decision_ts + self.reward_window_s
-            cur = self.db.execute(
-                INSERT_REWARD, (reward.event_id, position, reward.kind, float(reward.value), ts, int(late))
+            known[reward.event_id] = found
+        n_slots, decision_ts = found
+        if not WHOLE_DECISION <= position < n_slots:
+            raise ValidationError(
+                f"position must be in [0, {n_slots}) for this decision, got {position}", "position"
             )
-            if cur.rowcount == 1:
-                return "late" if late else "recorded"
-            (existing,) = self.db.execute(
-                "SELECT reward FROM rewards WHERE event_id = ? AND position = ? AND kind = ?",
-                (reward.event_id, position, reward.kind),
-            ).fetchone()
+        late = self.reward_window_s is not None and ts > decision_ts + self.reward_window_s
+        cur = self.db.execute(
+            INSERT_REWARD, (reward.event_id, position, reward.kind, float(reward.value), ts, int(late))
+        )
+        if cur.rowcount == 1:
+            return "late" if late else "recorded"
+        (existing,) = self.db.execute(
+            "SELECT reward FROM rewards WHERE event_id = ? AND position = ? AND kind = ?",
+            (reward.event_id, position, reward.kind),
+        ).fetchone()
         if existing == float(reward.value):
             return "duplicate"
         where = "the decision as a whole" if reward.position is None else f"position {reward.position}"
@@ -484,6 +618,38 @@ class DecisionLog:
         return len(new)
 
     # ---- reads --------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[sqlite3.Connection]:
+        """A read-only connection on one consistent state of the log, for reads that take many
+        queries (an export): they all see the log as of entering the block, never half of a
+        write. Use it only inside the block.
+
+        A file log gets a connection of its own in a read transaction (WAL), so writers carry
+        on meanwhile and the snapshot does not see them. An in-memory log has only its own
+        connection: the snapshot holds the log's lock, so writes from other threads wait, and
+        a write from the same thread would deadlock. Writing through the connection raises
+        ``sqlite3.OperationalError`` (``PRAGMA query_only``).
+        """
+        if self.path == ":memory:":
+            with self._lock:
+                conn = self.db.conn
+                conn.execute("PRAGMA query_only=ON")
+                try:
+                    yield conn
+                finally:
+                    if conn.in_transaction:  # e.g. a refused write's implicit BEGIN
+                        conn.rollback()
+                    conn.execute("PRAGMA query_only=OFF")
+            return
+        conn = sqlite3.connect(self.path, timeout=self._busy_timeout_s, isolation_level=None)
+        try:
+            conn.execute("PRAGMA query_only=ON")
+            conn.execute("BEGIN")
+            conn.execute("SELECT 1 FROM decisions LIMIT 1").fetchall()  # the snapshot starts here
+            yield conn
+        finally:
+            conn.close()  # ends the read transaction
+
     def count(self, table: str) -> int:
         if table not in TABLES:
             raise ValidationError(f"unknown table {table!r}", "table")
