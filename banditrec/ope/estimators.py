@@ -48,11 +48,12 @@ from ..types import Estimate, LoggedBandit
 from ..validation import as_1d, check_finite, check_probabilities
 from .reward_model import RidgeRewardModel
 
-LOW_ESS = 100  # fewer effective rows than this and an interval is not to be trusted
+LOW_ESS = 300  # fewer effective rows than this and a normal interval undercovers (heavy weights)
 LOW_ESS_SHARE = 0.01  # ... or fewer than this share of the rows
 MAX_WEIGHT_SHARE = 0.1  # one row carrying more than this share of the total weight
 MAX_UNSUPPORTED = 0.01  # target mass on items never logged in that slot
 SUM_TOL = 1e-6
+_SEED_SALT = 0x0FE57  # mixed into estimator seeds
 
 
 class OPEWarning(UserWarning):
@@ -186,6 +187,23 @@ class Terms:
             influence = influence + (num - r * den) / b
         return float(value), influence
 
+    def padded(self, n_total: int) -> "Terms":
+        """These terms among ``n_total`` decisions, the others contributing nothing.
+
+        Used for one slot's value: decisions that did not log that slot add 0 to the plain
+        part, and each ratio is scaled by the share of decisions present (its denominator's
+        mean must stay a per-present-decision normaliser).
+        """
+        extra = n_total - self.n
+        if extra <= 0:
+            return self
+        pad = np.zeros(extra)
+        return Terms(
+            np.concatenate([self.plain, pad]),
+            tuple((np.concatenate([num, pad]), np.concatenate([den, pad]) * (n_total / self.n))
+                  for num, den in self.ratios),
+        )
+
     def bootstrap(self, n_boot: int, rng: np.random.Generator, chunk_elems: int = 4_000_000) -> np.ndarray:
         """``n_boot`` replicates of the value, decisions resampled with replacement.
 
@@ -245,7 +263,10 @@ class IPS:
 
     # -- shared machinery
     def _streams(self) -> tuple[np.random.Generator, np.random.Generator]:
-        boot, other = np.random.default_rng(self.seed).spawn(2)
+        # salted, so that an estimator seeded with s never reuses the streams of the
+        # simulation or logging policy a caller seeded with the same s
+        entropy = None if self.seed is None else [int(self.seed), _SEED_SALT]
+        boot, other = (np.random.default_rng(c) for c in np.random.SeedSequence(entropy).spawn(2))
         return boot, other
 
     def _inputs(self, data, action_dist, target_pscore, q_hat, q_hat_logged, q_hat_target, rng) -> RowInputs:
@@ -294,17 +315,22 @@ class IPS:
         """
         boot_rng, other_rng = self._streams()
         inputs = self._inputs(data, action_dist, target_pscore, q_hat, q_hat_logged, q_hat_target, other_rng)
+        n_all = data.n_decisions
         if slot is not None:
+            if self.name == "SlatePI":
+                raise ValidationError("SlatePI estimates the whole slate from its total reward; it has no "
+                                      "per-slot estimate", "slot")
             if isinstance(slot, bool) or not isinstance(slot, int | np.integer) or not 0 <= slot < data.n_slots:
                 raise ValidationError(f"slot must be an integer in [0, {data.n_slots}), got {slot!r}", "slot")
             keep = data.slot == slot
             if not keep.any():
                 raise ValidationError(f"no logged rows in slot {slot}", "slot")
             inputs, data = inputs.subset(keep), data.subset(keep)
-        if data.n_decisions < 2:
-            raise ValidationError(f"an interval needs at least 2 decisions, got {data.n_decisions}", "reward")
+        if n_all < 2:
+            raise ValidationError(f"an interval needs at least 2 decisions, got {n_all}", "reward")
         w = self.weights(data, inputs)
-        terms = self._terms(data, inputs, w, other_rng)
+        # one slot's value is per decision of the whole log: decisions without it count 0
+        terms = self._terms(data, inputs, w, other_rng).padded(n_all)
         return self._finish(data, inputs, w, terms, boot_rng)
 
     def per_slot(self, data: LoggedBandit, action_dist=None, **kwargs) -> list[Estimate]:
@@ -501,32 +527,31 @@ class Replay(IPS):
             if m.sum() < 2:
                 raise ValidationError(f"replay matched {int(m.sum())} logged rows in slot {k}; it needs at "
                                       "least 2 (log more, or use IPS)", "target_pscore")
-            ratios.append((per_decision(data, m * data.reward), per_decision(data, m)))
+            # the mean matched reward is slot k's value among decisions that show slot k;
+            # scaling the denominator by D / D_k counts decisions without slot k as 0
+            share = data.n_decisions / np.count_nonzero(per_decision(data, in_k))
+            ratios.append((per_decision(data, m * data.reward), per_decision(data, m) * share))
         return Terms(np.zeros(data.n_decisions), tuple(ratios))
 
 
-@functools.lru_cache(maxsize=64)
-def _pi_coefficients(m: int, k: int) -> tuple[float, float, float]:
-    """Pseudo-inverse weights for uniform logging of k of m items without replacement.
+def _pi_coefficients(m: np.ndarray, k: int) -> np.ndarray:
+    """Pseudo-inverse weights for uniform logging of k of m items without replacement, (len(m), 3).
 
-    ``Gamma = E_mu[1_s 1_s^T]`` over slot-item indicators; ``Gamma^+ 1_s`` takes three values:
-    on the logged (slot, item) pairs, on a logged item in another slot, and on items not logged.
+    ``Gamma = E_mu[1_s 1_s^T] = I/m + ((J_k - I) kron (J_m - I)) / (m (m - 1))`` over slot-item
+    indicators. Its eigenspaces are the Kronecker products of {1, 1-perp} for slots and items,
+    with eigenvalues k/m, (m-k)/(m(m-1)) (zero when m = k), 0 and 1/(m-1); summing the inverse
+    eigenvalues times the projections of ``1_s`` gives ``Gamma^+ 1_s`` in closed form. It takes
+    three values: on the logged (slot, item) pairs ``1/k + m - 1``, on a logged item in another
+    slot ``1/k``, on an item not logged ``1/k - (m-1)/(m-k)`` (for m = k: ``1/k + (m-1)(1 - 1/k)``,
+    ``1/k - (m-1)/k``; no item is absent). A test checks this against ``np.linalg.pinv``.
     """
-    dim = k * m
-    idx = np.arange(dim)
-    slot_of, item_of = idx // m, idx % m
-    same_slot = slot_of[:, None] == slot_of[None, :]
-    same_item = item_of[:, None] == item_of[None, :]
-    gamma = np.where(same_slot & same_item, 1.0 / m, 0.0)
-    if m > 1:
-        gamma += np.where(~same_slot & ~same_item, 1.0 / (m * (m - 1)), 0.0)
-    s = np.zeros(dim)
-    s[np.arange(k) * m + np.arange(k)] = 1.0  # the slate (item j in slot j)
-    g = np.linalg.pinv(gamma) @ s
-    here = g[0]  # slot 0, item 0
-    elsewhere = g[1 * m + 0] if k > 1 else 0.0  # slot 1, item 0
-    absent = g[k] if m > k else 0.0  # slot 0, item k (never logged)
-    return float(here), float(elsewhere), float(absent)
+    m = np.asarray(m, dtype=float)
+    full = m == k
+    here = np.where(full, 1 / k + (m - 1) * (1 - 1 / k), 1 / k + m - 1)
+    elsewhere = np.where(full, 1 / k - (m - 1) / k, 1 / k)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        absent = np.where(full, 0.0, 1 / k - (m - 1) / np.where(full, 1, m - k))
+    return np.stack([here, elsewhere, absent], axis=-1)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -565,12 +590,21 @@ class SlatePI(IPS):
                                   "propensity of a decision must be 1/m for its number m >= K of candidates",
                                   "pscore")
         items = data.action[order]  # (D, K) logged item of slot j
-        base = order[:, 0] if inputs.rows is None else inputs.rows[order[:, 0]]
+        if K > 1:
+            srt = np.sort(items, axis=1)
+            if (srt[:, 1:] == srt[:, :-1]).any():
+                d = int(np.argmax((srt[:, 1:] == srt[:, :-1]).any(axis=1)))
+                raise ValidationError(f"SlatePI needs distinct items within a slate; decision {d} shows an item twice",
+                                      "action")
+        rows_of = order if inputs.rows is None else inputs.rows[order]
+        if K > 1 and not (inputs.dist[rows_of[:, 1:]] == inputs.dist[rows_of[:, :1]]).all():
+            raise ValidationError("SlatePI needs one target distribution per decision: the rows of a decision "
+                                  "must carry the same action_dist", "action_dist")
+        base = rows_of[:, 0]
         pij = inputs.dist[base[:, None, None], items[:, :, None], np.arange(K)[None, None, :]]  # pi_j(s_i)
         t1 = np.einsum("dii->d", pij)
         t = pij.sum(axis=(1, 2))
-        sizes, which = np.unique(m[:, 0], return_inverse=True)
-        coef = np.array([_pi_coefficients(int(size), K) for size in sizes.tolist()])[which]
+        coef = _pi_coefficients(m[:, 0], K)
         weight = coef[:, 0] * t1 + coef[:, 1] * (t - t1) + coef[:, 2] * (K - t)
         slate_reward = data.reward[order].sum(axis=1)
         return Terms(slate_reward * weight)
