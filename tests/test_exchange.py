@@ -611,3 +611,39 @@ def test_file_log_export_reads_one_snapshot_through_its_own_connection(tmp_path,
     assert lines == [2, 2, 1] and result.rows == 5
     assert log.count("decisions") == 6
     assert sqlite3.connect(tmp_path / "log.db").execute("SELECT count(*) FROM decisions").fetchone()[0] == 6
+
+
+def test_a_batch_the_log_refuses_is_left_out_whole_and_named_by_its_line(tmp_path):
+    """Impression B's event id is already in the log: with A, B and C in one batch, none of them
+    is written (one transaction); with one decision per batch, A is."""
+    (tmp_path / "all.csv").write_text(obd_csv(OBD_ROWS))
+    for batch_rows, kept in ((100, 0), (1, 1)):
+        log = DecisionLog()
+        write(log, "all:5", ["a"], [0.5], [0.5], candidates=["a"], cand_index=[0])
+        with pytest.raises(ImportFailedError) as err:
+            import_obd(tmp_path / "all.csv", log, batch_rows=batch_rows)
+        assert err.value.line == 5 and err.value.column is None
+        assert "line 5: event id 'all:5' is already in the log" in str(err.value)
+        assert err.value.result.decisions == kept == log.count("decisions") - 1
+        assert log.count("slots") == 1 + 3 * kept and log.count("rewards") == 3 * kept
+
+
+def test_a_refused_reward_is_reported_at_its_decisions_line(tmp_path):
+    """The log's batch error says which reward (rewards[i]); the import names the line of the
+    decision it belongs to."""
+    (tmp_path / "all.csv").write_text(obd_csv(OBD_ROWS))
+    log = DecisionLog()
+    real = log.write_decisions
+
+    def refuse_reward_4(items, *, rewards=()):
+        rewards = list(rewards)
+        rewards[4] = Reward(rewards[4].event_id, float("nan"), rewards[4].position, rewards[4].kind)
+        return real(items, rewards=rewards)
+
+    log.write_decisions = refuse_reward_4
+    with pytest.raises(ImportFailedError) as err:
+        import_obd(tmp_path / "all.csv", log)
+    # rewards 0-2 are impression A's (lines 2-4), 3-5 impression B's (lines 5-7)
+    assert err.value.line == 5 and err.value.column == "reward"
+    assert "line 5, column 'reward': the log refused a click reward: reward must be a finite number" in str(err.value)
+    assert log.count("decisions") == log.count("rewards") == 0

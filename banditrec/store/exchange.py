@@ -3,9 +3,9 @@ such as the Open Bandit Dataset's.
 
 Export reads the log and writes one row (or one VW example) per **logged slot**: decisions joined
 with their slots and the rewards recorded for them. Import reads a CSV, groups its rows into
-decisions and writes them through :meth:`DecisionLog.write_decision` and
-:meth:`DecisionLog.record_reward` only, so every schema check of the log applies to imported
-data too.
+decisions and writes each batch of them with its rewards through :meth:`DecisionLog.write_decisions`
+only (one transaction per batch, all or nothing), so every schema check of the log applies to
+imported data too.
 
 Exported columns (CSV and Parquet, in this order)
 -------------------------------------------------
@@ -39,16 +39,15 @@ import operator
 import os
 import re
 import secrets
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import BanditRecError, ValidationError
+from ..errors import BanditRecError, ConflictError, ValidationError
 from ..types import Decision, Reward, Slot
-from .log import MAX_ABS_REWARD, WHOLE_DECISION, DecisionLog
+from .log import MAX_ABS_REWARD, WHOLE_DECISION, DecisionLog, DecisionRecord
 
 SCHEMA_VERSION = 1
 EXPORT_FORMATS = ("csv", "parquet", "vw", "dsjson")
@@ -143,27 +142,6 @@ class _Batch:
     n_decisions: int
 
 
-@contextlib.contextmanager
-def _snapshot(log: DecisionLog) -> Iterator[sqlite3.Connection]:
-    """A connection reading one consistent snapshot of the log for the whole export.
-
-    A file log gets its own connection in a read transaction, so writers (WAL) carry on while
-    the export runs and the export never sees half of anything; an in-memory log can only be
-    read through its own connection, under its lock.
-    """
-    if log.path == ":memory:":
-        with log._lock:  # noqa: SLF001 -- same package; the only way into a private in-memory database
-            yield log.db.conn
-        return
-    conn = sqlite3.connect(log.path, timeout=30)
-    try:
-        conn.execute("BEGIN")
-        yield conn
-        conn.execute("COMMIT")
-    finally:
-        conn.close()
-
-
 def _has_column(conn, table: str, column: str) -> bool:
     return any(row[1] == column for row in conn.execute(f"PRAGMA table_info({table})"))
 
@@ -250,7 +228,7 @@ def export_csv(log: DecisionLog, path: str | Path, *, candidates: bool = False,
     a missing reward is an empty cell; late flags are 0/1.
     """
     n_rows = n_dec = 0
-    with _snapshot(log) as conn, _atomic_output(path, "w", newline="", encoding="utf-8") as fh:
+    with log.snapshot() as conn, _atomic_output(path, "w", newline="", encoding="utf-8") as fh:
         layout = _layout(conn, candidates)
         writer = csv.writer(fh)
         writer.writerow(layout.columns)
@@ -277,7 +255,7 @@ def export_parquet(log: DecisionLog, path: str | Path, *, candidates: bool = Fal
     """
     pa, pq = _require_pyarrow()
     n_rows = n_dec = 0
-    with _snapshot(log) as conn, _atomic_output(path, None) as tmp:
+    with log.snapshot() as conn, _atomic_output(path, None) as tmp:
         layout = _layout(conn, candidates)
         fields = []
         for name in layout.columns:
@@ -343,7 +321,7 @@ def _vw_examples(log: DecisionLog, kind: str, default_reward: float, min_probabi
     if min_probability is not None and not (F32_TINY <= min_probability <= 1):
         raise ValidationError(f"min_probability must be in [{F32_TINY:.3g}, 1], got {min_probability!r}",
                               "min_probability")
-    with _snapshot(log) as conn:
+    with log.snapshot() as conn:
         layout = _layout(conn, False)
         cols = {c: i for i, c in enumerate(layout.columns)}
         i_event, i_pos, i_ts, i_item, i_marg = (cols[c] for c in ("event_id", "position", "ts", "item_id", "marginal"))
@@ -1153,13 +1131,12 @@ def _import(path: str | Path, log: DecisionLog, fmt: str, explicit: Mapping[str,
                     raise fail(err.line, err.column, err.message) from None
                 except (UnicodeDecodeError, csv.Error) as exc:
                     raise fail(reader.line_num, None, f"not a readable UTF-8 CSV line: {exc}") from None
-                for p, group_rows in zip(parsed, batch):
-                    _write(log, p, fail)
-                    counts["decisions"] += 1
-                    counts["slots"] += len(p.decision.slots)
-                    counts["rewards"] += len(p.rewards)
-                    counts["first"] = counts["first"] or p.line
-                    counts["last"] = group_rows[-1][0]
+                _write(log, parsed, fail)
+                counts["decisions"] += len(parsed)
+                counts["slots"] += sum(len(p.decision.slots) for p in parsed)
+                counts["rewards"] += sum(len(p.rewards) for p in parsed)
+                counts["first"] = counts["first"] or parsed[0].line
+                counts["last"] = batch[-1][-1][0]
                 if on_batch is not None:
                     on_batch(result())
                 batch, rows_in_batch = [], 0
@@ -1170,23 +1147,24 @@ def _import(path: str | Path, log: DecisionLog, fmt: str, explicit: Mapping[str,
     return result()
 
 
-def _write(log: DecisionLog, p: _Parsed, fail) -> None:
-    """One decision and its rewards, through the log's public write path only."""
+def _write(log: DecisionLog, parsed: list[_Parsed], fail) -> None:
+    """A batch of decisions and their rewards through the log's public batch write: one
+    transaction, all or nothing, so a refused batch leaves the log as the batches before left it."""
+    rewards = [r for p in parsed for r in p.rewards]
+    owner = [p for p in parsed for _ in p.rewards]
     try:
-        log.write_decision(p.decision, policy_params=p.params, candidate_index=p.candidate_index,
-                           slot_index=p.slot_index, context=p.context, surface=p.surface)
-    except sqlite3.IntegrityError as exc:
-        if "UNIQUE" in str(exc) and "event_id" in str(exc):
+        log.write_decisions([DecisionRecord(p.decision, p.params, p.candidate_index, p.slot_index, p.context,
+                                            p.surface) for p in parsed], rewards=rewards)
+    except BanditRecError as exc:
+        batch = getattr(exc, "batch", None)
+        if batch is None:
+            raise
+        p = owner[exc.index] if batch == "rewards" else parsed[exc.index]
+        if batch == "items" and isinstance(exc, ConflictError) and exc.field == "event_id":
             raise fail(p.line, None, f"event id {p.decision.event_id!r} is already in the log (was this file "
                                      f"imported before? set event_prefix or start_line)") from None
-        raise fail(p.line, None, f"the log refused the decision: {exc}") from None
-    except BanditRecError as exc:
-        raise fail(p.line, exc.field, f"the log refused the decision: {exc.message}") from None
-    for reward in p.rewards:
-        try:
-            log.record_reward(reward)
-        except BanditRecError as exc:  # the decision above is written; report it as imported
-            raise fail(p.line, exc.field, f"the log refused a {reward.kind} reward: {exc.message}") from None
+        what = f"a {rewards[exc.index].kind} reward" if batch == "rewards" else "the decision"
+        raise fail(p.line, exc.field, f"the log refused {what}: {exc.reason}") from None
 
 
 def import_csv(path: str | Path, log: DecisionLog, mapping: Mapping[str, str] | None = None, *, kind: str = "click",
@@ -1222,10 +1200,12 @@ def import_csv(path: str | Path, log: DecisionLog, mapping: Mapping[str, str] | 
     position order; the positions must be exactly ``0..K-1``.
 
     The file is read twice: once for the catalog and categories, then in batches of about
-    ``batch_rows`` rows, each validated completely before any of it is written. Bad input
-    raises :class:`ImportFailedError` (a ``ValidationError``) naming the line and column; the
-    decisions before it stay in the log, complete, and the error's ``result`` says how far the
-    import got. ``on_batch`` is called with the running result after each batch.
+    ``batch_rows`` rows, each validated completely and then written in one transaction with its
+    rewards, all or nothing. Bad input, or a decision the log refuses, raises
+    :class:`ImportFailedError` (a ``ValidationError``) naming the line and column; the batches
+    before it stay in the log, complete, the batch it is in is not written, and the error's
+    ``result`` says how far the import got. ``on_batch`` is called with the running result
+    after each batch.
     """
     return _import(path, log, "csv", dict(mapping or {}), DEFAULT_CSV_MAPPING, kind=kind, position_base=position_base,
                    group_by=group_by, n_items=n_items, policy=policy, model_version=model_version, surface=surface,
