@@ -745,7 +745,8 @@ def _floats(values: list[str], lines: list[int], column: str, *, allow_empty: bo
     non-numbers raise naming the first offending line."""
     cells = values
     if allow_empty:
-        cells = [v if v.strip() else "nan" for v in values]
+        blank = [not v.strip() for v in values]
+        cells = ["nan" if b else v for v, b in zip(values, blank)]
     try:
         arr = np.array(cells, dtype=np.float64)
     except ValueError:
@@ -757,7 +758,7 @@ def _floats(values: list[str], lines: list[int], column: str, *, allow_empty: bo
         raise
     finite = np.isfinite(arr)
     if allow_empty:
-        finite |= np.array([not v.strip() for v in values], dtype=bool)
+        finite |= np.array(blank, dtype=bool)
     if not finite.all():
         i = int(np.argmin(finite))
         raise _RowError(lines[i], column, f"must be a finite number, got {values[i]!r}")
@@ -863,6 +864,15 @@ class _Importer:
         self.onehot = [{v: j for j, v in enumerate(cats)} for cats in categories]
         self.candidate_ids = list(catalog.ids)
         self.candidate_idx = list(catalog.indices)
+        # columns every row of a decision must agree on, less the grouping key (equal by construction)
+        col = spec.col
+        shared = [col[f] for f in ("event", "ts", "user", "surface", "policy", "model_version", "policy_params",
+                                   "joint_propensity", "log_joint_propensity", "candidates", "candidate_index")
+                  if f in col]
+        shared += [*spec.context, *spec.categorical, *(ci for _, ci, _ in spec.decision_rewards)]
+        key = set(spec.group)
+        self.shared = [c for c in shared if c not in key]
+        self.file_name = Path(spec.path).name
 
     def parse(self, groups: list[list[tuple[int, list[str]]]]) -> list[_Parsed]:
         """Validate and convert a batch of decisions; numeric columns in one numpy call each."""
@@ -910,11 +920,9 @@ class _Importer:
             ts = _floats(cells(ti, firsts), first_lines, spec.header[ti], allow_empty=True) if ti is not None else None
             whole_rewards.append((kind, values, ts))
         contexts = np.empty((len(groups), len(spec.context)))
-        empty = np.zeros(contexts.shape, dtype=bool)
         for j, c in enumerate(spec.context):
-            values = cells(c, firsts)
-            contexts[:, j] = _floats(values, first_lines, spec.header[c], allow_empty=True)
-            empty[:, j] = [not v.strip() for v in values]
+            contexts[:, j] = _floats(cells(c, firsts), first_lines, spec.header[c], allow_empty=True)
+        empty = np.isnan(contexts)  # _floats lets NaN through for empty cells only
         joint = log_joint = None
         if "joint_propensity" in col:
             joint = _floats(cells(col["joint_propensity"], firsts), first_lines, name("joint_propensity"))
@@ -1005,16 +1013,9 @@ class _Importer:
 
     def _same_across(self, group) -> None:
         """Rows of one decision must agree on what belongs to the decision."""
-        col = self.spec.col
-        shared = [col[f] for f in ("event", "ts", "user", "surface", "policy", "model_version", "policy_params",
-                                   "joint_propensity", "log_joint_propensity", "candidates", "candidate_index")
-                  if f in col]
-        shared += [*self.spec.context, *self.spec.categorical]
-        shared += [ci for _, ci, _ in self.spec.decision_rewards]
-        shared = [c for c in shared if c not in self.spec.group]  # equal by construction of the group
         row0 = group[0][1]
         for line, row in group[1:]:
-            for c in shared:
+            for c in self.shared:
                 if row[c] != row0[c]:
                     raise _RowError(line, self.spec.header[c],
                                     f"{row[c]!r} differs from {row0[c]!r} on line {group[0][0]}, the first row "
@@ -1062,7 +1063,7 @@ class _Importer:
             if not isinstance(params, dict):
                 raise _RowError(line, self.spec.header[col["policy_params"]], "expected a JSON object")
             return params
-        return {"source": self.source, "file": Path(self.spec.path).name, "context_encoding": self.encoding_id}
+        return {"source": self.source, "file": self.file_name, "context_encoding": self.encoding_id}
 
 
 def _import(path: str | Path, log: DecisionLog, fmt: str, explicit: Mapping[str, str], defaults: Mapping[str, str],
