@@ -22,20 +22,11 @@ from hypothesis import strategies as st
 from banditrec.cli import main
 from banditrec.errors import ValidationError
 from banditrec.store import DecisionLog
-from banditrec.store import exchange
-from banditrec.store.exchange import (
-    ImportFailedError,
-    MissingDependencyError,
-    export_csv,
-    export_dsjson,
-    export_log,
-    export_parquet,
-    export_vw,
-    import_csv,
-    import_file,
-    import_obd,
-    vw_escape,
-)
+from banditrec.store import export as store_export
+from banditrec.store.exchange import export_log, import_file
+from banditrec.store.export import SCHEMA_VERSION, MissingDependencyError, export_csv, export_parquet
+from banditrec.store.importer import ImportFailedError, import_csv, import_obd
+from banditrec.store.vw import export_dsjson, export_vw, vw_escape
 from banditrec.types import Decision, Reward, Slot
 
 import pyarrow.parquet as pq  # the `parquet` extra, installed by `make test`: missing, this fails, never skips
@@ -192,7 +183,7 @@ def test_parquet_export_matches_the_log_and_carries_the_schema_version(tmp_path)
     table = pq.read_table(tmp_path / "x.parquet")
     assert result.rows == table.num_rows == 3
     meta = table.schema.metadata
-    assert meta[b"banditrec.schema_version"] == str(exchange.SCHEMA_VERSION).encode()
+    assert meta[b"banditrec.schema_version"] == str(SCHEMA_VERSION).encode()
     assert json.loads(meta[b"banditrec.kinds"]) == ["click"]
     cols = table.to_pydict()
     assert cols["event_id"] == ["e1", "e1", "e2"] and cols["position"] == [0, 1, 0]
@@ -597,7 +588,7 @@ def test_file_log_export_reads_one_snapshot_through_its_own_connection(tmp_path,
     for e in range(5):
         write(log, f"e{e}", ["a"], [0.5], [0.5], candidates=["a", "b"], cand_index=[0, 1])
     lines = []
-    real = exchange._read_batches
+    real = store_export.read_batches
 
     def interleaved(conn, layout, batch):
         for i, b in enumerate(real(conn, layout, batch)):
@@ -606,7 +597,7 @@ def test_file_log_export_reads_one_snapshot_through_its_own_connection(tmp_path,
             lines.append(len(b.rows))
             yield b
 
-    monkeypatch.setattr(exchange, "_read_batches", interleaved)
+    monkeypatch.setattr(store_export, "read_batches", interleaved)
     result = export_csv(log, tmp_path / "x.csv", batch_decisions=2)
     assert lines == [2, 2, 1] and result.rows == 5
     assert log.count("decisions") == 6

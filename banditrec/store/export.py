@@ -1,0 +1,271 @@
+"""Export of the decision log as tables: CSV and Parquet, one row per **logged slot** (a decision
+joined with its slots and the rewards recorded for them).
+
+The reader here (:func:`read_layout`, :func:`read_batches`, through :meth:`DecisionLog.snapshot`)
+and :func:`atomic_output` are shared with :mod:`banditrec.store.vw`, which writes the same slots
+as Vowpal Wabbit examples.
+
+Exported columns (CSV and Parquet, in this order)
+-------------------------------------------------
+``event_id, seq, ts, user_id, surface, policy, model_version, policy_params, position, item_id,
+item_index, propensity, marginal, marginal_draws, source, n_candidates, joint_propensity,
+log_joint_propensity`` then, with ``candidates=True``, ``candidates, candidate_index`` (JSON
+lists), then ``context_0 .. context_{d-1}``, then per reward kind present in the log
+``reward:<kind>, reward_ts:<kind>`` (the reward of this slot), ``reward_late:<kind>`` (only when
+the log's rewards table has a ``late`` column) and ``decision_reward:<kind>,
+decision_reward_ts:<kind>`` (a reward posted for the decision as a whole, repeated on each of its
+slots). ``propensity`` is the conditional P(item | context, earlier slots), ``marginal`` the
+P(slot holds item | context) that estimators divide by. A reward that was never recorded is an
+empty cell (CSV) or null (Parquet), never a made-up 0. Floats are written with ``repr``, which
+round-trips every float64 exactly. The Parquet file carries ``banditrec.schema_version`` (this
+module's :data:`SCHEMA_VERSION`) in its key-value metadata.
+
+The CSV export reads back with :func:`banditrec.store.importer.import_csv` and no mapping: every number comes back
+bit-for-bit (``seq`` is re-assigned by the target log, and late flags are not imported because
+the log has no public write path for them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from ..errors import BanditRecError
+from .log import WHOLE_DECISION, DecisionLog
+
+SCHEMA_VERSION = 1
+
+
+class MissingDependencyError(BanditRecError, ImportError):
+    """An optional dependency (an ``extras_require`` extra) is not installed."""
+
+
+def _require_pyarrow():
+    try:
+        import pyarrow
+        import pyarrow.parquet
+    except ImportError:
+        raise MissingDependencyError(
+            "Parquet needs pyarrow, which is not installed: pip install 'banditrec[parquet]'", "format"
+        ) from None
+    return pyarrow, pyarrow.parquet
+
+
+READ_EXPORT_SLOTS = (
+    "SELECT d.seq, d.event_id, d.ts, d.user_id, d.surface, d.policy, d.model_version, d.policy_params, "
+    "s.position, s.item_id, s.item_index, s.propensity, s.marginal, s.marginal_draws, s.source, "
+    "d.candidates, d.candidate_index, d.context, d.joint_propensity, d.log_joint_propensity "
+    "FROM decisions d JOIN slots s ON s.event_id = d.event_id "
+    "WHERE d.seq > ? AND d.seq <= ? ORDER BY d.seq, s.position"
+)
+READ_EXPORT_REWARDS = (
+    "SELECT r.event_id, r.position, r.kind, r.reward, r.ts{late} FROM rewards r "
+    "JOIN decisions d ON d.event_id = r.event_id WHERE d.seq > ? AND d.seq <= ?"
+)
+# the last seq of the next batch of decisions (seq has gaps where an insert was rolled back)
+BATCH_END = "SELECT seq FROM decisions WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT 1 OFFSET ?"
+
+BASE_COLUMNS = ("event_id", "seq", "ts", "user_id", "surface", "policy", "model_version", "policy_params",
+                "position", "item_id", "item_index", "propensity", "marginal", "marginal_draws", "source",
+                "n_candidates", "joint_propensity", "log_joint_propensity")
+_INT_COLUMNS = {"seq", "position", "item_index", "marginal_draws", "n_candidates"}
+_STR_COLUMNS = {"event_id", "user_id", "surface", "policy", "model_version", "policy_params", "item_id", "source",
+                "candidates", "candidate_index"}
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What an export wrote: ``rows`` logged slots of ``decisions`` decisions."""
+
+    path: str
+    format: str
+    rows: int
+    decisions: int
+    columns: tuple[str, ...] = ()
+    clipped: int = 0  # probabilities raised to ``min_probability`` (VW formats)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The shape of an export, fixed before the first row is read."""
+
+    context_width: int
+    kinds: tuple[str, ...]
+    has_late: bool
+    candidates: bool
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        cols = list(BASE_COLUMNS)
+        if self.candidates:
+            cols += ["candidates", "candidate_index"]
+        cols += [f"context_{j}" for j in range(self.context_width)]
+        for kind in self.kinds:
+            cols += [f"reward:{kind}", f"reward_ts:{kind}"]
+            if self.has_late:
+                cols.append(f"reward_late:{kind}")
+            cols += [f"decision_reward:{kind}", f"decision_reward_ts:{kind}"]
+        return tuple(cols)
+
+
+@dataclass
+class Batch:
+    """Rows in the layout's column order, plus each row's parsed context and candidate ids."""
+
+    rows: list[tuple]
+    contexts: list[list[float]]
+    candidates: list[list[str]]
+    n_decisions: int
+
+
+def _has_column(conn, table: str, column: str) -> bool:
+    return any(row[1] == column for row in conn.execute(f"PRAGMA table_info({table})"))
+
+
+def read_layout(conn, candidates: bool) -> Layout:
+    """The export's shape from a :meth:`DecisionLog.snapshot` connection: context width, reward
+    kinds, whether rewards carry a late flag; ``candidates`` adds the candidate-list columns."""
+    width = conn.execute("SELECT coalesce(max(json_array_length(context)), 0) FROM decisions").fetchone()[0]
+    kinds = tuple(r[0] for r in conn.execute("SELECT DISTINCT kind FROM rewards ORDER BY kind"))
+    return Layout(int(width), kinds, _has_column(conn, "rewards", "late"), candidates)
+
+
+def read_batches(conn, layout: Layout, batch_decisions: int) -> Iterator[Batch]:
+    """Every logged slot in (seq, position) order, as rows in ``layout``'s columns, about
+    ``batch_decisions`` decisions at a time (so memory stays flat on any log size)."""
+    until = conn.execute("SELECT coalesce(max(seq), 0) FROM decisions").fetchone()[0]
+    late = ", r.late" if layout.has_late else ""
+    reward_sql = READ_EXPORT_REWARDS.format(late=late)
+    n_kinds = len(layout.kinds)
+    kind_slot = {k: i for i, k in enumerate(layout.kinds)}
+    after = 0
+    while after < until:
+        end = conn.execute(BATCH_END, (after, until, batch_decisions - 1)).fetchone()
+        end = until if end is None else end[0]
+        raw = conn.execute(READ_EXPORT_SLOTS, (after, end)).fetchall()
+        # (event_id, position) -> flat reward cells of every kind
+        rewards: dict[tuple[str, int], list] = {}
+        for event_id, position, kind, value, ts, *flag in conn.execute(reward_sql, (after, end)):
+            cells = rewards.setdefault((event_id, position), [None] * (n_kinds * 3))
+            i = kind_slot[kind] * 3
+            cells[i:i + 3] = (float(value), float(ts), None if not flag or flag[0] is None else int(flag[0]))
+        rows, contexts, cands = [], [], []
+        last_event, context, candidate_ids, candidate_json, index_json = None, None, None, None, None
+        n_decisions = 0
+        for (seq, event_id, ts, user_id, surface, policy, model_version, params, position, item_id, item_index,
+             propensity, marginal, draws, source, cand_json, cidx_json, context_json, joint, log_joint) in raw:
+            if event_id != last_event:
+                last_event, n_decisions = event_id, n_decisions + 1
+                context = [float(c) for c in json.loads(context_json)]
+                candidate_ids = [str(c) for c in json.loads(cand_json)]
+                candidate_json, index_json = cand_json, cidx_json
+                whole = rewards.get((event_id, WHOLE_DECISION), [None] * (n_kinds * 3))
+            row = [event_id, seq, float(ts), user_id, surface, policy, model_version, params, position, item_id,
+                   item_index, float(propensity), float(marginal), draws, source, len(candidate_ids), float(joint),
+                   float(log_joint)]
+            if layout.candidates:
+                row += [candidate_json, index_json]
+            row += context + [None] * (layout.context_width - len(context))
+            mine = rewards.get((event_id, position), [None] * (n_kinds * 3))
+            for k in range(n_kinds):
+                row += mine[3 * k:3 * k + 2]
+                if layout.has_late:
+                    row.append(mine[3 * k + 2])
+                row += whole[3 * k:3 * k + 2]
+            rows.append(tuple(row))
+            contexts.append(context)
+            cands.append(candidate_ids)
+        yield Batch(rows, contexts, cands, n_decisions)
+        after = end
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | Path, mode: str = "w", **kw):
+    """Write to a temporary file beside ``path`` and move it into place only on success, so a
+    failed export never leaves a half-written file where a complete one is expected."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.part")
+    open(tmp, "x").close()  # exclusive create, with the umask's permissions (mkstemp's are 0600)
+    try:
+        if mode is None:
+            yield tmp
+        else:
+            with open(tmp, mode, **kw) as fh:
+                yield fh
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def export_csv(log: DecisionLog, path: str | Path, *, candidates: bool = False,
+               batch_decisions: int = 5000) -> ExportResult:
+    """Export every logged slot as one CSV row (columns in the module docstring).
+
+    Floats are written with ``repr`` (the shortest string that reads back as the same float64);
+    a missing reward is an empty cell; late flags are 0/1.
+    """
+    n_rows = n_dec = 0
+    with log.snapshot() as conn, atomic_output(path, "w", newline="", encoding="utf-8") as fh:
+        layout = read_layout(conn, candidates)
+        writer = csv.writer(fh)
+        writer.writerow(layout.columns)
+        for batch in read_batches(conn, layout, batch_decisions):
+            writer.writerows([_csv_cell(v) for v in row] for row in batch.rows)
+            n_rows += len(batch.rows)
+            n_dec += batch.n_decisions
+    return ExportResult(str(path), "csv", n_rows, n_dec, layout.columns)
+
+
+def _csv_cell(v):
+    if isinstance(v, float):
+        return repr(v)
+    return v  # str, int or None (csv writes None as an empty cell)
+
+
+def export_parquet(log: DecisionLog, path: str | Path, *, candidates: bool = False,
+                   batch_decisions: int = 20000) -> ExportResult:
+    """Export every logged slot as one Parquet row, one row group per batch of decisions.
+
+    Types: strings, int64, float64 (nullable for context cells and rewards), bool for late
+    flags. Key-value metadata: ``banditrec.schema_version``, ``banditrec.kinds`` (JSON list)
+    and ``banditrec.context_width``. Needs the ``parquet`` extra (pyarrow).
+    """
+    pa, pq = _require_pyarrow()
+    n_rows = n_dec = 0
+    with log.snapshot() as conn, atomic_output(path, None) as tmp:
+        layout = read_layout(conn, candidates)
+        fields = []
+        for name in layout.columns:
+            if name in _STR_COLUMNS:
+                typ = pa.string()
+            elif name in _INT_COLUMNS:
+                typ = pa.int64()
+            elif name.startswith("reward_late:"):
+                typ = pa.bool_()
+            else:
+                typ = pa.float64()
+            fields.append(pa.field(name, typ, nullable=name.startswith(("context_", "reward", "decision_reward"))))
+        meta = {"banditrec.schema_version": str(SCHEMA_VERSION), "banditrec.kinds": json.dumps(list(layout.kinds)),
+                "banditrec.context_width": str(layout.context_width)}
+        schema = pa.schema(fields, metadata=meta)
+        with pq.ParquetWriter(tmp, schema) as writer:
+            for batch in read_batches(conn, layout, batch_decisions):
+                if not batch.rows:
+                    continue
+                columns = list(zip(*batch.rows))
+                arrays = [pa.array([None if v is None else bool(v) for v in col], f.type)
+                          if f.type == pa.bool_() else pa.array(col, f.type)
+                          for col, f in zip(columns, fields)]
+                writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
+                n_rows += len(batch.rows)
+                n_dec += batch.n_decisions
+    return ExportResult(str(path), "parquet", n_rows, n_dec, layout.columns)
