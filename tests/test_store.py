@@ -89,9 +89,9 @@ def test_schema_constraints_refuse_bad_rows(sql):
 def test_a_decision_with_a_bad_slot_leaves_nothing_behind():
     log = DecisionLog()
     write(log, decision())
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(ValidationError, match="the log's schema refused the decision: CHECK constraint"):
         write(log, decision("e2", props=(0.5, 0.0)))
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(ConflictError, match="event id 'e1' is already in the log"):
         write(log, decision("e1"))  # duplicate event id
     assert log.count("decisions") == 1 and log.count("slots") == 2
 

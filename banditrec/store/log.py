@@ -377,13 +377,17 @@ class DecisionLog:
     ) -> None:
         """Write a decision and all its slots in one transaction (see :func:`decision_rows`).
 
-        A row the schema refuses (a propensity outside (0, 1], an event id already logged)
-        raises ``sqlite3.IntegrityError`` and leaves nothing behind.
+        A row the schema refuses leaves nothing behind and raises :class:`ConflictError` (an
+        event id already logged) or :class:`ValidationError` (a CHECK, e.g. a propensity outside
+        (0, 1]).
         """
         row, slot_rows = decision_rows(decision, policy_params, candidate_index, slot_index, context, surface)
-        with self._writing():
-            self.db.execute(INSERT_DECISION, row)
-            self.db.conn.executemany(INSERT_SLOT, slot_rows)
+        try:
+            with self._writing():
+                self.db.execute(INSERT_DECISION, row)
+                self.db.conn.executemany(INSERT_SLOT, slot_rows)
+        except sqlite3.IntegrityError as exc:
+            raise _refusal(exc, row[0]) from None
 
     def write_decisions(self, items: Iterable[DecisionRecord | tuple], *,
                         rewards: Iterable[Reward] = ()) -> list[str]:
@@ -400,9 +404,9 @@ class DecisionLog:
         Errors are the :class:`~banditrec.errors.BanditRecError` s the single methods raise,
         with the message prefixed by the offending entry (``items[3] (event 'e9'): ...`` or
         ``rewards[7] (event 'e2'): ...``) and ``batch`` (``"items"`` or ``"rewards"``),
-        ``index`` and ``reason`` (the unprefixed message) set. Where :meth:`write_decision`
-        lets a schema refusal out as ``sqlite3.IntegrityError``, this raises ConflictError
-        (an event id already logged, or twice in the batch) or ValidationError (a CHECK).
+        ``index`` and ``reason`` (the unprefixed message) set. A schema refusal raises
+        ConflictError (an event id already logged, or twice in the batch) or ValidationError
+        (a CHECK), as :meth:`write_decision` does.
         """
         rows = []
         first_of: dict[str, int] = {}
