@@ -8,7 +8,8 @@ from __future__ import annotations
 import dataclasses
 
 from ..errors import ValidationError
-from .base import Policy, PolicyConfig, Request
+from . import snapshot
+from .base import SENSITIVITY, Policy, PolicyConfig, Request
 from .linucb import LinUCB
 from .simple import Popularity, Uniform
 from .slate import EpsilonGreedySlate, SlateSample, rank_slot_marginals
@@ -66,6 +67,26 @@ def make(spec: str, **env) -> Policy:
     return cls(cls.Config(**typed), **env)
 
 
+def load(path, **env) -> Policy:
+    """Rebuild a policy from a snapshot written by ``policy.save(path)``; ``env`` as for
+    :func:`make`. A missing, truncated or altered snapshot raises ``ValidationError``."""
+    manifest, payload = snapshot.load(path)
+    name = manifest["policy"]
+    if name not in REGISTRY:
+        raise ValidationError(f"snapshot is of unknown policy {name!r}; known: {', '.join(sorted(REGISTRY))}",
+                              "snapshot")
+    cls = REGISTRY[name]
+    fields = {f.name for f in dataclasses.fields(cls.Config)}
+    if set(manifest["params"]) != fields:
+        raise ValidationError(f"snapshot params {sorted(manifest['params'])} do not match policy {name}'s "
+                              f"{sorted(fields)}", "snapshot")
+    policy = cls(cls.Config(**manifest["params"]), **env)
+    meta = dict(manifest["meta"])
+    policy.n_updates = int(meta.pop("n_updates", 0))
+    policy.set_state(payload if isinstance(payload, dict) else {"payload": payload}, meta)
+    return policy
+
+
 __all__ = [
     "REGISTRY",
     "EpsilonGreedySlate",
@@ -76,6 +97,8 @@ __all__ = [
     "Request",
     "SlateSample",
     "Uniform",
+    "SENSITIVITY",
+    "load",
     "make",
     "parse_spec",
     "rank_slot_marginals",

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
 from ..errors import ValidationError
+from . import snapshot
 from .slate import EpsilonGreedySlate
 
 
@@ -31,16 +33,39 @@ class Request:
     item_features: np.ndarray
 
 
+SENSITIVITY = {"off": 0.0, "low": 0.1, "medium": 0.25, "high": 0.5}
+"""Weight ``w`` of the business objective: ``score' = (1 - w) * minmax(score) + w * value``."""
+
+
 @dataclass(frozen=True)
 class PolicyConfig:
-    """Base of every policy's immutable configuration; fields are the policy's params."""
+    """Base of every policy's immutable configuration; fields are the policy's params.
+
+    epsilon : exploration rate of each slot (score-based policies).
+    explore_from : slots before this one do not explore (a per-slot exploration budget: e.g.
+        ``explore_from=2`` keeps the first two slots greedy). The serving floor still applies.
+    objective : name of a numeric item column (``item_columns`` in the environment) to blend
+        into the scores, e.g. ``margin``; empty for none.
+    sensitivity : ``off|low|medium|high``, the objective's weight (see ``SENSITIVITY``).
+    """
 
     epsilon: float = 0.1
+    explore_from: int = 0
+    objective: str = ""
+    sensitivity: str = "off"
 
     def __post_init__(self):
         e = self.epsilon
         if isinstance(e, bool) or not isinstance(e, (int, float)) or not 0.0 <= e <= 1.0:
             raise ValidationError(f"epsilon must be a number in [0, 1], got {e!r}", "epsilon")
+        f = self.explore_from
+        if isinstance(f, bool) or not isinstance(f, int) or f < 0:
+            raise ValidationError(f"explore_from must be an integer >= 0, got {f!r}", "explore_from")
+        if self.sensitivity not in SENSITIVITY:
+            raise ValidationError(f"sensitivity must be one of {', '.join(SENSITIVITY)}, got {self.sensitivity!r}",
+                                  "sensitivity")
+        if self.sensitivity != "off" and not self.objective:
+            raise ValidationError(f"sensitivity={self.sensitivity} needs an objective column", "objective")
 
 
 class Policy(ABC):
@@ -49,10 +74,23 @@ class Policy(ABC):
     name: str = ""
     Config: type[PolicyConfig] = PolicyConfig
 
-    def __init__(self, config: PolicyConfig, **env):
-        # env carries what the deployment knows (dimensions, item counts); unused keys are fine
+    def __init__(self, config: PolicyConfig, *, item_columns: dict | None = None, **env):
+        # env carries what the deployment knows (dimensions, item counts, business columns);
+        # keys a policy does not use are fine
         self.config = config
         self.n_updates = 0
+        self.objective_value = None  # (n_items,) the objective column min-max scaled to [0, 1]
+        if config.objective:
+            columns = item_columns or {}
+            if config.objective not in columns:
+                raise ValidationError(
+                    f"objective {config.objective!r} is not an item column; known: "
+                    f"{', '.join(sorted(columns)) or 'none (pass item_columns=...)'}", "objective")
+            col = np.asarray(columns[config.objective], dtype=float)
+            if col.ndim != 1 or not np.isfinite(col).all():
+                raise ValidationError(f"item column {config.objective!r} must be a finite 1-D array", "objective")
+            span = col.max() - col.min() if col.size else 0.0
+            self.objective_value = (col - col.min()) / span if span > 0 else np.zeros_like(col)
 
     @property
     def params(self) -> dict:
@@ -62,7 +100,8 @@ class Policy(ABC):
     @property
     def spec(self) -> str:
         """A spec string that :func:`banditrec.policies.make` turns back into this config."""
-        body = ",".join(f"{k}={v}" for k, v in self.params.items())
+        quiet = {"explore_from": 0, "objective": "", "sensitivity": "off"}  # shown only when set
+        body = ",".join(f"{k}={v}" for k, v in self.params.items() if quiet.get(k, object()) != v)
         return f"{self.name}:{body}" if body else self.name
 
     @property
@@ -74,18 +113,55 @@ class Policy(ABC):
         """One score per candidate of ``request``, shape (n,); higher is better."""
 
     def epsilon_per_slot(self, n_slots: int) -> np.ndarray:
-        return np.full(n_slots, float(self.config.epsilon))
+        eps = np.full(n_slots, float(self.config.epsilon))
+        eps[: self.config.explore_from] = 0.0
+        return eps
 
-    def distribution(self, request: Request, n_slots: int, min_epsilon: float = 0.0) -> EpsilonGreedySlate:
+    def blend(self, request: Request, scores: np.ndarray) -> np.ndarray:
+        """Blend the business objective into ``scores`` (before exploration).
+
+        ``(1 - w) * minmax(scores) + w * value[items]`` with ``w = SENSITIVITY[sensitivity]``,
+        scores min-max scaled over this request's candidates (all-equal scores become 0) and
+        the objective column min-max scaled over the catalog. ``off`` returns ``scores``.
+        """
+        w = SENSITIVITY[self.config.sensitivity]
+        if w == 0.0:
+            return scores
+        lo, hi = scores.min(), scores.max()
+        scaled = (scores - lo) / (hi - lo) if hi > lo else np.zeros_like(scores)
+        return (1.0 - w) * scaled + w * self.objective_value[request.items]
+
+    def distribution(self, request: Request, n_slots: int, min_epsilon: float = 0.0):
         """The slate distribution over ``request``'s candidates for ``n_slots`` slots.
 
         ``min_epsilon`` is the serving floor: each slot explores at least that much, so that
         every candidate keeps a probability of at least ``min_epsilon / n_candidates``.
+        Score-based policies get an exact :class:`EpsilonGreedySlate`; others override this.
         """
         eps = np.maximum(self.epsilon_per_slot(n_slots), min_epsilon)
-        return EpsilonGreedySlate(self.scores(request), eps)
+        return EpsilonGreedySlate(self.blend(request, self.scores(request)), eps)
 
-    def update(self, context: np.ndarray, item_features: np.ndarray, reward: np.ndarray) -> None:
+    def update(self, context: np.ndarray, item_features: np.ndarray, reward: np.ndarray, *,
+               items: np.ndarray | None = None, weight: np.ndarray | None = None) -> None:
         """Learn from logged rows: ``context (m, d_c)``, the shown items' ``item_features
-        (m, d_i)`` and their ``reward (m,)``. Fixed policies ignore it."""
+        (m, d_i)``, their catalog indices ``items (m,)`` and ``reward (m,)``; ``weight (m,)``
+        are importance weights for batch training on rows logged by another policy (a
+        weighted ridge: each row counts ``weight`` times). Fixed policies ignore it."""
         return None
+
+    # ---- snapshots ----------------------------------------------------------------------
+    def state(self) -> tuple[dict[str, np.ndarray], dict]:
+        """The learned state as ``(arrays, meta)``; fixed policies have none."""
+        return {}, {}
+
+    def set_state(self, arrays: dict[str, np.ndarray], meta: dict) -> None:
+        """Restore :meth:`state` (after construction with the same config and environment)."""
+        if arrays:
+            raise ValidationError(f"policy {self.name} keeps no arrays, the snapshot has {sorted(arrays)}",
+                                  "snapshot")
+
+    def save(self, path) -> Path:
+        """Write a snapshot (``.npz`` + ``.json`` manifest, atomic; see :mod:`.snapshot`)."""
+        arrays, meta = self.state()
+        return snapshot.save(path, name=self.name, params=self.params, model_version=self.model_version,
+                             arrays=arrays, meta={**meta, "n_updates": self.n_updates})

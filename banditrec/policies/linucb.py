@@ -64,13 +64,15 @@ class LinUCB(Policy):
         var = np.einsum("ij,ij->i", X @ self.A_inv, X)
         return mean + self.config.alpha * np.sqrt(np.maximum(var, 0.0))
 
-    def update(self, context: np.ndarray, item_features: np.ndarray, reward: np.ndarray) -> None:
+    def update(self, context: np.ndarray, item_features: np.ndarray, reward: np.ndarray, *,
+               items: np.ndarray | None = None, weight: np.ndarray | None = None) -> None:
         with np.errstate(over="ignore", invalid="ignore"):  # overflow is refused by update_features
             X = joint_features(np.atleast_2d(context), np.atleast_2d(item_features))
-        self.update_features(X, reward)
+        self.update_features(X, reward, weight)
 
-    def update_features(self, features: np.ndarray, reward: np.ndarray) -> None:
-        """Ridge update from rows of joint features ``(m, dim)`` and rewards ``(m,)``."""
+    def update_features(self, features: np.ndarray, reward: np.ndarray, weight: np.ndarray | None = None) -> None:
+        """Ridge update from rows of joint features ``(m, dim)``, rewards ``(m,)`` and optional
+        importance weights ``(m,)`` (``A += X^T W X``, ``b += X^T W r``)."""
         X = np.atleast_2d(np.asarray(features, dtype=float))
         r = np.atleast_1d(np.asarray(reward, dtype=float))
         if X.shape[1] != self.dim or len(X) != len(r):
@@ -80,20 +82,25 @@ class LinUCB(Policy):
             )
         if not (np.isfinite(X).all() and np.isfinite(r).all()):
             raise ValidationError("update features and rewards must be finite", "reward")
+        w = np.ones(len(r)) if weight is None else np.atleast_1d(np.asarray(weight, dtype=float))
+        if w.shape != r.shape or not np.isfinite(w).all() or (w < 0).any():
+            raise ValidationError(f"weight must be finite and >= 0 with one entry per row ({len(r)}), "
+                                  f"got shape {w.shape}", "weight")
         if len(X) == 0:
             return
         overflow = ValidationError("update would make the model non-finite (rewards or features too large); "
                                    "the update was not applied", "reward")
         # computed on copies: a failed update keeps serving the old state, never a NaN model
         with np.errstate(over="ignore", invalid="ignore"):
-            A = self.A + X.T @ X
-            b = self.b + X.T @ r
+            Xw = X * w[:, None]
+            A = self.A + Xw.T @ X
+            b = self.b + Xw.T @ r
             if not (np.isfinite(A).all() and np.isfinite(b).all()):
                 raise overflow
             if len(X) == 1:
                 x = X[0]
                 Ax = self.A_inv @ x
-                A_inv = self.A_inv - np.outer(Ax, Ax) / (1.0 + x @ Ax)
+                A_inv = self.A_inv - w[0] * np.outer(Ax, Ax) / (1.0 + w[0] * (x @ Ax))
             else:
                 A_inv = cho_solve(cho_factor(A), np.eye(self.dim))
             theta = A_inv @ b
@@ -101,3 +108,13 @@ class LinUCB(Policy):
             raise overflow
         self.A, self.b, self.A_inv, self.theta = A, b, A_inv, theta
         self.n_updates += 1
+
+    def state(self):
+        return {"A": self.A, "A_inv": self.A_inv, "b": self.b, "theta": self.theta}, {"dim": self.dim}
+
+    def set_state(self, arrays, meta):
+        if meta.get("dim") != self.dim or set(arrays) != {"A", "A_inv", "b", "theta"}:
+            raise ValidationError(f"snapshot is of a {meta.get('dim')}-dimensional {self.name}, this one has "
+                                  f"{self.dim} dimensions", "snapshot")
+        self.A, self.A_inv, self.b = arrays["A"], arrays["A_inv"], arrays["b"]
+        self.theta = arrays["theta"]
