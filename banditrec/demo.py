@@ -50,7 +50,9 @@ def build_engine(shop: Shop, policy_spec: str, log: DecisionLog, *, seed=None, n
 
 def policy_env(shop: Shop, cf: ItemItemCF) -> dict:
     """What a policy may be told about this shop when it is built."""
-    return {"context_dim": shop.config.dim, "item_dim": shop.config.dim, "popularity": cf.popularity}
+    return {"context_dim": shop.config.dim, "item_dim": shop.config.dim, "popularity": cf.popularity,
+            "n_items": shop.catalog.n_items, "item_types": shop.catalog.product_type,
+            "item_columns": {"price": shop.catalog.price}}
 
 
 @dataclass

@@ -164,42 +164,69 @@ class Engine:
         return Request(context=context, items=items, item_features=self.items.features[items])
 
     def decide(self, user_id: str, n_slots: int, *, context=None, candidates=None, exclude=None,
-               surface: str = "home") -> Decision:
-        """Fill ``n_slots`` slots for ``user_id``, log the decision, and return it."""
+               surface: str = "home", pinned=None) -> Decision:
+        """Fill ``n_slots`` slots for ``user_id``, log the decision, and return it.
+
+        ``pinned`` item ids (promotions) take the first slots in that order, with propensity 1
+        and source ``"pinned"``; the policy fills the rest from the other candidates. Readers
+        leave pinned slots out of learning and evaluation: no policy chose them.
+        """
         if not isinstance(user_id, str) or not user_id:
             raise ValidationError(f"user_id must be a non-empty string, got {user_id!r}", "user_id")
         n_slots = check_positive_int(n_slots, "slots")
         ctx = self._context(context)
-        cand_idx, source = self._candidates(user_id, n_slots, candidates, exclude)
+        pin_idx = np.empty(0, dtype=np.int64)
+        if pinned:
+            if isinstance(pinned, str):
+                raise ValidationError("pinned must be a list of item ids, got a string", "pinned")
+            pin_idx = self.items.index_of(list(pinned), "pinned")
+            if len(set(pin_idx.tolist())) != len(pin_idx):
+                raise ValidationError("pinned lists an item twice", "pinned")
+            if len(pin_idx) > n_slots:
+                raise ValidationError(f"{len(pin_idx)} pinned items do not fit in {n_slots} slots", "pinned")
+        n_policy = n_slots - len(pin_idx)
+        pin_ids = [self.items.ids[int(i)] for i in pin_idx.tolist()]
+        excluded = [*(exclude or []), *pin_ids]
+        cand_idx, source = self._candidates(user_id, n_policy, candidates, excluded or None)
         with self._lock:
-            try:
-                dist = self.policy.distribution(self.request(ctx, cand_idx), n_slots, self.min_epsilon)
-            except ValidationError as exc:
-                if exc.field != "scores":
-                    raise
-                raise ValidationError(
-                    "the policy's scores are not finite for this context; are its values in a sensible range?",
-                    "context") from None
-            draw = dist.sample(self._sampler)
+            draw = None
+            if n_policy:
+                try:
+                    dist = self.policy.distribution(self.request(ctx, cand_idx), n_policy, self.min_epsilon)
+                except ValidationError as exc:
+                    if exc.field != "scores":
+                        raise
+                    raise ValidationError(
+                        "the policy's scores are not finite for this context; are its values in a sensible range?",
+                        "context") from None
+                draw = dist.sample(self._sampler)
             model_version = self.policy.model_version
             event_id = self._ids.bytes(16).hex() if self._ids is not None else secrets.token_hex(16)
-        chosen = cand_idx[draw.index]
+        index = draw.index if draw is not None else np.empty(0, dtype=np.int64)
+        chosen = cand_idx[index]
+        p = len(pin_idx)
         slots = tuple(
+            Slot(position=k, item_id=pin_ids[k], propensity=1.0, marginal=1.0, source="pinned")
+            for k in range(p)
+        ) + tuple(
             Slot(
-                position=k,
+                position=p + k,
                 item_id=self.items.ids[int(chosen[k])],
                 propensity=float(draw.propensity[k]),
                 marginal=float(draw.marginal[k]),
-                source=str(source[draw.index[k]]),
+                source=str(source[index[k]]),
+                marginal_draws=int(draw.marginal_draws),
             )
-            for k in range(n_slots)
+            for k in range(n_policy)
         )
+        joint, log_joint = (draw.joint, draw.log_joint) if draw is not None else (1.0, 0.0)
+        chosen = np.concatenate([pin_idx, chosen])
         decision = Decision(
             event_id=event_id,
             user_id=user_id,
             slots=slots,
-            joint_propensity=draw.joint,
-            log_joint_propensity=draw.log_joint,
+            joint_propensity=joint,
+            log_joint_propensity=log_joint,
             policy=self.policy.name,
             model_version=model_version,
             candidates=tuple(map(self.items.ids.__getitem__, cand_idx.tolist())),

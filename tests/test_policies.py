@@ -26,7 +26,7 @@ def test_parse_spec():
     "spec, match",
     [
         ("nope", "unknown policy 'nope'; known: linucb, popularity, uniform"),
-        ("linucb:beta=1", "policy linucb has no parameter beta; it takes: epsilon, explore_from, objective, sensitivity, alpha, reg"),
+        ("linucb:beta=1", "policy linucb has no parameter beta; it takes: epsilon, explore_from, objective, sensitivity, max_per_type, alpha, reg"),
         ("linucb:alpha=fast", "alpha must be a number, got 'fast'"),
         ("linucb:alpha", "must look like key=value"),
         ("linucb:alpha=1,alpha=2", "given twice"),

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import ValidationError
 from . import snapshot
+from .sampling import DEFAULT_DRAWS, SequentialSlate
 from .slate import EpsilonGreedySlate
 
 
@@ -47,12 +48,15 @@ class PolicyConfig:
     objective : name of a numeric item column (``item_columns`` in the environment) to blend
         into the scores, e.g. ``margin``; empty for none.
     sensitivity : ``off|low|medium|high``, the objective's weight (see ``SENSITIVITY``).
+    max_per_type : at most this many items of one product type per slate (0: no limit); needs
+        ``item_types`` in the environment. Marginals then come from Monte Carlo (``mc_draws``).
     """
 
     epsilon: float = 0.1
     explore_from: int = 0
     objective: str = ""
     sensitivity: str = "off"
+    max_per_type: int = 0
 
     def __post_init__(self):
         e = self.epsilon
@@ -66,6 +70,9 @@ class PolicyConfig:
                                   "sensitivity")
         if self.sensitivity != "off" and not self.objective:
             raise ValidationError(f"sensitivity={self.sensitivity} needs an objective column", "objective")
+        m = self.max_per_type
+        if isinstance(m, bool) or not isinstance(m, int) or m < 0:
+            raise ValidationError(f"max_per_type must be an integer >= 0, got {m!r}", "max_per_type")
 
 
 class Policy(ABC):
@@ -74,11 +81,17 @@ class Policy(ABC):
     name: str = ""
     Config: type[PolicyConfig] = PolicyConfig
 
-    def __init__(self, config: PolicyConfig, *, item_columns: dict | None = None, **env):
-        # env carries what the deployment knows (dimensions, item counts, business columns);
-        # keys a policy does not use are fine
+    def __init__(self, config: PolicyConfig, *, item_columns: dict | None = None, item_types=None,
+                 mc_draws: int = DEFAULT_DRAWS, **env):
+        # env carries what the deployment knows (dimensions, item counts, business columns,
+        # product types); keys a policy does not use are fine
         self.config = config
         self.n_updates = 0
+        self.mc_draws = int(mc_draws)
+        self.item_types = None if item_types is None else np.asarray(item_types)
+        if config.max_per_type and self.item_types is None:
+            raise ValidationError("max_per_type needs each item's product type: make(..., item_types=array)",
+                                  "max_per_type")
         self.objective_value = None  # (n_items,) the objective column min-max scaled to [0, 1]
         if config.objective:
             columns = item_columns or {}
@@ -100,7 +113,7 @@ class Policy(ABC):
     @property
     def spec(self) -> str:
         """A spec string that :func:`banditrec.policies.make` turns back into this config."""
-        quiet = {"explore_from": 0, "objective": "", "sensitivity": "off"}  # shown only when set
+        quiet = {"explore_from": 0, "objective": "", "sensitivity": "off", "max_per_type": 0}  # shown when set
         body = ",".join(f"{k}={v}" for k, v in self.params.items() if quiet.get(k, object()) != v)
         return f"{self.name}:{body}" if body else self.name
 
@@ -139,7 +152,16 @@ class Policy(ABC):
         Score-based policies get an exact :class:`EpsilonGreedySlate`; others override this.
         """
         eps = np.maximum(self.epsilon_per_slot(n_slots), min_epsilon)
-        return EpsilonGreedySlate(self.blend(request, self.scores(request)), eps)
+        scores = self.blend(request, self.scores(request))
+        if self.config.max_per_type:
+            return SequentialSlate(scores, eps, kind="greedy", draws=self.mc_draws, **self.type_cap(request))
+        return EpsilonGreedySlate(scores, eps)
+
+    def type_cap(self, request: Request) -> dict:
+        """Keyword arguments that apply the diversity rule to a slate distribution."""
+        if not self.config.max_per_type:
+            return {}
+        return {"types": self.item_types[request.items], "max_per_type": self.config.max_per_type}
 
     def update(self, context: np.ndarray, item_features: np.ndarray, reward: np.ndarray, *,
                items: np.ndarray | None = None, weight: np.ndarray | None = None) -> None:

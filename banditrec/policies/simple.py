@@ -15,6 +15,7 @@ class UniformConfig(PolicyConfig):
     epsilon: float = 1.0
 
     def __post_init__(self):
+        super().__post_init__()
         if self.epsilon != 1.0:
             raise ValidationError(
                 f"uniform explores every slot fully; epsilon must be 1, got {self.epsilon!r}",

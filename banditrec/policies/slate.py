@@ -96,6 +96,7 @@ class SlateSample:
     marginal: np.ndarray  # (K,) P(slot k holds this item)
     joint: float  # product of the conditionals (may underflow to 0 for long slates)
     log_joint: float  # sum of the log conditionals
+    marginal_draws: int = 0  # Monte-Carlo draws behind ``marginal``; 0 when exact
 
 
 class EpsilonGreedySlate:

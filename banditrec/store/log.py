@@ -64,7 +64,8 @@ READ_DECISIONS = (
 )
 READ_SLOTS = (
     "SELECT d.seq, s.position, s.item_index, s.marginal FROM decisions d JOIN slots s ON s.event_id = d.event_id "
-    f"WHERE {_READ_FILTER} ORDER BY d.seq, s.position"
+    # pinned slots are shown by rule (propensity 1): no policy chose them, nothing to learn
+    f"WHERE {_READ_FILTER} AND s.source != 'pinned' ORDER BY d.seq, s.position"
 )
 # A reward is left out when it was flagged late, or (with a window) arrived after the window.
 # Two plans for the same rows: driven from the decisions in range (cost grows with them, for
@@ -184,7 +185,9 @@ class LoggedDecisions:
     position; the default where none, or where the only one is late), and per logged slot
     ``row_decision (n,)`` (index into the D decisions, non-decreasing), ``row_slot (n,)``,
     ``row_action (n,)``, ``row_pscore (n,)`` the logged marginal, ``row_reward (n,)`` with the
-    default filled in the same way.
+    default filled in the same way. Pinned slots (shown by rule, propensity 1) are left out,
+    and ``row_slot`` is the policy's slot: the carousel position minus the decision's pinned
+    slots, which always come first.
     """
 
     event_id: list
@@ -732,6 +735,11 @@ class DecisionLog:
                 at = np.minimum(np.searchsorted(key, r_key), len(key) - 1)
                 hit = key[at] == r_key
                 row_reward[at[hit]] = r_value[~whole][hit]
+        if len(slots):
+            # the policy's slot: positions after a decision's pinned ones count from 0
+            first = np.zeros(len(seq), dtype=np.int64)
+            first[row_decision[::-1]] = row_slot[::-1]
+            row_slot = row_slot - first[row_decision]
         return LoggedDecisions(event_id, seq, context, candidates, row_decision, row_slot, row_action, row_pscore,
                                row_reward, decision_reward)
 

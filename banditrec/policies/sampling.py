@@ -1,0 +1,356 @@
+"""Slate distributions whose marginals have no small closed form: Monte Carlo, done properly.
+
+:class:`~banditrec.policies.slate.EpsilonGreedySlate` has exact marginals (a dynamic
+programme over ranks). Three slot fillers here do not:
+
+* :class:`SequentialSlate` -- slot ``k`` draws from the eligible candidates (not yet shown, and
+  under a per-product-type cap when one is set) with
+
+      P(a | earlier slots) = (1 - eps_k) * g_k(a) + eps_k / n_eligible
+
+  where ``g_k`` is either the greedy choice over ``values`` (ties split evenly; ``kind="greedy"``,
+  used when a diversity cap breaks the rank DP) or proportional to non-negative weights
+  (``kind="weights"``: Plackett-Luce, for softmax policies and Vowpal Wabbit's PMFs).
+  :class:`PlackettLuceSlate` is the ``weights`` kind.
+* :class:`SampledRankingSlate` -- Thompson sampling: a random score vector (a posterior draw)
+  ranks the candidates, then slots are filled epsilon-greedily over that ranking.
+
+Every *conditional* propensity of a drawn slate is exact, except for Thompson sampling whose
+conditionals are ratios of Monte-Carlo joint probabilities. *Marginals* P(slot k holds a | x)
+-- what position-wise estimators divide by -- are estimated by **Rao-Blackwellised Monte
+Carlo**: sample ``draws`` prefixes (slots 0..k-1) and average the exact slot-k probability of
+every candidate given each prefix (for Thompson sampling: average the exact epsilon-greedy rank
+marginals over posterior draws). Unlike counting how often an item lands in slot k, this never
+returns 0 for an item the policy can show (the floor ``eps_k / n_eligible`` is inside every
+term), and its standard error is reported by :meth:`marginal_se`. Slot 0 needs no prefix, so
+its marginals are exact.
+
+The Monte Carlo stream is seeded from the distribution's own inputs (a hash of the values,
+epsilons and constraints) unless a seed is given, so re-scoring a logged decision with the same
+policy state reproduces the logged marginals bit for bit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+
+import numpy as np
+
+from ..errors import ValidationError
+from .slate import EpsilonGreedySlate, SlateSample, rank_slot_marginals
+
+DEFAULT_DRAWS = 256
+
+
+def _content_seed(*arrays) -> int:
+    h = hashlib.blake2b(digest_size=16)
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(str((a.dtype.str, a.shape)).encode())
+        h.update(a.tobytes())
+    return int.from_bytes(h.digest(), "little")
+
+
+def _check_epsilon(epsilon, n: int) -> np.ndarray:
+    eps = np.asarray(epsilon, dtype=float)
+    if eps.ndim != 1 or not np.isfinite(eps).all() or ((eps < 0) | (eps > 1)).any():
+        raise ValidationError(f"epsilon must be a 1-D array in [0, 1], got {np.asarray(epsilon).tolist()}", "epsilon")
+    if len(eps) > n:
+        raise ValidationError(f"cannot fill {len(eps)} slots from {n} candidates", "slots")
+    return eps
+
+
+def _check_draws(draws) -> int:
+    if isinstance(draws, bool) or not isinstance(draws, int | np.integer) or draws < 2:
+        raise ValidationError(f"draws must be an integer >= 2, got {draws!r}", "draws")
+    return int(draws)
+
+
+class SequentialSlate:
+    """Sequential slot filling without replacement, optionally capped per product type.
+
+    Parameters
+    ----------
+    values : (n,) float
+        ``kind="greedy"``: scores (higher is better). ``kind="weights"``: non-negative weights.
+    epsilon : (K,) float in [0, 1]
+        Uniform-exploration share of each slot (the serving floor included).
+    types : (n,) int, optional
+        Product type of each candidate; with ``max_per_type = M > 0`` a slate shows at most M
+        candidates of any type.
+    draws : int
+        Prefixes sampled for the Monte-Carlo marginals of slots 1..K-1.
+    seed : int, optional
+        Seed of the Monte-Carlo stream; by default derived from the inputs.
+    """
+
+    def __init__(self, values, epsilon, *, kind: str = "weights", types=None, max_per_type: int = 0,
+                 draws: int = DEFAULT_DRAWS, seed: int | None = None):
+        values = np.asarray(values, dtype=float)
+        if values.ndim != 1 or len(values) == 0:
+            raise ValidationError(f"values must be a non-empty 1-D array, got shape {values.shape}", "scores")
+        if kind not in ("greedy", "weights"):
+            raise ValidationError(f"kind must be 'greedy' or 'weights', got {kind!r}", "kind")
+        if not np.isfinite(values).all():
+            raise ValidationError("policy scores/weights must be finite", "scores")
+        if kind == "weights" and (values < 0).any():
+            i = int(np.argmax(values < 0))
+            raise ValidationError(f"weights must be >= 0, found {float(values[i])!r} at candidate {i}", "weights")
+        self.values = values
+        self.kind = kind
+        self.epsilon = _check_epsilon(epsilon, len(values))
+        self.draws = _check_draws(draws)
+        if isinstance(max_per_type, bool) or not isinstance(max_per_type, int | np.integer) or max_per_type < 0:
+            raise ValidationError(f"max_per_type must be an integer >= 0, got {max_per_type!r}", "max_per_type")
+        self.max_per_type = int(max_per_type)
+        if self.max_per_type:
+            if types is None:
+                raise ValidationError("a per-type cap needs each candidate's product type", "types")
+            types = np.asarray(types)
+            if types.shape != values.shape or not np.issubdtype(types.dtype, np.integer) or (types < 0).any():
+                raise ValidationError(f"types must be non-negative integers, one per candidate ({len(values)})",
+                                      "types")
+            _, self.types = np.unique(types, return_inverse=True)
+            self.n_types = int(self.types.max()) + 1
+            if self.n_types * self.max_per_type < len(self.epsilon):
+                raise ValidationError(
+                    f"cannot fill {len(self.epsilon)} slots with at most {self.max_per_type} per product type "
+                    f"from {self.n_types} types", "max_per_type")
+        else:
+            self.types, self.n_types = None, 0
+        self.seed = _content_seed(values, self.epsilon, np.array([self.max_per_type, self.draws]),
+                                  np.zeros(0) if self.types is None else self.types,
+                                  np.frombuffer(kind.encode(), np.uint8)) if seed is None else int(seed)
+        self._marg = None
+        self._se = None
+
+    @property
+    def n_candidates(self) -> int:
+        return len(self.values)
+
+    @property
+    def n_slots(self) -> int:
+        return len(self.epsilon)
+
+    @property
+    def marginal_draws(self) -> int:
+        """Monte-Carlo prefixes behind the marginals; 0 when they are exact (one slot)."""
+        return self.draws if self.n_slots > 1 else 0
+
+    # ---- the one vectorised step ----------------------------------------------------------
+    def _pmf(self, shown: np.ndarray, counts: np.ndarray | None, k: int) -> np.ndarray:
+        """(N, n) slot-k probabilities given N prefixes (``shown`` (N, n), ``counts`` (N, T))."""
+        eligible = ~shown
+        if counts is not None:
+            eligible &= counts[:, self.types] < self.max_per_type
+        n_elig = eligible.sum(axis=1, keepdims=True)
+        if (n_elig == 0).any():
+            raise ValidationError(f"no candidate is eligible for slot {k} under the per-type cap", "max_per_type")
+        uniform = eligible / n_elig
+        if self.kind == "greedy":
+            masked = np.where(eligible, self.values, -np.inf)
+            top = eligible & (self.values == masked.max(axis=1, keepdims=True))
+            g = top / top.sum(axis=1, keepdims=True)
+        else:
+            w = np.where(eligible, self.values, 0.0)
+            total = w.sum(axis=1, keepdims=True)
+            g = np.where(total > 0, w / np.where(total > 0, total, 1.0), uniform)
+        e = self.epsilon[k]
+        return (1.0 - e) * g + e * uniform
+
+    def _run(self, rng: np.random.Generator, n_paths: int, collect: bool):
+        """Sample ``n_paths`` slates; returns (index (N, K), conditional (N, K), pmf mean/std per slot)."""
+        n, K = self.n_candidates, self.n_slots
+        shown = np.zeros((n_paths, n), dtype=bool)
+        counts = np.zeros((n_paths, self.n_types), dtype=np.int64) if self.max_per_type else None
+        index = np.empty((n_paths, K), dtype=np.int64)
+        cond = np.empty((n_paths, K))
+        mean = np.empty((n, K)) if collect else None
+        sd = np.empty((n, K)) if collect else None
+        rows = np.arange(n_paths)
+        for k in range(K):
+            pmf = self._pmf(shown, counts, k)
+            if collect:
+                mean[:, k] = pmf.mean(axis=0)
+                sd[:, k] = pmf.std(axis=0, ddof=1) if n_paths > 1 else 0.0
+            cum = np.cumsum(pmf, axis=1)
+            u = rng.random(n_paths) * cum[:, -1]
+            pick = np.minimum((cum <= u[:, None]).sum(axis=1), n - 1)
+            # rounding can land on a zero-probability tail item: step back to the last positive one
+            bad = pmf[rows, pick] <= 0
+            if bad.any():
+                last_pos = n - 1 - np.argmax(pmf[:, ::-1] > 0, axis=1)
+                pick = np.where(bad, last_pos, pick)
+            index[:, k] = pick
+            cond[:, k] = pmf[rows, pick]
+            shown[rows, pick] = True
+            if counts is not None:
+                np.add.at(counts, (rows, self.types[pick]), 1)
+        return index, cond, mean, sd
+
+    # ---- the protocol ---------------------------------------------------------------------
+    def marginals(self) -> np.ndarray:
+        """(n, K) P(slot k holds candidate j): exact for slot 0, Rao-Blackwellised MC after."""
+        if self._marg is None:
+            _, _, mean, sd = self._run(np.random.default_rng(self.seed), self.draws, collect=True)
+            self._marg, self._se = mean, sd / np.sqrt(self.draws)
+            self._se[:, 0] = 0.0
+            self._marg.setflags(write=False)
+        return self._marg
+
+    def marginal_se(self) -> np.ndarray:
+        """(n, K) standard error of :meth:`marginals` (0 for slot 0)."""
+        self.marginals()
+        return self._se
+
+    def conditionals(self, index) -> np.ndarray:
+        """Exact conditional propensities of a given slate (candidate positions per slot)."""
+        index = np.asarray(index, dtype=np.int64)
+        if index.shape != (self.n_slots,):
+            raise ValidationError(f"a slate has {self.n_slots} positions, got shape {index.shape}", "index")
+        shown = np.zeros((1, self.n_candidates), dtype=bool)
+        counts = np.zeros((1, self.n_types), dtype=np.int64) if self.max_per_type else None
+        out = np.empty(self.n_slots)
+        for k, i in enumerate(index.tolist()):
+            out[k] = self._pmf(shown, counts, k)[0, i]
+            shown[0, i] = True
+            if counts is not None:
+                counts[0, self.types[i]] += 1
+        return out
+
+    def sample(self, rng: np.random.Generator) -> SlateSample:
+        index, cond, _, _ = self._run(rng, 1, collect=False)
+        index, cond = index[0], cond[0]
+        marg = self.marginals()[index, np.arange(self.n_slots)].copy()
+        # positivity guard: an item the policy just showed has positive probability; if no
+        # sampled prefix allowed it (a type cap met on every draw), fall back to its own path's
+        # conditional over draws + 1 paths rather than log an impossible 0
+        zero = marg <= 0
+        marg[zero] = cond[zero] / (self.draws + 1)
+        log_joint = float(np.log(cond).sum())
+        return SlateSample(index=index, propensity=cond, marginal=marg, joint=float(np.exp(log_joint)),
+                           log_joint=log_joint, marginal_draws=self.marginal_draws)
+
+
+class PlackettLuceSlate(SequentialSlate):
+    """Sampling without replacement proportional to ``weights`` (Plackett-Luce), each slot
+    mixed with ``eps_k`` uniform exploration. Softmax policies pass ``exp(score / tau)``;
+    Vowpal Wabbit policies their PMF."""
+
+    def __init__(self, weights, epsilon, *, draws: int = DEFAULT_DRAWS, seed: int | None = None, types=None,
+                 max_per_type: int = 0):
+        super().__init__(weights, epsilon, kind="weights", types=types, max_per_type=max_per_type, draws=draws,
+                         seed=seed)
+
+
+class SampledRankingSlate:
+    """Thompson sampling over a slate: a posterior score draw ranks the candidates, then each
+    slot is epsilon-greedy over that ranking.
+
+    Parameters
+    ----------
+    draw_scores : callable ``(rng, size) -> (size, n)``
+        Posterior samples of the candidates' scores.
+    epsilon : (K,) float in [0, 1]
+    draws : int
+        Posterior draws behind marginals and propensities.
+    seed : int, optional
+        Seed of that Monte-Carlo stream; pass one derived from the policy state (e.g. a hash of
+        the posterior mean and covariance and the request) so re-scoring reproduces it.
+    """
+
+    def __init__(self, draw_scores: Callable[[np.random.Generator, int], np.ndarray], epsilon, *,
+                 n_candidates: int, draws: int = DEFAULT_DRAWS, seed: int | None = None):
+        self.draw_scores = draw_scores
+        self._n = int(n_candidates)
+        self.epsilon = _check_epsilon(epsilon, self._n)
+        self.draws = _check_draws(draws)
+        self.seed = seed
+        self._scores = None
+        self._marg = None
+        self._se = None
+
+    @property
+    def n_candidates(self) -> int:
+        return self._n
+
+    @property
+    def n_slots(self) -> int:
+        return len(self.epsilon)
+
+    @property
+    def marginal_draws(self) -> int:
+        return self.draws
+
+    def _draws(self) -> np.ndarray:
+        if self._scores is None:
+            s = np.asarray(self.draw_scores(np.random.default_rng(self.seed), self.draws), dtype=float)
+            if s.shape != (self.draws, self._n) or not np.isfinite(s).all():
+                raise ValidationError(f"draw_scores must return finite scores of shape {(self.draws, self._n)}, "
+                                      f"got {s.shape}", "scores")
+            self._scores = s
+        return self._scores
+
+    def marginals(self) -> np.ndarray:
+        """(n, K): the exact epsilon-greedy rank marginals averaged over posterior draws."""
+        if self._marg is None:
+            s = self._draws()
+            ranks = np.empty_like(s, dtype=np.int64)
+            order = np.argsort(-s, axis=1, kind="stable")
+            np.put_along_axis(ranks, order, np.arange(self._n)[None, :], axis=1)
+            by_rank = rank_slot_marginals(self._n, self.epsilon)
+            per_draw = by_rank[ranks]  # (draws, n, K)
+            self._marg = per_draw.mean(axis=0)
+            self._se = per_draw.std(axis=0, ddof=1) / np.sqrt(self.draws)
+            self._marg.setflags(write=False)
+        return self._marg
+
+    def marginal_se(self) -> np.ndarray:
+        self.marginals()
+        return self._se
+
+    def _path_probabilities(self, index: np.ndarray, s: np.ndarray | None = None) -> np.ndarray:
+        """(draws, K) P(slot k gets index[k] | earlier slots, draw j) along a given slate."""
+        s = self._draws() if s is None else s
+        n_draws = len(s)
+        shown = np.zeros((n_draws, self._n), dtype=bool)
+        out = np.empty((n_draws, self.n_slots))
+        for k, i in enumerate(index.tolist()):
+            masked = np.where(shown, -np.inf, s)
+            top = masked == masked.max(axis=1, keepdims=True)
+            e, left = self.epsilon[k], self._n - k
+            out[:, k] = e / left + (1.0 - e) * top[:, i] / top.sum(axis=1)
+            shown[:, i] = True
+        return out
+
+    def conditionals(self, index) -> np.ndarray:
+        """Conditional propensities of a slate: ratios of Monte-Carlo joint probabilities
+        ``P(a_0..a_k) / P(a_0..a_{k-1})``, each an average over the posterior draws."""
+        index = np.asarray(index, dtype=np.int64)
+        if index.shape != (self.n_slots,):
+            raise ValidationError(f"a slate has {self.n_slots} positions, got shape {index.shape}", "index")
+        joint = np.cumprod(self._path_probabilities(index), axis=1).mean(axis=0)
+        return joint / np.r_[1.0, joint[:-1]]
+
+    def sample(self, rng: np.random.Generator) -> SlateSample:
+        scores = np.asarray(self.draw_scores(rng, 1), dtype=float).reshape(-1)
+        if scores.shape != (self._n,) or not np.isfinite(scores).all():
+            raise ValidationError(f"draw_scores must return finite scores for {self._n} candidates", "scores")
+        index = EpsilonGreedySlate(scores, self.epsilon).sample(rng).index
+        paths = self._path_probabilities(index)
+        marg = self.marginals()[index, np.arange(self.n_slots)].copy()
+        joint = np.cumprod(paths, axis=1).mean(axis=0)
+        if (joint <= 0).any() or (marg <= 0).any():
+            # positivity guard (no exploration floor and no posterior draw like this one): add
+            # the served draw itself to the Monte-Carlo average rather than log an impossible 0
+            own = self._path_probabilities(index, scores[None, :])
+            joint = (np.cumprod(paths, axis=1).sum(axis=0) + np.cumprod(own, axis=1)[0]) / (self.draws + 1)
+            ranks = np.empty(self._n, dtype=np.int64)
+            ranks[np.argsort(-scores, kind="stable")] = np.arange(self._n)
+            own_marg = rank_slot_marginals(self._n, self.epsilon)[ranks[index], np.arange(self.n_slots)]
+            marg = np.where(marg > 0, marg, own_marg / (self.draws + 1))
+        cond = joint / np.r_[1.0, joint[:-1]]
+        log_joint = float(np.log(cond).sum())
+        return SlateSample(index=index, propensity=cond, marginal=marg.copy(), joint=float(np.exp(log_joint)),
+                           log_joint=log_joint, marginal_draws=self.draws)

@@ -1,0 +1,160 @@
+"""Monte-Carlo slate distributions against brute-force enumeration and exact references."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from banditrec.errors import ValidationError
+from banditrec.policies import EpsilonGreedySlate
+from banditrec.policies.sampling import PlackettLuceSlate, SampledRankingSlate, SequentialSlate
+
+
+def enumerate_slates(dist, n, k):
+    """Exact (n, k) marginals by summing the product of exact conditionals over every slate."""
+    marg = np.zeros((n, k))
+    total = 0.0
+    for slate in itertools.permutations(range(n), k):
+        try:
+            p = float(np.prod(dist.conditionals(np.array(slate))))
+        except ValidationError:  # a slate the type cap forbids
+            continue
+        total += p
+        marg[list(slate), np.arange(k)] += p
+    return marg, total
+
+
+def brute_pmf(weights, eps, shown, k, types=None, cap=0):
+    elig = [a for a in range(len(weights)) if a not in shown
+            and (not cap or sum(types[s] == types[a] for s in shown) < cap)]
+    w = {a: weights[a] for a in elig}
+    tot = sum(w.values())
+    return {a: (1 - eps[k]) * (w[a] / tot if tot > 0 else 1 / len(elig)) + eps[k] / len(elig) for a in elig}
+
+
+def test_plackett_luce_conditionals_match_a_hand_computation(rng):
+    w = rng.uniform(0.1, 2.0, size=6)
+    eps = np.array([0.0, 0.2, 0.5])
+    dist = PlackettLuceSlate(w, eps)
+    slate = np.array([4, 1, 5])
+    expected = []
+    for k, a in enumerate(slate.tolist()):
+        expected.append(brute_pmf(w, eps, slate[:k].tolist(), k)[a])
+    np.testing.assert_allclose(dist.conditionals(slate), expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("eps", [[0.0, 0.0, 0.0], [0.1, 0.3, 0.05]])
+def test_rao_blackwellised_marginals_agree_with_enumeration(rng, eps):
+    """n=6, K=3, 4,000 prefixes: every cell within 4 standard errors (+1e-12) of the exact
+    marginal; slot 0 is exact; columns sum to 1."""
+    w = rng.uniform(0.05, 3.0, size=6)
+    dist = PlackettLuceSlate(w, eps, draws=4000)
+    exact, total = enumerate_slates(dist, 6, 3)
+    assert total == pytest.approx(1.0, abs=1e-12)
+    m, se = dist.marginals(), dist.marginal_se()
+    np.testing.assert_allclose(m[:, 0], exact[:, 0], rtol=1e-12)
+    assert (np.abs(m - exact) <= 4 * se + 1e-12).all()
+    np.testing.assert_allclose(m.sum(axis=0), 1.0, atol=1e-12)
+    assert (m > 0).all() and dist.marginal_draws == 4000
+
+
+def test_greedy_kind_without_caps_estimates_the_exact_dp(rng):
+    scores = rng.normal(size=12)
+    eps = [0.1, 0.2, 0.3, 0.1]
+    mc = SequentialSlate(scores, eps, kind="greedy", draws=3000)
+    exact = EpsilonGreedySlate(scores, eps).marginals()
+    np.testing.assert_allclose(mc.marginals()[:, 0], exact[:, 0], rtol=1e-12)
+    assert (np.abs(mc.marginals() - exact) <= 4 * mc.marginal_se() + 1e-12).all()
+
+
+def test_type_cap_is_respected_and_marginals_match_enumeration(rng):
+    types = np.array([0, 0, 0, 1, 1, 2])
+    w = rng.uniform(0.2, 2.0, size=6)
+    dist = PlackettLuceSlate(w, [0.1, 0.1, 0.1], types=types, max_per_type=1, draws=4000)
+    for _ in range(300):
+        s = dist.sample(rng)
+        assert len(set(types[s.index].tolist())) == 3
+        np.testing.assert_allclose(s.propensity, dist.conditionals(s.index), rtol=1e-12)
+    exact, total = enumerate_slates(dist, 6, 3)
+    assert total == pytest.approx(1.0, abs=1e-12)
+    assert (np.abs(dist.marginals() - exact) <= 4 * dist.marginal_se() + 1e-12).all()
+    with pytest.raises(ValidationError, match="at most 1 per product type from 3 types"):
+        PlackettLuceSlate(w, [0.1] * 4, types=types, max_per_type=1)
+
+
+def test_sampled_frequencies_match_the_marginals(rng):
+    """20,000 slates: slot-k frequencies within 4 binomial standard errors of the marginals."""
+    w = rng.uniform(0.1, 1.0, size=8)
+    dist = PlackettLuceSlate(w, [0.05, 0.2], draws=8000)
+    counts = np.zeros((8, 2))
+    n = 20_000
+    for _ in range(n):
+        counts[dist.sample(rng).index, [0, 1]] += 1
+    m = dist.marginals()
+    tol = 4 * np.sqrt(m * (1 - m) / n) + 4 * dist.marginal_se()
+    assert (np.abs(counts / n - m) <= tol).all()
+
+
+def test_marginals_are_reproducible_from_the_inputs(rng):
+    w = rng.uniform(size=10)
+    a, b = PlackettLuceSlate(w, [0.1] * 3), PlackettLuceSlate(w.copy(), [0.1] * 3)
+    np.testing.assert_array_equal(a.marginals(), b.marginals())
+    c = PlackettLuceSlate(w * 1.0001, [0.1] * 3)
+    assert not np.array_equal(a.marginals()[:, 1:], c.marginals()[:, 1:])
+
+
+def test_zero_weights_get_only_the_floor_and_all_zero_falls_back_to_uniform():
+    dist = PlackettLuceSlate([1.0, 0.0, 0.0, 0.0], [0.2, 0.2])
+    p0 = dist.marginals()[:, 0]
+    np.testing.assert_allclose(p0, [0.8 + 0.05, 0.05, 0.05, 0.05])
+    # after item 0 is shown the remaining weights are all 0: the greedy part is uniform
+    np.testing.assert_allclose(dist.conditionals(np.array([0, 2])), [0.85, 1 / 3])
+
+
+def test_thompson_slate_with_a_point_posterior_is_the_epsilon_greedy_slate(rng):
+    scores = rng.normal(size=9)
+    eps = [0.1, 0.2, 0.3]
+    ts = SampledRankingSlate(lambda r, size: np.repeat(scores[None, :], size, axis=0), eps, n_candidates=9, draws=16)
+    eg = EpsilonGreedySlate(scores, eps)
+    np.testing.assert_allclose(ts.marginals(), eg.marginals(), rtol=1e-12)
+    s = ts.sample(rng)
+    np.testing.assert_allclose(s.propensity, eg.conditionals(s.index), rtol=1e-12)
+    np.testing.assert_allclose(s.marginal, eg.marginals()[s.index, np.arange(3)], rtol=1e-12)
+
+
+def test_thompson_slate_mixture_of_two_rankings_is_exact_in_expectation(rng):
+    """A posterior with two equally likely score vectors: the exact marginals are the mean of
+    the two epsilon-greedy tables; 4,000 draws land within 4 standard errors."""
+    s1, s2 = rng.normal(size=7), rng.normal(size=7)
+    eps = [0.1, 0.1, 0.1]
+
+    def draw(r, size):
+        pick = r.random(size) < 0.5
+        return np.where(pick[:, None], s1[None, :], s2[None, :])
+
+    ts = SampledRankingSlate(draw, eps, n_candidates=7, draws=4000, seed=3)
+    exact = (EpsilonGreedySlate(s1, eps).marginals() + EpsilonGreedySlate(s2, eps).marginals()) / 2
+    assert (np.abs(ts.marginals() - exact) <= 4 * ts.marginal_se() + 1e-12).all()
+    # conditionals of a slate: ratios of the mixture's joint probabilities
+    slate = np.array([0, 3, 5])
+    c1, c2 = EpsilonGreedySlate(s1, eps).conditionals(slate), EpsilonGreedySlate(s2, eps).conditionals(slate)
+    joint = (np.cumprod(c1) + np.cumprod(c2)) / 2
+    np.testing.assert_allclose(ts.conditionals(slate), joint / np.r_[1.0, joint[:-1]], rtol=0.1)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(values=[1.0, -1.0], epsilon=[0.1]), r"weights must be >= 0, found -1.0 at candidate 1"),
+        (dict(values=[1.0, np.nan], epsilon=[0.1]), "must be finite"),
+        (dict(values=[1.0, 2.0], epsilon=[0.1, 0.1, 0.1]), "cannot fill 3 slots from 2 candidates"),
+        (dict(values=[1.0, 2.0], epsilon=[1.5]), r"epsilon must be a 1-D array in \[0, 1\]"),
+        (dict(values=[1.0, 2.0], epsilon=[0.1], draws=1), "draws must be an integer >= 2"),
+        (dict(values=[1.0, 2.0], epsilon=[0.1], max_per_type=1), "needs each candidate's product type"),
+    ],
+)
+def test_bad_input_is_named(kwargs, match):
+    with pytest.raises(ValidationError, match=match):
+        SequentialSlate(**kwargs)
