@@ -21,7 +21,7 @@ def main():
 @click.option("--candidates", default=30, show_default=True, help="CF candidates per decision.", type=click.IntRange(min=1))
 @click.option("--batch", default=500, show_default=True, help="Decisions between learning steps.", type=click.IntRange(min=1))
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--policy", default="linucb:alpha=1.0,epsilon=0.1", show_default=True, help="Logging policy spec.")
+@click.option("--policy", default="shared-linucb:alpha=1.0,epsilon=0.1", show_default=True, help="Logging policy spec.")
 @click.option("--target", "targets", multiple=True, default=("uniform", "popularity:epsilon=0.1"),
               show_default=True, help="Policy to evaluate off-policy (repeatable).")
 @click.option("--out", default="out/demo", show_default=True, type=click.Path(file_okay=False))
@@ -50,7 +50,7 @@ def demo(decisions, slots, candidates, batch, seed, policy, targets, out):
 @click.option("--first-seed", default=0, show_default=True, help="Seeds run are first-seed .. first-seed+seeds-1.")
 @click.option("--decisions", default=20_000, show_default=True, type=click.IntRange(min=1))
 @click.option("--slots", default=5, show_default=True, type=click.IntRange(min=1))
-@click.option("--policy", default="linucb:alpha=1.0,epsilon=0.1", show_default=True, help="Logging policy spec.")
+@click.option("--policy", default="shared-linucb:alpha=1.0,epsilon=0.1", show_default=True, help="Logging policy spec.")
 @click.option("--target", "targets", multiple=True, default=("uniform", "popularity:epsilon=0.1"), show_default=True)
 def coverage(seeds, first_seed, decisions, slots, policy, targets):
     """Repeat the demo over many seeds: do the 95% intervals cover the exact truth 95% of the time?"""
@@ -71,7 +71,7 @@ def coverage(seeds, first_seed, decisions, slots, policy, targets):
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(min=1))
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1))
 @click.option("--db", default="out/serve/log.db", show_default=True, type=click.Path(dir_okay=False))
-@click.option("--policy", default="linucb:alpha=1.0,epsilon=0.1", show_default=True)
+@click.option("--policy", default="shared-linucb:alpha=1.0,epsilon=0.1", show_default=True)
 @click.option("--shop-seed", default=0, show_default=True, type=int, help="Seed of the simulated demo shop.")
 def serve(host, port, workers, db, policy, shop_seed):
     """Serve the decision endpoint for the simulated demo shop under gunicorn."""

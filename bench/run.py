@@ -56,7 +56,7 @@ from banditrec.store.log import (INSERT_DECISION, INSERT_SLOT, READ_DECISIONS, R
 from banditrec.types import Decision, LoggedBandit, Slot
 from simulator import Shop, ShopConfig
 
-SPEC = "linucb:alpha=1.0,epsilon=0.1"
+SPEC = "shared-linucb:alpha=1.0,epsilon=0.1"
 MIN_EPSILON = 0.01
 N_CAND, N_SLOTS = 200, 10
 CONTEXT_DIM, ITEM_DIM = 4, 7  # LinUCB joint dim 7 + 4 * 7 = 35

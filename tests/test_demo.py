@@ -19,7 +19,7 @@ def test_run_demo_small(tmp_path):
                       shop_config=SMALL, echo=None)
     assert result.n_decisions == 900
     assert result.max_pscore_mismatch == 0.0  # recomputed from the log, bit for bit
-    assert [r.spec.split(":")[0] for r in result.results] == ["linucb", "uniform", "popularity"]
+    assert [r.spec.split(":")[0] for r in result.results] == ["shared-linucb", "uniform", "popularity"]
     for r in result.results:
         for e in r.estimates.values():
             assert abs(e.value - r.truth) <= 4 * e.se, (r.spec, e, r.truth)
@@ -48,9 +48,9 @@ def test_cli_demo_prints_the_table_and_where_the_report_is(tmp_path):
 
 
 def test_cli_demo_bad_policy_is_a_usage_error(tmp_path):
-    res = CliRunner().invoke(main, ["demo", "--decisions", "10", "--policy", "linucb:beta=2", "--out", str(tmp_path)])
+    res = CliRunner().invoke(main, ["demo", "--decisions", "10", "--policy", "shared-linucb:beta=2", "--out", str(tmp_path)])
     assert res.exit_code == 2
-    assert "policy linucb has no parameter beta" in res.output
+    assert "policy shared-linucb has no parameter beta" in res.output
     assert "Traceback" not in res.output
 
 
@@ -60,7 +60,7 @@ def test_coverage_study_counts_and_standardised_errors():
     rows = coverage_study(seeds=range(3), n_decisions=300, n_slots=3, n_candidates=15, batch=150,
                           targets=("uniform",), shop_config=SMALL, echo=None)
     assert [(r.policy.split(":")[0], r.estimator) for r in rows] == [
-        ("linucb", "IPS"), ("linucb", "SNIPS"), ("uniform", "IPS"), ("uniform", "SNIPS")]
+        ("shared-linucb", "IPS"), ("shared-linucb", "SNIPS"), ("uniform", "IPS"), ("uniform", "SNIPS")]
     for r in rows:
         assert r.runs == 3 and len(r.z) == 3
         assert r.covered == int((abs(r.z) <= 1.959963984540054 + 1e-9).sum())

@@ -96,7 +96,7 @@ def test_unseeded_engines_take_event_ids_from_the_os(small_shop):
 def test_served_exploration_floor_is_logged_with_the_policy_params(small_shop):
     import json
 
-    eng = make_engine(small_shop, "linucb:epsilon=0.0", min_epsilon=0.05)
+    eng = make_engine(small_shop, "shared-linucb:epsilon=0.0", min_epsilon=0.05)
     d = eng.decide("u1", 3, context=CTX)
     params = json.loads(eng.log.db.execute("SELECT policy_params FROM decisions").fetchone()[0])
     assert params == {"epsilon": 0.0, "explore_from": 0, "objective": "", "sensitivity": "off", "max_per_type": 0,

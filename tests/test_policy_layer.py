@@ -21,8 +21,8 @@ def request(rng, n=12, dc=3, di=2):
 def test_objective_blend_is_the_documented_formula(rng, level):
     margin = rng.uniform(1, 50, size=12)
     env = dict(context_dim=3, item_dim=2, item_columns={"margin": margin})
-    plain = make("linucb:alpha=0.5,epsilon=0.1", **env)
-    blended = make(f"linucb:alpha=0.5,epsilon=0.1,objective=margin,sensitivity={level}", **env)
+    plain = make("shared-linucb:alpha=0.5,epsilon=0.1", **env)
+    blended = make(f"shared-linucb:alpha=0.5,epsilon=0.1,objective=margin,sensitivity={level}", **env)
     for p in (plain, blended):  # same learned state
         p.update(rng.normal(size=(40, 3)) * 0 + 1, rng.normal(size=(40, 2)) * 0 + 1, np.ones(40))
     req = request(rng)
@@ -64,12 +64,12 @@ def test_objective_errors_name_the_problem():
 
 
 def test_explore_from_keeps_early_slots_greedy_and_the_floor_still_applies(rng):
-    p = make("linucb:alpha=1,epsilon=0.3,explore_from=2", context_dim=3, item_dim=2)
+    p = make("shared-linucb:alpha=1,epsilon=0.3,explore_from=2", context_dim=3, item_dim=2)
     assert p.epsilon_per_slot(4).tolist() == [0.0, 0.0, 0.3, 0.3]
     dist = p.distribution(request(rng), 4, min_epsilon=0.02)
     assert dist.epsilon.tolist() == [0.02, 0.02, 0.3, 0.3]
     assert (dist.marginals() > 0).all()
-    assert "explore_from=2" in make("linucb:explore_from=2", context_dim=3, item_dim=2).spec
+    assert "explore_from=2" in make("shared-linucb:explore_from=2", context_dim=3, item_dim=2).spec
 
 
 def test_diversity_cap_switches_to_the_monte_carlo_filler(rng):
@@ -109,7 +109,7 @@ def test_pinned_items_are_logged_with_propensity_one_and_left_out_of_learning(sm
 
 def test_snapshot_round_trip_and_refusal(tmp_path, rng):
     env = dict(context_dim=3, item_dim=2)
-    p = make("linucb:alpha=0.7,epsilon=0.05", **env)
+    p = make("shared-linucb:alpha=0.7,epsilon=0.05", **env)
     p.update(rng.normal(size=(30, 3)), rng.normal(size=(30, 2)), rng.normal(size=30))
     manifest = p.save(tmp_path / "m")
     q = load(manifest, **env)

@@ -28,7 +28,7 @@ def test_readme_starts_with_the_two_commands():
 def test_readme_curl_examples_get_the_documented_status():
     assert [path for path, _ in CURLS] == ["/v1/decide", "/v1/reward", "/v1/decide"]
     shop = Shop(seed=0)  # the shop `banditrec serve` serves
-    client = create_app(build_engine(shop, "linucb:alpha=1.0,epsilon=0.1", DecisionLog(), seed=1)).test_client()
+    client = create_app(build_engine(shop, "shared-linucb:alpha=1.0,epsilon=0.1", DecisionLog(), seed=1)).test_client()
     decide = client.post(CURLS[0][0], json=json.loads(CURLS[0][1]))
     assert decide.status_code == 200, decide.get_json()
     reward_body = json.loads(CURLS[1][1].replace("EVENT_ID", decide.get_json()["event_id"]))

@@ -289,7 +289,7 @@ def test_an_engine_writes_its_items_to_a_log_that_has_none(small_shop):
     assert attrs == [{}] * len(ids)
     log = DecisionLog()
     log.write_items(["x"], [[1.0, 2.0]])
-    build_engine(small_shop, "linucb:alpha=1.0,epsilon=0.1", log, seed=1)
+    build_engine(small_shop, "shared-linucb:alpha=1.0,epsilon=0.1", log, seed=1)
     assert log.items()[0] == ["x"]  # a log that has items keeps them
 
 
@@ -348,7 +348,7 @@ def _random_batch(seed: int):
         ts = float(gen.uniform(0, 100))
         d = Decision(event_id=f"e{i}/{seed}", user_id=f"u{int(gen.integers(5))}", slots=slots,
                      joint_propensity=float(np.prod(props)), log_joint_propensity=float(np.log(props).sum()),
-                     policy="linucb:alpha=1.0", model_version=f"v{i % 3}",
+                     policy="shared-linucb:alpha=1.0", model_version=f"v{i % 3}",
                      candidates=tuple(f"c{j}" for j in range(k + 2)), ts=ts)
         context = gen.choice(extremes, size=3) if gen.random() < 0.3 else gen.normal(size=3)
         items.append((d, {"alpha": float(gen.normal()), "name": "ü"}, gen.integers(0, 99, size=k + 2),

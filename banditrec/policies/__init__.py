@@ -1,4 +1,4 @@
-"""Policies behind one protocol, built from spec strings such as ``"linucb:alpha=0.5,epsilon=0.05"``.
+"""Policies behind one protocol, built from spec strings such as ``"shared-linucb:alpha=0.5,epsilon=0.05"``.
 
 Adding a policy is one module and one entry in ``REGISTRY``.
 """

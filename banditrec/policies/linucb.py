@@ -36,7 +36,7 @@ class LinUCBConfig(PolicyConfig):
 class LinUCB(JointRidgePolicy):
     """Shared-parameter LinUCB; needs ``context_dim`` and ``item_dim`` from the environment."""
 
-    name = "linucb"
+    name = "shared-linucb"
     Config = LinUCBConfig
 
     def scores(self, request: Request) -> np.ndarray:

@@ -19,7 +19,7 @@ def _build():
 
     shop = Shop(seed=int(os.environ.get("BANDITREC_SHOP_SEED", "0")))
     log = DecisionLog(os.environ.get("BANDITREC_DB", "out/serve/log.db"))
-    engine = build_engine(shop, os.environ.get("BANDITREC_POLICY", "linucb:alpha=1.0,epsilon=0.1"), log, seed=None)
+    engine = build_engine(shop, os.environ.get("BANDITREC_POLICY", "shared-linucb:alpha=1.0,epsilon=0.1"), log, seed=None)
     return create_app(engine)
 
 
