@@ -75,7 +75,7 @@ def check_weight(weight, m: int) -> np.ndarray:
     bad = ~np.isfinite(w) | (w < 0)
     if bad.any():
         i = int(np.argmax(bad))
-        raise ValidationError(f"weight must be finite and >= 0, found {w[i]!r} at row {i}", "weight")
+        raise ValidationError(f"weight must be finite and >= 0, found {float(w[i])} at row {i}", "weight")
     return w
 
 
