@@ -1,0 +1,583 @@
+"""Linear policies -- disjoint and hybrid LinUCB, linear Thompson sampling, epsilon-greedy and
+softmax -- each fast path against a slow obvious version (np.linalg.inv, a joint least-squares
+solve, a loop over candidates, repeated rows), plus snapshots, validation and learning."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from banditrec.errors import ValidationError
+from banditrec.features import joint_features
+from banditrec.policies import Request, snapshot
+from banditrec.policies.base import SENSITIVITY
+from banditrec.policies.disjoint import DisjointLinUCB
+from banditrec.policies.greedy import EpsilonGreedy, Softmax
+from banditrec.policies.hybrid import HybridLinUCB
+from banditrec.policies.sampling import PlackettLuceSlate, SampledRankingSlate
+from banditrec.policies.slate import EpsilonGreedySlate
+from banditrec.policies.thompson import LinTS
+
+N_ITEMS, DC, DI = 6, 3, 2
+ENV = {"n_items": N_ITEMS, "context_dim": DC, "item_dim": DI}
+CLASSES = [DisjointLinUCB, HybridLinUCB, LinTS, EpsilonGreedy, Softmax]
+SHARED = [LinTS, EpsilonGreedy, Softmax]  # one ridge model over joint features
+
+
+def build(cls, env=ENV, **config):
+    return cls(cls.Config(**config), **env)
+
+
+def rows(rng, m, n_items=N_ITEMS):
+    """Logged rows: contexts (m, DC), item features (m, DI), rewards (m,), items (m,)."""
+    return (rng.normal(size=(m, DC)), rng.normal(size=(m, DI)), rng.normal(size=m),
+            rng.integers(0, n_items, size=m))
+
+
+def request(rng, n=5, n_items=N_ITEMS):
+    return Request(context=rng.normal(size=DC), items=rng.choice(n_items, size=n, replace=False),
+                   item_features=rng.normal(size=(n, DI)))
+
+
+def arrays(policy) -> dict[str, np.ndarray]:
+    return {k: np.array(v, copy=True) for k, v in policy.state()[0].items()}
+
+
+def reload(policy, path, env=ENV):
+    """Save through Policy.save, read back through the snapshot module, rebuild the class."""
+    policy.save(path)
+    manifest, payload = snapshot.load(path)
+    cls = type(policy)
+    assert manifest["policy"] == cls.name
+    again = cls(cls.Config(**manifest["params"]), **env)
+    meta = dict(manifest["meta"])
+    again.n_updates = meta.pop("n_updates")
+    again.set_state(payload, meta)
+    return again
+
+
+def x1(c):
+    return np.r_[1.0, c]
+
+
+# ---- Sherman-Morrison against np.linalg.inv ------------------------------------------------
+def test_disjoint_sherman_morrison_matches_the_inverse_of_the_accumulated_matrix(rng):
+    """300 one-row updates (weights in [0, 2)): every item's A^-1 equals inv(A), and A, b, theta
+    equal the ridge statistics summed directly from the rows."""
+    p = build(DisjointLinUCB, reg=0.5)
+    C, V, r, a = rows(rng, 300)
+    w = rng.uniform(0, 2, size=300)
+    for i in range(300):
+        p.update(C[i], V[i], r[i], items=[a[i]], weight=[w[i]])
+    assert p.n_updates == 300
+    for item in range(N_ITEMS):
+        X = np.array([x1(c) for c in C[a == item]])
+        A = 0.5 * np.eye(DC + 1) + X.T @ (w[a == item, None] * X)
+        b = X.T @ (w[a == item] * r[a == item])
+        np.testing.assert_allclose(p.A[item], A, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(p.A_inv[item], np.linalg.inv(p.A[item]), atol=1e-12)
+        np.testing.assert_allclose(p.theta[item], np.linalg.solve(A, b), atol=1e-12)
+
+
+def test_hybrid_sherman_morrison_matches_the_inverse_of_the_accumulated_matrix(rng):
+    """300 one-row updates: each A_a^-1 equals inv(A_a); A0^-1, updated by the rank-one formula,
+    equals inv(A0); and A0 is the Schur complement reg I + Z^T W Z - sum_a B_a^T A_a^-1 B_a."""
+    p = build(HybridLinUCB, reg=2.0)
+    C, V, r, a = rows(rng, 300)
+    w = rng.uniform(0, 2, size=300)
+    for i in range(300):
+        p.update(C[i], V[i], r[i], items=[a[i]], weight=[w[i]])
+    np.testing.assert_allclose(p.A_inv, np.linalg.inv(p.A), atol=1e-12)
+    np.testing.assert_allclose(p.A0_inv, np.linalg.inv(p.A0), atol=1e-12)
+    Z = joint_features(C, V)
+    schur = 2.0 * np.eye(p.k) + Z.T @ (w[:, None] * Z)
+    for item in range(N_ITEMS):
+        schur -= p.B[item].T @ np.linalg.solve(p.A[item], p.B[item])
+    np.testing.assert_allclose(p.A0, schur, rtol=1e-10, atol=1e-10)
+
+
+# ---- the hybrid model is a joint ridge regression ------------------------------------------
+def joint_ridge(C, V, r, a, w, reg, n_items=N_ITEMS):
+    """Direct solve on phi = [z, onehot(a) (x) x]: (solution, M^-1, a function phi(ctx, v, item))."""
+    Z = joint_features(C, V)
+    k, d = Z.shape[1], DC + 1
+
+    def phi(ctx, v, item):
+        out = np.zeros(k + n_items * d)
+        out[:k] = joint_features(ctx, v[None])[0]
+        out[k + item * d: k + (item + 1) * d] = x1(ctx)
+        return out
+
+    Phi = np.array([phi(C[i], V[i], a[i]) for i in range(len(r))])
+    M = reg * np.eye(Phi.shape[1]) + Phi.T @ (w[:, None] * Phi)
+    return np.linalg.solve(M, Phi.T @ (w * r)), np.linalg.inv(M), phi, k, d
+
+
+@pytest.mark.parametrize("single", [True, False])
+def test_hybrid_estimates_are_the_joint_ridge_solution(rng, single):
+    """beta, theta_a and the scores (mean + alpha sqrt(phi^T M^-1 phi)) equal a direct solve of
+    weighted ridge on [z, onehot(a) (x) x] with the same reg, after one-row or batch updates."""
+    C, V, r, a = rows(rng, 80)
+    w = rng.uniform(0, 3, size=80)
+    p = build(HybridLinUCB, alpha=0.7, reg=1.5)
+    if single:
+        for i in range(80):
+            p.update(C[i:i + 1], V[i:i + 1], r[i:i + 1], items=a[i:i + 1], weight=w[i:i + 1])
+    else:
+        p.update(C, V, r, items=a, weight=w)
+    sol, M_inv, phi, k, d = joint_ridge(C, V, r, a, w, 1.5)
+    np.testing.assert_allclose(p.beta, sol[:k], atol=1e-10)
+    np.testing.assert_allclose(p.theta(np.arange(N_ITEMS)), sol[k:].reshape(N_ITEMS, d), atol=1e-10)
+    req = request(rng)
+    expected = [phi(req.context, req.item_features[j], item) @ sol
+                + 0.7 * np.sqrt(phi(req.context, req.item_features[j], item) @ M_inv
+                                @ phi(req.context, req.item_features[j], item))
+                for j, item in enumerate(req.items)]
+    np.testing.assert_allclose(p.scores(req), expected, rtol=1e-10)
+
+
+# ---- batch == one row at a time; weights == repeated rows ----------------------------------
+@pytest.mark.parametrize("cls", CLASSES)
+def test_batch_update_equals_sequential_single_updates(rng, cls):
+    """400 rows with float weights: two batch updates (150 rows, then 250 on the learned
+    model) == 400 one-row updates, to 1e-9."""
+    C, V, r, a = rows(rng, 400)
+    w = rng.uniform(0, 2, size=400)
+    one, batch = build(cls), build(cls)
+    for i in range(400):
+        one.update(C[i], V[i], r[i], items=[a[i]], weight=[w[i]])
+    batch.update(C[:150], V[:150], r[:150], items=a[:150], weight=w[:150])
+    batch.update(C[150:], V[150:], r[150:], items=a[150:], weight=w[150:])
+    assert one.n_updates == 400 and batch.n_updates == 2
+    got, want = arrays(batch), arrays(one)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-9, atol=1e-9, err_msg=k)
+    req = request(rng)
+    np.testing.assert_allclose(batch.scores(req), one.scores(req), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_integer_weights_equal_repeated_rows(rng, cls):
+    """weight=w (integers 0..3) gives the model of the rows repeated w times, batch and one-row."""
+    C, V, r, a = rows(rng, 60)
+    w = rng.integers(0, 4, size=60)
+    weighted, repeated = build(cls), build(cls)
+    weighted.update(C, V, r, items=a, weight=w)
+    repeated.update(np.repeat(C, w, axis=0), np.repeat(V, w, axis=0), np.repeat(r, w), items=np.repeat(a, w))
+    for k, v in arrays(repeated).items():
+        np.testing.assert_allclose(arrays(weighted)[k], v, rtol=1e-9, atol=1e-9, err_msg=k)
+    one_weighted, one_repeated = build(cls), build(cls)  # the Sherman-Morrison path
+    one_weighted.update(C[0], V[0], r[0], items=[a[0]], weight=[3.0])
+    for _ in range(3):
+        one_repeated.update(C[0], V[0], r[0], items=[a[0]])
+    for k, v in arrays(one_repeated).items():
+        np.testing.assert_allclose(arrays(one_weighted)[k], v, rtol=1e-9, atol=1e-12, err_msg=k)
+
+
+# ---- recovery of a known parameter ---------------------------------------------------------
+def test_disjoint_recovers_each_items_parameter():
+    """5 items, d = 4 (3 context + intercept), 20,000 rows (~4,000 per item), reward = x .
+    theta*_a + N(0, 0.1^2): every coefficient within 0.01 (the standard error is ~0.0016)."""
+    rng = np.random.default_rng(11)
+    env = {**ENV, "n_items": 5}
+    p = build(DisjointLinUCB, env)
+    theta_star = rng.normal(size=(5, DC + 1))
+    C, V, _, a = rows(rng, 20_000, n_items=5)
+    r = np.einsum("md,md->m", np.c_[np.ones(20_000), C], theta_star[a]) + rng.normal(0, 0.1, size=20_000)
+    p.update(C, V, r, items=a)
+    assert np.abs(p.theta - theta_star).max() < 0.01
+
+
+def test_hybrid_recovers_shared_and_per_item_parameters():
+    """5 items, k = 8 shared + 4 per item, item features drawn per row (so z and the item
+    blocks are not collinear), 20,000 rows, noise N(0, 0.1^2): beta and every theta_a within
+    0.01 (standard errors ~0.001 and ~0.002)."""
+    rng = np.random.default_rng(12)
+    env = {**ENV, "n_items": 5}
+    p = build(HybridLinUCB, env)
+    beta_star, theta_star = rng.normal(size=p.k), rng.normal(size=(5, DC + 1))
+    C, V, _, a = rows(rng, 20_000, n_items=5)
+    r = (joint_features(C, V) @ beta_star + np.einsum("md,md->m", np.c_[np.ones(20_000), C], theta_star[a])
+         + rng.normal(0, 0.1, size=20_000))
+    p.update(C, V, r, items=a)
+    assert np.abs(p.beta - beta_star).max() < 0.01
+    assert np.abs(p.theta(np.arange(5)) - theta_star).max() < 0.01
+
+
+@pytest.mark.parametrize("cls", SHARED)
+def test_shared_models_recover_a_known_parameter(cls):
+    """dim 8, 20,000 rows, noise N(0, 0.1^2): theta within 0.01 of theta*."""
+    rng = np.random.default_rng(13)
+    p = build(cls)
+    theta_star = rng.normal(size=p.dim)
+    C, V, _, a = rows(rng, 20_000)
+    p.update(C, V, joint_features(C, V) @ theta_star + rng.normal(0, 0.1, size=20_000), items=a)
+    assert np.abs(p.theta - theta_star).max() < 0.01
+
+
+# ---- vectorised scores against a loop over candidates --------------------------------------
+def test_disjoint_scores_match_a_loop_over_candidates(rng):
+    p = build(DisjointLinUCB, alpha=0.8)
+    C, V, r, a = rows(rng, 200)
+    p.update(C, V, r, items=a)
+    req = request(rng)
+    x = x1(req.context)
+    expected = [x @ np.linalg.solve(p.A[i], p.b[i]) + 0.8 * np.sqrt(x @ np.linalg.inv(p.A[i]) @ x)
+                for i in req.items]
+    np.testing.assert_allclose(p.scores(req), expected, rtol=1e-10)
+
+
+def test_hybrid_scores_match_the_papers_formula_in_a_loop(rng):
+    """Algorithm 2's four-term s and theta_a, per candidate, with explicit inverses."""
+    p = build(HybridLinUCB, alpha=0.6)
+    C, V, r, a = rows(rng, 200)
+    p.update(C, V, r, items=a)
+    req = request(rng)
+    A0i = np.linalg.inv(p.A0)
+    beta = A0i @ p.b0
+    x = x1(req.context)
+    expected = []
+    for j, i in enumerate(req.items):
+        z = joint_features(req.context, req.item_features[j:j + 1])[0]
+        Ai, B = np.linalg.inv(p.A[i]), p.B[i]
+        theta = Ai @ (p.b[i] - B @ beta)
+        s = (z @ A0i @ z - 2 * z @ A0i @ B.T @ Ai @ x + x @ Ai @ x + x @ Ai @ B @ A0i @ B.T @ Ai @ x)
+        expected.append(z @ beta + x @ theta + 0.6 * np.sqrt(s))
+    np.testing.assert_allclose(p.scores(req), expected, rtol=1e-10)
+
+
+@pytest.mark.parametrize("cls", SHARED)
+def test_shared_means_match_a_loop_over_candidates(rng, cls):
+    p = build(cls)
+    C, V, r, a = rows(rng, 200)
+    p.update(C, V, r, items=a)
+    req = request(rng)
+    theta = np.linalg.solve(p.A, p.b)
+    expected = [np.r_[v, np.outer(v, req.context).ravel()] @ theta for v in req.item_features]
+    np.testing.assert_allclose(p.scores(req), expected, rtol=1e-10)
+
+
+def test_softmax_weights_match_a_loop_and_never_overflow(rng):
+    """Weights are exp((s - max s) / tau): equal to exp(s_i / tau) / exp(max / tau) computed
+    one by one where that does not overflow, and finite with the largest 1 where it would."""
+    p = build(Softmax, tau=0.5)
+    C, V, r, a = rows(rng, 200)
+    p.update(C, V, r, items=a)
+    req = request(rng)
+    s = p.scores(req)
+    np.testing.assert_allclose(p.weights(req), [np.exp(si / 0.5) / np.exp(s.max() / 0.5) for si in s],
+                               rtol=1e-12)
+    cold = build(Softmax, tau=1e-3)
+    cold.update(C, V, r * 1e3, items=a)  # means of order 1e3, tau 1e-3: exp(mean / tau) = inf
+    with np.errstate(over="ignore"):
+        assert not np.isfinite(np.exp(cold.scores(req) / 1e-3)).all()
+    w = cold.weights(req)
+    assert np.isfinite(w).all() and w.max() == 1.0 and (w >= 0).all()
+    assert isinstance(cold.distribution(req, 2, 0.05), PlackettLuceSlate)
+
+
+def test_lints_draw_scores_are_posterior_samples_times_features(rng):
+    p = build(LinTS, v=0.3)
+    C, V, r, a = rows(rng, 100)
+    p.update(C, V, r, items=a)
+    req = request(rng)
+    S = p.draw_scores(req)(np.random.default_rng(5), 7)
+    samples = p.posterior_samples(np.random.default_rng(5), 7)
+    X = joint_features(req.context, req.item_features)
+    assert S.shape == (7, len(req.items))
+    np.testing.assert_allclose(S, np.array([[X[j] @ t for j in range(len(X))] for t in samples]), rtol=1e-12)
+
+
+def test_lints_blends_the_objective_into_every_draw(rng):
+    margin = rng.uniform(0, 10, size=N_ITEMS)
+    env = {**ENV, "item_columns": {"margin": margin}}
+    plain = build(LinTS, v=0.3)
+    blended = build(LinTS, env, v=0.3, objective="margin", sensitivity="medium")
+    C, V, r, a = rows(rng, 100)
+    plain.update(C, V, r, items=a)
+    blended.update(C, V, r, items=a)
+    req = request(rng)
+    raw = plain.draw_scores(req)(np.random.default_rng(2), 4)
+    got = blended.draw_scores(req)(np.random.default_rng(2), 4)
+    assert SENSITIVITY["medium"] > 0 and not np.allclose(raw, got)
+    for row_raw, row in zip(raw, got):  # each draw blended as Policy.blend blends one score vector
+        np.testing.assert_allclose(row, blended.blend(req, row_raw), rtol=1e-12)
+
+
+# ---- Thompson sampling's posterior ---------------------------------------------------------
+def test_lints_posterior_draws_have_the_right_mean_and_covariance():
+    """20,000 draws (dim 8, v = 0.5): every mean coordinate within 4 standard errors of
+    theta_hat, every covariance entry within 5 standard errors of v^2 A^-1 (the entry's
+    standard error sqrt((S_ii S_jj + S_ij^2) / n) under normality)."""
+    rng = np.random.default_rng(21)
+    p = build(LinTS, v=0.5)
+    p.posterior_factor()  # cached for the prior: the update must drop it
+    C, V, r, a = rows(rng, 40)
+    p.update(C, V, r, items=a)
+    n = 20_000
+    T = p.posterior_samples(np.random.default_rng(22), n)
+    S = 0.25 * np.linalg.inv(p.A)
+    np.testing.assert_allclose(p.posterior_factor() @ p.posterior_factor().T, np.linalg.inv(p.A), atol=1e-12)
+    se_mean = np.sqrt(np.diag(S) / n)
+    assert (np.abs(T.mean(axis=0) - p.theta) < 4 * se_mean).all()
+    cov = np.cov(T, rowvar=False)
+    se_cov = np.sqrt((np.outer(np.diag(S), np.diag(S)) + S ** 2) / n)
+    assert (np.abs(cov - S) < 5 * se_cov).all()
+    # and the check has teeth: the same draws are refused as draws of v = 0.6
+    assert not (np.abs(cov - 0.36 * np.linalg.inv(p.A)) < 5 * se_cov).all()
+
+
+def test_lints_distribution_is_a_seeded_posterior_slate(rng):
+    """A SampledRankingSlate over mc_draws posterior draws: marginals are reproduced exactly by
+    the same model and request, change when the model changes, and concentrate on the
+    posterior-mean ranking when the posterior is narrow (so they are not 1/n)."""
+    p = build(LinTS, {**ENV, "mc_draws": 300}, v=0.01, epsilon=0.0)
+    C, V, _, a = rows(rng, 2000)
+    theta_star = rng.normal(size=p.dim)
+    p.update(C, V, joint_features(C, V) @ theta_star, items=a)
+    req = request(rng, n=6)
+    dist = p.distribution(req, 3, min_epsilon=0.05)
+    assert isinstance(dist, SampledRankingSlate) and dist.draws == 300
+    M = dist.marginals()
+    np.testing.assert_array_equal(M, p.distribution(req, 3, min_epsilon=0.05).marginals())
+    np.testing.assert_allclose(M.sum(axis=0), 1.0, atol=1e-12)
+    exact = EpsilonGreedySlate(p.scores(req), [0.05] * 3).marginals()
+    np.testing.assert_allclose(M, exact, atol=1e-9)  # narrow posterior: every draw ranks alike
+    assert M.max() > 0.9
+    p.update(C[:1], V[:1], [5.0], items=a[:1])
+    assert p.replay_seed(req) != dist.seed
+
+
+# ---- the shared contract -------------------------------------------------------------------
+@pytest.mark.parametrize("cls", CLASSES)
+def test_contract(rng, cls):
+    """Config round trip; PMF columns sum to 1; the floor reaches every candidate; the logged
+    propensity equals the probability of the chosen slate; the logged marginal is its cell."""
+    p = build(cls)
+    assert cls.Config(**p.params) == p.config
+    C, V, r, a = rows(rng, 100)
+    p.update(C, V, r, items=a)
+    req = request(rng)
+    dist = p.distribution(req, 3, min_epsilon=0.05)
+    M = dist.marginals()
+    np.testing.assert_allclose(M.sum(axis=0), 1.0, atol=1e-12)
+    assert (M > 0).all()
+    draw = dist.sample(np.random.default_rng(1))
+    np.testing.assert_allclose(draw.propensity, dist.conditionals(draw.index), rtol=1e-12)
+    np.testing.assert_allclose(draw.marginal, M[draw.index, np.arange(3)])
+    assert len(set(draw.index.tolist())) == 3
+
+
+def test_egreedy_is_epsilon_greedy_over_the_mean(rng):
+    p = build(EpsilonGreedy, epsilon=0.2)
+    C, V, r, a = rows(rng, 100)
+    p.update(C, V, r, items=a)
+    req = request(rng)
+    dist = p.distribution(req, 2)
+    assert isinstance(dist, EpsilonGreedySlate)
+    np.testing.assert_array_equal(dist.scores, p.mean(req))
+    np.testing.assert_array_equal(dist.epsilon, [0.2, 0.2])
+
+
+# ---- snapshots -----------------------------------------------------------------------------
+@pytest.mark.parametrize("cls", CLASSES)
+def test_save_load_round_trip_gives_bit_identical_scores(rng, tmp_path, cls):
+    p = build(cls)
+    C, V, r, a = rows(rng, 150)
+    p.update(C, V, r, items=a)
+    p.update(C[:1], V[:1], r[:1], items=a[:1])
+    again = reload(p, tmp_path / "model")
+    assert again.n_updates == p.n_updates == 2 and again.params == p.params
+    for k, v in arrays(p).items():
+        np.testing.assert_array_equal(arrays(again)[k], v, err_msg=k)
+    req = request(rng)
+    np.testing.assert_array_equal(again.scores(req), p.scores(req))
+    np.testing.assert_array_equal(again.distribution(req, 3, 0.05).marginals(), p.distribution(req, 3, 0.05).marginals())
+    # the restored model learns on exactly as the original does
+    p.update(C[1:3], V[1:3], r[1:3], items=a[1:3])
+    again.update(C[1:3], V[1:3], r[1:3], items=a[1:3])
+    np.testing.assert_array_equal(again.scores(req), p.scores(req))
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_restored_arrays_are_not_the_callers(rng, cls):
+    """set_state takes what it is given, but learning afterwards never writes into the caller's
+    arrays (the per-item models update their stacks in place, so they must own them)."""
+    p = build(cls)
+    C, V, r, a = rows(rng, 50)
+    p.update(C, V, r, items=a)
+    given, meta = p.state()
+    given = {k: np.array(v, copy=True) for k, v in given.items()}
+    kept = {k: v.copy() for k, v in given.items()}
+    q = build(cls)
+    q.set_state(given, meta)
+    q.update(C[:1], V[:1], r[:1], items=a[:1])
+    q.update(C[:5], V[:5], r[:5], items=a[:5])
+    for k in kept:
+        np.testing.assert_array_equal(given[k], kept[k], err_msg=k)
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_a_truncated_snapshot_raises(rng, tmp_path, cls):
+    p = build(cls)
+    C, V, r, a = rows(rng, 50)
+    p.update(C, V, r, items=a)
+    p.save(tmp_path / "model")
+    npz = tmp_path / "model.npz"
+    npz.write_bytes(npz.read_bytes()[:-100])
+    with pytest.raises(ValidationError, match="truncated or corrupt"):
+        reload_from(tmp_path / "model", cls)
+
+
+def reload_from(path, cls, env=ENV):
+    manifest, payload = snapshot.load(path)
+    again = cls(cls.Config(**manifest["params"]), **env)
+    meta = dict(manifest["meta"])
+    meta.pop("n_updates")
+    again.set_state(payload, meta)
+    return again
+
+
+@pytest.mark.parametrize("cls", [DisjointLinUCB, HybridLinUCB, LinTS])
+def test_a_snapshot_from_another_environment_is_refused(rng, tmp_path, cls):
+    p = build(cls)
+    p.save(tmp_path / "model")
+    other = {**ENV, "n_items": 7, "context_dim": 4}
+    with pytest.raises(ValidationError, match="snapshot"):
+        reload_from(tmp_path / "model", cls, other)
+    manifest, payload = snapshot.load(tmp_path / "model")
+    payload = dict(payload)
+    name = sorted(payload)[0]
+    payload[name] = payload[name][..., :-1]  # a mangled array with the right meta
+    with pytest.raises(ValidationError, match=f"snapshot array '{name}' has shape"):
+        build(cls).set_state(payload, {k: v for k, v in manifest["meta"].items() if k != "n_updates"})
+
+
+# ---- invalid configs and inputs ------------------------------------------------------------
+@pytest.mark.parametrize("cls, config, match", [
+    (DisjointLinUCB, {"alpha": -1.0}, r"alpha must be a finite number >= 0, got -1.0"),
+    (DisjointLinUCB, {"reg": 0.0}, r"reg must be a finite number > 0, got 0.0"),
+    (HybridLinUCB, {"alpha": float("nan")}, r"alpha must be a finite number >= 0, got nan"),
+    (HybridLinUCB, {"epsilon": 1.5}, r"epsilon must be a number in \[0, 1\], got 1.5"),
+    (LinTS, {"v": 0.0}, r"v must be a finite number > 0, got 0.0"),
+    (LinTS, {"v": True}, r"v must be a finite number > 0, got True"),
+    (LinTS, {"max_per_type": 2}, r"max_per_type must be 0, got 2"),
+    (EpsilonGreedy, {"reg": -2}, r"reg must be a finite number > 0, got -2"),
+    (Softmax, {"tau": 0.0}, r"tau must be a finite number > 0, got 0.0"),
+    (Softmax, {"tau": float("inf")}, r"tau must be a finite number > 0, got inf"),
+])
+def test_invalid_configs_name_the_field_and_value(cls, config, match):
+    with pytest.raises(ValidationError, match=match) as err:
+        cls.Config(**config)
+    assert err.value.field == next(iter(config))
+
+
+@pytest.mark.parametrize("cls, env, match", [
+    (DisjointLinUCB, {"context_dim": 3}, r"linucb needs n_items from the environment"),
+    (DisjointLinUCB, {"n_items": 5}, r"linucb needs context_dim"),
+    (DisjointLinUCB, {"n_items": 0, "context_dim": 3}, r"n_items must be an integer >= 1, got 0"),
+    (DisjointLinUCB, {"n_items": 2.5, "context_dim": 3}, r"n_items must be an integer >= 1, got 2.5"),
+    (HybridLinUCB, {"n_items": 5, "context_dim": 3}, r"hybrid-linucb needs item_dim"),
+    (LinTS, {"context_dim": 3}, r"lints needs feature sizes"),
+])
+def test_missing_environment_is_named(cls, env, match):
+    with pytest.raises(ValidationError, match=match):
+        cls(cls.Config(), **env)
+
+
+@pytest.mark.parametrize("cls", [DisjointLinUCB, HybridLinUCB])
+def test_per_item_models_refuse_bad_rows(rng, cls):
+    p = build(cls)
+    C, V, r, a = rows(rng, 3)
+    cases = [
+        (dict(), "keeps one model per item: update"),
+        (dict(items=[0, 6, 1]), r"items must be catalog indices in \[0, 6\), found 6 at row 1"),
+        (dict(items=[0, -1, 1]), r"found -1 at row 1"),
+        (dict(items=[0.0, 1.0, 2.0]), "items must hold integer catalog indices, got dtype float64"),
+        (dict(items=[0, 1]), r"items must have one entry per row \(3\), got shape \(2,\)"),
+        (dict(items=a, weight=[1.0, -1.0, 1.0]), r"weight must be finite and >= 0, found -1.0 at row 1"),
+        (dict(items=a, weight=[1.0, 1.0]), r"weight must have one entry per row \(3\), got shape \(2,\)"),
+    ]
+    for kwargs, match in cases:
+        with pytest.raises(ValidationError, match=match):
+            p.update(C, V, r, **kwargs)
+    with pytest.raises(ValidationError, match=r"context must have shape \(m, 3\), got \(3, 4\)"):
+        p.update(np.zeros((3, 4)), V, r, items=a)
+    with pytest.raises(ValidationError, match=r"reward must be finite, found nan at index 2"):
+        p.update(C, V, [0.0, 1.0, np.nan], items=a)
+    with pytest.raises(ValidationError, match=r"reward must have one entry per row \(3\), got shape \(2,\)"):
+        p.update(C, V, r[:2], items=a)
+    bad = Request(context=np.zeros(DC), items=np.array([1, 9]), item_features=np.zeros((2, DI)))
+    with pytest.raises(ValidationError, match=r"request items must be catalog indices in \[0, 6\), found 9"):
+        p.scores(bad)
+    with pytest.raises(ValidationError, match=r"context must have shape \(3,\), got \(2,\)"):
+        p.scores(Request(context=np.zeros(2), items=np.array([1]), item_features=np.zeros((1, DI))))
+    assert p.n_updates == 0
+
+
+def test_hybrid_refuses_item_features_of_the_wrong_width(rng):
+    p = build(HybridLinUCB)
+    C, _, r, a = rows(rng, 3)
+    with pytest.raises(ValidationError, match=r"item_features must have shape \(3, 2\), got \(3, 5\)"):
+        p.update(C, np.zeros((3, 5)), r, items=a)
+
+
+@pytest.mark.parametrize("cls", SHARED)
+def test_shared_models_refuse_bad_rows(rng, cls):
+    p = build(cls)
+    with pytest.raises(ValidationError, match="finite"):
+        p.update(np.zeros((1, DC)), np.zeros((1, DI)), [np.nan])
+    with pytest.raises(ValidationError, match=r"update needs features \(m, 8\)"):
+        p.update_features(np.zeros((2, 5)), np.zeros(2))
+    with pytest.raises(ValidationError, match=r"weight must be finite and >= 0, found inf at row 0"):
+        p.update(np.zeros((1, DC)), np.zeros((1, DI)), [1.0], weight=[np.inf])
+    assert p.n_updates == 0
+
+
+# ---- copy-then-commit ----------------------------------------------------------------------
+@pytest.mark.parametrize("cls", CLASSES)
+def test_an_update_that_would_overflow_leaves_the_model_as_it_was(rng, cls):
+    p = build(cls)
+    C, V, r, a = rows(rng, 40)
+    p.update(C, V, r, items=a)
+    before, n_before = arrays(p), p.n_updates
+    big = 1e155  # finite features whose squares overflow to inf
+    for m in (1, 3):  # the one-row (Sherman-Morrison) path and the batch path
+        ctx, feats = (np.ones((m, DC)), np.full((m, DI), big)) if cls in SHARED else \
+            (np.full((m, DC), big), np.ones((m, DI)))
+        with pytest.raises(ValidationError, match="non-finite"):
+            p.update(ctx, feats, np.ones(m), items=a[:m])
+    with pytest.raises(ValidationError, match="non-finite"):  # finite rows, overflowing rewards
+        p.update(C[:3] * 1e150, V[:3] * 1e150, np.full(3, 1e300), items=np.array([0, 0, 1]))
+    for k, v in arrays(p).items():
+        np.testing.assert_array_equal(v, before[k], err_msg=k)
+    assert p.n_updates == n_before
+    assert np.isfinite(p.scores(request(rng))).all()
+
+
+# ---- learning in a small simulated bandit --------------------------------------------------
+def test_disjoint_linucb_learns_to_pick_the_best_arm():
+    """8 arms, context dim 3, reward = [1, x] . theta*_a + N(0, 0.3^2), 2,000 one-slot rounds of
+    Algorithm 1 (alpha 1, epsilon 0: exploration by the confidence bound only; fixed seed),
+    one-row updates. The last 500 rounds' mean regret is under 2% of a uniform choice's and a
+    tenth of the first 100 rounds'; after learning the greedy choice is the best arm on >= 95%
+    of 1,000 fresh contexts. (Seeds 31-34 give 0.03-0.12% of uniform and 97-99.6%.)"""
+    rng = np.random.default_rng(31)
+    env = {"n_items": 8, "context_dim": DC}
+    p = build(DisjointLinUCB, env, alpha=1.0, epsilon=0.0)
+    theta_star = rng.normal(size=(8, DC + 1))
+    items = np.arange(8)
+    regret, uniform = [], []
+    for _ in range(2000):
+        x = rng.normal(size=DC)
+        req = Request(context=x, items=items, item_features=np.zeros((8, 1)))
+        arm = int(p.distribution(req, 1).sample(rng).index[0])
+        means = theta_star @ x1(x)
+        regret.append(means.max() - means[arm])
+        uniform.append(means.max() - means.mean())
+        p.update(x[None], np.zeros((1, 1)), [means[arm] + rng.normal(0, 0.3)], items=[arm])
+    regret = np.array(regret)
+    assert regret[-500:].mean() < 0.02 * np.mean(uniform)
+    assert regret[-500:].mean() < regret[:100].mean() / 10
+    X = np.c_[np.ones(1000), rng.normal(size=(1000, DC))]
+    assert ((X @ p.theta.T).argmax(axis=1) == (X @ theta_star.T).argmax(axis=1)).mean() >= 0.95
