@@ -214,5 +214,36 @@ def export(db, fmt, out, kind, default_reward, min_probability, candidates):
     click.echo(f"exported {result.rows} logged slots of {result.decisions} decisions to {out} ({fmt}){clipped}")
 
 
+@main.command()
+@click.option("--policy", "specs", multiple=True, required=True, help="Policy spec (repeatable).")
+@click.option("--seeds", default=5, show_default=True, type=click.IntRange(min=1))
+@click.option("--first-seed", default=0, show_default=True, type=int)
+@click.option("--decisions", default=50_000, show_default=True, type=click.IntRange(min=1))
+@click.option("--slots", default=5, show_default=True, type=click.IntRange(min=1))
+@click.option("--candidates", default=30, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch", default=500, show_default=True, type=click.IntRange(min=1),
+              help="Decisions between learning steps.")
+@click.option("--out", default="out/regret", show_default=True, type=click.Path(file_okay=False))
+def regret(specs, seeds, first_seed, decisions, slots, candidates, batch, out):
+    """Cumulative regret of each policy against the simulated shop's exact oracle, over seeds."""
+    from pathlib import Path
+
+    from .errors import BanditRecError
+    from .regret import regret_plot, regret_study, regret_table
+
+    try:
+        rows = regret_study(list(specs), range(first_seed, first_seed + seeds), n_decisions=decisions,
+                            n_slots=slots, n_candidates=candidates, batch=batch, echo=click.echo)
+    except BanditRecError as exc:
+        raise click.UsageError(str(exc)) from None
+    table = regret_table(rows)
+    click.echo("")
+    click.echo(table)
+    plot = regret_plot(rows, Path(out) / "regret.png")
+    (Path(out) / "regret.md").write_text(f"# Cumulative regret\n\n```\n{table}\n```\n\n![regret](regret.png)\n")
+    click.echo(f"report: {Path(out) / 'regret.md'}")
+    click.echo(f"plot:   {plot}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
