@@ -245,5 +245,24 @@ def regret(specs, seeds, first_seed, decisions, slots, candidates, batch, out):
     click.echo(f"plot:   {plot}")
 
 
+@main.command()
+@click.option("--policy", "spec", default="shared-linucb:alpha=1.0,epsilon=0.1", show_default=True)
+@click.option("--objective", default="price", show_default=True, help="Item column to blend in.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--train", "n_train", default=10_000, show_default=True, type=click.IntRange(min=1))
+@click.option("--test", "n_test", default=5_000, show_default=True, type=click.IntRange(min=1))
+@click.option("--k", default=5, show_default=True, type=click.IntRange(min=1))
+def sensitivity(spec, objective, seed, n_train, n_test, k):
+    """Amazon Personalize's objective-sensitivity table (off..high) in the simulated shop."""
+    from .errors import BanditRecError
+    from .regret import sensitivity_study, sensitivity_table
+
+    try:
+        rows = sensitivity_study(spec, objective, seed=seed, n_train=n_train, n_test=n_test, k=k)
+    except BanditRecError as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(sensitivity_table(rows, k, objective))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -50,3 +50,17 @@ def test_study_table_and_cli(tmp_path):
     res = CliRunner().invoke(main, ["regret", "--policy", "nope", "--seeds", "1", "--decisions", "10",
                                     "--out", str(tmp_path)])
     assert res.exit_code == 2 and "unknown policy 'nope'" in res.output
+
+
+def test_sensitivity_table_trades_relevance_for_the_business_column():
+    from banditrec.regret import sensitivity_study, sensitivity_table
+
+    rows = sensitivity_study("shared-linucb:alpha=1.0,epsilon=0.1", "price", shop_config=SMALL, n_train=1500,
+                             n_test=600, k=3, n_candidates=15, batch=250)
+    assert [r.sensitivity for r in rows] == ["off", "low", "medium", "high"]
+    price = [r.metrics["price_in_top_k"] for r in rows]
+    assert price == sorted(price) and price[-1] > price[0]
+    assert rows[-1].metrics["precision_at_k"] < rows[0].metrics["precision_at_k"]
+    assert "price in top 3" in sensitivity_table(rows, 3, "price")
+    res = CliRunner().invoke(main, ["sensitivity", "--objective", "royalty", "--train", "10", "--test", "10"])
+    assert res.exit_code == 2 and "objective 'royalty' is not an item column of the shop; known: price" in res.output
