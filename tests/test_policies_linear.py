@@ -581,3 +581,19 @@ def test_disjoint_linucb_learns_to_pick_the_best_arm():
     assert regret[-500:].mean() < regret[:100].mean() / 10
     X = np.c_[np.ones(1000), rng.normal(size=(1000, DC))]
     assert ((X @ p.theta.T).argmax(axis=1) == (X @ theta_star.T).argmax(axis=1)).mean() >= 0.95
+
+
+def test_softmax_honours_the_diversity_cap(rng):
+    """max_per_type=1 over candidates of 3 product types: 200 sampled 3-slot slates each show
+    one item of every type, and the conditionals match the capped slate's."""
+    types = np.array([0, 0, 1, 1, 2, 2])
+    p = build(Softmax, {**ENV, "item_types": types}, max_per_type=1, tau=0.5)
+    C, V, r, a = rows(rng, 100)
+    p.update(C, V, r, items=a)
+    req = Request(context=rng.normal(size=DC), items=np.arange(6), item_features=rng.normal(size=(6, DI)))
+    dist = p.distribution(req, 3, 0.05)
+    draw_rng = np.random.default_rng(4)
+    for _ in range(200):
+        draw = dist.sample(draw_rng)
+        assert sorted(types[draw.index].tolist()) == [0, 1, 2]
+        np.testing.assert_allclose(draw.propensity, dist.conditionals(draw.index), rtol=1e-12)
