@@ -5,6 +5,7 @@ finished examples, finish()/save(), and PMF ordering of cb vs ccb."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import pickle
 import re
@@ -18,7 +19,7 @@ import banditrec.policies as policies
 from banditrec.errors import ValidationError
 from banditrec.policies import Request
 from banditrec.policies.vw import (VWCCBConfig, VWConditionalContextualBandit, VWConfig, VWContextualBandit,
-                                   VWSlate)
+                                   VWSlate, _Lines)
 
 N, DC, K = 6, 3, 3  # candidates, context dim, slots; item features are one-hot (item_dim = N)
 CLASSES = {"vw-cb": (VWContextualBandit, VWConfig), "vw-ccb": (VWConditionalContextualBandit, VWCCBConfig)}
@@ -82,9 +83,9 @@ def test_spec_round_trip_through_make(name, registry):
     assert "--bag" in policy.vw_args() and "--random_seed" in policy.vw_args()
 
 
-@pytest.mark.parametrize("explorer, learner", [("epsilon", "cb_explore_adf_greedy"), ("squarecb", "cb_explore_adf_squarecb"),
-                                               ("bag", "cb_explore_adf_bag"), ("cover", "cb_explore_adf_cover"),
-                                               ("softmax", "cb_explore_adf_softmax")])
+@pytest.mark.parametrize("explorer, learner", [
+    ("epsilon", "cb_explore_adf_greedy"), ("squarecb", "cb_explore_adf_squarecb"), ("bag", "cb_explore_adf_bag"),
+    ("cover", "cb_explore_adf_cover"), ("softmax", "cb_explore_adf_softmax")])
 def test_every_explorer_builds_and_gives_a_pmf(explorer, learner, rng):
     policy = build("vw-cb", explorer=explorer, epsilon=0.1)
     assert learner in policy._learners
@@ -204,6 +205,23 @@ def test_save_load_round_trip_gives_identical_distributions(name, registry, tmp_
     np.testing.assert_array_equal(policy.scores(req), again.scores(req))
 
 
+def test_item_lines_fast_path_matches_the_plain_format(rng):
+    """The cached, templated item lines equal a plain per-value format, zeros (and values that
+    are 0 in float32) left out; 9 significant digits give back exactly the float32 VW stores."""
+    V = rng.normal(size=(40, 5)) * 10.0 ** rng.integers(-8, 8, size=(40, 5))
+    V[3, 2], V[7], V[9, 0] = 0.0, 0.0, 1e-50
+    plain = [("|Action " + " ".join(f"f{j}:{float(np.float32(v)):.9g}" for j, v in enumerate(row)
+                                    if np.float32(v) != 0)).rstrip() for row in V]
+    lines = _Lines()
+    assert lines.items(V) == plain  # formatted
+    assert lines.items(V[::-1].copy()) == plain[::-1]  # from the cache
+    for line, row in zip(plain, V):
+        for token in line.split()[1:]:
+            j, value = token[1:].split(":")
+            assert np.float32(float(value)) == np.float32(row[int(j)])
+    assert plain[7] == "|Action"
+
+
 # ---- pitfalls ----------------------------------------------------------------------------
 @pytest.mark.parametrize("name", sorted(CLASSES))
 def test_cost_sign_a_rewarded_item_gains_mass(name, rng):
@@ -284,7 +302,8 @@ def test_saved_model_reloads_with_dash_i_and_save_keeps_the_model(name, tmp_path
     if name == "vw-cb":
         lines = policy.example(req.context, req.item_features)
     else:
-        lines = policy.example(req.context, req.item_features, ["ccb slot 'seed=1 |Slot s=0", "ccb slot 'seed=2 |Slot s=1"])
+        slots = ["ccb slot 'seed=1 |Slot s=0", "ccb slot 'seed=2 |Slot s=1"]
+        lines = policy.example(req.context, req.item_features, slots)
     assert vw.predict(lines) == policy._ws().predict(lines)  # bit-exact
     vw.finish()
     train(policy, rng, 5)  # still learning after save
@@ -390,7 +409,6 @@ def test_corrupt_or_truncated_model_fails_loudly_and_keeps_the_old_model(name, r
     with pytest.raises(ValidationError, match="do not match their checksum"):
         policy.set_state({"payload": model[: len(model) // 2]}, meta)
     garbage = b"not a model" * 50
-    import hashlib
     with pytest.raises(ValidationError, match="Vowpal Wabbit cannot load the model"):
         policy.set_state({"payload": garbage}, {**meta, "model_sha256": hashlib.sha256(garbage).hexdigest(),
                                                 "model_size": len(garbage)})

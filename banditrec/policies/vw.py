@@ -399,8 +399,8 @@ class VWPolicy(Policy):
             if low.any():
                 i = int(np.argmax(low))
                 raise ValidationError(
-                    f"weight {w[i].item()!r} at row {i} is below its {pname} {p[i].item()!r}: VW labels have no weight, so "
-                    f"the weight is applied as probability p / w, which VW would clamp to 1", "weight")
+                    f"weight {w[i].item()!r} at row {i} is below its {pname} {p[i].item()!r}: VW labels have no "
+                    f"weight, so the weight is applied as probability p / w, which VW would clamp to 1", "weight")
         if candidates is None or chosen is None:
             raise ValidationError(
                 f"{self.name} learns each row over its decision's candidate set: pass candidates (one (n_d, "
@@ -598,9 +598,11 @@ class VWSlate:
         pmfs = np.zeros((K, n))
         shown = np.zeros(n, dtype=bool)
         for k, pairs in enumerate(slots):
-            actions = np.fromiter((a for a, _ in pairs), dtype=np.int64, count=len(pairs))
-            probs = np.fromiter((p for _, p in pairs), dtype=float, count=len(pairs))
-            if len(actions) != n - k or shown[actions].any() or len(np.unique(actions)) != n - k:
+            listed, probs = zip(*pairs) if pairs else ((), ())
+            actions = np.array(listed, dtype=np.int64)
+            valid = (len(actions) == n - k and actions.min() >= 0 and actions.max() < n
+                     and not shown[actions].any() and np.count_nonzero(np.bincount(actions, minlength=n)) == n - k)
+            if not valid:
                 raise ValidationError(f"Vowpal Wabbit's slot {k} lists actions {sorted(actions.tolist())[:10]}..., "
                                       f"expected the {n - k} not taken by earlier slots", "pmf")
             pmfs[k, actions] = probs
