@@ -17,6 +17,8 @@ Sections (``--only NAME`` runs one):
   http       POST /v1/decide through Flask's test client vs a bare Flask JSON route
   opetruth   every estimator against the simulator's exact truth over 60 seeds, two loggers:
              bias, RMSE, interval coverage and width (bench/ope_truth.py, 80 s on 2 cores)
+  vw         Vowpal Wabbit policies (vw-cb, vw-ccb) for 200 candidates and 10 slots beside the
+             bare Workspace.predict they wrap (bench/vw_bench.py)
 
 Run:   .venv/bin/python bench/run.py            (the ``make bench`` target, < 3 min on 2 cores)
        .venv/bin/python bench/run.py --quick    (small sizes and repeats, < 20 s)
@@ -44,6 +46,7 @@ import numpy as np
 
 from common import compare, ms, rate, ratio, rng, table, us
 from ope_truth import bench_ope_truth
+from vw_bench import bench_vw
 
 from banditrec.demo import build_engine
 from banditrec.ope import DR, IPS, SNIPS
@@ -600,7 +603,7 @@ def bench_http(cfg: dict, tmp: Path) -> None:
 
 SECTIONS = {"decide": bench_decide, "marginals": bench_marginals, "log": bench_log, "logread": bench_logread,
             "ope": bench_ope,
-            "http": bench_http, "opetruth": bench_ope_truth}
+            "http": bench_http, "opetruth": bench_ope_truth, "vw": bench_vw}
 
 
 def main(argv=None) -> None:
