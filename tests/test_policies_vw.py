@@ -9,6 +9,7 @@ import hashlib
 import json
 import pickle
 import re
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -446,6 +447,39 @@ def test_workspace_is_never_pickled_and_close_is_final(name):
     policy.close()
     with pytest.raises(ValidationError, match="was closed"):
         policy.scores(request(np.random.default_rng(0)))
+
+
+@pytest.mark.parametrize("name", sorted(CLASSES))
+def test_one_policy_serves_and_learns_from_two_threads(name):
+    """The workspace is guarded by the policy's lock (a ccb decision holds it for all of its
+    1 + draws predicts): 40 decisions served while another thread learns 40 more."""
+    policy = build(name, draws=4)
+    errors, served = [], []
+
+    def serve():
+        gen = np.random.default_rng(1)
+        try:
+            for _ in range(40):
+                dist = policy.distribution(request(gen), K, 0.05)
+                served.append((dist.sample(gen), dist.marginals()))
+        except Exception as exc:  # reported below, with the thread's traceback lost otherwise
+            errors.append(exc)
+
+    def learner():
+        try:
+            train(policy, np.random.default_rng(2), 40)
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=serve), threading.Thread(target=learner)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert errors == [] and len(served) == 40 and policy.n_updates == 40
+    for draw, M in served:
+        np.testing.assert_allclose(M.sum(axis=0), 1.0, atol=1e-5)
+        assert (draw.marginal > 0).all()
 
 
 # ---- invalid input -----------------------------------------------------------------------

@@ -624,10 +624,12 @@ class VWSlate:
 
     def sample(self, rng: np.random.Generator) -> SlateSample:
         """One slate sampled by VW with per-slot seeds from ``rng``; conditionals are VW's
-        probabilities of the chosen actions, marginals from :meth:`marginals`."""
-        index, cond, pmfs = self._run(rng.integers(0, _SEED_HIGH, size=self._k))
-        self._check_floor(index, pmfs)
-        marg = self.marginals()[index, np.arange(self._k)].copy()
+        probabilities of the chosen actions, marginals from :meth:`marginals` (all from one
+        model: the policy's lock is held throughout, so no update lands in between)."""
+        with self._policy._lock:
+            index, cond, pmfs = self._run(rng.integers(0, _SEED_HIGH, size=self._k))
+            self._check_floor(index, pmfs)
+            marg = self.marginals()[index, np.arange(self._k)].copy()
         # positivity guard (as in sampling.SequentialSlate): if no sampled prefix left this item
         # for its slot, use its own path's term over draws + 1 paths rather than log a 0
         zero = marg <= 0
@@ -643,11 +645,12 @@ class VWSlate:
             total = np.zeros((self._k, self._n))
             total_sq = np.zeros((self._k, self._n))
             first = None
-            for row in seeds[: self.draws if self._k > 1 else 1]:
-                _, _, pmfs = self._run(row)
-                first = pmfs[0] if first is None else first
-                total += pmfs
-                total_sq += pmfs * pmfs
+            with self._policy._lock:  # every draw from the same model
+                for row in seeds[: self.draws if self._k > 1 else 1]:
+                    _, _, pmfs = self._run(row)
+                    first = pmfs[0] if first is None else first
+                    total += pmfs
+                    total_sq += pmfs * pmfs
             d = self.draws if self._k > 1 else 1
             mean = total / d
             var = np.maximum(total_sq - d * mean * mean, 0.0) / max(d - 1, 1)
@@ -673,10 +676,11 @@ class VWSlate:
             raise ValidationError(f"a slate holds {self._k} distinct candidates in [0, {self._n}), got "
                                   f"{index.tolist()}", "index")
         out = np.empty(self._k)
-        for k in range(self._k):
-            lines = [_slot_line(j, seed=0, include=int(index[j])) for j in range(k)] + [_slot_line(k, seed=0)]
-            pairs = dict(self._predict(lines)[k])
-            out[k] = pairs[int(index[k])]
+        with self._policy._lock:
+            for k in range(self._k):
+                lines = [_slot_line(j, seed=0, include=int(index[j])) for j in range(k)] + [_slot_line(k, seed=0)]
+                pairs = dict(self._predict(lines)[k])
+                out[k] = pairs[int(index[k])]
         return out
 
 
