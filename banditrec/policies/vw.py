@@ -1,8 +1,9 @@
 """Vowpal Wabbit policies: ``vw-cb`` (``--cb_explore_adf``) and ``vw-ccb`` (``--ccb_explore_adf``).
 
 Both hold one ``vowpalwabbit.Workspace`` (9.11) and speak VW's multi-line text format, built as
-``list[str]`` (a bare string returns ``[]`` from a multi-line learner, and the list form has
-``Workspace.predict``/``learn`` finish the examples, so nothing leaks)::
+``list[str]`` (a string instead of a list can silently return ``[]`` from a multi-line
+learner, and the list form has ``Workspace.predict``/``learn`` finish the examples, which
+would otherwise leak a few MB per decision)::
 
     shared |User f0:0.25 f3:-1.5          vw-cb: the context; ``shared`` is required, without it
     |Action f0:1 f1:0.5                   the line would silently become an extra action
@@ -16,7 +17,7 @@ Both hold one ``vowpalwabbit.Workspace`` (9.11) and speak VW's multi-line text f
 
 ``f<j>`` is column ``j`` of the context (namespace ``User``) or of the item features
 (namespace ``Action``); values are written as float32 (what VW stores) with 9 significant
-digits, which VW reads back exactly; zeros are left out. ``-q UA`` crosses every user feature
+digits, enough to identify every float32; zeros are left out. ``-q UA`` crosses every user feature
 with every item feature. Item lines are cached by the bytes of their feature row.
 
 **Who samples, and what is logged.**
@@ -63,8 +64,9 @@ so every row is checked before any is learned. Without them, ``update`` refuses.
 ``weight`` (importance weights of batch retraining): VW's text labels have no weight token
 (``parse_label`` resets the label weight to 1 for cb and ccb labels), so a row's weight ``w``
 is applied through its probability: the label says ``p / w``. MTR (the default ``cb_type``)
-multiplies the example's weight by ``1 / p`` and IPS divides the cost by ``p``, so ``p / w``
-gives the importance ``w / p`` exactly; scaling the cost instead would be exact for IPS only
+multiplies the example's weight by ``1 / p`` (times a running events-per-action ratio common
+to all rows) and IPS divides the cost by ``p``, so ``p / w`` gives the importance ``w / p``
+exactly; scaling the cost instead would be exact for IPS only
 (MTR regresses the cost itself). DR, DM and SM use ``p`` otherwise and refuse weights.
 ``p / w`` must stay <= 1 (VW clamps larger values to 1 with a warning): rows with
 ``0 < w < p`` are refused; rows with ``w = 0`` are skipped.
@@ -75,10 +77,10 @@ updates in the same order (bit for bit); a different order gives a different mod
 **Snapshots.** ``save`` writes VW's own model file (``Workspace.save``, which writes at once;
 ``-f`` would write only at ``finish()``, after which the workspace keeps answering
 silently) through :func:`banditrec.policies.snapshot.save`: JSON manifest, SHA-256, atomic
-rename. Loading rebuilds the workspace with ``-i`` (which restores the reduction stack, the
-explorer, ``-q`` and the RNG state; passing the explorer flags again would fail) into a new
-workspace and swaps it in only when VW accepted it and its reduction stack matches the
-config. VW itself loads a *truncated* model without complaint (a silently fresh model), so
+rename. Loading rebuilds the workspace with ``-i`` alone (the model file restores the reduction
+stack, the explorer, ``-q`` and the RNG state, so training resumes bit for bit; a different
+explorer on load fails with a misleading "corrupted" error) into a new workspace, and swaps
+it in only when VW accepted it and its reduction stack matches the config. VW itself loads a *truncated* model without complaint (a silently fresh model), so
 the checksum is required: :meth:`VWPolicy.set_state` verifies it too.
 
 **Threads.** A ``Workspace`` cannot be pickled (these policies refuse it with a clear
