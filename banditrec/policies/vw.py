@@ -17,7 +17,8 @@ would otherwise leak a few MB per decision)::
 
 ``f<j>`` is column ``j`` of the context (namespace ``User``) or of the item features
 (namespace ``Action``); values are written as float32 (what VW stores) with 9 significant
-digits, enough to identify every float32; zeros are left out. ``-q UA`` crosses every user feature
+digits, enough to identify every float32 (VW's text parser is not correctly rounded: it reads
+values within ~4 float32 ulps, and 17 digits do no better); zeros are left out. ``-q UA`` crosses every user feature
 with every item feature. Item lines are cached by the bytes of their feature row.
 
 **Who samples, and what is logged.**
