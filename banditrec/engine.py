@@ -263,10 +263,13 @@ class Engine:
             )
             if logged.n_decisions == 0:
                 return 0
+            extra = {"pscore": logged.row_pscore} if getattr(self.policy, "needs_pscore", False) else {}
             self.policy.update(
                 logged.context[logged.row_decision],
                 self.items.features[logged.row_action],
                 logged.row_reward,
+                items=logged.row_action,
+                **extra,
             )
             self._learned_seq = int(logged.seq[-1])
         return len(logged.row_reward)

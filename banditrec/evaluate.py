@@ -25,7 +25,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .errors import ValidationError
-from .offline import target_pscore
+from .offline import target_pscore, train_from_log
 from .ope import ESTIMATORS, IPS, Estimate, LoggedBandit, OPEWarning, RidgeRewardModel
 from .policies import make
 from .store import DecisionLog, LoggedDecisions
@@ -184,11 +184,12 @@ def evaluate_log(
     popularity = np.ones(n_items)
     if train is not None:
         popularity += np.bincount(train.row_action, weights=(train.row_reward > 0).astype(float), minlength=n_items)
-    env = {"context_dim": test.context.shape[1], "item_dim": features.shape[1], "popularity": popularity}
+    env = {"context_dim": test.context.shape[1], "item_dim": features.shape[1], "popularity": popularity,
+           "n_items": n_items}
     for spec in specs:
         policy = make(spec, **env)
         if train is not None and train.n_decisions:
-            policy.update(train.context[train.row_decision], features[train.row_action], train.row_reward)
+            train_from_log(policy, train, features)
         kept: list = []
         pi = target_pscore(policy, test, features, on_decision=lambda d, items, marg: kept.append((items, marg)))
         target_rows = _sparse_target(test, kept, n_items)

@@ -55,3 +55,40 @@ def target_pscore(
         if on_decision is not None:
             on_decision(d, items, marg)
     return out
+
+
+def importance_weights(pscore: np.ndarray, *, max_weight: float = 10.0) -> np.ndarray:
+    """Row weights that undo the logging policy's exposure bias when training on its log.
+
+    ``w_i = min(1 / pscore_i, c) / mean(min(1 / pscore, c))`` with ``c = max_weight`` times the
+    median inverse propensity: rows the logger rarely showed count more, as if items had been
+    shown equally often; the clip bounds the variance; the mean-1 normalisation keeps the
+    ridge penalty's meaning.
+    """
+    p = np.asarray(pscore, dtype=float)
+    if p.ndim != 1 or len(p) == 0 or not ((p > 0) & (p <= 1)).all():
+        raise ValidationError("pscore must be a non-empty 1-D array in (0, 1]", "pscore")
+    if not max_weight > 0:
+        raise ValidationError(f"max_weight must be > 0, got {max_weight!r}", "max_weight")
+    inv = 1.0 / p
+    cap = max_weight * float(np.median(inv))
+    w = np.minimum(inv, cap)
+    return w / w.mean()
+
+
+def train_from_log(policy: Policy, logged: LoggedDecisions, item_features: np.ndarray, *,
+                   importance: bool = True, max_weight: float = 10.0) -> int:
+    """Batch (re)training of ``policy`` on logged rows; returns the rows used.
+
+    With ``importance`` (the default) rows are weighted by :func:`importance_weights` of the
+    logged marginal propensities, for a log written by a different policy: a plain fit would
+    learn most about what the logger liked to show. Policies that learn from propensities
+    themselves (``needs_pscore``) get them as well.
+    """
+    if logged.n_decisions == 0:
+        return 0
+    weight = importance_weights(logged.row_pscore, max_weight=max_weight) if importance else None
+    extra = {"pscore": logged.row_pscore} if getattr(policy, "needs_pscore", False) else {}
+    policy.update(logged.context[logged.row_decision], item_features[logged.row_action], logged.row_reward,
+                  items=logged.row_action, weight=weight, **extra)
+    return len(logged.row_reward)

@@ -9,7 +9,7 @@ from banditrec.errors import ValidationError
 from banditrec.features import joint_dim, joint_features
 from banditrec.policies import REGISTRY, LinUCB, Request, make, parse_spec
 
-ENV = {"context_dim": 3, "item_dim": 2, "popularity": np.arange(10.0)}
+ENV = {"context_dim": 3, "item_dim": 2, "popularity": np.arange(10.0), "n_items": 10}
 
 
 def request(rng, n=6):
@@ -25,7 +25,7 @@ def test_parse_spec():
 @pytest.mark.parametrize(
     "spec, match",
     [
-        ("nope", "unknown policy 'nope'; known: popularity, shared-linucb, uniform"),
+        ("nope", "unknown policy 'nope'; known: egreedy, hybrid-linucb, lints, linucb, popularity, shared-linucb, softmax, uniform"),
         ("shared-linucb:beta=1", "policy shared-linucb has no parameter beta; it takes: epsilon, explore_from, objective, sensitivity, max_per_type, alpha, reg"),
         ("shared-linucb:alpha=fast", "alpha must be a number, got 'fast'"),
         ("shared-linucb:alpha", "must look like key=value"),

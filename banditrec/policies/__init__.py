@@ -10,11 +10,18 @@ import dataclasses
 from ..errors import ValidationError
 from . import snapshot
 from .base import SENSITIVITY, Policy, PolicyConfig, Request
+from .disjoint import DisjointLinUCB
+from .greedy import EpsilonGreedy, Softmax
+from .hybrid import HybridLinUCB
 from .linucb import LinUCB
 from .simple import Popularity, Uniform
+from .thompson import LinTS
 from .slate import EpsilonGreedySlate, SlateSample, rank_slot_marginals
 
-REGISTRY: dict[str, type[Policy]] = {cls.name: cls for cls in (Uniform, Popularity, LinUCB)}
+REGISTRY: dict[str, type[Policy]] = {
+    cls.name: cls
+    for cls in (Uniform, Popularity, EpsilonGreedy, Softmax, LinUCB, DisjointLinUCB, HybridLinUCB, LinTS)
+}
 
 
 def _convert(value: str, kind, name: str):
@@ -90,7 +97,12 @@ def load(path, **env) -> Policy:
 __all__ = [
     "REGISTRY",
     "EpsilonGreedySlate",
+    "DisjointLinUCB",
+    "EpsilonGreedy",
+    "HybridLinUCB",
+    "LinTS",
     "LinUCB",
+    "Softmax",
     "Policy",
     "PolicyConfig",
     "Popularity",
