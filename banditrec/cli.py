@@ -223,8 +223,10 @@ def export(db, fmt, out, kind, default_reward, min_probability, candidates):
 @click.option("--candidates", default=30, show_default=True, type=click.IntRange(min=1))
 @click.option("--batch", default=500, show_default=True, type=click.IntRange(min=1),
               help="Decisions between learning steps.")
+@click.option("--jobs", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Worker processes running (policy, seed) pairs side by side.")
 @click.option("--out", default="out/regret", show_default=True, type=click.Path(file_okay=False))
-def regret(specs, seeds, first_seed, decisions, slots, candidates, batch, out):
+def regret(specs, seeds, first_seed, decisions, slots, candidates, batch, jobs, out):
     """Cumulative regret of each policy against the simulated shop's exact oracle, over seeds."""
     from pathlib import Path
 
@@ -233,7 +235,7 @@ def regret(specs, seeds, first_seed, decisions, slots, candidates, batch, out):
 
     try:
         rows = regret_study(list(specs), range(first_seed, first_seed + seeds), n_decisions=decisions,
-                            n_slots=slots, n_candidates=candidates, batch=batch, echo=click.echo)
+                            n_slots=slots, n_candidates=candidates, batch=batch, jobs=jobs, echo=click.echo)
     except BanditRecError as exc:
         raise click.UsageError(str(exc)) from None
     table = regret_table(rows)

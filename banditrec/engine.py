@@ -16,6 +16,7 @@ import scipy.sparse as sp
 
 from .candidates import ItemItemCF
 from .errors import ValidationError
+from .offline import learning_inputs
 from .policies import Policy, Request
 from .store import DecisionLog
 from .types import Decision, Reward, Slot
@@ -263,13 +264,11 @@ class Engine:
             )
             if logged.n_decisions == 0:
                 return 0
-            extra = {"pscore": logged.row_pscore} if getattr(self.policy, "needs_pscore", False) else {}
             self.policy.update(
                 logged.context[logged.row_decision],
                 self.items.features[logged.row_action],
                 logged.row_reward,
-                items=logged.row_action,
-                **extra,
+                **learning_inputs(self.policy, logged, self.items.features),
             )
             self._learned_seq = int(logged.seq[-1])
         return len(logged.row_reward)

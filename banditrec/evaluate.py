@@ -115,6 +115,7 @@ def _decisions(logged: LoggedDecisions, lo: int, hi: int) -> LoggedDecisions:
         candidates=logged.candidates[lo:hi], row_decision=logged.row_decision[rows] - lo,
         row_slot=logged.row_slot[rows], row_action=logged.row_action[rows], row_pscore=logged.row_pscore[rows],
         row_reward=logged.row_reward[rows], decision_reward=logged.decision_reward[lo:hi],
+        row_propensity=None if logged.row_propensity is None else logged.row_propensity[rows],
     )
 
 

@@ -8,6 +8,7 @@ truth, its full (candidates x slots) marginal matrix per decision. No SQL here.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -57,6 +58,46 @@ def target_pscore(
     return out
 
 
+def uses_marginals(policy: Policy) -> bool:
+    """Whether ``policy`` learns from logged marginal propensities (``pscore``); a policy that
+    takes conditional ``propensity`` per ``slot`` (a slate learner) does not."""
+    wanted = set(inspect.signature(policy.update).parameters)
+    return "pscore" in wanted and not ("propensity" in wanted and "slot" in wanted)
+
+
+def learning_inputs(policy: Policy, logged: LoggedDecisions, item_features: np.ndarray) -> dict:
+    """Everything a policy's ``update`` may ask for about logged rows, by its signature.
+
+    Always ``context``, ``item_features``, ``reward`` (positional) and ``items``; then, if the
+    policy's ``update`` takes them: ``pscore`` (the logged marginal), ``propensity`` (the
+    conditional given earlier slots), ``slot``, ``candidates`` (each row's decision's candidate
+    features) and ``chosen`` (the shown item's position among them) -- what Vowpal Wabbit's
+    action-dependent-features learners need.
+    """
+    wanted = set(inspect.signature(policy.update).parameters)
+    out = {"items": logged.row_action}
+    if uses_marginals(policy):
+        out["pscore"] = logged.row_pscore
+    if "propensity" in wanted and "slot" in wanted:
+        if logged.row_propensity is None:
+            raise ValidationError("this policy learns from conditional propensities, which the rows lack",
+                                  "propensity")
+        out["propensity"] = logged.row_propensity
+        out["slot"] = logged.row_slot
+    if "candidates" in wanted or "chosen" in wanted:
+        per_decision = [item_features[c] for c in logged.candidates]
+        out["candidates"] = [per_decision[d] for d in logged.row_decision.tolist()]
+        chosen = np.empty(len(logged.row_action), dtype=np.int64)
+        for i, (d, a) in enumerate(zip(logged.row_decision.tolist(), logged.row_action.tolist())):
+            where = np.flatnonzero(logged.candidates[d] == a)
+            if not where.size:
+                raise ValidationError(f"decision {logged.event_id[d]!r} shows an item that is not among its "
+                                      "candidates", "candidates")
+            chosen[i] = where[0]
+        out["chosen"] = chosen
+    return out
+
+
 def importance_weights(pscore: np.ndarray, *, max_weight: float = 10.0) -> np.ndarray:
     """Row weights that undo the logging policy's exposure bias when training on its log.
 
@@ -88,7 +129,6 @@ def train_from_log(policy: Policy, logged: LoggedDecisions, item_features: np.nd
     if logged.n_decisions == 0:
         return 0
     weight = importance_weights(logged.row_pscore, max_weight=max_weight) if importance else None
-    extra = {"pscore": logged.row_pscore} if getattr(policy, "needs_pscore", False) else {}
     policy.update(logged.context[logged.row_decision], item_features[logged.row_action], logged.row_reward,
-                  items=logged.row_action, weight=weight, **extra)
+                  weight=weight, **learning_inputs(policy, logged, item_features))
     return len(logged.row_reward)

@@ -27,7 +27,9 @@ from scipy import stats
 from .candidates import ItemItemCF
 from .demo import policy_env
 from .errors import ValidationError
-from .policies import Request, make
+from .offline import learning_inputs, uses_marginals
+from .policies import REGISTRY, Request, make, parse_spec
+from .store import LoggedDecisions
 from simulator import Shop, ShopConfig
 
 
@@ -52,6 +54,8 @@ def regret_run(spec: str, seed: int, *, shop_config: ShopConfig | None = None, n
     traffic, clicks, sampler = (np.random.default_rng(s) for s in (traffic_seq, click_seq, policy_seq))
     features = shop.catalog.features
     theta = shop.model.examination(n_slots)
+    # regret needs no marginals; only a learner that trains on them (vw-cb) pays for them
+    needs_marginals = uses_marginals(policy)
     regret = np.empty(n_decisions)
     got = np.empty(n_decisions)
     best = np.empty(n_decisions)
@@ -60,30 +64,42 @@ def regret_run(spec: str, seed: int, *, shop_config: ShopConfig | None = None, n
     while done < n_decisions:
         size = min(batch, n_decisions - done)
         req = shop.requests(size, traffic)
-        ctx_rows, item_rows, pscore_rows, reward_rows = [], [], [], []
         slates = np.empty((size, n_slots), dtype=np.int64)
+        cand_lists, marg_rows, cond_rows = [], [], []
         for i in range(size):
             c = int(req.customer[i])
             history = shop.history.indices[shop.history.indptr[c]:shop.history.indptr[c + 1]]
             items, _, _ = cf.candidates(history, n_candidates)
             dist = policy.distribution(Request(context=req.context[i], items=items, item_features=features[items]),
                                        n_slots, min_epsilon)
-            draw = dist.sample(sampler)
+            draw = dist.sample(sampler, marginals=needs_marginals)
             slates[i] = items[draw.index]
             attraction = shop.model.attraction(np.full(len(items), c), items)
             best[done + i] = theta @ np.sort(attraction)[::-1][:n_slots]
             got[done + i] = theta @ attraction[draw.index]
-            pscore_rows.append(draw.marginal)
+            cand_lists.append(items)
+            marg_rows.append(draw.marginal)
+            cond_rows.append(draw.propensity)
         clicked = shop.respond(req, slates, clicks)
-        rows = np.repeat(np.arange(size), n_slots)
-        kwargs = {"items": slates.ravel()}
-        if getattr(policy, "needs_pscore", False):
-            kwargs["pscore"] = np.concatenate(pscore_rows)
-        policy.update(req.context[rows], features[slates.ravel()], clicked.ravel().astype(float), **kwargs)
+        learn(policy, req.context, cand_lists, slates, clicked, marg_rows, cond_rows, features)
         done += size
     regret = np.cumsum(best - got)
     return RegretRun(spec=spec, seed=int(seed), cumulative=regret, reward=float(got.mean()), oracle=float(best.mean()),
                      seconds=time.perf_counter() - start)
+
+
+def learn(policy, context, cand_lists, slates, clicked, marg_rows, cond_rows, features) -> None:
+    """Update ``policy`` on one batch of served slates through the engine's own learning path."""
+    size, n_slots = slates.shape
+    logged = LoggedDecisions(
+        event_id=[str(i) for i in range(size)], seq=np.arange(1, size + 1), context=context,
+        candidates=cand_lists, row_decision=np.repeat(np.arange(size), n_slots),
+        row_slot=np.tile(np.arange(n_slots), size), row_action=slates.ravel(),
+        row_pscore=np.concatenate(marg_rows), row_reward=clicked.ravel().astype(float),
+        decision_reward=np.zeros(size), row_propensity=np.concatenate(cond_rows),
+    )
+    policy.update(logged.context[logged.row_decision], features[logged.row_action], logged.row_reward,
+                  **learning_inputs(policy, logged, features))
 
 
 @dataclass
@@ -104,24 +120,43 @@ class RegretRow:
         return mean, mean - half, mean + half
 
 
-def regret_study(specs, seeds, *, echo: Callable[[str], None] | None = None, **kwargs) -> list[RegretRow]:
-    """Every policy over every seed (same seeds for every policy)."""
+def regret_study(specs, seeds, *, echo: Callable[[str], None] | None = None, jobs: int = 1,
+                 **kwargs) -> list[RegretRow]:
+    """Every policy over every seed (same seeds for every policy); ``jobs`` worker processes
+    run (policy, seed) pairs side by side -- each run is seeded on its own, so the numbers do
+    not depend on ``jobs``."""
     if not specs:
         raise ValidationError("give at least one policy", "policy")
     seeds = list(seeds)
     if not seeds:
         raise ValidationError("give at least one seed", "seeds")
-    rows = []
-    for spec in specs:
-        runs = []
-        for seed in seeds:
+    for spec in specs:  # a bad spec fails before any simulation
+        name, _ = parse_spec(spec)
+        if name not in REGISTRY:
+            raise ValidationError(f"unknown policy {name!r}; known: {', '.join(sorted(REGISTRY))}", "policy")
+    tasks = [(spec, seed) for spec in specs for seed in seeds]
+
+    def report(run):
+        if echo:
+            echo(f"  {run.spec:<40} seed {run.seed}: cumulative regret {run.cumulative[-1]:9.1f}  "
+                 f"({run.reward:.4f} vs oracle {run.oracle:.4f} clicks per carousel, {run.seconds:.0f} s)")
+
+    done: dict[tuple[str, int], RegretRun] = {}
+    if jobs > 1:
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            futures = [pool.submit(regret_run, spec, seed, **kwargs) for spec, seed in tasks]
+            for fut in as_completed(futures):
+                run = fut.result()
+                done[(run.spec, run.seed)] = run
+                report(run)
+    else:
+        for spec, seed in tasks:
             run = regret_run(spec, seed, **kwargs)
-            if echo:
-                echo(f"  {spec:<40} seed {seed}: cumulative regret {run.cumulative[-1]:9.1f}  "
-                     f"({run.reward:.4f} vs oracle {run.oracle:.4f} clicks per carousel, {run.seconds:.0f} s)")
-            runs.append(run)
-        rows.append(RegretRow(spec, runs))
-    return rows
+            done[(spec, seed)] = run
+            report(run)
+    return [RegretRow(spec, [done[(spec, seed)] for seed in seeds]) for spec in specs]
 
 
 def regret_table(rows: list[RegretRow]) -> str:
@@ -205,14 +240,17 @@ def sensitivity_study(spec: str, objective: str = "price", *, seed: int = 0, sho
         size = min(batch, n_train - done)
         req = shop.requests(size, traffic)
         slates = np.empty((size, k), dtype=np.int64)
+        cand_lists, marg_rows, cond_rows = [], [], []
         for i in range(size):
             items = candidates_of(int(req.customer[i]))
             dist = trained.distribution(Request(req.context[i], items, features[items]), k)
-            slates[i] = items[dist.sample(sampler).index]
+            draw = dist.sample(sampler)
+            slates[i] = items[draw.index]
+            cand_lists.append(items)
+            marg_rows.append(draw.marginal)
+            cond_rows.append(draw.propensity)
         clicked = shop.respond(req, slates, clicks)
-        rows = np.repeat(np.arange(size), k)
-        trained.update(req.context[rows], features[slates.ravel()], clicked.ravel().astype(float),
-                       items=slates.ravel())
+        learn(trained, req.context, cand_lists, slates, clicked, marg_rows, cond_rows, features)
         done += size
     arrays, meta = trained.state()
     test = shop.requests(n_test, np.random.default_rng(test_seq))

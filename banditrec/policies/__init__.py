@@ -16,11 +16,13 @@ from .hybrid import HybridLinUCB
 from .linucb import LinUCB
 from .simple import Popularity, Uniform
 from .thompson import LinTS
+from .vw import VWConditionalContextualBandit, VWContextualBandit
 from .slate import EpsilonGreedySlate, SlateSample, rank_slot_marginals
 
 REGISTRY: dict[str, type[Policy]] = {
     cls.name: cls
-    for cls in (Uniform, Popularity, EpsilonGreedy, Softmax, LinUCB, DisjointLinUCB, HybridLinUCB, LinTS)
+    for cls in (Uniform, Popularity, EpsilonGreedy, Softmax, LinUCB, DisjointLinUCB, HybridLinUCB, LinTS,
+                VWContextualBandit, VWConditionalContextualBandit)
 }
 
 
@@ -103,6 +105,8 @@ __all__ = [
     "LinTS",
     "LinUCB",
     "Softmax",
+    "VWConditionalContextualBandit",
+    "VWContextualBandit",
     "Policy",
     "PolicyConfig",
     "Popularity",

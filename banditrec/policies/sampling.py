@@ -20,9 +20,10 @@ conditionals are ratios of Monte-Carlo joint probabilities. *Marginals* P(slot k
 -- what position-wise estimators divide by -- are estimated by **Rao-Blackwellised Monte
 Carlo**: sample ``draws`` prefixes (slots 0..k-1) and average the exact slot-k probability of
 every candidate given each prefix (for Thompson sampling: average the exact epsilon-greedy rank
-marginals over posterior draws). Unlike counting how often an item lands in slot k, this never
-returns 0 for an item the policy can show (the floor ``eps_k / n_eligible`` is inside every
-term), and its standard error is reported by :meth:`marginal_se`. Slot 0 needs no prefix, so
+marginals over posterior draws). Unlike counting how often an item lands in slot k, this gives
+an item the policy can show a positive estimate unless every sampled prefix already showed it
+(the floor ``eps_k / n_eligible`` is inside every other term); ``sample`` guards the cells it
+logs against that case. Its standard error is reported by :meth:`marginal_se`. Slot 0 needs no prefix, so
 its marginals are exact.
 
 The Monte Carlo stream is seeded from the distribution's own inputs (a hash of the values,
@@ -219,9 +220,15 @@ class SequentialSlate:
                 counts[0, self.types[i]] += 1
         return out
 
-    def sample(self, rng: np.random.Generator) -> SlateSample:
+    def sample(self, rng: np.random.Generator, marginals: bool = True) -> SlateSample:
+        """Draw a slate with its exact conditionals and, unless ``marginals=False`` (NaN, for
+        simulations that never log or divide by them), its Monte-Carlo marginals."""
         index, cond, _, _ = self._run(rng, 1, collect=False)
         index, cond = index[0], cond[0]
+        if not marginals:
+            log_joint = float(np.log(cond).sum())
+            return SlateSample(index=index, propensity=cond, marginal=np.full(self.n_slots, np.nan),
+                               joint=float(np.exp(log_joint)), log_joint=log_joint, marginal_draws=0)
         marg = self.marginals()[index, np.arange(self.n_slots)].copy()
         # positivity guard: an item the policy just showed has positive probability; if no
         # sampled prefix allowed it (a type cap met on every draw), fall back to its own path's
@@ -333,12 +340,21 @@ class SampledRankingSlate:
         joint = np.cumprod(self._path_probabilities(index), axis=1).mean(axis=0)
         return joint / np.r_[1.0, joint[:-1]]
 
-    def sample(self, rng: np.random.Generator) -> SlateSample:
+    def sample(self, rng: np.random.Generator, marginals: bool = True) -> SlateSample:
+        """Draw a slate (a fresh posterior draw from ``rng``) with Monte-Carlo propensities;
+        ``marginals=False`` leaves the marginals NaN (simulations that never log them)."""
         scores = np.asarray(self.draw_scores(rng, 1), dtype=float).reshape(-1)
         if scores.shape != (self._n,) or not np.isfinite(scores).all():
             raise ValidationError(f"draw_scores must return finite scores for {self._n} candidates", "scores")
         index = EpsilonGreedySlate(scores, self.epsilon).sample(rng).index
         paths = self._path_probabilities(index)
+        if not marginals:
+            joint = np.cumprod(paths, axis=1).mean(axis=0)
+            if (joint > 0).all():
+                cond = joint / np.r_[1.0, joint[:-1]]
+                log_joint = float(np.log(cond).sum())
+                return SlateSample(index=index, propensity=cond, marginal=np.full(self.n_slots, np.nan),
+                                   joint=float(np.exp(log_joint)), log_joint=log_joint, marginal_draws=0)
         marg = self.marginals()[index, np.arange(self.n_slots)].copy()
         joint = np.cumprod(paths, axis=1).mean(axis=0)
         if (joint <= 0).any() or (marg <= 0).any():

@@ -155,7 +155,7 @@ class EpsilonGreedySlate:
             self._rank = (order, group, sizes)
         return self._rank
 
-    def sample(self, rng: np.random.Generator) -> SlateSample:
+    def sample(self, rng: np.random.Generator, marginals: bool = True) -> SlateSample:
         """Draw a slate; O(n log n) once for the ranking, then O(1) per slot (ties aside).
 
         Each slot uses one uniform draw ``u``: ``u < eps_k`` picks uniformly among the

@@ -625,13 +625,18 @@ class VWSlate:
                                       f"in slot {k}, below the serving floor {floor:.3g}", "min_epsilon")
             shown[index[k]] = True
 
-    def sample(self, rng: np.random.Generator) -> SlateSample:
+    def sample(self, rng: np.random.Generator, marginals: bool = True) -> SlateSample:
         """One slate sampled by VW with per-slot seeds from ``rng``; conditionals are VW's
         probabilities of the chosen actions, marginals from :meth:`marginals` (all from one
-        model: the policy's lock is held throughout, so no update lands in between)."""
+        model: the policy's lock is held throughout, so no update lands in between).
+        ``marginals=False`` skips them (NaN), for simulations that never log or divide by them."""
         with self._policy._lock:
             index, cond, pmfs = self._run(rng.integers(0, _SEED_HIGH, size=self._k))
             self._check_floor(index, pmfs)
+            if not marginals:
+                log_joint = float(np.log(cond).sum())
+                return SlateSample(index=index, propensity=cond, marginal=np.full(self._k, np.nan),
+                                   joint=float(np.exp(log_joint)), log_joint=log_joint, marginal_draws=0)
             marg = self.marginals()[index, np.arange(self._k)].copy()
         # positivity guard (as in sampling.SequentialSlate): if no sampled prefix left this item
         # for its slot, use its own path's term over draws + 1 paths rather than log a 0

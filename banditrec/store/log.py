@@ -63,7 +63,8 @@ READ_DECISIONS = (
     f"WHERE {_READ_FILTER} ORDER BY d.seq"
 )
 READ_SLOTS = (
-    "SELECT d.seq, s.position, s.item_index, s.marginal FROM decisions d JOIN slots s ON s.event_id = d.event_id "
+    "SELECT d.seq, s.position, s.item_index, s.marginal, s.propensity FROM decisions d "
+    "JOIN slots s ON s.event_id = d.event_id "
     # pinned slots are shown by rule (propensity 1): no policy chose them, nothing to learn
     f"WHERE {_READ_FILTER} AND s.source != 'pinned' ORDER BY d.seq, s.position"
 )
@@ -200,6 +201,7 @@ class LoggedDecisions:
     row_pscore: np.ndarray
     row_reward: np.ndarray
     decision_reward: np.ndarray
+    row_propensity: np.ndarray | None = None  # (n,) the conditional P(item | earlier slots)
 
     @property
     def n_decisions(self) -> int:
@@ -741,7 +743,7 @@ class DecisionLog:
             first[row_decision[::-1]] = row_slot[::-1]
             row_slot = row_slot - first[row_decision]
         return LoggedDecisions(event_id, seq, context, candidates, row_decision, row_slot, row_action, row_pscore,
-                               row_reward, decision_reward)
+                               row_reward, decision_reward, np.ascontiguousarray(slots["propensity"]))
 
     def events(self, *, after_seq: int = 0, user_id: str | None = None) -> LoggedEvents:
         """Interaction events with ``seq > after_seq`` (of one user, if given), in log order."""
@@ -787,4 +789,5 @@ class DecisionLog:
             return self.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
-_SLOT_ROW = np.dtype([("seq", np.int64), ("position", np.int64), ("item_index", np.int64), ("marginal", float)])
+_SLOT_ROW = np.dtype([("seq", np.int64), ("position", np.int64), ("item_index", np.int64), ("marginal", float),
+                      ("propensity", float)])
