@@ -191,10 +191,48 @@ class SequentialSlate:
         return index, cond, mean, sd
 
     # ---- the protocol ---------------------------------------------------------------------
+    def _weights_moments(self, rng: np.random.Generator, n_paths: int) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and standard deviation over sampled prefixes of every slot's probabilities, for
+        uncapped weights, without materialising them: with ``R`` the (N, n) 0/1 matrix of items
+        still available, ``W = R w`` and ``c`` each prefix's uniform share, the mean of
+        ``R * ((1 - e) w / W + c)`` over prefixes is ``((1 - e) w * (R^T (1/W)) + R^T c) / N``,
+        and likewise the second moment: matrix-vector products instead of (N, n) passes."""
+        n, K = self.n_candidates, self.n_slots
+        w = self.values
+        avail = np.ones((n_paths, n))
+        rows = np.arange(n_paths)
+        mean, second = np.empty((n, K)), np.empty((n, K))
+        for k in range(K):
+            e, left = self.epsilon[k], n - k
+            total = avail @ w
+            z = total > 0
+            inv = np.where(z, 1.0 / np.where(z, total, 1.0), 0.0)
+            c = ((1.0 - e) * ~z + e) / left
+            at = avail.T
+            mean[:, k] = ((1.0 - e) * w * (at @ inv) + at @ c) / n_paths
+            second[:, k] = ((1.0 - e) ** 2 * w * w * (at @ (inv * inv)) + 2.0 * (1.0 - e) * w * (at @ (inv * c))
+                            + at @ (c * c)) / n_paths
+            if k == K - 1:
+                break
+            p = avail * ((1.0 - e) * inv[:, None] * w[None, :] + c[:, None])
+            cum = np.cumsum(p, axis=1)
+            u = rng.random(n_paths) * cum[:, -1]
+            pick = np.minimum((cum <= u[:, None]).sum(axis=1), n - 1)
+            bad = p[rows, pick] <= 0
+            if bad.any():
+                pick = np.where(bad, n - 1 - np.argmax(p[:, ::-1] > 0, axis=1), pick)
+            avail[rows, pick] = 0.0
+        var = np.maximum(second - mean * mean, 0.0) * (n_paths / max(n_paths - 1, 1))
+        return mean, np.sqrt(var)
+
     def marginals(self) -> np.ndarray:
         """(n, K) P(slot k holds candidate j): exact for slot 0, Rao-Blackwellised MC after."""
         if self._marg is None:
-            _, _, mean, sd = self._run(np.random.default_rng(self.seed), self.draws, collect=True)
+            rng = np.random.default_rng(self.seed)
+            if self.kind == "weights" and not self.max_per_type:
+                mean, sd = self._weights_moments(rng, self.draws)
+            else:
+                _, _, mean, sd = self._run(rng, self.draws, collect=True)
             self._marg, self._se = mean, sd / np.sqrt(self.draws)
             self._se[:, 0] = 0.0
             self._marg.setflags(write=False)
