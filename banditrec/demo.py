@@ -9,6 +9,7 @@ only parts of ``banditrec`` that import ``simulator`` (tests/test_architecture.p
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from simulator import Shop, ShopConfig
 from .candidates import ItemItemCF
 from .engine import Engine, ItemTable
 from .errors import ValidationError
-from .ope import IPS, SNIPS
+from .ope import IPS, SNIPS, OPEWarning
 from .offline import target_pscore
 from .policies import make
 from .service import create_app
@@ -81,14 +82,14 @@ class DemoResult:
         for r in self.results:
             for name, e in r.estimates.items():
                 ci = f"[{e.lower:.3f}, {e.upper:.3f}]"
-                mark = " !" if e.ess < LOW_ESS else ""
+                mark = " !" if e.warnings else ""
                 low |= bool(mark)
                 lines.append(
                     f"{r.spec:<{w}}  {name:<6} {e.value:>8.4f} {ci:>18} {r.truth:>7.4f}  "
                     f"{'yes' if e.covers(r.truth) else 'NO':<5} {e.ess:>8,.0f}{mark}"
                 )
         if low:
-            lines.append(f"! effective sample size below {LOW_ESS}: the log barely covers this policy; "
+            lines.append("! the estimator's diagnostics warn (low effective sample size or heavy weights): "
                          "do not trust that interval")
         return "\n".join(lines)
 
@@ -187,6 +188,12 @@ def evaluate_against_truth(shop: Shop, engine: Engine, served: Served, targets, 
     Returns the results and, per policy, its exact value per decision.
     """
     estimators = estimators or {"IPS": IPS(), "SNIPS": SNIPS()}
+    with warnings.catch_warnings():  # the table marks estimates whose diagnostics warn
+        warnings.simplefilter("ignore", OPEWarning)
+        return _evaluate(shop, engine, served, targets, n_slots=n_slots, estimators=estimators)
+
+
+def _evaluate(shop, engine, served, targets, *, n_slots, estimators):
     logged = engine.log.decisions()
     if logged.n_decisions != len(served.customer):
         raise RuntimeError(f"log holds {logged.n_decisions} decisions, the run served {len(served.customer)}")
@@ -216,9 +223,6 @@ def evaluate_against_truth(shop: Shop, engine: Engine, served: Served, targets, 
         )
         per_decision[target.spec] = truth
     return results, per_decision
-
-
-LOW_ESS = 100  # below this effective sample size a normal-approximation interval is not trusted
 
 
 def _check_run(config: ShopConfig, *, n_decisions, n_slots, n_candidates, batch):
@@ -324,7 +328,7 @@ def write_report(result: DemoResult, out: Path, *, seed, n_slots, n_candidates, 
         for name, e in r.estimates.items():
             lines.append(
                 f"| `{r.spec}` | {name} | {e.value:.4f} | [{e.lower:.4f}, {e.upper:.4f}] | {r.truth:.4f} | "
-                f"{'yes' if e.covers(r.truth) else '**no**'} | {e.ess:,.0f}{' (low)' if e.ess < LOW_ESS else ''} | "
+                f"{'yes' if e.covers(r.truth) else '**no**'} | {e.ess:,.0f}{' (warns)' if e.warnings else ''} | "
                 f"{e.max_weight:.1f} |"
             )
     lines += [
