@@ -139,6 +139,7 @@ def check_context(context, context_dim: int) -> np.ndarray:
     c = np.asarray(context, dtype=float)
     if c.shape != (context_dim,):
         raise ValidationError(f"context must have shape ({context_dim},), got {c.shape}", "context")
+    check_finite(c, "context")
     return c
 
 
@@ -269,7 +270,7 @@ class JointRidgePolicy(Policy):
         self._digest = None
 
     def features(self, request: Request) -> np.ndarray:
-        return joint_features(request.context, request.item_features)
+        return joint_features(check_context(request.context, self.context_dim), request.item_features)
 
     def mean(self, request: Request) -> np.ndarray:
         """The ridge estimate ``x^T theta`` of every candidate's reward, shape (n,)."""
@@ -277,9 +278,10 @@ class JointRidgePolicy(Policy):
 
     def update(self, context: np.ndarray, item_features: np.ndarray, reward: np.ndarray, *,
                items: np.ndarray | None = None, weight: np.ndarray | None = None) -> None:
+        C, V, r = check_rows(context, item_features, reward, context_dim=self.context_dim, item_dim=self.item_dim)
         with np.errstate(over="ignore", invalid="ignore"):  # overflow is refused by update_features
-            X = joint_features(np.atleast_2d(context), np.atleast_2d(item_features))
-        self.update_features(X, reward, weight)
+            X = joint_features(C, V)
+        self.update_features(X, r, weight)
 
     def update_features(self, features: np.ndarray, reward: np.ndarray, weight: np.ndarray | None = None) -> None:
         """Ridge update from rows of joint features ``(m, dim)``, rewards ``(m,)`` and optional
