@@ -3,7 +3,9 @@
 Sections (``--only NAME`` runs one):
 
   decide     LinUCB scoring of 200 candidates for 10 slots: bare numpy, LinUCB.scores,
-             distribution().sample and the full Engine.decide logging to SQLite (WAL)
+             distribution().sample and the full Engine.decide logging to SQLite (WAL); then the
+             issue's size (context 32, item features 8): every numpy policy's scores() and
+             distribution().sample() beside a bare numpy scoring of its own matrices
   marginals  the exact rank-slot marginal DP (uncached, cached, per decision) vs a
              Monte-Carlo estimate from 1,000 sampled slates: time and error
   log        DecisionLog.write_decision vs bare sqlite3 inserts of the same rows, and
@@ -44,11 +46,12 @@ from pathlib import Path
 
 import numpy as np
 
-from common import compare, ms, rate, ratio, rng, table, us
+from common import blas_threads, compare, ms, rate, ratio, rng, table, us
 from ope_truth import bench_ope_truth
 from vw_bench import bench_vw
 
 from banditrec.demo import build_engine
+from banditrec.features import joint_features
 from banditrec.ope import DR, IPS, SNIPS
 from banditrec.policies import EpsilonGreedySlate, Request, make, rank_slot_marginals
 from banditrec.policies.slate import _rank_slot_marginals_cached
@@ -139,6 +142,147 @@ def bench_decide(cfg: dict, tmp: Path) -> None:
           f"(a)-(c) context 4 x item 7, (c')-(d) build_engine on Shop(dim={SHOP_DIM}); "
           f"{cfg['decide']} calls each.",
           ["case", "joint dim", "p50 us", "p99 us", "ratio", "vs"], rows)
+    bench_decide_d32(cfg)
+
+
+# The issue's target size: context d = 32; item features of 8, so the joint (context x item)
+# features are [v, vec(x v^T)] of 8 + 32 * 8 = 264 -- the same 256 crossed features VW's -q UA
+# gives in the vw section -- and disjoint/hybrid LinUCB's per-item models are over [1, x] (33).
+D32_CONTEXT, D32_ITEM, D32_ITEMS = 32, 8, 1000
+D32_POLICIES = ("shared-linucb", "linucb", "hybrid-linucb", "egreedy", "lints", "softmax")
+D32_TARGET = 2.0  # issue 5: LinUCB decide() <= 2x a bare numpy scoring of the same matrices
+
+
+def d32_policy(name: str, gen: np.random.Generator):
+    """``name`` at the d = 32 size, trained on 2,000 random rows (over random catalog items) so
+    that its matrices are dense; ``mc_draws`` stays at the policies' default (256)."""
+    policy = make(name, context_dim=D32_CONTEXT, item_dim=D32_ITEM, n_items=D32_ITEMS)
+    m = 2000
+    policy.update(gen.normal(size=(m, D32_CONTEXT)), gen.normal(size=(m, D32_ITEM)),
+                  gen.binomial(1, 0.1, size=m).astype(float), items=gen.integers(0, D32_ITEMS, size=m))
+    return policy
+
+
+def bare_scoring(policy, request: Request, gen: np.random.Generator):
+    """``(fn, formula)``: the policy's scoring as bare numpy on the policy's own matrices, and a
+    check that it computes what the policy does. Joint features (a function of the request
+    alone) are built beforehand, as in (a) above (``bare_features`` times building them); a
+    per-item model's rows are gathered from its catalog stacks inside ``fn``, as any
+    implementation has to."""
+    c, idx = request.context, request.items
+    X = joint_features(c, request.item_features)  # hybrid's z, the shared models' x
+    x = np.r_[1.0, c]
+    name = policy.name
+    if name == "shared-linucb":
+        theta, A_inv, alpha = policy.theta, policy.A_inv, policy.config.alpha
+
+        def fn():
+            return X @ theta + alpha * np.sqrt(np.einsum("ij,ij->i", X @ A_inv, X))
+        check, formula = policy.scores(request), "X@theta + alpha*sqrt(rowsum(X@A_inv * X))"
+    elif name == "linucb":
+        A_inv, theta, alpha = policy.A_inv, policy.theta, policy.config.alpha
+
+        def fn():
+            Px = A_inv[idx] @ x
+            return theta[idx] @ x + alpha * np.sqrt(Px @ x)
+        check, formula = policy.scores(request), "P=A_inv[items]@x; theta[items]@x + alpha*sqrt(P@x)"
+    elif name == "hybrid-linucb":
+        A_inv, B, b, A0_inv, beta, alpha = (policy.A_inv, policy.B, policy.b, policy.A0_inv, policy.beta,
+                                            policy.config.alpha)
+
+        def fn():
+            Px = A_inv[idx] @ x
+            E = X - np.einsum("ndk,nd->nk", B[idx], Px)
+            mean = E @ beta + np.einsum("nd,nd->n", Px, b[idx])
+            return mean + alpha * np.sqrt(np.einsum("nk,nk->n", E @ A0_inv, E) + Px @ x)
+        check, formula = policy.scores(request), "Li et al. Alg. 2 score, gathered per item (E = z - B_a^T A_a^-1 x)"
+    elif name == "egreedy":
+        theta = policy.theta
+
+        def fn():
+            return X @ theta
+        check, formula = policy.scores(request), "X@theta"
+    elif name == "softmax":
+        theta, tau = policy.theta, policy.config.tau
+
+        def fn():
+            s = X @ theta
+            return np.exp((s - s.max()) / tau)
+        check, formula = policy.weights(request), "w = exp((X@theta - max) / tau)"
+    elif name == "lints":
+        theta, L, v, dim = policy.theta, policy.posterior_factor(), policy.config.v, policy.dim
+        seed = int(gen.integers(2**32))
+
+        def fn(g=np.random.default_rng(seed)):
+            return X @ (theta + v * (L @ g.standard_normal(dim)))
+        check = policy.draw_scores(request)(np.random.default_rng(seed), 1)[0]
+        formula = "one posterior draw: X@(theta + v*L@g), L L^T = A^-1 (cached)"
+    else:
+        raise ValueError(f"no bare scoring for {name}")
+    assert np.allclose(fn(), check, rtol=1e-9, atol=1e-12), name
+    return fn, formula
+
+
+def bare_features(request: Request):
+    """The joint features ``[v, vec(v x^T)]`` of a request in bare numpy (what (a) is given)."""
+    c, V = request.context, request.item_features
+
+    def fn():
+        return np.concatenate([V, (V[:, :, None] * c[None, None, :]).reshape(len(V), -1)], axis=1)
+    return fn
+
+
+def bench_decide_d32(cfg: dict) -> None:
+    gen = rng(20)
+    sampler = rng(21)
+    budget = 4.0 * cfg["decide"] / FULL["decide"]  # seconds of timed calls per policy (4 s in full)
+    rows, verdicts, notes, counts = [], [], [], []
+    with blas_threads(1) as threads:
+        for name in D32_POLICIES:
+            policy = d32_policy(name, gen)
+            items = gen.choice(D32_ITEMS, N_CAND, replace=False)
+            request = Request(context=gen.normal(size=D32_CONTEXT), items=items,
+                              item_features=gen.normal(size=(N_CAND, D32_ITEM)))
+            bare, formula = bare_scoring(policy, request, gen)
+            joint = name != "linucb"  # every other one scores joint (context x item) features
+            cases = {"a": bare, "f": bare_features(request), "b": lambda: policy.scores(request),
+                     "c": lambda: policy.distribution(request, N_SLOTS, MIN_EPSILON).sample(sampler)}
+            if not joint:
+                del cases["f"]
+            else:
+                assert np.array_equal(cases["f"](), joint_features(request.context, request.item_features))
+            probe = compare(cases, repeats=3, warmup=1, rounds=1)
+            per_round = sum(t.p50 for t in probe.values()) / 1e9
+            repeats = int(min(cfg["decide"], max(30, budget / per_round)))
+            t = compare(cases, repeats=repeats)
+            whole = t["a"].p50 + (t["f"].p50 if joint else 0.0)  # bare math incl. building the features
+            for key, label in (("a", f"(a) bare numpy: {formula}"),
+                               ("f", "(a') building the joint features in bare numpy, alone"),
+                               ("b", "(b) policy.scores(request)"),
+                               ("c", "(c) distribution(request, 10, 0.01).sample(rng)")):
+                if key not in t:
+                    continue
+                r = t[key].p50 / t["a"].p50
+                rows.append([name if key == "a" else "", label, us(t[key].p50), us(t[key].p99), f"{r:,.2f}x",
+                             f"{t[key].p50 / whole:,.2f}x" if key in "bc" else "",
+                             ("yes" if r <= D32_TARGET else "no") if key in "bc" else ""])
+            notes.append(f"{name} {repeats}")
+            counts.append(repeats)
+            if "linucb" in name:
+                r = t["c"].p50 / t["a"].p50
+                verdicts.append(f"{name} {r:.2f}x ({'meets' if r <= D32_TARGET else 'misses'})")
+    blas = f"numpy's OpenBLAS pinned to {threads} thread" if threads else "BLAS threads as configured"
+    table("decide, d=32", f"One decision at the issue's size: {N_CAND} candidates of {D32_ITEMS:,}, {N_SLOTS} "
+          f"slots, context {D32_CONTEXT}, item features {D32_ITEM} (joint dim {D32_ITEM + D32_CONTEXT * D32_ITEM}; "
+          f"disjoint/hybrid per-item [1, x] dim {D32_CONTEXT + 1}), min_epsilon {MIN_EPSILON}; each policy with "
+          f"its default params and mc_draws (256), trained on 2,000 random rows; {blas}. ratio = p50 / that "
+          f"policy's (a); 'vs a+a'' = p50 / the sum of (a) and (a') (bare math including the features, which "
+          f"(a) is given prebuilt); cases interleaved in the same run; '<= 2x' is the issue's LinUCB target on "
+          f"ratio, shown for every policy. Calls per case: {', '.join(notes)}"
+          f"{' (p99 of under 100 calls is about their maximum)' if min(counts) < 100 else ''}.",
+          ["policy", "case", "p50 us", "p99 us", "ratio", "vs a+a'", f"<= {D32_TARGET:g}x"], rows)
+    print(f"issue 5 target, LinUCB decide() <= {D32_TARGET:g}x bare numpy scoring (row (c) / row (a)): "
+          f"{'; '.join(verdicts)}")
 
 
 # ---- 2. marginals ------------------------------------------------------------------------
