@@ -56,11 +56,14 @@ def test_higher_sensitivity_shows_more_of_the_business_column(rng):
 
 def test_objective_errors_name_the_problem():
     with pytest.raises(ValidationError, match="objective 'royalty' is not an item column; known: margin"):
-        make("uniform:objective=royalty,sensitivity=low", item_columns={"margin": np.ones(3)})
+        make("popularity:objective=royalty,sensitivity=low", item_columns={"margin": np.ones(3)}, popularity=np.ones(3))
     with pytest.raises(ValidationError, match="sensitivity must be one of off, low, medium, high"):
-        make("uniform:objective=margin,sensitivity=extreme", item_columns={"margin": np.ones(3)})
+        make("popularity:objective=margin,sensitivity=extreme", item_columns={"margin": np.ones(3)},
+             popularity=np.ones(3))
     with pytest.raises(ValidationError, match="sensitivity=low needs an objective column"):
-        make("uniform:sensitivity=low")
+        make("popularity:sensitivity=low", popularity=np.ones(3))
+    with pytest.raises(ValidationError, match="uniform serves uniformly random slates"):
+        make("uniform:objective=margin,sensitivity=low", item_columns={"margin": np.ones(3)})
 
 
 def test_explore_from_keeps_early_slots_greedy_and_the_floor_still_applies(rng):

@@ -16,6 +16,9 @@ class UniformConfig(PolicyConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.objective or self.sensitivity != "off":
+            raise ValidationError("uniform serves uniformly random slates, which a business objective cannot "
+                                  f"change; got objective={self.objective!r}", "objective")
         if self.epsilon != 1.0:
             raise ValidationError(
                 f"uniform explores every slot fully; epsilon must be 1, got {self.epsilon!r}",

@@ -176,6 +176,13 @@ class VWCCBConfig(VWConfig):
 
     draws: int = 32
 
+    def __post_init__(self):
+        super().__post_init__()
+        if self.max_per_type:
+            raise ValidationError(
+                f"vw-ccb cannot apply max_per_type={self.max_per_type}: VW samples the slots itself; use vw-cb, "
+                "whose slots banditrec fills from VW's PMF", "max_per_type")
+
 
 # ---- text lines ------------------------------------------------------------------------
 def _check_values(x: np.ndarray, name: str) -> None:
@@ -522,7 +529,8 @@ class VWContextualBandit(VWPolicy):
         """Plackett-Luce over VW's PMF, each slot mixed with the serving floor ``min_epsilon``."""
         context, features, n_slots, min_epsilon = self._request_arrays(request, n_slots, min_epsilon)
         pmf = self._pmf(context, features)
-        return PlackettLuceSlate(pmf, np.full(n_slots, min_epsilon), draws=self.config.draws)
+        return PlackettLuceSlate(pmf, np.full(n_slots, min_epsilon), draws=self.config.draws,
+                                 **self.type_cap(request))
 
     def update(self, context, item_features, reward, *, items=None, weight=None, pscore=None, candidates=None,
                chosen=None) -> None:
