@@ -208,10 +208,10 @@ class SequentialSlate:
             z = total > 0
             inv = np.where(z, 1.0 / np.where(z, total, 1.0), 0.0)
             c = ((1.0 - e) * ~z + e) / left
-            at = avail.T
-            mean[:, k] = ((1.0 - e) * w * (at @ inv) + at @ c) / n_paths
-            second[:, k] = ((1.0 - e) ** 2 * w * w * (at @ (inv * inv)) + 2.0 * (1.0 - e) * w * (at @ (inv * c))
-                            + at @ (c * c)) / n_paths
+            # the five per-prefix sums every moment needs, as one matrix product
+            s_inv, s_c, s_inv2, s_invc, s_c2 = (avail.T @ np.stack([inv, c, inv * inv, inv * c, c * c], axis=1)).T
+            mean[:, k] = ((1.0 - e) * w * s_inv + s_c) / n_paths
+            second[:, k] = ((1.0 - e) ** 2 * w * w * s_inv2 + 2.0 * (1.0 - e) * w * s_invc + s_c2) / n_paths
             if k == K - 1:
                 break
             p = avail * ((1.0 - e) * inv[:, None] * w[None, :] + c[:, None])
