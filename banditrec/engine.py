@@ -144,6 +144,8 @@ class Engine:
         excluded = np.empty(0, dtype=np.int64)
         if exclude:  # ids the catalog no longer knows cannot be served anyway: ignore them
             excluded = self.items.index_of(exclude, "exclude", skip_unknown=True)
+        if n_slots == 0 and candidates is None:  # every slot pinned: the policy picks nothing
+            return np.empty(0, dtype=np.int64), np.empty(0, dtype=object)
         if candidates is not None:
             idx = self.items.index_of(candidates, "candidates")
             if len(set(candidates)) != len(candidates):
@@ -263,6 +265,9 @@ class Engine:
                 after_seq=self._learned_seq, until_seq=until_seq, kind=kind, default_reward=default_reward
             )
             if logged.n_decisions == 0:
+                return 0
+            if len(logged.row_reward) == 0:  # only pinned slots: nothing a policy chose
+                self._learned_seq = int(logged.seq[-1])
                 return 0
             self.policy.update(
                 logged.context[logged.row_decision],

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,7 @@ import scipy.sparse as sp
 from .errors import ValidationError
 from .offline import target_pscore, train_from_log
 from .ope import ESTIMATORS, IPS, Estimate, LoggedBandit, OPEWarning, RidgeRewardModel
+from .ope.estimators import MAX_UNSUPPORTED
 from .policies import make
 from .store import DecisionLog, LoggedDecisions
 
@@ -134,6 +135,17 @@ def _sparse_target(logged: LoggedDecisions, per_decision: list, n_items: int) ->
                          shape=(len(logged.row_slot), n_items))
 
 
+def _unsupported(logged: LoggedDecisions, target_rows: sp.csr_matrix, n_items: int) -> float:
+    """Mean target mass per row on items never logged in that row's slot (estimators'
+    ``Estimate.unsupported``, computed from the sparse target rows)."""
+    n_slots = int(logged.row_slot.max()) + 1
+    seen = np.zeros((n_items, n_slots), dtype=bool)
+    seen[logged.row_action, logged.row_slot] = True
+    slot_of_entry = np.repeat(logged.row_slot, np.diff(target_rows.indptr))
+    unseen = ~seen[target_rows.indices, slot_of_entry]
+    return float((target_rows.data * unseen).sum() / max(len(logged.row_slot), 1))
+
+
 def evaluate_log(
     db: str,
     specs: list[str],
@@ -151,6 +163,10 @@ def evaluate_log(
     unknown = [e for e in (*estimators, primary) if e not in ESTIMATORS]
     if unknown:
         raise ValidationError(f"unknown estimator {unknown[0]!r}; known: {', '.join(sorted(ESTIMATORS))}", "estimator")
+    refused = [e for e in (*estimators, primary) if e in ("Replay", "SlatePI")]
+    if refused:
+        raise ValidationError(f"{refused[0]} needs a uniformly random log and a dense action_dist; use it from "
+                              "Python", "estimator")
     if primary not in estimators:
         estimators = (*estimators, primary)
     if not specs:
@@ -188,7 +204,13 @@ def evaluate_log(
     env = {"context_dim": test.context.shape[1], "item_dim": features.shape[1], "popularity": popularity,
            "n_items": n_items}
     for spec in specs:
-        policy = make(spec, **env)
+        try:
+            policy = make(spec, **env)
+        except ValidationError as exc:
+            if exc.field in ("objective", "max_per_type"):
+                raise ValidationError(f"policy {spec}: {exc} -- the log's item table carries no business columns "
+                                      "or product types, so evaluate cannot apply it", exc.field) from None
+            raise
         if train is not None and train.n_decisions:
             train_from_log(policy, train, features)
         kept: list = []
@@ -202,10 +224,15 @@ def evaluate_log(
             for name in estimators:
                 est = ESTIMATORS[name](level=level, seed=seed)
                 kwargs = {"q_hat_logged": q_logged, "q_hat_target": q_target} if est.needs_q else {}
-                if name in ("Replay", "SlatePI"):
-                    raise ValidationError(f"{name} needs a uniformly random log and a dense action_dist; use it "
-                                          "from Python", "estimator")
                 estimates[name] = est.estimate(data, target_pscore=pi, **kwargs)
+        share = _unsupported(test, target_rows, n_items)
+        if share > MAX_UNSUPPORTED:
+            note = (f"the candidate puts {share:.1%} of its probability on items never logged in that slot; the "
+                    "log cannot see how they would do")
+            estimates = {k: replace(e, unsupported=share, warnings=(*e.warnings, f"{k}: {note}"))
+                         for k, e in estimates.items()}
+        else:
+            estimates = {k: replace(e, unsupported=share) for k, e in estimates.items()}
         main = estimates[primary]
         if main.warnings:
             safe, reason = False, f"{primary} diagnostics warn: " + "; ".join(main.warnings)

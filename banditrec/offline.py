@@ -124,7 +124,7 @@ def train_from_log(policy: Policy, logged: LoggedDecisions, item_features: np.nd
     With ``importance`` (the default) rows are weighted by :func:`importance_weights` of the
     logged marginal propensities, for a log written by a different policy: a plain fit would
     learn most about what the logger liked to show. Policies that learn from propensities
-    themselves (``needs_pscore``) get them as well.
+    themselves (``uses_marginals``) get them as well.
     """
     if logged.n_decisions == 0:
         return 0

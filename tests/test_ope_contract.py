@@ -801,3 +801,17 @@ def test_fitted_dm_family_is_reproducible_given_the_seed(rng):
     for cls in (DM, DR, SNDR, SwitchDR):
         a, b = cls(seed=9).estimate(data, dist), cls(seed=9).estimate(data, dist)
         assert (a.value, a.se) == (b.value, b.se)
+
+
+def test_replay_refuses_a_deterministic_logger_with_equal_propensities():
+    """Propensity 1 everywhere is 'equal' but not random: replay would return the logged
+    item's mean reward whatever the target; 2 distinct items at 1/p = 1 is impossible too."""
+    data = LoggedBandit(reward=[1.0, 0.0, 1.0, 1.0], action=[3, 3, 3, 3], slot=[0, 0, 0, 0], pscore=[1.0] * 4,
+                        n_actions=5, n_slots=1)
+    dist = np.full((4, 5, 1), 0.2)
+    with pytest.raises(ValidationError, match="no uniform choice among 1/p candidates gives"):
+        ESTIMATORS["Replay"]().estimate(data, dist)
+    data2 = LoggedBandit(reward=[1.0, 0.0, 1.0], action=[0, 1, 2], slot=[0, 0, 0], pscore=[0.5] * 3,
+                         n_actions=5, n_slots=1)
+    with pytest.raises(ValidationError, match="3 distinct items"):
+        ESTIMATORS["Replay"]().estimate(data2, np.full((3, 5, 1), 0.2))

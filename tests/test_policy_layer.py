@@ -159,3 +159,32 @@ def test_importance_weighted_retraining_passes_the_documented_weights(small_shop
     train_from_log(b, logged, engine.items.features, importance=False)
     assert not np.allclose(a.theta, b.theta)
     engine.log.close()
+
+
+def test_fully_pinned_decisions_learn_nothing_and_do_not_stop_learning(small_shop):
+    engine = make_engine(small_shop)
+    ids = engine.items.ids
+    d = engine.decide("u1", 2, pinned=[ids[1], ids[2]])
+    assert d.candidates == ()  # no candidate generation for a policy that picks nothing
+    assert engine.learn() == 0
+    e = engine.decide("u2", 3, pinned=[ids[4]])
+    engine.reward(e.event_id, 1.0, position=1)
+    assert engine.learn() == 2  # the pinned decision before it did not block the cursor
+    logged = engine.log.decisions()
+    assert logged.row_slot.tolist() == [0, 1]
+    np.testing.assert_allclose(logged.row_propensity, [s.propensity for s in e.slots[1:]])
+    engine.log.close()
+
+
+def test_a_pinned_slot_after_a_policy_slot_is_refused():
+    from banditrec.store.log import decision_rows
+    from banditrec.types import Decision, Slot
+
+    slots = (Slot(0, "a", 0.5, 0.5, "cf"), Slot(1, "b", 1.0, 1.0, "pinned"))
+    d = Decision("e", "u", slots, 0.5, float(np.log(0.5)), "p", "p-0", ("a", "c"), 1.0)
+    with pytest.raises(ValidationError, match="pinned slots must come first"):
+        decision_rows(d, {}, [0, 2], [0, 1], [0.0])
+    slots = (Slot(0, "b", 0.9, 1.0, "pinned"),)
+    d = Decision("e", "u", slots, 0.9, float(np.log(0.9)), "p", "p-0", (), 1.0)
+    with pytest.raises(ValidationError, match="propensity and marginal must be 1"):
+        decision_rows(d, {}, [], [1], [0.0])

@@ -345,11 +345,13 @@ class IPS:
         value, influence = terms.value_and_influence()
         n = terms.n
         se = float(influence.std(ddof=1) / np.sqrt(n))
+        dropped = 0
         if self.interval == "normal":
             z = float(norm.ppf(0.5 + self.level / 2))
             lower, upper = value - z * se, value + z * se
         else:
             reps = terms.bootstrap(self.n_bootstrap, boot_rng)
+            dropped = int((~np.isfinite(reps)).sum())
             reps = reps[np.isfinite(reps)]
             tail = (1 - self.level) / 2
             lower, upper = (float(v) for v in np.quantile(reps, [tail, 1 - tail]))
@@ -358,6 +360,9 @@ class IPS:
         max_w = float(w.max())
         unsupported = _unsupported_share(data, inputs)
         notes = _diagnose(self.name, ess, data.n_rows, max_w, sw, unsupported)
+        if self.interval == "bootstrap" and dropped > 0.01 * self.n_bootstrap:
+            notes.append(f"{self.name}: {dropped} of {self.n_bootstrap} bootstrap resamples had no weight on the "
+                         "target and were dropped; the interval is conditional on some overlap")
         for msg in notes:
             warnings.warn(msg, OPEWarning, stacklevel=3)
         return Estimate(
@@ -495,13 +500,24 @@ class SwitchDR(DR):
 
 
 def _uniform_per_slot(data: LoggedBandit, who: str) -> None:
+    """Equal propensities in each slot, of a logger that did randomise: ``1/p`` is a whole
+    number ``m`` of candidates (more than 1 when there is more than one action), at least the
+    number of distinct items logged there."""
     for k in np.unique(data.slot).tolist():
-        p = data.pscore[data.slot == k]
+        in_k = data.slot == k
+        p = data.pscore[in_k]
         lo, hi = float(p.min()), float(p.max())
         if hi > lo * (1 + 1e-9):
             raise ValidationError(
                 f"{who} needs a uniformly random logging policy; logged propensities in slot {k} range from "
                 f"{lo:.4g} to {hi:.4g} (use IPS or DR for this log)", "pscore")
+        m = 1.0 / hi
+        distinct = len(np.unique(data.action[in_k]))
+        deterministic = m < 2 - 1e-9 and data.n_actions > 1  # one item, always: nothing was randomised
+        if deterministic or abs(m - round(m)) > 1e-6 * m or distinct > round(m):
+            raise ValidationError(
+                f"{who} needs a uniformly random logging policy; slot {k} logs propensity {hi:.4g} for "
+                f"{distinct} distinct items, which no uniform choice among 1/p candidates gives", "pscore")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -153,6 +153,12 @@ def decision_rows(decision: Decision, policy_params: dict, candidate_index, slot
     positions = [s.position for s in decision.slots]
     if positions != list(range(len(positions))):
         raise ValidationError(f"slot positions must be 0..{len(positions) - 1} in order, got {positions}", "slots")
+    pinned = [s.source == "pinned" for s in decision.slots]
+    if any(pinned[i] and not pinned[i - 1] for i in range(1, len(pinned))):
+        raise ValidationError("pinned slots must come first (readers number the policy's slots after them)",
+                              "slots")
+    if any(p and (s.propensity != 1.0 or s.marginal != 1.0) for p, s in zip(pinned, decision.slots)):
+        raise ValidationError("a pinned slot is shown by rule: its propensity and marginal must be 1", "slots")
     row = (
         decision.event_id,
         float(decision.ts),
@@ -739,8 +745,8 @@ class DecisionLog:
                 row_reward[at[hit]] = r_value[~whole][hit]
         if len(slots):
             # the policy's slot: positions after a decision's pinned ones count from 0
-            first = np.zeros(len(seq), dtype=np.int64)
-            first[row_decision[::-1]] = row_slot[::-1]
+            starts = np.searchsorted(row_decision, np.arange(len(seq)))
+            first = row_slot[np.minimum(starts, len(row_slot) - 1)]
             row_slot = row_slot - first[row_decision]
         return LoggedDecisions(event_id, seq, context, candidates, row_decision, row_slot, row_action, row_pscore,
                                row_reward, decision_reward, np.ascontiguousarray(slots["propensity"]))
