@@ -114,10 +114,10 @@ def test_missing_log_is_named(tmp_path):
         evaluate_log(str(tmp_path / "none.db"), ["uniform"])
 
 
-def test_unsupported_mass_is_reported_and_blocks_the_verdict(logged_run):
+def test_unsupported_mass_is_reported(logged_run):
     """The candidate's target mass on items the evaluated half never showed in that slot,
-    against a brute-force sum over its marginals; uniform over 20 candidates with 3 slots puts
-    a known share there, so the warning and a 'not safe' verdict follow when it exceeds 1%."""
+    against a brute-force sum over its marginals (uniform over 20 candidates: 1/m each). It is
+    reported, not warned on: every logged candidate had a positive logging probability."""
     db, _, engine, _ = logged_run
     res = evaluate_log(str(db), ["uniform"], estimators=("IPS", "DR"), train_frac=0.5)
     log = DecisionLog(db)
@@ -134,9 +134,8 @@ def test_unsupported_mass_is_reported_and_blocks_the_verdict(logged_run):
         total += sum(1.0 / len(items) for a in items.tolist() if (a, int(logged.row_slot[i])) not in seen)
     expected = total / len(rows)
     est = res.candidates[0].estimates["DR"]
-    assert est.unsupported == pytest.approx(expected, rel=1e-9)
-    if expected > 0.01:
-        assert any("never logged" in w for w in est.warnings) and not res.candidates[0].safe
+    assert expected > 0 and est.unsupported == pytest.approx(expected, rel=1e-9)
+    assert not any("never logged" in w for w in est.warnings)
 
 
 def test_a_candidate_can_be_shown_safe(tmp_path):
