@@ -26,7 +26,7 @@ import scipy.sparse as sp
 
 from .errors import ValidationError
 from .offline import target_pscore, train_from_log
-from .ope import ESTIMATORS, IPS, Estimate, LoggedBandit, OPEWarning, RidgeRewardModel
+from .ope import ESTIMATORS, IPS, Estimate, OPEWarning, RidgeRewardModel
 from .policies import make
 from .store import DecisionLog, LoggedDecisions
 
@@ -188,9 +188,7 @@ def evaluate_log(
     train = _decisions(full, 0, n_train) if n_train else None
     test = _decisions(full, n_train, full.n_decisions)
     n_items, n_slots = len(features), int(test.row_slot.max()) + 1
-    context = test.context[test.row_decision]
-    data = LoggedBandit(reward=test.row_reward, action=test.row_action, slot=test.row_slot, pscore=test.row_pscore,
-                        decision=test.row_decision, context=context, n_actions=n_items, n_slots=n_slots)
+    data = test.logged_bandit(n_items, n_slots, with_context=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", OPEWarning)
         logging = IPS(level=level).estimate(data, target_pscore=data.pscore)
@@ -202,6 +200,8 @@ def evaluate_log(
         popularity += np.bincount(train.row_action, weights=(train.row_reward > 0).astype(float), minlength=n_items)
     env = {"context_dim": test.context.shape[1], "item_dim": features.shape[1], "popularity": popularity,
            "n_items": n_items}
+    reward_model = RidgeRewardModel()  # fitted once: only its target term depends on the candidate
+    folds = reward_model.fit_folds(data, n_folds=2, rng=np.random.default_rng(seed))
     for spec in specs:
         try:
             policy = make(spec, **env)
@@ -215,8 +215,7 @@ def evaluate_log(
         kept: list = []
         pi = target_pscore(policy, test, features, on_decision=lambda d, items, marg: kept.append((items, marg)))
         target_rows = _sparse_target(test, kept, n_items)
-        q_logged, q_target = RidgeRewardModel().cross_fit(data, target_rows, n_folds=2,
-                                                          rng=np.random.default_rng(seed))
+        q_logged, q_target = reward_model.predict_folds(folds, data, target_rows)
         estimates = {}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", OPEWarning)

@@ -75,9 +75,9 @@ class RidgeRewardModel:
         mass = np.asarray(target_rows.sum(axis=1)).ravel()
         return logged, mass * base + np.asarray(target_rows @ b_item).ravel()
 
-    def cross_fit(self, data: LoggedBandit, target_rows: np.ndarray | None, *, n_folds: int,
-                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
-        """Cross-fitted ``(q_logged (n,), q_target (n,) or None)``; folds are sets of decisions."""
+    def fit_folds(self, data: LoggedBandit, *, n_folds: int, rng: np.random.Generator):
+        """Fold of each row (folds are sets of decisions) and the coefficients fitted without
+        each fold: what :meth:`predict_folds` needs, fitted once for any number of targets."""
         if n_folds < 2:
             raise ValidationError(f"n_folds must be at least 2, got {n_folds}", "n_folds")
         if data.n_decisions < n_folds:
@@ -85,13 +85,23 @@ class RidgeRewardModel:
                 f"cross-fitting with {n_folds} folds needs at least {n_folds} decisions, got {data.n_decisions}",
                 "n_folds")
         fold = (rng.permutation(data.n_decisions) % n_folds)[data.decision]
+        return fold, [self.fit(data, np.flatnonzero(fold != f)) for f in range(n_folds)]
+
+    def predict_folds(self, folds, data: LoggedBandit,
+                      target_rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Each row's prediction from the model that did not see its fold."""
+        fold, coefs = folds
         q_logged = np.empty(data.n_rows)
         q_target = None if target_rows is None else np.empty(data.n_rows)
-        for f in range(n_folds):
+        for f, coef in enumerate(coefs):
             held = np.flatnonzero(fold == f)
-            coef = self.fit(data, np.flatnonzero(fold != f))
             lg, tg = self.predict(coef, data, held, None if target_rows is None else target_rows[held])
             q_logged[held] = lg
             if q_target is not None:
                 q_target[held] = tg
         return q_logged, q_target
+
+    def cross_fit(self, data: LoggedBandit, target_rows: np.ndarray | None, *, n_folds: int,
+                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
+        """Cross-fitted ``(q_logged (n,), q_target (n,) or None)``; folds are sets of decisions."""
+        return self.predict_folds(self.fit_folds(data, n_folds=n_folds, rng=rng), data, target_rows)

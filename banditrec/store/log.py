@@ -213,13 +213,16 @@ class LoggedDecisions:
     def n_decisions(self) -> int:
         return len(self.event_id)
 
-    def logged_bandit(self, n_actions: int, n_slots: int) -> LoggedBandit:
+    def logged_bandit(self, n_actions: int, n_slots: int, *, with_context: bool = False) -> LoggedBandit:
+        """The rows as estimator input; ``with_context`` adds each row's decision context
+        (what a reward model fitted on the log needs)."""
         return LoggedBandit(
             reward=self.row_reward,
             action=self.row_action,
             slot=self.row_slot,
             pscore=self.row_pscore,
             decision=self.row_decision,
+            context=self.context[self.row_decision] if with_context else None,
             n_actions=n_actions,
             n_slots=n_slots,
         )
