@@ -165,13 +165,16 @@ class Policy(ABC):
 
         ``(1 - w) * minmax(scores) + w * value[items]`` with ``w = SENSITIVITY[sensitivity]``,
         scores min-max scaled over this request's candidates (all-equal scores become 0) and
-        the objective column min-max scaled over the catalog. ``off`` returns ``scores``.
+        the objective column min-max scaled over the catalog. ``off`` returns ``scores``. A
+        ``(draws, n)`` array (posterior score samples) is blended row by row.
         """
         w = SENSITIVITY[self.config.sensitivity]
         if w == 0.0:
             return scores
-        lo, hi = scores.min(), scores.max()
-        scaled = (scores - lo) / (hi - lo) if hi > lo else np.zeros_like(scores)
+        # along the last axis, so that (draws, n) score samples blend draw by draw
+        lo, hi = scores.min(axis=-1, keepdims=True), scores.max(axis=-1, keepdims=True)
+        span = hi - lo
+        scaled = np.where(span > 0, (scores - lo) / np.where(span > 0, span, 1.0), 0.0)
         return (1.0 - w) * scaled + w * self.objective_value[request.items]
 
     def distribution(self, request: Request, n_slots: int, min_epsilon: float = 0.0):

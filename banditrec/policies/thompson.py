@@ -31,7 +31,7 @@ import numpy as np
 from scipy.linalg import solve_triangular
 
 from ..errors import ValidationError
-from .base import SENSITIVITY, PolicyConfig, Request
+from .base import PolicyConfig, Request
 from .ridge import JointRidgePolicy, check_number
 from .sampling import SampledRankingSlate
 
@@ -92,18 +92,10 @@ class LinTS(JointRidgePolicy):
         """
         X = self.features(request)
         theta, L, v = self.theta, self.posterior_factor(), self.config.v
-        w = SENSITIVITY[self.config.sensitivity]
-        value = None if w == 0.0 else self.objective_value[request.items]
 
         def draw(rng: np.random.Generator, size: int) -> np.ndarray:
             S = (theta + v * (rng.standard_normal((size, len(theta))) @ L.T)) @ X.T
-            if value is None:
-                return S
-            # Policy.blend row by row: each draw min-max scaled over the candidates
-            lo, hi = S.min(axis=1, keepdims=True), S.max(axis=1, keepdims=True)
-            span = hi - lo
-            scaled = np.where(span > 0, (S - lo) / np.where(span > 0, span, 1.0), 0.0)
-            return (1.0 - w) * scaled + w * value
+            return self.blend(request, S)  # each draw min-max scaled over the candidates
 
         return draw
 
