@@ -69,3 +69,18 @@ def test_readme_demo_table_is_consistent():
     for _, value, low, high, truth, said in rows:
         assert float(low) <= float(value) <= float(high)
         assert (float(low) <= float(truth) <= float(high)) == (said == "yes")
+
+
+def test_readme_python_example_runs_and_its_estimates_cover_the_truth(tmp_path, monkeypatch, capsys):
+    """The Python API block runs as written (in a scratch directory) and each estimator's
+    interval printed there contains the truth it prints beside it."""
+    block = README.split("## Python API", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, "README.md", "exec"), {})
+    lines = capsys.readouterr().out.splitlines()
+    estimates = [line for line in lines if "truth" in line]
+    assert [line.split()[0] for line in estimates] == ["IPS", "SNIPS", "DR"]
+    for line in estimates:
+        low, high, truth = (float(x) for x in re.findall(r"\[(\d\.\d+), (\d\.\d+)\]\s+truth (\d\.\d+)", line)[0])
+        assert low <= truth <= high, line
+    assert (tmp_path / "out/snapshots/linucb.json").exists()
