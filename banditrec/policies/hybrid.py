@@ -42,28 +42,15 @@ full before the touched items' rows are written in place (see :mod:`.disjoint` o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from ..errors import ValidationError
 from ..features import joint_dim, joint_features
-from .base import Policy, PolicyConfig, Request
-from .ridge import (all_finite, check_candidates, check_context, check_items, check_number, check_rows, check_state,
+from .base import Policy, Request
+from .linucb import LinUCBConfig  # alpha, epsilon, reg: the same knobs as every LinUCB
+from .ridge import (all_finite, check_candidates, check_context, check_items, check_rows, check_state,
                     check_weight, env_int, group_index, grouped_outer, grouped_sum, overflow_error,
                     sherman_morrison, spd_inverse, stacked_inverse, with_intercept)
-
-
-@dataclass(frozen=True)
-class HybridLinUCBConfig(PolicyConfig):
-    alpha: float = 1.0
-    epsilon: float = 0.1
-    reg: float = 1.0
-
-    def __post_init__(self):
-        super().__post_init__()
-        check_number(self.alpha, "alpha", minimum=0.0)
-        check_number(self.reg, "reg", minimum=0.0, strict=True)
 
 
 class HybridLinUCB(Policy):
@@ -74,9 +61,9 @@ class HybridLinUCB(Policy):
     """
 
     name = "hybrid-linucb"
-    Config = HybridLinUCBConfig
+    Config = LinUCBConfig
 
-    def __init__(self, config: HybridLinUCBConfig, *, n_items=None, context_dim=None, item_dim=None, **env):
+    def __init__(self, config: LinUCBConfig, *, n_items=None, context_dim=None, item_dim=None, **env):
         super().__init__(config, **env)
         self.n_items = env_int(n_items, "n_items", self.name)
         self.context_dim = env_int(context_dim, "context_dim", self.name)

@@ -68,6 +68,27 @@ def _check_draws(draws) -> int:
     return int(draws)
 
 
+def slate_sample(index: np.ndarray, cond: np.ndarray, marginal: np.ndarray | None, *, draws: int,
+                 marginal_draws: int) -> SlateSample:
+    """A sampled slate with exact conditionals and Monte-Carlo marginals (``None``: NaN, for
+    simulations that never log or divide by them).
+
+    Positivity guard: an item the policy just showed has a positive probability; if no
+    sampled prefix allowed it in its slot (it was in every one, or a type cap was met on every
+    draw), its own path's conditional over ``draws + 1`` paths is logged rather than an
+    impossible 0. That value is not unbiased; it is rare, and only ever for such cells.
+    """
+    log_joint = float(np.log(cond).sum())
+    if marginal is None:
+        marg, marginal_draws = np.full(len(index), np.nan), 0
+    else:
+        marg = np.array(marginal, dtype=float)
+        zero = marg <= 0
+        marg[zero] = cond[zero] / (draws + 1)
+    return SlateSample(index=index, propensity=cond, marginal=marg, joint=float(np.exp(log_joint)),
+                       log_joint=log_joint, marginal_draws=marginal_draws)
+
+
 class SequentialSlate:
     """Sequential slot filling without replacement, optionally capped per product type.
 
@@ -263,19 +284,8 @@ class SequentialSlate:
         simulations that never log or divide by them), its Monte-Carlo marginals."""
         index, cond, _, _ = self._run(rng, 1, collect=False)
         index, cond = index[0], cond[0]
-        if not marginals:
-            log_joint = float(np.log(cond).sum())
-            return SlateSample(index=index, propensity=cond, marginal=np.full(self.n_slots, np.nan),
-                               joint=float(np.exp(log_joint)), log_joint=log_joint, marginal_draws=0)
-        marg = self.marginals()[index, np.arange(self.n_slots)].copy()
-        # positivity guard: an item the policy just showed has positive probability; if no
-        # sampled prefix allowed it (a type cap met on every draw), fall back to its own path's
-        # conditional over draws + 1 paths rather than log an impossible 0
-        zero = marg <= 0
-        marg[zero] = cond[zero] / (self.draws + 1)
-        log_joint = float(np.log(cond).sum())
-        return SlateSample(index=index, propensity=cond, marginal=marg, joint=float(np.exp(log_joint)),
-                           log_joint=log_joint, marginal_draws=self.marginal_draws)
+        marg = self.marginals()[index, np.arange(self.n_slots)] if marginals else None
+        return slate_sample(index, cond, marg, draws=self.draws, marginal_draws=self.marginal_draws)
 
 
 class PlackettLuceSlate(SequentialSlate):

@@ -106,7 +106,7 @@ from ..errors import ValidationError
 from ..validation import check_positive_int
 from . import snapshot
 from .base import Policy, PolicyConfig, Request
-from .sampling import PlackettLuceSlate
+from .sampling import PlackettLuceSlate, slate_sample
 from .slate import SlateSample
 
 F32_MAX = float(np.finfo(np.float32).max)
@@ -641,18 +641,8 @@ class VWSlate:
         with self._policy._lock:
             index, cond, pmfs = self._run(rng.integers(0, _SEED_HIGH, size=self._k))
             self._check_floor(index, pmfs)
-            if not marginals:
-                log_joint = float(np.log(cond).sum())
-                return SlateSample(index=index, propensity=cond, marginal=np.full(self._k, np.nan),
-                                   joint=float(np.exp(log_joint)), log_joint=log_joint, marginal_draws=0)
-            marg = self.marginals()[index, np.arange(self._k)].copy()
-        # positivity guard (as in sampling.SequentialSlate): if no sampled prefix left this item
-        # for its slot, use its own path's term over draws + 1 paths rather than log a 0
-        zero = marg <= 0
-        marg[zero] = cond[zero] / (self.draws + 1)
-        log_joint = float(np.log(cond).sum())
-        return SlateSample(index=index, propensity=cond, marginal=marg, joint=float(np.exp(log_joint)),
-                           log_joint=log_joint, marginal_draws=self.marginal_draws)
+            marg = self.marginals()[index, np.arange(self._k)] if marginals else None
+        return slate_sample(index, cond, marg, draws=self.draws, marginal_draws=self.marginal_draws)
 
     def marginals(self) -> np.ndarray:
         """(n, K) P(slot k holds candidate j): exact for slot 0, Rao-Blackwellised MC after."""
