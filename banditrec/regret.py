@@ -52,40 +52,61 @@ def regret_run(spec: str, seed: int, *, shop_config: ShopConfig | None = None, n
     cf = ItemItemCF(n_neighbors=50).fit(shop.history)
     policy = make(spec, **policy_env(shop, cf))
     traffic, clicks, sampler = (np.random.default_rng(s) for s in (traffic_seq, click_seq, policy_seq))
-    features = shop.catalog.features
     theta = shop.model.examination(n_slots)
     # regret needs no marginals; only a learner that trains on them (vw-cb) pays for them
     needs_marginals = uses_marginals(policy)
-    regret = np.empty(n_decisions)
     got = np.empty(n_decisions)
     best = np.empty(n_decisions)
     start = time.perf_counter()
     done = 0
     while done < n_decisions:
         size = min(batch, n_decisions - done)
-        req = shop.requests(size, traffic)
-        slates = np.empty((size, n_slots), dtype=np.int64)
-        cand_lists, marg_rows, cond_rows = [], [], []
-        for i in range(size):
-            c = int(req.customer[i])
-            history = shop.history.indices[shop.history.indptr[c]:shop.history.indptr[c + 1]]
-            items, _, _ = cf.candidates(history, n_candidates)
-            dist = policy.distribution(Request(context=req.context[i], items=items, item_features=features[items]),
-                                       n_slots, min_epsilon)
-            draw = dist.sample(sampler, marginals=needs_marginals)
-            slates[i] = items[draw.index]
+
+        def score(i, c, items, draw, _at=done):
             attraction = shop.model.attraction(np.full(len(items), c), items)
-            best[done + i] = theta @ np.sort(attraction)[::-1][:n_slots]
-            got[done + i] = theta @ attraction[draw.index]
-            cand_lists.append(items)
-            marg_rows.append(draw.marginal)
-            cond_rows.append(draw.propensity)
-        clicked = shop.respond(req, slates, clicks)
-        learn(policy, req.context, cand_lists, slates, clicked, marg_rows, cond_rows, features)
+            best[_at + i] = theta @ np.sort(attraction)[::-1][:n_slots]
+            got[_at + i] = theta @ attraction[draw.index]
+
+        serve_and_learn(policy, shop, cf, shop.requests(size, traffic), n_slots=n_slots, n_candidates=n_candidates,
+                        min_epsilon=min_epsilon, sampler=sampler, clicks=clicks, marginals=needs_marginals,
+                        on_decision=score)
         done += size
     regret = np.cumsum(best - got)
     return RegretRun(spec=spec, seed=int(seed), cumulative=regret, reward=float(got.mean()), oracle=float(best.mean()),
                      seconds=time.perf_counter() - start)
+
+
+def candidates_for(shop: Shop, cf: ItemItemCF, customer: int, n_candidates: int) -> np.ndarray:
+    """The CF candidates of one customer, from their pre-period purchases."""
+    history = shop.history.indices[shop.history.indptr[customer]:shop.history.indptr[customer + 1]]
+    return cf.candidates(history, n_candidates)[0]
+
+
+def serve_and_learn(policy, shop: Shop, cf: ItemItemCF, req, *, n_slots: int, n_candidates: int, min_epsilon: float,
+                    sampler: np.random.Generator, clicks: np.random.Generator, marginals: bool = True,
+                    on_decision=None) -> None:
+    """Serve one batch of requests with ``policy``, sample the clicks, and learn from them.
+
+    ``on_decision(i, customer, candidates, draw)`` sees every decision as it is made.
+    """
+    features = shop.catalog.features
+    size = len(req.customer)
+    slates = np.empty((size, n_slots), dtype=np.int64)
+    cand_lists, marg_rows, cond_rows = [], [], []
+    for i in range(size):
+        c = int(req.customer[i])
+        items = candidates_for(shop, cf, c, n_candidates)
+        dist = policy.distribution(Request(context=req.context[i], items=items, item_features=features[items]),
+                                   n_slots, min_epsilon)
+        draw = dist.sample(sampler, marginals=marginals)
+        slates[i] = items[draw.index]
+        if on_decision is not None:
+            on_decision(i, c, items, draw)
+        cand_lists.append(items)
+        marg_rows.append(draw.marginal)
+        cond_rows.append(draw.propensity)
+    clicked = shop.respond(req, slates, clicks)
+    learn(policy, req.context, cand_lists, slates, clicked, marg_rows, cond_rows, features)
 
 
 def learn(policy, context, cand_lists, slates, clicked, marg_rows, cond_rows, features) -> None:
@@ -230,27 +251,11 @@ def sensitivity_study(spec: str, objective: str = "price", *, seed: int = 0, sho
     trained = make(spec, **env)
     traffic, clicks, sampler = (np.random.default_rng(s) for s in (traffic_seq, click_seq, policy_seq))
     features = shop.catalog.features
-
-    def candidates_of(c):
-        history = shop.history.indices[shop.history.indptr[c]:shop.history.indptr[c + 1]]
-        return cf.candidates(history, n_candidates)[0]
-
     done = 0
     while done < n_train:  # learn online, as served
         size = min(batch, n_train - done)
-        req = shop.requests(size, traffic)
-        slates = np.empty((size, k), dtype=np.int64)
-        cand_lists, marg_rows, cond_rows = [], [], []
-        for i in range(size):
-            items = candidates_of(int(req.customer[i]))
-            dist = trained.distribution(Request(req.context[i], items, features[items]), k)
-            draw = dist.sample(sampler)
-            slates[i] = items[draw.index]
-            cand_lists.append(items)
-            marg_rows.append(draw.marginal)
-            cond_rows.append(draw.propensity)
-        clicked = shop.respond(req, slates, clicks)
-        learn(trained, req.context, cand_lists, slates, clicked, marg_rows, cond_rows, features)
+        serve_and_learn(trained, shop, cf, shop.requests(size, traffic), n_slots=k, n_candidates=n_candidates,
+                        min_epsilon=0.0, sampler=sampler, clicks=clicks)
         done += size
     arrays, meta = trained.state()
     test = shop.requests(n_test, np.random.default_rng(test_seq))
@@ -258,7 +263,7 @@ def sensitivity_study(spec: str, objective: str = "price", *, seed: int = 0, sho
     cands, relevant = [], []
     for i in range(n_test):
         c = int(test.customer[i])
-        items = candidates_of(c)
+        items = candidates_for(shop, cf, c, n_candidates)
         cands.append(items)
         relevant.append(items[rel_rng.random(len(items)) < shop.model.attraction(np.full(len(items), c), items)])
     value = np.asarray(columns[objective], dtype=float)
