@@ -16,36 +16,9 @@ import numpy as np
 
 from ..errors import ValidationError
 from . import snapshot
+from .checks import check_context, check_rows, check_weight
 from .sampling import DEFAULT_DRAWS, SequentialSlate
 from .slate import EpsilonGreedySlate
-
-
-def check_request(request: "Request", context_dim: int | None = None) -> None:
-    """The context a policy is served must be finite (and of the known width), whether or not
-    the policy reads it."""
-    ctx = np.asarray(request.context, dtype=float)
-    if context_dim is not None and ctx.shape != (int(context_dim),):
-        raise ValidationError(f"context must have shape ({int(context_dim)},), got {ctx.shape}", "context")
-    if not np.isfinite(ctx).all():
-        raise ValidationError("context must be finite", "context")
-
-
-def check_update_rows(context, item_features, reward, weight=None, *, context_dim: int | None = None) -> None:
-    """Rows for ``update``: one context and item-feature row per reward, all finite."""
-    c, f, r = (np.atleast_2d(np.asarray(context, dtype=float)), np.atleast_2d(np.asarray(item_features, dtype=float)),
-               np.atleast_1d(np.asarray(reward, dtype=float)))
-    if context_dim is not None and c.shape[1] != int(context_dim):
-        raise ValidationError(f"context must have shape (m, {int(context_dim)}), got {c.shape}", "context")
-    if r.ndim != 1 or len(c) != len(r) or len(f) != len(r):
-        raise ValidationError(f"update needs context (m, d_c), item_features (m, d_i) and reward (m,) with the "
-                              f"same m, got {len(c)}, {len(f)} and {len(r)} rows", "item_features")
-    for name, a in (("context", c), ("item_features", f), ("reward", r)):
-        if not np.isfinite(a).all():
-            raise ValidationError(f"{name} must be finite", name)
-    if weight is not None:
-        w = np.atleast_1d(np.asarray(weight, dtype=float))
-        if w.shape != r.shape or not np.isfinite(w).all() or (w < 0).any():
-            raise ValidationError(f"weight must be finite and >= 0 with one entry per row ({len(r)})", "weight")
 
 
 @dataclass(frozen=True)
@@ -184,7 +157,7 @@ class Policy(ABC):
         every candidate keeps a probability of at least ``min_epsilon / n_candidates``.
         Score-based policies get an exact :class:`EpsilonGreedySlate`; others override this.
         """
-        check_request(request, self.expected_context_dim)
+        check_context(request.context, self.expected_context_dim)
         eps = np.maximum(self.epsilon_per_slot(n_slots), min_epsilon)
         scores = self.blend(request, self.scores(request))
         if self.config.max_per_type:
@@ -204,7 +177,8 @@ class Policy(ABC):
         are importance weights for batch training on rows logged by another policy (a
         weighted ridge: each row counts ``weight`` times). Fixed policies learn nothing, but
         still refuse rows a learner would refuse, so bad input is caught whatever is served."""
-        check_update_rows(context, item_features, reward, weight, context_dim=self.expected_context_dim)
+        check_rows(context, item_features, reward, context_dim=self.expected_context_dim)
+        check_weight(weight, len(np.atleast_1d(np.asarray(reward))))
 
     # ---- snapshots ----------------------------------------------------------------------
     def state(self) -> tuple[dict[str, np.ndarray], dict]:

@@ -29,9 +29,9 @@ import numpy as np
 from ..errors import ValidationError
 from .base import Policy, Request
 from .linucb import LinUCBConfig  # alpha, epsilon, reg: the same knobs as every LinUCB
-from .ridge import (all_finite, check_candidates, check_context, check_items, check_rows, check_state,
-                    check_weight, env_int, group_index, grouped_outer, grouped_sum, overflow_error,
-                    sherman_morrison, stacked_inverse, with_intercept)
+from .checks import check_context, check_rows, check_weight
+from .ridge import (all_finite, check_candidates, check_items, check_state, env_int, group_index, grouped_outer,
+                    grouped_sum, overflow_error, sherman_morrison, stacked_inverse, with_intercept)
 
 
 class DisjointLinUCB(Policy):

@@ -48,9 +48,9 @@ from ..errors import ValidationError
 from ..features import joint_dim, joint_features
 from .base import Policy, Request
 from .linucb import LinUCBConfig  # alpha, epsilon, reg: the same knobs as every LinUCB
-from .ridge import (all_finite, check_candidates, check_context, check_items, check_rows, check_state,
-                    check_weight, env_int, group_index, grouped_outer, grouped_sum, overflow_error,
-                    sherman_morrison, spd_inverse, stacked_inverse, with_intercept)
+from .checks import check_context, check_rows, check_weight
+from .ridge import (all_finite, check_candidates, check_items, check_state, env_int, group_index, grouped_outer,
+                    grouped_sum, overflow_error, sherman_morrison, spd_inverse, stacked_inverse, with_intercept)
 
 
 class HybridLinUCB(Policy):

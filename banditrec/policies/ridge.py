@@ -14,7 +14,7 @@ a batch re-inverts the new ``A`` (a Cholesky factor for one matrix, a batched so
 Updates are computed on copies and committed only when every new array is finite, so a failed
 update leaves the model serving what it served before, never a NaN.
 
-This module holds the checks and the math they share, and :class:`JointRidgePolicy`, the base of
+This module holds the math they share (the input checks are in :mod:`.checks`), and :class:`JointRidgePolicy`, the base of
 the policies with one ridge model over joint (context, item) features
 (:func:`banditrec.features.joint_features`): shared-parameter LinUCB, epsilon-greedy, softmax and
 linear Thompson sampling differ only in how they turn that model into a slate.
@@ -31,7 +31,7 @@ from scipy.linalg import cho_factor, cho_solve
 
 from ..errors import ValidationError
 from ..features import joint_dim, joint_features
-from ..validation import check_finite
+from .checks import check_context, check_rows, check_weight
 from .base import Policy, Request
 
 _OUTER_CHUNK_FLOATS = 1 << 21  # rows per chunk of grouped outer products: at most 16 MB each
@@ -65,45 +65,6 @@ def env_int(value, name: str, policy: str, *, minimum: int = 1) -> int:
     return check_int(value, name, minimum=minimum)
 
 
-def check_weight(weight, m: int) -> np.ndarray:
-    """Importance weights ``(m,)``, finite and ``>= 0``; ``None`` means 1 for every row."""
-    if weight is None:
-        return np.ones(m)
-    w = np.atleast_1d(np.asarray(weight, dtype=float))
-    if w.shape != (m,):
-        raise ValidationError(f"weight must have one entry per row ({m}), got shape {w.shape}", "weight")
-    bad = ~np.isfinite(w) | (w < 0)
-    if bad.any():
-        i = int(np.argmax(bad))
-        raise ValidationError(f"weight must be finite and >= 0, found {float(w[i])} at row {i}", "weight")
-    return w
-
-
-def check_rows(context, item_features, reward, *, context_dim: int, item_dim: int | None = None):
-    """Logged rows as ``(context (m, d_c), item_features (m, d_i), reward (m,))`` float arrays.
-
-    ``item_dim=None`` checks only that there is one item row per context row (for models that
-    do not read item features). Raises naming the array and what was found.
-    """
-    C = np.atleast_2d(np.asarray(context, dtype=float))
-    V = np.asarray(item_features, dtype=float)
-    V = V.reshape(1, -1) if V.ndim == 1 else V
-    r = np.atleast_1d(np.asarray(reward, dtype=float))
-    m = len(C)
-    if C.ndim != 2 or C.shape[1] != context_dim:
-        raise ValidationError(f"context must have shape (m, {context_dim}), got {C.shape}", "context")
-    if V.ndim != 2 or len(V) != m or (item_dim is not None and V.shape[1] != item_dim):
-        want = f"({m}, {item_dim})" if item_dim is not None else f"({m}, d_i)"
-        raise ValidationError(f"item_features must have shape {want}, got {V.shape}", "item_features")
-    if r.shape != (m,):
-        raise ValidationError(f"reward must have one entry per row ({m}), got shape {r.shape}", "reward")
-    check_finite(C, "context")
-    if item_dim is not None:
-        check_finite(V, "item_features")
-    check_finite(r, "reward")
-    return C, V, r
-
-
 def check_items(items, m: int, n_items: int, policy: str) -> np.ndarray:
     """Catalog indices ``(m,)`` of the shown items, integers in ``[0, n_items)``."""
     if items is None:
@@ -133,14 +94,6 @@ def check_candidates(request: Request, n_items: int) -> np.ndarray:
         raise ValidationError(f"request items must be catalog indices in [0, {n_items}), found {items[i]} at "
                               f"candidate {i}", "items")
     return items
-
-
-def check_context(context, context_dim: int) -> np.ndarray:
-    c = np.asarray(context, dtype=float)
-    if c.shape != (context_dim,):
-        raise ValidationError(f"context must have shape ({context_dim},), got {c.shape}", "context")
-    check_finite(c, "context")
-    return c
 
 
 def with_intercept(context: np.ndarray) -> np.ndarray:
