@@ -22,7 +22,7 @@ Sections (``--only NAME`` runs one):
   vw         Vowpal Wabbit policies (vw-cb, vw-ccb) for 200 candidates and 10 slots beside the
              bare Workspace.predict they wrap (bench/vw_bench.py)
 
-Run:   .venv/bin/python bench/run.py            (the ``make bench`` target, < 3 min on 2 cores)
+Run:   .venv/bin/python bench/run.py            (the ``make bench`` target, about 4 min on 2 cores)
        .venv/bin/python bench/run.py --quick    (small sizes and repeats, < 20 s)
        .venv/bin/python bench/run.py --only log
 
