@@ -23,6 +23,32 @@ from .types import Decision, Reward, Slot
 from .validation import as_seed_sequence, check_positive_int
 
 SOURCE_REQUEST = "request"
+SESSION_WEIGHTS = {"cart": 3, "purchase": 2, "view": 1}  # how many times a session item counts as a seed
+
+
+@dataclass(frozen=True)
+class Session:
+    """What a user did recently (the log's ``events`` table, shared by every serving process):
+    catalog indices of the items carted, bought and viewed within the session window, newest
+    first. Candidate generation sees it, so a cart add changes the very next decision."""
+
+    cart: np.ndarray
+    purchased: np.ndarray
+    viewed: np.ndarray
+
+    @property
+    def items(self) -> np.ndarray:
+        return np.concatenate([self.cart, self.purchased, self.viewed])
+
+    def seeds(self, weights: dict[str, int] = SESSION_WEIGHTS) -> np.ndarray:
+        """Seed items for item-to-item CF, each repeated by its kind's weight (so that the
+        neighbours of the cart -- its complements -- rank first)."""
+        return np.concatenate([np.repeat(self.cart, weights["cart"]),
+                               np.repeat(self.purchased, weights["purchase"]),
+                               np.repeat(self.viewed, weights["view"])])
+
+
+EMPTY_SESSION = Session(*(np.empty(0, dtype=np.int64) for _ in range(3)))
 
 
 @dataclass(frozen=True)
@@ -46,6 +72,11 @@ class ItemTable:
     @property
     def n_items(self) -> int:
         return len(self.ids)
+
+    def lookup(self, item_ids) -> np.ndarray:
+        """Catalog indices of ``item_ids``, -1 where unknown."""
+        get = self._index.get
+        return np.fromiter((get(item, -1) for item in item_ids), dtype=np.int64, count=len(item_ids))
 
     def index_of(self, item_ids, field: str, *, skip_unknown: bool = False) -> np.ndarray:
         """Catalog indices of ``item_ids``; an unknown id is an error naming its position
@@ -79,6 +110,14 @@ class Engine:
         ``None`` samples from fresh entropy and takes event ids from the OS, so that forked
         serving processes never share a stream
     clock : callable returning the current time in seconds (injectable for simulations)
+    session_window_s : interaction events (``log.write_event``) younger than this shape the
+        candidates of a user's decisions (``None``: events are ignored)
+    session_limit : at most this many recent events are read per decision
+
+    Candidate seam: when the request brings no candidates, the generator is asked for
+    ``candidates(seeds, N, exclude=...)`` where ``seeds`` is the user's history followed by
+    the session's items (:meth:`Session.seeds`); a generator that defines
+    ``candidates_for_session(history, session, N, exclude=...)`` gets the two apart instead.
     """
 
     def __init__(
@@ -95,6 +134,8 @@ class Engine:
         min_epsilon: float = 0.01,
         seed=None,
         clock=time.time,
+        session_window_s: float | None = 1800.0,
+        session_limit: int = 50,
     ):
         if not 0.0 < min_epsilon <= 1.0:
             raise ValidationError(
@@ -117,6 +158,9 @@ class Engine:
         self._ids = np.random.default_rng(id_seq) if seed is not None else None
         self.clock = clock
         self._learned_seq = 0
+        self.session_window_s = session_window_s
+        self.session_limit = check_positive_int(session_limit, "session_limit")
+        self._model_version: str | None = None  # set by install(); else the policy's own
         # scoring, sampling and learning share the policy state and the Generators; a threaded
         # server (or a learner thread) must not interleave them
         self._lock = threading.Lock()
@@ -127,6 +171,25 @@ class Engine:
         if row is None:
             return np.empty(0, dtype=np.int64)
         return self.user_items.indices[self.user_items.indptr[row] : self.user_items.indptr[row + 1]]
+
+    def session(self, user_id: str) -> Session:
+        """The user's recent interaction events, from the log (see :class:`Session`)."""
+        if self.session_window_s is None:
+            return EMPTY_SESSION
+        ids, kinds = self.log.recent_events(user_id, since_ts=float(self.clock()) - self.session_window_s,
+                                            limit=self.session_limit)
+        if not ids:
+            return EMPTY_SESSION
+        idx = self.items.lookup(ids)
+        kinds = np.asarray(kinds, dtype=object)
+        known = idx >= 0  # an item dropped from the catalog since: nothing to seed from
+
+        def pick(kind):
+            out = idx[known & (kinds == kind)]
+            _, first = np.unique(out, return_index=True)
+            return out[np.sort(first)]  # newest first, each item once
+
+        return Session(cart=pick("cart"), purchased=pick("purchase"), viewed=pick("view"))
 
     def _context(self, context) -> np.ndarray:
         if context is None:
@@ -155,8 +218,13 @@ class Engine:
             source = np.full(len(idx), SOURCE_REQUEST, dtype=object)
         else:
             history = self.history(user_id)
-            eligible = self.items.n_items - len(np.union1d(excluded, history))
-            idx, _, source = self.cf.candidates(history, min(self.n_candidates, eligible), exclude=excluded)
+            session = self.session(user_id)
+            eligible = self.items.n_items - len(np.union1d(np.union1d(excluded, history), session.items))
+            n = min(self.n_candidates, eligible)
+            if hasattr(self.cf, "candidates_for_session"):
+                idx, _, source = self.cf.candidates_for_session(history, session, n, exclude=excluded)
+            else:
+                idx, _, source = self.cf.candidates(np.concatenate([history, session.seeds()]), n, exclude=excluded)
         if n_slots > len(idx):
             raise ValidationError(
                 f"slots ({n_slots}) is more than the number of candidates ({len(idx)})", "slots"
@@ -166,6 +234,19 @@ class Engine:
     def request(self, context, items) -> Request:
         return Request(context=context, items=items, item_features=self.items.features[items])
 
+    @property
+    def model_version(self) -> str:
+        """The version decisions are logged with: the installed snapshot's, else the policy's."""
+        return self._model_version or self.policy.model_version
+
+    def install(self, policy: Policy, model_version: str | None = None) -> None:
+        """Serve ``policy`` from the next decision on (a reloaded snapshot), atomically with
+        respect to decisions in flight: a decision is scored, sampled and versioned by one
+        policy. ``model_version`` (e.g. the registered snapshot version) overrides the policy's."""
+        with self._lock:
+            self.policy = policy
+            self._model_version = model_version
+
     def decide(self, user_id: str, n_slots: int, *, context=None, candidates=None, exclude=None,
                surface: str = "home", pinned=None) -> Decision:
         """Fill ``n_slots`` slots for ``user_id``, log the decision, and return it.
@@ -174,6 +255,31 @@ class Engine:
         and source ``"pinned"``; the policy fills the rest from the other candidates. Readers
         leave pinned slots out of learning and evaluation: no policy chose them.
         """
+        decision, record = self._prepare(user_id, n_slots, context=context, candidates=candidates,
+                                         exclude=exclude, surface=surface, pinned=pinned)
+        self.log.write_decision(decision, **record)
+        return decision
+
+    def decide_batch(self, requests: list[dict]) -> list[Decision]:
+        """Decide every request (keyword arguments of :meth:`decide`: ``user_id``, ``n_slots``,
+        ``context``, ``candidates``, ``exclude``, ``surface``, ``pinned``) and log them all in
+        ONE transaction: all are logged or, on any error, none. An invalid request raises its
+        :class:`ValidationError` with ``index`` set to its position in ``requests``."""
+        records = []
+        for i, req in enumerate(requests):
+            try:
+                decision, record = self._prepare(**req)
+            except ValidationError as exc:
+                exc.index = i
+                raise
+            records.append((decision, record["policy_params"], record["candidate_index"], record["slot_index"],
+                            record["context"], record["surface"]))
+        self.log.write_decisions(records)
+        return [r[0] for r in records]
+
+    def _prepare(self, user_id: str, n_slots: int, *, context=None, candidates=None, exclude=None,
+                 surface: str = "home", pinned=None) -> tuple[Decision, dict]:
+        """Sample a decision; returns it and the keyword arguments that log it."""
         if not isinstance(user_id, str) or not user_id:
             raise ValidationError(f"user_id must be a non-empty string, got {user_id!r}", "user_id")
         n_slots = check_positive_int(n_slots, "slots")
@@ -203,7 +309,8 @@ class Engine:
                         "the policy's scores are not finite for this context; are its values in a sensible range?",
                         "context") from None
                 draw = dist.sample(self._sampler)
-            model_version = self.policy.model_version
+            model_version = self.model_version
+            policy_name, policy_params = self.policy.name, self.policy.params
             event_id = self._ids.bytes(16).hex() if self._ids is not None else secrets.token_hex(16)
         index = draw.index if draw is not None else np.empty(0, dtype=np.int64)
         chosen = cand_idx[index]
@@ -230,20 +337,13 @@ class Engine:
             slots=slots,
             joint_propensity=joint,
             log_joint_propensity=log_joint,
-            policy=self.policy.name,
+            policy=policy_name,
             model_version=model_version,
             candidates=tuple(map(self.items.ids.__getitem__, cand_idx.tolist())),
             ts=float(self.clock()),
         )
-        self.log.write_decision(
-            decision,
-            policy_params={**self.policy.params, "min_epsilon": self.min_epsilon},
-            candidate_index=cand_idx,
-            slot_index=chosen,
-            context=ctx,
-            surface=surface,
-        )
-        return decision
+        return decision, dict(policy_params={**policy_params, "min_epsilon": self.min_epsilon},
+                              candidate_index=cand_idx, slot_index=chosen, context=ctx, surface=surface)
 
     def reward(self, event_id: str, value: float, *, position: int | None = None, kind: str = "click") -> str:
         """Join a reward to a logged decision; returns ``"recorded"``, ``"late"`` (after the
@@ -276,4 +376,5 @@ class Engine:
                 **learning_inputs(self.policy, logged, self.items.features),
             )
             self._learned_seq = int(logged.seq[-1])
+            self._model_version = None  # learned online past any installed snapshot
         return len(logged.row_reward)

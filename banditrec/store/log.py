@@ -766,6 +766,39 @@ class DecisionLog:
         return LoggedEvents(np.array(cols[0], dtype=np.int64), np.array(cols[1], dtype=float),
                             *(_object_array(c) for c in cols[2:]))
 
+    def recent_events(self, user_id: str, *, since_ts: float, limit: int = 50) -> tuple[list[str], list[str]]:
+        """The user's interaction events with ``ts >= since_ts``, newest first, at most
+        ``limit``: ``(item ids, kinds)``. One indexed query (``events (user_id, ts)``), cheap
+        enough to run on every decision; this is the session state a decision sees, shared by
+        every process that opens the log."""
+        with self._lock:
+            rows = self.db.conn.execute(
+                "SELECT item_id, kind FROM events WHERE user_id = ? AND ts >= ? ORDER BY ts DESC, seq DESC LIMIT ?",
+                (user_id, float(since_ts), int(limit))).fetchall()
+        if not rows:
+            return [], []
+        items, kinds = zip(*rows)
+        return list(items), list(kinds)
+
+    def closed_until_seq(self, *, after_seq: int, closed_before: float) -> int:
+        """The largest ``seq`` such that every decision with ``after_seq < seq <= it`` has its
+        reward window closed by ``closed_before`` (``after_seq`` when the next one is open).
+
+        Decision times need not grow with ``seq`` (two processes stamp a decision, then queue
+        for the write lock), so a learner that read "every closed decision after my last seq"
+        could skip one still open below a closed one; reading up to this seq never does.
+        """
+        if self.reward_window_s is None:
+            raise ValidationError("closed_until_seq needs a log with a reward window (reward_window_s)",
+                                  "closed_before")
+        cutoff = _check_time(closed_before, "closed_before") - self.reward_window_s
+        with self._lock:
+            open_seq = self.db.conn.execute(
+                "SELECT min(seq) FROM decisions WHERE ts > ? AND seq > ?", (cutoff, int(after_seq))).fetchone()[0]
+            if open_seq is not None:
+                return int(open_seq) - 1
+            return max(int(after_seq), self.db.conn.execute(MAX_SEQ).fetchone()[0])
+
     def model_versions(self) -> list[dict]:
         """Registered model versions, oldest first, ``params`` as a dict."""
         with self._lock:
