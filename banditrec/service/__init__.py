@@ -1,30 +1,78 @@
-"""The decision endpoint: a Flask application factory around an :class:`~banditrec.engine.Engine`."""
+"""The decision service: a Flask application factory around an :class:`~banditrec.engine.Engine`.
+
+Blueprints per resource (``decisions``, ``feedback``, ``models``, ``ops``); request and
+response models in :mod:`.schemas` validate requests and generate ``/openapi.json``; every
+error is JSON naming the field (:mod:`.errors`); bearer-token auth (:mod:`.auth`); Prometheus
+metrics (:mod:`.metrics`); snapshot reloads (:mod:`.reload`). No policy or estimator logic here.
+"""
 
 from __future__ import annotations
 
-from flask import Flask, jsonify
+import time
+
+from flask import Flask, g, request
 
 from ..engine import Engine
-from . import errors
-from .routes import v1
+from . import decisions, errors, feedback, models, ops
+from .config import ServiceConfig
+from .metrics import Metrics
+from .openapi import document
+from .reload import SnapshotWatcher
 
 
-def create_app(engine: Engine, config: dict | None = None) -> Flask:
-    """Build the app serving ``engine``. ``config`` overrides Flask settings."""
+def create_app(engine: Engine, config: dict | None = None, *, settings: ServiceConfig | None = None,
+               policy_env: dict | None = None) -> Flask:
+    """Build the app serving ``engine``.
+
+    ``config`` overrides Flask settings; ``settings`` are the service's own (auth token, size
+    limits, batch size, snapshot directory; default: all routes open, no snapshots).
+    ``policy_env`` is what reloading a snapshot needs to rebuild the policy (as given to
+    :func:`banditrec.policies.make`); required when ``settings.snapshots`` is set.
+    """
+    settings = settings or ServiceConfig()
     app = Flask(__name__)
-    app.config.update(MAX_CONTENT_LENGTH=1 << 20)
+    app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes)
     app.json.sort_keys = False  # keep the response models' field order
     if config:
         app.config.update(config)
+    metrics = Metrics()
     app.extensions["banditrec.engine"] = engine
+    app.extensions["banditrec.settings"] = settings
+    app.extensions["banditrec.metrics"] = metrics
+    if settings.snapshots is not None:
+        if policy_env is None:
+            raise ValueError("create_app: settings.snapshots needs policy_env to rebuild reloaded policies")
+        watcher = SnapshotWatcher(settings.snapshots, engine, policy_env,
+                                  check_interval_s=settings.reload_check_ms / 1000,
+                                  on_result=lambda result: metrics.reloads.labels(result).inc())
+        app.extensions["banditrec.watcher"] = watcher
+        try:  # a worker (re)started after the learner published serves the newest snapshot
+            watcher.reload()
+        except Exception:  # noqa: BLE001 - no pointer yet, or a refused one (logged): serve the built policy
+            pass
     errors.register(app)
-    app.register_blueprint(v1)
+    for module in (decisions, feedback, models, ops):
+        app.register_blueprint(module.bp)
 
-    @app.get("/healthz")
-    def healthz():
-        return jsonify({"status": "ok", "policy": engine.policy.name, "model_version": engine.policy.model_version})
+    @app.before_request
+    def _start_timer():
+        g.banditrec_t0 = time.perf_counter()
+        watcher = app.extensions.get("banditrec.watcher")
+        if watcher is not None:  # a stat of the snapshot pointer at most every reload_check_ms
+            watcher.maybe_reload()
 
+    @app.after_request
+    def _count(response):
+        t0 = g.pop("banditrec_t0", None)
+        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        if t0 is not None:
+            metrics.latency.labels(route).observe(time.perf_counter() - t0)
+        metrics.requests.labels(route, request.method, str(response.status_code)).inc()
+        return response
+
+    metrics.set_model(engine.policy.name, engine.model_version)
+    app.extensions["banditrec.openapi"] = document(app)
     return app
 
 
-__all__ = ["create_app"]
+__all__ = ["ServiceConfig", "create_app"]

@@ -15,9 +15,21 @@ log = logging.getLogger("banditrec.service")
 
 
 class BadRequest(Exception):
-    def __init__(self, message: str, field: str | None = None):
+    def __init__(self, message: str, field: str | None = None, status: int = 400):
         super().__init__(message)
-        self.message, self.field = message, field
+        self.message, self.field, self.status = message, field, status
+
+
+class Unauthorized(Exception):
+    """401 with ``WWW-Authenticate: Bearer`` (RFC 6750); the field named is the header."""
+
+    def __init__(self, message: str, invalid: bool = False):
+        super().__init__(message)
+        self.message, self.invalid = message, invalid
+
+
+# what an HTTP-level error is about, so that every 4xx names a field
+HTTP_FIELDS = {404: "path", 405: "method", 413: "body", 415: "Content-Type", 431: "headers"}
 
 
 def error_body(status: int, message: str, fields: list[dict] | None = None):
@@ -57,7 +69,13 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(BadRequest)
     def _bad_request(exc: BadRequest):
-        return error_body(400, exc.message, [{"field": exc.field or "body", "message": exc.message}])
+        return error_body(exc.status, exc.message, [{"field": exc.field or "body", "message": exc.message}])
+
+    @app.errorhandler(Unauthorized)
+    def _unauthorized(exc: Unauthorized):
+        response, status = error_body(401, exc.message, [{"field": "Authorization", "message": exc.message}])
+        response.headers["WWW-Authenticate"] = 'Bearer error="invalid_token"' if exc.invalid else "Bearer"
+        return response, status
 
     @app.errorhandler(BanditRecError)
     def _domain(exc: BanditRecError):
@@ -69,12 +87,18 @@ def register(app: Flask) -> None:
         elif not isinstance(exc, ValidationError):
             status = 422
         message = getattr(exc, "message", str(exc))
-        field = getattr(exc, "field", None)
-        return error_body(status, message, [{"field": field, "message": message}] if field else [])
+        field = getattr(exc, "field", None) or "body"
+        index = getattr(exc, "index", None)
+        if index is not None and getattr(exc, "batch_field", None):
+            field = f"{exc.batch_field}.{index}.{field}"
+        return error_body(status, message, [{"field": field, "message": message}])
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException):
-        response, status = error_body(exc.code or 500, exc.description or exc.name)
+        code = exc.code or 500
+        message = exc.description or exc.name
+        fields = [{"field": HTTP_FIELDS.get(code, "request"), "message": message}] if code < 500 else []
+        response, status = error_body(code, message, fields)
         for name, value in exc.get_headers():  # e.g. Allow on a 405
             if name.lower() != "content-type":
                 response.headers[name] = value

@@ -1,12 +1,58 @@
-"""gunicorn settings for ``banditrec serve`` (command-line flags override them)."""
+"""gunicorn settings for ``banditrec serve`` (its command-line flags override them).
 
-bind = "127.0.0.1:8000"
-workers = 1
-worker_class = "sync"
+gthread workers: keep-alive connections (a sync worker closes every connection after one
+response) and a few threads per worker so that one slow client or a reload does not stall the
+worker; the engine's lock serialises scoring within a worker, SQLite's lock the log writes.
+"""
+
+import os
+import shutil
+import tempfile
+
+bind = os.environ.get("BANDITREC_BIND", "127.0.0.1:8000")
+workers = int(os.environ.get("BANDITREC_WORKERS", "2"))
+worker_class = "gthread"
+threads = int(os.environ.get("BANDITREC_THREADS", "2"))
+keepalive = 5
 timeout = 30
 graceful_timeout = 10
 max_requests = 0
+# request line and headers: gunicorn's own limits (bodies are limited by the app, per route)
+limit_request_line = 4094
+limit_request_fields = 50
+limit_request_field_size = 8190
 # Each worker builds its own engine after the fork (banditrec.service.wsgi), so no two workers
 # share a random stream or a SQLite connection. Keep it that way.
 preload_app = False
-accesslog = "-"
+# gunicorn 24+ opens a control socket at one fixed path per user; two servers on one machine
+# (tests, a benchmark beside a running service) would fight over it, and nothing here uses it
+control_socket_disable = True
+accesslog = os.environ.get("BANDITREC_ACCESSLOG", None)  # "-" for stdout
+errorlog = "-"
+
+# Prometheus multiprocess mode: every worker writes its metrics to files in this directory and
+# a scrape of any worker sums them (banditrec/service/metrics.py says why). Set before the
+# workers import prometheus_client; emptied when the server starts.
+_created_metrics_dir = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+if _created_metrics_dir:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="banditrec-metrics-")
+
+
+def on_starting(server):
+    directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    os.makedirs(directory, exist_ok=True)
+    for name in os.listdir(directory):
+        path = os.path.join(directory, name)
+        if os.path.isfile(path):
+            os.unlink(path)
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    if _created_metrics_dir:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

@@ -6,6 +6,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
+BATCH_HARD_MAX = 10_000  # the configured batch_max (ServiceConfig) is checked below this
+
 # strict: a JSON number only (ints are fine); no numeric strings, no booleans, no NaN or infinities
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False, strict=True)]
 ItemId = Annotated[StrictStr, Field(min_length=1, max_length=256)]
@@ -13,6 +15,9 @@ Kind = Annotated[StrictStr, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
 
 
 class DecideRequest(BaseModel):
+    """One carousel to fill. ``candidates`` absent: the candidate generator proposes them from
+    the user's history and session (recent ``/v1/events``)."""
+
     model_config = ConfigDict(extra="forbid", strict=True)
 
     user_id: Annotated[StrictStr, Field(min_length=1, max_length=256)]
@@ -24,6 +29,9 @@ class DecideRequest(BaseModel):
 
 
 class SlotOut(BaseModel):
+    """``propensity``: P(item | earlier slots) at decision time; ``marginal``: P(this slot holds
+    this item); ``source``: where the candidate came from (cf, popular, request, pinned)."""
+
     position: int
     item_id: str
     propensity: float
@@ -53,3 +61,89 @@ class RewardResponse(BaseModel):
     kind: str
     # "late": recorded after the decision's reward window, flagged, and not learned from
     status: Literal["recorded", "duplicate", "late"]
+
+
+class BatchDecideRequest(BaseModel):
+    """Up to the configured ``batch_max`` decide requests, logged in one transaction."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    requests: Annotated[list[DecideRequest], Field(min_length=1, max_length=BATCH_HARD_MAX)]
+
+
+class BatchDecideResponse(BaseModel):
+    decisions: list[DecideResponse]
+
+
+class EventRequest(BaseModel):
+    """An interaction: it joins the user's session at once, for every serving process."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    user_id: Annotated[StrictStr, Field(min_length=1, max_length=256)]
+    item_id: ItemId
+    kind: Literal["view", "cart", "purchase"]
+    # seconds since the epoch; absent: now
+    ts: Annotated[float, Field(allow_inf_nan=False, strict=True, ge=0, le=1e11)] | None = None
+    event_id: Annotated[StrictStr, Field(min_length=1, max_length=128)] | None = None
+
+
+class EventResponse(BaseModel):
+    seq: int
+    user_id: str
+    item_id: str
+    kind: str
+    ts: float
+    status: Literal["recorded"]
+
+
+class ModelVersion(BaseModel):
+    version: str
+    policy: str
+    params: dict
+    created_ts: float
+    path: str | None
+    sha256: str | None
+    n_updates: int
+    trained_until_seq: int
+
+
+class Serving(BaseModel):
+    policy: str
+    model_version: str
+    params: dict
+    snapshot: str | None
+    loaded_ts: float | None
+    last_reload_error: str | None
+
+
+class ModelsResponse(BaseModel):
+    serving: Serving
+    versions: list[ModelVersion]
+
+
+class ReloadResponse(BaseModel):
+    status: Literal["loaded", "unchanged"]
+    model_version: str
+    previous: str
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"]
+    policy: str
+    model_version: str
+
+
+class ErrorField(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorDetail(BaseModel):
+    status: int
+    message: str
+    fields: list[ErrorField]
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail

@@ -1,0 +1,84 @@
+"""The service's settings: one small immutable object, from arguments or the environment.
+
+Environment (what ``banditrec serve`` passes to its gunicorn workers):
+
+==============================  ===========================================================
+``BANDITREC_API_TOKEN``         bearer token for reward, events and admin routes (and decide
+                                when ``BANDITREC_DECIDE_AUTH=1``)
+``BANDITREC_API_TOKEN_FILE``    file holding the token (used when the variable above is unset)
+``BANDITREC_DECIDE_AUTH``       ``1``: decide routes need the token too (default ``0``)
+``BANDITREC_MAX_BODY_BYTES``    largest request body, except batch decide (default 1 MiB)
+``BANDITREC_MAX_BATCH_BYTES``   largest batch-decide body (default 16 MiB)
+``BANDITREC_BATCH_MAX``         most requests in one batch decide (default 256)
+``BANDITREC_SNAPSHOTS``         directory the learner publishes snapshots to (``CURRENT.json``)
+``BANDITREC_RELOAD_CHECK_MS``   look for a new snapshot at most this often, per worker (1000;
+                                0: only on ``POST /v1/models/reload``)
+==============================  ===========================================================
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ValidationError
+
+
+def _int(env, name: str, default: int, low: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValidationError(f"{name} must be an integer, got {raw!r}", name) from None
+    if value < low:
+        raise ValidationError(f"{name} must be >= {low}, got {value}", name)
+    return value
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Settings of one app.
+
+    ``token``: the bearer token; ``None`` leaves every route open, which is for in-process use
+    (tests, the demo's test client) -- ``banditrec serve`` always sets one.
+    """
+
+    token: str | None = None
+    decide_requires_auth: bool = False
+    max_body_bytes: int = 1 << 20
+    max_batch_bytes: int = 16 << 20
+    batch_max: int = 256
+    snapshots: str | None = None
+    reload_check_ms: int = 1000
+
+    def __post_init__(self):
+        if self.token is not None and (not isinstance(self.token, str) or len(self.token) < 16):
+            raise ValidationError("the API token must be a string of at least 16 characters", "token")
+        for name in ("max_body_bytes", "max_batch_bytes", "batch_max"):
+            if getattr(self, name) < 1:
+                raise ValidationError(f"{name} must be >= 1, got {getattr(self, name)}", name)
+        if self.reload_check_ms < 0:
+            raise ValidationError(f"reload_check_ms must be >= 0, got {self.reload_check_ms}", "reload_check_ms")
+
+    @classmethod
+    def from_env(cls, env=None) -> "ServiceConfig":
+        env = os.environ if env is None else env
+        token = env.get("BANDITREC_API_TOKEN") or None
+        if token is None and env.get("BANDITREC_API_TOKEN_FILE"):
+            try:
+                token = Path(env["BANDITREC_API_TOKEN_FILE"]).read_text().strip() or None
+            except OSError as exc:
+                raise ValidationError(f"cannot read BANDITREC_API_TOKEN_FILE: {exc}",
+                                      "BANDITREC_API_TOKEN_FILE") from None
+        return cls(
+            token=token,
+            decide_requires_auth=env.get("BANDITREC_DECIDE_AUTH", "0") not in ("", "0", "false", "no"),
+            max_body_bytes=_int(env, "BANDITREC_MAX_BODY_BYTES", 1 << 20, 1),
+            max_batch_bytes=_int(env, "BANDITREC_MAX_BATCH_BYTES", 16 << 20, 1),
+            batch_max=_int(env, "BANDITREC_BATCH_MAX", 256, 1),
+            snapshots=env.get("BANDITREC_SNAPSHOTS") or None,
+            reload_check_ms=_int(env, "BANDITREC_RELOAD_CHECK_MS", 1000, 0),
+        )

@@ -1,0 +1,106 @@
+"""Prometheus metrics: requests and latency per route, decisions, rewards, events, the
+exploration share, and the model version each worker serves.
+
+Under gunicorn, ``banditrec serve`` sets ``PROMETHEUS_MULTIPROC_DIR`` (see
+``gunicorn_conf.py``) and prometheus_client's multiprocess mode sums every worker's counters
+and histograms into one scrape. Why not per-process metrics: a scrape reaches one worker at
+random, so per-process counters would jump between workers' values from scrape to scrape,
+which Prometheus reads as counter resets, and rates would be wrong. The model version is a
+per-worker gauge (``pid`` label) because workers pick up a new snapshot independently and
+"which worker serves what" is the question it answers. Without that variable (tests, the
+demo's test client) each app keeps its own registry in memory.
+
+``banditrec_exploration_share`` is computed at scrape time from ``banditrec_slots_total``:
+slots whose logged conditional propensity was below 0.5. For an epsilon-greedy slate with
+epsilon < 0.5 that is exactly the explored slots (the greedy item's conditional probability
+is at least 1 - epsilon, every other item's at most epsilon); for sampling policies it is
+the share of slots filled by an item the policy did not strongly prefer.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST  # noqa: F401  (re-exported for the route)
+from prometheus_client import disable_created_metrics
+
+disable_created_metrics()  # no *_created series: timestamps of process start, noise in a scrape
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+EXPLORED_BELOW = 0.5
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class Metrics:
+    """The app's metrics, registered in a registry of its own (so that several apps can live
+    in one process, as in the tests)."""
+
+    def __init__(self):
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("banditrec_http_requests", "HTTP requests by route, method and status.",
+                                ["route", "method", "status"], registry=r)
+        self.latency = Histogram("banditrec_http_request_duration_seconds",
+                                 "Time from the request reaching Flask to the response leaving it, per route.",
+                                 ["route"], buckets=LATENCY_BUCKETS, registry=r)
+        self.decisions = Counter("banditrec_decisions", "Decisions served and logged.", ["route"], registry=r)
+        self.slots = Counter("banditrec_slots", "Carousel slots served, by whether the slot explored.",
+                             ["explored"], registry=r)
+        self.rewards = Counter("banditrec_rewards", "Rewards posted, by outcome.", ["status"], registry=r)
+        self.events = Counter("banditrec_events", "Interaction events recorded.", ["kind"], registry=r)
+        self.reloads = Counter("banditrec_model_reloads", "Snapshot reloads, by outcome.", ["result"], registry=r)
+        self.model = Gauge("banditrec_model_info", "1 for the model version this process serves.",
+                           ["policy", "version"], registry=r, multiprocess_mode="liveall")
+        self._model_labels: tuple[str, str] | None = None
+
+    def set_model(self, policy: str, version: str) -> None:
+        if self._model_labels == (policy, version):
+            return
+        if self._model_labels is not None:  # 0, not removed: multiprocess files keep removed values
+            self.model.labels(*self._model_labels).set(0)
+        self.model.labels(policy, version).set(1)
+        self._model_labels = (policy, version)
+
+    def observe_decisions(self, decisions, route: str) -> None:
+        explored = kept = 0
+        for d in decisions:
+            for s in d.slots:
+                if s.source == "pinned":
+                    continue
+                if s.propensity < EXPLORED_BELOW:
+                    explored += 1
+                else:
+                    kept += 1
+        self.decisions.labels(route).inc(len(decisions))
+        if explored:
+            self.slots.labels("true").inc(explored)
+        if kept:
+            self.slots.labels("false").inc(kept)
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format of every worker's metrics (or this app's)."""
+        if multiprocess_dir():
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+        else:
+            registry = self.registry
+        text = generate_latest(registry)
+        slots = {"true": 0.0, "false": 0.0}
+        for family in registry.collect():
+            if family.name == "banditrec_slots":
+                for sample in family.samples:
+                    if sample.name == "banditrec_slots_total":
+                        slots[sample.labels.get("explored", "false")] += sample.value
+        total = slots["true"] + slots["false"]
+        share = slots["true"] / total if total else 0.0
+        extra = ("# HELP banditrec_exploration_share Share of served slots that explored "
+                 f"(conditional propensity < {EXPLORED_BELOW}).\n"
+                 "# TYPE banditrec_exploration_share gauge\n"
+                 f"banditrec_exploration_share {share!r}\n")
+        return text + extra.encode()

@@ -1,0 +1,38 @@
+"""Operations routes: health, Prometheus metrics, the OpenAPI document."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app, jsonify
+
+from .metrics import CONTENT_TYPE_LATEST
+from .openapi import document, endpoint
+from .schemas import HealthResponse
+
+bp = Blueprint("ops", __name__)
+
+
+def healthz():
+    engine = current_app.extensions["banditrec.engine"]
+    return jsonify(HealthResponse(status="ok", policy=engine.policy.name,
+                                  model_version=engine.model_version).model_dump())
+
+
+endpoint(bp, "GET", "/healthz", summary="Liveness and the served model version", response=HealthResponse)(healthz)
+
+
+def metrics():
+    engine = current_app.extensions["banditrec.engine"]
+    m = current_app.extensions["banditrec.metrics"]
+    m.set_model(engine.policy.name, engine.model_version)
+    return Response(m.exposition(), mimetype=CONTENT_TYPE_LATEST.split(";")[0],
+                    headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+endpoint(bp, "GET", "/metrics", summary="Prometheus text format", content_type="text/plain")(metrics)
+
+
+def openapi():
+    return jsonify(current_app.extensions["banditrec.openapi"])
+
+
+endpoint(bp, "GET", "/openapi.json", summary="This document")(openapi)
