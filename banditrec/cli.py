@@ -66,15 +66,42 @@ def coverage(seeds, first_seed, decisions, slots, policy, targets):
     click.echo(coverage_table(rows))
 
 
+def _token(token_file: str) -> str:
+    """The API token: $BANDITREC_API_TOKEN, else ``token_file`` (created, mode 0600, on first use)."""
+    import secrets
+    from pathlib import Path
+
+    if os.environ.get("BANDITREC_API_TOKEN"):
+        return os.environ["BANDITREC_API_TOKEN"]
+    path = Path(token_file)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(32) + "\n")
+    return path.read_text().strip()
+
+
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True, type=click.IntRange(min=1))
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(min=0))
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1))
+@click.option("--threads", default=2, show_default=True, type=click.IntRange(min=1), help="Threads per worker.")
 @click.option("--db", default="out/serve/log.db", show_default=True, type=click.Path(dir_okay=False))
 @click.option("--policy", default="shared-linucb:alpha=1.0,epsilon=0.1", show_default=True)
 @click.option("--shop-seed", default=0, show_default=True, type=int, help="Seed of the simulated demo shop.")
-def serve(host, port, workers, db, policy, shop_seed):
-    """Serve the decision endpoint for the simulated demo shop under gunicorn."""
+@click.option("--snapshots", default="out/serve/snapshots", show_default=True, type=click.Path(file_okay=False),
+              help="Directory `banditrec learn` publishes to; workers reload from it.")
+@click.option("--reward-window", default=3600.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds after a decision within which its rewards count (later: flagged late).")
+@click.option("--token-file", default="out/serve/token", show_default=True, type=click.Path(dir_okay=False),
+              help="Bearer token for reward, events and admin routes, unless $BANDITREC_API_TOKEN is set; "
+                   "created with a random token if missing.")
+@click.option("--decide-auth", is_flag=True, help="Decide routes need the token too.")
+@click.option("--access-log", is_flag=True, help="Log every request to stdout.")
+def serve(host, port, workers, threads, db, policy, shop_seed, snapshots, reward_window, token_file, decide_auth,
+          access_log):
+    """Serve the decision service for the simulated demo shop under gunicorn."""
     from .policies import make  # validate the spec before starting workers
     from .errors import BanditRecError
 
@@ -82,12 +109,67 @@ def serve(host, port, workers, db, policy, shop_seed):
         make(policy, context_dim=1, item_dim=1, popularity=[1.0])
     except BanditRecError as exc:
         raise click.UsageError(str(exc)) from None
-    env = dict(os.environ, BANDITREC_DB=db, BANDITREC_POLICY=policy, BANDITREC_SHOP_SEED=str(shop_seed))
+    token = _token(token_file)
+    env = dict(os.environ, BANDITREC_DB=db, BANDITREC_POLICY=policy, BANDITREC_SHOP_SEED=str(shop_seed),
+               BANDITREC_SNAPSHOTS=snapshots, BANDITREC_REWARD_WINDOW_S=repr(reward_window),
+               BANDITREC_API_TOKEN=token, BANDITREC_DECIDE_AUTH="1" if decide_auth else "0")
+    if access_log:
+        env["BANDITREC_ACCESSLOG"] = "-"
     conf = os.path.join(os.path.dirname(__file__), "service", "gunicorn_conf.py")
     args = [sys.executable, "-m", "gunicorn", "-c", conf, "--bind", f"{host}:{port}",
-            "--workers", str(workers), "banditrec.service.wsgi:app"]
-    click.echo(f"serving on http://{host}:{port} (log: {db}); Ctrl-C stops")
+            "--workers", str(workers), "--threads", str(threads), "banditrec.service.wsgi:app"]
+    shown = token_file if not os.environ.get("BANDITREC_API_TOKEN") else "$BANDITREC_API_TOKEN"
+    click.echo(f"serving on http://{host}:{port} (log: {db}; snapshots: {snapshots}; token: {shown}); Ctrl-C stops")
     os.execvpe(sys.executable, args, env)
+
+
+@main.command()
+@click.option("--db", default="out/serve/log.db", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--policy", default="shared-linucb:alpha=1.0,epsilon=0.1", show_default=True,
+              help="Policy to start from when no snapshot has been published.")
+@click.option("--shop-seed", default=0, show_default=True, type=int, help="Seed of the simulated demo shop.")
+@click.option("--snapshots", default="out/serve/snapshots", show_default=True, type=click.Path(file_okay=False))
+@click.option("--reward-window", default=3600.0, show_default=True, type=click.FloatRange(min=0),
+              help="Learn from a decision once this many seconds have passed (as `serve --reward-window`).")
+@click.option("--interval", default=5.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds between learning steps.")
+@click.option("--kind", default="click", show_default=True, help="Reward kind to learn from.")
+@click.option("--once", is_flag=True, help="One step, then exit.")
+def learn(db, policy, shop_seed, snapshots, reward_window, interval, kind, once):
+    """Learn from closed decisions in --db and publish snapshots for `banditrec serve` to reload."""
+    from simulator import Shop
+
+    from .candidates import ItemItemCF
+    from .demo import policy_env
+    from .errors import BanditRecError
+    from .learner import Learner
+    from .policies import make
+
+    shop = Shop(seed=shop_seed)
+    env = policy_env(shop, ItemItemCF(n_neighbors=50).fit(shop.history))
+    log = _open_log_with_window(db, reward_window)
+    try:
+        learner = Learner.resume(log, lambda: make(policy, **env), shop.catalog.features, snapshots, env, kind=kind)
+        click.echo(f"learning from {db} (window {reward_window:g} s) into {snapshots}; from seq "
+                   f"{learner.learned_seq}, model {learner.version or learner.policy.model_version}")
+        learner.run(interval_s=interval, steps=1 if once else None, echo=click.echo)
+    except BanditRecError as exc:
+        raise click.UsageError(str(exc)) from None
+    except KeyboardInterrupt:
+        pass
+    finally:
+        log.close()
+
+
+def _open_log_with_window(db: str, window: float):
+    import sqlite3
+
+    from .store import DecisionLog
+
+    try:
+        return DecisionLog(db, reward_window_s=window)
+    except sqlite3.DatabaseError as exc:
+        raise click.UsageError(f"{db} is not a decision log: {exc}") from None
 
 
 @main.command()

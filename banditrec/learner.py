@@ -1,0 +1,168 @@
+"""The learner: a process apart from serving that learns from closed decisions and publishes
+snapshots the serving workers reload (ARCHITECTURE.md, invariant 7).
+
+Each :meth:`Learner.step` reads the decisions whose reward window has closed and that it has
+not learned from (:meth:`DecisionLog.closed_until_seq` bounds the read so that a decision
+still open is never skipped), joins their rewards (a missing one is final: the default),
+updates the policy, and publishes:
+
+1. ``policy.save(<dir>/<version>)`` -- the ``.npz`` and its JSON manifest, each written to a
+   temporary file, fsynced and renamed (:mod:`banditrec.policies.snapshot`);
+2. the pointer ``<dir>/CURRENT.json`` (``version``, ``manifest``, ``sha256``,
+   ``trained_until_seq``), written the same way -- the one atomic switch readers watch;
+3. ``log.register_model(...)``, so that ``GET /v1/models`` and the log say what was trained on what.
+
+A learner restarted on the same directory resumes from the pointer's snapshot and
+``trained_until_seq``. Serving never waits for learning: workers only ``stat`` the pointer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ValidationError
+from .offline import learning_inputs
+from .policies import Policy, load
+from .store import DecisionLog
+
+POINTER = "CURRENT.json"
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path``: temporary file, fsync, rename, fsync of the directory."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+@dataclass(frozen=True)
+class Published:
+    version: str
+    manifest: Path
+    sha256: str
+    trained_until_seq: int
+    n_rows: int
+
+
+class Learner:
+    """Learn ``policy`` from ``log`` (which must have a reward window) and publish to ``directory``.
+
+    ``item_features (n_items, d_i)``: the catalog's features, by logged item index.
+    """
+
+    def __init__(self, log: DecisionLog, policy: Policy, item_features: np.ndarray, directory, *,
+                 kind: str = "click", default_reward: float = 0.0, keep: int = 5, clock=time.time,
+                 learned_seq: int = 0):
+        if log.reward_window_s is None:
+            raise ValidationError("the learner needs a log with a reward window: it learns only from decisions "
+                                  "whose rewards are final", "reward_window_s")
+        self.log = log
+        self.policy = policy
+        self.item_features = np.asarray(item_features, dtype=float)
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.kind = kind
+        self.default_reward = float(default_reward)
+        self.keep = max(2, int(keep))
+        self.clock = clock
+        self.learned_seq = int(learned_seq)
+        self.version: str | None = None
+
+    @classmethod
+    def resume(cls, log: DecisionLog, make_policy, item_features, directory, policy_env: dict, **kw) -> "Learner":
+        """A learner that continues from ``directory``'s published snapshot, if any (else
+        from ``make_policy()``). A pointer to a snapshot that fails verification raises."""
+        pointer = Path(directory) / POINTER
+        if pointer.exists():
+            meta = json.loads(pointer.read_text())
+            policy = load(Path(directory) / meta["manifest"], **policy_env)
+            learner = cls(log, policy, item_features, directory, learned_seq=int(meta["trained_until_seq"]), **kw)
+            learner.version = meta["version"]
+            return learner
+        return cls(log, make_policy(), item_features, directory, **kw)
+
+    def step(self) -> Published | None:
+        """Learn from the newly closed decisions and publish; ``None`` when nothing closed."""
+        now = float(self.clock())
+        until = self.log.closed_until_seq(after_seq=self.learned_seq, closed_before=now)
+        if until <= self.learned_seq:
+            return None
+        logged = self.log.decisions(after_seq=self.learned_seq, until_seq=until, closed_before=now,
+                                    kind=self.kind, default_reward=self.default_reward)
+        n_rows = len(logged.row_reward)
+        if n_rows:
+            self.policy.update(
+                logged.context[logged.row_decision],
+                self.item_features[logged.row_action],
+                logged.row_reward,
+                **learning_inputs(self.policy, logged, self.item_features),
+            )
+        self.learned_seq = until
+        if not n_rows:  # only pinned slots closed: nothing learned, nothing to publish
+            return None
+        return self.publish(n_rows)
+
+    def publish(self, n_rows: int = 0) -> Published:
+        stem = f"{self.policy.model_version}-seq{self.learned_seq}"
+        manifest_path = self.policy.save(self.directory / stem)
+        sha = json.loads(manifest_path.read_text())["sha256"]
+        version = f"{self.policy.model_version}.{sha[:8]}"
+        pointer = {"version": version, "manifest": manifest_path.name, "sha256": sha,
+                   "trained_until_seq": self.learned_seq, "published_ts": time.time()}
+        atomic_write(self.directory / POINTER, json.dumps(pointer, indent=1).encode())
+        self.log.register_model(version, self.policy.name, self.policy.params, path=str(manifest_path),
+                                sha256=sha, n_updates=self.policy.n_updates, trained_until_seq=self.learned_seq)
+        self.version = version
+        self._prune(keep_names={manifest_path.name})
+        return Published(version, manifest_path, sha, self.learned_seq, n_rows)
+
+    def _prune(self, keep_names: set[str]) -> None:
+        """Delete all but the newest ``keep`` snapshots (a worker may still be loading one
+        of the last few, so they stay)."""
+        manifests = sorted((p for p in self.directory.glob("*.json") if p.name != POINTER),
+                           key=lambda p: p.stat().st_mtime_ns)
+        for old in manifests[: max(0, len(manifests) - self.keep)]:
+            if old.name in keep_names:
+                continue
+            for path in (old, old.with_suffix(".npz")):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+
+    def run(self, *, interval_s: float = 5.0, steps: int | None = None, stop=None, echo=None) -> int:
+        """Step every ``interval_s`` seconds until ``stop()`` is true or ``steps`` steps ran;
+        returns the number of snapshots published."""
+        published = 0
+        done = 0
+        while (steps is None or done < steps) and not (stop is not None and stop()):
+            t0 = time.monotonic()
+            out = self.step()
+            done += 1
+            if out is not None:
+                published += 1
+                if echo:
+                    echo(f"published {out.version}: {out.n_rows} slot rows, decisions up to seq "
+                         f"{out.trained_until_seq}")
+            if steps is None or done < steps:
+                time.sleep(max(0.0, interval_s - (time.monotonic() - t0)))
+        return published
