@@ -1,0 +1,407 @@
+"""The retail shop day by day: visits, organic browsing, carousels, purchases, retention.
+
+Batch first::
+
+    env = Environment(SimConfig(), seed=7)
+    history = env.warm_up()              # the pre-period: organic browsing only
+    for _ in range(90):
+        req = env.requests()             # today's visitors, after their organic browsing
+        slates = my_policy(req)          # (m, K) item indices
+        truth = env.expected_reward(req, slates, kind="margin")   # exact, from the choice model
+        out = env.respond(req, slates, rng)                        # sampled, and applied to state
+        env.advance_day()                # churn, satisfaction, stock
+
+Randomness: the world (catalog, customers, initial stock) comes from ``seed``; each day's
+visits, browsing and churn from a stream keyed by (seed, day), so two policies run on the same
+seed meet the same world and, while their customers' states agree, the same draws (common
+random numbers). The carousel's own draws come from the Generator passed to :meth:`respond`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from banditrec.errors import ValidationError
+from banditrec.validation import as_seed_sequence
+
+from .carousel import CarouselModel, Response, check_slates, sigmoid
+from .config import DEVICES, SimConfig
+from .history import CART, PURCHASE, VIEW, History
+from .state import CustomerState, Stock, push
+from .world import make_population, make_retail_catalog
+
+NEVER = -32768
+SEED_POOL = 16  # items drawn from the segment's popularity before the customer picks one to view
+MAX_VIEWS = 8
+
+
+@dataclass(frozen=True)
+class Requests:
+    """One carousel request per visiting customer today, with the state the response depends
+    on copied in (so responses and exact expectations stay consistent whatever happens later)."""
+
+    day: int
+    customer: np.ndarray  # (m,) customer index
+    session: np.ndarray  # (m,) visit id, unique within the run
+    context: np.ndarray  # (m, d + S + 5) observed profile, segment and device one-hot, hour (sin, cos)
+    segment: np.ndarray  # (m,)
+    device: np.ndarray  # (m,)
+    hour: np.ndarray  # (m,)
+    owned: np.ndarray  # (m, R) recently bought items, -1 empty
+    owned_day: np.ndarray  # (m, R)
+    cart: np.ndarray  # (m, C) items in the cart, -1 empty
+    views: np.ndarray  # (m, V) recently viewed items, -1 empty
+    available: np.ndarray = field(repr=False)  # (n_items,) bool: in stock when the request was made
+
+    def __len__(self) -> int:
+        return len(self.customer)
+
+    def user_ids(self) -> list[str]:
+        return [f"u{c}" for c in self.customer.tolist()]
+
+    def take(self, index) -> "Requests":
+        index = np.atleast_1d(np.asarray(index))
+        return Requests(day=self.day, available=self.available, **{
+            k: getattr(self, k)[index] for k in ("customer", "session", "context", "segment", "device", "hour",
+                                                 "owned", "owned_day", "cart", "views")})
+
+    def recent(self, i: int) -> dict:
+        """Request ``i``'s cart, recent purchases and views as item index arrays (newest last
+        is not guaranteed: rings are unordered)."""
+        pick = lambda a: a[i][a[i] >= 0]  # noqa: E731
+        return {"cart": pick(self.cart), "purchases": pick(self.owned), "views": pick(self.views)}
+
+
+@dataclass
+class DayKPIs:
+    day: int
+    visits: int = 0
+    impressions: int = 0  # carousels shown
+    slots: int = 0
+    clicks: int = 0
+    carousel_purchases: int = 0
+    orders: int = 0  # visits with at least one purchase
+    purchases: int = 0
+    revenue: float = 0.0
+    margin: float = 0.0
+    carousel_revenue: float = 0.0
+    carousel_margin: float = 0.0
+    alive: int = 0
+    active_30d: int = 0
+
+    @property
+    def ctr(self) -> float:
+        return self.clicks / self.slots if self.slots else 0.0
+
+    @property
+    def conversion(self) -> float:
+        return self.orders / self.visits if self.visits else 0.0
+
+    @property
+    def aov(self) -> float:
+        return self.revenue / self.orders if self.orders else 0.0
+
+
+class Environment:
+    """The simulated shop. See the module docstring and ``docs/simulator.md``."""
+
+    def __init__(self, config: SimConfig | None = None, seed=0):
+        self.config = c = config or SimConfig()
+        self.seed_seq = as_seed_sequence(seed)
+        cat_rng, pop_rng, stock_rng = (np.random.default_rng(s) for s in self.seed_seq.spawn(3))
+        self.catalog = make_retail_catalog(c, cat_rng)
+        self.population = make_population(c, pop_rng)
+        self.model = CarouselModel(self.catalog, self.population, c)
+        self.state = CustomerState.new(c)
+        self.stock = Stock.new(c, stock_rng)
+        self.day = -c.history_days
+        self.recording = False
+        self._events: list[tuple] = []
+        self._next_session = 0
+        self._bought_today = np.zeros(c.n_customers, bool)
+        self._kpi = DayKPIs(day=self.day)
+        self.kpis: list[DayKPIs] = []
+        self.initial_customers = c.n_customers
+        self._requested_day: int | None = None
+        self._prepare_sampling()
+
+    # ---- derived tables for fast sampling -------------------------------------------------
+    def _prepare_sampling(self):
+        cat, pop, c = self.catalog, self.population, self.config
+        # where customers of a segment start browsing: softmax of the segment's typical taste
+        scale = c.preference_scale / np.sqrt(c.dim) * 0.6
+        logits = cat.bias[None, :] + scale * (pop.segment_centre @ cat.latent.T.astype(float))
+        p = np.exp(logits - logits.max(axis=1, keepdims=True))
+        cdf = np.cumsum(p, axis=1)
+        cdf /= cdf[:, -1:]
+        self._seed_cdf = (cdf + np.arange(len(cdf))[:, None]).ravel()  # segment s occupies (s, s + 1]
+        A = cat.complement.astype(float)
+        out = A.sum(axis=1)
+        self._has_complement = out > 0
+        row_cdf = np.cumsum(A, axis=1) / np.where(out > 0, out, 1.0)[:, None]
+        row_cdf[~self._has_complement] = 1.0
+        self._comp_cdf = (row_cdf + np.arange(len(A))[:, None]).ravel()
+        self._log_price = np.log(cat.price) - cat.log_price_ref
+        # the shop's average attraction, against which a carousel's relevance moves satisfaction
+        rng = np.random.default_rng(self._stream(-1, 99))
+        u = rng.integers(0, c.n_customers, 20_000)
+        j = rng.integers(0, c.n_items, 20_000)
+        z = (c.base_logit + cat.bias[j] + np.einsum("md,md->m", pop.preference[u], cat.latent[j], dtype=float)
+             - pop.price_sensitivity[u] * self._log_price[j])
+        self.mean_attraction = float(sigmoid(z).mean())
+
+    def _stream(self, day: int, stream: int) -> np.random.SeedSequence:
+        ss = self.seed_seq
+        return np.random.SeedSequence(ss.entropy, spawn_key=(*ss.spawn_key, 7919, stream, day + (1 << 20)))
+
+    def _day_rng(self, stream: int) -> np.random.Generator:
+        return np.random.default_rng(self._stream(self.day, stream))
+
+    # ---- public API --------------------------------------------------------------------------
+    @property
+    def context_dim(self) -> int:
+        return self.config.dim + self.config.n_segments + len(DEVICES) + 2
+
+    def contexts(self, customers, hours) -> np.ndarray:
+        """(m, context_dim) what a request tells the shop: observed taste profile, segment and
+        device one-hot, time of day as (sin, cos)."""
+        pop, c = self.population, self.config
+        customers = np.asarray(customers)
+        m = len(customers)
+        out = np.zeros((m, self.context_dim))
+        out[:, :c.dim] = pop.observed[customers]
+        out[np.arange(m), c.dim + pop.segment[customers]] = 1.0
+        out[np.arange(m), c.dim + c.n_segments + pop.device[customers]] = 1.0
+        angle = 2 * np.pi * np.asarray(hours) / 24.0
+        out[:, -2], out[:, -1] = np.sin(angle), np.cos(angle)
+        return out
+
+    def warm_up(self, days: int | None = None) -> History:
+        """Run the pre-period (organic browsing only, no carousel) up to day 0 and return its
+        events: views, cart adds and purchases. Customers' states carry on from it."""
+        days = -self.day if days is None else days
+        if self.day + days > 0 and days != -self.day:
+            raise ValidationError(f"warm_up runs at most {-self.day} days before day 0, asked {days}", "days")
+        self.recording = True
+        start = len(self._events)
+        for _ in range(days):
+            self.requests()
+            self.advance_day()
+        self.recording = False
+        parts = self._events[start:]
+        return History.concat(parts, self.config.n_customers, self.config.n_items)
+
+    def events(self) -> History:
+        """Every event recorded so far (recording is on during :meth:`warm_up`, or when set)."""
+        return History.concat(self._events, self.config.n_customers, self.config.n_items)
+
+    def requests(self, day: int | None = None) -> Requests:
+        """Today's visitors: who visits, their organic browsing and purchases, then one carousel
+        request each. Call once per day, then :meth:`respond`, then :meth:`advance_day`."""
+        if day is not None and day != self.day:
+            raise ValidationError(f"the shop is at day {self.day}; requests for day {day} cannot be made", "day")
+        if self._requested_day == self.day:
+            raise ValidationError(f"requests() was already called for day {self.day}; call advance_day() first", "day")
+        self._requested_day = self.day
+        c, st, pop = self.config, self.state, self.population
+        rng = self._day_rng(0)
+        rate = pop.visit_rate0 * np.exp(c.visit_satisfaction * st.satisfaction) * np.where(
+            st.gateway, 1.0 + c.gateway_visit_boost, 1.0)
+        u = rng.random(c.n_customers)
+        visitors = np.flatnonzero(st.alive & (u < -np.expm1(-rate)))
+        m = len(visitors)
+        session = self._next_session + np.arange(m, dtype=np.int64)
+        self._next_session += m
+        st.visits[visitors] += 1
+        st.last_visit[visitors] = self.day
+        self._kpi.visits += m
+        brng = self._day_rng(1)
+        self._checkout_carts(visitors, session, brng)
+        self._browse(visitors, session, brng)
+        hour = np.mod(pop.hour[visitors] + brng.normal(0.0, 2.0, size=m), 24.0)
+        return Requests(
+            day=self.day, customer=visitors, session=session, context=self.contexts(visitors, hour),
+            segment=pop.segment[visitors], device=pop.device[visitors], hour=hour,
+            owned=st.purchases[visitors], owned_day=st.purchase_day[visitors], cart=st.cart[visitors],
+            views=st.views[visitors], available=self.stock.available.copy())
+
+    def expected_reward(self, requests: Requests, slates, kind: str = "click") -> np.ndarray:
+        """(m,) exact expected clicks, purchases, revenue, margin (or an extra column's total,
+        e.g. ``"royalty"``) of showing each slate, from the choice model."""
+        return self.model.expected(requests, slates, kind)
+
+    def outcomes(self, requests: Requests, slates, rng: np.random.Generator) -> Response:
+        """Sample the responses to ``slates`` without changing the shop."""
+        return self.model.sample(requests, slates, rng)
+
+    def respond(self, requests: Requests, slates, rng: np.random.Generator) -> Response:
+        """Sample the responses to the carousels shown and apply them: purchases, cart adds,
+        satisfaction from the carousels' relevance."""
+        if requests.day != self.day:
+            raise ValidationError(f"these requests are from day {requests.day}; the shop is at day {self.day}", "requests")
+        slates = check_slates(requests, slates, self.catalog.n_items)
+        out = self.model.sample(requests, slates, rng)
+        c, st, k = self.config, self.state, self._kpi
+        m, K = slates.shape
+        k.impressions += m
+        k.slots += m * K
+        k.clicks += int(out.click.sum())
+        # relevance: examination-weighted mean attraction of what was shown
+        if m and K:
+            a = self.model.attraction(requests, slates)
+            theta = self.model.examination(requests, K)
+            rel = (a * theta).sum(axis=1) / theta.sum(axis=1)
+            np.add.at(st.satisfaction, requests.customer,
+                      (c.satisfaction_relevance * (rel - self.mean_attraction)).astype(np.float32))
+        rows, cols = np.nonzero(out.purchase)
+        bought = slates[rows, cols]
+        k.carousel_purchases += len(bought)
+        k.carousel_revenue += float(out.revenue.sum())
+        k.carousel_margin += float(out.margin.sum())
+        self._purchase(requests.customer[rows], bought, requests.session[rows])
+        rows, cols = np.nonzero(out.cart)
+        self._add_to_cart(requests.customer[rows], slates[rows, cols], requests.session[rows])
+        return out
+
+    def advance_day(self) -> DayKPIs:
+        """Close the day: churn, satisfaction decay, restocking. Returns the day's KPIs."""
+        c, st = self.config, self.state
+        rng = self._day_rng(2)
+        hazard = np.minimum(self.population.churn0 * np.exp(-c.churn_satisfaction * st.satisfaction)
+                            * np.where(st.gateway, 1.0 - c.gateway_churn_cut, 1.0), 1.0)
+        u = rng.random(c.n_customers)
+        st.alive &= ~(u < hazard)
+        st.satisfaction *= np.float32(c.satisfaction_decay)
+        self.stock.advance(self.day, c, rng)
+        k = self._kpi
+        k.orders = int(self._bought_today.sum())
+        k.alive = int(st.alive.sum())
+        k.active_30d = int((st.alive & (st.last_visit > self.day - 30)).sum())
+        self._bought_today[:] = False
+        self.kpis.append(k)
+        self.day += 1
+        self._kpi = DayKPIs(day=self.day)
+        return k
+
+    @property
+    def retention(self) -> float:
+        return float(self.state.alive.mean())
+
+    # ---- a visit's organic part ------------------------------------------------------------
+    def _record(self, customers, items, sessions, kind):
+        if self.recording and len(items):
+            n = len(items)
+            self._events.append((np.asarray(customers, np.int64), np.asarray(items, np.int64),
+                                 np.full(n, self.day, np.int32), np.asarray(sessions, np.int64),
+                                 np.full(n, kind, np.int8)))
+
+    def _checkout_carts(self, visitors, session, rng):
+        """Each live cart item is bought with probability cart_checkout (when in stock); items
+        older than cart_days leave the cart."""
+        c, st = self.config, self.state
+        cart = st.cart[visitors]
+        live = cart >= 0
+        if not live.any():
+            return
+        u = rng.random(cart.shape)
+        expired = live & (st.cart_day[visitors] < self.day - c.cart_days)
+        buy = live & ~expired & (u < c.cart_checkout) & self.stock.available[np.maximum(cart, 0)]
+        rows, cols = np.nonzero(buy)
+        bought = cart[rows, cols]
+        cart[buy | expired] = -1
+        st.cart[visitors] = cart
+        self._purchase(visitors[rows], bought, session[rows])
+
+    def _browse(self, visitors, session, rng):
+        """Views: a seed item the customer picks among SEED_POOL drawn from their segment's
+        popularity, then more items of the same type (substitutes: the co-view signal). The
+        visit may end in buying the last item viewed, and a purchase may pull in a complement."""
+        m = len(visitors)
+        if m == 0:
+            return
+        c, cat, pop, st = self.config, self.catalog, self.population, self.state
+        seg = pop.segment[visitors].astype(np.int64)
+        pool = np.searchsorted(self._seed_cdf, seg[:, None] + rng.random((m, SEED_POOL))) - seg[:, None] * c.n_items
+        pool = np.clip(pool, 0, c.n_items - 1)
+        taste = np.einsum("md,mkd->mk", pop.preference[visitors], cat.latent[pool], dtype=float)
+        score = cat.bias[pool] + taste - pop.price_sensitivity[visitors][:, None] * self._log_price[pool]
+        first = pool[np.arange(m), np.argmax(score + rng.gumbel(size=score.shape), axis=1)]
+        n_views = np.minimum(1 + rng.poisson(c.views_per_visit - 1.0, size=m), MAX_VIEWS)
+        more = cat.random_item_of_type(np.repeat(cat.product_type[first], MAX_VIEWS - 1),
+                                       rng.random(m * (MAX_VIEWS - 1))).reshape(m, MAX_VIEWS - 1)
+        viewed = np.c_[first, more]
+        mask = np.arange(MAX_VIEWS)[None, :] < n_views[:, None]
+        rows = np.repeat(np.arange(m), n_views)
+        items = viewed[mask]
+        push(st.views, st.view_next, visitors[rows], items.astype(np.int32))
+        self._record(visitors[rows], items, session[rows], VIEW)
+        # the visit may end in buying the last item viewed
+        last = viewed[np.arange(m), n_views - 1]
+        held = st.purchases[visitors]
+        comp = self._complement_to(held, last)
+        q = sigmoid(c.purchase_logit - pop.price_sensitivity[visitors] * self._log_price[last]
+                    + c.complement_boost * comp) * self.stock.available[last]
+        buy = rng.random(m) < c.organic_purchase * q
+        self._purchase(visitors[buy], last[buy], session[buy], rng=rng)
+
+    def _complement_to(self, held, items):
+        """(m,) complement weight of ``items (m,)`` to what each customer holds ``(m, R)``."""
+        cat = self.catalog
+        ht = np.where(held >= 0, cat.product_type[np.maximum(held, 0)], -1)
+        w = cat.complement[np.maximum(ht, 0), cat.product_type[items][:, None]]
+        return np.where(ht >= 0, w, 0.0).max(axis=1) if held.shape[1] else np.zeros(len(items))
+
+    # ---- state changes -------------------------------------------------------------------------
+    def _purchase(self, customers, items, sessions, rng=None):
+        """Record purchases; with ``rng``, each may pull in a complement bought in the same visit."""
+        if len(items) == 0:
+            return
+        c, cat, st = self.config, self.catalog, self.state
+        items = np.asarray(items, np.int64)
+        push(st.purchases, st.purchase_next, customers, items.astype(np.int32), st.purchase_day, self.day)
+        self.stock.take(items)
+        np.add.at(st.revenue, customers, cat.price[items])
+        np.add.at(st.margin, customers, cat.margin[items])
+        if 0 <= self.day < c.ltv_horizon_days:
+            np.add.at(st.ltv, customers, cat.margin[items] * c.daily_discount ** self.day)
+        np.add.at(st.satisfaction, customers, np.float32(c.satisfaction_per_purchase))
+        st.gateway[customers[cat.gateway[items]]] = True
+        self._bought_today[customers] = True
+        k = self._kpi
+        k.purchases += len(items)
+        k.revenue += float(cat.price[items].sum())
+        k.margin += float(cat.margin[items].sum())
+        self._record(customers, items, sessions, PURCHASE)
+        if rng is None:
+            return
+        t = cat.product_type[items]
+        pull = self._has_complement[t] & (rng.random(len(items)) < c.complement_purchase)
+        if not pull.any():
+            return
+        tp = t[pull]
+        u_type = np.searchsorted(self._comp_cdf, tp + rng.random(len(tp))) - tp * cat.n_types
+        u_type = np.clip(u_type, 0, cat.n_types - 1)
+        extra = cat.random_item_of_type(u_type, rng.random(len(tp)))
+        ok = self.stock.available[extra]
+        self._purchase(customers[pull][ok], extra[ok], sessions[pull][ok])
+
+    def _add_to_cart(self, customers, items, sessions):
+        """Put items in carts; a full cart drops its oldest entry. A customer adding several
+        items in one batch gets them one after the other."""
+        if len(items) == 0:
+            return
+        st = self.state
+        order = np.argsort(customers, kind="stable")
+        customers, items, sessions = customers[order], items[order], sessions[order]
+        first = np.r_[True, customers[1:] != customers[:-1]]
+        occ = np.arange(len(customers)) - np.maximum.accumulate(np.where(first, np.arange(len(customers)), 0))
+        for r in range(int(occ.max()) + 1):
+            sel = occ == r
+            who, what = customers[sel], items[sel]
+            free = st.cart[who] < 0
+            slot = np.where(free.any(axis=1), np.argmax(free, axis=1), np.argmin(st.cart_day[who], axis=1))
+            st.cart[who, slot] = what
+            st.cart_day[who, slot] = self.day
+        self._record(customers, items, sessions, CART)

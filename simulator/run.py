@@ -1,0 +1,184 @@
+"""Run the retail shop with a banditrec policy, logging every decision through banditrec's store.
+
+This is the simulator driving banditrec (``simulator -> banditrec``, never back): the shop
+warms up (organic browsing builds purchase and view history), item-item CF is fitted on that
+history, and each day every visitor's carousel is decided by :class:`banditrec.engine.Engine`
+from candidates around the visitor's live session (cart, recent purchases, recent views),
+written to the decision log, answered by the shop's choice model, and the rewards (click,
+purchase, margin per slot) joined to the log. The policy learns from the log at the end of
+every day, as a batch learner would.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from banditrec.candidates import ItemItemCF
+from banditrec.engine import Engine, ItemTable
+from banditrec.errors import ValidationError
+from banditrec.policies import make
+from banditrec.store import DecisionLog
+from banditrec.types import Reward
+from banditrec.validation import as_seed_sequence, check_positive_int
+
+from .config import SimConfig
+from .environment import DayKPIs, Environment
+
+DAY_S = 86_400.0
+REWARD_KINDS = ("click", "purchase", "margin")
+
+
+@dataclass
+class SimulationResult:
+    spec: str
+    kpis: list[DayKPIs]
+    n_decisions: int
+    n_rewards: int
+    retention: float  # share of customers alive at the end
+    ltv: float  # mean discounted margin per customer over the horizon (all customers)
+    seconds: float
+    db: Path | None = None
+    expected: dict = field(default_factory=dict)  # kind -> exact expected total of the carousels shown
+
+    def table(self, every: int = 1) -> str:
+        return kpi_table(self.kpis, every=every)
+
+
+KPI_HEAD = (f"{'day':>4} {'visits':>7} {'CTR':>6} {'conv':>6} {'AOV':>7} {'revenue':>10} {'margin':>9} "
+            f"{'active':>7} {'retained':>8}")
+
+
+def kpi_row(k: DayKPIs, n_customers: int) -> str:
+    return (f"{k.day:>4} {k.visits:>7,} {k.ctr:>6.3f} {k.conversion:>6.3f} {k.aov:>7.2f} {k.revenue:>10,.0f} "
+            f"{k.margin:>9,.0f} {k.active_30d:>7,} {k.alive / n_customers:>8.3f}")
+
+
+def kpi_table(kpis: list[DayKPIs], *, every: int = 1, n_customers: int | None = None) -> str:
+    n = n_customers or max((k.alive for k in kpis), default=1) or 1
+    rows = [kpi_row(k, n) for k in kpis if k.day % every == 0 or k is kpis[-1]]
+    return "\n".join([KPI_HEAD, "-" * len(KPI_HEAD), *rows])
+
+
+def simulate(config: SimConfig | None = None, policy: str = "uniform", days: int = 90, *, db=None, seed=0,
+             n_slots: int = 5, n_candidates: int = 50, min_epsilon: float = 0.01, learn_kind: str = "click",
+             progress: bool = False, echo=None) -> SimulationResult:
+    """Run ``days`` days of the shop with the policy ``policy`` (a banditrec spec).
+
+    ``db``: the decision log's path (a new file; ``None`` keeps it in memory). ``echo(line)``
+    receives the KPI table's lines as days end. Returns the daily KPIs, lifetime value and the
+    exact expected clicks, purchases and margin of every carousel shown (the truth an
+    off-policy estimate of this log can be checked against).
+    """
+    config = config or SimConfig()
+    days = check_positive_int(days, "days")
+    n_slots = check_positive_int(n_slots, "slots")
+    n_candidates = check_positive_int(n_candidates, "candidates")
+    if n_slots > n_candidates:
+        raise ValidationError(f"slots ({n_slots}) must not exceed candidates ({n_candidates})", "slots")
+    if learn_kind not in REWARD_KINDS:
+        raise ValidationError(f"learn_kind must be one of {', '.join(REWARD_KINDS)}; got {learn_kind!r}", "learn_kind")
+    if db is not None:
+        db = Path(db)
+        if db.exists():
+            raise ValidationError(f"{db} already exists; simulate writes a new log (remove it or choose another path)",
+                                  "db")
+        db.parent.mkdir(parents=True, exist_ok=True)
+    world_seq, policy_seq, respond_seq = as_seed_sequence(seed).spawn(3)
+    env = Environment(config, seed=world_seq)
+    history = env.warm_up()
+    cf = ItemItemCF(n_neighbors=50).fit(history.user_items(kind=None))
+    cat = env.catalog
+    columns = {"price": cat.price, "margin": cat.margin, **cat.columns}
+    pol = make(policy, context_dim=env.context_dim, item_dim=config.dim, popularity=cf.popularity,
+               n_items=cat.n_items, item_types=cat.product_type, item_columns=columns)
+    log = DecisionLog(str(db) if db is not None else ":memory:")
+    clock = _SimClock()
+    engine = Engine(items=ItemTable(ids=tuple(cat.item_ids), features=cat.latent.astype(float)), policy=pol, log=log,
+                    candidate_generator=cf, user_items=history.user_items("purchase"), user_index={},
+                    context_dim=env.context_dim, n_candidates=n_candidates, min_epsilon=min_epsilon,
+                    seed=policy_seq, clock=clock)
+    respond_rng = np.random.default_rng(respond_seq)
+    ids = cat.item_ids
+    expected = {k: 0.0 for k in REWARD_KINDS}
+    n_decisions = n_rewards = 0
+    say = echo or (lambda line: None)
+    say(KPI_HEAD)
+    say("-" * len(KPI_HEAD))
+    start = time.perf_counter()
+    bar = _progress(days, progress)
+    try:
+        for _ in range(days):
+            req = env.requests()
+            m = len(req)
+            slates = np.empty((m, n_slots), dtype=np.int64)
+            events = []
+            out_of_stock = np.flatnonzero(~req.available)
+            for i in range(m):
+                clock.now = env.day * DAY_S + float(req.hour[i]) * 3600.0
+                recent = req.recent(i)
+                seen = np.unique(np.r_[recent["cart"], recent["purchases"], recent["views"]])
+                cand, _, _ = cf.candidates(seen, n_candidates, exclude=out_of_stock)
+                decision = engine.decide(f"u{int(req.customer[i])}", n_slots,
+                                         context=req.context[i], candidates=[ids[j] for j in cand.tolist()])
+                slates[i] = [int(s.item_id[1:]) for s in decision.slots]
+                events.append(decision.event_id)
+            for kind in REWARD_KINDS:
+                expected[kind] += float(env.expected_reward(req, slates, kind).sum())
+            out = env.respond(req, slates, respond_rng)
+            clock.now = (env.day + 1) * DAY_S - 1.0  # rewards arrive by the end of the day
+            n_rewards += _post_rewards(log, events, out, clock.now)
+            n_decisions += m
+            engine.learn(kind=learn_kind)
+            kpi = env.advance_day()
+            say(kpi_row(kpi, config.n_customers))
+            bar.update(1)
+    finally:
+        bar.close()
+    result = SimulationResult(
+        spec=policy, kpis=env.kpis[-days:], n_decisions=n_decisions, n_rewards=n_rewards, retention=env.retention,
+        ltv=float(env.state.ltv.mean()), seconds=time.perf_counter() - start, db=db, expected=expected)
+    log.close()
+    return result
+
+
+class _SimClock:
+    """The engine's clock in simulated seconds (day x 86,400 + the visit's hour)."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _post_rewards(log: DecisionLog, events: list[str], out, ts: float) -> int:
+    """Every click, purchase and purchase margin, per slot, joined in one transaction."""
+    rewards = []
+    for kind, values in (("click", out.click), ("purchase", out.purchase), ("margin", out.margin)):
+        rows, cols = np.nonzero(values)
+        vals = values[rows, cols].astype(float)
+        rewards.extend(Reward(event_id=events[r], value=float(v), position=int(k), kind=kind, ts=ts)
+                       for r, k, v in zip(rows.tolist(), cols.tolist(), vals.tolist()))
+    if rewards:
+        log.record_rewards(rewards)
+    return len(rewards)
+
+
+def _progress(total: int, enabled: bool):
+    if enabled:
+        from tqdm import tqdm
+
+        return tqdm(total=total, unit="day", desc="simulating", leave=False)
+    return _NoBar()
+
+
+class _NoBar:
+    def update(self, n):
+        pass
+
+    def close(self):
+        pass
