@@ -317,7 +317,8 @@ class Environment:
     def _browse(self, visitors, session, rng):
         """Views: a seed item the customer picks among SEED_POOL drawn from their segment's
         popularity, then more items of the same type (substitutes: the co-view signal). The
-        visit may end in buying the last item viewed, and a purchase may pull in a complement."""
+        visit may end in buying the last item viewed (a purchase may pull in a complement), or
+        in putting it in the cart."""
         m = len(visitors)
         if m == 0:
             return
@@ -343,7 +344,11 @@ class Environment:
         comp = self._complement_to(held, last)
         q = sigmoid(c.purchase_logit - pop.price_sensitivity[visitors] * self._log_price[last]
                     + c.complement_boost * comp) * self.stock.available[last]
-        buy = rng.random(m) < c.organic_purchase * q
+        u = rng.random((2, m))
+        buy = u[0] < c.organic_purchase * q
+        # or it may leave the item in the cart, to be bought at a later visit (or dropped)
+        keep = ~buy & (u[1] < c.cart_rate * q)
+        self._add_to_cart(visitors[keep], last[keep], session[keep])
         self._purchase(visitors[buy], last[buy], session[buy], rng=rng)
 
     def _complement_to(self, held, items):
