@@ -19,6 +19,8 @@ Sections (``--only NAME`` runs one):
   http       POST /v1/decide through Flask's test client vs a bare Flask JSON route
   opetruth   every estimator against the simulator's exact truth over 60 seeds, two loggers:
              bias, RMSE, interval coverage and width (bench/ope_truth.py, 80 s on 2 cores)
+  sim        simulated carousel impressions per minute on one core at 20,000 and 1,000,000
+             customers, exact expected rewards included, and peak memory (bench/sim_bench.py)
   vw         Vowpal Wabbit policies (vw-cb, vw-ccb) for 200 candidates and 10 slots beside the
              bare Workspace.predict they wrap (bench/vw_bench.py)
 
@@ -49,6 +51,7 @@ import numpy as np
 from common import blas_threads, compare, ms, rate, ratio, rng, table, us
 from ope_truth import bench_ope_truth
 from vw_bench import bench_vw
+from sim_bench import bench_sim
 
 from banditrec.demo import build_engine
 from banditrec.features import joint_features
@@ -76,11 +79,13 @@ OBP_ACTIONS, OBP_LIST = 10, 3  # obp's synthetic defaults: n_actions=10, len_lis
 FULL = dict(decide=5000, marg_fast=3000, marg_dp=300, marg_mc=30, marg_loop=5, mc_draws=1000,
             log_writes=4000, read_rows=100_000, read_reps=7, logread_decisions=200_000,
             logread_reps=5, ope_decisions=200_000, ope_reps=15,
-            obp_rows=1_000_000, obp_reps=7, http=4000, truth_seeds=60, truth_decisions=4000)
+            obp_rows=1_000_000, obp_reps=7, http=4000, truth_seeds=60, truth_decisions=4000,
+            sim=[(20_000, 30, 30), (1_000_000, 5, 3)])
 QUICK = dict(decide=300, marg_fast=300, marg_dp=50, marg_mc=5, marg_loop=2, mc_draws=1000,
              log_writes=200, read_rows=10_000, read_reps=3, logread_decisions=20_000,
              logread_reps=3, ope_decisions=20_000, ope_reps=5,
-             obp_rows=100_000, obp_reps=3, http=200, truth_seeds=3, truth_decisions=500)
+             obp_rows=100_000, obp_reps=3, http=200, truth_seeds=3, truth_decisions=500,
+             sim=[(20_000, 5, 5)])
 
 
 # ---- shared fixtures ---------------------------------------------------------------------
@@ -747,7 +752,7 @@ def bench_http(cfg: dict, tmp: Path) -> None:
 
 SECTIONS = {"decide": bench_decide, "marginals": bench_marginals, "log": bench_log, "logread": bench_logread,
             "ope": bench_ope,
-            "http": bench_http, "opetruth": bench_ope_truth, "vw": bench_vw}
+            "http": bench_http, "opetruth": bench_ope_truth, "vw": bench_vw, "sim": bench_sim}
 
 
 def main(argv=None) -> None:
