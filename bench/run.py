@@ -16,7 +16,10 @@ Sections (``--only NAME`` runs one):
   ope        IPS / SNIPS on 1,000,000 rows vs the bare numpy expression; LoggedBandit build;
              IPS / SNIPS / DR vs Open Bandit Pipeline 0.5.7 on 1,000,000 rows (its own venv,
              ``make bench-peers``; skipped with a note when that venv is missing)
-  http       POST /v1/decide through Flask's test client vs a bare Flask JSON route
+  http       the service under gunicorn over real HTTP, 8 keep-alive connections: POST
+             /v1/decide (200 candidates, 10 slots, LinUCB, logged) vs a bare Flask JSON route
+             under the same gunicorn config, and /v1/decide/batch decisions per second
+             (bench/service_bench.py)
   opetruth   every estimator against the simulator's exact truth over 60 seeds, two loggers:
              bias, RMSE, interval coverage and width (bench/ope_truth.py, 80 s on 2 cores)
   sim        simulated carousel impressions per minute on one core at 20,000 and 1,000,000
@@ -58,7 +61,6 @@ from banditrec.features import joint_features
 from banditrec.ope import DR, IPS, SNIPS
 from banditrec.policies import EpsilonGreedySlate, Request, make, rank_slot_marginals
 from banditrec.policies.slate import _rank_slot_marginals_cached
-from banditrec.service import create_app
 from banditrec.store import DecisionLog
 from banditrec.store.log import (INSERT_DECISION, INSERT_SLOT, READ_DECISIONS, READ_REWARDS_SCAN, READ_SLOTS,
                                  decision_rows, read_params)
@@ -79,12 +81,12 @@ OBP_ACTIONS, OBP_LIST = 10, 3  # obp's synthetic defaults: n_actions=10, len_lis
 FULL = dict(decide=5000, marg_fast=3000, marg_dp=300, marg_mc=30, marg_loop=5, mc_draws=1000,
             log_writes=4000, read_rows=100_000, read_reps=7, logread_decisions=200_000,
             logread_reps=5, ope_decisions=200_000, ope_reps=15,
-            obp_rows=1_000_000, obp_reps=7, http=4000, truth_seeds=60, truth_decisions=4000,
+            obp_rows=1_000_000, obp_reps=7, http_seconds=5.0, http_rounds=2, truth_seeds=60, truth_decisions=4000,
             sim=[(20_000, 30, 30), (1_000_000, 5, 3)])
 QUICK = dict(decide=300, marg_fast=300, marg_dp=50, marg_mc=5, marg_loop=2, mc_draws=1000,
              log_writes=200, read_rows=10_000, read_reps=3, logread_decisions=20_000,
              logread_reps=3, ope_decisions=20_000, ope_reps=5,
-             obp_rows=100_000, obp_reps=3, http=200, truth_seeds=3, truth_decisions=500,
+             obp_rows=100_000, obp_reps=3, http_seconds=1.5, http_rounds=1, truth_seeds=3, truth_decisions=500,
              sim=[(20_000, 5, 5)])
 
 
@@ -714,40 +716,11 @@ def bench_ope_obp(cfg: dict, tmp: Path) -> None:
 
 
 # ---- 5. http -----------------------------------------------------------------------------
-def bare_app(response: dict):
-    from flask import Flask, jsonify
-
-    app = Flask("bare")
-
-    @app.post("/v1/decide")
-    def decide():
-        return jsonify(response)
-
-    return app
-
-
 def bench_http(cfg: dict, tmp: Path) -> None:
-    engine, candidates, context = shop_engine(tmp / "http.db", 12)
-    client = create_app(engine).test_client()
-    body = {"user_id": "u17", "slots": N_SLOTS, "context": context, "candidates": candidates}
-    first = client.post("/v1/decide", json=body)
-    assert first.status_code == 200, first.get_json()
-    bare = bare_app(first.get_json()).test_client()
-    assert bare.post("/v1/decide", json=body).get_json() == first.get_json()
-    t = compare({
-        "bare": lambda: bare.post("/v1/decide", json=body),
-        "http": lambda: client.post("/v1/decide", json=body),
-        "engine": lambda: engine.decide("u17", N_SLOTS, context=context, candidates=candidates),
-    }, repeats=cfg["http"])
-    engine.log.close()
-    labels = {"bare": "(a) bare Flask route, constant dict, same body",
-              "http": "(b) POST /v1/decide (create_app test client)",
-              "engine": "(c) Engine.decide, same arguments, no HTTP"}
-    rows = [[label, us(t[k].p50), us(t[k].p99), rate(t[k].per_second), ratio(t[k].p50, t["bare"].p50), "(a)"]
-            for k, label in labels.items()]
-    table("http", f"In-process Flask test client; body: {N_CAND} candidate ids, {N_SLOTS} slots, "
-          f"context of {SHOP_DIM}; SQLite WAL log on disk; {cfg['http']} requests each.",
-          ["case", "p50 us", "p99 us", "requests/s", "ratio", "vs"], rows)
+    """The service under gunicorn over real HTTP (bench/service_bench.py)."""
+    from service_bench import bench_service, print_table
+
+    print_table(*bench_service(seconds=cfg["http_seconds"], rounds=cfg["http_rounds"]))
 
 
 SECTIONS = {"decide": bench_decide, "marginals": bench_marginals, "log": bench_log, "logread": bench_logread,

@@ -1,0 +1,256 @@
+"""The decision service under gunicorn, over real HTTP on 127.0.0.1.
+
+(a) a bare Flask route that parses the same JSON body and answers a constant decision, and
+(b) ``POST /v1/decide`` (200 request candidates, 10 slots, LinUCB, every decision logged to
+SQLite), each served by the same gunicorn configuration (``banditrec/service/gunicorn_conf.py``:
+2 gthread workers x 2 threads), driven at 8 concurrent keep-alive connections; then
+(c) ``POST /v1/decide/batch`` in calls of 50 requests, as logged decisions per second.
+
+The load generator is 2 processes x 4 threads, each thread one keep-alive socket sending a
+pre-encoded request and reading the response by its Content-Length (no http.client, no JSON
+parsing on the client; every status is checked). It runs on the same 2 cores as the server,
+so its CPU time is reported: that is CPU the server did not get.
+
+Run alone: ``.venv/bin/python bench/service_bench.py [--seconds 5]``; or ``bench/run.py --only http``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import socket
+import sqlite3
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+from common import rng, table  # noqa: E402
+
+from banditrec.service.runner import GunicornServer  # noqa: E402
+
+N_CAND, N_SLOTS, CONNECTIONS, PROCS = 200, 10, 8, 2
+BATCH = 50
+SPEC = "shared-linucb:alpha=1.0,epsilon=0.1"
+TOKEN = "bench-token-0123456789abcdef"
+
+
+def make_bare_app():
+    """gunicorn factory (``service_bench:make_bare_app()``): one route, same body, constant answer."""
+    from flask import Flask, jsonify, request
+
+    answer = json.loads(Path(os.environ["BANDITREC_BENCH_ANSWER"]).read_text())
+    app = Flask("bare")
+
+    @app.post("/v1/decide")
+    def decide():
+        request.get_json()
+        return jsonify(answer)
+
+    @app.get("/healthz")  # what GunicornServer waits for
+    def healthz():
+        return jsonify({"status": "ok"})
+
+    return app
+
+
+def encode(path: str, body: dict, port: int) -> bytes:
+    data = json.dumps(body).encode()
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n").encode()
+    return head + data
+
+
+def one_call(sock: socket.socket, payload: bytes, buf: bytearray) -> int:
+    """Send ``payload``, read one response; returns its status. ``buf`` keeps leftover bytes."""
+    sock.sendall(payload)
+    while True:
+        end = buf.find(b"\r\n\r\n")
+        if end >= 0:
+            break
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("server closed the connection")
+        buf += chunk
+    head = bytes(buf[:end]).decode("latin-1")
+    status = int(head[9:12])
+    length = 0
+    for line in head.split("\r\n")[1:]:
+        name, _, value = line.partition(":")
+        if name.lower() == "content-length":
+            length = int(value)
+    total = end + 4 + length
+    while len(buf) < total:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("server closed the connection mid-body")
+        buf += chunk
+    del buf[:total]
+    return status
+
+
+def client_process(port: int, payloads: list[bytes], threads: int, start_at: float, stop_at: float, out):
+    """``threads`` keep-alive connections until ``stop_at``; sends back latencies (ns) of
+    requests started after ``start_at`` (the warm-up is discarded), statuses and CPU time."""
+    lat: list[list[int]] = [[] for _ in range(threads)]
+    bad = [0] * threads
+
+    def run(k):
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        buf = bytearray()
+        i = k
+        clock = time.perf_counter_ns
+        while True:
+            now = time.time()
+            if now >= stop_at:
+                break
+            t0 = clock()
+            status = one_call(sock, payloads[i % len(payloads)], buf)
+            t1 = clock()
+            i += 1
+            if now >= start_at:
+                lat[k].append(t1 - t0)
+                if status != 200:
+                    bad[k] += 1
+        sock.close()
+
+    cpu0 = time.process_time()
+    ts = [threading.Thread(target=run, args=(k,)) for k in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    out.put((np.concatenate([np.asarray(x, dtype=np.int64) for x in lat]), sum(bad), time.process_time() - cpu0))
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def drive(port: int, payloads: list[bytes], seconds: float, warmup: float = 1.0, workers: list[int] = ()) -> dict:
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    start_at = time.time() + 0.3 + warmup
+    stop_at = start_at + seconds
+    procs = [ctx.Process(target=client_process, args=(port, payloads, CONNECTIONS // PROCS, start_at, stop_at, q))
+             for _ in range(PROCS)]
+    for p in procs:
+        p.start()
+    time.sleep(max(0.0, start_at - time.time()))
+    cpu0 = [cpu_seconds(w) for w in workers]
+    parts = [q.get(timeout=seconds + 60) for _ in procs]
+    worker_cores = [(cpu_seconds(w) - c) / seconds for w, c in zip(workers, cpu0)]
+    for p in procs:
+        p.join(timeout=30)
+    lat = np.concatenate([p[0] for p in parts])
+    bad = sum(p[1] for p in parts)
+    if bad:
+        raise RuntimeError(f"{bad} responses were not 200")
+    return {"n": len(lat), "rps": len(lat) / seconds, "p50": float(np.median(lat)), "p99": float(np.percentile(lat, 99)),
+            "client_cpu": sum(p[2] for p in parts) / (seconds + warmup + 0.3), "worker_cores": worker_cores}
+
+
+def decide_body(gen: np.random.Generator, item_ids: list[str], dim: int) -> dict:
+    return {"user_id": f"u{int(gen.integers(5000))}", "slots": N_SLOTS,
+            "candidates": [item_ids[i] for i in gen.choice(len(item_ids), N_CAND, replace=False)],
+            "context": gen.normal(size=dim).round(6).tolist()}
+
+
+def count_decisions(db: Path) -> int:
+    with sqlite3.connect(db, timeout=30) as conn:
+        return conn.execute("SELECT count(*) FROM decisions").fetchone()[0]
+
+
+def bench_service(seconds: float = 5.0, rounds: int = 2) -> list[list]:
+    from simulator import Shop
+
+    shop = Shop(seed=0)  # the shop banditrec.service.wsgi serves
+    item_ids = list(shop.catalog.item_ids)
+    dim = shop.config.dim
+    gen = rng(31)
+    bodies = [decide_body(gen, item_ids, dim) for _ in range(64)]
+    with tempfile.TemporaryDirectory(prefix="banditrec-bench-service-") as tmp:
+        tmp = Path(tmp)
+        env = {"BANDITREC_DB": tmp / "log.db", "BANDITREC_SHOP_SEED": 0, "BANDITREC_POLICY": SPEC,
+               "BANDITREC_API_TOKEN": TOKEN, "BANDITREC_SNAPSHOTS": tmp / "snap", "BANDITREC_BATCH_MAX": BATCH}
+        with GunicornServer(env, log=tmp / "decide.log") as srv:
+            status, answer = srv.request("POST", "/v1/decide", bodies[0])
+            assert status == 200, answer
+            (tmp / "answer.json").write_text(json.dumps(answer))
+            bare_env = {"BANDITREC_BENCH_ANSWER": tmp / "answer.json", "PYTHONPATH": str(BENCH)}
+            with GunicornServer(bare_env, app="service_bench:make_bare_app()", log=tmp / "bare.log") as bare:
+                status, got = bare.request("POST", "/v1/decide", bodies[0])
+                assert status == 200 and got == answer
+                decide_payloads = [encode("/v1/decide", b, srv.port) for b in bodies]
+                bare_payloads = [encode("/v1/decide", b, bare.port) for b in bodies]
+                results: dict[str, list[dict]] = {"bare": [], "decide": []}
+                n0 = count_decisions(tmp / "log.db")
+                for _ in range(rounds):  # interleaved, so that a noisy neighbour hits both
+                    results["bare"].append(drive(bare.port, bare_payloads, seconds, workers=bare.workers()))
+                    results["decide"].append(drive(srv.port, decide_payloads, seconds, workers=srv.workers()))
+                logged = count_decisions(tmp / "log.db") - n0
+            batches = [encode("/v1/decide/batch", {"requests": bodies[i: i + BATCH]}, srv.port)
+                       for i in range(0, len(bodies) - BATCH + 1, 7)]
+            n1 = count_decisions(tmp / "log.db")
+            t0 = time.time()
+            batch = drive(srv.port, batches, seconds, workers=srv.workers())
+            batch_logged = count_decisions(tmp / "log.db") - n1
+            batch_wall = time.time() - t0
+            log_text = srv.log_text()
+    assert "Traceback" not in log_text, log_text[-2000:]
+
+    def merged(runs):
+        return {"rps": float(np.mean([r["rps"] for r in runs])), "p50": float(np.median([r["p50"] for r in runs])),
+                "p99": float(max(r["p99"] for r in runs)), "client_cpu": float(np.mean([r["client_cpu"] for r in runs])),
+                "n": sum(r["n"] for r in runs), "worker_cores": np.mean([r["worker_cores"] for r in runs], axis=0)}
+
+    def cores(r):
+        return " + ".join(f"{c:.2f}" for c in r["worker_cores"])
+
+    def cpu_ms(r, per=1):
+        return f"{sum(r['worker_cores']) / (r['rps'] * per) * 1e3:.2f}"
+
+    b, d = merged(results["bare"]), merged(results["decide"])
+    served = sum(r["n"] for r in results["decide"])
+    rows = [
+        ["(a) bare Flask route, same body, constant answer", f"{b['rps']:,.0f}", f"{b['p50'] / 1e6:.2f}",
+         f"{b['p99'] / 1e6:.2f}", cores(b), cpu_ms(b), f"{b['client_cpu']:.2f}", "1.00x", ""],
+        ["(b) POST /v1/decide (LinUCB, logged)", f"{d['rps']:,.0f}", f"{d['p50'] / 1e6:.2f}", f"{d['p99'] / 1e6:.2f}",
+         cores(d), cpu_ms(d), f"{d['client_cpu']:.2f}", f"{d['rps'] / b['rps']:.2f}x",
+         f">= 0.6x and p99 <= 15 ms: {'met' if d['rps'] / b['rps'] >= 0.6 and d['p99'] <= 15e6 else 'NOT met'}"],
+        [f"(c) POST /v1/decide/batch, {BATCH} per call", f"{batch['rps'] * BATCH:,.0f} dec/s",
+         f"{batch['p50'] / 1e6:.2f}", f"{batch['p99'] / 1e6:.2f}", cores(batch), cpu_ms(batch, BATCH), f"{batch['client_cpu']:.2f}", "",
+         f">= 20,000 logged decisions/s: {'met' if batch['rps'] * BATCH >= 20_000 else 'NOT met'}"],
+    ]
+    note = (f"gunicorn, banditrec/service/gunicorn_conf.py (2 gthread workers x 2 threads), 127.0.0.1; "
+            f"{CONNECTIONS} keep-alive connections ({PROCS} client processes x {CONNECTIONS // PROCS} threads); "
+            f"{N_CAND} candidates, {N_SLOTS} slots, context {dim}, {SPEC}, SQLite WAL log; {rounds} x {seconds:g} s "
+            f"per case, interleaved; p50 = median of rounds, p99 = worst round. 'worker cores' = CPU each gunicorn "
+            f"worker used while measured, and their CPU time per decision; 'client cores' = CPU the load generator itself used on this 2-core "
+            f"machine. Checked: every response 200; {served:,} decide "
+            f"responses and {logged:,} rows logged; batch: {batch['n'] * BATCH:,} decisions answered, "
+            f"{batch_logged:,} logged in {batch_wall:.1f} s.")
+    return note, rows
+
+
+def print_table(note, rows) -> None:
+    table("http", note, ["case", "requests/s", "p50 ms", "p99 ms", "worker cores", "CPU ms/dec.", "client cores",
+                         "ratio", "goal"],
+          rows)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    print_table(*bench_service(args.seconds, args.rounds))
