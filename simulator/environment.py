@@ -121,6 +121,9 @@ class Environment:
         self._events: list[tuple] = []
         self._next_session = 0
         self._bought_today = np.zeros(c.n_customers, bool)
+        self._visited_today = np.zeros(c.n_customers, bool)
+        self._experience = np.zeros(c.n_customers, np.float32)  # today's carousel relevance, per customer
+        self._purchases_today = np.zeros(c.n_customers, np.int16)
         self._kpi = DayKPIs(day=self.day)
         self.kpis: list[DayKPIs] = []
         self.initial_customers = c.n_customers
@@ -215,6 +218,7 @@ class Environment:
         session = self._next_session + np.arange(m, dtype=np.int64)
         self._next_session += m
         st.visits[visitors] += 1
+        self._visited_today[visitors] = True
         st.last_visit[visitors] = self.day
         self._kpi.visits += m
         brng = self._day_rng(1)
@@ -253,7 +257,7 @@ class Environment:
             a = self.model.attraction(requests, slates)
             theta = self.model.examination(requests, K)
             rel = (a * theta).sum(axis=1) / theta.sum(axis=1)
-            np.add.at(st.satisfaction, requests.customer,
+            np.add.at(self._experience, requests.customer,
                       (c.satisfaction_relevance * (rel - self.mean_attraction)).astype(np.float32))
         rows, cols = np.nonzero(out.purchase)
         bought = slates[rows, cols]
@@ -273,7 +277,14 @@ class Environment:
                             * np.where(st.gateway, 1.0 - c.gateway_churn_cut, 1.0), 1.0)
         u = rng.random(c.n_customers)
         st.alive &= ~(u < hazard)
+        # satisfaction: a moving average of visit experiences, decaying towards 0 between visits
+        v = self._visited_today
+        experience = self._experience[v] + c.satisfaction_per_purchase * np.minimum(self._purchases_today[v], 3)
+        st.satisfaction[v] += np.float32(c.satisfaction_weight) * (experience - st.satisfaction[v])
         st.satisfaction *= np.float32(c.satisfaction_decay)
+        self._visited_today[:] = False
+        self._experience[:] = 0.0
+        self._purchases_today[:] = 0
         self.stock.advance(self.day, c, rng)
         k = self._kpi
         k.orders = int(self._bought_today.sum())
@@ -371,7 +382,7 @@ class Environment:
         np.add.at(st.margin, customers, cat.margin[items])
         if 0 <= self.day < c.ltv_horizon_days:
             np.add.at(st.ltv, customers, cat.margin[items] * c.daily_discount ** self.day)
-        np.add.at(st.satisfaction, customers, np.float32(c.satisfaction_per_purchase))
+        np.add.at(self._purchases_today, customers, 1)
         st.gateway[customers[cat.gateway[items]]] = True
         self._bought_today[customers] = True
         k = self._kpi

@@ -103,6 +103,7 @@ def simulate(config: SimConfig | None = None, policy: str = "uniform", days: int
                     seed=policy_seq, clock=clock)
     respond_rng = np.random.default_rng(respond_seq)
     ids = cat.item_ids
+    index = {item: j for j, item in enumerate(ids)}
     expected = {k: 0.0 for k in REWARD_KINDS}
     n_decisions = n_rewards = 0
     say = echo or (lambda line: None)
@@ -114,18 +115,16 @@ def simulate(config: SimConfig | None = None, policy: str = "uniform", days: int
         for _ in range(days):
             req = env.requests()
             m = len(req)
-            slates = np.empty((m, n_slots), dtype=np.int64)
-            events = []
             out_of_stock = np.flatnonzero(~req.available)
+            cand, _, _ = cf.candidates_batch(session_matrix(req, cat.n_items), n_candidates, exclude=out_of_stock)
+            batch = []
+            clock.schedule(env.day * DAY_S + req.hour * 3600.0)  # each decision at its visit's hour
             for i in range(m):
-                clock.now = env.day * DAY_S + float(req.hour[i]) * 3600.0
-                recent = req.recent(i)
-                seen = np.unique(np.r_[recent["cart"], recent["purchases"], recent["views"]])
-                cand, _, _ = cf.candidates(seen, n_candidates, exclude=out_of_stock)
-                decision = engine.decide(f"u{int(req.customer[i])}", n_slots,
-                                         context=req.context[i], candidates=[ids[j] for j in cand.tolist()])
-                slates[i] = [int(s.item_id[1:]) for s in decision.slots]
-                events.append(decision.event_id)
+                batch.append({"user_id": f"u{int(req.customer[i])}", "n_slots": n_slots, "context": req.context[i],
+                              "candidates": [ids[j] for j in cand[i].tolist()]})
+            decisions = engine.decide_batch(batch) if m else []
+            slates = np.array([[index[s.item_id] for s in d.slots] for d in decisions], dtype=np.int64).reshape(m, n_slots)
+            events = [d.event_id for d in decisions]
             for kind in REWARD_KINDS:
                 expected[kind] += float(env.expected_reward(req, slates, kind).sum())
             out = env.respond(req, slates, respond_rng)
@@ -145,13 +144,33 @@ def simulate(config: SimConfig | None = None, policy: str = "uniform", days: int
     return result
 
 
+def session_matrix(req, n_items: int):
+    """(m, n_items) csr with a 1 for every item in each visitor's cart, recent purchases and views."""
+    import scipy.sparse as sp
+
+    held = np.concatenate([req.cart, req.owned, req.views], axis=1)
+    rows = np.repeat(np.arange(len(held)), held.shape[1])
+    keep = held.ravel() >= 0
+    mat = sp.csr_matrix((np.ones(int(keep.sum())), (rows[keep], held.ravel()[keep])), shape=(len(held), n_items))
+    mat.sum_duplicates()
+    mat.data[:] = 1.0
+    return mat
+
+
 class _SimClock:
-    """The engine's clock in simulated seconds (day x 86,400 + the visit's hour)."""
+    """The engine's clock in simulated seconds: scheduled times first (one per decision, in the
+    order the engine asks), then ``now``."""
 
     def __init__(self):
         self.now = 0.0
+        self._queue: list[float] = []
+
+    def schedule(self, times) -> None:
+        self._queue = [float(t) for t in times][::-1]
 
     def __call__(self) -> float:
+        if self._queue:
+            self.now = self._queue.pop()
         return self.now
 
 

@@ -85,3 +85,29 @@ def test_errors_name_the_problem(interactions):
         cf.similar_items([40])
     with pytest.raises(ValidationError, match="only 37 items are eligible"):
         cf.candidates([0, 1, 2], N=38)
+
+
+def test_candidates_batch_equals_one_user_at_a_time():
+    """The batch path (one sparse product per chunk) gives each row what candidates() gives
+    that row's items: same scores, the same CF items, the same popular fill in order."""
+    gen = np.random.default_rng(4)
+    X = sp.random(300, 120, density=0.04, random_state=5, format="csr")
+    X.data[:] = gen.integers(1, 4, size=X.nnz)
+    cf = ItemItemCF(n_neighbors=10).fit(X)
+    rows = [np.unique(gen.integers(0, 120, size=k)) for k in gen.integers(0, 6, size=40)]
+    rows[3] = np.empty(0, dtype=np.int64)  # a user with no history gets the popular items
+    H = sp.csr_matrix((np.ones(sum(map(len, rows))), (np.repeat(np.arange(40), list(map(len, rows))),
+                                                      np.concatenate(rows))), shape=(40, 120))
+    exclude = np.array([0, 7, 33])
+    ids, scores, from_cf = cf.candidates_batch(H, 25, exclude=exclude, chunk=7)
+    for r, hist in enumerate(rows):
+        want_ids, want_scores, source = cf.candidates(hist, 25, exclude=exclude)
+        np.testing.assert_allclose(scores[r], want_scores)
+        np.testing.assert_array_equal(from_cf[r], source == "cf")
+        assert set(ids[r][from_cf[r]]) == set(want_ids[source == "cf"])  # ties may order differently
+        np.testing.assert_array_equal(ids[r][~from_cf[r]], want_ids[source != "cf"])
+    assert not from_cf[3].any() and from_cf.any()
+    with pytest.raises(ValidationError, match="columns"):
+        cf.candidates_batch(H[:, :100], 5)
+    with pytest.raises(ValidationError, match="only 117 items are eligible"):
+        cf.candidates_batch(H[3:4], 118, exclude=exclude)

@@ -46,7 +46,7 @@ def test_readme_curl_examples_get_the_documented_status():
 
 def test_readme_commands_exist():
     documented = set(re.findall(r"banditrec (\w+)", README)) & set(main.commands)
-    assert documented == {"demo", "serve", "coverage", "evaluate", "import", "export", "regret", "sensitivity"}
+    assert documented == {"demo", "serve", "coverage", "evaluate", "import", "export", "regret", "sensitivity", "simulate"}
     for command in documented:
         res = CliRunner().invoke(main, [command, "--help"])
         assert res.exit_code == 0, res.output
@@ -84,3 +84,21 @@ def test_readme_python_example_runs_and_its_estimates_cover_the_truth(tmp_path, 
         low, high, truth = (float(x) for x in re.findall(r"\[(\d\.\d+), (\d\.\d+)\]\s+truth (\d\.\d+)", line)[0])
         assert low <= truth <= high, line
     assert (tmp_path / "out/snapshots/linucb.json").exists()
+
+
+def test_readme_simulator_block_runs_and_its_table_is_the_clis():
+    """The simulator's Python block runs as written; the quoted `banditrec simulate` output has
+    the CLI's header and days, and its decisions line agrees with its visits column."""
+    from simulator.run import KPI_HEAD
+
+    section = README.split("## The simulated shop", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```python", 1)[1].split("```", 1)[0]
+    scope: dict = {}
+    exec(compile(block, "README.md", "exec"), scope)
+    assert scope["truth"].shape == (len(scope["req"]),) and scope["out"].click.shape == scope["slates"].shape
+    quoted = re.search(r"```\n( day .*?)\n```", section, re.S).group(1)
+    lines = quoted.splitlines()
+    assert lines[0] == KPI_HEAD
+    days = [int(line.split()[0]) for line in lines[2:] if line.strip() and line.split()[0].isdigit()]
+    assert days == [*range(0, 90, 10), 89]
+    assert re.search(r"^[\d,]+ decisions and [\d,]+ rewards logged to out/sim.db", quoted, re.M)

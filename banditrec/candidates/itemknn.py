@@ -89,6 +89,65 @@ class ItemItemCF:
         ids = np.where(scores > 0, ids, -1)
         return ids, scores
 
+    def candidates_batch(self, histories: sp.spmatrix, N: int, exclude=None, *, chunk: int | None = None
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Candidates for many users at once: ``(ids (m, N), scores (m, N), from_cf (m, N) bool)``.
+
+        ``histories`` is an (m, n_items) sparse matrix whose row i holds user i's interaction
+        weights (e.g. 1 per item in the session). Row i's result is what :meth:`candidates`
+        returns for the items of row i (scored by the weighted sum of their similarity rows,
+        so unit weights give the same ranking): CF items by score, ties by lower index, then the
+        most popular remaining items. ``exclude``: item indices no user may get. One sparse
+        product per chunk of users instead of one sparse slice per user.
+        """
+        self._check_fitted()
+        n = self.n_items
+        H = sp.csr_matrix(histories, dtype=np.float64)
+        if H.shape[1] != n:
+            raise ValidationError(f"histories must have {n} columns (one per item), got {H.shape[1]}", "histories")
+        banned_all = np.zeros(n, dtype=bool)
+        if exclude is not None:
+            banned_all[np.asarray(exclude, dtype=np.int64)] = True
+        m = H.shape[0]
+        chunk = chunk or max(1, 16_000_000 // max(n, 1))  # a dense (chunk, n) block of about 128 MB
+        ids = np.empty((m, N), dtype=np.int64)
+        scores = np.zeros((m, N))
+        from_cf = np.zeros((m, N), dtype=bool)
+        pop_order = np.argsort(-np.where(banned_all, -np.inf, self.popularity), kind="stable")
+        for lo in range(0, m, chunk):
+            hi = min(lo + chunk, m)
+            h = H[lo:hi]
+            S = (h @ self.similarity).toarray()  # (rows, n)
+            banned = np.broadcast_to(banned_all, S.shape).copy()
+            rows = np.repeat(np.arange(hi - lo), np.diff(h.indptr))
+            banned[rows, h.indices] = True
+            eligible = n - banned.sum(axis=1)
+            if (eligible < N).any():
+                i = int(np.argmax(eligible < N))
+                raise ValidationError(
+                    f"asked for {N} candidates but only {eligible[i]} items are eligible for row {lo + i}", "candidates")
+            S[banned] = 0.0
+            # CF part: top N by (score desc, index asc) among positive scores
+            top = np.argsort(-S, axis=1, kind="stable")[:, :N]
+            top_s = np.take_along_axis(S, top, axis=1)
+            is_cf = top_s > 0
+            # popular fill: the most popular items neither banned nor already taken
+            taken = banned
+            taken[np.repeat(np.arange(hi - lo), N)[is_cf.ravel()], top[is_cf]] = True
+            # only the first (N + most banned in a row) popular items can be needed
+            head = pop_order[:min(n, 2 * N + int(banned.sum(axis=1).max()))]
+            free = ~taken[:, head]
+            rank = np.cumsum(free, axis=1)
+            need = N - is_cf.sum(axis=1)
+            for r in range(hi - lo):  # O(rows) gathers of precomputed positions; no per-item work
+                fill = head[free[r] & (rank[r] <= need[r])]
+                k = N - need[r]
+                ids[lo + r, :k] = top[r, :k]
+                ids[lo + r, k:] = fill
+                scores[lo + r, :k] = top_s[r, :k]
+                from_cf[lo + r, :k] = True
+        return ids, scores, from_cf
+
     def candidates(self, history, N: int, exclude=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Candidates for one user: ``(ids (N,), scores (N,), source (N,))``.
 
