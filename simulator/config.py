@@ -47,6 +47,8 @@ class SimConfig:
     gateway_share: float = _f(0.03, "share of items that are gateway products", "float", 0.0, 1.0)
     gateway_price_factor: float = _f(0.7, "a gateway item's price relative to its type's (entry products are cheaper)", "float", 0.0, low_open=True)
     complements_per_type: int = _f(3, "complement partners drawn per product type (edges point from the pricier type to the cheaper)", "int", 0)
+    new_item_share: float = _f(0.05, "share of items launched on day 0: no pre-period history (cold start)", "float", 0.0, 1.0)
+    brands_per_category: int = _f(12, "brands in each category (item metadata)", "int", 1)
     stock_level: int = _f(40, "units of an item in stock after a restock", "int", 1)
     restock_days: float = _f(5.0, "mean days until an item that ran out is restocked", "float", 1.0)
     # ---- customers -------------------------------------------------------------------------

@@ -67,6 +67,14 @@ class Requests:
             k: getattr(self, k)[index] for k in ("customer", "session", "context", "segment", "device", "hour",
                                                  "owned", "owned_day", "cart", "views")})
 
+    def describe(self, i: int) -> dict:
+        """Request ``i`` as a JSON-ready dict for an HTTP client: user id, context, and the item
+        ids in the cart, recently bought and recently viewed."""
+        ids = lambda a: [f"i{j}" for j in a.tolist()]  # noqa: E731
+        recent = self.recent(i)
+        return {"user_id": f"u{int(self.customer[i])}", "context": self.context[i].tolist(),
+                "cart": ids(recent["cart"]), "purchases": ids(recent["purchases"]), "views": ids(recent["views"])}
+
     def recent(self, i: int) -> dict:
         """Request ``i``'s cart, recent purchases and views as item index arrays (newest last
         is not guaranteed: rings are unordered)."""
@@ -115,7 +123,7 @@ class Environment:
         self.population = make_population(c, pop_rng)
         self.model = CarouselModel(self.catalog, self.population, c)
         self.state = CustomerState.new(c)
-        self.stock = Stock.new(c, stock_rng)
+        self.stock = Stock.new(c, stock_rng, self.catalog.launch_day, start_day=-c.history_days)
         self.day = -c.history_days
         self.recording = False
         self._events: list[tuple] = []
@@ -136,10 +144,8 @@ class Environment:
         # where customers of a segment start browsing: softmax of the segment's typical taste
         scale = c.preference_scale / np.sqrt(c.dim) * 0.6
         logits = cat.bias[None, :] + scale * (pop.segment_centre @ cat.latent.T.astype(float))
-        p = np.exp(logits - logits.max(axis=1, keepdims=True))
-        cdf = np.cumsum(p, axis=1)
-        cdf /= cdf[:, -1:]
-        self._seed_cdf = (cdf + np.arange(len(cdf))[:, None]).ravel()  # segment s occupies (s, s + 1]
+        self._seed_weight = np.exp(logits - logits.max(axis=1, keepdims=True))
+        self._launch_seed_cdf()
         A = cat.complement.astype(float)
         out = A.sum(axis=1)
         self._has_complement = out > 0
@@ -154,6 +160,13 @@ class Environment:
         z = (c.base_logit + cat.bias[j] + np.einsum("md,md->m", pop.preference[u], cat.latent[j], dtype=float)
              - pop.price_sensitivity[u] * self._log_price[j])
         self.mean_attraction = float(sigmoid(z).mean())
+
+    def _launch_seed_cdf(self):
+        """Browsing starts only at launched items: rebuilt when items launch."""
+        p = self._seed_weight * (self.catalog.launch_day <= self.day)[None, :]
+        cdf = np.cumsum(p, axis=1)
+        cdf /= cdf[:, -1:]
+        self._seed_cdf = (cdf + np.arange(len(cdf))[:, None]).ravel()  # segment s occupies (s, s + 1]
 
     def _stream(self, day: int, stream: int) -> np.random.SeedSequence:
         ss = self.seed_seq
@@ -269,6 +282,18 @@ class Environment:
         self._add_to_cart(requests.customer[rows], slates[rows, cols], requests.session[rows])
         return out
 
+    def respond_one(self, requests: Requests, i: int, item_ids, rng: np.random.Generator) -> dict:
+        """The per-request wrapper: visitor ``i`` of ``requests`` is shown ``item_ids`` (ids such
+        as ``"i42"``, in slot order, e.g. what ``/v1/decide`` returned); the response is applied
+        to the shop and returned as lists per slot: click, purchase (0/1) and margin."""
+        try:
+            slate = np.array([[int(str(item)[1:]) for item in item_ids]], dtype=np.int64)
+        except ValueError:
+            raise ValidationError(f"item ids look like 'i42'; got {list(item_ids)!r}", "item_ids") from None
+        out = self.respond(requests.take(i), slate, rng)
+        return {"click": out.click[0].astype(int).tolist(), "purchase": out.purchase[0].astype(int).tolist(),
+                "margin": out.margin[0].tolist()}
+
     def advance_day(self) -> DayKPIs:
         """Close the day: churn, satisfaction decay, restocking. Returns the day's KPIs."""
         c, st = self.config, self.state
@@ -293,6 +318,8 @@ class Environment:
         self._bought_today[:] = False
         self.kpis.append(k)
         self.day += 1
+        if (self.catalog.launch_day == self.day).any():
+            self._launch_seed_cdf()
         self._kpi = DayKPIs(day=self.day)
         return k
 
@@ -343,6 +370,8 @@ class Environment:
         n_views = np.minimum(1 + rng.poisson(c.views_per_visit - 1.0, size=m), MAX_VIEWS)
         more = cat.random_item_of_type(np.repeat(cat.product_type[first], MAX_VIEWS - 1),
                                        rng.random(m * (MAX_VIEWS - 1))).reshape(m, MAX_VIEWS - 1)
+        launched = cat.launch_day[more] <= self.day  # an item not yet launched cannot be viewed
+        more = np.where(launched, more, first[:, None])  # (the customer looks at the first item again)
         viewed = np.c_[first, more]
         mask = np.arange(MAX_VIEWS)[None, :] < n_views[:, None]
         rows = np.repeat(np.arange(m), n_views)

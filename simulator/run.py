@@ -201,3 +201,39 @@ class _NoBar:
 
     def close(self):
         pass
+
+
+@dataclass(frozen=True)
+class TrueValue:
+    spec: str
+    seed: int
+    ltv: float  # mean discounted margin per customer over the horizon
+    retention: float
+    margin: float  # total margin (organic and carousel) over the run's days
+    clicks_per_carousel: float  # exact expectation of the carousels shown
+
+
+def true_values(specs, config: SimConfig | None = None, days: int = 90, seeds=(0,), **kw) -> list[TrueValue]:
+    """Each policy's long-term value by simulation: every spec runs on every seed's world with
+    common random numbers (same catalog, customers and per-day draws), so differences between
+    specs on one seed are paired. ``kw`` goes to :func:`simulate` (slots, candidates, ...)."""
+    out = []
+    for seed in seeds:
+        for spec in specs:
+            r = simulate(config, spec, days, seed=seed, **kw)
+            out.append(TrueValue(spec=spec, seed=int(seed), ltv=r.ltv, retention=r.retention,
+                                 margin=float(sum(k.margin for k in r.kpis)),
+                                 clicks_per_carousel=r.expected["click"] / max(r.n_decisions, 1)))
+    return out
+
+
+def paired_difference(values: list[TrueValue], a: str, b: str, field: str = "ltv") -> tuple[float, float, int]:
+    """Mean over seeds of ``field`` under ``a`` minus under ``b``, its standard error, and the
+    number of seeds (pairs share a seed's world and draws)."""
+    by = {(v.spec, v.seed): getattr(v, field) for v in values}
+    seeds = sorted({v.seed for v in values if (a, v.seed) in by and (b, v.seed) in by})
+    if not seeds:
+        raise ValidationError(f"no seed has both {a!r} and {b!r}", "specs")
+    d = np.array([by[(a, s)] - by[(b, s)] for s in seeds])
+    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+    return float(d.mean()), se, len(d)

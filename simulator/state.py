@@ -83,9 +83,17 @@ class Stock:
     restock_day: np.ndarray  # (n_items,) int32, -1 when not waiting
 
     @classmethod
-    def new(cls, c: SimConfig, rng: np.random.Generator) -> "Stock":
+    def new(cls, c: SimConfig, rng: np.random.Generator, launch_day: np.ndarray | None = None,
+            start_day: int = 0) -> "Stock":
+        """Random initial units; an item launching after ``start_day`` has none until its
+        launch day."""
         units = rng.integers(1, c.stock_level + 1, size=c.n_items).astype(np.int32)
-        return cls(units=units, restock_day=np.full(c.n_items, -1, np.int32))
+        restock = np.full(c.n_items, -1, np.int32)
+        if launch_day is not None:
+            later = launch_day > start_day
+            units[later] = 0
+            restock[later] = launch_day[later]
+        return cls(units=units, restock_day=restock)
 
     @property
     def available(self) -> np.ndarray:

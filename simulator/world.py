@@ -25,6 +25,8 @@ class RetailCatalog:
     product_type (n,), category (n,) : int; ``type_category (T,)`` maps type to category
     price, margin (n,) ; columns : {name: (n,)} extra business columns (e.g. royalty)
     gateway (n,) bool : buying one raises the buyer's visit rate and lowers churn
+    brand (n,), title (n,) : metadata; launch_day (n,) : new items (a share new_item_share)
+        launch on day 0 and have no pre-period history
     consumable (T,) bool, reorder_days (T,) int : consumable types are bought again on a cycle
     complement (T, T) float32 : weight of type u as a complement of type t at [t, u]; directed
         (from the pricier type to the cheaper) so complement[t, u] > 0 implies complement[u, t] == 0
@@ -43,6 +45,9 @@ class RetailCatalog:
     reorder_days: np.ndarray
     complement: np.ndarray
     log_price_ref: float
+    brand: np.ndarray  # (n,) int: brand index (brands belong to a category)
+    title: tuple  # (n,) str: words naming the category, type, brand and a model (metadata for cold start)
+    launch_day: np.ndarray  # (n,) int32: first day the item is sold; new items launch on day 0
     type_order: np.ndarray  # item indices sorted by type
     type_start: np.ndarray  # (T + 1,) offsets of each type in type_order
 
@@ -90,13 +95,40 @@ def make_retail_catalog(c: SimConfig, rng: np.random.Generator) -> RetailCatalog
     consumable = rng.random(T) < c.consumable_share
     reorder_days = rng.integers(c.reorder_days_low, c.reorder_days_high + 1, size=T)
     complement = _complement_graph(T, type_category, type_log_price, c.complements_per_type, rng)
+    category = type_category[product_type]
+    brand = category * c.brands_per_category + rng.integers(0, c.brands_per_category, size=n)
+    title = _titles(product_type, type_category, brand, rng)
+    launch_day = np.where(rng.random(n) < c.new_item_share, 0, -(1 << 30)).astype(np.int32)
     type_order = np.argsort(product_type, kind="stable")
     type_start = np.r_[0, np.cumsum(np.bincount(product_type, minlength=T))]
     return RetailCatalog(
-        latent=latent, bias=bias, product_type=product_type, category=type_category[product_type],
+        latent=latent, bias=bias, product_type=product_type, category=category, brand=brand, title=title,
+        launch_day=launch_day,
         type_category=type_category, price=price, margin=margin, columns=columns, gateway=gateway,
         consumable=consumable, reorder_days=reorder_days, complement=complement,
         log_price_ref=float(np.median(np.log(price))), type_order=type_order, type_start=type_start)
+
+
+_SYLLABLES = ("ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ze", "pa", "do", "fi", "gu", "ha", "je", "bo")
+
+
+def _word(i: int, salt: int) -> str:
+    """A pronounceable made-up word for integer ``i`` (distinct for distinct i within a salt)."""
+    i = i * 7 + salt
+    out = []
+    for _ in range(3):
+        out.append(_SYLLABLES[i % 16])
+        i //= 16
+    return "".join(out)
+
+
+def _titles(product_type, type_category, brand, rng) -> tuple:
+    """"<brand> <category word> <type word> <type word 2> <model>" per item: items of a type share
+    two words, of a category one, of a brand one; the model number is the item's own."""
+    model = rng.integers(100, 1000, size=len(product_type))
+    return tuple(
+        f"{_word(int(b), 3)} {_word(int(type_category[t]), 1)} {_word(int(t), 2)} {_word(int(t), 5)} m{int(mo)}"
+        for t, b, mo in zip(product_type.tolist(), brand.tolist(), model.tolist()))
 
 
 def _complement_graph(T: int, type_category, type_log_price, k: int, rng) -> np.ndarray:

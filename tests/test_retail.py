@@ -353,3 +353,48 @@ def test_visit_rates_follow_the_configured_mean():
     assert abs(len(req) - expected) < 4.5 * math.sqrt(expected)
     assert rate.mean() == pytest.approx(0.15, rel=0.03)
     assert sigmoid(0.0) == 0.5
+
+
+def test_new_items_launch_on_day_zero_without_history():
+    env = Environment(SimConfig(n_items=2000, n_types=40, n_customers=5000, history_days=10, new_item_share=0.1),
+                      seed=3)
+    new = np.flatnonzero(env.catalog.launch_day == 0)
+    assert 120 < len(new) < 280
+    assert not env.stock.available[new].any()
+    history = env.warm_up()
+    assert len(history) > 10_000 and not np.isin(history.item, new).any()
+    assert env.stock.available[new].all()
+    env.recording = True
+    for _ in range(3):
+        env.requests()
+        env.advance_day()
+    assert np.isin(env.events().select("view", from_day=0).item, new).any()  # browsable once launched
+
+
+def test_titles_share_words_within_a_type_and_a_brand():
+    cat = Environment(SimConfig(n_items=600, n_types=30, n_categories=5), seed=0).catalog
+    words = [set(t.split()) for t in cat.title]
+    same_type = [(i, j) for i in range(50) for j in range(i + 1, 600) if cat.product_type[i] == cat.product_type[j]]
+    other = [(i, j) for i in range(50) for j in range(i + 1, 600) if cat.category[i] != cat.category[j]]
+    assert min(len(words[i] & words[j]) for i, j in same_type) >= 3  # category word + two type words
+    assert max(len(words[i] & words[j] - {w for w in words[i] if w.startswith("m")}) for i, j in other) <= 1
+    assert all(cat.brand[i] // SimConfig().brands_per_category == cat.category[i] for i in range(600))
+
+
+def test_one_visitor_at_a_time_is_the_batch_response_of_that_visitor():
+    """The per-request wrapper (what an HTTP demo client uses) answers exactly as the batch API
+    does for that one request and the same draws."""
+    a, b = Environment(SMALL, seed=2), Environment(SMALL, seed=2)
+    a.warm_up(), b.warm_up()
+    ra, rb = a.requests(), b.requests()
+    info = ra.describe(3)
+    assert info["user_id"] == f"u{ra.customer[3]}" and len(info["context"]) == a.context_dim
+    assert set(info["cart"] + info["purchases"] + info["views"]) <= set(a.catalog.item_ids)
+    slate = [7, 99, 12]
+    one = a.respond_one(ra, 3, [f"i{j}" for j in slate], np.random.default_rng(5))
+    batch = b.respond(rb.take(3), np.array([slate]), np.random.default_rng(5))
+    assert one == {"click": batch.click[0].astype(int).tolist(), "purchase": batch.purchase[0].astype(int).tolist(),
+                   "margin": batch.margin[0].tolist()}
+    np.testing.assert_array_equal(a.state.purchases, b.state.purchases)
+    with pytest.raises(ValidationError, match="item ids look like 'i42'"):
+        a.respond_one(ra, 3, ["apple"], np.random.default_rng(5))
