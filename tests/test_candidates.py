@@ -111,3 +111,59 @@ def test_candidates_batch_equals_one_user_at_a_time():
         cf.candidates_batch(H[:, :100], 5)
     with pytest.raises(ValidationError, match="only 117 items are eligible"):
         cf.candidates_batch(H[3:4], 118, exclude=exclude)
+
+
+def _dense_reference(X: np.ndarray, weighting: str, K1=1.2, B=0.75) -> np.ndarray:
+    """Item-item similarity written out with dense numpy, one formula per weighting."""
+    n_users, n_items = X.shape
+    if weighting == "cosine":
+        norms = np.sqrt((X ** 2).sum(axis=0))
+        W = X / np.where(norms > 0, norms, 1.0)
+    else:
+        idf = np.log(n_items) - np.log1p((X > 0).sum(axis=1))
+        if weighting == "tfidf":
+            W = np.sqrt(X) * idf[:, None]
+        else:
+            length = X.sum(axis=0)
+            norm = (1 - B) + B * length / length.mean()
+            W = np.where(X > 0, X * (K1 + 1) / (K1 * norm[None, :] + X), 0.0) * idf[:, None]
+    S = W.T @ W
+    np.fill_diagonal(S, 0.0)
+    return S
+
+
+@pytest.mark.parametrize("weighting", ["cosine", "tfidf", "bm25"])
+def test_weightings_equal_their_dense_formula_and_keep_the_top_n(weighting):
+    gen = np.random.default_rng(7)
+    X = (gen.random((80, 40)) < 0.15) * gen.integers(1, 5, size=(80, 40)).astype(float)
+    S = _dense_reference(X, weighting)
+    cf = ItemItemCF(n_neighbors=6, weighting=weighting).fit(sp.csr_matrix(X))
+    got = cf.similarity.toarray()
+    for i in range(40):
+        kept = np.flatnonzero(got[i])
+        np.testing.assert_allclose(got[i, kept], S[i, kept], rtol=1e-10)
+        assert len(kept) == min(6, int((np.abs(S[i]) > 1e-12).sum()))
+        # nothing left out beats anything kept
+        if len(kept):
+            assert np.delete(S[i], kept).max(initial=-np.inf) <= got[i, kept].min() + 1e-12
+
+
+def test_incremental_update_equals_a_refit_on_the_stacked_decayed_rows():
+    old = sp.random(200, 60, density=0.05, random_state=1, format="csr")
+    new = sp.random(30, 60, density=0.05, random_state=2, format="csr")
+    cf = ItemItemCF(n_neighbors=8, keep_gram=True).fit(old)
+    touched = cf.update(new, decay=0.5)
+    ref = ItemItemCF(n_neighbors=8).fit(sp.vstack([old * 0.5, new]).tocsr())
+    np.testing.assert_allclose(cf.similarity.toarray(), ref.similarity.toarray(), atol=1e-12)
+    np.testing.assert_allclose(cf.popularity, ref.popularity)
+    assert 0 < len(touched) <= 60
+    # an item no new row touches, nor co-occurs with a touched one, keeps its row untouched
+    untouched = np.setdiff1d(np.arange(60), touched)
+    assert len(untouched) == 0 or np.array_equal(
+        cf.similarity[untouched].toarray(), ItemItemCF(8, keep_gram=True).fit(old).similarity[untouched].toarray())
+    with pytest.raises(ValidationError, match="keep_gram"):
+        ItemItemCF(n_neighbors=8).fit(old).update(new)
+    with pytest.raises(ValidationError, match="need weighting='cosine'"):
+        ItemItemCF(weighting="bm25", keep_gram=True)
+    with pytest.raises(ValidationError, match="weighting must be one of cosine, tfidf, bm25"):
+        ItemItemCF(weighting="jaccard")

@@ -1,11 +1,28 @@
 """Item-to-item collaborative filtering (Linden, Smith & York 2003) on scipy.sparse.
 
 Orientation is fixed: ``user_items`` is a ``csr_matrix`` of shape (n_users, n_items), one row per
-user, one column per catalog item, holding interaction weights (e.g. purchase counts).
+user, one column per catalog item, holding interaction weights (e.g. purchase counts, or
+recency-weighted counts from :meth:`banditrec.candidates.Interactions.user_items`).
 
-Similarity is cosine between item columns, ``S = D^-1/2 (X^T X) D^-1/2`` with ``D`` the
-squared column norms and a zero diagonal; only each item's ``n_neighbors`` most similar
-items are kept (the precomputed neighbour table Amazon's method relies on).
+Weighting (``weighting=``), before item columns are compared:
+
+* ``"cosine"``: ``S = D^-1/2 (X^T X) D^-1/2``, ``D`` the squared column norms.
+* ``"tfidf"``: each entry becomes ``sqrt(x_ui) * idf_u`` with ``idf_u = log(n_items) -
+  log(1 + |items of u|)`` (a user who touches everything says little about any pair), and
+  ``S = W^T W`` (dot products).
+* ``"bm25"``: ``x_ui (K1 + 1) / (K1 ((1 - B) + B len_i / mean len) + x_ui) * idf_u`` with
+  ``len_i = sum_u x_ui`` (Robertson et al.'s saturation and length normalisation, over item
+  columns), and ``S = W^T W``.
+
+These follow the item-item recommenders of the ``implicit`` library (CosineRecommender,
+TFIDFRecommender, BM25Recommender), so neighbours can be compared one to one. The diagonal is
+zero, and each item keeps its ``n_neighbors`` largest entries (ties by lower index): the
+precomputed neighbour table Amazon's method relies on.
+
+Incremental refresh (``weighting="cosine"``): :meth:`ItemItemCF.update` adds new interaction
+rows to the kept Gram matrix ``G = X^T X`` (optionally decaying the old one by a factor, which
+leaves cosines of the old data unchanged) and recomputes the neighbour rows of the items whose
+similarities can have changed, exactly; nothing else is touched.
 """
 
 from __future__ import annotations
@@ -17,6 +34,7 @@ from ..errors import ValidationError
 
 SOURCE_CF = "cf"
 SOURCE_POPULAR = "popular"
+WEIGHTINGS = ("cosine", "tfidf", "bm25")
 
 
 def _top_n_per_row(S: sp.csr_matrix, n: int) -> sp.csr_matrix:
@@ -35,37 +53,135 @@ def _top_n_per_row(S: sp.csr_matrix, n: int) -> sp.csr_matrix:
     return out
 
 
+def _cosine_from_gram(G: sp.csr_matrix, rows: np.ndarray | None = None) -> sp.csr_matrix:
+    """Cosine similarities from a Gram matrix (all rows, or only ``rows``), zero diagonal."""
+    d = G.diagonal()
+    inv = np.divide(1.0, np.sqrt(d), out=np.zeros_like(d), where=d > 0)
+    sub = G if rows is None else G[rows]
+    S = (sp.diags(inv if rows is None else inv[rows]) @ sub @ sp.diags(inv)).tocsr()
+    r = np.arange(S.shape[0]) if rows is None else np.asarray(rows)
+    S = S.tocoo()
+    keep = S.col != r[S.row]
+    return sp.csr_matrix((S.data[keep], (S.row[keep], S.col[keep])), shape=S.shape)
+
+
 class ItemItemCF:
-    """Cosine item-item neighbours and per-user candidate lists.
+    """Item-item neighbours and per-user candidate lists.
 
     Parameters
     ----------
     n_neighbors : int
         Neighbours kept per item.
+    weighting : "cosine", "tfidf" or "bm25" (see the module docstring)
+    K1, B : BM25's saturation and length-normalisation parameters
+    keep_gram : keep ``G = X^T X`` after fitting, for :meth:`update` (cosine only)
     """
 
-    def __init__(self, n_neighbors: int = 50):
+    def __init__(self, n_neighbors: int = 50, *, weighting: str = "cosine", K1: float = 1.2, B: float = 0.75,
+                 keep_gram: bool = False):
         if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, int) or n_neighbors < 1:
             raise ValidationError(f"n_neighbors must be a positive integer, got {n_neighbors!r}", "n_neighbors")
+        if weighting not in WEIGHTINGS:
+            raise ValidationError(f"weighting must be one of {', '.join(WEIGHTINGS)}; got {weighting!r}", "weighting")
+        if not (np.isfinite(K1) and K1 > 0):
+            raise ValidationError(f"K1 must be a positive number, got {K1!r}", "K1")
+        if not (np.isfinite(B) and 0 <= B <= 1):
+            raise ValidationError(f"B must be in [0, 1], got {B!r}", "B")
+        if keep_gram and weighting != "cosine":
+            raise ValidationError("incremental updates (keep_gram) need weighting='cosine': tf-idf and BM25 "
+                                  "weights depend on every user's whole row", "keep_gram")
         self.n_neighbors = n_neighbors
+        self.weighting = weighting
+        self.K1, self.B = float(K1), float(B)
+        self.keep_gram = keep_gram
         self.similarity: sp.csr_matrix | None = None
         self.popularity: np.ndarray | None = None
+        self.gram: sp.csr_matrix | None = None
 
-    def fit(self, user_items: sp.spmatrix) -> "ItemItemCF":
+    @staticmethod
+    def _checked(user_items) -> sp.csr_matrix:
         if not sp.issparse(user_items):
             raise ValidationError("user_items must be a scipy.sparse matrix (n_users, n_items)", "user_items")
         X = sp.csr_matrix(user_items, dtype=np.float64)
+        if X.nnz and not np.isfinite(X.data).all():
+            raise ValidationError("user_items must hold finite weights", "user_items")
         if X.nnz and (X.data < 0).any():
             raise ValidationError("user_items must hold non-negative weights", "user_items")
-        norms = np.sqrt(np.asarray(X.multiply(X).sum(axis=0)).ravel())
-        inv = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
-        Xn = X @ sp.diags(inv)
-        S = (Xn.T @ Xn).tocsr()
-        S.setdiag(0.0)
-        S.eliminate_zeros()
-        self.similarity = _top_n_per_row(S, self.n_neighbors)
+        return X
+
+    def weighted(self, X: sp.csr_matrix) -> sp.csr_matrix:
+        """The weighted (n_users, n_items) matrix whose column dot products are the similarities
+        (cosine: columns scaled to unit norm)."""
+        X = X.copy()
+        X.sum_duplicates()
+        X.eliminate_zeros()
+        n_users, n_items = X.shape
+        if self.weighting == "cosine":
+            norms = np.sqrt(np.asarray(X.multiply(X).sum(axis=0)).ravel())
+            inv = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+            return (X @ sp.diags(inv)).tocsr()
+        per_user = np.diff(X.indptr)
+        idf = np.log(max(n_items, 1)) - np.log1p(per_user)
+        rows = np.repeat(np.arange(n_users), per_user)
+        if self.weighting == "tfidf":
+            X.data = np.sqrt(X.data) * idf[rows]
+            return X
+        length = np.asarray(X.sum(axis=0)).ravel()
+        mean = length.mean() if length.size and length.mean() > 0 else 1.0
+        norm = (1.0 - self.B) + self.B * length / mean
+        X.data = X.data * (self.K1 + 1.0) / (self.K1 * norm[X.indices] + X.data) * idf[rows]
+        return X
+
+    def fit(self, user_items: sp.spmatrix) -> "ItemItemCF":
+        X = self._checked(user_items)
+        if self.keep_gram:
+            self.gram = (X.T @ X).tocsr()
+            self.similarity = _top_n_per_row(_cosine_from_gram(self.gram), self.n_neighbors)
+        else:
+            W = self.weighted(X)
+            S = (W.T @ W).tocsr()
+            S.setdiag(0.0)
+            S.eliminate_zeros()
+            self.similarity = _top_n_per_row(S, self.n_neighbors)
         self.popularity = np.asarray(X.sum(axis=0)).ravel()
         return self
+
+    def update(self, new_user_items: sp.spmatrix, *, decay: float = 1.0) -> np.ndarray:
+        """Add interaction rows and refresh exactly the neighbour rows that can change.
+
+        Each row of ``new_user_items`` is a new basket of interactions (a new user, or a new
+        session counted as its own row); the model then equals :meth:`fit` on the old rows
+        (times ``decay``) stacked over the new ones. ``decay`` multiplies every earlier weight
+        (recency: ``0.5 ** (elapsed / half_life)``), scaling ``G`` by ``decay**2``, which leaves
+        old cosines unchanged. Returns the indices of the items whose neighbour rows were
+        recomputed: those in a new row, and every item that co-occurs with one of them.
+        """
+        if self.gram is None:
+            raise ValidationError("update() needs a model fitted with keep_gram=True", "model")
+        if not (np.isfinite(decay) and 0 < decay <= 1):
+            raise ValidationError(f"decay must be in (0, 1], got {decay!r}", "decay")
+        D = self._checked(new_user_items)
+        if D.shape[1] != self.gram.shape[0]:
+            raise ValidationError(f"new_user_items must have {self.gram.shape[0]} columns, got {D.shape[1]}",
+                                  "new_user_items")
+        dG = (D.T @ D).tocsr()
+        self.gram = (self.gram * (decay * decay) + dG).tocsr()
+        self.popularity = self.popularity * decay + np.asarray(D.sum(axis=0)).ravel()
+        touched = np.flatnonzero(np.diff(D.tocsc().indptr))
+        if len(touched) == 0:
+            return touched
+        # S[a, b] changes when G[a, b] or the norm of a or b changes: rows of touched items and
+        # of every item that co-occurs with one
+        G = self.gram
+        affected = np.unique(np.r_[touched, G[:, touched].tocoo().row])
+        rows = _cosine_from_gram(G, rows=affected)
+        fresh = _top_n_per_row(rows, self.n_neighbors)
+        S = self.similarity.tolil()
+        for r, item in enumerate(affected.tolist()):
+            S.rows[item] = fresh.indices[fresh.indptr[r]:fresh.indptr[r + 1]].tolist()
+            S.data[item] = fresh.data[fresh.indptr[r]:fresh.indptr[r + 1]].tolist()
+        self.similarity = S.tocsr()
+        return affected
 
     @property
     def n_items(self) -> int:
