@@ -35,6 +35,7 @@ from .world import make_population, make_retail_catalog
 NEVER = -32768
 SEED_POOL = 16  # items drawn from the segment's popularity before the customer picks one to view
 MAX_VIEWS = 8
+COMPLEMENT_POOL = 8  # items of the complementary type a customer compares before buying one
 
 
 @dataclass(frozen=True)
@@ -428,7 +429,14 @@ class Environment:
         tp = t[pull]
         u_type = np.searchsorted(self._comp_cdf, tp + rng.random(len(tp))) - tp * cat.n_types
         u_type = np.clip(u_type, 0, cat.n_types - 1)
-        extra = cat.random_item_of_type(u_type, rng.random(len(tp)))
+        # the customer picks the complement they like best among a few items of that type
+        who = customers[pull]
+        pool = cat.random_item_of_type(np.repeat(u_type, COMPLEMENT_POOL),
+                                       rng.random(len(tp) * COMPLEMENT_POOL)).reshape(len(tp), COMPLEMENT_POOL)
+        taste = np.einsum("md,mkd->mk", self.population.preference[who], cat.latent[pool], dtype=float)
+        score = (cat.bias[pool] + taste - self.population.price_sensitivity[who][:, None] * self._log_price[pool]
+                 + rng.gumbel(size=pool.shape))
+        extra = pool[np.arange(len(tp)), np.argmax(score, axis=1)]
         ok = self.stock.available[extra]
         self._purchase(customers[pull][ok], extra[ok], sessions[pull][ok])
 
