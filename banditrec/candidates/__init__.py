@@ -1,5 +1,35 @@
-"""Candidate generation: which items a policy may choose from for a request."""
+"""Candidate generation: which items a policy may choose from for a request.
 
+* :class:`ItemItemCF` — item-to-item CF (cosine, tf-idf, BM25) on a users x items csr matrix.
+* :class:`Interactions`, :func:`pair_signals` — events and the co-view, view-then-buy and
+  co-purchase signals.
+* :class:`ComplementModel` — directional complements from co-purchase-only pairs, with a
+  product-type transition matrix.
+* :class:`CandidateGenerator` — a request's candidates from complements of the cart and recent
+  purchases, neighbours of recent views, new items and popular-in-segment items, filtered by
+  business rules (:class:`Filters`) and spread across product types.
+"""
+
+from .complements import ComplementModel
+from .generator import SOURCES, CandidateGenerator
 from .itemknn import SOURCE_CF, SOURCE_POPULAR, ItemItemCF
+from .rules import AlreadyBought, ExcludeCategories, Filters, OutOfStock, UserState, diversify
+from .signals import Interactions, PairSignals, pair_signals
 
-__all__ = ["ItemItemCF", "SOURCE_CF", "SOURCE_POPULAR"]
+__all__ = [
+    "AlreadyBought",
+    "CandidateGenerator",
+    "ComplementModel",
+    "ExcludeCategories",
+    "Filters",
+    "Interactions",
+    "ItemItemCF",
+    "OutOfStock",
+    "PairSignals",
+    "SOURCES",
+    "SOURCE_CF",
+    "SOURCE_POPULAR",
+    "UserState",
+    "diversify",
+    "pair_signals",
+]
