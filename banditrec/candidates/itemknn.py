@@ -17,7 +17,10 @@ Weighting (``weighting=``), before item columns are compared:
 These follow the item-item recommenders of the ``implicit`` library (CosineRecommender,
 TFIDFRecommender, BM25Recommender), so neighbours can be compared one to one. The diagonal is
 zero, and each item keeps its ``n_neighbors`` largest entries (ties by lower index): the
-precomputed neighbour table Amazon's method relies on.
+precomputed neighbour table Amazon's method relies on. :meth:`ItemItemCF.fit` never holds ``S``
+whole: it computes it in chunks of item rows, each cut to its top N at once (a linear-time
+partition per row, not a sort), on as many threads as the process may use; the result does
+not depend on the chunking or the thread count.
 
 Incremental refresh (``weighting="cosine"``): :meth:`ItemItemCF.update` adds new interaction
 rows to the kept Gram matrix ``G = X^T X`` (optionally decaying the old one by a factor, which
@@ -26,6 +29,9 @@ similarities can have changed, exactly; nothing else is touched.
 """
 
 from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import scipy.sparse as sp
@@ -37,20 +43,134 @@ SOURCE_POPULAR = "popular"
 WEIGHTINGS = ("cosine", "tfidf", "bm25")
 
 
+def _thresholds(indptr: np.ndarray, data: np.ndarray, n: int) -> np.ndarray:
+    """The ``n``-th largest value of every CSR row, -inf for rows of at most ``n`` entries.
+
+    Rows are copied into a ``(rows, width)`` block padded with -inf and partitioned along each
+    row (introselect: linear time, nothing sorted). One block when the rows' lengths are alike
+    (padding at most doubles the work; :func:`_neighbours` orders rows so that they are),
+    otherwise one block per power-of-two width.
+    """
+    counts = np.diff(indptr)
+    out = np.full(len(counts), -np.inf)
+    long = np.flatnonzero(counts > n)
+    if len(long) == 0:
+        return out
+    width = int(counts.max())
+    if len(counts) * width <= 2 * int(indptr[-1] - indptr[0]):
+        block = np.full((len(counts), width), -np.inf)
+        block[np.arange(width) < counts[:, None]] = data[indptr[0]:indptr[-1]]
+        block.partition(width - n, axis=1)
+        out[long] = block[long, width - n]
+        return out
+    c = counts[long]
+    widths = 1 << np.ceil(np.log2(c)).astype(np.int64)
+    for w in np.unique(widths).tolist():
+        sel = np.flatnonzero(widths == w)
+        cs = c[sel]
+        block = np.full((len(sel), w), -np.inf)
+        local = np.arange(int(cs.sum())) - np.repeat(np.cumsum(cs) - cs, cs)  # place within its row
+        block[np.repeat(np.arange(len(sel)), cs), local] = data[np.repeat(indptr[long[sel]], cs) + local]
+        block.partition(w - n, axis=1)
+        out[long[sel]] = block[:, w - n]
+    return out
+
+
+def _top_n_positions(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, n: int) -> np.ndarray:
+    """Positions (ascending) of the ``n`` largest entries of every CSR row, ties by lower column."""
+    counts = np.diff(indptr)
+    t = _thresholds(indptr, data, n)
+    base = int(indptr[0])
+    tr = np.repeat(t, counts)
+    above = np.flatnonzero(data[base:indptr[-1]] > tr) + base
+    eq = np.flatnonzero(data[base:indptr[-1]] == tr) + base
+    if len(eq) == 0:
+        return above
+    # entries equal to their row's threshold fill the places left, lower columns first
+    row_of = np.searchsorted(indptr, eq, side="right") - 1
+    need = n - np.bincount(np.searchsorted(indptr, above, side="right") - 1, minlength=len(counts))
+    eq = eq[np.lexsort((indices[eq], row_of))]
+    row_of = np.sort(row_of)
+    rank = np.arange(len(eq)) - np.searchsorted(row_of, row_of)  # place among its row's ties
+    return np.sort(np.r_[above, eq[rank < need[row_of]]])
+
+
 def _top_n_per_row(S: sp.csr_matrix, n: int) -> sp.csr_matrix:
     """Keep the ``n`` largest entries of every row of ``S`` (ties broken by lower column)."""
     S = S.tocsr()
     counts = np.diff(S.indptr)
     if counts.max(initial=0) <= n:
         return S
-    rows = np.repeat(np.arange(S.shape[0]), counts)
-    # sort entries by (row, -value, column); then keep the first n of each row
-    order = np.lexsort((S.indices, -S.data, rows))
-    rank = np.arange(len(order)) - np.repeat(S.indptr[:-1], counts)
-    keep = order[rank < n]
-    keep.sort()
-    out = sp.csr_matrix((S.data[keep], S.indices[keep], np.r_[0, np.cumsum(np.minimum(counts, n))]), shape=S.shape)
-    return out
+    keep = _top_n_positions(S.indptr, S.indices, S.data, n)
+    kept = np.bincount(np.searchsorted(S.indptr, keep, side="right") - 1, minlength=S.shape[0])
+    return sp.csr_matrix((S.data[keep], S.indices[keep], np.r_[0, np.cumsum(kept)]), shape=S.shape)
+
+
+CHUNK_PRODUCTS = 2_000_000  # multiply-adds of W^T W per chunk of item rows in fit()
+
+
+def _usable_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _neighbours(W: sp.csr_matrix, n: int, *, scale: np.ndarray | None = None, keep_gram: bool = False,
+                threads: int = 1, chunk_products: int = CHUNK_PRODUCTS
+                ) -> tuple[sp.csr_matrix, sp.csr_matrix | None]:
+    """The top-``n`` rows of ``S = W^T W`` (times ``diag(scale)`` on both sides when given),
+    diagonal and zeros left out; and ``W^T W`` itself when ``keep_gram``.
+
+    ``S`` is never held whole. Item rows are taken in decreasing order of the multiply-adds
+    their row of ``W^T W`` costs (so rows of a chunk have similar lengths and pad little in
+    :func:`_thresholds`), in chunks of about ``chunk_products`` multiply-adds; each chunk is one
+    sparse product cut at once to its top ``n`` per row, on ``threads`` threads (scipy's
+    sparse product and numpy's partition release the GIL).
+    """
+    W = W.tocsr()
+    n_users, n_items = W.shape
+    Wt = W.T.tocsr()
+    Wt.sort_indices()
+    met = np.r_[0.0, np.cumsum(np.diff(W.indptr)[Wt.indices], dtype=np.float64)]
+    products = met[Wt.indptr[1:]] - met[Wt.indptr[:-1]]  # multiply-adds of each item row
+    order = np.argsort(-products, kind="stable")
+    cum = np.cumsum(products[order])
+    total = float(cum[-1]) if n_items else 0.0
+    n_chunks = max(1, int(np.ceil(total / max(chunk_products, 1))))
+    cuts = np.unique(np.r_[0, np.searchsorted(cum, total * np.arange(1, n_chunks) / n_chunks), n_items])
+    Wo = Wt[order]
+
+    def chunk(lo: int, hi: int):
+        P = (Wo[lo:hi] @ W).tocsr()
+        counts = np.diff(P.indptr)
+        items = order[lo:hi]
+        if scale is None:
+            data = P.data.copy() if keep_gram else P.data
+        else:
+            data = P.data * np.repeat(scale[items], counts) * scale[P.indices]
+        if data.size and data.min() <= 0:
+            data[data == 0] = -np.inf
+        data[np.flatnonzero(P.indices == np.repeat(items.astype(P.indices.dtype), counts))] = -np.inf
+        keep = _top_n_positions(P.indptr, P.indices, data, n)
+        keep = keep[data[keep] > -np.inf]  # the diagonal and zeros are no neighbours
+        kept = np.bincount(np.searchsorted(P.indptr, keep, side="right") - 1, minlength=hi - lo)
+        return kept, P.indices[keep], data[keep], (P if keep_gram else None)
+
+    bounds = list(zip(cuts[:-1].tolist(), cuts[1:].tolist()))
+    if threads > 1 and len(bounds) > 1:
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            parts = list(pool.map(lambda b: chunk(*b), bounds))
+    else:
+        parts = [chunk(*b) for b in bounds]
+    if not parts:
+        empty = sp.csr_matrix((n_items, n_items))
+        return empty, (empty.copy() if keep_gram else None)
+    kept = np.concatenate([p[0] for p in parts])
+    S = sp.csr_matrix((np.concatenate([p[2] for p in parts]), np.concatenate([p[1] for p in parts]),
+                       np.r_[0, np.cumsum(kept)]), shape=(n_items, n_items))
+    back = np.empty_like(order)
+    back[order] = np.arange(n_items)
+    S = S[back]
+    gram = sp.vstack([p[3] for p in parts], format="csr")[back] if keep_gram else None
+    return S, gram
 
 
 def _cosine_from_gram(G: sp.csr_matrix, rows: np.ndarray | None = None) -> sp.csr_matrix:
@@ -132,17 +252,28 @@ class ItemItemCF:
         X.data = X.data * (self.K1 + 1.0) / (self.K1 * norm[X.indices] + X.data) * idf[rows]
         return X
 
-    def fit(self, user_items: sp.spmatrix) -> "ItemItemCF":
+    def fit(self, user_items: sp.spmatrix, *, num_threads: int | None = None,
+            chunk_products: int = CHUNK_PRODUCTS) -> "ItemItemCF":
+        """Compute every item's ``n_neighbors`` nearest neighbours from ``user_items``.
+
+        The similarity matrix is never held whole: item rows are taken in chunks of about
+        ``chunk_products`` multiply-adds of ``W^T W`` (so the memory beyond the result is
+        bounded by the chunk size, not by the number of co-occurring pairs), each chunk's
+        similarities computed by one sparse product and cut to its top N at once. Chunks run on
+        ``num_threads`` threads (default: the CPUs this process may use); scipy's sparse
+        product and numpy's partition release the GIL, so they run in parallel. The result
+        does not depend on the chunking nor on the thread count.
+        """
         X = self._checked(user_items)
+        threads = num_threads if num_threads is not None else _usable_cpus()
         if self.keep_gram:
-            self.gram = (X.T @ X).tocsr()
-            self.similarity = _top_n_per_row(_cosine_from_gram(self.gram), self.n_neighbors)
+            d = np.asarray(X.multiply(X).sum(axis=0)).ravel()  # the Gram matrix's diagonal
+            inv = np.divide(1.0, np.sqrt(d), out=np.zeros_like(d), where=d > 0)
+            self.similarity, self.gram = _neighbours(X, self.n_neighbors, scale=inv, keep_gram=True,
+                                                     threads=threads, chunk_products=chunk_products)
         else:
-            W = self.weighted(X)
-            S = (W.T @ W).tocsr()
-            S.setdiag(0.0)
-            S.eliminate_zeros()
-            self.similarity = _top_n_per_row(S, self.n_neighbors)
+            self.similarity, _ = _neighbours(self.weighted(X), self.n_neighbors, threads=threads,
+                                             chunk_products=chunk_products)
         self.popularity = np.asarray(X.sum(axis=0)).ravel()
         return self
 
