@@ -167,3 +167,68 @@ def test_incremental_update_equals_a_refit_on_the_stacked_decayed_rows():
         ItemItemCF(weighting="bm25", keep_gram=True)
     with pytest.raises(ValidationError, match="weighting must be one of cosine, tfidf, bm25"):
         ItemItemCF(weighting="jaccard")
+
+
+def _reference_top_n(S: np.ndarray, n: int) -> np.ndarray:
+    """Dense top-n per row: nonzero entries by value descending, ties by lower column."""
+    out = np.zeros_like(S)
+    for i, row in enumerate(S):
+        cols = np.flatnonzero(row)
+        cols = cols[np.lexsort((cols, -row[cols]))][:n]
+        out[i, cols] = row[cols]
+    return out
+
+
+def test_top_n_per_row_breaks_ties_by_lower_column_for_alike_and_skewed_row_lengths():
+    """Both threshold paths: rows of alike lengths (one padded block) and very different
+    lengths (blocks per power-of-two width), with many ties at the cut."""
+    from banditrec.candidates.itemknn import _top_n_per_row
+
+    gen = np.random.default_rng(3)
+    alike = gen.integers(1, 4, size=(30, 50)).astype(float)  # values 1..3: ties everywhere
+    skewed = alike * (gen.random((30, 50)) < np.linspace(0.02, 1.0, 30)[:, None])
+    for dense in (alike, skewed):
+        for n in (1, 4, 20):
+            got = _top_n_per_row(sp.csr_matrix(dense), n)
+            np.testing.assert_array_equal(got.toarray(), _reference_top_n(dense, n))
+    row = np.zeros((1, 12))
+    row[0, [9, 2, 7, 4]] = 0.5
+    got = _top_n_per_row(sp.csr_matrix(row), 2)
+    assert sorted(got.indices.tolist()) == [2, 4]
+
+
+@pytest.mark.parametrize("weighting", ["cosine", "tfidf", "bm25"])
+def test_fit_in_chunks_on_threads_equals_one_chunk(weighting):
+    """fit() cuts W^T W into chunks of item rows and runs them on threads; neither the chunk
+    size nor the thread count changes the neighbours (nor the kept Gram matrix)."""
+    gen = np.random.default_rng(9)
+    light = sp.random(400, 90, density=0.05, random_state=3, format="csr")
+    light.data[:] = gen.integers(1, 3, size=light.nnz)
+    heavy = sp.csr_matrix((gen.random((5, 90)) < 0.6).astype(float))  # a few heavy users: long, alike rows
+    X = sp.vstack([heavy, light], format="csr")
+    keep = weighting == "cosine"
+    one = ItemItemCF(n_neighbors=6, weighting=weighting, keep_gram=keep).fit(X, num_threads=1,
+                                                                             chunk_products=10**12)
+    many = ItemItemCF(n_neighbors=6, weighting=weighting, keep_gram=keep).fit(X, num_threads=2,
+                                                                              chunk_products=50)
+    np.testing.assert_array_equal(many.similarity.toarray(), one.similarity.toarray())
+    # the dense reference sums in another order: equal to the last bits, ties broken alike
+    np.testing.assert_allclose(many.similarity.toarray(),
+                               _reference_top_n(_dense_reference(X.toarray(), weighting), 6), rtol=1e-12)
+    if keep:
+        np.testing.assert_array_equal(many.gram.toarray(), X.toarray().T @ X.toarray())
+
+
+def test_fit_leaves_out_the_diagonal_and_pairs_of_zero_similarity():
+    """A user who touched all items but one has idf log 6 - log 6 = 0, so the pairs only that
+    user links have similarity 0: no neighbours, though they co-occur."""
+    X = np.zeros((4, 6))
+    X[0, :5] = 1.0
+    X[1, [0, 1]] = 1.0
+    X[2, [2, 3, 5]] = 1.0
+    S = _dense_reference(X, "tfidf")
+    assert S[0, 4] == 0 and S[0, 1] > 0
+    got = ItemItemCF(n_neighbors=3, weighting="tfidf").fit(sp.csr_matrix(X)).similarity
+    np.testing.assert_allclose(got.toarray(), _reference_top_n(S, 3), rtol=1e-12)
+    assert (got.diagonal() == 0).all() and (got.data > 0).all()
+    assert got[0].indices.tolist() == [1] and got[4].nnz == 0
