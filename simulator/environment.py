@@ -210,6 +210,13 @@ class Environment:
         parts = self._events[start:]
         return History.concat(parts, self.config.n_customers, self.config.n_items)
 
+    def take_events(self) -> History:
+        """The events recorded since the last call (or since recording began), and forget them:
+        for a consumer that writes them elsewhere day by day."""
+        out = History.concat(self._events, self.config.n_customers, self.config.n_items)
+        self._events = []
+        return out
+
     def events(self) -> History:
         """Every event recorded so far (recording is on during :meth:`warm_up`, or when set)."""
         return History.concat(self._events, self.config.n_customers, self.config.n_items)

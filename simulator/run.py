@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from banditrec.candidates import ItemItemCF
+from banditrec.candidates import AlreadyBought, CandidateGenerator, Filters, Interactions, OutOfStock, UserState
 from banditrec.engine import Engine, ItemTable
 from banditrec.errors import ValidationError
 from banditrec.policies import make
@@ -65,8 +65,15 @@ def kpi_table(kpis: list[DayKPIs], *, every: int = 1, n_customers: int | None = 
 
 def simulate(config: SimConfig | None = None, policy: str = "uniform", days: int = 90, *, db=None, seed=0,
              n_slots: int = 5, n_candidates: int = 50, min_epsilon: float = 0.01, learn_kind: str = "click",
-             progress: bool = False, echo=None) -> SimulationResult:
+             refit_days: int = 7, progress: bool = False, echo=None) -> SimulationResult:
     """Run ``days`` days of the shop with the policy ``policy`` (a banditrec spec).
+
+    Candidates come from :class:`banditrec.candidates.CandidateGenerator` (complements of the
+    visitor's cart and purchases, neighbours of their views, popular in their segment), refitted
+    every ``refit_days`` on all events so far; out-of-stock items and non-consumable types the
+    visitor owns are filtered out. The log receives the catalog (features and attributes: type,
+    category, brand, title, price, margin, ...) and every interaction event, so
+    ``banditrec similar --db`` can inspect the candidate model from the log alone.
 
     ``db``: the decision log's path (a new file; ``None`` keeps it in memory). ``echo(line)``
     receives the KPI table's lines as days end. Returns the daily KPIs, lifetime value and the
@@ -89,21 +96,30 @@ def simulate(config: SimConfig | None = None, policy: str = "uniform", days: int
         db.parent.mkdir(parents=True, exist_ok=True)
     world_seq, policy_seq, respond_seq = as_seed_sequence(seed).spawn(3)
     env = Environment(config, seed=world_seq)
-    history = env.warm_up()
-    cf = ItemItemCF(n_neighbors=50).fit(history.user_items(kind=None))
+    env.recording = True  # the log gets every view, cart add and purchase, pre-period included
+    env.warm_up()
     cat = env.catalog
-    columns = {"price": cat.price, "margin": cat.margin, **cat.columns}
-    pol = make(policy, context_dim=env.context_dim, item_dim=config.dim, popularity=cf.popularity,
-               n_items=cat.n_items, item_types=cat.product_type, item_columns=columns)
+    base_s = config.history_days * DAY_S  # the log's clock: 0 is the first day of the pre-period
     log = DecisionLog(str(db) if db is not None else ":memory:")
+    log.write_items(cat.item_ids, cat.latent.astype(float), item_attrs(cat))
+    events = _write_events(log, env.take_events(), base_s)
+    parts = [events]
+    stock_rule = OutOfStock(env.stock.available)
+    generator = CandidateGenerator(filters=Filters([stock_rule, AlreadyBought(cat.product_type, cat.consumable)]))
+    generator.fit(events, cat.product_type, user_segments=env.population.segment)
+    purchases = np.bincount(events.item[events.kind == 2], minlength=cat.n_items).astype(float)
+    columns = {"price": cat.price, "margin": cat.margin, **cat.columns}
+    pol = make(policy, context_dim=env.context_dim, item_dim=config.dim, popularity=purchases,
+               n_items=cat.n_items, item_types=cat.product_type, item_columns=columns)
     clock = _SimClock()
     engine = Engine(items=ItemTable(ids=tuple(cat.item_ids), features=cat.latent.astype(float)), policy=pol, log=log,
-                    candidate_generator=cf, user_items=history.user_items("purchase"), user_index={},
+                    candidate_generator=generator, user_items=events.user_items("purchase"), user_index={},
                     context_dim=env.context_dim, n_candidates=n_candidates, min_epsilon=min_epsilon,
                     seed=policy_seq, clock=clock)
     respond_rng = np.random.default_rng(respond_seq)
     ids = cat.item_ids
     index = {item: j for j, item in enumerate(ids)}
+    fallback = np.argsort(-purchases, kind="stable")
     expected = {k: 0.0 for k in REWARD_KINDS}
     n_decisions = n_rewards = 0
     say = echo or (lambda line: None)
@@ -115,24 +131,31 @@ def simulate(config: SimConfig | None = None, policy: str = "uniform", days: int
         for _ in range(days):
             req = env.requests()
             m = len(req)
-            out_of_stock = np.flatnonzero(~req.available)
-            cand, _, _ = cf.candidates_batch(session_matrix(req, cat.n_items), n_candidates, exclude=out_of_stock)
+            stock_rule.available = req.available
+            states = [UserState(cart=r["cart"], purchased=r["purchases"], viewed=r["views"], segment=int(req.segment[i]))
+                      for i, r in ((i, req.recent(i)) for i in range(m))]
+            cand = _complete(generator.candidates_batch(states, n_candidates)[0], fallback, n_slots, req.available)
             batch = []
-            clock.schedule(env.day * DAY_S + req.hour * 3600.0)  # each decision at its visit's hour
+            clock.schedule(base_s + env.day * DAY_S + req.hour * 3600.0)  # each decision at its visit's hour
             for i in range(m):
                 batch.append({"user_id": f"u{int(req.customer[i])}", "n_slots": n_slots, "context": req.context[i],
-                              "candidates": [ids[j] for j in cand[i].tolist()]})
+                              "candidates": [ids[j] for j in cand[i] if j >= 0]})
             decisions = engine.decide_batch(batch) if m else []
             slates = np.array([[index[s.item_id] for s in d.slots] for d in decisions], dtype=np.int64).reshape(m, n_slots)
             events = [d.event_id for d in decisions]
             for kind in REWARD_KINDS:
                 expected[kind] += float(env.expected_reward(req, slates, kind).sum())
             out = env.respond(req, slates, respond_rng)
-            clock.now = (env.day + 1) * DAY_S - 1.0  # rewards arrive by the end of the day
+            clock.now = base_s + (env.day + 1) * DAY_S - 1.0  # rewards arrive by the end of the day
             n_rewards += _post_rewards(log, events, out, clock.now)
             n_decisions += m
             engine.learn(kind=learn_kind)
             kpi = env.advance_day()
+            parts.append(_write_events(log, env.take_events(), base_s))
+            if env.day % refit_days == 0:  # the candidate model learns the new days' events
+                events = _concat(parts)
+                parts = [events]
+                generator.fit(events, cat.product_type, user_segments=env.population.segment)
             say(kpi_row(kpi, config.n_customers))
             bar.update(1)
     finally:
@@ -155,6 +178,46 @@ def session_matrix(req, n_items: int):
     mat.sum_duplicates()
     mat.data[:] = 1.0
     return mat
+
+
+def item_attrs(cat) -> list[dict]:
+    """Each item's attributes as the log stores them."""
+    cols = {"type": cat.product_type, "category": cat.category, "brand": cat.brand, "price": cat.price,
+            "margin": cat.margin, "gateway": cat.gateway, "consumable": cat.consumable[cat.product_type],
+            "launch_day": cat.launch_day, **cat.columns}
+    lists = {k: np.asarray(v).tolist() for k, v in cols.items()}
+    return [{"title": cat.title[j], **{k: v[j] for k, v in lists.items()}} for j in range(cat.n_items)]
+
+
+def _write_events(log: DecisionLog, h, base_s: float) -> Interactions:
+    """Write the shop's recorded events to the log; return them as Interactions (log clock)."""
+    ts = base_s + h.day * DAY_S + np.arange(len(h)) * 1e-3  # their order survives a sort by time
+    kinds = np.array(["view", "cart", "purchase"], dtype=object)[h.kind]
+    log.write_events([f"u{c}" for c in h.customer.tolist()], [f"i{j}" for j in h.item.tolist()], kinds.tolist(),
+                     ts.tolist())
+    return Interactions.from_arrays(h.customer, h.item, ts, h.kind, session=h.session, n_users=h.n_customers,
+                                    n_items=h.n_items)
+
+
+def _concat(parts: list[Interactions]) -> Interactions:
+    cat = lambda name: np.concatenate([getattr(p, name) for p in parts])  # noqa: E731
+    return Interactions.from_arrays(cat("user"), cat("item"), cat("ts"), cat("kind"), session=cat("session"),
+                                    n_users=parts[0].n_users, n_items=parts[0].n_items)
+
+
+def _complete(cand: np.ndarray, fallback: np.ndarray, n_slots: int, available: np.ndarray) -> np.ndarray:
+    """Rows with fewer than ``n_slots`` candidates get the most bought available items added."""
+    short = np.flatnonzero((cand >= 0).sum(axis=1) < n_slots)
+    if len(short) == 0:
+        return cand
+    extra = fallback[available[fallback]]
+    out = np.full((len(cand), max(cand.shape[1], n_slots)), -1, dtype=np.int64)
+    out[:, :cand.shape[1]] = cand
+    for r in short.tolist():
+        have = out[r][out[r] >= 0]
+        add = extra[~np.isin(extra, have)][: n_slots - len(have)]
+        out[r, len(have):len(have) + len(add)] = add
+    return out
 
 
 class _SimClock:

@@ -11,8 +11,13 @@ component scores, each scaled so that the user's best item of that component sco
   the state (:class:`~banditrec.candidates.metadata.MetadataIndex`, when given);
 * ``popular``: recency-weighted purchases in the user's segment (all users' when unknown).
 
-The candidate score is ``sum_c weight_c x component_c`` (weights ``complement=1, similar=1,
-new=0.5, popular=0.1``: popularity only fills), its ``source`` the component contributing most.
+The candidate score is ``sum_c weight_c x component_c``, its ``source`` the component
+contributing most. Default weights ``complement=1, similar=0.3, new=0.5, popular=0.5`` were
+chosen on the simulated shop, where appeal shared by every customer is strong: for day-0
+visitors of the default shop (20,000 customers, 50 candidates), the exact expected clicks of
+5 random candidates were 0.71 with them and 0.65 with ``similar=1, popular=1`` (0.68 for
+item-item CF neighbours of the whole session alone); the first 5 candidates, 0.98 and 1.02.
+Shops with stronger personal taste should raise ``similar``.
 Items banned by the filters, in the cart, or of a non-consumable type already bought (with an
 :class:`AlreadyBought` rule) are left out; then the per-type cap and spread
 (:func:`diversify`) pick the N; ``min_new`` slots are kept for the best new items when any
@@ -31,7 +36,7 @@ from .rules import Filters, UserState, diversify
 from .signals import DAY_S, Interactions, pair_signals
 
 SOURCES = ("complement", "similar", "new", "popular")
-DEFAULT_WEIGHTS = {"complement": 1.0, "similar": 1.0, "new": 0.5, "popular": 0.1}
+DEFAULT_WEIGHTS = {"complement": 1.0, "similar": 0.3, "new": 0.5, "popular": 0.5}
 
 
 class CandidateGenerator:
@@ -49,7 +54,7 @@ class CandidateGenerator:
     """
 
     def __init__(self, *, n_neighbors: int = 50, weighting: str = "cosine", half_life_s: float = 30 * DAY_S,
-                 window_s: float = 7 * DAY_S, max_per_type: int = 3, type_decay: float = 0.7, min_new: int = 1,
+                 window_s: float = 7 * DAY_S, max_per_type: int = 5, type_decay: float = 0.7, min_new: int = 1,
                  weights: dict | None = None, filters: Filters | None = None, metadata=None):
         self.cf = ItemItemCF(n_neighbors, weighting=weighting)
         self.complement_model = ComplementModel(n_neighbors=n_neighbors)
@@ -164,26 +169,31 @@ class CandidateGenerator:
             comps = self._components(part)  # (4, rows, n)
             w = np.array([self.weights[s] for s in SOURCES])
             total = np.tensordot(w, comps, axes=1)
-            for r, state in enumerate(part):
-                banned = banned_all | self.filters.banned(state, n)
-                banned[state.cart] = True
-                score = np.where(banned, 0.0, total[r])
-                n_pos = int((score > 0).sum())
-                L = min(N * (self.max_per_type + 3), n)
+            banned = self.filters.banned_batch(part, n) | banned_all[None, :]
+            rows = len(part)
+            cart = _seed_matrix([st.cart for st in part], None, n)
+            banned[np.repeat(np.arange(rows), np.diff(cart.indptr)), cart.indices] = True
+            score = np.where(banned, 0.0, total)
+            L0 = min(N * (self.max_per_type + 3), n)
+            top_all = np.argpartition(-score, L0 - 1, axis=1)[:, :L0] if L0 < n else np.tile(np.arange(n), (rows, 1))
+            names = np.asarray(SOURCES, dtype=object)
+            for r in range(rows):
+                row = score[r]
+                L, top = L0, top_all[r]
                 while True:  # the type cap may need to look further down than L items
-                    top = np.argpartition(-score, L - 1)[:L] if L < n else np.arange(n)
-                    top = top[score[top] > 0]
-                    top = top[np.lexsort((top, -score[top]))]  # by score, ties by lower index
-                    pick = top[diversify(top, score[top], self.types, N, max_per_type=self.max_per_type,
+                    top = top[row[top] > 0]
+                    top = top[np.lexsort((top, -row[top]))]  # by score, ties by lower index
+                    pick = top[diversify(top, row[top], self.types, N, max_per_type=self.max_per_type,
                                          type_decay=self.type_decay)]
-                    if len(pick) == N or L >= min(n, n_pos):
+                    if len(pick) == N or L >= n or len(top) < L:
                         break
                     L = min(4 * L, n)
-                pick = self._keep_new(pick, score, banned, N)
+                    top = np.argpartition(-row, L - 1)[:L] if L < n else np.arange(n)
+                pick = self._keep_new(pick, row, banned[r], N)
                 k = len(pick)
                 out_ids[lo + r, :k] = pick
-                out_scores[lo + r, :k] = score[pick]
-                out_source[lo + r, :k] = np.asarray(SOURCES, dtype=object)[np.argmax(comps[:, r, pick] * w[:, None], axis=0)]
+                out_scores[lo + r, :k] = row[pick]
+                out_source[lo + r, :k] = names[np.argmax(comps[:, r, pick] * w[:, None], axis=0)]
         return out_ids, out_scores, out_source
 
     def _keep_new(self, pick, score, banned, N):

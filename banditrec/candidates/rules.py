@@ -52,13 +52,17 @@ class UserState:
 
 
 class OutOfStock:
-    """Bans items whose ``available[j]`` is False; update the array in place as stock moves."""
+    """Bans items whose ``available[j]`` is False; update the array in place (or assign a new
+    one) as stock moves."""
 
     def __init__(self, available):
         self.available = np.asarray(available, dtype=bool)
 
     def banned(self, state: UserState, n_items: int) -> np.ndarray:
         return ~self.available
+
+    def banned_batch(self, states, n_items: int) -> np.ndarray:
+        return np.broadcast_to(~self.available, (len(states), n_items))
 
 
 class AlreadyBought:
@@ -75,10 +79,15 @@ class AlreadyBought:
                                   "consumable_types")
 
     def banned(self, state: UserState, n_items: int) -> np.ndarray:
-        owned = np.zeros(len(self.consumable), bool)
-        owned[self.item_types[state.purchased]] = True
-        owned &= ~self.consumable
-        return owned[self.item_types]
+        return self.banned_batch([state], n_items)[0]
+
+    def banned_batch(self, states, n_items: int) -> np.ndarray:
+        owned = np.zeros((len(states), len(self.consumable)), bool)
+        rows = np.repeat(np.arange(len(states)), [len(s.purchased) for s in states])
+        if len(rows):
+            owned[rows, self.item_types[np.concatenate([s.purchased for s in states])]] = True
+        owned &= ~self.consumable[None, :]
+        return owned[:, self.item_types]
 
 
 class ExcludeCategories:
@@ -90,6 +99,9 @@ class ExcludeCategories:
 
     def banned(self, state: UserState, n_items: int) -> np.ndarray:
         return self.mask
+
+    def banned_batch(self, states, n_items: int) -> np.ndarray:
+        return np.broadcast_to(self.mask, (len(states), n_items))
 
 
 class Filters:
@@ -107,6 +119,21 @@ class Filters:
             b = np.asarray(rule.banned(state, n_items), dtype=bool)
             if b.shape != (n_items,):
                 raise ValidationError(f"{type(rule).__name__}.banned returned shape {b.shape}, expected ({n_items},)",
+                                      "rules")
+            out |= b
+        return out
+
+    def banned_batch(self, states, n_items: int) -> np.ndarray:
+        """(m, n_items) for many users: a rule's own ``banned_batch`` when it has one, else its
+        ``banned`` per user."""
+        out = np.zeros((len(states), n_items), bool)
+        for rule in self.rules:
+            if hasattr(rule, "banned_batch"):
+                b = np.asarray(rule.banned_batch(states, n_items), dtype=bool)
+            else:
+                b = np.array([rule.banned(s, n_items) for s in states], dtype=bool).reshape(len(states), -1)
+            if b.shape != (len(states), n_items):
+                raise ValidationError(f"{type(rule).__name__} banned {b.shape[1:]} items, expected ({n_items},)",
                                       "rules")
             out |= b
         return out

@@ -578,6 +578,27 @@ class DecisionLog:
             )
             return int(cur.lastrowid)
 
+    def write_events(self, user_ids, item_ids, kinds, ts) -> int:
+        """Log many interaction events (no decision attribution) in ONE transaction, all or
+        nothing; the error names the first bad entry (``events[i]``). Returns the rows written."""
+        cols = [list(c) for c in (user_ids, item_ids, kinds, ts)]
+        if len({len(c) for c in cols}) != 1:
+            raise ValidationError(f"user_ids, item_ids, kinds and ts must have one length, got {[len(c) for c in cols]}",
+                                  "events")
+        rows = []
+        for i, (user, item, kind, t) in enumerate(zip(*cols)):
+            try:
+                _check_name(user, "user_id")
+                _check_name(item, "item_id")
+                if kind not in EVENT_KINDS:
+                    raise ValidationError(f"kind must be one of {', '.join(EVENT_KINDS)}, got {kind!r}", "kind")
+                rows.append((_check_time(t, "ts"), user, item, kind))
+            except BanditRecError as exc:
+                raise type(exc)(f"events[{i}]: {exc.message}", exc.field) from None
+        with self._writing():
+            self.db.conn.executemany("INSERT INTO events (ts, user_id, item_id, kind) VALUES (?, ?, ?, ?)", rows)
+        return len(rows)
+
     def register_model(self, version: str, policy: str, params: dict, path: str | None = None,
                        sha256: str | None = None, n_updates: int = 0, trained_until_seq: int = 0) -> str:
         """Record a model version; returns ``"recorded"``, or ``"duplicate"`` when the same
