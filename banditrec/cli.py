@@ -403,3 +403,44 @@ def simulate(days, customers, items, policy, db, replace, config_file, seed, slo
     click.echo(f"exact expected per carousel: {e['click'] / max(result.n_decisions, 1):.4f} clicks, "
                f"{e['purchase'] / max(result.n_decisions, 1):.4f} purchases, "
                f"{e['margin'] / max(result.n_decisions, 1):.3f} margin")
+
+
+@main.command()
+@click.argument("item_id")
+@click.option("--db", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Decision log whose items (with a 'type' attribute) and events the model learns from.")
+@click.option("--kind", default="similar", show_default=True, type=click.Choice(("similar", "complements")),
+              help="similar: substitutes (item-item CF; metadata for items without events); "
+                   "complements: what is bought after ITEM_ID (directional, co-purchase-only pairs).")
+@click.option("-n", "n", default=10, show_default=True, type=click.IntRange(min=1), help="Neighbours to print.")
+def similar(item_id, db, kind, n):
+    """Print ITEM_ID's neighbours with scores and product types, from the log --db."""
+    from .candidates.fromlog import generator_from_log
+    from .errors import BanditRecError
+
+    log = _open_log(db)
+    try:
+        gen, ids, attrs = generator_from_log(log)
+        if item_id not in set(ids):
+            raise click.UsageError(f"item {item_id!r} is not in the log's catalog ({len(ids)} items, e.g. {ids[0]!r})")
+        j = ids.index(item_id)
+        found, scores = (gen.similar_items if kind == "similar" else gen.complements)([j], n)
+    except BanditRecError as exc:
+        raise click.UsageError(str(exc)) from None
+    finally:
+        log.close()
+
+    def describe(a: dict) -> str:
+        return f"type {a.get('type', a.get('product_type', '?'))}" + (f"  {a['title']}" if "title" in a else "")
+
+    cold = " (no events: metadata neighbours)" if gen.cold[j] and kind == "similar" else ""
+    click.echo(f"{item_id}  {describe(attrs[j])}{cold}")
+    click.echo(f"{kind} ({'substitutes' if kind == 'similar' else 'bought after it'}):")
+    shown = 0
+    for rank, (k, s) in enumerate(zip(found[0].tolist(), scores[0].tolist()), start=1):
+        if k < 0:
+            break
+        click.echo(f"{rank:>3}. {ids[k]:<12} {s:8.4f}  {describe(attrs[k])}")
+        shown += 1
+    if shown == 0:
+        click.echo("  (none: the item has no neighbours in this log)")
