@@ -1,0 +1,508 @@
+"""Cold start: item neighbours from metadata (hashed TF-IDF over titles and categorical fields,
+plus standardised numeric attributes), for items that have no interactions yet.
+
+Features
+--------
+Each item ``i`` yields tokens:
+
+* its title, lower-cased and split on non-alphanumerics (``"Kaloru Tiloka-2 m784"`` gives
+  ``kaloru``, ``tiloka``, ``2``, ``m784``);
+* one token ``"<field>=<value>"`` per categorical field (``brand=17``, ``category=3``,
+  ``type=42``). ``=`` never survives title tokenisation, so a field value never collides with a
+  title word, and two fields never share a token.
+
+A token ``t`` goes to column ``h(t) mod n_features`` with sign ``s(t)``, where ``h`` is the
+first 8 bytes (little-endian unsigned) of ``blake2b(t.encode("utf-8"), digest_size=8)``:
+stable across processes, machines and Python versions (unlike the salted builtin ``hash``).
+With ``alternate_sign=True`` (default) ``s(t) = +1`` when bit 63 of ``h`` is 0 and ``-1``
+otherwise (Weinberger et al. 2009, "Feature hashing for large scale multitask learning"): two
+tokens colliding in one column then add or cancel at random, so a collision does not bias dot
+products upwards in expectation; bit 63 is independent of the column bits for any
+``n_features < 2**63``. With ``alternate_sign=False`` every ``s(t) = +1`` (plain counts).
+Every distinct token is hashed once (a dict of distinct tokens, then one array lookup per
+occurrence).
+
+Weights. With ``c_it`` the count of token ``t`` in item ``i`` and ``w(t)`` its field weight
+(``field_weights[field]``; title words use the key ``"title"``, title words containing a digit
+such as model numbers and sizes the key ``"title_digits"``)::
+
+    x_ij  = idf_j * sum_{t : h(t) = j}  s(t) w(t) (1 + log c_it)        (sublinear tf)
+    idf_j = log((1 + n) / (1 + df_j)) + 1,   df_j = #{i : x_ij != 0}
+    t_i   = x_i / ||x_i||_2                                              (0 if x_i == 0)
+
+Numeric attributes ``a (n, p)`` (price, margin, ...): column ``k`` is replaced by ``log a_k``
+where ``log_numeric`` asks for it (default: every column whose values are all > 0, since prices
+are right-skewed), then standardised, ``z_ik = (a_ik - mean_k) / sd_k`` (0 for a constant
+column), and scaled so that the numeric block weighs ``numeric_weight`` against the text
+block's unit norm whatever ``p`` is::
+
+    u_i = numeric_weight * z_i / sqrt(p)
+    v_i = [t_i, u_i] / ||[t_i, u_i]||_2                                  (row of ``vectors``)
+
+Similarity is the cosine ``v_i . v_j``. Neighbours of ``i`` are the items that share at least
+one hashed text column with ``i`` (``|t_i . t_j| > 1e-12``: a signed collision that cancels
+counts as no overlap) and have a positive cosine, ranked by cosine (rounded to 12 decimals,
+so that cosines equal in exact arithmetic tie) with ties to the lower index. Price therefore
+re-ranks items that share some words or field values; it never makes an unrelated item a
+neighbour on price alone (which would also make every pair a candidate and the product dense).
+
+Cost. Candidates come from one sparse product per chunk of query rows against the allowed
+items (chunks cut so each holds about 2 million candidate pairs), so no dense ``(n, n)`` (nor
+``(chunk, n)``) array is ever formed; each row's ``N``-th best score comes from
+``np.partition`` and only the entries above it are sorted. Time grows with the number of
+candidate pairs, i.e. with how many items share each query's tokens: a field value held by a
+tenth of the catalog gives every query ``n / 10`` candidates. Querying the new items of a
+catalog is cheap; a full :meth:`MetadataIndex.neighbour_table` is quadratic in ``n`` with that
+constant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import math
+import re
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+
+from ..errors import ValidationError
+from ..validation import check_finite, check_int_range, check_positive_int
+
+TITLE = "title"
+TITLE_DIGITS = "title_digits"
+RESERVED_KEYS = (TITLE, TITLE_DIGITS)
+DEFAULT_DIGIT_WEIGHT = 0.25
+
+_TOKEN = re.compile(r"[^\W_]+")  # runs of letters and digits (Unicode), i.e. split on the rest
+_DIGIT = re.compile(r"\d")
+TEXT_EPS = 1e-12  # text dot products at most this large count as no shared column
+_CHUNK_ENTRIES = 2_000_000  # candidate pairs per sparse product chunk (about 50 MB of temporaries)
+
+
+def tokenize(title: str) -> list[str]:
+    """Lower-cased runs of letters and digits of ``title``, in order."""
+    return _TOKEN.findall(title.lower())
+
+
+def hash_tokens(tokens: Sequence[str], n_features: int, *, alternate_sign: bool = True
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Columns and signs of ``tokens``: ``(columns (k,) int64, signs (k,) float64)``.
+
+    ``h = int.from_bytes(blake2b(token.encode("utf-8"), digest_size=8).digest(), "little")``;
+    the column is ``h % n_features`` and the sign ``-1`` if bit 63 of ``h`` is set (``+1``
+    for every token when ``alternate_sign`` is False). Call it on distinct tokens: it costs one
+    blake2b per token.
+    """
+    n_features = check_positive_int(n_features, "n_features")
+    digest = b"".join(hashlib.blake2b(t.encode("utf-8"), digest_size=8).digest() for t in tokens)
+    h = np.frombuffer(digest, dtype="<u8")
+    columns = (h % np.uint64(n_features)).astype(np.int64)
+    if alternate_sign:
+        signs = np.where(h >> np.uint64(63), -1.0, 1.0)
+    else:
+        signs = np.ones(len(h))
+    return columns, signs
+
+
+def _check_weight(value, name: str, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValidationError(f"{name} must be a number, got {type(value).__name__} {value!r}", field)
+    if not (math.isfinite(value) and value >= 0):
+        raise ValidationError(f"{name} must be finite and >= 0, got {value!r}", field)
+    return float(value)
+
+
+def _field_labels(name: str, values, n: int) -> tuple[np.ndarray, list[str]]:
+    """``(codes (n,) int64, labels)``: item i has label ``labels[codes[i]]``, or none if -1."""
+    field = f"fields.{name}"
+    try:
+        arr = np.asarray(values)
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(f"fields[{name!r}] must be a 1-D array of ints or strs: {exc}", field) from None
+    if arr.ndim != 1:
+        raise ValidationError(f"fields[{name!r}] must be 1-dimensional, got shape {arr.shape}", field)
+    if len(arr) != n:
+        raise ValidationError(f"titles and fields[{name!r}] must have the same length, got {n} and {len(arr)}",
+                              field)
+    if arr.dtype.kind in "iu":
+        uniq, codes = np.unique(arr, return_inverse=True)
+        return codes.astype(np.int64), [str(v) for v in uniq.tolist()]
+    if arr.dtype.kind == "O":
+        for i, v in enumerate(arr.tolist()):  # ints, strs or None (missing) only
+            if not (v is None or isinstance(v, str) or (isinstance(v, (int, np.integer)) and not isinstance(v, bool))):
+                raise ValidationError(f"fields[{name!r}] must hold ints or strs, found {type(v).__name__} {v!r} "
+                                      f"at index {i}", field)
+        arr = np.array(["" if v is None else str(v) for v in arr.tolist()], dtype=str)
+    if arr.dtype.kind != "U":
+        first = arr[0].item() if len(arr) else None
+        raise ValidationError(f"fields[{name!r}] must hold ints or strs, got dtype {arr.dtype} "
+                              f"(first value {first!r})", field)
+    uniq, codes = np.unique(arr, return_inverse=True)
+    codes = codes.astype(np.int64)
+    labels = uniq.tolist()
+    if labels and labels[0] == "":  # the empty string sorts first: a missing value, no token
+        codes -= 1
+        labels = labels[1:]
+    return codes, labels
+
+
+class MetadataIndex:
+    """Item neighbours from metadata, for items without interactions (cold start).
+
+    Parameters
+    ----------
+    n_features : int
+        Hashed text columns (default ``2**18``); collisions are rare while the number of
+        distinct tokens is well below it.
+    field_weights : mapping str -> float, optional
+        Weight ``w`` of each token source (see the module docstring): ``"title"`` (title words,
+        default 1), ``"title_digits"`` (title words containing a digit such as model numbers,
+        default 0.25: a shared model number is rare, hence heavily idf-weighted, yet says
+        little), and each name in ``fields`` (default 1). Weights are >= 0; 0 drops the source.
+    numeric_weight : float
+        Weight of the standardised numeric block against the unit-norm text block (default
+        0.3, so a similar price matters a little). 0 ignores ``numeric``.
+    n_neighbors : int
+        Neighbours per row of :meth:`neighbour_table`.
+    log_numeric : bool or sequence of bool, keyword-only
+        Log-transform numeric columns before standardising. ``True`` (default): every column
+        whose values are all > 0 (columns with a value <= 0 stay linear); ``False``: none; a
+        sequence of ``p`` bools: exactly those columns, which must then be all > 0.
+    alternate_sign : bool, keyword-only
+        Signed hashing (default True) or plain counts; see :func:`hash_tokens`.
+
+    Attributes
+    ----------
+    vectors : scipy.sparse.csr_matrix (n_items, n_features + p)
+        Unit rows ``v_i`` (zero rows for items with no token and no numeric information).
+    idf : ndarray (n_features,)
+        ``log((1 + n) / (1 + df_j)) + 1`` per hashed column.
+    """
+
+    def __init__(self, n_features: int = 2 ** 18, field_weights: Mapping[str, float] | None = None,
+                 numeric_weight: float = 0.3, n_neighbors: int = 50, *, log_numeric=True,
+                 alternate_sign: bool = True):
+        self.n_features = check_positive_int(n_features, "n_features")
+        if self.n_features > 2 ** 31 - 1:
+            raise ValidationError(f"n_features must be < 2**31, got {n_features}", "n_features")
+        if field_weights is not None and not isinstance(field_weights, Mapping):
+            raise ValidationError(f"field_weights must be a mapping of field name to weight, got "
+                                  f"{type(field_weights).__name__}", "field_weights")
+        self.field_weights = {str(k): _check_weight(v, f"field_weights[{k!r}]", "field_weights")
+                              for k, v in (field_weights or {}).items()}
+        self.numeric_weight = _check_weight(numeric_weight, "numeric_weight", "numeric_weight")
+        self.n_neighbors = check_positive_int(n_neighbors, "n_neighbors")
+        if not isinstance(log_numeric, bool):
+            log_numeric = [bool(b) for b in log_numeric]
+        self.log_numeric = log_numeric
+        self.alternate_sign = bool(alternate_sign)
+        self.vectors: sp.csr_matrix | None = None
+        self.idf: np.ndarray | None = None
+        self._text: sp.csr_matrix | None = None
+        self._num: np.ndarray | None = None
+
+    @property
+    def params(self) -> dict:
+        return {"n_features": self.n_features, "field_weights": dict(self.field_weights),
+                "numeric_weight": self.numeric_weight, "n_neighbors": self.n_neighbors,
+                "log_numeric": self.log_numeric, "alternate_sign": self.alternate_sign}
+
+    # ------------------------------------------------------------------ fitting
+
+    def fit(self, titles: Sequence[str], fields: Mapping[str, object] | None = None,
+            numeric=None) -> "MetadataIndex":
+        """Build the item vectors.
+
+        Parameters
+        ----------
+        titles : sequence of str (n,)
+            One title per item (may be empty).
+        fields : mapping str -> array-like (n,) of int or str, optional
+            Categorical fields, e.g. ``{"brand": brand, "category": category, "type": ptype}``;
+            ``None`` or ``""`` in an object/str array means missing (no token).
+        numeric : array-like (n, p) or (n,), optional
+            Finite numeric attributes, e.g. ``np.c_[price, margin]``.
+
+        Returns
+        -------
+        self
+        """
+        titles = self._check_titles(titles)
+        n = len(titles)
+        fields = {} if fields is None else fields
+        if not isinstance(fields, Mapping):
+            raise ValidationError(f"fields must be a mapping of field name to values, got {type(fields).__name__}",
+                                  "fields")
+        for name in fields:
+            if not isinstance(name, str) or not name:
+                raise ValidationError(f"field names must be non-empty strs, got {name!r}", "fields")
+            if name in RESERVED_KEYS:
+                raise ValidationError(f"field name {name!r} is reserved for title words; rename the field", "fields")
+        unknown = sorted(set(self.field_weights) - set(fields) - set(RESERVED_KEYS))
+        if unknown:
+            raise ValidationError(f"field_weights names {unknown[0]!r}, which is neither a field "
+                                  f"({', '.join(map(repr, fields)) or 'none given'}) nor one of "
+                                  f"{', '.join(map(repr, RESERVED_KEYS))}", "field_weights")
+        num = self._check_numeric(numeric, n)
+
+        # title tokens: a dict of distinct tokens, then one id per occurrence
+        per_item = [_TOKEN.findall(t.lower()) for t in titles]
+        lengths = np.fromiter(map(len, per_item), dtype=np.int64, count=n)
+        flat = list(itertools.chain.from_iterable(per_item))
+        vocab = list(dict.fromkeys(flat))
+        index = dict(zip(vocab, range(len(vocab))))
+        tok = np.fromiter(map(index.__getitem__, flat), dtype=np.int64, count=len(flat))
+        item = np.repeat(np.arange(n, dtype=np.int64), lengths)
+        w_title = self.field_weights.get(TITLE, 1.0)
+        w_digit = self.field_weights.get(TITLE_DIGITS, DEFAULT_DIGIT_WEIGHT)
+        weight = [w_digit if _DIGIT.search(t) else w_title for t in vocab]
+        items, toks = [item], [tok]
+        for name, values in fields.items():
+            codes, labels = _field_labels(name, values, n)
+            has = codes >= 0
+            items.append(np.flatnonzero(has))
+            toks.append(codes[has] + len(vocab))
+            vocab.extend(f"{name}={v}" for v in labels)
+            weight.extend([self.field_weights.get(name, 1.0)] * len(labels))
+        item, tok = np.concatenate(items), np.concatenate(toks)
+        columns, signs = hash_tokens(vocab, self.n_features, alternate_sign=self.alternate_sign)
+        value_of = signs * np.asarray(weight, dtype=np.float64)
+
+        # sublinear tf per distinct (item, token); tokens colliding in one column add up
+        V = max(len(vocab), 1)
+        key, count = np.unique(item * V + tok, return_counts=True)
+        item, tok = key // V, key % V
+        X = sp.csr_matrix((value_of[tok] * (1.0 + np.log(count)), (item, columns[tok])),
+                          shape=(n, self.n_features))
+        X.sum_duplicates()
+        X.eliminate_zeros()
+        df = np.bincount(X.indices, minlength=self.n_features)
+        self.idf = np.log((1.0 + n) / (1.0 + df)) + 1.0
+        X.data *= self.idf[X.indices]
+        text_sq = np.asarray(X.multiply(X).sum(axis=1)).ravel()
+        tn = np.sqrt(text_sq)
+        inv = np.divide(1.0, tn, out=np.zeros_like(tn), where=tn > 0)
+        has_text = tn > 0
+
+        if num is not None and self.numeric_weight > 0:
+            u = self.numeric_weight * self._standardised(num) / math.sqrt(num.shape[1])
+            row_norm = np.sqrt(has_text + (u * u).sum(axis=1))
+            scale = np.divide(1.0, row_norm, out=np.zeros_like(row_norm), where=row_norm > 0)
+            self._num = u * scale[:, None]
+            text_scale = inv * scale
+        else:
+            self._num = None
+            text_scale = inv
+        self._text = (sp.diags(text_scale) @ X).tocsr()
+        self._text.eliminate_zeros()
+        p = 0 if num is None else num.shape[1]
+        blocks = [self._text]
+        if p:
+            blocks.append(sp.csr_matrix(self._num if self._num is not None else np.zeros((n, p))))
+        self.vectors = sp.hstack(blocks, format="csr") if p else self._text
+        self.vectors.eliminate_zeros()
+        return self
+
+    @staticmethod
+    def _check_titles(titles) -> list:
+        if isinstance(titles, (str, bytes)) or not hasattr(titles, "__iter__"):
+            raise ValidationError(f"titles must be a sequence of str, got {type(titles).__name__}", "titles")
+        titles = list(titles)
+        for i, t in enumerate(titles):
+            if not isinstance(t, str):
+                raise ValidationError(f"titles must hold strs, found {type(t).__name__} {t!r} at index {i}", "titles")
+        return titles
+
+    def _check_numeric(self, numeric, n: int) -> np.ndarray | None:
+        if numeric is None:
+            return None
+        try:
+            num = np.array(numeric, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise ValidationError(f"numeric must be an (n, p) array of numbers: {exc}", "numeric") from None
+        if num.ndim == 1:
+            num = num[:, None]
+        if num.ndim != 2:
+            raise ValidationError(f"numeric must be 2-dimensional (n, p), got shape {num.shape}", "numeric")
+        if len(num) != n:
+            raise ValidationError(f"titles and numeric must have the same length, got {n} and {len(num)}", "numeric")
+        check_finite(num, "numeric")
+        if not isinstance(self.log_numeric, bool) and len(self.log_numeric) != num.shape[1]:
+            raise ValidationError(f"log_numeric must have one bool per numeric column ({num.shape[1]}), "
+                                  f"got {len(self.log_numeric)}", "log_numeric")
+        return num
+
+    def _standardised(self, num: np.ndarray) -> np.ndarray:
+        """``z (n, p)``: log where asked, then zero mean and unit variance per column."""
+        num = num.copy()
+        positive = (num > 0).all(axis=0)
+        if isinstance(self.log_numeric, bool):
+            take_log = positive if self.log_numeric else np.zeros(num.shape[1], dtype=bool)
+        else:
+            take_log = np.asarray(self.log_numeric, dtype=bool)
+            bad = take_log & ~positive
+            if bad.any():
+                k = int(np.argmax(bad))
+                i = int(np.argmax(num[:, k] <= 0))
+                raise ValidationError(f"log_numeric asks for log of numeric column {k}, which holds "
+                                      f"{float(num[i, k])!r} at row {i}; log needs values > 0", "numeric")
+        num[:, take_log] = np.log(num[:, take_log])
+        sd = num.std(axis=0)
+        z = num - num.mean(axis=0)
+        return np.divide(z, sd, out=np.zeros_like(z), where=sd > 0)
+
+    # ------------------------------------------------------------------ queries
+
+    @property
+    def n_items(self) -> int:
+        self._check_fitted()
+        return self.vectors.shape[0]
+
+    def _check_fitted(self):
+        if self.vectors is None:
+            raise ValidationError("MetadataIndex is not fitted; call fit(titles, fields, numeric) first", "model")
+
+    def _check_among(self, among) -> np.ndarray:
+        n = self.n_items
+        if among is None:
+            return np.arange(n)
+        mask = np.asarray(among)
+        if mask.ndim != 1 or mask.dtype != bool:
+            raise ValidationError(f"among must be a boolean mask of shape ({n},), got dtype {mask.dtype} "
+                                  f"and shape {mask.shape}", "among")
+        if len(mask) != n:
+            raise ValidationError(f"among must have one entry per item ({n}), got {len(mask)}", "among")
+        return np.flatnonzero(mask)
+
+    def similar_items(self, item_ids, N: int = 10, among=None) -> tuple[np.ndarray, np.ndarray]:
+        """Metadata neighbours of each item, best first.
+
+        Parameters
+        ----------
+        item_ids : int or array-like (m,) of int
+            Items to look up (a scalar counts as a batch of one).
+        N : int >= 1
+            Neighbours per item.
+        among : ndarray (n_items,) of bool, optional
+            Items that may be returned (e.g. only warm items); default all.
+
+        Returns
+        -------
+        ids : ndarray (m, N) int64
+            Neighbours by decreasing cosine, ties by lower index; the item itself never
+            appears; -1 where fewer than ``N`` allowed items share a token and have a positive
+            cosine.
+        scores : ndarray (m, N) float64
+            Their cosines ``v_i . v_j``, rounded to 12 decimals (so that equal cosines tie
+            exactly); 0 where padded.
+        """
+        self._check_fitted()
+        N = check_positive_int(N, "N")
+        items = np.atleast_1d(np.asarray(item_ids))
+        if items.ndim != 1:
+            raise ValidationError(f"item_ids must be an int or a 1-D array, got shape {items.shape}", "item_ids")
+        check_int_range(items, "item_ids", 0, self.n_items)
+        return self._top_n(items.astype(np.int64), self._check_among(among), N)
+
+    def neighbour_table(self, rows=None, among=None) -> sp.csr_matrix:
+        """Top-``n_neighbors`` neighbours as a ``csr_matrix (n_items, n_items)``.
+
+        Row ``i`` holds the cosines of :meth:`similar_items` for ``i`` at their columns (for
+        merging into a CF neighbour table); rows not in ``rows`` (default: all items) are empty.
+        """
+        self._check_fitted()
+        n = self.n_items
+        rows = np.arange(n) if rows is None else np.atleast_1d(np.asarray(rows))
+        if rows.ndim != 1:
+            raise ValidationError(f"rows must be a 1-D array of item indices, got shape {rows.shape}", "rows")
+        check_int_range(rows, "rows", 0, n)
+        rows = np.unique(rows.astype(np.int64))
+        ids, scores = self._top_n(rows, self._check_among(among), self.n_neighbors)
+        keep = ids >= 0
+        r = np.repeat(rows, keep.sum(axis=1))
+        return sp.csr_matrix((scores[keep], (r, ids[keep])), shape=(n, n))
+
+    def _top_n(self, rows: np.ndarray, allowed: np.ndarray, N: int) -> tuple[np.ndarray, np.ndarray]:
+        m = len(rows)
+        ids = np.full((m, N), -1, dtype=np.int64)
+        scores = np.zeros((m, N))
+        if m == 0 or len(allowed) == 0:
+            return ids, scores
+        At = self._text[allowed].T.tocsr()  # (n_features, k)
+        Q = self._text[rows]  # (m, n_features)
+        num_q = num_a = None
+        if self._num is not None:
+            num_q, num_a = self._num[rows], self._num[allowed]
+        # candidate pairs per query row (an upper bound: the column counts of its tokens), to cut chunks
+        pattern = sp.csr_matrix((np.ones(Q.nnz), Q.indices, Q.indptr), shape=Q.shape)
+        cum = np.cumsum(pattern @ np.diff(At.indptr).astype(np.float64))
+        # each query's own position among the allowed items (-1 when it is not allowed)
+        at = np.minimum(np.searchsorted(allowed, rows), len(allowed) - 1)
+        self_pos = np.where(allowed[at] == rows, at, -1)
+        lo = 0
+        while lo < m:
+            base = cum[lo - 1] if lo else 0.0
+            hi = max(lo + 1, int(np.searchsorted(cum, base + _CHUNK_ENTRIES, side="right")))
+            self._fill_chunk(Q[lo:hi], self_pos[lo:hi], At, num_q if num_q is None else num_q[lo:hi], num_a,
+                             allowed, N, ids[lo:hi], scores[lo:hi])
+            lo = hi
+        return ids, scores
+
+    @staticmethod
+    def _fill_chunk(Q, self_pos, At, num_q, num_a, allowed, N, ids, scores) -> None:
+        """Top-``N`` of one chunk of query rows, written into ``ids``/``scores`` (views).
+
+        Candidates are the stored entries of the sparse product (pairs sharing a hashed column);
+        each row's ``N``-th largest score comes from one ``np.partition`` over a padded block,
+        and only the entries at or above it are sorted exactly (score, then lower index).
+        """
+        S = (Q @ At).tocsr()  # text dot products, stored where the rows share a hashed column
+        m = S.shape[0]
+        r = np.repeat(np.arange(m, dtype=np.int32), np.diff(S.indptr))
+        c = S.indices  # positions in ``allowed``
+        v = S.data.copy()
+        if num_q is not None:
+            for k in range(num_q.shape[1]):  # p small: one gather per column beats an (nnz, p) einsum
+                v += num_q[r, k] * num_a[c, k]
+        # |text dot| <= TEXT_EPS: a signed collision cancelled the shared column, no overlap.
+        # Cosines equal in exact arithmetic can differ in the last bits (rows summed in another
+        # order); 12 decimals make them tie, so that ties go to the lower index as documented.
+        keep = (np.abs(S.data) > TEXT_EPS) & (v > 5e-13) & (c != self_pos[r])
+        r, c, v = r[keep], c[keep], np.round(v[keep], 12)
+        counts = np.bincount(r, minlength=m)
+        sel = v >= _row_kth(v, counts, N, _CHUNK_ENTRIES)[r]
+        r, c, v = r[sel], c[sel], v[sel]
+        order = np.lexsort((c, -v, r))  # by row, then decreasing score, then lower index
+        r, c, v = r[order], c[order], v[order]
+        counts = np.bincount(r, minlength=m)
+        rank = np.arange(len(r)) - np.repeat(np.cumsum(counts) - counts, counts)
+        top = rank < N
+        ids[r[top], rank[top]] = allowed[c[top]]
+        scores[r[top], rank[top]] = v[top]
+
+
+def _row_kth(v: np.ndarray, counts: np.ndarray, N: int, budget: int = _CHUNK_ENTRIES) -> np.ndarray:
+    """The ``N``-th largest of each row's values (``-inf`` for rows with at most ``N``).
+
+    ``v`` holds the rows' values one row after another, ``counts (m,)`` their numbers. Rows are
+    taken by increasing count in blocks whose padded size (rows x longest row) stays within
+    ``budget`` (a single longer row is its own block), so skewed rows never pad a whole chunk.
+    """
+    kth = np.full(len(counts), -np.inf)
+    starts = np.cumsum(counts) - counts
+    heavy = np.flatnonzero(counts > N)
+    heavy = heavy[np.argsort(counts[heavy], kind="stable")]
+    i = 0
+    while i < len(heavy):
+        c = counts[heavy[i:]]
+        j = i + max(1, int(np.searchsorted(np.arange(1, len(c) + 1) * c, budget, side="right")))
+        g = heavy[i:j]
+        cg = counts[g]
+        pos = np.arange(cg.sum()) - np.repeat(np.cumsum(cg) - cg, cg)
+        P = np.full((len(g), int(cg[-1])), np.inf)
+        P[np.repeat(np.arange(len(g)), cg), pos] = -v[np.repeat(starts[g], cg) + pos]
+        kth[g] = -np.partition(P, N - 1, axis=1)[:, N - 1]
+        i = j
+    return kth
