@@ -65,7 +65,7 @@ class CarouselModel:
     # ---- per item ---------------------------------------------------------------------------
     def _context_terms(self, req, items: np.ndarray):
         """comp, owned, due: (m, L) for ``items (m, L)``."""
-        cat, c = self.catalog, self.config
+        cat = self.catalog
         t_items = cat.product_type[items]  # (m, L)
         held = np.concatenate([req.owned, req.cart], axis=1)  # (m, R + C)
         held_type = np.where(held >= 0, cat.product_type[np.maximum(held, 0)], -1)

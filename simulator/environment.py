@@ -268,7 +268,7 @@ class Environment:
             raise ValidationError(f"these requests are from day {requests.day}; the shop is at day {self.day}", "requests")
         slates = check_slates(requests, slates, self.catalog.n_items)
         out = self.model.sample(requests, slates, rng)
-        c, st, k = self.config, self.state, self._kpi
+        c, k = self.config, self._kpi
         m, K = slates.shape
         k.impressions += m
         k.slots += m * K

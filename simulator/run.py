@@ -167,19 +167,6 @@ def simulate(config: SimConfig | None = None, policy: str = "uniform", days: int
     return result
 
 
-def session_matrix(req, n_items: int):
-    """(m, n_items) csr with a 1 for every item in each visitor's cart, recent purchases and views."""
-    import scipy.sparse as sp
-
-    held = np.concatenate([req.cart, req.owned, req.views], axis=1)
-    rows = np.repeat(np.arange(len(held)), held.shape[1])
-    keep = held.ravel() >= 0
-    mat = sp.csr_matrix((np.ones(int(keep.sum())), (rows[keep], held.ravel()[keep])), shape=(len(held), n_items))
-    mat.sum_duplicates()
-    mat.data[:] = 1.0
-    return mat
-
-
 def item_attrs(cat) -> list[dict]:
     """Each item's attributes as the log stores them."""
     cols = {"type": cat.product_type, "category": cat.category, "brand": cat.brand, "price": cat.price,
