@@ -5,6 +5,8 @@
   co-purchase signals.
 * :class:`ComplementModel` — directional complements from co-purchase-only pairs, with a
   product-type transition matrix.
+* :class:`MetadataIndex` — hashed TF-IDF over titles and categorical fields plus numeric
+  attributes: neighbours for items without interactions (cold start).
 * :class:`CandidateGenerator` — a request's candidates from complements of the cart and recent
   purchases, neighbours of recent views, new items and popular-in-segment items, filtered by
   business rules (:class:`Filters`) and spread across product types.
@@ -13,6 +15,7 @@
 from .complements import ComplementModel
 from .generator import SOURCES, CandidateGenerator
 from .itemknn import SOURCE_CF, SOURCE_POPULAR, ItemItemCF
+from .metadata import MetadataIndex
 from .rules import AlreadyBought, ExcludeCategories, Filters, OutOfStock, UserState, diversify
 from .signals import Interactions, PairSignals, pair_signals
 
@@ -24,6 +27,7 @@ __all__ = [
     "Filters",
     "Interactions",
     "ItemItemCF",
+    "MetadataIndex",
     "OutOfStock",
     "PairSignals",
     "SOURCES",

@@ -27,6 +27,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import ValidationError
+from .itemknn import _top_n_per_row, rows_top_n
 from .signals import PairSignals
 
 SOURCE_DIRECT = "complement"
@@ -65,8 +66,6 @@ class ComplementModel:
         back = np.asarray(C[coo.col, coo.row]).ravel() if coo.nnz else np.empty(0)
         buyers = signals.purchases.astype(float)
         s = coo.data / (buyers[coo.row] + self.kappa) * (coo.data + 1.0) / (coo.data + back + 2.0)
-        from .itemknn import _top_n_per_row  # one top-N routine for every neighbour table
-
         self.scores = _top_n_per_row(sp.csr_matrix((s, (coo.row, coo.col)), shape=(n, n)), self.n_neighbors)
         T = np.zeros((n_types, n_types))
         np.add.at(T, (types[coo.row], types[coo.col]), coo.data)
@@ -95,19 +94,12 @@ class ComplementModel:
         n = self.scores.shape[0]
         if len(items) and (items.min() < 0 or items.max() >= n):
             raise ValidationError(f"item ids must be in [0, {n})", "item_ids")
-        m = len(items)
-        ids = np.full((m, N), -1, dtype=np.int64)
-        scores = np.zeros((m, N))
-        direct = np.zeros((m, N), dtype=bool)
-        S = self.scores
-        for r, a in enumerate(items.tolist()):  # per anchor: a few small sorted slices
-            lo, hi = S.indptr[a], S.indptr[a + 1]
-            cols, vals = S.indices[lo:hi], S.data[lo:hi]
-            order = np.lexsort((cols, -vals))[:N]
-            k = len(order)
-            ids[r, :k], scores[r, :k], direct[r, :k] = cols[order], vals[order], True
-            if k < N and use_types:
-                fill, fs = self._type_fill(a, N - k, exclude=cols[order])
+        ids, scores = rows_top_n(self.scores, items, N)
+        direct = ids >= 0
+        if use_types:
+            for r in np.flatnonzero(~direct[:, -1]).tolist():  # rows with room left: the type back-off
+                k = int(direct[r].sum())
+                fill, fs = self._type_fill(int(items[r]), N - k, exclude=ids[r, :k])
                 ids[r, k:k + len(fill)], scores[r, k:k + len(fill)] = fill, fs
         return ids, scores, direct
 

@@ -5,8 +5,10 @@ component scores, each scaled so that the user's best item of that component sco
 
 * ``complement``: directional complements (:class:`ComplementModel`) of the cart (weight 1)
   and of recent purchases (0.7 ** rank, newest first), including the product-type back-off;
-* ``similar``: item-item CF neighbours (:class:`ItemItemCF`, recency-weighted interactions) of
-  recent views, each view weighted ``0.5 ** (age / half_life)`` (or 0.7 ** rank without ages);
+* ``similar``: substitutes of recent views — session co-view and view-then-buy pairs,
+  cosine-normalised, plus half the item-item CF similarity (:class:`ItemItemCF` on
+  recency-weighted interactions) — each view weighted ``0.5 ** (age / half_life)`` (or
+  0.7 ** rank without ages);
 * ``new``: items without interactions (cold start) that are metadata-similar to anything in
   the state (:class:`~banditrec.candidates.metadata.MetadataIndex`, when given);
 * ``popular``: recency-weighted purchases in the user's segment (all users' when unknown).
@@ -31,7 +33,7 @@ import scipy.sparse as sp
 
 from ..errors import ValidationError
 from .complements import ComplementModel
-from .itemknn import ItemItemCF
+from .itemknn import ItemItemCF, rows_top_n
 from .rules import Filters, UserState, diversify
 from .signals import DAY_S, Interactions, pair_signals
 
@@ -85,6 +87,7 @@ class CandidateGenerator:
         self.cf.fit(X)
         self.signals = pair_signals(events, window_s=self.window_s)
         self.complement_model.fit(self.signals, types)
+        self.substitutes = _substitute_table(self.signals.substitutes, self.cf.similarity, self.cf.n_neighbors)
         self.cold = np.asarray(X.sum(axis=0)).ravel() == 0
         buys = events.user_items("purchase", half_life_s=self.half_life_s, now=now)
         if user_segments is None:
@@ -104,10 +107,8 @@ class CandidateGenerator:
         self._type_scores = self.complement_model.type_transition  # (T, T)
         self._item_share = self.complement_model.item_share
         if self.metadata is not None:
-            meta = self.metadata.neighbour_table()
-            # seeds -> new items only
-            self._meta_new = (meta @ sp.diags(self.cold.astype(float))).tocsr()
-            self._meta_new.eliminate_zeros()
+            # any item -> its metadata-nearest new items (only new items are ever needed here)
+            self._meta_new = self.metadata.neighbour_table(among=self.cold).tocsr()
         self.fitted = True
         return self
 
@@ -121,11 +122,12 @@ class CandidateGenerator:
 
     # ---- item neighbours ---------------------------------------------------------------------
     def similar_items(self, item_ids, N: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        """Substitutes: CF neighbours (``(ids (m, N), scores (m, N))``, -1 / 0 padded); an item
-        without interactions gets its metadata neighbours instead (when metadata is given)."""
+        """Substitutes (``(ids (m, N), scores (m, N))``, -1 / 0 padded): co-viewed and
+        viewed-then-bought items, then CF neighbours; an item without interactions gets its
+        metadata neighbours among items with interactions instead (when metadata is given)."""
         self._check()
         items = np.atleast_1d(np.asarray(item_ids, dtype=np.int64))
-        ids, scores = self.cf.similar_items(items, N)
+        ids, scores = rows_top_n(self.substitutes, items, N)
         if self.metadata is not None and self.cold[items].any():
             rows = np.flatnonzero(self.cold[items])
             mids, mscores = self.metadata.similar_items(items[rows], N, among=~self.cold)
@@ -222,7 +224,7 @@ class CandidateGenerator:
         seed_types = sp.csr_matrix((cart_p.data, cart_p.indices, cart_p.indptr), shape=(m, n)) @ _type_onehot(self.types)
         type_score = np.asarray(seed_types @ self._type_scores)  # (m, T)
         comp += self.complement_model.backoff * type_score[:, self.types] * self._item_share[None, :]
-        sim = (views @ self.cf.similarity).toarray()
+        sim = (views @ self.substitutes).toarray()
         if self.metadata is not None:
             anything = _seed_matrix([np.r_[s.cart, s.purchased, s.viewed] for s in states], None, n)
             new = (anything @ self._meta_new).toarray()
@@ -249,6 +251,21 @@ class CandidateGenerator:
         state = UserState(cart=session.cart, purchased=np.r_[session.purchased, np.asarray(history, dtype=np.int64)],
                           viewed=session.viewed)
         return self.candidates(state, N, exclude=exclude)
+
+
+def _substitute_table(pairs: sp.csr_matrix, cf: sp.csr_matrix, n: int) -> sp.csr_matrix:
+    """Substitutes: session co-view / view-then-buy counts, cosine-normalised
+    (``c_ab / sqrt(c_a c_b)`` with ``c_a`` the row sums), plus half the item-item CF similarity
+    (which reaches items never compared within a session); top ``n`` per item."""
+    from .itemknn import _top_n_per_row
+
+    deg = np.asarray(pairs.sum(axis=1)).ravel()
+    inv = np.divide(1.0, np.sqrt(deg), out=np.zeros_like(deg, dtype=float), where=deg > 0)
+    sub = (sp.diags(inv) @ pairs @ sp.diags(inv)).tocsr()
+    table = (sub + 0.5 * cf).tocsr()
+    table.setdiag(0.0)
+    table.eliminate_zeros()
+    return _top_n_per_row(table, n)
 
 
 def _seed_matrix(rows: list[np.ndarray], weights, n: int) -> sp.csr_matrix:

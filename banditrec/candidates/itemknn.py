@@ -185,6 +185,18 @@ def _cosine_from_gram(G: sp.csr_matrix, rows: np.ndarray | None = None) -> sp.cs
     return sp.csr_matrix((S.data[keep], (S.row[keep], S.col[keep])), shape=S.shape)
 
 
+def rows_top_n(table: sp.csr_matrix, items: np.ndarray, N: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each item's N best entries of ``table`` (ids, scores), ties by lower index, -1 / 0 padded."""
+    ids = np.full((len(items), N), -1, dtype=np.int64)
+    scores = np.zeros((len(items), N))
+    for r, a in enumerate(items.tolist()):
+        lo, hi = table.indptr[a], table.indptr[a + 1]
+        cols, vals = table.indices[lo:hi], table.data[lo:hi]
+        order = np.lexsort((cols, -vals))[:N]
+        ids[r, :len(order)], scores[r, :len(order)] = cols[order], vals[order]
+    return ids, scores
+
+
 class ItemItemCF:
     """Item-item neighbours and per-user candidate lists.
 
