@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from banditrec.candidates import AlreadyBought, CandidateGenerator, Filters, Interactions, OutOfStock, UserState
+from banditrec.candidates import (AlreadyBought, CandidateGenerator, Filters, Interactions, MetadataIndex, OutOfStock,
+                                  UserState)
 from banditrec.engine import Engine, ItemTable
 from banditrec.errors import ValidationError
 from banditrec.policies import make
@@ -69,7 +70,8 @@ def simulate(config: SimConfig | None = None, policy: str = "uniform", days: int
     """Run ``days`` days of the shop with the policy ``policy`` (a banditrec spec).
 
     Candidates come from :class:`banditrec.candidates.CandidateGenerator` (complements of the
-    visitor's cart and purchases, neighbours of their views, popular in their segment), refitted
+    visitor's cart and purchases, substitutes of their views, new items by metadata
+    similarity, popular in their segment), refitted
     every ``refit_days`` on all events so far; out-of-stock items and non-consumable types the
     visitor owns are filtered out. The log receives the catalog (features and attributes: type,
     category, brand, title, price, margin, ...) and every interaction event, so
@@ -105,7 +107,10 @@ def simulate(config: SimConfig | None = None, policy: str = "uniform", days: int
     events = _write_events(log, env.take_events(), base_s)
     parts = [events]
     stock_rule = OutOfStock(env.stock.available)
-    generator = CandidateGenerator(filters=Filters([stock_rule, AlreadyBought(cat.product_type, cat.consumable)]))
+    metadata = MetadataIndex().fit(list(cat.title), fields={"type": cat.product_type, "brand": cat.brand},
+                                   numeric=cat.price[:, None])  # cold start: new items launch on day 0
+    generator = CandidateGenerator(filters=Filters([stock_rule, AlreadyBought(cat.product_type, cat.consumable)]),
+                                   metadata=metadata)
     generator.fit(events, cat.product_type, user_segments=env.population.segment)
     purchases = np.bincount(events.item[events.kind == 2], minlength=cat.n_items).astype(float)
     columns = {"price": cat.price, "margin": cat.margin, **cat.columns}
