@@ -10,6 +10,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -19,6 +20,7 @@ from .errors import ValidationError
 from .offline import learning_inputs
 from .policies import Policy, Request
 from .store import DecisionLog
+from .store.log import LoggedParams
 from .types import Decision, Reward, Slot
 from .validation import as_seed_sequence, check_positive_int
 
@@ -49,6 +51,29 @@ class Session:
 
 
 EMPTY_SESSION = Session(*(np.empty(0, dtype=np.int64) for _ in range(3)))
+_NO_ITEMS = np.empty(0, dtype=np.int64)
+_NO_ITEMS.setflags(write=False)
+
+
+class _Inputs(NamedTuple):
+    """One request, checked, with its candidates (what :meth:`Engine._inputs` returns)."""
+
+    user_id: str
+    n_policy: int  # slots the policy fills (after the pinned ones)
+    context: np.ndarray
+    pin_idx: np.ndarray
+    pin_ids: list
+    cand_idx: np.ndarray
+    cand_ids: tuple
+    source: np.ndarray
+    surface: str
+
+
+def _policy_error(exc: ValidationError) -> ValidationError:
+    if exc.field != "scores":
+        return exc
+    return ValidationError("the policy's scores are not finite for this context; are its values in a sensible range?",
+                           "context")
 
 
 @dataclass(frozen=True)
@@ -81,6 +106,10 @@ class ItemTable:
     def index_of(self, item_ids, field: str, *, skip_unknown: bool = False) -> np.ndarray:
         """Catalog indices of ``item_ids``; an unknown id is an error naming its position
         (or, with ``skip_unknown``, left out)."""
+        try:  # the served case, every id known: one C-level dict lookup per id
+            return np.array(list(map(self._index.__getitem__, item_ids)), dtype=np.int64)
+        except (KeyError, TypeError):
+            pass
         get = self._index.get
         out = np.fromiter((get(item, -1) for item in item_ids), dtype=np.int64, count=len(item_ids))
         if skip_unknown:
@@ -161,6 +190,7 @@ class Engine:
         self.session_window_s = session_window_s
         self.session_limit = check_positive_int(session_limit, "session_limit")
         self._model_version: str | None = None  # set by install(); else the policy's own
+        self._params = None  # (policy, its config, the params logged with its decisions)
         # scoring, sampling and learning share the policy state and the Generators; a threaded
         # server (or a learner thread) must not interleave them
         self._lock = threading.Lock()
@@ -264,14 +294,27 @@ class Engine:
         """Decide every request (keyword arguments of :meth:`decide`: ``user_id``, ``n_slots``,
         ``context``, ``candidates``, ``exclude``, ``surface``, ``pinned``) and log them all in
         ONE transaction: all are logged or, on any error, none. An invalid request raises its
-        :class:`ValidationError` with ``index`` set to its position in ``requests``."""
-        records = []
+        :class:`ValidationError` with ``index`` set to its position in ``requests``.
+
+        The policy scores the whole batch at once (:meth:`Policy.distributions`; one matrix
+        product over the stacked candidates for the LinUCB family), then each request's slate
+        is sampled in order from the engine's stream: a seeded engine serves exactly the
+        decisions (slates, propensities, marginals, event ids) that :meth:`decide` would have
+        served for the same requests one by one.
+        """
+        inputs = []
         for i, req in enumerate(requests):
             try:
-                decision, record = self._prepare(**req)
+                inputs.append(self._inputs(**req))
             except ValidationError as exc:
                 exc.index = i
                 raise
+        with self._lock:
+            dists = self._distributions(inputs)
+            draws = [self._draw(inp, dist) for inp, dist in zip(inputs, dists)]
+        records = []
+        for inp, draw in zip(inputs, draws):
+            decision, record = self._build(inp, *draw)
             records.append((decision, record["policy_params"], record["candidate_index"], record["slot_index"],
                             record["context"], record["surface"]))
         self.log.write_decisions(records)
@@ -280,11 +323,22 @@ class Engine:
     def _prepare(self, user_id: str, n_slots: int, *, context=None, candidates=None, exclude=None,
                  surface: str = "home", pinned=None) -> tuple[Decision, dict]:
         """Sample a decision; returns it and the keyword arguments that log it."""
+        inp = self._inputs(user_id, n_slots, context=context, candidates=candidates, exclude=exclude,
+                           surface=surface, pinned=pinned)
+        with self._lock:
+            dist = self._distribution(inp) if inp.n_policy else None
+            draw = self._draw(inp, dist)
+        return self._build(inp, *draw)
+
+    def _inputs(self, user_id: str, n_slots: int, *, context=None, candidates=None, exclude=None,
+                surface: str = "home", pinned=None) -> "_Inputs":
+        """Everything a decision needs before the policy sees it, checked (no policy state read)."""
         if not isinstance(user_id, str) or not user_id:
             raise ValidationError(f"user_id must be a non-empty string, got {user_id!r}", "user_id")
         n_slots = check_positive_int(n_slots, "slots")
         ctx = self._context(context)
-        pin_idx = np.empty(0, dtype=np.int64)
+        pin_idx = _NO_ITEMS
+        pin_ids: list[str] = []
         if pinned:
             if isinstance(pinned, str):
                 raise ValidationError("pinned must be a list of item ids, got a string", "pinned")
@@ -293,57 +347,89 @@ class Engine:
                 raise ValidationError("pinned lists an item twice", "pinned")
             if len(pin_idx) > n_slots:
                 raise ValidationError(f"{len(pin_idx)} pinned items do not fit in {n_slots} slots", "pinned")
+            pin_ids = [self.items.ids[int(i)] for i in pin_idx.tolist()]
         n_policy = n_slots - len(pin_idx)
-        pin_ids = [self.items.ids[int(i)] for i in pin_idx.tolist()]
         excluded = [*(exclude or []), *pin_ids]
         cand_idx, source = self._candidates(user_id, n_policy, candidates, excluded or None)
-        with self._lock:
-            draw = None
-            if n_policy:
+        if candidates is not None and len(cand_idx) == len(candidates):
+            cand_ids = tuple(candidates)  # nothing excluded: the request's ids, in its order
+        else:
+            cand_ids = tuple(map(self.items.ids.__getitem__, cand_idx.tolist()))
+        return _Inputs(user_id, n_policy, ctx, pin_idx, pin_ids, cand_idx, cand_ids, source, surface)
+
+    def _distribution(self, inp: "_Inputs"):
+        try:
+            return self.policy.distribution(self.request(inp.context, inp.cand_idx), inp.n_policy, self.min_epsilon)
+        except ValidationError as exc:
+            raise _policy_error(exc) from None
+
+    def _distributions(self, inputs: list) -> list:
+        """The slate distribution of every input that needs the policy (``None`` for the rest),
+        scored together; a policy error is raised with ``index`` set to the request's position."""
+        todo = [i for i, inp in enumerate(inputs) if inp.n_policy]
+        out = [None] * len(inputs)
+        if not todo:
+            return out
+        try:
+            dists = self.policy.distributions([self.request(inputs[i].context, inputs[i].cand_idx) for i in todo],
+                                              [inputs[i].n_policy for i in todo], self.min_epsilon)
+        except ValidationError:
+            for i in todo:  # which request: one at a time (the error path only)
                 try:
-                    dist = self.policy.distribution(self.request(ctx, cand_idx), n_policy, self.min_epsilon)
+                    self._distribution(inputs[i])
                 except ValidationError as exc:
-                    if exc.field != "scores":
-                        raise
-                    raise ValidationError(
-                        "the policy's scores are not finite for this context; are its values in a sensible range?",
-                        "context") from None
-                draw = dist.sample(self._sampler)
-            model_version = self.model_version
-            policy_name, policy_params = self.policy.name, self.policy.params
-            event_id = self._ids.bytes(16).hex() if self._ids is not None else secrets.token_hex(16)
-        index = draw.index if draw is not None else np.empty(0, dtype=np.int64)
-        chosen = cand_idx[index]
-        p = len(pin_idx)
-        slots = tuple(
-            Slot(position=k, item_id=pin_ids[k], propensity=1.0, marginal=1.0, source="pinned")
-            for k in range(p)
-        ) + tuple(
-            Slot(
-                position=p + k,
-                item_id=self.items.ids[int(chosen[k])],
-                propensity=float(draw.propensity[k]),
-                marginal=float(draw.marginal[k]),
-                source=str(source[index[k]]),
-                marginal_draws=int(draw.marginal_draws),
+                    exc.index = i
+                    raise
+            raise
+        for i, dist in zip(todo, dists):
+            out[i] = dist
+        return out
+
+    def _draw(self, inp: "_Inputs", dist) -> tuple:
+        """Sample ``dist`` and take an event id (under the engine's lock)."""
+        draw = dist.sample(self._sampler) if dist is not None else None
+        policy = self.policy
+        cached = self._params
+        if cached is None or cached[0] is not policy or cached[1] is not policy.config:
+            # the logged params of a policy change only with its (frozen) config: serialised once
+            cached = self._params = (policy, policy.config,
+                                     LoggedParams({**policy.params, "min_epsilon": self.min_epsilon}))
+        event_id = self._ids.bytes(16).hex() if self._ids is not None else secrets.token_hex(16)
+        return draw, self.model_version, policy.name, cached[2], event_id
+
+    def _build(self, inp: "_Inputs", draw, model_version: str, policy_name: str, params, event_id: str):
+        """The decision and the keyword arguments that log it."""
+        index = draw.index if draw is not None else _NO_ITEMS
+        chosen = inp.cand_idx[index]
+        pin_ids = inp.pin_ids
+        p = len(pin_ids)
+        slots = tuple(Slot(position=k, item_id=pin_ids[k], propensity=1.0, marginal=1.0, source="pinned")
+                      for k in range(p))
+        if draw is not None:
+            ids, source = self.items.ids, inp.source
+            draws = int(draw.marginal_draws)
+            slots += tuple(
+                Slot(position=p + k, item_id=ids[i], propensity=prop, marginal=marg, source=str(source[j]),
+                     marginal_draws=draws)
+                for k, (i, j, prop, marg) in enumerate(zip(chosen.tolist(), index.tolist(), draw.propensity.tolist(),
+                                                           draw.marginal.tolist()))
             )
-            for k in range(n_policy)
-        )
         joint, log_joint = (draw.joint, draw.log_joint) if draw is not None else (1.0, 0.0)
-        chosen = np.concatenate([pin_idx, chosen])
+        if p:
+            chosen = np.concatenate([inp.pin_idx, chosen])
         decision = Decision(
             event_id=event_id,
-            user_id=user_id,
+            user_id=inp.user_id,
             slots=slots,
             joint_propensity=joint,
             log_joint_propensity=log_joint,
             policy=policy_name,
             model_version=model_version,
-            candidates=tuple(map(self.items.ids.__getitem__, cand_idx.tolist())),
+            candidates=inp.cand_ids,
             ts=float(self.clock()),
         )
-        return decision, dict(policy_params={**policy_params, "min_epsilon": self.min_epsilon},
-                              candidate_index=cand_idx, slot_index=chosen, context=ctx, surface=surface)
+        return decision, dict(policy_params=params, candidate_index=inp.cand_idx, slot_index=chosen,
+                              context=inp.context, surface=inp.surface)
 
     def reward(self, event_id: str, value: float, *, position: int | None = None, kind: str = "click") -> str:
         """Join a reward to a logged decision; returns ``"recorded"``, ``"late"`` (after the

@@ -153,3 +153,68 @@ def test_exclude_ignores_ids_the_catalog_does_not_know(engine):
         assert len(d.candidates) == 8
     with pytest.raises(ValidationError, match=r"candidates\[1\]: unknown item id 'gone-item'"):
         engine.decide("u1", 2, context=CTX, candidates=["i1", "gone-item"])
+
+
+def _batch_requests(shop, rng):
+    ids = list(shop.catalog.item_ids)
+    reqs = []
+    for i in range(12):
+        req = {"user_id": f"u{i}", "n_slots": int(rng.integers(1, 5)), "context": rng.normal(size=4).tolist()}
+        if i % 3 != 2:  # request candidates (some with an exclusion); else the generator's
+            req["candidates"] = [ids[j] for j in rng.choice(len(ids), 15, replace=False)]
+            if i % 3 == 1:
+                req["exclude"] = req["candidates"][:2]
+        if i == 4:
+            req["pinned"] = [ids[0]]
+        reqs.append(req)
+    reqs.append({"user_id": "u-pins", "n_slots": 1, "context": CTX, "pinned": [ids[1]]})  # pins only
+    return reqs
+
+
+def _logged(eng):
+    rows = eng.log.db.execute("SELECT event_id, candidates, candidate_index, context, policy_params, joint_propensity, "
+                              "log_joint_propensity FROM decisions ORDER BY seq").fetchall()
+    slots = eng.log.db.execute("SELECT * FROM slots ORDER BY event_id, position").fetchall()
+    return rows, slots
+
+
+@pytest.mark.parametrize("policy", ["shared-linucb:alpha=1.0,epsilon=0.1", "linucb", "egreedy"])
+def test_a_batch_serves_and_logs_what_one_at_a_time_would(small_shop, policy):
+    """Two engines with the same seed and learned state: 13 requests (request and generated
+    candidates, exclusions, pins, one all-pinned) decided one by one, and as one batch. Same
+    event ids, slates, sources, candidates; propensities and marginals equal to 1e-12; the
+    same rows in the log."""
+    one, many = make_engine(small_shop, policy), make_engine(small_shop, policy)
+    for eng in (one, many):  # learn from a few decisions, so that scores are not all equal
+        for u in range(10):
+            d = eng.decide(f"t{u}", 3, context=CTX)
+            eng.reward(d.event_id, 1.0, position=u % 3)
+        eng.learn()
+    reqs = _batch_requests(small_shop, np.random.default_rng(3))
+    singles = [one.decide(r.pop("user_id"), r.pop("n_slots"), **r) for r in [dict(r) for r in reqs]]
+    batch = many.decide_batch(reqs)
+    assert len(batch) == len(singles) == 13
+    for a, b in zip(singles, batch):
+        assert (a.event_id, a.candidates, a.model_version, a.policy) == (b.event_id, b.candidates, b.model_version,
+                                                                          b.policy)
+        assert [(s.position, s.item_id, s.source, s.marginal_draws) for s in a.slots] == \
+               [(s.position, s.item_id, s.source, s.marginal_draws) for s in b.slots]
+        np.testing.assert_allclose([s.propensity for s in a.slots], [s.propensity for s in b.slots], rtol=0, atol=1e-12)
+        np.testing.assert_allclose([s.marginal for s in a.slots], [s.marginal for s in b.slots], rtol=0, atol=1e-12)
+        assert a.log_joint_propensity == pytest.approx(b.log_joint_propensity, abs=1e-12)
+    assert any(s.source == "pinned" for s in batch[4].slots) and batch[-1].slots[0].source == "pinned"
+    rows_one, slots_one = _logged(one)
+    rows_many, slots_many = _logged(many)
+    assert [r[:5] for r in rows_one] == [r[:5] for r in rows_many]
+    np.testing.assert_allclose([r[5:] for r in rows_one], [r[5:] for r in rows_many], rtol=0, atol=1e-12)
+    assert [s[:4] + s[6:] for s in slots_one] == [s[:4] + s[6:] for s in slots_many]
+    np.testing.assert_allclose([s[4:6] for s in slots_one], [s[4:6] for s in slots_many], rtol=0, atol=1e-12)
+
+
+def test_a_batch_with_an_overflowing_context_names_its_request_and_logs_nothing(engine, small_shop):
+    reqs = _batch_requests(small_shop, np.random.default_rng(4))
+    reqs[5]["context"] = [1e200, 0, 0, 1e200]
+    with pytest.raises(ValidationError, match="scores are not finite") as err:
+        engine.decide_batch(reqs)
+    assert err.value.field == "context" and err.value.index == 5
+    assert engine.log.count("decisions") == 0

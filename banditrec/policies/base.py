@@ -76,6 +76,17 @@ class PolicyConfig:
             raise ValidationError(f"max_per_type must be an integer >= 0, got {m!r}", "max_per_type")
 
 
+def slot_counts(n_slots, n_requests: int) -> list[int]:
+    """``n_slots`` (one count, or one per request) as a list of ``n_requests`` counts."""
+    if isinstance(n_slots, (int, np.integer)) and not isinstance(n_slots, bool):
+        return [int(n_slots)] * n_requests
+    counts = list(n_slots)
+    if len(counts) != n_requests:
+        raise ValidationError(f"n_slots must be one count or one per request ({n_requests}), got {len(counts)}",
+                              "slots")
+    return counts
+
+
 class Policy(ABC):
     """Base class: subclasses set ``name`` and ``Config`` and implement :meth:`scores`."""
 
@@ -158,8 +169,24 @@ class Policy(ABC):
         Score-based policies get an exact :class:`EpsilonGreedySlate`; others override this.
         """
         check_context(request.context, self.expected_context_dim)
+        return self.slate_from_scores(request, self.scores(request), n_slots, min_epsilon)
+
+    def distributions(self, requests, n_slots, min_epsilon: float = 0.0) -> list:
+        """The slate distributions of many requests: ``[distribution(r, k, min_epsilon) for r, k]``.
+
+        ``n_slots`` is one count for every request or one per request. A policy may override
+        this with a vectorised version (scoring every request's candidates in one product); it
+        must return exactly what :meth:`distribution` returns request by request -- the same
+        rankings and ties, hence the same slates, propensities and marginals for the same draws.
+        """
+        counts = slot_counts(n_slots, len(requests))
+        return [self.distribution(r, k, min_epsilon) for r, k in zip(requests, counts)]
+
+    def slate_from_scores(self, request: Request, scores: np.ndarray, n_slots: int, min_epsilon: float = 0.0):
+        """The epsilon-greedy slate distribution (see :meth:`distribution`) given ``request``'s
+        scores from :meth:`scores`; the business objective is blended in here."""
         eps = np.maximum(self.epsilon_per_slot(n_slots), min_epsilon)
-        scores = self.blend(request, self.scores(request))
+        scores = self.blend(request, scores)
         if self.config.max_per_type:
             return SequentialSlate(scores, eps, kind="greedy", draws=self.mc_draws, **self.type_cap(request))
         return EpsilonGreedySlate(scores, eps)

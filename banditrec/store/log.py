@@ -141,6 +141,31 @@ def _float_rows(texts: list[str]) -> np.ndarray:
     return flat.reshape(len(texts), width)
 
 
+class LoggedParams(dict):
+    """A read-only ``policy_params`` dict that keeps its logged JSON: a serving engine logs the
+    same params with every decision, so they are serialised once, not once per decision."""
+
+    __slots__ = ("json",)
+
+    def __init__(self, params: dict):
+        super().__init__(params)
+        self.json = json.dumps(self, sort_keys=True)
+
+    def __reduce__(self):  # copy and pickle rebuild it rather than setting items one by one
+        return (LoggedParams, (dict(self),))
+
+    def _read_only(self, *args, **kwargs):
+        raise TypeError("LoggedParams is read-only; build a new one")
+
+    __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _read_only
+
+
+def _params_json(policy_params) -> str:
+    if type(policy_params) is LoggedParams:
+        return policy_params.json
+    return json.dumps(policy_params, sort_keys=True)
+
+
 def decision_rows(decision: Decision, policy_params: dict, candidate_index, slot_index, context,
                   surface: str = "home") -> tuple[tuple, list[tuple]]:
     """The ``decisions`` row and ``slots`` rows of one decision, checked for consistency.
@@ -167,21 +192,28 @@ def decision_rows(decision: Decision, policy_params: dict, candidate_index, slot
         decision.user_id,
         surface,
         decision.policy,
-        json.dumps(policy_params, sort_keys=True),
+        _params_json(policy_params),
         decision.model_version,
         len(decision.slots),
         json.dumps(list(decision.candidates)),
-        json.dumps([int(i) for i in candidate_index]),
-        json.dumps([float(c) for c in np.asarray(context, dtype=float).ravel()]),
+        json.dumps(_int_list(candidate_index)),
+        json.dumps(np.asarray(context, dtype=float).ravel().tolist()),
         float(decision.joint_propensity),
         float(decision.log_joint_propensity),
     )
     slot_rows = [
-        (decision.event_id, s.position, s.item_id, int(idx), float(s.propensity), float(s.marginal),
+        (decision.event_id, s.position, s.item_id, idx, float(s.propensity), float(s.marginal),
          int(s.marginal_draws), s.source)
-        for s, idx in zip(decision.slots, slot_index, strict=True)
+        for s, idx in zip(decision.slots, _int_list(slot_index), strict=True)
     ]
     return row, slot_rows
+
+
+def _int_list(values) -> list[int]:
+    """``[int(v) for v in values]``, without a Python loop for an integer array."""
+    if isinstance(values, np.ndarray) and values.ndim == 1 and values.dtype.kind in "iu":
+        return values.tolist()
+    return [int(v) for v in values]
 
 
 @dataclass(frozen=True)
