@@ -66,8 +66,8 @@ def create_app(engine: Engine, config: dict | None = None, *, settings: ServiceC
         t0 = g.pop("banditrec_t0", None)
         route = request.url_rule.rule if request.url_rule is not None else "unmatched"
         if t0 is not None:
-            metrics.latency.labels(route).observe(time.perf_counter() - t0)
-        metrics.requests.labels(route, request.method, str(response.status_code)).inc()
+            metrics.child(metrics.latency, route).observe(time.perf_counter() - t0)
+        metrics.child(metrics.requests, route, request.method, str(response.status_code)).inc()
         return response
 
     metrics.set_model(engine.policy.name, engine.model_version)

@@ -56,6 +56,15 @@ class Metrics:
         self.model = Gauge("banditrec_model_info", "1 for the model version this process serves.",
                            ["policy", "version"], registry=r, multiprocess_mode="liveall")
         self._model_labels: tuple[str, str] | None = None
+        self._children: dict = {}  # (metric, labels) -> labelled child: labels() per request costs ~5 us
+
+    def child(self, metric, *labels):
+        """``metric.labels(*labels)``, looked up once per distinct label tuple."""
+        key = (id(metric), labels)
+        got = self._children.get(key)
+        if got is None:
+            got = self._children[key] = metric.labels(*labels)
+        return got
 
     def set_model(self, policy: str, version: str) -> None:
         if self._model_labels == (policy, version):
@@ -75,11 +84,11 @@ class Metrics:
                     explored += 1
                 else:
                     kept += 1
-        self.decisions.labels(route).inc(len(decisions))
+        self.child(self.decisions, route).inc(len(decisions))
         if explored:
-            self.slots.labels("true").inc(explored)
+            self.child(self.slots, "true").inc(explored)
         if kept:
-            self.slots.labels("false").inc(kept)
+            self.child(self.slots, "false").inc(kept)
 
     def exposition(self) -> bytes:
         """The Prometheus text format of every worker's metrics (or this app's)."""

@@ -24,7 +24,8 @@ def _build():
     shop = Shop(seed=int(os.environ.get("BANDITREC_SHOP_SEED", "0")))
     window = os.environ.get("BANDITREC_REWARD_WINDOW_S", "3600")
     log = DecisionLog(os.environ.get("BANDITREC_DB", "out/serve/log.db"),
-                      reward_window_s=float(window) if window else None, process_lock=True)
+                      reward_window_s=float(window) if window else None, process_lock=True,
+                      checkpoint_interval_s=0.05)  # WAL checkpoints off the request path (see DecisionLog)
     engine = build_engine(shop, os.environ.get("BANDITREC_POLICY", "shared-linucb:alpha=1.0,epsilon=0.1"), log,
                           seed=None)
     return create_app(engine, settings=ServiceConfig.from_env(), policy_env=policy_env(shop, engine.cf))
