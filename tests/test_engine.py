@@ -218,3 +218,31 @@ def test_a_batch_with_an_overflowing_context_names_its_request_and_logs_nothing(
         engine.decide_batch(reqs)
     assert err.value.field == "context" and err.value.index == 5
     assert engine.log.count("decisions") == 0
+
+
+def test_a_serving_log_checkpoints_the_wal_from_its_own_thread(small_shop, tmp_path):
+    """With checkpoint_interval_s the writers' automatic checkpoint is only a backstop (8000
+    pages, far above what 30 decisions write), yet the decisions reach the database file: the
+    background thread copied them. It stops on close, and the file is intact."""
+    import os
+    import time
+
+    from banditrec.store.log import CHECKPOINT_BACKSTOP_PAGES
+
+    path = tmp_path / "log.db"
+    log = DecisionLog(path, checkpoint_interval_s=0.02)
+    assert log.db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == CHECKPOINT_BACKSTOP_PAGES
+    eng = make_engine(small_shop, db=str(path))
+    eng.log.close()
+    eng.log = log
+    size0 = os.path.getsize(path)
+    for u in range(30):
+        eng.decide(f"u{u}", 3, context=CTX)
+    deadline = time.monotonic() + 5
+    while os.path.getsize(path) == size0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert os.path.getsize(path) > size0
+    thread = log._checkpointer._thread
+    log.close()
+    assert not thread.is_alive()
+    assert DecisionLog(path).integrity_ok()

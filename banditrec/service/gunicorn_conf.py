@@ -17,6 +17,11 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 bind = os.environ.get("BANDITREC_BIND", "127.0.0.1:8000")
+# Measured on 2 cores (bench/run.py --only http, one run each on a shared machine): 2 workers x
+# 2 threads 875 decide requests/s, 4 x 1 922, 3 x 2 891 -- within this machine's run-to-run noise,
+# so the smallest footprint stays. gthread workers spread keep-alive connections unevenly
+# (whichever worker wakes first accepts; one took 0.80 of a core, the other 0.25), which more
+# workers do not fix; balancing them (SO_REUSEPORT sockets per worker) is not measured yet.
 workers = int(os.environ.get("BANDITREC_WORKERS", "2"))
 worker_class = "gthread"
 threads = int(os.environ.get("BANDITREC_THREADS", "2"))
