@@ -106,7 +106,7 @@ def _top_n_per_row(S: sp.csr_matrix, n: int) -> sp.csr_matrix:
     return sp.csr_matrix((S.data[keep], S.indices[keep], np.r_[0, np.cumsum(kept)]), shape=S.shape)
 
 
-CHUNK_PRODUCTS = 2_000_000  # multiply-adds of W^T W per chunk of item rows in fit()
+CHUNK_PRODUCTS = 1_000_000  # multiply-adds of W^T W per chunk of item rows in fit()
 
 
 def _usable_cpus() -> int:
