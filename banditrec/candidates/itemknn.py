@@ -317,13 +317,15 @@ class ItemItemCF:
         # of every item that co-occurs with one
         G = self.gram
         affected = np.unique(np.r_[touched, G[:, touched].tocoo().row])
-        rows = _cosine_from_gram(G, rows=affected)
-        fresh = _top_n_per_row(rows, self.n_neighbors)
-        S = self.similarity.tolil()
-        for r, item in enumerate(affected.tolist()):
-            S.rows[item] = fresh.indices[fresh.indptr[r]:fresh.indptr[r + 1]].tolist()
-            S.data[item] = fresh.data[fresh.indptr[r]:fresh.indptr[r + 1]].tolist()
-        self.similarity = S.tocsr()
+        n = G.shape[0]
+        fresh = sp.csr_matrix(_top_n_per_row(_cosine_from_gram(G, rows=affected), self.n_neighbors))
+        keep = np.ones(n)
+        keep[affected] = 0.0
+        old = (sp.diags(keep) @ self.similarity).tocsr()  # unaffected rows as they were
+        old.eliminate_zeros()
+        fc = fresh.tocoo()
+        placed = sp.csr_matrix((fc.data, (affected[fc.row], fc.col)), shape=(n, n))
+        self.similarity = (old + placed).tocsr()  # disjoint rows: a sum places them, no Python loop
         return affected
 
     @property
