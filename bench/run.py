@@ -26,6 +26,9 @@ Sections (``--only NAME`` runs one):
              customers, exact expected rewards included, and peak memory (bench/sim_bench.py)
   vw         Vowpal Wabbit policies (vw-cb, vw-ccb) for 200 candidates and 10 slots beside the
              bare Workspace.predict they wrap (bench/vw_bench.py)
+  candeval   candidate generation judged on the simulated shop (3 seeds, 20,000 customers):
+             hit@k of the next complement, types in the top 3, new-item reach
+             (bench/candeval_bench.py)
   candidates item-item neighbours on 1,000,000 interactions over 50,000 items: ItemItemCF
              (cosine, tfidf, bm25; incremental update vs refit) beside implicit's item-item
              recommenders, build time, neighbour overlap, peak memory (bench/candidates_bench.py;
@@ -60,6 +63,7 @@ from ope_truth import bench_ope_truth
 from vw_bench import bench_vw
 from sim_bench import bench_sim
 from candidates_bench import bench_candidates
+from candeval_bench import bench_candeval
 
 from banditrec.demo import build_engine
 from banditrec.features import joint_features
@@ -88,13 +92,15 @@ FULL = dict(decide=5000, marg_fast=3000, marg_dp=300, marg_mc=30, marg_loop=5, m
             logread_reps=5, ope_decisions=200_000, ope_reps=15,
             obp_rows=1_000_000, obp_reps=7, http_seconds=5.0, http_rounds=2, truth_seeds=60, truth_decisions=4000,
             sim=[(20_000, 30, 30), (1_000_000, 5, 3)],
-            candidates=dict(events=1_000_000, items=50_000, k=50, reps=5, update_reps=3))
+            candidates=dict(events=1_000_000, items=50_000, k=50, reps=5, update_reps=3),
+            candeval=(20_000, 3))
 QUICK = dict(decide=300, marg_fast=300, marg_dp=50, marg_mc=5, marg_loop=2, mc_draws=1000,
              log_writes=200, read_rows=10_000, read_reps=3, logread_decisions=20_000,
              logread_reps=3, ope_decisions=20_000, ope_reps=5,
              obp_rows=100_000, obp_reps=3, http_seconds=1.5, http_rounds=1, truth_seeds=3, truth_decisions=500,
              sim=[(20_000, 5, 5)],
-             candidates=dict(events=50_000, items=5_000, k=50, reps=3, update_reps=3))
+             candidates=dict(events=50_000, items=5_000, k=50, reps=3, update_reps=3),
+             candeval=(5_000, 1))
 
 
 # ---- shared fixtures ---------------------------------------------------------------------
@@ -733,7 +739,7 @@ def bench_http(cfg: dict, tmp: Path) -> None:
 SECTIONS = {"decide": bench_decide, "marginals": bench_marginals, "log": bench_log, "logread": bench_logread,
             "ope": bench_ope,
             "http": bench_http, "opetruth": bench_ope_truth, "vw": bench_vw, "sim": bench_sim,
-            "candidates": bench_candidates}
+            "candidates": bench_candidates, "candeval": bench_candeval}
 
 
 def main(argv=None) -> None:
