@@ -298,6 +298,11 @@ class ItemItemCF:
         (recency: ``0.5 ** (elapsed / half_life)``), scaling ``G`` by ``decay**2``, which leaves
         old cosines unchanged. Returns the indices of the items whose neighbour rows were
         recomputed: those in a new row, and every item that co-occurs with one of them.
+
+        It pays off when new events touch few, rarely co-occurring items. A batch that touches
+        popular items reaches almost every row (measured: a 1% batch of new users on 1,000,000
+        interactions recomputed every row, 3.8x slower than a refit), and the kept Gram matrix
+        costs memory quadratic in co-occurrence; refit with :meth:`fit` then.
         """
         if self.gram is None:
             raise ValidationError("update() needs a model fitted with keep_gram=True", "model")
