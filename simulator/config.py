@@ -53,7 +53,7 @@ class SimConfig:
     restock_days: float = _f(5.0, "mean days until an item that ran out is restocked", "float", 1.0)
     # ---- customers -------------------------------------------------------------------------
     n_customers: int = _f(20_000, "customers", "int", 1)
-    n_segments: int = _f(4, "customer segments (each shifts the preference vectors)", "int", 1)
+    n_segments: int = _f(4, "customer segments (each shifts the preference vectors)", "int", 1, 10_000)
     preference_scale: float = _f(1.34, "scale of preference vectors (sd of preference . latent is about 1.1 x this)", "float", 0.0)
     context_noise: float = _f(0.5, "noise of the observed taste profile sent as context", "float", 0.0)
     price_sensitivity: float = _f(0.8, "median price sensitivity (logit per unit of log price above the catalog median)", "float", 0.0)
@@ -90,9 +90,9 @@ class SimConfig:
     ltv_horizon_days: int = _f(90, "days of margin counted in lifetime value", "int", 1)
     history_days: int = _f(30, "days of the pre-period (organic browsing only) that builds purchase history", "int", 0)
     # ---- state sizes -----------------------------------------------------------------------
-    recent_purchases: int = _f(8, "purchases remembered per customer (owned types, complements)", "int", 1)
-    recent_views: int = _f(5, "views remembered per customer", "int", 1)
-    cart_size: int = _f(3, "items a cart holds", "int", 1)
+    recent_purchases: int = _f(8, "purchases remembered per customer (owned types, complements)", "int", 1, 1000)
+    recent_views: int = _f(5, "views remembered per customer", "int", 1, 1000)
+    cart_size: int = _f(3, "items a cart holds", "int", 1, 1000)
 
     def __post_init__(self):
         for f in dataclasses.fields(self):

@@ -53,7 +53,8 @@ class Requests:
     owned: np.ndarray  # (m, R) recently bought items, -1 empty
     owned_day: np.ndarray  # (m, R)
     cart: np.ndarray  # (m, C) items in the cart, -1 empty
-    views: np.ndarray  # (m, V) recently viewed items, -1 empty
+    views: np.ndarray  # (m, V) recently viewed items, -1 empty (a ring)
+    view_next: np.ndarray  # (m,) the views ring's next write position: the oldest entry
     available: np.ndarray = field(repr=False)  # (n_items,) bool: in stock when the request was made
 
     def __len__(self) -> int:
@@ -66,7 +67,7 @@ class Requests:
         index = np.atleast_1d(np.asarray(index))
         return Requests(day=self.day, available=self.available, **{
             k: getattr(self, k)[index] for k in ("customer", "session", "context", "segment", "device", "hour",
-                                                 "owned", "owned_day", "cart", "views")})
+                                                 "owned", "owned_day", "cart", "views", "view_next")})
 
     def describe(self, i: int) -> dict:
         """Request ``i`` as a JSON-ready dict for an HTTP client: user id, context, and the item
@@ -77,10 +78,14 @@ class Requests:
                 "cart": ids(recent["cart"]), "purchases": ids(recent["purchases"]), "views": ids(recent["views"])}
 
     def recent(self, i: int) -> dict:
-        """Request ``i``'s cart, recent purchases and views as item index arrays (newest last
-        is not guaranteed: rings are unordered)."""
-        pick = lambda a: a[i][a[i] >= 0]  # noqa: E731
-        return {"cart": pick(self.cart), "purchases": pick(self.owned), "views": pick(self.views)}
+        """Request ``i``'s cart, recent purchases and views as item index arrays, newest first
+        (purchases by day, views by ring position)."""
+        cart = self.cart[i][self.cart[i] >= 0]
+        owned, days = self.owned[i], self.owned_day[i]
+        order = np.argsort(-days.astype(np.int64), kind="stable")
+        purchases = owned[order][owned[order] >= 0]
+        views = np.roll(self.views[i], -int(self.view_next[i]))[::-1]  # oldest..newest, reversed
+        return {"cart": cart, "purchases": purchases, "views": views[views >= 0]}
 
 
 @dataclass
@@ -189,8 +194,8 @@ class Environment:
         m = len(customers)
         out = np.zeros((m, self.context_dim))
         out[:, :c.dim] = pop.observed[customers]
-        out[np.arange(m), c.dim + pop.segment[customers]] = 1.0
-        out[np.arange(m), c.dim + c.n_segments + pop.device[customers]] = 1.0
+        out[np.arange(m), c.dim + pop.segment[customers].astype(np.int64)] = 1.0
+        out[np.arange(m), c.dim + c.n_segments + pop.device[customers].astype(np.int64)] = 1.0
         angle = 2 * np.pi * np.asarray(hours) / 24.0
         out[:, -2], out[:, -1] = np.sin(angle), np.cos(angle)
         return out
@@ -201,12 +206,12 @@ class Environment:
         days = -self.day if days is None else days
         if self.day + days > 0 and days != -self.day:
             raise ValidationError(f"warm_up runs at most {-self.day} days before day 0, asked {days}", "days")
-        self.recording = True
+        was, self.recording = self.recording, True
         start = len(self._events)
         for _ in range(days):
             self.requests()
             self.advance_day()
-        self.recording = False
+        self.recording = was
         parts = self._events[start:]
         return History.concat(parts, self.config.n_customers, self.config.n_items)
 
@@ -250,7 +255,7 @@ class Environment:
             day=self.day, customer=visitors, session=session, context=self.contexts(visitors, hour),
             segment=pop.segment[visitors], device=pop.device[visitors], hour=hour,
             owned=st.purchases[visitors], owned_day=st.purchase_day[visitors], cart=st.cart[visitors],
-            views=st.views[visitors], available=self.stock.available.copy())
+            views=st.views[visitors], view_next=st.view_next[visitors], available=self.stock.available.copy())
 
     def expected_reward(self, requests: Requests, slates, kind: str = "click") -> np.ndarray:
         """(m,) exact expected clicks, purchases, revenue, margin (or an extra column's total,
@@ -294,7 +299,11 @@ class Environment:
         """The per-request wrapper: visitor ``i`` of ``requests`` is shown ``item_ids`` (ids such
         as ``"i42"``, in slot order, e.g. what ``/v1/decide`` returned); the response is applied
         to the shop and returned as lists per slot: click, purchase (0/1) and margin."""
+        if not 0 <= i < len(requests):
+            raise ValidationError(f"request index {i} is outside [0, {len(requests)})", "i")
         try:
+            if any(not str(item).startswith("i") for item in item_ids):
+                raise ValueError
             slate = np.array([[int(str(item)[1:]) for item in item_ids]], dtype=np.int64)
         except ValueError:
             raise ValidationError(f"item ids look like 'i42'; got {list(item_ids)!r}", "item_ids") from None
@@ -358,7 +367,7 @@ class Environment:
         bought = cart[rows, cols]
         cart[buy | expired] = -1
         st.cart[visitors] = cart
-        self._purchase(visitors[rows], bought, session[rows])
+        self._purchase(visitors[rows], bought, session[rows], rng=rng)
 
     def _browse(self, visitors, session, rng):
         """Views: a seed item the customer picks among SEED_POOL drawn from their segment's
@@ -388,7 +397,7 @@ class Environment:
         self._record(visitors[rows], items, session[rows], VIEW)
         # the visit may end in buying the last item viewed
         last = viewed[np.arange(m), n_views - 1]
-        held = st.purchases[visitors]
+        held = np.concatenate([st.purchases[visitors], st.cart[visitors]], axis=1)
         comp = self._complement_to(held, last)
         q = sigmoid(c.purchase_logit - pop.price_sensitivity[visitors] * self._log_price[last]
                     + c.complement_boost * comp) * self.stock.available[last]

@@ -86,6 +86,7 @@ def simulate(config: SimConfig | None = None, policy: str = "uniform", days: int
     days = check_positive_int(days, "days")
     n_slots = check_positive_int(n_slots, "slots")
     n_candidates = check_positive_int(n_candidates, "candidates")
+    refit_days = check_positive_int(refit_days, "refit_days")
     if n_slots > n_candidates:
         raise ValidationError(f"slots ({n_slots}) must not exceed candidates ({n_candidates})", "slots")
     if learn_kind not in REWARD_KINDS:

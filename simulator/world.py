@@ -156,7 +156,7 @@ class Population:
     """Customers' fixed attributes (hidden unless stated), one entry per customer.
 
     preference (n, d) float32; observed (n, d) float32 : the published taste profile
-    (preference + noise); segment (n,), device (n,) : int8; hour (n,) : usual hour of visit;
+    (preference + noise); segment (n,) int16, device (n,) int8; hour (n,) : usual hour of visit;
     price_sensitivity (n,); visit_rate0, churn0 (n,) : a new customer's daily rates
     segment_centre (S, d)
     """
@@ -183,7 +183,7 @@ class Population:
 def make_population(c: SimConfig, rng: np.random.Generator) -> Population:
     n, d, S = c.n_customers, c.dim, c.n_segments
     segment_centre = rng.normal(0.0, 1.0, size=(S, d))
-    segment = rng.integers(0, S, size=n).astype(np.int8)
+    segment = rng.integers(0, S, size=n).astype(np.int16)
     scale = c.preference_scale / np.sqrt(d)
     pref = (scale * (0.6 * segment_centre[segment] + 0.8 * rng.normal(0.0, 1.0, size=(n, d)))).astype(np.float32)
     observed = (pref + rng.normal(0.0, c.context_noise / np.sqrt(d), size=(n, d))).astype(np.float32)

@@ -39,8 +39,10 @@ def brute_signals(e: Interactions, window_s):
             if same and e.kind[x] == VIEW and e.kind[y] == VIEW:
                 cv.add((min(a, b), max(a, b)))
             if same and e.kind[x] == VIEW and e.kind[y] == PURCHASE:
-                bought_a = any(e.kind[z] == PURCHASE and e.item[z] == a and e.session[z] == e.session[x] for z in mine)
-                if not bought_a:
+                in_session = [z for z in mine if e.session[z] == e.session[x]]
+                bought_a = any(e.kind[z] == PURCHASE and e.item[z] == a for z in in_session)
+                viewed_b = any(e.kind[z] == VIEW and e.item[z] == b for z in in_session)
+                if not bought_a and viewed_b:
                     vb.add((a, b))
             if e.kind[x] == PURCHASE and e.kind[y] == PURCHASE and e.ts[y] - e.ts[x] <= window_s:
                 cp.add((a, b))
@@ -218,3 +220,14 @@ def test_unknown_users_get_their_segments_popular_items(shop_generator):
         gen.candidates(UserState(), 0)
     with pytest.raises(ValidationError, match="cart holds item indices outside"):
         gen.candidates(UserState(cart=[10**6]), 5)
+
+
+def test_bad_item_ids_and_sizes_are_named_errors(shop_generator):
+    _, gen = shop_generator
+    for call, field in ((lambda: gen.similar_items([10**6], 3), "item_ids"),
+                        (lambda: gen.similar_items([-1], 3), "item_ids"),
+                        (lambda: gen.complements([1], 0), "N"),
+                        (lambda: gen.candidates(UserState(), 5, exclude=[-1]), "exclude")):
+        with pytest.raises(ValidationError) as info:
+            call()
+        assert info.value.field == field

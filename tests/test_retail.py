@@ -398,3 +398,45 @@ def test_one_visitor_at_a_time_is_the_batch_response_of_that_visitor():
     np.testing.assert_array_equal(a.state.purchases, b.state.purchases)
     with pytest.raises(ValidationError, match="item ids look like 'i42'"):
         a.respond_one(ra, 3, ["apple"], np.random.default_rng(5))
+
+
+def test_active_customers_are_those_who_visited_in_the_last_30_days():
+    env = Environment(SMALL.replace(history_days=5), seed=4)
+    env.warm_up()
+    k = env.kpis[-1]
+    visited = env.state.visits > 0
+    assert k.active_30d == int((env.state.alive & visited).sum()) < int(env.state.alive.sum())
+
+
+def test_recent_items_come_newest_first():
+    env = Environment(SMALL.replace(history_days=25), seed=8)
+    env.recording = True
+    env.warm_up()
+    req = env.requests()
+    events = env.events()
+    checked = 0
+    for i in range(len(req)):
+        c = int(req.customer[i])
+        rec = req.recent(i)
+        mine = events.select("view", before_day=req.day)
+        views = mine.item[mine.customer == c]
+        if len(rec["views"]) >= 2 and len(views) >= len(rec["views"]):
+            # the ring holds the last V views (today's included): newest first
+            today = events.select("view", from_day=req.day)
+            all_views = np.r_[views, today.item[today.customer == c]]
+            np.testing.assert_array_equal(rec["views"], all_views[::-1][:len(rec["views"])])
+            checked += 1
+        days = req.owned_day[i][np.argsort(-req.owned_day[i].astype(int), kind="stable")]
+        assert len(rec["purchases"]) == 0 or (np.diff(days[:len(rec["purchases"])]) <= 0).all()
+    assert checked > 20
+
+
+def test_large_segment_counts_and_dimensions_keep_contexts_one_hot():
+    env = Environment(SimConfig(n_items=300, n_types=10, n_categories=2, n_customers=2000, dim=125, n_segments=200,
+                                history_days=0), seed=0)
+    req = env.requests()
+    ctx = req.context
+    c = env.config
+    np.testing.assert_array_equal(ctx[:, c.dim:c.dim + c.n_segments].sum(axis=1), 1.0)
+    np.testing.assert_array_equal(ctx[:, c.dim + c.n_segments:c.dim + c.n_segments + 3].sum(axis=1), 1.0)
+    np.testing.assert_array_equal(np.argmax(ctx[:, c.dim:c.dim + c.n_segments], axis=1), req.segment)

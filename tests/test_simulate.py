@@ -127,3 +127,14 @@ def test_new_items_without_history_reach_the_carousel(uniform_run):
     assert len(new) >= 5
     shown = set(log.decisions(kind="click").row_action.tolist())
     assert len(new & shown) >= len(new) // 3
+
+
+def test_the_log_gets_events_of_every_simulated_day(uniform_run):
+    """Views, carts and purchases after the pre-period reach the log too (the candidate model's
+    refits and `banditrec similar` learn from them)."""
+    _, db = uniform_run
+    con = sqlite3.connect(db)
+    start = TINY.history_days * 86_400.0
+    per_day = con.execute("SELECT CAST((ts - ?) / 86400 AS INTEGER) AS d, count(*) FROM events WHERE ts >= ? "
+                          "GROUP BY d ORDER BY d", (start, start)).fetchall()
+    assert [d for d, _ in per_day] == list(range(6)) and min(n for _, n in per_day) > 100

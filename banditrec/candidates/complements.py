@@ -90,6 +90,8 @@ class ComplementModel:
         """Top-``N`` complements of each item: ``(ids (m, N), scores (m, N), direct (m, N) bool)``
         (-1 / 0 padded). Direct pair scores first, then the type back-off (``use_types``)."""
         self._check()
+        if isinstance(N, bool) or not isinstance(N, (int, np.integer)) or N < 1:
+            raise ValidationError(f"N must be a positive integer, got {N!r}", "N")
         items = np.atleast_1d(np.asarray(item_ids, dtype=np.int64))
         n = self.scores.shape[0]
         if len(items) and (items.min() < 0 or items.max() >= n):

@@ -112,6 +112,17 @@ class CandidateGenerator:
         self.fitted = True
         return self
 
+    def _items(self, item_ids, N: int, field: str = "item_ids") -> np.ndarray:
+        if isinstance(N, bool) or not isinstance(N, (int, np.integer)) or N < 1:
+            raise ValidationError(f"N must be a positive integer, got {N!r}", "N")
+        try:
+            items = np.atleast_1d(np.asarray(item_ids, dtype=np.int64))
+        except (TypeError, ValueError):
+            raise ValidationError(f"{field} must be item indices (integers)", field) from None
+        if len(items) and (items.min() < 0 or items.max() >= self.n_items):
+            raise ValidationError(f"{field} holds indices outside [0, {self.n_items})", field)
+        return items
+
     def _check(self):
         if not self.fitted:
             raise ValidationError("CandidateGenerator is not fitted; call fit(events, item_types) first", "model")
@@ -126,7 +137,7 @@ class CandidateGenerator:
         viewed-then-bought items, then CF neighbours; an item without interactions gets its
         metadata neighbours among items with interactions instead (when metadata is given)."""
         self._check()
-        items = np.atleast_1d(np.asarray(item_ids, dtype=np.int64))
+        items = self._items(item_ids, N)
         ids, scores = rows_top_n(self.substitutes, items, N)
         if self.metadata is not None and self.cold[items].any():
             rows = np.flatnonzero(self.cold[items])
@@ -165,7 +176,7 @@ class CandidateGenerator:
         chunk = chunk or max(1, 1_000_000 // max(n, 1))  # (4, chunk, n) floats: about 32 MB
         banned_all = np.zeros(n, bool)
         if exclude is not None:
-            banned_all[np.asarray(exclude, dtype=np.int64)] = True
+            banned_all[self._items(exclude, 1, field="exclude")] = True
         for lo in range(0, m, chunk):
             part = states[lo:lo + chunk]
             comps = self._components(part)  # (4, rows, n)
@@ -206,6 +217,8 @@ class CandidateGenerator:
             return pick
         new = np.flatnonzero(self.cold & ~banned & (score > 0))
         new = new[~np.isin(new, pick)]
+        counts = np.bincount(self.types[pick], minlength=int(self.types.max()) + 1)
+        new = new[counts[self.types[new]] < self.max_per_type]  # the type cap holds for new items too
         if len(new) == 0:
             return pick
         add = new[np.argsort(-score[new], kind="stable")[: self.min_new - have]]

@@ -6,8 +6,8 @@ when not given). The three signals of complementary-product work (McAuley et al.
 "bought together"):
 
 * **co-view** ``V[a, b]``: users who viewed a and b in one session (symmetric) — substitutes;
-* **view-then-buy** ``VB[a, b]``: users who viewed a, did not buy it, and then bought b in
-  one session — substitutes (they looked at a, chose b);
+* **view-then-buy** ``VB[a, b]``: users who viewed a, did not buy it, and then bought b,
+  which they had also viewed, in one session — substitutes (they compared, chose b);
 * **co-purchase** ``P[a, b]``: users who bought a and then b within ``window_s`` — ordered,
   so ``P`` is not symmetric: the anchor (a camera) comes before its complement (an SD card).
 
@@ -180,10 +180,13 @@ def pair_signals(events: Interactions, *, window_s: float = 30 * DAY_S) -> PairS
     view, buy = s.kind == VIEW, s.kind == PURCHASE
     a, b, g = ordered_pairs(s.session, s.item, s.ts, first_mask=view, later_mask=view)
     V = _distinct_user_sym(a, b, _session_user(s, g), n)
-    # view-then-buy: viewed a, did NOT buy a in that session, then bought b (chose b over a)
+    # view-then-buy: viewed a and did NOT buy it, then bought b, which was viewed in that session
+    # too (chose b over a). A bought item nobody compared (an SD card added after a camera)
+    # is no substitute of the cameras looked at.
     key = s.session * n + s.item
     bought_here = np.isin(key, key[buy])
-    a, b, g = ordered_pairs(s.session, s.item, s.ts, first_mask=view & ~bought_here, later_mask=buy)
+    viewed_here = np.isin(key, key[view])
+    a, b, g = ordered_pairs(s.session, s.item, s.ts, first_mask=view & ~bought_here, later_mask=buy & viewed_here)
     VB = _user_pair_counts(a, b, _session_user(s, g), n)
     p = events.of_kind(PURCHASE)  # sorted by user, then time
     a, b, who = ordered_pairs(p.user, p.item, p.ts, window_s=window_s)
