@@ -27,7 +27,8 @@ from ..errors import ValidationError
 FORMAT = "banditrec.snapshot/1"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path``: temporary file, fsync, rename, fsync of the directory."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -87,9 +88,9 @@ def save(path, *, name: str, params: dict, model_version: str, arrays: dict[str,
         "arrays": shapes,
         "meta": meta or {},
     }
-    _atomic_write(payload_path, payload)
+    atomic_write(payload_path, payload)
     manifest_path = stem.with_suffix(".json")
-    _atomic_write(manifest_path, json.dumps(manifest, indent=2, sort_keys=True).encode())
+    atomic_write(manifest_path, json.dumps(manifest, indent=2, sort_keys=True).encode())
     return manifest_path
 
 
