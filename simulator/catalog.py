@@ -7,19 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 
 
-@dataclass(frozen=True)
-class Catalog:
-    """Struct of arrays, one entry per item.
-
-    ``latent (n, dim)``: taste vector; it is also what the shop publishes as item features
-    (think of a learned embedding of the item's metadata). ``bias (n,)``: appeal every
-    customer shares, *not* published. ``product_type (n,)``, ``price (n,)``.
-    """
-
-    latent: np.ndarray
-    bias: np.ndarray
-    product_type: np.ndarray
-    price: np.ndarray
+class ItemArrays:
+    """What every simulated catalog publishes: item ids ``i0 .. i{n-1}`` and their ``latent``
+    vectors as features (a subclass holds ``bias (n,)`` and ``latent (n, d)``)."""
 
     @property
     def n_items(self) -> int:
@@ -33,6 +23,20 @@ class Catalog:
     def features(self) -> np.ndarray:
         return self.latent
 
+
+@dataclass(frozen=True)
+class Catalog(ItemArrays):
+    """Struct of arrays, one entry per item.
+
+    ``latent (n, dim)``: taste vector; it is also what the shop publishes as item features
+    (think of a learned embedding of the item's metadata). ``bias (n,)``: appeal every
+    customer shares, *not* published. ``product_type (n,)``, ``price (n,)``.
+    """
+
+    latent: np.ndarray
+    bias: np.ndarray
+    product_type: np.ndarray
+    price: np.ndarray
 
 def make_catalog(n_items: int, n_types: int, dim: int, rng: np.random.Generator) -> Catalog:
     """Items cluster around their type's centre; biases and log-prices are normal."""

@@ -45,9 +45,6 @@ class SimulationResult:
     db: Path | None = None
     expected: dict = field(default_factory=dict)  # kind -> exact expected total of the carousels shown
 
-    def table(self, every: int = 1) -> str:
-        return kpi_table(self.kpis, every=every)
-
 
 KPI_HEAD = (f"{'day':>4} {'visits':>7} {'CTR':>6} {'conv':>6} {'AOV':>7} {'revenue':>10} {'margin':>9} "
             f"{'active':>7} {'retained':>8}")
@@ -56,12 +53,6 @@ KPI_HEAD = (f"{'day':>4} {'visits':>7} {'CTR':>6} {'conv':>6} {'AOV':>7} {'reven
 def kpi_row(k: DayKPIs, n_customers: int) -> str:
     return (f"{k.day:>4} {k.visits:>7,} {k.ctr:>6.3f} {k.conversion:>6.3f} {k.aov:>7.2f} {k.revenue:>10,.0f} "
             f"{k.margin:>9,.0f} {k.active_30d:>7,} {k.alive / n_customers:>8.3f}")
-
-
-def kpi_table(kpis: list[DayKPIs], *, every: int = 1, n_customers: int | None = None) -> str:
-    n = n_customers or max((k.alive for k in kpis), default=1) or 1
-    rows = [kpi_row(k, n) for k in kpis if k.day % every == 0 or k is kpis[-1]]
-    return "\n".join([KPI_HEAD, "-" * len(KPI_HEAD), *rows])
 
 
 def simulate(config: SimConfig | None = None, policy: str = "uniform", days: int = 90, *, db=None, seed=0,

@@ -11,13 +11,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .catalog import ItemArrays
 from .config import DEVICES, SimConfig
 
 DEVICE_SHARES = (0.4, 0.45, 0.15)
 
 
 @dataclass(frozen=True)
-class RetailCatalog:
+class RetailCatalog(ItemArrays):
     """One entry per item unless stated; ``complement`` is per product type.
 
     latent (n, d) float32 : taste vector, also published as the item's features
@@ -52,20 +53,8 @@ class RetailCatalog:
     type_start: np.ndarray  # (T + 1,) offsets of each type in type_order
 
     @property
-    def n_items(self) -> int:
-        return len(self.bias)
-
-    @property
     def n_types(self) -> int:
         return len(self.consumable)
-
-    @property
-    def item_ids(self) -> list[str]:
-        return [f"i{i}" for i in range(self.n_items)]
-
-    @property
-    def features(self) -> np.ndarray:
-        return self.latent
 
     def items_of_type(self, t: int) -> np.ndarray:
         return self.type_order[self.type_start[t]:self.type_start[t + 1]]

@@ -74,11 +74,10 @@ class ComplementModel:
         self.type_transition = share * (T + 1.0) / (T + T.T + 2.0)
         np.fill_diagonal(self.type_transition, 0.0)  # same type: a substitute, never a complement
         # within each type, items by purchases: the back-off's choice of item
-        self.item_share = np.zeros(n)
         per_type = np.bincount(types, weights=buyers, minlength=n_types)
         self.item_share = np.divide(buyers, per_type[types], out=np.zeros(n), where=per_type[types] > 0)
-        self._by_type = [np.flatnonzero(types == t)[np.argsort(-buyers[types == t], kind="stable")]
-                         for t in range(n_types)]
+        by_type = np.lexsort((np.arange(n), -buyers, types))  # type, then most bought, then index
+        self._by_type = np.split(by_type, np.cumsum(np.bincount(types, minlength=n_types))[:-1])
         return self
 
     def _check(self):

@@ -234,7 +234,7 @@ class CandidateGenerator:
         views = _seed_matrix([s.viewed for s in states], [self._view_weights(s) for s in states], n)
         comp = (cart_p @ self._complement_direct).toarray()
         # type back-off: seeds' types -> complementary types -> their most bought items
-        seed_types = sp.csr_matrix((cart_p.data, cart_p.indices, cart_p.indptr), shape=(m, n)) @ _type_onehot(self.types)
+        seed_types = cart_p @ _type_onehot(self.types)
         type_score = np.asarray(seed_types @ self._type_scores)  # (m, T)
         comp += self.complement_model.backoff * type_score[:, self.types] * self._item_share[None, :]
         sim = (views @ self.substitutes).toarray()
