@@ -115,8 +115,10 @@ def evaluate_candidates(config: SimConfig | None = None, *, seed=0, train_days: 
         variants["with metadata similarity"] = metadata_factory(cat)
     for name, meta in variants.items():
         filters = Filters([OutOfStock(env.stock.available), AlreadyBought(cat.product_type, cat.consumable)])
+        t0 = time.perf_counter()
         gen = CandidateGenerator(filters=filters, metadata=meta).fit(events, cat.product_type,
                                                                      user_segments=env.population.segment)
+        seconds[f"generator {name}"] = time.perf_counter() - t0
         ids, _, _ = gen.candidates_batch(states, n_candidates)
         shares[name] = float(np.isin(new, ids).mean()) if len(new) else 0.0
         div[f"generator, {name}"] = distinct_types(ids, cat.product_type)
