@@ -1,0 +1,361 @@
+"""A/B-test statistics: assignment, sample-ratio check, comparisons of arms, power.
+
+Pure array code with no dependence on the simulator, so it serves a real shop's A/B data as
+well as ``simulator.abtest``. Arm ``a`` is the control and arm ``b`` the treatment throughout:
+``diff = metric(b) - metric(a)`` and ``lift = diff / metric(a)``.
+
+The unit of randomisation is the customer, and every comparison treats customers as the
+independent units:
+
+* per-customer metrics (revenue per customer, retention, lifetime value):
+  :func:`compare_means` -- Welch's t interval, a delta-method interval for the lift and a
+  percentile bootstrap that resamples customers within each arm;
+* ratio metrics whose numerator and denominator are both sums over customers (CTR =
+  clicks / impressions, conversion = orders / visits, AOV = revenue / orders):
+  :func:`compare_ratios` -- the delta method for a ratio of means (Deng, Knoblich & Lu 2018,
+  "Applying the Delta Method in Metric Analytics: A Practical Guide with Novel Ideas", KDD)
+  and the same customer-level bootstrap. Treating impressions as independent (a binomial
+  interval on clicks / impressions) understates the variance when customers differ.
+
+Power calculations (:func:`sample_size`, :func:`power`, :func:`minimum_detectable_effect`,
+:func:`duration_days`) use the normal approximation of the two-sample test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import optimize, stats
+
+from .errors import ValidationError
+from .validation import as_1d, check_finite
+
+__all__ = [
+    "Comparison", "SRM", "assign", "hash_unit", "srm_check", "compare_means", "compare_ratios",
+]
+
+_BOOT_CHUNK_CELLS = 2_000_000  # resampled indices held in memory at once, per arm
+
+
+# ----------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class SRM:
+    """Result of :func:`srm_check`: Pearson's chi-square of observed vs expected arm counts."""
+
+    chi2: float
+    p_value: float
+    expected: tuple[float, ...]
+    counts: tuple[int, ...]
+    alpha: float
+    ok: bool  # ``p_value >= alpha``: no evidence of a sample-ratio mismatch
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Treatment (``b``) versus control (``a``) on one metric.
+
+    ``mean_a``/``mean_b`` are the arm means (for a ratio metric, the ratios of sums).
+    ``diff_ci`` is Welch's t interval (``kind == "mean"``) or the delta-method normal interval
+    (``kind == "ratio"``; ``df`` is then ``inf``); ``p_value`` is the matching two-sided test of
+    ``diff == 0``. ``lift = diff / mean_a`` with a delta-method normal interval ``lift_ci``.
+    ``boot_ci``/``boot_se``/``lift_boot_ci`` come from ``n_boot`` customer-level bootstrap
+    resamples (NaN when ``n_boot == 0``). ``lift*`` are NaN when ``mean_a == 0``.
+    Intervals are at level ``1 - alpha``; ``significant`` is ``p_value < alpha``.
+    """
+
+    metric: str
+    kind: str
+    n_a: int
+    n_b: int
+    mean_a: float
+    mean_b: float
+    diff: float
+    se: float
+    df: float
+    diff_ci: tuple[float, float]
+    p_value: float
+    lift: float
+    lift_se: float
+    lift_ci: tuple[float, float]
+    boot_ci: tuple[float, float]
+    boot_se: float
+    lift_boot_ci: tuple[float, float]
+    alpha: float
+    n_boot: int
+    significant: bool
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _check_alpha(alpha, name: str = "alpha") -> float:
+    try:
+        a = float(alpha)
+    except (TypeError, ValueError):
+        raise ValidationError(f"{name} must be a number in (0, 1), got {alpha!r}", name) from None
+    if not 0.0 < a < 1.0:
+        raise ValidationError(f"{name} must be in (0, 1), got {alpha!r}", name)
+    return a
+
+
+def _check_positive(value, name: str) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValidationError(f"{name} must be a positive number, got {value!r}", name) from None
+    if not (math.isfinite(v) and v > 0):
+        raise ValidationError(f"{name} must be a finite number > 0, got {value!r}", name)
+    return v
+
+
+def _check_n_boot(n_boot) -> int:
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 0:
+        raise ValidationError(f"n_boot must be an integer >= 0, got {n_boot!r}", "n_boot")
+    return int(n_boot)
+
+
+def _arm(x, name: str, min_len: int = 2) -> np.ndarray:
+    arr = as_1d(x, name, dtype=float)
+    if len(arr) < min_len:
+        raise ValidationError(f"{name} needs at least {min_len} customers, got {len(arr)}", name)
+    check_finite(arr, name)
+    return arr
+
+
+def _rng(rng) -> np.random.Generator:
+    if isinstance(rng, np.random.Generator):
+        return rng
+    return np.random.default_rng(rng)  # an int / SeedSequence, or None = fresh entropy
+
+
+def _weights(weights, k: int, name: str = "weights") -> np.ndarray:
+    """Weights normalised to sum 1; default equal."""
+    if weights is None:
+        return np.full(k, 1.0 / k)
+    w = as_1d(weights, name, dtype=float)
+    if len(w) != k:
+        raise ValidationError(f"{name} must have one entry per arm ({k}), got {len(w)}", name)
+    check_finite(w, name)
+    if (w <= 0).any():
+        i = int(np.argmax(w <= 0))
+        raise ValidationError(f"{name} must be > 0, found {w[i]} at index {i}", name)
+    return w / w.sum()
+
+
+# ----------------------------------------------------------------------------- assignment
+
+
+def hash_unit(user_ids, salt: str) -> np.ndarray:
+    """``u_i`` uniform in [0, 1) from ``blake2b(f"{salt}:{user_ids[i]}", 8 bytes)``.
+
+    The top 53 bits of the big-endian 64-bit digest, times ``2**-53``: stable across
+    processes, platforms and Python versions (unlike ``hash()``), so an assignment can be
+    recomputed anywhere from the id and the salt alone.
+    """
+    if not isinstance(salt, str):
+        raise ValidationError(f"salt must be a str, got {type(salt).__name__}", "salt")
+    ids = user_ids.tolist() if isinstance(user_ids, np.ndarray) else list(user_ids)
+    if isinstance(user_ids, np.ndarray) and user_ids.ndim != 1:
+        raise ValidationError(f"user_ids must be 1-dimensional, got shape {user_ids.shape}", "user_ids")
+    digests = b"".join(hashlib.blake2b(f"{salt}:{uid}".encode(), digest_size=8).digest() for uid in ids)
+    words = np.frombuffer(digests, dtype=">u8").astype(np.uint64)
+    return (words >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+def assign(user_ids, arms: Sequence[str], salt: str, weights: Sequence[float] | None = None) -> np.ndarray:
+    """Arm index (``int64``, in ``[0, len(arms))``) of each user: deterministic hashing.
+
+    ``u = hash_unit(user_ids, salt)``; the arm is the first ``j`` with ``u < cumsum(w)[j]``
+    for the normalised weights ``w`` (equal by default). The same salt always gives the same
+    assignment; different salts give (pseudo-)independent ones. ``str(id)`` is hashed, so
+    ``5`` and ``"5"`` land in the same arm but ``5.0`` does not.
+    """
+    if isinstance(arms, str) or not isinstance(arms, Sequence):
+        raise ValidationError(f"arms must be a sequence of names, got {arms!r}", "arms")
+    names = list(arms)
+    if len(names) < 2:
+        raise ValidationError(f"arms needs at least 2 arms, got {len(names)}", "arms")
+    if len(set(names)) != len(names):
+        dup = next(a for a in names if names.count(a) > 1)
+        raise ValidationError(f"arms must be unique, found {dup!r} twice", "arms")
+    w = _weights(weights, len(names))
+    cum = np.cumsum(w)
+    cum[-1] = 1.0
+    u = hash_unit(user_ids, salt)
+    return np.minimum(np.searchsorted(cum, u, side="right"), len(names) - 1).astype(np.int64)
+
+
+def srm_check(counts, weights: Sequence[float] | None = None, alpha: float = 0.001) -> SRM:
+    """Sample-ratio-mismatch test: ``chi2 = sum_j (n_j - N w_j)^2 / (N w_j)``, ``k - 1`` df.
+
+    ``counts[j]`` customers were assigned to arm ``j`` with intended share ``weights[j]``
+    (equal by default). ``ok`` is False when ``p < alpha``; the usual threshold is 0.001
+    because an SRM check runs on every experiment and a mismatch invalidates its analysis.
+    """
+    alpha = _check_alpha(alpha)
+    c = as_1d(counts, "counts", dtype=float)
+    check_finite(c, "counts")
+    if len(c) < 2:
+        raise ValidationError(f"counts needs at least 2 arms, got {len(c)}", "counts")
+    if (c < 0).any() or (c != np.round(c)).any():
+        i = int(np.argmax((c < 0) | (c != np.round(c))))
+        raise ValidationError(f"counts must be non-negative integers, found {c[i]} at index {i}", "counts")
+    if c.sum() <= 0:
+        raise ValidationError("counts must not all be zero", "counts")
+    w = _weights(weights, len(c))
+    expected = c.sum() * w
+    res = stats.chisquare(c, expected)
+    p = float(res.pvalue)
+    return SRM(chi2=float(res.statistic), p_value=p, expected=tuple(float(e) for e in expected),
+               counts=tuple(int(x) for x in c), alpha=alpha, ok=bool(p >= alpha))
+
+
+# ----------------------------------------------------------------------------- comparisons
+
+
+def _boot_resample(arrays: tuple[np.ndarray, ...], n_boot: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """``n_boot`` customer-level resamples of one arm: the resampled *means* of each array.
+
+    All arrays share the customer index (a ratio's numerator and denominator move together).
+    Drawn as ``rng.integers(0, n, size=(chunk, n))`` blocks of at most ``_BOOT_CHUNK_CELLS``.
+    """
+    n = len(arrays[0])
+    out = [np.empty(n_boot) for _ in arrays]
+    chunk = max(1, _BOOT_CHUNK_CELLS // n)
+    for start in range(0, n_boot, chunk):
+        stop = min(n_boot, start + chunk)
+        idx = rng.integers(0, n, size=(stop - start, n))
+        for x, o in zip(arrays, out):
+            o[start:stop] = x[idx].mean(axis=1)
+    return out
+
+
+def _percentile(x: np.ndarray, alpha: float) -> tuple[float, float]:
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return (math.nan, math.nan)
+    lo, hi = np.quantile(x, [alpha / 2, 1 - alpha / 2])
+    return (float(lo), float(hi))
+
+
+def _lift(ma: float, mb: float, va: float, vb: float, z: float) -> tuple[float, float, tuple[float, float]]:
+    """``lift = mb/ma - 1`` and its delta-method SE for independent arms:
+    ``Var(mb/ma) ~ vb/ma^2 + mb^2 va/ma^4`` (``va``, ``vb`` the variances of the arm means)."""
+    if ma == 0:
+        return math.nan, math.nan, (math.nan, math.nan)
+    lift = mb / ma - 1.0
+    se = math.sqrt(vb / ma**2 + mb**2 * va / ma**4)
+    return lift, se, (lift - z * se, lift + z * se)
+
+
+def compare_means(a, b, *, alpha: float = 0.05, n_boot: int = 2000, rng=None, metric: str = "") -> Comparison:
+    """Compare a per-customer metric: ``a`` (control) and ``b`` (treatment), one value per customer.
+
+    Welch: ``se^2 = s_a^2/n_a + s_b^2/n_b`` (``ddof=1``), Welch--Satterthwaite
+    ``df = se^4 / ((s_a^2/n_a)^2/(n_a-1) + (s_b^2/n_b)^2/(n_b-1))``, interval
+    ``diff +- t_{1-alpha/2, df} se``; the p-value is ``scipy.stats.ttest_ind(b, a,
+    equal_var=False)``. Lift: delta method (see :func:`_lift`), normal quantile. Bootstrap:
+    ``n_boot`` resamples of customers within each arm independently, percentile intervals of
+    ``diff*`` and ``mean_b*/mean_a* - 1``. Assumes independent customers; the t interval
+    relies on the CLT, so heavy tails need more customers. If both arms are constant
+    (``se == 0``) the p-value is NaN. ``rng``: a Generator, a seed, or None (fresh entropy).
+    """
+    alpha = _check_alpha(alpha)
+    n_boot = _check_n_boot(n_boot)
+    a = _arm(a, "a")
+    b = _arm(b, "b")
+    na, nb = len(a), len(b)
+    ma, mb = float(a.mean()), float(b.mean())
+    va, vb = float(a.var(ddof=1)) / na, float(b.var(ddof=1)) / nb
+    diff = mb - ma
+    se = math.sqrt(va + vb)
+    if se > 0:
+        df = (va + vb) ** 2 / (va**2 / (na - 1) + vb**2 / (nb - 1))
+        p = float(stats.ttest_ind(b, a, equal_var=False).pvalue)
+        half = float(stats.t.ppf(1 - alpha / 2, df)) * se
+    else:
+        df, p, half = math.nan, math.nan, 0.0
+    z = float(stats.norm.ppf(1 - alpha / 2))
+    lift, lift_se, lift_ci = _lift(ma, mb, va, vb, z)
+    if n_boot:
+        gen = _rng(rng)
+        (boot_a,) = _boot_resample((a,), n_boot, gen)
+        (boot_b,) = _boot_resample((b,), n_boot, gen)
+        boot_diff = boot_b - boot_a
+        boot_ci, boot_se = _percentile(boot_diff, alpha), float(boot_diff.std(ddof=1)) if n_boot > 1 else math.nan
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lift_boot_ci = _percentile(boot_b / boot_a - 1.0, alpha) if ma != 0 else (math.nan, math.nan)
+    else:
+        boot_ci, boot_se, lift_boot_ci = (math.nan, math.nan), math.nan, (math.nan, math.nan)
+    return Comparison(metric=metric, kind="mean", n_a=na, n_b=nb, mean_a=ma, mean_b=mb, diff=diff, se=se,
+                      df=float(df), diff_ci=(diff - half, diff + half), p_value=p, lift=lift, lift_se=lift_se,
+                      lift_ci=lift_ci, boot_ci=boot_ci, boot_se=boot_se, lift_boot_ci=lift_boot_ci,
+                      alpha=alpha, n_boot=n_boot, significant=bool(p < alpha))
+
+
+def _ratio_arm(num, den, num_name: str, den_name: str) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """Validated ``(num, den)`` of one arm, its ratio ``R = sum(num)/sum(den)`` and the
+    delta-method variance of ``R`` (Deng et al. 2018, eq. for a ratio of means):
+    ``Var(R) ~ (s_nn - 2 R s_nd + R^2 s_dd) / (n mean(den)^2)``."""
+    x = _arm(num, num_name)
+    y = _arm(den, den_name)
+    if len(x) != len(y):
+        raise ValidationError(f"{num_name} and {den_name} must have the same length, got {len(x)} and {len(y)}",
+                              den_name)
+    if (y < 0).any():
+        i = int(np.argmax(y < 0))
+        raise ValidationError(f"{den_name} must be >= 0, found {y[i]} at index {i}", den_name)
+    if y.sum() == 0:
+        raise ValidationError(f"{den_name} sums to 0: the ratio is undefined in this arm", den_name)
+    n = len(x)
+    mx, my = x.mean(), y.mean()
+    r = mx / my
+    cov = np.cov(x, y, ddof=1)
+    var = (cov[0, 0] - 2 * r * cov[0, 1] + r**2 * cov[1, 1]) / (n * my**2)
+    return x, y, float(r), float(max(var, 0.0))
+
+
+def compare_ratios(num_a, den_a, num_b, den_b, *, alpha: float = 0.05, n_boot: int = 2000, rng=None,
+                   metric: str = "") -> Comparison:
+    """Compare a ratio-of-sums metric, one ``(num, den)`` pair per customer in each arm.
+
+    ``R = sum(num) / sum(den)`` per arm (e.g. CTR = clicks / impressions). Customers are the
+    independent units, so a customer's numerator and denominator are correlated and the
+    variance comes from the delta method (see :func:`_ratio_arm`); ``diff = R_b - R_a`` gets a
+    normal interval and a two-sided z-test p-value, ``lift = R_b/R_a - 1`` the delta-method
+    interval. The bootstrap resamples customers (their pairs) within each arm; a resample whose
+    denominator sums to 0 is dropped. Customers with ``den == 0`` count as 0 in both sums; an
+    arm whose ``den`` sums to 0 raises. ``den`` must be ``>= 0``.
+    """
+    alpha = _check_alpha(alpha)
+    n_boot = _check_n_boot(n_boot)
+    xa, ya, ra, va = _ratio_arm(num_a, den_a, "num_a", "den_a")
+    xb, yb, rb, vb = _ratio_arm(num_b, den_b, "num_b", "den_b")
+    diff = rb - ra
+    se = math.sqrt(va + vb)
+    z = float(stats.norm.ppf(1 - alpha / 2))
+    p = float(2 * stats.norm.sf(abs(diff) / se)) if se > 0 else math.nan
+    lift, lift_se, lift_ci = _lift(ra, rb, va, vb, z)
+    if n_boot:
+        gen = _rng(rng)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            nxa, nya = _boot_resample((xa, ya), n_boot, gen)
+            nxb, nyb = _boot_resample((xb, yb), n_boot, gen)
+            boot_a, boot_b = nxa / nya, nxb / nyb
+            boot_diff = boot_b - boot_a
+            finite = boot_diff[np.isfinite(boot_diff)]
+            boot_ci = _percentile(boot_diff, alpha)
+            boot_se = float(finite.std(ddof=1)) if finite.size > 1 else math.nan
+            lift_boot_ci = _percentile(boot_b / boot_a - 1.0, alpha) if ra != 0 else (math.nan, math.nan)
+    else:
+        boot_ci, boot_se, lift_boot_ci = (math.nan, math.nan), math.nan, (math.nan, math.nan)
+    return Comparison(metric=metric, kind="ratio", n_a=len(xa), n_b=len(xb), mean_a=ra, mean_b=rb, diff=diff,
+                      se=se, df=math.inf, diff_ci=(diff - z * se, diff + z * se), p_value=p, lift=lift,
+                      lift_se=lift_se, lift_ci=lift_ci, boot_ci=boot_ci, boot_se=boot_se,
+                      lift_boot_ci=lift_boot_ci, alpha=alpha, n_boot=n_boot, significant=bool(p < alpha))
