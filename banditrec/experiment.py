@@ -29,13 +29,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import optimize, stats
+from scipy import optimize, special, stats
 
 from .errors import ValidationError
 from .validation import as_1d, check_finite
 
 __all__ = [
     "Comparison", "SRM", "assign", "hash_unit", "srm_check", "compare_means", "compare_ratios",
+    "sample_size", "power", "minimum_detectable_effect", "duration_days", "analyse", "format_table",
 ]
 
 _BOOT_CHUNK_CELLS = 2_000_000  # resampled indices held in memory at once, per arm
@@ -160,9 +161,9 @@ def hash_unit(user_ids, salt: str) -> np.ndarray:
     """
     if not isinstance(salt, str):
         raise ValidationError(f"salt must be a str, got {type(salt).__name__}", "salt")
-    ids = user_ids.tolist() if isinstance(user_ids, np.ndarray) else list(user_ids)
     if isinstance(user_ids, np.ndarray) and user_ids.ndim != 1:
         raise ValidationError(f"user_ids must be 1-dimensional, got shape {user_ids.shape}", "user_ids")
+    ids = user_ids.tolist() if isinstance(user_ids, np.ndarray) else list(user_ids)  # np.int64(5) -> "5"
     digests = b"".join(hashlib.blake2b(f"{salt}:{uid}".encode(), digest_size=8).digest() for uid in ids)
     words = np.frombuffer(digests, dtype=">u8").astype(np.uint64)
     return (words >> np.uint64(11)).astype(np.float64) * 2.0**-53
@@ -259,8 +260,8 @@ def compare_means(a, b, *, alpha: float = 0.05, n_boot: int = 2000, rng=None, me
 
     Welch: ``se^2 = s_a^2/n_a + s_b^2/n_b`` (``ddof=1``), Welch--Satterthwaite
     ``df = se^4 / ((s_a^2/n_a)^2/(n_a-1) + (s_b^2/n_b)^2/(n_b-1))``, interval
-    ``diff +- t_{1-alpha/2, df} se``; the p-value is ``scipy.stats.ttest_ind(b, a,
-    equal_var=False)``. Lift: delta method (see :func:`_lift`), normal quantile. Bootstrap:
+    ``diff +- t_{1-alpha/2, df} se``; the p-value ``2 P(T_df > |diff|/se)`` is
+    ``scipy.stats.ttest_ind(b, a, equal_var=False)``'s. Lift: delta method (see :func:`_lift`), normal quantile. Bootstrap:
     ``n_boot`` resamples of customers within each arm independently, percentile intervals of
     ``diff*`` and ``mean_b*/mean_a* - 1``. Assumes independent customers; the t interval
     relies on the CLT, so heavy tails need more customers. If both arms are constant
@@ -277,11 +278,11 @@ def compare_means(a, b, *, alpha: float = 0.05, n_boot: int = 2000, rng=None, me
     se = math.sqrt(va + vb)
     if se > 0:
         df = (va + vb) ** 2 / (va**2 / (na - 1) + vb**2 / (nb - 1))
-        p = float(stats.ttest_ind(b, a, equal_var=False).pvalue)
-        half = float(stats.t.ppf(1 - alpha / 2, df)) * se
+        p = float(2 * special.stdtr(df, -abs(diff) / se))  # == ttest_ind(b, a, equal_var=False), 10x faster
+        half = float(special.stdtrit(df, 1 - alpha / 2)) * se
     else:
         df, p, half = math.nan, math.nan, 0.0
-    z = float(stats.norm.ppf(1 - alpha / 2))
+    z = float(special.ndtri(1 - alpha / 2))
     lift, lift_se, lift_ci = _lift(ma, mb, va, vb, z)
     if n_boot:
         gen = _rng(rng)
@@ -339,8 +340,8 @@ def compare_ratios(num_a, den_a, num_b, den_b, *, alpha: float = 0.05, n_boot: i
     xb, yb, rb, vb = _ratio_arm(num_b, den_b, "num_b", "den_b")
     diff = rb - ra
     se = math.sqrt(va + vb)
-    z = float(stats.norm.ppf(1 - alpha / 2))
-    p = float(2 * stats.norm.sf(abs(diff) / se)) if se > 0 else math.nan
+    z = float(special.ndtri(1 - alpha / 2))
+    p = float(2 * special.ndtr(-abs(diff) / se)) if se > 0 else math.nan
     lift, lift_se, lift_ci = _lift(ra, rb, va, vb, z)
     if n_boot:
         gen = _rng(rng)
@@ -359,3 +360,184 @@ def compare_ratios(num_a, den_a, num_b, den_b, *, alpha: float = 0.05, n_boot: i
                       se=se, df=math.inf, diff_ci=(diff - z * se, diff + z * se), p_value=p, lift=lift,
                       lift_se=lift_se, lift_ci=lift_ci, boot_ci=boot_ci, boot_se=boot_se,
                       lift_boot_ci=lift_boot_ci, alpha=alpha, n_boot=n_boot, significant=bool(p < alpha))
+
+
+# ----------------------------------------------------------------------------- power
+
+
+def _effect(baseline, mde, relative: bool) -> tuple[float, float]:
+    """``(baseline, delta)`` with ``delta`` the absolute effect (``mde * baseline`` if relative)."""
+    try:
+        base = float(baseline)
+    except (TypeError, ValueError):
+        raise ValidationError(f"baseline must be a number, got {baseline!r}", "baseline") from None
+    if not math.isfinite(base):
+        raise ValidationError(f"baseline must be finite, got {baseline!r}", "baseline")
+    try:
+        m = float(mde)
+    except (TypeError, ValueError):
+        raise ValidationError(f"mde must be a number, got {mde!r}", "mde") from None
+    if not math.isfinite(m) or m == 0:
+        raise ValidationError(f"mde must be a finite non-zero number, got {mde!r}", "mde")
+    if relative and base == 0:
+        raise ValidationError("baseline must be non-zero for a relative mde", "baseline")
+    return base, (m * base if relative else m)
+
+
+def _sds(baseline: float, sd, delta: float) -> tuple[float, float]:
+    """Per-customer SDs of control and treatment: ``sd`` for both, or for a proportion
+    (``sd is None``) ``sqrt(p (1 - p))`` at ``p = baseline`` and ``p = baseline + delta``."""
+    if sd is not None:
+        s = _check_positive(sd, "sd")
+        return s, s
+    if not 0.0 < baseline < 1.0:
+        raise ValidationError(f"baseline must be in (0, 1) for a proportion (sd=None), got {baseline}", "baseline")
+    p2 = baseline + delta
+    if not 0.0 < p2 < 1.0:
+        raise ValidationError(f"baseline + effect must stay in (0, 1) for a proportion, got {p2}", "mde")
+    return math.sqrt(baseline * (1 - baseline)), math.sqrt(p2 * (1 - p2))
+
+
+def _z_alpha(alpha: float, two_sided: bool) -> float:
+    return float(stats.norm.ppf(1 - alpha / 2 if two_sided else 1 - alpha))
+
+
+def _power(n: float, delta: float, s_a: float, s_b: float, alpha: float, ratio: float, two_sided: bool) -> float:
+    se = math.sqrt(s_a**2 / n + s_b**2 / (ratio * n))
+    za, shift = _z_alpha(alpha, two_sided), abs(delta) / se
+    return float(stats.norm.cdf(shift - za) + (stats.norm.cdf(-shift - za) if two_sided else 0.0))
+
+
+def _design(baseline, sd, mde, relative, alpha, ratio):
+    alpha = _check_alpha(alpha)
+    ratio = _check_positive(ratio, "ratio")
+    base, delta = _effect(baseline, mde, relative)
+    s_a, s_b = _sds(base, sd, delta)
+    return alpha, ratio, delta, s_a, s_b
+
+
+def power(n_per_arm, *, baseline: float, sd: float | None = None, mde: float, relative: bool = True,
+          alpha: float = 0.05, ratio: float = 1.0, two_sided: bool = True) -> float:
+    """Power of the two-sample z-test with ``n_per_arm`` control and ``ratio * n_per_arm``
+    treatment customers to detect ``mde`` (relative to ``baseline`` unless ``relative=False``).
+
+    ``se = sqrt(s_a^2/n + s_b^2/(ratio n))``; power ``= Phi(|delta|/se - z) + Phi(-|delta|/se - z)``
+    (second term only if two-sided) with ``z = z_{1-alpha/2}`` (``z_{1-alpha}`` one-sided).
+    A mean needs ``sd`` (assumed equal in both arms); with ``sd=None`` the metric is a
+    proportion with ``s^2 = p(1-p)`` at the baseline and at ``baseline + delta``.
+    """
+    n = _check_positive(n_per_arm, "n_per_arm")
+    alpha, ratio, delta, s_a, s_b = _design(baseline, sd, mde, relative, alpha, ratio)
+    return _power(n, delta, s_a, s_b, alpha, ratio, two_sided)
+
+
+def sample_size(*, baseline: float, sd: float | None = None, mde: float, relative: bool = True,
+                alpha: float = 0.05, power: float = 0.8, ratio: float = 1.0, two_sided: bool = True) -> int:
+    """Control-arm customers needed (the treatment arm gets ``ceil(ratio * n)``).
+
+    Closed form ``n = (z_{1-alpha/2} + z_{power})^2 (s_a^2 + s_b^2/ratio) / delta^2``, i.e.
+    ``2 (z_{1-alpha/2} + z_{1-beta})^2 sigma^2 / delta^2`` for equal arms and SDs, rounded up;
+    the result is then the smallest ``n >= 2`` with :func:`power` ``>= power`` (the closed form
+    ignores the far tail, so this moves it by at most one). See :func:`power` for ``sd``.
+    """
+    target = _check_alpha(power, "power")
+    alpha, ratio, delta, s_a, s_b = _design(baseline, sd, mde, relative, alpha, ratio)
+    z = _z_alpha(alpha, two_sided) + float(stats.norm.ppf(target))
+    n = max(2, math.ceil(z**2 * (s_a**2 + s_b**2 / ratio) / delta**2))
+    while _power(n, delta, s_a, s_b, alpha, ratio, two_sided) < target:
+        n += 1
+    while n > 2 and _power(n - 1, delta, s_a, s_b, alpha, ratio, two_sided) >= target:
+        n -= 1
+    return n
+
+
+def minimum_detectable_effect(n_per_arm, *, baseline: float, sd: float | None = None, relative: bool = True,
+                              alpha: float = 0.05, power: float = 0.8, ratio: float = 1.0,
+                              two_sided: bool = True) -> float:
+    """The smallest positive effect (relative to ``baseline`` unless ``relative=False``) that
+    ``n_per_arm`` customers detect with the given power: the root of :func:`power` ``= power``
+    in ``delta`` (about ``(z_{1-alpha/2} + z_{power}) sqrt(s_a^2 + s_b^2/ratio) / sqrt(n)``).
+    For a proportion (``sd=None``) the treatment variance moves with the effect, and an
+    increase beyond ``p = 1`` cannot be detected (raises)."""
+    n = _check_positive(n_per_arm, "n_per_arm")
+    target = _check_alpha(power, "power")
+    alpha = _check_alpha(alpha)
+    ratio = _check_positive(ratio, "ratio")
+    base, _ = _effect(baseline, 1.0, relative)
+    s_a, _ = _sds(base, sd, 0.0)
+    z = _z_alpha(alpha, two_sided) + float(stats.norm.ppf(target))
+
+    def gap(delta: float) -> float:
+        sa, sb = _sds(base, sd, delta)
+        return _power(n, delta, sa, sb, alpha, ratio, two_sided) - target
+
+    if sd is not None:
+        hi = 10 * z * s_a * math.sqrt(1 + 1 / ratio) / math.sqrt(n)
+    else:
+        hi = (1 - base) * (1 - 1e-12)
+        if gap(hi) < 0:
+            raise ValidationError(f"n_per_arm={n} cannot detect any increase of a proportion {base} with "
+                                  f"power {target}", "n_per_arm")
+    delta = float(optimize.brentq(gap, 1e-12 * max(1.0, abs(base)), hi, xtol=1e-14, rtol=1e-12))
+    return delta / base if relative else delta
+
+
+def duration_days(n_per_arm, daily_eligible, n_arms: int, traffic_share: float = 1.0) -> int:
+    """Days to enrol ``n_per_arm`` customers in each of ``n_arms`` equal arms:
+    ``ceil(n_per_arm * n_arms / (daily_eligible * traffic_share))``. Assumes ``daily_eligible``
+    *new* eligible customers a day (count returning customers once) of whom ``traffic_share``
+    enter the experiment. Round up to whole weeks yourself if weekly cycles matter."""
+    n = _check_positive(n_per_arm, "n_per_arm")
+    daily = _check_positive(daily_eligible, "daily_eligible")
+    if isinstance(n_arms, bool) or not isinstance(n_arms, (int, np.integer)) or n_arms < 2:
+        raise ValidationError(f"n_arms must be an integer >= 2, got {n_arms!r}", "n_arms")
+    share = _check_positive(traffic_share, "traffic_share")
+    if share > 1:
+        raise ValidationError(f"traffic_share must be in (0, 1], got {traffic_share!r}", "traffic_share")
+    return math.ceil(n * n_arms / (daily * share) - 1e-9)
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def analyse(metrics: Mapping[str, tuple], *, alpha: float = 0.05, n_boot: int = 2000, rng=None) -> list[Comparison]:
+    """One :class:`Comparison` per metric, in the mapping's order.
+
+    ``metrics[name]`` is ``(a, b)`` -- per-customer values, :func:`compare_means` -- or
+    ``(num_a, den_a, num_b, den_b)`` -- a ratio of sums, :func:`compare_ratios`. Each metric
+    bootstraps with its own stream, ``rng.spawn``-ed in order, so adding a metric at the end
+    leaves the others' intervals unchanged.
+    """
+    if not isinstance(metrics, Mapping) or not metrics:
+        raise ValidationError("metrics must be a non-empty mapping of name -> arrays", "metrics")
+    streams = _rng(rng).spawn(len(metrics))
+    rows = []
+    for (name, arrays), gen in zip(metrics.items(), streams):
+        if not isinstance(arrays, (tuple, list)) or len(arrays) not in (2, 4):
+            raise ValidationError(f"metrics[{name!r}] must be (a, b) or (num_a, den_a, num_b, den_b)",
+                                  "metrics")
+        compare = compare_means if len(arrays) == 2 else compare_ratios
+        rows.append(compare(*arrays, alpha=alpha, n_boot=n_boot, rng=gen, metric=str(name)))
+    return rows
+
+
+def _num(x: float) -> str:
+    return "nan" if not math.isfinite(x) else f"{x:.4g}"
+
+
+def _ci(ci: tuple[float, float], scale: float = 1.0) -> str:
+    return f"[{_num(ci[0] * scale)}, {_num(ci[1] * scale)}]"
+
+
+def format_table(rows: Sequence[Comparison]) -> str:
+    """A Markdown table of :func:`analyse`'s rows (4 significant digits; lift in %)."""
+    level = f"{100 * (1 - rows[0].alpha):g}%" if rows else "95%"
+    head = ["metric", "control", "treatment", f"diff [{level} CI]", f"lift % [{level} CI]",
+            f"bootstrap {level} CI", "p-value"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        p = "nan" if not math.isfinite(r.p_value) else (f"{r.p_value:.2e}" if r.p_value < 1e-4 else f"{r.p_value:.4f}")
+        cells = [r.metric, _num(r.mean_a), _num(r.mean_b), f"{_num(r.diff)} {_ci(r.diff_ci)}",
+                 f"{_num(100 * r.lift)} {_ci(r.lift_ci, 100)}", _ci(r.boot_ci), p + (" *" if r.significant else "")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

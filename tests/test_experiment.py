@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from banditrec.errors import ValidationError
-from banditrec.experiment import assign, compare_means, compare_ratios, hash_unit, srm_check
+from banditrec.experiment import (analyse, assign, compare_means, compare_ratios, duration_days, format_table,
+                                  hash_unit, minimum_detectable_effect, power, sample_size, srm_check)
 
 
 def within(x: float, target: float, tol: float) -> bool:
@@ -149,8 +150,10 @@ def test_welch_interval_matches_the_hand_formula_and_scipy(alpha):
     assert c.df == pytest.approx(df, rel=1e-12)
     assert c.diff_ci == pytest.approx((diff - q * se, diff + q * se), rel=1e-10)
     assert c.p_value == pytest.approx(2 * stats.t.sf(abs(diff) / se, df), rel=1e-9)
-    ci = stats.ttest_ind(b, a, equal_var=False).confidence_interval(confidence_level=1 - alpha)
+    welch = stats.ttest_ind(b, a, equal_var=False)
+    ci = welch.confidence_interval(confidence_level=1 - alpha)
     assert c.diff_ci == pytest.approx((ci.low, ci.high), rel=1e-10)
+    assert c.p_value == pytest.approx(welch.pvalue, rel=1e-9)
     assert c.significant == (c.p_value < alpha)
     assert c.lift == pytest.approx(b.mean() / a.mean() - 1, rel=1e-12)
 
@@ -203,6 +206,14 @@ def test_compare_means_does_not_touch_its_inputs():
     a0, b0 = a.copy(), b.copy()
     compare_means(a, b, n_boot=50, rng=0)
     assert np.array_equal(a, a0) and np.array_equal(b, b0)
+
+
+def test_degenerate_arms_give_nan_rather_than_a_verdict():
+    c = compare_means(np.zeros(20), np.zeros(30), n_boot=100, rng=0)
+    assert c.diff == 0 and c.diff_ci == (0.0, 0.0) and math.isnan(c.p_value) and not c.significant
+    assert math.isnan(c.lift) and math.isnan(c.lift_ci[0]) and math.isnan(c.lift_boot_ci[0])
+    r = compare_ratios(np.zeros(20), np.ones(20), np.r_[1.0, np.zeros(19)], np.ones(20), n_boot=0)
+    assert r.mean_a == 0 and math.isnan(r.lift) and r.diff == pytest.approx(0.05)
 
 
 @pytest.mark.parametrize("a, b, kw, field", [
@@ -328,3 +339,123 @@ def test_compare_ratios_rejects_bad_input(args, kw, field):
     with pytest.raises(ValidationError) as err:
         compare_ratios(*args, **kw)
     assert err.value.field == field
+
+
+# ----------------------------------------------------------------------------- power
+
+Z95, Z80 = stats.norm.ppf(0.975), stats.norm.ppf(0.8)
+
+
+def test_sample_size_is_the_closed_form():
+    """n = 2 (z_{1-a/2} + z_{1-b})^2 sigma^2 / delta^2, rounded up (or one less: the function
+    returns the smallest n reaching the power, counting the far tail)."""
+    closed = 2 * (Z95 + Z80) ** 2 * 4.0**2 / 0.5**2
+    assert sample_size(baseline=10, sd=4, mde=0.05) in {math.ceil(closed) - 1, math.ceil(closed)}
+    assert sample_size(baseline=10, sd=4, mde=0.5, relative=False) == sample_size(baseline=10, sd=4, mde=0.05)
+    one_sided = 2 * (stats.norm.ppf(0.95) + Z80) ** 2 * 16 / 0.25
+    assert sample_size(baseline=10, sd=4, mde=0.05, two_sided=False) == math.ceil(one_sided)
+    unequal = (Z95 + Z80) ** 2 * (16 + 16 / 2) / 0.25  # treatment twice the control
+    assert sample_size(baseline=10, sd=4, mde=0.05, ratio=2) in {math.ceil(unequal) - 1, math.ceil(unequal)}
+    p1, p2 = 0.1, 0.12
+    prop = (Z95 + Z80) ** 2 * (p1 * (1 - p1) + p2 * (1 - p2)) / (p2 - p1) ** 2
+    assert sample_size(baseline=0.1, mde=0.2) in {math.ceil(prop) - 1, math.ceil(prop)}
+
+
+@pytest.mark.parametrize("kw", [dict(baseline=10, sd=4, mde=0.05), dict(baseline=0.1, mde=0.2),
+                                dict(baseline=0.03, mde=0.1, alpha=0.01, power=0.9, ratio=0.5)])
+def test_sample_size_is_the_smallest_n_with_enough_power(kw):
+    n = sample_size(**kw)
+    target = kw.get("power", 0.8)
+    opts = {k: v for k, v in kw.items() if k != "power"}
+    assert power(n, **opts) >= target > power(n - 1, **opts)
+    mde = minimum_detectable_effect(n, **{k: v for k, v in kw.items() if k != "mde"})
+    assert power(n, **{**opts, "mde": mde}) == pytest.approx(target, abs=1e-9)
+    assert mde <= kw["mde"] and power(n - 1, **{**opts, "mde": mde}) < target
+
+
+def test_sample_size_achieves_its_power_by_simulation():
+    """At n = sample_size(...) per arm, 3,000 simulated experiments reject H0 in 80% +- 3%
+    (4 standard errors): normal metric by Welch's test, proportion by the two-proportion z-test."""
+    rng = np.random.default_rng(13)
+    reps = 3000
+    n = sample_size(baseline=10, sd=4, mde=0.05)
+    a = rng.normal(10, 4, (reps, n))
+    b = rng.normal(10.5, 4, (reps, n))
+    rate = np.mean(stats.ttest_ind(b, a, axis=1, equal_var=False).pvalue < 0.05)
+    assert within(rate, 0.8, 0.03), rate
+    # half the customers: visibly underpowered (power about 0.51)
+    half = np.mean(stats.ttest_ind(b[:, : n // 2], a[:, : n // 2], axis=1, equal_var=False).pvalue < 0.05)
+    assert half < 0.6, half
+    n = sample_size(baseline=0.1, mde=0.2)
+    pa, pb = rng.binomial(n, 0.1, reps) / n, rng.binomial(n, 0.12, reps) / n
+    z = (pb - pa) / np.sqrt((pa * (1 - pa) + pb * (1 - pb)) / n)
+    rate = np.mean(np.abs(z) > Z95)
+    assert within(rate, 0.8, 0.03), rate
+
+
+def test_mde_shrinks_as_one_over_root_n():
+    m1 = minimum_detectable_effect(1000, baseline=10, sd=4)
+    m4 = minimum_detectable_effect(4000, baseline=10, sd=4)
+    assert m4 == pytest.approx(m1 / 2, rel=1e-6)
+    assert m1 == pytest.approx((Z95 + Z80) * 4 * math.sqrt(2 / 1000) / 10, rel=1e-4)
+    assert minimum_detectable_effect(1000, baseline=10, sd=4, relative=False) == pytest.approx(10 * m1)
+
+
+def test_duration_days():
+    assert duration_days(1000, 500, 2) == 4
+    assert duration_days(1005, 500, 2, traffic_share=0.5) == 9
+    assert duration_days(10_000, 3000, 3, traffic_share=0.2) == 50
+
+
+@pytest.mark.parametrize("call, field", [
+    (lambda: sample_size(baseline=5, mde=0.1), "baseline"),
+    (lambda: sample_size(baseline=0.9, mde=0.2), "mde"),
+    (lambda: sample_size(baseline=10, sd=4, mde=0), "mde"),
+    (lambda: sample_size(baseline=10, sd=-4, mde=0.1), "sd"),
+    (lambda: sample_size(baseline=0, sd=4, mde=0.1), "baseline"),
+    (lambda: sample_size(baseline=10, sd=4, mde=0.1, alpha=1.0), "alpha"),
+    (lambda: sample_size(baseline=10, sd=4, mde=0.1, power=1.0), "power"),
+    (lambda: sample_size(baseline=10, sd=4, mde=0.1, ratio=0), "ratio"),
+    (lambda: power(0, baseline=10, sd=4, mde=0.1), "n_per_arm"),
+    (lambda: minimum_detectable_effect(10, baseline=0.999), "n_per_arm"),
+    (lambda: duration_days(100, 10, 1), "n_arms"),
+    (lambda: duration_days(100, 0, 2), "daily_eligible"),
+    (lambda: duration_days(100, 10, 2, traffic_share=1.5), "traffic_share"),
+])
+def test_power_functions_reject_bad_input(call, field):
+    with pytest.raises(ValidationError) as err:
+        call()
+    assert err.value.field == field
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def test_analyse_dispatches_and_gives_each_metric_its_own_stream():
+    rng = np.random.default_rng(14)
+    rev_a, rev_b = rng.exponential(10, 400), rng.exponential(11, 400)
+    xa, ya = clustered_ctr(rng, 400, 0.05, 0.3)
+    xb, yb = clustered_ctr(rng, 400, 0.06, 0.3)
+    rows = analyse({"revenue": (rev_a, rev_b), "ctr": (xa, ya, xb, yb)}, n_boot=300, rng=15)
+    streams = np.random.default_rng(15).spawn(2)
+    assert rows[0] == compare_means(rev_a, rev_b, n_boot=300, rng=streams[0], metric="revenue")
+    assert rows[1] == compare_ratios(xa, ya, xb, yb, n_boot=300, rng=streams[1], metric="ctr")
+    alone = analyse({"revenue": (rev_a, rev_b)}, n_boot=300, rng=15)
+    assert alone[0] == rows[0]
+    with pytest.raises(ValidationError) as err:
+        analyse({"x": (rev_a, rev_b, rev_a)})
+    assert err.value.field == "metrics"
+
+
+def test_format_table_is_markdown_with_one_row_per_metric():
+    rng = np.random.default_rng(16)
+    rows = analyse({"revenue": (rng.normal(10, 2, 500), rng.normal(11, 2, 500)),
+                    "retention": (rng.random(500) < 0.3, rng.random(500) < 0.3)}, n_boot=200, rng=17)
+    table = format_table(rows)
+    lines = table.strip().split("\n")
+    assert len(lines) == 4 and all(line.startswith("|") and line.endswith("|") for line in lines)
+    assert lines[0].count("|") == lines[2].count("|") == 8
+    assert "p-value" in lines[0] and "95% CI" in lines[0]
+    assert lines[2].startswith("| revenue | ") and lines[2].endswith(" * |")  # 1 sd: significant
+    assert f"{rows[0].mean_a:.4g}" in lines[2] and f"{100 * rows[0].lift:.4g}" in lines[2]
+    assert lines[3].startswith("| retention | ")
