@@ -161,9 +161,62 @@ class EpsilonGreedySlate:
         Each slot uses one uniform draw ``u``: ``u < eps_k`` picks uniformly among the
         candidates not yet shown, otherwise uniformly among the best remaining tie group. The
         logged propensity is the mixture probability of the item, as in :meth:`slot_pmf`.
+
+        Without ties (the served case: real-valued scores) a shorter path does the same
+        arithmetic on the same draws -- same slate, propensities and marginals, bit for bit
+        (``tests/test_sampling.py`` checks it against the general path): the greedy pick is
+        the best unshown rank, and the swap-removed list of unshown candidates is kept as its
+        few changed cells over the identity instead of as lists of length n.
         """
-        n, n_slots = self.n_candidates, self.n_slots
         order_a, group_a, sizes_a = self._ranking()
+        if len(sizes_a) == len(order_a):
+            return self._sample_strict(rng, order_a)
+        return self._sample_general(rng, order_a, group_a, sizes_a)
+
+    def _sample_strict(self, rng: np.random.Generator, order_a: np.ndarray) -> SlateSample:
+        """:meth:`sample` when no two scores tie (every tie group has one candidate)."""
+        n, n_slots = self.n_candidates, self.n_slots
+        remaining: dict[int, int] = {}  # position -> candidate, where it differs from the identity
+        where: dict[int, int] = {}  # candidate -> position, likewise
+        shown: set[int] = set()
+        top = 0  # first rank not yet shown
+        index, prop, rank_of = [0] * n_slots, [0.0] * n_slots, [0] * n_slots
+        eps = self.epsilon.tolist()
+        greedy_ranks = None  # rank of each candidate, built only if an exploring slot needs it
+        for k, u in enumerate(rng.random(n_slots).tolist()):
+            e, left = eps[k], n - k
+            while int(order_a[top]) in shown:
+                top += 1
+            if u < e:
+                j = min(int(u / e * left), left - 1)
+                i = remaining.get(j, j)
+                if greedy_ranks is None:
+                    greedy_ranks = np.empty(n, dtype=np.int64)
+                    greedy_ranks[order_a] = np.arange(n)
+                r = int(greedy_ranks[i])
+            else:
+                r, i = top, int(order_a[top])
+            prop[k] = e / left + ((1.0 - e) if r == top else 0.0)
+            index[k], rank_of[k] = i, r
+            shown.add(i)
+            last_pos = left - 1  # swap-remove i: the last unshown candidate takes its position
+            last = remaining.get(last_pos, last_pos)
+            if last != i:
+                pos = where.get(i, i)
+                remaining[pos] = last
+                where[last] = pos
+        index = np.array(index, dtype=np.int64)
+        prop = np.array(prop)
+        table = _rank_slot_marginals_cached(n, tuple(eps)) if n * n_slots <= _CACHE_MAX_CELLS \
+            else _rank_slot_marginals(n, tuple(eps))  # what rank_slot_marginals returns, without re-checking
+        marg = table.ravel().take([r * n_slots + k for k, r in enumerate(rank_of)])
+        log_joint = float(np.log(prop).sum())
+        return SlateSample(index=index, propensity=prop, marginal=marg, joint=float(np.exp(log_joint)),
+                           log_joint=log_joint)
+
+    def _sample_general(self, rng: np.random.Generator, order_a, group_a, sizes_a) -> SlateSample:
+        """:meth:`sample` with ties: greedy picks are uniform within the best unshown tie group."""
+        n, n_slots = self.n_candidates, self.n_slots
         group_of_a = np.empty(n, dtype=np.int64)
         group_of_a[order_a] = group_a
         order, group, sizes, group_of = order_a.tolist(), group_a.tolist(), sizes_a.tolist(), group_of_a.tolist()
