@@ -69,6 +69,20 @@ class _Inputs(NamedTuple):
     surface: str
 
 
+def time_ordered_id() -> str:
+    """A 32-hex-digit event id: the wall clock in milliseconds (12 digits), then 80 random bits
+    from the OS (as UUIDv7 lays them out, without the version bits).
+
+    Why time-ordered: the log's unique index on ``event_id`` (and the slots' primary key that
+    starts with it) then grows at its right edge, like ``seq`` does; random ids land on a random
+    index page per decision, which is one more page read and written per commit once the index
+    outgrows SQLite's page cache (measured: 133 against 106 us of log CPU per decision by the
+    20,000th decision). Unseeded engines only: a seeded engine draws its ids from its stream,
+    so that a seeded run repeats them.
+    """
+    return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(10)}"
+
+
 def _policy_error(exc: ValidationError) -> ValidationError:
     if exc.field != "scores":
         return exc
@@ -136,8 +150,9 @@ class Engine:
     n_candidates : candidates generated per request when the request brings none
     min_epsilon : exploration floor mixed into every served slot (must be > 0)
     seed : seeds the sampler and the event-id streams (a seeded run is reproducible);
-        ``None`` samples from fresh entropy and takes event ids from the OS, so that forked
-        serving processes never share a stream
+        ``None`` samples from fresh entropy and takes time-ordered event ids with 80 random
+        bits from the OS (:func:`time_ordered_id`), so that forked serving processes never
+        share a stream
     clock : callable returning the current time in seconds (injectable for simulations)
     session_window_s : interaction events (``log.write_event``) younger than this shape the
         candidates of a user's decisions (``None``: events are ignored)
@@ -394,7 +409,7 @@ class Engine:
             # the logged params of a policy change only with its (frozen) config: serialised once
             cached = self._params = (policy, policy.config,
                                      LoggedParams({**policy.params, "min_epsilon": self.min_epsilon}))
-        event_id = self._ids.bytes(16).hex() if self._ids is not None else secrets.token_hex(16)
+        event_id = self._ids.bytes(16).hex() if self._ids is not None else time_ordered_id()
         return draw, self.model_version, policy.name, cached[2], event_id
 
     def _build(self, inp: "_Inputs", draw, model_version: str, policy_name: str, params, event_id: str):

@@ -3,13 +3,18 @@ partial writes, out-of-range contexts, event ids."""
 
 from __future__ import annotations
 
+import json
 import math
+import time
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from banditrec.errors import ValidationError
 from banditrec.store import DecisionLog
+from banditrec.store.log import _json_strings
 from conftest import make_engine
 
 CTX = [0.1, -0.2, 0.3, 0.4]
@@ -91,6 +96,22 @@ def test_unseeded_engines_take_event_ids_from_the_os(small_shop):
     a, b = make_engine(small_shop, seed=None), make_engine(small_shop, seed=None)
     ids = {a.decide("u1", 2, context=CTX).event_id for _ in range(50)} | {b.decide("u1", 2, context=CTX).event_id for _ in range(50)}
     assert len(ids) == 100 and all(len(i) == 32 for i in ids)
+
+
+def test_unseeded_event_ids_start_with_the_wall_clock_in_milliseconds(small_shop):
+    """Time-ordered ids (the log's event_id index then grows at its end): the first 12 hex
+    digits are the millisecond clock at decision time, the other 20 differ between ids."""
+    engine = make_engine(small_shop, seed=None)
+    before = time.time_ns() // 1_000_000
+    ids = [engine.decide("u1", 2, context=CTX).event_id for _ in range(30)]
+    after = time.time_ns() // 1_000_000
+    stamps = [int(i[:12], 16) for i in ids]
+    assert all(before <= t <= after for t in stamps) and stamps == sorted(stamps)
+    assert len({i[12:] for i in ids}) == 30 and all(int(i, 16) >= 0 for i in ids)
+    # a seeded engine still draws its ids from its own stream: the same seed, the same ids
+    seeded = [[make_engine(small_shop, seed=5).decide("u1", 2, context=CTX).event_id for _ in range(1)][0]
+              for _ in range(2)]
+    assert seeded[0] == seeded[1] and abs(int(seeded[0][:12], 16) - before) > 10 ** 9
 
 
 def test_served_exploration_floor_is_logged_with_the_policy_params(small_shop):
@@ -246,3 +267,13 @@ def test_a_serving_log_checkpoints_the_wal_from_its_own_thread(small_shop, tmp_p
     log.close()
     assert not thread.is_alive()
     assert DecisionLog(path).integrity_ok()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.text(max_size=8), st.from_regex(r"[a-z0-9_-]{1,8}", fullmatch=True)), max_size=12))
+def test_the_logged_candidate_list_is_exactly_what_json_dumps_writes(ids):
+    """The log writes candidate ids with a join when nothing needs escaping; the text must be
+    json.dumps's, character for character, for any strings (quotes, backslashes, control
+    characters, non-ASCII fall back to json.dumps)."""
+    assert _json_strings(tuple(ids)) == json.dumps(ids)
+    assert json.loads(_json_strings(ids)) == ids

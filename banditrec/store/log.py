@@ -195,7 +195,7 @@ def decision_rows(decision: Decision, policy_params: dict, candidate_index, slot
         _params_json(policy_params),
         decision.model_version,
         len(decision.slots),
-        json.dumps(list(decision.candidates)),
+        _json_strings(decision.candidates),
         json.dumps(_int_list(candidate_index)),
         json.dumps(np.asarray(context, dtype=float).ravel().tolist()),
         float(decision.joint_propensity),
@@ -207,6 +207,20 @@ def decision_rows(decision: Decision, policy_params: dict, candidate_index, slot
         for s, idx in zip(decision.slots, _int_list(slot_index), strict=True)
     ]
     return row, slot_rows
+
+
+def _json_strings(values) -> str:
+    """``json.dumps(list(values))`` for a sequence of strings, the same text, ~10x faster for
+    the usual ids (printable ASCII without quotes or backslashes: nothing to escape, so the
+    list is its items joined); anything else goes through ``json.dumps``."""
+    values = list(values)
+    try:
+        flat = "".join(values)  # a TypeError unless every value is a str
+    except TypeError:
+        return json.dumps(values)
+    if flat.isascii() and flat.isprintable() and '"' not in flat and "\\" not in flat:
+        return '["' + '", "'.join(values) + '"]' if values else "[]"
+    return json.dumps(values)
 
 
 def _int_list(values) -> list[int]:
