@@ -19,6 +19,7 @@ from .candidates import ItemItemCF
 from .errors import ValidationError
 from .offline import learning_inputs
 from .policies import Policy, Request
+from .policies.slate import sample_slates
 from .store import DecisionLog
 from .store.log import LoggedParams
 from .types import Decision, Reward, Slot
@@ -326,7 +327,12 @@ class Engine:
                 raise
         with self._lock:
             dists = self._distributions(inputs)
-            draws = [self._draw(inp, dist) for inp, dist in zip(inputs, dists)]
+            todo = [i for i, dist in enumerate(dists) if dist is not None]
+            samples: list = [None] * len(inputs)
+            # every slate from the one stream in request order, as decide() would draw them
+            for i, sample in zip(todo, sample_slates([dists[i] for i in todo], self._sampler)):
+                samples[i] = sample
+            draws = [self._stamp(sample) for sample in samples]
         records = []
         for inp, draw in zip(inputs, draws):
             decision, record = self._build(inp, *draw)
@@ -402,7 +408,11 @@ class Engine:
 
     def _draw(self, inp: "_Inputs", dist) -> tuple:
         """Sample ``dist`` and take an event id (under the engine's lock)."""
-        draw = dist.sample(self._sampler) if dist is not None else None
+        return self._stamp(dist.sample(self._sampler) if dist is not None else None)
+
+    def _stamp(self, draw) -> tuple:
+        """A sampled slate (or ``None``) with the model version, policy, logged params and a
+        new event id (under the engine's lock)."""
         policy = self.policy
         cached = self._params
         if cached is None or cached[0] is not policy or cached[1] is not policy.config:

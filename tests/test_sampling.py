@@ -10,6 +10,7 @@ import pytest
 from banditrec.errors import ValidationError
 from banditrec.policies import EpsilonGreedySlate
 from banditrec.policies.sampling import PlackettLuceSlate, SampledRankingSlate, SequentialSlate
+from banditrec.policies.slate import sample_slates
 
 
 def enumerate_slates(dist, n, k):
@@ -174,7 +175,7 @@ def test_untied_fast_sampler_equals_the_general_sampler_draw_for_draw(n, eps):
         assert len(np.unique(scores)) == n
         a, b = np.random.default_rng(trial), np.random.default_rng(trial)
         fast = dist.sample(a)
-        ref = dist._sample_general(b, *dist._ranking())
+        ref = dist._sample_general(b.random(len(eps)).tolist(), *dist._ranking())
         np.testing.assert_array_equal(fast.index, ref.index)
         assert fast.propensity.tolist() == ref.propensity.tolist()
         assert fast.marginal.tolist() == ref.marginal.tolist()
@@ -195,3 +196,43 @@ def test_tied_scores_still_take_the_tie_aware_sampler():
         np.testing.assert_allclose(s.propensity, dist.conditionals(s.index), rtol=1e-12)
         seen.add(int(s.index[0]))
     assert {1, 2, 4} <= seen  # each tied best item leads some slates
+
+
+def _same_samples(got, ref):
+    assert len(got) == len(ref)
+    for g, r in zip(got, ref):
+        assert g.index.tolist() == r.index.tolist()
+        assert g.propensity.tolist() == r.propensity.tolist()
+        assert g.marginal.tolist() == r.marginal.tolist()
+        assert (g.joint, g.log_joint, g.marginal_draws) == (r.joint, r.log_joint, r.marginal_draws)
+
+
+def test_a_batch_of_slates_samples_what_one_at_a_time_would():
+    """sample_slates over a batch mixing shapes (n, K, epsilon), tied and untied scores and
+    repeated shapes (the vectorised groups) gives what d.sample(rng) gives in list order, bit
+    for bit, and leaves the stream where the loop leaves it."""
+    gen = np.random.default_rng(7)
+    dists = []
+    for j in range(120):
+        n = int(gen.choice([12, 40, 200]))
+        k = int(gen.choice([1, 3, 10]))
+        eps = [0.1] * k if j % 3 else gen.choice([0.0, 0.05, 0.5, 1.0], size=k)
+        scores = gen.normal(size=n) if j % 7 else gen.integers(0, 4, size=n).astype(float)  # ties
+        dists.append(EpsilonGreedySlate(scores, eps))
+    assert any(d.tied for d in dists) and sum(not d.tied for d in dists) > 50
+    for seed in range(5):
+        a, b = np.random.default_rng(seed), np.random.default_rng(seed)
+        _same_samples(sample_slates(dists, a), [d.sample(b) for d in dists])
+        assert a.random() == b.random()
+        for s in sample_slates(dists, a):  # each is a valid slate of its distribution
+            assert len(set(s.index.tolist())) == len(s.index)
+
+
+def test_a_batch_with_other_slate_kinds_is_sampled_one_by_one_in_order():
+    gen = np.random.default_rng(3)
+    dists = [EpsilonGreedySlate(gen.normal(size=20), [0.2] * 4),
+             PlackettLuceSlate(gen.uniform(0.1, 1.0, size=20), [0.1] * 3, draws=16),
+             EpsilonGreedySlate(gen.normal(size=20), [0.2] * 4)]
+    a, b = np.random.default_rng(1), np.random.default_rng(1)
+    _same_samples(sample_slates(dists, a), [d.sample(b) for d in dists])
+    assert sample_slates([], a) == []

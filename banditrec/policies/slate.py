@@ -168,12 +168,22 @@ class EpsilonGreedySlate:
         the best unshown rank, and the swap-removed list of unshown candidates is kept as its
         few changed cells over the identity instead of as lists of length n.
         """
+        return self._sample_u(rng.random(self.n_slots).tolist())
+
+    def _sample_u(self, uniforms: list) -> SlateSample:
+        """:meth:`sample` given its ``n_slots`` uniform draws."""
         order_a, group_a, sizes_a = self._ranking()
         if len(sizes_a) == len(order_a):
-            return self._sample_strict(rng, order_a)
-        return self._sample_general(rng, order_a, group_a, sizes_a)
+            return self._sample_strict(uniforms, order_a)
+        return self._sample_general(uniforms, order_a, group_a, sizes_a)
 
-    def _sample_strict(self, rng: np.random.Generator, order_a: np.ndarray) -> SlateSample:
+    @property
+    def tied(self) -> bool:
+        """Whether two candidates tie in score."""
+        order, _, sizes = self._ranking()
+        return len(sizes) != len(order)
+
+    def _sample_strict(self, uniforms: list, order_a: np.ndarray) -> SlateSample:
         """:meth:`sample` when no two scores tie (every tie group has one candidate)."""
         n, n_slots = self.n_candidates, self.n_slots
         remaining: dict[int, int] = {}  # position -> candidate, where it differs from the identity
@@ -183,7 +193,7 @@ class EpsilonGreedySlate:
         index, prop, rank_of = [0] * n_slots, [0.0] * n_slots, [0] * n_slots
         eps = self.epsilon.tolist()
         greedy_ranks = None  # rank of each candidate, built only if an exploring slot needs it
-        for k, u in enumerate(rng.random(n_slots).tolist()):
+        for k, u in enumerate(uniforms):
             e, left = eps[k], n - k
             while int(order_a[top]) in shown:
                 top += 1
@@ -214,7 +224,7 @@ class EpsilonGreedySlate:
         return SlateSample(index=index, propensity=prop, marginal=marg, joint=float(np.exp(log_joint)),
                            log_joint=log_joint)
 
-    def _sample_general(self, rng: np.random.Generator, order_a, group_a, sizes_a) -> SlateSample:
+    def _sample_general(self, uniforms: list, order_a, group_a, sizes_a) -> SlateSample:
         """:meth:`sample` with ties: greedy picks are uniform within the best unshown tie group."""
         n, n_slots = self.n_candidates, self.n_slots
         group_of_a = np.empty(n, dtype=np.int64)
@@ -227,7 +237,7 @@ class EpsilonGreedySlate:
         top = 0  # first sorted position not yet shown
         index, prop = [0] * n_slots, [0.0] * n_slots
         eps = self.epsilon.tolist()
-        for k, u in enumerate(rng.random(n_slots).tolist()):
+        for k, u in enumerate(uniforms):
             e, left = eps[k], n - k
             while shown[order[top]]:
                 top += 1
@@ -287,3 +297,89 @@ class EpsilonGreedySlate:
         out = np.empty_like(by_rank)
         out[order] = by_rank
         return out
+
+
+def sample_slates(dists: list, rng: np.random.Generator) -> list[SlateSample]:
+    """``[d.sample(rng) for d in dists]``, the same samples from the same draws, with the
+    untied :class:`EpsilonGreedySlate` s of one shape sampled together (a batch of decisions).
+
+    Every epsilon-greedy slate takes its ``n_slots`` uniforms from ``rng`` in list order, so
+    the whole batch's uniforms are one draw, handed out in that order (a Generator's doubles
+    do not depend on how a run of them is split into calls); slates with ties, and any batch
+    holding another kind of distribution, take their own path one by one. Within a shape
+    ``(n, epsilon)``, each slot is one vectorised step over the group: the same arithmetic as
+    :meth:`EpsilonGreedySlate.sample` on the same numbers, so the same slates, propensities
+    and marginals bit for bit (``tests/test_sampling.py``).
+    """
+    if not all(type(d) is EpsilonGreedySlate for d in dists):
+        return [d.sample(rng) for d in dists]
+    sizes = [d.n_slots for d in dists]
+    flat = rng.random(sum(sizes))
+    starts = np.concatenate(([0], np.cumsum(sizes))).tolist()
+    out: list = [None] * len(dists)
+    groups: dict[tuple, list[int]] = {}
+    for j, d in enumerate(dists):
+        if d.tied:
+            out[j] = d._sample_u(flat[starts[j]:starts[j + 1]].tolist())
+        else:
+            groups.setdefault((d.n_candidates, tuple(d.epsilon.tolist())), []).append(j)
+    for (n, eps), members in groups.items():
+        if len(members) == 1:
+            j = members[0]
+            out[j] = dists[j]._sample_u(flat[starts[j]:starts[j + 1]].tolist())
+            continue
+        order = np.stack([dists[j]._ranking()[0] for j in members])
+        u = np.stack([flat[starts[j]:starts[j + 1]] for j in members])
+        for j, sample in zip(members, _sample_strict_group(order, u, eps)):
+            out[j] = sample
+    return out
+
+
+def _sample_strict_group(order: np.ndarray, u: np.ndarray, eps: tuple) -> list[SlateSample]:
+    """:meth:`EpsilonGreedySlate._sample_strict` for B slates at once: ``order`` (B, n) each
+    slate's candidates by descending score, ``u`` (B, K) their uniforms, one epsilon per slot.
+    The swap-removed lists of unshown candidates are rows of one (B, n) array."""
+    B, n = order.shape
+    K = len(eps)
+    rows = np.arange(B)
+    rank = np.empty_like(order)
+    rank[rows[:, None], order] = np.arange(n)
+    remaining = np.tile(np.arange(n), (B, 1))
+    where = remaining.copy()
+    shown = np.zeros((B, n), dtype=bool)
+    top = np.zeros(B, dtype=np.int64)
+    index = np.empty((B, K), dtype=np.int64)
+    rank_of = np.empty((B, K), dtype=np.int64)
+    prop = np.empty((B, K))
+    for k, e in enumerate(eps):
+        left = n - k
+        while True:  # the first rank not yet shown (at most k steps)
+            stale = shown[rows, order[rows, top]]
+            if not stale.any():
+                break
+            top += stale
+        uk = u[:, k]
+        explore = uk < e
+        i = order[rows, top]
+        if explore.any():
+            with np.errstate(divide="ignore", invalid="ignore"):  # e == 0 explores nowhere
+                j = np.minimum((uk / e * left), left - 1)
+            j = np.where(explore, j, 0).astype(np.int64)  # int() of a non-negative: truncation
+            i = np.where(explore, remaining[rows, j], i)
+        r = rank[rows, i]
+        prop[:, k] = e / left + np.where(r == top, 1.0 - e, 0.0)
+        index[:, k], rank_of[:, k] = i, r
+        shown[rows, i] = True
+        last = remaining[:, left - 1]  # swap-remove i: the last unshown candidate takes its place
+        pos = where[rows, i]
+        remaining[rows, pos] = last
+        where[rows, last] = pos
+    table = _rank_slot_marginals_cached(n, eps) if n * K <= _CACHE_MAX_CELLS else _rank_slot_marginals(n, eps)
+    marg = table[rank_of, np.arange(K)]
+    logs = np.log(prop)
+    out = []
+    for b in range(B):
+        log_joint = float(logs[b].sum())
+        out.append(SlateSample(index=index[b], propensity=prop[b], marginal=marg[b], joint=float(np.exp(log_joint)),
+                               log_joint=log_joint))
+    return out
