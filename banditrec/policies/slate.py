@@ -117,7 +117,7 @@ class EpsilonGreedySlate:
             raise ValidationError("scores and epsilon must be 1-D", "scores")
         if not np.isfinite(scores).all():
             raise ValidationError("policy scores must be finite", "scores")
-        if ((eps < 0) | (eps > 1)).any() or not np.isfinite(eps).all():
+        if len(eps) and not (eps.min() >= 0.0 and eps.max() <= 1.0):  # NaN fails both comparisons
             raise ValidationError(f"epsilon must be in [0, 1], got {eps.tolist()}", "epsilon")
         if len(eps) > len(scores):
             raise ValidationError(
@@ -125,6 +125,8 @@ class EpsilonGreedySlate:
             )
         self.scores = scores
         self.epsilon = eps
+        self._order = None  # candidates by descending score (stable), and whether two tie
+        self._tied = None
         self._rank = None
 
     @property
@@ -144,10 +146,19 @@ class EpsilonGreedySlate:
         e = self.epsilon[k]
         return (e / n_left) * avail + ((1.0 - e) / top.sum()) * top
 
+    def _sorted(self) -> np.ndarray:
+        """Candidates in descending score order (ties in candidate order); sets ``_tied``."""
+        if self._order is None:
+            order = np.argsort(-self.scores, kind="stable")
+            s = self.scores[order]
+            self._tied = bool((s[1:] == s[:-1]).any())
+            self._order = order
+        return self._order
+
     def _ranking(self):
         """Candidates in descending score order, each sorted position's tie group, group sizes."""
         if self._rank is None:
-            order = np.argsort(-self.scores, kind="stable")
+            order = self._sorted()
             s = self.scores[order]
             new_group = np.r_[True, s[1:] != s[:-1]]
             group = np.cumsum(new_group) - 1
@@ -172,16 +183,16 @@ class EpsilonGreedySlate:
 
     def _sample_u(self, uniforms: list) -> SlateSample:
         """:meth:`sample` given its ``n_slots`` uniform draws."""
-        order_a, group_a, sizes_a = self._ranking()
-        if len(sizes_a) == len(order_a):
-            return self._sample_strict(uniforms, order_a)
-        return self._sample_general(uniforms, order_a, group_a, sizes_a)
+        order = self._sorted()
+        if not self._tied:
+            return self._sample_strict(uniforms, order)
+        return self._sample_general(uniforms, *self._ranking())
 
     @property
     def tied(self) -> bool:
         """Whether two candidates tie in score."""
-        order, _, sizes = self._ranking()
-        return len(sizes) != len(order)
+        self._sorted()
+        return self._tied
 
     def _sample_strict(self, uniforms: list, order_a: np.ndarray) -> SlateSample:
         """:meth:`sample` when no two scores tie (every tie group has one candidate)."""
@@ -328,7 +339,7 @@ def sample_slates(dists: list, rng: np.random.Generator) -> list[SlateSample]:
             j = members[0]
             out[j] = dists[j]._sample_u(flat[starts[j]:starts[j + 1]].tolist())
             continue
-        order = np.stack([dists[j]._ranking()[0] for j in members])
+        order = np.stack([dists[j]._sorted() for j in members])
         u = np.stack([flat[starts[j]:starts[j + 1]] for j in members])
         for j, sample in zip(members, _sample_strict_group(order, u, eps)):
             out[j] = sample

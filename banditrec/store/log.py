@@ -177,15 +177,18 @@ def decision_rows(decision: Decision, policy_params: dict, candidate_index, slot
         raise ValidationError(
             f"a decision with {len(decision.slots)} slots and {len(decision.candidates)} candidates needs "
             f"as many indices, got {len(slot_index)} and {len(candidate_index)}", "slots")
-    positions = [s.position for s in decision.slots]
+    slots = decision.slots
+    positions = [s.position for s in slots]
     if positions != list(range(len(positions))):
         raise ValidationError(f"slot positions must be 0..{len(positions) - 1} in order, got {positions}", "slots")
-    pinned = [s.source == "pinned" for s in decision.slots]
-    if any(pinned[i] and not pinned[i - 1] for i in range(1, len(pinned))):
-        raise ValidationError("pinned slots must come first (readers number the policy's slots after them)",
-                              "slots")
-    if any(p and (s.propensity != 1.0 or s.marginal != 1.0) for p, s in zip(pinned, decision.slots)):
-        raise ValidationError("a pinned slot is shown by rule: its propensity and marginal must be 1", "slots")
+    sources = [s.source for s in slots]
+    if "pinned" in sources:  # (the pinned checks, only for decisions that pin)
+        pinned = [source == "pinned" for source in sources]
+        if any(pinned[i] and not pinned[i - 1] for i in range(1, len(pinned))):
+            raise ValidationError("pinned slots must come first (readers number the policy's slots after them)",
+                                  "slots")
+        if any(p and (s.propensity != 1.0 or s.marginal != 1.0) for p, s in zip(pinned, slots)):
+            raise ValidationError("a pinned slot is shown by rule: its propensity and marginal must be 1", "slots")
     row = (
         decision.event_id,
         float(decision.ts),
