@@ -19,12 +19,21 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 bind = os.environ.get("BANDITREC_BIND", "127.0.0.1:8000")
 # Measured on 2 cores (bench/run.py --only http, one run each on a shared machine): 2 workers x
 # 2 threads 875 decide requests/s, 4 x 1 922, 3 x 2 891 -- within this machine's run-to-run noise,
-# so the smallest footprint stays. gthread workers spread keep-alive connections unevenly
-# (whichever worker wakes first accepts; one took 0.80 of a core, the other 0.25), which more
-# workers do not fix; balancing them (SO_REUSEPORT sockets per worker) is not measured yet.
+# so the smallest footprint stays.
 workers = int(os.environ.get("BANDITREC_WORKERS", "2"))
 worker_class = "gthread"
 threads = int(os.environ.get("BANDITREC_THREADS", "2"))
+# One listening socket per worker (SO_REUSEPORT; gunicorn opens it after the fork), so the kernel
+# spreads new connections over the workers by a hash of their addresses. With one shared socket
+# whichever worker wakes first accepts, and a gthread worker keeps every keep-alive connection it
+# accepted: measured (bench/service_bench.py, 8 connections), the bare route's workers ran at
+# 0.97 + 0.44, 0.93 + 0.00 and 0.95 + 0.80 of a core in three runs (1,800 to 5,200 requests/s
+# from one run to the next), and one single-threaded decide run put all 8 connections on one
+# worker (0.84 + 0.01 cores, 600 requests/s). With per-worker sockets every run spread both
+# routes (0.78-0.97 of a core each); a GIL-bound worker cannot use a second core, so that is
+# the difference between one core and two. A worker that dies loses the connections waiting in
+# its own accept queue (their clients see a reset, never a 2xx for an unlogged decision).
+reuse_port = os.environ.get("BANDITREC_REUSE_PORT", "1") not in ("", "0", "false", "no")
 keepalive = 5
 timeout = 30
 graceful_timeout = 10
