@@ -66,7 +66,7 @@ class _Inputs(NamedTuple):
     pin_ids: list
     cand_idx: np.ndarray
     cand_ids: tuple
-    source: np.ndarray
+    source: np.ndarray | str  # each candidate's source, or one source for all (request candidates)
     surface: str
 
 
@@ -122,7 +122,7 @@ class ItemTable:
         """Catalog indices of ``item_ids``; an unknown id is an error naming its position
         (or, with ``skip_unknown``, left out)."""
         try:  # the served case, every id known: one C-level dict lookup per id
-            return np.array(list(map(self._index.__getitem__, item_ids)), dtype=np.int64)
+            return np.fromiter(map(self._index.__getitem__, item_ids), dtype=np.int64, count=len(item_ids))
         except (KeyError, TypeError):
             pass
         get = self._index.get
@@ -261,7 +261,7 @@ class Engine:
                 raise ValidationError("candidates must not repeat an item", "candidates")
             if len(excluded):
                 idx = idx[~np.isin(idx, excluded)]
-            source = np.full(len(idx), SOURCE_REQUEST, dtype=object)
+            source = SOURCE_REQUEST  # every candidate's
         else:
             history = self.history(user_id)
             session = self.session(user_id)
@@ -433,11 +433,11 @@ class Engine:
         if draw is not None:
             ids, source = self.items.ids, inp.source
             draws = int(draw.marginal_draws)
+            sources = [source] * len(index) if isinstance(source, str) else [str(source[j]) for j in index.tolist()]
             slots += tuple(
-                Slot(position=p + k, item_id=ids[i], propensity=prop, marginal=marg, source=str(source[j]),
-                     marginal_draws=draws)
-                for k, (i, j, prop, marg) in enumerate(zip(chosen.tolist(), index.tolist(), draw.propensity.tolist(),
-                                                           draw.marginal.tolist()))
+                Slot(position=p + k, item_id=ids[i], propensity=prop, marginal=marg, source=src, marginal_draws=draws)
+                for k, (i, src, prop, marg) in enumerate(zip(chosen.tolist(), sources, draw.propensity.tolist(),
+                                                             draw.marginal.tolist()))
             )
         joint, log_joint = (draw.joint, draw.log_joint) if draw is not None else (1.0, 0.0)
         if p:
