@@ -3,8 +3,8 @@
 (a) a bare Flask route that parses the same JSON body and answers a constant decision, and
 (b) ``POST /v1/decide`` (200 request candidates, 10 slots, LinUCB, every decision logged to
 SQLite), each served by the same gunicorn configuration (``banditrec/service/gunicorn_conf.py``:
-2 gthread workers x 2 threads, a SO_REUSEPORT listening socket per worker), driven at 8
-concurrent keep-alive connections; then
+2 gthread workers x 2 threads; one listening socket shared by the workers unless
+``BANDITREC_REUSE_PORT=1`` gives each its own), driven at 8 concurrent keep-alive connections; then
 (c) ``POST /v1/decide/batch`` in calls of 50 requests, as logged decisions per second; and
 (d) a ceiling for (c): the decision log alone writing pre-encoded rows of the same decisions.
 
@@ -275,8 +275,9 @@ def bench_service(seconds: float = 5.0, rounds: int = 2) -> list[list]:
     ]
     bare_ms = sum(b["worker_cores"]) / b["rps"] * 1e3
     decide_ms = sum(d["worker_cores"]) / d["rps"] * 1e3
-    note = (f"gunicorn, banditrec/service/gunicorn_conf.py (2 gthread workers x 2 threads, a SO_REUSEPORT "
-            f"socket each), 127.0.0.1; "
+    reuse = os.environ.get("BANDITREC_REUSE_PORT", "0") not in ("", "0", "false", "no")
+    sockets = "a SO_REUSEPORT socket each" if reuse else "one shared listening socket"
+    note = (f"gunicorn, banditrec/service/gunicorn_conf.py (2 gthread workers x 2 threads, {sockets}), 127.0.0.1; "
             f"{CONNECTIONS} keep-alive connections ({PROCS} client processes x {CONNECTIONS // PROCS} threads); "
             f"{N_CAND} candidates, {N_SLOTS} slots, context {dim}, {SPEC}, SQLite WAL log; {rounds} x {seconds:g} s "
             f"per case, interleaved; p50 = median of rounds, p99 = worst round. 'worker cores' = CPU each gunicorn "

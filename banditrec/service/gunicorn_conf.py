@@ -23,17 +23,20 @@ bind = os.environ.get("BANDITREC_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("BANDITREC_WORKERS", "2"))
 worker_class = "gthread"
 threads = int(os.environ.get("BANDITREC_THREADS", "2"))
-# One listening socket per worker (SO_REUSEPORT; gunicorn opens it after the fork), so the kernel
-# spreads new connections over the workers by a hash of their addresses. With one shared socket
-# whichever worker wakes first accepts, and a gthread worker keeps every keep-alive connection it
-# accepted: measured (bench/service_bench.py, 8 connections), the bare route's workers ran at
-# 0.97 + 0.44, 0.93 + 0.00 and 0.95 + 0.80 of a core in three runs (1,800 to 5,200 requests/s
-# from one run to the next), and one single-threaded decide run put all 8 connections on one
-# worker (0.84 + 0.01 cores, 600 requests/s). With per-worker sockets every run spread both
-# routes (0.78-0.97 of a core each); a GIL-bound worker cannot use a second core, so that is
-# the difference between one core and two. A worker that dies loses the connections waiting in
-# its own accept queue (their clients see a reset, never a 2xx for an unlogged decision).
-reuse_port = os.environ.get("BANDITREC_REUSE_PORT", "1") not in ("", "0", "false", "no")
+# Listening sockets: one shared by the workers (default), or one per worker with SO_REUSEPORT
+# (BANDITREC_REUSE_PORT=1; gunicorn opens them after the fork and the kernel spreads new
+# connections by a hash of their addresses). With the shared socket whichever worker wakes first
+# accepts, and a gthread worker keeps the keep-alive connections it accepted. Measured with
+# bench/service_bench.py (8 connections, 2 cores, bench/run.py --only http, after the decide
+# path was trimmed): for /v1/decide the shared socket spreads the load by itself -- a worker busy
+# with a 1 ms decision is not the one that wakes first -- 0.86-0.90 of a core per worker in 3 of 3
+# runs, 1,652 requests/s (median), p99 12.0 ms; per-worker sockets gave 1,590 requests/s, p99
+# 11.0 ms, and in 1 run of 8 the hash put most connections on one worker (0.42 + 1.02 cores,
+# 1,130 requests/s). For a route that answers in 0.3 ms the shared socket does not spread:
+# the bare route of the benchmark ran at 0.98 + 0.43 cores (~3,900 requests/s), and at 0.86 +
+# 0.87 (~5,300) with per-worker sockets. So per-worker sockets stay opt-in; a worker that dies
+# with them loses the connections in its own accept queue (resets, never a 2xx).
+reuse_port = os.environ.get("BANDITREC_REUSE_PORT", "0") not in ("", "0", "false", "no")
 keepalive = 5
 timeout = 30
 graceful_timeout = 10
