@@ -120,9 +120,11 @@ def test_served_exploration_floor_is_logged_with_the_policy_params(small_shop):
     eng = make_engine(small_shop, "shared-linucb:epsilon=0.0", min_epsilon=0.05)
     d = eng.decide("u1", 3, context=CTX)
     params = json.loads(eng.log.db.execute("SELECT policy_params FROM decisions").fetchone()[0])
-    assert params == {"epsilon": 0.0, "explore_from": 0, "objective": "", "sensitivity": "off", "max_per_type": 0,
-                      "alpha": 1.0,
-                      "reg": 1.0, "min_epsilon": 0.05}
+    # every param of the policy's config, plus the floor; the ones this spec sets, by value
+    assert params == {**eng.policy.params, "min_epsilon": 0.05}
+    expected = {"epsilon": 0.0, "explore_from": 0, "objective": "", "sensitivity": "off", "max_per_type": 0,
+                "alpha": 1.0, "reg": 1.0, "min_epsilon": 0.05}
+    assert {k: params.get(k) for k in expected} == expected
     n = len(d.candidates)
     assert min(s.marginal for s in d.slots) > 0
     # every logged conditional is at least the floor's share
