@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 $(STAMP): setup.cfg setup.py pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,parquet]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,parquet,dask]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -173,7 +173,11 @@ def _open_log_with_window(db: str, window: float):
 
 
 @main.command()
-@click.option("--db", required=True, type=click.Path(dir_okay=False), help="Decision log to evaluate on.")
+@click.option("--db", default=None, type=click.Path(dir_okay=False), help="Decision log to evaluate on.")
+@click.option("--parquet", default=None, type=click.Path(file_okay=False),
+              help="Instead of --db: a day-partitioned Parquet export (export --partition-by day), evaluated on Dask.")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="With --parquet: the Dask scheduler (tcp://host:8786); default a LocalCluster on this machine.")
 @click.option("--policy", "specs", multiple=True, required=True, help="Candidate policy spec (repeatable).")
 @click.option("--estimator", "estimators", multiple=True, default=("IPS", "SNIPS", "DR", "SNDR"), show_default=True,
               help="Estimator to report (repeatable).")
@@ -185,16 +189,28 @@ def _open_log_with_window(db: str, window: float):
 @click.option("--out", default="out/evaluate", show_default=True, type=click.Path(file_okay=False),
               help="Directory for the report and plot.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of the table.")
-def evaluate(db, specs, estimators, primary, kind, train_frac, seed, out, as_json):
+def evaluate(db, parquet, scheduler, specs, estimators, primary, kind, train_frac, seed, out, as_json):
     """Estimate candidate policies' value on a logged period, with a safe-to-deploy verdict."""
     import json
 
     from .errors import BanditRecError
     from .evaluate import evaluate_log
 
+    if (db is None) == (parquet is None):
+        raise click.UsageError("give exactly one of --db and --parquet")
+    if scheduler and not parquet:
+        raise click.UsageError("--scheduler goes with --parquet")
     try:
-        result = evaluate_log(db, list(specs), estimators=tuple(estimators), primary=primary, kind=kind,
-                              train_frac=train_frac, seed=seed, out=out)
+        if parquet:
+            from .distributed import dask_client, evaluate_parquet
+
+            with dask_client(scheduler) as client:
+                result = evaluate_parquet(parquet, list(specs), estimators=tuple(estimators), primary=primary,
+                                          kind=kind, train_frac=train_frac, seed=seed, out=out, client=client,
+                                          progress=sys.stderr.isatty())
+        else:
+            result = evaluate_log(db, list(specs), estimators=tuple(estimators), primary=primary, kind=kind,
+                                  train_frac=train_frac, seed=seed, out=out)
     except BanditRecError as exc:
         raise click.UsageError(str(exc)) from None
     if as_json:
@@ -272,18 +288,23 @@ def import_(file, fmt, db, pairs, kind, position_base, n_items, policy, event_pr
 @click.option("--format", "fmt", required=True, type=click.Choice(("csv", "parquet", "vw", "dsjson")),
               help="csv/parquet: one row per logged slot with every reward kind; vw: VW text --cb_adf "
                    "examples; dsjson: VW decision-service JSON lines.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="File to write.")
+@click.option("--out", required=True, type=click.Path(), help="File to write (a directory with --partition-by day).")
+@click.option("--partition-by", "partition_by", default=None, type=click.Choice(("day",)),
+              help="parquet: one file per UTC day under --out (a directory); re-running writes only changed days.")
 @click.option("--kind", default="click", show_default=True, help="vw/dsjson: the reward kind labels carry (cost = -reward).")
 @click.option("--default-reward", default=0.0, show_default=True, type=float,
               help="vw/dsjson: reward of a slot that has none of --kind.")
 @click.option("--min-probability", default=None, type=click.FloatRange(0, 1, min_open=True),
               help="vw/dsjson: clip smaller logged probabilities up to this (default: refuse ones VW reads as 0).")
 @click.option("--candidates", is_flag=True, help="csv/parquet: add each decision's candidate ids and indices.")
-def export(db, fmt, out, kind, default_reward, min_probability, candidates):
+def export(db, fmt, out, partition_by, kind, default_reward, min_probability, candidates):
     """Export the decision log --db to --out, one row or example per logged slot."""
     from .errors import BanditRecError
     from .store.exchange import export_log
 
+    if partition_by:
+        _export_partitioned(db, fmt, out)
+        return
     log = _open_log(db)
     try:
         result = export_log(log, out, fmt, kind=kind, default_reward=default_reward,
@@ -294,6 +315,58 @@ def export(db, fmt, out, kind, default_reward, min_probability, candidates):
         log.close()
     clipped = f"; {result.clipped} probabilities clipped to {min_probability}" if result.clipped else ""
     click.echo(f"exported {result.rows} logged slots of {result.decisions} decisions to {out} ({fmt}){clipped}")
+
+
+def _export_partitioned(db: str, fmt: str, out: str) -> None:
+    from .errors import BanditRecError
+    from .store.partitioned import export_partitioned
+
+    if fmt != "parquet":
+        raise click.UsageError("--partition-by day writes Parquet: use --format parquet")
+    log = _open_log(db)
+    try:
+        ds = export_partitioned(log, out)
+    except BanditRecError as exc:
+        raise click.UsageError(str(exc)) from None
+    finally:
+        log.close()
+    click.echo(f"exported {ds.n_rows} logged slots of {ds.n_decisions} decisions to {out} in {len(ds.partitions)} "
+               f"day partitions ({len(ds.written)} written, {len(ds.kept)} unchanged)")
+
+
+@main.command()
+@click.option("--config", "config_file", required=True, type=click.Path(dir_okay=False),
+              help="TOML sweep file: policies, parameter grids, replicates, simulator settings (docs/dask.md).")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Dask scheduler (tcp://host:8786); default a LocalCluster on this machine.")
+@click.option("--in-process", is_flag=True, help="Run every simulation in this process, without Dask.")
+@click.option("--out", default="out/sweep", show_default=True, type=click.Path(file_okay=False))
+def sweep(config_file, scheduler, in_process, out):
+    """Run (policy x parameters x seed) simulations as Dask tasks and gather one table and plot."""
+    from .errors import BanditRecError
+    from simulator.sweep import load_config, run_sweep, summary_table, write_outputs
+
+    if scheduler and in_process:
+        raise click.UsageError("--scheduler and --in-process exclude each other")
+    try:
+        config = load_config(config_file)
+        click.echo(f"sweep: {len(config.specs)} specs x {config.replicates} replicates = {len(config.runs)} runs "
+                   f"of {config.days} days")
+        start = time.perf_counter()
+        if in_process:
+            results = run_sweep(config, progress=sys.stderr.isatty())
+        else:
+            from .distributed import dask_client
+
+            with dask_client(scheduler) as client:
+                results = run_sweep(config, client=client, progress=sys.stderr.isatty())
+        seconds = time.perf_counter() - start
+    except BanditRecError as exc:
+        raise click.UsageError(str(exc)) from None
+    report = write_outputs(config, results, out)
+    click.echo("")
+    click.echo(summary_table(config, results))
+    click.echo(f"{len(results)} runs in {seconds:.1f} s; report: {report}")
 
 
 @main.command()
@@ -444,3 +517,67 @@ def similar(item_id, db, kind, n):
         shown += 1
     if shown == 0:
         click.echo("  (none: the item has no neighbours in this log)")
+
+
+@main.command()
+@click.option("--arms", default="margin,longterm", show_default=True,
+              help="Arms, the first is the control: presets (margin, longterm, click, uniform, e.g. "
+                   "'longterm,lambda=3') or policy specs with name=, learn=click|purchase|margin, lambda=, weight=.")
+@click.option("--days", default=90, show_default=True, type=click.IntRange(min=1))
+@click.option("--customers", default=None, type=click.IntRange(min=2), help="Customers (default: the scenario's).")
+@click.option("--seeds", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Worlds to run the test on (seeds first-seed, first-seed+1, ...); results pooled.")
+@click.option("--first-seed", default=0, show_default=True, type=int)
+@click.option("--salt", default="ab", show_default=True, help="Assignment salt (a new salt, a new split).")
+@click.option("--scenario", default="gateway", show_default=True, type=click.Choice(sorted(("gateway", "default"))),
+              help="gateway: the shop of the long-term study (docs/abtest.md); default: SimConfig's defaults.")
+@click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False),
+              help="TOML: simulator fields (as for simulate) and an optional [abtest] table with arms, days, "
+                   "customers, seeds, first_seed, salt, aa; replaces --scenario.")
+@click.option("--aa", "aa_tests", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Instead run this many A/A tests of the first arm (own world and salt each) and report the "
+                   "false-positive rate.")
+@click.option("--boot", default=2000, show_default=True, type=click.IntRange(min=0), help="Bootstrap resamples.")
+@click.option("--out", default="out/abtest", show_default=True, type=click.Path(file_okay=False))
+def abtest(arms, days, customers, seeds, first_seed, salt, scenario, config_file, aa_tests, boot, out):
+    """Simulate an A/B test of carousel policies; print the metric table and write a report."""
+    import numpy as np
+
+    from .errors import BanditRecError
+    from simulator.abtest import (aa_study, aa_table, analyse, load_config, metric_table, parse_arms, pool_seeds,
+                                  pooled_table, run_abtest, scenario_config, write_report)
+
+    command = "banditrec abtest " + " ".join(sys.argv[2:])
+    try:
+        if config_file:
+            config, opts = load_config(config_file)
+            arms, days, seeds = opts.get("arms", arms), opts.get("days", days), opts.get("seeds", seeds)
+            first_seed, salt = opts.get("first_seed", first_seed), opts.get("salt", salt)
+            customers, aa_tests = opts.get("customers", customers), opts.get("aa", aa_tests)
+        else:
+            config = scenario_config(scenario)
+        if customers is not None:
+            config = config.replace(n_customers=customers)
+        arm_list = parse_arms(arms)
+        progress = sys.stderr.isatty()
+        if aa_tests:
+            study = aa_study(aa_tests, arm_list[0], config, days, first_seed=first_seed, progress=progress)
+            click.echo(aa_table(study))
+            path = write_report(out, aa=study, command=command)
+        else:
+            results, rows = [], []
+            for s in range(first_seed, first_seed + seeds):
+                r = run_abtest(arm_list, config, days, seed=s, salt=salt, progress=progress)
+                results.append(r)
+                rows.append(analyse(r, n_boot=boot, rng=np.random.default_rng(s)))
+                click.echo(f"seed {s}: {', '.join(f'{a.name} {n:,}' for a, n in zip(r.arms, r.sizes))} customers, "
+                           f"{int(r.n_decisions.sum()):,} decisions in {r.seconds:.0f} s; sample ratio "
+                           f"p = {r.srm.p_value:.3f}")
+            click.echo(metric_table(rows[0]))
+            if seeds > 1:
+                click.echo("")
+                click.echo(pooled_table(pool_seeds(rows)))
+            path = write_report(out, results=results, rows_by_seed=rows, command=command)
+    except BanditRecError as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(f"report: {path}")

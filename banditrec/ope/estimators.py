@@ -225,6 +225,110 @@ class Terms:
         return out
 
 
+@dataclass(frozen=True)
+class Moments:
+    """What a set of per-decision :class:`Terms` reduces to, so that partitions of a log can be
+    estimated apart and combined: the point value and its delta-method interval come from these.
+
+    Columns ``z = [plain, num_1, den_1, num_2, den_2, ...]`` per decision. ``mean (m,)`` and
+    ``m2 (m, m)`` -- the centred cross-products ``sum_d (z_d - mean)(z_d - mean)^T`` -- are
+    Chan et al. (1979)'s pairwise-combinable form of the sums ``sum z`` and ``sum z z^T`` (the
+    same information; combining centred sums does not lose digits to ``sum z^2 - n mean^2``).
+    ``n`` counts decisions, ``n_present`` those that had rows (a per-slot estimate counts the
+    others as 0 and rescales each ratio's denominator by ``n / n_present``, as
+    :meth:`Terms.padded`); ``n_rows``, ``sw``, ``sw2`` and ``max_w`` are the row-level weight
+    sums the diagnostics need. The in-process :meth:`IPS.estimate` goes through this class too.
+    """
+
+    n: int
+    n_present: int
+    mean: np.ndarray
+    m2: np.ndarray
+    n_rows: int
+    sw: float
+    sw2: float
+    max_w: float
+    per_row: bool = False
+
+    @classmethod
+    def of(cls, terms: Terms, w: np.ndarray, n_total: int | None = None, *, per_row: bool = False) -> "Moments":
+        """The moments of ``terms`` (and row weights ``w``), among ``n_total`` decisions.
+
+        ``per_row``: the ratios' denominators are per-decision weight sums scaled to a mean row
+        weight (SNIPS, SNDR: ``_row_share``); that scale, ``decisions / rows``, is a property of
+        the whole log, so it is taken out here and put back by :meth:`value_and_se`.
+        """
+        cols = [terms.plain]
+        unscale = len(w) / terms.n if per_row and terms.n else 1.0
+        for num, den in terms.ratios:
+            cols += [num, den * unscale if per_row else den]
+        z = np.column_stack(cols) if terms.n else np.zeros((0, len(cols)))
+        mean = z.mean(axis=0) if terms.n else np.zeros(len(cols))
+        c = z - mean
+        own = cls(n=terms.n, n_present=terms.n, mean=mean, m2=c.T @ c, n_rows=len(w), sw=float(w.sum()),
+                  sw2=float((w * w).sum()), max_w=float(w.max()) if len(w) else -np.inf, per_row=per_row)
+        if n_total is not None and n_total > terms.n:
+            own = own.combine(cls.zeros(len(cols), n_total - terms.n, per_row=per_row))
+        return own
+
+    @classmethod
+    def zeros(cls, width: int, n: int, *, per_row: bool = False) -> "Moments":
+        """``n`` decisions without rows (they add 0 to every column)."""
+        return cls(n=n, n_present=0, mean=np.zeros(width), m2=np.zeros((width, width)), n_rows=0, sw=0.0, sw2=0.0,
+                   max_w=-np.inf, per_row=per_row)
+
+    def combine(self, other: "Moments") -> "Moments":
+        """The moments of both sets of decisions (Chan et al.'s pairwise update)."""
+        if self.mean.shape != other.mean.shape or self.per_row != other.per_row:
+            raise ValidationError(f"cannot combine moments of {len(self.mean)} and {len(other.mean)} columns "
+                                  "(different estimators?)", "moments")
+        n = self.n + other.n
+        if n == 0:
+            return self
+        delta = other.mean - self.mean
+        mean = self.mean + delta * (other.n / n)
+        m2 = self.m2 + other.m2 + np.outer(delta, delta) * (self.n * other.n / n)
+        return Moments(n=n, n_present=self.n_present + other.n_present, mean=mean, m2=m2,
+                       n_rows=self.n_rows + other.n_rows, sw=self.sw + other.sw, sw2=self.sw2 + other.sw2,
+                       max_w=max(self.max_w, other.max_w), per_row=self.per_row)
+
+    @staticmethod
+    def total(parts) -> "Moments":
+        """Combine an iterable of moments (``None`` entries -- empty partitions -- skipped)."""
+        out = None
+        for part in parts:
+            if part is not None:
+                out = part if out is None else out.combine(part)
+        if out is None:
+            raise ValidationError("no logged rows to estimate from: every partition was empty", "reward")
+        return out
+
+    def value_and_se(self) -> tuple[float, float]:
+        """``V = mean(p) + sum_j mean(a_j) / mean(b_j)`` and its delta-method standard error
+        ``sqrt(c^T Cov(z) c / n)``, ``c`` the gradient of V in the column means."""
+        scale = np.ones(len(self.mean))
+        if self.per_row and self.n_rows:
+            scale[2::2] = self.n / self.n_rows  # per-decision weight sums -> mean row weight
+        elif 0 < self.n_present < self.n:
+            scale[2::2] = self.n / self.n_present  # the ratios' denominators, as Terms.padded
+        mean = self.mean * scale
+        grad = np.zeros(len(mean))
+        grad[0] = 1.0
+        value = float(mean[0])
+        for j in range(1, len(mean), 2):
+            b = mean[j + 1]
+            if not b > 0:
+                raise ValidationError(
+                    "the target policy gives probability 0 to every logged action: a self-normalised "
+                    "estimate is undefined", "target_pscore")
+            r = mean[j] / b
+            value += r
+            grad[j], grad[j + 1] = 1.0 / b, -r / b
+        cov = (self.m2 * np.outer(scale, scale)) / (self.n - 1)
+        var = max(float(grad @ cov @ grad), 0.0)
+        return float(value), float(np.sqrt(var / self.n))
+
+
 # ---- estimators ----------------------------------------------------------------------------
 @dataclass(frozen=True, kw_only=True)
 class IPS:
@@ -329,9 +433,48 @@ class IPS:
         if n_all < 2:
             raise ValidationError(f"an interval needs at least 2 decisions, got {n_all}", "reward")
         w = self.weights(data, inputs)
+        terms = self._terms(data, inputs, w, other_rng)
         # one slot's value is per decision of the whole log: decisions without it count 0
-        terms = self._terms(data, inputs, w, other_rng).padded(n_all)
-        return self._finish(data, inputs, w, terms, boot_rng)
+        moments = Moments.of(terms, w, n_all, per_row=self.row_normalised)
+        boot = terms.padded(n_all) if self.interval == "bootstrap" else None
+        return self.finish(moments, unsupported=_unsupported_share(data, inputs), terms=boot, boot_rng=boot_rng)
+
+    mergeable: ClassVar[bool] = True  # its terms are per-decision sums needing nothing global
+    n_ratios: ClassVar[int] = 0
+    row_normalised: ClassVar[bool] = False  # ratio denominators are _row_share (SNIPS, SNDR)
+
+    def partial(self, data: LoggedBandit | None, action_dist=None, *, target_pscore=None, q_hat=None,
+                q_hat_logged=None, q_hat_target=None, slot: int | None = None,
+                n_decisions: int = 0) -> Moments:
+        """This part of a log reduced to :class:`Moments`; :meth:`finish` of the
+        :meth:`Moments.total` of every part is :meth:`estimate` of the whole log.
+
+        Decisions must not straddle parts. DM-family estimators need ``q_hat`` (or the compact
+        pair): a reward model fitted on one part alone would differ from one fitted on the
+        whole. ``data=None`` stands for a part without rows (``n_decisions`` of them, 0 for an
+        empty file).
+        """
+        if not self.mergeable:
+            raise ValidationError(f"{self.name} needs the whole log at once (it is not a sum of per-decision "
+                                  "terms); use estimate()", "estimator")
+        if self.interval != "normal":
+            raise ValidationError("a partitioned estimate has the normal (delta-method) interval only; a "
+                                  "bootstrap needs every decision in one place", "interval")
+        width = 1 + 2 * self.n_ratios
+        if data is None:
+            return Moments.zeros(width, int(n_decisions), per_row=self.row_normalised)
+        if self.needs_q and q_hat is None and q_hat_logged is None and q_hat_target is None:
+            raise ValidationError(f"{self.name}.partial needs q_hat or q_hat_logged/q_hat_target: a reward model "
+                                  "fitted on one partition alone is not the model of the whole log", "q_hat")
+        inputs = self._inputs(data, action_dist, target_pscore, q_hat, q_hat_logged, q_hat_target, None)
+        n_all = data.n_decisions
+        if slot is not None:
+            keep = data.slot == slot
+            if not keep.any():
+                return Moments.zeros(width, n_all, per_row=self.row_normalised)
+            inputs, data = inputs.subset(keep), data.subset(keep)
+        w = self.weights(data, inputs)
+        return Moments.of(self._terms(data, inputs, w, None), w, n_all, per_row=self.row_normalised)
 
     def per_slot(self, data: LoggedBandit, action_dist=None, **kwargs) -> list[Estimate]:
         """One estimate per slot that has logged rows (slot ``k``'s value alone)."""
@@ -340,34 +483,37 @@ class IPS:
     def _terms(self, data, inputs, w, rng) -> Terms:
         return self.terms(data, inputs, w)
 
-    def _finish(self, data: LoggedBandit, inputs: RowInputs, w: np.ndarray, terms: Terms,
-                boot_rng: np.random.Generator) -> Estimate:
-        value, influence = terms.value_and_influence()
-        n = terms.n
-        se = float(influence.std(ddof=1) / np.sqrt(n))
+    def finish(self, moments: Moments, *, unsupported: float | None = None, terms: Terms | None = None,
+               boot_rng: np.random.Generator | None = None) -> Estimate:
+        """The :class:`Estimate` from (combined) moments: value, standard error, interval and
+        diagnostics. A bootstrap interval also needs the raw ``terms`` and ``boot_rng``."""
+        if moments.n < 2:
+            raise ValidationError(f"an interval needs at least 2 decisions, got {moments.n}", "reward")
+        value, se = moments.value_and_se()
         dropped = 0
         if self.interval == "normal":
             z = float(norm.ppf(0.5 + self.level / 2))
             lower, upper = value - z * se, value + z * se
         else:
+            if terms is None or boot_rng is None:
+                raise ValidationError("a bootstrap interval needs the per-decision terms", "interval")
             reps = terms.bootstrap(self.n_bootstrap, boot_rng)
             dropped = int((~np.isfinite(reps)).sum())
             reps = reps[np.isfinite(reps)]
             tail = (1 - self.level) / 2
             lower, upper = (float(v) for v in np.quantile(reps, [tail, 1 - tail]))
-        sw, sw2 = float(w.sum()), float((w * w).sum())
+        sw, sw2 = moments.sw, moments.sw2
         ess = sw * sw / sw2 if sw2 > 0 else 0.0
-        max_w = float(w.max())
-        unsupported = _unsupported_share(data, inputs)
-        notes = _diagnose(self.name, ess, data.n_rows, max_w, sw, unsupported)
+        max_w = moments.max_w
+        notes = _diagnose(self.name, ess, moments.n_rows, max_w, sw, unsupported)
         if self.interval == "bootstrap" and dropped > 0.01 * self.n_bootstrap:
             notes.append(f"{self.name}: {dropped} of {self.n_bootstrap} bootstrap resamples had no weight on the "
                          "target and were dropped; the interval is conditional on some overlap")
         for msg in notes:
             warnings.warn(msg, OPEWarning, stacklevel=3)
         return Estimate(
-            estimator=self.name, value=value, lower=float(lower), upper=float(upper), se=se, n=n,
-            n_rows=data.n_rows, ess=ess, max_weight=max_w, level=self.level, unsupported=unsupported,
+            estimator=self.name, value=value, lower=float(lower), upper=float(upper), se=se, n=moments.n,
+            n_rows=moments.n_rows, ess=ess, max_weight=max_w, level=self.level, unsupported=unsupported,
             warnings=tuple(notes), interval=self.interval,
         )
 
@@ -434,6 +580,8 @@ class SNIPS(IPS):
     """Self-normalised IPS: IPS divided by the mean row weight; delta-method interval."""
 
     name: ClassVar[str] = "SNIPS"
+    n_ratios: ClassVar[int] = 1
+    row_normalised: ClassVar[bool] = True
 
     def terms(self, data, inputs, w):
         return Terms(np.zeros(data.n_decisions), ((per_decision(data, w * data.reward), _row_share(data, w)),))
@@ -477,6 +625,8 @@ class SNDR(DM):
     """Self-normalised doubly robust: DR's correction divided by the mean row weight."""
 
     name: ClassVar[str] = "SNDR"
+    n_ratios: ClassVar[int] = 1
+    row_normalised: ClassVar[bool] = True
 
     def terms(self, data, inputs, w):
         corr = per_decision(data, w * (data.reward - inputs.q_logged))
@@ -532,6 +682,7 @@ class Replay(IPS):
     """
 
     name: ClassVar[str] = "Replay"
+    mergeable: ClassVar[bool] = False  # a sampled match per row and per-slot counts of the whole log
 
     def _terms(self, data, inputs, w, rng):
         _uniform_per_slot(data, self.name)
@@ -584,6 +735,7 @@ class SlatePI(IPS):
     """
 
     name: ClassVar[str] = "SlatePI"
+    mergeable: ClassVar[bool] = False  # needs the dense action_dist of whole slates
 
     def _terms(self, data, inputs, w, rng):
         if inputs.dist is None:

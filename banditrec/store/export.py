@@ -136,15 +136,19 @@ def read_layout(conn, candidates: bool) -> Layout:
     return Layout(int(width), kinds, _has_column(conn, "rewards", "late"), candidates)
 
 
-def read_batches(conn, layout: Layout, batch_decisions: int) -> Iterator[Batch]:
+def read_batches(conn, layout: Layout, batch_decisions: int, *, after_seq: int = 0,
+                 until_seq: int | None = None) -> Iterator[Batch]:
     """Every logged slot in (seq, position) order, as rows in ``layout``'s columns, about
-    ``batch_decisions`` decisions at a time (so memory stays flat on any log size)."""
+    ``batch_decisions`` decisions at a time (so memory stays flat on any log size); only the
+    decisions with ``after_seq < seq <= until_seq`` when those are given."""
     until = conn.execute("SELECT coalesce(max(seq), 0) FROM decisions").fetchone()[0]
+    if until_seq is not None:
+        until = min(until, int(until_seq))
     late = ", r.late" if layout.has_late else ""
     reward_sql = READ_EXPORT_REWARDS.format(late=late)
     n_kinds = len(layout.kinds)
     kind_slot = {k: i for i, k in enumerate(layout.kinds)}
-    after = 0
+    after = int(after_seq)
     while after < until:
         end = conn.execute(BATCH_END, (after, until, batch_decisions - 1)).fetchone()
         end = until if end is None else end[0]
@@ -243,29 +247,41 @@ def export_parquet(log: DecisionLog, path: str | Path, *, candidates: bool = Fal
     n_rows = n_dec = 0
     with log.snapshot() as conn, atomic_output(path, None) as tmp:
         layout = read_layout(conn, candidates)
-        fields = []
-        for name in layout.columns:
-            if name in _STR_COLUMNS:
-                typ = pa.string()
-            elif name in _INT_COLUMNS:
-                typ = pa.int64()
-            elif name.startswith("reward_late:"):
-                typ = pa.bool_()
-            else:
-                typ = pa.float64()
-            fields.append(pa.field(name, typ, nullable=name.startswith(("context_", "reward", "decision_reward"))))
-        meta = {"banditrec.schema_version": str(SCHEMA_VERSION), "banditrec.kinds": json.dumps(list(layout.kinds)),
-                "banditrec.context_width": str(layout.context_width)}
-        schema = pa.schema(fields, metadata=meta)
+        schema = parquet_schema(layout)
         with pq.ParquetWriter(tmp, schema) as writer:
             for batch in read_batches(conn, layout, batch_decisions):
                 if not batch.rows:
                     continue
-                columns = list(zip(*batch.rows))
-                arrays = [pa.array([None if v is None else bool(v) for v in col], f.type)
-                          if f.type == pa.bool_() else pa.array(col, f.type)
-                          for col, f in zip(columns, fields)]
-                writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
+                writer.write_table(batch_table(schema, batch.rows))
                 n_rows += len(batch.rows)
                 n_dec += batch.n_decisions
     return ExportResult(str(path), "parquet", n_rows, n_dec, layout.columns)
+
+
+def parquet_schema(layout: Layout, extra_metadata: dict | None = None):
+    """The Parquet schema of an export in ``layout`` (types and metadata as :func:`export_parquet`)."""
+    pa, _ = _require_pyarrow()
+    fields = []
+    for name in layout.columns:
+        if name in _STR_COLUMNS:
+            typ = pa.string()
+        elif name in _INT_COLUMNS:
+            typ = pa.int64()
+        elif name.startswith("reward_late:"):
+            typ = pa.bool_()
+        else:
+            typ = pa.float64()
+        fields.append(pa.field(name, typ, nullable=name.startswith(("context_", "reward", "decision_reward"))))
+    meta = {"banditrec.schema_version": str(SCHEMA_VERSION), "banditrec.kinds": json.dumps(list(layout.kinds)),
+            "banditrec.context_width": str(layout.context_width), **(extra_metadata or {})}
+    return pa.schema(fields, metadata=meta)
+
+
+def batch_table(schema, rows: list[tuple]):
+    """``rows`` (tuples in the schema's column order, as :func:`read_batches` yields) as a table."""
+    pa, _ = _require_pyarrow()
+    columns = list(zip(*rows)) if rows else [()] * len(schema)
+    arrays = [pa.array([None if v is None else bool(v) for v in col], f.type)
+              if f.type == pa.bool_() else pa.array(col, f.type)
+              for col, f in zip(columns, schema)]
+    return pa.Table.from_arrays(arrays, schema=schema)
