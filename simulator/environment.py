@@ -330,6 +330,7 @@ class Environment:
         self.stock.advance(self.day, c, rng)
         k = self._kpi
         k.orders = int(self._bought_today.sum())
+        st.orders += self._bought_today
         k.alive = int(st.alive.sum())
         k.active_30d = int((st.alive & (st.last_visit > self.day - 30)).sum())
         self._bought_today[:] = False

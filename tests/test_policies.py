@@ -26,7 +26,7 @@ def test_parse_spec():
     "spec, match",
     [
         ("nope", "unknown policy 'nope'; known: egreedy, hybrid-linucb, lints, linucb, popularity, shared-linucb, softmax, uniform"),
-        ("shared-linucb:beta=1", "policy shared-linucb has no parameter beta; it takes: epsilon, explore_from, objective, sensitivity, max_per_type, alpha, reg"),
+        ("shared-linucb:beta=1", "policy shared-linucb has no parameter beta; it takes: epsilon, explore_from, objective, sensitivity, max_per_type, value, alpha, reg"),
         ("shared-linucb:alpha=fast", "alpha must be a number, got 'fast'"),
         ("shared-linucb:alpha", "must look like key=value"),
         ("shared-linucb:alpha=1,alpha=2", "given twice"),

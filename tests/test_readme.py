@@ -47,7 +47,7 @@ def test_readme_curl_examples_get_the_documented_status():
 
 def test_readme_commands_exist():
     documented = set(re.findall(r"banditrec (\w+)", README)) & set(main.commands)
-    assert documented == {"demo", "serve", "coverage", "evaluate", "import", "export", "regret", "sensitivity", "learn", "simulate", "similar"}
+    assert documented == {"demo", "serve", "coverage", "evaluate", "import", "export", "regret", "sensitivity", "learn", "simulate", "similar", "sweep"}
     for command in documented:
         res = CliRunner().invoke(main, [command, "--help"])
         assert res.exit_code == 0, res.output

@@ -51,6 +51,11 @@ class PolicyConfig:
     sensitivity : ``off|low|medium|high``, the objective's weight (see ``SENSITIVITY``).
     max_per_type : at most this many items of one product type per slate (0: no limit); needs
         ``item_types`` in the environment. Marginals then come from Monte Carlo (``mc_draws``).
+    value : name of a numeric item column (e.g. ``margin``) that multiplies the scores: a policy
+        that learns the chance of a purchase (``kind=purchase``) then ranks by expected value,
+        ``max(score, 0) x value[item]`` -- the same ranking as learning the reward ``value`` on
+        purchase, with one shared model of purchase instead of one per value scale. Applied
+        before the ``objective`` blend; empty for none.
     """
 
     epsilon: float = 0.1
@@ -58,6 +63,7 @@ class PolicyConfig:
     objective: str = ""
     sensitivity: str = "off"
     max_per_type: int = 0
+    value: str = ""
 
     def __post_init__(self):
         e = self.epsilon
@@ -74,6 +80,17 @@ class PolicyConfig:
         m = self.max_per_type
         if isinstance(m, bool) or not isinstance(m, int) or m < 0:
             raise ValidationError(f"max_per_type must be an integer >= 0, got {m!r}", "max_per_type")
+
+
+def _item_column(columns: dict | None, name: str, field: str) -> np.ndarray:
+    columns = columns or {}
+    if name not in columns:
+        raise ValidationError(f"{field} {name!r} is not an item column; known: "
+                              f"{', '.join(sorted(columns)) or 'none (pass item_columns=...)'}", field)
+    col = np.asarray(columns[name], dtype=float)
+    if col.ndim != 1 or not np.isfinite(col).all():
+        raise ValidationError(f"item column {name!r} must be a finite 1-D array", field)
+    return col
 
 
 def slot_counts(n_slots, n_requests: int) -> list[int]:
@@ -108,16 +125,26 @@ class Policy(ABC):
                                   "max_per_type")
         self.objective_value = None  # (n_items,) the objective column min-max scaled to [0, 1]
         if config.objective:
-            columns = item_columns or {}
-            if config.objective not in columns:
-                raise ValidationError(
-                    f"objective {config.objective!r} is not an item column; known: "
-                    f"{', '.join(sorted(columns)) or 'none (pass item_columns=...)'}", "objective")
-            col = np.asarray(columns[config.objective], dtype=float)
-            if col.ndim != 1 or not np.isfinite(col).all():
-                raise ValidationError(f"item column {config.objective!r} must be a finite 1-D array", "objective")
+            col = _item_column(item_columns, config.objective, "objective")
             span = col.max() - col.min() if col.size else 0.0
             self.objective_value = (col - col.min()) / span if span > 0 else np.zeros_like(col)
+        self.value_weight = None  # (n_items,) the value column, multiplying the scores
+        if config.value:
+            self.set_value(_item_column(item_columns, config.value, "value"))
+
+    def set_value(self, values) -> None:
+        """Replace the per-item values that multiply the scores (``value`` in the config), e.g.
+        when long-term values are re-estimated; they must be finite and >= 0."""
+        if not self.config.value:
+            raise ValidationError("this policy has no value column (value=COLUMN in its spec)", "value")
+        col = np.asarray(values, dtype=float)
+        if col.ndim != 1 or not np.isfinite(col).all() or (col < 0).any():
+            raise ValidationError(f"item column {self.config.value!r} must be a finite 1-D array of values >= 0",
+                                  "value")
+        if self.value_weight is not None and col.shape != self.value_weight.shape:
+            raise ValidationError(f"values must have one entry per item ({len(self.value_weight)}), got {col.shape}",
+                                  "value")
+        self.value_weight = col
 
     @property
     def params(self) -> dict:
@@ -127,7 +154,7 @@ class Policy(ABC):
     @property
     def spec(self) -> str:
         """A spec string that :func:`banditrec.policies.make` turns back into this config."""
-        quiet = {"explore_from": 0, "objective": "", "sensitivity": "off", "max_per_type": 0}  # shown when set
+        quiet = {"explore_from": 0, "objective": "", "sensitivity": "off", "max_per_type": 0, "value": ""}  # shown when set
         body = ",".join(f"{k}={v}" for k, v in self.params.items() if quiet.get(k, object()) != v)
         return f"{self.name}:{body}" if body else self.name
 
@@ -152,6 +179,8 @@ class Policy(ABC):
         the objective column min-max scaled over the catalog. ``off`` returns ``scores``. A
         ``(draws, n)`` array (posterior score samples) is blended row by row.
         """
+        if self.value_weight is not None:
+            scores = np.maximum(scores, 0.0) * self.value_weight[request.items]
         w = SENSITIVITY[self.config.sensitivity]
         if w == 0.0:
             return scores

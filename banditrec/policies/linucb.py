@@ -92,7 +92,11 @@ class LinUCB(JointRidgePolicy):
         for request, k, n in zip(requests, counts, sizes):
             s, b = scores[start:start + n], bound[start:start + n]
             start += n
-            if not np.isfinite(s).all() or _near_tie(s, b):
+            ranked, rb = s, b
+            if self.value_weight is not None:  # the ranking is of max(s, 0) x value (max is 1-Lipschitz)
+                v = self.value_weight[request.items]
+                ranked, rb = np.maximum(s, 0.0) * v, b * v
+            if not np.isfinite(s).all() or _near_tie(ranked, rb):
                 s = self.scores(request)  # a near-tie (or overflow): this request's own scores
             out.append(self.slate_from_scores(request, s, k, min_epsilon))
         return out

@@ -1,0 +1,677 @@
+"""A/B tests of carousel policies on the simulated shop, with the statistics to read them.
+
+One shop, one population: every customer is assigned to an arm by hashing their id with a
+salt (:func:`banditrec.experiment.assign`), and each arm's carousels come from its own
+:class:`banditrec.engine.Engine` (its own policy, decision log and learning). The arms share
+the world -- catalog, stock, the candidate generator, each day's visit, browsing and churn
+draws and the carousel's response stream -- so the days' random numbers are common to the
+arms, as in a real experiment on one site.
+
+Per customer (those alive on day 0): carousel clicks and slots shown, visits, orders,
+revenue, margin, alive at days 30/60/90, and lifetime value (discounted margin from day 0);
+snapshots at ``checkpoints`` give week-1 metrics. :func:`analyse` compares each treatment
+arm with the first arm: means, difference and relative lift with Welch and bootstrap 95%
+intervals, p-values; ratio metrics (CTR, conversion, AOV) by the delta method.
+
+Long-term reward: an arm whose policy has ``value=longterm`` ranks by the chance of a purchase
+times ``margin + lambda x long-term value``, the value of each item estimated from the
+purchases logged so far (:func:`banditrec.longterm.estimate_item_values`) and re-estimated
+every ``refit_days``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from banditrec import experiment
+from banditrec.candidates import AlreadyBought, CandidateGenerator, Filters, MetadataIndex, OutOfStock, UserState
+from banditrec.engine import Engine, ItemTable
+from banditrec.errors import ValidationError
+from banditrec.longterm import estimate_item_values
+from banditrec.policies import make, parse_spec
+from banditrec.store import DecisionLog
+from banditrec.validation import as_seed_sequence, check_positive_int
+
+from .carousel import Response
+from .config import SimConfig
+from .environment import Environment
+from .history import PURCHASE, History
+from .run import DAY_S, REWARD_KINDS, _complete, _concat, _post_rewards, _progress
+
+LEARN_KINDS = REWARD_KINDS
+ARM_KEYS = ("name", "learn", "lambda", "weight")
+
+PRESETS = {
+    # ranks by P(purchase) x margin: the immediate-margin policy
+    "margin": "shared-linucb:alpha=0.3,epsilon=0.05,value=margin,learn=purchase,name=margin",
+    # ranks by P(purchase) x (margin + lambda x long-term value)
+    "longterm": "shared-linucb:alpha=0.3,epsilon=0.05,value=longterm,learn=purchase,lambda=3,name=longterm",
+    "click": "shared-linucb:alpha=0.3,epsilon=0.05,learn=click,name=click",
+    "uniform": "uniform:learn=click,name=uniform",
+}
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One arm: a banditrec policy spec, the reward kind its policy learns from, the weight of
+    the long-term value in its ``longterm`` item column, and its traffic weight."""
+
+    name: str
+    policy: str
+    learn: str = "click"
+    lam: float = 1.0
+    weight: float = 1.0
+
+    @property
+    def uses_longterm(self) -> bool:
+        return parse_spec(self.policy)[1].get("value") == "longterm" or \
+            parse_spec(self.policy)[1].get("objective") == "longterm"
+
+
+def parse_arm(text: str) -> Arm:
+    """One arm from ``SPEC`` or a preset name (``margin``, ``longterm``, ``click``, ``uniform``),
+    optionally with parameters that override the preset's (``longterm,lambda=3``).
+
+    A spec is a policy spec plus optional keys ``name=``, ``learn=click|purchase|margin``,
+    ``lambda=`` and ``weight=``, e.g. ``shared-linucb:alpha=0.3,value=margin,learn=purchase``.
+    """
+    text = text.strip()
+    first, _, rest = text.partition(",")
+    if first in PRESETS:  # a preset, perhaps with parameters overriding its own
+        head, raw = parse_spec(PRESETS[first])
+        raw.update(parse_spec(f"x:{rest}")[1])
+    else:
+        head, raw = parse_spec(text)
+    extra = {k: raw.pop(k) for k in ARM_KEYS if k in raw}
+    policy = head + (":" + ",".join(f"{k}={v}" for k, v in raw.items()) if raw else "")
+    learn = extra.get("learn", "click")
+    if learn not in LEARN_KINDS:
+        raise ValidationError(f"learn must be one of {', '.join(LEARN_KINDS)}; got {learn!r} in {text!r}", "arms")
+    try:
+        lam, weight = float(extra.get("lambda", 1.0)), float(extra.get("weight", 1.0))
+    except ValueError:
+        raise ValidationError(f"lambda and weight must be numbers in {text!r}", "arms") from None
+    if not (np.isfinite(lam) and lam >= 0):
+        raise ValidationError(f"lambda must be >= 0, got {lam} in {text!r}", "arms")
+    if not (np.isfinite(weight) and weight > 0):
+        raise ValidationError(f"weight must be > 0, got {weight} in {text!r}", "arms")
+    return Arm(name=extra.get("name", policy), policy=policy, learn=learn, lam=lam, weight=weight)
+
+
+def parse_arms(text: str) -> list[Arm]:
+    """Arms from ``SPEC,SPEC,...``: a comma starts a new arm unless what follows is a
+    ``key=value`` parameter of the arm before (parameters contain ``=`` and no ``:``)."""
+    parts: list[str] = []
+    for token in (t.strip() for t in str(text).split(",")):
+        if not token:
+            continue
+        if parts and "=" in token and ":" not in token:
+            parts[-1] += "," + token
+        else:
+            parts.append(token)
+    arms = [parse_arm(p) for p in parts]
+    if len(arms) < 2:
+        raise ValidationError(f"an A/B test needs at least two arms, got {len(arms)} from {text!r}", "arms")
+    names = [a.name for a in arms]
+    if len(set(names)) != len(names):
+        raise ValidationError(f"arm names must differ (set name=...), got {names}", "arms")
+    return arms
+
+
+@dataclass
+class CustomerMetrics:
+    """Per-customer totals since day 0 (arrays over the eligible customers)."""
+
+    clicks: np.ndarray
+    slots: np.ndarray
+    visits: np.ndarray
+    orders: np.ndarray
+    revenue: np.ndarray
+    margin: np.ndarray
+    alive: np.ndarray
+    ltv: np.ndarray
+
+
+@dataclass
+class ABResult:
+    arms: list[Arm]
+    config: SimConfig
+    days: int
+    seed: int
+    salt: str
+    arm: np.ndarray  # (n_eligible,) arm index of each customer alive on day 0
+    customers: np.ndarray  # (n_eligible,) their indices
+    final: CustomerMetrics
+    checkpoints: dict[int, CustomerMetrics]  # day -> totals at the end of that many days
+    alive_at: dict[int, np.ndarray]  # day -> alive at the end of that many days
+    daily_margin: np.ndarray  # (days, arms) cumulative margin per customer of each arm
+    daily_ltv: np.ndarray  # (days, arms) cumulative discounted margin per customer
+    n_decisions: np.ndarray  # (arms,)
+    expected_margin: np.ndarray  # (arms,) exact expected carousel margin of the slates shown
+    srm: experiment.SRM
+    seconds: float
+    gateway_share: np.ndarray  # (days, arms) share of each arm's customers who own a gateway item
+    gateway_slots: np.ndarray  # (arms,) share of the arm's carousel slots that held a gateway item
+    kpis: list = field(default_factory=list, repr=False)  # the shop's DayKPIs of the test's days
+    longterm_value: np.ndarray | None = field(default=None, repr=False)  # the last estimate
+
+    @property
+    def sizes(self) -> np.ndarray:
+        return np.bincount(self.arm, minlength=len(self.arms))
+
+
+def _metrics(env: Environment, who: np.ndarray, base: dict, clicks: np.ndarray, slots: np.ndarray) -> CustomerMetrics:
+    st = env.state
+    return CustomerMetrics(
+        clicks=clicks[who].astype(float), slots=slots[who].astype(float),
+        visits=(st.visits[who] - base["visits"][who]).astype(float),
+        orders=(st.orders[who] - base["orders"][who]).astype(float),
+        revenue=st.revenue[who] - base["revenue"][who], margin=st.margin[who] - base["margin"][who],
+        alive=st.alive[who].astype(float), ltv=st.ltv[who].copy())
+
+
+def _purchases(h: History) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The purchases among recorded events: customer, item, day."""
+    p = h.kind == PURCHASE
+    return h.customer[p], h.item[p], h.day[p]
+
+
+def run_abtest(arms: list[Arm], config: SimConfig | None = None, days: int = 90, *, seed=0, salt: str = "ab",
+               n_slots: int = 5, n_candidates: int = 50, min_epsilon: float = 0.01, refit_days: int = 7,
+               horizon_days: float = 30.0, checkpoints=(7, 30, 60, 90), progress: bool = False,
+               echo=None) -> ABResult:
+    """Run an A/B test of ``arms`` for ``days`` days on the shop built from ``seed``.
+
+    ``salt`` randomises the assignment (a new salt, a new split of the same customers).
+    ``horizon_days`` is the later-margin window of the long-term value estimate.
+    ``echo(line)`` receives one progress line per week.
+    """
+    config = config or SimConfig()
+    days = check_positive_int(days, "days")
+    n_slots = check_positive_int(n_slots, "slots")
+    n_candidates = check_positive_int(n_candidates, "candidates")
+    refit_days = check_positive_int(refit_days, "refit_days")
+    if len(arms) < 2:
+        raise ValidationError(f"an A/B test needs at least two arms, got {len(arms)}", "arms")
+    if n_slots > n_candidates:
+        raise ValidationError(f"slots ({n_slots}) must not exceed candidates ({n_candidates})", "slots")
+    checkpoints = sorted({int(d) for d in checkpoints if 0 < int(d) <= days} | {days})
+    seed_seq = as_seed_sequence(seed)
+    world_seq, respond_seq, *arm_seqs = seed_seq.spawn(2 + len(arms))
+    env = Environment(config, seed=world_seq)
+    env.recording = True
+    env.warm_up()
+    history = env.take_events()  # the pre-period's events (and forget them: later calls return each day's)
+    cat, st = env.catalog, env.state
+    n = config.n_customers
+    arm_of = experiment.assign(np.arange(n), [a.name for a in arms], salt, [a.weight for a in arms])
+    eligible = np.flatnonzero(st.alive)
+    arm = arm_of[eligible]
+    srm = experiment.srm_check(np.bincount(arm, minlength=len(arms)), [a.weight for a in arms])
+
+    events = _interactions(history)
+    parts, purchase_parts = [events], [_purchases(history)]
+    stock_rule = OutOfStock(env.stock.available)
+    metadata = MetadataIndex().fit(list(cat.title), fields={"type": cat.product_type, "brand": cat.brand},
+                                   numeric=cat.price[:, None])
+    generator = CandidateGenerator(filters=Filters([stock_rule, AlreadyBought(cat.product_type, cat.consumable)]),
+                                   metadata=metadata)
+    generator.fit(events, cat.product_type, user_segments=env.population.segment)
+    purchases = np.bincount(events.item[events.kind == 2], minlength=cat.n_items).astype(float)
+    fallback = np.argsort(-purchases, kind="stable")
+
+    lt_value = None
+    if any(a.uses_longterm for a in arms):
+        lt_value = _long_term(purchase_parts, cat, horizon_days, end_day=0)
+    engines = []
+    for a, s in zip(arms, arm_seqs):
+        columns = {"price": cat.price, "margin": cat.margin, **cat.columns}
+        if a.uses_longterm:
+            columns["longterm"] = _longterm_column(cat.margin, lt_value, a.lam)
+        pol = make(a.policy, context_dim=env.context_dim, item_dim=config.dim, popularity=purchases,
+                   n_items=cat.n_items, item_types=cat.product_type, item_columns=columns)
+        engines.append(Engine(items=ItemTable(ids=tuple(cat.item_ids), features=cat.latent.astype(float)),
+                              policy=pol, log=DecisionLog(":memory:"), candidate_generator=generator,
+                              user_items=events.user_items("purchase"), user_index={}, context_dim=env.context_dim,
+                              n_candidates=n_candidates, min_epsilon=min_epsilon, seed=s, clock=_Clock()))
+    respond_rng = np.random.default_rng(respond_seq)
+    ids = cat.item_ids
+    index = {item: j for j, item in enumerate(ids)}
+    base = {"visits": st.visits.copy(), "orders": st.orders.copy(), "revenue": st.revenue.copy(),
+            "margin": st.margin.copy()}
+    clicks = np.zeros(n, np.int64)
+    slots_shown = np.zeros(n, np.int64)
+    size = np.bincount(arm, minlength=len(arms)).astype(float)
+    daily_margin = np.zeros((days, len(arms)))
+    daily_ltv = np.zeros((days, len(arms)))
+    gateway_share = np.zeros((days, len(arms)))
+    n_decisions = np.zeros(len(arms), np.int64)
+    expected_margin = np.zeros(len(arms))
+    gateway_slots = np.zeros(len(arms))
+    snaps: dict[int, CustomerMetrics] = {}
+    alive_at: dict[int, np.ndarray] = {}
+    say = echo or (lambda line: None)
+    start = time.perf_counter()
+    bar = _progress(days, progress)
+    try:
+        for d in range(days):
+            req = env.requests()
+            m = len(req)
+            stock_rule.available = req.available
+            states = [UserState(cart=r["cart"], purchased=r["purchases"], viewed=r["views"],
+                                segment=int(req.segment[i])) for i, r in ((i, req.recent(i)) for i in range(m))]
+            cand = _complete(generator.candidates_batch(states, n_candidates)[0], fallback, n_slots, req.available)
+            slates = np.zeros((m, n_slots), np.int64)
+            req_arm = arm_of[req.customer]
+            event_ids: list[list[str]] = []
+            rows_of = []
+            for a, engine in enumerate(engines):
+                rows = np.flatnonzero(req_arm == a)
+                rows_of.append(rows)
+                engine.clock.now = env.day * DAY_S
+                batch = [{"user_id": f"u{int(req.customer[i])}", "n_slots": n_slots, "context": req.context[i],
+                          "candidates": [ids[j] for j in cand[i] if j >= 0]} for i in rows.tolist()]
+                decisions = engine.decide_batch(batch) if len(rows) else []
+                if decisions:
+                    slates[rows] = [[index[s.item_id] for s in dec.slots] for dec in decisions]
+                event_ids.append([dec.event_id for dec in decisions])
+                n_decisions[a] += len(rows)
+            em = env.expected_reward(req, slates, "margin") if m else np.zeros(0)
+            expected_margin += np.bincount(req_arm, weights=em, minlength=len(arms))
+            gateway_slots += np.bincount(req_arm, weights=cat.gateway[slates].sum(axis=1), minlength=len(arms))
+            out = env.respond(req, slates, respond_rng)
+            np.add.at(clicks, req.customer, out.click.sum(axis=1).astype(np.int64))
+            np.add.at(slots_shown, req.customer, n_slots)
+            for a, engine in enumerate(engines):
+                rows = rows_of[a]
+                if len(rows):
+                    engine.clock.now = (env.day + 1) * DAY_S - 1.0
+                    _post_rewards(engine.log, event_ids[a], _take(out, rows), engine.clock.now)
+                    engine.learn(kind=arms[a].learn)
+            env.advance_day()
+            new = env.take_events()
+            parts.append(_interactions(new))
+            purchase_parts.append(_purchases(new))
+            daily_margin[d] = np.bincount(arm, weights=st.margin[eligible] - base["margin"][eligible],
+                                          minlength=len(arms)) / np.maximum(size, 1)
+            daily_ltv[d] = np.bincount(arm, weights=st.ltv[eligible], minlength=len(arms)) / np.maximum(size, 1)
+            gateway_share[d] = np.bincount(arm, weights=st.gateway[eligible].astype(float),
+                                           minlength=len(arms)) / np.maximum(size, 1)
+            if d + 1 in checkpoints:
+                snaps[d + 1] = _metrics(env, eligible, base, clicks, slots_shown)
+                alive_at[d + 1] = st.alive[eligible].copy()
+            if env.day % refit_days == 0:
+                events = _concat(parts)
+                parts = [events]
+                generator.fit(events, cat.product_type, user_segments=env.population.segment)
+                if lt_value is not None:
+                    lt_value = _long_term(purchase_parts, cat, horizon_days, end_day=env.day)
+                    for a, engine in zip(arms, engines):
+                        if a.uses_longterm:
+                            engine.policy.set_value(_longterm_column(cat.margin, lt_value, a.lam))
+                say(f"day {env.day:>3}: margin per customer " +
+                    "  ".join(f"{a.name} {v:.2f}" for a, v in zip(arms, daily_margin[d])))
+            bar.update(1)
+    finally:
+        bar.close()
+    return ABResult(arms=list(arms), config=config, days=days, seed=int(seed) if not isinstance(
+        seed, np.random.SeedSequence) else -1, salt=salt, arm=arm, customers=eligible,
+        final=snaps[days], checkpoints=snaps, alive_at=alive_at, daily_margin=daily_margin, daily_ltv=daily_ltv,
+        n_decisions=n_decisions, expected_margin=expected_margin, srm=srm, seconds=time.perf_counter() - start,
+        gateway_share=gateway_share, gateway_slots=gateway_slots / np.maximum(n_decisions * n_slots, 1),
+        kpis=env.kpis[-days:], longterm_value=None if lt_value is None else lt_value.value)
+
+
+def _take(out: Response, rows: np.ndarray) -> Response:
+    return Response(click=out.click[rows], purchase=out.purchase[rows], cart=out.cart[rows],
+                    revenue=out.revenue[rows], margin=out.margin[rows])
+
+
+class _Clock:
+    """The engine's clock in simulated seconds (set by the runner)."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _interactions(h: History):
+    from banditrec.candidates import Interactions
+
+    ts = h.day * DAY_S + np.arange(len(h)) * 1e-3
+    return Interactions.from_arrays(h.customer, h.item, ts, h.kind, session=h.session, n_users=h.n_customers,
+                                    n_items=h.n_items)
+
+
+def _long_term(parts: list[tuple], cat, horizon_days: float, end_day: int):
+    user, item, day = (np.concatenate(c) for c in zip(*parts))
+    ts = day * DAY_S + np.arange(len(day)) * 1e-3  # events are in time order; their order survives
+    return estimate_item_values(user, item, ts, cat.margin, cat.product_type, horizon_days=horizon_days,
+                                skip_days=1.0, end_ts=end_day * DAY_S)
+
+
+def _longterm_column(margin: np.ndarray, lt, lam: float) -> np.ndarray:
+    return np.maximum(margin + lam * lt.value, 0.0)
+
+
+# ---- analysis ---------------------------------------------------------------------------------
+
+MEAN_METRICS = ("revenue", "margin", "ltv")
+RATIO_METRICS = {"ctr": ("clicks", "slots"), "conversion": ("orders", "visits"), "aov": ("revenue", "orders")}
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    metric: str
+    arm: str
+    control: str
+    comparison: experiment.Comparison
+
+
+def analyse(result: ABResult, *, alpha: float = 0.05, n_boot: int = 2000, rng: np.random.Generator | None = None,
+            week: int = 7) -> list[MetricRow]:
+    """Each treatment arm against the first (control) arm, per metric: CTR, conversion and AOV
+    (ratio metrics, delta method), revenue, margin and lifetime value per customer, retention at
+    30/60/90 days, and the week-1 AOV and margin per customer (``week`` days)."""
+    rng = rng or np.random.default_rng(0)
+    rows: list[MetricRow] = []
+    control = result.arms[0].name
+    for b in range(1, len(result.arms)):
+        sel = {0: result.arm == 0, 1: result.arm == b}
+
+        def add(name, cmp):
+            rows.append(MetricRow(metric=name, arm=result.arms[b].name, control=control, comparison=cmp))
+
+        def ratio(name, snap):
+            num, den = RATIO_METRICS[name]
+            add(name if snap is result.final else f"{name} (week {week})", experiment.compare_ratios(
+                getattr(snap, num)[sel[0]], getattr(snap, den)[sel[0]], getattr(snap, num)[sel[1]],
+                getattr(snap, den)[sel[1]], alpha=alpha, n_boot=n_boot, rng=rng))
+
+        def mean(name, values, label=None):
+            add(label or name, experiment.compare_means(values[sel[0]], values[sel[1]], alpha=alpha, n_boot=n_boot,
+                                                        rng=rng))
+
+        for name in RATIO_METRICS:
+            ratio(name, result.final)
+        for name in MEAN_METRICS:
+            mean(name, getattr(result.final, name))
+        for d in (30, 60, 90):
+            if d in result.alive_at:
+                mean(f"retention {d}d", result.alive_at[d].astype(float))
+        if week in result.checkpoints and week != result.days:
+            ratio("aov", result.checkpoints[week])
+            mean("margin", result.checkpoints[week].margin, f"margin (week {week})")
+    return rows
+
+
+def metric_table(rows: list[MetricRow]) -> str:
+    """A Markdown table of :func:`analyse`'s rows."""
+    head = ("| metric | arm | control mean | arm mean | difference [95% CI, Welch] | lift [95% CI] "
+            "| bootstrap CI of difference | p |")
+    out = [head, "|" + "---|" * 8]
+    for r in rows:
+        c = r.comparison
+        out.append(f"| {r.metric} | {r.arm} | {_num(c.mean_a)} | {_num(c.mean_b)} | {_num(c.diff, True)} "
+                   f"[{_num(c.diff_ci[0], True)}, {_num(c.diff_ci[1], True)}] | {100 * c.lift:+.1f}% "
+                   f"[{100 * c.lift_ci[0]:+.1f}%, {100 * c.lift_ci[1]:+.1f}%] | "
+                   f"[{_num(c.boot_ci[0], True)}, {_num(c.boot_ci[1], True)}] | {_p(c.p_value)} |")
+    return "\n".join(out)
+
+
+def _num(x: float, signed: bool = False) -> str:
+    if not np.isfinite(x):
+        return "n/a"
+    digits = 4 if abs(x) < 1 else 2
+    return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
+
+
+def _p(p: float) -> str:
+    return "n/a" if not np.isfinite(p) else (f"{p:.1e}" if p < 1e-3 else f"{p:.3f}")
+
+
+# ---- A/A ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AAStudy:
+    n_tests: int
+    alpha: float
+    metrics: tuple[str, ...]
+    p_values: np.ndarray  # (n_tests, n_metrics)
+
+    def false_positive_rate(self) -> np.ndarray:
+        return (self.p_values < self.alpha).mean(axis=0)
+
+    def any_metric_rate(self) -> float:
+        return float((self.p_values < self.alpha).any(axis=1).mean())
+
+
+def aa_study(n_tests: int, arm: Arm, config: SimConfig | None = None, days: int = 28, *, first_seed: int = 0,
+             alpha: float = 0.05, progress: bool = False, **kw) -> AAStudy:
+    """``n_tests`` A/A tests: the same arm twice, each test on its own world (seed
+    ``first_seed + t``) and salt. Under the null every metric's Welch p-value is uniform, so
+    the share below ``alpha`` estimates the false-positive rate (expected: ``alpha``)."""
+    n_tests = check_positive_int(n_tests, "tests")
+    arms = [replace(arm, name="A"), replace(arm, name="A'")]
+    names: tuple[str, ...] | None = None
+    ps = []
+    bar = _progress(n_tests, progress)
+    try:
+        for t in range(n_tests):
+            r = run_abtest(arms, config, days, seed=first_seed + t, salt=f"aa-{first_seed + t}", **kw)
+            rows = analyse(r, alpha=alpha, n_boot=0)
+            names = names or tuple(x.metric for x in rows)
+            ps.append([x.comparison.p_value for x in rows])
+            bar.update(1)
+    finally:
+        bar.close()
+    return AAStudy(n_tests=n_tests, alpha=alpha, metrics=names or (), p_values=np.array(ps))
+
+
+# ---- several worlds, the report ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Pooled:
+    """One metric's treatment-minus-control difference pooled over seeds (fixed effect:
+    inverse-variance weighted mean of the per-seed Welch differences; normal test)."""
+
+    metric: str
+    arm: str
+    diff: float
+    se: float
+    p_value: float
+    per_seed: tuple  # ((diff, p_value), ...) in seed order
+
+    @property
+    def ci(self) -> tuple[float, float]:
+        return self.diff - 1.959963984540054 * self.se, self.diff + 1.959963984540054 * self.se
+
+
+def pool_seeds(rows_by_seed: list[list[MetricRow]]) -> list[Pooled]:
+    """Pool each (metric, arm) over the seeds' :func:`analyse` rows."""
+    from scipy import special
+
+    out = []
+    for k, first in enumerate(rows_by_seed[0]):
+        cs = [rows[k].comparison for rows in rows_by_seed]
+        se = np.array([c.se for c in cs])
+        d = np.array([c.diff for c in cs])
+        ok = se > 0
+        if ok.any():
+            w = 1.0 / se[ok] ** 2
+            diff, s = float((w * d[ok]).sum() / w.sum()), float(1.0 / np.sqrt(w.sum()))
+            p = float(2 * special.ndtr(-abs(diff) / s))
+        else:
+            diff, s, p = float(d.mean()), 0.0, float("nan")
+        out.append(Pooled(metric=first.metric, arm=first.arm, diff=diff, se=s, p_value=p,
+                          per_seed=tuple((c.diff, c.p_value) for c in cs)))
+    return out
+
+
+def pooled_table(pooled: list[Pooled]) -> str:
+    out = ["| metric | arm | difference, pooled [95% CI] | p | per seed: difference (p) |", "|---|---|---|---|---|"]
+    for p in pooled:
+        seeds = "; ".join(f"{_num(d, True)} ({_p(q)})" for d, q in p.per_seed)
+        out.append(f"| {p.metric} | {p.arm} | {_num(p.diff, True)} [{_num(p.ci[0], True)}, {_num(p.ci[1], True)}] "
+                   f"| {_p(p.p_value)} | {seeds} |")
+    return "\n".join(out)
+
+
+def power_table(result: ABResult, lifts=(0.01, 0.02, 0.05), alpha: float = 0.05, power: float = 0.8) -> str:
+    """Customers per arm needed to detect each relative lift of lifetime value and of week-1
+    margin, from the control arm's mean and spread in ``result``; and the lift detectable with
+    this run's arm size."""
+    control = result.arm == 0
+    n_arm = int(control.sum())
+    lines = [f"| metric | control mean | sd | " + " | ".join(f"n per arm for {100 * x:g}%" for x in lifts)
+             + f" | detectable lift at n = {n_arm:,} |", "|---" * (4 + len(lifts)) + "|"]
+    series = [("ltv", result.final.ltv)]
+    if 7 in result.checkpoints and result.days != 7:
+        series.append(("margin (week 7)", result.checkpoints[7].margin))
+    for name, values in series:
+        v = values[control]
+        mean, sd = float(v.mean()), float(v.std(ddof=1))
+        ns = [experiment.sample_size(baseline=mean, sd=sd, mde=x, alpha=alpha, power=power) for x in lifts]
+        mde = experiment.minimum_detectable_effect(n_arm, baseline=mean, sd=sd, alpha=alpha, power=power)
+        lines.append(f"| {name} | {mean:.2f} | {sd:.2f} | " + " | ".join(f"{n:,}" for n in ns)
+                     + f" | {100 * mde:.1f}% |")
+    return "\n".join(lines)
+
+
+def plot_days(results: list[ABResult], path) -> None:
+    """Cumulative margin per customer by arm over days (mean over seeds), and each seed's
+    treatment-minus-control difference with the share of customers owning a gateway item."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = [a.name for a in results[0].arms]
+    days = np.arange(1, results[0].days + 1)
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4.2))
+    mean = np.mean([r.daily_margin for r in results], axis=0)
+    for a, name in enumerate(arms):
+        ax[0].plot(days, mean[:, a], label=name)
+    ax[0].set(xlabel="day", ylabel="cumulative margin per customer", title=f"margin per customer ({len(results)} seeds)")
+    ax[0].legend()
+    for r in results:
+        for a in range(1, len(arms)):
+            ax[1].plot(days, r.daily_margin[:, a] - r.daily_margin[:, 0], color=f"C{a}", alpha=0.6)
+    ax[1].axhline(0, color="k", lw=0.8)
+    ax[1].set(xlabel="day", ylabel=f"difference vs {arms[0]}", title="cumulative margin: arm minus control, per seed")
+    share = np.mean([r.gateway_share for r in results], axis=0)
+    for a, name in enumerate(arms):
+        ax[2].plot(days, share[:, a], label=name)
+    ax[2].set(xlabel="day", ylabel="share of customers", title="customers who own a gateway item")
+    ax[2].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_aa(study: AAStudy, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.hist(study.p_values.ravel(), bins=20, range=(0, 1), density=True)
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set(xlabel="p-value", ylabel="density", title=f"{study.n_tests} A/A tests x {len(study.metrics)} metrics")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def aa_table(study: AAStudy) -> str:
+    rates = study.false_positive_rate()
+    se = np.sqrt(study.alpha * (1 - study.alpha) / study.n_tests)
+    out = [f"| metric | false-positive rate at alpha = {study.alpha} (expected {study.alpha:.3f} +- {se:.3f}) |",
+           "|---|---|"]
+    out += [f"| {m} | {r:.3f} |" for m, r in zip(study.metrics, rates)]
+    out.append(f"| any of them | {study.any_metric_rate():.3f} |")
+    return "\n".join(out)
+
+
+def write_report(out, *, results: list[ABResult] | None = None, rows_by_seed=None, aa: AAStudy | None = None,
+                 command: str = "") -> "Path":
+    """Markdown report (``report.md``) with PNG plots in ``out``; returns the report's path."""
+    from pathlib import Path
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    md = ["# A/B simulation", ""]
+    if command:
+        md += [f"`{command}`", ""]
+    if results:
+        r0 = results[0]
+        md += ["## Design", "",
+               f"- arms: " + "; ".join(f"**{a.name}** = `{a.policy}` (learns {a.learn}"
+                                       + (f", lambda {a.lam:g}" if a.uses_longterm else "") + ")" for a in r0.arms),
+               f"- {r0.config.n_customers:,} customers, {r0.days} days, seeds "
+               f"{', '.join(str(r.seed) for r in results)}, salt `{r0.salt}`",
+               f"- customers alive on day 0 per arm: {', '.join(f'{n:,}' for n in r0.sizes)}; sample-ratio check "
+               f"chi2 = {r0.srm.chi2:.2f}, p = {r0.srm.p_value:.3f} ({'ok' if r0.srm.ok else 'MISMATCH'})",
+               f"- decisions per arm: {', '.join(f'{int(n):,}' for n in r0.n_decisions)}", ""]
+        md += ["## Results" + (f" (seed {r0.seed})" if len(results) > 1 else ""), "",
+               metric_table(rows_by_seed[0]), ""]
+        if len(results) > 1:
+            md += [f"## Pooled over {len(results)} seeds", "", pooled_table(pool_seeds(rows_by_seed)), ""]
+        plot_days(results, out / "margin_by_day.png")
+        md += ["## Over time", "", "![margin by day](margin_by_day.png)", "",
+               "## Power", "", power_table(r0), ""]
+    if aa is not None:
+        plot_aa(aa, out / "aa_pvalues.png")
+        md += ["## A/A tests", "", aa_table(aa), "", "![A/A p-values](aa_pvalues.png)", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(md))
+    return path
+
+
+SCENARIOS = {
+    "default": {},
+    # the long-term study's shop: a smaller catalog (so that a 60-day pre-period gives each item
+    # enough buyers to estimate its long-term value), 5% gateway items with a strong effect
+    "gateway": {"n_items": 1000, "n_types": 50, "gateway_share": 0.05, "history_days": 120},
+}
+
+
+def scenario_config(name: str) -> SimConfig:
+    if name not in SCENARIOS:
+        raise ValidationError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}", "scenario")
+    return SimConfig(**SCENARIOS[name])
+
+
+ABTEST_KEYS = {"arms": str, "days": int, "customers": int, "seeds": int, "first_seed": int, "salt": str, "aa": int}
+
+
+def load_config(path) -> tuple[SimConfig, dict]:
+    """A TOML file: simulator fields (top level or in tables, as :meth:`SimConfig.from_toml`)
+    and an optional ``[abtest]`` table (``arms``, ``days``, ``customers``, ``seeds``,
+    ``first_seed``, ``salt``, ``aa``)."""
+    import tomllib
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValidationError(f"config file {str(path)!r} does not exist", "config") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValidationError(f"config file {str(path)!r} is not valid TOML: {exc}", "config") from None
+    opts = data.pop("abtest", {})
+    if not isinstance(opts, dict):
+        raise ValidationError(f"{path}: [abtest] must be a table", "abtest")
+    for key, value in opts.items():
+        if key not in ABTEST_KEYS:
+            raise ValidationError(f"{path} [abtest]: unknown key {key!r}; known: {', '.join(ABTEST_KEYS)}", key)
+        kind = ABTEST_KEYS[key]
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise ValidationError(f"{path} [abtest]: {key} must be {kind.__name__}, got {value!r}", key)
+    return SimConfig.from_dict(data, source=str(path)), opts

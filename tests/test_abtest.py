@@ -1,0 +1,177 @@
+"""A/B simulation (simulator.abtest) and ``banditrec abtest``.
+
+References: the shop's own day-by-day KPIs (an independent account of every visit, order,
+click and margin) against the per-customer totals the test analyses; the assignment hash;
+hand-computed pooling; the simulator's gateway items (ground truth) for the long-term arm.
+"""
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from banditrec import experiment
+from banditrec.cli import main
+from banditrec.errors import ValidationError
+from simulator import SimConfig
+from simulator.abtest import (MetricRow, Pooled, analyse, load_config, metric_table, parse_arm, parse_arms,
+                              pool_seeds, run_abtest, write_report)
+
+SMALL = SimConfig(n_items=300, n_types=20, n_categories=5, n_customers=2500, history_days=20, gateway_share=0.05)
+
+
+@pytest.fixture(scope="module")
+def small_run():
+    return run_abtest(parse_arms("margin,longterm,lambda=2"), SMALL, 14, seed=3, salt="s", n_candidates=30)
+
+
+def test_parse_arms_presets_overrides_and_commas():
+    arms = parse_arms("margin,longterm,lambda=3,shared-linucb:alpha=0.5,epsilon=0.2,learn=margin,name=lin")
+    assert [a.name for a in arms] == ["margin", "longterm", "lin"]
+    assert arms[1].lam == 3.0 and arms[1].uses_longterm and arms[1].learn == "purchase"
+    assert arms[2].policy == "shared-linucb:alpha=0.5,epsilon=0.2" and arms[2].learn == "margin"
+    assert not arms[0].uses_longterm and "value=margin" in arms[0].policy
+    assert parse_arm("uniform,weight=3").weight == 3.0
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("margin", "at least two arms"),
+    ("margin,margin", "names must differ"),
+    ("margin,click,learn=revenue", "learn must be one of"),
+    ("margin,longterm,lambda=-1", "lambda must be >= 0"),
+    ("margin,uniform,weight=0", "weight must be > 0"),
+    ("margin,uniform,lambda=x", "must be numbers"),
+])
+def test_parse_arms_errors_name_the_problem(text, needle):
+    with pytest.raises(ValidationError) as e:
+        parse_arms(text)
+    assert needle in str(e.value)
+
+
+def test_customer_totals_agree_with_the_shops_kpis(small_run):
+    r = small_run
+    f = r.final
+    k = r.kpis
+    assert len(k) == 14
+    # every visitor of the test's days was alive on day 0, so the per-customer totals add up to the shop's
+    assert f.visits.sum() == sum(x.visits for x in k)
+    assert f.orders.sum() == sum(x.orders for x in k)
+    assert f.clicks.sum() == sum(x.clicks for x in k)
+    assert f.slots.sum() == sum(x.slots for x in k)
+    assert f.margin.sum() == pytest.approx(sum(x.margin for x in k), rel=1e-9)
+    assert f.revenue.sum() == pytest.approx(sum(x.revenue for x in k), rel=1e-9)
+    # each visit got one carousel from its arm's engine
+    for a in range(2):
+        assert r.n_decisions[a] == f.visits[r.arm == a].sum()
+    # the daily series ends at the per-customer means
+    for a in range(2):
+        assert r.daily_margin[-1, a] == pytest.approx(f.margin[r.arm == a].mean(), rel=1e-9)
+    assert f.alive.sum() == k[-1].alive
+    assert np.all(r.checkpoints[7].margin <= f.margin + 1e-9)
+
+
+def test_assignment_is_the_salted_hash(small_run):
+    r = small_run
+    want = experiment.assign(np.arange(SMALL.n_customers), ["margin", "longterm"], "s")[r.customers]
+    np.testing.assert_array_equal(r.arm, want)
+    assert r.srm.counts == tuple(np.bincount(r.arm, minlength=2))
+
+
+def test_same_seed_same_test_and_a_new_salt_a_new_split(small_run):
+    arms = parse_arms("margin,longterm,lambda=2")
+    again = run_abtest(arms, SMALL, 14, seed=3, salt="s", n_candidates=30)
+    np.testing.assert_array_equal(again.final.margin, small_run.final.margin)
+    np.testing.assert_array_equal(again.daily_margin, small_run.daily_margin)
+    other = run_abtest(arms, SMALL, 3, seed=3, salt="t", n_candidates=30)
+    np.testing.assert_array_equal(other.customers, small_run.customers)  # the same world
+    agree = (other.arm == small_run.arm).mean()
+    assert 0.4 < agree < 0.6  # an independent split of the same customers
+
+
+def test_analysis_rows_match_direct_comparisons(small_run):
+    r = small_run
+    rows = analyse(r, n_boot=0)
+    by = {x.metric: x.comparison for x in rows}
+    ltv = experiment.compare_means(r.final.ltv[r.arm == 0], r.final.ltv[r.arm == 1], n_boot=0)
+    assert by["ltv"].diff == pytest.approx(ltv.diff) and by["ltv"].p_value == pytest.approx(ltv.p_value)
+    ctr = by["ctr"]
+    assert ctr.mean_a == pytest.approx(r.final.clicks[r.arm == 0].sum() / r.final.slots[r.arm == 0].sum())
+    assert by["aov (week 7)"].mean_b == pytest.approx(
+        r.checkpoints[7].revenue[r.arm == 1].sum() / r.checkpoints[7].orders[r.arm == 1].sum())
+    table = metric_table(rows)
+    assert table.count("\n") == len(rows) + 1 and "| ltv | longterm |" in table
+
+
+def _row(metric, diff, se):
+    c = experiment.Comparison(metric=metric, kind="mean", n_a=10, n_b=10, mean_a=1.0, mean_b=1.0 + diff, diff=diff,
+                              se=se, df=18.0, diff_ci=(0, 0), p_value=0.5, lift=diff, lift_se=se, lift_ci=(0, 0),
+                              boot_ci=(0, 0), boot_se=se, lift_boot_ci=(0, 0), alpha=0.05, n_boot=0,
+                              significant=False)
+    return MetricRow(metric=metric, arm="b", control="a", comparison=c)
+
+
+def test_pooling_is_inverse_variance_weighted():
+    pooled = pool_seeds([[_row("ltv", 1.0, 0.5)], [_row("ltv", 2.0, 1.0)], [_row("ltv", -1.0, 2.0)]])
+    w = np.array([4.0, 1.0, 0.25])
+    d = np.array([1.0, 2.0, -1.0])
+    assert isinstance(pooled[0], Pooled)
+    assert pooled[0].diff == pytest.approx((w * d).sum() / w.sum())
+    assert pooled[0].se == pytest.approx(1 / np.sqrt(w.sum()))
+    from scipy import stats
+    assert pooled[0].p_value == pytest.approx(2 * stats.norm.sf(abs(pooled[0].diff) / pooled[0].se))
+
+
+def test_longterm_arm_shows_more_gateway_items():
+    """With a large lambda the long-term arm's value column favours items whose buyers spend
+    more later; in the simulator those are the gateway items (ground truth)."""
+    cfg = SimConfig(n_items=400, n_types=20, n_categories=5, n_customers=6000, history_days=120, gateway_share=0.08,
+                    gateway_visit_boost=1.0, gateway_churn_cut=0.7)
+    r = run_abtest(parse_arms("margin,longterm,lambda=20"), cfg, 7, seed=1, n_candidates=30)
+    assert r.gateway_slots[1] > 1.5 * r.gateway_slots[0]
+    g = np.zeros(cfg.n_items, bool)
+    assert r.longterm_value is not None and r.longterm_value.shape == g.shape
+
+
+def test_report_and_cli(tmp_path, small_run):
+    path = write_report(tmp_path / "rep", results=[small_run], rows_by_seed=[analyse(small_run, n_boot=50)])
+    text = path.read_text()
+    assert "sample-ratio check" in text and "| ltv |" in text and "## Power" in text
+    assert (tmp_path / "rep" / "margin_by_day.png").stat().st_size > 10_000
+
+    runner = CliRunner()
+    cfg = tmp_path / "ab.toml"
+    cfg.write_text('n_items = 300\nn_types = 20\nn_categories = 5\nhistory_days = 20\n'
+                   '[abtest]\narms = "uniform,click"\ndays = 8\ncustomers = 1200\nseeds = 2\n')
+    out = runner.invoke(main, ["abtest", "--config", str(cfg), "--boot", "50", "--out", str(tmp_path / "cli")])
+    assert out.exit_code == 0, out.output
+    assert "seed 0:" in out.output and "seed 1:" in out.output and "Pooled" not in out.output
+    assert "| ctr | click |" in out.output and "per seed" in out.output
+    report = (tmp_path / "cli" / "report.md").read_text()
+    assert "Pooled over 2 seeds" in report
+
+    out = runner.invoke(main, ["abtest", "--config", str(cfg), "--aa", "2", "--out", str(tmp_path / "aa")])
+    assert out.exit_code == 0, out.output
+    assert "false-positive rate" in out.output
+    assert (tmp_path / "aa" / "aa_pvalues.png").exists()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--arms", "margin"], "at least two arms"),
+    (["--arms", "margin,nosuch"], "unknown policy 'nosuch'"),
+    (["--config", "/nonexistent.toml"], "does not exist"),
+])
+def test_cli_errors_are_clean(args, needle, tmp_path):
+    out = CliRunner().invoke(main, ["abtest", *args, "--out", str(tmp_path)])
+    assert out.exit_code == 2
+    assert needle in out.output and "Traceback" not in out.output
+
+
+def test_config_file_errors(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[abtest]\ndays = "many"\n')
+    with pytest.raises(ValidationError) as e:
+        load_config(bad)
+    assert e.value.field == "days"
+    bad.write_text('[abtest]\ncolour = 1\n')
+    with pytest.raises(ValidationError) as e:
+        load_config(bad)
+    assert "unknown key 'colour'" in str(e.value)
