@@ -42,7 +42,7 @@ import numpy as np
 
 from .errors import ValidationError
 from .evaluate import DEFAULT_ESTIMATORS, MAX_ONE_HOT_ITEMS, Evaluation, PolicyEvaluation, _decisions, \
-    _sparse_target, write_report
+    _sparse_target, candidate_policy, training_popularity, write_report
 from .ope.estimators import ESTIMATORS, IPS, Moments, OPEWarning
 from .ope.reward_model import RidgeRewardModel
 from .store.partitioned import Dataset, Partition, PartitionError, concat_decisions, open_dataset, \
@@ -308,9 +308,6 @@ def evaluate_parquet(root, specs: list[str], *, estimators: tuple[str, ...] = DE
                      level: float = 0.95, seed: int | None = 0, client=None, out=None, progress: bool = False,
                      n_folds: int = 2) -> Evaluation:
     """``evaluate_log`` over the day-partitioned export at ``root`` (see the module docstring)."""
-    from .offline import train_from_log
-    from .policies import make
-
     unknown = [e for e in (*estimators, primary) if e not in ESTIMATORS]
     if unknown:
         raise ValidationError(f"unknown estimator {unknown[0]!r}; known: {', '.join(sorted(ESTIMATORS))}", "estimator")
@@ -360,23 +357,10 @@ def evaluate_parquet(root, specs: list[str], *, estimators: tuple[str, ...] = DE
     for s in stats:
         seen[s["seen"][:, 0], s["seen"][:, 1]] = True
     logging_policies = sorted(set().union(*(s["policies"] for s in stats)) | _train_policies(ds, tasks, n_train))
-    popularity = np.ones(n_items)
-    if train is not None:
-        popularity += np.bincount(train.row_action, weights=(train.row_reward > 0).astype(float), minlength=n_items)
     context_dim = int(ds_context_width(ds, tasks))
-    env = {"context_dim": context_dim, "item_dim": features.shape[1], "popularity": popularity, "n_items": n_items}
-    snapshots = []
-    for spec in specs:
-        try:
-            policy = make(spec, **env)
-        except ValidationError as exc:
-            if exc.field in ("objective", "max_per_type"):
-                raise ValidationError(f"policy {spec}: {exc} -- the log's item table carries no business columns "
-                                      "or product types, so evaluate cannot apply it", exc.field) from None
-            raise
-        if train is not None and train.n_decisions:
-            train_from_log(policy, train, features)
-        snapshots.append(_snapshot_bytes(policy))
+    env = {"context_dim": context_dim, "item_dim": features.shape[1],
+           "popularity": training_popularity(train, n_items), "n_items": n_items}
+    snapshots = [_snapshot_bytes(candidate_policy(spec, env, train, features)) for spec in specs]
     shared.update(features=features, coefs=coefs, seen=seen, env=env, policies=snapshots,
                   estimators=tuple(estimators), level=level)
     parts = run_tasks(_eval_moments, tasks, client=client, shared=shared, progress=progress, desc="evaluating")

@@ -145,6 +145,28 @@ def _unsupported(logged: LoggedDecisions, target_rows: sp.csr_matrix, n_items: i
     return float((target_rows.data * unseen).sum() / max(len(logged.row_slot), 1))
 
 
+def training_popularity(train: LoggedDecisions | None, n_items: int) -> np.ndarray:
+    """1 + rewarded rows per item in the training share: what ``popularity`` policies rank by."""
+    popularity = np.ones(n_items)
+    if train is not None:
+        popularity += np.bincount(train.row_action, weights=(train.row_reward > 0).astype(float), minlength=n_items)
+    return popularity
+
+
+def candidate_policy(spec: str, env: dict, train: LoggedDecisions | None, features: np.ndarray):
+    """The candidate ``spec`` built with ``env`` and trained on the log's training share."""
+    try:
+        policy = make(spec, **env)
+    except ValidationError as exc:
+        if exc.field in ("objective", "value", "max_per_type"):
+            raise ValidationError(f"policy {spec}: {exc} -- the log's item table carries no business columns "
+                                  "or product types, so evaluate cannot apply it", exc.field) from None
+        raise
+    if train is not None and train.n_decisions:
+        train_from_log(policy, train, features)
+    return policy
+
+
 def evaluate_log(
     db: str,
     specs: list[str],
@@ -195,23 +217,12 @@ def evaluate_log(
     result = Evaluation(db=str(db), kind=kind, n_train=0 if train is None else train.n_decisions,
                         n_eval=test.n_decisions, n_rows=data.n_rows, primary=primary, logging=logging,
                         logging_policies=logging_policies)
-    popularity = np.ones(n_items)
-    if train is not None:
-        popularity += np.bincount(train.row_action, weights=(train.row_reward > 0).astype(float), minlength=n_items)
-    env = {"context_dim": test.context.shape[1], "item_dim": features.shape[1], "popularity": popularity,
-           "n_items": n_items}
+    env = {"context_dim": test.context.shape[1], "item_dim": features.shape[1],
+           "popularity": training_popularity(train, n_items), "n_items": n_items}
     reward_model = RidgeRewardModel()  # fitted once: only its target term depends on the candidate
     folds = reward_model.fit_folds(data, n_folds=2, rng=np.random.default_rng(seed))
     for spec in specs:
-        try:
-            policy = make(spec, **env)
-        except ValidationError as exc:
-            if exc.field in ("objective", "max_per_type"):
-                raise ValidationError(f"policy {spec}: {exc} -- the log's item table carries no business columns "
-                                      "or product types, so evaluate cannot apply it", exc.field) from None
-            raise
-        if train is not None and train.n_decisions:
-            train_from_log(policy, train, features)
+        policy = candidate_policy(spec, env, train, features)
         kept: list = []
         pi = target_pscore(policy, test, features, on_decision=lambda d, items, marg: kept.append((items, marg)))
         target_rows = _sparse_target(test, kept, n_items)

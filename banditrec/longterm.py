@@ -62,8 +62,14 @@ class LongTermValue:
 
     def shrinkage(self) -> np.ndarray:
         """Weight of each item's raw value in ``value`` (0 = all prior, 1 = all data)."""
-        var = np.where(self.n_buyers > 0, self.residual_sd**2 / np.maximum(self.n_buyers, 1), np.inf)
-        return np.where(self.n_buyers > 0, self.prior_sd**2 / (self.prior_sd**2 + var), 0.0)
+        return _shrinkage(self.n_buyers, self.residual_sd**2, self.prior_sd**2)
+
+
+def _shrinkage(n_buyers: np.ndarray, s2: float, tau2: float) -> np.ndarray:
+    """``tau^2 / (tau^2 + s^2 / n)`` per item; 0 for items without buyers, or when ``tau^2 = 0``."""
+    if tau2 <= 0:
+        return np.zeros(len(n_buyers))
+    return tau2 / (tau2 + np.where(n_buyers > 0, s2 / np.maximum(n_buyers, 1), np.inf))
 
 
 def _window_sums(key: np.ndarray, cum: np.ndarray, lo_key: np.ndarray, hi_key: np.ndarray) -> np.ndarray:
@@ -165,11 +171,9 @@ def estimate_item_values(user, item, ts, item_margin, groups, *, horizon_days: f
     dof = len(resid) - n_groups - 1
     s2 = float(resid @ resid) / dof if dof > 0 else 0.0
     raw = np.bincount(j, weights=resid, minlength=n_items) / np.maximum(n_buyers, 1)
-    seen = n_buyers > 0
-    var = np.where(seen, s2 / np.maximum(n_buyers, 1), np.inf)
     # between-item variance, each item weighted by its buyers: well-measured items dominate
-    tau2 = max(float((n_buyers * raw**2).sum() - s2 * seen.sum()) / max(int(n_buyers.sum()), 1), 0.0)
-    weight = np.where(seen, tau2 / (tau2 + np.where(seen, var, 1.0)) if tau2 > 0 else 0.0, 0.0)
-    return LongTermValue(value=raw * weight, raw=raw, n_buyers=n_buyers, se=np.sqrt(var), slope=slope,
+    tau2 = max(float((n_buyers * raw**2).sum() - s2 * (n_buyers > 0).sum()) / max(int(n_buyers.sum()), 1), 0.0)
+    se = np.where(n_buyers > 0, np.sqrt(s2 / np.maximum(n_buyers, 1)), np.inf)
+    return LongTermValue(value=raw * _shrinkage(n_buyers, s2, tau2), raw=raw, n_buyers=n_buyers, se=se, slope=slope,
                          residual_sd=float(np.sqrt(s2)), prior_sd=float(np.sqrt(tau2)), horizon_s=horizon_s,
                          n_purchases=int(use.sum()))

@@ -22,12 +22,12 @@ every ``refit_days``.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from banditrec import experiment
-from banditrec.candidates import AlreadyBought, CandidateGenerator, Filters, MetadataIndex, OutOfStock, UserState
 from banditrec.engine import Engine, ItemTable
 from banditrec.errors import ValidationError
 from banditrec.longterm import estimate_item_values
@@ -36,12 +36,11 @@ from banditrec.store import DecisionLog
 from banditrec.validation import as_seed_sequence, check_positive_int
 
 from .carousel import Response
-from .config import SimConfig
+from .config import SimConfig, read_toml
 from .environment import Environment
-from .history import PURCHASE, History
-from .run import DAY_S, REWARD_KINDS, _complete, _concat, _post_rewards, _progress
+from .history import PURCHASE
+from .run import DAY_S, REWARD_KINDS, ShopCandidates, _concat, _post_rewards, _progress, history_interactions
 
-LEARN_KINDS = REWARD_KINDS
 ARM_KEYS = ("name", "learn", "lambda", "weight")
 
 PRESETS = {
@@ -67,8 +66,8 @@ class Arm:
 
     @property
     def uses_longterm(self) -> bool:
-        return parse_spec(self.policy)[1].get("value") == "longterm" or \
-            parse_spec(self.policy)[1].get("objective") == "longterm"
+        params = parse_spec(self.policy)[1]
+        return "longterm" in (params.get("value"), params.get("objective"))
 
 
 def parse_arm(text: str) -> Arm:
@@ -88,8 +87,8 @@ def parse_arm(text: str) -> Arm:
     extra = {k: raw.pop(k) for k in ARM_KEYS if k in raw}
     policy = head + (":" + ",".join(f"{k}={v}" for k, v in raw.items()) if raw else "")
     learn = extra.get("learn", "click")
-    if learn not in LEARN_KINDS:
-        raise ValidationError(f"learn must be one of {', '.join(LEARN_KINDS)}; got {learn!r} in {text!r}", "arms")
+    if learn not in REWARD_KINDS:
+        raise ValidationError(f"learn must be one of {', '.join(REWARD_KINDS)}; got {learn!r} in {text!r}", "arms")
     try:
         lam, weight = float(extra.get("lambda", 1.0)), float(extra.get("weight", 1.0))
     except ValueError:
@@ -173,12 +172,6 @@ def _metrics(env: Environment, who: np.ndarray, base: dict, clicks: np.ndarray, 
         alive=st.alive[who].astype(float), ltv=st.ltv[who].copy())
 
 
-def _purchases(h: History) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The purchases among recorded events: customer, item, day."""
-    p = h.kind == PURCHASE
-    return h.customer[p], h.item[p], h.day[p]
-
-
 def run_abtest(arms: list[Arm], config: SimConfig | None = None, days: int = 90, *, seed=0, salt: str = "ab",
                n_slots: int = 5, n_candidates: int = 50, min_epsilon: float = 0.01, refit_days: int = 7,
                horizon_days: float = 30.0, checkpoints=(7, 30, 60, 90), progress: bool = False,
@@ -212,29 +205,22 @@ def run_abtest(arms: list[Arm], config: SimConfig | None = None, days: int = 90,
     arm = arm_of[eligible]
     srm = experiment.srm_check(np.bincount(arm, minlength=len(arms)), [a.weight for a in arms])
 
-    events = _interactions(history)
-    parts, purchase_parts = [events], [_purchases(history)]
-    stock_rule = OutOfStock(env.stock.available)
-    metadata = MetadataIndex().fit(list(cat.title), fields={"type": cat.product_type, "brand": cat.brand},
-                                   numeric=cat.price[:, None])
-    generator = CandidateGenerator(filters=Filters([stock_rule, AlreadyBought(cat.product_type, cat.consumable)]),
-                                   metadata=metadata)
-    generator.fit(events, cat.product_type, user_segments=env.population.segment)
-    purchases = np.bincount(events.item[events.kind == 2], minlength=cat.n_items).astype(float)
-    fallback = np.argsort(-purchases, kind="stable")
+    events = history_interactions(history)
+    parts = [events]
+    shop = ShopCandidates(env, events)
 
     lt_value = None
     if any(a.uses_longterm for a in arms):
-        lt_value = _long_term(purchase_parts, cat, horizon_days, end_day=0)
+        lt_value = _long_term(events, cat, horizon_days, end_day=0)
     engines = []
     for a, s in zip(arms, arm_seqs):
         columns = {"price": cat.price, "margin": cat.margin, **cat.columns}
         if a.uses_longterm:
             columns["longterm"] = _longterm_column(cat.margin, lt_value, a.lam)
-        pol = make(a.policy, context_dim=env.context_dim, item_dim=config.dim, popularity=purchases,
+        pol = make(a.policy, context_dim=env.context_dim, item_dim=config.dim, popularity=shop.purchases,
                    n_items=cat.n_items, item_types=cat.product_type, item_columns=columns)
         engines.append(Engine(items=ItemTable(ids=tuple(cat.item_ids), features=cat.latent.astype(float)),
-                              policy=pol, log=DecisionLog(":memory:"), candidate_generator=generator,
+                              policy=pol, log=DecisionLog(":memory:"), candidate_generator=shop.generator,
                               user_items=events.user_items("purchase"), user_index={}, context_dim=env.context_dim,
                               n_candidates=n_candidates, min_epsilon=min_epsilon, seed=s, clock=_Clock()))
     respond_rng = np.random.default_rng(respond_seq)
@@ -260,10 +246,7 @@ def run_abtest(arms: list[Arm], config: SimConfig | None = None, days: int = 90,
         for d in range(days):
             req = env.requests()
             m = len(req)
-            stock_rule.available = req.available
-            states = [UserState(cart=r["cart"], purchased=r["purchases"], viewed=r["views"],
-                                segment=int(req.segment[i])) for i, r in ((i, req.recent(i)) for i in range(m))]
-            cand = _complete(generator.candidates_batch(states, n_candidates)[0], fallback, n_slots, req.available)
+            cand = shop.for_requests(req, n_candidates, n_slots)
             slates = np.zeros((m, n_slots), np.int64)
             req_arm = arm_of[req.customer]
             event_ids: list[list[str]] = []
@@ -292,9 +275,7 @@ def run_abtest(arms: list[Arm], config: SimConfig | None = None, days: int = 90,
                     _post_rewards(engine.log, event_ids[a], _take(out, rows), engine.clock.now)
                     engine.learn(kind=arms[a].learn)
             env.advance_day()
-            new = env.take_events()
-            parts.append(_interactions(new))
-            purchase_parts.append(_purchases(new))
+            parts.append(history_interactions(env.take_events()))
             daily_margin[d] = np.bincount(arm, weights=st.margin[eligible] - base["margin"][eligible],
                                           minlength=len(arms)) / np.maximum(size, 1)
             daily_ltv[d] = np.bincount(arm, weights=st.ltv[eligible], minlength=len(arms)) / np.maximum(size, 1)
@@ -306,9 +287,9 @@ def run_abtest(arms: list[Arm], config: SimConfig | None = None, days: int = 90,
             if env.day % refit_days == 0:
                 events = _concat(parts)
                 parts = [events]
-                generator.fit(events, cat.product_type, user_segments=env.population.segment)
+                shop.fit(events)
                 if lt_value is not None:
-                    lt_value = _long_term(purchase_parts, cat, horizon_days, end_day=env.day)
+                    lt_value = _long_term(events, cat, horizon_days, end_day=env.day)
                     for a, engine in zip(arms, engines):
                         if a.uses_longterm:
                             engine.policy.set_value(_longterm_column(cat.margin, lt_value, a.lam))
@@ -340,18 +321,11 @@ class _Clock:
         return self.now
 
 
-def _interactions(h: History):
-    from banditrec.candidates import Interactions
-
-    ts = h.day * DAY_S + np.arange(len(h)) * 1e-3
-    return Interactions.from_arrays(h.customer, h.item, ts, h.kind, session=h.session, n_users=h.n_customers,
-                                    n_items=h.n_items)
-
-
-def _long_term(parts: list[tuple], cat, horizon_days: float, end_day: int):
-    user, item, day = (np.concatenate(c) for c in zip(*parts))
-    ts = day * DAY_S + np.arange(len(day)) * 1e-3  # events are in time order; their order survives
-    return estimate_item_values(user, item, ts, cat.margin, cat.product_type, horizon_days=horizon_days,
+def _long_term(events, cat, horizon_days: float, end_day: int):
+    """Each item's long-term value from the purchases among ``events`` (Interactions)."""
+    p = events.kind == PURCHASE
+    return estimate_item_values(events.user[p], events.item[p], events.ts[p], cat.margin, cat.product_type,
+                                horizon_days=horizon_days,
                                 skip_days=1.0, end_ts=end_day * DAY_S)
 
 
@@ -528,7 +502,7 @@ def power_table(result: ABResult, lifts=(0.01, 0.02, 0.05), alpha: float = 0.05,
     this run's arm size."""
     control = result.arm == 0
     n_arm = int(control.sum())
-    lines = [f"| metric | control mean | sd | " + " | ".join(f"n per arm for {100 * x:g}%" for x in lifts)
+    lines = ["| metric | control mean | sd | " + " | ".join(f"n per arm for {100 * x:g}%" for x in lifts)
              + f" | detectable lift at n = {n_arm:,} |", "|---" * (4 + len(lifts)) + "|"]
     series = [("ltv", result.final.ltv)]
     if 7 in result.checkpoints and result.days != 7:
@@ -600,10 +574,8 @@ def aa_table(study: AAStudy) -> str:
 
 
 def write_report(out, *, results: list[ABResult] | None = None, rows_by_seed=None, aa: AAStudy | None = None,
-                 command: str = "") -> "Path":
+                 command: str = "") -> Path:
     """Markdown report (``report.md``) with PNG plots in ``out``; returns the report's path."""
-    from pathlib import Path
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     md = ["# A/B simulation", ""]
@@ -612,7 +584,7 @@ def write_report(out, *, results: list[ABResult] | None = None, rows_by_seed=Non
     if results:
         r0 = results[0]
         md += ["## Design", "",
-               f"- arms: " + "; ".join(f"**{a.name}** = `{a.policy}` (learns {a.learn}"
+               "- arms: " + "; ".join(f"**{a.name}** = `{a.policy}` (learns {a.learn}"
                                        + (f", lambda {a.lam:g}" if a.uses_longterm else "") + ")" for a in r0.arms),
                f"- {r0.config.n_customers:,} customers, {r0.days} days, seeds "
                f"{', '.join(str(r.seed) for r in results)}, salt `{r0.salt}`",
@@ -655,16 +627,7 @@ def load_config(path) -> tuple[SimConfig, dict]:
     """A TOML file: simulator fields (top level or in tables, as :meth:`SimConfig.from_toml`)
     and an optional ``[abtest]`` table (``arms``, ``days``, ``customers``, ``seeds``,
     ``first_seed``, ``salt``, ``aa``)."""
-    import tomllib
-    from pathlib import Path
-
-    path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValidationError(f"config file {str(path)!r} does not exist", "config") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ValidationError(f"config file {str(path)!r} is not valid TOML: {exc}", "config") from None
+    data = read_toml(path)
     opts = data.pop("abtest", {})
     if not isinstance(opts, dict):
         raise ValidationError(f"{path}: [abtest] must be a table", "abtest")

@@ -138,14 +138,7 @@ class SimConfig:
 
     @classmethod
     def from_toml(cls, path) -> "SimConfig":
-        path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise ValidationError(f"config file {str(path)!r} does not exist", "config") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ValidationError(f"config file {str(path)!r} is not valid TOML: {exc}", "config") from None
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(read_toml(path), source=str(path))
 
     def to_dict(self) -> dict:
         return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
@@ -207,3 +200,14 @@ def _check(f, value) -> None:
         bad(f"{'>' if m['low_open'] else '>='} {low}")
     if high is not None and value > high:
         bad(f"<= {high}")
+
+
+def read_toml(path, what: str = "config file") -> dict:
+    """A TOML file's contents; a missing or malformed file is a ValidationError naming it."""
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValidationError(f"{what} {str(path)!r} does not exist", "config") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValidationError(f"{what} {str(path)!r} is not valid TOML: {exc}", "config") from None

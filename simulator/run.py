@@ -98,13 +98,8 @@ def simulate(config: SimConfig | None = None, policy: str = "uniform", days: int
     log.write_items(cat.item_ids, cat.latent.astype(float), item_attrs(cat))
     events = _write_events(log, env.take_events(), base_s)
     parts = [events]
-    stock_rule = OutOfStock(env.stock.available)
-    metadata = MetadataIndex().fit(list(cat.title), fields={"type": cat.product_type, "brand": cat.brand},
-                                   numeric=cat.price[:, None])  # cold start: new items launch on day 0
-    generator = CandidateGenerator(filters=Filters([stock_rule, AlreadyBought(cat.product_type, cat.consumable)]),
-                                   metadata=metadata)
-    generator.fit(events, cat.product_type, user_segments=env.population.segment)
-    purchases = np.bincount(events.item[events.kind == 2], minlength=cat.n_items).astype(float)
+    shop = ShopCandidates(env, events)
+    generator, purchases = shop.generator, shop.purchases
     columns = {"price": cat.price, "margin": cat.margin, **cat.columns}
     pol = make(policy, context_dim=env.context_dim, item_dim=config.dim, popularity=purchases,
                n_items=cat.n_items, item_types=cat.product_type, item_columns=columns)
@@ -116,7 +111,6 @@ def simulate(config: SimConfig | None = None, policy: str = "uniform", days: int
     respond_rng = np.random.default_rng(respond_seq)
     ids = cat.item_ids
     index = {item: j for j, item in enumerate(ids)}
-    fallback = np.argsort(-purchases, kind="stable")
     expected = {k: 0.0 for k in REWARD_KINDS}
     n_decisions = n_rewards = 0
     say = echo or (lambda line: None)
@@ -128,10 +122,7 @@ def simulate(config: SimConfig | None = None, policy: str = "uniform", days: int
         for _ in range(days):
             req = env.requests()
             m = len(req)
-            stock_rule.available = req.available
-            states = [UserState(cart=r["cart"], purchased=r["purchases"], viewed=r["views"], segment=int(req.segment[i]))
-                      for i, r in ((i, req.recent(i)) for i in range(m))]
-            cand = _complete(generator.candidates_batch(states, n_candidates)[0], fallback, n_slots, req.available)
+            cand = shop.for_requests(req, n_candidates, n_slots)
             batch = []
             clock.schedule(base_s + env.day * DAY_S + req.hour * 3600.0)  # each decision at its visit's hour
             for i in range(m):
@@ -152,7 +143,7 @@ def simulate(config: SimConfig | None = None, policy: str = "uniform", days: int
             if env.day % refit_days == 0:  # the candidate model learns the new days' events
                 events = _concat(parts)
                 parts = [events]
-                generator.fit(events, cat.product_type, user_segments=env.population.segment)
+                shop.fit(events)
             say(kpi_row(kpi, config.n_customers))
             bar.update(1)
     finally:
@@ -173,14 +164,53 @@ def item_attrs(cat) -> list[dict]:
     return [{"title": cat.title[j], **{k: v[j] for k, v in lists.items()}} for j in range(cat.n_items)]
 
 
+def _event_times(h, base_s: float) -> np.ndarray:
+    """``base_s + day x DAY_S`` plus a millisecond per event: their order survives a sort by time."""
+    return base_s + h.day * DAY_S + np.arange(len(h)) * 1e-3
+
+
+def history_interactions(h, base_s: float = 0.0) -> Interactions:
+    """The shop's recorded events as Interactions (times from :func:`_event_times`)."""
+    return Interactions.from_arrays(h.customer, h.item, _event_times(h, base_s), h.kind, session=h.session,
+                                    n_users=h.n_customers, n_items=h.n_items)
+
+
 def _write_events(log: DecisionLog, h, base_s: float) -> Interactions:
     """Write the shop's recorded events to the log; return them as Interactions (log clock)."""
-    ts = base_s + h.day * DAY_S + np.arange(len(h)) * 1e-3  # their order survives a sort by time
     kinds = np.array(["view", "cart", "purchase"], dtype=object)[h.kind]
     log.write_events([f"u{c}" for c in h.customer.tolist()], [f"i{j}" for j in h.item.tolist()], kinds.tolist(),
-                     ts.tolist())
-    return Interactions.from_arrays(h.customer, h.item, ts, h.kind, session=h.session, n_users=h.n_customers,
-                                    n_items=h.n_items)
+                     _event_times(h, base_s).tolist())
+    return history_interactions(h, base_s)
+
+
+class ShopCandidates:
+    """The shop's candidate generation, as :func:`simulate` and the A/B runner use it: the
+    :class:`CandidateGenerator` over the events so far (metadata similarity for the items
+    launched on day 0), filtered by stock and by the types a visitor owns, with the pre-period's
+    best sellers filling rows that come up short."""
+
+    def __init__(self, env, events: Interactions):
+        cat = env.catalog
+        self.env = env
+        self.stock_rule = OutOfStock(env.stock.available)
+        metadata = MetadataIndex().fit(list(cat.title), fields={"type": cat.product_type, "brand": cat.brand},
+                                       numeric=cat.price[:, None])  # cold start: new items launch on day 0
+        self.generator = CandidateGenerator(
+            filters=Filters([self.stock_rule, AlreadyBought(cat.product_type, cat.consumable)]), metadata=metadata)
+        self.purchases = np.bincount(events.item[events.kind == 2], minlength=cat.n_items).astype(float)
+        self.fallback = np.argsort(-self.purchases, kind="stable")
+        self.fit(events)
+
+    def fit(self, events: Interactions) -> None:
+        self.generator.fit(events, self.env.catalog.product_type, user_segments=self.env.population.segment)
+
+    def for_requests(self, req, n_candidates: int, n_slots: int) -> np.ndarray:
+        """(m, >= n_slots) candidate item indices for the day's requests (-1 pads)."""
+        self.stock_rule.available = req.available
+        states = [UserState(cart=r["cart"], purchased=r["purchases"], viewed=r["views"], segment=int(req.segment[i]))
+                  for i, r in ((i, req.recent(i)) for i in range(len(req)))]
+        return _complete(self.generator.candidates_batch(states, n_candidates)[0], self.fallback, n_slots,
+                         req.available)
 
 
 def _concat(parts: list[Interactions]) -> Interactions:

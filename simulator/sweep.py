@@ -34,13 +34,14 @@ from __future__ import annotations
 
 import csv
 import itertools
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from banditrec.errors import ValidationError
+
+from .config import read_toml
 
 _TOP_KEYS = {"seed", "replicates", "days", "slots", "candidates", "common_random_numbers", "simulator", "policy"}
 _POLICY_KEYS = {"name", "params", "grid"}
@@ -161,14 +162,7 @@ def parse_config(data: dict, source: str = "sweep config") -> SweepConfig:
 
 
 def load_config(path) -> SweepConfig:
-    path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValidationError(f"sweep config {str(path)!r} does not exist", "config") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ValidationError(f"sweep config {str(path)!r} is not valid TOML: {exc}", "config") from None
-    return parse_config(data, source=str(path))
+    return parse_config(read_toml(path, "sweep config"), source=str(path))
 
 
 def run_one(run: SweepRun, shared: dict) -> RunResult:
