@@ -168,9 +168,14 @@ def test_a_corrupt_snapshot_is_refused_by_the_running_server(start_server, tmp_p
     learn_once(tmp_path)
     status, _, good = c.call("POST", "/v1/models/reload")
     assert status == 200
-    time.sleep(0.5)  # both workers pick the good snapshot up on their next request
-    for _ in range(6):
-        assert Client(srv).call("GET", "/healthz")[2]["model_version"] == good["model_version"]
+    # both workers pick the good snapshot up on a request once reload_check_ms has passed; under
+    # load a worker may be slow to get there, so wait (bounded) for six fresh connections in a row
+    deadline, streak = time.monotonic() + 20, 0
+    while streak < 6:
+        assert time.monotonic() < deadline, "a worker did not pick up the published snapshot in 20 s"
+        time.sleep(0.25)
+        seen = Client(srv).call("GET", "/healthz")[2]["model_version"]
+        streak = streak + 1 if seen == good["model_version"] else 0
     # a published snapshot whose payload was damaged after its checksum was taken
     pointer = json.loads((tmp_path / "snap" / "CURRENT.json").read_text())
     npz = tmp_path / "snap" / pointer["manifest"].replace(".json", ".npz")
