@@ -533,19 +533,22 @@ def similar(item_id, db, kind, n):
               help="gateway: the shop of the long-term study (docs/abtest.md); default: SimConfig's defaults.")
 @click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False),
               help="TOML: simulator fields (as for simulate) and an optional [abtest] table with arms, days, "
-                   "customers, seeds, first_seed, salt, aa; replaces --scenario.")
+                   "customers, seeds, first_seed, salt, aa, burn_in; replaces --scenario.")
+@click.option("--burn-in", "burn_in", default=None, type=click.IntRange(min=0),
+              help="Last pre-period days run with the incumbent carousel (uniformly random slates) "
+                   "[default: the scenario's: gateway 60, default 0; 0 with --config].")
 @click.option("--aa", "aa_tests", default=0, show_default=True, type=click.IntRange(min=0),
               help="Instead run this many A/A tests of the first arm (own world and salt each) and report the "
                    "false-positive rate.")
 @click.option("--boot", default=2000, show_default=True, type=click.IntRange(min=0), help="Bootstrap resamples.")
 @click.option("--out", default="out/abtest", show_default=True, type=click.Path(file_okay=False))
-def abtest(arms, days, customers, seeds, first_seed, salt, scenario, config_file, aa_tests, boot, out):
+def abtest(arms, days, customers, seeds, first_seed, salt, scenario, config_file, burn_in, aa_tests, boot, out):
     """Simulate an A/B test of carousel policies; print the metric table and write a report."""
     import numpy as np
 
     from .errors import BanditRecError
-    from simulator.abtest import (aa_study, aa_table, analyse, load_config, metric_table, parse_arms, pool_seeds,
-                                  pooled_table, run_abtest, scenario_config, write_report)
+    from simulator.abtest import (SCENARIO_BURN_IN, aa_study, aa_table, analyse, load_config, metric_table,
+                                  parse_arms, pool_seeds, pooled_table, run_abtest, scenario_config, write_report)
 
     command = "banditrec abtest " + " ".join(sys.argv[2:])
     try:
@@ -554,20 +557,23 @@ def abtest(arms, days, customers, seeds, first_seed, salt, scenario, config_file
             arms, days, seeds = opts.get("arms", arms), opts.get("days", days), opts.get("seeds", seeds)
             first_seed, salt = opts.get("first_seed", first_seed), opts.get("salt", salt)
             customers, aa_tests = opts.get("customers", customers), opts.get("aa", aa_tests)
+            burn_in = opts.get("burn_in", 0) if burn_in is None else burn_in
         else:
             config = scenario_config(scenario)
+            burn_in = SCENARIO_BURN_IN[scenario] if burn_in is None else burn_in
         if customers is not None:
             config = config.replace(n_customers=customers)
         arm_list = parse_arms(arms)
         progress = sys.stderr.isatty()
         if aa_tests:
-            study = aa_study(aa_tests, arm_list[0], config, days, first_seed=first_seed, progress=progress)
+            study = aa_study(aa_tests, arm_list[0], config, days, first_seed=first_seed, progress=progress,
+                             burn_in_days=burn_in)
             click.echo(aa_table(study))
             path = write_report(out, aa=study, command=command)
         else:
             results, rows = [], []
             for s in range(first_seed, first_seed + seeds):
-                r = run_abtest(arm_list, config, days, seed=s, salt=salt, progress=progress)
+                r = run_abtest(arm_list, config, days, seed=s, salt=salt, burn_in_days=burn_in, progress=progress)
                 results.append(r)
                 rows.append(analyse(r, n_boot=boot, rng=np.random.default_rng(s)))
                 click.echo(f"seed {s}: {', '.join(f'{a.name} {n:,}' for a, n in zip(r.arms, r.sizes))} customers, "

@@ -21,6 +21,7 @@ every ``refit_days``.
 
 from __future__ import annotations
 
+import inspect
 import time
 from pathlib import Path
 from dataclasses import dataclass, field, replace
@@ -31,6 +32,7 @@ from banditrec import experiment
 from banditrec.engine import Engine, ItemTable
 from banditrec.errors import ValidationError
 from banditrec.longterm import estimate_item_values
+from banditrec.offline import uses_marginals
 from banditrec.policies import make, parse_spec
 from banditrec.store import DecisionLog
 from banditrec.validation import as_seed_sequence, check_positive_int
@@ -47,7 +49,7 @@ PRESETS = {
     # ranks by P(purchase) x margin: the immediate-margin policy
     "margin": "shared-linucb:alpha=0.3,epsilon=0.05,value=margin,learn=purchase,name=margin",
     # ranks by P(purchase) x (margin + lambda x long-term value)
-    "longterm": "shared-linucb:alpha=0.3,epsilon=0.05,value=longterm,learn=purchase,lambda=3,name=longterm",
+    "longterm": "shared-linucb:alpha=0.3,epsilon=0.05,value=longterm,learn=purchase,lambda=10,name=longterm",
     "click": "shared-linucb:alpha=0.3,epsilon=0.05,learn=click,name=click",
     "uniform": "uniform:learn=click,name=uniform",
 }
@@ -156,6 +158,9 @@ class ABResult:
     gateway_slots: np.ndarray  # (arms,) share of the arm's carousel slots that held a gateway item
     kpis: list = field(default_factory=list, repr=False)  # the shop's DayKPIs of the test's days
     longterm_value: np.ndarray | None = field(default=None, repr=False)  # the last estimate
+    gateway_items: np.ndarray | None = field(default=None, repr=False)  # (n_items,) the world's gateway flags
+    pre_margin: np.ndarray | None = field(default=None, repr=False)  # (n_eligible,) margin before day 0
+    burn_in_days: int = 0  # the pre-period's last days that ran the incumbent carousel
 
     @property
     def sizes(self) -> np.ndarray:
@@ -174,12 +179,20 @@ def _metrics(env: Environment, who: np.ndarray, base: dict, clicks: np.ndarray, 
 
 def run_abtest(arms: list[Arm], config: SimConfig | None = None, days: int = 90, *, seed=0, salt: str = "ab",
                n_slots: int = 5, n_candidates: int = 50, min_epsilon: float = 0.01, refit_days: int = 7,
-               horizon_days: float = 30.0, checkpoints=(7, 30, 60, 90), progress: bool = False,
-               echo=None) -> ABResult:
+               horizon_days: float = 30.0, burn_in_days: int = 0, warm_start: bool = True,
+               checkpoints=(7, 30, 60, 90), progress: bool = False, echo=None) -> ABResult:
     """Run an A/B test of ``arms`` for ``days`` days on the shop built from ``seed``.
 
     ``salt`` randomises the assignment (a new salt, a new split of the same customers).
     ``horizon_days`` is the later-margin window of the long-term value estimate.
+    ``burn_in_days``: the last days of the pre-period run with the shop's incumbent carousel,
+    which shows ``n_slots`` of each visitor's candidates drawn uniformly at random (a logged,
+    exploring recommender), so that the log the test starts from -- the candidate generator's
+    co-occurrences and the long-term value estimate -- comes from a shop with a carousel, as
+    in a real shop that tests a new policy against its current one. The other pre-period days
+    are organic browsing only. With ``warm_start`` every arm's policy first learns from that
+    carousel's log (its own reward kind; the logger's propensities are known), as a new policy
+    is trained offline on the incumbent's exploration data before it goes live.
     ``echo(line)`` receives one progress line per week.
     """
     config = config or SimConfig()
@@ -191,13 +204,21 @@ def run_abtest(arms: list[Arm], config: SimConfig | None = None, days: int = 90,
         raise ValidationError(f"an A/B test needs at least two arms, got {len(arms)}", "arms")
     if n_slots > n_candidates:
         raise ValidationError(f"slots ({n_slots}) must not exceed candidates ({n_candidates})", "slots")
+    burn_in_days = int(burn_in_days)
+    if not 0 <= burn_in_days <= config.history_days:
+        raise ValidationError(f"burn_in_days must be in [0, history_days = {config.history_days}], got {burn_in_days}",
+                              "burn_in_days")
     checkpoints = sorted({int(d) for d in checkpoints if 0 < int(d) <= days} | {days})
     seed_seq = as_seed_sequence(seed)
     world_seq, respond_seq, *arm_seqs = seed_seq.spawn(2 + len(arms))
     env = Environment(config, seed=world_seq)
     env.recording = True
-    env.warm_up()
-    history = env.take_events()  # the pre-period's events (and forget them: later calls return each day's)
+    env.warm_up(config.history_days - burn_in_days)
+    events = history_interactions(env.take_events())  # the pre-period's events (take: later calls return each day's)
+    burn_log: list[_LoggedDay] = []
+    if burn_in_days:
+        events, burn_log = _burn_in(env, events, burn_in_days, n_slots, n_candidates, refit_days,
+                                    np.random.default_rng(seed_seq.spawn(1)[0]))
     cat, st = env.catalog, env.state
     n = config.n_customers
     arm_of = experiment.assign(np.arange(n), [a.name for a in arms], salt, [a.weight for a in arms])
@@ -205,7 +226,6 @@ def run_abtest(arms: list[Arm], config: SimConfig | None = None, days: int = 90,
     arm = arm_of[eligible]
     srm = experiment.srm_check(np.bincount(arm, minlength=len(arms)), [a.weight for a in arms])
 
-    events = history_interactions(history)
     parts = [events]
     shop = ShopCandidates(env, events)
 
@@ -219,6 +239,8 @@ def run_abtest(arms: list[Arm], config: SimConfig | None = None, days: int = 90,
             columns["longterm"] = _longterm_column(cat.margin, lt_value, a.lam)
         pol = make(a.policy, context_dim=env.context_dim, item_dim=config.dim, popularity=shop.purchases,
                    n_items=cat.n_items, item_types=cat.product_type, item_columns=columns)
+        if warm_start:
+            _warm_start(pol, burn_log, cat.latent.astype(float), a.learn)
         engines.append(Engine(items=ItemTable(ids=tuple(cat.item_ids), features=cat.latent.astype(float)),
                               policy=pol, log=DecisionLog(":memory:"), candidate_generator=shop.generator,
                               user_items=events.user_items("purchase"), user_index={}, context_dim=env.context_dim,
@@ -303,7 +325,70 @@ def run_abtest(arms: list[Arm], config: SimConfig | None = None, days: int = 90,
         final=snaps[days], checkpoints=snaps, alive_at=alive_at, daily_margin=daily_margin, daily_ltv=daily_ltv,
         n_decisions=n_decisions, expected_margin=expected_margin, srm=srm, seconds=time.perf_counter() - start,
         gateway_share=gateway_share, gateway_slots=gateway_slots / np.maximum(n_decisions * n_slots, 1),
-        kpis=env.kpis[-days:], longterm_value=None if lt_value is None else lt_value.value)
+        kpis=env.kpis[-days:], longterm_value=None if lt_value is None else lt_value.value,
+        gateway_items=cat.gateway.copy(), pre_margin=base["margin"][eligible].copy(), burn_in_days=burn_in_days)
+
+
+@dataclass(frozen=True)
+class _LoggedDay:
+    """One burn-in day of the incumbent carousel: contexts, candidates, slates, responses."""
+
+    context: np.ndarray  # (m, context_dim)
+    candidates: np.ndarray  # (m, >= K) item indices, -1 pads
+    slates: np.ndarray  # (m, K)
+    out: Response
+
+
+def _burn_in(env: Environment, events, days: int, n_slots: int, n_candidates: int, refit_days: int,
+             rng: np.random.Generator):
+    """Run ``days`` pre-period days with the incumbent carousel: ``n_slots`` of each visitor's
+    candidates, uniformly at random. Returns ``events`` with those days' events added, and the
+    carousel's log (a list of :class:`_LoggedDay`)."""
+    shop = ShopCandidates(env, events)
+    parts, logged = [events], []
+    for d in range(days):
+        req = env.requests()
+        cand = shop.for_requests(req, n_candidates, n_slots)
+        keys = rng.random(cand.shape)
+        keys[cand < 0] = 2.0  # padding sorts last; every row has at least n_slots candidates
+        slates = np.take_along_axis(cand, np.argsort(keys, axis=1)[:, :n_slots], axis=1)
+        out = env.respond(req, slates, rng)
+        logged.append(_LoggedDay(context=np.asarray(req.context, float), candidates=cand, slates=slates, out=out))
+        env.advance_day()
+        parts.append(history_interactions(env.take_events()))
+        if (d + 1) % refit_days == 0 or d + 1 == days:
+            events = _concat(parts)
+            parts = [events]
+            shop.fit(events)
+    return events, logged
+
+
+def _warm_start(policy, logged: list[_LoggedDay], features: np.ndarray, kind: str) -> int:
+    """Train ``policy`` on the incumbent carousel's log, rewarded by ``kind`` per slot, with
+    the inputs its ``update`` asks for: the uniform logger's marginal ``K / n`` (``pscore``),
+    or its conditional ``1 / (n - slot)`` per slot, and the candidates. Returns the rows."""
+    wanted = set(inspect.signature(policy.update).parameters)
+    total = 0
+    for day in logged:
+        m, k = day.slates.shape
+        if m == 0:
+            continue
+        n = (day.candidates >= 0).sum(axis=1)
+        rows, slot = np.repeat(np.arange(m), k), np.tile(np.arange(k), m)
+        items = day.slates.ravel()
+        kw = {"items": items}
+        if uses_marginals(policy):
+            kw["pscore"] = (k / n)[rows]
+        if "propensity" in wanted and "slot" in wanted:
+            kw["propensity"], kw["slot"] = 1.0 / (n[rows] - slot), slot
+        if "candidates" in wanted or "chosen" in wanted:
+            cands = [c[c >= 0] for c in day.candidates]
+            kw["candidates"] = [features[cands[r]] for r in rows.tolist()]
+            kw["chosen"] = np.array([int(np.flatnonzero(cands[r] == j)[0]) for r, j in zip(rows.tolist(),
+                                                                                         items.tolist())])
+        policy.update(day.context[rows], features[items], getattr(day.out, kind).ravel().astype(float), **kw)
+        total += len(rows)
+    return total
 
 
 def _take(out: Response, rows: np.ndarray) -> Response:
@@ -336,6 +421,7 @@ def _longterm_column(margin: np.ndarray, lt, lam: float) -> np.ndarray:
 # ---- analysis ---------------------------------------------------------------------------------
 
 MEAN_METRICS = ("revenue", "margin", "ltv")
+CUPED_METRICS = ("margin", "ltv")  # also compared adjusted for the pre-period margin (experiment.cuped)
 RATIO_METRICS = {"ctr": ("clicks", "slots"), "conversion": ("orders", "visits"), "aov": ("revenue", "orders")}
 
 
@@ -350,8 +436,9 @@ class MetricRow:
 def analyse(result: ABResult, *, alpha: float = 0.05, n_boot: int = 2000, rng: np.random.Generator | None = None,
             week: int = 7) -> list[MetricRow]:
     """Each treatment arm against the first (control) arm, per metric: CTR, conversion and AOV
-    (ratio metrics, delta method), revenue, margin and lifetime value per customer, retention at
-    30/60/90 days, and the week-1 AOV and margin per customer (``week`` days)."""
+    (ratio metrics, delta method), revenue, margin and lifetime value per customer (margin and
+    lifetime value also with CUPED, adjusted for each customer's margin before day 0), retention
+    at 30/60/90 days, and the week-1 AOV and margin per customer (``week`` days)."""
     rng = rng or np.random.default_rng(0)
     rows: list[MetricRow] = []
     control = result.arms[0].name
@@ -375,6 +462,12 @@ def analyse(result: ABResult, *, alpha: float = 0.05, n_boot: int = 2000, rng: n
             ratio(name, result.final)
         for name in MEAN_METRICS:
             mean(name, getattr(result.final, name))
+        if result.pre_margin is not None:  # CUPED on the customer's pre-period margin
+            for name in CUPED_METRICS:
+                values, x = getattr(result.final, name), result.pre_margin
+                add(f"{name} (CUPED)", experiment.compare_means(
+                    values[sel[0]], values[sel[1]], covariates=(x[sel[0]], x[sel[1]]), alpha=alpha, n_boot=n_boot,
+                    rng=rng))
         for d in (30, 60, 90):
             if d in result.alive_at:
                 mean(f"retention {d}d", result.alive_at[d].astype(float))
@@ -588,6 +681,8 @@ def write_report(out, *, results: list[ABResult] | None = None, rows_by_seed=Non
                                        + (f", lambda {a.lam:g}" if a.uses_longterm else "") + ")" for a in r0.arms),
                f"- {r0.config.n_customers:,} customers, {r0.days} days, seeds "
                f"{', '.join(str(r.seed) for r in results)}, salt `{r0.salt}`",
+               f"- pre-period: {r0.config.history_days - r0.burn_in_days} days of organic browsing, then "
+               f"{r0.burn_in_days} days with the incumbent carousel (uniformly random slates of the candidates)",
                f"- customers alive on day 0 per arm: {', '.join(f'{n:,}' for n in r0.sizes)}; sample-ratio check "
                f"chi2 = {r0.srm.chi2:.2f}, p = {r0.srm.p_value:.3f} ({'ok' if r0.srm.ok else 'MISMATCH'})",
                f"- decisions per arm: {', '.join(f'{int(n):,}' for n in r0.n_decisions)}", ""]
@@ -608,10 +703,16 @@ def write_report(out, *, results: list[ABResult] | None = None, rows_by_seed=Non
 
 SCENARIOS = {
     "default": {},
-    # the long-term study's shop: a smaller catalog (so that a 60-day pre-period gives each item
-    # enough buyers to estimate its long-term value), 5% gateway items with a strong effect
-    "gateway": {"n_items": 1000, "n_types": 50, "gateway_share": 0.05, "history_days": 120},
+    # the long-term study's shop (docs/abtest.md): a smaller catalog, so that the pre-period gives
+    # each item enough buyers to estimate its long-term value; 5% gateway items whose buyers visit
+    # three times as often and churn at a fifth of the rate (SimConfig's defaults: x1.6, x0.4)
+    "gateway": {"n_items": 1000, "n_types": 50, "gateway_share": 0.05, "history_days": 120,
+                "gateway_visit_boost": 2.0, "gateway_churn_cut": 0.8},
 }
+
+
+# days of the pre-period run with the incumbent (uniformly random) carousel, per scenario
+SCENARIO_BURN_IN = {"default": 0, "gateway": 60}
 
 
 def scenario_config(name: str) -> SimConfig:
@@ -620,13 +721,14 @@ def scenario_config(name: str) -> SimConfig:
     return SimConfig(**SCENARIOS[name])
 
 
-ABTEST_KEYS = {"arms": str, "days": int, "customers": int, "seeds": int, "first_seed": int, "salt": str, "aa": int}
+ABTEST_KEYS = {"arms": str, "days": int, "customers": int, "seeds": int, "first_seed": int, "salt": str, "aa": int,
+               "burn_in": int}
 
 
 def load_config(path) -> tuple[SimConfig, dict]:
     """A TOML file: simulator fields (top level or in tables, as :meth:`SimConfig.from_toml`)
     and an optional ``[abtest]`` table (``arms``, ``days``, ``customers``, ``seeds``,
-    ``first_seed``, ``salt``, ``aa``)."""
+    ``first_seed``, ``salt``, ``aa``, ``burn_in``)."""
     data = read_toml(path)
     opts = data.pop("abtest", {})
     if not isinstance(opts, dict):

@@ -13,8 +13,11 @@ from banditrec import experiment
 from banditrec.cli import main
 from banditrec.errors import ValidationError
 from simulator import SimConfig
-from simulator.abtest import (MetricRow, Pooled, analyse, load_config, metric_table, parse_arm, parse_arms,
-                              pool_seeds, run_abtest, write_report)
+from banditrec.features import joint_features
+from banditrec.policies import make
+from simulator.abtest import (MetricRow, Pooled, _LoggedDay, _warm_start, analyse, load_config, metric_table,
+                              parse_arm, parse_arms, pool_seeds, run_abtest, write_report)
+from simulator.carousel import Response
 
 SMALL = SimConfig(n_items=300, n_types=20, n_categories=5, n_customers=2500, history_days=20, gateway_share=0.05)
 
@@ -99,6 +102,58 @@ def test_analysis_rows_match_direct_comparisons(small_run):
         r.checkpoints[7].revenue[r.arm == 1].sum() / r.checkpoints[7].orders[r.arm == 1].sum())
     table = metric_table(rows)
     assert table.count("\n") == len(rows) + 1 and "| ltv | longterm |" in table
+
+
+def test_cuped_rows_adjust_for_the_pre_period_margin(small_run):
+    """The CUPED rows are experiment.compare_means on the same customers with their margin
+    before day 0 as the covariate; the adjustment keeps the effect and narrows the interval
+    (pre-period and later margin are correlated through each customer's visit rate)."""
+    r = small_run
+    by = {x.metric: x.comparison for x in analyse(r, n_boot=0)}
+    a, b = r.arm == 0, r.arm == 1
+    want = experiment.compare_means(r.final.ltv[a], r.final.ltv[b], covariates=(r.pre_margin[a], r.pre_margin[b]),
+                                    n_boot=0)
+    got = by["ltv (CUPED)"]
+    assert got.kind == "cuped" and got.diff == pytest.approx(want.diff) and got.se == pytest.approx(want.se)
+    assert np.corrcoef(r.pre_margin, r.final.ltv)[0, 1] > 0.1
+    assert got.se < by["ltv"].se
+    assert len(r.pre_margin) == len(r.customers) and (r.pre_margin >= 0).all()
+
+
+def test_warm_start_is_the_ridge_fit_of_the_logged_slots():
+    """A LinUCB warm-started from two logged days equals the ridge regression of each slot's
+    reward on its joint features, solved directly: theta = (I + X'X)^-1 X'r."""
+    rng = np.random.default_rng(4)
+    d_c, d_i, n_items, k = 3, 4, 12, 2
+    features = rng.normal(size=(n_items, d_i))
+    days = []
+    for m in (5, 7):
+        cand = np.stack([rng.permutation(n_items)[:6] for _ in range(m)])
+        slates = cand[:, :k]
+        z = np.zeros((m, k))
+        out = Response(click=rng.integers(0, 2, (m, k)), purchase=rng.integers(0, 2, (m, k)), cart=z,
+                       revenue=z, margin=rng.gamma(2.0, 3.0, (m, k)) * rng.integers(0, 2, (m, k)))
+        days.append(_LoggedDay(context=rng.normal(size=(m, d_c)), candidates=cand, slates=slates, out=out))
+    pol = make("shared-linucb:alpha=0.5,epsilon=0.1", context_dim=d_c, item_dim=d_i, n_items=n_items)
+    assert _warm_start(pol, days, features, "margin") == 2 * 5 + 2 * 7
+    X = np.concatenate([joint_features(np.repeat(d.context, k, axis=0), features[d.slates.ravel()]) for d in days])
+    r = np.concatenate([d.out.margin.ravel() for d in days]).astype(float)
+    theta = np.linalg.solve(np.eye(X.shape[1]) + X.T @ X, X.T @ r)
+    np.testing.assert_allclose(pol.theta, theta, rtol=1e-8, atol=1e-10)
+
+
+def test_burn_in_logs_a_carousel_before_day_0_and_trains_the_arms():
+    """With a burn-in the pre-period's last days show carousels (the shop's KPIs count them)
+    and the arms' policies start from that log; the test itself is still days 0..N-1."""
+    arms = parse_arms("margin,click")
+    cold = run_abtest(arms, SMALL, 3, seed=5, n_candidates=30)
+    warm = run_abtest(arms, SMALL, 3, seed=5, n_candidates=30, burn_in_days=5)
+    assert warm.burn_in_days == 5 and len(warm.kpis) == 3
+    # the carousel sold things before day 0: the pre-period margin per customer is higher than without it
+    assert warm.pre_margin.mean() > cold.pre_margin.mean()
+    with pytest.raises(ValidationError) as e:
+        run_abtest(arms, SMALL, 3, seed=5, burn_in_days=SMALL.history_days + 1)
+    assert e.value.field == "burn_in_days"
 
 
 def _row(metric, diff, se):

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from banditrec.errors import ValidationError
-from banditrec.experiment import (analyse, assign, compare_means, compare_ratios, duration_days, format_table,
-                                  hash_unit, minimum_detectable_effect, power, sample_size, srm_check)
+from banditrec.experiment import (analyse, assign, compare_means, compare_ratios, cuped, duration_days,
+                                  format_table, hash_unit, minimum_detectable_effect, power, sample_size, srm_check)
 
 
 def within(x: float, target: float, tol: float) -> bool:
@@ -228,6 +228,84 @@ def test_degenerate_arms_give_nan_rather_than_a_verdict():
 def test_compare_means_rejects_bad_input(a, b, kw, field):
     with pytest.raises(ValidationError) as err:
         compare_means(a, b, **kw)
+    assert err.value.field == field
+
+
+# ----------------------------------------------------------------------------- CUPED
+
+
+def spenders(rng, n, effect=0.0, rho=0.8):
+    """Pre-period spend ``x`` (lognormal) and later spend ``y`` correlated with it at about
+    ``rho``, plus ``effect`` added to every customer (the treatment)."""
+    x = rng.lognormal(1.0, 0.6, n)
+    mu = math.exp(1.0 + 0.6**2 / 2)  # the lognormal's mean and sd (population values, not the sample's)
+    z = (x - mu) / (mu * math.sqrt(math.expm1(0.6**2)))
+    y = 10.0 + 3.0 * (rho * z + math.sqrt(1 - rho**2) * rng.normal(size=n)) + effect
+    return y, x
+
+
+def test_cuped_is_the_pooled_ols_adjustment():
+    """theta is the slope of y on x over both arms (numpy's least squares), and the adjusted
+    difference is ``diff - theta (mean x_b - mean x_a)``."""
+    rng = np.random.default_rng(11)
+    (ya, xa), (yb, xb) = spenders(rng, 700), spenders(rng, 900, effect=0.5)
+    adj_a, adj_b, theta = cuped(ya, yb, xa, xb)
+    x, y = np.concatenate([xa, xb]), np.concatenate([ya, yb])
+    slope = np.linalg.lstsq(np.column_stack([np.ones_like(x), x]), y, rcond=None)[0][1]
+    assert theta == pytest.approx(slope, rel=1e-10)
+    assert adj_b.mean() - adj_a.mean() == pytest.approx(
+        yb.mean() - ya.mean() - slope * (xb.mean() - xa.mean()), rel=1e-10)
+    c = compare_means(ya, yb, covariates=(xa, xb), n_boot=0)
+    assert c.kind == "cuped" and c.diff == pytest.approx(adj_b.mean() - adj_a.mean(), rel=1e-12)
+    assert c.p_value == pytest.approx(stats.ttest_ind(adj_b, adj_a, equal_var=False).pvalue, rel=1e-9)
+
+
+def test_cuped_cuts_the_variance_by_one_minus_rho_squared():
+    """Correlation 0.8: the CUPED standard error is sqrt(1 - rho^2) = 0.6 of Welch's (the
+    sample rho is used, so within 2%); an uninformative covariate changes almost nothing."""
+    rng = np.random.default_rng(12)
+    (ya, xa), (yb, xb) = spenders(rng, 20_000), spenders(rng, 20_000, effect=0.1)
+    raw = compare_means(ya, yb, n_boot=0)
+    adj = compare_means(ya, yb, covariates=(xa, xb), n_boot=0)
+    rho = np.corrcoef(np.concatenate([xa, xb]), np.concatenate([ya, yb]))[0, 1]
+    assert adj.se / raw.se == pytest.approx(math.sqrt(1 - rho**2), rel=0.02)
+    assert 0.55 < adj.se / raw.se < 0.7
+    noise_a, noise_b = rng.normal(size=20_000), rng.normal(size=20_000)
+    same = compare_means(ya, yb, covariates=(noise_a, noise_b), n_boot=0)
+    assert same.se / raw.se == pytest.approx(1.0, abs=0.01)
+
+
+def test_cuped_intervals_cover_the_truth_and_are_narrower():
+    """2,000 simulated experiments (n 400 per arm, true effect 0.3, rho 0.7): the CUPED 95%
+    interval covers 0.3 in 95% +- 1.5%, and is narrower than Welch's on raw values every time
+    but rarely (its width ratio stays near sqrt(1 - 0.49) = 0.71)."""
+    rng = np.random.default_rng(13)
+    hits, ratio = [], []
+    for _ in range(2000):
+        (ya, xa), (yb, xb) = spenders(rng, 400, rho=0.7), spenders(rng, 400, effect=0.3, rho=0.7)
+        c = compare_means(ya, yb, covariates=(xa, xb), n_boot=0)
+        hits.append(c.diff_ci[0] <= 0.3 <= c.diff_ci[1])
+        ratio.append(c.se / compare_means(ya, yb, n_boot=0).se)
+    assert within(np.mean(hits), 0.95, 0.015), np.mean(hits)
+    assert within(np.median(ratio), math.sqrt(1 - 0.49), 0.03), np.median(ratio)
+
+
+def test_a_constant_covariate_changes_nothing():
+    rng = np.random.default_rng(14)
+    a, b = rng.normal(size=50), rng.normal(1.0, 2.0, size=60)
+    adj_a, adj_b, theta = cuped(a, b, np.ones(50), np.ones(60))
+    assert theta == 0.0 and np.array_equal(adj_a, a) and np.array_equal(adj_b, b)
+
+
+@pytest.mark.parametrize("covariates, field", [
+    (([1.0, 2.0], [1.0, 2.0, 3.0]), "covariates"),  # a's covariate is one short
+    (([1.0, 2.0, 3.0],), "covariates"),
+    (([1.0, 2.0, np.nan], [1.0, 2.0, 3.0]), "covariate_a"),
+    ("x", "covariates"),
+])
+def test_cuped_rejects_bad_covariates(covariates, field):
+    with pytest.raises(ValidationError) as err:
+        compare_means([1.0, 2.0, 4.0], [1.0, 3.0, 5.0], covariates=covariates)
     assert err.value.field == field
 
 
