@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from banditrec.errors import ValidationError
 from banditrec.features import joint_features
@@ -597,3 +599,180 @@ def test_softmax_honours_the_diversity_cap(rng):
         draw = dist.sample(draw_rng)
         assert sorted(types[draw.index].tolist()) == [0, 1, 2]
         np.testing.assert_allclose(draw.propensity, dist.conditionals(draw.index), rtol=1e-12)
+
+
+# ---- shared LinUCB: the factored score ----------------------------------------------------
+def _trained_linucb(rng, d_c, d_i, alpha=1.0, batches=(200, 1, 37), value=None, n_items=50):
+    """A shared LinUCB updated by a Cholesky batch, one Sherman-Morrison row and another batch,
+    so that theta and A^-1 are dense (and A^-1 not exactly symmetric)."""
+    from banditrec.policies.linucb import LinUCB
+    env = {"context_dim": d_c, "item_dim": d_i}
+    if value is not None:
+        env["item_columns"] = {"v": value}
+    p = LinUCB(LinUCB.Config(alpha=alpha, epsilon=0.1, value="v" if value is not None else ""), **env)
+    for m in batches:
+        C, V = rng.normal(size=(m, d_c)), rng.normal(size=(m, d_i))
+        p.update(C, V, rng.normal(size=m) + V[:, 0] * C[:, 0])
+    return p
+
+
+def _direct_linucb_scores(p, request):
+    """The textbook formula on the (n, dim) joint features: x^T theta + alpha sqrt(x^T A^-1 x),
+    the quadratic form as an explicit per-row loop (independent of the policy's arithmetic)."""
+    X = joint_features(np.asarray(request.context, dtype=float), request.item_features)
+    var = np.array([x @ p.A_inv @ x for x in X])
+    scale = np.abs(X) @ np.abs(p.theta) + p.config.alpha * np.sqrt(
+        np.einsum("ij,jk,ik->i", np.abs(X), np.abs(p.A_inv), np.abs(X)))
+    return X @ p.theta + p.config.alpha * np.sqrt(np.maximum(var, 0.0)), scale
+
+
+@pytest.mark.parametrize("d_c,d_i", [(1, 1), (3, 2), (6, 6), (4, 7), (32, 8)])
+def test_shared_linucb_factored_scores_equal_the_joint_feature_formula(d_c, d_i):
+    """LinUCB.scores contracts theta and A^-1 with [1, c] once per request (never building the
+    joint features); it equals the direct per-candidate formula over joint_features to 1e-11
+    relative, before and after a further update (the cached blocks follow the model)."""
+    rng = np.random.default_rng(d_c * 100 + d_i)
+    p = _trained_linucb(rng, d_c, d_i, alpha=0.8)
+    for _ in range(2):
+        for n in (1, 13, 200):
+            req = Request(context=rng.normal(size=d_c), items=np.arange(n), item_features=rng.normal(size=(n, d_i)))
+            want, scale = _direct_linucb_scores(p, req)
+            got = p.scores(req)
+            assert got.shape == (n,)
+            np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-11 * scale.max())
+        p.update(rng.normal(size=(5, d_c)), rng.normal(size=(5, d_i)), rng.normal(size=5))
+
+
+def test_shared_linucb_factored_scores_zero_context_and_zero_items():
+    """A zero context leaves only the item block of A^-1; a zero item scores exactly 0."""
+    rng = np.random.default_rng(3)
+    p = _trained_linucb(rng, 4, 3)
+    V = rng.normal(size=(6, 3))
+    V[2] = 0.0
+    req = Request(context=np.zeros(4), items=np.arange(6), item_features=V)
+    got = p.scores(req)
+    want = V @ p.theta[:3] + np.sqrt(np.einsum("ij,jk,ik->i", V, p.A_inv[:3, :3], V))
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    assert got[2] == 0.0
+
+
+def test_shared_linucb_scores_refuse_item_features_of_another_width():
+    p = _trained_linucb(np.random.default_rng(0), 3, 2)
+    for V in (np.ones((4, 3)), np.ones(2)):
+        with pytest.raises(ValidationError) as e:
+            p.scores(Request(context=np.zeros(3), items=np.arange(len(V)), item_features=V))
+        assert e.value.field == "item_features"
+
+
+@settings(max_examples=60, deadline=None)
+@given(d_c=st.integers(1, 6), d_i=st.integers(1, 5), n=st.integers(1, 30), alpha=st.floats(0.0, 3.0),
+       scale=st.sampled_from([1e-3, 1.0, 1e3]), seed=st.integers(0, 2**32 - 1))
+def test_shared_linucb_factored_scores_property(d_c, d_i, n, alpha, scale, seed):
+    """Any sizes, contexts and feature scales: the factored scores equal the direct formula."""
+    rng = np.random.default_rng(seed)
+    p = _trained_linucb(rng, d_c, d_i, alpha=alpha, batches=(int(rng.integers(1, 60)), 1))
+    req = Request(context=scale * rng.normal(size=d_c), items=np.arange(n),
+                  item_features=rng.normal(size=(n, d_i)) * rng.choice([0.0, 1.0, scale], size=(n, 1)))
+    want, s = _direct_linucb_scores(p, req)
+    np.testing.assert_allclose(p.scores(req), want, rtol=1e-9, atol=1e-11 * s.max())
+
+
+def _assert_same_distributions(p, reqs, slots, min_epsilon=0.05):
+    many = p.distributions(reqs, slots, min_epsilon)
+    assert len(many) == len(reqs)
+    for i, (req, k, got) in enumerate(zip(reqs, slots, many)):
+        want = p.distribution(req, k, min_epsilon)
+        np.testing.assert_array_equal(got.marginals(), want.marginals(), err_msg=f"request {i}")
+        for seed in range(2):
+            a, b = got.sample(np.random.default_rng(seed)), want.sample(np.random.default_rng(seed))
+            np.testing.assert_array_equal(a.index, b.index, err_msg=f"request {i}")
+            np.testing.assert_array_equal(a.propensity, b.propensity)
+
+
+@pytest.mark.parametrize("d_c,d_i", [(6, 6), (32, 8), (2, 1)])
+def test_shared_linucb_batched_distributions_equal_one_at_a_time(d_c, d_i):
+    """The batched path (stacked contexts, one padded batched product, rounding-bound re-score)
+    gives every request exactly its own distribution: requests of unequal sizes (padding), a
+    zero context, zero items, repeated items (exact ties) and one of a single candidate."""
+    rng = np.random.default_rng(d_c + d_i)
+    p = _trained_linucb(rng, d_c, d_i)
+    reqs, slots = [], []
+    for n in (200, 3, 57, 1, 200):
+        reqs.append(Request(context=rng.normal(size=d_c), items=np.arange(n), item_features=rng.normal(size=(n, d_i))))
+        slots.append(min(n, 10))
+    V = rng.normal(size=(8, d_i))
+    V[3] = 0.0
+    reqs.append(Request(context=np.zeros(d_c), items=np.arange(8), item_features=V))
+    reqs.append(Request(context=rng.normal(size=d_c), items=np.r_[0:4, 0:4], item_features=np.r_[V[:4], V[:4]]))
+    slots += [4, 4]
+    _assert_same_distributions(p, reqs, slots)
+    _assert_same_distributions(p, reqs[:1] + reqs[-1:], [10, 4])  # equal sizes: no padding
+
+
+def test_shared_linucb_batched_distributions_with_values_equal_one_at_a_time():
+    """Value-weighted (max(s, 0) x value, zero values tying): still exactly one at a time."""
+    rng = np.random.default_rng(8)
+    value = rng.uniform(0.0, 2.0, 50)
+    value[:10] = 0.0
+    p = _trained_linucb(rng, 5, 4, value=value)
+    reqs = [Request(context=rng.normal(size=5), items=rng.choice(50, n, replace=False),
+                    item_features=rng.normal(size=(n, 4))) for n in (30, 30, 12, 30)]
+    _assert_same_distributions(p, reqs, [5, 5, 3, 5])
+
+
+def test_shared_linucb_batched_scores_are_rechecked_only_near_a_tie(monkeypatch):
+    """Well-separated requests are served from the batched scores (no per-request re-score);
+    one whose scores overflow is re-scored alone and refused exactly as one at a time."""
+    from banditrec.policies.linucb import LinUCB
+    rng = np.random.default_rng(12)
+    p = _trained_linucb(rng, 6, 6)
+    reqs = [Request(context=rng.normal(size=6), items=np.arange(200), item_features=rng.normal(size=(200, 6)))
+            for _ in range(8)]
+    alone = []
+    original = LinUCB.scores
+    monkeypatch.setattr(LinUCB, "scores", lambda self, r: alone.append(r) or original(self, r))
+    p.distributions(reqs, 10, 0.01)
+    assert alone == []
+    huge = Request(context=rng.normal(size=6), items=np.arange(5), item_features=np.full((5, 6), 1e200))
+    with pytest.raises(ValidationError) as one:
+        p.distribution(huge, 2)
+    alone.clear()
+    with pytest.raises(ValidationError) as many:
+        p.distributions([reqs[0], huge], 2)
+    assert alone == [huge] and str(many.value) == str(one.value)
+
+
+def test_shared_linucb_batched_distributions_exact_at_near_ties_of_every_scale():
+    """Candidates nudged by 1 to 10^6 ulps of each other (where stacked and single-request
+    rounding can reorder them), at feature scales 1e-3 to 1e3 and with alpha 0 (mean only):
+    every request's batched distribution is still exactly its own."""
+    rng = np.random.default_rng(21)
+    for alpha in (0.0, 1.0):
+        p = _trained_linucb(rng, 5, 3, alpha=alpha)
+        reqs = []
+        for scale in (1e-3, 1.0, 1e3):
+            for ulps in (1, 4, 1e3, 1e6):
+                V = scale * rng.normal(size=(40, 3))
+                V[1::2] = V[0::2] * (1 + ulps * np.finfo(float).eps)
+                reqs.append(Request(context=scale * rng.normal(size=5), items=np.arange(40), item_features=V))
+        _assert_same_distributions(p, reqs, [10] * len(reqs))
+
+
+@pytest.mark.parametrize("bad", ["short", "nan", "2d", "scalar", "width"])
+def test_shared_linucb_batched_refuses_bad_requests_like_one_at_a_time(bad):
+    """A malformed request in a batch raises what the one-at-a-time loop raises (the batched
+    context check is only a fast path)."""
+    from banditrec.policies.base import Policy
+    rng = np.random.default_rng(2)
+    p = _trained_linucb(rng, 2, 3)
+    good = Request(context=rng.normal(size=2), items=np.arange(4), item_features=rng.normal(size=(4, 3)))
+    ctx, feats = {"short": (np.ones(1), None), "nan": (np.array([0.0, np.nan]), None),
+                  "2d": (np.ones((1, 2)), None), "scalar": (np.float64(1.0), None),
+                  "width": (np.ones(2), np.ones((4, 2)))}[bad]
+    worse = Request(context=ctx, items=np.arange(4), item_features=good.item_features if feats is None else feats)
+    batch = [good, worse] if bad != "scalar" else [worse, worse]  # two scalars: m == d_c
+    with pytest.raises(ValidationError) as one:
+        Policy.distributions(p, batch, 2)
+    with pytest.raises(ValidationError) as many:
+        p.distributions(batch, 2)
+    assert str(many.value) == str(one.value) and many.value.field == one.value.field

@@ -9,6 +9,17 @@ A single new row updates ``A^{-1}`` by Sherman-Morrison; a batch re-inverts thro
 Cholesky factor, which is cheaper and more accurate than m rank-one updates (the ridge math
 lives in :mod:`banditrec.policies.ridge`). The greedy ranking is epsilon-mixed per slot
 before serving (see :mod:`banditrec.policies.slate`).
+
+Scoring never builds the joint features. With ``e = [1, c]`` the joint feature of item ``v``
+is ``x = M(c) v`` (``x[idx[k, i]] = e_k v_i``, see :func:`banditrec.features.joint_features`),
+so for one request
+
+    x^T theta       = v . t,        t_i    = sum_k e_k theta[idx[k, i]]
+    x^T A^{-1} x    = v^T B v,      B_ii'  = sum_kk' e_k e_k' A^{-1}[idx[k, i], idx[k', i']]
+
+``t`` (d_i) and ``B`` (d_i x d_i) are contracted once per request from ``theta`` and
+``A^{-1}`` rearranged into ``(1 + d_c)``-blocks (cached per model), and each candidate costs
+``O(d_i^2)`` instead of ``O(dim^2)``.
 """
 
 from __future__ import annotations
@@ -17,15 +28,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..features import joint_features
+from ..errors import ValidationError
 from .base import Policy, PolicyConfig, Request, slot_counts
 from .checks import check_context
 from .ridge import JointRidgePolicy, check_number
 
-# Stacked products sum in another order than one request's, so scores may differ in the last
-# bits; a request whose scores hold two within this many rounding errors of each other (where
-# that could reorder them) is re-scored alone, so that rankings and ties are exactly its own.
-_TIE_ULPS = 1024
+_U = np.finfo(float).eps / 2  # unit roundoff
+_TINY = np.finfo(float).tiny  # covers the absolute error of gradual underflow
 
 
 @dataclass(frozen=True)
@@ -40,11 +49,49 @@ class LinUCBConfig(PolicyConfig):
         check_number(self.reg, "reg", minimum=0.0, strict=True)
 
 
-def _near_tie(scores: np.ndarray, bound: np.ndarray) -> bool:
-    """Whether two scores are within the sum of their rounding bounds of each other."""
-    order = np.argsort(scores, kind="stable")
-    b = bound[order]
-    return bool((np.diff(scores[order]) <= b[1:] + b[:-1]).any())
+def _unsafe_rows(ranked: np.ndarray, sizes: np.ndarray, bound: np.ndarray) -> np.ndarray:
+    """Rows of ``(m, n)`` scores (row ``j`` holds ``sizes[j]`` scores, then ``+inf`` padding)
+    whose ranking rounding errors of at most ``bound[j]`` per score could change: two scores
+    within ``2 bound`` of each other, or a score or the bound not finite.
+
+    If scores ``a <= c`` could swap or (un)tie, then ``c - a <= 2 bound`` and so is every
+    sorted neighbour gap between them; rounding is monotone, so the computed gap is within too.
+    NaN sorts after ``+inf``, so a row's ``sizes[j]``-th smallest is finite iff all its scores are.
+    """
+    m = len(ranked)
+    if ranked.shape[1] == 0:
+        return ~np.isfinite(bound)
+    s = np.sort(ranked, axis=1)
+    with np.errstate(invalid="ignore"):  # inf - inf (padding) is NaN, never <=
+        near = np.fmin.reduce(np.diff(s, axis=1), axis=1, initial=np.inf) <= 2 * bound
+    top = s[np.arange(m), np.maximum(sizes - 1, 0)]
+    return near | ~(np.isfinite(s[:, 0]) & np.isfinite(top) & np.isfinite(bound))
+
+
+class _Blocks:
+    """``theta`` and ``A^{-1}`` of one model state rearranged by (context term, item term).
+
+    ``Q[k, (k', i, i')] = A^{-1}[idx[k, i], idx[k', i']]`` and ``T[k, i] = theta[idx[k, i]]``,
+    where ``idx[k, i]`` is the joint-feature position of ``e_k v_i`` (``e = [1, c]``); the norms
+    ``F[k, k'] = ||A^{-1} block (k, k')||_F`` and ``g[k] = ||T[k]||_2`` bound the rounding error.
+    """
+
+    def __init__(self, A_inv: np.ndarray, theta: np.ndarray, context_dim: int, item_dim: int):
+        self.A_inv, self.theta = A_inv, theta  # the arrays these were derived from
+        k, d = context_dim + 1, item_dim
+        idx = np.empty((k, d), dtype=np.intp)
+        idx[0] = np.arange(d)
+        idx[1:] = d + np.arange(d)[None, :] * context_dim + np.arange(context_dim)[:, None]
+        blocks = A_inv[idx[:, None, :, None], idx[None, :, None, :]]  # (k, k', i, i')
+        self.Q = np.ascontiguousarray(blocks.reshape(k, k * d * d))
+        self.T = theta[idx]
+        self.F = np.sqrt(np.einsum("abij,abij->ab", blocks, blocks))
+        self.g = np.sqrt(np.einsum("ki,ki->k", self.T, self.T))
+
+
+def _padding(sizes: np.ndarray, n: int) -> np.ndarray:
+    """``(m, n)``: True past each row's ``sizes[j]`` entries."""
+    return np.arange(n)[None, :] >= sizes[:, None]
 
 
 class LinUCB(JointRidgePolicy):
@@ -53,50 +100,137 @@ class LinUCB(JointRidgePolicy):
     name = "shared-linucb"
     Config = LinUCBConfig
 
+    def __init__(self, config: LinUCBConfig, **env):
+        self._block_cache = None
+        super().__init__(config, **env)
+
+    def _changed(self) -> None:
+        super()._changed()
+        self._block_cache = None
+
+    def _blocks(self) -> _Blocks:
+        """The model's :class:`_Blocks`, cached; rebuilt when ``A_inv`` or ``theta`` is another
+        array (so a reader racing an update never keeps blocks of a replaced model)."""
+        c = self._block_cache
+        if c is None or c.A_inv is not self.A_inv or c.theta is not self.theta:
+            c = self._block_cache = _Blocks(self.A_inv, self.theta, self.context_dim, self.item_dim)
+        return c
+
+    def _items(self, request: Request) -> np.ndarray:
+        V = np.asarray(request.item_features, dtype=float)
+        if V.ndim != 2 or V.shape[1] != self.item_dim:
+            raise ValidationError(f"item_features must have shape (n, {self.item_dim}), got {V.shape}",
+                                  "item_features")
+        return V
+
     def scores(self, request: Request) -> np.ndarray:
-        X = self.features(request)
-        mean = X @ self.theta
-        # row-wise quadratic form x_i^T A^{-1} x_i, as one matmul plus a row sum
-        var = np.einsum("ij,ij->i", X @ self.A_inv, X)
-        return mean + self.config.alpha * np.sqrt(np.maximum(var, 0.0))
+        c = check_context(request.context, self.context_dim)
+        V = self._items(request)
+        blk = self._blocks()
+        k, d = self.context_dim + 1, self.item_dim
+        e = np.empty(k)
+        e[0], e[1:] = 1.0, c
+        with np.errstate(over="ignore", invalid="ignore"):  # non-finite scores are refused by the slate
+            t = e @ blk.T  # (d,)
+            B = (e @ (e @ blk.Q).reshape(k, d * d)).reshape(d, d)
+            var = np.einsum("ij,ij->i", V @ B, V)  # v^T B v = x^T A^{-1} x
+            return V @ t + self.config.alpha * np.sqrt(np.maximum(var, 0.0))
 
     def distributions(self, requests, n_slots, min_epsilon: float = 0.0) -> list:
-        """Vectorised :meth:`~banditrec.policies.base.Policy.distributions`: the candidates of
-        every request are scored by one product over their stacked joint features.
+        """Vectorised :meth:`~banditrec.policies.base.Policy.distributions`: ``B`` and ``t`` of
+        every request come from two products over the stacked contexts, and every request's
+        candidates are scored by one batched product (padded to the largest request).
 
         Exactly the distributions of :meth:`distribution` request by request: a slate depends
-        on the scores only through their ranking and ties, and a request whose stacked scores
-        come within a bound on the rounding difference of each other (``_TIE_ULPS`` rounding
-        errors of the products summed, or of the square root near zero) is re-scored alone.
-        A blended objective (min-max scaling amplifies rounding) or a type cap takes the loop.
+        on the scores only through their ranking and ties, and a request whose batched scores
+        come within a bound on the rounding difference from its own (derived below) of each
+        other, or are not finite, is re-scored alone by :meth:`scores`. A blended objective
+        (min-max scaling amplifies rounding) or a type cap takes the loop.
         """
         counts = slot_counts(n_slots, len(requests))
         if (len(requests) < 2 or type(self).scores is not LinUCB.scores
                 or type(self).distribution is not Policy.distribution
                 or self.config.sensitivity != "off" or self.config.max_per_type):
             return super().distributions(requests, counts, min_epsilon)
-        contexts = [check_context(check_context(r.context, self.expected_context_dim), self.context_dim)
-                    for r in requests]
-        feats = [np.asarray(r.item_features, dtype=float) for r in requests]
-        sizes = [len(f) for f in feats]
-        X = joint_features(np.repeat(np.stack(contexts), sizes, axis=0), np.concatenate(feats))
-        XA = X @ self.A_inv
-        var = np.einsum("ij,ij->i", XA, X)
-        scores = X @ self.theta + self.config.alpha * np.sqrt(np.maximum(var, 0.0))
-        # bound on |stacked - alone| per candidate (for the products, and for sqrt near zero)
-        ulp = _TIE_ULPS * np.finfo(float).eps
-        absX = np.abs(X)
-        bound = ulp * (absX @ np.abs(self.theta)) + self.config.alpha * np.sqrt(
-            ulp * np.einsum("ij,ij->i", np.abs(XA), absX))
-        out, start = [], 0
-        for request, k, n in zip(requests, counts, sizes):
-            s, b = scores[start:start + n], bound[start:start + n]
-            start += n
-            ranked, rb = s, b
-            if self.value_weight is not None:  # the ranking is of max(s, 0) x value (max is 1-Lipschitz)
-                v = self.value_weight[request.items]
-                ranked, rb = np.maximum(s, 0.0) * v, b * v
-            if not np.isfinite(s).all() or _near_tie(ranked, rb):
-                s = self.scores(request)  # a near-tie (or overflow): this request's own scores
-            out.append(self.slate_from_scores(request, s, k, min_epsilon))
+        m, k, d = len(requests), self.context_dim + 1, self.item_dim
+        E = np.empty((m, k))
+        E[:, 0] = 1.0
+        try:  # every context a finite (d_c,) vector: all that the per-request checks below accept
+            C = np.array([r.context for r in requests], dtype=float)
+            checked = C.shape == (m, k - 1) and bool(np.isfinite(C).all())
+        except (TypeError, ValueError):
+            checked = False
+        if checked:
+            E[:, 1:] = C
+        feats = []
+        for j, r in enumerate(requests):  # else checked in the order the loop checks them
+            if not checked:
+                E[j, 1:] = check_context(check_context(r.context, self.expected_context_dim), self.context_dim)
+            feats.append(self._items(r))
+        sizes = np.array([len(f) for f in feats])
+        n = int(sizes.max())
+        if int(sizes.min()) == n:
+            V = np.concatenate(feats).reshape(m, n, d)
+        else:  # pad with zero items (their scores are replaced by +inf below)
+            V = np.zeros((m, n, d))
+            for j, f in enumerate(feats):
+                V[j, :len(f)] = f
+        scores, alone = self._stacked_scores(E, V, sizes, requests)
+        out = []
+        for j, (request, kj, nj) in enumerate(zip(requests, counts, sizes.tolist())):
+            # a near-tie (or overflow): this request's own scores
+            s = self.scores(request) if alone[j] else scores[j, :nj]
+            out.append(self.slate_from_scores(request, s, kj, min_epsilon))
         return out
+
+    @np.errstate(divide="ignore", over="ignore", invalid="ignore")  # non-finite rows are re-scored alone
+    def _stacked_scores(self, E, V, sizes, requests):
+        """``(scores (m, n), alone (m,))``: every request's scores from the stacked ``[1, c]``
+        ``E`` (m, k) and padded items ``V`` (m, n, d), and which requests to re-score alone."""
+        (m, k), n, d, alpha = E.shape, V.shape[1], self.item_dim, self.config.alpha
+        blk = self._blocks()
+        padded = int(sizes.min()) < n
+        real = ~_padding(sizes, n) if padded else True
+        # [B | t] per request: B = sum_k' e_k' sum_k e_k Q[k, k'], t = e @ T
+        Bt = np.empty((m, d, d + 1))
+        Bt[:, :, :d] = np.matmul(E[:, None, :], (E @ blk.Q).reshape(m, k, d * d)).reshape(m, d, d)
+        Bt[:, :, d] = E @ blk.T
+        VBt = np.matmul(V, Bt)  # (m, n, d + 1): v^T B and v . t
+        var = np.einsum("mni,mni->mn", VBt[:, :, :d], V)
+        sd = np.sqrt(np.maximum(var, 0.0))
+        scores = VBt[:, :, d] + alpha * sd
+        # Rounding bound, for this arithmetic and for scores() alike (Higham's gamma_L, any
+        # order of summation, FMA or not): each product term v_i v_i' e_k e_k' A^{-1}[..] of
+        # v^T B v passes at most 2k + 2d roundings, each term v_i e_k theta[..] of v . t at
+        # most k + d, so each computed value is within gamma_L times the sum of its terms'
+        # magnitudes of the exact one. Those sums are at most q = ||v||^2 |e|^T F |e|
+        # (|v|^T |B_kk'| |v| <= ||v||^2 ||B_kk'||_F per block) and p = ||v|| |e| . g (Cauchy-
+        # Schwarz per block), with ||v||^2 <= d max_i v_i^2 =: r2 over the request. The two
+        # paths' variances thus differ by at most delta = 2 gamma q, their clamped square roots
+        # by at most min(sqrt(delta), delta / sd) (sd >= the row's smallest); sqrt, alpha * and
+        # the final sum add at most 4 gamma (p + alpha sqrt(q)). gamma is twice gamma_L with
+        # L = 2 (k + d) + 8 (slack for the rounding of the bound itself and of max(s, 0) x
+        # value); beta covers gradual underflow (absolute errors far below tiny).
+        L = 2 * (k + d) + 8
+        gamma = 2 * L * _U / (1 - L * _U)
+        absE = np.abs(E)
+        lam = np.einsum("mk,kl,ml->m", absE, blk.F, absE)  # q <= r2 lam
+        mu = absE @ blk.g  # p <= sqrt(r2) mu
+        flat = V.reshape(m, -1)
+        r = np.sqrt(d) * np.maximum(flat.max(axis=1, initial=0.0), -flat.min(axis=1, initial=0.0))
+        sd_min = sd.min(axis=1, initial=np.inf, where=real)
+        bound = (r * (4 * gamma * (mu + alpha * np.sqrt(lam))) + 4 * (1 + alpha) * np.sqrt(_TINY)
+                 + np.fmin(r * (2 * alpha * np.sqrt(2 * gamma * lam)), r * r * (4 * alpha * gamma * lam) / sd_min))
+        ranked = scores
+        unsafe = np.zeros(m, dtype=bool)
+        if self.value_weight is not None:  # the ranking is of max(s, 0) x value (max is 1-Lipschitz)
+            items = np.zeros((m, n), dtype=np.intp)
+            for j, req in enumerate(requests):
+                items[j, :sizes[j]] = req.items
+            value = self.value_weight[items]
+            unsafe = ~np.isfinite(scores).all(axis=1, where=real)
+            ranked, bound = np.maximum(scores, 0.0) * value, bound * value.max(axis=1, initial=0.0)
+        if padded:
+            ranked = np.where(real, ranked, np.inf)
+        alone = unsafe | _unsafe_rows(ranked, sizes, bound)
+        return scores, alone
