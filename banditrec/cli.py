@@ -404,13 +404,16 @@ def regret(specs, seeds, first_seed, decisions, slots, candidates, batch, jobs, 
 
 @main.command()
 @click.option("--policy", "spec", default="shared-linucb:alpha=1.0,epsilon=0.1", show_default=True)
-@click.option("--objective", default="price", show_default=True, help="Item column to blend in.")
+@click.option("--objective", default="price", show_default=True,
+              help="Item column to blend in (maximised): price, royalty (paid per sale) or net (price - royalty, "
+                   "what the shop keeps per sale).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--train", "n_train", default=10_000, show_default=True, type=click.IntRange(min=1))
 @click.option("--test", "n_test", default=5_000, show_default=True, type=click.IntRange(min=1))
 @click.option("--k", default=5, show_default=True, type=click.IntRange(min=1))
 def sensitivity(spec, objective, seed, n_train, n_test, k):
-    """Amazon Personalize's objective-sensitivity table (off..high) in the simulated shop."""
+    """Amazon Personalize's objective-sensitivity table (off..high) in the simulated shop, with the
+    objective's total and the royalty paid in the top k."""
     from .errors import BanditRecError
     from .regret import sensitivity_study, sensitivity_table
 

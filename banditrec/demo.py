@@ -50,10 +50,16 @@ def build_engine(shop: Shop, policy_spec: str, log: DecisionLog, *, seed=None, n
 
 
 def policy_env(shop: Shop, cf: ItemItemCF) -> dict:
-    """What a policy may be told about this shop when it is built."""
+    """What a policy may be told about this shop when it is built.
+
+    ``item_columns`` are the business columns a policy can blend in (``objective=COLUMN``) or
+    weigh by (``value=COLUMN``): ``price``, ``royalty`` (the royalty the shop pays per sale) and
+    ``net`` = price - royalty, what the shop keeps per sale."""
+    catalog = shop.catalog
     return {"context_dim": shop.config.dim, "item_dim": shop.config.dim, "popularity": cf.popularity,
-            "n_items": shop.catalog.n_items, "item_types": shop.catalog.product_type,
-            "item_columns": {"price": shop.catalog.price}}
+            "n_items": catalog.n_items, "item_types": catalog.product_type,
+            "item_columns": {"price": catalog.price, "royalty": catalog.royalty,
+                             "net": catalog.price - catalog.royalty}}
 
 
 @dataclass

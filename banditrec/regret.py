@@ -222,7 +222,7 @@ def regret_plot(rows: list[RegretRow], path: Path) -> Path:
 @dataclass
 class SensitivityRow:
     sensitivity: str
-    metrics: dict  # Personalize's metrics plus the business column's sum in the top k
+    metrics: dict  # Personalize's metrics plus every business column's total in the top k
 
 
 def sensitivity_study(spec: str, objective: str = "price", *, seed: int = 0, shop_config: ShopConfig | None = None,
@@ -235,6 +235,16 @@ def sensitivity_study(spec: str, objective: str = "price", *, seed: int = 0, sho
     ``objective`` blended in at each sensitivity. Relevant items are the held-out customer's
     clicks, sampled once from the click model on every candidate (the same for every
     sensitivity); metrics follow Personalize's definitions (``banditrec.ope.ranking``).
+
+    ``objective`` is one of the shop's item columns (:func:`banditrec.demo.policy_env`):
+    ``price``, ``royalty`` (the royalty paid per sale) or ``net`` = price - royalty, what the
+    shop keeps per sale; the blend maximises it. Each row's metrics hold, beside Personalize's,
+    ``COLUMN_in_top_k`` for *every* item column: its total over the k items recommended, mean
+    per customer (so with ``objective="net"`` the rows also say what the shop would pay in
+    royalties, ``royalty_in_top_k``, and the price, ``price_in_top_k``, of those items). For
+    fixed learned scores, the objective's total in the top k cannot fall as the sensitivity
+    rises (greedy top k of a linear blend: raising its weight can only replace an item of the
+    top k by one with a higher column value), request by request.
     """
     from .ope import ranking_metrics
     from .policies import SENSITIVITY
@@ -267,6 +277,7 @@ def sensitivity_study(spec: str, objective: str = "price", *, seed: int = 0, sho
         cands.append(items)
         relevant.append(items[rel_rng.random(len(items)) < shop.model.attraction(np.full(len(items), c), items)])
     value = np.asarray(columns[objective], dtype=float)
+    totals = {name: np.asarray(col, dtype=float) for name, col in columns.items()}
     out = []
     for level in SENSITIVITY:
         extra = f"objective={objective},sensitivity={level}" if level != "off" else ""
@@ -283,17 +294,24 @@ def sensitivity_study(spec: str, objective: str = "price", *, seed: int = 0, sho
         out.append(SensitivityRow(level, {
             "average_reward_at_k": m.average_reward, "coverage": m.coverage, "mrr": m.mrr,
             "ndcg_at_k": m.ndcg, "precision_at_k": m.precision,
-            f"{objective}_in_top_k": float(value[rec].sum(axis=1).mean()), "n_users": m.n_users,
+            **{f"{name}_in_top_k": float(col[rec].sum(axis=1).mean()) for name, col in totals.items()},
+            "n_users": m.n_users,
         }))
     return out
 
 
 def sensitivity_table(rows: list[SensitivityRow], k: int, objective: str) -> str:
+    """Personalize's columns, the objective's total in the top k and, when the rows have it and
+    the objective is another column, the royalty the shop pays on those k items."""
+    extra = [objective] + [c for c in ("royalty",) if c != objective and f"{c}_in_top_k" in rows[0].metrics]
+    names = [f"{c} in top {k}" for c in extra]
+    widths = [max(14, len(n)) for n in names]
     head = (f"{'sensitivity':<11} {'avg reward@' + str(k):>13} {'coverage':>9} {'MRR':>7} {'NDCG@' + str(k):>8} "
-            f"{'precision@' + str(k):>12} {objective + ' in top ' + str(k):>16}")
+            f"{'precision@' + str(k):>12}" + "".join(f" {n:>{w}}" for n, w in zip(names, widths)))
     lines = [head, "-" * len(head)]
     for r in rows:
         m = r.metrics
         lines.append(f"{r.sensitivity:<11} {m['average_reward_at_k']:>13.4f} {m['coverage']:>9.4f} {m['mrr']:>7.4f} "
-                     f"{m['ndcg_at_k']:>8.4f} {m['precision_at_k']:>12.4f} {m[objective + '_in_top_k']:>16.2f}")
+                     f"{m['ndcg_at_k']:>8.4f} {m['precision_at_k']:>12.4f}"
+                     + "".join(f" {m[c + '_in_top_k']:>{w}.2f}" for c, w in zip(extra, widths)))
     return "\n".join(lines)
