@@ -15,8 +15,8 @@ from banditrec.errors import ValidationError
 from simulator import SimConfig
 from banditrec.features import joint_features
 from banditrec.policies import make
-from simulator.abtest import (MetricRow, Pooled, _LoggedDay, _warm_start, analyse, load_config, metric_table,
-                              parse_arm, parse_arms, pool_seeds, run_abtest, write_report)
+from simulator.abtest import (AAStudy, MetricRow, Pooled, _LoggedDay, _warm_start, aa_table, analyse, load_config,
+                              metric_table, parse_arm, parse_arms, pool_seeds, run_abtest, write_report)
 from simulator.carousel import Response
 
 SMALL = SimConfig(n_items=300, n_types=20, n_categories=5, n_customers=2500, history_days=20, gateway_share=0.05)
@@ -154,6 +154,21 @@ def test_burn_in_logs_a_carousel_before_day_0_and_trains_the_arms():
     with pytest.raises(ValidationError) as e:
         run_abtest(arms, SMALL, 3, seed=5, burn_in_days=SMALL.history_days + 1)
     assert e.value.field == "burn_in_days"
+
+
+def test_aa_table_flags_a_miscalibrated_test():
+    """Uniform p-values pass; p-values from Beta(0.6, 1) (a test that rejects too often) show a
+    high rate, a small binomial p and a small KS p. The rates are the counts below alpha."""
+    rng = np.random.default_rng(8)
+    ps = np.column_stack([rng.random(400), rng.beta(0.6, 1.0, 400)])
+    study = AAStudy(n_tests=400, alpha=0.05, metrics=("fine", "broken"), p_values=ps)
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in aa_table(study).splitlines()[2:]}
+    assert float(rows["fine"][0]) == pytest.approx((ps[:, 0] < 0.05).mean(), abs=5e-4)
+    assert float(rows["broken"][0]) == pytest.approx((ps[:, 1] < 0.05).mean(), abs=5e-4)
+    assert float(rows["fine"][2]) > 0.01 and float(rows["broken"][2]) < 0.01  # KS
+    assert float(rows["broken"][1]) < 0.01  # binomial: 0.05 ** 0.6 = 17% rejected, not 5%
+    assert float(rows["mean over the 2 metrics"][0]) == pytest.approx((ps < 0.05).mean(), abs=5e-5)
 
 
 def _row(metric, diff, se):
