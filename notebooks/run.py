@@ -22,7 +22,7 @@ from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
-from nbclient.exceptions import CellExecutionError
+from nbclient.exceptions import CellExecutionError, CellTimeoutError
 
 SMALL_ENV = "BANDITREC_NB_SMALL"
 
@@ -52,6 +52,8 @@ def main(argv=None) -> int:
     parser.add_argument("notebook", type=Path)
     parser.add_argument("--small", action="store_true", help=f"small sizes ({SMALL_ENV}=1), as the tests run")
     parser.add_argument("--out", type=Path, default=Path("out/notebooks"), help="where the executed copy goes")
+    parser.add_argument("--timeout", type=int, default=3600,
+                        help="seconds per cell (a full-size A/B cell runs several 90-day tests)")
     args = parser.parse_args(argv)
     nb = nbformat.read(args.notebook, as_version=4)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -59,8 +61,8 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     try:
         with tempfile.TemporaryDirectory(prefix="banditrec-nb-") as scratch:
-            execute(nb, small=args.small, cwd=Path(scratch))
-    except CellExecutionError as exc:
+            execute(nb, small=args.small, cwd=Path(scratch), timeout=args.timeout)
+    except (CellExecutionError, CellTimeoutError) as exc:
         nbformat.write(nb, dest)  # what ran, up to the failing cell
         print(f"{exc}\n{args.notebook} failed after {time.perf_counter() - start:.1f} s; "
               f"the cells that ran are in {dest}", file=sys.stderr)
