@@ -123,14 +123,8 @@ def simulate(config: SimConfig | None = None, policy: str = "uniform", days: int
             req = env.requests()
             m = len(req)
             cand = shop.for_requests(req, n_candidates, n_slots)
-            batch = []
             clock.schedule(base_s + env.day * DAY_S + req.hour * 3600.0)  # each decision at its visit's hour
-            for i in range(m):
-                batch.append({"user_id": f"u{int(req.customer[i])}", "n_slots": n_slots, "context": req.context[i],
-                              "candidates": [ids[j] for j in cand[i] if j >= 0]})
-            decisions = engine.decide_batch(batch) if m else []
-            slates = np.array([[index[s.item_id] for s in d.slots] for d in decisions], dtype=np.int64).reshape(m, n_slots)
-            events = [d.event_id for d in decisions]
+            slates, events = decide_requests(engine, req, np.arange(m), cand, n_slots, ids, index)
             for kind in REWARD_KINDS:
                 expected[kind] += float(env.expected_reward(req, slates, kind).sum())
             out = env.respond(req, slates, respond_rng)
@@ -153,6 +147,18 @@ def simulate(config: SimConfig | None = None, policy: str = "uniform", days: int
         ltv=float(env.state.ltv.mean()), seconds=time.perf_counter() - start, db=db, expected=expected)
     log.close()
     return result
+
+
+def decide_requests(engine, req, rows: np.ndarray, cand: np.ndarray, n_slots: int, ids, index: dict
+                    ) -> tuple[np.ndarray, list[str]]:
+    """The carousels ``engine`` decides (in one batch) for the requests ``rows`` of ``req``
+    with candidates ``cand`` (item indices, -1 pads): their slates as item indices
+    ``(len(rows), n_slots)`` and their event ids."""
+    batch = [{"user_id": f"u{int(req.customer[i])}", "n_slots": n_slots, "context": req.context[i],
+              "candidates": [ids[j] for j in cand[i] if j >= 0]} for i in rows.tolist()]
+    decisions = engine.decide_batch(batch) if batch else []
+    slates = np.array([[index[s.item_id] for s in d.slots] for d in decisions], dtype=np.int64)
+    return slates.reshape(len(batch), n_slots), [d.event_id for d in decisions]
 
 
 def item_attrs(cat) -> list[dict]:
