@@ -46,7 +46,8 @@ from .carousel import Response
 from .config import SimConfig, read_toml
 from .environment import Environment
 from .history import PURCHASE
-from .run import DAY_S, REWARD_KINDS, ShopCandidates, _concat, _post_rewards, _progress, history_interactions
+from .run import (DAY_S, REWARD_KINDS, ShopCandidates, _concat, _post_rewards, _progress, decide_requests,
+                  history_interactions)
 
 ARM_KEYS = ("name", "learn", "lambda", "weight")
 
@@ -282,12 +283,8 @@ def run_abtest(arms: list[Arm], config: SimConfig | None = None, days: int = 90,
                 rows = np.flatnonzero(req_arm == a)
                 rows_of.append(rows)
                 engine.clock.now = env.day * DAY_S
-                batch = [{"user_id": f"u{int(req.customer[i])}", "n_slots": n_slots, "context": req.context[i],
-                          "candidates": [ids[j] for j in cand[i] if j >= 0]} for i in rows.tolist()]
-                decisions = engine.decide_batch(batch) if len(rows) else []
-                if decisions:
-                    slates[rows] = [[index[s.item_id] for s in dec.slots] for dec in decisions]
-                event_ids.append([dec.event_id for dec in decisions])
+                slates[rows], events_a = decide_requests(engine, req, rows, cand, n_slots, ids, index)
+                event_ids.append(events_a)
                 n_decisions[a] += len(rows)
             em = env.expected_reward(req, slates, "margin") if m else np.zeros(0)
             expected_margin += np.bincount(req_arm, weights=em, minlength=len(arms))
