@@ -26,7 +26,6 @@ every ``refit_days``.
 
 from __future__ import annotations
 
-import inspect
 import time
 from pathlib import Path
 from dataclasses import dataclass, field, replace
@@ -37,9 +36,9 @@ from banditrec import experiment
 from banditrec.engine import Engine, ItemTable
 from banditrec.errors import ValidationError
 from banditrec.longterm import estimate_item_values
-from banditrec.offline import uses_marginals
+from banditrec.offline import train_from_log
 from banditrec.policies import make, parse_spec
-from banditrec.store import DecisionLog
+from banditrec.store import DecisionLog, LoggedDecisions
 from banditrec.validation import as_seed_sequence, check_positive_int
 
 from .carousel import Response
@@ -340,6 +339,19 @@ class _LoggedDay:
     slates: np.ndarray  # (m, K)
     out: Response
 
+    def decisions(self, kind: str) -> LoggedDecisions:
+        """The day as the decision log would return it, slots rewarded by ``kind``: the uniform
+        logger's marginal ``K / n`` and conditional ``1 / (n - slot)`` for ``n`` candidates."""
+        m, k = self.slates.shape
+        n = (self.candidates >= 0).sum(axis=1)
+        rows, slot = np.repeat(np.arange(m), k), np.tile(np.arange(k), m)
+        return LoggedDecisions(
+            event_id=[""] * m, seq=np.arange(m), context=self.context,
+            candidates=[c[c >= 0] for c in self.candidates], row_decision=rows, row_slot=slot,
+            row_action=self.slates.ravel(), row_pscore=(k / n)[rows],
+            row_reward=getattr(self.out, kind).ravel().astype(float), decision_reward=np.zeros(m),
+            row_propensity=1.0 / (n[rows] - slot))
+
 
 def _burn_in(env: Environment, events, days: int, n_slots: int, n_candidates: int, refit_days: int,
              rng: np.random.Generator):
@@ -366,31 +378,11 @@ def _burn_in(env: Environment, events, days: int, n_slots: int, n_candidates: in
 
 
 def _warm_start(policy, logged: list[_LoggedDay], features: np.ndarray, kind: str) -> int:
-    """Train ``policy`` on the incumbent carousel's log, rewarded by ``kind`` per slot, with
-    the inputs its ``update`` asks for: the uniform logger's marginal ``K / n`` (``pscore``),
-    or its conditional ``1 / (n - slot)`` per slot, and the candidates. Returns the rows."""
-    wanted = set(inspect.signature(policy.update).parameters)
-    total = 0
-    for day in logged:
-        m, k = day.slates.shape
-        if m == 0:
-            continue
-        n = (day.candidates >= 0).sum(axis=1)
-        rows, slot = np.repeat(np.arange(m), k), np.tile(np.arange(k), m)
-        items = day.slates.ravel()
-        kw = {"items": items}
-        if uses_marginals(policy):
-            kw["pscore"] = (k / n)[rows]
-        if "propensity" in wanted and "slot" in wanted:
-            kw["propensity"], kw["slot"] = 1.0 / (n[rows] - slot), slot
-        if "candidates" in wanted or "chosen" in wanted:
-            cands = [c[c >= 0] for c in day.candidates]
-            kw["candidates"] = [features[cands[r]] for r in rows.tolist()]
-            kw["chosen"] = np.array([int(np.flatnonzero(cands[r] == j)[0]) for r, j in zip(rows.tolist(),
-                                                                                         items.tolist())])
-        policy.update(day.context[rows], features[items], getattr(day.out, kind).ravel().astype(float), **kw)
-        total += len(rows)
-    return total
+    """Train ``policy`` on the incumbent carousel's log, rewarded by ``kind`` per slot, one day
+    at a time, through :func:`banditrec.offline.train_from_log` (which hands the policy the
+    logger's propensities and candidates if its ``update`` asks for them). No importance
+    weights: the uniform logger favoured no item. Returns the rows."""
+    return sum(train_from_log(policy, day.decisions(kind), features, importance=False) for day in logged)
 
 
 def _take(out: Response, rows: np.ndarray) -> Response:

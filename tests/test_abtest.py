@@ -142,9 +142,10 @@ def test_warm_start_is_the_ridge_fit_of_the_logged_slots():
     np.testing.assert_allclose(pol.theta, theta, rtol=1e-8, atol=1e-10)
 
 
-def test_burn_in_logs_a_carousel_before_day_0_and_trains_the_arms():
-    """With a burn-in the pre-period's last days show carousels (the shop's KPIs count them)
-    and the arms' policies start from that log; the test itself is still days 0..N-1."""
+def test_burn_in_runs_a_carousel_before_day_0():
+    """With a burn-in the pre-period's last days show carousels, so customers arrive on day 0
+    having bought more; the test itself is still days 0..N-1. (Training the arms on that log
+    is test_warm_start_is_the_ridge_fit_of_the_logged_slots.)"""
     arms = parse_arms("margin,click")
     cold = run_abtest(arms, SMALL, 3, seed=5, n_candidates=30)
     warm = run_abtest(arms, SMALL, 3, seed=5, n_candidates=30, burn_in_days=5)
