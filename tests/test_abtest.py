@@ -246,3 +246,21 @@ def test_config_file_errors(tmp_path):
     with pytest.raises(ValidationError) as e:
         load_config(bad)
     assert "unknown key 'colour'" in str(e.value)
+
+
+def test_the_documented_mild_study_config_is_what_the_docs_say():
+    """docs/abtest-mild.toml (quoted in README and docs/abtest.md): the gateway scenario's
+    catalog with SimConfig's default gateway effect, lambda 3, 5 seeds, no burn-in."""
+    from pathlib import Path
+
+    from simulator.abtest import SCENARIOS
+
+    config, opts = load_config(Path(__file__).resolve().parent.parent / "docs" / "abtest-mild.toml")
+    gateway = SCENARIOS["gateway"]
+    for key in ("n_items", "n_types", "gateway_share", "history_days"):
+        assert getattr(config, key) == gateway[key]
+    assert (config.gateway_visit_boost, config.gateway_churn_cut) == (SimConfig().gateway_visit_boost,
+                                                                      SimConfig().gateway_churn_cut)
+    assert opts.get("burn_in", 0) == 0 and opts["seeds"] == 5
+    arms = parse_arms(opts["arms"])
+    assert [a.name for a in arms] == ["margin", "longterm"] and arms[1].lam == 3.0
