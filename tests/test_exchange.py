@@ -191,7 +191,7 @@ def test_parquet_export_matches_the_log_and_carries_the_schema_version(tmp_path)
     assert cols["context_0"] == [np.pi, np.pi, 2.0]
     assert [math.copysign(1, v) for v in cols["context_1"][:2]] == [-1, -1] and cols["context_1"][2] is None
     assert cols["reward:click"] == [None, 1.0, None] and cols["reward_late:click"] == [None, False, None]
-    assert cols["candidate_index"][2] == "[2, 0]" and cols["n_candidates"] == [3, 3, 2]
+    assert json.loads(cols["candidate_index"][2]) == [2, 0] and cols["n_candidates"] == [3, 3, 2]
     assert str(table.schema.field("seq").type) == "int64" and str(table.schema.field("ts").type) == "double"
 
 

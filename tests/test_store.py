@@ -59,6 +59,30 @@ def test_round_trip_into_arrays_at_full_precision():
     assert json.loads(row[0]) == {"epsilon": 0.1} and json.loads(row[1]) == ["a", "b", "c"]
 
 
+@settings(max_examples=200, deadline=None)
+@given(hnp.arrays(np.float64, st.integers(1, 12), elements=st.floats(allow_nan=False, allow_infinity=False)),
+       st.lists(st.integers(0, 2**62), min_size=3, max_size=3), st.booleans())
+def test_logged_context_and_indices_are_json_that_reads_back_bit_exact(context, index, as_array):
+    """The row's text (orjson) read by the standard library gives the same doubles and ints."""
+    index = np.asarray(index, dtype=np.int64) if as_array else index
+    row, _ = decision_rows(decision(), {"epsilon": 0.1}, index, [0, 1], context)
+    back = np.asarray(json.loads(row[10]), dtype=float)
+    assert back.view(np.int64).tolist() == context.view(np.int64).tolist()  # -0.0, subnormals too
+    assert json.loads(row[9]) == [int(i) for i in index]
+    # the log's own reader too
+    log = DecisionLog()
+    write(log, decision(), context=context)
+    np.testing.assert_array_equal(log.decisions().context[0].view(np.int64), context.view(np.int64))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_non_finite_context_is_refused_by_name(bad):
+    log = DecisionLog()
+    with pytest.raises(ValidationError, match="finite") as info:
+        write(log, decision(), context=(0.1, bad))
+    assert info.value.field == "context" and log.count("decisions") == 0
+
+
 @pytest.mark.parametrize(
     "sql",
     [

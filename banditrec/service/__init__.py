@@ -15,6 +15,7 @@ from flask import Flask, g, request
 from ..engine import Engine
 from . import decisions, errors, feedback, models, ops
 from .config import ServiceConfig
+from .jsonio import OrjsonProvider
 from .metrics import Metrics
 from .openapi import document
 from .reload import SnapshotWatcher
@@ -32,6 +33,7 @@ def create_app(engine: Engine, config: dict | None = None, *, settings: ServiceC
     settings = settings or ServiceConfig()
     app = Flask(__name__)
     app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes)
+    app.json = OrjsonProvider(app)
     app.json.sort_keys = False  # keep the response models' field order
     if config:
         app.config.update(config)

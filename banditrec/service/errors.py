@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 
 from flask import Flask, jsonify, request
 from pydantic import ValidationError as PydanticValidationError
 from werkzeug.exceptions import HTTPException
 
+from . import jsonio
 from ..errors import BanditRecError, ConflictError, NotFoundError, ValidationError
 
 log = logging.getLogger("banditrec.service")
@@ -43,7 +43,7 @@ def json_body() -> dict:
     if not raw:
         raise BadRequest("request body is empty; expected a JSON object", "body")
     try:
-        data = json.loads(raw)
+        data = jsonio.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"request body is not valid JSON: {exc}", "body") from None
     except RecursionError:
