@@ -15,7 +15,8 @@ from flask import Flask
 from flask.json.provider import DefaultJSONProvider
 from hypothesis import given, settings, strategies as st
 
-from banditrec.service import jsonio
+from banditrec.service import create_app, jsonio
+from test_service import assert_json_error
 
 # JSON values with the corners: non-ASCII and escaped text, big and negative integers,
 # every finite float including subnormals and -0.0
@@ -46,9 +47,27 @@ def test_loads_parses_what_json_loads_parses(value, spaced):
 
 
 @pytest.mark.parametrize("raw", [b'{"a": NaN}', b'[Infinity, -Infinity]', b'{"n": 1e400}',
-                                 b'{"big": 123456789012345678901234567890}', b'"\\ud800"'])
+                                 b'"\\ud800"'])
 def test_what_orjson_refuses_is_parsed_as_json_loads_would(raw):
     assert same(jsonio.loads(raw), json.loads(raw))
+
+
+def test_an_integer_beyond_64_bits_reads_as_the_nearest_float():
+    assert jsonio.loads(b"[18446744073709551615]") == [2**64 - 1]
+    got = jsonio.loads(b"[123456789012345678901234567890]")
+    assert got == [float(123456789012345678901234567890)] and type(got[0]) is float
+
+
+@pytest.mark.parametrize("path, body, field", [
+    ("/v1/decide", b'{"user_id": "u1", "slots": 123456789012345678901234567890}', "slots"),
+    ("/v1/reward", b'{"event_id": "EID", "reward": 1, "position": 123456789012345678901234567890}', "position"),
+])
+def test_a_huge_integer_field_is_refused_by_name(engine, path, body, field):
+    client = create_app(engine).test_client()
+    event_id = client.post("/v1/decide", json={"user_id": "u1", "slots": 2}).get_json()["event_id"]
+    resp = client.post(path, data=body.replace(b"EID", event_id.encode()), content_type="application/json")
+    assert_json_error(resp, 400, field)
+    assert engine.log.count("decisions") == 1 and engine.log.count("rewards") == 0
 
 
 @pytest.mark.parametrize("raw", [b"", b"{", b'{"a": 1,}', b"[1 2]", b"\xff", b"nul"])
