@@ -6,7 +6,10 @@ SQLite), each served by the same gunicorn configuration (``banditrec/service/gun
 2 gthread workers x 2 threads; one listening socket shared by the workers unless
 ``BANDITREC_REUSE_PORT=1`` gives each its own), driven at 8 concurrent keep-alive connections; then
 (c) ``POST /v1/decide/batch`` in calls of 50 requests, as logged decisions per second; and
-(d) a ceiling for (c): the decision log alone writing pre-encoded rows of the same decisions.
+(d) a ceiling for (c): the decision log alone writing pre-encoded rows of the same decisions;
+(e)-(g) the same three apps called in this process as WSGI functions (no sockets, no gunicorn),
+CPU per request or decision: what the app itself costs, so that the served figures split into
+the app's work and the serving around it.
 
 The load generator is 2 processes x 4 threads, each thread one keep-alive socket sending a
 pre-encoded request and reading the response by its Content-Length (no http.client, no JSON
@@ -21,6 +24,7 @@ Run alone: ``.venv/bin/python bench/service_bench.py [--seconds 5]``; or ``bench
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import multiprocessing as mp
 import os
@@ -209,6 +213,55 @@ def log_ceiling(shop, bodies: list[dict], tmp: Path, n: int = 10_000) -> float:
         log.close()
 
 
+def wsgi_environ(path: str, body: dict) -> dict:
+    data = json.dumps(body).encode()
+    return {"REQUEST_METHOD": "POST", "PATH_INFO": path, "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "8000",
+            "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http", "CONTENT_TYPE": "application/json",
+            "CONTENT_LENGTH": str(len(data)), "wsgi.input": io.BytesIO(data), "wsgi.errors": sys.stderr,
+            "wsgi.multithread": True, "wsgi.multiprocess": True, "wsgi.run_once": False}
+
+
+def in_process(env: dict, bodies: list[dict], n: int = 2000) -> dict:
+    """CPU microseconds per request of the bare app and the service app called as WSGI
+    functions in this process, built as a gunicorn worker builds them (``env``, then importing
+    ``banditrec.service.wsgi``), and per decision of the batch route; each timed in 3 rounds,
+    interleaved, median round."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update({k: str(v) for k, v in env.items()})
+    try:
+        from banditrec.service import wsgi  # builds the app from the environment, as a worker does
+
+        apps = {"bare": make_bare_app(), "decide": wsgi.app}
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    statuses = []
+
+    def start_response(status, headers, exc_info=None):
+        statuses.append(status)
+
+    cases = {"bare": ("bare", "/v1/decide", bodies, n, 1), "decide": ("decide", "/v1/decide", bodies, n, 1),
+             "batch": ("decide", "/v1/decide/batch", [{"requests": bodies[i: i + BATCH]} for i in (0, 7)],
+                       max(n // BATCH, 20), BATCH)}
+    times: dict[str, list[float]] = {k: [] for k in cases}
+    for _ in range(3):
+        for name, (app, path, payloads, calls, per) in cases.items():
+            environs = [wsgi_environ(path, b) for b in payloads]
+            cpu0 = time.process_time()
+            for i in range(calls):
+                env_i = dict(environs[i % len(environs)])
+                env_i["wsgi.input"] = io.BytesIO(env_i["wsgi.input"].getvalue())
+                b"".join(apps[app](env_i, start_response))
+            times[name].append((time.process_time() - cpu0) / (calls * per) * 1e6)
+    bad = [s for s in statuses if not s.startswith("200")]
+    if bad:
+        raise RuntimeError(f"in-process calls answered {bad[:3]}")
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
 def bench_service(seconds: float = 5.0, rounds: int = 2) -> list[list]:
     from simulator import Shop
 
@@ -246,6 +299,7 @@ def bench_service(seconds: float = 5.0, rounds: int = 2) -> list[list]:
             batch_wall = time.time() - t0
             log_text = srv.log_text()
         ceiling_us = log_ceiling(shop, bodies, tmp)
+        local = in_process({**env, "BANDITREC_DB": tmp / "in-process.db", "BANDITREC_SNAPSHOTS": tmp / "snap-local", **bare_env}, bodies)
     assert "Traceback" not in log_text, log_text[-2000:]
 
     def merged(runs):
@@ -260,6 +314,9 @@ def bench_service(seconds: float = 5.0, rounds: int = 2) -> list[list]:
         return f"{sum(r['worker_cores']) / (r['rps'] * per) * 1e3:.2f}"
 
     b, d = merged(results["bare"]), merged(results["decide"])
+    bare_ms_ = sum(b["worker_cores"]) / b["rps"] * 1e3
+    decide_ms_ = sum(d["worker_cores"]) / d["rps"] * 1e3
+    batch_ms_ = sum(batch["worker_cores"]) / (batch["rps"] * BATCH) * 1e3
     served = sum(r["n"] for r in results["decide"])
     rows = [
         ["(a) bare Flask route, same body, constant answer", f"{b['rps']:,.0f}", f"{b['p50'] / 1e6:.2f}",
@@ -272,9 +329,14 @@ def bench_service(seconds: float = 5.0, rounds: int = 2) -> list[list]:
          f">= 20,000 logged decisions/s: {'met' if batch['rps'] * BATCH >= 20_000 else 'NOT met'}"],
         [f"(d) ceiling: the log alone, pre-encoded rows, {BATCH} per transaction", f"{2e6 / ceiling_us:,.0f} dec/s",
          "", "", "2 (bound)", f"{ceiling_us / 1e3:.3f}", "", "", "2 cores / its CPU per decision"],
+        ["(e) in one process, no sockets: (a)'s app as a WSGI call", "", "", "", "1", f"{local['bare'] / 1e3:.3f}",
+         "", "", f"served (a) costs {bare_ms_ / (local['bare'] / 1e3):.1f}x"],
+        ["(f) same: (b)'s app, POST /v1/decide", "", "", "", "1", f"{local['decide'] / 1e3:.3f}", "", "",
+         f"served (b) costs {decide_ms_ / (local['decide'] / 1e3):.1f}x"],
+        [f"(g) same: POST /v1/decide/batch, {BATCH} per call, per decision", "", "", "", "1",
+         f"{local['batch'] / 1e3:.3f}", "", "", f"served (c) costs {batch_ms_ / (local['batch'] / 1e3):.1f}x"],
     ]
-    bare_ms = sum(b["worker_cores"]) / b["rps"] * 1e3
-    decide_ms = sum(d["worker_cores"]) / d["rps"] * 1e3
+    bare_ms, decide_ms = bare_ms_, decide_ms_
     reuse = os.environ.get("BANDITREC_REUSE_PORT", "0") not in ("", "0", "false", "no")
     sockets = "a SO_REUSEPORT socket each" if reuse else "one shared listening socket"
     note = (f"gunicorn, banditrec/service/gunicorn_conf.py (2 gthread workers x 2 threads, {sockets}), 127.0.0.1; "
@@ -288,7 +350,11 @@ def bench_service(seconds: float = 5.0, rounds: int = 2) -> list[list]:
             f"request, what the ratio would be if both had the cores to themselves): {bare_ms / decide_ms:.2f}; "
             f"the 0.6 goal needs decide at <= {bare_ms / 0.6:.2f} ms of worker CPU per request "
             f"(bare route {bare_ms:.2f} ms). (d) is the decision log's own CPU per decision with nothing "
-            f"else to do, one process: what 2 cores could log at most.")
+            f"else to do, one process: what 2 cores could log at most. (e)-(g): the same apps built as a worker "
+            f"builds them and called as WSGI functions in the bench process (no sockets, no gunicorn), "
+            f"CPU time per request (per decision for the batch), median of 3 interleaved rounds, metrics in "
+            f"memory rather than gunicorn's multiprocess files (~1 us per request less); "
+            f"'served costs' = worker CPU per request served over it.")
     return note, rows
 
 
