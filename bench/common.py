@@ -83,6 +83,29 @@ def compare(cases: dict, *, repeats: int, number: int = 1, warmup: int | None = 
     return {name: Timing(np.concatenate(parts)) for name, parts in samples.items()}
 
 
+class FactoredScores:
+    """Shared LinUCB's scores as bare numpy through the per-request quadratic form: with
+    ``e = [1, c]`` the joint features are ``x = M(c) v``, so ``x^T A^-1 x = v^T B v`` with
+    ``B = sum_kl e_k e_l Q[k, l]`` (``Q`` the d_i x d_i blocks of ``A^-1``, rearranged here once
+    per model) and ``x^T theta = v^T (e @ T)``. ``scores(c, V)``: one request's scores."""
+
+    def __init__(self, A_inv: np.ndarray, theta: np.ndarray, alpha: float, dc: int, di: int):
+        idx = np.empty((dc + 1, di), dtype=np.intp)
+        idx[0] = np.arange(di)
+        idx[1:] = di + np.arange(di)[None, :] * dc + np.arange(dc)[:, None]  # position of e_k v_i in x
+        self.k, self.di, self.alpha = dc + 1, di, alpha
+        self.Q = np.ascontiguousarray(A_inv[idx[:, None, :, None], idx[None, :, None, :]].reshape(self.k, -1))
+        self.T = theta[idx]
+
+    def scores(self, c: np.ndarray, V: np.ndarray) -> np.ndarray:
+        return self.scores_e(np.r_[1.0, c], V)
+
+    def scores_e(self, e: np.ndarray, V: np.ndarray) -> np.ndarray:
+        """The same for ``e = [1, c]`` built beforehand."""
+        B = (e @ (e @ self.Q).reshape(self.k, self.di * self.di)).reshape(self.di, self.di)
+        return V @ (e @ self.T) + self.alpha * np.sqrt(np.einsum("ij,ij->i", V @ B, V))
+
+
 def us(ns: float) -> str:
     return f"{ns / 1e3:,.1f}"
 

@@ -18,7 +18,9 @@ Sections (``--only NAME`` runs one):
              ``make bench-peers``; skipped with a note when that venv is missing)
   http       the service under gunicorn over real HTTP, 8 keep-alive connections: POST
              /v1/decide (200 candidates, 10 slots, LinUCB, logged) vs a bare Flask JSON route
-             under the same gunicorn config, and /v1/decide/batch decisions per second
+             under the same gunicorn config, and /v1/decide/batch decisions per second; beside
+             them a floor app doing the least a logged LinUCB decision needs (orjson, numpy,
+             one SQLite commit), and every app called in-process without sockets
              (bench/service_bench.py)
   opetruth   every estimator against the simulator's exact truth over 60 seeds, two loggers:
              bias, RMSE, interval coverage and width (bench/ope_truth.py, 80 s on 2 cores)
@@ -62,7 +64,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import blas_threads, compare, ms, rate, ratio, rng, table, us
+from common import FactoredScores, blas_threads, compare, ms, rate, ratio, rng, table, us
 from ope_truth import bench_ope_truth
 from vw_bench import bench_vw
 from sim_bench import bench_sim
@@ -249,24 +251,11 @@ def bare_scoring(policy, request: Request, gen: np.random.Generator):
 
 
 def bare_factored(context, item_features, A_inv, theta, alpha):
-    """Shared LinUCB's scores as bare numpy through the per-request quadratic form: with
-    ``e = [1, c]`` the joint features are ``x = M(c) v``, so ``x^T A^-1 x = v^T B v`` with
-    ``B = sum_kl e_k e_l Q[k, l]`` (``Q`` the d_i x d_i blocks of ``A^-1``, rearranged once per
-    model, outside the timed function) and ``x^T theta = v^T (e @ T)``."""
+    """Shared LinUCB's scores of one request as bare numpy (:class:`common.FactoredScores`), the
+    model's blocks rearranged outside the timed function."""
     c, V = np.asarray(context, float), np.asarray(item_features, float)
-    dc, di = len(c), V.shape[1]
-    idx = np.empty((dc + 1, di), dtype=np.intp)
-    idx[0] = np.arange(di)
-    idx[1:] = di + np.arange(di)[None, :] * dc + np.arange(dc)[:, None]  # position of e_k v_i in x
-    k = dc + 1
-    Q = np.ascontiguousarray(A_inv[idx[:, None, :, None], idx[None, :, None, :]].reshape(k, k * di * di))
-    T = theta[idx]
-    e = np.r_[1.0, c]
-
-    def fn():
-        B = (e @ (e @ Q).reshape(k, di * di)).reshape(di, di)
-        return V @ (e @ T) + alpha * np.sqrt(np.einsum("ij,ij->i", V @ B, V))
-    return fn
+    scorer, e = FactoredScores(A_inv, theta, alpha, len(c), V.shape[1]), np.r_[1.0, c]
+    return lambda: scorer.scores_e(e, V)
 
 
 def bare_features(request: Request):
