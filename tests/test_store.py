@@ -75,6 +75,14 @@ def test_logged_context_and_indices_are_json_that_reads_back_bit_exact(context, 
     np.testing.assert_array_equal(log.decisions().context[0].view(np.int64), context.view(np.int64))
 
 
+@pytest.mark.parametrize("dtype", [np.int8, np.uint16, np.int32, np.uint32, np.int64, np.uint64])
+def test_candidate_indices_of_any_integer_dtype_are_logged_exactly(dtype):
+    top = np.iinfo(dtype).max
+    index = np.array([0, 1, top], dtype=dtype)
+    row, _ = decision_rows(decision(), {"epsilon": 0.1}, index, [0, 1], (0.5,))
+    assert json.loads(row[9]) == [0, 1, int(top)]
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_a_non_finite_context_is_refused_by_name(bad):
     log = DecisionLog()
