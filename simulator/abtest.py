@@ -251,8 +251,6 @@ def run_abtest(arms: list[Arm], config: SimConfig | None = None, days: int = 90,
                               user_items=events.user_items("purchase"), user_index={}, context_dim=env.context_dim,
                               n_candidates=n_candidates, min_epsilon=min_epsilon, seed=s, clock=_Clock()))
     respond_rng = np.random.default_rng(respond_seq)
-    ids = cat.item_ids
-    index = {item: j for j, item in enumerate(ids)}
     base = {"visits": st.visits.copy(), "orders": st.orders.copy(), "revenue": st.revenue.copy(),
             "margin": st.margin.copy()}
     clicks = np.zeros(n, np.int64)
@@ -282,7 +280,7 @@ def run_abtest(arms: list[Arm], config: SimConfig | None = None, days: int = 90,
                 rows = np.flatnonzero(req_arm == a)
                 rows_of.append(rows)
                 engine.clock.now = env.day * DAY_S
-                slates[rows], events_a = decide_requests(engine, req, rows, cand, n_slots, ids, index)
+                slates[rows], events_a = decide_requests(engine, req, rows, cand, n_slots)
                 event_ids.append(events_a)
                 n_decisions[a] += len(rows)
             em = env.expected_reward(req, slates, "margin") if m else np.zeros(0)

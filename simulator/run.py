@@ -109,8 +109,6 @@ def simulate(config: SimConfig | None = None, policy: str = "uniform", days: int
                     context_dim=env.context_dim, n_candidates=n_candidates, min_epsilon=min_epsilon,
                     seed=policy_seq, clock=clock)
     respond_rng = np.random.default_rng(respond_seq)
-    ids = cat.item_ids
-    index = {item: j for j, item in enumerate(ids)}
     expected = {k: 0.0 for k in REWARD_KINDS}
     n_decisions = n_rewards = 0
     say = echo or (lambda line: None)
@@ -124,7 +122,7 @@ def simulate(config: SimConfig | None = None, policy: str = "uniform", days: int
             m = len(req)
             cand = shop.for_requests(req, n_candidates, n_slots)
             clock.schedule(base_s + env.day * DAY_S + req.hour * 3600.0)  # each decision at its visit's hour
-            slates, events = decide_requests(engine, req, np.arange(m), cand, n_slots, ids, index)
+            slates, events = decide_requests(engine, req, np.arange(m), cand, n_slots)
             for kind in REWARD_KINDS:
                 expected[kind] += float(env.expected_reward(req, slates, kind).sum())
             out = env.respond(req, slates, respond_rng)
@@ -149,15 +147,15 @@ def simulate(config: SimConfig | None = None, policy: str = "uniform", days: int
     return result
 
 
-def decide_requests(engine, req, rows: np.ndarray, cand: np.ndarray, n_slots: int, ids, index: dict
-                    ) -> tuple[np.ndarray, list[str]]:
+def decide_requests(engine, req, rows: np.ndarray, cand: np.ndarray, n_slots: int) -> tuple[np.ndarray, list[str]]:
     """The carousels ``engine`` decides (in one batch) for the requests ``rows`` of ``req``
     with candidates ``cand`` (item indices, -1 pads): their slates as item indices
-    ``(len(rows), n_slots)`` and their event ids."""
+    ``(len(rows), n_slots)`` (through the engine's own item table) and their event ids."""
+    items = engine.items
     batch = [{"user_id": f"u{int(req.customer[i])}", "n_slots": n_slots, "context": req.context[i],
-              "candidates": [ids[j] for j in cand[i] if j >= 0]} for i in rows.tolist()]
+              "candidates": [items.ids[j] for j in cand[i] if j >= 0]} for i in rows.tolist()]
     decisions = engine.decide_batch(batch) if batch else []
-    slates = np.array([[index[s.item_id] for s in d.slots] for d in decisions], dtype=np.int64)
+    slates = items.index_of([s.item_id for d in decisions for s in d.slots], "slots")
     return slates.reshape(len(batch), n_slots), [d.event_id for d in decisions]
 
 
