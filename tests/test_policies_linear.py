@@ -709,8 +709,11 @@ def test_shared_linucb_batched_distributions_equal_one_at_a_time(d_c, d_i):
     _assert_same_distributions(p, reqs[:1] + reqs[-1:], [10, 4])  # equal sizes: no padding
 
 
-def test_shared_linucb_batched_distributions_with_values_equal_one_at_a_time():
-    """Value-weighted (max(s, 0) x value, zero values tying): still exactly one at a time."""
+def test_shared_linucb_batched_distributions_with_values_equal_one_at_a_time(monkeypatch):
+    """Value-weighted (max(s, 0) x value, zero values tying): still exactly one at a time, and a
+    request whose weighted ranking has a near-tie is re-scored alone (the batched check ranks
+    by the weighted scores, with its bound scaled by the values)."""
+    from banditrec.policies.linucb import LinUCB
     rng = np.random.default_rng(8)
     value = rng.uniform(0.0, 2.0, 50)
     value[:10] = 0.0
@@ -718,6 +721,29 @@ def test_shared_linucb_batched_distributions_with_values_equal_one_at_a_time():
     reqs = [Request(context=rng.normal(size=5), items=rng.choice(50, n, replace=False),
                     item_features=rng.normal(size=(n, 4))) for n in (30, 30, 12, 30)]
     _assert_same_distributions(p, reqs, [5, 5, 3, 5])
+    # near-ties in the weighted ranking (values up to 2e6, so that an unscaled bound would be
+    # far too small): per request, only candidates scoring > 0 (no ties at max(s, 0) = 0), and
+    # the value of its second-best item set so that max(s, 0) x value comes within 1 to 10^6
+    # ulps of the best item's
+    near, value = [], value * 1e6
+    p.set_value(value)
+    for r, ulps in enumerate((1, 4, 1e3, 1e6)):
+        items = np.arange(10 + 10 * r, 20 + 10 * r)
+        req = Request(context=rng.normal(size=5), items=items, item_features=rng.normal(size=(10, 4)))
+        positive = p.scores(req) > 0
+        req = Request(context=req.context, items=items[positive], item_features=req.item_features[positive])
+        s = p.scores(req)
+        i, j = np.argsort(-s)[:2]
+        assert len(s) >= 3 and s.min() > 0
+        value[req.items[j]] = value[req.items[i]] * s[i] / s[j] * (1 + ulps * np.finfo(float).eps)
+        near.append(req)
+    p.set_value(value)
+    _assert_same_distributions(p, near, [3] * len(near))
+    alone = []
+    original = LinUCB.scores
+    monkeypatch.setattr(LinUCB, "scores", lambda self, r: alone.append(r) or original(self, r))
+    p.distributions(near + reqs, [3] * len(near) + [5, 5, 3, 5], 0.05)
+    assert all(any(a is r for a in alone) for r in near[:2])  # within 4 ulps: always re-scored
 
 
 def test_shared_linucb_batched_scores_are_rechecked_only_near_a_tie(monkeypatch):

@@ -174,13 +174,14 @@ class Policy(ABC):
     def blend(self, request: Request, scores: np.ndarray) -> np.ndarray:
         """Blend the business objective into ``scores`` (before exploration).
 
-        ``(1 - w) * minmax(scores) + w * value[items]`` with ``w = SENSITIVITY[sensitivity]``,
+        First, with a value column (``value=...``), ``scores`` become :meth:`value_weighted`.
+        Then ``(1 - w) * minmax(scores) + w * value[items]`` with ``w = SENSITIVITY[sensitivity]``,
         scores min-max scaled over this request's candidates (all-equal scores become 0) and
-        the objective column min-max scaled over the catalog. ``off`` returns ``scores``. A
-        ``(draws, n)`` array (posterior score samples) is blended row by row.
+        the objective column min-max scaled over the catalog; ``off`` returns the scores of
+        the first step. A ``(draws, n)`` array (posterior score samples) is blended row by row.
         """
         if self.value_weight is not None:
-            scores = np.maximum(scores, 0.0) * self.value_weight[request.items]
+            scores = self.value_weighted(scores, request.items)
         w = SENSITIVITY[self.config.sensitivity]
         if w == 0.0:
             return scores
@@ -189,6 +190,11 @@ class Policy(ABC):
         span = hi - lo
         scaled = np.where(span > 0, (scores - lo) / np.where(span > 0, span, 1.0), 0.0)
         return (1.0 - w) * scaled + w * self.objective_value[request.items]
+
+    def value_weighted(self, scores: np.ndarray, items) -> np.ndarray:
+        """``max(scores, 0) * value[items]``: a policy's scores weighted by its value column
+        (``items`` catalog indices, broadcast against ``scores``)."""
+        return np.maximum(scores, 0.0) * self.value_weight[items]
 
     def distribution(self, request: Request, n_slots: int, min_epsilon: float = 0.0):
         """The slate distribution over ``request``'s candidates for ``n_slots`` slots.

@@ -31,7 +31,7 @@ import numpy as np
 from ..errors import ValidationError
 from .base import Policy, PolicyConfig, Request, slot_counts
 from .checks import check_context
-from .ridge import JointRidgePolicy, check_number
+from .ridge import JointRidgePolicy, check_number, with_intercept
 
 _U = np.finfo(float).eps / 2  # unit roundoff
 _TINY = np.finfo(float).tiny  # covers the absolute error of gradual underflow
@@ -89,28 +89,18 @@ class _Blocks:
         self.g = np.sqrt(np.einsum("ki,ki->k", self.T, self.T))
 
 
-def _padding(sizes: np.ndarray, n: int) -> np.ndarray:
-    """``(m, n)``: True past each row's ``sizes[j]`` entries."""
-    return np.arange(n)[None, :] >= sizes[:, None]
-
-
 class LinUCB(JointRidgePolicy):
     """Shared-parameter LinUCB; needs ``context_dim`` and ``item_dim`` from the environment."""
 
     name = "shared-linucb"
     Config = LinUCBConfig
-
-    def __init__(self, config: LinUCBConfig, **env):
-        self._block_cache = None
-        super().__init__(config, **env)
-
-    def _changed(self) -> None:
-        super()._changed()
-        self._block_cache = None
+    _block_cache: _Blocks | None = None
 
     def _blocks(self) -> _Blocks:
         """The model's :class:`_Blocks`, cached; rebuilt when ``A_inv`` or ``theta`` is another
-        array (so a reader racing an update never keeps blocks of a replaced model)."""
+        array: the ridge model never changes them in place (an update or a restored state
+        assigns new arrays), so that is exactly when they change, and a reader racing an
+        update never keeps blocks of a replaced model."""
         c = self._block_cache
         if c is None or c.A_inv is not self.A_inv or c.theta is not self.theta:
             c = self._block_cache = _Blocks(self.A_inv, self.theta, self.context_dim, self.item_dim)
@@ -128,8 +118,7 @@ class LinUCB(JointRidgePolicy):
         V = self._items(request)
         blk = self._blocks()
         k, d = self.context_dim + 1, self.item_dim
-        e = np.empty(k)
-        e[0], e[1:] = 1.0, c
+        e = with_intercept(c)
         with np.errstate(over="ignore", invalid="ignore"):  # non-finite scores are refused by the slate
             t = e @ blk.T  # (d,)
             B = (e @ (e @ blk.Q).reshape(k, d * d)).reshape(d, d)
@@ -169,13 +158,18 @@ class LinUCB(JointRidgePolicy):
             feats.append(self._items(r))
         sizes = np.array([len(f) for f in feats])
         n = int(sizes.max())
+        items = None
+        if self.value_weight is not None:  # each row's catalog items, padded with item 0
+            items = np.zeros((m, n), dtype=np.intp)
+            for j, r in enumerate(requests):
+                items[j, :sizes[j]] = r.items
         if int(sizes.min()) == n:
             V = np.concatenate(feats).reshape(m, n, d)
         else:  # pad with zero items (their scores are replaced by +inf below)
             V = np.zeros((m, n, d))
             for j, f in enumerate(feats):
                 V[j, :len(f)] = f
-        scores, alone = self._stacked_scores(E, V, sizes, requests)
+        scores, alone = self._stacked_scores(E, V, sizes, items)
         out = []
         for j, (request, kj, nj) in enumerate(zip(requests, counts, sizes.tolist())):
             # a near-tie (or overflow): this request's own scores
@@ -184,13 +178,14 @@ class LinUCB(JointRidgePolicy):
         return out
 
     @np.errstate(divide="ignore", over="ignore", invalid="ignore")  # non-finite rows are re-scored alone
-    def _stacked_scores(self, E, V, sizes, requests):
+    def _stacked_scores(self, E, V, sizes, items):
         """``(scores (m, n), alone (m,))``: every request's scores from the stacked ``[1, c]``
-        ``E`` (m, k) and padded items ``V`` (m, n, d), and which requests to re-score alone."""
+        ``E`` (m, k) and padded items ``V`` (m, n, d), and which requests to re-score alone;
+        ``items`` (m, n): the rows' catalog items when the policy weights scores by value."""
         (m, k), n, d, alpha = E.shape, V.shape[1], self.item_dim, self.config.alpha
         blk = self._blocks()
         padded = int(sizes.min()) < n
-        real = ~_padding(sizes, n) if padded else True
+        real = np.arange(n)[None, :] < sizes[:, None] if padded else True
         # [B | t] per request: B = sum_k' e_k' sum_k e_k Q[k, k'], t = e @ T
         Bt = np.empty((m, d, d + 1))
         Bt[:, :, :d] = np.matmul(E[:, None, :], (E @ blk.Q).reshape(m, k, d * d)).reshape(m, d, d)
@@ -210,7 +205,8 @@ class LinUCB(JointRidgePolicy):
         # by at most min(sqrt(delta), delta / sd) (sd >= the row's smallest); sqrt, alpha * and
         # the final sum add at most 4 gamma (p + alpha sqrt(q)). gamma is twice gamma_L with
         # L = 2 (k + d) + 8 (slack for the rounding of the bound itself and of max(s, 0) x
-        # value); beta covers gradual underflow (absolute errors far below tiny).
+        # value); the 4 (1 + alpha) sqrt(tiny) term covers gradual underflow (absolute errors
+        # far below tiny).
         L = 2 * (k + d) + 8
         gamma = 2 * L * _U / (1 - L * _U)
         absE = np.abs(E)
@@ -223,13 +219,10 @@ class LinUCB(JointRidgePolicy):
                  + np.fmin(r * (2 * alpha * np.sqrt(2 * gamma * lam)), r * r * (4 * alpha * gamma * lam) / sd_min))
         ranked = scores
         unsafe = np.zeros(m, dtype=bool)
-        if self.value_weight is not None:  # the ranking is of max(s, 0) x value (max is 1-Lipschitz)
-            items = np.zeros((m, n), dtype=np.intp)
-            for j, req in enumerate(requests):
-                items[j, :sizes[j]] = req.items
-            value = self.value_weight[items]
+        if items is not None:  # the ranking is of max(s, 0) x value (max is 1-Lipschitz)
             unsafe = ~np.isfinite(scores).all(axis=1, where=real)
-            ranked, bound = np.maximum(scores, 0.0) * value, bound * value.max(axis=1, initial=0.0)
+            ranked = self.value_weighted(scores, items)
+            bound = bound * self.value_weight[items].max(axis=1, initial=0.0)
         if padded:
             ranked = np.where(real, ranked, np.inf)
         alone = unsafe | _unsafe_rows(ranked, sizes, bound)
