@@ -45,7 +45,7 @@ from .carousel import Response
 from .config import SimConfig, read_toml
 from .environment import Environment
 from .history import PURCHASE
-from .run import (DAY_S, REWARD_KINDS, ShopCandidates, _concat, _post_rewards, _progress, decide_requests,
+from .run import (DAY_S, REWARD_KINDS, ShopCandidates, _post_rewards, _progress, _SimClock, decide_requests,
                   history_interactions)
 
 ARM_KEYS = ("name", "learn", "lambda", "weight")
@@ -152,11 +152,8 @@ class ABResult:
     customers: np.ndarray  # (n_eligible,) their indices
     final: CustomerMetrics
     checkpoints: dict[int, CustomerMetrics]  # day -> totals at the end of that many days
-    alive_at: dict[int, np.ndarray]  # day -> alive at the end of that many days
     daily_margin: np.ndarray  # (days, arms) cumulative margin per customer of each arm
-    daily_ltv: np.ndarray  # (days, arms) cumulative discounted margin per customer
     n_decisions: np.ndarray  # (arms,)
-    expected_margin: np.ndarray  # (arms,) exact expected carousel margin of the slates shown
     srm: experiment.SRM
     seconds: float
     gateway_share: np.ndarray  # (days, arms) share of each arm's customers who own a gateway item
@@ -172,11 +169,12 @@ class ABResult:
         return np.bincount(self.arm, minlength=len(self.arms))
 
 
-def _metrics(env: Environment, who: np.ndarray, base: dict, clicks: np.ndarray, slots: np.ndarray) -> CustomerMetrics:
+def _metrics(env: Environment, who: np.ndarray, base: dict, clicks: np.ndarray, n_slots: int) -> CustomerMetrics:
     st = env.state
+    visits = (st.visits[who] - base["visits"][who]).astype(float)
     return CustomerMetrics(
-        clicks=clicks[who].astype(float), slots=slots[who].astype(float),
-        visits=(st.visits[who] - base["visits"][who]).astype(float),
+        clicks=clicks[who].astype(float), slots=n_slots * visits,  # every visit shows one full carousel
+        visits=visits,
         orders=(st.orders[who] - base["orders"][who]).astype(float),
         revenue=st.revenue[who] - base["revenue"][who], margin=st.margin[who] - base["margin"][who],
         alive=st.alive[who].astype(float), ltv=st.ltv[who].copy())
@@ -184,8 +182,8 @@ def _metrics(env: Environment, who: np.ndarray, base: dict, clicks: np.ndarray, 
 
 def run_abtest(arms: list[Arm], config: SimConfig | None = None, days: int = 90, *, seed=0, salt: str = "ab",
                n_slots: int = 5, n_candidates: int = 50, min_epsilon: float = 0.01, refit_days: int = 7,
-               horizon_days: float = 30.0, burn_in_days: int = 0, warm_start: bool = True,
-               checkpoints=(7, 30, 60, 90), progress: bool = False, echo=None) -> ABResult:
+               horizon_days: float = 30.0, burn_in_days: int = 0, checkpoints=(7, 30, 60, 90),
+               progress: bool = False) -> ABResult:
     """Run an A/B test of ``arms`` for ``days`` days on the shop built from ``seed``.
 
     ``salt`` randomises the assignment (a new salt, a new split of the same customers).
@@ -195,10 +193,9 @@ def run_abtest(arms: list[Arm], config: SimConfig | None = None, days: int = 90,
     exploring recommender), so that the log the test starts from -- the candidate generator's
     co-occurrences and the long-term value estimate -- comes from a shop with a carousel, as
     in a real shop that tests a new policy against its current one. The other pre-period days
-    are organic browsing only. With ``warm_start`` every arm's policy first learns from that
-    carousel's log (its own reward kind; the logger's propensities are known), as a new policy
-    is trained offline on the incumbent's exploration data before it goes live.
-    ``echo(line)`` receives one progress line per week.
+    are organic browsing only. Every arm's policy first learns from that carousel's log (its
+    own reward kind; the logger's propensities are known), as a new policy is trained offline
+    on the incumbent's exploration data before it goes live.
     """
     config = config or SimConfig()
     days = check_positive_int(days, "days")
@@ -231,40 +228,33 @@ def run_abtest(arms: list[Arm], config: SimConfig | None = None, days: int = 90,
     arm = arm_of[eligible]
     srm = experiment.srm_check(np.bincount(arm, minlength=len(arms)), [a.weight for a in arms])
 
-    parts = [events]
     shop = ShopCandidates(env, events)
 
     lt_value = None
     if any(a.uses_longterm for a in arms):
         lt_value = _long_term(events, cat, horizon_days, end_day=0)
     engines = []
+    items = ItemTable(ids=tuple(cat.item_ids), features=cat.latent.astype(float))  # frozen: one for every arm
     for a, s in zip(arms, arm_seqs):
         columns = {"price": cat.price, "margin": cat.margin, **cat.columns}
         if a.uses_longterm:
             columns["longterm"] = _longterm_column(cat.margin, lt_value, a.lam)
         pol = make(a.policy, context_dim=env.context_dim, item_dim=config.dim, popularity=shop.purchases,
                    n_items=cat.n_items, item_types=cat.product_type, item_columns=columns)
-        if warm_start:
-            _warm_start(pol, burn_log, cat.latent.astype(float), a.learn)
-        engines.append(Engine(items=ItemTable(ids=tuple(cat.item_ids), features=cat.latent.astype(float)),
-                              policy=pol, log=DecisionLog(":memory:"), candidate_generator=shop.generator,
+        _warm_start(pol, burn_log, items.features, a.learn)
+        engines.append(Engine(items=items, policy=pol, log=DecisionLog(":memory:"), candidate_generator=shop.generator,
                               user_items=events.user_items("purchase"), user_index={}, context_dim=env.context_dim,
-                              n_candidates=n_candidates, min_epsilon=min_epsilon, seed=s, clock=_Clock()))
+                              n_candidates=n_candidates, min_epsilon=min_epsilon, seed=s, clock=_SimClock()))
     respond_rng = np.random.default_rng(respond_seq)
     base = {"visits": st.visits.copy(), "orders": st.orders.copy(), "revenue": st.revenue.copy(),
             "margin": st.margin.copy()}
     clicks = np.zeros(n, np.int64)
-    slots_shown = np.zeros(n, np.int64)
     size = np.bincount(arm, minlength=len(arms)).astype(float)
     daily_margin = np.zeros((days, len(arms)))
-    daily_ltv = np.zeros((days, len(arms)))
     gateway_share = np.zeros((days, len(arms)))
     n_decisions = np.zeros(len(arms), np.int64)
-    expected_margin = np.zeros(len(arms))
     gateway_slots = np.zeros(len(arms))
     snaps: dict[int, CustomerMetrics] = {}
-    alive_at: dict[int, np.ndarray] = {}
-    say = echo or (lambda line: None)
     start = time.perf_counter()
     bar = _progress(days, progress)
     try:
@@ -283,12 +273,9 @@ def run_abtest(arms: list[Arm], config: SimConfig | None = None, days: int = 90,
                 slates[rows], events_a = decide_requests(engine, req, rows, cand, n_slots)
                 event_ids.append(events_a)
                 n_decisions[a] += len(rows)
-            em = env.expected_reward(req, slates, "margin") if m else np.zeros(0)
-            expected_margin += np.bincount(req_arm, weights=em, minlength=len(arms))
             gateway_slots += np.bincount(req_arm, weights=cat.gateway[slates].sum(axis=1), minlength=len(arms))
             out = env.respond(req, slates, respond_rng)
             np.add.at(clicks, req.customer, out.click.sum(axis=1).astype(np.int64))
-            np.add.at(slots_shown, req.customer, n_slots)
             for a, engine in enumerate(engines):
                 rows = rows_of[a]
                 if len(rows):
@@ -296,33 +283,26 @@ def run_abtest(arms: list[Arm], config: SimConfig | None = None, days: int = 90,
                     _post_rewards(engine.log, event_ids[a], _take(out, rows), engine.clock.now)
                     engine.learn(kind=arms[a].learn)
             env.advance_day()
-            parts.append(history_interactions(env.take_events()))
+            shop.add(history_interactions(env.take_events()))
             daily_margin[d] = np.bincount(arm, weights=st.margin[eligible] - base["margin"][eligible],
                                           minlength=len(arms)) / np.maximum(size, 1)
-            daily_ltv[d] = np.bincount(arm, weights=st.ltv[eligible], minlength=len(arms)) / np.maximum(size, 1)
             gateway_share[d] = np.bincount(arm, weights=st.gateway[eligible].astype(float),
                                            minlength=len(arms)) / np.maximum(size, 1)
             if d + 1 in checkpoints:
-                snaps[d + 1] = _metrics(env, eligible, base, clicks, slots_shown)
-                alive_at[d + 1] = st.alive[eligible].copy()
+                snaps[d + 1] = _metrics(env, eligible, base, clicks, n_slots)
             if env.day % refit_days == 0:
-                events = _concat(parts)
-                parts = [events]
-                shop.fit(events)
+                events = shop.refit()
                 if lt_value is not None:
                     lt_value = _long_term(events, cat, horizon_days, end_day=env.day)
                     for a, engine in zip(arms, engines):
                         if a.uses_longterm:
                             engine.policy.set_value(_longterm_column(cat.margin, lt_value, a.lam))
-                say(f"day {env.day:>3}: margin per customer " +
-                    "  ".join(f"{a.name} {v:.2f}" for a, v in zip(arms, daily_margin[d])))
             bar.update(1)
     finally:
         bar.close()
     return ABResult(arms=list(arms), config=config, days=days, seed=int(seed) if not isinstance(
         seed, np.random.SeedSequence) else -1, salt=salt, arm=arm, customers=eligible,
-        final=snaps[days], checkpoints=snaps, alive_at=alive_at, daily_margin=daily_margin, daily_ltv=daily_ltv,
-        n_decisions=n_decisions, expected_margin=expected_margin, srm=srm, seconds=time.perf_counter() - start,
+        final=snaps[days], checkpoints=snaps, daily_margin=daily_margin, n_decisions=n_decisions, srm=srm, seconds=time.perf_counter() - start,
         gateway_share=gateway_share, gateway_slots=gateway_slots / np.maximum(n_decisions * n_slots, 1),
         kpis=env.kpis[-days:], longterm_value=None if lt_value is None else lt_value.value,
         gateway_items=cat.gateway.copy(), pre_margin=base["margin"][eligible].copy(), burn_in_days=burn_in_days)
@@ -339,14 +319,15 @@ class _LoggedDay:
 
     def decisions(self, kind: str) -> LoggedDecisions:
         """The day as the decision log would return it, slots rewarded by ``kind``: the uniform
-        logger's marginal ``K / n`` and conditional ``1 / (n - slot)`` for ``n`` candidates."""
+        logger's marginal ``1 / n`` (the chance that this slot holds the item, as the log's
+        marginals are) and conditional ``1 / (n - slot)`` for ``n`` candidates."""
         m, k = self.slates.shape
         n = (self.candidates >= 0).sum(axis=1)
         rows, slot = np.repeat(np.arange(m), k), np.tile(np.arange(k), m)
         return LoggedDecisions(
             event_id=[""] * m, seq=np.arange(m), context=self.context,
             candidates=[c[c >= 0] for c in self.candidates], row_decision=rows, row_slot=slot,
-            row_action=self.slates.ravel(), row_pscore=(k / n)[rows],
+            row_action=self.slates.ravel(), row_pscore=(1.0 / n)[rows],
             row_reward=getattr(self.out, kind).ravel().astype(float), decision_reward=np.zeros(m),
             row_propensity=1.0 / (n[rows] - slot))
 
@@ -357,7 +338,7 @@ def _burn_in(env: Environment, events, days: int, n_slots: int, n_candidates: in
     candidates, uniformly at random. Returns ``events`` with those days' events added, and the
     carousel's log (a list of :class:`_LoggedDay`)."""
     shop = ShopCandidates(env, events)
-    parts, logged = [events], []
+    logged = []
     for d in range(days):
         req = env.requests()
         cand = shop.for_requests(req, n_candidates, n_slots)
@@ -367,12 +348,10 @@ def _burn_in(env: Environment, events, days: int, n_slots: int, n_candidates: in
         out = env.respond(req, slates, rng)
         logged.append(_LoggedDay(context=np.asarray(req.context, float), candidates=cand, slates=slates, out=out))
         env.advance_day()
-        parts.append(history_interactions(env.take_events()))
-        if (d + 1) % refit_days == 0 or d + 1 == days:
-            events = _concat(parts)
-            parts = [events]
-            shop.fit(events)
-    return events, logged
+        shop.add(history_interactions(env.take_events()))
+        if (d + 1) % refit_days == 0:
+            shop.refit()
+    return shop.events(), logged
 
 
 def _warm_start(policy, logged: list[_LoggedDay], features: np.ndarray, kind: str) -> int:
@@ -386,16 +365,6 @@ def _warm_start(policy, logged: list[_LoggedDay], features: np.ndarray, kind: st
 def _take(out: Response, rows: np.ndarray) -> Response:
     return Response(click=out.click[rows], purchase=out.purchase[rows], cart=out.cart[rows],
                     revenue=out.revenue[rows], margin=out.margin[rows])
-
-
-class _Clock:
-    """The engine's clock in simulated seconds (set by the runner)."""
-
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _long_term(events, cat, horizon_days: float, end_day: int):
@@ -461,8 +430,8 @@ def analyse(result: ABResult, *, alpha: float = 0.05, n_boot: int = 2000, rng: n
                     values[sel[0]], values[sel[1]], covariates=(x[sel[0]], x[sel[1]]), alpha=alpha, n_boot=n_boot,
                     rng=rng))
         for d in (30, 60, 90):
-            if d in result.alive_at:
-                mean(f"retention {d}d", result.alive_at[d].astype(float))
+            if d in result.checkpoints:
+                mean(f"retention {d}d", result.checkpoints[d].alive)
         if week in result.checkpoints and week != result.days:
             ratio("aov", result.checkpoints[week])
             mean("margin", result.checkpoints[week].margin, f"margin (week {week})")
@@ -602,6 +571,31 @@ def power_table(result: ABResult, lifts=(0.01, 0.02, 0.05), alpha: float = 0.05,
     return "\n".join(lines)
 
 
+def over_time_table(results: list[ABResult]) -> str:
+    """Per seed, what the plots show: each arm's cumulative margin per customer minus the
+    control's at the end of week 1, at its lowest (and on which day) and on the last day, and
+    the share of each arm's customers who own a gateway item on the last day."""
+    arms = [a.name for a in results[0].arms]
+    others = range(1, len(arms))
+    head = ["seed"] + [f"{arms[a]} - {arms[0]}: {what}" for a in others
+                       for what in ("day 7", "lowest (day)", f"day {results[0].days}")]
+    head += [f"gateway owners, {name}" for name in arms]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        diff = r.daily_margin - r.daily_margin[:, :1]
+        cells = [str(r.seed)]
+        for a in others:
+            low = int(np.argmin(diff[:, a]))
+            cells += [f"{diff[min(6, r.days - 1), a]:+.2f}", f"{diff[low, a]:+.2f} ({low + 1})", f"{diff[-1, a]:+.2f}"]
+        cells += [f"{share:.1%}" for share in r.gateway_share[-1]]
+        lines.append("| " + " | ".join(cells) + " |")
+    if len(results) > 1:
+        share = np.mean([r.gateway_share[-1] for r in results], axis=0)
+        cells = ["mean"] + [""] * (3 * len(others)) + [f"{x:.1%}" for x in share]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot_days(results: list[ABResult], path) -> None:
     """Cumulative margin per customer by arm over days (mean over seeds), and each seed's
     treatment-minus-control difference with the share of customers owning a gateway item."""
@@ -697,6 +691,8 @@ def write_report(out, *, results: list[ABResult] | None = None, rows_by_seed=Non
             md += [f"## Pooled over {len(results)} seeds", "", pooled_table(pool_seeds(rows_by_seed)), ""]
         plot_days(results, out / "margin_by_day.png")
         md += ["## Over time", "", "![margin by day](margin_by_day.png)", "",
+               "Cumulative margin per customer, arm minus control, and gateway-item owners on the last day:", "",
+               over_time_table(results), "",
                "## Power", "", power_table(r0), ""]
     if aa is not None:
         plot_aa(aa, out / "aa_pvalues.png")

@@ -97,7 +97,6 @@ def simulate(config: SimConfig | None = None, policy: str = "uniform", days: int
     log = DecisionLog(str(db) if db is not None else ":memory:")
     log.write_items(cat.item_ids, cat.latent.astype(float), item_attrs(cat))
     events = _write_events(log, env.take_events(), base_s)
-    parts = [events]
     shop = ShopCandidates(env, events)
     generator, purchases = shop.generator, shop.purchases
     columns = {"price": cat.price, "margin": cat.margin, **cat.columns}
@@ -122,20 +121,18 @@ def simulate(config: SimConfig | None = None, policy: str = "uniform", days: int
             m = len(req)
             cand = shop.for_requests(req, n_candidates, n_slots)
             clock.schedule(base_s + env.day * DAY_S + req.hour * 3600.0)  # each decision at its visit's hour
-            slates, events = decide_requests(engine, req, np.arange(m), cand, n_slots)
+            slates, event_ids = decide_requests(engine, req, np.arange(m), cand, n_slots)
             for kind in REWARD_KINDS:
                 expected[kind] += float(env.expected_reward(req, slates, kind).sum())
             out = env.respond(req, slates, respond_rng)
             clock.now = base_s + (env.day + 1) * DAY_S - 1.0  # rewards arrive by the end of the day
-            n_rewards += _post_rewards(log, events, out, clock.now)
+            n_rewards += _post_rewards(log, event_ids, out, clock.now)
             n_decisions += m
             engine.learn(kind=learn_kind)
             kpi = env.advance_day()
-            parts.append(_write_events(log, env.take_events(), base_s))
+            shop.add(_write_events(log, env.take_events(), base_s))
             if env.day % refit_days == 0:  # the candidate model learns the new days' events
-                events = _concat(parts)
-                parts = [events]
-                shop.fit(events)
+                shop.refit()
             say(kpi_row(kpi, config.n_customers))
             bar.update(1)
     finally:
@@ -203,10 +200,27 @@ class ShopCandidates:
             filters=Filters([self.stock_rule, AlreadyBought(cat.product_type, cat.consumable)]), metadata=metadata)
         self.purchases = np.bincount(events.item[events.kind == 2], minlength=cat.n_items).astype(float)
         self.fallback = np.argsort(-self.purchases, kind="stable")
+        self._parts = [events]
         self.fit(events)
 
     def fit(self, events: Interactions) -> None:
         self.generator.fit(events, self.env.catalog.product_type, user_segments=self.env.population.segment)
+
+    def add(self, events: Interactions) -> None:
+        """Keep a day's events for the next :meth:`refit` (the model does not see them yet)."""
+        self._parts.append(events)
+
+    def events(self) -> Interactions:
+        """Every event so far: the ones given at construction, then each :meth:`add`."""
+        if len(self._parts) > 1:
+            self._parts = [_concat(self._parts)]
+        return self._parts[0]
+
+    def refit(self) -> Interactions:
+        """Fit the candidate model on every event so far; returns them."""
+        events = self.events()
+        self.fit(events)
+        return events
 
     def for_requests(self, req, n_candidates: int, n_slots: int) -> np.ndarray:
         """(m, >= n_slots) candidate item indices for the day's requests (-1 pads)."""

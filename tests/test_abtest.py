@@ -16,7 +16,8 @@ from simulator import SimConfig
 from banditrec.features import joint_features
 from banditrec.policies import make
 from simulator.abtest import (AAStudy, MetricRow, Pooled, _LoggedDay, _warm_start, aa_table, analyse, load_config,
-                              metric_table, parse_arm, parse_arms, pool_seeds, run_abtest, write_report)
+                              metric_table, over_time_table, parse_arm, parse_arms, pool_seeds, run_abtest,
+                              write_report)
 from simulator.carousel import Response
 
 SMALL = SimConfig(n_items=300, n_types=20, n_categories=5, n_customers=2500, history_days=20, gateway_share=0.05)
@@ -142,6 +143,38 @@ def test_warm_start_is_the_ridge_fit_of_the_logged_slots():
     np.testing.assert_allclose(pol.theta, theta, rtol=1e-8, atol=1e-10)
 
 
+def test_a_burn_in_day_logs_the_uniform_loggers_own_propensities():
+    """_LoggedDay's marginal and conditional propensities against EpsilonGreedySlate with
+    epsilon 1 (uniform sampling without replacement, what the incumbent carousel does) over each
+    decision's real candidates (padding left out)."""
+    from banditrec.policies.slate import EpsilonGreedySlate
+
+    rng = np.random.default_rng(9)
+    k, m = 3, 6
+    cand = np.full((m, 8), -1)
+    for i, n in enumerate((3, 4, 5, 6, 7, 8)):
+        cand[i, :n] = rng.permutation(20)[:n]
+    slates = np.stack([rng.permutation(c[c >= 0])[:k] for c in cand])
+    z = np.zeros((m, k))
+    out = Response(click=rng.integers(0, 2, (m, k)), purchase=z, cart=z, revenue=z, margin=z)
+    got = _LoggedDay(context=np.zeros((m, 2)), candidates=cand, slates=slates, out=out).decisions("click")
+    for i in range(m):
+        real = cand[i][cand[i] >= 0]
+        slate = EpsilonGreedySlate(np.zeros(len(real)), np.ones(k))
+        rows = got.row_decision == i
+        pos = [int(np.flatnonzero(real == item)[0]) for item in slates[i]]
+        shown = np.zeros(len(real), bool)
+        want_cond = []
+        for slot, j in enumerate(pos):
+            want_cond.append(slate.slot_pmf(shown, slot)[j])
+            shown[j] = True
+        np.testing.assert_allclose(got.row_propensity[rows], want_cond, rtol=1e-12)
+        np.testing.assert_allclose(got.row_pscore[rows], slate.marginals()[pos, np.arange(k)], rtol=1e-12)
+        np.testing.assert_array_equal(got.row_action[rows], slates[i])
+        np.testing.assert_array_equal(got.candidates[i], real)
+    np.testing.assert_array_equal(got.row_reward, out.click.ravel())
+
+
 def test_burn_in_runs_a_carousel_before_day_0():
     """With a burn-in the pre-period's last days show carousels, so customers arrive on day 0
     having bought more; the test itself is still days 0..N-1. (Training the arms on that log
@@ -149,7 +182,7 @@ def test_burn_in_runs_a_carousel_before_day_0():
     arms = parse_arms("margin,click")
     cold = run_abtest(arms, SMALL, 3, seed=5, n_candidates=30)
     warm = run_abtest(arms, SMALL, 3, seed=5, n_candidates=30, burn_in_days=5)
-    assert warm.burn_in_days == 5 and len(warm.kpis) == 3
+    assert [k.day for k in warm.kpis] == [0, 1, 2] and [k.day for k in cold.kpis] == [0, 1, 2]
     # the carousel sold things before day 0: the pre-period margin per customer is higher than without it
     assert warm.pre_margin.mean() > cold.pre_margin.mean()
     with pytest.raises(ValidationError) as e:
@@ -201,10 +234,26 @@ def test_longterm_arm_shows_more_gateway_items():
     assert r.longterm_value is not None and r.longterm_value.shape == (cfg.n_items,)
 
 
+def test_over_time_table_reports_the_runs_own_curves(small_run):
+    """Each cell against the result's arrays, found by a plain scan over the days."""
+    r = small_run
+    row = over_time_table([r]).splitlines()[2].strip("|").split("|")
+    cells = [c.strip() for c in row]
+    diff = [r.daily_margin[d, 1] - r.daily_margin[d, 0] for d in range(r.days)]
+    low = min(range(r.days), key=lambda d: (diff[d], d))
+    assert cells[0] == str(r.seed)
+    assert cells[1] == f"{diff[6]:+.2f}" and cells[3] == f"{diff[-1]:+.2f}"
+    assert cells[2] == f"{diff[low]:+.2f} ({low + 1})"
+    owners = r.gateway_share[-1]
+    assert cells[4:] == [f"{owners[0]:.1%}", f"{owners[1]:.1%}"]
+    assert 0 <= owners.min() and owners.max() <= 1 and owners.max() > 0
+
+
 def test_report_and_cli(tmp_path, small_run):
     path = write_report(tmp_path / "rep", results=[small_run], rows_by_seed=[analyse(small_run, n_boot=50)])
     text = path.read_text()
     assert "sample-ratio check" in text and "| ltv |" in text and "## Power" in text
+    assert over_time_table([small_run]) in text
     assert (tmp_path / "rep" / "margin_by_day.png").stat().st_size > 10_000
 
     runner = CliRunner()
