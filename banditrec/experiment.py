@@ -545,21 +545,26 @@ def duration_days(n_per_arm, daily_eligible, n_arms: int, traffic_share: float =
 def analyse(metrics: Mapping[str, tuple], *, alpha: float = 0.05, n_boot: int = 2000, rng=None) -> list[Comparison]:
     """One :class:`Comparison` per metric, in the mapping's order.
 
-    ``metrics[name]`` is ``(a, b)`` -- per-customer values, :func:`compare_means` -- or
-    ``(num_a, den_a, num_b, den_b)`` -- a ratio of sums, :func:`compare_ratios`. Each metric
-    bootstraps with its own stream, ``rng.spawn``-ed in order, so adding a metric at the end
-    leaves the others' intervals unchanged.
+    ``metrics[name]`` is ``(a, b)`` -- per-customer values, :func:`compare_means` --,
+    ``(a, b, (x_a, x_b))`` -- the same adjusted for pre-experiment covariates (CUPED, see
+    :func:`compare_means`) -- or ``(num_a, den_a, num_b, den_b)`` -- a ratio of sums,
+    :func:`compare_ratios`. Each metric bootstraps with its own stream, ``rng.spawn``-ed in
+    order, so adding a metric at the end leaves the others' intervals unchanged.
     """
     if not isinstance(metrics, Mapping) or not metrics:
         raise ValidationError("metrics must be a non-empty mapping of name -> arrays", "metrics")
     streams = _rng(rng).spawn(len(metrics))
     rows = []
     for (name, arrays), gen in zip(metrics.items(), streams):
-        if not isinstance(arrays, (tuple, list)) or len(arrays) not in (2, 4):
-            raise ValidationError(f"metrics[{name!r}] must be (a, b) or (num_a, den_a, num_b, den_b)",
-                                  "metrics")
-        compare = compare_means if len(arrays) == 2 else compare_ratios
-        rows.append(compare(*arrays, alpha=alpha, n_boot=n_boot, rng=gen, metric=str(name)))
+        if (not isinstance(arrays, (tuple, list)) or len(arrays) not in (2, 3, 4)
+                or (len(arrays) == 3 and not (isinstance(arrays[2], (tuple, list)) and len(arrays[2]) == 2))):
+            raise ValidationError(f"metrics[{name!r}] must be (a, b), (a, b, (x_a, x_b)) or "
+                                  "(num_a, den_a, num_b, den_b)", "metrics")
+        kw = dict(alpha=alpha, n_boot=n_boot, rng=gen, metric=str(name))
+        if len(arrays) == 4:
+            rows.append(compare_ratios(*arrays, **kw))
+        else:
+            rows.append(compare_means(arrays[0], arrays[1], covariates=arrays[2] if len(arrays) == 3 else None, **kw))
     return rows
 
 

@@ -399,42 +399,36 @@ def analyse(result: ABResult, *, alpha: float = 0.05, n_boot: int = 2000, rng: n
     """Each treatment arm against the first (control) arm, per metric: CTR, conversion and AOV
     (ratio metrics, delta method), revenue, margin and lifetime value per customer (margin and
     lifetime value also with CUPED, adjusted for each customer's margin before day 0), retention
-    at 30/60/90 days, and the week-1 AOV and margin per customer (``week`` days)."""
+    at 30/60/90 days, and the week-1 AOV and margin per customer (``week`` days). Through
+    :func:`banditrec.experiment.analyse`: each metric bootstraps from its own stream (each arm's
+    spawned from ``rng``), not from one stream shared in turn."""
     rng = rng or np.random.default_rng(0)
     rows: list[MetricRow] = []
     control = result.arms[0].name
-    for b in range(1, len(result.arms)):
-        sel = {0: result.arm == 0, 1: result.arm == b}
+    for b, gen in zip(range(1, len(result.arms)), rng.spawn(len(result.arms) - 1)):
+        sel = (result.arm == 0, result.arm == b)
 
-        def add(name, cmp):
-            rows.append(MetricRow(metric=name, arm=result.arms[b].name, control=control, comparison=cmp))
+        def pair(values, *extra):
+            return (values[sel[0]], values[sel[1]], *extra)
 
-        def ratio(name, snap):
-            num, den = RATIO_METRICS[name]
-            add(name if snap is result.final else f"{name} (week {week})", experiment.compare_ratios(
-                getattr(snap, num)[sel[0]], getattr(snap, den)[sel[0]], getattr(snap, num)[sel[1]],
-                getattr(snap, den)[sel[1]], alpha=alpha, n_boot=n_boot, rng=rng))
+        def ratio(snap, name):
+            num, den = (getattr(snap, field) for field in RATIO_METRICS[name])
+            return (num[sel[0]], den[sel[0]], num[sel[1]], den[sel[1]])
 
-        def mean(name, values, label=None):
-            add(label or name, experiment.compare_means(values[sel[0]], values[sel[1]], alpha=alpha, n_boot=n_boot,
-                                                        rng=rng))
-
-        for name in RATIO_METRICS:
-            ratio(name, result.final)
+        metrics = {name: ratio(result.final, name) for name in RATIO_METRICS}
         for name in MEAN_METRICS:
-            mean(name, getattr(result.final, name))
+            metrics[name] = pair(getattr(result.final, name))
         if result.pre_margin is not None:  # CUPED on the customer's pre-period margin
             for name in CUPED_METRICS:
-                values, x = getattr(result.final, name), result.pre_margin
-                add(f"{name} (CUPED)", experiment.compare_means(
-                    values[sel[0]], values[sel[1]], covariates=(x[sel[0]], x[sel[1]]), alpha=alpha, n_boot=n_boot,
-                    rng=rng))
+                metrics[f"{name} (CUPED)"] = pair(getattr(result.final, name), pair(result.pre_margin))
         for d in (30, 60, 90):
             if d in result.checkpoints:
-                mean(f"retention {d}d", result.checkpoints[d].alive)
+                metrics[f"retention {d}d"] = pair(result.checkpoints[d].alive)
         if week in result.checkpoints and week != result.days:
-            ratio("aov", result.checkpoints[week])
-            mean("margin", result.checkpoints[week].margin, f"margin (week {week})")
+            metrics[f"aov (week {week})"] = ratio(result.checkpoints[week], "aov")
+            metrics[f"margin (week {week})"] = pair(result.checkpoints[week].margin)
+        rows += [MetricRow(metric=c.metric, arm=result.arms[b].name, control=control, comparison=c)
+                 for c in experiment.analyse(metrics, alpha=alpha, n_boot=n_boot, rng=gen)]
     return rows
 
 

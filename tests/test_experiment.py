@@ -520,6 +520,13 @@ def test_analyse_dispatches_and_gives_each_metric_its_own_stream():
     assert rows[1] == compare_ratios(xa, ya, xb, yb, n_boot=300, rng=streams[1], metric="ctr")
     alone = analyse({"revenue": (rev_a, rev_b)}, n_boot=300, rng=15)
     assert alone[0] == rows[0]
+    pre_a, pre_b = rev_a + rng.normal(0, 1, 400), rev_b + rng.normal(0, 1, 400)  # a CUPED covariate
+    cuped = analyse({"revenue": (rev_a, rev_b), "revenue (CUPED)": (rev_a, rev_b, (pre_a, pre_b))}, n_boot=300, rng=15)
+    assert cuped[0] == rows[0]
+    assert cuped[1] == compare_means(rev_a, rev_b, covariates=(pre_a, pre_b), n_boot=300,
+                                     rng=np.random.default_rng(15).spawn(2)[1],
+                                     metric="revenue (CUPED)")
+    assert cuped[1].se < rows[0].se  # the covariate explains most of the variance
     with pytest.raises(ValidationError) as err:
         analyse({"x": (rev_a, rev_b, rev_a)})
     assert err.value.field == "metrics"
