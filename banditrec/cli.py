@@ -542,7 +542,7 @@ def similar(item_id, db, kind, n):
                    "[default: the scenario's: gateway 60, default 0; 0 with --config].")
 @click.option("--aa", "aa_tests", default=0, show_default=True, type=click.IntRange(min=0),
               help="Instead run this many A/A tests of the first arm (own world and salt each) and report the "
-                   "false-positive rate.")
+                   "false-positive rate; --arms may then name one arm.")
 @click.option("--boot", default=2000, show_default=True, type=click.IntRange(min=0), help="Bootstrap resamples.")
 @click.option("--out", default="out/abtest", show_default=True, type=click.Path(file_okay=False))
 def abtest(arms, days, customers, seeds, first_seed, salt, scenario, config_file, burn_in, aa_tests, boot, out):
@@ -566,7 +566,7 @@ def abtest(arms, days, customers, seeds, first_seed, salt, scenario, config_file
             burn_in = SCENARIO_BURN_IN[scenario] if burn_in is None else burn_in
         if customers is not None:
             config = config.replace(n_customers=customers)
-        arm_list = parse_arms(arms)
+        arm_list = parse_arms(arms, minimum=1 if aa_tests else 2)
         progress = sys.stderr.isatty()
         if aa_tests:
             study = aa_study(aa_tests, arm_list[0], config, days, first_seed=first_seed, progress=progress,

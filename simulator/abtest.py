@@ -107,9 +107,10 @@ def parse_arm(text: str) -> Arm:
     return Arm(name=extra.get("name", policy), policy=policy, learn=learn, lam=lam, weight=weight)
 
 
-def parse_arms(text: str) -> list[Arm]:
+def parse_arms(text: str, minimum: int = 2) -> list[Arm]:
     """Arms from ``SPEC,SPEC,...``: a comma starts a new arm unless what follows is a
-    ``key=value`` parameter of the arm before (parameters contain ``=`` and no ``:``)."""
+    ``key=value`` parameter of the arm before (parameters contain ``=`` and no ``:``).
+    An A/B test needs ``minimum`` = 2 arms; an A/A study, one."""
     parts: list[str] = []
     for token in (t.strip() for t in str(text).split(",")):
         if not token:
@@ -119,7 +120,7 @@ def parse_arms(text: str) -> list[Arm]:
         else:
             parts.append(token)
     arms = [parse_arm(p) for p in parts]
-    if len(arms) < 2:
+    if len(arms) < minimum:
         raise ValidationError(f"an A/B test needs at least two arms, got {len(arms)} from {text!r}", "arms")
     names = [a.name for a in arms]
     if len(set(names)) != len(names):

@@ -313,3 +313,20 @@ def test_the_documented_mild_study_config_is_what_the_docs_say():
     assert opts.get("burn_in", 0) == 0 and opts["seeds"] == 5
     arms = parse_arms(opts["arms"])
     assert [a.name for a in arms] == ["margin", "longterm"] and arms[1].lam == 3.0
+
+
+def test_an_aa_study_takes_one_arm_and_uses_only_the_first_of_several(tmp_path):
+    cfg = tmp_path / "ab.toml"
+    cfg.write_text("n_items = 300\nn_types = 20\nn_categories = 5\nhistory_days = 20\n")
+    runner = CliRunner()
+
+    def table(arms):
+        out = runner.invoke(main, ["abtest", "--config", str(cfg), "--arms", arms, "--aa", "2", "--days", "5",
+                                   "--customers", "1200", "--out", str(tmp_path / arms.replace(",", "_"))])
+        assert out.exit_code == 0, out.output
+        return out.output.split("report:")[0]
+
+    one = table("uniform")
+    assert "false-positive rate" in one and one == table("uniform,click")
+    out = runner.invoke(main, ["abtest", "--config", str(cfg), "--arms", "uniform", "--days", "5"])
+    assert out.exit_code != 0 and "at least two arms" in out.output
