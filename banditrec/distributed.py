@@ -42,7 +42,7 @@ import numpy as np
 
 from .errors import ValidationError
 from .evaluate import DEFAULT_ESTIMATORS, MAX_ONE_HOT_ITEMS, Evaluation, PolicyEvaluation, _decisions, \
-    _sparse_target, candidate_policy, training_popularity, write_report
+    _sparse_target, candidate_env, candidate_policy, write_report
 from .ope.estimators import ESTIMATORS, IPS, Moments, OPEWarning
 from .ope.reward_model import RidgeRewardModel
 from .store.partitioned import Dataset, Partition, PartitionError, concat_decisions, open_dataset, \
@@ -358,8 +358,7 @@ def evaluate_parquet(root, specs: list[str], *, estimators: tuple[str, ...] = DE
         seen[s["seen"][:, 0], s["seen"][:, 1]] = True
     logging_policies = sorted(set().union(*(s["policies"] for s in stats)) | _train_policies(ds, tasks, n_train))
     context_dim = int(ds_context_width(ds, tasks))
-    env = {"context_dim": context_dim, "item_dim": features.shape[1],
-           "popularity": training_popularity(train, n_items), "n_items": n_items}
+    env = candidate_env(context_dim, features, train, n_items)
     snapshots = [_snapshot_bytes(candidate_policy(spec, env, train, features)) for spec in specs]
     shared.update(features=features, coefs=coefs, seen=seen, env=env, policies=snapshots,
                   estimators=tuple(estimators), level=level)

@@ -145,12 +145,13 @@ def _unsupported(logged: LoggedDecisions, target_rows: sp.csr_matrix, n_items: i
     return float((target_rows.data * unseen).sum() / max(len(logged.row_slot), 1))
 
 
-def training_popularity(train: LoggedDecisions | None, n_items: int) -> np.ndarray:
-    """1 + rewarded rows per item in the training share: what ``popularity`` policies rank by."""
+def candidate_env(context_dim: int, features: np.ndarray, train: LoggedDecisions | None, n_items: int) -> dict:
+    """What candidate policies are built with: the dimensions, and as ``popularity`` (what
+    ``popularity`` policies rank by) 1 + the rewarded rows per item in the training share."""
     popularity = np.ones(n_items)
     if train is not None:
         popularity += np.bincount(train.row_action, weights=(train.row_reward > 0).astype(float), minlength=n_items)
-    return popularity
+    return {"context_dim": context_dim, "item_dim": features.shape[1], "popularity": popularity, "n_items": n_items}
 
 
 def candidate_policy(spec: str, env: dict, train: LoggedDecisions | None, features: np.ndarray):
@@ -217,8 +218,7 @@ def evaluate_log(
     result = Evaluation(db=str(db), kind=kind, n_train=0 if train is None else train.n_decisions,
                         n_eval=test.n_decisions, n_rows=data.n_rows, primary=primary, logging=logging,
                         logging_policies=logging_policies)
-    env = {"context_dim": test.context.shape[1], "item_dim": features.shape[1],
-           "popularity": training_popularity(train, n_items), "n_items": n_items}
+    env = candidate_env(test.context.shape[1], features, train, n_items)
     reward_model = RidgeRewardModel()  # fitted once: only its target term depends on the candidate
     folds = reward_model.fit_folds(data, n_folds=2, rng=np.random.default_rng(seed))
     for spec in specs:

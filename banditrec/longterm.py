@@ -53,23 +53,10 @@ class LongTermValue:
     value: np.ndarray  # shrunk long-term value: extra later margin per first purchase
     raw: np.ndarray  # unshrunk contrast (0 where no uncensored purchase)
     n_buyers: np.ndarray  # uncensored first purchases per item
-    se: np.ndarray  # standard error of ``raw`` (inf where no buyer)
     slope: float  # b: later margin per unit of prior margin, within groups
     residual_sd: float  # s
     prior_sd: float  # tau: spread of true item values
-    horizon_s: float
     n_purchases: int  # purchases used (uncensored first purchases)
-
-    def shrinkage(self) -> np.ndarray:
-        """Weight of each item's raw value in ``value`` (0 = all prior, 1 = all data)."""
-        return _shrinkage(self.n_buyers, self.residual_sd**2, self.prior_sd**2)
-
-
-def _shrinkage(n_buyers: np.ndarray, s2: float, tau2: float) -> np.ndarray:
-    """``tau^2 / (tau^2 + s^2 / n)`` per item; 0 for items without buyers, or when ``tau^2 = 0``."""
-    if tau2 <= 0:
-        return np.zeros(len(n_buyers))
-    return tau2 / (tau2 + np.where(n_buyers > 0, s2 / np.maximum(n_buyers, 1), np.inf))
 
 
 def _window_sums(key: np.ndarray, cum: np.ndarray, lo_key: np.ndarray, hi_key: np.ndarray) -> np.ndarray:
@@ -168,12 +155,13 @@ def estimate_item_values(user, item, ts, item_margin, groups, *, horizon_days: f
     slope = float(xc @ yc) / sxx if sxx > 0 else 0.0
     resid = yc - slope * xc
     n_buyers = np.bincount(j, minlength=n_items)
-    dof = len(resid) - n_groups - 1
+    dof = len(resid) - np.count_nonzero(count_g) - 1  # one mean per group with buyers, and the slope
     s2 = float(resid @ resid) / dof if dof > 0 else 0.0
     raw = np.bincount(j, weights=resid, minlength=n_items) / np.maximum(n_buyers, 1)
     # between-item variance, each item weighted by its buyers: well-measured items dominate
     tau2 = max(float((n_buyers * raw**2).sum() - s2 * (n_buyers > 0).sum()) / max(int(n_buyers.sum()), 1), 0.0)
-    se = np.where(n_buyers > 0, np.sqrt(s2 / np.maximum(n_buyers, 1)), np.inf)
-    return LongTermValue(value=raw * _shrinkage(n_buyers, s2, tau2), raw=raw, n_buyers=n_buyers, se=se, slope=slope,
-                         residual_sd=float(np.sqrt(s2)), prior_sd=float(np.sqrt(tau2)), horizon_s=horizon_s,
-                         n_purchases=int(use.sum()))
+    # shrinkage tau^2 / (tau^2 + s^2 / n_j); 0 for items without buyers, or when tau^2 = 0
+    weight = tau2 / (tau2 + np.where(n_buyers > 0, s2 / np.maximum(n_buyers, 1), np.inf)) if tau2 > 0 \
+        else np.zeros(n_items)
+    return LongTermValue(value=raw * weight, raw=raw, n_buyers=n_buyers, slope=slope, residual_sd=float(np.sqrt(s2)),
+                         prior_sd=float(np.sqrt(tau2)), n_purchases=int(use.sum()))

@@ -63,27 +63,40 @@ def _loop_estimate(user, item, ts, margin, groups, horizon_s, skip_s, end, cap):
     sxx = sum(xc[e] ** 2 for e in rows)
     b = sum(xc[e] * yc[e] for e in rows) / sxx if sxx > 0 else 0.0
     resid = {e: yc[e] - b * xc[e] for e in rows}
-    raw = np.zeros(len(margin))
+    raw, n = np.zeros(len(margin)), np.zeros(len(margin))
     for j in range(len(margin)):
         es = [e for e in rows if item[e] == j]
         raw[j] = np.mean([resid[e] for e in es]) if es else 0.0
-    return raw, b
+        n[j] = len(es)
+    # pooled residual variance: one mean per group that has buyers, and the slope
+    s2 = sum(resid[e] ** 2 for e in rows) / (len(rows) - len(by_group) - 1)
+    # between-item variance by moments, items weighted by their buyers, floored at 0
+    tau2 = max(sum(n[j] * (raw[j] ** 2 - s2 / n[j]) for j in range(len(margin)) if n[j]) / n.sum(), 0.0)
+    value = np.array([raw[j] * tau2 / (tau2 + s2 / n[j]) if n[j] and tau2 > 0 else 0.0 for j in range(len(margin))])
+    return raw, b, s2, tau2, value
 
 
-@pytest.mark.parametrize("seed, cap", [(0, 1.0), (1, 1.0), (2, 0.9), (3, 0.75)])
-def test_estimator_matches_loops(seed, cap):
+@pytest.mark.parametrize("seed, cap, empty_group", [(0, 1.0, False), (1, 1.0, False), (2, 0.9, False),
+                                                    (3, 0.75, False), (4, 1.0, True), (5, 0.9, True)])
+def test_estimator_matches_loops(seed, cap, empty_group):
+    """Raw values, slope, residual and prior spread and the shrunk values against loops; with
+    ``empty_group`` two items nobody buys form a group whose label sorts first (it must not
+    count as a group)."""
     rng = np.random.default_rng(seed)
     n = 120
     user = rng.integers(0, 15, n)
     item = rng.integers(0, 12, n)
     ts = np.round(rng.uniform(0, 60, n), 2) * DAY_S
-    margin = rng.uniform(1, 5, 12)
-    groups = np.arange(12) % 3
+    margin = rng.uniform(1, 5, 14 if empty_group else 12)
+    groups = np.r_[np.arange(12) % 3, [-1, -1] if empty_group else []].astype(int)
     got = estimate_item_values(user, item, ts, margin, groups, horizon_days=10, skip_days=1, end_ts=60 * DAY_S,
                                cap_quantile=cap)
-    raw, b = _loop_estimate(user, item, ts, margin, groups, 10 * DAY_S, DAY_S, 60 * DAY_S, cap)
+    raw, b, s2, tau2, value = _loop_estimate(user, item, ts, margin, groups, 10 * DAY_S, DAY_S, 60 * DAY_S, cap)
     np.testing.assert_allclose(got.raw, raw, atol=1e-9)
     assert got.slope == pytest.approx(b, abs=1e-9)
+    assert got.residual_sd == pytest.approx(np.sqrt(s2), rel=1e-9)
+    assert got.prior_sd == pytest.approx(np.sqrt(tau2), rel=1e-9, abs=1e-12)
+    np.testing.assert_allclose(got.value, value, atol=1e-9)
     # shrinkage never flips a sign and never inflates
     assert np.all(np.abs(got.value) <= np.abs(got.raw) + 1e-12)
     assert np.all(got.value * got.raw >= -1e-12)
@@ -129,6 +142,20 @@ def test_planted_effect_is_recovered():
     # and ranks the planted items first
     top = np.argsort(-r.value[real])[: g.sum()]
     assert gateway[top].mean() > 0.9
+
+
+def test_estimator_matches_loops_where_items_truly_differ():
+    """A small planted log, so that the between-item spread is positive and the shrunk values
+    are not all 0: residual and prior spread and every value against the loops."""
+    rng = np.random.default_rng(7)
+    user, item, ts, margin, groups, _ = _planted_log(rng, 20.0, n_users=60, n_items=40, days=120)
+    got = estimate_item_values(user, item, ts, margin, groups, horizon_days=30, skip_days=1, end_ts=120 * DAY_S)
+    raw, b, s2, tau2, value = _loop_estimate(user, item, ts, margin, groups, 30 * DAY_S, DAY_S, 120 * DAY_S, 0.99)
+    assert tau2 > 0 and np.count_nonzero(value) > 10
+    np.testing.assert_allclose(got.raw, raw, atol=1e-9)
+    assert got.residual_sd == pytest.approx(np.sqrt(s2), rel=1e-9)
+    assert got.prior_sd == pytest.approx(np.sqrt(tau2), rel=1e-9)
+    np.testing.assert_allclose(got.value, value, atol=1e-9)
 
 
 def test_null_log_gives_values_near_zero():
