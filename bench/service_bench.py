@@ -79,15 +79,17 @@ def make_floor_app():
     initial policy, checked at start), a per-slot epsilon-greedy slate is drawn with its
     conditional propensities, and the decision row and its slot rows (the log's schema, the
     marginal set to the propensity instead of computed) are committed to SQLite (WAL, one
-    transaction per call, an flock between the workers as the service has); orjson answers."""
+    transaction per call, an flock between the workers as the service has; the row's text
+    encoded by the log's own encoders); orjson answers."""
     import fcntl
 
     import orjson
     from flask import Flask, request
 
     from banditrec.demo import build_engine
+    from banditrec.engine import time_ordered_id
     from banditrec.store import DecisionLog
-    from banditrec.store.log import INSERT_DECISION, INSERT_SLOT
+    from banditrec.store.log import INSERT_DECISION, INSERT_SLOT, _floats_json, _index_json, _json_strings
     from common import FactoredScores
     from simulator import Shop
 
@@ -115,7 +117,7 @@ def make_floor_app():
         context = np.asarray(body["context"], dtype=float)
         remaining = np.argsort(-scorer.scores(context, features[idx])).tolist()
         explore, draws = gen.random(n) < epsilon, gen.random(n)
-        event_id = f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
+        event_id = time_ordered_id()
         slots, log_joint = [], 0.0
         for k in range(n):
             m = len(remaining)
@@ -125,8 +127,7 @@ def make_floor_app():
             log_joint += math.log(prop)
             slots.append((event_id, k, cands[i], int(idx[i]), prop, prop, 0, "request"))
         row = (event_id, time.time(), body["user_id"], "home", "floor", params, "floor-0", n,
-               '["' + '", "'.join(cands) + '"]', orjson.dumps(idx, option=orjson.OPT_SERIALIZE_NUMPY).decode(),
-               orjson.dumps(context, option=orjson.OPT_SERIALIZE_NUMPY).decode(), math.exp(log_joint), log_joint)
+               _json_strings(cands), _index_json(idx), _floats_json(context), math.exp(log_joint), log_joint)
         answer = {"event_id": event_id, "slots": [{"position": s[1], "item_id": s[2], "propensity": s[4]}
                                                   for s in slots]}
         return row, slots, answer
