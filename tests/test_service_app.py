@@ -305,6 +305,76 @@ def test_a_corrupt_snapshot_is_refused_and_the_old_model_keeps_serving(small_sho
     assert metric(text, "banditrec_model_reloads_total", result="loaded") == 1
 
 
+def watched(small_shop, tmp_path, reload_check_ms):
+    """An app whose watcher checks (the request path and, once started, its thread), and a learner."""
+    clock = Clock()
+    engine = make_engine(small_shop, db=str(tmp_path / "log.db"))
+    engine.log.close()
+    engine.log, engine.clock = DecisionLog(tmp_path / "log.db", reward_window_s=5.0), clock
+    env = policy_env(small_shop, engine.cf)
+    app = create_app(engine, settings=ServiceConfig(snapshots=str(tmp_path / "snap"), reload_check_ms=reload_check_ms),
+                     policy_env=env)
+    learner = Learner(DecisionLog(tmp_path / "log.db", reward_window_s=5.0), make(SPEC, **env),
+                      small_shop.catalog.features, tmp_path / "snap", clock=clock)
+    return engine, app, learner, clock
+
+
+def test_the_first_request_after_a_publish_is_served_by_the_new_snapshot(small_shop, tmp_path):
+    """Every request stats the pointer: with the watcher thread an hour away, the request right
+    after the learner publishes is answered by the new model, and a refused pointer is tried
+    once, not on every request."""
+    engine, app, learner, clock = watched(small_shop, tmp_path, reload_check_ms=3_600_000)
+    client = app.test_client()
+    clock.t = 1.0
+    v0 = client.post("/v1/decide", json={"user_id": "u1", "slots": 2}).get_json()["model_version"]
+    clock.t = 100.0
+    out = learner.step()
+    assert out.version != v0
+    assert client.post("/v1/decide", json={"user_id": "u1", "slots": 2}).get_json()["model_version"] == out.version
+    clock.t = 200.0
+    bad = learner.step()
+    npz = bad.manifest.with_suffix(".npz")
+    raw = bytearray(npz.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    npz.write_bytes(bytes(raw))
+    for _ in range(3):
+        assert client.post("/v1/decide", json={"user_id": "u1", "slots": 2}).get_json()["model_version"] == out.version
+    text = client.get("/metrics").get_data(as_text=True)
+    assert metric(text, "banditrec_model_reloads_total", result="loaded") == 1
+    assert metric(text, "banditrec_model_reloads_total", result="refused") == 1
+
+
+def test_the_watcher_thread_reloads_without_requests_and_moves_the_model_gauge(small_shop, tmp_path):
+    """A worker that gets no requests still picks up a published snapshot (the served workers
+    run SnapshotWatcher.start): the engine and the per-process model gauge move to the new
+    version with no request in between."""
+    import time
+
+    engine, app, learner, clock = watched(small_shop, tmp_path, reload_check_ms=20)
+    client = app.test_client()
+    clock.t = 1.0
+    client.post("/v1/decide", json={"user_id": "u1", "slots": 2})
+    v0 = engine.model_version
+    watcher = app.extensions["banditrec.watcher"].start()
+    try:
+        clock.t = 100.0
+        out = learner.step()
+        assert out is not None and out.version != v0
+        deadline = time.monotonic() + 10
+        while engine.model_version != out.version:
+            assert time.monotonic() < deadline, "the watcher thread did not reload in 10 s"
+            time.sleep(0.01)
+        registry = app.extensions["banditrec.metrics"].registry  # read before any scrape resets it
+        gauge = [registry.get_sample_value("banditrec_model_info", {"policy": engine.policy.name, "version": v})
+                 for v in (v0, out.version)]
+        assert gauge == [0.0, 1.0]
+    finally:
+        watcher.stop(timeout=5)
+    assert watcher._thread is None
+    text = client.get("/metrics").get_data(as_text=True)
+    assert metric(text, "banditrec_model_reloads_total", result="loaded") == 1
+
+
 def test_learner_resumes_from_its_pointer(small_shop, tmp_path):
     engine, client, learner, clock = served(small_shop, tmp_path)
     clock.t = 1.0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -159,23 +160,43 @@ def test_decide_reward_learn_reload_end_to_end(start_server, tmp_path):
     c.close()
 
 
+def served_versions(srv) -> dict[str, str]:
+    """pid -> the model version that worker serves, from the per-worker gauge of one scrape."""
+    text = Client(srv).call("GET", "/metrics")[2].decode()
+    out = {}
+    for line in text.splitlines():
+        m = re.match(r'^banditrec_model_info\{(.*)\} (\S+)$', line)
+        if m and float(m.group(2)) == 1.0:
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+            out[labels["pid"]] = labels["version"]
+    return out
+
+
+def wait_for_versions(srv, version: str, seconds: float = 20) -> None:
+    """Every live worker serves ``version``: no requests are sent to make them check (a worker
+    the accept race starves must get there through its own watcher thread)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        pids = {str(p) for p in srv.workers()}
+        seen = served_versions(srv)
+        if len(pids) == 2 and all(seen.get(p) == version for p in pids):
+            return
+        assert time.monotonic() < deadline, f"workers {pids} serve {seen}, not {version}, after {seconds} s"
+        time.sleep(0.1)
+
+
 def test_a_corrupt_snapshot_is_refused_by_the_running_server(start_server, tmp_path):
     srv = start_server()
     c = Client(srv)
     for i in range(5):
         assert c.call("POST", "/v1/decide", {"user_id": f"c{i}", "slots": 2})[0] == 200
+    v0 = c.call("GET", "/healthz")[2]["model_version"]
     time.sleep(1.1)
     learn_once(tmp_path)
-    status, _, good = c.call("POST", "/v1/models/reload")
-    assert status == 200
-    # both workers pick the good snapshot up on a request once reload_check_ms has passed; under
-    # load a worker may be slow to get there, so wait (bounded) for six fresh connections in a row
-    deadline, streak = time.monotonic() + 20, 0
-    while streak < 6:
-        assert time.monotonic() < deadline, "a worker did not pick up the published snapshot in 20 s"
-        time.sleep(0.25)
-        seen = Client(srv).call("GET", "/healthz")[2]["model_version"]
-        streak = streak + 1 if seen == good["model_version"] else 0
+    # both workers pick the snapshot up within reload_check_ms (200 ms), with or without requests
+    good = json.loads((tmp_path / "snap" / "CURRENT.json").read_text())["version"]
+    assert good != v0
+    wait_for_versions(srv, good)
     # a published snapshot whose payload was damaged after its checksum was taken
     pointer = json.loads((tmp_path / "snap" / "CURRENT.json").read_text())
     npz = tmp_path / "snap" / pointer["manifest"].replace(".json", ".npz")
@@ -190,10 +211,14 @@ def test_a_corrupt_snapshot_is_refused_by_the_running_server(start_server, tmp_p
                                                                 "manifest": "damaged.json"}))
     status, _, err = c.call("POST", "/v1/models/reload")
     assert status == 400 and err["error"]["fields"][0]["field"] == "snapshot", err
-    time.sleep(0.3)
+    # both workers have met the damaged pointer (each refuses it, and logs which process did)
+    deadline = time.monotonic() + 20
+    while {str(p) for p in srv.workers()} - set(re.findall(r"process (\d+): snapshot refused", srv.log_text())):
+        assert time.monotonic() < deadline, srv.log_text()[-3000:]
+        time.sleep(0.1)
+    wait_for_versions(srv, good, seconds=0)
     for _ in range(6):
-        assert Client(srv).call("POST", "/v1/decide", {"user_id": "c1", "slots": 2})[2]["model_version"] \
-            == good["model_version"]
+        assert Client(srv).call("POST", "/v1/decide", {"user_id": "c1", "slots": 2})[2]["model_version"] == good
     assert "Traceback" not in srv.log_text()
 
 

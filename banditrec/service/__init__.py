@@ -44,9 +44,15 @@ def create_app(engine: Engine, config: dict | None = None, *, settings: ServiceC
     if settings.snapshots is not None:
         if policy_env is None:
             raise ValueError("create_app: settings.snapshots needs policy_env to rebuild reloaded policies")
+
+        def _reloaded(result: str) -> None:
+            metrics.reloads.labels(result).inc()
+            if result == "loaded":  # the per-worker model gauge follows the worker's own reloads
+                metrics.set_model(engine)
+
         watcher = SnapshotWatcher(settings.snapshots, engine, policy_env,
                                   check_interval_s=settings.reload_check_ms / 1000,
-                                  on_result=lambda result: metrics.reloads.labels(result).inc())
+                                  on_result=_reloaded)
         app.extensions["banditrec.watcher"] = watcher
         try:  # a worker (re)started after the learner published serves the newest snapshot
             watcher.reload()
@@ -60,7 +66,7 @@ def create_app(engine: Engine, config: dict | None = None, *, settings: ServiceC
     def _start_timer():
         g.banditrec_t0 = time.perf_counter()
         watcher = app.extensions.get("banditrec.watcher")
-        if watcher is not None:  # a stat of the snapshot pointer at most every reload_check_ms
+        if watcher is not None:  # one stat of the snapshot pointer; a load only when it changed
             watcher.maybe_reload()
 
     @app.after_request
@@ -72,7 +78,7 @@ def create_app(engine: Engine, config: dict | None = None, *, settings: ServiceC
         metrics.child(metrics.requests, route, request.method, str(response.status_code)).inc()
         return response
 
-    metrics.set_model(engine.policy.name, engine.model_version)
+    metrics.set_model(engine)
     app.extensions["banditrec.openapi"] = document(app)
     return app
 

@@ -11,8 +11,9 @@ Environment (what ``banditrec serve`` passes to its gunicorn workers):
 ``BANDITREC_MAX_BATCH_BYTES``   largest batch-decide body (default 16 MiB)
 ``BANDITREC_BATCH_MAX``         most requests in one batch decide (default 256)
 ``BANDITREC_SNAPSHOTS``         directory the learner publishes snapshots to (``CURRENT.json``)
-``BANDITREC_RELOAD_CHECK_MS``   look for a new snapshot at most this often, per worker (1000;
-                                0: only on ``POST /v1/models/reload``)
+``BANDITREC_RELOAD_CHECK_MS``   how often each worker's watcher thread looks for a new snapshot
+                                (1000; requests look too, at one ``stat`` each; 0: neither,
+                                only ``POST /v1/models/reload``)
 ==============================  ===========================================================
 """
 

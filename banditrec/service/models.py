@@ -38,8 +38,6 @@ def reload():
         raise ValidationError("this service has no snapshot directory configured (BANDITREC_SNAPSHOTS)",
                               "snapshot")
     status, version, previous = watcher.reload()
-    current_app.extensions["banditrec.metrics"].set_model(current_app.extensions["banditrec.engine"].policy.name,
-                                                          version)
     return jsonify(ReloadResponse(status=status, model_version=version, previous=previous).model_dump())
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, jsonify
 
 from .metrics import CONTENT_TYPE_LATEST
-from .openapi import document, endpoint
+from .openapi import endpoint
 from .schemas import HealthResponse
 
 bp = Blueprint("ops", __name__)
@@ -23,7 +23,7 @@ endpoint(bp, "GET", "/healthz", summary="Liveness and the served model version",
 def metrics():
     engine = current_app.extensions["banditrec.engine"]
     m = current_app.extensions["banditrec.metrics"]
-    m.set_model(engine.policy.name, engine.model_version)
+    m.set_model(engine)
     return Response(m.exposition(), mimetype=CONTENT_TYPE_LATEST.split(";")[0],
                     headers={"Content-Type": CONTENT_TYPE_LATEST})
 

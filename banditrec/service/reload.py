@@ -1,11 +1,23 @@
 """Serving workers pick up the learner's snapshots without restarting.
 
 The learner (:mod:`banditrec.learner`) publishes a snapshot, then atomically replaces the
-pointer ``<snapshots>/CURRENT.json`` (``version``, ``manifest``, ``sha256``). A worker checks
-the pointer's ``stat`` at most every ``reload_check_ms`` (one ``stat`` call; reading and
-verifying only when it changed), or at once on ``POST /v1/models/reload``. A snapshot that
-fails verification (:func:`banditrec.policies.load` re-hashes it) is refused: the old model
-keeps serving and the error is kept for ``GET /v1/models`` and the metrics.
+pointer ``<snapshots>/CURRENT.json`` (``version``, ``manifest``, ``sha256``). A worker looks at
+the pointer in three places:
+
+- before every request, one ``stat`` of the pointer (under a microsecond); only when it changed
+  does the worker read, verify and load the snapshot, and the worker's other request threads
+  wait for that load. So once the pointer has been replaced, no request is answered by the
+  model from before it (unless the new snapshot is refused);
+- every ``reload_check_ms`` on a daemon thread (:meth:`SnapshotWatcher.start`, run by the
+  served workers), so that a worker that gets no requests is current too. With a shared
+  listening socket one worker can go without requests for a while (whichever worker wakes
+  first accepts); checking only on requests, it would skip a good snapshot published meanwhile
+  and, if the next pointer were refused, keep serving the model from before both (CI saw that);
+- at once on ``POST /v1/models/reload``.
+
+A snapshot that fails verification (:func:`banditrec.policies.load` re-hashes it) is refused:
+the old model keeps serving and the error is kept for ``GET /v1/models`` and the metrics. It
+is tried once per change of the pointer, not on every request.
 """
 
 from __future__ import annotations
@@ -46,16 +58,16 @@ class SnapshotWatcher:
     """
 
     def __init__(self, directory, engine, policy_env: dict, *, check_interval_s: float = 1.0,
-                 on_result=None, clock=time.monotonic):
+                 on_result=None):
         self.directory = Path(directory)
         self.engine = engine
         self.policy_env = dict(policy_env)
         self.check_interval_s = float(check_interval_s)
         self.on_result = on_result  # called with "loaded" / "refused"
-        self.clock = clock
-        self._next_check = 0.0
         self._signature = None
         self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
         self.snapshot: str | None = None
         self.loaded_ts: float | None = None
         self.last_error: str | None = None
@@ -68,17 +80,15 @@ class SnapshotWatcher:
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
     def maybe_reload(self) -> None:
-        """Cheap per-request hook: a ``stat`` at most every ``check_interval_s``; a failed
-        reload is logged and kept, never raised into the request."""
+        """Per-request hook (and the watcher thread's): one ``stat``, and a load only when the
+        pointer changed since the last look. A failed reload is logged and kept, never raised
+        into the request. Nothing when ``check_interval_s`` is 0 (reloads on request only)."""
         if self.check_interval_s <= 0:
             return
-        now = self.clock()
-        if now < self._next_check:
+        signature = self._stat()
+        if signature is None or signature == self._signature:
             return
-        if not self._lock.acquire(blocking=False):  # another thread of this worker is on it
-            return
-        try:
-            self._next_check = now + self.check_interval_s
+        with self._lock:  # a thread that finds another one loading waits for its result
             signature = self._stat()
             if signature is None or signature == self._signature:
                 return
@@ -86,8 +96,28 @@ class SnapshotWatcher:
                 self._load(signature)
             except ValidationError:
                 pass  # recorded in last_error
-        finally:
-            self._lock.release()
+
+    def start(self) -> SnapshotWatcher:
+        """Check every ``check_interval_s`` on a daemon thread of this process (idempotent;
+        nothing to do when the interval is 0)."""
+        if self.check_interval_s > 0 and self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._poll, name="banditrec-snapshot-watcher", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float | None = None) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.check_interval_s):
+            try:
+                self.maybe_reload()
+            except Exception:  # noqa: BLE001 - an unexpected error must not end the watcher
+                log.exception("snapshot check failed; the watcher keeps checking")
 
     def reload(self) -> tuple[str, str, str]:
         """Check now: ``(status, version, previous)`` with status ``"loaded"`` or
@@ -117,7 +147,7 @@ class SnapshotWatcher:
             policy = load(manifest, **self.policy_env)
         except ValidationError as exc:
             self.last_error = f"{exc.message}"
-            log.error("snapshot refused, the old model keeps serving: %s", exc.message)
+            log.error("process %d: snapshot refused, the old model keeps serving: %s", os.getpid(), exc.message)
             if self.on_result:
                 self.on_result("refused")
             raise

@@ -32,3 +32,5 @@ def _build():
 
 
 app = _build()
+if "banditrec.watcher" in app.extensions:  # idle workers pick up snapshots too (reload.py says why)
+    app.extensions["banditrec.watcher"].start()
