@@ -344,6 +344,36 @@ def test_the_first_request_after_a_publish_is_served_by_the_new_snapshot(small_s
     assert metric(text, "banditrec_model_reloads_total", result="refused") == 1
 
 
+def test_a_request_during_the_watchers_load_waits_for_the_new_model(small_shop, tmp_path, monkeypatch):
+    """The watcher thread has begun loading a published snapshot (slowed here to 0.3 s): a
+    request arriving meanwhile waits for it instead of being answered by the old model."""
+    import threading
+    import time
+
+    import banditrec.service.reload as reload_mod
+
+    engine, app, learner, clock = watched(small_shop, tmp_path, reload_check_ms=3_600_000)
+    client = app.test_client()
+    clock.t = 1.0
+    v0 = client.post("/v1/decide", json={"user_id": "u1", "slots": 2}).get_json()["model_version"]
+    started, real_load = threading.Event(), reload_mod.load
+
+    def slow_load(*args, **kwargs):
+        started.set()
+        time.sleep(0.3)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(reload_mod, "load", slow_load)
+    clock.t = 100.0
+    out = learner.step()
+    poller = threading.Thread(target=app.extensions["banditrec.watcher"].maybe_reload)  # as the thread does
+    poller.start()
+    assert started.wait(10)
+    got = client.post("/v1/decide", json={"user_id": "u1", "slots": 2}).get_json()["model_version"]
+    poller.join(10)
+    assert (v0 != out.version, got) == (True, out.version)
+
+
 def test_the_watcher_thread_reloads_without_requests_and_moves_the_model_gauge(small_shop, tmp_path):
     """A worker that gets no requests still picks up a published snapshot (the served workers
     run SnapshotWatcher.start): the engine and the per-process model gauge move to the new

@@ -132,7 +132,15 @@ class SnapshotWatcher:
             return status, self.engine.model_version, previous
 
     def _load(self, signature) -> str:
-        self._signature = signature
+        # The signature is recorded only once the load is over (loaded, unchanged or refused):
+        # until then a request thread sees a changed pointer and waits on the lock, rather
+        # than being answered by the model the pointer no longer names.
+        try:
+            return self._load_pointer()
+        finally:
+            self._signature = signature
+
+    def _load_pointer(self) -> str:
         try:
             pointer = read_pointer(self.directory)
             if pointer["version"] == self.engine.model_version:
