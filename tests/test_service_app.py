@@ -231,18 +231,29 @@ class Clock:
         return self.t
 
 
-def served(small_shop, tmp_path, window=5.0):
+def served(small_shop, tmp_path, window=5.0, reload_check_ms=0):
+    """An app on a log with a settable clock, its test client and a learner publishing to the
+    app's snapshot directory; ``reload_check_ms`` > 0: the watcher checks before each request
+    (and, once started, on its thread)."""
     clock = Clock()
     log = DecisionLog(tmp_path / "log.db", reward_window_s=window)
     engine = make_engine(small_shop, db=str(tmp_path / "log.db"))
     engine.log.close()
     engine.log, engine.clock = log, clock
     env = policy_env(small_shop, engine.cf)
-    app = create_app(engine, settings=ServiceConfig(snapshots=str(tmp_path / "snap"), reload_check_ms=0),
+    app = create_app(engine, settings=ServiceConfig(snapshots=str(tmp_path / "snap"), reload_check_ms=reload_check_ms),
                      policy_env=env)
     learner = Learner(DecisionLog(tmp_path / "log.db", reward_window_s=window), make(SPEC, **env),
                       small_shop.catalog.features, tmp_path / "snap", clock=clock)
     return engine, app.test_client(), learner, clock
+
+
+def damage(snapshot) -> None:
+    """Flip a byte in the middle of a published snapshot's payload (after its checksum was taken)."""
+    npz = snapshot.manifest.with_suffix(".npz")
+    raw = bytearray(npz.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    npz.write_bytes(bytes(raw))
 
 
 def test_learner_learns_closed_decisions_only_and_reload_swaps_the_version(small_shop, tmp_path):
@@ -289,11 +300,7 @@ def test_a_corrupt_snapshot_is_refused_and_the_old_model_keeps_serving(small_sho
     assert client.post("/v1/models/reload").get_json()["model_version"] == good.version
     client.post("/v1/decide", json={"user_id": "u1", "slots": 2})
     clock.t = 200.0
-    bad = learner.step()
-    npz = bad.manifest.with_suffix(".npz")
-    raw = bytearray(npz.read_bytes())
-    raw[len(raw) // 2] ^= 0xFF
-    npz.write_bytes(bytes(raw))
+    damage(learner.step())
     err = assert_json_error(client.post("/v1/models/reload"), 400, "snapshot")
     assert "corrupt" in err["message"] or "checksum" in err["message"]
     assert engine.model_version == good.version
@@ -305,26 +312,11 @@ def test_a_corrupt_snapshot_is_refused_and_the_old_model_keeps_serving(small_sho
     assert metric(text, "banditrec_model_reloads_total", result="loaded") == 1
 
 
-def watched(small_shop, tmp_path, reload_check_ms):
-    """An app whose watcher checks (the request path and, once started, its thread), and a learner."""
-    clock = Clock()
-    engine = make_engine(small_shop, db=str(tmp_path / "log.db"))
-    engine.log.close()
-    engine.log, engine.clock = DecisionLog(tmp_path / "log.db", reward_window_s=5.0), clock
-    env = policy_env(small_shop, engine.cf)
-    app = create_app(engine, settings=ServiceConfig(snapshots=str(tmp_path / "snap"), reload_check_ms=reload_check_ms),
-                     policy_env=env)
-    learner = Learner(DecisionLog(tmp_path / "log.db", reward_window_s=5.0), make(SPEC, **env),
-                      small_shop.catalog.features, tmp_path / "snap", clock=clock)
-    return engine, app, learner, clock
-
-
 def test_the_first_request_after_a_publish_is_served_by_the_new_snapshot(small_shop, tmp_path):
     """Every request stats the pointer: with the watcher thread an hour away, the request right
     after the learner publishes is answered by the new model, and a refused pointer is tried
     once, not on every request."""
-    engine, app, learner, clock = watched(small_shop, tmp_path, reload_check_ms=3_600_000)
-    client = app.test_client()
+    engine, client, learner, clock = served(small_shop, tmp_path, reload_check_ms=3_600_000)
     clock.t = 1.0
     v0 = client.post("/v1/decide", json={"user_id": "u1", "slots": 2}).get_json()["model_version"]
     clock.t = 100.0
@@ -332,11 +324,7 @@ def test_the_first_request_after_a_publish_is_served_by_the_new_snapshot(small_s
     assert out.version != v0
     assert client.post("/v1/decide", json={"user_id": "u1", "slots": 2}).get_json()["model_version"] == out.version
     clock.t = 200.0
-    bad = learner.step()
-    npz = bad.manifest.with_suffix(".npz")
-    raw = bytearray(npz.read_bytes())
-    raw[len(raw) // 2] ^= 0xFF
-    npz.write_bytes(bytes(raw))
+    damage(learner.step())
     for _ in range(3):
         assert client.post("/v1/decide", json={"user_id": "u1", "slots": 2}).get_json()["model_version"] == out.version
     text = client.get("/metrics").get_data(as_text=True)
@@ -352,8 +340,8 @@ def test_a_request_during_the_watchers_load_waits_for_the_new_model(small_shop, 
 
     import banditrec.service.reload as reload_mod
 
-    engine, app, learner, clock = watched(small_shop, tmp_path, reload_check_ms=3_600_000)
-    client = app.test_client()
+    engine, client, learner, clock = served(small_shop, tmp_path, reload_check_ms=3_600_000)
+    app = client.application
     clock.t = 1.0
     v0 = client.post("/v1/decide", json={"user_id": "u1", "slots": 2}).get_json()["model_version"]
     started, real_load = threading.Event(), reload_mod.load
@@ -371,7 +359,7 @@ def test_a_request_during_the_watchers_load_waits_for_the_new_model(small_shop, 
     assert started.wait(10)
     got = client.post("/v1/decide", json={"user_id": "u1", "slots": 2}).get_json()["model_version"]
     poller.join(10)
-    assert (v0 != out.version, got) == (True, out.version)
+    assert v0 != out.version and got == out.version
 
 
 def test_the_watcher_thread_reloads_without_requests_and_moves_the_model_gauge(small_shop, tmp_path):
@@ -380,8 +368,8 @@ def test_the_watcher_thread_reloads_without_requests_and_moves_the_model_gauge(s
     version with no request in between."""
     import time
 
-    engine, app, learner, clock = watched(small_shop, tmp_path, reload_check_ms=20)
-    client = app.test_client()
+    engine, client, learner, clock = served(small_shop, tmp_path, reload_check_ms=20)
+    app = client.application
     clock.t = 1.0
     client.post("/v1/decide", json={"user_id": "u1", "slots": 2})
     v0 = engine.model_version
