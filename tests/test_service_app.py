@@ -382,7 +382,7 @@ def test_the_watcher_thread_reloads_without_requests_and_moves_the_model_gauge(s
         while engine.model_version != out.version:
             assert time.monotonic() < deadline, "the watcher thread did not reload in 10 s"
             time.sleep(0.01)
-        registry = app.extensions["banditrec.metrics"].registry  # read before any scrape resets it
+        registry = app.extensions["banditrec.metrics"].registry
         gauge = [registry.get_sample_value("banditrec_model_info", {"policy": engine.policy.name, "version": v})
                  for v in (v0, out.version)]
         assert gauge == [0.0, 1.0]

@@ -20,7 +20,6 @@ the share of slots filled by an item the policy did not strongly prefer.
 from __future__ import annotations
 
 import os
-import threading
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import CONTENT_TYPE_LATEST  # noqa: F401  (re-exported for the route)
@@ -57,7 +56,6 @@ class Metrics:
         self.model = Gauge("banditrec_model_info", "1 for the model version this process serves.",
                            ["policy", "version"], registry=r, multiprocess_mode="liveall")
         self._model_labels: tuple[str, str] | None = None
-        self._model_lock = threading.Lock()
         self._children: dict = {}  # (metric, labels) -> labelled child: labels() per request costs ~5 us
 
     def child(self, metric, *labels):
@@ -69,17 +67,16 @@ class Metrics:
         return got
 
     def set_model(self, engine) -> None:
-        """Point the model gauge at what ``engine`` serves now. Read under a lock: a scrape and
-        the snapshot watcher's thread both call this, and a stale read must not overwrite a
-        newer version."""
-        with self._model_lock:
-            labels = (engine.policy.name, engine.model_version)
-            if self._model_labels == labels:
-                return
-            if self._model_labels is not None:  # 0, not removed: multiprocess files keep removed values
-                self.model.labels(*self._model_labels).set(0)
-            self.model.labels(*labels).set(1)
-            self._model_labels = labels
+        """Point the model gauge at what ``engine`` serves now: called when the app is built
+        and by the snapshot watcher after each load (the only way the served model changes),
+        so each worker's gauge follows its own reloads. The watcher's lock serialises them."""
+        labels = (engine.policy.name, engine.model_version)
+        if self._model_labels == labels:
+            return
+        if self._model_labels is not None:  # 0, not removed: multiprocess files keep removed values
+            self.model.labels(*self._model_labels).set(0)
+        self.model.labels(*labels).set(1)
+        self._model_labels = labels
 
     def observe_decisions(self, decisions, route: str) -> None:
         explored = kept = 0

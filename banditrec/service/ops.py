@@ -21,9 +21,7 @@ endpoint(bp, "GET", "/healthz", summary="Liveness and the served model version",
 
 
 def metrics():
-    engine = current_app.extensions["banditrec.engine"]
     m = current_app.extensions["banditrec.metrics"]
-    m.set_model(engine)
     return Response(m.exposition(), mimetype=CONTENT_TYPE_LATEST.split(";")[0],
                     headers={"Content-Type": CONTENT_TYPE_LATEST})
 

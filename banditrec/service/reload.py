@@ -82,7 +82,8 @@ class SnapshotWatcher:
     def maybe_reload(self) -> None:
         """Per-request hook (and the watcher thread's): one ``stat``, and a load only when the
         pointer changed since the last look. A failed reload is logged and kept, never raised
-        into the request. Nothing when ``check_interval_s`` is 0 (reloads on request only)."""
+        into the request. Nothing when ``check_interval_s`` is 0 (then only
+        ``POST /v1/models/reload`` reloads)."""
         if self.check_interval_s <= 0:
             return
         signature = self._stat()
