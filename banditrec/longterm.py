@@ -145,17 +145,17 @@ def estimate_item_values(user, item, ts, item_margin, groups, *, horizon_days: f
     if cap_quantile < 1 and len(y):
         y = np.minimum(y, np.quantile(y, cap_quantile))
         x = np.minimum(x, np.quantile(x, cap_quantile))
-    g = np.unique(groups, return_inverse=True)[1].astype(np.int64)[j]
+    # groups numbered over the purchases used, so every group counted here has buyers
+    g = np.unique(groups[j], return_inverse=True)[1].astype(np.int64).ravel()
     n_groups = int(g.max()) + 1 if len(g) else 0
     count_g = np.bincount(g, minlength=n_groups).astype(float)
-    safe = np.maximum(count_g, 1.0)
-    yc = y - (np.bincount(g, weights=y, minlength=n_groups) / safe)[g]
-    xc = x - (np.bincount(g, weights=x, minlength=n_groups) / safe)[g]
+    yc = y - (np.bincount(g, weights=y, minlength=n_groups) / count_g)[g]
+    xc = x - (np.bincount(g, weights=x, minlength=n_groups) / count_g)[g]
     sxx = float(xc @ xc)
     slope = float(xc @ yc) / sxx if sxx > 0 else 0.0
     resid = yc - slope * xc
     n_buyers = np.bincount(j, minlength=n_items)
-    dof = len(resid) - np.count_nonzero(count_g) - 1  # one mean per group with buyers, and the slope
+    dof = len(resid) - n_groups - 1  # one mean per group, and the slope
     s2 = float(resid @ resid) / dof if dof > 0 else 0.0
     raw = np.bincount(j, weights=resid, minlength=n_items) / np.maximum(n_buyers, 1)
     # between-item variance, each item weighted by its buyers: well-measured items dominate
