@@ -121,7 +121,9 @@ def parse_arms(text: str, minimum: int = 2) -> list[Arm]:
             parts.append(token)
     arms = [parse_arm(p) for p in parts]
     if len(arms) < minimum:
-        raise ValidationError(f"an A/B test needs at least two arms, got {len(arms)} from {text!r}", "arms")
+        need = {1: "an A/A study needs at least one arm", 2: "an A/B test needs at least two arms"}.get(
+            minimum, f"at least {minimum} arms are needed")
+        raise ValidationError(f"{need}, got {len(arms)} from {text!r}", "arms")
     names = [a.name for a in arms]
     if len(set(names)) != len(names):
         raise ValidationError(f"arm names must differ (set name=...), got {names}", "arms")
@@ -303,7 +305,8 @@ def run_abtest(arms: list[Arm], config: SimConfig | None = None, days: int = 90,
         bar.close()
     return ABResult(arms=list(arms), config=config, days=days, seed=int(seed) if not isinstance(
         seed, np.random.SeedSequence) else -1, salt=salt, arm=arm, customers=eligible,
-        final=snaps[days], checkpoints=snaps, daily_margin=daily_margin, n_decisions=n_decisions, srm=srm, seconds=time.perf_counter() - start,
+        final=snaps[days], checkpoints=snaps, daily_margin=daily_margin, n_decisions=n_decisions, srm=srm,
+        seconds=time.perf_counter() - start,
         gateway_share=gateway_share, gateway_slots=gateway_slots / np.maximum(n_decisions * n_slots, 1),
         kpis=env.kpis[-days:], longterm_value=None if lt_value is None else lt_value.value,
         gateway_items=cat.gateway.copy(), pre_margin=base["margin"][eligible].copy(), burn_in_days=burn_in_days)
@@ -413,7 +416,7 @@ def analyse(result: ABResult, *, alpha: float = 0.05, n_boot: int = 2000, rng: n
             return (values[sel[0]], values[sel[1]], *extra)
 
         def ratio(snap, name):
-            num, den = (getattr(snap, field) for field in RATIO_METRICS[name])
+            num, den = (getattr(snap, attr) for attr in RATIO_METRICS[name])
             return (num[sel[0]], den[sel[0]], num[sel[1]], den[sel[1]])
 
         metrics = {name: ratio(result.final, name) for name in RATIO_METRICS}
@@ -572,8 +575,9 @@ def over_time_table(results: list[ABResult]) -> str:
     the share of each arm's customers who own a gateway item on the last day."""
     arms = [a.name for a in results[0].arms]
     others = range(1, len(arms))
+    week = min(7, results[0].days)  # the end of week 1, or the last day of a shorter test
     head = ["seed"] + [f"{arms[a]} - {arms[0]}: {what}" for a in others
-                       for what in ("day 7", "lowest (day)", f"day {results[0].days}")]
+                       for what in (f"day {week}", "lowest (day)", f"day {results[0].days}")]
     head += [f"gateway owners, {name}" for name in arms]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
@@ -581,7 +585,7 @@ def over_time_table(results: list[ABResult]) -> str:
         cells = [str(r.seed)]
         for a in others:
             low = int(np.argmin(diff[:, a]))
-            cells += [f"{diff[min(6, r.days - 1), a]:+.2f}", f"{diff[low, a]:+.2f} ({low + 1})", f"{diff[-1, a]:+.2f}"]
+            cells += [f"{diff[week - 1, a]:+.2f}", f"{diff[low, a]:+.2f} ({low + 1})", f"{diff[-1, a]:+.2f}"]
         cells += [f"{share:.1%}" for share in r.gateway_share[-1]]
         lines.append("| " + " | ".join(cells) + " |")
     if len(results) > 1:

@@ -5,6 +5,8 @@ click and margin) against the per-customer totals the test analyses; the assignm
 hand-computed pooling; the simulator's gateway items (ground truth) for the long-term arm.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -175,13 +177,27 @@ def test_a_burn_in_day_logs_the_uniform_loggers_own_propensities():
     np.testing.assert_array_equal(got.row_reward, out.click.ravel())
 
 
-def test_burn_in_runs_a_carousel_before_day_0():
+def test_burn_in_runs_a_carousel_before_day_0(monkeypatch):
     """With a burn-in the pre-period's last days show carousels, so customers arrive on day 0
-    having bought more; the test itself is still days 0..N-1. (Training the arms on that log
-    is test_warm_start_is_the_ridge_fit_of_the_logged_slots.)"""
+    having bought more; the test itself is still days 0..N-1; and every arm is trained on every
+    slot of that log (what the training does is test_warm_start_is_the_ridge_fit_of_the_logged_slots)."""
+    import simulator.abtest as ab
+
+    calls, real = [], ab._warm_start
+
+    def recording(policy, logged, features, kind):
+        rows = real(policy, logged, features, kind)
+        calls.append((kind, sum(day.slates.size for day in logged), rows))
+        return rows
+
+    monkeypatch.setattr(ab, "_warm_start", recording)
     arms = parse_arms("margin,click")
     cold = run_abtest(arms, SMALL, 3, seed=5, n_candidates=30)
+    assert [c[1:] for c in calls] == [(0, 0), (0, 0)]  # no burn-in, nothing to learn from
+    calls.clear()
     warm = run_abtest(arms, SMALL, 3, seed=5, n_candidates=30, burn_in_days=5)
+    assert [c[0] for c in calls] == [a.learn for a in arms]
+    assert calls[0][1] > 0 and all(shown == rows == calls[0][1] for _, shown, rows in calls)
     assert [k.day for k in warm.kpis] == [0, 1, 2] and [k.day for k in cold.kpis] == [0, 1, 2]
     # the carousel sold things before day 0: the pre-period margin per customer is higher than without it
     assert warm.pre_margin.mean() > cold.pre_margin.mean()
@@ -247,6 +263,12 @@ def test_over_time_table_reports_the_runs_own_curves(small_run):
     owners = r.gateway_share[-1]
     assert cells[4:] == [f"{owners[0]:.1%}", f"{owners[1]:.1%}"]
     assert 0 <= owners.min() and owners.max() <= 1 and owners.max() > 0
+    assert over_time_table([r]).splitlines()[0].split("|")[2].strip().endswith(": day 7")
+    # a test shorter than a week: the first column is its last day, and says so
+    short = dataclasses.replace(r, days=5, daily_margin=r.daily_margin[:5])
+    lines = over_time_table([short]).splitlines()
+    assert lines[0].split("|")[2].strip().endswith(": day 5")
+    assert lines[2].split("|")[2].strip() == f"{diff[4]:+.2f}"
 
 
 def test_report_and_cli(tmp_path, small_run):
