@@ -37,6 +37,7 @@ import sqlite_utils
 
 from ..errors import BanditRecError, ConflictError, NotFoundError, ValidationError
 from ..types import Decision, LoggedBandit, Reward
+from ..validation import check_finite
 from .migrations import migrations
 
 WHOLE_DECISION = -1
@@ -228,12 +229,13 @@ def _json_strings(values) -> str:
 
 
 def _index_json(values) -> str:
-    """A JSON list of integers (catalog indices). orjson writes an integer array's text
-    straight from its buffer (``bench/run.py --only log``, row (c), has the write's cost)."""
-    if (isinstance(values, np.ndarray) and values.ndim == 1
-            and (values.dtype.kind == "i" or (values.dtype.kind == "u" and values.dtype.itemsize < 8))):
-        return orjson.dumps(np.ascontiguousarray(values, dtype=np.int64), option=orjson.OPT_SERIALIZE_NUMPY).decode()
-    return orjson.dumps(_int_list(values)).decode()  # (uint64 too: a cast to int64 could wrap)
+    """A JSON list of integers (catalog indices). orjson writes a native-endian integer array
+    of any width, uint64 included, straight from its buffer (``bench/run.py --only log``, row
+    (c), has the write's cost); anything else goes through a list of ints."""
+    if isinstance(values, np.ndarray) and values.ndim == 1 and values.dtype.kind in "iu" \
+            and values.dtype.isnative:
+        return orjson.dumps(np.ascontiguousarray(values), option=orjson.OPT_SERIALIZE_NUMPY).decode()
+    return orjson.dumps(_int_list(values)).decode()
 
 
 def _floats_json(values) -> str:
@@ -242,8 +244,7 @@ def _floats_json(values) -> str:
     spacing and in writing ``0.00001`` for ``1e-05``). Non-finite values are refused, as the
     log's readers could not read them back (orjson would write ``null``)."""
     flat = np.ascontiguousarray(np.asarray(values, dtype=float).ravel())
-    if not np.isfinite(flat).all():
-        raise ValidationError("context must hold finite numbers", "context")
+    check_finite(flat, "context")
     return orjson.dumps(flat, option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
 
