@@ -744,6 +744,7 @@ def test_shared_linucb_batched_distributions_with_values_equal_one_at_a_time(mon
     monkeypatch.setattr(LinUCB, "scores", lambda self, r: alone.append(r) or original(self, r))
     p.distributions(near + reqs, [3] * len(near) + [5, 5, 3, 5], 0.05)
     assert all(any(a is r for a in alone) for r in near[:2])  # within 4 ulps: always re-scored
+    assert not any(a is near[3] for a in alone)  # 10^6 ulps apart: batched, so the scaled bound is finite
 
 
 def test_shared_linucb_batched_scores_are_rechecked_only_near_a_tie(monkeypatch):
