@@ -33,11 +33,11 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from banditrec import experiment
-from banditrec.engine import Engine, ItemTable
+from banditrec.engine import ItemTable
 from banditrec.errors import ValidationError
 from banditrec.longterm import estimate_item_values
 from banditrec.offline import train_from_log
-from banditrec.policies import make, parse_spec
+from banditrec.policies import parse_spec
 from banditrec.store import DecisionLog, LoggedDecisions
 from banditrec.validation import as_seed_sequence, check_positive_int
 
@@ -45,7 +45,7 @@ from .carousel import Response
 from .config import SimConfig, read_toml
 from .environment import Environment
 from .history import PURCHASE
-from .run import (DAY_S, REWARD_KINDS, ShopCandidates, _post_rewards, _progress, _SimClock, decide_requests,
+from .run import (DAY_S, REWARD_KINDS, ShopCandidates, _post_rewards, _progress, decide_requests,
                   history_interactions)
 
 ARM_KEYS = ("name", "learn", "lambda", "weight")
@@ -238,16 +238,13 @@ def run_abtest(arms: list[Arm], config: SimConfig | None = None, days: int = 90,
         lt_value = _long_term(events, cat, horizon_days, end_day=0)
     engines = []
     items = ItemTable(ids=tuple(cat.item_ids), features=cat.latent.astype(float))  # frozen: one for every arm
+    user_items = events.user_items("purchase")
     for a, s in zip(arms, arm_seqs):
-        columns = {"price": cat.price, "margin": cat.margin, **cat.columns}
-        if a.uses_longterm:
-            columns["longterm"] = _longterm_column(cat.margin, lt_value, a.lam)
-        pol = make(a.policy, context_dim=env.context_dim, item_dim=config.dim, popularity=shop.purchases,
-                   n_items=cat.n_items, item_types=cat.product_type, item_columns=columns)
+        pol = shop.policy(a.policy, **({"longterm": _longterm_column(cat.margin, lt_value, a.lam)}
+                                       if a.uses_longterm else {}))
         _warm_start(pol, burn_log, items.features, a.learn)
-        engines.append(Engine(items=items, policy=pol, log=DecisionLog(":memory:"), candidate_generator=shop.generator,
-                              user_items=events.user_items("purchase"), user_index={}, context_dim=env.context_dim,
-                              n_candidates=n_candidates, min_epsilon=min_epsilon, seed=s, clock=_SimClock()))
+        engines.append(shop.engine(pol, DecisionLog(":memory:"), items, user_items, n_candidates=n_candidates,
+                                   min_epsilon=min_epsilon, seed=s))
     respond_rng = np.random.default_rng(respond_seq)
     base = {"visits": st.visits.copy(), "orders": st.orders.copy(), "revenue": st.revenue.copy(),
             "margin": st.margin.copy()}

@@ -98,15 +98,10 @@ def simulate(config: SimConfig | None = None, policy: str = "uniform", days: int
     log.write_items(cat.item_ids, cat.latent.astype(float), item_attrs(cat))
     events = _write_events(log, env.take_events(), base_s)
     shop = ShopCandidates(env, events)
-    generator, purchases = shop.generator, shop.purchases
-    columns = {"price": cat.price, "margin": cat.margin, **cat.columns}
-    pol = make(policy, context_dim=env.context_dim, item_dim=config.dim, popularity=purchases,
-               n_items=cat.n_items, item_types=cat.product_type, item_columns=columns)
-    clock = _SimClock()
-    engine = Engine(items=ItemTable(ids=tuple(cat.item_ids), features=cat.latent.astype(float)), policy=pol, log=log,
-                    candidate_generator=generator, user_items=events.user_items("purchase"), user_index={},
-                    context_dim=env.context_dim, n_candidates=n_candidates, min_epsilon=min_epsilon,
-                    seed=policy_seq, clock=clock)
+    engine = shop.engine(shop.policy(policy), log, ItemTable(ids=tuple(cat.item_ids), features=cat.latent.astype(float)),
+                         events.user_items("purchase"), n_candidates=n_candidates, min_epsilon=min_epsilon,
+                         seed=policy_seq)
+    clock = engine.clock
     respond_rng = np.random.default_rng(respond_seq)
     expected = {k: 0.0 for k in REWARD_KINDS}
     n_decisions = n_rewards = 0
@@ -221,6 +216,23 @@ class ShopCandidates:
         events = self.events()
         self.fit(events)
         return events
+
+    def policy(self, spec: str, **columns):
+        """``make(spec)`` for this shop: its dimensions, the pre-period's purchase counts as
+        popularity, product types, and the catalog's value columns (price, margin, ... and any
+        ``columns`` given, e.g. a long-term value)."""
+        cat = self.env.catalog
+        return make(spec, context_dim=self.env.context_dim, item_dim=self.env.config.dim, popularity=self.purchases,
+                    n_items=cat.n_items, item_types=cat.product_type,
+                    item_columns={"price": cat.price, "margin": cat.margin, **cat.columns, **columns})
+
+    def engine(self, policy, log: DecisionLog, items: ItemTable, user_items, *, n_candidates: int,
+               min_epsilon: float, seed) -> Engine:
+        """An :class:`Engine` serving ``policy`` from this shop's candidates, on simulated time
+        (``engine.clock`` is a :class:`_SimClock`)."""
+        return Engine(items=items, policy=policy, log=log, candidate_generator=self.generator, user_items=user_items,
+                      user_index={}, context_dim=self.env.context_dim, n_candidates=n_candidates,
+                      min_epsilon=min_epsilon, seed=seed, clock=_SimClock())
 
     def for_requests(self, req, n_candidates: int, n_slots: int) -> np.ndarray:
         """(m, >= n_slots) candidate item indices for the day's requests (-1 pads)."""
