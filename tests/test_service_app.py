@@ -312,24 +312,38 @@ def test_a_corrupt_snapshot_is_refused_and_the_old_model_keeps_serving(small_sho
     assert metric(text, "banditrec_model_reloads_total", result="loaded") == 1
 
 
-def test_the_first_request_after_a_publish_is_served_by_the_new_snapshot(small_shop, tmp_path):
-    """Every request stats the pointer: with the watcher thread an hour away, the request right
-    after the learner publishes is answered by the new model, and a refused pointer is tried
-    once, not on every request."""
+def test_the_first_request_after_a_publish_is_served_by_the_new_snapshot(small_shop, tmp_path, monkeypatch):
+    """Requests look at the pointer at most every REQUEST_LOOK_S: with the watcher thread an
+    hour away, the first request that long after the learner publishes is answered by the new
+    model, a refused pointer is tried once, not on every request, and a burst of requests
+    stats the pointer about once per REQUEST_LOOK_S, not once per request."""
+    import time
+
+    from banditrec.service.reload import REQUEST_LOOK_S
+
     engine, client, learner, clock = served(small_shop, tmp_path, reload_check_ms=3_600_000)
+    watcher = client.application.extensions["banditrec.watcher"]
     clock.t = 1.0
     v0 = client.post("/v1/decide", json={"user_id": "u1", "slots": 2}).get_json()["model_version"]
     clock.t = 100.0
     out = learner.step()
     assert out.version != v0
+    time.sleep(2 * REQUEST_LOOK_S)
     assert client.post("/v1/decide", json={"user_id": "u1", "slots": 2}).get_json()["model_version"] == out.version
     clock.t = 200.0
     damage(learner.step())
+    time.sleep(2 * REQUEST_LOOK_S)
     for _ in range(3):
         assert client.post("/v1/decide", json={"user_id": "u1", "slots": 2}).get_json()["model_version"] == out.version
     text = client.get("/metrics").get_data(as_text=True)
     assert metric(text, "banditrec_model_reloads_total", result="loaded") == 1
     assert metric(text, "banditrec_model_reloads_total", result="refused") == 1
+    stats, real_stat = [], watcher._stat
+    monkeypatch.setattr(watcher, "_stat", lambda: stats.append(1) or real_stat())
+    t0 = time.monotonic()
+    for _ in range(40):
+        client.get("/healthz")
+    assert len(stats) <= 1 + (time.monotonic() - t0) / REQUEST_LOOK_S + 1 < 40
 
 
 def test_a_request_during_the_watchers_load_waits_for_the_new_model(small_shop, tmp_path, monkeypatch):
@@ -354,9 +368,11 @@ def test_a_request_during_the_watchers_load_waits_for_the_new_model(small_shop, 
     monkeypatch.setattr(reload_mod, "load", slow_load)
     clock.t = 100.0
     out = learner.step()
-    poller = threading.Thread(target=app.extensions["banditrec.watcher"].maybe_reload)  # as the thread does
+    poller = threading.Thread(target=app.extensions["banditrec.watcher"].check)  # as the thread does
     poller.start()
     assert started.wait(10)
+    # the request's own look at the pointer is not due (as within REQUEST_LOOK_S of the last)
+    app.extensions["banditrec.watcher"]._next_look = time.monotonic() + 60
     got = client.post("/v1/decide", json={"user_id": "u1", "slots": 2}).get_json()["model_version"]
     poller.join(10)
     assert v0 != out.version and got == out.version

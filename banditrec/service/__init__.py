@@ -66,7 +66,7 @@ def create_app(engine: Engine, config: dict | None = None, *, settings: ServiceC
     def _start_timer():
         g.banditrec_t0 = time.perf_counter()
         watcher = app.extensions.get("banditrec.watcher")
-        if watcher is not None:  # one stat of the snapshot pointer; a load only when it changed
+        if watcher is not None:  # a stat of the snapshot pointer at most every 10 ms; a load if it changed
             watcher.maybe_reload()
 
     @app.after_request

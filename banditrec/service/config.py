@@ -12,7 +12,7 @@ Environment (what ``banditrec serve`` passes to its gunicorn workers):
 ``BANDITREC_BATCH_MAX``         most requests in one batch decide (default 256)
 ``BANDITREC_SNAPSHOTS``         directory the learner publishes snapshots to (``CURRENT.json``)
 ``BANDITREC_RELOAD_CHECK_MS``   how often each worker's watcher thread looks for a new snapshot
-                                (1000; requests look too, at one ``stat`` each; 0: neither,
+                                (1000; requests look too, at most every 10 ms; 0: neither,
                                 only ``POST /v1/models/reload``)
 ==============================  ===========================================================
 """

@@ -4,10 +4,11 @@ The learner (:mod:`banditrec.learner`) publishes a snapshot, then atomically rep
 pointer ``<snapshots>/CURRENT.json`` (``version``, ``manifest``, ``sha256``). A worker looks at
 the pointer in three places:
 
-- before every request, one ``stat`` of the pointer (under a microsecond); only when it changed
-  does the worker read, verify and load the snapshot, and the worker's other request threads
-  wait for that load. So once the pointer has been replaced, no request is answered by the
-  model from before it (unless the new snapshot is refused);
+- before requests, one ``stat`` of the pointer at most every ``REQUEST_LOOK_S`` (10 ms) per
+  worker; only when it changed does the worker read, verify and load the snapshot, and while
+  it loads the worker's other request threads wait for it. So from 10 ms after the pointer
+  was replaced, no request is answered by the model from before it (unless the new snapshot
+  is refused);
 - every ``reload_check_ms`` on a daemon thread (:meth:`SnapshotWatcher.start`, run by the
   served workers), so that a worker that gets no requests is current too. With a shared
   listening socket one worker can go without requests for a while (whichever worker wakes
@@ -33,6 +34,11 @@ from ..errors import ValidationError
 from ..policies import load
 
 POINTER = "CURRENT.json"
+# Requests look at the pointer at most this often per worker: a stat on every request was a
+# measurable share of a decision's CPU in the served request path (far more than the same
+# stat costs in a tight loop), and 10 ms is well below the time between a publish and the
+# next request anyone could act on.
+REQUEST_LOOK_S = 0.01
 log = logging.getLogger("banditrec.service")
 
 
@@ -60,12 +66,16 @@ class SnapshotWatcher:
     def __init__(self, directory, engine, policy_env: dict, *, check_interval_s: float = 1.0,
                  on_result=None):
         self.directory = Path(directory)
+        self._pointer = os.fspath(self.directory / POINTER)  # joined once: it is stat'ed often
         self.engine = engine
         self.policy_env = dict(policy_env)
         self.check_interval_s = float(check_interval_s)
         self.on_result = on_result  # called with "loaded" / "refused"
+        self.request_look_s = REQUEST_LOOK_S
+        self._next_look = 0.0
         self._signature = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # held while checking and loading
+        self._loading = False  # set under the lock for the length of a load
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.snapshot: str | None = None
@@ -74,22 +84,33 @@ class SnapshotWatcher:
 
     def _stat(self):
         try:
-            st = os.stat(self.directory / POINTER)
+            st = os.stat(self._pointer)
         except FileNotFoundError:
             return None
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
     def maybe_reload(self) -> None:
-        """Per-request hook (and the watcher thread's): one ``stat``, and a load only when the
-        pointer changed since the last look. A failed reload is logged and kept, never raised
-        into the request. Nothing when ``check_interval_s`` is 0 (then only
-        ``POST /v1/models/reload`` reloads)."""
+        """Per-request hook: waits while another thread of this worker loads a snapshot, and
+        otherwise :meth:`check` at most every ``request_look_s``. Nothing when
+        ``check_interval_s`` is 0 (then only ``POST /v1/models/reload`` reloads)."""
         if self.check_interval_s <= 0:
             return
+        if self._loading:  # a load is under way: answer with its result, not the model it replaces
+            with self._lock:
+                return
+        now = time.monotonic()
+        if now < self._next_look:
+            return
+        self._next_look = now + self.request_look_s
+        self.check()
+
+    def check(self) -> None:
+        """One ``stat`` of the pointer, and a load only when it changed since the last look. A
+        failed reload is logged and kept (``last_error``), never raised."""
         signature = self._stat()
         if signature is None or signature == self._signature:
             return
-        with self._lock:  # a thread that finds another one loading waits for its result
+        with self._lock:
             signature = self._stat()
             if signature is None or signature == self._signature:
                 return
@@ -116,7 +137,7 @@ class SnapshotWatcher:
     def _poll(self) -> None:
         while not self._stop.wait(self.check_interval_s):
             try:
-                self.maybe_reload()
+                self.check()
             except Exception:  # noqa: BLE001 - an unexpected error must not end the watcher
                 log.exception("snapshot check failed; the watcher keeps checking")
 
@@ -133,13 +154,13 @@ class SnapshotWatcher:
             return status, self.engine.model_version, previous
 
     def _load(self, signature) -> str:
-        # The signature is recorded only once the load is over (loaded, unchanged or refused):
-        # until then a request thread sees a changed pointer and waits on the lock, rather
-        # than being answered by the model the pointer no longer names.
+        # (under the lock) while it loads, request threads wait for it (maybe_reload); the
+        # signature is recorded once the load is over (loaded, unchanged or refused)
+        self._loading = True
         try:
             return self._load_pointer()
         finally:
-            self._signature = signature
+            self._signature, self._loading = signature, False
 
     def _load_pointer(self) -> str:
         try:
