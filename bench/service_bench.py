@@ -79,10 +79,8 @@ def make_floor_app():
     initial policy, checked at start), a per-slot epsilon-greedy slate is drawn with its
     conditional propensities, and the decision row and its slot rows (the log's schema, the
     marginal set to the propensity instead of computed) are committed to SQLite (WAL, one
-    transaction per call, an flock between the workers as the service has; the row's text
+    transaction per call through the log's own write path and configuration; the row's text
     encoded by the log's own encoders); orjson answers."""
-    import fcntl
-
     import orjson
     from flask import Flask, request
 
@@ -97,17 +95,16 @@ def make_floor_app():
     shop = Shop(seed=0)
     policy_log = DecisionLog(":memory:")
     engine = build_engine(shop, SPEC, policy_log, seed=0)
-    DecisionLog(path).close()  # the log's schema (migrations), then bare sqlite3 writes
     policy, features, ids = engine.policy, engine.items.features, engine.items.ids
     index = {item: i for i, item in enumerate(ids)}
     scorer = FactoredScores(policy.A_inv, policy.theta, policy.config.alpha, shop.config.dim, features.shape[1])
     probe = engine.request(np.linspace(-1, 1, shop.config.dim), np.arange(N_CAND))
     assert np.allclose(scorer.scores(probe.context, probe.item_features), policy.scores(probe))
     epsilon, params = policy.config.epsilon, orjson.dumps({"alpha": policy.config.alpha}).decode()
-    conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA synchronous=NORMAL")
-    lock_fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    mutex = threading.Lock()
+    # the service's log configuration (banditrec.service.wsgi): schema and foreign keys, an
+    # flock between the workers, checkpoints off the write lock; rows go in through its one
+    # write path, pre-encoded
+    log = DecisionLog(path, process_lock=True, checkpoint_interval_s=0.05)
     gen = np.random.default_rng()
     app = Flask("floor")
 
@@ -133,15 +130,9 @@ def make_floor_app():
         return row, slots, answer
 
     def commit(rows: list, slots: list) -> None:
-        with mutex:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX)
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                conn.executemany(INSERT_DECISION, rows)
-                conn.executemany(INSERT_SLOT, slots)
-                conn.execute("COMMIT")
-            finally:
-                fcntl.flock(lock_fd, fcntl.LOCK_UN)
+        with log._writing():
+            log.db.conn.executemany(INSERT_DECISION, rows)
+            log.db.conn.executemany(INSERT_SLOT, slots)
 
     def respond(obj):
         return app.response_class(orjson.dumps(obj), mimetype="application/json")
@@ -162,6 +153,7 @@ def make_floor_app():
     def healthz():
         return respond({"status": "ok"})
 
+    app.extensions["banditrec.floor_log"] = log  # closed by in_process (a worker's dies with it)
     return app
 
 
@@ -353,6 +345,10 @@ def in_process(env: dict, bodies: list[dict], n: int = 2000) -> dict:
                 env_i["wsgi.input"] = io.BytesIO(env_i["wsgi.input"].getvalue())
                 b"".join(apps[app](env_i, start_response))
             times[name].append((time.process_time() - cpu0) / (calls * per) * 1e6)
+    # the service app's watcher thread and logs, and the floor's log, before their directory goes
+    wsgi.app.extensions["banditrec.watcher"].stop()
+    wsgi.app.extensions["banditrec.engine"].log.close()
+    apps["floor"].extensions["banditrec.floor_log"].close()
     bad = [s for s in statuses if not s.startswith("200")]
     if bad:
         raise RuntimeError(f"in-process calls answered {bad[:3]}")
@@ -416,43 +412,41 @@ def bench_service(seconds: float = 5.0, rounds: int = 2) -> list[list]:
     def cores(r):
         return " + ".join(f"{c:.2f}" for c in r["worker_cores"])
 
-    def cpu_ms(r, per=1):
-        return f"{sum(r['worker_cores']) / (r['rps'] * per) * 1e3:.2f}"
+    def cpu_ms(r, per=1) -> float:
+        """Worker CPU milliseconds per decision."""
+        return sum(r["worker_cores"]) / (r["rps"] * per) * 1e3
 
     b, d, fl = merged(results["bare"]), merged(results["decide"]), merged(results["floor"])
-    bare_ms_ = sum(b["worker_cores"]) / b["rps"] * 1e3
-    decide_ms_ = sum(d["worker_cores"]) / d["rps"] * 1e3
-    batch_ms_ = sum(batch["worker_cores"]) / (batch["rps"] * BATCH) * 1e3
-    floor_ms_ = sum(fl["worker_cores"]) / fl["rps"] * 1e3
+    bare_ms, decide_ms, floor_ms = cpu_ms(b), cpu_ms(d), cpu_ms(fl)
+    batch_ms, floor_batch_ms = cpu_ms(batch, BATCH), cpu_ms(floor_batch, BATCH)
     served = sum(r["n"] for r in results["decide"])
     rows = [
         ["(a) bare Flask route, same body, constant answer", f"{b['rps']:,.0f}", f"{b['p50'] / 1e6:.2f}",
-         f"{b['p99'] / 1e6:.2f}", cores(b), cpu_ms(b), f"{b['client_cpu']:.2f}", "1.00x", ""],
+         f"{b['p99'] / 1e6:.2f}", cores(b), f"{bare_ms:.2f}", f"{b['client_cpu']:.2f}", "1.00x", ""],
         ["(b) POST /v1/decide (LinUCB, logged)", f"{d['rps']:,.0f}", f"{d['p50'] / 1e6:.2f}", f"{d['p99'] / 1e6:.2f}",
-         cores(d), cpu_ms(d), f"{d['client_cpu']:.2f}", f"{d['rps'] / b['rps']:.2f}x",
+         cores(d), f"{decide_ms:.2f}", f"{d['client_cpu']:.2f}", f"{d['rps'] / b['rps']:.2f}x",
          f">= 0.6x and p99 <= 15 ms: {'met' if d['rps'] / b['rps'] >= 0.6 and d['p99'] <= 15e6 else 'NOT met'}"],
         [f"(c) POST /v1/decide/batch, {BATCH} per call", f"{batch['rps'] * BATCH:,.0f} dec/s",
-         f"{batch['p50'] / 1e6:.2f}", f"{batch['p99'] / 1e6:.2f}", cores(batch), cpu_ms(batch, BATCH), f"{batch['client_cpu']:.2f}", "",
+         f"{batch['p50'] / 1e6:.2f}", f"{batch['p99'] / 1e6:.2f}", cores(batch), f"{batch_ms:.2f}", f"{batch['client_cpu']:.2f}", "",
          f">= 20,000 logged decisions/s: {'met' if batch['rps'] * BATCH >= 20_000 else 'NOT met'}"],
         ["(b0) floor for (b): Flask, orjson, numpy LinUCB, SQLite commit", f"{fl['rps']:,.0f}", f"{fl['p50'] / 1e6:.2f}",
-         f"{fl['p99'] / 1e6:.2f}", cores(fl), cpu_ms(fl), f"{fl['client_cpu']:.2f}", f"{fl['rps'] / b['rps']:.2f}x",
-         f"CPU ratio {bare_ms_ / floor_ms_:.2f}"],
+         f"{fl['p99'] / 1e6:.2f}", cores(fl), f"{floor_ms:.2f}", f"{fl['client_cpu']:.2f}", f"{fl['rps'] / b['rps']:.2f}x",
+         f"CPU ratio {bare_ms / floor_ms:.2f}"],
         [f"(c0) floor for (c): the same, {BATCH} per call", f"{floor_batch['rps'] * BATCH:,.0f} dec/s",
          f"{floor_batch['p50'] / 1e6:.2f}", f"{floor_batch['p99'] / 1e6:.2f}", cores(floor_batch),
-         cpu_ms(floor_batch, BATCH), f"{floor_batch['client_cpu']:.2f}", "", ""],
+         f"{floor_batch_ms:.2f}", f"{floor_batch['client_cpu']:.2f}", "", ""],
         [f"(d) ceiling: the log alone, pre-encoded rows, {BATCH} per transaction",
          f"{1e6 / ceiling_us:,.0f}-{2e6 / ceiling_us:,.0f} dec/s", "", "", "1-2 (bound)", f"{ceiling_us / 1e3:.3f}", "", "",
          "1 writer at a time to 2 cores"],
         ["(e) in one process, no sockets: (a)'s app as a WSGI call", "", "", "", "1", f"{local['bare'] / 1e3:.3f}",
-         "", "", f"served (a) costs {bare_ms_ / (local['bare'] / 1e3):.1f}x"],
+         "", "", f"served (a) costs {bare_ms / (local['bare'] / 1e3):.1f}x"],
         ["(f) same: (b)'s app, POST /v1/decide", "", "", "", "1", f"{local['decide'] / 1e3:.3f}", "", "",
-         f"served (b) costs {decide_ms_ / (local['decide'] / 1e3):.1f}x"],
+         f"served (b) costs {decide_ms / (local['decide'] / 1e3):.1f}x"],
         [f"(g) same: POST /v1/decide/batch, {BATCH} per call, per decision", "", "", "", "1",
-         f"{local['batch'] / 1e3:.3f}", "", "", f"served (c) costs {batch_ms_ / (local['batch'] / 1e3):.1f}x"],
+         f"{local['batch'] / 1e3:.3f}", "", "", f"served (c) costs {batch_ms / (local['batch'] / 1e3):.1f}x"],
         ["(h) same: (b0)'s app, POST /v1/decide", "", "", "", "1", f"{local['floor'] / 1e3:.3f}", "", "",
-         f"served (b0) costs {floor_ms_ / (local['floor'] / 1e3):.1f}x"],
+         f"served (b0) costs {floor_ms / (local['floor'] / 1e3):.1f}x"],
     ]
-    bare_ms, decide_ms = bare_ms_, decide_ms_
     reuse = os.environ.get("BANDITREC_REUSE_PORT", "0") not in ("", "0", "false", "no")
     sockets = "a SO_REUSEPORT socket each" if reuse else "one shared listening socket"
     note = (f"gunicorn, banditrec/service/gunicorn_conf.py (2 gthread workers x 2 threads, {sockets}), 127.0.0.1; "
@@ -470,7 +464,7 @@ def bench_service(seconds: float = 5.0, rounds: int = 2) -> list[list]:
             f"1 and 2 cores' worth (its checkpoints run outside the write lock). (e)-(h): the same apps built as a worker "
             f"builds them and called as WSGI functions in the bench process (no sockets, no gunicorn), "
             f"CPU time per request (per decision for the batch), median of 3 interleaved rounds, metrics in "
-            f"memory rather than gunicorn's multiprocess files (~1 us per request less); "
+            f"memory rather than gunicorn's multiprocess files; "
             f"'served costs' = worker CPU per request served over it. (b0)/(c0): the least a logged LinUCB "
             f"decision costs on this stack (service_bench.make_floor_app: no validation models, no records, "
             f"marginals not computed), same gunicorn config, interleaved with (a) and (b); "
