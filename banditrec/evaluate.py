@@ -107,6 +107,29 @@ def _item_features(log: DecisionLog, logged: LoggedDecisions) -> np.ndarray:
     return np.eye(n_items)
 
 
+def on_shop(logged: LoggedDecisions, item_ids: dict[int, str], shop) -> LoggedDecisions:
+    """``logged`` with its item indices translated to ``shop``'s index by item id (a log served
+    from the shop keeps them; an imported or older log is mapped), and its contexts checked
+    against the shop's context features."""
+    if logged.context.shape[1] != shop.context_dim:
+        raise ValidationError(
+            f"the log's decisions carry {logged.context.shape[1]} context features, the shop's context has "
+            f"{shop.context_dim}: evaluate a log served from this shop (or, for an imported log, build the shop "
+            "with --context-encoding FILE, the encoding `banditrec import` wrote)", "shop")
+    n_log = 1 + max(item_ids, default=-1)
+    ids = [item_ids.get(j) for j in range(n_log)]
+    to_shop = np.full(n_log, -1, dtype=np.int64)
+    known = [j for j, item in enumerate(ids) if item is not None]
+    to_shop[known] = shop.items.lookup([ids[j] for j in known])
+    used = np.unique(np.concatenate([logged.row_action, *logged.candidates]))
+    missing = used[(used >= n_log) | (to_shop[np.minimum(used, n_log - 1)] < 0)]
+    if len(missing):
+        shown = ", ".join(repr(ids[j]) if j < n_log and ids[j] else f"index {j}" for j in missing[:3].tolist())
+        raise ValidationError(f"the log shows {len(missing)} items the shop's catalog does not hold (e.g. {shown}); "
+                              "was it built from the same items file?", "shop")
+    return replace(logged, candidates=[to_shop[c] for c in logged.candidates], row_action=to_shop[logged.row_action])
+
+
 def _decisions(logged: LoggedDecisions, lo: int, hi: int) -> LoggedDecisions:
     """Decisions ``lo <= d < hi`` of ``logged`` (in log order) with their rows."""
     rows = slice(*np.searchsorted(logged.row_decision, [lo, hi]).tolist())
@@ -180,8 +203,14 @@ def evaluate_log(
     level: float = 0.95,
     seed: int | None = 0,
     out: str | Path | None = None,
+    shop=None,
+    on_target=None,
 ) -> Evaluation:
-    """Evaluate each policy ``spec`` on the log at ``db`` (see the module docstring)."""
+    """Evaluate each policy ``spec`` on the log at ``db`` (see the module docstring). With a
+    :class:`~banditrec.shop.Shop`, the candidates are built, trained and re-scored on the shop's
+    item features, product types and business columns. ``on_target(spec, test, d, items,
+    marginals)`` sees each candidate's marginals on every evaluated decision (e.g. to compute
+    its exact value in a simulator)."""
     unknown = [e for e in (*estimators, primary) if e not in ESTIMATORS]
     if unknown:
         raise ValidationError(f"unknown estimator {unknown[0]!r}; known: {', '.join(sorted(ESTIMATORS))}", "estimator")
@@ -201,7 +230,11 @@ def evaluate_log(
         if full.n_decisions < 4:
             raise ValidationError(f"the log at {db} has {full.n_decisions} decisions; evaluation needs at least 4",
                                   "db")
-        features = _item_features(log, full)
+        if shop is not None:
+            full = on_shop(full, log.item_ids(), shop)
+            features = shop.items.features
+        else:
+            features = _item_features(log, full)
         logging_policies = log.policies()
     finally:
         log.close()
@@ -218,13 +251,19 @@ def evaluate_log(
     result = Evaluation(db=str(db), kind=kind, n_train=0 if train is None else train.n_decisions,
                         n_eval=test.n_decisions, n_rows=data.n_rows, primary=primary, logging=logging,
                         logging_policies=logging_policies)
-    env = candidate_env(test.context.shape[1], features, train, n_items)
+    env = shop.policy_env() if shop is not None else candidate_env(test.context.shape[1], features, train, n_items)
     reward_model = RidgeRewardModel()  # fitted once: only its target term depends on the candidate
     folds = reward_model.fit_folds(data, n_folds=2, rng=np.random.default_rng(seed))
     for spec in specs:
         policy = candidate_policy(spec, env, train, features)
         kept: list = []
-        pi = target_pscore(policy, test, features, on_decision=lambda d, items, marg: kept.append((items, marg)))
+
+        def keep(d, items, marg, _spec=spec):
+            kept.append((items, marg))
+            if on_target is not None:
+                on_target(_spec, test, d, items, marg)
+
+        pi = target_pscore(policy, test, features, on_decision=keep)
         target_rows = _sparse_target(test, kept, n_items)
         q_logged, q_target = reward_model.predict_folds(folds, data, target_rows)
         estimates = {}

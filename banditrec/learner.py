@@ -67,6 +67,9 @@ class Learner:
         self.clock = clock
         self.learned_seq = int(learned_seq)
         self.version: str | None = None
+        # called before each step with the policy; returns None, or (policy, item_features) to
+        # learn with from now on (a rebuilt shop: see banditrec.shop.ShopFollower)
+        self.refresh = None
 
     @classmethod
     def resume(cls, log: DecisionLog, make_policy, item_features, directory, policy_env: dict, **kw) -> "Learner":
@@ -83,6 +86,11 @@ class Learner:
 
     def step(self) -> Published | None:
         """Learn from the newly closed decisions and publish; ``None`` when nothing closed."""
+        if self.refresh is not None:
+            update = self.refresh(self.policy)
+            if update is not None:
+                self.policy, features = update
+                self.item_features = np.asarray(features, dtype=float)
         now = float(self.clock())
         until = self.log.closed_until_seq(after_seq=self.learned_seq, closed_before=now)
         if until <= self.learned_seq:

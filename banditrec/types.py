@@ -66,6 +66,7 @@ class Decision:
     model_version: str
     candidates: tuple[str, ...]
     ts: float
+    build: str | None = None  # the shop-directory build that served it, if any
 
 
 @dataclass(frozen=True)

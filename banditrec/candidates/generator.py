@@ -257,11 +257,11 @@ class CandidateGenerator:
         return 0.7 ** np.arange(len(s.viewed))
 
     # ---- the engine's seam ---------------------------------------------------------------------
-    def candidates_for_session(self, history, session, N: int, exclude=None):
+    def candidates_for_session(self, history, session, N: int, exclude=None, segment: int | None = None):
         """What :class:`banditrec.engine.Engine` calls: the user's known purchases plus the
-        session's cart, purchases and views (newest first)."""
+        session's cart, purchases and views (newest first), and their segment (None: unknown)."""
         state = UserState(cart=session.cart, purchased=np.r_[session.purchased, np.asarray(history, dtype=np.int64)],
-                          viewed=session.viewed)
+                          viewed=session.viewed, segment=segment)
         return self.candidates(state, N, exclude=exclude)
 
 
@@ -293,3 +293,88 @@ def _seed_matrix(rows: list[np.ndarray], weights, n: int) -> sp.csr_matrix:
 def _type_onehot(types: np.ndarray) -> sp.csr_matrix:
     return sp.csr_matrix((np.ones(len(types)), (np.arange(len(types)), types)), shape=(len(types), int(types.max()) + 1))
 
+
+
+# ---- saving a fitted generator (arrays + JSON meta, no pickle) ------------------------------------
+
+def _put_csr(out: dict, name: str, M: sp.csr_matrix) -> None:
+    M = M.tocsr()
+    out[f"{name}.data"], out[f"{name}.indices"], out[f"{name}.indptr"] = M.data, M.indices, M.indptr
+    out[f"{name}.shape"] = np.asarray(M.shape, dtype=np.int64)
+
+
+def _get_csr(arrays: dict, name: str) -> sp.csr_matrix:
+    try:
+        shape = tuple(int(v) for v in np.asarray(arrays[f"{name}.shape"]))
+        M = sp.csr_matrix((np.asarray(arrays[f"{name}.data"]), np.asarray(arrays[f"{name}.indices"]),
+                           np.asarray(arrays[f"{name}.indptr"])), shape=shape)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ValidationError(f"candidate model arrays: {name} is missing or inconsistent ({exc})", "candidates") \
+            from None
+    return M
+
+
+def _generator_to_arrays(gen: CandidateGenerator) -> tuple[dict, dict]:
+    gen._check()
+    out: dict = {"types": gen.types, "cold": gen.cold, "segment_popularity": gen.segment_popularity,
+                 "type_scores": gen._type_scores, "item_share": gen._item_share}
+    for name, M in (("complement", gen._complement_direct), ("substitutes", gen.substitutes)):
+        _put_csr(out, name, M)
+    meta = {"weights": gen.weights, "max_per_type": gen.max_per_type, "type_decay": gen.type_decay,
+            "min_new": gen.min_new, "half_life_s": gen.half_life_s, "window_s": gen.window_s,
+            "n_neighbors": gen.cf.n_neighbors, "weighting": gen.cf.weighting,
+            "backoff": gen.complement_model.backoff, "metadata": gen.metadata is not None}
+    if gen.metadata is not None:
+        md = gen.metadata
+        _put_csr(out, "meta_new", gen._meta_new)
+        _put_csr(out, "meta_text", md._text)
+        out["meta_idf"] = md.idf
+        if md._num is not None:
+            out["meta_num"] = md._num
+        meta["metadata_params"] = {**md.params, "log_numeric": md.log_numeric}
+    return out, meta
+
+
+def _generator_from_arrays(arrays: dict, meta: dict) -> CandidateGenerator:
+    from .complements import ComplementModel
+    from .metadata import MetadataIndex
+
+    gen = CandidateGenerator(n_neighbors=int(meta["n_neighbors"]), weighting=meta["weighting"],
+                             half_life_s=float(meta["half_life_s"]), window_s=float(meta["window_s"]),
+                             max_per_type=int(meta["max_per_type"]), type_decay=float(meta["type_decay"]),
+                             min_new=int(meta["min_new"]), weights=dict(meta["weights"]))
+    gen.types = np.asarray(arrays["types"], dtype=np.int64)
+    gen.cold = np.asarray(arrays["cold"], dtype=bool)
+    gen.segment_popularity = np.asarray(arrays["segment_popularity"], dtype=float)
+    gen._type_scores = np.asarray(arrays["type_scores"], dtype=float)
+    gen._item_share = np.asarray(arrays["item_share"], dtype=float)
+    gen._complement_direct = _get_csr(arrays, "complement")
+    gen.substitutes = _get_csr(arrays, "substitutes")
+    cm = ComplementModel(n_neighbors=int(meta["n_neighbors"]), backoff=float(meta["backoff"]))
+    cm.scores, cm.type_transition, cm.item_share, cm.types = (gen._complement_direct, gen._type_scores,
+                                                              gen._item_share, gen.types)
+    n_types = len(gen._type_scores)
+    buyers = gen._item_share  # within-type order by share is the order by purchases
+    by_type = np.lexsort((np.arange(len(gen.types)), -buyers, gen.types))
+    cm._by_type = np.split(by_type, np.cumsum(np.bincount(gen.types, minlength=n_types))[:-1])
+    gen.complement_model = cm
+    n = len(gen.types)
+    if gen.substitutes.shape != (n, n) or gen._complement_direct.shape != (n, n) or len(gen.cold) != n:
+        raise ValidationError("candidate model arrays have inconsistent item counts", "candidates")
+    if meta.get("metadata"):
+        p = dict(meta["metadata_params"])
+        md = MetadataIndex(n_features=int(p["n_features"]), field_weights=p["field_weights"],
+                           numeric_weight=float(p["numeric_weight"]), n_neighbors=int(p["n_neighbors"]),
+                           log_numeric=p["log_numeric"], alternate_sign=bool(p["alternate_sign"]))
+        md._text = _get_csr(arrays, "meta_text")
+        md.idf = np.asarray(arrays["meta_idf"])
+        md._num = np.asarray(arrays["meta_num"]) if "meta_num" in arrays else None
+        md.vectors = md._text if md._num is None else sp.hstack([md._text, sp.csr_matrix(md._num)], format="csr")
+        gen.metadata = md
+        gen._meta_new = _get_csr(arrays, "meta_new")
+    gen.fitted = True
+    return gen
+
+
+CandidateGenerator.to_arrays = _generator_to_arrays
+CandidateGenerator.from_arrays = staticmethod(_generator_from_arrays)

@@ -53,6 +53,8 @@ class Metrics:
         self.rewards = Counter("banditrec_rewards", "Rewards posted, by outcome.", ["status"], registry=r)
         self.events = Counter("banditrec_events", "Interaction events recorded.", ["kind"], registry=r)
         self.reloads = Counter("banditrec_model_reloads", "Snapshot reloads, by outcome.", ["result"], registry=r)
+        self.shop_reloads = Counter("banditrec_shop_reloads", "Shop-directory build reloads, by outcome.", ["result"],
+                                    registry=r)
         self.model = Gauge("banditrec_model_info", "1 for the model version this process serves.",
                            ["policy", "version"], registry=r, multiprocess_mode="liveall")
         self._model_labels: tuple[str, str] | None = None

@@ -16,6 +16,7 @@ bp = Blueprint("models", __name__, url_prefix="/v1")
 def models():
     engine = current_app.extensions["banditrec.engine"]
     watcher = current_app.extensions.get("banditrec.watcher")
+    shop = current_app.extensions.get("banditrec.shop_watcher")
     serving = {
         "policy": engine.policy.name,
         "model_version": engine.model_version,
@@ -23,6 +24,8 @@ def models():
         "snapshot": watcher.snapshot if watcher else None,
         "loaded_ts": watcher.loaded_ts if watcher else None,
         "last_reload_error": watcher.last_error if watcher else None,
+        "shop_build": engine.build,
+        "last_shop_error": shop.last_error if shop else None,
     }
     return jsonify(ModelsResponse(serving=serving, versions=engine.log.model_versions()).model_dump())
 

@@ -13,8 +13,8 @@ bp = Blueprint("ops", __name__)
 
 def healthz():
     engine = current_app.extensions["banditrec.engine"]
-    return jsonify(HealthResponse(status="ok", policy=engine.policy.name,
-                                  model_version=engine.model_version).model_dump())
+    return jsonify(HealthResponse(status="ok", policy=engine.policy.name, model_version=engine.model_version,
+                                  shop_build=engine.build).model_dump())
 
 
 endpoint(bp, "GET", "/healthz", summary="Liveness and the served model version", response=HealthResponse)(healthz)

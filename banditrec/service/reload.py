@@ -60,7 +60,8 @@ class SnapshotWatcher:
     """Reload ``engine``'s policy from ``directory`` when the learner publishes.
 
     ``policy_env``: what :func:`banditrec.policies.load` needs to rebuild the policy (the same
-    environment the serving policy was built with).
+    environment the serving policy was built with), or a function returning it (a shop whose
+    catalog can be rebuilt while serving).
     """
 
     def __init__(self, directory, engine, policy_env: dict, *, check_interval_s: float = 1.0,
@@ -68,7 +69,7 @@ class SnapshotWatcher:
         self.directory = Path(directory)
         self._pointer = os.fspath(self.directory / POINTER)  # joined once: it is stat'ed often
         self.engine = engine
-        self.policy_env = dict(policy_env)
+        self.policy_env = policy_env if callable(policy_env) else dict(policy_env)
         self.check_interval_s = float(check_interval_s)
         self.on_result = on_result  # called with "loaded" / "refused"
         self.request_look_s = REQUEST_LOOK_S
@@ -174,7 +175,8 @@ class SnapshotWatcher:
                 declared = None
             if declared != pointer["sha256"]:
                 raise ValidationError(f"snapshot {manifest.name} does not match the pointer's checksum", "snapshot")
-            policy = load(manifest, **self.policy_env)
+            env = self.policy_env() if callable(self.policy_env) else self.policy_env
+            policy = load(manifest, **env)
         except ValidationError as exc:
             self.last_error = f"{exc.message}"
             log.error("process %d: snapshot refused, the old model keeps serving: %s", os.getpid(), exc.message)

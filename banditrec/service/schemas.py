@@ -22,7 +22,12 @@ class DecideRequest(BaseModel):
 
     user_id: Annotated[StrictStr, Field(min_length=1, max_length=256)]
     slots: Annotated[StrictInt, Field(ge=1, le=100)]
-    context: Annotated[list[FiniteFloat], Field(max_length=4096)] | None = None
+    # a list of numbers (an engine without context features), or the named fields of a shop's
+    # context (docs/data-formats.md), e.g. {"device": "mobile"}
+    context: (Annotated[list[FiniteFloat], Field(max_length=4096)]
+              | Annotated[dict[Annotated[StrictStr, Field(min_length=1, max_length=64)],
+                               Annotated[StrictStr, Field(max_length=256)] | FiniteFloat], Field(max_length=256)]
+              | None) = None
     candidates: Annotated[list[ItemId], Field(min_length=1, max_length=10_000)] | None = None
     exclude: Annotated[list[ItemId], Field(max_length=10_000)] | None = None
     surface: Annotated[StrictStr, Field(min_length=1, max_length=64)] = "home"
@@ -115,6 +120,8 @@ class Serving(BaseModel):
     snapshot: str | None
     loaded_ts: float | None
     last_reload_error: str | None
+    shop_build: str | None = None  # the shop-directory build served (None: not a shop directory)
+    last_shop_error: str | None = None  # why the newest published build was refused, if it was
 
 
 class ModelsResponse(BaseModel):
@@ -132,6 +139,7 @@ class HealthResponse(BaseModel):
     status: Literal["ok"]
     policy: str
     model_version: str
+    shop_build: str | None = None
 
 
 class ErrorField(BaseModel):

@@ -46,8 +46,8 @@ MAX_ABS_REWARD = 1e12  # beyond this a reward is a unit or encoding mistake, and
 
 INSERT_DECISION = (
     "INSERT INTO decisions (event_id, ts, user_id, surface, policy, policy_params, model_version, n_slots, "
-    "candidates, candidate_index, context, joint_propensity, log_joint_propensity) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "candidates, candidate_index, context, joint_propensity, log_joint_propensity, shop_build) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 INSERT_SLOT = "INSERT INTO slots VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 MAX_SEQ = "SELECT coalesce(max(seq), 0) FROM decisions"
@@ -205,6 +205,7 @@ def decision_rows(decision: Decision, policy_params: dict, candidate_index, slot
         _floats_json(context),
         float(decision.joint_propensity),
         float(decision.log_joint_propensity),
+        decision.build,
     )
     slot_rows = [
         (decision.event_id, s.position, s.item_id, idx, float(s.propensity), float(s.marginal),
@@ -932,19 +933,20 @@ class DecisionLog:
         return LoggedEvents(np.array(cols[0], dtype=np.int64), np.array(cols[1], dtype=float),
                             *(_object_array(c) for c in cols[2:]))
 
-    def recent_events(self, user_id: str, *, since_ts: float, limit: int = 50) -> tuple[list[str], list[str]]:
+    def recent_events(self, user_id: str, *, since_ts: float, limit: int = 50
+                      ) -> tuple[list[str], list[str], list[float]]:
         """The user's interaction events with ``ts >= since_ts``, newest first, at most
-        ``limit``: ``(item ids, kinds)``. One indexed query (``events (user_id, ts)``), cheap
+        ``limit``: ``(item ids, kinds, times)``. One indexed query (``events (user_id, ts)``), cheap
         enough to run on every decision; this is the session state a decision sees, shared by
         every process that opens the log."""
         with self._lock:
             rows = self.db.conn.execute(
-                "SELECT item_id, kind FROM events WHERE user_id = ? AND ts >= ? ORDER BY ts DESC, seq DESC LIMIT ?",
-                (user_id, float(since_ts), int(limit))).fetchall()
+                "SELECT item_id, kind, ts FROM events WHERE user_id = ? AND ts >= ? ORDER BY ts DESC, seq DESC "
+                "LIMIT ?", (user_id, float(since_ts), int(limit))).fetchall()
         if not rows:
-            return [], []
-        items, kinds = zip(*rows)
-        return list(items), list(kinds)
+            return [], [], []
+        items, kinds, ts = zip(*rows)
+        return list(items), list(kinds), list(ts)
 
     def closed_until_seq(self, *, after_seq: int, closed_before: float) -> int:
         """The largest ``seq`` such that every decision with ``after_seq < seq <= it`` has its
@@ -986,6 +988,23 @@ class DecisionLog:
         if index[-1] != len(index) - 1:
             raise ValidationError("the logged item indices have gaps", "items")
         return ids, _float_rows(features), json.loads("[" + ",".join(attrs) + "]")
+
+    def item_ids(self) -> dict[int, str]:
+        """``{item index: item id}`` for every index the log uses: from the items table, or
+        (a log served from a shop directory, which keeps its catalog there) from the candidate
+        lists the decisions logged. An index logged with two ids is an error."""
+        with self._lock:
+            rows = self.db.conn.execute("SELECT item_index, item_id FROM items").fetchall()
+            if not rows:
+                rows = self.db.conn.execute(
+                    "SELECT DISTINCT k.value, j.value FROM decisions d, json_each(d.candidates) j, "
+                    "json_each(d.candidate_index) k WHERE j.key = k.key").fetchall()
+        out: dict[int, str] = {}
+        for index, item in rows:
+            if out.setdefault(int(index), item) != item:
+                raise ValidationError(f"the log's item index {index} holds two ids, {out[int(index)]!r} and "
+                                      f"{item!r}", "items")
+        return out
 
     def policies(self) -> list[str]:
         """The distinct policy specs that logged decisions, sorted."""
