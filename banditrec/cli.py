@@ -22,21 +22,24 @@ def main():
 @click.option("--slots", default=5, show_default=True, help="Carousel slots per decision.", type=click.IntRange(min=1))
 @click.option("--candidates", default=30, show_default=True, help="Candidates per decision.",
               type=click.IntRange(min=1))
+@click.option("--items", "n_items", default=None, type=click.IntRange(min=50), help="Catalog size (default 2,000).")
+@click.option("--customers", default=None, type=click.IntRange(min=100), help="Customers (default 6,000).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--policy", default="shared-linucb:alpha=1.0,epsilon=0.1", show_default=True, help="Logging policy spec.")
 @click.option("--target", "targets", multiple=True,
               default=("uniform", "popularity:epsilon=0.1", "shared-linucb:alpha=0.5,epsilon=0.05"),
               show_default=True, help="Policy to evaluate off-policy (repeatable).")
 @click.option("--out", default="out/demo", show_default=True, type=click.Path(file_okay=False))
-def demo(days, slots, candidates, seed, policy, targets, out):
+def demo(days, slots, candidates, n_items, customers, seed, policy, targets, out):
     """The simulated shop run as a real one: export its files, build, serve, learn, evaluate."""
     from .errors import BanditRecError
-    from .shopdemo import run_shop_demo
+    from .shopdemo import DEMO_CONFIG, run_shop_demo
 
     click.echo(f"banditrec demo: the simulated shop through build, serve, learn and evaluate; seed {seed}")
+    sizes = {k: v for k, v in (("n_items", n_items), ("n_customers", customers)) if v is not None}
     try:
         result = run_shop_demo(days=days, n_slots=slots, n_candidates=candidates, seed=seed, out=out, policy=policy,
-                               targets=tuple(targets), echo=click.echo)
+                               targets=tuple(targets), config=DEMO_CONFIG.replace(**sizes), echo=click.echo)
     except BanditRecError as exc:
         raise click.UsageError(str(exc)) from None
     click.echo("")
@@ -300,7 +303,10 @@ def _open_log(db: str):
 @click.option("--policy", default=None, help="Logging policy name to record (default: obd or imported).")
 @click.option("--event-prefix", default=None, help="Prefix of generated event ids (default: the file's stem).")
 @click.option("--start-line", default=None, type=click.IntRange(min=2), help="Resume an import at this line.")
-def import_(file, fmt, db, pairs, kind, position_base, n_items, policy, event_prefix, start_line):
+@click.option("--slots", "obd_slots", default=3, show_default=True, type=click.IntRange(min=0),
+              help="obd: each row is its own round of a carousel of this many slots, observed at the row's "
+                   "position (as Open Bandit Pipeline reads it); 0 groups rows of one impression instead.")
+def import_(file, fmt, db, pairs, kind, position_base, n_items, policy, event_prefix, start_line, obd_slots):
     """Import FILE's logged slots into the decision log --db, in batches.
 
     A bad line stops the import with its line and column; what was imported before it stays in
@@ -321,6 +327,8 @@ def import_(file, fmt, db, pairs, kind, position_base, n_items, policy, event_pr
             kw["policy"] = policy
         if fmt == "csv":
             kw.update(kind=kind, position_base=position_base)
+        else:
+            kw.update(slots=obd_slots or None)
         result = import_file(file, log, fmt, parse_mapping(pairs), **kw)
     except BanditRecError as exc:
         raise click.UsageError(str(exc)) from None
@@ -336,9 +344,10 @@ def import_(file, fmt, db, pairs, kind, position_base, n_items, policy, event_pr
 
 @main.command("export")
 @click.option("--db", required=True, type=click.Path(exists=True, dir_okay=False), help="Decision log to export.")
-@click.option("--format", "fmt", required=True, type=click.Choice(("csv", "parquet", "vw", "dsjson")),
+@click.option("--format", "fmt", required=True, type=click.Choice(("csv", "parquet", "vw", "dsjson", "interactions")),
               help="csv/parquet: one row per logged slot with every reward kind; vw: VW text --cb_adf "
-                   "examples; dsjson: VW decision-service JSON lines.")
+                   "examples; dsjson: VW decision-service JSON lines; interactions: the events and positive "
+                   "rewards as an interactions file for `banditrec build`.")
 @click.option("--out", required=True, type=click.Path(), help="File to write (a directory with --partition-by day).")
 @click.option("--partition-by", "partition_by", default=None, type=click.Choice(("day",)),
               help="parquet: one file per UTC day under --out (a directory); re-running writes only changed days.")
@@ -364,6 +373,9 @@ def export(db, fmt, out, partition_by, kind, default_reward, min_probability, ca
         raise click.UsageError(str(exc)) from None
     finally:
         log.close()
+    if fmt == "interactions":
+        click.echo(f"exported {result.rows} interactions (events and positive rewards) to {out}")
+        return
     clipped = f"; {result.clipped} probabilities clipped to {min_probability}" if result.clipped else ""
     click.echo(f"exported {result.rows} logged slots of {result.decisions} decisions to {out} ({fmt}){clipped}")
 

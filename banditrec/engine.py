@@ -72,6 +72,18 @@ class _Inputs(NamedTuple):
     surface: str
 
 
+def _backfill(idx: np.ndarray, source: np.ndarray, backfill: np.ndarray, excluded: np.ndarray, n: int):
+    """``idx`` completed to ``n`` items from ``backfill`` (in its order), leaving out ``excluded``
+    and what ``idx`` holds; the added items' source is ``"popular"``."""
+    need = n - len(idx)
+    pool = backfill[: len(idx) + len(excluded) + need]
+    extra = pool[~np.isin(pool, idx) & ~np.isin(pool, excluded)][:need]
+    if len(extra) < need:  # a short prefix was not enough: look through all of it
+        extra = backfill[~np.isin(backfill, idx) & ~np.isin(backfill, excluded)][:need]
+    return np.r_[idx, extra].astype(np.int64), np.r_[np.asarray(source, dtype=object),
+                                                     np.full(len(extra), "popular", dtype=object)]
+
+
 def time_ordered_id() -> str:
     """A 32-hex-digit event id: the wall clock in milliseconds (12 digits), then 80 random bits
     from the OS (as UUIDv7 lays them out, without the version bits).
@@ -151,7 +163,9 @@ class ShopParts:
     (``dim``, ``vector(user_row, session_items, session_age_s, now, fields, item_features)``,
     e.g. :class:`banditrec.shop.features.ContextFeaturizer`); requests then send named fields.
     ``user_segment (n_users,)``: each known user's segment for the candidate generator.
-    ``build``: logged with every decision.
+    ``build``: logged with every decision. ``backfill``: servable items, best first (e.g. best
+    sellers in stock), that fill a request's candidates up to ``n_candidates`` when the generator
+    finds fewer (a user whose history its rules exclude everything for still gets a carousel).
     """
 
     items: ItemTable
@@ -162,6 +176,7 @@ class ShopParts:
     user_segment: np.ndarray | None = None
     context: object | None = None
     build: str | None = None
+    backfill: np.ndarray | None = None
 
     def __post_init__(self):
         if self.context is not None:
@@ -378,6 +393,8 @@ class Engine:
                 row = parts.user_index.get(user_id)
                 segment = None if row is None else int(parts.user_segment[row])
                 idx, _, source = cf.candidates_for_session(history, session, n, exclude=excluded, segment=segment)
+                if len(idx) < n and parts.backfill is not None:
+                    idx, source = _backfill(idx, source, parts.backfill, excluded, n)
             elif hasattr(cf, "candidates_for_session"):
                 idx, _, source = cf.candidates_for_session(history, session, n, exclude=excluded)
             else:

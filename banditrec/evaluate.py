@@ -139,6 +139,7 @@ def _decisions(logged: LoggedDecisions, lo: int, hi: int) -> LoggedDecisions:
         row_slot=logged.row_slot[rows], row_action=logged.row_action[rows], row_pscore=logged.row_pscore[rows],
         row_reward=logged.row_reward[rows], decision_reward=logged.decision_reward[lo:hi],
         row_propensity=None if logged.row_propensity is None else logged.row_propensity[rows],
+        n_slots=None if logged.n_slots is None else logged.n_slots[lo:hi],
     )
 
 
@@ -251,7 +252,9 @@ def evaluate_log(
     result = Evaluation(db=str(db), kind=kind, n_train=0 if train is None else train.n_decisions,
                         n_eval=test.n_decisions, n_rows=data.n_rows, primary=primary, logging=logging,
                         logging_policies=logging_policies)
-    env = shop.policy_env() if shop is not None else candidate_env(test.context.shape[1], features, train, n_items)
+    env = candidate_env(test.context.shape[1], features, train, n_items)
+    if shop is not None:  # the shop's types and business columns; popularity from the training share, as above
+        env = {**shop.policy_env(), "popularity": env["popularity"]}
     reward_model = RidgeRewardModel()  # fitted once: only its target term depends on the candidate
     folds = reward_model.fit_folds(data, n_folds=2, rng=np.random.default_rng(seed))
     for spec in specs:

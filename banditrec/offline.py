@@ -22,7 +22,7 @@ def replay_marginals(
     policy: Policy, logged: LoggedDecisions, item_features: np.ndarray, *, min_epsilon: float = 0.0
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """Yield ``(d, candidate items (n_d,), marginals (n_d, K_d))`` for each logged decision."""
-    n_slots = np.bincount(logged.row_decision, minlength=logged.n_decisions)
+    n_slots = logged.slots_per_decision()
     for d in range(logged.n_decisions):
         items = logged.candidates[d]
         req = Request(context=logged.context[d], items=items, item_features=item_features[items])

@@ -116,6 +116,7 @@ def run_shop_demo(*, days: int = 14, n_slots: int = 5, n_candidates: int = 30, s
         raise ValidationError("the demo's exact truth needs position-based clicks (click_model = 'pbm')",
                               "click_model")
     start = time.perf_counter()
+    echo = echo or (lambda line: None)
     out = Path(out)
     for name in ("files", "shop", "snapshots", "evaluate"):
         shutil.rmtree(out / name, ignore_errors=True)

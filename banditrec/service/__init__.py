@@ -87,6 +87,7 @@ def create_app(engine: Engine, config: dict | None = None, *, settings: ServiceC
         return response
 
     metrics.set_model(engine)
+    metrics.set_shop(engine)
     app.extensions["banditrec.openapi"] = document(app)
     return app
 

@@ -48,6 +48,7 @@ class DecideResponse(BaseModel):
     event_id: str
     policy: str
     model_version: str
+    shop_build: str | None  # the shop-directory build that served it (None: not served from one)
     slots: list[SlotOut]
 
 

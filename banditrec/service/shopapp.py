@@ -30,7 +30,10 @@ def create_shop_app(shop_dir, policy: str, db, *, settings: ServiceConfig | None
     def reloaded(result: str) -> None:
         app = app_ref.get("app")
         if app is not None:
-            app.extensions["banditrec.metrics"].shop_reloads.labels(result).inc()
+            metrics = app.extensions["banditrec.metrics"]
+            metrics.shop_reloads.labels(result).inc()
+            if result == "loaded":
+                metrics.set_shop(engine)
 
     watcher = ShopWatcher(shop_dir, engine, shop, on_result=reloaded)
     app = create_app(engine, config, settings=settings, policy_env=lambda: watcher.shop.policy_env(),

@@ -23,7 +23,7 @@ from ..errors import ValidationError
 from .config import BuildConfig
 from .directory import BuildFiles, BuildWriter, ShopDirError, list_builds, read_pointer, sha256_file
 from .features import ContextFeaturizer, ItemFeaturizer, fit_context
-from .inputs import Catalog, Events, Users, parse_mapping, read_catalog, read_events, read_users
+from .inputs import Catalog, Users, parse_mapping, read_catalog, read_events, read_users
 from .tables import now_iso
 
 DAY_S = 86_400.0

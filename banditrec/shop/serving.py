@@ -101,7 +101,13 @@ class Shop:
         """What an :class:`Engine` serves this build with."""
         return ShopParts(items=self.items, candidate_generator=self.generator, user_items=self.history,
                          user_index=self.user_index, user_segment=self.user_segment, context=self.context,
-                         build=self.build)
+                         build=self.build, backfill=self.best_sellers)
+
+    @property
+    def best_sellers(self) -> np.ndarray:
+        """Servable items (active and in stock), most bought first, ties by index."""
+        servable = np.flatnonzero(self.stock.available)
+        return servable[np.argsort(-self.popularity[servable], kind="stable")]
 
     def item_id(self, item: str) -> int:
         """The index of item id ``item``; an unknown id is an error that names it."""

@@ -246,11 +246,11 @@ def _read_csv(path: str) -> pa.Table:
         header = next(csv.reader(fh), None)
     if not header:
         raise InputError(path, 1, None, "the first line must be a header naming the columns")
-    if any(not h.strip() for h in header):
-        j = next(i for i, h in enumerate(header) if not h.strip())
+    if any(not h.strip() for h in header[1:]):
+        j = next(i for i, h in enumerate(header) if i and not h.strip())
         raise InputError(path, 1, None, f"column {j + 1} of the header has no name")
     try:
-        return pcsv.read_csv(
+        table = pcsv.read_csv(
             path,
             read_options=pcsv.ReadOptions(use_threads=True, block_size=1 << 24),
             parse_options=pcsv.ParseOptions(newlines_in_values=True),
@@ -259,6 +259,9 @@ def _read_csv(path: str) -> pa.Table:
         )
     except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
         raise InputError(path, _arrow_row_line(path, str(exc)), None, _arrow_message(str(exc))) from None
+    if not header[0].strip():  # an unnamed first column: a row index written by pandas; not data
+        table = table.drop_columns([table.column_names[0]])
+    return table
 
 
 def _arrow_row_line(path: str, message: str) -> int | None:

@@ -63,7 +63,8 @@ _READ_FILTER = (
     "d.seq > :after AND d.seq <= :until AND (:closed IS NULL OR d.ts + :window <= :closed)"
 )
 READ_DECISIONS = (
-    "SELECT d.seq, d.event_id, d.context, d.candidate_index FROM decisions d "
+    "SELECT d.seq, d.event_id, d.context, d.candidate_index, d.n_slots, "
+    "(SELECT count(*) FROM slots s WHERE s.event_id = d.event_id) FROM decisions d "
     f"WHERE {_READ_FILTER} ORDER BY d.seq"
 )
 READ_SLOTS = (
@@ -181,9 +182,18 @@ def decision_rows(decision: Decision, policy_params: dict, candidate_index, slot
             f"as many indices, got {len(slot_index)} and {len(candidate_index)}", "slots")
     slots = decision.slots
     positions = [s.position for s in slots]
-    if positions != list(range(len(positions))):
-        raise ValidationError(f"slot positions must be 0..{len(positions) - 1} in order, got {positions}", "slots")
+    n_slots = len(slots) if decision.n_slots is None else decision.n_slots
+    if n_slots == len(slots):
+        if positions != list(range(len(positions))):
+            raise ValidationError(f"slot positions must be 0..{len(positions) - 1} in order, got {positions}", "slots")
+    elif not (isinstance(n_slots, int) and 0 < len(slots) < n_slots and positions[0] >= 0
+              and positions[-1] < n_slots and all(a < b for a, b in zip(positions, positions[1:]))):
+        raise ValidationError(f"a decision observed at some of its {n_slots!r} positions needs them increasing "
+                              f"within 0..{n_slots - 1 if isinstance(n_slots, int) else '?'}, got {positions}",
+                              "slots")
     sources = [s.source for s in slots]
+    if "pinned" in sources and n_slots != len(slots):
+        raise ValidationError("a partly observed decision cannot have pinned slots", "slots")
     if "pinned" in sources:  # (the pinned checks, only for decisions that pin)
         pinned = [source == "pinned" for source in sources]
         if any(pinned[i] and not pinned[i - 1] for i in range(1, len(pinned))):
@@ -199,7 +209,7 @@ def decision_rows(decision: Decision, policy_params: dict, candidate_index, slot
         decision.policy,
         _params_json(policy_params),
         decision.model_version,
-        len(decision.slots),
+        n_slots,
         _json_strings(decision.candidates),
         _index_json(candidate_index),
         _floats_json(context),
@@ -268,7 +278,9 @@ class LoggedDecisions:
     ``row_action (n,)``, ``row_pscore (n,)`` the logged marginal, ``row_reward (n,)`` with the
     default filled in the same way. Pinned slots (shown by rule, propensity 1) are left out,
     and ``row_slot`` is the policy's slot: the carousel position minus the decision's pinned
-    slots, which always come first.
+    slots, which always come first. ``n_slots (D,)``: the slots each decision's policy filled
+    (its carousel less the pinned ones), also where only some were logged (an imported log
+    that observed one position per round); None: as many as it has rows.
     """
 
     event_id: list
@@ -282,10 +294,17 @@ class LoggedDecisions:
     row_reward: np.ndarray
     decision_reward: np.ndarray
     row_propensity: np.ndarray | None = None  # (n,) the conditional P(item | earlier slots)
+    n_slots: np.ndarray | None = None
 
     @property
     def n_decisions(self) -> int:
         return len(self.event_id)
+
+    def slots_per_decision(self) -> np.ndarray:
+        """(D,) how many slots each decision's policy filled (see ``n_slots``)."""
+        if self.n_slots is not None:
+            return self.n_slots
+        return np.bincount(self.row_decision, minlength=self.n_decisions)
 
     def logged_bandit(self, n_actions: int, n_slots: int, *, with_context: bool = False) -> LoggedBandit:
         """The rows as estimator input; ``with_context`` adds each row's decision context
@@ -887,9 +906,9 @@ class DecisionLog:
             scan = n_rewards <= REWARD_SCAN_RATIO * len(dec)
             rewards = conn.execute(READ_REWARDS_SCAN if scan else READ_REWARDS, params).fetchall()
         if dec:
-            seq_col, event_id, context_text, candidate_text = map(list, zip(*dec))
+            seq_col, event_id, context_text, candidate_text, total_col, logged_col = map(list, zip(*dec))
         else:
-            seq_col, event_id, context_text, candidate_text = [], [], [], []
+            seq_col, event_id, context_text, candidate_text, total_col, logged_col = [], [], [], [], [], []
         seq = np.array(seq_col, dtype=np.int64)
         context = _float_rows(context_text)
         flat, offsets = _number_lists(candidate_text, np.int64)
@@ -913,13 +932,15 @@ class DecisionLog:
                 at = np.minimum(np.searchsorted(key, r_key), len(key) - 1)
                 hit = key[at] == r_key
                 row_reward[at[hit]] = r_value[~whole][hit]
+        total = np.array(total_col, dtype=np.int64)
+        # pinned slots come first and only in fully logged decisions: they are the logged rows
+        # the reader left out
+        pinned = np.array(logged_col, dtype=np.int64) - np.bincount(row_decision, minlength=len(seq))
+        n_slots = total - pinned
         if len(slots):
-            # the policy's slot: positions after a decision's pinned ones count from 0
-            starts = np.searchsorted(row_decision, np.arange(len(seq)))
-            first = row_slot[np.minimum(starts, len(row_slot) - 1)]
-            row_slot = row_slot - first[row_decision]
+            row_slot = row_slot - pinned[row_decision]  # the policy's slot: after the pinned ones, from 0
         return LoggedDecisions(event_id, seq, context, candidates, row_decision, row_slot, row_action, row_pscore,
-                               row_reward, decision_reward, np.ascontiguousarray(slots["propensity"]))
+                               row_reward, decision_reward, np.ascontiguousarray(slots["propensity"]), n_slots)
 
     def events(self, *, after_seq: int = 0, user_id: str | None = None) -> LoggedEvents:
         """Interaction events with ``seq > after_seq`` (of one user, if given), in log order."""
