@@ -57,8 +57,10 @@ bench/.implicit-venv/.installed: $(STAMP)
 	  TFIDFRecommender, BM25Recommender'
 	touch $@
 
+# the decision service on the demo's shop directory (made by `make demo` when missing)
 serve: $(STAMP)
-	$(BIN)/banditrec serve
+	test -f out/demo/shop/CURRENT.json || $(BIN)/banditrec demo
+	$(BIN)/banditrec serve --shop out/demo/shop
 
 clean:
 	rm -rf $(VENV) out build *.egg-info .pytest_cache .hypothesis

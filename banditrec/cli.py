@@ -466,21 +466,35 @@ def regret(specs, seeds, first_seed, decisions, slots, candidates, batch, jobs, 
 
 
 @main.command()
+@click.option("--shop", "shop_dir", default=None, type=click.Path(file_okay=False),
+              help="A shop directory: the table is estimated off-policy from its log (--db).")
+@click.option("--db", default=None, type=click.Path(dir_okay=False), help="With --shop: the shop's decision log.")
 @click.option("--policy", "spec", default="shared-linucb:alpha=1.0,epsilon=0.1", show_default=True)
 @click.option("--objective", default="price", show_default=True,
-              help="Item column to blend in (maximised): price, royalty (paid per sale) or net (price - royalty, "
-                   "what the shop keeps per sale).")
+              help="Item column to blend in (maximised). The simulated shop's: price, royalty (paid per sale) or "
+                   "net (price - royalty); a shop directory's: any of its business columns.")
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--train", "n_train", default=10_000, show_default=True, type=click.IntRange(min=1))
-@click.option("--test", "n_test", default=5_000, show_default=True, type=click.IntRange(min=1))
+@click.option("--train", "n_train", default=10_000, show_default=True, type=click.IntRange(min=1),
+              help="Simulated shop only: decisions the policy learns from.")
+@click.option("--test", "n_test", default=5_000, show_default=True, type=click.IntRange(min=1),
+              help="Simulated shop only: held-out requests ranked.")
 @click.option("--k", default=5, show_default=True, type=click.IntRange(min=1))
-def sensitivity(spec, objective, seed, n_train, n_test, k):
-    """Amazon Personalize's objective-sensitivity table (off..high) in the simulated shop, with the
-    objective's total and the royalty paid in the top k."""
+def sensitivity(shop_dir, db, spec, objective, seed, n_train, n_test, k):
+    """Amazon Personalize's objective-sensitivity table (off..high): in the simulated shop, or
+    estimated from a shop directory's log (--shop, --db)."""
     from .errors import BanditRecError
-    from .regret import sensitivity_study, sensitivity_table
 
+    if (shop_dir is None) != (db is None):
+        raise click.UsageError("--shop and --db go together")
     try:
+        if shop_dir is not None:
+            from .evaluate import objective_sensitivity
+            from .shop import Shop
+
+            click.echo(objective_sensitivity(Shop(shop_dir), db, spec, objective, seed=seed).table())
+            return
+        from .regret import sensitivity_study, sensitivity_table
+
         rows = sensitivity_study(spec, objective, seed=seed, n_train=n_train, n_test=n_test, k=k)
     except BanditRecError as exc:
         raise click.UsageError(str(exc)) from None

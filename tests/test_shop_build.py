@@ -176,3 +176,43 @@ def test_policies_are_made_for_the_shop(shop_dir):
         make("egreedy:objective=margin", **shop.policy_env())
     pointer = json.loads((shop_dir / "CURRENT.json").read_text())
     assert pointer["build"] == shop.build
+
+
+def test_sensitivity_and_recommend_on_a_shop(shop_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from banditrec.cli import main
+    from banditrec.evaluate import objective_sensitivity
+
+    shop = Shop(shop_dir)
+    log = DecisionLog(tmp_path / "log.db")
+    engine = engine_for_shop(shop, "shared-linucb:alpha=1.0,epsilon=0.1", log, seed=5, clock=lambda: 1_700_100_000.0)
+    rng = np.random.default_rng(1)
+    for k in range(300):
+        d = engine.decide(f"u{k % 30}", 3)
+        for s in d.slots:
+            if rng.random() < 0.2:
+                engine.reward(d.event_id, 1.0, position=s.position)
+    log.close()
+    out = objective_sensitivity(shop, str(tmp_path / "log.db"), "shared-linucb:epsilon=0", "price")
+    assert [r.level for r in out.rows] == ["off", "low", "medium", "high"]
+    # greedy top-k of a linear blend: the objective per carousel cannot fall as its weight rises
+    values = [r.objective for r in out.rows]
+    assert all(b >= a - 1e-9 for a, b in zip(values, values[1:])) and values[-1] > values[0]
+    # the logging policy's: the prices of what it showed, per evaluated carousel
+    logged = DecisionLog(tmp_path / "log.db").decisions()
+    half = logged.n_decisions - 150
+    price = shop.columns["price"]
+    assert out.logging_objective == pytest.approx(price[logged.row_action[logged.row_decision >= half]].sum() / 150)
+    res = CliRunner().invoke(main, ["sensitivity", "--shop", str(shop_dir), "--db", str(tmp_path / "log.db"),
+                                    "--objective", "weight"])
+    assert res.exit_code == 2 and "objective 'weight' is not a business column of the shop; known: price" in res.output
+    res = CliRunner().invoke(main, ["recommend", "--shop", str(shop_dir), "--user", "u3", "--cart", "i2",
+                                    "--slots", "4", "--context", "device=app"])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert lines[0].startswith("u3 (known user); shop build ") and len(lines) == 3 + 4
+    assert all(any(why in line for why in ("goes with the cart", "like an item viewed", "popular", "new, like"))
+               for line in lines[3:])
+    res = CliRunner().invoke(main, ["recommend", "--shop", str(shop_dir), "--user", "u3", "--cart", "nope"])
+    assert res.exit_code == 2 and "item 'nope' is not in the shop's catalog" in res.output
