@@ -67,19 +67,27 @@ def coverage(seeds, first_seed, decisions, slots, policy, targets):
 
 
 def _token(token_file: str) -> str:
-    """The API token: $BANDITREC_API_TOKEN, else ``token_file`` (created, mode 0600, on first use)."""
+    """The API token: $BANDITREC_API_TOKEN when set, else ``token_file`` (created with a random
+    token, mode 0600, when missing). An empty, blank or short token is a usage error: it must
+    never start a server with authentication off."""
     import secrets
     from pathlib import Path
 
-    if os.environ.get("BANDITREC_API_TOKEN"):
-        return os.environ["BANDITREC_API_TOKEN"]
-    path = Path(token_file)
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_urlsafe(32) + "\n")
-    return path.read_text().strip()
+    from .errors import BanditRecError
+    from .service.config import check_token, read_token_file
+
+    try:
+        if os.environ.get("BANDITREC_API_TOKEN") is not None:
+            return check_token(os.environ["BANDITREC_API_TOKEN"], "$BANDITREC_API_TOKEN")
+        path = Path(token_file)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(32) + "\n")
+        return read_token_file(path)
+    except BanditRecError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 @main.command()
@@ -118,7 +126,7 @@ def serve(host, port, workers, threads, db, policy, shop_seed, snapshots, reward
     conf = os.path.join(os.path.dirname(__file__), "service", "gunicorn_conf.py")
     args = [sys.executable, "-m", "gunicorn", "-c", conf, "--bind", f"{host}:{port}",
             "--workers", str(workers), "--threads", str(threads), "banditrec.service.wsgi:app"]
-    shown = token_file if not os.environ.get("BANDITREC_API_TOKEN") else "$BANDITREC_API_TOKEN"
+    shown = token_file if os.environ.get("BANDITREC_API_TOKEN") is None else "$BANDITREC_API_TOKEN"
     click.echo(f"serving on http://{host}:{port} (log: {db}; snapshots: {snapshots}; token: {shown}); Ctrl-C stops")
     os.execvpe(sys.executable, args, env)
 

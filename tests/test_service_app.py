@@ -75,6 +75,47 @@ def test_body_limits_single_and_batch(engine):
     assert engine.log.count("decisions") == 1
 
 
+def chunked(client, path: str, body: bytes):
+    """POST ``body`` as a server does a chunked upload: no Content-Length, and a stream that the
+    server terminates (``wsgi.input_terminated``, as gunicorn sets)."""
+    import io
+
+    return client.post(path, input_stream=io.BytesIO(body), content_type="application/json",
+                       headers={"Transfer-Encoding": "chunked"}, environ_overrides={"wsgi.input_terminated": True})
+
+
+def issue_body(limit: int) -> bytes:
+    """Issue 18's reproducer: a valid decide request padded to exactly ``limit`` bytes, then junk."""
+    head = b'{"user_id":"u","slots":1}'
+    return head + b" " * (limit - len(head)) + b"JUNK" * (limit // 4)
+
+
+def test_a_chunked_body_over_the_limit_is_a_413_not_cut_and_parsed(engine):
+    """Issue 18, defect 1: a chunked body was cut at the limit and, its first MiB being valid
+    JSON, answered 200 and logged. Whatever the transfer encoding, over the limit is a 413."""
+    client = create_app(engine).test_client()
+    limit = 1 << 20
+    assert_json_error(chunked(client, "/v1/decide", issue_body(limit)), 413, "body")
+    assert_json_error(client.post("/v1/decide", data=issue_body(limit), content_type="application/json"), 413,
+                      "body")
+    assert engine.log.count("decisions") == 0
+    # at the limit exactly, and below it, chunked bodies are read whole
+    assert chunked(client, "/v1/decide", issue_body(limit)[:limit]).status_code == 200
+    assert chunked(client, "/v1/decide", b'{"user_id":"u","slots":2}').status_code == 200
+    assert_json_error(chunked(client, "/v1/decide", issue_body(limit)[:limit + 1]), 413, "body")
+    assert engine.log.count("decisions") == 2
+
+
+def test_a_chunked_batch_over_its_own_limit_is_a_413(engine):
+    client = create_app(engine, settings=ServiceConfig(max_body_bytes=100, max_batch_bytes=1000)).test_client()
+    one = b'{"requests":[{"user_id":"u","slots":1}]}'
+    assert chunked(client, "/v1/decide/batch", one + b" " * (1000 - len(one))).status_code == 200
+    assert_json_error(chunked(client, "/v1/decide/batch", one + b" " * (1001 - len(one))), 413, "body")
+    assert_json_error(chunked(client, "/v1/decide", b'{"user_id":"u","slots":1}' + b" " * 100), 413, "body")
+    assert_json_error(chunked(client, "/v1/reward", b'{"event_id":"e","reward":1}' + b" " * 100), 413, "body")
+    assert engine.log.count("decisions") == 1
+
+
 # ---- events and session state -----------------------------------------------------------------
 def test_cart_add_changes_the_next_decisions_candidates_to_its_complements(engine, client):
     user = "no-history-user"  # no purchase history: candidates are the popular items
@@ -154,6 +195,40 @@ def test_config_from_env_reads_token_file_and_limits(tmp_path):
         ServiceConfig.from_env({"BANDITREC_BATCH_MAX": "0"})
     with pytest.raises(ValueError, match="16 characters"):
         ServiceConfig(token="short")
+
+
+@pytest.mark.parametrize("content", ["", "\n", "   \t\n", "abc\n", "x" * 15 + "\n", "two words here ok!"])
+def test_an_empty_blank_or_short_token_file_is_refused(tmp_path, content):
+    """Issue 18, defect 4: an empty or whitespace-only token file turned authentication off
+    (every route open). It is an error naming the file, as a short token is."""
+    (tmp_path / "tok").write_text(content)
+    with pytest.raises(ValueError, match="token file") as info:
+        ServiceConfig.from_env({"BANDITREC_API_TOKEN_FILE": str(tmp_path / "tok")})
+    assert str(tmp_path / "tok") in str(info.value)
+    with pytest.raises(ValueError, match="BANDITREC_API_TOKEN"):
+        ServiceConfig.from_env({"BANDITREC_API_TOKEN": content})
+
+
+@pytest.mark.parametrize("content", ["", "  \n", "abc"])
+def test_banditrec_serve_refuses_an_empty_or_short_token_file_before_starting(tmp_path, monkeypatch, content):
+    """`banditrec serve --token-file F` with F empty, blank or short: a usage error and a
+    non-zero exit, and no server is started (gunicorn is never exec'ed)."""
+    from click.testing import CliRunner
+
+    from banditrec import cli
+
+    started = []
+    monkeypatch.setattr(cli.os, "execvpe", lambda *a: started.append(a))
+    monkeypatch.delenv("BANDITREC_API_TOKEN", raising=False)
+    (tmp_path / "tok").write_text(content)
+    result = CliRunner().invoke(cli.main, ["serve", "--token-file", str(tmp_path / "tok"), "--db",
+                                           str(tmp_path / "log.db")])
+    assert result.exit_code != 0 and not started, (result.exit_code, result.output, started)
+    assert "token" in result.output and str(tmp_path / "tok") in result.output
+    (tmp_path / "tok").write_text(TOKEN + "\n")
+    result = CliRunner().invoke(cli.main, ["serve", "--token-file", str(tmp_path / "tok"), "--db",
+                                           str(tmp_path / "log.db")])
+    assert result.exit_code == 0 and started[0][2]["BANDITREC_API_TOKEN"] == TOKEN, result.output
 
 
 # ---- metrics ----------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import logging
 
 from flask import Flask, jsonify, request
 from pydantic import ValidationError as PydanticValidationError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from . import jsonio
 from ..errors import BanditRecError, ConflictError, NotFoundError, ValidationError
@@ -37,9 +37,34 @@ def error_body(status: int, message: str, fields: list[dict] | None = None):
     return jsonify(body), status
 
 
+def read_body() -> bytes:
+    """The request body, at most ``request.max_content_length`` bytes, whatever its transfer
+    encoding; a longer body is a 413, never cut at the limit.
+
+    Werkzeug checks a declared ``Content-Length`` against the limit, but a chunked body (no
+    length; the server sets ``wsgi.input_terminated``) is read through a stream that stops at
+    the limit without saying there was more. So the raw stream is read here, one byte past
+    the limit at most.
+    """
+    limit = request.max_content_length
+    environ = request.environ
+    if limit is None or request.content_length is not None or "wsgi.input_terminated" not in environ:
+        return request.get_data(cache=True)  # a declared length: werkzeug refuses one over the limit
+    stream, parts, size = environ["wsgi.input"], [], 0
+    while size <= limit:
+        chunk = stream.read(min(1 << 16, limit + 1 - size))
+        if not chunk:
+            break
+        parts.append(chunk)
+        size += len(chunk)
+    if size > limit:
+        raise RequestEntityTooLarge(f"the request body is larger than {limit} bytes")
+    return b"".join(parts)
+
+
 def json_body() -> dict:
     """The request body as a JSON object, or a :class:`BadRequest` saying what is wrong."""
-    raw = request.get_data(cache=True)
+    raw = read_body()
     if not raw:
         raise BadRequest("request body is empty; expected a JSON object", "body")
     try:
