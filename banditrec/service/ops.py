@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, jsonify
 
 from .metrics import CONTENT_TYPE_LATEST
+from .models import serving_status
 from .openapi import endpoint
 from .schemas import HealthResponse
 
@@ -13,11 +14,14 @@ bp = Blueprint("ops", __name__)
 
 def healthz():
     engine = current_app.extensions["banditrec.engine"]
-    return jsonify(HealthResponse(status="ok", policy=engine.policy.name,
-                                  model_version=engine.model_version).model_dump())
+    serving = serving_status(current_app.extensions.get("banditrec.watcher"))
+    error = serving["last_reload_error"]
+    return jsonify(HealthResponse(status="degraded" if error else "ok", policy=engine.policy.name,
+                                  model_version=engine.model_version, source=serving["source"],
+                                  last_reload_error=error).model_dump())
 
 
-endpoint(bp, "GET", "/healthz", summary="Liveness and the served model version", response=HealthResponse)(healthz)
+endpoint(bp, "GET", "/healthz", summary="Liveness, the served model version and whether its last snapshot check was refused", response=HealthResponse)(healthz)
 
 
 def metrics():

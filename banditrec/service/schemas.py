@@ -108,11 +108,20 @@ class ModelVersion(BaseModel):
     trained_until_seq: int
 
 
+ModelSource = Literal["built", "pointer", "fallback"]
+
+
 class Serving(BaseModel):
+    """``source``: where the served model came from -- ``built`` (no snapshot loaded), ``pointer``
+    (the published snapshot), ``fallback`` (the newest valid snapshot, because the pointer or its
+    snapshot was refused); ``last_reload_error``: why the last check refused, ``None`` once a
+    check succeeds."""
+
     policy: str
     model_version: str
     params: dict
     snapshot: str | None
+    source: ModelSource
     loaded_ts: float | None
     last_reload_error: str | None
 
@@ -129,9 +138,14 @@ class ReloadResponse(BaseModel):
 
 
 class HealthResponse(BaseModel):
-    status: Literal["ok"]
+    """``degraded``: the worker serves, but its last snapshot check was refused
+    (``last_reload_error`` says why; ``source`` says what it serves instead)."""
+
+    status: Literal["ok", "degraded"]
     policy: str
     model_version: str
+    source: ModelSource
+    last_reload_error: str | None
 
 
 class ErrorField(BaseModel):
