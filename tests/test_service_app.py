@@ -286,13 +286,67 @@ def test_openapi_documents_every_route_with_the_models_that_validate_it(engine, 
     assert set(schemas["DecideRequest"]["required"]) == {"user_id", "slots"}
     assert schemas["DecideRequest"]["additionalProperties"] is False
     assert schemas["EventRequest"]["properties"]["kind"]["enum"] == ["view", "cart", "purchase"]
-    assert "401" in doc["paths"]["/v1/reward"]["post"]["responses"]
-    assert doc["paths"]["/v1/reward"]["post"]["security"] == [{"bearer": []}]
+    # this app has no token: nothing is documented as authenticated (test_openapi_says_what_...)
+    assert "401" not in doc["paths"]["/v1/reward"]["post"]["responses"]
+    assert doc["paths"]["/v1/reward"]["post"]["security"] == []
     # the hand-built hot-path answers are what the documented models say
     body = client.post("/v1/decide", json={"user_id": "u3", "slots": 2}).get_json()
     assert DecideResponse.model_validate(body).model_dump() == body
     assert HealthResponse.model_validate(client.get("/healthz").get_json())
     assert ModelsResponse.model_validate(client.get("/v1/models").get_json())
+
+
+VALID = {"/v1/decide": {"user_id": "u3", "slots": 2}, "/v1/decide/batch": {"requests": [{"user_id": "u3", "slots": 2}]},
+         "/v1/events": {"user_id": "u3", "item_id": "i1", "kind": "view"}}
+
+
+@pytest.mark.parametrize("token, decide_auth", [(None, False), (TOKEN, False), (TOKEN, True)])
+def test_openapi_says_what_the_app_enforces(engine, token, decide_auth):
+    """Issue 18: the document declared bearer auth and a 401 on decide though decide was open,
+    and left out the reward bound and reload's 400. Checked against the app's behaviour, per
+    configuration: each route without the token answers 401 exactly when the document says it
+    needs one; every status seen is documented; the documented numeric bounds, batch size and
+    context length are the enforced ones; reload before anything is published is a 400."""
+    settings = ServiceConfig(token=token, decide_requires_auth=decide_auth, batch_max=3)
+    client = create_app(engine, settings=settings).test_client()
+    doc = client.get("/openapi.json").get_json()
+    event_id = client.post("/v1/decide", json=VALID["/v1/decide"], headers=AUTH).get_json()["event_id"]
+    bodies = {**VALID, "/v1/reward": {"event_id": event_id, "reward": 1.0}}
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            open_ = client.open(path, method=method.upper(), json=bodies.get(path))
+            secured = op["security"] == [{"bearer": []}]
+            assert (open_.status_code == 401) == secured, (path, method, open_.status_code)
+            assert ("401" in op["responses"]) == secured
+            authed = client.open(path, method=method.upper(), json=bodies.get(path), headers=AUTH)
+            for resp in (open_, authed):
+                assert str(resp.status_code) in op["responses"], (path, method, resp.status_code, op["responses"])
+    expected = {"/v1/reward", "/v1/events", "/v1/models", "/v1/models/reload"} if token else set()
+    if token and decide_auth:
+        expected |= {"/v1/decide", "/v1/decide/batch"}
+    assert {p for p, ops in doc["paths"].items() if any(op["security"] for op in ops.values())} == expected
+    # numeric bounds: the reward's is the log's, and the app enforces exactly it
+    schemas = doc["components"]["schemas"]
+    bound = schemas["RewardRequest"]["properties"]["reward"]
+    assert (bound["minimum"], bound["maximum"]) == (-1e12, 1e12)
+    for kind, value, status in (("a", 1e12, 200), ("b", -1e12, 200), ("c", 1.000001e12, 400), ("d", -1.000001e12, 400)):
+        resp = client.post("/v1/reward", json={"event_id": event_id, "position": 1, "kind": kind,
+                                               "reward": value}, headers=AUTH)
+        assert resp.status_code == status, (value, resp.get_json())
+        if status == 400:
+            assert_json_error(resp, 400, "reward")
+    # the configured batch size and the engine's context length
+    assert schemas["BatchDecideRequest"]["properties"]["requests"]["maxItems"] == 3
+    assert_json_error(client.post("/v1/decide/batch", json={"requests": [VALID["/v1/decide"]] * 4}, headers=AUTH),
+                      400, "requests")
+    context = schemas["DecideRequest"]["properties"]["context"]["anyOf"][0]
+    assert context["minItems"] == context["maxItems"] == engine.context_dim
+    for n in (engine.context_dim - 1, engine.context_dim + 1):
+        assert_json_error(client.post("/v1/decide", json={**VALID["/v1/decide"], "context": [0.0] * n}, headers=AUTH),
+                          400, "context")
+    # reload with no snapshot directory, or nothing published: a documented 400
+    assert "400" in doc["paths"]["/v1/models/reload"]["post"]["responses"]
+    assert_json_error(client.post("/v1/models/reload", headers=AUTH), 400, "snapshot")
 
 
 # ---- learner and reload -----------------------------------------------------------------------

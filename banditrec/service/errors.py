@@ -28,6 +28,8 @@ class Unauthorized(Exception):
         self.message, self.invalid = message, invalid
 
 
+DRAIN_BYTES = 8 << 20  # how much of an over-limit chunked body is read and dropped (read_body)
+
 # what an HTTP-level error is about, so that every 4xx names a field
 HTTP_FIELDS = {404: "path", 405: "method", 413: "body", 415: "Content-Type", 431: "headers"}
 
@@ -43,8 +45,8 @@ def read_body() -> bytes:
 
     Werkzeug checks a declared ``Content-Length`` against the limit, but a chunked body (no
     length; the server sets ``wsgi.input_terminated``) is read through a stream that stops at
-    the limit without saying there was more. So the raw stream is read here, one byte past
-    the limit at most.
+    the limit without saying there was more. So the raw stream is read here, to one byte past
+    the limit; nothing past the limit is ever parsed.
     """
     limit = request.max_content_length
     environ = request.environ
@@ -58,6 +60,15 @@ def read_body() -> bytes:
         parts.append(chunk)
         size += len(chunk)
     if size > limit:
+        # Read on (and drop) up to DRAIN_BYTES more, so that the server can keep the connection
+        # and the client, which may still be sending, reads the 413 instead of a reset; past
+        # that the server closes the connection (gunicorn drains at most 64 KiB itself).
+        drained = 0
+        while drained < DRAIN_BYTES:
+            chunk = stream.read(min(1 << 16, DRAIN_BYTES - drained))
+            if not chunk:
+                break
+            drained += len(chunk)
         raise RequestEntityTooLarge(f"the request body is larger than {limit} bytes")
     return b"".join(parts)
 

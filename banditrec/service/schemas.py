@@ -6,6 +6,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
+from ..store.log import MAX_ABS_REWARD
+
 BATCH_HARD_MAX = 10_000  # the configured batch_max (ServiceConfig) is checked below this
 
 # strict: a JSON number only (ints are fine); no numeric strings, no booleans, no NaN or infinities
@@ -50,7 +52,8 @@ class RewardRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     event_id: Annotated[StrictStr, Field(min_length=1, max_length=128)]
-    reward: FiniteFloat
+    # the log's bound (beyond it a reward is a unit or encoding mistake)
+    reward: Annotated[FiniteFloat, Field(ge=-MAX_ABS_REWARD, le=MAX_ABS_REWARD)]
     position: Annotated[StrictInt, Field(ge=0)] | None = None
     kind: Kind = "click"
 
