@@ -106,9 +106,12 @@ def _token(token_file: str) -> str:
               help="Bearer token for reward, events and admin routes, unless $BANDITREC_API_TOKEN is set; "
                    "created with a random token if missing.")
 @click.option("--decide-auth", is_flag=True, help="Decide routes need the token too.")
+@click.option("--durable", is_flag=True,
+              help="Commit the log with synchronous=FULL: an acknowledged decision or reward survives a power "
+                   "loss too, not only a crash of the process (docs/service.md; its cost: docs/benchmarks.md).")
 @click.option("--access-log", is_flag=True, help="Log every request to stdout.")
 def serve(host, port, workers, threads, db, policy, shop_seed, snapshots, reward_window, token_file, decide_auth,
-          access_log):
+          durable, access_log):
     """Serve the decision service for the simulated demo shop under gunicorn."""
     from .policies import make  # validate the spec before starting workers
     from .errors import BanditRecError
@@ -120,7 +123,8 @@ def serve(host, port, workers, threads, db, policy, shop_seed, snapshots, reward
     token = _token(token_file)
     env = dict(os.environ, BANDITREC_DB=db, BANDITREC_POLICY=policy, BANDITREC_SHOP_SEED=str(shop_seed),
                BANDITREC_SNAPSHOTS=snapshots, BANDITREC_REWARD_WINDOW_S=repr(reward_window),
-               BANDITREC_API_TOKEN=token, BANDITREC_DECIDE_AUTH="1" if decide_auth else "0")
+               BANDITREC_API_TOKEN=token, BANDITREC_DECIDE_AUTH="1" if decide_auth else "0",
+               BANDITREC_DURABLE="1" if durable else "0")
     if access_log:
         env["BANDITREC_ACCESSLOG"] = "-"
     conf = os.path.join(os.path.dirname(__file__), "service", "gunicorn_conf.py")

@@ -69,17 +69,7 @@ def read_pointer(directory, name: str = POINTER) -> Pointer:
     """The verified pointer of ``directory``; ``ValidationError`` (field ``snapshot``) naming
     the file and what is wrong, for a missing, altered or ill-typed one."""
     path = Path(directory) / name
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read(MAX_POINTER_BYTES + 1)
-    except FileNotFoundError:
-        raise ValidationError(f"no snapshot pointer at {path}", "snapshot") from None
-    except OSError as exc:
-        raise ValidationError(f"snapshot pointer {path} cannot be read: {exc}", "snapshot") from None
-    try:
-        pointer = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise ValidationError(f"snapshot pointer {path} is not valid JSON ({exc})", "snapshot") from None
+    _, pointer = snapshot.read_json(path, "snapshot pointer", MAX_POINTER_BYTES)
     if not isinstance(pointer, dict) or pointer.get("format") != POINTER_FORMAT:
         found = pointer.get("format") if isinstance(pointer, dict) else type(pointer).__name__
         raise ValidationError(f"{path} is not a snapshot pointer of format {POINTER_FORMAT}, found {found!r}"

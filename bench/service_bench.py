@@ -2,7 +2,8 @@
 
 (a) a bare Flask route that parses the same JSON body and answers a constant decision, and
 (b) ``POST /v1/decide`` (200 request candidates, 10 slots, LinUCB, every decision logged to
-SQLite), each served by the same gunicorn configuration (``banditrec/service/gunicorn_conf.py``:
+SQLite), and (b') the same with ``banditrec serve --durable`` (the log commits with
+``synchronous=FULL``), each served by the same gunicorn configuration (``banditrec/service/gunicorn_conf.py``:
 2 gthread workers x 2 threads; one listening socket shared by the workers unless
 ``BANDITREC_REUSE_PORT=1`` gives each its own), driven at 8 concurrent keep-alive connections; then
 (c) ``POST /v1/decide/batch`` in calls of 50 requests, as logged decisions per second; and
@@ -373,22 +374,29 @@ def bench_service(seconds: float = 5.0, rounds: int = 2) -> list[list]:
             (tmp / "answer.json").write_text(json.dumps(answer))
             bare_env = {"BANDITREC_BENCH_ANSWER": tmp / "answer.json", "PYTHONPATH": str(BENCH)}
             floor_env = {"BANDITREC_FLOOR_DB": tmp / "floor.db", "PYTHONPATH": str(BENCH)}
+            durable_env = {**env, "BANDITREC_DB": tmp / "durable.db", "BANDITREC_SNAPSHOTS": tmp / "snap-durable",
+                           "BANDITREC_DURABLE": 1}
             with GunicornServer(bare_env, app="service_bench:make_bare_app()", log=tmp / "bare.log") as bare, \
-                    GunicornServer(floor_env, app="service_bench:make_floor_app()", log=tmp / "floor.log") as floor:
+                    GunicornServer(floor_env, app="service_bench:make_floor_app()", log=tmp / "floor.log") as floor, \
+                    GunicornServer(durable_env, log=tmp / "durable.log") as durable:
                 status, got = bare.request("POST", "/v1/decide", bodies[0])
                 assert status == 200 and got == answer
                 status, got = floor.request("POST", "/v1/decide", bodies[0])
                 assert status == 200 and len(got["slots"]) == N_SLOTS, got
-                servers = {"bare": bare, "decide": srv, "floor": floor}
+                status, got = durable.request("POST", "/v1/decide", bodies[0])
+                assert status == 200 and len(got["slots"]) == N_SLOTS, got
+                servers = {"bare": bare, "decide": srv, "durable": durable, "floor": floor}
                 payloads = {name: [encode("/v1/decide", b, server.port) for b in bodies]
                             for name, server in servers.items()}
                 results: dict[str, list[dict]] = {name: [] for name in servers}
                 n0, f0 = count_decisions(tmp / "log.db"), count_decisions(tmp / "floor.db")
+                d0 = count_decisions(tmp / "durable.db")
                 for _ in range(rounds):  # interleaved, so that a noisy neighbour hits every case
                     for name, server in servers.items():
                         results[name].append(drive(server.port, payloads[name], seconds, workers=server.workers()))
                 logged = count_decisions(tmp / "log.db") - n0
                 floor_logged = count_decisions(tmp / "floor.db") - f0
+                durable_logged = count_decisions(tmp / "durable.db") - d0
                 batches = {name: [encode("/v1/decide/batch", {"requests": bodies[i: i + BATCH]}, servers[name].port)
                                   for i in range(0, len(bodies) - BATCH + 1, 7)] for name in ("decide", "floor")}
                 n1, f1 = count_decisions(tmp / "log.db"), count_decisions(tmp / "floor.db")
@@ -398,7 +406,7 @@ def bench_service(seconds: float = 5.0, rounds: int = 2) -> list[list]:
                 batch_wall = time.time() - t0
                 floor_batch = drive(floor.port, batches["floor"], seconds, workers=floor.workers())
                 floor_batch_logged = count_decisions(tmp / "floor.db") - f1
-                log_text = srv.log_text() + floor.log_text()
+                log_text = srv.log_text() + floor.log_text() + durable.log_text()
         ceiling_us = log_ceiling(shop, bodies, tmp)
         local = in_process({**env, "BANDITREC_DB": tmp / "in-process.db", "BANDITREC_SNAPSHOTS": tmp / "snap-local", **bare_env,
                             "BANDITREC_FLOOR_DB": tmp / "floor-local.db"}, bodies)
@@ -417,7 +425,10 @@ def bench_service(seconds: float = 5.0, rounds: int = 2) -> list[list]:
         return sum(r["worker_cores"]) / (r["rps"] * per) * 1e3
 
     b, d, fl = merged(results["bare"]), merged(results["decide"]), merged(results["floor"])
-    bare_ms, decide_ms, floor_ms = cpu_ms(b), cpu_ms(d), cpu_ms(fl)
+    du = merged(results["durable"])
+    bare_ms, decide_ms, floor_ms, durable_ms = cpu_ms(b), cpu_ms(d), cpu_ms(fl), cpu_ms(du)
+    # the cost of --durable, round by round (the two servers ran back to back in each round)
+    paired = [r_du["rps"] / r_d["rps"] for r_d, r_du in zip(results["decide"], results["durable"])]
     batch_ms, floor_batch_ms = cpu_ms(batch, BATCH), cpu_ms(floor_batch, BATCH)
     served = sum(r["n"] for r in results["decide"])
     rows = [
@@ -426,6 +437,11 @@ def bench_service(seconds: float = 5.0, rounds: int = 2) -> list[list]:
         ["(b) POST /v1/decide (LinUCB, logged)", f"{d['rps']:,.0f}", f"{d['p50'] / 1e6:.2f}", f"{d['p99'] / 1e6:.2f}",
          cores(d), f"{decide_ms:.2f}", f"{d['client_cpu']:.2f}", f"{d['rps'] / b['rps']:.2f}x",
          f">= 0.6x and p99 <= 15 ms: {'met' if d['rps'] / b['rps'] >= 0.6 and d['p99'] <= 15e6 else 'NOT met'}"],
+        ["(b') (b) with serve --durable (synchronous=FULL)", f"{du['rps']:,.0f}", f"{du['p50'] / 1e6:.2f}",
+         f"{du['p99'] / 1e6:.2f}", cores(du), f"{durable_ms:.2f}", f"{du['client_cpu']:.2f}",
+         f"{du['rps'] / b['rps']:.2f}x",
+         f"vs (b): {du['rps'] / d['rps']:.2f}x requests/s (rounds {', '.join(f'{x:.2f}' for x in paired)}), "
+         f"p50 {du['p50'] / d['p50']:.2f}x"],
         [f"(c) POST /v1/decide/batch, {BATCH} per call", f"{batch['rps'] * BATCH:,.0f} dec/s",
          f"{batch['p50'] / 1e6:.2f}", f"{batch['p99'] / 1e6:.2f}", cores(batch), f"{batch_ms:.2f}", f"{batch['client_cpu']:.2f}", "",
          f">= 20,000 logged decisions/s: {'met' if batch['rps'] * BATCH >= 20_000 else 'NOT met'}"],
@@ -469,7 +485,10 @@ def bench_service(seconds: float = 5.0, rounds: int = 2) -> list[list]:
             f"decision costs on this stack (service_bench.make_floor_app: no validation models, no records, "
             f"marginals not computed), same gunicorn config, interleaved with (a) and (b); "
             f"{sum(r['n'] for r in results['floor']):,} responses and {floor_logged:,} rows logged, batch "
-            f"{floor_batch['n'] * BATCH:,} answered and {floor_batch_logged:,} logged.")
+            f"{floor_batch['n'] * BATCH:,} answered and {floor_batch_logged:,} logged. (b'): the service as "
+            f"(b) with BANDITREC_DURABLE=1 (banditrec serve --durable), its own log file, interleaved with "
+            f"(a), (b) and (b0); {sum(r['n'] for r in results['durable']):,} responses and {durable_logged:,} "
+            f"rows logged.")
     return note, rows
 
 

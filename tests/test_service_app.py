@@ -227,8 +227,19 @@ def test_banditrec_serve_refuses_an_empty_or_short_token_file_before_starting(tm
     assert "token" in result.output and str(tmp_path / "tok") in result.output
     (tmp_path / "tok").write_text(TOKEN + "\n")
     result = CliRunner().invoke(cli.main, ["serve", "--token-file", str(tmp_path / "tok"), "--db",
-                                           str(tmp_path / "log.db")])
+                                           str(tmp_path / "log.db"), "--durable"])
     assert result.exit_code == 0 and started[0][2]["BANDITREC_API_TOKEN"] == TOKEN, result.output
+    assert started[0][2]["BANDITREC_DURABLE"] == "1"
+
+
+def test_durable_means_synchronous_full(tmp_path):
+    """``--durable`` (BANDITREC_DURABLE=1) opens the log with synchronous=FULL; the default is NORMAL."""
+    assert ServiceConfig.from_env({}).synchronous == "NORMAL"
+    settings = ServiceConfig.from_env({"BANDITREC_DURABLE": "1"})
+    assert settings.durable and settings.synchronous == "FULL"
+    log = DecisionLog(tmp_path / "log.db", synchronous=settings.synchronous)
+    assert log.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    log.close()
 
 
 # ---- metrics ----------------------------------------------------------------------------------

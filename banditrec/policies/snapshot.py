@@ -190,27 +190,33 @@ def _check_manifest(m, where: Path) -> dict:
     return m
 
 
+def read_json(path: Path, what: str, max_bytes: int, *, expected_sha256: str | None = None):
+    """``(raw bytes, parsed JSON)`` of the small file ``path`` (``what`` names it in errors):
+    at most ``max_bytes``, hashing to ``expected_sha256`` when given; else ``ValidationError``."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(max_bytes + 1)
+    except FileNotFoundError:
+        raise ValidationError(f"no {what} at {path}", "snapshot") from None
+    except OSError as exc:
+        raise ValidationError(f"{what} {path} cannot be read: {exc}", "snapshot") from None
+    if len(raw) > max_bytes:
+        raise ValidationError(f"{what} {path} is larger than {max_bytes} bytes", "snapshot")
+    if expected_sha256 is not None and sha256(raw) != expected_sha256:
+        raise ValidationError(f"{what} {path} does not match the checksum its pointer gives: altered or corrupt",
+                              "snapshot")
+    try:
+        return raw, json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ValidationError(f"{what} {path} is not valid JSON ({exc})", "snapshot") from None
+
+
 def read_manifest(path, *, expected_sha256: str | None = None) -> dict:
     """The verified manifest of the snapshot at ``path``: its bytes hash to
     ``expected_sha256`` when given (the publishing pointer's), its own ``checksum`` holds, and
     its structure and types are a manifest's. Anything else raises ``ValidationError``."""
     where = _stem(path).with_suffix(".json")
-    try:
-        with open(where, "rb") as fh:
-            raw = fh.read(MAX_MANIFEST_BYTES + 1)
-    except FileNotFoundError:
-        raise ValidationError(f"no snapshot manifest at {where}", "snapshot") from None
-    except OSError as exc:
-        raise ValidationError(f"snapshot manifest {where} cannot be read: {exc}", "snapshot") from None
-    if len(raw) > MAX_MANIFEST_BYTES:
-        raise ValidationError(f"snapshot manifest {where} is larger than {MAX_MANIFEST_BYTES} bytes", "snapshot")
-    if expected_sha256 is not None and sha256(raw) != expected_sha256:
-        raise ValidationError(f"snapshot manifest {where} does not match the checksum its pointer gives: "
-                              f"altered or corrupt", "snapshot")
-    try:
-        manifest = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise ValidationError(f"snapshot manifest {where} is not valid JSON ({exc})", "snapshot") from None
+    _, manifest = read_json(where, "snapshot manifest", MAX_MANIFEST_BYTES, expected_sha256=expected_sha256)
     _check_manifest(manifest, where)
     try:
         intact = sha256(canonical(manifest)) == manifest["checksum"]

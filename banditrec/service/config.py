@@ -13,6 +13,9 @@ Environment (what ``banditrec serve`` passes to its gunicorn workers):
 ``BANDITREC_MAX_BATCH_BYTES``   largest batch-decide body (default 16 MiB)
 ``BANDITREC_BATCH_MAX``         most requests in one batch decide (default 256)
 ``BANDITREC_SNAPSHOTS``         directory the learner publishes snapshots to (``CURRENT.json``)
+``BANDITREC_DURABLE``           ``1``: the log commits with ``synchronous=FULL``, so an
+                                acknowledged write survives a power loss too (default ``0``:
+                                ``NORMAL``, which survives a crash of the process; docs/service.md)
 ``BANDITREC_RELOAD_CHECK_MS``   how often each worker's watcher thread looks for a new snapshot
                                 (1000; requests look too, at most every 10 ms; 0: neither,
                                 only ``POST /v1/models/reload``)
@@ -87,6 +90,12 @@ class ServiceConfig:
     batch_max: int = 256
     snapshots: str | None = None
     reload_check_ms: int = 1000
+    durable: bool = False
+
+    @property
+    def synchronous(self) -> str:
+        """The decision log's ``PRAGMA synchronous``: ``FULL`` when durable, else ``NORMAL``."""
+        return "FULL" if self.durable else "NORMAL"
 
     def __post_init__(self):
         if self.token is not None:
@@ -113,4 +122,5 @@ class ServiceConfig:
             batch_max=_int(env, "BANDITREC_BATCH_MAX", 256, 1),
             snapshots=env.get("BANDITREC_SNAPSHOTS") or None,
             reload_check_ms=_int(env, "BANDITREC_RELOAD_CHECK_MS", 1000, 0),
+            durable=env.get("BANDITREC_DURABLE", "0") not in ("", "0", "false", "no"),
         )
