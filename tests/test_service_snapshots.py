@@ -189,21 +189,29 @@ def test_random_byte_flips_of_every_snapshot_file(small_shop, tmp_path):
 
 
 def test_a_loader_that_raises_anything_is_a_refusal(small_shop, tmp_path, monkeypatch):
-    """Whatever a policy's loading raises (here a KeyError from set_state) is a refusal: logged,
-    counted, reported, a 400 on reload, and the newest snapshot that loads serves."""
+    """Whatever a policy's loading raises (here a KeyError from set_state, for the newest
+    snapshot only) refuses that snapshot: logged, counted, reported, a 400 on reload, and the
+    newest snapshot that does load serves, as a fallback."""
     engine, client, learner, old, new = two_snapshots(small_shop, tmp_path)
     cls = type(engine.policy)
     real = cls.set_state
-    monkeypatch.setattr(cls, "set_state", lambda self, arrays, meta: (_ for _ in ()).throw(KeyError("theta")))
-    clock_t = 300.0
-    learner.clock = lambda: clock_t
+
+    def set_state(self, arrays, meta):
+        if self.n_updates == 3:  # (load sets n_updates first) the newest snapshot's
+            raise KeyError("theta")
+        return real(self, arrays, meta)
+
+    learner.clock = lambda: 300.0
     client.post("/v1/decide", json=DECIDE)
     newest = learner.step()
-    assert newest is not None
+    monkeypatch.setattr(cls, "set_state", set_state)
     resp = client.post("/v1/models/reload")
     assert resp.status_code == 400 and "KeyError" in resp.get_json()["error"]["message"]
     serving = every_route_answers(client)
-    assert serving["model_version"] == new.version and "KeyError" in serving["last_reload_error"]
+    assert (serving["model_version"], serving["source"]) == (new.version, "fallback")
+    assert newest.manifest.name in serving["last_reload_error"] and "KeyError" in serving["last_reload_error"]
+    text = client.get("/metrics").get_data(as_text=True)
+    assert metric(text, "banditrec_model_reloads_total", result="refused") >= 1
     monkeypatch.setattr(cls, "set_state", real)
     assert client.post("/v1/models/reload").get_json()["model_version"] == newest.version
     assert client.get("/healthz").get_json()["status"] == "ok"
@@ -315,3 +323,20 @@ def test_the_pointer_covers_itself_and_the_manifest_bytes(tmp_path):
         (tmp_path / POINTER).write_text(json.dumps({**data, key: value}))
         with pytest.raises(ValidationError, match="checksum"):
             read_pointer(tmp_path)
+
+
+def test_a_check_that_fails_unexpectedly_is_a_refusal_not_a_500(small_shop, tmp_path, monkeypatch):
+    """The watcher's last guard: an error outside any snapshot (here the directory listing
+    raising OSError) refuses the check -- counted, reported, 400 on reload -- and the served
+    model stays; no route answers 5xx."""
+    import banditrec.service.reload as reload_mod
+
+    engine, client, learner, old, new = two_snapshots(small_shop, tmp_path)
+    monkeypatch.setattr(reload_mod, "resolve", lambda *a, **k: (_ for _ in ()).throw(OSError("disk gone")))
+    resp = client.post("/v1/models/reload")
+    assert resp.status_code == 400 and "OSError: disk gone" in resp.get_json()["error"]["message"]
+    serving = every_route_answers(client)
+    assert serving["model_version"] == new.version and "disk gone" in serving["last_reload_error"]
+    assert client.get("/healthz").get_json()["status"] == "degraded"
+    text = client.get("/metrics").get_data(as_text=True)
+    assert metric(text, "banditrec_model_reloads_total", result="refused") >= 2
