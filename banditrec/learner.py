@@ -84,7 +84,8 @@ class Learner:
         if found.source == "none":
             if found.refused or (directory / POINTER).exists():
                 reasons = "; ".join(reason for _, reason in found.refused) or found.pointer_error
-                raise ValidationError(f"no snapshot in {directory} verifies: {reasons}", "snapshot")
+                raise ValidationError(f"no snapshot in {directory} verifies: {reasons}; to learn from scratch, "
+                                      f"move its snapshots and {POINTER} away", "snapshot")
             return cls(log, make_policy(), item_features, directory, **kw)
         if found.pointer_error:
             logging.getLogger("banditrec.learner").warning(
