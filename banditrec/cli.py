@@ -74,19 +74,27 @@ def coverage(seeds, first_seed, decisions, slots, policy, targets):
 
 
 def _token(token_file: str) -> str:
-    """The API token: $BANDITREC_API_TOKEN, else ``token_file`` (created, mode 0600, on first use)."""
+    """The API token: $BANDITREC_API_TOKEN when set, else ``token_file`` (created with a random
+    token, mode 0600, when missing). An empty, blank or short token is a usage error: it must
+    never start a server with authentication off."""
     import secrets
     from pathlib import Path
 
-    if os.environ.get("BANDITREC_API_TOKEN"):
-        return os.environ["BANDITREC_API_TOKEN"]
-    path = Path(token_file)
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_urlsafe(32) + "\n")
-    return path.read_text().strip()
+    from .errors import BanditRecError
+    from .service.config import check_token, read_token_file
+
+    try:
+        if os.environ.get("BANDITREC_API_TOKEN") is not None:
+            return check_token(os.environ["BANDITREC_API_TOKEN"], "$BANDITREC_API_TOKEN")
+        path = Path(token_file)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(32) + "\n")
+        return read_token_file(path)
+    except BanditRecError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 @main.command()
@@ -145,9 +153,12 @@ def build(items, interactions, users, config_file, pairs, encoding, refit_featur
               help="Bearer token for reward, events and admin routes, unless $BANDITREC_API_TOKEN is set; "
                    "created with a random token if missing.")
 @click.option("--decide-auth", is_flag=True, help="Decide routes need the token too.")
+@click.option("--durable", is_flag=True,
+              help="Commit the log with synchronous=FULL: an acknowledged decision or reward survives a power "
+                   "loss too, not only a crash of the process (docs/service.md; its cost: docs/benchmarks.md).")
 @click.option("--access-log", is_flag=True, help="Log every request to stdout.")
 def serve(shop_dir, host, port, workers, threads, db, policy, snapshots, reward_window, token_file, decide_auth,
-          access_log):
+          durable, access_log):
     """Serve a shop directory's carousels (decide, reward, events, models, metrics) under gunicorn."""
     from .errors import BanditRecError
     from .shop import Shop
@@ -159,13 +170,14 @@ def serve(shop_dir, host, port, workers, threads, db, policy, snapshots, reward_
     token = _token(token_file)
     env = dict(os.environ, BANDITREC_SHOP=shop_dir, BANDITREC_DB=db, BANDITREC_POLICY=policy,
                BANDITREC_SNAPSHOTS=snapshots, BANDITREC_REWARD_WINDOW_S=repr(reward_window),
-               BANDITREC_API_TOKEN=token, BANDITREC_DECIDE_AUTH="1" if decide_auth else "0")
+               BANDITREC_API_TOKEN=token, BANDITREC_DECIDE_AUTH="1" if decide_auth else "0",
+               BANDITREC_DURABLE="1" if durable else "0")
     if access_log:
         env["BANDITREC_ACCESSLOG"] = "-"
     conf = os.path.join(os.path.dirname(__file__), "service", "gunicorn_conf.py")
     args = [sys.executable, "-m", "gunicorn", "-c", conf, "--bind", f"{host}:{port}",
             "--workers", str(workers), "--threads", str(threads), "banditrec.service.wsgi:app"]
-    shown = token_file if not os.environ.get("BANDITREC_API_TOKEN") else "$BANDITREC_API_TOKEN"
+    shown = token_file if os.environ.get("BANDITREC_API_TOKEN") is None else "$BANDITREC_API_TOKEN"
     click.echo(f"serving {shop_dir} on http://{host}:{port} (log: {db}; snapshots: {snapshots}; token: {shown}); "
                "Ctrl-C stops")
     os.execvpe(sys.executable, args, env)
@@ -501,10 +513,6 @@ def sensitivity(shop_dir, db, spec, objective, seed, n_train, n_test, k):
     click.echo(sensitivity_table(rows, k, objective))
 
 
-if __name__ == "__main__":  # pragma: no cover
-    main()
-
-
 @main.command()
 @click.option("--days", default=90, show_default=True, type=click.IntRange(min=1), help="Days to simulate.")
 @click.option("--customers", default=None, type=click.IntRange(min=1), help="Customers (default: the config's, 20,000).")
@@ -521,7 +529,11 @@ if __name__ == "__main__":  # pragma: no cover
 @click.option("--learn-kind", default="click", show_default=True, type=click.Choice(("click", "purchase", "margin")),
               help="Reward the policy learns from at the end of each day.")
 @click.option("--every", default=1, show_default=True, type=click.IntRange(min=1), help="Print every N-th day's KPIs.")
-def simulate(days, customers, items, policy, db, replace, config_file, seed, slots, candidates, learn_kind, every):
+@click.option("--export-shop", "export_dir", default=None, type=click.Path(file_okay=False),
+              help="Instead of simulating: write the shop's items, interactions (its pre-period) and users files, "
+                   "and a build config, to this directory -- a shop's own data, for `banditrec build`.")
+def simulate(days, customers, items, policy, db, replace, config_file, seed, slots, candidates, learn_kind, every,
+             export_dir):
     """Run the simulated shop with a policy, logging every decision, and print daily KPIs."""
     from pathlib import Path
 
@@ -533,6 +545,18 @@ def simulate(days, customers, items, policy, db, replace, config_file, seed, slo
         config = SimConfig.from_toml(config_file) if config_file else SimConfig()
         changes = {k: v for k, v in (("n_customers", customers), ("n_items", items)) if v is not None}
         config = config.replace(**changes)
+        if export_dir is not None:
+            from simulator.environment import Environment
+            from simulator.export import export_shop
+
+            env = Environment(config, seed=seed)
+            env.recording = True
+            files = export_shop(env, env.warm_up(), export_dir)
+            click.echo(f"exported {files.n_items:,} items, {files.n_interactions:,} interactions and "
+                       f"{files.n_users:,} users to {export_dir}; build them with:")
+            click.echo(f"  banditrec build --items {files.items} --interactions {files.interactions} "
+                       f"--users {files.users} --config {files.config} --out SHOP_DIR")
+            return
         if replace:
             Path(db).unlink(missing_ok=True)
         state = {"n": 0}
@@ -727,3 +751,7 @@ def abtest(arms, days, customers, seeds, first_seed, salt, scenario, config_file
     except BanditRecError as exc:
         raise click.UsageError(str(exc)) from None
     click.echo(f"report: {path}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

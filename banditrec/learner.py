@@ -8,18 +8,20 @@ updates the policy, and publishes:
 
 1. ``policy.save(<dir>/<version>)`` -- the ``.npz`` and its JSON manifest, each written to a
    temporary file, fsynced and renamed (:mod:`banditrec.policies.snapshot`);
-2. the pointer ``<dir>/CURRENT.json`` (``version``, ``manifest``, ``sha256``,
-   ``trained_until_seq``), written the same way -- the one atomic switch readers watch;
+2. the pointer ``<dir>/CURRENT.json`` (:mod:`banditrec.publish`: the version, the manifest's
+   name and the SHA-256 of its bytes, ``trained_until_seq``, and a checksum of its own), written
+   the same way -- the one atomic switch readers watch;
 3. ``log.register_model(...)``, so that ``GET /v1/models`` and the log say what was trained on what.
 
-A learner restarted on the same directory resumes from the pointer's snapshot and
-``trained_until_seq``. Serving never waits for learning: workers only ``stat`` the pointer.
+A learner restarted on the same directory resumes from the snapshot the serving workers
+serve (:func:`banditrec.publish.resolve`: the pointer's, or the newest valid one when the
+pointer is unusable) and its ``trained_until_seq``. Serving never waits for learning: workers only ``stat`` the pointer.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +31,9 @@ import numpy as np
 from .errors import ValidationError
 from .offline import learning_inputs
 from .policies import Policy, load
-from .policies.snapshot import atomic_write
+from .policies.snapshot import read_manifest
+from .publish import POINTER, resolve, write_pointer
 from .store import DecisionLog
-
-POINTER = "CURRENT.json"
 
 
 @dataclass(frozen=True)
@@ -73,16 +74,28 @@ class Learner:
 
     @classmethod
     def resume(cls, log: DecisionLog, make_policy, item_features, directory, policy_env: dict, **kw) -> "Learner":
-        """A learner that continues from ``directory``'s published snapshot, if any (else
-        from ``make_policy()``). A pointer to a snapshot that fails verification raises."""
-        pointer = Path(directory) / POINTER
-        if pointer.exists():
-            meta = json.loads(pointer.read_text())
-            policy = load(Path(directory) / meta["manifest"], **policy_env)
-            learner = cls(log, policy, item_features, directory, learned_seq=int(meta["trained_until_seq"]), **kw)
-            learner.version = meta["version"]
-            return learner
-        return cls(log, make_policy(), item_features, directory, **kw)
+        """A learner that continues from the snapshot :func:`banditrec.publish.resolve` chooses
+        in ``directory`` (the one the serving workers serve), else from ``make_policy()``.
+        Snapshots on disk none of which verifies raise: learning from scratch over them would
+        hide the damage."""
+        directory = Path(directory)
+
+        def opener(path, manifest_sha256):
+            return load(path, manifest_sha256=manifest_sha256, **policy_env)
+
+        found = resolve(directory, opener)
+        if found.source == "none":
+            if found.refused or (directory / POINTER).exists():
+                reasons = "; ".join(reason for _, reason in found.refused) or found.pointer_error
+                raise ValidationError(f"no snapshot in {directory} verifies: {reasons}; to learn from scratch, "
+                                      f"move its snapshots and {POINTER} away", "snapshot")
+            return cls(log, make_policy(), item_features, directory, **kw)
+        if found.pointer_error:
+            logging.getLogger("banditrec.learner").warning(
+                "resuming from the newest valid snapshot %s: %s", found.manifest, found.pointer_error)
+        learner = cls(log, found.value, item_features, directory, learned_seq=found.trained_until_seq or 0, **kw)
+        learner.version = found.version
+        return learner
 
     def step(self) -> Published | None:
         """Learn from the newly closed decisions and publish; ``None`` when nothing closed."""
@@ -112,27 +125,24 @@ class Learner:
 
     def publish(self, n_rows: int = 0) -> Published:
         stem = f"{self.policy.model_version}-seq{self.learned_seq}"
-        manifest_path = self.policy.save(self.directory / stem)
-        sha = json.loads(manifest_path.read_text())["sha256"]
-        version = f"{self.policy.model_version}.{sha[:8]}"
-        pointer = {"version": version, "manifest": manifest_path.name, "sha256": sha,
-                   "trained_until_seq": self.learned_seq, "published_ts": time.time()}
-        atomic_write(self.directory / POINTER, json.dumps(pointer, indent=1).encode())
-        self.log.register_model(version, self.policy.name, self.policy.params, path=str(manifest_path),
+        manifest_path = self.policy.save(self.directory / stem, provenance={"trained_until_seq": self.learned_seq})
+        pointer = write_pointer(self.directory, manifest_path, trained_until_seq=self.learned_seq)
+        sha = read_manifest(manifest_path)["sha256"]  # the payload's
+        self.log.register_model(pointer.version, self.policy.name, self.policy.params, path=str(manifest_path),
                                 sha256=sha, n_updates=self.policy.n_updates, trained_until_seq=self.learned_seq)
-        self.version = version
+        self.version = pointer.version
         self._prune(keep_names={manifest_path.name})
-        return Published(version, manifest_path, sha, self.learned_seq, n_rows)
+        return Published(pointer.version, manifest_path, sha, self.learned_seq, n_rows)
 
     def _prune(self, keep_names: set[str]) -> None:
         """Delete all but the newest ``keep`` snapshots (a worker may still be loading one
-        of the last few, so they stay)."""
+        of the last few, and they are what a worker falls back to when the pointer is unusable)."""
         manifests = sorted((p for p in self.directory.glob("*.json") if p.name != POINTER),
                            key=lambda p: p.stat().st_mtime_ns)
         for old in manifests[: max(0, len(manifests) - self.keep)]:
             if old.name in keep_names:
                 continue
-            for path in (old, old.with_suffix(".npz")):
+            for path in (old, old.with_suffix(".npz"), old.with_suffix(".vw")):
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
 

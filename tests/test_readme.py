@@ -17,7 +17,8 @@ from banditrec.store import DecisionLog
 from simulator import Shop
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-CURLS = re.findall(r"curl -s -X POST localhost:8000(/v1/\w+) .*?-d '(\{.*?\})'", README, flags=re.S)
+SERVICE = (Path(__file__).resolve().parent.parent / "docs" / "service.md").read_text()  # the service's manual
+CURLS = re.findall(r"curl -s -X POST localhost:8000(/v1/\w+) .*?-d '(\{.*?\})'", SERVICE, flags=re.S)
 
 
 def test_readme_starts_with_the_two_commands():
@@ -37,8 +38,8 @@ def test_readme_curl_examples_get_the_documented_status():
     assert reward.status_code == 200 and reward.get_json()["status"] == "recorded"
     bad = client.post(CURLS[2][0], json=json.loads(CURLS[2][1]))
     assert bad.status_code == 400 and bad.get_json()["error"]["fields"][0]["field"] == "slots"
-    # the README shows a real answer of each kind with the same keys
-    shown = re.findall(r"```json\n(\{.*?\})\n```", README, flags=re.S)
+    # the manual shows a real answer of each kind with the same keys
+    shown = re.findall(r"```json\n(\{.*?\})\n```", SERVICE, flags=re.S)
     assert len(shown) >= 3
     assert list(json.loads(shown[0])) == list(decide.get_json())
     assert list(json.loads(shown[1])) == list(reward.get_json())

@@ -49,17 +49,16 @@ def create_app(engine: Engine, config: dict | None = None, *, settings: ServiceC
 
         def _reloaded(result: str) -> None:
             metrics.reloads.labels(result).inc()
-            if result == "loaded":  # the per-worker model gauge follows the worker's own reloads
+            if result != "refused":  # the per-worker model gauge follows the worker's own reloads
                 metrics.set_model(engine)
 
         watcher = SnapshotWatcher(settings.snapshots, engine, policy_env,
                                   check_interval_s=settings.reload_check_ms / 1000,
                                   on_result=_reloaded)
         app.extensions["banditrec.watcher"] = watcher
-        try:  # a worker (re)started after the learner published serves the newest snapshot
-            watcher.reload()
-        except Exception:  # noqa: BLE001 - no pointer yet, or a refused one (logged): serve the built policy
-            pass
+        # a worker (re)started after the learner published serves what the running ones serve:
+        # the pointer's snapshot, or the newest valid one when the pointer is unusable (reload.py)
+        watcher.refresh()
     if shop_watcher is not None:
         app.extensions["banditrec.shop_watcher"] = shop_watcher
         app.extensions["banditrec.shop_looks"] = _Throttle(shop_watcher.check)

@@ -16,13 +16,13 @@ from .config import ServiceConfig
 def create_shop_app(shop_dir, policy: str, db, *, settings: ServiceConfig | None = None,
                     reward_window_s: float | None = 3600.0, n_candidates: int = 30, min_epsilon: float = 0.01,
                     seed=None, clock=time.time, process_lock: bool = False, checkpoint_interval_s=None,
-                    config: dict | None = None) -> Flask:
+                    synchronous: str = "NORMAL", config: dict | None = None) -> Flask:
     """A service app serving the current build of ``shop_dir`` with a new ``policy`` (a spec),
     logging to ``db``; newer builds of the directory and, with ``settings.snapshots``, the
     learner's snapshots are picked up while it serves."""
     shop = Shop(shop_dir)
     log = DecisionLog(db, reward_window_s=reward_window_s, process_lock=process_lock,
-                      checkpoint_interval_s=checkpoint_interval_s)
+                      checkpoint_interval_s=checkpoint_interval_s, synchronous=synchronous)
     engine = engine_for_shop(shop, policy, log, n_candidates=n_candidates, min_epsilon=min_epsilon, seed=seed,
                              clock=clock)
     app_ref: dict = {}
