@@ -210,7 +210,8 @@ def test_an_empty_blank_or_short_token_file_is_refused(tmp_path, content):
 
 
 @pytest.mark.parametrize("content", ["", "  \n", "abc"])
-def test_banditrec_serve_refuses_an_empty_or_short_token_file_before_starting(tmp_path, monkeypatch, content):
+def test_banditrec_serve_refuses_an_empty_or_short_token_file_before_starting(tmp_path, monkeypatch, content,
+                                                                              sim_shop_dir):
     """`banditrec serve --token-file F` with F empty, blank or short: a usage error and a
     non-zero exit, and no server is started (gunicorn is never exec'ed)."""
     from click.testing import CliRunner
@@ -221,13 +222,13 @@ def test_banditrec_serve_refuses_an_empty_or_short_token_file_before_starting(tm
     monkeypatch.setattr(cli.os, "execvpe", lambda *a: started.append(a))
     monkeypatch.delenv("BANDITREC_API_TOKEN", raising=False)
     (tmp_path / "tok").write_text(content)
-    result = CliRunner().invoke(cli.main, ["serve", "--token-file", str(tmp_path / "tok"), "--db",
-                                           str(tmp_path / "log.db")])
+    result = CliRunner().invoke(cli.main, ["serve", "--shop", str(sim_shop_dir), "--token-file", str(tmp_path / "tok"),
+                                           "--db", str(tmp_path / "log.db")])
     assert result.exit_code != 0 and not started, (result.exit_code, result.output, started)
     assert "token" in result.output and str(tmp_path / "tok") in result.output
     (tmp_path / "tok").write_text(TOKEN + "\n")
-    result = CliRunner().invoke(cli.main, ["serve", "--token-file", str(tmp_path / "tok"), "--db",
-                                           str(tmp_path / "log.db"), "--durable"])
+    result = CliRunner().invoke(cli.main, ["serve", "--shop", str(sim_shop_dir), "--token-file", str(tmp_path / "tok"),
+                                           "--db", str(tmp_path / "log.db"), "--durable"])
     assert result.exit_code == 0 and started[0][2]["BANDITREC_API_TOKEN"] == TOKEN, result.output
     assert started[0][2]["BANDITREC_DURABLE"] == "1"
 

@@ -132,18 +132,20 @@ def test_fuzz_the_wsgi_app_from_its_openapi_document(app_and_ids, auth):
     assert 401 not in statuses(seen, "POST /v1/decide")
 
 
-def test_fuzz_a_real_server_with_auth_on_every_route(tmp_path):
-    """``--decide-auth``: every route but the ops ones needs the token; through HTTP on 127.0.0.1."""
+def test_fuzz_a_real_server_with_auth_on_every_route(tmp_path, sim_shop_dir):
+    """``--decide-auth``: every route but the ops ones needs the token; through HTTP on 127.0.0.1,
+    serving a shop directory (named context fields)."""
     from test_service_server import TOKEN as SERVER_TOKEN, Client, server_env
 
     from banditrec.service.runner import GunicornServer
+    from banditrec.shop import Shop
 
-    env = server_env(tmp_path, BANDITREC_DECIDE_AUTH=1, BANDITREC_BATCH_MAX=8)
+    env = server_env(tmp_path, sim_shop_dir, BANDITREC_DECIDE_AUTH=1, BANDITREC_BATCH_MAX=8)
     with GunicornServer(env, workers=1, log=tmp_path / "gunicorn.log") as srv:
         client = Client(srv)
         event_ids = [client.call("POST", "/v1/decide", {"user_id": f"f{i}", "slots": 2})[2]["event_id"]
                      for i in range(4)]
-        item_ids = [f"i{k}" for k in range(1000)]  # Shop(seed=0)'s catalog, as the server builds it
+        item_ids = list(Shop(sim_shop_dir).items.ids)  # the served shop's catalog
         schema = schemathesis.openapi.from_url(f"{srv.base}/openapi.json")
         seen = fuzz(schema, "gunicorn, auth on every route", headers={"Authorization": f"Bearer {SERVER_TOKEN}"},
                     event_ids=event_ids, item_ids=item_ids, call_kw={"base_url": srv.base, "timeout": 10})

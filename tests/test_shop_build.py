@@ -216,3 +216,22 @@ def test_sensitivity_and_recommend_on_a_shop(shop_dir, tmp_path):
                for line in lines[3:])
     res = CliRunner().invoke(main, ["recommend", "--shop", str(shop_dir), "--user", "u3", "--cart", "nope"])
     assert res.exit_code == 2 and "item 'nope' is not in the shop's catalog" in res.output
+
+
+def test_a_serving_process_started_while_the_pointer_is_damaged_serves_the_newest_valid_build(shop_dir, tmp_path):
+    from banditrec.service.shopapp import create_shop_app
+
+    first = Shop(shop_dir).build
+    ids = [f"i{k}" for k in range(41)]
+    second = build_shop(catalog(tmp_path / "items2.csv", ids), interactions(tmp_path / "ev2.csv", ids, seed=4),
+                        out=shop_dir).build
+    (shop_dir / "CURRENT.json").write_text('{"format": "banditrec.shop/1", "bui')  # torn
+    app = create_shop_app(shop_dir, "shared-linucb", str(tmp_path / "log.db"))
+    health = app.test_client().get("/healthz").get_json()
+    assert health["shop_build"] == second != first and health["status"] == "degraded"
+    assert "CURRENT.json is damaged" in health["last_shop_error"]
+    # the newest build damaged too: the one before it
+    victim = shop_dir / "builds" / second / "arrays" / "items.features.npy"
+    victim.write_bytes(victim.read_bytes()[:-8])
+    app = create_shop_app(shop_dir, "shared-linucb", str(tmp_path / "log2.db"))
+    assert app.test_client().get("/healthz").get_json()["shop_build"] == first

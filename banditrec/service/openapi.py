@@ -46,6 +46,29 @@ def endpoint(bp: Blueprint, method: str, rule: str, *, summary: str, body: type[
     return wrap
 
 
+def context_schema(engine) -> dict:
+    """A decide request's ``context`` as ``engine`` takes it: an object of the shop's request
+    fields (each one of its values, or a number) when the shop computes the context, else a list
+    of exactly ``context_dim`` numbers; absent or null either way."""
+    featurizer = engine.parts.context
+    if featurizer is None:
+        n = int(engine.context_dim)
+        given = {"type": "array", "items": {"type": "number"}, "minItems": n, "maxItems": n}
+    else:
+        props = {}
+        for name in featurizer.field_names():
+            vocab = featurizer.fields.get(name)
+            if vocab == "number":
+                props[name] = {"type": "number"}
+            elif vocab is not None:
+                props[name] = {"type": "string", "enum": list(vocab)}
+            else:  # a column of an imported log's encoding: its values, or a number
+                levels = [c.split("=", 1)[1] for c in featurizer.columns if c.startswith(name + "=")]
+                props[name] = {"type": "string", "enum": levels} if levels else {"type": "number"}
+        given = {"type": "object", "properties": props, "additionalProperties": False}
+    return {"anyOf": [given, {"type": "null"}], "default": None, "title": "Context"}
+
+
 def document(app: Flask) -> dict:
     routes = []
     for rule in app.url_map.iter_rules():
@@ -70,9 +93,8 @@ def document(app: Flask) -> dict:
     engine = app.extensions.get("banditrec.engine")
     if settings is not None:  # the batch size this app enforces, not the models' hard maximum
         schemas["BatchDecideRequest"]["properties"]["requests"]["maxItems"] = settings.batch_max
-    if engine is not None:  # a context, when given, has exactly the engine's length
-        context = schemas["DecideRequest"]["properties"]["context"]["anyOf"][0]
-        context["minItems"] = context["maxItems"] = int(engine.context_dim)
+    if engine is not None:  # the context this engine takes: its shop's named fields, or its length
+        schemas["DecideRequest"]["properties"]["context"] = context_schema(engine)
     paths: dict = {}
     needs_auth = False
     for path, method, view, meta in sorted(routes, key=lambda r: (r[0], r[1])):

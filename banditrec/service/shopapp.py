@@ -7,7 +7,8 @@ import time
 
 from flask import Flask
 
-from ..shop import Shop, ShopWatcher, engine_for_shop
+from ..shop import ShopWatcher, engine_for_shop
+from ..shop.serving import open_newest_valid
 from ..store import DecisionLog
 from . import create_app
 from .config import ServiceConfig
@@ -20,7 +21,7 @@ def create_shop_app(shop_dir, policy: str, db, *, settings: ServiceConfig | None
     """A service app serving the current build of ``shop_dir`` with a new ``policy`` (a spec),
     logging to ``db``; newer builds of the directory and, with ``settings.snapshots``, the
     learner's snapshots are picked up while it serves."""
-    shop = Shop(shop_dir)
+    shop, refused = open_newest_valid(shop_dir)
     log = DecisionLog(db, reward_window_s=reward_window_s, process_lock=process_lock,
                       checkpoint_interval_s=checkpoint_interval_s, synchronous=synchronous)
     engine = engine_for_shop(shop, policy, log, n_candidates=n_candidates, min_epsilon=min_epsilon, seed=seed,
@@ -36,6 +37,12 @@ def create_shop_app(shop_dir, policy: str, db, *, settings: ServiceConfig | None
                 metrics.set_shop(engine)
 
     watcher = ShopWatcher(shop_dir, engine, shop, on_result=reloaded)
+    if refused is not None:
+        import logging
+
+        watcher.last_error = refused
+        logging.getLogger("banditrec.service").error("shop build refused: %s; serving the newest valid build %s",
+                                                     refused, shop.build)
     app = create_app(engine, config, settings=settings, policy_env=lambda: watcher.shop.policy_env(),
                      shop_watcher=watcher)
     app_ref["app"] = app

@@ -92,15 +92,21 @@ class BuildFiles:
         self._checked: set[str] = set()
 
     @classmethod
-    def open(cls, directory, pointer: Pointer | None = None) -> "BuildFiles":
-        pointer = pointer or read_pointer(directory)
+    def open(cls, directory, pointer: Pointer | None = None, *, build: str | None = None) -> "BuildFiles":
+        """The build the pointer names (its manifest checked against the pointer's checksum), or
+        ``build`` by name (a fallback when the pointer is unusable: its manifest is only parsed,
+        each file is still checked against it)."""
+        if build is None:
+            pointer = pointer or read_pointer(directory)
+        else:
+            pointer = Pointer(build, "")
         root = Path(directory) / BUILDS / pointer.build
         path = root / "manifest.json"
         try:
             data = path.read_bytes()
         except OSError as exc:
             raise ShopDirError(f"build {pointer.build} of {directory} has no readable manifest: {exc}", "shop") from None
-        if hashlib.sha256(data).hexdigest() != pointer.manifest_sha256:
+        if build is None and hashlib.sha256(data).hexdigest() != pointer.manifest_sha256:
             raise ShopDirError(f"build {pointer.build}'s manifest does not match the pointer's checksum "
                                "(damaged or replaced)", "shop")
         try:

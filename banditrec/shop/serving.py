@@ -24,7 +24,7 @@ from ..errors import ValidationError
 from ..policies import Policy, make
 from ..store import DecisionLog
 from .build import catalog_from_table
-from .directory import BuildFiles, Pointer, pointer_signature, read_pointer
+from .directory import BuildFiles, Pointer, list_builds, pointer_signature, read_pointer
 from .features import ContextFeaturizer
 
 
@@ -40,9 +40,9 @@ class ItemInfo:
 class Shop:
     """The current build of the shop directory ``directory`` (see the module docstring)."""
 
-    def __init__(self, directory, pointer: Pointer | None = None):
+    def __init__(self, directory, pointer: Pointer | None = None, *, build: str | None = None):
         self.directory = Path(directory)
-        files = BuildFiles.open(directory, pointer)
+        files = BuildFiles.open(directory, pointer, build=build)
         self.files = files
         self.manifest = files.manifest
         self.build = files.build
@@ -122,6 +122,22 @@ class Shop:
         text = " ".join(v[j] for v in self.catalog.text.values() if v[j]) if self.catalog.text else ""
         kind = self.catalog.type[j] if self.catalog.type is not None else ""
         return ItemInfo(self.items.ids[j], text, kind)
+
+
+def open_newest_valid(directory) -> tuple[Shop, str | None]:
+    """The pointer's build, or, when the pointer or its build is unusable, the newest build in
+    the directory that loads and verifies: ``(shop, why the pointer's was refused or None)``.
+    A serving process (re)started meanwhile serves what the running ones serve."""
+    try:
+        return Shop(directory), None
+    except ValidationError as exc:
+        error = str(exc)
+    for build in reversed(list_builds(directory)):
+        try:
+            return Shop(directory, build=build), error
+        except ValidationError:
+            continue
+    raise ValidationError(f"{error}; and no build in {directory} verifies", "shop")
 
 
 def engine_for_shop(shop: Shop, policy: Policy | str, log: DecisionLog, *, n_candidates: int = 30,
