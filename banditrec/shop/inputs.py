@@ -182,8 +182,8 @@ def read_events(path, config: BuildConfig, fields: dict[str, str], item_ids: np.
     build's index order) and user ids against ``users`` (users not in it are appended)."""
     table = read_table(path, fields=fields, required=("user_id", "item_id", "event_type", "timestamp"),
                        what="interactions", columns=EVENT_FIELDS)
-    user_text = table.strings("user_id")
-    item_text = table.strings("item_id")
+    user_text = table.text("user_id")
+    item_text = table.text("item_id")
     ts = table.timestamps("timestamp", unit=config.timestamp_unit)
     types = pc.utf8_lower(pc.utf8_trim_whitespace(pc.cast(table.columns["event_type"], pa.string())))
     table.strings("event_type")  # an empty event_type is an error naming its line
@@ -198,13 +198,13 @@ def read_events(path, config: BuildConfig, fields: dict[str, str], item_ids: np.
     if not claimed.all():
         counts = pc.value_counts(pc.filter(types, pc.is_null(where)))
         ignored = dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist()))
-    item_pos = pc.index_in(pa.array(item_text, type=pa.string()), value_set=pa.array(item_ids, type=pa.string()))
+    item_pos = pc.index_in(item_text, value_set=pa.array(item_ids, type=pa.string()))
     unknown = pc.is_null(item_pos).to_numpy(zero_copy_only=False)
     item = item_pos.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
-    examples = list(dict.fromkeys(item_text[unknown][:50].tolist()))[:3]
+    examples = list(dict.fromkeys(pc.filter(item_text, pa.array(unknown)).slice(0, 50).to_pylist()))[:3]
     # users: the users file's order first, then interaction-only users in order of appearance
     known_users = users.ids if users is not None else np.empty(0, dtype=object)
-    enc = pc.dictionary_encode(pa.array(user_text, type=pa.string()))
+    enc = pc.dictionary_encode(user_text)
     distinct = np.asarray(enc.dictionary.to_numpy(zero_copy_only=False), dtype=object)
     pos = pc.index_in(enc.dictionary, value_set=pa.array(known_users, type=pa.string()))
     missing = pc.is_null(pos).to_numpy(zero_copy_only=False)
@@ -216,8 +216,7 @@ def read_events(path, config: BuildConfig, fields: dict[str, str], item_ids: np.
     keep = (kinds >= 0) & ~unknown
     session = None
     if "session_id" in table:
-        sess = table.strings("session_id", required=False)
-        enc_s = pc.dictionary_encode(pa.array(sess, type=pa.string()))
+        enc_s = pc.dictionary_encode(table.text("session_id", required=False))
         session = enc_s.indices.to_numpy(zero_copy_only=False).astype(np.int64)[keep]
     value = table.numbers("value")[keep] if "value" in table else None
     quantity = None

@@ -56,15 +56,22 @@ class Table:
         return InputError(self.path, csv_line(self.path, row), column, message)
 
     # ---- typed columns -------------------------------------------------------------------------
-    def strings(self, name: str, *, required: bool = True) -> np.ndarray:
-        """The column as an object array of ``str``; an empty cell is an error when ``required``."""
+    def text(self, name: str, *, required: bool = True) -> pa.Array:
+        """The column as an Arrow string array (empty cells as ""); an empty cell is an error
+        when ``required``."""
         arr = self.columns[name]
         if not pa.types.is_string(arr.type) and not pa.types.is_large_string(arr.type):
             arr = pc.cast(arr, pa.string())
         if required:
             empty = pc.or_kleene(pc.is_null(arr), pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(arr)), 0))
-            self._refuse(empty, name, lambda v: "a value is required, found an empty cell")
-        return np.asarray(arr.fill_null("").to_numpy(zero_copy_only=False), dtype=object)
+            if pc.any(empty).as_py():
+                self._refuse(empty.to_numpy(zero_copy_only=False), name,
+                             lambda v: "a value is required, found an empty cell")
+        return arr.fill_null("")
+
+    def strings(self, name: str, *, required: bool = True) -> np.ndarray:
+        """The column as an object array of ``str``; an empty cell is an error when ``required``."""
+        return np.asarray(self.text(name, required=required).to_numpy(zero_copy_only=False), dtype=object)
 
     def numbers(self, name: str, *, required: bool = False) -> np.ndarray:
         """The column as float64; empty cells are NaN (an error when ``required``)."""
@@ -126,8 +133,13 @@ class Table:
             out[numeric] = np.asarray(values[numeric], dtype=float) * scale
             iso = ~numeric & ~empty
             if iso.any():
-                out[iso] = _iso_seconds(values[iso], lambda j, v: self.error(
-                    int(np.flatnonzero(iso)[j]), name, f"expected a timestamp (ISO-8601 or epoch seconds), found {v!r}"))
+                fast = _arrow_iso_seconds(pc.filter(text, pa.array(iso)))
+                if fast is not None:
+                    out[iso] = fast
+                else:
+                    out[iso] = _iso_seconds(values[iso], lambda j, v: self.error(
+                        int(np.flatnonzero(iso)[j]), name,
+                        f"expected a timestamp (ISO-8601 or epoch seconds), found {v!r}"))
         if required:
             self._refuse(np.isnan(out), name, lambda v: "a timestamp is required, found an empty cell")
         if unit == "s":
@@ -153,6 +165,21 @@ def _is_float(text: str) -> bool:
 
 
 _OFFSET = re.compile(r"(Z|[+-]\d{2}:?\d{2})$")
+
+
+def _arrow_iso_seconds(text: pa.Array) -> np.ndarray | None:
+    """Epoch seconds of ISO-8601 strings that all share one form Arrow casts in C (all with a
+    zone offset or ``Z``, or all without one, meaning UTC); None otherwise (the exact parser
+    then finds the bad cell)."""
+    for unit in (pa.timestamp("us", tz="UTC"), pa.timestamp("us")):
+        try:
+            stamps = pc.cast(text, unit)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            continue
+        if stamps.null_count:
+            return None
+        return pc.cast(stamps, pa.int64()).to_numpy(zero_copy_only=False) / 1e6
+    return None
 
 
 def _iso_seconds(values: np.ndarray, error) -> np.ndarray:
