@@ -13,7 +13,18 @@ import click
 @click.group()
 @click.version_option(package_name="banditrec")
 def main():
-    """Contextual-bandit recommendation carousels."""
+    """Contextual-bandit recommendation carousels.
+
+    \b
+    Your own shop (docs/data-formats.md):
+      banditrec build --items items.csv --interactions interactions.csv --out shop/
+      banditrec serve --shop shop/                # the decision service
+      banditrec learn --shop shop/                # learns from its log, publishes snapshots
+      banditrec evaluate --shop shop/ --db out/serve/log.db --policy egreedy
+      banditrec recommend --shop shop/ --user u42
+    \b
+    The simulated shop, end to end: banditrec demo
+    """
 
 
 @main.command()
