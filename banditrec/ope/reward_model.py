@@ -70,6 +70,20 @@ def _pairs(target_rows) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return row, t.indices.astype(np.int64), t.data
 
 
+def _threads(n: int):
+    """Native thread pools (OpenMP, BLAS) limited to ``n`` while a library model fits or
+    predicts: its results then do not depend on the machine's core count, and it does not spin
+    against other processes on a shared machine."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=n)
+
+
+def _check_threads(n) -> None:
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
+        raise ValidationError(f"n_threads must be a positive integer, got {n!r}", "n_threads")
+
+
 def _binary(reward: np.ndarray) -> bool:
     return bool(((reward == 0) | (reward == 1)).all())
 
@@ -261,18 +275,22 @@ class LogisticRewardModel(RewardModel):
     ``per_slot`` fits one model per slot (Open Bandit Pipeline's per-position regression: every
     coefficient may differ by slot); otherwise one model with a slot intercept. ``v_a`` are the
     ``item_features`` when given. L2 penalty ``1 / C`` (scikit-learn's ``LogisticRegression``,
-    lbfgs). Rewards must be 0 or 1.
+    Newton-Cholesky up to ``NEWTON_MAX_COLUMNS`` features, L-BFGS past that). Rewards must be
+    0 or 1. ``n_threads`` bounds the native threads while fitting.
     """
 
     C: float = 1.0
     per_slot: bool = True
     item_features: np.ndarray | None = None
     max_iter: int = 500
+    n_threads: int = 1
     name: ClassVar[str] = "logistic"
+    NEWTON_MAX_COLUMNS: ClassVar[int] = 2000
 
     def __post_init__(self):
         if not (isinstance(self.C, (int, float)) and np.isfinite(self.C) and self.C > 0):
             raise ValidationError(f"C must be a positive number, got {self.C!r}", "C")
+        _check_threads(self.n_threads)
         object.__setattr__(self, "item_features", _check_item_features(self.item_features))
 
     def with_item_features(self, item_features):
@@ -294,7 +312,7 @@ class LogisticRewardModel(RewardModel):
         reward = data.reward[rows]
         if not _binary(reward):
             bad = int(rows[np.flatnonzero((reward != 0) & (reward != 1))[0]])
-            raise ValidationError(f"{type(self).__name__} needs rewards of 0 or 1, found {data.reward[bad]!r} at "
+            raise ValidationError(f"{type(self).__name__} needs rewards of 0 or 1, found {float(data.reward[bad])!r} at "
                                   f"row {bad} (use ridge or gbt)", "reward")
         _check_item_features(self.item_features, data.n_actions)
         groups = [np.arange(data.n_slots)] if not self.per_slot else [[k] for k in range(data.n_slots)]
@@ -306,8 +324,10 @@ class LogisticRewardModel(RewardModel):
                 fitted.append(_Constant(float(y[0]) if len(sel) else float(reward.mean())))
                 continue
             x = self._design(data, sel, data.action[sel], slot_column=not self.per_slot)
-            lr = LogisticRegression(C=self.C, max_iter=self.max_iter)
-            lr.fit(x, y)
+            solver = "newton-cholesky" if x.shape[1] <= self.NEWTON_MAX_COLUMNS else "lbfgs"
+            lr = LogisticRegression(C=self.C, solver=solver, max_iter=self.max_iter)
+            with _threads(self.n_threads):
+                lr.fit(x, y)
             fitted.append((lr.coef_.ravel().copy(), float(lr.intercept_[0])))
         return tuple(fitted)
 
@@ -334,7 +354,8 @@ class GBTRewardModel(RewardModel):
     scikit-learn's ``HistGradientBoostingClassifier`` (log loss) when the training rewards are
     all 0 or 1, ``HistGradientBoostingRegressor`` (squared error) otherwise. Slot and item are
     categorical features (the item only up to 255 items; past that the trees see items through
-    ``item_features`` alone). No early stopping, ``random_state=seed``: a fit is reproducible.
+    ``item_features`` alone). No early stopping, ``random_state=seed`` and ``n_threads`` native
+    threads: a fit is reproducible, whatever the machine's core count.
     """
 
     max_iter: int = 100
@@ -344,6 +365,7 @@ class GBTRewardModel(RewardModel):
     l2_regularization: float = 1.0
     item_features: np.ndarray | None = None
     seed: int = 0
+    n_threads: int = 1
     name: ClassVar[str] = "gbt"
     MAX_CATEGORIES: ClassVar[int] = 255
 
@@ -354,6 +376,7 @@ class GBTRewardModel(RewardModel):
                 raise ValidationError(f"{name} must be a positive integer, got {v!r}", name)
         if not (isinstance(self.learning_rate, (int, float)) and 0 < self.learning_rate <= 1):
             raise ValidationError(f"learning_rate must be in (0, 1], got {self.learning_rate!r}", "learning_rate")
+        _check_threads(self.n_threads)
         object.__setattr__(self, "item_features", _check_item_features(self.item_features))
 
     def with_item_features(self, item_features):
@@ -388,16 +411,16 @@ class GBTRewardModel(RewardModel):
                       min_samples_leaf=self.min_samples_leaf, l2_regularization=self.l2_regularization,
                       categorical_features=categorical, early_stopping=False, random_state=self.seed)
         model = HistGradientBoostingClassifier(**params) if _binary(y) else HistGradientBoostingRegressor(**params)
-        model.fit(self._design(data, rows, data.action[rows]), y)
+        with _threads(self.n_threads):
+            model.fit(self._design(data, rows, data.action[rows]), y)
         return model
 
     def q(self, fitted, data, rows, items):
         if isinstance(fitted, _Constant):
             return np.full(len(rows), fitted.value)
         x = self._design(data, rows, items)
-        if hasattr(fitted, "predict_proba"):
-            return fitted.predict_proba(x)[:, 1]
-        return fitted.predict(x)
+        with _threads(self.n_threads):
+            return fitted.predict_proba(x)[:, 1] if hasattr(fitted, "predict_proba") else fitted.predict(x)
 
 
 REWARD_MODELS: dict[str, type[RewardModel]] = {
