@@ -151,7 +151,18 @@ def test_cli_tune_and_its_errors(logged, tmp_path):
     doc = json.loads(ok.output)
     assert doc["tuning"]["settings"] == ["popularity:epsilon=0.1", "popularity:epsilon=0.5"]
     assert doc["tuning"]["chosen"] in doc["tuning"]["settings"]
+    # --reward-model reaches the DM family: another model, another DR, the same IPS
+    by_model = {}
+    for model in ("ridge", "logistic"):
+        res = runner.invoke(main, ["evaluate", "--db", str(db), "--policy", "uniform", "--reward-model", model,
+                                   "--json", "--out", str(tmp_path)])
+        assert res.exit_code == 0, res.output
+        by_model[model] = json.loads(res.output)
+        assert by_model[model]["reward_model"] == model
+    ests = [by_model[m]["candidates"][0]["estimates"] for m in ("ridge", "logistic")]
+    assert ests[0]["IPS"] == ests[1]["IPS"] and ests[0]["DR"]["value"] != ests[1]["DR"]["value"]
     for args, match in [
+        (["--policy", "uniform", "--reward-model", "forest"], "Invalid value for '--reward-model'"),
         ([], "give at least one --policy or --tune grid"),
         (["--tune", "popularity:epsilon=0.1|"], "empty alternative"),
         (["--tune", "popularity:nosuch=1|2"], "policy popularity has no parameter nosuch"),
