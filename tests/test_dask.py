@@ -297,7 +297,7 @@ def test_both_backends_agree_on_dr_with_a_fitted_reward_model(sim, client, model
     spec = SPECS[1]
     ref = evaluate_log(str(sim / "log.db"), [spec], estimators=("DR", "SNDR"), reward_model=model)
     dist = evaluate_parquet(sim / "pq", [spec], estimators=("DR", "SNDR"), reward_model=model, client=client)
-    ridge = evaluate_log(str(sim / "log.db"), [spec], estimators=("DR",))
+    ridge = evaluate_log(str(sim / "log.db"), [spec], estimators=("DR",), reward_model="ridge")
     assert dist.reward_model == ref.reward_model == model
     for name in ("DR", "SNDR"):
         same_estimate(dist.candidates[0].estimates[name], ref.candidates[0].estimates[name])
