@@ -65,7 +65,8 @@ class Evaluation:
 
     def table(self) -> str:
         w = max([len("logging (on-policy)")] + [len(c.spec) for c in self.candidates])
-        head = f"{'policy':<{w}}  {'estim.':<10} {'estimate':>9} {'95% CI':>21} {'ESS':>9} {'max w':>7}  note"
+        ci = f"{self.logging.level:.0%} CI"
+        head = f"{'policy':<{w}}  {'estim.':<10} {'estimate':>9} {ci:>21} {'ESS':>9} {'max w':>7}  note"
         lines = [head, "-" * len(head)]
 
         def row(label, e: Estimate, note=""):
@@ -75,7 +76,8 @@ class Evaluation:
         lines.append(row("logging (on-policy)", self.logging))
         for c in self.candidates:
             for name, e in c.estimates.items():
-                lines.append(row(c.spec, e, "warn" if e.warnings else ""))
+                level = f"{e.level:.2%} CI" if abs(e.level - self.logging.level) > 1e-12 else ""
+                lines.append(row(c.spec, e, " ".join(filter(None, ("warn" if e.warnings else "", level)))))
         lines.append("")
         for c in self.candidates:
             lines.append(f"{c.spec}: {'SAFE to deploy' if c.safe else 'not shown safe'} -- {c.reason}")
