@@ -315,7 +315,7 @@ def test_evaluate_parquet_reward_model_equals_ridge_fit_on_the_rows(sim):
     from banditrec.store.partitioned import read_items
 
     spec = SPECS[1]
-    got = evaluate_parquet(sim / "pq", [spec], estimators=("DR", "SNDR"))
+    got = evaluate_parquet(sim / "pq", [spec], estimators=("DR", "SNDR"), reward_model="ridge")
     ds = open_dataset(sim / "pq")
     parts = [partition_decisions(read_partition(p)) for p in ds.partitions]
     full = concat_decisions(parts)
