@@ -250,7 +250,12 @@ def _open_log_with_window(db: str, window: float):
               help="Instead of --db: a day-partitioned Parquet export (export --partition-by day), evaluated on Dask.")
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="With --parquet: the Dask scheduler (tcp://host:8786); default a LocalCluster on this machine.")
-@click.option("--policy", "specs", multiple=True, required=True, help="Candidate policy spec (repeatable).")
+@click.option("--policy", "specs", multiple=True, help="Candidate policy spec (repeatable).")
+@click.option("--tune", "tune", multiple=True, metavar="SPEC-GRID",
+              help="Choose a policy's settings on the log: a spec whose values list alternatives with '|', "
+                   "e.g. shared-linucb:alpha=0.25|0.5|1,epsilon=0.02|0.05 (repeatable; docs/evaluation.md).")
+@click.option("--reward-model", default=None, type=click.Choice(["ridge", "logistic", "gbt"]),
+              help="Reward model of DM/DR/SNDR/SwitchDR, cross-fitted on the log [default: the library's default].")
 @click.option("--estimator", "estimators", multiple=True, default=("IPS", "SNIPS", "DR", "SNDR"), show_default=True,
               help="Estimator to report (repeatable).")
 @click.option("--primary", default="DR", show_default=True, help="Estimator whose lower bound decides the verdict.")
@@ -261,7 +266,8 @@ def _open_log_with_window(db: str, window: float):
 @click.option("--out", default="out/evaluate", show_default=True, type=click.Path(file_okay=False),
               help="Directory for the report and plot.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of the table.")
-def evaluate(db, shop_dir, parquet, scheduler, specs, estimators, primary, kind, train_frac, seed, out, as_json):
+def evaluate(db, shop_dir, parquet, scheduler, specs, tune, reward_model, estimators, primary, kind, train_frac, seed,
+             out, as_json):
     """Estimate candidate policies' value on a logged period, with a safe-to-deploy verdict."""
     import json
 
@@ -281,13 +287,13 @@ def evaluate(db, shop_dir, parquet, scheduler, specs, estimators, primary, kind,
             with dask_client(scheduler) as client:
                 result = evaluate_parquet(parquet, list(specs), estimators=tuple(estimators), primary=primary,
                                           kind=kind, train_frac=train_frac, seed=seed, out=out, client=client,
-                                          progress=sys.stderr.isatty())
+                                          progress=sys.stderr.isatty(), tune=tuple(tune), reward_model=reward_model)
         else:
             from .shop import Shop
 
             result = evaluate_log(db, list(specs), estimators=tuple(estimators), primary=primary, kind=kind,
-                                  train_frac=train_frac, seed=seed, out=out,
-                                  shop=Shop(shop_dir) if shop_dir else None)
+                                  train_frac=train_frac, seed=seed, out=out, tune=tuple(tune),
+                                  reward_model=reward_model, shop=Shop(shop_dir) if shop_dir else None)
     except BanditRecError as exc:
         raise click.UsageError(str(exc)) from None
     if as_json:
