@@ -162,6 +162,36 @@ def test_rules_compose():
         Filters([object()])
 
 
+def brute_coview(e: Interactions, max_distance):
+    n = e.n_items
+    V = np.zeros((n, n))
+    for u in range(e.n_users):
+        seen = set()
+        for s in np.unique(e.session[e.user == u]):
+            pos = np.flatnonzero((e.session == s))
+            pos = pos[np.lexsort((pos, e.ts[pos]))]
+            for x in range(len(pos)):
+                for y in range(x + 1, min(len(pos), x + max_distance + 1)):
+                    a, b = e.item[pos[x]], e.item[pos[y]]
+                    if a != b and e.kind[pos[x]] == 0 and e.kind[pos[y]] == 0:
+                        seen.add((min(a, b), max(a, b)))
+        for a, b in seen:
+            V[a, b] += 1
+            V[b, a] += 1
+    return V
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2 ** 32 - 1), cap=st.integers(1, 4))
+def test_pair_cap_counts_only_events_at_most_the_cap_apart(seed, cap):
+    g = np.random.default_rng(seed)
+    E = 60
+    e = Interactions.from_arrays(g.integers(0, 4, E), g.integers(0, 8, E), np.round(g.uniform(0, DAY_S, E), -2),
+                                 g.choice([0, 0, 2], E), n_users=4, n_items=8, session_gap_s=DAY_S / 4)
+    np.testing.assert_array_equal(pair_signals(e, max_pair_distance=cap).co_view.toarray(), brute_coview(e, cap))
+    np.testing.assert_array_equal(pair_signals(e, max_pair_distance=None).co_view.toarray(), brute_coview(e, E))
+
+
 @pytest.fixture(scope="module")
 def shop_generator():
     from simulator import Environment, SimConfig
