@@ -240,15 +240,12 @@ class CandidateGenerator:
     # ---- candidates ------------------------------------------------------------------------
     def candidates(self, state: UserState, N: int, exclude=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One user's candidates: ``(ids (k,), scores (k,), source (k,))``, k <= N."""
-        ids, scores, source = self.candidates_batch([state], N, exclude=exclude)
-        keep = ids[0] >= 0
-        return ids[0][keep], scores[0][keep], source[0][keep]
+        N, excl = self._request([state], N, exclude)
+        _, items, scores, source = self._pick([state], N, excl)
+        return items, scores, _NAMES[source]
 
-    def candidates_batch(self, states: list[UserState], N: int, exclude=None, *, chunk: int | None = None
-                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Candidates for many users: ``(ids (m, N), scores (m, N), source (m, N))``; a row with
-        fewer eligible items is padded with -1, 0 and ``""``. ``exclude``: item indices no user
-        may get (on top of the filters). ``chunk`` users are scored at once (default 2048)."""
+    def _request(self, states: list[UserState], N, exclude) -> tuple[int, np.ndarray]:
+        """``(N, exclude as sorted item indices)``, checked with the states."""
         self._check()
         if isinstance(N, bool) or not isinstance(N, (int, np.integer)) or N < 1:
             raise ValidationError(f"N must be a positive integer, got {N!r}", "N")
@@ -256,14 +253,21 @@ class CandidateGenerator:
         for s in states:
             s.check(n)
         excl = np.empty(0, np.int64) if exclude is None else distinct(self._items(exclude, 1, field="exclude"))
+        return int(N), excl
+
+    def candidates_batch(self, states: list[UserState], N: int, exclude=None, *, chunk: int | None = None
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Candidates for many users: ``(ids (m, N), scores (m, N), source (m, N))``; a row with
+        fewer eligible items is padded with -1, 0 and ``""``. ``exclude``: item indices no user
+        may get (on top of the filters). ``chunk`` users are scored at once (default 2048)."""
+        N, excl = self._request(states, N, exclude)
         m = len(states)
         out_ids = np.full((m, N), -1, dtype=np.int64)
         out_scores = np.zeros((m, N))
         out_source = np.full((m, N), "", dtype=object)
         chunk = chunk or 2048
         for lo in range(0, m, chunk):
-            part = states[lo:lo + chunk]
-            rows, items, scores, source = self._pick(part, int(N), excl)
+            rows, items, scores, source = self._pick(states[lo:lo + chunk], N, excl)
             place = np.arange(len(rows)) - np.searchsorted(rows, rows)
             out_ids[lo + rows, place] = items
             out_scores[lo + rows, place] = scores
