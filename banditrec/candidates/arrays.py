@@ -66,6 +66,16 @@ def check_meta(meta, fmt: str, version: int) -> dict:
     return dict(meta)
 
 
+def from_meta(cls, meta, fmt: str, version: int = 1, **extra):
+    """``(cls(**meta["params"], **extra), meta)`` after :func:`check_meta`; unknown or missing
+    parameters raise :class:`ValidationError`."""
+    meta = check_meta(meta, fmt, version)
+    try:
+        return cls(**meta.get("params", {}), **extra), meta
+    except TypeError as exc:
+        raise ValidationError(f"{fmt} params: {exc}", "meta.params") from None
+
+
 def meta_int(meta: Mapping, key: str, low: int = 0) -> int:
     v = meta.get(key)
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:

@@ -30,7 +30,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import ValidationError
-from .arrays import check_meta, meta_int, put_csr, take, take_csr
+from .arrays import from_meta, meta_int, put_csr, take, take_csr
 from .itemknn import _top_n_per_row, rows_top_n
 from .signals import PairSignals
 
@@ -145,12 +145,8 @@ class ComplementModel:
 
     @classmethod
     def from_arrays(cls, arrays, meta) -> "ComplementModel":
-        meta = check_meta(meta, FORMAT, 1)
+        model, meta = from_meta(cls, meta, FORMAT)
         n, n_types = meta_int(meta, "n_items"), meta_int(meta, "n_types")
-        try:
-            model = cls(**meta.get("params", {}))
-        except TypeError as exc:
-            raise ValidationError(f"{FORMAT} params: {exc}", "meta.params") from None
         types = take(arrays, "types", "i", (n,)).astype(np.int64)
         if n and (types.min() < 0 or types.max() >= n_types):
             raise ValidationError(f"array 'types' must be in [0, {n_types}), found {types.min()} ... {types.max()}",

@@ -39,7 +39,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import ValidationError
-from .arrays import Prefixed, check_meta, meta_int, put_csr, take, take_csr
+from .arrays import Prefixed, check_meta, from_meta, meta_int, put_csr, take, take_csr
 from .complements import ComplementModel
 from .keys import distinct, distinct_inverse
 from .itemknn import ItemItemCF, _top_n_per_row, _usable_cpus, gather_rows, rows_top_n
@@ -491,10 +491,7 @@ class CandidateGenerator:
         metadata = None
         if parts["metadata"] is not None:
             metadata = MetadataIndex.from_arrays(Prefixed(arrays, "metadata."), parts["metadata"])
-        try:
-            gen = cls(filters=filters, metadata=metadata, **meta.get("params", {}))
-        except TypeError as exc:
-            raise ValidationError(f"{FORMAT} params: {exc}", "meta.params") from None
+        gen, meta = from_meta(cls, meta, FORMAT, filters=filters, metadata=metadata)
         gen.cf = ItemItemCF.from_arrays(Prefixed(arrays, "cf."), parts["cf"])
         gen.complement_model = ComplementModel.from_arrays(Prefixed(arrays, "complements."), parts["complements"])
         gen.types = take(arrays, "types", "i", (n,)).astype(np.int64)

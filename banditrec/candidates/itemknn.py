@@ -38,7 +38,7 @@ import scipy.sparse as sp
 
 from ..errors import ValidationError
 from .keys import distinct, distinct_inverse
-from .arrays import check_meta, meta_int, put_csr, take, take_csr
+from .arrays import from_meta, meta_int, put_csr, take, take_csr
 
 SOURCE_CF = "cf"
 SOURCE_POPULAR = "popular"
@@ -511,13 +511,8 @@ class ItemItemCF:
 
     @classmethod
     def from_arrays(cls, arrays, meta) -> "ItemItemCF":
-        meta = check_meta(meta, FORMAT, 1)
+        cf, meta = from_meta(cls, meta, FORMAT)
         n = meta_int(meta, "n_items")
-        params = dict(meta.get("params", {}))
-        try:
-            cf = cls(**params)
-        except TypeError as exc:
-            raise ValidationError(f"{FORMAT} params: {exc}", "meta.params") from None
         cf.similarity = take_csr(arrays, "similarity", (n, n))
         cf.popularity = take(arrays, "popularity", "f", (n,))
         if cf.keep_gram:

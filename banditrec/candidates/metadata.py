@@ -68,7 +68,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import ValidationError
-from .arrays import check_meta, meta_int, put_csr, take, take_csr
+from .arrays import from_meta, meta_int, put_csr, take, take_csr
 from .itemknn import run_chunks
 from .keys import distinct, distinct_rows
 from ..validation import check_finite, check_int_range, check_positive_int
@@ -372,12 +372,8 @@ class MetadataIndex:
 
     @classmethod
     def from_arrays(cls, arrays, meta) -> "MetadataIndex":
-        meta = check_meta(meta, FORMAT, 1)
+        idx, meta = from_meta(cls, meta, FORMAT)
         n, p = meta_int(meta, "n_items"), meta_int(meta, "n_numeric")
-        try:
-            idx = cls(**meta.get("params", {}))
-        except TypeError as exc:
-            raise ValidationError(f"{FORMAT} params: {exc}", "meta.params") from None
         idx.idf = take(arrays, "idf", "f", (idx.n_features,))
         idx._text = take_csr(arrays, "text", (n, idx.n_features))
         idx._num = take(arrays, "num", "f", (n, p)) if "num" in arrays else None
