@@ -33,6 +33,7 @@ whole catalog; cost, build, saving and growing catalogs: ``docs/candidates.md``.
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -70,7 +71,7 @@ class CandidateGenerator:
     max_pair_distance : the per-session pair cap of :func:`pair_signals`
     """
 
-    head = 4  # see _diversified: the share of a row spread before checking that it suffices
+    head = 2  # see _diversified: the share of a row spread before checking that it suffices
 
     def __init__(self, *, n_neighbors: int = 50, weighting: str = "cosine", half_life_s: float = 30 * DAY_S,
                  window_s: float = 7 * DAY_S, max_per_type: int = 5, type_decay: float = 0.7, min_new: int = 1,
@@ -95,6 +96,7 @@ class CandidateGenerator:
         self.filters = filters or Filters()
         self.metadata = metadata
         self.fitted = False
+        self._scratch = threading.local()
 
     @property
     def params(self) -> dict:
@@ -305,7 +307,7 @@ class CandidateGenerator:
         score left out (adjusted scores never exceed scores; a tie goes to the earlier entry).
         A row where that does not hold is spread again over all its entries.
         """
-        L = self.head * N * self.max_per_type
+        L = max(1, int(self.head * N * self.max_per_type))
         if m == 1:  # the request path: partition, then sort the head only
             if len(ok) > L:
                 kth = np.partition(score[ok], len(ok) - L)[len(ok) - L]
@@ -313,10 +315,10 @@ class CandidateGenerator:
                 bound = np.array([kth])  # nothing left out scores more
             else:
                 head, bound = ok, np.array([-np.inf])
-            head = head[np.argsort(-score[head], kind="stable")]  # pool order is item order: ties by index
+            head = head[np.lexsort((pitem[head], -score[head]))]  # ties by lower index
             rows = np.zeros(len(head), dtype=np.int64)
         else:
-            order = ok[np.lexsort((-score[ok], prow[ok]))]  # by row, then score; pool order breaks ties
+            order = ok[np.lexsort((pitem[ok], -score[ok], prow[ok]))]  # by row, score, lower index
             r = prow[order]
             place = np.arange(len(r)) - np.searchsorted(r, r)
             bound = np.full(m, -np.inf)
@@ -339,7 +341,7 @@ class CandidateGenerator:
     def _diversified_again(self, ok, prow, pitem, score, pick, pick_rows, redo, N: int) -> np.ndarray:
         """``pick`` with the picks of rows ``redo`` recomputed over all their eligible entries."""
         mine = ok[np.isin(prow[ok], redo)]
-        order = mine[np.lexsort((-score[mine], prow[mine]))]
+        order = mine[np.lexsort((pitem[mine], -score[mine], prow[mine]))]
         r = prow[order]
         kept = diversify_sorted(r, score[order], self.types[pitem[order]], N, max_per_type=self.max_per_type,
                                 type_decay=self.type_decay)
@@ -352,7 +354,7 @@ class CandidateGenerator:
         (type cap respected), replacing the last picks when the row is full."""
         cold_pick = np.bincount(prow[pick], weights=self.cold[pitem[pick]], minlength=int(prow.max(initial=-1)) + 1)
         cand = ok[self.cold[pitem[ok]]]
-        cand = cand[np.lexsort((-score[cand], prow[cand]))]  # eligible new items, by row, score, lower index
+        cand = cand[np.lexsort((pitem[cand], -score[cand], prow[cand]))]  # new items, by row, score, lower index
         short = distinct(prow[cand])
         short = short[cold_pick[short] < self.min_new]
         if len(short) == 0:
@@ -410,31 +412,46 @@ class CandidateGenerator:
             parts.append(gather_rows(M.indptr, M.indices, M.data, rows[at[1]:], items[at[1]:], w[at[1]:]))
         parts.append(gather_rows(self.popular.indptr, self.popular.indices, self.popular.data,
                                  np.arange(m, dtype=np.int64), seg, np.ones(m)))
-        pool, inv = distinct_inverse(np.concatenate([r * n + c for r, c, _ in parts]))
+        keys = np.concatenate([r * n + c for r, c, _ in parts])
+        pool, inv = self._dedupe(keys) if m == 1 else distinct_inverse(keys)
         P = len(pool)
         part = np.repeat(np.arange(len(parts)), [len(p[0]) for p in parts])
         val = _sum_by(part * P + inv, np.concatenate([v for _, _, v in parts]), len(parts) * P).reshape(len(parts), P)
         new = val[3] if self.meta_new is not None else np.zeros(P)
         comps = [val[0] + cm.backoff * val[1], val[2], new, val[-1]]
         if m == 1:
-            peaks = [np.full(1, c.max() if P else 0.0) for c in comps]
-            size = np.array([P])
-        else:
-            prow = pool // n
-            starts = np.searchsorted(prow, np.arange(m))
-            size = np.diff(np.append(starts, P))
-            has = size > 0
-            peaks = []
             for c in comps:
-                peak = np.zeros(m)
-                if P:
-                    peak[has] = np.maximum.reduceat(c, starts[has])
-                peaks.append(peak)
-        for c, peak in zip(comps, peaks):
+                peak = c.max() if P else 0.0
+                if P < n:
+                    peak = max(peak, 0.0)  # items off the pool score 0
+                if peak > 0:
+                    c /= peak
+            return pool, comps
+        prow = pool // n
+        starts = np.searchsorted(prow, np.arange(m))
+        size = np.diff(np.append(starts, P))
+        has = size > 0
+        for c in comps:
+            peak = np.zeros(m)
+            if P:
+                peak[has] = np.maximum.reduceat(c, starts[has])
             peak = np.where(size < n, np.maximum(peak, 0.0), peak)  # items off the pool score 0
-            p = peak[0] if m == 1 else peak[prow]
+            p = peak[prow]
             np.divide(c, p, out=c, where=p > 0)
         return pool, comps
+
+    def _dedupe(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(distinct keys, inverse)`` of one request's keys (items, < n_items), unsorted (no
+        result depends on the pool's order), through a scratch array of n_items slots (one per
+        thread): every slot read was written by this call, so the scratch is never cleared."""
+        slot = getattr(self._scratch, "slot", None)
+        if slot is None or len(slot) != self.n_items:
+            slot = self._scratch.slot = np.empty(self.n_items, dtype=np.int64)
+        at = np.arange(len(keys))
+        slot[keys] = at  # one position per key wins
+        first = keys[slot[keys] == at]
+        slot[first] = np.arange(len(first))
+        return first, slot[keys]
 
     def _view_weights(self, s: UserState) -> np.ndarray:
         if s.view_age_s is not None:
