@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import io
+import json
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
 from banditrec.candidates import ItemItemCF
 from banditrec.errors import ValidationError
+from reference import reference_cf_candidates
 
 
 @pytest.fixture
@@ -232,3 +236,34 @@ def test_fit_leaves_out_the_diagonal_and_pairs_of_zero_similarity():
     np.testing.assert_allclose(got.toarray(), _reference_top_n(S, 3), rtol=1e-12)
     assert (got.diagonal() == 0).all() and (got.data > 0).all()
     assert got[0].indices.tolist() == [1] and got[4].nnz == 0
+
+
+def _npz_round_trip(arrays: dict, meta: dict):
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    buf.seek(0)
+    return np.load(buf, allow_pickle=False), json.loads(json.dumps(meta))
+
+
+def test_item_item_cf_round_trip_and_sparse_lists_equal_the_dense_reference():
+    g = np.random.default_rng(2)
+    X = sp.random(200, 60, density=0.05, random_state=3, format="csr")
+    X.data[:] = g.integers(1, 4, X.nnz)
+    cf = ItemItemCF(n_neighbors=8).fit(X)
+    z, meta = _npz_round_trip(*cf.to_arrays())
+    back = ItemItemCF.from_arrays(z, meta)
+    for _ in range(40):
+        hist = g.integers(0, 60, g.integers(0, 6))
+        excl = g.integers(0, 60, g.integers(0, 4))
+        N = int(g.integers(1, 30))
+        ids, scores, source = back.candidates(hist, N, exclude=excl)
+        want_ids, want_scores, n_cf = reference_cf_candidates(cf.similarity, cf.popularity, hist, N, excl)
+        assert ids.tolist() == want_ids.tolist()
+        np.testing.assert_array_equal(scores, want_scores)
+        assert (source == "cf").sum() == n_cf
+    dense = cf.similarity.toarray()
+    ids, scores = back.similar_items(np.arange(60), 5)
+    for i in range(60):
+        order = np.lexsort((np.arange(60), -dense[i]))[:5]
+        keep = dense[i, order] > 0
+        assert ids[i][keep].tolist() == order[keep].tolist() and (ids[i][~keep] == -1).all()

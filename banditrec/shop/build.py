@@ -169,7 +169,8 @@ def _input_info(path) -> dict:
 
 
 class _Steps:
-    """Progress over the build's named steps (a tqdm bar on a terminal; nothing otherwise)."""
+    """Progress over the build's named steps (a tqdm bar on a terminal; nothing otherwise), and
+    within the candidate model's own steps (:meth:`detail`, its ``progress`` callback)."""
 
     NAMES = ("read items", "read users", "read interactions", "item features", "context features",
              "candidate model", "write")
@@ -183,8 +184,12 @@ class _Steps:
 
     def __call__(self, name: str) -> None:
         if self.bar is not None:
-            self.bar.set_postfix_str(name)
+            self.bar.set_postfix_str(f"{name} done")
             self.bar.update(1)
+
+    def detail(self, step: str, done: int, total: int) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"candidate model: {step} {done}/{total}")
 
     def close(self) -> None:
         if self.bar is not None:
@@ -276,7 +281,7 @@ def _build(items, interactions, users, *, out, config, maps, encoding, refit_fea
         window_s=config.window_days * DAY_S, max_per_type=config.max_per_type if catalog.type is not None else n,
         type_decay=config.type_decay, min_new=config.min_new, weights=config.weights,
         filters=Filters([OutOfStock(available), AlreadyBought(types, consumable)]), metadata=metadata)
-    generator.fit(ev, types, user_segments=segments, now=now)
+    generator.fit(ev, types, user_segments=segments, now=now, active=active, progress=step.detail)
     step("candidate model")
     touched = np.bincount(ev.item, minlength=n) > 0
     created = np.nan_to_num(catalog.created_at, nan=-np.inf)

@@ -67,10 +67,10 @@ class Shop:
                                      shape=(n_users, n_items))
         self.context = ContextFeaturizer(self.manifest["context"], {k: np.asarray(v)
                                                                      for k, v in files.arrays("context").items()})
-        gen = CandidateGenerator.from_arrays(files.arrays("candidates"), self.manifest["candidates"])
         self.stock = OutOfStock(self.active & self.catalog.in_stock)
-        gen.filters = Filters([self.stock, AlreadyBought(self.types, self.consumable)])
-        self.generator = gen
+        self.generator = CandidateGenerator.from_arrays(
+            files.arrays("candidates"), self.manifest["candidates"],
+            filters=Filters([self.stock, AlreadyBought(self.types, self.consumable)]))
 
     @property
     def n_items(self) -> int:
