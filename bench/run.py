@@ -774,10 +774,8 @@ def bench_http(cfg: dict, tmp: Path) -> None:
 SECTIONS = {"decide": bench_decide, "marginals": bench_marginals, "log": bench_log, "logread": bench_logread,
             "ope": bench_ope,
             "http": bench_http, "opetruth": bench_ope_truth, "vw": bench_vw, "sim": bench_sim,
-            "candidates": bench_candidates, "candeval": bench_candeval, "dask": bench_dask, "obd": bench_obd,
-            "rewardtruth": bench_reward_truth},
-             "candidates": bench_candidates, "candeval": bench_candeval, "scale": bench_scale,
-            "scale1m": bench_scale1m, "dask": bench_dask}
+            "candidates": bench_candidates, "candeval": bench_candeval, "scale": bench_scale,
+            "scale1m": bench_scale1m, "dask": bench_dask, "obd": bench_obd, "rewardtruth": bench_reward_truth}
 OPT_IN = {"scale1m"}  # sections too long for the default run: only with --only
 
 
