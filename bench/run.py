@@ -46,6 +46,10 @@ Sections (``--only NAME`` runs one):
              and p99, beside implicit's item-item build on the same users x items matrix
              (bench/scale_bench.py; implicit from its own venv, ``make bench-peers``)
   scale1m    the same ladder up to 1,000,000 items and 10,000,000 interactions: ``--only scale1m``
+  shopbuild  ``banditrec build`` from CSV files, end to end (1,000 and 100,000 items), the served
+             directory's load time and a served decision's p50/p99 beside the candidate generator
+             alone, and each size's decide p50 against the 1,000-item shop's (bench/shopbuild_bench.py)
+  shopbuild1m  the same up to 1,000,000 items and 10,000,000 interactions: ``--only shopbuild1m``
              (not part of the default run: the 1,000,000-item shop alone takes minutes to build)
   dask       OPE (IPS, SNIPS, DR) over 10,000,000 logged rows in 20 Parquet partitions: whole log
              in-process vs a partition at a time vs a 2-worker Dask LocalCluster, wall time and
@@ -83,6 +87,7 @@ from sim_bench import bench_sim
 from candidates_bench import bench_candidates
 from candeval_bench import bench_candeval
 from scale_bench import bench_scale, bench_scale1m
+from shopbuild_bench import bench_shopbuild, bench_shopbuild1m
 from dask_bench import bench_dask
 from reward_models_bench import bench_obd, bench_reward_truth
 
@@ -116,7 +121,8 @@ FULL = dict(decide=5000, marg_fast=3000, marg_dp=300, marg_mc=30, marg_loop=5, m
             candidates=dict(events=1_000_000, items=50_000, k=50, reps=5, update_reps=3),
             candeval=(20_000, 3), dask=dict(rows=10_000_000, partitions=20, replicates=8),
             obd_sims=100_000, obd_boot=20, rm_seeds=20, rm_decisions=2000,
-            scale=[1_000, 10_000, 100_000], scale1m=[1_000, 10_000, 100_000, 1_000_000])
+            scale=[1_000, 10_000, 100_000], scale1m=[1_000, 10_000, 100_000, 1_000_000],
+            shopbuild=[1_000, 100_000], shopbuild1m=[1_000, 100_000, 1_000_000])
 QUICK = dict(decide=300, marg_fast=300, marg_dp=50, marg_mc=5, marg_loop=2, mc_draws=1000,
              log_writes=200, read_rows=10_000, read_reps=3, logread_decisions=20_000,
              logread_reps=3, ope_decisions=20_000, ope_reps=5,
@@ -125,7 +131,7 @@ QUICK = dict(decide=300, marg_fast=300, marg_dp=50, marg_mc=5, marg_loop=2, mc_d
              candidates=dict(events=50_000, items=5_000, k=50, reps=3, update_reps=3),
              candeval=(5_000, 1), dask=dict(rows=400_000, partitions=8, replicates=2),
              obd_sims=10_000, obd_boot=2, rm_seeds=3, rm_decisions=500,
-             scale=[1_000, 10_000], scale1m=[1_000, 10_000])
+             scale=[1_000, 10_000], scale1m=[1_000, 10_000], shopbuild=[1_000], shopbuild1m=[1_000])
 
 
 # ---- shared fixtures ---------------------------------------------------------------------
@@ -775,8 +781,9 @@ SECTIONS = {"decide": bench_decide, "marginals": bench_marginals, "log": bench_l
             "ope": bench_ope,
             "http": bench_http, "opetruth": bench_ope_truth, "vw": bench_vw, "sim": bench_sim,
             "candidates": bench_candidates, "candeval": bench_candeval, "scale": bench_scale,
-            "scale1m": bench_scale1m, "dask": bench_dask, "obd": bench_obd, "rewardtruth": bench_reward_truth}
-OPT_IN = {"scale1m"}  # sections too long for the default run: only with --only
+            "scale1m": bench_scale1m, "shopbuild": bench_shopbuild, "shopbuild1m": bench_shopbuild1m,
+            "dask": bench_dask, "obd": bench_obd, "rewardtruth": bench_reward_truth}
+OPT_IN = {"scale1m", "shopbuild1m"}  # sections too long for the default run: only with --only
 
 
 def main(argv=None) -> None:
