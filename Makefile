@@ -71,6 +71,7 @@ $(OBD)/.done: | $(STAMP)
 	tar -xzf data/.obd-sdist/obp-0.5.7.tar.gz -C $(OBD) --strip-components=4 obp-0.5.7/obp/dataset/obd
 	tar -xzf data/.obd-sdist/obp-0.5.7.tar.gz -O obp-0.5.7/obp/policy/conf/prior_bts.yaml > $(OBD)/prior_bts.yaml
 	rm -rf data/.obd-sdist
+	$(BIN)/python bench/obd_items.py $(OBD)  # data/obd/items.csv: the items with ZOZOTOWN's BTS prior
 	touch $@
 
 # Reward models on the Open Bandit Dataset, obp's protocol (bench/obd_bench.py; docs/evaluation.md)
