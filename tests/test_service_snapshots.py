@@ -18,6 +18,7 @@ from banditrec.errors import ValidationError
 from banditrec.learner import Learner
 from banditrec.policies import load, make, snapshot
 from banditrec.service import ServiceConfig, create_app
+from banditrec.service.reload import REQUEST_LOOK_S
 from banditrec.store import DecisionLog
 from test_service_app import SPEC, metric, served
 
@@ -34,6 +35,7 @@ def two_snapshots(small_shop, tmp_path, serve_new: bool = True, **kw):
     clock.t = 100.0
     old = learner.step()
     clock.t = 101.0
+    time.sleep(2 * REQUEST_LOOK_S)  # this request's look at the pointer is due: it serves ``old``
     client.post("/v1/decide", json={"user_id": "u2", "slots": 3})
     clock.t = 200.0
     new = learner.step()
