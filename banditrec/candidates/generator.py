@@ -32,7 +32,7 @@ import scipy.sparse as sp
 
 from ..errors import ValidationError
 from .complements import ComplementModel
-from .itemknn import ItemItemCF, rows_top_n
+from .itemknn import ItemItemCF, rows_top_n, top_n_columns
 from .rules import Filters, UserState, diversify
 from .signals import DAY_S, Interactions, pair_signals
 
@@ -187,7 +187,7 @@ class CandidateGenerator:
             banned[np.repeat(np.arange(rows), np.diff(cart.indptr)), cart.indices] = True
             score = np.where(banned, 0.0, total)
             L0 = min(N * (self.max_per_type + 3), n)
-            top_all = np.argpartition(-score, L0 - 1, axis=1)[:, :L0] if L0 < n else np.tile(np.arange(n), (rows, 1))
+            top_all = top_n_columns(score, L0)
             names = np.asarray(SOURCES, dtype=object)
             for r in range(rows):
                 row = score[r]
@@ -200,7 +200,7 @@ class CandidateGenerator:
                     if len(pick) == N or L >= n or len(top) < L:
                         break
                     L = min(4 * L, n)
-                    top = np.argpartition(-row, L - 1)[:L] if L < n else np.arange(n)
+                    top = top_n_columns(row[None, :], L)[0]
                 pick = self._keep_new(pick, row, banned[r], N)
                 k = len(pick)
                 out_ids[lo + r, :k] = pick

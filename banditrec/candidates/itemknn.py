@@ -95,6 +95,25 @@ def _top_n_positions(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, 
     return np.sort(np.r_[above, eq[rank < need[row_of]]])
 
 
+def top_n_columns(scores: np.ndarray, n: int) -> np.ndarray:
+    """The columns of the ``n`` largest entries of each row of a dense ``scores`` (m, k), as an
+    (m, min(n, k)) array ordered by score, ties by lower column.
+
+    The same on every CPU: ``np.argpartition`` picks among tied entries, and orders what it
+    picks, by an implementation- and CPU-dependent rule (numpy's SIMD sorts), so it is used
+    here only for the threshold value, which is unique.
+    """
+    scores = np.asarray(scores, dtype=float)
+    m, k = scores.shape
+    n = min(int(n), k)
+    if n <= 0:
+        return np.empty((m, 0), dtype=np.int64)
+    keep = _top_n_positions(np.arange(m + 1) * k, np.tile(np.arange(k), m), scores.ravel(), n)
+    cols = (keep % k).reshape(m, n)  # ascending within each row: by column
+    vals = np.take_along_axis(scores, cols, axis=1)
+    return np.take_along_axis(cols, np.argsort(-vals, axis=1, kind="stable"), axis=1)
+
+
 def _top_n_per_row(S: sp.csr_matrix, n: int) -> sp.csr_matrix:
     """Keep the ``n`` largest entries of every row of ``S`` (ties broken by lower column)."""
     S = S.tocsr()
@@ -439,8 +458,7 @@ class ItemItemCF:
             scores = np.zeros(n_items)
         scores[banned] = 0.0
         n_cf = min(N, int((scores > 0).sum()))
-        cf = np.argpartition(-scores, n_cf - 1)[:n_cf] if n_cf else np.empty(0, dtype=np.int64)
-        cf = cf[np.argsort(-scores[cf], kind="stable")]
+        cf = top_n_columns(scores[None, :], n_cf)[0]  # by score, ties by lower index
         taken = banned.copy()
         taken[cf] = True
         pop = np.where(taken, -np.inf, self.popularity)
