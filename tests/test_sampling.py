@@ -125,6 +125,22 @@ def test_thompson_slate_with_a_point_posterior_is_the_epsilon_greedy_slate(rng):
     np.testing.assert_allclose(s.marginal, eg.marginals()[s.index, np.arange(3)], rtol=1e-12)
 
 
+def test_thompson_slate_with_tied_draws_splits_ties_as_its_sampler_and_conditionals_do(rng):
+    """Draws with exact ties (a blended objective makes them: the objective's item at the
+    bottom of a draw ties with that draw's best at ``w``): the marginals are those of the
+    epsilon-greedy slates of the draws, tie groups averaged, which is what enumerating slates
+    through the conditionals (ties split evenly) gives; not the ranks of a stable sort."""
+    tied = np.array([[1.0, 0.5, 0.5, 0.2, 1.0], [0.3, 0.3, 0.3, 0.9, 0.0]])
+    eps = [0.1, 0.2, 0.3]
+    ts = SampledRankingSlate(lambda r, size: np.tile(tied, (size // 2, 1)), eps, n_candidates=5, draws=16)
+    want = (EpsilonGreedySlate(tied[0], eps).marginals() + EpsilonGreedySlate(tied[1], eps).marginals()) / 2
+    np.testing.assert_allclose(ts.marginals(), want, rtol=1e-12)
+    exact, total = enumerate_slates(ts, 5, 3)
+    np.testing.assert_allclose(total, 1.0, rtol=1e-12)
+    np.testing.assert_allclose(ts.marginals(), exact, rtol=1e-12, atol=1e-15)
+    assert ts.marginals()[0, 0] == ts.marginals()[4, 0]  # tied in draw 0, behind 3 in draw 1
+
+
 def test_thompson_slate_mixture_of_two_rankings_is_exact_in_expectation(rng):
     """A posterior with two equally likely score vectors: the exact marginals are the mean of
     the two epsilon-greedy tables; 4,000 draws land within 4 standard errors."""

@@ -39,7 +39,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..errors import ValidationError
-from .slate import EpsilonGreedySlate, SlateSample, rank_slot_marginals
+from .slate import EpsilonGreedySlate, SlateSample, rank_slot_marginals, tie_averaged
 
 DEFAULT_DRAWS = 256
 
@@ -350,12 +350,7 @@ class SampledRankingSlate:
     def marginals(self) -> np.ndarray:
         """(n, K): the exact epsilon-greedy rank marginals averaged over posterior draws."""
         if self._marg is None:
-            s = self._draws()
-            ranks = np.empty_like(s, dtype=np.int64)
-            order = np.argsort(-s, axis=1, kind="stable")
-            np.put_along_axis(ranks, order, np.arange(self._n)[None, :], axis=1)
-            by_rank = rank_slot_marginals(self._n, self.epsilon)
-            per_draw = by_rank[ranks]  # (draws, n, K)
+            per_draw = self._rank_marginals(self._draws())  # (draws, n, K)
             self._marg = per_draw.mean(axis=0)
             self._se = per_draw.std(axis=0, ddof=1) / np.sqrt(self.draws)
             self._marg.setflags(write=False)
@@ -364,6 +359,15 @@ class SampledRankingSlate:
     def marginal_se(self) -> np.ndarray:
         self.marginals()
         return self._se
+
+    def _rank_marginals(self, s: np.ndarray) -> np.ndarray:
+        """(draws, n, K) the exact epsilon-greedy marginals given each row of scores ``s``
+        (draws, n); tied scores split the greedy share evenly, as the sampler does."""
+        order = np.argsort(-s, axis=1, kind="stable")
+        by_rank = tie_averaged(rank_slot_marginals(self._n, self.epsilon), np.take_along_axis(s, order, axis=1))
+        out = np.empty_like(by_rank)
+        np.put_along_axis(out, order[:, :, None], by_rank, axis=1)
+        return out
 
     def _path_probabilities(self, index: np.ndarray, s: np.ndarray | None = None) -> np.ndarray:
         """(draws, K) P(slot k gets index[k] | earlier slots, draw j) along a given slate."""
@@ -410,9 +414,7 @@ class SampledRankingSlate:
             # the served draw itself to the Monte-Carlo average rather than log an impossible 0
             own = self._path_probabilities(index, scores[None, :])
             joint = (np.cumprod(paths, axis=1).sum(axis=0) + np.cumprod(own, axis=1)[0]) / (self.draws + 1)
-            ranks = np.empty(self._n, dtype=np.int64)
-            ranks[np.argsort(-scores, kind="stable")] = np.arange(self._n)
-            own_marg = rank_slot_marginals(self._n, self.epsilon)[ranks[index], np.arange(self.n_slots)]
+            own_marg = self._rank_marginals(scores[None, :])[0][index, np.arange(self.n_slots)]
             marg = np.where(marg > 0, marg, own_marg / (self.draws + 1))
         cond = joint / np.r_[1.0, joint[:-1]]
         log_joint = float(np.log(cond).sum())
