@@ -100,16 +100,30 @@ def top_n_columns(scores: np.ndarray, n: int) -> np.ndarray:
     (m, min(n, k)) array ordered by score, ties by lower column.
 
     The same on every CPU: ``np.argpartition`` picks among tied entries, and orders what it
-    picks, by an implementation- and CPU-dependent rule (numpy's SIMD sorts), so it is used
-    here only for the threshold value, which is unique.
+    picks, by an implementation- and CPU-dependent rule (numpy's SIMD sorts), so only the
+    threshold value, which is unique, is taken from a partition.
     """
     scores = np.asarray(scores, dtype=float)
     m, k = scores.shape
     n = min(int(n), k)
     if n <= 0:
         return np.empty((m, 0), dtype=np.int64)
-    keep = _top_n_positions(np.arange(m + 1) * k, np.tile(np.arange(k), m), scores.ravel(), n)
-    cols = (keep % k).reshape(m, n)  # ascending within each row: by column
+    if m == 1 and n < k:  # one row (a request's candidates): the same rule without 2-D passes
+        row = scores[0]
+        kth = np.partition(row, k - n)[k - n]
+        cols = np.flatnonzero(row >= kth)
+        if len(cols) > n:  # ties at the n-th value: keep the lowest columns among them
+            above = np.flatnonzero(row > kth)
+            cols = np.sort(np.concatenate((above, np.flatnonzero(row == kth)[:n - len(above)])))
+        return cols[np.argsort(-row[cols], kind="stable")][None, :]
+    if n < k:
+        kth = -np.partition(-scores, n - 1, axis=1)[:, n - 1:n]  # each row's n-th largest value
+        above = scores > kth
+        tied = scores == kth  # fill the places left with the lowest columns at that value
+        keep = above | (tied & (np.cumsum(tied, axis=1) <= n - above.sum(axis=1, keepdims=True)))
+        cols = np.nonzero(keep)[1].reshape(m, n)  # ascending within each row
+    else:
+        cols = np.broadcast_to(np.arange(k), (m, k))
     vals = np.take_along_axis(scores, cols, axis=1)
     return np.take_along_axis(cols, np.argsort(-vals, axis=1, kind="stable"), axis=1)
 
