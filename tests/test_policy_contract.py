@@ -317,24 +317,19 @@ def test_distribution_is_a_distribution_and_matches_enumeration(name, floor):
     assert_within(M, exact, tol, "marginals vs the enumeration")
 
 
-def ulp_twins(policy, count: int):
-    """``policy`` and ``count`` twins whose learned float arrays are moved by 1..count ulps: what
-    another CPU's BLAS kernel could have learned from the same rows. A Monte-Carlo stream seeded
-    from the model's bytes (or from the scores) is another stream for each twin."""
+def stream_twins(policy, count: int):
+    """``policy`` and ``count`` twins whose learned float arrays are scaled by ``1 + j 1e-6``:
+    models that rank alike but hash to other Monte-Carlo streams (a stream is seeded from the
+    model or its scores on a grid of 2^-30, see ``seed_grid``), to check what must hold
+    whatever the stream."""
     yield policy
     arrays, meta = policy.state()
     if not arrays or any(isinstance(v, (bytes, bytearray)) for v in arrays.values()):
-        return  # nothing learned, or a VW model file (its own float32 arithmetic)
+        return  # nothing learned, or a VW model file (its stream is seeded from the request)
     for j in range(1, count + 1):
-        moved = {}
-        for k, v in arrays.items():
-            v = np.asarray(v)
-            if v.dtype.kind == "f":
-                for _ in range(j):
-                    v = np.nextafter(v, np.inf)
-            moved[k] = v
         other = build(policy.name)
-        other.set_state(moved, meta)
+        other.set_state({k: v * (1 + j * 1e-6) if np.asarray(v).dtype.kind == "f" else v
+                         for k, v in arrays.items()}, meta)
         other.n_updates = policy.n_updates
         yield other
 
@@ -344,10 +339,10 @@ def test_serving_floor_gives_every_cell_a_positive_marginal(name):
     """With min_epsilon = 0.05 every candidate has a conditional probability of at least
     0.05 / (N - k) in slot k, so every (candidate, slot) marginal is positive, and so must be
     the marginals a policy reports (an off-policy estimate divides by them) -- whatever the
-    Monte-Carlo stream: the model is also checked moved by 1..8 ulps (:func:`ulp_twins`), each
-    another stream, as on another CPU. (softmax's 64-draw estimate used to put 0 on request 4's
-    cell (0, 2) for about 3 streams in 10: item 0 is in slot 0 or 1 with probability 0.98.)"""
-    for policy in ulp_twins(trained(name), 8):
+    Monte-Carlo stream: 8 nearby models (:func:`stream_twins`) are checked too. (softmax's
+    64-draw estimate used to put 0 on request 4's cell (0, 2) for about 3 streams in 10: item 0
+    is in slot 0 or 1 with probability 0.98.)"""
+    for policy in stream_twins(trained(name), 8):
         _check_positive_marginals(name, policy)
 
 
@@ -592,7 +587,7 @@ def test_high_sensitivity_objective_changes_the_served_ranking(name):
     whatever the Monte-Carlo draws. (lints broke such ties by position, for the lower index,
     and lost on some CPUs' streams.) The middle candidate is picked with ties by position."""
     req = request(np.random.default_rng(15))
-    for plain in ulp_twins(trained(name), 4):  # other Monte-Carlo streams, as on other CPUs
+    for plain in stream_twins(trained(name), 4):  # other Monte-Carlo streams
         off = np.asarray(plain.distribution(req, K, 0.0).marginals())[:, 0]
         target = int(np.argsort(-off, kind="stable")[N // 2])  # a middle candidate under the policy
         margin = np.zeros(N_ITEMS)

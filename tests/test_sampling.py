@@ -187,6 +187,22 @@ def test_columns_above_their_bounds_are_the_plain_average_bit_for_bit(rng):
     assert _lift_onto(same, np.zeros_like(same)) is same
 
 
+def test_weights_a_few_ulps_apart_draw_the_same_monte_carlo_stream(rng):
+    """What another CPU's BLAS or exp would compute (the same weights but for their last bits)
+    seeds the same stream, so the marginals agree to rounding; weights 1e-6 apart seed another.
+    Deterministic on every machine: the weights come from a Generator and the moves are exact."""
+    w = rng.uniform(0.01, 1.0, size=30)
+    w[3] = 1.0  # as softmax weights: the largest is exp(0)
+    base = PlackettLuceSlate(w, [0.1] * 4, draws=64)
+    moved = w.copy()
+    for _ in range(4):
+        moved = np.nextafter(moved, np.inf)
+        d = PlackettLuceSlate(moved, [0.1] * 4, draws=64)
+        assert d.seed == base.seed
+        np.testing.assert_allclose(d.marginals(), base.marginals(), rtol=1e-12, atol=1e-15)
+    assert PlackettLuceSlate(w * (1 + 1e-6), [0.1] * 4, draws=64).seed != base.seed
+
+
 def test_zero_weights_get_only_the_floor_and_all_zero_falls_back_to_uniform():
     dist = PlackettLuceSlate([1.0, 0.0, 0.0, 0.0], [0.2, 0.2])
     p0 = dist.marginals()[:, 0]

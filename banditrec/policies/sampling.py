@@ -30,9 +30,10 @@ lifts such cells onto exact lower bounds, so an explored item's estimate is neve
 
 The Monte Carlo stream is seeded from the distribution's own inputs (a hash of the values,
 epsilons and constraints) unless a seed is given, so re-scoring a logged decision with the same
-policy state reproduces the logged marginals bit for bit on one machine. On another CPU the
-inputs may differ in their last bits (BLAS kernels, numpy's SIMD functions), which gives another
-stream: an estimate as good, not the same digits (``docs/reproducibility.md``).
+policy state reproduces the logged marginals bit for bit on one machine. The values are hashed
+on a grid (:func:`seed_grid`), so that on another CPU, where they may differ in their last bits
+(BLAS kernels, numpy's SIMD functions), the stream is the same and the marginals agree to
+rounding (``docs/reproducibility.md``).
 """
 
 from __future__ import annotations
@@ -46,6 +47,25 @@ from ..errors import ValidationError
 from .slate import EpsilonGreedySlate, SlateSample, rank_slot_marginals, tie_averaged
 
 DEFAULT_DRAWS = 256
+
+
+SEED_GRID_BITS = 30
+
+
+def seed_grid(a) -> np.ndarray:
+    """``a`` (floats) rounded to ``SEED_GRID_BITS`` significant bits, as int64 (mantissa,
+    exponent) pairs, with magnitudes under ``2**-40`` of the largest taken as 0: what a
+    Monte-Carlo seed hashes instead of the raw bytes, so that values which differ only in their
+    last bits, as one computation does on two CPUs or BLAS kernels, give the same stream
+    (unless a value sits that close to a rounding boundary: a chance of 2^-22 per value and
+    ulp of difference)."""
+    a = np.asarray(a, dtype=float)
+    top = float(np.abs(a).max(initial=0.0))
+    a = np.where(np.abs(a) < top * 2.0 ** -40, 0.0, a)  # rounding noise around 0, e.g. after cancellation
+    m, e = np.frexp(a)
+    q = np.rint(m * 2.0 ** SEED_GRID_BITS).astype(np.int64)
+    carry = np.abs(q) == 2 ** SEED_GRID_BITS  # 1 - ulp rounds up to 1: the same point as 1
+    return np.stack([np.where(carry, q // 2, q), e + carry])
 
 
 def _content_seed(*arrays) -> int:
@@ -160,7 +180,7 @@ class SequentialSlate:
                     f"from {self.n_types} types", "max_per_type")
         else:
             self.types, self.n_types = None, 0
-        self.seed = _content_seed(values, self.epsilon, np.array([self.max_per_type, self.draws]),
+        self.seed = _content_seed(seed_grid(values), self.epsilon, np.array([self.max_per_type, self.draws]),
                                   np.zeros(0) if self.types is None else self.types,
                                   np.frombuffer(kind.encode(), np.uint8)) if seed is None else int(seed)
         self._marg = None
