@@ -98,6 +98,39 @@ def _top_n_positions(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, 
     return np.sort(np.r_[above, eq[rank < need[row_of]]])
 
 
+def top_n_columns(scores: np.ndarray, n: int) -> np.ndarray:
+    """The columns of the ``n`` largest entries of each row of a dense ``scores`` (m, k), as an
+    (m, min(n, k)) array ordered by score, ties by lower column.
+
+    The same on every CPU: ``np.argpartition`` picks among tied entries, and orders what it
+    picks, by an implementation- and CPU-dependent rule (numpy's SIMD sorts), so only the
+    threshold value, which is unique, is taken from a partition.
+    """
+    scores = np.asarray(scores, dtype=float)
+    m, k = scores.shape
+    n = min(int(n), k)
+    if n <= 0:
+        return np.empty((m, 0), dtype=np.int64)
+    if m == 1 and n < k:  # one row (a request's candidates): the same rule without 2-D passes
+        row = scores[0]
+        kth = np.partition(row, k - n)[k - n]
+        cols = np.flatnonzero(row >= kth)
+        if len(cols) > n:  # ties at the n-th value: keep the lowest columns among them
+            above = np.flatnonzero(row > kth)
+            cols = np.sort(np.concatenate((above, np.flatnonzero(row == kth)[:n - len(above)])))
+        return cols[np.argsort(-row[cols], kind="stable")][None, :]
+    if n < k:
+        kth = -np.partition(-scores, n - 1, axis=1)[:, n - 1:n]  # each row's n-th largest value
+        above = scores > kth
+        tied = scores == kth  # fill the places left with the lowest columns at that value
+        keep = above | (tied & (np.cumsum(tied, axis=1) <= n - above.sum(axis=1, keepdims=True)))
+        cols = np.nonzero(keep)[1].reshape(m, n)  # ascending within each row
+    else:
+        cols = np.broadcast_to(np.arange(k), (m, k))
+    vals = np.take_along_axis(scores, cols, axis=1)
+    return np.take_along_axis(cols, np.argsort(-vals, axis=1, kind="stable"), axis=1)
+
+
 def _top_n_per_row(S: sp.csr_matrix, n: int) -> sp.csr_matrix:
     """Keep the ``n`` largest entries of every row of ``S`` (ties broken by lower column)."""
     S = S.tocsr()

@@ -33,6 +33,7 @@ from ..errors import ValidationError
 from ..features import joint_dim, joint_features
 from .checks import check_context, check_rows, check_weight
 from .base import Policy, Request
+from .sampling import seed_grid
 
 _OUTER_CHUNK_FLOATS = 1 << 21  # rows per chunk of grouped outer products: at most 16 MB each
 
@@ -261,11 +262,12 @@ class JointRidgePolicy(Policy):
         self._digest = None
 
     def state_digest(self) -> bytes:
-        """A hash of the model (``theta`` and ``A^{-1}``), cached until the next change."""
+        """A hash of the model (``theta`` and ``A^{-1}`` on :func:`~.sampling.seed_grid`, so that
+        the same model learned on another CPU mostly hashes the same), cached until the next change."""
         if self._digest is None:
             h = hashlib.blake2b(digest_size=16)
-            h.update(np.ascontiguousarray(self.theta).tobytes())
-            h.update(np.ascontiguousarray(self.A_inv).tobytes())
+            h.update(seed_grid(self.theta).tobytes())
+            h.update(seed_grid(self.A_inv).tobytes())
             self._digest = h.digest()
         return self._digest
 
