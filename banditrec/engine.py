@@ -19,6 +19,7 @@ from .candidates import ItemItemCF
 from .errors import ValidationError
 from .offline import learning_inputs
 from .policies import Policy, Request
+from .policies.base import DEFAULT_FLOOR
 from .policies.slate import sample_slates
 from .store import DecisionLog
 from .store.log import LoggedParams
@@ -93,10 +94,12 @@ def _policy_error(exc: ValidationError) -> ValidationError:
 
 @dataclass(frozen=True)
 class ItemTable:
-    """Catalog item ids, their index, and the attribute vectors policies see."""
+    """Catalog item ids, their index, the attribute vectors policies see, and which items are
+    cold (no interaction history yet; ``None``: none is)."""
 
     ids: tuple[str, ...]
     features: np.ndarray  # (n_items, d_i)
+    cold: np.ndarray | None = None  # (n_items,) bool
 
     def __post_init__(self):
         feats = np.asarray(self.features, dtype=float)
@@ -107,6 +110,12 @@ class ItemTable:
         if len(set(self.ids)) != len(self.ids):
             raise ValidationError("item ids must be unique", "item_ids")
         object.__setattr__(self, "features", feats)
+        if self.cold is not None:
+            cold = np.asarray(self.cold)
+            if cold.shape != (len(self.ids),) or cold.dtype != bool:
+                raise ValidationError(f"item cold flags must be ({len(self.ids)},) booleans, got "
+                                      f"{cold.dtype}{list(cold.shape)}", "cold")
+            object.__setattr__(self, "cold", cold)
         object.__setattr__(self, "_index", {item: i for i, item in enumerate(self.ids)})
 
     @property
@@ -143,13 +152,19 @@ class Engine:
     items : ItemTable
     policy : Policy
     log : DecisionLog; when it holds no items yet, the engine writes ``items`` to it, so
-        that the log alone says what the logged item indices were (and their features)
+        that the log alone says what the logged item indices were (and their features).
+        ``None``: an in-memory log of this process (``DecisionLog(":memory:")``), for in-process
+        runs that keep nothing
     candidate_generator : ItemItemCF, fitted on ``user_items``
     user_items : csr_matrix (n_users, n_items) of each known user's history
     user_index : dict mapping user id -> row of ``user_items``
     context_dim : length of the context vector requests send (zeros when absent)
     n_candidates : candidates generated per request when the request brings none
-    min_epsilon : exploration floor mixed into every served slot (must be > 0)
+    min_epsilon : the exploration floor mixed into every served slot, separate from the
+        policy's own exploration; > 0 so that the log can evaluate other policies (default
+        ``DEFAULT_FLOOR``), or 0 with ``floor_off=True``
+    floor_off : switch the floor off on purpose (``min_epsilon=0``): the policy's own
+        exploration only, and a log that cannot evaluate policies that show what it never does
     seed : seeds the sampler and the event-id streams (a seeded run is reproducible);
         ``None`` samples from fresh entropy and takes time-ordered event ids with 80 random
         bits from the OS (:func:`time_ordered_id`), so that forked serving processes never
@@ -170,25 +185,31 @@ class Engine:
         *,
         items: ItemTable,
         policy: Policy,
-        log: DecisionLog,
+        log: DecisionLog | None,
         candidate_generator: ItemItemCF,
         user_items: sp.csr_matrix,
         user_index: dict[str, int],
         context_dim: int,
         n_candidates: int = 30,
-        min_epsilon: float = 0.01,
+        min_epsilon: float = DEFAULT_FLOOR,
         seed=None,
         clock=time.time,
         session_window_s: float | None = 1800.0,
         session_limit: int = 50,
+        floor_off: bool = False,
     ):
-        if not 0.0 < min_epsilon <= 1.0:
+        if floor_off:
+            if min_epsilon != 0:
+                raise ValidationError(f"floor_off=True serves without a floor: min_epsilon must be 0, got "
+                                      f"{min_epsilon!r}", "min_epsilon")
+        elif not 0.0 < min_epsilon <= 1.0:
             raise ValidationError(
-                f"min_epsilon must be in (0, 1]: a served policy must explore, got {min_epsilon!r}",
-                "min_epsilon",
-            )
+                f"min_epsilon must be in (0, 1] so that the log can evaluate other policies, got {min_epsilon!r} "
+                "(to serve without a floor on purpose: min_epsilon=0, floor_off=True)", "min_epsilon")
         self.items = items
         self.policy = policy
+        if log is None:
+            log = DecisionLog(":memory:")
         self.log = log
         if log.count("items") == 0:
             log.write_items(items.ids, items.features)
@@ -278,7 +299,9 @@ class Engine:
         return idx, source
 
     def request(self, context, items) -> Request:
-        return Request(context=context, items=items, item_features=self.items.features[items])
+        cold = self.items.cold
+        return Request(context=context, items=items, item_features=self.items.features[items],
+                       cold=None if cold is None else cold[items])
 
     @property
     def model_version(self) -> str:
@@ -484,7 +507,7 @@ class Engine:
                 logged.context[logged.row_decision],
                 self.items.features[logged.row_action],
                 logged.row_reward,
-                **learning_inputs(self.policy, logged, self.items.features),
+                **learning_inputs(self.policy, logged, self.items.features, cold=self.items.cold),
             )
             self._learned_seq = int(logged.seq[-1])
             self._model_version = None  # learned online past any installed snapshot

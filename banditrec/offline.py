@@ -8,7 +8,6 @@ truth, its full (candidates x slots) marginal matrix per decision. No SQL here.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -59,32 +58,30 @@ def target_pscore(
 
 
 def uses_marginals(policy: Policy) -> bool:
-    """Whether ``policy`` learns from logged marginal propensities (``pscore``); a policy that
-    takes conditional ``propensity`` per ``slot`` (a slate learner) does not."""
-    wanted = set(inspect.signature(policy.update).parameters)
-    return "pscore" in wanted and not ("propensity" in wanted and "slot" in wanted)
+    """Whether ``policy`` learns from logged marginal propensities (``pscore`` in its ``needs``)."""
+    return "pscore" in policy.needs
 
 
-def learning_inputs(policy: Policy, logged: LoggedDecisions, item_features: np.ndarray) -> dict:
-    """Everything a policy's ``update`` may ask for about logged rows, by its signature.
+def learning_inputs(policy: Policy, logged: LoggedDecisions, item_features: np.ndarray, *,
+                    cold: np.ndarray | None = None) -> dict:
+    """The keyword arguments of ``policy.update`` for logged rows (beside the positional
+    ``context``, ``item_features`` and ``reward``).
 
-    Always ``context``, ``item_features``, ``reward`` (positional) and ``items``; then, if the
-    policy's ``update`` takes them: ``pscore`` (the logged marginal), ``propensity`` (the
-    conditional given earlier slots), ``slot``, ``candidates`` (each row's decision's candidate
+    Always ``items``, ``pscore`` (the logged marginal), ``slot``, and ``propensity`` (the
+    conditional given earlier slots) when the rows have it; ``cold`` per row from the catalog's
+    ``cold (n_items,)`` flags when given. ``candidates`` (each row's decision's candidate
     features) and ``chosen`` (the shown item's position among them) -- what Vowpal Wabbit's
-    action-dependent-features learners need.
+    action-dependent-features learners need, and costly to build -- only when the policy
+    declares them in its ``needs``.
     """
-    wanted = set(inspect.signature(policy.update).parameters)
-    out = {"items": logged.row_action}
-    if uses_marginals(policy):
-        out["pscore"] = logged.row_pscore
-    if "propensity" in wanted and "slot" in wanted:
-        if logged.row_propensity is None:
-            raise ValidationError("this policy learns from conditional propensities, which the rows lack",
-                                  "propensity")
+    out = {"items": logged.row_action, "pscore": logged.row_pscore, "slot": logged.row_slot}
+    if logged.row_propensity is not None:
         out["propensity"] = logged.row_propensity
-        out["slot"] = logged.row_slot
-    if "candidates" in wanted or "chosen" in wanted:
+    elif "propensity" in policy.needs:
+        raise ValidationError("this policy learns from conditional propensities, which the rows lack", "propensity")
+    if cold is not None:
+        out["cold"] = np.asarray(cold, dtype=bool)[logged.row_action]
+    if "candidates" in policy.needs or "chosen" in policy.needs:
         per_decision = [item_features[c] for c in logged.candidates]
         out["candidates"] = [per_decision[d] for d in logged.row_decision.tolist()]
         chosen = np.empty(len(logged.row_action), dtype=np.int64)

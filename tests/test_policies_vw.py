@@ -526,7 +526,7 @@ def test_bad_updates_raise_and_learn_nothing(name, rng):
         cases += [(dict(slot=[0, 2, 1]), r"must be slots 0..2 of one decision, got \[0, 2, 1\]"),
                   (dict(slot=[1, 2, 3]), "slot must start each decision at 0"),
                   (dict(slot=None), "groups rows into slates by slot"),
-                  (dict(pscore=draw.marginal), "not the marginal pscore: pass propensity="),
+                  (dict(pscore=draw.marginal, propensity=None), r"needs propensity=\(m,\)"),
                   (dict(weight=[1.0, 0.0, 1.0]), "cannot skip one slot of a slate")]
     for change, match in cases:
         with pytest.raises(ValidationError, match=match):

@@ -78,7 +78,9 @@ def make(spec: str, **env) -> Policy:
 
 def load(path, **env) -> Policy:
     """Rebuild a policy from a snapshot written by ``policy.save(path)``; ``env`` as for
-    :func:`make`. A missing, truncated or altered snapshot raises ``ValidationError``."""
+    :func:`make` (it may describe a larger catalog than the snapshot's: items added since start
+    cold). A missing, truncated or altered snapshot raises ``ValidationError``; a parameter the
+    policy gained since the snapshot was written takes its default."""
     manifest, payload = snapshot.load(path)
     name = manifest["policy"]
     if name not in REGISTRY:
@@ -86,9 +88,11 @@ def load(path, **env) -> Policy:
                               "snapshot")
     cls = REGISTRY[name]
     fields = {f.name for f in dataclasses.fields(cls.Config)}
-    if set(manifest["params"]) != fields:
+    unknown = sorted(set(manifest["params"]) - fields)
+    if unknown:
         raise ValidationError(f"snapshot params {sorted(manifest['params'])} do not match policy {name}'s "
-                              f"{sorted(fields)}", "snapshot")
+                              f"{sorted(fields)}: it has no {', '.join(unknown)}", "snapshot")
+    # a parameter added since the snapshot was written takes its default
     policy = cls(cls.Config(**manifest["params"]), **env)
     meta = dict(manifest["meta"])
     policy.n_updates = int(meta.pop("n_updates", 0))
