@@ -35,6 +35,11 @@ Sections (``--only NAME`` runs one):
              (cosine, tfidf, bm25; incremental update vs refit) beside implicit's item-item
              recommenders, build time, neighbour overlap, peak memory (bench/candidates_bench.py;
              implicit from its own venv, ``make bench-peers``; a note when that venv is missing)
+  synthetic  standard synthetic contextual-bandit problems (linear with one-hot arms, linear
+             with action features, non-linear, binary rewards, an MLP), 4,000 interactions
+             each, progressive validation: banditrec's policies beside a textbook LinUCB (Li et
+             al. 2010, Alg. 1, written out) and bare VW --cb_explore_adf --squarecb on the same
+             stream (bench/synthetic_bench.py)
   dask       OPE (IPS, SNIPS, DR) over 10,000,000 logged rows in 20 Parquet partitions: whole log
              in-process vs a partition at a time vs a 2-worker Dask LocalCluster, wall time and
              peak memory per worker; a 40-run simulation sweep in-process vs the cluster
@@ -71,6 +76,7 @@ from sim_bench import bench_sim
 from candidates_bench import bench_candidates
 from candeval_bench import bench_candeval
 from dask_bench import bench_dask
+from synthetic_bench import bench_synthetic
 
 from banditrec.demo import build_engine
 from banditrec.features import joint_features
@@ -100,14 +106,16 @@ FULL = dict(decide=5000, marg_fast=3000, marg_dp=300, marg_mc=30, marg_loop=5, m
             obp_rows=1_000_000, obp_reps=7, http_seconds=5.0, http_rounds=2, truth_seeds=60, truth_decisions=4000,
             sim=[(20_000, 30, 30), (1_000_000, 5, 3)],
             candidates=dict(events=1_000_000, items=50_000, k=50, reps=5, update_reps=3),
-            candeval=(20_000, 3), dask=dict(rows=10_000_000, partitions=20, replicates=8))
+            candeval=(20_000, 3), dask=dict(rows=10_000_000, partitions=20, replicates=8),
+            synthetic=dict(rounds=4000, seeds=3))
 QUICK = dict(decide=300, marg_fast=300, marg_dp=50, marg_mc=5, marg_loop=2, mc_draws=1000,
              log_writes=200, read_rows=10_000, read_reps=3, logread_decisions=20_000,
              logread_reps=3, ope_decisions=20_000, ope_reps=5,
              obp_rows=100_000, obp_reps=3, http_seconds=1.5, http_rounds=1, truth_seeds=3, truth_decisions=500,
              sim=[(20_000, 5, 5)],
              candidates=dict(events=50_000, items=5_000, k=50, reps=3, update_reps=3),
-             candeval=(5_000, 1), dask=dict(rows=400_000, partitions=8, replicates=2))
+             candeval=(5_000, 1), dask=dict(rows=400_000, partitions=8, replicates=2),
+             synthetic=dict(rounds=300, seeds=1))
 
 
 # ---- shared fixtures ---------------------------------------------------------------------
@@ -754,7 +762,8 @@ def bench_http(cfg: dict, tmp: Path) -> None:
 SECTIONS = {"decide": bench_decide, "marginals": bench_marginals, "log": bench_log, "logread": bench_logread,
             "ope": bench_ope,
             "http": bench_http, "opetruth": bench_ope_truth, "vw": bench_vw, "sim": bench_sim,
-            "candidates": bench_candidates, "candeval": bench_candeval, "dask": bench_dask}
+            "candidates": bench_candidates, "candeval": bench_candeval, "dask": bench_dask,
+            "synthetic": bench_synthetic}
 
 
 def main(argv=None) -> None:
