@@ -203,11 +203,17 @@ class Shop:
         slates shown, at ``day`` ((m,) or one day; ``None``: the world before any change)."""
         if day is None and self.conversion is None:
             return self.model.sample_clicks(requests.customer, slates, rng)
-        p = self.reward_probabilities(requests.customer, slates, day)
-        return (rng.random(p.shape) < p).astype(np.int8)
+        slates = np.asarray(slates)
+        clicks = self.reward_probabilities(requests.customer, slates, day, clicks=True)
+        u = rng.random((2,) + clicks.shape)
+        out = u[0] < clicks
+        if self.conversion is not None:  # a click, then a purchase at the item's conversion rate
+            out &= u[1] < self.conversion[slates]
+        return out.astype(np.int8)
 
-    def reward_probabilities(self, customers, slates, day=None) -> np.ndarray:
-        """(m, K) exact P(reward in each slot) of ``slates`` at ``day`` ((m,), one day or None)."""
+    def reward_probabilities(self, customers, slates, day=None, *, clicks: bool = False) -> np.ndarray:
+        """(m, K) exact P(reward in each slot) of ``slates`` at ``day`` ((m,), one day or None);
+        with ``clicks``, P(click) whatever the reward."""
         slates = np.asarray(slates)
         customers = np.asarray(customers)
         shift = None
@@ -218,7 +224,7 @@ class Shop:
                 rows = days == d
                 shift[rows] = self.appeal_shift(float(d))[slates[rows]]
         p = self.model.attraction(customers, slates, shift=shift) * self.model.examination(slates.shape[1])
-        return p if self.conversion is None else p * self.conversion[slates]
+        return p if self.conversion is None or clicks else p * self.conversion[slates]
 
     def expected_reward(self, customers, slates, day=None) -> np.ndarray:
         """(m,) exact expected reward (clicks or purchases) of each slate for each customer."""

@@ -871,3 +871,26 @@ def test_shared_linucb_batched_refuses_bad_requests_like_one_at_a_time(bad):
     with pytest.raises(ValidationError) as many:
         p.distributions(batch, 2)
     assert str(many.value) == str(one.value) and many.value.field == one.value.field
+
+
+@pytest.mark.parametrize("cls", [DisjointLinUCB, HybridLinUCB])
+def test_an_item_past_the_learned_ones_is_scored_with_the_prior(rng, cls):
+    """Every item of a 6-item catalog learned from; items 7 and 50 (a grown catalog) are
+    scored with the prior per-item statistics, in closed form: disjoint mean 0 and variance
+    x^T x / reg; hybrid (local=bias) z . beta and z^T A0^-1 z + 1 / rho -- not with any
+    learned item's statistics -- and scoring them allocates nothing."""
+    p = build(cls, alpha=1.5)
+    C, V, r, a = rows(rng, 120)
+    a[:6] = np.arange(6)
+    p.update(C, V, r, items=a)
+    req = Request(context=rng.normal(size=DC), items=np.array([7, 50]), item_features=rng.normal(size=(2, DI)))
+    got = p.scores(req)
+    if cls is DisjointLinUCB:
+        x = x1(req.context)
+        want = np.full(2, 1.5 * p.noise_sd * np.sqrt(x @ x / 1.0))
+    else:
+        Z = joint_features(req.context, req.item_features)
+        s = np.einsum("ij,jk,ik->i", Z, np.linalg.inv(p.A0), Z) + 1.0 / p.item_prior[0]
+        want = Z @ p.beta + 1.5 * p.noise_sd * np.sqrt(s)
+    np.testing.assert_allclose(got, want, rtol=1e-10)
+    assert p.n_items == 6
