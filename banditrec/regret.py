@@ -75,13 +75,17 @@ def regret_run(spec: str, seed: int, *, scenario: str = "shop", shop_config: Sho
     world, traffic_seq, click_seq, policy_seq = np.random.SeedSequence(seed).spawn(4)
     shop = Shop(config, seed=world)
     cf = ItemItemCF(n_neighbors=max(50, 2 * n_candidates // max(config.history_purchases, 1))).fit(shop.history)
-    policy = make(spec, **policy_env(shop, cf))
+    env = policy_env(shop, cf)
+    # regret needs no marginals; only a learner that trains on them (vw-cb) pays for them. The
+    # Monte-Carlo draws behind propensities never change which slate is served (a Thompson
+    # slate ranks by one fresh posterior draw, a Plackett-Luce slate samples its own path), so
+    # a policy that learns without marginals is served with two: the same decisions, faster
+    needs_marginals = uses_marginals(make(spec, **env))
+    policy = make(spec, **env, **({} if needs_marginals else {"mc_draws": 2}))
     traffic, clicks, sampler = (np.random.default_rng(s) for s in (traffic_seq, click_seq, policy_seq))
     fresh = np.random.default_rng(traffic_seq.spawn(1)[0])
     cache: dict = {}  # each customer's CF candidates
     theta = shop.model.examination(n_slots)
-    # regret needs no marginals; only a learner that trains on them (vw-cb) pays for them
-    needs_marginals = uses_marginals(policy)
     got = np.empty(n_decisions)
     best = np.empty(n_decisions)
     start = time.perf_counter()

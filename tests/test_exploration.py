@@ -52,11 +52,11 @@ def test_the_floor_is_separate_from_the_learners_exploration_and_both_are_logged
     holds both. epsilon-greedy's own epsilon is its exploration: the floor does not add to it
     (each slot explores max(epsilon, floor)). Switching the floor off takes floor_off=True."""
     policy = make("shared-linucb", context_dim=DC, item_dim=DI)
-    assert policy.config.epsilon == 0.0 and policy.config.alpha == 2.0
+    assert policy.config.epsilon == 0.0 and policy.config.alpha == 1.0
     eng = engine_for(policy, 12, min_epsilon=0.03)
     d = eng.decide("u1", 3, context=[0.1, -0.2, 0.3], candidates=[f"i{j}" for j in range(8)])
     logged = json.loads(eng.log.db.execute("SELECT policy_params FROM decisions").fetchone()[0])
-    assert logged["alpha"] == 2.0 and logged["epsilon"] == 0.0 and logged["min_epsilon"] == 0.03
+    assert logged["alpha"] == 1.0 and logged["epsilon"] == 0.0 and logged["min_epsilon"] == 0.03
     req = eng.request(np.array([0.1, -0.2, 0.3]), np.arange(8))
     dist = policy.distribution(req, 3, 0.03)
     np.testing.assert_array_equal(dist.epsilon, [0.03] * 3)  # the floor only: no epsilon of its own

@@ -623,14 +623,13 @@ def test_an_update_that_would_overflow_leaves_the_model_as_it_was(rng, cls):
 # ---- learning in a small simulated bandit --------------------------------------------------
 def test_disjoint_linucb_learns_to_pick_the_best_arm():
     """8 arms, context dim 3, reward = [1, x] . theta*_a + N(0, 0.3^2), 2,000 one-slot rounds of
-    Algorithm 1 (alpha 2, the default: a bound two noise standard deviations of the mean
-    wide; epsilon 0: exploration by the confidence bound only; fixed seed), one-row updates. The last 500 rounds' mean regret is under 2% of a uniform choice's and a
+    Algorithm 1 (alpha 2: a bound two posterior standard deviations of the mean wide;
+    epsilon 0: exploration by the confidence bound only; fixed seed), one-row updates. The last 500 rounds' mean regret is under 2% of a uniform choice's and a
     tenth of the first 100 rounds'; after learning the greedy choice is the best arm on >= 95%
     of 1,000 fresh contexts. (Seeds 31-34 give 0.03-0.12% of uniform and 97-99.6%.)"""
     rng = np.random.default_rng(31)
     env = {"n_items": 8, "context_dim": DC}
-    p = build(DisjointLinUCB, env, epsilon=0.0)
-    assert p.config.alpha == 2.0
+    p = build(DisjointLinUCB, env, alpha=2.0, epsilon=0.0)
     theta_star = rng.normal(size=(8, DC + 1))
     items = np.arange(8)
     regret, uniform = [], []

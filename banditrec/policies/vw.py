@@ -124,7 +124,9 @@ class VWConfig(PolicyConfig):
 
     epsilon : VW's ``--epsilon``: the uniform share of the ``epsilon``, ``bag`` and ``cover``
         explorers, and the probability floor ``epsilon / n`` of ``squarecb`` and ``softmax``.
-    explorer : ``epsilon | squarecb | bag | cover | softmax``.
+    explorer : ``squarecb`` (the default: SquareCB, Foster and Rakhlin 2020, what VW's own
+        contextual-bandit benchmarks favour; ``docs/policies.md`` on choosing it) ``| epsilon
+        | bag | cover | softmax``.
     gamma_scale : ``squarecb``'s ``--gamma_scale``.
     size : the number of policies of ``bag`` (``--bag``) and ``cover`` (``--cover``).
     softmax_lambda : ``softmax``'s ``--lambda`` (inverse temperature).
@@ -135,7 +137,7 @@ class VWConfig(PolicyConfig):
     """
 
     epsilon: float = 0.05
-    explorer: str = "epsilon"
+    explorer: str = "squarecb"
     gamma_scale: float = 10.0
     size: int = 4
     softmax_lambda: float = 1.0
@@ -159,6 +161,9 @@ class VWConfig(PolicyConfig):
                                   "explorer")
         if self.cb_type not in CB_TYPES:
             raise ValidationError(f"cb_type must be one of {', '.join(CB_TYPES)}, got {self.cb_type!r}", "cb_type")
+        if self.explorer == "squarecb" and self.cb_type != "mtr":
+            raise ValidationError(f"VW's squarecb explorer learns with cb_type mtr only, got cb_type={self.cb_type!r} "
+                                  "(use explorer=epsilon, bag, cover or softmax for another)", "cb_type")
         for name in ("gamma_scale", "softmax_lambda"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
