@@ -30,7 +30,9 @@ def main():
 @click.option("--target", "targets", multiple=True, default=("uniform", "popularity:epsilon=0.1"),
               show_default=True, help="Policy to evaluate off-policy (repeatable).")
 @click.option("--out", default="out/demo", show_default=True, type=click.Path(file_okay=False))
-def demo(decisions, slots, candidates, batch, seed, policy, targets, out):
+@click.option("--floor", default=DEFAULT_FLOOR, show_default=True, type=click.FloatRange(0, 1),
+              help="The engine's exploration floor (0: none, and a log that cannot evaluate every target).")
+def demo(decisions, slots, candidates, batch, seed, policy, targets, out, floor):
     """Run the whole loop on a simulated shop and print off-policy estimates beside the truth."""
     from .demo import run_demo
     from .errors import BanditRecError
@@ -38,7 +40,7 @@ def demo(decisions, slots, candidates, batch, seed, policy, targets, out):
     click.echo(f"banditrec demo: {decisions} decisions, {slots} slots, seed {seed}")
     try:
         result = run_demo(n_decisions=decisions, n_slots=slots, n_candidates=candidates, batch=batch,
-                          seed=seed, out=out, policy=policy, targets=tuple(targets), echo=click.echo)
+                          seed=seed, out=out, policy=policy, targets=tuple(targets), echo=click.echo, floor=floor)
     except BanditRecError as exc:
         raise click.UsageError(str(exc)) from None
     click.echo("")

@@ -61,11 +61,6 @@ class DisjointLinUCB(PerItemPolicy):
         self._stack("b", np.zeros(d))
         self._stack("theta", np.zeros(d))
 
-    A = property(lambda self: self._rows("A"))
-    A_inv = property(lambda self: self._rows("A_inv"))
-    b = property(lambda self: self._rows("b"))
-    theta = property(lambda self: self._rows("theta"))
-
     def _meta(self) -> dict:
         return {"dim": self.dim}
 

@@ -134,11 +134,6 @@ class HybridLinUCB(PerItemPolicy):
         self._stack("B", np.zeros((d, k)))
         self._stack("b", np.zeros(d))
 
-    A = property(lambda self: self._rows("A"))
-    A_inv = property(lambda self: self._rows("A_inv"))
-    B = property(lambda self: self._rows("B"))
-    b = property(lambda self: self._rows("b"))
-
     def _meta(self) -> dict:
         return {"dim": self.dim, "k": self.k, "local": self.config.local}
 

@@ -38,7 +38,8 @@ class PerItemPolicy(Policy):
     """Base of the policies with per-item statistics.
 
     Subclasses call :meth:`_stack` in ``__init__`` for each per-item array with the value of an
-    item without data (its prior), and list their shared (not per-item) arrays in
+    item without data (its prior) -- ``policy.<name>`` is then its first ``n_items`` rows, a
+    view that updates write through -- and list their shared (not per-item) arrays in
     ``_shared_names``; :meth:`_gather` reads rows for any indices (cold ones get the prior),
     :meth:`_ensure` grows the stacks before an update writes rows. ``stats`` is the reward
     scale (:class:`~.ridge.RewardStats`).
@@ -81,6 +82,13 @@ class PerItemPolicy(Policy):
     def _rows(self, name: str) -> np.ndarray:
         """The first ``n_items`` rows of a stack (a view: updates write through it)."""
         return self._stacks[name][: self.n_items]
+
+    def __getattr__(self, name: str):
+        """A stack by its name (``policy.A`` is ``policy._rows("A")``)."""
+        stacks = self.__dict__.get("_stacks", {})
+        if name in stacks:
+            return self._rows(name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def _gather(self, name: str, idx: np.ndarray) -> np.ndarray:
         """Rows ``idx`` of a stack; indices past the learned items get the prior."""
