@@ -893,3 +893,30 @@ def test_an_item_past_the_learned_ones_is_scored_with_the_prior(rng, cls):
         want = Z @ p.beta + 1.5 * p.noise_sd * np.sqrt(s)
     np.testing.assert_allclose(got, want, rtol=1e-10)
     assert p.n_items == 6
+
+
+def test_snapshots_written_before_the_intercept_and_the_reward_scale_still_load(rng):
+    """A shared model's snapshot over the old joint features [v, vec(v c^T)] (no intercept, no
+    cold flag, no reward scale) is embedded: the restored mean is the old model's, x_old .
+    theta_old, for any request; a disjoint snapshot without the reward scale restores its
+    per-item models."""
+    C, V, r, a = rows(rng, 200)
+    X_old = np.array([np.r_[v, np.outer(v, c).ravel()] for c, v in zip(C, V)])
+    A_old = np.eye(X_old.shape[1]) + X_old.T @ X_old
+    b_old = X_old.T @ r
+    theta_old = np.linalg.solve(A_old, b_old)
+    p = build(EpsilonGreedy)
+    p.set_state({"A": A_old, "A_inv": np.linalg.inv(A_old), "b": b_old, "theta": theta_old}, {"dim": X_old.shape[1]})
+    req = request(rng)
+    x_old = np.array([np.r_[v, np.outer(v, req.context).ravel()] for v in req.item_features])
+    np.testing.assert_allclose(p.mean(req), x_old @ theta_old, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValidationError, match="snapshot"):
+        p.set_state({"A": A_old[:-1, :-1], "A_inv": A_old[:-1, :-1], "b": b_old[:-1], "theta": theta_old[:-1]},
+                    {"dim": X_old.shape[1] - 1})
+    d = build(DisjointLinUCB)
+    d.update(C, V, r, items=a)
+    arrays, meta = d.state()
+    old = {k: v for k, v in arrays.items() if k != "stats"}
+    again = build(DisjointLinUCB)
+    again.set_state(old, meta)
+    np.testing.assert_array_equal(again.theta, d.theta)

@@ -142,7 +142,11 @@ class PerItemPolicy(Policy):
     def set_state(self, arrays, meta):
         """Restore :meth:`state`. The snapshot may know fewer items than this policy was built
         for (a catalog that grew since): those rows are restored and the others start cold;
-        it may know more (items the environment no longer lists): they are kept."""
+        it may know more (items the environment no longer lists): they are kept. A snapshot
+        without the reward scale (``stats``, written before it was kept) restores the model and
+        restarts the noise estimate at its prior."""
+        if "stats" not in arrays:  # written before the reward scale was kept: it restarts at its prior
+            arrays = {**arrays, "stats": RewardStats.EMPTY.copy()}
         want = self._meta()
         got = {k: meta.get(k) for k in want}
         if got != want:
