@@ -242,14 +242,15 @@ def regret_table(rows: list[RegretRow]) -> str:
     n = len(rows[0].runs[0].cumulative)
     sc = rows[0].runs[0].scenario
     unit = f"{get_scenario(sc).reward}s/carousel"
-    head = f"{'policy':<{w}}  {'cumulative regret':>17}  {'95% CI':>21}  {unit:>15}  {'oracle':>6}"
+    u = max(15, len(unit))
+    head = f"{'policy':<{w}}  {'cumulative regret':>17}  {'95% CI':>21}  {unit:>{u}}  {'oracle':>6}"
     lines = [f"scenario {sc}: cumulative regret after {n:,} decisions, mean over {len(rows[0].runs)} seeds", head,
              "-" * len(head)]
     for r in sorted(rows, key=lambda r: r.interval()[0]):
         mean, lo, hi = r.interval()
         reward = np.mean([x.reward for x in r.runs])
         oracle = np.mean([x.oracle for x in r.runs])
-        lines.append(f"{r.spec:<{w}}  {mean:>17,.1f}  [{lo:>9,.1f}, {hi:>9,.1f}]  {reward:>15.4f}  {oracle:>6.4f}")
+        lines.append(f"{r.spec:<{w}}  {mean:>17,.1f}  [{lo:>9,.1f}, {hi:>9,.1f}]  {reward:>{u}.4f}  {oracle:>6.4f}")
     return "\n".join(lines)
 
 
