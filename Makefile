@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test bench bench-peers serve clean
+.PHONY: install demo test bench bench-peers bench-obd obd serve clean
 
 $(STAMP): setup.cfg setup.py pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -57,8 +57,31 @@ bench/.implicit-venv/.installed: $(STAMP)
 	  TFIDFRecommender, BM25Recommender'
 	touch $@
 
+# The Open Bandit Dataset's small sample (10,000 rows per log; ZOZOTOWN, Saito et al. 2021) as it
+# ships inside obp 0.5.7's source distribution: data only, never obp's code. data/obd/ keeps
+# obp's own layout -- {random,bts}/{all,men,women}/{campaign}.csv and item_context.csv, what
+# obp's OpenBanditDataset(data_path=...) reads -- plus prior_bts.yaml, the Beta prior of
+# ZOZOTOWN's Bernoulli TS (obp/policy/conf/prior_bts.yaml). Idempotent: done once.
+OBD := data/obd
+obd: $(OBD)/.done
+$(OBD)/.done: | $(STAMP)
+	rm -rf $(OBD) data/.obd-sdist && mkdir -p $(OBD) data/.obd-sdist
+	$(BIN)/python -m pip download --quiet obp==0.5.7 --no-deps --no-binary :all: --ignore-requires-python \
+	  -d data/.obd-sdist
+	tar -xzf data/.obd-sdist/obp-0.5.7.tar.gz -C $(OBD) --strip-components=4 obp-0.5.7/obp/dataset/obd
+	tar -xzf data/.obd-sdist/obp-0.5.7.tar.gz -O obp-0.5.7/obp/policy/conf/prior_bts.yaml > $(OBD)/prior_bts.yaml
+	rm -rf data/.obd-sdist
+	$(BIN)/python bench/obd_items.py $(OBD)  # data/obd/items.csv: the items with ZOZOTOWN's BTS prior
+	touch $@
+
+# Reward models on the Open Bandit Dataset, obp's protocol (bench/obd_bench.py; docs/evaluation.md)
+bench-obd: obd
+	$(BIN)/python bench/run.py --only obd
+
+# the decision service on the demo's shop directory (made by `make demo` when missing)
 serve: $(STAMP)
-	$(BIN)/banditrec serve
+	test -f out/demo/shop/CURRENT.json || $(BIN)/banditrec demo
+	$(BIN)/banditrec serve --shop out/demo/shop
 
 clean:
 	rm -rf $(VENV) out build *.egg-info .pytest_cache .hypothesis

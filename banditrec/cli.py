@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from pathlib import Path
 
 import click
 
@@ -17,39 +18,54 @@ SCENARIO_NAMES = tuple(SCENARIOS)
 @click.group()
 @click.version_option(package_name="banditrec")
 def main():
-    """Contextual-bandit recommendation carousels."""
+    """Contextual-bandit recommendation carousels.
+
+    \b
+    Your own shop (docs/data-formats.md):
+      banditrec build --items items.csv --interactions interactions.csv --out shop/
+      banditrec serve --shop shop/                # the decision service
+      banditrec learn --shop shop/                # learns from its log, publishes snapshots
+      banditrec evaluate --shop shop/ --db out/serve/log.db --policy egreedy
+      banditrec recommend --shop shop/ --user u42
+    \b
+    The simulated shop, end to end: banditrec demo
+    """
 
 
 @main.command()
-@click.option("--decisions", default=20_000, show_default=True, help="Decisions to serve.", type=click.IntRange(min=1))
+@click.option("--days", default=14, show_default=True, help="Days of the simulated shop to serve.",
+              type=click.IntRange(min=2))
 @click.option("--slots", default=5, show_default=True, help="Carousel slots per decision.", type=click.IntRange(min=1))
-@click.option("--candidates", default=30, show_default=True, help="CF candidates per decision.", type=click.IntRange(min=1))
-@click.option("--batch", default=500, show_default=True, help="Decisions between learning steps.", type=click.IntRange(min=1))
+@click.option("--candidates", default=30, show_default=True, help="Candidates per decision.",
+              type=click.IntRange(min=1))
+@click.option("--items", "n_items", default=None, type=click.IntRange(min=50), help="Catalog size (default 2,000).")
+@click.option("--customers", default=None, type=click.IntRange(min=100), help="Customers (default 6,000).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--policy", default="shared-linucb:alpha=1.0,epsilon=0.1", show_default=True, help="Logging policy spec.")
-@click.option("--target", "targets", multiple=True, default=("uniform", "popularity:epsilon=0.1"),
+@click.option("--target", "targets", multiple=True,
+              default=("uniform", "popularity:epsilon=0.1", "shared-linucb:alpha=0.5,epsilon=0.05"),
               show_default=True, help="Policy to evaluate off-policy (repeatable).")
 @click.option("--out", default="out/demo", show_default=True, type=click.Path(file_okay=False))
-@click.option("--floor", default=DEFAULT_FLOOR, show_default=True, type=click.FloatRange(0, 1),
-              help="The engine's exploration floor (0: none, and a log that cannot evaluate every target).")
-def demo(decisions, slots, candidates, batch, seed, policy, targets, out, floor):
-    """Run the whole loop on a simulated shop and print off-policy estimates beside the truth."""
-    from .demo import run_demo
+def demo(days, slots, candidates, n_items, customers, seed, policy, targets, out):
+    """The simulated shop run as a real one: export its files, build, serve, learn, evaluate."""
     from .errors import BanditRecError
+    from .shopdemo import DEMO_CONFIG, run_shop_demo
 
-    click.echo(f"banditrec demo: {decisions} decisions, {slots} slots, seed {seed}")
+    click.echo(f"banditrec demo: the simulated shop through build, serve, learn and evaluate; seed {seed}")
+    sizes = {k: v for k, v in (("n_items", n_items), ("n_customers", customers)) if v is not None}
     try:
-        result = run_demo(n_decisions=decisions, n_slots=slots, n_candidates=candidates, batch=batch,
-                          seed=seed, out=out, policy=policy, targets=tuple(targets), echo=click.echo, floor=floor)
+        result = run_shop_demo(days=days, n_slots=slots, n_candidates=candidates, seed=seed, out=out, policy=policy,
+                               targets=tuple(targets), config=DEMO_CONFIG.replace(**sizes), echo=click.echo)
     except BanditRecError as exc:
         raise click.UsageError(str(exc)) from None
     click.echo("")
     click.echo(result.table())
     click.echo("")
-    click.echo(f"{result.n_decisions} decisions, {result.n_rewards} rewards in {result.seconds:.1f} s; "
-               f"logged propensities match recomputed to {result.max_pscore_mismatch:.1e}")
+    click.echo(f"{result.n_decisions:,} decisions, {result.n_events:,} events, {result.n_rewards:,} rewards in "
+               f"{result.seconds:.0f} s; logged propensities match recomputed to {result.max_pscore_mismatch:.1e}")
     click.echo(f"report: {result.report}")
     click.echo(f"log:    {result.db}")
+    click.echo(f"shop:   {Path(out) / 'shop'}  (try: banditrec recommend --shop {Path(out) / 'shop'} --user u1)")
 
 
 @main.command()
@@ -74,29 +90,77 @@ def coverage(seeds, first_seed, decisions, slots, policy, targets):
 
 
 def _token(token_file: str) -> str:
-    """The API token: $BANDITREC_API_TOKEN, else ``token_file`` (created, mode 0600, on first use)."""
+    """The API token: $BANDITREC_API_TOKEN when set, else ``token_file`` (created with a random
+    token, mode 0600, when missing). An empty, blank or short token is a usage error: it must
+    never start a server with authentication off."""
     import secrets
     from pathlib import Path
 
-    if os.environ.get("BANDITREC_API_TOKEN"):
-        return os.environ["BANDITREC_API_TOKEN"]
-    path = Path(token_file)
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_urlsafe(32) + "\n")
-    return path.read_text().strip()
+    from .errors import BanditRecError
+    from .service.config import check_token, read_token_file
+
+    try:
+        if os.environ.get("BANDITREC_API_TOKEN") is not None:
+            return check_token(os.environ["BANDITREC_API_TOKEN"], "$BANDITREC_API_TOKEN")
+        path = Path(token_file)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(32) + "\n")
+        return read_token_file(path)
+    except BanditRecError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 @main.command()
+@click.option("--items", required=True, type=click.Path(dir_okay=False),
+              help="Items file (CSV or Parquet): item_id, and optional type, price, title, in_stock, ...")
+@click.option("--interactions", required=True, type=click.Path(dir_okay=False),
+              help="Interactions file: user_id, item_id, event_type, timestamp (ISO-8601 or epoch seconds).")
+@click.option("--users", default=None, type=click.Path(dir_okay=False),
+              help="Optional users file: user_id, and segment and other attributes.")
+@click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False),
+              help="TOML build settings: column roles, event types, features, candidate model.")
+@click.option("--map", "pairs", multiple=True, metavar="FIELD=COLUMN",
+              help="Read FIELD from COLUMN (repeatable); FILE.FIELD=COLUMN for one file only, e.g. "
+                   "items.item_id=sku.")
+@click.option("--context-encoding", "encoding", default=None, type=click.Path(dir_okay=False),
+              help="The context encoding `banditrec import` wrote: its columns become request context fields, "
+                   "so the shop can serve and evaluate on that imported log.")
+@click.option("--refit-features", is_flag=True,
+              help="Fit new item and context features although the directory has a build (policies restart).")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Shop directory to create, or to publish a new build into.")
+def build(items, interactions, users, config_file, pairs, encoding, refit_features, out):
+    """Build a shop directory from a catalog, interactions and (optionally) users.
+
+    Every file is checked first; a bad cell stops the build with its file, line and column,
+    and nothing is published. Rebuilding into the same --out keeps every item's index: new
+    items are added, removed ones stop being served, learned policies carry over.
+    See docs/data-formats.md.
+    """
+    from .errors import BanditRecError
+    from .shop import BuildConfig, build_shop
+
+    try:
+        config = BuildConfig.from_toml(config_file) if config_file else BuildConfig()
+        result = build_shop(items, interactions, users, out=out, config=config, mapping=pairs, encoding=encoding,
+                            refit_features=refit_features, progress=sys.stderr.isatty())
+    except BanditRecError as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(result.summary())
+
+
+@main.command()
+@click.option("--shop", "shop_dir", required=True, type=click.Path(file_okay=False),
+              help="Shop directory written by `banditrec build`; a newer build is picked up while serving.")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(min=0))
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1))
 @click.option("--threads", default=2, show_default=True, type=click.IntRange(min=1), help="Threads per worker.")
 @click.option("--db", default="out/serve/log.db", show_default=True, type=click.Path(dir_okay=False))
 @click.option("--policy", default="shared-linucb:alpha=1.0,epsilon=0.1", show_default=True)
-@click.option("--shop-seed", default=0, show_default=True, type=int, help="Seed of the simulated demo shop.")
 @click.option("--snapshots", default="out/serve/snapshots", show_default=True, type=click.Path(file_okay=False),
               help="Directory `banditrec learn` publishes to; workers reload from it.")
 @click.option("--reward-window", default=3600.0, show_default=True, type=click.FloatRange(min=0),
@@ -105,36 +169,42 @@ def _token(token_file: str) -> str:
               help="Bearer token for reward, events and admin routes, unless $BANDITREC_API_TOKEN is set; "
                    "created with a random token if missing.")
 @click.option("--decide-auth", is_flag=True, help="Decide routes need the token too.")
+@click.option("--durable", is_flag=True,
+              help="Commit the log with synchronous=FULL: an acknowledged decision or reward survives a power "
+                   "loss too, not only a crash of the process (docs/service.md; its cost: docs/benchmarks.md).")
 @click.option("--access-log", is_flag=True, help="Log every request to stdout.")
-def serve(host, port, workers, threads, db, policy, shop_seed, snapshots, reward_window, token_file, decide_auth,
-          access_log):
-    """Serve the decision service for the simulated demo shop under gunicorn."""
-    from .policies import make  # validate the spec before starting workers
+def serve(shop_dir, host, port, workers, threads, db, policy, snapshots, reward_window, token_file, decide_auth,
+          durable, access_log):
+    """Serve a shop directory's carousels (decide, reward, events, models, metrics) under gunicorn."""
     from .errors import BanditRecError
+    from .shop import Shop
 
     try:
-        make(policy, context_dim=1, item_dim=1, popularity=[1.0])
+        Shop(shop_dir).policy(policy)  # a bad directory or spec fails here, not in every worker
     except BanditRecError as exc:
         raise click.UsageError(str(exc)) from None
     token = _token(token_file)
-    env = dict(os.environ, BANDITREC_DB=db, BANDITREC_POLICY=policy, BANDITREC_SHOP_SEED=str(shop_seed),
+    env = dict(os.environ, BANDITREC_SHOP=shop_dir, BANDITREC_DB=db, BANDITREC_POLICY=policy,
                BANDITREC_SNAPSHOTS=snapshots, BANDITREC_REWARD_WINDOW_S=repr(reward_window),
-               BANDITREC_API_TOKEN=token, BANDITREC_DECIDE_AUTH="1" if decide_auth else "0")
+               BANDITREC_API_TOKEN=token, BANDITREC_DECIDE_AUTH="1" if decide_auth else "0",
+               BANDITREC_DURABLE="1" if durable else "0")
     if access_log:
         env["BANDITREC_ACCESSLOG"] = "-"
     conf = os.path.join(os.path.dirname(__file__), "service", "gunicorn_conf.py")
     args = [sys.executable, "-m", "gunicorn", "-c", conf, "--bind", f"{host}:{port}",
             "--workers", str(workers), "--threads", str(threads), "banditrec.service.wsgi:app"]
-    shown = token_file if not os.environ.get("BANDITREC_API_TOKEN") else "$BANDITREC_API_TOKEN"
-    click.echo(f"serving on http://{host}:{port} (log: {db}; snapshots: {snapshots}; token: {shown}); Ctrl-C stops")
+    shown = token_file if os.environ.get("BANDITREC_API_TOKEN") is None else "$BANDITREC_API_TOKEN"
+    click.echo(f"serving {shop_dir} on http://{host}:{port} (log: {db}; snapshots: {snapshots}; token: {shown}); "
+               "Ctrl-C stops")
     os.execvpe(sys.executable, args, env)
 
 
 @main.command()
+@click.option("--shop", "shop_dir", required=True, type=click.Path(file_okay=False),
+              help="The shop directory the service serves (its item features; rebuilds are followed).")
 @click.option("--db", default="out/serve/log.db", show_default=True, type=click.Path(dir_okay=False))
 @click.option("--policy", default="shared-linucb:alpha=1.0,epsilon=0.1", show_default=True,
               help="Policy to start from when no snapshot has been published.")
-@click.option("--shop-seed", default=0, show_default=True, type=int, help="Seed of the simulated demo shop.")
 @click.option("--snapshots", default="out/serve/snapshots", show_default=True, type=click.Path(file_okay=False))
 @click.option("--reward-window", default=3600.0, show_default=True, type=click.FloatRange(min=0),
               help="Learn from a decision once this many seconds have passed (as `serve --reward-window`).")
@@ -142,23 +212,20 @@ def serve(host, port, workers, threads, db, policy, shop_seed, snapshots, reward
               help="Seconds between learning steps.")
 @click.option("--kind", default="click", show_default=True, help="Reward kind to learn from.")
 @click.option("--once", is_flag=True, help="One step, then exit.")
-def learn(db, policy, shop_seed, snapshots, reward_window, interval, kind, once):
+def learn(shop_dir, db, policy, snapshots, reward_window, interval, kind, once):
     """Learn from closed decisions in --db and publish snapshots for `banditrec serve` to reload."""
-    from simulator import Shop
-
-    from .candidates import ItemItemCF
-    from .demo import policy_env
     from .errors import BanditRecError
     from .learner import Learner
-    from .policies import make
+    from .shop import Shop, ShopFollower
 
-    shop = Shop(seed=shop_seed)
-    env = policy_env(shop, ItemItemCF(n_neighbors=50).fit(shop.history))
     log = _open_log_with_window(db, reward_window)
     try:
-        learner = Learner.resume(log, lambda: make(policy, **env), shop.catalog.features, snapshots, env, kind=kind)
-        click.echo(f"learning from {db} (window {reward_window:g} s) into {snapshots}; from seq "
-                   f"{learner.learned_seq}, model {learner.version or learner.policy.model_version}")
+        shop = Shop(shop_dir)
+        learner = Learner.resume(log, lambda: shop.policy(policy), shop.items.features, snapshots,
+                                 shop.policy_env(), kind=kind, item_cold=shop.items.cold)
+        learner.refresh = ShopFollower(shop, echo=click.echo)
+        click.echo(f"learning from {db} (window {reward_window:g} s) into {snapshots} for shop build {shop.build}; "
+                   f"from seq {learner.learned_seq}, model {learner.version or learner.policy.model_version}")
         learner.run(interval_s=interval, steps=1 if once else None, echo=click.echo)
     except BanditRecError as exc:
         raise click.UsageError(str(exc)) from None
@@ -181,11 +248,19 @@ def _open_log_with_window(db: str, window: float):
 
 @main.command()
 @click.option("--db", default=None, type=click.Path(dir_okay=False), help="Decision log to evaluate on.")
+@click.option("--shop", "shop_dir", default=None, type=click.Path(file_okay=False),
+              help="With --db: a shop directory whose item features, types and business columns the candidate "
+                   "policies use (default: the log's own items table).")
 @click.option("--parquet", default=None, type=click.Path(file_okay=False),
               help="Instead of --db: a day-partitioned Parquet export (export --partition-by day), evaluated on Dask.")
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="With --parquet: the Dask scheduler (tcp://host:8786); default a LocalCluster on this machine.")
-@click.option("--policy", "specs", multiple=True, required=True, help="Candidate policy spec (repeatable).")
+@click.option("--policy", "specs", multiple=True, help="Candidate policy spec (repeatable).")
+@click.option("--tune", "tune", multiple=True, metavar="SPEC-GRID",
+              help="Choose a policy's settings on the log: a spec whose values list alternatives with '|', "
+                   "e.g. shared-linucb:alpha=0.25|0.5|1,epsilon=0.02|0.05 (repeatable; docs/evaluation.md).")
+@click.option("--reward-model", default=None, type=click.Choice(["ridge", "logistic", "gbt"]),
+              help="Reward model of DM/DR/SNDR/SwitchDR, cross-fitted on the log [default: the library's default].")
 @click.option("--estimator", "estimators", multiple=True, default=("IPS", "SNIPS", "DR", "SNDR"), show_default=True,
               help="Estimator to report (repeatable).")
 @click.option("--primary", default="DR", show_default=True, help="Estimator whose lower bound decides the verdict.")
@@ -196,7 +271,8 @@ def _open_log_with_window(db: str, window: float):
 @click.option("--out", default="out/evaluate", show_default=True, type=click.Path(file_okay=False),
               help="Directory for the report and plot.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of the table.")
-def evaluate(db, parquet, scheduler, specs, estimators, primary, kind, train_frac, seed, out, as_json):
+def evaluate(db, shop_dir, parquet, scheduler, specs, tune, reward_model, estimators, primary, kind, train_frac, seed,
+             out, as_json):
     """Estimate candidate policies' value on a logged period, with a safe-to-deploy verdict."""
     import json
 
@@ -207,6 +283,8 @@ def evaluate(db, parquet, scheduler, specs, estimators, primary, kind, train_fra
         raise click.UsageError("give exactly one of --db and --parquet")
     if scheduler and not parquet:
         raise click.UsageError("--scheduler goes with --parquet")
+    if shop_dir and parquet:
+        raise click.UsageError("--shop goes with --db")
     try:
         if parquet:
             from .distributed import dask_client, evaluate_parquet
@@ -214,10 +292,13 @@ def evaluate(db, parquet, scheduler, specs, estimators, primary, kind, train_fra
             with dask_client(scheduler) as client:
                 result = evaluate_parquet(parquet, list(specs), estimators=tuple(estimators), primary=primary,
                                           kind=kind, train_frac=train_frac, seed=seed, out=out, client=client,
-                                          progress=sys.stderr.isatty())
+                                          progress=sys.stderr.isatty(), tune=tuple(tune), reward_model=reward_model)
         else:
+            from .shop import Shop
+
             result = evaluate_log(db, list(specs), estimators=tuple(estimators), primary=primary, kind=kind,
-                                  train_frac=train_frac, seed=seed, out=out)
+                                  train_frac=train_frac, seed=seed, out=out, tune=tuple(tune),
+                                  reward_model=reward_model, shop=Shop(shop_dir) if shop_dir else None)
     except BanditRecError as exc:
         raise click.UsageError(str(exc)) from None
     if as_json:
@@ -256,7 +337,10 @@ def _open_log(db: str):
 @click.option("--policy", default=None, help="Logging policy name to record (default: obd or imported).")
 @click.option("--event-prefix", default=None, help="Prefix of generated event ids (default: the file's stem).")
 @click.option("--start-line", default=None, type=click.IntRange(min=2), help="Resume an import at this line.")
-def import_(file, fmt, db, pairs, kind, position_base, n_items, policy, event_prefix, start_line):
+@click.option("--slots", "obd_slots", default=3, show_default=True, type=click.IntRange(min=0),
+              help="obd: each row is its own round of a carousel of this many slots, observed at the row's "
+                   "position (as Open Bandit Pipeline reads it); 0 groups rows of one impression instead.")
+def import_(file, fmt, db, pairs, kind, position_base, n_items, policy, event_prefix, start_line, obd_slots):
     """Import FILE's logged slots into the decision log --db, in batches.
 
     A bad line stops the import with its line and column; what was imported before it stays in
@@ -277,6 +361,8 @@ def import_(file, fmt, db, pairs, kind, position_base, n_items, policy, event_pr
             kw["policy"] = policy
         if fmt == "csv":
             kw.update(kind=kind, position_base=position_base)
+        else:
+            kw.update(slots=obd_slots or None)
         result = import_file(file, log, fmt, parse_mapping(pairs), **kw)
     except BanditRecError as exc:
         raise click.UsageError(str(exc)) from None
@@ -292,9 +378,10 @@ def import_(file, fmt, db, pairs, kind, position_base, n_items, policy, event_pr
 
 @main.command("export")
 @click.option("--db", required=True, type=click.Path(exists=True, dir_okay=False), help="Decision log to export.")
-@click.option("--format", "fmt", required=True, type=click.Choice(("csv", "parquet", "vw", "dsjson")),
+@click.option("--format", "fmt", required=True, type=click.Choice(("csv", "parquet", "vw", "dsjson", "interactions")),
               help="csv/parquet: one row per logged slot with every reward kind; vw: VW text --cb_adf "
-                   "examples; dsjson: VW decision-service JSON lines.")
+                   "examples; dsjson: VW decision-service JSON lines; interactions: the events and positive "
+                   "rewards as an interactions file for `banditrec build`.")
 @click.option("--out", required=True, type=click.Path(), help="File to write (a directory with --partition-by day).")
 @click.option("--partition-by", "partition_by", default=None, type=click.Choice(("day",)),
               help="parquet: one file per UTC day under --out (a directory); re-running writes only changed days.")
@@ -320,6 +407,9 @@ def export(db, fmt, out, partition_by, kind, default_reward, min_probability, ca
         raise click.UsageError(str(exc)) from None
     finally:
         log.close()
+    if fmt == "interactions":
+        click.echo(f"exported {result.rows} interactions (events and positive rewards) to {out}")
+        return
     clipped = f"; {result.clipped} probabilities clipped to {min_probability}" if result.clipped else ""
     click.echo(f"exported {result.rows} logged slots of {result.decisions} decisions to {out} ({fmt}){clipped}")
 
@@ -416,29 +506,39 @@ def regret(specs, scenario, seeds, first_seed, decisions, slots, candidates, bat
 
 
 @main.command()
+@click.option("--shop", "shop_dir", default=None, type=click.Path(file_okay=False),
+              help="A shop directory: the table is estimated off-policy from its log (--db).")
+@click.option("--db", default=None, type=click.Path(dir_okay=False), help="With --shop: the shop's decision log.")
 @click.option("--policy", "spec", default="shared-linucb:alpha=1.0,epsilon=0.1", show_default=True)
 @click.option("--objective", default="price", show_default=True,
-              help="Item column to blend in (maximised): price, royalty (paid per sale) or net (price - royalty, "
-                   "what the shop keeps per sale).")
+              help="Item column to blend in (maximised). The simulated shop's: price, royalty (paid per sale) or "
+                   "net (price - royalty); a shop directory's: any of its business columns.")
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--train", "n_train", default=10_000, show_default=True, type=click.IntRange(min=1))
-@click.option("--test", "n_test", default=5_000, show_default=True, type=click.IntRange(min=1))
+@click.option("--train", "n_train", default=10_000, show_default=True, type=click.IntRange(min=1),
+              help="Simulated shop only: decisions the policy learns from.")
+@click.option("--test", "n_test", default=5_000, show_default=True, type=click.IntRange(min=1),
+              help="Simulated shop only: held-out requests ranked.")
 @click.option("--k", default=5, show_default=True, type=click.IntRange(min=1))
-def sensitivity(spec, objective, seed, n_train, n_test, k):
-    """Amazon Personalize's objective-sensitivity table (off..high) in the simulated shop, with the
-    objective's total and the royalty paid in the top k."""
+def sensitivity(shop_dir, db, spec, objective, seed, n_train, n_test, k):
+    """Amazon Personalize's objective-sensitivity table (off..high): in the simulated shop, or
+    estimated from a shop directory's log (--shop, --db)."""
     from .errors import BanditRecError
-    from .regret import sensitivity_study, sensitivity_table
 
+    if (shop_dir is None) != (db is None):
+        raise click.UsageError("--shop and --db go together")
     try:
+        if shop_dir is not None:
+            from .evaluate import objective_sensitivity
+            from .shop import Shop
+
+            click.echo(objective_sensitivity(Shop(shop_dir), db, spec, objective, seed=seed).table())
+            return
+        from .regret import sensitivity_study, sensitivity_table
+
         rows = sensitivity_study(spec, objective, seed=seed, n_train=n_train, n_test=n_test, k=k)
     except BanditRecError as exc:
         raise click.UsageError(str(exc)) from None
     click.echo(sensitivity_table(rows, k, objective))
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()
 
 
 @main.command()
@@ -461,8 +561,11 @@ if __name__ == "__main__":  # pragma: no cover
 @click.option("--learn-kind", default=None, type=click.Choice(("click", "purchase", "margin")),
               help="Reward the policy learns from at the end of each day [default: the scenario's, else click].")
 @click.option("--every", default=1, show_default=True, type=click.IntRange(min=1), help="Print every N-th day's KPIs.")
+@click.option("--export-shop", "export_dir", default=None, type=click.Path(file_okay=False),
+              help="Instead of simulating: write the shop's items, interactions (its pre-period) and users files, "
+                   "and a build config, to this directory -- a shop's own data, for `banditrec build`.")
 def simulate(days, customers, items, policy, db, replace, config_file, scenario, seed, slots, candidates, learn_kind,
-             every):
+             every, export_dir):
     """Run the simulated shop with a policy, logging every decision, and print daily KPIs."""
     from pathlib import Path
 
@@ -477,6 +580,18 @@ def simulate(days, customers, items, policy, db, replace, config_file, scenario,
         config = SimConfig.from_toml(config_file) if config_file else SimConfig()
         changes = {k: v for k, v in (("n_customers", customers), ("n_items", items)) if v is not None}
         config = config.replace(**{**sc.sim, **changes})
+        if export_dir is not None:
+            from simulator.environment import Environment
+            from simulator.export import export_shop
+
+            env = Environment(config, seed=seed)
+            env.recording = True
+            files = export_shop(env, env.warm_up(), export_dir)
+            click.echo(f"exported {files.n_items:,} items, {files.n_interactions:,} interactions and "
+                       f"{files.n_users:,} users to {export_dir}; build them with:")
+            click.echo(f"  banditrec build --items {files.items} --interactions {files.interactions} "
+                       f"--users {files.users} --config {files.config} --out SHOP_DIR")
+            return
         if replace:
             Path(db).unlink(missing_ok=True)
         state = {"n": 0}
@@ -504,43 +619,103 @@ def simulate(days, customers, items, policy, db, replace, config_file, scenario,
 
 @main.command()
 @click.argument("item_id")
-@click.option("--db", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="Decision log whose items (with a 'type' attribute) and events the model learns from.")
+@click.option("--shop", "shop_dir", default=None, type=click.Path(file_okay=False),
+              help="Shop directory whose candidate model to ask.")
+@click.option("--db", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Instead of --shop: a decision log whose items (with a 'type' attribute) and events the model "
+                   "learns from.")
 @click.option("--kind", default="similar", show_default=True, type=click.Choice(("similar", "complements")),
               help="similar: substitutes (item-item CF; metadata for items without events); "
                    "complements: what is bought after ITEM_ID (directional, co-purchase-only pairs).")
 @click.option("-n", "n", default=10, show_default=True, type=click.IntRange(min=1), help="Neighbours to print.")
-def similar(item_id, db, kind, n):
-    """Print ITEM_ID's neighbours with scores and product types, from the log --db."""
-    from .candidates.fromlog import generator_from_log
+def similar(item_id, shop_dir, db, kind, n):
+    """Print ITEM_ID's neighbours with scores and product types."""
     from .errors import BanditRecError
 
-    log = _open_log(db)
+    if (shop_dir is None) == (db is None):
+        raise click.UsageError("give exactly one of --shop and --db")
     try:
-        gen, ids, attrs = generator_from_log(log)
-        if item_id not in set(ids):
-            raise click.UsageError(f"item {item_id!r} is not in the log's catalog ({len(ids)} items, e.g. {ids[0]!r})")
-        j = ids.index(item_id)
+        if shop_dir is not None:
+            from .shop import Shop
+
+            shop = Shop(shop_dir)
+            gen, j = shop.generator, shop.item_id(item_id)
+            ids = shop.items.ids
+
+            def describe(k: int) -> str:
+                info = shop.info(k)
+                return f"type {info.type or '?'}" + (f"  {info.title}" if info.title else "")
+        else:
+            from .candidates.fromlog import generator_from_log
+
+            log = _open_log(db)
+            try:
+                gen, ids, attrs = generator_from_log(log)
+            finally:
+                log.close()
+            if item_id not in set(ids):
+                raise click.UsageError(f"item {item_id!r} is not in the log's catalog ({len(ids)} items, "
+                                       f"e.g. {ids[0]!r})")
+            j = ids.index(item_id)
+
+            def describe(k: int) -> str:
+                a = attrs[k]
+                return f"type {a.get('type', a.get('product_type', '?'))}" + (f"  {a['title']}" if "title" in a else "")
         found, scores = (gen.similar_items if kind == "similar" else gen.complements)([j], n)
     except BanditRecError as exc:
         raise click.UsageError(str(exc)) from None
-    finally:
-        log.close()
-
-    def describe(a: dict) -> str:
-        return f"type {a.get('type', a.get('product_type', '?'))}" + (f"  {a['title']}" if "title" in a else "")
-
     cold = " (no events: metadata neighbours)" if gen.cold[j] and kind == "similar" else ""
-    click.echo(f"{item_id}  {describe(attrs[j])}{cold}")
+    click.echo(f"{item_id}  {describe(j)}{cold}")
     click.echo(f"{kind} ({'substitutes' if kind == 'similar' else 'bought after it'}):")
     shown = 0
-    for rank, (k, s) in enumerate(zip(found[0].tolist(), scores[0].tolist()), start=1):
+    width = max([12] + [len(ids[k]) for k in found[0].tolist() if k >= 0])
+    for rank, (k, sc) in enumerate(zip(found[0].tolist(), scores[0].tolist()), start=1):
         if k < 0:
             break
-        click.echo(f"{rank:>3}. {ids[k]:<12} {s:8.4f}  {describe(attrs[k])}")
+        click.echo(f"{rank:>3}. {ids[k]:<{width}} {sc:8.4f}  {describe(k)}")
         shown += 1
     if shown == 0:
-        click.echo("  (none: the item has no neighbours in this log)")
+        click.echo("  (none: the item has no neighbours)")
+
+
+@main.command()
+@click.option("--shop", "shop_dir", required=True, type=click.Path(file_okay=False), help="Shop directory.")
+@click.option("--user", "user_id", required=True, help="User id (unknown users get popular and new items).")
+@click.option("--cart", "cart", multiple=True, metavar="ITEM", help="An item in the cart (repeatable).")
+@click.option("--view", "views", multiple=True, metavar="ITEM", help="An item viewed this session (repeatable).")
+@click.option("--slots", default=5, show_default=True, type=click.IntRange(min=1))
+@click.option("--policy", default="shared-linucb:alpha=1.0,epsilon=0.1", show_default=True,
+              help="Policy spec (untrained unless --snapshots has a published snapshot).")
+@click.option("--snapshots", default=None, type=click.Path(file_okay=False),
+              help="Learner snapshot directory: serve its newest snapshot.")
+@click.option("--context", "fields", multiple=True, metavar="FIELD=VALUE", help="A request context field, e.g. "
+              "device=mobile (repeatable).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the slot sampler.")
+def recommend(shop_dir, user_id, cart, views, slots, policy, snapshots, fields, seed):
+    """Print the carousel the shop would show USER: ids, titles, types, and why each is there."""
+    from .errors import BanditRecError
+    from .shop.tools import recommend as run
+
+    try:
+        context = {}
+        for pair in fields:
+            key, eq, value = pair.partition("=")
+            if not eq:
+                raise click.UsageError(f"--context takes FIELD=VALUE, got {pair!r}")
+            context[key] = float(value) if _is_number(value) else value
+        rec = run(shop_dir, user_id, cart=list(cart), views=list(views), n_slots=slots, policy=policy,
+                  snapshots=snapshots, context=context or None, seed=seed)
+    except BanditRecError as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(rec.table())
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 @main.command()
@@ -613,3 +788,7 @@ def abtest(arms, days, customers, seeds, first_seed, salt, scenario, config_file
     except BanditRecError as exc:
         raise click.UsageError(str(exc)) from None
     click.echo(f"report: {path}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,17 +1,17 @@
-"""The end-to-end demo: a simulated shop, CF candidates, LinUCB through the real Flask app,
-every decision logged with its propensities, and off-policy estimates checked against the
-simulator's exact truth.
+"""The small simulated shop wired to an engine: CF candidates, a policy, every decision logged
+with its propensities, and off-policy estimates checked against the simulator's exact truth,
+in process. ``banditrec coverage`` repeats it over many seeds; tests, benchmarks and notebooks
+use its engine. (``banditrec demo`` runs the full path through a shop directory:
+:mod:`banditrec.shopdemo`.)
 
-This module, :mod:`banditrec.cli` and :mod:`banditrec.service.wsgi` are the wiring layer: the
-only parts of ``banditrec`` that import ``simulator`` (tests/test_architecture.py holds the line).
+This module is wiring: it drives the simulator (tests/test_architecture.py holds the line).
 """
 
 from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -70,37 +70,6 @@ class PolicyResult:
     spec: str
     truth: float
     estimates: dict[str, Estimate]
-
-
-@dataclass
-class DemoResult:
-    n_decisions: int
-    n_rewards: int
-    seconds: float
-    results: list[PolicyResult]
-    batch_truth: dict[str, np.ndarray] = field(default_factory=dict)
-    max_pscore_mismatch: float = 0.0
-    report: Path | None = None
-    db: Path | None = None
-
-    def table(self) -> str:
-        w = max(len(r.spec) for r in self.results)
-        head = f"{'policy':<{w}}  {'estim.':<6} {'estimate':>8} {'95% CI':>18} {'truth':>7}  in CI {'ESS':>8}"
-        lines = [head, "-" * len(head)]
-        low = False
-        for r in self.results:
-            for name, e in r.estimates.items():
-                ci = f"[{e.lower:.3f}, {e.upper:.3f}]"
-                mark = " !" if e.warnings else ""
-                low |= bool(mark)
-                lines.append(
-                    f"{r.spec:<{w}}  {name:<6} {e.value:>8.4f} {ci:>18} {r.truth:>7.4f}  "
-                    f"{'yes' if e.covers(r.truth) else 'NO':<5} {e.ess:>8,.0f}{mark}"
-                )
-        if low:
-            lines.append("! the estimator's diagnostics warn (low effective sample size or heavy weights): "
-                         "do not trust that interval")
-        return "\n".join(lines)
 
 
 @dataclass
@@ -270,119 +239,6 @@ def _run(seed, shop_config, policy, log, *, n_decisions, n_slots, n_candidates, 
                       traffic=np.random.default_rng(traffic_seq), clicks=np.random.default_rng(click_seq),
                       via=via, echo=echo)
     return shop, engine, served
-
-
-def run_demo(
-    *,
-    n_decisions: int = 20_000,
-    n_slots: int = 5,
-    n_candidates: int = 30,
-    batch: int = 500,
-    seed: int = 0,
-    out: str | Path = "out/demo",
-    policy: str = "shared-linucb:alpha=1.0,epsilon=0.1",
-    targets: tuple[str, ...] = ("uniform", "popularity:epsilon=0.1"),
-    shop_config: ShopConfig | None = None,
-    echo=print,
-    plot: bool = True,
-    floor: float = DEFAULT_FLOOR,
-) -> DemoResult:
-    """Run the whole loop through the Flask app; returns estimates beside truths, writes a report.
-    ``floor`` is the engine's serving floor (0: none, on purpose)."""
-    start = time.perf_counter()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    db_path = out / "log.db"
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{db_path}{suffix}").unlink(missing_ok=True)
-    shop, engine, served = _run(seed, shop_config, policy, DecisionLog(db_path), n_decisions=n_decisions,
-                                n_slots=n_slots, n_candidates=n_candidates, batch=batch, via="http",
-                                targets=targets, echo=echo, floor=floor)
-    log = engine.log
-    results, per_decision = evaluate_against_truth(shop, engine, served, targets, n_slots=n_slots)
-    result = DemoResult(
-        n_decisions=len(served.customer),
-        n_rewards=served.n_rewards,
-        seconds=time.perf_counter() - start,
-        results=results,
-        batch_truth={k: np.array([c.mean() for c in np.split(v, np.arange(batch, len(v), batch))])
-                     for k, v in per_decision.items()},
-        max_pscore_mismatch=served.max_pscore_mismatch,
-        db=db_path,
-    )
-    log.close()
-    result.report = write_report(result, out, seed=seed, n_slots=n_slots, n_candidates=n_candidates,
-                                 batch=batch, shop=shop, plot=plot)
-    return result
-
-
-def write_report(result: DemoResult, out: Path, *, seed, n_slots, n_candidates, batch, shop, plot=True) -> Path:
-    """``report.md`` (and ``estimates.png``) in ``out``."""
-    png = out / "estimates.png"
-    if plot:
-        _plot(result, png, batch)
-    c = shop.config
-    lines = [
-        "# banditrec demo report",
-        "",
-        f"Seed {seed}; shop of {c.n_items} items ({c.n_types} product types), {c.n_customers} customers; "
-        f"{result.n_decisions} decisions of {n_slots} slots from {n_candidates} CF candidates each, "
-        f"served through `POST /v1/decide`; {result.n_rewards} click rewards posted to `POST /v1/reward`; "
-        f"the logging policy learned after every {batch} decisions. Wall time {result.seconds:.1f} s.",
-        "",
-        "Values are expected clicks per carousel (summed over its slots). *Truth* is exact, from the "
-        "simulator's click model and each policy's exact slot marginals on the logged contexts; "
-        "estimates use only the log.",
-        "",
-        "| policy | estimator | estimate | 95% CI | truth | covered | ESS | max weight |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in result.results:
-        for name, e in r.estimates.items():
-            lines.append(
-                f"| `{r.spec}` | {name} | {e.value:.4f} | [{e.lower:.4f}, {e.upper:.4f}] | {r.truth:.4f} | "
-                f"{'yes' if e.covers(r.truth) else '**no**'} | {e.ess:,.0f}{' (warns)' if e.warnings else ''} | "
-                f"{e.max_weight:.1f} |"
-            )
-    lines += [
-        "",
-        f"Logged marginal propensities recomputed from the log: largest difference {result.max_pscore_mismatch:.2e}.",
-        "",
-    ]
-    if plot:
-        lines += [f"![estimates and truth]({png.name})", ""]
-    path = out / "report.md"
-    path.write_text("\n".join(lines))
-    return path
-
-
-def _plot(result: DemoResult, path: Path, batch: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for i, r in enumerate(result.results):
-        for j, (name, e) in enumerate(r.estimates.items()):
-            x = i + (j - 0.5) * 0.25
-            ax1.errorbar(x, e.value, yerr=[[e.value - e.lower], [e.upper - e.value]], fmt="o", capsize=4,
-                         color=f"C{j}", label=name if i == 0 else None)
-        ax1.hlines(r.truth, i - 0.35, i + 0.35, colors="k", label="exact truth" if i == 0 else None)
-    ax1.set_xticks(range(len(result.results)))
-    ax1.set_xticklabels([r.spec.split(":")[0] + (" (logging)" if k == 0 else "") for k, r in enumerate(result.results)])
-    ax1.set_ylabel("expected clicks per carousel")
-    ax1.set_title("Off-policy estimates (95% CI) vs the simulator's truth")
-    ax1.legend()
-    for name, series in result.batch_truth.items():
-        ax2.plot(np.minimum((np.arange(len(series)) + 1) * batch, result.n_decisions), series, label=name)
-    ax2.set_xlabel("decisions")
-    ax2.set_ylabel("exact expected clicks per carousel")
-    ax2.set_title("Per batch of the log: the logging policy learns")
-    ax2.legend(loc="center right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 @dataclass

@@ -16,17 +16,20 @@ Two entry points:
 - :func:`evaluate_parquet`: ``banditrec evaluate --parquet DIR``: the day-partitioned export
   (:mod:`banditrec.store.partitioned`). As :func:`banditrec.evaluate.evaluate_log`: the
   candidates learn on the driver from the first ``train_frac`` of the decisions; the rest is
-  evaluated in two passes over its partitions -- per-fold ridge Gram matrices (the reward
-  model's fit is a sum over rows too), then each partition re-scores its decisions with every
-  candidate (shipped as its ``.npz``/JSON snapshot bytes, not pickled) and returns moments.
+  evaluated in two passes over its partitions -- the reward model's fit (ridge: per-fold Gram
+  matrices, a sum over rows; logistic and gbt: the evaluated rows gathered on the driver, the
+  reward-model inputs only, and fitted there by the code ``evaluate --db`` runs), then each
+  partition re-scores its decisions with every candidate (shipped as its ``.npz``/JSON snapshot
+  bytes, not pickled) and returns moments.
 
 ``client=None`` runs the same task functions in this process, one partition after another;
 with a ``distributed.Client`` they run as Dask tasks. The two give the same numbers up to the
 order of floating-point sums (tests check 1e-9).
 
-Cross-fitting folds are drawn per partition from ``SeedSequence([seed, salt], spawn_key=(day,))``
--- stable when days are appended -- so DM/DR differ slightly from ``evaluate --db`` (whose folds
-are one permutation of the whole evaluation period); IPS and SNIPS are the same numbers.
+Cross-fitting folds hash each decision's log sequence number
+(:func:`~banditrec.ope.reward_model.decision_folds`): stable when days are appended, and the
+folds of ``evaluate --db``, so both backends give the same DM/DR numbers (up to the order of
+floating-point sums).
 """
 
 from __future__ import annotations
@@ -40,11 +43,13 @@ from pathlib import Path
 
 import numpy as np
 
+from . import tuning
 from .errors import ValidationError
-from .evaluate import DEFAULT_ESTIMATORS, MAX_ONE_HOT_ITEMS, Evaluation, PolicyEvaluation, _decisions, \
-    _sparse_target, candidate_env, candidate_policy, write_report
+from .evaluate import DEFAULT_ESTIMATORS, CandidateQ, Evaluation, PolicyEvaluation, _decisions, _sparse_target, \
+    candidate_env, candidate_policy, check_request, item_features_or_one_hot, reward_model_for, row_folds, verdict, \
+    write_report
 from .ope.estimators import ESTIMATORS, IPS, Moments, OPEWarning
-from .ope.reward_model import RidgeRewardModel
+from .ope.reward_model import DEFAULT_REWARD_MODEL, Folds, make_reward_model
 from .store.partitioned import Dataset, Partition, PartitionError, concat_decisions, open_dataset, \
     partition_decisions, read_items, read_partition
 from .types import Estimate, LoggedBandit
@@ -54,7 +59,6 @@ COMPACT_COLUMNS = ("decision", "slot", "reward", "pscore", "target_pscore", "q_h
 one file), ``slot`` (int), ``reward``, ``pscore`` (logged marginal), ``target_pscore`` (the
 target's probability of the logged item in its slot) and, for DM/DR, ``q_hat_logged`` and
 ``q_hat_target`` (``sum_a pi(a|x,k) q(x,a,k)``)."""
-_FOLD_SALT = 0xF01D5
 
 
 class MissingDaskError(ValidationError, ImportError):
@@ -224,7 +228,6 @@ def _load_policy(files: dict[str, bytes], env: dict):
 class _Part:
     partition: Partition
     first: int  # first decision of the partition that is evaluated (the rest trained the candidates)
-    index: int  # the day number: spawn key of the partition's fold stream
 
 
 def _test_data(part: _Part, shared: dict):
@@ -237,25 +240,43 @@ def _test_data(part: _Part, shared: dict):
         raise PartitionError(f"partition file {part.partition.path} shows item index {int(logged.row_action.max())}, "
                              f"beyond the item table's {shared['n_items']} items", "parquet")
     data = logged.logged_bandit(shared["n_items"], shared["n_slots"], with_context=True)
-    seq = np.random.SeedSequence([int(shared["seed"]), _FOLD_SALT], spawn_key=(part.index,))
-    fold = (np.random.default_rng(seq).permutation(logged.n_decisions) % shared["n_folds"])[data.decision]
-    return logged, data, fold, table
+    return logged, data, row_folds(logged, shared["n_folds"], shared["seed"]), table
 
 
 def _fold_stats(part: _Part, shared: dict) -> dict:
-    """Pass 1: per fold, the reward model's sparse ``X^T X`` and ``X^T y``; the (item, slot)
-    pairs logged; the logging policies."""
+    """Pass 1: what the reward model's fit needs -- per fold, ``X^T X`` and ``X^T y`` of a
+    reducible model, else the rows' model inputs --; the (item, slot) pairs logged; the logging
+    policies."""
     logged, data, fold, table = _test_data(part, shared)
     policies = set(table.column("policy").unique().to_pylist())
     if data is None:
-        return {"grams": None, "seen": np.zeros((0, 2), dtype=np.int64), "policies": policies}
-    grams = []
-    for f in range(shared["n_folds"]):
-        rows = np.flatnonzero(fold == f)
-        x = RidgeRewardModel._design(data, rows)
-        grams.append(((x.T @ x).tocsr(), x.T @ data.reward[rows]))
+        return {"grams": None, "rows": None, "seen": np.zeros((0, 2), dtype=np.int64), "policies": policies}
+    model = shared["model"]
+    grams = rows = None
+    if model.reducible:
+        grams = [model.gram(data, np.flatnonzero(fold == f)) for f in range(shared["n_folds"])]
+    else:
+        rows = {"reward": data.reward, "action": data.action, "slot": data.slot, "pscore": data.pscore,
+                "decision": data.decision, "context": data.context, "fold": fold}
     seen = np.unique(np.column_stack([data.action, data.slot]), axis=0)
-    return {"grams": grams, "seen": seen, "policies": policies}
+    return {"grams": grams, "rows": rows, "seen": seen, "policies": policies}
+
+
+def _fit_on_driver(model, stats: list[dict], n_folds: int, n_items: int, n_slots: int) -> tuple:
+    """The per-fold fitted models from pass 1: summed Gram matrices solved (reducible), or the
+    gathered rows fitted by :meth:`RewardModel.fit_folds` as ``evaluate --db`` does."""
+    if model.reducible:
+        grams = [s["grams"] for s in stats if s["grams"] is not None]
+        return tuple(model.solve(sum(part[h][0] for part in grams for h in range(n_folds) if h != f),
+                                 sum(part[h][1] for part in grams for h in range(n_folds) if h != f))
+                     for f in range(n_folds))
+    parts = [s["rows"] for s in stats if s["rows"] is not None]
+    offsets = np.cumsum([0] + [int(p["decision"].max()) + 1 for p in parts[:-1]])
+    cat = {k: np.concatenate([p[k] for p in parts]) for k in ("reward", "action", "slot", "pscore", "fold")}
+    data = LoggedBandit(reward=cat["reward"], action=cat["action"], slot=cat["slot"], pscore=cat["pscore"],
+                        decision=np.concatenate([p["decision"] + o for p, o in zip(parts, offsets)]),
+                        context=np.concatenate([p["context"] for p in parts]), n_actions=n_items, n_slots=n_slots)
+    return model.fit_folds(data, n_folds=n_folds, fold=cat["fold"]).fitted
 
 
 def _eval_moments(part: _Part, shared: dict) -> dict:
@@ -269,98 +290,75 @@ def _eval_moments(part: _Part, shared: dict) -> dict:
                                  per_row=ESTIMATORS[n].row_normalised) for n in names}
         return {"logging": Moments.zeros(1, logged.n_decisions), "unsupported": 0.0,
                 "candidates": [dict(zero) for _ in shared["policies"]]}
-    model = RidgeRewardModel()
     seen = shared["seen"]
     out = {"logging": IPS(level=level).partial(data, target_pscore=data.pscore), "unsupported": [], "candidates": []}
+    candidate_q = None
+    if shared["fitted"] is not None:
+        candidate_q = CandidateQ.of(shared["model"], Folds(fold, shared["fitted"]), data, logged)
     for files in shared["policies"]:
         policy = _load_policy(files, shared["env"])
         kept: list = []
         pi = target_pscore(policy, logged, shared["features"], on_decision=lambda d, i, m: kept.append((i, m)))
         target_rows = _sparse_target(logged, kept, shared["n_items"])
-        q_logged, q_target = model.predict_folds((fold, shared["coefs"]), data, target_rows)
+        q = {} if candidate_q is None else {"q_hat_logged": candidate_q.q_logged,
+                                            "q_hat_target": candidate_q.target(target_rows)}
         slot_of_entry = np.repeat(logged.row_slot, np.diff(target_rows.indptr))
         out["unsupported"].append(float((target_rows.data * ~seen[target_rows.indices, slot_of_entry]).sum()))
         moments = {}
         for name in names:
             est = ESTIMATORS[name](level=level, seed=seed)
-            kw = {"q_hat_logged": q_logged, "q_hat_target": q_target} if est.needs_q else {}
-            moments[name] = est.partial(data, target_pscore=pi, **kw)
+            moments[name] = est.partial(data, target_pscore=pi, **(q if est.needs_q else {}))
         out["candidates"].append(moments)
     return out
 
 
-def _features(root: Path, ds: Dataset) -> np.ndarray:
-    features = read_items(root)
-    n_items = ds.max_item + 1
-    if len(features):
-        if len(features) < n_items:
-            raise ValidationError(f"the item table has {len(features)} items but decisions refer to item index "
-                                  f"{n_items - 1}", "items")
-        return features
-    if n_items > MAX_ONE_HOT_ITEMS:
-        raise ValidationError(f"the log has no item features and {n_items} items; one-hot item features are "
-                              f"used up to {MAX_ONE_HOT_ITEMS} items only", "items")
-    return np.eye(n_items)
 
 
 def evaluate_parquet(root, specs: list[str], *, estimators: tuple[str, ...] = DEFAULT_ESTIMATORS,
                      primary: str = "DR", kind: str = "click", default_reward: float = 0.0, train_frac: float = 0.5,
                      level: float = 0.95, seed: int | None = 0, client=None, out=None, progress: bool = False,
-                     n_folds: int = 2) -> Evaluation:
+                     n_folds: int = 2, tune: tuple[str, ...] = (), reward_model: str | None = None) -> Evaluation:
     """``evaluate_log`` over the day-partitioned export at ``root`` (see the module docstring)."""
-    unknown = [e for e in (*estimators, primary) if e not in ESTIMATORS]
-    if unknown:
-        raise ValidationError(f"unknown estimator {unknown[0]!r}; known: {', '.join(sorted(ESTIMATORS))}", "estimator")
-    refused = [e for e in (*estimators, primary) if not ESTIMATORS[e].mergeable]
-    if refused:
-        raise ValidationError(f"{refused[0]} needs a uniformly random log and a dense action_dist; use it from "
-                              "Python", "estimator")
-    if primary not in estimators:
-        estimators = (*estimators, primary)
-    if not specs:
-        raise ValidationError("give at least one --policy to evaluate", "policy")
-    if not 0 <= train_frac < 1:
-        raise ValidationError(f"train_frac must be in [0, 1), got {train_frac!r}", "train_frac")
+    estimators, all_specs, settings = check_request(
+        estimators, primary, specs, tune, train_frac,
+        refused_names=[name for name, cls in ESTIMATORS.items() if not cls.mergeable])
+    model_name = DEFAULT_REWARD_MODEL if reward_model is None else reward_model
+    make_reward_model(model_name)
     seed = 0 if seed is None else int(seed)
     root = Path(root)
     ds = open_dataset(root)
     total = ds.n_decisions
     if total < 4:
         raise ValidationError(f"the log at {root} has {total} decisions; evaluation needs at least 4", "parquet")
-    features = _features(root, ds)
+    table_features = read_items(root)
+    features = item_features_or_one_hot(table_features, ds.max_item + 1)
     n_items, n_slots = len(features), ds.n_slots
     n_train = int(round(train_frac * total))
     train_parts, tasks, offset = [], [], 0
     for p in ds.partitions:
-        day = int((np.datetime64(p.day) - np.datetime64("1970-01-01")).astype(int))
         if offset < n_train:
             logged = partition_decisions(read_partition(p), kind=kind, default_reward=default_reward)
             train_parts.append(_decisions(logged, 0, min(p.decisions, n_train - offset)))
         if offset + p.decisions > n_train:
-            tasks.append(_Part(p, max(0, n_train - offset), day))
+            tasks.append(_Part(p, max(0, n_train - offset)))
         offset += p.decisions
     train = concat_decisions(train_parts) if train_parts else None
+    uses_q = any(ESTIMATORS[name].needs_q for name in estimators)
+    model = reward_model_for(model_name, features, bool(len(table_features)))
     shared = {"kind": kind, "default_reward": default_reward, "n_items": n_items, "n_slots": n_slots, "seed": seed,
-              "n_folds": n_folds}
+              "n_folds": n_folds, "model": model}
     stats = run_tasks(_fold_stats, tasks, client=client, shared=shared, progress=progress, desc="reward model")
-    model = RidgeRewardModel()
-    grams = [s["grams"] for s in stats if s["grams"] is not None]
-    if not grams:
+    if not any(s["grams"] is not None or s["rows"] is not None for s in stats):
         raise ValidationError(f"the evaluation period of {root} has no logged rows", "parquet")
-    coefs = []
-    for f in range(n_folds):
-        g = sum(part[h][0] for part in grams for h in range(n_folds) if h != f).toarray()
-        b = sum(part[h][1] for part in grams for h in range(n_folds) if h != f)
-        g[np.diag_indices_from(g)] += model.alpha
-        coefs.append(np.linalg.solve(g, b))
+    fitted = _fit_on_driver(model, stats, n_folds, n_items, n_slots) if uses_q else None
     seen = np.zeros((n_items, n_slots), dtype=bool)
     for s in stats:
         seen[s["seen"][:, 0], s["seen"][:, 1]] = True
     logging_policies = sorted(set().union(*(s["policies"] for s in stats)) | _train_policies(ds, tasks, n_train))
     context_dim = int(ds_context_width(ds, tasks))
     env = candidate_env(context_dim, features, train, n_items)
-    snapshots = [_snapshot_bytes(candidate_policy(spec, env, train, features)) for spec in specs]
-    shared.update(features=features, coefs=coefs, seen=seen, env=env, policies=snapshots,
+    snapshots = [_snapshot_bytes(candidate_policy(spec, env, train, features)) for spec in all_specs]
+    shared.update(features=features, fitted=fitted, seen=seen, env=env, policies=snapshots,
                   estimators=tuple(estimators), level=level)
     parts = run_tasks(_eval_moments, tasks, client=client, shared=shared, progress=progress, desc="evaluating")
     with warnings.catch_warnings():
@@ -369,8 +367,8 @@ def evaluate_parquet(root, specs: list[str], *, estimators: tuple[str, ...] = DE
     n_eval_rows = logging.n_rows
     result = Evaluation(db=str(root), kind=kind, n_train=0 if train is None else train.n_decisions,
                         n_eval=logging.n, n_rows=n_eval_rows, primary=primary, logging=logging,
-                        logging_policies=logging_policies)
-    for j, spec in enumerate(specs):
+                        logging_policies=logging_policies, reward_model=model_name)
+    for j, spec in enumerate(all_specs):
         estimates = {}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", OPEWarning)
@@ -380,19 +378,11 @@ def evaluate_parquet(root, specs: list[str], *, estimators: tuple[str, ...] = DE
         share = sum(p["unsupported"][j] for p in parts if p["unsupported"]) / max(n_eval_rows, 1)
         estimates = {k: replace(e, unsupported=share) for k, e in estimates.items()}
         result.candidates.append(PolicyEvaluation(spec, estimates, *verdict(estimates[primary], primary, logging)))
+    if settings:
+        result.tuning = tuning.choose(result.candidates, settings, list(tune), primary, logging, level, verdict)
     if out is not None:
         result.report = write_report(result, Path(out))
     return result
-
-
-def verdict(main: Estimate, primary: str, logging: Estimate) -> tuple[bool, str]:
-    """Safe to deploy when ``primary``'s lower bound beats the logging policy and nothing warns
-    (the rule of :func:`banditrec.evaluate.evaluate_log`)."""
-    if main.warnings:
-        return False, f"{primary} diagnostics warn: " + "; ".join(main.warnings)
-    if main.lower > logging.value:
-        return True, f"{primary} lower bound {main.lower:.4f} beats the logging policy's {logging.value:.4f}"
-    return False, f"{primary} lower bound {main.lower:.4f} does not beat the logging policy's {logging.value:.4f}"
 
 
 def _train_policies(ds: Dataset, tasks: list[_Part], n_train: int) -> set[str]:

@@ -39,6 +39,7 @@ class Session:
     cart: np.ndarray
     purchased: np.ndarray
     viewed: np.ndarray
+    newest_ts: float | None = None  # when the newest event happened
 
     @property
     def items(self) -> np.ndarray:
@@ -60,6 +61,7 @@ _NO_ITEMS.setflags(write=False)
 class _Inputs(NamedTuple):
     """One request, checked, with its candidates (what :meth:`Engine._inputs` returns)."""
 
+    parts: "ShopParts"  # what served it (one build, even if another is installed meanwhile)
     user_id: str
     n_policy: int  # slots the policy fills (after the pinned ones)
     context: np.ndarray
@@ -69,6 +71,18 @@ class _Inputs(NamedTuple):
     cand_ids: tuple
     source: np.ndarray | str  # each candidate's source, or one source for all (request candidates)
     surface: str
+
+
+def _backfill(idx: np.ndarray, source: np.ndarray, backfill: np.ndarray, excluded: np.ndarray, n: int):
+    """``idx`` completed to ``n`` items from ``backfill`` (in its order), leaving out ``excluded``
+    and what ``idx`` holds; the added items' source is ``"popular"``."""
+    need = n - len(idx)
+    pool = backfill[: len(idx) + len(excluded) + need]
+    extra = pool[~np.isin(pool, idx) & ~np.isin(pool, excluded)][:need]
+    if len(extra) < need:  # a short prefix was not enough: look through all of it
+        extra = backfill[~np.isin(backfill, idx) & ~np.isin(backfill, excluded)][:need]
+    return np.r_[idx, extra].astype(np.int64), np.r_[np.asarray(source, dtype=object),
+                                                     np.full(len(extra), "popular", dtype=object)]
 
 
 def time_ordered_id() -> str:
@@ -99,7 +113,7 @@ class ItemTable:
 
     ids: tuple[str, ...]
     features: np.ndarray  # (n_items, d_i)
-    cold: np.ndarray | None = None  # (n_items,) bool
+    cold: np.ndarray | None = None  # (n_items,) bool: no interactions yet (None: none known to be)
 
     def __post_init__(self):
         feats = np.asarray(self.features, dtype=float)
@@ -107,15 +121,14 @@ class ItemTable:
             raise ValidationError(
                 f"item features must have shape ({len(self.ids)}, d), got {feats.shape}", "item_features"
             )
+        if self.cold is not None:
+            cold = np.asarray(self.cold, dtype=bool)
+            if cold.shape != (len(self.ids),):
+                raise ValidationError(f"cold must have shape ({len(self.ids)},), got {cold.shape}", "cold")
+            object.__setattr__(self, "cold", cold)
         if len(set(self.ids)) != len(self.ids):
             raise ValidationError("item ids must be unique", "item_ids")
         object.__setattr__(self, "features", feats)
-        if self.cold is not None:
-            cold = np.asarray(self.cold)
-            if cold.shape != (len(self.ids),) or cold.dtype != bool:
-                raise ValidationError(f"item cold flags must be ({len(self.ids)},) booleans, got "
-                                      f"{cold.dtype}{list(cold.shape)}", "cold")
-            object.__setattr__(self, "cold", cold)
         object.__setattr__(self, "_index", {item: i for i, item in enumerate(self.ids)})
 
     @property
@@ -142,6 +155,43 @@ class ItemTable:
             j = int(np.argmin(out))
             raise ValidationError(f"{field}[{j}]: unknown item id {item_ids[j]!r}", field)
         return out
+
+
+@dataclass(frozen=True)
+class ShopParts:
+    """Everything a decision reads about the shop, swapped as one (:meth:`Engine.install_shop`).
+
+    ``context``: when given, an object computing the context vector from what the shop knows
+    (``dim``, ``vector(user_row, session_items, session_age_s, now, fields, item_features)``,
+    e.g. :class:`banditrec.shop.features.ContextFeaturizer`); requests then send named fields.
+    ``user_segment (n_users,)``: each known user's segment for the candidate generator.
+    ``build``: logged with every decision. ``backfill``: servable items, best first (e.g. best
+    sellers in stock), that fill a request's candidates up to ``n_candidates`` when the generator
+    finds fewer (a user whose history its rules exclude everything for still gets a carousel).
+    """
+
+    items: ItemTable
+    candidate_generator: object
+    user_items: sp.csr_matrix
+    user_index: dict
+    context_dim: int = 0
+    user_segment: np.ndarray | None = None
+    context: object | None = None
+    build: str | None = None
+    backfill: np.ndarray | None = None
+
+    def __post_init__(self):
+        if self.context is not None:
+            object.__setattr__(self, "context_dim", int(self.context.dim))
+        object.__setattr__(self, "context_dim", check_positive_int(self.context_dim, "context_dim"))
+        object.__setattr__(self, "user_items", sp.csr_matrix(self.user_items))
+
+    def history(self, user_id: str) -> np.ndarray:
+        """Catalog indices of ``user_id``'s known purchases (empty for an unknown user)."""
+        row = self.user_index.get(user_id)
+        if row is None:
+            return _NO_ITEMS
+        return self.user_items.indices[self.user_items.indptr[row] : self.user_items.indptr[row + 1]]
 
 
 class Engine:
@@ -198,6 +248,28 @@ class Engine:
         session_limit: int = 50,
         floor_off: bool = False,
     ):
+        parts = ShopParts(items=items, candidate_generator=candidate_generator, user_items=user_items,
+                          user_index=dict(user_index), context_dim=context_dim)
+        self._setup(parts, policy, log, n_candidates=n_candidates, min_epsilon=min_epsilon, seed=seed, clock=clock,
+                    session_window_s=session_window_s, session_limit=session_limit, floor_off=floor_off)
+        if self.log.count("items") == 0:
+            self.log.write_items(items.ids, items.features)
+
+    @classmethod
+    def for_shop(cls, parts: ShopParts, *, policy: Policy, log: DecisionLog | None, n_candidates: int = 30,
+                 min_epsilon: float = DEFAULT_FLOOR, seed=None, clock=time.time,
+                 session_window_s: float | None = 1800.0, session_limit: int = 50, floor_off: bool = False) -> "Engine":
+        """An engine serving a shop directory's build (:mod:`banditrec.shop`): the catalog is the
+        build's, so nothing is written to the log's items table; decisions log the build's id.
+        ``log``, ``min_epsilon`` and ``floor_off`` as for the constructor."""
+        engine = cls.__new__(cls)
+        engine._setup(parts, policy, log, n_candidates=n_candidates, min_epsilon=min_epsilon, seed=seed,
+                      clock=clock, session_window_s=session_window_s, session_limit=session_limit,
+                      floor_off=floor_off)
+        return engine
+
+    def _setup(self, parts: ShopParts, policy: Policy, log: DecisionLog | None, *, n_candidates, min_epsilon, seed,
+               clock, session_window_s, session_limit, floor_off: bool = False) -> None:
         if floor_off:
             if min_epsilon != 0:
                 raise ValidationError(f"floor_off=True serves without a floor: min_epsilon must be 0, got "
@@ -206,17 +278,11 @@ class Engine:
             raise ValidationError(
                 f"min_epsilon must be in (0, 1] so that the log can evaluate other policies, got {min_epsilon!r} "
                 "(to serve without a floor on purpose: min_epsilon=0, floor_off=True)", "min_epsilon")
-        self.items = items
+        self._parts = parts
         self.policy = policy
         if log is None:
             log = DecisionLog(":memory:")
         self.log = log
-        if log.count("items") == 0:
-            log.write_items(items.ids, items.features)
-        self.cf = candidate_generator
-        self.user_items = sp.csr_matrix(user_items)
-        self.user_index = dict(user_index)
-        self.context_dim = check_positive_int(context_dim, "context_dim")
         self.n_candidates = check_positive_int(n_candidates, "n_candidates")
         self.min_epsilon = float(min_epsilon)
         sampler_seq, id_seq = as_seed_sequence(seed).spawn(2)
@@ -232,22 +298,59 @@ class Engine:
         # server (or a learner thread) must not interleave them
         self._lock = threading.Lock()
 
+    # ---- what is served -------------------------------------------------------------------
+    @property
+    def parts(self) -> ShopParts:
+        return self._parts
+
+    @property
+    def items(self) -> ItemTable:
+        return self._parts.items
+
+    @property
+    def cf(self):
+        return self._parts.candidate_generator
+
+    @property
+    def user_items(self) -> sp.csr_matrix:
+        return self._parts.user_items
+
+    @property
+    def user_index(self) -> dict:
+        return self._parts.user_index
+
+    @property
+    def context_dim(self) -> int:
+        return self._parts.context_dim
+
+    @property
+    def build(self) -> str | None:
+        return self._parts.build
+
+    def install_shop(self, parts: ShopParts, rebuild) -> None:
+        """Serve a rebuilt shop from the next decision on: ``parts``, and the policy
+        ``rebuild(policy)`` returns (the same model for the new catalog). Atomic with respect
+        to decisions in flight; a decision already past its candidates finishes on the build
+        it started with (item indices are stable across builds)."""
+        with self._lock:
+            policy = rebuild(self.policy)
+            self._parts = parts
+            self.policy = policy
+            self._params = None
+
     # ---- serving ------------------------------------------------------------------------
     def history(self, user_id: str) -> np.ndarray:
-        row = self.user_index.get(user_id)
-        if row is None:
-            return np.empty(0, dtype=np.int64)
-        return self.user_items.indices[self.user_items.indptr[row] : self.user_items.indptr[row + 1]]
+        return self._parts.history(user_id)
 
-    def session(self, user_id: str) -> Session:
+    def session(self, user_id: str, items: ItemTable | None = None) -> Session:
         """The user's recent interaction events, from the log (see :class:`Session`)."""
         if self.session_window_s is None:
             return EMPTY_SESSION
-        ids, kinds = self.log.recent_events(user_id, since_ts=float(self.clock()) - self.session_window_s,
-                                            limit=self.session_limit)
+        ids, kinds, ts = self.log.recent_events(user_id, since_ts=float(self.clock()) - self.session_window_s,
+                                                limit=self.session_limit)
         if not ids:
             return EMPTY_SESSION
-        idx = self.items.lookup(ids)
+        idx = (items or self.items).lookup(ids)
         kinds = np.asarray(kinds, dtype=object)
         known = idx >= 0  # an item dropped from the catalog since: nothing to seed from
 
@@ -256,51 +359,72 @@ class Engine:
             _, first = np.unique(out, return_index=True)
             return out[np.sort(first)]  # newest first, each item once
 
-        return Session(cart=pick("cart"), purchased=pick("purchase"), viewed=pick("view"))
+        return Session(cart=pick("cart"), purchased=pick("purchase"), viewed=pick("view"), newest_ts=float(ts[0]))
 
-    def _context(self, context) -> np.ndarray:
+    def _context(self, parts: ShopParts, context, user_id: str, session: "Session | None") -> np.ndarray:
+        """The context vector: computed by the shop's featurizer from what it knows and the
+        request's named fields, or (no featurizer) the request's own vector."""
+        if parts.context is not None:
+            if context is not None and not isinstance(context, dict):
+                raise ValidationError("this shop computes the context itself: send an object of named fields "
+                                      f"({', '.join(parts.context.field_names()) or 'none'}), not a list", "context")
+            now = float(self.clock())
+            age = None if session is None or session.newest_ts is None else max(now - session.newest_ts, 0.0)
+            items = _NO_ITEMS if session is None else np.concatenate([session.cart, session.purchased])
+            return parts.context.vector(parts.user_index.get(user_id, -1), items, age, now, context,
+                                        parts.items.features)
         if context is None:
-            return np.zeros(self.context_dim)
+            return np.zeros(parts.context_dim)
+        if isinstance(context, dict):
+            raise ValidationError(f"context must be a list of {parts.context_dim} numbers, got an object", "context")
         ctx = np.asarray(context, dtype=float)
-        if ctx.shape != (self.context_dim,):
+        if ctx.shape != (parts.context_dim,):
             raise ValidationError(
-                f"context must be a list of {self.context_dim} numbers, got shape {ctx.shape}", "context"
+                f"context must be a list of {parts.context_dim} numbers, got shape {ctx.shape}", "context"
             )
         if not np.isfinite(ctx).all():
             raise ValidationError("context must hold finite numbers", "context")
         return ctx
 
-    def _candidates(self, user_id, n_slots, candidates, exclude):
+    def _candidates(self, parts: ShopParts, user_id, n_slots, candidates, exclude, session):
+        items = parts.items
         excluded = np.empty(0, dtype=np.int64)
         if exclude:  # ids the catalog no longer knows cannot be served anyway: ignore them
-            excluded = self.items.index_of(exclude, "exclude", skip_unknown=True)
+            excluded = items.index_of(exclude, "exclude", skip_unknown=True)
         if n_slots == 0 and candidates is None:  # every slot pinned: the policy picks nothing
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=object)
         if candidates is not None:
-            idx = self.items.index_of(candidates, "candidates")
+            idx = items.index_of(candidates, "candidates")
             if len(set(candidates)) != len(candidates):
                 raise ValidationError("candidates must not repeat an item", "candidates")
             if len(excluded):
                 idx = idx[~np.isin(idx, excluded)]
             source = SOURCE_REQUEST  # every candidate's
         else:
-            history = self.history(user_id)
-            session = self.session(user_id)
-            eligible = self.items.n_items - len(np.union1d(np.union1d(excluded, history), session.items))
+            history = parts.history(user_id)
+            eligible = items.n_items - len(np.union1d(np.union1d(excluded, history), session.items))
             n = min(self.n_candidates, eligible)
-            if hasattr(self.cf, "candidates_for_session"):
-                idx, _, source = self.cf.candidates_for_session(history, session, n, exclude=excluded)
+            cf = parts.candidate_generator
+            if parts.user_segment is not None:  # a shop's generator: the full candidate model
+                row = parts.user_index.get(user_id)
+                segment = None if row is None else int(parts.user_segment[row])
+                idx, _, source = cf.candidates_for_session(history, session, n, exclude=excluded, segment=segment)
+                if len(idx) < n and parts.backfill is not None:
+                    idx, source = _backfill(idx, source, parts.backfill, excluded, n)
+            elif hasattr(cf, "candidates_for_session"):
+                idx, _, source = cf.candidates_for_session(history, session, n, exclude=excluded)
             else:
-                idx, _, source = self.cf.candidates(np.concatenate([history, session.seeds()]), n, exclude=excluded)
+                idx, _, source = cf.candidates(np.concatenate([history, session.seeds()]), n, exclude=excluded)
         if n_slots > len(idx):
             raise ValidationError(
                 f"slots ({n_slots}) is more than the number of candidates ({len(idx)})", "slots"
             )
         return idx, source
 
-    def request(self, context, items) -> Request:
-        cold = self.items.cold
-        return Request(context=context, items=items, item_features=self.items.features[items],
+    def request(self, context, items, parts: ShopParts | None = None) -> Request:
+        table = (parts or self._parts).items
+        cold = table.cold
+        return Request(context=context, items=items, item_features=table.features[items],
                        cold=None if cold is None else cold[items])
 
     @property
@@ -380,30 +504,35 @@ class Engine:
         if not isinstance(user_id, str) or not user_id:
             raise ValidationError(f"user_id must be a non-empty string, got {user_id!r}", "user_id")
         n_slots = check_positive_int(n_slots, "slots")
-        ctx = self._context(context)
+        parts = self._parts
+        items = parts.items
         pin_idx = _NO_ITEMS
         pin_ids: list[str] = []
         if pinned:
             if isinstance(pinned, str):
                 raise ValidationError("pinned must be a list of item ids, got a string", "pinned")
-            pin_idx = self.items.index_of(list(pinned), "pinned")
+            pin_idx = items.index_of(list(pinned), "pinned")
             if len(set(pin_idx.tolist())) != len(pin_idx):
                 raise ValidationError("pinned lists an item twice", "pinned")
             if len(pin_idx) > n_slots:
                 raise ValidationError(f"{len(pin_idx)} pinned items do not fit in {n_slots} slots", "pinned")
-            pin_ids = [self.items.ids[int(i)] for i in pin_idx.tolist()]
+            pin_ids = [items.ids[int(i)] for i in pin_idx.tolist()]
         n_policy = n_slots - len(pin_idx)
         excluded = [*(exclude or []), *pin_ids]
-        cand_idx, source = self._candidates(user_id, n_policy, candidates, excluded or None)
+        needs_session = (candidates is None and n_policy > 0) or parts.context is not None
+        session = self.session(user_id, items) if needs_session else None
+        ctx = self._context(parts, context, user_id, session)
+        cand_idx, source = self._candidates(parts, user_id, n_policy, candidates, excluded or None, session)
         if candidates is not None and len(cand_idx) == len(candidates):
             cand_ids = tuple(candidates)  # nothing excluded: the request's ids, in its order
         else:
-            cand_ids = tuple(map(self.items.ids.__getitem__, cand_idx.tolist()))
-        return _Inputs(user_id, n_policy, ctx, pin_idx, pin_ids, cand_idx, cand_ids, source, surface)
+            cand_ids = tuple(map(items.ids.__getitem__, cand_idx.tolist()))
+        return _Inputs(parts, user_id, n_policy, ctx, pin_idx, pin_ids, cand_idx, cand_ids, source, surface)
 
     def _distribution(self, inp: "_Inputs"):
         try:
-            return self.policy.distribution(self.request(inp.context, inp.cand_idx), inp.n_policy, self.min_epsilon)
+            return self.policy.distribution(self.request(inp.context, inp.cand_idx, inp.parts), inp.n_policy,
+                                            self.min_epsilon)
         except ValidationError as exc:
             raise _policy_error(exc) from None
 
@@ -415,7 +544,8 @@ class Engine:
         if not todo:
             return out
         try:
-            dists = self.policy.distributions([self.request(inputs[i].context, inputs[i].cand_idx) for i in todo],
+            dists = self.policy.distributions([self.request(inputs[i].context, inputs[i].cand_idx, inputs[i].parts)
+                                               for i in todo],
                                               [inputs[i].n_policy for i in todo], self.min_epsilon)
         except ValidationError:
             for i in todo:  # which request: one at a time (the error path only)
@@ -454,7 +584,7 @@ class Engine:
         slots = tuple(Slot(position=k, item_id=pin_ids[k], propensity=1.0, marginal=1.0, source="pinned")
                       for k in range(p))
         if draw is not None:
-            ids, source = self.items.ids, inp.source
+            ids, source = inp.parts.items.ids, inp.source
             draws = int(draw.marginal_draws)
             sources = [source] * len(index) if isinstance(source, str) else [str(source[j]) for j in index.tolist()]
             slots += tuple(
@@ -475,6 +605,7 @@ class Engine:
             model_version=model_version,
             candidates=inp.cand_ids,
             ts=float(self.clock()),
+            build=inp.parts.build,
         )
         return decision, dict(policy_params=params, candidate_index=inp.cand_idx, slot_index=chosen,
                               context=inp.context, surface=inp.surface)

@@ -8,18 +8,20 @@ updates the policy, and publishes:
 
 1. ``policy.save(<dir>/<version>)`` -- the ``.npz`` and its JSON manifest, each written to a
    temporary file, fsynced and renamed (:mod:`banditrec.policies.snapshot`);
-2. the pointer ``<dir>/CURRENT.json`` (``version``, ``manifest``, ``sha256``,
-   ``trained_until_seq``), written the same way -- the one atomic switch readers watch;
+2. the pointer ``<dir>/CURRENT.json`` (:mod:`banditrec.publish`: the version, the manifest's
+   name and the SHA-256 of its bytes, ``trained_until_seq``, and a checksum of its own), written
+   the same way -- the one atomic switch readers watch;
 3. ``log.register_model(...)``, so that ``GET /v1/models`` and the log say what was trained on what.
 
-A learner restarted on the same directory resumes from the pointer's snapshot and
-``trained_until_seq``. Serving never waits for learning: workers only ``stat`` the pointer.
+A learner restarted on the same directory resumes from the snapshot the serving workers
+serve (:func:`banditrec.publish.resolve`: the pointer's, or the newest valid one when the
+pointer is unusable) and its ``trained_until_seq``. Serving never waits for learning: workers only ``stat`` the pointer.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +31,9 @@ import numpy as np
 from .errors import ValidationError
 from .offline import learning_inputs
 from .policies import Policy, load
-from .policies.snapshot import atomic_write
+from .policies.snapshot import read_manifest
+from .publish import POINTER, resolve, write_pointer
 from .store import DecisionLog
-
-POINTER = "CURRENT.json"
 
 
 @dataclass(frozen=True)
@@ -47,18 +48,21 @@ class Published:
 class Learner:
     """Learn ``policy`` from ``log`` (which must have a reward window) and publish to ``directory``.
 
-    ``item_features (n_items, d_i)``: the catalog's features, by logged item index.
+    ``item_features (n_items, d_i)``: the catalog's features, by logged item index;
+    ``item_cold (n_items,)``: which items are cold (no interactions yet; ``None``: none is), an
+    input of the policies as when serving (:attr:`~banditrec.engine.ItemTable.cold`).
     """
 
     def __init__(self, log: DecisionLog, policy: Policy, item_features: np.ndarray, directory, *,
                  kind: str = "click", default_reward: float = 0.0, keep: int = 5, clock=time.time,
-                 learned_seq: int = 0):
+                 learned_seq: int = 0, item_cold: np.ndarray | None = None):
         if log.reward_window_s is None:
             raise ValidationError("the learner needs a log with a reward window: it learns only from decisions "
                                   "whose rewards are final", "reward_window_s")
         self.log = log
         self.policy = policy
         self.item_features = np.asarray(item_features, dtype=float)
+        self.item_cold = None if item_cold is None else np.asarray(item_cold, dtype=bool)
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.kind = kind
@@ -67,22 +71,44 @@ class Learner:
         self.clock = clock
         self.learned_seq = int(learned_seq)
         self.version: str | None = None
+        # called before each step with the policy; returns None, or (policy, item_features) or
+        # (policy, item_features, item_cold) to learn with from now on (a rebuilt shop: see
+        # banditrec.shop.ShopFollower)
+        self.refresh = None
 
     @classmethod
     def resume(cls, log: DecisionLog, make_policy, item_features, directory, policy_env: dict, **kw) -> "Learner":
-        """A learner that continues from ``directory``'s published snapshot, if any (else
-        from ``make_policy()``). A pointer to a snapshot that fails verification raises."""
-        pointer = Path(directory) / POINTER
-        if pointer.exists():
-            meta = json.loads(pointer.read_text())
-            policy = load(Path(directory) / meta["manifest"], **policy_env)
-            learner = cls(log, policy, item_features, directory, learned_seq=int(meta["trained_until_seq"]), **kw)
-            learner.version = meta["version"]
-            return learner
-        return cls(log, make_policy(), item_features, directory, **kw)
+        """A learner that continues from the snapshot :func:`banditrec.publish.resolve` chooses
+        in ``directory`` (the one the serving workers serve), else from ``make_policy()``.
+        Snapshots on disk none of which verifies raise: learning from scratch over them would
+        hide the damage."""
+        directory = Path(directory)
+
+        def opener(path, manifest_sha256):
+            return load(path, manifest_sha256=manifest_sha256, **policy_env)
+
+        found = resolve(directory, opener)
+        if found.source == "none":
+            if found.refused or (directory / POINTER).exists():
+                reasons = "; ".join(reason for _, reason in found.refused) or found.pointer_error
+                raise ValidationError(f"no snapshot in {directory} verifies: {reasons}; to learn from scratch, "
+                                      f"move its snapshots and {POINTER} away", "snapshot")
+            return cls(log, make_policy(), item_features, directory, **kw)
+        if found.pointer_error:
+            logging.getLogger("banditrec.learner").warning(
+                "resuming from the newest valid snapshot %s: %s", found.manifest, found.pointer_error)
+        learner = cls(log, found.value, item_features, directory, learned_seq=found.trained_until_seq or 0, **kw)
+        learner.version = found.version
+        return learner
 
     def step(self) -> Published | None:
         """Learn from the newly closed decisions and publish; ``None`` when nothing closed."""
+        if self.refresh is not None:
+            update = self.refresh(self.policy)
+            if update is not None:
+                self.policy, features, *cold = update
+                self.item_features = np.asarray(features, dtype=float)
+                self.item_cold = None if not cold or cold[0] is None else np.asarray(cold[0], dtype=bool)
         now = float(self.clock())
         until = self.log.closed_until_seq(after_seq=self.learned_seq, closed_before=now)
         if until <= self.learned_seq:
@@ -95,7 +121,7 @@ class Learner:
                 logged.context[logged.row_decision],
                 self.item_features[logged.row_action],
                 logged.row_reward,
-                **learning_inputs(self.policy, logged, self.item_features),
+                **learning_inputs(self.policy, logged, self.item_features, cold=self.item_cold),
             )
         self.learned_seq = until
         if not n_rows:  # only pinned slots closed: nothing learned, nothing to publish
@@ -104,27 +130,24 @@ class Learner:
 
     def publish(self, n_rows: int = 0) -> Published:
         stem = f"{self.policy.model_version}-seq{self.learned_seq}"
-        manifest_path = self.policy.save(self.directory / stem)
-        sha = json.loads(manifest_path.read_text())["sha256"]
-        version = f"{self.policy.model_version}.{sha[:8]}"
-        pointer = {"version": version, "manifest": manifest_path.name, "sha256": sha,
-                   "trained_until_seq": self.learned_seq, "published_ts": time.time()}
-        atomic_write(self.directory / POINTER, json.dumps(pointer, indent=1).encode())
-        self.log.register_model(version, self.policy.name, self.policy.params, path=str(manifest_path),
+        manifest_path = self.policy.save(self.directory / stem, provenance={"trained_until_seq": self.learned_seq})
+        pointer = write_pointer(self.directory, manifest_path, trained_until_seq=self.learned_seq)
+        sha = read_manifest(manifest_path)["sha256"]  # the payload's
+        self.log.register_model(pointer.version, self.policy.name, self.policy.params, path=str(manifest_path),
                                 sha256=sha, n_updates=self.policy.n_updates, trained_until_seq=self.learned_seq)
-        self.version = version
+        self.version = pointer.version
         self._prune(keep_names={manifest_path.name})
-        return Published(version, manifest_path, sha, self.learned_seq, n_rows)
+        return Published(pointer.version, manifest_path, sha, self.learned_seq, n_rows)
 
     def _prune(self, keep_names: set[str]) -> None:
         """Delete all but the newest ``keep`` snapshots (a worker may still be loading one
-        of the last few, so they stay)."""
+        of the last few, and they are what a worker falls back to when the pointer is unusable)."""
         manifests = sorted((p for p in self.directory.glob("*.json") if p.name != POINTER),
                            key=lambda p: p.stat().st_mtime_ns)
         for old in manifests[: max(0, len(manifests) - self.keep)]:
             if old.name in keep_names:
                 continue
-            for path in (old, old.with_suffix(".npz")):
+            for path in (old, old.with_suffix(".npz"), old.with_suffix(".vw")):
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
 

@@ -18,13 +18,17 @@ from .store import LoggedDecisions
 
 
 def replay_marginals(
-    policy: Policy, logged: LoggedDecisions, item_features: np.ndarray, *, min_epsilon: float = 0.0
+    policy: Policy, logged: LoggedDecisions, item_features: np.ndarray, *, min_epsilon: float = 0.0,
+    cold: np.ndarray | None = None,
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """Yield ``(d, candidate items (n_d,), marginals (n_d, K_d))`` for each logged decision."""
-    n_slots = np.bincount(logged.row_decision, minlength=logged.n_decisions)
+    """Yield ``(d, candidate items (n_d,), marginals (n_d, K_d))`` for each logged decision;
+    ``cold (n_items,)``: the catalog's cold flags, as the engine puts them in a request."""
+    n_slots = logged.slots_per_decision()
+    cold = None if cold is None else np.asarray(cold, dtype=bool)
     for d in range(logged.n_decisions):
         items = logged.candidates[d]
-        req = Request(context=logged.context[d], items=items, item_features=item_features[items])
+        req = Request(context=logged.context[d], items=items, item_features=item_features[items],
+                      cold=None if cold is None else cold[items])
         yield d, items, policy.distribution(req, int(n_slots[d]), min_epsilon).marginals()
 
 
@@ -35,15 +39,17 @@ def target_pscore(
     *,
     min_epsilon: float = 0.0,
     on_decision: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
+    cold: np.ndarray | None = None,
 ) -> np.ndarray:
     """(n_rows,) the target policy's marginal probability of each logged (item, slot) row.
 
     ``on_decision(d, items, marginals)`` is called for every decision, e.g. to compute the
-    exact value of the target policy in a simulator.
+    exact value of the target policy in a simulator; ``cold (n_items,)``: the catalog's cold
+    flags (what the engine served with, :attr:`~banditrec.engine.ItemTable.cold`).
     """
     out = np.empty(len(logged.row_action))
     starts = np.searchsorted(logged.row_decision, np.arange(logged.n_decisions + 1))
-    for d, items, marg in replay_marginals(policy, logged, item_features, min_epsilon=min_epsilon):
+    for d, items, marg in replay_marginals(policy, logged, item_features, min_epsilon=min_epsilon, cold=cold):
         rows = slice(starts[d], starts[d + 1])
         acts = logged.row_action[rows]
         hit = items[None, :] == acts[:, None]
@@ -115,17 +121,18 @@ def importance_weights(pscore: np.ndarray, *, max_weight: float = 10.0) -> np.nd
 
 
 def train_from_log(policy: Policy, logged: LoggedDecisions, item_features: np.ndarray, *,
-                   importance: bool = True, max_weight: float = 10.0) -> int:
+                   importance: bool = True, max_weight: float = 10.0, cold: np.ndarray | None = None) -> int:
     """Batch (re)training of ``policy`` on logged rows; returns the rows used.
 
     With ``importance`` (the default) rows are weighted by :func:`importance_weights` of the
     logged marginal propensities, for a log written by a different policy: a plain fit would
     learn most about what the logger liked to show. Policies that learn from propensities
-    themselves (``uses_marginals``) get them as well.
+    themselves (``uses_marginals``) get them as well. ``cold (n_items,)``: the catalog's cold
+    flags, an input of the policies (:func:`learning_inputs`).
     """
     if logged.n_decisions == 0:
         return 0
     weight = importance_weights(logged.row_pscore, max_weight=max_weight) if importance else None
     policy.update(logged.context[logged.row_decision], item_features[logged.row_action], logged.row_reward,
-                  weight=weight, **learning_inputs(policy, logged, item_features))
+                  weight=weight, **learning_inputs(policy, logged, item_features, cold=cold))
     return len(logged.row_reward)

@@ -66,6 +66,10 @@ class Decision:
     model_version: str
     candidates: tuple[str, ...]
     ts: float
+    build: str | None = None  # the shop-directory build that served it, if any
+    # the carousel's length when ``slots`` holds only some of its positions (an imported log
+    # that observed one position per round, as the Open Bandit Dataset does); None: all of them
+    n_slots: int | None = None
 
 
 @dataclass(frozen=True)

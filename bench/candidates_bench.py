@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import status_mb
 import scipy.sparse as sp
 
 BENCH = Path(__file__).resolve().parent
@@ -59,14 +60,6 @@ def interactions(n_events: int, n_items: int, gen: np.random.Generator) -> sp.cs
                       shape=(n_users, n_items))
     X.sum_duplicates()
     return X
-
-
-def _status_mb(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def _padded(S: sp.csr_matrix, k: int, drop_self: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -124,14 +117,14 @@ def child(spec: dict) -> dict:
                 return ItemItemCF(k, weighting=weighting, keep_gram=lib == "banditrec-gram").fit(
                     X, num_threads=threads).similarity
         drop_self = False
-    out["base_mb"] = _status_mb("VmRSS")
+    out["base_mb"] = status_mb("VmRSS")
     times = []
     for i in range(spec.get("warmup", 0) + reps):
         t0 = time.perf_counter()
         S = build()
         times.append(time.perf_counter() - t0)
     out["seconds"] = out.pop("update_s", times)[spec.get("warmup", 0):]
-    out["peak_mb"] = _status_mb("VmHWM")
+    out["peak_mb"] = status_mb("VmHWM")
     ids, scores = _padded(S, k, drop_self)
     np.savez(spec["out"], ids=ids, scores=scores)
     return out

@@ -106,6 +106,15 @@ class FactoredScores:
         return V @ (e @ self.T) + self.alpha * np.sqrt(np.einsum("ij,ij->i", V @ B, V))
 
 
+def status_mb(field: str) -> float:
+    """A field of /proc/self/status in MB (``VmHWM``: this process's peak resident set)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def us(ns: float) -> str:
     return f"{ns / 1e3:,.1f}"
 

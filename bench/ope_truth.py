@@ -28,8 +28,9 @@ from common import table
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from test_ope_truth import make_world, run_study  # noqa: E402  (the tests' study, at a larger size)
 
-from banditrec.ope import DM, DR, IPS, SNDR, SNIPS, ClippedIPS, Replay, SlatePI, SwitchDR  # noqa: E402
+from banditrec.ope import DM, DR, IPS, SNDR, SNIPS, ClippedIPS, Replay, RidgeRewardModel, SlatePI, SwitchDR  # noqa: E402
 
+RIDGE = RidgeRewardModel()  # the study's misspecified model (bench section rewardtruth compares models)
 WORLD = dict(n_items=100, n_customers=1000, n_slots=4, dim=6, seed=2024, target_eps=0.5, logger_eps=0.7)
 
 ESTIMATORS = {
@@ -37,12 +38,12 @@ ESTIMATORS = {
     "IPS, bootstrap": lambda s: IPS(interval="bootstrap", seed=s),
     "ClippedIPS (lambda 10)": lambda s: ClippedIPS(lambda_=10.0),
     "SNIPS": lambda s: SNIPS(),
-    "DM": lambda s: DM(seed=s),
+    "DM": lambda s: DM(seed=s, reward_model=RIDGE),
     "DM, exact q_hat": lambda s: (DM(), True),
-    "DR": lambda s: DR(seed=s),
-    "DR, bootstrap": lambda s: DR(interval="bootstrap", seed=s),
-    "SNDR": lambda s: SNDR(seed=s),
-    "SwitchDR (lambda 10)": lambda s: SwitchDR(lambda_=10.0, seed=s),
+    "DR": lambda s: DR(seed=s, reward_model=RIDGE),
+    "DR, bootstrap": lambda s: DR(interval="bootstrap", seed=s, reward_model=RIDGE),
+    "SNDR": lambda s: SNDR(seed=s, reward_model=RIDGE),
+    "SwitchDR (lambda 10)": lambda s: SwitchDR(lambda_=10.0, seed=s, reward_model=RIDGE),
 }
 UNIFORM_ONLY = {
     "Replay": lambda s: Replay(seed=s),

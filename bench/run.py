@@ -40,6 +40,22 @@ Sections (``--only NAME`` runs one):
              each, progressive validation: banditrec's policies beside a textbook LinUCB (Li et
              al. 2010, Alg. 1, written out) and bare VW --cb_explore_adf --squarecb on the same
              stream (bench/synthetic_bench.py)
+  obd        reward models (ridge, logistic, gbt) by the relative error they give DM, DR, SNDR and
+             SwitchDR on the Open Bandit Dataset's sample, obp's protocol: Bernoulli TS's value from
+             the uniformly random log (bench/reward_models_bench.py; ``make obd`` first, a note
+             when data/obd is missing)
+  rewardtruth  the same reward models against the simulator's exact truth: the position-based
+             click world of tests/test_ope_truth.py, two loggers, and a logistic world
+  scale      candidate generation on synthetic shops of 1,000, 10,000 and 100,000 items (10
+             interactions per item): build time by step, peak memory, per-request retrieval p50
+             and p99, beside implicit's item-item build on the same users x items matrix
+             (bench/scale_bench.py; implicit from its own venv, ``make bench-peers``)
+  scale1m    the same ladder up to 1,000,000 items and 10,000,000 interactions: ``--only scale1m``
+  shopbuild  ``banditrec build`` from CSV files, end to end (1,000 and 100,000 items), the served
+             directory's load time and a served decision's p50/p99 beside the candidate generator
+             alone, and each size's decide p50 against the 1,000-item shop's (bench/shopbuild_bench.py)
+  shopbuild1m  the same up to 1,000,000 items and 10,000,000 interactions: ``--only shopbuild1m``
+             (not part of the default run: the 1,000,000-item shop alone takes minutes to build)
   dask       OPE (IPS, SNIPS, DR) over 10,000,000 logged rows in 20 Parquet partitions: whole log
              in-process vs a partition at a time vs a 2-worker Dask LocalCluster, wall time and
              peak memory per worker; a 40-run simulation sweep in-process vs the cluster
@@ -75,8 +91,11 @@ from vw_bench import bench_vw
 from sim_bench import bench_sim
 from candidates_bench import bench_candidates
 from candeval_bench import bench_candeval
+from scale_bench import bench_scale, bench_scale1m
+from shopbuild_bench import bench_shopbuild, bench_shopbuild1m
 from dask_bench import bench_dask
 from synthetic_bench import bench_synthetic
+from reward_models_bench import bench_obd, bench_reward_truth
 
 from banditrec.demo import build_engine
 from banditrec.features import joint_features
@@ -107,7 +126,10 @@ FULL = dict(decide=5000, marg_fast=3000, marg_dp=300, marg_mc=30, marg_loop=5, m
             sim=[(20_000, 30, 30), (1_000_000, 5, 3)],
             candidates=dict(events=1_000_000, items=50_000, k=50, reps=5, update_reps=3),
             candeval=(20_000, 3), dask=dict(rows=10_000_000, partitions=20, replicates=8),
-            synthetic=dict(rounds=4000, seeds=3))
+            synthetic=dict(rounds=4000, seeds=3),
+            obd_sims=100_000, obd_boot=20, rm_seeds=20, rm_decisions=2000,
+            scale=[1_000, 10_000, 100_000], scale1m=[1_000, 10_000, 100_000, 1_000_000],
+            shopbuild=[1_000, 100_000], shopbuild1m=[1_000, 100_000, 1_000_000])
 QUICK = dict(decide=300, marg_fast=300, marg_dp=50, marg_mc=5, marg_loop=2, mc_draws=1000,
              log_writes=200, read_rows=10_000, read_reps=3, logread_decisions=20_000,
              logread_reps=3, ope_decisions=20_000, ope_reps=5,
@@ -115,7 +137,9 @@ QUICK = dict(decide=300, marg_fast=300, marg_dp=50, marg_mc=5, marg_loop=2, mc_d
              sim=[(20_000, 5, 5)],
              candidates=dict(events=50_000, items=5_000, k=50, reps=3, update_reps=3),
              candeval=(5_000, 1), dask=dict(rows=400_000, partitions=8, replicates=2),
-             synthetic=dict(rounds=300, seeds=1))
+             synthetic=dict(rounds=300, seeds=1),
+             obd_sims=10_000, obd_boot=2, rm_seeds=3, rm_decisions=500,
+             scale=[1_000, 10_000], scale1m=[1_000, 10_000], shopbuild=[1_000], shopbuild1m=[1_000])
 
 
 # ---- shared fixtures ---------------------------------------------------------------------
@@ -466,9 +490,11 @@ def bench_log_write(cfg: dict, tmp: Path) -> list[list]:
     assert log.db.execute(same).fetchall() == bare.execute(same).fetchall()  # the same rows were written
     log.close(), log_full.close(), bare.close(), bare_build.close()
     labels = {"bare": "(a) bare sqlite3, prebuilt rows", "build": "(b) bare sqlite3 + building rows",
-              "log": "(c) DecisionLog.write_decision", "full": "(c2) same, synchronous=FULL"}
-    return [[label, us(t[k].p50), us(t[k].p99), rate(t[k].per_second), ratio(t[k].p50, t["bare"].p50), "(a)"]
+              "log": "(c) DecisionLog.write_decision", "full": "(c2) same, synchronous=FULL (serve --durable)"}
+    rows = [[label, us(t[k].p50), us(t[k].p99), rate(t[k].per_second), ratio(t[k].p50, t["bare"].p50), "(a)"]
             for k, label in labels.items()]
+    rows.append(["(c2) vs (c): the cost of --durable", "", "", "", ratio(t["full"].p50, t["log"].p50), "(c)"])
+    return rows
 
 
 def filled_log(path: Path, n_rows: int, gen: np.random.Generator) -> None:
@@ -762,8 +788,11 @@ def bench_http(cfg: dict, tmp: Path) -> None:
 SECTIONS = {"decide": bench_decide, "marginals": bench_marginals, "log": bench_log, "logread": bench_logread,
             "ope": bench_ope,
             "http": bench_http, "opetruth": bench_ope_truth, "vw": bench_vw, "sim": bench_sim,
-            "candidates": bench_candidates, "candeval": bench_candeval, "dask": bench_dask,
+            "candidates": bench_candidates, "candeval": bench_candeval, "scale": bench_scale,
+            "scale1m": bench_scale1m, "shopbuild": bench_shopbuild, "shopbuild1m": bench_shopbuild1m,
+            "dask": bench_dask, "obd": bench_obd, "rewardtruth": bench_reward_truth,
             "synthetic": bench_synthetic}
+OPT_IN = {"scale1m", "shopbuild1m"}  # sections too long for the default run: only with --only
 
 
 def main(argv=None) -> None:
@@ -776,7 +805,7 @@ def main(argv=None) -> None:
     print(f"banditrec bench ({'quick' if args.quick else 'full'}): python {sys.version.split()[0]}, "
           f"numpy {np.__version__}, sqlite {sqlite3.sqlite_version}; medians over repeated timings")
     for name, fn in SECTIONS.items():
-        if args.only in (None, name):
+        if args.only == name or (args.only is None and name not in OPT_IN):
             with tempfile.TemporaryDirectory(prefix=f"banditrec-bench-{name}-") as tmp:
                 fn(cfg, Path(tmp))
             sys.stdout.flush()

@@ -2,7 +2,8 @@
 
 (a) a bare Flask route that parses the same JSON body and answers a constant decision, and
 (b) ``POST /v1/decide`` (200 request candidates, 10 slots, LinUCB, every decision logged to
-SQLite), each served by the same gunicorn configuration (``banditrec/service/gunicorn_conf.py``:
+SQLite), and (b') the same with ``banditrec serve --durable`` (the log commits with
+``synchronous=FULL``), each served by the same gunicorn configuration (``banditrec/service/gunicorn_conf.py``:
 2 gthread workers x 2 threads; one listening socket shared by the workers unless
 ``BANDITREC_REUSE_PORT=1`` gives each its own), driven at 8 concurrent keep-alive connections; then
 (c) ``POST /v1/decide/batch`` in calls of 50 requests, as logged decisions per second; and
@@ -68,6 +69,29 @@ def make_bare_app():
     def healthz():
         return jsonify({"status": "ok"})
 
+    return app
+
+
+def make_service_app():
+    """gunicorn factory (``service_bench:make_service_app()``): the decision service app
+    (``banditrec.service.create_app``) with the log configuration ``banditrec serve`` gives its
+    workers, serving an engine of the small simulated shop (``Shop(seed=0)``, requests with their
+    own numeric context and candidates), so that every row of this section measures the same
+    model as the floor app."""
+    from banditrec.demo import build_engine, policy_env
+    from banditrec.service import create_app
+    from banditrec.service.config import ServiceConfig
+    from banditrec.store import DecisionLog
+    from simulator import Shop
+
+    settings = ServiceConfig.from_env()
+    shop = Shop(seed=0)
+    log = DecisionLog(os.environ["BANDITREC_DB"], reward_window_s=3600.0, process_lock=True,
+                      synchronous=settings.synchronous, checkpoint_interval_s=0.05)
+    engine = build_engine(shop, os.environ.get("BANDITREC_POLICY", SPEC), log, seed=None)
+    app = create_app(engine, settings=settings, policy_env=policy_env(shop, engine.cf))
+    if "banditrec.watcher" in app.extensions:
+        app.extensions["banditrec.watcher"].start()
     return app
 
 
@@ -317,9 +341,7 @@ def in_process(env: dict, bodies: list[dict], n: int = 2000) -> dict:
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update({k: str(v) for k, v in env.items()})
     try:
-        from banditrec.service import wsgi  # builds the app from the environment, as a worker does
-
-        apps = {"bare": make_bare_app(), "decide": wsgi.app, "floor": make_floor_app()}
+        apps = {"bare": make_bare_app(), "decide": make_service_app(), "floor": make_floor_app()}
     finally:
         for k, v in saved.items():
             if v is None:
@@ -346,8 +368,8 @@ def in_process(env: dict, bodies: list[dict], n: int = 2000) -> dict:
                 b"".join(apps[app](env_i, start_response))
             times[name].append((time.process_time() - cpu0) / (calls * per) * 1e6)
     # the service app's watcher thread and logs, and the floor's log, before their directory goes
-    wsgi.app.extensions["banditrec.watcher"].stop()
-    wsgi.app.extensions["banditrec.engine"].log.close()
+    apps["decide"].extensions["banditrec.watcher"].stop()
+    apps["decide"].extensions["banditrec.engine"].log.close()
     apps["floor"].extensions["banditrec.floor_log"].close()
     bad = [s for s in statuses if not s.startswith("200")]
     if bad:
@@ -365,30 +387,38 @@ def bench_service(seconds: float = 5.0, rounds: int = 2) -> list[list]:
     bodies = [decide_body(gen, item_ids, dim) for _ in range(64)]
     with tempfile.TemporaryDirectory(prefix="banditrec-bench-service-") as tmp:
         tmp = Path(tmp)
-        env = {"BANDITREC_DB": tmp / "log.db", "BANDITREC_SHOP_SEED": 0, "BANDITREC_POLICY": SPEC,
+        env = {"BANDITREC_DB": tmp / "log.db", "BANDITREC_POLICY": SPEC, "PYTHONPATH": str(BENCH),
                "BANDITREC_API_TOKEN": TOKEN, "BANDITREC_SNAPSHOTS": tmp / "snap", "BANDITREC_BATCH_MAX": BATCH}
-        with GunicornServer(env, log=tmp / "decide.log") as srv:
+        service = "service_bench:make_service_app()"
+        with GunicornServer(env, app=service, log=tmp / "decide.log") as srv:
             status, answer = srv.request("POST", "/v1/decide", bodies[0])
             assert status == 200, answer
             (tmp / "answer.json").write_text(json.dumps(answer))
             bare_env = {"BANDITREC_BENCH_ANSWER": tmp / "answer.json", "PYTHONPATH": str(BENCH)}
             floor_env = {"BANDITREC_FLOOR_DB": tmp / "floor.db", "PYTHONPATH": str(BENCH)}
+            durable_env = {**env, "BANDITREC_DB": tmp / "durable.db", "BANDITREC_SNAPSHOTS": tmp / "snap-durable",
+                           "BANDITREC_DURABLE": 1}
             with GunicornServer(bare_env, app="service_bench:make_bare_app()", log=tmp / "bare.log") as bare, \
-                    GunicornServer(floor_env, app="service_bench:make_floor_app()", log=tmp / "floor.log") as floor:
+                    GunicornServer(floor_env, app="service_bench:make_floor_app()", log=tmp / "floor.log") as floor, \
+                    GunicornServer(durable_env, app=service, log=tmp / "durable.log") as durable:
                 status, got = bare.request("POST", "/v1/decide", bodies[0])
                 assert status == 200 and got == answer
                 status, got = floor.request("POST", "/v1/decide", bodies[0])
                 assert status == 200 and len(got["slots"]) == N_SLOTS, got
-                servers = {"bare": bare, "decide": srv, "floor": floor}
+                status, got = durable.request("POST", "/v1/decide", bodies[0])
+                assert status == 200 and len(got["slots"]) == N_SLOTS, got
+                servers = {"bare": bare, "decide": srv, "durable": durable, "floor": floor}
                 payloads = {name: [encode("/v1/decide", b, server.port) for b in bodies]
                             for name, server in servers.items()}
                 results: dict[str, list[dict]] = {name: [] for name in servers}
                 n0, f0 = count_decisions(tmp / "log.db"), count_decisions(tmp / "floor.db")
+                d0 = count_decisions(tmp / "durable.db")
                 for _ in range(rounds):  # interleaved, so that a noisy neighbour hits every case
                     for name, server in servers.items():
                         results[name].append(drive(server.port, payloads[name], seconds, workers=server.workers()))
                 logged = count_decisions(tmp / "log.db") - n0
                 floor_logged = count_decisions(tmp / "floor.db") - f0
+                durable_logged = count_decisions(tmp / "durable.db") - d0
                 batches = {name: [encode("/v1/decide/batch", {"requests": bodies[i: i + BATCH]}, servers[name].port)
                                   for i in range(0, len(bodies) - BATCH + 1, 7)] for name in ("decide", "floor")}
                 n1, f1 = count_decisions(tmp / "log.db"), count_decisions(tmp / "floor.db")
@@ -398,7 +428,7 @@ def bench_service(seconds: float = 5.0, rounds: int = 2) -> list[list]:
                 batch_wall = time.time() - t0
                 floor_batch = drive(floor.port, batches["floor"], seconds, workers=floor.workers())
                 floor_batch_logged = count_decisions(tmp / "floor.db") - f1
-                log_text = srv.log_text() + floor.log_text()
+                log_text = srv.log_text() + floor.log_text() + durable.log_text()
         ceiling_us = log_ceiling(shop, bodies, tmp)
         local = in_process({**env, "BANDITREC_DB": tmp / "in-process.db", "BANDITREC_SNAPSHOTS": tmp / "snap-local", **bare_env,
                             "BANDITREC_FLOOR_DB": tmp / "floor-local.db"}, bodies)
@@ -417,7 +447,10 @@ def bench_service(seconds: float = 5.0, rounds: int = 2) -> list[list]:
         return sum(r["worker_cores"]) / (r["rps"] * per) * 1e3
 
     b, d, fl = merged(results["bare"]), merged(results["decide"]), merged(results["floor"])
-    bare_ms, decide_ms, floor_ms = cpu_ms(b), cpu_ms(d), cpu_ms(fl)
+    du = merged(results["durable"])
+    bare_ms, decide_ms, floor_ms, durable_ms = cpu_ms(b), cpu_ms(d), cpu_ms(fl), cpu_ms(du)
+    # the cost of --durable, round by round (the two servers ran back to back in each round)
+    paired = [r_du["rps"] / r_d["rps"] for r_d, r_du in zip(results["decide"], results["durable"])]
     batch_ms, floor_batch_ms = cpu_ms(batch, BATCH), cpu_ms(floor_batch, BATCH)
     served = sum(r["n"] for r in results["decide"])
     rows = [
@@ -426,6 +459,11 @@ def bench_service(seconds: float = 5.0, rounds: int = 2) -> list[list]:
         ["(b) POST /v1/decide (LinUCB, logged)", f"{d['rps']:,.0f}", f"{d['p50'] / 1e6:.2f}", f"{d['p99'] / 1e6:.2f}",
          cores(d), f"{decide_ms:.2f}", f"{d['client_cpu']:.2f}", f"{d['rps'] / b['rps']:.2f}x",
          f">= 0.6x and p99 <= 15 ms: {'met' if d['rps'] / b['rps'] >= 0.6 and d['p99'] <= 15e6 else 'NOT met'}"],
+        ["(b') (b) with serve --durable (synchronous=FULL)", f"{du['rps']:,.0f}", f"{du['p50'] / 1e6:.2f}",
+         f"{du['p99'] / 1e6:.2f}", cores(du), f"{durable_ms:.2f}", f"{du['client_cpu']:.2f}",
+         f"{du['rps'] / b['rps']:.2f}x",
+         f"vs (b): {du['rps'] / d['rps']:.2f}x requests/s (rounds {', '.join(f'{x:.2f}' for x in paired)}), "
+         f"p50 {du['p50'] / d['p50']:.2f}x"],
         [f"(c) POST /v1/decide/batch, {BATCH} per call", f"{batch['rps'] * BATCH:,.0f} dec/s",
          f"{batch['p50'] / 1e6:.2f}", f"{batch['p99'] / 1e6:.2f}", cores(batch), f"{batch_ms:.2f}", f"{batch['client_cpu']:.2f}", "",
          f">= 20,000 logged decisions/s: {'met' if batch['rps'] * BATCH >= 20_000 else 'NOT met'}"],
@@ -469,7 +507,10 @@ def bench_service(seconds: float = 5.0, rounds: int = 2) -> list[list]:
             f"decision costs on this stack (service_bench.make_floor_app: no validation models, no records, "
             f"marginals not computed), same gunicorn config, interleaved with (a) and (b); "
             f"{sum(r['n'] for r in results['floor']):,} responses and {floor_logged:,} rows logged, batch "
-            f"{floor_batch['n'] * BATCH:,} answered and {floor_batch_logged:,} logged.")
+            f"{floor_batch['n'] * BATCH:,} answered and {floor_batch_logged:,} logged. (b'): the service as "
+            f"(b) with BANDITREC_DURABLE=1 (banditrec serve --durable), its own log file, interleaved with "
+            f"(a), (b) and (b0); {sum(r['n'] for r in results['durable']):,} responses and {durable_logged:,} "
+            f"rows logged.")
     return note, rows
 
 

@@ -135,6 +135,10 @@ def _complement_graph(T: int, type_category, type_log_price, k: int, rng) -> np.
     np.fill_diagonal(keys, np.inf)
     k = min(k, T - 1)
     partner = np.argpartition(keys, k - 1, axis=1)[:, :k]
+    # by key: argpartition's order within the k is numpy's (SIMD sort) choice, and the edge
+    # weights below are drawn in this order
+    partner = np.take_along_axis(partner, np.argsort(np.take_along_axis(keys, partner, axis=1), axis=1,
+                                                     kind="stable"), axis=1)
     a = np.repeat(np.arange(T), k)
     b = partner.ravel()
     src = np.where(type_log_price[a] >= type_log_price[b], a, b)

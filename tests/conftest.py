@@ -48,3 +48,27 @@ def rng():
 settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
+
+
+SHOP_SIM = None  # the simulator's settings of the small shop directory below (set lazily)
+
+
+def build_sim_shop(directory, *, n_items: int = 300, n_customers: int = 600, seed: int = 11):
+    """A shop directory built from a small simulated retail shop's exported files."""
+    from banditrec.shop import BuildConfig, build_shop
+    from simulator import SimConfig
+    from simulator.environment import Environment
+    from simulator.export import export_shop
+
+    env = Environment(SimConfig(n_items=n_items, n_types=20, n_customers=n_customers, history_days=10), seed=seed)
+    env.recording = True
+    files = export_shop(env, env.warm_up(), directory / "files")
+    build_shop(files.items, files.interactions, files.users, out=directory / "shop",
+               config=BuildConfig.from_toml(files.config))
+    return directory / "shop"
+
+
+@pytest.fixture(scope="session")
+def sim_shop_dir(tmp_path_factory):
+    """A shop directory (read-only: tests that rebuild it copy it first)."""
+    return build_sim_shop(tmp_path_factory.mktemp("sim-shop"))

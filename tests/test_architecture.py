@@ -10,7 +10,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = sorted([*ROOT.glob("banditrec/**/*.py"), *ROOT.glob("simulator/**/*.py")])
 # the wiring layer: the only modules of banditrec allowed to drive the simulator
-WIRING = {"banditrec/demo.py", "banditrec/cli.py", "banditrec/service/wsgi.py", "banditrec/regret.py"}
+WIRING = {"banditrec/demo.py", "banditrec/shopdemo.py", "banditrec/cli.py", "banditrec/regret.py"}
+STUDIES = {"simulator", "banditrec.demo", "banditrec.shopdemo", "banditrec.regret", "banditrec.cli"}
 
 
 def imports(path: Path) -> set[str]:
@@ -49,6 +50,16 @@ def test_sources_were_found():
 def test_only_the_wiring_layer_of_banditrec_imports_the_simulator():
     core = [p for p in under("banditrec/") if rel(p) not in WIRING]
     assert offenders(core, {"simulator"}) == []
+
+
+@pytest.mark.parametrize("prefix", ["banditrec/service/", "banditrec/shop/", "banditrec/engine.py",
+                                    "banditrec/learner.py", "banditrec/candidates/", "banditrec/policies/",
+                                    "banditrec/store/", "banditrec/evaluate.py"])
+def test_serving_learning_and_evaluation_never_import_the_simulator_or_a_study(prefix):
+    """A shop serves, learns and evaluates from its shop directory alone (docs/data-formats.md)."""
+    paths = under(prefix)
+    assert paths, prefix
+    assert offenders(paths, STUDIES) == []
 
 
 def test_simulator_never_imports_the_service():

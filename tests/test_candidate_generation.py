@@ -158,8 +158,59 @@ def test_rules_compose():
     assert f.banned(state, 5).tolist() == [True, True, False, True, True]
     avail[3] = True  # stock came back: the rule sees the array it was given
     assert f.banned(state, 5).tolist() == [True, True, False, False, True]
-    with pytest.raises(ValidationError, match=r"rules\[0\] has no banned"):
+    assert f.banned_among(state, [4, 3, 2]).tolist() == [True, False, False]
+
+
+def test_rules_answer_for_the_pool_as_for_the_whole_catalog():
+    g = np.random.default_rng(5)
+    n = 50
+    types = g.integers(0, 7, n)
+    rules = [OutOfStock(g.random(n) < 0.8), AlreadyBought(types, g.random(7) < 0.4),
+             ExcludeCategories(g.integers(0, 5, n), {1, 3})]
+    states = [UserState(cart=g.integers(0, n, g.integers(0, 4)), purchased=g.integers(0, n, g.integers(0, 5)),
+                        viewed=g.integers(0, n, g.integers(0, 6))) for _ in range(12)]
+    rows = g.integers(0, len(states), 200)
+    items = g.integers(0, n, 200)
+    for rule in rules + [Filters(rules)]:
+        want = np.array([rule.banned(states[r], n)[j] for r, j in zip(rows, items)])
+        np.testing.assert_array_equal(rule.banned_among_batch(states, rows, items), want)
+        for s in states[:3]:
+            np.testing.assert_array_equal(rule.banned_among(s, items), rule.banned(s, n)[items])
+
+
+def test_filters_take_rules_only():
+    with pytest.raises(ValidationError, match=r"rules\[0\] is a object, not a banditrec.candidates.Rule"):
         Filters([object()])
+
+
+def brute_coview(e: Interactions, max_distance):
+    n = e.n_items
+    V = np.zeros((n, n))
+    for u in range(e.n_users):
+        seen = set()
+        for s in np.unique(e.session[e.user == u]):
+            pos = np.flatnonzero((e.session == s))
+            pos = pos[np.lexsort((pos, e.ts[pos]))]
+            for x in range(len(pos)):
+                for y in range(x + 1, min(len(pos), x + max_distance + 1)):
+                    a, b = e.item[pos[x]], e.item[pos[y]]
+                    if a != b and e.kind[pos[x]] == 0 and e.kind[pos[y]] == 0:
+                        seen.add((min(a, b), max(a, b)))
+        for a, b in seen:
+            V[a, b] += 1
+            V[b, a] += 1
+    return V
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2 ** 32 - 1), cap=st.integers(1, 4))
+def test_pair_cap_counts_only_events_at_most_the_cap_apart(seed, cap):
+    g = np.random.default_rng(seed)
+    E = 60
+    e = Interactions.from_arrays(g.integers(0, 4, E), g.integers(0, 8, E), np.round(g.uniform(0, DAY_S, E), -2),
+                                 g.choice([0, 0, 2], E), n_users=4, n_items=8, session_gap_s=DAY_S / 4)
+    np.testing.assert_array_equal(pair_signals(e, max_pair_distance=cap).co_view.toarray(), brute_coview(e, cap))
+    np.testing.assert_array_equal(pair_signals(e, max_pair_distance=None).co_view.toarray(), brute_coview(e, E))
 
 
 @pytest.fixture(scope="module")
@@ -207,7 +258,8 @@ def test_generator_candidates_are_better_than_popular_items_by_the_shops_truth(s
     states = [UserState(cart=r["cart"], purchased=r["purchases"], viewed=r["views"], segment=int(req.segment[i]))
               for i, r in ((i, req.recent(i)) for i in range(len(req)))]
     ids, _, _ = gen.candidates_batch(states, 10)
-    popular = np.tile(np.argsort(-gen.segment_popularity[-1], kind="stable")[:5], (len(req), 1))
+    everyone = gen.popular[-1]
+    popular = np.tile(everyone.indices[np.lexsort((everyone.indices, -everyone.data))][:5], (len(req), 1))
     ours = env.expected_reward(req, ids[:, :5], "click").mean()
     theirs = env.expected_reward(req, popular, "click").mean()
     assert ours > 1.2 * theirs
@@ -217,7 +269,8 @@ def test_unknown_users_get_their_segments_popular_items(shop_generator):
     env, gen = shop_generator
     ids, _, source = gen.candidates_batch([UserState(segment=1), UserState()], 5)
     assert (source == "popular").all()
-    seg_top = np.argsort(-gen.segment_popularity[1], kind="stable")
+    seg = gen.popular[1]
+    seg_top = seg.indices[np.lexsort((seg.indices, -seg.data))]
     assert set(ids[0]) <= set(seg_top[:15].tolist())  # the segment's head (the type cap may skip a few)
     with pytest.raises(ValidationError, match="N must be a positive integer"):
         gen.candidates(UserState(), 0)

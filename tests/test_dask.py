@@ -282,42 +282,47 @@ def test_evaluate_parquet_on_the_cluster_equals_in_process_and_the_log(sim, clie
     assert (dist.n_train, dist.n_eval, dist.n_rows) == (ref.n_train, ref.n_eval, ref.n_rows)
     assert dist.logging_policies == ref.logging_policies
     for d, l, r in zip(dist.candidates, local.candidates, ref.candidates):
-        assert (d.safe, d.reason) == (l.safe, l.reason)
+        assert (d.safe, d.reason) == (l.safe, l.reason) == (r.safe, r.reason)
         for name in d.estimates:
             same_estimate(d.estimates[name], l.estimates[name])
             assert close(d.estimates[name].unsupported, r.estimates[name].unsupported)
-        for name in ("IPS", "SNIPS"):  # no reward model: the very numbers of evaluate --db
+            # the same folds (hashed sequence numbers) and the same fit: the numbers of evaluate --db
             same_estimate(d.estimates[name], r.estimates[name])
+
+
+@pytest.mark.parametrize("model", ["logistic", "gbt"])
+def test_both_backends_agree_on_dr_with_a_fitted_reward_model(sim, client, model):
+    """A reward model whose fit is not a sum over rows is fitted on the driver from the gathered
+    rows, by the code evaluate --db runs: DR and SNDR agree with evaluate --db, on the cluster."""
+    spec = SPECS[1]
+    ref = evaluate_log(str(sim / "log.db"), [spec], estimators=("DR", "SNDR"), reward_model=model)
+    dist = evaluate_parquet(sim / "pq", [spec], estimators=("DR", "SNDR"), reward_model=model, client=client)
+    ridge = evaluate_log(str(sim / "log.db"), [spec], estimators=("DR",), reward_model="ridge")
+    assert dist.reward_model == ref.reward_model == model
+    for name in ("DR", "SNDR"):
+        same_estimate(dist.candidates[0].estimates[name], ref.candidates[0].estimates[name])
+    # and the model mattered: not the ridge model's number
+    assert abs(ref.candidates[0].estimates["DR"].value - ridge.candidates[0].estimates["DR"].value) > 1e-6
 
 
 def test_evaluate_parquet_reward_model_equals_ridge_fit_on_the_rows(sim):
     """DR's reward model from per-partition Gram sums equals RidgeRewardModel.fit on the rows
-    of the other folds (the folds drawn by the documented rule, per day)."""
+    of the other folds (the folds by the documented rule: a hash of the decision's seq)."""
     from banditrec.evaluate import _decisions, _sparse_target
     from banditrec.offline import target_pscore, train_from_log
-    from banditrec.ope.reward_model import RidgeRewardModel
+    from banditrec.ope.reward_model import Folds, RidgeRewardModel, decision_folds
     from banditrec.policies import make
     from banditrec.store.partitioned import read_items
 
     spec = SPECS[1]
-    got = evaluate_parquet(sim / "pq", [spec], estimators=("DR", "SNDR"))
+    got = evaluate_parquet(sim / "pq", [spec], estimators=("DR", "SNDR"), reward_model="ridge")
     ds = open_dataset(sim / "pq")
     parts = [partition_decisions(read_partition(p)) for p in ds.partitions]
     full = concat_decisions(parts)
     n_train = int(round(0.5 * full.n_decisions))
     features = read_items(sim / "pq")
     train, test = _decisions(full, 0, n_train), _decisions(full, n_train, full.n_decisions)
-    folds, offset = [], 0
-    for p, part in zip(ds.partitions, parts):
-        first = max(0, n_train - offset)
-        offset += part.n_decisions
-        if first >= part.n_decisions:
-            continue
-        day = int((np.datetime64(p.day) - np.datetime64("1970-01-01")).astype(int))
-        seq = np.random.SeedSequence([0, 0xF01D5], spawn_key=(day,))
-        fold = np.random.default_rng(seq).permutation(part.n_decisions - first) % 2
-        folds.append(fold[_decisions(part, first, part.n_decisions).row_decision])
-    fold = np.concatenate(folds)
+    fold = decision_folds(test.seq, 2, 0)[test.row_decision]
     data = test.logged_bandit(len(features), ds.n_slots, with_context=True)
     popularity = 1 + np.bincount(train.row_action, weights=(train.row_reward > 0).astype(float),
                                  minlength=len(features))
@@ -327,8 +332,9 @@ def test_evaluate_parquet_reward_model_equals_ridge_fit_on_the_rows(sim):
     kept = []
     pi = target_pscore(policy, test, features, on_decision=lambda d, i, m: kept.append((i, m)))
     model = RidgeRewardModel()
-    coefs = [model.fit(data, np.flatnonzero(fold != f)) for f in range(2)]
-    q_logged, q_target = model.predict_folds((fold, coefs), data, _sparse_target(test, kept, len(features)))
+    coefs = tuple(model.fit(data, np.flatnonzero(fold != f)) for f in range(2))
+    assert 0.4 < fold.mean() < 0.6  # about balanced
+    q_logged, q_target = model.predict_folds(Folds(fold, coefs), data, _sparse_target(test, kept, len(features)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", OPEWarning)
         for name in ("DR", "SNDR"):

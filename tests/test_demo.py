@@ -1,4 +1,5 @@
-"""The demo path end to end at small size: HTTP in, SQLite log, estimates beside exact truth."""
+"""The demo end to end at small size: the simulated shop exported, built, served over HTTP,
+learned from and evaluated, with the estimates beside the exact truth; and the coverage study."""
 
 from __future__ import annotations
 
@@ -10,45 +11,68 @@ import pytest
 from click.testing import CliRunner
 
 from banditrec.cli import main
-from banditrec.demo import run_demo
+from banditrec.shopdemo import run_shop_demo
 from conftest import SMALL
+from simulator import SimConfig
 
 
-def test_run_demo_small(tmp_path):
-    result = run_demo(n_decisions=900, n_slots=3, n_candidates=15, batch=300, seed=3, out=tmp_path,
-                      shop_config=SMALL, echo=None)
-    assert result.n_decisions == 900
-    assert result.max_pscore_mismatch == 0.0  # recomputed from the log, bit for bit
-    assert [r.spec.split(":")[0] for r in result.results] == ["shared-linucb", "uniform", "popularity"]
-    for r in result.results:
-        for e in r.estimates.values():
-            assert abs(e.value - r.truth) <= 4 * e.se, (r.spec, e, r.truth)
-    logging = result.results[0].estimates["IPS"]
-    assert logging.ess == 2700  # weights are all 1 for the logging policy
-    con = sqlite3.connect(result.db)
-    assert con.execute("SELECT count(*) FROM decisions").fetchone()[0] == 900
-    assert con.execute("SELECT count(*) FROM slots").fetchone()[0] == 2700
-    assert con.execute("SELECT count(*), sum(reward) FROM rewards").fetchone() == (result.n_rewards, result.n_rewards)
-    # the logging IPS is the observed clicks per decision
-    assert logging.value == pytest.approx(result.n_rewards / 900, rel=1e-12)
-    report = result.report.read_text()
-    assert "| `uniform:epsilon=1.0` | IPS |" in report
-    assert (tmp_path / "estimates.png").stat().st_size > 10_000
-    assert len(result.batch_truth["logging"]) == 3
+DEMO_SMALL = SimConfig(n_items=400, n_types=20, n_customers=1_500, history_days=12)
 
 
-def test_cli_demo_prints_the_table_and_where_the_report_is(tmp_path):
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    return run_shop_demo(days=4, n_slots=3, n_candidates=15, seed=3, out=out, config=DEMO_SMALL, echo=None,
+                         targets=("uniform", "popularity:epsilon=0.1"))
+
+
+def test_the_demo_goes_through_the_shop_directory_and_the_service(demo):
+    assert demo.max_pscore_mismatch == 0.0  # recomputed from the log, bit for bit
+    con = sqlite3.connect(demo.db)
+    assert con.execute("SELECT count(*) FROM decisions").fetchone()[0] == demo.n_decisions
+    assert con.execute("SELECT count(*) FROM slots").fetchone()[0] == 3 * demo.n_decisions
+    assert {b for (b,) in con.execute("SELECT DISTINCT shop_build FROM decisions")} == {demo.build}
+    assert con.execute("SELECT count(*) FROM events").fetchone()[0] == demo.n_events
+    assert con.execute("SELECT count(*) FROM rewards").fetchone()[0] == demo.n_rewards
+    # a snapshot a day, each reloaded by the service: the decisions were served by >= 3 models
+    assert con.execute("SELECT count(*) FROM model_versions").fetchone()[0] >= 3
+    assert con.execute("SELECT count(DISTINCT model_version) FROM decisions").fetchone()[0] >= 3
+    files = demo.db.parent / "files"
+    assert all((files / f).stat().st_size > 0 for f in ("items.csv", "interactions.csv", "users.csv"))
+
+
+def test_the_demo_estimates_sit_near_the_exact_truth(demo):
+    ev = demo.evaluation
+    assert [c.spec for c in ev.candidates] == ["uniform", "popularity:epsilon=0.1"]
+    # the logging policy's on-policy value is the observed clicks per evaluated decision
+    con = sqlite3.connect(demo.db)
+    seqs = [s for (s,) in con.execute("SELECT seq FROM decisions ORDER BY seq")][ev.n_train:]
+    clicks = con.execute(f"SELECT count(*) FROM rewards r JOIN decisions d ON d.event_id = r.event_id "
+                         f"WHERE r.kind = 'click' AND d.seq >= {seqs[0]}").fetchone()[0]
+    assert ev.logging.value == pytest.approx(clicks / len(seqs), rel=1e-12)
+    for label, e in [("logging", ev.logging)] + [(c.spec, e) for c in ev.candidates for e in c.estimates.values()]:
+        truth = demo.truth[label]
+        assert 0 < truth < 3
+        assert abs(e.value - truth) <= 4 * e.se, (label, e, truth)
+    assert demo.truth["uniform"] < demo.truth["logging"]
+    report = demo.report.read_text()
+    assert "| clicks |" in report and "uniform" in report
+
+
+def test_cli_demo_prints_the_table_and_where_everything_is(tmp_path):
     out = tmp_path / "demo"
-    res = CliRunner().invoke(main, ["demo", "--decisions", "400", "--batch", "200", "--out", str(out),
+    res = CliRunner().invoke(main, ["demo", "--days", "2", "--items", "300", "--customers", "800", "--out", str(out),
                                     "--target", "uniform"])
     assert res.exit_code == 0, res.output
-    assert re.search(r"uniform:epsilon=1.0\s+IPS\s+\d\.\d{4}\s+\[\d\.\d{3}, \d\.\d{3}\]\s+\d\.\d{4}", res.output)
-    assert f"report: {out / 'report.md'}" in res.output
-    assert (out / "report.md").exists()
+    assert re.search(r"uniform\s+IPS\s+\d\.\d{4}\s+\[\d\.\d{3}, \d\.\d{3}\]\s+\d\.\d{4}", res.output)
+    for line in (f"report: {out / 'report.md'}", f"log:    {out / 'log.db'}", f"shop:   {out / 'shop'}"):
+        assert line in res.output
+    assert "export " in res.output and "build " in res.output and "serve     day  2" in res.output
 
 
 def test_cli_demo_bad_policy_is_a_usage_error(tmp_path):
-    res = CliRunner().invoke(main, ["demo", "--decisions", "10", "--policy", "shared-linucb:beta=2", "--out", str(tmp_path)])
+    res = CliRunner().invoke(main, ["demo", "--days", "2", "--policy", "shared-linucb:beta=2", "--out",
+                                    str(tmp_path)])
     assert res.exit_code == 2
     assert "policy shared-linucb has no parameter beta" in res.output
     assert "Traceback" not in res.output
@@ -69,29 +93,3 @@ def test_coverage_study_counts_and_standardised_errors():
         assert f"{r.covered:>4}/{r.runs:<4}" in table
 
 
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["--slots", "40"], "slots must be between 1 and candidates (30), got 40"),
-        (["--candidates", "3"], "slots must be between 1 and candidates (3), got 5"),
-        (["--candidates", "5000"], "candidates (5000) exceeds the 992 items a customer has not bought"),
-        (["--decisions", "1"], "decisions must be at least 2"),
-        (["--target", "nope"], "unknown policy 'nope'"),
-        (["--batch", "0"], "Invalid value for '--batch'"),
-    ],
-)
-def test_cli_demo_refuses_impossible_sizes_before_simulating(tmp_path, args, message):
-    res = CliRunner().invoke(main, ["demo", "--out", str(tmp_path), *args])
-    assert res.exit_code == 2, res.output
-    assert message in res.output and "Traceback" not in res.output
-    assert not (tmp_path / "report.md").exists()
-
-
-def test_demo_table_flags_a_low_effective_sample_size(tmp_path):
-    result = run_demo(n_decisions=300, n_slots=3, n_candidates=15, batch=150, seed=3, out=tmp_path,
-                      shop_config=SMALL, echo=None, plot=False, targets=("popularity:epsilon=0.0",))
-    low = [e for r in result.results for e in r.estimates.values() if e.warnings]
-    assert low and all(e.ess < 300 or e.max_weight > 0.1 * e.ess for e in low)  # what the estimators flag
-    table = result.table()
-    assert table.count(" !") == len(low)
-    assert "diagnostics warn" in table

@@ -360,7 +360,7 @@ def test_obd_csv_imports_to_the_expected_logged_bandit(tmp_path):
     path = tmp_path / "all.csv"
     path.write_text(obd_csv(OBD_ROWS))
     log = DecisionLog()
-    result = import_obd(path, log)
+    result = import_obd(path, log, slots=None)
     assert (result.decisions, result.slots, result.rewards, result.n_items) == (4, 12, 12, 6)
     assert (result.first_line, result.last_line) == (2, 13)
     got = log.decisions()
@@ -395,9 +395,37 @@ def test_obd_grouping_can_be_overridden(tmp_path):
     path = tmp_path / "all.csv"
     path.write_text(obd_csv(OBD_ROWS))
     log = DecisionLog()
-    result = import_obd(path, log, group_by=["timestamp"], n_items=80)
+    result = import_obd(path, log, group_by=["timestamp"], n_items=80, slots=None)
     assert result.decisions == 4 and result.n_items == 80
     assert len(log.decisions().candidates[0]) == 80
+
+
+def test_obd_rows_are_rounds_of_a_three_slot_carousel_as_obp_reads_them(tmp_path):
+    """The published sample's rows are single rounds (one observed position each, not grouped
+    by impression): each becomes a decision of 3 slots logged at its position only. Re-scoring
+    asks a policy for the whole carousel, and a uniform policy's marginal of each logged
+    (item, position) is 1/n_items, the logged propensity of a uniformly random logger."""
+    from banditrec.offline import target_pscore
+    from banditrec.policies import make
+
+    rows = [(f"2019-11-24 00:00:{k:02d}.5+00:00", (7 * k) % 6, 1 + k % 3, int(k % 4 == 0), 1 / 6, k % 3)
+            for k in range(9)]
+    (tmp_path / "all.csv").write_text(obd_csv(rows))
+    log = DecisionLog()
+    result = import_obd(tmp_path / "all.csv", log)
+    assert (result.decisions, result.slots, result.rewards) == (9, 9, 9)
+    got = log.decisions()
+    np.testing.assert_array_equal(got.row_slot, [k % 3 for k in range(9)])
+    np.testing.assert_array_equal(got.n_slots, [3] * 9)
+    np.testing.assert_array_equal(got.row_action, [(7 * k) % 6 for k in range(9)])
+    np.testing.assert_array_equal(got.row_reward, [float(k % 4 == 0) for k in range(9)])
+    uniform = make("uniform")
+    pi = target_pscore(uniform, got, np.eye(6))
+    np.testing.assert_allclose(pi, 1 / 6, rtol=1e-12)
+    with pytest.raises(ImportFailedError, match="position 4 is beyond the carousel's 3 slots"):
+        bad = [rows[0][:2] + (4,) + rows[0][3:]]
+        (tmp_path / "bad.csv").write_text(obd_csv(bad))
+        import_obd(tmp_path / "bad.csv", DecisionLog())
 
 
 def test_obd_rows_that_cannot_form_a_decision_are_rejected_with_their_line(tmp_path):
@@ -407,7 +435,7 @@ def test_obd_rows_that_cannot_form_a_decision_are_rejected_with_their_line(tmp_p
     path.write_text(obd_csv(rows))
     log = DecisionLog()
     with pytest.raises(ImportFailedError) as err:
-        import_obd(path, log, batch_rows=3)
+        import_obd(path, log, batch_rows=3, slots=None)
     assert err.value.line == 7 and err.value.column == "position"
     assert "line 7, column 'position'" in str(err.value) and "positions [1, 2, 4]" in str(err.value)
     # impression A was a batch of its own: it is in the log, and the error says so
@@ -437,7 +465,7 @@ def test_bad_cells_name_their_line_and_column(tmp_path, column, value, message):
     csv.writer(out).writerows(rows)
     (tmp_path / "all.csv").write_text(out.getvalue())
     with pytest.raises(ImportFailedError) as err:
-        import_obd(tmp_path / "all.csv", DecisionLog())
+        import_obd(tmp_path / "all.csv", DecisionLog(), slots=None)
     assert err.value.column == column and err.value.line == 8
     assert f"line 8, column {column!r}: " in str(err.value) and message in str(err.value)
     assert isinstance(err.value, ValidationError)
@@ -450,7 +478,7 @@ def test_missing_columns_and_bad_mappings_are_reported_before_anything_is_writte
     with pytest.raises(ImportFailedError, match=r"line 1, column 'propensity_score': column 'propensity_score' "
                                                 r"\(for marginal\) is not in the header"):
         import_obd(tmp_path / "a.csv", log)
-    assert import_obd(tmp_path / "a.csv", log, mapping={"marginal": "pscore"}).decisions == 4
+    assert import_obd(tmp_path / "a.csv", log, mapping={"marginal": "pscore"}, slots=None).decisions == 4
     with pytest.raises(ValidationError, match="unknown mapping field 'prob'"):
         import_csv(tmp_path / "a.csv", DecisionLog(), {"prob": "pscore"})
     with pytest.raises(ImportFailedError, match=r"line 1, column 'item_id': missing column 'item_id'"):
@@ -473,7 +501,7 @@ def test_a_failed_import_keeps_what_it_wrote_and_resumes(tmp_path):
     log = DecisionLog()
     seen = []
     with pytest.raises(ImportFailedError) as err:
-        import_obd(tmp_path / "all.csv", log, batch_rows=4, on_batch=seen.append)
+        import_obd(tmp_path / "all.csv", log, batch_rows=4, on_batch=seen.append, slots=None)
     assert err.value.line == 12 and err.value.column == "propensity_score"
     # a batch closes at the first decision boundary after 4 rows: impressions A and B (lines 2-7)
     # were written; C and D (lines 8-13) were one batch, refused whole
@@ -481,13 +509,13 @@ def test_a_failed_import_keeps_what_it_wrote_and_resumes(tmp_path):
     assert err.value.result.last_line == 7 and log.count("rewards") == 6
     assert "start_line=8" in str(err.value)
     (tmp_path / "all.csv").write_text(obd_csv(OBD_ROWS))
-    resumed = import_obd(tmp_path / "all.csv", log, start_line=err.value.result.last_line + 1)
+    resumed = import_obd(tmp_path / "all.csv", log, start_line=err.value.result.last_line + 1, slots=None)
     assert resumed.decisions == 2 and resumed.first_line == 8
     whole = DecisionLog()
-    import_obd(tmp_path / "all.csv", whole)
+    import_obd(tmp_path / "all.csv", whole, slots=None)
     assert tables(log) == tables(whole)
     with pytest.raises(ImportFailedError, match="event id 'all:2' is already in the log"):
-        import_obd(tmp_path / "all.csv", log)
+        import_obd(tmp_path / "all.csv", log, slots=None)
 
 
 # ---- generic CSV with a mapping -----------------------------------------------------------------
@@ -612,7 +640,7 @@ def test_a_batch_the_log_refuses_is_left_out_whole_and_named_by_its_line(tmp_pat
         log = DecisionLog()
         write(log, "all:5", ["a"], [0.5], [0.5], candidates=["a"], cand_index=[0])
         with pytest.raises(ImportFailedError) as err:
-            import_obd(tmp_path / "all.csv", log, batch_rows=batch_rows)
+            import_obd(tmp_path / "all.csv", log, batch_rows=batch_rows, slots=None)
         assert err.value.line == 5 and err.value.column is None
         assert "line 5: event id 'all:5' is already in the log" in str(err.value)
         assert err.value.result.decisions == kept == log.count("decisions") - 1
@@ -633,7 +661,7 @@ def test_a_refused_reward_is_reported_at_its_decisions_line(tmp_path):
 
     log.write_decisions = refuse_reward_4
     with pytest.raises(ImportFailedError) as err:
-        import_obd(tmp_path / "all.csv", log)
+        import_obd(tmp_path / "all.csv", log, slots=None)
     # rewards 0-2 are impression A's (lines 2-4), 3-5 impression B's (lines 5-7)
     assert err.value.line == 5 and err.value.column == "reward"
     assert "line 5, column 'reward': the log refused a click reward: reward must be a finite number" in str(err.value)

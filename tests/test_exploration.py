@@ -10,6 +10,7 @@ beats epsilon-greedy.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -106,7 +107,7 @@ def test_a_new_item_appears_mid_stream_and_is_served_and_learned_without_a_resta
     features = np.r_[old.features, old.features[4:5]]  # item 10 looks like item 4
     grown = ItemTable(ids=(*old.ids, "i10"), features=features, cold=np.r_[np.zeros(10, bool), True])
     eng.log.write_items(grown.ids, grown.features)
-    eng.items = grown
+    eng.install_shop(dataclasses.replace(eng.parts, items=grown), rebuild=lambda same: same)  # same policy object
 
     def estimate():
         req = eng.request(np.array(ctx), np.array([10, 1, 2, 3]))

@@ -185,6 +185,49 @@ def test_chunked_products_and_blocked_thresholds_agree_with_one_chunk(monkeypatc
     brute_force_check(idx, ids2, scores2, np.arange(300), 7)
 
 
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2 ** 32 - 1), n=st.integers(30, 160), N=st.integers(1, 12), numeric=st.booleans(),
+       leaf=st.integers(1, 9), block=st.integers(1, 40), masked=st.booleans())
+def test_grouped_bounded_scoring_equals_the_sparse_product_and_brute_force(seed, n, N, numeric, leaf, block, masked):
+    """With every column heavy, queries go through the groups of shared heavy columns, the
+    leaves' bounds and the two scoring rounds; they must find exactly what the sparse product
+    finds (same ids; scores up to summation order), which is the brute-force top-N."""
+    rng = np.random.default_rng(seed)
+    titles, fields, num = random_catalog(rng, n, numeric=numeric)
+    idx = MetadataIndex(numeric_weight=0.5, n_neighbors=N).fit(titles, fields, num)
+    among = rng.random(n) < 0.6 if masked else None
+    q = np.arange(n)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(metadata, "heavy_threshold", lambda allowed: 10 ** 9)  # the sparse product alone
+        ids0, scores0 = idx.similar_items(q, N, among=among)
+        mp.setattr(metadata, "heavy_threshold", lambda allowed: 0)  # every column is heavy
+        mp.setattr(metadata, "_SMALL_GROUP", 0)
+        mp.setattr(metadata, "_LEAF", leaf)
+        mp.setattr(metadata, "_QUERY_BLOCK", block)
+        table = idx.neighbour_table(among=among)
+    ids1 = np.full((n, N), -1)
+    scores1 = np.zeros((n, N))
+    for i in range(n):
+        row = table[i]
+        top = np.lexsort((row.indices, -row.data))[:N]
+        ids1[i, :len(top)], scores1[i, :len(top)] = row.indices[top], row.data[top]
+    assert (ids1 == ids0).all() or _same_up_to_near_ties(ids0, scores0, ids1, scores1)
+    np.testing.assert_allclose(scores1, scores0, atol=1e-11)
+    brute_force_check(idx, ids1, scores1, q, N, among)
+
+
+def _same_up_to_near_ties(ids0, scores0, ids1, scores1, tol=1e-11):
+    """Lists that differ only where two scores are within ``tol`` (summation order)."""
+    for a, sa, b, sb in zip(ids0, scores0, ids1, scores1):
+        if (a == b).all():
+            continue
+        np.testing.assert_allclose(sa, sb, atol=tol)
+        for x, y, s in zip(a, b, sa):
+            if x != y and not (np.abs(sa - s) <= tol).sum() > 1:
+                return False
+    return True
+
+
 def test_row_kth_equals_sorting_each_row():
     rng = np.random.default_rng(0)
     counts = rng.integers(0, 40, size=50)

@@ -366,6 +366,37 @@ def test_lints_blends_the_objective_into_every_draw(rng):
         np.testing.assert_allclose(row, blended.blend(req, row_raw), rtol=1e-12)
 
 
+def test_lints_model_a_few_ulps_off_replays_the_same_monte_carlo_stream(rng):
+    """The same posterior but for the last bits of theta and A^-1 (as another BLAS kernel
+    learns it) seeds the same Monte-Carlo stream, so its marginals agree to rounding; a model
+    1e-6 apart seeds another. The state is made elementwise (no BLAS), so its bits, and the
+    outcome, are the same on every machine."""
+    d = build(LinTS).dim
+    S = rng.uniform(-1, 1, size=(d, d))
+    A = np.eye(d) * 2 * d + (S + S.T)  # diagonally dominant: positive definite
+    A_inv = np.eye(d) / (2 * d) + (S + S.T) * 1e-4  # stands in for the inverse: only hashed
+    theta, b = rng.normal(size=d), rng.normal(size=d)
+    req = request(rng, n=6)
+
+    def policy(move):
+        p = build(LinTS, v=0.3)
+        arrays, meta = p.state()  # the current layout (the reward scale at its prior)
+        p.set_state({**arrays, "A": move(A), "A_inv": move(A_inv), "b": b, "theta": move(theta)}, meta)
+        return p
+
+    base = policy(lambda a: a)
+    want = base.distribution(req, 3, 0.05).marginals()
+    for ulps in (1, 2, 3):
+        def move(a, ulps=ulps):
+            for _ in range(ulps):
+                a = np.nextafter(a, np.inf)
+            return a
+        other = policy(move)
+        assert other.replay_seed(req) == base.replay_seed(req)
+        np.testing.assert_allclose(other.distribution(req, 3, 0.05).marginals(), want, rtol=1e-9, atol=1e-12)
+    assert policy(lambda a: a * (1 + 1e-6)).replay_seed(req) != base.replay_seed(req)
+
+
 # ---- Thompson sampling's posterior ---------------------------------------------------------
 def test_lints_posterior_draws_have_the_right_mean_and_covariance():
     """20,000 draws (dim 8, v = 0.5): every mean coordinate within 4 standard errors of

@@ -14,10 +14,12 @@ from banditrec.cli import main
 from banditrec.demo import build_engine
 from banditrec.service import create_app
 from banditrec.store import DecisionLog
+from quoted import assert_reads_as, split_numbers
 from simulator import Shop
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-CURLS = re.findall(r"curl -s -X POST localhost:8000(/v1/\w+) .*?-d '(\{.*?\})'", README, flags=re.S)
+SERVICE = (Path(__file__).resolve().parent.parent / "docs" / "service.md").read_text()  # the service's manual
+CURLS = re.findall(r"curl -s -X POST localhost:8000(/v1/\w+) .*?-d '(\{.*?\})'", SERVICE, flags=re.S)
 
 
 def test_readme_starts_with_the_two_commands():
@@ -37,8 +39,8 @@ def test_readme_curl_examples_get_the_documented_status():
     assert reward.status_code == 200 and reward.get_json()["status"] == "recorded"
     bad = client.post(CURLS[2][0], json=json.loads(CURLS[2][1]))
     assert bad.status_code == 400 and bad.get_json()["error"]["fields"][0]["field"] == "slots"
-    # the README shows a real answer of each kind with the same keys
-    shown = re.findall(r"```json\n(\{.*?\})\n```", README, flags=re.S)
+    # the manual shows a real answer of each kind with the same keys
+    shown = re.findall(r"```json\n(\{.*?\})\n```", SERVICE, flags=re.S)
     assert len(shown) >= 3
     assert list(json.loads(shown[0])) == list(decide.get_json())
     assert list(json.loads(shown[1])) == list(reward.get_json())
@@ -53,14 +55,38 @@ def test_readme_commands_exist():
         assert res.exit_code == 0, res.output
 
 
+# How far the demo's progress value at 2,000 decisions can land from the README's on a machine
+# whose run takes another path: 4 standard deviations of the difference of two independent
+# paths, sqrt(2) x 0.0067 (the value's sd over 12 independent engine and click streams through
+# seed 0's shop; the command is in docs/reproducibility.md). Runs on the CPUs and BLAS kernels
+# tried there take the same path and print the same 4 digits; this is the margin for one that
+# does not (a rounding-level near-tie decided the other way), not a rounding tolerance.
+DEMO_PATH_TOL = 4 * 2 ** 0.5 * 0.0067
+
+
 def test_readme_demo_output_is_what_the_demo_prints(tmp_path):
-    """The demo is deterministic per seed, so its first 2,000 decisions reproduce the README's
-    progress line for 2,000 (the full run's table is checked by running `make demo`)."""
-    quoted = re.search(r"^ +2000 decisions logged; exact clicks per carousel in this batch (\d\.\d{4})$", README, re.M)
+    """The demo's first 2,000 decisions print the README's progress line for 2,000 (the full
+    run's table is checked by running `make demo`): the same words and count, and the value
+    within ``DEMO_PATH_TOL``."""
+    quoted = re.search(r"^ +2000 decisions logged; exact clicks per carousel in this batch \d\.\d{4}$", README, re.M)
     assert quoted, "the README no longer quotes the demo's progress"
     res = CliRunner().invoke(main, ["demo", "--decisions", "2000", "--out", str(tmp_path), "--target", "uniform"])
     assert res.exit_code == 0, res.output
-    assert f"2000 decisions logged; exact clicks per carousel in this batch {quoted.group(1)}" in res.output
+    printed = [line for line in res.output.splitlines() if line.strip().startswith("2000 decisions logged")]
+    assert len(printed) == 1, res.output
+    assert_reads_as(printed[0], quoted.group(0), lambda i, q: 0.0 if i == 0 else DEMO_PATH_TOL)
+
+
+def test_quoted_output_is_compared_as_words_and_numbers_within_a_tolerance():
+    assert_reads_as("  2000 logged;  value 1.0697 of 100,000", "2000 logged; value  1.0702 of 100,000", 1e-3)
+    with pytest.raises(AssertionError, match="reads differently"):
+        assert_reads_as("2000 logged; value 1.0697", "2000 decisions logged; value 1.0697", 1.0)
+    with pytest.raises(AssertionError, match=r"1: 1.0897 vs 1.0702 \(tol 0.01\)"):
+        assert_reads_as("2000 logged; value 1.0897", "2000 logged; value 1.0702", lambda i, q: 0 if i == 0 else 0.01)
+    with pytest.raises(AssertionError, match="0: 2001 vs 2000"):
+        assert_reads_as("2001 logged; value 1.0702", "2000 logged; value 1.0702", lambda i, q: 0 if i == 0 else 0.01)
+    assert split_numbers("ESS 9,198 at 1.2e-05, -0.5 [0.591, 0.697] v1 out/demo/log.db") == (
+        "ESS # at #, # [#, #] v1 out/demo/log.db", [9198.0, 1.2e-05, -0.5, 0.591, 0.697])
 
 
 def test_readme_demo_table_is_consistent():

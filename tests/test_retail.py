@@ -127,6 +127,28 @@ def test_complement_graph_is_directed_from_pricier_to_cheaper_types():
     assert (typical[src] > typical[dst]).mean() > 0.8
 
 
+def test_complement_graph_does_not_depend_on_the_order_argpartition_returns(monkeypatch):
+    """numpy's argpartition returns the k selected in an order of its (CPU-dependent SIMD)
+    choosing; the graph's edge weights are drawn edge by edge, so the world must fix the order.
+    Reversing what argpartition returns (a CPU could) gives the same graph."""
+    import simulator.world as world
+
+    def build():
+        return world._complement_graph(40, np.arange(40) % 5, np.random.default_rng(2).normal(size=40), 4,
+                                       np.random.default_rng(3))
+
+    def reordered(a, kth, axis=-1):  # the kth + 1 smallest first, as a set, in reverse order
+        out = real(a, kth, axis=axis)
+        out[..., :kth + 1] = out[..., kth::-1]
+        return out
+
+    want = build()
+    real = np.argpartition
+    monkeypatch.setattr(world.np, "argpartition", reordered)
+    assert (want > 0).sum() > 40
+    np.testing.assert_array_equal(build(), want)
+
+
 def test_generated_co_purchases_show_the_complement_asymmetry():
     """In the pre-period, a later purchase in a visit is a complement of the earlier one far
     more often than the other way round (binomial test on pairs that are complements one way)."""

@@ -6,6 +6,8 @@ import itertools
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from banditrec.errors import ValidationError
 from banditrec.policies import EpsilonGreedySlate
@@ -106,6 +108,101 @@ def test_marginals_are_reproducible_from_the_inputs(rng):
     assert not np.array_equal(a.marginals()[:, 1:], c.marginals()[:, 1:])
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.integers(2, 6), st.data())
+def test_marginal_bounds_are_below_the_enumerated_marginals(n, data):
+    """For weights with zeros, ties and one dominant item, and for the greedy kind: every
+    bound is at most the exact marginal (enumeration), slot 0's is the exact marginal, and a
+    slate that explores in every slot gets a positive bound in every cell."""
+    K = data.draw(st.integers(2, min(n, 3)))
+    w = np.array(data.draw(st.lists(st.sampled_from([0.0, 1e-4, 0.02, 0.5, 1.0, 7.0]), min_size=n, max_size=n)))
+    eps = np.array(data.draw(st.lists(st.sampled_from([0.0, 0.01, 0.05, 0.3, 1.0]), min_size=K, max_size=K)))
+    for kind in ("weights", "greedy"):
+        dist = SequentialSlate(w, eps, kind=kind, draws=2)
+        exact, _ = enumerate_slates(dist, n, K)
+        bound = dist.marginal_bounds()
+        assert (bound <= exact + 1e-12).all(), (kind, bound - exact)
+        np.testing.assert_allclose(bound[:, 0], exact[:, 0], rtol=1e-12, atol=1e-15)
+        if kind == "weights":  # its per-slot extremes are attained: exactly the definition
+            np.testing.assert_allclose(bound, _brute_bounds(w, eps, exact[:, 0]), rtol=1e-9, atol=1e-15)
+        if (eps > 0).all():
+            assert (bound > 0).all()
+
+
+def _brute_bounds(w, eps, first):
+    """:meth:`SequentialSlate.marginal_bounds` of weights from its definition, with the
+    extremes of the slot-t probability of j taken over every prefix of t other items."""
+    n, K = len(w), len(eps)
+
+    def p(j, shown, t):
+        return brute_pmf(w, eps, list(shown), t)[j]
+
+    out = np.zeros((n, K))
+    out[:, 0] = first
+    for j in range(n):
+        others = [a for a in range(n) if a != j]
+        absent = 1.0 - first[j]
+        for k in range(1, K):
+            probs = [p(j, s, k) for s in itertools.permutations(others, k)]
+            out[j, k] = absent * min(probs)
+            absent *= 1.0 - max(probs)
+    return out
+
+
+def test_an_item_in_every_sampled_prefix_keeps_a_positive_marginal():
+    """The softmax request of the policy contract's floor test: item 0 takes slot 0 or 1 with
+    probability 0.981, so 64 sampled prefixes all hold it with probability 0.981^64 = 0.29 per
+    stream, and then its plain Rao-Blackwellised slot-2 marginal is 0, though exploration makes
+    the true one 0.0176 (enumeration). Over 40 streams every cell is
+    positive and at least its bound, and every column still sums to 1."""
+    w = np.array([1.0, 0.0, 0.0, 1e-4, 4e-4, 0.1053])
+    eps = [0.1] * 3
+    exact, _ = enumerate_slates(PlackettLuceSlate(w, eps), 6, 3)
+    assert 0.017 < exact[0, 2] < 0.018
+    lifted = 0
+    for seed in range(40):
+        dist = PlackettLuceSlate(w, eps, draws=64, seed=seed)
+        m, bound = dist.marginals(), dist.marginal_bounds()
+        assert (m[:, 1:] >= bound[:, 1:]).all() and (m > 0).all(), (seed, m)
+        np.testing.assert_allclose(m[:, 0], bound[:, 0], rtol=1e-12)  # slot 0: both exact, to rounding
+        np.testing.assert_allclose(m.sum(axis=0), 1.0, atol=1e-12)
+        lifted += bool((m == bound)[:, 1:].any())
+    assert lifted >= 5  # the case arises: about 11 of 40 streams from the all-prefixes case alone
+
+
+def test_columns_above_their_bounds_are_the_plain_average_bit_for_bit(rng):
+    """Lifting touches only a column with a cell below its bound; the others are returned as
+    the average computed them (no rescaling rounding)."""
+    from banditrec.policies.sampling import _lift_onto
+
+    mean = np.array([[0.5, 0.2], [0.3, 0.0], [0.2, 0.8]])
+    bound = np.array([[0.1, 0.05], [0.1, 0.1], [0.1, 0.05]])
+    out = _lift_onto(mean, bound)
+    np.testing.assert_array_equal(out[:, 0], mean[:, 0])
+    assert out[1, 1] == 0.1 and (out[:, 1] >= bound[:, 1]).all()
+    np.testing.assert_allclose(out[:, 1].sum(), 1.0, atol=1e-15)
+    # the excess over the bounds shrinks in proportion: (0.15, 0.75) -> (0.15, 0.75) * 0.8 / 0.9
+    np.testing.assert_allclose(out[[0, 2], 1], [0.05 + 0.15 * 0.8 / 0.9, 0.05 + 0.75 * 0.8 / 0.9], rtol=1e-12)
+    same = rng.dirichlet(np.ones(4), size=3).T
+    assert _lift_onto(same, np.zeros_like(same)) is same
+
+
+def test_weights_a_few_ulps_apart_draw_the_same_monte_carlo_stream(rng):
+    """What another CPU's BLAS or exp would compute (the same weights but for their last bits)
+    seeds the same stream, so the marginals agree to rounding; weights 1e-6 apart seed another.
+    Deterministic on every machine: the weights come from a Generator and the moves are exact."""
+    w = rng.uniform(0.01, 1.0, size=30)
+    w[3] = 1.0  # as softmax weights: the largest is exp(0)
+    base = PlackettLuceSlate(w, [0.1] * 4, draws=64)
+    moved = w.copy()
+    for _ in range(4):
+        moved = np.nextafter(moved, np.inf)
+        d = PlackettLuceSlate(moved, [0.1] * 4, draws=64)
+        assert d.seed == base.seed
+        np.testing.assert_allclose(d.marginals(), base.marginals(), rtol=1e-12, atol=1e-15)
+    assert PlackettLuceSlate(w * (1 + 1e-6), [0.1] * 4, draws=64).seed != base.seed
+
+
 def test_zero_weights_get_only_the_floor_and_all_zero_falls_back_to_uniform():
     dist = PlackettLuceSlate([1.0, 0.0, 0.0, 0.0], [0.2, 0.2])
     p0 = dist.marginals()[:, 0]
@@ -123,6 +220,22 @@ def test_thompson_slate_with_a_point_posterior_is_the_epsilon_greedy_slate(rng):
     s = ts.sample(rng)
     np.testing.assert_allclose(s.propensity, eg.conditionals(s.index), rtol=1e-12)
     np.testing.assert_allclose(s.marginal, eg.marginals()[s.index, np.arange(3)], rtol=1e-12)
+
+
+def test_thompson_slate_with_tied_draws_splits_ties_as_its_sampler_and_conditionals_do(rng):
+    """Draws with exact ties (a blended objective makes them: the objective's item at the
+    bottom of a draw ties with that draw's best at ``w``): the marginals are those of the
+    epsilon-greedy slates of the draws, tie groups averaged, which is what enumerating slates
+    through the conditionals (ties split evenly) gives; not the ranks of a stable sort."""
+    tied = np.array([[1.0, 0.5, 0.5, 0.2, 1.0], [0.3, 0.3, 0.3, 0.9, 0.0]])
+    eps = [0.1, 0.2, 0.3]
+    ts = SampledRankingSlate(lambda r, size: np.tile(tied, (size // 2, 1)), eps, n_candidates=5, draws=16)
+    want = (EpsilonGreedySlate(tied[0], eps).marginals() + EpsilonGreedySlate(tied[1], eps).marginals()) / 2
+    np.testing.assert_allclose(ts.marginals(), want, rtol=1e-12)
+    exact, total = enumerate_slates(ts, 5, 3)
+    np.testing.assert_allclose(total, 1.0, rtol=1e-12)
+    np.testing.assert_allclose(ts.marginals(), exact, rtol=1e-12, atol=1e-15)
+    assert ts.marginals()[0, 0] == ts.marginals()[4, 0]  # tied in draw 0, behind 3 in draw 1
 
 
 def test_thompson_slate_mixture_of_two_rankings_is_exact_in_expectation(rng):

@@ -75,6 +75,47 @@ def test_body_limits_single_and_batch(engine):
     assert engine.log.count("decisions") == 1
 
 
+def chunked(client, path: str, body: bytes):
+    """POST ``body`` as a server does a chunked upload: no Content-Length, and a stream that the
+    server terminates (``wsgi.input_terminated``, as gunicorn sets)."""
+    import io
+
+    return client.post(path, input_stream=io.BytesIO(body), content_type="application/json",
+                       headers={"Transfer-Encoding": "chunked"}, environ_overrides={"wsgi.input_terminated": True})
+
+
+def issue_body(limit: int) -> bytes:
+    """Issue 18's reproducer: a valid decide request padded to exactly ``limit`` bytes, then junk."""
+    head = b'{"user_id":"u","slots":1}'
+    return head + b" " * (limit - len(head)) + b"JUNK" * (limit // 4)
+
+
+def test_a_chunked_body_over_the_limit_is_a_413_not_cut_and_parsed(engine):
+    """Issue 18, defect 1: a chunked body was cut at the limit and, its first MiB being valid
+    JSON, answered 200 and logged. Whatever the transfer encoding, over the limit is a 413."""
+    client = create_app(engine).test_client()
+    limit = 1 << 20
+    assert_json_error(chunked(client, "/v1/decide", issue_body(limit)), 413, "body")
+    assert_json_error(client.post("/v1/decide", data=issue_body(limit), content_type="application/json"), 413,
+                      "body")
+    assert engine.log.count("decisions") == 0
+    # at the limit exactly, and below it, chunked bodies are read whole
+    assert chunked(client, "/v1/decide", issue_body(limit)[:limit]).status_code == 200
+    assert chunked(client, "/v1/decide", b'{"user_id":"u","slots":2}').status_code == 200
+    assert_json_error(chunked(client, "/v1/decide", issue_body(limit)[:limit + 1]), 413, "body")
+    assert engine.log.count("decisions") == 2
+
+
+def test_a_chunked_batch_over_its_own_limit_is_a_413(engine):
+    client = create_app(engine, settings=ServiceConfig(max_body_bytes=100, max_batch_bytes=1000)).test_client()
+    one = b'{"requests":[{"user_id":"u","slots":1}]}'
+    assert chunked(client, "/v1/decide/batch", one + b" " * (1000 - len(one))).status_code == 200
+    assert_json_error(chunked(client, "/v1/decide/batch", one + b" " * (1001 - len(one))), 413, "body")
+    assert_json_error(chunked(client, "/v1/decide", b'{"user_id":"u","slots":1}' + b" " * 100), 413, "body")
+    assert_json_error(chunked(client, "/v1/reward", b'{"event_id":"e","reward":1}' + b" " * 100), 413, "body")
+    assert engine.log.count("decisions") == 1
+
+
 # ---- events and session state -----------------------------------------------------------------
 def test_cart_add_changes_the_next_decisions_candidates_to_its_complements(engine, client):
     user = "no-history-user"  # no purchase history: candidates are the popular items
@@ -156,6 +197,52 @@ def test_config_from_env_reads_token_file_and_limits(tmp_path):
         ServiceConfig(token="short")
 
 
+@pytest.mark.parametrize("content", ["", "\n", "   \t\n", "abc\n", "x" * 15 + "\n", "two words here ok!"])
+def test_an_empty_blank_or_short_token_file_is_refused(tmp_path, content):
+    """Issue 18, defect 4: an empty or whitespace-only token file turned authentication off
+    (every route open). It is an error naming the file, as a short token is."""
+    (tmp_path / "tok").write_text(content)
+    with pytest.raises(ValueError, match="token file") as info:
+        ServiceConfig.from_env({"BANDITREC_API_TOKEN_FILE": str(tmp_path / "tok")})
+    assert str(tmp_path / "tok") in str(info.value)
+    with pytest.raises(ValueError, match="BANDITREC_API_TOKEN"):
+        ServiceConfig.from_env({"BANDITREC_API_TOKEN": content})
+
+
+@pytest.mark.parametrize("content", ["", "  \n", "abc"])
+def test_banditrec_serve_refuses_an_empty_or_short_token_file_before_starting(tmp_path, monkeypatch, content,
+                                                                              sim_shop_dir):
+    """`banditrec serve --token-file F` with F empty, blank or short: a usage error and a
+    non-zero exit, and no server is started (gunicorn is never exec'ed)."""
+    from click.testing import CliRunner
+
+    from banditrec import cli
+
+    started = []
+    monkeypatch.setattr(cli.os, "execvpe", lambda *a: started.append(a))
+    monkeypatch.delenv("BANDITREC_API_TOKEN", raising=False)
+    (tmp_path / "tok").write_text(content)
+    result = CliRunner().invoke(cli.main, ["serve", "--shop", str(sim_shop_dir), "--token-file", str(tmp_path / "tok"),
+                                           "--db", str(tmp_path / "log.db")])
+    assert result.exit_code != 0 and not started, (result.exit_code, result.output, started)
+    assert "token" in result.output and str(tmp_path / "tok") in result.output
+    (tmp_path / "tok").write_text(TOKEN + "\n")
+    result = CliRunner().invoke(cli.main, ["serve", "--shop", str(sim_shop_dir), "--token-file", str(tmp_path / "tok"),
+                                           "--db", str(tmp_path / "log.db"), "--durable"])
+    assert result.exit_code == 0 and started[0][2]["BANDITREC_API_TOKEN"] == TOKEN, result.output
+    assert started[0][2]["BANDITREC_DURABLE"] == "1"
+
+
+def test_durable_means_synchronous_full(tmp_path):
+    """``--durable`` (BANDITREC_DURABLE=1) opens the log with synchronous=FULL; the default is NORMAL."""
+    assert ServiceConfig.from_env({}).synchronous == "NORMAL"
+    settings = ServiceConfig.from_env({"BANDITREC_DURABLE": "1"})
+    assert settings.durable and settings.synchronous == "FULL"
+    log = DecisionLog(tmp_path / "log.db", synchronous=settings.synchronous)
+    assert log.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    log.close()
+
+
 # ---- metrics ----------------------------------------------------------------------------------
 def metric(text: str, name: str, **labels) -> float:
     want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
@@ -211,13 +298,67 @@ def test_openapi_documents_every_route_with_the_models_that_validate_it(engine, 
     assert set(schemas["DecideRequest"]["required"]) == {"user_id", "slots"}
     assert schemas["DecideRequest"]["additionalProperties"] is False
     assert schemas["EventRequest"]["properties"]["kind"]["enum"] == ["view", "cart", "purchase"]
-    assert "401" in doc["paths"]["/v1/reward"]["post"]["responses"]
-    assert doc["paths"]["/v1/reward"]["post"]["security"] == [{"bearer": []}]
+    # this app has no token: nothing is documented as authenticated (test_openapi_says_what_...)
+    assert "401" not in doc["paths"]["/v1/reward"]["post"]["responses"]
+    assert doc["paths"]["/v1/reward"]["post"]["security"] == []
     # the hand-built hot-path answers are what the documented models say
     body = client.post("/v1/decide", json={"user_id": "u3", "slots": 2}).get_json()
     assert DecideResponse.model_validate(body).model_dump() == body
     assert HealthResponse.model_validate(client.get("/healthz").get_json())
     assert ModelsResponse.model_validate(client.get("/v1/models").get_json())
+
+
+VALID = {"/v1/decide": {"user_id": "u3", "slots": 2}, "/v1/decide/batch": {"requests": [{"user_id": "u3", "slots": 2}]},
+         "/v1/events": {"user_id": "u3", "item_id": "i1", "kind": "view"}}
+
+
+@pytest.mark.parametrize("token, decide_auth", [(None, False), (TOKEN, False), (TOKEN, True)])
+def test_openapi_says_what_the_app_enforces(engine, token, decide_auth):
+    """Issue 18: the document declared bearer auth and a 401 on decide though decide was open,
+    and left out the reward bound and reload's 400. Checked against the app's behaviour, per
+    configuration: each route without the token answers 401 exactly when the document says it
+    needs one; every status seen is documented; the documented numeric bounds, batch size and
+    context length are the enforced ones; reload before anything is published is a 400."""
+    settings = ServiceConfig(token=token, decide_requires_auth=decide_auth, batch_max=3)
+    client = create_app(engine, settings=settings).test_client()
+    doc = client.get("/openapi.json").get_json()
+    event_id = client.post("/v1/decide", json=VALID["/v1/decide"], headers=AUTH).get_json()["event_id"]
+    bodies = {**VALID, "/v1/reward": {"event_id": event_id, "reward": 1.0}}
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            open_ = client.open(path, method=method.upper(), json=bodies.get(path))
+            secured = op["security"] == [{"bearer": []}]
+            assert (open_.status_code == 401) == secured, (path, method, open_.status_code)
+            assert ("401" in op["responses"]) == secured
+            authed = client.open(path, method=method.upper(), json=bodies.get(path), headers=AUTH)
+            for resp in (open_, authed):
+                assert str(resp.status_code) in op["responses"], (path, method, resp.status_code, op["responses"])
+    expected = {"/v1/reward", "/v1/events", "/v1/models", "/v1/models/reload"} if token else set()
+    if token and decide_auth:
+        expected |= {"/v1/decide", "/v1/decide/batch"}
+    assert {p for p, ops in doc["paths"].items() if any(op["security"] for op in ops.values())} == expected
+    # numeric bounds: the reward's is the log's, and the app enforces exactly it
+    schemas = doc["components"]["schemas"]
+    bound = schemas["RewardRequest"]["properties"]["reward"]
+    assert (bound["minimum"], bound["maximum"]) == (-1e12, 1e12)
+    for kind, value, status in (("a", 1e12, 200), ("b", -1e12, 200), ("c", 1.000001e12, 400), ("d", -1.000001e12, 400)):
+        resp = client.post("/v1/reward", json={"event_id": event_id, "position": 1, "kind": kind,
+                                               "reward": value}, headers=AUTH)
+        assert resp.status_code == status, (value, resp.get_json())
+        if status == 400:
+            assert_json_error(resp, 400, "reward")
+    # the configured batch size and the engine's context length
+    assert schemas["BatchDecideRequest"]["properties"]["requests"]["maxItems"] == 3
+    assert_json_error(client.post("/v1/decide/batch", json={"requests": [VALID["/v1/decide"]] * 4}, headers=AUTH),
+                      400, "requests")
+    context = schemas["DecideRequest"]["properties"]["context"]["anyOf"][0]
+    assert context["minItems"] == context["maxItems"] == engine.context_dim
+    for n in (engine.context_dim - 1, engine.context_dim + 1):
+        assert_json_error(client.post("/v1/decide", json={**VALID["/v1/decide"], "context": [0.0] * n}, headers=AUTH),
+                          400, "context")
+    # reload with no snapshot directory, or nothing published: a documented 400
+    assert "400" in doc["paths"]["/v1/models/reload"]["post"]["responses"]
+    assert_json_error(client.post("/v1/models/reload", headers=AUTH), 400, "snapshot")
 
 
 # ---- learner and reload -----------------------------------------------------------------------

@@ -136,7 +136,7 @@ def test_file_log_uses_wal_and_migrates_once(tmp_path):
     log.close()
     again = DecisionLog(path)
     assert [m.name for m in migrations.applied(again.db)] == [
-        "0001_decisions_slots_rewards", "0002_late_rewards_events_models_items"]
+        "0001_decisions_slots_rewards", "0002_late_rewards_events_models_items", "0003_decisions_shop_build"]
     assert again.count("decisions") == 1
     assert again.integrity_ok()
 
@@ -158,7 +158,7 @@ def test_processes_opening_a_new_log_together_migrate_once(tmp_path):
         assert sorted(pool.map(_open_and_write, [(path, i) for i in range(6)])) == list(range(6))
     log = DecisionLog(path)
     assert log.count("decisions") == 6
-    assert len(migrations.applied(log.db)) == 2
+    assert len(migrations.applied(log.db)) == len(migrations._migrations)
     assert log.integrity_ok()
 
 
@@ -341,7 +341,7 @@ def test_a_log_made_by_the_first_migration_only_is_migrated_with_its_data(tmp_pa
 
     log = DecisionLog(path, reward_window_s=10.0)
     assert [m.name for m in migrations.applied(log.db)] == [
-        "0001_decisions_slots_rewards", "0002_late_rewards_events_models_items"]
+        "0001_decisions_slots_rewards", "0002_late_rewards_events_models_items", "0003_decisions_shop_build"]
     assert log.db.execute("SELECT event_id, position, reward, ts, late FROM rewards").fetchall() == [
         ("e1", 1, 1.0, 5.0, 0)]
     got = log.decisions()

@@ -21,4 +21,4 @@ def test_write_events_is_all_or_nothing_and_names_the_bad_entry():
     with pytest.raises(ValidationError, match="one length"):
         log.write_events(["u3"], ["i3", "i4"], ["cart"], [1.0])
     assert len(log.events()) == 2  # nothing of the refused batches
-    assert log.recent_events("u2", since_ts=0.0) == (["i2"], ["purchase"])
+    assert log.recent_events("u2", since_ts=0.0) == (["i2"], ["purchase"], [11.0])

@@ -9,14 +9,17 @@
   attributes: neighbours for items without interactions (cold start).
 * :class:`CandidateGenerator` — a request's candidates from complements of the cart and recent
   purchases, neighbours of recent views, new items and popular-in-segment items, filtered by
-  business rules (:class:`Filters`) and spread across product types.
+  business rules (:class:`Filters` of :class:`Rule`) and spread across product types.
+
+Every fitted model saves to plain arrays and JSON metadata (``to_arrays`` / ``from_arrays``).
+Scale, the saved format and growing catalogs: ``docs/candidates.md``.
 """
 
 from .complements import ComplementModel
-from .generator import SOURCES, CandidateGenerator
+from .generator import SOURCES, STEPS, CandidateGenerator
 from .itemknn import SOURCE_CF, SOURCE_POPULAR, ItemItemCF
 from .metadata import MetadataIndex
-from .rules import AlreadyBought, ExcludeCategories, Filters, OutOfStock, UserState, diversify
+from .rules import AlreadyBought, ExcludeCategories, Filters, OutOfStock, Rule, UserState, diversify
 from .signals import Interactions, PairSignals, pair_signals
 
 __all__ = [
@@ -30,9 +33,11 @@ __all__ = [
     "MetadataIndex",
     "OutOfStock",
     "PairSignals",
+    "Rule",
     "SOURCES",
     "SOURCE_CF",
     "SOURCE_POPULAR",
+    "STEPS",
     "UserState",
     "diversify",
     "pair_signals",

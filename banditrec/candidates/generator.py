@@ -1,17 +1,19 @@
 """One candidate generator for a carousel request: complements, substitutes, new items, popular.
 
-For a user state (cart, recent purchases, recent views, segment), every item gets four
-component scores, each scaled so that the user's best item of that component scores 1:
+For a user state (cart, recent purchases, recent views, segment), items get four component
+scores, each scaled so that the user's best item of that component scores 1:
 
 * ``complement``: directional complements (:class:`ComplementModel`) of the cart (weight 1)
-  and of recent purchases (0.7 ** rank, newest first), including the product-type back-off;
+  and of recent purchases (0.7 ** rank, newest first), plus the product-type back-off: each
+  seed's type reaches its ``n_backoff`` best back-off items (``ComplementModel.backoff_items``);
 * ``similar``: substitutes of recent views — session co-view and view-then-buy pairs,
   cosine-normalised, plus half the item-item CF similarity (:class:`ItemItemCF` on
   recency-weighted interactions) — each view weighted ``0.5 ** (age / half_life)`` (or
   0.7 ** rank without ages);
 * ``new``: items without interactions (cold start) that are metadata-similar to anything in
   the state (:class:`~banditrec.candidates.metadata.MetadataIndex`, when given);
-* ``popular``: recency-weighted purchases in the user's segment (all users' when unknown).
+* ``popular``: the ``n_popular`` items with the most recency-weighted purchases in the user's
+  segment (all users' when unknown).
 
 The candidate score is ``sum_c weight_c x component_c``, its ``source`` the component
 contributing most. Default weights ``complement=1, similar=0.3, new=0.5, popular=0.5`` were
@@ -19,25 +21,37 @@ chosen by comparing, on the simulated shop, the exact expected clicks of carouse
 the candidates under a few weightings; in that shop the appeal every customer shares is
 strong, so popular items weigh more than neighbours of views. Shops with stronger personal
 taste should raise ``similar``.
-Items banned by the filters, in the cart, or of a non-consumable type already bought (with an
-:class:`AlreadyBought` rule) are left out; then the per-type cap and spread
-(:func:`diversify`) pick the N; ``min_new`` slots are kept for the best new items when any
-scored. Everything is computed for a chunk of users at once with sparse products.
+
+Items banned by the filters, in the cart, not ``active``, or of a non-consumable type already
+bought (with an :class:`AlreadyBought` rule) are left out; then the per-type cap and spread
+(:func:`diversify`, over every item left with a positive score) pick the N; ``min_new`` slots
+are kept for the best new items when any scored. Ties go to the lower item index.
+
+A request reads only the neighbour lists of its state's items and a few top lists, never the
+whole catalog; cost, build, saving and growing catalogs: ``docs/candidates.md``.
 """
 
 from __future__ import annotations
+
+import threading
+import time
 
 import numpy as np
 import scipy.sparse as sp
 
 from ..errors import ValidationError
+from .arrays import Prefixed, check_meta, from_meta, meta_int, put_csr, take, take_csr
 from .complements import ComplementModel
-from .itemknn import ItemItemCF, rows_top_n
-from .rules import Filters, UserState, diversify
-from .signals import DAY_S, Interactions, pair_signals
+from .keys import distinct, distinct_inverse
+from .itemknn import ItemItemCF, _top_n_per_row, _usable_cpus, gather_rows, rows_top_n
+from .rules import Filters, UserState, diversify_sorted
+from .signals import DAY_S, MAX_PAIR_DISTANCE, Interactions, pair_signals
 
 SOURCES = ("complement", "similar", "new", "popular")
 DEFAULT_WEIGHTS = {"complement": 1.0, "similar": 0.3, "new": 0.5, "popular": 0.5}
+STEPS = ("signals", "cf", "complements", "substitutes", "metadata", "popularity")
+FORMAT = "banditrec.CandidateGenerator"
+_NAMES = np.asarray(SOURCES, dtype=object)
 
 
 class CandidateGenerator:
@@ -52,15 +66,27 @@ class CandidateGenerator:
     weights : component weights (see module docstring)
     filters : :class:`Filters` (business rules), applied to every request
     metadata : a fitted MetadataIndex (cold start); None disables the ``new`` component
+    n_popular : popular items kept per segment
+    n_backoff : back-off items kept per product type
+    max_pair_distance : the per-session pair cap of :func:`pair_signals`
     """
+
+    head = 2  # see _diversified: the share of a row spread before checking that it suffices
 
     def __init__(self, *, n_neighbors: int = 50, weighting: str = "cosine", half_life_s: float = 30 * DAY_S,
                  window_s: float = 7 * DAY_S, max_per_type: int = 5, type_decay: float = 0.7, min_new: int = 1,
-                 weights: dict | None = None, filters: Filters | None = None, metadata=None):
+                 weights: dict | None = None, filters: Filters | None = None, metadata=None, n_popular: int = 300,
+                 n_backoff: int = 50, max_pair_distance: int | None = MAX_PAIR_DISTANCE):
         self.cf = ItemItemCF(n_neighbors, weighting=weighting)
-        self.complement_model = ComplementModel(n_neighbors=n_neighbors)
+        self.complement_model = ComplementModel(n_neighbors=n_neighbors, n_backoff=n_backoff)
         self.half_life_s, self.window_s = float(half_life_s), float(window_s)
-        self.max_per_type, self.type_decay, self.min_new = max_per_type, type_decay, min_new
+        if isinstance(max_per_type, bool) or not isinstance(max_per_type, int) or max_per_type < 1:
+            raise ValidationError(f"max_per_type must be a positive integer, got {max_per_type!r}", "max_per_type")
+        if isinstance(n_popular, bool) or not isinstance(n_popular, int) or n_popular < 1:
+            raise ValidationError(f"n_popular must be a positive integer, got {n_popular!r}", "n_popular")
+        self.max_per_type, self.type_decay, self.min_new = max_per_type, float(type_decay), int(min_new)
+        self.n_popular = n_popular
+        self.max_pair_distance = max_pair_distance
         w = dict(DEFAULT_WEIGHTS)
         for k, v in (weights or {}).items():
             if k not in w:
@@ -70,46 +96,103 @@ class CandidateGenerator:
         self.filters = filters or Filters()
         self.metadata = metadata
         self.fitted = False
+        self._scratch = threading.local()
+
+    @property
+    def params(self) -> dict:
+        """The constructor's parameters (JSON-able; not the filters nor the metadata index)."""
+        return {"n_neighbors": self.cf.n_neighbors, "weighting": self.cf.weighting, "half_life_s": self.half_life_s,
+                "window_s": self.window_s, "max_per_type": self.max_per_type, "type_decay": self.type_decay,
+                "min_new": self.min_new, "weights": dict(self.weights), "n_popular": self.n_popular,
+                "n_backoff": self.complement_model.n_backoff, "max_pair_distance": self.max_pair_distance}
 
     # ---- fitting ---------------------------------------------------------------------------
-    def fit(self, events: Interactions, item_types, *, user_segments=None, now: float | None = None
-            ) -> "CandidateGenerator":
-        """Learn from ``events`` (see :class:`Interactions`). ``item_types (n_items,)``;
-        ``user_segments (n_users,)`` for the popular-in-segment fallback."""
+    def fit(self, events: Interactions, item_types, *, user_segments=None, now: float | None = None, active=None,
+            progress=None, num_threads: int | None = None) -> "CandidateGenerator":
+        """Learn from ``events`` (see :class:`Interactions`).
+
+        Parameters
+        ----------
+        events : Interactions over ``n_items`` items
+        item_types : (n_items,) product type of each item
+        user_segments : (n_users,) segment of each user, for the popular-in-segment lists
+        now : the time recency weights count from (default: the latest event)
+        active : (n_items,) bool, items that may be candidates (default all). Items removed
+            from a catalog keep their index and become inactive: never a candidate, neighbour
+            or popular item, though their events still count and they still seed neighbours.
+        progress : ``progress(step, done, total)`` or None; ``step`` is one of :data:`STEPS`,
+            called with ``done=0`` when the step starts, ``done=total`` when it ends, and in
+            between for the chunked steps (``cf``, ``metadata``).
+        num_threads : threads of the chunked steps (default: the CPUs this process may use)
+
+        Memory: the chunked steps hold one chunk of pairs at a time; the result is a few
+        neighbour tables of ``n_neighbors`` entries per item.
+        """
         n = events.n_items
         types = np.asarray(item_types, dtype=np.int64)
-        if len(types) != n:
+        if types.shape != (n,):
             raise ValidationError(f"item_types must have {n} entries, got {len(types)}", "item_types")
-        self.types = types
+        if n and types.min() < 0:
+            raise ValidationError(f"item_types must be >= 0, found {types.min()}", "item_types")
+        active = np.ones(n, bool) if active is None else np.asarray(active)
+        if active.dtype != bool or active.shape != (n,):
+            raise ValidationError(f"active must be a bool mask of shape ({n},), got dtype {active.dtype} and shape "
+                                  f"{active.shape}", "active")
+        seg = self._segments(user_segments, events.n_users)
+        threads = num_threads if num_threads is not None else _usable_cpus()
+        report = _Steps(progress)
+        self.types, self.active = types, active.copy()
         now = float(events.ts.max()) if now is None and len(events) else (now or 0.0)
+
+        report.start("signals")
+        self.signals = pair_signals(events, window_s=self.window_s, max_pair_distance=self.max_pair_distance)
+        report.end("signals")
+
+        report.start("cf", chunked=True)
         X = events.user_items(None, half_life_s=self.half_life_s, now=now)
-        self.cf.fit(X)
-        self.signals = pair_signals(events, window_s=self.window_s)
-        self.complement_model.fit(self.signals, types)
-        self.substitutes = _substitute_table(self.signals.substitutes, self.cf.similarity, self.cf.n_neighbors)
+        self.cf.fit(X, allowed=active, num_threads=threads, progress=report.part("cf"))
         self.cold = np.asarray(X.sum(axis=0)).ravel() == 0
-        buys = events.user_items("purchase", half_life_s=self.half_life_s, now=now)
-        if user_segments is None:
-            seg = np.zeros(events.n_users, dtype=np.int64)
-        else:
-            seg = np.asarray(user_segments, dtype=np.int64)
-            if len(seg) != events.n_users:
-                raise ValidationError(f"user_segments must have {events.n_users} entries, got {len(seg)}",
-                                      "user_segments")
-        n_seg = int(seg.max()) + 1 if len(seg) else 1
-        S = sp.csr_matrix((np.ones(len(seg)), (seg, np.arange(len(seg)))), shape=(n_seg, events.n_users))
-        pop = np.asarray((S @ buys).todense()) + 1e-3 * np.asarray((S @ X).todense())  # views break ties
-        overall = pop.sum(axis=0, keepdims=True)
-        self.segment_popularity = np.vstack([pop, overall])  # last row: unknown segment
-        self.segment_popularity /= np.maximum(self.segment_popularity.max(axis=1, keepdims=True), 1e-300)
-        self._complement_direct = self.complement_model.scores
-        self._type_scores = self.complement_model.type_transition  # (T, T)
-        self._item_share = self.complement_model.item_share
+        report.end("cf")
+
+        report.start("complements")
+        self.complement_model.fit(self.signals, types, active=active)
+        report.end("complements")
+
+        report.start("substitutes")
+        self.substitutes = _substitute_table(self.signals.substitutes, self.cf.similarity, self.cf.n_neighbors,
+                                             active)
+        report.end("substitutes")
+
+        report.start("metadata", chunked=self.metadata is not None)
         if self.metadata is not None:
+            if self.metadata.n_items != n:
+                raise ValidationError(f"metadata indexes {self.metadata.n_items} items, the events {n}", "metadata")
             # any item -> its metadata-nearest new items (only new items are ever needed here)
-            self._meta_new = self.metadata.neighbour_table(among=self.cold).tocsr()
+            self.meta_new = self.metadata.neighbour_table(among=self.cold & active, num_threads=threads,
+                                                          progress=report.part("metadata")).tocsr()
+        else:
+            self.meta_new = None
+        report.end("metadata")
+
+        report.start("popularity")
+        pop = segment_popularity(events, seg, half_life_s=self.half_life_s, now=now, active=active)
+        self.popular = _top_per_row(pop, self.n_popular)
+        report.end("popularity")
+        self.fit_seconds = report.seconds
         self.fitted = True
         return self
+
+    @staticmethod
+    def _segments(user_segments, n_users: int) -> np.ndarray:
+        if user_segments is None:
+            return np.zeros(n_users, dtype=np.int64)
+        seg = np.asarray(user_segments)
+        if seg.shape != (n_users,) or (seg.size and seg.dtype.kind not in "iu"):
+            raise ValidationError(f"user_segments must be {n_users} integers (one per user), got dtype {seg.dtype} "
+                                  f"and shape {seg.shape}", "user_segments")
+        if seg.size and seg.min() < 0:
+            raise ValidationError(f"user_segments must be >= 0, found {seg.min()}", "user_segments")
+        return seg.astype(np.int64)
 
     def _items(self, item_ids, N: int, field: str = "item_ids") -> np.ndarray:
         if isinstance(N, bool) or not isinstance(N, (int, np.integer)) or N < 1:
@@ -130,17 +213,23 @@ class CandidateGenerator:
     def n_items(self) -> int:
         return len(self.types)
 
+    @property
+    def n_segments(self) -> int:
+        """Segments with a popular list of their own (the last row of ``popular`` is everyone's)."""
+        return self.popular.shape[0] - 1
+
     # ---- item neighbours ---------------------------------------------------------------------
     def similar_items(self, item_ids, N: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Substitutes (``(ids (m, N), scores (m, N))``, -1 / 0 padded): co-viewed and
         viewed-then-bought items, then CF neighbours; an item without interactions gets its
-        metadata neighbours among items with interactions instead (when metadata is given)."""
+        metadata neighbours among active items with interactions instead (when metadata is
+        given)."""
         self._check()
         items = self._items(item_ids, N)
         ids, scores = rows_top_n(self.substitutes, items, N)
         if self.metadata is not None and self.cold[items].any():
             rows = np.flatnonzero(self.cold[items])
-            mids, mscores = self.metadata.similar_items(items[rows], N, among=~self.cold)
+            mids, mscores = self.metadata.similar_items(items[rows], N, among=~self.cold & self.active)
             ids[rows], scores[rows] = mids, mscores
         return ids, scores
 
@@ -152,104 +241,217 @@ class CandidateGenerator:
 
     # ---- candidates ------------------------------------------------------------------------
     def candidates(self, state: UserState, N: int, exclude=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One user's candidates: ``(ids (N,), scores (N,), source (N,))``."""
-        ids, scores, source = self.candidates_batch([state], N, exclude=exclude)
-        keep = ids[0] >= 0
-        return ids[0][keep], scores[0][keep], source[0][keep]
+        """One user's candidates: ``(ids (k,), scores (k,), source (k,))``, k <= N."""
+        N, excl = self._request([state], N, exclude)
+        _, items, scores, source = self._pick([state], N, excl)
+        return items, scores, _NAMES[source]
 
-    def candidates_batch(self, states: list[UserState], N: int, exclude=None, *, chunk: int | None = None
-                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Candidates for many users: ``(ids (m, N), scores (m, N), source (m, N))``; a row with
-        fewer eligible items is padded with -1, 0 and ``""``. ``exclude``: item indices no user
-        may get (on top of the filters)."""
+    def _request(self, states: list[UserState], N, exclude) -> tuple[int, np.ndarray]:
+        """``(N, exclude as sorted item indices)``, checked with the states."""
         self._check()
         if isinstance(N, bool) or not isinstance(N, (int, np.integer)) or N < 1:
             raise ValidationError(f"N must be a positive integer, got {N!r}", "N")
         n = self.n_items
         for s in states:
             s.check(n)
+        excl = np.empty(0, np.int64) if exclude is None else distinct(self._items(exclude, 1, field="exclude"))
+        return int(N), excl
+
+    def candidates_batch(self, states: list[UserState], N: int, exclude=None, *, chunk: int | None = None
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Candidates for many users: ``(ids (m, N), scores (m, N), source (m, N))``; a row with
+        fewer eligible items is padded with -1, 0 and ``""``. ``exclude``: item indices no user
+        may get (on top of the filters). ``chunk`` users are scored at once (default 2048)."""
+        N, excl = self._request(states, N, exclude)
         m = len(states)
         out_ids = np.full((m, N), -1, dtype=np.int64)
         out_scores = np.zeros((m, N))
         out_source = np.full((m, N), "", dtype=object)
-        chunk = chunk or max(1, 1_000_000 // max(n, 1))  # (4, chunk, n) floats: about 32 MB
-        banned_all = np.zeros(n, bool)
-        if exclude is not None:
-            banned_all[self._items(exclude, 1, field="exclude")] = True
+        chunk = chunk or 2048
         for lo in range(0, m, chunk):
-            part = states[lo:lo + chunk]
-            comps = self._components(part)  # (4, rows, n)
-            w = np.array([self.weights[s] for s in SOURCES])
-            total = np.tensordot(w, comps, axes=1)
-            banned = self.filters.banned_batch(part, n) | banned_all[None, :]
-            rows = len(part)
-            cart = _seed_matrix([st.cart for st in part], None, n)
-            banned[np.repeat(np.arange(rows), np.diff(cart.indptr)), cart.indices] = True
-            score = np.where(banned, 0.0, total)
-            L0 = min(N * (self.max_per_type + 3), n)
-            top_all = np.argpartition(-score, L0 - 1, axis=1)[:, :L0] if L0 < n else np.tile(np.arange(n), (rows, 1))
-            names = np.asarray(SOURCES, dtype=object)
-            for r in range(rows):
-                row = score[r]
-                L, top = L0, top_all[r]
-                while True:  # the type cap may need to look further down than L items
-                    top = top[row[top] > 0]
-                    top = top[np.lexsort((top, -row[top]))]  # by score, ties by lower index
-                    pick = top[diversify(top, row[top], self.types, N, max_per_type=self.max_per_type,
-                                         type_decay=self.type_decay)]
-                    if len(pick) == N or L >= n or len(top) < L:
-                        break
-                    L = min(4 * L, n)
-                    top = np.argpartition(-row, L - 1)[:L] if L < n else np.arange(n)
-                pick = self._keep_new(pick, row, banned[r], N)
-                k = len(pick)
-                out_ids[lo + r, :k] = pick
-                out_scores[lo + r, :k] = row[pick]
-                out_source[lo + r, :k] = names[np.argmax(comps[:, r, pick] * w[:, None], axis=0)]
+            rows, items, scores, source = self._pick(states[lo:lo + chunk], N, excl)
+            place = np.arange(len(rows)) - np.searchsorted(rows, rows)
+            out_ids[lo + rows, place] = items
+            out_scores[lo + rows, place] = scores
+            out_source[lo + rows, place] = _NAMES[source]
         return out_ids, out_scores, out_source
 
-    def _keep_new(self, pick, score, banned, N):
-        if self.min_new < 1 or self.metadata is None:
-            return pick
-        have = int(self.cold[pick].sum())
-        if have >= self.min_new:
-            return pick
-        new = np.flatnonzero(self.cold & ~banned & (score > 0))
-        new = new[~np.isin(new, pick)]
-        counts = np.bincount(self.types[pick], minlength=int(self.types.max()) + 1)
-        new = new[counts[self.types[new]] < self.max_per_type]  # the type cap holds for new items too
-        if len(new) == 0:
-            return pick
-        add = new[np.argsort(-score[new], kind="stable")[: self.min_new - have]]
-        if len(pick) + len(add) <= N:
-            return np.r_[pick, add]
-        return np.r_[pick[: N - len(add)], add]
+    def _pick(self, states: list[UserState], N: int, excl: np.ndarray):
+        """Entries ``(row, item, score, source code)`` of the chosen candidates, by row, each
+        row's in output order."""
+        pool, comps = self._pool(states)
+        n = self.n_items
+        prow, pitem = pool // n, pool % n
+        w = [self.weights[s] for s in SOURCES]
+        total = ((w[0] * comps[0] + w[1] * comps[1]) + w[2] * comps[2]) + w[3] * comps[3]
+        cart_rows, cart_items = _entries([s.cart for s in states])
+        banned = self.filters.banned_among_batch(states, prow, pitem) | ~self.active[pitem]
+        if len(cart_items):
+            banned |= np.isin(pool, cart_rows * n + cart_items)
+        if len(excl):
+            banned |= np.isin(pitem, excl)
+        score = np.where(banned, 0.0, total)
+        ok = np.flatnonzero(score > 0)
+        pick = self._diversified(ok, prow, pitem, score, N, len(states))
+        if self.min_new >= 1 and self.meta_new is not None:
+            pick = self._keep_new(pick, ok, prow, pitem, score, N)
+        weighted = np.stack([w[c] * comps[c][pick] for c in range(4)])
+        return prow[pick], pitem[pick], score[pick], np.argmax(weighted, axis=0)
 
-    def _components(self, states: list[UserState]) -> np.ndarray:
-        """(4, m, n) component scores, each row scaled to max 1."""
-        n, m = self.n_items, len(states)
-        cart_p = _seed_matrix([np.r_[s.cart, s.purchased] for s in states],
-                              [np.r_[np.ones(len(s.cart)), 0.7 ** np.arange(len(s.purchased))] for s in states], n)
-        views = _seed_matrix([s.viewed for s in states], [self._view_weights(s) for s in states], n)
-        comp = (cart_p @ self._complement_direct).toarray()
-        # type back-off: seeds' types -> complementary types -> their most bought items
-        seed_types = cart_p @ _type_onehot(self.types)
-        type_score = np.asarray(seed_types @ self._type_scores)  # (m, T)
-        comp += self.complement_model.backoff * type_score[:, self.types] * self._item_share[None, :]
-        sim = (views @ self.substitutes).toarray()
-        if self.metadata is not None:
-            anything = _seed_matrix([np.r_[s.cart, s.purchased, s.viewed] for s in states], None, n)
-            new = (anything @ self._meta_new).toarray()
+    def _diversified(self, ok, prow, pitem, score, N: int, m: int) -> np.ndarray:
+        """Pool positions picked by :func:`diversify` over each row's eligible entries ``ok``,
+        by row, each row's in output order.
+
+        Only a row's ``head x N x max_per_type`` best entries are spread first: the result is
+        the same as over all of them when the N-th adjusted score reached is at least the best
+        score left out (adjusted scores never exceed scores; a tie goes to the earlier entry).
+        A row where that does not hold is spread again over all its entries.
+        """
+        L = max(1, int(self.head * N * self.max_per_type))
+        if m == 1:  # the request path: partition, then sort the head only
+            if len(ok) > L:
+                kth = np.partition(score[ok], len(ok) - L)[len(ok) - L]
+                head = ok[score[ok] >= kth]
+                bound = np.array([kth])  # nothing left out scores more
+            else:
+                head, bound = ok, np.array([-np.inf])
+            head = head[np.lexsort((pitem[head], -score[head]))]  # ties by lower index
+            rows = np.zeros(len(head), dtype=np.int64)
         else:
-            new = np.zeros((m, n))
-        last = len(self.segment_popularity) - 1  # the all-users row
+            order = ok[np.lexsort((pitem[ok], -score[ok], prow[ok]))]  # by row, score, lower index
+            r = prow[order]
+            place = np.arange(len(r)) - np.searchsorted(r, r)
+            bound = np.full(m, -np.inf)
+            bound[r[place == L]] = score[order[place == L]]
+            head, rows = order[place < L], r[place < L]
+        kept, adjusted = diversify_sorted(rows, score[head], self.types[pitem[head]], N,
+                                          max_per_type=self.max_per_type, type_decay=self.type_decay,
+                                          return_adjusted=True)
+        cut = np.flatnonzero(bound > -np.inf)
+        if len(cut):
+            kr = rows[kept]
+            count = np.bincount(kr, minlength=m)
+            low = np.full(m, np.inf)
+            np.minimum.at(low, kr, adjusted)
+            redo = cut[(count[cut] < N) | (low[cut] < bound[cut])]
+            if len(redo):
+                return self._diversified_again(ok, prow, pitem, score, head[kept], rows[kept], redo, N)
+        return head[kept]
+
+    def _diversified_again(self, ok, prow, pitem, score, pick, pick_rows, redo, N: int) -> np.ndarray:
+        """``pick`` with the picks of rows ``redo`` recomputed over all their eligible entries."""
+        mine = ok[np.isin(prow[ok], redo)]
+        order = mine[np.lexsort((pitem[mine], -score[mine], prow[mine]))]
+        r = prow[order]
+        kept = diversify_sorted(r, score[order], self.types[pitem[order]], N, max_per_type=self.max_per_type,
+                                type_decay=self.type_decay)
+        stay = ~np.isin(pick_rows, redo)
+        both = np.concatenate([pick[stay], order[kept]])
+        return both[np.argsort(np.concatenate([pick_rows[stay], r[kept]]), kind="stable")]
+
+    def _keep_new(self, pick, ok, prow, pitem, score, N):
+        """Rows holding fewer than ``min_new`` new items get their best remaining new items
+        (type cap respected), replacing the last picks when the row is full."""
+        cold_pick = np.bincount(prow[pick], weights=self.cold[pitem[pick]], minlength=int(prow.max(initial=-1)) + 1)
+        cand = ok[self.cold[pitem[ok]]]
+        cand = cand[np.lexsort((pitem[cand], -score[cand], prow[cand]))]  # new items, by row, score, lower index
+        short = distinct(prow[cand])
+        short = short[cold_pick[short] < self.min_new]
+        if len(short) == 0:
+            return pick
+        out = []
+        bounds = np.searchsorted(prow[pick], np.arange(int(prow.max()) + 2))
+        cbounds = np.searchsorted(prow[cand], np.arange(int(prow.max()) + 2))
+        last = 0
+        for r in short.tolist():
+            mine = pick[bounds[r]:bounds[r + 1]]
+            new = cand[cbounds[r]:cbounds[r + 1]]
+            new = new[~np.isin(new, mine)]
+            counts = np.bincount(self.types[pitem[mine]], minlength=int(self.types.max()) + 1)
+            new = new[counts[self.types[pitem[new]]] < self.max_per_type]  # the type cap holds for new items too
+            add = new[: min(self.min_new - int(cold_pick[r]), N)]
+            if len(add) == 0:
+                continue
+            out.append(pick[last:bounds[r]])
+            out.append(np.r_[mine, add] if len(mine) + len(add) <= N else np.r_[mine[:N - len(add)], add])
+            last = bounds[r + 1]
+        out.append(pick[last:])
+        return np.concatenate(out)
+
+    def _pool(self, states: list[UserState]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The pool keys ``row * n_items + item`` (sorted) with a nonzero component entry, and
+        the four components on it, each scaled so that a row's best item scores 1."""
+        n, m = self.n_items, len(states)
+        cm = self.complement_model
+        # seeds of three kinds: cart and purchases (complements), views (substitutes), any (new)
+        lists, weights = [], []
+        for s in states:
+            lists += [s.cart, s.purchased, s.viewed, s.cart, s.purchased, s.viewed]
+            weights += [np.ones(len(s.cart)), 0.7 ** np.arange(len(s.purchased)), self._view_weights(s),
+                        np.ones(len(s.cart) + len(s.purchased) + len(s.viewed))]
+        sizes = np.array([len(x) for x in lists]).reshape(m, 6)
+        kind = np.tile(np.array([0, 0, 1, 2, 2, 2]), m)
+        row = np.repeat(np.arange(m), 6)
+        size = sizes.ravel()
+        key = (np.repeat(kind * m + row, size)) * n + np.concatenate(lists)
+        seeds, inv = distinct_inverse(key)
+        w = _sum_by(inv, np.concatenate(weights), len(seeds))
+        at = np.searchsorted(seeds // (m * n), [1, 2, 3])  # by kind, then row, then item
+        rows, items = (seeds // n) % m, seeds % n
+        cp = rows[:at[0]], items[:at[0]], w[:at[0]]
+        views = rows[at[0]:at[1]], items[at[0]:at[1]], w[at[0]:at[1]]
+        n_types = cm.backoff_items.shape[0]
+        seed_types = _combine(cp[0], self.types[cp[1]], cp[2], n_types)  # the seeds' types, summed in item order
+        last = self.popular.shape[0] - 1  # the all-users row
         seg = np.array([s.segment if s.segment is not None and 0 <= s.segment < last else last for s in states],
                        dtype=np.int64)
-        pop = self.segment_popularity[seg]
-        out = np.stack([comp, sim, new, pop])
-        peak = out.max(axis=2, keepdims=True)
-        np.divide(out, peak, out=out, where=peak > 0)
-        return out
+        tables = [cm.scores, cm.backoff_items, self.substitutes]
+        parts = [gather_rows(t.indptr, t.indices, t.data, *sd) for t, sd in zip(tables, (cp, seed_types, views))]
+        if self.meta_new is not None:
+            M = self.meta_new
+            parts.append(gather_rows(M.indptr, M.indices, M.data, rows[at[1]:], items[at[1]:], w[at[1]:]))
+        parts.append(gather_rows(self.popular.indptr, self.popular.indices, self.popular.data,
+                                 np.arange(m, dtype=np.int64), seg, np.ones(m)))
+        keys = np.concatenate([r * n + c for r, c, _ in parts])
+        pool, inv = self._dedupe(keys) if m == 1 else distinct_inverse(keys)
+        P = len(pool)
+        part = np.repeat(np.arange(len(parts)), [len(p[0]) for p in parts])
+        val = _sum_by(part * P + inv, np.concatenate([v for _, _, v in parts]), len(parts) * P).reshape(len(parts), P)
+        new = val[3] if self.meta_new is not None else np.zeros(P)
+        comps = [val[0] + cm.backoff * val[1], val[2], new, val[-1]]
+        if m == 1:
+            for c in comps:
+                peak = c.max() if P else 0.0
+                if P < n:
+                    peak = max(peak, 0.0)  # items off the pool score 0
+                if peak > 0:
+                    c /= peak
+            return pool, comps
+        prow = pool // n
+        starts = np.searchsorted(prow, np.arange(m))
+        size = np.diff(np.append(starts, P))
+        has = size > 0
+        for c in comps:
+            peak = np.zeros(m)
+            if P:
+                peak[has] = np.maximum.reduceat(c, starts[has])
+            peak = np.where(size < n, np.maximum(peak, 0.0), peak)  # items off the pool score 0
+            p = peak[prow]
+            np.divide(c, p, out=c, where=p > 0)
+        return pool, comps
+
+    def _dedupe(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(distinct keys, inverse)`` of one request's keys (items, < n_items), unsorted (no
+        result depends on the pool's order), through a scratch array of n_items slots (one per
+        thread): every slot read was written by this call, so the scratch is never cleared."""
+        slot = getattr(self._scratch, "slot", None)
+        if slot is None or len(slot) != self.n_items:
+            slot = self._scratch.slot = np.empty(self.n_items, dtype=np.int64)
+        at = np.arange(len(keys))
+        slot[keys] = at  # one position per key wins
+        first = keys[slot[keys] == at]
+        slot[first] = np.arange(len(first))
+        return first, slot[keys]
 
     def _view_weights(self, s: UserState) -> np.ndarray:
         if s.view_age_s is not None:
@@ -257,39 +459,188 @@ class CandidateGenerator:
         return 0.7 ** np.arange(len(s.viewed))
 
     # ---- the engine's seam ---------------------------------------------------------------------
-    def candidates_for_session(self, history, session, N: int, exclude=None):
+    def candidates_for_session(self, history, session, N: int, exclude=None, segment: int | None = None):
         """What :class:`banditrec.engine.Engine` calls: the user's known purchases plus the
-        session's cart, purchases and views (newest first)."""
+        session's cart, purchases and views (newest first); ``segment``: the user's segment
+        index (None: unknown, the all-users popular list)."""
         state = UserState(cart=session.cart, purchased=np.r_[session.purchased, np.asarray(history, dtype=np.int64)],
-                          viewed=session.viewed)
+                          viewed=session.viewed, segment=segment)
         return self.candidates(state, N, exclude=exclude)
 
+    # ---- saving -----------------------------------------------------------------------------
+    def to_arrays(self) -> tuple[dict, dict]:
+        """``(arrays, meta)``: every fitted table as plain arrays and the parameters as JSON-able
+        metadata (see :mod:`banditrec.candidates.arrays`). The filters are not saved (they are
+        the shop's rules, given again to :meth:`from_arrays`), nor the pair signals (used only
+        while fitting)."""
+        self._check()
+        out = {"types": self.types, "cold": self.cold, "active": self.active}
+        put_csr(out, "substitutes", self.substitutes)
+        put_csr(out, "popular", self.popular)
+        if self.meta_new is not None:
+            put_csr(out, "meta_new", self.meta_new)
+        parts = {}
+        for name, part in (("cf", self.cf), ("complements", self.complement_model), ("metadata", self.metadata)):
+            if part is None:
+                parts[name] = None
+                continue
+            arrays, meta = part.to_arrays()
+            out.update({f"{name}.{k}": v for k, v in arrays.items()})
+            parts[name] = meta
+        meta = {"format": FORMAT, "version": 1, "n_items": self.n_items, "n_types": int(self.types.max(initial=-1)) + 1,
+                "n_segments": self.n_segments, "has_new": self.meta_new is not None, "params": self.params,
+                "parts": parts}
+        return out, meta
 
-def _substitute_table(pairs: sp.csr_matrix, cf: sp.csr_matrix, n: int) -> sp.csr_matrix:
+    @classmethod
+    def from_arrays(cls, arrays, meta, *, filters: Filters | None = None) -> "CandidateGenerator":
+        """A fitted generator from :meth:`to_arrays`' output (e.g. ``np.load(path,
+        allow_pickle=False)`` and the JSON metadata), with the shop's ``filters``. Raises
+        :class:`ValidationError` naming the array or metadata key that does not fit."""
+        from .metadata import MetadataIndex
+
+        meta = check_meta(meta, FORMAT, 1)
+        n = meta_int(meta, "n_items")
+        n_seg = meta_int(meta, "n_segments")
+        parts = meta.get("parts")
+        if not isinstance(parts, dict) or not {"cf", "complements", "metadata"} <= set(parts):
+            raise ValidationError("metadata 'parts' must name cf, complements and metadata", "meta.parts")
+        metadata = None
+        if parts["metadata"] is not None:
+            metadata = MetadataIndex.from_arrays(Prefixed(arrays, "metadata."), parts["metadata"])
+        gen, meta = from_meta(cls, meta, FORMAT, filters=filters, metadata=metadata)
+        gen.cf = ItemItemCF.from_arrays(Prefixed(arrays, "cf."), parts["cf"])
+        gen.complement_model = ComplementModel.from_arrays(Prefixed(arrays, "complements."), parts["complements"])
+        gen.types = take(arrays, "types", "i", (n,)).astype(np.int64)
+        gen.cold = take(arrays, "cold", "b", (n,))
+        gen.active = take(arrays, "active", "b", (n,))
+        sizes = {"cf": gen.cf.n_items, "complements": gen.complement_model.scores.shape[0],
+                 "metadata": None if metadata is None else metadata.n_items}
+        for name, size in sizes.items():
+            if size is not None and size != n:
+                raise ValidationError(f"part {name!r} holds {size} items, the generator {n}", f"meta.parts.{name}")
+        if not np.array_equal(gen.complement_model.types, gen.types):
+            raise ValidationError("arrays 'types' and 'complements.types' differ", "types")
+        gen.substitutes = take_csr(arrays, "substitutes", (n, n))
+        gen.popular = take_csr(arrays, "popular", (n_seg + 1, n))
+        gen.meta_new = take_csr(arrays, "meta_new", (n, n)) if meta.get("has_new") else None
+        if (gen.meta_new is None) != (metadata is None):
+            raise ValidationError("metadata 'has_new' and the metadata part disagree", "meta.has_new")
+        gen.signals = None
+        gen.fitted = True
+        return gen
+
+
+class _Steps:
+    """Calls ``progress(step, done, total)`` (when given) and times the steps (``seconds``).
+    A plain step reports ``(0, 1)`` then ``(1, 1)``; a chunked one ``(0, chunks)``, one call
+    per chunk done, and ``(chunks, chunks)`` at its end."""
+
+    def __init__(self, progress):
+        self.progress = progress
+        self.seconds: dict[str, float] = {}
+        self._t0 = 0.0
+        self._total = None
+
+    def start(self, step: str, chunked: bool = False) -> None:
+        self._t0 = time.perf_counter()
+        self._total = None
+        if not chunked:
+            self._emit(step, 0, 1)
+
+    def _emit(self, step: str, done: int, total: int) -> None:
+        self._total = total
+        if self.progress is not None:
+            self.progress(step, done, total)
+
+    def end(self, step: str) -> None:
+        self.seconds[step] = time.perf_counter() - self._t0
+        if self._total is None:  # a chunked step with nothing to do
+            self._emit(step, 0, 1)
+        self._emit(step, self._total, self._total)
+
+    def part(self, step: str):
+        """A ``progress(done, total)`` for the chunk loop of ``step``."""
+
+        def report(done: int, total: int) -> None:
+            if total and done < total:  # the last chunk is reported by end()
+                self._emit(step, done, total)
+        return report
+
+
+def segment_popularity(events: Interactions, segments: np.ndarray, *, half_life_s: float, now: float,
+                       active: np.ndarray) -> np.ndarray:
+    """``(S + 1, n_items)``: per segment, the recency-weighted purchases of its users plus 1e-3
+    x all their recency-weighted events (views break ties), active items only, each row scaled
+    to a maximum of 1; the last row is every user's."""
+    n_seg = int(segments.max()) + 1 if len(segments) else 1
+    w = 0.5 ** ((now - events.ts) / half_life_s)
+    seg = segments[events.user]
+    score = np.where(events.kind == 2, w, 0.0) + 1e-3 * w
+    n = events.n_items
+    pop = _sum_by(seg * n + events.item, score, (n_seg + 1) * n).reshape(n_seg + 1, n)
+    pop[-1] = pop[:-1].sum(axis=0)
+    pop[:, ~active] = 0.0
+    peak = pop.max(axis=1, keepdims=True)
+    np.divide(pop, peak, out=pop, where=peak > 0)
+    return pop
+
+
+def _top_per_row(dense: np.ndarray, M: int) -> sp.csr_matrix:
+    """Each row's ``M`` largest positive entries (ties by lower column) as a csr matrix."""
+    rows, cols, vals = [], [], []
+    for r, row in enumerate(dense):
+        pos = np.flatnonzero(row > 0)
+        if len(pos) > M:
+            kth = np.partition(row[pos], len(pos) - M)[len(pos) - M]
+            pos = pos[row[pos] >= kth]
+        pos = pos[np.lexsort((pos, -row[pos]))][:M]
+        rows.append(np.full(len(pos), r))
+        cols.append(pos)
+        vals.append(row[pos])
+    return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=dense.shape)
+
+
+def _substitute_table(pairs: sp.csr_matrix, cf: sp.csr_matrix, n: int, active: np.ndarray) -> sp.csr_matrix:
     """Substitutes: session co-view / view-then-buy counts, cosine-normalised
     (``c_ab / sqrt(c_a c_b)`` with ``c_a`` the row sums), plus half the item-item CF similarity
-    (which reaches items never compared within a session); top ``n`` per item."""
-    from .itemknn import _top_n_per_row
-
+    (which reaches items never compared within a session); active items only, top ``n`` per
+    item."""
     deg = np.asarray(pairs.sum(axis=1)).ravel()
     inv = np.divide(1.0, np.sqrt(deg), out=np.zeros_like(deg, dtype=float), where=deg > 0)
-    sub = (sp.diags(inv) @ pairs @ sp.diags(inv)).tocsr()
-    table = (sub + 0.5 * cf).tocsr()
-    table.setdiag(0.0)
+    P, C = pairs.tocoo(), cf.tocoo()
+    row, col = np.r_[P.row, C.row], np.r_[P.col, C.col]
+    val = np.r_[P.data * inv[P.row] * inv[P.col], 0.5 * C.data]
+    keep = (row != col) & active[col]
+    table = sp.csr_matrix((val[keep], (row[keep], col[keep])), shape=pairs.shape)  # sums the two parts
     table.eliminate_zeros()
     return _top_n_per_row(table, n)
 
 
-def _seed_matrix(rows: list[np.ndarray], weights, n: int) -> sp.csr_matrix:
-    lengths = [len(r) for r in rows]
-    cols = np.concatenate(rows).astype(np.int64) if rows else np.empty(0, np.int64)
-    data = np.concatenate(weights) if weights is not None and rows else np.ones(len(cols))
-    indptr = np.r_[0, np.cumsum(lengths)]
-    M = sp.csr_matrix((data, cols, indptr), shape=(len(rows), n))
-    M.sum_duplicates()
-    return M
+def _entries(lists: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, items)`` of per-row item lists, concatenated."""
+    rows = np.repeat(np.arange(len(lists), dtype=np.int64), [len(x) for x in lists])
+    items = np.concatenate(lists).astype(np.int64) if lists else np.empty(0, np.int64)
+    return rows, items
 
 
-def _type_onehot(types: np.ndarray) -> sp.csr_matrix:
-    return sp.csr_matrix((np.ones(len(types)), (np.arange(len(types)), types)), shape=(len(types), int(types.max()) + 1))
+def _combine(rows: np.ndarray, items: np.ndarray, weights: np.ndarray, n: int):
+    """``(rows, items, weights)`` with repeated (row, item) entries summed in input order,
+    sorted by row then item."""
+    key, inv = distinct_inverse(rows * n + items)
+    return key // n, key % n, _sum_by(inv, weights, len(key))
 
+
+def _sum_by(index: np.ndarray, weights: np.ndarray, size: int) -> np.ndarray:
+    """``out[k] = sum of weights[i] with index[i] == k``, added in input order (float64)."""
+    if len(index) == 0:
+        return np.zeros(size)
+    return np.bincount(index, weights=weights, minlength=size)
+
+
+def _seeds(lists: list[np.ndarray], weights, n: int):
+    """The seed entries ``(rows, items, weights)`` of per-row item lists (weight 1 each when
+    ``weights`` is None), repeats summed, sorted by row then item."""
+    rows, items = _entries(lists)
+    w = np.concatenate(weights) if weights is not None and len(items) else np.ones(len(items))
+    return _combine(rows, items, w, n)

@@ -37,10 +37,13 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import ValidationError
+from .keys import distinct, distinct_inverse
+from .arrays import from_meta, meta_int, put_csr, take, take_csr
 
 SOURCE_CF = "cf"
 SOURCE_POPULAR = "popular"
 WEIGHTINGS = ("cosine", "tfidf", "bm25")
+FORMAT = "banditrec.ItemItemCF"
 
 
 def _thresholds(indptr: np.ndarray, data: np.ndarray, n: int) -> np.ndarray:
@@ -95,6 +98,39 @@ def _top_n_positions(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, 
     return np.sort(np.r_[above, eq[rank < need[row_of]]])
 
 
+def top_n_columns(scores: np.ndarray, n: int) -> np.ndarray:
+    """The columns of the ``n`` largest entries of each row of a dense ``scores`` (m, k), as an
+    (m, min(n, k)) array ordered by score, ties by lower column.
+
+    The same on every CPU: ``np.argpartition`` picks among tied entries, and orders what it
+    picks, by an implementation- and CPU-dependent rule (numpy's SIMD sorts), so only the
+    threshold value, which is unique, is taken from a partition.
+    """
+    scores = np.asarray(scores, dtype=float)
+    m, k = scores.shape
+    n = min(int(n), k)
+    if n <= 0:
+        return np.empty((m, 0), dtype=np.int64)
+    if m == 1 and n < k:  # one row (a request's candidates): the same rule without 2-D passes
+        row = scores[0]
+        kth = np.partition(row, k - n)[k - n]
+        cols = np.flatnonzero(row >= kth)
+        if len(cols) > n:  # ties at the n-th value: keep the lowest columns among them
+            above = np.flatnonzero(row > kth)
+            cols = np.sort(np.concatenate((above, np.flatnonzero(row == kth)[:n - len(above)])))
+        return cols[np.argsort(-row[cols], kind="stable")][None, :]
+    if n < k:
+        kth = -np.partition(-scores, n - 1, axis=1)[:, n - 1:n]  # each row's n-th largest value
+        above = scores > kth
+        tied = scores == kth  # fill the places left with the lowest columns at that value
+        keep = above | (tied & (np.cumsum(tied, axis=1) <= n - above.sum(axis=1, keepdims=True)))
+        cols = np.nonzero(keep)[1].reshape(m, n)  # ascending within each row
+    else:
+        cols = np.broadcast_to(np.arange(k), (m, k))
+    vals = np.take_along_axis(scores, cols, axis=1)
+    return np.take_along_axis(cols, np.argsort(-vals, axis=1, kind="stable"), axis=1)
+
+
 def _top_n_per_row(S: sp.csr_matrix, n: int) -> sp.csr_matrix:
     """Keep the ``n`` largest entries of every row of ``S`` (ties broken by lower column)."""
     S = S.tocsr()
@@ -114,10 +150,11 @@ def _usable_cpus() -> int:
 
 
 def _neighbours(W: sp.csr_matrix, n: int, *, scale: np.ndarray | None = None, keep_gram: bool = False,
-                threads: int = 1, chunk_products: int = CHUNK_PRODUCTS
-                ) -> tuple[sp.csr_matrix, sp.csr_matrix | None]:
+                threads: int = 1, chunk_products: int = CHUNK_PRODUCTS, allowed: np.ndarray | None = None,
+                progress=None) -> tuple[sp.csr_matrix, sp.csr_matrix | None]:
     """The top-``n`` rows of ``S = W^T W`` (times ``diag(scale)`` on both sides when given),
-    diagonal and zeros left out; and ``W^T W`` itself when ``keep_gram``.
+    diagonal and zeros left out, only columns where ``allowed`` (default all); and ``W^T W``
+    itself when ``keep_gram``. ``progress(done, total)`` is called after each chunk.
 
     ``S`` is never held whole. Item rows are taken in decreasing order of the multiply-adds
     their row of ``W^T W`` costs (so rows of a chunk have similar lengths and pad little in
@@ -149,17 +186,15 @@ def _neighbours(W: sp.csr_matrix, n: int, *, scale: np.ndarray | None = None, ke
         if data.size and data.min() <= 0:
             data[data == 0] = -np.inf
         data[np.flatnonzero(P.indices == np.repeat(items.astype(P.indices.dtype), counts))] = -np.inf
+        if allowed is not None:
+            data[~allowed[P.indices]] = -np.inf
         keep = _top_n_positions(P.indptr, P.indices, data, n)
         keep = keep[data[keep] > -np.inf]  # the diagonal and zeros are no neighbours
         kept = np.bincount(np.searchsorted(P.indptr, keep, side="right") - 1, minlength=hi - lo)
         return kept, P.indices[keep], data[keep], (P if keep_gram else None)
 
     bounds = list(zip(cuts[:-1].tolist(), cuts[1:].tolist()))
-    if threads > 1 and len(bounds) > 1:
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            parts = list(pool.map(lambda b: chunk(*b), bounds))
-    else:
-        parts = [chunk(*b) for b in bounds]
+    parts = list(run_chunks(chunk, bounds, threads, progress))
     if not parts:
         empty = sp.csr_matrix((n_items, n_items))
         return empty, (empty.copy() if keep_gram else None)
@@ -171,6 +206,34 @@ def _neighbours(W: sp.csr_matrix, n: int, *, scale: np.ndarray | None = None, ke
     S = S[back]
     gram = sp.vstack([p[3] for p in parts], format="csr")[back] if keep_gram else None
     return S, gram
+
+
+def run_chunks(fn, bounds: list, threads: int, progress=None):
+    """``fn(lo, hi)`` for each ``(lo, hi)`` of ``bounds``, yielded in order; on ``threads``
+    threads when there are several chunks, at most ``2 x threads`` chunks ahead of the
+    consumer (so results not yet consumed stay few); ``progress(done, total)`` after each
+    chunk (from the calling thread)."""
+    total = len(bounds)
+    if progress is not None:
+        progress(0, total)
+    if threads > 1 and total > 1:
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            ahead = 2 * threads
+            futures = [pool.submit(fn, *b) for b in bounds[:ahead]]
+            for i in range(total):
+                result = futures[i].result()
+                futures[i] = None
+                if i + ahead < total:
+                    futures.append(pool.submit(fn, *bounds[i + ahead]))
+                if progress is not None:
+                    progress(i + 1, total)
+                yield result
+        return
+    for i, b in enumerate(bounds):
+        result = fn(*b)
+        if progress is not None:
+            progress(i + 1, total)
+        yield result
 
 
 def _cosine_from_gram(G: sp.csr_matrix, rows: np.ndarray | None = None) -> sp.csr_matrix:
@@ -229,6 +292,7 @@ class ItemItemCF:
         self.similarity: sp.csr_matrix | None = None
         self.popularity: np.ndarray | None = None
         self.gram: sp.csr_matrix | None = None
+        self._pop_order: np.ndarray | None = None
 
     @staticmethod
     def _checked(user_items) -> sp.csr_matrix:
@@ -265,7 +329,7 @@ class ItemItemCF:
         return X
 
     def fit(self, user_items: sp.spmatrix, *, num_threads: int | None = None,
-            chunk_products: int = CHUNK_PRODUCTS) -> "ItemItemCF":
+            chunk_products: int = CHUNK_PRODUCTS, allowed=None, progress=None) -> "ItemItemCF":
         """Compute every item's ``n_neighbors`` nearest neighbours from ``user_items``.
 
         The similarity matrix is never held whole: item rows are taken in chunks of about
@@ -275,18 +339,27 @@ class ItemItemCF:
         ``num_threads`` threads (default: the CPUs this process may use); scipy's sparse
         product and numpy's partition release the GIL, so they run in parallel. The result
         does not depend on the chunking nor on the thread count.
+
+        ``allowed (n_items,)`` bool: items that may be a neighbour (default all; e.g. the
+        items still sold); every item still gets neighbours. ``progress(done, total)`` is
+        called after each chunk.
         """
         X = self._checked(user_items)
         threads = num_threads if num_threads is not None else _usable_cpus()
+        if allowed is not None:
+            allowed = np.asarray(allowed, dtype=bool)
+            if allowed.shape != (X.shape[1],):
+                raise ValidationError(f"allowed must be a bool mask of shape ({X.shape[1]},), got {allowed.shape}",
+                                      "allowed")
+        kw = dict(threads=threads, chunk_products=chunk_products, allowed=allowed, progress=progress)
         if self.keep_gram:
             d = np.asarray(X.multiply(X).sum(axis=0)).ravel()  # the Gram matrix's diagonal
             inv = np.divide(1.0, np.sqrt(d), out=np.zeros_like(d), where=d > 0)
-            self.similarity, self.gram = _neighbours(X, self.n_neighbors, scale=inv, keep_gram=True,
-                                                     threads=threads, chunk_products=chunk_products)
+            self.similarity, self.gram = _neighbours(X, self.n_neighbors, scale=inv, keep_gram=True, **kw)
         else:
-            self.similarity, _ = _neighbours(self.weighted(X), self.n_neighbors, threads=threads,
-                                             chunk_products=chunk_products)
+            self.similarity, _ = _neighbours(self.weighted(X), self.n_neighbors, **kw)
         self.popularity = np.asarray(X.sum(axis=0)).ravel()
+        self._pop_order = None
         return self
 
     def update(self, new_user_items: sp.spmatrix, *, decay: float = 1.0) -> np.ndarray:
@@ -300,9 +373,9 @@ class ItemItemCF:
         recomputed: those in a new row, and every item that co-occurs with one of them.
 
         It pays off when new events touch few, rarely co-occurring items. A batch that touches
-        popular items reaches almost every row (measured: a 1% batch of new users on 1,000,000
-        interactions recomputed every row, 3.8x slower than a refit), and the kept Gram matrix
-        costs memory quadratic in co-occurrence; refit with :meth:`fit` then.
+        popular items reaches almost every row (the bench's ``candidates`` section times one),
+        and the kept Gram matrix costs memory quadratic in co-occurrence; refit with
+        :meth:`fit` then.
         """
         if self.gram is None:
             raise ValidationError("update() needs a model fitted with keep_gram=True", "model")
@@ -331,6 +404,7 @@ class ItemItemCF:
         fc = fresh.tocoo()
         placed = sp.csr_matrix((fc.data, (affected[fc.row], fc.col)), shape=(n, n))
         self.similarity = (old + placed).tocsr()  # disjoint rows: a sum places them, no Python loop
+        self._pop_order = None
         return affected
 
     @property
@@ -338,22 +412,80 @@ class ItemItemCF:
         self._check_fitted()
         return self.similarity.shape[0]
 
+    @property
+    def params(self) -> dict:
+        return {"n_neighbors": self.n_neighbors, "weighting": self.weighting, "K1": self.K1, "B": self.B,
+                "keep_gram": self.keep_gram}
+
     def _check_fitted(self):
         if self.similarity is None:
             raise ValidationError("ItemItemCF is not fitted; call fit(user_items) first", "model")
 
     def similar_items(self, item_ids, N: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``N`` neighbours of each item: ``(ids (m, N), scores (m, N))``, -1/0 padded."""
+        """Top-``N`` neighbours of each item with a positive similarity: ``(ids (m, N), scores
+        (m, N))``, ties by lower index, -1/0 padded."""
         self._check_fitted()
         items = np.atleast_1d(np.asarray(item_ids, dtype=np.int64))
         if ((items < 0) | (items >= self.n_items)).any():
             bad = items[(items < 0) | (items >= self.n_items)][0]
             raise ValidationError(f"item id {bad} is outside [0, {self.n_items})", "item_ids")
-        rows = self.similarity[items].toarray()
-        ids = np.argsort(-rows, axis=1, kind="stable")[:, :N]
-        scores = np.take_along_axis(rows, ids, axis=1)
-        ids = np.where(scores > 0, ids, -1)
+        ids, scores = rows_top_n(self.similarity, items, N)
+        off = scores <= 0
+        ids[off], scores[off] = -1, 0.0
         return ids, scores
+
+    def _popular_order(self) -> np.ndarray:
+        if self._pop_order is None:
+            self._pop_order = np.argsort(-self.popularity, kind="stable")
+        return self._pop_order
+
+    def _lists(self, rows: np.ndarray, items: np.ndarray, weights: np.ndarray, m: int, N: int, exclude,
+               first_row: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Row r's list from the entries ``(rows, items, weights)`` of its history: ``(ids (m, N),
+        scores (m, N), from_cf (m, N))``. Work grows with the histories' neighbour lists and N,
+        never with the catalog. ``first_row``: the batch row of row 0, for messages."""
+        n = self.n_items
+        excl = distinct(np.asarray(exclude, dtype=np.int64).ravel()) if exclude is not None else np.empty(0, np.int64)
+        if len(excl) and (excl.min() < 0 or excl.max() >= n):
+            raise ValidationError(f"exclude holds item indices outside [0, {n})", "exclude")
+        hist_key = distinct(rows * n + items)
+        per_row = np.bincount(hist_key // n, minlength=m)
+        n_banned = per_row + len(excl) - np.bincount(hist_key[np.isin(hist_key % n, excl)] // n, minlength=m)
+        eligible = n - n_banned
+        if (eligible < N).any():
+            i = int(np.argmax(eligible < N))
+            where = "" if first_row is None else f" for row {first_row + i}"
+            raise ValidationError(f"asked for {N} candidates but only {eligible[i]} items are eligible{where}",
+                                  "candidates")
+        S = self.similarity
+        r, c, v = gather_rows(S.indptr, S.indices, S.data, rows, items, weights)
+        key, inv = distinct_inverse(r * n + c)
+        score = np.bincount(inv, weights=v, minlength=len(key)) if len(inv) else np.zeros(0)
+        ok = (score > 0) & ~np.isin(key, hist_key) & ~np.isin(key % n, excl)
+        key, score = key[ok], score[ok]
+        kr, kc = key // n, key % n
+        order = np.lexsort((kc, -score, kr))
+        kr, kc, score = kr[order], kc[order], score[order]
+        place = np.arange(len(kr)) - np.searchsorted(kr, kr)
+        top = place < N
+        ids = np.full((m, N), -1, dtype=np.int64)
+        out = np.zeros((m, N))
+        from_cf = np.zeros((m, N), dtype=bool)
+        ids[kr[top], place[top]] = kc[top]
+        out[kr[top], place[top]] = score[top]
+        from_cf[kr[top], place[top]] = True
+        need = N - from_cf.sum(axis=1)
+        if need.any():  # the most popular items neither banned nor taken fill the rest
+            taken = np.r_[hist_key, kr[top] * n + kc[top]]
+            head = self._popular_order()[:min(n, N + int(n_banned.max()) + N)]
+            fill_rows = np.flatnonzero(need)
+            cand = fill_rows[:, None] * n + head[None, :]
+            free = ~np.isin(cand, taken) & ~np.isin(head, excl)[None, :]
+            rank = np.cumsum(free, axis=1)
+            for i, row in enumerate(fill_rows.tolist()):
+                fill = head[free[i] & (rank[i] <= need[row])]
+                ids[row, N - need[row]:] = fill
+        return ids, out, from_cf
 
     def candidates_batch(self, histories: sp.spmatrix, N: int, exclude=None, *, chunk: int | None = None
                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -363,89 +495,72 @@ class ItemItemCF:
         weights (e.g. 1 per item in the session). Row i's result is what :meth:`candidates`
         returns for the items of row i (scored by the weighted sum of their similarity rows,
         so unit weights give the same ranking): CF items by score, ties by lower index, then the
-        most popular remaining items. ``exclude``: item indices no user may get. One sparse
-        product per chunk of users instead of one sparse slice per user.
+        most popular remaining items. ``exclude``: item indices no user may get. ``chunk``
+        users are scored at once (default 4096).
         """
         self._check_fitted()
         n = self.n_items
         H = sp.csr_matrix(histories, dtype=np.float64)
         if H.shape[1] != n:
             raise ValidationError(f"histories must have {n} columns (one per item), got {H.shape[1]}", "histories")
-        banned_all = np.zeros(n, dtype=bool)
-        if exclude is not None:
-            banned_all[np.asarray(exclude, dtype=np.int64)] = True
         m = H.shape[0]
-        chunk = chunk or max(1, 16_000_000 // max(n, 1))  # a dense (chunk, n) block of about 128 MB
-        ids = np.empty((m, N), dtype=np.int64)
-        scores = np.zeros((m, N))
-        from_cf = np.zeros((m, N), dtype=bool)
-        pop_order = np.argsort(-np.where(banned_all, -np.inf, self.popularity), kind="stable")
+        chunk = chunk or 4096
+        parts = []
         for lo in range(0, m, chunk):
-            hi = min(lo + chunk, m)
-            h = H[lo:hi]
-            S = (h @ self.similarity).toarray()  # (rows, n)
-            banned = np.broadcast_to(banned_all, S.shape).copy()
-            rows = np.repeat(np.arange(hi - lo), np.diff(h.indptr))
-            banned[rows, h.indices] = True
-            eligible = n - banned.sum(axis=1)
-            if (eligible < N).any():
-                i = int(np.argmax(eligible < N))
-                raise ValidationError(
-                    f"asked for {N} candidates but only {eligible[i]} items are eligible for row {lo + i}", "candidates")
-            S[banned] = 0.0
-            # CF part: top N by (score desc, index asc) among positive scores
-            top = np.argsort(-S, axis=1, kind="stable")[:, :N]
-            top_s = np.take_along_axis(S, top, axis=1)
-            is_cf = top_s > 0
-            # popular fill: the most popular items neither banned nor already taken
-            taken = banned
-            taken[np.repeat(np.arange(hi - lo), N)[is_cf.ravel()], top[is_cf]] = True
-            # only the first (N + most banned in a row) popular items can be needed
-            head = pop_order[:min(n, 2 * N + int(banned.sum(axis=1).max()))]
-            free = ~taken[:, head]
-            rank = np.cumsum(free, axis=1)
-            need = N - is_cf.sum(axis=1)
-            for r in range(hi - lo):  # O(rows) gathers of precomputed positions; no per-item work
-                fill = head[free[r] & (rank[r] <= need[r])]
-                k = N - need[r]
-                ids[lo + r, :k] = top[r, :k]
-                ids[lo + r, k:] = fill
-                scores[lo + r, :k] = top_s[r, :k]
-                from_cf[lo + r, :k] = True
-        return ids, scores, from_cf
+            h = H[lo:lo + chunk]
+            rows = np.repeat(np.arange(h.shape[0]), np.diff(h.indptr))
+            parts.append(self._lists(rows, h.indices.astype(np.int64), h.data, h.shape[0], N, exclude, first_row=lo))
+        if not parts:
+            return np.empty((0, N), np.int64), np.empty((0, N)), np.empty((0, N), bool)
+        return tuple(np.concatenate(p) for p in zip(*parts))
 
     def candidates(self, history, N: int, exclude=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Candidates for one user: ``(ids (N,), scores (N,), source (N,))``.
 
         ``history`` holds the catalog indices the user interacted with. Items are scored by
-        summed similarity to the history; items in ``exclude`` (and the history itself) are
-        left out; if fewer than ``N`` items have a positive score, the most popular remaining
-        items fill the list with source ``"popular"`` and score 0.
+        summed similarity to the history (ties by lower index); items in ``exclude`` (and the
+        history itself) are left out; if fewer than ``N`` items have a positive score, the most
+        popular remaining items fill the list with source ``"popular"`` and score 0.
         """
         self._check_fitted()
-        n_items = self.n_items
         history = np.asarray(history, dtype=np.int64).ravel()
-        banned = np.zeros(n_items, dtype=bool)
-        banned[history] = True
-        if exclude is not None:
-            banned[np.asarray(exclude, dtype=np.int64)] = True
-        if N > n_items - banned.sum():
-            raise ValidationError(
-                f"asked for {N} candidates but only {n_items - banned.sum()} items are eligible", "candidates"
-            )
-        if len(history):
-            scores = np.asarray(self.similarity[history].sum(axis=0)).ravel()
-        else:
-            scores = np.zeros(n_items)
-        scores[banned] = 0.0
-        n_cf = min(N, int((scores > 0).sum()))
-        cf = np.argpartition(-scores, n_cf - 1)[:n_cf] if n_cf else np.empty(0, dtype=np.int64)
-        cf = cf[np.argsort(-scores[cf], kind="stable")]
-        taken = banned.copy()
-        taken[cf] = True
-        pop = np.where(taken, -np.inf, self.popularity)
-        fill = np.argsort(-pop, kind="stable")[: N - n_cf]
-        ids = np.r_[cf, fill].astype(np.int64)
-        out_scores = np.r_[scores[cf], np.zeros(len(fill))]
-        source = np.array([SOURCE_CF] * n_cf + [SOURCE_POPULAR] * len(fill), dtype=object)
-        return ids, out_scores, source
+        if len(history) and (history.min() < 0 or history.max() >= self.n_items):
+            raise ValidationError(f"history holds item indices outside [0, {self.n_items})", "history")
+        ids, scores, from_cf = self._lists(np.zeros(len(history), dtype=np.int64), history, np.ones(len(history)),
+                                           1, N, exclude)
+        source = np.where(from_cf[0], SOURCE_CF, SOURCE_POPULAR).astype(object)
+        return ids[0], scores[0], source
+
+    # ---- saving -----------------------------------------------------------------------------
+    def to_arrays(self) -> tuple[dict, dict]:
+        """``(arrays, meta)`` (see :mod:`banditrec.candidates.arrays`)."""
+        self._check_fitted()
+        out = {"popularity": self.popularity}
+        put_csr(out, "similarity", self.similarity)
+        if self.gram is not None:
+            put_csr(out, "gram", self.gram)
+        meta = {"format": FORMAT, "version": 1, "n_items": int(self.n_items), "params": self.params}
+        return out, meta
+
+    @classmethod
+    def from_arrays(cls, arrays, meta) -> "ItemItemCF":
+        cf, meta = from_meta(cls, meta, FORMAT)
+        n = meta_int(meta, "n_items")
+        cf.similarity = take_csr(arrays, "similarity", (n, n))
+        cf.popularity = take(arrays, "popularity", "f", (n,))
+        if cf.keep_gram:
+            cf.gram = take_csr(arrays, "gram", (n, n))
+        cf._pop_order = None
+        return cf
+
+
+def gather_rows(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, rows: np.ndarray, items: np.ndarray,
+                weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The CSR rows ``items`` of a table, as entries ``(row, column, weight x value)``: entry i
+    of the input contributes its table row, tagged ``rows[i]`` and scaled by ``weights[i]``,
+    in input order."""
+    starts = indptr[items]
+    lens = indptr[items + 1] - starts
+    total = int(lens.sum())
+    pos = np.arange(total) + np.repeat(starts - (np.cumsum(lens) - lens), lens)
+    return np.repeat(rows, lens), indices[pos].astype(np.int64), np.repeat(weights, lens) * data[pos]

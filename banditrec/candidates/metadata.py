@@ -68,6 +68,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import ValidationError
+from .arrays import from_meta, meta_int, put_csr, take, take_csr
+from .itemknn import run_chunks
+from .keys import distinct, distinct_rows
 from ..validation import check_finite, check_int_range, check_positive_int
 
 TITLE = "title"
@@ -78,6 +81,7 @@ DEFAULT_DIGIT_WEIGHT = 0.25
 _TOKEN = re.compile(r"[^\W_]+")  # runs of letters and digits (Unicode), i.e. split on the rest
 _DIGIT = re.compile(r"\d")
 TEXT_EPS = 1e-12  # text dot products at most this large count as no shared column
+FORMAT = "banditrec.MetadataIndex"
 _CHUNK_ENTRIES = 2_000_000  # candidate pairs per sparse product chunk (about 50 MB of temporaries)
 
 
@@ -272,7 +276,7 @@ class MetadataIndex:
 
         # sublinear tf per distinct (item, token); tokens colliding in one column add up
         V = max(len(vocab), 1)
-        key, count = np.unique(item * V + tok, return_counts=True)
+        key, count = np.unique(item * V + tok, return_counts=True)  # sort-based (counts asked)
         item, tok = key // V, key % V
         X = sp.csr_matrix((value_of[tok] * (1.0 + np.log(count)), (item, columns[tok])),
                           shape=(n, self.n_features))
@@ -353,6 +357,36 @@ class MetadataIndex:
         z = num - num.mean(axis=0)
         return np.divide(z, sd, out=np.zeros_like(z), where=sd > 0)
 
+    # ------------------------------------------------------------------ saving
+
+    def to_arrays(self) -> tuple[dict, dict]:
+        """``(arrays, meta)`` (see :mod:`banditrec.candidates.arrays`)."""
+        self._check_fitted()
+        out = {"idf": self.idf}
+        put_csr(out, "text", self._text)
+        if self._num is not None:
+            out["num"] = self._num
+        meta = {"format": FORMAT, "version": 1, "n_items": int(self.vectors.shape[0]),
+                "n_numeric": int(self.vectors.shape[1] - self.n_features), "params": self.params}
+        return out, meta
+
+    @classmethod
+    def from_arrays(cls, arrays, meta) -> "MetadataIndex":
+        idx, meta = from_meta(cls, meta, FORMAT)
+        n, p = meta_int(meta, "n_items"), meta_int(meta, "n_numeric")
+        idx.idf = take(arrays, "idf", "f", (idx.n_features,))
+        idx._text = take_csr(arrays, "text", (n, idx.n_features))
+        idx._num = take(arrays, "num", "f", (n, p)) if "num" in arrays else None
+        if idx._num is not None and p == 0:
+            raise ValidationError("array 'num' is given but metadata says n_numeric is 0", "meta.n_numeric")
+        if p:
+            block = sp.csr_matrix(idx._num if idx._num is not None else np.zeros((n, p)))
+            idx.vectors = sp.hstack([idx._text, block], format="csr")
+            idx.vectors.eliminate_zeros()
+        else:
+            idx.vectors = idx._text
+        return idx
+
     # ------------------------------------------------------------------ queries
 
     @property
@@ -406,11 +440,14 @@ class MetadataIndex:
         check_int_range(items, "item_ids", 0, self.n_items)
         return self._top_n(items.astype(np.int64), self._check_among(among), N)
 
-    def neighbour_table(self, rows=None, among=None) -> sp.csr_matrix:
+    def neighbour_table(self, rows=None, among=None, *, num_threads: int | None = None, progress=None
+                        ) -> sp.csr_matrix:
         """Top-``n_neighbors`` neighbours as a ``csr_matrix (n_items, n_items)``.
 
         Row ``i`` holds the cosines of :meth:`similar_items` for ``i`` at their columns (for
         merging into a CF neighbour table); rows not in ``rows`` (default: all items) are empty.
+        Chunks of rows run on ``num_threads`` threads (default 1); ``progress(done, total)`` is
+        called after each chunk.
         """
         self._check_fitted()
         n = self.n_items
@@ -419,68 +456,353 @@ class MetadataIndex:
             raise ValidationError(f"rows must be a 1-D array of item indices, got shape {rows.shape}", "rows")
         check_int_range(rows, "rows", 0, n)
         rows = np.unique(rows.astype(np.int64))
-        ids, scores = self._top_n(rows, self._check_among(among), self.n_neighbors)
-        keep = ids >= 0
-        r = np.repeat(rows, keep.sum(axis=1))
-        return sp.csr_matrix((scores[keep], (r, ids[keep])), shape=(n, n))
+        allowed = self._check_among(among)
+        counts = np.zeros(n, dtype=np.int64)
+        parts = []
+        for sel, ids, scores in self._chunks(rows, allowed, self.n_neighbors, threads=num_threads or 1,
+                                             progress=progress):
+            keep = ids >= 0  # each row's neighbours come first, best first
+            counts[rows[sel]] = keep.sum(axis=1)
+            parts.append((rows[sel], ids[keep].astype(np.int32), scores[keep]))
+        indptr = np.r_[0, np.cumsum(counts)]
+        indices = np.empty(int(indptr[-1]), dtype=np.int32)
+        data = np.empty(int(indptr[-1]))
+        for r, ids, scores in parts:  # rows are placed one chunk at a time: no COO sort of the whole table
+            k = counts[r]
+            at = np.repeat(indptr[r], k) + np.arange(len(ids)) - np.repeat(np.cumsum(k) - k, k)
+            indices[at], data[at] = ids, scores
+        return sp.csr_matrix((data, indices, indptr), shape=(n, n))
 
     def _top_n(self, rows: np.ndarray, allowed: np.ndarray, N: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids (m, N), scores (m, N))``: the top-``N`` allowed neighbours of ``rows``."""
         m = len(rows)
         ids = np.full((m, N), -1, dtype=np.int64)
         scores = np.zeros((m, N))
-        if m == 0 or len(allowed) == 0:
-            return ids, scores
-        At = self._text[allowed].T.tocsr()  # (n_features, k)
-        Q = self._text[rows]  # (m, n_features)
-        num_q = num_a = None
-        if self._num is not None:
-            num_q, num_a = self._num[rows], self._num[allowed]
-        # candidate pairs per query row (an upper bound: the column counts of its tokens), to cut chunks
-        pattern = sp.csr_matrix((np.ones(Q.nnz), Q.indices, Q.indptr), shape=Q.shape)
-        cum = np.cumsum(pattern @ np.diff(At.indptr).astype(np.float64))
-        # each query's own position among the allowed items (-1 when it is not allowed)
-        at = np.minimum(np.searchsorted(allowed, rows), len(allowed) - 1)
-        self_pos = np.where(allowed[at] == rows, at, -1)
-        lo = 0
-        while lo < m:
-            base = cum[lo - 1] if lo else 0.0
-            hi = max(lo + 1, int(np.searchsorted(cum, base + _CHUNK_ENTRIES, side="right")))
-            self._fill_chunk(Q[lo:hi], self_pos[lo:hi], At, num_q if num_q is None else num_q[lo:hi], num_a,
-                             allowed, N, ids[lo:hi], scores[lo:hi])
-            lo = hi
+        for sel, bid, bscore in self._chunks(rows, allowed, N):
+            ids[sel], scores[sel] = bid, bscore
         return ids, scores
 
-    @staticmethod
-    def _fill_chunk(Q, self_pos, At, num_q, num_a, allowed, N, ids, scores) -> None:
-        """Top-``N`` of one chunk of query rows, written into ``ids``/``scores`` (views).
+    def _chunks(self, rows: np.ndarray, allowed: np.ndarray, N: int, *, threads: int = 1, progress=None):
+        """``(positions in rows, ids, scores)`` of the top-``N`` allowed neighbours, a chunk of
+        rows at a time (on ``threads`` threads, in order).
 
-        Candidates are the stored entries of the sparse product (pairs sharing a hashed column);
-        each row's ``N``-th largest score comes from one ``np.partition`` over a padded block,
-        and only the entries at or above it are sorted exactly (score, then lower index).
+        A hashed column held by many allowed items (a product type's words, a big brand) makes
+        every query holding it a candidate of all of them: pairs quadratic in the column's
+        size. Queries holding such heavy columns are grouped by the set they hold; a group's
+        scores through them are a product of low rank (the columns plus the numeric block), so
+        its candidates are kept in leaves of nearby vectors whose bounding boxes bound a
+        query's best score in a leaf: only the leaves that can beat the query's N-th best are
+        scored (:class:`_Group`, :meth:`_Context.pruned`). The light columns (rare tokens:
+        brand, model words) are a sparse product. Both give the same neighbours as one sparse
+        product up to the last bits of the sums, which the 12-decimal rounding of scores
+        absorbs.
         """
-        S = (Q @ At).tocsr()  # text dot products, stored where the rows share a hashed column
-        m = S.shape[0]
-        r = np.repeat(np.arange(m, dtype=np.int32), np.diff(S.indptr))
-        c = S.indices  # positions in ``allowed``
+        if len(rows) == 0 or len(allowed) == 0:
+            return
+        ctx = _Context(self, rows, allowed, N)
+        tasks = ctx.tasks()
+
+        def run(i: int, _hi: int):
+            sel, block = tasks[i]
+            return (sel,) + block()
+
+        yield from run_chunks(run, [(i, i + 1) for i in range(len(tasks))], threads, progress)
+
+
+_HEAVY = 32  # a column held by more allowed items is scored through bounds (see _top_n)
+_LEAF = 64  # candidates per leaf of a group's bounding boxes
+_QUERY_BLOCK = 256  # queries scored together
+_SMALL_GROUP = 262_144  # query x candidate pairs of a group scored without bounds
+_MARGIN = 1e-9  # added to the leaves' bounds: covers rounding to 12 decimals and summation order
+
+
+def heavy_threshold(n_allowed: int) -> int:
+    """Allowed holders beyond which a column is heavy (scored through bounds, not the sparse
+    product): ``max(_HEAVY, sqrt(n_allowed))``."""
+    return max(_HEAVY, math.isqrt(n_allowed))
+
+
+def _kd_order(X: np.ndarray, leaf: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(order, starts)``: a permutation of the rows of ``X`` that puts nearby rows together
+    (each node split at the median of its widest dimension) and the start of each leaf of at
+    most ``leaf`` rows (with the end appended)."""
+    m = len(X)
+    order = np.arange(m)
+    todo, starts = [(0, m)], []
+    while todo:
+        lo, hi = todo.pop()
+        if hi - lo <= leaf:
+            starts.append(lo)
+            continue
+        sub = X[order[lo:hi]]
+        d = int(np.argmax(sub.max(axis=0) - sub.min(axis=0))) if X.shape[1] else 0
+        mid = (hi - lo) // 2
+        if X.shape[1]:
+            order[lo:hi] = order[lo:hi][np.argpartition(sub[:, d], mid)]
+        todo += [(lo, lo + mid), (lo + mid, hi)]
+    return order, np.array(sorted(starts) + [m], dtype=np.int64)
+
+
+class _Group:
+    """Queries scored against the allowed items through shared heavy columns ``cols``.
+
+    Their scores against the candidates ``C`` (allowed items holding any of ``cols``) are
+    ``W @ F.T`` plus each query's contributions of its other columns (sparse): ``W`` holds the
+    queries' values on ``cols`` then their numeric block, ``F`` the candidates'. Candidates
+    are ordered in leaves of nearby ``F`` rows, each with its bounding box, so that a query's
+    best score in a leaf is bounded without scoring it.
+    """
+
+    def __init__(self, ctx: "_Context", members: np.ndarray, cols: np.ndarray):
+        At = ctx.At
+        posting = [At.indices[At.indptr[c]:At.indptr[c + 1]] for c in cols.tolist()]
+        C = distinct(np.concatenate(posting)).astype(np.int64)
+        k = len(cols)
+        p = 0 if ctx.num_a is None else ctx.num_a.shape[1]
+        F = np.zeros((len(C), k + p))
+        for j, c in enumerate(cols.tolist()):
+            F[np.searchsorted(C, posting[j]), j] = At.data[At.indptr[c]:At.indptr[c + 1]]
+        if p:
+            F[:, k:] = ctx.num_a[C]
+        if len(members) * len(C) <= _SMALL_GROUP:  # score every candidate, no bounds
+            order, self.leaf_start = np.arange(len(C)), np.array([0, len(C)], dtype=np.int64)
+        else:
+            order, self.leaf_start = _kd_order(F, _LEAF)
+        self.C, self.F, self.k = C[order], F[order], k  # in leaf order
+        self.where = np.empty(len(C), dtype=np.int64)  # sorted position in C -> place in leaf order
+        self.where[order] = np.arange(len(C))
+        self.C_sorted = C
+        bounds = self.leaf_start[:-1]
+        self.lo = np.minimum.reduceat(self.F, bounds, axis=0) if len(C) else np.zeros((0, k + p))
+        self.hi = np.maximum.reduceat(self.F, bounds, axis=0) if len(C) else np.zeros((0, k + p))
+        self.leaf_size = np.diff(self.leaf_start)
+        Qg = ctx.Q[members]
+        W = np.zeros((len(members), k + p))
+        W[:, :k] = Qg[:, cols].toarray()
+        if p:
+            W[:, k:] = ctx.num_q[members]
+        qorder, _ = _kd_order(W, _QUERY_BLOCK)  # similar queries together, so that a block's leaves are few
+        self.members, self.W = members[qorder], W[qorder]
+        rest = ctx.Q[self.members]  # the queries' other (light) columns, in the same order
+        rest.data[np.isin(rest.indices, cols)] = 0.0
+        rest.eliminate_zeros()
+        self.rest = rest
+
+
+class _Context:
+    """What the chunks of one :meth:`MetadataIndex._top_n` call share."""
+
+    def __init__(self, index: MetadataIndex, rows: np.ndarray, allowed: np.ndarray, N: int):
+        self.allowed, self.N = allowed, N
+        self.At = index._text[allowed].T.tocsr()  # (n_features, k): each column's allowed items
+        self.Q = index._text[rows]  # (m, n_features)
+        self.num_q = self.num_a = None
+        if index._num is not None:
+            self.num_q, self.num_a = index._num[rows], index._num[allowed]
+        at = np.minimum(np.searchsorted(allowed, rows), len(allowed) - 1)
+        self.self_pos = np.where(allowed[at] == rows, at, -1)  # each query's own position among the allowed
+        self.df = np.diff(self.At.indptr)
+
+    def tasks(self) -> list:
+        """``[(row positions, thunk returning (ids, scores) for them)]``.
+
+        A column is heavy when more than :func:`heavy_threshold` allowed items hold it.
+        Queries holding heavy columns are grouped by the exact set they hold and scored through
+        it (:class:`_Group`), their light columns through the sparse product; queries without a
+        heavy column take the sparse product alone.
+        """
+        Q = self.Q
+        m = Q.shape[0]
+        row_of = np.repeat(np.arange(m), np.diff(Q.indptr))
+        heavy = self.df[Q.indices] > heavy_threshold(len(self.allowed))
+        h_rows, h_cols = row_of[heavy], Q.indices[heavy].astype(np.int64)
+        n_h = np.bincount(h_rows, minlength=m)
+        tasks = []
+        if len(h_rows):
+            # one key per set of heavy columns: the rows' padded, sorted column lists
+            pad = np.full((m, int(n_h.max())), -1, dtype=np.int64)
+            pad[h_rows, np.arange(len(h_rows)) - np.repeat(np.cumsum(n_h) - n_h, n_h)] = h_cols
+            has = np.flatnonzero(n_h)
+            sig, group = distinct_rows(pad[has])
+            order = np.argsort(group, kind="stable")
+            bounds = np.searchsorted(group[order], np.arange(len(sig) + 1))
+            for g in range(len(sig)):
+                grp = _Group(self, has[order[bounds[g]:bounds[g + 1]]], sig[g][sig[g] >= 0])
+                for lo in range(0, len(grp.members), _QUERY_BLOCK):
+                    span = slice(lo, lo + _QUERY_BLOCK)
+                    tasks.append((grp.members[span], lambda grp=grp, span=span: self.pruned(grp, span)))
+        sparse = np.flatnonzero(n_h == 0)
+        if len(sparse):
+            # candidate pairs per query row (an upper bound: the column counts of its tokens), to cut chunks
+            Qs = Q[sparse]
+            pattern = sp.csr_matrix((np.ones(Qs.nnz), Qs.indices, Qs.indptr), shape=Qs.shape)
+            cum = np.cumsum(pattern @ self.df.astype(np.float64))
+            lo = 0
+            while lo < len(sparse):
+                base = cum[lo - 1] if lo else 0.0
+                hi = max(lo + 1, int(np.searchsorted(cum, base + _CHUNK_ENTRIES, side="right")))
+                sel = sparse[lo:hi]
+                tasks.append((sel, lambda sel=sel: self.sparse(sel)))
+                lo = hi
+        return tasks
+
+    def pruned(self, g: _Group, span: slice):
+        """Top-``N`` of the group's queries ``span``: the sparse part of every query, then the
+        leaves of the group's candidates in two rounds: for each query the leaves with the
+        best bounds until they hold ``2 N + 8`` candidates, which gives a lower bound on its
+        N-th best score; then every other leaf whose bound reaches it. A leaf never scored
+        cannot hold a candidate above the N-th best."""
+        sel = g.members[span]
+        W = g.W[span]
+        b, L = len(sel), len(g.leaf_size)
+        # the other columns: (row, allowed position, text dot)
+        S = (g.rest[span] @ self.At).tocsr()
+        lr = np.repeat(np.arange(b, dtype=np.int64), np.diff(S.indptr))
+        lc = S.indices.astype(np.int64)
+        ltext = S.data
+        at = np.minimum(np.searchsorted(g.C_sorted, lc), max(len(g.C_sorted) - 1, 0))
+        inside = (g.C_sorted[at] == lc) if len(g.C_sorted) else np.zeros(len(lc), bool)
+        lplace = np.where(inside, g.where[at] if len(g.C_sorted) else 0, -1)  # place in leaf order, or -1
+        ub = np.full((b, L), _MARGIN)
+        for d in range(g.F.shape[1]):
+            ub += np.maximum(np.multiply.outer(W[:, d], g.lo[:, d]), np.multiply.outer(W[:, d], g.hi[:, d]))
+        # round 1: each query's best leaves until they hold enough candidates
+        o = np.argsort(-ub, axis=1, kind="stable")
+        size = g.leaf_size[o]
+        before = np.cumsum(size, axis=1) - size
+        first = np.zeros((b, L), dtype=bool)
+        np.put_along_axis(first, o, before < 2 * self.N + 8, axis=1)
+        round1 = np.flatnonzero(first.any(axis=0))
+        v1, cols1 = self._leaves(g, sel, W, round1, lr, lplace, ltext)
+        kth = np.full(b, -np.inf)
+        if v1.shape[1] >= self.N:
+            kth = np.partition(v1, v1.shape[1] - self.N, axis=1)[:, v1.shape[1] - self.N]
+        # round 2: every other leaf some query's bound says may beat its N-th best so far
+        more = (ub >= kth[:, None]).any(axis=0)
+        more[round1] = False
+        round2 = np.flatnonzero(more)
+        v2, cols2 = self._leaves(g, sel, W, round2, lr, lplace, ltext)
+        v = np.hstack([v1, v2])
+        cols = np.r_[cols1, cols2]
+        # each row's entries at or above its N-th best score (ties all kept: _select orders them)
+        if v.shape[1] > self.N:
+            kth = np.partition(v, v.shape[1] - self.N, axis=1)[:, v.shape[1] - self.N]
+            br, bc = np.nonzero((v >= kth[:, None]) & (v > -np.inf))
+        else:
+            kth = np.full(b, -np.inf)
+            br, bc = np.nonzero(v > -np.inf)
+        scored = np.zeros(len(g.C), dtype=bool)
+        scored[cols] = True
+        # pairs of the other columns not scored above: their full score, one pair at a time
+        out = (lplace < 0) | ~scored[np.maximum(lplace, 0)]
+        r, c, place = lr[out], lc[out], lplace[out]
+        text = ltext[out].copy()
+        shared = np.flatnonzero(place >= 0)  # also holds some of the group's columns
+        for d in range(g.k):
+            text[shared] += W[r[shared], d] * g.F[place[shared], d]
+        lv = text.copy()
+        if self.num_q is not None:
+            nq = self.num_q[sel]
+            for j in range(nq.shape[1]):
+                lv += nq[r, j] * self.num_a[c, j]
+        r, c, lv = self._valid(sel, r, c, text, lv)
+        keep = lv >= kth[r]  # below a row's N-th best block score: never among its N best
+        r, c, lv = r[keep], c[keep], lv[keep]
+        return self._select(np.r_[br, r], np.r_[g.C[cols[bc]], c], np.r_[v[br, bc], lv], b)
+
+    def _leaves(self, g: _Group, sel, W, leaves, lr, lplace, ltext):
+        """Rounded scores ``(b, k)`` of the queries against the candidates of ``leaves`` (-inf
+        where no neighbour), and those candidates' places in leaf order."""
+        if len(leaves) == 0:
+            return np.zeros((len(sel), 0)), np.empty(0, dtype=np.int64)
+        lens = g.leaf_size[leaves]
+        cols = np.arange(int(lens.sum())) + np.repeat(g.leaf_start[leaves] - (np.cumsum(lens) - lens), lens)
+        Fc = g.F[cols]
+        text = np.multiply.outer(W[:, 0], Fc[:, 0]) if g.k else np.zeros((len(sel), len(cols)))
+        tmp = np.empty_like(text)
+        for d in range(1, g.k):
+            text += np.multiply.outer(W[:, d], Fc[:, d], out=tmp)
+        where = np.full(len(g.C), -1, dtype=np.int64)
+        where[cols] = np.arange(len(cols))
+        pos = np.where(lplace >= 0, where[np.maximum(lplace, 0)], -1)
+        hit = pos >= 0
+        text[lr[hit], pos[hit]] += ltext[hit]
+        v = text.copy()
+        for d in range(g.k, g.F.shape[1]):
+            v += np.multiply.outer(W[:, d], Fc[:, d], out=tmp)
+        bad = np.abs(text, out=tmp) <= TEXT_EPS
+        bad |= v <= 5e-13
+        mine = self.self_pos[sel]  # a query among the candidates is no neighbour of itself
+        at = np.minimum(np.searchsorted(g.C_sorted, mine), len(g.C_sorted) - 1)
+        col = np.where(g.C_sorted[at] == mine, where[g.where[at]], -1)
+        bad[np.flatnonzero(col >= 0), col[col >= 0]] = True
+        v[bad] = -np.inf
+        np.round(v, 12, out=v)
+        return v, cols
+
+    def _light(self, sel: np.ndarray, At: sp.csr_matrix):
+        """Entries ``(row, position, text dot, score)`` of the sparse product of rows ``sel``."""
+        S = (self.Q[sel] @ At).tocsr()  # text dot products, stored where the rows share a hashed column
+        r = np.repeat(np.arange(len(sel), dtype=np.int64), np.diff(S.indptr))
+        c = S.indices.astype(np.int64)
         v = S.data.copy()
-        if num_q is not None:
-            for k in range(num_q.shape[1]):  # p small: one gather per column beats an (nnz, p) einsum
-                v += num_q[r, k] * num_a[c, k]
+        if self.num_q is not None:
+            nq, na = self.num_q[sel], self.num_a
+            for k in range(nq.shape[1]):  # p small: one gather per column beats an (nnz, p) einsum
+                v += nq[r, k] * na[c, k]
+        return r, c, S.data, v
+
+    def _valid(self, sel, r, c, text, v):
         # |text dot| <= TEXT_EPS: a signed collision cancelled the shared column, no overlap.
         # Cosines equal in exact arithmetic can differ in the last bits (rows summed in another
         # order); 12 decimals make them tie, so that ties go to the lower index as documented.
-        keep = (np.abs(S.data) > TEXT_EPS) & (v > 5e-13) & (c != self_pos[r])
-        r, c, v = r[keep], c[keep], np.round(v[keep], 12)
+        keep = (np.abs(text) > TEXT_EPS) & (v > 5e-13) & (c != self.self_pos[sel][r])
+        return r[keep], c[keep], np.round(v[keep], 12)
+
+    def sparse(self, sel: np.ndarray):
+        """Top-``N`` of rows ``sel`` from one sparse product against every allowed item."""
+        r, c, text, v = self._light(sel, self.At)
+        r, c, v = self._valid(sel, r, c, text, v)
+        return self._select(r, c, v, len(sel))
+
+    def _select(self, r: np.ndarray, c: np.ndarray, v: np.ndarray, m: int):
+        """``(ids (m, N), scores (m, N))`` from candidate entries (row, position, score): each
+        row's ``N`` best by decreasing score, then lower position."""
+        N = self.N
+        ids = np.full((m, N), -1, dtype=np.int64)
+        scores = np.zeros((m, N))
+        if len(r) and (np.diff(r) < 0).any():  # each row's entries together
+            o = np.argsort(r, kind="stable")
+            r, c, v = r[o], c[o], v[o]
         counts = np.bincount(r, minlength=m)
-        sel = v >= _row_kth(v, counts, N, _CHUNK_ENTRIES)[r]
-        r, c, v = r[sel], c[sel], v[sel]
-        order = np.lexsort((c, -v, r))  # by row, then decreasing score, then lower index
+        width = int(counts.max(initial=0))
+        if m * width > 4 * len(r) + 1024 or width > 8 * N:  # long or uneven rows: cut at the N-th best first
+            sel = v >= _row_kth(v, counts, N, _CHUNK_ENTRIES)[r]
+            r, c, v = r[sel], c[sel], v[sel]
+            counts = np.bincount(r, minlength=m)
+            width = int(counts.max(initial=0))
+        if width == 0:
+            return ids, scores
+        place = np.arange(len(r)) - np.repeat(np.cumsum(counts) - counts, counts)
+        if m * width <= 4 * len(r) + 1024:  # rows of like length: sort them side by side
+            C = np.full((m, width), np.iinfo(np.int64).max)
+            V = np.full((m, width), -np.inf)
+            C[r, place], V[r, place] = c, v
+            o = np.argsort(C, axis=1, kind="stable")  # lower position first, then by score (stable)
+            C, V = np.take_along_axis(C, o, axis=1), np.take_along_axis(V, o, axis=1)
+            o = np.argsort(-V, axis=1, kind="stable")[:, :N]
+            C, V = np.take_along_axis(C, o, axis=1), np.take_along_axis(V, o, axis=1)
+            ok = V > -np.inf
+            k = C.shape[1]
+            ids[:, :k][ok] = self.allowed[C[ok]]
+            scores[:, :k][ok] = V[ok]
+            return ids, scores
+        order = np.lexsort((c, -v, r))  # by row, then decreasing score, then lower position
         r, c, v = r[order], c[order], v[order]
-        counts = np.bincount(r, minlength=m)
-        rank = np.arange(len(r)) - np.repeat(np.cumsum(counts) - counts, counts)
-        top = rank < N
-        ids[r[top], rank[top]] = allowed[c[top]]
-        scores[r[top], rank[top]] = v[top]
+        top = place < N  # place depends on the row only
+        ids[r[top], place[top]] = self.allowed[c[top]]
+        scores[r[top], place[top]] = v[top]
+        return ids, scores
 
 
 def _row_kth(v: np.ndarray, counts: np.ndarray, N: int, budget: int = _CHUNK_ENTRIES) -> np.ndarray:

@@ -2,8 +2,11 @@
 the per-type diversity cap.
 
 Rules compose: ``Filters([OutOfStock(available), AlreadyBought(types, consumable),
-ExcludeCategories(categories, {"adult"})])`` bans an item when any rule bans it. A rule is any
-object with ``banned(state, n_items) -> bool array (n_items,)``.
+ExcludeCategories(categories, {"adult"})])`` bans an item when any rule bans it. A rule is a
+:class:`Rule`: it answers ``banned_among(state, items)`` for the few items of a request's
+candidate pool (never for the whole catalog), and may override ``banned_among_batch`` for many
+users at once. ``banned(state, n_items)`` gives the whole catalog's mask, for inspection and
+the dense reference.
 """
 
 from __future__ import annotations
@@ -51,21 +54,47 @@ class UserState:
                 raise ValidationError(f"{name} holds item indices outside [0, {n_items})", name)
 
 
-class OutOfStock:
+class Rule:
+    """A business rule. Subclasses define :meth:`banned_among`; :meth:`banned_among_batch`
+    answers for many users at once (override it when a vectorized form exists)."""
+
+    def banned_among(self, state: UserState, items: np.ndarray) -> np.ndarray:
+        """``(k,)`` bool: whether each of ``items`` (item indices) is banned for ``state``."""
+        raise NotImplementedError
+
+    def banned_among_batch(self, states, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """``(k,)`` bool: whether ``items[i]`` is banned for ``states[rows[i]]``."""
+        out = np.zeros(len(items), dtype=bool)
+        order = np.argsort(rows, kind="stable")
+        bounds = np.searchsorted(rows[order], np.arange(len(states) + 1))
+        for r in np.flatnonzero(np.diff(bounds)).tolist():
+            at = order[bounds[r]:bounds[r + 1]]
+            out[at] = self.banned_among(states[r], items[at])
+        return out
+
+    def banned(self, state: UserState, n_items: int) -> np.ndarray:
+        """``(n_items,)`` bool over the whole catalog."""
+        return np.asarray(self.banned_among(state, np.arange(n_items)), dtype=bool)
+
+
+class OutOfStock(Rule):
     """Bans items whose ``available[j]`` is False; update the array in place (or assign a new
     one) as stock moves."""
 
     def __init__(self, available):
         self.available = np.asarray(available, dtype=bool)
 
+    def banned_among(self, state: UserState, items: np.ndarray) -> np.ndarray:
+        return ~self.available[items]
+
+    def banned_among_batch(self, states, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
+        return ~self.available[items]
+
     def banned(self, state: UserState, n_items: int) -> np.ndarray:
         return ~self.available
 
-    def banned_batch(self, states, n_items: int) -> np.ndarray:
-        return np.broadcast_to(~self.available, (len(states), n_items))
 
-
-class AlreadyBought:
+class AlreadyBought(Rule):
     """Bans items of a product type the user has bought, unless that type is a consumable
     (``consumable_types[t]`` True): nobody needs a second camera, everybody more coffee."""
 
@@ -78,42 +107,57 @@ class AlreadyBought:
             raise ValidationError(f"consumable_types must cover {n_types} types, got {len(self.consumable)}",
                                   "consumable_types")
 
+    def _owned(self, purchased: np.ndarray) -> np.ndarray:
+        t = self.item_types[purchased]
+        return t[~self.consumable[t]]
+
+    def banned_among(self, state: UserState, items: np.ndarray) -> np.ndarray:
+        return np.isin(self.item_types[items], self._owned(state.purchased))
+
+    def banned_among_batch(self, states, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
+        n_types = len(self.consumable)
+        owned = [self._owned(s.purchased) for s in states]
+        owner = np.repeat(np.arange(len(states), dtype=np.int64), [len(o) for o in owned])
+        if len(owner) == 0:
+            return np.zeros(len(items), dtype=bool)
+        return np.isin(rows * n_types + self.item_types[items], owner * n_types + np.concatenate(owned))
+
     def banned(self, state: UserState, n_items: int) -> np.ndarray:
-        return self.banned_batch([state], n_items)[0]
-
-    def banned_batch(self, states, n_items: int) -> np.ndarray:
-        owned = np.zeros((len(states), len(self.consumable)), bool)
-        rows = np.repeat(np.arange(len(states)), [len(s.purchased) for s in states])
-        if len(rows):
-            owned[rows, self.item_types[np.concatenate([s.purchased for s in states])]] = True
-        owned &= ~self.consumable[None, :]
-        return owned[:, self.item_types]
+        owned = np.zeros(len(self.consumable), bool)
+        owned[self.item_types[state.purchased]] = True
+        owned &= ~self.consumable
+        return owned[self.item_types]
 
 
-class ExcludeCategories:
+class ExcludeCategories(Rule):
     """Bans every item of the given categories (e.g. a surface that must not show alcohol)."""
 
     def __init__(self, item_categories, excluded):
         self.item_categories = np.asarray(item_categories)
         self.mask = np.isin(self.item_categories, np.asarray(list(excluded)))
 
+    def banned_among(self, state: UserState, items: np.ndarray) -> np.ndarray:
+        return self.mask[items]
+
+    def banned_among_batch(self, states, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
+        return self.mask[items]
+
     def banned(self, state: UserState, n_items: int) -> np.ndarray:
         return self.mask
 
-    def banned_batch(self, states, n_items: int) -> np.ndarray:
-        return np.broadcast_to(self.mask, (len(states), n_items))
-
 
 class Filters:
-    """Any of ``rules`` bans an item."""
+    """Any of ``rules`` (each a :class:`Rule`) bans an item."""
 
     def __init__(self, rules=()):
         self.rules = list(rules)
         for i, rule in enumerate(self.rules):
-            if not callable(getattr(rule, "banned", None)):
-                raise ValidationError(f"rules[{i}] has no banned(state, n_items) method", "rules")
+            if not isinstance(rule, Rule):
+                raise ValidationError(f"rules[{i}] is a {type(rule).__name__}, not a banditrec.candidates.Rule "
+                                      "(subclass Rule and define banned_among(state, items))", "rules")
 
     def banned(self, state: UserState, n_items: int) -> np.ndarray:
+        """``(n_items,)``: the whole catalog's mask (each rule's :meth:`Rule.banned`)."""
         out = np.zeros(n_items, bool)
         for rule in self.rules:
             b = np.asarray(rule.banned(state, n_items), dtype=bool)
@@ -123,18 +167,20 @@ class Filters:
             out |= b
         return out
 
-    def banned_batch(self, states, n_items: int) -> np.ndarray:
-        """(m, n_items) for many users: a rule's own ``banned_batch`` when it has one, else its
-        ``banned`` per user."""
-        out = np.zeros((len(states), n_items), bool)
+    def banned_among(self, state: UserState, items) -> np.ndarray:
+        """``(k,)``: whether each of ``items`` is banned for ``state``."""
+        items = np.asarray(items, dtype=np.int64)
+        return self.banned_among_batch([state], np.zeros(len(items), dtype=np.int64), items)
+
+    def banned_among_batch(self, states, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """``(k,)``: whether ``items[i]`` is banned for ``states[rows[i]]``; the cost grows with
+        ``k``, not with the catalog."""
+        out = np.zeros(len(items), bool)
         for rule in self.rules:
-            if hasattr(rule, "banned_batch"):
-                b = np.asarray(rule.banned_batch(states, n_items), dtype=bool)
-            else:
-                b = np.array([rule.banned(s, n_items) for s in states], dtype=bool).reshape(len(states), -1)
-            if b.shape != (len(states), n_items):
-                raise ValidationError(f"{type(rule).__name__} banned {b.shape[1:]} items, expected ({n_items},)",
-                                      "rules")
+            b = np.asarray(rule.banned_among_batch(states, rows, items), dtype=bool)
+            if b.shape != out.shape:
+                raise ValidationError(f"{type(rule).__name__}.banned_among_batch returned shape {b.shape}, expected "
+                                      f"{out.shape}", "rules")
             out |= b
         return out
 
@@ -148,23 +194,44 @@ def diversify(ids: np.ndarray, scores: np.ndarray, types: np.ndarray, N: int, *,
     card, the best tripod and the best bag before a second SD card. ``type_decay = 1`` keeps
     only the cap. Ties keep the input order.
     """
+    ids = np.asarray(ids)
+    scores = np.asarray(scores)
+    order = np.lexsort((np.arange(len(ids)), -scores))
+    pick = diversify_sorted(np.zeros(len(ids), dtype=np.int64), scores[order], np.asarray(types)[ids[order]], N,
+                            max_per_type=max_per_type, type_decay=type_decay)
+    return order[pick]
+
+
+def diversify_sorted(rows: np.ndarray, scores: np.ndarray, types: np.ndarray, N: int, *, max_per_type: int,
+                     type_decay: float = 0.7, return_adjusted: bool = False):
+    """:func:`diversify` for many users at once. Entries are sorted by ``rows`` (ascending),
+    then by decreasing score (ties in the order wanted); ``types[i]`` is entry i's product type.
+    Returns the positions kept, by row, each row's in output order (at most ``N`` per row), and
+    with ``return_adjusted`` their adjusted scores ``score x type_decay ** rank``."""
     if max_per_type < 1:
         raise ValidationError(f"max_per_type must be >= 1, got {max_per_type!r}", "max_per_type")
-    ids = np.asarray(ids)
-    if len(ids) == 0:
-        return np.empty(0, dtype=np.int64)
-    t = np.asarray(types)[ids]
-    order = np.lexsort((np.arange(len(ids)), -np.asarray(scores)))
-    ts = t[order]
-    # rank of each item within its type, by score
-    by_type = np.lexsort((np.arange(len(order)), ts))
-    first = np.r_[True, ts[by_type][1:] != ts[by_type][:-1]]
-    start = np.maximum.accumulate(np.where(first, np.arange(len(order)), 0))
-    rank = np.empty(len(order), dtype=np.int64)
-    rank[by_type] = np.arange(len(order)) - start
-    keep = rank < max_per_type
-    adjusted = np.asarray(scores)[order] * type_decay ** rank
-    pos = order[keep]
-    adj = adjusted[keep]
-    final = np.lexsort((np.arange(len(pos)), -adj))[:N]
-    return pos[final]
+    k = len(rows)
+    if k == 0:
+        empty = np.empty(0, dtype=np.int64)
+        return (empty, np.empty(0)) if return_adjusted else empty
+    pos = np.arange(k)
+    one_row = rows[0] == rows[-1]
+    group = types if one_row else rows * (int(types.max()) + 1) + types
+    by_type = np.argsort(group, kind="stable")  # rank of each entry within its (row, type), by score
+    g = group[by_type]
+    first = np.ones(k, dtype=bool)
+    first[1:] = g[1:] != g[:-1]
+    start = np.maximum.accumulate(np.where(first, pos, 0))
+    rank = np.empty(k, dtype=np.int64)
+    rank[by_type] = pos - start
+    keep = np.flatnonzero(rank < max_per_type)
+    adjusted = scores[keep] * type_decay ** rank[keep]
+    # by row, then decreasing adjusted score; the stable sort keeps ties in input order
+    o = np.argsort(-adjusted, kind="stable") if one_row else np.lexsort((-adjusted, rows[keep]))
+    final = keep[o]
+    r = rows[final]
+    place = pos[:len(final)] - np.searchsorted(r, r)
+    top = place < N
+    if return_adjusted:
+        return final[top], adjusted[o][top]
+    return final[top]

@@ -23,10 +23,12 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import ValidationError
+from .keys import distinct, distinct_inverse
 
 VIEW, CART, PURCHASE = 0, 1, 2
 KINDS = {"view": VIEW, "cart": CART, "purchase": PURCHASE}
 DAY_S = 86_400.0
+MAX_PAIR_DISTANCE = 100  # see pair_signals
 
 
 @dataclass(frozen=True)
@@ -106,33 +108,40 @@ class Interactions:
 
 
 def ordered_pairs(group: np.ndarray, item: np.ndarray, ts: np.ndarray, *, window_s: float | None = None,
-                  first_mask: np.ndarray | None = None, later_mask: np.ndarray | None = None):
+                  first_mask: np.ndarray | None = None, later_mask: np.ndarray | None = None,
+                  max_distance: int | None = None):
     """Pairs (i, j) of event positions with the same ``group``, i strictly before j (events are
-    sorted by group, then time), ``ts[j] - ts[i] <= window_s`` when given, event i in
-    ``first_mask`` and j in ``later_mask``. Returns (items first, items later, group). Loops
-    over the distance between the two events, not over events: a handful of passes."""
+    sorted by group, then time), ``ts[j] - ts[i] <= window_s`` when given, ``j - i <=
+    max_distance`` when given, event i in ``first_mask`` and j in ``later_mask``. Returns (items
+    first, items later, group). Loops over the distance ``j - i``, each pass over the events
+    that still have a partner that far away in their group (and within the window), so the
+    work is the number of pairs plus the events, not the longest group times the events."""
     n = len(item)
+    e = np.empty(0, np.int64)
+    if n == 0:
+        return e, e, e
+    bounds = np.r_[np.flatnonzero(group[1:] != group[:-1]) + 1, n]
+    end = np.repeat(bounds, np.diff(np.r_[0, bounds]))  # one past the last event of each event's group
+    alive = np.flatnonzero(end - np.arange(n) > 1)
+    if first_mask is not None:
+        alive = alive[first_mask[alive]]
     firsts, laters, groups = [], [], []
     gap = 1
-    while gap < n:
-        same = group[gap:] == group[:-gap]
-        if window_s is not None:
-            same &= (ts[gap:] - ts[:-gap]) <= window_s
-        if not same.any():
-            break
-        i = np.flatnonzero(same)
-        j = i + gap
-        ok = np.ones(len(i), bool)
-        if first_mask is not None:
-            ok &= first_mask[i]
+    while len(alive) and (max_distance is None or gap <= max_distance):
+        alive = alive[alive + gap < end[alive]]
+        j = alive + gap
+        if window_s is not None:  # times rise within a group: a pair out of the window stays out
+            inside = (ts[j] - ts[alive]) <= window_s
+            alive, j = alive[inside], j[inside]
+        i = alive
         if later_mask is not None:
-            ok &= later_mask[j]
-        firsts.append(item[i[ok]])
-        laters.append(item[j[ok]])
-        groups.append(group[i[ok]])
+            ok = later_mask[j]
+            i, j = i[ok], j[ok]
+        firsts.append(item[i])
+        laters.append(item[j])
+        groups.append(group[i])
         gap += 1
     if not firsts:
-        e = np.empty(0, np.int64)
         return e, e, e
     return np.concatenate(firsts), np.concatenate(laters), np.concatenate(groups)
 
@@ -140,10 +149,16 @@ def ordered_pairs(group: np.ndarray, item: np.ndarray, ts: np.ndarray, *, window
 def _user_pair_counts(a, b, who, n_items: int) -> sp.csr_matrix:
     """(n_items, n_items) count of distinct ``who`` per ordered pair (a, b), a != b."""
     keep = a != b
-    a, b, who = a[keep], b[keep], who[keep]
+    a, b, who = a[keep].astype(np.int64), b[keep].astype(np.int64), who[keep].astype(np.int64)
     if len(a):
-        key = np.unique(np.stack([who, a, b], axis=1), axis=0)
-        a, b = key[:, 1], key[:, 2]
+        n = max(n_items, 1)
+        pair = a * n + b
+        if (int(who.max()) + 1) * n * n < 2 ** 63:
+            key = distinct(who * (n * n) + pair) % (n * n)
+        else:  # too many (user, pair) combinations for one int64 key: number the pairs first
+            pairs, code = distinct_inverse(pair)
+            key = pairs[distinct(who * len(pairs) + code) % len(pairs)]
+        a, b = key // n, key % n
     return sp.csr_matrix((np.ones(len(a)), (a, b)), shape=(n_items, n_items))
 
 
@@ -171,28 +186,49 @@ class PairSignals:
         return out
 
 
-def pair_signals(events: Interactions, *, window_s: float = 30 * DAY_S) -> PairSignals:
+def pair_signals(events: Interactions, *, window_s: float = 30 * DAY_S,
+                 max_pair_distance: int | None = MAX_PAIR_DISTANCE) -> PairSignals:
     """Count the three signals. Co-view and view-then-buy within a session; co-purchase by the
-    same user within ``window_s`` seconds, in purchase order."""
+    same user within ``window_s`` seconds, in purchase order.
+
+    ``max_pair_distance``: an event pairs only with the next ``max_pair_distance`` events of
+    its session (co-view, view-then-buy), a purchase only with the user's next
+    ``max_pair_distance`` purchases (co-purchase); ``None`` pairs all. A heavy session (a
+    crawler, a reseller's basket) would otherwise add pairs quadratic in its length; sessions
+    shorter than the cap are counted in full.
+    """
     n = events.n_items
-    by_session = np.lexsort((np.arange(len(events)), events.ts, events.session))
-    s = events.select(by_session)
+    if max_pair_distance is not None and (isinstance(max_pair_distance, bool) or max_pair_distance < 1):
+        raise ValidationError(f"max_pair_distance must be a positive integer or None, got {max_pair_distance!r}",
+                              "max_pair_distance")
+    s = events
+    if len(s) and not _sorted_by(s.session, s.ts):
+        s = events.select(np.lexsort((np.arange(len(events)), events.ts, events.session)))
     view, buy = s.kind == VIEW, s.kind == PURCHASE
-    a, b, g = ordered_pairs(s.session, s.item, s.ts, first_mask=view, later_mask=view)
+    a, b, g = ordered_pairs(s.session, s.item, s.ts, first_mask=view, later_mask=view, max_distance=max_pair_distance)
     V = _distinct_user_sym(a, b, _session_user(s, g), n)
     # view-then-buy: viewed a and did NOT buy it, then bought b, which was viewed in that session
     # too (chose b over a). A bought item nobody compared (an SD card added after a camera)
     # is no substitute of the cameras looked at.
-    key = s.session * n + s.item
-    bought_here = np.isin(key, key[buy])
-    viewed_here = np.isin(key, key[view])
-    a, b, g = ordered_pairs(s.session, s.item, s.ts, first_mask=view & ~bought_here, later_mask=buy & viewed_here)
+    _, at = distinct_inverse(s.session * n + s.item)
+    bought_here = np.bincount(at, weights=buy)[at] > 0
+    viewed_here = np.bincount(at, weights=view)[at] > 0
+    a, b, g = ordered_pairs(s.session, s.item, s.ts, first_mask=view & ~bought_here, later_mask=buy & viewed_here,
+                            max_distance=max_pair_distance)
     VB = _user_pair_counts(a, b, _session_user(s, g), n)
-    p = events.of_kind(PURCHASE)  # sorted by user, then time
-    a, b, who = ordered_pairs(p.user, p.item, p.ts, window_s=window_s)
+    p = events.of_kind(PURCHASE)
+    if len(p) and not _sorted_by(p.user, p.ts):
+        p = p.select(np.lexsort((np.arange(len(p)), p.ts, p.user)))
+    a, b, who = ordered_pairs(p.user, p.item, p.ts, window_s=window_s, max_distance=max_pair_distance)
     P = _user_pair_counts(a, b, who, n)
-    buyers = np.unique(np.stack([p.user, p.item], axis=1), axis=0)[:, 1] if len(p) else np.empty(0, np.int64)
+    buyers = distinct(p.user * n + p.item) % n if len(p) else np.empty(0, np.int64)
     return PairSignals(co_view=V, view_then_buy=VB, co_purchase=P, purchases=np.bincount(buyers, minlength=n))
+
+
+def _sorted_by(group: np.ndarray, ts: np.ndarray) -> bool:
+    """Whether events are sorted by ``group``, then by time."""
+    dg = np.diff(group)
+    return bool((dg >= 0).all() and (np.diff(ts)[dg == 0] >= 0).all())
 
 
 def _session_user(s: Interactions, g: np.ndarray) -> np.ndarray:

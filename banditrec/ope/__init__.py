@@ -17,9 +17,11 @@ from .estimators import (
     resolve_target_pscore,
 )
 from .ranking import RankingMetrics, coverage, ranking_metrics, ranking_metrics_per_user
-from .reward_model import RidgeRewardModel
+from .reward_model import (REWARD_MODELS, GBTRewardModel, LogisticRewardModel, RewardModel, RidgeRewardModel,
+                           make_reward_model)
 
 __all__ = [
-    "DM", "DR", "ESTIMATORS", "IPS", "SNDR", "SNIPS", "ClippedIPS", "Estimate", "LoggedBandit", "OPEWarning",
+    "DM", "DR", "ESTIMATORS", "GBTRewardModel", "IPS", "LogisticRewardModel", "REWARD_MODELS", "RewardModel",
+    "make_reward_model", "SNDR", "SNIPS", "ClippedIPS", "Estimate", "LoggedBandit", "OPEWarning",
     "RankingMetrics", "Replay", "RidgeRewardModel", "SlatePI", "SwitchDR", "Terms", "coverage", "ranking_metrics", "ranking_metrics_per_user", "resolve_target_pscore",
 ]

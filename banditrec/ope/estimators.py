@@ -46,7 +46,7 @@ from scipy.stats import norm
 from ..errors import ValidationError
 from ..types import Estimate, LoggedBandit
 from ..validation import as_1d, check_finite, check_probabilities
-from .reward_model import RidgeRewardModel
+from .reward_model import RewardModel, default_reward_model
 
 LOW_ESS = 300  # fewer effective rows than this and a normal interval undercovers (heavy weights)
 LOW_ESS_SHARE = 0.01  # ... or fewer than this share of the rows
@@ -590,10 +590,15 @@ class SNIPS(IPS):
 @dataclass(frozen=True, kw_only=True)
 class DM(IPS):
     """Direct method: the reward model's value of the target. Its interval ignores the
-    model's own error, so it covers the truth only when the model is right."""
+    model's own error, so it covers the truth only when the model is right.
 
-    reward_model: RidgeRewardModel = field(default_factory=RidgeRewardModel)
+    ``reward_model`` is cross-fitted on the log with ``n_folds`` folds drawn from ``seed``;
+    the DM family defaults to ``seed=0`` so that an estimate does not change between runs.
+    """
+
+    reward_model: RewardModel = field(default_factory=default_reward_model)
     n_folds: int = 2
+    seed: int | None = 0
     name: ClassVar[str] = "DM"
     needs_q: ClassVar[bool] = True
 
@@ -601,6 +606,9 @@ class DM(IPS):
         super().__post_init__()
         if isinstance(self.n_folds, bool) or not isinstance(self.n_folds, int) or self.n_folds < 2:
             raise ValidationError(f"n_folds must be an integer >= 2, got {self.n_folds!r}", "n_folds")
+        if not isinstance(self.reward_model, RewardModel):
+            raise ValidationError(f"reward_model must be a RewardModel (ridge, logistic, gbt), got "
+                                  f"{type(self.reward_model).__name__}", "reward_model")
 
     def terms(self, data, inputs, w):
         return Terms(per_decision(data, inputs.q_target))

@@ -76,26 +76,42 @@ def make(spec: str, **env) -> Policy:
     return cls(cls.Config(**typed), **env)
 
 
-def load(path, **env) -> Policy:
+def _check_params(manifest: dict, cls) -> dict:
+    """The manifest's params, if each is a field of the Config and has its type (the config then
+    checks ranges); a field the snapshot lacks (added since it was written) takes its default."""
+    fields = {f.name: f.type for f in dataclasses.fields(cls.Config)}
+    params = manifest["params"]
+    unknown = sorted(set(params) - set(fields))
+    if unknown:  # a parameter added since the snapshot was written (absent here) takes its default
+        raise ValidationError(f"snapshot params {sorted(params)} do not match policy {cls.name}'s "
+                              f"{sorted(fields)}: it has no {', '.join(unknown)}", "snapshot")
+    kinds = {"float": (int, float), float: (int, float), "int": (int,), int: (int,), "str": (str,), str: (str,)}
+    for key, value in params.items():
+        allowed = kinds.get(fields[key])
+        if allowed is not None and (isinstance(value, bool) or not isinstance(value, allowed)):
+            raise ValidationError(f"snapshot param {key} must be of type {fields[key]}, found {value!r}", "snapshot")
+    return params
+
+
+def load(path, *, manifest_sha256: str | None = None, **env) -> Policy:
     """Rebuild a policy from a snapshot written by ``policy.save(path)``; ``env`` as for
     :func:`make` (it may describe a larger catalog than the snapshot's: items added since start
-    cold). A missing, truncated or altered snapshot raises ``ValidationError``; a parameter the
-    policy gained since the snapshot was written takes its default."""
-    manifest, payload = snapshot.load(path)
+    cold); ``manifest_sha256``: the manifest's hash from a publishing pointer. A missing,
+    truncated, altered or ill-typed snapshot raises ``ValidationError``; a parameter the policy
+    gained since the snapshot was written takes its default."""
+    manifest, payload = snapshot.load(path, manifest_sha256=manifest_sha256)
     name = manifest["policy"]
     if name not in REGISTRY:
         raise ValidationError(f"snapshot is of unknown policy {name!r}; known: {', '.join(sorted(REGISTRY))}",
                               "snapshot")
     cls = REGISTRY[name]
-    fields = {f.name for f in dataclasses.fields(cls.Config)}
-    unknown = sorted(set(manifest["params"]) - fields)
-    if unknown:
-        raise ValidationError(f"snapshot params {sorted(manifest['params'])} do not match policy {name}'s "
-                              f"{sorted(fields)}: it has no {', '.join(unknown)}", "snapshot")
-    # a parameter added since the snapshot was written takes its default
-    policy = cls(cls.Config(**manifest["params"]), **env)
+    try:
+        config = cls.Config(**_check_params(manifest, cls))
+    except ValidationError as exc:
+        raise ValidationError(f"snapshot params are not a valid {name} config: {exc.message}", "snapshot") from None
+    policy = cls(config, **env)
     meta = dict(manifest["meta"])
-    policy.n_updates = int(meta.pop("n_updates", 0))
+    policy.n_updates = meta.pop("n_updates", 0)
     policy.set_state(payload if isinstance(payload, dict) else {"payload": payload}, meta)
     return policy
 

@@ -317,8 +317,9 @@ class Policy(ABC):
             raise ValidationError(f"policy {self.name} keeps no arrays, the snapshot has {sorted(arrays)}",
                                   "snapshot")
 
-    def save(self, path) -> Path:
-        """Write a snapshot (``.npz`` + ``.json`` manifest, atomic; see :mod:`.snapshot`)."""
+    def save(self, path, *, provenance: dict | None = None) -> Path:
+        """Write a snapshot (``.npz`` + ``.json`` manifest, atomic; see :mod:`.snapshot`);
+        ``provenance``: integers saying where it came from (e.g. ``trained_until_seq``)."""
         arrays, meta = self.state()
         return snapshot.save(path, name=self.name, params=self.params, model_version=self.model_version,
-                             arrays=arrays, meta={**meta, "n_updates": self.n_updates})
+                             arrays=arrays, meta={**meta, "n_updates": int(self.n_updates)}, provenance=provenance)

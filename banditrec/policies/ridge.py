@@ -54,6 +54,7 @@ from ..errors import ValidationError
 from ..features import ITEM_EXTRA, joint_dim, joint_features
 from .checks import check_context, check_rows, check_weight
 from .base import Policy, Request, Rows, cold_flags
+from .sampling import seed_grid
 
 _OUTER_CHUNK_FLOATS = 1 << 21  # rows per chunk of grouped outer products: at most 16 MB each
 
@@ -393,11 +394,13 @@ class JointRidgePolicy(Policy):
         self._sigma = None
 
     def state_digest(self) -> bytes:
-        """A hash of the model (``theta``, ``A^{-1}`` and the reward scale), cached until the next change."""
+        """A hash of the model (``theta``, ``A^{-1}`` and the reward scale, on
+        :func:`~.sampling.seed_grid`, so that the same model learned on another CPU mostly hashes
+        the same), cached until the next change."""
         if self._digest is None:
             h = hashlib.blake2b(digest_size=16)
             for a in (self.theta, self.A_inv, self.stats):
-                h.update(np.ascontiguousarray(a).tobytes())
+                h.update(seed_grid(a).tobytes())
             self._digest = h.digest()
         return self._digest
 

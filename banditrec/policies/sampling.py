@@ -20,10 +20,13 @@ conditionals are ratios of Monte-Carlo joint probabilities. *Marginals* P(slot k
 -- what position-wise estimators divide by -- are estimated by **Rao-Blackwellised Monte
 Carlo**: sample ``draws`` prefixes (slots 0..k-1) and average the exact slot-k probability of
 every candidate given each prefix (for Thompson sampling: average the exact epsilon-greedy rank
-marginals over posterior draws). Unlike counting how often an item lands in slot k, this gives
-an item the policy can show a positive estimate unless every sampled prefix already showed it
-(the floor ``eps_k / n_eligible`` is inside every other term); ``sample`` guards the cells it
-logs against that case. Slot 0 needs no prefix, so its marginals are exact.
+marginals over posterior draws, tied scores splitting the greedy share as the sampler does).
+Unlike counting how often an item lands in slot k, this gives an item the policy can show a
+positive estimate unless every sampled prefix already showed it (the floor ``eps_k /
+n_eligible`` is inside every other term). Without a type cap, :meth:`SequentialSlate.marginals`
+lifts such cells onto exact lower bounds, so an explored item's estimate is never 0; with a cap,
+``sample`` guards the cells it logs against that case. Its standard error is reported by
+:meth:`marginal_se`. Slot 0 needs no prefix, so its marginals are exact.
 
 **Standard errors that are honest for rare cells** (:func:`honest_se`, reported by
 ``marginal_se``). The plain standard error of a Monte-Carlo mean is 0 for a cell whose terms
@@ -36,7 +39,10 @@ pseudo-successes and failures): never below about ``1.4 (hi - lo) / draws``, and
 
 The Monte Carlo stream is seeded from the distribution's own inputs (a hash of the values,
 epsilons and constraints) unless a seed is given, so re-scoring a logged decision with the same
-policy state reproduces the logged marginals bit for bit.
+policy state reproduces the logged marginals bit for bit on one machine. The values are hashed
+on a grid (:func:`seed_grid`), so that on another CPU, where they may differ in their last bits
+(BLAS kernels, numpy's SIMD functions), the stream is the same and the marginals agree to
+rounding (``docs/reproducibility.md``).
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..errors import ValidationError
-from .slate import EpsilonGreedySlate, SlateSample, rank_slot_marginals
+from .slate import EpsilonGreedySlate, SlateSample, rank_slot_marginals, tie_averaged
 
 DEFAULT_DRAWS = 256
 
@@ -63,6 +69,25 @@ def honest_se(mean: np.ndarray, sd: np.ndarray, n: int, lo, hi) -> np.ndarray:
     ss = (max(n - 1, 0) * sd * sd + n * (mean - center) ** 2 + 2.0 * (lo - center) ** 2
           + 2.0 * (hi - center) ** 2)
     return np.sqrt(np.maximum(ss, 0.0) / (n + 4.0) / n)
+
+
+SEED_GRID_BITS = 30
+
+
+def seed_grid(a) -> np.ndarray:
+    """``a`` (floats) rounded to ``SEED_GRID_BITS`` significant bits, as int64 (mantissa,
+    exponent) pairs, with magnitudes under ``2**-40`` of the largest taken as 0: what a
+    Monte-Carlo seed hashes instead of the raw bytes, so that values which differ only in their
+    last bits, as one computation does on two CPUs or BLAS kernels, give the same stream
+    (unless a value sits that close to a rounding boundary: a chance of 2^-22 per value and
+    ulp of difference)."""
+    a = np.asarray(a, dtype=float)
+    top = float(np.abs(a).max(initial=0.0))
+    a = np.where(np.abs(a) < top * 2.0 ** -40, 0.0, a)  # rounding noise around 0, e.g. after cancellation
+    m, e = np.frexp(a)
+    q = np.rint(m * 2.0 ** SEED_GRID_BITS).astype(np.int64)
+    carry = np.abs(q) == 2 ** SEED_GRID_BITS  # 1 - ulp rounds up to 1: the same point as 1
+    return np.stack([np.where(carry, q // 2, q), e + carry])
 
 
 def _content_seed(*arrays) -> int:
@@ -87,6 +112,21 @@ def _check_draws(draws) -> int:
     if isinstance(draws, bool) or not isinstance(draws, int | np.integer) or draws < 2:
         raise ValidationError(f"draws must be an integer >= 2, got {draws!r}", "draws")
     return int(draws)
+
+
+def _lift_onto(mean: np.ndarray, bound: np.ndarray) -> np.ndarray:
+    """``mean`` with every column that has a cell below ``bound`` lifted onto the bounds (see
+    :meth:`SequentialSlate.marginals`); other columns are returned as they are, bit for bit."""
+    low = (mean < bound).any(axis=0)
+    if not low.any():
+        return mean
+    out = mean.copy()
+    b = bound[:, low]
+    excess = np.maximum(mean[:, low] - b, 0.0)
+    total = excess.sum(axis=0)  # > 0: the bounds of a column sum to less than its mass, 1
+    scale = np.where(total > 0, np.maximum(1.0 - b.sum(axis=0), 0.0) / np.where(total > 0, total, 1.0), 0.0)
+    out[:, low] = b + excess * scale
+    return out
 
 
 def slate_sample(index: np.ndarray, cond: np.ndarray, marginal: np.ndarray | None, *, draws: int,
@@ -162,7 +202,7 @@ class SequentialSlate:
                     f"from {self.n_types} types", "max_per_type")
         else:
             self.types, self.n_types = None, 0
-        self.seed = _content_seed(values, self.epsilon, np.array([self.max_per_type, self.draws]),
+        self.seed = _content_seed(seed_grid(values), self.epsilon, np.array([self.max_per_type, self.draws]),
                                   np.zeros(0) if self.types is None else self.types,
                                   np.frombuffer(kind.encode(), np.uint8)) if seed is None else int(seed)
         self._marg = None
@@ -268,17 +308,70 @@ class SequentialSlate:
         return mean, np.sqrt(var)
 
     def marginals(self) -> np.ndarray:
-        """(n, K) P(slot k holds candidate j): exact for slot 0, Rao-Blackwellised MC after."""
+        """(n, K) P(slot k holds candidate j): exact for slot 0, Rao-Blackwellised MC after.
+
+        Without a type cap, a column with a cell below :meth:`marginal_bounds` (an item that
+        was in every sampled prefix, say) is lifted onto the bounds: such cells become their
+        bound and the column's other cells give up the lifted mass in proportion to their
+        excess over their own bounds, so every cell stays at or above its bound and the
+        column still sums to 1. Columns with no such cell are the plain average.
+        """
         if self._marg is None:
             rng = np.random.default_rng(self.seed)
             if self.kind == "weights" and not self.max_per_type:
                 mean, sd = self._weights_moments(rng, self.draws)
             else:
                 _, _, mean, sd = self._run(rng, self.draws, collect=True)
+            if not self.max_per_type and self.n_slots > 1:  # slot 0 is exact already
+                mean[:, 1:] = _lift_onto(mean[:, 1:], self.marginal_bounds()[:, 1:])
             self._marg, self._se = mean, honest_se(mean, sd, self.draws, 0.0, 1.0)
             self._se[:, 0] = 0.0
             self._marg.setflags(write=False)
         return self._marg
+
+    def marginal_bounds(self) -> np.ndarray:
+        """(n, K) lower bounds on the true marginals, positive wherever ``epsilon`` is, for a
+        slate without a type cap (zeros with one).
+
+        ``P(j in slot k) >= P(j not in slots < k) * min_s P(j | prefix s)`` and
+        ``P(j not in slots < k) >= (1 - M[j, 0]) * prod_{0<t<k} (1 - max_s P(j | prefix s))``,
+        with ``M[j, 0]`` exact and the per-slot extremes over every prefix without ``j``: for
+        weights, ``w_j`` over ``w_j`` plus the ``n - t - 1`` smallest (for the max) or largest
+        (for the min) other weights (``1 / (n - t)`` where those are all 0), mixed with
+        ``eps_t / (n - t)``; for the greedy kind 1 and 0 before mixing.
+        """
+        n, K = self.n_candidates, self.n_slots
+        out = np.zeros((n, K))
+        if self.max_per_type:
+            return out
+        eps = self.epsilon
+        left = n - np.arange(K)  # candidates left at slot t
+        if self.kind == "weights":
+            w = self.values
+            order = np.argsort(w, kind="stable")
+            pos = np.empty(n, dtype=np.int64)
+            pos[order] = np.arange(n)
+            cum = np.r_[0.0, np.cumsum(w[order])]
+
+            def smallest_others(m):  # (n, K): sum of the m[t] smallest weights other than j's
+                m = np.broadcast_to(m, (n, K))
+                own = pos[:, None] < m  # j is among the m smallest: take one more, minus w_j
+                return np.where(own, cum[np.minimum(m + 1, n)] - w[:, None], cum[m])
+
+            small = smallest_others(left - 1)
+            large = cum[n] - w[:, None] - smallest_others(n - left)  # the left - 1 largest others
+            with np.errstate(divide="ignore", invalid="ignore"):  # all weights left 0: uniform
+                g_max = np.where(w[:, None] + small > 0, w[:, None] / (w[:, None] + small), 1.0 / left)
+                g_min = np.where(w[:, None] + large > 0, w[:, None] / (w[:, None] + large), 1.0 / left)
+        else:
+            g_max, g_min = np.ones((n, K)), np.zeros((n, K))
+        p_max = (1.0 - eps) * g_max + eps / left
+        p_min = (1.0 - eps) * g_min + eps / left
+        first = self._pmf(np.zeros((1, n), dtype=bool), None, 0)[0]  # slot 0, exact
+        absent = np.cumprod(np.c_[1.0 - first, 1.0 - p_max[:, 1:K - 1]], axis=1)  # P(j not in slots < k), k >= 1
+        out[:, 0] = first
+        out[:, 1:] = np.clip(absent, 0.0, 1.0) * p_min[:, 1:]
+        return out
 
     def marginal_se(self) -> np.ndarray:
         """(n, K) standard error of :meth:`marginals` (0 for slot 0)."""
@@ -371,14 +464,11 @@ class SampledRankingSlate:
     def marginals(self) -> np.ndarray:
         """(n, K): the exact epsilon-greedy rank marginals averaged over posterior draws."""
         if self._marg is None:
-            s = self._draws()
-            ranks = np.empty_like(s, dtype=np.int64)
-            order = np.argsort(-s, axis=1, kind="stable")
-            np.put_along_axis(ranks, order, np.arange(self._n)[None, :], axis=1)
-            by_rank = rank_slot_marginals(self._n, self.epsilon)
-            per_draw = by_rank[ranks]  # (draws, n, K)
+            per_draw = self._rank_marginals(self._draws())  # (draws, n, K)
             self._marg = per_draw.mean(axis=0)
-            # a cell's term is by_rank[rank, k] for some rank: its range is that column's
+            # a cell's term is by_rank[rank, k] for some rank, or an average of tied ranks' terms:
+            # its range is that column's
+            by_rank = rank_slot_marginals(self._n, self.epsilon)
             self._se = honest_se(self._marg, per_draw.std(axis=0, ddof=1), self.draws, by_rank.min(axis=0),
                                  by_rank.max(axis=0))
             self._marg.setflags(write=False)
@@ -387,6 +477,15 @@ class SampledRankingSlate:
     def marginal_se(self) -> np.ndarray:
         self.marginals()
         return self._se
+
+    def _rank_marginals(self, s: np.ndarray) -> np.ndarray:
+        """(draws, n, K) the exact epsilon-greedy marginals given each row of scores ``s``
+        (draws, n); tied scores split the greedy share evenly, as the sampler does."""
+        order = np.argsort(-s, axis=1, kind="stable")
+        by_rank = tie_averaged(rank_slot_marginals(self._n, self.epsilon), np.take_along_axis(s, order, axis=1))
+        out = np.empty_like(by_rank)
+        np.put_along_axis(out, order[:, :, None], by_rank, axis=1)
+        return out
 
     def _path_probabilities(self, index: np.ndarray, s: np.ndarray | None = None) -> np.ndarray:
         """(draws, K) P(slot k gets index[k] | earlier slots, draw j) along a given slate."""
@@ -435,9 +534,7 @@ class SampledRankingSlate:
             # the served draw itself to the Monte-Carlo average rather than log an impossible 0
             own = self._path_probabilities(index, scores[None, :])
             joint = (np.cumprod(paths, axis=1).sum(axis=0) + np.cumprod(own, axis=1)[0]) / (self.draws + 1)
-            ranks = np.empty(self._n, dtype=np.int64)
-            ranks[np.argsort(-scores, kind="stable")] = np.arange(self._n)
-            own_marg = rank_slot_marginals(self._n, self.epsilon)[ranks[index], np.arange(self.n_slots)]
+            own_marg = self._rank_marginals(scores[None, :])[0][index, np.arange(self.n_slots)]
             marg = np.where(marg > 0, marg, own_marg / (self.draws + 1))
         cond = joint / np.r_[1.0, joint[:-1]]
         log_joint = float(np.log(cond).sum())

@@ -87,6 +87,24 @@ def rank_slot_marginals(n: int, epsilon) -> np.ndarray:
     return _rank_slot_marginals_cached(int(n), eps)
 
 
+def tie_averaged(by_rank: np.ndarray, sorted_scores: np.ndarray) -> np.ndarray:
+    """``(D, n, K)``: for each row of ``sorted_scores`` ``(D, n)`` (descending), the rank
+    marginals ``by_rank`` ``(n, K)`` with the rows of each run of equal scores replaced by
+    their mean. Tied candidates are exchangeable when ties split evenly, so each gets the
+    average over the ranks its group occupies. A row without ties is ``by_rank`` bit for bit."""
+    D, n = sorted_scores.shape
+    out = np.broadcast_to(by_rank, (D, n, by_rank.shape[1])).copy()
+    new_group = np.ones((D, n), dtype=bool)
+    new_group[:, 1:] = sorted_scores[:, 1:] != sorted_scores[:, :-1]
+    if new_group.all():
+        return out
+    flat = out.reshape(D * n, -1)
+    starts = np.flatnonzero(new_group.ravel())  # every row starts a group: none spans two rows
+    sizes = np.diff(np.r_[starts, D * n])
+    flat[:] = np.repeat(np.add.reduceat(flat, starts, axis=0) / sizes[:, None], sizes, axis=0)
+    return out
+
+
 @dataclass(frozen=True)
 class SlateSample:
     """One sampled slate: candidate positions per slot and the probabilities logged with it."""
@@ -298,13 +316,8 @@ class EpsilonGreedySlate:
         over the ranks its tie group occupies.
         """
         ranks = rank_slot_marginals(self.n_candidates, self.epsilon)
-        order, group, sizes = self._ranking()
-        if len(sizes) == len(order):
-            by_rank = ranks
-        else:
-            starts = np.r_[0, np.cumsum(sizes)[:-1]]
-            group_mean = np.add.reduceat(ranks, starts, axis=0) / sizes[:, None]
-            by_rank = np.repeat(group_mean, sizes, axis=0)
+        order, _, sizes = self._ranking()
+        by_rank = ranks if len(sizes) == len(order) else tie_averaged(ranks, self.scores[order][None, :])[0]
         out = np.empty_like(by_rank)
         out[order] = by_rank
         return out

@@ -1,12 +1,18 @@
 """Policy snapshots: arrays in ``.npz`` plus a JSON manifest, written atomically, never pickle.
 
 A snapshot is two files, ``<stem>.npz`` (the arrays; ``allow_pickle=False`` on both sides)
-and ``<stem>.json``: the policy's name, params, model version, the array names, shapes and
-dtypes, any extra metadata, and the SHA-256 of the ``.npz`` (or of another payload file, such
-as a Vowpal Wabbit model). Each file is written to a temporary name, fsynced and renamed, the
-manifest last, so a reader sees either the old snapshot or the new one. Loading re-hashes the
-payload and checks every array against the manifest: a truncated or corrupt snapshot raises
-:class:`~banditrec.errors.ValidationError` instead of serving a wrong model.
+and ``<stem>.json``, the manifest: the policy's name, params, model version, the array names,
+shapes and dtypes, any extra metadata, where it came from (``provenance``, e.g. the learner's
+``trained_until_seq``), the SHA-256 and size of the payload (the ``.npz``, or another payload
+file such as a Vowpal Wabbit model), and ``checksum``, the SHA-256 of the manifest's own
+canonical JSON. So every byte a reader uses is covered: the manifest by its checksum (and by
+the publishing pointer's hash of its bytes, :mod:`banditrec.publish`), the payload by the
+manifest. Each file is written to a temporary name, fsynced and renamed, the manifest last.
+
+Loading checks the manifest's structure and types against a small explicit schema
+(:func:`read_manifest`) before using any of it, re-hashes the payload and checks every array
+against the manifest: anything missing, truncated, altered or of the wrong type raises
+:class:`~banditrec.errors.ValidationError` (field ``snapshot``) naming the file and the field.
 """
 
 from __future__ import annotations
@@ -15,7 +21,9 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 import os
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -24,7 +32,12 @@ import numpy as np
 
 from ..errors import ValidationError
 
-FORMAT = "banditrec.snapshot/1"
+FORMAT = "banditrec.snapshot/2"
+MAX_MANIFEST_BYTES = 1 << 20
+MAX_PAYLOAD_BYTES = 1 << 40
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_KEYS = ("format", "policy", "params", "model_version", "payload", "sha256", "size", "arrays", "meta",
+         "provenance", "checksum")
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -57,12 +70,27 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def canonical(obj: dict) -> bytes:
+    """The canonical JSON of ``obj`` that a ``checksum`` field is taken over (sorted keys,
+    no whitespace, ASCII, the ``checksum`` key itself left out)."""
+    rest = {k: v for k, v in obj.items() if k != "checksum"}
+    return json.dumps(rest, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                      allow_nan=False).encode()
+
+
+def version(manifest: dict) -> str:
+    """The published version name of a verified manifest: ``<model_version>.<payload sha[:8]>``."""
+    return f"{manifest['model_version']}.{manifest['sha256'][:8]}"
+
+
 def save(path, *, name: str, params: dict, model_version: str, arrays: dict[str, np.ndarray],
-         meta: dict | None = None, payload: bytes | None = None, payload_suffix: str = ".npz") -> Path:
+         meta: dict | None = None, payload: bytes | None = None, payload_suffix: str = ".npz",
+         provenance: dict | None = None) -> Path:
     """Write a snapshot; returns the manifest's path.
 
     ``arrays`` go to ``<stem>.npz``; or give ``payload`` bytes (e.g. a VW model) with its
-    ``payload_suffix``. ``meta`` is any JSON-able extra state (e.g. dimensions, counters).
+    ``payload_suffix``. ``meta`` is any JSON-able extra state (e.g. dimensions, counters);
+    ``provenance`` says where the snapshot came from (integers, e.g. ``trained_until_seq``).
     """
     stem = _stem(path)
     if payload is None:
@@ -87,34 +115,133 @@ def save(path, *, name: str, params: dict, model_version: str, arrays: dict[str,
         "size": len(payload),
         "arrays": shapes,
         "meta": meta or {},
+        "provenance": provenance or {},
     }
+    manifest["checksum"] = sha256(canonical(manifest))
+    _check_manifest(manifest, stem.with_suffix(".json"))  # what a reader refuses is never written
     atomic_write(payload_path, payload)
     manifest_path = stem.with_suffix(".json")
     atomic_write(manifest_path, json.dumps(manifest, indent=2, sort_keys=True).encode())
     return manifest_path
 
 
-def load(path) -> tuple[dict, dict[str, np.ndarray] | bytes]:
-    """Read and verify a snapshot: ``(manifest, arrays)`` (or the raw payload bytes when the
-    snapshot holds a non-npz payload). Anything missing, truncated or altered raises."""
-    stem = _stem(path)
-    manifest_path = stem.with_suffix(".json")
+# ---- the manifest's schema -----------------------------------------------------------------
+def _fail(where: Path, field: str, expected: str, found) -> ValidationError:
+    shown = repr(found)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    return ValidationError(f"snapshot manifest {where}: {field} must be {expected}, found {shown}", "snapshot")
+
+
+def _is_int(value, low: int = 0, high: int = 2**63 - 1) -> bool:
+    return type(value) is int and low <= value <= high
+
+
+def _is_scalar(value) -> bool:
+    return (value is None or isinstance(value, (str, bool, int))
+            or (type(value) is float and math.isfinite(value)))
+
+
+def _check_manifest(m, where: Path) -> dict:
+    """``m`` if it has the manifest's structure and types; else a ValidationError naming the field."""
+    if not isinstance(m, dict):
+        raise _fail(where, "the manifest", "a JSON object", type(m).__name__)
+    if m.get("format") != FORMAT:
+        found = m.get("format")
+        hint = " (written by an older banditrec: publish again)" if found == "banditrec.snapshot/1" else ""
+        raise ValidationError(f"{where} is not a banditrec snapshot of format {FORMAT}, found format "
+                              f"{found!r}{hint}", "snapshot")
+    missing = [k for k in _KEYS if k not in m]
+    if missing:
+        raise ValidationError(f"snapshot manifest {where} lacks {', '.join(map(repr, missing))}", "snapshot")
+    unknown = sorted(set(m) - set(_KEYS))
+    if unknown:
+        raise ValidationError(f"snapshot manifest {where} has unknown fields {unknown}", "snapshot")
+    for key in ("policy", "model_version"):
+        if not isinstance(m[key], str) or not m[key] or len(m[key]) > 256:
+            raise _fail(where, key, "a non-empty string", m[key])
+    payload = m["payload"]
+    if (not isinstance(payload, str) or not payload or payload.startswith(".") or "/" in payload
+            or "\\" in payload or "\x00" in payload or len(payload) > 255):
+        raise _fail(where, "payload", "a file name in the snapshot's directory", payload)
+    for key in ("sha256", "checksum"):
+        if not isinstance(m[key], str) or not _HEX64.fullmatch(m[key]):
+            raise _fail(where, key, "64 lowercase hex digits", m[key])
+    if not _is_int(m["size"], 0, MAX_PAYLOAD_BYTES):
+        raise _fail(where, "size", "an integer >= 0", m["size"])
+    params = m["params"]
+    if not isinstance(params, dict) or not all(_is_scalar(v) for v in params.values()):
+        raise _fail(where, "params", "an object of strings, numbers, booleans or nulls", params)
+    arrays = m["arrays"]
+    if not isinstance(arrays, dict):
+        raise _fail(where, "arrays", "an object", arrays)
+    for name, spec in arrays.items():
+        if (not isinstance(spec, dict) or set(spec) != {"shape", "dtype"} or not isinstance(spec["shape"], list)
+                or len(spec["shape"]) > 32 or not all(_is_int(n) for n in spec["shape"])
+                or not isinstance(spec["dtype"], str) or not 0 < len(spec["dtype"]) <= 16):
+            raise _fail(where, f"arrays.{name}", "{shape: [integers >= 0], dtype: string}", spec)
+    meta = m["meta"]
+    if not isinstance(meta, dict):
+        raise _fail(where, "meta", "an object", meta)
+    if "n_updates" in meta and not _is_int(meta["n_updates"]):
+        raise _fail(where, "meta.n_updates", "an integer >= 0", meta["n_updates"])
+    provenance = m["provenance"]
+    if not isinstance(provenance, dict) or not all(_is_int(v) for v in provenance.values()):
+        raise _fail(where, "provenance", "an object of integers >= 0", provenance)
+    return m
+
+
+def read_json(path: Path, what: str, max_bytes: int, *, expected_sha256: str | None = None):
+    """``(raw bytes, parsed JSON)`` of the small file ``path`` (``what`` names it in errors):
+    at most ``max_bytes``, hashing to ``expected_sha256`` when given; else ``ValidationError``."""
     try:
-        manifest = json.loads(manifest_path.read_text())
+        with open(path, "rb") as fh:
+            raw = fh.read(max_bytes + 1)
     except FileNotFoundError:
-        raise ValidationError(f"no snapshot manifest at {manifest_path}", "snapshot") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValidationError(f"snapshot manifest {manifest_path} is not valid JSON ({exc})", "snapshot") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ValidationError(f"{manifest_path} is not a banditrec snapshot (format {FORMAT})", "snapshot")
-    for key in ("policy", "params", "model_version", "payload", "sha256", "size", "arrays", "meta"):
-        if key not in manifest:
-            raise ValidationError(f"snapshot manifest {manifest_path} lacks {key!r}", "snapshot")
+        raise ValidationError(f"no {what} at {path}", "snapshot") from None
+    except OSError as exc:
+        raise ValidationError(f"{what} {path} cannot be read: {exc}", "snapshot") from None
+    if len(raw) > max_bytes:
+        raise ValidationError(f"{what} {path} is larger than {max_bytes} bytes", "snapshot")
+    if expected_sha256 is not None and sha256(raw) != expected_sha256:
+        raise ValidationError(f"{what} {path} does not match the checksum its pointer gives: altered or corrupt",
+                              "snapshot")
+    try:
+        return raw, json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ValidationError(f"{what} {path} is not valid JSON ({exc})", "snapshot") from None
+
+
+def read_manifest(path, *, expected_sha256: str | None = None) -> dict:
+    """The verified manifest of the snapshot at ``path``: its bytes hash to
+    ``expected_sha256`` when given (the publishing pointer's), its own ``checksum`` holds, and
+    its structure and types are a manifest's. Anything else raises ``ValidationError``."""
+    where = _stem(path).with_suffix(".json")
+    _, manifest = read_json(where, "snapshot manifest", MAX_MANIFEST_BYTES, expected_sha256=expected_sha256)
+    _check_manifest(manifest, where)
+    try:
+        intact = sha256(canonical(manifest)) == manifest["checksum"]
+    except ValueError:  # a non-finite number somewhere in meta
+        intact = False
+    if not intact:
+        raise ValidationError(f"snapshot manifest {where} does not match its own checksum: altered or corrupt",
+                              "snapshot")
+    return manifest
+
+
+def load(path, *, manifest_sha256: str | None = None) -> tuple[dict, dict[str, np.ndarray] | bytes]:
+    """Read and verify a snapshot: ``(manifest, arrays)`` (or the raw payload bytes when the
+    snapshot holds a non-npz payload). ``manifest_sha256``: the hash of the manifest's bytes
+    that a publishing pointer gives. Anything missing, truncated or altered raises."""
+    manifest_path = _stem(path).with_suffix(".json")
+    manifest = read_manifest(manifest_path, expected_sha256=manifest_sha256)
     payload_path = manifest_path.parent / manifest["payload"]
     try:
-        payload = payload_path.read_bytes()
+        with open(payload_path, "rb") as fh:
+            payload = fh.read(manifest["size"] + 1)
     except FileNotFoundError:
         raise ValidationError(f"snapshot payload {payload_path} is missing", "snapshot") from None
+    except OSError as exc:
+        raise ValidationError(f"snapshot payload {payload_path} cannot be read: {exc}", "snapshot") from None
     if len(payload) != manifest["size"] or sha256(payload) != manifest["sha256"]:
         raise ValidationError(
             f"snapshot payload {payload_path} does not match its manifest (size {len(payload)} vs "

@@ -490,12 +490,12 @@ class VWPolicy(Policy):
         if old is not None:
             old.finish()
 
-    def save(self, path) -> Path:
+    def save(self, path, *, provenance: dict | None = None) -> Path:
         """Write VW's model file as ``<stem>.vw`` plus the ``.json`` manifest (atomic, checksummed)."""
         arrays, meta = self.state()
         return snapshot.save(path, name=self.name, params=self.params, model_version=self.model_version, arrays={},
-                             meta={**meta, "n_updates": self.n_updates}, payload=arrays["payload"],
-                             payload_suffix=".vw")
+                             meta={**meta, "n_updates": int(self.n_updates)}, payload=arrays["payload"],
+                             payload_suffix=".vw", provenance=provenance)
 
 
 class VWContextualBandit(VWPolicy):

@@ -22,13 +22,15 @@ from .reload import SnapshotWatcher
 
 
 def create_app(engine: Engine, config: dict | None = None, *, settings: ServiceConfig | None = None,
-               policy_env: dict | None = None) -> Flask:
+               policy_env=None, shop_watcher=None) -> Flask:
     """Build the app serving ``engine``.
 
     ``config`` overrides Flask settings; ``settings`` are the service's own (auth token, size
     limits, batch size, snapshot directory; default: all routes open, no snapshots).
     ``policy_env`` is what reloading a snapshot needs to rebuild the policy (as given to
-    :func:`banditrec.policies.make`); required when ``settings.snapshots`` is set.
+    :func:`banditrec.policies.make`, or a function returning it); required when
+    ``settings.snapshots`` is set. ``shop_watcher`` (a :class:`banditrec.shop.ShopWatcher`)
+    installs rebuilt shop directories: requests look for one as they look for snapshots.
     """
     settings = settings or ServiceConfig()
     app = Flask(__name__)
@@ -47,17 +49,19 @@ def create_app(engine: Engine, config: dict | None = None, *, settings: ServiceC
 
         def _reloaded(result: str) -> None:
             metrics.reloads.labels(result).inc()
-            if result == "loaded":  # the per-worker model gauge follows the worker's own reloads
+            if result != "refused":  # the per-worker model gauge follows the worker's own reloads
                 metrics.set_model(engine)
 
         watcher = SnapshotWatcher(settings.snapshots, engine, policy_env,
                                   check_interval_s=settings.reload_check_ms / 1000,
                                   on_result=_reloaded)
         app.extensions["banditrec.watcher"] = watcher
-        try:  # a worker (re)started after the learner published serves the newest snapshot
-            watcher.reload()
-        except Exception:  # noqa: BLE001 - no pointer yet, or a refused one (logged): serve the built policy
-            pass
+        # a worker (re)started after the learner published serves what the running ones serve:
+        # the pointer's snapshot, or the newest valid one when the pointer is unusable (reload.py)
+        watcher.refresh()
+    if shop_watcher is not None:
+        app.extensions["banditrec.shop_watcher"] = shop_watcher
+        app.extensions["banditrec.shop_looks"] = _Throttle(shop_watcher.check)
     errors.register(app)
     for module in (decisions, feedback, models, ops):
         app.register_blueprint(module.bp)
@@ -65,6 +69,9 @@ def create_app(engine: Engine, config: dict | None = None, *, settings: ServiceC
     @app.before_request
     def _start_timer():
         g.banditrec_t0 = time.perf_counter()
+        looks = app.extensions.get("banditrec.shop_looks")
+        if looks is not None:  # a rebuilt shop first: a snapshot may be for its catalog
+            looks()
         watcher = app.extensions.get("banditrec.watcher")
         if watcher is not None:  # a stat of the snapshot pointer at most every 10 ms; a load if it changed
             watcher.maybe_reload()
@@ -79,8 +86,24 @@ def create_app(engine: Engine, config: dict | None = None, *, settings: ServiceC
         return response
 
     metrics.set_model(engine)
+    metrics.set_shop(engine)
     app.extensions["banditrec.openapi"] = document(app)
     return app
+
+
+class _Throttle:
+    """Calls ``check`` at most every ``REQUEST_LOOK_S`` (as requests look for snapshots)."""
+
+    def __init__(self, check):
+        from .reload import REQUEST_LOOK_S
+
+        self.check, self.every, self.next = check, REQUEST_LOOK_S, 0.0
+
+    def __call__(self) -> None:
+        now = time.monotonic()
+        if now >= self.next:
+            self.next = now + self.every
+            self.check()
 
 
 __all__ = ["ServiceConfig", "create_app"]

@@ -4,13 +4,18 @@ Environment (what ``banditrec serve`` passes to its gunicorn workers):
 
 ==============================  ===========================================================
 ``BANDITREC_API_TOKEN``         bearer token for reward, events and admin routes (and decide
-                                when ``BANDITREC_DECIDE_AUTH=1``)
-``BANDITREC_API_TOKEN_FILE``    file holding the token (used when the variable above is unset)
+                                when ``BANDITREC_DECIDE_AUTH=1``); set, it must be a token
+                                (``check_token``), even when empty
+``BANDITREC_API_TOKEN_FILE``    file holding the token (used when the variable above is unset);
+                                an empty, blank or short file is an error, not "no auth"
 ``BANDITREC_DECIDE_AUTH``       ``1``: decide routes need the token too (default ``0``)
 ``BANDITREC_MAX_BODY_BYTES``    largest request body, except batch decide (default 1 MiB)
 ``BANDITREC_MAX_BATCH_BYTES``   largest batch-decide body (default 16 MiB)
 ``BANDITREC_BATCH_MAX``         most requests in one batch decide (default 256)
 ``BANDITREC_SNAPSHOTS``         directory the learner publishes snapshots to (``CURRENT.json``)
+``BANDITREC_DURABLE``           ``1``: the log commits with ``synchronous=FULL``, so an
+                                acknowledged write survives a power loss too (default ``0``:
+                                ``NORMAL``, which survives a crash of the process; docs/service.md)
 ``BANDITREC_RELOAD_CHECK_MS``   how often each worker's watcher thread looks for a new snapshot
                                 (1000; requests look too, at most every 10 ms; 0: neither,
                                 only ``POST /v1/models/reload``)
@@ -24,6 +29,37 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ValidationError
+
+
+MIN_TOKEN_CHARS = 16
+
+
+def check_token(token, source: str) -> str:
+    """``token`` if it can serve as the API token: a string of at least ``MIN_TOKEN_CHARS``
+    characters without whitespace (surrounding whitespace, such as a file's final newline, is
+    removed first); else a ``ValidationError`` naming ``source``. An empty token is an error,
+    never "no auth"."""
+    if not isinstance(token, str):
+        raise ValidationError(f"the API token from {source} must be a string, got {type(token).__name__}", source)
+    text = token.strip()
+    if not text:
+        raise ValidationError(f"the API token from {source} is empty; it needs at least {MIN_TOKEN_CHARS} "
+                              f"characters (an empty token would leave every route open)", source)
+    if any(c.isspace() or not c.isprintable() for c in text):
+        raise ValidationError(f"the API token from {source} holds whitespace or control characters", source)
+    if len(text) < MIN_TOKEN_CHARS:
+        raise ValidationError(f"the API token from {source} has {len(text)} characters; it needs at least "
+                              f"{MIN_TOKEN_CHARS} characters", source)
+    return text
+
+
+def read_token_file(path) -> str:
+    """The token in the file ``path`` (see :func:`check_token`)."""
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValidationError(f"cannot read the token file {path}: {exc}", "token_file") from None
+    return check_token(text, f"the token file {path}")
 
 
 def _int(env, name: str, default: int, low: int) -> int:
@@ -54,10 +90,16 @@ class ServiceConfig:
     batch_max: int = 256
     snapshots: str | None = None
     reload_check_ms: int = 1000
+    durable: bool = False
+
+    @property
+    def synchronous(self) -> str:
+        """The decision log's ``PRAGMA synchronous``: ``FULL`` when durable, else ``NORMAL``."""
+        return "FULL" if self.durable else "NORMAL"
 
     def __post_init__(self):
-        if self.token is not None and (not isinstance(self.token, str) or len(self.token) < 16):
-            raise ValidationError("the API token must be a string of at least 16 characters", "token")
+        if self.token is not None:
+            object.__setattr__(self, "token", check_token(self.token, "token"))
         for name in ("max_body_bytes", "max_batch_bytes", "batch_max"):
             if getattr(self, name) < 1:
                 raise ValidationError(f"{name} must be >= 1, got {getattr(self, name)}", name)
@@ -67,13 +109,11 @@ class ServiceConfig:
     @classmethod
     def from_env(cls, env=None) -> "ServiceConfig":
         env = os.environ if env is None else env
-        token = env.get("BANDITREC_API_TOKEN") or None
-        if token is None and env.get("BANDITREC_API_TOKEN_FILE"):
-            try:
-                token = Path(env["BANDITREC_API_TOKEN_FILE"]).read_text().strip() or None
-            except OSError as exc:
-                raise ValidationError(f"cannot read BANDITREC_API_TOKEN_FILE: {exc}",
-                                      "BANDITREC_API_TOKEN_FILE") from None
+        token = None
+        if env.get("BANDITREC_API_TOKEN") is not None:  # set, even to "": it must be a token
+            token = check_token(env["BANDITREC_API_TOKEN"], "BANDITREC_API_TOKEN")
+        elif env.get("BANDITREC_API_TOKEN_FILE") is not None:
+            token = read_token_file(env["BANDITREC_API_TOKEN_FILE"])
         return cls(
             token=token,
             decide_requires_auth=env.get("BANDITREC_DECIDE_AUTH", "0") not in ("", "0", "false", "no"),
@@ -82,4 +122,5 @@ class ServiceConfig:
             batch_max=_int(env, "BANDITREC_BATCH_MAX", 256, 1),
             snapshots=env.get("BANDITREC_SNAPSHOTS") or None,
             reload_check_ms=_int(env, "BANDITREC_RELOAD_CHECK_MS", 1000, 0),
+            durable=env.get("BANDITREC_DURABLE", "0") not in ("", "0", "false", "no"),
         )

@@ -29,6 +29,7 @@ def shaped(decision) -> dict:
         "event_id": decision.event_id,
         "policy": decision.policy,
         "model_version": decision.model_version,
+        "shop_build": decision.build,
         "slots": [{"position": s.position, "item_id": s.item_id, "propensity": s.propensity,
                    "marginal": s.marginal, "source": s.source} for s in decision.slots],
     }

@@ -6,7 +6,7 @@ import logging
 
 from flask import Flask, jsonify, request
 from pydantic import ValidationError as PydanticValidationError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from . import jsonio
 from ..errors import BanditRecError, ConflictError, NotFoundError, ValidationError
@@ -28,6 +28,8 @@ class Unauthorized(Exception):
         self.message, self.invalid = message, invalid
 
 
+DRAIN_BYTES = 8 << 20  # how much of an over-limit chunked body is read and dropped (read_body)
+
 # what an HTTP-level error is about, so that every 4xx names a field
 HTTP_FIELDS = {404: "path", 405: "method", 413: "body", 415: "Content-Type", 431: "headers"}
 
@@ -37,9 +39,43 @@ def error_body(status: int, message: str, fields: list[dict] | None = None):
     return jsonify(body), status
 
 
+def read_body() -> bytes:
+    """The request body, at most ``request.max_content_length`` bytes, whatever its transfer
+    encoding; a longer body is a 413, never cut at the limit.
+
+    Werkzeug checks a declared ``Content-Length`` against the limit, but a chunked body (no
+    length; the server sets ``wsgi.input_terminated``) is read through a stream that stops at
+    the limit without saying there was more. So the raw stream is read here, to one byte past
+    the limit; nothing past the limit is ever parsed.
+    """
+    limit = request.max_content_length
+    environ = request.environ
+    if limit is None or request.content_length is not None or "wsgi.input_terminated" not in environ:
+        return request.get_data(cache=True)  # a declared length: werkzeug refuses one over the limit
+    stream, parts, size = environ["wsgi.input"], [], 0
+    while size <= limit:
+        chunk = stream.read(min(1 << 16, limit + 1 - size))
+        if not chunk:
+            break
+        parts.append(chunk)
+        size += len(chunk)
+    if size > limit:
+        # Read on (and drop) up to DRAIN_BYTES more, so that the server can keep the connection
+        # and the client, which may still be sending, reads the 413 instead of a reset; past
+        # that the server closes the connection (gunicorn drains at most 64 KiB itself).
+        drained = 0
+        while drained < DRAIN_BYTES:
+            chunk = stream.read(min(1 << 16, DRAIN_BYTES - drained))
+            if not chunk:
+                break
+            drained += len(chunk)
+        raise RequestEntityTooLarge(f"the request body is larger than {limit} bytes")
+    return b"".join(parts)
+
+
 def json_body() -> dict:
     """The request body as a JSON object, or a :class:`BadRequest` saying what is wrong."""
-    raw = request.get_data(cache=True)
+    raw = read_body()
     if not raw:
         raise BadRequest("request body is empty; expected a JSON object", "body")
     try:

@@ -53,9 +53,14 @@ class Metrics:
         self.rewards = Counter("banditrec_rewards", "Rewards posted, by outcome.", ["status"], registry=r)
         self.events = Counter("banditrec_events", "Interaction events recorded.", ["kind"], registry=r)
         self.reloads = Counter("banditrec_model_reloads", "Snapshot reloads, by outcome.", ["result"], registry=r)
+        self.shop_reloads = Counter("banditrec_shop_reloads", "Shop-directory build reloads, by outcome.", ["result"],
+                                    registry=r)
         self.model = Gauge("banditrec_model_info", "1 for the model version this process serves.",
                            ["policy", "version"], registry=r, multiprocess_mode="liveall")
         self._model_labels: tuple[str, str] | None = None
+        self.shop = Gauge("banditrec_shop_build_info", "1 for the shop-directory build this process serves.",
+                          ["build"], registry=r, multiprocess_mode="liveall")
+        self._shop_build: str | None = None
         self._children: dict = {}  # (metric, labels) -> labelled child: labels() per request costs ~5 us
 
     def child(self, metric, *labels):
@@ -77,6 +82,16 @@ class Metrics:
             self.model.labels(*self._model_labels).set(0)
         self.model.labels(*labels).set(1)
         self._model_labels = labels
+
+    def set_shop(self, engine) -> None:
+        """Point the shop-build gauge at the build ``engine`` serves (as :meth:`set_model`)."""
+        build = engine.build
+        if build is None or build == self._shop_build:
+            return
+        if self._shop_build is not None:
+            self.shop.labels(self._shop_build).set(0)
+        self.shop.labels(build).set(1)
+        self._shop_build = build
 
     def observe_decisions(self, decisions, route: str) -> None:
         explored = kept = 0

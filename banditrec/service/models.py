@@ -12,18 +12,21 @@ from .schemas import ModelsResponse, ReloadResponse
 bp = Blueprint("models", __name__, url_prefix="/v1")
 
 
+def serving_status(watcher) -> dict:
+    """``snapshot``, ``source``, ``loaded_ts`` and ``last_reload_error`` of this worker."""
+    if watcher is None:
+        return {"snapshot": None, "source": "built", "loaded_ts": None, "last_reload_error": None}
+    return watcher.status()
+
+
 @auth.requires("admin")
 def models():
     engine = current_app.extensions["banditrec.engine"]
     watcher = current_app.extensions.get("banditrec.watcher")
-    serving = {
-        "policy": engine.policy.name,
-        "model_version": engine.model_version,
-        "params": engine.policy.params,
-        "snapshot": watcher.snapshot if watcher else None,
-        "loaded_ts": watcher.loaded_ts if watcher else None,
-        "last_reload_error": watcher.last_error if watcher else None,
-    }
+    shop = current_app.extensions.get("banditrec.shop_watcher")
+    serving = {"policy": engine.policy.name, "model_version": engine.model_version, "params": engine.policy.params,
+               **serving_status(watcher), "shop_build": engine.build,
+               "last_shop_error": shop.last_error if shop else None}
     return jsonify(ModelsResponse(serving=serving, versions=engine.log.model_versions()).model_dump())
 
 

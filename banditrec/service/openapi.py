@@ -1,7 +1,10 @@
 """The OpenAPI 3.1 document, generated from the routes and the pydantic models they use.
 
-A view declares its models with :func:`endpoint`; :func:`document` walks the app's URL map,
-so every registered route is documented by the same models that validate its requests.
+A view declares its models and error statuses with :func:`endpoint`; :func:`document` walks
+the app's URL map, so every registered route is documented by the same models that validate
+its requests. The document says what *this* app enforces: bearer auth (and its 401) only on
+the routes its settings protect, the configured batch size and body limits, the engine's
+context length.
 """
 
 from __future__ import annotations
@@ -13,6 +16,20 @@ from pydantic.json_schema import models_json_schema
 from .schemas import ErrorResponse
 
 REF = "#/components/schemas/{model}"
+STATUS_TEXT = {
+    400: "invalid request (schema, or a value the service refuses, e.g. an unknown item id); `fields` names it",
+    401: "missing or wrong bearer token; `fields` names the Authorization header",
+    404: "unknown event_id",
+    409: "a different reward was already recorded for this (event_id, position, kind)",
+    413: "request body larger than the route's limit, whatever its transfer encoding",
+}
+
+
+def protected(scope: str | None, settings) -> bool:
+    """Whether a route of auth ``scope`` needs the token under ``settings`` (as :func:`auth.check`)."""
+    if scope is None or settings is None or settings.token is None:
+        return False
+    return scope != "decide" or settings.decide_requires_auth
 
 
 def endpoint(bp: Blueprint, method: str, rule: str, *, summary: str, body: type[BaseModel] | None = None,
@@ -27,6 +44,29 @@ def endpoint(bp: Blueprint, method: str, rule: str, *, summary: str, body: type[
         return view
 
     return wrap
+
+
+def context_schema(engine) -> dict:
+    """A decide request's ``context`` as ``engine`` takes it: an object of the shop's request
+    fields (each one of its values, or a number) when the shop computes the context, else a list
+    of exactly ``context_dim`` numbers; absent or null either way."""
+    featurizer = engine.parts.context
+    if featurizer is None:
+        n = int(engine.context_dim)
+        given = {"type": "array", "items": {"type": "number"}, "minItems": n, "maxItems": n}
+    else:
+        props = {}
+        for name in featurizer.field_names():
+            vocab = featurizer.fields.get(name)
+            if vocab == "number":
+                props[name] = {"type": "number"}
+            elif vocab is not None:
+                props[name] = {"type": "string", "enum": list(vocab)}
+            else:  # a column of an imported log's encoding: its values, or a number
+                levels = [c.split("=", 1)[1] for c in featurizer.columns if c.startswith(name + "=")]
+                props[name] = {"type": "string", "enum": levels} if levels else {"type": "number"}
+        given = {"type": "object", "properties": props, "additionalProperties": False}
+    return {"anyOf": [given, {"type": "null"}], "default": None, "title": "Context"}
 
 
 def document(app: Flask) -> dict:
@@ -49,18 +89,32 @@ def document(app: Flask) -> dict:
     def ref(model, mode):
         return refs[(model, mode)]
 
+    settings = app.extensions.get("banditrec.settings")
+    engine = app.extensions.get("banditrec.engine")
+    if settings is not None:  # the batch size this app enforces, not the models' hard maximum
+        schemas["BatchDecideRequest"]["properties"]["requests"]["maxItems"] = settings.batch_max
+    if engine is not None:  # the context this engine takes: its shop's named fields, or its length
+        schemas["DecideRequest"]["properties"]["context"] = context_schema(engine)
     paths: dict = {}
     needs_auth = False
     for path, method, view, meta in sorted(routes, key=lambda r: (r[0], r[1])):
         op: dict = {"summary": meta["summary"], "operationId": view.__name__, "responses": {}}
         scope = getattr(view, "auth_scope", None)
+        secured = protected(scope, settings)
         if scope is not None:
-            op["security"] = [{"bearer": []}]
             op["x-auth-scope"] = scope
+        if secured:
+            op["security"] = [{"bearer": []}]
             needs_auth = True
+        else:
+            op["security"] = []
         if meta["body"] is not None:
             op["requestBody"] = {"required": True,
                                  "content": {"application/json": {"schema": ref(meta["body"], "validation")}}}
+            if settings is not None:
+                limit = settings.max_batch_bytes if meta["body"].__name__ == "BatchDecideRequest" \
+                    else settings.max_body_bytes
+                op["requestBody"]["x-max-body-bytes"] = limit
         if meta["response"] is not None:
             ok = {"description": "OK", "content": {"application/json": {"schema": ref(meta["response"],
                                                                                      "serialization")}}}
@@ -68,10 +122,10 @@ def document(app: Flask) -> dict:
             ok = {"description": "OK", "content": {meta["content_type"]: {"schema": {"type": "string"}}}}
         op["responses"]["200"] = ok
         codes = set(meta["errors"]) | ({400, 413} if meta["body"] is not None else set())
-        if scope is not None:
+        if secured:
             codes.add(401)
         for code in sorted(codes):
-            op["responses"][str(code)] = {"description": "error; `fields` names what is wrong",
+            op["responses"][str(code)] = {"description": STATUS_TEXT[code],
                                           "content": {"application/json": {"schema": ref(ErrorResponse,
                                                                                          "serialization")}}}
         paths.setdefault(path, {})[method] = op

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, jsonify
 
 from .metrics import CONTENT_TYPE_LATEST
+from .models import serving_status
 from .openapi import endpoint
 from .schemas import HealthResponse
 
@@ -13,11 +14,17 @@ bp = Blueprint("ops", __name__)
 
 def healthz():
     engine = current_app.extensions["banditrec.engine"]
-    return jsonify(HealthResponse(status="ok", policy=engine.policy.name,
-                                  model_version=engine.model_version).model_dump())
+    serving = serving_status(current_app.extensions.get("banditrec.watcher"))
+    error = serving["last_reload_error"]
+    shop = current_app.extensions.get("banditrec.shop_watcher")
+    shop_error = shop.last_error if shop else None
+    return jsonify(HealthResponse(status="degraded" if error or shop_error else "ok", policy=engine.policy.name,
+                                  model_version=engine.model_version, source=serving["source"],
+                                  last_reload_error=error, shop_build=engine.build,
+                                  last_shop_error=shop_error).model_dump())
 
 
-endpoint(bp, "GET", "/healthz", summary="Liveness and the served model version", response=HealthResponse)(healthz)
+endpoint(bp, "GET", "/healthz", summary="Liveness, the served model and shop build, and whether their last check was refused", response=HealthResponse)(healthz)
 
 
 def metrics():

@@ -1,14 +1,18 @@
 """Serving workers pick up the learner's snapshots without restarting.
 
 The learner (:mod:`banditrec.learner`) publishes a snapshot, then atomically replaces the
-pointer ``<snapshots>/CURRENT.json`` (``version``, ``manifest``, ``sha256``). A worker looks at
-the pointer in three places:
+pointer ``<snapshots>/CURRENT.json``. What a worker serves is decided by one rule,
+:func:`banditrec.publish.resolve`: the pointer's snapshot when the pointer and everything it
+points to verify, otherwise the newest snapshot on disk that verifies, otherwise what it
+serves already. Every worker, started, restarted or running, applies the same rule, so two
+workers of one directory serve the same model. A worker applies it:
 
-- before requests, one ``stat`` of the pointer at most every ``REQUEST_LOOK_S`` (10 ms) per
-  worker; only when it changed does the worker read, verify and load the snapshot, and while
-  it loads the worker's other request threads wait for it. So from 10 ms after the pointer
-  was replaced, no request is answered by the model from before it (unless the new snapshot
-  is refused);
+- when it starts (a worker restarted while the pointer is unusable serves the newest valid
+  snapshot, not its untrained built policy, and says so: a log line, ``/v1/models``, ``/healthz``);
+- before requests, after one ``stat`` of the pointer at most every ``REQUEST_LOOK_S`` (10 ms)
+  per worker, when the pointer changed; while it loads, the worker's other request threads
+  wait for it. So from 10 ms after the pointer was replaced, no request is answered by the
+  model from before it (unless the new snapshot is refused);
 - every ``reload_check_ms`` on a daemon thread (:meth:`SnapshotWatcher.start`, run by the
   served workers), so that a worker that gets no requests is current too. With a shared
   listening socket one worker can go without requests for a while (whichever worker wakes
@@ -16,14 +20,14 @@ the pointer in three places:
   and, if the next pointer were refused, keep serving the model from before both (CI saw that);
 - at once on ``POST /v1/models/reload``.
 
-A snapshot that fails verification (:func:`banditrec.policies.load` re-hashes it) is refused:
-the old model keeps serving and the error is kept for ``GET /v1/models`` and the metrics. It
-is tried once per change of the pointer, not on every request.
+A pointer or snapshot that fails verification, or whose loading raises anything at all, is
+refused: logged, counted (``banditrec_model_reloads_total{result="refused"}``), kept for
+``GET /v1/models`` and ``/healthz`` (``last_reload_error``), and never an error of the request
+that ran the check. It is tried once per change of the pointer, not on every request.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -32,35 +36,23 @@ from pathlib import Path
 
 from ..errors import ValidationError
 from ..policies import load
+from ..publish import POINTER, Resolved, resolve
 
-POINTER = "CURRENT.json"
 # Requests look at the pointer at most this often per worker: a stat on every request was a
 # measurable share of a decision's CPU in the served request path (far more than the same
 # stat costs in a tight loop), and 10 ms is well below the time between a publish and the
 # next request anyone could act on.
 REQUEST_LOOK_S = 0.01
 log = logging.getLogger("banditrec.service")
-
-
-def read_pointer(directory) -> dict:
-    path = Path(directory) / POINTER
-    try:
-        pointer = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValidationError(f"no snapshot pointer at {path}", "snapshot") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValidationError(f"snapshot pointer {path} is not valid JSON ({exc})", "snapshot") from None
-    if not isinstance(pointer, dict) or not all(isinstance(pointer.get(k), str) for k in
-                                                ("version", "manifest", "sha256")):
-        raise ValidationError(f"snapshot pointer {path} lacks version, manifest or sha256", "snapshot")
-    return pointer
+_UNSEEN = object()  # the pointer's signature before the first look
 
 
 class SnapshotWatcher:
     """Reload ``engine``'s policy from ``directory`` when the learner publishes.
 
     ``policy_env``: what :func:`banditrec.policies.load` needs to rebuild the policy (the same
-    environment the serving policy was built with).
+    environment the serving policy was built with), or a function returning it (a shop whose
+    catalog can be rebuilt while serving).
     """
 
     def __init__(self, directory, engine, policy_env: dict, *, check_interval_s: float = 1.0,
@@ -68,17 +60,18 @@ class SnapshotWatcher:
         self.directory = Path(directory)
         self._pointer = os.fspath(self.directory / POINTER)  # joined once: it is stat'ed often
         self.engine = engine
-        self.policy_env = dict(policy_env)
+        self.policy_env = policy_env if callable(policy_env) else dict(policy_env)
         self.check_interval_s = float(check_interval_s)
-        self.on_result = on_result  # called with "loaded" / "refused"
+        self.on_result = on_result  # called with "loaded", "fallback" or "refused"
         self.request_look_s = REQUEST_LOOK_S
         self._next_look = 0.0
-        self._signature = None
+        self._signature = _UNSEEN
         self._lock = threading.Lock()  # held while checking and loading
         self._loading = False  # set under the lock for the length of a load
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.snapshot: str | None = None
+        self.snapshot: str | None = None  # the served snapshot's manifest name; None: the built policy
+        self.source = "built"  # "built", "pointer" or "fallback" (the pointer was unusable)
         self.loaded_ts: float | None = None
         self.last_error: str | None = None
 
@@ -105,19 +98,22 @@ class SnapshotWatcher:
         self.check()
 
     def check(self) -> None:
-        """One ``stat`` of the pointer, and a load only when it changed since the last look. A
-        failed reload is logged and kept (``last_error``), never raised."""
+        """One ``stat`` of the pointer, and :meth:`refresh` only when it changed since the last
+        look (appeared, replaced or removed). Never raises."""
         signature = self._stat()
-        if signature is None or signature == self._signature:
+        if signature == self._signature:
             return
         with self._lock:
             signature = self._stat()
-            if signature is None or signature == self._signature:
-                return
-            try:
+            if signature != self._signature:
                 self._load(signature)
-            except ValidationError:
-                pass  # recorded in last_error
+
+    def refresh(self) -> str:
+        """Apply the rule now, whatever the pointer's signature: ``"loaded"``, ``"unchanged"``,
+        ``"refused"`` (the pointer was refused; the newest valid snapshot, or the model served
+        before, keeps serving) or ``"none"`` (nothing published). Never raises."""
+        with self._lock:
+            return self._load(self._stat())
 
     def start(self) -> SnapshotWatcher:
         """Check every ``check_interval_s`` on a daemon thread of this process (idempotent;
@@ -143,47 +139,73 @@ class SnapshotWatcher:
 
     def reload(self) -> tuple[str, str, str]:
         """Check now: ``(status, version, previous)`` with status ``"loaded"`` or
-        ``"unchanged"``; a refused snapshot raises :class:`ValidationError` (field
-        ``snapshot``) and the old model keeps serving."""
-        with self._lock:
-            previous = self.engine.model_version
-            signature = self._stat()
-            if signature is None:
-                raise ValidationError(f"no snapshot has been published in {self.directory}", "snapshot")
-            status = self._load(signature)
-            return status, self.engine.model_version, previous
+        ``"unchanged"``. Nothing published, or a refused pointer, raises
+        :class:`ValidationError` (field ``snapshot``); what is served then is the newest valid
+        snapshot or the model served before."""
+        previous = self.engine.model_version
+        status = self.refresh()
+        if status == "none":
+            raise ValidationError(f"no snapshot has been published in {self.directory}", "snapshot")
+        if status == "refused":
+            raise ValidationError(f"{self.last_error}; serving {self.engine.model_version} ({self.source})",
+                                  "snapshot")
+        return status, self.engine.model_version, previous
+
+    def status(self) -> dict:
+        """What this worker serves and why: ``snapshot``, ``source``, ``loaded_ts``, ``last_reload_error``."""
+        return {"snapshot": self.snapshot, "source": self.source, "loaded_ts": self.loaded_ts,
+                "last_reload_error": self.last_error}
 
     def _load(self, signature) -> str:
         # (under the lock) while it loads, request threads wait for it (maybe_reload); the
-        # signature is recorded once the load is over (loaded, unchanged or refused)
+        # signature is recorded once the load is over, whatever its outcome
         self._loading = True
         try:
-            return self._load_pointer()
+            return self._apply()
+        except Exception as exc:  # noqa: BLE001 - resolve() refuses what it opens; this is the last guard
+            log.exception("process %d: snapshot check failed; the served model is kept", os.getpid())
+            return self._refused(f"snapshot check failed ({type(exc).__name__}: {exc})")
         finally:
             self._signature, self._loading = signature, False
 
-    def _load_pointer(self) -> str:
-        try:
-            pointer = read_pointer(self.directory)
-            if pointer["version"] == self.engine.model_version:
-                return "unchanged"
-            manifest = self.directory / Path(pointer["manifest"]).name
-            try:
-                declared = json.loads(manifest.read_text()).get("sha256")
-            except (OSError, ValueError):
-                declared = None
-            if declared != pointer["sha256"]:
-                raise ValidationError(f"snapshot {manifest.name} does not match the pointer's checksum", "snapshot")
-            policy = load(manifest, **self.policy_env)
-        except ValidationError as exc:
-            self.last_error = f"{exc.message}"
-            log.error("process %d: snapshot refused, the old model keeps serving: %s", os.getpid(), exc.message)
-            if self.on_result:
-                self.on_result("refused")
-            raise
-        self.engine.install(policy, pointer["version"])
-        self.snapshot, self.loaded_ts, self.last_error = manifest.name, time.time(), None
-        log.info("serving model %s from %s", pointer["version"], manifest.name)
+    def _open(self, path, manifest_sha256):
+        env = self.policy_env() if callable(self.policy_env) else self.policy_env
+        return load(path, manifest_sha256=manifest_sha256, **env)
+
+    def _refused(self, error: str) -> str:
+        self.last_error = error
         if self.on_result:
-            self.on_result("loaded")
-        return "loaded"
+            self.on_result("refused")
+        return "refused"
+
+    def _apply(self) -> str:
+        found: Resolved = resolve(self.directory, self._open, current=self.engine.model_version)
+        published = found.source != "none" or found.refused or os.path.exists(self._pointer)
+        if not published:
+            return "none"
+        status = "unchanged"
+        if found.value is not None:
+            self.engine.install(found.value, found.version)
+            self.loaded_ts = time.time()
+            status = "loaded"
+        if found.source != "none":
+            self.snapshot, self.source = found.manifest, found.source
+        error = found.pointer_error
+        if found.source == "none":
+            reasons = "; ".join(f"{name}: {reason}" for name, reason in found.refused)
+            error = f"{error or 'no snapshot pointer'}; no snapshot on disk verifies" + (f" ({reasons})" if reasons else "")
+        if status == "loaded" and self.on_result:
+            self.on_result("loaded" if found.source == "pointer" else "fallback")
+        if error is None:
+            self.last_error = None
+            if status == "loaded":
+                log.info("process %d: serving model %s from %s", os.getpid(), found.version, found.manifest)
+            return status
+        served = f"{self.engine.model_version} ({self.source}" + (f" {self.snapshot})" if self.snapshot else ")")
+        if found.source == "fallback":
+            log.error("process %d: snapshot refused: %s; serving the newest valid snapshot %s, trained "
+                      "until seq %s", os.getpid(), error, served, found.trained_until_seq)
+        else:
+            log.error("process %d: snapshot refused: %s; serving %s", os.getpid(), error, served)
+        self._refused(error)
+        return "refused"

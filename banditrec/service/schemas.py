@@ -6,6 +6,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
+from ..store.log import MAX_ABS_REWARD
+
 BATCH_HARD_MAX = 10_000  # the configured batch_max (ServiceConfig) is checked below this
 
 # strict: a JSON number only (ints are fine); no numeric strings, no booleans, no NaN or infinities
@@ -22,7 +24,12 @@ class DecideRequest(BaseModel):
 
     user_id: Annotated[StrictStr, Field(min_length=1, max_length=256)]
     slots: Annotated[StrictInt, Field(ge=1, le=100)]
-    context: Annotated[list[FiniteFloat], Field(max_length=4096)] | None = None
+    # a list of numbers (an engine without context features), or the named fields of a shop's
+    # context (docs/data-formats.md), e.g. {"device": "mobile"}
+    context: (Annotated[list[FiniteFloat], Field(max_length=4096)]
+              | Annotated[dict[Annotated[StrictStr, Field(min_length=1, max_length=64)],
+                               Annotated[StrictStr, Field(max_length=256)] | FiniteFloat], Field(max_length=256)]
+              | None) = None
     candidates: Annotated[list[ItemId], Field(min_length=1, max_length=10_000)] | None = None
     exclude: Annotated[list[ItemId], Field(max_length=10_000)] | None = None
     surface: Annotated[StrictStr, Field(min_length=1, max_length=64)] = "home"
@@ -43,6 +50,7 @@ class DecideResponse(BaseModel):
     event_id: str
     policy: str
     model_version: str
+    shop_build: str | None  # the shop-directory build that served it (None: not served from one)
     slots: list[SlotOut]
 
 
@@ -50,7 +58,8 @@ class RewardRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     event_id: Annotated[StrictStr, Field(min_length=1, max_length=128)]
-    reward: FiniteFloat
+    # the log's bound (beyond it a reward is a unit or encoding mistake)
+    reward: Annotated[FiniteFloat, Field(ge=-MAX_ABS_REWARD, le=MAX_ABS_REWARD)]
     position: Annotated[StrictInt, Field(ge=0)] | None = None
     kind: Kind = "click"
 
@@ -108,13 +117,24 @@ class ModelVersion(BaseModel):
     trained_until_seq: int
 
 
+ModelSource = Literal["built", "pointer", "fallback"]
+
+
 class Serving(BaseModel):
+    """``source``: where the served model came from -- ``built`` (no snapshot loaded), ``pointer``
+    (the published snapshot), ``fallback`` (the newest valid snapshot, because the pointer or its
+    snapshot was refused); ``last_reload_error``: why the last check refused, ``None`` once a
+    check succeeds."""
+
     policy: str
     model_version: str
     params: dict
     snapshot: str | None
+    source: ModelSource
     loaded_ts: float | None
     last_reload_error: str | None
+    shop_build: str | None = None  # the shop-directory build served (None: not a shop directory)
+    last_shop_error: str | None = None  # why the newest published build was refused, if it was
 
 
 class ModelsResponse(BaseModel):
@@ -129,9 +149,17 @@ class ReloadResponse(BaseModel):
 
 
 class HealthResponse(BaseModel):
-    status: Literal["ok"]
+    """``degraded``: the worker serves, but its last snapshot check was refused
+    (``last_reload_error`` says why; ``source`` says what it serves instead), or the newest
+    shop build was (``last_shop_error``; the build before keeps serving)."""
+
+    status: Literal["ok", "degraded"]
     policy: str
     model_version: str
+    source: ModelSource
+    last_reload_error: str | None
+    shop_build: str | None = None  # the shop-directory build served
+    last_shop_error: str | None = None  # why the newest published build was refused, if it was
 
 
 class ErrorField(BaseModel):

@@ -1,9 +1,10 @@
-"""WSGI entry point for gunicorn: the decision service of the simulated demo shop.
+"""WSGI entry point for gunicorn: the decision service of a shop directory.
 
-Configured by environment (``banditrec serve`` sets these): ``BANDITREC_DB`` (log path),
-``BANDITREC_POLICY`` (policy spec), ``BANDITREC_SHOP_SEED`` (the shop's world seed),
+Configured by environment (``banditrec serve`` sets these): ``BANDITREC_SHOP`` (the shop
+directory), ``BANDITREC_DB`` (log path), ``BANDITREC_POLICY`` (policy spec),
 ``BANDITREC_REWARD_WINDOW_S`` (the log's reward window, seconds), and the service settings of
-:class:`~banditrec.service.config.ServiceConfig` (token, limits, ``BANDITREC_SNAPSHOTS``).
+:class:`~banditrec.service.config.ServiceConfig` (token, limits, ``BANDITREC_SNAPSHOTS``,
+``BANDITREC_DURABLE``).
 Each worker builds its own engine after the fork and samples from fresh entropy, so workers
 never repeat each other's event ids or share a SQLite connection.
 """
@@ -12,23 +13,21 @@ from __future__ import annotations
 
 import os
 
-from ..demo import build_engine, policy_env
-from ..store import DecisionLog
-from . import create_app
 from .config import ServiceConfig
+from .shopapp import create_shop_app
 
 
 def _build():
-    from simulator import Shop
-
-    shop = Shop(seed=int(os.environ.get("BANDITREC_SHOP_SEED", "0")))
+    shop = os.environ.get("BANDITREC_SHOP")
+    if not shop:
+        raise SystemExit("BANDITREC_SHOP is not set: `banditrec serve --shop DIR` serves a shop directory")
+    settings = ServiceConfig.from_env()
     window = os.environ.get("BANDITREC_REWARD_WINDOW_S", "3600")
-    log = DecisionLog(os.environ.get("BANDITREC_DB", "out/serve/log.db"),
-                      reward_window_s=float(window) if window else None, process_lock=True,
-                      checkpoint_interval_s=0.05)  # WAL checkpoints off the request path (see DecisionLog)
-    engine = build_engine(shop, os.environ.get("BANDITREC_POLICY", "shared-linucb:alpha=1.0,epsilon=0.1"), log,
-                          seed=None)
-    return create_app(engine, settings=ServiceConfig.from_env(), policy_env=policy_env(shop, engine.cf))
+    return create_shop_app(shop, os.environ.get("BANDITREC_POLICY", "shared-linucb:alpha=1.0,epsilon=0.1"),
+                           os.environ.get("BANDITREC_DB", "out/serve/log.db"), settings=settings,
+                           reward_window_s=float(window) if window else None, process_lock=True,
+                           synchronous=settings.synchronous,
+                           checkpoint_interval_s=0.05)  # WAL checkpoints off the request path (see DecisionLog)
 
 
 app = _build()

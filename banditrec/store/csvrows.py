@@ -292,12 +292,23 @@ def timestamp_cell(value: str, line: int, column: str) -> float:
     return t.timestamp()
 
 
-def group_rows(reader, spec: Spec, start_line: int) -> Iterator[list[tuple[int, list[str]]]]:
+def group_rows(reader, spec: Spec, start_line: int, *, single: bool = False
+               ) -> Iterator[list[tuple[int, list[str]]]]:
     """Rows grouped into decisions: consecutive rows with the same grouping key form one
     decision, and a row whose position was already seen in the current group starts a new one
     (two impressions with equal keys back to back). With an event column, a repeated position
-    or an event id that reappears after other rows is an error instead."""
+    or an event id that reappears after other rows is an error instead. ``single``: every row
+    is a decision of its own."""
     width = len(spec.header)
+    if single:
+        for row in reader:
+            if not row:
+                continue
+            if len(row) != width:
+                raise RowError(reader.line_num, None, f"expected {width} fields as in the header, found {len(row)}")
+            if reader.line_num >= start_line:
+                yield [(reader.line_num, row)]
+        return
     i_pos = spec.col["position"]
     by_event = "event" in spec.col and spec.group == (spec.col["event"],)
     keyof = (operator.itemgetter(*spec.group) if len(spec.group) > 1

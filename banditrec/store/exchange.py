@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Mapping
 
 from ..errors import ValidationError
-from .export import SCHEMA_VERSION, ExportResult, MissingDependencyError, export_csv, export_parquet
+from .export import SCHEMA_VERSION, ExportResult, MissingDependencyError, export_csv, export_interactions, export_parquet
 from .importer import ImportFailedError, ImportResult, import_csv, import_obd, parse_mapping
 from .log import DecisionLog
 from .vw import export_dsjson, export_vw, vw_escape
 
-EXPORT_FORMATS = ("csv", "parquet", "vw", "dsjson")
+EXPORT_FORMATS = ("csv", "parquet", "vw", "dsjson", "interactions")
 IMPORT_FORMATS = ("obd", "csv")
 
 __all__ = ["EXPORT_FORMATS", "IMPORT_FORMATS", "SCHEMA_VERSION", "ExportResult", "ImportFailedError",
@@ -40,6 +40,8 @@ def export_log(log: DecisionLog, path: str | Path, format: str, *, kind: str = "
     if format in ("vw", "dsjson"):
         fn = export_vw if format == "vw" else export_dsjson
         return fn(log, path, kind=kind, default_reward=default_reward, min_probability=min_probability)
+    if format == "interactions":
+        return export_interactions(log, path)
     raise ValidationError(f"unknown export format {format!r}; expected one of {', '.join(EXPORT_FORMATS)}", "format")
 
 

@@ -229,6 +229,33 @@ def export_csv(log: DecisionLog, path: str | Path, *, candidates: bool = False,
     return ExportResult(str(path), "csv", n_rows, n_dec, layout.columns)
 
 
+INTERACTION_COLUMNS = ("user_id", "item_id", "event_type", "timestamp", "value", "session_id")
+_INTERACTIONS = (
+    # interaction events as posted, then every positive reward of a shown item (its kind is the
+    # event type); a decision without a user id is its own session and "user"
+    "SELECT user_id, item_id, kind, ts, NULL, event_id FROM events "
+    "UNION ALL "
+    "SELECT CASE WHEN d.user_id = '' THEN d.event_id ELSE d.user_id END, s.item_id, r.kind, r.ts, r.reward, "
+    "d.event_id FROM rewards r JOIN slots s ON s.event_id = r.event_id AND s.position = r.position "
+    "JOIN decisions d ON d.event_id = r.event_id WHERE r.reward > 0 AND r.late = 0 "
+    "ORDER BY 4"
+)
+
+
+def export_interactions(log: DecisionLog, path: str | Path) -> ExportResult:
+    """The log's interaction events and positive slot rewards as an interactions file for
+    ``banditrec build`` (``docs/data-formats.md``): a shop that serves banditrec, or a log imported
+    from elsewhere (the Open Bandit Dataset), gives its clicks and purchases to the next build."""
+    n = 0
+    with log.snapshot() as conn, atomic_output(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(INTERACTION_COLUMNS)
+        for row in conn.execute(_INTERACTIONS):
+            writer.writerow([_csv_cell(v) for v in row])
+            n += 1
+    return ExportResult(str(path), "interactions", n, 0, INTERACTION_COLUMNS)
+
+
 def _csv_cell(v):
     if isinstance(v, float):
         return repr(v)

@@ -90,8 +90,9 @@ class _Parsed:
 
 class _Importer:
     def __init__(self, spec: Spec, catalog: Catalog, categories: list[list[str]], *, kind: str, policy: str,
-                 model_version: str, surface: str, event_prefix: str, source: str):
+                 model_version: str, surface: str, event_prefix: str, source: str, rounds: int | None = None):
         self.spec, self.catalog, self.categories = spec, catalog, categories
+        self.rounds = rounds  # each row is its own round of a carousel of this many slots
         self.kind, self.policy, self.model_version, self.surface = kind, policy, model_version, surface
         self.event_prefix, self.source = event_prefix, source
         names = [spec.header[c] + "=" + v for c, cats in zip(spec.categorical, categories) for v in cats]
@@ -179,7 +180,11 @@ class _Importer:
             self._same_across(group)
             order = np.argsort(positions[sl], kind="stable")
             pos = positions[sl][order]
-            if not np.array_equal(pos, np.arange(n)):
+            if self.rounds is not None:
+                if pos[0] >= self.rounds:
+                    raise RowError(line0, name("position"), f"position {pos[0] + spec.position_base} is beyond the "
+                                                            f"carousel's {self.rounds} slots (--slots)")
+            elif not np.array_equal(pos, np.arange(n)):
                 missing = sorted(set(range(n)) - set(pos.tolist()))
                 bad = int(np.argmax(pos != np.arange(n)))
                 raise RowError(group[int(order[bad])][0], name("position"),
@@ -211,11 +216,12 @@ class _Importer:
                         raise RowError(lines[i], spec.header[col["item_index"]] if "item_index" in col else name("item"),
                                         f"item {it!r} has catalog index {item_index[i]} here but {members[it]} in "
                                         f"candidate_index")
+            slot_of = pos.tolist() if self.rounds is not None else list(range(n))
             slots = tuple(Slot(position=k, item_id=items[i], propensity=float(conditional[i]),
                                marginal=float(marginal[i]),
                                source=rows[i][1][col["source"]] if "source" in col else "imported",
                                marginal_draws=int(draws[i]))
-                          for k, i in enumerate(idx))
+                          for k, i in zip(slot_of, idx))
             cond = np.array([s.propensity for s in slots])
             j = float(joint[g]) if joint is not None else float(np.prod(cond))
             lj = float(log_joint[g]) if log_joint is not None else float(np.log(cond).sum())
@@ -226,7 +232,7 @@ class _Importer:
             params = self._params(row0, line0)
             rewards = []
             for kind, values, rts in slot_rewards:
-                for k, i in enumerate(idx):
+                for k, i in zip(slot_of, idx):
                     if not math.isnan(values[i]):
                         rt = ts if rts is None or math.isnan(rts[i]) else float(rts[i])
                         rewards.append(Reward(event_id, float(values[i]), position=k, kind=kind, ts=rt))
@@ -239,7 +245,8 @@ class _Importer:
                 joint_propensity=j, log_joint_propensity=lj,
                 policy=row0[col["policy"]] if "policy" in col else self.policy,
                 model_version=row0[col["model_version"]] if "model_version" in col else self.model_version,
-                candidates=tuple(cand_ids), ts=ts)
+                candidates=tuple(cand_ids), ts=ts,
+                n_slots=self.rounds if self.rounds is not None and self.rounds != n else None)
             out.append(_Parsed(line0, decision, params, list(cand_idx), [int(item_index[i]) for i in idx], context,
                                row0[col["surface"]] if "surface" in col else self.surface, rewards))
         return out
@@ -309,7 +316,8 @@ class _Importer:
 def _import(path: str | Path, log: DecisionLog, fmt: str, explicit: Mapping[str, str], defaults: Mapping[str, str],
             *, kind: str, position_base: int, group_by: Sequence[str] | None, n_items: int | None, policy: str,
             model_version: str, surface: str, event_prefix: str | None, batch_rows: int,
-            start_line: int | None, on_batch: Callable[[ImportResult], None] | None) -> ImportResult:
+            start_line: int | None, on_batch: Callable[[ImportResult], None] | None,
+            rounds: int | None = None) -> ImportResult:
     path = str(path)
     start_line = 2 if start_line is None else int(start_line)
     counts = {"decisions": 0, "slots": 0, "rewards": 0, "first": None, "last": None}
@@ -350,13 +358,14 @@ def _import(path: str | Path, log: DecisionLog, fmt: str, explicit: Mapping[str,
             except (UnicodeDecodeError, csv.Error) as exc:
                 raise fail(None, None, f"not a readable UTF-8 CSV file: {exc}") from None
             importer = _Importer(spec, catalog, categories, kind=kind, policy=policy, model_version=model_version,
-                                 surface=surface, event_prefix=event_prefix or Path(path).stem, source=fmt)
+                                 surface=surface, event_prefix=event_prefix or Path(path).stem, source=fmt,
+                                 rounds=rounds)
             fh.seek(0)
             reader = csv.reader(fh)
             next(reader)
             batch: list = []
             rows_in_batch = 0
-            groups = group_rows(reader, spec, start_line)
+            groups = group_rows(reader, spec, start_line, single=rounds is not None)
             while True:
                 try:
                     group = next(groups, None)
@@ -458,7 +467,7 @@ def import_obd(path: str | Path, log: DecisionLog, *, mapping: Mapping[str, str]
                group_by: Sequence[str] | None = None, n_items: int | None = None, policy: str = "obd",
                model_version: str = "", surface: str = "home", event_prefix: str | None = None,
                batch_rows: int = 10_000, start_line: int | None = None,
-               on_batch: Callable[[ImportResult], None] | None = None) -> ImportResult:
+               on_batch: Callable[[ImportResult], None] | None = None, slots: int | None = 3) -> ImportResult:
     """Import the Open Bandit Dataset's CSV layout (Saito et al. 2021, ``open_bandit_dataset/
     <policy>/<campaign>/<campaign>.csv``).
 
@@ -466,11 +475,15 @@ def import_obd(path: str | Path, log: DecisionLog, *, mapping: Mapping[str, str]
     ``user-item_affinity_<item>``, often after an unnamed index column (ignored). One row is one
     (impression, position); positions are 1-based and become slots 0..K-1.
 
-    - **Grouping.** Rows of one impression share the timestamp and every user feature, so a
-      decision is a run of consecutive rows with equal ``timestamp``, ``user_feature_*`` and
-      ``user-item_affinity_*`` cells; a position repeating within a run starts the next
-      decision. ``group_by`` replaces the key columns. A decision whose positions are not
-      exactly 1..K raises, naming the line.
+    - **Rounds.** As Open Bandit Pipeline reads the data, each row is its own round: a carousel
+      of ``slots`` positions (3 in ZOZOTOWN's) observed at the row's position only, logged as a
+      decision of ``slots`` slots with that one slot (``Decision.n_slots``). The published
+      sample's rows do not come grouped by impression.
+    - **Grouping** (``slots=None``): rows of one impression share the timestamp and every user
+      feature, so a decision is a run of consecutive rows with equal ``timestamp``,
+      ``user_feature_*`` and ``user-item_affinity_*`` cells; a position repeating within a run
+      starts the next decision. ``group_by`` replaces the key columns. A decision whose
+      positions are not exactly 1..K raises, naming the line.
     - **Probabilities.** ``propensity_score`` is the logging policy's probability of the item
       at that position, the marginal the estimators need; it is also stored as the
       conditional, which OBD does not publish (for its uniform random policy the true
@@ -487,7 +500,8 @@ def import_obd(path: str | Path, log: DecisionLog, *, mapping: Mapping[str, str]
     """
     return _import(path, log, "obd", {**OBD_MAPPING, **(mapping or {})}, OBD_OPTIONAL, kind="click", position_base=1,
                    group_by=group_by, n_items=n_items, policy=policy, model_version=model_version, surface=surface,
-                   event_prefix=event_prefix, batch_rows=batch_rows, start_line=start_line, on_batch=on_batch)
+                   event_prefix=event_prefix, batch_rows=batch_rows, start_line=start_line, on_batch=on_batch,
+                   rounds=slots)
 
 
 def parse_mapping(pairs: Sequence[str]) -> dict[str, str]:

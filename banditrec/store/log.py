@@ -46,8 +46,8 @@ MAX_ABS_REWARD = 1e12  # beyond this a reward is a unit or encoding mistake, and
 
 INSERT_DECISION = (
     "INSERT INTO decisions (event_id, ts, user_id, surface, policy, policy_params, model_version, n_slots, "
-    "candidates, candidate_index, context, joint_propensity, log_joint_propensity) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "candidates, candidate_index, context, joint_propensity, log_joint_propensity, shop_build) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 INSERT_SLOT = "INSERT INTO slots VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 MAX_SEQ = "SELECT coalesce(max(seq), 0) FROM decisions"
@@ -63,7 +63,8 @@ _READ_FILTER = (
     "d.seq > :after AND d.seq <= :until AND (:closed IS NULL OR d.ts + :window <= :closed)"
 )
 READ_DECISIONS = (
-    "SELECT d.seq, d.event_id, d.context, d.candidate_index FROM decisions d "
+    "SELECT d.seq, d.event_id, d.context, d.candidate_index, d.n_slots, "
+    "(SELECT count(*) FROM slots s WHERE s.event_id = d.event_id) FROM decisions d "
     f"WHERE {_READ_FILTER} ORDER BY d.seq"
 )
 READ_SLOTS = (
@@ -181,9 +182,18 @@ def decision_rows(decision: Decision, policy_params: dict, candidate_index, slot
             f"as many indices, got {len(slot_index)} and {len(candidate_index)}", "slots")
     slots = decision.slots
     positions = [s.position for s in slots]
-    if positions != list(range(len(positions))):
-        raise ValidationError(f"slot positions must be 0..{len(positions) - 1} in order, got {positions}", "slots")
+    n_slots = len(slots) if decision.n_slots is None else decision.n_slots
+    if n_slots == len(slots):
+        if positions != list(range(len(positions))):
+            raise ValidationError(f"slot positions must be 0..{len(positions) - 1} in order, got {positions}", "slots")
+    elif not (isinstance(n_slots, int) and 0 < len(slots) < n_slots and positions[0] >= 0
+              and positions[-1] < n_slots and all(a < b for a, b in zip(positions, positions[1:]))):
+        raise ValidationError(f"a decision observed at some of its {n_slots!r} positions needs them increasing "
+                              f"within 0..{n_slots - 1 if isinstance(n_slots, int) else '?'}, got {positions}",
+                              "slots")
     sources = [s.source for s in slots]
+    if "pinned" in sources and n_slots != len(slots):
+        raise ValidationError("a partly observed decision cannot have pinned slots", "slots")
     if "pinned" in sources:  # (the pinned checks, only for decisions that pin)
         pinned = [source == "pinned" for source in sources]
         if any(pinned[i] and not pinned[i - 1] for i in range(1, len(pinned))):
@@ -199,12 +209,13 @@ def decision_rows(decision: Decision, policy_params: dict, candidate_index, slot
         decision.policy,
         _params_json(policy_params),
         decision.model_version,
-        len(decision.slots),
+        n_slots,
         _json_strings(decision.candidates),
         _index_json(candidate_index),
         _floats_json(context),
         float(decision.joint_propensity),
         float(decision.log_joint_propensity),
+        decision.build,
     )
     slot_rows = [
         (decision.event_id, s.position, s.item_id, idx, float(s.propensity), float(s.marginal),
@@ -267,7 +278,9 @@ class LoggedDecisions:
     ``row_action (n,)``, ``row_pscore (n,)`` the logged marginal, ``row_reward (n,)`` with the
     default filled in the same way. Pinned slots (shown by rule, propensity 1) are left out,
     and ``row_slot`` is the policy's slot: the carousel position minus the decision's pinned
-    slots, which always come first.
+    slots, which always come first. ``n_slots (D,)``: the slots each decision's policy filled
+    (its carousel less the pinned ones), also where only some were logged (an imported log
+    that observed one position per round); None: as many as it has rows.
     """
 
     event_id: list
@@ -281,10 +294,17 @@ class LoggedDecisions:
     row_reward: np.ndarray
     decision_reward: np.ndarray
     row_propensity: np.ndarray | None = None  # (n,) the conditional P(item | earlier slots)
+    n_slots: np.ndarray | None = None
 
     @property
     def n_decisions(self) -> int:
         return len(self.event_id)
+
+    def slots_per_decision(self) -> np.ndarray:
+        """(D,) how many slots each decision's policy filled (see ``n_slots``)."""
+        if self.n_slots is not None:
+            return self.n_slots
+        return np.bincount(self.row_decision, minlength=self.n_decisions)
 
     def logged_bandit(self, n_actions: int, n_slots: int, *, with_context: bool = False) -> LoggedBandit:
         """The rows as estimator input; ``with_context`` adds each row's decision context
@@ -886,9 +906,9 @@ class DecisionLog:
             scan = n_rewards <= REWARD_SCAN_RATIO * len(dec)
             rewards = conn.execute(READ_REWARDS_SCAN if scan else READ_REWARDS, params).fetchall()
         if dec:
-            seq_col, event_id, context_text, candidate_text = map(list, zip(*dec))
+            seq_col, event_id, context_text, candidate_text, total_col, logged_col = map(list, zip(*dec))
         else:
-            seq_col, event_id, context_text, candidate_text = [], [], [], []
+            seq_col, event_id, context_text, candidate_text, total_col, logged_col = [], [], [], [], [], []
         seq = np.array(seq_col, dtype=np.int64)
         context = _float_rows(context_text)
         flat, offsets = _number_lists(candidate_text, np.int64)
@@ -912,13 +932,15 @@ class DecisionLog:
                 at = np.minimum(np.searchsorted(key, r_key), len(key) - 1)
                 hit = key[at] == r_key
                 row_reward[at[hit]] = r_value[~whole][hit]
+        total = np.array(total_col, dtype=np.int64)
+        # pinned slots come first and only in fully logged decisions: they are the logged rows
+        # the reader left out
+        pinned = np.array(logged_col, dtype=np.int64) - np.bincount(row_decision, minlength=len(seq))
+        n_slots = total - pinned
         if len(slots):
-            # the policy's slot: positions after a decision's pinned ones count from 0
-            starts = np.searchsorted(row_decision, np.arange(len(seq)))
-            first = row_slot[np.minimum(starts, len(row_slot) - 1)]
-            row_slot = row_slot - first[row_decision]
+            row_slot = row_slot - pinned[row_decision]  # the policy's slot: after the pinned ones, from 0
         return LoggedDecisions(event_id, seq, context, candidates, row_decision, row_slot, row_action, row_pscore,
-                               row_reward, decision_reward, np.ascontiguousarray(slots["propensity"]))
+                               row_reward, decision_reward, np.ascontiguousarray(slots["propensity"]), n_slots)
 
     def events(self, *, after_seq: int = 0, user_id: str | None = None) -> LoggedEvents:
         """Interaction events with ``seq > after_seq`` (of one user, if given), in log order."""
@@ -932,19 +954,20 @@ class DecisionLog:
         return LoggedEvents(np.array(cols[0], dtype=np.int64), np.array(cols[1], dtype=float),
                             *(_object_array(c) for c in cols[2:]))
 
-    def recent_events(self, user_id: str, *, since_ts: float, limit: int = 50) -> tuple[list[str], list[str]]:
+    def recent_events(self, user_id: str, *, since_ts: float, limit: int = 50
+                      ) -> tuple[list[str], list[str], list[float]]:
         """The user's interaction events with ``ts >= since_ts``, newest first, at most
-        ``limit``: ``(item ids, kinds)``. One indexed query (``events (user_id, ts)``), cheap
+        ``limit``: ``(item ids, kinds, times)``. One indexed query (``events (user_id, ts)``), cheap
         enough to run on every decision; this is the session state a decision sees, shared by
         every process that opens the log."""
         with self._lock:
             rows = self.db.conn.execute(
-                "SELECT item_id, kind FROM events WHERE user_id = ? AND ts >= ? ORDER BY ts DESC, seq DESC LIMIT ?",
-                (user_id, float(since_ts), int(limit))).fetchall()
+                "SELECT item_id, kind, ts FROM events WHERE user_id = ? AND ts >= ? ORDER BY ts DESC, seq DESC "
+                "LIMIT ?", (user_id, float(since_ts), int(limit))).fetchall()
         if not rows:
-            return [], []
-        items, kinds = zip(*rows)
-        return list(items), list(kinds)
+            return [], [], []
+        items, kinds, ts = zip(*rows)
+        return list(items), list(kinds), list(ts)
 
     def closed_until_seq(self, *, after_seq: int, closed_before: float) -> int:
         """The largest ``seq`` such that every decision with ``after_seq < seq <= it`` has its
@@ -986,6 +1009,23 @@ class DecisionLog:
         if index[-1] != len(index) - 1:
             raise ValidationError("the logged item indices have gaps", "items")
         return ids, _float_rows(features), json.loads("[" + ",".join(attrs) + "]")
+
+    def item_ids(self) -> dict[int, str]:
+        """``{item index: item id}`` for every index the log uses: from the items table, or
+        (a log served from a shop directory, which keeps its catalog there) from the candidate
+        lists the decisions logged. An index logged with two ids is an error."""
+        with self._lock:
+            rows = self.db.conn.execute("SELECT item_index, item_id FROM items").fetchall()
+            if not rows:
+                rows = self.db.conn.execute(
+                    "SELECT DISTINCT k.value, j.value FROM decisions d, json_each(d.candidates) j, "
+                    "json_each(d.candidate_index) k WHERE j.key = k.key").fetchall()
+        out: dict[int, str] = {}
+        for index, item in rows:
+            if out.setdefault(int(index), item) != item:
+                raise ValidationError(f"the log's item index {index} holds two ids, {out[int(index)]!r} and "
+                                      f"{item!r}", "items")
+        return out
 
     def policies(self) -> list[str]:
         """The distinct policy specs that logged decisions, sorted."""

@@ -97,3 +97,9 @@ def _late_events_models_items(db):
         );
         """
     )
+
+
+@migrations(name="0003_decisions_shop_build")
+def _shop_build(db):
+    """Which shop-directory build served each decision (NULL: not served from a shop directory)."""
+    db.executescript("ALTER TABLE decisions ADD COLUMN shop_build TEXT NULL;")

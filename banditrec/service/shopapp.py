@@ -1,0 +1,49 @@
+"""The decision service of a shop directory: what ``banditrec serve --shop DIR`` runs in each
+worker, and what the demo and the tests build in process."""
+
+from __future__ import annotations
+
+import time
+
+from flask import Flask
+
+from ..shop import ShopWatcher, engine_for_shop
+from ..shop.serving import open_newest_valid
+from ..store import DecisionLog
+from . import create_app
+from .config import ServiceConfig
+
+
+def create_shop_app(shop_dir, policy: str, db, *, settings: ServiceConfig | None = None,
+                    reward_window_s: float | None = 3600.0, n_candidates: int = 30, min_epsilon: float = 0.01,
+                    seed=None, clock=time.time, process_lock: bool = False, checkpoint_interval_s=None,
+                    synchronous: str = "NORMAL", config: dict | None = None) -> Flask:
+    """A service app serving the current build of ``shop_dir`` with a new ``policy`` (a spec),
+    logging to ``db``; newer builds of the directory and, with ``settings.snapshots``, the
+    learner's snapshots are picked up while it serves."""
+    shop, refused = open_newest_valid(shop_dir)
+    log = DecisionLog(db, reward_window_s=reward_window_s, process_lock=process_lock,
+                      checkpoint_interval_s=checkpoint_interval_s, synchronous=synchronous)
+    engine = engine_for_shop(shop, policy, log, n_candidates=n_candidates, min_epsilon=min_epsilon, seed=seed,
+                             clock=clock)
+    app_ref: dict = {}
+
+    def reloaded(result: str) -> None:
+        app = app_ref.get("app")
+        if app is not None:
+            metrics = app.extensions["banditrec.metrics"]
+            metrics.shop_reloads.labels(result).inc()
+            if result == "loaded":
+                metrics.set_shop(engine)
+
+    watcher = ShopWatcher(shop_dir, engine, shop, on_result=reloaded)
+    if refused is not None:
+        import logging
+
+        watcher.last_error = refused
+        logging.getLogger("banditrec.service").error("shop build refused: %s; serving the newest valid build %s",
+                                                     refused, shop.build)
+    app = create_app(engine, config, settings=settings, policy_env=lambda: watcher.shop.policy_env(),
+                     shop_watcher=watcher)
+    app_ref["app"] = app
+    return app
