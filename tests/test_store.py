@@ -333,8 +333,9 @@ def test_a_log_made_by_the_first_migration_only_is_migrated_with_its_data(tmp_pa
     assert [m.name for m in migrations.applied(db)] == ["0001_decisions_slots_rewards"]
     assert "events" not in db.table_names()
     row, slot_rows = decision_rows(decision(), {"epsilon": 0.1}, [0, 1, 2], [0, 1], (0.25, -0.5))
+    insert_0001 = INSERT_DECISION.replace(", shop_build)", ")").replace(", ?)", ")")  # 0003 added shop_build
     with db.atomic():
-        db.execute(INSERT_DECISION, row)
+        db.execute(insert_0001, row[:-1])
         db.conn.executemany(INSERT_SLOT, slot_rows)
         db.execute("INSERT INTO rewards VALUES ('e1', 1, 'click', 1.0, 5.0)")  # the 0001 layout: 5 columns
     db.close()
