@@ -9,6 +9,11 @@ from pathlib import Path
 
 import click
 
+from .policies.base import DEFAULT_FLOOR
+from simulator.scenarios import SCENARIOS
+
+SCENARIO_NAMES = tuple(SCENARIOS)
+
 
 @click.group()
 @click.version_option(package_name="banditrec")
@@ -217,7 +222,7 @@ def learn(shop_dir, db, policy, snapshots, reward_window, interval, kind, once):
     try:
         shop = Shop(shop_dir)
         learner = Learner.resume(log, lambda: shop.policy(policy), shop.items.features, snapshots,
-                                 shop.policy_env(), kind=kind)
+                                 shop.policy_env(), kind=kind, item_cold=shop.items.cold)
         learner.refresh = ShopFollower(shop, echo=click.echo)
         click.echo(f"learning from {db} (window {reward_window:g} s) into {snapshots} for shop build {shop.build}; "
                    f"from seq {learner.learned_seq}, model {learner.version or learner.policy.model_version}")
@@ -463,17 +468,22 @@ def sweep(config_file, scheduler, in_process, out):
 
 @main.command()
 @click.option("--policy", "specs", multiple=True, required=True, help="Policy spec (repeatable).")
+@click.option("--scenario", default="shop", show_default=True, type=click.Choice(list(SCENARIO_NAMES)),
+              help="The world (docs/simulator.md): today's shop, or one where exploration pays.")
 @click.option("--seeds", default=5, show_default=True, type=click.IntRange(min=1))
 @click.option("--first-seed", default=0, show_default=True, type=int)
 @click.option("--decisions", default=50_000, show_default=True, type=click.IntRange(min=1))
 @click.option("--slots", default=5, show_default=True, type=click.IntRange(min=1))
-@click.option("--candidates", default=30, show_default=True, type=click.IntRange(min=1))
+@click.option("--candidates", default=None, type=click.IntRange(min=1),
+              help="Candidates per request [default: the scenario's, else 30].")
 @click.option("--batch", default=500, show_default=True, type=click.IntRange(min=1),
               help="Decisions between learning steps.")
+@click.option("--floor", default=DEFAULT_FLOOR, show_default=True, type=click.FloatRange(0, 1),
+              help="Exploration floor mixed into every slot (as the engine serves; 0 switches it off).")
 @click.option("--jobs", default=1, show_default=True, type=click.IntRange(min=1),
               help="Worker processes running (policy, seed) pairs side by side.")
 @click.option("--out", default="out/regret", show_default=True, type=click.Path(file_okay=False))
-def regret(specs, seeds, first_seed, decisions, slots, candidates, batch, jobs, out):
+def regret(specs, scenario, seeds, first_seed, decisions, slots, candidates, batch, floor, jobs, out):
     """Cumulative regret of each policy against the simulated shop's exact oracle, over seeds."""
     from pathlib import Path
 
@@ -481,8 +491,9 @@ def regret(specs, seeds, first_seed, decisions, slots, candidates, batch, jobs, 
     from .regret import regret_plot, regret_study, regret_table
 
     try:
-        rows = regret_study(list(specs), range(first_seed, first_seed + seeds), n_decisions=decisions,
-                            n_slots=slots, n_candidates=candidates, batch=batch, jobs=jobs, echo=click.echo)
+        rows = regret_study(list(specs), range(first_seed, first_seed + seeds), scenario=scenario,
+                            n_decisions=decisions, n_slots=slots, n_candidates=candidates, batch=batch,
+                            min_epsilon=floor, jobs=jobs, echo=click.echo)
     except BanditRecError as exc:
         raise click.UsageError(str(exc)) from None
     table = regret_table(rows)
@@ -540,17 +551,21 @@ def sensitivity(shop_dir, db, spec, objective, seed, n_train, n_test, k):
 @click.option("--replace", is_flag=True, help="Delete --db first if it exists.")
 @click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False),
               help="TOML file of simulator settings (python -c 'import simulator; print(simulator.SimConfig.describe())').")
+@click.option("--scenario", default="shop", show_default=True, type=click.Choice(list(SCENARIO_NAMES)),
+              help="The world (docs/simulator.md), applied over --config: today's shop or one where exploration "
+                   "pays; it also sets the default --candidates and --learn-kind.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--slots", default=5, show_default=True, type=click.IntRange(min=1), help="Carousel slots.")
-@click.option("--candidates", default=50, show_default=True, type=click.IntRange(min=1), help="Candidates per request.")
-@click.option("--learn-kind", default="click", show_default=True, type=click.Choice(("click", "purchase", "margin")),
-              help="Reward the policy learns from at the end of each day.")
+@click.option("--candidates", default=None, type=click.IntRange(min=1),
+              help="Candidates per request [default: the scenario's, else 50].")
+@click.option("--learn-kind", default=None, type=click.Choice(("click", "purchase", "margin")),
+              help="Reward the policy learns from at the end of each day [default: the scenario's, else click].")
 @click.option("--every", default=1, show_default=True, type=click.IntRange(min=1), help="Print every N-th day's KPIs.")
 @click.option("--export-shop", "export_dir", default=None, type=click.Path(file_okay=False),
               help="Instead of simulating: write the shop's items, interactions (its pre-period) and users files, "
                    "and a build config, to this directory -- a shop's own data, for `banditrec build`.")
-def simulate(days, customers, items, policy, db, replace, config_file, seed, slots, candidates, learn_kind, every,
-             export_dir):
+def simulate(days, customers, items, policy, db, replace, config_file, scenario, seed, slots, candidates, learn_kind,
+             every, export_dir):
     """Run the simulated shop with a policy, logging every decision, and print daily KPIs."""
     from pathlib import Path
 
@@ -558,10 +573,13 @@ def simulate(days, customers, items, policy, db, replace, config_file, seed, slo
     from simulator import SimConfig
     from simulator.run import simulate as run
 
+    sc = SCENARIOS[scenario]
+    candidates = candidates or sc.candidates or 50
+    learn_kind = learn_kind or sc.reward
     try:
         config = SimConfig.from_toml(config_file) if config_file else SimConfig()
         changes = {k: v for k, v in (("n_customers", customers), ("n_items", items)) if v is not None}
-        config = config.replace(**changes)
+        config = config.replace(**{**sc.sim, **changes})
         if export_dir is not None:
             from simulator.environment import Environment
             from simulator.export import export_shop
@@ -710,8 +728,10 @@ def _is_number(text: str) -> bool:
               help="Worlds to run the test on (seeds first-seed, first-seed+1, ...); results pooled.")
 @click.option("--first-seed", default=0, show_default=True, type=int)
 @click.option("--salt", default="ab", show_default=True, help="Assignment salt (a new salt, a new split).")
-@click.option("--scenario", default="gateway", show_default=True, type=click.Choice(sorted(("gateway", "default"))),
-              help="gateway: the shop of the long-term study (docs/abtest.md); default: SimConfig's defaults.")
+@click.option("--scenario", default="gateway", show_default=True, type=click.Choice(["gateway", "default",
+                                                                                      *SCENARIO_NAMES[1:]]),
+              help="gateway: the shop of the long-term study (docs/abtest.md); default: SimConfig's defaults; "
+                   "the others: a world where exploration pays (docs/simulator.md; arms choose what they learn).")
 @click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False),
               help="TOML: simulator fields (as for simulate) and an optional [abtest] table with arms, days, "
                    "customers, seeds, first_seed, salt, aa, burn_in; replaces --scenario.")

@@ -23,14 +23,16 @@ from .errors import ValidationError
 from .ope import IPS, SNIPS, OPEWarning
 from .offline import target_pscore
 from .policies import make
+from .policies.base import DEFAULT_FLOOR
 from .service import create_app
 from .store import DecisionLog
 from .types import Estimate
 
 
 def build_engine(shop: Shop, policy_spec: str, log: DecisionLog, *, seed=None, n_candidates: int = 30,
-                 min_epsilon: float = 0.01, clock=time.time, n_neighbors: int = 50) -> Engine:
-    """An engine for the simulated shop: CF fitted on its pre-period purchases."""
+                 min_epsilon: float = DEFAULT_FLOOR, clock=time.time, n_neighbors: int = 50) -> Engine:
+    """An engine for the simulated shop: CF fitted on its pre-period purchases; ``min_epsilon``
+    0 serves without a floor (``floor_off``)."""
     items = ItemTable(ids=tuple(shop.catalog.item_ids), features=shop.catalog.features)
     cf = ItemItemCF(n_neighbors=n_neighbors).fit(shop.history)
     policy = make(policy_spec, **policy_env(shop, cf))
@@ -44,6 +46,7 @@ def build_engine(shop: Shop, policy_spec: str, log: DecisionLog, *, seed=None, n
         context_dim=shop.config.dim,
         n_candidates=n_candidates,
         min_epsilon=min_epsilon,
+        floor_off=min_epsilon == 0,
         seed=seed,
         clock=clock,
     )
@@ -215,7 +218,8 @@ def _check_run(config: ShopConfig, *, n_decisions, n_slots, n_candidates, batch)
             f"({config.n_items} items, {config.history_purchases} bought each)", "candidates")
 
 
-def _run(seed, shop_config, policy, log, *, n_decisions, n_slots, n_candidates, batch, via, targets=(), echo=None):
+def _run(seed, shop_config, policy, log, *, n_decisions, n_slots, n_candidates, batch, via, targets=(), echo=None,
+         floor: float = DEFAULT_FLOOR):
     """One seeded run: the seed splits into world, engine, traffic and click streams."""
     config = shop_config or ShopConfig()
     _check_run(config, n_decisions=n_decisions, n_slots=n_slots, n_candidates=n_candidates, batch=batch)
@@ -227,7 +231,8 @@ def _run(seed, shop_config, policy, log, *, n_decisions, n_slots, n_candidates, 
         now[0] += 1.0
         return now[0]
 
-    engine = build_engine(shop, policy, log, seed=engine_seq, n_candidates=n_candidates, clock=clock)
+    engine = build_engine(shop, policy, log, seed=engine_seq, n_candidates=n_candidates, clock=clock,
+                          min_epsilon=floor)
     for spec in targets:  # a bad target spec fails now, not after the simulation
         make(spec, **policy_env(shop, engine.cf))
     served = simulate(shop, engine, n_decisions=n_decisions, n_slots=n_slots, batch=batch,

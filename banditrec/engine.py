@@ -19,6 +19,7 @@ from .candidates import ItemItemCF
 from .errors import ValidationError
 from .offline import learning_inputs
 from .policies import Policy, Request
+from .policies.base import DEFAULT_FLOOR
 from .policies.slate import sample_slates
 from .store import DecisionLog
 from .store.log import LoggedParams
@@ -107,11 +108,12 @@ def _policy_error(exc: ValidationError) -> ValidationError:
 
 @dataclass(frozen=True)
 class ItemTable:
-    """Catalog item ids, their index, and the attribute vectors policies see."""
+    """Catalog item ids, their index, the attribute vectors policies see, and which items are
+    cold (no interaction history yet; ``None``: none is)."""
 
     ids: tuple[str, ...]
     features: np.ndarray  # (n_items, d_i)
-    cold: np.ndarray | None = None  # (n_items,) bool: no interactions yet (None: unknown)
+    cold: np.ndarray | None = None  # (n_items,) bool: no interactions yet (None: none known to be)
 
     def __post_init__(self):
         feats = np.asarray(self.features, dtype=float)
@@ -200,13 +202,19 @@ class Engine:
     items : ItemTable
     policy : Policy
     log : DecisionLog; when it holds no items yet, the engine writes ``items`` to it, so
-        that the log alone says what the logged item indices were (and their features)
+        that the log alone says what the logged item indices were (and their features).
+        ``None``: an in-memory log of this process (``DecisionLog(":memory:")``), for in-process
+        runs that keep nothing
     candidate_generator : ItemItemCF, fitted on ``user_items``
     user_items : csr_matrix (n_users, n_items) of each known user's history
     user_index : dict mapping user id -> row of ``user_items``
     context_dim : length of the context vector requests send (zeros when absent)
     n_candidates : candidates generated per request when the request brings none
-    min_epsilon : exploration floor mixed into every served slot (must be > 0)
+    min_epsilon : the exploration floor mixed into every served slot, separate from the
+        policy's own exploration; > 0 so that the log can evaluate other policies (default
+        ``DEFAULT_FLOOR``), or 0 with ``floor_off=True``
+    floor_off : switch the floor off on purpose (``min_epsilon=0``): the policy's own
+        exploration only, and a log that cannot evaluate policies that show what it never does
     seed : seeds the sampler and the event-id streams (a seeded run is reproducible);
         ``None`` samples from fresh entropy and takes time-ordered event ids with 80 random
         bits from the OS (:func:`time_ordered_id`), so that forked serving processes never
@@ -227,45 +235,53 @@ class Engine:
         *,
         items: ItemTable,
         policy: Policy,
-        log: DecisionLog,
+        log: DecisionLog | None,
         candidate_generator: ItemItemCF,
         user_items: sp.csr_matrix,
         user_index: dict[str, int],
         context_dim: int,
         n_candidates: int = 30,
-        min_epsilon: float = 0.01,
+        min_epsilon: float = DEFAULT_FLOOR,
         seed=None,
         clock=time.time,
         session_window_s: float | None = 1800.0,
         session_limit: int = 50,
+        floor_off: bool = False,
     ):
         parts = ShopParts(items=items, candidate_generator=candidate_generator, user_items=user_items,
                           user_index=dict(user_index), context_dim=context_dim)
         self._setup(parts, policy, log, n_candidates=n_candidates, min_epsilon=min_epsilon, seed=seed, clock=clock,
-                    session_window_s=session_window_s, session_limit=session_limit)
-        if log.count("items") == 0:
-            log.write_items(items.ids, items.features)
+                    session_window_s=session_window_s, session_limit=session_limit, floor_off=floor_off)
+        if self.log.count("items") == 0:
+            self.log.write_items(items.ids, items.features)
 
     @classmethod
-    def for_shop(cls, parts: ShopParts, *, policy: Policy, log: DecisionLog, n_candidates: int = 30,
-                 min_epsilon: float = 0.01, seed=None, clock=time.time, session_window_s: float | None = 1800.0,
-                 session_limit: int = 50) -> "Engine":
+    def for_shop(cls, parts: ShopParts, *, policy: Policy, log: DecisionLog | None, n_candidates: int = 30,
+                 min_epsilon: float = DEFAULT_FLOOR, seed=None, clock=time.time,
+                 session_window_s: float | None = 1800.0, session_limit: int = 50, floor_off: bool = False) -> "Engine":
         """An engine serving a shop directory's build (:mod:`banditrec.shop`): the catalog is the
-        build's, so nothing is written to the log's items table; decisions log the build's id."""
+        build's, so nothing is written to the log's items table; decisions log the build's id.
+        ``log``, ``min_epsilon`` and ``floor_off`` as for the constructor."""
         engine = cls.__new__(cls)
         engine._setup(parts, policy, log, n_candidates=n_candidates, min_epsilon=min_epsilon, seed=seed,
-                      clock=clock, session_window_s=session_window_s, session_limit=session_limit)
+                      clock=clock, session_window_s=session_window_s, session_limit=session_limit,
+                      floor_off=floor_off)
         return engine
 
-    def _setup(self, parts: ShopParts, policy: Policy, log: DecisionLog, *, n_candidates, min_epsilon, seed,
-               clock, session_window_s, session_limit) -> None:
-        if not 0.0 < min_epsilon <= 1.0:
+    def _setup(self, parts: ShopParts, policy: Policy, log: DecisionLog | None, *, n_candidates, min_epsilon, seed,
+               clock, session_window_s, session_limit, floor_off: bool = False) -> None:
+        if floor_off:
+            if min_epsilon != 0:
+                raise ValidationError(f"floor_off=True serves without a floor: min_epsilon must be 0, got "
+                                      f"{min_epsilon!r}", "min_epsilon")
+        elif not 0.0 < min_epsilon <= 1.0:
             raise ValidationError(
-                f"min_epsilon must be in (0, 1]: a served policy must explore, got {min_epsilon!r}",
-                "min_epsilon",
-            )
+                f"min_epsilon must be in (0, 1] so that the log can evaluate other policies, got {min_epsilon!r} "
+                "(to serve without a floor on purpose: min_epsilon=0, floor_off=True)", "min_epsilon")
         self._parts = parts
         self.policy = policy
+        if log is None:
+            log = DecisionLog(":memory:")
         self.log = log
         self.n_candidates = check_positive_int(n_candidates, "n_candidates")
         self.min_epsilon = float(min_epsilon)
@@ -407,7 +423,9 @@ class Engine:
 
     def request(self, context, items, parts: ShopParts | None = None) -> Request:
         table = (parts or self._parts).items
-        return Request(context=context, items=items, item_features=table.features[items])
+        cold = table.cold
+        return Request(context=context, items=items, item_features=table.features[items],
+                       cold=None if cold is None else cold[items])
 
     @property
     def model_version(self) -> str:
@@ -620,7 +638,7 @@ class Engine:
                 logged.context[logged.row_decision],
                 self.items.features[logged.row_action],
                 logged.row_reward,
-                **learning_inputs(self.policy, logged, self.items.features),
+                **learning_inputs(self.policy, logged, self.items.features, cold=self.items.cold),
             )
             self._learned_seq = int(logged.seq[-1])
             self._model_version = None  # learned online past any installed snapshot

@@ -270,8 +270,10 @@ def candidate_env(context_dim: int, features: np.ndarray, train: LoggedDecisions
     return {"context_dim": context_dim, "item_dim": features.shape[1], "popularity": popularity, "n_items": n_items}
 
 
-def candidate_policy(spec: str, env: dict, train: LoggedDecisions | None, features: np.ndarray):
-    """The candidate ``spec`` built with ``env`` and trained on the log's training share."""
+def candidate_policy(spec: str, env: dict, train: LoggedDecisions | None, features: np.ndarray, *,
+                     cold: np.ndarray | None = None):
+    """The candidate ``spec`` built with ``env`` and trained on the log's training share
+    (``cold``: the catalog's cold flags, an input of the policies, when known)."""
     try:
         policy = make(spec, **env)
     except ValidationError as exc:
@@ -280,7 +282,7 @@ def candidate_policy(spec: str, env: dict, train: LoggedDecisions | None, featur
                                   "or product types, so evaluate cannot apply it", exc.field) from None
         raise
     if train is not None and train.n_decisions:
-        train_from_log(policy, train, features)
+        train_from_log(policy, train, features, cold=cold)
     return policy
 
 
@@ -323,7 +325,9 @@ def evaluate_log(
         if shop is not None:
             full = on_shop(full, log.item_ids(), shop)
             features, has_items = shop.items.features, True
+            cold = shop.items.cold  # as the engine serving the shop puts them in requests
         else:
+            cold = None
             features, has_items = _item_features(log, full)
         logging_policies = log.policies()
     finally:
@@ -348,7 +352,7 @@ def evaluate_log(
         folds = model.fit_folds(data, n_folds=n_folds, fold=row_folds(test, n_folds, seed))
         candidate_q = CandidateQ.of(model, folds, data, test)
     for spec in all_specs:
-        policy = candidate_policy(spec, env, train, features)
+        policy = candidate_policy(spec, env, train, features, cold=cold)
         kept: list = []
 
         def keep(d, items, marg, _spec=spec):
@@ -356,7 +360,7 @@ def evaluate_log(
             if on_target is not None:
                 on_target(_spec, test, d, items, marg)
 
-        pi = target_pscore(policy, test, features, on_decision=keep)
+        pi = target_pscore(policy, test, features, on_decision=keep, cold=cold)
         target_rows = _sparse_target(test, kept, n_items)
         q = {} if candidate_q is None else {"q_hat_logged": candidate_q.q_logged,
                                             "q_hat_target": candidate_q.target(target_rows)}

@@ -2,22 +2,46 @@
 
 Stateless: the same inputs always give the same vectors.
 
-The joint feature of (context x, item v) is ``[v, vec(x v^T)]``: the item's own attributes
-(a learned item-side bias) followed by every context-item product, so a linear model over it
-can represent any bilinear affinity x^T W v.
+An item enters the linear models as ``u = [1, v, cold]``: a constant, its attributes ``v``
+and its cold flag (1 for an item without interaction history, else 0). The joint feature of
+(context c, item u) is ``[u, vec(u c^T)]`` = every product of ``[1, c]`` with ``u``: an
+intercept, the item's own terms (an item-side bias), the context's own terms, and every
+context-item product, so a linear model over it can represent any affine-bilinear affinity
+``[1, c]^T W [1, v, cold]``. Without the intercept and the context's own terms a ridge fit
+of rewards with a non-zero mean has to absorb that mean into the item terms, which distorts
+the ranking.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+ITEM_EXTRA = 2
+"""Columns the item vector ``u`` adds to the item's attributes: the constant and the cold flag."""
+
+
+def item_dim_of(item_dim: int) -> int:
+    """Length of the item vector ``u = [1, v, cold]`` for ``item_dim`` attributes."""
+    return item_dim + ITEM_EXTRA
+
 
 def joint_dim(context_dim: int, item_dim: int) -> int:
-    """Length of a joint feature vector."""
-    return item_dim + context_dim * item_dim
+    """Length of a joint feature vector: ``(item_dim + 2) * (context_dim + 1)``."""
+    return item_dim_of(item_dim) * (context_dim + 1)
 
 
-def joint_features(context: np.ndarray, item_features: np.ndarray) -> np.ndarray:
+def item_vectors(item_features: np.ndarray, cold=None) -> np.ndarray:
+    """``u = [1, v, cold]`` per row of ``item_features (m, d_i)``; ``cold (m,)`` 0/1 or ``None``."""
+    V = np.asarray(item_features, dtype=float)
+    m = len(V)
+    U = np.empty((m, V.shape[1] + ITEM_EXTRA))
+    U[:, 0] = 1.0
+    U[:, 1:-1] = V
+    U[:, -1] = 0.0 if cold is None else np.asarray(cold, dtype=float)
+    return U
+
+
+def joint_features(context: np.ndarray, item_features: np.ndarray, cold=None) -> np.ndarray:
     """Joint features for one context and many items, or row-by-row pairs.
 
     Parameters
@@ -25,19 +49,21 @@ def joint_features(context: np.ndarray, item_features: np.ndarray) -> np.ndarray
     context : (d_c,) or (m, d_c)
         One context for all items, or one context per row.
     item_features : (m, d_i)
+    cold : (m,) 0/1 flags, optional (all 0 when ``None``)
 
     Returns
     -------
-    (m, d_i + d_c * d_i) float array.
+    (m, joint_dim(d_c, d_i)) float array ``[u, vec(u c^T)]`` with ``u = [1, v, cold]``: entry
+    ``d_u + i * d_c + k`` is ``u_i c_k``.
     """
-    item_features = np.asarray(item_features, dtype=float)
+    U = item_vectors(item_features, cold)
     context = np.asarray(context, dtype=float)
-    m, d_i = item_features.shape
+    m, d_u = U.shape
     if context.ndim == 1:
-        cross = np.multiply.outer(item_features, context)  # (m, d_i, d_c)
+        cross = np.multiply.outer(U, context)  # (m, d_u, d_c)
     else:
-        cross = item_features[:, :, None] * context[:, None, :]
-    out = np.empty((m, d_i + cross.shape[1] * cross.shape[2]))
-    out[:, :d_i] = item_features
-    out[:, d_i:] = cross.reshape(m, -1)
+        cross = U[:, :, None] * context[:, None, :]
+    out = np.empty((m, d_u + cross.shape[1] * cross.shape[2]))
+    out[:, :d_u] = U
+    out[:, d_u:] = cross.reshape(m, -1)
     return out

@@ -48,18 +48,21 @@ class Published:
 class Learner:
     """Learn ``policy`` from ``log`` (which must have a reward window) and publish to ``directory``.
 
-    ``item_features (n_items, d_i)``: the catalog's features, by logged item index.
+    ``item_features (n_items, d_i)``: the catalog's features, by logged item index;
+    ``item_cold (n_items,)``: which items are cold (no interactions yet; ``None``: none is), an
+    input of the policies as when serving (:attr:`~banditrec.engine.ItemTable.cold`).
     """
 
     def __init__(self, log: DecisionLog, policy: Policy, item_features: np.ndarray, directory, *,
                  kind: str = "click", default_reward: float = 0.0, keep: int = 5, clock=time.time,
-                 learned_seq: int = 0):
+                 learned_seq: int = 0, item_cold: np.ndarray | None = None):
         if log.reward_window_s is None:
             raise ValidationError("the learner needs a log with a reward window: it learns only from decisions "
                                   "whose rewards are final", "reward_window_s")
         self.log = log
         self.policy = policy
         self.item_features = np.asarray(item_features, dtype=float)
+        self.item_cold = None if item_cold is None else np.asarray(item_cold, dtype=bool)
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.kind = kind
@@ -68,8 +71,9 @@ class Learner:
         self.clock = clock
         self.learned_seq = int(learned_seq)
         self.version: str | None = None
-        # called before each step with the policy; returns None, or (policy, item_features) to
-        # learn with from now on (a rebuilt shop: see banditrec.shop.ShopFollower)
+        # called before each step with the policy; returns None, or (policy, item_features) or
+        # (policy, item_features, item_cold) to learn with from now on (a rebuilt shop: see
+        # banditrec.shop.ShopFollower)
         self.refresh = None
 
     @classmethod
@@ -102,8 +106,9 @@ class Learner:
         if self.refresh is not None:
             update = self.refresh(self.policy)
             if update is not None:
-                self.policy, features = update
+                self.policy, features, *cold = update
                 self.item_features = np.asarray(features, dtype=float)
+                self.item_cold = None if not cold or cold[0] is None else np.asarray(cold[0], dtype=bool)
         now = float(self.clock())
         until = self.log.closed_until_seq(after_seq=self.learned_seq, closed_before=now)
         if until <= self.learned_seq:
@@ -116,7 +121,7 @@ class Learner:
                 logged.context[logged.row_decision],
                 self.item_features[logged.row_action],
                 logged.row_reward,
-                **learning_inputs(self.policy, logged, self.item_features),
+                **learning_inputs(self.policy, logged, self.item_features, cold=self.item_cold),
             )
         self.learned_seq = until
         if not n_rows:  # only pinned slots closed: nothing learned, nothing to publish

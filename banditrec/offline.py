@@ -8,7 +8,6 @@ truth, its full (candidates x slots) marginal matrix per decision. No SQL here.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -19,13 +18,17 @@ from .store import LoggedDecisions
 
 
 def replay_marginals(
-    policy: Policy, logged: LoggedDecisions, item_features: np.ndarray, *, min_epsilon: float = 0.0
+    policy: Policy, logged: LoggedDecisions, item_features: np.ndarray, *, min_epsilon: float = 0.0,
+    cold: np.ndarray | None = None,
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """Yield ``(d, candidate items (n_d,), marginals (n_d, K_d))`` for each logged decision."""
+    """Yield ``(d, candidate items (n_d,), marginals (n_d, K_d))`` for each logged decision;
+    ``cold (n_items,)``: the catalog's cold flags, as the engine puts them in a request."""
     n_slots = logged.slots_per_decision()
+    cold = None if cold is None else np.asarray(cold, dtype=bool)
     for d in range(logged.n_decisions):
         items = logged.candidates[d]
-        req = Request(context=logged.context[d], items=items, item_features=item_features[items])
+        req = Request(context=logged.context[d], items=items, item_features=item_features[items],
+                      cold=None if cold is None else cold[items])
         yield d, items, policy.distribution(req, int(n_slots[d]), min_epsilon).marginals()
 
 
@@ -36,15 +39,17 @@ def target_pscore(
     *,
     min_epsilon: float = 0.0,
     on_decision: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
+    cold: np.ndarray | None = None,
 ) -> np.ndarray:
     """(n_rows,) the target policy's marginal probability of each logged (item, slot) row.
 
     ``on_decision(d, items, marginals)`` is called for every decision, e.g. to compute the
-    exact value of the target policy in a simulator.
+    exact value of the target policy in a simulator; ``cold (n_items,)``: the catalog's cold
+    flags (what the engine served with, :attr:`~banditrec.engine.ItemTable.cold`).
     """
     out = np.empty(len(logged.row_action))
     starts = np.searchsorted(logged.row_decision, np.arange(logged.n_decisions + 1))
-    for d, items, marg in replay_marginals(policy, logged, item_features, min_epsilon=min_epsilon):
+    for d, items, marg in replay_marginals(policy, logged, item_features, min_epsilon=min_epsilon, cold=cold):
         rows = slice(starts[d], starts[d + 1])
         acts = logged.row_action[rows]
         hit = items[None, :] == acts[:, None]
@@ -59,32 +64,30 @@ def target_pscore(
 
 
 def uses_marginals(policy: Policy) -> bool:
-    """Whether ``policy`` learns from logged marginal propensities (``pscore``); a policy that
-    takes conditional ``propensity`` per ``slot`` (a slate learner) does not."""
-    wanted = set(inspect.signature(policy.update).parameters)
-    return "pscore" in wanted and not ("propensity" in wanted and "slot" in wanted)
+    """Whether ``policy`` learns from logged marginal propensities (``pscore`` in its ``needs``)."""
+    return "pscore" in policy.needs
 
 
-def learning_inputs(policy: Policy, logged: LoggedDecisions, item_features: np.ndarray) -> dict:
-    """Everything a policy's ``update`` may ask for about logged rows, by its signature.
+def learning_inputs(policy: Policy, logged: LoggedDecisions, item_features: np.ndarray, *,
+                    cold: np.ndarray | None = None) -> dict:
+    """The keyword arguments of ``policy.update`` for logged rows (beside the positional
+    ``context``, ``item_features`` and ``reward``).
 
-    Always ``context``, ``item_features``, ``reward`` (positional) and ``items``; then, if the
-    policy's ``update`` takes them: ``pscore`` (the logged marginal), ``propensity`` (the
-    conditional given earlier slots), ``slot``, ``candidates`` (each row's decision's candidate
+    Always ``items``, ``pscore`` (the logged marginal), ``slot``, and ``propensity`` (the
+    conditional given earlier slots) when the rows have it; ``cold`` per row from the catalog's
+    ``cold (n_items,)`` flags when given. ``candidates`` (each row's decision's candidate
     features) and ``chosen`` (the shown item's position among them) -- what Vowpal Wabbit's
-    action-dependent-features learners need.
+    action-dependent-features learners need, and costly to build -- only when the policy
+    declares them in its ``needs``.
     """
-    wanted = set(inspect.signature(policy.update).parameters)
-    out = {"items": logged.row_action}
-    if uses_marginals(policy):
-        out["pscore"] = logged.row_pscore
-    if "propensity" in wanted and "slot" in wanted:
-        if logged.row_propensity is None:
-            raise ValidationError("this policy learns from conditional propensities, which the rows lack",
-                                  "propensity")
+    out = {"items": logged.row_action, "pscore": logged.row_pscore, "slot": logged.row_slot}
+    if logged.row_propensity is not None:
         out["propensity"] = logged.row_propensity
-        out["slot"] = logged.row_slot
-    if "candidates" in wanted or "chosen" in wanted:
+    elif "propensity" in policy.needs:
+        raise ValidationError("this policy learns from conditional propensities, which the rows lack", "propensity")
+    if cold is not None:
+        out["cold"] = np.asarray(cold, dtype=bool)[logged.row_action]
+    if "candidates" in policy.needs or "chosen" in policy.needs:
         per_decision = [item_features[c] for c in logged.candidates]
         out["candidates"] = [per_decision[d] for d in logged.row_decision.tolist()]
         chosen = np.empty(len(logged.row_action), dtype=np.int64)
@@ -118,17 +121,18 @@ def importance_weights(pscore: np.ndarray, *, max_weight: float = 10.0) -> np.nd
 
 
 def train_from_log(policy: Policy, logged: LoggedDecisions, item_features: np.ndarray, *,
-                   importance: bool = True, max_weight: float = 10.0) -> int:
+                   importance: bool = True, max_weight: float = 10.0, cold: np.ndarray | None = None) -> int:
     """Batch (re)training of ``policy`` on logged rows; returns the rows used.
 
     With ``importance`` (the default) rows are weighted by :func:`importance_weights` of the
     logged marginal propensities, for a log written by a different policy: a plain fit would
     learn most about what the logger liked to show. Policies that learn from propensities
-    themselves (``uses_marginals``) get them as well.
+    themselves (``uses_marginals``) get them as well. ``cold (n_items,)``: the catalog's cold
+    flags, an input of the policies (:func:`learning_inputs`).
     """
     if logged.n_decisions == 0:
         return 0
     weight = importance_weights(logged.row_pscore, max_weight=max_weight) if importance else None
     policy.update(logged.context[logged.row_decision], item_features[logged.row_action], logged.row_reward,
-                  weight=weight, **learning_inputs(policy, logged, item_features))
+                  weight=weight, **learning_inputs(policy, logged, item_features, cold=cold))
     return len(logged.row_reward)

@@ -1,17 +1,25 @@
 """Cumulative regret of policies in the simulated shop, against its exact oracle.
 
-Wiring (it drives the simulator): each run builds the shop for its seed, fits item-item CF on
-the pre-period purchases, and serves ``n_decisions`` carousel requests with one policy, which
-learns online from the sampled clicks every ``batch`` decisions. Regret is exact
-pseudo-regret from the click model: for decision t with customer c and candidates C,
+Wiring (it drives the simulator): each run builds the shop of a scenario
+(:mod:`simulator.scenarios`) for its seed, fits item-item CF on the pre-period purchases, and
+serves ``n_decisions`` carousel requests with one policy, which learns online from the
+sampled rewards (clicks, or purchases) every ``batch`` decisions. Requests arrive at
+``day_decisions`` a day, so a scenario's world changes under the policy (new items launch,
+appeal drifts). Regret is exact pseudo-regret from the shop's model: for decision t with
+customer c, candidates C and day d_t,
 
-    regret_t = max_{slates s over C} E[clicks | c, s] - E[clicks | c, s_t]
+    regret_t = max_{slates s over C} E[reward | c, s, d_t] - E[reward | c, s_t, d_t]
 
-where the maximum puts the K most attractive candidates in order (the position-based model is
-separable, so by the rearrangement inequality that slate is optimal), and ``s_t`` is the
-slate the policy actually showed. No sampling noise enters the regret itself; the clicks the
-policy learns from are sampled. Every policy of a seed sees the same shop, the same customers
-in the same order and the same candidates (common random numbers).
+where the maximum puts the K candidates of highest expected reward per look in order (the
+position-based model is separable, so by the rearrangement inequality that slate is optimal),
+and ``s_t`` is the slate the policy actually showed. No sampling noise enters the regret
+itself; the rewards the policy learns from are sampled. Every policy of a seed sees the same
+shop, the same customers in the same order and the same candidates (common random numbers).
+
+Candidates are the customer's CF candidates; when items launch during the run, a sixth of them
+are drawn from the items launched in the last ``FRESH_DAYS`` days (flagged ``cold`` for the
+policy while younger than the shop's ``cold_days``), since CF fitted on the pre-period cannot
+propose them.
 """
 
 from __future__ import annotations
@@ -29,8 +37,12 @@ from .demo import policy_env
 from .errors import ValidationError
 from .offline import learning_inputs, uses_marginals
 from .policies import REGISTRY, Request, make, parse_spec
+from .policies.base import DEFAULT_FLOOR
 from .store import LoggedDecisions
 from simulator import Shop, ShopConfig
+from simulator.scenarios import scenario as get_scenario
+
+FRESH_DAYS = 10.0  # new items are candidates for this many days after their launch
 
 
 @dataclass
@@ -38,23 +50,42 @@ class RegretRun:
     spec: str
     seed: int
     cumulative: np.ndarray  # (n_decisions,) cumulative regret after each decision
-    reward: float  # mean exact expected clicks per decision
+    reward: float  # mean exact expected reward per decision
     oracle: float  # the oracle's mean
     seconds: float
+    scenario: str = "shop"
 
 
-def regret_run(spec: str, seed: int, *, shop_config: ShopConfig | None = None, n_decisions: int = 50_000,
-               n_slots: int = 5, n_candidates: int = 30, batch: int = 500, min_epsilon: float = 0.0) -> RegretRun:
-    """One policy, one seed: serve ``n_decisions`` requests and record the exact regret."""
-    config = shop_config or ShopConfig()
+def scenario_shop(scenario: str = "shop", shop_config: ShopConfig | None = None) -> tuple[ShopConfig, int]:
+    """The shop config of ``scenario`` (its changes over ``shop_config``, default ShopConfig())
+    and its candidates per request (``None`` when the scenario leaves it to the caller)."""
+    sc = get_scenario(scenario)
+    return (shop_config or ShopConfig()).replace(**sc.shop), sc.candidates
+
+
+def regret_run(spec: str, seed: int, *, scenario: str = "shop", shop_config: ShopConfig | None = None,
+               n_decisions: int = 50_000, n_slots: int = 5, n_candidates: int | None = None, batch: int = 500,
+               min_epsilon: float = DEFAULT_FLOOR) -> RegretRun:
+    """One policy, one seed: serve ``n_decisions`` requests and record the exact regret.
+
+    ``min_epsilon`` is the serving floor (the engine's default, so that the regret is what a
+    served, evaluable policy pays); ``n_candidates`` defaults to the scenario's, else 30."""
+    config, sc_candidates = scenario_shop(scenario, shop_config)
+    n_candidates = n_candidates or sc_candidates or 30
     world, traffic_seq, click_seq, policy_seq = np.random.SeedSequence(seed).spawn(4)
     shop = Shop(config, seed=world)
-    cf = ItemItemCF(n_neighbors=50).fit(shop.history)
-    policy = make(spec, **policy_env(shop, cf))
+    cf = ItemItemCF(n_neighbors=max(50, 2 * n_candidates // max(config.history_purchases, 1))).fit(shop.history)
+    env = policy_env(shop, cf)
+    # regret needs no marginals; only a learner that trains on them (vw-cb) pays for them. The
+    # Monte-Carlo draws behind propensities never change which slate is served (a Thompson
+    # slate ranks by one fresh posterior draw, a Plackett-Luce slate samples its own path), so
+    # a policy that learns without marginals is served with two: the same decisions, faster
+    needs_marginals = uses_marginals(make(spec, **env))
+    policy = make(spec, **env, **({} if needs_marginals else {"mc_draws": 2}))
     traffic, clicks, sampler = (np.random.default_rng(s) for s in (traffic_seq, click_seq, policy_seq))
+    fresh = np.random.default_rng(traffic_seq.spawn(1)[0])
+    cache: dict = {}  # each customer's CF candidates
     theta = shop.model.examination(n_slots)
-    # regret needs no marginals; only a learner that trains on them (vw-cb) pays for them
-    needs_marginals = uses_marginals(policy)
     got = np.empty(n_decisions)
     best = np.empty(n_decisions)
     start = time.perf_counter()
@@ -62,55 +93,79 @@ def regret_run(spec: str, seed: int, *, shop_config: ShopConfig | None = None, n
     while done < n_decisions:
         size = min(batch, n_decisions - done)
 
-        def score(i, c, items, draw, _at=done):
-            attraction = shop.model.attraction(np.full(len(items), c), items)
-            best[_at + i] = theta @ np.sort(attraction)[::-1][:n_slots]
-            got[_at + i] = theta @ attraction[draw.index]
+        def score(i, c, items, draw, value, _at=done):
+            best[_at + i] = theta @ np.sort(value)[::-1][:n_slots]
+            got[_at + i] = theta @ value[draw.index]
 
         serve_and_learn(policy, shop, cf, shop.requests(size, traffic), n_slots=n_slots, n_candidates=n_candidates,
                         min_epsilon=min_epsilon, sampler=sampler, clicks=clicks, marginals=needs_marginals,
-                        on_decision=score)
+                        on_decision=score, first=done, fresh=fresh, cache=cache)
         done += size
     regret = np.cumsum(best - got)
     return RegretRun(spec=spec, seed=int(seed), cumulative=regret, reward=float(got.mean()), oracle=float(best.mean()),
-                     seconds=time.perf_counter() - start)
+                     seconds=time.perf_counter() - start, scenario=scenario)
 
 
-def candidates_for(shop: Shop, cf: ItemItemCF, customer: int, n_candidates: int) -> np.ndarray:
-    """The CF candidates of one customer, from their pre-period purchases."""
-    history = shop.history.indices[shop.history.indptr[customer]:shop.history.indptr[customer + 1]]
-    return cf.candidates(history, n_candidates)[0]
+def candidates_for(shop: Shop, cf: ItemItemCF, customer: int, n_candidates: int, *, day: float = 0.0,
+                   fresh: np.random.Generator | None = None, cache: dict | None = None) -> np.ndarray:
+    """The candidates of one customer at ``day``: CF's from their pre-period purchases and,
+    when items launch during the run, up to a sixth drawn (with ``fresh``) from the items
+    launched in the last ``FRESH_DAYS`` days. ``cache`` keeps each customer's CF candidates
+    (they depend on the customer and the count only)."""
+    k = 0
+    if shop.config.new_item_share:
+        launched = shop.launch_day
+        recent = np.flatnonzero((launched > 0) & (launched <= day) & (launched > day - FRESH_DAYS))
+        k = min(len(recent), n_candidates // 6)
+    key = (customer, n_candidates - k)
+    cf_items = None if cache is None else cache.get(key)
+    if cf_items is None:
+        history = shop.history.indices[shop.history.indptr[customer]:shop.history.indptr[customer + 1]]
+        cf_items = cf.candidates(history, n_candidates - k)[0]
+        if cache is not None:
+            cache[key] = cf_items
+    if not k:
+        return cf_items
+    return np.concatenate([cf_items, fresh.choice(recent, size=k, replace=False)])
 
 
 def serve_and_learn(policy, shop: Shop, cf: ItemItemCF, req, *, n_slots: int, n_candidates: int, min_epsilon: float,
                     sampler: np.random.Generator, clicks: np.random.Generator, marginals: bool = True,
-                    on_decision=None) -> None:
-    """Serve one batch of requests with ``policy``, sample the clicks, and learn from them.
+                    on_decision=None, first: int = 0, fresh: np.random.Generator | None = None,
+                    cache: dict | None = None) -> None:
+    """Serve one batch of requests with ``policy``, sample the rewards, and learn from them.
 
-    ``on_decision(i, customer, candidates, draw)`` sees every decision as it is made.
+    Request ``i`` is decision ``first + i`` of the run, at day ``(first + i) / day_decisions``.
+    ``on_decision(i, customer, candidates, draw, value)`` sees every decision as it is made,
+    with ``value``, the candidates' exact expected reward per look (:meth:`Shop.item_value`).
     """
     features = shop.catalog.features
     size = len(req.customer)
+    day = (first + np.arange(size)) / shop.config.day_decisions if shop.changes else np.zeros(size)
     slates = np.empty((size, n_slots), dtype=np.int64)
-    cand_lists, marg_rows, cond_rows = [], [], []
+    cand_lists, marg_rows, cond_rows, cold_rows = [], [], [], []
     for i in range(size):
         c = int(req.customer[i])
-        items = candidates_for(shop, cf, c, n_candidates)
-        dist = policy.distribution(Request(context=req.context[i], items=items, item_features=features[items]),
-                                   n_slots, min_epsilon)
+        items = candidates_for(shop, cf, c, n_candidates, day=float(day[i]), fresh=fresh, cache=cache)
+        cold = shop.cold(float(day[i]))[items] if shop.config.new_item_share else None
+        dist = policy.distribution(Request(context=req.context[i], items=items, item_features=features[items],
+                                           cold=cold), n_slots, min_epsilon)
         draw = dist.sample(sampler, marginals=marginals)
         slates[i] = items[draw.index]
         if on_decision is not None:
-            on_decision(i, c, items, draw)
+            on_decision(i, c, items, draw, shop.item_value(c, items, float(day[i])))
         cand_lists.append(items)
         marg_rows.append(draw.marginal)
         cond_rows.append(draw.propensity)
-    clicked = shop.respond(req, slates, clicks)
-    learn(policy, req.context, cand_lists, slates, clicked, marg_rows, cond_rows, features)
+        cold_rows.append(np.zeros(n_slots, bool) if cold is None else cold[draw.index])
+    rewarded = shop.respond(req, slates, clicks, day=day if shop.changes else None)
+    learn(policy, req.context, cand_lists, slates, rewarded, marg_rows, cond_rows, features,
+          cold=np.concatenate(cold_rows) if shop.config.new_item_share else None)
 
 
-def learn(policy, context, cand_lists, slates, clicked, marg_rows, cond_rows, features) -> None:
-    """Update ``policy`` on one batch of served slates through the engine's own learning path."""
+def learn(policy, context, cand_lists, slates, clicked, marg_rows, cond_rows, features, cold=None) -> None:
+    """Update ``policy`` on one batch of served slates through the engine's own learning path;
+    ``cold (size * K,)``: each shown item's cold flag when it was shown."""
     size, n_slots = slates.shape
     logged = LoggedDecisions(
         event_id=[str(i) for i in range(size)], seq=np.arange(1, size + 1), context=context,
@@ -119,8 +174,10 @@ def learn(policy, context, cand_lists, slates, clicked, marg_rows, cond_rows, fe
         row_pscore=np.concatenate(marg_rows), row_reward=clicked.ravel().astype(float),
         decision_reward=np.zeros(size), row_propensity=np.concatenate(cond_rows),
     )
-    policy.update(logged.context[logged.row_decision], features[logged.row_action], logged.row_reward,
-                  **learning_inputs(policy, logged, features))
+    inputs = learning_inputs(policy, logged, features)
+    if cold is not None:
+        inputs["cold"] = cold
+    policy.update(logged.context[logged.row_decision], features[logged.row_action], logged.row_reward, **inputs)
 
 
 @dataclass
@@ -160,7 +217,7 @@ def regret_study(specs, seeds, *, echo: Callable[[str], None] | None = None, job
     def report(run):
         if echo:
             echo(f"  {run.spec:<40} seed {run.seed}: cumulative regret {run.cumulative[-1]:9.1f}  "
-                 f"({run.reward:.4f} vs oracle {run.oracle:.4f} clicks per carousel, {run.seconds:.0f} s)")
+                 f"({run.reward:.4f} vs oracle {run.oracle:.4f} per carousel, {run.seconds:.0f} s)")
 
     done: dict[tuple[str, int], RegretRun] = {}
     if jobs > 1:
@@ -183,13 +240,17 @@ def regret_study(specs, seeds, *, echo: Callable[[str], None] | None = None, job
 def regret_table(rows: list[RegretRow]) -> str:
     w = max(len(r.spec) for r in rows)
     n = len(rows[0].runs[0].cumulative)
-    head = f"{'policy':<{w}}  {'cumulative regret':>17}  {'95% CI':>21}  {'clicks/carousel':>15}  {'oracle':>6}"
-    lines = [f"cumulative regret after {n:,} decisions, mean over {len(rows[0].runs)} seeds", head, "-" * len(head)]
+    sc = rows[0].runs[0].scenario
+    unit = f"{get_scenario(sc).reward}s/carousel"
+    u = max(15, len(unit))
+    head = f"{'policy':<{w}}  {'cumulative regret':>17}  {'95% CI':>21}  {unit:>{u}}  {'oracle':>6}"
+    lines = [f"scenario {sc}: cumulative regret after {n:,} decisions, mean over {len(rows[0].runs)} seeds", head,
+             "-" * len(head)]
     for r in sorted(rows, key=lambda r: r.interval()[0]):
         mean, lo, hi = r.interval()
         reward = np.mean([x.reward for x in r.runs])
         oracle = np.mean([x.oracle for x in r.runs])
-        lines.append(f"{r.spec:<{w}}  {mean:>17,.1f}  [{lo:>9,.1f}, {hi:>9,.1f}]  {reward:>15.4f}  {oracle:>6.4f}")
+        lines.append(f"{r.spec:<{w}}  {mean:>17,.1f}  [{lo:>9,.1f}, {hi:>9,.1f}]  {reward:>{u}.4f}  {oracle:>6.4f}")
     return "\n".join(lines)
 
 
@@ -209,7 +270,7 @@ def regret_plot(rows: list[RegretRow], path: Path) -> Path:
             half = stats.t.ppf(0.975, len(r.runs) - 1) * curves.std(axis=0, ddof=1) / np.sqrt(len(r.runs))
             ax.fill_between(t, mean - half, mean + half, alpha=0.2)
     ax.set_xlabel("decisions")
-    ax.set_ylabel("cumulative regret (expected clicks)")
+    ax.set_ylabel(f"cumulative regret (expected {get_scenario(rows[0].runs[0].scenario).reward}s)")
     ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -144,7 +144,8 @@ def run_shop_demo(*, days: int = 14, n_slots: int = 5, n_candidates: int = 30, s
     engine = app.extensions["banditrec.engine"]
     shop = Shop(out / "shop")
     log = DecisionLog(db, reward_window_s=REWARD_WINDOW_S)
-    learner = Learner(log, shop.policy(policy), shop.items.features, out / "snapshots", clock=clock)
+    learner = Learner(log, shop.policy(policy), shop.items.features, out / "snapshots", clock=clock,
+                      item_cold=shop.items.cold)
     respond = np.random.default_rng(respond_seq)
     truths = Truths()
     counts = {"events": 0, "rewards": 0, "decisions": 0}
@@ -176,7 +177,7 @@ def run_shop_demo(*, days: int = 14, n_slots: int = 5, n_candidates: int = 30, s
                 _truth[d] = _exact(env, _req, int(_order[d]), items, marg)
 
             recomputed = target_pscore(engine.policy, logged, engine.items.features, min_epsilon=engine.min_epsilon,
-                                       on_decision=exact)
+                                       on_decision=exact, cold=engine.items.cold)
             mismatch = max(mismatch, float(np.abs(recomputed - logged.row_pscore).max()))
             truths.logging.extend(truth_day.tolist())
             for d, sq in enumerate(logged.seq.tolist()):

@@ -35,6 +35,11 @@ Sections (``--only NAME`` runs one):
              (cosine, tfidf, bm25; incremental update vs refit) beside implicit's item-item
              recommenders, build time, neighbour overlap, peak memory (bench/candidates_bench.py;
              implicit from its own venv, ``make bench-peers``; a note when that venv is missing)
+  synthetic  standard synthetic contextual-bandit problems (linear with one-hot arms, linear
+             with action features, non-linear, binary rewards, an MLP), 4,000 interactions
+             each, progressive validation: banditrec's policies beside a textbook LinUCB (Li et
+             al. 2010, Alg. 1, written out) and bare VW --cb_explore_adf --squarecb on the same
+             stream (bench/synthetic_bench.py)
   obd        reward models (ridge, logistic, gbt) by the relative error they give DM, DR, SNDR and
              SwitchDR on the Open Bandit Dataset's sample, obp's protocol: Bernoulli TS's value from
              the uniformly random log (bench/reward_models_bench.py; ``make obd`` first, a note
@@ -89,6 +94,7 @@ from candeval_bench import bench_candeval
 from scale_bench import bench_scale, bench_scale1m
 from shopbuild_bench import bench_shopbuild, bench_shopbuild1m
 from dask_bench import bench_dask
+from synthetic_bench import bench_synthetic
 from reward_models_bench import bench_obd, bench_reward_truth
 
 from banditrec.demo import build_engine
@@ -120,6 +126,7 @@ FULL = dict(decide=5000, marg_fast=3000, marg_dp=300, marg_mc=30, marg_loop=5, m
             sim=[(20_000, 30, 30), (1_000_000, 5, 3)],
             candidates=dict(events=1_000_000, items=50_000, k=50, reps=5, update_reps=3),
             candeval=(20_000, 3), dask=dict(rows=10_000_000, partitions=20, replicates=8),
+            synthetic=dict(rounds=4000, seeds=3),
             obd_sims=100_000, obd_boot=20, rm_seeds=20, rm_decisions=2000,
             scale=[1_000, 10_000, 100_000], scale1m=[1_000, 10_000, 100_000, 1_000_000],
             shopbuild=[1_000, 100_000], shopbuild1m=[1_000, 100_000, 1_000_000])
@@ -130,6 +137,7 @@ QUICK = dict(decide=300, marg_fast=300, marg_dp=50, marg_mc=5, marg_loop=2, mc_d
              sim=[(20_000, 5, 5)],
              candidates=dict(events=50_000, items=5_000, k=50, reps=3, update_reps=3),
              candeval=(5_000, 1), dask=dict(rows=400_000, partitions=8, replicates=2),
+             synthetic=dict(rounds=300, seeds=1),
              obd_sims=10_000, obd_boot=2, rm_seeds=3, rm_decisions=500,
              scale=[1_000, 10_000], scale1m=[1_000, 10_000], shopbuild=[1_000], shopbuild1m=[1_000])
 
@@ -782,7 +790,8 @@ SECTIONS = {"decide": bench_decide, "marginals": bench_marginals, "log": bench_l
             "http": bench_http, "opetruth": bench_ope_truth, "vw": bench_vw, "sim": bench_sim,
             "candidates": bench_candidates, "candeval": bench_candeval, "scale": bench_scale,
             "scale1m": bench_scale1m, "shopbuild": bench_shopbuild, "shopbuild1m": bench_shopbuild1m,
-            "dask": bench_dask, "obd": bench_obd, "rewardtruth": bench_reward_truth}
+            "dask": bench_dask, "obd": bench_obd, "rewardtruth": bench_reward_truth,
+            "synthetic": bench_synthetic}
 OPT_IN = {"scale1m", "shopbuild1m"}  # sections too long for the default run: only with --only
 
 

@@ -45,6 +45,7 @@ from .carousel import Response
 from .config import SimConfig, read_toml
 from .environment import Environment
 from .history import PURCHASE
+from .scenarios import SCENARIOS as EXPLORATION_SCENARIOS
 from .run import (DAY_S, REWARD_KINDS, ShopCandidates, _post_rewards, _progress, decide_requests,
                   history_interactions)
 
@@ -705,11 +706,13 @@ SCENARIOS = {
     # three times as often and churn at a fifth of the rate (SimConfig's defaults: x1.6, x0.4)
     "gateway": {"n_items": 1000, "n_types": 50, "gateway_share": 0.05, "history_days": 120,
                 "gateway_visit_boost": 2.0, "gateway_churn_cut": 0.8},
+    # the worlds where exploration pays (simulator/scenarios.py, docs/simulator.md)
+    **{name: dict(sc.sim) for name, sc in EXPLORATION_SCENARIOS.items() if name != "shop"},
 }
 
 
 # days of the pre-period run with the incumbent (uniformly random) carousel, per scenario
-SCENARIO_BURN_IN = {"default": 0, "gateway": 60}
+SCENARIO_BURN_IN = {name: 60 if name == "gateway" else 0 for name in SCENARIOS}
 
 
 def scenario_config(name: str) -> SimConfig:

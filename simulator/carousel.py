@@ -59,6 +59,7 @@ class CarouselModel:
 
     def __init__(self, catalog: RetailCatalog, population: Population, config: SimConfig):
         self.catalog, self.population, self.config = catalog, population, config
+        self.shift = None  # (n_items,) today's drift and season added to each item's appeal, or None
         self._log_price = np.log(catalog.price) - catalog.log_price_ref
         self._device_eta = config.eta * np.asarray(config.device_eta)
 
@@ -92,7 +93,8 @@ class CarouselModel:
         u = req.customer
         price_term = pop.price_sensitivity[u][:, None] * self._log_price[items]
         taste = np.einsum("md,mld->ml", pop.preference[u], cat.latent[items], dtype=np.float64)
-        z = (c.base_logit + cat.bias[items] + taste - price_term + c.complement_boost * comp
+        appeal = cat.bias[items] if self.shift is None else cat.bias[items] + self.shift[items]
+        z = (c.base_logit + appeal + taste - price_term + c.complement_boost * comp
              - c.owned_penalty * owned + c.reorder_boost * due)
         a = sigmoid(z)
         q = sigmoid(c.purchase_logit - price_term + c.complement_boost * comp) * req.available[items]

@@ -35,8 +35,9 @@ class PositionBasedModel:
         """(K,) probability that each slot is looked at."""
         return (np.arange(n_slots) + 1.0) ** -self.eta
 
-    def attraction(self, customers, items) -> np.ndarray:
-        """P(click | examined), broadcasting ``customers (m,)`` against ``items (m, ...)``."""
+    def attraction(self, customers, items, shift=None) -> np.ndarray:
+        """P(click | examined), broadcasting ``customers (m,)`` against ``items (m, ...)``;
+        ``shift`` (the shape of ``items``) is added to the logit (a scenario's drift or season)."""
         customers = np.asarray(customers)
         items = np.asarray(items)
         pref = self.customers.preference[customers]
@@ -45,6 +46,8 @@ class PositionBasedModel:
             logit = np.einsum("md,md->m", pref, latent)
         else:
             logit = np.einsum("md,mkd->mk", pref, latent)
+        if shift is not None:
+            logit = logit + shift
         return _sigmoid(self.base_logit + self.catalog.bias[items] + logit)
 
     def click_probabilities(self, customers, slates) -> np.ndarray:

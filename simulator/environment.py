@@ -143,6 +143,11 @@ class Environment:
         self.initial_customers = c.n_customers
         self._requested_day: int | None = None
         self._prepare_sampling()
+        # drift and seasons (docs/simulator.md): today's shift of each item's appeal
+        self._walk = np.zeros(c.n_items) if c.drift_sd else None
+        self._season_phase = (np.random.default_rng(self._stream(-1, 98)).uniform(0, 2 * np.pi, c.n_types)
+                              if c.season_amplitude else None)
+        self._update_shift()
 
     # ---- derived tables for fast sampling -------------------------------------------------
     def _prepare_sampling(self):
@@ -166,6 +171,25 @@ class Environment:
         z = (c.base_logit + cat.bias[j] + np.einsum("md,md->m", pop.preference[u], cat.latent[j], dtype=float)
              - pop.price_sensitivity[u] * self._log_price[j])
         self.mean_attraction = float(sigmoid(z).mean())
+
+    def _update_shift(self) -> None:
+        """Today's appeal shift: ``season_amplitude sin(2 pi day / season_days + phase_type)`` plus
+        the random walk (a step ``N(0, drift_sd^2)`` per item per day, from the day's stream)."""
+        c = self.config
+        if self._walk is None and self._season_phase is None:
+            return
+        shift = np.zeros(c.n_items)
+        if self._season_phase is not None:
+            shift += c.season_amplitude * np.sin(2 * np.pi * self.day / c.season_days
+                                                 + self._season_phase[self.catalog.product_type])
+        if self._walk is not None:
+            shift += self._walk
+        self.model.shift = shift
+
+    def _appeal(self, items) -> np.ndarray:
+        """Each item's hidden appeal today (bias, plus drift and season when on)."""
+        shift = self.model.shift
+        return self.catalog.bias[items] if shift is None else self.catalog.bias[items] + shift[items]
 
     def _launch_seed_cdf(self):
         """Browsing starts only at launched items: rebuilt when items launch."""
@@ -338,6 +362,9 @@ class Environment:
         self.day += 1
         if (self.catalog.launch_day == self.day).any():
             self._launch_seed_cdf()
+        if self._walk is not None:
+            self._walk += self._day_rng(13).normal(0.0, c.drift_sd, size=c.n_items)
+        self._update_shift()
         self._kpi = DayKPIs(day=self.day)
         return k
 
@@ -383,7 +410,7 @@ class Environment:
         pool = np.searchsorted(self._seed_cdf, seg[:, None] + rng.random((m, SEED_POOL))) - seg[:, None] * c.n_items
         pool = np.clip(pool, 0, c.n_items - 1)
         taste = np.einsum("md,mkd->mk", pop.preference[visitors], cat.latent[pool], dtype=float)
-        score = cat.bias[pool] + taste - pop.price_sensitivity[visitors][:, None] * self._log_price[pool]
+        score = self._appeal(pool) + taste - pop.price_sensitivity[visitors][:, None] * self._log_price[pool]
         first = pool[np.arange(m), np.argmax(score + rng.gumbel(size=score.shape), axis=1)]
         n_views = np.minimum(1 + rng.poisson(c.views_per_visit - 1.0, size=m), MAX_VIEWS)
         more = cat.random_item_of_type(np.repeat(cat.product_type[first], MAX_VIEWS - 1),
@@ -451,7 +478,7 @@ class Environment:
         pool = cat.random_item_of_type(np.repeat(u_type, COMPLEMENT_POOL),
                                        rng.random(len(tp) * COMPLEMENT_POOL)).reshape(len(tp), COMPLEMENT_POOL)
         taste = np.einsum("md,mkd->mk", self.population.preference[who], cat.latent[pool], dtype=float)
-        score = (cat.bias[pool] + taste - self.population.price_sensitivity[who][:, None] * self._log_price[pool]
+        score = (self._appeal(pool) + taste - self.population.price_sensitivity[who][:, None] * self._log_price[pool]
                  + rng.gumbel(size=pool.shape))
         extra = pool[np.arange(len(tp)), np.argmax(score, axis=1)]
         ok = self.stock.available[extra]

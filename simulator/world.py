@@ -27,7 +27,7 @@ class RetailCatalog(ItemArrays):
     price, margin (n,) ; columns : {name: (n,)} extra business columns (e.g. royalty)
     gateway (n,) bool : buying one raises the buyer's visit rate and lowers churn
     brand (n,), title (n,) : metadata; launch_day (n,) : new items (a share new_item_share)
-        launch on day 0 and have no pre-period history
+        launch on days 0 .. launch_days - 1 and have no pre-period history
     consumable (T,) bool, reorder_days (T,) int : consumable types are bought again on a cycle
     complement (T, T) float32 : weight of type u as a complement of type t at [t, u]; directed
         (from the pricier type to the cheaper) so complement[t, u] > 0 implies complement[u, t] == 0
@@ -73,7 +73,7 @@ def make_retail_catalog(c: SimConfig, rng: np.random.Generator) -> RetailCatalog
     type_centre = 0.6 * cat_centre[type_category] + 0.8 * rng.normal(0.0, 1.0, size=(T, d))
     product_type = rng.permutation(np.arange(n) % T)  # every type has items
     latent = (type_centre[product_type] + rng.normal(0.0, 0.5, size=(n, d))).astype(np.float32)
-    bias = rng.normal(0.0, 0.5, size=n)
+    bias = rng.normal(0.0, c.bias_sd, size=n)
     type_log_price = rng.normal(c.price_log_mean, c.price_log_sd, size=T)
     gateway = rng.random(n) < c.gateway_share
     log_price = type_log_price[product_type] + rng.normal(0.0, c.item_price_log_sd, size=n)
@@ -87,7 +87,10 @@ def make_retail_catalog(c: SimConfig, rng: np.random.Generator) -> RetailCatalog
     category = type_category[product_type]
     brand = category * c.brands_per_category + rng.integers(0, c.brands_per_category, size=n)
     title = _titles(product_type, type_category, brand, rng)
-    launch_day = np.where(rng.random(n) < c.new_item_share, 0, -(1 << 30)).astype(np.int32)
+    u = rng.random(n)
+    new = u < c.new_item_share  # new items; u / share is uniform on [0, 1) among them: their launch day
+    launch_day = np.where(new, np.floor(np.where(new, u, 0.0) / max(c.new_item_share, 1e-300) * c.launch_days),
+                          -(1 << 30)).astype(np.int32)
     type_order = np.argsort(product_type, kind="stable")
     type_start = np.r_[0, np.cumsum(np.bincount(product_type, minlength=T))]
     return RetailCatalog(

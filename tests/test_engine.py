@@ -123,7 +123,7 @@ def test_served_exploration_floor_is_logged_with_the_policy_params(small_shop):
     # every param of the policy's config, plus the floor; the ones this spec sets, by value
     assert params == {**eng.policy.params, "min_epsilon": 0.05}
     expected = {"epsilon": 0.0, "explore_from": 0, "objective": "", "sensitivity": "off", "max_per_type": 0,
-                "alpha": 1.0, "reg": 1.0, "min_epsilon": 0.05}
+                "alpha": 1.0, "reg": 1.0, "gamma": 1.0, "min_epsilon": 0.05}
     assert {k: params.get(k) for k in expected} == expected
     n = len(d.candidates)
     assert min(s.marginal for s in d.slots) > 0

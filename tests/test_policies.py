@@ -73,14 +73,21 @@ def test_serving_floor_mixes_a_greedy_policy(rng):
     np.testing.assert_array_equal(floored.epsilon, [0.02, 0.02])
 
 
-def test_joint_features_are_item_then_outer_product(rng):
+def test_joint_features_are_item_vector_then_outer_product(rng):
+    """``[u, vec(u c^T)]`` with ``u = [1, v, cold]``: an intercept, the item's terms, its cold
+    flag, and every product with the context (the context's own terms are ``1 x c``)."""
     x, V = rng.normal(size=3), rng.normal(size=(4, 2))
-    X = joint_features(x, V)
-    assert X.shape == (4, joint_dim(3, 2))
+    cold = np.array([0, 1, 0, 1])
+    X = joint_features(x, V, cold)
+    assert X.shape == (4, joint_dim(3, 2)) == (4, (2 + 2) * (3 + 1))
     for i in range(4):
-        np.testing.assert_allclose(X[i], np.r_[V[i], np.outer(V[i], x).ravel()])
-    rows = joint_features(np.tile(x, (4, 1)), V)
+        u = np.r_[1.0, V[i], cold[i]]
+        np.testing.assert_allclose(X[i], np.r_[u, np.outer(u, x).ravel()])
+    assert (X[:, 0] == 1).all() and np.array_equal(X[:, 3], cold)
+    np.testing.assert_allclose(X[:, 4:7], np.tile(x, (4, 1)))  # 1 x c: the context's own terms
+    rows = joint_features(np.tile(x, (4, 1)), V, cold)
     np.testing.assert_allclose(rows, X)
+    np.testing.assert_array_equal(joint_features(x, V), joint_features(x, V, np.zeros(4)))
 
 
 def test_linucb_scores_match_direct_formula(rng):
@@ -92,7 +99,12 @@ def test_linucb_scores_match_direct_formula(rng):
     Xall = joint_features(ctx, feats)
     A = 2.0 * np.eye(X.shape[1]) + Xall.T @ Xall
     theta = np.linalg.solve(A, Xall.T @ r)
-    expected = X @ theta + 0.7 * np.sqrt(np.einsum("ij,jk,ik->i", X, np.linalg.inv(A), X))
+    # the bonus is alpha noise standard deviations: the ridge residual sum of squares plus one
+    # prior row of variance (range / 2)^2, over the residual degrees of freedom plus one
+    df = X.shape[1] - 2.0 * np.trace(np.linalg.inv(A))
+    sigma = np.sqrt((r @ r - theta @ (Xall.T @ r) + (r.max() - r.min()) ** 2 / 4) / (max(50 - df, 0) + 1))
+    assert policy.noise_sd == pytest.approx(sigma, rel=1e-9)
+    expected = X @ theta + 0.7 * sigma * np.sqrt(np.einsum("ij,jk,ik->i", X, np.linalg.inv(A), X))
     np.testing.assert_allclose(policy.scores(req), expected, rtol=1e-9)
 
 
@@ -115,7 +127,8 @@ def test_linucb_recovers_a_known_parameter():
     rng = np.random.default_rng(3)
     policy: LinUCB = make("shared-linucb:reg=1.0", **ENV)
     theta_star = rng.normal(size=policy.dim)
-    ctx, feats = rng.normal(size=(20_000, 3)), rng.normal(size=(20_000, 2))
+    theta_star[joint_features(np.ones(3), np.zeros((1, 2)), [1])[0] != joint_features(np.ones(3), np.zeros((1, 2)))[0]] = 0
+    ctx, feats = rng.normal(size=(20_000, 3)), rng.normal(size=(20_000, 2))  # no item is cold: those terms stay 0
     X = joint_features(ctx, feats)
     policy.update(ctx, feats, X @ theta_star + rng.normal(0, 0.1, size=20_000))
     assert np.abs(policy.theta - theta_star).max() < 0.01
@@ -125,7 +138,7 @@ def test_update_rejects_bad_rows():
     policy = make("shared-linucb", **ENV)
     with pytest.raises(ValidationError, match="finite"):
         policy.update(np.zeros((1, 3)), np.zeros((1, 2)), [np.nan])
-    with pytest.raises(ValidationError, match=r"update needs features \(m, 8\)"):
+    with pytest.raises(ValidationError, match=r"update needs features \(m, 16\)"):
         policy.update_features(np.zeros((2, 5)), np.zeros(2))
     assert policy.n_updates == 0
 

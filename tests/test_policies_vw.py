@@ -97,6 +97,7 @@ def test_every_explorer_builds_and_gives_a_pmf(explorer, learner, rng):
 
 @pytest.mark.parametrize("params, match", [
     ({"explorer": "thompson"}, "explorer must be one of epsilon, squarecb, bag, cover, softmax"),
+    ({"cb_type": "ips"}, "squarecb explorer learns with cb_type mtr only, got cb_type='ips'"),
     ({"cb_type": "awesome"}, "cb_type must be one of"),
     ({"explore_from": 2}, "explore_from must be 0 for Vowpal Wabbit policies"),
     ({"objective": "margin"}, "do not blend a business objective"),
@@ -115,7 +116,7 @@ def test_bad_configs_raise_clear_errors(params, match):
 
 
 # ---- the contract ------------------------------------------------------------------------
-CONTRACT = [("vw-cb", {}), ("vw-cb", {"explorer": "squarecb"}), ("vw-cb", {"explorer": "softmax", "epsilon": 0.1}),
+CONTRACT = [("vw-cb", {}), ("vw-cb", {"explorer": "epsilon"}), ("vw-cb", {"explorer": "softmax", "epsilon": 0.1}),
             ("vw-ccb", {}), ("vw-ccb", {"explorer": "bag", "epsilon": 0.1})]
 
 
@@ -390,7 +391,8 @@ def test_weight_is_applied_as_probability_over_weight(rng):
     with pytest.raises(ValidationError, match="weight 0.1 at row 0 is below its pscore 0.2"):
         c.update(x, v, [1.0, 0.0], pscore=[0.2, 0.3], weight=[0.1, 1.0], **kw)
     with pytest.raises(ValidationError, match="for cb_type mtr or ips only, not dr"):
-        build("vw-cb", cb_type="dr").update(x, v, [1.0, 0.0], pscore=[0.2, 0.3], weight=[2.0, 1.0], **kw)
+        build("vw-cb", explorer="epsilon", cb_type="dr").update(x, v, [1.0, 0.0], pscore=[0.2, 0.3],
+                                                                 weight=[2.0, 1.0], **kw)
 
 
 # ---- snapshots that must fail ------------------------------------------------------------
@@ -526,7 +528,7 @@ def test_bad_updates_raise_and_learn_nothing(name, rng):
         cases += [(dict(slot=[0, 2, 1]), r"must be slots 0..2 of one decision, got \[0, 2, 1\]"),
                   (dict(slot=[1, 2, 3]), "slot must start each decision at 0"),
                   (dict(slot=None), "groups rows into slates by slot"),
-                  (dict(pscore=draw.marginal), "not the marginal pscore: pass propensity="),
+                  (dict(pscore=draw.marginal, propensity=None), r"needs propensity=\(m,\)"),
                   (dict(weight=[1.0, 0.0, 1.0]), "cannot skip one slot of a slate")]
     for change, match in cases:
         with pytest.raises(ValidationError, match=match):

@@ -140,7 +140,9 @@ def test_importance_weighted_retraining_passes_the_documented_weights(small_shop
     got = {}
 
     class Spy:
-        def update(self, context, item_features, reward, *, items=None, weight=None):
+        needs = frozenset()
+
+        def update(self, context, item_features, reward, *, items=None, weight=None, **rest):
             got.update(context=context, items=items, weight=weight)
 
     assert train_from_log(Spy(), logged, engine.items.features) == 180

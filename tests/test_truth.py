@@ -10,7 +10,7 @@ from banditrec.demo import evaluate_against_truth, simulate
 from banditrec.features import joint_features
 from banditrec.store import DecisionLog
 from conftest import make_engine
-from reference import reference_linucb_scores, reference_slot_pmf
+from reference import reference_linucb_scores, reference_noise_sd, reference_slot_pmf
 
 TARGETS = ("uniform", "popularity:epsilon=0.2")
 
@@ -37,8 +37,9 @@ def test_logged_propensities_equal_an_independent_recomputation(small_shop):
     first = engine.log.decisions(until_seq=200)
     X1 = joint_features(first.context[first.row_decision], engine.items.features[first.row_action])
     states = {
-        "shared-linucb-0": (np.eye(pol.dim) * pol.config.reg, np.zeros(pol.dim)),
-        "shared-linucb-1": (np.eye(pol.dim) * pol.config.reg + X1.T @ X1, X1.T @ first.row_reward),
+        "shared-linucb-0": (np.eye(pol.dim) * pol.config.reg, np.zeros(pol.dim), 0.5),
+        "shared-linucb-1": (np.eye(pol.dim) * pol.config.reg + X1.T @ X1, X1.T @ first.row_reward,
+                            reference_noise_sd(X1, first.row_reward, pol.config.reg)),
     }
     rows = engine.log.db.execute(
         "SELECT d.model_version, d.context, d.candidate_index, d.joint_propensity, "
@@ -47,10 +48,10 @@ def test_logged_propensities_equal_an_independent_recomputation(small_shop):
     ).fetchall()
     assert [r[0] for r in rows] == ["shared-linucb-0"] * 200 + ["shared-linucb-1"] * 200
     for version, ctx, cands, joint, shown, props in rows:
-        A, b = states[version]
+        A, b, sigma = states[version]
         cands = np.array(json.loads(cands))
         X = joint_features(np.array(json.loads(ctx)), engine.items.features[cands])
-        scores = reference_linucb_scores(A, b, pol.config.alpha, X)
+        scores = reference_linucb_scores(A, b, pol.config.alpha, X, sigma)
         shown_pos = [int(np.flatnonzero(cands == int(i))[0]) for i in shown.split(",")]
         logged = [float(p) for p in props.split("|")]
         expected = [reference_slot_pmf(scores, eps, shown_pos[:k])[j] for k, j in enumerate(shown_pos)]
@@ -74,6 +75,7 @@ def test_logged_marginals_equal_brute_force_enumeration(small_shop):
     X1 = joint_features(first.context[first.row_decision], engine.items.features[first.row_action])
     A = np.eye(pol.dim) * pol.config.reg + X1.T @ X1
     b = X1.T @ first.row_reward
+    sigma = reference_noise_sd(X1, first.row_reward, pol.config.reg)
     rows = engine.log.db.execute(
         "SELECT d.context, d.candidate_index, s.position, s.item_index, s.marginal FROM decisions d "
         "JOIN slots s USING (event_id) WHERE d.model_version = 'shared-linucb-1' ORDER BY d.seq, s.position"
@@ -84,7 +86,7 @@ def test_logged_marginals_equal_brute_force_enumeration(small_shop):
         cand = np.array(json.loads(cands))
         if (ctx, cands) not in scores_of:
             X = joint_features(np.array(json.loads(ctx)), engine.items.features[cand])
-            scores_of[(ctx, cands)] = reference_linucb_scores(A, b, pol.config.alpha, X)
+            scores_of[(ctx, cands)] = reference_linucb_scores(A, b, pol.config.alpha, X, sigma)
         scores = scores_of[(ctx, cands)]
         j = int(np.flatnonzero(cand == item)[0])
         total = 0.0

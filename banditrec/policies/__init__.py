@@ -77,12 +77,14 @@ def make(spec: str, **env) -> Policy:
 
 
 def _check_params(manifest: dict, cls) -> dict:
-    """The manifest's params, if each has its Config field's type (the config then checks ranges)."""
+    """The manifest's params, if each is a field of the Config and has its type (the config then
+    checks ranges); a field the snapshot lacks (added since it was written) takes its default."""
     fields = {f.name: f.type for f in dataclasses.fields(cls.Config)}
     params = manifest["params"]
-    if set(params) != set(fields):
+    unknown = sorted(set(params) - set(fields))
+    if unknown:  # a parameter added since the snapshot was written (absent here) takes its default
         raise ValidationError(f"snapshot params {sorted(params)} do not match policy {cls.name}'s "
-                              f"{sorted(fields)}", "snapshot")
+                              f"{sorted(fields)}: it has no {', '.join(unknown)}", "snapshot")
     kinds = {"float": (int, float), float: (int, float), "int": (int,), int: (int,), "str": (str,), str: (str,)}
     for key, value in params.items():
         allowed = kinds.get(fields[key])
@@ -93,8 +95,10 @@ def _check_params(manifest: dict, cls) -> dict:
 
 def load(path, *, manifest_sha256: str | None = None, **env) -> Policy:
     """Rebuild a policy from a snapshot written by ``policy.save(path)``; ``env`` as for
-    :func:`make`; ``manifest_sha256``: the manifest's hash from a publishing pointer. A
-    missing, truncated, altered or ill-typed snapshot raises ``ValidationError``."""
+    :func:`make` (it may describe a larger catalog than the snapshot's: items added since start
+    cold); ``manifest_sha256``: the manifest's hash from a publishing pointer. A missing,
+    truncated, altered or ill-typed snapshot raises ``ValidationError``; a parameter the policy
+    gained since the snapshot was written takes its default."""
     manifest, payload = snapshot.load(path, manifest_sha256=manifest_sha256)
     name = manifest["policy"]
     if name not in REGISTRY:

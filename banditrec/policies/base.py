@@ -21,6 +21,12 @@ from .sampling import DEFAULT_DRAWS, SequentialSlate
 from .slate import EpsilonGreedySlate
 
 
+DEFAULT_FLOOR = 0.01
+"""The serving floor's default: every served slot explores uniformly at least this much, so that
+every candidate keeps a probability of at least ``floor / n`` and the log can evaluate other
+policies (see ``docs/policies.md`` on the trade-off with regret)."""
+
+
 @dataclass(frozen=True)
 class Request:
     """What a policy may look at for one decision.
@@ -28,11 +34,58 @@ class Request:
     context : (d_c,) float          the user's/session's feature vector
     items : (n,) int                catalog indices of the candidates
     item_features : (n, d_i) float  the candidates' attribute vectors
+    cold : (n,) bool, optional      candidates without interaction history (new or cold items);
+                                    ``None`` means none is
     """
 
     context: np.ndarray
     items: np.ndarray
     item_features: np.ndarray
+    cold: np.ndarray | None = None
+
+
+def cold_flags(cold, n: int, field: str = "cold") -> np.ndarray:
+    """``cold`` as an (n,) float array of 0/1 (all 0 for ``None``); raises naming ``field``."""
+    if cold is None:
+        return np.zeros(n)
+    c = np.asarray(cold)
+    if c.shape != (n,):
+        raise ValidationError(f"{field} must have one flag per row ({n}), got shape {c.shape}", field)
+    if c.dtype != bool:
+        if not np.issubdtype(c.dtype, np.number) or not np.isin(c, (0, 1)).all():
+            raise ValidationError(f"{field} must hold booleans (or 0/1), got {c.dtype}", field)
+    return c.astype(float)
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Logged rows a policy learns from (what :meth:`Policy.update` hands to ``learn``).
+
+    context (m, d_c), item_features (m, d_i), reward (m,) : always.
+    items (m,) : catalog indices of the shown items.
+    weight (m,) : importance weights (each row counts ``weight`` times), or ``None`` for 1.
+    pscore (m,) : the logged marginal P(slot k holds the item | context).
+    propensity (m,), slot (m,) : the conditional propensity given the earlier slots, and the
+        row's slot (0, 1, ... per decision).
+    candidates : m arrays (n_d, d_i), each row's decision's candidate features; chosen (m,):
+        the shown item's position among them.
+    cold (m,) : whether the shown item was cold when it was shown.
+    """
+
+    context: np.ndarray
+    item_features: np.ndarray
+    reward: np.ndarray
+    items: np.ndarray | None = None
+    weight: np.ndarray | None = None
+    pscore: np.ndarray | None = None
+    propensity: np.ndarray | None = None
+    slot: np.ndarray | None = None
+    candidates: list | None = None
+    chosen: np.ndarray | None = None
+    cold: np.ndarray | None = None
+
+
+OPTIONAL_INPUTS = ("items", "weight", "pscore", "propensity", "slot", "candidates", "chosen", "cold")
 
 
 SENSITIVITY = {"off": 0.0, "low": 0.1, "medium": 0.25, "high": 0.5}
@@ -105,10 +158,13 @@ def slot_counts(n_slots, n_requests: int) -> list[int]:
 
 
 class Policy(ABC):
-    """Base class: subclasses set ``name`` and ``Config`` and implement :meth:`scores`."""
+    """Base class: subclasses set ``name`` and ``Config`` and implement :meth:`scores`; a
+    learner implements :meth:`learn` and declares in ``needs`` the optional inputs of
+    :class:`Rows` it cannot learn without (callers read ``needs``, never the signature)."""
 
     name: str = ""
     Config: type[PolicyConfig] = PolicyConfig
+    needs: frozenset[str] = frozenset()
 
     def __init__(self, config: PolicyConfig, *, item_columns: dict | None = None, item_types=None,
                  mc_draws: int = DEFAULT_DRAWS, **env):
@@ -154,7 +210,8 @@ class Policy(ABC):
     @property
     def spec(self) -> str:
         """A spec string that :func:`banditrec.policies.make` turns back into this config."""
-        quiet = {"explore_from": 0, "objective": "", "sensitivity": "off", "max_per_type": 0, "value": ""}  # shown when set
+        quiet = {"explore_from": 0, "objective": "", "sensitivity": "off", "max_per_type": 0, "value": "",
+                 "gamma": 1.0}  # shown when set
         body = ",".join(f"{k}={v}" for k, v in self.params.items() if quiet.get(k, object()) != v)
         return f"{self.name}:{body}" if body else self.name
 
@@ -233,14 +290,21 @@ class Policy(ABC):
         return {"types": self.item_types[request.items], "max_per_type": self.config.max_per_type}
 
     def update(self, context: np.ndarray, item_features: np.ndarray, reward: np.ndarray, *,
-               items: np.ndarray | None = None, weight: np.ndarray | None = None) -> None:
-        """Learn from logged rows: ``context (m, d_c)``, the shown items' ``item_features
-        (m, d_i)``, their catalog indices ``items (m,)`` and ``reward (m,)``; ``weight (m,)``
-        are importance weights for batch training on rows logged by another policy (a
-        weighted ridge: each row counts ``weight`` times). Fixed policies learn nothing, but
-        still refuse rows a learner would refuse, so bad input is caught whatever is served."""
-        check_rows(context, item_features, reward, context_dim=self.expected_context_dim)
-        check_weight(weight, len(np.atleast_1d(np.asarray(reward))))
+               items=None, weight=None, pscore=None, propensity=None, slot=None, candidates=None,
+               chosen=None, cold=None) -> None:
+        """Learn from logged rows; the one signature of every policy (see :class:`Rows` for
+        the arrays). A policy reads what it needs and ignores the rest; one of its ``needs``
+        missing raises, saying why it is needed. ``weight (m,)`` are importance weights for batch training on rows
+        logged by another policy (a weighted ridge: each row counts ``weight`` times). Fixed
+        policies learn nothing, but still refuse rows a learner would refuse, so bad input is
+        caught whatever is served."""
+        self.learn(Rows(context, item_features, reward, items=items, weight=weight, pscore=pscore,
+                        propensity=propensity, slot=slot, candidates=candidates, chosen=chosen, cold=cold))
+
+    def learn(self, rows: Rows) -> None:
+        """Learn from ``rows`` (checked by the policy). Fixed policies only check them."""
+        check_rows(rows.context, rows.item_features, rows.reward, context_dim=self.expected_context_dim)
+        check_weight(rows.weight, len(np.atleast_1d(np.asarray(rows.reward))))
 
     # ---- snapshots ----------------------------------------------------------------------
     def state(self) -> tuple[dict[str, np.ndarray], dict]:

@@ -1,12 +1,21 @@
-"""LinUCB with hybrid linear models (Li et al. 2010, Algorithm 2).
+"""LinUCB with hybrid linear models (Li et al. 2010, Algorithm 2): shared features plus a
+per-item effect with its own uncertainty.
 
 The expected reward of showing item ``a`` is ``z^T beta + x^T theta_a``: ``z`` are features
-shared by all items -- here the joint (context, item) features ``[v, vec(v x^T)]`` of
-:func:`banditrec.features.joint_features` (k = d_i + d_c d_i) -- and ``x = [1, context]``
-(d = d_c + 1) the item's own, disjoint ones. With ``reg`` in place of the paper's identity
-the statistics are Algorithm 2's:
+shared by all items -- here the joint (context, item) features of
+:func:`banditrec.features.joint_features` (k of them, intercept and cold flag included) -- and
+``x`` the item's own, disjoint ones, chosen by ``local``:
 
-    A0 = reg I_k,  b0 = 0;   per item  A_a = reg I_d,  B_a = 0 (d x k),  b_a = 0
+* ``local=bias`` (the default): ``x = [1]``, d = 1. Each item has one effect, its appeal beyond
+  what the shared features explain, with its own variance. Per-item state is ``k + 3`` numbers,
+  so 100,000 items with k = 56 take about 48 MB.
+* ``local=context``: ``x = [1, context]``, d = d_c + 1 -- the paper's per-item context model
+  (``8 * (2 d^2 + d k + d)`` bytes per item).
+
+With ``reg`` in place of the paper's identity for the shared coefficients, and ``rho`` for the
+items' own (below), the statistics are Algorithm 2's:
+
+    A0 = reg I_k,  b0 = 0;   per item  A_a = rho I_d,  B_a = 0 (d x k),  b_a = 0
     on a row (a, z, x, r) with weight w:
         A0 += B_a^T A_a^{-1} B_a          b0 += B_a^T A_a^{-1} b_a
         A_a += w x x^T     B_a += w x z^T     b_a += w r x
@@ -14,121 +23,244 @@ the statistics are Algorithm 2's:
     beta = A0^{-1} b0,   theta_a = A_a^{-1} (b_a - B_a beta)
     s = z^T A0^{-1} z - 2 z^T A0^{-1} B_a^T A_a^{-1} x + x^T A_a^{-1} x
         + x^T A_a^{-1} B_a A0^{-1} B_a^T A_a^{-1} x
-    score(a) = z^T beta + x^T theta_a + alpha sqrt(s)
+    score(a) = z^T beta + x^T theta_a + alpha * sigma * sqrt(s)
+
+(``sigma`` the estimated noise standard deviation, as for every LinUCB: :mod:`.linucb`).
 
 **What it is.** Stack the row features as ``phi = [z, onehot(a) (x) x]`` (k + n_items d).
-The weighted ridge problem ``min sum_i w_i (r_i - phi_i^T t)^2 + reg |t|^2`` has the normal
-matrix ``M = [[reg I + Z^T W Z, B^T], [B, blockdiag(A_a)]]`` with ``B`` the stacked ``B_a``.
+The weighted ridge problem ``min sum_i w_i (r_i - phi_i^T t)^2 + reg |beta|^2 + rho sum_a |theta_a|^2``
+has the normal matrix ``M = [[reg I + Z^T W Z, B^T], [B, blockdiag(A_a)]]`` with ``B`` the
+stacked ``B_a``.
 Eliminating the item blocks leaves the Schur complement ``A0 = reg I + Z^T W Z - sum_a B_a^T
 A_a^{-1} B_a`` and ``b0 = Z^T W r - sum_a B_a^T A_a^{-1} b_a`` -- exactly what Algorithm 2
 accumulates (each row swaps its item's old term for the new one). So ``(beta, theta_a)`` is the
 ridge solution ``M^{-1} [Z^T W r; b_a...]`` and ``s = phi^T M^{-1} phi`` by the block inverse:
-the hybrid model is LinUCB on ``phi`` computed without ever forming ``M``.
+the hybrid model is LinUCB on ``phi`` computed without ever forming ``M``. An item without
+data contributes nothing to the sums: it is scored with ``A_a = rho I``, ``B_a = 0``,
+``b_a = 0`` (the prior), so new items arrive cold and the stacks grow with the catalog
+(:mod:`.peritem`).
+
+**The items' prior** ``rho`` (``item_reg``) says how far an item may stand from what the shared
+features predict: under the ridge prior ``theta_a ~ N(0, sigma^2 / rho)``. With
+``local=bias`` and the default ``item_reg=0`` it is estimated from the data (empirical Bayes,
+as a hierarchical model does): each item's mean residual ``e_a`` from the shared prediction,
+over ``n_a`` weighted rows, has ``E[e_a^2] = tau^2 + sigma^2 / n_a``, so by moments
+``tau^2 = (sum_a n_a e_a^2 - m sigma^2) / sum_a n_a`` over the ``m`` items with data, and
+``rho = sigma^2 / tau^2`` (clipped to ``[1e-2, 1e4]``; ``reg`` until two items have data).
+A fixed ``rho`` would make a new item as uncertain as the prior says, whatever the catalog;
+estimated, it is as uncertain as items turn out to differ. Each update re-estimates it and
+rebuilds the statistics when it moved by more than 10% (O(n_items d k^2)); so with the
+default, when learning happens in batches or row by row can change the model slightly.
 
 **Updates.** One row updates ``A_a^{-1}`` by Sherman-Morrison, and also ``A0^{-1}``: with
 ``u = B_a^T A_a^{-1} x`` and ``q = x^T A_a^{-1} x`` (before the row), the two ``A0`` steps
 above add up to the rank-one change ``A0 += w (z - u)(z - u)^T / (1 + w q)``. A batch groups
 rows by item (sparse sums of ``x x^T``, ``x z^T``, ``r x`` per touched item), re-inverts the
-touched ``A_a`` in one batched solve and ``A0`` through its Cholesky factor.
+touched ``A_a`` in one batched solve and ``A0`` through its Cholesky factor. The data sums
+``Z^T W Z`` and ``Z^T W r`` are kept too, so that with ``gamma < 1`` (drift) every statistic's
+data part decays by ``gamma`` per row (:mod:`.ridge`) and ``A0``, ``b0`` are rebuilt from the
+decayed sums over every learned item (O(n_items d k^2) per update).
 
 **Scoring** a request's n candidates is batched: with ``u_a = B_a^T A_a^{-1} x``, the mean is
 ``(z - u_a)^T beta + x^T A_a^{-1} b_a`` and ``s = (z - u_a)^T A0^{-1} (z - u_a) + x^T A_a^{-1} x``
-(the paper's terms, regrouped).
-
-Memory is allocated up front: ``8 * n_items * (2 d^2 + d k + d)`` bytes for the per-item
-stacks (3.2 MB for 1,000 items with d_c = d_i = 6) plus O(k^2) shared. Updates are checked in
-full before the touched items' rows are written in place (see :mod:`.disjoint` on threads).
+(the paper's terms, regrouped). Updates are checked in full before the touched items' rows are
+written in place (see :mod:`.disjoint` on threads).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import ValidationError
 from ..features import joint_dim, joint_features
-from .base import Policy, Request
-from .linucb import LinUCBConfig  # alpha, epsilon, reg: the same knobs as every LinUCB
+from .base import Request, Rows, cold_flags
 from .checks import check_context, check_rows, check_weight
-from .ridge import (all_finite, check_candidates, check_items, check_state, env_int, group_index, grouped_outer,
-                    grouped_sum, overflow_error, sherman_morrison, spd_inverse, stacked_inverse, with_intercept)
+from .linucb import LinUCBConfig
+from .peritem import PerItemPolicy
+from .ridge import (RewardStats, all_finite, check_candidates, check_items, check_number, env_int, group_index,
+                    grouped_outer,
+                    grouped_sum, overflow_error, row_discounts, sherman_morrison, spd_inverse, stacked_inverse,
+                    with_intercept)
+
+LOCAL = ("bias", "context")
 
 
-class HybridLinUCB(Policy):
-    """Hybrid LinUCB; needs ``n_items``, ``context_dim`` and ``item_dim`` from the environment.
+@dataclass(frozen=True)
+class HybridConfig(LinUCBConfig):
+    """``local``: each item's own features, ``bias`` (an effect per item) or ``context``;
+    ``item_reg``: the ridge penalty ``rho`` of the items' own coefficients, 0 to estimate it
+    from the data (``local=bias``; ``reg`` for ``local=context``) -- see the module doc."""
 
-    Attributes: shared ``A0``, ``A0_inv`` (k, k), ``b0``, ``beta`` (k,); per item ``A``,
+    local: str = "bias"
+    item_reg: float = 0.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.local not in LOCAL:
+            raise ValidationError(f"local must be one of {', '.join(LOCAL)}, got {self.local!r}", "local")
+        check_number(self.item_reg, "item_reg", minimum=0.0)
+
+
+class HybridLinUCB(PerItemPolicy):
+    """Hybrid LinUCB; needs ``context_dim`` and ``item_dim`` from the environment (and takes
+    ``n_items``, the catalog size known so far).
+
+    Attributes: shared ``A0``, ``A0_inv`` (k, k), ``b0``, ``beta`` (k,), the data sums ``ZZ``
+    (k, k), ``Zr`` (k,), the items' prior ``item_prior`` (1,) = ``[rho]``; per item ``A``,
     ``A_inv`` (n_items, d, d), ``B`` (n_items, d, k), ``b`` (n_items, d).
     """
 
     name = "hybrid-linucb"
-    Config = LinUCBConfig
+    Config = HybridConfig
+    needs = frozenset({"items"})
+    _shared_names = ("A0", "A0_inv", "b0", "beta", "ZZ", "Zr", "item_prior")
 
-    def __init__(self, config: LinUCBConfig, *, n_items=None, context_dim=None, item_dim=None, **env):
+    def __init__(self, config: HybridConfig, *, context_dim=None, item_dim=None, **env):
         super().__init__(config, **env)
-        self.n_items = env_int(n_items, "n_items", self.name)
         self.context_dim = env_int(context_dim, "context_dim", self.name)
         self.item_dim = env_int(item_dim, "item_dim", self.name)
         self.k = k = joint_dim(self.context_dim, self.item_dim)
-        self.dim = d = self.context_dim + 1
+        self.dim = d = self.context_dim + 1 if config.local == "context" else 1
         reg = config.reg
         self.A0, self.A0_inv = np.eye(k) * reg, np.eye(k) / reg
         self.b0, self.beta = np.zeros(k), np.zeros(k)
-        self.A = np.repeat((np.eye(d) * reg)[None], self.n_items, axis=0)
-        self.A_inv = np.repeat((np.eye(d) / reg)[None], self.n_items, axis=0)
-        self.B = np.zeros((self.n_items, d, k))
-        self.b = np.zeros((self.n_items, d))
+        self.ZZ, self.Zr = np.zeros((k, k)), np.zeros(k)
+        rho = config.item_reg or reg
+        self.item_prior = np.array([rho])
+        self._stack("A", np.eye(d) * rho)
+        self._stack("A_inv", np.eye(d) / rho)
+        self._stack("B", np.zeros((d, k)))
+        self._stack("b", np.zeros(d))
+
+    def _meta(self) -> dict:
+        return {"dim": self.dim, "k": self.k, "local": self.config.local}
+
+    def _item_reg(self) -> float:
+        return float(self.item_prior[0])
 
     @property
-    def nbytes(self) -> int:
-        """Bytes held by the model's arrays."""
-        return sum(a.nbytes for a in (self.A0, self.A0_inv, self.b0, self.beta, self.A, self.A_inv, self.B, self.b))
+    def auto_prior(self) -> bool:
+        """Whether the items' prior is estimated from the data (module doc)."""
+        return self.config.item_reg == 0 and self.config.local == "bias"
+
+    def local_features(self, context: np.ndarray) -> np.ndarray:
+        """Each item's own features ``x`` for one context ``(d_c,)`` or rows ``(m, d_c)``."""
+        c = np.asarray(context, dtype=float)
+        return with_intercept(c) if self.config.local == "context" else np.ones(c.shape[:-1] + (1,))
 
     def theta(self, items) -> np.ndarray:
         """``theta_a = A_a^{-1} (b_a - B_a beta)`` for catalog indices ``items``, shape (n, d)."""
-        items = np.asarray(items)
-        return np.einsum("nij,nj->ni", self.A_inv[items], self.b[items] - self.B[items] @ self.beta)
+        items = np.asarray(items, dtype=np.int64)
+        b, B = self._gather("b", items), self._gather("B", items)
+        return np.einsum("nij,nj->ni", self._gather("A_inv", items), b - B @ self.beta)
 
     def _parts(self, request: Request):
         """Mean and UCB variance ``s`` of every candidate, shape (n,) each."""
-        x = with_intercept(check_context(request.context, self.context_dim))
-        idx = check_candidates(request, self.n_items)
-        Z = joint_features(request.context, request.item_features)
-        if Z.shape[1] != self.k:
+        c = check_context(request.context, self.context_dim)
+        x = self.local_features(c)
+        idx = check_candidates(request)
+        V = np.asarray(request.item_features, dtype=float)
+        if V.ndim != 2 or V.shape[1] != self.item_dim:
             raise ValidationError(f"request item_features must have {self.item_dim} columns, got "
                                   f"{np.shape(request.item_features)}", "item_features")
-        Px = self.A_inv[idx] @ x  # (n, d)   A_a^{-1} x
-        U = np.einsum("ndk,nd->nk", self.B[idx], Px)  # (n, k)   u_a = B_a^T A_a^{-1} x
+        Z = joint_features(c, V, cold_flags(request.cold, len(V), "cold"))
+        Px = self._gather("A_inv", idx) @ x  # (n, d)   A_a^{-1} x
+        U = np.einsum("ndk,nd->nk", self._gather("B", idx), Px)  # (n, k)   u_a = B_a^T A_a^{-1} x
         E = Z - U
         # z.beta + x.theta_a = z.beta + (A_a^{-1} x).(b_a - B_a beta) = (z - u_a).beta + (A_a^{-1} x).b_a
-        mean = E @ self.beta + np.einsum("nd,nd->n", Px, self.b[idx])
+        mean = E @ self.beta + np.einsum("nd,nd->n", Px, self._gather("b", idx))
         s = np.einsum("nk,nk->n", E @ self.A0_inv, E) + Px @ x
         return mean, s
 
     def scores(self, request: Request) -> np.ndarray:
         mean, s = self._parts(request)
-        return mean + self.config.alpha * np.sqrt(np.maximum(s, 0.0))
+        return mean + self.config.alpha * self.noise_sd * np.sqrt(np.maximum(s, 0.0))
 
-    def update(self, context: np.ndarray, item_features: np.ndarray, reward: np.ndarray, *,
-               items: np.ndarray | None = None, weight: np.ndarray | None = None) -> None:
+    def learn(self, rows: Rows) -> None:
         """Learn from rows ``context (m, d_c)``, ``item_features (m, d_i)``, ``reward (m,)`` of
-        items ``items (m,)`` (catalog indices, required) with importance weights ``weight (m,)``."""
-        C, V, r = check_rows(context, item_features, reward, context_dim=self.context_dim, item_dim=self.item_dim)
+        items ``items (m,)`` (catalog indices, required) with importance weights ``weight (m,)``
+        and cold flags ``cold (m,)`` (the shared features')."""
+        C, V, r = check_rows(rows.context, rows.item_features, rows.reward, context_dim=self.context_dim,
+                             item_dim=self.item_dim)
         m = len(C)
-        a = check_items(items, m, self.n_items, self.name)
-        w = check_weight(weight, m)
+        a = check_items(rows.items, m, self.name)
+        w = check_weight(rows.weight, m)
+        cold = cold_flags(rows.cold, m, "cold")
         if m == 0:
             return
-        X = with_intercept(C)
+        gamma = self.config.gamma
+        stats = RewardStats.step(self.stats, r, w, gamma)
+        self._ensure(int(a.max()) + 1)  # new rows at the prior: harmless if the update fails
+        X = self.local_features(C)
         with np.errstate(over="ignore", invalid="ignore"):
-            Z = joint_features(C, V)
-            new = self._single(a[0], X[0], Z[0], r[0], w[0]) if m == 1 else self._batch(a, X, Z, r, w)
-        if not all_finite(*new):
+            Z = joint_features(C, V, cold)
+            if gamma < 1.0:
+                new = self._discounted(a, X, Z, r, w, gamma)
+            elif m == 1:
+                new = self._single(a[0], X[0], Z[0], r[0], w[0])
+            else:
+                new = self._batch(a, X, Z, r, w)
+        if not all_finite(*new, stats):
             raise overflow_error()
-        touched, A_t, P_t, B_t, b_t, A0, A0_inv, b0, beta = new
+        touched, A_t, P_t, B_t, b_t, A0, A0_inv, b0, beta, ZZ, Zr = new
         # every new value is checked: commit
         self.A[touched], self.A_inv[touched], self.B[touched], self.b[touched] = A_t, P_t, B_t, b_t
-        self.A0, self.A0_inv, self.b0, self.beta = A0, A0_inv, b0, beta
+        self.A0, self.A0_inv, self.b0, self.beta, self.ZZ, self.Zr = A0, A0_inv, b0, beta, ZZ, Zr
+        self.stats, self._sigma = stats, None
         self.n_updates += 1
+        if self.auto_prior:
+            self._reestimate_prior()
+
+    def _reestimate_prior(self) -> None:
+        """Empirical Bayes for ``rho`` (module doc); rebuild when it moved by more than 10%."""
+        old = self._item_reg()
+        n_a = self.A[:, 0, 0] - old  # each item's weighted rows (x = [1])
+        seen = n_a > 1e-12
+        if seen.sum() < 2:
+            return
+        sigma2 = self.noise_sd ** 2
+        e = (self.b[seen, 0] - self.B[seen, 0, :] @ self.beta) / n_a[seen]
+        tau2 = (n_a[seen] @ (e * e) - seen.sum() * sigma2) / n_a[seen].sum()
+        rho = float(np.clip(sigma2 / max(tau2, 1e-300), 1e-2, 1e4))
+        if abs(np.log(rho / old)) <= np.log(1.1):
+            return
+        eye = np.eye(self.dim)
+        with np.errstate(over="ignore", invalid="ignore"):
+            A_t = self.A + (rho - old) * eye
+            P_t, A0, A0_inv, b0, beta = self._assemble(A_t, self.B, self.b, self.ZZ, self.Zr)
+        if not all_finite(P_t, A0, A0_inv, b0, beta):
+            return  # keep the prior it has: the model stays as it was
+        self.A[:], self.A_inv[:] = A_t, P_t
+        self.A0, self.A0_inv, self.b0, self.beta = A0, A0_inv, b0, beta
+        self.item_prior = np.array([rho])
+        self._priors["A"], self._priors["A_inv"] = eye * rho, eye / rho
+        self._sigma = None
+
+    def _assemble(self, A_t, B_t, b_t, ZZ, Zr):
+        """``(A_a^{-1} stack, A0, A0^{-1}, b0, beta)`` from every learned item's statistics."""
+        P_t = stacked_inverse(A_t)
+        A0 = self.config.reg * np.eye(self.k) + ZZ - _schur(B_t, P_t, B_t)
+        b0 = Zr - _schur_b(B_t, P_t, b_t)
+        if not all_finite(A0, b0):
+            raise overflow_error()
+        A0_inv = spd_inverse(A0)
+        return P_t, A0, A0_inv, b0, A0_inv @ b0
+
+    def set_state(self, arrays, meta):
+        super().set_state(arrays, meta)
+        rho, eye = self._item_reg(), np.eye(self.dim)
+        self._priors["A"], self._priors["A_inv"] = eye * rho, eye / rho
+        n = meta["n_items"]  # items past the snapshot's start at its prior
+        self.A[n:], self.A_inv[n:] = eye * rho, eye / rho
+
+    def _fit_terms(self) -> tuple[float, float]:
+        """By block elimination ``t . c = sum_a b_a^T A_a^{-1} b_a + b0 . beta``; the effective
+        number of parameters is at most ``k - reg trace(A0^{-1})`` plus the items' (the cross
+        terms of ``trace(M^{-1})`` are left out, which can only overstate it)."""
+        fitted, df = self._per_item_fit()
+        return fitted + float(self.b0 @ self.beta), df + self.k - self.config.reg * float(np.trace(self.A0_inv))
 
     def _single(self, a, x, z, r, w):
         """One row, Algorithm 2 step by step; Sherman-Morrison for A_a^{-1} and A0^{-1}."""
@@ -146,7 +278,8 @@ class HybridLinUCB(Policy):
         e = z - Ba.T @ Px
         A0_inv = sherman_morrison(self.A0_inv, e, w / (1.0 + w * (x @ Px)))
         beta = A0_inv @ b0
-        return (np.array([a]), A_a[None], P_a[None], B_a[None], b_a[None], A0, A0_inv, b0, beta)
+        ZZ, Zr = self.ZZ + w * np.outer(z, z), self.Zr + (w * r) * z
+        return (np.array([a]), A_a[None], P_a[None], B_a[None], b_a[None], A0, A0_inv, b0, beta, ZZ, Zr)
 
     def _batch(self, a, X, Z, r, w):
         """Many rows: grouped sums per touched item, batched solves; the same statistics."""
@@ -160,31 +293,45 @@ class HybridLinUCB(Policy):
         if not all_finite(A_t, B_t, b_t, Zw):
             raise overflow_error()
         P_t = stacked_inverse(A_t)
+        ZwZ, Zwr = Zw.T @ Z, Zw.T @ r
         # Algorithm 2, summed over the touched items: swap each item's Schur term old -> new
-        A0 = (self.A0 + np.einsum("tdk,tdl->kl", B_old, P_old @ B_old) + Zw.T @ Z
-              - np.einsum("tdk,tdl->kl", B_t, P_t @ B_t))
-        b0 = (self.b0 + np.einsum("tdk,td->k", B_old, np.einsum("tij,tj->ti", P_old, b_old)) + Zw.T @ r
-              - np.einsum("tdk,td->k", B_t, np.einsum("tij,tj->ti", P_t, b_t)))
+        A0 = self.A0 + _schur(B_old, P_old, B_old) + ZwZ - _schur(B_t, P_t, B_t)
+        b0 = self.b0 + _schur_b(B_old, P_old, b_old) + Zwr - _schur_b(B_t, P_t, b_t)
         if not all_finite(A0, b0):
             raise overflow_error()
         A0_inv = spd_inverse(A0)
-        return (touched, A_t, P_t, B_t, b_t, A0, A0_inv, b0, A0_inv @ b0)
+        return (touched, A_t, P_t, B_t, b_t, A0, A0_inv, b0, A0_inv @ b0, self.ZZ + ZwZ, self.Zr + Zwr)
 
-    # ---- snapshots ----------------------------------------------------------------------
-    def _shapes(self):
-        n, d, k = self.n_items, self.dim, self.k
-        return {"A0": (k, k), "A0_inv": (k, k), "b0": (k,), "beta": (k,),
-                "A": (n, d, d), "A_inv": (n, d, d), "B": (n, d, k), "b": (n, d)}
+    def _discounted(self, a, X, Z, r, w, gamma):
+        """Every statistic's data part decays by ``gamma^m``, row i counts ``gamma^(m-1-i) w_i``;
+        ``A0`` and ``b0`` are rebuilt from the sums over every learned item."""
+        age, decay = row_discounts(len(X), gamma)
+        we = w * age
+        d = self.dim
+        prior = np.eye(d) * self._item_reg()
+        touched = np.arange(self.n_items)
+        A_t = prior + decay * (self.A - prior)
+        B_t, b_t = decay * self.B, decay * self.b
+        items, groups = group_index(a)
+        t = len(items)
+        A_t[items] += grouped_outer(groups, t, we, X, X)
+        B_t[items] += grouped_outer(groups, t, we, X, Z)
+        b_t[items] += grouped_sum(groups, t, we * r, X)
+        Zw = Z * we[:, None]
+        ZZ, Zr = decay * self.ZZ + Zw.T @ Z, decay * self.Zr + Zw.T @ r
+        if not all_finite(A_t, B_t, b_t, ZZ, Zr):
+            raise overflow_error()
+        P_t, A0, A0_inv, b0, beta = self._assemble(A_t, B_t, b_t, ZZ, Zr)
+        return (touched, A_t, P_t, B_t, b_t, A0, A0_inv, b0, beta, ZZ, Zr)
 
-    def state(self):
-        arrays = {name: getattr(self, name) for name in self._shapes()}
-        return arrays, {"n_items": self.n_items, "dim": self.dim, "k": self.k}
 
-    def set_state(self, arrays, meta):
-        n, d, k = self.n_items, self.dim, self.k
-        if (meta.get("n_items"), meta.get("dim"), meta.get("k")) != (n, d, k):
-            raise ValidationError(f"snapshot is of a {self.name} with (n_items, d, k) = ({meta.get('n_items')}, "
-                                  f"{meta.get('dim')}, {meta.get('k')}), this one has ({n}, {d}, {k})", "snapshot")
-        check_state(arrays, self._shapes(), self.name)
-        for name in self._shapes():  # own copies: updates write into the per-item stacks in place
-            setattr(self, name, np.array(arrays[name], dtype=float))
+def _schur(B: np.ndarray, P: np.ndarray, C: np.ndarray) -> np.ndarray:
+    """``sum_a B_a^T P_a C_a`` over a stack: (t, d, k), (t, d, d), (t, d, l) -> (k, l)."""
+    t, d, k = B.shape
+    return B.reshape(t * d, k).T @ (P @ C).reshape(t * d, -1)
+
+
+def _schur_b(B: np.ndarray, P: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``sum_a B_a^T P_a b_a`` over a stack: (t, d, k), (t, d, d), (t, d) -> (k,)."""
+    t, d, k = B.shape
+    return B.reshape(t * d, k).T @ np.einsum("tij,tj->ti", P, b).reshape(t * d)

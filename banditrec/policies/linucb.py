@@ -3,23 +3,29 @@
 One ridge regression over joint (context, item) features:
 
     A = reg * I + sum x x^T,    b = sum r x,    theta = A^{-1} b
-    score(x) = x^T theta + alpha * sqrt(x^T A^{-1} x)
+    score(x) = x^T theta + alpha * sigma * sqrt(x^T A^{-1} x)
+
+where ``sigma`` is the estimated noise standard deviation of the rewards (progressive-validation
+residuals, :class:`~.ridge.RewardStats`): under the ridge prior ``N(0, sigma^2 / reg)`` the bonus
+is ``alpha`` posterior standard deviations of the mean (the interval Thompson sampling draws
+from), and ``alpha`` means the same on clicks, purchases and margins. Li et al.'s score is
+``sigma = 1``.
 
 A single new row updates ``A^{-1}`` by Sherman-Morrison; a batch re-inverts through a
 Cholesky factor, which is cheaper and more accurate than m rank-one updates (the ridge math
 lives in :mod:`banditrec.policies.ridge`). The greedy ranking is epsilon-mixed per slot
 before serving (see :mod:`banditrec.policies.slate`).
 
-Scoring never builds the joint features. With ``e = [1, c]`` the joint feature of item ``v``
-is ``x = M(c) v`` (``x[idx[k, i]] = e_k v_i``, see :func:`banditrec.features.joint_features`),
-so for one request
+Scoring never builds the joint features. With ``e = [1, c]`` and the item vector
+``v = [1, attributes, cold]`` (d_u = d_i + 2) the joint feature of an item is ``x = M(c) v``
+(``x[idx[k, i]] = e_k v_i``, see :func:`banditrec.features.joint_features`), so for one request
 
     x^T theta       = v . t,        t_i    = sum_k e_k theta[idx[k, i]]
     x^T A^{-1} x    = v^T B v,      B_ii'  = sum_kk' e_k e_k' A^{-1}[idx[k, i], idx[k', i']]
 
-``t`` (d_i) and ``B`` (d_i x d_i) are contracted once per request from ``theta`` and
+``t`` (d_u) and ``B`` (d_u x d_u) are contracted once per request from ``theta`` and
 ``A^{-1}`` rearranged into ``(1 + d_c)``-blocks (cached per model), and each candidate costs
-``O(d_i^2)`` instead of ``O(dim^2)``.
+``O(d_u^2)`` instead of ``O(dim^2)``.
 """
 
 from __future__ import annotations
@@ -29,9 +35,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ValidationError
-from .base import Policy, PolicyConfig, Request, slot_counts
+from ..features import item_dim_of, item_vectors
+from .base import Policy, PolicyConfig, Request, cold_flags, slot_counts
 from .checks import check_context
-from .ridge import JointRidgePolicy, check_number, with_intercept
+from .ridge import JointRidgePolicy, check_number, check_ridge, with_intercept
 
 _U = np.finfo(float).eps / 2  # unit roundoff
 _TINY = np.finfo(float).tiny  # covers the absolute error of gradual underflow
@@ -39,14 +46,20 @@ _TINY = np.finfo(float).tiny  # covers the absolute error of gradual underflow
 
 @dataclass(frozen=True)
 class LinUCBConfig(PolicyConfig):
+    """``alpha``: the width of the confidence bound, in posterior standard deviations of the
+    mean (module doc); the default 1 was chosen on the held-out scenario (``docs/policies.md``),
+    and on rewards in [0, 1] it matches Li et al.'s LinUCB (``bench/run.py --only synthetic``);
+    ``reg``, ``gamma``: :func:`~.ridge.check_ridge`."""
+
     alpha: float = 1.0
-    epsilon: float = 0.1
+    epsilon: float = 0.0
     reg: float = 1.0
+    gamma: float = 1.0
 
     def __post_init__(self):
         super().__post_init__()
         check_number(self.alpha, "alpha", minimum=0.0)
-        check_number(self.reg, "reg", minimum=0.0, strict=True)
+        check_ridge(self)
 
 
 def _unsafe_rows(ranked: np.ndarray, sizes: np.ndarray, bound: np.ndarray) -> np.ndarray:
@@ -78,7 +91,7 @@ class _Blocks:
 
     def __init__(self, A_inv: np.ndarray, theta: np.ndarray, context_dim: int, item_dim: int):
         self.A_inv, self.theta = A_inv, theta  # the arrays these were derived from
-        k, d = context_dim + 1, item_dim
+        k, d = context_dim + 1, item_dim_of(item_dim)
         idx = np.empty((k, d), dtype=np.intp)
         idx[0] = np.arange(d)
         idx[1:] = d + np.arange(d)[None, :] * context_dim + np.arange(context_dim)[:, None]
@@ -107,23 +120,29 @@ class LinUCB(JointRidgePolicy):
         return c
 
     def _items(self, request: Request) -> np.ndarray:
+        """The candidates' item vectors ``[1, v, cold]``, (n, d_i + 2)."""
         V = np.asarray(request.item_features, dtype=float)
         if V.ndim != 2 or V.shape[1] != self.item_dim:
             raise ValidationError(f"item_features must have shape (n, {self.item_dim}), got {V.shape}",
                                   "item_features")
-        return V
+        return item_vectors(V, cold_flags(request.cold, len(V), "cold"))
+
+    @property
+    def bonus_weight(self) -> float:
+        """``alpha`` times the noise standard deviation: what multiplies ``sqrt(x^T A^{-1} x)``."""
+        return self.config.alpha * self.noise_sd
 
     def scores(self, request: Request) -> np.ndarray:
         c = check_context(request.context, self.context_dim)
         V = self._items(request)
         blk = self._blocks()
-        k, d = self.context_dim + 1, self.item_dim
+        k, d = self.context_dim + 1, V.shape[1]
         e = with_intercept(c)
         with np.errstate(over="ignore", invalid="ignore"):  # non-finite scores are refused by the slate
             t = e @ blk.T  # (d,)
             B = (e @ (e @ blk.Q).reshape(k, d * d)).reshape(d, d)
             var = np.einsum("ij,ij->i", V @ B, V)  # v^T B v = x^T A^{-1} x
-            return V @ t + self.config.alpha * np.sqrt(np.maximum(var, 0.0))
+            return V @ t + self.bonus_weight * np.sqrt(np.maximum(var, 0.0))
 
     def distributions(self, requests, n_slots, min_epsilon: float = 0.0) -> list:
         """Vectorised :meth:`~banditrec.policies.base.Policy.distributions`: ``B`` and ``t`` of
@@ -141,7 +160,7 @@ class LinUCB(JointRidgePolicy):
                 or type(self).distribution is not Policy.distribution
                 or self.config.sensitivity != "off" or self.config.max_per_type):
             return super().distributions(requests, counts, min_epsilon)
-        m, k, d = len(requests), self.context_dim + 1, self.item_dim
+        m, k, d = len(requests), self.context_dim + 1, item_dim_of(self.item_dim)
         E = np.empty((m, k))
         E[:, 0] = 1.0
         try:  # every context a finite (d_c,) vector: all that the per-request checks below accept
@@ -182,7 +201,7 @@ class LinUCB(JointRidgePolicy):
         """``(scores (m, n), alone (m,))``: every request's scores from the stacked ``[1, c]``
         ``E`` (m, k) and padded items ``V`` (m, n, d), and which requests to re-score alone;
         ``items`` (m, n): the rows' catalog items when the policy weights scores by value."""
-        (m, k), n, d, alpha = E.shape, V.shape[1], self.item_dim, self.config.alpha
+        (m, k), n, d, alpha = E.shape, V.shape[1], V.shape[2], self.bonus_weight
         blk = self._blocks()
         padded = int(sizes.min()) < n
         real = np.arange(n)[None, :] < sizes[:, None] if padded else True

@@ -14,6 +14,27 @@ a batch re-inverts the new ``A`` (a Cholesky factor for one matrix, a batched so
 Updates are computed on copies and committed only when every new array is finite, so a failed
 update leaves the model serving what it served before, never a NaN.
 
+**Discounting** (``gamma < 1``, for tastes that drift; as Meta's Pearl discounts its LinUCB
+and LinTS statistics, here per row): a row learned ``t`` rows ago counts ``gamma^t`` times.
+The data part of the statistics decays, the prior does not:
+
+    A = reg * I + sum_i gamma^{t_i} w_i x_i x_i^T,    b = sum_i gamma^{t_i} w_i r_i x_i
+
+so an update of m rows multiplies ``A - reg * I`` and ``b`` by ``gamma^m`` and adds row ``i``
+with weight ``gamma^(m - 1 - i) w_i``: m single-row updates and one m-row update give the same
+model. ``1 / (1 - gamma)`` is the effective memory in rows.
+
+**The reward scale.** Beside ``A`` and ``b`` every linear policy keeps the (equally
+discounted) sums of its rows' weights, rewards, squared rewards and squared prediction errors,
+and the smallest and largest reward seen (:class:`RewardStats`). Exploration is measured in
+the noise standard deviation ``sigma`` estimated from those statistics
+(:meth:`RewardStats.noise_sd`), so that the defaults mean the same on
+clicks, purchases and margins rather than being tuned per shop: LinUCB's bonus is ``alpha
+sigma sqrt(x^T A^{-1} x)`` -- with the ridge prior ``N(0, sigma^2 / reg)`` that is ``alpha``
+posterior standard deviations of the mean, the interval Thompson sampling draws from --
+Thompson sampling's posterior is ``N(theta, v^2 sigma^2 A^{-1})``, softmax's temperature is
+``tau sigma``.
+
 This module holds the math they share (the input checks are in :mod:`.checks`), and :class:`JointRidgePolicy`, the base of
 the policies with one ridge model over joint (context, item) features
 (:func:`banditrec.features.joint_features`): shared-parameter LinUCB, epsilon-greedy, softmax and
@@ -30,9 +51,9 @@ import scipy.sparse as sp
 from scipy.linalg import cho_factor, cho_solve
 
 from ..errors import ValidationError
-from ..features import joint_dim, joint_features
+from ..features import ITEM_EXTRA, joint_dim, joint_features
 from .checks import check_context, check_rows, check_weight
-from .base import Policy, Request
+from .base import Policy, Request, Rows, cold_flags
 from .sampling import seed_grid
 
 _OUTER_CHUNK_FLOATS = 1 << 21  # rows per chunk of grouped outer products: at most 16 MB each
@@ -66,8 +87,8 @@ def env_int(value, name: str, policy: str, *, minimum: int = 1) -> int:
     return check_int(value, name, minimum=minimum)
 
 
-def check_items(items, m: int, n_items: int, policy: str) -> np.ndarray:
-    """Catalog indices ``(m,)`` of the shown items, integers in ``[0, n_items)``."""
+def check_items(items, m: int, policy: str) -> np.ndarray:
+    """Catalog indices ``(m,)`` of the shown items, integers >= 0."""
     if items is None:
         raise ValidationError(f"{policy} keeps one model per item: update(..., items=catalog indices (m,))",
                               "items")
@@ -76,25 +97,42 @@ def check_items(items, m: int, n_items: int, policy: str) -> np.ndarray:
         raise ValidationError(f"items must have one entry per row ({m}), got shape {a.shape}", "items")
     if a.size and not np.issubdtype(a.dtype, np.integer):
         raise ValidationError(f"items must hold integer catalog indices, got dtype {a.dtype}", "items")
-    bad = (a < 0) | (a >= n_items)
+    bad = a < 0
     if bad.any():
         i = int(np.argmax(bad))
-        raise ValidationError(f"items must be catalog indices in [0, {n_items}), found {a[i]} at row {i}", "items")
+        raise ValidationError(f"items must be catalog indices >= 0, found {a[i]} at row {i}", "items")
     return a.astype(np.int64, copy=False)
 
 
-def check_candidates(request: Request, n_items: int) -> np.ndarray:
-    """A request's catalog indices, checked against a catalog of ``n_items``."""
+def check_candidates(request: Request) -> np.ndarray:
+    """A request's catalog indices: a 1-D array of integers >= 0 (an index the policy has not
+    seen yet is a cold item, not an error)."""
     items = np.asarray(request.items)
     if items.ndim != 1 or (items.size and not np.issubdtype(items.dtype, np.integer)):
         raise ValidationError(f"request items must be a 1-D array of catalog indices, got {items.dtype}"
                               f"{list(items.shape)}", "items")
-    bad = (items < 0) | (items >= n_items)
+    bad = items < 0
     if bad.any():
         i = int(np.argmax(bad))
-        raise ValidationError(f"request items must be catalog indices in [0, {n_items}), found {items[i]} at "
-                              f"candidate {i}", "items")
-    return items
+        raise ValidationError(f"request items must be catalog indices >= 0, found {items[i]} at candidate {i}",
+                              "items")
+    return items.astype(np.int64, copy=False)
+
+
+def check_gamma(value) -> None:
+    """A discount factor in (0, 1]."""
+    ok = (not isinstance(value, bool) and isinstance(value, (int, float)) and bool(np.isfinite(value))
+          and 0.0 < value <= 1.0)
+    if not ok:
+        raise ValidationError(f"gamma must be a number in (0, 1] (1: no discounting), got {value!r}", "gamma")
+
+
+def row_discounts(m: int, gamma: float) -> tuple[np.ndarray, float]:
+    """``(age weights (m,), decay)``: row ``i`` of an m-row update counts ``gamma^(m - 1 - i)``
+    and the statistics before it are multiplied by ``decay = gamma^m``."""
+    if gamma == 1.0:
+        return np.ones(m), 1.0
+    return gamma ** np.arange(m - 1, -1, -1, dtype=float), float(gamma ** m)
 
 
 def with_intercept(context: np.ndarray) -> np.ndarray:
@@ -168,24 +206,76 @@ def grouped_outer(groups: np.ndarray, n_groups: int, weight: np.ndarray, X: np.n
     return out.reshape(n_groups, dx, dy)
 
 
-def ridge_step(A, A_inv, b, X, r, w):
+def ridge_step(A, A_inv, b, X, r, w, *, reg: float = 1.0, gamma: float = 1.0):
     """New ``(A, A_inv, b, theta)`` after adding weighted rows ``X (m, d)``, ``r (m,)``, ``w (m,)``.
 
     Never modifies its inputs; raises the overflow error if a new array is not finite. One row
     uses Sherman-Morrison, more rows re-invert through a Cholesky factor (cheaper and more
-    accurate than m rank-one updates).
+    accurate than m rank-one updates). With ``gamma < 1`` the data part ``A - reg I`` and ``b``
+    decay by ``gamma^m`` and row ``i`` counts ``gamma^(m - 1 - i) w_i`` (module doc).
     """
+    age, decay = row_discounts(len(X), gamma)
     with np.errstate(over="ignore", invalid="ignore"):
-        Xw = X * w[:, None]
+        Xw = X * (w * age)[:, None]
+        if decay != 1.0:
+            prior = reg * np.eye(len(A))
+            A, b = prior + decay * (A - prior), decay * b
         A2 = A + Xw.T @ X
         b2 = b + Xw.T @ r
         if not all_finite(A2, b2):
             raise overflow_error()
-        A_inv2 = sherman_morrison(A_inv, X[0], w[0]) if len(X) == 1 else spd_inverse(A2)
+        A_inv2 = sherman_morrison(A_inv, X[0], w[0]) if len(X) == 1 and decay == 1.0 else spd_inverse(A2)
         theta = A_inv2 @ b2
     if not all_finite(A_inv2, theta):
         raise overflow_error()
     return A2, A_inv2, b2, theta
+
+
+class RewardStats:
+    """The reward scale: ``[sum w, sum w r, sum w r^2, min r, max r, n]`` over the rows learned
+    (``n`` the undiscounted sum of the weights; min and max over the rows of weight > 0, 0
+    while ``n`` is 0), the first three sums discounted like the ridge statistics (``gamma``).
+    Functions of the (6,) array; a new array per update (copy-then-commit, like the model).
+
+    :func:`RewardStats.noise_sd` is the scale every linear policy's exploration is measured in:
+    LinUCB's bonus is ``alpha`` of them, Thompson sampling's posterior ``v`` of them, softmax's
+    temperature ``tau`` of them.
+    """
+
+    SIZE = 6
+    EMPTY = np.zeros(SIZE)
+
+    @staticmethod
+    def step(stats: np.ndarray, r: np.ndarray, w: np.ndarray, gamma: float = 1.0) -> np.ndarray:
+        age, decay = row_discounts(len(r), gamma)
+        we = w * age
+        seen = r[w > 0]
+        lo, hi, n = float(stats[3]), float(stats[4]), float(stats[5])
+        if len(seen):
+            lo, hi = (min(lo, seen.min()), max(hi, seen.max())) if n else (seen.min(), seen.max())
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is refused by the caller
+            return np.array([decay * stats[0] + we.sum(), decay * stats[1] + we @ r, decay * stats[2] + we @ (r * r),
+                             lo, hi, n + w.sum()])
+
+    @staticmethod
+    def spread(stats: np.ndarray) -> float:
+        """The range of the rewards seen (``max - min``); 1 before two different rewards were seen."""
+        width = float(stats[4] - stats[3])
+        return width if stats[5] > 0 and np.isfinite(width) and width > 0 else 1.0
+
+    @staticmethod
+    def noise_sd(stats: np.ndarray, fitted: float, df: float) -> float:
+        """The standard deviation of a reward around the model,
+        ``sqrt((sum w r^2 - fitted + s^2 / 4) / (max(sum w - df, 0) + 1))``: the ridge residual
+        sum of squares (penalty included; ``fitted`` = ``t . c``, the solution times the
+        right-hand side of the normal equations) over the residual degrees of freedom (``df``,
+        the effective number of parameters, ``trace`` of the hat matrix), with one prior row of
+        variance ``(s / 2)^2`` for a reward range ``s`` (the largest variance a reward of that
+        range can have; 0.5 before any data): the prior's before the data, the data's after.
+        A function of the model's statistics, so batch and row-by-row learning agree."""
+        s = RewardStats.spread(stats)
+        rss = max(float(stats[2]) - fitted, 0.0)
+        return float(np.sqrt((rss + s * s / 4.0) / (max(float(stats[0]) - df, 0.0) + 1.0)))
 
 
 def check_state(arrays: dict, shapes: dict[str, tuple], policy: str) -> None:
@@ -200,13 +290,35 @@ def check_state(arrays: dict, shapes: dict[str, tuple], policy: str) -> None:
 
 
 # ---- the shared joint-feature model ---------------------------------------------------------
+def check_ridge(config) -> None:
+    """The knobs every ridge policy's config has: ``reg`` > 0 (the ridge penalty) and ``gamma``
+    in (0, 1] (the per-row discount). Their ``epsilon`` defaults to 0 -- they explore by their
+    own means (an optimism bonus, a posterior draw, a temperature) and the serving floor is the
+    engine's -- except epsilon-greedy's, which is its exploration."""
+    check_number(config.reg, "reg", minimum=0.0, strict=True)
+    check_gamma(config.gamma)
+
+
+_JOINT_VERSION = "u=[1,v,cold]"  # the joint features' layout, in snapshot meta
+
+
+def _legacy_positions(context_dim: int, item_dim: int) -> np.ndarray:
+    """Where each coordinate of the joint features ``[v, vec(v c^T)]`` without intercept or
+    cold flag (snapshots written before them) sits in today's ``[u, vec(u c^T)]``."""
+    d_u = item_dim + ITEM_EXTRA
+    own = 1 + np.arange(item_dim)
+    cross = d_u + (1 + np.arange(item_dim))[:, None] * context_dim + np.arange(context_dim)[None, :]
+    return np.concatenate([own, cross.ravel()])
+
+
 class JointRidgePolicy(Policy):
     """Base of the policies with one ridge model over joint (context, item) features.
 
-    Needs ``context_dim`` and ``item_dim`` from the environment; its config needs ``reg``.
-    Holds ``A``, ``A_inv`` (dim x dim), ``b`` and ``theta`` (dim,) with
-    ``dim = item_dim + context_dim * item_dim``; subclasses implement :meth:`scores` (and
-    :meth:`distribution` when the slate is not epsilon-greedy over the scores).
+    Needs ``context_dim`` and ``item_dim`` from the environment; its config has ``reg`` and
+    ``gamma`` (:func:`check_ridge`). Holds ``A``, ``A_inv`` (dim x dim), ``b`` and ``theta`` (dim,) with
+    ``dim = joint_dim(context_dim, item_dim)``, and the reward scale ``stats``
+    (:class:`RewardStats`); subclasses implement :meth:`scores` (and :meth:`distribution` when
+    the slate is not epsilon-greedy over the scores).
     """
 
     def __init__(self, config, *, context_dim=None, item_dim=None, **env):
@@ -221,25 +333,38 @@ class JointRidgePolicy(Policy):
         self.A_inv = np.eye(self.dim) / config.reg
         self.b = np.zeros(self.dim)
         self.theta = np.zeros(self.dim)
-        self._digest = None
+        self.stats = RewardStats.EMPTY.copy()
+        self._changed()
 
     def features(self, request: Request) -> np.ndarray:
-        return joint_features(check_context(request.context, self.context_dim), request.item_features)
+        V = np.asarray(request.item_features, dtype=float)
+        return joint_features(check_context(request.context, self.context_dim), V,
+                              cold_flags(request.cold, len(V), "cold"))
 
     def mean(self, request: Request) -> np.ndarray:
         """The ridge estimate ``x^T theta`` of every candidate's reward, shape (n,)."""
         return self.features(request) @ self.theta
 
-    def update(self, context: np.ndarray, item_features: np.ndarray, reward: np.ndarray, *,
-               items: np.ndarray | None = None, weight: np.ndarray | None = None) -> None:
-        C, V, r = check_rows(context, item_features, reward, context_dim=self.context_dim, item_dim=self.item_dim)
+    @property
+    def noise_sd(self) -> float:
+        """The standard deviation of a reward around the model (:meth:`RewardStats.noise_sd`;
+        the effective number of parameters is ``dim - reg trace(A^{-1})``), cached per state."""
+        if self._sigma is None:
+            df = self.dim - self.config.reg * float(np.trace(self.A_inv))
+            self._sigma = RewardStats.noise_sd(self.stats, float(self.theta @ self.b), df)
+        return self._sigma
+
+    def learn(self, rows: Rows) -> None:
+        C, V, r = check_rows(rows.context, rows.item_features, rows.reward, context_dim=self.context_dim,
+                             item_dim=self.item_dim)
+        cold = cold_flags(rows.cold, len(r), "cold")
         with np.errstate(over="ignore", invalid="ignore"):  # overflow is refused by update_features
-            X = joint_features(C, V)
-        self.update_features(X, r, weight)
+            X = joint_features(C, V, cold)
+        self.update_features(X, r, rows.weight)
 
     def update_features(self, features: np.ndarray, reward: np.ndarray, weight: np.ndarray | None = None) -> None:
         """Ridge update from rows of joint features ``(m, dim)``, rewards ``(m,)`` and optional
-        importance weights ``(m,)`` (``A += X^T W X``, ``b += X^T W r``)."""
+        importance weights ``(m,)`` (``A += X^T W X``, ``b += X^T W r``, discounted by ``gamma``)."""
         X = np.atleast_2d(np.asarray(features, dtype=float))
         r = np.atleast_1d(np.asarray(reward, dtype=float))
         if X.shape[1] != self.dim or len(X) != len(r):
@@ -253,21 +378,29 @@ class JointRidgePolicy(Policy):
         if len(X) == 0:
             return
         # computed on copies: a failed update keeps serving the old state, never a NaN model
-        self.A, self.A_inv, self.b, self.theta = ridge_step(self.A, self.A_inv, self.b, X, r, w)
+        gamma = self.config.gamma
+        new = ridge_step(self.A, self.A_inv, self.b, X, r, w, reg=self.config.reg, gamma=gamma)
+        stats = RewardStats.step(self.stats, r, w, gamma)
+        if not np.isfinite(stats).all():
+            raise overflow_error()
+        self.A, self.A_inv, self.b, self.theta = new
+        self.stats = stats
         self.n_updates += 1
         self._changed()
 
     def _changed(self) -> None:
         """Called after the state changed (update or restore): drop anything derived from it."""
         self._digest = None
+        self._sigma = None
 
     def state_digest(self) -> bytes:
-        """A hash of the model (``theta`` and ``A^{-1}`` on :func:`~.sampling.seed_grid`, so that
-        the same model learned on another CPU mostly hashes the same), cached until the next change."""
+        """A hash of the model (``theta``, ``A^{-1}`` and the reward scale, on
+        :func:`~.sampling.seed_grid`, so that the same model learned on another CPU mostly hashes
+        the same), cached until the next change."""
         if self._digest is None:
             h = hashlib.blake2b(digest_size=16)
-            h.update(seed_grid(self.theta).tobytes())
-            h.update(seed_grid(self.A_inv).tobytes())
+            for a in (self.theta, self.A_inv, self.stats):
+                h.update(seed_grid(a).tobytes())
             self._digest = h.digest()
         return self._digest
 
@@ -275,21 +408,48 @@ class JointRidgePolicy(Policy):
         """A Monte-Carlo seed that is a function of the model and the request only, so that
         re-scoring a logged decision with the same model reproduces its logged marginals."""
         h = hashlib.blake2b(self.state_digest(), digest_size=16)
-        for a in (np.asarray(request.context, dtype=float), np.asarray(request.items, dtype=np.int64),
-                  np.asarray(request.item_features, dtype=float)):
+        arrays = [np.asarray(request.context, dtype=float), np.asarray(request.items, dtype=np.int64),
+                  np.asarray(request.item_features, dtype=float)]
+        if request.cold is not None:
+            arrays.append(np.asarray(request.cold, dtype=float))
+        for a in arrays:
             h.update(str(a.shape).encode())
             h.update(np.ascontiguousarray(a).tobytes())
         return int.from_bytes(h.digest(), "little")
 
     def state(self):
-        return {"A": self.A, "A_inv": self.A_inv, "b": self.b, "theta": self.theta}, {"dim": self.dim}
+        return ({"A": self.A, "A_inv": self.A_inv, "b": self.b, "theta": self.theta, "stats": self.stats},
+                {"dim": self.dim, "joint": _JOINT_VERSION})
 
     def set_state(self, arrays, meta):
-        if meta.get("dim") != self.dim or set(arrays) != {"A", "A_inv", "b", "theta"}:
-            raise ValidationError(f"snapshot is of a {meta.get('dim')}-dimensional {self.name}, this one has "
-                                  f"{self.dim} dimensions", "snapshot")
+        """Restore :meth:`state`. A snapshot written before the joint features had an intercept
+        and a cold flag (its ``dim`` is ``d_i + d_c d_i``, no ``joint`` in its meta) is embedded:
+        its coordinates keep their statistics, the new ones start at the prior (``reg I``, 0)."""
+        arrays = dict(arrays)
+        if meta.get("joint") is None and "stats" not in arrays:
+            arrays = self._from_legacy(arrays, meta)
+        elif meta.get("joint") != _JOINT_VERSION or meta.get("dim") != self.dim:
+            raise ValidationError(f"snapshot is of a {meta.get('dim')}-dimensional {self.name} with features "
+                                  f"{meta.get('joint')!r}, this one has {self.dim} dimensions and "
+                                  f"{_JOINT_VERSION!r}", "snapshot")
         d = self.dim
-        check_state(arrays, {"A": (d, d), "A_inv": (d, d), "b": (d,), "theta": (d,)}, self.name)
+        check_state(arrays, {"A": (d, d), "A_inv": (d, d), "b": (d,), "theta": (d,), "stats": (RewardStats.SIZE,)},
+                    self.name)
         self.A, self.A_inv, self.b = arrays["A"], arrays["A_inv"], arrays["b"]
-        self.theta = arrays["theta"]
+        self.theta, self.stats = arrays["theta"], np.array(arrays["stats"], dtype=float)
         self._changed()
+
+    def _from_legacy(self, arrays: dict, meta: dict) -> dict:
+        old = self.item_dim + self.context_dim * self.item_dim
+        if meta.get("dim") != old or set(arrays) != {"A", "A_inv", "b", "theta"}:
+            raise ValidationError(f"snapshot is of a {meta.get('dim')}-dimensional {self.name}, this one has "
+                                  f"{self.dim} dimensions ({old} before the intercept)", "snapshot")
+        check_state(arrays, {"A": (old, old), "A_inv": (old, old), "b": (old,), "theta": (old,)}, self.name)
+        pos = _legacy_positions(self.context_dim, self.item_dim)
+        reg, d = self.config.reg, self.dim
+        A, A_inv = np.eye(d) * reg, np.eye(d) / reg
+        A[np.ix_(pos, pos)] = arrays["A"]
+        A_inv[np.ix_(pos, pos)] = arrays["A_inv"]
+        b, theta = np.zeros(d), np.zeros(d)
+        b[pos], theta[pos] = arrays["b"], arrays["theta"]
+        return {"A": A, "A_inv": A_inv, "b": b, "theta": theta, "stats": RewardStats.EMPTY.copy()}

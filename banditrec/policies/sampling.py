@@ -28,6 +28,15 @@ lifts such cells onto exact lower bounds, so an explored item's estimate is neve
 ``sample`` guards the cells it logs against that case. Its standard error is reported by
 :meth:`marginal_se`. Slot 0 needs no prefix, so its marginals are exact.
 
+**Standard errors that are honest for rare cells** (:func:`honest_se`, reported by
+``marginal_se``). The plain standard error of a Monte-Carlo mean is 0 for a cell whose terms
+came out equal on every draw -- typically a rare cell: an item that a 1-in-1,000 posterior
+draw would rank first, unseen in 256 draws. Its true marginal can still be a few ``1 / draws``
+above the estimate. So the stated error is that of the terms with four pseudo-terms added, two
+at each end of the range the cell's terms can take (Agresti and Coull's ``z^2 / 2 = 2``
+pseudo-successes and failures): never below about ``1.4 (hi - lo) / draws``, and within
+``O(1 / draws)`` of the plain one for cells the draws see.
+
 The Monte Carlo stream is seeded from the distribution's own inputs (a hash of the values,
 epsilons and constraints) unless a seed is given, so re-scoring a logged decision with the same
 policy state reproduces the logged marginals bit for bit on one machine. The values are hashed
@@ -47,6 +56,19 @@ from ..errors import ValidationError
 from .slate import EpsilonGreedySlate, SlateSample, rank_slot_marginals, tie_averaged
 
 DEFAULT_DRAWS = 256
+
+
+def honest_se(mean: np.ndarray, sd: np.ndarray, n: int, lo, hi) -> np.ndarray:
+    """Standard error of Monte-Carlo means of ``n`` terms each in ``[lo, hi]`` (broadcast), given
+    their ``mean`` and ``sd`` (ddof=1): the population standard deviation of the terms with two
+    pseudo-terms at ``lo`` and two at ``hi`` added, over ``sqrt(n)`` (module doc). At most
+    ``(hi - lo) / (2 sqrt(n))``, as the spread of values in ``[lo, hi]`` is."""
+    mean, sd = np.asarray(mean, dtype=float), np.asarray(sd, dtype=float)
+    lo, hi = np.broadcast_to(lo, mean.shape), np.broadcast_to(hi, mean.shape)
+    center = (n * mean + 2.0 * (lo + hi)) / (n + 4.0)
+    ss = (max(n - 1, 0) * sd * sd + n * (mean - center) ** 2 + 2.0 * (lo - center) ** 2
+          + 2.0 * (hi - center) ** 2)
+    return np.sqrt(np.maximum(ss, 0.0) / (n + 4.0) / n)
 
 
 SEED_GRID_BITS = 30
@@ -302,7 +324,7 @@ class SequentialSlate:
                 _, _, mean, sd = self._run(rng, self.draws, collect=True)
             if not self.max_per_type and self.n_slots > 1:  # slot 0 is exact already
                 mean[:, 1:] = _lift_onto(mean[:, 1:], self.marginal_bounds()[:, 1:])
-            self._marg, self._se = mean, sd / np.sqrt(self.draws)
+            self._marg, self._se = mean, honest_se(mean, sd, self.draws, 0.0, 1.0)
             self._se[:, 0] = 0.0
             self._marg.setflags(write=False)
         return self._marg
@@ -444,7 +466,11 @@ class SampledRankingSlate:
         if self._marg is None:
             per_draw = self._rank_marginals(self._draws())  # (draws, n, K)
             self._marg = per_draw.mean(axis=0)
-            self._se = per_draw.std(axis=0, ddof=1) / np.sqrt(self.draws)
+            # a cell's term is by_rank[rank, k] for some rank, or an average of tied ranks' terms:
+            # its range is that column's
+            by_rank = rank_slot_marginals(self._n, self.epsilon)
+            self._se = honest_se(self._marg, per_draw.std(axis=0, ddof=1), self.draws, by_rank.min(axis=0),
+                                 by_rank.max(axis=0))
             self._marg.setflags(write=False)
         return self._marg
 
@@ -477,12 +503,14 @@ class SampledRankingSlate:
 
     def conditionals(self, index) -> np.ndarray:
         """Conditional propensities of a slate: ratios of Monte-Carlo joint probabilities
-        ``P(a_0..a_k) / P(a_0..a_{k-1})``, each an average over the posterior draws."""
+        ``P(a_0..a_k) / P(a_0..a_{k-1})``, each an average over the posterior draws; 0 after a
+        prefix no draw reaches (without exploration a slate can have probability 0)."""
         index = np.asarray(index, dtype=np.int64)
         if index.shape != (self.n_slots,):
             raise ValidationError(f"a slate has {self.n_slots} positions, got shape {index.shape}", "index")
         joint = np.cumprod(self._path_probabilities(index), axis=1).mean(axis=0)
-        return joint / np.r_[1.0, joint[:-1]]
+        prefix = np.r_[1.0, joint[:-1]]
+        return np.where(prefix > 0, joint / np.where(prefix > 0, prefix, 1.0), 0.0)
 
     def sample(self, rng: np.random.Generator, marginals: bool = True) -> SlateSample:
         """Draw a slate (a fresh posterior draw from ``rng``) with Monte-Carlo propensities;

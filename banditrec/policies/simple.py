@@ -39,7 +39,8 @@ class Uniform(Policy):
 class Popularity(Policy):
     """Ranks candidates by a fixed popularity count per catalog item, epsilon-mixed.
 
-    ``popularity`` (n_items,) comes from the environment (e.g. past purchase counts).
+    ``popularity`` (n_items,) comes from the environment (e.g. past purchase counts); an item
+    past its end (added to the catalog since) counts 0.
     """
 
     name = "popularity"
@@ -51,4 +52,9 @@ class Popularity(Policy):
         self.popularity = np.asarray(popularity, dtype=float)
 
     def scores(self, request: Request) -> np.ndarray:
-        return self.popularity[request.items]
+        items = np.asarray(request.items)
+        inside = items < len(self.popularity)
+        if inside.all():
+            return self.popularity[items]
+        return np.where(inside, self.popularity[np.where(inside, items, 0)], 0.0) if len(self.popularity) else \
+            np.zeros(len(items))

@@ -1,11 +1,14 @@
 """Linear Thompson sampling (Agrawal & Goyal 2013) on the shared joint-feature ridge model.
 
-The posterior over the joint-feature weights is ``N(theta_hat, v^2 A^{-1})`` with ``A``,
-``theta_hat = A^{-1} b`` the ridge statistics of :class:`~.ridge.JointRidgePolicy`. A served
+The posterior over the joint-feature weights is ``N(theta_hat, v^2 sigma^2 A^{-1})`` with ``A``,
+``theta_hat = A^{-1} b`` the ridge statistics of :class:`~.ridge.JointRidgePolicy` and
+``sigma`` the noise standard deviation estimated from the data
+(:meth:`~.ridge.RewardStats.noise_sd`: the Bayesian linear model's posterior scale), so the
+default ``v = 1`` is the textbook posterior on clicks, purchases or margins alike. A served
 slate ranks the candidates by one fresh posterior sample of their scores and fills each slot
 epsilon-greedily over that ranking (:class:`~.sampling.SampledRankingSlate`).
 
-Posterior draws are vectorised: ``theta = theta_hat + v L g`` with ``g ~ N(0, I)`` and
+Posterior draws are vectorised: ``theta = theta_hat + v sigma L g`` with ``g ~ N(0, I)`` and
 ``L L^T = A^{-1}``, all ``size`` draws as one ``(size, d)`` product, and the candidates' scores
 as ``samples @ X^T``. ``L = R^{-T}`` where ``A = R R^T`` is the Cholesky factorisation of ``A``
 itself (the accumulated statistics, better conditioned than the Sherman-Morrison-updated
@@ -32,20 +35,24 @@ from scipy.linalg import solve_triangular
 
 from ..errors import ValidationError
 from .base import PolicyConfig, Request
-from .ridge import JointRidgePolicy, check_number
+from .ridge import JointRidgePolicy, check_number, check_ridge
 from .sampling import SampledRankingSlate
 
 
 @dataclass(frozen=True)
 class LinTSConfig(PolicyConfig):
+    """``v`` scales the posterior's standard deviation (1: the Bayesian posterior); ``reg``,
+    ``gamma``: :func:`~.ridge.check_ridge`."""
+
     v: float = 1.0
-    epsilon: float = 0.1
+    epsilon: float = 0.0
     reg: float = 1.0
+    gamma: float = 1.0
 
     def __post_init__(self):
         super().__post_init__()
         check_number(self.v, "v", minimum=0.0, strict=True)
-        check_number(self.reg, "reg", minimum=0.0, strict=True)
+        check_ridge(self)
         if self.max_per_type:
             raise ValidationError(f"lints ranks by a posterior draw and has no diversity cap yet; max_per_type "
                                   f"must be 0, got {self.max_per_type!r}", "max_per_type")
@@ -54,9 +61,9 @@ class LinTSConfig(PolicyConfig):
 class LinTS(JointRidgePolicy):
     """Linear Thompson sampling; needs ``context_dim`` and ``item_dim`` from the environment.
 
-    ``v`` scales the posterior (Agrawal & Goyal's v), ``epsilon`` mixes uniform exploration
-    into each slot as for the other policies; ``mc_draws`` posterior draws (environment) estimate
-    the marginals.
+    ``v`` scales the posterior (Agrawal & Goyal's v) in units of the residual standard
+    deviation, ``epsilon`` mixes uniform exploration into each slot as for the other policies;
+    ``mc_draws`` posterior draws (environment) estimate the marginals.
     """
 
     name = "lints"
@@ -77,10 +84,15 @@ class LinTS(JointRidgePolicy):
             self._L = solve_triangular(R, np.eye(self.dim), lower=True).T
         return self._L
 
+    @property
+    def posterior_scale(self) -> float:
+        """``v * sigma``: what multiplies ``L g`` in a posterior draw."""
+        return self.config.v * self.noise_sd
+
     def posterior_samples(self, rng: np.random.Generator, size: int) -> np.ndarray:
-        """``size`` draws of the weights from ``N(theta_hat, v^2 A^{-1})``, shape (size, dim)."""
+        """``size`` draws of the weights from ``N(theta_hat, v^2 sigma^2 A^{-1})``, shape (size, dim)."""
         g = rng.standard_normal((size, self.dim))
-        return self.theta + self.config.v * (g @ self.posterior_factor().T)
+        return self.theta + self.posterior_scale * (g @ self.posterior_factor().T)
 
     def scores(self, request: Request) -> np.ndarray:
         return self.mean(request)
@@ -91,7 +103,7 @@ class LinTS(JointRidgePolicy):
         Bound to the model as it is now: a later update does not change what it draws.
         """
         X = self.features(request)
-        theta, L, v = self.theta, self.posterior_factor(), self.config.v
+        theta, L, v = self.theta, self.posterior_factor(), self.posterior_scale
 
         def draw(rng: np.random.Generator, size: int) -> np.ndarray:
             S = (theta + v * (rng.standard_normal((size, len(theta))) @ L.T)) @ X.T

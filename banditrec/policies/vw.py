@@ -42,8 +42,8 @@ with every item feature. Item lines are cached by the bytes of their feature row
   marginal P(slot k holds a) for k >= 1 is not available from one predict; it is estimated
   by Rao-Blackwellised Monte Carlo over ``draws`` extra predicts (each gives every remaining
   action's exact slot-k probability given its own sampled prefix; the estimate is their
-  average, with :meth:`VWSlate.marginal_se` its standard error, which is at most
-  ``0.5 / sqrt(draws)`` per cell). Cost: ``1 + draws`` ccb predicts per served decision, each
+  average, with :meth:`VWSlate.marginal_se` its standard error, honest for rare cells
+  (:func:`~banditrec.policies.sampling.honest_se`) and at most ``0.5 / sqrt(draws)`` per cell). Cost: ``1 + draws`` ccb predicts per served decision, each
   evaluating ``sum_k (n - k)`` (slot, action) pairs; see ``bench/vw_bench.py``.
 
 **Learning** (``update``). A contextual-bandit label's probability must be the probability
@@ -105,8 +105,8 @@ from vowpalwabbit import Workspace
 from ..errors import ValidationError
 from ..validation import check_positive_int
 from . import snapshot
-from .base import Policy, PolicyConfig, Request
-from .sampling import PlackettLuceSlate, slate_sample
+from .base import Policy, PolicyConfig, Request, Rows
+from .sampling import DEFAULT_DRAWS, PlackettLuceSlate, honest_se, slate_sample
 from .slate import SlateSample
 
 F32_MAX = float(np.finfo(np.float32).max)
@@ -124,7 +124,9 @@ class VWConfig(PolicyConfig):
 
     epsilon : VW's ``--epsilon``: the uniform share of the ``epsilon``, ``bag`` and ``cover``
         explorers, and the probability floor ``epsilon / n`` of ``squarecb`` and ``softmax``.
-    explorer : ``epsilon | squarecb | bag | cover | softmax``.
+    explorer : ``squarecb`` (the default: SquareCB, Foster and Rakhlin 2020, what VW's own
+        contextual-bandit benchmarks favour; ``docs/policies.md`` on choosing it) ``| epsilon
+        | bag | cover | softmax``.
     gamma_scale : ``squarecb``'s ``--gamma_scale``.
     size : the number of policies of ``bag`` (``--bag``) and ``cover`` (``--cover``).
     softmax_lambda : ``softmax``'s ``--lambda`` (inverse temperature).
@@ -135,14 +137,14 @@ class VWConfig(PolicyConfig):
     """
 
     epsilon: float = 0.05
-    explorer: str = "epsilon"
+    explorer: str = "squarecb"
     gamma_scale: float = 10.0
     size: int = 4
     softmax_lambda: float = 1.0
     cb_type: str = "mtr"
     bits: int = 18
     seed: int = 0
-    draws: int = 256
+    draws: int = DEFAULT_DRAWS
 
     def __post_init__(self):
         super().__post_init__()
@@ -159,6 +161,9 @@ class VWConfig(PolicyConfig):
                                   "explorer")
         if self.cb_type not in CB_TYPES:
             raise ValidationError(f"cb_type must be one of {', '.join(CB_TYPES)}, got {self.cb_type!r}", "cb_type")
+        if self.explorer == "squarecb" and self.cb_type != "mtr":
+            raise ValidationError(f"VW's squarecb explorer learns with cb_type mtr only, got cb_type={self.cb_type!r} "
+                                  "(use explorer=epsilon, bag, cover or softmax for another)", "cb_type")
         for name in ("gamma_scale", "softmax_lambda"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
@@ -172,9 +177,9 @@ class VWConfig(PolicyConfig):
 
 @dataclass(frozen=True)
 class VWCCBConfig(VWConfig):
-    """As :class:`VWConfig`; ``draws`` defaults lower, as each draw is one more ccb predict."""
-
-    draws: int = 32
+    """As :class:`VWConfig`. ``draws`` defaults to every Monte-Carlo slate's (``DEFAULT_DRAWS``),
+    the number its logged marginals need to be evaluable, although each draw is one more ccb
+    predict (issue 22 moves them off the request path)."""
 
     def __post_init__(self):
         super().__post_init__()
@@ -499,6 +504,7 @@ class VWContextualBandit(VWPolicy):
     name = "vw-cb"
     Config = VWConfig
     _reduction = "--cb_explore_adf"
+    needs = frozenset({"pscore", "candidates", "chosen"})
 
     def example(self, context: np.ndarray, item_features: np.ndarray, *, label_at: int = -1,
                 label: str = "") -> list[str]:
@@ -532,20 +538,19 @@ class VWContextualBandit(VWPolicy):
         return PlackettLuceSlate(pmf, np.full(n_slots, min_epsilon), draws=self.config.draws,
                                  **self.type_cap(request))
 
-    def update(self, context, item_features, reward, *, items=None, weight=None, pscore=None, candidates=None,
-               chosen=None) -> None:
+    def learn(self, rows: Rows) -> None:
         """One VW ``learn`` per logged row, over that row's whole candidate set.
 
-        context (m, d_c), item_features (m, d_i) of the shown items, reward (m,);
-        pscore (m,) : the row's logged **marginal** P(slot k holds this item | context);
-        candidates : m arrays (n_d, d_i), the candidates presented at the row's decision;
-        chosen (m,) : the shown item's position in its candidates;
-        weight (m,) : importance weights (label probability ``pscore / weight``; see module doc).
-        Everything is checked before the first row is learned.
+        ``rows`` (:class:`~.base.Rows`): context (m, d_c), item_features (m, d_i) of the shown
+        items, reward (m,); pscore (m,) : the row's logged **marginal** P(slot k holds this item
+        | context); candidates : m arrays (n_d, d_i), the candidates presented at the row's
+        decision; chosen (m,) : the shown item's position in its candidates; weight (m,) :
+        importance weights (label probability ``pscore / weight``; see module doc). Everything is
+        checked before the first row is learned.
         """
         X, r, p, w, cands, c = self._check_update(
-            context, item_features, reward, items, weight, pscore, "pscore", candidates, chosen,
-            "the logged marginal probability of each shown item in its slot")
+            rows.context, rows.item_features, rows.reward, rows.items, rows.weight, rows.pscore, "pscore",
+            rows.candidates, rows.chosen, "the logged marginal probability of each shown item in its slot")
         learned = 0
         for i in range(len(r)):
             if w[i] == 0:
@@ -569,7 +574,7 @@ class VWSlate:
     """
 
     def __init__(self, policy: VWConditionalContextualBandit, context: np.ndarray, features: np.ndarray,
-                 n_slots: int, *, min_epsilon: float = 0.0, draws: int = 32, seed: int | None = None):
+                 n_slots: int, *, min_epsilon: float = 0.0, draws: int = DEFAULT_DRAWS, seed: int | None = None):
         self._policy = policy
         self._head = [f"ccb shared {policy._lines.context(context)}",
                       *("ccb action " + a for a in policy._lines.items(features))]
@@ -660,7 +665,7 @@ class VWSlate:
             d = self.draws if self._k > 1 else 1
             mean = total / d
             var = np.maximum(total_sq - d * mean * mean, 0.0) / max(d - 1, 1)
-            self._se = np.sqrt(var / d).T
+            self._se = honest_se(mean, np.sqrt(var), d, 0.0, 1.0).T
             mean[0] = first  # every draw gives slot 0 the same PMF: keep it exact
             self._se[:, 0] = 0.0
             self._marg = mean.T
@@ -696,6 +701,7 @@ class VWConditionalContextualBandit(VWPolicy):
     name = "vw-ccb"
     Config = VWCCBConfig
     _reduction = "--ccb_explore_adf"
+    needs = frozenset({"propensity", "slot", "candidates", "chosen"})
 
     def scores(self, request: Request) -> np.ndarray:
         """VW's slot-0 PMF over the candidates (exact; later slots depend on earlier ones)."""
@@ -716,24 +722,19 @@ class VWConditionalContextualBandit(VWPolicy):
         return [f"ccb shared {self._lines.context(context)}",
                 *("ccb action " + a for a in self._lines.items(item_features)), *slot_lines]
 
-    def update(self, context, item_features, reward, *, items=None, weight=None, propensity=None, candidates=None,
-               chosen=None, slot=None, pscore=None) -> None:
+    def learn(self, rows: Rows) -> None:
         """One VW ``learn`` per logged decision: its whole slate, each slot labelled.
 
         Rows are slots: the rows of one decision are consecutive with ``slot`` 0, 1, ..., K-1
-        and share context and candidates. propensity (m,) : the **conditional** probability of
-        the row's item given the earlier slots (``SlateSample.propensity``, what VW returned);
-        candidates, chosen, weight as for ``vw-cb``. Everything is checked before the first
-        decision is learned.
+        and share context and candidates. ``propensity (m,)``: the **conditional** probability
+        of the row's item given the earlier slots (``SlateSample.propensity``, what VW
+        returned); the marginal ``pscore`` is not read. candidates, chosen, weight as for
+        ``vw-cb``. Everything is checked before the first decision is learned.
         """
-        if pscore is not None:
-            raise ValidationError(
-                "vw-ccb learns each slot over the actions not taken by earlier slots, so its labels need the "
-                "conditional propensity (SlateSample.propensity), not the marginal pscore: pass propensity=",
-                "pscore")
+        slot = rows.slot
         X, r, p, w, cands, c = self._check_update(
-            context, item_features, reward, items, weight, propensity, "propensity", candidates, chosen,
-            "the conditional probability VW gave each shown item given the earlier slots")
+            rows.context, rows.item_features, rows.reward, rows.items, rows.weight, rows.propensity, "propensity",
+            rows.candidates, rows.chosen, "the conditional probability VW gave each shown item given the earlier slots")
         m = len(r)
         if slot is None:
             raise ValidationError("vw-ccb groups rows into slates by slot=(m,) (0, 1, ..., K-1 per decision)", "slot")

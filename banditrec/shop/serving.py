@@ -205,7 +205,7 @@ class ShopWatcher:
 
 class ShopFollower:
     """For the learner (``Learner.refresh``): when the shop directory publishes a new build,
-    the policy rebuilt for it (state kept) and the build's item features."""
+    the policy rebuilt for it (state kept), the build's item features and its items' cold flags."""
 
     def __init__(self, shop: Shop, *, echo=None):
         self.shop = shop
@@ -228,4 +228,4 @@ class ShopFollower:
         self.shop = shop
         if self.echo:
             self.echo(f"learning on shop build {shop.build}")
-        return rebuild_policy(policy, shop), shop.items.features
+        return rebuild_policy(policy, shop), shop.items.features, shop.items.cold
