@@ -83,6 +83,10 @@ MC_ZERO_CELLS_POSSIBLE = {
 }
 
 
+# Thompson samplers whose default explores nothing beyond the posterior draw (epsilon = 0)
+THOMPSON = {"lints", "bernoulli-ts"}
+
+
 def each_policy(test: str):
     """``NAMES`` as pytest params (every registered policy)."""
     return list(NAMES)
@@ -362,7 +366,7 @@ def test_sampled_slates_log_the_probabilities_of_what_was_shown(name, floor):
         if floor == 0 and not (cond > 0).all():
             # no floor and no exploration of its own: a Thompson draw can serve a slate no
             # Monte-Carlo draw reaches; its own path is logged (the positivity guard)
-            assert name == "lints" and (draw.propensity > 0).all()
+            assert name in THOMPSON and (draw.propensity > 0).all()
             continue
         np.testing.assert_array_equal(draw.propensity, cond)
         assert ((draw.propensity > 0) & (draw.propensity <= 1)).all()

@@ -10,6 +10,7 @@ import dataclasses
 from ..errors import ValidationError
 from . import snapshot
 from .base import SENSITIVITY, Policy, PolicyConfig, Request
+from .bernoulli import BernoulliTS
 from .disjoint import DisjointLinUCB
 from .greedy import EpsilonGreedy, Softmax
 from .hybrid import HybridLinUCB
@@ -22,7 +23,7 @@ from .slate import EpsilonGreedySlate, SlateSample, rank_slot_marginals
 REGISTRY: dict[str, type[Policy]] = {
     cls.name: cls
     for cls in (Uniform, Popularity, EpsilonGreedy, Softmax, LinUCB, DisjointLinUCB, HybridLinUCB, LinTS,
-                VWContextualBandit, VWConditionalContextualBandit)
+                BernoulliTS, VWContextualBandit, VWConditionalContextualBandit)
 }
 
 
