@@ -25,7 +25,7 @@ def test_parse_spec():
 @pytest.mark.parametrize(
     "spec, match",
     [
-        ("nope", "unknown policy 'nope'; known: egreedy, hybrid-linucb, lints, linucb, popularity, shared-linucb, softmax, uniform"),
+        ("nope", "unknown policy 'nope'; known: bernoulli-ts, egreedy, hybrid-linucb, lints, linucb, popularity, shared-linucb, softmax, uniform"),
         ("shared-linucb:beta=1", "policy shared-linucb has no parameter beta; it takes: epsilon, explore_from, objective, sensitivity, max_per_type, value, alpha, reg"),
         ("shared-linucb:alpha=fast", "alpha must be a number, got 'fast'"),
         ("shared-linucb:alpha", "must look like key=value"),
