@@ -148,7 +148,8 @@ def make_floor_app():
             log_joint += math.log(prop)
             slots.append((event_id, k, cands[i], int(idx[i]), prop, prop, 0, "request"))
         row = (event_id, time.time(), body["user_id"], "home", "floor", params, "floor-0", n,
-               _json_strings(cands), _index_json(idx), _floats_json(context), math.exp(log_joint), log_joint)
+               _json_strings(cands), _index_json(idx), _floats_json(context), math.exp(log_joint), log_joint,
+               None)  # shop_build: not served from a shop directory
         answer = {"event_id": event_id, "slots": [{"position": s[1], "item_id": s[2], "propensity": s[4]}
                                                   for s in slots]}
         return row, slots, answer
