@@ -167,16 +167,20 @@ def test_decide_reward_learn_reload_end_to_end(start_server, tmp_path, sim_shop_
     c.close()
 
 
-def served_versions(srv) -> dict[str, str]:
-    """pid -> the model version that worker serves, from the per-worker gauge of one scrape."""
-    text = Client(srv).call("GET", "/metrics")[2].decode()
+def per_worker_info(text: str, gauge: str, label: str) -> dict[str, str]:
+    """pid -> ``label`` of the live series of a per-worker info ``gauge`` in a /metrics scrape."""
     out = {}
     for line in text.splitlines():
-        m = re.match(r'^banditrec_model_info\{(.*)\} (\S+)$', line)
+        m = re.match(rf'^{gauge}\{{(.*)\}} (\S+)$', line)
         if m and float(m.group(2)) == 1.0:
             labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
-            out[labels["pid"]] = labels["version"]
+            out[labels["pid"]] = labels[label]
     return out
+
+
+def served_versions(srv) -> dict[str, str]:
+    """pid -> the model version that worker serves, from the per-worker gauge of one scrape."""
+    return per_worker_info(Client(srv).call("GET", "/metrics")[2].decode(), "banditrec_model_info", "version")
 
 
 def wait_for_versions(srv, version: str, seconds: float = 20) -> None:

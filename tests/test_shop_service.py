@@ -23,6 +23,7 @@ from banditrec.cli import main
 from banditrec.service.runner import GunicornServer
 from banditrec.shop import build_shop
 from banditrec.shop.directory import read_pointer
+from test_service_server import per_worker_info
 
 TOKEN = "shop-test-token-0123456789"
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,13 +76,7 @@ def post(srv, path, body, token=TOKEN):
 
 def served_builds(srv) -> set[str]:
     """The shop build each live worker serves, from one scrape of the per-worker gauge."""
-    text = srv.request("GET", "/metrics")[1]
-    found = {}
-    for line in text.splitlines():
-        m = re.match(r'^banditrec_shop_build_info\{(.*)\} (\S+)$', line)
-        if m and float(m.group(2)) == 1.0:
-            labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
-            found[labels["pid"]] = labels["build"]
+    found = per_worker_info(srv.request("GET", "/metrics")[1], "banditrec_shop_build_info", "build")
     return {found.get(str(p)) for p in srv.workers()}
 
 
