@@ -53,9 +53,14 @@ def demo(days, slots, candidates, n_items, customers, seed, policy, targets, out
 
     click.echo(f"banditrec demo: the simulated shop through build, serve, learn and evaluate; seed {seed}")
     sizes = {k: v for k, v in (("n_items", n_items), ("n_customers", customers)) if v is not None}
+    from threadpoolctl import threadpool_limits
+
     try:
-        result = run_shop_demo(days=days, n_slots=slots, n_candidates=candidates, seed=seed, out=out, policy=policy,
-                               targets=tuple(targets), config=DEMO_CONFIG.replace(**sizes), echo=click.echo)
+        # one BLAS thread, as the service's workers run: small products only spin more threads
+        with threadpool_limits(limits=1, user_api="blas"):
+            result = run_shop_demo(days=days, n_slots=slots, n_candidates=candidates, seed=seed, out=out,
+                                   policy=policy, targets=tuple(targets), config=DEMO_CONFIG.replace(**sizes),
+                                   echo=click.echo)
     except BanditRecError as exc:
         raise click.UsageError(str(exc)) from None
     click.echo("")
