@@ -198,6 +198,19 @@ class RegretRow:
         return mean, mean - half, mean + half
 
 
+    def paired(self, baseline: "RegretRow", level: float = 0.95) -> tuple[float, float, float]:
+        """Mean and t interval of this policy's final regret minus ``baseline``'s, seed by seed
+        (both ran on the same customers and candidates per seed, so the worlds' spread cancels)."""
+        if [r.seed for r in self.runs] != [r.seed for r in baseline.runs]:
+            raise ValidationError("paired differences need the same seeds for both policies", "seeds")
+        d = self.finals - baseline.finals
+        mean = float(d.mean())
+        if len(d) < 2:
+            return mean, float("nan"), float("nan")
+        half = float(stats.t.ppf(0.5 + level / 2, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)))
+        return mean, mean - half, mean + half
+
+
 def regret_study(specs, seeds, *, echo: Callable[[str], None] | None = None, jobs: int = 1,
                  **kwargs) -> list[RegretRow]:
     """Every policy over every seed (same seeds for every policy); ``jobs`` worker processes
@@ -251,6 +264,13 @@ def regret_table(rows: list[RegretRow]) -> str:
         reward = np.mean([x.reward for x in r.runs])
         oracle = np.mean([x.oracle for x in r.runs])
         lines.append(f"{r.spec:<{w}}  {mean:>17,.1f}  [{lo:>9,.1f}, {hi:>9,.1f}]  {reward:>{u}.4f}  {oracle:>6.4f}")
+    base = next((r for r in rows if r.spec.split(":")[0] == "egreedy"), None)
+    if base is not None and len(rows) > 1 and len(base.runs) > 1:
+        lines += ["", f"paired difference from {base.spec} (the same seeds; below 0: less regret), 95% CI"]
+        for r in sorted(rows, key=lambda r: r.interval()[0]):
+            if r is not base:
+                d, lo, hi = r.paired(base)
+                lines.append(f"{r.spec:<{w}}  {d:>+17,.1f}  [{lo:>+9,.1f}, {hi:>+9,.1f}]")
     return "\n".join(lines)
 
 

@@ -149,3 +149,21 @@ def test_sensitivity_cli_takes_the_net_column():
     lines = res.output.splitlines()
     assert "net in top 5" in lines[0] and "royalty in top 5" in lines[0]
     assert [line.split()[0] for line in lines[2:]] == ["off", "low", "medium", "high"]
+
+
+def test_paired_differences_from_egreedy_are_the_t_interval_of_per_seed_differences():
+    """The table's paired block: each policy's final regret minus egreedy's, seed by seed, with
+    a t interval computed here by hand (scipy's t quantile, numpy's sd)."""
+    from scipy import stats
+
+    rows = regret_study(["egreedy", "uniform"], [0, 1, 2], shop_config=SMALL, n_decisions=300, n_slots=2,
+                        n_candidates=10, batch=150)
+    eg, uni = rows
+    d = np.array([u.cumulative[-1] - e.cumulative[-1] for u, e in zip(uni.runs, eg.runs)])
+    half = stats.t.ppf(0.975, 2) * d.std(ddof=1) / np.sqrt(3)
+    mean, lo, hi = uni.paired(eg)
+    assert mean == pytest.approx(d.mean(), rel=1e-12) and (lo, hi) == pytest.approx((d.mean() - half, d.mean() + half))
+    table = regret_table(rows)
+    assert "paired difference from egreedy" in table
+    assert f"{d.mean():+,.1f}" in table.split("paired difference", 1)[1]
+    assert "paired difference" not in regret_table([uni])
