@@ -98,7 +98,7 @@ from synthetic_bench import bench_synthetic
 from reward_models_bench import bench_obd, bench_reward_truth
 
 from banditrec.demo import build_engine
-from banditrec.features import joint_features
+from banditrec.features import item_vectors, joint_features
 from banditrec.ope import DR, IPS, SNIPS
 from banditrec.policies import EpsilonGreedySlate, Request, make, rank_slot_marginals
 from banditrec.policies.slate import _rank_slot_marginals_cached
@@ -170,12 +170,12 @@ def bench_decide(cfg: dict, tmp: Path) -> None:
     policy = trained_linucb(gen, CONTEXT_DIM, ITEM_DIM)
     request = Request(context=gen.normal(size=CONTEXT_DIM), items=np.arange(N_CAND),
                       item_features=gen.normal(size=(N_CAND, ITEM_DIM)))
-    X, theta, A_inv, alpha = policy.features(request), policy.theta, policy.A_inv, policy.config.alpha
+    X, theta, A_inv, weight = policy.features(request), policy.theta, policy.A_inv, policy.bonus_weight
 
     def direct():
-        return X @ theta + alpha * np.sqrt(np.einsum("ij,ij->i", X @ A_inv, X))
+        return X @ theta + weight * np.sqrt(np.einsum("ij,ij->i", X @ A_inv, X))
 
-    bare = bare_factored(request.context, request.item_features, A_inv, theta, alpha)
+    bare = bare_factored(request.context, request.item_features, A_inv, theta, weight)
     assert np.allclose(direct(), policy.scores(request)) and np.allclose(bare(), policy.scores(request))
     engine, candidates, context = shop_engine(tmp / "decide.db", 2)
     eng_request = engine.request(np.asarray(context), engine.items.index_of(candidates, "candidates"))
@@ -236,24 +236,26 @@ def bare_scoring(policy, request: Request, gen: np.random.Generator):
     x = np.r_[1.0, c]
     name = policy.name
     if name == "shared-linucb":  # scored without joint features: v'Bv per request (bare_factored)
-        fn = bare_factored(c, request.item_features, policy.A_inv, policy.theta, policy.config.alpha)
+        fn = bare_factored(c, request.item_features, policy.A_inv, policy.theta, policy.bonus_weight)
         check, formula = policy.scores(request), "V@t + alpha*sqrt(rowsum(V@B * V)), B = e'Qe, e = [1, c]"
     elif name == "linucb":
-        A_inv, theta, alpha = policy.A_inv, policy.theta, policy.config.alpha
+        stacks, weight = policy._stacks, policy.config.alpha * policy.noise_sd
+        A_inv, theta = stacks["A_inv"], stacks["theta"]
 
         def fn():
             Px = A_inv[idx] @ x
-            return theta[idx] @ x + alpha * np.sqrt(Px @ x)
-        check, formula = policy.scores(request), "P=A_inv[items]@x; theta[items]@x + alpha*sqrt(P@x)"
+            return theta[idx] @ x + weight * np.sqrt(Px @ x)
+        check, formula = policy.scores(request), "P=A_inv[items]@x; theta[items]@x + w*sqrt(P@x)"
     elif name == "hybrid-linucb":
-        A_inv, B, b, A0_inv, beta, alpha = (policy.A_inv, policy.B, policy.b, policy.A0_inv, policy.beta,
-                                            policy.config.alpha)
+        stacks, weight = policy._stacks, policy.config.alpha * policy.noise_sd
+        A_inv, B, b = stacks["A_inv"], stacks["B"], stacks["b"]
+        A0_inv, beta, xl = policy.A0_inv, policy.beta, policy.local_features(c)
 
         def fn():
-            Px = A_inv[idx] @ x
+            Px = A_inv[idx] @ xl
             E = X - np.einsum("ndk,nd->nk", B[idx], Px)
             mean = E @ beta + np.einsum("nd,nd->n", Px, b[idx])
-            return mean + alpha * np.sqrt(np.einsum("nk,nk->n", E @ A0_inv, E) + Px @ x)
+            return mean + weight * np.sqrt(np.einsum("nk,nk->n", E @ A0_inv, E) + Px @ xl)
         check, formula = policy.scores(request), "Li et al. Alg. 2 score, gathered per item (E = z - B_a^T A_a^-1 x)"
     elif name == "egreedy":
         theta = policy.theta
@@ -262,14 +264,14 @@ def bare_scoring(policy, request: Request, gen: np.random.Generator):
             return X @ theta
         check, formula = policy.scores(request), "X@theta"
     elif name == "softmax":
-        theta, tau = policy.theta, policy.config.tau
+        theta, tau = policy.theta, policy.temperature
 
         def fn():
             s = X @ theta
             return np.exp((s - s.max()) / tau)
         check, formula = policy.weights(request), "w = exp((X@theta - max) / tau)"
     elif name == "lints":
-        theta, L, v, dim = policy.theta, policy.posterior_factor(), policy.config.v, policy.dim
+        theta, L, v, dim = policy.theta, policy.posterior_factor(), policy.posterior_scale, policy.dim
         seed = int(gen.integers(2**32))
 
         def fn(g=np.random.default_rng(seed)):
@@ -282,20 +284,22 @@ def bare_scoring(policy, request: Request, gen: np.random.Generator):
     return fn, formula
 
 
-def bare_factored(context, item_features, A_inv, theta, alpha):
+def bare_factored(context, item_features, A_inv, theta, weight):
     """Shared LinUCB's scores of one request as bare numpy (:class:`common.FactoredScores`), the
-    model's blocks rearranged outside the timed function."""
-    c, V = np.asarray(context, float), np.asarray(item_features, float)
-    scorer, e = FactoredScores(A_inv, theta, alpha, len(c), V.shape[1]), np.r_[1.0, c]
-    return lambda: scorer.scores_e(e, V)
+    model's blocks rearranged outside the timed function; ``weight`` is the policy's bonus
+    weight (alpha times its noise sd), the items' vectors ``u = [1, v, cold]``."""
+    c, U = np.asarray(context, float), item_vectors(np.asarray(item_features, float))
+    scorer, e = FactoredScores(A_inv, theta, weight, len(c), U.shape[1]), np.r_[1.0, c]
+    return lambda: scorer.scores_e(e, U)
 
 
 def bare_features(request: Request):
-    """The joint features ``[v, vec(v x^T)]`` of a request in bare numpy (what (a) is given)."""
+    """The joint features ``[u, vec(u c^T)]``, ``u = [1, v, cold]``, of a request in bare numpy (what (a) is given)."""
     c, V = request.context, request.item_features
 
     def fn():
-        return np.concatenate([V, (V[:, :, None] * c[None, None, :]).reshape(len(V), -1)], axis=1)
+        U = np.concatenate([np.ones((len(V), 1)), V, np.zeros((len(V), 1))], axis=1)  # [1, v, cold]
+        return np.concatenate([U, (U[:, :, None] * c[None, None, :]).reshape(len(V), -1)], axis=1)
     return fn
 
 
@@ -599,7 +603,7 @@ def slot_log(path: Path, n_decisions: int, gen: np.random.Generator) -> None:
     for i, (row, ctx, p) in enumerate(zip(cand.tolist(), contexts, prop.tolist())):
         decisions.append((event_ids[i], float(i), f"u{i % 5000}", "home", "linucb", params, "linucb-1", k,
                           "[" + ", ".join(item_json[c] for c in row) + "]", json.dumps(row), json.dumps(ctx),
-                          math.prod(q[0] for q in p), sum(math.log(q[0]) for q in p)))
+                          math.prod(q[0] for q in p), sum(math.log(q[0]) for q in p), None))  # no shop build
         slots.extend((event_ids[i], j, f"item{row[j]}", row[j], p[j][0], p[j][1], 0, "request") for j in range(k))
     clicked = np.flatnonzero(gen.random(len(slots)) < 0.05).tolist()
     whole = np.flatnonzero(gen.random(n_decisions) < 0.02).tolist()

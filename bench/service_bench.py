@@ -112,6 +112,7 @@ def make_floor_app():
     from banditrec.engine import time_ordered_id
     from banditrec.store import DecisionLog
     from banditrec.store.log import INSERT_DECISION, INSERT_SLOT, _floats_json, _index_json, _json_strings
+    from banditrec.features import item_vectors
     from common import FactoredScores
     from simulator import Shop
 
@@ -121,9 +122,10 @@ def make_floor_app():
     engine = build_engine(shop, SPEC, policy_log, seed=0)
     policy, features, ids = engine.policy, engine.items.features, engine.items.ids
     index = {item: i for i, item in enumerate(ids)}
-    scorer = FactoredScores(policy.A_inv, policy.theta, policy.config.alpha, shop.config.dim, features.shape[1])
+    units = item_vectors(features)  # [1, v, cold] per item (no item of this shop is cold)
+    scorer = FactoredScores(policy.A_inv, policy.theta, policy.bonus_weight, shop.config.dim, units.shape[1])
     probe = engine.request(np.linspace(-1, 1, shop.config.dim), np.arange(N_CAND))
-    assert np.allclose(scorer.scores(probe.context, probe.item_features), policy.scores(probe))
+    assert np.allclose(scorer.scores(probe.context, units[probe.items]), policy.scores(probe))
     epsilon, params = policy.config.epsilon, orjson.dumps({"alpha": policy.config.alpha}).decode()
     # the service's log configuration (banditrec.service.wsgi): schema and foreign keys, an
     # flock between the workers, checkpoints off the write lock; rows go in through its one
@@ -136,7 +138,7 @@ def make_floor_app():
         cands, n = body["candidates"], body["slots"]
         idx = np.fromiter(map(index.__getitem__, cands), np.int64, len(cands))
         context = np.asarray(body["context"], dtype=float)
-        remaining = np.argsort(-scorer.scores(context, features[idx])).tolist()
+        remaining = np.argsort(-scorer.scores(context, units[idx])).tolist()
         explore, draws = gen.random(n) < epsilon, gen.random(n)
         event_id = time_ordered_id()
         slots, log_joint = [], 0.0
