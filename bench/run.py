@@ -789,13 +789,20 @@ def bench_http(cfg: dict, tmp: Path) -> None:
     print_table(*bench_service(seconds=cfg["http_seconds"], rounds=cfg["http_rounds"]))
 
 
+def bench_choices(cfg: dict, tmp: Path) -> None:
+    """Speed choices in the code beside the plain alternative (bench/choices_bench.py)."""
+    import choices_bench
+
+    choices_bench.run(cfg, tmp, slot_log)
+
+
 SECTIONS = {"decide": bench_decide, "marginals": bench_marginals, "log": bench_log, "logread": bench_logread,
             "ope": bench_ope,
             "http": bench_http, "opetruth": bench_ope_truth, "vw": bench_vw, "sim": bench_sim,
             "candidates": bench_candidates, "candeval": bench_candeval, "scale": bench_scale,
             "scale1m": bench_scale1m, "shopbuild": bench_shopbuild, "shopbuild1m": bench_shopbuild1m,
             "dask": bench_dask, "obd": bench_obd, "rewardtruth": bench_reward_truth,
-            "synthetic": bench_synthetic}
+            "synthetic": bench_synthetic, "choices": bench_choices}
 OPT_IN = {"scale1m", "shopbuild1m"}  # sections too long for the default run: only with --only
 
 

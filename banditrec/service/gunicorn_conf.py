@@ -11,30 +11,25 @@ import tempfile
 
 # One BLAS thread per worker: the workers are the parallelism. numpy's OpenBLAS otherwise starts
 # a thread per core in every worker, and on a 2-core machine two workers' BLAS threads spin and
-# wait for each other's time slices (bench: 0.26x of a bare route at p99 26 ms, against
-# ... with one thread; see README). Set before the workers import numpy.
+# wait for each other's time slices (docs/benchmarks.md, "Gunicorn settings"). Set before the
+# workers import numpy.
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 bind = os.environ.get("BANDITREC_BIND", "127.0.0.1:8000")
-# Measured on 2 cores (bench/run.py --only http, one run each on a shared machine): 2 workers x
-# 2 threads 875 decide requests/s, 4 x 1 922, 3 x 2 891 -- within this machine's run-to-run noise,
-# so the smallest footprint stays.
+# Other worker and thread counts served within noise of this on 2 cores, so the smallest
+# footprint stays (docs/benchmarks.md, "Gunicorn settings").
 workers = int(os.environ.get("BANDITREC_WORKERS", "2"))
 worker_class = "gthread"
 threads = int(os.environ.get("BANDITREC_THREADS", "2"))
 # Listening sockets: one shared by the workers (default), or one per worker with SO_REUSEPORT
 # (BANDITREC_REUSE_PORT=1; gunicorn opens them after the fork and the kernel spreads new
 # connections by a hash of their addresses). With the shared socket whichever worker wakes first
-# accepts, and a gthread worker keeps the keep-alive connections it accepted. Measured with
-# bench/service_bench.py (8 connections, 2 cores, bench/run.py --only http, after the decide
-# path was trimmed): for /v1/decide the shared socket spreads the load by itself -- a worker busy
-# with a 1 ms decision is not the one that wakes first -- 0.86-0.90 of a core per worker in 3 of 3
-# runs, 1,652 requests/s (median), p99 12.0 ms; per-worker sockets gave 1,590 requests/s, p99
-# 11.0 ms, and in 1 run of 8 the hash put most connections on one worker (0.42 + 1.02 cores,
-# 1,130 requests/s). For a route that answers in 0.3 ms the shared socket does not spread:
-# the bare route of the benchmark ran at 0.98 + 0.43 cores (~3,900 requests/s), and at 0.86 +
-# 0.87 (~5,300) with per-worker sockets. So per-worker sockets stay opt-in; a worker that dies
+# accepts, and a gthread worker keeps the keep-alive connections it accepted. For /v1/decide the
+# shared socket spreads the load by itself (a worker busy with a decision is not the one that
+# wakes first), while the kernel's hash can put most connections on one worker; only a route
+# that answers far faster spreads better with per-worker sockets (docs/benchmarks.md, "Gunicorn
+# settings"). So per-worker sockets stay opt-in; a worker that dies
 # with them loses the connections in its own accept queue (resets, never a 2xx).
 reuse_port = os.environ.get("BANDITREC_REUSE_PORT", "0") not in ("", "0", "false", "no")
 keepalive = 5

@@ -75,8 +75,9 @@ READ_SLOTS = (
 )
 # A reward is left out when it was flagged late, or (with a window) arrived after the window.
 # Two plans for the same rows: driven from the decisions in range (cost grows with them, for
-# short incremental reads of a long log) or scanning the rewards table (cost grows with it:
-# 2.5x faster when most of the log is read); the reader picks by size (CROSS JOIN fixes the order).
+# short incremental reads of a long log) or scanning the rewards table (cost grows with it: the
+# faster one when most of the log is read, bench choices); the reader picks by size (CROSS JOIN
+# fixes the order).
 _REWARD_FILTER = (
     f"WHERE {_READ_FILTER} AND r.kind = :kind "
     "AND (:include_late OR (r.late = 0 AND (:window IS NULL OR r.ts <= d.ts + :window)))"
@@ -104,8 +105,8 @@ def _number_lists(texts: list[str], dtype) -> tuple[np.ndarray, np.ndarray]:
     """Parse JSON lists of numbers: ``(flat values, offsets (len(texts) + 1,))``.
 
     Fast path: one C-level parse (``np.fromstring``) of all lists joined, instead of one
-    ``json.loads`` per list (4x faster on 6,000,000 candidate indices, 1.7x on contexts;
-    exact: numpy reads decimal text with correct rounding, as Python does). ``np.fromstring``
+    ``json.loads`` per list (faster: bench section ``choices``; exact: numpy reads decimal text
+    with correct rounding, as Python does). ``np.fromstring``
     is lax -- a whitespace-only field reads as 0 (or -1.0), nested lists would flatten -- so
     that path is taken only when every non-empty text starts with ``[`` not followed by
     whitespace (so no ``[ ]``) and ends with ``]``, there is no other bracket, tab or line
@@ -226,7 +227,7 @@ def decision_rows(decision: Decision, policy_params: dict, candidate_index, slot
 
 
 def _json_strings(values) -> str:
-    """``json.dumps(list(values))`` for a sequence of strings, the same text, ~10x faster for
+    """``json.dumps(list(values))`` for a sequence of strings, the same text, faster for
     the usual ids (printable ASCII without quotes or backslashes: nothing to escape, so the
     list is its items joined); anything else goes through ``json.dumps``."""
     values = list(values)
