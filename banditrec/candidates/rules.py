@@ -11,6 +11,7 @@ the dense reference.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -54,13 +55,13 @@ class UserState:
                 raise ValidationError(f"{name} holds item indices outside [0, {n_items})", name)
 
 
-class Rule:
+class Rule(ABC):
     """A business rule. Subclasses define :meth:`banned_among`; :meth:`banned_among_batch`
     answers for many users at once (override it when a vectorized form exists)."""
 
+    @abstractmethod
     def banned_among(self, state: UserState, items: np.ndarray) -> np.ndarray:
         """``(k,)`` bool: whether each of ``items`` (item indices) is banned for ``state``."""
-        raise NotImplementedError
 
     def banned_among_batch(self, states, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
         """``(k,)`` bool: whether ``items[i]`` is banned for ``states[rows[i]]``."""

@@ -23,6 +23,7 @@ docs/evaluation.md for the models compared on the Open Bandit Dataset and the si
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
@@ -88,7 +89,7 @@ def _binary(reward: np.ndarray) -> bool:
     return bool(((reward == 0) | (reward == 1)).all())
 
 
-class RewardModel:
+class RewardModel(ABC):
     """What every reward model provides; subclasses define :meth:`fit` and :meth:`q`.
 
     ``fit(data, rows)`` returns a fitted state (arrays or a fitted estimator);
@@ -100,11 +101,13 @@ class RewardModel:
     name: ClassVar[str] = "model"
     reducible: ClassVar[bool] = False  # its fit is a sum over rows (ridge): partitions reduce it
 
+    @abstractmethod
     def fit(self, data: LoggedBandit, rows: np.ndarray | None = None) -> Any:
-        raise NotImplementedError
+        """The fitted state on ``rows`` of ``data`` (all rows by default)."""
 
+    @abstractmethod
     def q(self, fitted, data: LoggedBandit, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """Predicted rewards of ``items[j]`` in the slot and context of row ``rows[j]``."""
 
     def with_item_features(self, item_features: np.ndarray | None) -> "RewardModel":
         """This model using ``item_features`` (models that use none return themselves)."""

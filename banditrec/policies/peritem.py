@@ -15,6 +15,7 @@ arrays are views of the first ``n_items`` rows.
 from __future__ import annotations
 
 import operator
+from abc import abstractmethod
 
 import numpy as np
 
@@ -109,10 +110,10 @@ class PerItemPolicy(Policy):
             self._sigma = RewardStats.noise_sd(self.stats, fitted, df)
         return self._sigma
 
+    @abstractmethod
     def _fit_terms(self) -> tuple[float, float]:
         """``(t . c, effective number of parameters)`` of the ridge solution (see
         :meth:`~.ridge.RewardStats.noise_sd`); O(n_items) per call, made once per state."""
-        raise NotImplementedError
 
     def _per_item_fit(self) -> tuple[float, float]:
         """``(sum_a b_a^T A_a^{-1} b_a, sum_a (d - reg trace(A_a^{-1})))`` over the learned items
