@@ -699,6 +699,7 @@ def similar(item_id, shop_dir, db, kind, n):
 def recommend(shop_dir, user_id, cart, views, slots, policy, snapshots, fields, seed):
     """Print the carousel the shop would show USER: ids, titles, types, and why each is there."""
     from .errors import BanditRecError
+    from .shop.tables import is_float
     from .shop.tools import recommend as run
 
     try:
@@ -707,20 +708,12 @@ def recommend(shop_dir, user_id, cart, views, slots, policy, snapshots, fields, 
             key, eq, value = pair.partition("=")
             if not eq:
                 raise click.UsageError(f"--context takes FIELD=VALUE, got {pair!r}")
-            context[key] = float(value) if _is_number(value) else value
+            context[key] = float(value) if is_float(value) else value
         rec = run(shop_dir, user_id, cart=list(cart), views=list(views), n_slots=slots, policy=policy,
                   snapshots=snapshots, context=context or None, seed=seed)
     except BanditRecError as exc:
         raise click.UsageError(str(exc)) from None
     click.echo(rec.table())
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 @main.command()

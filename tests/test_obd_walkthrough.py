@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from banditrec.cli import main
@@ -57,7 +58,7 @@ def test_obd_fixture_through_import_build_and_evaluate(tmp_path):
     got = json.loads(res.output)
     # the logging policy's on-policy value: the evaluated half's clicks per round
     half = [r[3] for r in rows[750:]]
-    assert got["logging"]["value"] == np.mean(half)
+    assert got["logging"]["value"] == pytest.approx(np.mean(half), rel=1e-12)
     est = {c["policy"].split(":")[0]: c["estimates"]["IPS"] for c in got["candidates"]}
     # uniform is the logger: IPS reweights by 1 and equals the on-policy mean
     assert abs(est["uniform"]["value"] - np.mean(half)) < 1e-12

@@ -88,7 +88,7 @@ class Table:
                 out[~empty] = np.asarray(values, dtype=float)
             except ValueError:
                 bad = np.zeros(self.n_rows, bool)
-                bad[np.flatnonzero(~empty)] = [not _is_float(v) for v in values]
+                bad[np.flatnonzero(~empty)] = [not is_float(v) for v in values]
                 self._refuse(bad, name, lambda v: f"expected a number, found {v!r}")
             if required:
                 self._refuse(empty, name, lambda v: "a number is required, found an empty cell")
@@ -156,7 +156,8 @@ class Table:
             raise self.error(row, name, message(value))
 
 
-def _is_float(text: str) -> bool:
+def is_float(text: str) -> bool:
+    """Whether ``float(text)`` parses."""
     try:
         float(text)
     except ValueError:
