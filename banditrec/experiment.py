@@ -1,7 +1,7 @@
 """A/B-test statistics: assignment, sample-ratio check, comparisons of arms, power.
 
 Pure array code with no dependence on the simulator, so it serves a real shop's A/B data as
-well as ``simulator.abtest``. Arm ``a`` is the control and arm ``b`` the treatment throughout:
+well as ``studies.abtest``. Arm ``a`` is the control and arm ``b`` the treatment throughout:
 ``diff = metric(b) - metric(a)`` and ``lift = diff / metric(a)``.
 
 The unit of randomisation is the customer, and every comparison treats customers as the

@@ -2,7 +2,7 @@
 
 The default shop (5,000 items in 100 types, 20,000 customers; 5% new items launching on day 0)
 runs a 90-day pre-period; models learn on the first 60 days and are asked about the last 30
-(``simulator/candidate_eval.py`` says exactly what is asked). Not a speed benchmark: quality
+(``studies/candidate_eval.py`` says exactly what is asked). Not a speed benchmark: quality
 against the simulator's true complement graph, with the fitting times beside it.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 
 from simulator import SimConfig
-from simulator.candidate_eval import evaluate_candidates
+from studies.candidate_eval import evaluate_candidates
 
 
 def _metadata(cat):

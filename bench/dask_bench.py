@@ -11,7 +11,7 @@ memory (``VmHWM``) is its own:
   2 workers      estimate_files on the cluster; peak memory per worker (VmHWM of each worker
                  process, read with client.run), and the same before the job (idle worker)
 
-Sweep: ``sweep_specs x sweep_replicates`` small simulator runs (simulator.sweep), in-process vs
+Sweep: ``sweep_specs x sweep_replicates`` small simulator runs (studies.sweep), in-process vs
 on the cluster; the two tables are checked identical. Cluster start-up is shown apart.
 
 Sizes: ``FULL``/``QUICK`` in bench/run.py, or environment variables BANDITREC_BENCH_DASK_ROWS,
@@ -135,7 +135,7 @@ def sweep_case(replicates: int) -> dict:
     sys.path.insert(0, str(ROOT))
     from distributed import Client, LocalCluster
 
-    from simulator.sweep import parse_config, run_sweep
+    from studies.sweep import parse_config, run_sweep
 
     config = parse_config({
         "seed": 0, "replicates": replicates, "days": 5, "slots": 3, "candidates": 15,

@@ -97,7 +97,7 @@ from dask_bench import bench_dask
 from synthetic_bench import bench_synthetic
 from reward_models_bench import bench_obd, bench_reward_truth
 
-from banditrec.demo import build_engine
+from studies.coverage import build_engine
 from banditrec.features import item_vectors, joint_features
 from banditrec.ope import DR, IPS, SNIPS
 from banditrec.policies import EpsilonGreedySlate, Request, make, rank_slot_marginals
@@ -153,7 +153,7 @@ def trained_linucb(gen: np.random.Generator, context_dim: int, item_dim: int, po
 
 
 def shop_engine(db: Path, stream: int):
-    """An engine from banditrec.demo.build_engine on a 2,000-item shop, logging to ``db`` (WAL)."""
+    """An engine from studies.coverage.build_engine on a 2,000-item shop, logging to ``db`` (WAL)."""
     gen = rng(stream)
     shop = Shop(ShopConfig(n_items=N_ITEMS, dim=SHOP_DIM), seed=np.random.SeedSequence(gen.integers(2**32)))
     engine = build_engine(shop, SPEC, DecisionLog(db), seed=np.random.SeedSequence(gen.integers(2**32)),

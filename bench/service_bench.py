@@ -78,7 +78,7 @@ def make_service_app():
     workers, serving an engine of the small simulated shop (``Shop(seed=0)``, requests with their
     own numeric context and candidates), so that every row of this section measures the same
     model as the floor app."""
-    from banditrec.demo import build_engine, policy_env
+    from studies.coverage import build_engine, policy_env
     from banditrec.service import create_app
     from banditrec.service.config import ServiceConfig
     from banditrec.store import DecisionLog
@@ -108,7 +108,7 @@ def make_floor_app():
     import orjson
     from flask import Flask, request
 
-    from banditrec.demo import build_engine
+    from studies.coverage import build_engine
     from banditrec.engine import time_ordered_id
     from banditrec.store import DecisionLog
     from banditrec.store.log import INSERT_DECISION, INSERT_SLOT, _floats_json, _index_json, _json_strings
@@ -299,7 +299,7 @@ def log_ceiling(shop, bodies: list[dict], tmp: Path, n: int = 10_000) -> float:
     per transaction with two ``executemany`` calls, as ``write_decisions`` does, into a log with
     the serving configuration (WAL, background checkpoints). Process CPU time, so the
     checkpoint thread is counted. No HTTP, no JSON, no scoring: a ceiling for the batch route."""
-    from banditrec.demo import build_engine
+    from studies.coverage import build_engine
     from banditrec.engine import time_ordered_id
     from banditrec.store import DecisionLog
     from banditrec.store.log import INSERT_DECISION, INSERT_SLOT, decision_rows

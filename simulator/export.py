@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import DEVICES
-from .run import DAY_S, _event_times
+from .history import DAY_S, event_times
 
 KINDS = ("view", "cart", "purchase")
 
@@ -59,7 +59,7 @@ def export_shop(env, events, directory) -> ExportedShop:
                         "true" if env.stock.available[j] else "false", created,
                         *(repr(v) for v in latent[j].tolist())])
     interactions = out / "interactions.csv"
-    ts = _event_times(events, base_s)
+    ts = event_times(events, base_s)
     with open(interactions, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["user_id", "item_id", "event_type", "timestamp", "session_id"])

@@ -17,6 +17,8 @@ import scipy.sparse as sp
 
 from banditrec.errors import ValidationError
 
+DAY_S = 86_400.0
+
 VIEW, CART, PURCHASE = 0, 1, 2
 KIND_NAMES = {"view": VIEW, "cart": CART, "purchase": PURCHASE}
 
@@ -92,3 +94,8 @@ class History:
         a, b = np.concatenate(firsts), np.concatenate(laters)
         keep = a != b
         return a[keep], b[keep]
+
+
+def event_times(h, base_s: float) -> np.ndarray:
+    """``base_s + day x DAY_S`` plus a millisecond per event: their order survives a sort by time."""
+    return base_s + h.day * DAY_S + np.arange(len(h)) * 1e-3

@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import settings
 import pytest
 
-from banditrec.demo import build_engine
+from studies.coverage import build_engine
 from banditrec.store import DecisionLog
 from simulator import Shop, ShopConfig
 

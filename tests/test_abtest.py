@@ -1,4 +1,4 @@
-"""A/B simulation (simulator.abtest) and ``banditrec abtest``.
+"""A/B simulation (studies.abtest) and ``banditrec abtest``.
 
 References: the shop's own day-by-day KPIs (an independent account of every visit, order,
 click and margin) against the per-customer totals the test analyses; the assignment hash;
@@ -17,7 +17,7 @@ from banditrec.errors import ValidationError
 from simulator import SimConfig
 from banditrec.features import joint_features
 from banditrec.policies import make
-from simulator.abtest import (AAStudy, MetricRow, Pooled, _LoggedDay, _warm_start, aa_table, analyse, load_config,
+from studies.abtest import (AAStudy, MetricRow, Pooled, _LoggedDay, _warm_start, aa_table, analyse, load_config,
                               metric_table, over_time_table, parse_arm, parse_arms, pool_seeds, run_abtest,
                               write_report)
 from simulator.carousel import Response
@@ -181,7 +181,7 @@ def test_burn_in_runs_a_carousel_before_day_0(monkeypatch):
     """With a burn-in the pre-period's last days show carousels, so customers arrive on day 0
     having bought more; the test itself is still days 0..N-1; and every arm is trained on every
     slot of that log (what the training does is test_warm_start_is_the_ridge_fit_of_the_logged_slots)."""
-    import simulator.abtest as ab
+    import studies.abtest as ab
 
     calls, real = [], ab._warm_start
 
@@ -324,7 +324,7 @@ def test_the_documented_mild_study_config_is_what_the_docs_say():
     catalog with SimConfig's default gateway effect, lambda 3, 5 seeds, no burn-in."""
     from pathlib import Path
 
-    from simulator.abtest import SCENARIOS
+    from studies.abtest import SCENARIOS
 
     config, opts = load_config(Path(__file__).resolve().parent.parent / "docs" / "abtest-mild.toml")
     gateway = SCENARIOS["gateway"]

@@ -8,18 +8,21 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = sorted([*ROOT.glob("banditrec/**/*.py"), *ROOT.glob("simulator/**/*.py")])
-# the wiring layer: the only modules of banditrec allowed to drive the simulator
-WIRING = {"banditrec/demo.py", "banditrec/shopdemo.py", "banditrec/cli.py", "banditrec/regret.py"}
-STUDIES = {"simulator", "banditrec.demo", "banditrec.shopdemo", "banditrec.regret", "banditrec.cli"}
+PACKAGES = ("banditrec", "simulator", "studies")
+SOURCES = sorted(p for pkg in PACKAGES for p in ROOT.glob(f"{pkg}/**/*.py"))
+# what the simulator may use of the library: its records, errors and argument checks
+SIMULATOR_MAY_USE = {"banditrec.errors", "banditrec.validation", "banditrec.types"}
 
 
-def imports(path: Path) -> set[str]:
-    """Absolute names of every module ``path`` imports (relative imports resolved)."""
+def imports(path: Path, *, top_level_only: bool = False) -> set[str]:
+    """Absolute names of every module ``path`` imports (relative imports resolved); with
+    ``top_level_only``, only the imports that run when the module is imported."""
     rel = path.relative_to(ROOT).with_suffix("")
     package = list(rel.parts[:-1])
+    tree = ast.parse(path.read_text())
+    nodes = _module_level(tree) if top_level_only else ast.walk(tree)
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in nodes:
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -28,6 +31,18 @@ def imports(path: Path) -> set[str]:
             found.add(module)
             found.update(f"{module}.{alias.name}" for alias in node.names)
     return found
+
+
+def _module_level(tree: ast.Module):
+    """Statements run at import: the module body and the bodies of its if/try blocks."""
+    todo = list(tree.body)
+    while todo:
+        node = todo.pop()
+        yield node
+        if isinstance(node, (ast.If, ast.Try)):
+            todo.extend([*node.body, *node.orelse, *getattr(node, "handlers", []), *getattr(node, "finalbody", [])])
+        elif isinstance(node, ast.ExceptHandler):
+            todo.extend(node.body)
 
 
 def rel(path: Path) -> str:
@@ -43,23 +58,80 @@ def under(prefix: str) -> list[Path]:
     return [p for p in SOURCES if rel(p).startswith(prefix)]
 
 
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
 def test_sources_were_found():
-    assert len(SOURCES) > 20 and "banditrec/engine.py" in {rel(p) for p in SOURCES}
+    names = {rel(p) for p in SOURCES}
+    assert len(SOURCES) > 20 and {"banditrec/engine.py", "simulator/shop.py", "studies/regret.py"} <= names
 
 
-def test_only_the_wiring_layer_of_banditrec_imports_the_simulator():
-    core = [p for p in under("banditrec/") if rel(p) not in WIRING]
-    assert offenders(core, {"simulator"}) == []
+def test_the_library_imports_neither_the_simulator_nor_the_studies():
+    """banditrec serves, learns and evaluates a shop from its files alone (docs/data-formats.md)."""
+    assert offenders(under("banditrec/"), {"simulator", "studies"}) == []
 
 
-@pytest.mark.parametrize("prefix", ["banditrec/service/", "banditrec/shop/", "banditrec/engine.py",
-                                    "banditrec/learner.py", "banditrec/candidates/", "banditrec/policies/",
-                                    "banditrec/store/", "banditrec/evaluate.py"])
-def test_serving_learning_and_evaluation_never_import_the_simulator_or_a_study(prefix):
-    """A shop serves, learns and evaluates from its shop directory alone (docs/data-formats.md)."""
-    paths = under(prefix)
-    assert paths, prefix
-    assert offenders(paths, STUDIES) == []
+def test_the_simulator_uses_only_the_libraries_records_and_never_a_study():
+    names = {name for p in under("simulator/") for name in imports(p)}
+    used = {n for n in names if n == "banditrec" or n.startswith("banditrec.")}
+    assert {n for n in used if not any(n == a or n.startswith(a + ".") for a in SIMULATOR_MAY_USE)} == set()
+    assert offenders(under("simulator/"), {"studies"}) == []
+
+
+def test_every_study_command_is_registered_for_the_banditrec_command():
+    """The library finds the studies' commands through entry points, never by importing them."""
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    registered = {line.split("=")[0].strip() for line in cfg["options.entry_points"]["banditrec.commands"].splitlines()
+                  if line.strip()}
+    tree = ast.parse((ROOT / "studies/cli.py").read_text())
+    commands = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)
+                and any("command" in ast.unparse(d) for d in node.decorator_list)}
+    assert commands and registered == commands
+
+
+def test_the_import_graph_has_no_cycle():
+    """Module-level imports between the three packages form a DAG (an import inside a function
+    runs later and cannot deadlock an import)."""
+    modules = {module_name(p): p for p in SOURCES}
+    graph = {}
+    for name, path in modules.items():
+        targets = set()
+        for imported in imports(path, top_level_only=True):
+            while imported and imported not in modules:
+                imported = imported.rpartition(".")[0]
+            # a module importing its own package's __init__ (or the reverse) is Python's normal layout
+            if imported and imported != name and not name.startswith(imported + "."):
+                targets.add(imported)
+        graph[name] = targets
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(node, stack):
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycles.append(" -> ".join([*stack[stack.index(nxt):], nxt]))
+            elif nxt not in state:
+                visit(nxt, [*stack, nxt])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    assert cycles == []
+
+
+@pytest.mark.parametrize("inner", ["banditrec/types.py", "banditrec/candidates/", "banditrec/policies/",
+                                   "banditrec/store/", "banditrec/ope/"])
+def test_arrows_point_inward(inner):
+    """The flow candidates -> policies -> engine -> store -> evaluation -> service: the inner
+    layers never import the serving engine, the service or the command line."""
+    assert offenders(under(inner), {"banditrec.engine", "banditrec.service", "banditrec.cli"}) == []
 
 
 def test_simulator_never_imports_the_service():

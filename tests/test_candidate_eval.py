@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 from banditrec.cli import main
 from simulator import SimConfig
-from simulator.candidate_eval import distinct_types, evaluate_candidates, hit_rates
-from simulator.run import simulate
+from studies.candidate_eval import distinct_types, evaluate_candidates, hit_rates
+from studies.simulate import simulate
 
 SMALL = SimConfig(n_customers=8000, n_items=2000, n_types=50, new_item_share=0.05)
 

@@ -28,10 +28,10 @@ from banditrec.ope.estimators import DR, ESTIMATORS, IPS, SNIPS, Moments, OPEWar
 from banditrec.store import DecisionLog
 from banditrec.store.partitioned import (PartitionError, concat_decisions, export_partitioned, open_dataset,
                                          partition_decisions, read_partition)
-from simulator.sweep import parse_config, run_one, run_sweep
+from studies.sweep import parse_config, run_one, run_sweep
 from banditrec.types import LoggedBandit, Reward
 from simulator import SimConfig
-from simulator.run import simulate
+from studies.simulate import simulate
 
 TOL = 1e-9
 MERGEABLE = [name for name, cls in ESTIMATORS.items() if cls.mergeable]

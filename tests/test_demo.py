@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from banditrec.cli import main
-from banditrec.shopdemo import run_shop_demo
+from studies.demo import run_shop_demo
 from conftest import SMALL
 from simulator import SimConfig
 
@@ -79,7 +79,7 @@ def test_cli_demo_bad_policy_is_a_usage_error(tmp_path):
 
 
 def test_coverage_study_counts_and_standardised_errors():
-    from banditrec.demo import coverage_study, coverage_table
+    from studies.coverage import coverage_study, coverage_table
 
     rows = coverage_study(seeds=range(3), n_decisions=300, n_slots=3, n_candidates=15, batch=150,
                           targets=("uniform",), shop_config=SMALL, echo=None)

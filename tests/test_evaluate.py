@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from banditrec.cli import main
-from banditrec.demo import _run
+from studies.coverage import _run
 from banditrec.errors import ValidationError
 from banditrec.evaluate import evaluate_log
 from banditrec.policies import Request, make

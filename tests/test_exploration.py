@@ -305,7 +305,7 @@ def test_on_a_scenario_where_exploration_matters_the_hybrid_beats_epsilon_greedy
     own uncertainty) ends with less regret than epsilon-greedy on every seed, by at least 10%
     (measured: 267-298 against 322-412 on seeds 0-3), and both learn: less regret than
     uniform. Common random numbers: the same shop, customers and candidates per seed."""
-    from banditrec.regret import regret_run
+    from studies.regret import regret_run
 
     kw = dict(scenario="sparse", shop_config=SMALL, n_decisions=3000, n_candidates=20, batch=250)
     for seed in range(3):

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from banditrec.cli import main
-from banditrec.regret import regret_run, regret_study, regret_table
+from studies.regret import regret_run, regret_study, regret_table
 from simulator import Shop
 from tests.conftest import SMALL
 
@@ -53,7 +53,7 @@ def test_study_table_and_cli(tmp_path):
 
 
 def test_sensitivity_table_trades_relevance_for_the_business_column():
-    from banditrec.regret import sensitivity_study, sensitivity_table
+    from studies.regret import sensitivity_study, sensitivity_table
 
     rows = sensitivity_study("shared-linucb:alpha=1.0,epsilon=0.1", "price", shop_config=SMALL, n_train=1500,
                              n_test=600, k=3, n_candidates=15, batch=250)
@@ -111,7 +111,7 @@ def test_adding_the_royalty_left_every_other_number_of_the_shop_unchanged():
 
 def test_policy_env_publishes_price_royalty_and_net(small_shop):
     from banditrec.candidates import ItemItemCF
-    from banditrec.demo import policy_env
+    from studies.coverage import policy_env
 
     columns = policy_env(small_shop, ItemItemCF(n_neighbors=10).fit(small_shop.history))["item_columns"]
     assert set(columns) == {"price", "royalty", "net"}
@@ -126,7 +126,7 @@ def test_sensitivity_on_net_raises_what_the_shop_keeps_and_reports_the_royalty_p
     """With fixed learned scores, raising the weight w of a linear blend can only swap an item
     of the greedy top k for one with a higher objective value, so the top k's total of net =
     price - royalty is non-decreasing in the sensitivity, request by request and so on average."""
-    from banditrec.regret import sensitivity_study, sensitivity_table
+    from studies.regret import sensitivity_study, sensitivity_table
 
     rows = sensitivity_study("shared-linucb:alpha=1.0,epsilon=0.1", "net", shop_config=SMALL, seed=1, n_train=1500,
                              n_test=600, k=3, n_candidates=15, batch=250)

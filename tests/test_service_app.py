@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pytest
 
-from banditrec.demo import policy_env
+from studies.coverage import policy_env
 from banditrec.learner import Learner
 from banditrec.policies import make
 from banditrec.service import ServiceConfig, create_app

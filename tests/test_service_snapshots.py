@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from banditrec.demo import policy_env
+from studies.coverage import policy_env
 from banditrec.errors import ValidationError
 from banditrec.learner import Learner
 from banditrec.policies import load, make, snapshot

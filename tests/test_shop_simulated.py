@@ -12,7 +12,7 @@ from banditrec.cli import main
 from banditrec.shop import Shop
 from simulator import SimConfig
 from simulator.environment import Environment
-from simulator.run import DAY_S, ShopCandidates, history_interactions
+from studies.simulate import DAY_S, ShopCandidates, history_interactions
 
 
 @pytest.mark.parametrize("seed", [3, 8])

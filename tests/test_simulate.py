@@ -12,7 +12,7 @@ from banditrec.cli import main
 from banditrec.errors import ValidationError
 from banditrec.store import DecisionLog
 from simulator import SimConfig
-from simulator.run import simulate
+from studies.simulate import simulate
 
 TINY = SimConfig(n_items=300, n_types=15, n_categories=3, n_customers=1500, history_days=10)
 
@@ -102,7 +102,7 @@ def test_true_values_pair_policies_on_each_seed():
     """Long-term value by simulation: pairing on a seed removes the world's variation, so the
     paired standard error of a difference is smaller than the unpaired one; and a learning
     policy's customers are worth more than a uniform policy's on every seed."""
-    from simulator.run import paired_difference, true_values
+    from studies.simulate import paired_difference, true_values
 
     specs = ["uniform", "shared-linucb:alpha=0.5,epsilon=0.05"]
     values = true_values(specs, TINY.replace(n_customers=1000), days=6, seeds=range(4), n_slots=4,

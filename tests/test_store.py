@@ -14,7 +14,7 @@ import sqlite_utils
 from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
-from banditrec.demo import build_engine
+from studies.coverage import build_engine
 from banditrec.errors import ConflictError, NotFoundError, ValidationError
 from banditrec.store import DecisionLog
 from banditrec.store.log import INSERT_DECISION, INSERT_SLOT, decision_rows

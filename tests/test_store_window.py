@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from banditrec.demo import build_engine
+from studies.coverage import build_engine
 from banditrec.errors import ConflictError, ValidationError
 from banditrec.service import create_app
 from banditrec.store import DecisionLog

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from banditrec.demo import evaluate_against_truth, simulate
+from studies.coverage import evaluate_against_truth, simulate
 from banditrec.features import joint_features
 from banditrec.store import DecisionLog
 from conftest import make_engine

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from scipy.stats import norm
 
 from banditrec.cli import main
-from banditrec.demo import _run
+from studies.coverage import _run
 from banditrec.errors import ValidationError
 from banditrec.evaluate import (PolicyEvaluation, _decisions, _item_features, candidate_env, candidate_policy,
                                 evaluate_log, verdict)

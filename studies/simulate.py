@@ -26,10 +26,10 @@ from banditrec.store import DecisionLog
 from banditrec.types import Reward
 from banditrec.validation import as_seed_sequence, check_positive_int
 
-from .config import SimConfig
-from .environment import DayKPIs, Environment
+from simulator.config import SimConfig
+from simulator.environment import DayKPIs, Environment
+from simulator.history import DAY_S, event_times
 
-DAY_S = 86_400.0
 REWARD_KINDS = ("click", "purchase", "margin")
 
 
@@ -160,14 +160,9 @@ def item_attrs(cat) -> list[dict]:
     return [{"title": cat.title[j], **{k: v[j] for k, v in lists.items()}} for j in range(cat.n_items)]
 
 
-def _event_times(h, base_s: float) -> np.ndarray:
-    """``base_s + day x DAY_S`` plus a millisecond per event: their order survives a sort by time."""
-    return base_s + h.day * DAY_S + np.arange(len(h)) * 1e-3
-
-
 def history_interactions(h, base_s: float = 0.0) -> Interactions:
-    """The shop's recorded events as Interactions (times from :func:`_event_times`)."""
-    return Interactions.from_arrays(h.customer, h.item, _event_times(h, base_s), h.kind, session=h.session,
+    """The shop's recorded events as Interactions (times from :func:`event_times`)."""
+    return Interactions.from_arrays(h.customer, h.item, event_times(h, base_s), h.kind, session=h.session,
                                     n_users=h.n_customers, n_items=h.n_items)
 
 
@@ -175,7 +170,7 @@ def _write_events(log: DecisionLog, h, base_s: float) -> Interactions:
     """Write the shop's recorded events to the log; return them as Interactions (log clock)."""
     kinds = np.array(["view", "cart", "purchase"], dtype=object)[h.kind]
     log.write_events([f"u{c}" for c in h.customer.tolist()], [f"i{j}" for j in h.item.tolist()], kinds.tolist(),
-                     _event_times(h, base_s).tolist())
+                     event_times(h, base_s).tolist())
     return history_interactions(h, base_s)
 
 

@@ -32,13 +32,13 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from .candidates import ItemItemCF
-from .demo import policy_env
-from .errors import ValidationError
-from .offline import learning_inputs, uses_marginals
-from .policies import REGISTRY, Request, make, parse_spec
-from .policies.base import DEFAULT_FLOOR
-from .store import LoggedDecisions
+from banditrec.candidates import ItemItemCF
+from studies.coverage import policy_env
+from banditrec.errors import ValidationError
+from banditrec.offline import learning_inputs, uses_marginals
+from banditrec.policies import REGISTRY, Request, make, parse_spec
+from banditrec.policies.base import DEFAULT_FLOOR
+from banditrec.store import LoggedDecisions
 from simulator import Shop, ShopConfig
 from simulator.scenarios import scenario as get_scenario
 
@@ -317,7 +317,7 @@ def sensitivity_study(spec: str, objective: str = "price", *, seed: int = 0, sho
     clicks, sampled once from the click model on every candidate (the same for every
     sensitivity); metrics follow Personalize's definitions (``banditrec.ope.ranking``).
 
-    ``objective`` is one of the shop's item columns (:func:`banditrec.demo.policy_env`):
+    ``objective`` is one of the shop's item columns (:func:`studies.coverage.policy_env`):
     ``price``, ``royalty`` (the royalty paid per sale) or ``net`` = price - royalty, what the
     shop keeps per sale; the blend maximises it. Each row's metrics hold, beside Personalize's,
     ``COLUMN_in_top_k`` for *every* item column: its total over the k items recommended, mean
@@ -327,8 +327,8 @@ def sensitivity_study(spec: str, objective: str = "price", *, seed: int = 0, sho
     rises (greedy top k of a linear blend: raising its weight can only replace an item of the
     top k by one with a higher column value), request by request.
     """
-    from .ope import ranking_metrics
-    from .policies import SENSITIVITY
+    from banditrec.ope import ranking_metrics
+    from banditrec.policies import SENSITIVITY
 
     config = shop_config or ShopConfig()
     world, traffic_seq, click_seq, policy_seq, test_seq, rel_seq = np.random.SeedSequence(seed).spawn(6)

@@ -26,8 +26,8 @@ from banditrec.candidates import (AlreadyBought, CandidateGenerator, ComplementM
                                   ItemItemCF, OutOfStock, UserState, pair_signals)
 from banditrec.candidates.signals import DAY_S, ordered_pairs
 
-from .config import SimConfig
-from .environment import Environment
+from simulator.config import SimConfig
+from simulator.environment import Environment
 
 KS = (1, 3, 10)
 

@@ -2,7 +2,7 @@
 with its propensities, and off-policy estimates checked against the simulator's exact truth,
 in process. ``banditrec coverage`` repeats it over many seeds; tests, benchmarks and notebooks
 use its engine. (``banditrec demo`` runs the full path through a shop directory:
-:mod:`banditrec.shopdemo`.)
+:mod:`studies.demo`.)
 
 This module is wiring: it drives the simulator (tests/test_architecture.py holds the line).
 """
@@ -17,16 +17,16 @@ import numpy as np
 
 from simulator import Shop, ShopConfig
 
-from .candidates import ItemItemCF
-from .engine import Engine, ItemTable
-from .errors import ValidationError
-from .ope import IPS, SNIPS, OPEWarning
-from .offline import target_pscore
-from .policies import make
-from .policies.base import DEFAULT_FLOOR
-from .service import create_app
-from .store import DecisionLog
-from .types import Estimate
+from banditrec.candidates import ItemItemCF
+from banditrec.engine import Engine, ItemTable
+from banditrec.errors import ValidationError
+from banditrec.ope import IPS, SNIPS, OPEWarning
+from banditrec.offline import target_pscore
+from banditrec.policies import make
+from banditrec.policies.base import DEFAULT_FLOOR
+from banditrec.service import create_app
+from banditrec.store import DecisionLog
+from banditrec.types import Estimate
 
 
 def build_engine(shop: Shop, policy_spec: str, log: DecisionLog, *, seed=None, n_candidates: int = 30,

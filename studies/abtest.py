@@ -41,12 +41,12 @@ from banditrec.policies import parse_spec
 from banditrec.store import DecisionLog, LoggedDecisions
 from banditrec.validation import as_seed_sequence, check_positive_int
 
-from .carousel import Response
-from .config import SimConfig, read_toml
-from .environment import Environment
-from .history import PURCHASE
-from .scenarios import SCENARIOS as EXPLORATION_SCENARIOS
-from .run import (DAY_S, REWARD_KINDS, ShopCandidates, _post_rewards, _progress, decide_requests,
+from simulator.carousel import Response
+from simulator.config import SimConfig, read_toml
+from simulator.environment import Environment
+from simulator.history import PURCHASE
+from simulator.scenarios import SCENARIOS as EXPLORATION_SCENARIOS
+from studies.simulate import (DAY_S, REWARD_KINDS, ShopCandidates, _post_rewards, _progress, decide_requests,
                   history_interactions)
 
 ARM_KEYS = ("name", "learn", "lambda", "weight")

@@ -25,7 +25,7 @@ A sweep file is TOML::
 Seeds: ``SeedSequence(seed).spawn(replicates)`` gives replicate ``r`` its stream; with
 ``common_random_numbers`` every run of replicate ``r`` gets that stream, so policies are
 compared on the same customers, catalog and draws (paired differences, as
-:func:`simulator.run.true_values`); without, ``SeedSequence(seed).spawn(n_runs)`` gives every run
+:func:`studies.simulate.true_values`); without, ``SeedSequence(seed).spawn(n_runs)`` gives every run
 its own. A run's numbers depend only on its spec and its stream, never on where or in which
 order it ran: the same sweep in-process and on a cluster gives the same table.
 """
@@ -41,7 +41,7 @@ import numpy as np
 
 from banditrec.errors import ValidationError
 
-from .config import read_toml
+from simulator.config import read_toml
 
 _TOP_KEYS = {"seed", "replicates", "days", "slots", "candidates", "common_random_numbers", "simulator", "policy"}
 _POLICY_KEYS = {"name", "params", "grid"}
@@ -108,7 +108,7 @@ def _spec(name: str, params: dict) -> str:
 
 def parse_config(data: dict, source: str = "sweep config") -> SweepConfig:
     """A sweep from the TOML file's contents (the module docstring describes the keys)."""
-    from .config import SimConfig
+    from simulator.config import SimConfig
 
     from banditrec.policies import make
 
@@ -167,7 +167,7 @@ def load_config(path) -> SweepConfig:
 
 def run_one(run: SweepRun, shared: dict) -> RunResult:
     """One simulator run (a Dask task, or called in-process)."""
-    from .run import simulate
+    from studies.simulate import simulate
 
     r = simulate(shared["simulator"], run.spec, shared["days"], seed=run.seed, n_slots=shared["slots"],
                  n_candidates=shared["candidates"])

@@ -12,7 +12,7 @@
 5. **evaluate**: ``banditrec evaluate --shop`` estimates other policies from the log alone, and
    each estimate is printed beside the exact value the simulator computes for it.
 
-This module drives the simulator (it is wiring, like :mod:`banditrec.demo`).
+This module drives the simulator (it is wiring, like :mod:`studies.coverage`).
 """
 
 from __future__ import annotations
@@ -27,16 +27,16 @@ import numpy as np
 from simulator import SimConfig
 from simulator.environment import Environment
 from simulator.export import export_shop
-from simulator.run import DAY_S
+from simulator.history import DAY_S
 
-from .errors import ValidationError
-from .evaluate import Evaluation, evaluate_log
-from .learner import Learner
-from .offline import target_pscore
-from .service.config import ServiceConfig
-from .service.shopapp import create_shop_app
-from .shop import BuildConfig, Shop, build_shop
-from .store import DecisionLog
+from banditrec.errors import ValidationError
+from banditrec.evaluate import Evaluation, evaluate_log
+from banditrec.learner import Learner
+from banditrec.offline import target_pscore
+from banditrec.service.config import ServiceConfig
+from banditrec.service.shopapp import create_shop_app
+from banditrec.shop import BuildConfig, Shop, build_shop
+from banditrec.store import DecisionLog
 
 DEMO_CONFIG = SimConfig(n_items=2_000, n_types=50, n_customers=6_000, history_days=30)
 REWARD_WINDOW_S = 3600.0  # a carousel's clicks and purchases come within the hour
