@@ -5,6 +5,8 @@ Never edit an applied migration: add a new one.
 
 from __future__ import annotations
 
+import warnings
+
 from sqlite_utils import Migrations
 
 migrations = Migrations("banditrec.log")
@@ -103,3 +105,23 @@ def _late_events_models_items(db):
 def _shop_build(db):
     """Which shop-directory build served each decision (NULL: not served from a shop directory)."""
     db.executescript("ALTER TABLE decisions ADD COLUMN shop_build TEXT NULL;")
+
+
+# Registry names before 0004: "linucb" was the per-item model and "shared-linucb" the shared one.
+RENAMED_POLICIES = {"linucb": "disjoint-linucb", "shared-linucb": "linucb"}
+
+
+@migrations(name="0004_policy_names")
+def _policy_names(db):
+    """Policy names say what each policy is: the per-item LinUCB is ``disjoint-linucb`` and the
+    shared model ``linucb``. Rows logged under the old names are renamed, with a warning."""
+    case = "CASE policy " + " ".join(f"WHEN '{old}' THEN '{new}'" for old, new in RENAMED_POLICIES.items()) + " END"
+    where = "policy IN (" + ", ".join(f"'{old}'" for old in RENAMED_POLICIES) + ")"
+    renamed = 0
+    for table in ("decisions", "model_versions"):
+        renamed += db.execute(f"SELECT count(*) FROM {table} WHERE {where}").fetchone()[0]
+        db.execute(f"UPDATE {table} SET policy = {case} WHERE {where}")
+    if renamed:
+        warnings.warn(f"{renamed} logged rows renamed their policy to the current names "
+                      f"({', '.join(f'{o} -> {n}' for o, n in RENAMED_POLICIES.items())})",
+                      DeprecationWarning, stacklevel=2)
