@@ -38,7 +38,7 @@ from .errors import ValidationError
 from .offline import learning_inputs, uses_marginals
 from .policies import REGISTRY, Request, make, parse_spec
 from .policies.base import DEFAULT_FLOOR
-from .store import LoggedDecisions
+from .types import LoggedDecisions
 from simulator import Shop, ShopConfig
 from simulator.scenarios import scenario as get_scenario
 

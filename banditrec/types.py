@@ -197,3 +197,75 @@ class LoggedBandit:
     @property
     def n_decisions(self) -> int:
         return self._n_decisions
+
+
+@dataclass(frozen=True)
+class LoggedDecisions:
+    """Logged decisions in row order, with what a policy needs to re-score them.
+
+    ``context (D, d_c)``, ``candidates`` a list of D int arrays (catalog indices),
+    ``seq (D,)`` the decisions' log sequence numbers, ``event_id`` a list of D strings,
+    ``decision_reward (D,)`` the whole-decision rewards of the kind asked for (posted without a
+    position; the default where none, or where the only one is late), and per logged slot
+    ``row_decision (n,)`` (index into the D decisions, non-decreasing), ``row_slot (n,)``,
+    ``row_action (n,)``, ``row_pscore (n,)`` the logged marginal, ``row_reward (n,)`` with the
+    default filled in the same way. Pinned slots (shown by rule, propensity 1) are left out,
+    and ``row_slot`` is the policy's slot: the carousel position minus the decision's pinned
+    slots, which always come first. ``n_slots (D,)``: the slots each decision's policy filled
+    (its carousel less the pinned ones), also where only some were logged (an imported log
+    that observed one position per round); None: as many as it has rows.
+    """
+
+    event_id: list
+    seq: np.ndarray
+    context: np.ndarray
+    candidates: list
+    row_decision: np.ndarray
+    row_slot: np.ndarray
+    row_action: np.ndarray
+    row_pscore: np.ndarray
+    row_reward: np.ndarray
+    decision_reward: np.ndarray
+    row_propensity: np.ndarray | None = None  # (n,) the conditional P(item | earlier slots)
+    n_slots: np.ndarray | None = None
+
+    @property
+    def n_decisions(self) -> int:
+        return len(self.event_id)
+
+    def slots_per_decision(self) -> np.ndarray:
+        """(D,) how many slots each decision's policy filled (see ``n_slots``)."""
+        if self.n_slots is not None:
+            return self.n_slots
+        return np.bincount(self.row_decision, minlength=self.n_decisions)
+
+    def logged_bandit(self, n_actions: int, n_slots: int, *, with_context: bool = False) -> LoggedBandit:
+        """The rows as estimator input; ``with_context`` adds each row's decision context
+        (what a reward model fitted on the log needs)."""
+        return LoggedBandit(
+            reward=self.row_reward,
+            action=self.row_action,
+            slot=self.row_slot,
+            pscore=self.row_pscore,
+            decision=self.row_decision,
+            context=self.context[self.row_decision] if with_context else None,
+            n_actions=n_actions,
+            n_slots=n_slots,
+        )
+
+
+@dataclass(frozen=True)
+class LoggedEvents:
+    """Interaction events in log order: ``seq (n,)`` int64, ``ts (n,)`` float, and object
+    arrays ``user_id``, ``item_id``, ``kind`` (view, cart or purchase) and ``event_id`` (the
+    decision an event is attributed to, or None)."""
+
+    seq: np.ndarray
+    ts: np.ndarray
+    user_id: np.ndarray
+    item_id: np.ndarray
+    kind: np.ndarray
+    event_id: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.seq)

@@ -38,7 +38,8 @@ from banditrec.errors import ValidationError
 from banditrec.longterm import estimate_item_values
 from banditrec.offline import train_from_log
 from banditrec.policies import parse_spec
-from banditrec.store import DecisionLog, LoggedDecisions
+from banditrec.store import DecisionLog
+from banditrec.types import LoggedDecisions
 from banditrec.validation import as_seed_sequence, check_positive_int
 
 from .carousel import Response
