@@ -22,7 +22,7 @@ from .policies import Policy, Request
 from .policies.base import DEFAULT_FLOOR
 from .policies.slate import sample_slates
 from .store import DecisionLog
-from .store.log import LoggedParams
+from .store.codecs import LoggedParams
 from .types import Decision, Reward, Slot
 from .validation import as_seed_sequence, check_positive_int
 

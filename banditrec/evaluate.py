@@ -33,8 +33,8 @@ from .offline import target_pscore, train_from_log
 from .ope import ESTIMATORS, IPS, Estimate, OPEWarning
 from .ope.reward_model import DEFAULT_REWARD_MODEL, Folds, RewardModel, decision_folds, make_reward_model
 from .policies import make
-from .store import DecisionLog, LoggedDecisions
-from .types import LoggedBandit
+from .store import DecisionLog
+from .types import LoggedBandit, LoggedDecisions
 
 DEFAULT_ESTIMATORS = ("IPS", "SNIPS", "DR", "SNDR")
 MAX_ONE_HOT_ITEMS = 200  # without item features in the log, items are one-hot up to this many

@@ -14,7 +14,7 @@ import numpy as np
 
 from .errors import ValidationError
 from .policies import Policy, Request
-from .store import LoggedDecisions
+from .types import LoggedDecisions
 
 
 def replay_marginals(

@@ -197,3 +197,157 @@ class LoggedBandit:
     @property
     def n_decisions(self) -> int:
         return self._n_decisions
+
+
+@dataclass(frozen=True)
+class LoggedDecisions:
+    """Logged decisions in row order, with what a policy needs to re-score them.
+
+    ``context (D, d_c)``, ``candidates`` a list of D int arrays (catalog indices),
+    ``seq (D,)`` the decisions' log sequence numbers, ``event_id`` a list of D strings,
+    ``decision_reward (D,)`` the whole-decision rewards of the kind asked for (posted without a
+    position; the default where none, or where the only one is late), and per logged slot
+    ``row_decision (n,)`` (index into the D decisions, non-decreasing), ``row_slot (n,)``,
+    ``row_action (n,)``, ``row_pscore (n,)`` the logged marginal, ``row_reward (n,)`` with the
+    default filled in the same way. Pinned slots (shown by rule, propensity 1) are left out,
+    and ``row_slot`` is the policy's slot: the carousel position minus the decision's pinned
+    slots, which always come first. ``n_slots (D,)``: the slots each decision's policy filled
+    (its carousel less the pinned ones), also where only some were logged (an imported log
+    that observed one position per round); None: as many as it has rows.
+    """
+
+    event_id: list
+    seq: np.ndarray
+    context: np.ndarray
+    candidates: list
+    row_decision: np.ndarray
+    row_slot: np.ndarray
+    row_action: np.ndarray
+    row_pscore: np.ndarray
+    row_reward: np.ndarray
+    decision_reward: np.ndarray
+    row_propensity: np.ndarray | None = None  # (n,) the conditional P(item | earlier slots)
+    n_slots: np.ndarray | None = None
+
+    @property
+    def n_decisions(self) -> int:
+        return len(self.event_id)
+
+    def slots_per_decision(self) -> np.ndarray:
+        """(D,) how many slots each decision's policy filled (see ``n_slots``)."""
+        if self.n_slots is not None:
+            return self.n_slots
+        return np.bincount(self.row_decision, minlength=self.n_decisions)
+
+    def logged_bandit(self, n_actions: int, n_slots: int, *, with_context: bool = False) -> LoggedBandit:
+        """The rows as estimator input; ``with_context`` adds each row's decision context
+        (what a reward model fitted on the log needs)."""
+        return LoggedBandit(
+            reward=self.row_reward,
+            action=self.row_action,
+            slot=self.row_slot,
+            pscore=self.row_pscore,
+            decision=self.row_decision,
+            context=self.context[self.row_decision] if with_context else None,
+            n_actions=n_actions,
+            n_slots=n_slots,
+        )
+
+    def take(self, lo: int, hi: int) -> LoggedDecisions:
+        """Decisions ``lo <= d < hi`` (in row order) with their slot rows, ``row_decision``
+        renumbered from 0."""
+        if not 0 <= lo <= hi <= self.n_decisions:
+            raise ValidationError(f"take needs 0 <= lo <= hi <= {self.n_decisions}, got {lo}, {hi}", "lo")
+        rows = slice(*np.searchsorted(self.row_decision, [lo, hi]).tolist())
+        return self._pick(slice(lo, hi), rows, self.row_decision[rows] - lo)
+
+    def between(self, after_seq: int, until_seq: int | None = None) -> LoggedDecisions:
+        """The decisions with ``after_seq < seq <= until_seq`` (no upper bound when None), as
+        :meth:`DecisionLog.decisions <banditrec.store.log.DecisionLog.decisions>` selects them."""
+        keep = self.seq > after_seq
+        if until_seq is not None:
+            keep &= self.seq <= until_seq
+        rows = keep[self.row_decision]
+        return self._pick(np.flatnonzero(keep), rows, (np.cumsum(keep) - 1)[self.row_decision[rows]])
+
+    def _pick(self, decisions: slice | np.ndarray, rows: slice | np.ndarray,
+              row_decision: np.ndarray) -> LoggedDecisions:
+        """The ``decisions`` (a slice or increasing indices), their ``rows`` and renumbered ``row_decision``."""
+        if isinstance(decisions, slice):
+            listed = lambda values: values[decisions]  # noqa: E731
+        else:
+            listed = lambda values: [values[d] for d in decisions.tolist()]  # noqa: E731
+        return LoggedDecisions(
+            event_id=listed(self.event_id), seq=self.seq[decisions], context=self.context[decisions],
+            candidates=listed(self.candidates), row_decision=row_decision, row_slot=self.row_slot[rows],
+            row_action=self.row_action[rows], row_pscore=self.row_pscore[rows], row_reward=self.row_reward[rows],
+            decision_reward=self.decision_reward[decisions],
+            row_propensity=None if self.row_propensity is None else self.row_propensity[rows],
+            n_slots=None if self.n_slots is None else self.n_slots[decisions],
+        )
+
+    @classmethod
+    def concat(cls, parts: list[LoggedDecisions]) -> LoggedDecisions:
+        """Several records (in log order) as one. ``row_propensity`` is kept when every part has
+        it; ``n_slots`` when any part has it (the others' from their rows)."""
+        parts = list(parts)
+        if not parts:
+            raise ValidationError("concat needs at least one part", "parts")
+        offsets = np.cumsum([0] + [p.n_decisions for p in parts[:-1]]).tolist()
+        cat = lambda name: np.concatenate([getattr(p, name) for p in parts])  # noqa: E731
+        return cls(
+            event_id=[e for p in parts for e in p.event_id], seq=cat("seq"), context=cat("context"),
+            candidates=[c for p in parts for c in p.candidates],
+            row_decision=np.concatenate([p.row_decision + o for p, o in zip(parts, offsets)]),
+            row_slot=cat("row_slot"), row_action=cat("row_action"), row_pscore=cat("row_pscore"),
+            row_reward=cat("row_reward"), decision_reward=cat("decision_reward"),
+            row_propensity=None if any(p.row_propensity is None for p in parts) else cat("row_propensity"),
+            n_slots=None if all(p.n_slots is None for p in parts) else np.concatenate(
+                [p.slots_per_decision() for p in parts]),
+        )
+
+    @classmethod
+    def from_slates(cls, context: np.ndarray, candidates: list, slates: np.ndarray, *, marginal, propensity,
+                    reward, event_id: list | None = None, seq: np.ndarray | None = None,
+                    decision_reward: np.ndarray | None = None) -> LoggedDecisions:
+        """Decisions that each filled all K slots: decision ``i`` showed ``slates[i, k]``
+        (catalog index, one of ``candidates[i]``) in slot ``k``. ``marginal``, ``propensity``
+        and ``reward`` hold one value per slot, ``(D, K)`` or flat in row order. Defaults:
+        ``event_id`` ``"0", "1", ...``, ``seq`` ``1..D``, ``decision_reward`` 0."""
+        slates = np.asarray(slates)
+        if slates.ndim != 2:
+            raise ValidationError(f"slates must have shape (D, K), got {slates.shape}", "slates")
+        m, k = slates.shape
+        row_pscore, row_propensity = np.ravel(marginal), np.ravel(propensity)
+        row_reward = np.ravel(reward).astype(float)
+        for name, values in (("marginal", row_pscore), ("propensity", row_propensity), ("reward", row_reward)):
+            if values.shape != (m * k,):
+                raise ValidationError(f"{name} must hold one value per slot, {m} x {k}, got {values.size}", name)
+        if len(candidates) != m or len(context) != m:
+            raise ValidationError(f"{m} slates need as many contexts and candidate lists, got {len(context)} and "
+                                  f"{len(candidates)}", "candidates")
+        return cls(
+            event_id=[str(i) for i in range(m)] if event_id is None else list(event_id),
+            seq=np.arange(1, m + 1) if seq is None else np.asarray(seq), context=context,
+            candidates=list(candidates), row_decision=np.repeat(np.arange(m), k), row_slot=np.tile(np.arange(k), m),
+            row_action=slates.ravel(), row_pscore=row_pscore, row_reward=row_reward,
+            decision_reward=np.zeros(m) if decision_reward is None else np.asarray(decision_reward, dtype=float),
+            row_propensity=row_propensity,
+        )
+
+
+@dataclass(frozen=True)
+class LoggedEvents:
+    """Interaction events in log order: ``seq (n,)`` int64, ``ts (n,)`` float, and object
+    arrays ``user_id``, ``item_id``, ``kind`` (view, cart or purchase) and ``event_id`` (the
+    decision an event is attributed to, or None)."""
+
+    seq: np.ndarray
+    ts: np.ndarray
+    user_id: np.ndarray
+    item_id: np.ndarray
+    kind: np.ndarray
+    event_id: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.seq)

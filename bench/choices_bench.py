@@ -6,7 +6,7 @@ comments name the choice; the figures live in docs/benchmarks.md next to this co
 
 (a) the reward read of a whole log: scanning the rewards table (``READ_REWARDS_SCAN``) against
     driving it from the decisions in range (``READ_REWARDS``);
-(b) parsing the log's JSON lists of candidates and contexts: ``_number_lists`` (one C-level
+(b) parsing the log's JSON lists of candidates and contexts: ``number_lists`` (one C-level
     parse) against ``json.loads`` per list;
 (c) the per-row sums of a target's action distribution: ``np.einsum("iak->ik")`` against
     ``dist.sum(axis=1)``;
@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 from scipy import special, stats
 
-from banditrec.store.log import READ_REWARDS, READ_REWARDS_SCAN, _number_lists, read_params
+from banditrec.store.codecs import number_lists, read_params
+from banditrec.store.reader import READ_REWARDS, READ_REWARDS_SCAN
 from common import compare, ratio, rng, table, us
 
 
@@ -42,7 +43,7 @@ def run(cfg: dict, tmp: Path, slot_log) -> None:
         return np.concatenate([np.array(json.loads(t), dtype=dtype) for t in texts])
 
     for texts, dtype in ((cand, np.int64), (ctx, float)):
-        assert np.array_equal(_number_lists(texts, dtype)[0], loads(texts, dtype))
+        assert np.array_equal(number_lists(texts, dtype)[0], loads(texts, dtype))
     gen = rng(31)
     dist = gen.dirichlet(np.ones(80), size=(20_000, 3)).transpose(0, 2, 1)  # (rows, actions, slots)
     assert np.allclose(np.einsum("iak->ik", dist), dist.sum(axis=1))
@@ -57,9 +58,9 @@ def run(cfg: dict, tmp: Path, slot_log) -> None:
     reps = max(3, cfg["logread_reps"])
     groups = [
         ("(a) rewards of the whole log", {"scan": scan, "driven": driven}, f"{conn_rows:,} rewards of {n_dec:,} decisions"),
-        ("(b) candidate lists", {"fast": lambda: _number_lists(cand, np.int64), "loads": lambda: loads(cand, np.int64)},
+        ("(b) candidate lists", {"fast": lambda: number_lists(cand, np.int64), "loads": lambda: loads(cand, np.int64)},
          f"{sum(len(t) for t in cand) // 1_000:,} kB of JSON"),
-        ("(b) contexts", {"fast": lambda: _number_lists(ctx, float), "loads": lambda: loads(ctx, float)},
+        ("(b) contexts", {"fast": lambda: number_lists(ctx, float), "loads": lambda: loads(ctx, float)},
          f"{len(ctx):,} lists"),
         ("(c) per-row sums", {"einsum": lambda: np.einsum("iak->ik", dist), "sum": lambda: dist.sum(axis=1)},
          "(20,000, 80, 3) floats"),

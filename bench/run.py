@@ -103,8 +103,9 @@ from banditrec.ope import DR, IPS, SNIPS
 from banditrec.policies import EpsilonGreedySlate, Request, make, rank_slot_marginals
 from banditrec.policies.slate import _rank_slot_marginals_cached
 from banditrec.store import DecisionLog
-from banditrec.store.log import (INSERT_DECISION, INSERT_SLOT, READ_DECISIONS, READ_REWARDS_SCAN, READ_SLOTS,
-                                 decision_rows, read_params)
+from banditrec.store.codecs import decision_rows, read_params
+from banditrec.store.reader import READ_DECISIONS, READ_REWARDS_SCAN, READ_SLOTS
+from banditrec.store.writer import INSERT_DECISION, INSERT_SLOT
 from banditrec.types import Decision, LoggedBandit, Slot
 from simulator import Shop, ShopConfig
 

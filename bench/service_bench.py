@@ -111,7 +111,8 @@ def make_floor_app():
     from studies.coverage import build_engine
     from banditrec.engine import time_ordered_id
     from banditrec.store import DecisionLog
-    from banditrec.store.log import INSERT_DECISION, INSERT_SLOT, _floats_json, _index_json, _json_strings
+    from banditrec.store.codecs import floats_json, index_json, json_strings
+    from banditrec.store.writer import INSERT_DECISION, INSERT_SLOT
     from banditrec.features import item_vectors
     from common import FactoredScores
     from simulator import Shop
@@ -150,7 +151,7 @@ def make_floor_app():
             log_joint += math.log(prop)
             slots.append((event_id, k, cands[i], int(idx[i]), prop, prop, 0, "request"))
         row = (event_id, time.time(), body["user_id"], "home", "floor", params, "floor-0", n,
-               _json_strings(cands), _index_json(idx), _floats_json(context), math.exp(log_joint), log_joint,
+               json_strings(cands), index_json(idx), floats_json(context), math.exp(log_joint), log_joint,
                None)  # shop_build: not served from a shop directory
         answer = {"event_id": event_id, "slots": [{"position": s[1], "item_id": s[2], "propensity": s[4]}
                                                   for s in slots]}
@@ -302,7 +303,8 @@ def log_ceiling(shop, bodies: list[dict], tmp: Path, n: int = 10_000) -> float:
     from studies.coverage import build_engine
     from banditrec.engine import time_ordered_id
     from banditrec.store import DecisionLog
-    from banditrec.store.log import INSERT_DECISION, INSERT_SLOT, decision_rows
+    from banditrec.store.codecs import decision_rows
+    from banditrec.store.writer import INSERT_DECISION, INSERT_SLOT
 
     log = DecisionLog(tmp / "ceiling.db", reward_window_s=3600, process_lock=True, checkpoint_interval_s=0.05)
     try:

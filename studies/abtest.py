@@ -38,7 +38,8 @@ from banditrec.errors import ValidationError
 from banditrec.longterm import estimate_item_values
 from banditrec.offline import train_from_log
 from banditrec.policies import parse_spec
-from banditrec.store import DecisionLog, LoggedDecisions
+from banditrec.store import DecisionLog
+from banditrec.types import LoggedDecisions
 from banditrec.validation import as_seed_sequence, check_positive_int
 
 from simulator.carousel import Response
@@ -325,13 +326,10 @@ class _LoggedDay:
         marginals are) and conditional ``1 / (n - slot)`` for ``n`` candidates."""
         m, k = self.slates.shape
         n = (self.candidates >= 0).sum(axis=1)
-        rows, slot = np.repeat(np.arange(m), k), np.tile(np.arange(k), m)
-        return LoggedDecisions(
-            event_id=[""] * m, seq=np.arange(m), context=self.context,
-            candidates=[c[c >= 0] for c in self.candidates], row_decision=rows, row_slot=slot,
-            row_action=self.slates.ravel(), row_pscore=(1.0 / n)[rows],
-            row_reward=getattr(self.out, kind).ravel().astype(float), decision_reward=np.zeros(m),
-            row_propensity=1.0 / (n[rows] - slot))
+        return LoggedDecisions.from_slates(
+            self.context, [c[c >= 0] for c in self.candidates], self.slates, marginal=np.repeat(1.0 / n, k),
+            propensity=1.0 / (n[:, None] - np.arange(k)), reward=getattr(self.out, kind), event_id=[""] * m,
+            seq=np.arange(m))
 
 
 def _burn_in(env: Environment, events, days: int, n_slots: int, n_candidates: int, refit_days: int,

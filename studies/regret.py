@@ -38,7 +38,7 @@ from banditrec.errors import ValidationError
 from banditrec.offline import learning_inputs, uses_marginals
 from banditrec.policies import REGISTRY, Request, make, parse_spec
 from banditrec.policies.base import DEFAULT_FLOOR
-from banditrec.store import LoggedDecisions
+from banditrec.types import LoggedDecisions
 from simulator import Shop, ShopConfig
 from simulator.scenarios import scenario as get_scenario
 
@@ -166,14 +166,8 @@ def serve_and_learn(policy, shop: Shop, cf: ItemItemCF, req, *, n_slots: int, n_
 def learn(policy, context, cand_lists, slates, clicked, marg_rows, cond_rows, features, cold=None) -> None:
     """Update ``policy`` on one batch of served slates through the engine's own learning path;
     ``cold (size * K,)``: each shown item's cold flag when it was shown."""
-    size, n_slots = slates.shape
-    logged = LoggedDecisions(
-        event_id=[str(i) for i in range(size)], seq=np.arange(1, size + 1), context=context,
-        candidates=cand_lists, row_decision=np.repeat(np.arange(size), n_slots),
-        row_slot=np.tile(np.arange(n_slots), size), row_action=slates.ravel(),
-        row_pscore=np.concatenate(marg_rows), row_reward=clicked.ravel().astype(float),
-        decision_reward=np.zeros(size), row_propensity=np.concatenate(cond_rows),
-    )
+    logged = LoggedDecisions.from_slates(context, cand_lists, slates, marginal=marg_rows, propensity=cond_rows,
+                                         reward=clicked)
     inputs = learning_inputs(policy, logged, features)
     if cold is not None:
         inputs["cold"] = cold

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from banditrec.errors import ValidationError
 from banditrec.store import DecisionLog
-from banditrec.store.log import _json_strings
+from banditrec.store.codecs import json_strings
 from conftest import make_engine
 
 CTX = [0.1, -0.2, 0.3, 0.4]
@@ -250,7 +250,7 @@ def test_a_serving_log_checkpoints_the_wal_from_its_own_thread(small_shop, tmp_p
     import os
     import time
 
-    from banditrec.store.log import CHECKPOINT_BACKSTOP_PAGES
+    from banditrec.store.writer import CHECKPOINT_BACKSTOP_PAGES
 
     path = tmp_path / "log.db"
     log = DecisionLog(path, checkpoint_interval_s=0.02)
@@ -277,5 +277,5 @@ def test_the_logged_candidate_list_is_exactly_what_json_dumps_writes(ids):
     """The log writes candidate ids with a join when nothing needs escaping; the text must be
     json.dumps's, character for character, for any strings (quotes, backslashes, control
     characters, non-ASCII fall back to json.dumps)."""
-    assert _json_strings(tuple(ids)) == json.dumps(ids)
-    assert json.loads(_json_strings(ids)) == ids
+    assert json_strings(tuple(ids)) == json.dumps(ids)
+    assert json.loads(json_strings(ids)) == ids

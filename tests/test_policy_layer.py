@@ -179,7 +179,7 @@ def test_fully_pinned_decisions_learn_nothing_and_do_not_stop_learning(small_sho
 
 
 def test_a_pinned_slot_after_a_policy_slot_is_refused():
-    from banditrec.store.log import decision_rows
+    from banditrec.store.codecs import decision_rows
     from banditrec.types import Decision, Slot
 
     slots = (Slot(0, "a", 0.5, 0.5, "cf"), Slot(1, "b", 1.0, 1.0, "pinned"))

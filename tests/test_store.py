@@ -17,8 +17,9 @@ from hypothesis.extra import numpy as hnp
 from studies.coverage import build_engine
 from banditrec.errors import ConflictError, NotFoundError, ValidationError
 from banditrec.store import DecisionLog
-from banditrec.store.log import INSERT_DECISION, INSERT_SLOT, decision_rows
+from banditrec.store.codecs import decision_rows
 from banditrec.store.migrations import migrations
+from banditrec.store.writer import INSERT_DECISION, INSERT_SLOT
 from banditrec.types import Decision, Reward, Slot
 from conftest import make_engine
 

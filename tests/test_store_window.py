@@ -11,8 +11,9 @@ from studies.coverage import build_engine
 from banditrec.errors import ConflictError, ValidationError
 from banditrec.service import create_app
 from banditrec.store import DecisionLog
-from banditrec.store import log as store_log
-from banditrec.store.log import READ_REWARDS, READ_REWARDS_SCAN, _number_lists, read_params
+from banditrec.store import reader as store_reader
+from banditrec.store.codecs import number_lists, read_params
+from banditrec.store.reader import READ_REWARDS, READ_REWARDS_SCAN
 from banditrec.types import Decision, Reward, Slot
 
 WINDOW = 10.0
@@ -228,7 +229,7 @@ def random_log(seed: int) -> DecisionLog:
 def test_the_fast_reader_equals_a_row_by_row_reader_on_random_logs(seed, scan_ratio, monkeypatch):
     """12 random logs x 8 random reads each, once with each query plan for the rewards: every
     array equal bit for bit."""
-    monkeypatch.setattr(store_log, "REWARD_SCAN_RATIO", scan_ratio)
+    monkeypatch.setattr(store_reader, "REWARD_SCAN_RATIO", scan_ratio)
     log = random_log(seed)
     gen = np.random.default_rng(1000 + seed)
     n = log.max_seq()
@@ -281,16 +282,16 @@ def test_number_lists_parse_like_json(texts, dtype):
         expected = [np.asarray(json.loads(t), dtype=dtype) for t in texts]
     except (ValueError, OverflowError) as exc:
         with pytest.raises(type(exc)):
-            _number_lists(texts, dtype)
+            number_lists(texts, dtype)
         return
-    flat, offsets = _number_lists(texts, dtype)
+    flat, offsets = number_lists(texts, dtype)
     got = [flat[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
     assert len(got) == len(expected) and all(same_bits(a, b) for a, b in zip(got, expected)), (got, expected)
 
 
 def test_nested_or_ragged_lists_are_refused():
     with pytest.raises(ValidationError, match="flat lists"):
-        _number_lists(["[[1, 2]]"], np.int64)
+        number_lists(["[[1, 2]]"], np.int64)
     log = DecisionLog()
     write(log, "e1", ts=0.0)
     write(log, "e2", ts=0.0)

@@ -1,5 +1,7 @@
 """The decision log (SQLite via sqlite-utils): all SQL lives here."""
 
-from .log import WHOLE_DECISION, DecisionLog, DecisionRecord, LoggedDecisions, LoggedEvents
+from .codecs import WHOLE_DECISION
+from .log import DecisionLog
+from .writer import DecisionRecord
 
-__all__ = ["DecisionLog", "DecisionRecord", "LoggedDecisions", "LoggedEvents", "WHOLE_DECISION"]
+__all__ = ["DecisionLog", "DecisionRecord", "WHOLE_DECISION"]

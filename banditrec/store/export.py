@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import BanditRecError
-from .log import WHOLE_DECISION, DecisionLog
+from .codecs import WHOLE_DECISION
+from .log import DecisionLog
 
 SCHEMA_VERSION = 1
 

@@ -35,7 +35,8 @@ from .csvrows import (
     resolve,
     timestamp_cell,
 )
-from .log import MAX_ABS_REWARD, DecisionLog, DecisionRecord
+from .log import DecisionLog
+from .writer import MAX_ABS_REWARD, DecisionRecord
 
 
 class ImportFailedError(ValidationError):

@@ -36,9 +36,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BanditRecError
+from ..types import LoggedDecisions
+from .codecs import number_lists as _number_lists
 from .export import SCHEMA_VERSION, _require_pyarrow, atomic_output, batch_table, parquet_schema, read_batches, \
     read_layout
-from .log import DecisionLog, LoggedDecisions, _number_lists
+from .log import DecisionLog
 
 FORMAT = "banditrec.partitioned/1"
 MANIFEST = "_banditrec.json"
