@@ -137,7 +137,8 @@ def test_file_log_uses_wal_and_migrates_once(tmp_path):
     log.close()
     again = DecisionLog(path)
     assert [m.name for m in migrations.applied(again.db)] == [
-        "0001_decisions_slots_rewards", "0002_late_rewards_events_models_items", "0003_decisions_shop_build"]
+        "0001_decisions_slots_rewards", "0002_late_rewards_events_models_items", "0003_decisions_shop_build",
+        "0004_policy_names"]
     assert again.count("decisions") == 1
     assert again.integrity_ok()
 
@@ -327,6 +328,28 @@ def test_an_engine_writes_its_items_to_a_log_that_has_none(small_shop):
 
 
 # ---- migrations -----------------------------------------------------------------------------
+def test_a_log_written_under_the_old_policy_names_is_renamed_with_a_warning(tmp_path):
+    """Before 0004, ``linucb`` was the per-item model and ``shared-linucb`` the shared one."""
+    path = tmp_path / "old.db"
+    db = sqlite_utils.Database(path)
+    migrations.apply(db, stop_before="0004_policy_names")
+    names = {"e1": "linucb", "e2": "shared-linucb", "e3": "egreedy"}
+    with db.atomic():
+        for event_id, name in names.items():
+            row, slot_rows = decision_rows(dataclasses.replace(decision(event_id), policy=name), {"epsilon": 0.1},
+                                           [0, 1, 2], [0, 1], (0.25, -0.5))
+            db.execute(INSERT_DECISION, row)
+            db.conn.executemany(INSERT_SLOT, slot_rows)
+        db.execute("INSERT INTO model_versions (version, policy, params, created_ts) VALUES ('v1', 'linucb', '{}', 1)")
+    db.close()
+    with pytest.warns(DeprecationWarning, match="3 logged rows"):
+        log = DecisionLog(path)
+    assert dict(log.db.execute("SELECT event_id, policy FROM decisions").fetchall()) == {
+        "e1": "disjoint-linucb", "e2": "linucb", "e3": "egreedy"}
+    assert [v["policy"] for v in log.model_versions()] == ["disjoint-linucb"]
+    log.close()
+
+
 def test_a_log_made_by_the_first_migration_only_is_migrated_with_its_data(tmp_path):
     path = tmp_path / "old.db"
     db = sqlite_utils.Database(path)
@@ -343,7 +366,8 @@ def test_a_log_made_by_the_first_migration_only_is_migrated_with_its_data(tmp_pa
 
     log = DecisionLog(path, reward_window_s=10.0)
     assert [m.name for m in migrations.applied(log.db)] == [
-        "0001_decisions_slots_rewards", "0002_late_rewards_events_models_items", "0003_decisions_shop_build"]
+        "0001_decisions_slots_rewards", "0002_late_rewards_events_models_items", "0003_decisions_shop_build",
+        "0004_policy_names"]
     assert log.db.execute("SELECT event_id, position, reward, ts, late FROM rewards").fetchall() == [
         ("e1", 1, 1.0, 5.0, 0)]
     got = log.decisions()
