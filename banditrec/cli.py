@@ -282,7 +282,7 @@ def evaluate(db, shop_dir, parquet, scheduler, specs, tune, reward_model, estima
     import json
 
     from .errors import BanditRecError
-    from .evaluate import evaluate_log
+    from .evaluation import evaluate_log
 
     if (db is None) == (parquet is None):
         raise click.UsageError("give exactly one of --db and --parquet")
@@ -292,7 +292,7 @@ def evaluate(db, shop_dir, parquet, scheduler, specs, tune, reward_model, estima
         raise click.UsageError("--shop goes with --db")
     try:
         if parquet:
-            from .distributed import dask_client, evaluate_parquet
+            from .evaluation import dask_client, evaluate_parquet
 
             with dask_client(scheduler) as client:
                 result = evaluate_parquet(parquet, list(specs), estimators=tuple(estimators), primary=primary,
@@ -458,7 +458,7 @@ def sweep(config_file, scheduler, in_process, out):
         if in_process:
             results = run_sweep(config, progress=sys.stderr.isatty())
         else:
-            from .distributed import dask_client
+            from .evaluation import dask_client
 
             with dask_client(scheduler) as client:
                 results = run_sweep(config, client=client, progress=sys.stderr.isatty())
@@ -533,7 +533,7 @@ def sensitivity(shop_dir, db, spec, objective, seed, n_train, n_test, k):
         raise click.UsageError("--shop and --db go together")
     try:
         if shop_dir is not None:
-            from .evaluate import objective_sensitivity
+            from .evaluation import objective_sensitivity
             from .shop import Shop
 
             click.echo(objective_sensitivity(Shop(shop_dir), db, spec, objective, seed=seed).table())

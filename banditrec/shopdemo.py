@@ -30,7 +30,7 @@ from simulator.export import export_shop
 from simulator.run import DAY_S
 
 from .errors import ValidationError
-from .evaluate import Evaluation, evaluate_log
+from .evaluation import Evaluation, evaluate_log
 from .learner import Learner
 from .offline import target_pscore
 from .service.config import ServiceConfig

@@ -54,7 +54,7 @@ def test_only_the_wiring_layer_of_banditrec_imports_the_simulator():
 
 @pytest.mark.parametrize("prefix", ["banditrec/service/", "banditrec/shop/", "banditrec/engine.py",
                                     "banditrec/learner.py", "banditrec/candidates/", "banditrec/policies/",
-                                    "banditrec/store/", "banditrec/evaluate.py"])
+                                    "banditrec/store/", "banditrec/evaluation/"])
 def test_serving_learning_and_evaluation_never_import_the_simulator_or_a_study(prefix):
     """A shop serves, learns and evaluates from its shop directory alone (docs/data-formats.md)."""
     paths = under(prefix)

@@ -21,9 +21,8 @@ from click.testing import CliRunner
 from distributed import Client, LocalCluster
 
 from banditrec.cli import main as cli
-from banditrec.distributed import estimate_files, evaluate_parquet
 from banditrec.errors import BanditRecError, ValidationError
-from banditrec.evaluate import evaluate_log
+from banditrec.evaluation import estimate_files, evaluate_log, evaluate_parquet
 from banditrec.ope.estimators import DR, ESTIMATORS, IPS, SNIPS, Moments, OPEWarning, Replay
 from banditrec.store import DecisionLog
 from banditrec.store.partitioned import (PartitionError, concat_decisions, export_partitioned, open_dataset,
@@ -308,7 +307,7 @@ def test_both_backends_agree_on_dr_with_a_fitted_reward_model(sim, client, model
 def test_evaluate_parquet_reward_model_equals_ridge_fit_on_the_rows(sim):
     """DR's reward model from per-partition Gram sums equals RidgeRewardModel.fit on the rows
     of the other folds (the folds by the documented rule: a hash of the decision's seq)."""
-    from banditrec.evaluate import _decisions, _sparse_target
+    from banditrec.evaluation.pipeline import slice_decisions, sparse_target
     from banditrec.offline import target_pscore, train_from_log
     from banditrec.ope.reward_model import Folds, RidgeRewardModel, decision_folds
     from banditrec.policies import make
@@ -321,7 +320,7 @@ def test_evaluate_parquet_reward_model_equals_ridge_fit_on_the_rows(sim):
     full = concat_decisions(parts)
     n_train = int(round(0.5 * full.n_decisions))
     features = read_items(sim / "pq")
-    train, test = _decisions(full, 0, n_train), _decisions(full, n_train, full.n_decisions)
+    train, test = slice_decisions(full, 0, n_train), slice_decisions(full, n_train, full.n_decisions)
     fold = decision_folds(test.seq, 2, 0)[test.row_decision]
     data = test.logged_bandit(len(features), ds.n_slots, with_context=True)
     popularity = 1 + np.bincount(train.row_action, weights=(train.row_reward > 0).astype(float),
@@ -334,7 +333,7 @@ def test_evaluate_parquet_reward_model_equals_ridge_fit_on_the_rows(sim):
     model = RidgeRewardModel()
     coefs = tuple(model.fit(data, np.flatnonzero(fold != f)) for f in range(2))
     assert 0.4 < fold.mean() < 0.6  # about balanced
-    q_logged, q_target = model.predict_folds(Folds(fold, coefs), data, _sparse_target(test, kept, len(features)))
+    q_logged, q_target = model.predict_folds(Folds(fold, coefs), data, sparse_target(test, kept, len(features)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", OPEWarning)
         for name in ("DR", "SNDR"):
