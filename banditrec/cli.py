@@ -234,7 +234,7 @@ def evaluate(db, shop_dir, parquet, scheduler, specs, tune, reward_model, estima
     """Estimate candidate policies' value on a logged period, with a safe-to-deploy verdict."""
     import json
 
-    from .evaluate import evaluate_log
+    from .evaluation import evaluate_log
 
     if (db is None) == (parquet is None):
         raise click.UsageError("give exactly one of --db and --parquet")
@@ -243,7 +243,7 @@ def evaluate(db, shop_dir, parquet, scheduler, specs, tune, reward_model, estima
     if shop_dir and parquet:
         raise click.UsageError("--shop goes with --db")
     if parquet:
-        from .distributed import dask_client, evaluate_parquet
+        from .evaluation import dask_client, evaluate_parquet
 
         with dask_client(scheduler) as client:
             result = evaluate_parquet(parquet, list(specs), estimators=tuple(estimators), primary=primary,

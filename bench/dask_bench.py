@@ -2,7 +2,7 @@
 sweep, in-process beside a 2-worker Dask ``LocalCluster`` (127.0.0.1, one thread per worker).
 
 OPE: ``rows`` synthetic logged slots (5 per decision) in ``partitions`` compact Parquet files
-(:data:`banditrec.distributed.COMPACT_COLUMNS`), written directly with pyarrow, vectorised.
+(:data:`banditrec.evaluation.COMPACT_COLUMNS`), written directly with pyarrow, vectorised.
 IPS, SNIPS and DR are estimated three ways, each in its own process so that its peak resident
 memory (``VmHWM``) is its own:
 
@@ -96,7 +96,7 @@ def case(kind: str, folder: str) -> dict:
             values[name] = est.estimate(data, target_pscore=cols["target_pscore"], **kw).value
         out.update(seconds=time.perf_counter() - t0, values=values, peak_mb=peak_mb())
     elif kind == "parts":
-        from banditrec.distributed import estimate_files
+        from banditrec.evaluation import estimate_files
 
         t0 = time.perf_counter()
         est = estimate_files(paths, ESTIMATORS)
@@ -104,14 +104,14 @@ def case(kind: str, folder: str) -> dict:
     elif kind == "cluster":
         from distributed import Client, LocalCluster
 
-        from banditrec.distributed import estimate_files
+        from banditrec.evaluation import estimate_files
 
         t0 = time.perf_counter()
         cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                                dashboard_address="127.0.0.1:0")
         client = Client(cluster)
         out["startup_seconds"] = time.perf_counter() - t0
-        client.run(lambda: __import__("banditrec.distributed"))  # imports, as a warm worker would have
+        client.run(lambda: __import__("banditrec.evaluation"))  # imports, as a warm worker would have
         out["idle_worker_mb"] = list(client.run(peak_mb).values())
         t0 = time.perf_counter()
         est = estimate_files(paths, ESTIMATORS, client=client)

@@ -96,7 +96,7 @@ def sweep(config_file, scheduler, in_process, out):
     if in_process:
         results = run_sweep(config, progress=sys.stderr.isatty())
     else:
-        from banditrec.distributed import dask_client
+        from banditrec.evaluation import dask_client
 
         with dask_client(scheduler) as client:
             results = run_sweep(config, client=client, progress=sys.stderr.isatty())
@@ -165,7 +165,7 @@ def sensitivity(shop_dir, db, spec, objective, seed, n_train, n_test, k):
     if (shop_dir is None) != (db is None):
         raise click.UsageError("--shop and --db go together")
     if shop_dir is not None:
-        from banditrec.evaluate import objective_sensitivity
+        from banditrec.evaluation import objective_sensitivity
         from banditrec.shop import Shop
 
         click.echo(objective_sensitivity(Shop(shop_dir), db, spec, objective, seed=seed).table())

@@ -30,7 +30,7 @@ from simulator.export import export_shop
 from simulator.history import DAY_S
 
 from banditrec.errors import ValidationError
-from banditrec.evaluate import Evaluation, evaluate_log
+from banditrec.evaluation import Evaluation, evaluate_log
 from banditrec.learner import Learner
 from banditrec.offline import target_pscore
 from banditrec.service.config import ServiceConfig

@@ -180,7 +180,7 @@ def run_one(run: SweepRun, shared: dict) -> RunResult:
 
 def run_sweep(config: SweepConfig, *, client=None, progress: bool = False) -> list[RunResult]:
     """Every run of the sweep, in the config's order (in-process, or on ``client``)."""
-    from banditrec.distributed import run_tasks
+    from banditrec.evaluation.tasks import run_tasks
 
     shared = {"simulator": config.simulator, "days": config.days, "slots": config.slots,
               "candidates": config.candidates}

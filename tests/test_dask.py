@@ -21,15 +21,14 @@ from click.testing import CliRunner
 from distributed import Client, LocalCluster
 
 from banditrec.cli import main as cli
-from banditrec.distributed import estimate_files, evaluate_parquet
 from banditrec.errors import BanditRecError, ValidationError
-from banditrec.evaluate import evaluate_log
+from banditrec.evaluation import estimate_files, evaluate_log, evaluate_parquet
 from banditrec.ope.estimators import DR, ESTIMATORS, IPS, SNIPS, Moments, OPEWarning, Replay
 from banditrec.store import DecisionLog
-from banditrec.store.partitioned import (PartitionError, concat_decisions, export_partitioned, open_dataset,
+from banditrec.store.partitioned import (PartitionError, export_partitioned, open_dataset,
                                          partition_decisions, read_partition)
 from studies.sweep import parse_config, run_one, run_sweep
-from banditrec.types import LoggedBandit, Reward
+from banditrec.types import LoggedDecisions, LoggedBandit, Reward
 from simulator import SimConfig
 from studies.simulate import simulate
 
@@ -220,7 +219,7 @@ def test_partitions_hold_exactly_what_the_log_reads(sim):
         ref = log.decisions(kind="purchase")
     finally:
         log.close()
-    got = concat_decisions([partition_decisions(read_partition(p), kind="purchase") for p in ds.partitions])
+    got = LoggedDecisions.concat([partition_decisions(read_partition(p), kind="purchase") for p in ds.partitions])
     assert got.event_id == ref.event_id
     for f in ("seq", "context", "row_decision", "row_slot", "row_action", "row_pscore", "row_reward",
               "decision_reward", "row_propensity"):
@@ -308,7 +307,7 @@ def test_both_backends_agree_on_dr_with_a_fitted_reward_model(sim, client, model
 def test_evaluate_parquet_reward_model_equals_ridge_fit_on_the_rows(sim):
     """DR's reward model from per-partition Gram sums equals RidgeRewardModel.fit on the rows
     of the other folds (the folds by the documented rule: a hash of the decision's seq)."""
-    from banditrec.evaluate import _decisions, _sparse_target
+    from banditrec.evaluation.pipeline import sparse_target
     from banditrec.offline import target_pscore, train_from_log
     from banditrec.ope.reward_model import Folds, RidgeRewardModel, decision_folds
     from banditrec.policies import make
@@ -318,10 +317,10 @@ def test_evaluate_parquet_reward_model_equals_ridge_fit_on_the_rows(sim):
     got = evaluate_parquet(sim / "pq", [spec], estimators=("DR", "SNDR"), reward_model="ridge")
     ds = open_dataset(sim / "pq")
     parts = [partition_decisions(read_partition(p)) for p in ds.partitions]
-    full = concat_decisions(parts)
+    full = LoggedDecisions.concat(parts)
     n_train = int(round(0.5 * full.n_decisions))
     features = read_items(sim / "pq")
-    train, test = _decisions(full, 0, n_train), _decisions(full, n_train, full.n_decisions)
+    train, test = full.take(0, n_train), full.take(n_train, full.n_decisions)
     fold = decision_folds(test.seq, 2, 0)[test.row_decision]
     data = test.logged_bandit(len(features), ds.n_slots, with_context=True)
     popularity = 1 + np.bincount(train.row_action, weights=(train.row_reward > 0).astype(float),
@@ -334,7 +333,7 @@ def test_evaluate_parquet_reward_model_equals_ridge_fit_on_the_rows(sim):
     model = RidgeRewardModel()
     coefs = tuple(model.fit(data, np.flatnonzero(fold != f)) for f in range(2))
     assert 0.4 < fold.mean() < 0.6  # about balanced
-    q_logged, q_target = model.predict_folds(Folds(fold, coefs), data, _sparse_target(test, kept, len(features)))
+    q_logged, q_target = model.predict_folds(Folds(fold, coefs), data, sparse_target(test, kept, len(features)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", OPEWarning)
         for name in ("DR", "SNDR"):

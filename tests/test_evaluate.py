@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from banditrec.cli import main
 from studies.coverage import _run
 from banditrec.errors import ValidationError
-from banditrec.evaluate import evaluate_log
+from banditrec.evaluation import evaluate_log
 from banditrec.policies import Request, make
 from banditrec.store import DecisionLog
 from tests.conftest import SMALL

@@ -182,7 +182,7 @@ def test_sensitivity_and_recommend_on_a_shop(shop_dir, tmp_path):
     from click.testing import CliRunner
 
     from banditrec.cli import main
-    from banditrec.evaluate import objective_sensitivity
+    from banditrec.evaluation import objective_sensitivity
 
     shop = Shop(shop_dir)
     log = DecisionLog(tmp_path / "log.db")

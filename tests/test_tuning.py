@@ -12,8 +12,9 @@ from scipy.stats import norm
 from banditrec.cli import main
 from studies.coverage import _run
 from banditrec.errors import ValidationError
-from banditrec.evaluate import (PolicyEvaluation, _decisions, _item_features, candidate_env, candidate_policy,
-                                evaluate_log, verdict)
+from banditrec.evaluation import PolicyEvaluation, evaluate_log, verdict
+from banditrec.evaluation.pipeline import candidate_env, candidate_policy
+from banditrec.evaluation.sqlite import item_features
 from banditrec.offline import target_pscore
 from banditrec.store import DecisionLog
 from banditrec.tuning import at_level, choose, expand_grid, expand_grids, simultaneous_level
@@ -99,11 +100,11 @@ def true_values(db, shop, served, specs) -> dict[str, float]:
     log = DecisionLog(db)
     try:
         full = log.decisions()
-        features, _ = _item_features(log, full)
+        features, _ = item_features(log, full)
     finally:
         log.close()
     half = full.n_decisions // 2
-    train, test = _decisions(full, 0, half), _decisions(full, half, full.n_decisions)
+    train, test = full.take(0, half), full.take(half, full.n_decisions)
     env = candidate_env(test.context.shape[1], features, train, len(features))
     out = {}
     for spec in specs:

@@ -8,8 +8,10 @@ Layout of ``DIR``::
     DIR/day=YYYY-MM-DD/part-0.parquet      that UTC day's decisions, one row per logged slot
 
 A partition has :func:`banditrec.store.export.export_parquet`'s columns (with the candidate
-lists, so that a policy can re-score its decisions) and ``banditrec.schema_version`` plus the
-day in its key-value metadata. A decision belongs to the day of its ``ts``; its rows never
+lists, so that a policy can re-score its decisions), then ``n_slots`` (:data:`N_SLOTS`: the
+carousel's length, pinned slots included, which a partly observed decision -- an imported log
+that saw one position per round -- does not show in its rows), and ``banditrec.schema_version``
+plus the day in its key-value metadata. A decision belongs to the day of its ``ts``; its rows never
 straddle partitions, so per-decision estimator terms can be reduced partition by partition.
 
 **Appending.** :func:`export_partitioned` on an existing directory rewrites only the days whose
@@ -21,9 +23,10 @@ that day's file alone. Files are written to a temporary name and renamed, the ma
 **Reading.** :func:`open_dataset` checks the manifest; :func:`read_partition` checks that a
 file exists, is Parquet, carries the schema version and has the rows the manifest says, and
 raises :class:`PartitionError` naming the file otherwise. :func:`partition_decisions` turns a
-partition into the :class:`~banditrec.store.log.LoggedDecisions` that
+partition into the :class:`~banditrec.types.LoggedDecisions` that
 :meth:`DecisionLog.decisions` would return for the same decisions (pinned slots left out, late
-rewards replaced by the default).
+rewards replaced by the default, ``row_slot`` the position less the decision's pinned slots
+and ``n_slots`` the carousel less them, partly observed decisions included).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from .log import DecisionLog
 
 FORMAT = "banditrec.partitioned/1"
 MANIFEST = "_banditrec.json"
+N_SLOTS = "n_slots"  # the decision's carousel length, on each of its rows (after the export's columns)
 ITEMS = "_items.parquet"
 DAY_S = 86_400.0
 
@@ -54,6 +58,7 @@ _DAY_STATS = (f"SELECT {_DAY_SQL} AS day, count(*), min(d.seq), max(d.seq) FROM 
 _DAY_REWARDS = (f"SELECT {_DAY_SQL} AS day, count(r.rowid), coalesce(max(r.rowid), 0) FROM rewards r "
                 "JOIN decisions d ON d.event_id = r.event_id GROUP BY day")
 _ITEMS_STATS = "SELECT count(*), coalesce(max(rowid), 0) FROM items"
+_DAY_N_SLOTS = "SELECT seq, n_slots FROM decisions WHERE seq >= ? AND seq <= ?"
 
 
 class PartitionError(BanditRecError, ValueError):
@@ -178,14 +183,19 @@ def export_partitioned(log: DecisionLog, out: str | Path, *, batch_decisions: in
                 result.kept.append(name)
                 continue
             path = out / f"day={name}" / "part-0.parquet"
-            schema = parquet_schema(layout, {"banditrec.day": name})
+            base = parquet_schema(layout, {"banditrec.day": name})
+            schema = base.append(pa.field(N_SLOTS, pa.int64(), nullable=False))
+            n_slots_of = dict(conn.execute(_DAY_N_SLOTS, (int(lo), int(hi))).fetchall())
             n_rows = max_pos = 0
             max_item = -1
             with atomic_output(path, None) as tmp, pq.ParquetWriter(tmp, schema) as writer:
                 for batch in read_batches(conn, layout, batch_decisions, after_seq=int(lo) - 1, until_seq=int(hi)):
                     if not batch.rows:
                         continue
-                    table = batch_table(schema, batch.rows)
+                    table = batch_table(base, batch.rows)
+                    seqs = table.column("seq").to_pylist()
+                    table = table.append_column(schema.field(N_SLOTS),
+                                                pa.array([n_slots_of[q] for q in seqs], pa.int64()))
                     ts = table.column("ts").to_numpy()
                     mine = np.floor(ts / DAY_S).astype(np.int64) == int(day)
                     if not mine.all():  # decisions of other days logged in between (clock skew)
@@ -205,7 +215,8 @@ def export_partitioned(log: DecisionLog, out: str | Path, *, batch_decisions: in
         items_fp = tuple(int(v) for v in conn.execute(_ITEMS_STATS).fetchone())
     if items_fp != tuple(old.items_fingerprint) or not (out / ITEMS).exists():
         ids, features, _ = log.items()
-        features = np.asarray(features, dtype=float).reshape(len(ids), -1)
+        # a log without an item table (decisions written directly) has no features to reshape
+        features = np.asarray(features, dtype=float).reshape(len(ids), -1) if len(ids) else np.zeros((0, 0))
         cols = {"item_id": pa.array(list(ids), pa.string()), "item_index": pa.array(np.arange(len(ids)), pa.int64())}
         cols.update({f"feature_{j}": pa.array(features[:, j]) for j in range(features.shape[1])})
         with atomic_output(out / ITEMS, None) as tmp:
@@ -217,10 +228,12 @@ def export_partitioned(log: DecisionLog, out: str | Path, *, batch_decisions: in
 
 
 def _intact(part: Partition) -> bool:
-    """Whether the partition's file is there and its footer says the manifest's row count."""
+    """Whether the partition's file is there, its footer says the manifest's row count and it
+    has the ``n_slots`` column (a file written before the column is rewritten)."""
     _, pq = _require_pyarrow()
     try:
-        return pq.ParquetFile(part.path).metadata.num_rows == part.rows
+        pf = pq.ParquetFile(part.path)
+        return pf.metadata.num_rows == part.rows and N_SLOTS in pf.schema_arrow.names
     except Exception:  # noqa: BLE001 -- missing, truncated, not Parquet: rewrite it
         return False
 
@@ -306,29 +319,28 @@ def partition_decisions(table, *, kind: str = "click", default_reward: float = 0
         late = np.asarray(table.column(f"reward_late:{kind}").fill_null(False).to_numpy(zero_copy_only=False), bool)
         reward[late] = default_reward
     decision_reward = reward_column(f"decision_reward:{kind}", first_row)
-    keep = np.asarray(table.column("source").to_numpy(zero_copy_only=False)) != "pinned"
-    row_decision = np.searchsorted(seq, seq_all)[keep]
-    position = table.column("position").to_numpy()[keep]
-    row_slot = position.copy()
-    if len(row_slot):
-        starts = np.searchsorted(row_decision, np.arange(len(seq)))
-        first = position[np.minimum(starts, len(position) - 1)]
-        row_slot = position - first[row_decision]
+    pinned_row = np.asarray(table.column("source").to_numpy(zero_copy_only=False)) == "pinned"
+    keep = ~pinned_row
+    decision_of_row = np.searchsorted(seq, seq_all)
+    # as DecisionLog.decisions: pinned slots come first and only in fully logged decisions, so
+    # the policy's slot is the position less the decision's pinned slots -- not less its first
+    # logged position, which a partly observed decision (seen at position 2 only) does not start at
+    pinned = np.bincount(decision_of_row[pinned_row], minlength=len(seq))
+    row_decision = decision_of_row[keep]
+    row_slot = table.column("position").to_numpy()[keep] - pinned[row_decision]
+    if N_SLOTS in table.column_names:
+        n_slots = table.column(N_SLOTS).to_numpy()[first_row] - pinned
+    else:  # a partition written before the column: every decision must be fully observed
+        logged = np.bincount(decision_of_row, minlength=len(seq))
+        last = np.zeros(len(seq), dtype=np.int64)
+        np.maximum.at(last, decision_of_row, table.column("position").to_numpy())
+        if (last + 1 != logged).any():
+            raise PartitionError(f"a partition of this export holds partly observed decisions but no {N_SLOTS} "
+                                 "column (it was written by an older banditrec); re-run the export", "parquet")
+        n_slots = logged - pinned
     return LoggedDecisions(
         event_id=event_id, seq=seq.astype(np.int64), context=context, candidates=candidates,
         row_decision=row_decision, row_slot=row_slot, row_action=table.column("item_index").to_numpy()[keep],
         row_pscore=table.column("marginal").to_numpy()[keep], row_reward=reward[keep],
-        decision_reward=decision_reward, row_propensity=table.column("propensity").to_numpy()[keep])
-
-
-def concat_decisions(parts: list[LoggedDecisions]) -> LoggedDecisions:
-    """Several :class:`LoggedDecisions` (in log order) as one."""
-    offsets = np.cumsum([0] + [p.n_decisions for p in parts])
-    cat = lambda name: np.concatenate([getattr(p, name) for p in parts])  # noqa: E731
-    return LoggedDecisions(
-        event_id=[e for p in parts for e in p.event_id], seq=cat("seq"),
-        context=np.concatenate([p.context for p in parts]) if parts else np.zeros((0, 0)),
-        candidates=[c for p in parts for c in p.candidates],
-        row_decision=np.concatenate([p.row_decision + o for p, o in zip(parts, offsets)]),
-        row_slot=cat("row_slot"), row_action=cat("row_action"), row_pscore=cat("row_pscore"),
-        row_reward=cat("row_reward"), decision_reward=cat("decision_reward"), row_propensity=cat("row_propensity"))
+        decision_reward=decision_reward, row_propensity=table.column("propensity").to_numpy()[keep],
+        n_slots=n_slots.astype(np.int64))

@@ -1,0 +1,195 @@
+"""``banditrec evaluate --db``: the pipeline (:mod:`banditrec.evaluation.pipeline`) on a SQLite
+decision log, read whole into memory and evaluated as one chunk in this process; optionally on
+a shop directory's items (``--shop``). Also the objective-sensitivity table estimated from a
+shop's log (``banditrec sensitivity --shop --db``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ValidationError
+from ..store import DecisionLog
+from ..types import LoggedDecisions
+from ..types import Estimate
+from .pipeline import (
+    DEFAULT_ESTIMATORS,
+    Backend,
+    Evaluation,
+    InMemoryChunk,
+    Split,
+    check_request,
+    evaluate,
+    item_features_or_one_hot,
+)
+
+
+def on_shop(logged: LoggedDecisions, item_ids: dict[int, str], shop) -> LoggedDecisions:
+    """``logged`` with its item indices translated to ``shop``'s index by item id (a log served
+    from the shop keeps them; an imported or older log is mapped), and its contexts checked
+    against the shop's context features."""
+    if logged.context.shape[1] != shop.context_dim:
+        raise ValidationError(
+            f"the log's decisions carry {logged.context.shape[1]} context features, the shop's context has "
+            f"{shop.context_dim}: evaluate a log served from this shop (or, for an imported log, build the shop "
+            "with --context-encoding FILE, the encoding `banditrec import` wrote)", "shop")
+    n_log = 1 + max(item_ids, default=-1)
+    ids = [item_ids.get(j) for j in range(n_log)]
+    to_shop = np.full(n_log, -1, dtype=np.int64)
+    known = [j for j, item in enumerate(ids) if item is not None]
+    to_shop[known] = shop.items.lookup([ids[j] for j in known])
+    used = np.unique(np.concatenate([logged.row_action, *logged.candidates]))
+    missing = used[(used >= n_log) | (to_shop[np.minimum(used, n_log - 1)] < 0)]
+    if len(missing):
+        shown = ", ".join(repr(ids[j]) if j < n_log and ids[j] else f"index {j}" for j in missing[:3].tolist())
+        raise ValidationError(f"the log shows {len(missing)} items the shop's catalog does not hold (e.g. {shown}); "
+                              "was it built from the same items file?", "shop")
+    return replace(logged, candidates=[to_shop[c] for c in logged.candidates], row_action=to_shop[logged.row_action])
+
+
+def item_features(log: DecisionLog, logged: LoggedDecisions) -> tuple[np.ndarray, bool]:
+    """The features policies are built with, and whether the log has an item table."""
+    n_items = 1 + max([int(c.max()) for c in logged.candidates if len(c)] + [0])
+    ids, features, _ = log.items()
+    return item_features_or_one_hot(np.asarray(features, dtype=float) if len(ids) else np.zeros((0, 0)),
+                                    n_items), bool(len(ids))
+
+
+class SQLiteBackend(Backend):
+    """The decision log at ``db``, read whole (``kind`` rewards, ``default_reward`` where none);
+    with a :class:`~banditrec.shop.Shop`, its items renumbered to the shop's, whose features,
+    cold flags, product types and business columns the candidates get."""
+
+    field = "db"
+
+    def __init__(self, db, *, kind: str = "click", default_reward: float = 0.0, shop=None):
+        if not Path(db).exists():
+            raise ValidationError(f"no decision log at {db}", "db")
+        self.name = str(db)
+        log = DecisionLog(db)
+        try:
+            full = log.decisions(kind=kind, default_reward=default_reward)
+            self.n_decisions = full.n_decisions
+            if shop is not None and full.n_decisions:
+                full = on_shop(full, log.item_ids(), shop)
+                self.features, self.has_item_table = shop.items.features, True
+                self.cold = shop.items.cold  # as the engine serving the shop puts them in requests
+                self.policy_env = shop.policy_env()
+            else:
+                self.features, self.has_item_table = item_features(log, full)
+            self._policies = log.policies()
+        finally:
+            log.close()
+        self.full = full
+        self.context_dim = full.context.shape[1]
+
+    def split(self, n_train: int) -> Split:
+        test = self.full.take(n_train, self.full.n_decisions)
+        n_slots = int(test.row_slot.max()) + 1 if len(test.row_slot) else 1
+        return Split(self.full.take(0, n_train) if n_train else None, [InMemoryChunk(test)], n_slots)
+
+    def logging_policies(self) -> list[str]:
+        return self._policies
+
+
+def evaluate_log(
+    db: str,
+    specs: list[str],
+    *,
+    estimators: tuple[str, ...] = DEFAULT_ESTIMATORS,
+    primary: str = "DR",
+    kind: str = "click",
+    default_reward: float = 0.0,
+    train_frac: float = 0.5,
+    level: float = 0.95,
+    seed: int | None = 0,
+    out: str | Path | None = None,
+    tune: tuple[str, ...] = (),
+    reward_model: str | None = None,
+    n_folds: int = 2,
+    shop=None,
+    on_target=None,
+) -> Evaluation:
+    """Evaluate each policy ``spec`` and every setting of the ``tune`` grids on the log at
+    ``db`` (:mod:`banditrec.evaluation.pipeline`); ``reward_model`` names the DM/DR family's
+    model. With a :class:`~banditrec.shop.Shop`, the candidates are built, trained and re-scored
+    on the shop's item features, product types and business columns. ``on_target(spec, test, d,
+    items, marginals)`` sees each candidate's marginals on every evaluated decision (e.g. to
+    compute its exact value in a simulator)."""
+    request = check_request(specs, estimators=estimators, primary=primary, tune=tune, train_frac=train_frac,
+                            reward_model=reward_model, kind=kind, default_reward=default_reward, level=level,
+                            seed=seed, n_folds=n_folds)
+    backend = SQLiteBackend(db, kind=kind, default_reward=default_reward, shop=shop)
+    return evaluate(backend, request, out=out, on_target=on_target)
+
+
+@dataclass
+class SensitivityRow:
+    level: str
+    estimate: Estimate
+    objective: float  # the objective column's expected total per carousel under the blended policy
+
+
+@dataclass
+class ObjectiveSensitivity:
+    objective: str
+    spec: str
+    logging_objective: float
+    logging: Estimate
+    rows: list[SensitivityRow]
+
+    def table(self) -> str:
+        head = (f"{'sensitivity':<11} {'estimator':<9} {'reward':>9} {'95% CI':>21} "
+                f"{self.objective + ' per carousel':>{max(22, len(self.objective) + 13)}}")
+        lines = [f"{self.spec} with objective {self.objective!r}, trained and estimated on the log", head,
+                 "-" * len(head)]
+        w = max(22, len(self.objective) + 13)
+        lines.append(f"{'(logging)':<11} {'on-policy':<9} {self.logging.value:>9.4f} [{self.logging.lower:>9.4f}, "
+                     f"{self.logging.upper:>9.4f}] {self.logging_objective:>{w}.2f}")
+        for r in self.rows:
+            e = r.estimate
+            lines.append(f"{r.level:<11} {e.estimator:<9} {e.value:>9.4f} [{e.lower:>9.4f}, {e.upper:>9.4f}] "
+                         f"{r.objective:>{w}.2f}" + ("  warn" if e.warnings else ""))
+        return "\n".join(lines)
+
+
+def objective_sensitivity(shop, db: str, spec: str, objective: str, *, seed: int | None = 0,
+                          primary: str = "DR", train_frac: float = 0.5) -> ObjectiveSensitivity:
+    """Amazon Personalize's objective sensitivity, estimated from a shop's log: ``spec`` with the
+    business column ``objective`` blended in at each level (off, low, medium, high), each trained
+    on the first part of the log and estimated on the rest; beside each estimate, the
+    objective's expected total per carousel under that policy (its slot marginals times the
+    column) and, for comparison, under the logging policy (what it showed)."""
+    from ..policies import SENSITIVITY
+
+    columns = shop.columns
+    if objective not in columns:
+        raise ValidationError(f"objective {objective!r} is not a business column of the shop; known: "
+                              f"{', '.join(sorted(columns)) or 'none (numeric item columns with a value for every item)'}",
+                              "objective")
+    value = np.asarray(columns[objective], dtype=float)
+    totals: dict[str, list[float]] = {}
+
+    def record(target, test, d, items, marg):
+        totals.setdefault(target, []).append(float(value[items] @ marg.sum(axis=1)))
+
+    base, sep, body = spec.partition(":")
+    specs = {}
+    for level in SENSITIVITY:
+        extra = f"objective={objective},sensitivity={level}" if level != "off" else ""
+        specs[level] = ":".join([base, ",".join(p for p in (body, extra) if p)]) if (body or extra) else base
+    result = evaluate_log(db, list(specs.values()), estimators=(primary,), primary=primary, train_frac=train_frac,
+                          seed=seed, shop=shop, on_target=record)
+    log = DecisionLog(db)
+    try:
+        logged = on_shop(log.decisions(), log.item_ids(), shop)
+    finally:
+        log.close()
+    test = logged.take(result.n_train, logged.n_decisions)
+    shown = float(np.bincount(test.row_decision, weights=value[test.row_action], minlength=test.n_decisions).mean())
+    rows = [SensitivityRow(level, c.estimates[primary], float(np.mean(totals[c.spec])))
+            for level, c in zip(specs, result.candidates)]
+    return ObjectiveSensitivity(objective, spec, shown, result.logging, rows)
