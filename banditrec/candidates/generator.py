@@ -1,34 +1,7 @@
-"""One candidate generator for a carousel request: complements, substitutes, new items, popular.
+"""One candidate generator for a carousel request: complements, substitutes, new items and
+popular items, scored, filtered by business rules and spread across product types.
 
-For a user state (cart, recent purchases, recent views, segment), items get four component
-scores, each scaled so that the user's best item of that component scores 1:
-
-* ``complement``: directional complements (:class:`ComplementModel`) of the cart (weight 1)
-  and of recent purchases (0.7 ** rank, newest first), plus the product-type back-off: each
-  seed's type reaches its ``n_backoff`` best back-off items (``ComplementModel.backoff_items``);
-* ``similar``: substitutes of recent views — session co-view and view-then-buy pairs,
-  cosine-normalised, plus half the item-item CF similarity (:class:`ItemItemCF` on
-  recency-weighted interactions) — each view weighted ``0.5 ** (age / half_life)`` (or
-  0.7 ** rank without ages);
-* ``new``: items without interactions (cold start) that are metadata-similar to anything in
-  the state (:class:`~banditrec.candidates.metadata.MetadataIndex`, when given);
-* ``popular``: the ``n_popular`` items with the most recency-weighted purchases in the user's
-  segment (all users' when unknown).
-
-The candidate score is ``sum_c weight_c x component_c``, its ``source`` the component
-contributing most. Default weights ``complement=1, similar=0.3, new=0.5, popular=0.5`` were
-chosen by comparing, on the simulated shop, the exact expected clicks of carousels drawn from
-the candidates under a few weightings; in that shop the appeal every customer shares is
-strong, so popular items weigh more than neighbours of views. Shops with stronger personal
-taste should raise ``similar``.
-
-Items banned by the filters, in the cart, not ``active``, or of a non-consumable type already
-bought (with an :class:`AlreadyBought` rule) are left out; then the per-type cap and spread
-(:func:`diversify`, over every item left with a positive score) pick the N; ``min_new`` slots
-are kept for the best new items when any scored. Ties go to the lower item index.
-
-A request reads only the neighbour lists of its state's items and a few top lists, never the
-whole catalog; cost, build, saving and growing catalogs: ``docs/candidates.md``.
+Details: docs/candidates.md, "The generator (`candidates/generator.py`)".
 """
 
 from __future__ import annotations
@@ -63,7 +36,7 @@ class CandidateGenerator:
     window_s : co-purchase window (seconds)
     max_per_type, type_decay : the diversity cap and spread (:func:`diversify`)
     min_new : slots kept for new (cold) items when any is a candidate
-    weights : component weights (see module docstring)
+    weights : component weights (docs/candidates.md, "The generator")
     filters : :class:`Filters` (business rules), applied to every request
     metadata : a fitted MetadataIndex (cold start); None disables the ``new`` component
     n_popular : popular items kept per segment

@@ -1,36 +1,8 @@
-"""Off-policy estimators over logged carousel data (pure array code; the store hands arrays).
+"""Off-policy estimators over logged carousel data (pure array code; the store hands arrays):
+IPS, ClippedIPS, SNIPS, DM, DR, SNDR, SwitchDR, Replay and SlatePI, position-wise, per decision,
+each with a delta-method interval and a bootstrap from the same per-decision terms.
 
-Notation (Open Bandit Pipeline's): row ``i`` is one logged slot -- context ``x_i``, slot
-``k_i``, item ``a_i``, reward ``r_i`` and the logging policy's *marginal* probability
-``mu_i = mu(a_i at k_i | x_i)``; the target policy ``pi`` is given as ``action_dist (n,
-n_actions, n_slots)`` -- ``action_dist[i, a, k] = pi(a at k | x_i)`` -- or compactly as
-``target_pscore (n,) = pi(a_i at k_i | x_i)``. ``w_i = pi_i / mu_i``. A reward model gives
-``q_hat(x, a, k)``; ``qt_i = sum_a pi(a at k_i | x_i) q_hat(x_i, a, k_i)`` and
-``ql_i = q_hat(x_i, a_i, k_i)``.
-
-Every estimator is position-wise (Li et al. 2018's independent IPS, OBP's IIPS): under a
-reward additive over slots, with slot k's reward depending only on the item in slot k (a
-position-based click model), ``V(pi) = E_x sum_k sum_a pi(a at k | x) q_k(x, a)``. Each
-returns the value **per decision** (summed over its slots), with decisions -- not rows -- as
-the independent units, because the rows of one carousel share a context:
-
-==========  ================================================================================
-IPS         ``sum_d sum_{i in d} w_i r_i / D``
-ClippedIPS  IPS with ``w_i`` replaced by ``min(w_i, lambda_)`` (biased down, lower variance)
-SNIPS       IPS divided by the mean row weight (``E[w] = 1`` when mu supports pi)
-DM          ``sum_d sum_{i in d} qt_i / D``
-DR          ``sum_d sum_{i in d} (qt_i + w_i (r_i - ql_i)) / D``  (Dudik et al. 2011)
-SNDR        DM plus the DR correction self-normalised by the mean row weight
-SwitchDR    DR's correction only on rows with ``w_i <= lambda_`` (Wang et al. 2017)
-Replay      Li et al. 2011: rows where the target, sampled, agrees with a uniform logger
-SlatePI     Swaminathan et al. 2017's pseudo-inverse, from the whole-slate reward only
-==========  ================================================================================
-
-Each estimator reduces the log to per-decision terms -- a plain part and ratio parts,
-``V = mean(p) + sum_j mean(a_j) / mean(b_j)`` -- so that the point value, the delta-method
-standard error (influence ``p - mean(p) + sum_j (a_j - R_j b_j) / mean(b_j)``) and a one-shot
-vectorised bootstrap over decisions all come from the same code, and a partitioned log can be
-reduced to sums and combined.
+Details: docs/evaluation.md, "The estimators (`ope/estimators.py`)".
 """
 
 from __future__ import annotations
