@@ -17,7 +17,7 @@ from ..errors import ValidationError
 from ..policies import load
 from ..publish import POINTER, Resolved, resolve
 
-# Requests look at the pointer at most this often per worker: a stat on every request was a
+# Requests look at the pointer at most this often per worker: a stat on every request is a
 # measurable share of a decision's CPU in the served request path (far more than the same
 # stat costs in a tight loop), and 10 ms is well below the time between a publish and the
 # next request anyone could act on.
