@@ -28,20 +28,35 @@ _NAMES = np.asarray(SOURCES, dtype=object)
 
 
 class CandidateGenerator:
-    """Parameters
+    """A carousel request's candidates: complements, substitutes, new and popular items.
+
+    Parameters
     ----------
-    n_neighbors : neighbours kept per item (CF and complements)
-    weighting : ItemItemCF weighting ("cosine", "tfidf", "bm25")
-    half_life_s : recency half-life of interactions and views (seconds)
-    window_s : co-purchase window (seconds)
-    max_per_type, type_decay : the diversity cap and spread (:func:`diversify`)
-    min_new : slots kept for new (cold) items when any is a candidate
-    weights : component weights (docs/candidates.md, "The generator")
-    filters : :class:`Filters` (business rules), applied to every request
-    metadata : a fitted MetadataIndex (cold start); None disables the ``new`` component
-    n_popular : popular items kept per segment
-    n_backoff : back-off items kept per product type
-    max_pair_distance : the per-session pair cap of :func:`pair_signals`
+    n_neighbors : int, default 50
+        Neighbours kept per item (CF and complements).
+    weighting : {"cosine", "tfidf", "bm25"}
+        The item-item CF weighting.
+    half_life_s, window_s : float
+        Recency half-life of interactions and views; co-purchase window (seconds).
+    max_per_type, type_decay : int, float
+        The diversity cap and spread (:func:`diversify`).
+    min_new : int, default 1
+        Slots kept for new (cold) items when any is a candidate.
+    weights : dict, optional
+        Component weights (docs/candidates.md, "The generator").
+    filters : Filters, optional
+        Business rules, applied to every request.
+    metadata : MetadataIndex, optional
+        Fitted metadata neighbours (cold start); None disables the ``new`` component.
+    n_popular, n_backoff : int
+        Popular items kept per segment; back-off items kept per product type.
+    max_pair_distance : int or None
+        The per-session pair cap of :func:`pair_signals`.
+
+    Raises
+    ------
+    ValidationError
+        A parameter out of range or an unknown weight component.
     """
 
     head = 2  # see _diversified: the share of a row spread before checking that it suffices
@@ -214,7 +229,27 @@ class CandidateGenerator:
 
     # ---- candidates ------------------------------------------------------------------------
     def candidates(self, state: UserState, N: int, exclude=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One user's candidates: ``(ids (k,), scores (k,), source (k,))``, k <= N."""
+        """One user's candidates.
+
+        Parameters
+        ----------
+        state : UserState
+            Cart, recent purchases and views, segment.
+        N : int
+            Most candidates returned.
+        exclude : item indices, optional
+            Items not to return, on top of the filters.
+
+        Returns
+        -------
+        ids, scores, source : arrays (k,), k <= N
+            Item indices best first, their scores and the component each came from.
+
+        Raises
+        ------
+        ValidationError
+            Before :meth:`fit`, a bad ``N``, or a state or ``exclude`` naming unknown items.
+        """
         N, excl = self._request([state], N, exclude)
         _, items, scores, source = self._pick([state], N, excl)
         return items, scores, _NAMES[source]

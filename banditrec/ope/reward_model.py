@@ -422,8 +422,24 @@ DEFAULT_REWARD_MODEL = "logistic"  # chosen by measured error: docs/evaluation.m
 
 
 def make_reward_model(name: str | None = None, item_features: np.ndarray | None = None) -> RewardModel:
-    """The reward model called ``name`` (default :data:`DEFAULT_REWARD_MODEL`) with its default
-    settings, using ``item_features`` if it takes them."""
+    """The reward model called ``name`` with its default settings.
+
+    Parameters
+    ----------
+    name : {"ridge", "logistic", "gbt"}, optional
+        Default :data:`DEFAULT_REWARD_MODEL`.
+    item_features : array (n_items, d), optional
+        Used by the models that take them.
+
+    Returns
+    -------
+    RewardModel
+
+    Raises
+    ------
+    ValidationError
+        An unknown ``name``.
+    """
     name = DEFAULT_REWARD_MODEL if name is None else name
     if name not in REWARD_MODELS:
         raise ValidationError(f"unknown reward model {name!r}; known: {', '.join(sorted(REWARD_MODELS))}",
