@@ -27,5 +27,5 @@ def _build():
 
 
 app = _build()
-if "banditrec.watcher" in app.extensions:  # idle workers pick up snapshots too (reload.py says why)
+if "banditrec.watcher" in app.extensions:  # idle workers pick up snapshots too (docs/service.md, "Reloading snapshots")
     app.extensions["banditrec.watcher"].start()
