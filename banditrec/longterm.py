@@ -66,8 +66,8 @@ def window_margins(user, ts, amount, *, horizon_s: float, skip_s: float = 0.0):
 def estimate_item_values(user, item, ts, item_margin, groups, *, horizon_days: float = 30.0,
                          skip_days: float = 0.0, end_ts: float | None = None,
                          cap_quantile: float = 0.99) -> LongTermValue:
-    """Long-term value of every item from purchases ``(user, item, ts)`` (see the module
-    docstring for the method and its assumptions).
+    """Long-term value of every item from purchases ``(user, item, ts)`` (the method and its
+    assumptions: docs/abtest.md, "The long-term value estimate").
 
     ``item_margin (n_items,)`` is each item's margin; ``groups (n_items,)`` each item's
     comparison group (product type). ``end_ts`` is when the log ends (default: its last

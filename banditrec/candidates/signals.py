@@ -153,7 +153,8 @@ def _user_pair_counts(a, b, who, n_items: int) -> sp.csr_matrix:
 
 @dataclass(frozen=True)
 class PairSignals:
-    """The three signals as (n_items, n_items) csr matrices of user counts (see module doc)."""
+    """The three signals as (n_items, n_items) csr matrices of user counts (docs/candidates.md,
+    "Pair signals")."""
 
     co_view: sp.csr_matrix  # symmetric
     view_then_buy: sp.csr_matrix  # [viewed, bought]

@@ -41,8 +41,8 @@ class EpsilonGreedy(JointRidgePolicy):
 
 @dataclass(frozen=True)
 class SoftmaxConfig(PolicyConfig):
-    """``tau``: the temperature in noise standard deviations (see the module doc); the default
-    was chosen on the held-out scenario (``docs/policies.md``)."""
+    """``tau``: the temperature in noise standard deviations (docs/policies.md, "Epsilon-greedy
+    and softmax"); the default was chosen on the held-out scenario (``docs/policies.md``)."""
 
     tau: float = 0.02
     epsilon: float = 0.0

@@ -28,7 +28,8 @@ LOCAL = ("bias", "context")
 class HybridConfig(LinUCBConfig):
     """``local``: each item's own features, ``bias`` (an effect per item) or ``context``;
     ``item_reg``: the ridge penalty ``rho`` of the items' own coefficients, 0 to estimate it
-    from the data (``local=bias``; ``reg`` for ``local=context``) -- see the module doc."""
+    from the data (``local=bias``; ``reg`` for ``local=context``) -- see docs/policies.md,
+    "Hybrid LinUCB"."""
 
     local: str = "bias"
     item_reg: float = 0.0
@@ -79,7 +80,7 @@ class HybridLinUCB(PerItemPolicy):
 
     @property
     def auto_prior(self) -> bool:
-        """Whether the items' prior is estimated from the data (module doc)."""
+        """Whether the items' prior is estimated from the data (docs/policies.md, "Hybrid LinUCB")."""
         return self.config.item_reg == 0 and self.config.local == "bias"
 
     def local_features(self, context: np.ndarray) -> np.ndarray:
@@ -151,7 +152,8 @@ class HybridLinUCB(PerItemPolicy):
             self._reestimate_prior()
 
     def _reestimate_prior(self) -> None:
-        """Empirical Bayes for ``rho`` (module doc); rebuild when it moved by more than 10%."""
+        """Empirical Bayes for ``rho`` (docs/policies.md, "Hybrid LinUCB"); rebuild when it
+        moved by more than 10%."""
         old = self._item_reg()
         n_a = self.A[:, 0, 0] - old  # each item's weighted rows (x = [1])
         seen = n_a > 1e-12

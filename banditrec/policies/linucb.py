@@ -24,9 +24,9 @@ _TINY = np.finfo(float).tiny  # covers the absolute error of gradual underflow
 @dataclass(frozen=True)
 class LinUCBConfig(PolicyConfig):
     """``alpha``: the width of the confidence bound, in posterior standard deviations of the
-    mean (module doc); the default 1 was chosen on the held-out scenario (``docs/policies.md``),
-    and on rewards in [0, 1] it matches Li et al.'s LinUCB (``bench/run.py --only synthetic``);
-    ``reg``, ``gamma``: :func:`~.ridge.check_ridge`."""
+    mean (docs/policies.md, "Shared LinUCB"); the default 1 was chosen on the held-out
+    scenario (``docs/policies.md``), and on rewards in [0, 1] it matches Li et al.'s LinUCB
+    (``bench/run.py --only synthetic``); ``reg``, ``gamma``: :func:`~.ridge.check_ridge`."""
 
     alpha: float = 1.0
     epsilon: float = 0.0

@@ -177,7 +177,7 @@ def ridge_step(A, A_inv, b, X, r, w, *, reg: float = 1.0, gamma: float = 1.0):
     Never modifies its inputs; raises the overflow error if a new array is not finite. One row
     uses Sherman-Morrison, more rows re-invert through a Cholesky factor (cheaper and more
     accurate than m rank-one updates). With ``gamma < 1`` the data part ``A - reg I`` and ``b``
-    decay by ``gamma^m`` and row ``i`` counts ``gamma^(m - 1 - i) w_i`` (module doc).
+    decay by ``gamma^m`` and row ``i`` counts ``gamma^(m - 1 - i) w_i`` (docs/policies.md, "Ridge statistics").
     """
     age, decay = row_discounts(len(X), gamma)
     with np.errstate(over="ignore", invalid="ignore"):

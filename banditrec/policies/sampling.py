@@ -21,8 +21,8 @@ DEFAULT_DRAWS = 256
 def honest_se(mean: np.ndarray, sd: np.ndarray, n: int, lo, hi) -> np.ndarray:
     """Standard error of Monte-Carlo means of ``n`` terms each in ``[lo, hi]`` (broadcast), given
     their ``mean`` and ``sd`` (ddof=1): the population standard deviation of the terms with two
-    pseudo-terms at ``lo`` and two at ``hi`` added, over ``sqrt(n)`` (module doc). At most
-    ``(hi - lo) / (2 sqrt(n))``, as the spread of values in ``[lo, hi]`` is."""
+    pseudo-terms at ``lo`` and two at ``hi`` added, over ``sqrt(n)`` (docs/policies.md, "Monte
+    Carlo slates"). At most ``(hi - lo) / (2 sqrt(n))``, as the spread of values in ``[lo, hi]`` is."""
     mean, sd = np.asarray(mean, dtype=float), np.asarray(sd, dtype=float)
     lo, hi = np.broadcast_to(lo, mean.shape), np.broadcast_to(hi, mean.shape)
     center = (n * mean + 2.0 * (lo + hi)) / (n + 4.0)

@@ -461,8 +461,8 @@ class VWContextualBandit(VWPolicy):
         items, reward (m,); pscore (m,) : the row's logged **marginal** P(slot k holds this item
         | context); candidates : m arrays (n_d, d_i), the candidates presented at the row's
         decision; chosen (m,) : the shown item's position in its candidates; weight (m,) :
-        importance weights (label probability ``pscore / weight``; see module doc). Everything is
-        checked before the first row is learned.
+        importance weights (label probability ``pscore / weight``; docs/policies.md, "Vowpal
+        Wabbit"). Everything is checked before the first row is learned.
         """
         X, r, p, w, cands, c = self._check_update(
             rows.context, rows.item_features, rows.reward, rows.items, rows.weight, rows.pscore, "pscore",
