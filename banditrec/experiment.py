@@ -1,31 +1,7 @@
-"""A/B-test statistics: assignment, sample-ratio check, comparisons of arms, power.
+"""A/B-test statistics: assignment, sample-ratio check, comparisons of arms (Welch, delta method,
+customer bootstrap), CUPED and power; pure array code, customers as the independent units.
 
-Pure array code with no dependence on the simulator, so it serves a real shop's A/B data as
-well as ``studies.abtest``. Arm ``a`` is the control and arm ``b`` the treatment throughout:
-``diff = metric(b) - metric(a)`` and ``lift = diff / metric(a)``.
-
-The unit of randomisation is the customer, and every comparison treats customers as the
-independent units:
-
-* per-customer metrics (revenue per customer, retention, lifetime value):
-  :func:`compare_means` -- Welch's t interval, a delta-method interval for the lift and a
-  percentile bootstrap that resamples customers within each arm;
-* ratio metrics whose numerator and denominator are both sums over customers (CTR =
-  clicks / impressions, conversion = orders / visits, AOV = revenue / orders):
-  :func:`compare_ratios` -- the delta method for a ratio of means (Deng, Knoblich & Lu 2018,
-  "Applying the Delta Method in Metric Analytics: A Practical Guide with Novel Ideas", KDD)
-  and the same customer-level bootstrap. Treating impressions as independent (a binomial
-  interval on clicks / impressions) understates the variance when customers differ.
-
-Variance reduction: :func:`cuped` (Deng, Xu, Kohavi & Walker 2013, "Improving the
-Sensitivity of Online Controlled Experiments by Utilizing Pre-Experiment Data", WSDM) adjusts a
-per-customer metric by a covariate measured before assignment (the customer's pre-period
-spend); ``compare_means(..., covariates=(x_a, x_b))`` compares the adjusted values. The
-adjustment leaves the expected difference unchanged (assignment is independent of the
-covariate) and divides its variance by about ``1 / (1 - rho^2)``.
-
-Power calculations (:func:`sample_size`, :func:`power`, :func:`minimum_detectable_effect`,
-:func:`duration_days`) use the normal approximation of the two-sample test.
+Details: docs/abtest.md, "The statistics (`banditrec/experiment.py`)".
 """
 
 from __future__ import annotations

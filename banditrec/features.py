@@ -1,15 +1,7 @@
-"""Turning a request's context and its candidates' attributes into feature vectors.
+"""Turning a request's context and its candidates' attributes into feature vectors (stateless):
+an item's ``[1, v, cold]`` and the joint (context, item) features of the linear models.
 
-Stateless: the same inputs always give the same vectors.
-
-An item enters the linear models as ``u = [1, v, cold]``: a constant, its attributes ``v``
-and its cold flag (1 for an item without interaction history, else 0). The joint feature of
-(context c, item u) is ``[u, vec(u c^T)]`` = every product of ``[1, c]`` with ``u``: an
-intercept, the item's own terms (an item-side bias), the context's own terms, and every
-context-item product, so a linear model over it can represent any affine-bilinear affinity
-``[1, c]^T W [1, v, cold]``. Without the intercept and the context's own terms a ridge fit
-of rewards with a non-zero mean has to absorb that mean into the item terms, which distorts
-the ranking.
+Details: docs/policies.md, "Joint features (`banditrec/features.py`)".
 """
 
 from __future__ import annotations

@@ -1,38 +1,8 @@
-"""Each item's long-term value, estimated from the purchase log.
+"""Each item's long-term value, estimated from the purchase log: a within-type contrast of its
+buyers' later margin, regression-adjusted and shrunk by empirical Bayes. Read its assumptions
+before trusting the numbers.
 
-A shop's recommender that maximises the next sale favours items that sell now; some items
-(a first camera, a starter kit: *gateway* products) are worth more than their margin because
-their buyers come back and spend more. This module estimates that extra value per item so a
-policy can be rewarded with ``immediate margin + lambda x long-term value``.
-
-Method (a within-type contrast with regression adjustment and empirical-Bayes shrinkage):
-
-1. **Outcome.** For each customer's *first* purchase of item ``j`` at time ``t``, the later
-   margin ``Y`` = the customer's total margin from purchases in ``(t + skip, t + horizon]``,
-   capped at a high quantile (winsorised) so that a few big spenders do not drown the contrasts.
-   Purchases whose window is not complete by the end of the log (``t + horizon > end``) are
-   left out (censored), so early and late buyers are compared over the same length of time.
-2. **Comparable customers.** Those who bought *another item of the same group* (product
-   type) -- a substitute -- during the log, with their own later margin. Comparing within a
-   group removes what the group itself says about a buyer (people buying prams spend more
-   later whichever pram they choose).
-3. **Adjustment.** The customer's margin in ``[t - horizon, t)``, ``X``, measures how active
-   they already were. Within groups, ``Y`` is regressed on ``X`` (one pooled slope ``b``);
-   the residual ``e = (Y - mean_g Y) - b (X - mean_g X)`` is what the purchase is credited with.
-4. **Raw value** of item ``j``: the mean residual of its buyers (the group's mean residual is
-   0 by construction, so it is the contrast with the group's other buyers).
-5. **Shrinkage.** With few buyers the raw value is mostly noise; it is shrunk towards 0 by
-   ``tau^2 / (tau^2 + s^2 / n_j)``, with ``s^2`` the pooled residual variance and ``tau^2``
-   the between-item variance of the true values, estimated by the method of moments with
-   items weighted by their buyers (``sum_j n_j (raw_j^2 - s^2 / n_j) / sum_j n_j``, floored
-   at 0). Items without an uncensored purchase get 0.
-
-Assumptions, to be read before trusting the numbers: within a group and at equal prior
-activity, which item a customer buys is unrelated to how much they would have spent anyway
-(no unobserved confounding); an item's effect is the same for every buyer and adds to the
-margin; it shows within ``horizon``; only a customer's first purchase of an item counts. A
-log where the recommender itself pushed some items to certain customers violates the first
-assumption to the extent that the pushing used information about future spend.
+Details: docs/abtest.md, "The long-term value estimate (`banditrec/longterm.py`)".
 """
 
 from __future__ import annotations
@@ -96,8 +66,8 @@ def window_margins(user, ts, amount, *, horizon_s: float, skip_s: float = 0.0):
 def estimate_item_values(user, item, ts, item_margin, groups, *, horizon_days: float = 30.0,
                          skip_days: float = 0.0, end_ts: float | None = None,
                          cap_quantile: float = 0.99) -> LongTermValue:
-    """Long-term value of every item from purchases ``(user, item, ts)`` (see the module
-    docstring for the method and its assumptions).
+    """Long-term value of every item from purchases ``(user, item, ts)`` (the method and its
+    assumptions: docs/abtest.md, "The long-term value estimate").
 
     ``item_margin (n_items,)`` is each item's margin; ``groups (n_items,)`` each item's
     comparison group (product type). ``end_ts`` is when the log ends (default: its last

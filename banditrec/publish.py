@@ -1,22 +1,7 @@
-"""Publishing snapshots: the pointer a publisher switches atomically, and what a reader serves.
+"""Publishing snapshots: the pointer a publisher switches atomically, and :func:`resolve`, the
+one rule every reader applies to choose what it serves.
 
-A publisher (the learner) writes a snapshot (:mod:`banditrec.policies.snapshot`), then
-replaces the pointer ``<directory>/CURRENT.json``: the manifest's file name, the SHA-256 of
-the manifest's bytes, the version and ``trained_until_seq``, and ``checksum``, the SHA-256
-of the pointer's own canonical JSON. With the manifest's checksum and the payload's hash in
-the manifest, every byte a reader uses is covered.
-
-:func:`resolve` is the one rule every reader applies, so that any two readers of one
-directory (two workers, one restarted; the learner resuming) arrive at the same snapshot:
-
-1. the pointer's snapshot, when the pointer and everything it points to verify;
-2. otherwise the newest snapshot on disk that verifies, newest by its manifest's
-   ``provenance.trained_until_seq``, then ``meta.n_updates``, then file name -- read from
-   verified manifests only, never from file times;
-3. otherwise nothing (the reader keeps what it has, or its built policy).
-
-The reader passes an ``opener`` (e.g. one that rebuilds a policy); whatever it raises is a
-refusal of that snapshot, never an error of the reader. See ``docs/service.md``.
+Details: docs/service.md, "Publishing (`banditrec/publish.py`)".
 """
 
 from __future__ import annotations
@@ -163,7 +148,7 @@ def newest_valid(directory, opener: Callable, *, current: str | None = None, nam
 
 
 def resolve(directory, opener: Callable, *, current: str | None = None, name: str = POINTER) -> Resolved:
-    """Apply the rule of this module's docstring to ``directory``.
+    """Apply the rule of docs/service.md, "Snapshots and what a worker serves", to ``directory``.
 
     ``opener(manifest_path, manifest_sha256)`` builds what is served from a snapshot (and
     verifies it); ``current`` is the version the caller serves now: when the rule chooses it,

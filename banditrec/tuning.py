@@ -1,17 +1,8 @@
-"""Choosing a policy's hyper-parameters from the log: ``banditrec evaluate --tune GRID``.
+"""Choosing a policy's hyper-parameters from the log: ``banditrec evaluate --tune GRID``. The
+setting with the highest simultaneous (Bonferroni) lower bound wins, so its interval stays
+honest after the selection.
 
-A grid is a policy spec whose values may list alternatives, ``|``-separated::
-
-    shared-linucb:alpha=0.25|0.5|1,epsilon=0.02|0.05     (3 x 2 = 6 settings)
-
-Every setting is trained on the training part of the log and estimated off-policy on the rest
-(as any ``--policy``). The rule: the setting with the highest lower bound of the primary
-estimator wins, with every setting's interval at the *simultaneous* level ``1 - (1 - level) /
-K`` over the K settings (Bonferroni). Picking the best of K noisy estimates favours the one
-whose noise was luckiest (the winner's curse); intervals that hold for all K settings at once
-hold for the chosen one too, so the chosen setting's interval and the safe-deploy gate stay
-honest after the selection. Settings whose primary diagnostics warn are not eligible. See
-docs/evaluation.md.
+Details: docs/evaluation.md, "Tuning (`banditrec/tuning.py`)".
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The default shop (5,000 items in 100 types, 20,000 customers; 5% new items launching on day 0)
 runs a 90-day pre-period; models learn on the first 60 days and are asked about the last 30
-(``studies/candidate_eval.py`` says exactly what is asked). Not a speed benchmark: quality
+(docs/candidates.md, "Judging the generators", says exactly what is asked). Not a speed benchmark: quality
 against the simulator's true complement graph, with the fitting times beside it.
 """
 

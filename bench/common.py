@@ -167,9 +167,9 @@ def _numpy_openblas():
 def blas_threads(n: int):
     """Run the block with numpy's OpenBLAS on ``n`` threads; yields the count in force, or None
     when the library's controls were not found (then nothing is changed). On a small machine
-    with other work running, threaded BLAS calls wait for CPU time slices (a 200 x 264 x 264
-    product measured 0.4 ms single-threaded and 16 ms at the median threaded), which says
-    nothing about the code being timed."""
+    with other work running, threaded BLAS calls wait for CPU time slices (a small matrix
+    product can take many times longer threaded than single-threaded), which says nothing
+    about the code being timed."""
     found = _numpy_openblas()
     if found is None:
         yield None

@@ -560,8 +560,8 @@ def bare_fetch(conn: sqlite3.Connection, until: int) -> tuple[list, list, list]:
 
 
 def previous_reader(conn: sqlite3.Connection, until: int) -> tuple:
-    """DecisionLog.decisions() as it was before issue 6 (commit 27c981c): the rewards LEFT JOINed
-    to every slot row, json.loads per decision, one array per column from Python lists."""
+    """The plain reader ``DecisionLog.decisions()`` is timed against: the rewards LEFT JOINed to
+    every slot row, json.loads per decision, one array per column from Python lists."""
     dec_sql = ("SELECT d.seq, d.event_id, d.context, d.candidate_index, r.reward FROM decisions d "
                "LEFT JOIN rewards r ON r.event_id = d.event_id AND r.position = -1 AND r.kind = ? "
                "WHERE d.seq > ? AND d.seq <= ? ORDER BY d.seq")

@@ -14,7 +14,7 @@ ones, one at a time in one process, garbage collector off: a known user's cart o
 0-5 purchases and 0-10 recent views with their ages (items drawn like events, i.e. by
 popularity), a segment (one request in ten unknown), N = 50, filters on (5% of items out of
 stock, types already bought unless consumable, two excluded categories), type diversity on
-(at most 5 per type). ``ItemItemCF.candidates`` (the plain CF the service used to serve) is
+(at most 5 per type). ``ItemItemCF.candidates`` (plain item-item CF, without the generator's other components) is
 timed on the same requests' items. implicit: ``CosineRecommender(K=51)`` (its item itself is
 among its K) on the same recency-weighted users x items matrix that banditrec's item-item CF
 is fitted on, in its own venv (``make bench-peers``), every core.

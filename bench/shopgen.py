@@ -97,7 +97,7 @@ def synthetic_shop(n_items: int, gen: np.random.Generator, *, events_per_item: f
 
     # users and sessions
     n_events_target = events_per_item * n
-    per_session = 3.83  # events per session with the probabilities below (measured: 8.9 per item at 4.3)
+    per_session = 3.83  # events per session with the probabilities below
     S = max(1, int(n_events_target / per_session))
     n_users = max(1, S // 3)
     act = np.minimum(gen.pareto(1.5, n_users) + 1.0, 200.0)

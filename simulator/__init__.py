@@ -1,14 +1,7 @@
-"""Simulated shops that know the truth.
+"""Simulated shops that know the truth: :class:`Environment` (the retail shop day by day) and
+:class:`Shop` (the small static world of the truth and regret studies).
 
-* :class:`Environment` — the retail shop day by day: a catalog with product types, a directed
-  complement graph, gateway items and stock; customers with preferences, segments, devices and
-  long-term state (satisfaction, visit rate, churn); organic browsing, carousels under a
-  position-based or cascade examination model, purchases, carts, lifetime value. Exact
-  expected rewards of any slate. Configured by :class:`SimConfig` (TOML-loadable).
-* :class:`Shop` — the small static world (one-shot requests, position-based clicks) that the
-  off-policy-evaluation truth studies and the regret study use.
-
-The model and its equations: ``docs/simulator.md``.
+Details: docs/simulator.md, "The package (`simulator/__init__.py`)".
 """
 
 from .carousel import CarouselModel, Response

@@ -1,24 +1,7 @@
-"""How a customer responds to a carousel: examination, attraction, purchase, cart.
+"""How a customer responds to a carousel: examination, attraction, purchase, cart; exact
+expected clicks, purchases and revenue per request.
 
-For request r (customer u, on day t) and item j of product type t_j::
-
-    comp_r(j)  = max over items o owned or in the cart of complement[t_o, t_j]      (0 if none)
-    owned_r(j) = 1 if t_j is a non-consumable type the customer owns
-    due_r(j)   = 1 if t_j is a consumable type last bought >= reorder_days[t_j] days ago
-    z_rj       = base_logit + bias_j + pref_u . latent_j - beta_u (log price_j - log_price_ref)
-                 + complement_boost comp_r(j) - owned_penalty owned_r(j) + reorder_boost due_r(j)
-    a_rj       = sigmoid(z_rj)                         P(click | examined)
-    q_rj       = sigmoid(purchase_logit - beta_u (log price_j - ref) + complement_boost comp_r(j))
-                 x [j in stock]                          P(purchase | click)
-
-Examination of slot k (0-based) of a K-slot carousel:
-
-    position-based:  P(click k) = theta_k a_k,  theta_k = (k + 1) ** -(eta * device_eta[device])
-    cascade:         P(click k) = a_k patience^k prod_{l<k} (1 - a_l)
-
-A click without a purchase adds the item to the cart with probability ``cart_rate``. So, per
-request, exactly: E[clicks] = sum_k P(click k); E[purchases] = sum_k P(click k) q_k;
-E[revenue] = sum_k P(click k) q_k price_k, and the same for margin or any extra column.
+Details: docs/simulator.md, "The carousel response (`simulator/carousel.py`)".
 """
 
 from __future__ import annotations

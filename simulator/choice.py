@@ -1,13 +1,7 @@
-"""Position-based click model (Craswell et al. 2008; Chuklin et al. 2015).
+"""Position-based click model (Craswell et al. 2008; Chuklin et al. 2015): probabilities,
+kept separate from sampling, which takes an explicit Generator.
 
-A customer examines slot k with probability ``theta_k = (k + 1) ** -eta`` and, having
-examined it, clicks item a with its attraction ``sigmoid(base + bias_a + pref . latent_a)``.
-Examination and clicks are independent across slots, so
-
-    P(click in slot k | slate) = theta_k * attraction(customer, slate_k)
-    E[clicks | slate]          = sum_k theta_k * attraction(customer, slate_k)
-
-Probabilities are separate from sampling; sampling takes an explicit Generator.
+Details: docs/simulator.md, "The position-based click model (`simulator/choice.py`)".
 """
 
 from __future__ import annotations

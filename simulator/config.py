@@ -1,12 +1,7 @@
-"""The simulated shop's configuration: one frozen dataclass, documented defaults, TOML files.
+"""The simulated shop's configuration: one frozen dataclass, documented defaults, TOML files;
+a bad or unknown key raises a ValidationError naming it.
 
-Every field has a default, a one-line meaning (``SimConfig.describe()`` prints them) and a
-check; a bad value raises :class:`~banditrec.errors.ValidationError` naming the field and the
-value. ``SimConfig.from_toml(path)`` reads a TOML file whose keys are field names, either at
-the top level or grouped under any tables (``[catalog]``, ``[customers]``, ...): the table
-names are only for the reader. An unknown key is an error that names it.
-
-The model these fields parameterise is written down in ``docs/simulator.md``.
+Details: docs/simulator.md, "Configuration (`simulator/config.py`)".
 """
 
 from __future__ import annotations

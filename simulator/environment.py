@@ -1,20 +1,7 @@
 """The retail shop day by day: visits, organic browsing, carousels, purchases, retention.
+The world comes from ``seed``, each day's draws from a stream keyed by (seed, day).
 
-Batch first::
-
-    env = Environment(SimConfig(), seed=7)
-    history = env.warm_up()              # the pre-period: organic browsing only
-    for _ in range(90):
-        req = env.requests()             # today's visitors, after their organic browsing
-        slates = my_policy(req)          # (m, K) item indices
-        truth = env.expected_reward(req, slates, kind="margin")   # exact, from the choice model
-        out = env.respond(req, slates, rng)                        # sampled, and applied to state
-        env.advance_day()                # churn, satisfaction, stock
-
-Randomness: the world (catalog, customers, initial stock) comes from ``seed``; each day's
-visits, browsing and churn from a stream keyed by (seed, day), so two policies run on the same
-seed meet the same world and, while their customers' states agree, the same draws (common
-random numbers). The carousel's own draws come from the Generator passed to :meth:`respond`.
+Details: docs/simulator.md, "The environment (`simulator/environment.py`)".
 """
 
 from __future__ import annotations
@@ -119,7 +106,7 @@ class DayKPIs:
 
 
 class Environment:
-    """The simulated shop. See the module docstring and ``docs/simulator.md``."""
+    """The simulated shop. See ``docs/simulator.md``."""
 
     def __init__(self, config: SimConfig | None = None, seed=0):
         self.config = c = config or SimConfig()

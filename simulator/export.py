@@ -1,13 +1,7 @@
 """The simulated shop as a real shop would hand it over: items, interactions and users files
-(``docs/data-formats.md``) and a build config, for ``banditrec build``.
+and a build config for ``banditrec build``, without what only the simulator knows.
 
-What a shop knows is exported; what only the simulator knows is not: no hidden appeal, no
-gateway flags, no true preferences. Items carry ``emb0..emb{d-1}``, the simulator's item
-vectors (a shop's own item embeddings), customers their published taste profile
-``taste0..taste{d-1}`` (what the simulated requests send as context), segment and device.
-Timestamps are the simulation's clock in seconds (day 0 of the pre-period at 0), written in
-full precision, so a build from these files fits exactly the candidate model the simulator
-fits in process (``tests/test_shop_simulated.py`` checks it).
+Details: docs/simulator.md, "Export as a shop's files (`simulator/export.py`)".
 """
 
 from __future__ import annotations

@@ -1,16 +1,7 @@
-"""A small shop: catalog, customers, purchase history and position-biased clicks.
+"""A small shop: catalog, customers, purchase history and position-biased clicks, with exact
+expected rewards; scenarios where exploration pays are settings of :class:`ShopConfig`.
 
-Everything random takes an explicit Generator; one seed builds the same world every time.
-The shop knows the truth: :meth:`Shop.expected_reward` is exact, computed from the model.
-
-Scenarios where exploration pays (``docs/simulator.md``; :mod:`simulator.scenarios` names
-them) are settings of :class:`ShopConfig`, each off by default, so that the default shop is
-today's draw for draw: a larger hidden per-item appeal (``bias_sd``); items that launch while
-the shop runs (``new_item_share`` over ``launch_days``); appeal that drifts (``drift_sd``, a
-random walk per item) and moves with the seasons (``season_amplitude``, per product type);
-purchases as the reward (``reward = "purchase"``, each item with a hidden conversion rate).
-Time is in days; a request at day ``t`` meets the world of day ``t`` (:meth:`Shop.appeal_shift`,
-:meth:`Shop.launched`), and the truth is exact at every ``t``.
+Details: docs/simulator.md, "The small shop (`simulator/shop.py`)".
 """
 
 from __future__ import annotations

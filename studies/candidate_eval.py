@@ -1,19 +1,7 @@
-"""Candidate generators judged on the simulated shop, where the complement graph is known.
+"""Candidate generators judged on the simulated shop, where the complement graph is known:
+next complement, diversity and cold start.
 
-The pre-period's events are split by day: models learn on the first ``train_days``, and are
-asked about the rest. The questions:
-
-* **Next complement.** For every purchase b that followed a purchase a in one visit of the
-  test days, where b's type truly is a complement of a's (the simulator's graph), is b among
-  the top k of the model's list for a? (hit@1, @3, @10; one query per such pair.) Compared:
-  (a) symmetric co-purchase cosine (item-item CF on the users x purchases matrix) and (b)
-  directional scores from co-purchase-only pairs (:class:`~banditrec.candidates.ComplementModel`).
-  The reverse question (a given b) is asked of (b) too: a directional model should not
-  answer it.
-* **Diversity.** Distinct product types among the first 3 items of each list.
-* **Cold start.** New items launch on day 0, after the pre-period, without a single event:
-  the share of them that appear in some day-0 visitor's candidate list
-  (:class:`~banditrec.candidates.CandidateGenerator` with and without metadata similarity).
+Details: docs/candidates.md, "Judging the generators (`studies/candidate_eval.py`)".
 """
 
 from __future__ import annotations
@@ -71,8 +59,8 @@ def distinct_types(lists: np.ndarray, types: np.ndarray, k: int = 3) -> float:
 
 def evaluate_candidates(config: SimConfig | None = None, *, seed=0, train_days: int = 60, test_days: int = 30,
                         metadata_factory=None, n_candidates: int = 50) -> CandidateEval:
-    """Run the evaluation described in the module docstring. ``metadata_factory(catalog)``
-    returns a fitted metadata index for the generator's cold start (None: no metadata)."""
+    """Run the evaluation described in docs/candidates.md, "Judging the generators".
+    ``metadata_factory(catalog)`` returns a fitted metadata index for the generator's cold start (None: no metadata)."""
     import time
 
     config = (config or SimConfig()).replace(history_days=train_days + test_days)

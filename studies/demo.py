@@ -1,18 +1,7 @@
-"""``banditrec demo``: the simulated retail shop run as a real shop would run banditrec.
+"""``banditrec demo``: the simulated retail shop run as a real shop would run banditrec
+(export, build, serve, learn, evaluate).
 
-1. **export**: the simulator hands over what a shop has -- items, interactions and users files
-   (:func:`simulator.export.export_shop`);
-2. **build**: ``banditrec build`` turns them into a shop directory;
-3. **serve**: every day's visitors go through the decision service built from that directory
-   (the Flask app ``banditrec serve`` runs, here in process): their browsing is posted to
-   ``/v1/events``, each carousel comes from ``/v1/decide`` and the simulated customers' clicks
-   and purchases go back to ``/v1/reward``;
-4. **learn**: at the end of each day a learner learns from the closed decisions and publishes a
-   snapshot, which the service reloads;
-5. **evaluate**: ``banditrec evaluate --shop`` estimates other policies from the log alone, and
-   each estimate is printed beside the exact value the simulator computes for it.
-
-This module drives the simulator (it is wiring, like :mod:`studies.coverage`).
+Details: docs/simulator.md, "The demo (`studies/demo.py`)".
 """
 
 from __future__ import annotations
@@ -111,7 +100,7 @@ def run_shop_demo(*, days: int = 14, n_slots: int = 5, n_candidates: int = 30, s
                   out="out/demo", policy: str = "shared-linucb:alpha=1.0,epsilon=0.1",
                   targets: tuple[str, ...] = ("uniform", "popularity:epsilon=0.1", "shared-linucb:alpha=0.5,epsilon=0.05"),
                   config: SimConfig = DEMO_CONFIG, echo=print) -> ShopDemoResult:
-    """Run the five steps (see the module docstring); writes everything under ``out``."""
+    """Run the five steps (docs/simulator.md, "The demo"); writes everything under ``out``."""
     if config.click_model != "pbm":
         raise ValidationError("the demo's exact truth needs position-based clicks (click_model = 'pbm')",
                               "click_model")

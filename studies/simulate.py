@@ -1,12 +1,7 @@
-"""Run the retail shop with a banditrec policy, logging every decision through banditrec's store.
+"""Run the retail shop with a banditrec policy, logging every decision through banditrec's
+store and learning from the log at the end of every day.
 
-This is the simulator driving banditrec (``simulator -> banditrec``, never back): the shop
-warms up (organic browsing builds purchase and view history), item-item CF is fitted on that
-history, and each day every visitor's carousel is decided by :class:`banditrec.engine.Engine`
-from candidates around the visitor's live session (cart, recent purchases, recent views),
-written to the decision log, answered by the shop's choice model, and the rewards (click,
-purchase, margin per slot) joined to the log. The policy learns from the log at the end of
-every day, as a batch learner would.
+Details: docs/simulator.md, "Running a policy in the shop (`studies/simulate.py`)".
 """
 
 from __future__ import annotations

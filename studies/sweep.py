@@ -1,33 +1,7 @@
 """Simulation sweeps: (policy x parameters x seed) runs of the simulated shop, in-process or as
 Dask tasks, gathered into one table: ``banditrec sweep --config FILE [--scheduler ADDRESS]``.
 
-A sweep file is TOML::
-
-    seed = 0                      # root of every run's seed stream
-    replicates = 4                # seeded runs per (policy, parameters)
-    days = 5                      # simulated days per run
-    slots = 3                     # carousel slots
-    candidates = 20               # candidates per request
-    common_random_numbers = true  # runs of one replicate share their world and draws
-
-    [simulator]                   # SimConfig fields (SimConfig.describe() lists them)
-    n_customers = 500
-    n_items = 300
-
-    [[policy]]
-    name = "uniform"
-
-    [[policy]]
-    name = "shared-linucb"
-    params = { epsilon = 0.1 }    # fixed parameters
-    grid = { alpha = [0.5, 2.0] } # every combination of these is one spec
-
-Seeds: ``SeedSequence(seed).spawn(replicates)`` gives replicate ``r`` its stream; with
-``common_random_numbers`` every run of replicate ``r`` gets that stream, so policies are
-compared on the same customers, catalog and draws (paired differences, as
-:func:`studies.simulate.true_values`); without, ``SeedSequence(seed).spawn(n_runs)`` gives every run
-its own. A run's numbers depend only on its spec and its stream, never on where or in which
-order it ran: the same sweep in-process and on a cluster gives the same table.
+Details: docs/dask.md, "The sweep file and its seeds".
 """
 
 from __future__ import annotations
@@ -107,7 +81,7 @@ def _spec(name: str, params: dict) -> str:
 
 
 def parse_config(data: dict, source: str = "sweep config") -> SweepConfig:
-    """A sweep from the TOML file's contents (the module docstring describes the keys)."""
+    """A sweep from the TOML file's contents (keys: docs/dask.md, "The sweep file and its seeds")."""
     from simulator.config import SimConfig
 
     from banditrec.policies import make

@@ -1,18 +1,7 @@
-"""Candidate generation: which items a policy may choose from for a request.
+"""Candidate generation: which items a policy may choose from for a request (item-item CF,
+pair signals, directional complements, metadata neighbours, the generator, business rules).
 
-* :class:`ItemItemCF` — item-to-item CF (cosine, tf-idf, BM25) on a users x items csr matrix.
-* :class:`Interactions`, :func:`pair_signals` — events and the co-view, view-then-buy and
-  co-purchase signals.
-* :class:`ComplementModel` — directional complements from co-purchase-only pairs, with a
-  product-type transition matrix.
-* :class:`MetadataIndex` — hashed TF-IDF over titles and categorical fields plus numeric
-  attributes: neighbours for items without interactions (cold start).
-* :class:`CandidateGenerator` — a request's candidates from complements of the cart and recent
-  purchases, neighbours of recent views, new items and popular-in-segment items, filtered by
-  business rules (:class:`Filters` of :class:`Rule`) and spread across product types.
-
-Every fitted model saves to plain arrays and JSON metadata (``to_arrays`` / ``from_arrays``).
-Scale, the saved format and growing catalogs: ``docs/candidates.md``.
+Details: docs/candidates.md, "The package (`candidates/__init__.py`)".
 """
 
 from .complements import ComplementModel

@@ -1,14 +1,7 @@
-"""Saving fitted candidate models as plain arrays plus JSON-able metadata (no pickle).
+"""Saving fitted candidate models as plain arrays plus JSON-able metadata (no pickle), checked
+array by array on load.
 
-Every fitted part has ``to_arrays() -> (arrays, meta)`` and ``from_arrays(arrays, meta)``:
-``arrays`` maps names to numpy arrays (write it with ``np.savez`` and read it back with
-``np.load(path, allow_pickle=False)``, whose result is such a mapping too); ``meta`` holds the
-format name, its version, the sizes and the parameters. A part nested in another has its
-arrays under a prefix (``"cf."`` for the item-item CF of a generator). A sparse matrix is
-stored as ``<name>.indptr``, ``<name>.indices`` and ``<name>.data``.
-
-Loading checks every array it reads (present, dtype, shape, CSR structure, finite values)
-and raises :class:`~banditrec.errors.ValidationError` naming the array and what was found.
+Details: docs/candidates.md, "Saved arrays (`candidates/arrays.py`)".
 """
 
 from __future__ import annotations

@@ -1,27 +1,7 @@
-"""Directional complements from co-purchase-only pairs, with a product-type back-off.
+"""Directional complements from co-purchase-only pairs, with a product-type back-off for item
+pairs never seen together.
 
-From :class:`~banditrec.candidates.signals.PairSignals` (user counts), keep the co-purchase
-pairs that were never co-viewed nor viewed-then-bought: ``C[a, b]`` users bought a and then b.
-The directional score of b as a complement of a is
-
-    s(a -> b) = C[a, b] / (n_a + kappa)  x  (C[a, b] + 1) / (C[a, b] + C[b, a] + 2)
-
-the share of a's buyers who went on to buy b (shrunk by ``kappa`` for rarely bought a), times
-how one-way the pair is (Laplace-smoothed): a camera's buyers buy SD cards afterwards, SD card
-buyers rarely buy cameras afterwards, so s(camera -> card) >> s(card -> camera). Summing
-``C`` over product types gives the type transition matrix
-
-    T[t, u] = sum_{a in t, b in u} C[a, b],   T_dir[t, u] = T[t, u] / sum_u' T[t, u'] x (T[t, u] + 1) / (T[t, u] + T[u, t] + 2)
-
-which generalises to item pairs never seen together: when an item has fewer than N direct
-complements, the list is filled with the type back-off, source ``"type"``: item j of type u
-scores ``backoff x T_dir[t_a, u] x share_j``, ``share_j`` its share of the purchases of u's
-active items. Each type t keeps its ``n_backoff`` best back-off items (ties by lower index) in
-``backoff_items (T, n)``, so that the back-off of a request costs ``n_backoff`` entries per seed
-type, never a whole product type.
-
-The symmetric baseline this improves on — cosine between items' co-purchase columns — is what
-:class:`~banditrec.candidates.ItemItemCF` gives on the users x purchases matrix.
+Details: docs/candidates.md, "Directional complements (`candidates/complements.py`)".
 """
 
 from __future__ import annotations

@@ -1,34 +1,7 @@
-"""One candidate generator for a carousel request: complements, substitutes, new items, popular.
+"""One candidate generator for a carousel request: complements, substitutes, new items and
+popular items, scored, filtered by business rules and spread across product types.
 
-For a user state (cart, recent purchases, recent views, segment), items get four component
-scores, each scaled so that the user's best item of that component scores 1:
-
-* ``complement``: directional complements (:class:`ComplementModel`) of the cart (weight 1)
-  and of recent purchases (0.7 ** rank, newest first), plus the product-type back-off: each
-  seed's type reaches its ``n_backoff`` best back-off items (``ComplementModel.backoff_items``);
-* ``similar``: substitutes of recent views — session co-view and view-then-buy pairs,
-  cosine-normalised, plus half the item-item CF similarity (:class:`ItemItemCF` on
-  recency-weighted interactions) — each view weighted ``0.5 ** (age / half_life)`` (or
-  0.7 ** rank without ages);
-* ``new``: items without interactions (cold start) that are metadata-similar to anything in
-  the state (:class:`~banditrec.candidates.metadata.MetadataIndex`, when given);
-* ``popular``: the ``n_popular`` items with the most recency-weighted purchases in the user's
-  segment (all users' when unknown).
-
-The candidate score is ``sum_c weight_c x component_c``, its ``source`` the component
-contributing most. Default weights ``complement=1, similar=0.3, new=0.5, popular=0.5`` were
-chosen by comparing, on the simulated shop, the exact expected clicks of carousels drawn from
-the candidates under a few weightings; in that shop the appeal every customer shares is
-strong, so popular items weigh more than neighbours of views. Shops with stronger personal
-taste should raise ``similar``.
-
-Items banned by the filters, in the cart, not ``active``, or of a non-consumable type already
-bought (with an :class:`AlreadyBought` rule) are left out; then the per-type cap and spread
-(:func:`diversify`, over every item left with a positive score) pick the N; ``min_new`` slots
-are kept for the best new items when any scored. Ties go to the lower item index.
-
-A request reads only the neighbour lists of its state's items and a few top lists, never the
-whole catalog; cost, build, saving and growing catalogs: ``docs/candidates.md``.
+Details: docs/candidates.md, "The generator (`candidates/generator.py`)".
 """
 
 from __future__ import annotations
@@ -55,20 +28,35 @@ _NAMES = np.asarray(SOURCES, dtype=object)
 
 
 class CandidateGenerator:
-    """Parameters
+    """A carousel request's candidates: complements, substitutes, new and popular items.
+
+    Parameters
     ----------
-    n_neighbors : neighbours kept per item (CF and complements)
-    weighting : ItemItemCF weighting ("cosine", "tfidf", "bm25")
-    half_life_s : recency half-life of interactions and views (seconds)
-    window_s : co-purchase window (seconds)
-    max_per_type, type_decay : the diversity cap and spread (:func:`diversify`)
-    min_new : slots kept for new (cold) items when any is a candidate
-    weights : component weights (see module docstring)
-    filters : :class:`Filters` (business rules), applied to every request
-    metadata : a fitted MetadataIndex (cold start); None disables the ``new`` component
-    n_popular : popular items kept per segment
-    n_backoff : back-off items kept per product type
-    max_pair_distance : the per-session pair cap of :func:`pair_signals`
+    n_neighbors : int, default 50
+        Neighbours kept per item (CF and complements).
+    weighting : {"cosine", "tfidf", "bm25"}
+        The item-item CF weighting.
+    half_life_s, window_s : float
+        Recency half-life of interactions and views; co-purchase window (seconds).
+    max_per_type, type_decay : int, float
+        The diversity cap and spread (:func:`diversify`).
+    min_new : int, default 1
+        Slots kept for new (cold) items when any is a candidate.
+    weights : dict, optional
+        Component weights (docs/candidates.md, "The generator").
+    filters : Filters, optional
+        Business rules, applied to every request.
+    metadata : MetadataIndex, optional
+        Fitted metadata neighbours (cold start); None disables the ``new`` component.
+    n_popular, n_backoff : int
+        Popular items kept per segment; back-off items kept per product type.
+    max_pair_distance : int or None
+        The per-session pair cap of :func:`pair_signals`.
+
+    Raises
+    ------
+    ValidationError
+        A parameter out of range or an unknown weight component.
     """
 
     head = 2  # see _diversified: the share of a row spread before checking that it suffices
@@ -241,7 +229,27 @@ class CandidateGenerator:
 
     # ---- candidates ------------------------------------------------------------------------
     def candidates(self, state: UserState, N: int, exclude=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One user's candidates: ``(ids (k,), scores (k,), source (k,))``, k <= N."""
+        """One user's candidates.
+
+        Parameters
+        ----------
+        state : UserState
+            Cart, recent purchases and views, segment.
+        N : int
+            Most candidates returned.
+        exclude : item indices, optional
+            Items not to return, on top of the filters.
+
+        Returns
+        -------
+        ids, scores, source : arrays (k,), k <= N
+            Item indices best first, their scores and the component each came from.
+
+        Raises
+        ------
+        ValidationError
+            Before :meth:`fit`, a bad ``N``, or a state or ``exclude`` naming unknown items.
+        """
         N, excl = self._request([state], N, exclude)
         _, items, scores, source = self._pick([state], N, excl)
         return items, scores, _NAMES[source]

@@ -1,31 +1,7 @@
-"""Item-to-item collaborative filtering (Linden, Smith & York 2003) on scipy.sparse.
+"""Item-to-item collaborative filtering (Linden, Smith & York 2003) on scipy.sparse: cosine,
+tf-idf or BM25 weighting, a top-N neighbour table computed in chunks, incremental refresh.
 
-Orientation is fixed: ``user_items`` is a ``csr_matrix`` of shape (n_users, n_items), one row per
-user, one column per catalog item, holding interaction weights (e.g. purchase counts, or
-recency-weighted counts from :meth:`banditrec.candidates.Interactions.user_items`).
-
-Weighting (``weighting=``), before item columns are compared:
-
-* ``"cosine"``: ``S = D^-1/2 (X^T X) D^-1/2``, ``D`` the squared column norms.
-* ``"tfidf"``: each entry becomes ``sqrt(x_ui) * idf_u`` with ``idf_u = log(n_items) -
-  log(1 + |items of u|)`` (a user who touches everything says little about any pair), and
-  ``S = W^T W`` (dot products).
-* ``"bm25"``: ``x_ui (K1 + 1) / (K1 ((1 - B) + B len_i / mean len) + x_ui) * idf_u`` with
-  ``len_i = sum_u x_ui`` (Robertson et al.'s saturation and length normalisation, over item
-  columns), and ``S = W^T W``.
-
-These follow the item-item recommenders of the ``implicit`` library (CosineRecommender,
-TFIDFRecommender, BM25Recommender), so neighbours can be compared one to one. The diagonal is
-zero, and each item keeps its ``n_neighbors`` largest entries (ties by lower index): the
-precomputed neighbour table Amazon's method relies on. :meth:`ItemItemCF.fit` never holds ``S``
-whole: it computes it in chunks of item rows, each cut to its top N at once (a linear-time
-partition per row, not a sort), on as many threads as the process may use; the result does
-not depend on the chunking or the thread count.
-
-Incremental refresh (``weighting="cosine"``): :meth:`ItemItemCF.update` adds new interaction
-rows to the kept Gram matrix ``G = X^T X`` (optionally decaying the old one by a factor, which
-leaves cosines of the old data unchanged) and recomputes the neighbour rows of the items whose
-similarities can have changed, exactly; nothing else is touched.
+Details: docs/candidates.md, "Item-to-item CF (`candidates/itemknn.py`)".
 """
 
 from __future__ import annotations
@@ -267,7 +243,7 @@ class ItemItemCF:
     ----------
     n_neighbors : int
         Neighbours kept per item.
-    weighting : "cosine", "tfidf" or "bm25" (see the module docstring)
+    weighting : "cosine", "tfidf" or "bm25" (docs/candidates.md, "Item-to-item CF")
     K1, B : BM25's saturation and length-normalisation parameters
     keep_gram : keep ``G = X^T X`` after fitting, for :meth:`update` (cosine only)
     """

@@ -1,59 +1,7 @@
 """Cold start: item neighbours from metadata (hashed TF-IDF over titles and categorical fields,
 plus standardised numeric attributes), for items that have no interactions yet.
 
-Features
---------
-Each item ``i`` yields tokens:
-
-* its title, lower-cased and split on non-alphanumerics (``"Kaloru Tiloka-2 m784"`` gives
-  ``kaloru``, ``tiloka``, ``2``, ``m784``);
-* one token ``"<field>=<value>"`` per categorical field (``brand=17``, ``category=3``,
-  ``type=42``). ``=`` never survives title tokenisation, so a field value never collides with a
-  title word, and two fields never share a token.
-
-A token ``t`` goes to column ``h(t) mod n_features`` with sign ``s(t)``, where ``h`` is the
-first 8 bytes (little-endian unsigned) of ``blake2b(t.encode("utf-8"), digest_size=8)``:
-stable across processes, machines and Python versions (unlike the salted builtin ``hash``).
-With ``alternate_sign=True`` (default) ``s(t) = +1`` when bit 63 of ``h`` is 0 and ``-1``
-otherwise (Weinberger et al. 2009, "Feature hashing for large scale multitask learning"): two
-tokens colliding in one column then add or cancel at random, so a collision does not bias dot
-products upwards in expectation; bit 63 is independent of the column bits for any
-``n_features < 2**63``. With ``alternate_sign=False`` every ``s(t) = +1`` (plain counts).
-Every distinct token is hashed once (a dict of distinct tokens, then one array lookup per
-occurrence).
-
-Weights. With ``c_it`` the count of token ``t`` in item ``i`` and ``w(t)`` its field weight
-(``field_weights[field]``; title words use the key ``"title"``, title words containing a digit
-such as model numbers and sizes the key ``"title_digits"``)::
-
-    x_ij  = idf_j * sum_{t : h(t) = j}  s(t) w(t) (1 + log c_it)        (sublinear tf)
-    idf_j = log((1 + n) / (1 + df_j)) + 1,   df_j = #{i : x_ij != 0}
-    t_i   = x_i / ||x_i||_2                                              (0 if x_i == 0)
-
-Numeric attributes ``a (n, p)`` (price, margin, ...): column ``k`` is replaced by ``log a_k``
-where ``log_numeric`` asks for it (default: every column whose values are all > 0, since prices
-are right-skewed), then standardised, ``z_ik = (a_ik - mean_k) / sd_k`` (0 for a constant
-column), and scaled so that the numeric block weighs ``numeric_weight`` against the text
-block's unit norm whatever ``p`` is::
-
-    u_i = numeric_weight * z_i / sqrt(p)
-    v_i = [t_i, u_i] / ||[t_i, u_i]||_2                                  (row of ``vectors``)
-
-Similarity is the cosine ``v_i . v_j``. Neighbours of ``i`` are the items that share at least
-one hashed text column with ``i`` (``|t_i . t_j| > 1e-12``: a signed collision that cancels
-counts as no overlap) and have a positive cosine, ranked by cosine (rounded to 12 decimals,
-so that cosines equal in exact arithmetic tie) with ties to the lower index. Price therefore
-re-ranks items that share some words or field values; it never makes an unrelated item a
-neighbour on price alone (which would also make every pair a candidate and the product dense).
-
-Cost. Candidates come from one sparse product per chunk of query rows against the allowed
-items (chunks cut so each holds about 2 million candidate pairs), so no dense ``(n, n)`` (nor
-``(chunk, n)``) array is ever formed; each row's ``N``-th best score comes from
-``np.partition`` and only the entries above it are sorted. Time grows with the number of
-candidate pairs, i.e. with how many items share each query's tokens: a field value held by a
-tenth of the catalog gives every query ``n / 10`` candidates. Querying the new items of a
-catalog is cheap; a full :meth:`MetadataIndex.neighbour_table` is quadratic in ``n`` with that
-constant.
+Details: docs/candidates.md, "Metadata neighbours (`candidates/metadata.py`)".
 """
 
 from __future__ import annotations
@@ -161,7 +109,8 @@ class MetadataIndex:
         Hashed text columns (default ``2**18``); collisions are rare while the number of
         distinct tokens is well below it.
     field_weights : mapping str -> float, optional
-        Weight ``w`` of each token source (see the module docstring): ``"title"`` (title words,
+        Weight ``w`` of each token source (docs/candidates.md, "Metadata neighbours"):
+        ``"title"`` (title words,
         default 1), ``"title_digits"`` (title words containing a digit such as model numbers,
         default 0.25: a shared model number is rare, hence heavily idf-weighted, yet says
         little), and each name in ``fields`` (default 1). Weights are >= 0; 0 drops the source.

@@ -1,12 +1,7 @@
 """A user's state as candidate generation sees it, business rules that filter candidates, and
 the per-type diversity cap.
 
-Rules compose: ``Filters([OutOfStock(available), AlreadyBought(types, consumable),
-ExcludeCategories(categories, {"adult"})])`` bans an item when any rule bans it. A rule is a
-:class:`Rule`: it answers ``banned_among(state, items)`` for the few items of a request's
-candidate pool (never for the whole catalog), and may override ``banned_among_batch`` for many
-users at once. ``banned(state, n_items)`` gives the whole catalog's mask, for inspection and
-the dense reference.
+Details: docs/candidates.md, "Rules (`candidates/rules.py`)".
 """
 
 from __future__ import annotations

@@ -1,18 +1,7 @@
-"""Interaction events and the item-pair signals learned from them.
+"""Interaction events and the item-pair signals learned from them: co-view, view-then-buy and
+co-purchase, each counted in users.
 
-Events are a struct of arrays: ``user``, ``item`` (indices), ``ts`` (seconds), ``kind``
-(0 view, 1 cart, 2 purchase) and ``session`` (a visit; inferred from gaps in a user's events
-when not given). The three signals of complementary-product work (McAuley et al. 2015; Amazon's
-"bought together"):
-
-* **co-view** ``V[a, b]``: users who viewed a and b in one session (symmetric) — substitutes;
-* **view-then-buy** ``VB[a, b]``: users who viewed a, did not buy it, and then bought b,
-  which they had also viewed, in one session — substitutes (they compared, chose b);
-* **co-purchase** ``P[a, b]``: users who bought a and then b within ``window_s`` — ordered,
-  so ``P`` is not symmetric: the anchor (a camera) comes before its complement (an SD card).
-
-Each count is of *users*: a user contributes at most 1 to a pair, however often they repeat
-it, so one heavy buyer cannot make a pair.
+Details: docs/candidates.md, "Pair signals (`candidates/signals.py`)".
 """
 
 from __future__ import annotations
@@ -164,7 +153,8 @@ def _user_pair_counts(a, b, who, n_items: int) -> sp.csr_matrix:
 
 @dataclass(frozen=True)
 class PairSignals:
-    """The three signals as (n_items, n_items) csr matrices of user counts (see module doc)."""
+    """The three signals as (n_items, n_items) csr matrices of user counts (docs/candidates.md,
+    "Pair signals")."""
 
     co_view: sp.csr_matrix  # symmetric
     view_then_buy: sp.csr_matrix  # [viewed, bought]

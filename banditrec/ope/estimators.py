@@ -1,36 +1,8 @@
-"""Off-policy estimators over logged carousel data (pure array code; the store hands arrays).
+"""Off-policy estimators over logged carousel data (pure array code; the store hands arrays):
+IPS, ClippedIPS, SNIPS, DM, DR, SNDR, SwitchDR, Replay and SlatePI, position-wise, per decision,
+each with a delta-method interval and a bootstrap from the same per-decision terms.
 
-Notation (Open Bandit Pipeline's): row ``i`` is one logged slot -- context ``x_i``, slot
-``k_i``, item ``a_i``, reward ``r_i`` and the logging policy's *marginal* probability
-``mu_i = mu(a_i at k_i | x_i)``; the target policy ``pi`` is given as ``action_dist (n,
-n_actions, n_slots)`` -- ``action_dist[i, a, k] = pi(a at k | x_i)`` -- or compactly as
-``target_pscore (n,) = pi(a_i at k_i | x_i)``. ``w_i = pi_i / mu_i``. A reward model gives
-``q_hat(x, a, k)``; ``qt_i = sum_a pi(a at k_i | x_i) q_hat(x_i, a, k_i)`` and
-``ql_i = q_hat(x_i, a_i, k_i)``.
-
-Every estimator is position-wise (Li et al. 2018's independent IPS, OBP's IIPS): under a
-reward additive over slots, with slot k's reward depending only on the item in slot k (a
-position-based click model), ``V(pi) = E_x sum_k sum_a pi(a at k | x) q_k(x, a)``. Each
-returns the value **per decision** (summed over its slots), with decisions -- not rows -- as
-the independent units, because the rows of one carousel share a context:
-
-==========  ================================================================================
-IPS         ``sum_d sum_{i in d} w_i r_i / D``
-ClippedIPS  IPS with ``w_i`` replaced by ``min(w_i, lambda_)`` (biased down, lower variance)
-SNIPS       IPS divided by the mean row weight (``E[w] = 1`` when mu supports pi)
-DM          ``sum_d sum_{i in d} qt_i / D``
-DR          ``sum_d sum_{i in d} (qt_i + w_i (r_i - ql_i)) / D``  (Dudik et al. 2011)
-SNDR        DM plus the DR correction self-normalised by the mean row weight
-SwitchDR    DR's correction only on rows with ``w_i <= lambda_`` (Wang et al. 2017)
-Replay      Li et al. 2011: rows where the target, sampled, agrees with a uniform logger
-SlatePI     Swaminathan et al. 2017's pseudo-inverse, from the whole-slate reward only
-==========  ================================================================================
-
-Each estimator reduces the log to per-decision terms -- a plain part and ratio parts,
-``V = mean(p) + sum_j mean(a_j) / mean(b_j)`` -- so that the point value, the delta-method
-standard error (influence ``p - mean(p) + sum_j (a_j - R_j b_j) / mean(b_j)``) and a one-shot
-vectorised bootstrap over decisions all come from the same code, and a partitioned log can be
-reduced to sums and combined.
+Details: docs/evaluation.md, "The estimators (`ope/estimators.py`)".
 """
 
 from __future__ import annotations
@@ -336,11 +308,21 @@ class IPS:
 
     Parameters
     ----------
-    level : confidence level of the interval.
-    interval : ``"normal"`` (delta method over decisions) or ``"bootstrap"`` (percentile
-        interval from ``n_bootstrap`` resamples of the decisions).
-    seed : seeds the bootstrap and, for estimators that need them, cross-fitting folds and
+    level : float, default 0.95
+        Confidence level of the interval, in (0, 1).
+    interval : {"normal", "bootstrap"}
+        ``"normal"``: delta method over decisions; ``"bootstrap"``: percentile interval from
+        ``n_bootstrap`` resamples of the decisions.
+    n_bootstrap : int, default 2000
+        Bootstrap resamples (at least 100).
+    seed : int or None
+        Seeds the bootstrap and, for estimators that need them, cross-fitting folds and
         replay's sampling. ``None`` draws fresh entropy.
+
+    Raises
+    ------
+    ValidationError
+        A parameter out of range, naming it.
     """
 
     level: float = 0.95
@@ -412,10 +394,32 @@ class IPS:
                  q_hat_logged=None, q_hat_target=None, slot: int | None = None) -> Estimate:
         """The target policy's value per decision (or of one ``slot`` alone), with an interval.
 
-        ``action_dist (n, n_actions, n_slots)`` or ``target_pscore (n,)`` give the target
-        policy; DM-family estimators also take ``q_hat (n, n_actions, n_slots)`` or the compact
-        ``q_hat_logged (n,)`` and ``q_hat_target (n,)``, and fit a cross-fitted reward model on
-        the log when neither is given.
+        Parameters
+        ----------
+        data : LoggedBandit
+            The log: one row per logged slot, with its marginal propensity ``pscore``.
+        action_dist : array (n, n_actions, n_slots), optional
+            The target policy, ``pi(a at k | x_i)``; or give ``target_pscore``.
+        target_pscore : array (n,), optional
+            The target's probability of each row's logged item in its slot.
+        q_hat : array (n, n_actions, n_slots), optional
+            DM family only: reward-model predictions; or the compact ``q_hat_logged (n,)`` and
+            ``q_hat_target (n,)``. With none of them a cross-fitted reward model is fitted on
+            the log (needs ``action_dist``).
+        slot : int, optional
+            Estimate one slot's value alone (per decision of the whole log).
+
+        Returns
+        -------
+        Estimate
+            Value, interval, standard error and diagnostics (ESS, largest weight, unsupported
+            mass, warnings).
+
+        Raises
+        ------
+        ValidationError
+            Inputs of the wrong shape or range, a target given twice or not at all, fewer
+            than 2 decisions, or an estimator the inputs do not suit (e.g. ``q_hat`` to IPS).
         """
         boot_rng, other_rng = self._streams()
         inputs = self._inputs(data, action_dist, target_pscore, q_hat, q_hat_logged, q_hat_target, other_rng)
@@ -556,7 +560,13 @@ def _diagnose(name: str, ess: float, n_rows: int, max_w: float, sw: float, unsup
 
 @dataclass(frozen=True, kw_only=True)
 class ClippedIPS(IPS):
-    """IPS with importance weights clipped at ``lambda_``: biased towards 0, lower variance."""
+    """IPS with importance weights clipped at ``lambda_``: biased towards 0, lower variance.
+
+    Parameters
+    ----------
+    lambda_ : float, default 10.0
+        The largest importance weight kept; the rest as :class:`IPS`.
+    """
 
     lambda_: float = 10.0
     name: ClassVar[str] = "ClippedIPS"
@@ -592,8 +602,16 @@ class DM(IPS):
     """Direct method: the reward model's value of the target. Its interval ignores the
     model's own error, so it covers the truth only when the model is right.
 
-    ``reward_model`` is cross-fitted on the log with ``n_folds`` folds drawn from ``seed``;
-    the DM family defaults to ``seed=0`` so that an estimate does not change between runs.
+    Parameters
+    ----------
+    reward_model : RewardModel, default logistic
+        Cross-fitted on the log with ``n_folds`` folds drawn from ``seed`` when ``estimate`` is
+        given no ``q_hat``.
+    n_folds : int, default 2
+        Cross-fitting folds.
+    seed : int, default 0
+        The DM family defaults to 0 so that an estimate does not change between runs; the rest
+        as :class:`IPS`.
     """
 
     reward_model: RewardModel = field(default_factory=default_reward_model)
@@ -643,7 +661,13 @@ class SNDR(DM):
 
 @dataclass(frozen=True, kw_only=True)
 class SwitchDR(DR):
-    """Switch-DR: DR's correction on rows with ``w <= lambda_``, the model alone elsewhere."""
+    """Switch-DR: DR's correction on rows with ``w <= lambda_``, the model alone elsewhere.
+
+    Parameters
+    ----------
+    lambda_ : float, default 10.0
+        Rows with a larger importance weight use the reward model alone; the rest as :class:`DM`.
+    """
 
     lambda_: float = 10.0
     name: ClassVar[str] = "SwitchDR"

@@ -1,24 +1,7 @@
-"""Reward models ``q(x, a, k)`` for the direct method and the doubly robust family.
+"""Reward models ``q(x, a, k)`` for the direct method and the doubly robust family: ridge,
+logistic and gradient-boosted trees behind one protocol (:class:`RewardModel`), cross-fitted.
 
-Three families behind one small protocol (:class:`RewardModel`):
-
-- :class:`RidgeRewardModel`: ``b_slot[k] + b_item[a] + x . theta`` by ridge regression; linear
-  and additive, so its fit is a sum over rows (a partitioned log reduces it to Gram matrices).
-- :class:`LogisticRewardModel`: the same features (plus item features when given) through a
-  logistic link, per slot or pooled, for binary rewards (scikit-learn's ``LogisticRegression``).
-- :class:`GBTRewardModel`: gradient-boosted trees on slot, item, context and item features
-  (scikit-learn's ``HistGradientBoostingClassifier`` for binary rewards, ``...Regressor`` else):
-  non-linear effects and context x item interactions.
-
-Every model is cross-fitted (Chernozhukov et al. 2018; Open Bandit Pipeline's ``n_folds``):
-each row's prediction comes from a model that never saw its decision. Folds are a balanced
-permutation drawn from a seeded Generator (:meth:`RewardModel.fit_folds`), or given: ``banditrec
-evaluate`` hashes each decision's log sequence number (:func:`decision_folds`) so that a
-decision's fold is the same in the whole log and in any partition of it.
-
-The target term ``sum_a pi(a | x_i, k_i) q(x_i, a, k_i)`` is evaluated on the nonzeros of a
-(rows x items) target matrix, dense or sparse, never on a dense ``(n, A, K)`` array. See
-docs/evaluation.md for the models compared on the Open Bandit Dataset and the simulator.
+Details: docs/evaluation.md, "Reward models (`ope/reward_model.py`)".
 """
 
 from __future__ import annotations
@@ -439,8 +422,24 @@ DEFAULT_REWARD_MODEL = "logistic"  # chosen by measured error: docs/evaluation.m
 
 
 def make_reward_model(name: str | None = None, item_features: np.ndarray | None = None) -> RewardModel:
-    """The reward model called ``name`` (default :data:`DEFAULT_REWARD_MODEL`) with its default
-    settings, using ``item_features`` if it takes them."""
+    """The reward model called ``name`` with its default settings.
+
+    Parameters
+    ----------
+    name : {"ridge", "logistic", "gbt"}, optional
+        Default :data:`DEFAULT_REWARD_MODEL`.
+    item_features : array (n_items, d), optional
+        Used by the models that take them.
+
+    Returns
+    -------
+    RewardModel
+
+    Raises
+    ------
+    ValidationError
+        An unknown ``name``.
+    """
     name = DEFAULT_REWARD_MODEL if name is None else name
     if name not in REWARD_MODELS:
         raise ValidationError(f"unknown reward model {name!r}; known: {', '.join(sorted(REWARD_MODELS))}",

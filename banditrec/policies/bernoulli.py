@@ -1,13 +1,7 @@
-"""Bernoulli Thompson sampling over items (context-free), as ZOZOTOWN's carousel ran it.
+"""Bernoulli Thompson sampling over items (context-free), as ZOZOTOWN's carousel ran it: a Beta
+posterior per item, priors from item columns.
 
-Each item's click rate has a Beta posterior ``Beta(a0 + hits, b0 + misses)``: the prior
-``a0, b0`` comes from two item columns (``prior_alpha=COLUMN,prior_beta=COLUMN``; 1 and 1
-without), ``hits`` and ``misses`` are the (importance-weighted) rewards and their complements
-(rewards clipped to [0, 1]). A served slate ranks the candidates by one posterior draw and
-fills the slots epsilon-greedily over that ranking (:class:`~.sampling.SampledRankingSlate`);
-marginals average over ``mc_draws`` draws, seeded from the posterior and the request so that
-re-scoring a logged decision reproduces them. This is the policy behind the Open Bandit
-Dataset's ``bts`` log (Saito et al. 2021).
+Details: docs/policies.md, "Bernoulli Thompson sampling (`policies/bernoulli.py`)".
 """
 
 from __future__ import annotations

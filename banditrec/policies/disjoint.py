@@ -1,31 +1,7 @@
-"""LinUCB with disjoint linear models (Li et al. 2010, Algorithm 1).
+"""LinUCB with disjoint linear models (Li et al. 2010, Algorithm 1): one ridge regression over
+``[1, context]`` per catalog item, scored and updated in batches over the items' stacks.
 
-Every catalog item ``a`` has its own ridge regression over the context with a constant,
-``x = [1, context]`` (d = context_dim + 1):
-
-    A_a = reg * I + sum_{rows showing a} w x x^T,    b_a = sum_{rows showing a} w r x
-    theta_a = A_a^{-1} b_a
-    score(a | x) = theta_a . x + alpha * s * sqrt(x^T A_a^{-1} x)
-
-(``s`` the estimated noise standard deviation, as for every LinUCB; see :mod:`.linucb`).
-
-A request's candidates are scored with one batched product over their stacked ``A_a^{-1}``
-and ``theta_a``. One logged row updates its item's ``A_a^{-1}`` by Sherman-Morrison; a batch
-groups its rows by item, sums each touched item's ``X^T W X`` and ``X^T W r`` with one sparse
-product, and re-inverts only the touched items' matrices in one batched solve.
-
-Memory: ``A``, ``A^{-1}`` (n_items, d, d) and ``b``, ``theta`` (n_items, d), i.e.
-``8 * n_items * (2 d^2 + 2 d)`` bytes (see :attr:`nbytes`); the stacks grow with the catalog
-and an item the model has not learned about is scored with the prior
-(:mod:`.peritem`).
-
-With ``gamma < 1`` (drift) every item's data decays by ``gamma`` per logged row, as in
-:mod:`.ridge`: an update rescales and re-inverts every learned item's matrix, O(n_items d^3).
-
-An update is checked in full (finite, positive definite) before its touched rows are written
-into the stacks, so a failed update changes nothing; the writes themselves are in place (a
-copy of every stack per update would cost O(n_items d^2)), so a reader in another thread must
-hold the same lock as the learner, as :class:`banditrec.engine.Engine` does.
+Details: docs/policies.md, "Disjoint LinUCB (`policies/disjoint.py`)".
 """
 
 from __future__ import annotations

@@ -1,24 +1,7 @@
-"""Baselines on a ridge model's mean: epsilon-greedy and softmax (Plackett-Luce).
+"""Baselines on a ridge model's mean: epsilon-greedy and softmax (Plackett-Luce), exploring only
+through the slate.
 
-Both keep the shared joint-feature ridge model of :class:`~.ridge.JointRidgePolicy` (LinUCB's
-model with ``alpha = 0``: no optimism) and explore only through the slate:
-
-* ``egreedy`` ranks candidates by the mean ``x^T theta`` and fills each slot greedily with
-  probability ``1 - eps_k``, uniformly otherwise -- the classic baseline, with exact marginals
-  (:class:`~.slate.EpsilonGreedySlate`).
-* ``softmax`` fills slot k by Plackett-Luce over ``w_a = exp(mean_a / T)``, mixed with
-  uniform exploration, at the temperature ``T = tau * sigma``: ``tau`` in units of the
-  estimated noise standard deviation ``sigma`` (:class:`~.ridge.RewardStats`), so the default
-  means the same on clicks and on margins:
-
-      P(a | earlier slots) = (1 - eps_k) w_a / sum_{remaining} w + eps_k / n_remaining
-
-  (:class:`~.sampling.PlackettLuceSlate`; its marginals are Rao-Blackwellised Monte Carlo over
-  ``mc_draws`` prefixes (an environment key, as for every Monte-Carlo slate), seeded from the
-  weights, so re-scoring reproduces them; the diversity cap applies as for other policies). The weights are
-  computed as ``exp((mean - max mean) / T)``: the largest is 1 and none overflows; a
-  candidate far below the best (``(max - mean) / T > ~745``) gets weight 0 and is shown only
-  through ``eps_k`` or the serving floor.
+Details: docs/policies.md, "Epsilon-greedy and softmax (`policies/greedy.py`)".
 """
 
 from __future__ import annotations
@@ -58,8 +41,8 @@ class EpsilonGreedy(JointRidgePolicy):
 
 @dataclass(frozen=True)
 class SoftmaxConfig(PolicyConfig):
-    """``tau``: the temperature in noise standard deviations (see the module doc); the default
-    was chosen on the held-out scenario (``docs/policies.md``)."""
+    """``tau``: the temperature in noise standard deviations (docs/policies.md, "Epsilon-greedy
+    and softmax"); the default was chosen on the held-out scenario (``docs/policies.md``)."""
 
     tau: float = 0.02
     epsilon: float = 0.0

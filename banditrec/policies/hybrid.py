@@ -1,70 +1,7 @@
 """LinUCB with hybrid linear models (Li et al. 2010, Algorithm 2): shared features plus a
-per-item effect with its own uncertainty.
+per-item effect with its own uncertainty, the items' prior estimated by empirical Bayes.
 
-The expected reward of showing item ``a`` is ``z^T beta + x^T theta_a``: ``z`` are features
-shared by all items -- here the joint (context, item) features of
-:func:`banditrec.features.joint_features` (k of them, intercept and cold flag included) -- and
-``x`` the item's own, disjoint ones, chosen by ``local``:
-
-* ``local=bias`` (the default): ``x = [1]``, d = 1. Each item has one effect, its appeal beyond
-  what the shared features explain, with its own variance. Per-item state is ``k + 3`` numbers,
-  so 100,000 items with k = 56 take about 48 MB.
-* ``local=context``: ``x = [1, context]``, d = d_c + 1 -- the paper's per-item context model
-  (``8 * (2 d^2 + d k + d)`` bytes per item).
-
-With ``reg`` in place of the paper's identity for the shared coefficients, and ``rho`` for the
-items' own (below), the statistics are Algorithm 2's:
-
-    A0 = reg I_k,  b0 = 0;   per item  A_a = rho I_d,  B_a = 0 (d x k),  b_a = 0
-    on a row (a, z, x, r) with weight w:
-        A0 += B_a^T A_a^{-1} B_a          b0 += B_a^T A_a^{-1} b_a
-        A_a += w x x^T     B_a += w x z^T     b_a += w r x
-        A0 += w z z^T - B_a^T A_a^{-1} B_a    b0 += w r z - B_a^T A_a^{-1} b_a
-    beta = A0^{-1} b0,   theta_a = A_a^{-1} (b_a - B_a beta)
-    s = z^T A0^{-1} z - 2 z^T A0^{-1} B_a^T A_a^{-1} x + x^T A_a^{-1} x
-        + x^T A_a^{-1} B_a A0^{-1} B_a^T A_a^{-1} x
-    score(a) = z^T beta + x^T theta_a + alpha * sigma * sqrt(s)
-
-(``sigma`` the estimated noise standard deviation, as for every LinUCB: :mod:`.linucb`).
-
-**What it is.** Stack the row features as ``phi = [z, onehot(a) (x) x]`` (k + n_items d).
-The weighted ridge problem ``min sum_i w_i (r_i - phi_i^T t)^2 + reg |beta|^2 + rho sum_a |theta_a|^2``
-has the normal matrix ``M = [[reg I + Z^T W Z, B^T], [B, blockdiag(A_a)]]`` with ``B`` the
-stacked ``B_a``.
-Eliminating the item blocks leaves the Schur complement ``A0 = reg I + Z^T W Z - sum_a B_a^T
-A_a^{-1} B_a`` and ``b0 = Z^T W r - sum_a B_a^T A_a^{-1} b_a`` -- exactly what Algorithm 2
-accumulates (each row swaps its item's old term for the new one). So ``(beta, theta_a)`` is the
-ridge solution ``M^{-1} [Z^T W r; b_a...]`` and ``s = phi^T M^{-1} phi`` by the block inverse:
-the hybrid model is LinUCB on ``phi`` computed without ever forming ``M``. An item without
-data contributes nothing to the sums: it is scored with ``A_a = rho I``, ``B_a = 0``,
-``b_a = 0`` (the prior), so new items arrive cold and the stacks grow with the catalog
-(:mod:`.peritem`).
-
-**The items' prior** ``rho`` (``item_reg``) says how far an item may stand from what the shared
-features predict: under the ridge prior ``theta_a ~ N(0, sigma^2 / rho)``. With
-``local=bias`` and the default ``item_reg=0`` it is estimated from the data (empirical Bayes,
-as a hierarchical model does): each item's mean residual ``e_a`` from the shared prediction,
-over ``n_a`` weighted rows, has ``E[e_a^2] = tau^2 + sigma^2 / n_a``, so by moments
-``tau^2 = (sum_a n_a e_a^2 - m sigma^2) / sum_a n_a`` over the ``m`` items with data, and
-``rho = sigma^2 / tau^2`` (clipped to ``[1e-2, 1e4]``; ``reg`` until two items have data).
-A fixed ``rho`` would make a new item as uncertain as the prior says, whatever the catalog;
-estimated, it is as uncertain as items turn out to differ. Each update re-estimates it and
-rebuilds the statistics when it moved by more than 10% (O(n_items d k^2)); so with the
-default, when learning happens in batches or row by row can change the model slightly.
-
-**Updates.** One row updates ``A_a^{-1}`` by Sherman-Morrison, and also ``A0^{-1}``: with
-``u = B_a^T A_a^{-1} x`` and ``q = x^T A_a^{-1} x`` (before the row), the two ``A0`` steps
-above add up to the rank-one change ``A0 += w (z - u)(z - u)^T / (1 + w q)``. A batch groups
-rows by item (sparse sums of ``x x^T``, ``x z^T``, ``r x`` per touched item), re-inverts the
-touched ``A_a`` in one batched solve and ``A0`` through its Cholesky factor. The data sums
-``Z^T W Z`` and ``Z^T W r`` are kept too, so that with ``gamma < 1`` (drift) every statistic's
-data part decays by ``gamma`` per row (:mod:`.ridge`) and ``A0``, ``b0`` are rebuilt from the
-decayed sums over every learned item (O(n_items d k^2) per update).
-
-**Scoring** a request's n candidates is batched: with ``u_a = B_a^T A_a^{-1} x``, the mean is
-``(z - u_a)^T beta + x^T A_a^{-1} b_a`` and ``s = (z - u_a)^T A0^{-1} (z - u_a) + x^T A_a^{-1} x``
-(the paper's terms, regrouped). Updates are checked in full before the touched items' rows are
-written in place (see :mod:`.disjoint` on threads).
+Details: docs/policies.md, "Hybrid LinUCB (`policies/hybrid.py`)".
 """
 
 from __future__ import annotations
@@ -91,7 +28,8 @@ LOCAL = ("bias", "context")
 class HybridConfig(LinUCBConfig):
     """``local``: each item's own features, ``bias`` (an effect per item) or ``context``;
     ``item_reg``: the ridge penalty ``rho`` of the items' own coefficients, 0 to estimate it
-    from the data (``local=bias``; ``reg`` for ``local=context``) -- see the module doc."""
+    from the data (``local=bias``; ``reg`` for ``local=context``) -- see docs/policies.md,
+    "Hybrid LinUCB"."""
 
     local: str = "bias"
     item_reg: float = 0.0
@@ -142,7 +80,7 @@ class HybridLinUCB(PerItemPolicy):
 
     @property
     def auto_prior(self) -> bool:
-        """Whether the items' prior is estimated from the data (module doc)."""
+        """Whether the items' prior is estimated from the data (docs/policies.md, "Hybrid LinUCB")."""
         return self.config.item_reg == 0 and self.config.local == "bias"
 
     def local_features(self, context: np.ndarray) -> np.ndarray:
@@ -214,7 +152,8 @@ class HybridLinUCB(PerItemPolicy):
             self._reestimate_prior()
 
     def _reestimate_prior(self) -> None:
-        """Empirical Bayes for ``rho`` (module doc); rebuild when it moved by more than 10%."""
+        """Empirical Bayes for ``rho`` (docs/policies.md, "Hybrid LinUCB"); rebuild when it
+        moved by more than 10%."""
         old = self._item_reg()
         n_a = self.A[:, 0, 0] - old  # each item's weighted rows (x = [1])
         seen = n_a > 1e-12

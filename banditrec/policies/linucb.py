@@ -1,31 +1,8 @@
-"""LinUCB with parameters shared across items (Li et al. 2010, the shared part of Alg. 2).
+"""LinUCB with parameters shared across items (Li et al. 2010, the shared part of Alg. 2): one
+ridge regression over joint (context, item) features, an optimism bonus of ``alpha`` noise
+standard deviations, and scoring that never builds the joint features.
 
-One ridge regression over joint (context, item) features:
-
-    A = reg * I + sum x x^T,    b = sum r x,    theta = A^{-1} b
-    score(x) = x^T theta + alpha * sigma * sqrt(x^T A^{-1} x)
-
-where ``sigma`` is the estimated noise standard deviation of the rewards (progressive-validation
-residuals, :class:`~.ridge.RewardStats`): under the ridge prior ``N(0, sigma^2 / reg)`` the bonus
-is ``alpha`` posterior standard deviations of the mean (the interval Thompson sampling draws
-from), and ``alpha`` means the same on clicks, purchases and margins. Li et al.'s score is
-``sigma = 1``.
-
-A single new row updates ``A^{-1}`` by Sherman-Morrison; a batch re-inverts through a
-Cholesky factor, which is cheaper and more accurate than m rank-one updates (the ridge math
-lives in :mod:`banditrec.policies.ridge`). The greedy ranking is epsilon-mixed per slot
-before serving (see :mod:`banditrec.policies.slate`).
-
-Scoring never builds the joint features. With ``e = [1, c]`` and the item vector
-``v = [1, attributes, cold]`` (d_u = d_i + 2) the joint feature of an item is ``x = M(c) v``
-(``x[idx[k, i]] = e_k v_i``, see :func:`banditrec.features.joint_features`), so for one request
-
-    x^T theta       = v . t,        t_i    = sum_k e_k theta[idx[k, i]]
-    x^T A^{-1} x    = v^T B v,      B_ii'  = sum_kk' e_k e_k' A^{-1}[idx[k, i], idx[k', i']]
-
-``t`` (d_u) and ``B`` (d_u x d_u) are contracted once per request from ``theta`` and
-``A^{-1}`` rearranged into ``(1 + d_c)``-blocks (cached per model), and each candidate costs
-``O(d_u^2)`` instead of ``O(dim^2)``.
+Details: docs/policies.md, "Shared LinUCB (`policies/linucb.py`)".
 """
 
 from __future__ import annotations
@@ -47,9 +24,9 @@ _TINY = np.finfo(float).tiny  # covers the absolute error of gradual underflow
 @dataclass(frozen=True)
 class LinUCBConfig(PolicyConfig):
     """``alpha``: the width of the confidence bound, in posterior standard deviations of the
-    mean (module doc); the default 1 was chosen on the held-out scenario (``docs/policies.md``),
-    and on rewards in [0, 1] it matches Li et al.'s LinUCB (``bench/run.py --only synthetic``);
-    ``reg``, ``gamma``: :func:`~.ridge.check_ridge`."""
+    mean (docs/policies.md, "Shared LinUCB"); the default 1 was chosen on the held-out
+    scenario (``docs/policies.md``), and on rewards in [0, 1] it matches Li et al.'s LinUCB
+    (``bench/run.py --only synthetic``); ``reg``, ``gamma``: :func:`~.ridge.check_ridge`."""
 
     alpha: float = 1.0
     epsilon: float = 0.0

@@ -1,15 +1,7 @@
 """Per-item model state that grows with the catalog: what disjoint and hybrid LinUCB share.
+An item the policy has not learned about is cold and scored with the prior, never refused.
 
-Item indices are stable and catalogs grow (a rebuilt shop appends items; old indices keep
-their meaning). So the per-item statistics are stacks indexed by catalog item that start at
-the ``n_items`` the environment gives (0 when it gives none) and grow on the first update that
-shows a larger index; an index the policy has never learned about -- inside the stacks or past
-their end -- is **cold**: it is scored with the prior (no data), never refused. A snapshot
-from a smaller catalog restores the items it knows; the rest start cold.
-
-Stacks are over-allocated (capacity doubles) so that growing one item at a time costs
-amortised O(1) copies; :attr:`PerItemPolicy.n_items` is the logical size, and the public
-arrays are views of the first ``n_items`` rows.
+Details: docs/policies.md, "Per-item state (`policies/peritem.py`)".
 """
 
 from __future__ import annotations

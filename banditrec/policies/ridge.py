@@ -1,44 +1,9 @@
-"""Ridge-regression statistics shared by the linear policies.
+"""Ridge-regression statistics shared by the linear policies: weighted, optionally discounted
+(``gamma``) updates of ``A``, ``A^-1`` and ``b``, the reward scale (:class:`RewardStats`) that
+exploration is measured in, and :class:`JointRidgePolicy`, the base of the policies with one
+ridge model over joint (context, item) features.
 
-Every linear policy keeps, for one or many weight vectors, the statistics of a weighted ridge
-regression
-
-    A = reg * I + sum_i w_i x_i x_i^T,    b = sum_i w_i r_i x_i,    theta = A^{-1} b
-
-and updates them from logged rows ``(x_i, r_i)`` with importance weights ``w_i`` (each row
-counts ``w_i`` times). One new row updates ``A^{-1}`` by Sherman-Morrison,
-
-    (A + w x x^T)^{-1} = A^{-1} - w (A^{-1} x)(A^{-1} x)^T / (1 + w x^T A^{-1} x),
-
-a batch re-inverts the new ``A`` (a Cholesky factor for one matrix, a batched solve for a stack).
-Updates are computed on copies and committed only when every new array is finite, so a failed
-update leaves the model serving what it served before, never a NaN.
-
-**Discounting** (``gamma < 1``, for tastes that drift; as Meta's Pearl discounts its LinUCB
-and LinTS statistics, here per row): a row learned ``t`` rows ago counts ``gamma^t`` times.
-The data part of the statistics decays, the prior does not:
-
-    A = reg * I + sum_i gamma^{t_i} w_i x_i x_i^T,    b = sum_i gamma^{t_i} w_i r_i x_i
-
-so an update of m rows multiplies ``A - reg * I`` and ``b`` by ``gamma^m`` and adds row ``i``
-with weight ``gamma^(m - 1 - i) w_i``: m single-row updates and one m-row update give the same
-model. ``1 / (1 - gamma)`` is the effective memory in rows.
-
-**The reward scale.** Beside ``A`` and ``b`` every linear policy keeps the (equally
-discounted) sums of its rows' weights, rewards, squared rewards and squared prediction errors,
-and the smallest and largest reward seen (:class:`RewardStats`). Exploration is measured in
-the noise standard deviation ``sigma`` estimated from those statistics
-(:meth:`RewardStats.noise_sd`), so that the defaults mean the same on
-clicks, purchases and margins rather than being tuned per shop: LinUCB's bonus is ``alpha
-sigma sqrt(x^T A^{-1} x)`` -- with the ridge prior ``N(0, sigma^2 / reg)`` that is ``alpha``
-posterior standard deviations of the mean, the interval Thompson sampling draws from --
-Thompson sampling's posterior is ``N(theta, v^2 sigma^2 A^{-1})``, softmax's temperature is
-``tau sigma``.
-
-This module holds the math they share (the input checks are in :mod:`.checks`), and :class:`JointRidgePolicy`, the base of
-the policies with one ridge model over joint (context, item) features
-(:func:`banditrec.features.joint_features`): shared-parameter LinUCB, epsilon-greedy, softmax and
-linear Thompson sampling differ only in how they turn that model into a slate.
+Details: docs/policies.md, "Ridge statistics (`policies/ridge.py`)".
 """
 
 from __future__ import annotations
@@ -212,7 +177,7 @@ def ridge_step(A, A_inv, b, X, r, w, *, reg: float = 1.0, gamma: float = 1.0):
     Never modifies its inputs; raises the overflow error if a new array is not finite. One row
     uses Sherman-Morrison, more rows re-invert through a Cholesky factor (cheaper and more
     accurate than m rank-one updates). With ``gamma < 1`` the data part ``A - reg I`` and ``b``
-    decay by ``gamma^m`` and row ``i`` counts ``gamma^(m - 1 - i) w_i`` (module doc).
+    decay by ``gamma^m`` and row ``i`` counts ``gamma^(m - 1 - i) w_i`` (docs/policies.md, "Ridge statistics").
     """
     age, decay = row_discounts(len(X), gamma)
     with np.errstate(over="ignore", invalid="ignore"):

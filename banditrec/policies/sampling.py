@@ -1,48 +1,8 @@
-"""Slate distributions whose marginals have no small closed form: Monte Carlo, done properly.
+"""Slate distributions whose marginals have no small closed form (sequential, Plackett-Luce,
+Thompson-ranked): Rao-Blackwellised Monte Carlo marginals, honest standard errors for rare
+cells, and a Monte Carlo stream seeded from the distribution's inputs.
 
-:class:`~banditrec.policies.slate.EpsilonGreedySlate` has exact marginals (a dynamic
-programme over ranks). Three slot fillers here do not:
-
-* :class:`SequentialSlate` -- slot ``k`` draws from the eligible candidates (not yet shown, and
-  under a per-product-type cap when one is set) with
-
-      P(a | earlier slots) = (1 - eps_k) * g_k(a) + eps_k / n_eligible
-
-  where ``g_k`` is either the greedy choice over ``values`` (ties split evenly; ``kind="greedy"``,
-  used when a diversity cap breaks the rank DP) or proportional to non-negative weights
-  (``kind="weights"``: Plackett-Luce, for softmax policies and Vowpal Wabbit's PMFs).
-  :class:`PlackettLuceSlate` is the ``weights`` kind.
-* :class:`SampledRankingSlate` -- Thompson sampling: a random score vector (a posterior draw)
-  ranks the candidates, then slots are filled epsilon-greedily over that ranking.
-
-Every *conditional* propensity of a drawn slate is exact, except for Thompson sampling whose
-conditionals are ratios of Monte-Carlo joint probabilities. *Marginals* P(slot k holds a | x)
--- what position-wise estimators divide by -- are estimated by **Rao-Blackwellised Monte
-Carlo**: sample ``draws`` prefixes (slots 0..k-1) and average the exact slot-k probability of
-every candidate given each prefix (for Thompson sampling: average the exact epsilon-greedy rank
-marginals over posterior draws, tied scores splitting the greedy share as the sampler does).
-Unlike counting how often an item lands in slot k, this gives an item the policy can show a
-positive estimate unless every sampled prefix already showed it (the floor ``eps_k /
-n_eligible`` is inside every other term). Without a type cap, :meth:`SequentialSlate.marginals`
-lifts such cells onto exact lower bounds, so an explored item's estimate is never 0; with a cap,
-``sample`` guards the cells it logs against that case. Its standard error is reported by
-:meth:`marginal_se`. Slot 0 needs no prefix, so its marginals are exact.
-
-**Standard errors that are honest for rare cells** (:func:`honest_se`, reported by
-``marginal_se``). The plain standard error of a Monte-Carlo mean is 0 for a cell whose terms
-came out equal on every draw -- typically a rare cell: an item that a 1-in-1,000 posterior
-draw would rank first, unseen in 256 draws. Its true marginal can still be a few ``1 / draws``
-above the estimate. So the stated error is that of the terms with four pseudo-terms added, two
-at each end of the range the cell's terms can take (Agresti and Coull's ``z^2 / 2 = 2``
-pseudo-successes and failures): never below about ``1.4 (hi - lo) / draws``, and within
-``O(1 / draws)`` of the plain one for cells the draws see.
-
-The Monte Carlo stream is seeded from the distribution's own inputs (a hash of the values,
-epsilons and constraints) unless a seed is given, so re-scoring a logged decision with the same
-policy state reproduces the logged marginals bit for bit on one machine. The values are hashed
-on a grid (:func:`seed_grid`), so that on another CPU, where they may differ in their last bits
-(BLAS kernels, numpy's SIMD functions), the stream is the same and the marginals agree to
-rounding (``docs/reproducibility.md``).
+Details: docs/policies.md, "Monte Carlo slates (`policies/sampling.py`)".
 """
 
 from __future__ import annotations
@@ -61,8 +21,8 @@ DEFAULT_DRAWS = 256
 def honest_se(mean: np.ndarray, sd: np.ndarray, n: int, lo, hi) -> np.ndarray:
     """Standard error of Monte-Carlo means of ``n`` terms each in ``[lo, hi]`` (broadcast), given
     their ``mean`` and ``sd`` (ddof=1): the population standard deviation of the terms with two
-    pseudo-terms at ``lo`` and two at ``hi`` added, over ``sqrt(n)`` (module doc). At most
-    ``(hi - lo) / (2 sqrt(n))``, as the spread of values in ``[lo, hi]`` is."""
+    pseudo-terms at ``lo`` and two at ``hi`` added, over ``sqrt(n)`` (docs/policies.md, "Monte
+    Carlo slates"). At most ``(hi - lo) / (2 sqrt(n))``, as the spread of values in ``[lo, hi]`` is."""
     mean, sd = np.asarray(mean, dtype=float), np.asarray(sd, dtype=float)
     lo, hi = np.broadcast_to(lo, mean.shape), np.broadcast_to(hi, mean.shape)
     center = (n * mean + 2.0 * (lo + hi)) / (n + 4.0)

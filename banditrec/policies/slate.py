@@ -1,16 +1,7 @@
-"""Filling carousel slots: sequential sampling without replacement, with exact propensities.
+"""Filling carousel slots: sequential epsilon-greedy sampling without replacement, with exact
+conditional and marginal propensities (a dynamic programme over ranks).
 
-A score-based policy hands over one score per candidate and one exploration rate per slot.
-Slot ``k`` is then filled from the candidates not yet shown with
-
-    P(a | x, earlier slots) = (1 - eps_k) * 1[a is a top-scoring remaining item] / #top
-                              + eps_k / (n - k)
-
-(ties split evenly). That probability is the slot's *conditional* propensity; their product is
-the slate's *joint* probability. The *marginal* P(slot k holds a | x) -- what position-based
-off-policy estimators need -- is computed exactly by a small dynamic programme over ranks
-(see :func:`rank_slot_marginals`): it depends only on (n, eps), never on the score values,
-so it is cached and a decision pays only a sort.
+Details: docs/policies.md, "Filling slots with exact propensities (`policies/slate.py`)".
 """
 
 from __future__ import annotations

@@ -1,18 +1,7 @@
-"""Policy snapshots: arrays in ``.npz`` plus a JSON manifest, written atomically, never pickle.
+"""Policy snapshots: arrays in ``.npz`` plus a JSON manifest, written atomically, never pickle;
+every byte checksummed and checked against a schema on load.
 
-A snapshot is two files, ``<stem>.npz`` (the arrays; ``allow_pickle=False`` on both sides)
-and ``<stem>.json``, the manifest: the policy's name, params, model version, the array names,
-shapes and dtypes, any extra metadata, where it came from (``provenance``, e.g. the learner's
-``trained_until_seq``), the SHA-256 and size of the payload (the ``.npz``, or another payload
-file such as a Vowpal Wabbit model), and ``checksum``, the SHA-256 of the manifest's own
-canonical JSON. So every byte a reader uses is covered: the manifest by its checksum (and by
-the publishing pointer's hash of its bytes, :mod:`banditrec.publish`), the payload by the
-manifest. Each file is written to a temporary name, fsynced and renamed, the manifest last.
-
-Loading checks the manifest's structure and types against a small explicit schema
-(:func:`read_manifest`) before using any of it, re-hashes the payload and checks every array
-against the manifest: anything missing, truncated, altered or of the wrong type raises
-:class:`~banditrec.errors.ValidationError` (field ``snapshot``) naming the file and the field.
+Details: docs/policies.md, "Snapshots (`policies/snapshot.py`)".
 """
 
 from __future__ import annotations

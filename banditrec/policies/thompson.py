@@ -1,28 +1,7 @@
-"""Linear Thompson sampling (Agrawal & Goyal 2013) on the shared joint-feature ridge model.
+"""Linear Thompson sampling (Agrawal & Goyal 2013) on the shared joint-feature ridge model:
+a slate ranks the candidates by one posterior draw, its marginals are Monte Carlo over draws.
 
-The posterior over the joint-feature weights is ``N(theta_hat, v^2 sigma^2 A^{-1})`` with ``A``,
-``theta_hat = A^{-1} b`` the ridge statistics of :class:`~.ridge.JointRidgePolicy` and
-``sigma`` the noise standard deviation estimated from the data
-(:meth:`~.ridge.RewardStats.noise_sd`: the Bayesian linear model's posterior scale), so the
-default ``v = 1`` is the textbook posterior on clicks, purchases or margins alike. A served
-slate ranks the candidates by one fresh posterior sample of their scores and fills each slot
-epsilon-greedily over that ranking (:class:`~.sampling.SampledRankingSlate`).
-
-Posterior draws are vectorised: ``theta = theta_hat + v sigma L g`` with ``g ~ N(0, I)`` and
-``L L^T = A^{-1}``, all ``size`` draws as one ``(size, d)`` product, and the candidates' scores
-as ``samples @ X^T``. ``L = R^{-T}`` where ``A = R R^T`` is the Cholesky factorisation of ``A``
-itself (the accumulated statistics, better conditioned than the Sherman-Morrison-updated
-inverse); it is computed once per model state and cached.
-
-Propensities are never 1/n: the slate's marginals average the exact epsilon-greedy rank
-marginals over ``mc_draws`` posterior draws (an environment key, as for every Monte-Carlo
-slate; standard error from ``marginal_se()``), and its conditionals are ratios of Monte-Carlo
-joint probabilities over the same draws. That Monte-Carlo stream is seeded from a hash of the
-model and the request, so re-scoring a logged decision with the same model reproduces its
-logged marginals bit for bit; the served slate itself uses the caller's Generator.
-
-``scores(request)`` is the posterior mean (for rankings and diagnostics); a decision's slate
-comes from :meth:`distribution`.
+Details: docs/policies.md, "Linear Thompson sampling (`policies/thompson.py`)".
 """
 
 from __future__ import annotations

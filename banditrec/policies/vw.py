@@ -1,92 +1,8 @@
 """Vowpal Wabbit policies: ``vw-cb`` (``--cb_explore_adf``) and ``vw-ccb`` (``--ccb_explore_adf``).
 
-Both hold one ``vowpalwabbit.Workspace`` (9.11) and speak VW's multi-line text format, built as
-``list[str]`` (a string instead of a list can silently return ``[]`` from a multi-line
-learner, and the list form has ``Workspace.predict``/``learn`` finish the examples, which
-would otherwise leak a few MB per decision)::
-
-    shared |User f0:0.25 f3:-1.5          vw-cb: the context; ``shared`` is required, without it
-    |Action f0:1 f1:0.5                   the line would silently become an extra action
-    0:-1:0.0873 |Action f0:0.2 f1:-3      a labelled action (learning only): 0:cost:probability
-    |Action f1:2
-
-    ccb shared |User f0:0.25 f3:-1.5      vw-ccb: the same, with ccb line types, and one
-    ccb action |Action f0:1 f1:0.5        slot line per carousel position
-    ccb slot 'seed=8231 |Slot s=0         (predict: a tag seed, see below)
-    ccb slot 4:-1:0.62 |Slot s=1          (learn: chosen action index:cost:probability)
-
-``f<j>`` is column ``j`` of the context (namespace ``User``) or of the item features
-(namespace ``Action``); values are written as float32 (what VW stores) with 9 significant
-digits, enough to identify every float32 (VW's text parser is not correctly rounded: it reads
-values within ~4 float32 ulps, and 17 digits do no better); zeros are left out. ``-q UA`` crosses every user feature
-with every item feature. Item lines are cached by the bytes of their feature row.
-
-**Who samples, and what is logged.**
-
-* ``vw-cb``: one ``predict`` returns the explorer's PMF over the candidates, *in the order of
-  the action lines* (not sorted). The carousel is filled from it by
-  :class:`~banditrec.policies.sampling.PlackettLuceSlate`: slot ``k`` draws from the
-  candidates not yet shown with ``(1 - eps_k) * pmf[a] / sum(remaining pmf) + eps_k /
-  n_remaining``. VW's explorer already explores (the config's ``epsilon`` is VW's
-  ``--epsilon``), so ``eps_k`` is only the serving floor ``min_epsilon``. Conditionals are
-  exact; marginals exact for slot 0 and Rao-Blackwellised Monte Carlo (``draws`` prefixes)
-  after.
-* ``vw-ccb``: VW samples the whole slate in one ``predict``; per slot it returns
-  ``(action_index, probability)`` pairs with **the chosen action first** and the actions of
-  earlier slots removed. The logged per-slot propensity is VW's probability of the chosen
-  action (the conditional given the earlier slots). VW draws each slot with the tag seed
-  of its slot line (VW's ``cb_sample`` reads ``'seed=...`` tags): :meth:`VWSlate.sample`
-  derives those seeds from the caller's ``Generator``, so the served slate follows
-  invariant 5 like every other policy and VW's own ``--random_seed`` stream is never
-  advanced by a prediction (the model, RNG state included, is unchanged by serving). The
-  marginal P(slot k holds a) for k >= 1 is not available from one predict; it is estimated
-  by Rao-Blackwellised Monte Carlo over ``draws`` extra predicts (each gives every remaining
-  action's exact slot-k probability given its own sampled prefix; the estimate is their
-  average, with :meth:`VWSlate.marginal_se` its standard error, honest for rare cells
-  (:func:`~banditrec.policies.sampling.honest_se`) and at most ``0.5 / sqrt(draws)`` per cell). Cost: ``1 + draws`` ccb predicts per served decision, each
-  evaluating ``sum_k (n - k)`` (slot, action) pairs; see ``bench/vw_bench.py``.
-
-**Learning** (``update``). A contextual-bandit label's probability must be the probability
-of that action under the logging policy *given the action set presented to VW*, so every
-logged row is learned over its decision's **whole candidate set**: ``update`` needs
-``candidates`` (one ``(n_d, d_i)`` feature array per row, shared between the rows of one
-decision) and ``chosen`` (the shown item's position in it); learning over the shown item
-alone would make its probability 1 and lose the importance weight. Labels carry
-``cost = -reward`` (VW minimises cost). ``vw-cb`` labels each row with its logged
-**marginal** ``pscore`` = P(slot k holds item | context): summed over the logging draws,
-``1[slot k holds a] / marginal`` is unbiased for showing ``a`` in slot ``k``, whereas the
-conditional under-credits items the logger usually shows earlier (see
-:mod:`banditrec.store.vw`). ``vw-ccb`` learns a whole slate per decision, each slot over the
-actions not taken by earlier slots (VW removes them), so its labels are the per-slot
-**conditional** ``propensity``. Probabilities must be in (0, 1] and not underflow float32:
-a probability of 0 makes VW's update NaN, silently replaced by 0 (the model learns nothing),
-so every row is checked before any is learned. Without them, ``update`` refuses.
-
-``weight`` (importance weights of batch retraining): VW's text labels have no weight token
-(``parse_label`` resets the label weight to 1 for cb and ccb labels), so a row's weight ``w``
-is applied through its probability: the label says ``p / w``. MTR (the default ``cb_type``)
-multiplies the example's weight by ``1 / p`` (times a running events-per-action ratio common
-to all rows) and IPS divides the cost by ``p``, so ``p / w`` gives the importance ``w / p``
-exactly; scaling the cost instead would be exact for IPS only
-(MTR regresses the cost itself). DR, DM and SM use ``p`` otherwise and refuse weights.
-``p / w`` must stay <= 1 (VW clamps larger values to 1 with a warning): rows with
-``0 < w < p`` are refused; rows with ``w = 0`` are skipped.
-
-**Batch equals single.** VW learns online: ``update`` on m rows is exactly m single-row
-updates in the same order (bit for bit); a different order gives a different model.
-
-**Snapshots.** ``save`` writes VW's own model file (``Workspace.save``, which writes at once;
-``-f`` would write only at ``finish()``, after which the workspace keeps answering
-silently) through :func:`banditrec.policies.snapshot.save`: JSON manifest, SHA-256, atomic
-rename. Loading rebuilds the workspace with ``-i`` alone (the model file restores the reduction
-stack, the explorer, ``-q`` and the RNG state, so training resumes bit for bit; a different
-explorer on load fails with a misleading "corrupted" error) into a new workspace, and swaps
-it in only when VW accepted it and its reduction stack matches the config. VW itself loads a *truncated* model without complaint (a silently fresh model), so
-the checksum is required: :meth:`VWPolicy.set_state` verifies it too.
-
-**Threads.** A ``Workspace`` cannot be pickled (these policies refuse it with a clear
-``TypeError``) and holds the GIL: every call into it is guarded by a lock; scale with
-processes, one model copy each.
+Each holds one ``vowpalwabbit.Workspace`` and speaks VW's multi-line text format. The format,
+who samples and what is logged, labels and weights, snapshots and threads: docs/policies.md,
+"Vowpal Wabbit (`policies/vw.py`)".
 """
 
 from __future__ import annotations
@@ -545,8 +461,8 @@ class VWContextualBandit(VWPolicy):
         items, reward (m,); pscore (m,) : the row's logged **marginal** P(slot k holds this item
         | context); candidates : m arrays (n_d, d_i), the candidates presented at the row's
         decision; chosen (m,) : the shown item's position in its candidates; weight (m,) :
-        importance weights (label probability ``pscore / weight``; see module doc). Everything is
-        checked before the first row is learned.
+        importance weights (label probability ``pscore / weight``; docs/policies.md, "Vowpal
+        Wabbit"). Everything is checked before the first row is learned.
         """
         X, r, p, w, cands, c = self._check_update(
             rows.context, rows.item_features, rows.reward, rows.items, rows.weight, rows.pscore, "pscore",

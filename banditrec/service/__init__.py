@@ -25,12 +25,31 @@ def create_app(engine: Engine, config: dict | None = None, *, settings: ServiceC
                policy_env=None, shop_watcher=None) -> Flask:
     """Build the app serving ``engine``.
 
-    ``config`` overrides Flask settings; ``settings`` are the service's own (auth token, size
-    limits, batch size, snapshot directory; default: all routes open, no snapshots).
-    ``policy_env`` is what reloading a snapshot needs to rebuild the policy (as given to
-    :func:`banditrec.policies.make`, or a function returning it); required when
-    ``settings.snapshots`` is set. ``shop_watcher`` (a :class:`banditrec.shop.ShopWatcher`)
-    installs rebuilt shop directories: requests look for one as they look for snapshots.
+    Parameters
+    ----------
+    engine : Engine
+        Decides, logs and records rewards; the app's routes call it.
+    config : dict, optional
+        Flask settings to override.
+    settings : ServiceConfig, optional
+        The service's own settings (auth token, size limits, batch size, snapshot directory);
+        default: all routes open, no snapshots.
+    policy_env : dict or callable, optional
+        What reloading a snapshot needs to rebuild the policy (as given to
+        :func:`banditrec.policies.make`, or a function returning it); required when
+        ``settings.snapshots`` is set.
+    shop_watcher : ShopWatcher, optional
+        Installs rebuilt shop directories: requests look for one as they look for snapshots.
+
+    Returns
+    -------
+    Flask
+        The WSGI app (routes in docs/service.md).
+
+    Raises
+    ------
+    ValueError
+        ``settings.snapshots`` without ``policy_env``.
     """
     settings = settings or ServiceConfig()
     app = Flask(__name__)

@@ -1,25 +1,7 @@
-"""The service's settings: one small immutable object, from arguments or the environment.
+"""The service's settings: one small immutable object, from arguments or the environment
+(the ``BANDITREC_*`` variables ``banditrec serve`` passes to its gunicorn workers).
 
-Environment (what ``banditrec serve`` passes to its gunicorn workers):
-
-==============================  ===========================================================
-``BANDITREC_API_TOKEN``         bearer token for reward, events and admin routes (and decide
-                                when ``BANDITREC_DECIDE_AUTH=1``); set, it must be a token
-                                (``check_token``), even when empty
-``BANDITREC_API_TOKEN_FILE``    file holding the token (used when the variable above is unset);
-                                an empty, blank or short file is an error, not "no auth"
-``BANDITREC_DECIDE_AUTH``       ``1``: decide routes need the token too (default ``0``)
-``BANDITREC_MAX_BODY_BYTES``    largest request body, except batch decide (default 1 MiB)
-``BANDITREC_MAX_BATCH_BYTES``   largest batch-decide body (default 16 MiB)
-``BANDITREC_BATCH_MAX``         most requests in one batch decide (default 256)
-``BANDITREC_SNAPSHOTS``         directory the learner publishes snapshots to (``CURRENT.json``)
-``BANDITREC_DURABLE``           ``1``: the log commits with ``synchronous=FULL``, so an
-                                acknowledged write survives a power loss too (default ``0``:
-                                ``NORMAL``, which survives a crash of the process; docs/service.md)
-``BANDITREC_RELOAD_CHECK_MS``   how often each worker's watcher thread looks for a new snapshot
-                                (1000; requests look too, at most every 10 ms; 0: neither,
-                                only ``POST /v1/models/reload``)
-==============================  ===========================================================
+Details: docs/service.md, "Settings (`service/config.py`)".
 """
 
 from __future__ import annotations

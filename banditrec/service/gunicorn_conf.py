@@ -50,7 +50,7 @@ accesslog = os.environ.get("BANDITREC_ACCESSLOG", None)  # "-" for stdout
 errorlog = "-"
 
 # Prometheus multiprocess mode: every worker writes its metrics to files in this directory and
-# a scrape of any worker sums them (banditrec/service/metrics.py says why). Set before the
+# a scrape of any worker sums them (docs/service.md, "Metrics", says why). Set before the
 # workers import prometheus_client; emptied when the server starts.
 _created_metrics_dir = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
 if _created_metrics_dir:

@@ -1,18 +1,7 @@
-"""JSON in and out of the service through orjson, with the standard library's semantics.
+"""JSON in and out of the service through orjson, with the standard library's semantics: what
+orjson refuses or would write differently goes through ``json`` or Flask's provider.
 
-Why: on the decide path ``json`` (parsing 200 candidate ids, writing the response) was a
-measurable share of the work; ``bench/run.py --only http`` is the figure that counts.
-Semantics are kept:
-
-* requests: anything orjson refuses (``NaN``/``Infinity`` literals, lone surrogates) is parsed
-  again by ``json.loads``, so it is accepted or refused exactly as before (a ``NaN`` context
-  still gets the error that names ``context``). One difference is kept on purpose: an integer
-  beyond 64 bits reads as the nearest float (as in JavaScript), where ``json`` keeps it exact;
-  every integer field of the request models is strict, so it is refused by name either way
-  (tested). Scanning bodies for such integers first cost more than parsing them;
-* responses: anything orjson would write differently or not at all (dates, dataclasses, types
-  it does not know, non-finite floats, which it writes as ``null``) goes through Flask's
-  default provider.
+Details: docs/service.md, "JSON (`service/jsonio.py`)".
 """
 
 from __future__ import annotations

@@ -1,20 +1,7 @@
 """Prometheus metrics: requests and latency per route, decisions, rewards, events, the
-exploration share, and the model version each worker serves.
+exploration share, and the model version each worker serves (multiprocess mode under gunicorn).
 
-Under gunicorn, ``banditrec serve`` sets ``PROMETHEUS_MULTIPROC_DIR`` (see
-``gunicorn_conf.py``) and prometheus_client's multiprocess mode sums every worker's counters
-and histograms into one scrape. Why not per-process metrics: a scrape reaches one worker at
-random, so per-process counters would jump between workers' values from scrape to scrape,
-which Prometheus reads as counter resets, and rates would be wrong. The model version is a
-per-worker gauge (``pid`` label) because workers pick up a new snapshot independently and
-"which worker serves what" is the question it answers. Without that variable (tests, the
-demo's test client) each app keeps its own registry in memory.
-
-``banditrec_exploration_share`` is computed at scrape time from ``banditrec_slots_total``:
-slots whose logged conditional propensity was below 0.5. For an epsilon-greedy slate with
-epsilon < 0.5 that is exactly the explored slots (the greedy item's conditional probability
-is at least 1 - epsilon, every other item's at most epsilon); for sampling policies it is
-the share of slots filled by an item the policy did not strongly prefer.
+Details: docs/service.md, "Metrics (`service/metrics.py`)".
 """
 
 from __future__ import annotations

@@ -1,29 +1,8 @@
-"""Serving workers pick up the learner's snapshots without restarting.
+"""Serving workers pick up the learner's snapshots without restarting: on start, before
+requests (one ``stat`` of the pointer at most every ``REQUEST_LOOK_S``), from a watcher thread
+and on ``POST /v1/models/reload``, all by the rule of :func:`banditrec.publish.resolve`.
 
-The learner (:mod:`banditrec.learner`) publishes a snapshot, then atomically replaces the
-pointer ``<snapshots>/CURRENT.json``. What a worker serves is decided by one rule,
-:func:`banditrec.publish.resolve`: the pointer's snapshot when the pointer and everything it
-points to verify, otherwise the newest snapshot on disk that verifies, otherwise what it
-serves already. Every worker, started, restarted or running, applies the same rule, so two
-workers of one directory serve the same model. A worker applies it:
-
-- when it starts (a worker restarted while the pointer is unusable serves the newest valid
-  snapshot, not its untrained built policy, and says so: a log line, ``/v1/models``, ``/healthz``);
-- before requests, after one ``stat`` of the pointer at most every ``REQUEST_LOOK_S`` (10 ms)
-  per worker, when the pointer changed; while it loads, the worker's other request threads
-  wait for it. So from 10 ms after the pointer was replaced, no request is answered by the
-  model from before it (unless the new snapshot is refused);
-- every ``reload_check_ms`` on a daemon thread (:meth:`SnapshotWatcher.start`, run by the
-  served workers), so that a worker that gets no requests is current too. With a shared
-  listening socket one worker can go without requests for a while (whichever worker wakes
-  first accepts); checking only on requests, it would skip a good snapshot published meanwhile
-  and, if the next pointer were refused, keep serving the model from before both (CI saw that);
-- at once on ``POST /v1/models/reload``.
-
-A pointer or snapshot that fails verification, or whose loading raises anything at all, is
-refused: logged, counted (``banditrec_model_reloads_total{result="refused"}``), kept for
-``GET /v1/models`` and ``/healthz`` (``last_reload_error``), and never an error of the request
-that ran the check. It is tried once per change of the pointer, not on every request.
+Details: docs/service.md, "Reloading snapshots (`service/reload.py`)".
 """
 
 from __future__ import annotations
@@ -38,7 +17,7 @@ from ..errors import ValidationError
 from ..policies import load
 from ..publish import POINTER, Resolved, resolve
 
-# Requests look at the pointer at most this often per worker: a stat on every request was a
+# Requests look at the pointer at most this often per worker: a stat on every request is a
 # measurable share of a decision's CPU in the served request path (far more than the same
 # stat costs in a tight loop), and 10 ms is well below the time between a publish and the
 # next request anyone could act on.

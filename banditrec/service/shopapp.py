@@ -18,9 +18,42 @@ def create_shop_app(shop_dir, policy: str, db, *, settings: ServiceConfig | None
                     reward_window_s: float | None = 3600.0, n_candidates: int = 30, min_epsilon: float = 0.01,
                     seed=None, clock=time.time, process_lock: bool = False, checkpoint_interval_s=None,
                     synchronous: str = "NORMAL", config: dict | None = None) -> Flask:
-    """A service app serving the current build of ``shop_dir`` with a new ``policy`` (a spec),
-    logging to ``db``; newer builds of the directory and, with ``settings.snapshots``, the
-    learner's snapshots are picked up while it serves."""
+    """A service app serving the current build of ``shop_dir`` with a new ``policy``, logging
+    to ``db``; newer builds of the directory and, with ``settings.snapshots``, the learner's
+    snapshots are picked up while it serves.
+
+    Parameters
+    ----------
+    shop_dir : path
+        A shop directory made by ``banditrec build``; its pointer's build, or the newest valid
+        build when the pointer is unusable.
+    policy : str
+        A policy spec (``"shared-linucb:alpha=0.5"``).
+    db : path
+        The SQLite decision log (created if missing).
+    settings : ServiceConfig, optional
+        Auth token, limits, snapshot directory (as :func:`create_app`).
+    reward_window_s : float or None, default 3600
+        Rewards later than this after their decision are recorded but flagged late.
+    n_candidates, min_epsilon, seed, clock
+        The engine's: candidates per request, the serving exploration floor, its entropy,
+        its time source.
+    process_lock, checkpoint_interval_s, synchronous
+        The log's: an flock queue for writers of several processes, WAL checkpoints from a
+        background thread, SQLite's ``synchronous`` (``"FULL"``: durable through power loss).
+    config : dict, optional
+        Flask settings to override.
+
+    Returns
+    -------
+    Flask
+        The WSGI app.
+
+    Raises
+    ------
+    ValidationError
+        No build of ``shop_dir`` loads and verifies, or a bad policy spec or setting.
+    """
     shop, refused = open_newest_valid(shop_dir)
     log = DecisionLog(db, reward_window_s=reward_window_s, process_lock=process_lock,
                       checkpoint_interval_s=checkpoint_interval_s, synchronous=synchronous)

@@ -1,12 +1,8 @@
-"""WSGI entry point for gunicorn: the decision service of a shop directory.
+"""WSGI entry point for gunicorn: the decision service of a shop directory, configured by the
+``BANDITREC_*`` environment ``banditrec serve`` sets; each worker builds its own engine after
+the fork.
 
-Configured by environment (``banditrec serve`` sets these): ``BANDITREC_SHOP`` (the shop
-directory), ``BANDITREC_DB`` (log path), ``BANDITREC_POLICY`` (policy spec),
-``BANDITREC_REWARD_WINDOW_S`` (the log's reward window, seconds), and the service settings of
-:class:`~banditrec.service.config.ServiceConfig` (token, limits, ``BANDITREC_SNAPSHOTS``,
-``BANDITREC_DURABLE``).
-Each worker builds its own engine after the fork and samples from fresh entropy, so workers
-never repeat each other's event ids or share a SQLite connection.
+Details: docs/service.md, "The WSGI entry point (`service/wsgi.py`)".
 """
 
 from __future__ import annotations
@@ -31,5 +27,5 @@ def _build():
 
 
 app = _build()
-if "banditrec.watcher" in app.extensions:  # idle workers pick up snapshots too (reload.py says why)
+if "banditrec.watcher" in app.extensions:  # idle workers pick up snapshots too (docs/service.md, "Reloading snapshots")
     app.extensions["banditrec.watcher"].start()

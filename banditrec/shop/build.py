@@ -198,11 +198,38 @@ class _Steps:
 
 def build_shop(items, interactions, users=None, *, out, config: BuildConfig | None = None, mapping=(),
                encoding=None, refit_features: bool = False, progress: bool = False, clock=time.time) -> BuildResult:
-    """Build (or rebuild) the shop directory ``out`` from the input files; see the module docstring.
+    """Build (or rebuild) the shop directory ``out`` from the input files (docs/data-formats.md).
 
-    ``mapping``: ``--map`` strings; ``encoding``: a context-encoding JSON written by
-    ``banditrec import`` (its columns become request fields). ``refit_features`` fits new item and
-    context features even when a previous build exists (learned policies then start over).
+    Parameters
+    ----------
+    items, interactions, users : path
+        The shop's CSV or Parquet files; ``users`` is optional.
+    out : path
+        The shop directory; a new build is added and the pointer switched only when every step
+        succeeded.
+    config : BuildConfig, optional
+        The build config (TOML ``[build]`` keys); defaults otherwise.
+    mapping : sequence of str
+        ``--map`` strings naming the files' columns.
+    encoding : path, optional
+        A context-encoding JSON written by ``banditrec import`` (its columns become request
+        fields).
+    refit_features : bool
+        Fit new item and context features even when a previous build exists (learned
+        policies then start over).
+    progress, clock
+        Progress bars on a terminal; the time source of the build's id.
+
+    Returns
+    -------
+    BuildResult
+        The build's id, the previous one, item, user and interaction counts, feature sizes and
+        notes on what was left out.
+
+    Raises
+    ------
+    ValidationError
+        A file, column, value or setting that fails its check, naming file, line and column.
     """
     start = time.perf_counter()
     config = config or BuildConfig()

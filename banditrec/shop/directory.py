@@ -1,18 +1,7 @@
-"""The shop directory: versioned builds, each self-describing and checksummed, and a pointer.
+"""The shop directory: versioned builds, each self-describing and checksummed, and a pointer
+replaced atomically, so a reader sees the old build or the new one, never half of one.
 
-::
-
-    DIR/CURRENT.json                  {"format": ..., "build": ID, "manifest_sha256": ...}
-    DIR/builds/ID/manifest.json       schema version, inputs (sha256, rows), counts, settings,
-                                      feature specs, and the sha256 of every file below
-    DIR/builds/ID/items.parquet       item_index, item_id, active, in_stock, type, attributes
-    DIR/builds/ID/users.parquet       user_index, user_id, segment
-    DIR/builds/ID/arrays/NAME.npy     features, history, candidate model (no pickle)
-
-A build is written to a temporary directory, renamed into ``builds/``, and then the pointer is
-replaced atomically: a reader sees the old build or the new one, never half of one. Every byte
-a reader loads is covered by a checksum: the pointer's covers the manifest, the manifest's cover
-each file. Arrays are memory-mapped, so serving processes share one copy in the page cache.
+Details: docs/data-formats.md, "The shop directory (`shop/directory.py`)".
 """
 
 from __future__ import annotations

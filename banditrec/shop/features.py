@@ -1,17 +1,7 @@
-"""Feature vectors for the policies, built from a shop's own attributes.
+"""Feature vectors for the policies, built from a shop's own attributes (:class:`ItemFeaturizer`,
+:class:`ContextFeaturizer`), fitted once and frozen so a rebuild keeps their meaning.
 
-* :class:`ItemFeaturizer` turns catalog columns into ``(n_items, item_dim)`` vectors: numeric
-  columns standardised (log first when positive and heavy-tailed), categorical columns one-hot
-  over their most frequent values, text as hashed TF-IDF projected onto a few directions; when
-  that is wider than ``item_dim``, a principal-component projection to ``item_dim``.
-* :class:`ContextFeaturizer` turns what is known at request time into the context vector:
-  the user's segment and numeric attributes, their taste (the mean item vector of what they
-  bought or carted, the session included), how recently they were active, the time of day and
-  week, and the request's own fields (e.g. ``device``).
-
-Both are fitted once and frozen: a rebuild of the shop reuses them (``spec``), so that a
-policy's learned weights keep their meaning; a new category value maps to "other" (zeros).
-Every part is listed in ``docs/data-formats.md``.
+Details: docs/data-formats.md, "Featurizers (`shop/features.py`)".
 """
 
 from __future__ import annotations
@@ -82,7 +72,8 @@ def _hashed_text(texts: list[str]) -> sp.csr_matrix:
 
 
 class ItemFeaturizer:
-    """Fitted on a catalog (:class:`~banditrec.shop.inputs.Catalog`); see the module docstring."""
+    """Fitted on a catalog (:class:`~banditrec.shop.inputs.Catalog`); see docs/data-formats.md,
+    "Featurizers"."""
 
     def __init__(self, spec: dict, arrays: dict[str, np.ndarray]):
         self.spec = spec
@@ -216,7 +207,7 @@ class RequestContext:
 
 
 class ContextFeaturizer:
-    """The context vector of a request (see the module docstring); ``spec`` is JSON."""
+    """The context vector of a request (docs/data-formats.md, "Featurizers"); ``spec`` is JSON."""
 
     def __init__(self, spec: dict, arrays: dict[str, np.ndarray]):
         self.spec = spec

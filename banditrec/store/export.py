@@ -1,28 +1,7 @@
-"""Export of the decision log as tables: CSV and Parquet, one row per **logged slot** (a decision
-joined with its slots and the rewards recorded for them).
+"""Export of the decision log as tables: CSV and Parquet, one row per logged slot (a decision
+joined with its slots and rewards); the reader is shared with :mod:`banditrec.store.vw`.
 
-The reader here (:func:`read_layout`, :func:`read_batches`, through :meth:`DecisionLog.snapshot`)
-and :func:`atomic_output` are shared with :mod:`banditrec.store.vw`, which writes the same slots
-as Vowpal Wabbit examples.
-
-Exported columns (CSV and Parquet, in this order)
--------------------------------------------------
-``event_id, seq, ts, user_id, surface, policy, model_version, policy_params, position, item_id,
-item_index, propensity, marginal, marginal_draws, source, n_candidates, joint_propensity,
-log_joint_propensity`` then, with ``candidates=True``, ``candidates, candidate_index`` (JSON
-lists), then ``context_0 .. context_{d-1}``, then per reward kind present in the log
-``reward:<kind>, reward_ts:<kind>`` (the reward of this slot), ``reward_late:<kind>`` (only when
-the log's rewards table has a ``late`` column) and ``decision_reward:<kind>,
-decision_reward_ts:<kind>`` (a reward posted for the decision as a whole, repeated on each of its
-slots). ``propensity`` is the conditional P(item | context, earlier slots), ``marginal`` the
-P(slot holds item | context) that estimators divide by. A reward that was never recorded is an
-empty cell (CSV) or null (Parquet), never a made-up 0. Floats are written with ``repr``, which
-round-trips every float64 exactly. The Parquet file carries ``banditrec.schema_version`` (this
-module's :data:`SCHEMA_VERSION`) in its key-value metadata.
-
-The CSV export reads back with :func:`banditrec.store.importer.import_csv` and no mapping: every number comes back
-bit-for-bit (``seq`` is re-assigned by the target log, and late flags are not imported because
-the log has no public write path for them).
+Details: docs/data-formats.md, "Log export (`store/export.py`)".
 """
 
 from __future__ import annotations
@@ -213,7 +192,7 @@ def atomic_output(path: str | Path, mode: str = "w", **kw):
 
 def export_csv(log: DecisionLog, path: str | Path, *, candidates: bool = False,
                batch_decisions: int = 5000) -> ExportResult:
-    """Export every logged slot as one CSV row (columns in the module docstring).
+    """Export every logged slot as one CSV row (columns: docs/data-formats.md, "Log export").
 
     Floats are written with ``repr`` (the shortest string that reads back as the same float64);
     a missing reward is an empty cell; late flags are 0/1.
