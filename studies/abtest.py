@@ -1,27 +1,10 @@
 """A/B tests of carousel policies on the simulated shop, with the statistics to read them.
 
-One shop, one population: every customer is assigned to an arm by hashing their id with a
-salt (:func:`banditrec.experiment.assign`), and each arm's carousels come from its own
-:class:`banditrec.engine.Engine` (its own policy, decision log and learning). The arms share
-the world -- catalog, stock, the candidate generator, each day's visit, browsing and churn
-draws and the carousel's response stream -- so the days' random numbers are common to the
-arms, as in a real experiment on one site.
+Customers are assigned to arms by a salted hash; each arm has its own engine, log and learning,
+and all arms share the world's random numbers. An optional burn-in trains every arm on the
+incumbent's log first.
 
-Before day 0 an optional burn-in runs the shop's incumbent carousel (uniformly random slates,
-logged) for the pre-period's last days; every arm's policy is trained on that log first, as a
-new policy is trained offline on the current one's exploration data before its A/B test.
-
-Per customer (those alive on day 0): carousel clicks and slots shown, visits, orders,
-revenue, margin, alive at days 30/60/90, and lifetime value (discounted margin from day 0);
-snapshots at ``checkpoints`` give week-1 metrics. :func:`analyse` compares each treatment
-arm with the first arm: means, difference and relative lift with Welch and bootstrap 95%
-intervals, p-values; ratio metrics (CTR, conversion, AOV) by the delta method; margin and
-lifetime value also with CUPED on each customer's pre-test margin.
-
-Long-term reward: an arm whose policy has ``value=longterm`` ranks by the chance of a purchase
-times ``margin + lambda x long-term value``, the value of each item estimated from the
-purchases logged so far (:func:`banditrec.longterm.estimate_item_values`) and re-estimated
-every ``refit_days``.
+Details: docs/abtest.md, "The A/B runner (`studies/abtest.py`)".
 """
 
 from __future__ import annotations

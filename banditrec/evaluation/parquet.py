@@ -1,28 +1,9 @@
 """Off-policy evaluation over Parquet: ``banditrec evaluate --parquet`` on the day-partitioned
 export, and estimates over compact per-slot files; on Dask or in-process.
 
-Every estimator that is a sum of per-decision terms (IPS, ClippedIPS, SNIPS, DM, DR, SNDR,
-SwitchDR; any slot alone) reduces a partition to :class:`~banditrec.ope.estimators.Moments`
-(:meth:`IPS.partial`); the driver combines the partitions' moments and :meth:`IPS.finish`
-turns them into the estimate and its delta-method interval -- the code :meth:`IPS.estimate`
-runs in-process on a whole log. A task returns a few numbers, never rows, so a worker's memory
-is bounded by one partition, not by the log.
+Each task reduces a partition to estimator moments, so a worker holds one partition at a time.
 
-Two entry points:
-
-- :func:`evaluate_parquet`: ``banditrec evaluate --parquet DIR``: the day-partitioned export
-  (:mod:`banditrec.store.partitioned`) as a :class:`ParquetBackend` of the evaluation pipeline
-  (:mod:`banditrec.evaluation.pipeline`), one chunk per day -- the steps, reward model and
-  folds of ``evaluate --db``, so both give the same numbers up to the order of floating-point
-  sums. The candidates learn on the driver from the first ``train_frac`` of the decisions.
-- :func:`estimate_files`: Parquet files in the *compact* layout (:data:`COMPACT_COLUMNS`, one
-  row per logged slot, the target's probability and the reward model's predictions already
-  there): what a pipeline that scores the target elsewhere hands over; O(n) memory whatever the
-  action set.
-
-``client=None`` runs the same task functions in this process, one partition after another;
-with a ``distributed.Client`` (:func:`~banditrec.evaluation.tasks.dask_client`) they run as Dask
-tasks. The two give the same numbers up to the order of floating-point sums (tests check 1e-9).
+Details: docs/evaluation.md, "The Parquet backend (`evaluation/parquet.py`)".
 """
 
 from __future__ import annotations

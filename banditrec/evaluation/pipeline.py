@@ -1,38 +1,10 @@
 """The off-policy evaluation pipeline of ``banditrec evaluate``, whatever the log is stored in.
 
-The log is split in time: candidate policies learn from the first ``train_frac`` of the
-decisions (as they would have, had they been deployed then) and are evaluated off-policy on
-the rest, where the logging policy's own value is the on-policy mean reward. For every
-candidate and estimator: the estimate, its interval and diagnostics; and a verdict --
-**safe to deploy** when the primary estimator's lower bound beats the logging policy's
-estimate and no diagnostic warns.
+Candidates learn from the first ``train_frac`` of the log and are estimated off-policy on the
+rest, with a safe-to-deploy verdict. A :class:`Backend` reads the log (SQLite or the Parquet
+export) and hands over chunks; every other step is here, once.
 
-A backend (:class:`Backend`) reads the log -- :mod:`banditrec.evaluation.sqlite` a
-:class:`~banditrec.store.DecisionLog`, :mod:`banditrec.evaluation.parquet` the day-partitioned
-export -- and hands over the training decisions and the evaluated ones as *chunks* (the SQLite
-log: one, in memory; the export: one per day). Everything else is here, once:
-
-1. :func:`check_request`: what was asked (estimators, candidates, tuning grids, reward model).
-2. Pass 1 over the chunks (:func:`_reward_stats`): what the reward model's fit needs -- per
-   fold, ``X^T X`` and ``X^T y`` of a reducible model (ridge), else the rows' model inputs --
-   and the (item, slot) pairs logged. The fit runs on the driver (:func:`fit_reward_model`),
-   cross-fitted with folds that hash each decision's log sequence number
-   (:func:`~banditrec.ope.reward_model.decision_folds`), so a decision's fold does not depend
-   on the backend or the partitioning.
-3. The candidates (:func:`candidate_policy`), trained on the training decisions.
-4. Pass 2 (:func:`_chunk_moments`): each chunk re-scores its decisions with every candidate
-   (the target's probability comes from re-scoring each logged decision -- its context and
-   candidate list are in the log; the doubly robust family's target term is computed over each
-   decision's candidates only, so a large catalog costs nothing extra) and reduces each
-   estimator to :class:`~banditrec.ope.estimators.Moments`.
-5. The combined moments' estimates, the verdicts, the tuning choice (:mod:`banditrec.tuning`)
-   and the report (:func:`write_report`).
-
-Chunks run in this process one after another, or as Dask tasks when a ``distributed.Client``
-is given (:func:`~banditrec.evaluation.tasks.run_tasks`; candidates are then shipped as their
-snapshot bytes, not pickled). A task returns a few numbers, never rows (but for a reward model
-whose fit is not a sum over rows: its inputs are gathered on the driver), so a worker's memory
-is bounded by one chunk. See docs/evaluation.md.
+Details: docs/evaluation.md, "The pipeline (`evaluation/pipeline.py`)".
 """
 
 from __future__ import annotations

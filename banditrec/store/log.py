@@ -1,20 +1,9 @@
 """The decision log: every decision, its propensities and context, and rewards joined later.
 
-SQLite through sqlite-utils, WAL journal and a busy timeout. One write path (``_writing``): each
-decision and its slots are written in one transaction, so a crash never leaves a half-logged
-decision. Readers hand arrays to the estimators; no estimator math here.
+SQLite (WAL, busy timeout) through sqlite-utils; :class:`DecisionLog` joins the write path
+(:mod:`.writer`) and the readers (:mod:`.reader`), with JSON codecs in :mod:`.codecs`.
 
-Reward window: a log opened with ``reward_window_s`` flags a reward *late* when it arrives after
-``decision.ts + reward_window_s``; late rewards are kept (``rewards.late = 1``) but readers leave
-them out unless asked, and a decision whose window has closed without a reward gets the default
-reward. Besides decisions the log holds interaction events (view, cart, purchase), model
-versions and the item catalog (ids, features, business attributes), so that a log file alone
-is enough to rebuild what a policy saw.
-
-Durability: with ``synchronous="NORMAL"`` (the default) a committed decision survives a crash
-or kill of the process; a power loss or OS crash may lose the last transactions. Pass
-``synchronous="FULL"`` to make every acknowledged decision survive those too, at a cost that
-``make bench`` measures.
+Details: docs/data-formats.md, "The decision log (`store/log.py`)".
 """
 
 from __future__ import annotations

@@ -1,32 +1,10 @@
-"""The decision log as Parquet partitioned by day, for engines that read a directory of files
-(Dask here; Spark reads the same hive-style layout).
+"""The decision log as Parquet partitioned by day (``DIR/day=YYYY-MM-DD/part-0.parquet``), for
+engines that read a directory of files (Dask here; Spark reads the same layout).
 
-Layout of ``DIR``::
+Re-exports rewrite only the days that changed; readers check every file against the manifest
+and give the same records as :meth:`DecisionLog.decisions`.
 
-    DIR/_banditrec.json                    manifest: format, schema version, one entry per partition
-    DIR/_items.parquet                     the item table (id, index, features) for re-scoring
-    DIR/day=YYYY-MM-DD/part-0.parquet      that UTC day's decisions, one row per logged slot
-
-A partition has :func:`banditrec.store.export.export_parquet`'s columns (with the candidate
-lists, so that a policy can re-score its decisions), then ``n_slots`` (:data:`N_SLOTS`: the
-carousel's length, pinned slots included, which a partly observed decision -- an imported log
-that saw one position per round -- does not show in its rows), and ``banditrec.schema_version``
-plus the day in its key-value metadata. A decision belongs to the day of its ``ts``; its rows never
-straddle partitions, so per-decision estimator terms can be reduced partition by partition.
-
-**Appending.** :func:`export_partitioned` on an existing directory rewrites only the days whose
-content changed since the last export: each manifest entry keeps a fingerprint of the day
-(decisions, last seq, rewards and the last reward row id), so a new day adds one file and leaves
-every older file as it was (same inode, same bytes); a late reward posted to an old day rewrites
-that day's file alone. Files are written to a temporary name and renamed, the manifest last.
-
-**Reading.** :func:`open_dataset` checks the manifest; :func:`read_partition` checks that a
-file exists, is Parquet, carries the schema version and has the rows the manifest says, and
-raises :class:`PartitionError` naming the file otherwise. :func:`partition_decisions` turns a
-partition into the :class:`~banditrec.types.LoggedDecisions` that
-:meth:`DecisionLog.decisions` would return for the same decisions (pinned slots left out, late
-rewards replaced by the default, ``row_slot`` the position less the decision's pinned slots
-and ``n_slots`` the carousel less them, partly observed decisions included).
+Details: docs/data-formats.md, "The day-partitioned export (`store/partitioned.py`)".
 """
 
 from __future__ import annotations
