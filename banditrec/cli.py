@@ -74,7 +74,6 @@ def _token(token_file: str) -> str:
     token, mode 0600, when missing). An empty, blank or short token is a usage error: it must
     never start a server with authentication off."""
     import secrets
-    from pathlib import Path
 
     from .service.config import check_token, read_token_file
 
@@ -303,7 +302,6 @@ def import_(file, fmt, db, pairs, kind, position_base, n_items, policy, event_pr
     the log, and the message says which --start-line resumes.
     """
     import json
-    from pathlib import Path
 
     from .store.exchange import import_file, parse_mapping
 

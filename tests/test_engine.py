@@ -250,7 +250,7 @@ def test_a_serving_log_checkpoints_the_wal_from_its_own_thread(small_shop, tmp_p
     import os
     import time
 
-    from banditrec.store.writer import CHECKPOINT_BACKSTOP_PAGES
+    from banditrec.store.log import CHECKPOINT_BACKSTOP_PAGES
 
     path = tmp_path / "log.db"
     log = DecisionLog(path, checkpoint_interval_s=0.02)

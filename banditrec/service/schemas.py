@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
-from ..store.writer import MAX_ABS_REWARD
+from ..store.checks import MAX_ABS_REWARD
 
 BATCH_HARD_MAX = 10_000  # the configured batch_max (ServiceConfig) is checked below this
 

@@ -13,8 +13,21 @@ from pathlib import Path
 from typing import Mapping
 
 from ..errors import ValidationError
-from .export import SCHEMA_VERSION, ExportResult, MissingDependencyError, export_csv, export_interactions, export_parquet
-from .importer import ImportFailedError, ImportResult, import_csv, import_obd, parse_mapping
+from .export import (
+    SCHEMA_VERSION,
+    ExportResult,
+    MissingDependencyError,
+    export_csv,
+    export_interactions,
+    export_parquet,
+)
+from .importer import (
+    ImportFailedError,
+    ImportResult,
+    import_csv,
+    import_obd,
+    parse_mapping,
+)
 from .log import DecisionLog
 from .vw import export_dsjson, export_vw, vw_escape
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import BanditRecError, ConflictError, ValidationError
 from ..types import Decision, Reward, Slot
+from .checks import MAX_ABS_REWARD
 from .csvrows import (
     DEFAULT_CSV_MAPPING,
     OBD_MAPPING,
@@ -36,7 +37,7 @@ from .csvrows import (
     timestamp_cell,
 )
 from .log import DecisionLog
-from .writer import MAX_ABS_REWARD, DecisionRecord
+from .writer import DecisionRecord
 
 
 class ImportFailedError(ValidationError):

@@ -16,9 +16,34 @@ from pathlib import Path
 import sqlite_utils
 
 from ..errors import ValidationError
+from .checks import check_time
 from .migrations import migrations
 from .reader import LogReader
-from .writer import CHECKPOINT_BACKSTOP_PAGES, Checkpointer, LogWriter, check_time
+from .writer import LogWriter
+
+CHECKPOINT_BACKSTOP_PAGES = 8000  # ~32 MB of WAL: the writers checkpoint only if the thread falls behind
+
+
+class Checkpointer:
+    """A daemon thread running ``PRAGMA wal_checkpoint(PASSIVE)`` on its own connection."""
+
+    def __init__(self, path: str, interval_s: float):
+        self._stop = threading.Event()
+        self._conn = sqlite3.connect(path, check_same_thread=False, timeout=0)
+        self._thread = threading.Thread(target=self._run, args=(interval_s,), name="banditrec-checkpoint", daemon=True)
+        self._thread.start()
+
+    def _run(self, interval_s: float) -> None:
+        while not self._stop.wait(interval_s):
+            try:
+                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.Error:  # busy (another process checkpoints), or closing: try next time
+                pass
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._conn.close()
 
 
 class DecisionLog(LogReader, LogWriter):

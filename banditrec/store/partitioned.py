@@ -19,8 +19,15 @@ import numpy as np
 from ..errors import BanditRecError
 from ..types import LoggedDecisions
 from .codecs import number_lists as _number_lists
-from .export import SCHEMA_VERSION, _require_pyarrow, atomic_output, batch_table, parquet_schema, read_batches, \
-    read_layout
+from .export import (
+    SCHEMA_VERSION,
+    _require_pyarrow,
+    atomic_output,
+    batch_table,
+    parquet_schema,
+    read_batches,
+    read_layout,
+)
 from .log import DecisionLog
 
 FORMAT = "banditrec.partitioned/1"

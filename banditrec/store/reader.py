@@ -16,8 +16,8 @@ import sqlite_utils
 
 from ..errors import ValidationError
 from ..types import LoggedDecisions, LoggedEvents
+from .checks import check_time
 from .codecs import WHOLE_DECISION, float_rows, number_lists, object_array, read_params
-from .writer import check_time
 
 MAX_SEQ = "SELECT coalesce(max(seq), 0) FROM decisions"
 TABLES = ("decisions", "slots", "rewards", "events", "model_versions", "items")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import math
 import sqlite3
 import threading
 import time
@@ -19,10 +18,8 @@ import sqlite_utils
 
 from ..errors import BanditRecError, ConflictError, NotFoundError, ValidationError
 from ..types import Decision, Reward
+from .checks import check_count, check_name, check_time, checked_reward, json_object
 from .codecs import WHOLE_DECISION, decision_rows
-
-MAX_ABS_REWARD = 1e12  # beyond this a reward is a unit or encoding mistake, and it would
-# overflow a learner's sums of squares
 
 INSERT_DECISION = (
     "INSERT INTO decisions (event_id, ts, user_id, surface, policy, policy_params, model_version, n_slots, "
@@ -32,38 +29,6 @@ INSERT_DECISION = (
 INSERT_SLOT = "INSERT INTO slots VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 EVENT_KINDS = ("view", "cart", "purchase")
 INSERT_REWARD = "INSERT OR IGNORE INTO rewards (event_id, position, kind, reward, ts, late) VALUES (?, ?, ?, ?, ?, ?)"
-
-
-def _check_name(value, field: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise ValidationError(f"{field} must be a non-empty string, got {value!r}", field)
-    return value
-
-
-def check_time(value, field: str) -> float:
-    """``value`` as a finite number of seconds; a :class:`ValidationError` on ``field`` if not."""
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise ValidationError(f"{field} must be a number of seconds, got {value!r}", field) from None
-    if not math.isfinite(out):
-        raise ValidationError(f"{field} must be finite, got {value!r}", field)
-    return out
-
-
-def _check_count(value, field: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ValidationError(f"{field} must be a non-negative integer, got {value!r}", field)
-    return int(value)
-
-
-def _json_object(value, field: str) -> str:
-    if not isinstance(value, dict):
-        raise ValidationError(f"{field} must be a dict, got {type(value).__name__}", field)
-    try:
-        return json.dumps(value, sort_keys=True, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise ValidationError(f"{field} must be JSON-serialisable with finite numbers: {exc}", field) from None
 
 
 class DecisionRecord(NamedTuple):
@@ -92,40 +57,6 @@ def _refusal(exc: sqlite3.IntegrityError, event_id) -> BanditRecError:
     if "UNIQUE" in str(exc) and "decisions.event_id" in str(exc):
         return ConflictError(f"event id {event_id!r} is already in the log", "event_id")
     return ValidationError(f"the log's schema refused the decision: {exc}", "slots")
-
-
-def _checked_reward(reward: Reward) -> tuple[int, float]:
-    """The checks of a reward that need no database: ``(position, ts)``."""
-    if not math.isfinite(reward.value) or abs(reward.value) > MAX_ABS_REWARD:
-        raise ValidationError(
-            f"reward must be a finite number within +-{MAX_ABS_REWARD:g}, got {reward.value!r}", "reward")
-    position = WHOLE_DECISION if reward.position is None else int(reward.position)
-    return position, check_time(reward.ts, "ts")
-
-
-CHECKPOINT_BACKSTOP_PAGES = 8000  # ~32 MB of WAL: the writers checkpoint only if the thread falls behind
-
-
-class Checkpointer:
-    """A daemon thread running ``PRAGMA wal_checkpoint(PASSIVE)`` on its own connection."""
-
-    def __init__(self, path: str, interval_s: float):
-        self._stop = threading.Event()
-        self._conn = sqlite3.connect(path, check_same_thread=False, timeout=0)
-        self._thread = threading.Thread(target=self._run, args=(interval_s,), name="banditrec-checkpoint", daemon=True)
-        self._thread.start()
-
-    def _run(self, interval_s: float) -> None:
-        while not self._stop.wait(interval_s):
-            try:
-                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-            except sqlite3.Error:  # busy (another process checkpoints), or closing: try next time
-                pass
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self._conn.close()
 
 
 class LogWriter:
@@ -258,7 +189,7 @@ class LogWriter:
         the same (event_id, position, kind) with the same value is a duplicate (late or not)
         and changes nothing; with a different value it is a :class:`ConflictError`.
         """
-        position, ts = _checked_reward(reward)
+        position, ts = checked_reward(reward)
         with self._writing():
             return self._join_reward(reward, position, ts, {})
 
@@ -280,7 +211,7 @@ class LogWriter:
         out = []
         for i, reward in enumerate(rewards):
             try:
-                out.append((reward, *_checked_reward(reward)))
+                out.append((reward, *checked_reward(reward)))
             except BanditRecError as exc:
                 raise _in_batch(exc, "rewards", i, reward.event_id) from None
         return out
@@ -335,13 +266,13 @@ class LogWriter:
 
         ``ts`` defaults to now; ``event_id`` attributes the event to a logged decision.
         """
-        _check_name(user_id, "user_id")
-        _check_name(item_id, "item_id")
+        check_name(user_id, "user_id")
+        check_name(item_id, "item_id")
         if kind not in EVENT_KINDS:
             raise ValidationError(f"kind must be one of {', '.join(EVENT_KINDS)}, got {kind!r}", "kind")
         ts = time.time() if ts is None else check_time(ts, "ts")
         if event_id is not None:
-            _check_name(event_id, "event_id")
+            check_name(event_id, "event_id")
         with self._writing():
             if event_id is not None and self.db.execute(
                     "SELECT 1 FROM decisions WHERE event_id = ?", (event_id,)).fetchone() is None:
@@ -362,8 +293,8 @@ class LogWriter:
         rows = []
         for i, (user, item, kind, t) in enumerate(zip(*cols)):
             try:
-                _check_name(user, "user_id")
-                _check_name(item, "item_id")
+                check_name(user, "user_id")
+                check_name(item, "item_id")
                 if kind not in EVENT_KINDS:
                     raise ValidationError(f"kind must be one of {', '.join(EVENT_KINDS)}, got {kind!r}", "kind")
                 rows.append((check_time(t, "ts"), user, item, kind))
@@ -378,16 +309,16 @@ class LogWriter:
         """Record a model version; returns ``"recorded"``, or ``"duplicate"`` when the same
         version is already registered with the same content (a different one is a
         :class:`ConflictError`). ``trained_until_seq``: the last decision it learned from."""
-        _check_name(version, "version")
-        _check_name(policy, "policy")
-        params_text = _json_object(params, "params")
+        check_name(version, "version")
+        check_name(policy, "policy")
+        params_text = json_object(params, "params")
         if path is not None:
-            path = _check_name(str(path), "path")
+            path = check_name(str(path), "path")
         if sha256 is not None and (not isinstance(sha256, str) or len(sha256) != 64
                                    or any(c not in "0123456789abcdef" for c in sha256)):
             raise ValidationError(f"sha256 must be 64 lowercase hex digits, got {sha256!r}", "sha256")
-        row = (version, policy, params_text, path, sha256, _check_count(n_updates, "n_updates"),
-               _check_count(trained_until_seq, "trained_until_seq"))
+        row = (version, policy, params_text, path, sha256, check_count(n_updates, "n_updates"),
+               check_count(trained_until_seq, "trained_until_seq"))
         with self._writing():
             existing = self.db.execute(
                 "SELECT version, policy, params, path, sha256, n_updates, trained_until_seq "
@@ -411,7 +342,7 @@ class LogWriter:
         """
         ids = list(ids)
         for j, item in enumerate(ids):
-            _check_name(item, f"ids[{j}]")
+            check_name(item, f"ids[{j}]")
         if len(set(ids)) != len(ids):
             raise ValidationError("item ids must be unique", "ids")
         feats = np.asarray(features, dtype=float)
@@ -424,7 +355,7 @@ class LogWriter:
         attrs = list(attrs)
         if len(attrs) != len(ids):
             raise ValidationError(f"attrs must hold one dict per item, got {len(attrs)} for {len(ids)}", "attrs")
-        rows = [(i, item, json.dumps(f), _json_object(a, f"attrs[{i}]"))
+        rows = [(i, item, json.dumps(f), json_object(a, f"attrs[{i}]"))
                 for i, (item, f, a) in enumerate(zip(ids, feats.tolist(), attrs))]
         with self._writing():
             width = self.db.execute("SELECT json_array_length(features) FROM items LIMIT 1").fetchone()
