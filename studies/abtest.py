@@ -20,7 +20,7 @@ from banditrec.engine import ItemTable
 from banditrec.errors import ValidationError
 from banditrec.longterm import estimate_item_values
 from banditrec.offline import train_from_log
-from banditrec.policies import parse_spec
+from banditrec.policies import REGISTRY, parse_spec
 from banditrec.store import DecisionLog
 from banditrec.types import LoggedDecisions
 from banditrec.validation import as_seed_sequence, check_positive_int
@@ -76,6 +76,8 @@ def parse_arm(text: str) -> Arm:
         raw.update(parse_spec(f"x:{rest}")[1])
     else:
         head, raw = parse_spec(text)
+    if head not in REGISTRY:  # before any simulated day is spent
+        raise ValidationError(f"unknown policy {head!r} in {text!r}; known: {', '.join(sorted(REGISTRY))}", "arms")
     extra = {k: raw.pop(k) for k in ARM_KEYS if k in raw}
     policy = head + (":" + ",".join(f"{k}={v}" for k, v in raw.items()) if raw else "")
     learn = extra.get("learn", "click")

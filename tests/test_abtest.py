@@ -53,6 +53,7 @@ def test_parse_arms_errors_name_the_problem(text, needle):
     assert needle in str(e.value)
 
 
+@pytest.mark.slow
 def test_customer_totals_agree_with_the_shops_kpis(small_run):
     r = small_run
     f = r.final
@@ -271,6 +272,7 @@ def test_over_time_table_reports_the_runs_own_curves(small_run):
     assert lines[2].split("|")[2].strip() == f"{diff[4]:+.2f}"
 
 
+@pytest.mark.slow
 def test_report_and_cli(tmp_path, small_run):
     path = write_report(tmp_path / "rep", results=[small_run], rows_by_seed=[analyse(small_run, n_boot=50)])
     text = path.read_text()

@@ -14,6 +14,7 @@ import pytest
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("section", ["decide", "logread", "marginals", "choices"])
 def test_a_bench_section_runs_at_quick_sizes(section):
     res = subprocess.run([sys.executable, "run.py", "--quick", "--only", section], cwd=BENCH, capture_output=True,

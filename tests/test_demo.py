@@ -26,6 +26,7 @@ def demo(tmp_path_factory):
                          targets=("uniform", "popularity:epsilon=0.1"))
 
 
+@pytest.mark.slow
 def test_the_demo_goes_through_the_shop_directory_and_the_service(demo):
     assert demo.max_pscore_mismatch == 0.0  # recomputed from the log, bit for bit
     con = sqlite3.connect(demo.db)

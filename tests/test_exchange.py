@@ -132,6 +132,7 @@ def logs(draw):
     return log, window
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(logs())
 def test_csv_round_trip_is_bit_exact(tmp_path_factory, drawn):

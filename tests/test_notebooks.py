@@ -102,6 +102,7 @@ def test_kernel_is_this_interpreter_with_the_small_switch_in_a_scratch_dir(tmp_p
     assert Path(cwd).resolve() == tmp_path.resolve()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_runs_at_small_size(path, tmp_path):
     before = {p.name: p.stat().st_mtime_ns for p in NOTEBOOK_DIR.iterdir()}

@@ -190,6 +190,7 @@ def test_the_truth_is_exact_and_the_world_is_as_described():
     assert (data.action.reshape(50, 3)[:, :, None] != data.action.reshape(50, 3)[:, None, :]).sum() == 50 * 6
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("logger", LOGGERS)
 def test_ips_snips_dr_sndr_are_unbiased(logger):
     """Mean error over the 60 seeds within 3 of its standard errors of 0 (|t| < 3; P(|t| > 3)

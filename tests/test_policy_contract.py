@@ -388,6 +388,7 @@ def test_sampled_slates_log_the_probabilities_of_what_was_shown(name, floor):
         assert draw.marginal_draws >= 2 and hasattr(dist, "marginal_se")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("floor", FLOORS)
 @pytest.mark.parametrize("name", NAMES)
 def test_slot_frequencies_match_the_marginals(name, floor):

@@ -77,7 +77,8 @@ def problems(draw):
     return np.array(rows, dtype=np.int64).reshape(n_users, m), relevant, k, n_items, value
 
 
-# ~300 small cases, each compared to the loop to 1e-12; well under a second
+# ~300 small cases, each compared to the loop to 1e-12
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(problems(), st.booleans())
 def test_vectorised_metrics_match_the_plain_loop(problem, sparse_input):

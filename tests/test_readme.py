@@ -73,6 +73,7 @@ def _normalised(line: str) -> str:
     return re.sub(r"\S*/demo", "DIR", line)
 
 
+@pytest.mark.slow
 def test_readme_demo_output_is_what_the_demo_prints(tmp_path):
     """The demo's first two days print the README's export, build and serve lines: the same
     words, the same file and feature counts, day 1's carousel count exactly (visits do not

@@ -30,6 +30,7 @@ def test_sorted_attraction_is_the_best_slate_by_brute_force():
         assert oracle == pytest.approx(brute, rel=1e-12)
 
 
+@pytest.mark.slow
 def test_regret_is_non_decreasing_and_learning_beats_uniform():
     """3 seeds x 3,000 decisions on the small shop: every increment >= 0, and LinUCB's final
     regret is below uniform's on every seed (the same worlds: common random numbers)."""

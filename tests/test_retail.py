@@ -201,6 +201,7 @@ def _retention_by_gateway(config, seed):
     return diff, se
 
 
+@pytest.mark.slow
 def test_gateway_buyers_are_retained_better_than_comparable_customers():
     config = SimConfig(n_customers=20_000, n_items=1000, n_types=40, history_days=20, gateway_share=0.05)
     diff, se = _retention_by_gateway(config, seed=4)

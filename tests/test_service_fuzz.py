@@ -136,6 +136,7 @@ def test_fuzz_the_wsgi_app_from_its_openapi_document(app_and_ids, auth):
     assert 401 not in statuses(seen, "POST /v1/decide")
 
 
+@pytest.mark.slow
 def test_fuzz_a_real_server_with_auth_on_every_route(tmp_path, sim_shop_dir):
     """``--decide-auth``: every route but the ops ones needs the token; through HTTP on 127.0.0.1,
     serving a shop directory (named context fields)."""

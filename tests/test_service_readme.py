@@ -12,6 +12,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from banditrec.service.runner import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,6 +30,7 @@ def test_the_walkthrough_documents_every_route():
     assert "banditrec learn" in script and "banditrec serve" in script
 
 
+@pytest.mark.slow
 def test_the_walkthrough_runs_against_a_real_server(tmp_path):
     *setup, serve = BLOCKS[1].strip().splitlines()
     assert serve == ".venv/bin/banditrec serve --shop out/shop --reward-window 5", serve

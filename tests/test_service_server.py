@@ -104,6 +104,7 @@ def open_db(path: Path) -> sqlite3.Connection:
 
 
 # ---- 1. decide -> reward -> learn -> reload ----------------------------------------------------
+@pytest.mark.slow
 def test_decide_reward_learn_reload_end_to_end(start_server, tmp_path, sim_shop_dir):
     srv = start_server()
     c = Client(srv)
@@ -196,6 +197,7 @@ def wait_for_versions(srv, version: str, seconds: float = 20) -> None:
         time.sleep(0.1)
 
 
+@pytest.mark.slow
 def test_a_corrupt_snapshot_is_refused_by_the_running_server(start_server, tmp_path, sim_shop_dir):
     srv = start_server()
     c = Client(srv)
@@ -265,6 +267,7 @@ def test_a_chunked_body_over_the_limit_is_a_413_from_the_real_server(start_serve
         assert db.execute("SELECT count(*) FROM decisions").fetchone()[0] == 1
 
 
+@pytest.mark.slow
 def test_workers_restarted_with_a_corrupt_pointer_serve_the_newest_valid_snapshot(start_server, tmp_path,
                                                                                   sim_shop_dir):
     """Issue 18, defect 3, on a real server: after the pointer is corrupted, a worker that is
@@ -384,6 +387,7 @@ def assert_nothing_lost(db_path: Path, load: Load):
     assert load.events <= events
 
 
+@pytest.mark.slow
 def test_sigkill_a_worker_under_load_loses_no_acknowledged_row(start_server, tmp_path):
     srv = start_server(workers=2)
     before = srv.workers()
@@ -401,6 +405,7 @@ def test_sigkill_a_worker_under_load_loses_no_acknowledged_row(start_server, tmp
     assert_nothing_lost(tmp_path / "log.db", load)
 
 
+@pytest.mark.slow
 def test_two_workers_and_the_learner_under_load(start_server, tmp_path, sim_shop_dir):
     srv = start_server(workers=2)
     learner_log = open(tmp_path / "learner.log", "wb")

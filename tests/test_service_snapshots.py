@@ -150,6 +150,7 @@ def make_reference(small_shop, engine, published):
     return load(published.manifest, **policy_env(small_shop, engine.cf))
 
 
+@pytest.mark.slow
 def test_random_byte_flips_of_every_snapshot_file(small_shop, tmp_path):
     """40 seeded single-byte flips of each of the pointer, the newest manifest and its payload.
     The running worker: no route answers 5xx and it serves exactly the newest or the previous

@@ -87,6 +87,7 @@ def wait_until(predicate, seconds: float = 30, what: str = "") -> None:
         time.sleep(0.1)
 
 
+@pytest.mark.slow
 def test_a_foreign_shop_end_to_end_under_gunicorn(shop, tmp_path):
     shop_dir, users_file = shop
     first = read_pointer(shop_dir).build

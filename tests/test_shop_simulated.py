@@ -15,6 +15,7 @@ from simulator.environment import Environment
 from studies.simulate import DAY_S, ShopCandidates, history_interactions
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [3, 8])
 def test_the_exported_shop_gives_the_in_process_shops_candidates(tmp_path, seed):
     config = SimConfig(n_items=600, n_customers=1500, n_types=30, history_days=20)

@@ -49,6 +49,7 @@ def test_logged_clicks_agree_with_the_exact_expectation(uniform_run):
     assert abs(clicks - result.expected["click"]) < 4.5 * np.sqrt(result.expected["click"])
 
 
+@pytest.mark.slow
 def test_a_learning_policy_beats_uniform_on_exact_expected_clicks():
     kw = dict(days=8, seed=2, n_slots=4, n_candidates=30)
     uniform = simulate(TINY, "uniform", **kw)
@@ -57,6 +58,7 @@ def test_a_learning_policy_beats_uniform_on_exact_expected_clicks():
     assert per(learned) > 1.2 * per(uniform)
 
 
+@pytest.mark.slow
 def test_same_seed_same_run():
     a = simulate(TINY, "egreedy:epsilon=0.2", days=3, seed=5, n_slots=3, n_candidates=10)
     b = simulate(TINY, "egreedy:epsilon=0.2", days=3, seed=5, n_slots=3, n_candidates=10)
@@ -98,6 +100,7 @@ def test_cli_prints_daily_kpis_and_logs(tmp_path):
     assert bad.exit_code == 2 and "SimConfig.n_items must be >= 1, got -1" in bad.output
 
 
+@pytest.mark.slow
 def test_true_values_pair_policies_on_each_seed():
     """Long-term value by simulation: pairing on a seed removes the world's variation, so the
     paired standard error of a difference is smaller than the unpaired one; and a learning

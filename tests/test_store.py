@@ -63,6 +63,7 @@ def test_round_trip_into_arrays_at_full_precision():
 @settings(max_examples=200, deadline=None)
 @given(hnp.arrays(np.float64, st.integers(1, 12), elements=st.floats(allow_nan=False, allow_infinity=False)),
        st.lists(st.integers(0, 2**62), min_size=3, max_size=3), st.booleans())
+@pytest.mark.slow
 def test_logged_context_and_indices_are_json_that_reads_back_bit_exact(context, index, as_array):
     """The row's text (orjson) read by the standard library gives the same doubles and ints."""
     index = np.asarray(index, dtype=np.int64) if as_array else index
@@ -151,6 +152,7 @@ def _open_and_write(args):
     return i
 
 
+@pytest.mark.slow
 def test_processes_opening_a_new_log_together_migrate_once(tmp_path):
     """Six processes open the same new file at once (as gunicorn workers do) and each writes."""
     import multiprocessing as mp
@@ -175,6 +177,7 @@ def _post_rewards(args):
     return statuses
 
 
+@pytest.mark.slow
 def test_processes_posting_rewards_together_never_see_a_locked_database(tmp_path):
     """Four processes post 2,000 rewards each into one file, two of them duplicating the other
     two: no 'database is locked', exactly 4,000 rows, every duplicate recognised."""
@@ -300,6 +303,7 @@ ATTRS = st.dictionaries(st.text(max_size=5), st.one_of(st.none(), st.booleans(),
                                                        st.floats(allow_nan=False, allow_infinity=False)), max_size=3)
 
 
+@pytest.mark.slow
 @given(features=FEATURES, data=st.data())
 @settings(max_examples=150, deadline=None)
 def test_items_round_trip_at_full_precision(features, data):

@@ -100,6 +100,7 @@ def test_logged_marginals_equal_brute_force_enumeration(small_shop):
         assert marginal == pytest.approx(total, rel=1e-9)
 
 
+@pytest.mark.slow
 def test_ips_of_logging_and_target_policies_within_three_se_on_a_fixed_seed(small_shop):
     engine, served = run(small_shop, 2026, n=3000, batch=500)
     results, _ = evaluate_against_truth(small_shop, engine, served, TARGETS, n_slots=3)
@@ -109,6 +110,7 @@ def test_ips_of_logging_and_target_policies_within_three_se_on_a_fixed_seed(smal
             assert abs(est.value - r.truth) <= 3 * est.se, (r.spec, name, est, r.truth)
 
 
+@pytest.mark.slow
 def test_ips_is_unbiased_over_30_seeds_and_intervals_cover(small_shop):
     """30 independent runs (800 decisions each): the mean IPS error of each policy is within
     3 standard errors of zero, and each 95% interval covers the truth in >= 25 of 30 runs
