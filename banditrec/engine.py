@@ -17,7 +17,7 @@ import scipy.sparse as sp
 
 from .candidates import ItemItemCF
 from .errors import ValidationError
-from .offline import learning_inputs
+from .offline import learn_from_log
 from .policies import Policy, Request
 from .policies.base import DEFAULT_FLOOR
 from .policies.slate import sample_slates
@@ -633,12 +633,7 @@ class Engine:
             if len(logged.row_reward) == 0:  # only pinned slots: nothing a policy chose
                 self._learned_seq = int(logged.seq[-1])
                 return 0
-            self.policy.update(
-                logged.context[logged.row_decision],
-                self.items.features[logged.row_action],
-                logged.row_reward,
-                **learning_inputs(self.policy, logged, self.items.features, cold=self.items.cold),
-            )
+            learn_from_log(self.policy, logged, self.items.features, cold=self.items.cold)
             self._learned_seq = int(logged.seq[-1])
             self._model_version = None  # learned online past any installed snapshot
         return len(logged.row_reward)

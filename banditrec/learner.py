@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ValidationError
-from .offline import learning_inputs
+from .offline import learn_from_log
 from .policies import Policy, load
 from .policies.snapshot import read_manifest
 from .publish import POINTER, resolve, write_pointer
@@ -117,12 +117,7 @@ class Learner:
                                     kind=self.kind, default_reward=self.default_reward)
         n_rows = len(logged.row_reward)
         if n_rows:
-            self.policy.update(
-                logged.context[logged.row_decision],
-                self.item_features[logged.row_action],
-                logged.row_reward,
-                **learning_inputs(self.policy, logged, self.item_features, cold=self.item_cold),
-            )
+            learn_from_log(self.policy, logged, self.item_features, cold=self.item_cold)
         self.learned_seq = until
         if not n_rows:  # only pinned slots closed: nothing learned, nothing to publish
             return None

@@ -35,7 +35,7 @@ from scipy import stats
 from .candidates import ItemItemCF
 from .demo import policy_env
 from .errors import ValidationError
-from .offline import learning_inputs, uses_marginals
+from .offline import learn_from_log, uses_marginals
 from .policies import REGISTRY, Request, make, parse_spec
 from .policies.base import DEFAULT_FLOOR
 from .store import LoggedDecisions
@@ -174,10 +174,7 @@ def learn(policy, context, cand_lists, slates, clicked, marg_rows, cond_rows, fe
         row_pscore=np.concatenate(marg_rows), row_reward=clicked.ravel().astype(float),
         decision_reward=np.zeros(size), row_propensity=np.concatenate(cond_rows),
     )
-    inputs = learning_inputs(policy, logged, features)
-    if cold is not None:
-        inputs["cold"] = cold
-    policy.update(logged.context[logged.row_decision], features[logged.row_action], logged.row_reward, **inputs)
+    learn_from_log(policy, logged, features, row_cold=cold)
 
 
 @dataclass

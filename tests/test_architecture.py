@@ -99,3 +99,20 @@ def test_no_global_random_state():
                 bad.append(f"{rel(p)}:{node.lineno} np.random.{node.attr}")
     bad += offenders(SOURCES, {"random"})
     assert bad == []
+
+
+def test_logged_rows_reach_a_policy_through_learn_from_log_only():
+    """Every learner (the engine, the learner process, batch training, the regret study) updates
+    a policy through ``banditrec.offline.learn_from_log``: no other module of banditrec calls
+    ``<...policy>.update(...)`` itself."""
+    bad = []
+    for p in under("banditrec/"):
+        if rel(p) == "banditrec/offline.py":
+            continue
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "update":
+                owner = node.func.value
+                name = owner.attr if isinstance(owner, ast.Attribute) else getattr(owner, "id", "")
+                if name.endswith("policy"):
+                    bad.append(f"{rel(p)}:{node.lineno}")
+    assert bad == []
