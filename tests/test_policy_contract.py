@@ -494,6 +494,27 @@ def test_every_policy_has_the_one_update_signature_and_declares_its_needs(name):
     policy.update(rows.context, rows.item_features, rows.reward, **full)
 
 
+def test_every_registered_policy_accepts_the_same_update_call():
+    """One call, every input of the documented signature given (``weight`` and ``cold``
+    included), is accepted by every policy in the registry: what a policy does not learn
+    from it takes and ignores. No policy declares another signature."""
+    import inspect
+
+    from banditrec.policies.base import OPTIONAL_INPUTS, Policy
+
+    documented = inspect.signature(Policy.update)
+    assert [p.name for p in documented.parameters.values() if p.kind is p.KEYWORD_ONLY] == list(OPTIONAL_INPUTS)
+    rows = serve_rows(build(NAMES[0]), np.random.default_rng(13), n_decisions=2)
+    call = dict(items=rows.items, weight=rows.weight, pscore=rows.pscore, propensity=rows.propensity,
+                slot=rows.slot, candidates=rows.candidates, chosen=rows.chosen,
+                cold=np.zeros(len(rows.reward), dtype=bool))
+    assert set(call) == set(OPTIONAL_INPUTS)
+    for name in NAMES:
+        policy = build(name)
+        assert inspect.signature(policy.update) == inspect.signature(Policy.update.__get__(policy)), name
+        policy.update(rows.context, rows.item_features, rows.reward, **call)
+
+
 def grown_env(extra: int) -> dict:
     """The environment of the catalog with ``extra`` items appended (old indices unchanged)."""
     rng = np.random.default_rng(77)

@@ -290,14 +290,51 @@ class Policy(ABC):
         return {"types": self.item_types[request.items], "max_per_type": self.config.max_per_type}
 
     def update(self, context: np.ndarray, item_features: np.ndarray, reward: np.ndarray, *,
-               items=None, weight=None, pscore=None, propensity=None, slot=None, candidates=None,
-               chosen=None, cold=None) -> None:
-        """Learn from logged rows; the one signature of every policy (see :class:`Rows` for
-        the arrays). A policy reads what it needs and ignores the rest; one of its ``needs``
-        missing raises, saying why it is needed. ``weight (m,)`` are importance weights for batch training on rows
-        logged by another policy (a weighted ridge: each row counts ``weight`` times). Fixed
+               items: np.ndarray | None = None, weight: np.ndarray | None = None,
+               pscore: np.ndarray | None = None, propensity: np.ndarray | None = None,
+               slot: np.ndarray | None = None, candidates: list | None = None,
+               chosen: np.ndarray | None = None, cold: np.ndarray | None = None) -> None:
+        """Learn from ``m`` logged rows: the one update signature of every policy.
+
+        Subclasses do not override it (they implement :meth:`learn`), so every policy accepts
+        every input below; a policy reads what it learns from and ignores the rest. An input
+        named in the policy's ``needs`` that is missing raises, saying why it is needed. Fixed
         policies learn nothing, but still refuse rows a learner would refuse, so bad input is
-        caught whatever is served."""
+        caught whatever is served. Callers holding logged decisions use
+        :func:`banditrec.offline.learn_from_log`, which builds these inputs.
+
+        Parameters
+        ----------
+        context : (m, d_c) float
+            Each row's decision context.
+        item_features : (m, d_i) float
+            The shown item's features.
+        reward : (m,) float
+            The row's reward.
+        items : (m,) int, optional
+            Catalog indices of the shown items (per-item models need them).
+        weight : (m,) float, optional
+            Importance weights for batch training on rows logged by another policy (a
+            weighted ridge: each row counts ``weight`` times); ``None`` counts every row once.
+        pscore : (m,) float, optional
+            The logged marginal P(slot k holds the item | context).
+        propensity : (m,) float, optional
+            The logged conditional propensity given the earlier slots.
+        slot : (m,) int, optional
+            The row's slot (0, 1, ... per decision).
+        candidates : list of m (n_d, d_i) float arrays, optional
+            Each row's decision's candidate features.
+        chosen : (m,) int, optional
+            The shown item's position among ``candidates``.
+        cold : (m,) bool, optional
+            Whether the shown item was cold (no interaction history) when it was shown.
+
+        Raises
+        ------
+        ValidationError
+            Rows of the wrong shape or values, or an input of ``needs`` missing; nothing is
+            learned then.
+        """
         self.learn(Rows(context, item_features, reward, items=items, weight=weight, pscore=pscore,
                         propensity=propensity, slot=slot, candidates=candidates, chosen=chosen, cold=cold))
 
