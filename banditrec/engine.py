@@ -15,7 +15,7 @@ from typing import NamedTuple
 import numpy as np
 import scipy.sparse as sp
 
-from .candidates import ItemItemCF
+from .candidates import CandidateSource
 from .errors import ValidationError
 from .offline import learn_from_log
 from .policies import Policy, Request
@@ -170,7 +170,7 @@ class ShopParts:
     """
 
     items: ItemTable
-    candidate_generator: object
+    candidate_generator: CandidateSource
     user_items: sp.csr_matrix
     user_index: dict
     context_dim: int = 0
@@ -180,6 +180,10 @@ class ShopParts:
     backfill: np.ndarray | None = None
 
     def __post_init__(self):
+        if not isinstance(self.candidate_generator, CandidateSource):
+            raise ValidationError(f"the candidate generator ({type(self.candidate_generator).__name__}) is not a "
+                                  "CandidateSource: it has no candidates_for_session(history, session, N, "
+                                  "exclude=None, segment=None)", "candidate_generator")
         if self.context is not None:
             object.__setattr__(self, "context_dim", int(self.context.dim))
         object.__setattr__(self, "context_dim", check_positive_int(self.context_dim, "context_dim"))
@@ -204,7 +208,7 @@ class Engine:
         that the log alone says what the logged item indices were (and their features).
         ``None``: an in-memory log of this process (``DecisionLog(":memory:")``), for in-process
         runs that keep nothing
-    candidate_generator : ItemItemCF, fitted on ``user_items``
+    candidate_generator : CandidateSource, e.g. an ItemItemCF fitted on ``user_items``
     user_items : csr_matrix (n_users, n_items) of each known user's history
     user_index : dict mapping user id -> row of ``user_items``
     context_dim : length of the context vector requests send (zeros when absent)
@@ -223,10 +227,10 @@ class Engine:
         candidates of a user's decisions (``None``: events are ignored)
     session_limit : at most this many recent events are read per decision
 
-    Candidate seam: when the request brings no candidates, the generator is asked for
-    ``candidates(seeds, N, exclude=...)`` where ``seeds`` is the user's history followed by
-    the session's items (:meth:`Session.seeds`); a generator that defines
-    ``candidates_for_session(history, session, N, exclude=...)`` gets the two apart instead.
+    Candidate seam: when the request brings no candidates, the generator -- a
+    :class:`~banditrec.candidates.CandidateSource` -- is asked for
+    ``candidates_for_session(history, session, N, exclude=..., segment=...)`` (``segment``:
+    the user's segment when the shop has segments, else ``None``).
     """
 
     def __init__(
@@ -235,7 +239,7 @@ class Engine:
         items: ItemTable,
         policy: Policy,
         log: DecisionLog | None,
-        candidate_generator: ItemItemCF,
+        candidate_generator: CandidateSource,
         user_items: sp.csr_matrix,
         user_index: dict[str, int],
         context_dim: int,
@@ -403,17 +407,14 @@ class Engine:
             history = parts.history(user_id)
             eligible = items.n_items - len(np.union1d(np.union1d(excluded, history), session.items))
             n = min(self.n_candidates, eligible)
-            cf = parts.candidate_generator
-            if parts.user_segment is not None:  # a shop's generator: the full candidate model
+            segment = None
+            if parts.user_segment is not None:  # a shop's users have segments
                 row = parts.user_index.get(user_id)
                 segment = None if row is None else int(parts.user_segment[row])
-                idx, _, source = cf.candidates_for_session(history, session, n, exclude=excluded, segment=segment)
-                if len(idx) < n and parts.backfill is not None:
-                    idx, source = _backfill(idx, source, parts.backfill, excluded, n)
-            elif hasattr(cf, "candidates_for_session"):
-                idx, _, source = cf.candidates_for_session(history, session, n, exclude=excluded)
-            else:
-                idx, _, source = cf.candidates(np.concatenate([history, session.seeds()]), n, exclude=excluded)
+            idx, _, source = parts.candidate_generator.candidates_for_session(history, session, n, exclude=excluded,
+                                                                              segment=segment)
+            if len(idx) < n and parts.backfill is not None:
+                idx, source = _backfill(idx, source, parts.backfill, excluded, n)
         if n_slots > len(idx):
             raise ValidationError(
                 f"slots ({n_slots}) is more than the number of candidates ({len(idx)})", "slots"

@@ -279,3 +279,31 @@ def test_the_logged_candidate_list_is_exactly_what_json_dumps_writes(ids):
     characters, non-ASCII fall back to json.dumps)."""
     assert _json_strings(tuple(ids)) == json.dumps(ids)
     assert json.loads(_json_strings(ids)) == ids
+
+
+def test_a_candidate_generator_is_a_candidate_source_or_is_refused(small_shop):
+    """The engine asks its generator for ``candidates_for_session`` and nothing else: an object
+    without it is refused when the engine is built, naming the protocol; item-to-item CF is a
+    source whose candidates are its own seeded by the history, then the session's seeds."""
+    from banditrec.candidates import CandidateSource, ItemItemCF
+    from banditrec.engine import Engine, ItemTable, Session
+
+    class OnlyCandidates:
+        def candidates(self, seeds, N, exclude=None):  # the old fallback's method: not enough
+            raise AssertionError("never called")
+
+    n = small_shop.catalog.n_items
+    items = ItemTable(ids=tuple(small_shop.catalog.item_ids), features=small_shop.catalog.features)
+    with pytest.raises(ValidationError, match="OnlyCandidates.*not a CandidateSource") as err:
+        Engine(items=items, policy=make_engine(small_shop).policy, log=None, candidate_generator=OnlyCandidates(),
+               user_items=small_shop.history, user_index={}, context_dim=4)
+    assert err.value.field == "candidate_generator"
+    cf = ItemItemCF(n_neighbors=20).fit(small_shop.history)
+    assert isinstance(cf, CandidateSource)
+    session = Session(cart=np.array([3]), purchased=np.array([7, 1]), viewed=np.array([9]))
+    history = np.array([2, 11])
+    got = cf.candidates_for_session(history, session, 15, exclude=np.array([5]), segment=4)
+    want = cf.candidates(np.concatenate([history, session.seeds()]), 15, exclude=np.array([5]))
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+    assert n > 15

@@ -11,6 +11,9 @@
   purchases, neighbours of recent views, new items and popular-in-segment items, filtered by
   business rules (:class:`Filters` of :class:`Rule`) and spread across product types.
 
+The engine asks a :class:`CandidateSource` (any object with ``candidates_for_session``; both
+:class:`ItemItemCF` and :class:`CandidateGenerator` are) for a request's candidates.
+
 Every fitted model saves to plain arrays and JSON metadata (``to_arrays`` / ``from_arrays``).
 Scale, the saved format and growing catalogs: ``docs/candidates.md``.
 """
@@ -21,10 +24,12 @@ from .itemknn import SOURCE_CF, SOURCE_POPULAR, ItemItemCF
 from .metadata import MetadataIndex
 from .rules import AlreadyBought, ExcludeCategories, Filters, OutOfStock, Rule, UserState, diversify
 from .signals import Interactions, PairSignals, pair_signals
+from .source import CandidateSource, SessionItems
 
 __all__ = [
     "AlreadyBought",
     "CandidateGenerator",
+    "CandidateSource",
     "ComplementModel",
     "ExcludeCategories",
     "Filters",
@@ -38,6 +43,7 @@ __all__ = [
     "SOURCE_CF",
     "SOURCE_POPULAR",
     "STEPS",
+    "SessionItems",
     "UserState",
     "diversify",
     "pair_signals",

@@ -460,7 +460,8 @@ class CandidateGenerator:
 
     # ---- the engine's seam ---------------------------------------------------------------------
     def candidates_for_session(self, history, session, N: int, exclude=None, segment: int | None = None):
-        """What :class:`banditrec.engine.Engine` calls: the user's known purchases plus the
+        """The candidate source of :class:`banditrec.engine.Engine` (:class:`CandidateSource`):
+        the user's known purchases plus the
         session's cart, purchases and views (newest first); ``segment``: the user's segment
         index (None: unknown, the all-users popular list)."""
         state = UserState(cart=session.cart, purchased=np.r_[session.purchased, np.asarray(history, dtype=np.int64)],

@@ -531,6 +531,13 @@ class ItemItemCF:
         source = np.where(from_cf[0], SOURCE_CF, SOURCE_POPULAR).astype(object)
         return ids[0], scores[0], source
 
+    def candidates_for_session(self, history, session, N: int, exclude=None, segment: int | None = None):
+        """The candidate source of :class:`banditrec.engine.Engine` (:class:`CandidateSource`):
+        :meth:`candidates` seeded by the user's known purchases followed by the session's
+        seeds (``session.seeds()``: each cart, purchased and viewed item repeated by its kind's
+        weight). ``segment`` is accepted and ignored: item-to-item CF has no segments."""
+        return self.candidates(np.concatenate([history, session.seeds()]), N, exclude=exclude)
+
     # ---- saving -----------------------------------------------------------------------------
     def to_arrays(self) -> tuple[dict, dict]:
         """``(arrays, meta)`` (see :mod:`banditrec.candidates.arrays`)."""
