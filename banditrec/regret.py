@@ -366,8 +366,7 @@ def sensitivity_study(spec: str, objective: str = "price", *, seed: int = 0, sho
         rec = np.empty((n_test, k), dtype=np.int64)
         for i, items in enumerate(cands):
             dist = policy.distribution(Request(test.context[i], items, features[items]), k)
-            greedy = type(dist)(dist.scores, np.zeros(k)) if hasattr(dist, "scores") else dist
-            rec[i] = items[greedy.sample(rank_rng).index]
+            rec[i] = items[dist.greedy().sample(rank_rng).index]
         m = ranking_metrics(rec, relevant, k=k, n_items=shop.catalog.n_items, item_value=value)
         out.append(SensitivityRow(level, {
             "average_reward_at_k": m.average_reward, "coverage": m.coverage, "mrr": m.mrr,

@@ -740,3 +740,29 @@ def test_linucb_stacked_scoring_rescores_a_request_with_a_near_tie_alone(monkeyp
     for req, got in zip([*plain, near], many):
         want = policy.distribution(req, K, 0.05)
         np.testing.assert_array_equal(got.marginals(), want.marginals())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_distribution_is_a_slate_distribution_with_a_greedy_version(name):
+    """What a policy's ``distribution`` returns implements the slate-distribution protocol (what
+    the engine, ``sample_slates`` and the estimators call); its ``greedy()`` is one too: an
+    epsilon-greedy slate without exploration is the ranking itself (the same slate whatever
+    the draws); any other distribution is its own greedy version."""
+    from banditrec.policies import SlateDistribution
+    from banditrec.policies.slate import EpsilonGreedySlate
+
+    policy = trained(name)
+    req = request(np.random.default_rng(14))
+    dist = policy.distribution(req, K, 0.05)
+    assert isinstance(dist, SlateDistribution)
+    greedy = dist.greedy()
+    assert isinstance(greedy, SlateDistribution)
+    assert (greedy.n_candidates, greedy.n_slots) == (dist.n_candidates, dist.n_slots)
+    if type(dist) is EpsilonGreedySlate:
+        np.testing.assert_array_equal(greedy.scores, dist.scores)
+        assert not greedy.epsilon.any()
+        if not greedy.tied:
+            slates = {tuple(greedy.sample(np.random.default_rng(s)).index) for s in range(5)}
+            assert slates == {tuple(np.argsort(-dist.scores, kind="stable")[:K])}
+    else:
+        assert greedy is dist

@@ -18,7 +18,7 @@ from ..errors import ValidationError
 from . import snapshot
 from .checks import check_context, check_rows, check_weight
 from .sampling import DEFAULT_DRAWS, SequentialSlate
-from .slate import EpsilonGreedySlate
+from .slate import EpsilonGreedySlate, SlateDistribution
 
 
 DEFAULT_FLOOR = 0.01
@@ -253,7 +253,7 @@ class Policy(ABC):
         (``items`` catalog indices, broadcast against ``scores``)."""
         return np.maximum(scores, 0.0) * self.value_weight[items]
 
-    def distribution(self, request: Request, n_slots: int, min_epsilon: float = 0.0):
+    def distribution(self, request: Request, n_slots: int, min_epsilon: float = 0.0) -> SlateDistribution:
         """The slate distribution over ``request``'s candidates for ``n_slots`` slots.
 
         ``min_epsilon`` is the serving floor: each slot explores at least that much, so that
@@ -263,7 +263,7 @@ class Policy(ABC):
         check_context(request.context, self.expected_context_dim)
         return self.slate_from_scores(request, self.scores(request), n_slots, min_epsilon)
 
-    def distributions(self, requests, n_slots, min_epsilon: float = 0.0) -> list:
+    def distributions(self, requests, n_slots, min_epsilon: float = 0.0) -> list[SlateDistribution]:
         """The slate distributions of many requests: ``[distribution(r, k, min_epsilon) for r, k]``.
 
         ``n_slots`` is one count for every request or one per request. A policy may override
@@ -274,7 +274,8 @@ class Policy(ABC):
         counts = slot_counts(n_slots, len(requests))
         return [self.distribution(r, k, min_epsilon) for r, k in zip(requests, counts)]
 
-    def slate_from_scores(self, request: Request, scores: np.ndarray, n_slots: int, min_epsilon: float = 0.0):
+    def slate_from_scores(self, request: Request, scores: np.ndarray, n_slots: int,
+                          min_epsilon: float = 0.0) -> SlateDistribution:
         """The epsilon-greedy slate distribution (see :meth:`distribution`) given ``request``'s
         scores from :meth:`scores`; the business objective is blended in here."""
         eps = np.maximum(self.epsilon_per_slot(n_slots), min_epsilon)

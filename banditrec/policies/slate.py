@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -117,6 +118,52 @@ class SlateSample:
     marginal_draws: int = 0  # Monte-Carlo draws behind ``marginal``; 0 when exact
 
 
+@runtime_checkable
+class SlateDistribution(Protocol):
+    """What :meth:`Policy.distribution <banditrec.policies.Policy.distribution>` returns: the
+    distribution of the slates a policy would show for one request, over ``n_candidates``
+    candidates and ``n_slots`` slots. The engine and :func:`sample_slates` sample it; off-policy
+    evaluation reads its marginals and conditionals; studies that rank without exploring take
+    :meth:`greedy`.
+
+    Implemented by :class:`EpsilonGreedySlate`, :class:`~banditrec.policies.sampling.SequentialSlate`
+    (and its :class:`~banditrec.policies.sampling.PlackettLuceSlate`),
+    :class:`~banditrec.policies.sampling.SampledRankingSlate` and
+    :class:`~banditrec.policies.vw.VWSlate`.
+    """
+
+    @property
+    def n_candidates(self) -> int:
+        """The number of candidates ``n``."""
+        ...
+
+    @property
+    def n_slots(self) -> int:
+        """The number of slots ``K`` a slate fills."""
+        ...
+
+    def sample(self, rng: np.random.Generator, marginals: bool = True) -> SlateSample:
+        """One slate drawn with ``rng`` (its only source of randomness), with the probabilities
+        logged with it; ``marginals=False`` may leave the marginals NaN (simulations that never
+        log them)."""
+        ...
+
+    def marginals(self) -> np.ndarray:
+        """``(n, K)``: P(slot k holds candidate j)."""
+        ...
+
+    def conditionals(self, index) -> np.ndarray:
+        """``(K,)``: P(slot k holds ``index[k]`` | ``index[:k]`` in the earlier slots)."""
+        ...
+
+    def greedy(self) -> "SlateDistribution":
+        """The distribution without its uniform exploration: epsilon-greedy over fixed scores
+        becomes the deterministic ranking (epsilon 0 in every slot). A distribution whose
+        randomness is the policy's model (posterior draws, Plackett-Luce, Vowpal Wabbit's
+        sampling, type-capped sequential filling) returns itself."""
+        ...
+
+
 class EpsilonGreedySlate:
     """The slate distribution of a score-based policy over one request's candidates.
 
@@ -154,6 +201,11 @@ class EpsilonGreedySlate:
     @property
     def n_slots(self) -> int:
         return len(self.epsilon)
+
+    def greedy(self) -> "EpsilonGreedySlate":
+        """The same scores with no exploration in any slot: the ranking itself (ties still
+        split evenly)."""
+        return EpsilonGreedySlate(self.scores, np.zeros(self.n_slots))
 
     def slot_pmf(self, shown: np.ndarray, k: int) -> np.ndarray:
         """P(candidate | earlier slots) for slot ``k``; ``shown`` is a boolean mask of shown ones."""
@@ -323,7 +375,7 @@ class EpsilonGreedySlate:
         return out
 
 
-def sample_slates(dists: list, rng: np.random.Generator) -> list[SlateSample]:
+def sample_slates(dists: list[SlateDistribution], rng: np.random.Generator) -> list[SlateSample]:
     """``[d.sample(rng) for d in dists]``, the same samples from the same draws, with the
     untied :class:`EpsilonGreedySlate` s of one shape sampled together (a batch of decisions).
 
