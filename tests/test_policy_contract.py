@@ -587,6 +587,24 @@ def test_unknown_parameter_is_refused_naming_it(name):
         build(name, f"{name}:bogus=1")
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_an_unknown_environment_key_is_refused_naming_it_and_the_policy(name, tmp_path):
+    """Every key of the documented environment is taken by every policy (the contract's ENV
+    holds them all); a key outside it -- a typo -- is refused by make, load and the class
+    itself, naming the key and the policy, instead of being silently ignored."""
+    from banditrec.policies.base import ENVIRONMENT
+
+    assert set(ENV) == set(ENVIRONMENT)
+    with pytest.raises(ValidationError, match=f"policy {name} does not know environment key 'context_dims'"):
+        build(name, context_dims=DC)
+    cls = REGISTRY[name]
+    with pytest.raises(ValidationError, match=f"policy {name} does not know environment keys 'colour', 'size'"):
+        cls(cls.Config(), **ENV, size=3, colour="red")
+    build(name).save(tmp_path / "p")
+    with pytest.raises(ValidationError, match=f"policy {name} does not know environment key 'itemdim'"):
+        load(tmp_path / "p", **ENV, itemdim=DI)
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 @pytest.mark.parametrize("name", each_policy("nonfinite_context_serve"))
 def test_nonfinite_context_is_refused_when_serving(name, bad):

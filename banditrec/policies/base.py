@@ -88,6 +88,15 @@ class Rows:
 OPTIONAL_INPUTS = ("items", "weight", "pscore", "propensity", "slot", "candidates", "chosen", "cold")
 
 
+ENVIRONMENT = frozenset({"context_dim", "item_dim", "n_items", "popularity", "item_types", "item_columns",
+                         "mc_draws"})
+"""The keys of the environment a policy is built with (:func:`banditrec.policies.make`'s
+keyword arguments): what a deployment knows -- the context and item feature sizes, the
+catalog's size, its items' popularity, product types and business columns, and the
+Monte-Carlo draws behind sampled marginals. Every policy takes all of them (one environment
+builds any policy; a policy ignores what it does not use) and refuses any other key."""
+
+
 SENSITIVITY = {"off": 0.0, "low": 0.1, "medium": 0.25, "high": 0.5}
 """Weight ``w`` of the business objective: ``score' = (1 - w) * minmax(score) + w * value``."""
 
@@ -160,7 +169,10 @@ def slot_counts(n_slots, n_requests: int) -> list[int]:
 class Policy(ABC):
     """Base class: subclasses set ``name`` and ``Config`` and implement :meth:`scores`; a
     learner implements :meth:`learn` and declares in ``needs`` the optional inputs of
-    :class:`Rows` it cannot learn without (callers read ``needs``, never the signature)."""
+    :class:`Rows` it cannot learn without (callers read ``needs``, never the signature).
+
+    Built as ``Policy(config, **env)`` with keys of :data:`ENVIRONMENT` only: any other key
+    raises :class:`ValidationError` naming it and the policy."""
 
     name: str = ""
     Config: type[PolicyConfig] = PolicyConfig
@@ -168,8 +180,13 @@ class Policy(ABC):
 
     def __init__(self, config: PolicyConfig, *, item_columns: dict | None = None, item_types=None,
                  mc_draws: int = DEFAULT_DRAWS, **env):
-        # env carries what the deployment knows (dimensions, item counts, business columns,
-        # product types); keys a policy does not use are fine
+        # env carries what the deployment knows (ENVIRONMENT): keys a policy does not use are
+        # fine, keys no policy knows (a typo, a stale name) are refused
+        unknown = sorted(set(env) - ENVIRONMENT)
+        if unknown:
+            raise ValidationError(f"policy {self.name} does not know environment key{'s' if len(unknown) > 1 else ''} "
+                                  f"{', '.join(map(repr, unknown))}; the environment holds: "
+                                  f"{', '.join(sorted(ENVIRONMENT))}", "policy")
         self.config = config
         self.n_updates = 0
         self.mc_draws = int(mc_draws)
