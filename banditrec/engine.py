@@ -21,7 +21,8 @@ from .offline import learn_from_log
 from .policies import Policy, Request
 from .policies.base import DEFAULT_FLOOR
 from .policies.slate import sample_slates
-from .store import DecisionLog
+from .policies.slate import SlateSample
+from .store import DecisionLog, DecisionRecord
 from .store.log import LoggedParams
 from .types import Decision, Reward, Slot
 from .validation import as_seed_sequence, check_positive_int
@@ -71,6 +72,24 @@ class _Inputs(NamedTuple):
     cand_ids: tuple
     source: np.ndarray | str  # each candidate's source, or one source for all (request candidates)
     surface: str
+
+
+class _Draw(NamedTuple):
+    """A sampled slate stamped for logging (what :meth:`Engine._stamp` returns, under the lock)."""
+
+    sample: SlateSample | None  # None: every slot pinned, the policy picked nothing
+    model_version: str
+    policy_name: str
+    params: LoggedParams  # the policy's params and the serving floor, serialised once per config
+    event_id: str
+
+
+class _LoggedParamsOf(NamedTuple):
+    """The params logged with a policy's decisions, for that policy object and config."""
+
+    policy: Policy
+    config: object
+    logged: LoggedParams
 
 
 def _backfill(idx: np.ndarray, source: np.ndarray, backfill: np.ndarray, excluded: np.ndarray, n: int):
@@ -296,7 +315,7 @@ class Engine:
         self.session_window_s = session_window_s
         self.session_limit = check_positive_int(session_limit, "session_limit")
         self._model_version: str | None = None  # set by install(); else the policy's own
-        self._params = None  # (policy, its config, the params logged with its decisions)
+        self._params: _LoggedParamsOf | None = None  # the params logged with the policy's decisions
         # scoring, sampling and learning share the policy state and the Generators; a threaded
         # server (or a learner thread) must not interleave them
         self._lock = threading.Lock()
@@ -448,10 +467,12 @@ class Engine:
         and source ``"pinned"``; the policy fills the rest from the other candidates. Readers
         leave pinned slots out of learning and evaluation: no policy chose them.
         """
-        decision, record = self._prepare(user_id, n_slots, context=context, candidates=candidates,
-                                         exclude=exclude, surface=surface, pinned=pinned)
-        self.log.write_decision(decision, **record)
-        return decision
+        record = self._prepare(user_id, n_slots, context=context, candidates=candidates, exclude=exclude,
+                               surface=surface, pinned=pinned)
+        self.log.write_decision(record.decision, policy_params=record.policy_params,
+                                candidate_index=record.candidate_index, slot_index=record.slot_index,
+                                context=record.context, surface=record.surface)
+        return record.decision
 
     def decide_batch(self, requests: list[dict]) -> list[Decision]:
         """Decide every request (keyword arguments of :meth:`decide`: ``user_id``, ``n_slots``,
@@ -480,23 +501,19 @@ class Engine:
             for i, sample in zip(todo, sample_slates([dists[i] for i in todo], self._sampler)):
                 samples[i] = sample
             draws = [self._stamp(sample) for sample in samples]
-        records = []
-        for inp, draw in zip(inputs, draws):
-            decision, record = self._build(inp, *draw)
-            records.append((decision, record["policy_params"], record["candidate_index"], record["slot_index"],
-                            record["context"], record["surface"]))
+        records = [self._build(inp, draw) for inp, draw in zip(inputs, draws)]
         self.log.write_decisions(records)
-        return [r[0] for r in records]
+        return [r.decision for r in records]
 
     def _prepare(self, user_id: str, n_slots: int, *, context=None, candidates=None, exclude=None,
-                 surface: str = "home", pinned=None) -> tuple[Decision, dict]:
-        """Sample a decision; returns it and the keyword arguments that log it."""
+                 surface: str = "home", pinned=None) -> DecisionRecord:
+        """Sample a decision; returns it with what logs it."""
         inp = self._inputs(user_id, n_slots, context=context, candidates=candidates, exclude=exclude,
                            surface=surface, pinned=pinned)
         with self._lock:
             dist = self._distribution(inp) if inp.n_policy else None
             draw = self._draw(inp, dist)
-        return self._build(inp, *draw)
+        return self._build(inp, draw)
 
     def _inputs(self, user_id: str, n_slots: int, *, context=None, candidates=None, exclude=None,
                 surface: str = "home", pinned=None) -> "_Inputs":
@@ -559,24 +576,26 @@ class Engine:
             out[i] = dist
         return out
 
-    def _draw(self, inp: "_Inputs", dist) -> tuple:
+    def _draw(self, inp: "_Inputs", dist) -> _Draw:
         """Sample ``dist`` and take an event id (under the engine's lock)."""
         return self._stamp(dist.sample(self._sampler) if dist is not None else None)
 
-    def _stamp(self, draw) -> tuple:
+    def _stamp(self, sample: SlateSample | None) -> _Draw:
         """A sampled slate (or ``None``) with the model version, policy, logged params and a
         new event id (under the engine's lock)."""
         policy = self.policy
         cached = self._params
-        if cached is None or cached[0] is not policy or cached[1] is not policy.config:
+        if cached is None or cached.policy is not policy or cached.config is not policy.config:
             # the logged params of a policy change only with its (frozen) config: serialised once
-            cached = self._params = (policy, policy.config,
-                                     LoggedParams({**policy.params, "min_epsilon": self.min_epsilon}))
+            cached = self._params = _LoggedParamsOf(policy, policy.config,
+                                                    LoggedParams({**policy.params, "min_epsilon": self.min_epsilon}))
         event_id = self._ids.bytes(16).hex() if self._ids is not None else time_ordered_id()
-        return draw, self.model_version, policy.name, cached[2], event_id
+        return _Draw(sample=sample, model_version=self.model_version, policy_name=policy.name, params=cached.logged,
+                     event_id=event_id)
 
-    def _build(self, inp: "_Inputs", draw, model_version: str, policy_name: str, params, event_id: str):
-        """The decision and the keyword arguments that log it."""
+    def _build(self, inp: "_Inputs", stamped: _Draw) -> DecisionRecord:
+        """The decision and what logs it."""
+        draw = stamped.sample
         index = draw.index if draw is not None else _NO_ITEMS
         chosen = inp.cand_idx[index]
         pin_ids = inp.pin_ids
@@ -596,19 +615,19 @@ class Engine:
         if p:
             chosen = np.concatenate([inp.pin_idx, chosen])
         decision = Decision(
-            event_id=event_id,
+            event_id=stamped.event_id,
             user_id=inp.user_id,
             slots=slots,
             joint_propensity=joint,
             log_joint_propensity=log_joint,
-            policy=policy_name,
-            model_version=model_version,
+            policy=stamped.policy_name,
+            model_version=stamped.model_version,
             candidates=inp.cand_ids,
             ts=float(self.clock()),
             build=inp.parts.build,
         )
-        return decision, dict(policy_params=params, candidate_index=inp.cand_idx, slot_index=chosen,
-                              context=inp.context, surface=inp.surface)
+        return DecisionRecord(decision=decision, policy_params=stamped.params, candidate_index=inp.cand_idx,
+                              slot_index=chosen, context=inp.context, surface=inp.surface)
 
     def reward(self, event_id: str, value: float, *, position: int | None = None, kind: str = "click") -> str:
         """Join a reward to a logged decision; returns ``"recorded"``, ``"late"`` (after the

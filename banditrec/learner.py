@@ -25,6 +25,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -43,6 +44,15 @@ class Published:
     sha256: str
     trained_until_seq: int
     n_rows: int
+
+
+class Refresh(NamedTuple):
+    """What a :attr:`Learner.refresh` hook returns when the learner should learn with something
+    new from now on (a rebuilt shop: see :class:`banditrec.shop.ShopFollower`)."""
+
+    policy: Policy
+    item_features: np.ndarray  # (n_items, d_i)
+    item_cold: np.ndarray | None = None  # (n_items,) bool; None: no item is cold
 
 
 class Learner:
@@ -71,9 +81,8 @@ class Learner:
         self.clock = clock
         self.learned_seq = int(learned_seq)
         self.version: str | None = None
-        # called before each step with the policy; returns None, or (policy, item_features) or
-        # (policy, item_features, item_cold) to learn with from now on (a rebuilt shop: see
-        # banditrec.shop.ShopFollower)
+        # called before each step with the policy; returns None, or a Refresh to learn with from
+        # now on (a rebuilt shop: see banditrec.shop.ShopFollower)
         self.refresh = None
 
     @classmethod
@@ -106,9 +115,9 @@ class Learner:
         if self.refresh is not None:
             update = self.refresh(self.policy)
             if update is not None:
-                self.policy, features, *cold = update
-                self.item_features = np.asarray(features, dtype=float)
-                self.item_cold = None if not cold or cold[0] is None else np.asarray(cold[0], dtype=bool)
+                self.policy = update.policy
+                self.item_features = np.asarray(update.item_features, dtype=float)
+                self.item_cold = None if update.item_cold is None else np.asarray(update.item_cold, dtype=bool)
         now = float(self.clock())
         until = self.log.closed_until_seq(after_seq=self.learned_seq, closed_before=now)
         if until <= self.learned_seq:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -561,8 +562,16 @@ class ItemItemCF:
         return cf
 
 
+class Entries(NamedTuple):
+    """Sparse entries: entry i is ``(rows[i], cols[i], weights[i])``."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    weights: np.ndarray
+
+
 def gather_rows(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, rows: np.ndarray, items: np.ndarray,
-                weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                weights: np.ndarray) -> Entries:
     """The CSR rows ``items`` of a table, as entries ``(row, column, weight x value)``: entry i
     of the input contributes its table row, tagged ``rows[i]`` and scaled by ``weights[i]``,
     in input order."""
@@ -570,4 +579,4 @@ def gather_rows(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, rows:
     lens = indptr[items + 1] - starts
     total = int(lens.sum())
     pos = np.arange(total) + np.repeat(starts - (np.cumsum(lens) - lens), lens)
-    return np.repeat(rows, lens), indices[pos].astype(np.int64), np.repeat(weights, lens) * data[pos]
+    return Entries(np.repeat(rows, lens), indices[pos].astype(np.int64), np.repeat(weights, lens) * data[pos])

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -116,6 +116,15 @@ class SlateSample:
     joint: float  # product of the conditionals (may underflow to 0 for long slates)
     log_joint: float  # sum of the log conditionals
     marginal_draws: int = 0  # Monte-Carlo draws behind ``marginal``; 0 when exact
+
+
+class _Ranking(NamedTuple):
+    """Candidates in descending score order (ties in candidate order), each sorted position's
+    tie group, and the groups' sizes."""
+
+    order: np.ndarray
+    group: np.ndarray
+    sizes: np.ndarray
 
 
 @runtime_checkable
@@ -225,7 +234,7 @@ class EpsilonGreedySlate:
             self._order = order
         return self._order
 
-    def _ranking(self):
+    def _ranking(self) -> _Ranking:
         """Candidates in descending score order, each sorted position's tie group, group sizes."""
         if self._rank is None:
             order = self._sorted()
@@ -233,7 +242,7 @@ class EpsilonGreedySlate:
             new_group = np.r_[True, s[1:] != s[:-1]]
             group = np.cumsum(new_group) - 1
             sizes = np.bincount(group)
-            self._rank = (order, group, sizes)
+            self._rank = _Ranking(order, group, sizes)
         return self._rank
 
     def sample(self, rng: np.random.Generator, marginals: bool = True) -> SlateSample:
@@ -256,7 +265,8 @@ class EpsilonGreedySlate:
         order = self._sorted()
         if not self._tied:
             return self._sample_strict(uniforms, order)
-        return self._sample_general(uniforms, *self._ranking())
+        ranking = self._ranking()
+        return self._sample_general(uniforms, ranking.order, ranking.group, ranking.sizes)
 
     @property
     def tied(self) -> bool:
@@ -368,7 +378,8 @@ class EpsilonGreedySlate:
         over the ranks its tie group occupies.
         """
         ranks = rank_slot_marginals(self.n_candidates, self.epsilon)
-        order, _, sizes = self._ranking()
+        ranking = self._ranking()
+        order, sizes = ranking.order, ranking.sizes
         by_rank = ranks if len(sizes) == len(order) else tie_averaged(ranks, self.scores[order][None, :])[0]
         out = np.empty_like(by_rank)
         out[order] = by_rank
