@@ -223,8 +223,9 @@ class Engine:
     ----------
     items : ItemTable
     policy : Policy
-    log : DecisionLog; when it holds no items yet, the engine writes ``items`` to it, so
-        that the log alone says what the logged item indices were (and their features).
+    log : DecisionLog; when it holds no items yet, the engine writes ``items`` to it before
+        its first decision (:meth:`log_items`; building the engine writes nothing), so that
+        the log alone says what the logged item indices were (and their features).
         ``None``: an in-memory log of this process (``DecisionLog(":memory:")``), for in-process
         runs that keep nothing
     candidate_generator : CandidateSource, e.g. an ItemItemCF fitted on ``user_items``
@@ -274,8 +275,7 @@ class Engine:
                           user_index=dict(user_index), context_dim=context_dim)
         self._setup(parts, policy, log, n_candidates=n_candidates, min_epsilon=min_epsilon, seed=seed, clock=clock,
                     session_window_s=session_window_s, session_limit=session_limit, floor_off=floor_off)
-        if self.log.count("items") == 0:
-            self.log.write_items(items.ids, items.features)
+        self._unlogged_items = items  # written by log_items(), at the latest with the first decision
 
     @classmethod
     def for_shop(cls, parts: ShopParts, *, policy: Policy, log: DecisionLog | None, n_candidates: int = 30,
@@ -319,6 +319,21 @@ class Engine:
         # scoring, sampling and learning share the policy state and the Generators; a threaded
         # server (or a learner thread) must not interleave them
         self._lock = threading.Lock()
+        self._unlogged_items: ItemTable | None = None  # the catalog log_items() still has to write
+
+    def log_items(self) -> int:
+        """Write the catalog the engine was built with to the log's items table when the table
+        is empty, so that the log alone says what the logged item indices were (and their
+        features); returns the rows written. Building an engine writes nothing: the engine
+        calls this before it logs its first decision, and a caller may call it earlier. Once
+        done (or for an engine serving a shop build, whose catalog is the build's), it is a
+        no-op."""
+        items = self._unlogged_items
+        if items is None:
+            return 0
+        written = self.log.write_items(items.ids, items.features) if self.log.count("items") == 0 else 0
+        self._unlogged_items = None
+        return written
 
     # ---- what is served -------------------------------------------------------------------
     @property
@@ -469,6 +484,8 @@ class Engine:
         """
         record = self._prepare(user_id, n_slots, context=context, candidates=candidates, exclude=exclude,
                                surface=surface, pinned=pinned)
+        if self._unlogged_items is not None:
+            self.log_items()
         self.log.write_decision(record.decision, policy_params=record.policy_params,
                                 candidate_index=record.candidate_index, slot_index=record.slot_index,
                                 context=record.context, surface=record.surface)
@@ -502,6 +519,8 @@ class Engine:
                 samples[i] = sample
             draws = [self._stamp(sample) for sample in samples]
         records = [self._build(inp, draw) for inp, draw in zip(inputs, draws)]
+        if self._unlogged_items is not None:
+            self.log_items()
         self.log.write_decisions(records)
         return [r.decision for r in records]
 

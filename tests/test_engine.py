@@ -307,3 +307,35 @@ def test_a_candidate_generator_is_a_candidate_source_or_is_refused(small_shop):
     for a, b in zip(got, want):
         np.testing.assert_array_equal(a, b)
     assert n > 15
+
+
+def test_building_an_engine_leaves_its_log_unchanged_and_the_first_decision_logs_the_catalog(small_shop, tmp_path):
+    """The constructor writes nothing; the catalog reaches the log's items table with the first
+    logged decision (one by one or in a batch), or earlier through ``log_items()``, once; a log
+    that already holds items keeps them."""
+    from banditrec.demo import build_engine
+    from banditrec.store.log import TABLES
+
+    ids = list(small_shop.catalog.item_ids)
+    for how in ("decide", "batch", "explicit"):
+        log = DecisionLog(tmp_path / f"{how}.db")
+        before = ({t: log.count(t) for t in TABLES}, log.db.conn.total_changes)
+        eng = build_engine(small_shop, "egreedy", log, seed=1)
+        assert ({t: log.count(t) for t in TABLES}, log.db.conn.total_changes) == before
+        if how == "explicit":
+            assert eng.log_items() == len(ids)
+        if how == "batch":
+            eng.decide_batch([{"user_id": "u1", "n_slots": 2, "context": CTX}])
+        else:
+            eng.decide("u1", 2, context=CTX)
+        assert log.items()[0] == ids
+        np.testing.assert_array_equal(log.items()[1], small_shop.catalog.features)
+        assert eng.log_items() == 0
+        eng.decide("u2", 2, context=CTX)
+        assert log.count("items") == len(ids)
+        log.close()
+    log = DecisionLog(tmp_path / "kept.db")
+    log.write_items(["x"], [[1.0, 2.0, 3.0, 4.0]])
+    eng = build_engine(small_shop, "egreedy", log, seed=1)
+    eng.decide("u1", 2, context=CTX)
+    assert log.items()[0] == ["x"]
