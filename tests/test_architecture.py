@@ -116,3 +116,15 @@ def test_logged_rows_reach_a_policy_through_learn_from_log_only():
                 if name.endswith("policy"):
                     bad.append(f"{rel(p)}:{node.lineno}")
     assert bad == []
+
+
+@pytest.mark.parametrize("path", ["banditrec/engine.py", "banditrec/regret.py", "banditrec/offline.py",
+                                  "banditrec/learner.py"])
+def test_protocols_are_called_not_sniffed(path):
+    """The engine and its learners call the candidate-source, slate-distribution and update
+    protocols as declared (CandidateSource, SlateDistribution, Policy.update): no hasattr and
+    no signature inspection decides what an object is given."""
+    tree = ast.parse((ROOT / path).read_text())
+    calls = [n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)]
+    assert "hasattr" not in calls
+    assert not {"inspect", "inspect.signature"} & imports(ROOT / path)
