@@ -15,13 +15,14 @@ from typing import NamedTuple
 import numpy as np
 import scipy.sparse as sp
 
-from .candidates import ItemItemCF
+from .candidates import CandidateSource
 from .errors import ValidationError
-from .offline import learning_inputs
+from .offline import learn_from_log
 from .policies import Policy, Request
 from .policies.base import DEFAULT_FLOOR
 from .policies.slate import sample_slates
-from .store import DecisionLog
+from .policies.slate import SlateSample
+from .store import DecisionLog, DecisionRecord
 from .store.codecs import LoggedParams
 from .types import Decision, Reward, Slot
 from .validation import as_seed_sequence, check_positive_int
@@ -71,6 +72,24 @@ class _Inputs(NamedTuple):
     cand_ids: tuple
     source: np.ndarray | str  # each candidate's source, or one source for all (request candidates)
     surface: str
+
+
+class _Draw(NamedTuple):
+    """A sampled slate stamped for logging (what :meth:`Engine._stamp` returns, under the lock)."""
+
+    sample: SlateSample | None  # None: every slot pinned, the policy picked nothing
+    model_version: str
+    policy_name: str
+    params: LoggedParams  # the policy's params and the serving floor, serialised once per config
+    event_id: str
+
+
+class _LoggedParamsOf(NamedTuple):
+    """The params logged with a policy's decisions, for that policy object and config."""
+
+    policy: Policy
+    config: object
+    logged: LoggedParams
 
 
 def _backfill(idx: np.ndarray, source: np.ndarray, backfill: np.ndarray, excluded: np.ndarray, n: int):
@@ -170,7 +189,7 @@ class ShopParts:
     """
 
     items: ItemTable
-    candidate_generator: object
+    candidate_generator: CandidateSource
     user_items: sp.csr_matrix
     user_index: dict
     context_dim: int = 0
@@ -180,6 +199,10 @@ class ShopParts:
     backfill: np.ndarray | None = None
 
     def __post_init__(self):
+        if not isinstance(self.candidate_generator, CandidateSource):
+            raise ValidationError(f"the candidate generator ({type(self.candidate_generator).__name__}) is not a "
+                                  "CandidateSource: it has no candidates_for_session(history, session, N, "
+                                  "exclude=None, segment=None)", "candidate_generator")
         if self.context is not None:
             object.__setattr__(self, "context_dim", int(self.context.dim))
         object.__setattr__(self, "context_dim", check_positive_int(self.context_dim, "context_dim"))
@@ -200,11 +223,12 @@ class Engine:
     ----------
     items : ItemTable
     policy : Policy
-    log : DecisionLog; when it holds no items yet, the engine writes ``items`` to it, so
-        that the log alone says what the logged item indices were (and their features).
+    log : DecisionLog; when it holds no items yet, the engine writes ``items`` to it before
+        its first decision (:meth:`log_items`; building the engine writes nothing), so that
+        the log alone says what the logged item indices were (and their features).
         ``None``: an in-memory log of this process (``DecisionLog(":memory:")``), for in-process
         runs that keep nothing
-    candidate_generator : ItemItemCF, fitted on ``user_items``
+    candidate_generator : CandidateSource, e.g. an ItemItemCF fitted on ``user_items``
     user_items : csr_matrix (n_users, n_items) of each known user's history
     user_index : dict mapping user id -> row of ``user_items``
     context_dim : length of the context vector requests send (zeros when absent)
@@ -223,10 +247,10 @@ class Engine:
         candidates of a user's decisions (``None``: events are ignored)
     session_limit : at most this many recent events are read per decision
 
-    Candidate seam: when the request brings no candidates, the generator is asked for
-    ``candidates(seeds, N, exclude=...)`` where ``seeds`` is the user's history followed by
-    the session's items (:meth:`Session.seeds`); a generator that defines
-    ``candidates_for_session(history, session, N, exclude=...)`` gets the two apart instead.
+    Candidate seam: when the request brings no candidates, the generator -- a
+    :class:`~banditrec.candidates.CandidateSource` -- is asked for
+    ``candidates_for_session(history, session, N, exclude=..., segment=...)`` (``segment``:
+    the user's segment when the shop has segments, else ``None``).
     """
 
     def __init__(
@@ -235,7 +259,7 @@ class Engine:
         items: ItemTable,
         policy: Policy,
         log: DecisionLog | None,
-        candidate_generator: ItemItemCF,
+        candidate_generator: CandidateSource,
         user_items: sp.csr_matrix,
         user_index: dict[str, int],
         context_dim: int,
@@ -251,8 +275,7 @@ class Engine:
                           user_index=dict(user_index), context_dim=context_dim)
         self._setup(parts, policy, log, n_candidates=n_candidates, min_epsilon=min_epsilon, seed=seed, clock=clock,
                     session_window_s=session_window_s, session_limit=session_limit, floor_off=floor_off)
-        if self.log.count("items") == 0:
-            self.log.write_items(items.ids, items.features)
+        self._unlogged_items = items  # written by log_items(), at the latest with the first decision
 
     @classmethod
     def for_shop(cls, parts: ShopParts, *, policy: Policy, log: DecisionLog | None, n_candidates: int = 30,
@@ -292,10 +315,25 @@ class Engine:
         self.session_window_s = session_window_s
         self.session_limit = check_positive_int(session_limit, "session_limit")
         self._model_version: str | None = None  # set by install(); else the policy's own
-        self._params = None  # (policy, its config, the params logged with its decisions)
+        self._params: _LoggedParamsOf | None = None  # the params logged with the policy's decisions
         # scoring, sampling and learning share the policy state and the Generators; a threaded
         # server (or a learner thread) must not interleave them
         self._lock = threading.Lock()
+        self._unlogged_items: ItemTable | None = None  # the catalog log_items() still has to write
+
+    def log_items(self) -> int:
+        """Write the catalog the engine was built with to the log's items table when the table
+        is empty, so that the log alone says what the logged item indices were (and their
+        features); returns the rows written. Building an engine writes nothing: the engine
+        calls this before it logs its first decision, and a caller may call it earlier. Once
+        done (or for an engine serving a shop build, whose catalog is the build's), it is a
+        no-op."""
+        items = self._unlogged_items
+        if items is None:
+            return 0
+        written = self.log.write_items(items.ids, items.features) if self.log.count("items") == 0 else 0
+        self._unlogged_items = None
+        return written
 
     # ---- what is served -------------------------------------------------------------------
     @property
@@ -403,17 +441,14 @@ class Engine:
             history = parts.history(user_id)
             eligible = items.n_items - len(np.union1d(np.union1d(excluded, history), session.items))
             n = min(self.n_candidates, eligible)
-            cf = parts.candidate_generator
-            if parts.user_segment is not None:  # a shop's generator: the full candidate model
+            segment = None
+            if parts.user_segment is not None:  # a shop's users have segments
                 row = parts.user_index.get(user_id)
                 segment = None if row is None else int(parts.user_segment[row])
-                idx, _, source = cf.candidates_for_session(history, session, n, exclude=excluded, segment=segment)
-                if len(idx) < n and parts.backfill is not None:
-                    idx, source = _backfill(idx, source, parts.backfill, excluded, n)
-            elif hasattr(cf, "candidates_for_session"):
-                idx, _, source = cf.candidates_for_session(history, session, n, exclude=excluded)
-            else:
-                idx, _, source = cf.candidates(np.concatenate([history, session.seeds()]), n, exclude=excluded)
+            idx, _, source = parts.candidate_generator.candidates_for_session(history, session, n, exclude=excluded,
+                                                                              segment=segment)
+            if len(idx) < n and parts.backfill is not None:
+                idx, source = _backfill(idx, source, parts.backfill, excluded, n)
         if n_slots > len(idx):
             raise ValidationError(
                 f"slots ({n_slots}) is more than the number of candidates ({len(idx)})", "slots"
@@ -447,10 +482,14 @@ class Engine:
         and source ``"pinned"``; the policy fills the rest from the other candidates. Readers
         leave pinned slots out of learning and evaluation: no policy chose them.
         """
-        decision, record = self._prepare(user_id, n_slots, context=context, candidates=candidates,
-                                         exclude=exclude, surface=surface, pinned=pinned)
-        self.log.write_decision(decision, **record)
-        return decision
+        record = self._prepare(user_id, n_slots, context=context, candidates=candidates, exclude=exclude,
+                               surface=surface, pinned=pinned)
+        if self._unlogged_items is not None:
+            self.log_items()
+        self.log.write_decision(record.decision, policy_params=record.policy_params,
+                                candidate_index=record.candidate_index, slot_index=record.slot_index,
+                                context=record.context, surface=record.surface)
+        return record.decision
 
     def decide_batch(self, requests: list[dict]) -> list[Decision]:
         """Decide every request (keyword arguments of :meth:`decide`: ``user_id``, ``n_slots``,
@@ -479,23 +518,21 @@ class Engine:
             for i, sample in zip(todo, sample_slates([dists[i] for i in todo], self._sampler)):
                 samples[i] = sample
             draws = [self._stamp(sample) for sample in samples]
-        records = []
-        for inp, draw in zip(inputs, draws):
-            decision, record = self._build(inp, *draw)
-            records.append((decision, record["policy_params"], record["candidate_index"], record["slot_index"],
-                            record["context"], record["surface"]))
+        records = [self._build(inp, draw) for inp, draw in zip(inputs, draws)]
+        if self._unlogged_items is not None:
+            self.log_items()
         self.log.write_decisions(records)
-        return [r[0] for r in records]
+        return [r.decision for r in records]
 
     def _prepare(self, user_id: str, n_slots: int, *, context=None, candidates=None, exclude=None,
-                 surface: str = "home", pinned=None) -> tuple[Decision, dict]:
-        """Sample a decision; returns it and the keyword arguments that log it."""
+                 surface: str = "home", pinned=None) -> DecisionRecord:
+        """Sample a decision; returns it with what logs it."""
         inp = self._inputs(user_id, n_slots, context=context, candidates=candidates, exclude=exclude,
                            surface=surface, pinned=pinned)
         with self._lock:
             dist = self._distribution(inp) if inp.n_policy else None
             draw = self._draw(inp, dist)
-        return self._build(inp, *draw)
+        return self._build(inp, draw)
 
     def _inputs(self, user_id: str, n_slots: int, *, context=None, candidates=None, exclude=None,
                 surface: str = "home", pinned=None) -> "_Inputs":
@@ -558,24 +595,26 @@ class Engine:
             out[i] = dist
         return out
 
-    def _draw(self, inp: "_Inputs", dist) -> tuple:
+    def _draw(self, inp: "_Inputs", dist) -> _Draw:
         """Sample ``dist`` and take an event id (under the engine's lock)."""
         return self._stamp(dist.sample(self._sampler) if dist is not None else None)
 
-    def _stamp(self, draw) -> tuple:
+    def _stamp(self, sample: SlateSample | None) -> _Draw:
         """A sampled slate (or ``None``) with the model version, policy, logged params and a
         new event id (under the engine's lock)."""
         policy = self.policy
         cached = self._params
-        if cached is None or cached[0] is not policy or cached[1] is not policy.config:
+        if cached is None or cached.policy is not policy or cached.config is not policy.config:
             # the logged params of a policy change only with its (frozen) config: serialised once
-            cached = self._params = (policy, policy.config,
-                                     LoggedParams({**policy.params, "min_epsilon": self.min_epsilon}))
+            cached = self._params = _LoggedParamsOf(policy, policy.config,
+                                                    LoggedParams({**policy.params, "min_epsilon": self.min_epsilon}))
         event_id = self._ids.bytes(16).hex() if self._ids is not None else time_ordered_id()
-        return draw, self.model_version, policy.name, cached[2], event_id
+        return _Draw(sample=sample, model_version=self.model_version, policy_name=policy.name, params=cached.logged,
+                     event_id=event_id)
 
-    def _build(self, inp: "_Inputs", draw, model_version: str, policy_name: str, params, event_id: str):
-        """The decision and the keyword arguments that log it."""
+    def _build(self, inp: "_Inputs", stamped: _Draw) -> DecisionRecord:
+        """The decision and what logs it."""
+        draw = stamped.sample
         index = draw.index if draw is not None else _NO_ITEMS
         chosen = inp.cand_idx[index]
         pin_ids = inp.pin_ids
@@ -595,19 +634,19 @@ class Engine:
         if p:
             chosen = np.concatenate([inp.pin_idx, chosen])
         decision = Decision(
-            event_id=event_id,
+            event_id=stamped.event_id,
             user_id=inp.user_id,
             slots=slots,
             joint_propensity=joint,
             log_joint_propensity=log_joint,
-            policy=policy_name,
-            model_version=model_version,
+            policy=stamped.policy_name,
+            model_version=stamped.model_version,
             candidates=inp.cand_ids,
             ts=float(self.clock()),
             build=inp.parts.build,
         )
-        return decision, dict(policy_params=params, candidate_index=inp.cand_idx, slot_index=chosen,
-                              context=inp.context, surface=inp.surface)
+        return DecisionRecord(decision=decision, policy_params=stamped.params, candidate_index=inp.cand_idx,
+                              slot_index=chosen, context=inp.context, surface=inp.surface)
 
     def reward(self, event_id: str, value: float, *, position: int | None = None, kind: str = "click") -> str:
         """Join a reward to a logged decision; returns ``"recorded"``, ``"late"`` (after the
@@ -633,12 +672,7 @@ class Engine:
             if len(logged.row_reward) == 0:  # only pinned slots: nothing a policy chose
                 self._learned_seq = int(logged.seq[-1])
                 return 0
-            self.policy.update(
-                logged.context[logged.row_decision],
-                self.items.features[logged.row_action],
-                logged.row_reward,
-                **learning_inputs(self.policy, logged, self.items.features, cold=self.items.cold),
-            )
+            learn_from_log(self.policy, logged, self.items.features, cold=self.items.cold)
             self._learned_seq = int(logged.seq[-1])
             self._model_version = None  # learned online past any installed snapshot
         return len(logged.row_reward)

@@ -25,11 +25,12 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from .errors import ValidationError
-from .offline import learning_inputs
+from .offline import learn_from_log
 from .policies import Policy, load
 from .policies.snapshot import read_manifest
 from .publish import POINTER, resolve, write_pointer
@@ -43,6 +44,15 @@ class Published:
     sha256: str
     trained_until_seq: int
     n_rows: int
+
+
+class Refresh(NamedTuple):
+    """What a :attr:`Learner.refresh` hook returns when the learner should learn with something
+    new from now on (a rebuilt shop: see :class:`banditrec.shop.ShopFollower`)."""
+
+    policy: Policy
+    item_features: np.ndarray  # (n_items, d_i)
+    item_cold: np.ndarray | None = None  # (n_items,) bool; None: no item is cold
 
 
 class Learner:
@@ -71,9 +81,8 @@ class Learner:
         self.clock = clock
         self.learned_seq = int(learned_seq)
         self.version: str | None = None
-        # called before each step with the policy; returns None, or (policy, item_features) or
-        # (policy, item_features, item_cold) to learn with from now on (a rebuilt shop: see
-        # banditrec.shop.ShopFollower)
+        # called before each step with the policy; returns None, or a Refresh to learn with from
+        # now on (a rebuilt shop: see banditrec.shop.ShopFollower)
         self.refresh = None
 
     @classmethod
@@ -106,9 +115,9 @@ class Learner:
         if self.refresh is not None:
             update = self.refresh(self.policy)
             if update is not None:
-                self.policy, features, *cold = update
-                self.item_features = np.asarray(features, dtype=float)
-                self.item_cold = None if not cold or cold[0] is None else np.asarray(cold[0], dtype=bool)
+                self.policy = update.policy
+                self.item_features = np.asarray(update.item_features, dtype=float)
+                self.item_cold = None if update.item_cold is None else np.asarray(update.item_cold, dtype=bool)
         now = float(self.clock())
         until = self.log.closed_until_seq(after_seq=self.learned_seq, closed_before=now)
         if until <= self.learned_seq:
@@ -117,12 +126,7 @@ class Learner:
                                     kind=self.kind, default_reward=self.default_reward)
         n_rows = len(logged.row_reward)
         if n_rows:
-            self.policy.update(
-                logged.context[logged.row_decision],
-                self.item_features[logged.row_action],
-                logged.row_reward,
-                **learning_inputs(self.policy, logged, self.item_features, cold=self.item_cold),
-            )
+            learn_from_log(self.policy, logged, self.item_features, cold=self.item_cold)
         self.learned_seq = until
         if not n_rows:  # only pinned slots closed: nothing learned, nothing to publish
             return None

@@ -101,6 +101,38 @@ def learning_inputs(policy: Policy, logged: LoggedDecisions, item_features: np.n
     return out
 
 
+def learn_from_log(policy: Policy, logged: LoggedDecisions, item_features: np.ndarray, *,
+                   cold: np.ndarray | None = None, weight: np.ndarray | None = None,
+                   row_cold: np.ndarray | None = None) -> int:
+    """Update ``policy`` once on every slot row of ``logged``; returns the rows learned from.
+
+    The one way logged rows reach :meth:`~banditrec.policies.Policy.update`: each row's
+    decision context, the shown item's features and the row's reward, with the inputs of
+    :func:`learning_inputs`.
+
+    Parameters
+    ----------
+    policy : Policy
+    logged : LoggedDecisions
+        The rows (pinned slots already left out by the reader).
+    item_features : (n_items, d_i) float
+        The catalog's features, by logged item index.
+    cold : (n_items,) bool, optional
+        The catalog's cold flags; each row gets its shown item's.
+    weight : (m,) float, optional
+        Importance weights of the rows (:func:`importance_weights`).
+    row_cold : (m,) bool, optional
+        Each row's cold flag when it was shown, instead of the catalog's ``cold`` (a catalog
+        whose items warm up while it serves).
+    """
+    inputs = learning_inputs(policy, logged, item_features, cold=cold)
+    if row_cold is not None:
+        inputs["cold"] = row_cold
+    policy.update(logged.context[logged.row_decision], item_features[logged.row_action], logged.row_reward,
+                  weight=weight, **inputs)
+    return len(logged.row_reward)
+
+
 def importance_weights(pscore: np.ndarray, *, max_weight: float = 10.0) -> np.ndarray:
     """Row weights that undo the logging policy's exposure bias when training on its log.
 
@@ -133,6 +165,4 @@ def train_from_log(policy: Policy, logged: LoggedDecisions, item_features: np.nd
     if logged.n_decisions == 0:
         return 0
     weight = importance_weights(logged.row_pscore, max_weight=max_weight) if importance else None
-    policy.update(logged.context[logged.row_decision], item_features[logged.row_action], logged.row_reward,
-                  weight=weight, **learning_inputs(policy, logged, item_features, cold=cold))
-    return len(logged.row_reward)
+    return learn_from_log(policy, logged, item_features, cold=cold, weight=weight)

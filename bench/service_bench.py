@@ -313,8 +313,9 @@ def log_ceiling(shop, bodies: list[dict], tmp: Path, n: int = 10_000) -> float:
                     for b in bodies]
         rows = []
         for i in range(n):
-            decision, record = prepared[i % len(prepared)]
-            row, slots = decision_rows(decision, **record)
+            rec = prepared[i % len(prepared)]
+            row, slots = decision_rows(rec.decision, rec.policy_params, rec.candidate_index, rec.slot_index,
+                                       rec.context, rec.surface)
             eid = time_ordered_id()
             rows.append(((eid, *row[1:]), [(eid, *slot[1:]) for slot in slots]))
         conn = log.db.conn

@@ -35,7 +35,7 @@ from scipy import stats
 from banditrec.candidates import ItemItemCF
 from studies.coverage import policy_env
 from banditrec.errors import ValidationError
-from banditrec.offline import learning_inputs, uses_marginals
+from banditrec.offline import learn_from_log, uses_marginals
 from banditrec.policies import REGISTRY, Request, make, parse_spec
 from banditrec.policies.base import DEFAULT_FLOOR
 from banditrec.types import LoggedDecisions
@@ -168,10 +168,7 @@ def learn(policy, context, cand_lists, slates, clicked, marg_rows, cond_rows, fe
     ``cold (size * K,)``: each shown item's cold flag when it was shown."""
     logged = LoggedDecisions.from_slates(context, cand_lists, slates, marginal=marg_rows, propensity=cond_rows,
                                          reward=clicked)
-    inputs = learning_inputs(policy, logged, features)
-    if cold is not None:
-        inputs["cold"] = cold
-    policy.update(logged.context[logged.row_decision], features[logged.row_action], logged.row_reward, **inputs)
+    learn_from_log(policy, logged, features, row_cold=cold)
 
 
 @dataclass
@@ -363,8 +360,7 @@ def sensitivity_study(spec: str, objective: str = "price", *, seed: int = 0, sho
         rec = np.empty((n_test, k), dtype=np.int64)
         for i, items in enumerate(cands):
             dist = policy.distribution(Request(test.context[i], items, features[items]), k)
-            greedy = type(dist)(dist.scores, np.zeros(k)) if hasattr(dist, "scores") else dist
-            rec[i] = items[greedy.sample(rank_rng).index]
+            rec[i] = items[dist.greedy().sample(rank_rng).index]
         m = ranking_metrics(rec, relevant, k=k, n_items=shop.catalog.n_items, item_value=value)
         out.append(SensitivityRow(level, {
             "average_reward_at_k": m.average_reward, "coverage": m.coverage, "mrr": m.mrr,

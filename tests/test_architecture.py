@@ -171,3 +171,32 @@ def test_no_global_random_state():
                 bad.append(f"{rel(p)}:{node.lineno} np.random.{node.attr}")
     bad += offenders(SOURCES, {"random"})
     assert bad == []
+
+
+def test_logged_rows_reach_a_policy_through_learn_from_log_only():
+    """Every learner (the engine, the learner process, batch training, the regret study) updates
+    a policy through ``banditrec.offline.learn_from_log``: no other module of banditrec calls
+    ``<...policy>.update(...)`` itself, and neither does a study."""
+    bad = []
+    for p in [*under("banditrec/"), *under("studies/")]:
+        if rel(p) == "banditrec/offline.py":
+            continue
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "update":
+                owner = node.func.value
+                name = owner.attr if isinstance(owner, ast.Attribute) else getattr(owner, "id", "")
+                if name.endswith("policy"):
+                    bad.append(f"{rel(p)}:{node.lineno}")
+    assert bad == []
+
+
+@pytest.mark.parametrize("path", ["banditrec/engine.py", "studies/regret.py", "banditrec/offline.py",
+                                  "banditrec/learner.py"])
+def test_protocols_are_called_not_sniffed(path):
+    """The engine and its learners call the candidate-source, slate-distribution and update
+    protocols as declared (CandidateSource, SlateDistribution, Policy.update): no hasattr and
+    no signature inspection decides what an object is given."""
+    tree = ast.parse((ROOT / path).read_text())
+    calls = [n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)]
+    assert "hasattr" not in calls
+    assert not {"inspect", "inspect.signature"} & imports(ROOT / path)

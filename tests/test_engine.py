@@ -279,3 +279,63 @@ def test_the_logged_candidate_list_is_exactly_what_json_dumps_writes(ids):
     characters, non-ASCII fall back to json.dumps)."""
     assert json_strings(tuple(ids)) == json.dumps(ids)
     assert json.loads(json_strings(ids)) == ids
+
+
+def test_a_candidate_generator_is_a_candidate_source_or_is_refused(small_shop):
+    """The engine asks its generator for ``candidates_for_session`` and nothing else: an object
+    without it is refused when the engine is built, naming the protocol; item-to-item CF is a
+    source whose candidates are its own seeded by the history, then the session's seeds."""
+    from banditrec.candidates import CandidateSource, ItemItemCF
+    from banditrec.engine import Engine, ItemTable, Session
+
+    class OnlyCandidates:
+        def candidates(self, seeds, N, exclude=None):  # the old fallback's method: not enough
+            raise AssertionError("never called")
+
+    n = small_shop.catalog.n_items
+    items = ItemTable(ids=tuple(small_shop.catalog.item_ids), features=small_shop.catalog.features)
+    with pytest.raises(ValidationError, match="OnlyCandidates.*not a CandidateSource") as err:
+        Engine(items=items, policy=make_engine(small_shop).policy, log=None, candidate_generator=OnlyCandidates(),
+               user_items=small_shop.history, user_index={}, context_dim=4)
+    assert err.value.field == "candidate_generator"
+    cf = ItemItemCF(n_neighbors=20).fit(small_shop.history)
+    assert isinstance(cf, CandidateSource)
+    session = Session(cart=np.array([3]), purchased=np.array([7, 1]), viewed=np.array([9]))
+    history = np.array([2, 11])
+    got = cf.candidates_for_session(history, session, 15, exclude=np.array([5]), segment=4)
+    want = cf.candidates(np.concatenate([history, session.seeds()]), 15, exclude=np.array([5]))
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+    assert n > 15
+
+
+def test_building_an_engine_leaves_its_log_unchanged_and_the_first_decision_logs_the_catalog(small_shop, tmp_path):
+    """The constructor writes nothing; the catalog reaches the log's items table with the first
+    logged decision (one by one or in a batch), or earlier through ``log_items()``, once; a log
+    that already holds items keeps them."""
+    from studies.coverage import build_engine
+    from banditrec.store.reader import TABLES
+
+    ids = list(small_shop.catalog.item_ids)
+    for how in ("decide", "batch", "explicit"):
+        log = DecisionLog(tmp_path / f"{how}.db")
+        before = ({t: log.count(t) for t in TABLES}, log.db.conn.total_changes)
+        eng = build_engine(small_shop, "egreedy", log, seed=1)
+        assert ({t: log.count(t) for t in TABLES}, log.db.conn.total_changes) == before
+        if how == "explicit":
+            assert eng.log_items() == len(ids)
+        if how == "batch":
+            eng.decide_batch([{"user_id": "u1", "n_slots": 2, "context": CTX}])
+        else:
+            eng.decide("u1", 2, context=CTX)
+        assert log.items()[0] == ids
+        np.testing.assert_array_equal(log.items()[1], small_shop.catalog.features)
+        assert eng.log_items() == 0
+        eng.decide("u2", 2, context=CTX)
+        assert log.count("items") == len(ids)
+        log.close()
+    log = DecisionLog(tmp_path / "kept.db")
+    log.write_items(["x"], [[1.0, 2.0, 3.0, 4.0]])
+    eng = build_engine(small_shop, "egreedy", log, seed=1)
+    eng.decide("u1", 2, context=CTX)
+    assert log.items()[0] == ["x"]

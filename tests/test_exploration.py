@@ -33,7 +33,7 @@ DC, DI = 3, 2
 class _NoCandidates:
     """A candidate generator for engines whose requests always bring their candidates."""
 
-    def candidates(self, *a, **k):  # pragma: no cover - never called
+    def candidates_for_session(self, *a, **k):  # pragma: no cover - never called
         raise AssertionError("requests bring their candidates")
 
 

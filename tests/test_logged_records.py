@@ -138,7 +138,7 @@ def test_take_and_concat_refuse_what_they_cannot_do():
 
 
 def regret_by_hand(context, cand_lists, slates, clicked, marg_rows, cond_rows) -> LoggedDecisions:
-    """What banditrec/regret.py's ``learn`` built before ``from_slates``."""
+    """What studies/regret.py's ``learn`` built before ``from_slates``."""
     size, n_slots = slates.shape
     return LoggedDecisions(
         event_id=[str(i) for i in range(size)], seq=np.arange(1, size + 1), context=context,

@@ -495,6 +495,27 @@ def test_every_policy_has_the_one_update_signature_and_declares_its_needs(name):
     policy.update(rows.context, rows.item_features, rows.reward, **full)
 
 
+def test_every_registered_policy_accepts_the_same_update_call():
+    """One call, every input of the documented signature given (``weight`` and ``cold``
+    included), is accepted by every policy in the registry: what a policy does not learn
+    from it takes and ignores. No policy declares another signature."""
+    import inspect
+
+    from banditrec.policies.base import OPTIONAL_INPUTS, Policy
+
+    documented = inspect.signature(Policy.update)
+    assert [p.name for p in documented.parameters.values() if p.kind is p.KEYWORD_ONLY] == list(OPTIONAL_INPUTS)
+    rows = serve_rows(build(NAMES[0]), np.random.default_rng(13), n_decisions=2)
+    call = dict(items=rows.items, weight=rows.weight, pscore=rows.pscore, propensity=rows.propensity,
+                slot=rows.slot, candidates=rows.candidates, chosen=rows.chosen,
+                cold=np.zeros(len(rows.reward), dtype=bool))
+    assert set(call) == set(OPTIONAL_INPUTS)
+    for name in NAMES:
+        policy = build(name)
+        assert inspect.signature(policy.update) == inspect.signature(Policy.update.__get__(policy)), name
+        policy.update(rows.context, rows.item_features, rows.reward, **call)
+
+
 def grown_env(extra: int) -> dict:
     """The environment of the catalog with ``extra`` items appended (old indices unchanged)."""
     rng = np.random.default_rng(77)
@@ -565,6 +586,24 @@ def test_bad_serving_floor_or_slot_count_is_refused(name):
 def test_unknown_parameter_is_refused_naming_it(name):
     with pytest.raises(ValidationError, match=f"policy {name} has no parameter bogus; it takes: "):
         build(name, f"{name}:bogus=1")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_an_unknown_environment_key_is_refused_naming_it_and_the_policy(name, tmp_path):
+    """Every key of the documented environment is taken by every policy (the contract's ENV
+    holds them all); a key outside it -- a typo -- is refused by make, load and the class
+    itself, naming the key and the policy, instead of being silently ignored."""
+    from banditrec.policies.base import ENVIRONMENT
+
+    assert set(ENV) == set(ENVIRONMENT)
+    with pytest.raises(ValidationError, match=f"policy {name} does not know environment key 'context_dims'"):
+        build(name, context_dims=DC)
+    cls = REGISTRY[name]
+    with pytest.raises(ValidationError, match=f"policy {name} does not know environment keys 'colour', 'size'"):
+        cls(cls.Config(), **ENV, size=3, colour="red")
+    build(name).save(tmp_path / "p")
+    with pytest.raises(ValidationError, match=f"policy {name} does not know environment key 'itemdim'"):
+        load(tmp_path / "p", **ENV, itemdim=DI)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
@@ -720,3 +759,29 @@ def test_linucb_stacked_scoring_rescores_a_request_with_a_near_tie_alone(monkeyp
     for req, got in zip([*plain, near], many):
         want = policy.distribution(req, K, 0.05)
         np.testing.assert_array_equal(got.marginals(), want.marginals())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_distribution_is_a_slate_distribution_with_a_greedy_version(name):
+    """What a policy's ``distribution`` returns implements the slate-distribution protocol (what
+    the engine, ``sample_slates`` and the estimators call); its ``greedy()`` is one too: an
+    epsilon-greedy slate without exploration is the ranking itself (the same slate whatever
+    the draws); any other distribution is its own greedy version."""
+    from banditrec.policies import SlateDistribution
+    from banditrec.policies.slate import EpsilonGreedySlate
+
+    policy = trained(name)
+    req = request(np.random.default_rng(14))
+    dist = policy.distribution(req, K, 0.05)
+    assert isinstance(dist, SlateDistribution)
+    greedy = dist.greedy()
+    assert isinstance(greedy, SlateDistribution)
+    assert (greedy.n_candidates, greedy.n_slots) == (dist.n_candidates, dist.n_slots)
+    if type(dist) is EpsilonGreedySlate:
+        np.testing.assert_array_equal(greedy.scores, dist.scores)
+        assert not greedy.epsilon.any()
+        if not greedy.tied:
+            slates = {tuple(greedy.sample(np.random.default_rng(s)).index) for s in range(5)}
+            assert slates == {tuple(np.argsort(-dist.scores, kind="stable")[:K])}
+    else:
+        assert greedy is dist

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from studies.coverage import policy_env
-from banditrec.learner import Learner
+from banditrec.learner import Learner, Refresh
 from banditrec.policies import make
 from banditrec.service import ServiceConfig, create_app
 from banditrec.service.schemas import (BatchDecideResponse, DecideResponse, EventResponse, HealthResponse,
@@ -387,6 +387,31 @@ def served(small_shop, tmp_path, window=5.0, reload_check_ms=0):
     learner = Learner(DecisionLog(tmp_path / "log.db", reward_window_s=window), make(SPEC, **env),
                       small_shop.catalog.features, tmp_path / "snap", clock=clock)
     return engine, app.test_client(), learner, clock
+
+
+def test_a_refresh_hook_swaps_the_policy_features_and_cold_flags_the_learner_learns_with(small_shop, tmp_path):
+    """``Learner.refresh`` returns a :class:`Refresh` (named fields, not a tuple of two or
+    three): from that step on the learner learns its policy with its features and cold flags."""
+    engine, client, learner, clock = served(small_shop, tmp_path)
+    clock.t = 1.0
+    client.post("/v1/decide", json={"user_id": "u0", "slots": 2})
+    fresh = make(SPEC, **policy_env(small_shop, engine.cf))
+    features = small_shop.catalog.features * 2.0
+    cold = np.zeros(small_shop.catalog.n_items, dtype=int)
+    cold[:3] = 1
+    seen = []
+
+    def hook(policy):
+        seen.append(policy)
+        return Refresh(policy=fresh, item_features=features, item_cold=cold) if len(seen) == 1 else None
+
+    learner.refresh = hook
+    clock.t = 100.0
+    assert learner.step() is not None
+    assert learner.policy is fresh and fresh.n_updates == 1
+    np.testing.assert_array_equal(learner.item_features, features)
+    assert learner.item_cold.dtype == bool and learner.item_cold.sum() == 3
+    assert learner.step() is None and learner.policy is fresh and len(seen) == 2
 
 
 def damage(snapshot) -> None:

@@ -321,13 +321,16 @@ def test_items_round_trip_at_full_precision(features, data):
 
 
 def test_an_engine_writes_its_items_to_a_log_that_has_none(small_shop):
+    """With its first decision (building the engine writes nothing)."""
     eng = make_engine(small_shop)
+    assert eng.log.count("items") == 0
+    eng.decide("u1", 2)
     ids, feats, attrs = eng.log.items()
     assert ids == list(eng.items.ids) and feats.tobytes() == eng.items.features.tobytes()
     assert attrs == [{}] * len(ids)
     log = DecisionLog()
     log.write_items(["x"], [[1.0, 2.0]])
-    build_engine(small_shop, "shared-linucb:alpha=1.0,epsilon=0.1", log, seed=1)
+    build_engine(small_shop, "shared-linucb:alpha=1.0,epsilon=0.1", log, seed=1).decide("u1", 2)
     assert log.items()[0] == ["x"]  # a log that has items keeps them
 
 

@@ -10,10 +10,12 @@ from .itemknn import SOURCE_CF, SOURCE_POPULAR, ItemItemCF
 from .metadata import MetadataIndex
 from .rules import AlreadyBought, ExcludeCategories, Filters, OutOfStock, Rule, UserState, diversify
 from .signals import Interactions, PairSignals, pair_signals
+from .source import CandidateSource, SessionItems
 
 __all__ = [
     "AlreadyBought",
     "CandidateGenerator",
+    "CandidateSource",
     "ComplementModel",
     "ExcludeCategories",
     "Filters",
@@ -27,6 +29,7 @@ __all__ = [
     "SOURCE_CF",
     "SOURCE_POPULAR",
     "STEPS",
+    "SessionItems",
     "UserState",
     "diversify",
     "pair_signals",

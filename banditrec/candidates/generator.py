@@ -16,7 +16,7 @@ from ..errors import ValidationError
 from .arrays import Prefixed, check_meta, from_meta, meta_int, put_csr, take, take_csr
 from .complements import ComplementModel
 from .keys import distinct, distinct_inverse
-from .itemknn import ItemItemCF, _top_n_per_row, _usable_cpus, gather_rows, rows_top_n
+from .itemknn import Entries, ItemItemCF, _top_n_per_row, _usable_cpus, gather_rows, rows_top_n
 from .rules import Filters, UserState, diversify_sorted
 from .signals import DAY_S, MAX_PAIR_DISTANCE, Interactions, pair_signals
 
@@ -406,25 +406,27 @@ class CandidateGenerator:
         w = _sum_by(inv, np.concatenate(weights), len(seeds))
         at = np.searchsorted(seeds // (m * n), [1, 2, 3])  # by kind, then row, then item
         rows, items = (seeds // n) % m, seeds % n
-        cp = rows[:at[0]], items[:at[0]], w[:at[0]]
-        views = rows[at[0]:at[1]], items[at[0]:at[1]], w[at[0]:at[1]]
+        cp = Entries(rows[:at[0]], items[:at[0]], w[:at[0]])  # (request row, seed item, weight)
+        views = Entries(rows[at[0]:at[1]], items[at[0]:at[1]], w[at[0]:at[1]])
         n_types = cm.backoff_items.shape[0]
-        seed_types = _combine(cp[0], self.types[cp[1]], cp[2], n_types)  # the seeds' types, summed in item order
+        # the seeds' types, summed in item order
+        seed_types = _combine(cp.rows, self.types[cp.cols], cp.weights, n_types)
         last = self.popular.shape[0] - 1  # the all-users row
         seg = np.array([s.segment if s.segment is not None and 0 <= s.segment < last else last for s in states],
                        dtype=np.int64)
         tables = [cm.scores, cm.backoff_items, self.substitutes]
-        parts = [gather_rows(t.indptr, t.indices, t.data, *sd) for t, sd in zip(tables, (cp, seed_types, views))]
+        parts = [gather_rows(t.indptr, t.indices, t.data, sd.rows, sd.cols, sd.weights)
+                 for t, sd in zip(tables, (cp, seed_types, views))]
         if self.meta_new is not None:
             M = self.meta_new
             parts.append(gather_rows(M.indptr, M.indices, M.data, rows[at[1]:], items[at[1]:], w[at[1]:]))
         parts.append(gather_rows(self.popular.indptr, self.popular.indices, self.popular.data,
                                  np.arange(m, dtype=np.int64), seg, np.ones(m)))
-        keys = np.concatenate([r * n + c for r, c, _ in parts])
+        keys = np.concatenate([p.rows * n + p.cols for p in parts])
         pool, inv = self._dedupe(keys) if m == 1 else distinct_inverse(keys)
         P = len(pool)
-        part = np.repeat(np.arange(len(parts)), [len(p[0]) for p in parts])
-        val = _sum_by(part * P + inv, np.concatenate([v for _, _, v in parts]), len(parts) * P).reshape(len(parts), P)
+        part = np.repeat(np.arange(len(parts)), [len(p.rows) for p in parts])
+        val = _sum_by(part * P + inv, np.concatenate([p.weights for p in parts]), len(parts) * P).reshape(len(parts), P)
         new = val[3] if self.meta_new is not None else np.zeros(P)
         comps = [val[0] + cm.backoff * val[1], val[2], new, val[-1]]
         if m == 1:
@@ -468,7 +470,8 @@ class CandidateGenerator:
 
     # ---- the engine's seam ---------------------------------------------------------------------
     def candidates_for_session(self, history, session, N: int, exclude=None, segment: int | None = None):
-        """What :class:`banditrec.engine.Engine` calls: the user's known purchases plus the
+        """The candidate source of :class:`banditrec.engine.Engine` (:class:`CandidateSource`):
+        the user's known purchases plus the
         session's cart, purchases and views (newest first); ``segment``: the user's segment
         index (None: unknown, the all-users popular list)."""
         state = UserState(cart=session.cart, purchased=np.r_[session.purchased, np.asarray(history, dtype=np.int64)],
@@ -632,11 +635,11 @@ def _entries(lists: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return rows, items
 
 
-def _combine(rows: np.ndarray, items: np.ndarray, weights: np.ndarray, n: int):
-    """``(rows, items, weights)`` with repeated (row, item) entries summed in input order,
-    sorted by row then item."""
+def _combine(rows: np.ndarray, items: np.ndarray, weights: np.ndarray, n: int) -> Entries:
+    """The entries ``(rows, items, weights)`` with repeated (row, item) entries summed in input
+    order, sorted by row then item."""
     key, inv = distinct_inverse(rows * n + items)
-    return key // n, key % n, _sum_by(inv, weights, len(key))
+    return Entries(key // n, key % n, _sum_by(inv, weights, len(key)))
 
 
 def _sum_by(index: np.ndarray, weights: np.ndarray, size: int) -> np.ndarray:
@@ -646,7 +649,7 @@ def _sum_by(index: np.ndarray, weights: np.ndarray, size: int) -> np.ndarray:
     return np.bincount(index, weights=weights, minlength=size)
 
 
-def _seeds(lists: list[np.ndarray], weights, n: int):
+def _seeds(lists: list[np.ndarray], weights, n: int) -> Entries:
     """The seed entries ``(rows, items, weights)`` of per-row item lists (weight 1 each when
     ``weights`` is None), repeats summed, sorted by row then item."""
     rows, items = _entries(lists)

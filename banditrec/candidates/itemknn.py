@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -507,6 +508,13 @@ class ItemItemCF:
         source = np.where(from_cf[0], SOURCE_CF, SOURCE_POPULAR).astype(object)
         return ids[0], scores[0], source
 
+    def candidates_for_session(self, history, session, N: int, exclude=None, segment: int | None = None):
+        """The candidate source of :class:`banditrec.engine.Engine` (:class:`CandidateSource`):
+        :meth:`candidates` seeded by the user's known purchases followed by the session's
+        seeds (``session.seeds()``: each cart, purchased and viewed item repeated by its kind's
+        weight). ``segment`` is accepted and ignored: item-to-item CF has no segments."""
+        return self.candidates(np.concatenate([history, session.seeds()]), N, exclude=exclude)
+
     # ---- saving -----------------------------------------------------------------------------
     def to_arrays(self) -> tuple[dict, dict]:
         """``(arrays, meta)`` (see :mod:`banditrec.candidates.arrays`)."""
@@ -530,8 +538,16 @@ class ItemItemCF:
         return cf
 
 
+class Entries(NamedTuple):
+    """Sparse entries: entry i is ``(rows[i], cols[i], weights[i])``."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    weights: np.ndarray
+
+
 def gather_rows(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, rows: np.ndarray, items: np.ndarray,
-                weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                weights: np.ndarray) -> Entries:
     """The CSR rows ``items`` of a table, as entries ``(row, column, weight x value)``: entry i
     of the input contributes its table row, tagged ``rows[i]`` and scaled by ``weights[i]``,
     in input order."""
@@ -539,4 +555,4 @@ def gather_rows(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, rows:
     lens = indptr[items + 1] - starts
     total = int(lens.sum())
     pos = np.arange(total) + np.repeat(starts - (np.cumsum(lens) - lens), lens)
-    return np.repeat(rows, lens), indices[pos].astype(np.int64), np.repeat(weights, lens) * data[pos]
+    return Entries(np.repeat(rows, lens), indices[pos].astype(np.int64), np.repeat(weights, lens) * data[pos])

@@ -18,7 +18,7 @@ from .linucb import LinUCB
 from .simple import Popularity, Uniform
 from .thompson import LinTS
 from .vw import VWConditionalContextualBandit, VWContextualBandit
-from .slate import EpsilonGreedySlate, SlateSample, rank_slot_marginals
+from .slate import EpsilonGreedySlate, SlateDistribution, SlateSample, rank_slot_marginals
 
 REGISTRY: dict[str, type[Policy]] = {
     cls.name: cls
@@ -132,6 +132,7 @@ __all__ = [
     "PolicyConfig",
     "Popularity",
     "Request",
+    "SlateDistribution",
     "SlateSample",
     "Uniform",
     "SENSITIVITY",

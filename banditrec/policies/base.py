@@ -18,7 +18,7 @@ from ..errors import ValidationError
 from . import snapshot
 from .checks import check_context, check_rows, check_weight
 from .sampling import DEFAULT_DRAWS, SequentialSlate
-from .slate import EpsilonGreedySlate
+from .slate import EpsilonGreedySlate, SlateDistribution
 
 
 DEFAULT_FLOOR = 0.01
@@ -86,6 +86,15 @@ class Rows:
 
 
 OPTIONAL_INPUTS = ("items", "weight", "pscore", "propensity", "slot", "candidates", "chosen", "cold")
+
+
+ENVIRONMENT = frozenset({"context_dim", "item_dim", "n_items", "popularity", "item_types", "item_columns",
+                         "mc_draws"})
+"""The keys of the environment a policy is built with (:func:`banditrec.policies.make`'s
+keyword arguments): what a deployment knows -- the context and item feature sizes, the
+catalog's size, its items' popularity, product types and business columns, and the
+Monte-Carlo draws behind sampled marginals. Every policy takes all of them (one environment
+builds any policy; a policy ignores what it does not use) and refuses any other key."""
 
 
 SENSITIVITY = {"off": 0.0, "low": 0.1, "medium": 0.25, "high": 0.5}
@@ -160,7 +169,10 @@ def slot_counts(n_slots, n_requests: int) -> list[int]:
 class Policy(ABC):
     """Base class: subclasses set ``name`` and ``Config`` and implement :meth:`scores`; a
     learner implements :meth:`learn` and declares in ``needs`` the optional inputs of
-    :class:`Rows` it cannot learn without (callers read ``needs``, never the signature)."""
+    :class:`Rows` it cannot learn without (callers read ``needs``, never the signature).
+
+    Built as ``Policy(config, **env)`` with keys of :data:`ENVIRONMENT` only: any other key
+    raises :class:`ValidationError` naming it and the policy."""
 
     name: str = ""
     Config: type[PolicyConfig] = PolicyConfig
@@ -168,8 +180,13 @@ class Policy(ABC):
 
     def __init__(self, config: PolicyConfig, *, item_columns: dict | None = None, item_types=None,
                  mc_draws: int = DEFAULT_DRAWS, **env):
-        # env carries what the deployment knows (dimensions, item counts, business columns,
-        # product types); keys a policy does not use are fine
+        # env carries what the deployment knows (ENVIRONMENT): keys a policy does not use are
+        # fine, keys no policy knows (a typo, a stale name) are refused
+        unknown = sorted(set(env) - ENVIRONMENT)
+        if unknown:
+            raise ValidationError(f"policy {self.name} does not know environment key{'s' if len(unknown) > 1 else ''} "
+                                  f"{', '.join(map(repr, unknown))}; the environment holds: "
+                                  f"{', '.join(sorted(ENVIRONMENT))}", "policy")
         self.config = config
         self.n_updates = 0
         self.mc_draws = int(mc_draws)
@@ -253,7 +270,7 @@ class Policy(ABC):
         (``items`` catalog indices, broadcast against ``scores``)."""
         return np.maximum(scores, 0.0) * self.value_weight[items]
 
-    def distribution(self, request: Request, n_slots: int, min_epsilon: float = 0.0):
+    def distribution(self, request: Request, n_slots: int, min_epsilon: float = 0.0) -> SlateDistribution:
         """The slate distribution over ``request``'s candidates for ``n_slots`` slots.
 
         ``min_epsilon`` is the serving floor: each slot explores at least that much, so that
@@ -263,7 +280,7 @@ class Policy(ABC):
         check_context(request.context, self.expected_context_dim)
         return self.slate_from_scores(request, self.scores(request), n_slots, min_epsilon)
 
-    def distributions(self, requests, n_slots, min_epsilon: float = 0.0) -> list:
+    def distributions(self, requests, n_slots, min_epsilon: float = 0.0) -> list[SlateDistribution]:
         """The slate distributions of many requests: ``[distribution(r, k, min_epsilon) for r, k]``.
 
         ``n_slots`` is one count for every request or one per request. A policy may override
@@ -274,7 +291,8 @@ class Policy(ABC):
         counts = slot_counts(n_slots, len(requests))
         return [self.distribution(r, k, min_epsilon) for r, k in zip(requests, counts)]
 
-    def slate_from_scores(self, request: Request, scores: np.ndarray, n_slots: int, min_epsilon: float = 0.0):
+    def slate_from_scores(self, request: Request, scores: np.ndarray, n_slots: int,
+                          min_epsilon: float = 0.0) -> SlateDistribution:
         """The epsilon-greedy slate distribution (see :meth:`distribution`) given ``request``'s
         scores from :meth:`scores`; the business objective is blended in here."""
         eps = np.maximum(self.epsilon_per_slot(n_slots), min_epsilon)
@@ -290,14 +308,51 @@ class Policy(ABC):
         return {"types": self.item_types[request.items], "max_per_type": self.config.max_per_type}
 
     def update(self, context: np.ndarray, item_features: np.ndarray, reward: np.ndarray, *,
-               items=None, weight=None, pscore=None, propensity=None, slot=None, candidates=None,
-               chosen=None, cold=None) -> None:
-        """Learn from logged rows; the one signature of every policy (see :class:`Rows` for
-        the arrays). A policy reads what it needs and ignores the rest; one of its ``needs``
-        missing raises, saying why it is needed. ``weight (m,)`` are importance weights for batch training on rows
-        logged by another policy (a weighted ridge: each row counts ``weight`` times). Fixed
+               items: np.ndarray | None = None, weight: np.ndarray | None = None,
+               pscore: np.ndarray | None = None, propensity: np.ndarray | None = None,
+               slot: np.ndarray | None = None, candidates: list | None = None,
+               chosen: np.ndarray | None = None, cold: np.ndarray | None = None) -> None:
+        """Learn from ``m`` logged rows: the one update signature of every policy.
+
+        Subclasses do not override it (they implement :meth:`learn`), so every policy accepts
+        every input below; a policy reads what it learns from and ignores the rest. An input
+        named in the policy's ``needs`` that is missing raises, saying why it is needed. Fixed
         policies learn nothing, but still refuse rows a learner would refuse, so bad input is
-        caught whatever is served."""
+        caught whatever is served. Callers holding logged decisions use
+        :func:`banditrec.offline.learn_from_log`, which builds these inputs.
+
+        Parameters
+        ----------
+        context : (m, d_c) float
+            Each row's decision context.
+        item_features : (m, d_i) float
+            The shown item's features.
+        reward : (m,) float
+            The row's reward.
+        items : (m,) int, optional
+            Catalog indices of the shown items (per-item models need them).
+        weight : (m,) float, optional
+            Importance weights for batch training on rows logged by another policy (a
+            weighted ridge: each row counts ``weight`` times); ``None`` counts every row once.
+        pscore : (m,) float, optional
+            The logged marginal P(slot k holds the item | context).
+        propensity : (m,) float, optional
+            The logged conditional propensity given the earlier slots.
+        slot : (m,) int, optional
+            The row's slot (0, 1, ... per decision).
+        candidates : list of m (n_d, d_i) float arrays, optional
+            Each row's decision's candidate features.
+        chosen : (m,) int, optional
+            The shown item's position among ``candidates``.
+        cold : (m,) bool, optional
+            Whether the shown item was cold (no interaction history) when it was shown.
+
+        Raises
+        ------
+        ValidationError
+            Rows of the wrong shape or values, or an input of ``needs`` missing; nothing is
+            learned then.
+        """
         self.learn(Rows(context, item_features, reward, items=items, weight=weight, pscore=pscore,
                         propensity=propensity, slot=slot, candidates=candidates, chosen=chosen, cold=cold))
 

@@ -7,6 +7,7 @@ Details: docs/policies.md, "Hybrid LinUCB (`policies/hybrid.py`)".
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -22,6 +23,24 @@ from .ridge import (RewardStats, all_finite, check_candidates, check_items, chec
                     with_intercept)
 
 LOCAL = ("bias", "context")
+
+
+class _Step(NamedTuple):
+    """An update's new statistics, checked before any is committed: the ``touched`` items'
+    ``A``, ``A_inv`` (t, d, d), ``B`` (t, d, k), ``b`` (t, d), and the shared ``A0``,
+    ``A0_inv`` (k, k), ``b0``, ``beta`` (k,) and data sums ``ZZ`` (k, k), ``Zr`` (k,)."""
+
+    touched: np.ndarray
+    A: np.ndarray
+    A_inv: np.ndarray
+    B: np.ndarray
+    b: np.ndarray
+    A0: np.ndarray
+    A0_inv: np.ndarray
+    b0: np.ndarray
+    beta: np.ndarray
+    ZZ: np.ndarray
+    Zr: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -140,12 +159,14 @@ class HybridLinUCB(PerItemPolicy):
                 new = self._single(a[0], X[0], Z[0], r[0], w[0])
             else:
                 new = self._batch(a, X, Z, r, w)
-        if not all_finite(*new, stats):
+        if not all_finite(new.A, new.A_inv, new.B, new.b, new.A0, new.A0_inv, new.b0, new.beta, new.ZZ, new.Zr,
+                          stats):
             raise overflow_error()
-        touched, A_t, P_t, B_t, b_t, A0, A0_inv, b0, beta, ZZ, Zr = new
         # every new value is checked: commit
-        self.A[touched], self.A_inv[touched], self.B[touched], self.b[touched] = A_t, P_t, B_t, b_t
-        self.A0, self.A0_inv, self.b0, self.beta, self.ZZ, self.Zr = A0, A0_inv, b0, beta, ZZ, Zr
+        t = new.touched
+        self.A[t], self.A_inv[t], self.B[t], self.b[t] = new.A, new.A_inv, new.B, new.b
+        self.A0, self.A0_inv, self.b0, self.beta = new.A0, new.A0_inv, new.b0, new.beta
+        self.ZZ, self.Zr = new.ZZ, new.Zr
         self.stats, self._sigma = stats, None
         self.n_updates += 1
         if self.auto_prior:
@@ -218,7 +239,8 @@ class HybridLinUCB(PerItemPolicy):
         A0_inv = sherman_morrison(self.A0_inv, e, w / (1.0 + w * (x @ Px)))
         beta = A0_inv @ b0
         ZZ, Zr = self.ZZ + w * np.outer(z, z), self.Zr + (w * r) * z
-        return (np.array([a]), A_a[None], P_a[None], B_a[None], b_a[None], A0, A0_inv, b0, beta, ZZ, Zr)
+        return _Step(touched=np.array([a]), A=A_a[None], A_inv=P_a[None], B=B_a[None], b=b_a[None], A0=A0,
+                     A0_inv=A0_inv, b0=b0, beta=beta, ZZ=ZZ, Zr=Zr)
 
     def _batch(self, a, X, Z, r, w):
         """Many rows: grouped sums per touched item, batched solves; the same statistics."""
@@ -239,7 +261,8 @@ class HybridLinUCB(PerItemPolicy):
         if not all_finite(A0, b0):
             raise overflow_error()
         A0_inv = spd_inverse(A0)
-        return (touched, A_t, P_t, B_t, b_t, A0, A0_inv, b0, A0_inv @ b0, self.ZZ + ZwZ, self.Zr + Zwr)
+        return _Step(touched=touched, A=A_t, A_inv=P_t, B=B_t, b=b_t, A0=A0, A0_inv=A0_inv, b0=b0, beta=A0_inv @ b0,
+                     ZZ=self.ZZ + ZwZ, Zr=self.Zr + Zwr)
 
     def _discounted(self, a, X, Z, r, w, gamma):
         """Every statistic's data part decays by ``gamma^m``, row i counts ``gamma^(m-1-i) w_i``;
@@ -261,7 +284,8 @@ class HybridLinUCB(PerItemPolicy):
         if not all_finite(A_t, B_t, b_t, ZZ, Zr):
             raise overflow_error()
         P_t, A0, A0_inv, b0, beta = self._assemble(A_t, B_t, b_t, ZZ, Zr)
-        return (touched, A_t, P_t, B_t, b_t, A0, A0_inv, b0, beta, ZZ, Zr)
+        return _Step(touched=touched, A=A_t, A_inv=P_t, B=B_t, b=b_t, A0=A0, A0_inv=A0_inv, b0=b0, beta=beta, ZZ=ZZ,
+                     Zr=Zr)
 
 
 def _schur(B: np.ndarray, P: np.ndarray, C: np.ndarray) -> np.ndarray:

@@ -181,6 +181,12 @@ class SequentialSlate:
         """Monte-Carlo prefixes behind the marginals; 0 when they are exact (one slot)."""
         return self.draws if self.n_slots > 1 else 0
 
+    def greedy(self) -> "SequentialSlate":
+        """Itself (see :meth:`SlateDistribution.greedy <banditrec.policies.slate.SlateDistribution.greedy>`):
+        Plackett-Luce sampling is the policy's model; a type-capped score ranking
+        (``kind="greedy"``) keeps its exploration too, as the sensitivity study always ranked it."""
+        return self
+
     # ---- the one vectorised step ----------------------------------------------------------
     def _pmf(self, shown: np.ndarray, counts: np.ndarray | None, k: int) -> np.ndarray:
         """(N, n) slot-k probabilities given N prefixes (``shown`` (N, n), ``counts`` (N, T))."""
@@ -403,6 +409,11 @@ class SampledRankingSlate:
     @property
     def n_candidates(self) -> int:
         return self._n
+
+    def greedy(self) -> "SampledRankingSlate":
+        """Itself: the posterior draw that ranks the candidates is the policy's model (see
+        :meth:`SlateDistribution.greedy <banditrec.policies.slate.SlateDistribution.greedy>`)."""
+        return self
 
     @property
     def n_slots(self) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -108,6 +109,61 @@ class SlateSample:
     marginal_draws: int = 0  # Monte-Carlo draws behind ``marginal``; 0 when exact
 
 
+class _Ranking(NamedTuple):
+    """Candidates in descending score order (ties in candidate order), each sorted position's
+    tie group, and the groups' sizes."""
+
+    order: np.ndarray
+    group: np.ndarray
+    sizes: np.ndarray
+
+
+@runtime_checkable
+class SlateDistribution(Protocol):
+    """What :meth:`Policy.distribution <banditrec.policies.Policy.distribution>` returns: the
+    distribution of the slates a policy would show for one request, over ``n_candidates``
+    candidates and ``n_slots`` slots. The engine and :func:`sample_slates` sample it; off-policy
+    evaluation reads its marginals and conditionals; studies that rank without exploring take
+    :meth:`greedy`.
+
+    Implemented by :class:`EpsilonGreedySlate`, :class:`~banditrec.policies.sampling.SequentialSlate`
+    (and its :class:`~banditrec.policies.sampling.PlackettLuceSlate`),
+    :class:`~banditrec.policies.sampling.SampledRankingSlate` and
+    :class:`~banditrec.policies.vw.VWSlate`.
+    """
+
+    @property
+    def n_candidates(self) -> int:
+        """The number of candidates ``n``."""
+        ...
+
+    @property
+    def n_slots(self) -> int:
+        """The number of slots ``K`` a slate fills."""
+        ...
+
+    def sample(self, rng: np.random.Generator, marginals: bool = True) -> SlateSample:
+        """One slate drawn with ``rng`` (its only source of randomness), with the probabilities
+        logged with it; ``marginals=False`` may leave the marginals NaN (simulations that never
+        log them)."""
+        ...
+
+    def marginals(self) -> np.ndarray:
+        """``(n, K)``: P(slot k holds candidate j)."""
+        ...
+
+    def conditionals(self, index) -> np.ndarray:
+        """``(K,)``: P(slot k holds ``index[k]`` | ``index[:k]`` in the earlier slots)."""
+        ...
+
+    def greedy(self) -> "SlateDistribution":
+        """The distribution without its uniform exploration: epsilon-greedy over fixed scores
+        becomes the deterministic ranking (epsilon 0 in every slot). A distribution whose
+        randomness is the policy's model (posterior draws, Plackett-Luce, Vowpal Wabbit's
+        sampling, type-capped sequential filling) returns itself."""
+        ...
+
+
 class EpsilonGreedySlate:
     """The slate distribution of a score-based policy over one request's candidates.
 
@@ -146,6 +202,11 @@ class EpsilonGreedySlate:
     def n_slots(self) -> int:
         return len(self.epsilon)
 
+    def greedy(self) -> "EpsilonGreedySlate":
+        """The same scores with no exploration in any slot: the ranking itself (ties still
+        split evenly)."""
+        return EpsilonGreedySlate(self.scores, np.zeros(self.n_slots))
+
     def slot_pmf(self, shown: np.ndarray, k: int) -> np.ndarray:
         """P(candidate | earlier slots) for slot ``k``; ``shown`` is a boolean mask of shown ones."""
         avail = ~shown
@@ -164,7 +225,7 @@ class EpsilonGreedySlate:
             self._order = order
         return self._order
 
-    def _ranking(self):
+    def _ranking(self) -> _Ranking:
         """Candidates in descending score order, each sorted position's tie group, group sizes."""
         if self._rank is None:
             order = self._sorted()
@@ -172,7 +233,7 @@ class EpsilonGreedySlate:
             new_group = np.r_[True, s[1:] != s[:-1]]
             group = np.cumsum(new_group) - 1
             sizes = np.bincount(group)
-            self._rank = (order, group, sizes)
+            self._rank = _Ranking(order, group, sizes)
         return self._rank
 
     def sample(self, rng: np.random.Generator, marginals: bool = True) -> SlateSample:
@@ -195,7 +256,8 @@ class EpsilonGreedySlate:
         order = self._sorted()
         if not self._tied:
             return self._sample_strict(uniforms, order)
-        return self._sample_general(uniforms, *self._ranking())
+        ranking = self._ranking()
+        return self._sample_general(uniforms, ranking.order, ranking.group, ranking.sizes)
 
     @property
     def tied(self) -> bool:
@@ -307,14 +369,15 @@ class EpsilonGreedySlate:
         over the ranks its tie group occupies.
         """
         ranks = rank_slot_marginals(self.n_candidates, self.epsilon)
-        order, _, sizes = self._ranking()
+        ranking = self._ranking()
+        order, sizes = ranking.order, ranking.sizes
         by_rank = ranks if len(sizes) == len(order) else tie_averaged(ranks, self.scores[order][None, :])[0]
         out = np.empty_like(by_rank)
         out[order] = by_rank
         return out
 
 
-def sample_slates(dists: list, rng: np.random.Generator) -> list[SlateSample]:
+def sample_slates(dists: list[SlateDistribution], rng: np.random.Generator) -> list[SlateSample]:
     """``[d.sample(rng) for d in dists]``, the same samples from the same draws, with the
     untied :class:`EpsilonGreedySlate` s of one shape sampled together (a batch of decisions).
 

@@ -515,6 +515,11 @@ class VWSlate:
     def marginal_draws(self) -> int:
         return self.draws if self._k > 1 else 0
 
+    def greedy(self) -> "VWSlate":
+        """Itself: Vowpal Wabbit samples the slate (see :meth:`SlateDistribution.greedy
+        <banditrec.policies.slate.SlateDistribution.greedy>`)."""
+        return self
+
     def _predict(self, slot_lines: list[str]) -> list[list[tuple[int, float]]]:
         out = self._policy._call("predict", self._head + slot_lines)
         if len(out) != len(slot_lines):

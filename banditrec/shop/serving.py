@@ -21,6 +21,7 @@ import scipy.sparse as sp
 from ..candidates import AlreadyBought, CandidateGenerator, Filters, OutOfStock
 from ..engine import Engine, ItemTable, ShopParts
 from ..errors import ValidationError
+from ..learner import Refresh
 from ..policies import Policy, make
 from ..store import DecisionLog
 from .build import catalog_from_table
@@ -228,4 +229,5 @@ class ShopFollower:
         self.shop = shop
         if self.echo:
             self.echo(f"learning on shop build {shop.build}")
-        return rebuild_policy(policy, shop), shop.items.features, shop.items.cold
+        return Refresh(policy=rebuild_policy(policy, shop), item_features=shop.items.features,
+                       item_cold=shop.items.cold)
