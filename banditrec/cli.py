@@ -132,7 +132,7 @@ def build(items, interactions, users, config_file, pairs, encoding, refit_featur
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1))
 @click.option("--threads", default=2, show_default=True, type=click.IntRange(min=1), help="Threads per worker.")
 @click.option("--db", default="out/serve/log.db", show_default=True, type=click.Path(dir_okay=False))
-@click.option("--policy", default="shared-linucb:alpha=1.0,epsilon=0.1", show_default=True)
+@click.option("--policy", default="linucb:alpha=1.0,epsilon=0.1", show_default=True)
 @click.option("--snapshots", default="out/serve/snapshots", show_default=True, type=click.Path(file_okay=False),
               help="Directory `banditrec learn` publishes to; workers reload from it.")
 @click.option("--reward-window", default=3600.0, show_default=True, type=click.FloatRange(min=0),
@@ -172,7 +172,7 @@ def serve(shop_dir, host, port, workers, threads, db, policy, snapshots, reward_
 @click.option("--shop", "shop_dir", required=True, type=click.Path(file_okay=False),
               help="The shop directory the service serves (its item features; rebuilds are followed).")
 @click.option("--db", default="out/serve/log.db", show_default=True, type=click.Path(dir_okay=False))
-@click.option("--policy", default="shared-linucb:alpha=1.0,epsilon=0.1", show_default=True,
+@click.option("--policy", default="linucb:alpha=1.0,epsilon=0.1", show_default=True,
               help="Policy to start from when no snapshot has been published.")
 @click.option("--snapshots", default="out/serve/snapshots", show_default=True, type=click.Path(file_okay=False))
 @click.option("--reward-window", default=3600.0, show_default=True, type=click.FloatRange(min=0),
@@ -214,7 +214,7 @@ def learn(shop_dir, db, policy, snapshots, reward_window, interval, kind, once):
 @click.option("--policy", "specs", multiple=True, help="Candidate policy spec (repeatable).")
 @click.option("--tune", "tune", multiple=True, metavar="SPEC-GRID",
               help="Choose a policy's settings on the log: a spec whose values list alternatives with '|', "
-                   "e.g. shared-linucb:alpha=0.25|0.5|1,epsilon=0.02|0.05 (repeatable; docs/evaluation.md).")
+                   "e.g. linucb:alpha=0.25|0.5|1,epsilon=0.02|0.05 (repeatable; docs/evaluation.md).")
 @click.option("--reward-model", default=None, type=click.Choice(["ridge", "logistic", "gbt"]),
               help="Reward model of DM/DR/SNDR/SwitchDR, cross-fitted on the log [default: the library's default].")
 @click.option("--estimator", "estimators", multiple=True, default=("IPS", "SNIPS", "DR", "SNDR"), show_default=True,
@@ -441,7 +441,7 @@ def similar(item_id, shop_dir, db, kind, n):
 @click.option("--cart", "cart", multiple=True, metavar="ITEM", help="An item in the cart (repeatable).")
 @click.option("--view", "views", multiple=True, metavar="ITEM", help="An item viewed this session (repeatable).")
 @click.option("--slots", default=5, show_default=True, type=click.IntRange(min=1))
-@click.option("--policy", default="shared-linucb:alpha=1.0,epsilon=0.1", show_default=True,
+@click.option("--policy", default="linucb:alpha=1.0,epsilon=0.1", show_default=True,
               help="Policy spec (untrained unless --snapshots has a published snapshot).")
 @click.option("--snapshots", default=None, type=click.Path(file_okay=False),
               help="Learner snapshot directory: serve its newest snapshot.")

@@ -32,8 +32,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 SLOTS = 5
 ESTIMATORS = ("IPS", "SNIPS", "DR")
-SWEEP_SPECS = ["uniform", "popularity:epsilon=0.05", "popularity:epsilon=0.2", "shared-linucb:alpha=0.5,epsilon=0.1",
-               "shared-linucb:alpha=2.0,epsilon=0.1"]
+SWEEP_SPECS = ["uniform", "popularity:epsilon=0.05", "popularity:epsilon=0.2", "linucb:alpha=0.5,epsilon=0.1",
+               "linucb:alpha=2.0,epsilon=0.1"]
 
 
 def peak_mb() -> float:

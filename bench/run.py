@@ -109,7 +109,7 @@ from banditrec.store.writer import INSERT_DECISION, INSERT_SLOT
 from banditrec.types import Decision, LoggedBandit, Slot
 from simulator import Shop, ShopConfig
 
-SPEC = "shared-linucb:alpha=1.0,epsilon=0.1"
+SPEC = "linucb:alpha=1.0,epsilon=0.1"
 MIN_EPSILON = 0.01
 N_CAND, N_SLOTS = 200, 10
 CONTEXT_DIM, ITEM_DIM = 4, 7  # LinUCB joint dim 7 + 4 * 7 = 35
@@ -212,7 +212,7 @@ def bench_decide(cfg: dict, tmp: Path) -> None:
 # features are [v, vec(x v^T)] of 8 + 32 * 8 = 264 -- the same 256 crossed features VW's -q UA
 # gives in the vw section -- and disjoint/hybrid LinUCB's per-item models are over [1, x] (33).
 D32_CONTEXT, D32_ITEM, D32_ITEMS = 32, 8, 1000
-D32_POLICIES = ("shared-linucb", "linucb", "hybrid-linucb", "egreedy", "lints", "softmax")
+D32_POLICIES = ("linucb", "disjoint-linucb", "hybrid-linucb", "egreedy", "lints", "softmax")
 D32_TARGET = 2.0  # issue 5: LinUCB decide() <= 2x a bare numpy scoring of the same matrices
 
 
@@ -236,10 +236,10 @@ def bare_scoring(policy, request: Request, gen: np.random.Generator):
     X = joint_features(c, request.item_features)  # hybrid's z, the shared models' x
     x = np.r_[1.0, c]
     name = policy.name
-    if name == "shared-linucb":  # scored without joint features: v'Bv per request (bare_factored)
+    if name == "linucb":  # scored without joint features: v'Bv per request (bare_factored)
         fn = bare_factored(c, request.item_features, policy.A_inv, policy.theta, policy.bonus_weight)
         check, formula = policy.scores(request), "V@t + alpha*sqrt(rowsum(V@B * V)), B = e'Qe, e = [1, c]"
-    elif name == "linucb":
+    elif name == "disjoint-linucb":
         stacks, weight = policy._stacks, policy.config.alpha * policy.noise_sd
         A_inv, theta = stacks["A_inv"], stacks["theta"]
 
@@ -316,7 +316,7 @@ def bench_decide_d32(cfg: dict) -> None:
             request = Request(context=gen.normal(size=D32_CONTEXT), items=items,
                               item_features=gen.normal(size=(N_CAND, D32_ITEM)))
             bare, formula = bare_scoring(policy, request, gen)
-            joint = name != "linucb"  # every other one scores joint (context x item) features
+            joint = name != "disjoint-linucb"  # every other one scores joint (context x item) features
             cases = {"a": bare, "f": bare_features(request), "b": lambda: policy.scores(request),
                      "c": lambda: policy.distribution(request, N_SLOTS, MIN_EPSILON).sample(sampler)}
             if not joint:
@@ -340,7 +340,7 @@ def bench_decide_d32(cfg: dict) -> None:
                              ("yes" if r <= D32_TARGET else "no") if key in "bc" else ""])
             notes.append(f"{name} {repeats}")
             counts.append(repeats)
-            if "linucb" in name:
+            if "disjoint-linucb" in name:
                 r = t["c"].p50 / t["a"].p50
                 verdicts.append(f"{name} {r:.2f}x ({'meets' if r <= D32_TARGET else 'misses'})")
     blas = f"numpy's OpenBLAS pinned to {threads} thread" if threads else "BLAS threads as configured"
@@ -445,7 +445,7 @@ def fake_decisions(n: int, gen: np.random.Generator) -> list[tuple]:
                            marginal=float(p[1, k]), source="request") for k in range(N_SLOTS))
         dec = Decision(event_id=gen.bytes(16).hex(), user_id=f"u{i % 5000}", slots=slots,
                        joint_propensity=float(np.prod(p[0])), log_joint_propensity=float(np.log(p[0]).sum()),
-                       policy="linucb", model_version="linucb-1",
+                       policy="disjoint-linucb", model_version="disjoint-linucb-1",
                        candidates=tuple(ids[c] for c in cand), ts=float(i))
         out.append((dec, cand, chosen, gen.normal(size=SHOP_DIM)))
     return out
@@ -602,7 +602,7 @@ def slot_log(path: Path, n_decisions: int, gen: np.random.Generator) -> None:
     params = json.dumps(PARAMS, sort_keys=True)
     decisions, slots = [], []
     for i, (row, ctx, p) in enumerate(zip(cand.tolist(), contexts, prop.tolist())):
-        decisions.append((event_ids[i], float(i), f"u{i % 5000}", "home", "linucb", params, "linucb-1", k,
+        decisions.append((event_ids[i], float(i), f"u{i % 5000}", "home", "disjoint-linucb", params, "disjoint-linucb-1", k,
                           "[" + ", ".join(item_json[c] for c in row) + "]", json.dumps(row), json.dumps(ctx),
                           math.prod(q[0] for q in p), sum(math.log(q[0]) for q in p), None))  # no shop build
         slots.extend((event_ids[i], j, f"item{row[j]}", row[j], p[j][0], p[j][1], 0, "request") for j in range(k))

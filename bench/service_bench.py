@@ -49,7 +49,7 @@ from banditrec.service.runner import GunicornServer  # noqa: E402
 
 N_CAND, N_SLOTS, CONNECTIONS, PROCS = 200, 10, 8, 2
 BATCH = 50
-SPEC = "shared-linucb:alpha=1.0,epsilon=0.1"
+SPEC = "linucb:alpha=1.0,epsilon=0.1"
 TOKEN = "bench-token-0123456789abcdef"
 
 

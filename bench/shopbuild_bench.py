@@ -101,7 +101,7 @@ def child(spec: dict) -> dict:
     t1 = time.perf_counter()
     served = Shop(tmp / "shop")
     load_s = time.perf_counter() - t1
-    engine = engine_for_shop(served, "shared-linucb:alpha=1.0,epsilon=0.1", DecisionLog(), seed=0,
+    engine = engine_for_shop(served, "linucb:alpha=1.0,epsilon=0.1", DecisionLog(), seed=0,
                              clock=lambda: 1_740_000_000.0)
     users = [served.user_ids[int(u)] for u in rng.integers(0, len(served.user_ids), WARMUP + N_DECISIONS)]
     clock = time.perf_counter_ns

@@ -197,11 +197,11 @@ def run_policy(spec: str, s: Stream, seed: int, floor: float) -> float:
 
 # ---- the table ---------------------------------------------------------------------------------
 BANDITREC = [
-    ("shared-linucb", DEFAULT_FLOOR), ("shared-linucb", 0.0), ("linucb", DEFAULT_FLOOR),
+    ("linucb", DEFAULT_FLOOR), ("linucb", 0.0), ("disjoint-linucb", DEFAULT_FLOOR),
     ("hybrid-linucb", DEFAULT_FLOOR), ("lints", DEFAULT_FLOOR), ("egreedy", DEFAULT_FLOOR),
     ("softmax", DEFAULT_FLOOR), ("vw-cb", DEFAULT_FLOOR), ("vw-cb:explorer=squarecb", DEFAULT_FLOOR),
 ]
-ARM_ONLY = {"linucb", "hybrid-linucb"}  # per-item models: only where arms persist
+ARM_ONLY = {"disjoint-linucb", "hybrid-linucb"}  # per-item models: only where arms persist
 
 
 def _one_stream(task: tuple) -> dict:

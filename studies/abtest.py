@@ -37,10 +37,10 @@ ARM_KEYS = ("name", "learn", "lambda", "weight")
 
 PRESETS = {
     # ranks by P(purchase) x margin: the immediate-margin policy
-    "margin": "shared-linucb:alpha=0.3,epsilon=0.05,value=margin,learn=purchase,name=margin",
+    "margin": "linucb:alpha=0.3,epsilon=0.05,value=margin,learn=purchase,name=margin",
     # ranks by P(purchase) x (margin + lambda x long-term value)
-    "longterm": "shared-linucb:alpha=0.3,epsilon=0.05,value=longterm,learn=purchase,lambda=10,name=longterm",
-    "click": "shared-linucb:alpha=0.3,epsilon=0.05,learn=click,name=click",
+    "longterm": "linucb:alpha=0.3,epsilon=0.05,value=longterm,learn=purchase,lambda=10,name=longterm",
+    "click": "linucb:alpha=0.3,epsilon=0.05,learn=click,name=click",
     "uniform": "uniform:learn=click,name=uniform",
 }
 
@@ -67,7 +67,7 @@ def parse_arm(text: str) -> Arm:
     optionally with parameters that override the preset's (``longterm,lambda=3``).
 
     A spec is a policy spec plus optional keys ``name=``, ``learn=click|purchase|margin``,
-    ``lambda=`` and ``weight=``, e.g. ``shared-linucb:alpha=0.3,value=margin,learn=purchase``.
+    ``lambda=`` and ``weight=``, e.g. ``linucb:alpha=0.3,value=margin,learn=purchase``.
     """
     text = text.strip()
     first, _, rest = text.partition(",")

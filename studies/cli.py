@@ -28,9 +28,9 @@ SCENARIO_NAMES = tuple(SCENARIOS)
 @click.option("--items", "n_items", default=None, type=click.IntRange(min=50), help="Catalog size (default 2,000).")
 @click.option("--customers", default=None, type=click.IntRange(min=100), help="Customers (default 6,000).")
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--policy", default="shared-linucb:alpha=1.0,epsilon=0.1", show_default=True, help="Logging policy spec.")
+@click.option("--policy", default="linucb:alpha=1.0,epsilon=0.1", show_default=True, help="Logging policy spec.")
 @click.option("--target", "targets", multiple=True,
-              default=("uniform", "popularity:epsilon=0.1", "shared-linucb:alpha=0.5,epsilon=0.05"),
+              default=("uniform", "popularity:epsilon=0.1", "linucb:alpha=0.5,epsilon=0.05"),
               show_default=True, help="Policy to evaluate off-policy (repeatable).")
 @click.option("--out", default="out/demo", show_default=True, type=click.Path(file_okay=False))
 @usage_errors
@@ -62,7 +62,7 @@ def demo(days, slots, candidates, n_items, customers, seed, policy, targets, out
 @click.option("--first-seed", default=0, show_default=True, help="Seeds run are first-seed .. first-seed+seeds-1.")
 @click.option("--decisions", default=20_000, show_default=True, type=click.IntRange(min=1))
 @click.option("--slots", default=5, show_default=True, type=click.IntRange(min=1))
-@click.option("--policy", default="shared-linucb:alpha=1.0,epsilon=0.1", show_default=True, help="Logging policy spec.")
+@click.option("--policy", default="linucb:alpha=1.0,epsilon=0.1", show_default=True, help="Logging policy spec.")
 @click.option("--target", "targets", multiple=True, default=("uniform", "popularity:epsilon=0.1"), show_default=True)
 @usage_errors
 def coverage(seeds, first_seed, decisions, slots, policy, targets):
@@ -147,7 +147,7 @@ def regret(specs, scenario, seeds, first_seed, decisions, slots, candidates, bat
 @click.option("--shop", "shop_dir", default=None, type=click.Path(file_okay=False),
               help="A shop directory: the table is estimated off-policy from its log (--db).")
 @click.option("--db", default=None, type=click.Path(dir_okay=False), help="With --shop: the shop's decision log.")
-@click.option("--policy", "spec", default="shared-linucb:alpha=1.0,epsilon=0.1", show_default=True)
+@click.option("--policy", "spec", default="linucb:alpha=1.0,epsilon=0.1", show_default=True)
 @click.option("--objective", default="price", show_default=True,
               help="Item column to blend in (maximised). The simulated shop's: price, royalty (paid per sale) or "
                    "net (price - royalty); a shop directory's: any of its business columns.")

@@ -261,7 +261,7 @@ def coverage_study(
     n_slots: int = 5,
     n_candidates: int = 30,
     batch: int = 500,
-    policy: str = "shared-linucb:alpha=1.0,epsilon=0.1",
+    policy: str = "linucb:alpha=1.0,epsilon=0.1",
     targets: tuple[str, ...] = ("uniform", "popularity:epsilon=0.1"),
     shop_config: ShopConfig | None = None,
     echo=print,

@@ -97,8 +97,8 @@ def _exact(env: Environment, req, i: int, items: np.ndarray, marg: np.ndarray) -
 
 
 def run_shop_demo(*, days: int = 14, n_slots: int = 5, n_candidates: int = 30, seed: int = 0,
-                  out="out/demo", policy: str = "shared-linucb:alpha=1.0,epsilon=0.1",
-                  targets: tuple[str, ...] = ("uniform", "popularity:epsilon=0.1", "shared-linucb:alpha=0.5,epsilon=0.05"),
+                  out="out/demo", policy: str = "linucb:alpha=1.0,epsilon=0.1",
+                  targets: tuple[str, ...] = ("uniform", "popularity:epsilon=0.1", "linucb:alpha=0.5,epsilon=0.05"),
                   config: SimConfig = DEMO_CONFIG, echo=print) -> ShopDemoResult:
     """Run the five steps (docs/simulator.md, "The demo"); writes everything under ``out``."""
     if config.click_model != "pbm":

@@ -20,7 +20,7 @@ def small_shop() -> Shop:
     return Shop(SMALL, seed=123)
 
 
-def make_engine(shop: Shop, policy: str = "shared-linucb:alpha=1.0,epsilon=0.1", *, seed=7, db=":memory:",
+def make_engine(shop: Shop, policy: str = "linucb:alpha=1.0,epsilon=0.1", *, seed=7, db=":memory:",
                 n_candidates: int = 20, **kw):
     """A fresh engine on ``shop`` with its own log (in memory unless ``db`` is a path)."""
     t = [0.0]

@@ -31,10 +31,10 @@ def small_run():
 
 
 def test_parse_arms_presets_overrides_and_commas():
-    arms = parse_arms("margin,longterm,lambda=3,shared-linucb:alpha=0.5,epsilon=0.2,learn=margin,name=lin")
+    arms = parse_arms("margin,longterm,lambda=3,linucb:alpha=0.5,epsilon=0.2,learn=margin,name=lin")
     assert [a.name for a in arms] == ["margin", "longterm", "lin"]
     assert arms[1].lam == 3.0 and arms[1].uses_longterm and arms[1].learn == "purchase"
-    assert arms[2].policy == "shared-linucb:alpha=0.5,epsilon=0.2" and arms[2].learn == "margin"
+    assert arms[2].policy == "linucb:alpha=0.5,epsilon=0.2" and arms[2].learn == "margin"
     assert not arms[0].uses_longterm and "value=margin" in arms[0].policy
     assert parse_arm("uniform,weight=3").weight == 3.0
 
@@ -138,7 +138,7 @@ def test_warm_start_is_the_ridge_fit_of_the_logged_slots():
         out = Response(click=rng.integers(0, 2, (m, k)), purchase=rng.integers(0, 2, (m, k)), cart=z,
                        revenue=z, margin=rng.gamma(2.0, 3.0, (m, k)) * rng.integers(0, 2, (m, k)))
         days.append(_LoggedDay(context=rng.normal(size=(m, d_c)), candidates=cand, slates=slates, out=out))
-    pol = make("shared-linucb:alpha=0.5,epsilon=0.1", context_dim=d_c, item_dim=d_i, n_items=n_items)
+    pol = make("linucb:alpha=0.5,epsilon=0.1", context_dim=d_c, item_dim=d_i, n_items=n_items)
     assert _warm_start(pol, days, features, "margin") == 2 * 5 + 2 * 7
     X = np.concatenate([joint_features(np.repeat(d.context, k, axis=0), features[d.slates.ravel()]) for d in days])
     r = np.concatenate([d.out.margin.ravel() for d in days]).astype(float)

@@ -35,7 +35,7 @@ from studies.simulate import simulate
 TOL = 1e-9
 MERGEABLE = [name for name, cls in ESTIMATORS.items() if cls.mergeable]
 SMALL = SimConfig().replace(n_customers=300, n_items=150, n_types=15, history_days=3)
-SPECS = ["popularity:epsilon=0.1", "shared-linucb:alpha=1.0,epsilon=0.1"]
+SPECS = ["popularity:epsilon=0.1", "linucb:alpha=1.0,epsilon=0.1"]
 
 
 @pytest.fixture(scope="module")

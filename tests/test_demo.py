@@ -72,10 +72,10 @@ def test_cli_demo_prints_the_table_and_where_everything_is(tmp_path):
 
 
 def test_cli_demo_bad_policy_is_a_usage_error(tmp_path):
-    res = CliRunner().invoke(main, ["demo", "--days", "2", "--policy", "shared-linucb:beta=2", "--out",
+    res = CliRunner().invoke(main, ["demo", "--days", "2", "--policy", "linucb:beta=2", "--out",
                                     str(tmp_path)])
     assert res.exit_code == 2
-    assert "policy shared-linucb has no parameter beta" in res.output
+    assert "policy linucb has no parameter beta" in res.output
     assert "Traceback" not in res.output
 
 
@@ -85,7 +85,7 @@ def test_coverage_study_counts_and_standardised_errors():
     rows = coverage_study(seeds=range(3), n_decisions=300, n_slots=3, n_candidates=15, batch=150,
                           targets=("uniform",), shop_config=SMALL, echo=None)
     assert [(r.policy.split(":")[0], r.estimator) for r in rows] == [
-        ("shared-linucb", "IPS"), ("shared-linucb", "SNIPS"), ("uniform", "IPS"), ("uniform", "SNIPS")]
+        ("linucb", "IPS"), ("linucb", "SNIPS"), ("uniform", "IPS"), ("uniform", "SNIPS")]
     for r in rows:
         assert r.runs == 3 and len(r.z) == 3
         assert r.covered == int((abs(r.z) <= 1.959963984540054 + 1e-9).sum())

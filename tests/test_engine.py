@@ -117,7 +117,7 @@ def test_unseeded_event_ids_start_with_the_wall_clock_in_milliseconds(small_shop
 def test_served_exploration_floor_is_logged_with_the_policy_params(small_shop):
     import json
 
-    eng = make_engine(small_shop, "shared-linucb:epsilon=0.0", min_epsilon=0.05)
+    eng = make_engine(small_shop, "linucb:epsilon=0.0", min_epsilon=0.05)
     d = eng.decide("u1", 3, context=CTX)
     params = json.loads(eng.log.db.execute("SELECT policy_params FROM decisions").fetchone()[0])
     # every param of the policy's config, plus the floor; the ones this spec sets, by value
@@ -201,7 +201,7 @@ def _logged(eng):
     return rows, slots
 
 
-@pytest.mark.parametrize("policy", ["shared-linucb:alpha=1.0,epsilon=0.1", "linucb", "egreedy"])
+@pytest.mark.parametrize("policy", ["linucb:alpha=1.0,epsilon=0.1", "disjoint-linucb", "egreedy"])
 def test_a_batch_serves_and_logs_what_one_at_a_time_would(small_shop, policy):
     """Two engines with the same seed and learned state: 13 requests (request and generated
     candidates, exclusions, pins, one all-pinned) decided one by one, and as one batch. Same

@@ -23,7 +23,7 @@ N_DEC, N_SLOTS, N_CAND = 1600, 3, 20
 def logged_run(tmp_path_factory):
     db = tmp_path_factory.mktemp("eval") / "log.db"
     log = DecisionLog(db)
-    shop, engine, served = _run(11, SMALL, "shared-linucb:alpha=1.0,epsilon=0.3", log, n_decisions=N_DEC, n_slots=N_SLOTS,
+    shop, engine, served = _run(11, SMALL, "linucb:alpha=1.0,epsilon=0.3", log, n_decisions=N_DEC, n_slots=N_SLOTS,
                                 n_candidates=N_CAND, batch=200, via="engine")
     log.close()
     return db, shop, engine, served
@@ -51,7 +51,7 @@ def test_estimates_cover_the_simulators_exact_value(logged_run):
     """The uniform policy's exact value on the evaluated customers, from the click model; each
     estimator within 3 standard errors of it (fixed seed)."""
     db, shop, engine, served = logged_run
-    res = evaluate_log(str(db), ["uniform", "shared-linucb:alpha=1.0,epsilon=0.3"], train_frac=0.5)
+    res = evaluate_log(str(db), ["uniform", "linucb:alpha=1.0,epsilon=0.3"], train_frac=0.5)
     log = DecisionLog(db)
     logged = log.decisions()
     log.close()
@@ -71,7 +71,7 @@ def test_estimates_cover_the_simulators_exact_value(logged_run):
 
 def test_verdict_follows_the_primary_lower_bound(logged_run):
     db, *_ = logged_run
-    res = evaluate_log(str(db), ["uniform", "shared-linucb:alpha=1.0,epsilon=0.05"], train_frac=0.5)
+    res = evaluate_log(str(db), ["uniform", "linucb:alpha=1.0,epsilon=0.05"], train_frac=0.5)
     for cand in res.candidates:
         main_est = cand.estimates["DR"]
         expected = not main_est.warnings and main_est.lower > res.logging.value
@@ -145,7 +145,7 @@ def test_a_candidate_can_be_shown_safe(tmp_path):
     log = DecisionLog(db)
     _run(5, SMALL, "uniform", log, n_decisions=3000, n_slots=3, n_candidates=10, batch=300, via="engine")
     log.close()
-    res = evaluate_log(str(db), ["shared-linucb:alpha=0.5,epsilon=0.1"], train_frac=0.5)
+    res = evaluate_log(str(db), ["linucb:alpha=0.5,epsilon=0.1"], train_frac=0.5)
     cand = res.candidates[0]
     assert cand.estimates["DR"].lower > res.logging.value and not cand.estimates["DR"].warnings
     assert cand.safe and "SAFE to deploy" in res.table()

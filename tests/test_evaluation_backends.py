@@ -2,7 +2,7 @@
 the same log, exported by day, both give the same estimates -- also when decisions pin slots
 or were observed at one position of their carousel only (an imported round, as the Open
 Bandit Dataset's rows), where the Parquet reader used to renumber the observed slot to 0 and
-lose the carousel's length (linucb's IPS 0.7700 against 0.7433 on the log below)."""
+lose the carousel's length (disjoint-linucb's IPS 0.7700 against 0.7433 on the log below)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from banditrec.store.partitioned import (PartitionError, export_partitioned, ope
 from banditrec.types import LoggedDecisions, Decision, Reward, Slot
 
 N_ITEMS, N_SLOTS, N_DECISIONS, DAYS = 8, 3, 600, 3
-SPECS = ["linucb", "shared-linucb:alpha=1.0,epsilon=0.1", "egreedy:epsilon=0.1"]  # disjoint, shared, egreedy
+SPECS = ["disjoint-linucb", "linucb:alpha=1.0,epsilon=0.1", "egreedy:epsilon=0.1"]  # disjoint, shared, egreedy
 ESTIMATORS = ("IPS", "SNIPS", "DR", "SNDR")
 TOL = 1e-9  # the order of floating-point sums; the readers' old disagreement was 1e-2
 

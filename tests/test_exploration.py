@@ -52,7 +52,7 @@ def test_the_floor_is_separate_from_the_learners_exploration_and_both_are_logged
     the engine's floor (min_epsilon) is the only uniform share of a served slot, and the log
     holds both. epsilon-greedy's own epsilon is its exploration: the floor does not add to it
     (each slot explores max(epsilon, floor)). Switching the floor off takes floor_off=True."""
-    policy = make("shared-linucb", context_dim=DC, item_dim=DI)
+    policy = make("linucb", context_dim=DC, item_dim=DI)
     assert policy.config.epsilon == 0.0 and policy.config.alpha == 1.0
     eng = engine_for(policy, 12, min_epsilon=0.03)
     d = eng.decide("u1", 3, context=[0.1, -0.2, 0.3], candidates=[f"i{j}" for j in range(8)])
@@ -80,7 +80,7 @@ def test_the_floor_is_separate_from_the_learners_exploration_and_both_are_logged
 def test_the_engine_runs_in_process_on_an_in_memory_log_and_learns():
     """log=None: an in-memory log of this process; decisions, rewards and learning work as
     with a file, and learning reaches the policy."""
-    policy = make("shared-linucb", context_dim=DC, item_dim=DI)
+    policy = make("linucb", context_dim=DC, item_dim=DI)
     eng = engine_for(policy, 10, log=None)
     assert isinstance(eng.log, DecisionLog)
     for u in range(20):
@@ -90,7 +90,7 @@ def test_the_engine_runs_in_process_on_an_in_memory_log_and_learns():
 
 
 # ---- a new item, mid-stream ------------------------------------------------------------------
-@pytest.mark.parametrize("spec", ["hybrid-linucb", "linucb", "shared-linucb", "lints", "vw-cb"])
+@pytest.mark.parametrize("spec", ["hybrid-linucb", "disjoint-linucb", "linucb", "lints", "vw-cb"])
 def test_a_new_item_appears_mid_stream_and_is_served_and_learned_without_a_restart(spec):
     """The catalog grows from 10 to 11 items while the engine runs (same engine, same policy
     object): the new item is served (with the floor's probability at least, flagged cold),
@@ -127,7 +127,7 @@ def test_a_new_item_appears_mid_stream_and_is_served_and_learned_without_a_resta
     assert eng.learn() > 0 and policy.n_updates == version + 1
     if spec != "vw-cb":  # VW's own scores are its explorer's PMF: no estimate to compare
         assert estimate() > before
-    if spec in ("hybrid-linucb", "linucb"):
+    if spec in ("hybrid-linucb", "disjoint-linucb"):
         assert policy.n_items == 11 and not np.array_equal(policy.A[10], policy.A[9] * 0 + policy._priors["A"])
         req = eng.request(np.array(ctx), np.array([10, 4]))
         s = policy.scores(req)
@@ -139,7 +139,7 @@ def _rows(rng, m):
     return rng.normal(size=(m, DC)), rng.normal(size=(m, DI)), rng.normal(size=m), rng.integers(0, 4, size=m)
 
 
-@pytest.mark.parametrize("spec", ["shared-linucb", "egreedy", "lints", "hybrid-linucb:item_reg=1", "linucb"])
+@pytest.mark.parametrize("spec", ["linucb", "egreedy", "lints", "hybrid-linucb:item_reg=1", "disjoint-linucb"])
 def test_discounting_forgets_at_the_documented_rate(spec):
     """gamma = 0.9: after rows learned in batches of 7, 1 and 12, a row learned t rows before
     the last counts gamma^t -- the statistics equal the ridge sums with weights gamma^t, the
@@ -154,7 +154,7 @@ def test_discounting_forgets_at_the_documented_rate(spec):
         p.update(C[sl], V[sl], r[sl], items=a[sl])
     one.update(C, V, r, items=a)
     age = gamma ** np.arange(19, -1, -1.0)  # row i is 19 - i rows old
-    if spec.startswith("linucb"):
+    if spec.startswith("disjoint-linucb"):
         X = np.c_[np.ones(20), C]
         for item in range(4):
             w = age * (a == item)

@@ -236,8 +236,8 @@ def test_value_column_ranks_by_score_times_value():
     rng = np.random.default_rng(0)
     reqs, feats = _requests(rng)
     value = rng.uniform(0.5, 3.0, 40)
-    plain = make("shared-linucb:alpha=0.5,epsilon=0", context_dim=3, item_dim=3)
-    weighted = make("shared-linucb:alpha=0.5,epsilon=0,value=worth", context_dim=3, item_dim=3,
+    plain = make("linucb:alpha=0.5,epsilon=0", context_dim=3, item_dim=3)
+    weighted = make("linucb:alpha=0.5,epsilon=0,value=worth", context_dim=3, item_dim=3,
                     item_columns={"worth": value})
     ctx = rng.normal(size=(200, 3))
     items = rng.integers(0, 40, 200)
@@ -256,7 +256,7 @@ def test_value_weighted_batch_equals_one_by_one():
     reqs, feats = _requests(rng)
     value = rng.uniform(0.0, 2.0, 40)
     value[:5] = 0.0  # zero values tie: the batched path must still agree
-    pol = make("shared-linucb:alpha=1.0,epsilon=0.2,value=v", context_dim=3, item_dim=3, item_columns={"v": value})
+    pol = make("linucb:alpha=1.0,epsilon=0.2,value=v", context_dim=3, item_dim=3, item_columns={"v": value})
     ctx = rng.normal(size=(100, 3))
     items = rng.integers(0, 40, 100)
     pol.update(ctx, feats[items], rng.random(100))
@@ -268,14 +268,14 @@ def test_value_weighted_batch_equals_one_by_one():
 
 def test_set_value_checks_and_applies():
     value = np.ones(10)
-    pol = make("shared-linucb:alpha=0.0,epsilon=0,value=v", context_dim=2, item_dim=2, item_columns={"v": value})
+    pol = make("linucb:alpha=0.0,epsilon=0,value=v", context_dim=2, item_dim=2, item_columns={"v": value})
     with pytest.raises(ValidationError) as e:
         pol.set_value(np.ones(9))
     assert e.value.field == "value"
     with pytest.raises(ValidationError):
         pol.set_value(-np.ones(10))
     with pytest.raises(ValidationError) as e:
-        make("shared-linucb:value=missing", context_dim=2, item_dim=2, item_columns={"v": value})
+        make("linucb:value=missing", context_dim=2, item_dim=2, item_columns={"v": value})
     assert e.value.field == "value" and "missing" in str(e.value)
     new = np.zeros(10)
     new[7] = 5.0

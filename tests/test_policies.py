@@ -18,21 +18,21 @@ def request(rng, n=6):
 
 
 def test_parse_spec():
-    assert parse_spec("shared-linucb:alpha=0.5, epsilon=0.05") == ("shared-linucb", {"alpha": "0.5", "epsilon": "0.05"})
+    assert parse_spec("linucb:alpha=0.5, epsilon=0.05") == ("linucb", {"alpha": "0.5", "epsilon": "0.05"})
     assert parse_spec("uniform") == ("uniform", {})
 
 
 @pytest.mark.parametrize(
     "spec, match",
     [
-        ("nope", "unknown policy 'nope'; known: bernoulli-ts, egreedy, hybrid-linucb, lints, linucb, popularity, shared-linucb, softmax, uniform"),
-        ("shared-linucb:beta=1", "policy shared-linucb has no parameter beta; it takes: epsilon, explore_from, objective, sensitivity, max_per_type, value, alpha, reg"),
-        ("shared-linucb:alpha=fast", "alpha must be a number, got 'fast'"),
-        ("shared-linucb:alpha", "must look like key=value"),
-        ("shared-linucb:alpha=1,alpha=2", "given twice"),
-        ("shared-linucb:epsilon=1.5", r"epsilon must be a number in \[0, 1\], got 1.5"),
-        ("shared-linucb:alpha=-1", "alpha must be a finite number >= 0"),
-        ("shared-linucb:reg=0", "reg must be a finite number > 0"),
+        ("nope", "unknown policy 'nope'; known: bernoulli-ts, disjoint-linucb, egreedy, hybrid-linucb, lints, linucb, popularity, softmax, uniform"),
+        ("linucb:beta=1", "policy linucb has no parameter beta; it takes: epsilon, explore_from, objective, sensitivity, max_per_type, value, alpha, reg"),
+        ("linucb:alpha=fast", "alpha must be a number, got 'fast'"),
+        ("linucb:alpha", "must look like key=value"),
+        ("linucb:alpha=1,alpha=2", "given twice"),
+        ("linucb:epsilon=1.5", r"epsilon must be a number in \[0, 1\], got 1.5"),
+        ("linucb:alpha=-1", "alpha must be a finite number >= 0"),
+        ("linucb:reg=0", "reg must be a finite number > 0"),
         ("uniform:epsilon=0.5", "epsilon must be 1"),
         ("", "non-empty"),
     ],
@@ -44,7 +44,7 @@ def test_bad_specs_raise_clear_errors(spec, match):
 
 def test_missing_environment_is_named():
     with pytest.raises(ValidationError, match="context_dim"):
-        make("shared-linucb")
+        make("linucb")
     with pytest.raises(ValidationError, match="popularity"):
         make("popularity")
 
@@ -66,7 +66,7 @@ def test_contract_for_every_registered_policy(name, rng):
 
 
 def test_serving_floor_mixes_a_greedy_policy(rng):
-    policy = make("shared-linucb:epsilon=0", **ENV)
+    policy = make("linucb:epsilon=0", **ENV)
     req = request(rng)
     assert (policy.distribution(req, 2).marginals() == 0).any()  # greedy: some items never shown
     floored = policy.distribution(req, 2, min_epsilon=0.02)
@@ -91,7 +91,7 @@ def test_joint_features_are_item_vector_then_outer_product(rng):
 
 
 def test_linucb_scores_match_direct_formula(rng):
-    policy = make("shared-linucb:alpha=0.7,reg=2.0", **ENV)
+    policy = make("linucb:alpha=0.7,reg=2.0", **ENV)
     ctx, feats, r = rng.normal(size=(50, 3)), rng.normal(size=(50, 2)), rng.normal(size=50)
     policy.update(ctx, feats, r)
     req = request(rng)
@@ -109,8 +109,8 @@ def test_linucb_scores_match_direct_formula(rng):
 
 
 def test_sherman_morrison_updates_match_inverse(rng):
-    one_by_one = make("shared-linucb", **ENV)
-    batch = make("shared-linucb", **ENV)
+    one_by_one = make("linucb", **ENV)
+    batch = make("linucb", **ENV)
     ctx, feats, r = rng.normal(size=(300, 3)), rng.normal(size=(300, 2)), rng.normal(size=300)
     for i in range(300):
         one_by_one.update(ctx[i], feats[i], r[i])
@@ -119,13 +119,13 @@ def test_sherman_morrison_updates_match_inverse(rng):
     np.testing.assert_allclose(one_by_one.A_inv, batch.A_inv, atol=1e-10)
     np.testing.assert_allclose(one_by_one.theta, batch.theta, atol=1e-9)
     assert one_by_one.n_updates == 300 and batch.n_updates == 1
-    assert batch.model_version == "shared-linucb-1"
+    assert batch.model_version == "linucb-1"
 
 
 def test_linucb_recovers_a_known_parameter():
     """20,000 rows with reward = x . theta* + N(0, 0.1^2): theta within 0.01 of theta*."""
     rng = np.random.default_rng(3)
-    policy: LinUCB = make("shared-linucb:reg=1.0", **ENV)
+    policy: LinUCB = make("linucb:reg=1.0", **ENV)
     theta_star = rng.normal(size=policy.dim)
     theta_star[joint_features(np.ones(3), np.zeros((1, 2)), [1])[0] != joint_features(np.ones(3), np.zeros((1, 2)))[0]] = 0
     ctx, feats = rng.normal(size=(20_000, 3)), rng.normal(size=(20_000, 2))  # no item is cold: those terms stay 0
@@ -135,7 +135,7 @@ def test_linucb_recovers_a_known_parameter():
 
 
 def test_update_rejects_bad_rows():
-    policy = make("shared-linucb", **ENV)
+    policy = make("linucb", **ENV)
     with pytest.raises(ValidationError, match="finite"):
         policy.update(np.zeros((1, 3)), np.zeros((1, 2)), [np.nan])
     with pytest.raises(ValidationError, match=r"update needs features \(m, 16\)"):
@@ -151,7 +151,7 @@ def test_popularity_ranks_by_counts(rng):
 
 
 def test_an_update_that_would_overflow_leaves_the_model_as_it_was(rng):
-    policy = make("shared-linucb", **ENV)
+    policy = make("linucb", **ENV)
     policy.update(rng.normal(size=(20, 3)), rng.normal(size=(20, 2)), rng.normal(size=20))
     before = (policy.A.copy(), policy.b.copy(), policy.theta.copy(), policy.n_updates)
     with pytest.raises(ValidationError, match="non-finite"):  # batch path: A overflows
@@ -164,3 +164,45 @@ def test_an_update_that_would_overflow_leaves_the_model_as_it_was(rng):
     np.testing.assert_array_equal(policy.theta, before[2])
     assert policy.n_updates == before[3]
     assert np.isfinite(policy.scores(request(rng))).all()
+
+
+# ---- registry names -------------------------------------------------------------------------
+def test_linucb_is_the_shared_model_and_disjoint_linucb_the_per_item_one():
+    from banditrec.policies import DisjointLinUCB, LinUCB
+
+    assert type(make("linucb", context_dim=2, item_dim=3)) is LinUCB
+    assert type(make("disjoint-linucb", context_dim=2, n_items=4)) is DisjointLinUCB
+
+
+def test_the_old_shared_name_still_parses_with_a_deprecation_warning():
+    from banditrec.policies import LinUCB
+
+    with pytest.warns(DeprecationWarning, match="'shared-linucb', which is now 'linucb'"):
+        policy = make("shared-linucb:alpha=0.5", context_dim=2, item_dim=3)
+    assert type(policy) is LinUCB and policy.name == "linucb" and policy.params["alpha"] == 0.5
+
+
+@pytest.mark.parametrize("old, cls_name", [("linucb", "DisjointLinUCB"), ("shared-linucb", "LinUCB")])
+def test_a_format_2_snapshot_loads_under_the_new_name_with_a_warning(tmp_path, old, cls_name):
+    """Format 2 named the per-item model ``linucb`` and the shared one ``shared-linucb``."""
+    import json
+
+    from banditrec.policies import load, snapshot
+
+    new = snapshot.RENAMED_SINCE_2[old]
+    env = {"context_dim": 2, "item_dim": 3, "n_items": 4}
+    policy = make(new, **env)
+    rng = np.random.default_rng(0)
+    policy.update(rng.normal(size=(6, 2)), rng.normal(size=(6, 3)), rng.random(6), items=np.arange(6) % 4)
+    manifest_path = policy.save(tmp_path / "snap")
+    manifest = json.loads(manifest_path.read_text())
+    manifest.update(format=snapshot.FORMAT_2, policy=old)
+    manifest["checksum"] = snapshot.sha256(snapshot.canonical(manifest))
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.warns(DeprecationWarning, match=f"names policy '{old}', which is now '{new}'"):
+        loaded = load(manifest_path, **env)
+    assert type(loaded).__name__ == cls_name and loaded.name == new
+    want, got = policy.state(), loaded.state()
+    assert want[0].keys() == got[0].keys()
+    for key in want[0]:
+        np.testing.assert_array_equal(got[0][key], want[0][key])

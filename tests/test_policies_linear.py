@@ -571,7 +571,7 @@ def test_invalid_configs_name_the_field_and_value(cls, config, match):
 
 
 @pytest.mark.parametrize("cls, env, match", [
-    (DisjointLinUCB, {"n_items": 5}, r"linucb needs context_dim"),
+    (DisjointLinUCB, {"n_items": 5}, r"disjoint-linucb needs context_dim"),
     (DisjointLinUCB, {"n_items": -1, "context_dim": 3}, r"n_items must be an integer >= 0, got -1"),
     (DisjointLinUCB, {"n_items": 2.5, "context_dim": 3}, r"n_items must be an integer >= 0, got 2.5"),
     (HybridLinUCB, {"n_items": 5, "context_dim": 3}, r"hybrid-linucb needs item_dim"),

@@ -744,7 +744,7 @@ def test_linucb_stacked_scoring_rescores_a_request_with_a_near_tie_alone(monkeyp
     """The vectorised LinUCB path trusts stacked scores only where rounding cannot reorder
     them: a request with two candidates 1e-15 apart (features nudged by one part in 1e15) is
     re-scored by ``scores`` alone; requests with well-separated scores are not."""
-    policy = trained("shared-linucb")
+    policy = trained("linucb")
     gen = np.random.default_rng(5)
     plain = [request(gen) for _ in range(3)]
     items = np.arange(N)

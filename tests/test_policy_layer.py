@@ -21,8 +21,8 @@ def request(rng, n=12, dc=3, di=2):
 def test_objective_blend_is_the_documented_formula(rng, level):
     margin = rng.uniform(1, 50, size=12)
     env = dict(context_dim=3, item_dim=2, item_columns={"margin": margin})
-    plain = make("shared-linucb:alpha=0.5,epsilon=0.1", **env)
-    blended = make(f"shared-linucb:alpha=0.5,epsilon=0.1,objective=margin,sensitivity={level}", **env)
+    plain = make("linucb:alpha=0.5,epsilon=0.1", **env)
+    blended = make(f"linucb:alpha=0.5,epsilon=0.1,objective=margin,sensitivity={level}", **env)
     for p in (plain, blended):  # same learned state
         p.update(np.ones((40, 3)), np.ones((40, 2)), np.ones(40))
     req = request(rng)
@@ -67,12 +67,12 @@ def test_objective_errors_name_the_problem():
 
 
 def test_explore_from_keeps_early_slots_greedy_and_the_floor_still_applies(rng):
-    p = make("shared-linucb:alpha=1,epsilon=0.3,explore_from=2", context_dim=3, item_dim=2)
+    p = make("linucb:alpha=1,epsilon=0.3,explore_from=2", context_dim=3, item_dim=2)
     assert p.epsilon_per_slot(4).tolist() == [0.0, 0.0, 0.3, 0.3]
     dist = p.distribution(request(rng), 4, min_epsilon=0.02)
     assert dist.epsilon.tolist() == [0.02, 0.02, 0.3, 0.3]
     assert (dist.marginals() > 0).all()
-    assert "explore_from=2" in make("shared-linucb:explore_from=2", context_dim=3, item_dim=2).spec
+    assert "explore_from=2" in make("linucb:explore_from=2", context_dim=3, item_dim=2).spec
 
 
 def test_diversity_cap_switches_to_the_monte_carlo_filler(rng):
@@ -112,7 +112,7 @@ def test_pinned_items_are_logged_with_propensity_one_and_left_out_of_learning(sm
 
 def test_snapshot_round_trip_and_refusal(tmp_path, rng):
     env = dict(context_dim=3, item_dim=2)
-    p = make("shared-linucb:alpha=0.7,epsilon=0.05", **env)
+    p = make("linucb:alpha=0.7,epsilon=0.05", **env)
     p.update(rng.normal(size=(30, 3)), rng.normal(size=(30, 2)), rng.normal(size=30))
     manifest = p.save(tmp_path / "m")
     q = load(manifest, **env)
@@ -155,8 +155,8 @@ def test_importance_weighted_retraining_passes_the_documented_weights(small_shop
     with pytest.raises(ValidationError, match=r"pscore must be a non-empty 1-D array in \(0, 1\]"):
         importance_weights(np.array([0.5, 0.0]))
     # a weighted fit on the log changes the learned model compared with an unweighted one
-    a = make("shared-linucb", context_dim=small_shop.config.dim, item_dim=small_shop.config.dim)
-    b = make("shared-linucb", context_dim=small_shop.config.dim, item_dim=small_shop.config.dim)
+    a = make("linucb", context_dim=small_shop.config.dim, item_dim=small_shop.config.dim)
+    b = make("linucb", context_dim=small_shop.config.dim, item_dim=small_shop.config.dim)
     train_from_log(a, logged, engine.items.features)
     train_from_log(b, logged, engine.items.features, importance=False)
     assert not np.allclose(a.theta, b.theta)

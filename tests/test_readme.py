@@ -33,7 +33,7 @@ def test_service_manual_curl_examples_get_the_documented_status(sim_shop_dir, tm
     # the first three of the service walk-through (tests/test_service_readme.py runs all of it
     # against gunicorn); here the answers' keys are compared with the ones the manual shows
     assert [path for path, _ in CURLS][:3] == ["/v1/decide", "/v1/reward", "/v1/decide"]
-    client = create_shop_app(sim_shop_dir, "shared-linucb", str(tmp_path / "log.db"), seed=1).test_client()
+    client = create_shop_app(sim_shop_dir, "linucb", str(tmp_path / "log.db"), seed=1).test_client()
     decide = client.post(CURLS[0][0], json=json.loads(CURLS[0][1]))
     assert decide.status_code == 200, decide.get_json()
     reward_body = json.loads(CURLS[1][1].replace("'$EVENT'", decide.get_json()["event_id"]))
@@ -68,7 +68,7 @@ DAY_VALUE_TOL = 0.085
 def _normalised(line: str) -> str:
     """A demo line without what differs by run and place: build ids, snapshot hashes, seconds."""
     line = re.sub(r"b\d{5}-\d{8}T\d{6}Z", "BUILD", line)
-    line = re.sub(r"(shared-linucb-\d+)\.[0-9a-f]{8}", r"\1", line)
+    line = re.sub(r"(linucb-\d+)\.[0-9a-f]{8}", r"\1", line)
     line = re.sub(r"\(\d+\.\d s\)", "(T)", line)
     return re.sub(r"\S*/demo", "DIR", line)
 

@@ -36,7 +36,7 @@ def test_regret_is_non_decreasing_and_learning_beats_uniform():
     regret is below uniform's on every seed (the same worlds: common random numbers)."""
     kw = dict(shop_config=SMALL, n_decisions=3000, n_slots=3, n_candidates=20, batch=250)
     for seed in range(3):
-        lin = regret_run("shared-linucb:alpha=1.0,epsilon=0.1", seed, **kw)
+        lin = regret_run("linucb:alpha=1.0,epsilon=0.1", seed, **kw)
         uni = regret_run("uniform", seed, **kw)
         assert (np.diff(lin.cumulative) >= -1e-12).all() and (np.diff(uni.cumulative) >= -1e-12).all()
         assert lin.oracle == uni.oracle  # same customers, same candidates
@@ -56,7 +56,7 @@ def test_study_table_and_cli(tmp_path):
 def test_sensitivity_table_trades_relevance_for_the_business_column():
     from studies.regret import sensitivity_study, sensitivity_table
 
-    rows = sensitivity_study("shared-linucb:alpha=1.0,epsilon=0.1", "price", shop_config=SMALL, n_train=1500,
+    rows = sensitivity_study("linucb:alpha=1.0,epsilon=0.1", "price", shop_config=SMALL, n_train=1500,
                              n_test=600, k=3, n_candidates=15, batch=250)
     assert [r.sensitivity for r in rows] == ["off", "low", "medium", "high"]
     price = [r.metrics["price_in_top_k"] for r in rows]
@@ -129,7 +129,7 @@ def test_sensitivity_on_net_raises_what_the_shop_keeps_and_reports_the_royalty_p
     price - royalty is non-decreasing in the sensitivity, request by request and so on average."""
     from studies.regret import sensitivity_study, sensitivity_table
 
-    rows = sensitivity_study("shared-linucb:alpha=1.0,epsilon=0.1", "net", shop_config=SMALL, seed=1, n_train=1500,
+    rows = sensitivity_study("linucb:alpha=1.0,epsilon=0.1", "net", shop_config=SMALL, seed=1, n_train=1500,
                              n_test=600, k=3, n_candidates=15, batch=250)
     net = [r.metrics["net_in_top_k"] for r in rows]
     assert all(b >= a - 1e-9 for a, b in zip(net, net[1:])), net

@@ -76,7 +76,7 @@ def test_decide_happy_path_returns_slate_and_logs_it(engine, client):
     body = decide(client)
 
     assert isinstance(body["event_id"], str) and len(body["event_id"]) == 32
-    assert body["policy"] == engine.policy.name == "shared-linucb"
+    assert body["policy"] == engine.policy.name == "linucb"
     assert body["model_version"] == engine.policy.model_version
     slots = body["slots"]
     assert [s["position"] for s in slots] == [0, 1, 2, 3]
@@ -414,7 +414,7 @@ def test_healthz(engine, client):
     assert resp.content_type == "application/json"
     body = resp.get_json()
     assert body["status"] == "ok"
-    assert body["policy"] == engine.policy.name == "shared-linucb"
+    assert body["policy"] == engine.policy.name == "linucb"
     assert body["model_version"] == engine.policy.model_version
 
 

@@ -22,7 +22,7 @@ from test_service import assert_json_error
 
 TOKEN = "t" * 20 + "-secret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-SPEC = "shared-linucb:alpha=1.0,epsilon=0.1"
+SPEC = "linucb:alpha=1.0,epsilon=0.1"
 
 
 @pytest.fixture
@@ -275,7 +275,7 @@ def test_metrics_count_requests_decisions_rewards_and_exploration(engine, client
     assert metric(text, "banditrec_decisions_total", route="/v1/decide/batch") == 3
     assert metric(text, "banditrec_rewards_total", status="recorded") == 1
     assert metric(text, "banditrec_rewards_total", status="duplicate") == 1
-    assert metric(text, "banditrec_model_info", policy="shared-linucb", version=engine.model_version) == 1
+    assert metric(text, "banditrec_model_info", policy="linucb", version=engine.model_version) == 1
     # the exploration share is the logged slots' share with conditional propensity < 0.5
     (explored, total) = engine.log.db.execute(
         "SELECT sum(propensity < 0.5), count(*) FROM slots").fetchone()

@@ -63,13 +63,13 @@ def test_the_walkthrough_runs_against_a_real_server(tmp_path):
     text = out.stdout
     objects = [json.loads(m) for m in re.findall(r"^\{.*\}$", text, flags=re.M)]
     decision = objects[1]
-    assert decision["model_version"] == "shared-linucb-0" and len(decision["slots"]) == 3
+    assert decision["model_version"] == "linucb-0" and len(decision["slots"]) == 3
     reward = objects[2]
     assert reward == {"event_id": decision["event_id"], "position": 0, "kind": "click", "status": "recorded"}
     assert objects[3]["error"]["fields"][0]["field"] == "slots"
     assert objects[4]["kind"] == "cart" and objects[4]["status"] == "recorded"
     assert len(objects[5]["decisions"]) == 2
-    published = re.search(r"^published (shared-linucb-1\.[0-9a-f]{8}): \d+ slot rows, decisions up to seq 3$", text,
+    published = re.search(r"^published (linucb-1\.[0-9a-f]{8}): \d+ slot rows, decisions up to seq 3$", text,
                           re.M)
     assert published, text
     version = published.group(1)
@@ -85,4 +85,4 @@ def test_the_walkthrough_runs_against_a_real_server(tmp_path):
     assert re.search(r"^banditrec_exploration_share 0\.\d+", text, re.M)
     assert "'/v1/events'" in text and "'/v1/models/reload'" in text
     # the page quotes the same kinds of lines
-    assert f"published shared-linucb-1." in SECTION and "banditrec_exploration_share" in SECTION
+    assert f"published linucb-1." in SECTION and "banditrec_exploration_share" in SECTION

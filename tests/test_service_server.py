@@ -110,7 +110,7 @@ def test_decide_reward_learn_reload_end_to_end(start_server, tmp_path, sim_shop_
     c = Client(srv)
     status, _, health = c.call("GET", "/healthz")
     v0 = health["model_version"]
-    assert (status, v0) == (200, "shared-linucb-0")
+    assert (status, v0) == (200, "linucb-0")
     event_ids = []
     for i in range(30):
         status, _, body = c.call("POST", "/v1/decide", {"user_id": f"c{i % 7}", "slots": 4,
@@ -127,7 +127,7 @@ def test_decide_reward_learn_reload_end_to_end(start_server, tmp_path, sim_shop_
     status, _, reloaded = c.call("POST", "/v1/models/reload")
     assert status == 200, reloaded
     v1 = reloaded["model_version"]
-    assert reloaded["previous"] in (v0, v1) and v1 != v0 and v1.startswith("shared-linucb-1.")
+    assert reloaded["previous"] in (v0, v1) and v1 != v0 and v1.startswith("linucb-1.")
     # every worker picks the snapshot up by itself within reload_check_ms (200 ms)
     time.sleep(0.5)
     versions = set()

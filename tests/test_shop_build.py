@@ -108,7 +108,7 @@ def test_a_failed_rebuild_publishes_nothing(shop_dir, tmp_path):
 def test_a_running_engine_takes_a_rebuild_and_its_learned_state_carries_over(shop_dir, tmp_path):
     shop = Shop(shop_dir)
     log = DecisionLog()
-    engine = engine_for_shop(shop, "shared-linucb:alpha=1.0,epsilon=0.1", log, seed=3, clock=lambda: 1_700_100_000.0)
+    engine = engine_for_shop(shop, "linucb:alpha=1.0,epsilon=0.1", log, seed=3, clock=lambda: 1_700_100_000.0)
     rng = np.random.default_rng(0)
     for k in range(60):
         d = engine.decide(f"u{k % 30}", 3)
@@ -137,7 +137,7 @@ def test_a_running_engine_takes_a_rebuild_and_its_learned_state_carries_over(sho
 
 def test_a_rebuild_with_another_feature_space_is_refused_while_serving(shop_dir, tmp_path):
     shop = Shop(shop_dir)
-    engine = engine_for_shop(shop, "shared-linucb", DecisionLog(), seed=0)
+    engine = engine_for_shop(shop, "linucb", DecisionLog(), seed=0)
     watcher = ShopWatcher(shop_dir, engine, shop)
     build_shop(shop_dir.parent / "items.csv", shop_dir.parent / "ev.csv", out=shop_dir, refit_features=True,
                config=BuildConfig(item_dim=shop.item_dim - 2))
@@ -170,7 +170,7 @@ def test_the_context_featurizer_is_what_the_manifest_lists(shop_dir):
 
 def test_policies_are_made_for_the_shop(shop_dir):
     shop = Shop(shop_dir)
-    policy = shop.policy("shared-linucb:objective=price,sensitivity=high")
+    policy = shop.policy("linucb:objective=price,sensitivity=high")
     assert policy.context_dim == shop.context_dim and policy.item_dim == shop.item_dim
     with pytest.raises(ValidationError, match="'margin' is not an item column; known: price"):
         make("egreedy:objective=margin", **shop.policy_env())
@@ -186,7 +186,7 @@ def test_sensitivity_and_recommend_on_a_shop(shop_dir, tmp_path):
 
     shop = Shop(shop_dir)
     log = DecisionLog(tmp_path / "log.db")
-    engine = engine_for_shop(shop, "shared-linucb:alpha=1.0,epsilon=0.1", log, seed=5, clock=lambda: 1_700_100_000.0)
+    engine = engine_for_shop(shop, "linucb:alpha=1.0,epsilon=0.1", log, seed=5, clock=lambda: 1_700_100_000.0)
     rng = np.random.default_rng(1)
     for k in range(300):
         d = engine.decide(f"u{k % 30}", 3)
@@ -194,7 +194,7 @@ def test_sensitivity_and_recommend_on_a_shop(shop_dir, tmp_path):
             if rng.random() < 0.2:
                 engine.reward(d.event_id, 1.0, position=s.position)
     log.close()
-    out = objective_sensitivity(shop, str(tmp_path / "log.db"), "shared-linucb:epsilon=0", "price")
+    out = objective_sensitivity(shop, str(tmp_path / "log.db"), "linucb:epsilon=0", "price")
     assert [r.level for r in out.rows] == ["off", "low", "medium", "high"]
     # greedy top-k of a linear blend: the objective per carousel cannot fall as its weight rises
     values = [r.objective for r in out.rows]
@@ -226,12 +226,12 @@ def test_a_serving_process_started_while_the_pointer_is_damaged_serves_the_newes
     second = build_shop(catalog(tmp_path / "items2.csv", ids), interactions(tmp_path / "ev2.csv", ids, seed=4),
                         out=shop_dir).build
     (shop_dir / "CURRENT.json").write_text('{"format": "banditrec.shop/1", "bui')  # torn
-    app = create_shop_app(shop_dir, "shared-linucb", str(tmp_path / "log.db"))
+    app = create_shop_app(shop_dir, "linucb", str(tmp_path / "log.db"))
     health = app.test_client().get("/healthz").get_json()
     assert health["shop_build"] == second != first and health["status"] == "degraded"
     assert "CURRENT.json is damaged" in health["last_shop_error"]
     # the newest build damaged too: the one before it
     victim = shop_dir / "builds" / second / "arrays" / "items.features.npy"
     victim.write_bytes(victim.read_bytes()[:-8])
-    app = create_shop_app(shop_dir, "shared-linucb", str(tmp_path / "log2.db"))
+    app = create_shop_app(shop_dir, "linucb", str(tmp_path / "log2.db"))
     assert app.test_client().get("/healthz").get_json()["shop_build"] == first

@@ -53,7 +53,7 @@ def test_logged_clicks_agree_with_the_exact_expectation(uniform_run):
 def test_a_learning_policy_beats_uniform_on_exact_expected_clicks():
     kw = dict(days=8, seed=2, n_slots=4, n_candidates=30)
     uniform = simulate(TINY, "uniform", **kw)
-    learned = simulate(TINY, "shared-linucb:alpha=0.5,epsilon=0.05", **kw)
+    learned = simulate(TINY, "linucb:alpha=0.5,epsilon=0.05", **kw)
     per = lambda r: r.expected["click"] / r.n_decisions  # noqa: E731
     assert per(learned) > 1.2 * per(uniform)
 
@@ -107,7 +107,7 @@ def test_true_values_pair_policies_on_each_seed():
     policy's customers are worth more than a uniform policy's on every seed."""
     from studies.simulate import paired_difference, true_values
 
-    specs = ["uniform", "shared-linucb:alpha=0.5,epsilon=0.05"]
+    specs = ["uniform", "linucb:alpha=0.5,epsilon=0.05"]
     values = true_values(specs, TINY.replace(n_customers=1000), days=6, seeds=range(4), n_slots=4,
                          n_candidates=20)
     assert [(v.spec, v.seed) for v in values] == [(s, seed) for seed in range(4) for s in specs]

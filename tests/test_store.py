@@ -109,8 +109,8 @@ def test_a_non_finite_context_is_refused_by_name(bad):
         "INSERT INTO items VALUES (-1, 'a', '[1.0]', '{}')",
         "INSERT INTO items VALUES (0, 'a', '{\"x\": 1}', '{}')",
         "INSERT INTO items VALUES (0, 'a', '[1.0]', '[]')",
-        "INSERT INTO model_versions VALUES ('v1', 'linucb', '[]', 0, NULL, NULL, 0, 0)",
-        "INSERT INTO model_versions VALUES ('v1', 'linucb', '{}', 0, NULL, 'abc', 0, 0)",
+        "INSERT INTO model_versions VALUES ('v1', 'disjoint-linucb', '[]', 0, NULL, NULL, 0, 0)",
+        "INSERT INTO model_versions VALUES ('v1', 'disjoint-linucb', '{}', 0, NULL, 'abc', 0, 0)",
     ],
 )
 def test_schema_constraints_refuse_bad_rows(sql):
@@ -241,16 +241,16 @@ def test_bad_events_are_refused_clearly(args, error, match):
 def test_model_versions_register_once_and_list_in_order():
     log = DecisionLog()
     digest = hashlib.sha256(b"model").hexdigest()
-    assert log.register_model("linucb-1", "linucb", {"alpha": 1.0}, path="m/1.npz", sha256=digest,
+    assert log.register_model("disjoint-linucb-1", "disjoint-linucb", {"alpha": 1.0}, path="m/1.npz", sha256=digest,
                               n_updates=500, trained_until_seq=500) == "recorded"
-    assert log.register_model("linucb-0", "linucb", {"alpha": 1.0}) == "recorded"
-    assert log.register_model("linucb-1", "linucb", {"alpha": 1.0}, path="m/1.npz", sha256=digest,
+    assert log.register_model("disjoint-linucb-0", "disjoint-linucb", {"alpha": 1.0}) == "recorded"
+    assert log.register_model("disjoint-linucb-1", "disjoint-linucb", {"alpha": 1.0}, path="m/1.npz", sha256=digest,
                               n_updates=500, trained_until_seq=500) == "duplicate"
-    with pytest.raises(ConflictError, match="'linucb-1' is already registered"):
-        log.register_model("linucb-1", "linucb", {"alpha": 2.0}, path="m/1.npz", sha256=digest)
+    with pytest.raises(ConflictError, match="'disjoint-linucb-1' is already registered"):
+        log.register_model("disjoint-linucb-1", "disjoint-linucb", {"alpha": 2.0}, path="m/1.npz", sha256=digest)
     got = log.model_versions()
-    assert [m["version"] for m in got] == ["linucb-1", "linucb-0"]
-    assert got[0] == {"version": "linucb-1", "policy": "linucb", "params": {"alpha": 1.0},
+    assert [m["version"] for m in got] == ["disjoint-linucb-1", "disjoint-linucb-0"]
+    assert got[0] == {"version": "disjoint-linucb-1", "policy": "disjoint-linucb", "params": {"alpha": 1.0},
                       "created_ts": got[0]["created_ts"], "path": "m/1.npz", "sha256": digest,
                       "n_updates": 500, "trained_until_seq": 500}
     assert got[1]["path"] is None and got[1]["n_updates"] == 0
@@ -330,7 +330,7 @@ def test_an_engine_writes_its_items_to_a_log_that_has_none(small_shop):
     assert attrs == [{}] * len(ids)
     log = DecisionLog()
     log.write_items(["x"], [[1.0, 2.0]])
-    build_engine(small_shop, "shared-linucb:alpha=1.0,epsilon=0.1", log, seed=1).decide("u1", 2)
+    build_engine(small_shop, "linucb:alpha=1.0,epsilon=0.1", log, seed=1).decide("u1", 2)
     assert log.items()[0] == ["x"]  # a log that has items keeps them
 
 
@@ -413,7 +413,7 @@ def _random_batch(seed: int):
         ts = float(gen.uniform(0, 100))
         d = Decision(event_id=f"e{i}/{seed}", user_id=f"u{int(gen.integers(5))}", slots=slots,
                      joint_propensity=float(np.prod(props)), log_joint_propensity=float(np.log(props).sum()),
-                     policy="shared-linucb:alpha=1.0", model_version=f"v{i % 3}",
+                     policy="linucb:alpha=1.0", model_version=f"v{i % 3}",
                      candidates=tuple(f"c{j}" for j in range(k + 2)), ts=ts)
         context = gen.choice(extremes, size=3) if gen.random() < 0.3 else gen.normal(size=3)
         items.append((d, {"alpha": float(gen.normal()), "name": "ü"}, gen.integers(0, 99, size=k + 2),

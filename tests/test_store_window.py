@@ -130,7 +130,7 @@ def test_closed_before_needs_a_window():
 def test_the_reward_endpoint_answers_late_then_duplicate(small_shop):
     now = [0.0]
     log = DecisionLog(reward_window_s=WINDOW)
-    client = create_app(build_engine(small_shop, "shared-linucb:alpha=1.0,epsilon=0.1", log, seed=3,
+    client = create_app(build_engine(small_shop, "linucb:alpha=1.0,epsilon=0.1", log, seed=3,
                                      n_candidates=10, clock=lambda: now[0])).test_client()
     event_id = client.post("/v1/decide", json={"user_id": "u3", "slots": 2}).get_json()["event_id"]
     body = {"event_id": event_id, "position": 1, "reward": 1}

@@ -15,7 +15,7 @@ from reference import reference_linucb_scores, reference_noise_sd, reference_slo
 TARGETS = ("uniform", "popularity:epsilon=0.2")
 
 
-def run(shop, seed, *, n=800, slots=3, batch=200, db=":memory:", policy="shared-linucb:alpha=1.0,epsilon=0.2"):
+def run(shop, seed, *, n=800, slots=3, batch=200, db=":memory:", policy="linucb:alpha=1.0,epsilon=0.2"):
     engine_seq, traffic_seq, click_seq = np.random.SeedSequence(seed).spawn(3)
     engine = make_engine(shop, policy, seed=engine_seq, db=db, n_candidates=15)
     served = simulate(shop, engine, n_decisions=n, n_slots=slots, batch=batch,
@@ -37,8 +37,8 @@ def test_logged_propensities_equal_an_independent_recomputation(small_shop):
     first = engine.log.decisions(until_seq=200)
     X1 = joint_features(first.context[first.row_decision], engine.items.features[first.row_action])
     states = {
-        "shared-linucb-0": (np.eye(pol.dim) * pol.config.reg, np.zeros(pol.dim), 0.5),
-        "shared-linucb-1": (np.eye(pol.dim) * pol.config.reg + X1.T @ X1, X1.T @ first.row_reward,
+        "linucb-0": (np.eye(pol.dim) * pol.config.reg, np.zeros(pol.dim), 0.5),
+        "linucb-1": (np.eye(pol.dim) * pol.config.reg + X1.T @ X1, X1.T @ first.row_reward,
                             reference_noise_sd(X1, first.row_reward, pol.config.reg)),
     }
     rows = engine.log.db.execute(
@@ -46,7 +46,7 @@ def test_logged_propensities_equal_an_independent_recomputation(small_shop):
         "group_concat(s.item_index), group_concat(s.propensity, '|') "
         "FROM decisions d JOIN slots s USING (event_id) GROUP BY d.event_id ORDER BY d.seq"
     ).fetchall()
-    assert [r[0] for r in rows] == ["shared-linucb-0"] * 200 + ["shared-linucb-1"] * 200
+    assert [r[0] for r in rows] == ["linucb-0"] * 200 + ["linucb-1"] * 200
     for version, ctx, cands, joint, shown, props in rows:
         A, b, sigma = states[version]
         cands = np.array(json.loads(cands))
@@ -66,7 +66,7 @@ def test_logged_marginals_equal_brute_force_enumeration(small_shop):
     import json
 
     engine_seq, traffic_seq, click_seq = np.random.SeedSequence(3).spawn(3)
-    engine = make_engine(small_shop, "shared-linucb:alpha=1.0,epsilon=0.3", seed=engine_seq, n_candidates=7)
+    engine = make_engine(small_shop, "linucb:alpha=1.0,epsilon=0.3", seed=engine_seq, n_candidates=7)
     simulate(small_shop, engine, n_decisions=16, n_slots=3, batch=8,
              traffic=np.random.default_rng(traffic_seq), clicks=np.random.default_rng(click_seq), via="engine")
     pol = engine.policy
@@ -78,7 +78,7 @@ def test_logged_marginals_equal_brute_force_enumeration(small_shop):
     sigma = reference_noise_sd(X1, first.row_reward, pol.config.reg)
     rows = engine.log.db.execute(
         "SELECT d.context, d.candidate_index, s.position, s.item_index, s.marginal FROM decisions d "
-        "JOIN slots s USING (event_id) WHERE d.model_version = 'shared-linucb-1' ORDER BY d.seq, s.position"
+        "JOIN slots s USING (event_id) WHERE d.model_version = 'linucb-1' ORDER BY d.seq, s.position"
     ).fetchall()
     assert len(rows) == 24
     scores_of = {}
@@ -104,7 +104,7 @@ def test_logged_marginals_equal_brute_force_enumeration(small_shop):
 def test_ips_of_logging_and_target_policies_within_three_se_on_a_fixed_seed(small_shop):
     engine, served = run(small_shop, 2026, n=3000, batch=500)
     results, _ = evaluate_against_truth(small_shop, engine, served, TARGETS, n_slots=3)
-    assert [r.spec.split(":")[0] for r in results] == ["shared-linucb", "uniform", "popularity"]
+    assert [r.spec.split(":")[0] for r in results] == ["linucb", "uniform", "popularity"]
     for r in results:
         for name, est in r.estimates.items():
             assert abs(est.value - r.truth) <= 3 * est.se, (r.spec, name, est, r.truth)

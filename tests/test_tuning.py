@@ -23,12 +23,12 @@ from tests.conftest import SMALL
 
 N_DEC, N_SLOTS, N_CAND = 2400, 3, 10
 # the better setting second, so that "the first setting" or "the lowest" would pick wrongly
-GRID = "shared-linucb:alpha=0.5,epsilon=1.0|0.1"
+GRID = "linucb:alpha=0.5,epsilon=1.0|0.1"
 
 
 def test_grid_expands_in_order_and_bad_grids_are_named():
-    assert expand_grid("shared-linucb:alpha=0.25|0.5|1,epsilon=0.02|0.05") == [
-        f"shared-linucb:alpha={a},epsilon={e}" for a in ("0.25", "0.5", "1") for e in ("0.02", "0.05")]
+    assert expand_grid("linucb:alpha=0.25|0.5|1,epsilon=0.02|0.05") == [
+        f"linucb:alpha={a},epsilon={e}" for a in ("0.25", "0.5", "1") for e in ("0.02", "0.05")]
     assert expand_grid("uniform") == ["uniform"]
     assert expand_grids(["egreedy:epsilon=0.1|0.2", "uniform"]) == ["egreedy:epsilon=0.1", "egreedy:epsilon=0.2",
                                                                      "uniform"]
@@ -37,7 +37,7 @@ def test_grid_expands_in_order_and_bad_grids_are_named():
     with pytest.raises(ValidationError, match=r"epsilon lists a value twice in '0.1\|0.1'"):
         expand_grid("egreedy:epsilon=0.1|0.1")
     with pytest.raises(ValidationError, match="policy parameter must look like key=value, got 'alpha'"):
-        expand_grid("shared-linucb:alpha")
+        expand_grid("linucb:alpha")
     with pytest.raises(ValidationError, match="has 120 settings; at most 100"):
         expand_grid("egreedy:epsilon=" + "|".join(str(i) for i in range(120)))
     with pytest.raises(ValidationError, match="'uniform' appears in more than one tuning grid"):

@@ -1,4 +1,4 @@
-"""Policies behind one protocol, built from spec strings such as ``"shared-linucb:alpha=0.5,epsilon=0.05"``.
+"""Policies behind one protocol, built from spec strings such as ``"linucb:alpha=0.5,epsilon=0.05"``.
 
 Adding a policy is one module and one entry in ``REGISTRY``.
 """
@@ -6,6 +6,7 @@ Adding a policy is one module and one entry in ``REGISTRY``.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 from ..errors import ValidationError
 from . import snapshot
@@ -25,6 +26,18 @@ REGISTRY: dict[str, type[Policy]] = {
     for cls in (Uniform, Popularity, EpsilonGreedy, Softmax, LinUCB, DisjointLinUCB, HybridLinUCB, LinTS,
                 BernoulliTS, VWContextualBandit, VWConditionalContextualBandit)
 }
+
+
+# old registry names that still parse, with a DeprecationWarning
+DEPRECATED_NAMES = {"shared-linucb": "linucb"}
+
+
+def _current_name(name: str, renamed: dict[str, str], where: str) -> str:
+    new = renamed.get(name)
+    if new is None:
+        return name
+    warnings.warn(f"{where} names policy {name!r}, which is now {new!r}", DeprecationWarning, stacklevel=3)
+    return new
 
 
 def _convert(value: str, kind, name: str):
@@ -54,7 +67,7 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
         if key.strip() in params:
             raise ValidationError(f"policy parameter {key.strip()} given twice in {spec!r}", "policy")
         params[key.strip()] = value.strip()
-    return name.strip(), params
+    return _current_name(name.strip(), DEPRECATED_NAMES, f"spec {spec!r}"), params
 
 
 def make(spec: str, **env) -> Policy:
@@ -102,6 +115,8 @@ def load(path, *, manifest_sha256: str | None = None, **env) -> Policy:
     gained since the snapshot was written takes its default."""
     manifest, payload = snapshot.load(path, manifest_sha256=manifest_sha256)
     name = manifest["policy"]
+    if manifest["format"] == snapshot.FORMAT_2:
+        name = _current_name(name, snapshot.RENAMED_SINCE_2, f"snapshot {path} (format 2)")
     if name not in REGISTRY:
         raise ValidationError(f"snapshot is of unknown policy {name!r}; known: {', '.join(sorted(REGISTRY))}",
                               "snapshot")

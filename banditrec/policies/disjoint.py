@@ -23,7 +23,7 @@ class DisjointLinUCB(PerItemPolicy):
     Attributes: ``A``, ``A_inv`` (n_items, d, d), ``b``, ``theta`` (n_items, d), d = context_dim + 1.
     """
 
-    name = "linucb"
+    name = "disjoint-linucb"
     Config = LinUCBConfig
     needs = frozenset({"items"})
 

@@ -82,7 +82,7 @@ class _Blocks:
 class LinUCB(JointRidgePolicy):
     """Shared-parameter LinUCB; needs ``context_dim`` and ``item_dim`` from the environment."""
 
-    name = "shared-linucb"
+    name = "linucb"
     Config = LinUCBConfig
     _block_cache: _Blocks | None = None
 

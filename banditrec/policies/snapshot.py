@@ -21,7 +21,10 @@ import numpy as np
 
 from ..errors import ValidationError
 
-FORMAT = "banditrec.snapshot/2"
+FORMAT = "banditrec.snapshot/3"
+# format 2 named the per-item LinUCB "linucb" and the shared model "shared-linucb"; it still loads
+FORMAT_2 = "banditrec.snapshot/2"
+RENAMED_SINCE_2 = {"linucb": "disjoint-linucb", "shared-linucb": "linucb"}
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_PAYLOAD_BYTES = 1 << 40
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -134,7 +137,7 @@ def _check_manifest(m, where: Path) -> dict:
     """``m`` if it has the manifest's structure and types; else a ValidationError naming the field."""
     if not isinstance(m, dict):
         raise _fail(where, "the manifest", "a JSON object", type(m).__name__)
-    if m.get("format") != FORMAT:
+    if m.get("format") not in (FORMAT, FORMAT_2):
         found = m.get("format")
         hint = " (written by an older banditrec: publish again)" if found == "banditrec.snapshot/1" else ""
         raise ValidationError(f"{where} is not a banditrec snapshot of format {FORMAT}, found format "

@@ -28,7 +28,7 @@ def create_shop_app(shop_dir, policy: str, db, *, settings: ServiceConfig | None
         A shop directory made by ``banditrec build``; its pointer's build, or the newest valid
         build when the pointer is unusable.
     policy : str
-        A policy spec (``"shared-linucb:alpha=0.5"``).
+        A policy spec (``"linucb:alpha=0.5"``).
     db : path
         The SQLite decision log (created if missing).
     settings : ServiceConfig, optional

@@ -45,7 +45,7 @@ class Recommendation:
         return "\n".join(lines)
 
 
-def recommend(shop_dir, user_id: str, *, cart=(), views=(), n_slots: int = 5, policy: str = "shared-linucb",
+def recommend(shop_dir, user_id: str, *, cart=(), views=(), n_slots: int = 5, policy: str = "linucb",
               snapshots=None, context: dict | None = None, seed=0) -> Recommendation:
     """The carousel ``shop_dir`` would show ``user_id`` now, with ``cart`` and ``views`` as the
     session; decided on an in-memory log (nothing is written anywhere)."""
