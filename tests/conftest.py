@@ -40,6 +40,26 @@ def engine(small_shop):
 
 
 @pytest.fixture
+def make_log():
+    """Open decision logs (``DecisionLog``'s arguments) and close them all after the test."""
+    opened: list[DecisionLog] = []
+
+    def make(*args, **kwargs) -> DecisionLog:
+        opened.append(DecisionLog(*args, **kwargs))
+        return opened[-1]
+
+    yield make
+    for log in opened:
+        log.close()
+
+
+@pytest.fixture
+def log(make_log) -> DecisionLog:
+    """An in-memory decision log, closed after the test."""
+    return make_log()
+
+
+@pytest.fixture
 def rng():
     return np.random.default_rng(20261123)
 

@@ -211,10 +211,10 @@ def test_missing_or_corrupt_file_names_it(client, tmp_path):
 
 
 # ---- the day-partitioned export -------------------------------------------------------------------
-def test_partitions_hold_exactly_what_the_log_reads(sim):
+def test_partitions_hold_exactly_what_the_log_reads(make_log, sim):
     ds = open_dataset(sim / "pq")
     assert len(ds.partitions) == 4 and all(p.path.name == "part-0.parquet" for p in ds.partitions)
-    log = DecisionLog(str(sim / "log.db"))
+    log = make_log(str(sim / "log.db"))
     try:
         ref = log.decisions(kind="purchase")
     finally:
@@ -242,20 +242,20 @@ def _drop_last_day(src, dst) -> int:
     return last
 
 
-def test_appending_a_day_leaves_old_partitions_alone(sim, tmp_path):
+def test_appending_a_day_leaves_old_partitions_alone(make_log, sim, tmp_path):
     """Export a log without its last day, then the full log into the same directory: only the
     new day is written; old files keep inode, mtime and bytes. A late reward on day 1 then
     rewrites day 1 alone."""
     _drop_last_day(sim / "log.db", tmp_path / "short.db")
     out = tmp_path / "pq"
-    short = DecisionLog(str(tmp_path / "short.db"))
+    short = make_log(str(tmp_path / "short.db"))
     first = export_partitioned(short, out)
     short.close()
     assert len(first.partitions) == 3
     before = {p.day: (os.stat(p.path).st_ino, os.stat(p.path).st_mtime_ns, p.path.read_bytes())
               for p in first.partitions}
     shutil.copy(sim / "log.db", tmp_path / "full.db")
-    full = DecisionLog(str(tmp_path / "full.db"))
+    full = make_log(str(tmp_path / "full.db"))
     try:
         second = export_partitioned(full, out)
         assert second.kept == sorted(before) and len(second.written) == 1 and len(second.partitions) == 4

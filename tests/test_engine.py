@@ -13,7 +13,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from banditrec.errors import ValidationError
-from banditrec.store import DecisionLog
 from banditrec.store.codecs import json_strings
 from conftest import make_engine
 
@@ -76,9 +75,8 @@ def test_whole_decision_rewards_are_read_separately(engine):
     assert [d1.event_id, d2.event_id] == logged.event_id
 
 
-def test_a_decision_with_missing_slot_indices_is_refused_whole(engine):
+def test_a_decision_with_missing_slot_indices_is_refused_whole(log, engine):
     d = engine.decide("u1", 3, context=CTX)
-    log = DecisionLog()
     other = d.__class__(**{**d.__dict__, "event_id": "x"})
     with pytest.raises(ValidationError, match="needs as many indices, got 1 and"):
         log.write_decision(other, policy_params={}, candidate_index=range(len(d.candidates)), slot_index=[0], context=CTX)
@@ -243,7 +241,7 @@ def test_a_batch_with_an_overflowing_context_names_its_request_and_logs_nothing(
     assert engine.log.count("decisions") == 0
 
 
-def test_a_serving_log_checkpoints_the_wal_from_its_own_thread(small_shop, tmp_path):
+def test_a_serving_log_checkpoints_the_wal_from_its_own_thread(make_log, small_shop, tmp_path):
     """With checkpoint_interval_s the writers' automatic checkpoint is only a backstop (8000
     pages, far above what 30 decisions write), yet the decisions reach the database file: the
     background thread copied them. It stops on close, and the file is intact."""
@@ -253,7 +251,7 @@ def test_a_serving_log_checkpoints_the_wal_from_its_own_thread(small_shop, tmp_p
     from banditrec.store.log import CHECKPOINT_BACKSTOP_PAGES
 
     path = tmp_path / "log.db"
-    log = DecisionLog(path, checkpoint_interval_s=0.02)
+    log = make_log(path, checkpoint_interval_s=0.02)
     assert log.db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == CHECKPOINT_BACKSTOP_PAGES
     eng = make_engine(small_shop, db=str(path))
     eng.log.close()
@@ -268,7 +266,7 @@ def test_a_serving_log_checkpoints_the_wal_from_its_own_thread(small_shop, tmp_p
     thread = log._checkpointer._thread
     log.close()
     assert not thread.is_alive()
-    assert DecisionLog(path).integrity_ok()
+    assert make_log(path).integrity_ok()
 
 
 @settings(max_examples=300, deadline=None)
@@ -309,7 +307,7 @@ def test_a_candidate_generator_is_a_candidate_source_or_is_refused(small_shop):
     assert n > 15
 
 
-def test_building_an_engine_leaves_its_log_unchanged_and_the_first_decision_logs_the_catalog(small_shop, tmp_path):
+def test_building_an_engine_leaves_its_log_unchanged_and_the_first_decision_logs_the_catalog(make_log, small_shop, tmp_path):
     """The constructor writes nothing; the catalog reaches the log's items table with the first
     logged decision (one by one or in a batch), or earlier through ``log_items()``, once; a log
     that already holds items keeps them."""
@@ -318,7 +316,7 @@ def test_building_an_engine_leaves_its_log_unchanged_and_the_first_decision_logs
 
     ids = list(small_shop.catalog.item_ids)
     for how in ("decide", "batch", "explicit"):
-        log = DecisionLog(tmp_path / f"{how}.db")
+        log = make_log(tmp_path / f"{how}.db")
         before = ({t: log.count(t) for t in TABLES}, log.db.conn.total_changes)
         eng = build_engine(small_shop, "egreedy", log, seed=1)
         assert ({t: log.count(t) for t in TABLES}, log.db.conn.total_changes) == before
@@ -334,7 +332,7 @@ def test_building_an_engine_leaves_its_log_unchanged_and_the_first_decision_logs
         eng.decide("u2", 2, context=CTX)
         assert log.count("items") == len(ids)
         log.close()
-    log = DecisionLog(tmp_path / "kept.db")
+    log = make_log(tmp_path / "kept.db")
     log.write_items(["x"], [[1.0, 2.0, 3.0, 4.0]])
     eng = build_engine(small_shop, "egreedy", log, seed=1)
     eng.decide("u1", 2, context=CTX)

@@ -29,10 +29,10 @@ def logged_run(tmp_path_factory):
     return db, shop, engine, served
 
 
-def test_logging_value_and_uniform_ips_match_an_independent_computation(logged_run, tmp_path):
+def test_logging_value_and_uniform_ips_match_an_independent_computation(make_log, logged_run, tmp_path):
     db, *_ = logged_run
     res = evaluate_log(str(db), ["uniform"], estimators=("IPS", "SNIPS", "DR"), train_frac=0.5, out=tmp_path)
-    log = DecisionLog(db)
+    log = make_log(db)
     logged = log.decisions()
     log.close()
     half = N_DEC // 2
@@ -47,12 +47,12 @@ def test_logging_value_and_uniform_ips_match_an_independent_computation(logged_r
     assert res.candidates[0].estimates["IPS"].value == pytest.approx(ips, rel=1e-10)
 
 
-def test_estimates_cover_the_simulators_exact_value(logged_run):
+def test_estimates_cover_the_simulators_exact_value(make_log, logged_run):
     """The uniform policy's exact value on the evaluated customers, from the click model; each
     estimator within 3 standard errors of it (fixed seed)."""
     db, shop, engine, served = logged_run
     res = evaluate_log(str(db), ["uniform", "linucb:alpha=1.0,epsilon=0.3"], train_frac=0.5)
-    log = DecisionLog(db)
+    log = make_log(db)
     logged = log.decisions()
     log.close()
     uniform = make("uniform", context_dim=SMALL.dim, item_dim=SMALL.dim, popularity=np.ones(SMALL.n_items))
@@ -114,13 +114,13 @@ def test_missing_log_is_named(tmp_path):
         evaluate_log(str(tmp_path / "none.db"), ["uniform"])
 
 
-def test_unsupported_mass_is_reported(logged_run):
+def test_unsupported_mass_is_reported(make_log, logged_run):
     """The candidate's target mass on items the evaluated half never showed in that slot,
     against a brute-force sum over its marginals (uniform over 20 candidates: 1/m each). It is
     reported, not warned on: every logged candidate had a positive logging probability."""
     db, _, engine, _ = logged_run
     res = evaluate_log(str(db), ["uniform"], estimators=("IPS", "DR"), train_frac=0.5)
-    log = DecisionLog(db)
+    log = make_log(db)
     logged = log.decisions()
     log.close()
     half = N_DEC // 2
@@ -138,11 +138,11 @@ def test_unsupported_mass_is_reported(logged_run):
     assert not any("never logged" in w for w in est.warnings)
 
 
-def test_a_candidate_can_be_shown_safe(tmp_path):
+def test_a_candidate_can_be_shown_safe(make_log, tmp_path):
     """A log from a uniformly random logger; a learned LinUCB candidate is far better, and the
     verdict says so (a run with a fixed seed)."""
     db = tmp_path / "uniform.db"
-    log = DecisionLog(db)
+    log = make_log(db)
     _run(5, SMALL, "uniform", log, n_decisions=3000, n_slots=3, n_candidates=10, batch=300, via="engine")
     log.close()
     res = evaluate_log(str(db), ["linucb:alpha=0.5,epsilon=0.1"], train_frac=0.5)

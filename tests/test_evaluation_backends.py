@@ -81,9 +81,9 @@ def logs(tmp_path_factory):
     return out
 
 
-def test_the_parquet_reader_returns_what_the_log_reader_returns(logs):
+def test_the_parquet_reader_returns_what_the_log_reader_returns(make_log, logs):
     db, pq_dir = logs["mixed"]
-    log = DecisionLog(str(db))
+    log = make_log(str(db))
     try:
         ref = log.decisions()
     finally:
@@ -112,7 +112,7 @@ def test_both_backends_give_the_same_estimates(logs, which, reward_model):
             assert a.unsupported == pytest.approx(b.unsupported, abs=TOL)
 
 
-def test_a_partition_without_carousel_lengths_asks_for_a_re_export(logs, tmp_path):
+def test_a_partition_without_carousel_lengths_asks_for_a_re_export(make_log, logs, tmp_path):
     """A file written before the n_slots column cannot say a partly observed decision's
     carousel: reading it refuses, and the next export rewrites it."""
     import shutil
@@ -125,7 +125,7 @@ def test_a_partition_without_carousel_lengths_asks_for_a_re_export(logs, tmp_pat
     pq.write_table(table.drop_columns(["n_slots"]).replace_schema_metadata(table.schema.metadata), part.path)
     with pytest.raises(PartitionError, match="partly observed decisions but no n_slots column"):
         partition_decisions(read_partition(part))
-    log = DecisionLog(str(db))
+    log = make_log(str(db))
     try:
         again = export_partitioned(log, pq_dir)
     finally:

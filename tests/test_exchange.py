@@ -148,8 +148,8 @@ def test_csv_round_trip_is_bit_exact(tmp_path_factory, drawn):
     assert tables(dst) == tables(src)
 
 
-def test_export_columns_and_missing_rewards(tmp_path):
-    log = DecisionLog(reward_window_s=10.0)
+def test_export_columns_and_missing_rewards(make_log, tmp_path):
+    log = make_log(reward_window_s=10.0)
     write(log, "e1", ["a", "b"], [0.5, 0.25], [0.5, 0.3], candidates=["a", "b", "c"], cand_index=[7, 8, 9],
           context=[0.1, -2.0], ts=100.0)
     assert log.record_reward(Reward("e1", 1.0, position=1, ts=105.0)) == "recorded"
@@ -173,8 +173,7 @@ def test_export_columns_and_missing_rewards(tmp_path):
     assert first["decision_reward:buy"] == second["decision_reward:buy"] == "2.0"
 
 
-def test_parquet_export_matches_the_log_and_carries_the_schema_version(tmp_path):
-    log = DecisionLog()
+def test_parquet_export_matches_the_log_and_carries_the_schema_version(log, tmp_path):
     p = 1 / 3 + 1e-15
     write(log, "e1", ["a", "b"], [p, 0.25], [p, 1e-300], candidates=["a", "b", "c"], cand_index=[0, 1, 2],
           context=[np.pi, -0.0], ts=1.5)
@@ -196,20 +195,20 @@ def test_parquet_export_matches_the_log_and_carries_the_schema_version(tmp_path)
     assert str(table.schema.field("seq").type) == "int64" and str(table.schema.field("ts").type) == "double"
 
 
-def test_parquet_without_pyarrow_names_the_extra(tmp_path, monkeypatch):
+def test_parquet_without_pyarrow_names_the_extra(make_log, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pyarrow", None)
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
     with pytest.raises(MissingDependencyError, match=r"pip install 'banditrec\[parquet\]'"):
-        export_parquet(DecisionLog(), tmp_path / "x.parquet")
+        export_parquet(make_log(), tmp_path / "x.parquet")
     assert not (tmp_path / "x.parquet").exists()
 
 
-def test_unknown_formats_are_validation_errors(tmp_path):
+def test_unknown_formats_are_validation_errors(make_log, tmp_path):
     with pytest.raises(ValidationError, match="unknown export format 'xml'"):
-        export_log(DecisionLog(), tmp_path / "x", "xml")
+        export_log(make_log(), tmp_path / "x", "xml")
     (tmp_path / "a.csv").write_text("position,item_id,propensity\n0,a,0.5\n")
     with pytest.raises(ValidationError, match="unknown import format 'json'"):
-        import_file(tmp_path / "a.csv", DecisionLog(), "json")
+        import_file(tmp_path / "a.csv", make_log(), "json")
 
 
 # ---- Vowpal Wabbit -----------------------------------------------------------------------------
@@ -271,8 +270,7 @@ def test_dsjson_export_is_parsed_and_learned_by_vw(tmp_path):
     assert int(np.argmax(after)) == cands.index("i4") and after[4] > before[4]
 
 
-def test_no_probability_vw_would_read_as_zero_is_exported(tmp_path):
-    log = DecisionLog()
+def test_no_probability_vw_would_read_as_zero_is_exported(log, tmp_path):
     write(log, "e1", ["a", "b"], [0.5, 0.5], [0.5, 1e-50], candidates=["a", "b"], cand_index=[0, 1])
     log.record_reward(Reward("e1", 1.0, position=1))
     assert np.float32(1e-50) == 0  # what VW would have read
@@ -307,9 +305,8 @@ def test_vw_escape_keeps_ids_distinct_and_safe(a, b):
     assert (ea == eb) == (a == b)
 
 
-def test_awkward_item_ids_stay_distinct_actions_in_vw(tmp_path):
+def test_awkward_item_ids_stay_distinct_actions_in_vw(log, tmp_path):
     cands = ["a b", "a_b", "x|y", "k:v", "50%"]
-    log = DecisionLog()
     write(log, "e1", ["a_b", "k:v"], [0.2, 0.25], [0.2, 0.2], candidates=cands, cand_index=list(range(5)))
     export_vw(log, tmp_path / "x.vw")
     export_dsjson(log, tmp_path / "x.json")
@@ -357,10 +354,9 @@ OBD_ROWS = [
 ]
 
 
-def test_obd_csv_imports_to_the_expected_logged_bandit(tmp_path):
+def test_obd_csv_imports_to_the_expected_logged_bandit(log, tmp_path):
     path = tmp_path / "all.csv"
     path.write_text(obd_csv(OBD_ROWS))
-    log = DecisionLog()
     result = import_obd(path, log, slots=None)
     assert (result.decisions, result.slots, result.rewards, result.n_items) == (4, 12, 12, 6)
     assert (result.first_line, result.last_line) == (2, 13)
@@ -390,18 +386,17 @@ def test_obd_csv_imports_to_the_expected_logged_bandit(tmp_path):
     assert ts[0][1] == "obd" and json.loads(ts[0][2])["context_encoding"] == result.encoding_id
 
 
-def test_obd_grouping_can_be_overridden(tmp_path):
+def test_obd_grouping_can_be_overridden(log, tmp_path):
     """Grouping by the timestamp alone merges nothing here (the repeated position still splits),
     and n_items widens the catalog beyond the largest id seen."""
     path = tmp_path / "all.csv"
     path.write_text(obd_csv(OBD_ROWS))
-    log = DecisionLog()
     result = import_obd(path, log, group_by=["timestamp"], n_items=80, slots=None)
     assert result.decisions == 4 and result.n_items == 80
     assert len(log.decisions().candidates[0]) == 80
 
 
-def test_obd_rows_are_rounds_of_a_three_slot_carousel_as_obp_reads_them(tmp_path):
+def test_obd_rows_are_rounds_of_a_three_slot_carousel_as_obp_reads_them(log, make_log, tmp_path):
     """The published sample's rows are single rounds (one observed position each, not grouped
     by impression): each becomes a decision of 3 slots logged at its position only. Re-scoring
     asks a policy for the whole carousel, and a uniform policy's marginal of each logged
@@ -412,7 +407,6 @@ def test_obd_rows_are_rounds_of_a_three_slot_carousel_as_obp_reads_them(tmp_path
     rows = [(f"2019-11-24 00:00:{k:02d}.5+00:00", (7 * k) % 6, 1 + k % 3, int(k % 4 == 0), 1 / 6, k % 3)
             for k in range(9)]
     (tmp_path / "all.csv").write_text(obd_csv(rows))
-    log = DecisionLog()
     result = import_obd(tmp_path / "all.csv", log)
     assert (result.decisions, result.slots, result.rewards) == (9, 9, 9)
     got = log.decisions()
@@ -426,15 +420,14 @@ def test_obd_rows_are_rounds_of_a_three_slot_carousel_as_obp_reads_them(tmp_path
     with pytest.raises(ImportFailedError, match="position 4 is beyond the carousel's 3 slots"):
         bad = [rows[0][:2] + (4,) + rows[0][3:]]
         (tmp_path / "bad.csv").write_text(obd_csv(bad))
-        import_obd(tmp_path / "bad.csv", DecisionLog())
+        import_obd(tmp_path / "bad.csv", make_log())
 
 
-def test_obd_rows_that_cannot_form_a_decision_are_rejected_with_their_line(tmp_path):
+def test_obd_rows_that_cannot_form_a_decision_are_rejected_with_their_line(log, tmp_path):
     rows = list(OBD_ROWS)
     rows[5] = rows[5][:2] + (4,) + rows[5][3:]  # impression B has positions 1, 2, 4
     path = tmp_path / "all.csv"
     path.write_text(obd_csv(rows))
-    log = DecisionLog()
     with pytest.raises(ImportFailedError) as err:
         import_obd(path, log, batch_rows=3, slots=None)
     assert err.value.line == 7 and err.value.column == "position"
@@ -455,7 +448,7 @@ def test_obd_rows_that_cannot_form_a_decision_are_rejected_with_their_line(tmp_p
     ("timestamp", "yesterday", "expected Unix seconds or an ISO 8601 time"),
     ("user-item_affinity_2", "1e999", "must be a finite number"),
 ])
-def test_bad_cells_name_their_line_and_column(tmp_path, column, value, message):
+def test_bad_cells_name_their_line_and_column(make_log, tmp_path, column, value, message):
     text = obd_csv(OBD_ROWS)
     rows = list(csv.reader(io.StringIO(text)))
     j = rows[0].index(column)
@@ -466,40 +459,38 @@ def test_bad_cells_name_their_line_and_column(tmp_path, column, value, message):
     csv.writer(out).writerows(rows)
     (tmp_path / "all.csv").write_text(out.getvalue())
     with pytest.raises(ImportFailedError) as err:
-        import_obd(tmp_path / "all.csv", DecisionLog(), slots=None)
+        import_obd(tmp_path / "all.csv", make_log(), slots=None)
     assert err.value.column == column and err.value.line == 8
     assert f"line 8, column {column!r}: " in str(err.value) and message in str(err.value)
     assert isinstance(err.value, ValidationError)
 
 
-def test_missing_columns_and_bad_mappings_are_reported_before_anything_is_written(tmp_path):
+def test_missing_columns_and_bad_mappings_are_reported_before_anything_is_written(log, make_log, tmp_path):
     text = obd_csv(OBD_ROWS).replace("propensity_score", "pscore", 1)
     (tmp_path / "a.csv").write_text(text)
-    log = DecisionLog()
     with pytest.raises(ImportFailedError, match=r"line 1, column 'propensity_score': column 'propensity_score' "
                                                 r"\(for marginal\) is not in the header"):
         import_obd(tmp_path / "a.csv", log)
     assert import_obd(tmp_path / "a.csv", log, mapping={"marginal": "pscore"}, slots=None).decisions == 4
     with pytest.raises(ValidationError, match="unknown mapping field 'prob'"):
-        import_csv(tmp_path / "a.csv", DecisionLog(), {"prob": "pscore"})
+        import_csv(tmp_path / "a.csv", make_log(), {"prob": "pscore"})
     with pytest.raises(ImportFailedError, match=r"line 1, column 'item_id': missing column 'item_id'"):
         (tmp_path / "b.csv").write_text("position,item,propensity\n0,a,0.5\n")
-        import_csv(tmp_path / "b.csv", DecisionLog())
+        import_csv(tmp_path / "b.csv", make_log())
     with pytest.raises(ImportFailedError, match="expected 3 fields as in the header, found 2"):
         (tmp_path / "c.csv").write_text("position,item_id,propensity\n0,a,0.5\n1,b\n")
-        import_csv(tmp_path / "c.csv", DecisionLog())
+        import_csv(tmp_path / "c.csv", make_log())
     with pytest.raises(ImportFailedError, match="the file is empty"):
         (tmp_path / "d.csv").write_text("")
-        import_csv(tmp_path / "d.csv", DecisionLog())
+        import_csv(tmp_path / "d.csv", make_log())
 
 
-def test_a_failed_import_keeps_what_it_wrote_and_resumes(tmp_path):
+def test_a_failed_import_keeps_what_it_wrote_and_resumes(log, make_log, tmp_path):
     """Batches before the bad line are in the log, complete; after the fix, start_line picks up
     exactly where the import stopped and the result equals importing the fixed file at once."""
     rows = list(OBD_ROWS)
     rows[10] = rows[10][:4] + ("2.0",) + rows[10][5:]  # propensity 2.0 on line 12 (impression D)
     (tmp_path / "all.csv").write_text(obd_csv(rows))
-    log = DecisionLog()
     seen = []
     with pytest.raises(ImportFailedError) as err:
         import_obd(tmp_path / "all.csv", log, batch_rows=4, on_batch=seen.append, slots=None)
@@ -512,7 +503,7 @@ def test_a_failed_import_keeps_what_it_wrote_and_resumes(tmp_path):
     (tmp_path / "all.csv").write_text(obd_csv(OBD_ROWS))
     resumed = import_obd(tmp_path / "all.csv", log, start_line=err.value.result.last_line + 1, slots=None)
     assert resumed.decisions == 2 and resumed.first_line == 8
-    whole = DecisionLog()
+    whole = make_log()
     import_obd(tmp_path / "all.csv", whole, slots=None)
     assert tables(log) == tables(whole)
     with pytest.raises(ImportFailedError, match="event id 'all:2' is already in the log"):
@@ -521,14 +512,13 @@ def test_a_failed_import_keeps_what_it_wrote_and_resumes(tmp_path):
 
 # ---- generic CSV with a mapping -----------------------------------------------------------------
 
-def test_mapped_csv_with_event_ids_categories_and_string_items(tmp_path):
+def test_mapped_csv_with_event_ids_categories_and_string_items(log, tmp_path):
     (tmp_path / "m.csv").write_text(
         "session,slot,product,p,clicked,bought,when,country,age\n"
         "s1,1,shoe,0.5,1,,1700000000,fr,31\n"
         "s1,2,hat,0.25,0,9.5,1700000000,fr,31\n"
         "s2,1,hat,1.0,0,,1700000001,de,40\n"
     )
-    log = DecisionLog()
     result = import_csv(tmp_path / "m.csv", log, {
         "event": "session", "position": "slot", "item": "product", "marginal": "p", "reward": "clicked",
         "reward:purchase": "bought", "ts": "when", "categorical": "country", "context": "age"}, position_base=1)
@@ -543,22 +533,22 @@ def test_mapped_csv_with_event_ids_categories_and_string_items(tmp_path):
     assert log.count("rewards") == 4  # the empty `bought` cells recorded nothing
 
 
-def test_event_rows_must_be_consecutive_and_positions_unique(tmp_path):
+def test_event_rows_must_be_consecutive_and_positions_unique(make_log, tmp_path):
     (tmp_path / "a.csv").write_text("event_id,position,item_id,propensity\ne1,0,a,0.5\ne2,0,b,0.5\ne1,1,c,0.5\n")
     with pytest.raises(ImportFailedError, match="line 4, column 'event_id': event 'e1' reappears"):
-        import_csv(tmp_path / "a.csv", DecisionLog())
+        import_csv(tmp_path / "a.csv", make_log())
     (tmp_path / "b.csv").write_text("event_id,position,item_id,propensity\ne1,0,a,0.5\ne1,0,b,0.5\n")
     with pytest.raises(ImportFailedError, match="line 3, column 'position': event 'e1' has position 0 twice"):
-        import_csv(tmp_path / "b.csv", DecisionLog())
+        import_csv(tmp_path / "b.csv", make_log())
     (tmp_path / "c.csv").write_text("event_id,position,item_id,propensity,ts\ne1,0,a,0.5,1\ne1,1,b,0.5,2\n")
     with pytest.raises(ImportFailedError, match=r"line 3, column 'ts': '2' differs from '1' on line 2"):
-        import_csv(tmp_path / "c.csv", DecisionLog())
+        import_csv(tmp_path / "c.csv", make_log())
 
 
 # ---- the command line ---------------------------------------------------------------------------
 
-def test_cli_export_and_import_round_trip(tmp_path):
-    log = DecisionLog(tmp_path / "src.db")
+def test_cli_export_and_import_round_trip(make_log, tmp_path):
+    log = make_log(tmp_path / "src.db")
     write(log, "e1", ["a", "b"], [0.5, 0.25], [0.5, 0.3], candidates=["a", "b", "c"], cand_index=[0, 1, 2],
           context=[0.1, 1 / 3])
     log.record_reward(Reward("e1", 1.0, position=0))
@@ -571,7 +561,7 @@ def test_cli_export_and_import_round_trip(tmp_path):
     res = runner.invoke(main, ["import", str(tmp_path / "out.csv"), "--format", "csv", "--db", str(tmp_path / "dst.db")])
     assert res.exit_code == 0, res.output
     assert "imported 1 decisions (2 slots, 1 rewards) from lines 2-3" in res.output
-    assert tables(DecisionLog(tmp_path / "dst.db")) == tables(log)
+    assert tables(make_log(tmp_path / "dst.db")) == tables(log)
 
 
 def test_cli_imports_obd_and_writes_the_encoding(tmp_path):
@@ -594,12 +584,12 @@ def test_cli_imports_obd_and_writes_the_encoding(tmp_path):
     (["export", "--db", "{db}", "--format", "vw", "--out", "{out}", "--kind", "buy"], "no 'buy' rewards"),
     (["export", "--db", "{db}", "--format", "tsv", "--out", "{out}"], "Invalid value for '--format'"),
 ])
-def test_cli_bad_input_is_a_usage_error_not_a_traceback(tmp_path, args, message):
+def test_cli_bad_input_is_a_usage_error_not_a_traceback(make_log, tmp_path, args, message):
     rows = list(OBD_ROWS)
     rows[6] = rows[6][:4] + ("-1",) + rows[6][5:]
     (tmp_path / "bad.csv").write_text(obd_csv(rows))
     (tmp_path / "notdb").write_text("hello, I am not SQLite" * 100)
-    log = DecisionLog(tmp_path / "log.db")
+    log = make_log(tmp_path / "log.db")
     write(log, "e1", ["a"], [0.5], [0.5], candidates=["a", "b"], cand_index=[0, 1])
     log.record_reward(Reward("e1", 1.0, position=0))
     fill = {"{bad}": str(tmp_path / "bad.csv"), "{db}": str(tmp_path / "log.db"), "{notdb}": str(tmp_path / "notdb"),
@@ -610,10 +600,10 @@ def test_cli_bad_input_is_a_usage_error_not_a_traceback(tmp_path, args, message)
     assert isinstance(res.exception, SystemExit)
 
 
-def test_file_log_export_reads_one_snapshot_through_its_own_connection(tmp_path, monkeypatch):
+def test_file_log_export_reads_one_snapshot_through_its_own_connection(make_log, tmp_path, monkeypatch):
     """A file log is exported through a separate read transaction: the log stays writable
     while the export runs, and the export sees the decisions as of its start."""
-    log = DecisionLog(tmp_path / "log.db")
+    log = make_log(tmp_path / "log.db")
     for e in range(5):
         write(log, f"e{e}", ["a"], [0.5], [0.5], candidates=["a", "b"], cand_index=[0, 1])
     lines = []
@@ -633,12 +623,12 @@ def test_file_log_export_reads_one_snapshot_through_its_own_connection(tmp_path,
     assert sqlite3.connect(tmp_path / "log.db").execute("SELECT count(*) FROM decisions").fetchone()[0] == 6
 
 
-def test_a_batch_the_log_refuses_is_left_out_whole_and_named_by_its_line(tmp_path):
+def test_a_batch_the_log_refuses_is_left_out_whole_and_named_by_its_line(make_log, tmp_path):
     """Impression B's event id is already in the log: with A, B and C in one batch, none of them
     is written (one transaction); with one decision per batch, A is."""
     (tmp_path / "all.csv").write_text(obd_csv(OBD_ROWS))
     for batch_rows, kept in ((100, 0), (1, 1)):
-        log = DecisionLog()
+        log = make_log()
         write(log, "all:5", ["a"], [0.5], [0.5], candidates=["a"], cand_index=[0])
         with pytest.raises(ImportFailedError) as err:
             import_obd(tmp_path / "all.csv", log, batch_rows=batch_rows, slots=None)
@@ -648,11 +638,10 @@ def test_a_batch_the_log_refuses_is_left_out_whole_and_named_by_its_line(tmp_pat
         assert log.count("slots") == 1 + 3 * kept and log.count("rewards") == 3 * kept
 
 
-def test_a_refused_reward_is_reported_at_its_decisions_line(tmp_path):
+def test_a_refused_reward_is_reported_at_its_decisions_line(log, tmp_path):
     """The log's batch error says which reward (rewards[i]); the import names the line of the
     decision it belongs to."""
     (tmp_path / "all.csv").write_text(obd_csv(OBD_ROWS))
-    log = DecisionLog()
     real = log.write_decisions
 
     def refuse_reward_4(items, *, rewards=()):

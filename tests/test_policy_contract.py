@@ -42,7 +42,6 @@ import numpy as np
 import pytest
 
 from banditrec.errors import ValidationError
-from banditrec.offline import uses_marginals
 from banditrec.policies import REGISTRY, Request, load, make
 
 NAMES = sorted(REGISTRY)  # read once, at import: a new registry entry is a new row of every test

@@ -362,7 +362,7 @@ def _http(url: str, body: bytes):
         return resp.status, resp.headers.get_content_type(), json.loads(resp.read())
 
 
-def test_real_server_decide_reward_and_error(small_shop, tmp_path):
+def test_real_server_decide_reward_and_error(make_log, small_shop, tmp_path):
     path = tmp_path / "log.db"
     eng = make_engine(small_shop, db=str(path))
     server = make_server("127.0.0.1", 0, create_app(eng), threaded=False)
@@ -396,7 +396,7 @@ def test_real_server_decide_reward_and_error(small_shop, tmp_path):
         eng.log.close()
     assert not thread.is_alive()
 
-    log = DecisionLog(path)
+    log = make_log(path)
     try:
         assert log.integrity_ok()
         assert log.count("decisions") == 1

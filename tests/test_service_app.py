@@ -233,12 +233,12 @@ def test_banditrec_serve_refuses_an_empty_or_short_token_file_before_starting(tm
     assert started[0][2]["BANDITREC_DURABLE"] == "1"
 
 
-def test_durable_means_synchronous_full(tmp_path):
+def test_durable_means_synchronous_full(make_log, tmp_path):
     """``--durable`` (BANDITREC_DURABLE=1) opens the log with synchronous=FULL; the default is NORMAL."""
     assert ServiceConfig.from_env({}).synchronous == "NORMAL"
     settings = ServiceConfig.from_env({"BANDITREC_DURABLE": "1"})
     assert settings.durable and settings.synchronous == "FULL"
-    log = DecisionLog(tmp_path / "log.db", synchronous=settings.synchronous)
+    log = make_log(tmp_path / "log.db", synchronous=settings.synchronous)
     assert log.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     log.close()
 
@@ -575,7 +575,7 @@ def test_the_watcher_thread_reloads_without_requests_and_moves_the_model_gauge(s
     assert metric(text, "banditrec_model_reloads_total", result="loaded") == 1
 
 
-def test_learner_resumes_from_its_pointer(small_shop, tmp_path):
+def test_learner_resumes_from_its_pointer(make_log, small_shop, tmp_path):
     engine, client, learner, clock = served(small_shop, tmp_path)
     clock.t = 1.0
     for i in range(3):
@@ -583,17 +583,17 @@ def test_learner_resumes_from_its_pointer(small_shop, tmp_path):
     clock.t = 100.0
     out = learner.step()
     env = policy_env(small_shop, engine.cf)
-    again = Learner.resume(DecisionLog(tmp_path / "log.db", reward_window_s=5.0), lambda: make(SPEC, **env),
+    again = Learner.resume(make_log(tmp_path / "log.db", reward_window_s=5.0), lambda: make(SPEC, **env),
                            small_shop.catalog.features, tmp_path / "snap", env, clock=clock)
     assert (again.learned_seq, again.version, again.policy.n_updates) == (3, out.version, 1)
     assert again.step() is None  # nothing new: nothing learned twice
 
 
-def test_closed_until_seq_never_skips_an_open_decision(tmp_path):
+def test_closed_until_seq_never_skips_an_open_decision(make_log, tmp_path):
     """Decision times need not grow with seq: seq 2 stamped before seq 1."""
     from test_store_window import decision
 
-    log = DecisionLog(tmp_path / "log.db", reward_window_s=10.0)
+    log = make_log(tmp_path / "log.db", reward_window_s=10.0)
     for event_id, ts in (("a", 5.0), ("b", 1.0), ("c", 2.0)):
         log.write_decision(decision(event_id, ts), policy_params={}, candidate_index=[0, 1, 2], slot_index=[0, 1],
                            context=[0.0])

@@ -19,7 +19,6 @@ from banditrec.learner import Learner
 from banditrec.policies import load, make, snapshot
 from banditrec.service import ServiceConfig, create_app
 from banditrec.service.reload import REQUEST_LOOK_S
-from banditrec.store import DecisionLog
 from test_service_app import SPEC, metric, served
 
 DECIDE = {"user_id": "u1", "slots": 2}
@@ -295,11 +294,11 @@ def test_nothing_published_is_a_400_on_reload_and_ok_on_healthz(small_shop, tmp_
     assert (health["status"], health["source"], health["last_reload_error"]) == ("ok", "built", None)
 
 
-def test_the_learner_resumes_from_the_newest_valid_snapshot_when_the_pointer_is_corrupt(small_shop, tmp_path):
+def test_the_learner_resumes_from_the_newest_valid_snapshot_when_the_pointer_is_corrupt(make_log, small_shop, tmp_path):
     engine, client, learner, old, new = two_snapshots(small_shop, tmp_path)
     (tmp_path / "snap" / POINTER).write_bytes(b"\xff" * 10)
     env = policy_env(small_shop, engine.cf)
-    again = Learner.resume(DecisionLog(tmp_path / "log.db", reward_window_s=5.0), lambda: make(SPEC, **env),
+    again = Learner.resume(make_log(tmp_path / "log.db", reward_window_s=5.0), lambda: make(SPEC, **env),
                            small_shop.catalog.features, tmp_path / "snap", env)
     assert (again.version, again.learned_seq) == (new.version, new.trained_until_seq)
     assert same_state(again.policy, engine.policy)
@@ -307,7 +306,7 @@ def test_the_learner_resumes_from_the_newest_valid_snapshot_when_the_pointer_is_
     for p in (tmp_path / "snap").glob("*.npz"):
         p.write_bytes(b"broken")
     with pytest.raises(ValidationError, match="no snapshot in .* verifies"):
-        Learner.resume(DecisionLog(tmp_path / "log.db", reward_window_s=5.0), lambda: make(SPEC, **env),
+        Learner.resume(make_log(tmp_path / "log.db", reward_window_s=5.0), lambda: make(SPEC, **env),
                        small_shop.catalog.features, tmp_path / "snap", env)
 
 

@@ -13,7 +13,6 @@ from banditrec.errors import ValidationError
 from banditrec.policies import make
 from banditrec.shop import BuildConfig, Shop, ShopWatcher, build_shop, engine_for_shop
 from banditrec.shop.directory import ShopDirError, read_pointer
-from banditrec.store import DecisionLog
 
 TYPES = ("camera", "card", "bag", "tripod")
 
@@ -105,9 +104,8 @@ def test_a_failed_rebuild_publishes_nothing(shop_dir, tmp_path):
     assert read_pointer(shop_dir) == before
 
 
-def test_a_running_engine_takes_a_rebuild_and_its_learned_state_carries_over(shop_dir, tmp_path):
+def test_a_running_engine_takes_a_rebuild_and_its_learned_state_carries_over(log, shop_dir, tmp_path):
     shop = Shop(shop_dir)
-    log = DecisionLog()
     engine = engine_for_shop(shop, "linucb:alpha=1.0,epsilon=0.1", log, seed=3, clock=lambda: 1_700_100_000.0)
     rng = np.random.default_rng(0)
     for k in range(60):
@@ -135,9 +133,9 @@ def test_a_running_engine_takes_a_rebuild_and_its_learned_state_carries_over(sho
     assert builds == [shop.build, engine.build] and logged.n_decisions == 260
 
 
-def test_a_rebuild_with_another_feature_space_is_refused_while_serving(shop_dir, tmp_path):
+def test_a_rebuild_with_another_feature_space_is_refused_while_serving(make_log, shop_dir, tmp_path):
     shop = Shop(shop_dir)
-    engine = engine_for_shop(shop, "linucb", DecisionLog(), seed=0)
+    engine = engine_for_shop(shop, "linucb", make_log(), seed=0)
     watcher = ShopWatcher(shop_dir, engine, shop)
     build_shop(shop_dir.parent / "items.csv", shop_dir.parent / "ev.csv", out=shop_dir, refit_features=True,
                config=BuildConfig(item_dim=shop.item_dim - 2))
@@ -178,14 +176,14 @@ def test_policies_are_made_for_the_shop(shop_dir):
     assert pointer["build"] == shop.build
 
 
-def test_sensitivity_and_recommend_on_a_shop(shop_dir, tmp_path):
+def test_sensitivity_and_recommend_on_a_shop(make_log, shop_dir, tmp_path):
     from click.testing import CliRunner
 
     from banditrec.cli import main
     from banditrec.evaluation import objective_sensitivity
 
     shop = Shop(shop_dir)
-    log = DecisionLog(tmp_path / "log.db")
+    log = make_log(tmp_path / "log.db")
     engine = engine_for_shop(shop, "linucb:alpha=1.0,epsilon=0.1", log, seed=5, clock=lambda: 1_700_100_000.0)
     rng = np.random.default_rng(1)
     for k in range(300):
@@ -200,7 +198,7 @@ def test_sensitivity_and_recommend_on_a_shop(shop_dir, tmp_path):
     values = [r.objective for r in out.rows]
     assert all(b >= a - 1e-9 for a, b in zip(values, values[1:])) and values[-1] > values[0]
     # the logging policy's: the prices of what it showed, per evaluated carousel
-    logged = DecisionLog(tmp_path / "log.db").decisions()
+    logged = make_log(tmp_path / "log.db").decisions()
     half = logged.n_decisions - 150
     price = shop.columns["price"]
     assert out.logging_objective == pytest.approx(price[logged.row_action[logged.row_decision >= half]].sum() / 150)

@@ -10,7 +10,6 @@ from click.testing import CliRunner
 
 from banditrec.cli import main
 from banditrec.errors import ValidationError
-from banditrec.store import DecisionLog
 from simulator import SimConfig
 from studies.simulate import simulate
 
@@ -23,7 +22,7 @@ def uniform_run(tmp_path_factory):
     return simulate(TINY, "uniform", days=6, db=db, seed=1, n_slots=4, n_candidates=20), db
 
 
-def test_every_decision_and_reward_is_in_the_log(uniform_run):
+def test_every_decision_and_reward_is_in_the_log(make_log, uniform_run):
     result, db = uniform_run
     assert result.n_decisions == sum(k.impressions for k in result.kpis) == sum(k.visits for k in result.kpis) > 300
     con = sqlite3.connect(db)
@@ -37,7 +36,7 @@ def test_every_decision_and_reward_is_in_the_log(uniform_run):
     assert margin == pytest.approx(sum(k.carousel_margin for k in result.kpis))
     assert con.execute("select count(*) from rewards").fetchone()[0] == result.n_rewards
     # a uniform logger over 20 candidates and 4 slots: every marginal propensity is 1/20
-    marg = DecisionLog(str(db)).decisions(kind="click").row_pscore
+    marg = make_log(str(db)).decisions(kind="click").row_pscore
     np.testing.assert_allclose(marg, 1 / 20)
 
 
@@ -120,11 +119,11 @@ def test_true_values_pair_policies_on_each_seed():
         paired_difference(values, "uniform", "softmax")
 
 
-def test_new_items_without_history_reach_the_carousel(uniform_run):
+def test_new_items_without_history_reach_the_carousel(make_log, uniform_run):
     """Items launched on day 0 have no events; metadata similarity makes them candidates, so a
     uniform policy shows some of them within days."""
     result, db = uniform_run
-    log = DecisionLog(str(db))
+    log = make_log(str(db))
     _, _, attrs = log.items()
     new = {j for j, a in enumerate(attrs) if a["launch_day"] == 0}
     assert len(new) >= 5

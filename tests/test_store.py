@@ -39,8 +39,7 @@ def write(log, d, context=(0.1, 0.2)):
                        slot_index=[0, 1][: len(d.slots)], context=context)
 
 
-def test_round_trip_into_arrays_at_full_precision():
-    log = DecisionLog()
+def test_round_trip_into_arrays_at_full_precision(log):
     p = 1 / 3 + 1e-15
     write(log, decision(props=(p, 0.25), margs=(p, 0.3)), context=(np.pi, -1e-300))
     write(log, decision("e2"))
@@ -86,8 +85,7 @@ def test_candidate_indices_of_any_integer_dtype_are_logged_exactly(dtype):
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_a_non_finite_context_is_refused_by_name(bad):
-    log = DecisionLog()
+def test_a_non_finite_context_is_refused_by_name(log, bad):
     with pytest.raises(ValidationError, match="finite") as info:
         write(log, decision(), context=(0.1, bad))
     assert info.value.field == "context" and log.count("decisions") == 0
@@ -113,15 +111,13 @@ def test_a_non_finite_context_is_refused_by_name(bad):
         "INSERT INTO model_versions VALUES ('v1', 'disjoint-linucb', '{}', 0, NULL, 'abc', 0, 0)",
     ],
 )
-def test_schema_constraints_refuse_bad_rows(sql):
-    log = DecisionLog()
+def test_schema_constraints_refuse_bad_rows(log, sql):
     write(log, decision())
     with pytest.raises(sqlite3.IntegrityError):
         log.db.execute(sql)
 
 
-def test_a_decision_with_a_bad_slot_leaves_nothing_behind():
-    log = DecisionLog()
+def test_a_decision_with_a_bad_slot_leaves_nothing_behind(log):
     write(log, decision())
     with pytest.raises(ValidationError, match="the log's schema refused the decision: CHECK constraint"):
         write(log, decision("e2", props=(0.5, 0.0)))
@@ -130,13 +126,13 @@ def test_a_decision_with_a_bad_slot_leaves_nothing_behind():
     assert log.count("decisions") == 1 and log.count("slots") == 2
 
 
-def test_file_log_uses_wal_and_migrates_once(tmp_path):
+def test_file_log_uses_wal_and_migrates_once(make_log, tmp_path):
     path = tmp_path / "log.db"
-    log = DecisionLog(path)
+    log = make_log(path)
     write(log, decision())
     assert log.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     log.close()
-    again = DecisionLog(path)
+    again = make_log(path)
     assert [m.name for m in migrations.applied(again.db)] == [
         "0001_decisions_slots_rewards", "0002_late_rewards_events_models_items", "0003_decisions_shop_build",
         "0004_policy_names"]
@@ -153,14 +149,14 @@ def _open_and_write(args):
 
 
 @pytest.mark.slow
-def test_processes_opening_a_new_log_together_migrate_once(tmp_path):
+def test_processes_opening_a_new_log_together_migrate_once(make_log, tmp_path):
     """Six processes open the same new file at once (as gunicorn workers do) and each writes."""
     import multiprocessing as mp
 
     path = str(tmp_path / "shared.db")
     with mp.get_context("spawn").Pool(6) as pool:
         assert sorted(pool.map(_open_and_write, [(path, i) for i in range(6)])) == list(range(6))
-    log = DecisionLog(path)
+    log = make_log(path)
     assert log.count("decisions") == 6
     assert len(migrations.applied(log.db)) == len(migrations._migrations)
     assert log.integrity_ok()
@@ -178,13 +174,13 @@ def _post_rewards(args):
 
 
 @pytest.mark.slow
-def test_processes_posting_rewards_together_never_see_a_locked_database(tmp_path):
+def test_processes_posting_rewards_together_never_see_a_locked_database(make_log, tmp_path):
     """Four processes post 2,000 rewards each into one file, two of them duplicating the other
     two: no 'database is locked', exactly 4,000 rows, every duplicate recognised."""
     import multiprocessing as mp
 
     path = str(tmp_path / "shared.db")
-    log = DecisionLog(path)
+    log = make_log(path)
     events = [f"e{i}" for i in range(1000)]
     for e in events:
         write(log, decision(e))
@@ -193,11 +189,10 @@ def test_processes_posting_rewards_together_never_see_a_locked_database(tmp_path
         results = pool.map(_post_rewards, [(path, events, w) for w in range(4)])
     statuses = [s for r in results for s in r]
     assert statuses.count("recorded") == 4000 and statuses.count("duplicate") == 4000
-    assert DecisionLog(path).count("rewards") == 4000
+    assert make_log(path).count("rewards") == 4000
 
 
-def test_rewards_out_of_range_are_refused():
-    log = DecisionLog()
+def test_rewards_out_of_range_are_refused(log):
     write(log, decision())
     for bad in (float("nan"), float("inf"), 1.7e308, -2e12):
         with pytest.raises(ValidationError, match="reward must be a finite number within"):
@@ -206,8 +201,7 @@ def test_rewards_out_of_range_are_refused():
 
 
 # ---- interaction events, model versions, items ------------------------------------------------
-def test_events_round_trip_into_arrays():
-    log = DecisionLog()
+def test_events_round_trip_into_arrays(log):
     write(log, decision())
     assert log.write_event("u1", "a", "view", ts=1.5) == 1
     assert log.write_event("u2", "b", "cart", ts=2.0, event_id="e1") == 2
@@ -231,15 +225,13 @@ def test_events_round_trip_into_arrays():
     (("u1", "a", "view", float("nan")), ValidationError, "ts must be finite"),
     (("u1", "a", "view", 1.0, "nope"), NotFoundError, "no decision with event_id 'nope'"),
 ])
-def test_bad_events_are_refused_clearly(args, error, match):
-    log = DecisionLog()
+def test_bad_events_are_refused_clearly(log, args, error, match):
     with pytest.raises(error, match=match):
         log.write_event(*args)
     assert log.count("events") == 0
 
 
-def test_model_versions_register_once_and_list_in_order():
-    log = DecisionLog()
+def test_model_versions_register_once_and_list_in_order(log):
     digest = hashlib.sha256(b"model").hexdigest()
     assert log.register_model("disjoint-linucb-1", "disjoint-linucb", {"alpha": 1.0}, path="m/1.npz", sha256=digest,
                               n_updates=500, trained_until_seq=500) == "recorded"
@@ -261,8 +253,7 @@ def test_model_versions_register_once_and_list_in_order():
     assert log.count("model_versions") == 2
 
 
-def test_items_round_trip_and_rewrite_idempotently():
-    log = DecisionLog()
+def test_items_round_trip_and_rewrite_idempotently(log):
     feats = np.array([[0.1, -1e-300], [np.pi, 5e-324], [-0.0, 1e308]])
     attrs = [{"price": 9.99, "type": "shoe"}, {}, {"stock": 0, "tags": ["a", "b"]}]
     assert log.write_items(["a", "b", "c"], feats, attrs) == 3
@@ -292,9 +283,9 @@ def test_items_round_trip_and_rewrite_idempotently():
     ((["a"], [[1.0]], [{"x": object()}]), r"attrs\[0\] must be JSON"),
     ((["a"], [[1.0]], [{}, {}]), "one dict per item"),
 ])
-def test_bad_items_are_refused_clearly(args, match):
+def test_bad_items_are_refused_clearly(make_log, args, match):
     with pytest.raises(ValidationError, match=match):
-        DecisionLog().write_items(*args)
+        make_log().write_items(*args)
 
 
 FEATURES = hnp.arrays(np.float64, hnp.array_shapes(min_dims=2, max_dims=2, min_side=0, max_side=5),
@@ -320,7 +311,7 @@ def test_items_round_trip_at_full_precision(features, data):
     assert log.write_items(ids, features, attrs) == 0
 
 
-def test_an_engine_writes_its_items_to_a_log_that_has_none(small_shop):
+def test_an_engine_writes_its_items_to_a_log_that_has_none(log, small_shop):
     """With its first decision (building the engine writes nothing)."""
     eng = make_engine(small_shop)
     assert eng.log.count("items") == 0
@@ -328,14 +319,13 @@ def test_an_engine_writes_its_items_to_a_log_that_has_none(small_shop):
     ids, feats, attrs = eng.log.items()
     assert ids == list(eng.items.ids) and feats.tobytes() == eng.items.features.tobytes()
     assert attrs == [{}] * len(ids)
-    log = DecisionLog()
     log.write_items(["x"], [[1.0, 2.0]])
     build_engine(small_shop, "linucb:alpha=1.0,epsilon=0.1", log, seed=1).decide("u1", 2)
     assert log.items()[0] == ["x"]  # a log that has items keeps them
 
 
 # ---- migrations -----------------------------------------------------------------------------
-def test_a_log_written_under_the_old_policy_names_is_renamed_with_a_warning(tmp_path):
+def test_a_log_written_under_the_old_policy_names_is_renamed_with_a_warning(make_log, tmp_path):
     """Before 0004, ``linucb`` was the per-item model and ``shared-linucb`` the shared one."""
     path = tmp_path / "old.db"
     db = sqlite_utils.Database(path)
@@ -350,14 +340,14 @@ def test_a_log_written_under_the_old_policy_names_is_renamed_with_a_warning(tmp_
         db.execute("INSERT INTO model_versions (version, policy, params, created_ts) VALUES ('v1', 'linucb', '{}', 1)")
     db.close()
     with pytest.warns(DeprecationWarning, match="3 logged rows"):
-        log = DecisionLog(path)
+        log = make_log(path)
     assert dict(log.db.execute("SELECT event_id, policy FROM decisions").fetchall()) == {
         "e1": "disjoint-linucb", "e2": "linucb", "e3": "egreedy"}
     assert [v["policy"] for v in log.model_versions()] == ["disjoint-linucb"]
     log.close()
 
 
-def test_a_log_made_by_the_first_migration_only_is_migrated_with_its_data(tmp_path):
+def test_a_log_made_by_the_first_migration_only_is_migrated_with_its_data(make_log, tmp_path):
     path = tmp_path / "old.db"
     db = sqlite_utils.Database(path)
     migrations.apply(db, stop_before="0002_late_rewards_events_models_items")
@@ -371,7 +361,7 @@ def test_a_log_made_by_the_first_migration_only_is_migrated_with_its_data(tmp_pa
         db.execute("INSERT INTO rewards VALUES ('e1', 1, 'click', 1.0, 5.0)")  # the 0001 layout: 5 columns
     db.close()
 
-    log = DecisionLog(path, reward_window_s=10.0)
+    log = make_log(path, reward_window_s=10.0)
     assert [m.name for m in migrations.applied(log.db)] == [
         "0001_decisions_slots_rewards", "0002_late_rewards_events_models_items", "0003_decisions_shop_build",
         "0004_policy_names"]
@@ -431,29 +421,29 @@ def _random_batch(seed: int):
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_a_batch_writes_exactly_what_single_writes_write(seed):
+def test_a_batch_writes_exactly_what_single_writes_write(make_log, seed):
     """60 random decisions and ~150 rewards (duplicates and late ones among them), written one
     call each and as one batch: every table equal bit for bit, every reward status equal."""
     items, rewards = _random_batch(seed)
-    one = DecisionLog(reward_window_s=10.0)
+    one = make_log(reward_window_s=10.0)
     for d, params, cand, chosen, ctx, surface in items:
         one.write_decision(d, policy_params=params, candidate_index=cand, slot_index=chosen, context=ctx,
                            surface=surface)
     single = [one.record_reward(r) for r in rewards]
     assert {"recorded", "late", "duplicate"} <= set(single)
-    together = DecisionLog(reward_window_s=10.0)
+    together = make_log(reward_window_s=10.0)
     assert together.write_decisions(items, rewards=rewards) == single
     assert _tables(together) == _tables(one)
     # decisions in one batch, rewards in another
-    apart = DecisionLog(reward_window_s=10.0)
+    apart = make_log(reward_window_s=10.0)
     assert apart.write_decisions(iter(items)) == []
     assert apart.record_rewards(rewards) == single
     assert _tables(apart) == _tables(one)
 
 
-def test_a_batch_is_one_transaction():
+def test_a_batch_is_one_transaction(make_log):
     items, rewards = _random_batch(0)
-    log = DecisionLog(reward_window_s=10.0)
+    log = make_log(reward_window_s=10.0)
     statements = []
     log.db.conn.set_trace_callback(statements.append)
     log.write_decisions(items, rewards=rewards)
@@ -473,8 +463,7 @@ def _good_items(n=4, first=0):
     ((decision("b0"), {}, [0, 1, 2], [0, 1], ()), ConflictError, r"event id 'b0' is also items\[0\] of this batch"),
     ((decision("e1"), {}, [0, 1, 2], [0, 1], ()), ConflictError, "event id 'e1' is already in the log"),
 ])
-def test_a_bad_decision_leaves_the_log_unchanged_and_is_named(bad, error, match):
-    log = DecisionLog()
+def test_a_bad_decision_leaves_the_log_unchanged_and_is_named(log, bad, error, match):
     write(log, decision())
     log.record_reward(Reward("e1", 1.0, position=0))
     before = _tables(log)
@@ -496,10 +485,9 @@ def test_a_bad_decision_leaves_the_log_unchanged_and_is_named(bad, error, match)
     (Reward("b0", 0.0, position=0), ConflictError, r"a click reward of 1.0 is already recorded for event 'b0' \(position 0\)"),
     (Reward("e1", 2.0), ConflictError, r"a click reward of 3.0 is already recorded for event 'e1' \(the decision"),
 ])
-def test_a_bad_reward_leaves_the_log_unchanged_and_is_named(bad, error, match):
+def test_a_bad_reward_leaves_the_log_unchanged_and_is_named(log, bad, error, match):
     """The reward at index 3 of 5 is bad: neither the batch's decisions nor the rewards before
     it are written, whether they come with decisions or alone."""
-    log = DecisionLog()
     write(log, decision())
     log.record_reward(Reward("e1", 3.0))
     log.write_decisions(_good_items(2, first=100))
@@ -518,8 +506,8 @@ def test_a_bad_reward_leaves_the_log_unchanged_and_is_named(bad, error, match):
     assert (err.value.batch, err.value.index) == ("rewards", 3) and _tables(log) == before
 
 
-def test_statuses_in_a_batch_say_recorded_late_or_duplicate_per_reward():
-    log = DecisionLog(reward_window_s=10.0)
+def test_statuses_in_a_batch_say_recorded_late_or_duplicate_per_reward(make_log):
+    log = make_log(reward_window_s=10.0)
     log.write_decision(decision(), policy_params={}, candidate_index=[0, 1, 2], slot_index=[0, 1], context=())
     assert log.record_reward(Reward("e1", 1.0, position=0, ts=2.0)) == "recorded"
     statuses = log.write_decisions(
@@ -543,14 +531,13 @@ def test_statuses_in_a_batch_say_recorded_late_or_duplicate_per_reward():
     assert log.count("rewards") == 6  # the conflict took the first reward of its batch with it
 
 
-def test_an_empty_batch_writes_nothing():
-    log = DecisionLog()
+def test_an_empty_batch_writes_nothing(log):
     assert log.write_decisions([]) == [] and log.record_rewards([]) == []
     assert log.count("decisions") == 0
 
 
-def test_a_snapshot_is_read_only_and_consistent(tmp_path):
-    mem = DecisionLog()
+def test_a_snapshot_is_read_only_and_consistent(make_log, tmp_path):
+    mem = make_log()
     write(mem, decision())
     with mem.snapshot() as conn:
         assert conn.execute("SELECT count(*) FROM decisions").fetchone() == (1,)
@@ -558,7 +545,7 @@ def test_a_snapshot_is_read_only_and_consistent(tmp_path):
             conn.execute("DELETE FROM slots")
     write(mem, decision("e2"))  # the refused write left no transaction open behind it
     assert mem.count("decisions") == 2 and mem.count("slots") == 4
-    log = DecisionLog(tmp_path / "log.db")
+    log = make_log(tmp_path / "log.db")
     write(log, decision())
     with log.snapshot() as conn:
         write(log, decision("e2"))  # a writer commits meanwhile: the snapshot does not see it

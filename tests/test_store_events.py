@@ -5,11 +5,9 @@ from __future__ import annotations
 import pytest
 
 from banditrec.errors import ValidationError
-from banditrec.store import DecisionLog
 
 
-def test_write_events_is_all_or_nothing_and_names_the_bad_entry():
-    log = DecisionLog()
+def test_write_events_is_all_or_nothing_and_names_the_bad_entry(log):
     assert log.write_events(["u1", "u2"], ["i1", "i2"], ["view", "purchase"], [10.0, 11.0]) == 2
     ev = log.events()
     assert ev.user_id.tolist() == ["u1", "u2"] and ev.kind.tolist() == ["view", "purchase"]

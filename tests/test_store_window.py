@@ -37,8 +37,8 @@ def late_flags(log: DecisionLog) -> list:
 
 
 # ---- 1. the window ------------------------------------------------------------------------
-def test_a_reward_exactly_at_the_window_is_on_time_and_just_after_it_is_late():
-    log = DecisionLog(reward_window_s=WINDOW)
+def test_a_reward_exactly_at_the_window_is_on_time_and_just_after_it_is_late(make_log):
+    log = make_log(reward_window_s=WINDOW)
     write(log, "e1", ts=100.0)
     edge = 100.0 + WINDOW
     assert log.record_reward(Reward("e1", 1.0, position=0, ts=edge)) == "recorded"
@@ -47,15 +47,14 @@ def test_a_reward_exactly_at_the_window_is_on_time_and_just_after_it_is_late():
     assert late_flags(log) == [("e1", -1, 0), ("e1", 0, 0), ("e1", 1, 1)]
 
 
-def test_without_a_window_no_reward_is_late():
-    log = DecisionLog()
+def test_without_a_window_no_reward_is_late(log):
     write(log, "e1", ts=0.0)
     assert log.record_reward(Reward("e1", 1.0, position=1, ts=1e12)) == "recorded"
     assert late_flags(log) == [("e1", 1, 0)]
 
 
-def test_a_late_reward_is_kept_but_not_read_unless_asked():
-    log = DecisionLog(reward_window_s=WINDOW)
+def test_a_late_reward_is_kept_but_not_read_unless_asked(make_log):
+    log = make_log(reward_window_s=WINDOW)
     write(log, "e1", ts=0.0)
     write(log, "e2", ts=5.0)
     assert log.record_reward(Reward("e1", 1.0, position=0, ts=3.0)) == "recorded"
@@ -70,8 +69,8 @@ def test_a_late_reward_is_kept_but_not_read_unless_asked():
     assert everything.decision_reward.tolist() == [-1.0, 7.0]
 
 
-def test_a_duplicate_late_reward_is_a_duplicate_and_a_different_value_conflicts():
-    log = DecisionLog(reward_window_s=WINDOW)
+def test_a_duplicate_late_reward_is_a_duplicate_and_a_different_value_conflicts(make_log):
+    log = make_log(reward_window_s=WINDOW)
     write(log, "e1", ts=0.0)
     assert log.record_reward(Reward("e1", 1.0, position=0, ts=50.0)) == "late"
     assert log.record_reward(Reward("e1", 1.0, position=0, ts=60.0)) == "duplicate"
@@ -81,10 +80,9 @@ def test_a_duplicate_late_reward_is_a_duplicate_and_a_different_value_conflicts(
     assert late_flags(log) == [("e1", 0, 1)] and log.count("rewards") == 1
 
 
-def test_a_log_with_a_window_also_leaves_out_rewards_stamped_after_it_that_were_not_flagged():
+def test_a_log_with_a_window_also_leaves_out_rewards_stamped_after_it_that_were_not_flagged(log):
     """A service without a window recorded every reward as on time; a learner that opens the
     same file with a window must not learn from the ones that came after it."""
-    log = DecisionLog()
     write(log, "e1", ts=0.0)
     log.record_reward(Reward("e1", 1.0, position=0, ts=WINDOW))
     log.record_reward(Reward("e1", 1.0, position=1, ts=WINDOW + 1.0))
@@ -95,14 +93,14 @@ def test_a_log_with_a_window_also_leaves_out_rewards_stamped_after_it_that_were_
 
 
 @pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf"), "soon"])
-def test_a_bad_window_is_refused(bad):
+def test_a_bad_window_is_refused(make_log, bad):
     with pytest.raises(ValidationError, match="reward_window_s"):
-        DecisionLog(reward_window_s=bad)
+        make_log(reward_window_s=bad)
 
 
 # ---- 2. closed windows ----------------------------------------------------------------------
-def test_closed_before_reads_only_decisions_whose_window_has_closed():
-    log = DecisionLog(reward_window_s=WINDOW)
+def test_closed_before_reads_only_decisions_whose_window_has_closed(make_log):
+    log = make_log(reward_window_s=WINDOW)
     for i, ts in enumerate([0.0, 5.0, 20.0, 3.0]):  # times need not grow with seq
         write(log, f"e{i}", ts=ts)
     log.record_reward(Reward("e1", 1.0, position=1, ts=6.0))
@@ -119,17 +117,16 @@ def test_closed_before_reads_only_decisions_whose_window_has_closed():
     assert log.decisions().event_id == ["e0", "e1", "e2", "e3"]  # without closed_before: all
 
 
-def test_closed_before_needs_a_window():
-    log = DecisionLog()
+def test_closed_before_needs_a_window(log):
     write(log, "e1", ts=0.0)
     with pytest.raises(ValidationError, match="closed_before needs a log with a reward window"):
         log.decisions(closed_before=100.0)
 
 
 # ---- 3. the service -------------------------------------------------------------------------
-def test_the_reward_endpoint_answers_late_then_duplicate(small_shop):
+def test_the_reward_endpoint_answers_late_then_duplicate(make_log, small_shop):
     now = [0.0]
-    log = DecisionLog(reward_window_s=WINDOW)
+    log = make_log(reward_window_s=WINDOW)
     client = create_app(build_engine(small_shop, "linucb:alpha=1.0,epsilon=0.1", log, seed=3,
                                      n_candidates=10, clock=lambda: now[0])).test_client()
     event_id = client.post("/v1/decide", json={"user_id": "u3", "slots": 2}).get_json()["event_id"]
@@ -289,10 +286,9 @@ def test_number_lists_parse_like_json(texts, dtype):
     assert len(got) == len(expected) and all(same_bits(a, b) for a, b in zip(got, expected)), (got, expected)
 
 
-def test_nested_or_ragged_lists_are_refused():
+def test_nested_or_ragged_lists_are_refused(log):
     with pytest.raises(ValidationError, match="flat lists"):
         number_lists(["[[1, 2]]"], np.int64)
-    log = DecisionLog()
     write(log, "e1", ts=0.0)
     write(log, "e2", ts=0.0)
     log.db.execute("UPDATE decisions SET context = '[1.0, 2.0, 3.0]' WHERE event_id = 'e2'")

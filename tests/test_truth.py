@@ -8,7 +8,6 @@ import pytest
 
 from studies.coverage import evaluate_against_truth, simulate
 from banditrec.features import joint_features
-from banditrec.store import DecisionLog
 from conftest import make_engine
 from reference import reference_linucb_scores, reference_noise_sd, reference_slot_pmf
 
@@ -132,11 +131,11 @@ def test_ips_is_unbiased_over_30_seeds_and_intervals_cover(small_shop):
         assert covered[key] >= 25, (key, covered[key])
 
 
-def test_same_seed_same_log_and_different_seed_different_log(small_shop, tmp_path):
+def test_same_seed_same_log_and_different_seed_different_log(make_log, small_shop, tmp_path):
     def dump(seed, name):
         engine, served = run(small_shop, seed, n=300, batch=100, db=str(tmp_path / name))
         engine.log.close()
-        log = DecisionLog(tmp_path / name)
+        log = make_log(tmp_path / name)
         tables = {t: log.db.execute(f"SELECT * FROM {t} ORDER BY rowid").fetchall() for t in ("decisions", "slots", "rewards")}
         log.close()
         return tables, served.truth
