@@ -49,6 +49,7 @@ class DisjointLinUCB(PerItemPolicy):
 
     name = "linucb"
     Config = LinUCBConfig
+    config: LinUCBConfig
     needs = frozenset({"items"})
 
     def __init__(self, config: LinUCBConfig, *, context_dim=None, **env):

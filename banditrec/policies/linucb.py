@@ -107,6 +107,7 @@ class LinUCB(JointRidgePolicy):
 
     name = "shared-linucb"
     Config = LinUCBConfig
+    config: LinUCBConfig
     _block_cache: _Blocks | None = None
 
     def _blocks(self) -> _Blocks:

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import operator
 from abc import abstractmethod
+from typing import cast
 
 import numpy as np
 
 from ..errors import ValidationError
 from .base import Policy
-from .ridge import RewardStats, check_int, check_state
+from .ridge import RewardStats, RidgeKnobs, check_int, check_state
 
 
 def env_size(value, name: str) -> int:
@@ -54,7 +55,7 @@ class PerItemPolicy(Policy):
         self._stacks: dict[str, np.ndarray] = {}
         self._priors: dict[str, np.ndarray] = {}
         self.stats = RewardStats.EMPTY.copy()
-        self._sigma = None
+        self._sigma: float | None = None
 
     # ---- the stacks -------------------------------------------------------------------------
     def _stack(self, name: str, prior: np.ndarray) -> None:
@@ -127,7 +128,7 @@ class PerItemPolicy(Policy):
 
     def _item_reg(self) -> float:
         """The ridge penalty of the per-item coefficients (the prior ``A_a = reg I``)."""
-        return self.config.reg
+        return cast(RidgeKnobs, self.config).reg  # the subclasses' configs are LinUCB's (check_ridge)
 
     # ---- snapshots ----------------------------------------------------------------------------
     def _meta(self) -> dict:
