@@ -38,8 +38,8 @@ def export_log(log: DecisionLog, path: str | Path, format: str, *, kind: str = "
         fn = export_csv if format == "csv" else export_parquet
         return fn(log, path, candidates=candidates)
     if format in ("vw", "dsjson"):
-        fn = export_vw if format == "vw" else export_dsjson
-        return fn(log, path, kind=kind, default_reward=default_reward, min_probability=min_probability)
+        write = export_vw if format == "vw" else export_dsjson
+        return write(log, path, kind=kind, default_reward=default_reward, min_probability=min_probability)
     if format == "interactions":
         return export_interactions(log, path)
     raise ValidationError(f"unknown export format {format!r}; expected one of {', '.join(EXPORT_FORMATS)}", "format")

@@ -34,7 +34,7 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from ..errors import BanditRecError
 from .log import WHOLE_DECISION, DecisionLog
@@ -160,7 +160,9 @@ def read_batches(conn, layout: Layout, batch_decisions: int, *, after_seq: int =
             i = kind_slot[kind] * 3
             cells[i:i + 3] = (float(value), float(ts), None if not flag or flag[0] is None else int(flag[0]))
         rows, contexts, cands = [], [], []
-        last_event, context, candidate_ids, candidate_json, index_json = None, None, None, None, None
+        last_event = candidate_json = index_json = None
+        context: list[float] = []  # the decision's, set by its first row
+        candidate_ids: list[str] = []
         n_decisions = 0
         for (seq, event_id, ts, user_id, surface, policy, model_version, params, position, item_id, item_index,
              propensity, marginal, draws, source, cand_json, cidx_json, context_json, joint, log_joint) in raw:
@@ -190,7 +192,7 @@ def read_batches(conn, layout: Layout, batch_decisions: int, *, after_seq: int =
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | Path, mode: str = "w", **kw):
+def atomic_output(path: str | Path, mode: str | None = "w", **kw: Any) -> Iterator[Any]:
     """Write to a temporary file beside ``path`` and move it into place only on success, so a
     failed export never leaves a half-written file where a complete one is expected."""
     path = Path(path)
