@@ -34,8 +34,9 @@ from .policies import snapshot
 POINTER = "CURRENT.json"
 POINTER_FORMAT = "banditrec.pointer/1"
 MAX_POINTER_BYTES = 1 << 16
-_POINTER_KEYS = {"format": str, "version": str, "manifest": str, "manifest_sha256": str, "trained_until_seq": int,
-                 "published_ts": (int, float), "checksum": str}
+_POINTER_KEYS: dict[str, type | tuple[type, ...]] = {
+    "format": str, "version": str, "manifest": str, "manifest_sha256": str, "trained_until_seq": int,
+    "published_ts": (int, float), "checksum": str}
 log = logging.getLogger("banditrec.publish")
 
 

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 from ..errors import ValidationError
 from .export import SCHEMA_VERSION, ExportResult, MissingDependencyError, export_csv, export_interactions, export_parquet
@@ -46,7 +46,7 @@ def export_log(log: DecisionLog, path: str | Path, format: str, *, kind: str = "
 
 
 def import_file(path: str | Path, log: DecisionLog, format: str, mapping: Mapping[str, str] | None = None,
-                **kw) -> ImportResult:
+                **kw: Any) -> ImportResult:
     """Import ``path`` in ``format`` (one of :data:`IMPORT_FORMATS`)."""
     if format == "obd":
         return import_obd(path, log, mapping=mapping, **kw)
