@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import operator
 from abc import abstractmethod
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 
 from ..errors import ValidationError
-from .base import Policy
+from .base import Policy, PolicyConfig
 from .ridge import RewardStats, RidgeKnobs, check_int, check_state
 
 
@@ -49,7 +49,7 @@ class PerItemPolicy(Policy):
 
     _shared_names: tuple[str, ...] = ()
 
-    def __init__(self, config, *, n_items=None, **env):
+    def __init__(self, config: PolicyConfig, *, n_items: int | None = None, **env: Any) -> None:
         super().__init__(config, **env)
         self.n_items = env_size(n_items, "n_items")
         self._stacks: dict[str, np.ndarray] = {}
