@@ -112,8 +112,9 @@ class Shop:
             self.catalog = dataclasses.replace(self.catalog, bias=self.catalog.bias * (c.bias_sd / 0.5))
         self.customers: Customers = make_customers(c.n_customers, c.dim, c.context_noise, cust_rng)
         self.model = PositionBasedModel(self.catalog, self.customers, c.base_logit, c.eta)
+        seed_seq = scenario_rng.bit_generator.seed_seq
         # numpy's stub types seed_seq as the ISeedSequence protocol, without spawn; it is a SeedSequence
-        launch_seq, season_seq, purchase_seq, self._walk_seq = scenario_rng.bit_generator.seed_seq.spawn(4)  # type: ignore[attr-defined]
+        launch_seq, season_seq, purchase_seq, self._walk_seq = seed_seq.spawn(4)  # type: ignore[attr-defined]
         launch_rng, season_rng, purchase_rng = map(np.random.default_rng, (launch_seq, season_seq, purchase_seq))
         # launch day of each item: 0 before the run (the pre-period's items), later for new ones
         self.launch_day = np.zeros(c.n_items)
