@@ -9,7 +9,15 @@ from __future__ import annotations
 class BanditRecError(Exception):
     """Base class of every error banditrec raises on purpose."""
 
-    def __init__(self, message: str, field: str | None = None):
+    # set only on an error a batch write raised (banditrec.store.log): which list ("items" or
+    # "rewards"), the item's index in it and the unprefixed message; the service's batch
+    # endpoint adds the request field the index refers to
+    batch: str
+    index: int
+    reason: str
+    batch_field: str
+
+    def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.field = field

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy import optimize, special, stats
 
 from .errors import ValidationError
@@ -22,6 +24,8 @@ __all__ = [
     "sample_size", "power", "minimum_detectable_effect", "duration_days", "analyse", "format_table",
 ]
 
+# what ``rng`` takes: a Generator, a seed (an int or SeedSequence), or None (fresh entropy)
+RngLike = np.random.Generator | np.random.SeedSequence | int | None
 _BOOT_CHUNK_CELLS = 2_000_000  # resampled indices held in memory at once, per arm
 
 
@@ -78,7 +82,7 @@ class Comparison:
 # ----------------------------------------------------------------------------- checks
 
 
-def _check_alpha(alpha, name: str = "alpha") -> float:
+def _check_alpha(alpha: Any, name: str = "alpha") -> float:
     try:
         a = float(alpha)
     except (TypeError, ValueError):
@@ -88,7 +92,7 @@ def _check_alpha(alpha, name: str = "alpha") -> float:
     return a
 
 
-def _check_positive(value, name: str) -> float:
+def _check_positive(value: Any, name: str) -> float:
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -98,13 +102,13 @@ def _check_positive(value, name: str) -> float:
     return v
 
 
-def _check_n_boot(n_boot) -> int:
+def _check_n_boot(n_boot: object) -> int:
     if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 0:
         raise ValidationError(f"n_boot must be an integer >= 0, got {n_boot!r}", "n_boot")
     return int(n_boot)
 
 
-def _arm(x, name: str, min_len: int = 2) -> np.ndarray:
+def _arm(x: ArrayLike, name: str, min_len: int = 2) -> np.ndarray:
     arr = as_1d(x, name, dtype=float)
     if len(arr) < min_len:
         raise ValidationError(f"{name} needs at least {min_len} customers, got {len(arr)}", name)
@@ -112,13 +116,13 @@ def _arm(x, name: str, min_len: int = 2) -> np.ndarray:
     return arr
 
 
-def _rng(rng) -> np.random.Generator:
+def _rng(rng: RngLike) -> np.random.Generator:
     if isinstance(rng, np.random.Generator):
         return rng
     return np.random.default_rng(rng)  # an int / SeedSequence, or None = fresh entropy
 
 
-def _weights(weights, k: int, name: str = "weights") -> np.ndarray:
+def _weights(weights: ArrayLike | None, k: int, name: str = "weights") -> np.ndarray:
     """Weights normalised to sum 1; default equal."""
     if weights is None:
         return np.full(k, 1.0 / k)
@@ -129,13 +133,14 @@ def _weights(weights, k: int, name: str = "weights") -> np.ndarray:
     if (w <= 0).any():
         i = int(np.argmax(w <= 0))
         raise ValidationError(f"{name} must be > 0, found {w[i]} at index {i}", name)
-    return w / w.sum()
+    normalised: np.ndarray = w / w.sum()
+    return normalised
 
 
 # ----------------------------------------------------------------------------- assignment
 
 
-def hash_unit(user_ids, salt: str) -> np.ndarray:
+def hash_unit(user_ids: Iterable[Any], salt: str) -> np.ndarray:
     """``u_i`` uniform in [0, 1) from ``blake2b(f"{salt}:{user_ids[i]}", 8 bytes)``.
 
     The top 53 bits of the big-endian 64-bit digest, times ``2**-53``: stable across
@@ -152,7 +157,7 @@ def hash_unit(user_ids, salt: str) -> np.ndarray:
     return (words >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
-def assign(user_ids, arms: Sequence[str], salt: str, weights: Sequence[float] | None = None) -> np.ndarray:
+def assign(user_ids: Iterable[Any], arms: Sequence[str], salt: str, weights: Sequence[float] | None = None) -> np.ndarray:
     """Arm index (``int64``, in ``[0, len(arms))``) of each user: deterministic hashing.
 
     ``u = hash_unit(user_ids, salt)``; the arm is the first ``j`` with ``u < cumsum(w)[j]``
@@ -175,7 +180,7 @@ def assign(user_ids, arms: Sequence[str], salt: str, weights: Sequence[float] | 
     return np.minimum(np.searchsorted(cum, u, side="right"), len(names) - 1).astype(np.int64)
 
 
-def srm_check(counts, weights: Sequence[float] | None = None, alpha: float = 0.001) -> SRM:
+def srm_check(counts: ArrayLike, weights: Sequence[float] | None = None, alpha: float = 0.001) -> SRM:
     """Sample-ratio-mismatch test: ``chi2 = sum_j (n_j - N w_j)^2 / (N w_j)``, ``k - 1`` df.
 
     ``counts[j]`` customers were assigned to arm ``j`` with intended share ``weights[j]``
@@ -238,7 +243,7 @@ def _lift(ma: float, mb: float, va: float, vb: float, z: float) -> tuple[float, 
     return lift, se, (lift - z * se, lift + z * se)
 
 
-def cuped(a, b, x_a, x_b) -> tuple[np.ndarray, np.ndarray, float]:
+def cuped(a: ArrayLike, b: ArrayLike, x_a: ArrayLike, x_b: ArrayLike) -> tuple[np.ndarray, np.ndarray, float]:
     """CUPED: ``y - theta (x - mean(x))`` in each arm, with ``x`` a covariate measured before
     assignment and ``theta = cov(y, x) / var(x)`` over both arms pooled (the OLS slope of ``y``
     on ``x``); returns the adjusted ``a``, ``b`` and ``theta``.
@@ -261,8 +266,8 @@ def cuped(a, b, x_a, x_b) -> tuple[np.ndarray, np.ndarray, float]:
     return a - theta * (x_a - x.mean()), b - theta * (x_b - x.mean()), theta
 
 
-def compare_means(a, b, *, alpha: float = 0.05, n_boot: int = 2000, rng=None, metric: str = "",
-                  covariates=None) -> Comparison:
+def compare_means(a: ArrayLike, b: ArrayLike, *, alpha: float = 0.05, n_boot: int = 2000, rng: RngLike = None,
+                  metric: str = "", covariates: Sequence[ArrayLike] | None = None) -> Comparison:
     """Compare a per-customer metric: ``a`` (control) and ``b`` (treatment), one value per customer.
 
     Welch: ``se^2 = s_a^2/n_a + s_b^2/n_b`` (``ddof=1``), Welch--Satterthwaite
@@ -318,7 +323,7 @@ def compare_means(a, b, *, alpha: float = 0.05, n_boot: int = 2000, rng=None, me
                       alpha=alpha, n_boot=n_boot, significant=bool(p < alpha))
 
 
-def _ratio_arm(num, den, num_name: str, den_name: str) -> tuple[np.ndarray, np.ndarray, float, float]:
+def _ratio_arm(num: ArrayLike, den: ArrayLike, num_name: str, den_name: str) -> tuple[np.ndarray, np.ndarray, float, float]:
     """Validated ``(num, den)`` of one arm, its ratio ``R = sum(num)/sum(den)`` and the
     delta-method variance of ``R`` (Deng et al. 2018, eq. for a ratio of means):
     ``Var(R) ~ (s_nn - 2 R s_nd + R^2 s_dd) / (n mean(den)^2)``."""
@@ -340,7 +345,8 @@ def _ratio_arm(num, den, num_name: str, den_name: str) -> tuple[np.ndarray, np.n
     return x, y, float(r), float(max(var, 0.0))
 
 
-def compare_ratios(num_a, den_a, num_b, den_b, *, alpha: float = 0.05, n_boot: int = 2000, rng=None,
+def compare_ratios(num_a: ArrayLike, den_a: ArrayLike, num_b: ArrayLike, den_b: ArrayLike, *, alpha: float = 0.05,
+                   n_boot: int = 2000, rng: RngLike = None,
                    metric: str = "") -> Comparison:
     """Compare a ratio-of-sums metric, one ``(num, den)`` pair per customer in each arm.
 
@@ -383,7 +389,7 @@ def compare_ratios(num_a, den_a, num_b, den_b, *, alpha: float = 0.05, n_boot: i
 # ----------------------------------------------------------------------------- power
 
 
-def _effect(baseline, mde, relative: bool) -> tuple[float, float]:
+def _effect(baseline: Any, mde: Any, relative: bool) -> tuple[float, float]:
     """``(baseline, delta)`` with ``delta`` the absolute effect (``mde * baseline`` if relative)."""
     try:
         base = float(baseline)
@@ -402,7 +408,7 @@ def _effect(baseline, mde, relative: bool) -> tuple[float, float]:
     return base, (m * base if relative else m)
 
 
-def _sds(baseline: float, sd, delta: float) -> tuple[float, float]:
+def _sds(baseline: float, sd: float | None, delta: float) -> tuple[float, float]:
     """Per-customer SDs of control and treatment: ``sd`` for both, or for a proportion
     (``sd is None``) ``sqrt(p (1 - p))`` at ``p = baseline`` and ``p = baseline + delta``."""
     if sd is not None:
@@ -426,7 +432,8 @@ def _power(n: float, delta: float, s_a: float, s_b: float, alpha: float, ratio: 
     return float(stats.norm.cdf(shift - za) + (stats.norm.cdf(-shift - za) if two_sided else 0.0))
 
 
-def _design(baseline, sd, mde, relative, alpha, ratio):
+def _design(baseline: Any, sd: float | None, mde: Any, relative: bool, alpha: Any,
+            ratio: Any) -> tuple[float, float, float, float, float]:
     alpha = _check_alpha(alpha)
     ratio = _check_positive(ratio, "ratio")
     base, delta = _effect(baseline, mde, relative)
@@ -434,7 +441,7 @@ def _design(baseline, sd, mde, relative, alpha, ratio):
     return alpha, ratio, delta, s_a, s_b
 
 
-def power(n_per_arm, *, baseline: float, sd: float | None = None, mde: float, relative: bool = True,
+def power(n_per_arm: float, *, baseline: float, sd: float | None = None, mde: float, relative: bool = True,
           alpha: float = 0.05, ratio: float = 1.0, two_sided: bool = True) -> float:
     """Power of the two-sample z-test with ``n_per_arm`` control and ``ratio * n_per_arm``
     treatment customers to detect ``mde`` (relative to ``baseline`` unless ``relative=False``).
@@ -469,7 +476,7 @@ def sample_size(*, baseline: float, sd: float | None = None, mde: float, relativ
     return n
 
 
-def minimum_detectable_effect(n_per_arm, *, baseline: float, sd: float | None = None, relative: bool = True,
+def minimum_detectable_effect(n_per_arm: float, *, baseline: float, sd: float | None = None, relative: bool = True,
                               alpha: float = 0.05, power: float = 0.8, ratio: float = 1.0,
                               two_sided: bool = True) -> float:
     """The smallest positive effect (relative to ``baseline`` unless ``relative=False``) that
@@ -500,7 +507,7 @@ def minimum_detectable_effect(n_per_arm, *, baseline: float, sd: float | None = 
     return delta / base if relative else delta
 
 
-def duration_days(n_per_arm, daily_eligible, n_arms: int, traffic_share: float = 1.0) -> int:
+def duration_days(n_per_arm: float, daily_eligible: float, n_arms: int, traffic_share: float = 1.0) -> int:
     """Days to enrol ``n_per_arm`` customers in each of ``n_arms`` equal arms:
     ``ceil(n_per_arm * n_arms / (daily_eligible * traffic_share))``. Assumes ``daily_eligible``
     *new* eligible customers a day (count returning customers once) of whom ``traffic_share``
@@ -518,7 +525,8 @@ def duration_days(n_per_arm, daily_eligible, n_arms: int, traffic_share: float =
 # ----------------------------------------------------------------------------- report
 
 
-def analyse(metrics: Mapping[str, tuple], *, alpha: float = 0.05, n_boot: int = 2000, rng=None) -> list[Comparison]:
+def analyse(metrics: Mapping[str, tuple[Any, ...]], *, alpha: float = 0.05, n_boot: int = 2000,
+            rng: RngLike = None) -> list[Comparison]:
     """One :class:`Comparison` per metric, in the mapping's order.
 
     ``metrics[name]`` is ``(a, b)`` -- per-customer values, :func:`compare_means` --,
@@ -536,7 +544,7 @@ def analyse(metrics: Mapping[str, tuple], *, alpha: float = 0.05, n_boot: int = 
                 or (len(arrays) == 3 and not (isinstance(arrays[2], (tuple, list)) and len(arrays[2]) == 2))):
             raise ValidationError(f"metrics[{name!r}] must be (a, b), (a, b, (x_a, x_b)) or "
                                   "(num_a, den_a, num_b, den_b)", "metrics")
-        kw = dict(alpha=alpha, n_boot=n_boot, rng=gen, metric=str(name))
+        kw: dict[str, Any] = dict(alpha=alpha, n_boot=n_boot, rng=gen, metric=str(name))
         if len(arrays) == 4:
             rows.append(compare_ratios(*arrays, **kw))
         else:

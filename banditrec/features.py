@@ -7,6 +7,7 @@ Details: docs/policies.md, "Joint features (`banditrec/features.py`)".
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 ITEM_EXTRA = 2
 """Columns the item vector ``u`` adds to the item's attributes: the constant and the cold flag."""
@@ -22,7 +23,7 @@ def joint_dim(context_dim: int, item_dim: int) -> int:
     return item_dim_of(item_dim) * (context_dim + 1)
 
 
-def item_vectors(item_features: np.ndarray, cold=None) -> np.ndarray:
+def item_vectors(item_features: np.ndarray, cold: ArrayLike | None = None) -> np.ndarray:
     """``u = [1, v, cold]`` per row of ``item_features (m, d_i)``; ``cold (m,)`` 0/1 or ``None``."""
     V = np.asarray(item_features, dtype=float)
     m = len(V)
@@ -33,7 +34,7 @@ def item_vectors(item_features: np.ndarray, cold=None) -> np.ndarray:
     return U
 
 
-def joint_features(context: np.ndarray, item_features: np.ndarray, cold=None) -> np.ndarray:
+def joint_features(context: np.ndarray, item_features: np.ndarray, cold: ArrayLike | None = None) -> np.ndarray:
     """Joint features for one context and many items, or row-by-row pairs.
 
     Parameters

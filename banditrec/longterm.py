@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .errors import ValidationError
 
@@ -34,10 +35,12 @@ def _window_sums(key: np.ndarray, cum: np.ndarray, lo_key: np.ndarray, hi_key: n
     with a leading 0)."""
     lo = np.searchsorted(key, lo_key, side="right")
     hi = np.searchsorted(key, hi_key, side="right")
-    return cum[hi] - cum[lo]
+    sums: np.ndarray = cum[hi] - cum[lo]
+    return sums
 
 
-def window_margins(user, ts, amount, *, horizon_s: float, skip_s: float = 0.0):
+def window_margins(user: ArrayLike, ts: ArrayLike, amount: ArrayLike, *, horizon_s: float,
+                   skip_s: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """For each purchase ``e``: the same user's total ``amount`` in ``(ts_e + skip_s, ts_e +
     horizon_s]`` (later) and in ``[ts_e - horizon_s, ts_e)`` (prior). Vectorised: one sort and
     four binary searches over a (user, time-in-milliseconds) integer key."""
@@ -63,7 +66,8 @@ def window_margins(user, ts, amount, *, horizon_s: float, skip_s: float = 0.0):
     return later, prior
 
 
-def estimate_item_values(user, item, ts, item_margin, groups, *, horizon_days: float = 30.0,
+def estimate_item_values(user: ArrayLike, item: ArrayLike, ts: ArrayLike, item_margin: ArrayLike, groups: ArrayLike,
+                         *, horizon_days: float = 30.0,
                          skip_days: float = 0.0, end_ts: float | None = None,
                          cap_quantile: float = 0.99) -> LongTermValue:
     """Long-term value of every item from purchases ``(user, item, ts)`` (the method and its

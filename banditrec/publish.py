@@ -11,7 +11,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from .errors import ValidationError
 from .policies import snapshot
@@ -19,8 +19,11 @@ from .policies import snapshot
 POINTER = "CURRENT.json"
 POINTER_FORMAT = "banditrec.pointer/1"
 MAX_POINTER_BYTES = 1 << 16
-_POINTER_KEYS = {"format": str, "version": str, "manifest": str, "manifest_sha256": str, "trained_until_seq": int,
-                 "published_ts": (int, float), "checksum": str}
+# opener(manifest_path, manifest_sha256 or None) -> what is served from that snapshot
+Opener = Callable[[Path, str | None], object]
+_POINTER_KEYS: dict[str, type | tuple[type, ...]] = {
+    "format": str, "version": str, "manifest": str, "manifest_sha256": str, "trained_until_seq": int,
+    "published_ts": (int, float), "checksum": str}
 log = logging.getLogger("banditrec.publish")
 
 
@@ -35,22 +38,24 @@ class Pointer:
     published_ts: float
 
 
-def write_pointer(directory, manifest_path, *, trained_until_seq: int, name: str = POINTER) -> Pointer:
+def write_pointer(directory: str | Path, manifest_path: str | Path, *, trained_until_seq: int,
+                  name: str = POINTER) -> Pointer:
     """Point ``directory``'s pointer at the snapshot whose manifest is ``manifest_path`` (in
     ``directory``); atomic (temporary file, fsync, rename)."""
     directory, manifest_path = Path(directory), Path(manifest_path)
     raw = manifest_path.read_bytes()
     manifest = json.loads(raw)
-    pointer = {"format": POINTER_FORMAT, "version": snapshot.version(manifest), "manifest": manifest_path.name,
-               "manifest_sha256": snapshot.sha256(raw), "trained_until_seq": int(trained_until_seq),
-               "published_ts": time.time()}
+    pointer: dict[str, Any] = {
+        "format": POINTER_FORMAT, "version": snapshot.version(manifest), "manifest": manifest_path.name,
+        "manifest_sha256": snapshot.sha256(raw), "trained_until_seq": int(trained_until_seq),
+        "published_ts": time.time()}
     pointer["checksum"] = snapshot.sha256(snapshot.canonical(pointer))
     snapshot.atomic_write(directory / name, json.dumps(pointer, indent=1).encode())
     return Pointer(pointer["version"], pointer["manifest"], pointer["manifest_sha256"], pointer["trained_until_seq"],
                    pointer["published_ts"])
 
 
-def read_pointer(directory, name: str = POINTER) -> Pointer:
+def read_pointer(directory: str | Path, name: str = POINTER) -> Pointer:
     """The verified pointer of ``directory``; ``ValidationError`` (field ``snapshot``) naming
     the file and what is wrong, for a missing, altered or ill-typed one."""
     path = Path(directory) / name
@@ -103,7 +108,7 @@ class Resolved:
         return self.source != "none" and self.value is None
 
 
-def _open(opener: Callable, path: Path, manifest_sha256: str | None):
+def _open(opener: Opener, path: Path, manifest_sha256: str | None) -> tuple[object, str | None]:
     """``(value, None)`` or ``(None, reason)``: any exception of the opener is a refusal."""
     try:
         return opener(path, manifest_sha256), None
@@ -114,12 +119,12 @@ def _open(opener: Callable, path: Path, manifest_sha256: str | None):
         return None, f"{path.name} could not be loaded ({type(exc).__name__}: {exc})"
 
 
-def order_key(manifest: dict, name: str) -> tuple:
+def order_key(manifest: dict[str, Any], name: str) -> tuple[int, int, str]:
     """Newest first when sorted in reverse: trained_until_seq, n_updates, then file name."""
     return (manifest["provenance"].get("trained_until_seq", -1), manifest["meta"].get("n_updates", -1), name)
 
 
-def newest_valid(directory, opener: Callable, *, current: str | None = None, name: str = POINTER,
+def newest_valid(directory: str | Path, opener: Opener, *, current: str | None = None, name: str = POINTER,
                  exclude: tuple[str, ...] = ()) -> Resolved:
     """The newest snapshot in ``directory`` whose manifest verifies and that ``opener`` opens
     (``source="fallback"``); ``source="none"`` when there is none."""
@@ -147,7 +152,7 @@ def newest_valid(directory, opener: Callable, *, current: str | None = None, nam
     return Resolved("none", refused=tuple(refused))
 
 
-def resolve(directory, opener: Callable, *, current: str | None = None, name: str = POINTER) -> Resolved:
+def resolve(directory: str | Path, opener: Opener, *, current: str | None = None, name: str = POINTER) -> Resolved:
     """Apply the rule of docs/service.md, "Snapshots and what a worker serves", to ``directory``.
 
     ``opener(manifest_path, manifest_sha256)`` builds what is served from a snapshot (and
@@ -162,6 +167,7 @@ def resolve(directory, opener: Callable, *, current: str | None = None, name: st
         exclude: tuple[str, ...] = ()
     else:
         path = directory / pointer.manifest
+        reason: str | None  # why the pointer's snapshot is refused, None when it opened
         try:
             manifest = snapshot.read_manifest(path, expected_sha256=pointer.manifest_sha256)
             if snapshot.version(manifest) != pointer.version:

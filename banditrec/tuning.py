@@ -8,7 +8,9 @@ Details: docs/evaluation.md, "Tuning (`banditrec/tuning.py`)".
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 from scipy.stats import norm
 
@@ -44,7 +46,7 @@ def expand_grid(grid: str) -> list[str]:
     return specs
 
 
-def expand_grids(grids) -> list[str]:
+def expand_grids(grids: Iterable[str]) -> list[str]:
     """The settings of every grid, in order; a setting listed twice is an error."""
     specs = [s for g in grids for s in expand_grid(g)]
     seen = set()
@@ -91,17 +93,27 @@ class Tuning:
         if self.chosen is None:
             return [head, f"tuning chose nothing: {self.reason}"]
         e = self.estimate
+        assert e is not None  # a chosen setting has its estimate
         return [head, f"tuning chose {self.chosen}: {e.estimator} {e.value:.4f} [{e.lower:.4f}, {e.upper:.4f}] -- "
                       f"{'SAFE to deploy' if self.safe else 'not shown safe'}: {self.reason}"]
 
-    def as_json(self, estimate_json) -> dict:
+    def as_json(self, estimate_json: Callable[[Estimate], Any]) -> dict[str, Any]:
         return {"grids": self.grids, "settings": self.settings, "rule": self.rule, "level": self.level,
                 "chosen": self.chosen, "estimate": None if self.estimate is None else estimate_json(self.estimate),
                 "safe_to_deploy": self.safe, "reason": self.reason}
 
 
-def choose(candidates, settings: list[str], grids: list[str], primary: str, logging: Estimate, level: float,
-           verdict) -> Tuning:
+class Candidate(Protocol):
+    """What :func:`choose` reads and sets of an evaluated setting (``PolicyEvaluation``)."""
+
+    spec: str
+    estimates: dict[str, Estimate]
+    safe: bool
+    reason: str
+
+
+def choose(candidates: Sequence[Candidate], settings: list[str], grids: list[str], primary: str, logging: Estimate,
+           level: float, verdict: Callable[[Estimate, str, Estimate], tuple[bool, str]]) -> Tuning:
     """Apply the rule to the evaluated ``candidates`` (``PolicyEvaluation`` records; those in
     ``settings`` are re-derived at the simultaneous level, their verdicts replaced) and put the
     chosen setting through ``verdict(estimate, primary, logging) -> (safe, reason)``."""

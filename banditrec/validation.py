@@ -6,12 +6,16 @@ where it can.
 
 from __future__ import annotations
 
+from collections.abc import Sequence, Sized
+
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
-from .errors import ValidationError
+# re-exported: banditrec.types and others import ValidationError from here
+from .errors import ValidationError as ValidationError
 
 
-def as_1d(x, name: str, dtype=None) -> np.ndarray:
+def as_1d(x: ArrayLike, name: str, dtype: DTypeLike | None = None) -> np.ndarray:
     """Return ``x`` as a 1-D array, or raise naming ``name`` and the shape found."""
     try:
         arr = np.asarray(x, dtype=dtype)
@@ -31,7 +35,7 @@ def check_finite(arr: np.ndarray, name: str) -> None:
         raise ValidationError(f"{name} must be finite, found {arr[tuple(idx)].item()} at index {where}", name)
 
 
-def check_same_length(**arrays) -> int:
+def check_same_length(**arrays: Sized) -> int:
     """All arrays given by keyword must have the same first dimension; return it."""
     names = list(arrays)
     lengths = [len(a) for a in arrays.values()]
@@ -64,7 +68,7 @@ def check_int_range(arr: np.ndarray, name: str, low: int, high: int) -> None:
         raise ValidationError(f"{name} must be in [{low}, {high}), found {arr[i].item()} at row {i}", name)
 
 
-def check_positive_int(value, name: str) -> int:
+def check_positive_int(value: object, name: str) -> int:
     """A plain positive integer (bools are refused)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise ValidationError(f"{name} must be an integer, got {type(value).__name__} {value!r}", name)
@@ -73,7 +77,7 @@ def check_positive_int(value, name: str) -> int:
     return int(value)
 
 
-def as_seed_sequence(seed) -> np.random.SeedSequence:
+def as_seed_sequence(seed: int | Sequence[int] | np.random.SeedSequence | None) -> np.random.SeedSequence:
     """A ``SeedSequence`` from an int, ``None`` (fresh entropy) or a ``SeedSequence``.
 
     A ``SeedSequence`` is copied (spawn counter included), so spawning from the result never

@@ -42,7 +42,7 @@ class CarouselModel:
 
     def __init__(self, catalog: RetailCatalog, population: Population, config: SimConfig):
         self.catalog, self.population, self.config = catalog, population, config
-        self.shift = None  # (n_items,) today's drift and season added to each item's appeal, or None
+        self.shift: np.ndarray | None = None  # (n_items,) today's drift and season added to each item's appeal, or None
         self._log_price = np.log(catalog.price) - catalog.log_price_ref
         self._device_eta = config.eta * np.asarray(config.device_eta)
 

@@ -11,6 +11,9 @@ class ItemArrays:
     """What every simulated catalog publishes: item ids ``i0 .. i{n-1}`` and their ``latent``
     vectors as features (a subclass holds ``bias (n,)`` and ``latent (n, d)``)."""
 
+    bias: np.ndarray
+    latent: np.ndarray
+
     @property
     def n_items(self) -> int:
         return len(self.bias)

@@ -103,7 +103,9 @@ class Shop:
             self.catalog = dataclasses.replace(self.catalog, bias=self.catalog.bias * (c.bias_sd / 0.5))
         self.customers: Customers = make_customers(c.n_customers, c.dim, c.context_noise, cust_rng)
         self.model = PositionBasedModel(self.catalog, self.customers, c.base_logit, c.eta)
-        launch_seq, season_seq, purchase_seq, self._walk_seq = scenario_rng.bit_generator.seed_seq.spawn(4)
+        seed_seq = scenario_rng.bit_generator.seed_seq
+        # numpy's stub types seed_seq as the ISeedSequence protocol, without spawn; it is a SeedSequence
+        launch_seq, season_seq, purchase_seq, self._walk_seq = seed_seq.spawn(4)  # type: ignore[attr-defined]
         launch_rng, season_rng, purchase_rng = map(np.random.default_rng, (launch_seq, season_seq, purchase_seq))
         # launch day of each item: 0 before the run (the pre-period's items), later for new ones
         self.launch_day = np.zeros(c.n_items)
@@ -111,7 +113,7 @@ class Shop:
             new = launch_rng.random(c.n_items) < c.new_item_share
             self.launch_day[new] = launch_rng.uniform(0.0, c.launch_days, size=int(new.sum()))
         self.season_phase = season_rng.uniform(0.0, 2 * np.pi, size=c.n_types)
-        self.conversion = None  # P(purchase | click) per item when purchases are the reward
+        self.conversion: np.ndarray | None = None  # P(purchase | click) per item when purchases are the reward
         if c.reward == "purchase":
             self.conversion = 1.0 / (1.0 + np.exp(-(c.purchase_logit + c.purchase_sd
                                                     * purchase_rng.normal(size=c.n_items))))
@@ -213,7 +215,9 @@ class Shop:
             shift = np.empty(slates.shape)
             for d in np.unique(days):
                 rows = days == d
-                shift[rows] = self.appeal_shift(float(d))[slates[rows]]
+                day_shift = self.appeal_shift(float(d))
+                assert day_shift is not None  # drift or seasons are on
+                shift[rows] = day_shift[slates[rows]]
         p = self.model.attraction(customers, slates, shift=shift) * self.model.examination(slates.shape[1])
         return p if self.conversion is None or clicks else p * self.conversion[slates]
 

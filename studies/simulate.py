@@ -258,7 +258,7 @@ class _SimClock:
     """The engine's clock in simulated seconds: scheduled times first (one per decision, in the
     order the engine asks), then ``now``."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.now = 0.0
         self._queue: list[float] = []
 
@@ -273,7 +273,7 @@ class _SimClock:
 
 def _post_rewards(log: DecisionLog, events: list[str], out, ts: float) -> int:
     """Every click, purchase and purchase margin, per slot, joined in one transaction."""
-    rewards = []
+    rewards: list[Reward] = []
     for kind, values in (("click", out.click), ("purchase", out.purchase), ("margin", out.margin)):
         rows, cols = np.nonzero(values)
         vals = values[rows, cols].astype(float)

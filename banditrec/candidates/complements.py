@@ -93,6 +93,7 @@ class ComplementModel:
         if isinstance(N, bool) or not isinstance(N, (int, np.integer)) or N < 1:
             raise ValidationError(f"N must be a positive integer, got {N!r}", "N")
         items = np.atleast_1d(np.asarray(item_ids, dtype=np.int64))
+        assert self.scores is not None  # _check: fitted
         n = self.scores.shape[0]
         if len(items) and (items.min() < 0 or items.max() >= n):
             raise ValidationError(f"item ids must be in [0, {n})", "item_ids")
@@ -119,6 +120,7 @@ class ComplementModel:
         put_csr(out, "scores", self.scores)
         put_csr(out, "type_transition", self.type_transition)
         put_csr(out, "backoff_items", self.backoff_items)
+        assert self.scores is not None and self.type_transition is not None  # _check: fitted
         meta = {"format": FORMAT, "version": 1, "n_items": int(self.scores.shape[0]),
                 "n_types": int(self.type_transition.shape[0]), "params": self.params}
         return out, meta

@@ -62,7 +62,7 @@ def generator_from_log(log, *, metadata: bool = True, **kw) -> tuple[CandidateGe
 def _metadata_index(attrs: list[dict], types: np.ndarray):
     from .metadata import MetadataIndex
 
-    fields = {"type": types}
+    fields: dict[str, object] = {"type": types}
     for key in ("brand", "category"):
         if all(key in a for a in attrs):
             fields[key] = [str(a[key]) for a in attrs]

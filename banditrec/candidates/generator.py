@@ -490,7 +490,7 @@ class CandidateGenerator:
         put_csr(out, "popular", self.popular)
         if self.meta_new is not None:
             put_csr(out, "meta_new", self.meta_new)
-        parts = {}
+        parts: dict[str, dict | None] = {}
         for name, part in (("cf", self.cf), ("complements", self.complement_model), ("metadata", self.metadata)):
             if part is None:
                 parts[name] = None

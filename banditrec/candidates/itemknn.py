@@ -7,8 +7,8 @@ Details: docs/candidates.md, "Item-to-item CF (`candidates/itemknn.py`)".
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
-from typing import NamedTuple
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -91,9 +91,9 @@ def top_n_columns(scores: np.ndarray, n: int) -> np.ndarray:
     if m == 1 and n < k:  # one row (a request's candidates): the same rule without 2-D passes
         row = scores[0]
         kth = np.partition(row, k - n)[k - n]
-        cols = np.flatnonzero(row >= kth)
+        cols: np.ndarray = np.flatnonzero(row >= kth)
         if len(cols) > n:  # ties at the n-th value: keep the lowest columns among them
-            above = np.flatnonzero(row > kth)
+            above: np.ndarray = np.flatnonzero(row > kth)
             cols = np.sort(np.concatenate((above, np.flatnonzero(row == kth)[:n - len(above)])))
         return cols[np.argsort(-row[cols], kind="stable")][None, :]
     if n < k:
@@ -196,9 +196,11 @@ def run_chunks(fn, bounds: list, threads: int, progress=None):
     if threads > 1 and total > 1:
         with ThreadPoolExecutor(max_workers=threads) as pool:
             ahead = 2 * threads
-            futures = [pool.submit(fn, *b) for b in bounds[:ahead]]
+            futures: list[Future[Any] | None] = [pool.submit(fn, *b) for b in bounds[:ahead]]
             for i in range(total):
-                result = futures[i].result()
+                future = futures[i]
+                assert future is not None  # cleared only once its result is taken, just below
+                result = future.result()
                 futures[i] = None
                 if i + ahead < total:
                     futures.append(pool.submit(fn, *bounds[i + ahead]))
@@ -364,6 +366,7 @@ class ItemItemCF:
                                   "new_user_items")
         dG = (D.T @ D).tocsr()
         self.gram = (self.gram * (decay * decay) + dG).tocsr()
+        assert self.popularity is not None  # fitted with the Gram matrix
         self.popularity = self.popularity * decay + np.asarray(D.sum(axis=0)).ravel()
         touched = np.flatnonzero(np.diff(D.tocsc().indptr))
         if len(touched) == 0:
@@ -387,6 +390,7 @@ class ItemItemCF:
     @property
     def n_items(self) -> int:
         self._check_fitted()
+        assert self.similarity is not None
         return self.similarity.shape[0]
 
     @property
@@ -413,6 +417,7 @@ class ItemItemCF:
 
     def _popular_order(self) -> np.ndarray:
         if self._pop_order is None:
+            assert self.popularity is not None  # fitted (the callers check)
             self._pop_order = np.argsort(-self.popularity, kind="stable")
         return self._pop_order
 
@@ -435,6 +440,7 @@ class ItemItemCF:
             raise ValidationError(f"asked for {N} candidates but only {eligible[i]} items are eligible{where}",
                                   "candidates")
         S = self.similarity
+        assert S is not None  # fitted: n_items checked it
         r, c, v = gather_rows(S.indptr, S.indices, S.data, rows, items, weights)
         key, inv = distinct_inverse(r * n + c)
         score = np.bincount(inv, weights=v, minlength=len(key)) if len(inv) else np.zeros(0)
@@ -489,7 +495,8 @@ class ItemItemCF:
             parts.append(self._lists(rows, h.indices.astype(np.int64), h.data, h.shape[0], N, exclude, first_row=lo))
         if not parts:
             return np.empty((0, N), np.int64), np.empty((0, N)), np.empty((0, N), bool)
-        return tuple(np.concatenate(p) for p in zip(*parts))
+        ids, scores, from_cf = (np.concatenate(p) for p in zip(*parts))
+        return ids, scores, from_cf
 
     def candidates(self, history, N: int, exclude=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Candidates for one user: ``(ids (N,), scores (N,), source (N,))``.

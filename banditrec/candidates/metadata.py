@@ -10,7 +10,8 @@ import hashlib
 import itertools
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -315,6 +316,7 @@ class MetadataIndex:
         put_csr(out, "text", self._text)
         if self._num is not None:
             out["num"] = self._num
+        assert self.vectors is not None
         meta = {"format": FORMAT, "version": 1, "n_items": int(self.vectors.shape[0]),
                 "n_numeric": int(self.vectors.shape[1] - self.n_features), "params": self.params}
         return out, meta
@@ -341,6 +343,7 @@ class MetadataIndex:
     @property
     def n_items(self) -> int:
         self._check_fitted()
+        assert self.vectors is not None
         return self.vectors.shape[0]
 
     def _check_fitted(self):
@@ -512,6 +515,7 @@ class _Group:
         for j, c in enumerate(cols.tolist()):
             F[np.searchsorted(C, posting[j]), j] = At.data[At.indptr[c]:At.indptr[c + 1]]
         if p:
+            assert ctx.num_a is not None  # p > 0
             F[:, k:] = ctx.num_a[C]
         if len(members) * len(C) <= _SMALL_GROUP:  # score every candidate, no bounds
             order, self.leaf_start = np.arange(len(C)), np.array([0, len(C)], dtype=np.int64)
@@ -529,6 +533,7 @@ class _Group:
         W = np.zeros((len(members), k + p))
         W[:, :k] = Qg[:, cols].toarray()
         if p:
+            assert ctx.num_q is not None  # p > 0
             W[:, k:] = ctx.num_q[members]
         qorder, _ = _kd_order(W, _QUERY_BLOCK)  # similar queries together, so that a block's leaves are few
         self.members, self.W = members[qorder], W[qorder]
@@ -543,9 +548,11 @@ class _Context:
 
     def __init__(self, index: MetadataIndex, rows: np.ndarray, allowed: np.ndarray, N: int):
         self.allowed, self.N = allowed, N
+        assert index._text is not None  # the index is fitted (its caller checks)
         self.At = index._text[allowed].T.tocsr()  # (n_features, k): each column's allowed items
         self.Q = index._text[rows]  # (m, n_features)
-        self.num_q = self.num_a = None
+        self.num_q: np.ndarray | None = None
+        self.num_a: np.ndarray | None = None
         if index._num is not None:
             self.num_q, self.num_a = index._num[rows], index._num[allowed]
         at = np.minimum(np.searchsorted(allowed, rows), len(allowed) - 1)
@@ -566,7 +573,7 @@ class _Context:
         heavy = self.df[Q.indices] > heavy_threshold(len(self.allowed))
         h_rows, h_cols = row_of[heavy], Q.indices[heavy].astype(np.int64)
         n_h = np.bincount(h_rows, minlength=m)
-        tasks = []
+        tasks: list[tuple[np.ndarray, Callable[..., Any]]] = []
         if len(h_rows):
             # one key per set of heavy columns: the rows' padded, sorted column lists
             pad = np.full((m, int(n_h.max())), -1, dtype=np.int64)
@@ -628,7 +635,7 @@ class _Context:
             kth = np.partition(v1, v1.shape[1] - self.N, axis=1)[:, v1.shape[1] - self.N]
         # round 2: every other leaf some query's bound says may beat its N-th best so far
         more = (ub >= kth[:, None]).any(axis=0)
-        more[round1] = False
+        more[round1] = False  # type: ignore[index]  # numpy's stub: any(axis=0) of a 2-D array may be a scalar
         round2 = np.flatnonzero(more)
         v2, cols2 = self._leaves(g, sel, W, round2, lr, lplace, ltext)
         v = np.hstack([v1, v2])
@@ -651,6 +658,7 @@ class _Context:
             text[shared] += W[r[shared], d] * g.F[place[shared], d]
         lv = text.copy()
         if self.num_q is not None:
+            assert self.num_a is not None  # both or neither
             nq = self.num_q[sel]
             for j in range(nq.shape[1]):
                 lv += nq[r, j] * self.num_a[c, j]
@@ -696,6 +704,7 @@ class _Context:
         c = S.indices.astype(np.int64)
         v = S.data.copy()
         if self.num_q is not None:
+            assert self.num_a is not None  # both or neither
             nq, na = self.num_q[sel], self.num_a
             for k in range(nq.shape[1]):  # p small: one gather per column beats an (nnz, p) einsum
                 v += nq[r, k] * na[c, k]

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import functools
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy.stats import norm
 
 from ..errors import ValidationError
@@ -48,6 +50,7 @@ class RowInputs:
     def target_rows(self) -> np.ndarray:
         """(n, A): the target's distribution over items in each row's own slot."""
         rows = np.arange(len(self.pi)) if self.rows is None else self.rows
+        assert self.dist is not None  # only the inputs of an action_dist have target rows
         return self.dist[rows, :, self.slot]
 
     def subset(self, keep: np.ndarray) -> "RowInputs":
@@ -62,7 +65,7 @@ class RowInputs:
         )
 
 
-def _check_action_dist(data: LoggedBandit, action_dist) -> np.ndarray:
+def _check_action_dist(data: LoggedBandit, action_dist: ArrayLike) -> np.ndarray:
     dist = np.asarray(action_dist, dtype=float)
     expected = (data.n_rows, data.n_actions, data.n_slots)
     if dist.shape != expected:
@@ -76,7 +79,7 @@ def _check_action_dist(data: LoggedBandit, action_dist) -> np.ndarray:
             f"action_dist[i, :, k] must be a probability distribution over actions (sum 1), "
             f"found sum {float(sums[i, k])!r} at row {i}, slot {k}", "action_dist")
     if dist.min() < 0:
-        i, a, k = np.unravel_index(int(np.argmin(dist)), dist.shape)
+        i, a, k = (int(v) for v in np.unravel_index(int(np.argmin(dist)), dist.shape))
         raise ValidationError(f"action_dist must be >= 0, found {float(dist[i, a, k])!r} at row {i}, action {a}, slot {k}",
                               "action_dist")
     return dist
@@ -85,10 +88,11 @@ def _check_action_dist(data: LoggedBandit, action_dist) -> np.ndarray:
 def _flat_index(data: LoggedBandit) -> np.ndarray:
     """Index of each row's logged (action, slot) in a raveled (n, n_actions, n_slots) array
     (one 1-D gather is about twice as fast as three-array fancy indexing)."""
-    return (np.arange(data.n_rows) * data.n_actions + data.action) * data.n_slots + data.slot
+    index: np.ndarray = (np.arange(data.n_rows) * data.n_actions + data.action) * data.n_slots + data.slot
+    return index
 
 
-def _row_array(value, name: str, n: int) -> np.ndarray:
+def _row_array(value: ArrayLike, name: str, n: int) -> np.ndarray:
     arr = as_1d(value, name, float)
     if len(arr) != n:
         raise ValidationError(f"{name} must have one entry per logged row ({n}), got {len(arr)}", name)
@@ -96,7 +100,8 @@ def _row_array(value, name: str, n: int) -> np.ndarray:
     return arr
 
 
-def resolve_target_pscore(data: LoggedBandit, action_dist=None, target_pscore=None) -> np.ndarray:
+def resolve_target_pscore(data: LoggedBandit, action_dist: ArrayLike | None = None,
+                          target_pscore: ArrayLike | None = None) -> np.ndarray:
     """The target policy's probability of each logged (action, slot) row, shape (n,).
 
     Give either ``action_dist (n, n_actions, n_slots)`` or the compact ``target_pscore (n,)``.
@@ -104,7 +109,7 @@ def resolve_target_pscore(data: LoggedBandit, action_dist=None, target_pscore=No
     return _resolve(data, action_dist, target_pscore).pi
 
 
-def _resolve(data: LoggedBandit, action_dist, target_pscore) -> RowInputs:
+def _resolve(data: LoggedBandit, action_dist: ArrayLike | None, target_pscore: ArrayLike | None) -> RowInputs:
     if (action_dist is None) == (target_pscore is None):
         raise ValidationError("give exactly one of action_dist or target_pscore", "action_dist")
     if target_pscore is not None:
@@ -116,6 +121,7 @@ def _resolve(data: LoggedBandit, action_dist, target_pscore) -> RowInputs:
             )
         check_probabilities(pi, "target_pscore", allow_zero=True)
         return RowInputs(pi=pi)
+    assert action_dist is not None  # exactly one of the two was given
     dist = _check_action_dist(data, action_dist)
     pi = dist.ravel()[_flat_index(data)]
     return RowInputs(pi=pi, dist=dist, slot=data.slot)
@@ -130,6 +136,7 @@ def per_decision(data: LoggedBandit, x: np.ndarray) -> np.ndarray:
     """
     if data.n_decisions == data.n_rows:
         return x
+    assert data.decision is not None  # LoggedBandit fills it in
     return np.bincount(data.decision, weights=x, minlength=data.n_decisions)
 
 
@@ -265,9 +272,9 @@ class Moments:
                        max_w=max(self.max_w, other.max_w), per_row=self.per_row)
 
     @staticmethod
-    def total(parts) -> "Moments":
+    def total(parts: Iterable[Moments | None]) -> "Moments":
         """Combine an iterable of moments (``None`` entries -- empty partitions -- skipped)."""
-        out = None
+        out: Moments | None = None
         for part in parts:
             if part is not None:
                 out = part if out is None else out.combine(part)
@@ -332,7 +339,7 @@ class IPS:
     name: ClassVar[str] = "IPS"
     needs_q: ClassVar[bool] = False
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not (isinstance(self.level, float | int) and 0 < self.level < 1):
             raise ValidationError(f"level must be in (0, 1), got {self.level!r}", "level")
         if self.interval not in ("normal", "bootstrap"):
@@ -342,7 +349,8 @@ class IPS:
 
     # -- what each estimator defines
     def weights(self, data: LoggedBandit, inputs: RowInputs) -> np.ndarray:
-        return inputs.pi / data.pscore
+        w: np.ndarray = inputs.pi / data.pscore
+        return w
 
     def terms(self, data: LoggedBandit, inputs: RowInputs, w: np.ndarray) -> Terms:
         return Terms(per_decision(data, w * data.reward))
@@ -355,7 +363,9 @@ class IPS:
         boot, other = (np.random.default_rng(c) for c in np.random.SeedSequence(entropy).spawn(2))
         return boot, other
 
-    def _inputs(self, data, action_dist, target_pscore, q_hat, q_hat_logged, q_hat_target, rng) -> RowInputs:
+    def _inputs(self, data: LoggedBandit, action_dist: ArrayLike | None, target_pscore: ArrayLike | None,
+                q_hat: ArrayLike | None, q_hat_logged: ArrayLike | None, q_hat_target: ArrayLike | None,
+                rng: np.random.Generator | None) -> RowInputs:
         inputs = _resolve(data, action_dist, target_pscore)
         if not self.needs_q:
             if any(v is not None for v in (q_hat, q_hat_logged, q_hat_target)):
@@ -386,12 +396,16 @@ class IPS:
                 raise ValidationError(
                     f"{self.name} fits a reward model when q_hat is not given, which needs the target as "
                     "action_dist; or pass q_hat_logged and q_hat_target", "action_dist")
+            # needs_q: the DM family, which has the reward model; partial() gives q_hat, so rng is set
+            assert isinstance(self, DM) and rng is not None
             inputs.q_logged, inputs.q_target = self.reward_model.cross_fit(
                 data, inputs.target_rows, n_folds=self.n_folds, rng=rng)
         return inputs
 
-    def estimate(self, data: LoggedBandit, action_dist=None, *, target_pscore=None, q_hat=None,
-                 q_hat_logged=None, q_hat_target=None, slot: int | None = None) -> Estimate:
+    def estimate(self, data: LoggedBandit, action_dist: ArrayLike | None = None, *,
+                 target_pscore: ArrayLike | None = None, q_hat: ArrayLike | None = None,
+                 q_hat_logged: ArrayLike | None = None, q_hat_target: ArrayLike | None = None,
+                 slot: int | None = None) -> Estimate:
         """The target policy's value per decision (or of one ``slot`` alone), with an interval.
 
         Parameters
@@ -447,9 +461,10 @@ class IPS:
     n_ratios: ClassVar[int] = 0
     row_normalised: ClassVar[bool] = False  # ratio denominators are _row_share (SNIPS, SNDR)
 
-    def partial(self, data: LoggedBandit | None, action_dist=None, *, target_pscore=None, q_hat=None,
-                q_hat_logged=None, q_hat_target=None, slot: int | None = None,
-                n_decisions: int = 0) -> Moments:
+    def partial(self, data: LoggedBandit | None, action_dist: ArrayLike | None = None, *,
+                target_pscore: ArrayLike | None = None, q_hat: ArrayLike | None = None,
+                q_hat_logged: ArrayLike | None = None, q_hat_target: ArrayLike | None = None,
+                slot: int | None = None, n_decisions: int = 0) -> Moments:
         """This part of a log reduced to :class:`Moments`; :meth:`finish` of the
         :meth:`Moments.total` of every part is :meth:`estimate` of the whole log.
 
@@ -480,11 +495,12 @@ class IPS:
         w = self.weights(data, inputs)
         return Moments.of(self._terms(data, inputs, w, None), w, n_all, per_row=self.row_normalised)
 
-    def per_slot(self, data: LoggedBandit, action_dist=None, **kwargs) -> list[Estimate]:
+    def per_slot(self, data: LoggedBandit, action_dist: ArrayLike | None = None, **kwargs: Any) -> list[Estimate]:
         """One estimate per slot that has logged rows (slot ``k``'s value alone)."""
         return [self.estimate(data, action_dist, slot=k, **kwargs) for k in np.unique(data.slot).tolist()]
 
-    def _terms(self, data, inputs, w, rng) -> Terms:
+    def _terms(self, data: LoggedBandit, inputs: RowInputs, w: np.ndarray,
+               rng: np.random.Generator | None) -> Terms:
         return self.terms(data, inputs, w)
 
     def finish(self, moments: Moments, *, unsupported: float | None = None, terms: Terms | None = None,
@@ -571,13 +587,14 @@ class ClippedIPS(IPS):
     lambda_: float = 10.0
     name: ClassVar[str] = "ClippedIPS"
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         super().__post_init__()
         if not (isinstance(self.lambda_, int | float) and self.lambda_ > 0):
             raise ValidationError(f"lambda_ must be a positive number, got {self.lambda_!r}", "lambda_")
 
-    def weights(self, data, inputs):
-        return np.minimum(inputs.pi / data.pscore, self.lambda_)
+    def weights(self, data: LoggedBandit, inputs: RowInputs) -> np.ndarray:
+        w: np.ndarray = np.minimum(inputs.pi / data.pscore, self.lambda_)
+        return w
 
 
 def _row_share(data: LoggedBandit, w: np.ndarray) -> np.ndarray:
@@ -593,7 +610,7 @@ class SNIPS(IPS):
     n_ratios: ClassVar[int] = 1
     row_normalised: ClassVar[bool] = True
 
-    def terms(self, data, inputs, w):
+    def terms(self, data: LoggedBandit, inputs: RowInputs, w: np.ndarray) -> Terms:
         return Terms(np.zeros(data.n_decisions), ((per_decision(data, w * data.reward), _row_share(data, w)),))
 
 
@@ -620,7 +637,7 @@ class DM(IPS):
     name: ClassVar[str] = "DM"
     needs_q: ClassVar[bool] = True
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         super().__post_init__()
         if isinstance(self.n_folds, bool) or not isinstance(self.n_folds, int) or self.n_folds < 2:
             raise ValidationError(f"n_folds must be an integer >= 2, got {self.n_folds!r}", "n_folds")
@@ -628,7 +645,8 @@ class DM(IPS):
             raise ValidationError(f"reward_model must be a RewardModel (ridge, logistic, gbt), got "
                                   f"{type(self.reward_model).__name__}", "reward_model")
 
-    def terms(self, data, inputs, w):
+    def terms(self, data: LoggedBandit, inputs: RowInputs, w: np.ndarray) -> Terms:
+        assert inputs.q_target is not None  # _inputs sets it for the DM family
         return Terms(per_decision(data, inputs.q_target))
 
 
@@ -641,7 +659,8 @@ class DR(DM):
     def correction_weights(self, w: np.ndarray) -> np.ndarray:
         return w
 
-    def terms(self, data, inputs, w):
+    def terms(self, data: LoggedBandit, inputs: RowInputs, w: np.ndarray) -> Terms:
+        assert inputs.q_target is not None and inputs.q_logged is not None  # _inputs sets both
         cw = self.correction_weights(w)
         return Terms(per_decision(data, inputs.q_target + cw * (data.reward - inputs.q_logged)))
 
@@ -654,7 +673,8 @@ class SNDR(DM):
     n_ratios: ClassVar[int] = 1
     row_normalised: ClassVar[bool] = True
 
-    def terms(self, data, inputs, w):
+    def terms(self, data: LoggedBandit, inputs: RowInputs, w: np.ndarray) -> Terms:
+        assert inputs.q_target is not None and inputs.q_logged is not None  # _inputs sets both
         corr = per_decision(data, w * (data.reward - inputs.q_logged))
         return Terms(per_decision(data, inputs.q_target), ((corr, _row_share(data, w)),))
 
@@ -672,12 +692,12 @@ class SwitchDR(DR):
     lambda_: float = 10.0
     name: ClassVar[str] = "SwitchDR"
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         super().__post_init__()
         if not (isinstance(self.lambda_, int | float) and self.lambda_ > 0):
             raise ValidationError(f"lambda_ must be a positive number, got {self.lambda_!r}", "lambda_")
 
-    def correction_weights(self, w):
+    def correction_weights(self, w: np.ndarray) -> np.ndarray:
         return np.where(w <= self.lambda_, w, 0.0)
 
 
@@ -716,7 +736,9 @@ class Replay(IPS):
     name: ClassVar[str] = "Replay"
     mergeable: ClassVar[bool] = False  # a sampled match per row and per-slot counts of the whole log
 
-    def _terms(self, data, inputs, w, rng):
+    def _terms(self, data: LoggedBandit, inputs: RowInputs, w: np.ndarray,
+               rng: np.random.Generator | None) -> Terms:
+        assert rng is not None  # not mergeable: only estimate() computes its terms, with a stream
         _uniform_per_slot(data, self.name)
         match = (rng.random(data.n_rows) < inputs.pi).astype(float)
         ratios = []
@@ -769,11 +791,13 @@ class SlatePI(IPS):
     name: ClassVar[str] = "SlatePI"
     mergeable: ClassVar[bool] = False  # needs the dense action_dist of whole slates
 
-    def _terms(self, data, inputs, w, rng):
+    def _terms(self, data: LoggedBandit, inputs: RowInputs, w: np.ndarray,
+               rng: np.random.Generator | None) -> Terms:
         if inputs.dist is None:
             raise ValidationError("SlatePI needs the target as action_dist (its marginal of every logged item "
                                   "in every slot)", "action_dist")
         D, K = data.n_decisions, data.n_slots
+        assert data.decision is not None  # LoggedBandit fills it in
         counts = np.bincount(data.decision, minlength=D)
         if (counts != K).any():
             d = int(np.argmax(counts != K))

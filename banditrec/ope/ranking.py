@@ -9,9 +9,11 @@ Details: docs/evaluation.md, "Ranking metrics (`ope/ranking.py`)".
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+from numpy.typing import ArrayLike
 
 from ..errors import ValidationError
 from ..validation import as_1d, check_finite, check_positive_int
@@ -41,7 +43,7 @@ class RankingMetrics:
     n_excluded: int = 0
     n_reward_users: int | None = None
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -79,7 +81,7 @@ class PerUserRankingMetrics:
         )
 
 
-def _check_recommended(recommended, k, n_items: int) -> tuple[np.ndarray, int]:
+def _check_recommended(recommended: ArrayLike, k: int, n_items: int) -> tuple[np.ndarray, int]:
     """Validate ``recommended``, ``k`` and ``n_items``; return the top-``k`` block (a view)."""
     n_items = check_positive_int(n_items, "n_items")
     k = check_positive_int(k, "k")
@@ -123,7 +125,7 @@ def _check_recommended(recommended, k, n_items: int) -> tuple[np.ndarray, int]:
     return rec[:, :k], k
 
 
-def _relevant_keys(relevant, n_users: int, n_items: int) -> np.ndarray:
+def _relevant_keys(relevant: Any, n_users: int, n_items: int) -> np.ndarray:
     """Sorted unique ``user * n_items + item`` keys of the relevant (user, item) pairs."""
     if sp.issparse(relevant):
         if relevant.shape != (n_users, n_items):
@@ -165,7 +167,7 @@ def _relevant_keys(relevant, n_users: int, n_items: int) -> np.ndarray:
     return np.unique(rows * n_items + items)
 
 
-def _check_item_value(item_value, n_items: int) -> np.ndarray | None:
+def _check_item_value(item_value: ArrayLike | None, n_items: int) -> np.ndarray | None:
     if item_value is None:
         return None
     v = as_1d(item_value, "item_value", float)
@@ -179,7 +181,7 @@ def _check_item_value(item_value, n_items: int) -> np.ndarray | None:
     return v
 
 
-def coverage(recommended, *, k: int, n_items: int) -> float:
+def coverage(recommended: ArrayLike, *, k: int, n_items: int) -> float:
     """Share of the catalog appearing in the top ``k`` of any row of ``recommended``.
 
     .. math:: coverage@k = |\\bigcup_u \\{i_{u1}, \\dots, i_{uk}\\} \\setminus \\{-1\\}| / n\\_items
@@ -196,7 +198,8 @@ def _coverage(top: np.ndarray, n_items: int) -> float:
     return int(np.count_nonzero(np.bincount(items, minlength=n_items))) / n_items
 
 
-def _per_user(recommended, relevant, k, n_items, item_value):
+def _per_user(recommended: ArrayLike, relevant: Any, k: int, n_items: int,
+              item_value: ArrayLike | None) -> tuple[PerUserRankingMetrics, np.ndarray, int]:
     top, k = _check_recommended(recommended, k, n_items)
     n_items = int(n_items)
     n_users = top.shape[0]
@@ -241,8 +244,8 @@ def _per_user(recommended, relevant, k, n_items, item_value):
     return per, top, n_items
 
 
-def ranking_metrics_per_user(recommended, relevant, *, k: int, n_items: int,
-                             item_value=None) -> PerUserRankingMetrics:
+def ranking_metrics_per_user(recommended: ArrayLike, relevant: Any, *, k: int, n_items: int,
+                             item_value: ArrayLike | None = None) -> PerUserRankingMetrics:
     """Per-user precision@k, NDCG@k, reciprocal rank@k and average reward@k.
 
     Parameters are those of :func:`ranking_metrics`. Returns one entry per evaluated user
@@ -251,8 +254,8 @@ def ranking_metrics_per_user(recommended, relevant, *, k: int, n_items: int,
     return _per_user(recommended, relevant, k, n_items, item_value)[0]
 
 
-def ranking_metrics(recommended, relevant, *, k: int, n_items: int,
-                    item_value=None) -> RankingMetrics:
+def ranking_metrics(recommended: ArrayLike, relevant: Any, *, k: int, n_items: int,
+                    item_value: ArrayLike | None = None) -> RankingMetrics:
     """Precision@k, NDCG@k, MRR@k, coverage@k and average reward@k as Amazon Personalize defines them.
 
     Parameters

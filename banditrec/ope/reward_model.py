@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import scipy.sparse as sp
+from numpy.typing import ArrayLike
 
 from ..errors import ValidationError
 from ..types import LoggedBandit
@@ -20,7 +21,7 @@ _FOLD_SALT = 0xF01D5
 _PAIR_CHUNK = 1 << 20  # (row, item) pairs predicted at a time: bounds the design's memory
 
 
-def decision_folds(keys, n_folds: int, seed: int) -> np.ndarray:
+def decision_folds(keys: ArrayLike, n_folds: int, seed: int) -> np.ndarray:
     """Fold in ``[0, n_folds)`` of each decision key (e.g. its log sequence number).
 
     A splitmix64 hash of the key mixed with ``seed``: independent of the rewards, about
@@ -36,7 +37,8 @@ def decision_folds(keys, n_folds: int, seed: int) -> np.ndarray:
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         z = z ^ (z >> np.uint64(31))
-    return (z % np.uint64(n_folds)).astype(np.int64)
+    fold: np.ndarray = (z % np.uint64(n_folds)).astype(np.int64)
+    return fold
 
 
 @dataclass(frozen=True)
@@ -44,17 +46,17 @@ class Folds:
     """Cross-fitted models: the fold of each row and, per fold, the model fitted without it."""
 
     fold: np.ndarray
-    fitted: tuple
+    fitted: tuple[Any, ...]
 
 
-def _pairs(target_rows) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _pairs(target_rows: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(row, item, weight)`` of the nonzero entries of a (rows x items) matrix, row-major."""
     t = target_rows.tocsr() if sp.issparse(target_rows) else sp.csr_matrix(np.asarray(target_rows, dtype=float))
     row = np.repeat(np.arange(t.shape[0]), np.diff(t.indptr))
     return row, t.indices.astype(np.int64), t.data
 
 
-def _threads(n: int):
+def _threads(n: int) -> Any:
     """Native thread pools (OpenMP, BLAS) limited to ``n`` while a library model fits or
     predicts: its results then do not depend on the machine's core count, and it does not spin
     against other processes on a shared machine."""
@@ -63,7 +65,7 @@ def _threads(n: int):
     return threadpool_limits(limits=n)
 
 
-def _check_threads(n) -> None:
+def _check_threads(n: object) -> None:
     if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
         raise ValidationError(f"n_threads must be a positive integer, got {n!r}", "n_threads")
 
@@ -89,7 +91,7 @@ class RewardModel(ABC):
         """The fitted state on ``rows`` of ``data`` (all rows by default)."""
 
     @abstractmethod
-    def q(self, fitted, data: LoggedBandit, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
+    def q(self, fitted: Any, data: LoggedBandit, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Predicted rewards of ``items[j]`` in the slot and context of row ``rows[j]``."""
 
     def with_item_features(self, item_features: np.ndarray | None) -> "RewardModel":
@@ -97,8 +99,8 @@ class RewardModel(ABC):
         return self
 
     # -- shared machinery
-    def predict(self, fitted, data: LoggedBandit, rows: np.ndarray,
-                target_rows=None) -> tuple[np.ndarray, np.ndarray | None]:
+    def predict(self, fitted: Any, data: LoggedBandit, rows: np.ndarray,
+                target_rows: Any = None) -> tuple[np.ndarray, np.ndarray | None]:
         """``q(x_i, a_i, k_i)`` for ``rows`` and, given the target's ``(len(rows), A)``
         distribution over items in each row's slot (dense or scipy sparse),
         ``sum_a pi(a | x_i, k_i) q(x_i, a, k_i)``."""
@@ -110,7 +112,7 @@ class RewardModel(ABC):
         return logged, np.bincount(row, weights=weight * self.q_pairs(fitted, data, rows[row], item),
                                    minlength=len(rows))
 
-    def q_pairs(self, fitted, data: LoggedBandit, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
+    def q_pairs(self, fitted: Any, data: LoggedBandit, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
         """:meth:`q` over many (row, item) pairs, a bounded chunk at a time."""
         out = np.empty(len(rows))
         for start in range(0, len(rows), _PAIR_CHUNK):
@@ -162,7 +164,7 @@ class RewardModel(ABC):
         return out
 
     def predict_folds(self, folds: Folds, data: LoggedBandit,
-                      target_rows=None) -> tuple[np.ndarray, np.ndarray | None]:
+                      target_rows: Any = None) -> tuple[np.ndarray, np.ndarray | None]:
         """Each row's cross-fitted ``(q_logged (n,), q_target (n,) or None)``; ``target_rows
         (n, A)`` dense or sparse as for :meth:`predict`."""
         q_logged = self.fold_q(folds, data, np.arange(data.n_rows), data.action)
@@ -172,7 +174,7 @@ class RewardModel(ABC):
         q = self.fold_q(folds, data, row, item)
         return q_logged, np.bincount(row, weights=weight * q, minlength=data.n_rows)
 
-    def cross_fit(self, data: LoggedBandit, target_rows, *, n_folds: int,
+    def cross_fit(self, data: LoggedBandit, target_rows: Any, *, n_folds: int,
                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
         """Cross-fitted ``(q_logged (n,), q_target (n,) or None)``; folds are sets of decisions."""
         return self.predict_folds(self.fit_folds(data, n_folds=n_folds, rng=rng), data, target_rows)
@@ -183,7 +185,7 @@ def _one_hot(index: np.ndarray, width: int) -> sp.csr_matrix:
     return sp.csr_matrix((np.ones(n), (np.arange(n), index)), shape=(n, width))
 
 
-def _check_item_features(features, n_actions: int | None = None) -> np.ndarray | None:
+def _check_item_features(features: ArrayLike | None, n_actions: int | None = None) -> np.ndarray | None:
     if features is None:
         return None
     f = np.array(features, dtype=float)  # a copy: frozen below, the caller's array untouched
@@ -212,12 +214,12 @@ class RidgeRewardModel(RewardModel):
     name: ClassVar[str] = "ridge"
     reducible: ClassVar[bool] = True
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not (isinstance(self.alpha, (int, float)) and np.isfinite(self.alpha) and self.alpha > 0):
             raise ValidationError(f"alpha must be a positive number, got {self.alpha!r}", "alpha")
 
     @staticmethod
-    def _design(data: LoggedBandit, rows: np.ndarray):
+    def _design(data: LoggedBandit, rows: np.ndarray) -> Any:
         blocks = [_one_hot(data.slot[rows], data.n_slots), _one_hot(data.action[rows], data.n_actions)]
         if data.context is not None:
             blocks.append(sp.csr_matrix(data.context[rows]))
@@ -228,20 +230,21 @@ class RidgeRewardModel(RewardModel):
         x = self._design(data, rows)
         return (x.T @ x).tocsr(), x.T @ data.reward[rows]
 
-    def solve(self, gram, xty) -> np.ndarray:
+    def solve(self, gram: Any, xty: np.ndarray) -> np.ndarray:
         """Coefficients from summed :meth:`gram` statistics."""
         g = gram.toarray() if sp.issparse(gram) else np.array(gram, dtype=float)
         g[np.diag_indices_from(g)] += self.alpha
-        return np.linalg.solve(g, xty)
+        coef: np.ndarray = np.linalg.solve(g, xty)
+        return coef
 
     def fit(self, data: LoggedBandit, rows: np.ndarray | None = None) -> np.ndarray:
         """Coefficients ``[b_slot (K), b_item (A), theta (d)]`` fitted on ``rows`` (default all)."""
         rows = np.arange(data.n_rows) if rows is None else rows
         return self.solve(*self.gram(data, rows))
 
-    def q(self, coef, data, rows, items):
+    def q(self, coef: np.ndarray, data: LoggedBandit, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
         k, a = data.n_slots, data.n_actions
-        out = coef[:k][data.slot[rows]] + coef[k:k + a][items]
+        out: np.ndarray = coef[:k][data.slot[rows]] + coef[k:k + a][items]
         if data.context is not None:
             out = out + data.context[rows] @ coef[k + a:]
         return out
@@ -276,16 +279,16 @@ class LogisticRewardModel(RewardModel):
     name: ClassVar[str] = "logistic"
     NEWTON_MAX_COLUMNS: ClassVar[int] = 2000
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if not (isinstance(self.C, (int, float)) and np.isfinite(self.C) and self.C > 0):
             raise ValidationError(f"C must be a positive number, got {self.C!r}", "C")
         _check_threads(self.n_threads)
         object.__setattr__(self, "item_features", _check_item_features(self.item_features))
 
-    def with_item_features(self, item_features):
+    def with_item_features(self, item_features: np.ndarray | None) -> RewardModel:
         return replace(self, item_features=item_features)
 
-    def _design(self, data, rows, items, *, slot_column: bool):
+    def _design(self, data: LoggedBandit, rows: np.ndarray, items: np.ndarray, *, slot_column: bool) -> Any:
         blocks = [_one_hot(data.slot[rows], data.n_slots)] if slot_column else []
         blocks.append(_one_hot(items, data.n_actions))
         if data.context is not None:
@@ -294,7 +297,7 @@ class LogisticRewardModel(RewardModel):
             blocks.append(sp.csr_matrix(self.item_features[items]))
         return sp.hstack(blocks, format="csr")
 
-    def fit(self, data, rows=None):
+    def fit(self, data: LoggedBandit, rows: np.ndarray | None = None) -> tuple[Any, ...]:
         from sklearn.linear_model import LogisticRegression
 
         rows = np.arange(data.n_rows) if rows is None else np.asarray(rows)
@@ -302,7 +305,7 @@ class LogisticRewardModel(RewardModel):
         lo, hi = min(0.0, float(reward.min())), max(1.0, float(reward.max()))
         _check_item_features(self.item_features, data.n_actions)
         groups = [np.arange(data.n_slots)] if not self.per_slot else [[k] for k in range(data.n_slots)]
-        fitted = [(lo, hi)]
+        fitted: list[Any] = [(lo, hi)]  # the reward range, then each group's model
         for slots in groups:
             sel = rows[np.isin(data.slot[rows], slots)]
             y = (data.reward[sel] - lo) / (hi - lo)
@@ -322,7 +325,7 @@ class LogisticRewardModel(RewardModel):
             fitted.append((lr.coef_.ravel().copy(), float(lr.intercept_[0])))
         return tuple(fitted)
 
-    def q(self, fitted, data, rows, items):
+    def q(self, fitted: Any, data: LoggedBandit, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
         out = np.empty(len(rows))
         slot = data.slot[rows]
         (lo, hi), fitted = fitted[0], fitted[1:]
@@ -361,7 +364,7 @@ class GBTRewardModel(RewardModel):
     name: ClassVar[str] = "gbt"
     MAX_CATEGORIES: ClassVar[int] = 255
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         for name in ("max_iter", "max_leaf_nodes", "min_samples_leaf"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < (2 if name == "max_leaf_nodes" else 1):
@@ -371,13 +374,13 @@ class GBTRewardModel(RewardModel):
         _check_threads(self.n_threads)
         object.__setattr__(self, "item_features", _check_item_features(self.item_features))
 
-    def with_item_features(self, item_features):
+    def with_item_features(self, item_features: np.ndarray | None) -> RewardModel:
         return replace(self, item_features=item_features)
 
-    def _item_categorical(self, data) -> bool:
+    def _item_categorical(self, data: LoggedBandit) -> bool:
         return data.n_actions <= self.MAX_CATEGORIES
 
-    def _design(self, data, rows, items) -> np.ndarray:
+    def _design(self, data: LoggedBandit, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
         cols = [data.slot[rows][:, None].astype(float)]
         if self._item_categorical(data):
             cols.append(np.asarray(items, dtype=float)[:, None])
@@ -387,7 +390,7 @@ class GBTRewardModel(RewardModel):
             cols.append(self.item_features[items])
         return np.hstack(cols)
 
-    def fit(self, data, rows=None):
+    def fit(self, data: LoggedBandit, rows: np.ndarray | None = None) -> Any:
         from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 
         rows = np.arange(data.n_rows) if rows is None else np.asarray(rows)
@@ -407,12 +410,13 @@ class GBTRewardModel(RewardModel):
             model.fit(self._design(data, rows, data.action[rows]), y)
         return model
 
-    def q(self, fitted, data, rows, items):
+    def q(self, fitted: Any, data: LoggedBandit, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
         if isinstance(fitted, _Constant):
             return np.full(len(rows), fitted.value)
         x = self._design(data, rows, items)
         with _threads(self.n_threads):
-            return fitted.predict_proba(x)[:, 1] if hasattr(fitted, "predict_proba") else fitted.predict(x)
+            out: np.ndarray = fitted.predict_proba(x)[:, 1] if hasattr(fitted, "predict_proba") else fitted.predict(x)
+        return out
 
 
 REWARD_MODELS: dict[str, type[RewardModel]] = {

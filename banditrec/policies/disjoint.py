@@ -25,6 +25,7 @@ class DisjointLinUCB(PerItemPolicy):
 
     name = "disjoint-linucb"
     Config = LinUCBConfig
+    config: LinUCBConfig
     needs = frozenset({"items"})
 
     def __init__(self, config: LinUCBConfig, *, context_dim=None, **env):

@@ -61,6 +61,7 @@ class Softmax(JointRidgePolicy):
 
     name = "softmax"
     Config = SoftmaxConfig
+    config: SoftmaxConfig
 
     def scores(self, request: Request) -> np.ndarray:
         return self.mean(request)

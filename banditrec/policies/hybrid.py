@@ -71,6 +71,7 @@ class HybridLinUCB(PerItemPolicy):
 
     name = "hybrid-linucb"
     Config = HybridConfig
+    config: HybridConfig
     needs = frozenset({"items"})
     _shared_names = ("A0", "A0_inv", "b0", "beta", "ZZ", "Zr", "item_prior")
 

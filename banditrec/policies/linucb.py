@@ -84,6 +84,7 @@ class LinUCB(JointRidgePolicy):
 
     name = "linucb"
     Config = LinUCBConfig
+    config: LinUCBConfig
     _block_cache: _Blocks | None = None
 
     def _blocks(self) -> _Blocks:

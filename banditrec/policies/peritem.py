@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import operator
 from abc import abstractmethod
+from typing import Any, cast
 
 import numpy as np
 
 from ..errors import ValidationError
-from .base import Policy
-from .ridge import RewardStats, check_int, check_state
+from .base import Policy, PolicyConfig
+from .ridge import RewardStats, RidgeKnobs, check_int, check_state
 
 
 def env_size(value, name: str) -> int:
@@ -40,13 +41,13 @@ class PerItemPolicy(Policy):
 
     _shared_names: tuple[str, ...] = ()
 
-    def __init__(self, config, *, n_items=None, **env):
+    def __init__(self, config: PolicyConfig, *, n_items: int | None = None, **env: Any) -> None:
         super().__init__(config, **env)
         self.n_items = env_size(n_items, "n_items")
         self._stacks: dict[str, np.ndarray] = {}
         self._priors: dict[str, np.ndarray] = {}
         self.stats = RewardStats.EMPTY.copy()
-        self._sigma = None
+        self._sigma: float | None = None
 
     # ---- the stacks -------------------------------------------------------------------------
     def _stack(self, name: str, prior: np.ndarray) -> None:
@@ -119,7 +120,7 @@ class PerItemPolicy(Policy):
 
     def _item_reg(self) -> float:
         """The ridge penalty of the per-item coefficients (the prior ``A_a = reg I``)."""
-        return self.config.reg
+        return cast(RidgeKnobs, self.config).reg  # the subclasses' configs are LinUCB's (check_ridge)
 
     # ---- snapshots ----------------------------------------------------------------------------
     def _meta(self) -> dict:

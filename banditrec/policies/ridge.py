@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import operator
+from typing import Protocol, cast
 
 import numpy as np
 import scipy.sparse as sp
@@ -255,7 +256,17 @@ def check_state(arrays: dict, shapes: dict[str, tuple], policy: str) -> None:
 
 
 # ---- the shared joint-feature model ---------------------------------------------------------
-def check_ridge(config) -> None:
+class RidgeKnobs(Protocol):
+    """The two knobs of every ridge policy's config (:func:`check_ridge`)."""
+
+    @property
+    def reg(self) -> float: ...
+
+    @property
+    def gamma(self) -> float: ...
+
+
+def check_ridge(config: RidgeKnobs) -> None:
     """The knobs every ridge policy's config has: ``reg`` > 0 (the ridge penalty) and ``gamma``
     in (0, 1] (the per-row discount). Their ``epsilon`` defaults to 0 -- they explore by their
     own means (an optimism bonus, a posterior draw, a temperature) and the serving floor is the
@@ -286,6 +297,9 @@ class JointRidgePolicy(Policy):
     the slate is not epsilon-greedy over the scores).
     """
 
+    _sigma: float | None
+    _digest: bytes | None
+
     def __init__(self, config, *, context_dim=None, item_dim=None, **env):
         super().__init__(config, **env)
         if context_dim is None or item_dim is None:
@@ -294,12 +308,17 @@ class JointRidgePolicy(Policy):
             )
         self.context_dim, self.item_dim = int(context_dim), int(item_dim)
         self.dim = joint_dim(self.context_dim, self.item_dim)
-        self.A = np.eye(self.dim) * config.reg
-        self.A_inv = np.eye(self.dim) / config.reg
+        self.A = np.eye(self.dim) * self._ridge.reg
+        self.A_inv = np.eye(self.dim) / self._ridge.reg
         self.b = np.zeros(self.dim)
         self.theta = np.zeros(self.dim)
         self.stats = RewardStats.EMPTY.copy()
         self._changed()
+
+    @property
+    def _ridge(self) -> RidgeKnobs:
+        # every JointRidgePolicy's Config has reg and gamma (it calls check_ridge)
+        return cast(RidgeKnobs, self.config)
 
     def features(self, request: Request) -> np.ndarray:
         V = np.asarray(request.item_features, dtype=float)
@@ -315,7 +334,7 @@ class JointRidgePolicy(Policy):
         """The standard deviation of a reward around the model (:meth:`RewardStats.noise_sd`;
         the effective number of parameters is ``dim - reg trace(A^{-1})``), cached per state."""
         if self._sigma is None:
-            df = self.dim - self.config.reg * float(np.trace(self.A_inv))
+            df = self.dim - self._ridge.reg * float(np.trace(self.A_inv))
             self._sigma = RewardStats.noise_sd(self.stats, float(self.theta @ self.b), df)
         return self._sigma
 
@@ -343,8 +362,8 @@ class JointRidgePolicy(Policy):
         if len(X) == 0:
             return
         # computed on copies: a failed update keeps serving the old state, never a NaN model
-        gamma = self.config.gamma
-        new = ridge_step(self.A, self.A_inv, self.b, X, r, w, reg=self.config.reg, gamma=gamma)
+        gamma = self._ridge.gamma
+        new = ridge_step(self.A, self.A_inv, self.b, X, r, w, reg=self._ridge.reg, gamma=gamma)
         stats = RewardStats.step(self.stats, r, w, gamma)
         if not np.isfinite(stats).all():
             raise overflow_error()
@@ -411,7 +430,7 @@ class JointRidgePolicy(Policy):
                                   f"{self.dim} dimensions ({old} before the intercept)", "snapshot")
         check_state(arrays, {"A": (old, old), "A_inv": (old, old), "b": (old,), "theta": (old,)}, self.name)
         pos = _legacy_positions(self.context_dim, self.item_dim)
-        reg, d = self.config.reg, self.dim
+        reg, d = self._ridge.reg, self.dim
         A, A_inv = np.eye(d) * reg, np.eye(d) / reg
         A[np.ix_(pos, pos)] = arrays["A"]
         A_inv[np.ix_(pos, pos)] = arrays["A_inv"]

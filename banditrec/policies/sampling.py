@@ -128,6 +128,8 @@ class SequentialSlate:
         Seed of the Monte-Carlo stream; by default derived from the inputs.
     """
 
+    types: np.ndarray | None
+
     def __init__(self, values, epsilon, *, kind: str = "weights", types=None, max_per_type: int = 0,
                  draws: int = DEFAULT_DRAWS, seed: int | None = None):
         values = np.asarray(values, dtype=float)
@@ -165,8 +167,8 @@ class SequentialSlate:
         self.seed = _content_seed(seed_grid(values), self.epsilon, np.array([self.max_per_type, self.draws]),
                                   np.zeros(0) if self.types is None else self.types,
                                   np.frombuffer(kind.encode(), np.uint8)) if seed is None else int(seed)
-        self._marg = None
-        self._se = None
+        self._marg: np.ndarray | None = None
+        self._se: np.ndarray | None = None
 
     @property
     def n_candidates(self) -> int:
@@ -221,6 +223,7 @@ class SequentialSlate:
         for k in range(K):
             pmf = self._pmf(shown, counts, k)
             if collect:
+                assert mean is not None and sd is not None  # allocated when collecting
                 mean[:, k] = pmf.mean(axis=0)
                 sd[:, k] = pmf.std(axis=0, ddof=1) if n_paths > 1 else 0.0
             cum = np.cumsum(pmf, axis=1)
@@ -235,6 +238,7 @@ class SequentialSlate:
             cond[:, k] = pmf[rows, pick]
             shown[rows, pick] = True
             if counts is not None:
+                assert self.types is not None  # counted only under a per-type cap
                 np.add.at(counts, (rows, self.types[pick]), 1)
         return index, cond, mean, sd
 
@@ -342,6 +346,7 @@ class SequentialSlate:
     def marginal_se(self) -> np.ndarray:
         """(n, K) standard error of :meth:`marginals` (0 for slot 0)."""
         self.marginals()
+        assert self._se is not None  # marginals() computes it
         return self._se
 
     def conditionals(self, index) -> np.ndarray:
@@ -356,6 +361,7 @@ class SequentialSlate:
             out[k] = self._pmf(shown, counts, k)[0, i]
             shown[0, i] = True
             if counts is not None:
+                assert self.types is not None  # counted only under a per-type cap
                 counts[0, self.types[i]] += 1
         return out
 
@@ -402,9 +408,9 @@ class SampledRankingSlate:
         self.epsilon = _check_epsilon(epsilon, self._n)
         self.draws = _check_draws(draws)
         self.seed = seed
-        self._scores = None
-        self._marg = None
-        self._se = None
+        self._scores: np.ndarray | None = None
+        self._marg: np.ndarray | None = None
+        self._se: np.ndarray | None = None
 
     @property
     def n_candidates(self) -> int:
@@ -447,6 +453,7 @@ class SampledRankingSlate:
 
     def marginal_se(self) -> np.ndarray:
         self.marginals()
+        assert self._se is not None  # marginals() computes it
         return self._se
 
     def _rank_marginals(self, s: np.ndarray) -> np.ndarray:

@@ -297,13 +297,13 @@ class EpsilonGreedySlate:
                 pos = where.get(i, i)
                 remaining[pos] = last
                 where[last] = pos
-        index = np.array(index, dtype=np.int64)
-        prop = np.array(prop)
+        index_arr = np.array(index, dtype=np.int64)
+        prop_arr = np.array(prop)
         table = _rank_slot_marginals_cached(n, tuple(eps)) if n * n_slots <= _CACHE_MAX_CELLS \
             else _rank_slot_marginals(n, tuple(eps))  # what rank_slot_marginals returns, without re-checking
         marg = table.ravel().take([r * n_slots + k for k, r in enumerate(rank_of)])
-        log_joint = float(np.log(prop).sum())
-        return SlateSample(index=index, propensity=prop, marginal=marg, joint=float(np.exp(log_joint)),
+        log_joint = float(np.log(prop_arr).sum())
+        return SlateSample(index=index_arr, propensity=prop_arr, marginal=marg, joint=float(np.exp(log_joint)),
                            log_joint=log_joint)
 
     def _sample_general(self, uniforms: list, order_a, group_a, sizes_a) -> SlateSample:
@@ -345,11 +345,11 @@ class EpsilonGreedySlate:
             if last != i:
                 remaining[where[i]] = last
                 where[last] = where[i]
-        index = np.array(index, dtype=np.int64)
-        prop = np.array(prop)
-        marg = self.marginals()[index, np.arange(n_slots)]
-        log_joint = float(np.log(prop).sum())
-        return SlateSample(index=index, propensity=prop, marginal=marg, joint=float(np.exp(log_joint)),
+        index_arr = np.array(index, dtype=np.int64)
+        prop_arr = np.array(prop)
+        marg = self.marginals()[index_arr, np.arange(n_slots)]
+        log_joint = float(np.log(prop_arr).sum())
+        return SlateSample(index=index_arr, propensity=prop_arr, marginal=marg, joint=float(np.exp(log_joint)),
                            log_joint=log_joint)
 
     def conditionals(self, index) -> np.ndarray:

@@ -91,7 +91,7 @@ def save(path, *, name: str, params: dict, model_version: str, arrays: dict[str,
         for k, v in clean.items():
             if v.dtype == object:
                 raise ValidationError(f"snapshot array {k!r} has dtype object; only numeric arrays are saved", k)
-        np.savez(buf, **clean)
+        np.savez(buf, **clean)  # type: ignore[arg-type]  # numpy's stub matches **kwds against allow_pickle
         payload, payload_suffix = buf.getvalue(), ".npz"
         shapes = {k: {"shape": list(v.shape), "dtype": v.dtype.str} for k, v in clean.items()}
     else:

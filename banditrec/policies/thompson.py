@@ -47,9 +47,10 @@ class LinTS(JointRidgePolicy):
 
     name = "lints"
     Config = LinTSConfig
+    config: LinTSConfig
 
     def __init__(self, config: LinTSConfig, **env):
-        self._L = None
+        self._L: np.ndarray | None = None
         super().__init__(config, **env)
 
     def _changed(self) -> None:

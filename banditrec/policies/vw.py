@@ -13,6 +13,7 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import vowpalwabbit
@@ -140,7 +141,7 @@ def _features(values: np.ndarray) -> str:
 class _Lines:
     """Builds example lines; item lines are cached by the bytes of their float64 feature row."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._cache: dict[bytes, str] = {}
         self._template: dict[int, str] = {}
 
@@ -168,7 +169,7 @@ class _Lines:
                 else:
                     line = ("|Action " + " ".join(f"f{j}:{v:.9g}" for j, v in enumerate(row) if v != 0.0)).rstrip()
                 cache[keys[i]] = out[i] = line
-        return out
+        return cast(list[str], out)  # every missing line was filled in
 
 
 def _slot_line(k: int, *, seed: int | None = None, include: int | None = None, label: str = "") -> str:
@@ -194,6 +195,7 @@ class VWPolicy(Policy):
     """
 
     Config = VWConfig
+    config: VWConfig
     _reduction = ""
 
     def __init__(self, config: VWConfig, *, context_dim=None, item_dim=None, **env):
@@ -500,8 +502,8 @@ class VWSlate:
         self.draws = int(draws)
         self.seed = _content_seed(np.asarray(context, dtype=float), features, np.array([self._k, self.draws]),
                                   np.array([policy.config.seed])) if seed is None else int(seed)
-        self._marg = None
-        self._se = None
+        self._marg: np.ndarray | None = None
+        self._se: np.ndarray | None = None
 
     @property
     def n_candidates(self) -> int:
@@ -596,6 +598,7 @@ class VWSlate:
     def marginal_se(self) -> np.ndarray:
         """(n, K) standard error of :meth:`marginals` (0 for slot 0; at most 0.5 / sqrt(draws))."""
         self.marginals()
+        assert self._se is not None  # marginals() computes it
         return self._se
 
     def conditionals(self, index) -> np.ndarray:
@@ -621,6 +624,7 @@ class VWConditionalContextualBandit(VWPolicy):
 
     name = "vw-ccb"
     Config = VWCCBConfig
+    config: VWCCBConfig
     _reduction = "--ccb_explore_adf"
     needs = frozenset({"propensity", "slot", "candidates", "chosen"})
 

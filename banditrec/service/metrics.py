@@ -26,7 +26,7 @@ class Metrics:
     """The app's metrics, registered in a registry of its own (so that several apps can live
     in one process, as in the tests)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter("banditrec_http_requests", "HTTP requests by route, method and status.",

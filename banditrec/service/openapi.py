@@ -9,9 +9,11 @@ context length.
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint, Flask
 from pydantic import BaseModel
-from pydantic.json_schema import models_json_schema
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from .schemas import ErrorResponse
 
@@ -55,7 +57,7 @@ def context_schema(engine) -> dict:
         n = int(engine.context_dim)
         given = {"type": "array", "items": {"type": "number"}, "minItems": n, "maxItems": n}
     else:
-        props = {}
+        props: dict[str, dict[str, Any]] = {}
         for name in featurizer.field_names():
             vocab = featurizer.fields.get(name)
             if vocab == "number":
@@ -74,14 +76,16 @@ def document(app: Flask) -> dict:
     for rule in app.url_map.iter_rules():
         view = app.view_functions.get(rule.endpoint)
         meta = getattr(view, "openapi", None)
-        if meta is None:
+        if view is None or meta is None:
             continue
+        assert rule.methods is not None  # Flask gives every rule its methods
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
             routes.append((rule.rule, method.lower(), view, meta))
-    models = {ErrorResponse}
+    models: set[type[BaseModel]] = {ErrorResponse}
     for *_, meta in routes:
         models.update(m for m in (meta["body"], meta["response"]) if m is not None)
-    keyed = sorted(((m, mode) for m in models for mode in ("validation", "serialization")),
+    modes: tuple[JsonSchemaMode, ...] = ("validation", "serialization")
+    keyed = sorted(((m, mode) for m in models for mode in modes),
                    key=lambda t: (t[0].__name__, t[1]))
     refs, defs = models_json_schema(keyed, ref_template=REF)
     schemas = defs.get("$defs", {})
@@ -129,7 +133,7 @@ def document(app: Flask) -> dict:
                                           "content": {"application/json": {"schema": ref(ErrorResponse,
                                                                                          "serialization")}}}
         paths.setdefault(path, {})[method] = op
-    doc = {
+    doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "banditrec decision service", "version": "1"},
         "paths": paths,

@@ -66,7 +66,7 @@ class BuildConfig:
     # [build]
     keep_builds: int = 5
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         for name in ("view_events", "cart_events", "purchase_events", "not_features", "consumable_types",
                      "context_features"):
             object.__setattr__(self, name, _tuple(getattr(self, name), name))
@@ -87,7 +87,7 @@ class BuildConfig:
         if bad:
             raise ValidationError(f"context_features: unknown {bad[0]!r}; known: {', '.join(CONTEXT_FEATURES)}",
                                   "context_features")
-        fields = {}
+        fields: dict[str, str | tuple[str, ...]] = {}
         for name, vocab in dict(self.request_fields).items():
             if vocab == "number":
                 fields[name] = "number"

@@ -242,15 +242,19 @@ class ContextFeaturizer:
         """The context vector for ``user`` (a row of the build's users, or -1: unknown)."""
         out = []
         for part in self.parts:
+            # a build saves the arrays of the parts it lists
             if part == "segment":
+                assert self.user_segment is not None
                 v = np.zeros(len(self.segment_vocab))
                 s = self.user_segment[user] if user >= 0 else -1
                 if s >= 0:
                     v[s] = 1.0
                 out.append(v)
             elif part == "user_numeric":
+                assert self.user_numeric is not None
                 out.append(self.user_numeric[user] if user >= 0 else np.zeros(self.user_numeric.shape[1]))
             elif part == "taste":
+                assert self.taste_sum is not None and self.taste_n is not None
                 total = self.taste_sum[user].astype(float) if user >= 0 else np.zeros(item_features.shape[1])
                 n = float(self.taste_n[user]) if user >= 0 else 0.0
                 if len(session_items):
@@ -258,6 +262,7 @@ class ContextFeaturizer:
                     n += len(session_items)
                 out.append(total / n if n else total)
             elif part == "recency":
+                assert self.last_ts is not None
                 if session_age_s is not None:
                     age = session_age_s
                 elif user >= 0 and np.isfinite(self.last_ts[user]):
@@ -290,7 +295,9 @@ class ContextFeaturizer:
             if value is not None:
                 if not isinstance(value, str):
                     raise ValidationError(f"context.{name} must be a string, got {value!r}", f"context.{name}")
-                j = self._field_index[name].get(value)
+                index = self._field_index[name]
+                assert index is not None  # a categorical field (numbers continued above)
+                j = index.get(value)
                 if j is None:
                     raise ValidationError(f"context.{name} must be one of {', '.join(vocab)}; got {value!r}",
                                           f"context.{name}")

@@ -51,10 +51,10 @@ def recommend(shop_dir, user_id: str, *, cart=(), views=(), n_slots: int = 5, po
     session; decided on an in-memory log (nothing is written anywhere)."""
     shop = Shop(shop_dir)
     if snapshots is not None:
-        from ..service.reload import read_pointer
+        from ..publish import read_pointer
 
         pointer = read_pointer(snapshots)
-        served = load(Path(snapshots) / pointer["manifest"], **shop.policy_env())
+        served = load(Path(snapshots) / pointer.manifest, **shop.policy_env())
     else:
         served = shop.policy(policy)
     now = time.time()

@@ -10,7 +10,7 @@ import datetime as dt
 import operator
 import re
 from dataclasses import dataclass
-from typing import Iterator, Mapping, Sequence
+from typing import Iterator, Mapping, Sequence, cast
 
 import numpy as np
 
@@ -202,13 +202,14 @@ def prescan(reader, spec: Spec, n_items: int | None) -> tuple[Catalog, list[list
         for s, c in zip(cats, spec.categorical):
             s.add(row[c])
     if i_index is not None:
-        pairs = sorted(items.items(), key=lambda kv: kv[1])
+        indexed = cast(dict[str, int], items)  # every item got its index above
+        pairs = sorted(indexed.items(), key=lambda kv: kv[1])
         owner: dict[int, str] = {}
         for item, idx in pairs:
             if owner.setdefault(idx, item) != item:
                 raise RowError(None, spec.header[i_index],
                                 f"items {owner[idx]!r} and {item!r} share catalog index {idx}")
-        catalog = Catalog(dict(items), tuple(p[0] for p in pairs), tuple(p[1] for p in pairs))
+        catalog = Catalog(dict(indexed), tuple(p[0] for p in pairs), tuple(p[1] for p in pairs))
     elif items and all(_CANONICAL_INT.fullmatch(i) for i in items):
         n = max(int(i) for i in items) + 1
         if n_items is not None:
@@ -323,7 +324,7 @@ def group_rows(reader, spec: Spec, start_line: int, *, single: bool = False
             continue
         if len(row) != width:
             raise RowError(line, None, f"expected {width} fields as in the header, found {len(row)}")
-        k = keyof(row)
+        k: tuple[str, ...] = keyof(row)
         pos = row[i_pos]
         if group and k == key and pos not in positions:
             group.append((line, row))

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 from ..errors import ValidationError
 from .export import (
@@ -51,15 +51,15 @@ def export_log(log: DecisionLog, path: str | Path, format: str, *, kind: str = "
         fn = export_csv if format == "csv" else export_parquet
         return fn(log, path, candidates=candidates)
     if format in ("vw", "dsjson"):
-        fn = export_vw if format == "vw" else export_dsjson
-        return fn(log, path, kind=kind, default_reward=default_reward, min_probability=min_probability)
+        write = export_vw if format == "vw" else export_dsjson
+        return write(log, path, kind=kind, default_reward=default_reward, min_probability=min_probability)
     if format == "interactions":
         return export_interactions(log, path)
     raise ValidationError(f"unknown export format {format!r}; expected one of {', '.join(EXPORT_FORMATS)}", "format")
 
 
 def import_file(path: str | Path, log: DecisionLog, format: str, mapping: Mapping[str, str] | None = None,
-                **kw) -> ImportResult:
+                **kw: Any) -> ImportResult:
     """Import ``path`` in ``format`` (one of :data:`IMPORT_FORMATS`)."""
     if format == "obd":
         return import_obd(path, log, mapping=mapping, **kw)

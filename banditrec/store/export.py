@@ -11,9 +11,10 @@ import csv
 import json
 import os
 import secrets
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from ..errors import BanditRecError
 from .codecs import WHOLE_DECISION
@@ -26,7 +27,7 @@ class MissingDependencyError(BanditRecError, ImportError):
     """An optional dependency (an ``extras_require`` extra) is not installed."""
 
 
-def _require_pyarrow():
+def _require_pyarrow() -> tuple[Any, Any]:
     try:
         import pyarrow
         import pyarrow.parquet
@@ -98,17 +99,17 @@ class Layout:
 class Batch:
     """Rows in the layout's column order, plus each row's parsed context and candidate ids."""
 
-    rows: list[tuple]
+    rows: list[tuple[Any, ...]]
     contexts: list[list[float]]
     candidates: list[list[str]]
     n_decisions: int
 
 
-def _has_column(conn, table: str, column: str) -> bool:
+def _has_column(conn: sqlite3.Connection, table: str, column: str) -> bool:
     return any(row[1] == column for row in conn.execute(f"PRAGMA table_info({table})"))
 
 
-def read_layout(conn, candidates: bool) -> Layout:
+def read_layout(conn: sqlite3.Connection, candidates: bool) -> Layout:
     """The export's shape from a :meth:`DecisionLog.snapshot` connection: context width, reward
     kinds, whether rewards carry a late flag; ``candidates`` adds the candidate-list columns."""
     width = conn.execute("SELECT coalesce(max(json_array_length(context)), 0) FROM decisions").fetchone()[0]
@@ -116,7 +117,7 @@ def read_layout(conn, candidates: bool) -> Layout:
     return Layout(int(width), kinds, _has_column(conn, "rewards", "late"), candidates)
 
 
-def read_batches(conn, layout: Layout, batch_decisions: int, *, after_seq: int = 0,
+def read_batches(conn: sqlite3.Connection, layout: Layout, batch_decisions: int, *, after_seq: int = 0,
                  until_seq: int | None = None) -> Iterator[Batch]:
     """Every logged slot in (seq, position) order, as rows in ``layout``'s columns, about
     ``batch_decisions`` decisions at a time (so memory stays flat on any log size); only the
@@ -134,13 +135,15 @@ def read_batches(conn, layout: Layout, batch_decisions: int, *, after_seq: int =
         end = until if end is None else end[0]
         raw = conn.execute(READ_EXPORT_SLOTS, (after, end)).fetchall()
         # (event_id, position) -> flat reward cells of every kind
-        rewards: dict[tuple[str, int], list] = {}
+        rewards: dict[tuple[str, int], list[Any]] = {}
         for event_id, position, kind, value, ts, *flag in conn.execute(reward_sql, (after, end)):
             cells = rewards.setdefault((event_id, position), [None] * (n_kinds * 3))
             i = kind_slot[kind] * 3
             cells[i:i + 3] = (float(value), float(ts), None if not flag or flag[0] is None else int(flag[0]))
         rows, contexts, cands = [], [], []
-        last_event, context, candidate_ids, candidate_json, index_json = None, None, None, None, None
+        last_event = candidate_json = index_json = None
+        context: list[float] = []  # the decision's, set by its first row
+        candidate_ids: list[str] = []
         n_decisions = 0
         for (seq, event_id, ts, user_id, surface, policy, model_version, params, position, item_id, item_index,
              propensity, marginal, draws, source, cand_json, cidx_json, context_json, joint, log_joint) in raw:
@@ -170,7 +173,7 @@ def read_batches(conn, layout: Layout, batch_decisions: int, *, after_seq: int =
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | Path, mode: str = "w", **kw):
+def atomic_output(path: str | Path, mode: str | None = "w", **kw: Any) -> Iterator[Any]:
     """Write to a temporary file beside ``path`` and move it into place only on success, so a
     failed export never leaves a half-written file where a complete one is expected."""
     path = Path(path)
@@ -236,7 +239,7 @@ def export_interactions(log: DecisionLog, path: str | Path) -> ExportResult:
     return ExportResult(str(path), "interactions", n, 0, INTERACTION_COLUMNS)
 
 
-def _csv_cell(v):
+def _csv_cell(v: object) -> object:
     if isinstance(v, float):
         return repr(v)
     return v  # str, int or None (csv writes None as an empty cell)
@@ -265,7 +268,7 @@ def export_parquet(log: DecisionLog, path: str | Path, *, candidates: bool = Fal
     return ExportResult(str(path), "parquet", n_rows, n_dec, layout.columns)
 
 
-def parquet_schema(layout: Layout, extra_metadata: dict | None = None):
+def parquet_schema(layout: Layout, extra_metadata: dict[str, str] | None = None) -> Any:
     """The Parquet schema of an export in ``layout`` (types and metadata as :func:`export_parquet`)."""
     pa, _ = _require_pyarrow()
     fields = []
@@ -284,7 +287,7 @@ def parquet_schema(layout: Layout, extra_metadata: dict | None = None):
     return pa.schema(fields, metadata=meta)
 
 
-def batch_table(schema, rows: list[tuple]):
+def batch_table(schema: Any, rows: list[tuple[Any, ...]]) -> Any:
     """``rows`` (tuples in the schema's column order, as :func:`read_batches` yields) as a table."""
     pa, _ = _require_pyarrow()
     columns = list(zip(*rows)) if rows else [()] * len(schema)

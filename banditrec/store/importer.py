@@ -15,7 +15,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence, TypedDict
 
 import numpy as np
 
@@ -74,6 +74,16 @@ class ImportResult:
         """The context encoding as a JSON-able dict, to keep beside the log."""
         return {"encoding_id": self.encoding_id, "source": self.path, "format": self.format,
                 "context_names": list(self.context_names), "n_items": self.n_items}
+
+
+class _Counts(TypedDict):
+    """What an import has written so far (the fields of :class:`ImportResult` it counts)."""
+
+    decisions: int
+    slots: int
+    rewards: int
+    first: int | None
+    last: int | None
 
 
 @dataclass
@@ -141,6 +151,7 @@ class _Importer:
                 probs[field] = p
         conditional = probs.get("propensity", probs.get("marginal"))
         marginal = probs.get("marginal", conditional)
+        assert conditional is not None and marginal is not None  # resolve() requires one of the columns
         draws = (int_cells(cells(col["marginal_draws"]), lines, name("marginal_draws"))
                  if "marginal_draws" in col else np.zeros(len(rows), np.int64))
         items = cells(col["item"])
@@ -152,18 +163,18 @@ class _Importer:
         for kind, ci, ti in spec.rewards:
             values = float_cells(cells(ci), lines, spec.header[ci], allow_empty=True)
             self._check_rewards(values, lines, spec.header[ci])
-            ts = float_cells(cells(ti), lines, spec.header[ti], allow_empty=True) if ti is not None else None
-            slot_rewards.append((kind, values, ts))
+            times = float_cells(cells(ti), lines, spec.header[ti], allow_empty=True) if ti is not None else None
+            slot_rewards.append((kind, values, times))
         whole_rewards = []
         for kind, ci, ti in spec.decision_rewards:
             values = float_cells(cells(ci, firsts), first_lines, spec.header[ci], allow_empty=True)
             self._check_rewards(values, first_lines, spec.header[ci])
-            ts = (float_cells(cells(ti, firsts), first_lines, spec.header[ti], allow_empty=True)
-                  if ti is not None else None)
-            whole_rewards.append((kind, values, ts))
+            times = (float_cells(cells(ti, firsts), first_lines, spec.header[ti], allow_empty=True)
+                     if ti is not None else None)
+            whole_rewards.append((kind, values, times))
         contexts = np.empty((len(groups), len(spec.context)))
-        for j, c in enumerate(spec.context):
-            contexts[:, j] = float_cells(cells(c, firsts), first_lines, spec.header[c], allow_empty=True)
+        for col_j, c in enumerate(spec.context):
+            contexts[:, col_j] = float_cells(cells(c, firsts), first_lines, spec.header[c], allow_empty=True)
         empty = np.isnan(contexts)  # _floats lets NaN through for empty cells only
         joint = log_joint = None
         if "joint_propensity" in col:
@@ -188,8 +199,8 @@ class _Importer:
                                                             f"carousel's {self.rounds} slots (--slots)")
             elif not np.array_equal(pos, np.arange(n)):
                 missing = sorted(set(range(n)) - set(pos.tolist()))
-                bad = int(np.argmax(pos != np.arange(n)))
-                raise RowError(group[int(order[bad])][0], name("position"),
+                first_bad = int(np.argmax(pos != np.arange(n)))
+                raise RowError(group[int(order[first_bad])][0], name("position"),
                                 f"the decision starting at line {line0} has positions "
                                 f"{(pos + spec.position_base).tolist()}; a decision needs positions "
                                 f"{spec.position_base}..{spec.position_base + n - 1} (missing "
@@ -322,7 +333,7 @@ def _import(path: str | Path, log: DecisionLog, fmt: str, explicit: Mapping[str,
             rounds: int | None = None) -> ImportResult:
     path = str(path)
     start_line = 2 if start_line is None else int(start_line)
-    counts = {"decisions": 0, "slots": 0, "rewards": 0, "first": None, "last": None}
+    counts: _Counts = {"decisions": 0, "slots": 0, "rewards": 0, "first": None, "last": None}
     importer: _Importer | None = None
 
     def result() -> ImportResult:
@@ -336,7 +347,7 @@ def _import(path: str | Path, log: DecisionLog, fmt: str, explicit: Mapping[str,
                           + ([f"column {column!r}"] if column else []))
         progress = (f"imported {done.decisions} decisions ({done.slots} slots, {done.rewards} rewards, lines "
                     f"{done.first_line}-{done.last_line}) before stopping; they are complete in the log, and "
-                    f"start_line={done.last_line + 1} resumes after the fix"
+                    f"start_line={(done.last_line or 0) + 1} resumes after the fix"
                     if done.decisions else "nothing was imported")
         return ImportFailedError(f"{where}: {message}; {progress}", column, line, done)
 

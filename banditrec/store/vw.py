@@ -11,7 +11,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -175,7 +175,7 @@ def export_dsjson(log: DecisionLog, path: str | Path, *, kind: str = "click", de
     counter = [0, 0, 0]
     with atomic_output(path, "w", encoding="utf-8") as fh:
         for ex in _vw_examples(log, kind, default_reward, min_probability, batch_decisions, counter):
-            shared: dict = {}
+            shared: dict[str, Any] = {}
             feats = {f"c{j}": v for j, v in enumerate(ex.context) if v != 0.0}
             if feats:
                 shared["User"] = feats
