@@ -1,6 +1,6 @@
 """bench section ``opetruth``: every estimator against the simulator's exact truth, over many seeds.
 
-The larger version of tests/test_ope_truth.py, with the same study code (imported from it, so
+The larger version of tests/banditrec/ope/test_ope_truth.py, with the same study code (imported from it, so
 the table and the tests can never describe different experiments): a shop whose position-based
 click model gives the exact expected reward of any slate, a personalised epsilon-greedy target
 whose exact marginals give its exact value over the customer population, and two loggers --

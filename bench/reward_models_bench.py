@@ -12,7 +12,7 @@ Relative error = |estimate - truth| / truth; "full" on the whole log, "boot" the
 bootstrap resamples of the log (obp's ``sample_bootstrap_bandit_feedback``), each refitting
 the reward model; folds hash the original row, so that a row drawn twice stays in one fold.
 
-``rewardtruth``: the simulator knows the truth. (a) tests/test_ope_truth.py's world (position-
+``rewardtruth``: the simulator knows the truth. (a) tests/banditrec/ope/test_ope_truth.py's world (position-
 based clicks, ``theta_k * sigmoid(base + bias_a + pref_c . latent_a)``: a preference x item
 interaction no additive model holds) with its two loggers; (b) a logistic world (tests/
 test_reward_models.py), whose correctly specified model is a logistic regression.
@@ -161,7 +161,7 @@ def bench_reward_truth(cfg: dict, tmp: Path) -> None:
                     errs.setdefault(f"{name}, {label}", []).append(v - world.truth)
         rows = [[k, *_summary(np.array(v))] for k, v in errs.items()]
         table(f"rewardtruth: the position-based click world, {logger} logger",
-              f"tests/test_ope_truth.py's world (60 items, 200 customers, 3 slots; clicks theta_k * sigmoid(base + "
+              f"tests/banditrec/ope/test_ope_truth.py's world (60 items, 200 customers, 3 slots; clicks theta_k * sigmoid(base + "
               f"bias_a + pref . latent_a)); exact truth {world.truth:.4f} clicks per carousel; {len(seeds)} seeds x "
               f"{cfg['rm_decisions']:,} decisions. Error = estimate - truth: mean ± 95% CI, RMSE.",
               ["estimator, reward model", "bias", "RMSE"], rows)
@@ -174,6 +174,6 @@ def bench_reward_truth(cfg: dict, tmp: Path) -> None:
             errs.setdefault(f"DM, {label}", []).append(est.estimate(data, dist).value - lw.truth)
     rows = [[k, *_summary(np.array(v))] for k, v in errs.items()]
     table("rewardtruth: a logistic world (binary rewards, logistic truth)",
-          f"tests/test_reward_models.py's world; exact truth {lw.truth:.4f}; {len(seeds)} seeds x "
+          f"tests/banditrec/ope/test_reward_models.py's world; exact truth {lw.truth:.4f}; {len(seeds)} seeds x "
           f"{cfg['rm_decisions']:,} decisions; {time.perf_counter() - t0:.0f} s for both tables.",
           ["estimator, reward model", "bias", "RMSE"], rows)

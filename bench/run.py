@@ -45,7 +45,7 @@ Sections (``--only NAME`` runs one):
              the uniformly random log (bench/reward_models_bench.py; ``make obd`` first, a note
              when data/obd is missing)
   rewardtruth  the same reward models against the simulator's exact truth: the position-based
-             click world of tests/test_ope_truth.py, two loggers, and a logistic world
+             click world of tests/banditrec/ope/test_ope_truth.py, two loggers, and a logistic world
   scale      candidate generation on synthetic shops of 1,000, 10,000 and 100,000 items (10
              interactions per item): build time by step, peak memory, per-request retrieval p50
              and p99, beside implicit's item-item build on the same users x items matrix

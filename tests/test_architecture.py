@@ -6,8 +6,9 @@ import ast
 from pathlib import Path
 
 import pytest
+from tests.helpers import ROOT_DIR
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = ROOT_DIR
 PACKAGES = ("banditrec", "simulator", "studies")
 SOURCES = sorted(p for pkg in PACKAGES for p in ROOT.glob(f"{pkg}/**/*.py"))
 # what the simulator may use of the library: its records, errors and argument checks

@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests.helpers import ROOT_DIR
 
-BENCH = Path(__file__).resolve().parent.parent / "bench"
+BENCH = ROOT_DIR / "bench"
 
 
 @pytest.mark.slow

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from tests.helpers import ROOT_DIR
 from banditrec.cli import main
-from test_exchange import obd_csv
+from tests.banditrec.store.test_exchange import obd_csv
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = ROOT_DIR
 N_ITEMS = 6
 CTR = np.array([0.02, 0.02, 0.02, 0.02, 0.02, 0.4])  # item 5 is the one to show
 

@@ -11,12 +11,13 @@ import click
 import pytest
 from click.testing import CliRunner
 
+from tests.helpers import ROOT_DIR
 from banditrec.cli import main
 from banditrec.service.shopapp import create_shop_app
-from quoted import assert_reads_as, split_numbers
+from tests.quoted import assert_reads_as, split_numbers
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+README = (ROOT_DIR / "README.md").read_text()
+DOCS = ROOT_DIR / "docs"
 SERVICE = (DOCS / "service.md").read_text()  # the service's manual
 PYTHON_API = (DOCS / "python-api.md").read_text()
 SIMULATOR = (DOCS / "simulator.md").read_text()

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import ROOT_DIR
 from banditrec.service.runner import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = ROOT_DIR
 PAGE = (ROOT / "docs" / "service.md").read_text()
 SECTION = PAGE.split("## Running it", 1)[1].split("\n## ", 1)[0]
 BLOCKS = re.findall(r"```sh\n(.*?)```", SECTION, flags=re.S)

@@ -245,7 +245,7 @@ class EpsilonGreedySlate:
 
         Without ties (the served case: real-valued scores) a shorter path does the same
         arithmetic on the same draws -- same slate, propensities and marginals, bit for bit
-        (``tests/test_sampling.py`` checks it against the general path): the greedy pick is
+        (``tests/banditrec/policies/test_sampling.py`` checks it against the general path): the greedy pick is
         the best unshown rank, and the swap-removed list of unshown candidates is kept as its
         few changed cells over the identity instead of as lists of length n.
         """
@@ -387,7 +387,7 @@ def sample_slates(dists: list[SlateDistribution], rng: np.random.Generator) -> l
     holding another kind of distribution, take their own path one by one. Within a shape
     ``(n, epsilon)``, each slot is one vectorised step over the group: the same arithmetic as
     :meth:`EpsilonGreedySlate.sample` on the same numbers, so the same slates, propensities
-    and marginals bit for bit (``tests/test_sampling.py``).
+    and marginals bit for bit (``tests/banditrec/policies/test_sampling.py``).
     """
     if not all(type(d) is EpsilonGreedySlate for d in dists):
         return [d.sample(rng) for d in dists]

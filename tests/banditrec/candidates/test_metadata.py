@@ -19,10 +19,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import banditrec.candidates.metadata as metadata
+from tests.helpers import ROOT_DIR
 from banditrec.candidates.metadata import MetadataIndex, hash_tokens, tokenize
 from banditrec.errors import ValidationError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = ROOT_DIR
 WORDS = ["acme", "bolt", "widget", "gizmo", "spanner", "drill", "lamp", "shade", "cable", "plug"]
 
 

@@ -21,7 +21,7 @@ from banditrec.store.codecs import decision_rows
 from banditrec.store.migrations import migrations
 from banditrec.store.writer import INSERT_DECISION, INSERT_SLOT
 from banditrec.types import Decision, Reward, Slot
-from conftest import make_engine
+from tests.helpers import make_engine
 
 
 def decision(event_id="e1", props=(0.5, 0.25), margs=(0.5, 0.3), items=("a", "b")):

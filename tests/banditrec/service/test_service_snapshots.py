@@ -19,7 +19,7 @@ from banditrec.learner import Learner
 from banditrec.policies import load, make, snapshot
 from banditrec.service import ServiceConfig, create_app
 from banditrec.service.reload import REQUEST_LOOK_S
-from test_service_app import SPEC, metric, served
+from tests.banditrec.service.test_service_app import SPEC, metric, served
 
 DECIDE = {"user_id": "u1", "slots": 2}
 POINTER = "CURRENT.json"
@@ -221,7 +221,7 @@ def test_a_loader_that_raises_anything_is_a_refusal(small_shop, tmp_path, monkey
 
 def restarted(small_shop, tmp_path, engine):
     """A new app on the same directory, as a (re)started worker builds it."""
-    from conftest import make_engine
+    from tests.helpers import make_engine
 
     fresh = make_engine(small_shop)
     app = create_app(fresh, settings=ServiceConfig(snapshots=str(tmp_path / "snap"), reload_check_ms=0),

@@ -14,7 +14,7 @@ from werkzeug.serving import make_server
 
 from banditrec.service import create_app
 from banditrec.store import DecisionLog
-from conftest import make_engine
+from tests.helpers import make_engine
 
 CONTEXT = [0.1, -0.2, 0.3, 0.4]
 REQUEST_CANDIDATES = ["i3", "i10", "i20", "i30", "i40", "i50"]

@@ -7,7 +7,7 @@ without replacement (K of m items, every propensity 1/m) with a target ``action_
 by the rows of a decision; all but SlatePI also take a "ragged" log (a random subset of slots
 per decision, rows shuffled, arbitrary propensities; uniform ones for Replay). Replay's target
 is deterministic (one item per slot) wherever a test needs exact numbers, since it samples the
-target otherwise. tests/test_ope.py already covers IPS/SNIPS basics; this file does not repeat
+target otherwise. tests/banditrec/ope/test_ope.py already covers IPS/SNIPS basics; this file does not repeat
 them.
 """
 

@@ -18,14 +18,15 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from tests.helpers import ROOT_DIR
 from banditrec.cli import main
 from banditrec.service.runner import GunicornServer
 from banditrec.shop import build_shop
 from banditrec.shop.directory import read_pointer
-from test_service_server import per_worker_info
+from tests.banditrec.service.test_service_server import per_worker_info
 
 TOKEN = "shop-test-token-0123456789"
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = ROOT_DIR
 # ids a naive CSV writer, JSON encoder or SQL string would break: commas, quotes, backslashes,
 # a JSON-looking id, emoji, non-ASCII, spaces
 ODD = ['sku,42', 'say "hi"', 'back\\slash', '{"id": 1}', 'tent ⛺', 'crème brûlée', ' spaced ', "it's"]

@@ -24,11 +24,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.helpers import ROOT_DIR
 from banditrec.service.runner import GunicornServer
 
 TOKEN = "server-test-token-0123456789"
 LOAD_SECONDS = float(os.environ.get("BANDITREC_LOAD_SECONDS", "60"))
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = ROOT_DIR
 
 
 def server_env(tmp: Path, shop: Path, **extra) -> dict:

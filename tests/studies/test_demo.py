@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from banditrec.cli import main
 from studies.demo import run_shop_demo
-from conftest import SMALL
+from tests.helpers import SMALL
 from simulator import SimConfig
 
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from banditrec.candidates import ItemItemCF
 from banditrec.errors import ValidationError
-from reference import reference_cf_candidates
+from tests.reference import reference_cf_candidates
 
 
 @pytest.fixture

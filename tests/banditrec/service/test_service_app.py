@@ -17,8 +17,8 @@ from banditrec.service import ServiceConfig, create_app
 from banditrec.service.schemas import (BatchDecideResponse, DecideResponse, EventResponse, HealthResponse,
                                        ModelsResponse, ReloadResponse)
 from banditrec.store import DecisionLog
-from conftest import make_engine
-from test_service import assert_json_error
+from tests.helpers import make_engine
+from tests.banditrec.service.test_service import assert_json_error
 
 TOKEN = "t" * 20 + "-secret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -591,7 +591,7 @@ def test_learner_resumes_from_its_pointer(make_log, small_shop, tmp_path):
 
 def test_closed_until_seq_never_skips_an_open_decision(make_log, tmp_path):
     """Decision times need not grow with seq: seq 2 stamped before seq 1."""
-    from test_store_window import decision
+    from tests.banditrec.store.test_store_window import decision
 
     log = make_log(tmp_path / "log.db", reward_window_s=10.0)
     for event_id, ts in (("a", 5.0), ("b", 1.0), ("c", 2.0)):

@@ -17,7 +17,7 @@ from banditrec.candidates.generator import segment_popularity
 from banditrec.candidates.signals import DAY_S
 from banditrec.errors import ValidationError
 from banditrec.candidates.keys import distinct
-from reference import reference_candidates, reference_diversify
+from tests.reference import reference_candidates, reference_diversify
 
 WORDS = ["acme", "bolt", "lamp", "shade", "cable", "plug", "drill"]
 

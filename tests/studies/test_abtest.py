@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from tests.helpers import ROOT_DIR
 from banditrec import experiment
 from banditrec.cli import main
 from banditrec.errors import ValidationError
@@ -328,7 +329,7 @@ def test_the_documented_mild_study_config_is_what_the_docs_say():
 
     from studies.abtest import SCENARIOS
 
-    config, opts = load_config(Path(__file__).resolve().parent.parent / "docs" / "abtest-mild.toml")
+    config, opts = load_config(ROOT_DIR / "docs" / "abtest-mild.toml")
     gateway = SCENARIOS["gateway"]
     for key in ("n_items", "n_types", "gateway_share", "history_days"):
         assert getattr(config, key) == gateway[key]

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from banditrec.errors import ValidationError
 from banditrec.store.codecs import json_strings
-from conftest import make_engine
+from tests.helpers import make_engine
 
 CTX = [0.1, -0.2, 0.3, 0.4]
 

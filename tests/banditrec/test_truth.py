@@ -8,8 +8,8 @@ import pytest
 
 from studies.coverage import evaluate_against_truth, simulate
 from banditrec.features import joint_features
-from conftest import make_engine
-from reference import reference_linucb_scores, reference_noise_sd, reference_slot_pmf
+from tests.helpers import make_engine
+from tests.reference import reference_linucb_scores, reference_noise_sd, reference_slot_pmf
 
 TARGETS = ("uniform", "popularity:epsilon=0.2")
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from banditrec.errors import ValidationError
 from banditrec.policies import EpsilonGreedySlate, rank_slot_marginals
-from reference import reference_slot_pmf
+from tests.reference import reference_slot_pmf
 
 
 def brute_force_marginals(scores, eps):

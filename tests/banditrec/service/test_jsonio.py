@@ -16,7 +16,7 @@ from flask.json.provider import DefaultJSONProvider
 from hypothesis import given, settings, strategies as st
 
 from banditrec.service import create_app, jsonio
-from test_service import assert_json_error
+from tests.banditrec.service.test_service import assert_json_error
 
 # JSON values with the corners: non-ASCII and escaped text, big and negative integers,
 # every finite float including subnormals and -0.0

@@ -26,7 +26,7 @@ from schemathesis.checks import (content_type_conformance, ignored_auth, negativ
                                  status_code_conformance)
 
 from banditrec.service import ServiceConfig, create_app
-from conftest import make_engine
+from tests.helpers import make_engine
 
 TOKEN = "fuzz-token-0123456789abcdef"
 EXAMPLES = 20  # per operation and generation mode
@@ -140,7 +140,7 @@ def test_fuzz_the_wsgi_app_from_its_openapi_document(app_and_ids, auth):
 def test_fuzz_a_real_server_with_auth_on_every_route(tmp_path, sim_shop_dir):
     """``--decide-auth``: every route but the ops ones needs the token; through HTTP on 127.0.0.1,
     serving a shop directory (named context fields)."""
-    from test_service_server import TOKEN as SERVER_TOKEN, Client, server_env
+    from tests.banditrec.service.test_service_server import TOKEN as SERVER_TOKEN, Client, server_env
 
     from banditrec.service.runner import GunicornServer
     from banditrec.shop import Shop
