@@ -9,6 +9,7 @@ off-policy evaluation.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -369,7 +370,7 @@ class Policy(ABC):
         """The learned state as ``(arrays, meta)``; fixed policies have none."""
         return {}, {}
 
-    def set_state(self, arrays: dict[str, np.ndarray], meta: dict) -> None:
+    def set_state(self, arrays: Mapping[str, np.ndarray | bytes], meta: dict) -> None:
         """Restore :meth:`state` (after construction with the same config and environment)."""
         if arrays:
             raise ValidationError(f"policy {self.name} keeps no arrays, the snapshot has {sorted(arrays)}",
