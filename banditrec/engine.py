@@ -9,8 +9,8 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from dataclasses import dataclass
-from typing import NamedTuple
+from dataclasses import dataclass, field
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import scipy.sparse as sp
@@ -21,7 +21,7 @@ from .offline import learn_from_log
 from .policies import Policy, Request
 from .policies.base import DEFAULT_FLOOR
 from .policies.slate import sample_slates
-from .policies.slate import SlateSample
+from .policies.slate import SlateDistribution, SlateSample
 from .store import DecisionLog, DecisionRecord
 from .store.codecs import LoggedParams
 from .types import Decision, Reward, Slot
@@ -54,7 +54,7 @@ class Session:
                                np.repeat(self.viewed, weights["view"])])
 
 
-EMPTY_SESSION = Session(*(np.empty(0, dtype=np.int64) for _ in range(3)))
+EMPTY_SESSION = Session(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64))
 _NO_ITEMS = np.empty(0, dtype=np.int64)
 _NO_ITEMS.setflags(write=False)
 
@@ -132,6 +132,7 @@ class ItemTable:
     ids: tuple[str, ...]
     features: np.ndarray  # (n_items, d_i)
     cold: np.ndarray | None = None  # (n_items,) bool: no interactions yet (None: none known to be)
+    _index: dict[str, int] = field(default_factory=dict, init=False, repr=False, compare=False)  # id -> index
 
     def __post_init__(self):
         feats = np.asarray(self.features, dtype=float)
@@ -175,6 +176,19 @@ class ItemTable:
         return out
 
 
+class ContextSource(Protocol):
+    """What :attr:`ShopParts.context` computes the context vector with (e.g.
+    :class:`banditrec.shop.features.ContextFeaturizer`)."""
+
+    @property
+    def dim(self) -> int: ...
+
+    def field_names(self) -> list[str]: ...
+
+    def vector(self, user: int, session_items: np.ndarray, session_age_s: float | None, now: float,
+               fields: dict | None, item_features: np.ndarray) -> np.ndarray: ...
+
+
 @dataclass(frozen=True)
 class ShopParts:
     """Everything a decision reads about the shop, swapped as one (:meth:`Engine.install_shop`).
@@ -194,7 +208,7 @@ class ShopParts:
     user_index: dict
     context_dim: int = 0
     user_segment: np.ndarray | None = None
-    context: object | None = None
+    context: ContextSource | None = None
     build: str | None = None
     backfill: np.ndarray | None = None
 
@@ -252,6 +266,8 @@ class Engine:
     ``candidates_for_session(history, session, N, exclude=..., segment=...)`` (``segment``:
     the user's segment when the shop has segments, else ``None``).
     """
+
+    _unlogged_items: ItemTable | None  # the catalog log_items() still has to write
 
     def __init__(
         self,
@@ -319,7 +335,7 @@ class Engine:
         # scoring, sampling and learning share the policy state and the Generators; a threaded
         # server (or a learner thread) must not interleave them
         self._lock = threading.Lock()
-        self._unlogged_items: ItemTable | None = None  # the catalog log_items() still has to write
+        self._unlogged_items = None
 
     def log_items(self) -> int:
         """Write the catalog the engine was built with to the log's items table when the table
@@ -388,11 +404,11 @@ class Engine:
         if not ids:
             return EMPTY_SESSION
         idx = (items or self.items).lookup(ids)
-        kinds = np.asarray(kinds, dtype=object)
+        kind_of = np.asarray(kinds, dtype=object)
         known = idx >= 0  # an item dropped from the catalog since: nothing to seed from
 
         def pick(kind):
-            out = idx[known & (kinds == kind)]
+            out = idx[known & (kind_of == kind)]
             _, first = np.unique(out, return_index=True)
             return out[np.sort(first)]  # newest first, each item once
 
@@ -436,7 +452,7 @@ class Engine:
                 raise ValidationError("candidates must not repeat an item", "candidates")
             if len(excluded):
                 idx = idx[~np.isin(idx, excluded)]
-            source = SOURCE_REQUEST  # every candidate's
+            source: str | np.ndarray = SOURCE_REQUEST  # every candidate's
         else:
             history = parts.history(user_id)
             eligible = items.n_items - len(np.union1d(np.union1d(excluded, history), session.items))
@@ -576,7 +592,7 @@ class Engine:
         """The slate distribution of every input that needs the policy (``None`` for the rest),
         scored together; a policy error is raised with ``index`` set to the request's position."""
         todo = [i for i, inp in enumerate(inputs) if inp.n_policy]
-        out = [None] * len(inputs)
+        out: list[SlateDistribution | None] = [None] * len(inputs)
         if not todo:
             return out
         try:

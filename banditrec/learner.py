@@ -106,6 +106,7 @@ class Learner:
         if found.pointer_error:
             logging.getLogger("banditrec.learner").warning(
                 "resuming from the newest valid snapshot %s: %s", found.manifest, found.pointer_error)
+        assert isinstance(found.value, Policy)  # what opener() loads (nothing is current, so it opened one)
         learner = cls(log, found.value, item_features, directory, learned_seq=found.trained_until_seq or 0, **kw)
         learner.version = found.version
         return learner

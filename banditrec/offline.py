@@ -9,6 +9,7 @@ truth, its full (candidates x slots) marginal matrix per decision. No SQL here.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -80,7 +81,7 @@ def learning_inputs(policy: Policy, logged: LoggedDecisions, item_features: np.n
     action-dependent-features learners need, and costly to build -- only when the policy
     declares them in its ``needs``.
     """
-    out = {"items": logged.row_action, "pscore": logged.row_pscore, "slot": logged.row_slot}
+    out: dict[str, Any] = {"items": logged.row_action, "pscore": logged.row_pscore, "slot": logged.row_slot}
     if logged.row_propensity is not None:
         out["propensity"] = logged.row_propensity
     elif "propensity" in policy.needs:

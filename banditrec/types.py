@@ -16,9 +16,12 @@ Vocabulary (see the architecture page): one *row* is one slot of one decision.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .validation import (
     ValidationError,
@@ -130,7 +133,7 @@ class LoggedBandit:
     context: np.ndarray | None = None
     _n_decisions: int = field(default=0, init=False, repr=False)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         reward = as_1d(self.reward, "reward", float)
         action = as_1d(self.action, "action")
         slot = as_1d(self.slot, "slot")
@@ -183,6 +186,7 @@ class LoggedBandit:
 
     def subset(self, rows: np.ndarray) -> "LoggedBandit":
         """The rows selected by a boolean mask or index array, as a new ``LoggedBandit``."""
+        assert self.decision is not None  # __post_init__ always fills it in
         return LoggedBandit(
             reward=self.reward[rows],
             action=self.action[rows],
@@ -216,10 +220,10 @@ class LoggedDecisions:
     that observed one position per round); None: as many as it has rows.
     """
 
-    event_id: list
+    event_id: list[str]
     seq: np.ndarray
     context: np.ndarray
-    candidates: list
+    candidates: list[np.ndarray]
     row_decision: np.ndarray
     row_slot: np.ndarray
     row_action: np.ndarray
@@ -273,6 +277,7 @@ class LoggedDecisions:
     def _pick(self, decisions: slice | np.ndarray, rows: slice | np.ndarray,
               row_decision: np.ndarray) -> LoggedDecisions:
         """The ``decisions`` (a slice or increasing indices), their ``rows`` and renumbered ``row_decision``."""
+        listed: Callable[[list[Any]], list[Any]]
         if isinstance(decisions, slice):
             listed = lambda values: values[decisions]  # noqa: E731
         else:
@@ -294,7 +299,7 @@ class LoggedDecisions:
         if not parts:
             raise ValidationError("concat needs at least one part", "parts")
         offsets = np.cumsum([0] + [p.n_decisions for p in parts[:-1]]).tolist()
-        cat = lambda name: np.concatenate([getattr(p, name) for p in parts])  # noqa: E731
+        cat: Callable[[str], np.ndarray] = lambda name: np.concatenate([getattr(p, name) for p in parts])  # noqa: E731
         return cls(
             event_id=[e for p in parts for e in p.event_id], seq=cat("seq"), context=cat("context"),
             candidates=[c for p in parts for c in p.candidates],
@@ -307,8 +312,9 @@ class LoggedDecisions:
         )
 
     @classmethod
-    def from_slates(cls, context: np.ndarray, candidates: list, slates: np.ndarray, *, marginal, propensity,
-                    reward, event_id: list | None = None, seq: np.ndarray | None = None,
+    def from_slates(cls, context: np.ndarray, candidates: list[np.ndarray], slates: np.ndarray, *,
+                    marginal: ArrayLike, propensity: ArrayLike, reward: ArrayLike,
+                    event_id: list[str] | None = None, seq: np.ndarray | None = None,
                     decision_reward: np.ndarray | None = None) -> LoggedDecisions:
         """Decisions that each filled all K slots: decision ``i`` showed ``slates[i, k]``
         (catalog index, one of ``candidates[i]``) in slot ``k``. ``marginal``, ``propensity``

@@ -253,22 +253,22 @@ def run_abtest(arms: list[Arm], config: SimConfig | None = None, days: int = 90,
             req_arm = arm_of[req.customer]
             event_ids: list[list[str]] = []
             rows_of = []
-            for a, engine in enumerate(engines):
-                rows = np.flatnonzero(req_arm == a)
+            for j, engine in enumerate(engines):
+                rows = np.flatnonzero(req_arm == j)
                 rows_of.append(rows)
                 engine.clock.now = env.day * DAY_S
                 slates[rows], events_a = decide_requests(engine, req, rows, cand, n_slots)
                 event_ids.append(events_a)
-                n_decisions[a] += len(rows)
+                n_decisions[j] += len(rows)
             gateway_slots += np.bincount(req_arm, weights=cat.gateway[slates].sum(axis=1), minlength=len(arms))
             out = env.respond(req, slates, respond_rng)
             np.add.at(clicks, req.customer, out.click.sum(axis=1).astype(np.int64))
-            for a, engine in enumerate(engines):
-                rows = rows_of[a]
+            for j, engine in enumerate(engines):
+                rows = rows_of[j]
                 if len(rows):
                     engine.clock.now = (env.day + 1) * DAY_S - 1.0
-                    _post_rewards(engine.log, event_ids[a], _take(out, rows), engine.clock.now)
-                    engine.learn(kind=arms[a].learn)
+                    _post_rewards(engine.log, event_ids[j], _take(out, rows), engine.clock.now)
+                    engine.learn(kind=arms[j].learn)
             env.advance_day()
             shop.add(history_interactions(env.take_events()))
             daily_margin[d] = np.bincount(arm, weights=st.margin[eligible] - base["margin"][eligible],

@@ -56,7 +56,7 @@ class RegretRun:
     scenario: str = "shop"
 
 
-def scenario_shop(scenario: str = "shop", shop_config: ShopConfig | None = None) -> tuple[ShopConfig, int]:
+def scenario_shop(scenario: str = "shop", shop_config: ShopConfig | None = None) -> tuple[ShopConfig, int | None]:
     """The shop config of ``scenario`` (its changes over ``shop_config``, default ShopConfig())
     and its candidates per request (``None`` when the scenario leaves it to the caller)."""
     sc = get_scenario(scenario)
@@ -126,6 +126,7 @@ def candidates_for(shop: Shop, cf: ItemItemCF, customer: int, n_candidates: int,
             cache[key] = cf_items
     if not k:
         return cf_items
+    assert fresh is not None, "items launch during the run: candidates_for needs fresh to draw them"
     return np.concatenate([cf_items, fresh.choice(recent, size=k, replace=False)])
 
 

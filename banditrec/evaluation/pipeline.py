@@ -390,8 +390,8 @@ def _chunk_moments(chunk, shared: dict) -> dict:
 
         pi = target_pscore(policy, logged, shared["features"], on_decision=keep, cold=shared["cold"])
         target_rows = sparse_target(logged, kept, shared["n_items"])
-        q = {} if candidate_q is None else {"q_hat_logged": candidate_q.q_logged,
-                                            "q_hat_target": candidate_q.target(target_rows)}
+        q: dict[str, Any] = {} if candidate_q is None else {"q_hat_logged": candidate_q.q_logged,
+                                                             "q_hat_target": candidate_q.target(target_rows)}
         slot_of_entry = np.repeat(logged.row_slot, np.diff(target_rows.indptr))
         out["unsupported"].append(float((target_rows.data * ~seen[target_rows.indices, slot_of_entry]).sum()))
         moments = {}
@@ -527,10 +527,13 @@ def write_report(result: Evaluation, out: Path) -> Path:
 def _tuning_section(t: tuning.Tuning | None) -> str:
     if t is None:
         return ""
-    chosen = (f"**{t.chosen}** was chosen: {t.estimate.estimator} {t.estimate.value:.4f} "
-              f"[{t.estimate.lower:.4f}, {t.estimate.upper:.4f}] at {t.level:.2%}; "
-              f"{'SAFE to deploy' if t.safe else 'not shown safe'} ({t.reason}).") if t.chosen else \
-        f"No setting was chosen: {t.reason}."
+    if t.chosen:
+        e = t.estimate
+        assert e is not None  # a chosen setting has its estimate
+        chosen = (f"**{t.chosen}** was chosen: {e.estimator} {e.value:.4f} [{e.lower:.4f}, {e.upper:.4f}] at "
+                  f"{t.level:.2%}; {'SAFE to deploy' if t.safe else 'not shown safe'} ({t.reason}).")
+    else:
+        chosen = f"No setting was chosen: {t.reason}."
     return (f"## Tuning\n\n{len(t.settings)} settings of `{'`, `'.join(t.grids)}` learned from the training "
             f"decisions and were estimated on the evaluated ones. Rule: {t.rule}: every setting's interval is at "
             f"{t.level:.2%}, so that all of them hold at once with {1 - (1 - t.level) * len(t.settings):.0%} "

@@ -98,6 +98,15 @@ class RewardModel(ABC):
         """This model using ``item_features`` (models that use none return themselves)."""
         return self
 
+    # -- what a ``reducible`` model also provides (partitions reduce its fit to sums)
+    def gram(self, data: LoggedBandit, rows: np.ndarray) -> Any:
+        """The fit's sufficient statistics of ``rows``, summable over partitions."""
+        raise NotImplementedError(f"{type(self).__name__} is not reducible")
+
+    def solve(self, gram: Any, xty: np.ndarray) -> Any:
+        """The fitted state from summed :meth:`gram` statistics."""
+        raise NotImplementedError(f"{type(self).__name__} is not reducible")
+
     # -- shared machinery
     def predict(self, fitted: Any, data: LoggedBandit, rows: np.ndarray,
                 target_rows: Any = None) -> tuple[np.ndarray, np.ndarray | None]:

@@ -9,6 +9,7 @@ off-policy evaluation.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -196,12 +197,12 @@ class Policy(ABC):
         if config.max_per_type and self.item_types is None:
             raise ValidationError("max_per_type needs each item's product type: make(..., item_types=array)",
                                   "max_per_type")
-        self.objective_value = None  # (n_items,) the objective column min-max scaled to [0, 1]
+        self.objective_value: np.ndarray | None = None  # (n_items,) the objective column min-max scaled to [0, 1]
         if config.objective:
             col = _item_column(item_columns, config.objective, "objective")
             span = col.max() - col.min() if col.size else 0.0
             self.objective_value = (col - col.min()) / span if span > 0 else np.zeros_like(col)
-        self.value_weight = None  # (n_items,) the value column, multiplying the scores
+        self.value_weight: np.ndarray | None = None  # (n_items,) the value column, multiplying the scores
         if config.value:
             self.set_value(_item_column(item_columns, config.value, "value"))
 
@@ -263,11 +264,13 @@ class Policy(ABC):
         lo, hi = scores.min(axis=-1, keepdims=True), scores.max(axis=-1, keepdims=True)
         span = hi - lo
         scaled = np.where(span > 0, (scores - lo) / np.where(span > 0, span, 1.0), 0.0)
+        assert self.objective_value is not None  # a sensitivity other than off needs an objective column
         return (1.0 - w) * scaled + w * self.objective_value[request.items]
 
     def value_weighted(self, scores: np.ndarray, items) -> np.ndarray:
         """``max(scores, 0) * value[items]``: a policy's scores weighted by its value column
         (``items`` catalog indices, broadcast against ``scores``)."""
+        assert self.value_weight is not None  # only policies with a value column weight their scores
         return np.maximum(scores, 0.0) * self.value_weight[items]
 
     def distribution(self, request: Request, n_slots: int, min_epsilon: float = 0.0) -> SlateDistribution:
@@ -305,6 +308,7 @@ class Policy(ABC):
         """Keyword arguments that apply the diversity rule to a slate distribution."""
         if not self.config.max_per_type:
             return {}
+        assert self.item_types is not None  # __init__ refuses max_per_type without item types
         return {"types": self.item_types[request.items], "max_per_type": self.config.max_per_type}
 
     def update(self, context: np.ndarray, item_features: np.ndarray, reward: np.ndarray, *,
@@ -366,7 +370,7 @@ class Policy(ABC):
         """The learned state as ``(arrays, meta)``; fixed policies have none."""
         return {}, {}
 
-    def set_state(self, arrays: dict[str, np.ndarray], meta: dict) -> None:
+    def set_state(self, arrays: Mapping[str, np.ndarray | bytes], meta: dict) -> None:
         """Restore :meth:`state` (after construction with the same config and environment)."""
         if arrays:
             raise ValidationError(f"policy {self.name} keeps no arrays, the snapshot has {sorted(arrays)}",

@@ -389,14 +389,15 @@ def sample_slates(dists: list[SlateDistribution], rng: np.random.Generator) -> l
     :meth:`EpsilonGreedySlate.sample` on the same numbers, so the same slates, propensities
     and marginals bit for bit (``tests/banditrec/policies/test_sampling.py``).
     """
-    if not all(type(d) is EpsilonGreedySlate for d in dists):
+    slates = [d for d in dists if type(d) is EpsilonGreedySlate]
+    if len(slates) < len(dists):
         return [d.sample(rng) for d in dists]
-    sizes = [d.n_slots for d in dists]
+    sizes = [d.n_slots for d in slates]
     flat = rng.random(sum(sizes))
     starts = np.concatenate(([0], np.cumsum(sizes))).tolist()
     out: list = [None] * len(dists)
     groups: dict[tuple, list[int]] = {}
-    for j, d in enumerate(dists):
+    for j, d in enumerate(slates):
         if d.tied:
             out[j] = d._sample_u(flat[starts[j]:starts[j + 1]].tolist())
         else:
@@ -404,9 +405,9 @@ def sample_slates(dists: list[SlateDistribution], rng: np.random.Generator) -> l
     for (n, eps), members in groups.items():
         if len(members) == 1:
             j = members[0]
-            out[j] = dists[j]._sample_u(flat[starts[j]:starts[j + 1]].tolist())
+            out[j] = slates[j]._sample_u(flat[starts[j]:starts[j + 1]].tolist())
             continue
-        order = np.stack([dists[j]._sorted() for j in members])
+        order = np.stack([slates[j]._sorted() for j in members])
         u = np.stack([flat[starts[j]:starts[j + 1]] for j in members])
         for j, sample in zip(members, _sample_strict_group(order, u, eps)):
             out[j] = sample

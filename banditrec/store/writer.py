@@ -37,8 +37,8 @@ class DecisionRecord(NamedTuple):
 
     decision: Decision
     policy_params: dict
-    candidate_index: Sequence[int]
-    slot_index: Sequence[int]
+    candidate_index: Sequence[int] | np.ndarray
+    slot_index: Sequence[int] | np.ndarray
     context: Any
     surface: str = "home"
 
@@ -281,6 +281,7 @@ class LogWriter:
                 "INSERT INTO events (ts, user_id, item_id, kind, event_id) VALUES (?, ?, ?, ?, ?)",
                 (ts, user_id, item_id, kind, event_id),
             )
+            assert cur.lastrowid is not None  # an INSERT sets it
             return int(cur.lastrowid)
 
     def write_events(self, user_ids, item_ids, kinds, ts) -> int:
