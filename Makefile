@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test typecheck bench bench-peers bench-obd obd serve clean
+.PHONY: install demo test lint bench bench-peers bench-obd obd serve clean
 
 $(STAMP): setup.cfg setup.py pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,11 +19,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/banditrec demo
 
-test: $(STAMP)
+test: lint
 	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
 
-# mypy over banditrec, simulator and studies with the settings in pyproject.toml ([tool.mypy])
-typecheck: $(STAMP)
+# ruff (lint and format) and mypy over banditrec, simulator and studies; settings in pyproject.toml
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 bench: $(STAMP)

@@ -89,24 +89,57 @@ def _token(token_file: str) -> str:
 
 
 @main.command()
-@click.option("--items", required=True, type=click.Path(dir_okay=False),
-              help="Items file (CSV or Parquet): item_id, and optional type, price, title, in_stock, ...")
-@click.option("--interactions", required=True, type=click.Path(dir_okay=False),
-              help="Interactions file: user_id, item_id, event_type, timestamp (ISO-8601 or epoch seconds).")
-@click.option("--users", default=None, type=click.Path(dir_okay=False),
-              help="Optional users file: user_id, and segment and other attributes.")
-@click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False),
-              help="TOML build settings: column roles, event types, features, candidate model.")
-@click.option("--map", "pairs", multiple=True, metavar="FIELD=COLUMN",
-              help="Read FIELD from COLUMN (repeatable); FILE.FIELD=COLUMN for one file only, e.g. "
-                   "items.item_id=sku.")
-@click.option("--context-encoding", "encoding", default=None, type=click.Path(dir_okay=False),
-              help="The context encoding `banditrec import` wrote: its columns become request context fields, "
-                   "so the shop can serve and evaluate on that imported log.")
-@click.option("--refit-features", is_flag=True,
-              help="Fit new item and context features although the directory has a build (policies restart).")
-@click.option("--out", required=True, type=click.Path(file_okay=False),
-              help="Shop directory to create, or to publish a new build into.")
+@click.option(
+    "--items",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Items file (CSV or Parquet): item_id, and optional type, price, title, in_stock, ...",
+)
+@click.option(
+    "--interactions",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Interactions file: user_id, item_id, event_type, timestamp (ISO-8601 or epoch seconds).",
+)
+@click.option(
+    "--users",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Optional users file: user_id, and segment and other attributes.",
+)
+@click.option(
+    "--config",
+    "config_file",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="TOML build settings: column roles, event types, features, candidate model.",
+)
+@click.option(
+    "--map",
+    "pairs",
+    multiple=True,
+    metavar="FIELD=COLUMN",
+    help="Read FIELD from COLUMN (repeatable); FILE.FIELD=COLUMN for one file only, e.g. items.item_id=sku.",
+)
+@click.option(
+    "--context-encoding",
+    "encoding",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="The context encoding `banditrec import` wrote: its columns become request context fields, "
+    "so the shop can serve and evaluate on that imported log.",
+)
+@click.option(
+    "--refit-features",
+    is_flag=True,
+    help="Fit new item and context features although the directory has a build (policies restart).",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Shop directory to create, or to publish a new build into.",
+)
 @usage_errors
 def build(items, interactions, users, config_file, pairs, encoding, refit_features, out):
     """Build a shop directory from a catalog, interactions and (optionally) users.
@@ -119,66 +152,146 @@ def build(items, interactions, users, config_file, pairs, encoding, refit_featur
     from .shop import BuildConfig, build_shop
 
     config = BuildConfig.from_toml(config_file) if config_file else BuildConfig()
-    result = build_shop(items, interactions, users, out=out, config=config, mapping=pairs, encoding=encoding,
-                        refit_features=refit_features, progress=sys.stderr.isatty())
+    result = build_shop(
+        items,
+        interactions,
+        users,
+        out=out,
+        config=config,
+        mapping=pairs,
+        encoding=encoding,
+        refit_features=refit_features,
+        progress=sys.stderr.isatty(),
+    )
     click.echo(result.summary())
 
 
 @main.command()
-@click.option("--shop", "shop_dir", required=True, type=click.Path(file_okay=False),
-              help="Shop directory written by `banditrec build`; a newer build is picked up while serving.")
+@click.option(
+    "--shop",
+    "shop_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Shop directory written by `banditrec build`; a newer build is picked up while serving.",
+)
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(min=0))
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1))
 @click.option("--threads", default=2, show_default=True, type=click.IntRange(min=1), help="Threads per worker.")
 @click.option("--db", default="out/serve/log.db", show_default=True, type=click.Path(dir_okay=False))
 @click.option("--policy", default="linucb:alpha=1.0,epsilon=0.1", show_default=True)
-@click.option("--snapshots", default="out/serve/snapshots", show_default=True, type=click.Path(file_okay=False),
-              help="Directory `banditrec learn` publishes to; workers reload from it.")
-@click.option("--reward-window", default=3600.0, show_default=True, type=click.FloatRange(min=0),
-              help="Seconds after a decision within which its rewards count (later: flagged late).")
-@click.option("--token-file", default="out/serve/token", show_default=True, type=click.Path(dir_okay=False),
-              help="Bearer token for reward, events and admin routes, unless $BANDITREC_API_TOKEN is set; "
-                   "created with a random token if missing.")
+@click.option(
+    "--snapshots",
+    default="out/serve/snapshots",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Directory `banditrec learn` publishes to; workers reload from it.",
+)
+@click.option(
+    "--reward-window",
+    default=3600.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds after a decision within which its rewards count (later: flagged late).",
+)
+@click.option(
+    "--token-file",
+    default="out/serve/token",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="Bearer token for reward, events and admin routes, unless $BANDITREC_API_TOKEN is set; "
+    "created with a random token if missing.",
+)
 @click.option("--decide-auth", is_flag=True, help="Decide routes need the token too.")
-@click.option("--durable", is_flag=True,
-              help="Commit the log with synchronous=FULL: an acknowledged decision or reward survives a power "
-                   "loss too, not only a crash of the process (docs/service.md; its cost: docs/benchmarks.md).")
+@click.option(
+    "--durable",
+    is_flag=True,
+    help="Commit the log with synchronous=FULL: an acknowledged decision or reward survives a power "
+    "loss too, not only a crash of the process (docs/service.md; its cost: docs/benchmarks.md).",
+)
 @click.option("--access-log", is_flag=True, help="Log every request to stdout.")
 @usage_errors
-def serve(shop_dir, host, port, workers, threads, db, policy, snapshots, reward_window, token_file, decide_auth,
-          durable, access_log):
+def serve(
+    shop_dir,
+    host,
+    port,
+    workers,
+    threads,
+    db,
+    policy,
+    snapshots,
+    reward_window,
+    token_file,
+    decide_auth,
+    durable,
+    access_log,
+):
     """Serve a shop directory's carousels (decide, reward, events, models, metrics) under gunicorn."""
     from .shop import Shop
 
     Shop(shop_dir).policy(policy)  # a bad directory or spec fails here, not in every worker
     token = _token(token_file)
-    env = dict(os.environ, BANDITREC_SHOP=shop_dir, BANDITREC_DB=db, BANDITREC_POLICY=policy,
-               BANDITREC_SNAPSHOTS=snapshots, BANDITREC_REWARD_WINDOW_S=repr(reward_window),
-               BANDITREC_API_TOKEN=token, BANDITREC_DECIDE_AUTH="1" if decide_auth else "0",
-               BANDITREC_DURABLE="1" if durable else "0")
+    env = dict(
+        os.environ,
+        BANDITREC_SHOP=shop_dir,
+        BANDITREC_DB=db,
+        BANDITREC_POLICY=policy,
+        BANDITREC_SNAPSHOTS=snapshots,
+        BANDITREC_REWARD_WINDOW_S=repr(reward_window),
+        BANDITREC_API_TOKEN=token,
+        BANDITREC_DECIDE_AUTH="1" if decide_auth else "0",
+        BANDITREC_DURABLE="1" if durable else "0",
+    )
     if access_log:
         env["BANDITREC_ACCESSLOG"] = "-"
     conf = os.path.join(os.path.dirname(__file__), "service", "gunicorn_conf.py")
-    args = [sys.executable, "-m", "gunicorn", "-c", conf, "--bind", f"{host}:{port}",
-            "--workers", str(workers), "--threads", str(threads), "banditrec.service.wsgi:app"]
+    args = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-c",
+        conf,
+        "--bind",
+        f"{host}:{port}",
+        "--workers",
+        str(workers),
+        "--threads",
+        str(threads),
+        "banditrec.service.wsgi:app",
+    ]
     shown = token_file if os.environ.get("BANDITREC_API_TOKEN") is None else "$BANDITREC_API_TOKEN"
-    click.echo(f"serving {shop_dir} on http://{host}:{port} (log: {db}; snapshots: {snapshots}; token: {shown}); "
-               "Ctrl-C stops")
+    click.echo(
+        f"serving {shop_dir} on http://{host}:{port} (log: {db}; snapshots: {snapshots}; token: {shown}); Ctrl-C stops"
+    )
     os.execvpe(sys.executable, args, env)
 
 
 @main.command()
-@click.option("--shop", "shop_dir", required=True, type=click.Path(file_okay=False),
-              help="The shop directory the service serves (its item features; rebuilds are followed).")
+@click.option(
+    "--shop",
+    "shop_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="The shop directory the service serves (its item features; rebuilds are followed).",
+)
 @click.option("--db", default="out/serve/log.db", show_default=True, type=click.Path(dir_okay=False))
-@click.option("--policy", default="linucb:alpha=1.0,epsilon=0.1", show_default=True,
-              help="Policy to start from when no snapshot has been published.")
+@click.option(
+    "--policy",
+    default="linucb:alpha=1.0,epsilon=0.1",
+    show_default=True,
+    help="Policy to start from when no snapshot has been published.",
+)
 @click.option("--snapshots", default="out/serve/snapshots", show_default=True, type=click.Path(file_okay=False))
-@click.option("--reward-window", default=3600.0, show_default=True, type=click.FloatRange(min=0),
-              help="Learn from a decision once this many seconds have passed (as `serve --reward-window`).")
-@click.option("--interval", default=5.0, show_default=True, type=click.FloatRange(min=0),
-              help="Seconds between learning steps.")
+@click.option(
+    "--reward-window",
+    default=3600.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Learn from a decision once this many seconds have passed (as `serve --reward-window`).",
+)
+@click.option(
+    "--interval", default=5.0, show_default=True, type=click.FloatRange(min=0), help="Seconds between learning steps."
+)
 @click.option("--kind", default="click", show_default=True, help="Reward kind to learn from.")
 @click.option("--once", is_flag=True, help="One step, then exit.")
 @usage_errors
@@ -190,11 +303,20 @@ def learn(shop_dir, db, policy, snapshots, reward_window, interval, kind, once):
     log = _open_log(db, reward_window)
     try:
         shop = Shop(shop_dir)
-        learner = Learner.resume(log, lambda: shop.policy(policy), shop.items.features, snapshots,
-                                 shop.policy_env(), kind=kind, item_cold=shop.items.cold)
+        learner = Learner.resume(
+            log,
+            lambda: shop.policy(policy),
+            shop.items.features,
+            snapshots,
+            shop.policy_env(),
+            kind=kind,
+            item_cold=shop.items.cold,
+        )
         learner.refresh = ShopFollower(shop, echo=click.echo)
-        click.echo(f"learning from {db} (window {reward_window:g} s) into {snapshots} for shop build {shop.build}; "
-                   f"from seq {learner.learned_seq}, model {learner.version or learner.policy.model_version}")
+        click.echo(
+            f"learning from {db} (window {reward_window:g} s) into {snapshots} for shop build {shop.build}; "
+            f"from seq {learner.learned_seq}, model {learner.version or learner.policy.model_version}"
+        )
         learner.run(interval_s=interval, steps=1 if once else None, echo=click.echo)
     except KeyboardInterrupt:
         pass
@@ -204,32 +326,84 @@ def learn(shop_dir, db, policy, snapshots, reward_window, interval, kind, once):
 
 @main.command()
 @click.option("--db", default=None, type=click.Path(dir_okay=False), help="Decision log to evaluate on.")
-@click.option("--shop", "shop_dir", default=None, type=click.Path(file_okay=False),
-              help="With --db: a shop directory whose item features, types and business columns the candidate "
-                   "policies use (default: the log's own items table).")
-@click.option("--parquet", default=None, type=click.Path(file_okay=False),
-              help="Instead of --db: a day-partitioned Parquet export (export --partition-by day), evaluated on Dask.")
-@click.option("--scheduler", default=None, metavar="ADDRESS",
-              help="With --parquet: the Dask scheduler (tcp://host:8786); default a LocalCluster on this machine.")
+@click.option(
+    "--shop",
+    "shop_dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="With --db: a shop directory whose item features, types and business columns the candidate "
+    "policies use (default: the log's own items table).",
+)
+@click.option(
+    "--parquet",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Instead of --db: a day-partitioned Parquet export (export --partition-by day), evaluated on Dask.",
+)
+@click.option(
+    "--scheduler",
+    default=None,
+    metavar="ADDRESS",
+    help="With --parquet: the Dask scheduler (tcp://host:8786); default a LocalCluster on this machine.",
+)
 @click.option("--policy", "specs", multiple=True, help="Candidate policy spec (repeatable).")
-@click.option("--tune", "tune", multiple=True, metavar="SPEC-GRID",
-              help="Choose a policy's settings on the log: a spec whose values list alternatives with '|', "
-                   "e.g. linucb:alpha=0.25|0.5|1,epsilon=0.02|0.05 (repeatable; docs/evaluation.md).")
-@click.option("--reward-model", default=None, type=click.Choice(["ridge", "logistic", "gbt"]),
-              help="Reward model of DM/DR/SNDR/SwitchDR, cross-fitted on the log [default: the library's default].")
-@click.option("--estimator", "estimators", multiple=True, default=("IPS", "SNIPS", "DR", "SNDR"), show_default=True,
-              help="Estimator to report (repeatable).")
+@click.option(
+    "--tune",
+    "tune",
+    multiple=True,
+    metavar="SPEC-GRID",
+    help="Choose a policy's settings on the log: a spec whose values list alternatives with '|', "
+    "e.g. linucb:alpha=0.25|0.5|1,epsilon=0.02|0.05 (repeatable; docs/evaluation.md).",
+)
+@click.option(
+    "--reward-model",
+    default=None,
+    type=click.Choice(["ridge", "logistic", "gbt"]),
+    help="Reward model of DM/DR/SNDR/SwitchDR, cross-fitted on the log [default: the library's default].",
+)
+@click.option(
+    "--estimator",
+    "estimators",
+    multiple=True,
+    default=("IPS", "SNIPS", "DR", "SNDR"),
+    show_default=True,
+    help="Estimator to report (repeatable).",
+)
 @click.option("--primary", default="DR", show_default=True, help="Estimator whose lower bound decides the verdict.")
 @click.option("--kind", default="click", show_default=True, help="Reward kind to evaluate.")
-@click.option("--train-frac", default=0.5, show_default=True, type=click.FloatRange(0, 1, max_open=True),
-              help="Share of the log (oldest first) the candidates learn from before evaluation.")
+@click.option(
+    "--train-frac",
+    default=0.5,
+    show_default=True,
+    type=click.FloatRange(0, 1, max_open=True),
+    help="Share of the log (oldest first) the candidates learn from before evaluation.",
+)
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--out", default="out/evaluate", show_default=True, type=click.Path(file_okay=False),
-              help="Directory for the report and plot.")
+@click.option(
+    "--out",
+    default="out/evaluate",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Directory for the report and plot.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of the table.")
 @usage_errors
-def evaluate(db, shop_dir, parquet, scheduler, specs, tune, reward_model, estimators, primary, kind, train_frac, seed,
-             out, as_json):
+def evaluate(
+    db,
+    shop_dir,
+    parquet,
+    scheduler,
+    specs,
+    tune,
+    reward_model,
+    estimators,
+    primary,
+    kind,
+    train_frac,
+    seed,
+    out,
+    as_json,
+):
     """Estimate candidate policies' value on a logged period, with a safe-to-deploy verdict."""
     import json
 
@@ -245,15 +419,36 @@ def evaluate(db, shop_dir, parquet, scheduler, specs, tune, reward_model, estima
         from .evaluation import dask_client, evaluate_parquet
 
         with dask_client(scheduler) as client:
-            result = evaluate_parquet(parquet, list(specs), estimators=tuple(estimators), primary=primary,
-                                      kind=kind, train_frac=train_frac, seed=seed, out=out, client=client,
-                                      progress=sys.stderr.isatty(), tune=tuple(tune), reward_model=reward_model)
+            result = evaluate_parquet(
+                parquet,
+                list(specs),
+                estimators=tuple(estimators),
+                primary=primary,
+                kind=kind,
+                train_frac=train_frac,
+                seed=seed,
+                out=out,
+                client=client,
+                progress=sys.stderr.isatty(),
+                tune=tuple(tune),
+                reward_model=reward_model,
+            )
     else:
         from .shop import Shop
 
-        result = evaluate_log(db, list(specs), estimators=tuple(estimators), primary=primary, kind=kind,
-                              train_frac=train_frac, seed=seed, out=out, tune=tuple(tune),
-                              reward_model=reward_model, shop=Shop(shop_dir) if shop_dir else None)
+        result = evaluate_log(
+            db,
+            list(specs),
+            estimators=tuple(estimators),
+            primary=primary,
+            kind=kind,
+            train_frac=train_frac,
+            seed=seed,
+            out=out,
+            tune=tuple(tune),
+            reward_model=reward_model,
+            shop=Shop(shop_dir) if shop_dir else None,
+        )
     if as_json:
         click.echo(json.dumps(result.as_json(), indent=2))
         return
@@ -262,6 +457,7 @@ def evaluate(db, shop_dir, parquet, scheduler, specs, tune, reward_model, estima
 
 
 # ---- moving logs in and out (banditrec.store.exchange) -----------------------------------------
+
 
 def _open_log(db: str, window: float | None = None):
     """The decision log at ``db`` (with ``window``: its reward window in seconds); a file that is
@@ -278,22 +474,45 @@ def _open_log(db: str, window: float | None = None):
 
 @main.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--format", "fmt", required=True, type=click.Choice(("obd", "csv")),
-              help="obd: the Open Bandit Dataset's CSV layout; csv: one row per logged slot, columns by --map.")
-@click.option("--db", required=True, type=click.Path(dir_okay=False), help="Decision log to import into (created if missing).")
-@click.option("--map", "pairs", multiple=True, metavar="FIELD=COLUMN",
-              help="Column of a field (repeatable), e.g. position=pos, reward=clicked, context=x_*. "
-                   "Defaults: the columns `banditrec export --format csv` writes (obd: the OBD names).")
+@click.option(
+    "--format",
+    "fmt",
+    required=True,
+    type=click.Choice(("obd", "csv")),
+    help="obd: the Open Bandit Dataset's CSV layout; csv: one row per logged slot, columns by --map.",
+)
+@click.option(
+    "--db", required=True, type=click.Path(dir_okay=False), help="Decision log to import into (created if missing)."
+)
+@click.option(
+    "--map",
+    "pairs",
+    multiple=True,
+    metavar="FIELD=COLUMN",
+    help="Column of a field (repeatable), e.g. position=pos, reward=clicked, context=x_*. "
+    "Defaults: the columns `banditrec export --format csv` writes (obd: the OBD names).",
+)
 @click.option("--kind", default="click", show_default=True, help="Reward kind of a column mapped as `reward`.")
-@click.option("--position-base", default=0, show_default=True, type=click.IntRange(0, 1),
-              help="csv: 1 when positions count from 1 (obd positions always do).")
+@click.option(
+    "--position-base",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0, 1),
+    help="csv: 1 when positions count from 1 (obd positions always do).",
+)
 @click.option("--n-items", default=None, type=click.IntRange(min=1), help="Catalog size when item ids are 0..n-1.")
 @click.option("--policy", default=None, help="Logging policy name to record (default: obd or imported).")
 @click.option("--event-prefix", default=None, help="Prefix of generated event ids (default: the file's stem).")
 @click.option("--start-line", default=None, type=click.IntRange(min=2), help="Resume an import at this line.")
-@click.option("--slots", "obd_slots", default=3, show_default=True, type=click.IntRange(min=0),
-              help="obd: each row is its own round of a carousel of this many slots, observed at the row's "
-                   "position (as Open Bandit Pipeline reads it); 0 groups rows of one impression instead.")
+@click.option(
+    "--slots",
+    "obd_slots",
+    default=3,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="obd: each row is its own round of a carousel of this many slots, observed at the row's "
+    "position (as Open Bandit Pipeline reads it); 0 groups rows of one impression instead.",
+)
 @usage_errors
 def import_(file, fmt, db, pairs, kind, position_base, n_items, policy, event_prefix, start_line, obd_slots):
     """Import FILE's logged slots into the decision log --db, in batches.
@@ -322,25 +541,48 @@ def import_(file, fmt, db, pairs, kind, position_base, n_items, policy, event_pr
     encoding = Path(f"{db}.context-{result.encoding_id}.json")
     encoding.write_text(json.dumps(result.encoding(), indent=1) + "\n")
     lines = f"lines {result.first_line}-{result.last_line} of " if result.decisions else ""
-    click.echo(f"imported {result.decisions} decisions ({result.slots} slots, {result.rewards} rewards) from "
-               f"{lines}{file} into {db}")
+    click.echo(
+        f"imported {result.decisions} decisions ({result.slots} slots, {result.rewards} rewards) from "
+        f"{lines}{file} into {db}"
+    )
     click.echo(f"{len(result.context_names)} context columns, {result.n_items} items; encoding: {encoding}")
 
 
 @main.command("export")
 @click.option("--db", required=True, type=click.Path(exists=True, dir_okay=False), help="Decision log to export.")
-@click.option("--format", "fmt", required=True, type=click.Choice(("csv", "parquet", "vw", "dsjson", "interactions")),
-              help="csv/parquet: one row per logged slot with every reward kind; vw: VW text --cb_adf "
-                   "examples; dsjson: VW decision-service JSON lines; interactions: the events and positive "
-                   "rewards as an interactions file for `banditrec build`.")
+@click.option(
+    "--format",
+    "fmt",
+    required=True,
+    type=click.Choice(("csv", "parquet", "vw", "dsjson", "interactions")),
+    help="csv/parquet: one row per logged slot with every reward kind; vw: VW text --cb_adf "
+    "examples; dsjson: VW decision-service JSON lines; interactions: the events and positive "
+    "rewards as an interactions file for `banditrec build`.",
+)
 @click.option("--out", required=True, type=click.Path(), help="File to write (a directory with --partition-by day).")
-@click.option("--partition-by", "partition_by", default=None, type=click.Choice(("day",)),
-              help="parquet: one file per UTC day under --out (a directory); re-running writes only changed days.")
-@click.option("--kind", default="click", show_default=True, help="vw/dsjson: the reward kind labels carry (cost = -reward).")
-@click.option("--default-reward", default=0.0, show_default=True, type=float,
-              help="vw/dsjson: reward of a slot that has none of --kind.")
-@click.option("--min-probability", default=None, type=click.FloatRange(0, 1, min_open=True),
-              help="vw/dsjson: clip smaller logged probabilities up to this (default: refuse ones VW reads as 0).")
+@click.option(
+    "--partition-by",
+    "partition_by",
+    default=None,
+    type=click.Choice(("day",)),
+    help="parquet: one file per UTC day under --out (a directory); re-running writes only changed days.",
+)
+@click.option(
+    "--kind", default="click", show_default=True, help="vw/dsjson: the reward kind labels carry (cost = -reward)."
+)
+@click.option(
+    "--default-reward",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="vw/dsjson: reward of a slot that has none of --kind.",
+)
+@click.option(
+    "--min-probability",
+    default=None,
+    type=click.FloatRange(0, 1, min_open=True),
+    help="vw/dsjson: clip smaller logged probabilities up to this (default: refuse ones VW reads as 0).",
+)
 @click.option("--candidates", is_flag=True, help="csv/parquet: add each decision's candidate ids and indices.")
 @usage_errors
 def export(db, fmt, out, partition_by, kind, default_reward, min_probability, candidates):
@@ -352,8 +594,15 @@ def export(db, fmt, out, partition_by, kind, default_reward, min_probability, ca
         return
     log = _open_log(db)
     try:
-        result = export_log(log, out, fmt, kind=kind, default_reward=default_reward,
-                            min_probability=min_probability, candidates=candidates)
+        result = export_log(
+            log,
+            out,
+            fmt,
+            kind=kind,
+            default_reward=default_reward,
+            min_probability=min_probability,
+            candidates=candidates,
+        )
     finally:
         log.close()
     if fmt == "interactions":
@@ -373,20 +622,35 @@ def _export_partitioned(db: str, fmt: str, out: str) -> None:
         ds = export_partitioned(log, out)
     finally:
         log.close()
-    click.echo(f"exported {ds.n_rows} logged slots of {ds.n_decisions} decisions to {out} in {len(ds.partitions)} "
-               f"day partitions ({len(ds.written)} written, {len(ds.kept)} unchanged)")
+    click.echo(
+        f"exported {ds.n_rows} logged slots of {ds.n_decisions} decisions to {out} in {len(ds.partitions)} "
+        f"day partitions ({len(ds.written)} written, {len(ds.kept)} unchanged)"
+    )
 
 
 @main.command()
 @click.argument("item_id")
-@click.option("--shop", "shop_dir", default=None, type=click.Path(file_okay=False),
-              help="Shop directory whose candidate model to ask.")
-@click.option("--db", default=None, type=click.Path(exists=True, dir_okay=False),
-              help="Instead of --shop: a decision log whose items (with a 'type' attribute) and events the model "
-                   "learns from.")
-@click.option("--kind", default="similar", show_default=True, type=click.Choice(("similar", "complements")),
-              help="similar: substitutes (item-item CF; metadata for items without events); "
-                   "complements: what is bought after ITEM_ID (directional, co-purchase-only pairs).")
+@click.option(
+    "--shop",
+    "shop_dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Shop directory whose candidate model to ask.",
+)
+@click.option(
+    "--db",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Instead of --shop: a decision log whose items (with a 'type' attribute) and events the model learns from.",
+)
+@click.option(
+    "--kind",
+    default="similar",
+    show_default=True,
+    type=click.Choice(("similar", "complements")),
+    help="similar: substitutes (item-item CF; metadata for items without events); "
+    "complements: what is bought after ITEM_ID (directional, co-purchase-only pairs).",
+)
 @click.option("-n", "n", default=10, show_default=True, type=click.IntRange(min=1), help="Neighbours to print.")
 @usage_errors
 def similar(item_id, shop_dir, db, kind, n):
@@ -413,13 +677,13 @@ def similar(item_id, shop_dir, db, kind, n):
         finally:
             log.close()
         if item_id not in set(ids):
-            raise click.UsageError(f"item {item_id!r} is not in the log's catalog ({len(ids)} items, "
-                                   f"e.g. {ids[0]!r})")
+            raise click.UsageError(f"item {item_id!r} is not in the log's catalog ({len(ids)} items, e.g. {ids[0]!r})")
         j = ids.index(item_id)
 
         def describe(k: int) -> str:
             a = attrs[k]
             return f"type {a.get('type', a.get('product_type', '?'))}" + (f"  {a['title']}" if "title" in a else "")
+
     found, scores = (gen.similar_items if kind == "similar" else gen.complements)([j], n)
     cold = " (no events: metadata neighbours)" if gen.cold[j] and kind == "similar" else ""
     click.echo(f"{item_id}  {describe(j)}{cold}")
@@ -441,12 +705,25 @@ def similar(item_id, shop_dir, db, kind, n):
 @click.option("--cart", "cart", multiple=True, metavar="ITEM", help="An item in the cart (repeatable).")
 @click.option("--view", "views", multiple=True, metavar="ITEM", help="An item viewed this session (repeatable).")
 @click.option("--slots", default=5, show_default=True, type=click.IntRange(min=1))
-@click.option("--policy", default="linucb:alpha=1.0,epsilon=0.1", show_default=True,
-              help="Policy spec (untrained unless --snapshots has a published snapshot).")
-@click.option("--snapshots", default=None, type=click.Path(file_okay=False),
-              help="Learner snapshot directory: serve its newest snapshot.")
-@click.option("--context", "fields", multiple=True, metavar="FIELD=VALUE", help="A request context field, e.g. "
-              "device=mobile (repeatable).")
+@click.option(
+    "--policy",
+    default="linucb:alpha=1.0,epsilon=0.1",
+    show_default=True,
+    help="Policy spec (untrained unless --snapshots has a published snapshot).",
+)
+@click.option(
+    "--snapshots",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Learner snapshot directory: serve its newest snapshot.",
+)
+@click.option(
+    "--context",
+    "fields",
+    multiple=True,
+    metavar="FIELD=VALUE",
+    help="A request context field, e.g. device=mobile (repeatable).",
+)
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the slot sampler.")
 @usage_errors
 def recommend(shop_dir, user_id, cart, views, slots, policy, snapshots, fields, seed):
@@ -460,8 +737,17 @@ def recommend(shop_dir, user_id, cart, views, slots, policy, snapshots, fields, 
         if not eq:
             raise click.UsageError(f"--context takes FIELD=VALUE, got {pair!r}")
         context[key] = float(value) if is_float(value) else value
-    rec = run(shop_dir, user_id, cart=list(cart), views=list(views), n_slots=slots, policy=policy,
-              snapshots=snapshots, context=context or None, seed=seed)
+    rec = run(
+        shop_dir,
+        user_id,
+        cart=list(cart),
+        views=list(views),
+        n_slots=slots,
+        policy=policy,
+        snapshots=snapshots,
+        context=context or None,
+        seed=seed,
+    )
     click.echo(rec.table())
 
 

@@ -20,8 +20,7 @@ from .errors import ValidationError
 from .offline import learn_from_log
 from .policies import Policy, Request
 from .policies.base import DEFAULT_FLOOR
-from .policies.slate import sample_slates
-from .policies.slate import SlateDistribution, SlateSample
+from .policies.slate import SlateDistribution, SlateSample, sample_slates
 from .store import DecisionLog, DecisionRecord
 from .store.codecs import LoggedParams
 from .types import Decision, Reward, Slot
@@ -49,9 +48,13 @@ class Session:
     def seeds(self, weights: dict[str, int] = SESSION_WEIGHTS) -> np.ndarray:
         """Seed items for item-to-item CF, each repeated by its kind's weight (so that the
         neighbours of the cart -- its complements -- rank first)."""
-        return np.concatenate([np.repeat(self.cart, weights["cart"]),
-                               np.repeat(self.purchased, weights["purchase"]),
-                               np.repeat(self.viewed, weights["view"])])
+        return np.concatenate(
+            [
+                np.repeat(self.cart, weights["cart"]),
+                np.repeat(self.purchased, weights["purchase"]),
+                np.repeat(self.viewed, weights["view"]),
+            ]
+        )
 
 
 EMPTY_SESSION = Session(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64))
@@ -62,7 +65,7 @@ _NO_ITEMS.setflags(write=False)
 class _Inputs(NamedTuple):
     """One request, checked, with its candidates (what :meth:`Engine._inputs` returns)."""
 
-    parts: "ShopParts"  # what served it (one build, even if another is installed meanwhile)
+    parts: ShopParts  # what served it (one build, even if another is installed meanwhile)
     user_id: str
     n_policy: int  # slots the policy fills (after the pinned ones)
     context: np.ndarray
@@ -100,8 +103,9 @@ def _backfill(idx: np.ndarray, source: np.ndarray, backfill: np.ndarray, exclude
     extra = pool[~np.isin(pool, idx) & ~np.isin(pool, excluded)][:need]
     if len(extra) < need:  # a short prefix was not enough: look through all of it
         extra = backfill[~np.isin(backfill, idx) & ~np.isin(backfill, excluded)][:need]
-    return np.r_[idx, extra].astype(np.int64), np.r_[np.asarray(source, dtype=object),
-                                                     np.full(len(extra), "popular", dtype=object)]
+    return np.r_[idx, extra].astype(np.int64), np.r_[
+        np.asarray(source, dtype=object), np.full(len(extra), "popular", dtype=object)
+    ]
 
 
 def time_ordered_id() -> str:
@@ -120,8 +124,9 @@ def time_ordered_id() -> str:
 def _policy_error(exc: ValidationError) -> ValidationError:
     if exc.field != "scores":
         return exc
-    return ValidationError("the policy's scores are not finite for this context; are its values in a sensible range?",
-                           "context")
+    return ValidationError(
+        "the policy's scores are not finite for this context; are its values in a sensible range?", "context"
+    )
 
 
 @dataclass(frozen=True)
@@ -185,8 +190,15 @@ class ContextSource(Protocol):
 
     def field_names(self) -> list[str]: ...
 
-    def vector(self, user: int, session_items: np.ndarray, session_age_s: float | None, now: float,
-               fields: dict | None, item_features: np.ndarray) -> np.ndarray: ...
+    def vector(
+        self,
+        user: int,
+        session_items: np.ndarray,
+        session_age_s: float | None,
+        now: float,
+        fields: dict | None,
+        item_features: np.ndarray,
+    ) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -214,9 +226,12 @@ class ShopParts:
 
     def __post_init__(self):
         if not isinstance(self.candidate_generator, CandidateSource):
-            raise ValidationError(f"the candidate generator ({type(self.candidate_generator).__name__}) is not a "
-                                  "CandidateSource: it has no candidates_for_session(history, session, N, "
-                                  "exclude=None, segment=None)", "candidate_generator")
+            raise ValidationError(
+                f"the candidate generator ({type(self.candidate_generator).__name__}) is not a "
+                "CandidateSource: it has no candidates_for_session(history, session, N, "
+                "exclude=None, segment=None)",
+                "candidate_generator",
+            )
         if self.context is not None:
             object.__setattr__(self, "context_dim", int(self.context.dim))
         object.__setattr__(self, "context_dim", check_positive_int(self.context_dim, "context_dim"))
@@ -287,35 +302,85 @@ class Engine:
         session_limit: int = 50,
         floor_off: bool = False,
     ):
-        parts = ShopParts(items=items, candidate_generator=candidate_generator, user_items=user_items,
-                          user_index=dict(user_index), context_dim=context_dim)
-        self._setup(parts, policy, log, n_candidates=n_candidates, min_epsilon=min_epsilon, seed=seed, clock=clock,
-                    session_window_s=session_window_s, session_limit=session_limit, floor_off=floor_off)
+        parts = ShopParts(
+            items=items,
+            candidate_generator=candidate_generator,
+            user_items=user_items,
+            user_index=dict(user_index),
+            context_dim=context_dim,
+        )
+        self._setup(
+            parts,
+            policy,
+            log,
+            n_candidates=n_candidates,
+            min_epsilon=min_epsilon,
+            seed=seed,
+            clock=clock,
+            session_window_s=session_window_s,
+            session_limit=session_limit,
+            floor_off=floor_off,
+        )
         self._unlogged_items = items  # written by log_items(), at the latest with the first decision
 
     @classmethod
-    def for_shop(cls, parts: ShopParts, *, policy: Policy, log: DecisionLog | None, n_candidates: int = 30,
-                 min_epsilon: float = DEFAULT_FLOOR, seed=None, clock=time.time,
-                 session_window_s: float | None = 1800.0, session_limit: int = 50, floor_off: bool = False) -> "Engine":
+    def for_shop(
+        cls,
+        parts: ShopParts,
+        *,
+        policy: Policy,
+        log: DecisionLog | None,
+        n_candidates: int = 30,
+        min_epsilon: float = DEFAULT_FLOOR,
+        seed=None,
+        clock=time.time,
+        session_window_s: float | None = 1800.0,
+        session_limit: int = 50,
+        floor_off: bool = False,
+    ) -> Engine:
         """An engine serving a shop directory's build (:mod:`banditrec.shop`): the catalog is the
         build's, so nothing is written to the log's items table; decisions log the build's id.
         ``log``, ``min_epsilon`` and ``floor_off`` as for the constructor."""
         engine = cls.__new__(cls)
-        engine._setup(parts, policy, log, n_candidates=n_candidates, min_epsilon=min_epsilon, seed=seed,
-                      clock=clock, session_window_s=session_window_s, session_limit=session_limit,
-                      floor_off=floor_off)
+        engine._setup(
+            parts,
+            policy,
+            log,
+            n_candidates=n_candidates,
+            min_epsilon=min_epsilon,
+            seed=seed,
+            clock=clock,
+            session_window_s=session_window_s,
+            session_limit=session_limit,
+            floor_off=floor_off,
+        )
         return engine
 
-    def _setup(self, parts: ShopParts, policy: Policy, log: DecisionLog | None, *, n_candidates, min_epsilon, seed,
-               clock, session_window_s, session_limit, floor_off: bool = False) -> None:
+    def _setup(
+        self,
+        parts: ShopParts,
+        policy: Policy,
+        log: DecisionLog | None,
+        *,
+        n_candidates,
+        min_epsilon,
+        seed,
+        clock,
+        session_window_s,
+        session_limit,
+        floor_off: bool = False,
+    ) -> None:
         if floor_off:
             if min_epsilon != 0:
-                raise ValidationError(f"floor_off=True serves without a floor: min_epsilon must be 0, got "
-                                      f"{min_epsilon!r}", "min_epsilon")
+                raise ValidationError(
+                    f"floor_off=True serves without a floor: min_epsilon must be 0, got {min_epsilon!r}", "min_epsilon"
+                )
         elif not 0.0 < min_epsilon <= 1.0:
             raise ValidationError(
                 f"min_epsilon must be in (0, 1] so that the log can evaluate other policies, got {min_epsilon!r} "
-                "(to serve without a floor on purpose: min_epsilon=0, floor_off=True)", "min_epsilon")
+                "(to serve without a floor on purpose: min_epsilon=0, floor_off=True)",
+                "min_epsilon",
+            )
         self._parts = parts
         self.policy = policy
         if log is None:
@@ -399,8 +464,9 @@ class Engine:
         """The user's recent interaction events, from the log (see :class:`Session`)."""
         if self.session_window_s is None:
             return EMPTY_SESSION
-        ids, kinds, ts = self.log.recent_events(user_id, since_ts=float(self.clock()) - self.session_window_s,
-                                                limit=self.session_limit)
+        ids, kinds, ts = self.log.recent_events(
+            user_id, since_ts=float(self.clock()) - self.session_window_s, limit=self.session_limit
+        )
         if not ids:
             return EMPTY_SESSION
         idx = (items or self.items).lookup(ids)
@@ -414,18 +480,22 @@ class Engine:
 
         return Session(cart=pick("cart"), purchased=pick("purchase"), viewed=pick("view"), newest_ts=float(ts[0]))
 
-    def _context(self, parts: ShopParts, context, user_id: str, session: "Session | None") -> np.ndarray:
+    def _context(self, parts: ShopParts, context, user_id: str, session: Session | None) -> np.ndarray:
         """The context vector: computed by the shop's featurizer from what it knows and the
         request's named fields, or (no featurizer) the request's own vector."""
         if parts.context is not None:
             if context is not None and not isinstance(context, dict):
-                raise ValidationError("this shop computes the context itself: send an object of named fields "
-                                      f"({', '.join(parts.context.field_names()) or 'none'}), not a list", "context")
+                raise ValidationError(
+                    "this shop computes the context itself: send an object of named fields "
+                    f"({', '.join(parts.context.field_names()) or 'none'}), not a list",
+                    "context",
+                )
             now = float(self.clock())
             age = None if session is None or session.newest_ts is None else max(now - session.newest_ts, 0.0)
             items = _NO_ITEMS if session is None else np.concatenate([session.cart, session.purchased])
-            return parts.context.vector(parts.user_index.get(user_id, -1), items, age, now, context,
-                                        parts.items.features)
+            return parts.context.vector(
+                parts.user_index.get(user_id, -1), items, age, now, context, parts.items.features
+            )
         if context is None:
             return np.zeros(parts.context_dim)
         if isinstance(context, dict):
@@ -461,21 +531,24 @@ class Engine:
             if parts.user_segment is not None:  # a shop's users have segments
                 row = parts.user_index.get(user_id)
                 segment = None if row is None else int(parts.user_segment[row])
-            idx, _, source = parts.candidate_generator.candidates_for_session(history, session, n, exclude=excluded,
-                                                                              segment=segment)
+            idx, _, source = parts.candidate_generator.candidates_for_session(
+                history, session, n, exclude=excluded, segment=segment
+            )
             if len(idx) < n and parts.backfill is not None:
                 idx, source = _backfill(idx, source, parts.backfill, excluded, n)
         if n_slots > len(idx):
-            raise ValidationError(
-                f"slots ({n_slots}) is more than the number of candidates ({len(idx)})", "slots"
-            )
+            raise ValidationError(f"slots ({n_slots}) is more than the number of candidates ({len(idx)})", "slots")
         return idx, source
 
     def request(self, context, items, parts: ShopParts | None = None) -> Request:
         table = (parts or self._parts).items
         cold = table.cold
-        return Request(context=context, items=items, item_features=table.features[items],
-                       cold=None if cold is None else cold[items])
+        return Request(
+            context=context,
+            items=items,
+            item_features=table.features[items],
+            cold=None if cold is None else cold[items],
+        )
 
     @property
     def model_version(self) -> str:
@@ -490,21 +563,36 @@ class Engine:
             self.policy = policy
             self._model_version = model_version
 
-    def decide(self, user_id: str, n_slots: int, *, context=None, candidates=None, exclude=None,
-               surface: str = "home", pinned=None) -> Decision:
+    def decide(
+        self,
+        user_id: str,
+        n_slots: int,
+        *,
+        context=None,
+        candidates=None,
+        exclude=None,
+        surface: str = "home",
+        pinned=None,
+    ) -> Decision:
         """Fill ``n_slots`` slots for ``user_id``, log the decision, and return it.
 
         ``pinned`` item ids (promotions) take the first slots in that order, with propensity 1
         and source ``"pinned"``; the policy fills the rest from the other candidates. Readers
         leave pinned slots out of learning and evaluation: no policy chose them.
         """
-        record = self._prepare(user_id, n_slots, context=context, candidates=candidates, exclude=exclude,
-                               surface=surface, pinned=pinned)
+        record = self._prepare(
+            user_id, n_slots, context=context, candidates=candidates, exclude=exclude, surface=surface, pinned=pinned
+        )
         if self._unlogged_items is not None:
             self.log_items()
-        self.log.write_decision(record.decision, policy_params=record.policy_params,
-                                candidate_index=record.candidate_index, slot_index=record.slot_index,
-                                context=record.context, surface=record.surface)
+        self.log.write_decision(
+            record.decision,
+            policy_params=record.policy_params,
+            candidate_index=record.candidate_index,
+            slot_index=record.slot_index,
+            context=record.context,
+            surface=record.surface,
+        )
         return record.decision
 
     def decide_batch(self, requests: list[dict]) -> list[Decision]:
@@ -540,18 +628,37 @@ class Engine:
         self.log.write_decisions(records)
         return [r.decision for r in records]
 
-    def _prepare(self, user_id: str, n_slots: int, *, context=None, candidates=None, exclude=None,
-                 surface: str = "home", pinned=None) -> DecisionRecord:
+    def _prepare(
+        self,
+        user_id: str,
+        n_slots: int,
+        *,
+        context=None,
+        candidates=None,
+        exclude=None,
+        surface: str = "home",
+        pinned=None,
+    ) -> DecisionRecord:
         """Sample a decision; returns it with what logs it."""
-        inp = self._inputs(user_id, n_slots, context=context, candidates=candidates, exclude=exclude,
-                           surface=surface, pinned=pinned)
+        inp = self._inputs(
+            user_id, n_slots, context=context, candidates=candidates, exclude=exclude, surface=surface, pinned=pinned
+        )
         with self._lock:
             dist = self._distribution(inp) if inp.n_policy else None
             draw = self._draw(inp, dist)
         return self._build(inp, draw)
 
-    def _inputs(self, user_id: str, n_slots: int, *, context=None, candidates=None, exclude=None,
-                surface: str = "home", pinned=None) -> "_Inputs":
+    def _inputs(
+        self,
+        user_id: str,
+        n_slots: int,
+        *,
+        context=None,
+        candidates=None,
+        exclude=None,
+        surface: str = "home",
+        pinned=None,
+    ) -> _Inputs:
         """Everything a decision needs before the policy sees it, checked (no policy state read)."""
         if not isinstance(user_id, str) or not user_id:
             raise ValidationError(f"user_id must be a non-empty string, got {user_id!r}", "user_id")
@@ -581,10 +688,11 @@ class Engine:
             cand_ids = tuple(map(items.ids.__getitem__, cand_idx.tolist()))
         return _Inputs(parts, user_id, n_policy, ctx, pin_idx, pin_ids, cand_idx, cand_ids, source, surface)
 
-    def _distribution(self, inp: "_Inputs"):
+    def _distribution(self, inp: _Inputs):
         try:
-            return self.policy.distribution(self.request(inp.context, inp.cand_idx, inp.parts), inp.n_policy,
-                                            self.min_epsilon)
+            return self.policy.distribution(
+                self.request(inp.context, inp.cand_idx, inp.parts), inp.n_policy, self.min_epsilon
+            )
         except ValidationError as exc:
             raise _policy_error(exc) from None
 
@@ -596,9 +704,11 @@ class Engine:
         if not todo:
             return out
         try:
-            dists = self.policy.distributions([self.request(inputs[i].context, inputs[i].cand_idx, inputs[i].parts)
-                                               for i in todo],
-                                              [inputs[i].n_policy for i in todo], self.min_epsilon)
+            dists = self.policy.distributions(
+                [self.request(inputs[i].context, inputs[i].cand_idx, inputs[i].parts) for i in todo],
+                [inputs[i].n_policy for i in todo],
+                self.min_epsilon,
+            )
         except ValidationError:
             for i in todo:  # which request: one at a time (the error path only)
                 try:
@@ -611,7 +721,7 @@ class Engine:
             out[i] = dist
         return out
 
-    def _draw(self, inp: "_Inputs", dist) -> _Draw:
+    def _draw(self, inp: _Inputs, dist) -> _Draw:
         """Sample ``dist`` and take an event id (under the engine's lock)."""
         return self._stamp(dist.sample(self._sampler) if dist is not None else None)
 
@@ -622,29 +732,37 @@ class Engine:
         cached = self._params
         if cached is None or cached.policy is not policy or cached.config is not policy.config:
             # the logged params of a policy change only with its (frozen) config: serialised once
-            cached = self._params = _LoggedParamsOf(policy, policy.config,
-                                                    LoggedParams({**policy.params, "min_epsilon": self.min_epsilon}))
+            cached = self._params = _LoggedParamsOf(
+                policy, policy.config, LoggedParams({**policy.params, "min_epsilon": self.min_epsilon})
+            )
         event_id = self._ids.bytes(16).hex() if self._ids is not None else time_ordered_id()
-        return _Draw(sample=sample, model_version=self.model_version, policy_name=policy.name, params=cached.logged,
-                     event_id=event_id)
+        return _Draw(
+            sample=sample,
+            model_version=self.model_version,
+            policy_name=policy.name,
+            params=cached.logged,
+            event_id=event_id,
+        )
 
-    def _build(self, inp: "_Inputs", stamped: _Draw) -> DecisionRecord:
+    def _build(self, inp: _Inputs, stamped: _Draw) -> DecisionRecord:
         """The decision and what logs it."""
         draw = stamped.sample
         index = draw.index if draw is not None else _NO_ITEMS
         chosen = inp.cand_idx[index]
         pin_ids = inp.pin_ids
         p = len(pin_ids)
-        slots = tuple(Slot(position=k, item_id=pin_ids[k], propensity=1.0, marginal=1.0, source="pinned")
-                      for k in range(p))
+        slots = tuple(
+            Slot(position=k, item_id=pin_ids[k], propensity=1.0, marginal=1.0, source="pinned") for k in range(p)
+        )
         if draw is not None:
             ids, source = inp.parts.items.ids, inp.source
             draws = int(draw.marginal_draws)
             sources = [source] * len(index) if isinstance(source, str) else [str(source[j]) for j in index.tolist()]
             slots += tuple(
                 Slot(position=p + k, item_id=ids[i], propensity=prop, marginal=marg, source=src, marginal_draws=draws)
-                for k, (i, src, prop, marg) in enumerate(zip(chosen.tolist(), sources, draw.propensity.tolist(),
-                                                             draw.marginal.tolist()))
+                for k, (i, src, prop, marg) in enumerate(
+                    zip(chosen.tolist(), sources, draw.propensity.tolist(), draw.marginal.tolist())
+                )
             )
         joint, log_joint = (draw.joint, draw.log_joint) if draw is not None else (1.0, 0.0)
         if p:
@@ -661,8 +779,14 @@ class Engine:
             ts=float(self.clock()),
             build=inp.parts.build,
         )
-        return DecisionRecord(decision=decision, policy_params=stamped.params, candidate_index=inp.cand_idx,
-                              slot_index=chosen, context=inp.context, surface=inp.surface)
+        return DecisionRecord(
+            decision=decision,
+            policy_params=stamped.params,
+            candidate_index=inp.cand_idx,
+            slot_index=chosen,
+            context=inp.context,
+            surface=inp.surface,
+        )
 
     def reward(self, event_id: str, value: float, *, position: int | None = None, kind: str = "click") -> str:
         """Join a reward to a logged decision; returns ``"recorded"``, ``"late"`` (after the

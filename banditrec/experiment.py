@@ -20,8 +20,20 @@ from .errors import ValidationError
 from .validation import as_1d, check_finite
 
 __all__ = [
-    "Comparison", "SRM", "assign", "hash_unit", "srm_check", "compare_means", "compare_ratios", "cuped",
-    "sample_size", "power", "minimum_detectable_effect", "duration_days", "analyse", "format_table",
+    "Comparison",
+    "SRM",
+    "assign",
+    "hash_unit",
+    "srm_check",
+    "compare_means",
+    "compare_ratios",
+    "cuped",
+    "sample_size",
+    "power",
+    "minimum_detectable_effect",
+    "duration_days",
+    "analyse",
+    "format_table",
 ]
 
 # what ``rng`` takes: a Generator, a seed (an int or SeedSequence), or None (fresh entropy)
@@ -49,7 +61,8 @@ class Comparison:
     """Treatment (``b``) versus control (``a``) on one metric.
 
     ``mean_a``/``mean_b`` are the arm means (for a ratio metric, the ratios of sums).
-    ``diff_ci`` is Welch's t interval (``kind == "mean"``, or ``"cuped"`` on CUPED-adjusted values) or the delta-method normal interval
+    ``diff_ci`` is Welch's t interval (``kind == "mean"``, or ``"cuped"`` on CUPED-adjusted values) or the
+    delta-method normal interval
     (``kind == "ratio"``; ``df`` is then ``inf``); ``p_value`` is the matching two-sided test of
     ``diff == 0``. ``lift = diff / mean_a`` with a delta-method normal interval ``lift_ci``.
     ``boot_ci``/``boot_se``/``lift_boot_ci`` come from ``n_boot`` customer-level bootstrap
@@ -157,7 +170,9 @@ def hash_unit(user_ids: Iterable[Any], salt: str) -> np.ndarray:
     return (words >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
-def assign(user_ids: Iterable[Any], arms: Sequence[str], salt: str, weights: Sequence[float] | None = None) -> np.ndarray:
+def assign(
+    user_ids: Iterable[Any], arms: Sequence[str], salt: str, weights: Sequence[float] | None = None
+) -> np.ndarray:
     """Arm index (``int64``, in ``[0, len(arms))``) of each user: deterministic hashing.
 
     ``u = hash_unit(user_ids, salt)``; the arm is the first ``j`` with ``u < cumsum(w)[j]``
@@ -201,8 +216,14 @@ def srm_check(counts: ArrayLike, weights: Sequence[float] | None = None, alpha: 
     expected = c.sum() * w
     res = stats.chisquare(c, expected)
     p = float(res.pvalue)
-    return SRM(chi2=float(res.statistic), p_value=p, expected=tuple(float(e) for e in expected),
-               counts=tuple(int(x) for x in c), alpha=alpha, ok=bool(p >= alpha))
+    return SRM(
+        chi2=float(res.statistic),
+        p_value=p,
+        expected=tuple(float(e) for e in expected),
+        counts=tuple(int(x) for x in c),
+        alpha=alpha,
+        ok=bool(p >= alpha),
+    )
 
 
 # ----------------------------------------------------------------------------- comparisons
@@ -257,8 +278,11 @@ def cuped(a: ArrayLike, b: ArrayLike, x_a: ArrayLike, x_b: ArrayLike) -> tuple[n
     a, b = _arm(a, "a"), _arm(b, "b")
     x_a, x_b = _arm(x_a, "covariate_a"), _arm(x_b, "covariate_b")
     if len(x_a) != len(a) or len(x_b) != len(b):
-        raise ValidationError(f"covariates need one value per customer: a has {len(a)} and covariate_a {len(x_a)}, "
-                              f"b has {len(b)} and covariate_b {len(x_b)}", "covariates")
+        raise ValidationError(
+            f"covariates need one value per customer: a has {len(a)} and covariate_a {len(x_a)}, "
+            f"b has {len(b)} and covariate_b {len(x_b)}",
+            "covariates",
+        )
     y, x = np.concatenate([a, b]), np.concatenate([x_a, x_b])
     xc = x - x.mean()
     sxx = float(xc @ xc)
@@ -266,14 +290,23 @@ def cuped(a: ArrayLike, b: ArrayLike, x_a: ArrayLike, x_b: ArrayLike) -> tuple[n
     return a - theta * (x_a - x.mean()), b - theta * (x_b - x.mean()), theta
 
 
-def compare_means(a: ArrayLike, b: ArrayLike, *, alpha: float = 0.05, n_boot: int = 2000, rng: RngLike = None,
-                  metric: str = "", covariates: Sequence[ArrayLike] | None = None) -> Comparison:
+def compare_means(
+    a: ArrayLike,
+    b: ArrayLike,
+    *,
+    alpha: float = 0.05,
+    n_boot: int = 2000,
+    rng: RngLike = None,
+    metric: str = "",
+    covariates: Sequence[ArrayLike] | None = None,
+) -> Comparison:
     """Compare a per-customer metric: ``a`` (control) and ``b`` (treatment), one value per customer.
 
     Welch: ``se^2 = s_a^2/n_a + s_b^2/n_b`` (``ddof=1``), Welch--Satterthwaite
     ``df = se^4 / ((s_a^2/n_a)^2/(n_a-1) + (s_b^2/n_b)^2/(n_b-1))``, interval
     ``diff +- t_{1-alpha/2, df} se``; the p-value ``2 P(T_df > |diff|/se)`` is
-    ``scipy.stats.ttest_ind(b, a, equal_var=False)``'s. Lift: delta method (see :func:`_lift`), normal quantile. Bootstrap:
+    ``scipy.stats.ttest_ind(b, a, equal_var=False)``'s. Lift: delta method (see :func:`_lift`), normal
+    quantile. Bootstrap:
     ``n_boot`` resamples of customers within each arm independently, percentile intervals of
     ``diff*`` and ``mean_b*/mean_a* - 1``. Assumes independent customers; the t interval
     relies on the CLT, so heavy tails need more customers. If both arms are constant
@@ -317,21 +350,42 @@ def compare_means(a: ArrayLike, b: ArrayLike, *, alpha: float = 0.05, n_boot: in
             lift_boot_ci = _percentile(boot_b / boot_a - 1.0, alpha) if ma != 0 else (math.nan, math.nan)
     else:
         boot_ci, boot_se, lift_boot_ci = (math.nan, math.nan), math.nan, (math.nan, math.nan)
-    return Comparison(metric=metric, kind=kind, n_a=na, n_b=nb, mean_a=ma, mean_b=mb, diff=diff, se=se,
-                      df=float(df), diff_ci=(diff - half, diff + half), p_value=p, lift=lift, lift_se=lift_se,
-                      lift_ci=lift_ci, boot_ci=boot_ci, boot_se=boot_se, lift_boot_ci=lift_boot_ci,
-                      alpha=alpha, n_boot=n_boot, significant=bool(p < alpha))
+    return Comparison(
+        metric=metric,
+        kind=kind,
+        n_a=na,
+        n_b=nb,
+        mean_a=ma,
+        mean_b=mb,
+        diff=diff,
+        se=se,
+        df=float(df),
+        diff_ci=(diff - half, diff + half),
+        p_value=p,
+        lift=lift,
+        lift_se=lift_se,
+        lift_ci=lift_ci,
+        boot_ci=boot_ci,
+        boot_se=boot_se,
+        lift_boot_ci=lift_boot_ci,
+        alpha=alpha,
+        n_boot=n_boot,
+        significant=bool(p < alpha),
+    )
 
 
-def _ratio_arm(num: ArrayLike, den: ArrayLike, num_name: str, den_name: str) -> tuple[np.ndarray, np.ndarray, float, float]:
+def _ratio_arm(
+    num: ArrayLike, den: ArrayLike, num_name: str, den_name: str
+) -> tuple[np.ndarray, np.ndarray, float, float]:
     """Validated ``(num, den)`` of one arm, its ratio ``R = sum(num)/sum(den)`` and the
     delta-method variance of ``R`` (Deng et al. 2018, eq. for a ratio of means):
     ``Var(R) ~ (s_nn - 2 R s_nd + R^2 s_dd) / (n mean(den)^2)``."""
     x = _arm(num, num_name)
     y = _arm(den, den_name)
     if len(x) != len(y):
-        raise ValidationError(f"{num_name} and {den_name} must have the same length, got {len(x)} and {len(y)}",
-                              den_name)
+        raise ValidationError(
+            f"{num_name} and {den_name} must have the same length, got {len(x)} and {len(y)}", den_name
+        )
     if (y < 0).any():
         i = int(np.argmax(y < 0))
         raise ValidationError(f"{den_name} must be >= 0, found {y[i]} at index {i}", den_name)
@@ -345,9 +399,17 @@ def _ratio_arm(num: ArrayLike, den: ArrayLike, num_name: str, den_name: str) -> 
     return x, y, float(r), float(max(var, 0.0))
 
 
-def compare_ratios(num_a: ArrayLike, den_a: ArrayLike, num_b: ArrayLike, den_b: ArrayLike, *, alpha: float = 0.05,
-                   n_boot: int = 2000, rng: RngLike = None,
-                   metric: str = "") -> Comparison:
+def compare_ratios(
+    num_a: ArrayLike,
+    den_a: ArrayLike,
+    num_b: ArrayLike,
+    den_b: ArrayLike,
+    *,
+    alpha: float = 0.05,
+    n_boot: int = 2000,
+    rng: RngLike = None,
+    metric: str = "",
+) -> Comparison:
     """Compare a ratio-of-sums metric, one ``(num, den)`` pair per customer in each arm.
 
     ``R = sum(num) / sum(den)`` per arm (e.g. CTR = clicks / impressions). Customers are the
@@ -380,10 +442,28 @@ def compare_ratios(num_a: ArrayLike, den_a: ArrayLike, num_b: ArrayLike, den_b: 
             lift_boot_ci = _percentile(boot_b / boot_a - 1.0, alpha) if ra != 0 else (math.nan, math.nan)
     else:
         boot_ci, boot_se, lift_boot_ci = (math.nan, math.nan), math.nan, (math.nan, math.nan)
-    return Comparison(metric=metric, kind="ratio", n_a=len(xa), n_b=len(xb), mean_a=ra, mean_b=rb, diff=diff,
-                      se=se, df=math.inf, diff_ci=(diff - z * se, diff + z * se), p_value=p, lift=lift,
-                      lift_se=lift_se, lift_ci=lift_ci, boot_ci=boot_ci, boot_se=boot_se,
-                      lift_boot_ci=lift_boot_ci, alpha=alpha, n_boot=n_boot, significant=bool(p < alpha))
+    return Comparison(
+        metric=metric,
+        kind="ratio",
+        n_a=len(xa),
+        n_b=len(xb),
+        mean_a=ra,
+        mean_b=rb,
+        diff=diff,
+        se=se,
+        df=math.inf,
+        diff_ci=(diff - z * se, diff + z * se),
+        p_value=p,
+        lift=lift,
+        lift_se=lift_se,
+        lift_ci=lift_ci,
+        boot_ci=boot_ci,
+        boot_se=boot_se,
+        lift_boot_ci=lift_boot_ci,
+        alpha=alpha,
+        n_boot=n_boot,
+        significant=bool(p < alpha),
+    )
 
 
 # ----------------------------------------------------------------------------- power
@@ -432,8 +512,9 @@ def _power(n: float, delta: float, s_a: float, s_b: float, alpha: float, ratio: 
     return float(stats.norm.cdf(shift - za) + (stats.norm.cdf(-shift - za) if two_sided else 0.0))
 
 
-def _design(baseline: Any, sd: float | None, mde: Any, relative: bool, alpha: Any,
-            ratio: Any) -> tuple[float, float, float, float, float]:
+def _design(
+    baseline: Any, sd: float | None, mde: Any, relative: bool, alpha: Any, ratio: Any
+) -> tuple[float, float, float, float, float]:
     alpha = _check_alpha(alpha)
     ratio = _check_positive(ratio, "ratio")
     base, delta = _effect(baseline, mde, relative)
@@ -441,8 +522,17 @@ def _design(baseline: Any, sd: float | None, mde: Any, relative: bool, alpha: An
     return alpha, ratio, delta, s_a, s_b
 
 
-def power(n_per_arm: float, *, baseline: float, sd: float | None = None, mde: float, relative: bool = True,
-          alpha: float = 0.05, ratio: float = 1.0, two_sided: bool = True) -> float:
+def power(
+    n_per_arm: float,
+    *,
+    baseline: float,
+    sd: float | None = None,
+    mde: float,
+    relative: bool = True,
+    alpha: float = 0.05,
+    ratio: float = 1.0,
+    two_sided: bool = True,
+) -> float:
     """Power of the two-sample z-test with ``n_per_arm`` control and ``ratio * n_per_arm``
     treatment customers to detect ``mde`` (relative to ``baseline`` unless ``relative=False``).
 
@@ -456,8 +546,17 @@ def power(n_per_arm: float, *, baseline: float, sd: float | None = None, mde: fl
     return _power(n, delta, s_a, s_b, alpha, ratio, two_sided)
 
 
-def sample_size(*, baseline: float, sd: float | None = None, mde: float, relative: bool = True,
-                alpha: float = 0.05, power: float = 0.8, ratio: float = 1.0, two_sided: bool = True) -> int:
+def sample_size(
+    *,
+    baseline: float,
+    sd: float | None = None,
+    mde: float,
+    relative: bool = True,
+    alpha: float = 0.05,
+    power: float = 0.8,
+    ratio: float = 1.0,
+    two_sided: bool = True,
+) -> int:
     """Control-arm customers needed (the treatment arm gets ``ceil(ratio * n)``).
 
     Closed form ``n = (z_{1-alpha/2} + z_{power})^2 (s_a^2 + s_b^2/ratio) / delta^2``, i.e.
@@ -476,9 +575,17 @@ def sample_size(*, baseline: float, sd: float | None = None, mde: float, relativ
     return n
 
 
-def minimum_detectable_effect(n_per_arm: float, *, baseline: float, sd: float | None = None, relative: bool = True,
-                              alpha: float = 0.05, power: float = 0.8, ratio: float = 1.0,
-                              two_sided: bool = True) -> float:
+def minimum_detectable_effect(
+    n_per_arm: float,
+    *,
+    baseline: float,
+    sd: float | None = None,
+    relative: bool = True,
+    alpha: float = 0.05,
+    power: float = 0.8,
+    ratio: float = 1.0,
+    two_sided: bool = True,
+) -> float:
     """The smallest positive effect (relative to ``baseline`` unless ``relative=False``) that
     ``n_per_arm`` customers detect with the given power: the root of :func:`power` ``= power``
     in ``delta`` (about ``(z_{1-alpha/2} + z_{power}) sqrt(s_a^2 + s_b^2/ratio) / sqrt(n)``).
@@ -501,8 +608,9 @@ def minimum_detectable_effect(n_per_arm: float, *, baseline: float, sd: float | 
     else:
         hi = (1 - base) * (1 - 1e-12)
         if gap(hi) < 0:
-            raise ValidationError(f"n_per_arm={n} cannot detect any increase of a proportion {base} with "
-                                  f"power {target}", "n_per_arm")
+            raise ValidationError(
+                f"n_per_arm={n} cannot detect any increase of a proportion {base} with power {target}", "n_per_arm"
+            )
     delta = float(optimize.brentq(gap, 1e-12 * max(1.0, abs(base)), hi, xtol=1e-14, rtol=1e-12))
     return delta / base if relative else delta
 
@@ -525,8 +633,9 @@ def duration_days(n_per_arm: float, daily_eligible: float, n_arms: int, traffic_
 # ----------------------------------------------------------------------------- report
 
 
-def analyse(metrics: Mapping[str, tuple[Any, ...]], *, alpha: float = 0.05, n_boot: int = 2000,
-            rng: RngLike = None) -> list[Comparison]:
+def analyse(
+    metrics: Mapping[str, tuple[Any, ...]], *, alpha: float = 0.05, n_boot: int = 2000, rng: RngLike = None
+) -> list[Comparison]:
     """One :class:`Comparison` per metric, in the mapping's order.
 
     ``metrics[name]`` is ``(a, b)`` -- per-customer values, :func:`compare_means` --,
@@ -540,10 +649,14 @@ def analyse(metrics: Mapping[str, tuple[Any, ...]], *, alpha: float = 0.05, n_bo
     streams = _rng(rng).spawn(len(metrics))
     rows = []
     for (name, arrays), gen in zip(metrics.items(), streams):
-        if (not isinstance(arrays, (tuple, list)) or len(arrays) not in (2, 3, 4)
-                or (len(arrays) == 3 and not (isinstance(arrays[2], (tuple, list)) and len(arrays[2]) == 2))):
-            raise ValidationError(f"metrics[{name!r}] must be (a, b), (a, b, (x_a, x_b)) or "
-                                  "(num_a, den_a, num_b, den_b)", "metrics")
+        if (
+            not isinstance(arrays, (tuple, list))
+            or len(arrays) not in (2, 3, 4)
+            or (len(arrays) == 3 and not (isinstance(arrays[2], (tuple, list)) and len(arrays[2]) == 2))
+        ):
+            raise ValidationError(
+                f"metrics[{name!r}] must be (a, b), (a, b, (x_a, x_b)) or (num_a, den_a, num_b, den_b)", "metrics"
+            )
         kw: dict[str, Any] = dict(alpha=alpha, n_boot=n_boot, rng=gen, metric=str(name))
         if len(arrays) == 4:
             rows.append(compare_ratios(*arrays, **kw))
@@ -563,12 +676,26 @@ def _ci(ci: tuple[float, float], scale: float = 1.0) -> str:
 def format_table(rows: Sequence[Comparison]) -> str:
     """A Markdown table of :func:`analyse`'s rows (4 significant digits; lift in %)."""
     level = f"{100 * (1 - rows[0].alpha):g}%" if rows else "95%"
-    head = ["metric", "control", "treatment", f"diff [{level} CI]", f"lift % [{level} CI]",
-            f"bootstrap {level} CI", "p-value"]
+    head = [
+        "metric",
+        "control",
+        "treatment",
+        f"diff [{level} CI]",
+        f"lift % [{level} CI]",
+        f"bootstrap {level} CI",
+        "p-value",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         p = "nan" if not math.isfinite(r.p_value) else (f"{r.p_value:.2e}" if r.p_value < 1e-4 else f"{r.p_value:.4f}")
-        cells = [r.metric, _num(r.mean_a), _num(r.mean_b), f"{_num(r.diff)} {_ci(r.diff_ci)}",
-                 f"{_num(100 * r.lift)} {_ci(r.lift_ci, 100)}", _ci(r.boot_ci), p + (" *" if r.significant else "")]
+        cells = [
+            r.metric,
+            _num(r.mean_a),
+            _num(r.mean_b),
+            f"{_num(r.diff)} {_ci(r.diff_ci)}",
+            f"{_num(100 * r.lift)} {_ci(r.lift_ci, 100)}",
+            _ci(r.boot_ci),
+            p + (" *" if r.significant else ""),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

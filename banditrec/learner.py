@@ -63,12 +63,25 @@ class Learner:
     input of the policies as when serving (:attr:`~banditrec.engine.ItemTable.cold`).
     """
 
-    def __init__(self, log: DecisionLog, policy: Policy, item_features: np.ndarray, directory, *,
-                 kind: str = "click", default_reward: float = 0.0, keep: int = 5, clock=time.time,
-                 learned_seq: int = 0, item_cold: np.ndarray | None = None):
+    def __init__(
+        self,
+        log: DecisionLog,
+        policy: Policy,
+        item_features: np.ndarray,
+        directory,
+        *,
+        kind: str = "click",
+        default_reward: float = 0.0,
+        keep: int = 5,
+        clock=time.time,
+        learned_seq: int = 0,
+        item_cold: np.ndarray | None = None,
+    ):
         if log.reward_window_s is None:
-            raise ValidationError("the learner needs a log with a reward window: it learns only from decisions "
-                                  "whose rewards are final", "reward_window_s")
+            raise ValidationError(
+                "the learner needs a log with a reward window: it learns only from decisions whose rewards are final",
+                "reward_window_s",
+            )
         self.log = log
         self.policy = policy
         self.item_features = np.asarray(item_features, dtype=float)
@@ -86,7 +99,7 @@ class Learner:
         self.refresh = None
 
     @classmethod
-    def resume(cls, log: DecisionLog, make_policy, item_features, directory, policy_env: dict, **kw) -> "Learner":
+    def resume(cls, log: DecisionLog, make_policy, item_features, directory, policy_env: dict, **kw) -> Learner:
         """A learner that continues from the snapshot :func:`banditrec.publish.resolve` chooses
         in ``directory`` (the one the serving workers serve), else from ``make_policy()``.
         Snapshots on disk none of which verifies raise: learning from scratch over them would
@@ -100,12 +113,16 @@ class Learner:
         if found.source == "none":
             if found.refused or (directory / POINTER).exists():
                 reasons = "; ".join(reason for _, reason in found.refused) or found.pointer_error
-                raise ValidationError(f"no snapshot in {directory} verifies: {reasons}; to learn from scratch, "
-                                      f"move its snapshots and {POINTER} away", "snapshot")
+                raise ValidationError(
+                    f"no snapshot in {directory} verifies: {reasons}; to learn from scratch, "
+                    f"move its snapshots and {POINTER} away",
+                    "snapshot",
+                )
             return cls(log, make_policy(), item_features, directory, **kw)
         if found.pointer_error:
             logging.getLogger("banditrec.learner").warning(
-                "resuming from the newest valid snapshot %s: %s", found.manifest, found.pointer_error)
+                "resuming from the newest valid snapshot %s: %s", found.manifest, found.pointer_error
+            )
         assert isinstance(found.value, Policy)  # what opener() loads (nothing is current, so it opened one)
         learner = cls(log, found.value, item_features, directory, learned_seq=found.trained_until_seq or 0, **kw)
         learner.version = found.version
@@ -123,8 +140,13 @@ class Learner:
         until = self.log.closed_until_seq(after_seq=self.learned_seq, closed_before=now)
         if until <= self.learned_seq:
             return None
-        logged = self.log.decisions(after_seq=self.learned_seq, until_seq=until, closed_before=now,
-                                    kind=self.kind, default_reward=self.default_reward)
+        logged = self.log.decisions(
+            after_seq=self.learned_seq,
+            until_seq=until,
+            closed_before=now,
+            kind=self.kind,
+            default_reward=self.default_reward,
+        )
         n_rows = len(logged.row_reward)
         if n_rows:
             learn_from_log(self.policy, logged, self.item_features, cold=self.item_cold)
@@ -138,8 +160,15 @@ class Learner:
         manifest_path = self.policy.save(self.directory / stem, provenance={"trained_until_seq": self.learned_seq})
         pointer = write_pointer(self.directory, manifest_path, trained_until_seq=self.learned_seq)
         sha = read_manifest(manifest_path)["sha256"]  # the payload's
-        self.log.register_model(pointer.version, self.policy.name, self.policy.params, path=str(manifest_path),
-                                sha256=sha, n_updates=self.policy.n_updates, trained_until_seq=self.learned_seq)
+        self.log.register_model(
+            pointer.version,
+            self.policy.name,
+            self.policy.params,
+            path=str(manifest_path),
+            sha256=sha,
+            n_updates=self.policy.n_updates,
+            trained_until_seq=self.learned_seq,
+        )
         self.version = pointer.version
         self._prune(keep_names={manifest_path.name})
         return Published(pointer.version, manifest_path, sha, self.learned_seq, n_rows)
@@ -147,8 +176,9 @@ class Learner:
     def _prune(self, keep_names: set[str]) -> None:
         """Delete all but the newest ``keep`` snapshots (a worker may still be loading one
         of the last few, and they are what a worker falls back to when the pointer is unusable)."""
-        manifests = sorted((p for p in self.directory.glob("*.json") if p.name != POINTER),
-                           key=lambda p: p.stat().st_mtime_ns)
+        manifests = sorted(
+            (p for p in self.directory.glob("*.json") if p.name != POINTER), key=lambda p: p.stat().st_mtime_ns
+        )
         for old in manifests[: max(0, len(manifests) - self.keep)]:
             if old.name in keep_names:
                 continue
@@ -168,8 +198,9 @@ class Learner:
             if out is not None:
                 published += 1
                 if echo:
-                    echo(f"published {out.version}: {out.n_rows} slot rows, decisions up to seq "
-                         f"{out.trained_until_seq}")
+                    echo(
+                        f"published {out.version}: {out.n_rows} slot rows, decisions up to seq {out.trained_until_seq}"
+                    )
             if steps is None or done < steps:
                 time.sleep(max(0.0, interval_s - (time.monotonic() - t0)))
         return published

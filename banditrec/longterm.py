@@ -39,8 +39,9 @@ def _window_sums(key: np.ndarray, cum: np.ndarray, lo_key: np.ndarray, hi_key: n
     return sums
 
 
-def window_margins(user: ArrayLike, ts: ArrayLike, amount: ArrayLike, *, horizon_s: float,
-                   skip_s: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+def window_margins(
+    user: ArrayLike, ts: ArrayLike, amount: ArrayLike, *, horizon_s: float, skip_s: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
     """For each purchase ``e``: the same user's total ``amount`` in ``(ts_e + skip_s, ts_e +
     horizon_s]`` (later) and in ``[ts_e - horizon_s, ts_e)`` (prior). Vectorised: one sort and
     four binary searches over a (user, time-in-milliseconds) integer key."""
@@ -66,10 +67,18 @@ def window_margins(user: ArrayLike, ts: ArrayLike, amount: ArrayLike, *, horizon
     return later, prior
 
 
-def estimate_item_values(user: ArrayLike, item: ArrayLike, ts: ArrayLike, item_margin: ArrayLike, groups: ArrayLike,
-                         *, horizon_days: float = 30.0,
-                         skip_days: float = 0.0, end_ts: float | None = None,
-                         cap_quantile: float = 0.99) -> LongTermValue:
+def estimate_item_values(
+    user: ArrayLike,
+    item: ArrayLike,
+    ts: ArrayLike,
+    item_margin: ArrayLike,
+    groups: ArrayLike,
+    *,
+    horizon_days: float = 30.0,
+    skip_days: float = 0.0,
+    end_ts: float | None = None,
+    cap_quantile: float = 0.99,
+) -> LongTermValue:
     """Long-term value of every item from purchases ``(user, item, ts)`` (the method and its
     assumptions: docs/abtest.md, "The long-term value estimate").
 
@@ -97,8 +106,9 @@ def estimate_item_values(user: ArrayLike, item: ArrayLike, ts: ArrayLike, item_m
     item = np.asarray(item, dtype=np.int64)
     ts = np.asarray(ts, dtype=float)
     if not (len(user) == len(item) == len(ts)):
-        raise ValidationError(f"user, item and ts must have the same length, got {len(user)}, {len(item)}, {len(ts)}",
-                              "item")
+        raise ValidationError(
+            f"user, item and ts must have the same length, got {len(user)}, {len(item)}, {len(ts)}", "item"
+        )
     if len(item) and (item.min() < 0 or item.max() >= n_items):
         raise ValidationError(f"item indices must be in [0, {n_items})", "item")
     if len(user) and user.min() < 0:
@@ -135,7 +145,15 @@ def estimate_item_values(user: ArrayLike, item: ArrayLike, ts: ArrayLike, item_m
     # between-item variance, each item weighted by its buyers: well-measured items dominate
     tau2 = max(float((n_buyers * raw**2).sum() - s2 * (n_buyers > 0).sum()) / max(int(n_buyers.sum()), 1), 0.0)
     # shrinkage tau^2 / (tau^2 + s^2 / n_j); 0 for items without buyers, or when tau^2 = 0
-    weight = tau2 / (tau2 + np.where(n_buyers > 0, s2 / np.maximum(n_buyers, 1), np.inf)) if tau2 > 0 \
-        else np.zeros(n_items)
-    return LongTermValue(value=raw * weight, raw=raw, n_buyers=n_buyers, slope=slope, residual_sd=float(np.sqrt(s2)),
-                         prior_sd=float(np.sqrt(tau2)), n_purchases=int(use.sum()))
+    weight = (
+        tau2 / (tau2 + np.where(n_buyers > 0, s2 / np.maximum(n_buyers, 1), np.inf)) if tau2 > 0 else np.zeros(n_items)
+    )
+    return LongTermValue(
+        value=raw * weight,
+        raw=raw,
+        n_buyers=n_buyers,
+        slope=slope,
+        residual_sd=float(np.sqrt(s2)),
+        prior_sd=float(np.sqrt(tau2)),
+        n_purchases=int(use.sum()),
+    )

@@ -19,7 +19,11 @@ from .types import LoggedDecisions
 
 
 def replay_marginals(
-    policy: Policy, logged: LoggedDecisions, item_features: np.ndarray, *, min_epsilon: float = 0.0,
+    policy: Policy,
+    logged: LoggedDecisions,
+    item_features: np.ndarray,
+    *,
+    min_epsilon: float = 0.0,
     cold: np.ndarray | None = None,
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """Yield ``(d, candidate items (n_d,), marginals (n_d, K_d))`` for each logged decision;
@@ -28,8 +32,12 @@ def replay_marginals(
     cold = None if cold is None else np.asarray(cold, dtype=bool)
     for d in range(logged.n_decisions):
         items = logged.candidates[d]
-        req = Request(context=logged.context[d], items=items, item_features=item_features[items],
-                      cold=None if cold is None else cold[items])
+        req = Request(
+            context=logged.context[d],
+            items=items,
+            item_features=item_features[items],
+            cold=None if cold is None else cold[items],
+        )
         yield d, items, policy.distribution(req, int(n_slots[d]), min_epsilon).marginals()
 
 
@@ -69,8 +77,9 @@ def uses_marginals(policy: Policy) -> bool:
     return "pscore" in policy.needs
 
 
-def learning_inputs(policy: Policy, logged: LoggedDecisions, item_features: np.ndarray, *,
-                    cold: np.ndarray | None = None) -> dict:
+def learning_inputs(
+    policy: Policy, logged: LoggedDecisions, item_features: np.ndarray, *, cold: np.ndarray | None = None
+) -> dict:
     """The keyword arguments of ``policy.update`` for logged rows (beside the positional
     ``context``, ``item_features`` and ``reward``).
 
@@ -95,16 +104,23 @@ def learning_inputs(policy: Policy, logged: LoggedDecisions, item_features: np.n
         for i, (d, a) in enumerate(zip(logged.row_decision.tolist(), logged.row_action.tolist())):
             where = np.flatnonzero(logged.candidates[d] == a)
             if not where.size:
-                raise ValidationError(f"decision {logged.event_id[d]!r} shows an item that is not among its "
-                                      "candidates", "candidates")
+                raise ValidationError(
+                    f"decision {logged.event_id[d]!r} shows an item that is not among its candidates", "candidates"
+                )
             chosen[i] = where[0]
         out["chosen"] = chosen
     return out
 
 
-def learn_from_log(policy: Policy, logged: LoggedDecisions, item_features: np.ndarray, *,
-                   cold: np.ndarray | None = None, weight: np.ndarray | None = None,
-                   row_cold: np.ndarray | None = None) -> int:
+def learn_from_log(
+    policy: Policy,
+    logged: LoggedDecisions,
+    item_features: np.ndarray,
+    *,
+    cold: np.ndarray | None = None,
+    weight: np.ndarray | None = None,
+    row_cold: np.ndarray | None = None,
+) -> int:
     """Update ``policy`` once on every slot row of ``logged``; returns the rows learned from.
 
     The one way logged rows reach :meth:`~banditrec.policies.Policy.update`: each row's
@@ -129,8 +145,13 @@ def learn_from_log(policy: Policy, logged: LoggedDecisions, item_features: np.nd
     inputs = learning_inputs(policy, logged, item_features, cold=cold)
     if row_cold is not None:
         inputs["cold"] = row_cold
-    policy.update(logged.context[logged.row_decision], item_features[logged.row_action], logged.row_reward,
-                  weight=weight, **inputs)
+    policy.update(
+        logged.context[logged.row_decision],
+        item_features[logged.row_action],
+        logged.row_reward,
+        weight=weight,
+        **inputs,
+    )
     return len(logged.row_reward)
 
 
@@ -153,8 +174,15 @@ def importance_weights(pscore: np.ndarray, *, max_weight: float = 10.0) -> np.nd
     return w / w.mean()
 
 
-def train_from_log(policy: Policy, logged: LoggedDecisions, item_features: np.ndarray, *,
-                   importance: bool = True, max_weight: float = 10.0, cold: np.ndarray | None = None) -> int:
+def train_from_log(
+    policy: Policy,
+    logged: LoggedDecisions,
+    item_features: np.ndarray,
+    *,
+    importance: bool = True,
+    max_weight: float = 10.0,
+    cold: np.ndarray | None = None,
+) -> int:
     """Batch (re)training of ``policy`` on logged rows; returns the rows used.
 
     With ``importance`` (the default) rows are weighted by :func:`importance_weights` of the

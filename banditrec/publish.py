@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .errors import ValidationError
 from .policies import snapshot
@@ -22,8 +23,14 @@ MAX_POINTER_BYTES = 1 << 16
 # opener(manifest_path, manifest_sha256 or None) -> what is served from that snapshot
 Opener = Callable[[Path, str | None], object]
 _POINTER_KEYS: dict[str, type | tuple[type, ...]] = {
-    "format": str, "version": str, "manifest": str, "manifest_sha256": str, "trained_until_seq": int,
-    "published_ts": (int, float), "checksum": str}
+    "format": str,
+    "version": str,
+    "manifest": str,
+    "manifest_sha256": str,
+    "trained_until_seq": int,
+    "published_ts": (int, float),
+    "checksum": str,
+}
 log = logging.getLogger("banditrec.publish")
 
 
@@ -38,21 +45,31 @@ class Pointer:
     published_ts: float
 
 
-def write_pointer(directory: str | Path, manifest_path: str | Path, *, trained_until_seq: int,
-                  name: str = POINTER) -> Pointer:
+def write_pointer(
+    directory: str | Path, manifest_path: str | Path, *, trained_until_seq: int, name: str = POINTER
+) -> Pointer:
     """Point ``directory``'s pointer at the snapshot whose manifest is ``manifest_path`` (in
     ``directory``); atomic (temporary file, fsync, rename)."""
     directory, manifest_path = Path(directory), Path(manifest_path)
     raw = manifest_path.read_bytes()
     manifest = json.loads(raw)
     pointer: dict[str, Any] = {
-        "format": POINTER_FORMAT, "version": snapshot.version(manifest), "manifest": manifest_path.name,
-        "manifest_sha256": snapshot.sha256(raw), "trained_until_seq": int(trained_until_seq),
-        "published_ts": time.time()}
+        "format": POINTER_FORMAT,
+        "version": snapshot.version(manifest),
+        "manifest": manifest_path.name,
+        "manifest_sha256": snapshot.sha256(raw),
+        "trained_until_seq": int(trained_until_seq),
+        "published_ts": time.time(),
+    }
     pointer["checksum"] = snapshot.sha256(snapshot.canonical(pointer))
     snapshot.atomic_write(directory / name, json.dumps(pointer, indent=1).encode())
-    return Pointer(pointer["version"], pointer["manifest"], pointer["manifest_sha256"], pointer["trained_until_seq"],
-                   pointer["published_ts"])
+    return Pointer(
+        pointer["version"],
+        pointer["manifest"],
+        pointer["manifest_sha256"],
+        pointer["trained_until_seq"],
+        pointer["published_ts"],
+    )
 
 
 def read_pointer(directory: str | Path, name: str = POINTER) -> Pointer:
@@ -62,30 +79,43 @@ def read_pointer(directory: str | Path, name: str = POINTER) -> Pointer:
     _, pointer = snapshot.read_json(path, "snapshot pointer", MAX_POINTER_BYTES)
     if not isinstance(pointer, dict) or pointer.get("format") != POINTER_FORMAT:
         found = pointer.get("format") if isinstance(pointer, dict) else type(pointer).__name__
-        raise ValidationError(f"{path} is not a snapshot pointer of format {POINTER_FORMAT}, found {found!r}"
-                              + (" (written by an older banditrec: publish again)" if found is None else ""),
-                              "snapshot")
+        raise ValidationError(
+            f"{path} is not a snapshot pointer of format {POINTER_FORMAT}, found {found!r}"
+            + (" (written by an older banditrec: publish again)" if found is None else ""),
+            "snapshot",
+        )
     if set(pointer) != set(_POINTER_KEYS):
-        raise ValidationError(f"snapshot pointer {path} must hold exactly {sorted(_POINTER_KEYS)}, found "
-                              f"{sorted(pointer)}", "snapshot")
+        raise ValidationError(
+            f"snapshot pointer {path} must hold exactly {sorted(_POINTER_KEYS)}, found {sorted(pointer)}", "snapshot"
+        )
     for key, kind in _POINTER_KEYS.items():
         value = pointer[key]
         if isinstance(value, bool) or not isinstance(value, kind):
-            raise ValidationError(f"snapshot pointer {path}: {key} must be of type "
-                                  f"{getattr(kind, '__name__', 'number')}, found {value!r}"[:300], "snapshot")
+            raise ValidationError(
+                f"snapshot pointer {path}: {key} must be of type "
+                f"{getattr(kind, '__name__', 'number')}, found {value!r}"[:300],
+                "snapshot",
+            )
     try:
         intact = snapshot.sha256(snapshot.canonical(pointer)) == pointer["checksum"]
     except ValueError:  # a non-finite published_ts
         intact = False
     if not intact:
-        raise ValidationError(f"snapshot pointer {path} does not match its own checksum: altered or corrupt",
-                              "snapshot")
+        raise ValidationError(
+            f"snapshot pointer {path} does not match its own checksum: altered or corrupt", "snapshot"
+        )
     manifest = pointer["manifest"]
     if Path(manifest).name != manifest or manifest in ("", ".", "..") or manifest == name:
-        raise ValidationError(f"snapshot pointer {path}: manifest must be a file name in {path.parent}, found "
-                              f"{manifest!r}", "snapshot")
-    return Pointer(pointer["version"], manifest, pointer["manifest_sha256"], pointer["trained_until_seq"],
-                   float(pointer["published_ts"]))
+        raise ValidationError(
+            f"snapshot pointer {path}: manifest must be a file name in {path.parent}, found {manifest!r}", "snapshot"
+        )
+    return Pointer(
+        pointer["version"],
+        manifest,
+        pointer["manifest_sha256"],
+        pointer["trained_until_seq"],
+        float(pointer["published_ts"]),
+    )
 
 
 @dataclass(frozen=True)
@@ -124,8 +154,14 @@ def order_key(manifest: dict[str, Any], name: str) -> tuple[int, int, str]:
     return (manifest["provenance"].get("trained_until_seq", -1), manifest["meta"].get("n_updates", -1), name)
 
 
-def newest_valid(directory: str | Path, opener: Opener, *, current: str | None = None, name: str = POINTER,
-                 exclude: tuple[str, ...] = ()) -> Resolved:
+def newest_valid(
+    directory: str | Path,
+    opener: Opener,
+    *,
+    current: str | None = None,
+    name: str = POINTER,
+    exclude: tuple[str, ...] = (),
+) -> Resolved:
     """The newest snapshot in ``directory`` whose manifest verifies and that ``opener`` opens
     (``source="fallback"``); ``source="none"`` when there is none."""
     directory = Path(directory)
@@ -171,8 +207,11 @@ def resolve(directory: str | Path, opener: Opener, *, current: str | None = None
         try:
             manifest = snapshot.read_manifest(path, expected_sha256=pointer.manifest_sha256)
             if snapshot.version(manifest) != pointer.version:
-                raise ValidationError(f"snapshot pointer {directory / name} names version {pointer.version!r}, its "
-                                      f"manifest is of {snapshot.version(manifest)!r}", "snapshot")
+                raise ValidationError(
+                    f"snapshot pointer {directory / name} names version {pointer.version!r}, its "
+                    f"manifest is of {snapshot.version(manifest)!r}",
+                    "snapshot",
+                )
         except ValidationError as exc:
             value, reason = None, exc.message
         else:
@@ -184,5 +223,12 @@ def resolve(directory: str | Path, opener: Opener, *, current: str | None = None
         pointer_error = f"the pointer's snapshot {pointer.manifest} is refused: {reason}"
         exclude = (pointer.manifest,)
     found = newest_valid(directory, opener, current=current, name=name, exclude=exclude)
-    return Resolved(found.source, found.version, found.manifest, found.trained_until_seq, found.value,
-                    pointer_error=pointer_error, refused=found.refused)
+    return Resolved(
+        found.source,
+        found.version,
+        found.manifest,
+        found.trained_until_seq,
+        found.value,
+        pointer_error=pointer_error,
+        refused=found.refused,
+    )

@@ -41,8 +41,11 @@ def expand_grid(grid: str) -> list[str]:
         axes.append([f"{key}={v}" for v in options])
     specs = [name + (":" + ",".join(combo) if combo else "") for combo in itertools.product(*axes)]
     if len(specs) > MAX_SETTINGS:
-        raise ValidationError(f"tuning grid {grid!r} has {len(specs)} settings; at most {MAX_SETTINGS} are "
-                              "evaluated (each is trained and re-scores the log)", "tune")
+        raise ValidationError(
+            f"tuning grid {grid!r} has {len(specs)} settings; at most {MAX_SETTINGS} are "
+            "evaluated (each is trained and re-scores the log)",
+            "tune",
+        )
     return specs
 
 
@@ -55,8 +58,7 @@ def expand_grids(grids: Iterable[str]) -> list[str]:
             raise ValidationError(f"setting {s!r} appears in more than one tuning grid", "tune")
         seen.add(s)
     if len(specs) > MAX_SETTINGS:
-        raise ValidationError(f"the tuning grids have {len(specs)} settings together; at most {MAX_SETTINGS}",
-                              "tune")
+        raise ValidationError(f"the tuning grids have {len(specs)} settings together; at most {MAX_SETTINGS}", "tune")
     return specs
 
 
@@ -68,8 +70,7 @@ def simultaneous_level(level: float, k: int) -> float:
 def at_level(e: Estimate, level: float) -> Estimate:
     """``e`` with its normal interval recomputed at ``level`` (the point estimate unchanged)."""
     if e.interval != "normal":
-        raise ValidationError("tuning re-derives intervals from standard errors; it needs normal intervals",
-                              "interval")
+        raise ValidationError("tuning re-derives intervals from standard errors; it needs normal intervals", "interval")
     z = float(norm.ppf(0.5 + level / 2))
     return replace(e, lower=e.value - z * e.se, upper=e.value + z * e.se, level=level)
 
@@ -88,19 +89,31 @@ class Tuning:
     reason: str
 
     def lines(self) -> list[str]:
-        head = (f"tuning: {len(self.settings)} settings of {', '.join(self.grids)}; rule: {self.rule} "
-                f"(each interval at {self.level:.2%})")
+        head = (
+            f"tuning: {len(self.settings)} settings of {', '.join(self.grids)}; rule: {self.rule} "
+            f"(each interval at {self.level:.2%})"
+        )
         if self.chosen is None:
             return [head, f"tuning chose nothing: {self.reason}"]
         e = self.estimate
         assert e is not None  # a chosen setting has its estimate
-        return [head, f"tuning chose {self.chosen}: {e.estimator} {e.value:.4f} [{e.lower:.4f}, {e.upper:.4f}] -- "
-                      f"{'SAFE to deploy' if self.safe else 'not shown safe'}: {self.reason}"]
+        return [
+            head,
+            f"tuning chose {self.chosen}: {e.estimator} {e.value:.4f} [{e.lower:.4f}, {e.upper:.4f}] -- "
+            f"{'SAFE to deploy' if self.safe else 'not shown safe'}: {self.reason}",
+        ]
 
     def as_json(self, estimate_json: Callable[[Estimate], Any]) -> dict[str, Any]:
-        return {"grids": self.grids, "settings": self.settings, "rule": self.rule, "level": self.level,
-                "chosen": self.chosen, "estimate": None if self.estimate is None else estimate_json(self.estimate),
-                "safe_to_deploy": self.safe, "reason": self.reason}
+        return {
+            "grids": self.grids,
+            "settings": self.settings,
+            "rule": self.rule,
+            "level": self.level,
+            "chosen": self.chosen,
+            "estimate": None if self.estimate is None else estimate_json(self.estimate),
+            "safe_to_deploy": self.safe,
+            "reason": self.reason,
+        }
 
 
 class Candidate(Protocol):
@@ -112,8 +125,15 @@ class Candidate(Protocol):
     reason: str
 
 
-def choose(candidates: Sequence[Candidate], settings: list[str], grids: list[str], primary: str, logging: Estimate,
-           level: float, verdict: Callable[[Estimate, str, Estimate], tuple[bool, str]]) -> Tuning:
+def choose(
+    candidates: Sequence[Candidate],
+    settings: list[str],
+    grids: list[str],
+    primary: str,
+    logging: Estimate,
+    level: float,
+    verdict: Callable[[Estimate, str, Estimate], tuple[bool, str]],
+) -> Tuning:
     """Apply the rule to the evaluated ``candidates`` (``PolicyEvaluation`` records; those in
     ``settings`` are re-derived at the simultaneous level, their verdicts replaced) and put the
     chosen setting through ``verdict(estimate, primary, logging) -> (safe, reason)``."""
@@ -128,8 +148,7 @@ def choose(candidates: Sequence[Candidate], settings: list[str], grids: list[str
     if not eligible:
         for spec in settings:
             by_spec[spec].safe, by_spec[spec].reason = False, f"not chosen: {primary} diagnostics warn"
-        return Tuning(grids, settings, sim, rule, None, None, False,
-                      f"every setting's {primary} diagnostics warn")
+        return Tuning(grids, settings, sim, rule, None, None, False, f"every setting's {primary} diagnostics warn")
     best_lb = max(by_spec[s].estimates[primary].lower for s in eligible)
     tol = 1e-12 * max(1.0, abs(best_lb))  # a near-tie goes to the first in grid order, on any CPU
     chosen = next(s for s in eligible if by_spec[s].estimates[primary].lower >= best_lb - tol)
@@ -140,8 +159,13 @@ def choose(candidates: Sequence[Candidate], settings: list[str], grids: list[str
         if spec == chosen:
             c.safe, c.reason = safe, f"chosen by --tune; {reason}"
         elif spec in eligible:
-            c.safe, c.reason = False, (f"not chosen by --tune: {primary} lower bound {c.estimates[primary].lower:.4f} "
-                                       f"below the chosen {best_lb:.4f}")
+            c.safe, c.reason = (
+                False,
+                (
+                    f"not chosen by --tune: {primary} lower bound {c.estimates[primary].lower:.4f} "
+                    f"below the chosen {best_lb:.4f}"
+                ),
+            )
         else:
             c.safe, c.reason = False, f"not chosen by --tune: {primary} diagnostics warn"
     return Tuning(grids, settings, sim, rule, chosen, main, safe, reason)

@@ -165,9 +165,7 @@ class LoggedBandit:
         if self.context is not None:
             context = np.asarray(self.context, dtype=float)
             if context.ndim != 2 or len(context) != n:
-                raise ValidationError(
-                    f"context must have shape (n, d) with n={n}, got {context.shape}", "context"
-                )
+                raise ValidationError(f"context must have shape (n, d) with n={n}, got {context.shape}", "context")
             check_finite(context, "context")
             context = _frozen(context)
         object.__setattr__(self, "reward", _frozen(reward))
@@ -184,7 +182,7 @@ class LoggedBandit:
     def n_rows(self) -> int:
         return len(self.reward)
 
-    def subset(self, rows: np.ndarray) -> "LoggedBandit":
+    def subset(self, rows: np.ndarray) -> LoggedBandit:
         """The rows selected by a boolean mask or index array, as a new ``LoggedBandit``."""
         assert self.decision is not None  # __post_init__ always fills it in
         return LoggedBandit(
@@ -274,8 +272,9 @@ class LoggedDecisions:
         rows = keep[self.row_decision]
         return self._pick(np.flatnonzero(keep), rows, (np.cumsum(keep) - 1)[self.row_decision[rows]])
 
-    def _pick(self, decisions: slice | np.ndarray, rows: slice | np.ndarray,
-              row_decision: np.ndarray) -> LoggedDecisions:
+    def _pick(
+        self, decisions: slice | np.ndarray, rows: slice | np.ndarray, row_decision: np.ndarray
+    ) -> LoggedDecisions:
         """The ``decisions`` (a slice or increasing indices), their ``rows`` and renumbered ``row_decision``."""
         listed: Callable[[list[Any]], list[Any]]
         if isinstance(decisions, slice):
@@ -283,9 +282,15 @@ class LoggedDecisions:
         else:
             listed = lambda values: [values[d] for d in decisions.tolist()]  # noqa: E731
         return LoggedDecisions(
-            event_id=listed(self.event_id), seq=self.seq[decisions], context=self.context[decisions],
-            candidates=listed(self.candidates), row_decision=row_decision, row_slot=self.row_slot[rows],
-            row_action=self.row_action[rows], row_pscore=self.row_pscore[rows], row_reward=self.row_reward[rows],
+            event_id=listed(self.event_id),
+            seq=self.seq[decisions],
+            context=self.context[decisions],
+            candidates=listed(self.candidates),
+            row_decision=row_decision,
+            row_slot=self.row_slot[rows],
+            row_action=self.row_action[rows],
+            row_pscore=self.row_pscore[rows],
+            row_reward=self.row_reward[rows],
             decision_reward=self.decision_reward[decisions],
             row_propensity=None if self.row_propensity is None else self.row_propensity[rows],
             n_slots=None if self.n_slots is None else self.n_slots[decisions],
@@ -301,21 +306,36 @@ class LoggedDecisions:
         offsets = np.cumsum([0] + [p.n_decisions for p in parts[:-1]]).tolist()
         cat: Callable[[str], np.ndarray] = lambda name: np.concatenate([getattr(p, name) for p in parts])  # noqa: E731
         return cls(
-            event_id=[e for p in parts for e in p.event_id], seq=cat("seq"), context=cat("context"),
+            event_id=[e for p in parts for e in p.event_id],
+            seq=cat("seq"),
+            context=cat("context"),
             candidates=[c for p in parts for c in p.candidates],
             row_decision=np.concatenate([p.row_decision + o for p, o in zip(parts, offsets)]),
-            row_slot=cat("row_slot"), row_action=cat("row_action"), row_pscore=cat("row_pscore"),
-            row_reward=cat("row_reward"), decision_reward=cat("decision_reward"),
+            row_slot=cat("row_slot"),
+            row_action=cat("row_action"),
+            row_pscore=cat("row_pscore"),
+            row_reward=cat("row_reward"),
+            decision_reward=cat("decision_reward"),
             row_propensity=None if any(p.row_propensity is None for p in parts) else cat("row_propensity"),
-            n_slots=None if all(p.n_slots is None for p in parts) else np.concatenate(
-                [p.slots_per_decision() for p in parts]),
+            n_slots=None
+            if all(p.n_slots is None for p in parts)
+            else np.concatenate([p.slots_per_decision() for p in parts]),
         )
 
     @classmethod
-    def from_slates(cls, context: np.ndarray, candidates: list[np.ndarray], slates: np.ndarray, *,
-                    marginal: ArrayLike, propensity: ArrayLike, reward: ArrayLike,
-                    event_id: list[str] | None = None, seq: np.ndarray | None = None,
-                    decision_reward: np.ndarray | None = None) -> LoggedDecisions:
+    def from_slates(
+        cls,
+        context: np.ndarray,
+        candidates: list[np.ndarray],
+        slates: np.ndarray,
+        *,
+        marginal: ArrayLike,
+        propensity: ArrayLike,
+        reward: ArrayLike,
+        event_id: list[str] | None = None,
+        seq: np.ndarray | None = None,
+        decision_reward: np.ndarray | None = None,
+    ) -> LoggedDecisions:
         """Decisions that each filled all K slots: decision ``i`` showed ``slates[i, k]``
         (catalog index, one of ``candidates[i]``) in slot ``k``. ``marginal``, ``propensity``
         and ``reward`` hold one value per slot, ``(D, K)`` or flat in row order. Defaults:
@@ -330,13 +350,20 @@ class LoggedDecisions:
             if values.shape != (m * k,):
                 raise ValidationError(f"{name} must hold one value per slot, {m} x {k}, got {values.size}", name)
         if len(candidates) != m or len(context) != m:
-            raise ValidationError(f"{m} slates need as many contexts and candidate lists, got {len(context)} and "
-                                  f"{len(candidates)}", "candidates")
+            raise ValidationError(
+                f"{m} slates need as many contexts and candidate lists, got {len(context)} and {len(candidates)}",
+                "candidates",
+            )
         return cls(
             event_id=[str(i) for i in range(m)] if event_id is None else list(event_id),
-            seq=np.arange(1, m + 1) if seq is None else np.asarray(seq), context=context,
-            candidates=list(candidates), row_decision=np.repeat(np.arange(m), k), row_slot=np.tile(np.arange(k), m),
-            row_action=slates.ravel(), row_pscore=row_pscore, row_reward=row_reward,
+            seq=np.arange(1, m + 1) if seq is None else np.asarray(seq),
+            context=context,
+            candidates=list(candidates),
+            row_decision=np.repeat(np.arange(m), k),
+            row_slot=np.tile(np.arange(k), m),
+            row_action=slates.ravel(),
+            row_pscore=row_pscore,
+            row_reward=row_reward,
             decision_reward=np.zeros(m) if decision_reward is None else np.asarray(decision_reward, dtype=float),
             row_propensity=row_propensity,
         )

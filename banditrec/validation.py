@@ -41,9 +41,7 @@ def check_same_length(**arrays: Sized) -> int:
     lengths = [len(a) for a in arrays.values()]
     for n, length in zip(names[1:], lengths[1:]):
         if length != lengths[0]:
-            raise ValidationError(
-                f"{names[0]} and {n} must have the same length, got {lengths[0]} and {length}", n
-            )
+            raise ValidationError(f"{names[0]} and {n} must have the same length, got {lengths[0]} and {length}", n)
     return lengths[0] if lengths else 0
 
 
@@ -84,8 +82,9 @@ def as_seed_sequence(seed: int | Sequence[int] | np.random.SeedSequence | None) 
     changes the caller's object: passing the same object twice gives the same streams.
     """
     if isinstance(seed, np.random.SeedSequence):
-        return np.random.SeedSequence(seed.entropy, spawn_key=seed.spawn_key, pool_size=seed.pool_size,
-                                      n_children_spawned=seed.n_children_spawned)
+        return np.random.SeedSequence(
+            seed.entropy, spawn_key=seed.spawn_key, pool_size=seed.pool_size, n_children_spawned=seed.n_children_spawned
+        )
     if isinstance(seed, np.random.Generator):
         raise ValidationError("pass a seed or a SeedSequence here, not a Generator", "seed")
     return np.random.SeedSequence(seed)

@@ -17,19 +17,23 @@ from studies.candidate_eval import evaluate_candidates
 def _metadata(cat):
     from banditrec.candidates.metadata import MetadataIndex
 
-    return MetadataIndex().fit(list(cat.title), fields={"type": cat.product_type, "brand": cat.brand},
-                               numeric=cat.price[:, None])
+    return MetadataIndex().fit(
+        list(cat.title), fields={"type": cat.product_type, "brand": cat.brand}, numeric=cat.price[:, None]
+    )
 
 
 def bench_candeval(cfg: dict, tmp) -> None:
     customers, seeds = cfg["candeval"]
     for seed in range(seeds):
         t0 = time.perf_counter()
-        r = evaluate_candidates(SimConfig(n_customers=customers), seed=seed, train_days=60, test_days=30,
-                                metadata_factory=_metadata)
+        r = evaluate_candidates(
+            SimConfig(n_customers=customers), seed=seed, train_days=60, test_days=30, metadata_factory=_metadata
+        )
         print(f"\n== candeval (seed {seed}) ==")
-        print(f"{customers:,} customers; {r.queries} held-out queries (a purchase followed, in the same visit, by a "
-              f"purchase of a truly complementary type); {time.perf_counter() - t0:.0f} s")
+        print(
+            f"{customers:,} customers; {r.queries} held-out queries (a purchase followed, in the same visit, by a "
+            f"purchase of a truly complementary type); {time.perf_counter() - t0:.0f} s"
+        )
         print(r.table())
         print("fit seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in r.seconds.items()))
 

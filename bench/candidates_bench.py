@@ -37,8 +37,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import status_mb
 import scipy.sparse as sp
+from common import status_mb
 
 BENCH = Path(__file__).resolve().parent
 IMPLICIT_PYTHON = BENCH / ".implicit-venv" / "bin" / "python"  # built by `make bench-peers`
@@ -54,10 +54,10 @@ def interactions(n_events: int, n_items: int, gen: np.random.Generator) -> sp.cs
     per_user = per_user[:n_users]
     per_user[-1] -= ends[n_users - 1] - n_events
     p = np.arange(1, n_items + 1, dtype=float) ** -1.0
-    items = gen.permutation(n_items)[np.minimum(np.searchsorted(np.cumsum(p / p.sum()), gen.random(n_events)),
-                                                n_items - 1)]
-    X = sp.csr_matrix((np.ones(n_events), (np.repeat(np.arange(n_users), per_user), items)),
-                      shape=(n_users, n_items))
+    items = gen.permutation(n_items)[
+        np.minimum(np.searchsorted(np.cumsum(p / p.sum()), gen.random(n_events)), n_items - 1)
+    ]
+    X = sp.csr_matrix((np.ones(n_events), (np.repeat(np.arange(n_users), per_user), items)), shape=(n_users, n_items))
     X.sum_duplicates()
     return X
 
@@ -96,6 +96,7 @@ def child(spec: dict) -> dict:
             m = cls(K=k + 1, num_threads=spec["threads"])  # 0: implicit's default, every core
             m.fit(X, show_progress=False)
             return m.similarity
+
         drop_self = True
     else:
         sys.path.insert(0, str(BENCH.parent))
@@ -113,17 +114,22 @@ def child(spec: dict) -> dict:
                 out.setdefault("update_s", []).append(time.perf_counter() - t0)
                 return cf.similarity
         else:
+
             def build():
-                return ItemItemCF(k, weighting=weighting, keep_gram=lib == "banditrec-gram").fit(
-                    X, num_threads=threads).similarity
+                return (
+                    ItemItemCF(k, weighting=weighting, keep_gram=lib == "banditrec-gram")
+                    .fit(X, num_threads=threads)
+                    .similarity
+                )
+
         drop_self = False
     out["base_mb"] = status_mb("VmRSS")
     times = []
-    for i in range(spec.get("warmup", 0) + reps):
+    for _i in range(spec.get("warmup", 0) + reps):
         t0 = time.perf_counter()
         S = build()
         times.append(time.perf_counter() - t0)
-    out["seconds"] = out.pop("update_s", times)[spec.get("warmup", 0):]
+    out["seconds"] = out.pop("update_s", times)[spec.get("warmup", 0) :]
     out["peak_mb"] = status_mb("VmHWM")
     ids, scores = _padded(S, k, drop_self)
     np.savez(spec["out"], ids=ids, scores=scores)
@@ -161,6 +167,7 @@ def overlap(a_ids, a_sc, b_ids, b_sc) -> tuple[float, float, int]:
         s = sc.ravel()
         c = cut[rows]
         return valid & (np.abs(s - c) <= TIE_RTOL * np.maximum(np.abs(c), 1e-300))
+
     only_a = np.bincount(rows[tied(a_sc, cut_b, (key_a >= 0) & ~in_b)], minlength=n)
     only_b = np.bincount(rows[tied(b_sc, cut_a, (key_b >= 0) & ~in_a)], minlength=n)
     # a swap needs a full other list: if it is shorter than K, nothing was cut there
@@ -183,8 +190,17 @@ def bench_candidates(cfg: dict, tmp) -> None:
     ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
     def case(lib, weighting, threads, python=sys.executable, reps=1, warmup=1, **extra):
-        spec = dict(data=str(data), out=str(tmp / f"{lib}-{weighting}-{threads}.npz"), lib=lib,
-                    weighting=weighting, threads=threads, k=k, reps=reps, warmup=warmup, **extra)
+        spec = dict(
+            data=str(data),
+            out=str(tmp / f"{lib}-{weighting}-{threads}.npz"),
+            lib=lib,
+            weighting=weighting,
+            threads=threads,
+            k=k,
+            reps=reps,
+            warmup=warmup,
+            **extra,
+        )
         return run_child(python, spec)
 
     def rounds(weighting, threads):
@@ -198,8 +214,12 @@ def bench_candidates(cfg: dict, tmp) -> None:
         merged = {}
         for lib, rs in runs.items():
             if rs:
-                merged[lib] = dict(rs[-1], seconds=[t for r in rs for t in r["seconds"]],
-                                   peak_mb=max(r["peak_mb"] for r in rs), base_mb=max(r["base_mb"] for r in rs))
+                merged[lib] = dict(
+                    rs[-1],
+                    seconds=[t for r in rs for t in r["seconds"]],
+                    peak_mb=max(r["peak_mb"] for r in rs),
+                    base_mb=max(r["base_mb"] for r in rs),
+                )
         return merged
 
     plan = [("cosine", 0), ("cosine", 1), ("tfidf", 0), ("bm25", 0)]
@@ -218,38 +238,77 @@ def bench_candidates(cfg: dict, tmp) -> None:
             t_theirs = float(np.median(theirs["seconds"]))
             tie, strict, n_cmp = overlap(ours["ids"], ours["scores"], theirs["ids"], theirs["scores"])
             r = t_ours / t_theirs
-            rows.append([label, f"{t_ours:.2f}", f"{t_theirs:.2f}", f"{r:.2f}x",
-                         f"{tie:.4f}", f"{strict:.4f}", f"{ours['peak_mb']:,.0f} ({ours['base_mb']:,.0f})",
-                         f"{theirs['peak_mb']:,.0f} ({theirs['base_mb']:,.0f})"])
+            rows.append(
+                [
+                    label,
+                    f"{t_ours:.2f}",
+                    f"{t_theirs:.2f}",
+                    f"{r:.2f}x",
+                    f"{tie:.4f}",
+                    f"{strict:.4f}",
+                    f"{ours['peak_mb']:,.0f} ({ours['base_mb']:,.0f})",
+                    f"{theirs['peak_mb']:,.0f} ({theirs['base_mb']:,.0f})",
+                ]
+            )
         else:
-            rows.append([label, f"{t_ours:.2f}", "-", "-", "-", "-",
-                         f"{ours['peak_mb']:,.0f} ({ours['base_mb']:,.0f})", "-"])
+            rows.append(
+                [label, f"{t_ours:.2f}", "-", "-", "-", "-", f"{ours['peak_mb']:,.0f} ({ours['base_mb']:,.0f})", "-"]
+            )
     gram = case("banditrec-gram", "cosine", 0, reps=c["update_reps"], warmup=0)
     upd = case("banditrec-update", "cosine", 0, reps=c["update_reps"], warmup=0, new_rows=n_new)
     t_gram, t_upd, t_fit = (float(np.median(x["seconds"])) for x in (gram, upd, ours_cos))
     same, _, _ = overlap(upd["ids"], upd["scores"], gram["ids"], gram["scores"])
-    rows.append(["cosine, fit(keep_gram=True)", f"{t_gram:.2f}", "", f"{t_gram / t_fit:.2f}x vs fit", "", "",
-                 f"{gram['peak_mb']:,.0f} ({gram['base_mb']:,.0f})", ""])
-    rows.append([f"cosine, update({n_new:,} new rows, 1%)", f"{t_upd:.2f}", "",
-                 f"{t_upd / t_gram:.2f}x vs refit", f"{same:.4f}", "",
-                 f"{upd['peak_mb']:,.0f} ({upd['base_mb']:,.0f})", ""])
+    rows.append(
+        [
+            "cosine, fit(keep_gram=True)",
+            f"{t_gram:.2f}",
+            "",
+            f"{t_gram / t_fit:.2f}x vs fit",
+            "",
+            "",
+            f"{gram['peak_mb']:,.0f} ({gram['base_mb']:,.0f})",
+            "",
+        ]
+    )
+    rows.append(
+        [
+            f"cosine, update({n_new:,} new rows, 1%)",
+            f"{t_upd:.2f}",
+            "",
+            f"{t_upd / t_gram:.2f}x vs refit",
+            f"{same:.4f}",
+            "",
+            f"{upd['peak_mb']:,.0f} ({upd['base_mb']:,.0f})",
+            "",
+        ]
+    )
     who = f"implicit {version}" if have_implicit else "implicit not run"
-    note = (f"{c['events']:,} interactions over {c['items']:,} items ({X.shape[0]:,} users, {X.nnz:,} nonzeros after "
-            f"summing repeats), K={k} neighbours, {who}; median of {reps} rounds, seconds: each round a fresh "
-            "process per library,\none warm-up build then one timed, the libraries alternating "
-            f"(update rows: {c['update_reps']} builds in one process).\nratio = banditrec / implicit (goal <= {TARGET_RATIO}x for cosine); overlap = mean |ours & "
-            f"theirs| / K per item, self excluded, ties at the cut credited (strict: none; goal >= {TARGET_OVERLAP}"
-            " for cosine);\npeak MB = VmHWM, that process's peak resident set (resident MB before the first build in brackets). "
-            "implicit's TFIDFRecommender normalises the tf-idf columns\n(cosine of tf-idf vectors) and banditrec's "
-            "tfidf is the documented plain dot product W^T W, so their neighbours differ by design.\n"
-            "update: ItemItemCF(keep_gram=True) fitted on the other 99% of rows, then update() with the last users "
-            "(1% of interactions);\nits ratio is to fit(keep_gram=True) on all rows, its overlap is with that refit "
-            "(1.0000 = the same neighbours).")
+    note = (
+        f"{c['events']:,} interactions over {c['items']:,} items ({X.shape[0]:,} users, {X.nnz:,} nonzeros after "
+        f"summing repeats), K={k} neighbours, {who}; median of {reps} rounds, seconds: each round a fresh "
+        "process per library,\none warm-up build then one timed, the libraries alternating "
+        f"(update rows: {c['update_reps']} builds in one process).\nratio = banditrec / implicit "
+        f"(goal <= {TARGET_RATIO}x for cosine); overlap = mean |ours & "
+        f"theirs| / K per item, self excluded, ties at the cut credited (strict: none; goal >= {TARGET_OVERLAP}"
+        " for cosine);\npeak MB = VmHWM, that process's peak resident set (resident MB before the "
+        "first build in brackets). "
+        "implicit's TFIDFRecommender normalises the tf-idf columns\n(cosine of tf-idf vectors) and banditrec's "
+        "tfidf is the documented plain dot product W^T W, so their neighbours differ by design.\n"
+        "update: ItemItemCF(keep_gram=True) fitted on the other 99% of rows, then update() with the last users "
+        "(1% of interactions);\nits ratio is to fit(keep_gram=True) on all rows, its overlap is with that refit "
+        "(1.0000 = the same neighbours)."
+    )
     if not have_implicit:
-        note += (f"\n(implicit peer skipped: {IMPLICIT_PYTHON} does not exist; "
-                 "`make bench-peers` installs implicit 0.7.3 there, outside banditrec's dependencies)")
-    table("candidates", note, ["case", "banditrec s", "implicit s", "ratio", "overlap", "strict",
-                               "banditrec peak MB", "implicit peak MB"], rows)
+        note += (
+            f"\n(implicit peer skipped: {IMPLICIT_PYTHON} does not exist; "
+            "`make bench-peers` installs implicit 0.7.3 there, outside banditrec's dependencies)"
+        )
+    table(
+        "candidates",
+        note,
+        ["case", "banditrec s", "implicit s", "ratio", "overlap", "strict", "banditrec peak MB", "implicit peak MB"],
+        rows,
+    )
 
 
 if __name__ == "__main__":

@@ -20,11 +20,11 @@ import sqlite3
 from pathlib import Path
 
 import numpy as np
+from common import compare, ratio, rng, table, us
 from scipy import special, stats
 
 from banditrec.store.codecs import number_lists, read_params
 from banditrec.store.reader import READ_REWARDS, READ_REWARDS_SCAN
-from common import compare, ratio, rng, table, us
 
 
 def run(cfg: dict, tmp: Path, slot_log) -> None:
@@ -33,8 +33,10 @@ def run(cfg: dict, tmp: Path, slot_log) -> None:
     slot_log(path, n_dec, rng(30))
     conn = sqlite3.connect(path)
     params = read_params(until_seq=n_dec)
-    scan, driven = (lambda: conn.execute(READ_REWARDS_SCAN, params).fetchall(),
-                    lambda: conn.execute(READ_REWARDS, params).fetchall())
+    scan, driven = (
+        lambda: conn.execute(READ_REWARDS_SCAN, params).fetchall(),
+        lambda: conn.execute(READ_REWARDS, params).fetchall(),
+    )
     assert sorted(scan()) == sorted(driven())
     cand, ctx = map(list, zip(*conn.execute("SELECT candidate_index, context FROM decisions ORDER BY seq")))
     conn_rows = len(scan())
@@ -57,15 +59,31 @@ def run(cfg: dict, tmp: Path, slot_log) -> None:
     assert np.isclose(welch(), stats.ttest_ind(b, a, equal_var=False).pvalue, rtol=1e-10)
     reps = max(3, cfg["logread_reps"])
     groups = [
-        ("(a) rewards of the whole log", {"scan": scan, "driven": driven}, f"{conn_rows:,} rewards of {n_dec:,} decisions"),
-        ("(b) candidate lists", {"fast": lambda: number_lists(cand, np.int64), "loads": lambda: loads(cand, np.int64)},
-         f"{sum(len(t) for t in cand) // 1_000:,} kB of JSON"),
-        ("(b) contexts", {"fast": lambda: number_lists(ctx, float), "loads": lambda: loads(ctx, float)},
-         f"{len(ctx):,} lists"),
-        ("(c) per-row sums", {"einsum": lambda: np.einsum("iak->ik", dist), "sum": lambda: dist.sum(axis=1)},
-         "(20,000, 80, 3) floats"),
-        ("(d) Welch p-value", {"stdtr": welch, "ttest": lambda: stats.ttest_ind(b, a, equal_var=False).pvalue},
-         "5,000 and 4,000 values"),
+        (
+            "(a) rewards of the whole log",
+            {"scan": scan, "driven": driven},
+            f"{conn_rows:,} rewards of {n_dec:,} decisions",
+        ),
+        (
+            "(b) candidate lists",
+            {"fast": lambda: number_lists(cand, np.int64), "loads": lambda: loads(cand, np.int64)},
+            f"{sum(len(t) for t in cand) // 1_000:,} kB of JSON",
+        ),
+        (
+            "(b) contexts",
+            {"fast": lambda: number_lists(ctx, float), "loads": lambda: loads(ctx, float)},
+            f"{len(ctx):,} lists",
+        ),
+        (
+            "(c) per-row sums",
+            {"einsum": lambda: np.einsum("iak->ik", dist), "sum": lambda: dist.sum(axis=1)},
+            "(20,000, 80, 3) floats",
+        ),
+        (
+            "(d) Welch p-value",
+            {"stdtr": welch, "ttest": lambda: stats.ttest_ind(b, a, equal_var=False).pvalue},
+            "5,000 and 4,000 values",
+        ),
     ]
     rows = []
     for label, cases, size in groups:
@@ -73,6 +91,10 @@ def run(cfg: dict, tmp: Path, slot_log) -> None:
         (chosen, c), (plain, p) = list(t.items())
         rows.append([label, size, f"{chosen} {us(c.p50)}", f"{plain} {us(p.p50)}", ratio(p.p50, c.p50)])
     conn.close()
-    table("choices", "Each speed choice in the code (chosen) beside the plain alternative (plain), same data, "
-          "same run; both checked to give the same result first. speed-up = plain p50 / chosen p50.",
-          ["choice", "data", "chosen p50 us", "plain p50 us", "speed-up"], rows)
+    table(
+        "choices",
+        "Each speed choice in the code (chosen) beside the plain alternative (plain), same data, "
+        "same run; both checked to give the same result first. speed-up = plain p50 / chosen p50.",
+        ["choice", "data", "chosen p50 us", "plain p50 us", "speed-up"],
+        rows,
+    )

@@ -57,8 +57,9 @@ def _block(fn, count: int, number: int) -> np.ndarray:
     return out
 
 
-def compare(cases: dict, *, repeats: int, number: int = 1, warmup: int | None = None,
-            rounds: int = 5) -> dict[str, Timing]:
+def compare(
+    cases: dict, *, repeats: int, number: int = 1, warmup: int | None = None, rounds: int = 5
+) -> dict[str, Timing]:
     """Time every case ``repeats`` times, interleaved in ``rounds`` blocks.
 
     Interleaving spreads a noisy neighbour's bursts over all cases instead of one. Each case
@@ -150,6 +151,7 @@ def table(title: str, note: str, header: list[str], rows: list[list]) -> None:
 def _numpy_openblas():
     """``(set, get)`` of numpy's bundled OpenBLAS thread count (ctypes), or None if not found."""
     import numpy
+
     libs = glob.glob(os.path.join(os.path.dirname(os.path.dirname(numpy.__file__)), "numpy.libs", "*openblas*"))
     for path in libs:
         lib = ctypes.CDLL(path)

@@ -32,8 +32,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 SLOTS = 5
 ESTIMATORS = ("IPS", "SNIPS", "DR")
-SWEEP_SPECS = ["uniform", "popularity:epsilon=0.05", "popularity:epsilon=0.2", "linucb:alpha=0.5,epsilon=0.1",
-               "linucb:alpha=2.0,epsilon=0.1"]
+SWEEP_SPECS = [
+    "uniform",
+    "popularity:epsilon=0.05",
+    "popularity:epsilon=0.2",
+    "linucb:alpha=0.5,epsilon=0.1",
+    "linucb:alpha=2.0,epsilon=0.1",
+]
 
 
 def peak_mb() -> float:
@@ -60,8 +65,17 @@ def write_log(out: Path, rows: int, partitions: int, seed: int = 0) -> list[Path
         target = np.clip(pscore * g.lognormal(0.0, 0.5, size=per), 0.0, 1.0)
         q = g.uniform(0.0, 0.3, size=per) / (1 + slot)
         reward = (g.random(per) < q + 0.05 * (target > pscore)).astype(float)
-        table = pa.table({"decision": decision, "slot": slot, "reward": reward, "pscore": pscore,
-                          "target_pscore": target, "q_hat_logged": q, "q_hat_target": q * 1.1})
+        table = pa.table(
+            {
+                "decision": decision,
+                "slot": slot,
+                "reward": reward,
+                "pscore": pscore,
+                "target_pscore": target,
+                "q_hat_logged": q,
+                "q_hat_target": q * 1.1,
+            }
+        )
         paths.append(out / f"part-{p:04d}.parquet")
         pq.write_table(table, paths[-1])
     return paths
@@ -72,7 +86,8 @@ def case(kind: str, folder: str) -> dict:
     import warnings
 
     sys.path.insert(0, str(ROOT))
-    from banditrec.ope.estimators import ESTIMATORS as REG, OPEWarning
+    from banditrec.ope.estimators import ESTIMATORS as REG
+    from banditrec.ope.estimators import OPEWarning
 
     warnings.simplefilter("ignore", OPEWarning)
     paths = sorted(Path(folder).glob("part-*.parquet"))
@@ -86,9 +101,15 @@ def case(kind: str, folder: str) -> dict:
         tables = [pq.read_table(p) for p in paths]
         cols = {c: np.concatenate([t.column(c).to_numpy() for t in tables]) for c in tables[0].column_names}
         del tables
-        data = LoggedBandit(reward=cols["reward"], action=np.zeros(len(cols["reward"]), dtype=np.int64),
-                            slot=cols["slot"], pscore=cols["pscore"], decision=cols["decision"], n_actions=1,
-                            n_slots=SLOTS)
+        data = LoggedBandit(
+            reward=cols["reward"],
+            action=np.zeros(len(cols["reward"]), dtype=np.int64),
+            slot=cols["slot"],
+            pscore=cols["pscore"],
+            decision=cols["decision"],
+            n_actions=1,
+            n_slots=SLOTS,
+        )
         values = {}
         for name in ESTIMATORS:
             est = REG[name]()
@@ -107,16 +128,21 @@ def case(kind: str, folder: str) -> dict:
         from banditrec.evaluation import estimate_files
 
         t0 = time.perf_counter()
-        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address="127.0.0.1:0")
+        cluster = LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0"
+        )
         client = Client(cluster)
         out["startup_seconds"] = time.perf_counter() - t0
         client.run(lambda: __import__("banditrec.evaluation"))  # imports, as a warm worker would have
         out["idle_worker_mb"] = list(client.run(peak_mb).values())
         t0 = time.perf_counter()
         est = estimate_files(paths, ESTIMATORS, client=client)
-        out.update(seconds=time.perf_counter() - t0, values={k: e.value for k, e in est.items()},
-                   worker_mb=list(client.run(peak_mb).values()), peak_mb=peak_mb())
+        out.update(
+            seconds=time.perf_counter() - t0,
+            values={k: e.value for k, e in est.items()},
+            worker_mb=list(client.run(peak_mb).values()),
+            peak_mb=peak_mb(),
+        )
         client.close()
         cluster.close()
     return out
@@ -124,8 +150,9 @@ def case(kind: str, folder: str) -> dict:
 
 def run_case(kind: str, folder: Path) -> dict:
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    res = subprocess.run([sys.executable, __file__, "--case", kind, str(folder)], capture_output=True, text=True,
-                         env=env, cwd=str(ROOT))
+    res = subprocess.run(
+        [sys.executable, __file__, "--case", kind, str(folder)], capture_output=True, text=True, env=env, cwd=str(ROOT)
+    )
     if res.returncode != 0:
         raise RuntimeError(f"dask bench case {kind} failed:\n{res.stderr[-3000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -137,18 +164,29 @@ def sweep_case(replicates: int) -> dict:
 
     from studies.sweep import parse_config, run_sweep
 
-    config = parse_config({
-        "seed": 0, "replicates": replicates, "days": 5, "slots": 3, "candidates": 15,
-        "simulator": {"n_customers": 1000, "n_items": 300, "n_types": 20, "history_days": 5},
-        "policy": [{"name": s.split(":")[0], "params": dict(kv.split("=") for kv in s.split(":")[1].split(","))}
-                   if ":" in s else {"name": s} for s in SWEEP_SPECS],
-    })
+    config = parse_config(
+        {
+            "seed": 0,
+            "replicates": replicates,
+            "days": 5,
+            "slots": 3,
+            "candidates": 15,
+            "simulator": {"n_customers": 1000, "n_items": 300, "n_types": 20, "history_days": 5},
+            "policy": [
+                {"name": s.split(":")[0], "params": dict(kv.split("=") for kv in s.split(":")[1].split(","))}
+                if ":" in s
+                else {"name": s}
+                for s in SWEEP_SPECS
+            ],
+        }
+    )
     t0 = time.perf_counter()
     local = run_sweep(config)
     t_local = time.perf_counter() - t0
     t0 = time.perf_counter()
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                           dashboard_address="127.0.0.1:0")
+    cluster = LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0"
+    )
     client = Client(cluster)
     startup = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -156,9 +194,14 @@ def sweep_case(replicates: int) -> dict:
     t_dist = time.perf_counter() - t0
     client.close()
     cluster.close()
-    return {"runs": len(local), "local": t_local, "dist": t_dist, "startup": startup,
-            "identical": [r.row() for r in local] == [r.row() for r in dist],
-            "run_mean": float(np.mean([r.seconds for r in local]))}
+    return {
+        "runs": len(local),
+        "local": t_local,
+        "dist": t_dist,
+        "startup": startup,
+        "identical": [r.row() for r in local] == [r.row() for r in dist],
+        "run_mean": float(np.mean([r.seconds for r in local])),
+    }
 
 
 def bench_dask(cfg: dict, tmp) -> None:
@@ -180,26 +223,45 @@ def bench_dask(cfg: dict, tmp) -> None:
     wm = max(clus["worker_mb"])
     rows = [
         ["in-process, whole log", f"{whole['seconds']:.2f}", "1.00x", f"{whole['peak_mb']:,.0f}", "1.00x", "-"],
-        ["in-process, partition at a time", f"{parts['seconds']:.2f}", ratio(parts["seconds"], whole["seconds"]),
-         f"{parts['peak_mb']:,.0f}", ratio(parts["peak_mb"], whole["peak_mb"]), "-"],
-        ["2-worker LocalCluster (per worker)", f"{clus['seconds']:.2f}", ratio(clus["seconds"], whole["seconds"]),
-         f"{wm:,.0f}", ratio(wm, whole["peak_mb"]), f"{max(clus['idle_worker_mb']):,.0f}"],
+        [
+            "in-process, partition at a time",
+            f"{parts['seconds']:.2f}",
+            ratio(parts["seconds"], whole["seconds"]),
+            f"{parts['peak_mb']:,.0f}",
+            ratio(parts["peak_mb"], whole["peak_mb"]),
+            "-",
+        ],
+        [
+            "2-worker LocalCluster (per worker)",
+            f"{clus['seconds']:.2f}",
+            ratio(clus["seconds"], whole["seconds"]),
+            f"{wm:,.0f}",
+            ratio(wm, whole["peak_mb"]),
+            f"{max(clus['idle_worker_mb']):,.0f}",
+        ],
     ]
-    table("dask: OPE over partitioned Parquet",
-          f"IPS+SNIPS+DR over {n_rows:,} logged rows ({n_rows // SLOTS:,} decisions x {SLOTS} slots) in "
-          f"{c['partitions']} Parquet files ({size_mb:,.0f} MB on disk, ~{part_mb:,.0f} MB per partition in memory; "
-          f"written in {written:.1f} s).\nPeak = VmHWM of the process (cluster: of each worker; idle = a worker's "
-          f"VmHWM after start-up and imports). Ratios vs the whole-log row. Cluster start-up "
-          f"{clus['startup_seconds']:.1f} s, not included. Largest |value difference| vs the whole log: {diff:.1e}.",
-          ["case", "wall s", "ratio", "peak MB", "ratio", "idle worker MB"], rows)
+    table(
+        "dask: OPE over partitioned Parquet",
+        f"IPS+SNIPS+DR over {n_rows:,} logged rows ({n_rows // SLOTS:,} decisions x {SLOTS} slots) in "
+        f"{c['partitions']} Parquet files ({size_mb:,.0f} MB on disk, ~{part_mb:,.0f} MB per partition in memory; "
+        f"written in {written:.1f} s).\nPeak = VmHWM of the process (cluster: of each worker; idle = a worker's "
+        f"VmHWM after start-up and imports). Ratios vs the whole-log row. Cluster start-up "
+        f"{clus['startup_seconds']:.1f} s, not included. Largest |value difference| vs the whole log: {diff:.1e}.",
+        ["case", "wall s", "ratio", "peak MB", "ratio", "idle worker MB"],
+        rows,
+    )
     s = sweep_case(c["replicates"])
-    table("dask: simulation sweep",
-          f"{s['runs']} simulator runs ({len(SWEEP_SPECS)} specs x {c['replicates']} replicates; 1,000 customers, "
-          f"300 items, 5 days; {s['run_mean']:.2f} s per run alone). Tables identical: {s['identical']}. "
-          f"Cluster start-up {s['startup']:.1f} s, not included.",
-          ["case", "wall s", "ratio"],
-          [["in-process", f"{s['local']:.2f}", "1.00x"],
-           ["2-worker LocalCluster", f"{s['dist']:.2f}", ratio(s["dist"], s["local"])]])
+    table(
+        "dask: simulation sweep",
+        f"{s['runs']} simulator runs ({len(SWEEP_SPECS)} specs x {c['replicates']} replicates; 1,000 customers, "
+        f"300 items, 5 days; {s['run_mean']:.2f} s per run alone). Tables identical: {s['identical']}. "
+        f"Cluster start-up {s['startup']:.1f} s, not included.",
+        ["case", "wall s", "ratio"],
+        [
+            ["in-process", f"{s['local']:.2f}", "1.00x"],
+            ["2-worker LocalCluster", f"{s['dist']:.2f}", ratio(s["dist"], s["local"])],
+        ],
+    )
 
 
 if __name__ == "__main__":

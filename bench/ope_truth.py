@@ -21,9 +21,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import t as student_t
-
 from common import table
+from scipy.stats import t as student_t
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from test_ope_truth import make_world, run_study  # noqa: E402  (the tests' study, at a larger size)
@@ -56,8 +55,12 @@ def summarise(runs) -> list[str]:
     S = len(e)
     half = float(student_t.ppf(0.975, S - 1) * e.std(ddof=1) / np.sqrt(S))
     mark = "*" if abs(e.mean()) > half else " "
-    return [f"{e.mean():+.4f} ± {half:.4f}{mark}", f"{np.sqrt((e**2).mean()):.4f}",
-            f"{runs.covered}/{S} ({runs.covered / S:.0%})", f"{(runs.upper - runs.lower).mean():.4f}"]
+    return [
+        f"{e.mean():+.4f} ± {half:.4f}{mark}",
+        f"{np.sqrt((e**2).mean()):.4f}",
+        f"{runs.covered}/{S} ({runs.covered / S:.0%})",
+        f"{(runs.upper - runs.lower).mean():.4f}",
+    ]
 
 
 def bench_ope_truth(cfg: dict, tmp: Path) -> None:
@@ -65,20 +68,27 @@ def bench_ope_truth(cfg: dict, tmp: Path) -> None:
     n_dec = cfg["truth_decisions"]
     world = make_world(**WORLD)
     w = WORLD
-    print(f"\n(opetruth: exact truth {world.truth:.4f} expected clicks per carousel; Shop(n_items={w['n_items']}, "
-          f"n_customers={w['n_customers']}, dim={w['dim']}, seed={w['seed']}), {w['n_slots']} slots filled from the "
-          f"whole catalogue; target epsilon-greedy {w['target_eps']} per slot on observed context . item latent; "
-          f"{len(seeds)} seeds x {n_dec:,} decisions per logger)")
-    for logger, how in (("uniform", "uniformly random slates, propensity 1/{n}"),
-                        ("popularity", f"epsilon-greedy {w['logger_eps']} per slot on pre-period popularity")):
+    print(
+        f"\n(opetruth: exact truth {world.truth:.4f} expected clicks per carousel; Shop(n_items={w['n_items']}, "
+        f"n_customers={w['n_customers']}, dim={w['dim']}, seed={w['seed']}), {w['n_slots']} slots filled from the "
+        f"whole catalogue; target epsilon-greedy {w['target_eps']} per slot on observed context . item latent; "
+        f"{len(seeds)} seeds x {n_dec:,} decisions per logger)"
+    )
+    for logger, how in (
+        ("uniform", "uniformly random slates, propensity 1/{n}"),
+        ("popularity", f"epsilon-greedy {w['logger_eps']} per slot on pre-period popularity"),
+    ):
         t0 = time.perf_counter()
         est = dict(ESTIMATORS, **(UNIFORM_ONLY if logger == "uniform" else {}))
         results = run_study(world, logger, est, n_decisions=n_dec, seeds=seeds)
         rows = [[name, *summarise(runs)] for name, runs in results.items()]
         r = results["IPS"]
-        table(f"opetruth: {logger} logger",
-              f"Logger: {how.format(n=w['n_items'])}. Median IPS effective sample size {np.median(r.ess):,.0f} of "
-              f"{n_dec * world.n_slots:,} rows, largest weight {r.max_weight.max():.0f}. Bias = mean error over "
-              f"{len(seeds)} seeds with its 95% t-interval (* excludes 0); coverage of the 95% intervals (normal "
-              f"unless marked bootstrap: 2,000 resamples of decisions); {time.perf_counter() - t0:.0f} s.",
-              ["estimator", "bias ± 95% CI", "RMSE", "coverage", "mean width"], rows)
+        table(
+            f"opetruth: {logger} logger",
+            f"Logger: {how.format(n=w['n_items'])}. Median IPS effective sample size {np.median(r.ess):,.0f} of "
+            f"{n_dec * world.n_slots:,} rows, largest weight {r.max_weight.max():.0f}. Bias = mean error over "
+            f"{len(seeds)} seeds with its 95% t-interval (* excludes 0); coverage of the 95% intervals (normal "
+            f"unless marked bootstrap: 2,000 resamples of decisions); {time.perf_counter() - t0:.0f} s.",
+            ["estimator", "bias ± 95% CI", "RMSE", "coverage", "mean width"],
+            rows,
+        )

@@ -26,16 +26,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import rng, table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from test_ope_truth import make_world, simulate_log  # noqa: E402
-from test_reward_models import logistic_world, logistic_log  # noqa: E402
+from test_reward_models import logistic_log, logistic_world  # noqa: E402
 
-from banditrec.ope import DM, DR, IPS, SNDR, SNIPS, SwitchDR, LoggedBandit  # noqa: E402
-from banditrec.ope.reward_model import (GBTRewardModel, LogisticRewardModel, RidgeRewardModel,  # noqa: E402
-                                        decision_folds)
+from banditrec.ope import DM, DR, IPS, SNDR, SNIPS, LoggedBandit, SwitchDR  # noqa: E402
+from banditrec.ope.reward_model import GBTRewardModel, LogisticRewardModel, RidgeRewardModel, decision_folds  # noqa: E402
 
 OBD = Path(__file__).resolve().parent.parent / "data" / "obd"
 N_ACTIONS, LEN_LIST = 80, 3
@@ -62,8 +60,13 @@ def load_obd(root: Path, behavior: str, campaign: str = "all") -> dict:
         levels = np.unique(cols[k])
         blocks.append((cols[k][:, None] == levels[None, 1:]).astype(float))  # drop_first, as pandas
     position = np.unique(cols["position"].astype(int), return_inverse=True)[1]
-    return {"action": cols["item_id"].astype(np.int64), "slot": position, "reward": cols["click"].astype(float),
-            "pscore": cols["propensity_score"].astype(float), "context": np.hstack(blocks)}
+    return {
+        "action": cols["item_id"].astype(np.int64),
+        "slot": position,
+        "reward": cols["click"].astype(float),
+        "pscore": cols["propensity_score"].astype(float),
+        "context": np.hstack(blocks),
+    }
 
 
 def bts_action_dist(alpha, beta, n_sim: int, gen: np.random.Generator, chunk: int = 10_000) -> np.ndarray:
@@ -101,7 +104,6 @@ def bench_obd(cfg: dict, tmp: Path) -> None:
     n = len(log["reward"])
     base = dict(n_actions=N_ACTIONS, n_slots=LEN_LIST)
     full = LoggedBandit(**log, **base)
-    pi = dist[full.action, full.slot]
     keys = np.arange(n)
     results: dict[tuple[str, str], list[float]] = {}
     ips = {"IPS": IPS(), "SNIPS": SNIPS()}
@@ -129,19 +131,22 @@ def bench_obd(cfg: dict, tmp: Path) -> None:
         boot = np.abs(np.array(results[(name, "boot")]) - truth) / truth
         se = boot.std(ddof=1) / np.sqrt(len(boot))
         rows.append([name, f"{results[(name, 'full')][0]:.5f}", f"{rel_full:.3f}", f"{boot.mean():.3f} ± {se:.3f}"])
-    table("obd: reward models on the Open Bandit Dataset (BTS from the random log, 'all' campaign)",
-          f"Ground truth: BTS on-policy mean click {truth:.5f} ({n:,} rows each log; 80 items, 3 positions). BTS "
-          f"action distribution from {cfg['obd_sims']:,} draws of ZOZOTOWN's Beta prior. Relative error |est - "
-          f"truth| / truth: 'full' on the whole random log; 'boot' the mean over {cfg['obd_boot']} bootstrap "
-          f"resamples ± its standard error. Reward models cross-fitted with 3 folds; SwitchDR lambda 10. "
-          f"{time.perf_counter() - t0:.0f} s.",
-          ["estimator, reward model", "estimate", "rel. err full", "rel. err boot"], rows)
+    table(
+        "obd: reward models on the Open Bandit Dataset (BTS from the random log, 'all' campaign)",
+        f"Ground truth: BTS on-policy mean click {truth:.5f} ({n:,} rows each log; 80 items, 3 positions). BTS "
+        f"action distribution from {cfg['obd_sims']:,} draws of ZOZOTOWN's Beta prior. Relative error |est - "
+        f"truth| / truth: 'full' on the whole random log; 'boot' the mean over {cfg['obd_boot']} bootstrap "
+        f"resamples ± its standard error. Reward models cross-fitted with 3 folds; SwitchDR lambda 10. "
+        f"{time.perf_counter() - t0:.0f} s.",
+        ["estimator, reward model", "estimate", "rel. err full", "rel. err boot"],
+        rows,
+    )
 
 
 # ---- the simulator's truth -------------------------------------------------------------------
 def _summary(err: np.ndarray) -> list[str]:
     half = 1.96 * err.std(ddof=1) / np.sqrt(len(err))
-    return [f"{err.mean():+.4f} ± {half:.4f}", f"{np.sqrt((err ** 2).mean()):.4f}"]
+    return [f"{err.mean():+.4f} ± {half:.4f}", f"{np.sqrt((err**2).mean()):.4f}"]
 
 
 def bench_reward_truth(cfg: dict, tmp: Path) -> None:
@@ -160,11 +165,16 @@ def bench_reward_truth(cfg: dict, tmp: Path) -> None:
                     v = est.estimate(data, target_pscore=pi, q_hat_logged=q_logged, q_hat_target=q_target).value
                     errs.setdefault(f"{name}, {label}", []).append(v - world.truth)
         rows = [[k, *_summary(np.array(v))] for k, v in errs.items()]
-        table(f"rewardtruth: the position-based click world, {logger} logger",
-              f"tests/banditrec/ope/test_ope_truth.py's world (60 items, 200 customers, 3 slots; clicks theta_k * sigmoid(base + "
-              f"bias_a + pref . latent_a)); exact truth {world.truth:.4f} clicks per carousel; {len(seeds)} seeds x "
-              f"{cfg['rm_decisions']:,} decisions. Error = estimate - truth: mean ± 95% CI, RMSE.",
-              ["estimator, reward model", "bias", "RMSE"], rows)
+        table(
+            f"rewardtruth: the position-based click world, {logger} logger",
+            "tests/banditrec/ope/test_ope_truth.py's world (60 items, 200 customers, 3 slots; "
+            "clicks theta_k * sigmoid(base + "
+            f"bias_a + pref . latent_a)); exact truth {world.truth:.4f} clicks per carousel; "
+            f"{len(seeds)} seeds x "
+            f"{cfg['rm_decisions']:,} decisions. Error = estimate - truth: mean ± 95% CI, RMSE.",
+            ["estimator, reward model", "bias", "RMSE"],
+            rows,
+        )
     lw = logistic_world()
     errs = {}
     for seed in seeds:
@@ -173,7 +183,10 @@ def bench_reward_truth(cfg: dict, tmp: Path) -> None:
             est = DM(reward_model=model, seed=seed)
             errs.setdefault(f"DM, {label}", []).append(est.estimate(data, dist).value - lw.truth)
     rows = [[k, *_summary(np.array(v))] for k, v in errs.items()]
-    table("rewardtruth: a logistic world (binary rewards, logistic truth)",
-          f"tests/banditrec/ope/test_reward_models.py's world; exact truth {lw.truth:.4f}; {len(seeds)} seeds x "
-          f"{cfg['rm_decisions']:,} decisions; {time.perf_counter() - t0:.0f} s for both tables.",
-          ["estimator, reward model", "bias", "RMSE"], rows)
+    table(
+        "rewardtruth: a logistic world (binary rewards, logistic truth)",
+        f"tests/banditrec/ope/test_reward_models.py's world; exact truth {lw.truth:.4f}; {len(seeds)} seeds x "
+        f"{cfg['rm_decisions']:,} decisions; {time.perf_counter() - t0:.0f} s for both tables.",
+        ["estimator, reward model", "bias", "RMSE"],
+        rows,
+    )

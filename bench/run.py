@@ -84,20 +84,18 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from common import FactoredScores, blas_threads, compare, ms, rate, ratio, rng, table, us
-from ope_truth import bench_ope_truth
-from vw_bench import bench_vw
-from sim_bench import bench_sim
-from candidates_bench import bench_candidates
 from candeval_bench import bench_candeval
+from candidates_bench import bench_candidates
+from common import FactoredScores, blas_threads, compare, ms, rate, ratio, rng, table, us
+from dask_bench import bench_dask
+from ope_truth import bench_ope_truth
+from reward_models_bench import bench_obd, bench_reward_truth
 from scale_bench import bench_scale, bench_scale1m
 from shopbuild_bench import bench_shopbuild, bench_shopbuild1m
-from dask_bench import bench_dask
+from sim_bench import bench_sim
 from synthetic_bench import bench_synthetic
-from reward_models_bench import bench_obd, bench_reward_truth
+from vw_bench import bench_vw
 
-from studies.coverage import build_engine
 from banditrec.features import item_vectors, joint_features
 from banditrec.ope import DR, IPS, SNIPS
 from banditrec.policies import EpsilonGreedySlate, Request, make, rank_slot_marginals
@@ -108,6 +106,7 @@ from banditrec.store.reader import READ_DECISIONS, READ_REWARDS_SCAN, READ_SLOTS
 from banditrec.store.writer import INSERT_DECISION, INSERT_SLOT
 from banditrec.types import Decision, LoggedBandit, Slot
 from simulator import Shop, ShopConfig
+from studies.coverage import build_engine
 
 SPEC = "linucb:alpha=1.0,epsilon=0.1"
 MIN_EPSILON = 0.01
@@ -120,27 +119,74 @@ PEERS_PYTHON = BENCH / ".peers-venv" / "bin" / "python"  # created by `make benc
 OBP_SCRIPT = BENCH / "peers" / "obp_ope.py"
 OBP_ACTIONS, OBP_LIST = 10, 3  # obp's synthetic defaults: n_actions=10, len_list=3
 
-FULL = dict(decide=5000, marg_fast=3000, marg_dp=300, marg_mc=30, marg_loop=5, mc_draws=1000,
-            log_writes=4000, read_rows=100_000, read_reps=7, logread_decisions=200_000,
-            logread_reps=5, ope_decisions=200_000, ope_reps=15,
-            obp_rows=1_000_000, obp_reps=7, http_seconds=5.0, http_rounds=2, truth_seeds=60, truth_decisions=4000,
-            sim=[(20_000, 30, 30), (1_000_000, 5, 3)],
-            candidates=dict(events=1_000_000, items=50_000, k=50, reps=5, update_reps=3),
-            candeval=(20_000, 3), dask=dict(rows=10_000_000, partitions=20, replicates=8),
-            synthetic=dict(rounds=4000, seeds=3),
-            obd_sims=100_000, obd_boot=20, rm_seeds=20, rm_decisions=2000,
-            scale=[1_000, 10_000, 100_000], scale1m=[1_000, 10_000, 100_000, 1_000_000],
-            shopbuild=[1_000, 100_000], shopbuild1m=[1_000, 100_000, 1_000_000])
-QUICK = dict(decide=300, marg_fast=300, marg_dp=50, marg_mc=5, marg_loop=2, mc_draws=1000,
-             log_writes=200, read_rows=10_000, read_reps=3, logread_decisions=20_000,
-             logread_reps=3, ope_decisions=20_000, ope_reps=5,
-             obp_rows=100_000, obp_reps=3, http_seconds=1.5, http_rounds=1, truth_seeds=3, truth_decisions=500,
-             sim=[(20_000, 5, 5)],
-             candidates=dict(events=50_000, items=5_000, k=50, reps=3, update_reps=3),
-             candeval=(5_000, 1), dask=dict(rows=400_000, partitions=8, replicates=2),
-             synthetic=dict(rounds=300, seeds=1),
-             obd_sims=10_000, obd_boot=2, rm_seeds=3, rm_decisions=500,
-             scale=[1_000, 10_000], scale1m=[1_000, 10_000], shopbuild=[1_000], shopbuild1m=[1_000])
+FULL = dict(
+    decide=5000,
+    marg_fast=3000,
+    marg_dp=300,
+    marg_mc=30,
+    marg_loop=5,
+    mc_draws=1000,
+    log_writes=4000,
+    read_rows=100_000,
+    read_reps=7,
+    logread_decisions=200_000,
+    logread_reps=5,
+    ope_decisions=200_000,
+    ope_reps=15,
+    obp_rows=1_000_000,
+    obp_reps=7,
+    http_seconds=5.0,
+    http_rounds=2,
+    truth_seeds=60,
+    truth_decisions=4000,
+    sim=[(20_000, 30, 30), (1_000_000, 5, 3)],
+    candidates=dict(events=1_000_000, items=50_000, k=50, reps=5, update_reps=3),
+    candeval=(20_000, 3),
+    dask=dict(rows=10_000_000, partitions=20, replicates=8),
+    synthetic=dict(rounds=4000, seeds=3),
+    obd_sims=100_000,
+    obd_boot=20,
+    rm_seeds=20,
+    rm_decisions=2000,
+    scale=[1_000, 10_000, 100_000],
+    scale1m=[1_000, 10_000, 100_000, 1_000_000],
+    shopbuild=[1_000, 100_000],
+    shopbuild1m=[1_000, 100_000, 1_000_000],
+)
+QUICK = dict(
+    decide=300,
+    marg_fast=300,
+    marg_dp=50,
+    marg_mc=5,
+    marg_loop=2,
+    mc_draws=1000,
+    log_writes=200,
+    read_rows=10_000,
+    read_reps=3,
+    logread_decisions=20_000,
+    logread_reps=3,
+    ope_decisions=20_000,
+    ope_reps=5,
+    obp_rows=100_000,
+    obp_reps=3,
+    http_seconds=1.5,
+    http_rounds=1,
+    truth_seeds=3,
+    truth_decisions=500,
+    sim=[(20_000, 5, 5)],
+    candidates=dict(events=50_000, items=5_000, k=50, reps=3, update_reps=3),
+    candeval=(5_000, 1),
+    dask=dict(rows=400_000, partitions=8, replicates=2),
+    synthetic=dict(rounds=300, seeds=1),
+    obd_sims=10_000,
+    obd_boot=2,
+    rm_seeds=3,
+    rm_decisions=500,
+    scale=[1_000, 10_000],
+    scale1m=[1_000, 10_000],
+    shopbuild=[1_000],
+    shopbuild1m=[1_000],
+)
 
 
 # ---- shared fixtures ---------------------------------------------------------------------
@@ -148,8 +194,9 @@ def trained_linucb(gen: np.random.Generator, context_dim: int, item_dim: int, po
     """A LinUCB (new, or ``policy``) updated on random rows so theta and A^-1 are dense."""
     policy = policy or make(SPEC, context_dim=context_dim, item_dim=item_dim)
     m = 2000
-    policy.update(gen.normal(size=(m, context_dim)), gen.normal(size=(m, item_dim)),
-                  gen.binomial(1, 0.1, size=m).astype(float))
+    policy.update(
+        gen.normal(size=(m, context_dim)), gen.normal(size=(m, item_dim)), gen.binomial(1, 0.1, size=m).astype(float)
+    )
     return policy
 
 
@@ -157,8 +204,9 @@ def shop_engine(db: Path, stream: int):
     """An engine from studies.coverage.build_engine on a 2,000-item shop, logging to ``db`` (WAL)."""
     gen = rng(stream)
     shop = Shop(ShopConfig(n_items=N_ITEMS, dim=SHOP_DIM), seed=np.random.SeedSequence(gen.integers(2**32)))
-    engine = build_engine(shop, SPEC, DecisionLog(db), seed=np.random.SeedSequence(gen.integers(2**32)),
-                          min_epsilon=MIN_EPSILON)
+    engine = build_engine(
+        shop, SPEC, DecisionLog(db), seed=np.random.SeedSequence(gen.integers(2**32)), min_epsilon=MIN_EPSILON
+    )
     trained_linucb(gen, SHOP_DIM, SHOP_DIM, engine.policy)
     candidates = [engine.items.ids[i] for i in gen.choice(N_ITEMS, N_CAND, replace=False)]
     context = gen.normal(size=SHOP_DIM).tolist()
@@ -169,8 +217,9 @@ def shop_engine(db: Path, stream: int):
 def bench_decide(cfg: dict, tmp: Path) -> None:
     gen = rng(1)
     policy = trained_linucb(gen, CONTEXT_DIM, ITEM_DIM)
-    request = Request(context=gen.normal(size=CONTEXT_DIM), items=np.arange(N_CAND),
-                      item_features=gen.normal(size=(N_CAND, ITEM_DIM)))
+    request = Request(
+        context=gen.normal(size=CONTEXT_DIM), items=np.arange(N_CAND), item_features=gen.normal(size=(N_CAND, ITEM_DIM))
+    )
     X, theta, A_inv, weight = policy.features(request), policy.theta, policy.A_inv, policy.bonus_weight
 
     def direct():
@@ -199,12 +248,18 @@ def bench_decide(cfg: dict, tmp: Path) -> None:
         "c42": ("(c') same as (c) on the engine's policy", 42),
         "d": ("(d) Engine.decide(candidates=200 ids) + SQLite WAL log", 42),
     }
-    rows = [[label, dim, us(t[k].p50), us(t[k].p99), ratio(t[k].p50, t["a"].p50), "(a)"]
-            for k, (label, dim) in labels.items()]
-    table("decide", f"One decision: {N_CAND} candidates, {N_SLOTS} slots, alpha=1, epsilon=0.1; "
-          f"(a)-(c) context 4 x item 7, (c')-(d) build_engine on Shop(dim={SHOP_DIM}); "
-          f"{cfg['decide']} calls each.",
-          ["case", "joint dim", "p50 us", "p99 us", "ratio", "vs"], rows)
+    rows = [
+        [label, dim, us(t[k].p50), us(t[k].p99), ratio(t[k].p50, t["a"].p50), "(a)"]
+        for k, (label, dim) in labels.items()
+    ]
+    table(
+        "decide",
+        f"One decision: {N_CAND} candidates, {N_SLOTS} slots, alpha=1, epsilon=0.1; "
+        f"(a)-(c) context 4 x item 7, (c')-(d) build_engine on Shop(dim={SHOP_DIM}); "
+        f"{cfg['decide']} calls each.",
+        ["case", "joint dim", "p50 us", "p99 us", "ratio", "vs"],
+        rows,
+    )
     bench_decide_d32(cfg)
 
 
@@ -221,8 +276,12 @@ def d32_policy(name: str, gen: np.random.Generator):
     that its matrices are dense; ``mc_draws`` stays at the policies' default (256)."""
     policy = make(name, context_dim=D32_CONTEXT, item_dim=D32_ITEM, n_items=D32_ITEMS)
     m = 2000
-    policy.update(gen.normal(size=(m, D32_CONTEXT)), gen.normal(size=(m, D32_ITEM)),
-                  gen.binomial(1, 0.1, size=m).astype(float), items=gen.integers(0, D32_ITEMS, size=m))
+    policy.update(
+        gen.normal(size=(m, D32_CONTEXT)),
+        gen.normal(size=(m, D32_ITEM)),
+        gen.binomial(1, 0.1, size=m).astype(float),
+        items=gen.integers(0, D32_ITEMS, size=m),
+    )
     return policy
 
 
@@ -246,6 +305,7 @@ def bare_scoring(policy, request: Request, gen: np.random.Generator):
         def fn():
             Px = A_inv[idx] @ x
             return theta[idx] @ x + weight * np.sqrt(Px @ x)
+
         check, formula = policy.scores(request), "P=A_inv[items]@x; theta[items]@x + w*sqrt(P@x)"
     elif name == "hybrid-linucb":
         stacks, weight = policy._stacks, policy.config.alpha * policy.noise_sd
@@ -257,12 +317,14 @@ def bare_scoring(policy, request: Request, gen: np.random.Generator):
             E = X - np.einsum("ndk,nd->nk", B[idx], Px)
             mean = E @ beta + np.einsum("nd,nd->n", Px, b[idx])
             return mean + weight * np.sqrt(np.einsum("nk,nk->n", E @ A0_inv, E) + Px @ xl)
+
         check, formula = policy.scores(request), "Li et al. Alg. 2 score, gathered per item (E = z - B_a^T A_a^-1 x)"
     elif name == "egreedy":
         theta = policy.theta
 
         def fn():
             return X @ theta
+
         check, formula = policy.scores(request), "X@theta"
     elif name == "softmax":
         theta, tau = policy.theta, policy.temperature
@@ -270,13 +332,15 @@ def bare_scoring(policy, request: Request, gen: np.random.Generator):
         def fn():
             s = X @ theta
             return np.exp((s - s.max()) / tau)
+
         check, formula = policy.weights(request), "w = exp((X@theta - max) / tau)"
     elif name == "lints":
         theta, L, v, dim = policy.theta, policy.posterior_factor(), policy.posterior_scale, policy.dim
         seed = int(gen.integers(2**32))
 
-        def fn(g=np.random.default_rng(seed)):
+        def fn(g=np.random.default_rng(seed)):  # noqa: B008 -- one generator per case, kept across calls
             return X @ (theta + v * (L @ g.standard_normal(dim)))
+
         check = policy.draw_scores(request)(np.random.default_rng(seed), 1)[0]
         formula = "one posterior draw: X@(theta + v*L@g), L L^T = A^-1 (cached)"
     else:
@@ -301,6 +365,7 @@ def bare_features(request: Request):
     def fn():
         U = np.concatenate([np.ones((len(V), 1)), V, np.zeros((len(V), 1))], axis=1)  # [1, v, cold]
         return np.concatenate([U, (U[:, :, None] * c[None, None, :]).reshape(len(V), -1)], axis=1)
+
     return fn
 
 
@@ -313,12 +378,17 @@ def bench_decide_d32(cfg: dict) -> None:
         for name in D32_POLICIES:
             policy = d32_policy(name, gen)
             items = gen.choice(D32_ITEMS, N_CAND, replace=False)
-            request = Request(context=gen.normal(size=D32_CONTEXT), items=items,
-                              item_features=gen.normal(size=(N_CAND, D32_ITEM)))
+            request = Request(
+                context=gen.normal(size=D32_CONTEXT), items=items, item_features=gen.normal(size=(N_CAND, D32_ITEM))
+            )
             bare, formula = bare_scoring(policy, request, gen)
             joint = name != "disjoint-linucb"  # every other one scores joint (context x item) features
-            cases = {"a": bare, "f": bare_features(request), "b": lambda: policy.scores(request),
-                     "c": lambda: policy.distribution(request, N_SLOTS, MIN_EPSILON).sample(sampler)}
+            cases = {
+                "a": bare,
+                "f": bare_features(request),
+                "b": lambda: policy.scores(request),
+                "c": lambda: policy.distribution(request, N_SLOTS, MIN_EPSILON).sample(sampler),
+            }
             if not joint:
                 del cases["f"]
             else:
@@ -328,33 +398,49 @@ def bench_decide_d32(cfg: dict) -> None:
             repeats = int(min(cfg["decide"], max(30, budget / per_round)))
             t = compare(cases, repeats=repeats)
             whole = t["a"].p50 + (t["f"].p50 if joint else 0.0)  # bare math incl. building the features
-            for key, label in (("a", f"(a) bare numpy: {formula}"),
-                               ("f", "(a') building the joint features in bare numpy, alone"),
-                               ("b", "(b) policy.scores(request)"),
-                               ("c", "(c) distribution(request, 10, 0.01).sample(rng)")):
+            for key, label in (
+                ("a", f"(a) bare numpy: {formula}"),
+                ("f", "(a') building the joint features in bare numpy, alone"),
+                ("b", "(b) policy.scores(request)"),
+                ("c", "(c) distribution(request, 10, 0.01).sample(rng)"),
+            ):
                 if key not in t:
                     continue
                 r = t[key].p50 / t["a"].p50
-                rows.append([name if key == "a" else "", label, us(t[key].p50), us(t[key].p99), f"{r:,.2f}x",
-                             f"{t[key].p50 / whole:,.2f}x" if key in "bc" else "",
-                             ("yes" if r <= D32_TARGET else "no") if key in "bc" else ""])
+                rows.append(
+                    [
+                        name if key == "a" else "",
+                        label,
+                        us(t[key].p50),
+                        us(t[key].p99),
+                        f"{r:,.2f}x",
+                        f"{t[key].p50 / whole:,.2f}x" if key in "bc" else "",
+                        ("yes" if r <= D32_TARGET else "no") if key in "bc" else "",
+                    ]
+                )
             notes.append(f"{name} {repeats}")
             counts.append(repeats)
             if "disjoint-linucb" in name:
                 r = t["c"].p50 / t["a"].p50
                 verdicts.append(f"{name} {r:.2f}x ({'meets' if r <= D32_TARGET else 'misses'})")
     blas = f"numpy's OpenBLAS pinned to {threads} thread" if threads else "BLAS threads as configured"
-    table("decide, d=32", f"One decision at the issue's size: {N_CAND} candidates of {D32_ITEMS:,}, {N_SLOTS} "
-          f"slots, context {D32_CONTEXT}, item features {D32_ITEM} (joint dim {D32_ITEM + D32_CONTEXT * D32_ITEM}; "
-          f"disjoint/hybrid per-item [1, x] dim {D32_CONTEXT + 1}), min_epsilon {MIN_EPSILON}; each policy with "
-          f"its default params and mc_draws (256), trained on 2,000 random rows; {blas}. ratio = p50 / that "
-          f"policy's (a); 'vs a+a'' = p50 / the sum of (a) and (a') (bare math including the features, which "
-          f"(a) is given prebuilt); cases interleaved in the same run; '<= 2x' is the issue's LinUCB target on "
-          f"ratio, shown for every policy. Calls per case: {', '.join(notes)}"
-          f"{' (p99 of under 100 calls is about their maximum)' if min(counts) < 100 else ''}.",
-          ["policy", "case", "p50 us", "p99 us", "ratio", "vs a+a'", f"<= {D32_TARGET:g}x"], rows)
-    print(f"issue 5 target, LinUCB decide() <= {D32_TARGET:g}x bare numpy scoring (row (c) / row (a)): "
-          f"{'; '.join(verdicts)}")
+    table(
+        "decide, d=32",
+        f"One decision at the issue's size: {N_CAND} candidates of {D32_ITEMS:,}, {N_SLOTS} "
+        f"slots, context {D32_CONTEXT}, item features {D32_ITEM} (joint dim {D32_ITEM + D32_CONTEXT * D32_ITEM}; "
+        f"disjoint/hybrid per-item [1, x] dim {D32_CONTEXT + 1}), min_epsilon {MIN_EPSILON}; each policy with "
+        f"its default params and mc_draws (256), trained on 2,000 random rows; {blas}. ratio = p50 / that "
+        f"policy's (a); 'vs a+a'' = p50 / the sum of (a) and (a') (bare math including the features, which "
+        f"(a) is given prebuilt); cases interleaved in the same run; '<= 2x' is the issue's LinUCB target on "
+        f"ratio, shown for every policy. Calls per case: {', '.join(notes)}"
+        f"{' (p99 of under 100 calls is about their maximum)' if min(counts) < 100 else ''}.",
+        ["policy", "case", "p50 us", "p99 us", "ratio", "vs a+a'", f"<= {D32_TARGET:g}x"],
+        rows,
+    )
+    print(
+        f"issue 5 target, LinUCB decide() <= {D32_TARGET:g}x bare numpy scoring (row (c) / row (a)): "
+        f"{'; '.join(verdicts)}"
+    )
 
 
 # ---- 2. marginals ------------------------------------------------------------------------
@@ -396,16 +482,16 @@ def bench_marginals(cfg: dict, tmp: Path) -> None:
     n_draws = cfg["mc_draws"]
     mc_gen, loop_gen = rng(5), rng(6)
     rank_slot_marginals(N_CAND, eps)  # fill the cache
-    fast = compare({"cached": lambda: rank_slot_marginals(N_CAND, eps),
-                    "slate": slate.marginals}, repeats=cfg["marg_fast"], number=10)
-    dp = compare({"dp": lambda: _rank_slot_marginals_cached.__wrapped__(N_CAND, eps_t)},
-                 repeats=cfg["marg_dp"])
+    fast = compare(
+        {"cached": lambda: rank_slot_marginals(N_CAND, eps), "slate": slate.marginals},
+        repeats=cfg["marg_fast"],
+        number=10,
+    )
+    dp = compare({"dp": lambda: _rank_slot_marginals_cached.__wrapped__(N_CAND, eps_t)}, repeats=cfg["marg_dp"])
     mc = compare({"mc": lambda: mc_marginals(slate.scores, eps, n_draws, mc_gen)}, repeats=cfg["marg_mc"])
-    loop = compare({"loop": lambda: mc_by_sampling(slate, n_draws, loop_gen)},
-                   repeats=cfg["marg_loop"], warmup=0)
+    loop = compare({"loop": lambda: mc_by_sampling(slate, n_draws, loop_gen)}, repeats=cfg["marg_loop"], warmup=0)
     t = {**fast, **dp, **mc, **loop}
-    est = {"mc": mc_marginals(slate.scores, eps, n_draws, rng(7)),
-           "loop": mc_by_sampling(slate, n_draws, rng(8))}
+    est = {"mc": mc_marginals(slate.scores, eps, n_draws, rng(7)), "loop": mc_by_sampling(slate, n_draws, rng(8))}
     base = t["cached"].p50
 
     def err(k):
@@ -423,10 +509,14 @@ def bench_marginals(cfg: dict, tmp: Path) -> None:
         "loop": f"(e) Monte Carlo, {n_draws} x EpsilonGreedySlate.sample",
     }
     rows = [[label, us(t[k].p50), ratio(t[k].p50, base), "(b)", *err(k)] for k, label in labels.items()]
-    table("marginals", f"P(slot k holds candidate j), n={N_CAND}, K={N_SLOTS}, epsilon=0.1 per slot; error "
-          f"against the exact DP (smallest exact cell {exact.min():.1e}); MC cells estimated as 0 would "
-          "get infinite IPS weights.",
-          ["case", "p50 us", "ratio", "vs", "max abs err", "max rel err", "cells = 0"], rows)
+    table(
+        "marginals",
+        f"P(slot k holds candidate j), n={N_CAND}, K={N_SLOTS}, epsilon=0.1 per slot; error "
+        f"against the exact DP (smallest exact cell {exact.min():.1e}); MC cells estimated as 0 would "
+        "get infinite IPS weights.",
+        ["case", "p50 us", "ratio", "vs", "max abs err", "max rel err", "cells = 0"],
+        rows,
+    )
 
 
 # ---- 3. log ------------------------------------------------------------------------------
@@ -441,12 +531,23 @@ def fake_decisions(n: int, gen: np.random.Generator) -> list[tuple]:
         cand = gen.choice(N_ITEMS, N_CAND, replace=False)
         chosen = cand[:N_SLOTS]
         p = gen.uniform(0.001, 1.0, size=(2, N_SLOTS))
-        slots = tuple(Slot(position=k, item_id=ids[chosen[k]], propensity=float(p[0, k]),
-                           marginal=float(p[1, k]), source="request") for k in range(N_SLOTS))
-        dec = Decision(event_id=gen.bytes(16).hex(), user_id=f"u{i % 5000}", slots=slots,
-                       joint_propensity=float(np.prod(p[0])), log_joint_propensity=float(np.log(p[0]).sum()),
-                       policy="disjoint-linucb", model_version="disjoint-linucb-1",
-                       candidates=tuple(ids[c] for c in cand), ts=float(i))
+        slots = tuple(
+            Slot(
+                position=k, item_id=ids[chosen[k]], propensity=float(p[0, k]), marginal=float(p[1, k]), source="request"
+            )
+            for k in range(N_SLOTS)
+        )
+        dec = Decision(
+            event_id=gen.bytes(16).hex(),
+            user_id=f"u{i % 5000}",
+            slots=slots,
+            joint_propensity=float(np.prod(p[0])),
+            log_joint_propensity=float(np.log(p[0]).sum()),
+            policy="disjoint-linucb",
+            model_version="disjoint-linucb-1",
+            candidates=tuple(ids[c] for c in cand),
+            ts=float(i),
+        )
         out.append((dec, cand, chosen, gen.normal(size=SHOP_DIM)))
     return out
 
@@ -485,19 +586,31 @@ def bench_log_write(cfg: dict, tmp: Path) -> list[list]:
         def write():
             dec, cand, chosen, ctx = next(it)
             target.write_decision(dec, policy_params=PARAMS, candidate_index=cand, slot_index=chosen, context=ctx)
+
         return write
 
-    t = compare({"bare": lambda: insert(bare, *next(it_bare)),
-                 "build": lambda: insert(bare_build, *log_rows(*next(it_build))),
-                 "log": writer(log, it_log),
-                 "full": writer(log_full, it_full)}, repeats=n)
+    t = compare(
+        {
+            "bare": lambda: insert(bare, *next(it_bare)),
+            "build": lambda: insert(bare_build, *log_rows(*next(it_build))),
+            "log": writer(log, it_log),
+            "full": writer(log_full, it_full),
+        },
+        repeats=n,
+    )
     same = "SELECT * FROM decisions d JOIN slots s USING (event_id) ORDER BY d.seq, s.position"
     assert log.db.execute(same).fetchall() == bare.execute(same).fetchall()  # the same rows were written
     log.close(), log_full.close(), bare.close(), bare_build.close()
-    labels = {"bare": "(a) bare sqlite3, prebuilt rows", "build": "(b) bare sqlite3 + building rows",
-              "log": "(c) DecisionLog.write_decision", "full": "(c2) same, synchronous=FULL (serve --durable)"}
-    rows = [[label, us(t[k].p50), us(t[k].p99), rate(t[k].per_second), ratio(t[k].p50, t["bare"].p50), "(a)"]
-            for k, label in labels.items()]
+    labels = {
+        "bare": "(a) bare sqlite3, prebuilt rows",
+        "build": "(b) bare sqlite3 + building rows",
+        "log": "(c) DecisionLog.write_decision",
+        "full": "(c2) same, synchronous=FULL (serve --durable)",
+    }
+    rows = [
+        [label, us(t[k].p50), us(t[k].p99), rate(t[k].per_second), ratio(t[k].p50, t["bare"].p50), "(a)"]
+        for k, label in labels.items()
+    ]
     rows.append(["(c2) vs (c): the cost of --durable", "", "", "", ratio(t["full"].p50, t["log"].p50), "(c)"])
     return rows
 
@@ -530,19 +643,29 @@ def bench_log_read(cfg: dict, tmp: Path) -> list[list]:
     t = compare({"bare": fetch, "log": log.decisions}, repeats=cfg["read_reps"], warmup=1)
     log.close(), bare.close()
     labels = {"bare": "(d) bare sqlite3, same 3 queries, fetchall", "log": "(e) DecisionLog.decisions() -> arrays"}
-    return [[label, ms(t[k].p50), ms(t[k].p99), rate(n_rows / t[k].p50 * 1e9), ratio(t[k].p50, t["bare"].p50), "(d)"]
-            for k, label in labels.items()]
+    return [
+        [label, ms(t[k].p50), ms(t[k].p99), rate(n_rows / t[k].p50 * 1e9), ratio(t[k].p50, t["bare"].p50), "(d)"]
+        for k, label in labels.items()
+    ]
 
 
 def bench_log(cfg: dict, tmp: Path) -> None:
     write = bench_log_write(cfg, tmp)
-    table("log write", f"One decision ({N_CAND} candidates, {N_SLOTS} slots) per transaction, on-disk WAL, "
-          f"synchronous=NORMAL; {cfg['log_writes']} decisions each.",
-          ["case", "p50 us", "p99 us", "decisions/s", "ratio", "vs"], write)
+    table(
+        "log write",
+        f"One decision ({N_CAND} candidates, {N_SLOTS} slots) per transaction, on-disk WAL, "
+        f"synchronous=NORMAL; {cfg['log_writes']} decisions each.",
+        ["case", "p50 us", "p99 us", "decisions/s", "ratio", "vs"],
+        write,
+    )
     read = bench_log_read(cfg, tmp)
-    table("log read", f"All {cfg['read_rows']:,} slot rows ({cfg['read_rows'] // N_SLOTS:,} decisions, "
-          f"~5% clicked) back out; {cfg['read_reps']} repeats (p99 ~ max).",
-          ["case", "p50 ms", "p99 ms", "rows/s", "ratio", "vs"], read)
+    table(
+        "log read",
+        f"All {cfg['read_rows']:,} slot rows ({cfg['read_rows'] // N_SLOTS:,} decisions, "
+        f"~5% clicked) back out; {cfg['read_reps']} repeats (p99 ~ max).",
+        ["case", "p50 ms", "p99 ms", "rows/s", "ratio", "vs"],
+        read,
+    )
 
 
 # ---- 3b. logread ----------------------------------------------------------------------------
@@ -562,13 +685,17 @@ def bare_fetch(conn: sqlite3.Connection, until: int) -> tuple[list, list, list]:
 def previous_reader(conn: sqlite3.Connection, until: int) -> tuple:
     """The plain reader ``DecisionLog.decisions()`` is timed against: the rewards LEFT JOINed to
     every slot row, json.loads per decision, one array per column from Python lists."""
-    dec_sql = ("SELECT d.seq, d.event_id, d.context, d.candidate_index, r.reward FROM decisions d "
-               "LEFT JOIN rewards r ON r.event_id = d.event_id AND r.position = -1 AND r.kind = ? "
-               "WHERE d.seq > ? AND d.seq <= ? ORDER BY d.seq")
-    slot_sql = ("SELECT d.seq, s.position, s.item_index, s.marginal, r.reward "
-                "FROM decisions d JOIN slots s ON s.event_id = d.event_id "
-                "LEFT JOIN rewards r ON r.event_id = s.event_id AND r.position = s.position AND r.kind = ? "
-                "WHERE d.seq > ? AND d.seq <= ? ORDER BY d.seq, s.position")
+    dec_sql = (
+        "SELECT d.seq, d.event_id, d.context, d.candidate_index, r.reward FROM decisions d "
+        "LEFT JOIN rewards r ON r.event_id = d.event_id AND r.position = -1 AND r.kind = ? "
+        "WHERE d.seq > ? AND d.seq <= ? ORDER BY d.seq"
+    )
+    slot_sql = (
+        "SELECT d.seq, s.position, s.item_index, s.marginal, r.reward "
+        "FROM decisions d JOIN slots s ON s.event_id = d.event_id "
+        "LEFT JOIN rewards r ON r.event_id = s.event_id AND r.position = s.position AND r.kind = ? "
+        "WHERE d.seq > ? AND d.seq <= ? ORDER BY d.seq, s.position"
+    )
     conn.execute("BEGIN")
     try:
         dec = conn.execute(dec_sql, ("click", 0, until)).fetchall()
@@ -581,9 +708,17 @@ def previous_reader(conn: sqlite3.Connection, until: int) -> tuple:
     decision_reward = np.array([0.0 if d[4] is None else d[4] for d in dec], dtype=float)
     cols = list(zip(*rows))
     reward = np.array([0.0 if r is None else r for r in cols[4]], dtype=float)
-    return (seq, context, candidates, decision_reward, np.searchsorted(seq, np.array(cols[0], dtype=np.int64)),
-            np.array(cols[1], dtype=np.int64), np.array(cols[2], dtype=np.int64), np.array(cols[3], dtype=float),
-            reward)
+    return (
+        seq,
+        context,
+        candidates,
+        decision_reward,
+        np.searchsorted(seq, np.array(cols[0], dtype=np.int64)),
+        np.array(cols[1], dtype=np.int64),
+        np.array(cols[2], dtype=np.int64),
+        np.array(cols[3], dtype=float),
+        reward,
+    )
 
 
 def slot_log(path: Path, n_decisions: int, gen: np.random.Generator) -> None:
@@ -593,8 +728,10 @@ def slot_log(path: Path, n_decisions: int, gen: np.random.Generator) -> None:
     k, m = LOGREAD_SLOTS, LOGREAD_CANDIDATES
     # 30 distinct items per decision: a random stride through a shuffled catalog
     strides = np.array([s for s in range(1, 400) if s % 2 and s % 5])  # coprime with 2,000
-    cand = gen.permutation(N_ITEMS)[(gen.integers(0, N_ITEMS, n_decisions)[:, None]
-                                     + np.arange(m) * gen.choice(strides, n_decisions)[:, None]) % N_ITEMS]
+    cand = gen.permutation(N_ITEMS)[
+        (gen.integers(0, N_ITEMS, n_decisions)[:, None] + np.arange(m) * gen.choice(strides, n_decisions)[:, None])
+        % N_ITEMS
+    ]
     prop = gen.uniform(0.001, 1.0, size=(n_decisions, k, 2))
     contexts = gen.normal(size=(n_decisions, SHOP_DIM)).tolist()
     item_json = [json.dumps(f"item{i}") for i in range(N_ITEMS)]
@@ -602,9 +739,24 @@ def slot_log(path: Path, n_decisions: int, gen: np.random.Generator) -> None:
     params = json.dumps(PARAMS, sort_keys=True)
     decisions, slots = [], []
     for i, (row, ctx, p) in enumerate(zip(cand.tolist(), contexts, prop.tolist())):
-        decisions.append((event_ids[i], float(i), f"u{i % 5000}", "home", "disjoint-linucb", params, "disjoint-linucb-1", k,
-                          "[" + ", ".join(item_json[c] for c in row) + "]", json.dumps(row), json.dumps(ctx),
-                          math.prod(q[0] for q in p), sum(math.log(q[0]) for q in p), None))  # no shop build
+        decisions.append(
+            (
+                event_ids[i],
+                float(i),
+                f"u{i % 5000}",
+                "home",
+                "disjoint-linucb",
+                params,
+                "disjoint-linucb-1",
+                k,
+                "[" + ", ".join(item_json[c] for c in row) + "]",
+                json.dumps(row),
+                json.dumps(ctx),
+                math.prod(q[0] for q in p),
+                sum(math.log(q[0]) for q in p),
+                None,
+            )
+        )  # no shop build
         slots.extend((event_ids[i], j, f"item{row[j]}", row[j], p[j][0], p[j][1], 0, "request") for j in range(k))
     clicked = np.flatnonzero(gen.random(len(slots)) < 0.05).tolist()
     whole = np.flatnonzero(gen.random(n_decisions) < 0.02).tolist()
@@ -632,25 +784,47 @@ def bench_logread(cfg: dict, tmp: Path) -> None:
     until = log.max_seq()
     new, old = log.decisions(), previous_reader(bare, until)
     # the same arrays from both readers, bit for bit, before anything is timed
-    for a, b in zip((new.seq, new.context, new.decision_reward, new.row_decision, new.row_slot, new.row_action,
-                     new.row_pscore, new.row_reward), old[:2] + old[3:]):
+    for a, b in zip(
+        (
+            new.seq,
+            new.context,
+            new.decision_reward,
+            new.row_decision,
+            new.row_slot,
+            new.row_action,
+            new.row_pscore,
+            new.row_reward,
+        ),
+        old[:2] + old[3:],
+    ):
         assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
     assert all(np.array_equal(a, b) for a, b in zip(new.candidates, old[2]))
     assert len(new.row_reward) == n_rows == len(bare_fetch(bare, until)[1])
-    t = compare({"bare": lambda: bare_fetch(bare, until), "log": log.decisions,
-                 "old": lambda: previous_reader(bare, until)}, repeats=cfg["logread_reps"], warmup=1)
+    t = compare(
+        {"bare": lambda: bare_fetch(bare, until), "log": log.decisions, "old": lambda: previous_reader(bare, until)},
+        repeats=cfg["logread_reps"],
+        warmup=1,
+    )
     log.close(), bare.close()
-    labels = {"bare": "(a) bare sqlite3: the reader's 3 queries, fetchall",
-              "log": "(b) DecisionLog.decisions() -> arrays",
-              "old": "(c) previous reader: LEFT JOIN per slot, json per row"}
-    rows = [[label, ms(t[k].p50), ms(t[k].p99), rate(n_rows / t[k].p50 * 1e9), ratio(t[k].p50, t["bare"].p50), "(a)"]
-            for k, label in labels.items()]
+    labels = {
+        "bare": "(a) bare sqlite3: the reader's 3 queries, fetchall",
+        "log": "(b) DecisionLog.decisions() -> arrays",
+        "old": "(c) previous reader: LEFT JOIN per slot, json per row",
+    }
+    rows = [
+        [label, ms(t[k].p50), ms(t[k].p99), rate(n_rows / t[k].p50 * 1e9), ratio(t[k].p50, t["bare"].p50), "(a)"]
+        for k, label in labels.items()
+    ]
     clicks = int((new.row_reward > 0).sum())
-    table("logread", f"{n_rows:,} logged slots ({n_dec:,} decisions x {LOGREAD_SLOTS} slots, {LOGREAD_CANDIDATES} "
-          f"candidates, context of {SHOP_DIM}; {clicks:,} slot clicks) from an on-disk WAL log into arrays, "
-          f"contexts and candidate lists included; (b) and (c) return the same arrays bit for bit; "
-          f"{cfg['logread_reps']} repeats (p99 ~ max); building the log took {build_s:.1f} s.",
-          ["case", "p50 ms", "p99 ms", "slots/s", "ratio", "vs"], rows)
+    table(
+        "logread",
+        f"{n_rows:,} logged slots ({n_dec:,} decisions x {LOGREAD_SLOTS} slots, {LOGREAD_CANDIDATES} "
+        f"candidates, context of {SHOP_DIM}; {clicks:,} slot clicks) from an on-disk WAL log into arrays, "
+        f"contexts and candidate lists included; (b) and (c) return the same arrays bit for bit; "
+        f"{cfg['logread_reps']} repeats (p99 ~ max); building the log took {build_s:.1f} s.",
+        ["case", "p50 ms", "p99 ms", "slots/s", "ratio", "vs"],
+        rows,
+    )
 
 
 # ---- 4. ope ------------------------------------------------------------------------------
@@ -658,9 +832,13 @@ def bench_ope(cfg: dict, tmp: Path) -> None:
     gen = rng(11)
     n_dec, n_slots = cfg["ope_decisions"], 5
     n = n_dec * n_slots
-    arrays = dict(reward=gen.binomial(1, 0.05, size=n).astype(float), action=gen.integers(0, N_ITEMS, size=n),
-                  slot=np.tile(np.arange(n_slots), n_dec), pscore=gen.uniform(0.01, 1.0, size=n),
-                  decision=np.repeat(np.arange(n_dec), n_slots))
+    arrays = dict(
+        reward=gen.binomial(1, 0.05, size=n).astype(float),
+        action=gen.integers(0, N_ITEMS, size=n),
+        slot=np.tile(np.arange(n_slots), n_dec),
+        pscore=gen.uniform(0.01, 1.0, size=n),
+        decision=np.repeat(np.arange(n_dec), n_slots),
+    )
     pi = gen.uniform(0.0, 1.0, size=n)
     data = LoggedBandit(**arrays, n_actions=N_ITEMS, n_slots=n_slots)
     pscore, reward = data.pscore, data.reward
@@ -682,10 +860,17 @@ def bench_ope(cfg: dict, tmp: Path) -> None:
         "copy": ("(d) copy the 5 input arrays", "copy"),
         "build": ("(e) LoggedBandit(...) construction", "copy"),
     }
-    rows = [[label, ms(t[k].p50), rate(n / t[k].p50 * 1e9), ratio(t[k].p50, t[peer].p50), labels[peer][0][:3]]
-            for k, (label, peer) in labels.items()]
-    table("ope", f"{n:,} logged rows ({n_dec:,} decisions x {n_slots} slots), random rewards and "
-          f"propensities; {cfg['ope_reps']} repeats.", ["case", "p50 ms", "rows/s", "ratio", "vs"], rows)
+    rows = [
+        [label, ms(t[k].p50), rate(n / t[k].p50 * 1e9), ratio(t[k].p50, t[peer].p50), labels[peer][0][:3]]
+        for k, (label, peer) in labels.items()
+    ]
+    table(
+        "ope",
+        f"{n:,} logged rows ({n_dec:,} decisions x {n_slots} slots), random rewards and "
+        f"propensities; {cfg['ope_reps']} repeats.",
+        ["case", "p50 ms", "rows/s", "ratio", "vs"],
+        rows,
+    )
     bench_ope_obp(cfg, tmp)
 
 
@@ -712,20 +897,29 @@ def obp_style_data(n: int, gen: np.random.Generator) -> dict[str, np.ndarray]:
     reward = (gen.random(n) < rate_ak[action, position]).astype(float)
     action_dist = softmax(gen.normal(scale=1.5, size=(n, OBP_ACTIONS, OBP_LIST)), axis=1)
     q_hat = gen.uniform(0.0, 0.5, size=(n, OBP_ACTIONS, OBP_LIST))
-    return dict(reward=reward, action=action, position=position, pscore=pscore, action_dist=action_dist,
-                estimated_rewards_by_reg_model=q_hat)
+    return dict(
+        reward=reward,
+        action=action,
+        position=position,
+        pscore=pscore,
+        action_dist=action_dist,
+        estimated_rewards_by_reg_model=q_hat,
+    )
 
 
 def run_obp(d: dict[str, np.ndarray], tmp: Path, repeats: int) -> dict | None:
     """obp's figures on ``d`` from bench/peers/obp_ope.py in the peer venv, or None (with a note why)."""
     if not PEERS_PYTHON.exists():
-        print(f"\n(obp peer skipped: {PEERS_PYTHON.relative_to(BENCH.parent)} does not exist; "
-              "`make bench-peers` installs obp 0.5.7 there, outside banditrec's dependencies)")
+        print(
+            f"\n(obp peer skipped: {PEERS_PYTHON.relative_to(BENCH.parent)} does not exist; "
+            "`make bench-peers` installs obp 0.5.7 there, outside banditrec's dependencies)"
+        )
         return None
     npz = tmp / "obp_ope.npz"
     np.savez(npz, **d)
-    proc = subprocess.run([str(PEERS_PYTHON), str(OBP_SCRIPT), str(npz), "--repeats", str(repeats)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [str(PEERS_PYTHON), str(OBP_SCRIPT), str(npz), "--repeats", str(repeats)], capture_output=True, text=True
+    )
     if proc.returncode != 0:
         tail = "\n    ".join(proc.stderr.strip().splitlines()[-5:])
         print(f"\n(obp peer skipped: {OBP_SCRIPT.name} exited {proc.returncode}:\n    {tail})")
@@ -761,25 +955,42 @@ def bench_ope_obp(cfg: dict, tmp: Path) -> None:
     for k, theirs in obp_name.items():
         mine, mine_all = t[k].p50 / 1e6, t[k + "+"].p50 / 1e6
         if peer is None:
-            rows.append([f"{k} (obp {theirs})", "-", f"{values[k]:.6f}", "-", "-",
-                         f"{mine:,.2f}", "-", f"{mine_all:,.2f}", "-"])
+            rows.append(
+                [f"{k} (obp {theirs})", "-", f"{values[k]:.6f}", "-", "-", f"{mine:,.2f}", "-", f"{mine_all:,.2f}", "-"]
+            )
             continue
         o = peer["estimators"][theirs]
         o_ms = o["seconds_median"] * 1e3
-        rows.append([f"{k} (obp {theirs})", f"{o['value']:.6f}", f"{values[k]:.6f}",
-                     f"{abs(o['value'] - values[k]):.1e}", f"{o_ms:,.2f}",
-                     f"{mine:,.2f}", ratio(o_ms, mine), f"{mine_all:,.2f}", ratio(o_ms, mine_all)])
-    who = ("obp not run" if peer is None else
-           f"obp {peer['obp_version']} on numpy {peer['numpy_version']}, python {peer['python_version']}")
-    table("ope vs obp", f"{n:,} rows, one action per row (n_actions={OBP_ACTIONS}, len_list={OBP_LIST}, random "
-          f"positions), each row its own decision so banditrec's value is obp's per-row mean; {who}; "
-          f"{reps} repeats, p50 ms; ratio = obp / banditrec.\n"
-          "obp's estimate_policy_value checks its inputs on every call, so 'build+est' (LoggedBandit "
-          "construction, which validates, then estimate) is the like-for-like figure; 'est.' alone is "
-          "estimate() on a LoggedBandit already built. banditrec also computes the 95% interval, ESS and "
-          "max weight; obp only the point value.",
-          ["estimator", "obp value", "banditrec", "|diff|", "obp ms", "est. ms", "ratio", "build+est ms",
-           "ratio"], rows)
+        rows.append(
+            [
+                f"{k} (obp {theirs})",
+                f"{o['value']:.6f}",
+                f"{values[k]:.6f}",
+                f"{abs(o['value'] - values[k]):.1e}",
+                f"{o_ms:,.2f}",
+                f"{mine:,.2f}",
+                ratio(o_ms, mine),
+                f"{mine_all:,.2f}",
+                ratio(o_ms, mine_all),
+            ]
+        )
+    who = (
+        "obp not run"
+        if peer is None
+        else f"obp {peer['obp_version']} on numpy {peer['numpy_version']}, python {peer['python_version']}"
+    )
+    table(
+        "ope vs obp",
+        f"{n:,} rows, one action per row (n_actions={OBP_ACTIONS}, len_list={OBP_LIST}, random "
+        f"positions), each row its own decision so banditrec's value is obp's per-row mean; {who}; "
+        f"{reps} repeats, p50 ms; ratio = obp / banditrec.\n"
+        "obp's estimate_policy_value checks its inputs on every call, so 'build+est' (LoggedBandit "
+        "construction, which validates, then estimate) is the like-for-like figure; 'est.' alone is "
+        "estimate() on a LoggedBandit already built. banditrec also computes the 95% interval, ESS and "
+        "max weight; obp only the point value.",
+        ["estimator", "obp value", "banditrec", "|diff|", "obp ms", "est. ms", "ratio", "build+est ms", "ratio"],
+        rows,
+    )
 
 
 # ---- 5. http -----------------------------------------------------------------------------
@@ -797,13 +1008,28 @@ def bench_choices(cfg: dict, tmp: Path) -> None:
     choices_bench.run(cfg, tmp, slot_log)
 
 
-SECTIONS = {"decide": bench_decide, "marginals": bench_marginals, "log": bench_log, "logread": bench_logread,
-            "ope": bench_ope,
-            "http": bench_http, "opetruth": bench_ope_truth, "vw": bench_vw, "sim": bench_sim,
-            "candidates": bench_candidates, "candeval": bench_candeval, "scale": bench_scale,
-            "scale1m": bench_scale1m, "shopbuild": bench_shopbuild, "shopbuild1m": bench_shopbuild1m,
-            "dask": bench_dask, "obd": bench_obd, "rewardtruth": bench_reward_truth,
-            "synthetic": bench_synthetic, "choices": bench_choices}
+SECTIONS = {
+    "decide": bench_decide,
+    "marginals": bench_marginals,
+    "log": bench_log,
+    "logread": bench_logread,
+    "ope": bench_ope,
+    "http": bench_http,
+    "opetruth": bench_ope_truth,
+    "vw": bench_vw,
+    "sim": bench_sim,
+    "candidates": bench_candidates,
+    "candeval": bench_candeval,
+    "scale": bench_scale,
+    "scale1m": bench_scale1m,
+    "shopbuild": bench_shopbuild,
+    "shopbuild1m": bench_shopbuild1m,
+    "dask": bench_dask,
+    "obd": bench_obd,
+    "rewardtruth": bench_reward_truth,
+    "synthetic": bench_synthetic,
+    "choices": bench_choices,
+}
 OPT_IN = {"scale1m", "shopbuild1m"}  # sections too long for the default run: only with --only
 
 
@@ -814,8 +1040,10 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     cfg = QUICK if args.quick else FULL
     start = time.perf_counter()
-    print(f"banditrec bench ({'quick' if args.quick else 'full'}): python {sys.version.split()[0]}, "
-          f"numpy {np.__version__}, sqlite {sqlite3.sqlite_version}; medians over repeated timings")
+    print(
+        f"banditrec bench ({'quick' if args.quick else 'full'}): python {sys.version.split()[0]}, "
+        f"numpy {np.__version__}, sqlite {sqlite3.sqlite_version}; medians over repeated timings"
+    )
     for name, fn in SECTIONS.items():
         if args.only == name or (args.only is None and name not in OPT_IN):
             with tempfile.TemporaryDirectory(prefix=f"banditrec-bench-{name}-") as tmp:

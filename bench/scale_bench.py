@@ -46,10 +46,15 @@ def requests(shop, gen: np.random.Generator, k: int):
     out = []
     for _ in range(k):
         viewed = ev[gen.integers(0, len(ev), gen.integers(0, 11))]
-        out.append(UserState(cart=ev[gen.integers(0, len(ev), gen.integers(1, 4))],
-                             purchased=ev[gen.integers(0, len(ev), gen.integers(0, 6))], viewed=viewed,
-                             view_age_s=gen.uniform(0, 3600.0, len(viewed)),
-                             segment=None if gen.random() < 0.1 else int(gen.integers(0, 8))))
+        out.append(
+            UserState(
+                cart=ev[gen.integers(0, len(ev), gen.integers(1, 4))],
+                purchased=ev[gen.integers(0, len(ev), gen.integers(0, 6))],
+                viewed=viewed,
+                view_age_s=gen.uniform(0, 3600.0, len(viewed)),
+                segment=None if gen.random() < 0.1 else int(gen.integers(0, 8)),
+            )
+        )
     return out
 
 
@@ -59,20 +64,34 @@ def child(spec: dict) -> dict:
     sys.path.insert(0, str(BENCH.parent))
     from shopgen import synthetic_shop
 
-    from banditrec.candidates import (AlreadyBought, CandidateGenerator, ExcludeCategories, Filters, Interactions,
-                                      MetadataIndex, OutOfStock)
+    from banditrec.candidates import (
+        AlreadyBought,
+        CandidateGenerator,
+        ExcludeCategories,
+        Filters,
+        Interactions,
+        MetadataIndex,
+        OutOfStock,
+    )
 
     n = spec["items"]
     rng = np.random.default_rng(np.random.SeedSequence(20240601, spawn_key=(60, spec["index"])))
     shop = synthetic_shop(n, rng)
-    events = Interactions.from_arrays(shop.user, shop.item, shop.ts, shop.kind, session=shop.session,
-                                      n_users=shop.n_users, n_items=n)
-    rules = Filters([OutOfStock(rng.random(n) >= 0.05), AlreadyBought(shop.types, shop.consumable),
-                     ExcludeCategories(shop.category, {1, 2})])
+    events = Interactions.from_arrays(
+        shop.user, shop.item, shop.ts, shop.kind, session=shop.session, n_users=shop.n_users, n_items=n
+    )
+    rules = Filters(
+        [
+            OutOfStock(rng.random(n) >= 0.05),
+            AlreadyBought(shop.types, shop.consumable),
+            ExcludeCategories(shop.category, {1, 2}),
+        ]
+    )
     base_mb = status_mb("VmRSS")
     t0 = time.perf_counter()
-    meta = MetadataIndex().fit(shop.titles, fields={"type": shop.types, "brand": shop.brand},
-                               numeric=shop.price[:, None])
+    meta = MetadataIndex().fit(
+        shop.titles, fields={"type": shop.types, "brand": shop.brand}, numeric=shop.price[:, None]
+    )
     meta_fit = time.perf_counter() - t0
     gen = CandidateGenerator(filters=rules, metadata=meta)
     t1 = time.perf_counter()
@@ -85,8 +104,9 @@ def child(spec: dict) -> dict:
     np.savez(spec["matrix"], data=X.data, indices=X.indices, indptr=X.indptr, shape=np.array(X.shape))
     del X
 
-    states = requests(shop, np.random.default_rng(np.random.SeedSequence(20240601, spawn_key=(61,))),
-                      WARMUP + N_REQUESTS)
+    states = requests(
+        shop, np.random.default_rng(np.random.SeedSequence(20240601, spawn_key=(61,))), WARMUP + N_REQUESTS
+    )
     clock, cpu = time.perf_counter_ns, time.thread_time_ns
     for s in states[:WARMUP]:
         gen.candidates(s, N_CANDIDATES)
@@ -107,12 +127,23 @@ def child(spec: dict) -> dict:
             cf_ns.append(clock() - t)
     finally:
         gc.enable()
-    return {"items": n, "events": len(events), "users": shop.n_users, "types": shop.n_types,
-            "build_s": total, "fit_s": time.perf_counter() - t1, "steps": steps, "peak_mb": peak_mb,
-            "base_mb": base_mb, "p50_us": float(np.median(ns)) / 1e3, "p99_us": float(np.percentile(ns, 99)) / 1e3,
-            "cpu_p99_us": float(np.percentile(cpu_ns, 99)) / 1e3,
-            "cf_p50_us": float(np.median(cf_ns)) / 1e3, "filled": float(np.mean(np.asarray(sizes) == N_CANDIDATES)),
-            "threads": len(os.sched_getaffinity(0))}
+    return {
+        "items": n,
+        "events": len(events),
+        "users": shop.n_users,
+        "types": shop.n_types,
+        "build_s": total,
+        "fit_s": time.perf_counter() - t1,
+        "steps": steps,
+        "peak_mb": peak_mb,
+        "base_mb": base_mb,
+        "p50_us": float(np.median(ns)) / 1e3,
+        "p99_us": float(np.percentile(ns, 99)) / 1e3,
+        "cpu_p99_us": float(np.percentile(cpu_ns, 99)) / 1e3,
+        "cf_p50_us": float(np.median(cf_ns)) / 1e3,
+        "filled": float(np.mean(np.asarray(sizes) == N_CANDIDATES)),
+        "threads": len(os.sched_getaffinity(0)),
+    }
 
 
 def implicit_child(spec: dict) -> dict:
@@ -148,28 +179,73 @@ def bench_scale_ladder(sizes: list[int], tmp: Path, title: str) -> None:
         first_p50 = first_p50 or ours["p50_us"]
         if theirs:
             version = theirs["version"]
-        imp = (f"{theirs['build_s']:.2f}", f"{ours['steps']['cf'] / theirs['build_s']:.2f}x",
-               f"{ours['build_s'] / theirs['build_s']:.1f}x", f"{theirs['peak_mb']:,.0f}") if theirs else ("-",) * 4
-        rows.append([f"{n:,}", f"{ours['events']:,}", f"{ours['build_s']:.1f}", f"{ours['peak_mb']:,.0f} "
-                     f"({ours['base_mb']:,.0f})", f"{ours['p50_us']:,.0f}", f"{ours['p99_us']:,.0f}",
-                     f"{ours['cpu_p99_us']:,.0f}",
-                     f"{ours['p50_us'] / first_p50:.2f}x", f"{ours['cf_p50_us']:,.0f}", *imp])
-        steps_rows.append([f"{n:,}", f"{ours['users']:,}", f"{ours['types']:,}"]
-                          + [f"{ours['steps'][s]:.2f}" for s in STEPS] + [f"{ours['filled']:.3f}"])
+        imp = (
+            (
+                f"{theirs['build_s']:.2f}",
+                f"{ours['steps']['cf'] / theirs['build_s']:.2f}x",
+                f"{ours['build_s'] / theirs['build_s']:.1f}x",
+                f"{theirs['peak_mb']:,.0f}",
+            )
+            if theirs
+            else ("-",) * 4
+        )
+        rows.append(
+            [
+                f"{n:,}",
+                f"{ours['events']:,}",
+                f"{ours['build_s']:.1f}",
+                f"{ours['peak_mb']:,.0f} ({ours['base_mb']:,.0f})",
+                f"{ours['p50_us']:,.0f}",
+                f"{ours['p99_us']:,.0f}",
+                f"{ours['cpu_p99_us']:,.0f}",
+                f"{ours['p50_us'] / first_p50:.2f}x",
+                f"{ours['cf_p50_us']:,.0f}",
+                *imp,
+            ]
+        )
+        steps_rows.append(
+            [f"{n:,}", f"{ours['users']:,}", f"{ours['types']:,}"]
+            + [f"{ours['steps'][s]:.2f}" for s in STEPS]
+            + [f"{ours['filled']:.3f}"]
+        )
     who = f"implicit {version}" if version else "implicit not run (`make bench-peers` installs it)"
-    note = (f"synthetic shops (bench/shopgen.py), 10 interactions per item; {N_REQUESTS:,} requests of N = "
-            f"{N_CANDIDATES} after {WARMUP} warm-up, one at a time; {who}.\n"
-            "build s = MetadataIndex.fit + CandidateGenerator.fit (every core); peak MB = the process's VmHWM "
-            "(resident MB once the data is built, in brackets);\np50/p99 us = CandidateGenerator.candidates per "
-            "request (wall clock); p99 cpu us = the same requests' thread CPU time (not inflated when other jobs "
-            "take the core);\nvs first = p50 / the first size's p50 (flat = the same cost at any catalog size); "
-            "ItemItemCF us = ItemItemCF.candidates p50 on the same requests' items;\nimplicit s = "
-            "CosineRecommender(K=51).fit on the same users x items matrix; cf/implicit = banditrec's cf step / "
-            "implicit's build; all/implicit = banditrec's whole build / implicit's.")
-    table(title, note, ["items", "events", "build s", "peak MB", "p50 us", "p99 us", "p99 cpu us", "vs first",
-                        "ItemItemCF us", "implicit s", "cf/implicit", "all/implicit", "implicit MB"], rows)
-    table(f"{title}: build steps (seconds)", "the same runs; filled = share of requests with all N candidates",
-          ["items", "users", "types", *STEPS, "filled"], steps_rows)
+    note = (
+        f"synthetic shops (bench/shopgen.py), 10 interactions per item; {N_REQUESTS:,} requests of N = "
+        f"{N_CANDIDATES} after {WARMUP} warm-up, one at a time; {who}.\n"
+        "build s = MetadataIndex.fit + CandidateGenerator.fit (every core); peak MB = the process's VmHWM "
+        "(resident MB once the data is built, in brackets);\np50/p99 us = CandidateGenerator.candidates per "
+        "request (wall clock); p99 cpu us = the same requests' thread CPU time (not inflated when other jobs "
+        "take the core);\nvs first = p50 / the first size's p50 (flat = the same cost at any catalog size); "
+        "ItemItemCF us = ItemItemCF.candidates p50 on the same requests' items;\nimplicit s = "
+        "CosineRecommender(K=51).fit on the same users x items matrix; cf/implicit = banditrec's cf step / "
+        "implicit's build; all/implicit = banditrec's whole build / implicit's."
+    )
+    table(
+        title,
+        note,
+        [
+            "items",
+            "events",
+            "build s",
+            "peak MB",
+            "p50 us",
+            "p99 us",
+            "p99 cpu us",
+            "vs first",
+            "ItemItemCF us",
+            "implicit s",
+            "cf/implicit",
+            "all/implicit",
+            "implicit MB",
+        ],
+        rows,
+    )
+    table(
+        f"{title}: build steps (seconds)",
+        "the same runs; filled = share of requests with all N candidates",
+        ["items", "users", "types", *STEPS, "filled"],
+        steps_rows,
+    )
 
 
 def bench_scale(cfg: dict, tmp) -> None:

@@ -57,8 +57,9 @@ def _words(codes: np.ndarray, field: int) -> np.ndarray:
     """A made-up word per integer code and field (0-3): four syllables, distinct for distinct
     (code, field) while codes are below 16,384."""
     c = codes.astype(np.int64) * 4 + field
-    return np.char.add(np.char.add(_SYL[c % 16], _SYL[(c // 16) % 16]),
-                       np.char.add(_SYL[(c // 256) % 16], _SYL[(c // 4096) % 16]))
+    return np.char.add(
+        np.char.add(_SYL[c % 16], _SYL[(c // 16) % 16]), np.char.add(_SYL[(c // 256) % 16], _SYL[(c // 4096) % 16])
+    )
 
 
 def _zipf_rank(u: np.ndarray, n: np.ndarray) -> np.ndarray:
@@ -66,10 +67,16 @@ def _zipf_rank(u: np.ndarray, n: np.ndarray) -> np.ndarray:
     return np.minimum(np.floor(np.exp(u * np.log1p(n))).astype(np.int64) - 1, n - 1)
 
 
-def synthetic_shop(n_items: int, gen: np.random.Generator, *, events_per_item: float = 10.0,
-                   cold_share: float = 0.05, n_segments: int = 8) -> SyntheticShop:
+def synthetic_shop(
+    n_items: int,
+    gen: np.random.Generator,
+    *,
+    events_per_item: float = 10.0,
+    cold_share: float = 0.05,
+    n_segments: int = 8,
+) -> SyntheticShop:
     n = int(n_items)
-    T = max(8, int(round(n ** 0.6)))
+    T = max(8, int(round(n**0.6)))
     # catalog: power-law type sizes, every type non-empty
     w = 1.0 / np.arange(1, T + 1)
     types = np.r_[np.arange(T), gen.choice(T, size=n - T, p=w / w.sum())] if n > T else np.arange(n) % T
@@ -83,10 +90,16 @@ def synthetic_shop(n_items: int, gen: np.random.Generator, *, events_per_item: f
     type_price = np.exp(gen.normal(3.0, 1.0, T))
     price = np.round(type_price[types] * np.exp(gen.normal(0, 0.3, n)), 2)
     model = gen.integers(100, 100_000, n)
-    titles = np.char.add(np.char.add(np.char.add(np.char.add(
-        np.char.add(_words(brand, 0), " "), np.char.add(_words(category, 1), " ")),
-        np.char.add(_words(types, 2), " ")), np.char.add(_words(types, 3), " m")),
-        model.astype(str)).tolist()
+    titles = np.char.add(
+        np.char.add(
+            np.char.add(
+                np.char.add(np.char.add(_words(brand, 0), " "), np.char.add(_words(category, 1), " ")),
+                np.char.add(_words(types, 2), " "),
+            ),
+            np.char.add(_words(types, 3), " m"),
+        ),
+        model.astype(str),
+    ).tolist()
     cold = gen.random(n) < cold_share
     # warm items of each type, most popular first (a random order within the type)
     key = gen.random(n)
@@ -134,14 +147,33 @@ def synthetic_shop(n_items: int, gen: np.random.Generator, *, events_per_item: f
     # order within a session: views, cart, purchase, complement view, complement purchase
     sess = np.r_[v_sess, c_sess, p_sess, x_sess, x_sess[x_buy]]
     item = np.r_[v_item, c_item, p_item, x_item, x_item[x_buy]]
-    kind = np.r_[np.zeros(len(v_sess)), np.ones(len(c_sess)), np.full(len(p_sess), 2), np.zeros(len(x_sess)),
-                 np.full(int(x_buy.sum()), 2)].astype(np.int8)
+    kind = np.r_[
+        np.zeros(len(v_sess)),
+        np.ones(len(c_sess)),
+        np.full(len(p_sess), 2),
+        np.zeros(len(x_sess)),
+        np.full(int(x_buy.sum()), 2),
+    ].astype(np.int8)
     step = np.r_[v_pos, n_views[c_sess], n_views[p_sess] + 1, n_views[x_sess] + 2, n_views[x_sess][x_buy] + 3]
     order = np.lexsort((step, sess))
     sess, item, kind = sess[order], item[order], kind[order]
     gap = np.cumsum(gen.uniform(1.0, 120.0, len(sess)))
     first = np.searchsorted(sess, sess)  # each event's session's first event
     ts = np.round(s_start[sess] + gap - gap[first], 3)
-    return SyntheticShop(n_items=n, types=types, category=category, brand=brand, price=price, titles=titles,
-                         consumable=consumable, cold=cold, n_users=n_users, segment=segment, user=s_user[sess],
-                         item=item, ts=ts, kind=kind, session=sess)
+    return SyntheticShop(
+        n_items=n,
+        types=types,
+        category=category,
+        brand=brand,
+        price=price,
+        titles=titles,
+        consumable=consumable,
+        cold=cold,
+        n_users=n_users,
+        segment=segment,
+        user=s_user[sess],
+        item=item,
+        ts=ts,
+        kind=kind,
+        session=sess,
+    )

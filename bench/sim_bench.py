@@ -97,16 +97,31 @@ def child(n_customers: int, days: int, history_days: int) -> dict:
         parts["advance"] += t5 - t4
         impressions += len(req)
         ceiling += bare_ceiling(env, req, slates, gen)
-    return {"customers": n_customers, "days": days, "impressions": impressions, "seconds": loop,
-            "ceiling_seconds": ceiling, "build_seconds": built, "warmup_seconds": warm, "warmup_days": history_days,
-            "parts": parts, "peak_mb": peak_mb(),
-            "state_mb": env.state.nbytes / 2**20, "clicks_per_impression": truth / max(impressions, 1)}
+    return {
+        "customers": n_customers,
+        "days": days,
+        "impressions": impressions,
+        "seconds": loop,
+        "ceiling_seconds": ceiling,
+        "build_seconds": built,
+        "warmup_seconds": warm,
+        "warmup_days": history_days,
+        "parts": parts,
+        "peak_mb": peak_mb(),
+        "state_mb": env.state.nbytes / 2**20,
+        "clicks_per_impression": truth / max(impressions, 1),
+    }
 
 
 def run_child(n_customers: int, days: int, history_days: int) -> dict:
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, __file__, "--child", str(n_customers), str(days), str(history_days)],
-                         capture_output=True, text=True, env=env, check=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", str(n_customers), str(days), str(history_days)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -120,14 +135,37 @@ def bench_sim(cfg: dict, tmp) -> None:
         ceil_min = r["impressions"] / r["ceiling_seconds"] * 60
         p = r["parts"]
         split = "/".join(f"{100 * p[k] / r['seconds']:.0f}" for k in ("requests", "expected", "respond", "advance"))
-        rows.append([f"{n_customers:,}", f"{r['impressions']:,}", f"{per_min / 1e6:.2f} M", f"{ceil_min / 1e6:.1f} M",
-                     f"{r['ceiling_seconds'] / r['seconds']:.3f}", split, f"{r['peak_mb']:,.0f}",
-                     f"{r['state_mb']:,.0f}", f"{r['build_seconds'] + r['warmup_seconds']:.1f} ({r['warmup_days']} d)"])
-    table("sim", "Simulated carousel impressions (5 slots) per minute on ONE core, exact expected clicks and margin "
-          "computed for every slate;\nceiling: bare numpy position-based click draw on the same slates. "
-          "Split: % of the loop in requests/expected/respond/advance.",
-          ["customers", "impressions", "per minute", "ceiling/min", "ceiling ratio", "split %", "peak MB",
-           "state MB", "build+warm-up s"], rows)
+        rows.append(
+            [
+                f"{n_customers:,}",
+                f"{r['impressions']:,}",
+                f"{per_min / 1e6:.2f} M",
+                f"{ceil_min / 1e6:.1f} M",
+                f"{r['ceiling_seconds'] / r['seconds']:.3f}",
+                split,
+                f"{r['peak_mb']:,.0f}",
+                f"{r['state_mb']:,.0f}",
+                f"{r['build_seconds'] + r['warmup_seconds']:.1f} ({r['warmup_days']} d)",
+            ]
+        )
+    table(
+        "sim",
+        "Simulated carousel impressions (5 slots) per minute on ONE core, exact expected clicks and margin "
+        "computed for every slate;\nceiling: bare numpy position-based click draw on the same slates. "
+        "Split: % of the loop in requests/expected/respond/advance.",
+        [
+            "customers",
+            "impressions",
+            "per minute",
+            "ceiling/min",
+            "ceiling ratio",
+            "split %",
+            "peak MB",
+            "state MB",
+            "build+warm-up s",
+        ],
+        rows,
+    )
 
 
 if __name__ == "__main__":

@@ -40,9 +40,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import vowpalwabbit
+from common import blas_threads, rng
 from scipy import stats
 
-from common import blas_threads, rng
 from banditrec.policies import Request, make
 from banditrec.policies.base import DEFAULT_FLOOR
 
@@ -161,8 +161,9 @@ def _feats(row: np.ndarray) -> str:
 def run_bare_vw(s: Stream, seed: int) -> float:
     gen = np.random.default_rng(seed)
     total = 0.0
-    with vowpalwabbit.Workspace(arg_list=["--cb_explore_adf", "--squarecb", "-q", "UA", "--quiet",
-                                          "--random_seed", str(seed)]) as vw:
+    with vowpalwabbit.Workspace(
+        arg_list=["--cb_explore_adf", "--squarecb", "-q", "UA", "--quiet", "--random_seed", str(seed)]
+    ) as vw:
         for t in range(len(s.context)):
             head = f"shared |User {_feats(s.context[t])}".rstrip()
             lines = [f"|Action {_feats(v)}".rstrip() for v in s.actions[t]]
@@ -190,16 +191,31 @@ def run_policy(spec: str, s: Stream, seed: int, floor: float) -> float:
         a = int(draw.index[0])
         r = s.reward[t, a]
         total += r
-        policy.update(s.context[t][None], V[a][None], [r], items=items[a:a + 1], pscore=draw.marginal,
-                      propensity=draw.propensity, slot=[0], candidates=[V], chosen=[a])
+        policy.update(
+            s.context[t][None],
+            V[a][None],
+            [r],
+            items=items[a : a + 1],
+            pscore=draw.marginal,
+            propensity=draw.propensity,
+            slot=[0],
+            candidates=[V],
+            chosen=[a],
+        )
     return total / T
 
 
 # ---- the table ---------------------------------------------------------------------------------
 BANDITREC = [
-    ("linucb", DEFAULT_FLOOR), ("linucb", 0.0), ("disjoint-linucb", DEFAULT_FLOOR),
-    ("hybrid-linucb", DEFAULT_FLOOR), ("lints", DEFAULT_FLOOR), ("egreedy", DEFAULT_FLOOR),
-    ("softmax", DEFAULT_FLOOR), ("vw-cb", DEFAULT_FLOOR), ("vw-cb:explorer=squarecb", DEFAULT_FLOOR),
+    ("linucb", DEFAULT_FLOOR),
+    ("linucb", 0.0),
+    ("disjoint-linucb", DEFAULT_FLOOR),
+    ("hybrid-linucb", DEFAULT_FLOOR),
+    ("lints", DEFAULT_FLOOR),
+    ("egreedy", DEFAULT_FLOOR),
+    ("softmax", DEFAULT_FLOOR),
+    ("vw-cb", DEFAULT_FLOOR),
+    ("vw-cb:explorer=squarecb", DEFAULT_FLOOR),
 ]
 ARM_ONLY = {"disjoint-linucb", "hybrid-linucb"}  # per-item models: only where arms persist
 
@@ -209,8 +225,12 @@ def _one_stream(task: tuple) -> dict:
     p_i, name, seed, rounds, specs = task
     with blas_threads(1):
         s = make_stream(name, rounds, rng(9000 + 100 * p_i + seed))
-        out = {"random": float(s.mean.mean()), "oracle": float(s.mean.max(axis=1).mean()),
-               "textbook LinUCB": run_textbook(s, seed), "bare VW squarecb": run_bare_vw(s, seed)}
+        out = {
+            "random": float(s.mean.mean()),
+            "oracle": float(s.mean.max(axis=1).mean()),
+            "textbook LinUCB": run_textbook(s, seed),
+            "bare VW squarecb": run_bare_vw(s, seed),
+        }
         for spec, floor in specs:
             if spec.split(":")[0] in ARM_ONLY and s.fresh:
                 continue
@@ -222,16 +242,20 @@ def bench_synthetic(cfg: dict, tmp=None, specs=BANDITREC) -> None:
     from concurrent.futures import ProcessPoolExecutor
 
     rounds, seeds, jobs = cfg["synthetic"]["rounds"], cfg["synthetic"]["seeds"], cfg["synthetic"].get("jobs", 2)
-    print(f"\n== synthetic: {len(PROBLEMS)} standard contextual-bandit problems, {rounds:,} rounds each, "
-          f"{seeds} seeds; mean reward while learning (progressive validation) ==")
-    print("textbook LinUCB = Li et al. 2010 Alg. 1 (alpha 1), bare VW = --cb_explore_adf --squarecb -q UA; "
-          f"banditrec policies at their defaults, floor {DEFAULT_FLOOR} unless 'floor 0'; {jobs} worker processes "
-          "(quality, not speed, is measured here)")
+    print(
+        f"\n== synthetic: {len(PROBLEMS)} standard contextual-bandit problems, {rounds:,} rounds each, "
+        f"{seeds} seeds; mean reward while learning (progressive validation) =="
+    )
+    print(
+        "textbook LinUCB = Li et al. 2010 Alg. 1 (alpha 1), bare VW = --cb_explore_adf --squarecb -q UA; "
+        f"banditrec policies at their defaults, floor {DEFAULT_FLOOR} unless 'floor 0'; {jobs} worker processes "
+        "(quality, not speed, is measured here)"
+    )
     rows: dict[str, dict[tuple, float]] = {}
     start = time.perf_counter()
     tasks = [(p_i, name, seed, rounds, list(specs)) for p_i, name in enumerate(PROBLEMS) for seed in range(seeds)]
     with ProcessPoolExecutor(max_workers=jobs) as pool:
-        for (p_i, name, seed, _, _), got in zip(tasks, pool.map(_one_stream, tasks)):
+        for (_p_i, name, seed, _, _), got in zip(tasks, pool.map(_one_stream, tasks)):
             for label, value in got.items():
                 rows.setdefault(label, {})[(name, seed)] = value
     keys = [(p, sd) for p in PROBLEMS for sd in range(seeds)]
@@ -240,8 +264,10 @@ def bench_synthetic(cfg: dict, tmp=None, specs=BANDITREC) -> None:
     print(head)
     print("-" * len(head))
     for label, got in rows.items():
-        cells = " ".join(f"{np.mean([got[(p, sd)] for sd in range(seeds)]):>15.3f}" if (p, 0) in got else f"{'-':>15}"
-                         for p in PROBLEMS)
+        cells = " ".join(
+            f"{np.mean([got[(p, sd)] for sd in range(seeds)]):>15.3f}" if (p, 0) in got else f"{'-':>15}"
+            for p in PROBLEMS
+        )
         have = [k for k in keys if k in got]
         mean = np.mean([got[k] for k in have])
         ref = rows["bare VW squarecb"] if label.startswith("vw-cb:explorer=squarecb") else rows["textbook LinUCB"]

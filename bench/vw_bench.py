@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 import pylibvw
-
-from common import compare, rng, table, us, ratio
+from common import compare, ratio, rng, table, us
 
 from banditrec.policies import Request
 from banditrec.policies.sampling import PlackettLuceSlate
@@ -46,8 +45,11 @@ def trained(policy, gen: np.random.Generator, catalog: np.ndarray, theta: np.nda
         draw = policy.distribution(req, 1, MIN_EPSILON).sample(gen)
         p_click = 1.0 / (1.0 + np.exp(-(feats[draw.index] @ theta @ ctx)))
         reward = (gen.random(1) < p_click).astype(float)
-        kw = ({"propensity": draw.propensity, "slot": np.zeros(1, dtype=np.int64)}
-              if isinstance(policy, VWConditionalContextualBandit) else {"pscore": draw.marginal})
+        kw = (
+            {"propensity": draw.propensity, "slot": np.zeros(1, dtype=np.int64)}
+            if isinstance(policy, VWConditionalContextualBandit)
+            else {"pscore": draw.marginal}
+        )
         policy.update(ctx[None, :], feats[draw.index], reward, candidates=[feats], chosen=draw.index, **kw)
     return policy
 
@@ -87,15 +89,18 @@ def bench_vw(cfg: dict, tmp) -> None:
         return cb.distribution(request, N_SLOTS, MIN_EPSILON)
 
     reps = max(20, cfg["decide"] // 5)
-    t = compare({
-        "a": lambda: vw.predict(lines),
-        "a'": lambda: fast_predict(vw, lines),
-        "b": lambda: cb.distribution(request, N_SLOTS, MIN_EPSILON),
-        "b'": cold,
-        "c": lambda: cb.distribution(request, N_SLOTS, MIN_EPSILON).sample(sampler),
-        "c'": lambda: cb32.distribution(request, N_SLOTS, MIN_EPSILON).sample(sampler),
-        "d": lambda: PlackettLuceSlate(pmf, eps).sample(sampler),
-    }, repeats=reps)
+    t = compare(
+        {
+            "a": lambda: vw.predict(lines),
+            "a'": lambda: fast_predict(vw, lines),
+            "b": lambda: cb.distribution(request, N_SLOTS, MIN_EPSILON),
+            "b'": cold,
+            "c": lambda: cb.distribution(request, N_SLOTS, MIN_EPSILON).sample(sampler),
+            "c'": lambda: cb32.distribution(request, N_SLOTS, MIN_EPSILON).sample(sampler),
+            "d": lambda: PlackettLuceSlate(pmf, eps).sample(sampler),
+        },
+        repeats=reps,
+    )
 
     seeds = rng(44).integers(0, 2**63, size=N_SLOTS)
     ccb_lines = ccb.example(ctx, feats, [f"ccb slot 'seed={s} |Slot s={k}" for k, s in enumerate(seeds.tolist())])
@@ -103,10 +108,14 @@ def bench_vw(cfg: dict, tmp) -> None:
     first = ccb_vw.predict(ccb_lines)
     assert len(first) == N_SLOTS and [len(s) for s in first] == list(range(N_CAND, N_CAND - N_SLOTS, -1))
     ccb_reps = max(3, cfg["decide"] // 200)
-    t_ccb = compare({
-        "e": lambda: ccb_vw.predict(ccb_lines),
-        "f": lambda: ccb.distribution(request, N_SLOTS, MIN_EPSILON).sample(sampler),
-    }, repeats=ccb_reps, warmup=1)
+    t_ccb = compare(
+        {
+            "e": lambda: ccb_vw.predict(ccb_lines),
+            "f": lambda: ccb.distribution(request, N_SLOTS, MIN_EPSILON).sample(sampler),
+        },
+        repeats=ccb_reps,
+        warmup=1,
+    )
 
     labels = {
         "a": ("(a) vw-cb bare Workspace.predict(lines)", t, "a"),
@@ -119,11 +128,17 @@ def bench_vw(cfg: dict, tmp) -> None:
         "e": ("(e) vw-ccb bare Workspace.predict(lines)", t_ccb, "e"),
         "f": ("(f) vw-ccb distribution().sample(rng), draws=32", t_ccb, "e"),
     }
-    rows = [[label, us(tt[k].p50), us(tt[k].p99), ratio(tt[k].p50, tt[peer].p50), f"({peer})"]
-            for k, (label, tt, peer) in labels.items()]
-    table("vw", f"One decision: {N_CAND} candidates, {N_SLOTS} slots, context {CONTEXT_DIM} x item {ITEM_DIM} "
-          f"(-q UA), min_epsilon={MIN_EPSILON}, Vowpal Wabbit 9.11.9, epsilon explorer (0.05), after "
-          f"{TRAIN_DECISIONS} learned decisions; {reps} calls each for (a)-(d), {ccb_reps} for (e)-(f) (p99 ~ max). "
-          "(b) is what the policy adds to the VW call it wraps; (c)-(d): the Monte-Carlo marginals of "
-          "PlackettLuceSlate dominate the decision; (f) costs 1 + draws ccb predicts.",
-          ["case", "p50 us", "p99 us", "ratio", "vs"], rows)
+    rows = [
+        [label, us(tt[k].p50), us(tt[k].p99), ratio(tt[k].p50, tt[peer].p50), f"({peer})"]
+        for k, (label, tt, peer) in labels.items()
+    ]
+    table(
+        "vw",
+        f"One decision: {N_CAND} candidates, {N_SLOTS} slots, context {CONTEXT_DIM} x item {ITEM_DIM} "
+        f"(-q UA), min_epsilon={MIN_EPSILON}, Vowpal Wabbit 9.11.9, epsilon explorer (0.05), after "
+        f"{TRAIN_DECISIONS} learned decisions; {reps} calls each for (a)-(d), {ccb_reps} for (e)-(f) (p99 ~ max). "
+        "(b) is what the policy adds to the VW call it wraps; (c)-(d): the Monte-Carlo marginals of "
+        "PlackettLuceSlate dominate the decision; (f) costs 1 + draws ccb predicts.",
+        ["case", "p50 us", "p99 us", "ratio", "vs"],
+        rows,
+    )

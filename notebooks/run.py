@@ -36,8 +36,7 @@ def execute(nb: nbformat.NotebookNode, *, small: bool, cwd: Path, timeout: int =
     previous = os.environ.get(SMALL_ENV)
     os.environ[SMALL_ENV] = "1" if small else "0"  # the kernel inherits this process's environment
     try:
-        client = NotebookClient(nb, kernel_name="python3", timeout=timeout,
-                                resources={"metadata": {"path": str(cwd)}})
+        client = NotebookClient(nb, kernel_name="python3", timeout=timeout, resources={"metadata": {"path": str(cwd)}})
         client.execute()
     finally:
         if previous is None:
@@ -52,8 +51,9 @@ def main(argv=None) -> int:
     parser.add_argument("notebook", type=Path)
     parser.add_argument("--small", action="store_true", help=f"small sizes ({SMALL_ENV}=1), as the tests run")
     parser.add_argument("--out", type=Path, default=Path("out/notebooks"), help="where the executed copy goes")
-    parser.add_argument("--timeout", type=int, default=3600,
-                        help="seconds per cell (a full-size A/B cell runs several 90-day tests)")
+    parser.add_argument(
+        "--timeout", type=int, default=3600, help="seconds per cell (a full-size A/B cell runs several 90-day tests)"
+    )
     args = parser.parse_args(argv)
     nb = nbformat.read(args.notebook, as_version=4)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -64,12 +64,18 @@ def main(argv=None) -> int:
             execute(nb, small=args.small, cwd=Path(scratch), timeout=args.timeout)
     except (CellExecutionError, CellTimeoutError) as exc:
         nbformat.write(nb, dest)  # what ran, up to the failing cell
-        print(f"{exc}\n{args.notebook} failed after {time.perf_counter() - start:.1f} s; "
-              f"the cells that ran are in {dest}", file=sys.stderr)
+        print(
+            f"{exc}\n{args.notebook} failed after {time.perf_counter() - start:.1f} s; "
+            f"the cells that ran are in {dest}",
+            file=sys.stderr,
+        )
         return 1
     nbformat.write(nb, dest)
-    print(f"{args.notebook} executed in {time.perf_counter() - start:.1f} s "
-          f"({'small' if args.small else 'full'} size): {dest}", file=sys.stderr)
+    print(
+        f"{args.notebook} executed in {time.perf_counter() - start:.1f} s "
+        f"({'small' if args.small else 'full'} size): {dest}",
+        file=sys.stderr,
+    )
     return 0
 
 

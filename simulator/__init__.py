@@ -9,7 +9,8 @@ from .catalog import Catalog, make_catalog
 from .choice import PositionBasedModel
 from .config import SimConfig
 from .customers import Customers, make_customers
-from .environment import DayKPIs, Environment, Requests as ShopRequests
+from .environment import DayKPIs, Environment
+from .environment import Requests as ShopRequests
 from .history import History
 from .shop import Requests, Shop, ShopConfig
 from .world import Population, RetailCatalog

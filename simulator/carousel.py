@@ -77,8 +77,15 @@ class CarouselModel:
         price_term = pop.price_sensitivity[u][:, None] * self._log_price[items]
         taste = np.einsum("md,mld->ml", pop.preference[u], cat.latent[items], dtype=np.float64)
         appeal = cat.bias[items] if self.shift is None else cat.bias[items] + self.shift[items]
-        z = (c.base_logit + appeal + taste - price_term + c.complement_boost * comp
-             - c.owned_penalty * owned + c.reorder_boost * due)
+        z = (
+            c.base_logit
+            + appeal
+            + taste
+            - price_term
+            + c.complement_boost * comp
+            - c.owned_penalty * owned
+            + c.reorder_boost * due
+        )
         a = sigmoid(z)
         q = sigmoid(c.purchase_logit - price_term + c.complement_boost * comp) * req.available[items]
         return a, q
@@ -154,7 +161,8 @@ def check_slates(req, slates, n_items: int) -> np.ndarray:
     if s.ndim != 2 or s.shape[0] != m or not np.issubdtype(s.dtype, np.integer):
         raise ValidationError(
             f"slates must be an integer array of shape ({m}, K) (one row per request), got {s.dtype} {s.shape}",
-            "slates")
+            "slates",
+        )
     if s.size and (s.min() < 0 or s.max() >= n_items):
         raise ValidationError(f"slates hold item indices outside [0, {n_items})", "slates")
     if s.shape[1] > 1 and s.size:

@@ -47,6 +47,7 @@ class Catalog(ItemArrays):
     price: np.ndarray
     royalty: np.ndarray
 
+
 def make_catalog(n_items: int, n_types: int, dim: int, rng: np.random.Generator) -> Catalog:
     """Items cluster around their type's centre; biases and log-prices are normal; each item's
     royalty is a uniform share in [0.05, 0.35) of its price.

@@ -34,19 +34,33 @@ class SimConfig:
     item_price_log_sd: float = _f(0.3, "spread of log prices within a type", "float", 0.0)
     margin_rate_low: float = _f(0.1, "lowest margin as a share of price", "float", 0.0, 1.0)
     margin_rate_high: float = _f(0.4, "highest margin as a share of price", "float", 0.0, 1.0)
-    extra_columns: tuple = _f(("royalty",), "extra numeric business columns, each uniform in [0, extra_column_max_share] x price", "names")
+    extra_columns: tuple = _f(
+        ("royalty",), "extra numeric business columns, each uniform in [0, extra_column_max_share] x price", "names"
+    )
     extra_column_max_share: float = _f(0.15, "upper bound of an extra column as a share of price", "float", 0.0)
-    consumable_share: float = _f(0.2, "share of product types that are consumables (reordered on a cycle)", "float", 0.0, 1.0)
+    consumable_share: float = _f(
+        0.2, "share of product types that are consumables (reordered on a cycle)", "float", 0.0, 1.0
+    )
     reorder_days_low: int = _f(14, "shortest reorder cycle of a consumable type, in days", "int", 1)
     reorder_days_high: int = _f(60, "longest reorder cycle of a consumable type, in days", "int", 1)
     gateway_share: float = _f(0.03, "share of items that are gateway products", "float", 0.0, 1.0)
-    gateway_price_factor: float = _f(0.7, "a gateway item's price relative to its type's (entry products are cheaper)", "float", 0.0, low_open=True)
-    complements_per_type: int = _f(3, "complement partners drawn per product type (edges point from the pricier type to the cheaper)", "int", 0)
-    new_item_share: float = _f(0.05, "share of items launched on day 0 or later: no pre-period history (cold start)", "float", 0.0, 1.0)
+    gateway_price_factor: float = _f(
+        0.7, "a gateway item's price relative to its type's (entry products are cheaper)", "float", 0.0, low_open=True
+    )
+    complements_per_type: int = _f(
+        3, "complement partners drawn per product type (edges point from the pricier type to the cheaper)", "int", 0
+    )
+    new_item_share: float = _f(
+        0.05, "share of items launched on day 0 or later: no pre-period history (cold start)", "float", 0.0, 1.0
+    )
     launch_days: int = _f(1, "new items launch on days 0 .. launch_days-1, evenly (1: all on day 0)", "int", 1)
-    bias_sd: float = _f(0.5, "spread of each item's hidden appeal (logit), which no published feature explains", "float", 0.0)
+    bias_sd: float = _f(
+        0.5, "spread of each item's hidden appeal (logit), which no published feature explains", "float", 0.0
+    )
     drift_sd: float = _f(0.0, "daily step of each item's appeal random walk (logit; 0: no drift)", "float", 0.0)
-    season_amplitude: float = _f(0.0, "amplitude of each product type's seasonal appeal (logit; 0: no seasons)", "float", 0.0)
+    season_amplitude: float = _f(
+        0.0, "amplitude of each product type's seasonal appeal (logit; 0: no seasons)", "float", 0.0
+    )
     season_days: float = _f(30.0, "the seasons' period in days", "float", 0.0, low_open=True)
     brands_per_category: int = _f(12, "brands in each category (item metadata)", "int", 1)
     stock_level: int = _f(40, "units of an item in stock after a restock", "int", 1)
@@ -54,38 +68,71 @@ class SimConfig:
     # ---- customers -------------------------------------------------------------------------
     n_customers: int = _f(20_000, "customers", "int", 1)
     n_segments: int = _f(4, "customer segments (each shifts the preference vectors)", "int", 1, 10_000)
-    preference_scale: float = _f(1.34, "scale of preference vectors (sd of preference . latent is about 1.1 x this)", "float", 0.0)
+    preference_scale: float = _f(
+        1.34, "scale of preference vectors (sd of preference . latent is about 1.1 x this)", "float", 0.0
+    )
     context_noise: float = _f(0.5, "noise of the observed taste profile sent as context", "float", 0.0)
-    price_sensitivity: float = _f(0.8, "median price sensitivity (logit per unit of log price above the catalog median)", "float", 0.0)
+    price_sensitivity: float = _f(
+        0.8, "median price sensitivity (logit per unit of log price above the catalog median)", "float", 0.0
+    )
     price_sensitivity_sd: float = _f(0.5, "log-normal spread of price sensitivity across customers", "float", 0.0)
-    visit_rate: float = _f(0.15, "mean daily visit rate of a new customer (Gamma with shape 2 across customers)", "float", 0.0, low_open=True)
+    visit_rate: float = _f(
+        0.15,
+        "mean daily visit rate of a new customer (Gamma with shape 2 across customers)",
+        "float",
+        0.0,
+        low_open=True,
+    )
     churn_hazard: float = _f(0.004, "median daily churn hazard of a new customer", "float", 0.0, 1.0)
     # ---- a visit ---------------------------------------------------------------------------
     views_per_visit: float = _f(3.0, "mean organic item views per visit (at least one)", "float", 1.0)
-    organic_purchase: float = _f(0.25, "chance that a visit's browsing ends in a purchase, times the purchase probability", "float", 0.0, 1.0)
-    complement_purchase: float = _f(0.35, "chance that a purchase of a type with complements adds one of them to the basket", "float", 0.0, 1.0)
+    organic_purchase: float = _f(
+        0.25, "chance that a visit's browsing ends in a purchase, times the purchase probability", "float", 0.0, 1.0
+    )
+    complement_purchase: float = _f(
+        0.35, "chance that a purchase of a type with complements adds one of them to the basket", "float", 0.0, 1.0
+    )
     cart_checkout: float = _f(0.3, "chance that an item in the cart is bought at a later visit", "float", 0.0, 1.0)
     cart_days: int = _f(14, "days an item stays in the cart", "int", 1)
     # ---- the carousel: examination and choice ---------------------------------------------
     click_model: str = _f("pbm", "examination model: 'pbm' (position-based) or 'cascade'", "choice")
-    eta: float = _f(1.0, "position-based model: slot k (0-based) is examined with probability (k+1)^-(eta*device_eta)", "float", 0.0)
+    eta: float = _f(
+        1.0, "position-based model: slot k (0-based) is examined with probability (k+1)^-(eta*device_eta)", "float", 0.0
+    )
     device_eta: tuple = _f((1.0, 1.4, 1.0), "examination decay multiplier per device (desktop, mobile, app)", "floats")
-    cascade_patience: float = _f(0.9, "cascade model: chance of looking at the next slot after skipping one", "float", 0.0, 1.0)
+    cascade_patience: float = _f(
+        0.9, "cascade model: chance of looking at the next slot after skipping one", "float", 0.0, 1.0
+    )
     base_logit: float = _f(-3.0, "attraction logit of an average item for an average customer", "float")
-    complement_boost: float = _f(1.5, "attraction logit added per unit of complement weight to what is owned or in the cart", "float", 0.0)
+    complement_boost: float = _f(
+        1.5, "attraction logit added per unit of complement weight to what is owned or in the cart", "float", 0.0
+    )
     owned_penalty: float = _f(1.5, "attraction logit removed when a non-consumable type is already owned", "float", 0.0)
     reorder_boost: float = _f(1.0, "attraction logit added when a consumable type is due for reorder", "float", 0.0)
     purchase_logit: float = _f(-1.0, "purchase-given-click logit before price and complements", "float")
     cart_rate: float = _f(0.3, "chance that a click without a purchase adds the item to the cart", "float", 0.0, 1.0)
     # ---- long-term dynamics -----------------------------------------------------------------
-    satisfaction_weight: float = _f(0.3, "weight of a visit's experience in satisfaction (a moving average over visits)", "float", 0.0, 1.0)
+    satisfaction_weight: float = _f(
+        0.3, "weight of a visit's experience in satisfaction (a moving average over visits)", "float", 0.0, 1.0
+    )
     satisfaction_decay: float = _f(0.99, "daily decay of satisfaction towards 0", "float", 0.0, 1.0)
-    satisfaction_per_purchase: float = _f(0.5, "experience added per purchase in a visit (at most 3 count)", "float", 0.0)
-    satisfaction_relevance: float = _f(2.0, "experience added per unit of a carousel's examination-weighted mean attraction above the shop's average", "float", 0.0)
+    satisfaction_per_purchase: float = _f(
+        0.5, "experience added per purchase in a visit (at most 3 count)", "float", 0.0
+    )
+    satisfaction_relevance: float = _f(
+        2.0,
+        "experience added per unit of a carousel's examination-weighted mean attraction above the shop's average",
+        "float",
+        0.0,
+    )
     visit_satisfaction: float = _f(1.0, "visit rate is multiplied by exp(this x satisfaction)", "float", 0.0)
     churn_satisfaction: float = _f(1.0, "churn hazard is multiplied by exp(-this x satisfaction)", "float", 0.0)
-    gateway_visit_boost: float = _f(0.6, "after a gateway purchase the visit rate is multiplied by 1 + this", "float", 0.0)
-    gateway_churn_cut: float = _f(0.6, "after a gateway purchase the churn hazard is multiplied by 1 - this", "float", 0.0, 1.0)
+    gateway_visit_boost: float = _f(
+        0.6, "after a gateway purchase the visit rate is multiplied by 1 + this", "float", 0.0
+    )
+    gateway_churn_cut: float = _f(
+        0.6, "after a gateway purchase the churn hazard is multiplied by 1 - this", "float", 0.0, 1.0
+    )
     annual_discount: float = _f(0.10, "yearly discount rate of lifetime value", "float", 0.0)
     ltv_horizon_days: int = _f(90, "days of margin counted in lifetime value", "int", 1)
     history_days: int = _f(30, "days of the pre-period (organic browsing only) that builds purchase history", "int", 0)
@@ -103,28 +150,34 @@ class SimConfig:
         for low, high in pairs:
             if getattr(self, low) > getattr(self, high):
                 raise ValidationError(
-                    f"SimConfig.{low} ({getattr(self, low)!r}) must not exceed {high} ({getattr(self, high)!r})", low)
+                    f"SimConfig.{low} ({getattr(self, low)!r}) must not exceed {high} ({getattr(self, high)!r})", low
+                )
         if self.n_types > self.n_items:
             raise ValidationError(
-                f"SimConfig.n_types ({self.n_types}) must not exceed n_items ({self.n_items}): every type needs an item",
-                "n_types")
+                f"SimConfig.n_types ({self.n_types}) must not exceed n_items ({self.n_items}): every "
+                "type needs an item",
+                "n_types",
+            )
         if self.n_categories > self.n_types:
             raise ValidationError(
-                f"SimConfig.n_categories ({self.n_categories}) must not exceed n_types ({self.n_types})", "n_categories")
+                f"SimConfig.n_categories ({self.n_categories}) must not exceed n_types ({self.n_types})", "n_categories"
+            )
         if len(self.device_eta) != len(DEVICES):
             raise ValidationError(
-                f"SimConfig.device_eta must have {len(DEVICES)} numbers ({', '.join(DEVICES)}), got {len(self.device_eta)}",
-                "device_eta")
+                f"SimConfig.device_eta must have {len(DEVICES)} numbers ({', '.join(DEVICES)}), got "
+                f"{len(self.device_eta)}",
+                "device_eta",
+            )
 
     # ---- construction ----------------------------------------------------------------------
-    def replace(self, **changes) -> "SimConfig":
+    def replace(self, **changes) -> SimConfig:
         unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
         if unknown:
             raise ValidationError(f"SimConfig has no field {unknown[0]!r}", unknown[0])
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_dict(cls, data: dict, *, source: str = "config") -> "SimConfig":
+    def from_dict(cls, data: dict, *, source: str = "config") -> SimConfig:
         """Fields from a (possibly table-grouped) mapping, as a TOML file gives it."""
         flat: dict = {}
         names = {f.name for f in dataclasses.fields(cls)}
@@ -137,12 +190,13 @@ class SimConfig:
         return cls(**flat)
 
     @classmethod
-    def from_toml(cls, path) -> "SimConfig":
+    def from_toml(cls, path) -> SimConfig:
         return cls.from_dict(read_toml(path), source=str(path))
 
     def to_dict(self) -> dict:
-        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
-                for f in dataclasses.fields(self)}
+        return {
+            f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in dataclasses.fields(self)
+        }
 
     @classmethod
     def describe(cls) -> str:
@@ -184,15 +238,23 @@ def _check(f, value) -> None:
             bad(" or ".join(repr(c) for c in CLICK_MODELS))
         return
     elif kind == "names":
-        if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(
-                isinstance(v, str) and v.isidentifier() for v in value):
+        if (
+            isinstance(value, str)
+            or not isinstance(value, (list, tuple))
+            or not all(isinstance(v, str) and v.isidentifier() for v in value)
+        ):
             bad("a list of column names (identifiers)")
         if len(set(value)) != len(value) or {"price", "margin"} & set(value):
             bad("distinct names other than 'price' and 'margin'")
         return
     elif kind == "floats":
-        if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(
-                not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 for v in value):
+        if (
+            isinstance(value, str)
+            or not isinstance(value, (list, tuple))
+            or not all(
+                not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 for v in value
+            )
+        ):
             bad("a list of non-negative numbers")
         return
     low, high = m["low"], m["high"]

@@ -50,19 +50,41 @@ class Requests:
     def user_ids(self) -> list[str]:
         return [f"u{c}" for c in self.customer.tolist()]
 
-    def take(self, index) -> "Requests":
+    def take(self, index) -> Requests:
         index = np.atleast_1d(np.asarray(index))
-        return Requests(day=self.day, available=self.available, **{
-            k: getattr(self, k)[index] for k in ("customer", "session", "context", "segment", "device", "hour",
-                                                 "owned", "owned_day", "cart", "views", "view_next")})
+        return Requests(
+            day=self.day,
+            available=self.available,
+            **{
+                k: getattr(self, k)[index]
+                for k in (
+                    "customer",
+                    "session",
+                    "context",
+                    "segment",
+                    "device",
+                    "hour",
+                    "owned",
+                    "owned_day",
+                    "cart",
+                    "views",
+                    "view_next",
+                )
+            },
+        )
 
     def describe(self, i: int) -> dict:
         """Request ``i`` as a JSON-ready dict for an HTTP client: user id, context, and the item
         ids in the cart, recently bought and recently viewed."""
         ids = lambda a: [f"i{j}" for j in a.tolist()]  # noqa: E731
         recent = self.recent(i)
-        return {"user_id": f"u{int(self.customer[i])}", "context": self.context[i].tolist(),
-                "cart": ids(recent["cart"]), "purchases": ids(recent["purchases"]), "views": ids(recent["views"])}
+        return {
+            "user_id": f"u{int(self.customer[i])}",
+            "context": self.context[i].tolist(),
+            "cart": ids(recent["cart"]),
+            "purchases": ids(recent["purchases"]),
+            "views": ids(recent["views"]),
+        }
 
     def recent(self, i: int) -> dict:
         """Request ``i``'s cart, recent purchases and views as item index arrays, newest first
@@ -132,8 +154,9 @@ class Environment:
         self._prepare_sampling()
         # drift and seasons (docs/simulator.md): today's shift of each item's appeal
         self._walk = np.zeros(c.n_items) if c.drift_sd else None
-        self._season_phase = (np.random.default_rng(self._stream(-1, 98)).uniform(0, 2 * np.pi, c.n_types)
-                              if c.season_amplitude else None)
+        self._season_phase = (
+            np.random.default_rng(self._stream(-1, 98)).uniform(0, 2 * np.pi, c.n_types) if c.season_amplitude else None
+        )
         self._update_shift()
 
     # ---- derived tables for fast sampling -------------------------------------------------
@@ -155,8 +178,12 @@ class Environment:
         rng = np.random.default_rng(self._stream(-1, 99))
         u = rng.integers(0, c.n_customers, 20_000)
         j = rng.integers(0, c.n_items, 20_000)
-        z = (c.base_logit + cat.bias[j] + np.einsum("md,md->m", pop.preference[u], cat.latent[j], dtype=float)
-             - pop.price_sensitivity[u] * self._log_price[j])
+        z = (
+            c.base_logit
+            + cat.bias[j]
+            + np.einsum("md,md->m", pop.preference[u], cat.latent[j], dtype=float)
+            - pop.price_sensitivity[u] * self._log_price[j]
+        )
         self.mean_attraction = float(sigmoid(z).mean())
 
     def _update_shift(self) -> None:
@@ -167,8 +194,9 @@ class Environment:
             return
         shift = np.zeros(c.n_items)
         if self._season_phase is not None:
-            shift += c.season_amplitude * np.sin(2 * np.pi * self.day / c.season_days
-                                                 + self._season_phase[self.catalog.product_type])
+            shift += c.season_amplitude * np.sin(
+                2 * np.pi * self.day / c.season_days + self._season_phase[self.catalog.product_type]
+            )
         if self._walk is not None:
             shift += self._walk
         self.model.shift = shift
@@ -204,7 +232,7 @@ class Environment:
         customers = np.asarray(customers)
         m = len(customers)
         out = np.zeros((m, self.context_dim))
-        out[:, :c.dim] = pop.observed[customers]
+        out[:, : c.dim] = pop.observed[customers]
         out[np.arange(m), c.dim + pop.segment[customers].astype(np.int64)] = 1.0
         out[np.arange(m), c.dim + c.n_segments + pop.device[customers].astype(np.int64)] = 1.0
         angle = 2 * np.pi * np.asarray(hours) / 24.0
@@ -247,8 +275,11 @@ class Environment:
         self._requested_day = self.day
         c, st, pop = self.config, self.state, self.population
         rng = self._day_rng(0)
-        rate = pop.visit_rate0 * np.exp(c.visit_satisfaction * st.satisfaction) * np.where(
-            st.gateway, 1.0 + c.gateway_visit_boost, 1.0)
+        rate = (
+            pop.visit_rate0
+            * np.exp(c.visit_satisfaction * st.satisfaction)
+            * np.where(st.gateway, 1.0 + c.gateway_visit_boost, 1.0)
+        )
         u = rng.random(c.n_customers)
         visitors = np.flatnonzero(st.alive & (u < -np.expm1(-rate)))
         m = len(visitors)
@@ -263,10 +294,20 @@ class Environment:
         self._browse(visitors, session, brng)
         hour = np.mod(pop.hour[visitors] + brng.normal(0.0, 2.0, size=m), 24.0)
         return Requests(
-            day=self.day, customer=visitors, session=session, context=self.contexts(visitors, hour),
-            segment=pop.segment[visitors], device=pop.device[visitors], hour=hour,
-            owned=st.purchases[visitors], owned_day=st.purchase_day[visitors], cart=st.cart[visitors],
-            views=st.views[visitors], view_next=st.view_next[visitors], available=self.stock.available.copy())
+            day=self.day,
+            customer=visitors,
+            session=session,
+            context=self.contexts(visitors, hour),
+            segment=pop.segment[visitors],
+            device=pop.device[visitors],
+            hour=hour,
+            owned=st.purchases[visitors],
+            owned_day=st.purchase_day[visitors],
+            cart=st.cart[visitors],
+            views=st.views[visitors],
+            view_next=st.view_next[visitors],
+            available=self.stock.available.copy(),
+        )
 
     def expected_reward(self, requests: Requests, slates, kind: str = "click") -> np.ndarray:
         """(m,) exact expected clicks, purchases, revenue, margin (or an extra column's total,
@@ -281,7 +322,9 @@ class Environment:
         """Sample the responses to the carousels shown and apply them: purchases, cart adds,
         satisfaction from the carousels' relevance."""
         if requests.day != self.day:
-            raise ValidationError(f"these requests are from day {requests.day}; the shop is at day {self.day}", "requests")
+            raise ValidationError(
+                f"these requests are from day {requests.day}; the shop is at day {self.day}", "requests"
+            )
         slates = check_slates(requests, slates, self.catalog.n_items)
         out = self.model.sample(requests, slates, rng)
         c, k = self.config, self._kpi
@@ -294,8 +337,11 @@ class Environment:
             a = self.model.attraction(requests, slates)
             theta = self.model.examination(requests, K)
             rel = (a * theta).sum(axis=1) / theta.sum(axis=1)
-            np.add.at(self._experience, requests.customer,
-                      (c.satisfaction_relevance * (rel - self.mean_attraction)).astype(np.float32))
+            np.add.at(
+                self._experience,
+                requests.customer,
+                (c.satisfaction_relevance * (rel - self.mean_attraction)).astype(np.float32),
+            )
         rows, cols = np.nonzero(out.purchase)
         bought = slates[rows, cols]
         k.carousel_purchases += len(bought)
@@ -319,15 +365,22 @@ class Environment:
         except ValueError:
             raise ValidationError(f"item ids look like 'i42'; got {list(item_ids)!r}", "item_ids") from None
         out = self.respond(requests.take(i), slate, rng)
-        return {"click": out.click[0].astype(int).tolist(), "purchase": out.purchase[0].astype(int).tolist(),
-                "margin": out.margin[0].tolist()}
+        return {
+            "click": out.click[0].astype(int).tolist(),
+            "purchase": out.purchase[0].astype(int).tolist(),
+            "margin": out.margin[0].tolist(),
+        }
 
     def advance_day(self) -> DayKPIs:
         """Close the day: churn, satisfaction decay, restocking. Returns the day's KPIs."""
         c, st = self.config, self.state
         rng = self._day_rng(2)
-        hazard = np.minimum(self.population.churn0 * np.exp(-c.churn_satisfaction * st.satisfaction)
-                            * np.where(st.gateway, 1.0 - c.gateway_churn_cut, 1.0), 1.0)
+        hazard = np.minimum(
+            self.population.churn0
+            * np.exp(-c.churn_satisfaction * st.satisfaction)
+            * np.where(st.gateway, 1.0 - c.gateway_churn_cut, 1.0),
+            1.0,
+        )
         u = rng.random(c.n_customers)
         st.alive &= ~(u < hazard)
         # satisfaction: a moving average of visit experiences, decaying towards 0 between visits
@@ -363,9 +416,15 @@ class Environment:
     def _record(self, customers, items, sessions, kind):
         if self.recording and len(items):
             n = len(items)
-            self._events.append((np.asarray(customers, np.int64), np.asarray(items, np.int64),
-                                 np.full(n, self.day, np.int32), np.asarray(sessions, np.int64),
-                                 np.full(n, kind, np.int8)))
+            self._events.append(
+                (
+                    np.asarray(customers, np.int64),
+                    np.asarray(items, np.int64),
+                    np.full(n, self.day, np.int32),
+                    np.asarray(sessions, np.int64),
+                    np.full(n, kind, np.int8),
+                )
+            )
 
     def _checkout_carts(self, visitors, session, rng):
         """Each live cart item is bought with probability cart_checkout (when in stock); items
@@ -400,8 +459,9 @@ class Environment:
         score = self._appeal(pool) + taste - pop.price_sensitivity[visitors][:, None] * self._log_price[pool]
         first = pool[np.arange(m), np.argmax(score + rng.gumbel(size=score.shape), axis=1)]
         n_views = np.minimum(1 + rng.poisson(c.views_per_visit - 1.0, size=m), MAX_VIEWS)
-        more = cat.random_item_of_type(np.repeat(cat.product_type[first], MAX_VIEWS - 1),
-                                       rng.random(m * (MAX_VIEWS - 1))).reshape(m, MAX_VIEWS - 1)
+        more = cat.random_item_of_type(
+            np.repeat(cat.product_type[first], MAX_VIEWS - 1), rng.random(m * (MAX_VIEWS - 1))
+        ).reshape(m, MAX_VIEWS - 1)
         launched = cat.launch_day[more] <= self.day  # an item not yet launched cannot be viewed
         more = np.where(launched, more, first[:, None])  # (the customer looks at the first item again)
         viewed = np.c_[first, more]
@@ -414,8 +474,12 @@ class Environment:
         last = viewed[np.arange(m), n_views - 1]
         held = np.concatenate([st.purchases[visitors], st.cart[visitors]], axis=1)
         comp = self._complement_to(held, last)
-        q = sigmoid(c.purchase_logit - pop.price_sensitivity[visitors] * self._log_price[last]
-                    + c.complement_boost * comp) * self.stock.available[last]
+        q = (
+            sigmoid(
+                c.purchase_logit - pop.price_sensitivity[visitors] * self._log_price[last] + c.complement_boost * comp
+            )
+            * self.stock.available[last]
+        )
         u = rng.random((2, m))
         buy = u[0] < c.organic_purchase * q
         # or it may leave the item in the cart, to be bought at a later visit (or dropped)
@@ -442,7 +506,7 @@ class Environment:
         np.add.at(st.revenue, customers, cat.price[items])
         np.add.at(st.margin, customers, cat.margin[items])
         if 0 <= self.day < c.ltv_horizon_days:
-            np.add.at(st.ltv, customers, cat.margin[items] * c.daily_discount ** self.day)
+            np.add.at(st.ltv, customers, cat.margin[items] * c.daily_discount**self.day)
         np.add.at(self._purchases_today, customers, 1)
         st.gateway[customers[cat.gateway[items]]] = True
         self._bought_today[customers] = True
@@ -462,11 +526,16 @@ class Environment:
         u_type = np.clip(u_type, 0, cat.n_types - 1)
         # the customer picks the complement they like best among a few items of that type
         who = customers[pull]
-        pool = cat.random_item_of_type(np.repeat(u_type, COMPLEMENT_POOL),
-                                       rng.random(len(tp) * COMPLEMENT_POOL)).reshape(len(tp), COMPLEMENT_POOL)
+        pool = cat.random_item_of_type(
+            np.repeat(u_type, COMPLEMENT_POOL), rng.random(len(tp) * COMPLEMENT_POOL)
+        ).reshape(len(tp), COMPLEMENT_POOL)
         taste = np.einsum("md,mkd->mk", self.population.preference[who], cat.latent[pool], dtype=float)
-        score = (self._appeal(pool) + taste - self.population.price_sensitivity[who][:, None] * self._log_price[pool]
-                 + rng.gumbel(size=pool.shape))
+        score = (
+            self._appeal(pool)
+            + taste
+            - self.population.price_sensitivity[who][:, None] * self._log_price[pool]
+            + rng.gumbel(size=pool.shape)
+        )
         extra = pool[np.arange(len(tp)), np.argmax(score, axis=1)]
         ok = self.stock.available[extra]
         self._purchase(customers[pull][ok], extra[ok], sessions[pull][ok])

@@ -42,23 +42,47 @@ def export_shop(env, events, directory) -> ExportedShop:
     with open(items, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         extra = list(cat.columns)
-        w.writerow(["item_id", "title", "type", "category", "brand", "price", "margin", *extra, "in_stock",
-                    "created_at", *(f"emb{k}" for k in range(dim))])
+        w.writerow(
+            [
+                "item_id",
+                "title",
+                "type",
+                "category",
+                "brand",
+                "price",
+                "margin",
+                *extra,
+                "in_stock",
+                "created_at",
+                *(f"emb{k}" for k in range(dim)),
+            ]
+        )
         latent = cat.latent.astype(float)
         for j in range(cat.n_items):
             created = "" if cat.launch_day[j] < -c.history_days else repr(base_s + float(cat.launch_day[j]) * DAY_S)
-            w.writerow([f"i{j}", cat.title[j], int(cat.product_type[j]), int(cat.category[j]), int(cat.brand[j]),
-                        repr(float(cat.price[j])), repr(float(cat.margin[j])),
-                        *(repr(float(cat.columns[k][j])) for k in extra),
-                        "true" if env.stock.available[j] else "false", created,
-                        *(repr(v) for v in latent[j].tolist())])
+            w.writerow(
+                [
+                    f"i{j}",
+                    cat.title[j],
+                    int(cat.product_type[j]),
+                    int(cat.category[j]),
+                    int(cat.brand[j]),
+                    repr(float(cat.price[j])),
+                    repr(float(cat.margin[j])),
+                    *(repr(float(cat.columns[k][j])) for k in extra),
+                    "true" if env.stock.available[j] else "false",
+                    created,
+                    *(repr(v) for v in latent[j].tolist()),
+                ]
+            )
     interactions = out / "interactions.csv"
     ts = event_times(events, base_s)
     with open(interactions, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["user_id", "item_id", "event_type", "timestamp", "session_id"])
-        for cust, item, kind, t, sess in zip(events.customer.tolist(), events.item.tolist(), events.kind.tolist(),
-                                             ts.tolist(), events.session.tolist()):
+        for cust, item, kind, t, sess in zip(
+            events.customer.tolist(), events.item.tolist(), events.kind.tolist(), ts.tolist(), events.session.tolist()
+        ):
             w.writerow([f"u{cust}", f"i{item}", KINDS[kind], repr(t), f"s{sess}"])
     users = out / "users.csv"
     with open(users, "w", newline="", encoding="utf-8") as fh:
@@ -66,8 +90,9 @@ def export_shop(env, events, directory) -> ExportedShop:
         w.writerow(["user_id", "segment", "device", *(f"taste{k}" for k in range(dim))])
         observed = pop.observed.astype(float)
         for u in range(pop.n_customers):
-            w.writerow([f"u{u}", int(pop.segment[u]), DEVICES[int(pop.device[u])],
-                        *(repr(v) for v in observed[u].tolist())])
+            w.writerow(
+                [f"u{u}", int(pop.segment[u]), DEVICES[int(pop.device[u])], *(repr(v) for v in observed[u].tolist())]
+            )
     consumable = [str(t) for t in np.flatnonzero(cat.consumable).tolist()]
     config = out / "build.toml"
     config.write_text(
@@ -75,12 +100,13 @@ def export_shop(env, events, directory) -> ExportedShop:
         "[items]\n"
         'categorical_columns = ["category", "brand"]\n'
         f"consumable_types = {_toml_list(consumable)}\n"
-        '# metadata similarity (cold start) from the title, type, brand and price, as the simulator fits it\n'
+        "# metadata similarity (cold start) from the title, type, brand and price, as the simulator fits it\n"
         'metadata_fields = ["type", "brand"]\n'
         "[users]\n"
         'segment_column = "segment"\n'
         "[context]\n"
-        f"request_fields = {{device = {_toml_list(list(DEVICES))}}}\n")
+        f"request_fields = {{device = {_toml_list(list(DEVICES))}}}\n"
+    )
     return ExportedShop(items, interactions, users, config, cat.n_items, len(events), pop.n_customers)
 
 

@@ -34,14 +34,26 @@ class History:
     n_items: int
 
     @classmethod
-    def concat(cls, parts: list[tuple], n_customers: int, n_items: int) -> "History":
+    def concat(cls, parts: list[tuple], n_customers: int, n_items: int) -> History:
         if parts:
             cols = [np.concatenate(c) for c in zip(*parts)]
         else:
-            cols = [np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int32), np.empty(0, np.int64),
-                    np.empty(0, np.int8)]
-        return cls(cols[0].astype(np.int64), cols[1].astype(np.int64), cols[2].astype(np.int32),
-                   cols[3].astype(np.int64), cols[4].astype(np.int8), n_customers, n_items)
+            cols = [
+                np.empty(0, np.int64),
+                np.empty(0, np.int64),
+                np.empty(0, np.int32),
+                np.empty(0, np.int64),
+                np.empty(0, np.int8),
+            ]
+        return cls(
+            cols[0].astype(np.int64),
+            cols[1].astype(np.int64),
+            cols[2].astype(np.int32),
+            cols[3].astype(np.int64),
+            cols[4].astype(np.int8),
+            n_customers,
+            n_items,
+        )
 
     def __len__(self) -> int:
         return len(self.item)
@@ -53,7 +65,7 @@ class History:
             return KIND_NAMES[kind]
         return int(kind)
 
-    def select(self, kind=None, *, before_day: int | None = None, from_day: int | None = None) -> "History":
+    def select(self, kind=None, *, before_day: int | None = None, from_day: int | None = None) -> History:
         keep = np.ones(len(self), bool)
         if kind is not None:
             keep &= self.kind == self._kind(kind)
@@ -61,10 +73,19 @@ class History:
             keep &= self.day < before_day
         if from_day is not None:
             keep &= self.day >= from_day
-        return History(self.customer[keep], self.item[keep], self.day[keep], self.session[keep], self.kind[keep],
-                       self.n_customers, self.n_items)
+        return History(
+            self.customer[keep],
+            self.item[keep],
+            self.day[keep],
+            self.session[keep],
+            self.kind[keep],
+            self.n_customers,
+            self.n_items,
+        )
 
-    def user_items(self, kind="purchase", *, half_life_days: float | None = None, now: int | None = None) -> sp.csr_matrix:
+    def user_items(
+        self, kind="purchase", *, half_life_days: float | None = None, now: int | None = None
+    ) -> sp.csr_matrix:
         """(n_customers, n_items) csr of event counts of ``kind`` (or all kinds with ``None``),
         each weighted 0.5 ** ((now - day) / half_life_days) when a half-life is given."""
         h = self if kind is None else self.select(kind)

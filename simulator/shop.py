@@ -50,8 +50,20 @@ class ShopConfig:
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValidationError(f"ShopConfig.{f} must be a positive integer, got {v!r}", f)
-        for f in ("context_noise", "base_logit", "eta", "bias_sd", "new_item_share", "launch_days", "cold_days",
-                  "drift_sd", "season_amplitude", "season_days", "purchase_logit", "purchase_sd"):
+        for f in (
+            "context_noise",
+            "base_logit",
+            "eta",
+            "bias_sd",
+            "new_item_share",
+            "launch_days",
+            "cold_days",
+            "drift_sd",
+            "season_amplitude",
+            "season_days",
+            "purchase_logit",
+            "purchase_sd",
+        ):
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
                 raise ValidationError(f"ShopConfig.{f} must be a finite number, got {v!r}", f)
@@ -64,8 +76,9 @@ class ShopConfig:
             if getattr(self, f) <= 0:
                 raise ValidationError(f"ShopConfig.{f} must be > 0, got {getattr(self, f)!r}", f)
         if not 0 <= self.new_item_share < 1:
-            raise ValidationError(f"ShopConfig.new_item_share must be in [0, 1), got {self.new_item_share!r}",
-                                  "new_item_share")
+            raise ValidationError(
+                f"ShopConfig.new_item_share must be in [0, 1), got {self.new_item_share!r}", "new_item_share"
+            )
         if self.reward not in ("click", "purchase"):
             raise ValidationError(f"ShopConfig.reward must be 'click' or 'purchase', got {self.reward!r}", "reward")
         if self.history_purchases > self.n_items:
@@ -74,7 +87,7 @@ class ShopConfig:
                 "history_purchases",
             )
 
-    def replace(self, **changes) -> "ShopConfig":
+    def replace(self, **changes) -> ShopConfig:
         return dataclasses.replace(self, **changes)
 
 
@@ -115,8 +128,9 @@ class Shop:
         self.season_phase = season_rng.uniform(0.0, 2 * np.pi, size=c.n_types)
         self.conversion: np.ndarray | None = None  # P(purchase | click) per item when purchases are the reward
         if c.reward == "purchase":
-            self.conversion = 1.0 / (1.0 + np.exp(-(c.purchase_logit + c.purchase_sd
-                                                    * purchase_rng.normal(size=c.n_items))))
+            self.conversion = 1.0 / (
+                1.0 + np.exp(-(c.purchase_logit + c.purchase_sd * purchase_rng.normal(size=c.n_items)))
+            )
         self._walk = np.zeros((1, c.n_items))  # appeal random walk at days 0, 1, ...
         self.history: sp.csr_matrix = self._purchase_history(history_rng)
 
@@ -165,13 +179,15 @@ class Shop:
             return None
         shift = np.zeros(c.n_items)
         if c.season_amplitude:
-            shift += c.season_amplitude * np.sin(2 * np.pi * day / c.season_days
-                                                 + self.season_phase[self.catalog.product_type])
+            shift += c.season_amplitude * np.sin(
+                2 * np.pi * day / c.season_days + self.season_phase[self.catalog.product_type]
+            )
         if c.drift_sd:
             d = int(np.floor(max(day, 0.0)))
             while len(self._walk) <= d:
-                day_seq = np.random.SeedSequence(self._walk_seq.entropy,
-                                                 spawn_key=(*self._walk_seq.spawn_key, len(self._walk)))
+                day_seq = np.random.SeedSequence(
+                    self._walk_seq.entropy, spawn_key=(*self._walk_seq.spawn_key, len(self._walk))
+                )
                 step = np.random.default_rng(day_seq).normal(0.0, c.drift_sd, size=c.n_items)
                 self._walk = np.vstack([self._walk, self._walk[-1] + step])
             shift += self._walk[d]
@@ -182,8 +198,7 @@ class Shop:
         is looked at, at ``day``: the attraction, times the conversion for purchases."""
         items = np.asarray(items)
         shift = self.appeal_shift(day)
-        a = self.model.attraction(np.full(len(items), customer), items,
-                                  shift=None if shift is None else shift[items])
+        a = self.model.attraction(np.full(len(items), customer), items, shift=None if shift is None else shift[items])
         return a if self.conversion is None else a * self.conversion[items]
 
     # ---- requests and rewards ------------------------------------------------------------------

@@ -34,17 +34,28 @@ class CustomerState:
     ltv: np.ndarray  # (n,) float64: discounted margin within the horizon
 
     @classmethod
-    def new(cls, c: SimConfig) -> "CustomerState":
+    def new(cls, c: SimConfig) -> CustomerState:
         n, R, V, C = c.n_customers, c.recent_purchases, c.recent_views, c.cart_size
         return cls(
-            alive=np.ones(n, bool), satisfaction=np.zeros(n, np.float32), gateway=np.zeros(n, bool),
-            purchases=np.full((n, R), -1, np.int32), purchase_day=np.zeros((n, R), np.int16),
-            purchase_next=np.zeros(n, np.int16), views=np.full((n, V), -1, np.int32), view_next=np.zeros(n, np.int16),
-            cart=np.full((n, C), -1, np.int32), cart_day=np.zeros((n, C), np.int16),
-            last_visit=np.full(n, -32768, np.int16), visits=np.zeros(n, np.int32), orders=np.zeros(n, np.int32),
-            revenue=np.zeros(n), margin=np.zeros(n), ltv=np.zeros(n))
+            alive=np.ones(n, bool),
+            satisfaction=np.zeros(n, np.float32),
+            gateway=np.zeros(n, bool),
+            purchases=np.full((n, R), -1, np.int32),
+            purchase_day=np.zeros((n, R), np.int16),
+            purchase_next=np.zeros(n, np.int16),
+            views=np.full((n, V), -1, np.int32),
+            view_next=np.zeros(n, np.int16),
+            cart=np.full((n, C), -1, np.int32),
+            cart_day=np.zeros((n, C), np.int16),
+            last_visit=np.full(n, -32768, np.int16),
+            visits=np.zeros(n, np.int32),
+            orders=np.zeros(n, np.int32),
+            revenue=np.zeros(n),
+            margin=np.zeros(n),
+            ltv=np.zeros(n),
+        )
 
-    def copy(self) -> "CustomerState":
+    def copy(self) -> CustomerState:
         return CustomerState(**{k: v.copy() for k, v in vars(self).items()})
 
     @property
@@ -52,8 +63,14 @@ class CustomerState:
         return sum(v.nbytes for v in vars(self).values())
 
 
-def push(ring: np.ndarray, pointer: np.ndarray, rows: np.ndarray, values: np.ndarray,
-         stamp: np.ndarray | None = None, stamp_value=None) -> None:
+def push(
+    ring: np.ndarray,
+    pointer: np.ndarray,
+    rows: np.ndarray,
+    values: np.ndarray,
+    stamp: np.ndarray | None = None,
+    stamp_value=None,
+) -> None:
     """Append ``values[j]`` to the ring of customer ``rows[j]``, in order (a customer may appear
     several times; their entries go in one after the other)."""
     if len(rows) == 0:
@@ -82,8 +99,9 @@ class Stock:
     restock_day: np.ndarray  # (n_items,) int32, -1 when not waiting
 
     @classmethod
-    def new(cls, c: SimConfig, rng: np.random.Generator, launch_day: np.ndarray | None = None,
-            start_day: int = 0) -> "Stock":
+    def new(
+        cls, c: SimConfig, rng: np.random.Generator, launch_day: np.ndarray | None = None, start_day: int = 0
+    ) -> Stock:
         """Random initial units; an item launching after ``start_day`` has none until its
         launch day."""
         units = rng.integers(1, c.stock_level + 1, size=c.n_items).astype(np.int32)

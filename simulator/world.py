@@ -57,7 +57,7 @@ class RetailCatalog(ItemArrays):
         return len(self.consumable)
 
     def items_of_type(self, t: int) -> np.ndarray:
-        return self.type_order[self.type_start[t]:self.type_start[t + 1]]
+        return self.type_order[self.type_start[t] : self.type_start[t + 1]]
 
     def random_item_of_type(self, types: np.ndarray, u: np.ndarray) -> np.ndarray:
         """A uniformly chosen item of each type in ``types``, given uniforms ``u`` in [0, 1)."""
@@ -79,8 +79,9 @@ def make_retail_catalog(c: SimConfig, rng: np.random.Generator) -> RetailCatalog
     log_price = type_log_price[product_type] + rng.normal(0.0, c.item_price_log_sd, size=n)
     price = np.maximum(np.round(np.exp(log_price) * np.where(gateway, c.gateway_price_factor, 1.0), 2), 0.5)
     margin = np.round(price * rng.uniform(c.margin_rate_low, c.margin_rate_high, size=n), 2)
-    columns = {name: np.round(price * rng.uniform(0.0, c.extra_column_max_share, size=n), 2)
-               for name in c.extra_columns}
+    columns = {
+        name: np.round(price * rng.uniform(0.0, c.extra_column_max_share, size=n), 2) for name in c.extra_columns
+    }
     consumable = rng.random(T) < c.consumable_share
     reorder_days = rng.integers(c.reorder_days_low, c.reorder_days_high + 1, size=T)
     complement = _complement_graph(T, type_category, type_log_price, c.complements_per_type, rng)
@@ -89,16 +90,31 @@ def make_retail_catalog(c: SimConfig, rng: np.random.Generator) -> RetailCatalog
     title = _titles(product_type, type_category, brand, rng)
     u = rng.random(n)
     new = u < c.new_item_share  # new items; u / share is uniform on [0, 1) among them: their launch day
-    launch_day = np.where(new, np.floor(np.where(new, u, 0.0) / max(c.new_item_share, 1e-300) * c.launch_days),
-                          -(1 << 30)).astype(np.int32)
+    launch_day = np.where(
+        new, np.floor(np.where(new, u, 0.0) / max(c.new_item_share, 1e-300) * c.launch_days), -(1 << 30)
+    ).astype(np.int32)
     type_order = np.argsort(product_type, kind="stable")
     type_start = np.r_[0, np.cumsum(np.bincount(product_type, minlength=T))]
     return RetailCatalog(
-        latent=latent, bias=bias, product_type=product_type, category=category, brand=brand, title=title,
+        latent=latent,
+        bias=bias,
+        product_type=product_type,
+        category=category,
+        brand=brand,
+        title=title,
         launch_day=launch_day,
-        type_category=type_category, price=price, margin=margin, columns=columns, gateway=gateway,
-        consumable=consumable, reorder_days=reorder_days, complement=complement,
-        log_price_ref=float(np.median(np.log(price))), type_order=type_order, type_start=type_start)
+        type_category=type_category,
+        price=price,
+        margin=margin,
+        columns=columns,
+        gateway=gateway,
+        consumable=consumable,
+        reorder_days=reorder_days,
+        complement=complement,
+        log_price_ref=float(np.median(np.log(price))),
+        type_order=type_order,
+        type_start=type_start,
+    )
 
 
 _SYLLABLES = ("ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ze", "pa", "do", "fi", "gu", "ha", "je", "bo")
@@ -115,12 +131,13 @@ def _word(i: int, salt: int) -> str:
 
 
 def _titles(product_type, type_category, brand, rng) -> tuple:
-    """"<brand> <category word> <type word> <type word 2> <model>" per item: items of a type share
+    """ "<brand> <category word> <type word> <type word 2> <model>" per item: items of a type share
     two words, of a category one, of a brand one; the model number is the item's own."""
     model = rng.integers(100, 1000, size=len(product_type))
     return tuple(
         f"{_word(int(b), 3)} {_word(int(type_category[t]), 1)} {_word(int(t), 2)} {_word(int(t), 5)} m{int(mo)}"
-        for t, b, mo in zip(product_type.tolist(), brand.tolist(), model.tolist()))
+        for t, b, mo in zip(product_type.tolist(), brand.tolist(), model.tolist())
+    )
 
 
 def _complement_graph(T: int, type_category, type_log_price, k: int, rng) -> np.ndarray:
@@ -137,8 +154,9 @@ def _complement_graph(T: int, type_category, type_log_price, k: int, rng) -> np.
     partner = np.argpartition(keys, k - 1, axis=1)[:, :k]
     # by key: argpartition's order within the k is numpy's (SIMD sort) choice, and the edge
     # weights below are drawn in this order
-    partner = np.take_along_axis(partner, np.argsort(np.take_along_axis(keys, partner, axis=1), axis=1,
-                                                     kind="stable"), axis=1)
+    partner = np.take_along_axis(
+        partner, np.argsort(np.take_along_axis(keys, partner, axis=1), axis=1, kind="stable"), axis=1
+    )
     a = np.repeat(np.arange(T), k)
     b = partner.ravel()
     src = np.where(type_log_price[a] >= type_log_price[b], a, b)
@@ -188,5 +206,14 @@ def make_population(c: SimConfig, rng: np.random.Generator) -> Population:
     sens = c.price_sensitivity * np.exp(rng.normal(0.0, c.price_sensitivity_sd, size=n))
     visit = rng.gamma(2.0, c.visit_rate / 2.0, size=n)
     churn = np.minimum(c.churn_hazard * np.exp(rng.normal(0.0, 0.3, size=n)), 1.0)
-    return Population(preference=pref, observed=observed, segment=segment, segment_centre=segment_centre,
-                      device=device, hour=hour, price_sensitivity=sens, visit_rate0=visit, churn0=churn)
+    return Population(
+        preference=pref,
+        observed=observed,
+        segment=segment,
+        segment_centre=segment_centre,
+        device=device,
+        hour=hour,
+        price_sensitivity=sens,
+        visit_rate0=visit,
+        churn0=churn,
+    )

@@ -10,8 +10,8 @@ Details: docs/abtest.md, "The A/B runner (`studies/abtest.py`)".
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -24,14 +24,20 @@ from banditrec.policies import REGISTRY, parse_spec
 from banditrec.store import DecisionLog
 from banditrec.types import LoggedDecisions
 from banditrec.validation import as_seed_sequence, check_positive_int
-
 from simulator.carousel import Response
 from simulator.config import SimConfig, read_toml
 from simulator.environment import Environment
 from simulator.history import PURCHASE
 from simulator.scenarios import SCENARIOS as EXPLORATION_SCENARIOS
-from studies.simulate import (DAY_S, REWARD_KINDS, ShopCandidates, _post_rewards, _progress, decide_requests,
-                  history_interactions)
+from studies.simulate import (
+    DAY_S,
+    REWARD_KINDS,
+    ShopCandidates,
+    _post_rewards,
+    _progress,
+    decide_requests,
+    history_interactions,
+)
 
 ARM_KEYS = ("name", "learn", "lambda", "weight")
 
@@ -109,7 +115,8 @@ def parse_arms(text: str, minimum: int = 2) -> list[Arm]:
     arms = [parse_arm(p) for p in parts]
     if len(arms) < minimum:
         need = {1: "an A/A study needs at least one arm", 2: "an A/B test needs at least two arms"}.get(
-            minimum, f"at least {minimum} arms are needed")
+            minimum, f"at least {minimum} arms are needed"
+        )
         raise ValidationError(f"{need}, got {len(arms)} from {text!r}", "arms")
     names = [a.name for a in arms]
     if len(set(names)) != len(names):
@@ -163,17 +170,33 @@ def _metrics(env: Environment, who: np.ndarray, base: dict, clicks: np.ndarray, 
     st = env.state
     visits = (st.visits[who] - base["visits"][who]).astype(float)
     return CustomerMetrics(
-        clicks=clicks[who].astype(float), slots=n_slots * visits,  # every visit shows one full carousel
+        clicks=clicks[who].astype(float),
+        slots=n_slots * visits,  # every visit shows one full carousel
         visits=visits,
         orders=(st.orders[who] - base["orders"][who]).astype(float),
-        revenue=st.revenue[who] - base["revenue"][who], margin=st.margin[who] - base["margin"][who],
-        alive=st.alive[who].astype(float), ltv=st.ltv[who].copy())
+        revenue=st.revenue[who] - base["revenue"][who],
+        margin=st.margin[who] - base["margin"][who],
+        alive=st.alive[who].astype(float),
+        ltv=st.ltv[who].copy(),
+    )
 
 
-def run_abtest(arms: list[Arm], config: SimConfig | None = None, days: int = 90, *, seed=0, salt: str = "ab",
-               n_slots: int = 5, n_candidates: int = 50, min_epsilon: float = 0.01, refit_days: int = 7,
-               horizon_days: float = 30.0, burn_in_days: int = 0, checkpoints=(7, 30, 60, 90),
-               progress: bool = False) -> ABResult:
+def run_abtest(
+    arms: list[Arm],
+    config: SimConfig | None = None,
+    days: int = 90,
+    *,
+    seed=0,
+    salt: str = "ab",
+    n_slots: int = 5,
+    n_candidates: int = 50,
+    min_epsilon: float = 0.01,
+    refit_days: int = 7,
+    horizon_days: float = 30.0,
+    burn_in_days: int = 0,
+    checkpoints=(7, 30, 60, 90),
+    progress: bool = False,
+) -> ABResult:
     """Run an A/B test of ``arms`` for ``days`` days on the shop built from ``seed``.
 
     ``salt`` randomises the assignment (a new salt, a new split of the same customers).
@@ -198,8 +221,9 @@ def run_abtest(arms: list[Arm], config: SimConfig | None = None, days: int = 90,
         raise ValidationError(f"slots ({n_slots}) must not exceed candidates ({n_candidates})", "slots")
     burn_in_days = int(burn_in_days)
     if not 0 <= burn_in_days <= config.history_days:
-        raise ValidationError(f"burn_in_days must be in [0, history_days = {config.history_days}], got {burn_in_days}",
-                              "burn_in_days")
+        raise ValidationError(
+            f"burn_in_days must be in [0, history_days = {config.history_days}], got {burn_in_days}", "burn_in_days"
+        )
     checkpoints = sorted({int(d) for d in checkpoints if 0 < int(d) <= days} | {days})
     seed_seq = as_seed_sequence(seed)
     world_seq, respond_seq, *arm_seqs = seed_seq.spawn(2 + len(arms))
@@ -209,8 +233,9 @@ def run_abtest(arms: list[Arm], config: SimConfig | None = None, days: int = 90,
     events = history_interactions(env.take_events())  # the pre-period's events (take: later calls return each day's)
     burn_log: list[_LoggedDay] = []
     if burn_in_days:
-        events, burn_log = _burn_in(env, events, burn_in_days, n_slots, n_candidates, refit_days,
-                                    np.random.default_rng(seed_seq.spawn(1)[0]))
+        events, burn_log = _burn_in(
+            env, events, burn_in_days, n_slots, n_candidates, refit_days, np.random.default_rng(seed_seq.spawn(1)[0])
+        )
     cat, st = env.catalog, env.state
     n = config.n_customers
     arm_of = experiment.assign(np.arange(n), [a.name for a in arms], salt, [a.weight for a in arms])
@@ -227,14 +252,28 @@ def run_abtest(arms: list[Arm], config: SimConfig | None = None, days: int = 90,
     items = ItemTable(ids=tuple(cat.item_ids), features=cat.latent.astype(float))  # frozen: one for every arm
     user_items = events.user_items("purchase")
     for a, s in zip(arms, arm_seqs):
-        pol = shop.policy(a.policy, **({"longterm": _longterm_column(cat.margin, lt_value, a.lam)}
-                                       if a.uses_longterm else {}))
+        pol = shop.policy(
+            a.policy, **({"longterm": _longterm_column(cat.margin, lt_value, a.lam)} if a.uses_longterm else {})
+        )
         _warm_start(pol, burn_log, items.features, a.learn)
-        engines.append(shop.engine(pol, DecisionLog(":memory:"), items, user_items, n_candidates=n_candidates,
-                                   min_epsilon=min_epsilon, seed=s))
+        engines.append(
+            shop.engine(
+                pol,
+                DecisionLog(":memory:"),
+                items,
+                user_items,
+                n_candidates=n_candidates,
+                min_epsilon=min_epsilon,
+                seed=s,
+            )
+        )
     respond_rng = np.random.default_rng(respond_seq)
-    base = {"visits": st.visits.copy(), "orders": st.orders.copy(), "revenue": st.revenue.copy(),
-            "margin": st.margin.copy()}
+    base = {
+        "visits": st.visits.copy(),
+        "orders": st.orders.copy(),
+        "revenue": st.revenue.copy(),
+        "margin": st.margin.copy(),
+    }
     clicks = np.zeros(n, np.int64)
     size = np.bincount(arm, minlength=len(arms)).astype(float)
     daily_margin = np.zeros((days, len(arms)))
@@ -271,10 +310,12 @@ def run_abtest(arms: list[Arm], config: SimConfig | None = None, days: int = 90,
                     engine.learn(kind=arms[j].learn)
             env.advance_day()
             shop.add(history_interactions(env.take_events()))
-            daily_margin[d] = np.bincount(arm, weights=st.margin[eligible] - base["margin"][eligible],
-                                          minlength=len(arms)) / np.maximum(size, 1)
-            gateway_share[d] = np.bincount(arm, weights=st.gateway[eligible].astype(float),
-                                           minlength=len(arms)) / np.maximum(size, 1)
+            daily_margin[d] = np.bincount(
+                arm, weights=st.margin[eligible] - base["margin"][eligible], minlength=len(arms)
+            ) / np.maximum(size, 1)
+            gateway_share[d] = np.bincount(
+                arm, weights=st.gateway[eligible].astype(float), minlength=len(arms)
+            ) / np.maximum(size, 1)
             if d + 1 in checkpoints:
                 snaps[d + 1] = _metrics(env, eligible, base, clicks, n_slots)
             if env.day % refit_days == 0:
@@ -287,13 +328,28 @@ def run_abtest(arms: list[Arm], config: SimConfig | None = None, days: int = 90,
             bar.update(1)
     finally:
         bar.close()
-    return ABResult(arms=list(arms), config=config, days=days, seed=int(seed) if not isinstance(
-        seed, np.random.SeedSequence) else -1, salt=salt, arm=arm, customers=eligible,
-        final=snaps[days], checkpoints=snaps, daily_margin=daily_margin, n_decisions=n_decisions, srm=srm,
+    return ABResult(
+        arms=list(arms),
+        config=config,
+        days=days,
+        seed=int(seed) if not isinstance(seed, np.random.SeedSequence) else -1,
+        salt=salt,
+        arm=arm,
+        customers=eligible,
+        final=snaps[days],
+        checkpoints=snaps,
+        daily_margin=daily_margin,
+        n_decisions=n_decisions,
+        srm=srm,
         seconds=time.perf_counter() - start,
-        gateway_share=gateway_share, gateway_slots=gateway_slots / np.maximum(n_decisions * n_slots, 1),
-        kpis=env.kpis[-days:], longterm_value=None if lt_value is None else lt_value.value,
-        gateway_items=cat.gateway.copy(), pre_margin=base["margin"][eligible].copy(), burn_in_days=burn_in_days)
+        gateway_share=gateway_share,
+        gateway_slots=gateway_slots / np.maximum(n_decisions * n_slots, 1),
+        kpis=env.kpis[-days:],
+        longterm_value=None if lt_value is None else lt_value.value,
+        gateway_items=cat.gateway.copy(),
+        pre_margin=base["margin"][eligible].copy(),
+        burn_in_days=burn_in_days,
+    )
 
 
 @dataclass(frozen=True)
@@ -312,13 +368,20 @@ class _LoggedDay:
         m, k = self.slates.shape
         n = (self.candidates >= 0).sum(axis=1)
         return LoggedDecisions.from_slates(
-            self.context, [c[c >= 0] for c in self.candidates], self.slates, marginal=np.repeat(1.0 / n, k),
-            propensity=1.0 / (n[:, None] - np.arange(k)), reward=getattr(self.out, kind), event_id=[""] * m,
-            seq=np.arange(m))
+            self.context,
+            [c[c >= 0] for c in self.candidates],
+            self.slates,
+            marginal=np.repeat(1.0 / n, k),
+            propensity=1.0 / (n[:, None] - np.arange(k)),
+            reward=getattr(self.out, kind),
+            event_id=[""] * m,
+            seq=np.arange(m),
+        )
 
 
-def _burn_in(env: Environment, events, days: int, n_slots: int, n_candidates: int, refit_days: int,
-             rng: np.random.Generator):
+def _burn_in(
+    env: Environment, events, days: int, n_slots: int, n_candidates: int, refit_days: int, rng: np.random.Generator
+):
     """Run ``days`` pre-period days with the incumbent carousel: ``n_slots`` of each visitor's
     candidates, uniformly at random. Returns ``events`` with those days' events added, and the
     carousel's log (a list of :class:`_LoggedDay`)."""
@@ -348,16 +411,28 @@ def _warm_start(policy, logged: list[_LoggedDay], features: np.ndarray, kind: st
 
 
 def _take(out: Response, rows: np.ndarray) -> Response:
-    return Response(click=out.click[rows], purchase=out.purchase[rows], cart=out.cart[rows],
-                    revenue=out.revenue[rows], margin=out.margin[rows])
+    return Response(
+        click=out.click[rows],
+        purchase=out.purchase[rows],
+        cart=out.cart[rows],
+        revenue=out.revenue[rows],
+        margin=out.margin[rows],
+    )
 
 
 def _long_term(events, cat, horizon_days: float, end_day: int):
     """Each item's long-term value from the purchases among ``events`` (Interactions)."""
     p = events.kind == PURCHASE
-    return estimate_item_values(events.user[p], events.item[p], events.ts[p], cat.margin, cat.product_type,
-                                horizon_days=horizon_days,
-                                skip_days=1.0, end_ts=end_day * DAY_S)
+    return estimate_item_values(
+        events.user[p],
+        events.item[p],
+        events.ts[p],
+        cat.margin,
+        cat.product_type,
+        horizon_days=horizon_days,
+        skip_days=1.0,
+        end_ts=end_day * DAY_S,
+    )
 
 
 def _longterm_column(margin: np.ndarray, lt, lam: float) -> np.ndarray:
@@ -379,8 +454,9 @@ class MetricRow:
     comparison: experiment.Comparison
 
 
-def analyse(result: ABResult, *, alpha: float = 0.05, n_boot: int = 2000, rng: np.random.Generator | None = None,
-            week: int = 7) -> list[MetricRow]:
+def analyse(
+    result: ABResult, *, alpha: float = 0.05, n_boot: int = 2000, rng: np.random.Generator | None = None, week: int = 7
+) -> list[MetricRow]:
     """Each treatment arm against the first (control) arm, per metric: CTR, conversion and AOV
     (ratio metrics, delta method), revenue, margin and lifetime value per customer (margin and
     lifetime value also with CUPED, adjusted for each customer's margin before day 0), retention
@@ -412,22 +488,28 @@ def analyse(result: ABResult, *, alpha: float = 0.05, n_boot: int = 2000, rng: n
         if week in result.checkpoints and week != result.days:
             metrics[f"aov (week {week})"] = ratio(result.checkpoints[week], "aov")
             metrics[f"margin (week {week})"] = pair(result.checkpoints[week].margin)
-        rows += [MetricRow(metric=c.metric, arm=result.arms[b].name, control=control, comparison=c)
-                 for c in experiment.analyse(metrics, alpha=alpha, n_boot=n_boot, rng=gen)]
+        rows += [
+            MetricRow(metric=c.metric, arm=result.arms[b].name, control=control, comparison=c)
+            for c in experiment.analyse(metrics, alpha=alpha, n_boot=n_boot, rng=gen)
+        ]
     return rows
 
 
 def metric_table(rows: list[MetricRow]) -> str:
     """A Markdown table of :func:`analyse`'s rows."""
-    head = ("| metric | arm | control mean | arm mean | difference [95% CI, Welch] | lift [95% CI] "
-            "| bootstrap CI of difference | p |")
+    head = (
+        "| metric | arm | control mean | arm mean | difference [95% CI, Welch] | lift [95% CI] "
+        "| bootstrap CI of difference | p |"
+    )
     out = [head, "|" + "---|" * 8]
     for r in rows:
         c = r.comparison
-        out.append(f"| {r.metric} | {r.arm} | {_num(c.mean_a)} | {_num(c.mean_b)} | {_num(c.diff, True)} "
-                   f"[{_num(c.diff_ci[0], True)}, {_num(c.diff_ci[1], True)}] | {100 * c.lift:+.1f}% "
-                   f"[{100 * c.lift_ci[0]:+.1f}%, {100 * c.lift_ci[1]:+.1f}%] | "
-                   f"[{_num(c.boot_ci[0], True)}, {_num(c.boot_ci[1], True)}] | {_p(c.p_value)} |")
+        out.append(
+            f"| {r.metric} | {r.arm} | {_num(c.mean_a)} | {_num(c.mean_b)} | {_num(c.diff, True)} "
+            f"[{_num(c.diff_ci[0], True)}, {_num(c.diff_ci[1], True)}] | {100 * c.lift:+.1f}% "
+            f"[{100 * c.lift_ci[0]:+.1f}%, {100 * c.lift_ci[1]:+.1f}%] | "
+            f"[{_num(c.boot_ci[0], True)}, {_num(c.boot_ci[1], True)}] | {_p(c.p_value)} |"
+        )
     return "\n".join(out)
 
 
@@ -444,6 +526,7 @@ def _p(p: float) -> str:
 
 # ---- A/A ---------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class AAStudy:
     n_tests: int
@@ -458,8 +541,17 @@ class AAStudy:
         return float((self.p_values < self.alpha).any(axis=1).mean())
 
 
-def aa_study(n_tests: int, arm: Arm, config: SimConfig | None = None, days: int = 28, *, first_seed: int = 0,
-             alpha: float = 0.05, progress: bool = False, **kw) -> AAStudy:
+def aa_study(
+    n_tests: int,
+    arm: Arm,
+    config: SimConfig | None = None,
+    days: int = 28,
+    *,
+    first_seed: int = 0,
+    alpha: float = 0.05,
+    progress: bool = False,
+    **kw,
+) -> AAStudy:
     """``n_tests`` A/A tests: the same arm twice, each test on its own world (seed
     ``first_seed + t``) and salt. Under the null every metric's Welch p-value is uniform, so
     the share below ``alpha`` estimates the false-positive rate (expected: ``alpha``)."""
@@ -481,6 +573,7 @@ def aa_study(n_tests: int, arm: Arm, config: SimConfig | None = None, days: int 
 
 
 # ---- several worlds, the report ----------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Pooled:
@@ -515,8 +608,16 @@ def pool_seeds(rows_by_seed: list[list[MetricRow]]) -> list[Pooled]:
             p = float(2 * special.ndtr(-abs(diff) / s))
         else:
             diff, s, p = float(d.mean()), 0.0, float("nan")
-        out.append(Pooled(metric=first.metric, arm=first.arm, diff=diff, se=s, p_value=p,
-                          per_seed=tuple((c.diff, c.p_value) for c in cs)))
+        out.append(
+            Pooled(
+                metric=first.metric,
+                arm=first.arm,
+                diff=diff,
+                se=s,
+                p_value=p,
+                per_seed=tuple((c.diff, c.p_value) for c in cs),
+            )
+        )
     return out
 
 
@@ -524,8 +625,10 @@ def pooled_table(pooled: list[Pooled]) -> str:
     out = ["| metric | arm | difference, pooled [95% CI] | p | per seed: difference (p) |", "|---|---|---|---|---|"]
     for p in pooled:
         seeds = "; ".join(f"{_num(d, True)} ({_p(q)})" for d, q in p.per_seed)
-        out.append(f"| {p.metric} | {p.arm} | {_num(p.diff, True)} [{_num(p.ci[0], True)}, {_num(p.ci[1], True)}] "
-                   f"| {_p(p.p_value)} | {seeds} |")
+        out.append(
+            f"| {p.metric} | {p.arm} | {_num(p.diff, True)} [{_num(p.ci[0], True)}, {_num(p.ci[1], True)}] "
+            f"| {_p(p.p_value)} | {seeds} |"
+        )
     return "\n".join(out)
 
 
@@ -535,8 +638,12 @@ def power_table(result: ABResult, lifts=(0.01, 0.02, 0.05), alpha: float = 0.05,
     this run's arm size."""
     control = result.arm == 0
     n_arm = int(control.sum())
-    lines = ["| metric | control mean | sd | " + " | ".join(f"n per arm for {100 * x:g}%" for x in lifts)
-             + f" | detectable lift at n = {n_arm:,} |", "|---" * (4 + len(lifts)) + "|"]
+    lines = [
+        "| metric | control mean | sd | "
+        + " | ".join(f"n per arm for {100 * x:g}%" for x in lifts)
+        + f" | detectable lift at n = {n_arm:,} |",
+        "|---" * (4 + len(lifts)) + "|",
+    ]
     series = [("ltv", result.final.ltv)]
     if 7 in result.checkpoints and result.days != 7:
         series.append(("margin (week 7)", result.checkpoints[7].margin))
@@ -545,8 +652,9 @@ def power_table(result: ABResult, lifts=(0.01, 0.02, 0.05), alpha: float = 0.05,
         mean, sd = float(v.mean()), float(v.std(ddof=1))
         ns = [experiment.sample_size(baseline=mean, sd=sd, mde=x, alpha=alpha, power=power) for x in lifts]
         mde = experiment.minimum_detectable_effect(n_arm, baseline=mean, sd=sd, alpha=alpha, power=power)
-        lines.append(f"| {name} | {mean:.2f} | {sd:.2f} | " + " | ".join(f"{n:,}" for n in ns)
-                     + f" | {100 * mde:.1f}% |")
+        lines.append(
+            f"| {name} | {mean:.2f} | {sd:.2f} | " + " | ".join(f"{n:,}" for n in ns) + f" | {100 * mde:.1f}% |"
+        )
     return "\n".join(lines)
 
 
@@ -557,8 +665,11 @@ def over_time_table(results: list[ABResult]) -> str:
     arms = [a.name for a in results[0].arms]
     others = range(1, len(arms))
     week = min(7, results[0].days)  # the end of week 1, or the last day of a shorter test
-    head = ["seed"] + [f"{arms[a]} - {arms[0]}: {what}" for a in others
-                       for what in (f"day {week}", "lowest (day)", f"day {results[0].days}")]
+    head = ["seed"] + [
+        f"{arms[a]} - {arms[0]}: {what}"
+        for a in others
+        for what in (f"day {week}", "lowest (day)", f"day {results[0].days}")
+    ]
     head += [f"gateway owners, {name}" for name in arms]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
@@ -590,7 +701,9 @@ def plot_days(results: list[ABResult], path) -> None:
     mean = np.mean([r.daily_margin for r in results], axis=0)
     for a, name in enumerate(arms):
         ax[0].plot(days, mean[:, a], label=name)
-    ax[0].set(xlabel="day", ylabel="cumulative margin per customer", title=f"margin per customer ({len(results)} seeds)")
+    ax[0].set(
+        xlabel="day", ylabel="cumulative margin per customer", title=f"margin per customer ({len(results)} seeds)"
+    )
     ax[0].legend()
     for r in results:
         for a in range(1, len(arms)):
@@ -633,8 +746,11 @@ def aa_table(study: AAStudy) -> str:
     rates = study.false_positive_rate()
     n, a = study.n_tests, study.alpha
     se = np.sqrt(a * (1 - a) / n)
-    out = [f"| metric | false-positive rate at alpha = {a} (expected {a:.3f} +- {se:.3f}) | binomial p "
-           f"| KS p (p-values uniform) |", "|---|---|---|---|"]
+    out = [
+        f"| metric | false-positive rate at alpha = {a} (expected {a:.3f} +- {se:.3f}) | binomial p "
+        f"| KS p (p-values uniform) |",
+        "|---|---|---|---|",
+    ]
     for m, r, ps in zip(study.metrics, rates, study.p_values.T):
         k = int(round(r * n))
         binom = stats.binomtest(k, n, a).pvalue
@@ -645,8 +761,9 @@ def aa_table(study: AAStudy) -> str:
     return "\n".join(out)
 
 
-def write_report(out, *, results: list[ABResult] | None = None, rows_by_seed=None, aa: AAStudy | None = None,
-                 command: str = "") -> Path:
+def write_report(
+    out, *, results: list[ABResult] | None = None, rows_by_seed=None, aa: AAStudy | None = None, command: str = ""
+) -> Path:
     """Markdown report (``report.md``) with PNG plots in ``out``; returns the report's path."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -655,25 +772,43 @@ def write_report(out, *, results: list[ABResult] | None = None, rows_by_seed=Non
         md += [f"`{command}`", ""]
     if results:
         r0 = results[0]
-        md += ["## Design", "",
-               "- arms: " + "; ".join(f"**{a.name}** = `{a.policy}` (learns {a.learn}"
-                                       + (f", lambda {a.lam:g}" if a.uses_longterm else "") + ")" for a in r0.arms),
-               f"- {r0.config.n_customers:,} customers, {r0.days} days, seeds "
-               f"{', '.join(str(r.seed) for r in results)}, salt `{r0.salt}`",
-               f"- pre-period: {r0.config.history_days - r0.burn_in_days} days of organic browsing, then "
-               f"{r0.burn_in_days} days with the incumbent carousel (uniformly random slates of the candidates)",
-               f"- customers alive on day 0 per arm: {', '.join(f'{n:,}' for n in r0.sizes)}; sample-ratio check "
-               f"chi2 = {r0.srm.chi2:.2f}, p = {r0.srm.p_value:.3f} ({'ok' if r0.srm.ok else 'MISMATCH'})",
-               f"- decisions per arm: {', '.join(f'{int(n):,}' for n in r0.n_decisions)}", ""]
-        md += ["## Results" + (f" (seed {r0.seed})" if len(results) > 1 else ""), "",
-               metric_table(rows_by_seed[0]), ""]
+        md += [
+            "## Design",
+            "",
+            "- arms: "
+            + "; ".join(
+                f"**{a.name}** = `{a.policy}` (learns {a.learn}"
+                + (f", lambda {a.lam:g}" if a.uses_longterm else "")
+                + ")"
+                for a in r0.arms
+            ),
+            f"- {r0.config.n_customers:,} customers, {r0.days} days, seeds "
+            f"{', '.join(str(r.seed) for r in results)}, salt `{r0.salt}`",
+            f"- pre-period: {r0.config.history_days - r0.burn_in_days} days of organic browsing, then "
+            f"{r0.burn_in_days} days with the incumbent carousel (uniformly random slates of the candidates)",
+            f"- customers alive on day 0 per arm: {', '.join(f'{n:,}' for n in r0.sizes)}; sample-ratio check "
+            f"chi2 = {r0.srm.chi2:.2f}, p = {r0.srm.p_value:.3f} ({'ok' if r0.srm.ok else 'MISMATCH'})",
+            f"- decisions per arm: {', '.join(f'{int(n):,}' for n in r0.n_decisions)}",
+            "",
+        ]
+        md += ["## Results" + (f" (seed {r0.seed})" if len(results) > 1 else ""), "", metric_table(rows_by_seed[0]), ""]
         if len(results) > 1:
             md += [f"## Pooled over {len(results)} seeds", "", pooled_table(pool_seeds(rows_by_seed)), ""]
         plot_days(results, out / "margin_by_day.png")
-        md += ["## Over time", "", "![margin by day](margin_by_day.png)", "",
-               "Cumulative margin per customer, arm minus control, and gateway-item owners on the last day:", "",
-               over_time_table(results), "",
-               "## Power", "", power_table(r0), ""]
+        md += [
+            "## Over time",
+            "",
+            "![margin by day](margin_by_day.png)",
+            "",
+            "Cumulative margin per customer, arm minus control, and gateway-item owners on the last day:",
+            "",
+            over_time_table(results),
+            "",
+            "## Power",
+            "",
+            power_table(r0),
+            "",
+        ]
     if aa is not None:
         plot_aa(aa, out / "aa_pvalues.png")
         md += ["## A/A tests", "", aa_table(aa), "", "![A/A p-values](aa_pvalues.png)", ""]
@@ -687,8 +822,14 @@ SCENARIOS = {
     # the long-term study's shop (docs/abtest.md): a smaller catalog, so that the pre-period gives
     # each item enough buyers to estimate its long-term value; 5% gateway items whose buyers visit
     # three times as often and churn at a fifth of the rate (SimConfig's defaults: x1.6, x0.4)
-    "gateway": {"n_items": 1000, "n_types": 50, "gateway_share": 0.05, "history_days": 120,
-                "gateway_visit_boost": 2.0, "gateway_churn_cut": 0.8},
+    "gateway": {
+        "n_items": 1000,
+        "n_types": 50,
+        "gateway_share": 0.05,
+        "history_days": 120,
+        "gateway_visit_boost": 2.0,
+        "gateway_churn_cut": 0.8,
+    },
     # the worlds where exploration pays (simulator/scenarios.py, docs/simulator.md)
     **{name: dict(sc.sim) for name, sc in EXPLORATION_SCENARIOS.items() if name != "shop"},
 }
@@ -704,8 +845,16 @@ def scenario_config(name: str) -> SimConfig:
     return SimConfig(**SCENARIOS[name])
 
 
-ABTEST_KEYS = {"arms": str, "days": int, "customers": int, "seeds": int, "first_seed": int, "salt": str, "aa": int,
-               "burn_in": int}
+ABTEST_KEYS = {
+    "arms": str,
+    "days": int,
+    "customers": int,
+    "seeds": int,
+    "first_seed": int,
+    "salt": str,
+    "aa": int,
+    "burn_in": int,
+}
 
 
 def load_config(path) -> tuple[SimConfig, dict]:

@@ -20,18 +20,25 @@ SCENARIO_NAMES = tuple(SCENARIOS)
 
 
 @click.command()
-@click.option("--days", default=14, show_default=True, help="Days of the simulated shop to serve.",
-              type=click.IntRange(min=2))
+@click.option(
+    "--days", default=14, show_default=True, help="Days of the simulated shop to serve.", type=click.IntRange(min=2)
+)
 @click.option("--slots", default=5, show_default=True, help="Carousel slots per decision.", type=click.IntRange(min=1))
-@click.option("--candidates", default=30, show_default=True, help="Candidates per decision.",
-              type=click.IntRange(min=1))
+@click.option(
+    "--candidates", default=30, show_default=True, help="Candidates per decision.", type=click.IntRange(min=1)
+)
 @click.option("--items", "n_items", default=None, type=click.IntRange(min=50), help="Catalog size (default 2,000).")
 @click.option("--customers", default=None, type=click.IntRange(min=100), help="Customers (default 6,000).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--policy", default="linucb:alpha=1.0,epsilon=0.1", show_default=True, help="Logging policy spec.")
-@click.option("--target", "targets", multiple=True,
-              default=("uniform", "popularity:epsilon=0.1", "linucb:alpha=0.5,epsilon=0.05"),
-              show_default=True, help="Policy to evaluate off-policy (repeatable).")
+@click.option(
+    "--target",
+    "targets",
+    multiple=True,
+    default=("uniform", "popularity:epsilon=0.1", "linucb:alpha=0.5,epsilon=0.05"),
+    show_default=True,
+    help="Policy to evaluate off-policy (repeatable).",
+)
 @click.option("--out", default="out/demo", show_default=True, type=click.Path(file_okay=False))
 @usage_errors
 def demo(days, slots, candidates, n_items, customers, seed, policy, targets, out):
@@ -44,14 +51,24 @@ def demo(days, slots, candidates, n_items, customers, seed, policy, targets, out
 
     # one BLAS thread, as the service's workers run: small products only spin more threads
     with threadpool_limits(limits=1, user_api="blas"):
-        result = run_shop_demo(days=days, n_slots=slots, n_candidates=candidates, seed=seed, out=out,
-                               policy=policy, targets=tuple(targets), config=DEMO_CONFIG.replace(**sizes),
-                               echo=click.echo)
+        result = run_shop_demo(
+            days=days,
+            n_slots=slots,
+            n_candidates=candidates,
+            seed=seed,
+            out=out,
+            policy=policy,
+            targets=tuple(targets),
+            config=DEMO_CONFIG.replace(**sizes),
+            echo=click.echo,
+        )
     click.echo("")
     click.echo(result.table())
     click.echo("")
-    click.echo(f"{result.n_decisions:,} decisions, {result.n_events:,} events, {result.n_rewards:,} rewards in "
-               f"{result.seconds:.0f} s; logged propensities match recomputed to {result.max_pscore_mismatch:.1e}")
+    click.echo(
+        f"{result.n_decisions:,} decisions, {result.n_events:,} events, {result.n_rewards:,} rewards in "
+        f"{result.seconds:.0f} s; logged propensities match recomputed to {result.max_pscore_mismatch:.1e}"
+    )
     click.echo(f"report: {result.report}")
     click.echo(f"log:    {result.db}")
     click.echo(f"shop:   {Path(out) / 'shop'}  (try: banditrec recommend --shop {Path(out) / 'shop'} --user u1)")
@@ -69,17 +86,32 @@ def coverage(seeds, first_seed, decisions, slots, policy, targets):
     """Repeat the demo over many seeds: do the 95% intervals cover the exact truth 95% of the time?"""
     from studies.coverage import coverage_study, coverage_table
 
-    rows = coverage_study(seeds=range(first_seed, first_seed + seeds), n_decisions=decisions, n_slots=slots,
-                          policy=policy, targets=tuple(targets), echo=click.echo)
+    rows = coverage_study(
+        seeds=range(first_seed, first_seed + seeds),
+        n_decisions=decisions,
+        n_slots=slots,
+        policy=policy,
+        targets=tuple(targets),
+        echo=click.echo,
+    )
     click.echo("")
     click.echo(coverage_table(rows))
 
 
 @click.command()
-@click.option("--config", "config_file", required=True, type=click.Path(dir_okay=False),
-              help="TOML sweep file: policies, parameter grids, replicates, simulator settings (docs/dask.md).")
-@click.option("--scheduler", default=None, metavar="ADDRESS",
-              help="Dask scheduler (tcp://host:8786); default a LocalCluster on this machine.")
+@click.option(
+    "--config",
+    "config_file",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="TOML sweep file: policies, parameter grids, replicates, simulator settings (docs/dask.md).",
+)
+@click.option(
+    "--scheduler",
+    default=None,
+    metavar="ADDRESS",
+    help="Dask scheduler (tcp://host:8786); default a LocalCluster on this machine.",
+)
 @click.option("--in-process", is_flag=True, help="Run every simulation in this process, without Dask.")
 @click.option("--out", default="out/sweep", show_default=True, type=click.Path(file_okay=False))
 @usage_errors
@@ -90,8 +122,10 @@ def sweep(config_file, scheduler, in_process, out):
     if scheduler and in_process:
         raise click.UsageError("--scheduler and --in-process exclude each other")
     config = load_config(config_file)
-    click.echo(f"sweep: {len(config.specs)} specs x {config.replicates} replicates = {len(config.runs)} runs "
-               f"of {config.days} days")
+    click.echo(
+        f"sweep: {len(config.specs)} specs x {config.replicates} replicates = {len(config.runs)} runs "
+        f"of {config.days} days"
+    )
     start = time.perf_counter()
     if in_process:
         results = run_sweep(config, progress=sys.stderr.isatty())
@@ -109,20 +143,40 @@ def sweep(config_file, scheduler, in_process, out):
 
 @click.command()
 @click.option("--policy", "specs", multiple=True, required=True, help="Policy spec (repeatable).")
-@click.option("--scenario", default="shop", show_default=True, type=click.Choice(list(SCENARIO_NAMES)),
-              help="The world (docs/simulator.md): today's shop, or one where exploration pays.")
+@click.option(
+    "--scenario",
+    default="shop",
+    show_default=True,
+    type=click.Choice(list(SCENARIO_NAMES)),
+    help="The world (docs/simulator.md): today's shop, or one where exploration pays.",
+)
 @click.option("--seeds", default=5, show_default=True, type=click.IntRange(min=1))
 @click.option("--first-seed", default=0, show_default=True, type=int)
 @click.option("--decisions", default=50_000, show_default=True, type=click.IntRange(min=1))
 @click.option("--slots", default=5, show_default=True, type=click.IntRange(min=1))
-@click.option("--candidates", default=None, type=click.IntRange(min=1),
-              help="Candidates per request [default: the scenario's, else 30].")
-@click.option("--batch", default=500, show_default=True, type=click.IntRange(min=1),
-              help="Decisions between learning steps.")
-@click.option("--floor", default=DEFAULT_FLOOR, show_default=True, type=click.FloatRange(0, 1),
-              help="Exploration floor mixed into every slot (as the engine serves; 0 switches it off).")
-@click.option("--jobs", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Worker processes running (policy, seed) pairs side by side.")
+@click.option(
+    "--candidates",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Candidates per request [default: the scenario's, else 30].",
+)
+@click.option(
+    "--batch", default=500, show_default=True, type=click.IntRange(min=1), help="Decisions between learning steps."
+)
+@click.option(
+    "--floor",
+    default=DEFAULT_FLOOR,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Exploration floor mixed into every slot (as the engine serves; 0 switches it off).",
+)
+@click.option(
+    "--jobs",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Worker processes running (policy, seed) pairs side by side.",
+)
 @click.option("--out", default="out/regret", show_default=True, type=click.Path(file_okay=False))
 @usage_errors
 def regret(specs, scenario, seeds, first_seed, decisions, slots, candidates, batch, floor, jobs, out):
@@ -131,9 +185,18 @@ def regret(specs, scenario, seeds, first_seed, decisions, slots, candidates, bat
 
     from studies.regret import regret_plot, regret_study, regret_table
 
-    rows = regret_study(list(specs), range(first_seed, first_seed + seeds), scenario=scenario,
-                        n_decisions=decisions, n_slots=slots, n_candidates=candidates, batch=batch,
-                        min_epsilon=floor, jobs=jobs, echo=click.echo)
+    rows = regret_study(
+        list(specs),
+        range(first_seed, first_seed + seeds),
+        scenario=scenario,
+        n_decisions=decisions,
+        n_slots=slots,
+        n_candidates=candidates,
+        batch=batch,
+        min_epsilon=floor,
+        jobs=jobs,
+        echo=click.echo,
+    )
     table = regret_table(rows)
     click.echo("")
     click.echo(table)
@@ -144,18 +207,39 @@ def regret(specs, scenario, seeds, first_seed, decisions, slots, candidates, bat
 
 
 @click.command()
-@click.option("--shop", "shop_dir", default=None, type=click.Path(file_okay=False),
-              help="A shop directory: the table is estimated off-policy from its log (--db).")
+@click.option(
+    "--shop",
+    "shop_dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="A shop directory: the table is estimated off-policy from its log (--db).",
+)
 @click.option("--db", default=None, type=click.Path(dir_okay=False), help="With --shop: the shop's decision log.")
 @click.option("--policy", "spec", default="linucb:alpha=1.0,epsilon=0.1", show_default=True)
-@click.option("--objective", default="price", show_default=True,
-              help="Item column to blend in (maximised). The simulated shop's: price, royalty (paid per sale) or "
-                   "net (price - royalty); a shop directory's: any of its business columns.")
+@click.option(
+    "--objective",
+    default="price",
+    show_default=True,
+    help="Item column to blend in (maximised). The simulated shop's: price, royalty (paid per sale) or "
+    "net (price - royalty); a shop directory's: any of its business columns.",
+)
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--train", "n_train", default=10_000, show_default=True, type=click.IntRange(min=1),
-              help="Simulated shop only: decisions the policy learns from.")
-@click.option("--test", "n_test", default=5_000, show_default=True, type=click.IntRange(min=1),
-              help="Simulated shop only: held-out requests ranked.")
+@click.option(
+    "--train",
+    "n_train",
+    default=10_000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Simulated shop only: decisions the policy learns from.",
+)
+@click.option(
+    "--test",
+    "n_test",
+    default=5_000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Simulated shop only: held-out requests ranked.",
+)
 @click.option("--k", default=5, show_default=True, type=click.IntRange(min=1))
 @usage_errors
 def sensitivity(shop_dir, db, spec, objective, seed, n_train, n_test, k):
@@ -178,30 +262,74 @@ def sensitivity(shop_dir, db, spec, objective, seed, n_train, n_test, k):
 
 @click.command()
 @click.option("--days", default=90, show_default=True, type=click.IntRange(min=1), help="Days to simulate.")
-@click.option("--customers", default=None, type=click.IntRange(min=1), help="Customers (default: the config's, 20,000).")
+@click.option(
+    "--customers", default=None, type=click.IntRange(min=1), help="Customers (default: the config's, 20,000)."
+)
 @click.option("--items", default=None, type=click.IntRange(min=1), help="Catalog items (default: the config's, 5,000).")
 @click.option("--policy", default="uniform", show_default=True, help="Policy spec serving the carousel.")
-@click.option("--db", default="out/sim/sim.db", show_default=True, type=click.Path(dir_okay=False),
-              help="Decision log to create (every decision and reward of the run).")
+@click.option(
+    "--db",
+    default="out/sim/sim.db",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="Decision log to create (every decision and reward of the run).",
+)
 @click.option("--replace", is_flag=True, help="Delete --db first if it exists.")
-@click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False),
-              help="TOML file of simulator settings (python -c 'import simulator; print(simulator.SimConfig.describe())').")
-@click.option("--scenario", default="shop", show_default=True, type=click.Choice(list(SCENARIO_NAMES)),
-              help="The world (docs/simulator.md), applied over --config: today's shop or one where exploration "
-                   "pays; it also sets the default --candidates and --learn-kind.")
+@click.option(
+    "--config",
+    "config_file",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="TOML file of simulator settings (python -c 'import simulator; print(simulator.SimConfig.describe())').",
+)
+@click.option(
+    "--scenario",
+    default="shop",
+    show_default=True,
+    type=click.Choice(list(SCENARIO_NAMES)),
+    help="The world (docs/simulator.md), applied over --config: today's shop or one where exploration "
+    "pays; it also sets the default --candidates and --learn-kind.",
+)
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--slots", default=5, show_default=True, type=click.IntRange(min=1), help="Carousel slots.")
-@click.option("--candidates", default=None, type=click.IntRange(min=1),
-              help="Candidates per request [default: the scenario's, else 50].")
-@click.option("--learn-kind", default=None, type=click.Choice(("click", "purchase", "margin")),
-              help="Reward the policy learns from at the end of each day [default: the scenario's, else click].")
+@click.option(
+    "--candidates",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Candidates per request [default: the scenario's, else 50].",
+)
+@click.option(
+    "--learn-kind",
+    default=None,
+    type=click.Choice(("click", "purchase", "margin")),
+    help="Reward the policy learns from at the end of each day [default: the scenario's, else click].",
+)
 @click.option("--every", default=1, show_default=True, type=click.IntRange(min=1), help="Print every N-th day's KPIs.")
-@click.option("--export-shop", "export_dir", default=None, type=click.Path(file_okay=False),
-              help="Instead of simulating: write the shop's items, interactions (its pre-period) and users files, "
-                   "and a build config, to this directory -- a shop's own data, for `banditrec build`.")
+@click.option(
+    "--export-shop",
+    "export_dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Instead of simulating: write the shop's items, interactions (its pre-period) and users files, "
+    "and a build config, to this directory -- a shop's own data, for `banditrec build`.",
+)
 @usage_errors
-def simulate(days, customers, items, policy, db, replace, config_file, scenario, seed, slots, candidates, learn_kind,
-             every, export_dir):
+def simulate(
+    days,
+    customers,
+    items,
+    policy,
+    db,
+    replace,
+    config_file,
+    scenario,
+    seed,
+    slots,
+    candidates,
+    learn_kind,
+    every,
+    export_dir,
+):
     """Run the simulated shop with a policy, logging every decision, and print daily KPIs."""
     from pathlib import Path
 
@@ -221,10 +349,14 @@ def simulate(days, customers, items, policy, db, replace, config_file, scenario,
         env = Environment(config, seed=seed)
         env.recording = True
         files = export_shop(env, env.warm_up(), export_dir)
-        click.echo(f"exported {files.n_items:,} items, {files.n_interactions:,} interactions and "
-                   f"{files.n_users:,} users to {export_dir}; build them with:")
-        click.echo(f"  banditrec build --items {files.items} --interactions {files.interactions} "
-                   f"--users {files.users} --config {files.config} --out SHOP_DIR")
+        click.echo(
+            f"exported {files.n_items:,} items, {files.n_interactions:,} interactions and "
+            f"{files.n_users:,} users to {export_dir}; build them with:"
+        )
+        click.echo(
+            f"  banditrec build --items {files.items} --interactions {files.interactions} "
+            f"--users {files.users} --config {files.config} --out SHOP_DIR"
+        )
         return
     if replace:
         Path(db).unlink(missing_ok=True)
@@ -236,42 +368,86 @@ def simulate(days, customers, items, policy, db, replace, config_file, scenario,
         if day < 0 or day % every == 0 or day == days - 1:
             click.echo(line)
 
-    result = run(config, policy, days, db=db, seed=seed, n_slots=slots, n_candidates=candidates,
-                 learn_kind=learn_kind, progress=sys.stderr.isatty(), echo=echo)
+    result = run(
+        config,
+        policy,
+        days,
+        db=db,
+        seed=seed,
+        n_slots=slots,
+        n_candidates=candidates,
+        learn_kind=learn_kind,
+        progress=sys.stderr.isatty(),
+        echo=echo,
+    )
     click.echo("")
-    click.echo(f"{result.n_decisions:,} decisions and {result.n_rewards:,} rewards logged to {db} "
-               f"in {result.seconds:.0f} s")
-    click.echo(f"retention {result.retention:.3f}; lifetime value {result.ltv:.2f} per customer "
-               f"(discounted margin, first {config.ltv_horizon_days} days)")
+    click.echo(
+        f"{result.n_decisions:,} decisions and {result.n_rewards:,} rewards logged to {db} in {result.seconds:.0f} s"
+    )
+    click.echo(
+        f"retention {result.retention:.3f}; lifetime value {result.ltv:.2f} per customer "
+        f"(discounted margin, first {config.ltv_horizon_days} days)"
+    )
     e = result.expected
-    click.echo(f"exact expected per carousel: {e['click'] / max(result.n_decisions, 1):.4f} clicks, "
-               f"{e['purchase'] / max(result.n_decisions, 1):.4f} purchases, "
-               f"{e['margin'] / max(result.n_decisions, 1):.3f} margin")
+    click.echo(
+        f"exact expected per carousel: {e['click'] / max(result.n_decisions, 1):.4f} clicks, "
+        f"{e['purchase'] / max(result.n_decisions, 1):.4f} purchases, "
+        f"{e['margin'] / max(result.n_decisions, 1):.3f} margin"
+    )
 
 
 @click.command()
-@click.option("--arms", default="margin,longterm", show_default=True,
-              help="Arms, the first is the control: presets (margin, longterm, click, uniform, e.g. "
-                   "'longterm,lambda=3') or policy specs with name=, learn=click|purchase|margin, lambda=, weight=.")
+@click.option(
+    "--arms",
+    default="margin,longterm",
+    show_default=True,
+    help="Arms, the first is the control: presets (margin, longterm, click, uniform, e.g. "
+    "'longterm,lambda=3') or policy specs with name=, learn=click|purchase|margin, lambda=, weight=.",
+)
 @click.option("--days", default=90, show_default=True, type=click.IntRange(min=1))
 @click.option("--customers", default=None, type=click.IntRange(min=2), help="Customers (default: the scenario's).")
-@click.option("--seeds", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Worlds to run the test on (seeds first-seed, first-seed+1, ...); results pooled.")
+@click.option(
+    "--seeds",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Worlds to run the test on (seeds first-seed, first-seed+1, ...); results pooled.",
+)
 @click.option("--first-seed", default=0, show_default=True, type=int)
 @click.option("--salt", default="ab", show_default=True, help="Assignment salt (a new salt, a new split).")
-@click.option("--scenario", default="gateway", show_default=True, type=click.Choice(["gateway", "default",
-                                                                                      *SCENARIO_NAMES[1:]]),
-              help="gateway: the shop of the long-term study (docs/abtest.md); default: SimConfig's defaults; "
-                   "the others: a world where exploration pays (docs/simulator.md; arms choose what they learn).")
-@click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False),
-              help="TOML: simulator fields (as for simulate) and an optional [abtest] table with arms, days, "
-                   "customers, seeds, first_seed, salt, aa, burn_in; replaces --scenario.")
-@click.option("--burn-in", "burn_in", default=None, type=click.IntRange(min=0),
-              help="Last pre-period days run with the incumbent carousel (uniformly random slates) "
-                   "[default: the scenario's: gateway 60, default 0; 0 with --config].")
-@click.option("--aa", "aa_tests", default=0, show_default=True, type=click.IntRange(min=0),
-              help="Instead run this many A/A tests of the first arm (own world and salt each) and report the "
-                   "false-positive rate; --arms may then name one arm.")
+@click.option(
+    "--scenario",
+    default="gateway",
+    show_default=True,
+    type=click.Choice(["gateway", "default", *SCENARIO_NAMES[1:]]),
+    help="gateway: the shop of the long-term study (docs/abtest.md); default: SimConfig's defaults; "
+    "the others: a world where exploration pays (docs/simulator.md; arms choose what they learn).",
+)
+@click.option(
+    "--config",
+    "config_file",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="TOML: simulator fields (as for simulate) and an optional [abtest] table with arms, days, "
+    "customers, seeds, first_seed, salt, aa, burn_in; replaces --scenario.",
+)
+@click.option(
+    "--burn-in",
+    "burn_in",
+    default=None,
+    type=click.IntRange(min=0),
+    help="Last pre-period days run with the incumbent carousel (uniformly random slates) "
+    "[default: the scenario's: gateway 60, default 0; 0 with --config].",
+)
+@click.option(
+    "--aa",
+    "aa_tests",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Instead run this many A/A tests of the first arm (own world and salt each) and report the "
+    "false-positive rate; --arms may then name one arm.",
+)
 @click.option("--boot", default=2000, show_default=True, type=click.IntRange(min=0), help="Bootstrap resamples.")
 @click.option("--out", default="out/abtest", show_default=True, type=click.Path(file_okay=False))
 @usage_errors
@@ -279,8 +455,20 @@ def abtest(arms, days, customers, seeds, first_seed, salt, scenario, config_file
     """Simulate an A/B test of carousel policies; print the metric table and write a report."""
     import numpy as np
 
-    from studies.abtest import (SCENARIO_BURN_IN, aa_study, aa_table, analyse, load_config, metric_table,
-                                  parse_arms, pool_seeds, pooled_table, run_abtest, scenario_config, write_report)
+    from studies.abtest import (
+        SCENARIO_BURN_IN,
+        aa_study,
+        aa_table,
+        analyse,
+        load_config,
+        metric_table,
+        parse_arms,
+        pool_seeds,
+        pooled_table,
+        run_abtest,
+        scenario_config,
+        write_report,
+    )
 
     command = "banditrec abtest " + " ".join(sys.argv[2:])
     if config_file:
@@ -297,8 +485,9 @@ def abtest(arms, days, customers, seeds, first_seed, salt, scenario, config_file
     arm_list = parse_arms(arms, minimum=1 if aa_tests else 2)
     progress = sys.stderr.isatty()
     if aa_tests:
-        study = aa_study(aa_tests, arm_list[0], config, days, first_seed=first_seed, progress=progress,
-                         burn_in_days=burn_in)
+        study = aa_study(
+            aa_tests, arm_list[0], config, days, first_seed=first_seed, progress=progress, burn_in_days=burn_in
+        )
         click.echo(aa_table(study))
         path = write_report(out, aa=study, command=command)
     else:
@@ -307,9 +496,11 @@ def abtest(arms, days, customers, seeds, first_seed, salt, scenario, config_file
             r = run_abtest(arm_list, config, days, seed=s, salt=salt, burn_in_days=burn_in, progress=progress)
             results.append(r)
             rows.append(analyse(r, n_boot=boot, rng=np.random.default_rng(s)))
-            click.echo(f"seed {s}: {', '.join(f'{a.name} {n:,}' for a, n in zip(r.arms, r.sizes))} customers, "
-                       f"{int(r.n_decisions.sum()):,} decisions in {r.seconds:.0f} s; sample ratio "
-                       f"p = {r.srm.p_value:.3f}")
+            click.echo(
+                f"seed {s}: {', '.join(f'{a.name} {n:,}' for a, n in zip(r.arms, r.sizes))} customers, "
+                f"{int(r.n_decisions.sum()):,} decisions in {r.seconds:.0f} s; sample ratio "
+                f"p = {r.srm.p_value:.3f}"
+            )
         click.echo(metric_table(rows[0]))
         if seeds > 1:
             click.echo("")

@@ -15,22 +15,30 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simulator import Shop, ShopConfig
-
 from banditrec.candidates import ItemItemCF
 from banditrec.engine import Engine, ItemTable
 from banditrec.errors import ValidationError
-from banditrec.ope import IPS, SNIPS, OPEWarning
 from banditrec.offline import target_pscore
+from banditrec.ope import IPS, SNIPS, OPEWarning
 from banditrec.policies import make
 from banditrec.policies.base import DEFAULT_FLOOR
 from banditrec.service import create_app
 from banditrec.store import DecisionLog
 from banditrec.types import Estimate
+from simulator import Shop, ShopConfig
 
 
-def build_engine(shop: Shop, policy_spec: str, log: DecisionLog, *, seed=None, n_candidates: int = 30,
-                 min_epsilon: float = DEFAULT_FLOOR, clock=time.time, n_neighbors: int = 50) -> Engine:
+def build_engine(
+    shop: Shop,
+    policy_spec: str,
+    log: DecisionLog,
+    *,
+    seed=None,
+    n_candidates: int = 30,
+    min_epsilon: float = DEFAULT_FLOOR,
+    clock=time.time,
+    n_neighbors: int = 50,
+) -> Engine:
     """An engine for the simulated shop: CF fitted on its pre-period purchases; ``min_epsilon``
     0 serves without a floor (``floor_off``)."""
     items = ItemTable(ids=tuple(shop.catalog.item_ids), features=shop.catalog.features)
@@ -59,10 +67,14 @@ def policy_env(shop: Shop, cf: ItemItemCF) -> dict:
     weigh by (``value=COLUMN``): ``price``, ``royalty`` (the royalty the shop pays per sale) and
     ``net`` = price - royalty, what the shop keeps per sale."""
     catalog = shop.catalog
-    return {"context_dim": shop.config.dim, "item_dim": shop.config.dim, "popularity": cf.popularity,
-            "n_items": catalog.n_items, "item_types": catalog.product_type,
-            "item_columns": {"price": catalog.price, "royalty": catalog.royalty,
-                             "net": catalog.price - catalog.royalty}}
+    return {
+        "context_dim": shop.config.dim,
+        "item_dim": shop.config.dim,
+        "popularity": cf.popularity,
+        "n_items": catalog.n_items,
+        "item_types": catalog.product_type,
+        "item_columns": {"price": catalog.price, "royalty": catalog.royalty, "net": catalog.price - catalog.royalty},
+    }
 
 
 @dataclass
@@ -111,8 +123,18 @@ def _engine_transport(engine: Engine):
     return decide, reward
 
 
-def simulate(shop: Shop, engine: Engine, *, n_decisions: int, n_slots: int, batch: int,
-             traffic: np.random.Generator, clicks: np.random.Generator, via: str = "http", echo=None) -> Served:
+def simulate(
+    shop: Shop,
+    engine: Engine,
+    *,
+    n_decisions: int,
+    n_slots: int,
+    batch: int,
+    traffic: np.random.Generator,
+    clicks: np.random.Generator,
+    via: str = "http",
+    echo=None,
+) -> Served:
     """Serve ``n_decisions`` simulated requests and post their clicks back; learn per batch.
 
     ``via="http"`` goes through the Flask app (test client), ``via="engine"`` calls the engine
@@ -142,15 +164,18 @@ def simulate(shop: Shop, engine: Engine, *, n_decisions: int, n_slots: int, batc
         def exact(d, items, marg, _cust=req.customer, _truth=truth):
             _truth[d] = shop.model.expected_reward_of_distribution(_cust[d], items, marg)
 
-        recomputed = target_pscore(engine.policy, logged, engine.items.features,
-                                   min_epsilon=engine.min_epsilon, on_decision=exact)
+        recomputed = target_pscore(
+            engine.policy, logged, engine.items.features, min_epsilon=engine.min_epsilon, on_decision=exact
+        )
         mismatch = max(mismatch, float(np.abs(recomputed - logged.row_pscore).max()))
         customers.append(req.customer)
         truths.append(truth)
         learned = int(logged.seq[-1])
         engine.learn(until_seq=learned)
         if echo and (b + 1) % max(1, n_batches // 10) == 0:
-            echo(f"  {b * batch + size:>7} decisions logged; exact clicks per carousel in this batch {truth.mean():.4f}")
+            echo(
+                f"  {b * batch + size:>7} decisions logged; exact clicks per carousel in this batch {truth.mean():.4f}"
+            )
     return Served(
         customer=np.concatenate(customers),
         truth=np.concatenate(truths),
@@ -159,8 +184,9 @@ def simulate(shop: Shop, engine: Engine, *, n_decisions: int, n_slots: int, batc
     )
 
 
-def evaluate_against_truth(shop: Shop, engine: Engine, served: Served, targets, *, n_slots: int,
-                           estimators=None) -> tuple[list[PolicyResult], dict[str, np.ndarray]]:
+def evaluate_against_truth(
+    shop: Shop, engine: Engine, served: Served, targets, *, n_slots: int, estimators=None
+) -> tuple[list[PolicyResult], dict[str, np.ndarray]]:
     """Estimate the logging policy and each target from the log; pair each with its exact value.
 
     Returns the results and, per policy, its exact value per decision.
@@ -215,11 +241,26 @@ def _check_run(config: ShopConfig, *, n_decisions, n_slots, n_candidates, batch)
     if n_candidates > eligible:
         raise ValidationError(
             f"candidates ({n_candidates}) exceeds the {eligible} items a customer has not bought "
-            f"({config.n_items} items, {config.history_purchases} bought each)", "candidates")
+            f"({config.n_items} items, {config.history_purchases} bought each)",
+            "candidates",
+        )
 
 
-def _run(seed, shop_config, policy, log, *, n_decisions, n_slots, n_candidates, batch, via, targets=(), echo=None,
-         floor: float = DEFAULT_FLOOR):
+def _run(
+    seed,
+    shop_config,
+    policy,
+    log,
+    *,
+    n_decisions,
+    n_slots,
+    n_candidates,
+    batch,
+    via,
+    targets=(),
+    echo=None,
+    floor: float = DEFAULT_FLOOR,
+):
     """One seeded run: the seed splits into world, engine, traffic and click streams."""
     config = shop_config or ShopConfig()
     _check_run(config, n_decisions=n_decisions, n_slots=n_slots, n_candidates=n_candidates, batch=batch)
@@ -231,13 +272,20 @@ def _run(seed, shop_config, policy, log, *, n_decisions, n_slots, n_candidates, 
         now[0] += 1.0
         return now[0]
 
-    engine = build_engine(shop, policy, log, seed=engine_seq, n_candidates=n_candidates, clock=clock,
-                          min_epsilon=floor)
+    engine = build_engine(shop, policy, log, seed=engine_seq, n_candidates=n_candidates, clock=clock, min_epsilon=floor)
     for spec in targets:  # a bad target spec fails now, not after the simulation
         make(spec, **policy_env(shop, engine.cf))
-    served = simulate(shop, engine, n_decisions=n_decisions, n_slots=n_slots, batch=batch,
-                      traffic=np.random.default_rng(traffic_seq), clicks=np.random.default_rng(click_seq),
-                      via=via, echo=echo)
+    served = simulate(
+        shop,
+        engine,
+        n_decisions=n_decisions,
+        n_slots=n_slots,
+        batch=batch,
+        traffic=np.random.default_rng(traffic_seq),
+        clicks=np.random.default_rng(click_seq),
+        via=via,
+        echo=echo,
+    )
     return shop, engine, served
 
 
@@ -271,9 +319,18 @@ def coverage_study(
     (estimate - truth) / se, which should look standard normal if the intervals are honest."""
     rows: dict[tuple[str, str], CoverageRow] = {}
     for seed in seeds:
-        shop, engine, served = _run(seed, shop_config, policy, DecisionLog(), n_decisions=n_decisions,
-                                    n_slots=n_slots, n_candidates=n_candidates, batch=batch, via="engine",
-                                    targets=targets)
+        shop, engine, served = _run(
+            seed,
+            shop_config,
+            policy,
+            DecisionLog(),
+            n_decisions=n_decisions,
+            n_slots=n_slots,
+            n_candidates=n_candidates,
+            batch=batch,
+            via="engine",
+            targets=targets,
+        )
         results, _ = evaluate_against_truth(shop, engine, served, targets, n_slots=n_slots)
         engine.log.close()
         for r in results:
@@ -283,8 +340,12 @@ def coverage_study(
                 row.runs += 1
                 row.z = np.append(row.z, _standardised(e, r.truth))
         if echo:
-            echo(f"  seed {seed}: " + ", ".join(
-                f"{r.spec.split(':')[0]} IPS z={_standardised(r.estimates['IPS'], r.truth):+.2f}" for r in results))
+            echo(
+                f"  seed {seed}: "
+                + ", ".join(
+                    f"{r.spec.split(':')[0]} IPS z={_standardised(r.estimates['IPS'], r.truth):+.2f}" for r in results
+                )
+            )
     return list(rows.values())
 
 
@@ -302,6 +363,8 @@ def coverage_table(rows: list[CoverageRow]) -> str:
     lines = [head, "-" * len(head)]
     for r in rows:
         sd = r.z.std(ddof=1) if r.runs > 1 else float("nan")
-        lines.append(f"{r.policy:<{w}}  {r.estimator:<6} {r.covered:>4}/{r.runs:<4} {r.z.mean():>7.2f} {sd:>6.2f} "
-                     f"{r.z.min():>6.2f} {r.z.max():>6.2f}")
+        lines.append(
+            f"{r.policy:<{w}}  {r.estimator:<6} {r.covered:>4}/{r.runs:<4} {r.z.mean():>7.2f} {sd:>6.2f} "
+            f"{r.z.min():>6.2f} {r.z.max():>6.2f}"
+        )
     return "\n".join(lines)

@@ -13,11 +13,6 @@ from pathlib import Path
 
 import numpy as np
 
-from simulator import SimConfig
-from simulator.environment import Environment
-from simulator.export import export_shop
-from simulator.history import DAY_S
-
 from banditrec.errors import ValidationError
 from banditrec.evaluation import Evaluation, evaluate_log
 from banditrec.learner import Learner
@@ -26,6 +21,10 @@ from banditrec.service.config import ServiceConfig
 from banditrec.service.shopapp import create_shop_app
 from banditrec.shop import BuildConfig, Shop, build_shop
 from banditrec.store import DecisionLog
+from simulator import SimConfig
+from simulator.environment import Environment
+from simulator.export import export_shop
+from simulator.history import DAY_S
 
 DEMO_CONFIG = SimConfig(n_items=2_000, n_types=50, n_customers=6_000, history_days=30)
 REWARD_WINDOW_S = 3600.0  # a carousel's clicks and purchases come within the hour
@@ -64,16 +63,20 @@ class ShopDemoResult:
         def row(label, e, truth):
             ci = f"[{e.lower:.3f}, {e.upper:.3f}]"
             mark = " !" if e.warnings else ""
-            return (f"{label:<{w}}  {e.estimator:<6} {e.value:>8.4f} {ci:>18} {truth:>7.4f}  "
-                    f"{'yes' if e.covers(truth) else 'NO':<5} {e.ess:>8,.0f}{mark}")
+            return (
+                f"{label:<{w}}  {e.estimator:<6} {e.value:>8.4f} {ci:>18} {truth:>7.4f}  "
+                f"{'yes' if e.covers(truth) else 'NO':<5} {e.ess:>8,.0f}{mark}"
+            )
 
         lines.append(row("logging (on-policy)", ev.logging, self.truth["logging"]))
         for c in ev.candidates:
             for e in c.estimates.values():
                 lines.append(row(c.spec, e, self.truth[c.spec]))
         if any(e.warnings for c in ev.candidates for e in c.estimates.values()):
-            lines.append("! the estimator's diagnostics warn (low effective sample size or heavy weights): "
-                         "do not trust that interval")
+            lines.append(
+                "! the estimator's diagnostics warn (low effective sample size or heavy weights): "
+                "do not trust that interval"
+            )
         return "\n".join(lines)
 
 
@@ -96,14 +99,21 @@ def _exact(env: Environment, req, i: int, items: np.ndarray, marg: np.ndarray) -
     return float(a @ marg @ theta)
 
 
-def run_shop_demo(*, days: int = 14, n_slots: int = 5, n_candidates: int = 30, seed: int = 0,
-                  out="out/demo", policy: str = "linucb:alpha=1.0,epsilon=0.1",
-                  targets: tuple[str, ...] = ("uniform", "popularity:epsilon=0.1", "linucb:alpha=0.5,epsilon=0.05"),
-                  config: SimConfig = DEMO_CONFIG, echo=print) -> ShopDemoResult:
+def run_shop_demo(
+    *,
+    days: int = 14,
+    n_slots: int = 5,
+    n_candidates: int = 30,
+    seed: int = 0,
+    out="out/demo",
+    policy: str = "linucb:alpha=1.0,epsilon=0.1",
+    targets: tuple[str, ...] = ("uniform", "popularity:epsilon=0.1", "linucb:alpha=0.5,epsilon=0.05"),
+    config: SimConfig = DEMO_CONFIG,
+    echo=print,
+) -> ShopDemoResult:
     """Run the five steps (docs/simulator.md, "The demo"); writes everything under ``out``."""
     if config.click_model != "pbm":
-        raise ValidationError("the demo's exact truth needs position-based clicks (click_model = 'pbm')",
-                              "click_model")
+        raise ValidationError("the demo's exact truth needs position-based clicks (click_model = 'pbm')", "click_model")
     start = time.perf_counter()
     echo = echo or (lambda line: None)
     out = Path(out)
@@ -119,22 +129,35 @@ def run_shop_demo(*, days: int = 14, n_slots: int = 5, n_candidates: int = 30, s
     history = env.warm_up()
     env.take_events()  # the pre-period is in the exported files, not posted again
     files = export_shop(env, history, out / "files")
-    echo(f"export    {files.items.parent}: {files.n_items:,} items, {files.n_interactions:,} interactions, "
-         f"{files.n_users:,} users")
-    built = build_shop(files.items, files.interactions, files.users, out=out / "shop",
-                       config=BuildConfig.from_toml(files.config))
-    echo(f"build     {built.directory}: {built.build}, {built.item_dim} item and {built.context_dim} context features "
-         f"({built.seconds:.1f} s)")
+    echo(
+        f"export    {files.items.parent}: {files.n_items:,} items, {files.n_interactions:,} interactions, "
+        f"{files.n_users:,} users"
+    )
+    built = build_shop(
+        files.items, files.interactions, files.users, out=out / "shop", config=BuildConfig.from_toml(files.config)
+    )
+    echo(
+        f"build     {built.directory}: {built.build}, {built.item_dim} item and {built.context_dim} context features "
+        f"({built.seconds:.1f} s)"
+    )
     clock = _Clock(config.history_days * DAY_S)
-    app = create_shop_app(out / "shop", policy, db, settings=ServiceConfig(snapshots=str(out / "snapshots"),
-                                                                           reload_check_ms=0),
-                          reward_window_s=REWARD_WINDOW_S, n_candidates=n_candidates, seed=serve_seq, clock=clock)
+    app = create_shop_app(
+        out / "shop",
+        policy,
+        db,
+        settings=ServiceConfig(snapshots=str(out / "snapshots"), reload_check_ms=0),
+        reward_window_s=REWARD_WINDOW_S,
+        n_candidates=n_candidates,
+        seed=serve_seq,
+        clock=clock,
+    )
     client = app.test_client()
     engine = app.extensions["banditrec.engine"]
     shop = Shop(out / "shop")
     log = DecisionLog(db, reward_window_s=REWARD_WINDOW_S)
-    learner = Learner(log, shop.policy(policy), shop.items.features, out / "snapshots", clock=clock,
-                      item_cold=shop.items.cold)
+    learner = Learner(
+        log, shop.policy(policy), shop.items.features, out / "snapshots", clock=clock, item_cold=shop.items.cold
+    )
     respond = np.random.default_rng(respond_seq)
     truths = Truths()
     counts = {"events": 0, "rewards": 0, "decisions": 0}
@@ -154,8 +177,11 @@ def run_shop_demo(*, days: int = 14, n_slots: int = 5, n_candidates: int = 30, s
             slates, event_ids = np.empty((len(req), n_slots), dtype=np.int64), [""] * len(req)
             for i in order.tolist():
                 clock.now = float(when[i])
-                body = _post(client, "/v1/decide", {"user_id": f"u{int(req.customer[i])}", "slots": n_slots,
-                                                    "context": {"device": _device(req, i)}})
+                body = _post(
+                    client,
+                    "/v1/decide",
+                    {"user_id": f"u{int(req.customer[i])}", "slots": n_slots, "context": {"device": _device(req, i)}},
+                )
                 event_ids[i] = body["event_id"]
                 slates[i] = [int(s["item_id"][1:]) for s in body["slots"]]
             counts["decisions"] += len(req)
@@ -165,8 +191,14 @@ def run_shop_demo(*, days: int = 14, n_slots: int = 5, n_candidates: int = 30, s
             def exact(d, items, marg, _order=order, _req=req, _truth=truth_day):
                 _truth[d] = _exact(env, _req, int(_order[d]), items, marg)
 
-            recomputed = target_pscore(engine.policy, logged, engine.items.features, min_epsilon=engine.min_epsilon,
-                                       on_decision=exact, cold=engine.items.cold)
+            recomputed = target_pscore(
+                engine.policy,
+                logged,
+                engine.items.features,
+                min_epsilon=engine.min_epsilon,
+                on_decision=exact,
+                cold=engine.items.cold,
+            )
             mismatch = max(mismatch, float(np.abs(recomputed - logged.row_pscore).max()))
             truths.logging.extend(truth_day.tolist())
             for d, sq in enumerate(logged.seq.tolist()):
@@ -176,30 +208,46 @@ def run_shop_demo(*, days: int = 14, n_slots: int = 5, n_candidates: int = 30, s
             for kind, values in (("click", response.click), ("purchase", response.purchase)):
                 for i, k in zip(*np.nonzero(values)):
                     clock.now = float(when[i]) + REWARD_DELAY_S
-                    _post(client, "/v1/reward", {"event_id": event_ids[i], "position": int(k), "reward": 1.0,
-                                                 "kind": kind})
+                    _post(
+                        client,
+                        "/v1/reward",
+                        {"event_id": event_ids[i], "position": int(k), "reward": 1.0, "kind": kind},
+                    )
                     counts["rewards"] += 1
             clock.now = day_start + DAY_S - 1.0
             env.advance_day()
             counts["events"] += _post_events(client, clock, env.take_events(), None, None)
-            echo(f"serve     day {len(daily):>2}: {len(req):>5,} carousels, exact clicks per carousel "
-                 f"{daily[-1]:.4f}; model {engine.model_version}")
+            echo(
+                f"serve     day {len(daily):>2}: {len(req):>5,} carousels, exact clicks per carousel "
+                f"{daily[-1]:.4f}; model {engine.model_version}"
+            )
         clock.now += DAY_S
         learner.step()
     finally:
         log.close()
     # evaluate: the log alone, on the shop's features; the truth of each candidate beside it
     exact_of = _TruthOfTargets(env, truths.requests)
-    evaluation = evaluate_log(str(db), list(targets), shop=Shop(out / "shop"), out=out / "evaluate",
-                              on_target=exact_of.record)
+    evaluation = evaluate_log(
+        str(db), list(targets), shop=Shop(out / "shop"), out=out / "evaluate", on_target=exact_of.record
+    )
     n_train = evaluation.n_train
     truth = {"logging": float(np.mean(truths.logging[n_train:]))}
     for spec in targets:
         truth[spec] = exact_of.mean(spec)
     engine.log.close()
-    result = ShopDemoResult(n_decisions=counts["decisions"], n_events=counts["events"], n_rewards=counts["rewards"],
-                            days=days, seconds=time.perf_counter() - start, evaluation=evaluation, truth=truth,
-                            daily=daily, max_pscore_mismatch=mismatch, build=built.build, db=db)
+    result = ShopDemoResult(
+        n_decisions=counts["decisions"],
+        n_events=counts["events"],
+        n_rewards=counts["rewards"],
+        days=days,
+        seconds=time.perf_counter() - start,
+        evaluation=evaluation,
+        truth=truth,
+        daily=daily,
+        max_pscore_mismatch=mismatch,
+        build=built.build,
+        db=db,
+    )
     result.report = write_report(result, out, seed=seed, n_slots=n_slots, n_candidates=n_candidates, config=config)
     return result
 
@@ -240,8 +288,9 @@ def _post_events(client, clock: _Clock, history, req, when) -> int:
     if req is not None:
         visit_time = dict(zip(req.customer.tolist(), (when - 60.0).tolist()))
     base = clock.now
-    for k, (cust, item, kind) in enumerate(zip(history.customer.tolist(), history.item.tolist(),
-                                               history.kind.tolist())):
+    for k, (cust, item, kind) in enumerate(
+        zip(history.customer.tolist(), history.item.tolist(), history.kind.tolist())
+    ):
         ts = visit_time.get(cust, base) + k * 1e-3
         _post(client, "/v1/events", {"user_id": f"u{cust}", "item_id": f"i{item}", "kind": kinds[kind], "ts": ts})
     return len(history)

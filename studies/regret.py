@@ -33,7 +33,6 @@ import numpy as np
 from scipy import stats
 
 from banditrec.candidates import ItemItemCF
-from studies.coverage import policy_env
 from banditrec.errors import ValidationError
 from banditrec.offline import learn_from_log, uses_marginals
 from banditrec.policies import REGISTRY, Request, make, parse_spec
@@ -41,6 +40,7 @@ from banditrec.policies.base import DEFAULT_FLOOR
 from banditrec.types import LoggedDecisions
 from simulator import Shop, ShopConfig
 from simulator.scenarios import scenario as get_scenario
+from studies.coverage import policy_env
 
 FRESH_DAYS = 10.0  # new items are candidates for this many days after their launch
 
@@ -63,9 +63,18 @@ def scenario_shop(scenario: str = "shop", shop_config: ShopConfig | None = None)
     return (shop_config or ShopConfig()).replace(**sc.shop), sc.candidates
 
 
-def regret_run(spec: str, seed: int, *, scenario: str = "shop", shop_config: ShopConfig | None = None,
-               n_decisions: int = 50_000, n_slots: int = 5, n_candidates: int | None = None, batch: int = 500,
-               min_epsilon: float = DEFAULT_FLOOR) -> RegretRun:
+def regret_run(
+    spec: str,
+    seed: int,
+    *,
+    scenario: str = "shop",
+    shop_config: ShopConfig | None = None,
+    n_decisions: int = 50_000,
+    n_slots: int = 5,
+    n_candidates: int | None = None,
+    batch: int = 500,
+    min_epsilon: float = DEFAULT_FLOOR,
+) -> RegretRun:
     """One policy, one seed: serve ``n_decisions`` requests and record the exact regret.
 
     ``min_epsilon`` is the serving floor (the engine's default, so that the regret is what a
@@ -97,17 +106,45 @@ def regret_run(spec: str, seed: int, *, scenario: str = "shop", shop_config: Sho
             best[_at + i] = theta @ np.sort(value)[::-1][:n_slots]
             got[_at + i] = theta @ value[draw.index]
 
-        serve_and_learn(policy, shop, cf, shop.requests(size, traffic), n_slots=n_slots, n_candidates=n_candidates,
-                        min_epsilon=min_epsilon, sampler=sampler, clicks=clicks, marginals=needs_marginals,
-                        on_decision=score, first=done, fresh=fresh, cache=cache)
+        serve_and_learn(
+            policy,
+            shop,
+            cf,
+            shop.requests(size, traffic),
+            n_slots=n_slots,
+            n_candidates=n_candidates,
+            min_epsilon=min_epsilon,
+            sampler=sampler,
+            clicks=clicks,
+            marginals=needs_marginals,
+            on_decision=score,
+            first=done,
+            fresh=fresh,
+            cache=cache,
+        )
         done += size
     regret = np.cumsum(best - got)
-    return RegretRun(spec=spec, seed=int(seed), cumulative=regret, reward=float(got.mean()), oracle=float(best.mean()),
-                     seconds=time.perf_counter() - start, scenario=scenario)
+    return RegretRun(
+        spec=spec,
+        seed=int(seed),
+        cumulative=regret,
+        reward=float(got.mean()),
+        oracle=float(best.mean()),
+        seconds=time.perf_counter() - start,
+        scenario=scenario,
+    )
 
 
-def candidates_for(shop: Shop, cf: ItemItemCF, customer: int, n_candidates: int, *, day: float = 0.0,
-                   fresh: np.random.Generator | None = None, cache: dict | None = None) -> np.ndarray:
+def candidates_for(
+    shop: Shop,
+    cf: ItemItemCF,
+    customer: int,
+    n_candidates: int,
+    *,
+    day: float = 0.0,
+    fresh: np.random.Generator | None = None,
+    cache: dict | None = None,
+) -> np.ndarray:
     """The candidates of one customer at ``day``: CF's from their pre-period purchases and,
     when items launch during the run, up to a sixth drawn (with ``fresh``) from the items
     launched in the last ``FRESH_DAYS`` days. ``cache`` keeps each customer's CF candidates
@@ -120,7 +157,7 @@ def candidates_for(shop: Shop, cf: ItemItemCF, customer: int, n_candidates: int,
     key = (customer, n_candidates - k)
     cf_items = None if cache is None else cache.get(key)
     if cf_items is None:
-        history = shop.history.indices[shop.history.indptr[customer]:shop.history.indptr[customer + 1]]
+        history = shop.history.indices[shop.history.indptr[customer] : shop.history.indptr[customer + 1]]
         cf_items = cf.candidates(history, n_candidates - k)[0]
         if cache is not None:
             cache[key] = cf_items
@@ -130,10 +167,23 @@ def candidates_for(shop: Shop, cf: ItemItemCF, customer: int, n_candidates: int,
     return np.concatenate([cf_items, fresh.choice(recent, size=k, replace=False)])
 
 
-def serve_and_learn(policy, shop: Shop, cf: ItemItemCF, req, *, n_slots: int, n_candidates: int, min_epsilon: float,
-                    sampler: np.random.Generator, clicks: np.random.Generator, marginals: bool = True,
-                    on_decision=None, first: int = 0, fresh: np.random.Generator | None = None,
-                    cache: dict | None = None) -> None:
+def serve_and_learn(
+    policy,
+    shop: Shop,
+    cf: ItemItemCF,
+    req,
+    *,
+    n_slots: int,
+    n_candidates: int,
+    min_epsilon: float,
+    sampler: np.random.Generator,
+    clicks: np.random.Generator,
+    marginals: bool = True,
+    on_decision=None,
+    first: int = 0,
+    fresh: np.random.Generator | None = None,
+    cache: dict | None = None,
+) -> None:
     """Serve one batch of requests with ``policy``, sample the rewards, and learn from them.
 
     Request ``i`` is decision ``first + i`` of the run, at day ``(first + i) / day_decisions``.
@@ -149,8 +199,9 @@ def serve_and_learn(policy, shop: Shop, cf: ItemItemCF, req, *, n_slots: int, n_
         c = int(req.customer[i])
         items = candidates_for(shop, cf, c, n_candidates, day=float(day[i]), fresh=fresh, cache=cache)
         cold = shop.cold(float(day[i]))[items] if shop.config.new_item_share else None
-        dist = policy.distribution(Request(context=req.context[i], items=items, item_features=features[items],
-                                           cold=cold), n_slots, min_epsilon)
+        dist = policy.distribution(
+            Request(context=req.context[i], items=items, item_features=features[items], cold=cold), n_slots, min_epsilon
+        )
         draw = dist.sample(sampler, marginals=marginals)
         slates[i] = items[draw.index]
         if on_decision is not None:
@@ -160,15 +211,25 @@ def serve_and_learn(policy, shop: Shop, cf: ItemItemCF, req, *, n_slots: int, n_
         cond_rows.append(draw.propensity)
         cold_rows.append(np.zeros(n_slots, bool) if cold is None else cold[draw.index])
     rewarded = shop.respond(req, slates, clicks, day=day if shop.changes else None)
-    learn(policy, req.context, cand_lists, slates, rewarded, marg_rows, cond_rows, features,
-          cold=np.concatenate(cold_rows) if shop.config.new_item_share else None)
+    learn(
+        policy,
+        req.context,
+        cand_lists,
+        slates,
+        rewarded,
+        marg_rows,
+        cond_rows,
+        features,
+        cold=np.concatenate(cold_rows) if shop.config.new_item_share else None,
+    )
 
 
 def learn(policy, context, cand_lists, slates, clicked, marg_rows, cond_rows, features, cold=None) -> None:
     """Update ``policy`` on one batch of served slates through the engine's own learning path;
     ``cold (size * K,)``: each shown item's cold flag when it was shown."""
-    logged = LoggedDecisions.from_slates(context, cand_lists, slates, marginal=marg_rows, propensity=cond_rows,
-                                         reward=clicked)
+    logged = LoggedDecisions.from_slates(
+        context, cand_lists, slates, marginal=marg_rows, propensity=cond_rows, reward=clicked
+    )
     learn_from_log(policy, logged, features, row_cold=cold)
 
 
@@ -189,8 +250,7 @@ class RegretRow:
         half = float(stats.t.ppf(0.5 + level / 2, len(f) - 1) * f.std(ddof=1) / np.sqrt(len(f)))
         return mean, mean - half, mean + half
 
-
-    def paired(self, baseline: "RegretRow", level: float = 0.95) -> tuple[float, float, float]:
+    def paired(self, baseline: RegretRow, level: float = 0.95) -> tuple[float, float, float]:
         """Mean and t interval of this policy's final regret minus ``baseline``'s, seed by seed
         (both ran on the same customers and candidates per seed, so the worlds' spread cancels)."""
         if [r.seed for r in self.runs] != [r.seed for r in baseline.runs]:
@@ -203,8 +263,9 @@ class RegretRow:
         return mean, mean - half, mean + half
 
 
-def regret_study(specs, seeds, *, echo: Callable[[str], None] | None = None, jobs: int = 1,
-                 **kwargs) -> list[RegretRow]:
+def regret_study(
+    specs, seeds, *, echo: Callable[[str], None] | None = None, jobs: int = 1, **kwargs
+) -> list[RegretRow]:
     """Every policy over every seed (same seeds for every policy); ``jobs`` worker processes
     run (policy, seed) pairs side by side -- each run is seeded on its own, so the numbers do
     not depend on ``jobs``."""
@@ -221,8 +282,10 @@ def regret_study(specs, seeds, *, echo: Callable[[str], None] | None = None, job
 
     def report(run):
         if echo:
-            echo(f"  {run.spec:<40} seed {run.seed}: cumulative regret {run.cumulative[-1]:9.1f}  "
-                 f"({run.reward:.4f} vs oracle {run.oracle:.4f} per carousel, {run.seconds:.0f} s)")
+            echo(
+                f"  {run.spec:<40} seed {run.seed}: cumulative regret {run.cumulative[-1]:9.1f}  "
+                f"({run.reward:.4f} vs oracle {run.oracle:.4f} per carousel, {run.seconds:.0f} s)"
+            )
 
     done: dict[tuple[str, int], RegretRun] = {}
     if jobs > 1:
@@ -249,8 +312,11 @@ def regret_table(rows: list[RegretRow]) -> str:
     unit = f"{get_scenario(sc).reward}s/carousel"
     u = max(15, len(unit))
     head = f"{'policy':<{w}}  {'cumulative regret':>17}  {'95% CI':>21}  {unit:>{u}}  {'oracle':>6}"
-    lines = [f"scenario {sc}: cumulative regret after {n:,} decisions, mean over {len(rows[0].runs)} seeds", head,
-             "-" * len(head)]
+    lines = [
+        f"scenario {sc}: cumulative regret after {n:,} decisions, mean over {len(rows[0].runs)} seeds",
+        head,
+        "-" * len(head),
+    ]
     for r in sorted(rows, key=lambda r: r.interval()[0]):
         mean, lo, hi = r.interval()
         reward = np.mean([x.reward for x in r.runs])
@@ -298,9 +364,18 @@ class SensitivityRow:
     metrics: dict  # Personalize's metrics plus every business column's total in the top k
 
 
-def sensitivity_study(spec: str, objective: str = "price", *, seed: int = 0, shop_config: ShopConfig | None = None,
-                      n_train: int = 10_000, n_test: int = 5_000, k: int = 5, n_candidates: int = 30,
-                      batch: int = 500) -> list[SensitivityRow]:
+def sensitivity_study(
+    spec: str,
+    objective: str = "price",
+    *,
+    seed: int = 0,
+    shop_config: ShopConfig | None = None,
+    n_train: int = 10_000,
+    n_test: int = 5_000,
+    k: int = 5,
+    n_candidates: int = 30,
+    batch: int = 500,
+) -> list[SensitivityRow]:
     """Amazon Personalize's objective-sensitivity table, in the simulated shop.
 
     ``spec`` learns online for ``n_train`` decisions; then, for ``n_test`` held-out requests,
@@ -329,16 +404,27 @@ def sensitivity_study(spec: str, objective: str = "price", *, seed: int = 0, sho
     env = policy_env(shop, cf)
     columns = env["item_columns"]
     if objective not in columns:
-        raise ValidationError(f"objective {objective!r} is not an item column of the shop; known: "
-                              f"{', '.join(sorted(columns))}", "objective")
+        raise ValidationError(
+            f"objective {objective!r} is not an item column of the shop; known: {', '.join(sorted(columns))}",
+            "objective",
+        )
     trained = make(spec, **env)
     traffic, clicks, sampler = (np.random.default_rng(s) for s in (traffic_seq, click_seq, policy_seq))
     features = shop.catalog.features
     done = 0
     while done < n_train:  # learn online, as served
         size = min(batch, n_train - done)
-        serve_and_learn(trained, shop, cf, shop.requests(size, traffic), n_slots=k, n_candidates=n_candidates,
-                        min_epsilon=0.0, sampler=sampler, clicks=clicks)
+        serve_and_learn(
+            trained,
+            shop,
+            cf,
+            shop.requests(size, traffic),
+            n_slots=k,
+            n_candidates=n_candidates,
+            min_epsilon=0.0,
+            sampler=sampler,
+            clicks=clicks,
+        )
         done += size
     arrays, meta = trained.state()
     test = shop.requests(n_test, np.random.default_rng(test_seq))
@@ -363,12 +449,20 @@ def sensitivity_study(spec: str, objective: str = "price", *, seed: int = 0, sho
             dist = policy.distribution(Request(test.context[i], items, features[items]), k)
             rec[i] = items[dist.greedy().sample(rank_rng).index]
         m = ranking_metrics(rec, relevant, k=k, n_items=shop.catalog.n_items, item_value=value)
-        out.append(SensitivityRow(level, {
-            "average_reward_at_k": m.average_reward, "coverage": m.coverage, "mrr": m.mrr,
-            "ndcg_at_k": m.ndcg, "precision_at_k": m.precision,
-            **{f"{name}_in_top_k": float(col[rec].sum(axis=1).mean()) for name, col in totals.items()},
-            "n_users": m.n_users,
-        }))
+        out.append(
+            SensitivityRow(
+                level,
+                {
+                    "average_reward_at_k": m.average_reward,
+                    "coverage": m.coverage,
+                    "mrr": m.mrr,
+                    "ndcg_at_k": m.ndcg,
+                    "precision_at_k": m.precision,
+                    **{f"{name}_in_top_k": float(col[rec].sum(axis=1).mean()) for name, col in totals.items()},
+                    "n_users": m.n_users,
+                },
+            )
+        )
     return out
 
 
@@ -378,12 +472,16 @@ def sensitivity_table(rows: list[SensitivityRow], k: int, objective: str) -> str
     extra = [objective] + [c for c in ("royalty",) if c != objective and f"{c}_in_top_k" in rows[0].metrics]
     names = [f"{c} in top {k}" for c in extra]
     widths = [max(14, len(n)) for n in names]
-    head = (f"{'sensitivity':<11} {'avg reward@' + str(k):>13} {'coverage':>9} {'MRR':>7} {'NDCG@' + str(k):>8} "
-            f"{'precision@' + str(k):>12}" + "".join(f" {n:>{w}}" for n, w in zip(names, widths)))
+    head = (
+        f"{'sensitivity':<11} {'avg reward@' + str(k):>13} {'coverage':>9} {'MRR':>7} {'NDCG@' + str(k):>8} "
+        f"{'precision@' + str(k):>12}" + "".join(f" {n:>{w}}" for n, w in zip(names, widths))
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         m = r.metrics
-        lines.append(f"{r.sensitivity:<11} {m['average_reward_at_k']:>13.4f} {m['coverage']:>9.4f} {m['mrr']:>7.4f} "
-                     f"{m['ndcg_at_k']:>8.4f} {m['precision_at_k']:>12.4f}"
-                     + "".join(f" {m[c + '_in_top_k']:>{w}.2f}" for c, w in zip(extra, widths)))
+        lines.append(
+            f"{r.sensitivity:<11} {m['average_reward_at_k']:>13.4f} {m['coverage']:>9.4f} {m['mrr']:>7.4f} "
+            f"{m['ndcg_at_k']:>8.4f} {m['precision_at_k']:>12.4f}"
+            + "".join(f" {m[c + '_in_top_k']:>{w}.2f}" for c, w in zip(extra, widths))
+        )
     return "\n".join(lines)

@@ -12,15 +12,21 @@ from pathlib import Path
 
 import numpy as np
 
-from banditrec.candidates import (AlreadyBought, CandidateGenerator, Filters, Interactions, MetadataIndex, OutOfStock,
-                                  UserState)
+from banditrec.candidates import (
+    AlreadyBought,
+    CandidateGenerator,
+    Filters,
+    Interactions,
+    MetadataIndex,
+    OutOfStock,
+    UserState,
+)
 from banditrec.engine import Engine, ItemTable
 from banditrec.errors import ValidationError
 from banditrec.policies import make
 from banditrec.store import DecisionLog
 from banditrec.types import Reward
 from banditrec.validation import as_seed_sequence, check_positive_int
-
 from simulator.config import SimConfig
 from simulator.environment import DayKPIs, Environment
 from simulator.history import DAY_S, event_times
@@ -41,18 +47,34 @@ class SimulationResult:
     expected: dict = field(default_factory=dict)  # kind -> exact expected total of the carousels shown
 
 
-KPI_HEAD = (f"{'day':>4} {'visits':>7} {'CTR':>6} {'conv':>6} {'AOV':>7} {'revenue':>10} {'margin':>9} "
-            f"{'active':>7} {'retained':>8}")
+KPI_HEAD = (
+    f"{'day':>4} {'visits':>7} {'CTR':>6} {'conv':>6} {'AOV':>7} {'revenue':>10} {'margin':>9} "
+    f"{'active':>7} {'retained':>8}"
+)
 
 
 def kpi_row(k: DayKPIs, n_customers: int) -> str:
-    return (f"{k.day:>4} {k.visits:>7,} {k.ctr:>6.3f} {k.conversion:>6.3f} {k.aov:>7.2f} {k.revenue:>10,.0f} "
-            f"{k.margin:>9,.0f} {k.active_30d:>7,} {k.alive / n_customers:>8.3f}")
+    return (
+        f"{k.day:>4} {k.visits:>7,} {k.ctr:>6.3f} {k.conversion:>6.3f} {k.aov:>7.2f} {k.revenue:>10,.0f} "
+        f"{k.margin:>9,.0f} {k.active_30d:>7,} {k.alive / n_customers:>8.3f}"
+    )
 
 
-def simulate(config: SimConfig | None = None, policy: str = "uniform", days: int = 90, *, db=None, seed=0,
-             n_slots: int = 5, n_candidates: int = 50, min_epsilon: float = 0.01, learn_kind: str = "click",
-             refit_days: int = 7, progress: bool = False, echo=None) -> SimulationResult:
+def simulate(
+    config: SimConfig | None = None,
+    policy: str = "uniform",
+    days: int = 90,
+    *,
+    db=None,
+    seed=0,
+    n_slots: int = 5,
+    n_candidates: int = 50,
+    min_epsilon: float = 0.01,
+    learn_kind: str = "click",
+    refit_days: int = 7,
+    progress: bool = False,
+    echo=None,
+) -> SimulationResult:
     """Run ``days`` days of the shop with the policy ``policy`` (a banditrec spec).
 
     Candidates come from :class:`banditrec.candidates.CandidateGenerator` (complements of the
@@ -80,8 +102,9 @@ def simulate(config: SimConfig | None = None, policy: str = "uniform", days: int
     if db is not None:
         db = Path(db)
         if db.exists():
-            raise ValidationError(f"{db} already exists; simulate writes a new log (remove it or choose another path)",
-                                  "db")
+            raise ValidationError(
+                f"{db} already exists; simulate writes a new log (remove it or choose another path)", "db"
+            )
         db.parent.mkdir(parents=True, exist_ok=True)
     world_seq, policy_seq, respond_seq = as_seed_sequence(seed).spawn(3)
     env = Environment(config, seed=world_seq)
@@ -93,9 +116,15 @@ def simulate(config: SimConfig | None = None, policy: str = "uniform", days: int
     log.write_items(cat.item_ids, cat.latent.astype(float), item_attrs(cat))
     events = _write_events(log, env.take_events(), base_s)
     shop = ShopCandidates(env, events)
-    engine = shop.engine(shop.policy(policy), log, ItemTable(ids=tuple(cat.item_ids), features=cat.latent.astype(float)),
-                         events.user_items("purchase"), n_candidates=n_candidates, min_epsilon=min_epsilon,
-                         seed=policy_seq)
+    engine = shop.engine(
+        shop.policy(policy),
+        log,
+        ItemTable(ids=tuple(cat.item_ids), features=cat.latent.astype(float)),
+        events.user_items("purchase"),
+        n_candidates=n_candidates,
+        min_epsilon=min_epsilon,
+        seed=policy_seq,
+    )
     clock = engine.clock
     respond_rng = np.random.default_rng(respond_seq)
     expected = {k: 0.0 for k in REWARD_KINDS}
@@ -128,8 +157,16 @@ def simulate(config: SimConfig | None = None, policy: str = "uniform", days: int
     finally:
         bar.close()
     result = SimulationResult(
-        spec=policy, kpis=env.kpis[-days:], n_decisions=n_decisions, n_rewards=n_rewards, retention=env.retention,
-        ltv=float(env.state.ltv.mean()), seconds=time.perf_counter() - start, db=db, expected=expected)
+        spec=policy,
+        kpis=env.kpis[-days:],
+        n_decisions=n_decisions,
+        n_rewards=n_rewards,
+        retention=env.retention,
+        ltv=float(env.state.ltv.mean()),
+        seconds=time.perf_counter() - start,
+        db=db,
+        expected=expected,
+    )
     log.close()
     return result
 
@@ -139,8 +176,15 @@ def decide_requests(engine, req, rows: np.ndarray, cand: np.ndarray, n_slots: in
     with candidates ``cand`` (item indices, -1 pads): their slates as item indices
     ``(len(rows), n_slots)`` (through the engine's own item table) and their event ids."""
     items = engine.items
-    batch = [{"user_id": f"u{int(req.customer[i])}", "n_slots": n_slots, "context": req.context[i],
-              "candidates": [items.ids[j] for j in cand[i] if j >= 0]} for i in rows.tolist()]
+    batch = [
+        {
+            "user_id": f"u{int(req.customer[i])}",
+            "n_slots": n_slots,
+            "context": req.context[i],
+            "candidates": [items.ids[j] for j in cand[i] if j >= 0],
+        }
+        for i in rows.tolist()
+    ]
     decisions = engine.decide_batch(batch) if batch else []
     slates = items.index_of([s.item_id for d in decisions for s in d.slots], "slots")
     return slates.reshape(len(batch), n_slots), [d.event_id for d in decisions]
@@ -148,24 +192,37 @@ def decide_requests(engine, req, rows: np.ndarray, cand: np.ndarray, n_slots: in
 
 def item_attrs(cat) -> list[dict]:
     """Each item's attributes as the log stores them."""
-    cols = {"type": cat.product_type, "category": cat.category, "brand": cat.brand, "price": cat.price,
-            "margin": cat.margin, "gateway": cat.gateway, "consumable": cat.consumable[cat.product_type],
-            "launch_day": cat.launch_day, **cat.columns}
+    cols = {
+        "type": cat.product_type,
+        "category": cat.category,
+        "brand": cat.brand,
+        "price": cat.price,
+        "margin": cat.margin,
+        "gateway": cat.gateway,
+        "consumable": cat.consumable[cat.product_type],
+        "launch_day": cat.launch_day,
+        **cat.columns,
+    }
     lists = {k: np.asarray(v).tolist() for k, v in cols.items()}
     return [{"title": cat.title[j], **{k: v[j] for k, v in lists.items()}} for j in range(cat.n_items)]
 
 
 def history_interactions(h, base_s: float = 0.0) -> Interactions:
     """The shop's recorded events as Interactions (times from :func:`event_times`)."""
-    return Interactions.from_arrays(h.customer, h.item, event_times(h, base_s), h.kind, session=h.session,
-                                    n_users=h.n_customers, n_items=h.n_items)
+    return Interactions.from_arrays(
+        h.customer, h.item, event_times(h, base_s), h.kind, session=h.session, n_users=h.n_customers, n_items=h.n_items
+    )
 
 
 def _write_events(log: DecisionLog, h, base_s: float) -> Interactions:
     """Write the shop's recorded events to the log; return them as Interactions (log clock)."""
     kinds = np.array(["view", "cart", "purchase"], dtype=object)[h.kind]
-    log.write_events([f"u{c}" for c in h.customer.tolist()], [f"i{j}" for j in h.item.tolist()], kinds.tolist(),
-                     event_times(h, base_s).tolist())
+    log.write_events(
+        [f"u{c}" for c in h.customer.tolist()],
+        [f"i{j}" for j in h.item.tolist()],
+        kinds.tolist(),
+        event_times(h, base_s).tolist(),
+    )
     return history_interactions(h, base_s)
 
 
@@ -179,10 +236,12 @@ class ShopCandidates:
         cat = env.catalog
         self.env = env
         self.stock_rule = OutOfStock(env.stock.available)
-        metadata = MetadataIndex().fit(list(cat.title), fields={"type": cat.product_type, "brand": cat.brand},
-                                       numeric=cat.price[:, None])  # cold start: new items launch on day 0
+        metadata = MetadataIndex().fit(
+            list(cat.title), fields={"type": cat.product_type, "brand": cat.brand}, numeric=cat.price[:, None]
+        )  # cold start: new items launch on day 0
         self.generator = CandidateGenerator(
-            filters=Filters([self.stock_rule, AlreadyBought(cat.product_type, cat.consumable)]), metadata=metadata)
+            filters=Filters([self.stock_rule, AlreadyBought(cat.product_type, cat.consumable)]), metadata=metadata
+        )
         self.purchases = np.bincount(events.item[events.kind == 2], minlength=cat.n_items).astype(float)
         self.fallback = np.argsort(-self.purchases, kind="stable")
         self._parts = [events]
@@ -212,31 +271,58 @@ class ShopCandidates:
         popularity, product types, and the catalog's value columns (price, margin, ... and any
         ``columns`` given, e.g. a long-term value)."""
         cat = self.env.catalog
-        return make(spec, context_dim=self.env.context_dim, item_dim=self.env.config.dim, popularity=self.purchases,
-                    n_items=cat.n_items, item_types=cat.product_type,
-                    item_columns={"price": cat.price, "margin": cat.margin, **cat.columns, **columns})
+        return make(
+            spec,
+            context_dim=self.env.context_dim,
+            item_dim=self.env.config.dim,
+            popularity=self.purchases,
+            n_items=cat.n_items,
+            item_types=cat.product_type,
+            item_columns={"price": cat.price, "margin": cat.margin, **cat.columns, **columns},
+        )
 
-    def engine(self, policy, log: DecisionLog, items: ItemTable, user_items, *, n_candidates: int,
-               min_epsilon: float, seed) -> Engine:
+    def engine(
+        self, policy, log: DecisionLog, items: ItemTable, user_items, *, n_candidates: int, min_epsilon: float, seed
+    ) -> Engine:
         """An :class:`Engine` serving ``policy`` from this shop's candidates, on simulated time
         (``engine.clock`` is a :class:`_SimClock`)."""
-        return Engine(items=items, policy=policy, log=log, candidate_generator=self.generator, user_items=user_items,
-                      user_index={}, context_dim=self.env.context_dim, n_candidates=n_candidates,
-                      min_epsilon=min_epsilon, seed=seed, clock=_SimClock())
+        return Engine(
+            items=items,
+            policy=policy,
+            log=log,
+            candidate_generator=self.generator,
+            user_items=user_items,
+            user_index={},
+            context_dim=self.env.context_dim,
+            n_candidates=n_candidates,
+            min_epsilon=min_epsilon,
+            seed=seed,
+            clock=_SimClock(),
+        )
 
     def for_requests(self, req, n_candidates: int, n_slots: int) -> np.ndarray:
         """(m, >= n_slots) candidate item indices for the day's requests (-1 pads)."""
         self.stock_rule.available = req.available
-        states = [UserState(cart=r["cart"], purchased=r["purchases"], viewed=r["views"], segment=int(req.segment[i]))
-                  for i, r in ((i, req.recent(i)) for i in range(len(req)))]
-        return _complete(self.generator.candidates_batch(states, n_candidates)[0], self.fallback, n_slots,
-                         req.available)
+        states = [
+            UserState(cart=r["cart"], purchased=r["purchases"], viewed=r["views"], segment=int(req.segment[i]))
+            for i, r in ((i, req.recent(i)) for i in range(len(req)))
+        ]
+        return _complete(
+            self.generator.candidates_batch(states, n_candidates)[0], self.fallback, n_slots, req.available
+        )
 
 
 def _concat(parts: list[Interactions]) -> Interactions:
     cat = lambda name: np.concatenate([getattr(p, name) for p in parts])  # noqa: E731
-    return Interactions.from_arrays(cat("user"), cat("item"), cat("ts"), cat("kind"), session=cat("session"),
-                                    n_users=parts[0].n_users, n_items=parts[0].n_items)
+    return Interactions.from_arrays(
+        cat("user"),
+        cat("item"),
+        cat("ts"),
+        cat("kind"),
+        session=cat("session"),
+        n_users=parts[0].n_users,
+        n_items=parts[0].n_items,
+    )
 
 
 def _complete(cand: np.ndarray, fallback: np.ndarray, n_slots: int, available: np.ndarray) -> np.ndarray:
@@ -246,11 +332,11 @@ def _complete(cand: np.ndarray, fallback: np.ndarray, n_slots: int, available: n
         return cand
     extra = fallback[available[fallback]]
     out = np.full((len(cand), max(cand.shape[1], n_slots)), -1, dtype=np.int64)
-    out[:, :cand.shape[1]] = cand
+    out[:, : cand.shape[1]] = cand
     for r in short.tolist():
         have = out[r][out[r] >= 0]
         add = extra[~np.isin(extra, have)][: n_slots - len(have)]
-        out[r, len(have):len(have) + len(add)] = add
+        out[r, len(have) : len(have) + len(add)] = add
     return out
 
 
@@ -277,8 +363,10 @@ def _post_rewards(log: DecisionLog, events: list[str], out, ts: float) -> int:
     for kind, values in (("click", out.click), ("purchase", out.purchase), ("margin", out.margin)):
         rows, cols = np.nonzero(values)
         vals = values[rows, cols].astype(float)
-        rewards.extend(Reward(event_id=events[r], value=float(v), position=int(k), kind=kind, ts=ts)
-                       for r, k, v in zip(rows.tolist(), cols.tolist(), vals.tolist()))
+        rewards.extend(
+            Reward(event_id=events[r], value=float(v), position=int(k), kind=kind, ts=ts)
+            for r, k, v in zip(rows.tolist(), cols.tolist(), vals.tolist())
+        )
     if rewards:
         log.record_rewards(rewards)
     return len(rewards)
@@ -318,9 +406,16 @@ def true_values(specs, config: SimConfig | None = None, days: int = 90, seeds=(0
     for seed in seeds:
         for spec in specs:
             r = simulate(config, spec, days, seed=seed, **kw)
-            out.append(TrueValue(spec=spec, seed=int(seed), ltv=r.ltv, retention=r.retention,
-                                 margin=float(sum(k.margin for k in r.kpis)),
-                                 clicks_per_carousel=r.expected["click"] / max(r.n_decisions, 1)))
+            out.append(
+                TrueValue(
+                    spec=spec,
+                    seed=int(seed),
+                    ltv=r.ltv,
+                    retention=r.retention,
+                    margin=float(sum(k.margin for k in r.kpis)),
+                    clicks_per_carousel=r.expected["click"] / max(r.n_decisions, 1),
+                )
+            )
     return out
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from hypothesis import settings
 import pytest
+from hypothesis import settings
 
 from banditrec.store import DecisionLog
 from simulator import Shop
 from tests.helpers import SMALL, build_sim_shop, make_engine
+
 
 @pytest.fixture(scope="session")
 def small_shop() -> Shop:

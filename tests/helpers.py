@@ -12,8 +12,9 @@ ROOT_DIR = Path(__file__).resolve().parent.parent  # the repository
 SMALL = ShopConfig(n_items=200, n_types=8, n_customers=400, dim=4, history_purchases=6)
 
 
-def make_engine(shop: Shop, policy: str = "linucb:alpha=1.0,epsilon=0.1", *, seed=7, db=":memory:",
-                n_candidates: int = 20, **kw):
+def make_engine(
+    shop: Shop, policy: str = "linucb:alpha=1.0,epsilon=0.1", *, seed=7, db=":memory:", n_candidates: int = 20, **kw
+):
     """A fresh engine on ``shop`` with its own log (in memory unless ``db`` is a path)."""
     t = [0.0]
 
@@ -34,6 +35,7 @@ def build_sim_shop(directory, *, n_items: int = 300, n_customers: int = 600, see
     env = Environment(SimConfig(n_items=n_items, n_types=20, n_customers=n_customers, history_days=10), seed=seed)
     env.recording = True
     files = export_shop(env, env.warm_up(), directory / "files")
-    build_shop(files.items, files.interactions, files.users, out=directory / "shop",
-               config=BuildConfig.from_toml(files.config))
+    build_shop(
+        files.items, files.interactions, files.users, out=directory / "shop", config=BuildConfig.from_toml(files.config)
+    )
     return directory / "shop"

@@ -31,5 +31,8 @@ def assert_reads_as(printed: str, quoted: str, tolerance: float | Callable[[int,
     assert text_p == text_q, f"the output reads differently:\n  printed: {text_p}\n  quoted:  {text_q}"
     tol = tolerance if callable(tolerance) else (lambda i, q: tolerance)
     off = [(i, g, w, tol(i, w)) for i, (g, w) in enumerate(zip(got, want)) if not abs(g - w) <= tol(i, w)]
-    assert not off, "numbers outside their tolerance (index, printed, quoted, tolerance): " + "; ".join(
-        f"{i}: {g:g} vs {w:g} (tol {t:g})" for i, g, w, t in off) + f"\n  printed: {printed}\n  quoted:  {quoted}"
+    assert not off, (
+        "numbers outside their tolerance (index, printed, quoted, tolerance): "
+        + "; ".join(f"{i}: {g:g} vs {w:g} (tol {t:g})" for i, g, w, t in off)
+        + f"\n  printed: {printed}\n  quoted:  {quoted}"
+    )

@@ -36,10 +36,11 @@ def reference_noise_sd(X, r, reg=1.0):
     c = X.T @ r
     spread = float(r.max() - r.min()) if len(r) and r.max() > r.min() else 1.0
     df = d - reg * np.trace(np.linalg.inv(A))
-    return float(np.sqrt((r @ r - np.linalg.solve(A, c) @ c + spread ** 2 / 4) / (max(len(r) - df, 0.0) + 1.0)))
+    return float(np.sqrt((r @ r - np.linalg.solve(A, c) @ c + spread**2 / 4) / (max(len(r) - df, 0.0) + 1.0)))
 
 
 # ---- candidate generation: the dense computation the sparse fast paths are checked against ----
+
 
 def reference_diversify(ids, scores, types, N, *, max_per_type, type_decay=0.7):
     """Per-type cap and spread over one user's items, with lexsorts over the whole list."""
@@ -55,7 +56,7 @@ def reference_diversify(ids, scores, types, N, *, max_per_type, type_decay=0.7):
     rank = np.empty(len(order), dtype=np.int64)
     rank[by_type] = np.arange(len(order)) - start
     keep = rank < max_per_type
-    adjusted = np.asarray(scores)[order] * type_decay ** rank
+    adjusted = np.asarray(scores)[order] * type_decay**rank
     pos = order[keep]
     final = np.lexsort((np.arange(len(pos)), -adjusted[keep]))[:N]
     return pos[final]
@@ -93,8 +94,9 @@ def reference_candidates(gen, state, N, *, popularity, exclude=()):
     ``(S + 1, n)`` segment popularity the generator was fitted with."""
     n = gen.n_items
     cm = gen.complement_model
-    cp = _weights(np.r_[state.cart, state.purchased], np.r_[np.ones(len(state.cart)),
-                                                            0.7 ** np.arange(len(state.purchased))])
+    cp = _weights(
+        np.r_[state.cart, state.purchased], np.r_[np.ones(len(state.cart)), 0.7 ** np.arange(len(state.purchased))]
+    )
     direct = _add_rows(cm.scores, cp, n)
     T = cm.type_transition.toarray()
     type_w = {}
@@ -127,8 +129,9 @@ def reference_candidates(gen, state, N, *, popularity, exclude=()):
     score = np.where(banned, 0.0, total)
     top = np.flatnonzero(score > 0)
     top = top[np.lexsort((top, -score[top]))]
-    pick = top[reference_diversify(top, score[top], gen.types, N, max_per_type=gen.max_per_type,
-                                   type_decay=gen.type_decay)]
+    pick = top[
+        reference_diversify(top, score[top], gen.types, N, max_per_type=gen.max_per_type, type_decay=gen.type_decay)
+    ]
     if gen.min_new >= 1 and gen.meta_new is not None and gen.cold[pick].sum() < gen.min_new:
         have = int(gen.cold[pick].sum())
         cand = np.flatnonzero(gen.cold & ~banned & (score > 0))

@@ -6,6 +6,7 @@ import ast
 from pathlib import Path
 
 import pytest
+
 from tests.helpers import ROOT_DIR
 
 ROOT = ROOT_DIR
@@ -51,8 +52,12 @@ def rel(path: Path) -> str:
 
 
 def offenders(paths, banned) -> list[str]:
-    return [f"{rel(p)} imports {name}" for p in paths for name in sorted(imports(p))
-            if any(name == b or name.startswith(b + ".") for b in banned)]
+    return [
+        f"{rel(p)} imports {name}"
+        for p in paths
+        for name in sorted(imports(p))
+        if any(name == b or name.startswith(b + ".") for b in banned)
+    ]
 
 
 def under(prefix: str) -> list[Path]:
@@ -87,11 +92,17 @@ def test_every_study_command_is_registered_for_the_banditrec_command():
 
     cfg = configparser.ConfigParser()
     cfg.read(ROOT / "setup.cfg")
-    registered = {line.split("=")[0].strip() for line in cfg["options.entry_points"]["banditrec.commands"].splitlines()
-                  if line.strip()}
+    registered = {
+        line.split("=")[0].strip()
+        for line in cfg["options.entry_points"]["banditrec.commands"].splitlines()
+        if line.strip()
+    }
     tree = ast.parse((ROOT / "studies/cli.py").read_text())
-    commands = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)
-                and any("command" in ast.unparse(d) for d in node.decorator_list)}
+    commands = {
+        node.name
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef) and any("command" in ast.unparse(d) for d in node.decorator_list)
+    }
     assert commands and registered == commands
 
 
@@ -116,7 +127,7 @@ def test_the_import_graph_has_no_cycle():
         state[node] = 1
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                cycles.append(" -> ".join([*stack[stack.index(nxt):], nxt]))
+                cycles.append(" -> ".join([*stack[stack.index(nxt) :], nxt]))
             elif nxt not in state:
                 visit(nxt, [*stack, nxt])
         state[node] = 2
@@ -127,8 +138,10 @@ def test_the_import_graph_has_no_cycle():
     assert cycles == []
 
 
-@pytest.mark.parametrize("inner", ["banditrec/types.py", "banditrec/candidates/", "banditrec/policies/",
-                                   "banditrec/store/", "banditrec/ope/"])
+@pytest.mark.parametrize(
+    "inner",
+    ["banditrec/types.py", "banditrec/candidates/", "banditrec/policies/", "banditrec/store/", "banditrec/ope/"],
+)
 def test_arrows_point_inward(inner):
     """The flow candidates -> policies -> engine -> store -> evaluation -> service: the inner
     layers never import the serving engine, the service or the command line."""
@@ -166,9 +179,14 @@ def test_no_global_random_state():
     bad = []
     for p in SOURCES:
         for node in ast.walk(ast.parse(p.read_text())):
-            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
-                    and node.value.attr == "random" and isinstance(node.value.value, ast.Name)
-                    and node.value.value.id == "np" and node.attr not in allowed):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Attribute)
+                and node.value.attr == "random"
+                and isinstance(node.value.value, ast.Name)
+                and node.value.value.id == "np"
+                and node.attr not in allowed
+            ):
                 bad.append(f"{rel(p)}:{node.lineno} np.random.{node.attr}")
     bad += offenders(SOURCES, {"random"})
     assert bad == []
@@ -191,8 +209,9 @@ def test_logged_rows_reach_a_policy_through_learn_from_log_only():
     assert bad == []
 
 
-@pytest.mark.parametrize("path", ["banditrec/engine.py", "studies/regret.py", "banditrec/offline.py",
-                                  "banditrec/learner.py"])
+@pytest.mark.parametrize(
+    "path", ["banditrec/engine.py", "studies/regret.py", "banditrec/offline.py", "banditrec/learner.py"]
+)
 def test_protocols_are_called_not_sniffed(path):
     """The engine and its learners call the candidate-source, slate-distribution and update
     protocols as declared (CandidateSource, SlateDistribution, Policy.update): no hasattr and

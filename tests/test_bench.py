@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+
 from tests.helpers import ROOT_DIR
 
 BENCH = ROOT_DIR / "bench"
@@ -18,7 +18,8 @@ BENCH = ROOT_DIR / "bench"
 @pytest.mark.slow
 @pytest.mark.parametrize("section", ["decide", "logread", "marginals", "choices"])
 def test_a_bench_section_runs_at_quick_sizes(section):
-    res = subprocess.run([sys.executable, "run.py", "--quick", "--only", section], cwd=BENCH, capture_output=True,
-                         text=True, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "run.py", "--quick", "--only", section], cwd=BENCH, capture_output=True, text=True, timeout=300
+    )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     assert f"== {section}" in res.stdout

@@ -17,6 +17,7 @@ from pathlib import Path
 import nbformat
 import pytest
 from nbclient.exceptions import CellExecutionError
+
 from tests.helpers import ROOT_DIR
 
 ROOT = ROOT_DIR
@@ -47,8 +48,11 @@ def stored_outputs(nb) -> list[str]:
 
 
 def test_there_are_notebooks():
-    assert {p.name for p in NOTEBOOKS} >= {"01_ab_simulation.ipynb", "02_offline_replay.ipynb",
-                                           "03_objective_sensitivity.ipynb"}
+    assert {p.name for p in NOTEBOOKS} >= {
+        "01_ab_simulation.ipynb",
+        "02_offline_replay.ipynb",
+        "03_objective_sensitivity.ipynb",
+    }
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
@@ -56,26 +60,41 @@ def test_notebook_is_stored_without_outputs(path):
     nb = nbformat.read(path, as_version=4)
     nbformat.validate(nb)
     found = stored_outputs(nb)
-    assert not found, (f"{path.name} is stored with outputs ({'; '.join(found)}); clear them before committing, "
-                       "e.g. jupyter nbconvert --clear-output, or write it with nbformat")
+    assert not found, (
+        f"{path.name} is stored with outputs ({'; '.join(found)}); clear them before committing, "
+        "e.g. jupyter nbconvert --clear-output, or write it with nbformat"
+    )
     assert nb.metadata.get("kernelspec", {}).get("name") == "python3"
 
 
 def test_stored_outputs_are_detected():
     clean = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1 + 1")])
     assert stored_outputs(clean) == []
-    dirty = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("x"), nbformat.v4.new_code_cell(
-        "1 + 1", execution_count=3, outputs=[nbformat.v4.new_output("execute_result", {"text/plain": "2"},
-                                                                    execution_count=3)])])
+    dirty = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_markdown_cell("x"),
+            nbformat.v4.new_code_cell(
+                "1 + 1",
+                execution_count=3,
+                outputs=[nbformat.v4.new_output("execute_result", {"text/plain": "2"}, execution_count=3)],
+            ),
+        ]
+    )
     assert stored_outputs(dirty) == ["cell 1 has 1 output(s)", "cell 1 has execution_count 3"]
 
 
 def test_a_failing_cell_shows_its_error(tmp_path):
     probe = tmp_path / "probe.ipynb"
-    nbformat.write(nbformat.v4.new_notebook(
-        cells=[nbformat.v4.new_code_cell("x = 1"),
-               nbformat.v4.new_code_cell("raise ValueError('deliberate failure in cell 2')")],
-        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}), probe)
+    nbformat.write(
+        nbformat.v4.new_notebook(
+            cells=[
+                nbformat.v4.new_code_cell("x = 1"),
+                nbformat.v4.new_code_cell("raise ValueError('deliberate failure in cell 2')"),
+            ],
+            metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+        ),
+        probe,
+    )
     work = tmp_path / "work"
     work.mkdir()
     with pytest.raises(CellExecutionError) as info:
@@ -89,16 +108,21 @@ def test_a_failing_cell_shows_its_error(tmp_path):
 
 def test_kernel_is_this_interpreter_with_the_small_switch_in_a_scratch_dir(tmp_path):
     probe = nbformat.v4.new_notebook(
-        cells=[nbformat.v4.new_code_cell("import os, sys; print(sys.executable); "
-                                         f"print(os.environ[{runner.SMALL_ENV!r}]); print(os.getcwd())")],
-        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+        cells=[
+            nbformat.v4.new_code_cell(
+                f"import os, sys; print(sys.executable); print(os.environ[{runner.SMALL_ENV!r}]); print(os.getcwd())"
+            )
+        ],
+        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+    )
     path = tmp_path / "probe.ipynb"
     nbformat.write(probe, path)
     nb = runner.execute(nbformat.read(path, as_version=4), small=True, cwd=tmp_path, timeout=CELL_TIMEOUT_S)
     executable, small, cwd = nb.cells[0].outputs[0]["text"].splitlines()
     assert Path(executable).resolve() == Path(sys.executable).resolve(), (
         f"the python3 kernel runs {executable}, not this interpreter {sys.executable}: a user-level python3 "
-        "kernelspec shadows the venv's ipykernel")
+        "kernelspec shadows the venv's ipykernel"
+    )
     assert small == "1"
     assert Path(cwd).resolve() == tmp_path.resolve()
 
@@ -114,6 +138,7 @@ def test_notebook_runs_at_small_size(path, tmp_path):
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
     assert any("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs), (
-        f"{path.name} shows no plot")
+        f"{path.name} shows no plot"
+    )
     after = {p.name: p.stat().st_mtime_ns for p in NOTEBOOK_DIR.iterdir()}
     assert after == before, "executing a notebook wrote into notebooks/"

@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from tests.helpers import ROOT_DIR
 from banditrec.cli import main
 from tests.banditrec.store.test_exchange import obd_csv
+from tests.helpers import ROOT_DIR
 
 ROOT = ROOT_DIR
 N_ITEMS = 6
@@ -37,8 +36,9 @@ def test_obd_fixture_through_import_build_and_evaluate(tmp_path):
     (tmp_path / "all.csv").write_text(obd_csv(rows, N_ITEMS))
     with open(tmp_path / "items.csv", "w", newline="") as fh:  # bench/obd_items.py's layout
         w = csv.writer(fh)
-        w.writerow(["item_id", "item_feature_0", "item_feature_1", "item_feature_2", "item_feature_3",
-                    "bts_alpha", "bts_beta"])
+        w.writerow(
+            ["item_id", "item_feature_0", "item_feature_1", "item_feature_2", "item_feature_3", "bts_alpha", "bts_beta"]
+        )
         for i in range(N_ITEMS):
             w.writerow([i, 0.1 * i, f"c{i % 2}", f"d{i % 3}", "e", 40.0 if i == 5 else 1.0, 60.0])
     db, shop = tmp_path / "random.db", tmp_path / "shop"
@@ -49,12 +49,37 @@ def test_obd_fixture_through_import_build_and_evaluate(tmp_path):
     n_clicks = sum(r[3] for r in rows)
     with open(tmp_path / "clicks.csv", newline="") as fh:
         assert len(list(csv.DictReader(fh))) == n_clicks
-    out = run("build", "--items", tmp_path / "items.csv", "--interactions", tmp_path / "clicks.csv",
-              "--config", ROOT / "docs" / "obd.toml", "--context-encoding", encoding, "--out", shop)
+    out = run(
+        "build",
+        "--items",
+        tmp_path / "items.csv",
+        "--interactions",
+        tmp_path / "clicks.csv",
+        "--config",
+        ROOT / "docs" / "obd.toml",
+        "--context-encoding",
+        encoding,
+        "--out",
+        shop,
+    )
     assert f"{N_ITEMS} items" in out
-    res = CliRunner().invoke(main, ["evaluate", "--db", str(db), "--shop", str(shop), "--json", "--out",
-                                    str(tmp_path / "eval"), "--policy", "bernoulli-ts:prior_alpha=bts_alpha,prior_beta=bts_beta",
-                                    "--policy", "uniform"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "evaluate",
+            "--db",
+            str(db),
+            "--shop",
+            str(shop),
+            "--json",
+            "--out",
+            str(tmp_path / "eval"),
+            "--policy",
+            "bernoulli-ts:prior_alpha=bts_alpha,prior_beta=bts_beta",
+            "--policy",
+            "uniform",
+        ],
+    )
     assert res.exit_code == 0, res.output
     got = json.loads(res.output)
     # the logging policy's on-policy value: the evaluated half's clicks per round

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import click
 import pytest
 from click.testing import CliRunner
 
-from tests.helpers import ROOT_DIR
 from banditrec.cli import main
 from banditrec.service.shopapp import create_shop_app
+from tests.helpers import ROOT_DIR
 from tests.quoted import assert_reads_as, split_numbers
 
 README = (ROOT_DIR / "README.md").read_text()
@@ -52,7 +51,23 @@ def test_service_manual_curl_examples_get_the_documented_status(sim_shop_dir, tm
 
 def test_readme_commands_exist():
     documented = set(re.findall(r"banditrec (\w+)", README)) & set(main.list_commands(click.Context(main)))
-    assert documented == {"build", "recommend", "demo", "serve", "coverage", "evaluate", "import", "export", "regret", "sensitivity", "learn", "simulate", "similar", "sweep", "abtest"}
+    assert documented == {
+        "build",
+        "recommend",
+        "demo",
+        "serve",
+        "coverage",
+        "evaluate",
+        "import",
+        "export",
+        "regret",
+        "sensitivity",
+        "learn",
+        "simulate",
+        "similar",
+        "sweep",
+        "abtest",
+    }
     for command in documented:
         res = CliRunner().invoke(main, [command, "--help"])
         assert res.exit_code == 0, res.output
@@ -81,8 +96,11 @@ def test_readme_demo_output_is_what_the_demo_prints(tmp_path):
     depend on the policy before day 1's carousels), and each day's value within DAY_VALUE_TOL
     (day 2's count within 5%: day 1's carousels move the customers' visit rates)."""
     block = README.split("$ make demo\n", 1)[1].split("```", 1)[0]
-    quoted = [line for line in block.splitlines() if line.startswith(("export ", "build ", "serve     day  1:",
-                                                                      "serve     day  2:"))]
+    quoted = [
+        line
+        for line in block.splitlines()
+        if line.startswith(("export ", "build ", "serve     day  1:", "serve     day  2:"))
+    ]
     assert len(quoted) == 4, "the README no longer quotes the demo's first lines"
     res = CliRunner().invoke(main, ["demo", "--days", "2", "--out", str(tmp_path / "demo"), "--target", "uniform"])
     assert res.exit_code == 0, res.output
@@ -110,13 +128,14 @@ def test_quoted_output_is_compared_as_words_and_numbers_within_a_tolerance():
     with pytest.raises(AssertionError, match="0: 2001 vs 2000"):
         assert_reads_as("2001 logged; value 1.0702", "2000 logged; value 1.0702", lambda i, q: 0 if i == 0 else 0.01)
     assert split_numbers("ESS 9,198 at 1.2e-05, -0.5 [0.591, 0.697] v1 out/demo/log.db") == (
-        "ESS # at #, # [#, #] v1 out/demo/log.db", [9198.0, 1.2e-05, -0.5, 0.591, 0.697])
+        "ESS # at #, # [#, #] v1 out/demo/log.db",
+        [9198.0, 1.2e-05, -0.5, 0.591, 0.697],
+    )
 
 
 def test_readme_demo_table_is_consistent():
     """Every row of the quoted demo table says 'yes' exactly when its truth is inside its CI."""
-    rows = re.findall(r"(IPS|SNIPS|DR|SNDR)\s+(\d\.\d+)\s+\[(\d\.\d+), (\d\.\d+)\]\s+(\d\.\d+)\s+(yes|NO)",
-                      README)
+    rows = re.findall(r"(IPS|SNIPS|DR|SNDR)\s+(\d\.\d+)\s+\[(\d\.\d+), (\d\.\d+)\]\s+(\d\.\d+)\s+(yes|NO)", README)
     assert len(rows) >= 9
     for _, value, low, high, truth, said in rows:
         assert float(low) <= float(value) <= float(high)
@@ -160,8 +179,9 @@ def test_docs_abtest_output_supports_its_claims():
     """docs/abtest.md's quoted `banditrec abtest` output says what the prose says: the long-term arm's pooled
     90-day LTV difference is positive at p < 0.01, week-1 AOV goes to the margin arm in every
     seed, and the A/A rates average to the quoted mean and stay within binomial noise of 5%."""
-    ltv = re.search(r"^\| ltv \| longterm \| ([+-][\d.]+) \[([+-][\d.]+), ([+-][\d.]+)\] \| ([\d.e+-]+) \| (.+) \|$",
-                    ABTEST, re.M)
+    ltv = re.search(
+        r"^\| ltv \| longterm \| ([+-][\d.]+) \[([+-][\d.]+), ([+-][\d.]+)\] \| ([\d.e+-]+) \| (.+) \|$", ABTEST, re.M
+    )
     assert ltv, "docs/abtest.md no longer quotes the pooled LTV row"
     assert float(ltv.group(1)) > 0 and float(ltv.group(2)) > 0 and float(ltv.group(4)) < 0.01
     aov = re.search(r"^\| aov \(week 7\) \| longterm \| ([+-][\d.]+) \[[^]]+\] \| [\d.e+-]+ \| (.+) \|$", ABTEST, re.M)

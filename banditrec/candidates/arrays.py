@@ -54,8 +54,10 @@ def check_meta(meta, fmt: str, version: int) -> dict:
     if meta.get("format") != fmt:
         raise ValidationError(f"metadata is for {meta.get('format')!r}, expected {fmt!r}", "meta.format")
     if meta.get("version") != version:
-        raise ValidationError(f"{fmt} format version {meta.get('version')!r} is not supported (this banditrec "
-                              f"reads version {version})", "meta.version")
+        raise ValidationError(
+            f"{fmt} format version {meta.get('version')!r} is not supported (this banditrec reads version {version})",
+            "meta.version",
+        )
     return dict(meta)
 
 
@@ -102,8 +104,11 @@ def take_csr(arrays: Mapping, name: str, shape: tuple[int, int]) -> sp.csr_matri
     data = take(arrays, f"{name}.data", "f", (len(indices),))
     full = full_name(arrays, name)
     if indptr[0] != 0 or indptr[-1] != len(indices) or (np.diff(indptr) < 0).any():
-        raise ValidationError(f"{full}.indptr must rise from 0 to {len(indices)} (the number of entries), found "
-                              f"{indptr[0]} ... {indptr[-1]}", f"{full}.indptr")
+        raise ValidationError(
+            f"{full}.indptr must rise from 0 to {len(indices)} (the number of entries), found "
+            f"{indptr[0]} ... {indptr[-1]}",
+            f"{full}.indptr",
+        )
     if len(indices) and (indices.min() < 0 or indices.max() >= cols):
         bad = int(indices.min()) if indices.min() < 0 else int(indices.max())
         raise ValidationError(f"{full}.indices must be in [0, {cols}), found {bad}", f"{full}.indices")

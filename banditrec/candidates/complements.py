@@ -37,16 +37,25 @@ class ComplementModel:
         for name, v in (("n_neighbors", n_neighbors), ("n_backoff", n_backoff)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValidationError(f"{name} must be a positive integer, got {v!r}", name)
-        self.kappa, self.backoff, self.n_neighbors, self.n_backoff = float(kappa), float(backoff), n_neighbors, n_backoff
+        self.kappa, self.backoff, self.n_neighbors, self.n_backoff = (
+            float(kappa),
+            float(backoff),
+            n_neighbors,
+            n_backoff,
+        )
         self.scores: sp.csr_matrix | None = None
         self.type_transition: sp.csr_matrix | None = None
 
     @property
     def params(self) -> dict:
-        return {"kappa": self.kappa, "backoff": self.backoff, "n_neighbors": self.n_neighbors,
-                "n_backoff": self.n_backoff}
+        return {
+            "kappa": self.kappa,
+            "backoff": self.backoff,
+            "n_neighbors": self.n_neighbors,
+            "n_backoff": self.n_backoff,
+        }
 
-    def fit(self, signals: PairSignals, item_types, *, active=None) -> "ComplementModel":
+    def fit(self, signals: PairSignals, item_types, *, active=None) -> ComplementModel:
         """Scores from ``signals`` (user counts) and ``item_types (n,)``. ``active (n,)`` bool:
         items that may be recommended (default all); the others are never a complement nor a
         back-off item, though their purchases still count as evidence."""
@@ -63,8 +72,7 @@ class ComplementModel:
         buyers = signals.purchases.astype(float)
         s = coo.data / (buyers[coo.row] + self.kappa) * (coo.data + 1.0) / (coo.data + back + 2.0)
         ok = active[coo.col]
-        self.scores = _top_n_per_row(sp.csr_matrix((s[ok], (coo.row[ok], coo.col[ok])), shape=(n, n)),
-                                     self.n_neighbors)
+        self.scores = _top_n_per_row(sp.csr_matrix((s[ok], (coo.row[ok], coo.col[ok])), shape=(n, n)), self.n_neighbors)
         T = sp.csr_matrix((coo.data, (types[coo.row], types[coo.col])), shape=(n_types, n_types))
         T.sum_duplicates()
         Tc = T.tocoo()
@@ -84,8 +92,9 @@ class ComplementModel:
         if self.scores is None:
             raise ValidationError("ComplementModel is not fitted; call fit(signals, item_types) first", "model")
 
-    def complements(self, item_ids, N: int = 10, *, use_types: bool = True
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def complements(
+        self, item_ids, N: int = 10, *, use_types: bool = True
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Top-``N`` complements of each item: ``(ids (m, N), scores (m, N), direct (m, N) bool)``
         (-1 / 0 padded). Direct pair scores first, then the type back-off (``use_types``) from
         the item's type's ``n_backoff`` back-off items, ties by lower index."""
@@ -104,12 +113,12 @@ class ComplementModel:
             for r in np.flatnonzero(~direct[:, -1]).tolist():  # rows with room left: the type back-off
                 k = int(direct[r].sum())
                 t = self.types[items[r]]
-                cols, vals = B.indices[B.indptr[t]:B.indptr[t + 1]], B.data[B.indptr[t]:B.indptr[t + 1]]
+                cols, vals = B.indices[B.indptr[t] : B.indptr[t + 1]], B.data[B.indptr[t] : B.indptr[t + 1]]
                 order = np.lexsort((cols, -vals))
                 cols, vals = cols[order], vals[order]
                 free = ~np.isin(cols, np.r_[ids[r, :k], items[r]])
-                fill = cols[free][:N - k]
-                ids[r, k:k + len(fill)], scores[r, k:k + len(fill)] = fill, self.backoff * vals[free][:N - k]
+                fill = cols[free][: N - k]
+                ids[r, k : k + len(fill)], scores[r, k : k + len(fill)] = fill, self.backoff * vals[free][: N - k]
         return ids, scores, direct
 
     # ---- saving -----------------------------------------------------------------------------
@@ -121,18 +130,24 @@ class ComplementModel:
         put_csr(out, "type_transition", self.type_transition)
         put_csr(out, "backoff_items", self.backoff_items)
         assert self.scores is not None and self.type_transition is not None  # _check: fitted
-        meta = {"format": FORMAT, "version": 1, "n_items": int(self.scores.shape[0]),
-                "n_types": int(self.type_transition.shape[0]), "params": self.params}
+        meta = {
+            "format": FORMAT,
+            "version": 1,
+            "n_items": int(self.scores.shape[0]),
+            "n_types": int(self.type_transition.shape[0]),
+            "params": self.params,
+        }
         return out, meta
 
     @classmethod
-    def from_arrays(cls, arrays, meta) -> "ComplementModel":
+    def from_arrays(cls, arrays, meta) -> ComplementModel:
         model, meta = from_meta(cls, meta, FORMAT)
         n, n_types = meta_int(meta, "n_items"), meta_int(meta, "n_types")
         types = take(arrays, "types", "i", (n,)).astype(np.int64)
         if n and (types.min() < 0 or types.max() >= n_types):
-            raise ValidationError(f"array 'types' must be in [0, {n_types}), found {types.min()} ... {types.max()}",
-                                  "types")
+            raise ValidationError(
+                f"array 'types' must be in [0, {n_types}), found {types.min()} ... {types.max()}", "types"
+            )
         model.types = types
         model.item_share = take(arrays, "item_share", "f", (n,))
         model.scores = take_csr(arrays, "scores", (n, n))

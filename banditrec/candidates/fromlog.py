@@ -27,8 +27,9 @@ def catalog_from_log(log) -> tuple[list[str], np.ndarray, list[dict]]:
     for i, a in enumerate(attrs):
         key = next((k for k in TYPE_KEYS if k in a), None)
         if key is None:
-            raise ValidationError(f"item {ids[i]!r} has no 'type' attribute; candidate generation needs each "
-                                  "item's product type", "items")
+            raise ValidationError(
+                f"item {ids[i]!r} has no 'type' attribute; candidate generation needs each item's product type", "items"
+            )
         types.append(a[key])
     _, codes = np.unique(np.asarray([str(t) for t in types]), return_inverse=True)
     return ids, codes.astype(np.int64), attrs
@@ -42,8 +43,9 @@ def interactions_from_log(log, item_ids: list[str]) -> Interactions:
     item = np.fromiter((index.get(i, -1) for i in ev.item_id.tolist()), dtype=np.int64, count=len(ev))
     known = item >= 0
     users, user = np.unique(ev.user_id[known].astype(str), return_inverse=True)
-    return Interactions.from_arrays(user, item[known], ev.ts[known], ev.kind[known].astype(str),
-                                    n_users=len(users), n_items=len(item_ids))
+    return Interactions.from_arrays(
+        user, item[known], ev.ts[known], ev.kind[known].astype(str), n_users=len(users), n_items=len(item_ids)
+    )
 
 
 def generator_from_log(log, *, metadata: bool = True, **kw) -> tuple[CandidateGenerator, list[str], list[dict]]:

@@ -15,8 +15,8 @@ import scipy.sparse as sp
 from ..errors import ValidationError
 from .arrays import Prefixed, check_meta, from_meta, meta_int, put_csr, take, take_csr
 from .complements import ComplementModel
-from .keys import distinct, distinct_inverse
 from .itemknn import Entries, ItemItemCF, _top_n_per_row, _usable_cpus, gather_rows, rows_top_n
+from .keys import distinct, distinct_inverse
 from .rules import Filters, UserState, diversify_sorted
 from .signals import DAY_S, MAX_PAIR_DISTANCE, Interactions, pair_signals
 
@@ -61,10 +61,23 @@ class CandidateGenerator:
 
     head = 2  # see _diversified: the share of a row spread before checking that it suffices
 
-    def __init__(self, *, n_neighbors: int = 50, weighting: str = "cosine", half_life_s: float = 30 * DAY_S,
-                 window_s: float = 7 * DAY_S, max_per_type: int = 5, type_decay: float = 0.7, min_new: int = 1,
-                 weights: dict | None = None, filters: Filters | None = None, metadata=None, n_popular: int = 300,
-                 n_backoff: int = 50, max_pair_distance: int | None = MAX_PAIR_DISTANCE):
+    def __init__(
+        self,
+        *,
+        n_neighbors: int = 50,
+        weighting: str = "cosine",
+        half_life_s: float = 30 * DAY_S,
+        window_s: float = 7 * DAY_S,
+        max_per_type: int = 5,
+        type_decay: float = 0.7,
+        min_new: int = 1,
+        weights: dict | None = None,
+        filters: Filters | None = None,
+        metadata=None,
+        n_popular: int = 300,
+        n_backoff: int = 50,
+        max_pair_distance: int | None = MAX_PAIR_DISTANCE,
+    ):
         self.cf = ItemItemCF(n_neighbors, weighting=weighting)
         self.complement_model = ComplementModel(n_neighbors=n_neighbors, n_backoff=n_backoff)
         self.half_life_s, self.window_s = float(half_life_s), float(window_s)
@@ -89,14 +102,32 @@ class CandidateGenerator:
     @property
     def params(self) -> dict:
         """The constructor's parameters (JSON-able; not the filters nor the metadata index)."""
-        return {"n_neighbors": self.cf.n_neighbors, "weighting": self.cf.weighting, "half_life_s": self.half_life_s,
-                "window_s": self.window_s, "max_per_type": self.max_per_type, "type_decay": self.type_decay,
-                "min_new": self.min_new, "weights": dict(self.weights), "n_popular": self.n_popular,
-                "n_backoff": self.complement_model.n_backoff, "max_pair_distance": self.max_pair_distance}
+        return {
+            "n_neighbors": self.cf.n_neighbors,
+            "weighting": self.cf.weighting,
+            "half_life_s": self.half_life_s,
+            "window_s": self.window_s,
+            "max_per_type": self.max_per_type,
+            "type_decay": self.type_decay,
+            "min_new": self.min_new,
+            "weights": dict(self.weights),
+            "n_popular": self.n_popular,
+            "n_backoff": self.complement_model.n_backoff,
+            "max_pair_distance": self.max_pair_distance,
+        }
 
     # ---- fitting ---------------------------------------------------------------------------
-    def fit(self, events: Interactions, item_types, *, user_segments=None, now: float | None = None, active=None,
-            progress=None, num_threads: int | None = None) -> "CandidateGenerator":
+    def fit(
+        self,
+        events: Interactions,
+        item_types,
+        *,
+        user_segments=None,
+        now: float | None = None,
+        active=None,
+        progress=None,
+        num_threads: int | None = None,
+    ) -> CandidateGenerator:
         """Learn from ``events`` (see :class:`Interactions`).
 
         Parameters
@@ -124,8 +155,10 @@ class CandidateGenerator:
             raise ValidationError(f"item_types must be >= 0, found {types.min()}", "item_types")
         active = np.ones(n, bool) if active is None else np.asarray(active)
         if active.dtype != bool or active.shape != (n,):
-            raise ValidationError(f"active must be a bool mask of shape ({n},), got dtype {active.dtype} and shape "
-                                  f"{active.shape}", "active")
+            raise ValidationError(
+                f"active must be a bool mask of shape ({n},), got dtype {active.dtype} and shape {active.shape}",
+                "active",
+            )
         seg = self._segments(user_segments, events.n_users)
         threads = num_threads if num_threads is not None else _usable_cpus()
         report = _Steps(progress)
@@ -147,8 +180,7 @@ class CandidateGenerator:
         report.end("complements")
 
         report.start("substitutes")
-        self.substitutes = _substitute_table(self.signals.substitutes, self.cf.similarity, self.cf.n_neighbors,
-                                             active)
+        self.substitutes = _substitute_table(self.signals.substitutes, self.cf.similarity, self.cf.n_neighbors, active)
         report.end("substitutes")
 
         report.start("metadata", chunked=self.metadata is not None)
@@ -156,8 +188,9 @@ class CandidateGenerator:
             if self.metadata.n_items != n:
                 raise ValidationError(f"metadata indexes {self.metadata.n_items} items, the events {n}", "metadata")
             # any item -> its metadata-nearest new items (only new items are ever needed here)
-            self.meta_new = self.metadata.neighbour_table(among=self.cold & active, num_threads=threads,
-                                                          progress=report.part("metadata")).tocsr()
+            self.meta_new = self.metadata.neighbour_table(
+                among=self.cold & active, num_threads=threads, progress=report.part("metadata")
+            ).tocsr()
         else:
             self.meta_new = None
         report.end("metadata")
@@ -176,8 +209,10 @@ class CandidateGenerator:
             return np.zeros(n_users, dtype=np.int64)
         seg = np.asarray(user_segments)
         if seg.shape != (n_users,) or (seg.size and seg.dtype.kind not in "iu"):
-            raise ValidationError(f"user_segments must be {n_users} integers (one per user), got dtype {seg.dtype} "
-                                  f"and shape {seg.shape}", "user_segments")
+            raise ValidationError(
+                f"user_segments must be {n_users} integers (one per user), got dtype {seg.dtype} and shape {seg.shape}",
+                "user_segments",
+            )
         if seg.size and seg.min() < 0:
             raise ValidationError(f"user_segments must be >= 0, found {seg.min()}", "user_segments")
         return seg.astype(np.int64)
@@ -265,8 +300,9 @@ class CandidateGenerator:
         excl = np.empty(0, np.int64) if exclude is None else distinct(self._items(exclude, 1, field="exclude"))
         return int(N), excl
 
-    def candidates_batch(self, states: list[UserState], N: int, exclude=None, *, chunk: int | None = None
-                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def candidates_batch(
+        self, states: list[UserState], N: int, exclude=None, *, chunk: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Candidates for many users: ``(ids (m, N), scores (m, N), source (m, N))``; a row with
         fewer eligible items is padded with -1, 0 and ``""``. ``exclude``: item indices no user
         may get (on top of the filters). ``chunk`` users are scored at once (default 2048)."""
@@ -277,7 +313,7 @@ class CandidateGenerator:
         out_source = np.full((m, N), "", dtype=object)
         chunk = chunk or 2048
         for lo in range(0, m, chunk):
-            rows, items, scores, source = self._pick(states[lo:lo + chunk], N, excl)
+            rows, items, scores, source = self._pick(states[lo : lo + chunk], N, excl)
             place = np.arange(len(rows)) - np.searchsorted(rows, rows)
             out_ids[lo + rows, place] = items
             out_scores[lo + rows, place] = scores
@@ -332,9 +368,15 @@ class CandidateGenerator:
             bound = np.full(m, -np.inf)
             bound[r[place == L]] = score[order[place == L]]
             head, rows = order[place < L], r[place < L]
-        kept, adjusted = diversify_sorted(rows, score[head], self.types[pitem[head]], N,
-                                          max_per_type=self.max_per_type, type_decay=self.type_decay,
-                                          return_adjusted=True)
+        kept, adjusted = diversify_sorted(
+            rows,
+            score[head],
+            self.types[pitem[head]],
+            N,
+            max_per_type=self.max_per_type,
+            type_decay=self.type_decay,
+            return_adjusted=True,
+        )
         cut = np.flatnonzero(bound > -np.inf)
         if len(cut):
             kr = rows[kept]
@@ -351,8 +393,9 @@ class CandidateGenerator:
         mine = ok[np.isin(prow[ok], redo)]
         order = mine[np.lexsort((pitem[mine], -score[mine], prow[mine]))]
         r = prow[order]
-        kept = diversify_sorted(r, score[order], self.types[pitem[order]], N, max_per_type=self.max_per_type,
-                                type_decay=self.type_decay)
+        kept = diversify_sorted(
+            r, score[order], self.types[pitem[order]], N, max_per_type=self.max_per_type, type_decay=self.type_decay
+        )
         stay = ~np.isin(pick_rows, redo)
         both = np.concatenate([pick[stay], order[kept]])
         return both[np.argsort(np.concatenate([pick_rows[stay], r[kept]]), kind="stable")]
@@ -372,16 +415,16 @@ class CandidateGenerator:
         cbounds = np.searchsorted(prow[cand], np.arange(int(prow.max()) + 2))
         last = 0
         for r in short.tolist():
-            mine = pick[bounds[r]:bounds[r + 1]]
-            new = cand[cbounds[r]:cbounds[r + 1]]
+            mine = pick[bounds[r] : bounds[r + 1]]
+            new = cand[cbounds[r] : cbounds[r + 1]]
             new = new[~np.isin(new, mine)]
             counts = np.bincount(self.types[pitem[mine]], minlength=int(self.types.max()) + 1)
             new = new[counts[self.types[pitem[new]]] < self.max_per_type]  # the type cap holds for new items too
             add = new[: min(self.min_new - int(cold_pick[r]), N)]
             if len(add) == 0:
                 continue
-            out.append(pick[last:bounds[r]])
-            out.append(np.r_[mine, add] if len(mine) + len(add) <= N else np.r_[mine[:N - len(add)], add])
+            out.append(pick[last : bounds[r]])
+            out.append(np.r_[mine, add] if len(mine) + len(add) <= N else np.r_[mine[: N - len(add)], add])
             last = bounds[r + 1]
         out.append(pick[last:])
         return np.concatenate(out)
@@ -395,8 +438,12 @@ class CandidateGenerator:
         lists, weights = [], []
         for s in states:
             lists += [s.cart, s.purchased, s.viewed, s.cart, s.purchased, s.viewed]
-            weights += [np.ones(len(s.cart)), 0.7 ** np.arange(len(s.purchased)), self._view_weights(s),
-                        np.ones(len(s.cart) + len(s.purchased) + len(s.viewed))]
+            weights += [
+                np.ones(len(s.cart)),
+                0.7 ** np.arange(len(s.purchased)),
+                self._view_weights(s),
+                np.ones(len(s.cart) + len(s.purchased) + len(s.viewed)),
+            ]
         sizes = np.array([len(x) for x in lists]).reshape(m, 6)
         kind = np.tile(np.array([0, 0, 1, 2, 2, 2]), m)
         row = np.repeat(np.arange(m), 6)
@@ -406,22 +453,33 @@ class CandidateGenerator:
         w = _sum_by(inv, np.concatenate(weights), len(seeds))
         at = np.searchsorted(seeds // (m * n), [1, 2, 3])  # by kind, then row, then item
         rows, items = (seeds // n) % m, seeds % n
-        cp = Entries(rows[:at[0]], items[:at[0]], w[:at[0]])  # (request row, seed item, weight)
-        views = Entries(rows[at[0]:at[1]], items[at[0]:at[1]], w[at[0]:at[1]])
+        cp = Entries(rows[: at[0]], items[: at[0]], w[: at[0]])  # (request row, seed item, weight)
+        views = Entries(rows[at[0] : at[1]], items[at[0] : at[1]], w[at[0] : at[1]])
         n_types = cm.backoff_items.shape[0]
         # the seeds' types, summed in item order
         seed_types = _combine(cp.rows, self.types[cp.cols], cp.weights, n_types)
         last = self.popular.shape[0] - 1  # the all-users row
-        seg = np.array([s.segment if s.segment is not None and 0 <= s.segment < last else last for s in states],
-                       dtype=np.int64)
+        seg = np.array(
+            [s.segment if s.segment is not None and 0 <= s.segment < last else last for s in states], dtype=np.int64
+        )
         tables = [cm.scores, cm.backoff_items, self.substitutes]
-        parts = [gather_rows(t.indptr, t.indices, t.data, sd.rows, sd.cols, sd.weights)
-                 for t, sd in zip(tables, (cp, seed_types, views))]
+        parts = [
+            gather_rows(t.indptr, t.indices, t.data, sd.rows, sd.cols, sd.weights)
+            for t, sd in zip(tables, (cp, seed_types, views))
+        ]
         if self.meta_new is not None:
             M = self.meta_new
-            parts.append(gather_rows(M.indptr, M.indices, M.data, rows[at[1]:], items[at[1]:], w[at[1]:]))
-        parts.append(gather_rows(self.popular.indptr, self.popular.indices, self.popular.data,
-                                 np.arange(m, dtype=np.int64), seg, np.ones(m)))
+            parts.append(gather_rows(M.indptr, M.indices, M.data, rows[at[1] :], items[at[1] :], w[at[1] :]))
+        parts.append(
+            gather_rows(
+                self.popular.indptr,
+                self.popular.indices,
+                self.popular.data,
+                np.arange(m, dtype=np.int64),
+                seg,
+                np.ones(m),
+            )
+        )
         keys = np.concatenate([p.rows * n + p.cols for p in parts])
         pool, inv = self._dedupe(keys) if m == 1 else distinct_inverse(keys)
         P = len(pool)
@@ -474,8 +532,12 @@ class CandidateGenerator:
         the user's known purchases plus the
         session's cart, purchases and views (newest first); ``segment``: the user's segment
         index (None: unknown, the all-users popular list)."""
-        state = UserState(cart=session.cart, purchased=np.r_[session.purchased, np.asarray(history, dtype=np.int64)],
-                          viewed=session.viewed, segment=segment)
+        state = UserState(
+            cart=session.cart,
+            purchased=np.r_[session.purchased, np.asarray(history, dtype=np.int64)],
+            viewed=session.viewed,
+            segment=segment,
+        )
         return self.candidates(state, N, exclude=exclude)
 
     # ---- saving -----------------------------------------------------------------------------
@@ -498,13 +560,20 @@ class CandidateGenerator:
             arrays, meta = part.to_arrays()
             out.update({f"{name}.{k}": v for k, v in arrays.items()})
             parts[name] = meta
-        meta = {"format": FORMAT, "version": 1, "n_items": self.n_items, "n_types": int(self.types.max(initial=-1)) + 1,
-                "n_segments": self.n_segments, "has_new": self.meta_new is not None, "params": self.params,
-                "parts": parts}
+        meta = {
+            "format": FORMAT,
+            "version": 1,
+            "n_items": self.n_items,
+            "n_types": int(self.types.max(initial=-1)) + 1,
+            "n_segments": self.n_segments,
+            "has_new": self.meta_new is not None,
+            "params": self.params,
+            "parts": parts,
+        }
         return out, meta
 
     @classmethod
-    def from_arrays(cls, arrays, meta, *, filters: Filters | None = None) -> "CandidateGenerator":
+    def from_arrays(cls, arrays, meta, *, filters: Filters | None = None) -> CandidateGenerator:
         """A fitted generator from :meth:`to_arrays`' output (e.g. ``np.load(path,
         allow_pickle=False)`` and the JSON metadata), with the shop's ``filters``. Raises
         :class:`ValidationError` naming the array or metadata key that does not fit."""
@@ -525,8 +594,11 @@ class CandidateGenerator:
         gen.types = take(arrays, "types", "i", (n,)).astype(np.int64)
         gen.cold = take(arrays, "cold", "b", (n,))
         gen.active = take(arrays, "active", "b", (n,))
-        sizes = {"cf": gen.cf.n_items, "complements": gen.complement_model.scores.shape[0],
-                 "metadata": None if metadata is None else metadata.n_items}
+        sizes = {
+            "cf": gen.cf.n_items,
+            "complements": gen.complement_model.scores.shape[0],
+            "metadata": None if metadata is None else metadata.n_items,
+        }
         for name, size in sizes.items():
             if size is not None and size != n:
                 raise ValidationError(f"part {name!r} holds {size} items, the generator {n}", f"meta.parts.{name}")
@@ -576,11 +648,13 @@ class _Steps:
         def report(done: int, total: int) -> None:
             if total and done < total:  # the last chunk is reported by end()
                 self._emit(step, done, total)
+
         return report
 
 
-def segment_popularity(events: Interactions, segments: np.ndarray, *, half_life_s: float, now: float,
-                       active: np.ndarray) -> np.ndarray:
+def segment_popularity(
+    events: Interactions, segments: np.ndarray, *, half_life_s: float, now: float, active: np.ndarray
+) -> np.ndarray:
     """``(S + 1, n_items)``: per segment, the recency-weighted purchases of its users plus 1e-3
     x all their recency-weighted events (views break ties), active items only, each row scaled
     to a maximum of 1; the last row is every user's."""

@@ -14,8 +14,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import ValidationError
-from .keys import distinct, distinct_inverse
 from .arrays import from_meta, meta_int, put_csr, take, take_csr
+from .keys import distinct, distinct_inverse
 
 SOURCE_CF = "cf"
 SOURCE_POPULAR = "popular"
@@ -39,7 +39,7 @@ def _thresholds(indptr: np.ndarray, data: np.ndarray, n: int) -> np.ndarray:
     width = int(counts.max())
     if len(counts) * width <= 2 * int(indptr[-1] - indptr[0]):
         block = np.full((len(counts), width), -np.inf)
-        block[np.arange(width) < counts[:, None]] = data[indptr[0]:indptr[-1]]
+        block[np.arange(width) < counts[:, None]] = data[indptr[0] : indptr[-1]]
         block.partition(width - n, axis=1)
         out[long] = block[long, width - n]
         return out
@@ -62,8 +62,8 @@ def _top_n_positions(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, 
     t = _thresholds(indptr, data, n)
     base = int(indptr[0])
     tr = np.repeat(t, counts)
-    above = np.flatnonzero(data[base:indptr[-1]] > tr) + base
-    eq = np.flatnonzero(data[base:indptr[-1]] == tr) + base
+    above = np.flatnonzero(data[base : indptr[-1]] > tr) + base
+    eq = np.flatnonzero(data[base : indptr[-1]] == tr) + base
     if len(eq) == 0:
         return above
     # entries equal to their row's threshold fill the places left, lower columns first
@@ -94,10 +94,10 @@ def top_n_columns(scores: np.ndarray, n: int) -> np.ndarray:
         cols: np.ndarray = np.flatnonzero(row >= kth)
         if len(cols) > n:  # ties at the n-th value: keep the lowest columns among them
             above: np.ndarray = np.flatnonzero(row > kth)
-            cols = np.sort(np.concatenate((above, np.flatnonzero(row == kth)[:n - len(above)])))
+            cols = np.sort(np.concatenate((above, np.flatnonzero(row == kth)[: n - len(above)])))
         return cols[np.argsort(-row[cols], kind="stable")][None, :]
     if n < k:
-        kth = -np.partition(-scores, n - 1, axis=1)[:, n - 1:n]  # each row's n-th largest value
+        kth = -np.partition(-scores, n - 1, axis=1)[:, n - 1 : n]  # each row's n-th largest value
         above = scores > kth
         tied = scores == kth  # fill the places left with the lowest columns at that value
         keep = above | (tied & (np.cumsum(tied, axis=1) <= n - above.sum(axis=1, keepdims=True)))
@@ -126,9 +126,17 @@ def _usable_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def _neighbours(W: sp.csr_matrix, n: int, *, scale: np.ndarray | None = None, keep_gram: bool = False,
-                threads: int = 1, chunk_products: int = CHUNK_PRODUCTS, allowed: np.ndarray | None = None,
-                progress=None) -> tuple[sp.csr_matrix, sp.csr_matrix | None]:
+def _neighbours(
+    W: sp.csr_matrix,
+    n: int,
+    *,
+    scale: np.ndarray | None = None,
+    keep_gram: bool = False,
+    threads: int = 1,
+    chunk_products: int = CHUNK_PRODUCTS,
+    allowed: np.ndarray | None = None,
+    progress=None,
+) -> tuple[sp.csr_matrix, sp.csr_matrix | None]:
     """The top-``n`` rows of ``S = W^T W`` (times ``diag(scale)`` on both sides when given),
     diagonal and zeros left out, only columns where ``allowed`` (default all); and ``W^T W``
     itself when ``keep_gram``. ``progress(done, total)`` is called after each chunk.
@@ -176,8 +184,10 @@ def _neighbours(W: sp.csr_matrix, n: int, *, scale: np.ndarray | None = None, ke
         empty = sp.csr_matrix((n_items, n_items))
         return empty, (empty.copy() if keep_gram else None)
     kept = np.concatenate([p[0] for p in parts])
-    S = sp.csr_matrix((np.concatenate([p[2] for p in parts]), np.concatenate([p[1] for p in parts]),
-                       np.r_[0, np.cumsum(kept)]), shape=(n_items, n_items))
+    S = sp.csr_matrix(
+        (np.concatenate([p[2] for p in parts]), np.concatenate([p[1] for p in parts]), np.r_[0, np.cumsum(kept)]),
+        shape=(n_items, n_items),
+    )
     back = np.empty_like(order)
     back[order] = np.arange(n_items)
     S = S[back]
@@ -235,7 +245,7 @@ def rows_top_n(table: sp.csr_matrix, items: np.ndarray, N: int) -> tuple[np.ndar
         lo, hi = table.indptr[a], table.indptr[a + 1]
         cols, vals = table.indices[lo:hi], table.data[lo:hi]
         order = np.lexsort((cols, -vals))[:N]
-        ids[r, :len(order)], scores[r, :len(order)] = cols[order], vals[order]
+        ids[r, : len(order)], scores[r, : len(order)] = cols[order], vals[order]
     return ids, scores
 
 
@@ -251,8 +261,15 @@ class ItemItemCF:
     keep_gram : keep ``G = X^T X`` after fitting, for :meth:`update` (cosine only)
     """
 
-    def __init__(self, n_neighbors: int = 50, *, weighting: str = "cosine", K1: float = 1.2, B: float = 0.75,
-                 keep_gram: bool = False):
+    def __init__(
+        self,
+        n_neighbors: int = 50,
+        *,
+        weighting: str = "cosine",
+        K1: float = 1.2,
+        B: float = 0.75,
+        keep_gram: bool = False,
+    ):
         if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, int) or n_neighbors < 1:
             raise ValidationError(f"n_neighbors must be a positive integer, got {n_neighbors!r}", "n_neighbors")
         if weighting not in WEIGHTINGS:
@@ -262,8 +279,11 @@ class ItemItemCF:
         if not (np.isfinite(B) and 0 <= B <= 1):
             raise ValidationError(f"B must be in [0, 1], got {B!r}", "B")
         if keep_gram and weighting != "cosine":
-            raise ValidationError("incremental updates (keep_gram) need weighting='cosine': tf-idf and BM25 "
-                                  "weights depend on every user's whole row", "keep_gram")
+            raise ValidationError(
+                "incremental updates (keep_gram) need weighting='cosine': tf-idf and BM25 "
+                "weights depend on every user's whole row",
+                "keep_gram",
+            )
         self.n_neighbors = n_neighbors
         self.weighting = weighting
         self.K1, self.B = float(K1), float(B)
@@ -307,8 +327,15 @@ class ItemItemCF:
         X.data = X.data * (self.K1 + 1.0) / (self.K1 * norm[X.indices] + X.data) * idf[rows]
         return X
 
-    def fit(self, user_items: sp.spmatrix, *, num_threads: int | None = None,
-            chunk_products: int = CHUNK_PRODUCTS, allowed=None, progress=None) -> "ItemItemCF":
+    def fit(
+        self,
+        user_items: sp.spmatrix,
+        *,
+        num_threads: int | None = None,
+        chunk_products: int = CHUNK_PRODUCTS,
+        allowed=None,
+        progress=None,
+    ) -> ItemItemCF:
         """Compute every item's ``n_neighbors`` nearest neighbours from ``user_items``.
 
         The similarity matrix is never held whole: item rows are taken in chunks of about
@@ -328,8 +355,9 @@ class ItemItemCF:
         if allowed is not None:
             allowed = np.asarray(allowed, dtype=bool)
             if allowed.shape != (X.shape[1],):
-                raise ValidationError(f"allowed must be a bool mask of shape ({X.shape[1]},), got {allowed.shape}",
-                                      "allowed")
+                raise ValidationError(
+                    f"allowed must be a bool mask of shape ({X.shape[1]},), got {allowed.shape}", "allowed"
+                )
         kw = dict(threads=threads, chunk_products=chunk_products, allowed=allowed, progress=progress)
         if self.keep_gram:
             d = np.asarray(X.multiply(X).sum(axis=0)).ravel()  # the Gram matrix's diagonal
@@ -362,8 +390,9 @@ class ItemItemCF:
             raise ValidationError(f"decay must be in (0, 1], got {decay!r}", "decay")
         D = self._checked(new_user_items)
         if D.shape[1] != self.gram.shape[0]:
-            raise ValidationError(f"new_user_items must have {self.gram.shape[0]} columns, got {D.shape[1]}",
-                                  "new_user_items")
+            raise ValidationError(
+                f"new_user_items must have {self.gram.shape[0]} columns, got {D.shape[1]}", "new_user_items"
+            )
         dG = (D.T @ D).tocsr()
         self.gram = (self.gram * (decay * decay) + dG).tocsr()
         assert self.popularity is not None  # fitted with the Gram matrix
@@ -395,8 +424,13 @@ class ItemItemCF:
 
     @property
     def params(self) -> dict:
-        return {"n_neighbors": self.n_neighbors, "weighting": self.weighting, "K1": self.K1, "B": self.B,
-                "keep_gram": self.keep_gram}
+        return {
+            "n_neighbors": self.n_neighbors,
+            "weighting": self.weighting,
+            "K1": self.K1,
+            "B": self.B,
+            "keep_gram": self.keep_gram,
+        }
 
     def _check_fitted(self):
         if self.similarity is None:
@@ -421,8 +455,16 @@ class ItemItemCF:
             self._pop_order = np.argsort(-self.popularity, kind="stable")
         return self._pop_order
 
-    def _lists(self, rows: np.ndarray, items: np.ndarray, weights: np.ndarray, m: int, N: int, exclude,
-               first_row: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _lists(
+        self,
+        rows: np.ndarray,
+        items: np.ndarray,
+        weights: np.ndarray,
+        m: int,
+        N: int,
+        exclude,
+        first_row: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Row r's list from the entries ``(rows, items, weights)`` of its history: ``(ids (m, N),
         scores (m, N), from_cf (m, N))``. Work grows with the histories' neighbour lists and N,
         never with the catalog. ``first_row``: the batch row of row 0, for messages."""
@@ -437,8 +479,9 @@ class ItemItemCF:
         if (eligible < N).any():
             i = int(np.argmax(eligible < N))
             where = "" if first_row is None else f" for row {first_row + i}"
-            raise ValidationError(f"asked for {N} candidates but only {eligible[i]} items are eligible{where}",
-                                  "candidates")
+            raise ValidationError(
+                f"asked for {N} candidates but only {eligible[i]} items are eligible{where}", "candidates"
+            )
         S = self.similarity
         assert S is not None  # fitted: n_items checked it
         r, c, v = gather_rows(S.indptr, S.indices, S.data, rows, items, weights)
@@ -460,18 +503,19 @@ class ItemItemCF:
         need = N - from_cf.sum(axis=1)
         if need.any():  # the most popular items neither banned nor taken fill the rest
             taken = np.r_[hist_key, kr[top] * n + kc[top]]
-            head = self._popular_order()[:min(n, N + int(n_banned.max()) + N)]
+            head = self._popular_order()[: min(n, N + int(n_banned.max()) + N)]
             fill_rows = np.flatnonzero(need)
             cand = fill_rows[:, None] * n + head[None, :]
             free = ~np.isin(cand, taken) & ~np.isin(head, excl)[None, :]
             rank = np.cumsum(free, axis=1)
             for i, row in enumerate(fill_rows.tolist()):
                 fill = head[free[i] & (rank[i] <= need[row])]
-                ids[row, N - need[row]:] = fill
+                ids[row, N - need[row] :] = fill
         return ids, out, from_cf
 
-    def candidates_batch(self, histories: sp.spmatrix, N: int, exclude=None, *, chunk: int | None = None
-                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def candidates_batch(
+        self, histories: sp.spmatrix, N: int, exclude=None, *, chunk: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Candidates for many users at once: ``(ids (m, N), scores (m, N), from_cf (m, N) bool)``.
 
         ``histories`` is an (m, n_items) sparse matrix whose row i holds user i's interaction
@@ -490,7 +534,7 @@ class ItemItemCF:
         chunk = chunk or 4096
         parts = []
         for lo in range(0, m, chunk):
-            h = H[lo:lo + chunk]
+            h = H[lo : lo + chunk]
             rows = np.repeat(np.arange(h.shape[0]), np.diff(h.indptr))
             parts.append(self._lists(rows, h.indices.astype(np.int64), h.data, h.shape[0], N, exclude, first_row=lo))
         if not parts:
@@ -510,8 +554,9 @@ class ItemItemCF:
         history = np.asarray(history, dtype=np.int64).ravel()
         if len(history) and (history.min() < 0 or history.max() >= self.n_items):
             raise ValidationError(f"history holds item indices outside [0, {self.n_items})", "history")
-        ids, scores, from_cf = self._lists(np.zeros(len(history), dtype=np.int64), history, np.ones(len(history)),
-                                           1, N, exclude)
+        ids, scores, from_cf = self._lists(
+            np.zeros(len(history), dtype=np.int64), history, np.ones(len(history)), 1, N, exclude
+        )
         source = np.where(from_cf[0], SOURCE_CF, SOURCE_POPULAR).astype(object)
         return ids[0], scores[0], source
 
@@ -534,7 +579,7 @@ class ItemItemCF:
         return out, meta
 
     @classmethod
-    def from_arrays(cls, arrays, meta) -> "ItemItemCF":
+    def from_arrays(cls, arrays, meta) -> ItemItemCF:
         cf, meta = from_meta(cls, meta, FORMAT)
         n = meta_int(meta, "n_items")
         cf.similarity = take_csr(arrays, "similarity", (n, n))
@@ -553,8 +598,9 @@ class Entries(NamedTuple):
     weights: np.ndarray
 
 
-def gather_rows(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, rows: np.ndarray, items: np.ndarray,
-                weights: np.ndarray) -> Entries:
+def gather_rows(
+    indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, rows: np.ndarray, items: np.ndarray, weights: np.ndarray
+) -> Entries:
     """The CSR rows ``items`` of a table, as entries ``(row, column, weight x value)``: entry i
     of the input contributes its table row, tagged ``rows[i]`` and scaled by ``weights[i]``,
     in input order."""

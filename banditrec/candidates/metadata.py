@@ -17,10 +17,10 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import ValidationError
+from ..validation import check_finite, check_int_range, check_positive_int
 from .arrays import from_meta, meta_int, put_csr, take, take_csr
 from .itemknn import run_chunks
 from .keys import distinct, distinct_rows
-from ..validation import check_finite, check_int_range, check_positive_int
 
 TITLE = "title"
 TITLE_DIGITS = "title_digits"
@@ -39,8 +39,9 @@ def tokenize(title: str) -> list[str]:
     return _TOKEN.findall(title.lower())
 
 
-def hash_tokens(tokens: Sequence[str], n_features: int, *, alternate_sign: bool = True
-                ) -> tuple[np.ndarray, np.ndarray]:
+def hash_tokens(
+    tokens: Sequence[str], n_features: int, *, alternate_sign: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """Columns and signs of ``tokens``: ``(columns (k,) int64, signs (k,) float64)``.
 
     ``h = int.from_bytes(blake2b(token.encode("utf-8"), digest_size=8).digest(), "little")``;
@@ -77,21 +78,22 @@ def _field_labels(name: str, values, n: int) -> tuple[np.ndarray, list[str]]:
     if arr.ndim != 1:
         raise ValidationError(f"fields[{name!r}] must be 1-dimensional, got shape {arr.shape}", field)
     if len(arr) != n:
-        raise ValidationError(f"titles and fields[{name!r}] must have the same length, got {n} and {len(arr)}",
-                              field)
+        raise ValidationError(f"titles and fields[{name!r}] must have the same length, got {n} and {len(arr)}", field)
     if arr.dtype.kind in "iu":
         uniq, codes = np.unique(arr, return_inverse=True)
         return codes.astype(np.int64), [str(v) for v in uniq.tolist()]
     if arr.dtype.kind == "O":
         for i, v in enumerate(arr.tolist()):  # ints, strs or None (missing) only
             if not (v is None or isinstance(v, str) or (isinstance(v, (int, np.integer)) and not isinstance(v, bool))):
-                raise ValidationError(f"fields[{name!r}] must hold ints or strs, found {type(v).__name__} {v!r} "
-                                      f"at index {i}", field)
+                raise ValidationError(
+                    f"fields[{name!r}] must hold ints or strs, found {type(v).__name__} {v!r} at index {i}", field
+                )
         arr = np.array(["" if v is None else str(v) for v in arr.tolist()], dtype=str)
     if arr.dtype.kind != "U":
         first = arr[0].item() if len(arr) else None
-        raise ValidationError(f"fields[{name!r}] must hold ints or strs, got dtype {arr.dtype} "
-                              f"(first value {first!r})", field)
+        raise ValidationError(
+            f"fields[{name!r}] must hold ints or strs, got dtype {arr.dtype} (first value {first!r})", field
+        )
     uniq, codes = np.unique(arr, return_inverse=True)
     codes = codes.astype(np.int64)
     labels = uniq.tolist()
@@ -135,17 +137,27 @@ class MetadataIndex:
         ``log((1 + n) / (1 + df_j)) + 1`` per hashed column.
     """
 
-    def __init__(self, n_features: int = 2 ** 18, field_weights: Mapping[str, float] | None = None,
-                 numeric_weight: float = 0.3, n_neighbors: int = 50, *, log_numeric=True,
-                 alternate_sign: bool = True):
+    def __init__(
+        self,
+        n_features: int = 2**18,
+        field_weights: Mapping[str, float] | None = None,
+        numeric_weight: float = 0.3,
+        n_neighbors: int = 50,
+        *,
+        log_numeric=True,
+        alternate_sign: bool = True,
+    ):
         self.n_features = check_positive_int(n_features, "n_features")
-        if self.n_features > 2 ** 31 - 1:
+        if self.n_features > 2**31 - 1:
             raise ValidationError(f"n_features must be < 2**31, got {n_features}", "n_features")
         if field_weights is not None and not isinstance(field_weights, Mapping):
-            raise ValidationError(f"field_weights must be a mapping of field name to weight, got "
-                                  f"{type(field_weights).__name__}", "field_weights")
-        self.field_weights = {str(k): _check_weight(v, f"field_weights[{k!r}]", "field_weights")
-                              for k, v in (field_weights or {}).items()}
+            raise ValidationError(
+                f"field_weights must be a mapping of field name to weight, got {type(field_weights).__name__}",
+                "field_weights",
+            )
+        self.field_weights = {
+            str(k): _check_weight(v, f"field_weights[{k!r}]", "field_weights") for k, v in (field_weights or {}).items()
+        }
         self.numeric_weight = _check_weight(numeric_weight, "numeric_weight", "numeric_weight")
         self.n_neighbors = check_positive_int(n_neighbors, "n_neighbors")
         if not isinstance(log_numeric, bool):
@@ -159,14 +171,18 @@ class MetadataIndex:
 
     @property
     def params(self) -> dict:
-        return {"n_features": self.n_features, "field_weights": dict(self.field_weights),
-                "numeric_weight": self.numeric_weight, "n_neighbors": self.n_neighbors,
-                "log_numeric": self.log_numeric, "alternate_sign": self.alternate_sign}
+        return {
+            "n_features": self.n_features,
+            "field_weights": dict(self.field_weights),
+            "numeric_weight": self.numeric_weight,
+            "n_neighbors": self.n_neighbors,
+            "log_numeric": self.log_numeric,
+            "alternate_sign": self.alternate_sign,
+        }
 
     # ------------------------------------------------------------------ fitting
 
-    def fit(self, titles: Sequence[str], fields: Mapping[str, object] | None = None,
-            numeric=None) -> "MetadataIndex":
+    def fit(self, titles: Sequence[str], fields: Mapping[str, object] | None = None, numeric=None) -> MetadataIndex:
         """Build the item vectors.
 
         Parameters
@@ -187,8 +203,9 @@ class MetadataIndex:
         n = len(titles)
         fields = {} if fields is None else fields
         if not isinstance(fields, Mapping):
-            raise ValidationError(f"fields must be a mapping of field name to values, got {type(fields).__name__}",
-                                  "fields")
+            raise ValidationError(
+                f"fields must be a mapping of field name to values, got {type(fields).__name__}", "fields"
+            )
         for name in fields:
             if not isinstance(name, str) or not name:
                 raise ValidationError(f"field names must be non-empty strs, got {name!r}", "fields")
@@ -196,9 +213,12 @@ class MetadataIndex:
                 raise ValidationError(f"field name {name!r} is reserved for title words; rename the field", "fields")
         unknown = sorted(set(self.field_weights) - set(fields) - set(RESERVED_KEYS))
         if unknown:
-            raise ValidationError(f"field_weights names {unknown[0]!r}, which is neither a field "
-                                  f"({', '.join(map(repr, fields)) or 'none given'}) nor one of "
-                                  f"{', '.join(map(repr, RESERVED_KEYS))}", "field_weights")
+            raise ValidationError(
+                f"field_weights names {unknown[0]!r}, which is neither a field "
+                f"({', '.join(map(repr, fields)) or 'none given'}) nor one of "
+                f"{', '.join(map(repr, RESERVED_KEYS))}",
+                "field_weights",
+            )
         num = self._check_numeric(numeric, n)
 
         # title tokens: a dict of distinct tokens, then one id per occurrence
@@ -228,8 +248,7 @@ class MetadataIndex:
         V = max(len(vocab), 1)
         key, count = np.unique(item * V + tok, return_counts=True)  # sort-based (counts asked)
         item, tok = key // V, key % V
-        X = sp.csr_matrix((value_of[tok] * (1.0 + np.log(count)), (item, columns[tok])),
-                          shape=(n, self.n_features))
+        X = sp.csr_matrix((value_of[tok] * (1.0 + np.log(count)), (item, columns[tok])), shape=(n, self.n_features))
         X.sum_duplicates()
         X.eliminate_zeros()
         df = np.bincount(X.indices, minlength=self.n_features)
@@ -284,8 +303,10 @@ class MetadataIndex:
             raise ValidationError(f"titles and numeric must have the same length, got {n} and {len(num)}", "numeric")
         check_finite(num, "numeric")
         if not isinstance(self.log_numeric, bool) and len(self.log_numeric) != num.shape[1]:
-            raise ValidationError(f"log_numeric must have one bool per numeric column ({num.shape[1]}), "
-                                  f"got {len(self.log_numeric)}", "log_numeric")
+            raise ValidationError(
+                f"log_numeric must have one bool per numeric column ({num.shape[1]}), got {len(self.log_numeric)}",
+                "log_numeric",
+            )
         return num
 
     def _standardised(self, num: np.ndarray) -> np.ndarray:
@@ -300,8 +321,11 @@ class MetadataIndex:
             if bad.any():
                 k = int(np.argmax(bad))
                 i = int(np.argmax(num[:, k] <= 0))
-                raise ValidationError(f"log_numeric asks for log of numeric column {k}, which holds "
-                                      f"{float(num[i, k])!r} at row {i}; log needs values > 0", "numeric")
+                raise ValidationError(
+                    f"log_numeric asks for log of numeric column {k}, which holds "
+                    f"{float(num[i, k])!r} at row {i}; log needs values > 0",
+                    "numeric",
+                )
         num[:, take_log] = np.log(num[:, take_log])
         sd = num.std(axis=0)
         z = num - num.mean(axis=0)
@@ -317,12 +341,17 @@ class MetadataIndex:
         if self._num is not None:
             out["num"] = self._num
         assert self.vectors is not None
-        meta = {"format": FORMAT, "version": 1, "n_items": int(self.vectors.shape[0]),
-                "n_numeric": int(self.vectors.shape[1] - self.n_features), "params": self.params}
+        meta = {
+            "format": FORMAT,
+            "version": 1,
+            "n_items": int(self.vectors.shape[0]),
+            "n_numeric": int(self.vectors.shape[1] - self.n_features),
+            "params": self.params,
+        }
         return out, meta
 
     @classmethod
-    def from_arrays(cls, arrays, meta) -> "MetadataIndex":
+    def from_arrays(cls, arrays, meta) -> MetadataIndex:
         idx, meta = from_meta(cls, meta, FORMAT)
         n, p = meta_int(meta, "n_items"), meta_int(meta, "n_numeric")
         idx.idf = take(arrays, "idf", "f", (idx.n_features,))
@@ -356,8 +385,9 @@ class MetadataIndex:
             return np.arange(n)
         mask = np.asarray(among)
         if mask.ndim != 1 or mask.dtype != bool:
-            raise ValidationError(f"among must be a boolean mask of shape ({n},), got dtype {mask.dtype} "
-                                  f"and shape {mask.shape}", "among")
+            raise ValidationError(
+                f"among must be a boolean mask of shape ({n},), got dtype {mask.dtype} and shape {mask.shape}", "among"
+            )
         if len(mask) != n:
             raise ValidationError(f"among must have one entry per item ({n}), got {len(mask)}", "among")
         return np.flatnonzero(mask)
@@ -392,8 +422,7 @@ class MetadataIndex:
         check_int_range(items, "item_ids", 0, self.n_items)
         return self._top_n(items.astype(np.int64), self._check_among(among), N)
 
-    def neighbour_table(self, rows=None, among=None, *, num_threads: int | None = None, progress=None
-                        ) -> sp.csr_matrix:
+    def neighbour_table(self, rows=None, among=None, *, num_threads: int | None = None, progress=None) -> sp.csr_matrix:
         """Top-``n_neighbors`` neighbours as a ``csr_matrix (n_items, n_items)``.
 
         Row ``i`` holds the cosines of :meth:`similar_items` for ``i`` at their columns (for
@@ -411,8 +440,9 @@ class MetadataIndex:
         allowed = self._check_among(among)
         counts = np.zeros(n, dtype=np.int64)
         parts = []
-        for sel, ids, scores in self._chunks(rows, allowed, self.n_neighbors, threads=num_threads or 1,
-                                             progress=progress):
+        for sel, ids, scores in self._chunks(
+            rows, allowed, self.n_neighbors, threads=num_threads or 1, progress=progress
+        ):
             keep = ids >= 0  # each row's neighbours come first, best first
             counts[rows[sel]] = keep.sum(axis=1)
             parts.append((rows[sel], ids[keep].astype(np.int32), scores[keep]))
@@ -505,15 +535,15 @@ class _Group:
     best score in a leaf is bounded without scoring it.
     """
 
-    def __init__(self, ctx: "_Context", members: np.ndarray, cols: np.ndarray):
+    def __init__(self, ctx: _Context, members: np.ndarray, cols: np.ndarray):
         At = ctx.At
-        posting = [At.indices[At.indptr[c]:At.indptr[c + 1]] for c in cols.tolist()]
+        posting = [At.indices[At.indptr[c] : At.indptr[c + 1]] for c in cols.tolist()]
         C = distinct(np.concatenate(posting)).astype(np.int64)
         k = len(cols)
         p = 0 if ctx.num_a is None else ctx.num_a.shape[1]
         F = np.zeros((len(C), k + p))
         for j, c in enumerate(cols.tolist()):
-            F[np.searchsorted(C, posting[j]), j] = At.data[At.indptr[c]:At.indptr[c + 1]]
+            F[np.searchsorted(C, posting[j]), j] = At.data[At.indptr[c] : At.indptr[c + 1]]
         if p:
             assert ctx.num_a is not None  # p > 0
             F[:, k:] = ctx.num_a[C]
@@ -583,7 +613,7 @@ class _Context:
             order = np.argsort(group, kind="stable")
             bounds = np.searchsorted(group[order], np.arange(len(sig) + 1))
             for g in range(len(sig)):
-                grp = _Group(self, has[order[bounds[g]:bounds[g + 1]]], sig[g][sig[g] >= 0])
+                grp = _Group(self, has[order[bounds[g] : bounds[g + 1]]], sig[g][sig[g] >= 0])
                 for lo in range(0, len(grp.members), _QUERY_BLOCK):
                     span = slice(lo, lo + _QUERY_BLOCK)
                     tasks.append((grp.members[span], lambda grp=grp, span=span: self.pruned(grp, span)))

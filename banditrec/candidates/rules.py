@@ -35,8 +35,9 @@ class UserState:
         if self.view_age_s is not None:
             age = np.asarray(self.view_age_s, dtype=float).ravel()
             if len(age) != len(self.viewed):
-                raise ValidationError(f"view_age_s needs one age per viewed item ({len(self.viewed)}), got {len(age)}",
-                                      "view_age_s")
+                raise ValidationError(
+                    f"view_age_s needs one age per viewed item ({len(self.viewed)}), got {len(age)}", "view_age_s"
+                )
             object.__setattr__(self, "view_age_s", age)
 
     @property
@@ -64,7 +65,7 @@ class Rule(ABC):
         order = np.argsort(rows, kind="stable")
         bounds = np.searchsorted(rows[order], np.arange(len(states) + 1))
         for r in np.flatnonzero(np.diff(bounds)).tolist():
-            at = order[bounds[r]:bounds[r + 1]]
+            at = order[bounds[r] : bounds[r + 1]]
             out[at] = self.banned_among(states[r], items[at])
         return out
 
@@ -97,11 +98,13 @@ class AlreadyBought(Rule):
     def __init__(self, item_types, consumable_types=None):
         self.item_types = np.asarray(item_types, dtype=np.int64)
         n_types = int(self.item_types.max()) + 1 if len(self.item_types) else 0
-        self.consumable = (np.zeros(n_types, bool) if consumable_types is None
-                           else np.asarray(consumable_types, dtype=bool))
+        self.consumable = (
+            np.zeros(n_types, bool) if consumable_types is None else np.asarray(consumable_types, dtype=bool)
+        )
         if len(self.consumable) < n_types:
-            raise ValidationError(f"consumable_types must cover {n_types} types, got {len(self.consumable)}",
-                                  "consumable_types")
+            raise ValidationError(
+                f"consumable_types must cover {n_types} types, got {len(self.consumable)}", "consumable_types"
+            )
 
     def _owned(self, purchased: np.ndarray) -> np.ndarray:
         t = self.item_types[purchased]
@@ -149,8 +152,11 @@ class Filters:
         self.rules = list(rules)
         for i, rule in enumerate(self.rules):
             if not isinstance(rule, Rule):
-                raise ValidationError(f"rules[{i}] is a {type(rule).__name__}, not a banditrec.candidates.Rule "
-                                      "(subclass Rule and define banned_among(state, items))", "rules")
+                raise ValidationError(
+                    f"rules[{i}] is a {type(rule).__name__}, not a banditrec.candidates.Rule "
+                    "(subclass Rule and define banned_among(state, items))",
+                    "rules",
+                )
 
     def banned(self, state: UserState, n_items: int) -> np.ndarray:
         """``(n_items,)``: the whole catalog's mask (each rule's :meth:`Rule.banned`)."""
@@ -158,8 +164,9 @@ class Filters:
         for rule in self.rules:
             b = np.asarray(rule.banned(state, n_items), dtype=bool)
             if b.shape != (n_items,):
-                raise ValidationError(f"{type(rule).__name__}.banned returned shape {b.shape}, expected ({n_items},)",
-                                      "rules")
+                raise ValidationError(
+                    f"{type(rule).__name__}.banned returned shape {b.shape}, expected ({n_items},)", "rules"
+                )
             out |= b
         return out
 
@@ -175,14 +182,16 @@ class Filters:
         for rule in self.rules:
             b = np.asarray(rule.banned_among_batch(states, rows, items), dtype=bool)
             if b.shape != out.shape:
-                raise ValidationError(f"{type(rule).__name__}.banned_among_batch returned shape {b.shape}, expected "
-                                      f"{out.shape}", "rules")
+                raise ValidationError(
+                    f"{type(rule).__name__}.banned_among_batch returned shape {b.shape}, expected {out.shape}", "rules"
+                )
             out |= b
         return out
 
 
-def diversify(ids: np.ndarray, scores: np.ndarray, types: np.ndarray, N: int, *, max_per_type: int,
-              type_decay: float = 0.7) -> np.ndarray:
+def diversify(
+    ids: np.ndarray, scores: np.ndarray, types: np.ndarray, N: int, *, max_per_type: int, type_decay: float = 0.7
+) -> np.ndarray:
     """Positions into ``ids`` of the ``N`` items to keep, in output order.
 
     At most ``max_per_type`` items of one product type; and the r-th item of a type (0-based,
@@ -193,13 +202,27 @@ def diversify(ids: np.ndarray, scores: np.ndarray, types: np.ndarray, N: int, *,
     ids = np.asarray(ids)
     scores = np.asarray(scores)
     order = np.lexsort((np.arange(len(ids)), -scores))
-    pick = diversify_sorted(np.zeros(len(ids), dtype=np.int64), scores[order], np.asarray(types)[ids[order]], N,
-                            max_per_type=max_per_type, type_decay=type_decay)
+    pick = diversify_sorted(
+        np.zeros(len(ids), dtype=np.int64),
+        scores[order],
+        np.asarray(types)[ids[order]],
+        N,
+        max_per_type=max_per_type,
+        type_decay=type_decay,
+    )
     return order[pick]
 
 
-def diversify_sorted(rows: np.ndarray, scores: np.ndarray, types: np.ndarray, N: int, *, max_per_type: int,
-                     type_decay: float = 0.7, return_adjusted: bool = False):
+def diversify_sorted(
+    rows: np.ndarray,
+    scores: np.ndarray,
+    types: np.ndarray,
+    N: int,
+    *,
+    max_per_type: int,
+    type_decay: float = 0.7,
+    return_adjusted: bool = False,
+):
     """:func:`diversify` for many users at once. Entries are sorted by ``rows`` (ascending),
     then by decreasing score (ties in the order wanted); ``types[i]`` is entry i's product type.
     Returns the positions kept, by row, each row's in output order (at most ``N`` per row), and
@@ -226,7 +249,7 @@ def diversify_sorted(rows: np.ndarray, scores: np.ndarray, types: np.ndarray, N:
     o = np.argsort(-adjusted, kind="stable") if one_row else np.lexsort((-adjusted, rows[keep]))
     final = keep[o]
     r = rows[final]
-    place = pos[:len(final)] - np.searchsorted(r, r)
+    place = pos[: len(final)] - np.searchsorted(r, r)
     top = place < N
     if return_adjusted:
         return final[top], adjusted[o][top]

@@ -31,8 +31,18 @@ class Interactions:
     n_items: int
 
     @classmethod
-    def from_arrays(cls, user, item, ts, kind, *, session=None, n_users: int | None = None,
-                    n_items: int | None = None, session_gap_s: float = 1800.0) -> "Interactions":
+    def from_arrays(
+        cls,
+        user,
+        item,
+        ts,
+        kind,
+        *,
+        session=None,
+        n_users: int | None = None,
+        n_items: int | None = None,
+        session_gap_s: float = 1800.0,
+    ) -> Interactions:
         """Events from arrays (any order; they are sorted by time). ``kind`` holds codes 0/1/2 or
         the names view/cart/purchase. Without ``session``, a user's session ends after
         ``session_gap_s`` seconds without an event."""
@@ -73,11 +83,18 @@ class Interactions:
     def __len__(self) -> int:
         return len(self.item)
 
-    def select(self, keep: np.ndarray) -> "Interactions":
-        return Interactions(self.user[keep], self.item[keep], self.ts[keep], self.kind[keep], self.session[keep],
-                            self.n_users, self.n_items)
+    def select(self, keep: np.ndarray) -> Interactions:
+        return Interactions(
+            self.user[keep],
+            self.item[keep],
+            self.ts[keep],
+            self.kind[keep],
+            self.session[keep],
+            self.n_users,
+            self.n_items,
+        )
 
-    def of_kind(self, kind) -> "Interactions":
+    def of_kind(self, kind) -> Interactions:
         code = KINDS[kind] if isinstance(kind, str) else int(kind)
         return self.select(self.kind == code)
 
@@ -96,9 +113,16 @@ class Interactions:
         return m
 
 
-def ordered_pairs(group: np.ndarray, item: np.ndarray, ts: np.ndarray, *, window_s: float | None = None,
-                  first_mask: np.ndarray | None = None, later_mask: np.ndarray | None = None,
-                  max_distance: int | None = None):
+def ordered_pairs(
+    group: np.ndarray,
+    item: np.ndarray,
+    ts: np.ndarray,
+    *,
+    window_s: float | None = None,
+    first_mask: np.ndarray | None = None,
+    later_mask: np.ndarray | None = None,
+    max_distance: int | None = None,
+):
     """Pairs (i, j) of event positions with the same ``group``, i strictly before j (events are
     sorted by group, then time), ``ts[j] - ts[i] <= window_s`` when given, ``j - i <=
     max_distance`` when given, event i in ``first_mask`` and j in ``later_mask``. Returns (items
@@ -142,7 +166,7 @@ def _user_pair_counts(a, b, who, n_items: int) -> sp.csr_matrix:
     if len(a):
         n = max(n_items, 1)
         pair = a * n + b
-        if (int(who.max()) + 1) * n * n < 2 ** 63:
+        if (int(who.max()) + 1) * n * n < 2**63:
             key = distinct(who * (n * n) + pair) % (n * n)
         else:  # too many (user, pair) combinations for one int64 key: number the pairs first
             pairs, code = distinct_inverse(pair)
@@ -176,8 +200,9 @@ class PairSignals:
         return out
 
 
-def pair_signals(events: Interactions, *, window_s: float = 30 * DAY_S,
-                 max_pair_distance: int | None = MAX_PAIR_DISTANCE) -> PairSignals:
+def pair_signals(
+    events: Interactions, *, window_s: float = 30 * DAY_S, max_pair_distance: int | None = MAX_PAIR_DISTANCE
+) -> PairSignals:
     """Count the three signals. Co-view and view-then-buy within a session; co-purchase by the
     same user within ``window_s`` seconds, in purchase order.
 
@@ -189,8 +214,9 @@ def pair_signals(events: Interactions, *, window_s: float = 30 * DAY_S,
     """
     n = events.n_items
     if max_pair_distance is not None and (isinstance(max_pair_distance, bool) or max_pair_distance < 1):
-        raise ValidationError(f"max_pair_distance must be a positive integer or None, got {max_pair_distance!r}",
-                              "max_pair_distance")
+        raise ValidationError(
+            f"max_pair_distance must be a positive integer or None, got {max_pair_distance!r}", "max_pair_distance"
+        )
     s = events
     if len(s) and not _sorted_by(s.session, s.ts):
         s = events.select(np.lexsort((np.arange(len(events)), events.ts, events.session)))
@@ -203,8 +229,14 @@ def pair_signals(events: Interactions, *, window_s: float = 30 * DAY_S,
     _, at = distinct_inverse(s.session * n + s.item)
     bought_here = np.bincount(at, weights=buy)[at] > 0
     viewed_here = np.bincount(at, weights=view)[at] > 0
-    a, b, g = ordered_pairs(s.session, s.item, s.ts, first_mask=view & ~bought_here, later_mask=buy & viewed_here,
-                            max_distance=max_pair_distance)
+    a, b, g = ordered_pairs(
+        s.session,
+        s.item,
+        s.ts,
+        first_mask=view & ~bought_here,
+        later_mask=buy & viewed_here,
+        max_distance=max_pair_distance,
+    )
     VB = _user_pair_counts(a, b, _session_user(s, g), n)
     p = events.of_kind(PURCHASE)
     if len(p) and not _sorted_by(p.user, p.ts):

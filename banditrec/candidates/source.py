@@ -30,8 +30,9 @@ class SessionItems(Protocol):
 class CandidateSource(Protocol):
     """A source of candidates for one request."""
 
-    def candidates_for_session(self, history: np.ndarray, session: SessionItems, N: int, exclude=None,
-                               segment: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def candidates_for_session(
+        self, history: np.ndarray, session: SessionItems, N: int, exclude=None, segment: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Up to ``N`` candidates for a user.
 
         Parameters

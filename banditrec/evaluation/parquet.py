@@ -56,12 +56,18 @@ class PartitionChunk:
     n_items: int
 
     def load(self):
-        logged = partition_decisions(read_partition(self.partition), kind=self.kind,
-                                     default_reward=self.default_reward, first_decision=self.first)
+        logged = partition_decisions(
+            read_partition(self.partition),
+            kind=self.kind,
+            default_reward=self.default_reward,
+            first_decision=self.first,
+        )
         if len(logged.row_action) and int(logged.row_action.max()) >= self.n_items:
-            raise PartitionError(f"partition file {self.partition.path} shows item index "
-                                 f"{int(logged.row_action.max())}, beyond the item table's {self.n_items} items",
-                                 "parquet")
+            raise PartitionError(
+                f"partition file {self.partition.path} shows item index "
+                f"{int(logged.row_action.max())}, beyond the item table's {self.n_items} items",
+                "parquet",
+            )
         return logged
 
 
@@ -89,8 +95,9 @@ class ParquetBackend(Backend):
                 logged = partition_decisions(read_partition(p), kind=self.kind, default_reward=self.default_reward)
                 train_parts.append(logged.take(0, min(p.decisions, n_train - offset)))
             if offset + p.decisions > n_train:
-                chunks.append(PartitionChunk(p, max(0, n_train - offset), self.kind, self.default_reward,
-                                             len(self.features)))
+                chunks.append(
+                    PartitionChunk(p, max(0, n_train - offset), self.kind, self.default_reward, len(self.features))
+                )
             offset += p.decisions
         self.context_dim = context_width(self.ds, chunks)
         return Split(LoggedDecisions.concat(train_parts) if train_parts else None, chunks, self.ds.n_slots)
@@ -112,15 +119,39 @@ def context_width(ds: Dataset, chunks: list[PartitionChunk]) -> int:
     return int(meta.get(b"banditrec.context_width", b"0"))
 
 
-def evaluate_parquet(root, specs: list[str], *, estimators: tuple[str, ...] = DEFAULT_ESTIMATORS,
-                     primary: str = "DR", kind: str = "click", default_reward: float = 0.0, train_frac: float = 0.5,
-                     level: float = 0.95, seed: int | None = 0, client=None, out=None, progress: bool = False,
-                     n_folds: int = 2, tune: tuple[str, ...] = (), reward_model: str | None = None) -> Evaluation:
+def evaluate_parquet(
+    root,
+    specs: list[str],
+    *,
+    estimators: tuple[str, ...] = DEFAULT_ESTIMATORS,
+    primary: str = "DR",
+    kind: str = "click",
+    default_reward: float = 0.0,
+    train_frac: float = 0.5,
+    level: float = 0.95,
+    seed: int | None = 0,
+    client=None,
+    out=None,
+    progress: bool = False,
+    n_folds: int = 2,
+    tune: tuple[str, ...] = (),
+    reward_model: str | None = None,
+) -> Evaluation:
     """:func:`~banditrec.evaluation.sqlite.evaluate_log` over the day-partitioned export at
     ``root``, one task per day on ``client`` (in this process without one)."""
-    request = check_request(specs, estimators=estimators, primary=primary, tune=tune, train_frac=train_frac,
-                            reward_model=reward_model, kind=kind, default_reward=default_reward, level=level,
-                            seed=seed, n_folds=n_folds)
+    request = check_request(
+        specs,
+        estimators=estimators,
+        primary=primary,
+        tune=tune,
+        train_frac=train_frac,
+        reward_model=reward_model,
+        kind=kind,
+        default_reward=default_reward,
+        level=level,
+        seed=seed,
+        n_folds=n_folds,
+    )
     backend = ParquetBackend(root, kind=kind, default_reward=default_reward)
     return evaluate(backend, request, client=client, progress=progress, out=out)
 
@@ -157,9 +188,15 @@ def _compact_moments(path: str, shared: dict) -> dict[str, Moments | None]:
     arr = {c: table.column(c).to_numpy() for c in cols}
     del table
     try:
-        data = LoggedBandit(reward=arr["reward"], action=np.zeros(len(arr["reward"]), dtype=np.int64),
-                            slot=arr["slot"], pscore=arr["pscore"], decision=arr["decision"], n_actions=1,
-                            n_slots=int(arr["slot"].max()) + 1)
+        data = LoggedBandit(
+            reward=arr["reward"],
+            action=np.zeros(len(arr["reward"]), dtype=np.int64),
+            slot=arr["slot"],
+            pscore=arr["pscore"],
+            decision=arr["decision"],
+            n_actions=1,
+            n_slots=int(arr["slot"].max()) + 1,
+        )
     except ValidationError as exc:
         raise type(exc)(f"partition file {path}: {exc}", exc.field) from None
     out = {}
@@ -172,8 +209,15 @@ def _compact_moments(path: str, shared: dict) -> dict[str, Moments | None]:
     return out
 
 
-def estimate_files(paths, estimators=("IPS", "SNIPS", "DR"), *, client=None, slot: int | None = None,
-                   level: float = 0.95, progress: bool = False) -> dict[str, Estimate]:
+def estimate_files(
+    paths,
+    estimators=("IPS", "SNIPS", "DR"),
+    *,
+    client=None,
+    slot: int | None = None,
+    level: float = 0.95,
+    progress: bool = False,
+) -> dict[str, Estimate]:
     """Estimates over compact Parquet files (:data:`COMPACT_COLUMNS`), one task per file.
 
     ``estimators``: names in :data:`~banditrec.ope.estimators.ESTIMATORS` or estimator objects.
@@ -189,13 +233,27 @@ def estimate_files(paths, estimators=("IPS", "SNIPS", "DR"), *, client=None, slo
                 raise ValidationError(f"unknown estimator {e!r}; known: {', '.join(sorted(ESTIMATORS))}", "estimator")
             e = ESTIMATORS[e](level=level)
         if not e.mergeable:
-            raise ValidationError(f"{e.name} is not a sum of per-decision terms and cannot run on partitions",
-                                  "estimator")
+            raise ValidationError(
+                f"{e.name} is not a sum of per-decision terms and cannot run on partitions", "estimator"
+            )
         objs.append(e)
-    parts = run_tasks(_compact_moments, paths, client=client, shared={"estimators": objs, "slot": slot},
-                      progress=progress, desc="estimating")
+    parts = run_tasks(
+        _compact_moments,
+        paths,
+        client=client,
+        shared={"estimators": objs, "slot": slot},
+        progress=progress,
+        desc="estimating",
+    )
     return {e.name: e.finish(Moments.total(p[e.name] for p in parts)) for e in objs}
 
 
-__all__ = ["COMPACT_COLUMNS", "MissingDaskError", "ParquetBackend", "dask_client", "estimate_files",
-           "evaluate_parquet", "run_tasks"]
+__all__ = [
+    "COMPACT_COLUMNS",
+    "MissingDaskError",
+    "ParquetBackend",
+    "dask_client",
+    "estimate_files",
+    "evaluate_parquet",
+    "run_tasks",
+]

@@ -34,8 +34,7 @@ from ..ope.reward_model import (
     make_reward_model,
 )
 from ..policies import make
-from ..types import LoggedDecisions
-from ..types import Estimate, LoggedBandit
+from ..types import Estimate, LoggedBandit, LoggedDecisions
 from .tasks import run_tasks
 
 DEFAULT_ESTIMATORS = ("IPS", "SNIPS", "DR", "SNDR")
@@ -73,12 +72,14 @@ class Evaluation:
         lines = [head, "-" * len(head)]
 
         def row(label, e: Estimate, note=""):
-            return (f"{label:<{w}}  {e.estimator:<10} {e.value:>9.4f} [{e.lower:>9.4f}, {e.upper:>9.4f}] "
-                    f"{e.ess:>9.0f} {e.max_weight:>7.2f}  {note}").rstrip()
+            return (
+                f"{label:<{w}}  {e.estimator:<10} {e.value:>9.4f} [{e.lower:>9.4f}, {e.upper:>9.4f}] "
+                f"{e.ess:>9.0f} {e.max_weight:>7.2f}  {note}"
+            ).rstrip()
 
         lines.append(row("logging (on-policy)", self.logging))
         for c in self.candidates:
-            for name, e in c.estimates.items():
+            for _name, e in c.estimates.items():
                 level = f"{e.level:.2%} CI" if abs(e.level - self.logging.level) > 1e-12 else ""
                 lines.append(row(c.spec, e, " ".join(filter(None, ("warn" if e.warnings else "", level)))))
         lines.append("")
@@ -90,12 +91,22 @@ class Evaluation:
 
     def as_json(self) -> dict:
         return {
-            "db": self.db, "kind": self.kind, "n_train_decisions": self.n_train, "n_eval_decisions": self.n_eval,
-            "n_eval_rows": self.n_rows, "primary_estimator": self.primary, "logging_policies": self.logging_policies,
-            "reward_model": self.reward_model, "logging": _estimate_json(self.logging),
+            "db": self.db,
+            "kind": self.kind,
+            "n_train_decisions": self.n_train,
+            "n_eval_decisions": self.n_eval,
+            "n_eval_rows": self.n_rows,
+            "primary_estimator": self.primary,
+            "logging_policies": self.logging_policies,
+            "reward_model": self.reward_model,
+            "logging": _estimate_json(self.logging),
             "candidates": [
-                {"policy": c.spec, "safe_to_deploy": c.safe, "reason": c.reason,
-                 "estimates": {k: _estimate_json(e) for k, e in c.estimates.items()}}
+                {
+                    "policy": c.spec,
+                    "safe_to_deploy": c.safe,
+                    "reason": c.reason,
+                    "estimates": {k: _estimate_json(e) for k, e in c.estimates.items()},
+                }
                 for c in self.candidates
             ],
             "tuning": None if self.tuning is None else self.tuning.as_json(_estimate_json),
@@ -129,9 +140,20 @@ class Request:
     n_folds: int
 
 
-def check_request(specs, *, estimators=DEFAULT_ESTIMATORS, primary: str = "DR", tune=(), train_frac: float = 0.5,
-                  reward_model: str | None = None, kind: str = "click", default_reward: float = 0.0,
-                  level: float = 0.95, seed: int | None = 0, n_folds: int = 2) -> Request:
+def check_request(
+    specs,
+    *,
+    estimators=DEFAULT_ESTIMATORS,
+    primary: str = "DR",
+    tune=(),
+    train_frac: float = 0.5,
+    reward_model: str | None = None,
+    kind: str = "click",
+    default_reward: float = 0.0,
+    level: float = 0.95,
+    seed: int | None = 0,
+    n_folds: int = 2,
+) -> Request:
     """Validate what evaluate was asked, before any log is read -- the one check of every
     backend. Estimators that are not sums of per-decision terms (Replay, SlatePI) are refused:
     they need a uniformly random log and a dense action distribution (use them from Python)."""
@@ -141,8 +163,9 @@ def check_request(specs, *, estimators=DEFAULT_ESTIMATORS, primary: str = "DR", 
         raise ValidationError(f"unknown estimator {unknown[0]!r}; known: {', '.join(sorted(ESTIMATORS))}", "estimator")
     refused = [e for e in (*estimators, primary) if not ESTIMATORS[e].mergeable]
     if refused:
-        raise ValidationError(f"{refused[0]} needs a uniformly random log and a dense action_dist; use it from "
-                              "Python", "estimator")
+        raise ValidationError(
+            f"{refused[0]} needs a uniformly random log and a dense action_dist; use it from Python", "estimator"
+        )
     if primary not in estimators:
         estimators = (*estimators, primary)
     settings = tuning.expand_grids(tune)
@@ -158,10 +181,20 @@ def check_request(specs, *, estimators=DEFAULT_ESTIMATORS, primary: str = "DR", 
     model_name = DEFAULT_REWARD_MODEL if reward_model is None else reward_model
     make_reward_model(model_name)  # an unknown name fails before the log is read
     IPS(level=level)  # a level outside (0, 1) too
-    return Request(specs=tuple(specs + settings), settings=tuple(settings), tune=tune, estimators=estimators,
-                   primary=primary, reward_model=model_name, kind=kind, default_reward=float(default_reward),
-                   train_frac=float(train_frac), level=float(level), seed=0 if seed is None else int(seed),
-                   n_folds=int(n_folds))
+    return Request(
+        specs=tuple(specs + settings),
+        settings=tuple(settings),
+        tune=tune,
+        estimators=estimators,
+        primary=primary,
+        reward_model=model_name,
+        kind=kind,
+        default_reward=float(default_reward),
+        train_frac=float(train_frac),
+        level=float(level),
+        seed=0 if seed is None else int(seed),
+        n_folds=int(n_folds),
+    )
 
 
 # ---- what a backend hands over ----------------------------------------------------------------
@@ -214,12 +247,16 @@ def item_features_or_one_hot(features: np.ndarray, n_items: int) -> np.ndarray:
     """The item table's features; without a table, one-hot items (up to MAX_ONE_HOT_ITEMS)."""
     if len(features):
         if len(features) < n_items:
-            raise ValidationError(f"the item table has {len(features)} items but decisions refer to item index "
-                                  f"{n_items - 1}", "items")
+            raise ValidationError(
+                f"the item table has {len(features)} items but decisions refer to item index {n_items - 1}", "items"
+            )
         return np.asarray(features, dtype=float)
     if n_items > MAX_ONE_HOT_ITEMS:
-        raise ValidationError(f"the log has no item features and {n_items} items; one-hot item features are "
-                              f"used up to {MAX_ONE_HOT_ITEMS} items only", "items")
+        raise ValidationError(
+            f"the log has no item features and {n_items} items; one-hot item features are "
+            f"used up to {MAX_ONE_HOT_ITEMS} items only",
+            "items",
+        )
     return np.eye(n_items)
 
 
@@ -233,16 +270,20 @@ def candidate_env(context_dim: int, features: np.ndarray, train: LoggedDecisions
     return {"context_dim": context_dim, "item_dim": features.shape[1], "popularity": popularity, "n_items": n_items}
 
 
-def candidate_policy(spec: str, env: dict, train: LoggedDecisions | None, features: np.ndarray, *,
-                     cold: np.ndarray | None = None):
+def candidate_policy(
+    spec: str, env: dict, train: LoggedDecisions | None, features: np.ndarray, *, cold: np.ndarray | None = None
+):
     """The candidate ``spec`` built with ``env`` and trained on the log's training share
     (``cold``: the catalog's cold flags, an input of the policies, when known)."""
     try:
         policy = make(spec, **env)
     except ValidationError as exc:
         if exc.field in ("objective", "value", "max_per_type"):
-            raise ValidationError(f"policy {spec}: {exc} -- the log's item table carries no business columns "
-                                  "or product types, so evaluate cannot apply it", exc.field) from None
+            raise ValidationError(
+                f"policy {spec}: {exc} -- the log's item table carries no business columns "
+                "or product types, so evaluate cannot apply it",
+                exc.field,
+            ) from None
         raise
     if train is not None and train.n_decisions:
         train_from_log(policy, train, features, cold=cold)
@@ -270,14 +311,15 @@ def sparse_target(logged: LoggedDecisions, per_decision: list, n_items: int) -> 
     starts = np.searchsorted(logged.row_decision, np.arange(logged.n_decisions + 1))
     indptr, indices, data = [0], [], []
     for d, (items, marg) in enumerate(per_decision):
-        for slot in logged.row_slot[starts[d]:starts[d + 1]].tolist():
+        for slot in logged.row_slot[starts[d] : starts[d + 1]].tolist():
             indices.append(items)
             data.append(marg[:, slot])
             indptr.append(indptr[-1] + len(items))
     if not indices:
         return sp.csr_matrix((len(logged.row_slot), n_items))
-    return sp.csr_matrix((np.concatenate(data), np.concatenate(indices), np.array(indptr)),
-                         shape=(len(logged.row_slot), n_items))
+    return sp.csr_matrix(
+        (np.concatenate(data), np.concatenate(indices), np.array(indptr)), shape=(len(logged.row_slot), n_items)
+    )
 
 
 def reward_model_for(name: str | None, features: np.ndarray, has_item_table: bool) -> RewardModel:
@@ -313,8 +355,7 @@ class CandidateQ:
     def target(self, target_rows: sp.csr_matrix) -> np.ndarray:
         """``sum_a pi(a | x_i, k_i) q(x_i, a, k_i)`` per row for a target from :func:`sparse_target`."""
         if not np.array_equal(target_rows.indices, self.items):
-            raise ValidationError("the target's rows do not list the decisions' candidates in log order",
-                                  "candidates")
+            raise ValidationError("the target's rows do not list the decisions' candidates in log order", "candidates")
         return np.bincount(self.row, weights=target_rows.data * self.q, minlength=len(self.q_logged))
 
 
@@ -339,8 +380,15 @@ def _reward_stats(chunk, shared: dict) -> dict:
     if shared["uses_q"] and model.reducible:
         grams = [model.gram(data, np.flatnonzero(fold == f)) for f in range(shared["n_folds"])]
     elif shared["uses_q"]:
-        rows = {"reward": data.reward, "action": data.action, "slot": data.slot, "pscore": data.pscore,
-                "decision": data.decision, "context": data.context, "fold": fold}
+        rows = {
+            "reward": data.reward,
+            "action": data.action,
+            "slot": data.slot,
+            "pscore": data.pscore,
+            "decision": data.decision,
+            "context": data.context,
+            "fold": fold,
+        }
     seen = np.unique(np.column_stack([data.action, data.slot]), axis=0)
     return {"n_rows": data.n_rows, "grams": grams, "rows": rows, "seen": seen}
 
@@ -350,15 +398,26 @@ def fit_reward_model(model: RewardModel, stats: list[dict], n_folds: int, n_item
     gathered rows fitted by :meth:`RewardModel.fit_folds`."""
     if model.reducible:
         grams = [s["grams"] for s in stats if s["grams"] is not None]
-        return tuple(model.solve(sum(part[h][0] for part in grams for h in range(n_folds) if h != f),
-                                 sum(part[h][1] for part in grams for h in range(n_folds) if h != f))
-                     for f in range(n_folds))
+        return tuple(
+            model.solve(
+                sum(part[h][0] for part in grams for h in range(n_folds) if h != f),
+                sum(part[h][1] for part in grams for h in range(n_folds) if h != f),
+            )
+            for f in range(n_folds)
+        )
     parts = [s["rows"] for s in stats if s["rows"] is not None]
     offsets = np.cumsum([0] + [int(p["decision"].max()) + 1 for p in parts[:-1]])
     cat = {k: np.concatenate([p[k] for p in parts]) for k in ("reward", "action", "slot", "pscore", "fold")}
-    data = LoggedBandit(reward=cat["reward"], action=cat["action"], slot=cat["slot"], pscore=cat["pscore"],
-                        decision=np.concatenate([p["decision"] + o for p, o in zip(parts, offsets)]),
-                        context=np.concatenate([p["context"] for p in parts]), n_actions=n_items, n_slots=n_slots)
+    data = LoggedBandit(
+        reward=cat["reward"],
+        action=cat["action"],
+        slot=cat["slot"],
+        pscore=cat["pscore"],
+        decision=np.concatenate([p["decision"] + o for p, o in zip(parts, offsets)]),
+        context=np.concatenate([p["context"] for p in parts]),
+        n_actions=n_items,
+        n_slots=n_slots,
+    )
     return model.fit_folds(data, n_folds=n_folds, fold=cat["fold"]).fitted
 
 
@@ -370,10 +429,18 @@ def _chunk_moments(chunk, shared: dict) -> dict:
     names, level, seed = shared["estimators"], shared["level"], shared["seed"]
     specs, policies = shared["specs"], shared["policies"]
     if data is None:
-        return {"n_decisions": logged.n_decisions, "logging": None, "unsupported": [0.0] * len(specs),
-                "candidates": [dict.fromkeys(names) for _ in specs]}
-    out = {"n_decisions": logged.n_decisions, "logging": IPS(level=level).partial(data, target_pscore=data.pscore),
-           "unsupported": [], "candidates": []}
+        return {
+            "n_decisions": logged.n_decisions,
+            "logging": None,
+            "unsupported": [0.0] * len(specs),
+            "candidates": [dict.fromkeys(names) for _ in specs],
+        }
+    out = {
+        "n_decisions": logged.n_decisions,
+        "logging": IPS(level=level).partial(data, target_pscore=data.pscore),
+        "unsupported": [],
+        "candidates": [],
+    }
     candidate_q = None
     if shared["fitted"] is not None:
         candidate_q = CandidateQ.of(shared["model"], Folds(fold, shared["fitted"]), data, logged)
@@ -390,8 +457,11 @@ def _chunk_moments(chunk, shared: dict) -> dict:
 
         pi = target_pscore(policy, logged, shared["features"], on_decision=keep, cold=shared["cold"])
         target_rows = sparse_target(logged, kept, shared["n_items"])
-        q: dict[str, Any] = {} if candidate_q is None else {"q_hat_logged": candidate_q.q_logged,
-                                                             "q_hat_target": candidate_q.target(target_rows)}
+        q: dict[str, Any] = (
+            {}
+            if candidate_q is None
+            else {"q_hat_logged": candidate_q.q_logged, "q_hat_target": candidate_q.target(target_rows)}
+        )
         slot_of_entry = np.repeat(logged.row_slot, np.diff(target_rows.indptr))
         out["unsupported"].append(float((target_rows.data * ~seen[target_rows.indices, slot_of_entry]).sum()))
         moments = {}
@@ -413,8 +483,15 @@ def verdict(main: Estimate, primary: str, logging: Estimate) -> tuple[bool, str]
     return False, f"{primary} lower bound {main.lower:.4f} does not beat the logging policy's {logging.value:.4f}"
 
 
-def evaluate(backend: Backend, request: Request, *, client=None, progress: bool = False, out=None,
-             on_target: Callable[..., Any] | None = None) -> Evaluation:
+def evaluate(
+    backend: Backend,
+    request: Request,
+    *,
+    client=None,
+    progress: bool = False,
+    out=None,
+    on_target: Callable[..., Any] | None = None,
+) -> Evaluation:
     """Evaluate ``request``'s candidates on ``backend``'s log (see the module docstring).
     ``on_target(spec, decisions, d, items, marginals)`` sees each candidate's marginals on every
     evaluated decision (e.g. to compute its exact value in a simulator); in-process only."""
@@ -422,8 +499,9 @@ def evaluate(backend: Backend, request: Request, *, client=None, progress: bool 
         raise ValidationError("on_target sees the decisions in this process: run without a Dask client", "client")
     req = request
     if backend.n_decisions < 4:
-        raise ValidationError(f"the log at {backend.name} has {backend.n_decisions} decisions; evaluation needs "
-                              "at least 4", backend.field)
+        raise ValidationError(
+            f"the log at {backend.name} has {backend.n_decisions} decisions; evaluation needs at least 4", backend.field
+        )
     n_train = int(round(req.train_frac * backend.n_decisions))
     split = backend.split(n_train)
     train = split.train if split.train is not None and split.train.n_decisions else None
@@ -431,13 +509,20 @@ def evaluate(backend: Backend, request: Request, *, client=None, progress: bool 
     n_items = len(features)
     uses_q = any(ESTIMATORS[name].needs_q for name in req.estimators)
     model = reward_model_for(req.reward_model, features, backend.has_item_table)
-    shared = {"n_items": n_items, "n_slots": split.n_slots, "seed": req.seed, "n_folds": req.n_folds,
-              "model": model, "uses_q": uses_q}
-    stats = run_tasks(_reward_stats, split.chunks, client=client, shared=shared, progress=progress,
-                      desc="reward model")
+    shared = {
+        "n_items": n_items,
+        "n_slots": split.n_slots,
+        "seed": req.seed,
+        "n_folds": req.n_folds,
+        "model": model,
+        "uses_q": uses_q,
+    }
+    stats = run_tasks(_reward_stats, split.chunks, client=client, shared=shared, progress=progress, desc="reward model")
     if not any(s["n_rows"] for s in stats):
         raise ValidationError(f"the evaluation period of {backend.name} has no logged rows", backend.field)
-    fitted = fit_reward_model(model, stats, req.n_folds, n_items, split.n_slots) if uses_q else None  # shared by every candidate
+    fitted = (
+        fit_reward_model(model, stats, req.n_folds, n_items, split.n_slots) if uses_q else None
+    )  # shared by every candidate
     seen = np.zeros((n_items, split.n_slots), dtype=bool)
     for s in stats:
         seen[s["seen"][:, 0], s["seen"][:, 1]] = True
@@ -447,16 +532,33 @@ def evaluate(backend: Backend, request: Request, *, client=None, progress: bool 
     policies = [candidate_policy(spec, env, train, features, cold=backend.cold) for spec in req.specs]
     if client is not None:
         policies = [_snapshot_bytes(p) for p in policies]
-    shared.update(features=features, cold=backend.cold, fitted=fitted, seen=seen, env=env, specs=req.specs,
-                  policies=policies, estimators=req.estimators, level=req.level, on_target=on_target)
-    parts = run_tasks(_chunk_moments, split.chunks, client=client, shared=shared, progress=progress,
-                      desc="evaluating")
+    shared.update(
+        features=features,
+        cold=backend.cold,
+        fitted=fitted,
+        seen=seen,
+        env=env,
+        specs=req.specs,
+        policies=policies,
+        estimators=req.estimators,
+        level=req.level,
+        on_target=on_target,
+    )
+    parts = run_tasks(_chunk_moments, split.chunks, client=client, shared=shared, progress=progress, desc="evaluating")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", OPEWarning)
         logging = IPS(level=req.level).finish(Moments.total(p["logging"] for p in parts))
-    result = Evaluation(db=backend.name, kind=req.kind, n_train=0 if train is None else train.n_decisions,
-                        n_eval=sum(p["n_decisions"] for p in parts), n_rows=logging.n_rows, primary=req.primary,
-                        logging=logging, logging_policies=backend.logging_policies(), reward_model=req.reward_model)
+    result = Evaluation(
+        db=backend.name,
+        kind=req.kind,
+        n_train=0 if train is None else train.n_decisions,
+        n_eval=sum(p["n_decisions"] for p in parts),
+        n_rows=logging.n_rows,
+        primary=req.primary,
+        logging=logging,
+        logging_policies=backend.logging_policies(),
+        reward_model=req.reward_model,
+    )
     for j, spec in enumerate(req.specs):
         estimates = {}
         with warnings.catch_warnings():
@@ -470,11 +572,13 @@ def evaluate(backend: Backend, request: Request, *, client=None, progress: bool 
         # of support (the estimators warn on it for dense action_dists, where it can be)
         share = sum(p["unsupported"][j] for p in parts) / max(logging.n_rows, 1)
         estimates = {k: replace(e, unsupported=share) for k, e in estimates.items()}
-        result.candidates.append(PolicyEvaluation(spec, estimates, *verdict(estimates[req.primary], req.primary,
-                                                                             logging)))
+        result.candidates.append(
+            PolicyEvaluation(spec, estimates, *verdict(estimates[req.primary], req.primary, logging))
+        )
     if req.settings:
-        result.tuning = tuning.choose(result.candidates, list(req.settings), list(req.tune), req.primary, logging,
-                                      req.level, verdict)
+        result.tuning = tuning.choose(
+            result.candidates, list(req.settings), list(req.tune), req.primary, logging, req.level, verdict
+        )
     if out is not None:
         result.report = write_report(result, Path(out))
     return result
@@ -509,7 +613,9 @@ def write_report(result: Evaluation, out: Path) -> Path:
     fig.savefig(out / "evaluate.png", dpi=110)
     plt.close(fig)
     report = out / "evaluate.md"
-    notes = [f"- **{c.spec}** / {n}: {w}" for c in result.candidates for n, e in c.estimates.items() for w in e.warnings]
+    notes = [
+        f"- **{c.spec}** / {n}: {w}" for c in result.candidates for n, e in c.estimates.items() for w in e.warnings
+    ]
     report.write_text(
         f"# Off-policy evaluation of {result.db}\n\n"
         f"Candidates learned from the first {result.n_train} decisions and were evaluated on the next "
@@ -530,12 +636,16 @@ def _tuning_section(t: tuning.Tuning | None) -> str:
     if t.chosen:
         e = t.estimate
         assert e is not None  # a chosen setting has its estimate
-        chosen = (f"**{t.chosen}** was chosen: {e.estimator} {e.value:.4f} [{e.lower:.4f}, {e.upper:.4f}] at "
-                  f"{t.level:.2%}; {'SAFE to deploy' if t.safe else 'not shown safe'} ({t.reason}).")
+        chosen = (
+            f"**{t.chosen}** was chosen: {e.estimator} {e.value:.4f} [{e.lower:.4f}, {e.upper:.4f}] at "
+            f"{t.level:.2%}; {'SAFE to deploy' if t.safe else 'not shown safe'} ({t.reason})."
+        )
     else:
         chosen = f"No setting was chosen: {t.reason}."
-    return (f"## Tuning\n\n{len(t.settings)} settings of `{'`, `'.join(t.grids)}` learned from the training "
-            f"decisions and were estimated on the evaluated ones. Rule: {t.rule}: every setting's interval is at "
-            f"{t.level:.2%}, so that all of them hold at once with {1 - (1 - t.level) * len(t.settings):.0%} "
-            f"probability and the chosen one's stays "
-            f"valid after the choice. {chosen}\n\n")
+    return (
+        f"## Tuning\n\n{len(t.settings)} settings of `{'`, `'.join(t.grids)}` learned from the training "
+        f"decisions and were estimated on the evaluated ones. Rule: {t.rule}: every setting's interval is at "
+        f"{t.level:.2%}, so that all of them hold at once with {1 - (1 - t.level) * len(t.settings):.0%} "
+        f"probability and the chosen one's stays "
+        f"valid after the choice. {chosen}\n\n"
+    )

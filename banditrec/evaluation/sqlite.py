@@ -13,8 +13,7 @@ import numpy as np
 
 from ..errors import ValidationError
 from ..store import DecisionLog
-from ..types import LoggedDecisions
-from ..types import Estimate
+from ..types import Estimate, LoggedDecisions
 from .pipeline import (
     DEFAULT_ESTIMATORS,
     Backend,
@@ -35,7 +34,9 @@ def on_shop(logged: LoggedDecisions, item_ids: dict[int, str], shop) -> LoggedDe
         raise ValidationError(
             f"the log's decisions carry {logged.context.shape[1]} context features, the shop's context has "
             f"{shop.context_dim}: evaluate a log served from this shop (or, for an imported log, build the shop "
-            "with --context-encoding FILE, the encoding `banditrec import` wrote)", "shop")
+            "with --context-encoding FILE, the encoding `banditrec import` wrote)",
+            "shop",
+        )
     n_log = 1 + max(item_ids, default=-1)
     ids = [item_ids.get(j) for j in range(n_log)]
     to_shop = np.full(n_log, -1, dtype=np.int64)
@@ -45,8 +46,11 @@ def on_shop(logged: LoggedDecisions, item_ids: dict[int, str], shop) -> LoggedDe
     missing = used[(used >= n_log) | (to_shop[np.minimum(used, n_log - 1)] < 0)]
     if len(missing):
         shown = ", ".join(repr(ids[j]) if j < n_log and ids[j] else f"index {j}" for j in missing[:3].tolist())
-        raise ValidationError(f"the log shows {len(missing)} items the shop's catalog does not hold (e.g. {shown}); "
-                              "was it built from the same items file?", "shop")
+        raise ValidationError(
+            f"the log shows {len(missing)} items the shop's catalog does not hold (e.g. {shown}); "
+            "was it built from the same items file?",
+            "shop",
+        )
     return replace(logged, candidates=[to_shop[c] for c in logged.candidates], row_action=to_shop[logged.row_action])
 
 
@@ -54,8 +58,9 @@ def item_features(log: DecisionLog, logged: LoggedDecisions) -> tuple[np.ndarray
     """The features policies are built with, and whether the log has an item table."""
     n_items = 1 + max([int(c.max()) for c in logged.candidates if len(c)] + [0])
     ids, features, _ = log.items()
-    return item_features_or_one_hot(np.asarray(features, dtype=float) if len(ids) else np.zeros((0, 0)),
-                                    n_items), bool(len(ids))
+    return item_features_or_one_hot(np.asarray(features, dtype=float) if len(ids) else np.zeros((0, 0)), n_items), bool(
+        len(ids)
+    )
 
 
 class SQLiteBackend(Backend):
@@ -119,9 +124,19 @@ def evaluate_log(
     on the shop's item features, product types and business columns. ``on_target(spec, test, d,
     items, marginals)`` sees each candidate's marginals on every evaluated decision (e.g. to
     compute its exact value in a simulator)."""
-    request = check_request(specs, estimators=estimators, primary=primary, tune=tune, train_frac=train_frac,
-                            reward_model=reward_model, kind=kind, default_reward=default_reward, level=level,
-                            seed=seed, n_folds=n_folds)
+    request = check_request(
+        specs,
+        estimators=estimators,
+        primary=primary,
+        tune=tune,
+        train_frac=train_frac,
+        reward_model=reward_model,
+        kind=kind,
+        default_reward=default_reward,
+        level=level,
+        seed=seed,
+        n_folds=n_folds,
+    )
     backend = SQLiteBackend(db, kind=kind, default_reward=default_reward, shop=shop)
     return evaluate(backend, request, out=out, on_target=on_target)
 
@@ -142,22 +157,32 @@ class ObjectiveSensitivity:
     rows: list[SensitivityRow]
 
     def table(self) -> str:
-        head = (f"{'sensitivity':<11} {'estimator':<9} {'reward':>9} {'95% CI':>21} "
-                f"{self.objective + ' per carousel':>{max(22, len(self.objective) + 13)}}")
-        lines = [f"{self.spec} with objective {self.objective!r}, trained and estimated on the log", head,
-                 "-" * len(head)]
+        head = (
+            f"{'sensitivity':<11} {'estimator':<9} {'reward':>9} {'95% CI':>21} "
+            f"{self.objective + ' per carousel':>{max(22, len(self.objective) + 13)}}"
+        )
+        lines = [
+            f"{self.spec} with objective {self.objective!r}, trained and estimated on the log",
+            head,
+            "-" * len(head),
+        ]
         w = max(22, len(self.objective) + 13)
-        lines.append(f"{'(logging)':<11} {'on-policy':<9} {self.logging.value:>9.4f} [{self.logging.lower:>9.4f}, "
-                     f"{self.logging.upper:>9.4f}] {self.logging_objective:>{w}.2f}")
+        lines.append(
+            f"{'(logging)':<11} {'on-policy':<9} {self.logging.value:>9.4f} [{self.logging.lower:>9.4f}, "
+            f"{self.logging.upper:>9.4f}] {self.logging_objective:>{w}.2f}"
+        )
         for r in self.rows:
             e = r.estimate
-            lines.append(f"{r.level:<11} {e.estimator:<9} {e.value:>9.4f} [{e.lower:>9.4f}, {e.upper:>9.4f}] "
-                         f"{r.objective:>{w}.2f}" + ("  warn" if e.warnings else ""))
+            lines.append(
+                f"{r.level:<11} {e.estimator:<9} {e.value:>9.4f} [{e.lower:>9.4f}, {e.upper:>9.4f}] "
+                f"{r.objective:>{w}.2f}" + ("  warn" if e.warnings else "")
+            )
         return "\n".join(lines)
 
 
-def objective_sensitivity(shop, db: str, spec: str, objective: str, *, seed: int | None = 0,
-                          primary: str = "DR", train_frac: float = 0.5) -> ObjectiveSensitivity:
+def objective_sensitivity(
+    shop, db: str, spec: str, objective: str, *, seed: int | None = 0, primary: str = "DR", train_frac: float = 0.5
+) -> ObjectiveSensitivity:
     """Amazon Personalize's objective sensitivity, estimated from a shop's log: ``spec`` with the
     business column ``objective`` blended in at each level (off, low, medium, high), each trained
     on the first part of the log and estimated on the rest; beside each estimate, the
@@ -167,9 +192,11 @@ def objective_sensitivity(shop, db: str, spec: str, objective: str, *, seed: int
 
     columns = shop.columns
     if objective not in columns:
-        raise ValidationError(f"objective {objective!r} is not a business column of the shop; known: "
-                              f"{', '.join(sorted(columns)) or 'none (numeric item columns with a value for every item)'}",
-                              "objective")
+        raise ValidationError(
+            f"objective {objective!r} is not a business column of the shop; known: "
+            f"{', '.join(sorted(columns)) or 'none (numeric item columns with a value for every item)'}",
+            "objective",
+        )
     value = np.asarray(columns[objective], dtype=float)
     totals: dict[str, list[float]] = {}
 
@@ -181,8 +208,16 @@ def objective_sensitivity(shop, db: str, spec: str, objective: str, *, seed: int
     for level in SENSITIVITY:
         extra = f"objective={objective},sensitivity={level}" if level != "off" else ""
         specs[level] = ":".join([base, ",".join(p for p in (body, extra) if p)]) if (body or extra) else base
-    result = evaluate_log(db, list(specs.values()), estimators=(primary,), primary=primary, train_frac=train_frac,
-                          seed=seed, shop=shop, on_target=record)
+    result = evaluate_log(
+        db,
+        list(specs.values()),
+        estimators=(primary,),
+        primary=primary,
+        train_frac=train_frac,
+        seed=seed,
+        shop=shop,
+        on_target=record,
+    )
     log = DecisionLog(db)
     try:
         logged = on_shop(log.decisions(), log.item_ids(), shop)
@@ -190,6 +225,8 @@ def objective_sensitivity(shop, db: str, spec: str, objective: str, *, seed: int
         log.close()
     test = logged.take(result.n_train, logged.n_decisions)
     shown = float(np.bincount(test.row_decision, weights=value[test.row_action], minlength=test.n_decisions).mean())
-    rows = [SensitivityRow(level, c.estimates[primary], float(np.mean(totals[c.spec])))
-            for level, c in zip(specs, result.candidates)]
+    rows = [
+        SensitivityRow(level, c.estimates[primary], float(np.mean(totals[c.spec])))
+        for level, c in zip(specs, result.candidates)
+    ]
     return ObjectiveSensitivity(objective, spec, shown, result.logging, rows)

@@ -22,14 +22,16 @@ def _require_distributed():
     try:
         import distributed
     except ImportError:
-        raise MissingDaskError("this needs Dask, which is not installed: pip install 'banditrec[dask]'",
-                               "scheduler") from None
+        raise MissingDaskError(
+            "this needs Dask, which is not installed: pip install 'banditrec[dask]'", "scheduler"
+        ) from None
     return distributed
 
 
 @contextlib.contextmanager
-def dask_client(scheduler: str | None = None, *, n_workers: int | None = None, threads_per_worker: int = 1,
-                processes: bool = True):
+def dask_client(
+    scheduler: str | None = None, *, n_workers: int | None = None, threads_per_worker: int = 1, processes: bool = True
+):
     """A ``distributed.Client``: of the cluster at ``scheduler`` (``tcp://host:8786``), or of a
     ``LocalCluster`` on 127.0.0.1 sized to the machine (one single-threaded worker process per
     core) that is closed on exit."""
@@ -44,8 +46,13 @@ def dask_client(scheduler: str | None = None, *, n_workers: int | None = None, t
         finally:
             client.close()
         return
-    cluster = distributed.LocalCluster(n_workers=n_workers or os.cpu_count() or 1, threads_per_worker=threads_per_worker,
-                                       processes=processes, host="127.0.0.1", dashboard_address="127.0.0.1:0")
+    cluster = distributed.LocalCluster(
+        n_workers=n_workers or os.cpu_count() or 1,
+        threads_per_worker=threads_per_worker,
+        processes=processes,
+        host="127.0.0.1",
+        dashboard_address="127.0.0.1:0",
+    )
     try:
         with distributed.Client(cluster) as client:
             yield client

@@ -53,7 +53,7 @@ class RowInputs:
         assert self.dist is not None  # only the inputs of an action_dist have target rows
         return self.dist[rows, :, self.slot]
 
-    def subset(self, keep: np.ndarray) -> "RowInputs":
+    def subset(self, keep: np.ndarray) -> RowInputs:
         base = np.arange(len(self.pi)) if self.rows is None else self.rows
         return RowInputs(
             pi=self.pi[keep],
@@ -74,14 +74,21 @@ def _check_action_dist(data: LoggedBandit, action_dist: ArrayLike) -> np.ndarray
     if not np.abs(sums - 1.0).max() <= SUM_TOL:  # also true for NaN: locate the first bad row
         bad = np.flatnonzero((np.abs(sums - 1.0) > SUM_TOL).any(axis=1) | ~np.isfinite(sums).all(axis=1))
         i = int(bad[0])
-        k = int(np.argmax(np.abs(sums[i] - 1.0) > SUM_TOL) if np.isfinite(sums[i]).all() else np.argmin(np.isfinite(sums[i])))
+        k = int(
+            np.argmax(np.abs(sums[i] - 1.0) > SUM_TOL)
+            if np.isfinite(sums[i]).all()
+            else np.argmin(np.isfinite(sums[i]))
+        )
         raise ValidationError(
             f"action_dist[i, :, k] must be a probability distribution over actions (sum 1), "
-            f"found sum {float(sums[i, k])!r} at row {i}, slot {k}", "action_dist")
+            f"found sum {float(sums[i, k])!r} at row {i}, slot {k}",
+            "action_dist",
+        )
     if dist.min() < 0:
         i, a, k = (int(v) for v in np.unravel_index(int(np.argmin(dist)), dist.shape))
-        raise ValidationError(f"action_dist must be >= 0, found {float(dist[i, a, k])!r} at row {i}, action {a}, slot {k}",
-                              "action_dist")
+        raise ValidationError(
+            f"action_dist must be >= 0, found {float(dist[i, a, k])!r} at row {i}, action {a}, slot {k}", "action_dist"
+        )
     return dist
 
 
@@ -100,8 +107,9 @@ def _row_array(value: ArrayLike, name: str, n: int) -> np.ndarray:
     return arr
 
 
-def resolve_target_pscore(data: LoggedBandit, action_dist: ArrayLike | None = None,
-                          target_pscore: ArrayLike | None = None) -> np.ndarray:
+def resolve_target_pscore(
+    data: LoggedBandit, action_dist: ArrayLike | None = None, target_pscore: ArrayLike | None = None
+) -> np.ndarray:
     """The target policy's probability of each logged (action, slot) row, shape (n,).
 
     Give either ``action_dist (n, n_actions, n_slots)`` or the compact ``target_pscore (n,)``.
@@ -160,13 +168,15 @@ class Terms:
             if b <= 0:
                 raise ValidationError(
                     "the target policy gives probability 0 to every logged action: a self-normalised "
-                    "estimate is undefined", "target_pscore")
+                    "estimate is undefined",
+                    "target_pscore",
+                )
             r = num.mean() / b
             value = value + r
             influence = influence + (num - r * den) / b
         return float(value), influence
 
-    def padded(self, n_total: int) -> "Terms":
+    def padded(self, n_total: int) -> Terms:
         """These terms among ``n_total`` decisions, the others contributing nothing.
 
         Used for one slot's value: decisions that did not log that slot add 0 to the plain
@@ -179,8 +189,10 @@ class Terms:
         pad = np.zeros(extra)
         return Terms(
             np.concatenate([self.plain, pad]),
-            tuple((np.concatenate([num, pad]), np.concatenate([den, pad]) * (n_total / self.n))
-                  for num, den in self.ratios),
+            tuple(
+                (np.concatenate([num, pad]), np.concatenate([den, pad]) * (n_total / self.n))
+                for num, den in self.ratios
+            ),
         )
 
     def bootstrap(self, n_boot: int, rng: np.random.Generator, chunk_elems: int = 4_000_000) -> np.ndarray:
@@ -230,7 +242,7 @@ class Moments:
     per_row: bool = False
 
     @classmethod
-    def of(cls, terms: Terms, w: np.ndarray, n_total: int | None = None, *, per_row: bool = False) -> "Moments":
+    def of(cls, terms: Terms, w: np.ndarray, n_total: int | None = None, *, per_row: bool = False) -> Moments:
         """The moments of ``terms`` (and row weights ``w``), among ``n_total`` decisions.
 
         ``per_row``: the ratios' denominators are per-decision weight sums scaled to a mean row
@@ -244,35 +256,63 @@ class Moments:
         z = np.column_stack(cols) if terms.n else np.zeros((0, len(cols)))
         mean = z.mean(axis=0) if terms.n else np.zeros(len(cols))
         c = z - mean
-        own = cls(n=terms.n, n_present=terms.n, mean=mean, m2=c.T @ c, n_rows=len(w), sw=float(w.sum()),
-                  sw2=float((w * w).sum()), max_w=float(w.max()) if len(w) else -np.inf, per_row=per_row)
+        own = cls(
+            n=terms.n,
+            n_present=terms.n,
+            mean=mean,
+            m2=c.T @ c,
+            n_rows=len(w),
+            sw=float(w.sum()),
+            sw2=float((w * w).sum()),
+            max_w=float(w.max()) if len(w) else -np.inf,
+            per_row=per_row,
+        )
         if n_total is not None and n_total > terms.n:
             own = own.combine(cls.zeros(len(cols), n_total - terms.n, per_row=per_row))
         return own
 
     @classmethod
-    def zeros(cls, width: int, n: int, *, per_row: bool = False) -> "Moments":
+    def zeros(cls, width: int, n: int, *, per_row: bool = False) -> Moments:
         """``n`` decisions without rows (they add 0 to every column)."""
-        return cls(n=n, n_present=0, mean=np.zeros(width), m2=np.zeros((width, width)), n_rows=0, sw=0.0, sw2=0.0,
-                   max_w=-np.inf, per_row=per_row)
+        return cls(
+            n=n,
+            n_present=0,
+            mean=np.zeros(width),
+            m2=np.zeros((width, width)),
+            n_rows=0,
+            sw=0.0,
+            sw2=0.0,
+            max_w=-np.inf,
+            per_row=per_row,
+        )
 
-    def combine(self, other: "Moments") -> "Moments":
+    def combine(self, other: Moments) -> Moments:
         """The moments of both sets of decisions (Chan et al.'s pairwise update)."""
         if self.mean.shape != other.mean.shape or self.per_row != other.per_row:
-            raise ValidationError(f"cannot combine moments of {len(self.mean)} and {len(other.mean)} columns "
-                                  "(different estimators?)", "moments")
+            raise ValidationError(
+                f"cannot combine moments of {len(self.mean)} and {len(other.mean)} columns (different estimators?)",
+                "moments",
+            )
         n = self.n + other.n
         if n == 0:
             return self
         delta = other.mean - self.mean
         mean = self.mean + delta * (other.n / n)
         m2 = self.m2 + other.m2 + np.outer(delta, delta) * (self.n * other.n / n)
-        return Moments(n=n, n_present=self.n_present + other.n_present, mean=mean, m2=m2,
-                       n_rows=self.n_rows + other.n_rows, sw=self.sw + other.sw, sw2=self.sw2 + other.sw2,
-                       max_w=max(self.max_w, other.max_w), per_row=self.per_row)
+        return Moments(
+            n=n,
+            n_present=self.n_present + other.n_present,
+            mean=mean,
+            m2=m2,
+            n_rows=self.n_rows + other.n_rows,
+            sw=self.sw + other.sw,
+            sw2=self.sw2 + other.sw2,
+            max_w=max(self.max_w, other.max_w),
+            per_row=self.per_row,
+        )
 
     @staticmethod
-    def total(parts: Iterable[Moments | None]) -> "Moments":
+    def total(parts: Iterable[Moments | None]) -> Moments:
         """Combine an iterable of moments (``None`` entries -- empty partitions -- skipped)."""
         out: Moments | None = None
         for part in parts:
@@ -299,7 +339,9 @@ class Moments:
             if not b > 0:
                 raise ValidationError(
                     "the target policy gives probability 0 to every logged action: a self-normalised "
-                    "estimate is undefined", "target_pscore")
+                    "estimate is undefined",
+                    "target_pscore",
+                )
             r = mean[j] / b
             value += r
             grad[j], grad[j + 1] = 1.0 / b, -r / b
@@ -363,9 +405,16 @@ class IPS:
         boot, other = (np.random.default_rng(c) for c in np.random.SeedSequence(entropy).spawn(2))
         return boot, other
 
-    def _inputs(self, data: LoggedBandit, action_dist: ArrayLike | None, target_pscore: ArrayLike | None,
-                q_hat: ArrayLike | None, q_hat_logged: ArrayLike | None, q_hat_target: ArrayLike | None,
-                rng: np.random.Generator | None) -> RowInputs:
+    def _inputs(
+        self,
+        data: LoggedBandit,
+        action_dist: ArrayLike | None,
+        target_pscore: ArrayLike | None,
+        q_hat: ArrayLike | None,
+        q_hat_logged: ArrayLike | None,
+        q_hat_target: ArrayLike | None,
+        rng: np.random.Generator | None,
+    ) -> RowInputs:
         inputs = _resolve(data, action_dist, target_pscore)
         if not self.needs_q:
             if any(v is not None for v in (q_hat, q_hat_logged, q_hat_target)):
@@ -379,8 +428,11 @@ class IPS:
             if q.shape != expected:
                 raise ValidationError(f"q_hat must have shape {expected}, got {q.shape}", "q_hat")
             if inputs.dist is None:
-                raise ValidationError("with q_hat, give the target as action_dist (the DM term needs pi over "
-                                      "every action), or give q_hat_target", "action_dist")
+                raise ValidationError(
+                    "with q_hat, give the target as action_dist (the DM term needs pi over "
+                    "every action), or give q_hat_target",
+                    "action_dist",
+                )
             inputs.q_logged = q.ravel()[_flat_index(data)]
             # every slot's sum_a pi q, then each row's own slot: cheaper than gathering rows
             inputs.q_target = np.einsum("iak,iak->ik", inputs.dist, q)[np.arange(data.n_rows), data.slot]
@@ -395,17 +447,27 @@ class IPS:
             if inputs.dist is None:
                 raise ValidationError(
                     f"{self.name} fits a reward model when q_hat is not given, which needs the target as "
-                    "action_dist; or pass q_hat_logged and q_hat_target", "action_dist")
+                    "action_dist; or pass q_hat_logged and q_hat_target",
+                    "action_dist",
+                )
             # needs_q: the DM family, which has the reward model; partial() gives q_hat, so rng is set
             assert isinstance(self, DM) and rng is not None
             inputs.q_logged, inputs.q_target = self.reward_model.cross_fit(
-                data, inputs.target_rows, n_folds=self.n_folds, rng=rng)
+                data, inputs.target_rows, n_folds=self.n_folds, rng=rng
+            )
         return inputs
 
-    def estimate(self, data: LoggedBandit, action_dist: ArrayLike | None = None, *,
-                 target_pscore: ArrayLike | None = None, q_hat: ArrayLike | None = None,
-                 q_hat_logged: ArrayLike | None = None, q_hat_target: ArrayLike | None = None,
-                 slot: int | None = None) -> Estimate:
+    def estimate(
+        self,
+        data: LoggedBandit,
+        action_dist: ArrayLike | None = None,
+        *,
+        target_pscore: ArrayLike | None = None,
+        q_hat: ArrayLike | None = None,
+        q_hat_logged: ArrayLike | None = None,
+        q_hat_target: ArrayLike | None = None,
+        slot: int | None = None,
+    ) -> Estimate:
         """The target policy's value per decision (or of one ``slot`` alone), with an interval.
 
         Parameters
@@ -440,8 +502,9 @@ class IPS:
         n_all = data.n_decisions
         if slot is not None:
             if self.name == "SlatePI":
-                raise ValidationError("SlatePI estimates the whole slate from its total reward; it has no "
-                                      "per-slot estimate", "slot")
+                raise ValidationError(
+                    "SlatePI estimates the whole slate from its total reward; it has no per-slot estimate", "slot"
+                )
             if isinstance(slot, bool) or not isinstance(slot, int | np.integer) or not 0 <= slot < data.n_slots:
                 raise ValidationError(f"slot must be an integer in [0, {data.n_slots}), got {slot!r}", "slot")
             keep = data.slot == slot
@@ -461,10 +524,18 @@ class IPS:
     n_ratios: ClassVar[int] = 0
     row_normalised: ClassVar[bool] = False  # ratio denominators are _row_share (SNIPS, SNDR)
 
-    def partial(self, data: LoggedBandit | None, action_dist: ArrayLike | None = None, *,
-                target_pscore: ArrayLike | None = None, q_hat: ArrayLike | None = None,
-                q_hat_logged: ArrayLike | None = None, q_hat_target: ArrayLike | None = None,
-                slot: int | None = None, n_decisions: int = 0) -> Moments:
+    def partial(
+        self,
+        data: LoggedBandit | None,
+        action_dist: ArrayLike | None = None,
+        *,
+        target_pscore: ArrayLike | None = None,
+        q_hat: ArrayLike | None = None,
+        q_hat_logged: ArrayLike | None = None,
+        q_hat_target: ArrayLike | None = None,
+        slot: int | None = None,
+        n_decisions: int = 0,
+    ) -> Moments:
         """This part of a log reduced to :class:`Moments`; :meth:`finish` of the
         :meth:`Moments.total` of every part is :meth:`estimate` of the whole log.
 
@@ -474,17 +545,25 @@ class IPS:
         empty file).
         """
         if not self.mergeable:
-            raise ValidationError(f"{self.name} needs the whole log at once (it is not a sum of per-decision "
-                                  "terms); use estimate()", "estimator")
+            raise ValidationError(
+                f"{self.name} needs the whole log at once (it is not a sum of per-decision terms); use estimate()",
+                "estimator",
+            )
         if self.interval != "normal":
-            raise ValidationError("a partitioned estimate has the normal (delta-method) interval only; a "
-                                  "bootstrap needs every decision in one place", "interval")
+            raise ValidationError(
+                "a partitioned estimate has the normal (delta-method) interval only; a "
+                "bootstrap needs every decision in one place",
+                "interval",
+            )
         width = 1 + 2 * self.n_ratios
         if data is None:
             return Moments.zeros(width, int(n_decisions), per_row=self.row_normalised)
         if self.needs_q and q_hat is None and q_hat_logged is None and q_hat_target is None:
-            raise ValidationError(f"{self.name}.partial needs q_hat or q_hat_logged/q_hat_target: a reward model "
-                                  "fitted on one partition alone is not the model of the whole log", "q_hat")
+            raise ValidationError(
+                f"{self.name}.partial needs q_hat or q_hat_logged/q_hat_target: a reward model "
+                "fitted on one partition alone is not the model of the whole log",
+                "q_hat",
+            )
         inputs = self._inputs(data, action_dist, target_pscore, q_hat, q_hat_logged, q_hat_target, None)
         n_all = data.n_decisions
         if slot is not None:
@@ -499,12 +578,17 @@ class IPS:
         """One estimate per slot that has logged rows (slot ``k``'s value alone)."""
         return [self.estimate(data, action_dist, slot=k, **kwargs) for k in np.unique(data.slot).tolist()]
 
-    def _terms(self, data: LoggedBandit, inputs: RowInputs, w: np.ndarray,
-               rng: np.random.Generator | None) -> Terms:
+    def _terms(self, data: LoggedBandit, inputs: RowInputs, w: np.ndarray, rng: np.random.Generator | None) -> Terms:
         return self.terms(data, inputs, w)
 
-    def finish(self, moments: Moments, *, unsupported: float | None = None, terms: Terms | None = None,
-               boot_rng: np.random.Generator | None = None) -> Estimate:
+    def finish(
+        self,
+        moments: Moments,
+        *,
+        unsupported: float | None = None,
+        terms: Terms | None = None,
+        boot_rng: np.random.Generator | None = None,
+    ) -> Estimate:
         """The :class:`Estimate` from (combined) moments: value, standard error, interval and
         diagnostics. A bootstrap interval also needs the raw ``terms`` and ``boot_rng``."""
         if moments.n < 2:
@@ -527,14 +611,26 @@ class IPS:
         max_w = moments.max_w
         notes = _diagnose(self.name, ess, moments.n_rows, max_w, sw, unsupported)
         if self.interval == "bootstrap" and dropped > 0.01 * self.n_bootstrap:
-            notes.append(f"{self.name}: {dropped} of {self.n_bootstrap} bootstrap resamples had no weight on the "
-                         "target and were dropped; the interval is conditional on some overlap")
+            notes.append(
+                f"{self.name}: {dropped} of {self.n_bootstrap} bootstrap resamples had no weight on the "
+                "target and were dropped; the interval is conditional on some overlap"
+            )
         for msg in notes:
             warnings.warn(msg, OPEWarning, stacklevel=3)
         return Estimate(
-            estimator=self.name, value=value, lower=float(lower), upper=float(upper), se=se, n=moments.n,
-            n_rows=moments.n_rows, ess=ess, max_weight=max_w, level=self.level, unsupported=unsupported,
-            warnings=tuple(notes), interval=self.interval,
+            estimator=self.name,
+            value=value,
+            lower=float(lower),
+            upper=float(upper),
+            se=se,
+            n=moments.n,
+            n_rows=moments.n_rows,
+            ess=ess,
+            max_weight=max_w,
+            level=self.level,
+            unsupported=unsupported,
+            warnings=tuple(notes),
+            interval=self.interval,
         )
 
 
@@ -564,13 +660,17 @@ def _unsupported_share(data: LoggedBandit, inputs: RowInputs) -> float | None:
 def _diagnose(name: str, ess: float, n_rows: int, max_w: float, sw: float, unsupported: float | None) -> list[str]:
     notes = []
     if ess < LOW_ESS or ess < LOW_ESS_SHARE * n_rows:
-        notes.append(f"{name}: effective sample size {ess:.0f} of {n_rows} rows: the log barely overlaps the "
-                     "target policy, so the estimate rests on a few rows")
+        notes.append(
+            f"{name}: effective sample size {ess:.0f} of {n_rows} rows: the log barely overlaps the "
+            "target policy, so the estimate rests on a few rows"
+        )
     if sw > 0 and max_w / sw > MAX_WEIGHT_SHARE:
         notes.append(f"{name}: one row carries {max_w / sw:.0%} of the total importance weight")
     if unsupported is not None and unsupported > MAX_UNSUPPORTED:
-        notes.append(f"{name}: the target puts {unsupported:.1%} of its probability on items never logged in "
-                     "that slot; the log cannot see how they would do")
+        notes.append(
+            f"{name}: the target puts {unsupported:.1%} of its probability on items never logged in "
+            "that slot; the log cannot see how they would do"
+        )
     return notes
 
 
@@ -642,8 +742,10 @@ class DM(IPS):
         if isinstance(self.n_folds, bool) or not isinstance(self.n_folds, int) or self.n_folds < 2:
             raise ValidationError(f"n_folds must be an integer >= 2, got {self.n_folds!r}", "n_folds")
         if not isinstance(self.reward_model, RewardModel):
-            raise ValidationError(f"reward_model must be a RewardModel (ridge, logistic, gbt), got "
-                                  f"{type(self.reward_model).__name__}", "reward_model")
+            raise ValidationError(
+                f"reward_model must be a RewardModel (ridge, logistic, gbt), got {type(self.reward_model).__name__}",
+                "reward_model",
+            )
 
     def terms(self, data: LoggedBandit, inputs: RowInputs, w: np.ndarray) -> Terms:
         assert inputs.q_target is not None  # _inputs sets it for the DM family
@@ -712,14 +814,18 @@ def _uniform_per_slot(data: LoggedBandit, who: str) -> None:
         if hi > lo * (1 + 1e-9):
             raise ValidationError(
                 f"{who} needs a uniformly random logging policy; logged propensities in slot {k} range from "
-                f"{lo:.4g} to {hi:.4g} (use IPS or DR for this log)", "pscore")
+                f"{lo:.4g} to {hi:.4g} (use IPS or DR for this log)",
+                "pscore",
+            )
         m = 1.0 / hi
         distinct = len(np.unique(data.action[in_k]))
         deterministic = m < 2 - 1e-9 and data.n_actions > 1  # one item, always: nothing was randomised
         if deterministic or abs(m - round(m)) > 1e-6 * m or distinct > round(m):
             raise ValidationError(
                 f"{who} needs a uniformly random logging policy; slot {k} logs propensity {hi:.4g} for "
-                f"{distinct} distinct items, which no uniform choice among 1/p candidates gives", "pscore")
+                f"{distinct} distinct items, which no uniform choice among 1/p candidates gives",
+                "pscore",
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -736,8 +842,7 @@ class Replay(IPS):
     name: ClassVar[str] = "Replay"
     mergeable: ClassVar[bool] = False  # a sampled match per row and per-slot counts of the whole log
 
-    def _terms(self, data: LoggedBandit, inputs: RowInputs, w: np.ndarray,
-               rng: np.random.Generator | None) -> Terms:
+    def _terms(self, data: LoggedBandit, inputs: RowInputs, w: np.ndarray, rng: np.random.Generator | None) -> Terms:
         assert rng is not None  # not mergeable: only estimate() computes its terms, with a stream
         _uniform_per_slot(data, self.name)
         match = (rng.random(data.n_rows) < inputs.pi).astype(float)
@@ -746,8 +851,11 @@ class Replay(IPS):
             in_k = (data.slot == k).astype(float)
             m = match * in_k
             if m.sum() < 2:
-                raise ValidationError(f"replay matched {int(m.sum())} logged rows in slot {k}; it needs at "
-                                      "least 2 (log more, or use IPS)", "target_pscore")
+                raise ValidationError(
+                    f"replay matched {int(m.sum())} logged rows in slot {k}; it needs at "
+                    "least 2 (log more, or use IPS)",
+                    "target_pscore",
+                )
             # the mean matched reward is slot k's value among decisions that show slot k;
             # scaling the denominator by D / D_k counts decisions without slot k as 0
             share = data.n_decisions / np.count_nonzero(per_decision(data, in_k))
@@ -791,18 +899,20 @@ class SlatePI(IPS):
     name: ClassVar[str] = "SlatePI"
     mergeable: ClassVar[bool] = False  # needs the dense action_dist of whole slates
 
-    def _terms(self, data: LoggedBandit, inputs: RowInputs, w: np.ndarray,
-               rng: np.random.Generator | None) -> Terms:
+    def _terms(self, data: LoggedBandit, inputs: RowInputs, w: np.ndarray, rng: np.random.Generator | None) -> Terms:
         if inputs.dist is None:
-            raise ValidationError("SlatePI needs the target as action_dist (its marginal of every logged item "
-                                  "in every slot)", "action_dist")
+            raise ValidationError(
+                "SlatePI needs the target as action_dist (its marginal of every logged item in every slot)",
+                "action_dist",
+            )
         D, K = data.n_decisions, data.n_slots
         assert data.decision is not None  # LoggedBandit fills it in
         counts = np.bincount(data.decision, minlength=D)
         if (counts != K).any():
             d = int(np.argmax(counts != K))
-            raise ValidationError(f"SlatePI needs every decision to fill all {K} slots; decision {d} logged "
-                                  f"{counts[d]} rows", "slot")
+            raise ValidationError(
+                f"SlatePI needs every decision to fill all {K} slots; decision {d} logged {counts[d]} rows", "slot"
+            )
         order = np.lexsort((data.slot, data.decision)).reshape(D, K)
         if (data.slot[order] != np.arange(K)).any():
             raise ValidationError("SlatePI needs each decision to log slots 0..K-1 once each", "slot")
@@ -810,20 +920,26 @@ class SlatePI(IPS):
         m_float = 1.0 / p
         m = np.rint(m_float).astype(np.int64)
         if (np.abs(m_float - m) > 1e-6 * m).any() or (m != m[:, :1]).any() or (m < K).any():
-            raise ValidationError("SlatePI needs uniformly random logging without replacement: every logged "
-                                  "propensity of a decision must be 1/m for its number m >= K of candidates",
-                                  "pscore")
+            raise ValidationError(
+                "SlatePI needs uniformly random logging without replacement: every logged "
+                "propensity of a decision must be 1/m for its number m >= K of candidates",
+                "pscore",
+            )
         items = data.action[order]  # (D, K) logged item of slot j
         if K > 1:
             srt = np.sort(items, axis=1)
             if (srt[:, 1:] == srt[:, :-1]).any():
                 d = int(np.argmax((srt[:, 1:] == srt[:, :-1]).any(axis=1)))
-                raise ValidationError(f"SlatePI needs distinct items within a slate; decision {d} shows an item twice",
-                                      "action")
+                raise ValidationError(
+                    f"SlatePI needs distinct items within a slate; decision {d} shows an item twice", "action"
+                )
         rows_of = order if inputs.rows is None else inputs.rows[order]
         if K > 1 and not (inputs.dist[rows_of[:, 1:]] == inputs.dist[rows_of[:, :1]]).all():
-            raise ValidationError("SlatePI needs one target distribution per decision: the rows of a decision "
-                                  "must carry the same action_dist", "action_dist")
+            raise ValidationError(
+                "SlatePI needs one target distribution per decision: the rows of a decision "
+                "must carry the same action_dist",
+                "action_dist",
+            )
         base = rows_of[:, 0]
         pij = inputs.dist[base[:, None, None], items[:, :, None], np.arange(K)[None, None, :]]  # pi_j(s_i)
         t1 = np.einsum("dii->d", pij)

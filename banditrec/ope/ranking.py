@@ -18,8 +18,7 @@ from numpy.typing import ArrayLike
 from ..errors import ValidationError
 from ..validation import as_1d, check_finite, check_positive_int
 
-__all__ = ["PerUserRankingMetrics", "RankingMetrics", "coverage", "ranking_metrics",
-           "ranking_metrics_per_user"]
+__all__ = ["PerUserRankingMetrics", "RankingMetrics", "coverage", "ranking_metrics", "ranking_metrics_per_user"]
 
 PAD = -1
 
@@ -74,9 +73,14 @@ class PerUserRankingMetrics:
             n_reward = int(defined.sum())
             reward = float(self.average_reward[defined].mean())
         return RankingMetrics(
-            precision=float(self.precision.mean()), ndcg=float(self.ndcg.mean()),
-            mrr=float(self.mrr.mean()), coverage=float(coverage_value), average_reward=reward,
-            k=self.k, n_users=len(self.users), n_excluded=self.n_excluded,
+            precision=float(self.precision.mean()),
+            ndcg=float(self.ndcg.mean()),
+            mrr=float(self.mrr.mean()),
+            coverage=float(coverage_value),
+            average_reward=reward,
+            k=self.k,
+            n_users=len(self.users),
+            n_excluded=self.n_excluded,
             n_reward_users=n_reward,
         )
 
@@ -88,21 +92,23 @@ def _check_recommended(recommended: ArrayLike, k: int, n_items: int) -> tuple[np
     rec = np.asarray(recommended)
     if rec.ndim != 2:
         raise ValidationError(
-            f"recommended must be 2-dimensional (n_users, n_recommended), got shape {rec.shape}",
-            "recommended")
+            f"recommended must be 2-dimensional (n_users, n_recommended), got shape {rec.shape}", "recommended"
+        )
     if rec.size and not np.issubdtype(rec.dtype, np.integer):
-        raise ValidationError(f"recommended must hold integer item indices, got dtype {rec.dtype}",
-                              "recommended")
+        raise ValidationError(f"recommended must hold integer item indices, got dtype {rec.dtype}", "recommended")
     if k > rec.shape[1]:
         raise ValidationError(
-            f"k must be <= the number of columns of recommended ({rec.shape[1]}), got {k}; "
-            "pad shorter lists with -1", "k")
+            f"k must be <= the number of columns of recommended ({rec.shape[1]}), got {k}; pad shorter lists with -1",
+            "k",
+        )
     bad = (rec < PAD) | (rec >= n_items)
     if bad.any():
         r, c = np.argwhere(bad)[0]
         raise ValidationError(
             f"recommended must hold item indices in [0, {n_items}) or -1 for padding, "
-            f"found {rec[r, c].item()} at row {r}, column {c}", "recommended")
+            f"found {rec[r, c].item()} at row {r}, column {c}",
+            "recommended",
+        )
     pad = rec == PAD
     # padding is trailing: once a slot is empty every later slot is empty
     after_pad = pad[:, :-1] & ~pad[:, 1:]
@@ -110,7 +116,9 @@ def _check_recommended(recommended: ArrayLike, k: int, n_items: int) -> tuple[np
         r, c = np.argwhere(after_pad)[0]
         raise ValidationError(
             f"recommended row {r} has item {rec[r, c + 1].item()} at column {c + 1} after "
-            f"padding (-1) at column {c}; padding must come last", "recommended")
+            f"padding (-1) at column {c}; padding must come last",
+            "recommended",
+        )
     if rec.shape[1] > 1 and rec.size:
         srt = np.sort(rec, axis=1)
         dup = (srt[:, 1:] == srt[:, :-1]) & (srt[:, 1:] != PAD)
@@ -121,7 +129,8 @@ def _check_recommended(recommended: ArrayLike, k: int, n_items: int) -> tuple[np
             raise ValidationError(
                 f"recommended row {r} lists item {item} more than once (columns "
                 f"{', '.join(map(str, cols))}); a ranking holds each item at most once",
-                "recommended")
+                "recommended",
+            )
     return rec[:, :k], k
 
 
@@ -131,7 +140,9 @@ def _relevant_keys(relevant: Any, n_users: int, n_items: int) -> np.ndarray:
         if relevant.shape != (n_users, n_items):
             raise ValidationError(
                 f"relevant must have shape (n_users, n_items) = ({n_users}, {n_items}) to match "
-                f"recommended and n_items, got {relevant.shape}", "relevant")
+                f"recommended and n_items, got {relevant.shape}",
+                "relevant",
+            )
         csr = relevant.tocsr()  # no copy when already CSR; never modified
         data = np.asarray(csr.data)
         if data.size and np.issubdtype(data.dtype, np.number):
@@ -143,17 +154,21 @@ def _relevant_keys(relevant: Any, n_users: int, n_items: int) -> np.ndarray:
     if isinstance(relevant, np.ndarray) or not isinstance(relevant, (list, tuple)):
         raise ValidationError(
             "relevant must be a scipy.sparse matrix (n_users, n_items) or a list of integer "
-            f"arrays, got {type(relevant).__name__}", "relevant")
+            f"arrays, got {type(relevant).__name__}",
+            "relevant",
+        )
     if len(relevant) != n_users:
         raise ValidationError(
-            f"recommended and relevant must have the same number of users, got {n_users} and "
-            f"{len(relevant)}", "relevant")
+            f"recommended and relevant must have the same number of users, got {n_users} and {len(relevant)}",
+            "relevant",
+        )
     arrays = []
     for u, items in enumerate(relevant):  # input conversion, once; the metrics are vectorised
         arr = as_1d(items, f"relevant[{u}]")
         if arr.size and not np.issubdtype(arr.dtype, np.integer):
-            raise ValidationError(f"relevant[{u}] must hold integer item indices, got dtype {arr.dtype}",
-                                  f"relevant[{u}]")
+            raise ValidationError(
+                f"relevant[{u}] must hold integer item indices, got dtype {arr.dtype}", f"relevant[{u}]"
+            )
         arrays.append(arr.astype(np.int64, copy=False))
     lengths = np.fromiter((len(a) for a in arrays), dtype=np.int64, count=n_users)
     items = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int64)
@@ -161,8 +176,7 @@ def _relevant_keys(relevant: Any, n_users: int, n_items: int) -> np.ndarray:
     if bad.any():
         i = int(np.argmax(bad))
         u = int(np.searchsorted(np.cumsum(lengths), i, side="right"))
-        raise ValidationError(
-            f"relevant items must be in [0, {n_items}), found {items[i]} for user {u}", "relevant")
+        raise ValidationError(f"relevant items must be in [0, {n_items}), found {items[i]} for user {u}", "relevant")
     rows = np.repeat(np.arange(n_users, dtype=np.int64), lengths)
     return np.unique(rows * n_items + items)
 
@@ -172,8 +186,7 @@ def _check_item_value(item_value: ArrayLike | None, n_items: int) -> np.ndarray 
         return None
     v = as_1d(item_value, "item_value", float)
     if len(v) != n_items:
-        raise ValidationError(f"item_value must have one entry per item ({n_items}), got {len(v)}",
-                              "item_value")
+        raise ValidationError(f"item_value must have one entry per item ({n_items}), got {len(v)}", "item_value")
     check_finite(v, "item_value")
     if (v < 0).any():
         i = int(np.argmax(v < 0))
@@ -198,8 +211,9 @@ def _coverage(top: np.ndarray, n_items: int) -> float:
     return int(np.count_nonzero(np.bincount(items, minlength=n_items))) / n_items
 
 
-def _per_user(recommended: ArrayLike, relevant: Any, k: int, n_items: int,
-              item_value: ArrayLike | None) -> tuple[PerUserRankingMetrics, np.ndarray, int]:
+def _per_user(
+    recommended: ArrayLike, relevant: Any, k: int, n_items: int, item_value: ArrayLike | None
+) -> tuple[PerUserRankingMetrics, np.ndarray, int]:
     top, k = _check_recommended(recommended, k, n_items)
     n_items = int(n_items)
     n_users = top.shape[0]
@@ -211,8 +225,8 @@ def _per_user(recommended: ArrayLike, relevant: Any, k: int, n_items: int,
     users = np.flatnonzero(n_relevant > 0)
     if len(users) == 0:
         raise ValidationError(
-            f"relevant holds no relevant item for any of the {n_users} users; there is nothing "
-            "to evaluate", "relevant")
+            f"relevant holds no relevant item for any of the {n_users} users; there is nothing to evaluate", "relevant"
+        )
     top = top[users]
     n_rel = n_relevant[users]
 
@@ -237,15 +251,24 @@ def _per_user(recommended: ArrayLike, relevant: Any, k: int, n_items: int,
         np.divide(earned, total, out=reward, where=total > 0)
         if not (total > 0).any():
             raise ValidationError(
-                "item_value is 0 for every held-out item of every evaluated user, so average "
-                "reward is undefined", "item_value")
-    per = PerUserRankingMetrics(users=users, precision=precision, ndcg=ndcg, mrr=mrr,
-                                average_reward=reward, k=k, n_excluded=n_users - len(users))
+                "item_value is 0 for every held-out item of every evaluated user, so average reward is undefined",
+                "item_value",
+            )
+    per = PerUserRankingMetrics(
+        users=users,
+        precision=precision,
+        ndcg=ndcg,
+        mrr=mrr,
+        average_reward=reward,
+        k=k,
+        n_excluded=n_users - len(users),
+    )
     return per, top, n_items
 
 
-def ranking_metrics_per_user(recommended: ArrayLike, relevant: Any, *, k: int, n_items: int,
-                             item_value: ArrayLike | None = None) -> PerUserRankingMetrics:
+def ranking_metrics_per_user(
+    recommended: ArrayLike, relevant: Any, *, k: int, n_items: int, item_value: ArrayLike | None = None
+) -> PerUserRankingMetrics:
     """Per-user precision@k, NDCG@k, reciprocal rank@k and average reward@k.
 
     Parameters are those of :func:`ranking_metrics`. Returns one entry per evaluated user
@@ -254,8 +277,9 @@ def ranking_metrics_per_user(recommended: ArrayLike, relevant: Any, *, k: int, n
     return _per_user(recommended, relevant, k, n_items, item_value)[0]
 
 
-def ranking_metrics(recommended: ArrayLike, relevant: Any, *, k: int, n_items: int,
-                    item_value: ArrayLike | None = None) -> RankingMetrics:
+def ranking_metrics(
+    recommended: ArrayLike, relevant: Any, *, k: int, n_items: int, item_value: ArrayLike | None = None
+) -> RankingMetrics:
     """Precision@k, NDCG@k, MRR@k, coverage@k and average reward@k as Amazon Personalize defines them.
 
     Parameters

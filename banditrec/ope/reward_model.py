@@ -94,7 +94,7 @@ class RewardModel(ABC):
     def q(self, fitted: Any, data: LoggedBandit, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Predicted rewards of ``items[j]`` in the slot and context of row ``rows[j]``."""
 
-    def with_item_features(self, item_features: np.ndarray | None) -> "RewardModel":
+    def with_item_features(self, item_features: np.ndarray | None) -> RewardModel:
         """This model using ``item_features`` (models that use none return themselves)."""
         return self
 
@@ -108,8 +108,9 @@ class RewardModel(ABC):
         raise NotImplementedError(f"{type(self).__name__} is not reducible")
 
     # -- shared machinery
-    def predict(self, fitted: Any, data: LoggedBandit, rows: np.ndarray,
-                target_rows: Any = None) -> tuple[np.ndarray, np.ndarray | None]:
+    def predict(
+        self, fitted: Any, data: LoggedBandit, rows: np.ndarray, target_rows: Any = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """``q(x_i, a_i, k_i)`` for ``rows`` and, given the target's ``(len(rows), A)``
         distribution over items in each row's slot (dense or scipy sparse),
         ``sum_a pi(a | x_i, k_i) q(x_i, a, k_i)``."""
@@ -118,8 +119,9 @@ class RewardModel(ABC):
         if target_rows is None:
             return logged, None
         row, item, weight = _pairs(target_rows)
-        return logged, np.bincount(row, weights=weight * self.q_pairs(fitted, data, rows[row], item),
-                                   minlength=len(rows))
+        return logged, np.bincount(
+            row, weights=weight * self.q_pairs(fitted, data, rows[row], item), minlength=len(rows)
+        )
 
     def q_pairs(self, fitted: Any, data: LoggedBandit, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
         """:meth:`q` over many (row, item) pairs, a bounded chunk at a time."""
@@ -129,8 +131,14 @@ class RewardModel(ABC):
             out[s] = self.q(fitted, data, rows[s], items[s])
         return out
 
-    def fit_folds(self, data: LoggedBandit, *, n_folds: int, rng: np.random.Generator | None = None,
-                  fold: np.ndarray | None = None) -> Folds:
+    def fit_folds(
+        self,
+        data: LoggedBandit,
+        *,
+        n_folds: int,
+        rng: np.random.Generator | None = None,
+        fold: np.ndarray | None = None,
+    ) -> Folds:
         """The fold of each row (folds are sets of decisions) and the model fitted without each
         fold: what :meth:`predict_folds` needs, fitted once for any number of targets.
 
@@ -141,22 +149,28 @@ class RewardModel(ABC):
             raise ValidationError(f"n_folds must be an integer >= 2, got {n_folds!r}", "n_folds")
         if fold is None:
             if data.n_decisions < n_folds:
-                raise ValidationError(f"cross-fitting with {n_folds} folds needs at least {n_folds} decisions, "
-                                      f"got {data.n_decisions}", "n_folds")
+                raise ValidationError(
+                    f"cross-fitting with {n_folds} folds needs at least {n_folds} decisions, got {data.n_decisions}",
+                    "n_folds",
+                )
             if rng is None:
                 raise ValidationError("fit_folds needs an rng or the folds", "rng")
             fold = (rng.permutation(data.n_decisions) % n_folds)[data.decision]
         else:
             fold = np.asarray(fold, dtype=np.int64)
             if fold.shape != (data.n_rows,) or (len(fold) and (fold.min() < 0 or fold.max() >= n_folds)):
-                raise ValidationError(f"fold must hold one integer in [0, {n_folds}) per logged row "
-                                      f"({data.n_rows})", "fold")
+                raise ValidationError(
+                    f"fold must hold one integer in [0, {n_folds}) per logged row ({data.n_rows})", "fold"
+                )
         fitted = []
         for f in range(n_folds):
             train = np.flatnonzero(fold != f)
             if not len(train):
-                raise ValidationError(f"cross-fitting needs decisions outside every fold; all {data.n_decisions} "
-                                      f"decisions fell in fold {f} (log more decisions)", "n_folds")
+                raise ValidationError(
+                    f"cross-fitting needs decisions outside every fold; all {data.n_decisions} "
+                    f"decisions fell in fold {f} (log more decisions)",
+                    "n_folds",
+                )
             fitted.append(self.fit(data, train))
         return Folds(fold, tuple(fitted))
 
@@ -172,8 +186,9 @@ class RewardModel(ABC):
                 out[sel] = self.q_pairs(fitted, data, rows[sel], items[sel])
         return out
 
-    def predict_folds(self, folds: Folds, data: LoggedBandit,
-                      target_rows: Any = None) -> tuple[np.ndarray, np.ndarray | None]:
+    def predict_folds(
+        self, folds: Folds, data: LoggedBandit, target_rows: Any = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """Each row's cross-fitted ``(q_logged (n,), q_target (n,) or None)``; ``target_rows
         (n, A)`` dense or sparse as for :meth:`predict`."""
         q_logged = self.fold_q(folds, data, np.arange(data.n_rows), data.action)
@@ -183,8 +198,9 @@ class RewardModel(ABC):
         q = self.fold_q(folds, data, row, item)
         return q_logged, np.bincount(row, weights=weight * q, minlength=data.n_rows)
 
-    def cross_fit(self, data: LoggedBandit, target_rows: Any, *, n_folds: int,
-                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
+    def cross_fit(
+        self, data: LoggedBandit, target_rows: Any, *, n_folds: int, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """Cross-fitted ``(q_logged (n,), q_target (n,) or None)``; folds are sets of decisions."""
         return self.predict_folds(self.fit_folds(data, n_folds=n_folds, rng=rng), data, target_rows)
 
@@ -202,8 +218,7 @@ def _check_item_features(features: ArrayLike | None, n_actions: int | None = Non
         raise ValidationError(f"item_features must have shape (n_items, p), got {f.shape}", "item_features")
     if not np.isfinite(f).all():
         i, j = np.argwhere(~np.isfinite(f))[0]
-        raise ValidationError(f"item_features must be finite, found {f[i, j]} at item {i}, column {j}",
-                              "item_features")
+        raise ValidationError(f"item_features must be finite, found {f[i, j]} at item {i}, column {j}", "item_features")
     if n_actions is not None and len(f) < n_actions:
         raise ValidationError(f"item_features describe {len(f)} items but the log has {n_actions}", "item_features")
     f.setflags(write=False)
@@ -253,9 +268,9 @@ class RidgeRewardModel(RewardModel):
 
     def q(self, coef: np.ndarray, data: LoggedBandit, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
         k, a = data.n_slots, data.n_actions
-        out: np.ndarray = coef[:k][data.slot[rows]] + coef[k:k + a][items]
+        out: np.ndarray = coef[:k][data.slot[rows]] + coef[k : k + a][items]
         if data.context is not None:
-            out = out + data.context[rows] @ coef[k + a:]
+            out = out + data.context[rows] @ coef[k + a :]
         return out
 
 
@@ -405,15 +420,25 @@ class GBTRewardModel(RewardModel):
         rows = np.arange(data.n_rows) if rows is None else np.asarray(rows)
         _check_item_features(self.item_features, data.n_actions)
         if not self._item_categorical(data) and self.item_features is None:
-            raise ValidationError(f"{type(self).__name__} takes items as categories up to {self.MAX_CATEGORIES} "
-                                  f"items; the log has {data.n_actions}, so give item_features", "item_features")
+            raise ValidationError(
+                f"{type(self).__name__} takes items as categories up to {self.MAX_CATEGORIES} "
+                f"items; the log has {data.n_actions}, so give item_features",
+                "item_features",
+            )
         y = data.reward[rows]
         if y.min() == y.max():
             return _Constant(float(y[0]))
         categorical = [0, 1] if self._item_categorical(data) else [0]
-        params = dict(max_iter=self.max_iter, learning_rate=self.learning_rate, max_leaf_nodes=self.max_leaf_nodes,
-                      min_samples_leaf=self.min_samples_leaf, l2_regularization=self.l2_regularization,
-                      categorical_features=categorical, early_stopping=False, random_state=self.seed)
+        params = dict(
+            max_iter=self.max_iter,
+            learning_rate=self.learning_rate,
+            max_leaf_nodes=self.max_leaf_nodes,
+            min_samples_leaf=self.min_samples_leaf,
+            l2_regularization=self.l2_regularization,
+            categorical_features=categorical,
+            early_stopping=False,
+            random_state=self.seed,
+        )
         model = HistGradientBoostingClassifier(**params) if _binary(y) else HistGradientBoostingRegressor(**params)
         with _threads(self.n_threads):
             model.fit(self._design(data, rows, data.action[rows]), y)
@@ -455,8 +480,9 @@ def make_reward_model(name: str | None = None, item_features: np.ndarray | None 
     """
     name = DEFAULT_REWARD_MODEL if name is None else name
     if name not in REWARD_MODELS:
-        raise ValidationError(f"unknown reward model {name!r}; known: {', '.join(sorted(REWARD_MODELS))}",
-                              "reward_model")
+        raise ValidationError(
+            f"unknown reward model {name!r}; known: {', '.join(sorted(REWARD_MODELS))}", "reward_model"
+        )
     return REWARD_MODELS[name]().with_item_features(item_features)
 
 
@@ -464,5 +490,15 @@ def default_reward_model() -> RewardModel:
     return make_reward_model()
 
 
-__all__ = ["DEFAULT_REWARD_MODEL", "REWARD_MODELS", "Folds", "GBTRewardModel", "LogisticRewardModel",
-           "RewardModel", "RidgeRewardModel", "decision_folds", "default_reward_model", "make_reward_model"]
+__all__ = [
+    "DEFAULT_REWARD_MODEL",
+    "REWARD_MODELS",
+    "Folds",
+    "GBTRewardModel",
+    "LogisticRewardModel",
+    "RewardModel",
+    "RidgeRewardModel",
+    "decision_folds",
+    "default_reward_model",
+    "make_reward_model",
+]

@@ -17,14 +17,25 @@ from .greedy import EpsilonGreedy, Softmax
 from .hybrid import HybridLinUCB
 from .linucb import LinUCB
 from .simple import Popularity, Uniform
+from .slate import EpsilonGreedySlate, SlateDistribution, SlateSample, rank_slot_marginals
 from .thompson import LinTS
 from .vw import VWConditionalContextualBandit, VWContextualBandit
-from .slate import EpsilonGreedySlate, SlateDistribution, SlateSample, rank_slot_marginals
 
 REGISTRY: dict[str, type[Policy]] = {
     cls.name: cls
-    for cls in (Uniform, Popularity, EpsilonGreedy, Softmax, LinUCB, DisjointLinUCB, HybridLinUCB, LinTS,
-                BernoulliTS, VWContextualBandit, VWConditionalContextualBandit)
+    for cls in (
+        Uniform,
+        Popularity,
+        EpsilonGreedy,
+        Softmax,
+        LinUCB,
+        DisjointLinUCB,
+        HybridLinUCB,
+        LinTS,
+        BernoulliTS,
+        VWContextualBandit,
+        VWConditionalContextualBandit,
+    )
 }
 
 
@@ -97,8 +108,11 @@ def _check_params(manifest: dict, cls) -> dict:
     params = manifest["params"]
     unknown = sorted(set(params) - set(fields))
     if unknown:  # a parameter added since the snapshot was written (absent here) takes its default
-        raise ValidationError(f"snapshot params {sorted(params)} do not match policy {cls.name}'s "
-                              f"{sorted(fields)}: it has no {', '.join(unknown)}", "snapshot")
+        raise ValidationError(
+            f"snapshot params {sorted(params)} do not match policy {cls.name}'s "
+            f"{sorted(fields)}: it has no {', '.join(unknown)}",
+            "snapshot",
+        )
     kinds = {"float": (int, float), float: (int, float), "int": (int,), int: (int,), "str": (str,), str: (str,)}
     for key, value in params.items():
         allowed = kinds.get(fields[key])
@@ -118,8 +132,9 @@ def load(path, *, manifest_sha256: str | None = None, **env) -> Policy:
     if manifest["format"] == snapshot.FORMAT_2:
         name = _current_name(name, snapshot.RENAMED_SINCE_2, f"snapshot {path} (format 2)")
     if name not in REGISTRY:
-        raise ValidationError(f"snapshot is of unknown policy {name!r}; known: {', '.join(sorted(REGISTRY))}",
-                              "snapshot")
+        raise ValidationError(
+            f"snapshot is of unknown policy {name!r}; known: {', '.join(sorted(REGISTRY))}", "snapshot"
+        )
     cls = REGISTRY[name]
     try:
         config = cls.Config(**_check_params(manifest, cls))

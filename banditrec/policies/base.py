@@ -21,7 +21,6 @@ from .checks import check_context, check_rows, check_weight
 from .sampling import DEFAULT_DRAWS, SequentialSlate
 from .slate import EpsilonGreedySlate, SlateDistribution
 
-
 DEFAULT_FLOOR = 0.01
 """The serving floor's default: every served slot explores uniformly at least this much, so that
 every candidate keeps a probability of at least ``floor / n`` and the log can evaluate other
@@ -89,8 +88,7 @@ class Rows:
 OPTIONAL_INPUTS = ("items", "weight", "pscore", "propensity", "slot", "candidates", "chosen", "cold")
 
 
-ENVIRONMENT = frozenset({"context_dim", "item_dim", "n_items", "popularity", "item_types", "item_columns",
-                         "mc_draws"})
+ENVIRONMENT = frozenset({"context_dim", "item_dim", "n_items", "popularity", "item_types", "item_columns", "mc_draws"})
 """The keys of the environment a policy is built with (:func:`banditrec.policies.make`'s
 keyword arguments): what a deployment knows -- the context and item feature sizes, the
 catalog's size, its items' popularity, product types and business columns, and the
@@ -136,8 +134,9 @@ class PolicyConfig:
         if isinstance(f, bool) or not isinstance(f, int) or f < 0:
             raise ValidationError(f"explore_from must be an integer >= 0, got {f!r}", "explore_from")
         if self.sensitivity not in SENSITIVITY:
-            raise ValidationError(f"sensitivity must be one of {', '.join(SENSITIVITY)}, got {self.sensitivity!r}",
-                                  "sensitivity")
+            raise ValidationError(
+                f"sensitivity must be one of {', '.join(SENSITIVITY)}, got {self.sensitivity!r}", "sensitivity"
+            )
         if self.sensitivity != "off" and not self.objective:
             raise ValidationError(f"sensitivity={self.sensitivity} needs an objective column", "objective")
         m = self.max_per_type
@@ -148,8 +147,11 @@ class PolicyConfig:
 def _item_column(columns: dict | None, name: str, field: str) -> np.ndarray:
     columns = columns or {}
     if name not in columns:
-        raise ValidationError(f"{field} {name!r} is not an item column; known: "
-                              f"{', '.join(sorted(columns)) or 'none (pass item_columns=...)'}", field)
+        raise ValidationError(
+            f"{field} {name!r} is not an item column; known: "
+            f"{', '.join(sorted(columns)) or 'none (pass item_columns=...)'}",
+            field,
+        )
     col = np.asarray(columns[name], dtype=float)
     if col.ndim != 1 or not np.isfinite(col).all():
         raise ValidationError(f"item column {name!r} must be a finite 1-D array", field)
@@ -162,8 +164,9 @@ def slot_counts(n_slots, n_requests: int) -> list[int]:
         return [int(n_slots)] * n_requests
     counts = list(n_slots)
     if len(counts) != n_requests:
-        raise ValidationError(f"n_slots must be one count or one per request ({n_requests}), got {len(counts)}",
-                              "slots")
+        raise ValidationError(
+            f"n_slots must be one count or one per request ({n_requests}), got {len(counts)}", "slots"
+        )
     return counts
 
 
@@ -179,15 +182,25 @@ class Policy(ABC):
     Config: type[PolicyConfig] = PolicyConfig
     needs: frozenset[str] = frozenset()
 
-    def __init__(self, config: PolicyConfig, *, item_columns: dict | None = None, item_types=None,
-                 mc_draws: int = DEFAULT_DRAWS, **env):
+    def __init__(
+        self,
+        config: PolicyConfig,
+        *,
+        item_columns: dict | None = None,
+        item_types=None,
+        mc_draws: int = DEFAULT_DRAWS,
+        **env,
+    ):
         # env carries what the deployment knows (ENVIRONMENT): keys a policy does not use are
         # fine, keys no policy knows (a typo, a stale name) are refused
         unknown = sorted(set(env) - ENVIRONMENT)
         if unknown:
-            raise ValidationError(f"policy {self.name} does not know environment key{'s' if len(unknown) > 1 else ''} "
-                                  f"{', '.join(map(repr, unknown))}; the environment holds: "
-                                  f"{', '.join(sorted(ENVIRONMENT))}", "policy")
+            raise ValidationError(
+                f"policy {self.name} does not know environment key{'s' if len(unknown) > 1 else ''} "
+                f"{', '.join(map(repr, unknown))}; the environment holds: "
+                f"{', '.join(sorted(ENVIRONMENT))}",
+                "policy",
+            )
         self.config = config
         self.n_updates = 0
         self.mc_draws = int(mc_draws)
@@ -195,8 +208,9 @@ class Policy(ABC):
         self.expected_context_dim = env.get("context_dim")
         self.item_types = None if item_types is None else np.asarray(item_types)
         if config.max_per_type and self.item_types is None:
-            raise ValidationError("max_per_type needs each item's product type: make(..., item_types=array)",
-                                  "max_per_type")
+            raise ValidationError(
+                "max_per_type needs each item's product type: make(..., item_types=array)", "max_per_type"
+            )
         self.objective_value: np.ndarray | None = None  # (n_items,) the objective column min-max scaled to [0, 1]
         if config.objective:
             col = _item_column(item_columns, config.objective, "objective")
@@ -213,11 +227,13 @@ class Policy(ABC):
             raise ValidationError("this policy has no value column (value=COLUMN in its spec)", "value")
         col = np.asarray(values, dtype=float)
         if col.ndim != 1 or not np.isfinite(col).all() or (col < 0).any():
-            raise ValidationError(f"item column {self.config.value!r} must be a finite 1-D array of values >= 0",
-                                  "value")
+            raise ValidationError(
+                f"item column {self.config.value!r} must be a finite 1-D array of values >= 0", "value"
+            )
         if self.value_weight is not None and col.shape != self.value_weight.shape:
-            raise ValidationError(f"values must have one entry per item ({len(self.value_weight)}), got {col.shape}",
-                                  "value")
+            raise ValidationError(
+                f"values must have one entry per item ({len(self.value_weight)}), got {col.shape}", "value"
+            )
         self.value_weight = col
 
     @property
@@ -228,8 +244,14 @@ class Policy(ABC):
     @property
     def spec(self) -> str:
         """A spec string that :func:`banditrec.policies.make` turns back into this config."""
-        quiet = {"explore_from": 0, "objective": "", "sensitivity": "off", "max_per_type": 0, "value": "",
-                 "gamma": 1.0}  # shown when set
+        quiet = {
+            "explore_from": 0,
+            "objective": "",
+            "sensitivity": "off",
+            "max_per_type": 0,
+            "value": "",
+            "gamma": 1.0,
+        }  # shown when set
         body = ",".join(f"{k}={v}" for k, v in self.params.items() if quiet.get(k, object()) != v)
         return f"{self.name}:{body}" if body else self.name
 
@@ -294,8 +316,9 @@ class Policy(ABC):
         counts = slot_counts(n_slots, len(requests))
         return [self.distribution(r, k, min_epsilon) for r, k in zip(requests, counts)]
 
-    def slate_from_scores(self, request: Request, scores: np.ndarray, n_slots: int,
-                          min_epsilon: float = 0.0) -> SlateDistribution:
+    def slate_from_scores(
+        self, request: Request, scores: np.ndarray, n_slots: int, min_epsilon: float = 0.0
+    ) -> SlateDistribution:
         """The epsilon-greedy slate distribution (see :meth:`distribution`) given ``request``'s
         scores from :meth:`scores`; the business objective is blended in here."""
         eps = np.maximum(self.epsilon_per_slot(n_slots), min_epsilon)
@@ -311,11 +334,21 @@ class Policy(ABC):
         assert self.item_types is not None  # __init__ refuses max_per_type without item types
         return {"types": self.item_types[request.items], "max_per_type": self.config.max_per_type}
 
-    def update(self, context: np.ndarray, item_features: np.ndarray, reward: np.ndarray, *,
-               items: np.ndarray | None = None, weight: np.ndarray | None = None,
-               pscore: np.ndarray | None = None, propensity: np.ndarray | None = None,
-               slot: np.ndarray | None = None, candidates: list | None = None,
-               chosen: np.ndarray | None = None, cold: np.ndarray | None = None) -> None:
+    def update(
+        self,
+        context: np.ndarray,
+        item_features: np.ndarray,
+        reward: np.ndarray,
+        *,
+        items: np.ndarray | None = None,
+        weight: np.ndarray | None = None,
+        pscore: np.ndarray | None = None,
+        propensity: np.ndarray | None = None,
+        slot: np.ndarray | None = None,
+        candidates: list | None = None,
+        chosen: np.ndarray | None = None,
+        cold: np.ndarray | None = None,
+    ) -> None:
         """Learn from ``m`` logged rows: the one update signature of every policy.
 
         Subclasses do not override it (they implement :meth:`learn`), so every policy accepts
@@ -357,8 +390,21 @@ class Policy(ABC):
             Rows of the wrong shape or values, or an input of ``needs`` missing; nothing is
             learned then.
         """
-        self.learn(Rows(context, item_features, reward, items=items, weight=weight, pscore=pscore,
-                        propensity=propensity, slot=slot, candidates=candidates, chosen=chosen, cold=cold))
+        self.learn(
+            Rows(
+                context,
+                item_features,
+                reward,
+                items=items,
+                weight=weight,
+                pscore=pscore,
+                propensity=propensity,
+                slot=slot,
+                candidates=candidates,
+                chosen=chosen,
+                cold=cold,
+            )
+        )
 
     def learn(self, rows: Rows) -> None:
         """Learn from ``rows`` (checked by the policy). Fixed policies only check them."""
@@ -373,12 +419,18 @@ class Policy(ABC):
     def set_state(self, arrays: Mapping[str, np.ndarray | bytes], meta: dict) -> None:
         """Restore :meth:`state` (after construction with the same config and environment)."""
         if arrays:
-            raise ValidationError(f"policy {self.name} keeps no arrays, the snapshot has {sorted(arrays)}",
-                                  "snapshot")
+            raise ValidationError(f"policy {self.name} keeps no arrays, the snapshot has {sorted(arrays)}", "snapshot")
 
     def save(self, path, *, provenance: dict | None = None) -> Path:
         """Write a snapshot (``.npz`` + ``.json`` manifest, atomic; see :mod:`.snapshot`);
         ``provenance``: integers saying where it came from (e.g. ``trained_until_seq``)."""
         arrays, meta = self.state()
-        return snapshot.save(path, name=self.name, params=self.params, model_version=self.model_version,
-                             arrays=arrays, meta={**meta, "n_updates": int(self.n_updates)}, provenance=provenance)
+        return snapshot.save(
+            path,
+            name=self.name,
+            params=self.params,
+            model_version=self.model_version,
+            arrays=arrays,
+            meta={**meta, "n_updates": int(self.n_updates)},
+            provenance=provenance,
+        )

@@ -31,11 +31,15 @@ class BernoulliTSConfig(PolicyConfig):
         if bool(self.prior_alpha) != bool(self.prior_beta):
             raise ValidationError("give both prior_alpha and prior_beta (item columns), or neither", "prior_alpha")
         if self.max_per_type:
-            raise ValidationError("bernoulli-ts ranks by a posterior draw and has no diversity cap; max_per_type "
-                                  f"must be 0, got {self.max_per_type!r}", "max_per_type")
+            raise ValidationError(
+                "bernoulli-ts ranks by a posterior draw and has no diversity cap; max_per_type "
+                f"must be 0, got {self.max_per_type!r}",
+                "max_per_type",
+            )
         if self.objective or self.value:
-            raise ValidationError("bernoulli-ts ranks by click rates alone; it takes no objective or value column",
-                                  "objective")
+            raise ValidationError(
+                "bernoulli-ts ranks by click rates alone; it takes no objective or value column", "objective"
+            )
 
 
 class BernoulliTS(Policy):
@@ -52,8 +56,11 @@ class BernoulliTS(Policy):
             a0 = _item_column(item_columns, config.prior_alpha, "prior_alpha")
             b0 = _item_column(item_columns, config.prior_beta, "prior_beta")
             if not (np.isfinite(a0).all() and np.isfinite(b0).all() and (a0 > 0).all() and (b0 > 0).all()):
-                raise ValidationError(f"Beta prior pseudo-counts ({config.prior_alpha}, {config.prior_beta}) must "
-                                      "be finite and > 0 for every item", "prior_alpha")
+                raise ValidationError(
+                    f"Beta prior pseudo-counts ({config.prior_alpha}, {config.prior_beta}) must "
+                    "be finite and > 0 for every item",
+                    "prior_alpha",
+                )
         else:
             n = 0 if n_items is None else int(n_items)
             a0, b0 = np.ones(n), np.ones(n)
@@ -94,8 +101,9 @@ class BernoulliTS(Policy):
         h = hashlib.blake2b(digest_size=16)
         for arr in (seed_grid(a), seed_grid(b), np.asarray(request.items, dtype=np.int64)):
             h.update(np.ascontiguousarray(arr).tobytes())
-        return SampledRankingSlate(draw, eps, n_candidates=len(a), draws=self.mc_draws,
-                                   seed=int.from_bytes(h.digest(), "little"))
+        return SampledRankingSlate(
+            draw, eps, n_candidates=len(a), draws=self.mc_draws, seed=int.from_bytes(h.digest(), "little")
+        )
 
     def learn(self, rows: Rows) -> None:
         reward = check_rows(rows.context, rows.item_features, rows.reward, context_dim=self.expected_context_dim)[2]
@@ -121,10 +129,17 @@ class BernoulliTS(Policy):
         if set(arrays) != {"hits", "misses"}:
             raise ValidationError(f"a bernoulli-ts snapshot holds hits and misses, got {sorted(arrays)}", "snapshot")
         hits, misses = (np.asarray(arrays[k], dtype=float) for k in ("hits", "misses"))
-        if hits.ndim != 1 or hits.shape != misses.shape or not (np.isfinite(hits).all() and np.isfinite(misses).all()) \
-                or (hits < 0).any() or (misses < 0).any():
-            raise ValidationError("a bernoulli-ts snapshot's hits and misses must be equal-length arrays of finite "
-                                  "counts >= 0", "snapshot")
+        if (
+            hits.ndim != 1
+            or hits.shape != misses.shape
+            or not (np.isfinite(hits).all() and np.isfinite(misses).all())
+            or (hits < 0).any()
+            or (misses < 0).any()
+        ):
+            raise ValidationError(
+                "a bernoulli-ts snapshot's hits and misses must be equal-length arrays of finite counts >= 0",
+                "snapshot",
+            )
         self._grow(len(hits))
         self.hits, self.misses = hits.copy(), misses.copy()
         if len(self.hits) < len(self.a0):  # items added since the snapshot start at no data

@@ -12,8 +12,21 @@ from .base import Request, Rows
 from .checks import check_context, check_rows, check_weight
 from .linucb import LinUCBConfig  # alpha, epsilon, reg, gamma: the same knobs as every LinUCB
 from .peritem import PerItemPolicy
-from .ridge import (RewardStats, all_finite, check_candidates, check_items, env_int, group_index, grouped_outer,
-                    grouped_sum, overflow_error, row_discounts, sherman_morrison, stacked_inverse, with_intercept)
+from .ridge import (
+    RewardStats,
+    all_finite,
+    check_candidates,
+    check_items,
+    env_int,
+    group_index,
+    grouped_outer,
+    grouped_sum,
+    overflow_error,
+    row_discounts,
+    sherman_morrison,
+    stacked_inverse,
+    with_intercept,
+)
 
 
 class DisjointLinUCB(PerItemPolicy):

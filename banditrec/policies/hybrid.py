@@ -17,10 +17,23 @@ from .base import Request, Rows, cold_flags
 from .checks import check_context, check_rows, check_weight
 from .linucb import LinUCBConfig
 from .peritem import PerItemPolicy
-from .ridge import (RewardStats, all_finite, check_candidates, check_items, check_number, env_int, group_index,
-                    grouped_outer,
-                    grouped_sum, overflow_error, row_discounts, sherman_morrison, spd_inverse, stacked_inverse,
-                    with_intercept)
+from .ridge import (
+    RewardStats,
+    all_finite,
+    check_candidates,
+    check_items,
+    check_number,
+    env_int,
+    group_index,
+    grouped_outer,
+    grouped_sum,
+    overflow_error,
+    row_discounts,
+    sherman_morrison,
+    spd_inverse,
+    stacked_inverse,
+    with_intercept,
+)
 
 LOCAL = ("bias", "context")
 
@@ -121,8 +134,10 @@ class HybridLinUCB(PerItemPolicy):
         idx = check_candidates(request)
         V = np.asarray(request.item_features, dtype=float)
         if V.ndim != 2 or V.shape[1] != self.item_dim:
-            raise ValidationError(f"request item_features must have {self.item_dim} columns, got "
-                                  f"{np.shape(request.item_features)}", "item_features")
+            raise ValidationError(
+                f"request item_features must have {self.item_dim} columns, got {np.shape(request.item_features)}",
+                "item_features",
+            )
         Z = joint_features(c, V, cold_flags(request.cold, len(V), "cold"))
         Px = self._gather("A_inv", idx) @ x  # (n, d)   A_a^{-1} x
         U = np.einsum("ndk,nd->nk", self._gather("B", idx), Px)  # (n, k)   u_a = B_a^T A_a^{-1} x
@@ -140,8 +155,9 @@ class HybridLinUCB(PerItemPolicy):
         """Learn from rows ``context (m, d_c)``, ``item_features (m, d_i)``, ``reward (m,)`` of
         items ``items (m,)`` (catalog indices, required) with importance weights ``weight (m,)``
         and cold flags ``cold (m,)`` (the shared features')."""
-        C, V, r = check_rows(rows.context, rows.item_features, rows.reward, context_dim=self.context_dim,
-                             item_dim=self.item_dim)
+        C, V, r = check_rows(
+            rows.context, rows.item_features, rows.reward, context_dim=self.context_dim, item_dim=self.item_dim
+        )
         m = len(C)
         a = check_items(rows.items, m, self.name)
         w = check_weight(rows.weight, m)
@@ -160,8 +176,7 @@ class HybridLinUCB(PerItemPolicy):
                 new = self._single(a[0], X[0], Z[0], r[0], w[0])
             else:
                 new = self._batch(a, X, Z, r, w)
-        if not all_finite(new.A, new.A_inv, new.B, new.b, new.A0, new.A0_inv, new.b0, new.beta, new.ZZ, new.Zr,
-                          stats):
+        if not all_finite(new.A, new.A_inv, new.B, new.b, new.A0, new.A0_inv, new.b0, new.beta, new.ZZ, new.Zr, stats):
             raise overflow_error()
         # every new value is checked: commit
         t = new.touched
@@ -181,7 +196,7 @@ class HybridLinUCB(PerItemPolicy):
         seen = n_a > 1e-12
         if seen.sum() < 2:
             return
-        sigma2 = self.noise_sd ** 2
+        sigma2 = self.noise_sd**2
         e = (self.b[seen, 0] - self.B[seen, 0, :] @ self.beta) / n_a[seen]
         tau2 = (n_a[seen] @ (e * e) - seen.sum() * sigma2) / n_a[seen].sum()
         rho = float(np.clip(sigma2 / max(tau2, 1e-300), 1e-2, 1e4))
@@ -240,8 +255,19 @@ class HybridLinUCB(PerItemPolicy):
         A0_inv = sherman_morrison(self.A0_inv, e, w / (1.0 + w * (x @ Px)))
         beta = A0_inv @ b0
         ZZ, Zr = self.ZZ + w * np.outer(z, z), self.Zr + (w * r) * z
-        return _Step(touched=np.array([a]), A=A_a[None], A_inv=P_a[None], B=B_a[None], b=b_a[None], A0=A0,
-                     A0_inv=A0_inv, b0=b0, beta=beta, ZZ=ZZ, Zr=Zr)
+        return _Step(
+            touched=np.array([a]),
+            A=A_a[None],
+            A_inv=P_a[None],
+            B=B_a[None],
+            b=b_a[None],
+            A0=A0,
+            A0_inv=A0_inv,
+            b0=b0,
+            beta=beta,
+            ZZ=ZZ,
+            Zr=Zr,
+        )
 
     def _batch(self, a, X, Z, r, w):
         """Many rows: grouped sums per touched item, batched solves; the same statistics."""
@@ -262,8 +288,19 @@ class HybridLinUCB(PerItemPolicy):
         if not all_finite(A0, b0):
             raise overflow_error()
         A0_inv = spd_inverse(A0)
-        return _Step(touched=touched, A=A_t, A_inv=P_t, B=B_t, b=b_t, A0=A0, A0_inv=A0_inv, b0=b0, beta=A0_inv @ b0,
-                     ZZ=self.ZZ + ZwZ, Zr=self.Zr + Zwr)
+        return _Step(
+            touched=touched,
+            A=A_t,
+            A_inv=P_t,
+            B=B_t,
+            b=b_t,
+            A0=A0,
+            A0_inv=A0_inv,
+            b0=b0,
+            beta=A0_inv @ b0,
+            ZZ=self.ZZ + ZwZ,
+            Zr=self.Zr + Zwr,
+        )
 
     def _discounted(self, a, X, Z, r, w, gamma):
         """Every statistic's data part decays by ``gamma^m``, row i counts ``gamma^(m-1-i) w_i``;
@@ -285,8 +322,9 @@ class HybridLinUCB(PerItemPolicy):
         if not all_finite(A_t, B_t, b_t, ZZ, Zr):
             raise overflow_error()
         P_t, A0, A0_inv, b0, beta = self._assemble(A_t, B_t, b_t, ZZ, Zr)
-        return _Step(touched=touched, A=A_t, A_inv=P_t, B=B_t, b=b_t, A0=A0, A0_inv=A0_inv, b0=b0, beta=beta, ZZ=ZZ,
-                     Zr=Zr)
+        return _Step(
+            touched=touched, A=A_t, A_inv=P_t, B=B_t, b=b_t, A0=A0, A0_inv=A0_inv, b0=b0, beta=beta, ZZ=ZZ, Zr=Zr
+        )
 
 
 def _schur(B: np.ndarray, P: np.ndarray, C: np.ndarray) -> np.ndarray:

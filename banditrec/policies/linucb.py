@@ -101,8 +101,7 @@ class LinUCB(JointRidgePolicy):
         """The candidates' item vectors ``[1, v, cold]``, (n, d_i + 2)."""
         V = np.asarray(request.item_features, dtype=float)
         if V.ndim != 2 or V.shape[1] != self.item_dim:
-            raise ValidationError(f"item_features must have shape (n, {self.item_dim}), got {V.shape}",
-                                  "item_features")
+            raise ValidationError(f"item_features must have shape (n, {self.item_dim}), got {V.shape}", "item_features")
         return item_vectors(V, cold_flags(request.cold, len(V), "cold"))
 
     @property
@@ -134,9 +133,13 @@ class LinUCB(JointRidgePolicy):
         (min-max scaling amplifies rounding) or a type cap takes the loop.
         """
         counts = slot_counts(n_slots, len(requests))
-        if (len(requests) < 2 or type(self).scores is not LinUCB.scores
-                or type(self).distribution is not Policy.distribution
-                or self.config.sensitivity != "off" or self.config.max_per_type):
+        if (
+            len(requests) < 2
+            or type(self).scores is not LinUCB.scores
+            or type(self).distribution is not Policy.distribution
+            or self.config.sensitivity != "off"
+            or self.config.max_per_type
+        ):
             return super().distributions(requests, counts, min_epsilon)
         m, k, d = len(requests), self.context_dim + 1, item_dim_of(self.item_dim)
         E = np.empty((m, k))
@@ -159,13 +162,13 @@ class LinUCB(JointRidgePolicy):
         if self.value_weight is not None:  # each row's catalog items, padded with item 0
             items = np.zeros((m, n), dtype=np.intp)
             for j, r in enumerate(requests):
-                items[j, :sizes[j]] = r.items
+                items[j, : sizes[j]] = r.items
         if int(sizes.min()) == n:
             V = np.concatenate(feats).reshape(m, n, d)
         else:  # pad with zero items (their scores are replaced by +inf below)
             V = np.zeros((m, n, d))
             for j, f in enumerate(feats):
-                V[j, :len(f)] = f
+                V[j, : len(f)] = f
         scores, alone = self._stacked_scores(E, V, sizes, items)
         out = []
         for j, (request, kj, nj) in enumerate(zip(requests, counts, sizes.tolist())):
@@ -212,8 +215,11 @@ class LinUCB(JointRidgePolicy):
         flat = V.reshape(m, -1)
         r = np.sqrt(d) * np.maximum(flat.max(axis=1, initial=0.0), -flat.min(axis=1, initial=0.0))
         sd_min = sd.min(axis=1, initial=np.inf, where=real)
-        bound = (r * (4 * gamma * (mu + alpha * np.sqrt(lam))) + 4 * (1 + alpha) * np.sqrt(_TINY)
-                 + np.fmin(r * (2 * alpha * np.sqrt(2 * gamma * lam)), r * r * (4 * alpha * gamma * lam) / sd_min))
+        bound = (
+            r * (4 * gamma * (mu + alpha * np.sqrt(lam)))
+            + 4 * (1 + alpha) * np.sqrt(_TINY)
+            + np.fmin(r * (2 * alpha * np.sqrt(2 * gamma * lam)), r * r * (4 * alpha * gamma * lam) / sd_min)
+        )
         ranked = scores
         unsafe = np.zeros(m, dtype=bool)
         if items is not None:  # the ranking is of max(s, 0) x value (max is 1-Lipschitz)

@@ -70,7 +70,7 @@ class PerItemPolicy(Policy):
                 self._stacks[name] = new
         else:  # rows past the old size hold whatever prior they were allocated with
             for name, stack in self._stacks.items():
-                stack[self.n_items:n] = self._priors[name]
+                stack[self.n_items : n] = self._priors[name]
         self.n_items = n
 
     def _rows(self, name: str) -> np.ndarray:
@@ -166,5 +166,6 @@ class PerItemPolicy(Policy):
     @property
     def nbytes(self) -> int:
         """Bytes held by the model's arrays (per-item stacks at their capacity, shared arrays)."""
-        return (sum(a.nbytes for a in self._stacks.values())
-                + sum(np.asarray(getattr(self, n)).nbytes for n in self._shared_names))
+        return sum(a.nbytes for a in self._stacks.values()) + sum(
+            np.asarray(getattr(self, n)).nbytes for n in self._shared_names
+        )

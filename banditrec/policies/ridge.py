@@ -18,8 +18,8 @@ from scipy.linalg import cho_factor, cho_solve
 
 from ..errors import ValidationError
 from ..features import ITEM_EXTRA, joint_dim, joint_features
-from .checks import check_context, check_rows, check_weight
 from .base import Policy, Request, Rows, cold_flags
+from .checks import check_context, check_rows, check_weight
 from .sampling import seed_grid
 
 _OUTER_CHUNK_FLOATS = 1 << 21  # rows per chunk of grouped outer products: at most 16 MB each
@@ -28,11 +28,16 @@ _OUTER_CHUNK_FLOATS = 1 << 21  # rows per chunk of grouped outer products: at mo
 # ---- checks ---------------------------------------------------------------------------------
 def check_number(value, name: str, *, minimum: float = 0.0, strict: bool = False) -> None:
     """A finite real number ``>= minimum`` (``> minimum`` with ``strict``); bools are refused."""
-    ok = (not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
-          and bool(np.isfinite(value)) and (value > minimum if strict else value >= minimum))
+    ok = (
+        not isinstance(value, bool)
+        and isinstance(value, (int, float, np.integer, np.floating))
+        and bool(np.isfinite(value))
+        and (value > minimum if strict else value >= minimum)
+    )
     if not ok:
-        raise ValidationError(f"{name} must be a finite number {'>' if strict else '>='} {minimum:g}, "
-                              f"got {value!r}", name)
+        raise ValidationError(
+            f"{name} must be a finite number {'>' if strict else '>='} {minimum:g}, got {value!r}", name
+        )
 
 
 def check_int(value, name: str, *, minimum: int) -> int:
@@ -56,8 +61,7 @@ def env_int(value, name: str, policy: str, *, minimum: int = 1) -> int:
 def check_items(items, m: int, policy: str) -> np.ndarray:
     """Catalog indices ``(m,)`` of the shown items, integers >= 0."""
     if items is None:
-        raise ValidationError(f"{policy} keeps one model per item: update(..., items=catalog indices (m,))",
-                              "items")
+        raise ValidationError(f"{policy} keeps one model per item: update(..., items=catalog indices (m,))", "items")
     a = np.atleast_1d(np.asarray(items))
     if a.shape != (m,):
         raise ValidationError(f"items must have one entry per row ({m}), got shape {a.shape}", "items")
@@ -75,20 +79,24 @@ def check_candidates(request: Request) -> np.ndarray:
     seen yet is a cold item, not an error)."""
     items = np.asarray(request.items)
     if items.ndim != 1 or (items.size and not np.issubdtype(items.dtype, np.integer)):
-        raise ValidationError(f"request items must be a 1-D array of catalog indices, got {items.dtype}"
-                              f"{list(items.shape)}", "items")
+        raise ValidationError(
+            f"request items must be a 1-D array of catalog indices, got {items.dtype}{list(items.shape)}", "items"
+        )
     bad = items < 0
     if bad.any():
         i = int(np.argmax(bad))
-        raise ValidationError(f"request items must be catalog indices >= 0, found {items[i]} at candidate {i}",
-                              "items")
+        raise ValidationError(f"request items must be catalog indices >= 0, found {items[i]} at candidate {i}", "items")
     return items.astype(np.int64, copy=False)
 
 
 def check_gamma(value) -> None:
     """A discount factor in (0, 1]."""
-    ok = (not isinstance(value, bool) and isinstance(value, (int, float)) and bool(np.isfinite(value))
-          and 0.0 < value <= 1.0)
+    ok = (
+        not isinstance(value, bool)
+        and isinstance(value, (int, float))
+        and bool(np.isfinite(value))
+        and 0.0 < value <= 1.0
+    )
     if not ok:
         raise ValidationError(f"gamma must be a number in (0, 1] (1: no discounting), got {value!r}", "gamma")
 
@@ -98,7 +106,7 @@ def row_discounts(m: int, gamma: float) -> tuple[np.ndarray, float]:
     and the statistics before it are multiplied by ``decay = gamma^m``."""
     if gamma == 1.0:
         return np.ones(m), 1.0
-    return gamma ** np.arange(m - 1, -1, -1, dtype=float), float(gamma ** m)
+    return gamma ** np.arange(m - 1, -1, -1, dtype=float), float(gamma**m)
 
 
 def with_intercept(context: np.ndarray) -> np.ndarray:
@@ -109,8 +117,9 @@ def with_intercept(context: np.ndarray) -> np.ndarray:
 
 
 def overflow_error() -> ValidationError:
-    return ValidationError("update would make the model non-finite (rewards or features too large); "
-                           "the update was not applied", "reward")
+    return ValidationError(
+        "update would make the model non-finite (rewards or features too large); the update was not applied", "reward"
+    )
 
 
 def all_finite(*arrays) -> bool:
@@ -155,8 +164,7 @@ def grouped_sum(groups: np.ndarray, n_groups: int, weight: np.ndarray, X: np.nda
     return np.asarray(S @ X)
 
 
-def grouped_outer(groups: np.ndarray, n_groups: int, weight: np.ndarray, X: np.ndarray,
-                  Y: np.ndarray) -> np.ndarray:
+def grouped_outer(groups: np.ndarray, n_groups: int, weight: np.ndarray, X: np.ndarray, Y: np.ndarray) -> np.ndarray:
     """``out[g] = sum_{i: groups[i] = g} weight_i X_i Y_i^T``, shape ``(n_groups, d_x, d_y)``.
 
     The per-row outer products are summed by a sparse (group x row) matrix, in chunks of rows
@@ -166,9 +174,9 @@ def grouped_outer(groups: np.ndarray, n_groups: int, weight: np.ndarray, X: np.n
     out = np.zeros((n_groups, dx * dy))
     chunk = max(1, _OUTER_CHUNK_FLOATS // (dx * dy))
     for s in range(0, m, chunk):
-        x, y = X[s:s + chunk], Y[s:s + chunk]
+        x, y = X[s : s + chunk], Y[s : s + chunk]
         outer = (x[:, :, None] * y[:, None, :]).reshape(len(x), -1)
-        out += grouped_sum(groups[s:s + chunk], n_groups, weight[s:s + chunk], outer)
+        out += grouped_sum(groups[s : s + chunk], n_groups, weight[s : s + chunk], outer)
     return out.reshape(n_groups, dx, dy)
 
 
@@ -220,8 +228,16 @@ class RewardStats:
         if len(seen):
             lo, hi = (min(lo, seen.min()), max(hi, seen.max())) if n else (seen.min(), seen.max())
         with np.errstate(over="ignore", invalid="ignore"):  # overflow is refused by the caller
-            return np.array([decay * stats[0] + we.sum(), decay * stats[1] + we @ r, decay * stats[2] + we @ (r * r),
-                             lo, hi, n + w.sum()])
+            return np.array(
+                [
+                    decay * stats[0] + we.sum(),
+                    decay * stats[1] + we @ r,
+                    decay * stats[2] + we @ (r * r),
+                    lo,
+                    hi,
+                    n + w.sum(),
+                ]
+            )
 
     @staticmethod
     def spread(stats: np.ndarray) -> float:
@@ -247,12 +263,16 @@ class RewardStats:
 def check_state(arrays: dict, shapes: dict[str, tuple], policy: str) -> None:
     """A snapshot's arrays must be exactly ``shapes`` (names and shapes), else raise."""
     if set(arrays) != set(shapes):
-        raise ValidationError(f"snapshot of {policy} must hold arrays {sorted(shapes)}, got {sorted(arrays)}",
-                              "snapshot")
+        raise ValidationError(
+            f"snapshot of {policy} must hold arrays {sorted(shapes)}, got {sorted(arrays)}", "snapshot"
+        )
     for k, shape in shapes.items():
         if tuple(np.shape(arrays[k])) != tuple(shape):
-            raise ValidationError(f"snapshot array {k!r} has shape {tuple(np.shape(arrays[k]))}, this {policy} "
-                                  f"needs {tuple(shape)} (built with another environment?)", "snapshot")
+            raise ValidationError(
+                f"snapshot array {k!r} has shape {tuple(np.shape(arrays[k]))}, this {policy} "
+                f"needs {tuple(shape)} (built with another environment?)",
+                "snapshot",
+            )
 
 
 # ---- the shared joint-feature model ---------------------------------------------------------
@@ -322,8 +342,9 @@ class JointRidgePolicy(Policy):
 
     def features(self, request: Request) -> np.ndarray:
         V = np.asarray(request.item_features, dtype=float)
-        return joint_features(check_context(request.context, self.context_dim), V,
-                              cold_flags(request.cold, len(V), "cold"))
+        return joint_features(
+            check_context(request.context, self.context_dim), V, cold_flags(request.cold, len(V), "cold")
+        )
 
     def mean(self, request: Request) -> np.ndarray:
         """The ridge estimate ``x^T theta`` of every candidate's reward, shape (n,)."""
@@ -339,8 +360,9 @@ class JointRidgePolicy(Policy):
         return self._sigma
 
     def learn(self, rows: Rows) -> None:
-        C, V, r = check_rows(rows.context, rows.item_features, rows.reward, context_dim=self.context_dim,
-                             item_dim=self.item_dim)
+        C, V, r = check_rows(
+            rows.context, rows.item_features, rows.reward, context_dim=self.context_dim, item_dim=self.item_dim
+        )
         cold = cold_flags(rows.cold, len(r), "cold")
         with np.errstate(over="ignore", invalid="ignore"):  # overflow is refused by update_features
             X = joint_features(C, V, cold)
@@ -392,8 +414,11 @@ class JointRidgePolicy(Policy):
         """A Monte-Carlo seed that is a function of the model and the request only, so that
         re-scoring a logged decision with the same model reproduces its logged marginals."""
         h = hashlib.blake2b(self.state_digest(), digest_size=16)
-        arrays = [np.asarray(request.context, dtype=float), np.asarray(request.items, dtype=np.int64),
-                  np.asarray(request.item_features, dtype=float)]
+        arrays = [
+            np.asarray(request.context, dtype=float),
+            np.asarray(request.items, dtype=np.int64),
+            np.asarray(request.item_features, dtype=float),
+        ]
         if request.cold is not None:
             arrays.append(np.asarray(request.cold, dtype=float))
         for a in arrays:
@@ -402,8 +427,10 @@ class JointRidgePolicy(Policy):
         return int.from_bytes(h.digest(), "little")
 
     def state(self):
-        return ({"A": self.A, "A_inv": self.A_inv, "b": self.b, "theta": self.theta, "stats": self.stats},
-                {"dim": self.dim, "joint": _JOINT_VERSION})
+        return (
+            {"A": self.A, "A_inv": self.A_inv, "b": self.b, "theta": self.theta, "stats": self.stats},
+            {"dim": self.dim, "joint": _JOINT_VERSION},
+        )
 
     def set_state(self, arrays, meta):
         """Restore :meth:`state`. A snapshot written before the joint features had an intercept
@@ -413,12 +440,16 @@ class JointRidgePolicy(Policy):
         if meta.get("joint") is None and "stats" not in arrays:
             arrays = self._from_legacy(arrays, meta)
         elif meta.get("joint") != _JOINT_VERSION or meta.get("dim") != self.dim:
-            raise ValidationError(f"snapshot is of a {meta.get('dim')}-dimensional {self.name} with features "
-                                  f"{meta.get('joint')!r}, this one has {self.dim} dimensions and "
-                                  f"{_JOINT_VERSION!r}", "snapshot")
+            raise ValidationError(
+                f"snapshot is of a {meta.get('dim')}-dimensional {self.name} with features "
+                f"{meta.get('joint')!r}, this one has {self.dim} dimensions and "
+                f"{_JOINT_VERSION!r}",
+                "snapshot",
+            )
         d = self.dim
-        check_state(arrays, {"A": (d, d), "A_inv": (d, d), "b": (d,), "theta": (d,), "stats": (RewardStats.SIZE,)},
-                    self.name)
+        check_state(
+            arrays, {"A": (d, d), "A_inv": (d, d), "b": (d,), "theta": (d,), "stats": (RewardStats.SIZE,)}, self.name
+        )
         self.A, self.A_inv, self.b = arrays["A"], arrays["A_inv"], arrays["b"]
         self.theta, self.stats = arrays["theta"], np.array(arrays["stats"], dtype=float)
         self._changed()
@@ -426,8 +457,11 @@ class JointRidgePolicy(Policy):
     def _from_legacy(self, arrays: dict, meta: dict) -> dict:
         old = self.item_dim + self.context_dim * self.item_dim
         if meta.get("dim") != old or set(arrays) != {"A", "A_inv", "b", "theta"}:
-            raise ValidationError(f"snapshot is of a {meta.get('dim')}-dimensional {self.name}, this one has "
-                                  f"{self.dim} dimensions ({old} before the intercept)", "snapshot")
+            raise ValidationError(
+                f"snapshot is of a {meta.get('dim')}-dimensional {self.name}, this one has "
+                f"{self.dim} dimensions ({old} before the intercept)",
+                "snapshot",
+            )
         check_state(arrays, {"A": (old, old), "A_inv": (old, old), "b": (old,), "theta": (old,)}, self.name)
         pos = _legacy_positions(self.context_dim, self.item_dim)
         reg, d = self._ridge.reg, self.dim

@@ -26,8 +26,7 @@ def honest_se(mean: np.ndarray, sd: np.ndarray, n: int, lo, hi) -> np.ndarray:
     mean, sd = np.asarray(mean, dtype=float), np.asarray(sd, dtype=float)
     lo, hi = np.broadcast_to(lo, mean.shape), np.broadcast_to(hi, mean.shape)
     center = (n * mean + 2.0 * (lo + hi)) / (n + 4.0)
-    ss = (max(n - 1, 0) * sd * sd + n * (mean - center) ** 2 + 2.0 * (lo - center) ** 2
-          + 2.0 * (hi - center) ** 2)
+    ss = max(n - 1, 0) * sd * sd + n * (mean - center) ** 2 + 2.0 * (lo - center) ** 2 + 2.0 * (hi - center) ** 2
     return np.sqrt(np.maximum(ss, 0.0) / (n + 4.0) / n)
 
 
@@ -43,10 +42,10 @@ def seed_grid(a) -> np.ndarray:
     ulp of difference)."""
     a = np.asarray(a, dtype=float)
     top = float(np.abs(a).max(initial=0.0))
-    a = np.where(np.abs(a) < top * 2.0 ** -40, 0.0, a)  # rounding noise around 0, e.g. after cancellation
+    a = np.where(np.abs(a) < top * 2.0**-40, 0.0, a)  # rounding noise around 0, e.g. after cancellation
     m, e = np.frexp(a)
-    q = np.rint(m * 2.0 ** SEED_GRID_BITS).astype(np.int64)
-    carry = np.abs(q) == 2 ** SEED_GRID_BITS  # 1 - ulp rounds up to 1: the same point as 1
+    q = np.rint(m * 2.0**SEED_GRID_BITS).astype(np.int64)
+    carry = np.abs(q) == 2**SEED_GRID_BITS  # 1 - ulp rounds up to 1: the same point as 1
     return np.stack([np.where(carry, q // 2, q), e + carry])
 
 
@@ -89,8 +88,9 @@ def _lift_onto(mean: np.ndarray, bound: np.ndarray) -> np.ndarray:
     return out
 
 
-def slate_sample(index: np.ndarray, cond: np.ndarray, marginal: np.ndarray | None, *, draws: int,
-                 marginal_draws: int) -> SlateSample:
+def slate_sample(
+    index: np.ndarray, cond: np.ndarray, marginal: np.ndarray | None, *, draws: int, marginal_draws: int
+) -> SlateSample:
     """A sampled slate with exact conditionals and Monte-Carlo marginals (``None``: NaN, for
     simulations that never log or divide by them).
 
@@ -106,8 +106,14 @@ def slate_sample(index: np.ndarray, cond: np.ndarray, marginal: np.ndarray | Non
         marg = np.array(marginal, dtype=float)
         zero = marg <= 0
         marg[zero] = cond[zero] / (draws + 1)
-    return SlateSample(index=index, propensity=cond, marginal=marg, joint=float(np.exp(log_joint)),
-                       log_joint=log_joint, marginal_draws=marginal_draws)
+    return SlateSample(
+        index=index,
+        propensity=cond,
+        marginal=marg,
+        joint=float(np.exp(log_joint)),
+        log_joint=log_joint,
+        marginal_draws=marginal_draws,
+    )
 
 
 class SequentialSlate:
@@ -130,8 +136,17 @@ class SequentialSlate:
 
     types: np.ndarray | None
 
-    def __init__(self, values, epsilon, *, kind: str = "weights", types=None, max_per_type: int = 0,
-                 draws: int = DEFAULT_DRAWS, seed: int | None = None):
+    def __init__(
+        self,
+        values,
+        epsilon,
+        *,
+        kind: str = "weights",
+        types=None,
+        max_per_type: int = 0,
+        draws: int = DEFAULT_DRAWS,
+        seed: int | None = None,
+    ):
         values = np.asarray(values, dtype=float)
         if values.ndim != 1 or len(values) == 0:
             raise ValidationError(f"values must be a non-empty 1-D array, got shape {values.shape}", "scores")
@@ -154,19 +169,30 @@ class SequentialSlate:
                 raise ValidationError("a per-type cap needs each candidate's product type", "types")
             types = np.asarray(types)
             if types.shape != values.shape or not np.issubdtype(types.dtype, np.integer) or (types < 0).any():
-                raise ValidationError(f"types must be non-negative integers, one per candidate ({len(values)})",
-                                      "types")
+                raise ValidationError(
+                    f"types must be non-negative integers, one per candidate ({len(values)})", "types"
+                )
             _, self.types = np.unique(types, return_inverse=True)
             self.n_types = int(self.types.max()) + 1
             if self.n_types * self.max_per_type < len(self.epsilon):
                 raise ValidationError(
                     f"cannot fill {len(self.epsilon)} slots with at most {self.max_per_type} per product type "
-                    f"from {self.n_types} types", "max_per_type")
+                    f"from {self.n_types} types",
+                    "max_per_type",
+                )
         else:
             self.types, self.n_types = None, 0
-        self.seed = _content_seed(seed_grid(values), self.epsilon, np.array([self.max_per_type, self.draws]),
-                                  np.zeros(0) if self.types is None else self.types,
-                                  np.frombuffer(kind.encode(), np.uint8)) if seed is None else int(seed)
+        self.seed = (
+            _content_seed(
+                seed_grid(values),
+                self.epsilon,
+                np.array([self.max_per_type, self.draws]),
+                np.zeros(0) if self.types is None else self.types,
+                np.frombuffer(kind.encode(), np.uint8),
+            )
+            if seed is None
+            else int(seed)
+        )
         self._marg: np.ndarray | None = None
         self._se: np.ndarray | None = None
 
@@ -183,7 +209,7 @@ class SequentialSlate:
         """Monte-Carlo prefixes behind the marginals; 0 when they are exact (one slot)."""
         return self.draws if self.n_slots > 1 else 0
 
-    def greedy(self) -> "SequentialSlate":
+    def greedy(self) -> SequentialSlate:
         """Itself (see :meth:`SlateDistribution.greedy <banditrec.policies.slate.SlateDistribution.greedy>`):
         Plackett-Luce sampling is the policy's model; a type-capped score ranking
         (``kind="greedy"``) keeps its exploration too, as the sensitivity study always ranked it."""
@@ -338,7 +364,7 @@ class SequentialSlate:
         p_max = (1.0 - eps) * g_max + eps / left
         p_min = (1.0 - eps) * g_min + eps / left
         first = self._pmf(np.zeros((1, n), dtype=bool), None, 0)[0]  # slot 0, exact
-        absent = np.cumprod(np.c_[1.0 - first, 1.0 - p_max[:, 1:K - 1]], axis=1)  # P(j not in slots < k), k >= 1
+        absent = np.cumprod(np.c_[1.0 - first, 1.0 - p_max[:, 1 : K - 1]], axis=1)  # P(j not in slots < k), k >= 1
         out[:, 0] = first
         out[:, 1:] = np.clip(absent, 0.0, 1.0) * p_min[:, 1:]
         return out
@@ -379,10 +405,19 @@ class PlackettLuceSlate(SequentialSlate):
     mixed with ``eps_k`` uniform exploration. Softmax policies pass ``exp(score / tau)``;
     Vowpal Wabbit policies their PMF."""
 
-    def __init__(self, weights, epsilon, *, draws: int = DEFAULT_DRAWS, seed: int | None = None, types=None,
-                 max_per_type: int = 0):
-        super().__init__(weights, epsilon, kind="weights", types=types, max_per_type=max_per_type, draws=draws,
-                         seed=seed)
+    def __init__(
+        self,
+        weights,
+        epsilon,
+        *,
+        draws: int = DEFAULT_DRAWS,
+        seed: int | None = None,
+        types=None,
+        max_per_type: int = 0,
+    ):
+        super().__init__(
+            weights, epsilon, kind="weights", types=types, max_per_type=max_per_type, draws=draws, seed=seed
+        )
 
 
 class SampledRankingSlate:
@@ -401,8 +436,15 @@ class SampledRankingSlate:
         the posterior mean and covariance and the request) so re-scoring reproduces it.
     """
 
-    def __init__(self, draw_scores: Callable[[np.random.Generator, int], np.ndarray], epsilon, *,
-                 n_candidates: int, draws: int = DEFAULT_DRAWS, seed: int | None = None):
+    def __init__(
+        self,
+        draw_scores: Callable[[np.random.Generator, int], np.ndarray],
+        epsilon,
+        *,
+        n_candidates: int,
+        draws: int = DEFAULT_DRAWS,
+        seed: int | None = None,
+    ):
         self.draw_scores = draw_scores
         self._n = int(n_candidates)
         self.epsilon = _check_epsilon(epsilon, self._n)
@@ -416,7 +458,7 @@ class SampledRankingSlate:
     def n_candidates(self) -> int:
         return self._n
 
-    def greedy(self) -> "SampledRankingSlate":
+    def greedy(self) -> SampledRankingSlate:
         """Itself: the posterior draw that ranks the candidates is the policy's model (see
         :meth:`SlateDistribution.greedy <banditrec.policies.slate.SlateDistribution.greedy>`)."""
         return self
@@ -433,8 +475,9 @@ class SampledRankingSlate:
         if self._scores is None:
             s = np.asarray(self.draw_scores(np.random.default_rng(self.seed), self.draws), dtype=float)
             if s.shape != (self.draws, self._n) or not np.isfinite(s).all():
-                raise ValidationError(f"draw_scores must return finite scores of shape {(self.draws, self._n)}, "
-                                      f"got {s.shape}", "scores")
+                raise ValidationError(
+                    f"draw_scores must return finite scores of shape {(self.draws, self._n)}, got {s.shape}", "scores"
+                )
             self._scores = s
         return self._scores
 
@@ -446,8 +489,9 @@ class SampledRankingSlate:
             # a cell's term is by_rank[rank, k] for some rank, or an average of tied ranks' terms:
             # its range is that column's
             by_rank = rank_slot_marginals(self._n, self.epsilon)
-            self._se = honest_se(self._marg, per_draw.std(axis=0, ddof=1), self.draws, by_rank.min(axis=0),
-                                 by_rank.max(axis=0))
+            self._se = honest_se(
+                self._marg, per_draw.std(axis=0, ddof=1), self.draws, by_rank.min(axis=0), by_rank.max(axis=0)
+            )
             self._marg.setflags(write=False)
         return self._marg
 
@@ -503,8 +547,14 @@ class SampledRankingSlate:
             if (joint > 0).all():
                 cond = joint / np.r_[1.0, joint[:-1]]
                 log_joint = float(np.log(cond).sum())
-                return SlateSample(index=index, propensity=cond, marginal=np.full(self.n_slots, np.nan),
-                                   joint=float(np.exp(log_joint)), log_joint=log_joint, marginal_draws=0)
+                return SlateSample(
+                    index=index,
+                    propensity=cond,
+                    marginal=np.full(self.n_slots, np.nan),
+                    joint=float(np.exp(log_joint)),
+                    log_joint=log_joint,
+                    marginal_draws=0,
+                )
         marg = self.marginals()[index, np.arange(self.n_slots)].copy()
         joint = np.cumprod(paths, axis=1).mean(axis=0)
         if (joint <= 0).any() or (marg <= 0).any():
@@ -516,5 +566,11 @@ class SampledRankingSlate:
             marg = np.where(marg > 0, marg, own_marg / (self.draws + 1))
         cond = joint / np.r_[1.0, joint[:-1]]
         log_joint = float(np.log(cond).sum())
-        return SlateSample(index=index, propensity=cond, marginal=marg.copy(), joint=float(np.exp(log_joint)),
-                           log_joint=log_joint, marginal_draws=self.draws)
+        return SlateSample(
+            index=index,
+            propensity=cond,
+            marginal=marg.copy(),
+            joint=float(np.exp(log_joint)),
+            log_joint=log_joint,
+            marginal_draws=self.draws,
+        )

@@ -17,8 +17,11 @@ class UniformConfig(PolicyConfig):
     def __post_init__(self):
         super().__post_init__()
         if self.objective or self.sensitivity != "off":
-            raise ValidationError("uniform serves uniformly random slates, which a business objective cannot "
-                                  f"change; got objective={self.objective!r}", "objective")
+            raise ValidationError(
+                "uniform serves uniformly random slates, which a business objective cannot "
+                f"change; got objective={self.objective!r}",
+                "objective",
+            )
         if self.epsilon != 1.0:
             raise ValidationError(
                 f"uniform explores every slot fully; epsilon must be 1, got {self.epsilon!r}",
@@ -56,5 +59,8 @@ class Popularity(Policy):
         inside = items < len(self.popularity)
         if inside.all():
             return self.popularity[items]
-        return np.where(inside, self.popularity[np.where(inside, items, 0)], 0.0) if len(self.popularity) else \
-            np.zeros(len(items))
+        return (
+            np.where(inside, self.popularity[np.where(inside, items, 0)], 0.0)
+            if len(self.popularity)
+            else np.zeros(len(items))
+        )

@@ -14,7 +14,6 @@ import numpy as np
 
 from ..errors import ValidationError
 
-
 _CACHE_MAX_CELLS = 20_000  # cache tables up to 160 KB each; larger ones are computed per call
 
 
@@ -156,7 +155,7 @@ class SlateDistribution(Protocol):
         """``(K,)``: P(slot k holds ``index[k]`` | ``index[:k]`` in the earlier slots)."""
         ...
 
-    def greedy(self) -> "SlateDistribution":
+    def greedy(self) -> SlateDistribution:
         """The distribution without its uniform exploration: epsilon-greedy over fixed scores
         becomes the deterministic ranking (epsilon 0 in every slot). A distribution whose
         randomness is the policy's model (posterior draws, Plackett-Luce, Vowpal Wabbit's
@@ -185,9 +184,7 @@ class EpsilonGreedySlate:
         if len(eps) and not (eps.min() >= 0.0 and eps.max() <= 1.0):  # NaN fails both comparisons
             raise ValidationError(f"epsilon must be in [0, 1], got {eps.tolist()}", "epsilon")
         if len(eps) > len(scores):
-            raise ValidationError(
-                f"cannot fill {len(eps)} slots from {len(scores)} candidates", "slots"
-            )
+            raise ValidationError(f"cannot fill {len(eps)} slots from {len(scores)} candidates", "slots")
         self.scores = scores
         self.epsilon = eps
         self._order = None  # candidates by descending score (stable), and whether two tie
@@ -202,7 +199,7 @@ class EpsilonGreedySlate:
     def n_slots(self) -> int:
         return len(self.epsilon)
 
-    def greedy(self) -> "EpsilonGreedySlate":
+    def greedy(self) -> EpsilonGreedySlate:
         """The same scores with no exploration in any slot: the ranking itself (ties still
         split evenly)."""
         return EpsilonGreedySlate(self.scores, np.zeros(self.n_slots))
@@ -299,12 +296,16 @@ class EpsilonGreedySlate:
                 where[last] = pos
         index_arr = np.array(index, dtype=np.int64)
         prop_arr = np.array(prop)
-        table = _rank_slot_marginals_cached(n, tuple(eps)) if n * n_slots <= _CACHE_MAX_CELLS \
-            else _rank_slot_marginals(n, tuple(eps))  # what rank_slot_marginals returns, without re-checking
+        table = (
+            _rank_slot_marginals_cached(n, tuple(eps))
+            if n * n_slots <= _CACHE_MAX_CELLS
+            else _rank_slot_marginals(n, tuple(eps))
+        )  # what rank_slot_marginals returns, without re-checking
         marg = table.ravel().take([r * n_slots + k for k, r in enumerate(rank_of)])
         log_joint = float(np.log(prop_arr).sum())
-        return SlateSample(index=index_arr, propensity=prop_arr, marginal=marg, joint=float(np.exp(log_joint)),
-                           log_joint=log_joint)
+        return SlateSample(
+            index=index_arr, propensity=prop_arr, marginal=marg, joint=float(np.exp(log_joint)), log_joint=log_joint
+        )
 
     def _sample_general(self, uniforms: list, order_a, group_a, sizes_a) -> SlateSample:
         """:meth:`sample` with ties: greedy picks are uniform within the best unshown tie group."""
@@ -349,8 +350,9 @@ class EpsilonGreedySlate:
         prop_arr = np.array(prop)
         marg = self.marginals()[index_arr, np.arange(n_slots)]
         log_joint = float(np.log(prop_arr).sum())
-        return SlateSample(index=index_arr, propensity=prop_arr, marginal=marg, joint=float(np.exp(log_joint)),
-                           log_joint=log_joint)
+        return SlateSample(
+            index=index_arr, propensity=prop_arr, marginal=marg, joint=float(np.exp(log_joint)), log_joint=log_joint
+        )
 
     def conditionals(self, index) -> np.ndarray:
         """Conditional propensities of a given slate (candidate positions per slot)."""
@@ -399,16 +401,16 @@ def sample_slates(dists: list[SlateDistribution], rng: np.random.Generator) -> l
     groups: dict[tuple, list[int]] = {}
     for j, d in enumerate(slates):
         if d.tied:
-            out[j] = d._sample_u(flat[starts[j]:starts[j + 1]].tolist())
+            out[j] = d._sample_u(flat[starts[j] : starts[j + 1]].tolist())
         else:
             groups.setdefault((d.n_candidates, tuple(d.epsilon.tolist())), []).append(j)
-    for (n, eps), members in groups.items():
+    for (_n, eps), members in groups.items():
         if len(members) == 1:
             j = members[0]
-            out[j] = slates[j]._sample_u(flat[starts[j]:starts[j + 1]].tolist())
+            out[j] = slates[j]._sample_u(flat[starts[j] : starts[j + 1]].tolist())
             continue
         order = np.stack([slates[j]._sorted() for j in members])
-        u = np.stack([flat[starts[j]:starts[j + 1]] for j in members])
+        u = np.stack([flat[starts[j] : starts[j + 1]] for j in members])
         for j, sample in zip(members, _sample_strict_group(order, u, eps)):
             out[j] = sample
     return out
@@ -459,6 +461,13 @@ def _sample_strict_group(order: np.ndarray, u: np.ndarray, eps: tuple) -> list[S
     out = []
     for b in range(B):
         log_joint = float(logs[b].sum())
-        out.append(SlateSample(index=index[b], propensity=prop[b], marginal=marg[b], joint=float(np.exp(log_joint)),
-                               log_joint=log_joint))
+        out.append(
+            SlateSample(
+                index=index[b],
+                propensity=prop[b],
+                marginal=marg[b],
+                joint=float(np.exp(log_joint)),
+                log_joint=log_joint,
+            )
+        )
     return out

@@ -28,8 +28,19 @@ RENAMED_SINCE_2 = {"linucb": "disjoint-linucb", "shared-linucb": "linucb"}
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_PAYLOAD_BYTES = 1 << 40
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-_KEYS = ("format", "policy", "params", "model_version", "payload", "sha256", "size", "arrays", "meta",
-         "provenance", "checksum")
+_KEYS = (
+    "format",
+    "policy",
+    "params",
+    "model_version",
+    "payload",
+    "sha256",
+    "size",
+    "arrays",
+    "meta",
+    "provenance",
+    "checksum",
+)
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -66,8 +77,7 @@ def canonical(obj: dict) -> bytes:
     """The canonical JSON of ``obj`` that a ``checksum`` field is taken over (sorted keys,
     no whitespace, ASCII, the ``checksum`` key itself left out)."""
     rest = {k: v for k, v in obj.items() if k != "checksum"}
-    return json.dumps(rest, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-                      allow_nan=False).encode()
+    return json.dumps(rest, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
 
 
 def version(manifest: dict) -> str:
@@ -75,9 +85,18 @@ def version(manifest: dict) -> str:
     return f"{manifest['model_version']}.{manifest['sha256'][:8]}"
 
 
-def save(path, *, name: str, params: dict, model_version: str, arrays: dict[str, np.ndarray],
-         meta: dict | None = None, payload: bytes | None = None, payload_suffix: str = ".npz",
-         provenance: dict | None = None) -> Path:
+def save(
+    path,
+    *,
+    name: str,
+    params: dict,
+    model_version: str,
+    arrays: dict[str, np.ndarray],
+    meta: dict | None = None,
+    payload: bytes | None = None,
+    payload_suffix: str = ".npz",
+    provenance: dict | None = None,
+) -> Path:
     """Write a snapshot; returns the manifest's path.
 
     ``arrays`` go to ``<stem>.npz``; or give ``payload`` bytes (e.g. a VW model) with its
@@ -129,8 +148,7 @@ def _is_int(value, low: int = 0, high: int = 2**63 - 1) -> bool:
 
 
 def _is_scalar(value) -> bool:
-    return (value is None or isinstance(value, (str, bool, int))
-            or (type(value) is float and math.isfinite(value)))
+    return value is None or isinstance(value, (str, bool, int)) or (type(value) is float and math.isfinite(value))
 
 
 def _check_manifest(m, where: Path) -> dict:
@@ -140,8 +158,9 @@ def _check_manifest(m, where: Path) -> dict:
     if m.get("format") not in (FORMAT, FORMAT_2):
         found = m.get("format")
         hint = " (written by an older banditrec: publish again)" if found == "banditrec.snapshot/1" else ""
-        raise ValidationError(f"{where} is not a banditrec snapshot of format {FORMAT}, found format "
-                              f"{found!r}{hint}", "snapshot")
+        raise ValidationError(
+            f"{where} is not a banditrec snapshot of format {FORMAT}, found format {found!r}{hint}", "snapshot"
+        )
     missing = [k for k in _KEYS if k not in m]
     if missing:
         raise ValidationError(f"snapshot manifest {where} lacks {', '.join(map(repr, missing))}", "snapshot")
@@ -152,8 +171,15 @@ def _check_manifest(m, where: Path) -> dict:
         if not isinstance(m[key], str) or not m[key] or len(m[key]) > 256:
             raise _fail(where, key, "a non-empty string", m[key])
     payload = m["payload"]
-    if (not isinstance(payload, str) or not payload or payload.startswith(".") or "/" in payload
-            or "\\" in payload or "\x00" in payload or len(payload) > 255):
+    if (
+        not isinstance(payload, str)
+        or not payload
+        or payload.startswith(".")
+        or "/" in payload
+        or "\\" in payload
+        or "\x00" in payload
+        or len(payload) > 255
+    ):
         raise _fail(where, "payload", "a file name in the snapshot's directory", payload)
     for key in ("sha256", "checksum"):
         if not isinstance(m[key], str) or not _HEX64.fullmatch(m[key]):
@@ -167,9 +193,15 @@ def _check_manifest(m, where: Path) -> dict:
     if not isinstance(arrays, dict):
         raise _fail(where, "arrays", "an object", arrays)
     for name, spec in arrays.items():
-        if (not isinstance(spec, dict) or set(spec) != {"shape", "dtype"} or not isinstance(spec["shape"], list)
-                or len(spec["shape"]) > 32 or not all(_is_int(n) for n in spec["shape"])
-                or not isinstance(spec["dtype"], str) or not 0 < len(spec["dtype"]) <= 16):
+        if (
+            not isinstance(spec, dict)
+            or set(spec) != {"shape", "dtype"}
+            or not isinstance(spec["shape"], list)
+            or len(spec["shape"]) > 32
+            or not all(_is_int(n) for n in spec["shape"])
+            or not isinstance(spec["dtype"], str)
+            or not 0 < len(spec["dtype"]) <= 16
+        ):
             raise _fail(where, f"arrays.{name}", "{shape: [integers >= 0], dtype: string}", spec)
     meta = m["meta"]
     if not isinstance(meta, dict):
@@ -195,8 +227,9 @@ def read_json(path: Path, what: str, max_bytes: int, *, expected_sha256: str | N
     if len(raw) > max_bytes:
         raise ValidationError(f"{what} {path} is larger than {max_bytes} bytes", "snapshot")
     if expected_sha256 is not None and sha256(raw) != expected_sha256:
-        raise ValidationError(f"{what} {path} does not match the checksum its pointer gives: altered or corrupt",
-                              "snapshot")
+        raise ValidationError(
+            f"{what} {path} does not match the checksum its pointer gives: altered or corrupt", "snapshot"
+        )
     try:
         return raw, json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
@@ -215,8 +248,9 @@ def read_manifest(path, *, expected_sha256: str | None = None) -> dict:
     except ValueError:  # a non-finite number somewhere in meta
         intact = False
     if not intact:
-        raise ValidationError(f"snapshot manifest {where} does not match its own checksum: altered or corrupt",
-                              "snapshot")
+        raise ValidationError(
+            f"snapshot manifest {where} does not match its own checksum: altered or corrupt", "snapshot"
+        )
     return manifest
 
 
@@ -237,7 +271,9 @@ def load(path, *, manifest_sha256: str | None = None) -> tuple[dict, dict[str, n
     if len(payload) != manifest["size"] or sha256(payload) != manifest["sha256"]:
         raise ValidationError(
             f"snapshot payload {payload_path} does not match its manifest (size {len(payload)} vs "
-            f"{manifest['size']}, or checksum): truncated or corrupt", "snapshot")
+            f"{manifest['size']}, or checksum): truncated or corrupt",
+            "snapshot",
+        )
     if not payload_path.name.endswith(".npz"):
         return manifest, payload
     try:
@@ -247,12 +283,16 @@ def load(path, *, manifest_sha256: str | None = None) -> tuple[dict, dict[str, n
         raise ValidationError(f"snapshot {payload_path} cannot be read: {exc}", "snapshot") from None
     expected = manifest["arrays"]
     if set(arrays) != set(expected):
-        raise ValidationError(f"snapshot {payload_path} holds arrays {sorted(arrays)}, manifest says "
-                              f"{sorted(expected)}", "snapshot")
+        raise ValidationError(
+            f"snapshot {payload_path} holds arrays {sorted(arrays)}, manifest says {sorted(expected)}", "snapshot"
+        )
     for k, v in arrays.items():
         if list(v.shape) != expected[k]["shape"] or v.dtype.str != expected[k]["dtype"]:
-            raise ValidationError(f"snapshot array {k!r} is {v.dtype.str}{list(v.shape)}, manifest says "
-                                  f"{expected[k]['dtype']}{expected[k]['shape']}", "snapshot")
+            raise ValidationError(
+                f"snapshot array {k!r} is {v.dtype.str}{list(v.shape)}, manifest says "
+                f"{expected[k]['dtype']}{expected[k]['shape']}",
+                "snapshot",
+            )
         if v.dtype.kind == "f" and not np.isfinite(v).all():
             raise ValidationError(f"snapshot array {k!r} holds non-finite values", "snapshot")
     return manifest, arrays

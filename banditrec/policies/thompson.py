@@ -33,8 +33,11 @@ class LinTSConfig(PolicyConfig):
         check_number(self.v, "v", minimum=0.0, strict=True)
         check_ridge(self)
         if self.max_per_type:
-            raise ValidationError(f"lints ranks by a posterior draw and has no diversity cap yet; max_per_type "
-                                  f"must be 0, got {self.max_per_type!r}", "max_per_type")
+            raise ValidationError(
+                f"lints ranks by a posterior draw and has no diversity cap yet; max_per_type "
+                f"must be 0, got {self.max_per_type!r}",
+                "max_per_type",
+            )
 
 
 class LinTS(JointRidgePolicy):
@@ -93,5 +96,10 @@ class LinTS(JointRidgePolicy):
 
     def distribution(self, request: Request, n_slots: int, min_epsilon: float = 0.0) -> SampledRankingSlate:
         eps = np.maximum(self.epsilon_per_slot(n_slots), min_epsilon)
-        return SampledRankingSlate(self.draw_scores(request), eps, n_candidates=len(request.items),
-                                   draws=self.mc_draws, seed=self.replay_seed(request))
+        return SampledRankingSlate(
+            self.draw_scores(request),
+            eps,
+            n_candidates=len(request.items),
+            draws=self.mc_draws,
+            seed=self.replay_seed(request),
+        )

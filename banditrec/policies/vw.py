@@ -68,25 +68,35 @@ class VWConfig(PolicyConfig):
         if self.explore_from != 0:
             raise ValidationError(
                 f"explore_from must be 0 for Vowpal Wabbit policies, got {self.explore_from}: VW's explorer "
-                "explores every slot; for a greedy policy use explorer=epsilon with epsilon=0", "explore_from")
+                "explores every slot; for a greedy policy use explorer=epsilon with epsilon=0",
+                "explore_from",
+            )
         if self.objective:
             raise ValidationError(
                 f"Vowpal Wabbit policies do not blend a business objective (VW returns probabilities, not "
-                f"scores), got objective={self.objective!r}", "objective")
+                f"scores), got objective={self.objective!r}",
+                "objective",
+            )
         if self.explorer not in EXPLORERS:
-            raise ValidationError(f"explorer must be one of {', '.join(EXPLORERS)}, got {self.explorer!r}",
-                                  "explorer")
+            raise ValidationError(f"explorer must be one of {', '.join(EXPLORERS)}, got {self.explorer!r}", "explorer")
         if self.cb_type not in CB_TYPES:
             raise ValidationError(f"cb_type must be one of {', '.join(CB_TYPES)}, got {self.cb_type!r}", "cb_type")
         if self.explorer == "squarecb" and self.cb_type != "mtr":
-            raise ValidationError(f"VW's squarecb explorer learns with cb_type mtr only, got cb_type={self.cb_type!r} "
-                                  "(use explorer=epsilon, bag, cover or softmax for another)", "cb_type")
+            raise ValidationError(
+                f"VW's squarecb explorer learns with cb_type mtr only, got cb_type={self.cb_type!r} "
+                "(use explorer=epsilon, bag, cover or softmax for another)",
+                "cb_type",
+            )
         for name in ("gamma_scale", "softmax_lambda"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
                 raise ValidationError(f"{name} must be a finite number > 0, got {v!r}", name)
-        for name, low, high in (("size", 1, 1024), ("bits", 4, 30), ("seed", 0, _SEED_HIGH - 1),
-                                ("draws", 2, 1_000_000)):
+        for name, low, high in (
+            ("size", 1, 1024),
+            ("bits", 4, 30),
+            ("seed", 0, _SEED_HIGH - 1),
+            ("draws", 2, 1_000_000),
+        ):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
                 raise ValidationError(f"{name} must be an integer in [{low}, {high}], got {v!r}", name)
@@ -103,7 +113,9 @@ class VWCCBConfig(VWConfig):
         if self.max_per_type:
             raise ValidationError(
                 f"vw-ccb cannot apply max_per_type={self.max_per_type}: VW samples the slots itself; use vw-cb, "
-                "whose slots banditrec fills from VW's PMF", "max_per_type")
+                "whose slots banditrec fills from VW's PMF",
+                "max_per_type",
+            )
 
 
 # ---- text lines ------------------------------------------------------------------------
@@ -112,8 +124,11 @@ def _check_values(x: np.ndarray, name: str) -> None:
     bad = ~(np.isfinite(x) & (np.abs(x) <= F32_MAX))
     if bad.any():
         where = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ValidationError(f"{name} must be finite and within float32 range (|x| <= {F32_MAX:.3g}), found "
-                              f"{x[where].item()!r} at index {where if len(where) > 1 else where[0]}", name)
+        raise ValidationError(
+            f"{name} must be finite and within float32 range (|x| <= {F32_MAX:.3g}), found "
+            f"{x[where].item()!r} at index {where if len(where) > 1 else where[0]}",
+            name,
+        )
 
 
 def _as_float(x, name: str) -> np.ndarray:
@@ -153,7 +168,7 @@ class _Lines:
         n, d = item_features.shape
         cache = self._cache
         raw, width = item_features.tobytes(), d * 8
-        keys = [raw[i * width:(i + 1) * width] for i in range(n)]
+        keys = [raw[i * width : (i + 1) * width] for i in range(n)]
         out = [cache.get(k) for k in keys]
         missing = [i for i, line in enumerate(out) if line is None]
         if missing:
@@ -211,8 +226,20 @@ class VWPolicy(Policy):
     def vw_args(self) -> list[str]:
         """The command line the workspace is built with (not used on load: ``-i`` restores it)."""
         c = self.config
-        args = [self._reduction, "--quiet", "--random_seed", str(c.seed), "-q", "UA", "--cb_type", c.cb_type,
-                "--epsilon", repr(float(c.epsilon)), "-b", str(c.bits)]
+        args = [
+            self._reduction,
+            "--quiet",
+            "--random_seed",
+            str(c.seed),
+            "-q",
+            "UA",
+            "--cb_type",
+            c.cb_type,
+            "--epsilon",
+            repr(float(c.epsilon)),
+            "-b",
+            str(c.bits),
+        ]
         if c.explorer == "squarecb":
             args += ["--squarecb", "--gamma_scale", repr(float(c.gamma_scale))]
         elif c.explorer in ("bag", "cover"):
@@ -249,8 +276,10 @@ class VWPolicy(Policy):
         self.close()
 
     def __reduce_ex__(self, protocol):
-        raise TypeError(f"a {self.name} policy holds a Vowpal Wabbit Workspace, which cannot be pickled; "
-                        "use policy.save(path) and banditrec.policies.load(path)")
+        raise TypeError(
+            f"a {self.name} policy holds a Vowpal Wabbit Workspace, which cannot be pickled; "
+            "use policy.save(path) and banditrec.policies.load(path)"
+        )
 
     # ---- input checks -------------------------------------------------------------------
     def _request_arrays(self, request: Request, n_slots: int, min_epsilon: float):
@@ -264,8 +293,11 @@ class VWPolicy(Policy):
         self._check_width(context, self.context_dim, "context")
         n = len(features)
         if len(np.atleast_1d(request.items)) != n:
-            raise ValidationError(f"request.items and item_features must have the same length, got "
-                                  f"{len(np.atleast_1d(request.items))} and {n}", "items")
+            raise ValidationError(
+                f"request.items and item_features must have the same length, got "
+                f"{len(np.atleast_1d(request.items))} and {n}",
+                "items",
+            )
         if n == 0:
             raise ValidationError("a request needs at least one candidate", "candidates")
         if n_slots > n:
@@ -286,8 +318,9 @@ class VWPolicy(Policy):
         _check_values(V, name)
         return V
 
-    def _check_update(self, context, item_features, reward, items, weight, probability, pname, candidates, chosen,
-                      what: str):
+    def _check_update(
+        self, context, item_features, reward, items, weight, probability, pname, candidates, chosen, what: str
+    ):
         """Common checks of ``update``; returns arrays, with nothing learned yet."""
         X = _as_float(np.atleast_2d(context), "context")
         if X.ndim != 2:
@@ -298,16 +331,19 @@ class VWPolicy(Policy):
         r = np.atleast_1d(np.asarray(reward, dtype=float))
         m = len(r)
         if r.ndim != 1 or len(X) != m or len(V) != m:
-            raise ValidationError(f"context, item_features and reward must have one row each, got {len(X)}, "
-                                  f"{len(V)} and {r.shape}", "reward")
+            raise ValidationError(
+                f"context, item_features and reward must have one row each, got {len(X)}, {len(V)} and {r.shape}",
+                "reward",
+            )
         _check_values(r, "reward")
         if items is not None and len(np.atleast_1d(items)) != m:
-            raise ValidationError(f"items must have one entry per row ({m}), got {len(np.atleast_1d(items))}",
-                                  "items")
+            raise ValidationError(f"items must have one entry per row ({m}), got {len(np.atleast_1d(items))}", "items")
         if probability is None:
             raise ValidationError(
                 f"{self.name} learns with importance weights and needs {pname}=(m,): {what}. Without it VW would "
-                "have to guess, and a missing or zero probability makes it learn nothing", pname)
+                "have to guess, and a missing or zero probability makes it learn nothing",
+                pname,
+            )
         p = np.atleast_1d(np.asarray(probability, dtype=float))
         if p.shape != (m,):
             raise ValidationError(f"{pname} must have one entry per row ({m}), got shape {p.shape}", pname)
@@ -316,31 +352,39 @@ class VWPolicy(Policy):
             i = int(np.argmax(bad))
             raise ValidationError(
                 f"{pname} must be in (0, 1] (and at least {F32_TINY:.3g}, as VW reads it as float32), found "
-                f"{p[i].item()!r} at row {i}: VW would silently learn nothing from that row", pname)
+                f"{p[i].item()!r} at row {i}: VW would silently learn nothing from that row",
+                pname,
+            )
         if weight is None:
             w = np.ones(m)
         else:
             w = np.atleast_1d(np.asarray(weight, dtype=float))
             if w.shape != (m,) or not np.isfinite(w).all() or (w < 0).any():
-                raise ValidationError(f"weight must be finite and >= 0 with one entry per row ({m}), got shape "
-                                      f"{w.shape}", "weight")
+                raise ValidationError(
+                    f"weight must be finite and >= 0 with one entry per row ({m}), got shape {w.shape}", "weight"
+                )
             if self.config.cb_type not in WEIGHTED_CB_TYPES and (w != 1).any():
                 raise ValidationError(
                     f"weight is applied as label probability p / w, which is an importance weight for cb_type "
-                    f"{' or '.join(WEIGHTED_CB_TYPES)} only, not {self.config.cb_type}", "weight")
+                    f"{' or '.join(WEIGHTED_CB_TYPES)} only, not {self.config.cb_type}",
+                    "weight",
+                )
             low = (w > 0) & (w < p)
             if low.any():
                 i = int(np.argmax(low))
                 raise ValidationError(
                     f"weight {w[i].item()!r} at row {i} is below its {pname} {p[i].item()!r}: VW labels have no "
-                    f"weight, so the weight is applied as probability p / w, which VW would clamp to 1", "weight")
+                    f"weight, so the weight is applied as probability p / w, which VW would clamp to 1",
+                    "weight",
+                )
         if candidates is None or chosen is None:
             raise ValidationError(
                 f"{self.name} learns each row over its decision's candidate set: pass candidates (one (n_d, "
-                f"item_dim) array per row) and chosen (the shown item's position in it)", "candidates")
+                f"item_dim) array per row) and chosen (the shown item's position in it)",
+                "candidates",
+            )
         if len(candidates) != m:
-            raise ValidationError(f"candidates must hold one array per row ({m}), got {len(candidates)}",
-                                  "candidates")
+            raise ValidationError(f"candidates must hold one array per row ({m}), got {len(candidates)}", "candidates")
         c = np.atleast_1d(np.asarray(chosen))
         if c.shape != (m,) or (c.size and not np.issubdtype(c.dtype, np.integer)):
             raise ValidationError(f"chosen must be (m,) integers, got shape {c.shape} and dtype {c.dtype}", "chosen")
@@ -350,15 +394,20 @@ class VWPolicy(Policy):
             if key not in seen:
                 C = self._check_features(cand, f"candidates[{i}]")
                 if len(C) == 0 or C.shape[1] != V.shape[1]:
-                    raise ValidationError(f"candidates[{i}] must be a non-empty (n, {V.shape[1]}) array, got "
-                                          f"shape {C.shape}", "candidates")
+                    raise ValidationError(
+                        f"candidates[{i}] must be a non-empty (n, {V.shape[1]}) array, got shape {C.shape}",
+                        "candidates",
+                    )
                 seen[key] = C
             C = seen[key]
             if not 0 <= c[i] < len(C):
                 raise ValidationError(f"chosen must be in [0, {len(C)}) for row {i}, found {c[i]}", "chosen")
             if not np.array_equal(C[c[i]], V[i]):
-                raise ValidationError(f"row {i}: item_features differ from candidates[{i}][chosen[{i}]]: the rows "
-                                      "and candidate sets are misaligned", "chosen")
+                raise ValidationError(
+                    f"row {i}: item_features differ from candidates[{i}][chosen[{i}]]: the rows "
+                    "and candidate sets are misaligned",
+                    "chosen",
+                )
             cands.append(C)
         return X, r, p, w, cands, c.astype(np.int64)
 
@@ -375,8 +424,12 @@ class VWPolicy(Policy):
     def state(self):
         """``({"payload": VW model bytes}, meta)``: meta holds the model's SHA-256 and size."""
         data = self._model_bytes()
-        meta = {"vw_version": vowpalwabbit.__version__, "model_sha256": hashlib.sha256(data).hexdigest(),
-                "model_size": len(data), "learners": list(self._learners)}
+        meta = {
+            "vw_version": vowpalwabbit.__version__,
+            "model_sha256": hashlib.sha256(data).hexdigest(),
+            "model_size": len(data),
+            "learners": list(self._learners),
+        }
         return {"payload": data}, meta
 
     def set_state(self, arrays, meta):
@@ -387,8 +440,9 @@ class VWPolicy(Policy):
             raise ValidationError(f"a {self.name} snapshot holds a VW model file, got {sorted(arrays)}", "snapshot")
         data = bytes(arrays["payload"])
         if "model_sha256" not in meta:
-            raise ValidationError("snapshot meta lacks model_sha256: VW would load a truncated model silently",
-                                  "snapshot")
+            raise ValidationError(
+                "snapshot meta lacks model_sha256: VW would load a truncated model silently", "snapshot"
+            )
         if hashlib.sha256(data).hexdigest() != meta["model_sha256"] or len(data) != meta.get("model_size"):
             raise ValidationError("VW model bytes do not match their checksum: truncated or corrupt", "snapshot")
         with tempfile.TemporaryDirectory(prefix="banditrec-vw-") as tmp:
@@ -401,8 +455,10 @@ class VWPolicy(Policy):
         learners = new.get_enabled_learners()
         if learners != self._learners:
             new.finish()
-            raise ValidationError(f"the VW model's reductions {learners} do not match this {self.name} config's "
-                                  f"{self._learners}", "snapshot")
+            raise ValidationError(
+                f"the VW model's reductions {learners} do not match this {self.name} config's {self._learners}",
+                "snapshot",
+            )
         with self._lock:
             old, self._vw = self._vw, new
         if old is not None:
@@ -411,9 +467,17 @@ class VWPolicy(Policy):
     def save(self, path, *, provenance: dict | None = None) -> Path:
         """Write VW's model file as ``<stem>.vw`` plus the ``.json`` manifest (atomic, checksummed)."""
         arrays, meta = self.state()
-        return snapshot.save(path, name=self.name, params=self.params, model_version=self.model_version, arrays={},
-                             meta={**meta, "n_updates": int(self.n_updates)}, payload=arrays["payload"],
-                             payload_suffix=".vw", provenance=provenance)
+        return snapshot.save(
+            path,
+            name=self.name,
+            params=self.params,
+            model_version=self.model_version,
+            arrays={},
+            meta={**meta, "n_updates": int(self.n_updates)},
+            payload=arrays["payload"],
+            payload_suffix=".vw",
+            provenance=provenance,
+        )
 
 
 class VWContextualBandit(VWPolicy):
@@ -424,8 +488,9 @@ class VWContextualBandit(VWPolicy):
     _reduction = "--cb_explore_adf"
     needs = frozenset({"pscore", "candidates", "chosen"})
 
-    def example(self, context: np.ndarray, item_features: np.ndarray, *, label_at: int = -1,
-                label: str = "") -> list[str]:
+    def example(
+        self, context: np.ndarray, item_features: np.ndarray, *, label_at: int = -1, label: str = ""
+    ) -> list[str]:
         """The example's lines: ``shared |User ...``, one ``|Action ...`` per candidate, and
         ``label`` (``0:cost:prob``) in front of action ``label_at`` when learning."""
         actions = self._lines.items(item_features)
@@ -442,8 +507,11 @@ class VWContextualBandit(VWPolicy):
     def _pmf(self, context, features) -> np.ndarray:
         pmf = np.asarray(self._call("predict", self.example(context, features)), dtype=float)
         if pmf.shape != (len(features),) or not np.isfinite(pmf).all() or (pmf < 0).any():
-            raise ValidationError(f"Vowpal Wabbit returned a PMF of shape {pmf.shape} for {len(features)} "
-                                  "candidates (is the shared line missing its keyword?)", "pmf")
+            raise ValidationError(
+                f"Vowpal Wabbit returned a PMF of shape {pmf.shape} for {len(features)} "
+                "candidates (is the shared line missing its keyword?)",
+                "pmf",
+            )
         return pmf
 
     def scores(self, request: Request) -> np.ndarray:
@@ -453,8 +521,7 @@ class VWContextualBandit(VWPolicy):
         """Plackett-Luce over VW's PMF, each slot mixed with the serving floor ``min_epsilon``."""
         context, features, n_slots, min_epsilon = self._request_arrays(request, n_slots, min_epsilon)
         pmf = self._pmf(context, features)
-        return PlackettLuceSlate(pmf, np.full(n_slots, min_epsilon), draws=self.config.draws,
-                                 **self.type_cap(request))
+        return PlackettLuceSlate(pmf, np.full(n_slots, min_epsilon), draws=self.config.draws, **self.type_cap(request))
 
     def learn(self, rows: Rows) -> None:
         """One VW ``learn`` per logged row, over that row's whole candidate set.
@@ -467,8 +534,17 @@ class VWContextualBandit(VWPolicy):
         Wabbit"). Everything is checked before the first row is learned.
         """
         X, r, p, w, cands, c = self._check_update(
-            rows.context, rows.item_features, rows.reward, rows.items, rows.weight, rows.pscore, "pscore",
-            rows.candidates, rows.chosen, "the logged marginal probability of each shown item in its slot")
+            rows.context,
+            rows.item_features,
+            rows.reward,
+            rows.items,
+            rows.weight,
+            rows.pscore,
+            "pscore",
+            rows.candidates,
+            rows.chosen,
+            "the logged marginal probability of each shown item in its slot",
+        )
         learned = 0
         for i in range(len(r)):
             if w[i] == 0:
@@ -491,17 +567,36 @@ class VWSlate:
     action's slot-k probability given each sampled prefix; ``marginal_se`` their standard error.
     """
 
-    def __init__(self, policy: VWConditionalContextualBandit, context: np.ndarray, features: np.ndarray,
-                 n_slots: int, *, min_epsilon: float = 0.0, draws: int = DEFAULT_DRAWS, seed: int | None = None):
+    def __init__(
+        self,
+        policy: VWConditionalContextualBandit,
+        context: np.ndarray,
+        features: np.ndarray,
+        n_slots: int,
+        *,
+        min_epsilon: float = 0.0,
+        draws: int = DEFAULT_DRAWS,
+        seed: int | None = None,
+    ):
         self._policy = policy
-        self._head = [f"ccb shared {policy._lines.context(context)}",
-                      *("ccb action " + a for a in policy._lines.items(features))]
+        self._head = [
+            f"ccb shared {policy._lines.context(context)}",
+            *("ccb action " + a for a in policy._lines.items(features)),
+        ]
         self._n = len(features)
         self._k = int(n_slots)
         self.min_epsilon = float(min_epsilon)
         self.draws = int(draws)
-        self.seed = _content_seed(np.asarray(context, dtype=float), features, np.array([self._k, self.draws]),
-                                  np.array([policy.config.seed])) if seed is None else int(seed)
+        self.seed = (
+            _content_seed(
+                np.asarray(context, dtype=float),
+                features,
+                np.array([self._k, self.draws]),
+                np.array([policy.config.seed]),
+            )
+            if seed is None
+            else int(seed)
+        )
         self._marg: np.ndarray | None = None
         self._se: np.ndarray | None = None
 
@@ -517,7 +612,7 @@ class VWSlate:
     def marginal_draws(self) -> int:
         return self.draws if self._k > 1 else 0
 
-    def greedy(self) -> "VWSlate":
+    def greedy(self) -> VWSlate:
         """Itself: Vowpal Wabbit samples the slate (see :meth:`SlateDistribution.greedy
         <banditrec.policies.slate.SlateDistribution.greedy>`)."""
         return self
@@ -539,11 +634,19 @@ class VWSlate:
         for k, pairs in enumerate(slots):
             listed, probs = zip(*pairs) if pairs else ((), ())
             actions = np.array(listed, dtype=np.int64)
-            valid = (len(actions) == n - k and actions.min() >= 0 and actions.max() < n
-                     and not shown[actions].any() and np.count_nonzero(np.bincount(actions, minlength=n)) == n - k)
+            valid = (
+                len(actions) == n - k
+                and actions.min() >= 0
+                and actions.max() < n
+                and not shown[actions].any()
+                and np.count_nonzero(np.bincount(actions, minlength=n)) == n - k
+            )
             if not valid:
-                raise ValidationError(f"Vowpal Wabbit's slot {k} lists actions {sorted(actions.tolist())[:10]}..., "
-                                      f"expected the {n - k} not taken by earlier slots", "pmf")
+                raise ValidationError(
+                    f"Vowpal Wabbit's slot {k} lists actions {sorted(actions.tolist())[:10]}..., "
+                    f"expected the {n - k} not taken by earlier slots",
+                    "pmf",
+                )
             pmfs[k, actions] = probs
             index[k] = actions[0]  # the chosen action comes first
             shown[actions[0]] = True
@@ -557,8 +660,11 @@ class VWSlate:
             floor = self.min_epsilon / (self._n - k) * (1 - 1e-5)  # VW computes in float32
             low = ~shown & (pmfs[k] < floor)
             if low.any():
-                raise ValidationError(f"VW gave candidate {int(np.argmax(low))} probability {pmfs[k][low][0]:.3g} "
-                                      f"in slot {k}, below the serving floor {floor:.3g}", "min_epsilon")
+                raise ValidationError(
+                    f"VW gave candidate {int(np.argmax(low))} probability {pmfs[k][low][0]:.3g} "
+                    f"in slot {k}, below the serving floor {floor:.3g}",
+                    "min_epsilon",
+                )
             shown[index[k]] = True
 
     def sample(self, rng: np.random.Generator, marginals: bool = True) -> SlateSample:
@@ -608,8 +714,9 @@ class VWSlate:
         if index.shape != (self._k,):
             raise ValidationError(f"a slate has {self._k} positions, got shape {index.shape}", "index")
         if not ((0 <= index) & (index < self._n)).all() or len(np.unique(index)) != self._k:
-            raise ValidationError(f"a slate holds {self._k} distinct candidates in [0, {self._n}), got "
-                                  f"{index.tolist()}", "index")
+            raise ValidationError(
+                f"a slate holds {self._k} distinct candidates in [0, {self._n}), got {index.tolist()}", "index"
+            )
         out = np.empty(self._k)
         with self._policy._lock:
             for k in range(self._k):
@@ -640,12 +747,17 @@ class VWConditionalContextualBandit(VWPolicy):
         if min_epsilon > self.config.epsilon:
             raise ValidationError(
                 f"vw-ccb cannot mix a serving floor into VW's own slot sampling: min_epsilon={min_epsilon} needs "
-                f"epsilon >= {min_epsilon}, the policy has epsilon={self.config.epsilon}", "min_epsilon")
+                f"epsilon >= {min_epsilon}, the policy has epsilon={self.config.epsilon}",
+                "min_epsilon",
+            )
         return VWSlate(self, context, features, n_slots, min_epsilon=min_epsilon, draws=self.config.draws)
 
     def example(self, context: np.ndarray, item_features: np.ndarray, slot_lines: list[str]) -> list[str]:
-        return [f"ccb shared {self._lines.context(context)}",
-                *("ccb action " + a for a in self._lines.items(item_features)), *slot_lines]
+        return [
+            f"ccb shared {self._lines.context(context)}",
+            *("ccb action " + a for a in self._lines.items(item_features)),
+            *slot_lines,
+        ]
 
     def learn(self, rows: Rows) -> None:
         """One VW ``learn`` per logged decision: its whole slate, each slot labelled.
@@ -658,8 +770,17 @@ class VWConditionalContextualBandit(VWPolicy):
         """
         slot = rows.slot
         X, r, p, w, cands, c = self._check_update(
-            rows.context, rows.item_features, rows.reward, rows.items, rows.weight, rows.propensity, "propensity",
-            rows.candidates, rows.chosen, "the conditional probability VW gave each shown item given the earlier slots")
+            rows.context,
+            rows.item_features,
+            rows.reward,
+            rows.items,
+            rows.weight,
+            rows.propensity,
+            "propensity",
+            rows.candidates,
+            rows.chosen,
+            "the conditional probability VW gave each shown item given the earlier slots",
+        )
         m = len(r)
         if slot is None:
             raise ValidationError("vw-ccb groups rows into slates by slot=(m,) (0, 1, ..., K-1 per decision)", "slot")
@@ -668,27 +789,33 @@ class VWConditionalContextualBandit(VWPolicy):
             raise ValidationError(f"slot must be (m,) integers, got shape {s.shape}", "slot")
         starts = np.flatnonzero(s == 0)
         if m and (len(starts) == 0 or starts[0] != 0):
-            raise ValidationError("slot must start each decision at 0, the first row has slot "
-                                  f"{int(s[0]) if m else None}", "slot")
+            raise ValidationError(
+                f"slot must start each decision at 0, the first row has slot {int(s[0]) if m else None}", "slot"
+            )
         bounds = np.r_[starts, m]
         decisions = []
         for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
             if not np.array_equal(s[a:b], np.arange(b - a)):
-                raise ValidationError(f"rows {a}..{b - 1} must be slots 0..{b - a - 1} of one decision, got "
-                                      f"{s[a:b].tolist()}", "slot")
+                raise ValidationError(
+                    f"rows {a}..{b - 1} must be slots 0..{b - a - 1} of one decision, got {s[a:b].tolist()}", "slot"
+                )
             for i in range(a + 1, b):
                 if not (np.array_equal(X[i], X[a]) and np.array_equal(cands[i], cands[a])):
-                    raise ValidationError(f"row {i} has a different context or candidate set than row {a} of the "
-                                          "same decision", "candidates")
+                    raise ValidationError(
+                        f"row {i} has a different context or candidate set than row {a} of the same decision",
+                        "candidates",
+                    )
             if len(np.unique(c[a:b])) != b - a:
-                raise ValidationError(f"rows {a}..{b - 1} show an item twice in one slate: {c[a:b].tolist()}",
-                                      "chosen")
+                raise ValidationError(f"rows {a}..{b - 1} show an item twice in one slate: {c[a:b].tolist()}", "chosen")
             if b - a > len(cands[a]):
                 raise ValidationError(f"rows {a}..{b - 1}: {b - a} slots from {len(cands[a])} candidates", "slot")
             if w[a:b].any() and not w[a:b].all():
                 # a slot's action still leaves the later slots' action sets: it cannot be dropped alone
-                raise ValidationError(f"rows {a}..{b - 1}: vw-ccb cannot skip one slot of a slate (weight 0); give "
-                                      "every slot of a decision a weight > 0, or all 0", "weight")
+                raise ValidationError(
+                    f"rows {a}..{b - 1}: vw-ccb cannot skip one slot of a slate (weight 0); give "
+                    "every slot of a decision a weight > 0, or all 0",
+                    "weight",
+                )
             decisions.append((a, b))
         learned = 0
         for a, b in decisions:

@@ -21,8 +21,14 @@ from .openapi import document
 from .reload import SnapshotWatcher
 
 
-def create_app(engine: Engine, config: dict | None = None, *, settings: ServiceConfig | None = None,
-               policy_env=None, shop_watcher=None) -> Flask:
+def create_app(
+    engine: Engine,
+    config: dict | None = None,
+    *,
+    settings: ServiceConfig | None = None,
+    policy_env=None,
+    shop_watcher=None,
+) -> Flask:
     """Build the app serving ``engine``.
 
     Parameters
@@ -71,9 +77,13 @@ def create_app(engine: Engine, config: dict | None = None, *, settings: ServiceC
             if result != "refused":  # the per-worker model gauge follows the worker's own reloads
                 metrics.set_model(engine)
 
-        watcher = SnapshotWatcher(settings.snapshots, engine, policy_env,
-                                  check_interval_s=settings.reload_check_ms / 1000,
-                                  on_result=_reloaded)
+        watcher = SnapshotWatcher(
+            settings.snapshots,
+            engine,
+            policy_env,
+            check_interval_s=settings.reload_check_ms / 1000,
+            on_result=_reloaded,
+        )
         app.extensions["banditrec.watcher"] = watcher
         # a worker (re)started after the learner published serves what the running ones serve:
         # the pointer's snapshot, or the newest valid one when the pointer is unusable (reload.py)

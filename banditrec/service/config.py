@@ -12,7 +12,6 @@ from pathlib import Path
 
 from ..errors import ValidationError
 
-
 MIN_TOKEN_CHARS = 16
 
 
@@ -25,13 +24,18 @@ def check_token(token, source: str) -> str:
         raise ValidationError(f"the API token from {source} must be a string, got {type(token).__name__}", source)
     text = token.strip()
     if not text:
-        raise ValidationError(f"the API token from {source} is empty; it needs at least {MIN_TOKEN_CHARS} "
-                              f"characters (an empty token would leave every route open)", source)
+        raise ValidationError(
+            f"the API token from {source} is empty; it needs at least {MIN_TOKEN_CHARS} "
+            f"characters (an empty token would leave every route open)",
+            source,
+        )
     if any(c.isspace() or not c.isprintable() for c in text):
         raise ValidationError(f"the API token from {source} holds whitespace or control characters", source)
     if len(text) < MIN_TOKEN_CHARS:
-        raise ValidationError(f"the API token from {source} has {len(text)} characters; it needs at least "
-                              f"{MIN_TOKEN_CHARS} characters", source)
+        raise ValidationError(
+            f"the API token from {source} has {len(text)} characters; it needs at least {MIN_TOKEN_CHARS} characters",
+            source,
+        )
     return text
 
 
@@ -89,7 +93,7 @@ class ServiceConfig:
             raise ValidationError(f"reload_check_ms must be >= 0, got {self.reload_check_ms}", "reload_check_ms")
 
     @classmethod
-    def from_env(cls, env=None) -> "ServiceConfig":
+    def from_env(cls, env=None) -> ServiceConfig:
         env = os.environ if env is None else env
         token = None
         if env.get("BANDITREC_API_TOKEN") is not None:  # set, even to "": it must be a token

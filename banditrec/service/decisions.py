@@ -18,8 +18,14 @@ def engine():
 
 
 def engine_args(req: DecideRequest) -> dict:
-    return dict(user_id=req.user_id, n_slots=req.slots, context=req.context, candidates=req.candidates,
-                exclude=req.exclude, surface=req.surface)
+    return dict(
+        user_id=req.user_id,
+        n_slots=req.slots,
+        context=req.context,
+        candidates=req.candidates,
+        exclude=req.exclude,
+        surface=req.surface,
+    )
 
 
 def shaped(decision) -> dict:
@@ -30,8 +36,16 @@ def shaped(decision) -> dict:
         "policy": decision.policy,
         "model_version": decision.model_version,
         "shop_build": decision.build,
-        "slots": [{"position": s.position, "item_id": s.item_id, "propensity": s.propensity,
-                   "marginal": s.marginal, "source": s.source} for s in decision.slots],
+        "slots": [
+            {
+                "position": s.position,
+                "item_id": s.item_id,
+                "propensity": s.propensity,
+                "marginal": s.marginal,
+                "source": s.source,
+            }
+            for s in decision.slots
+        ],
     }
 
 
@@ -43,8 +57,14 @@ def decide():
     return jsonify(shaped(decision))
 
 
-endpoint(bp, "POST", "/decide", summary="Fill a carousel's slots, log the decision with its propensities",
-         body=DecideRequest, response=DecideResponse)(decide)
+endpoint(
+    bp,
+    "POST",
+    "/decide",
+    summary="Fill a carousel's slots, log the decision with its propensities",
+    body=DecideRequest,
+    response=DecideResponse,
+)(decide)
 
 
 @auth.requires("decide")
@@ -53,8 +73,7 @@ def decide_batch():
     request.max_content_length = settings.max_batch_bytes
     req = BatchDecideRequest.model_validate(json_body())
     if len(req.requests) > settings.batch_max:
-        raise BadRequest(f"a batch holds at most {settings.batch_max} requests, got {len(req.requests)}",
-                         "requests")
+        raise BadRequest(f"a batch holds at most {settings.batch_max} requests, got {len(req.requests)}", "requests")
     try:
         decisions = engine().decide_batch([engine_args(r) for r in req.requests])
     except ValidationError as exc:
@@ -64,5 +83,11 @@ def decide_batch():
     return jsonify({"decisions": [shaped(d) for d in decisions]})
 
 
-endpoint(bp, "POST", "/decide/batch", summary="Decide many carousels in one call, logged in one transaction",
-         body=BatchDecideRequest, response=BatchDecideResponse)(decide_batch)
+endpoint(
+    bp,
+    "POST",
+    "/decide/batch",
+    summary="Decide many carousels in one call, logged in one transaction",
+    body=BatchDecideRequest,
+    response=BatchDecideResponse,
+)(decide_batch)

@@ -8,8 +8,8 @@ from flask import Flask, jsonify, request
 from pydantic import ValidationError as PydanticValidationError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from . import jsonio
 from ..errors import BanditRecError, ConflictError, NotFoundError, ValidationError
+from . import jsonio
 
 log = logging.getLogger("banditrec.service")
 

@@ -8,9 +8,15 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client import CONTENT_TYPE_LATEST  # noqa: F401  (re-exported for the route)
-from prometheus_client import disable_created_metrics
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,  # noqa: F401  (re-exported for the route)
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 
 disable_created_metrics()  # no *_created series: timestamps of process start, noise in a scrape
 
@@ -29,24 +35,44 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter("banditrec_http_requests", "HTTP requests by route, method and status.",
-                                ["route", "method", "status"], registry=r)
-        self.latency = Histogram("banditrec_http_request_duration_seconds",
-                                 "Time from the request reaching Flask to the response leaving it, per route.",
-                                 ["route"], buckets=LATENCY_BUCKETS, registry=r)
+        self.requests = Counter(
+            "banditrec_http_requests",
+            "HTTP requests by route, method and status.",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "banditrec_http_request_duration_seconds",
+            "Time from the request reaching Flask to the response leaving it, per route.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.decisions = Counter("banditrec_decisions", "Decisions served and logged.", ["route"], registry=r)
-        self.slots = Counter("banditrec_slots", "Carousel slots served, by whether the slot explored.",
-                             ["explored"], registry=r)
+        self.slots = Counter(
+            "banditrec_slots", "Carousel slots served, by whether the slot explored.", ["explored"], registry=r
+        )
         self.rewards = Counter("banditrec_rewards", "Rewards posted, by outcome.", ["status"], registry=r)
         self.events = Counter("banditrec_events", "Interaction events recorded.", ["kind"], registry=r)
         self.reloads = Counter("banditrec_model_reloads", "Snapshot reloads, by outcome.", ["result"], registry=r)
-        self.shop_reloads = Counter("banditrec_shop_reloads", "Shop-directory build reloads, by outcome.", ["result"],
-                                    registry=r)
-        self.model = Gauge("banditrec_model_info", "1 for the model version this process serves.",
-                           ["policy", "version"], registry=r, multiprocess_mode="liveall")
+        self.shop_reloads = Counter(
+            "banditrec_shop_reloads", "Shop-directory build reloads, by outcome.", ["result"], registry=r
+        )
+        self.model = Gauge(
+            "banditrec_model_info",
+            "1 for the model version this process serves.",
+            ["policy", "version"],
+            registry=r,
+            multiprocess_mode="liveall",
+        )
         self._model_labels: tuple[str, str] | None = None
-        self.shop = Gauge("banditrec_shop_build_info", "1 for the shop-directory build this process serves.",
-                          ["build"], registry=r, multiprocess_mode="liveall")
+        self.shop = Gauge(
+            "banditrec_shop_build_info",
+            "1 for the shop-directory build this process serves.",
+            ["build"],
+            registry=r,
+            multiprocess_mode="liveall",
+        )
         self._shop_build: str | None = None
         self._children: dict = {}  # (metric, labels) -> labelled child: labels() is not free per request
 
@@ -114,8 +140,10 @@ class Metrics:
                         slots[sample.labels.get("explored", "false")] += sample.value
         total = slots["true"] + slots["false"]
         share = slots["true"] / total if total else 0.0
-        extra = ("# HELP banditrec_exploration_share Share of served slots that explored "
-                 f"(conditional propensity < {EXPLORED_BELOW}).\n"
-                 "# TYPE banditrec_exploration_share gauge\n"
-                 f"banditrec_exploration_share {share!r}\n")
+        extra = (
+            "# HELP banditrec_exploration_share Share of served slots that explored "
+            f"(conditional propensity < {EXPLORED_BELOW}).\n"
+            "# TYPE banditrec_exploration_share gauge\n"
+            f"banditrec_exploration_share {share!r}\n"
+        )
         return text + extra.encode()

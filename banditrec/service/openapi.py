@@ -34,14 +34,27 @@ def protected(scope: str | None, settings) -> bool:
     return scope != "decide" or settings.decide_requires_auth
 
 
-def endpoint(bp: Blueprint, method: str, rule: str, *, summary: str, body: type[BaseModel] | None = None,
-             response: type[BaseModel] | None = None, errors: tuple[int, ...] = (),
-             content_type: str = "application/json"):
+def endpoint(
+    bp: Blueprint,
+    method: str,
+    rule: str,
+    *,
+    summary: str,
+    body: type[BaseModel] | None = None,
+    response: type[BaseModel] | None = None,
+    errors: tuple[int, ...] = (),
+    content_type: str = "application/json",
+):
     """Register the view on ``bp`` and remember its request and response models."""
 
     def wrap(view):
-        view.openapi = {"summary": summary, "body": body, "response": response, "errors": errors,
-                        "content_type": content_type}
+        view.openapi = {
+            "summary": summary,
+            "body": body,
+            "response": response,
+            "errors": errors,
+            "content_type": content_type,
+        }
         bp.add_url_rule(rule, view_func=view, methods=[method])
         return view
 
@@ -85,8 +98,7 @@ def document(app: Flask) -> dict:
     for *_, meta in routes:
         models.update(m for m in (meta["body"], meta["response"]) if m is not None)
     modes: tuple[JsonSchemaMode, ...] = ("validation", "serialization")
-    keyed = sorted(((m, mode) for m in models for mode in modes),
-                   key=lambda t: (t[0].__name__, t[1]))
+    keyed = sorted(((m, mode) for m in models for mode in modes), key=lambda t: (t[0].__name__, t[1]))
     refs, defs = models_json_schema(keyed, ref_template=REF)
     schemas = defs.get("$defs", {})
 
@@ -113,15 +125,22 @@ def document(app: Flask) -> dict:
         else:
             op["security"] = []
         if meta["body"] is not None:
-            op["requestBody"] = {"required": True,
-                                 "content": {"application/json": {"schema": ref(meta["body"], "validation")}}}
+            op["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": ref(meta["body"], "validation")}},
+            }
             if settings is not None:
-                limit = settings.max_batch_bytes if meta["body"].__name__ == "BatchDecideRequest" \
+                limit = (
+                    settings.max_batch_bytes
+                    if meta["body"].__name__ == "BatchDecideRequest"
                     else settings.max_body_bytes
+                )
                 op["requestBody"]["x-max-body-bytes"] = limit
         if meta["response"] is not None:
-            ok = {"description": "OK", "content": {"application/json": {"schema": ref(meta["response"],
-                                                                                     "serialization")}}}
+            ok = {
+                "description": "OK",
+                "content": {"application/json": {"schema": ref(meta["response"], "serialization")}},
+            }
         else:
             ok = {"description": "OK", "content": {meta["content_type"]: {"schema": {"type": "string"}}}}
         op["responses"]["200"] = ok
@@ -129,9 +148,10 @@ def document(app: Flask) -> dict:
         if secured:
             codes.add(401)
         for code in sorted(codes):
-            op["responses"][str(code)] = {"description": STATUS_TEXT[code],
-                                          "content": {"application/json": {"schema": ref(ErrorResponse,
-                                                                                         "serialization")}}}
+            op["responses"][str(code)] = {
+                "description": STATUS_TEXT[code],
+                "content": {"application/json": {"schema": ref(ErrorResponse, "serialization")}},
+            }
         paths.setdefault(path, {})[method] = op
     doc: dict[str, Any] = {
         "openapi": "3.1.0",

@@ -18,19 +18,33 @@ def healthz():
     error = serving["last_reload_error"]
     shop = current_app.extensions.get("banditrec.shop_watcher")
     shop_error = shop.last_error if shop else None
-    return jsonify(HealthResponse(status="degraded" if error or shop_error else "ok", policy=engine.policy.name,
-                                  model_version=engine.model_version, source=serving["source"],
-                                  last_reload_error=error, shop_build=engine.build,
-                                  last_shop_error=shop_error).model_dump())
+    return jsonify(
+        HealthResponse(
+            status="degraded" if error or shop_error else "ok",
+            policy=engine.policy.name,
+            model_version=engine.model_version,
+            source=serving["source"],
+            last_reload_error=error,
+            shop_build=engine.build,
+            last_shop_error=shop_error,
+        ).model_dump()
+    )
 
 
-endpoint(bp, "GET", "/healthz", summary="Liveness, the served model and shop build, and whether their last check was refused", response=HealthResponse)(healthz)
+endpoint(
+    bp,
+    "GET",
+    "/healthz",
+    summary="Liveness, the served model and shop build, and whether their last check was refused",
+    response=HealthResponse,
+)(healthz)
 
 
 def metrics():
     m = current_app.extensions["banditrec.metrics"]
-    return Response(m.exposition(), mimetype=CONTENT_TYPE_LATEST.split(";")[0],
-                    headers={"Content-Type": CONTENT_TYPE_LATEST})
+    return Response(
+        m.exposition(), mimetype=CONTENT_TYPE_LATEST.split(";")[0], headers={"Content-Type": CONTENT_TYPE_LATEST}
+    )
 
 
 endpoint(bp, "GET", "/metrics", summary="Prometheus text format", content_type="text/plain")(metrics)

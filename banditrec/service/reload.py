@@ -34,8 +34,7 @@ class SnapshotWatcher:
     catalog can be rebuilt while serving).
     """
 
-    def __init__(self, directory, engine, policy_env: dict, *, check_interval_s: float = 1.0,
-                 on_result=None):
+    def __init__(self, directory, engine, policy_env: dict, *, check_interval_s: float = 1.0, on_result=None):
         self.directory = Path(directory)
         self._pointer = os.fspath(self.directory / POINTER)  # joined once: it is stat'ed often
         self.engine = engine
@@ -126,14 +125,17 @@ class SnapshotWatcher:
         if status == "none":
             raise ValidationError(f"no snapshot has been published in {self.directory}", "snapshot")
         if status == "refused":
-            raise ValidationError(f"{self.last_error}; serving {self.engine.model_version} ({self.source})",
-                                  "snapshot")
+            raise ValidationError(f"{self.last_error}; serving {self.engine.model_version} ({self.source})", "snapshot")
         return status, self.engine.model_version, previous
 
     def status(self) -> dict:
         """What this worker serves and why: ``snapshot``, ``source``, ``loaded_ts``, ``last_reload_error``."""
-        return {"snapshot": self.snapshot, "source": self.source, "loaded_ts": self.loaded_ts,
-                "last_reload_error": self.last_error}
+        return {
+            "snapshot": self.snapshot,
+            "source": self.source,
+            "loaded_ts": self.loaded_ts,
+            "last_reload_error": self.last_error,
+        }
 
     def _load(self, signature) -> str:
         # (under the lock) while it loads, request threads wait for it (maybe_reload); the
@@ -172,7 +174,9 @@ class SnapshotWatcher:
         error = found.pointer_error
         if found.source == "none":
             reasons = "; ".join(f"{name}: {reason}" for name, reason in found.refused)
-            error = f"{error or 'no snapshot pointer'}; no snapshot on disk verifies" + (f" ({reasons})" if reasons else "")
+            error = f"{error or 'no snapshot pointer'}; no snapshot on disk verifies" + (
+                f" ({reasons})" if reasons else ""
+            )
         if status == "loaded" and self.on_result:
             self.on_result("loaded" if found.source == "pointer" else "fallback")
         if error is None:
@@ -182,8 +186,13 @@ class SnapshotWatcher:
             return status
         served = f"{self.engine.model_version} ({self.source}" + (f" {self.snapshot})" if self.snapshot else ")")
         if found.source == "fallback":
-            log.error("process %d: snapshot refused: %s; serving the newest valid snapshot %s, trained "
-                      "until seq %s", os.getpid(), error, served, found.trained_until_seq)
+            log.error(
+                "process %d: snapshot refused: %s; serving the newest valid snapshot %s, trained until seq %s",
+                os.getpid(),
+                error,
+                served,
+                found.trained_until_seq,
+            )
         else:
             log.error("process %d: snapshot refused: %s; serving %s", os.getpid(), error, served)
         self._refused(error)

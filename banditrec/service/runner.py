@@ -41,14 +41,36 @@ class GunicornServer:
     ...); ``log`` is the file gunicorn's stderr goes to.
     """
 
-    def __init__(self, env: dict, *, app: str = "banditrec.service.wsgi:app", workers: int = 2, threads: int = 2,
-                 log: str | os.PathLike, start_timeout: float = 60.0, extra_args: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        env: dict,
+        *,
+        app: str = "banditrec.service.wsgi:app",
+        workers: int = 2,
+        threads: int = 2,
+        log: str | os.PathLike,
+        start_timeout: float = 60.0,
+        extra_args: tuple[str, ...] = (),
+    ):
         self.port = free_port()
         self.host = "127.0.0.1"
         self.env = {**os.environ, **{k: str(v) for k, v in env.items()}}
         self.env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # gunicorn_conf.py makes one per server
-        self.args = [sys.executable, "-m", "gunicorn", "-c", str(CONF), "--bind", f"{self.host}:{self.port}",
-                     "--workers", str(workers), "--threads", str(threads), *extra_args, app]
+        self.args = [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            str(CONF),
+            "--bind",
+            f"{self.host}:{self.port}",
+            "--workers",
+            str(workers),
+            "--threads",
+            str(threads),
+            *extra_args,
+            app,
+        ]
         self.log_path = Path(log)
         self.start_timeout = start_timeout
         self.proc: subprocess.Popen | None = None
@@ -57,10 +79,11 @@ class GunicornServer:
     def base(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start(self) -> "GunicornServer":
+    def start(self) -> GunicornServer:
         self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.args, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.args, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -74,8 +97,9 @@ class GunicornServer:
                 pass
             time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"gunicorn did not answer /healthz within {self.start_timeout} s:\n"
-                           f"{self.log_text()[-3000:]}")
+        raise RuntimeError(
+            f"gunicorn did not answer /healthz within {self.start_timeout} s:\n{self.log_text()[-3000:]}"
+        )
 
     def workers(self) -> list[int]:
         return _children(self.proc.pid) if self.proc else []
@@ -126,7 +150,7 @@ class GunicornServer:
             pass
         self._log.close()
 
-    def __enter__(self) -> "GunicornServer":
+    def __enter__(self) -> GunicornServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

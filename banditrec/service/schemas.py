@@ -26,10 +26,17 @@ class DecideRequest(BaseModel):
     slots: Annotated[StrictInt, Field(ge=1, le=100)]
     # a list of numbers (an engine without context features), or the named fields of a shop's
     # context (docs/data-formats.md), e.g. {"device": "mobile"}
-    context: (Annotated[list[FiniteFloat], Field(max_length=4096)]
-              | Annotated[dict[Annotated[StrictStr, Field(min_length=1, max_length=64)],
-                               Annotated[StrictStr, Field(max_length=256)] | FiniteFloat], Field(max_length=256)]
-              | None) = None
+    context: (
+        Annotated[list[FiniteFloat], Field(max_length=4096)]
+        | Annotated[
+            dict[
+                Annotated[StrictStr, Field(min_length=1, max_length=64)],
+                Annotated[StrictStr, Field(max_length=256)] | FiniteFloat,
+            ],
+            Field(max_length=256),
+        ]
+        | None
+    ) = None
     candidates: Annotated[list[ItemId], Field(min_length=1, max_length=10_000)] | None = None
     exclude: Annotated[list[ItemId], Field(max_length=10_000)] | None = None
     surface: Annotated[StrictStr, Field(min_length=1, max_length=64)] = "home"

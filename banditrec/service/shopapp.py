@@ -14,10 +14,22 @@ from . import create_app
 from .config import ServiceConfig
 
 
-def create_shop_app(shop_dir, policy: str, db, *, settings: ServiceConfig | None = None,
-                    reward_window_s: float | None = 3600.0, n_candidates: int = 30, min_epsilon: float = 0.01,
-                    seed=None, clock=time.time, process_lock: bool = False, checkpoint_interval_s=None,
-                    synchronous: str = "NORMAL", config: dict | None = None) -> Flask:
+def create_shop_app(
+    shop_dir,
+    policy: str,
+    db,
+    *,
+    settings: ServiceConfig | None = None,
+    reward_window_s: float | None = 3600.0,
+    n_candidates: int = 30,
+    min_epsilon: float = 0.01,
+    seed=None,
+    clock=time.time,
+    process_lock: bool = False,
+    checkpoint_interval_s=None,
+    synchronous: str = "NORMAL",
+    config: dict | None = None,
+) -> Flask:
     """A service app serving the current build of ``shop_dir`` with a new ``policy``, logging
     to ``db``; newer builds of the directory and, with ``settings.snapshots``, the learner's
     snapshots are picked up while it serves.
@@ -55,10 +67,16 @@ def create_shop_app(shop_dir, policy: str, db, *, settings: ServiceConfig | None
         No build of ``shop_dir`` loads and verifies, or a bad policy spec or setting.
     """
     shop, refused = open_newest_valid(shop_dir)
-    log = DecisionLog(db, reward_window_s=reward_window_s, process_lock=process_lock,
-                      checkpoint_interval_s=checkpoint_interval_s, synchronous=synchronous)
-    engine = engine_for_shop(shop, policy, log, n_candidates=n_candidates, min_epsilon=min_epsilon, seed=seed,
-                             clock=clock)
+    log = DecisionLog(
+        db,
+        reward_window_s=reward_window_s,
+        process_lock=process_lock,
+        checkpoint_interval_s=checkpoint_interval_s,
+        synchronous=synchronous,
+    )
+    engine = engine_for_shop(
+        shop, policy, log, n_candidates=n_candidates, min_epsilon=min_epsilon, seed=seed, clock=clock
+    )
     app_ref: dict = {}
 
     def reloaded(result: str) -> None:
@@ -74,9 +92,11 @@ def create_shop_app(shop_dir, policy: str, db, *, settings: ServiceConfig | None
         import logging
 
         watcher.last_error = refused
-        logging.getLogger("banditrec.service").error("shop build refused: %s; serving the newest valid build %s",
-                                                     refused, shop.build)
-    app = create_app(engine, config, settings=settings, policy_env=lambda: watcher.shop.policy_env(),
-                     shop_watcher=watcher)
+        logging.getLogger("banditrec.service").error(
+            "shop build refused: %s; serving the newest valid build %s", refused, shop.build
+        )
+    app = create_app(
+        engine, config, settings=settings, policy_env=lambda: watcher.shop.policy_env(), shop_watcher=watcher
+    )
     app_ref["app"] = app
     return app

@@ -19,11 +19,16 @@ def _build():
         raise SystemExit("BANDITREC_SHOP is not set: `banditrec serve --shop DIR` serves a shop directory")
     settings = ServiceConfig.from_env()
     window = os.environ.get("BANDITREC_REWARD_WINDOW_S", "3600")
-    return create_shop_app(shop, os.environ.get("BANDITREC_POLICY", "linucb:alpha=1.0,epsilon=0.1"),
-                           os.environ.get("BANDITREC_DB", "out/serve/log.db"), settings=settings,
-                           reward_window_s=float(window) if window else None, process_lock=True,
-                           synchronous=settings.synchronous,
-                           checkpoint_interval_s=0.05)  # WAL checkpoints off the request path (see DecisionLog)
+    return create_shop_app(
+        shop,
+        os.environ.get("BANDITREC_POLICY", "linucb:alpha=1.0,epsilon=0.1"),
+        os.environ.get("BANDITREC_DB", "out/serve/log.db"),
+        settings=settings,
+        reward_window_s=float(window) if window else None,
+        process_lock=True,
+        synchronous=settings.synchronous,
+        checkpoint_interval_s=0.05,
+    )  # WAL checkpoints off the request path (see DecisionLog)
 
 
 app = _build()

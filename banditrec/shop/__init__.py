@@ -6,4 +6,13 @@ from .build import BuildResult, build_shop
 from .config import BuildConfig
 from .serving import Shop, ShopFollower, ShopWatcher, engine_for_shop, rebuild_policy
 
-__all__ = ["BuildConfig", "BuildResult", "Shop", "ShopFollower", "ShopWatcher", "build_shop", "engine_for_shop", "rebuild_policy"]
+__all__ = [
+    "BuildConfig",
+    "BuildResult",
+    "Shop",
+    "ShopFollower",
+    "ShopWatcher",
+    "build_shop",
+    "engine_for_shop",
+    "rebuild_policy",
+]

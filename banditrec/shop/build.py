@@ -47,11 +47,13 @@ class BuildResult:
     seconds: float = 0.0
 
     def summary(self) -> str:
-        lines = [f"build {self.build} -> {self.directory}" + (f" (previous {self.previous})" if self.previous else ""),
-                 f"  {self.n_items:,} items ({self.n_active:,} servable; {self.n_new_items:,} new in the index, "
-                 f"{self.n_removed:,} removed since the previous build), {self.n_users:,} users, "
-                 f"{self.n_interactions:,} interactions",
-                 f"  item features: {self.item_dim}; context features: {self.context_dim}"]
+        lines = [
+            f"build {self.build} -> {self.directory}" + (f" (previous {self.previous})" if self.previous else ""),
+            f"  {self.n_items:,} items ({self.n_active:,} servable; {self.n_new_items:,} new in the index, "
+            f"{self.n_removed:,} removed since the previous build), {self.n_users:,} users, "
+            f"{self.n_interactions:,} interactions",
+            f"  item features: {self.item_dim}; context features: {self.context_dim}",
+        ]
         lines += [f"  note: {n}" for n in self.notes]
         lines.append(f"  built in {self.seconds:.1f} s")
         return "\n".join(lines)
@@ -104,23 +106,41 @@ def _concat_catalogs(parts: list[Catalog]) -> Catalog:
 
     def joined(get, fill, dtype) -> dict:
         names = list(dict.fromkeys(k for p in parts for k in get(p)))
-        return {k: np.concatenate([np.asarray(get(p)[k], dtype=dtype) if k in get(p)
-                                   else np.full(p.n_items, fill, dtype=dtype) for p in parts]) for k in names}
+        return {
+            k: np.concatenate(
+                [
+                    np.asarray(get(p)[k], dtype=dtype) if k in get(p) else np.full(p.n_items, fill, dtype=dtype)
+                    for p in parts
+                ]
+            )
+            for k in names
+        }
 
     types = None
     if any(p.type is not None for p in parts):
-        types = np.concatenate([p.type if p.type is not None else np.full(p.n_items, "", dtype=object)
-                                for p in parts]).astype(object)
-    return Catalog(parts[0].path, np.concatenate([p.ids for p in parts]).astype(object), types,
-                   joined(lambda p: p.numeric, np.nan, float), joined(lambda p: p.categorical, "", object),
-                   joined(lambda p: p.text, "", object), np.concatenate([p.in_stock for p in parts]),
-                   np.concatenate([p.created_at for p in parts]))
+        types = np.concatenate(
+            [p.type if p.type is not None else np.full(p.n_items, "", dtype=object) for p in parts]
+        ).astype(object)
+    return Catalog(
+        parts[0].path,
+        np.concatenate([p.ids for p in parts]).astype(object),
+        types,
+        joined(lambda p: p.numeric, np.nan, float),
+        joined(lambda p: p.categorical, "", object),
+        joined(lambda p: p.text, "", object),
+        np.concatenate([p.in_stock for p in parts]),
+        np.concatenate([p.created_at for p in parts]),
+    )
 
 
 def catalog_table(catalog: Catalog, active: np.ndarray) -> pa.Table:
-    cols = {"item_index": pa.array(np.arange(catalog.n_items)), "item_id": pa.array(catalog.ids, type=pa.string()),
-            "active": pa.array(active), "in_stock": pa.array(catalog.in_stock),
-            "created_at": pa.array(catalog.created_at)}
+    cols = {
+        "item_index": pa.array(np.arange(catalog.n_items)),
+        "item_id": pa.array(catalog.ids, type=pa.string()),
+        "active": pa.array(active),
+        "in_stock": pa.array(catalog.in_stock),
+        "created_at": pa.array(catalog.created_at),
+    }
     if catalog.type is not None:
         cols["type"] = pa.array(catalog.type, type=pa.string())
     meta = {}
@@ -142,12 +162,19 @@ def catalog_from_table(table: pa.Table) -> Catalog:
     for name in table.column_names:
         role, sep, key = name.partition(":")
         if sep and role in by_role:
-            by_role[role][key] = (cols[name].to_numpy(zero_copy_only=False).astype(float) if role == "numeric"
-                                  else strings(name))
-    return Catalog("items.parquet", strings("item_id"), strings("type") if "type" in cols else None,
-                   by_role["numeric"], by_role["categorical"], by_role["text"],
-                   cols["in_stock"].to_numpy(zero_copy_only=False).astype(bool),
-                   cols["created_at"].to_numpy(zero_copy_only=False).astype(float))
+            by_role[role][key] = (
+                cols[name].to_numpy(zero_copy_only=False).astype(float) if role == "numeric" else strings(name)
+            )
+    return Catalog(
+        "items.parquet",
+        strings("item_id"),
+        strings("type") if "type" in cols else None,
+        by_role["numeric"],
+        by_role["categorical"],
+        by_role["text"],
+        cols["in_stock"].to_numpy(zero_copy_only=False).astype(bool),
+        cols["created_at"].to_numpy(zero_copy_only=False).astype(float),
+    )
 
 
 def _codes(values: np.ndarray) -> tuple[np.ndarray, list[str]]:
@@ -172,8 +199,15 @@ class _Steps:
     """Progress over the build's named steps (a tqdm bar on a terminal; nothing otherwise), and
     within the candidate model's own steps (:meth:`detail`, its ``progress`` callback)."""
 
-    NAMES = ("read items", "read users", "read interactions", "item features", "context features",
-             "candidate model", "write")
+    NAMES = (
+        "read items",
+        "read users",
+        "read interactions",
+        "item features",
+        "context features",
+        "candidate model",
+        "write",
+    )
 
     def __init__(self, progress: bool):
         self.bar = None
@@ -196,8 +230,19 @@ class _Steps:
             self.bar.close()
 
 
-def build_shop(items, interactions, users=None, *, out, config: BuildConfig | None = None, mapping=(),
-               encoding=None, refit_features: bool = False, progress: bool = False, clock=time.time) -> BuildResult:
+def build_shop(
+    items,
+    interactions,
+    users=None,
+    *,
+    out,
+    config: BuildConfig | None = None,
+    mapping=(),
+    encoding=None,
+    refit_features: bool = False,
+    progress: bool = False,
+    clock=time.time,
+) -> BuildResult:
     """Build (or rebuild) the shop directory ``out`` from the input files (docs/data-formats.md).
 
     Parameters
@@ -240,8 +285,20 @@ def build_shop(items, interactions, users=None, *, out, config: BuildConfig | No
     prev = _previous(out)
     step = _Steps(progress)
     try:
-        return _build(items, interactions, users, out=out, config=config, maps=maps, encoding=encoding,
-                      refit_features=refit_features, prev=prev, step=step, clock=clock, start=start)
+        return _build(
+            items,
+            interactions,
+            users,
+            out=out,
+            config=config,
+            maps=maps,
+            encoding=encoding,
+            refit_features=refit_features,
+            prev=prev,
+            step=step,
+            clock=clock,
+            start=start,
+        )
     finally:
         step.close()
 
@@ -262,12 +319,25 @@ def _build(items, interactions, users, *, out, config, maps, encoding, refit_fea
         fspec = prev.manifest["item_features"]
         featurizer = ItemFeaturizer(fspec, {k: np.asarray(v) for k, v in prev.arrays("itemfeat").items()})
     else:
-        featurizer = ItemFeaturizer.fit(catalog, item_dim=config.item_dim, max_categories=config.max_categories,
-                                        text_dims=config.text_dims, exclude=config.not_features)
+        featurizer = ItemFeaturizer.fit(
+            catalog,
+            item_dim=config.item_dim,
+            max_categories=config.max_categories,
+            text_dims=config.text_dims,
+            exclude=config.not_features,
+        )
     item_features = featurizer.transform(catalog)
     step("item features")
-    ev = Interactions.from_arrays(events.user, events.item, events.ts, events.kind, session=events.session,
-                                  n_users=n_users, n_items=n, session_gap_s=60.0 * config.session_gap_minutes)
+    ev = Interactions.from_arrays(
+        events.user,
+        events.item,
+        events.ts,
+        events.kind,
+        session=events.session,
+        n_users=n_users,
+        n_items=n,
+        session_gap_s=60.0 * config.session_gap_minutes,
+    )
     now = float(events.ts.max())
     purchases = ev.user_items("purchase")
     purchases.data[:] = 1.0
@@ -280,10 +350,19 @@ def _build(items, interactions, users, *, out, config, maps, encoding, refit_fea
     names = []
     if encoding is not None:
         names = _encoding_columns(encoding)
-    context = fit_context(parts=config.context_features, users=user_table, n_users=n_users, user_index_of_file=None,
-                          max_categories=config.max_categories, taste_sum=taste_sum, taste_n=taste_n,
-                          last_ts=last_ts, request_fields=config.request_fields, encoding=names,
-                          previous=prev.manifest["context"] if keep_features else None)
+    context = fit_context(
+        parts=config.context_features,
+        users=user_table,
+        n_users=n_users,
+        user_index_of_file=None,
+        max_categories=config.max_categories,
+        taste_sum=taste_sum,
+        taste_n=taste_n,
+        last_ts=last_ts,
+        request_fields=config.request_fields,
+        encoding=names,
+        previous=prev.manifest["context"] if keep_features else None,
+    )
     step("context features")
     if catalog.type is not None:
         types, type_labels = _codes(catalog.type)
@@ -293,21 +372,29 @@ def _build(items, interactions, users, *, out, config, maps, encoding, refit_fea
     consumable = np.isin(np.asarray(type_labels, dtype=object), list(config.consumable_types))
     unknown_consumable = sorted(set(config.consumable_types) - set(type_labels))
     if unknown_consumable:
-        raise ValidationError(f"consumable_types names {unknown_consumable[0]!r}, which no item has as its type",
-                              "consumable_types")
+        raise ValidationError(
+            f"consumable_types names {unknown_consumable[0]!r}, which no item has as its type", "consumable_types"
+        )
     segments = np.zeros(n_users, dtype=np.int64)
     segment_labels: list[str] = []
     if user_table is not None and user_table.segment is not None:
         codes, segment_labels = _codes(user_table.segment)
         segments[: len(codes)] = codes
-        segments[len(codes):] = len(segment_labels)  # interaction-only users: a segment of their own
+        segments[len(codes) :] = len(segment_labels)  # interaction-only users: a segment of their own
     available = active & catalog.in_stock
     metadata = _metadata(catalog, config.metadata_fields)
     generator = CandidateGenerator(
-        n_neighbors=config.n_neighbors, weighting=config.weighting, half_life_s=config.half_life_days * DAY_S,
-        window_s=config.window_days * DAY_S, max_per_type=config.max_per_type if catalog.type is not None else n,
-        type_decay=config.type_decay, min_new=config.min_new, weights=config.weights,
-        filters=Filters([OutOfStock(available), AlreadyBought(types, consumable)]), metadata=metadata)
+        n_neighbors=config.n_neighbors,
+        weighting=config.weighting,
+        half_life_s=config.half_life_days * DAY_S,
+        window_s=config.window_days * DAY_S,
+        max_per_type=config.max_per_type if catalog.type is not None else n,
+        type_decay=config.type_decay,
+        min_new=config.min_new,
+        weights=config.weights,
+        filters=Filters([OutOfStock(available), AlreadyBought(types, consumable)]),
+        metadata=metadata,
+    )
     generator.fit(ev, types, user_segments=segments, now=now, active=active, progress=step.detail)
     step("candidate model")
     touched = np.bincount(ev.item, minlength=n) > 0
@@ -317,31 +404,64 @@ def _build(items, interactions, users, *, out, config, maps, encoding, refit_fea
     writer = BuildWriter(out, _build_id(out, clock))
     try:
         writer.table("items.parquet", catalog_table(catalog, active))
-        writer.table("users.parquet", pa.table({"user_index": pa.array(np.arange(n_users)),
-                                                "user_id": pa.array(events.user_ids, type=pa.string()),
-                                                "segment": pa.array(segments)}))
-        writer.arrays("items", {"features": item_features, "active": active, "in_stock": catalog.in_stock,
-                                "cold": ~touched, "new": new, "popularity": popularity, "type": types,
-                                "consumable": consumable})
+        writer.table(
+            "users.parquet",
+            pa.table(
+                {
+                    "user_index": pa.array(np.arange(n_users)),
+                    "user_id": pa.array(events.user_ids, type=pa.string()),
+                    "segment": pa.array(segments),
+                }
+            ),
+        )
+        writer.arrays(
+            "items",
+            {
+                "features": item_features,
+                "active": active,
+                "in_stock": catalog.in_stock,
+                "cold": ~touched,
+                "new": new,
+                "popularity": popularity,
+                "type": types,
+                "consumable": consumable,
+            },
+        )
         writer.arrays("itemfeat", featurizer.arrays)
         writer.arrays("context", {k: v for k, v in _context_arrays(context).items() if v is not None})
         writer.arrays("history", {"data": purchases.data, "indices": purchases.indices, "indptr": purchases.indptr})
         gen_arrays, gen_meta = generator.to_arrays()
         writer.arrays("candidates", gen_arrays)
         step("write")
-        inputs = {"items": _input_info(items), "interactions": {**_input_info(interactions), "rows": events.n_rows},
-                  "users": _input_info(users) if users is not None else None}
+        inputs = {
+            "items": _input_info(items),
+            "interactions": {**_input_info(interactions), "rows": events.n_rows},
+            "users": _input_info(users) if users is not None else None,
+        }
         if encoding is not None:
             inputs["encoding"] = _input_info(encoding)
         manifest = {
-            "schema_version": SCHEMA_VERSION, "created": now_iso(), "previous": prev.build if prev else None,
-            "inputs": inputs, "config": config.as_json(),
-            "counts": {"items": n, "active": int(active.sum()), "new_in_index": n_new, "removed": n_removed,
-                       "users": n_users, "users_in_file": 0 if user_table is None else len(user_table.ids),
-                       "interactions_read": events.n_rows, "interactions_used": len(ev)},
-            "notes": notes, "now": now,
-            "item_features": featurizer.spec, "context": context.spec,
-            "types": type_labels, "segments": segment_labels,
+            "schema_version": SCHEMA_VERSION,
+            "created": now_iso(),
+            "previous": prev.build if prev else None,
+            "inputs": inputs,
+            "config": config.as_json(),
+            "counts": {
+                "items": n,
+                "active": int(active.sum()),
+                "new_in_index": n_new,
+                "removed": n_removed,
+                "users": n_users,
+                "users_in_file": 0 if user_table is None else len(user_table.ids),
+                "interactions_read": events.n_rows,
+                "interactions_used": len(ev),
+            },
+            "notes": notes,
+            "now": now,
+            "item_features": featurizer.spec,
+            "context": context.spec,
+            "types": type_labels,
+            "segments": segment_labels,
             "candidates": gen_meta,
             "columns": _business_columns(catalog),
         }
@@ -349,13 +469,31 @@ def _build(items, interactions, users, *, out, config, maps, encoding, refit_fea
     except BaseException:
         writer.abandon()
         raise
-    return BuildResult(out, writer.build, prev.build if prev else None, n, int(active.sum()), n_new, n_removed,
-                       n_users, len(ev), featurizer.dim, context.dim, notes, time.perf_counter() - start)
+    return BuildResult(
+        out,
+        writer.build,
+        prev.build if prev else None,
+        n,
+        int(active.sum()),
+        n_new,
+        n_removed,
+        n_users,
+        len(ev),
+        featurizer.dim,
+        context.dim,
+        notes,
+        time.perf_counter() - start,
+    )
 
 
 def _context_arrays(ctx: ContextFeaturizer) -> dict:
-    return {"user_numeric": ctx.user_numeric, "user_segment": ctx.user_segment, "taste_sum": ctx.taste_sum,
-            "taste_n": ctx.taste_n, "last_ts": ctx.last_ts}
+    return {
+        "user_numeric": ctx.user_numeric,
+        "user_segment": ctx.user_segment,
+        "taste_sum": ctx.taste_sum,
+        "taste_n": ctx.taste_n,
+        "last_ts": ctx.last_ts,
+    }
 
 
 def _business_columns(catalog: Catalog) -> list[str]:
@@ -376,8 +514,11 @@ def _metadata(catalog: Catalog, names=None) -> MetadataIndex | None:
         names = [k for k in columns if k not in ("title", "title_digits")]
     unknown = [k for k in names if k not in columns]
     if unknown:
-        raise ValidationError(f"metadata_fields names {unknown[0]!r}, which is not a categorical column of the "
-                              f"items file (they are: {', '.join(columns) or 'none'})", "metadata_fields")
+        raise ValidationError(
+            f"metadata_fields names {unknown[0]!r}, which is not a categorical column of the "
+            f"items file (they are: {', '.join(columns) or 'none'})",
+            "metadata_fields",
+        )
     fields = {k: columns[k] for k in names}
     numeric = None
     price = catalog.numeric.get("price")
@@ -393,8 +534,9 @@ def _encoding_columns(path) -> list[str]:
         data = json.loads(Path(path).read_text())
         names = data["context_names"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ValidationError(f"{path} is not a context encoding written by `banditrec import`: {exc}",
-                              "encoding") from None
+        raise ValidationError(
+            f"{path} is not a context encoding written by `banditrec import`: {exc}", "encoding"
+        ) from None
     if not isinstance(names, list) or not all(isinstance(x, str) for x in names):
         raise ValidationError(f"{path}: context_names must be a list of strings", "encoding")
     return names

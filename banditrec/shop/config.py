@@ -67,8 +67,14 @@ class BuildConfig:
     keep_builds: int = 5
 
     def __post_init__(self) -> None:
-        for name in ("view_events", "cart_events", "purchase_events", "not_features", "consumable_types",
-                     "context_features"):
+        for name in (
+            "view_events",
+            "cart_events",
+            "purchase_events",
+            "not_features",
+            "consumable_types",
+            "context_features",
+        ):
             object.__setattr__(self, name, _tuple(getattr(self, name), name))
         for name in ("text_columns", "categorical_columns", "numeric_columns", "metadata_fields"):
             if getattr(self, name) is not None:
@@ -77,16 +83,17 @@ class BuildConfig:
         for kind in EVENT_KINDS:
             for v in getattr(self, f"{kind}_events"):
                 if v.lower() in seen:
-                    raise ValidationError(f"event type {v!r} is listed as both {seen[v.lower()]} and {kind}",
-                                          f"{kind}_events")
+                    raise ValidationError(
+                        f"event type {v!r} is listed as both {seen[v.lower()]} and {kind}", f"{kind}_events"
+                    )
                 seen[v.lower()] = kind
         if self.timestamp_unit not in ("s", "ms"):
-            raise ValidationError(f"timestamp_unit must be \"s\" or \"ms\", got {self.timestamp_unit!r}",
-                                  "timestamp_unit")
+            raise ValidationError(f'timestamp_unit must be "s" or "ms", got {self.timestamp_unit!r}', "timestamp_unit")
         bad = [f for f in self.context_features if f not in CONTEXT_FEATURES]
         if bad:
-            raise ValidationError(f"context_features: unknown {bad[0]!r}; known: {', '.join(CONTEXT_FEATURES)}",
-                                  "context_features")
+            raise ValidationError(
+                f"context_features: unknown {bad[0]!r}; known: {', '.join(CONTEXT_FEATURES)}", "context_features"
+            )
         fields: dict[str, str | tuple[str, ...]] = {}
         for name, vocab in dict(self.request_fields).items():
             if vocab == "number":
@@ -94,11 +101,19 @@ class BuildConfig:
             else:
                 fields[name] = _tuple(vocab, f"request_fields.{name}")
                 if not fields[name]:
-                    raise ValidationError(f"request_fields.{name} needs at least one value (or \"number\")",
-                                          f"request_fields.{name}")
+                    raise ValidationError(
+                        f'request_fields.{name} needs at least one value (or "number")', f"request_fields.{name}"
+                    )
         object.__setattr__(self, "request_fields", fields)
-        for name, low in (("item_dim", 1), ("max_categories", 1), ("text_dims", 0), ("n_neighbors", 1),
-                          ("max_per_type", 1), ("min_new", 0), ("keep_builds", 1)):
+        for name, low in (
+            ("item_dim", 1),
+            ("max_categories", 1),
+            ("text_dims", 0),
+            ("n_neighbors", 1),
+            ("max_per_type", 1),
+            ("min_new", 0),
+            ("keep_builds", 1),
+        ):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise ValidationError(f"{name} must be an integer >= {low}, got {v!r}", name)
@@ -118,7 +133,7 @@ class BuildConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
     @classmethod
-    def from_toml(cls, path) -> "BuildConfig":
+    def from_toml(cls, path) -> BuildConfig:
         """Read a TOML file: keys at the top level or under any table ([items], [candidates], ...)."""
         try:
             raw = tomllib.loads(Path(path).read_text())
@@ -140,7 +155,7 @@ class BuildConfig:
             raise ValidationError(f"{Path(path).name}: {exc}", "config") from None
 
     @classmethod
-    def from_json(cls, data: dict) -> "BuildConfig":
+    def from_json(cls, data: dict) -> BuildConfig:
         return cls(**data)
 
 

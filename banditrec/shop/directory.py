@@ -50,12 +50,18 @@ def read_pointer(directory) -> Pointer:
     try:
         raw = json.loads(path.read_bytes())
     except FileNotFoundError:
-        raise ShopDirError(f"{directory} has no {POINTER}: no build was published there (`banditrec build`)",
-                           "shop") from None
+        raise ShopDirError(
+            f"{directory} has no {POINTER}: no build was published there (`banditrec build`)", "shop"
+        ) from None
     except (OSError, ValueError) as exc:
         raise ShopDirError(f"{path} is damaged: {exc}", "shop") from None
-    if not isinstance(raw, dict) or raw.get("format") != FORMAT or not isinstance(raw.get("build"), str) \
-            or not isinstance(raw.get("manifest_sha256"), str) or len(raw["manifest_sha256"]) != 64:
+    if (
+        not isinstance(raw, dict)
+        or raw.get("format") != FORMAT
+        or not isinstance(raw.get("build"), str)
+        or not isinstance(raw.get("manifest_sha256"), str)
+        or len(raw["manifest_sha256"]) != 64
+    ):
         raise ShopDirError(f"{path} is not a {FORMAT} pointer", "shop")
     if "/" in raw["build"] or raw["build"].startswith("."):
         raise ShopDirError(f"{path} names an invalid build {raw['build']!r}", "shop")
@@ -81,7 +87,7 @@ class BuildFiles:
         self._checked: set[str] = set()
 
     @classmethod
-    def open(cls, directory, pointer: Pointer | None = None, *, build: str | None = None) -> "BuildFiles":
+    def open(cls, directory, pointer: Pointer | None = None, *, build: str | None = None) -> BuildFiles:
         """The build the pointer names (its manifest checked against the pointer's checksum), or
         ``build`` by name (a fallback when the pointer is unusable: its manifest is only parsed,
         each file is still checked against it)."""
@@ -94,16 +100,23 @@ class BuildFiles:
         try:
             data = path.read_bytes()
         except OSError as exc:
-            raise ShopDirError(f"build {pointer.build} of {directory} has no readable manifest: {exc}", "shop") from None
+            raise ShopDirError(
+                f"build {pointer.build} of {directory} has no readable manifest: {exc}", "shop"
+            ) from None
         if build is None and hashlib.sha256(data).hexdigest() != pointer.manifest_sha256:
-            raise ShopDirError(f"build {pointer.build}'s manifest does not match the pointer's checksum "
-                               "(damaged or replaced)", "shop")
+            raise ShopDirError(
+                f"build {pointer.build}'s manifest does not match the pointer's checksum (damaged or replaced)", "shop"
+            )
         try:
             manifest = json.loads(data)
         except ValueError as exc:
             raise ShopDirError(f"build {pointer.build}'s manifest is not JSON: {exc}", "shop") from None
-        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or manifest.get("build") != pointer.build \
-                or not isinstance(manifest.get("files"), dict):
+        if (
+            not isinstance(manifest, dict)
+            or manifest.get("format") != FORMAT
+            or manifest.get("build") != pointer.build
+            or not isinstance(manifest.get("files"), dict)
+        ):
             raise ShopDirError(f"build {pointer.build}'s manifest is not a {FORMAT} manifest", "shop")
         return cls(root, manifest)
 
@@ -138,7 +151,7 @@ class BuildFiles:
         out = {}
         for name in self.manifest["files"]:
             if name.startswith(f"arrays/{prefix}.") and name.endswith(".npy"):
-                key = name[len(f"arrays/{prefix}."):-4]
+                key = name[len(f"arrays/{prefix}.") : -4]
                 out[key] = self.array(f"{prefix}.{key}")
         return out
 

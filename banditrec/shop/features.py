@@ -88,8 +88,16 @@ class ItemFeaturizer:
         return list(self.spec["names"])
 
     @classmethod
-    def fit(cls, catalog, *, item_dim: int, max_categories: int, text_dims: int, exclude=(),
-            rng: np.random.Generator | None = None) -> "ItemFeaturizer":
+    def fit(
+        cls,
+        catalog,
+        *,
+        item_dim: int,
+        max_categories: int,
+        text_dims: int,
+        exclude=(),
+        rng: np.random.Generator | None = None,
+    ) -> ItemFeaturizer:
         numeric = []
         for name, col in catalog.numeric.items():
             if name in exclude:
@@ -127,8 +135,7 @@ class ItemFeaturizer:
                 k = 0
         spec = {"numeric": numeric, "categorical": categorical, "text": text_cols if k else [], "text_dims": k}
         raw_names = _raw_names(spec)
-        self = cls({**spec, "raw_dim": len(raw_names), "dim": len(raw_names), "names": raw_names, "pca": False},
-                   arrays)
+        self = cls({**spec, "raw_dim": len(raw_names), "dim": len(raw_names), "names": raw_names, "pca": False}, arrays)
         if len(raw_names) > item_dim:
             raw = self._raw(catalog)
             mean = raw.mean(axis=0)
@@ -158,14 +165,20 @@ class ItemFeaturizer:
         for c in self.spec["numeric"]:
             col = catalog.numeric.get(c["name"])
             if col is None:
-                raise ValidationError(f"the items file has no column {c['name']!r}, which the shop's item features "
-                                      "use; rebuild with --refit-features to drop it", c["name"])
+                raise ValidationError(
+                    f"the items file has no column {c['name']!r}, which the shop's item features "
+                    "use; rebuild with --refit-features to drop it",
+                    c["name"],
+                )
             x = np.log1p(np.maximum(col, 0)) if c["log"] else col
             z = (x - c["mean"]) / c["sd"]
             blocks.append(np.nan_to_num(z, nan=0.0, posinf=0.0, neginf=0.0)[:, None])
         for c in self.spec["categorical"]:
-            col = catalog.type if c["name"] == "type" and c["name"] not in catalog.categorical else \
-                catalog.categorical.get(c["name"])
+            col = (
+                catalog.type
+                if c["name"] == "type" and c["name"] not in catalog.categorical
+                else catalog.categorical.get(c["name"])
+            )
             if col is None:
                 col = np.full(n, "", dtype=object)
             blocks.append(_one_hot(col, c["values"]))
@@ -199,6 +212,7 @@ def _raw_names(spec: dict) -> list[str]:
 
 # ---- context -------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class RequestContext:
     """What a request itself says (the ``context`` object of ``POST /v1/decide``)."""
@@ -221,8 +235,9 @@ class ContextFeaturizer:
         self.fields = {k: (v if v == "number" else list(v)) for k, v in spec.get("request_fields", {}).items()}
         self.columns = list(spec.get("encoding", []))
         self.names = list(spec["names"])
-        self._field_index = {k: ({x: j for j, x in enumerate(v)} if v != "number" else None)
-                             for k, v in self.fields.items()}
+        self._field_index = {
+            k: ({x: j for j, x in enumerate(v)} if v != "number" else None) for k, v in self.fields.items()
+        }
 
     @property
     def dim(self) -> int:
@@ -237,8 +252,15 @@ class ContextFeaturizer:
                 names.append(name)
         return names
 
-    def vector(self, user: int, session_items: np.ndarray, session_age_s: float | None, now: float,
-               fields: dict | None, item_features: np.ndarray) -> np.ndarray:
+    def vector(
+        self,
+        user: int,
+        session_items: np.ndarray,
+        session_age_s: float | None,
+        now: float,
+        fields: dict | None,
+        item_features: np.ndarray,
+    ) -> np.ndarray:
         """The context vector for ``user`` (a row of the build's users, or -1: unknown)."""
         out = []
         for part in self.parts:
@@ -283,8 +305,9 @@ class ContextFeaturizer:
         unknown = sorted(set(fields) - set(self.field_names()))
         if unknown:
             known = ", ".join(self.field_names()) or "none"
-            raise ValidationError(f"context has no field {unknown[0]!r}; this shop's context fields: {known}",
-                                  f"context.{unknown[0]}")
+            raise ValidationError(
+                f"context has no field {unknown[0]!r}; this shop's context fields: {known}", f"context.{unknown[0]}"
+            )
         parts = []
         for name, vocab in self.fields.items():
             value = fields.get(name)
@@ -299,8 +322,9 @@ class ContextFeaturizer:
                 assert index is not None  # a categorical field (numbers continued above)
                 j = index.get(value)
                 if j is None:
-                    raise ValidationError(f"context.{name} must be one of {', '.join(vocab)}; got {value!r}",
-                                          f"context.{name}")
+                    raise ValidationError(
+                        f"context.{name} must be one of {', '.join(vocab)}; got {value!r}", f"context.{name}"
+                    )
                 v[j] = 1.0
             parts.append(v)
         if self.columns:
@@ -324,9 +348,20 @@ def _number(value, name: str) -> float:
     return float(value)
 
 
-def fit_context(*, parts, users, n_users: int, user_index_of_file: np.ndarray | None, max_categories: int,
-                taste_sum: np.ndarray, taste_n: np.ndarray, last_ts: np.ndarray, request_fields: dict,
-                encoding: list[str], previous: dict | None = None) -> ContextFeaturizer:
+def fit_context(
+    *,
+    parts,
+    users,
+    n_users: int,
+    user_index_of_file: np.ndarray | None,
+    max_categories: int,
+    taste_sum: np.ndarray,
+    taste_n: np.ndarray,
+    last_ts: np.ndarray,
+    request_fields: dict,
+    encoding: list[str],
+    previous: dict | None = None,
+) -> ContextFeaturizer:
     """A :class:`ContextFeaturizer` for ``n_users`` users; ``users`` (a
     :class:`~banditrec.shop.inputs.Users` or None) gives segments and numeric attributes for
     the first ``len(users.ids)`` of them. ``previous``: a spec to keep (a rebuild)."""
@@ -340,8 +375,11 @@ def fit_context(*, parts, users, n_users: int, user_index_of_file: np.ndarray | 
             parts = [p for p in parts if p != "user_numeric"]
         spec["parts"] = parts
         spec["segments"] = _vocabulary(users.segment, max_categories) if "segment" in parts else []
-        spec["user_numeric"] = ([{"name": k, **dict(zip(("mean", "sd"), _standardise_stats(v)))}
-                                 for k, v in users.numeric.items()] if "user_numeric" in parts else [])
+        spec["user_numeric"] = (
+            [{"name": k, **dict(zip(("mean", "sd"), _standardise_stats(v)))} for k, v in users.numeric.items()]
+            if "user_numeric" in parts
+            else []
+        )
         spec["request_fields"] = {k: (v if v == "number" else list(v)) for k, v in request_fields.items()}
         spec["encoding"] = list(encoding)
     parts = spec["parts"]
@@ -367,11 +405,13 @@ def fit_context(*, parts, users, n_users: int, user_index_of_file: np.ndarray | 
     names = []
     d_i = taste_sum.shape[1]
     for part in parts:
-        names += {"segment": [f"segment={s}" for s in spec["segments"]],
-                  "user_numeric": [f"user.{c['name']}" for c in spec["user_numeric"]],
-                  "taste": [f"taste{j}" for j in range(d_i)],
-                  "recency": ["hours_since_active", "session_events"],
-                  "time": ["hour_sin", "hour_cos", "weekday_sin", "weekday_cos"]}[part]
+        names += {
+            "segment": [f"segment={s}" for s in spec["segments"]],
+            "user_numeric": [f"user.{c['name']}" for c in spec["user_numeric"]],
+            "taste": [f"taste{j}" for j in range(d_i)],
+            "recency": ["hours_since_active", "session_events"],
+            "time": ["hour_sin", "hour_cos", "weekday_sin", "weekday_cos"],
+        }[part]
     for name, vocab in spec["request_fields"].items():
         names += [name] if vocab == "number" else [f"{name}={v}" for v in vocab]
     names += list(spec["encoding"])

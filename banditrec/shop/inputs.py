@@ -41,11 +41,18 @@ class Catalog:
     def n_items(self) -> int:
         return len(self.ids)
 
-    def take(self, rows: np.ndarray) -> "Catalog":
+    def take(self, rows: np.ndarray) -> Catalog:
         pick = lambda d: {k: v[rows] for k, v in d.items()}  # noqa: E731
-        return Catalog(self.path, self.ids[rows], None if self.type is None else self.type[rows],
-                       pick(self.numeric), pick(self.categorical), pick(self.text), self.in_stock[rows],
-                       self.created_at[rows])
+        return Catalog(
+            self.path,
+            self.ids[rows],
+            None if self.type is None else self.type[rows],
+            pick(self.numeric),
+            pick(self.categorical),
+            pick(self.text),
+            self.in_stock[rows],
+            self.created_at[rows],
+        )
 
 
 @dataclass
@@ -72,15 +79,20 @@ class Events:
         out = []
         if self.unknown_items:
             ex = ", ".join(repr(x) for x in self.unknown_item_examples)
-            out.append(f"{self.unknown_items:,} interactions name an item the catalog does not hold (left out; "
-                       f"e.g. {ex})")
+            out.append(
+                f"{self.unknown_items:,} interactions name an item the catalog does not hold (left out; e.g. {ex})"
+            )
         if self.ignored_types:
             shown = ", ".join(f"{k!r} ({v:,})" for k, v in sorted(self.ignored_types.items(), key=lambda kv: -kv[1]))
-            out.append(f"{sum(self.ignored_types.values()):,} interactions have an event_type no setting counts as "
-                       f"a view, cart or purchase (left out): {shown}")
+            out.append(
+                f"{sum(self.ignored_types.values()):,} interactions have an event_type no setting counts as "
+                f"a view, cart or purchase (left out): {shown}"
+            )
         if self.unknown_users:
-            out.append(f"{self.unknown_users:,} interactions are by users absent from the users file (kept, "
-                       "without attributes)")
+            out.append(
+                f"{self.unknown_users:,} interactions are by users absent from the users file (kept, "
+                "without attributes)"
+            )
         return out
 
 
@@ -103,8 +115,11 @@ def _unique_ids(table: Table, ids: np.ndarray, what: str) -> None:
         value = dup[0].as_py()
         rows = np.flatnonzero(ids == value)
         first = table.error(int(rows[0]), f"{what}_id", "")
-        raise table.error(int(rows[1]), f"{what}_id",
-                          f"duplicate {what} id {value!r} (first at {first.args[0].split(',')[1].strip()})")
+        raise table.error(
+            int(rows[1]),
+            f"{what}_id",
+            f"duplicate {what} id {value!r} (first at {first.args[0].split(',')[1].strip()})",
+        )
 
 
 def _column_roles(table: Table, config: BuildConfig) -> tuple[list, list, list]:
@@ -117,8 +132,11 @@ def _column_roles(table: Table, config: BuildConfig) -> tuple[list, list, list]:
     if config.numeric_columns is not None:
         numeric = [c for c in config.numeric_columns if c not in text]
     else:
-        numeric = [c for c in present if c not in text and c not in (config.categorical_columns or ())
-                   and _all_numbers(table.columns[c])]
+        numeric = [
+            c
+            for c in present
+            if c not in text and c not in (config.categorical_columns or ()) and _all_numbers(table.columns[c])
+        ]
     if config.categorical_columns is not None:
         categorical = list(config.categorical_columns)
     else:
@@ -135,8 +153,7 @@ def _all_numbers(arr: pa.Array) -> bool:
     filled = pc.filter(text, pc.greater(pc.utf8_length(text), 0))
     if len(filled) == 0:
         return False
-    return bool(pc.all(pc.match_substring_regex(
-        filled, r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")).as_py())
+    return bool(pc.all(pc.match_substring_regex(filled, r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")).as_py())
 
 
 def read_catalog(path, config: BuildConfig, fields: dict[str, str]) -> Catalog:
@@ -153,14 +170,16 @@ def read_catalog(path, config: BuildConfig, fields: dict[str, str]) -> Catalog:
             raise table.error(int(np.argmax(bad)), "price", f"a price must be >= 0, found {numeric['price'][bad][0]!r}")
     numeric.update({c: table.numbers(c) for c in numeric_cols})
     return Catalog(
-        path=str(path), ids=ids,
+        path=str(path),
+        ids=ids,
         type=table.strings("type", required=False) if "type" in table else None,
         numeric=numeric,
         categorical={c: table.strings(c, required=False) for c in categorical_cols},
         text={c: table.strings(c, required=False) for c in text_cols},
         in_stock=table.booleans("in_stock") if "in_stock" in table else np.ones(table.n_rows, bool),
-        created_at=(table.timestamps("created_at", required=False) if "created_at" in table
-                    else np.full(table.n_rows, np.nan)),
+        created_at=(
+            table.timestamps("created_at", required=False) if "created_at" in table else np.full(table.n_rows, np.nan)
+        ),
     )
 
 
@@ -172,16 +191,25 @@ def read_users(path, config: BuildConfig, fields: dict[str, str]) -> Users:
     others = [c for c in table.columns if c not in ("user_id", seg)]
     numeric = {c: table.numbers(c) for c in others if _all_numbers(table.columns[c])}
     categorical = {c: table.strings(c, required=False) for c in others if c not in numeric}
-    return Users(path=str(path), ids=ids, segment=table.strings(seg, required=False) if seg in table else None,
-                 numeric=numeric, categorical=categorical)
+    return Users(
+        path=str(path),
+        ids=ids,
+        segment=table.strings(seg, required=False) if seg in table else None,
+        numeric=numeric,
+        categorical=categorical,
+    )
 
 
-def read_events(path, config: BuildConfig, fields: dict[str, str], item_ids: np.ndarray,
-                users: Users | None) -> Events:
+def read_events(path, config: BuildConfig, fields: dict[str, str], item_ids: np.ndarray, users: Users | None) -> Events:
     """Read and check the interactions file, resolving item ids against ``item_ids`` (the
     build's index order) and user ids against ``users`` (users not in it are appended)."""
-    table = read_table(path, fields=fields, required=("user_id", "item_id", "event_type", "timestamp"),
-                       what="interactions", columns=EVENT_FIELDS)
+    table = read_table(
+        path,
+        fields=fields,
+        required=("user_id", "item_id", "event_type", "timestamp"),
+        what="interactions",
+        columns=EVENT_FIELDS,
+    )
     user_text = table.text("user_id")
     item_text = table.text("item_id")
     ts = table.timestamps("timestamp", unit=config.timestamp_unit)
@@ -227,13 +255,29 @@ def read_events(path, config: BuildConfig, fields: dict[str, str], item_ids: np.
             raise table.error(int(np.argmax(bad)), "quantity", f"a quantity must be >= 0, found {quantity[bad][0]!r}")
         quantity = quantity[keep]
     if not keep.any():
-        raise InputError(str(path), None, None,
-                         "no interaction is usable: every row names an unknown item or an event type no setting "
-                         "counts as a view, cart or purchase")
-    return Events(path=str(path), n_rows=table.n_rows, user=user[keep], item=item[keep], kind=kinds[keep],
-                  ts=ts[keep], value=value, quantity=quantity, session=session, user_ids=user_ids,
-                  unknown_items=int(unknown.sum()), unknown_item_examples=examples, unknown_users=unknown_users,
-                  ignored_types=ignored)
+        raise InputError(
+            str(path),
+            None,
+            None,
+            "no interaction is usable: every row names an unknown item or an event type no setting "
+            "counts as a view, cart or purchase",
+        )
+    return Events(
+        path=str(path),
+        n_rows=table.n_rows,
+        user=user[keep],
+        item=item[keep],
+        kind=kinds[keep],
+        ts=ts[keep],
+        value=value,
+        quantity=quantity,
+        session=session,
+        user_ids=user_ids,
+        unknown_items=int(unknown.sum()),
+        unknown_item_examples=examples,
+        unknown_users=unknown_users,
+        ignored_types=ignored,
+    )
 
 
 def parse_mapping(pairs) -> dict[str, dict[str, str]]:

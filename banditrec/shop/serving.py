@@ -56,22 +56,27 @@ class Shop:
         self.types = np.asarray(a["type"], dtype=np.int64)
         self.popularity = np.asarray(a["popularity"], dtype=float)
         self.consumable = np.asarray(a["consumable"], dtype=bool)
-        self.items = ItemTable(ids=tuple(self.catalog.ids.tolist()), features=np.asarray(a["features"], dtype=float),
-                               cold=self.cold)
+        self.items = ItemTable(
+            ids=tuple(self.catalog.ids.tolist()), features=np.asarray(a["features"], dtype=float), cold=self.cold
+        )
         users = files.table("users.parquet")
         self.user_ids = users.column("user_id").to_pylist()
         self.user_index = {u: i for i, u in enumerate(self.user_ids)}
         self.user_segment = users.column("segment").to_numpy().astype(np.int64)
         h = files.arrays("history")
         n_users, n_items = len(self.user_ids), self.items.n_items
-        self.history = sp.csr_matrix((np.asarray(h["data"]), np.asarray(h["indices"]), np.asarray(h["indptr"])),
-                                     shape=(n_users, n_items))
-        self.context = ContextFeaturizer(self.manifest["context"], {k: np.asarray(v)
-                                                                     for k, v in files.arrays("context").items()})
+        self.history = sp.csr_matrix(
+            (np.asarray(h["data"]), np.asarray(h["indices"]), np.asarray(h["indptr"])), shape=(n_users, n_items)
+        )
+        self.context = ContextFeaturizer(
+            self.manifest["context"], {k: np.asarray(v) for k, v in files.arrays("context").items()}
+        )
         self.stock = OutOfStock(self.active & self.catalog.in_stock)
         self.generator = CandidateGenerator.from_arrays(
-            files.arrays("candidates"), self.manifest["candidates"],
-            filters=Filters([self.stock, AlreadyBought(self.types, self.consumable)]))
+            files.arrays("candidates"),
+            self.manifest["candidates"],
+            filters=Filters([self.stock, AlreadyBought(self.types, self.consumable)]),
+        )
 
     @property
     def n_items(self) -> int:
@@ -92,17 +97,30 @@ class Shop:
 
     def policy_env(self) -> dict:
         """What :func:`banditrec.policies.make` is told about this shop."""
-        return {"context_dim": self.context_dim, "item_dim": self.item_dim, "popularity": self.popularity,
-                "n_items": self.n_items, "item_types": self.types, "item_columns": self.columns}
+        return {
+            "context_dim": self.context_dim,
+            "item_dim": self.item_dim,
+            "popularity": self.popularity,
+            "n_items": self.n_items,
+            "item_types": self.types,
+            "item_columns": self.columns,
+        }
 
     def policy(self, spec: str) -> Policy:
         return make(spec, **self.policy_env())
 
     def parts(self) -> ShopParts:
         """What an :class:`Engine` serves this build with."""
-        return ShopParts(items=self.items, candidate_generator=self.generator, user_items=self.history,
-                         user_index=self.user_index, user_segment=self.user_segment, context=self.context,
-                         build=self.build, backfill=self.best_sellers)
+        return ShopParts(
+            items=self.items,
+            candidate_generator=self.generator,
+            user_items=self.history,
+            user_index=self.user_index,
+            user_segment=self.user_segment,
+            context=self.context,
+            build=self.build,
+            backfill=self.best_sellers,
+        )
 
     @property
     def best_sellers(self) -> np.ndarray:
@@ -115,8 +133,9 @@ class Shop:
         j = self.items.lookup([item])[0]
         if j < 0:
             example = self.items.ids[0] if self.items.ids else "?"
-            raise ValidationError(f"item {item!r} is not in the shop's catalog ({self.n_items:,} items, e.g. "
-                                  f"{example!r})", "item")
+            raise ValidationError(
+                f"item {item!r} is not in the shop's catalog ({self.n_items:,} items, e.g. {example!r})", "item"
+            )
         return int(j)
 
     def info(self, j: int) -> ItemInfo:
@@ -141,14 +160,31 @@ def open_newest_valid(directory) -> tuple[Shop, str | None]:
     raise ValidationError(f"{error}; and no build in {directory} verifies", "shop")
 
 
-def engine_for_shop(shop: Shop, policy: Policy | str, log: DecisionLog, *, n_candidates: int = 30,
-                    min_epsilon: float = 0.01, seed=None, clock=time.time, **kw) -> Engine:
+def engine_for_shop(
+    shop: Shop,
+    policy: Policy | str,
+    log: DecisionLog,
+    *,
+    n_candidates: int = 30,
+    min_epsilon: float = 0.01,
+    seed=None,
+    clock=time.time,
+    **kw,
+) -> Engine:
     """An :class:`Engine` serving ``shop`` (the full candidate generator, the shop's context
     features, each decision logged with the build's id)."""
     if isinstance(policy, str):
         policy = shop.policy(policy)
-    return Engine.for_shop(shop.parts(), policy=policy, log=log, n_candidates=n_candidates,
-                           min_epsilon=min_epsilon, seed=seed, clock=clock, **kw)
+    return Engine.for_shop(
+        shop.parts(),
+        policy=policy,
+        log=log,
+        n_candidates=n_candidates,
+        min_epsilon=min_epsilon,
+        seed=seed,
+        clock=clock,
+        **kw,
+    )
 
 
 def rebuild_policy(policy: Policy, shop: Shop) -> Policy:
@@ -192,7 +228,9 @@ class ShopWatcher:
                     raise ValidationError(
                         f"build {shop.build} has {shop.item_dim} item and {shop.context_dim} context features, the "
                         f"served build {self.shop.item_dim} and {self.shop.context_dim}: the learned policy cannot "
-                        "carry over (restart the service to serve it with a fresh policy)", "shop")
+                        "carry over (restart the service to serve it with a fresh policy)",
+                        "shop",
+                    )
                 self.engine.install_shop(shop.parts(), rebuild=lambda policy: rebuild_policy(policy, shop))
             except ValidationError as exc:
                 self.last_error = str(exc)
@@ -229,5 +267,6 @@ class ShopFollower:
         self.shop = shop
         if self.echo:
             self.echo(f"learning on shop build {shop.build}")
-        return Refresh(policy=rebuild_policy(policy, shop), item_features=shop.items.features,
-                       item_cold=shop.items.cold)
+        return Refresh(
+            policy=rebuild_policy(policy, shop), item_features=shop.items.features, item_cold=shop.items.cold
+        )

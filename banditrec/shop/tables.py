@@ -29,8 +29,11 @@ class InputError(ValidationError):
     and ``column`` locate it, ``message`` says what was found."""
 
     def __init__(self, path: str, line: int | None, column: str | None, message: str, *, unit: str = "line"):
-        where = ", ".join([Path(path).name] + ([f"{unit} {line}"] if line is not None else [])
-                          + ([f"column {column!r}"] if column is not None else []))
+        where = ", ".join(
+            [Path(path).name]
+            + ([f"{unit} {line}"] if line is not None else [])
+            + ([f"column {column!r}"] if column is not None else [])
+        )
         super().__init__(f"{where}: {message}", column)
         self.path, self.line, self.column = path, line, column
 
@@ -65,8 +68,9 @@ class Table:
         if required:
             empty = pc.or_kleene(pc.is_null(arr), pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(arr)), 0))
             if pc.any(empty).as_py():
-                self._refuse(empty.to_numpy(zero_copy_only=False), name,
-                             lambda v: "a value is required, found an empty cell")
+                self._refuse(
+                    empty.to_numpy(zero_copy_only=False), name, lambda v: "a value is required, found an empty cell"
+                )
         return arr.fill_null("")
 
     def strings(self, name: str, *, required: bool = True) -> np.ndarray:
@@ -108,8 +112,7 @@ class Table:
         truthy = pc.is_in(text, pa.array(TRUE)).to_numpy(zero_copy_only=False)
         falsy = pc.is_in(text, pa.array(FALSE)).to_numpy(zero_copy_only=False)
         empty = pc.equal(text, "").to_numpy(zero_copy_only=False)
-        self._refuse(~(truthy | falsy | empty), name,
-                     lambda v: f"expected true/false, 1/0 or yes/no, found {v!r}")
+        self._refuse(~(truthy | falsy | empty), name, lambda v: f"expected true/false, 1/0 or yes/no, found {v!r}")
         return np.where(empty, default, truthy)
 
     def timestamps(self, name: str, *, unit: str = "s", required: bool = True) -> np.ndarray:
@@ -129,7 +132,8 @@ class Table:
             out = np.full(self.n_rows, np.nan)
             empty = values == ""
             numeric = pc.match_substring_regex(text, r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$").to_numpy(
-                zero_copy_only=False)
+                zero_copy_only=False
+            )
             out[numeric] = np.asarray(values[numeric], dtype=float) * scale
             iso = ~numeric & ~empty
             if iso.any():
@@ -137,15 +141,25 @@ class Table:
                 if fast is not None:
                     out[iso] = fast
                 else:
-                    out[iso] = _iso_seconds(values[iso], lambda j, v: self.error(
-                        int(np.flatnonzero(iso)[j]), name,
-                        f"expected a timestamp (ISO-8601 or epoch seconds), found {v!r}"))
+                    out[iso] = _iso_seconds(
+                        values[iso],
+                        lambda j, v: self.error(
+                            int(np.flatnonzero(iso)[j]),
+                            name,
+                            f"expected a timestamp (ISO-8601 or epoch seconds), found {v!r}",
+                        ),
+                    )
         if required:
             self._refuse(np.isnan(out), name, lambda v: "a timestamp is required, found an empty cell")
         if unit == "s":
-            self._refuse(np.abs(np.nan_to_num(out)) >= MILLIS_FROM, name,
-                         lambda v: f"epoch seconds expected, found {v!r}, which looks like milliseconds "
-                                   "(set timestamp_unit = \"ms\" under [interactions] in the build config)")
+            self._refuse(
+                np.abs(np.nan_to_num(out)) >= MILLIS_FROM,
+                name,
+                lambda v: (
+                    f"epoch seconds expected, found {v!r}, which looks like milliseconds "
+                    '(set timestamp_unit = "ms" under [interactions] in the build config)'
+                ),
+            )
         return out
 
     def _refuse(self, bad: np.ndarray, name: str, message) -> None:
@@ -226,8 +240,9 @@ def csv_line(path: str, row: int) -> int:
     return line
 
 
-def read_table(path, *, fields: dict[str, str], required: tuple[str, ...], what: str,
-               columns: tuple[str, ...] | None = None) -> Table:
+def read_table(
+    path, *, fields: dict[str, str], required: tuple[str, ...], what: str, columns: tuple[str, ...] | None = None
+) -> Table:
     """Read ``path`` (``.csv`` or ``.parquet``), renaming each column named in ``fields``
     (field -> column) to its field. ``required`` fields must be present; ``columns``, when
     given, limits which other columns are kept. ``what`` names the file's role in messages."""
@@ -255,8 +270,12 @@ def read_table(path, *, fields: dict[str, str], required: tuple[str, ...], what:
         if field not in out:
             col = fields.get(field, field)
             hint = f" (mapped from --map {field}={col})" if col != field else f" (or map one with --map {field}=COLUMN)"
-            raise InputError(path, 1 if fmt == "csv" else None, col,
-                             f"the {what} file needs a column {col!r}{hint}; its header has {_show(header)}")
+            raise InputError(
+                path,
+                1 if fmt == "csv" else None,
+                col,
+                f"the {what} file needs a column {col!r}{hint}; its header has {_show(header)}",
+            )
     if table.num_rows == 0:
         raise InputError(path, None, None, f"the {what} file has a header but no rows")
     return Table(path=path, fmt=fmt, columns=out, n_rows=table.num_rows)
@@ -282,8 +301,11 @@ def _read_csv(path: str) -> pa.Table:
             path,
             read_options=pcsv.ReadOptions(use_threads=True, block_size=1 << 24),
             parse_options=pcsv.ParseOptions(newlines_in_values=True),
-            convert_options=pcsv.ConvertOptions(column_types={h: pa.string() for h in header},
-                                                strings_can_be_null=False, quoted_strings_can_be_null=False),
+            convert_options=pcsv.ConvertOptions(
+                column_types={h: pa.string() for h in header},
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
         )
     except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
         raise InputError(path, _arrow_row_line(path, str(exc)), None, _arrow_message(str(exc))) from None
@@ -316,4 +338,4 @@ def _read_parquet(path: str) -> pa.Table:
 
 
 def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -33,20 +33,41 @@ class Recommendation:
         rows = []
         for s in d.slots:
             info = self.shop.info(self.shop.item_id(s.item_id))
-            rows.append((str(s.position + 1), s.item_id, info.type or "-", (info.title or "-")[:40],
-                         WHY.get(s.source, s.source), f"{s.marginal:.3f}"))
+            rows.append(
+                (
+                    str(s.position + 1),
+                    s.item_id,
+                    info.type or "-",
+                    (info.title or "-")[:40],
+                    WHY.get(s.source, s.source),
+                    f"{s.marginal:.3f}",
+                )
+            )
         head = ("slot", "item", "type", "title", "why", "P(here)")
         widths = [max(len(h), *(len(r[k]) for r in rows)) for k, h in enumerate(head)]
         fmt = "  ".join(f"{{:<{w}}}" for w in widths)
         who = "known user" if self.known_user else "new user (no history)"
-        lines = [f"{d.user_id} ({who}); shop build {d.build}; policy {d.policy} {d.model_version}",
-                 fmt.format(*head), fmt.format(*("-" * w for w in widths))]
+        lines = [
+            f"{d.user_id} ({who}); shop build {d.build}; policy {d.policy} {d.model_version}",
+            fmt.format(*head),
+            fmt.format(*("-" * w for w in widths)),
+        ]
         lines += [fmt.format(*r) for r in rows]
         return "\n".join(lines)
 
 
-def recommend(shop_dir, user_id: str, *, cart=(), views=(), n_slots: int = 5, policy: str = "linucb",
-              snapshots=None, context: dict | None = None, seed=0) -> Recommendation:
+def recommend(
+    shop_dir,
+    user_id: str,
+    *,
+    cart=(),
+    views=(),
+    n_slots: int = 5,
+    policy: str = "linucb",
+    snapshots=None,
+    context: dict | None = None,
+    seed=0,
+) -> Recommendation:
     """The carousel ``shop_dir`` would show ``user_id`` now, with ``cart`` and ``views`` as the
     session; decided on an in-memory log (nothing is written anywhere)."""
     shop = Shop(shop_dir)

@@ -52,6 +52,7 @@ def checked_reward(reward: Reward) -> tuple[int, float]:
     """The checks of a reward that need no database: ``(position, ts)``."""
     if not math.isfinite(reward.value) or abs(reward.value) > MAX_ABS_REWARD:
         raise ValidationError(
-            f"reward must be a finite number within +-{MAX_ABS_REWARD:g}, got {reward.value!r}", "reward")
+            f"reward must be a finite number within +-{MAX_ABS_REWARD:g}, got {reward.value!r}", "reward"
+        )
     position = WHOLE_DECISION if reward.position is None else int(reward.position)
     return position, check_time(reward.ts, "ts")

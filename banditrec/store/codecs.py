@@ -18,11 +18,24 @@ from ..validation import check_finite
 WHOLE_DECISION = -1  # the position of a reward for the decision as a whole
 
 
-def read_params(*, after_seq: int = 0, until_seq: int, kind: str = "click", window: float | None = None,
-                closed_before: float | None = None, include_late: bool = False) -> dict:
+def read_params(
+    *,
+    after_seq: int = 0,
+    until_seq: int,
+    kind: str = "click",
+    window: float | None = None,
+    closed_before: float | None = None,
+    include_late: bool = False,
+) -> dict:
     """The named parameters of the ``READ_*`` queries."""
-    return {"after": int(after_seq), "until": int(until_seq), "kind": kind, "window": window,
-            "closed": closed_before, "include_late": int(bool(include_late))}
+    return {
+        "after": int(after_seq),
+        "until": int(until_seq),
+        "kind": kind,
+        "window": window,
+        "closed": closed_before,
+        "include_late": int(bool(include_late)),
+    }
 
 
 def number_lists(texts: list[str], dtype) -> tuple[np.ndarray, np.ndarray]:
@@ -41,9 +54,12 @@ def number_lists(texts: list[str], dtype) -> tuple[np.ndarray, np.ndarray]:
     n = len(texts)
     filled = [t for t in texts if t != "[]"]
     joined = ",".join(filled)
-    if (all(t[:1] == "[" and t[-1:] == "]" and t[1:2] not in " \t\n\r" for t in filled)
-            and joined.count("[") == len(filled) and joined.count("]") == len(filled)
-            and not any(c in joined for c in "\t\n\r")):
+    if (
+        all(t[:1] == "[" and t[-1:] == "]" and t[1:2] not in " \t\n\r" for t in filled)
+        and joined.count("[") == len(filled)
+        and joined.count("]") == len(filled)
+        and not any(c in joined for c in "\t\n\r")
+    ):
         lengths = np.fromiter((t.count(",") + 1 if t != "[]" else 0 for t in texts), dtype=np.int64, count=n)
         try:
             flat = np.fromstring(joined.replace("[", "").replace("]", ""), dtype=dtype, sep=",")
@@ -94,8 +110,9 @@ def _params_json(policy_params) -> str:
     return json.dumps(policy_params, sort_keys=True)
 
 
-def decision_rows(decision: Decision, policy_params: dict, candidate_index, slot_index, context,
-                  surface: str = "home") -> tuple[tuple, list[tuple]]:
+def decision_rows(
+    decision: Decision, policy_params: dict, candidate_index, slot_index, context, surface: str = "home"
+) -> tuple[tuple, list[tuple]]:
     """The ``decisions`` row and ``slots`` rows of one decision, checked for consistency.
 
     ``candidate_index`` holds the catalog index of each of ``decision.candidates`` and
@@ -104,26 +121,36 @@ def decision_rows(decision: Decision, policy_params: dict, candidate_index, slot
     if len(slot_index) != len(decision.slots) or len(candidate_index) != len(decision.candidates):
         raise ValidationError(
             f"a decision with {len(decision.slots)} slots and {len(decision.candidates)} candidates needs "
-            f"as many indices, got {len(slot_index)} and {len(candidate_index)}", "slots")
+            f"as many indices, got {len(slot_index)} and {len(candidate_index)}",
+            "slots",
+        )
     slots = decision.slots
     positions = [s.position for s in slots]
     n_slots = len(slots) if decision.n_slots is None else decision.n_slots
     if n_slots == len(slots):
         if positions != list(range(len(positions))):
             raise ValidationError(f"slot positions must be 0..{len(positions) - 1} in order, got {positions}", "slots")
-    elif not (isinstance(n_slots, int) and 0 < len(slots) < n_slots and positions[0] >= 0
-              and positions[-1] < n_slots and all(a < b for a, b in zip(positions, positions[1:]))):
-        raise ValidationError(f"a decision observed at some of its {n_slots!r} positions needs them increasing "
-                              f"within 0..{n_slots - 1 if isinstance(n_slots, int) else '?'}, got {positions}",
-                              "slots")
+    elif not (
+        isinstance(n_slots, int)
+        and 0 < len(slots) < n_slots
+        and positions[0] >= 0
+        and positions[-1] < n_slots
+        and all(a < b for a, b in zip(positions, positions[1:]))
+    ):
+        raise ValidationError(
+            f"a decision observed at some of its {n_slots!r} positions needs them increasing "
+            f"within 0..{n_slots - 1 if isinstance(n_slots, int) else '?'}, got {positions}",
+            "slots",
+        )
     sources = [s.source for s in slots]
     if "pinned" in sources and n_slots != len(slots):
         raise ValidationError("a partly observed decision cannot have pinned slots", "slots")
     if "pinned" in sources:  # (the pinned checks, only for decisions that pin)
         pinned = [source == "pinned" for source in sources]
         if any(pinned[i] and not pinned[i - 1] for i in range(1, len(pinned))):
-            raise ValidationError("pinned slots must come first (readers number the policy's slots after them)",
-                                  "slots")
+            raise ValidationError(
+                "pinned slots must come first (readers number the policy's slots after them)", "slots"
+            )
         if any(p and (s.propensity != 1.0 or s.marginal != 1.0) for p, s in zip(pinned, slots)):
             raise ValidationError("a pinned slot is shown by rule: its propensity and marginal must be 1", "slots")
     row = (
@@ -143,8 +170,16 @@ def decision_rows(decision: Decision, policy_params: dict, candidate_index, slot
         decision.build,
     )
     slot_rows = [
-        (decision.event_id, s.position, s.item_id, idx, float(s.propensity), float(s.marginal),
-         int(s.marginal_draws), s.source)
+        (
+            decision.event_id,
+            s.position,
+            s.item_id,
+            idx,
+            float(s.propensity),
+            float(s.marginal),
+            int(s.marginal_draws),
+            s.source,
+        )
         for s, idx in zip(decision.slots, _int_list(slot_index), strict=True)
     ]
     return row, slot_rows
@@ -168,8 +203,7 @@ def index_json(values) -> str:
     """A JSON list of integers (catalog indices). orjson writes a native-endian integer array
     of any width, uint64 included, straight from its buffer (``bench/run.py --only log``, row
     (c), has the write's cost); anything else goes through a list of ints."""
-    if isinstance(values, np.ndarray) and values.ndim == 1 and values.dtype.kind in "iu" \
-            and values.dtype.isnative:
+    if isinstance(values, np.ndarray) and values.ndim == 1 and values.dtype.kind in "iu" and values.dtype.isnative:
         return orjson.dumps(np.ascontiguousarray(values), option=orjson.OPT_SERIALIZE_NUMPY).decode()
     return orjson.dumps(_int_list(values)).decode()
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 import datetime as dt
 import operator
 import re
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Mapping, Sequence, cast
+from typing import cast
 
 import numpy as np
 
@@ -26,24 +27,45 @@ class RowError(Exception):
 
 # field -> default column in a file written by banditrec.store.export.export_csv
 DEFAULT_CSV_MAPPING = {
-    "event": "event_id", "position": "position", "item": "item_id", "item_index": "item_index",
-    "propensity": "propensity", "marginal": "marginal", "marginal_draws": "marginal_draws", "source": "source",
-    "ts": "ts", "user": "user_id", "surface": "surface", "policy": "policy", "model_version": "model_version",
-    "policy_params": "policy_params", "joint_propensity": "joint_propensity",
-    "log_joint_propensity": "log_joint_propensity", "candidates": "candidates", "candidate_index": "candidate_index",
+    "event": "event_id",
+    "position": "position",
+    "item": "item_id",
+    "item_index": "item_index",
+    "propensity": "propensity",
+    "marginal": "marginal",
+    "marginal_draws": "marginal_draws",
+    "source": "source",
+    "ts": "ts",
+    "user": "user_id",
+    "surface": "surface",
+    "policy": "policy",
+    "model_version": "model_version",
+    "policy_params": "policy_params",
+    "joint_propensity": "joint_propensity",
+    "log_joint_propensity": "log_joint_propensity",
+    "candidates": "candidates",
+    "candidate_index": "candidate_index",
     "context": "context_*",
 }
 OBD_MAPPING = {  # required: each must be in the file
-    "ts": "timestamp", "item": "item_id", "position": "position", "marginal": "propensity_score",
-    "reward:click": "click", "categorical": "user_feature_*",
+    "ts": "timestamp",
+    "item": "item_id",
+    "position": "position",
+    "marginal": "propensity_score",
+    "reward:click": "click",
+    "categorical": "user_feature_*",
 }
 OBD_OPTIONAL = {"context": "user-item_affinity_*"}
 _SCALAR_FIELDS = set(DEFAULT_CSV_MAPPING) - {"context"}
 _LIST_FIELDS = {"context", "categorical", "group"}
 _KIND_PREFIXES = ("reward", "reward_ts", "decision_reward", "decision_reward_ts")
-_FIELDS_HELP = ", ".join(sorted(_SCALAR_FIELDS | _LIST_FIELDS | {"reward", "reward:<kind>", "reward_ts:<kind>",
-                                                                   "decision_reward:<kind>",
-                                                                   "decision_reward_ts:<kind>"}))
+_FIELDS_HELP = ", ".join(
+    sorted(
+        _SCALAR_FIELDS
+        | _LIST_FIELDS
+        | {"reward", "reward:<kind>", "reward_ts:<kind>", "decision_reward:<kind>", "decision_reward_ts:<kind>"}
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -70,8 +92,9 @@ def _columns_for(pattern: str, header: Sequence[str], field: str, explicit: bool
     if pattern.endswith("*"):
         found = [i for i, h in enumerate(header) if h.startswith(pattern[:-1])]
         if not found and explicit:
-            raise RowError(1, pattern, f"no column starts with {pattern[:-1]!r} (for {field}); header has "
-                                        f"{_show(header)}")
+            raise RowError(
+                1, pattern, f"no column starts with {pattern[:-1]!r} (for {field}); header has {_show(header)}"
+            )
         return found
     out = []
     for name in (p.strip() for p in pattern.split(",") if p.strip()):
@@ -88,8 +111,16 @@ def _show(header: Sequence[str]) -> str:
     return shown + (f", ... ({len(header)} columns)" if len(header) > 12 else "")
 
 
-def resolve(fmt: str, path: str, header: Sequence[str], explicit: Mapping[str, str], defaults: Mapping[str, str],
-             kind: str, position_base: int, group_by: Sequence[str] | None) -> Spec:
+def resolve(
+    fmt: str,
+    path: str,
+    header: Sequence[str],
+    explicit: Mapping[str, str],
+    defaults: Mapping[str, str],
+    kind: str,
+    position_base: int,
+    group_by: Sequence[str] | None,
+) -> Spec:
     """Resolve mapping fields to header columns. Explicit fields must exist; defaults are used
     when their column is present."""
     header = tuple(header)
@@ -98,8 +129,12 @@ def resolve(fmt: str, path: str, header: Sequence[str], explicit: Mapping[str, s
         raise RowError(1, dup, f"column {dup!r} appears twice in the header")
     for field in explicit:
         base = field.split(":", 1)[0]
-        if not (field in _SCALAR_FIELDS or field in _LIST_FIELDS or field == "reward"
-                or (base in _KIND_PREFIXES and ":" in field and field.split(":", 1)[1])):
+        if not (
+            field in _SCALAR_FIELDS
+            or field in _LIST_FIELDS
+            or field == "reward"
+            or (base in _KIND_PREFIXES and ":" in field and field.split(":", 1)[1])
+        ):
             raise RowError(None, None, f"unknown mapping field {field!r}; fields are {_FIELDS_HELP}")
     merged = {**defaults, **explicit}
     if "reward" in merged:
@@ -127,25 +162,32 @@ def resolve(fmt: str, path: str, header: Sequence[str], explicit: Mapping[str, s
             if prefix in _KIND_PREFIXES and k:
                 kinded.setdefault((prefix, k), i)
     context = _columns_for(merged["context"], header, "context", "context" in explicit) if "context" in merged else []
-    categorical = (_columns_for(merged["categorical"], header, "categorical", "categorical" in explicit)
-                   if "categorical" in merged else [])
+    categorical = (
+        _columns_for(merged["categorical"], header, "categorical", "categorical" in explicit)
+        if "categorical" in merged
+        else []
+    )
     context = [i for i in context if i not in categorical]
     missing = [f for f in ("position", "item") if f not in col]
     if "propensity" not in col and "marginal" not in col:
         missing.append("propensity or marginal")
     if missing:
-        what = " and ".join(repr(DEFAULT_CSV_MAPPING.get(f, f)) if fmt == "csv" else repr(merged.get(f, f))
-                            for f in missing)
-        raise RowError(1, merged.get(missing[0], missing[0]),
-                        f"missing column {what} ({', '.join(missing)}); header has {_show(header)}; "
-                        f"map it with field=column")
+        what = " and ".join(
+            repr(DEFAULT_CSV_MAPPING.get(f, f)) if fmt == "csv" else repr(merged.get(f, f)) for f in missing
+        )
+        raise RowError(
+            1,
+            merged.get(missing[0], missing[0]),
+            f"missing column {what} ({', '.join(missing)}); header has {_show(header)}; map it with field=column",
+        )
     if "candidates" in col and "candidate_index" not in col:
         raise RowError(1, header[col["candidates"]], "a candidates column needs a candidate_index column too")
     if "candidate_index" in col and "candidates" not in col:
         del col["candidate_index"]
     rewards = tuple((k, i, kinded.get(("reward_ts", k))) for (p, k), i in sorted(kinded.items()) if p == "reward")
-    decision_rewards = tuple((k, i, kinded.get(("decision_reward_ts", k)))
-                             for (p, k), i in sorted(kinded.items()) if p == "decision_reward")
+    decision_rewards = tuple(
+        (k, i, kinded.get(("decision_reward_ts", k))) for (p, k), i in sorted(kinded.items()) if p == "decision_reward"
+    )
     if group_by is not None:
         group_cols = []
         for name in group_by:
@@ -157,8 +199,9 @@ def resolve(fmt: str, path: str, header: Sequence[str], explicit: Mapping[str, s
         group = (col["event"],)
     else:
         group = tuple(i for i in (col.get("ts"), col.get("user"), *categorical, *context) if i is not None)
-    return Spec(fmt, path, header, col, tuple(context), tuple(categorical), rewards, decision_rewards, group,
-                 position_base)
+    return Spec(
+        fmt, path, header, col, tuple(context), tuple(categorical), rewards, decision_rewards, group, position_base
+    )
 
 
 _CANONICAL_INT = re.compile(r"0|[1-9][0-9]*")
@@ -195,8 +238,11 @@ def prescan(reader, spec: Spec, n_items: int | None) -> tuple[Catalog, list[list
             idx = _int_cell(row[i_index], reader.line_num, spec.header[i_index], low=0)
             seen = items.setdefault(item, idx)
             if seen != idx:
-                raise RowError(reader.line_num, spec.header[i_index],
-                                f"item {item!r} has catalog index {idx} here but {seen} on an earlier line")
+                raise RowError(
+                    reader.line_num,
+                    spec.header[i_index],
+                    f"item {item!r} has catalog index {idx} here but {seen} on an earlier line",
+                )
         else:
             items.setdefault(item, None)
         for s, c in zip(cats, spec.categorical):
@@ -207,8 +253,9 @@ def prescan(reader, spec: Spec, n_items: int | None) -> tuple[Catalog, list[list
         owner: dict[int, str] = {}
         for item, idx in pairs:
             if owner.setdefault(idx, item) != item:
-                raise RowError(None, spec.header[i_index],
-                                f"items {owner[idx]!r} and {item!r} share catalog index {idx}")
+                raise RowError(
+                    None, spec.header[i_index], f"items {owner[idx]!r} and {item!r} share catalog index {idx}"
+                )
         catalog = Catalog(dict(indexed), tuple(p[0] for p in pairs), tuple(p[1] for p in pairs))
     elif items and all(_CANONICAL_INT.fullmatch(i) for i in items):
         n = max(int(i) for i in items) + 1
@@ -221,9 +268,12 @@ def prescan(reader, spec: Spec, n_items: int | None) -> tuple[Catalog, list[list
     else:
         ids = tuple(sorted(items))
         if n_items is not None and n_items != len(ids):
-            raise RowError(None, spec.header[i_item],
-                            f"n_items is {n_items} but the file names {len(ids)} distinct items that are not all "
-                            f"integers, so they are indexed by sorted id")
+            raise RowError(
+                None,
+                spec.header[i_item],
+                f"n_items is {n_items} but the file names {len(ids)} distinct items that are not all "
+                f"integers, so they are indexed by sorted id",
+            )
         catalog = Catalog({i: k for k, i in enumerate(ids)}, ids, tuple(range(len(ids))))
     return catalog, [sorted(s) for s in cats]
 
@@ -289,12 +339,11 @@ def timestamp_cell(value: str, line: int, column: str) -> float:
     except ValueError:
         raise RowError(line, column, f"expected Unix seconds or an ISO 8601 time, got {value!r}") from None
     if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.timezone.utc)
+        t = t.replace(tzinfo=dt.UTC)
     return t.timestamp()
 
 
-def group_rows(reader, spec: Spec, start_line: int, *, single: bool = False
-               ) -> Iterator[list[tuple[int, list[str]]]]:
+def group_rows(reader, spec: Spec, start_line: int, *, single: bool = False) -> Iterator[list[tuple[int, list[str]]]]:
     """Rows grouped into decisions: consecutive rows with the same grouping key form one
     decision, and a row whose position was already seen in the current group starts a new one
     (two impressions with equal keys back to back). With an event column, a repeated position
@@ -312,8 +361,13 @@ def group_rows(reader, spec: Spec, start_line: int, *, single: bool = False
         return
     i_pos = spec.col["position"]
     by_event = "event" in spec.col and spec.group == (spec.col["event"],)
-    keyof = (operator.itemgetter(*spec.group) if len(spec.group) > 1
-             else (lambda row, i=spec.group[0]: (row[i],)) if spec.group else (lambda row: ()))
+    keyof = (
+        operator.itemgetter(*spec.group)
+        if len(spec.group) > 1
+        else (lambda row, i=spec.group[0]: (row[i],))
+        if spec.group
+        else (lambda row: ())
+    )
     seen_events: dict[str, int] = {}
     group: list[tuple[int, list[str]]] = []
     key = None
@@ -332,13 +386,17 @@ def group_rows(reader, spec: Spec, start_line: int, *, single: bool = False
             continue
         if group and k == key and by_event:
             first = next(ln for ln, r in group if r[i_pos] == pos)
-            raise RowError(line, spec.header[i_pos],
-                            f"event {k[0]!r} has position {pos} twice (lines {first} and {line})")
+            raise RowError(
+                line, spec.header[i_pos], f"event {k[0]!r} has position {pos} twice (lines {first} and {line})"
+            )
         if by_event:
             if k[0] in seen_events:
-                raise RowError(line, spec.header[spec.col["event"]],
-                                f"event {k[0]!r} reappears after other rows (it started at line "
-                                f"{seen_events[k[0]]}); rows of a decision must be consecutive")
+                raise RowError(
+                    line,
+                    spec.header[spec.col["event"]],
+                    f"event {k[0]!r} reappears after other rows (it started at line "
+                    f"{seen_events[k[0]]}); rows of a decision must be consecutive",
+                )
             seen_events[k[0]] = line
         if group and group[0][0] >= start_line:
             yield group

@@ -9,8 +9,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import ValidationError
 from .export import (
@@ -34,13 +35,37 @@ from .vw import export_dsjson, export_vw, vw_escape
 EXPORT_FORMATS = ("csv", "parquet", "vw", "dsjson", "interactions")
 IMPORT_FORMATS = ("obd", "csv")
 
-__all__ = ["EXPORT_FORMATS", "IMPORT_FORMATS", "SCHEMA_VERSION", "ExportResult", "ImportFailedError",
-           "ImportResult", "MissingDependencyError", "export_csv", "export_dsjson", "export_log", "export_parquet",
-           "export_vw", "import_csv", "import_file", "import_obd", "parse_mapping", "vw_escape"]
+__all__ = [
+    "EXPORT_FORMATS",
+    "IMPORT_FORMATS",
+    "SCHEMA_VERSION",
+    "ExportResult",
+    "ImportFailedError",
+    "ImportResult",
+    "MissingDependencyError",
+    "export_csv",
+    "export_dsjson",
+    "export_log",
+    "export_parquet",
+    "export_vw",
+    "import_csv",
+    "import_file",
+    "import_obd",
+    "parse_mapping",
+    "vw_escape",
+]
 
 
-def export_log(log: DecisionLog, path: str | Path, format: str, *, kind: str = "click", default_reward: float = 0.0,
-               min_probability: float | None = None, candidates: bool = False) -> ExportResult:
+def export_log(
+    log: DecisionLog,
+    path: str | Path,
+    format: str,
+    *,
+    kind: str = "click",
+    default_reward: float = 0.0,
+    min_probability: float | None = None,
+    candidates: bool = False,
+) -> ExportResult:
     """Export ``log`` to ``path`` in ``format`` (one of :data:`EXPORT_FORMATS`).
 
     ``kind``, ``default_reward`` and ``min_probability`` apply to the VW formats, which carry
@@ -58,8 +83,9 @@ def export_log(log: DecisionLog, path: str | Path, format: str, *, kind: str = "
     raise ValidationError(f"unknown export format {format!r}; expected one of {', '.join(EXPORT_FORMATS)}", "format")
 
 
-def import_file(path: str | Path, log: DecisionLog, format: str, mapping: Mapping[str, str] | None = None,
-                **kw: Any) -> ImportResult:
+def import_file(
+    path: str | Path, log: DecisionLog, format: str, mapping: Mapping[str, str] | None = None, **kw: Any
+) -> ImportResult:
     """Import ``path`` in ``format`` (one of :data:`IMPORT_FORMATS`)."""
     if format == "obd":
         return import_obd(path, log, mapping=mapping, **kw)

@@ -12,9 +12,10 @@ import json
 import os
 import secrets
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ..errors import BanditRecError
 from .codecs import WHOLE_DECISION
@@ -52,12 +53,39 @@ READ_EXPORT_REWARDS = (
 # the last seq of the next batch of decisions (seq has gaps where an insert was rolled back)
 BATCH_END = "SELECT seq FROM decisions WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT 1 OFFSET ?"
 
-BASE_COLUMNS = ("event_id", "seq", "ts", "user_id", "surface", "policy", "model_version", "policy_params",
-                "position", "item_id", "item_index", "propensity", "marginal", "marginal_draws", "source",
-                "n_candidates", "joint_propensity", "log_joint_propensity")
+BASE_COLUMNS = (
+    "event_id",
+    "seq",
+    "ts",
+    "user_id",
+    "surface",
+    "policy",
+    "model_version",
+    "policy_params",
+    "position",
+    "item_id",
+    "item_index",
+    "propensity",
+    "marginal",
+    "marginal_draws",
+    "source",
+    "n_candidates",
+    "joint_propensity",
+    "log_joint_propensity",
+)
 _INT_COLUMNS = {"seq", "position", "item_index", "marginal_draws", "n_candidates"}
-_STR_COLUMNS = {"event_id", "user_id", "surface", "policy", "model_version", "policy_params", "item_id", "source",
-                "candidates", "candidate_index"}
+_STR_COLUMNS = {
+    "event_id",
+    "user_id",
+    "surface",
+    "policy",
+    "model_version",
+    "policy_params",
+    "item_id",
+    "source",
+    "candidates",
+    "candidate_index",
+}
 
 
 @dataclass(frozen=True)
@@ -117,8 +145,9 @@ def read_layout(conn: sqlite3.Connection, candidates: bool) -> Layout:
     return Layout(int(width), kinds, _has_column(conn, "rewards", "late"), candidates)
 
 
-def read_batches(conn: sqlite3.Connection, layout: Layout, batch_decisions: int, *, after_seq: int = 0,
-                 until_seq: int | None = None) -> Iterator[Batch]:
+def read_batches(
+    conn: sqlite3.Connection, layout: Layout, batch_decisions: int, *, after_seq: int = 0, until_seq: int | None = None
+) -> Iterator[Batch]:
     """Every logged slot in (seq, position) order, as rows in ``layout``'s columns, about
     ``batch_decisions`` decisions at a time (so memory stays flat on any log size); only the
     decisions with ``after_seq < seq <= until_seq`` when those are given."""
@@ -139,32 +168,69 @@ def read_batches(conn: sqlite3.Connection, layout: Layout, batch_decisions: int,
         for event_id, position, kind, value, ts, *flag in conn.execute(reward_sql, (after, end)):
             cells = rewards.setdefault((event_id, position), [None] * (n_kinds * 3))
             i = kind_slot[kind] * 3
-            cells[i:i + 3] = (float(value), float(ts), None if not flag or flag[0] is None else int(flag[0]))
+            cells[i : i + 3] = (float(value), float(ts), None if not flag or flag[0] is None else int(flag[0]))
         rows, contexts, cands = [], [], []
         last_event = candidate_json = index_json = None
         context: list[float] = []  # the decision's, set by its first row
         candidate_ids: list[str] = []
         n_decisions = 0
-        for (seq, event_id, ts, user_id, surface, policy, model_version, params, position, item_id, item_index,
-             propensity, marginal, draws, source, cand_json, cidx_json, context_json, joint, log_joint) in raw:
+        for (
+            seq,
+            event_id,
+            ts,
+            user_id,
+            surface,
+            policy,
+            model_version,
+            params,
+            position,
+            item_id,
+            item_index,
+            propensity,
+            marginal,
+            draws,
+            source,
+            cand_json,
+            cidx_json,
+            context_json,
+            joint,
+            log_joint,
+        ) in raw:
             if event_id != last_event:
                 last_event, n_decisions = event_id, n_decisions + 1
                 context = [float(c) for c in json.loads(context_json)]
                 candidate_ids = [str(c) for c in json.loads(cand_json)]
                 candidate_json, index_json = cand_json, cidx_json
                 whole = rewards.get((event_id, WHOLE_DECISION), [None] * (n_kinds * 3))
-            row = [event_id, seq, float(ts), user_id, surface, policy, model_version, params, position, item_id,
-                   item_index, float(propensity), float(marginal), draws, source, len(candidate_ids), float(joint),
-                   float(log_joint)]
+            row = [
+                event_id,
+                seq,
+                float(ts),
+                user_id,
+                surface,
+                policy,
+                model_version,
+                params,
+                position,
+                item_id,
+                item_index,
+                float(propensity),
+                float(marginal),
+                draws,
+                source,
+                len(candidate_ids),
+                float(joint),
+                float(log_joint),
+            ]
             if layout.candidates:
                 row += [candidate_json, index_json]
             row += context + [None] * (layout.context_width - len(context))
             mine = rewards.get((event_id, position), [None] * (n_kinds * 3))
             for k in range(n_kinds):
-                row += mine[3 * k:3 * k + 2]
+                row += mine[3 * k : 3 * k + 2]
                 if layout.has_late:
                     row.append(mine[3 * k + 2])
-                row += whole[3 * k:3 * k + 2]
+                row += whole[3 * k : 3 * k + 2]
             rows.append(tuple(row))
             contexts.append(context)
             cands.append(candidate_ids)
@@ -193,8 +259,9 @@ def atomic_output(path: str | Path, mode: str | None = "w", **kw: Any) -> Iterat
         raise
 
 
-def export_csv(log: DecisionLog, path: str | Path, *, candidates: bool = False,
-               batch_decisions: int = 5000) -> ExportResult:
+def export_csv(
+    log: DecisionLog, path: str | Path, *, candidates: bool = False, batch_decisions: int = 5000
+) -> ExportResult:
     """Export every logged slot as one CSV row (columns: docs/data-formats.md, "Log export").
 
     Floats are written with ``repr`` (the shortest string that reads back as the same float64);
@@ -245,8 +312,9 @@ def _csv_cell(v: object) -> object:
     return v  # str, int or None (csv writes None as an empty cell)
 
 
-def export_parquet(log: DecisionLog, path: str | Path, *, candidates: bool = False,
-                   batch_decisions: int = 20000) -> ExportResult:
+def export_parquet(
+    log: DecisionLog, path: str | Path, *, candidates: bool = False, batch_decisions: int = 20000
+) -> ExportResult:
     """Export every logged slot as one Parquet row, one row group per batch of decisions.
 
     Types: strings, int64, float64 (nullable for context cells and rewards), bool for late
@@ -282,8 +350,12 @@ def parquet_schema(layout: Layout, extra_metadata: dict[str, str] | None = None)
         else:
             typ = pa.float64()
         fields.append(pa.field(name, typ, nullable=name.startswith(("context_", "reward", "decision_reward"))))
-    meta = {"banditrec.schema_version": str(SCHEMA_VERSION), "banditrec.kinds": json.dumps(list(layout.kinds)),
-            "banditrec.context_width": str(layout.context_width), **(extra_metadata or {})}
+    meta = {
+        "banditrec.schema_version": str(SCHEMA_VERSION),
+        "banditrec.kinds": json.dumps(list(layout.kinds)),
+        "banditrec.context_width": str(layout.context_width),
+        **(extra_metadata or {}),
+    }
     return pa.schema(fields, metadata=meta)
 
 
@@ -291,7 +363,10 @@ def batch_table(schema: Any, rows: list[tuple[Any, ...]]) -> Any:
     """``rows`` (tuples in the schema's column order, as :func:`read_batches` yields) as a table."""
     pa, _ = _require_pyarrow()
     columns = list(zip(*rows)) if rows else [()] * len(schema)
-    arrays = [pa.array([None if v is None else bool(v) for v in col], f.type)
-              if f.type == pa.bool_() else pa.array(col, f.type)
-              for col, f in zip(columns, schema)]
+    arrays = [
+        pa.array([None if v is None else bool(v) for v in col], f.type)
+        if f.type == pa.bool_()
+        else pa.array(col, f.type)
+        for col, f in zip(columns, schema)
+    ]
     return pa.Table.from_arrays(arrays, schema=schema)

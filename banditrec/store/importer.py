@@ -13,9 +13,10 @@ import csv
 import hashlib
 import json
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence, TypedDict
+from typing import TypedDict
 
 import numpy as np
 
@@ -45,7 +46,7 @@ class ImportFailedError(ValidationError):
     ``result`` says what was imported before it: that much is in the log, complete, and
     ``result.last_line + 1`` is where to resume (``start_line``) after fixing the file."""
 
-    def __init__(self, message: str, column: str | None, line: int | None, result: "ImportResult"):
+    def __init__(self, message: str, column: str | None, line: int | None, result: ImportResult):
         super().__init__(message, column)
         self.line = line
         self.column = column
@@ -72,8 +73,13 @@ class ImportResult:
 
     def encoding(self) -> dict:
         """The context encoding as a JSON-able dict, to keep beside the log."""
-        return {"encoding_id": self.encoding_id, "source": self.path, "format": self.format,
-                "context_names": list(self.context_names), "n_items": self.n_items}
+        return {
+            "encoding_id": self.encoding_id,
+            "source": self.path,
+            "format": self.format,
+            "context_names": list(self.context_names),
+            "n_items": self.n_items,
+        }
 
 
 class _Counts(TypedDict):
@@ -101,8 +107,20 @@ class _Parsed:
 
 
 class _Importer:
-    def __init__(self, spec: Spec, catalog: Catalog, categories: list[list[str]], *, kind: str, policy: str,
-                 model_version: str, surface: str, event_prefix: str, source: str, rounds: int | None = None):
+    def __init__(
+        self,
+        spec: Spec,
+        catalog: Catalog,
+        categories: list[list[str]],
+        *,
+        kind: str,
+        policy: str,
+        model_version: str,
+        surface: str,
+        event_prefix: str,
+        source: str,
+        rounds: int | None = None,
+    ):
         self.spec, self.catalog, self.categories = spec, catalog, categories
         self.rounds = rounds  # each row is its own round of a carousel of this many slots
         self.kind, self.policy, self.model_version, self.surface = kind, policy, model_version, surface
@@ -116,9 +134,23 @@ class _Importer:
         self.candidate_idx = list(catalog.indices)
         # columns every row of a decision must agree on, less the grouping key (equal by construction)
         col = spec.col
-        shared = [col[f] for f in ("event", "ts", "user", "surface", "policy", "model_version", "policy_params",
-                                   "joint_propensity", "log_joint_propensity", "candidates", "candidate_index")
-                  if f in col]
+        shared = [
+            col[f]
+            for f in (
+                "event",
+                "ts",
+                "user",
+                "surface",
+                "policy",
+                "model_version",
+                "policy_params",
+                "joint_propensity",
+                "log_joint_propensity",
+                "candidates",
+                "candidate_index",
+            )
+            if f in col
+        ]
         shared += [*spec.context, *spec.categorical, *(ci for _, ci, _ in spec.decision_rewards)]
         key = set(spec.group)
         self.shared = [c for c in shared if c not in key]
@@ -138,8 +170,9 @@ class _Importer:
         def name(field):
             return spec.header[col[field]]
 
-        positions = (int_cells(cells(col["position"]), lines, name("position"), low=spec.position_base)
-                     - spec.position_base)
+        positions = (
+            int_cells(cells(col["position"]), lines, name("position"), low=spec.position_base) - spec.position_base
+        )
         probs = {}
         for field in ("propensity", "marginal"):
             if field in col:
@@ -147,13 +180,18 @@ class _Importer:
                 bad = ~((p > 0) & (p <= 1))
                 if bad.any():
                     i = int(np.argmax(bad))
-                    raise RowError(lines[i], name(field), f"a propensity must be in (0, 1], got {cells(col[field])[i]!r}")
+                    raise RowError(
+                        lines[i], name(field), f"a propensity must be in (0, 1], got {cells(col[field])[i]!r}"
+                    )
                 probs[field] = p
         conditional = probs.get("propensity", probs.get("marginal"))
         marginal = probs.get("marginal", conditional)
         assert conditional is not None and marginal is not None  # resolve() requires one of the columns
-        draws = (int_cells(cells(col["marginal_draws"]), lines, name("marginal_draws"))
-                 if "marginal_draws" in col else np.zeros(len(rows), np.int64))
+        draws = (
+            int_cells(cells(col["marginal_draws"]), lines, name("marginal_draws"))
+            if "marginal_draws" in col
+            else np.zeros(len(rows), np.int64)
+        )
         items = cells(col["item"])
         if "item_index" in col:
             item_index = int_cells(cells(col["item_index"]), lines, name("item_index"))
@@ -169,8 +207,11 @@ class _Importer:
         for kind, ci, ti in spec.decision_rewards:
             values = float_cells(cells(ci, firsts), first_lines, spec.header[ci], allow_empty=True)
             self._check_rewards(values, first_lines, spec.header[ci])
-            times = (float_cells(cells(ti, firsts), first_lines, spec.header[ti], allow_empty=True)
-                     if ti is not None else None)
+            times = (
+                float_cells(cells(ti, firsts), first_lines, spec.header[ti], allow_empty=True)
+                if ti is not None
+                else None
+            )
             whole_rewards.append((kind, values, times))
         contexts = np.empty((len(groups), len(spec.context)))
         for col_j, c in enumerate(spec.context):
@@ -180,8 +221,9 @@ class _Importer:
         if "joint_propensity" in col:
             joint = float_cells(cells(col["joint_propensity"], firsts), first_lines, name("joint_propensity"))
         if "log_joint_propensity" in col:
-            log_joint = float_cells(cells(col["log_joint_propensity"], firsts), first_lines,
-                                    name("log_joint_propensity"))
+            log_joint = float_cells(
+                cells(col["log_joint_propensity"], firsts), first_lines, name("log_joint_propensity")
+            )
 
         out = []
         start = 0
@@ -195,16 +237,23 @@ class _Importer:
             pos = positions[sl][order]
             if self.rounds is not None:
                 if pos[0] >= self.rounds:
-                    raise RowError(line0, name("position"), f"position {pos[0] + spec.position_base} is beyond the "
-                                                            f"carousel's {self.rounds} slots (--slots)")
+                    raise RowError(
+                        line0,
+                        name("position"),
+                        f"position {pos[0] + spec.position_base} is beyond the "
+                        f"carousel's {self.rounds} slots (--slots)",
+                    )
             elif not np.array_equal(pos, np.arange(n)):
                 missing = sorted(set(range(n)) - set(pos.tolist()))
                 first_bad = int(np.argmax(pos != np.arange(n)))
-                raise RowError(group[int(order[first_bad])][0], name("position"),
-                                f"the decision starting at line {line0} has positions "
-                                f"{(pos + spec.position_base).tolist()}; a decision needs positions "
-                                f"{spec.position_base}..{spec.position_base + n - 1} (missing "
-                                f"{missing[0] + spec.position_base})")
+                raise RowError(
+                    group[int(order[first_bad])][0],
+                    name("position"),
+                    f"the decision starting at line {line0} has positions "
+                    f"{(pos + spec.position_base).tolist()}; a decision needs positions "
+                    f"{spec.position_base}..{spec.position_base + n - 1} (missing "
+                    f"{missing[0] + spec.position_base})",
+                )
             idx = [sl.start + int(o) for o in order]
             row0 = group[0][1]
             event_id = row0[col["event"]] if "event" in col else f"{self.event_prefix}:{line0}"
@@ -218,29 +267,41 @@ class _Importer:
             slot_items = [items[i] for i in idx]
             if len(set(slot_items)) != n:
                 dup = next(i for i in slot_items if slot_items.count(i) > 1)
-                raise RowError(group[0][0], name("item"), f"item {dup!r} fills two slots of the decision starting "
-                                                            f"at line {line0}")
+                raise RowError(
+                    group[0][0], name("item"), f"item {dup!r} fills two slots of the decision starting at line {line0}"
+                )
             if "candidates" in col:
                 members = dict(zip(cand_ids, cand_idx))
                 for i, it in zip(idx, slot_items):
                     if it not in members:
                         raise RowError(lines[i], name("item"), f"item {it!r} is not among the decision's candidates")
                     if members[it] != item_index[i]:
-                        raise RowError(lines[i], spec.header[col["item_index"]] if "item_index" in col else name("item"),
-                                        f"item {it!r} has catalog index {item_index[i]} here but {members[it]} in "
-                                        f"candidate_index")
+                        raise RowError(
+                            lines[i],
+                            spec.header[col["item_index"]] if "item_index" in col else name("item"),
+                            f"item {it!r} has catalog index {item_index[i]} here but {members[it]} in candidate_index",
+                        )
             slot_of = pos.tolist() if self.rounds is not None else list(range(n))
-            slots = tuple(Slot(position=k, item_id=items[i], propensity=float(conditional[i]),
-                               marginal=float(marginal[i]),
-                               source=rows[i][1][col["source"]] if "source" in col else "imported",
-                               marginal_draws=int(draws[i]))
-                          for k, i in zip(slot_of, idx))
+            slots = tuple(
+                Slot(
+                    position=k,
+                    item_id=items[i],
+                    propensity=float(conditional[i]),
+                    marginal=float(marginal[i]),
+                    source=rows[i][1][col["source"]] if "source" in col else "imported",
+                    marginal_draws=int(draws[i]),
+                )
+                for k, i in zip(slot_of, idx)
+            )
             cond = np.array([s.propensity for s in slots])
             j = float(joint[g]) if joint is not None else float(np.prod(cond))
             lj = float(log_joint[g]) if log_joint is not None else float(np.log(cond).sum())
             if not (0 <= j <= 1) or lj > 0:
-                raise RowError(line0, name("joint_propensity") if joint is not None else None,
-                                f"joint propensity must be in [0, 1] with log <= 0, got {j!r} and {lj!r}")
+                raise RowError(
+                    line0,
+                    name("joint_propensity") if joint is not None else None,
+                    f"joint propensity must be in [0, 1] with log <= 0, got {j!r} and {lj!r}",
+                )
             context = self._context(row0, contexts[g], empty[g], line0)
             params = self._params(row0, line0)
             rewards = []
@@ -254,14 +315,29 @@ class _Importer:
                     rt = ts if rts is None or math.isnan(rts[g]) else float(rts[g])
                     rewards.append(Reward(event_id, float(values[g]), position=None, kind=kind, ts=rt))
             decision = Decision(
-                event_id=event_id, user_id=row0[col["user"]] if "user" in col else "", slots=slots,
-                joint_propensity=j, log_joint_propensity=lj,
+                event_id=event_id,
+                user_id=row0[col["user"]] if "user" in col else "",
+                slots=slots,
+                joint_propensity=j,
+                log_joint_propensity=lj,
                 policy=row0[col["policy"]] if "policy" in col else self.policy,
                 model_version=row0[col["model_version"]] if "model_version" in col else self.model_version,
-                candidates=tuple(cand_ids), ts=ts,
-                n_slots=self.rounds if self.rounds is not None and self.rounds != n else None)
-            out.append(_Parsed(line0, decision, params, list(cand_idx), [int(item_index[i]) for i in idx], context,
-                               row0[col["surface"]] if "surface" in col else self.surface, rewards))
+                candidates=tuple(cand_ids),
+                ts=ts,
+                n_slots=self.rounds if self.rounds is not None and self.rounds != n else None,
+            )
+            out.append(
+                _Parsed(
+                    line0,
+                    decision,
+                    params,
+                    list(cand_idx),
+                    [int(item_index[i]) for i in idx],
+                    context,
+                    row0[col["surface"]] if "surface" in col else self.surface,
+                    rewards,
+                )
+            )
         return out
 
     @staticmethod
@@ -277,9 +353,12 @@ class _Importer:
         for line, row in group[1:]:
             for c in self.shared:
                 if row[c] != row0[c]:
-                    raise RowError(line, self.spec.header[c],
-                                    f"{row[c]!r} differs from {row0[c]!r} on line {group[0][0]}, the first row "
-                                    f"of the same decision")
+                    raise RowError(
+                        line,
+                        self.spec.header[c],
+                        f"{row[c]!r} differs from {row0[c]!r} on line {group[0][0]}, the first row "
+                        f"of the same decision",
+                    )
 
     def _candidate_lists(self, row, line) -> tuple[list[str], list[int]]:
         col, header = self.spec.col, self.spec.header
@@ -288,11 +367,18 @@ class _Importer:
             idx = json.loads(row[col["candidate_index"]])
         except json.JSONDecodeError as exc:
             raise RowError(line, header[col["candidates"]], f"expected JSON lists of candidates: {exc}") from None
-        if (not isinstance(ids, list) or not isinstance(idx, list) or len(ids) != len(idx)
-                or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in idx)):
-            raise RowError(line, header[col["candidate_index"]],
-                            "candidates and candidate_index must be JSON lists of the same length, of ids and of "
-                            "non-negative integers")
+        if (
+            not isinstance(ids, list)
+            or not isinstance(idx, list)
+            or len(ids) != len(idx)
+            or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in idx)
+        ):
+            raise RowError(
+                line,
+                header[col["candidate_index"]],
+                "candidates and candidate_index must be JSON lists of the same length, of ids and of "
+                "non-negative integers",
+            )
         return [str(i) for i in ids], idx
 
     def _context(self, row, numeric: np.ndarray, empty: np.ndarray, line: int) -> np.ndarray:
@@ -302,8 +388,9 @@ class _Importer:
         if empty.any():
             width = int(np.argmax(empty))
             if not empty[width:].all():
-                raise RowError(line, self.spec.header[self.spec.context[width]],
-                                "empty context cell before a filled one")
+                raise RowError(
+                    line, self.spec.header[self.spec.context[width]], "empty context cell before a filled one"
+                )
             numeric = numeric[:width]
         parts = []
         for c, table in zip(self.spec.categorical, self.onehot):
@@ -326,29 +413,57 @@ class _Importer:
         return {"source": self.source, "file": self.file_name, "context_encoding": self.encoding_id}
 
 
-def _import(path: str | Path, log: DecisionLog, fmt: str, explicit: Mapping[str, str], defaults: Mapping[str, str],
-            *, kind: str, position_base: int, group_by: Sequence[str] | None, n_items: int | None, policy: str,
-            model_version: str, surface: str, event_prefix: str | None, batch_rows: int,
-            start_line: int | None, on_batch: Callable[[ImportResult], None] | None,
-            rounds: int | None = None) -> ImportResult:
+def _import(
+    path: str | Path,
+    log: DecisionLog,
+    fmt: str,
+    explicit: Mapping[str, str],
+    defaults: Mapping[str, str],
+    *,
+    kind: str,
+    position_base: int,
+    group_by: Sequence[str] | None,
+    n_items: int | None,
+    policy: str,
+    model_version: str,
+    surface: str,
+    event_prefix: str | None,
+    batch_rows: int,
+    start_line: int | None,
+    on_batch: Callable[[ImportResult], None] | None,
+    rounds: int | None = None,
+) -> ImportResult:
     path = str(path)
     start_line = 2 if start_line is None else int(start_line)
     counts: _Counts = {"decisions": 0, "slots": 0, "rewards": 0, "first": None, "last": None}
     importer: _Importer | None = None
 
     def result() -> ImportResult:
-        return ImportResult(path, fmt, counts["decisions"], counts["slots"], counts["rewards"], counts["first"],
-                            counts["last"], importer.catalog.n_items if importer else 0,
-                            importer.context_names if importer else (), importer.encoding_id if importer else "")
+        return ImportResult(
+            path,
+            fmt,
+            counts["decisions"],
+            counts["slots"],
+            counts["rewards"],
+            counts["first"],
+            counts["last"],
+            importer.catalog.n_items if importer else 0,
+            importer.context_names if importer else (),
+            importer.encoding_id if importer else "",
+        )
 
     def fail(line, column, message) -> ImportFailedError:
         done = result()
-        where = ", ".join([path] + ([f"line {line}"] if line is not None else [])
-                          + ([f"column {column!r}"] if column else []))
-        progress = (f"imported {done.decisions} decisions ({done.slots} slots, {done.rewards} rewards, lines "
-                    f"{done.first_line}-{done.last_line}) before stopping; they are complete in the log, and "
-                    f"start_line={(done.last_line or 0) + 1} resumes after the fix"
-                    if done.decisions else "nothing was imported")
+        where = ", ".join(
+            [path] + ([f"line {line}"] if line is not None else []) + ([f"column {column!r}"] if column else [])
+        )
+        progress = (
+            f"imported {done.decisions} decisions ({done.slots} slots, {done.rewards} rewards, lines "
+            f"{done.first_line}-{done.last_line}) before stopping; they are complete in the log, and "
+            f"start_line={(done.last_line or 0) + 1} resumes after the fix"
+            if done.decisions
+            else "nothing was imported"
+        )
         return ImportFailedError(f"{where}: {message}; {progress}", column, line, done)
 
     if batch_rows < 1:
@@ -370,9 +485,18 @@ def _import(path: str | Path, log: DecisionLog, fmt: str, explicit: Mapping[str,
                 raise fail(err.line, err.column, err.message) from None
             except (UnicodeDecodeError, csv.Error) as exc:
                 raise fail(None, None, f"not a readable UTF-8 CSV file: {exc}") from None
-            importer = _Importer(spec, catalog, categories, kind=kind, policy=policy, model_version=model_version,
-                                 surface=surface, event_prefix=event_prefix or Path(path).stem, source=fmt,
-                                 rounds=rounds)
+            importer = _Importer(
+                spec,
+                catalog,
+                categories,
+                kind=kind,
+                policy=policy,
+                model_version=model_version,
+                surface=surface,
+                event_prefix=event_prefix or Path(path).stem,
+                source=fmt,
+                rounds=rounds,
+            )
             fh.seek(0)
             reader = csv.reader(fh)
             next(reader)
@@ -416,25 +540,46 @@ def _write(log: DecisionLog, parsed: list[_Parsed], fail) -> None:
     rewards = [r for p in parsed for r in p.rewards]
     owner = [p for p in parsed for _ in p.rewards]
     try:
-        log.write_decisions([DecisionRecord(p.decision, p.params, p.candidate_index, p.slot_index, p.context,
-                                            p.surface) for p in parsed], rewards=rewards)
+        log.write_decisions(
+            [
+                DecisionRecord(p.decision, p.params, p.candidate_index, p.slot_index, p.context, p.surface)
+                for p in parsed
+            ],
+            rewards=rewards,
+        )
     except BanditRecError as exc:
         batch = getattr(exc, "batch", None)
         if batch is None:
             raise
         p = owner[exc.index] if batch == "rewards" else parsed[exc.index]
         if batch == "items" and isinstance(exc, ConflictError) and exc.field == "event_id":
-            raise fail(p.line, None, f"event id {p.decision.event_id!r} is already in the log (was this file "
-                                     f"imported before? set event_prefix or start_line)") from None
+            raise fail(
+                p.line,
+                None,
+                f"event id {p.decision.event_id!r} is already in the log (was this file "
+                f"imported before? set event_prefix or start_line)",
+            ) from None
         what = f"a {rewards[exc.index].kind} reward" if batch == "rewards" else "the decision"
         raise fail(p.line, exc.field, f"the log refused {what}: {exc.reason}") from None
 
 
-def import_csv(path: str | Path, log: DecisionLog, mapping: Mapping[str, str] | None = None, *, kind: str = "click",
-               position_base: int = 0, group_by: Sequence[str] | None = None, n_items: int | None = None,
-               policy: str = "imported", model_version: str = "", surface: str = "home",
-               event_prefix: str | None = None, batch_rows: int = 10_000, start_line: int | None = None,
-               on_batch: Callable[[ImportResult], None] | None = None) -> ImportResult:
+def import_csv(
+    path: str | Path,
+    log: DecisionLog,
+    mapping: Mapping[str, str] | None = None,
+    *,
+    kind: str = "click",
+    position_base: int = 0,
+    group_by: Sequence[str] | None = None,
+    n_items: int | None = None,
+    policy: str = "imported",
+    model_version: str = "",
+    surface: str = "home",
+    event_prefix: str | None = None,
+    batch_rows: int = 10_000,
+    start_line: int | None = None,
+    on_batch: Callable[[ImportResult], None] | None = None,
+) -> ImportResult:
     """Import a CSV with one row per logged slot, columns named by ``mapping`` (field -> column).
 
     Fields (defaults are the column names :func:`banditrec.store.export.export_csv` writes, used when
@@ -471,16 +616,42 @@ def import_csv(path: str | Path, log: DecisionLog, mapping: Mapping[str, str] | 
     ``result`` says how far the import got. ``on_batch`` is called with the running result
     after each batch.
     """
-    return _import(path, log, "csv", dict(mapping or {}), DEFAULT_CSV_MAPPING, kind=kind, position_base=position_base,
-                   group_by=group_by, n_items=n_items, policy=policy, model_version=model_version, surface=surface,
-                   event_prefix=event_prefix, batch_rows=batch_rows, start_line=start_line, on_batch=on_batch)
+    return _import(
+        path,
+        log,
+        "csv",
+        dict(mapping or {}),
+        DEFAULT_CSV_MAPPING,
+        kind=kind,
+        position_base=position_base,
+        group_by=group_by,
+        n_items=n_items,
+        policy=policy,
+        model_version=model_version,
+        surface=surface,
+        event_prefix=event_prefix,
+        batch_rows=batch_rows,
+        start_line=start_line,
+        on_batch=on_batch,
+    )
 
 
-def import_obd(path: str | Path, log: DecisionLog, *, mapping: Mapping[str, str] | None = None,
-               group_by: Sequence[str] | None = None, n_items: int | None = None, policy: str = "obd",
-               model_version: str = "", surface: str = "home", event_prefix: str | None = None,
-               batch_rows: int = 10_000, start_line: int | None = None,
-               on_batch: Callable[[ImportResult], None] | None = None, slots: int | None = 3) -> ImportResult:
+def import_obd(
+    path: str | Path,
+    log: DecisionLog,
+    *,
+    mapping: Mapping[str, str] | None = None,
+    group_by: Sequence[str] | None = None,
+    n_items: int | None = None,
+    policy: str = "obd",
+    model_version: str = "",
+    surface: str = "home",
+    event_prefix: str | None = None,
+    batch_rows: int = 10_000,
+    start_line: int | None = None,
+    on_batch: Callable[[ImportResult], None] | None = None,
+    slots: int | None = 3,
+) -> ImportResult:
     """Import the Open Bandit Dataset's CSV layout (Saito et al. 2021, ``open_bandit_dataset/
     <policy>/<campaign>/<campaign>.csv``).
 
@@ -511,10 +682,25 @@ def import_obd(path: str | Path, log: DecisionLog, *, mapping: Mapping[str, str]
     ``mapping`` overrides column names (fields as in :func:`import_csv`); errors and batching
     as in :func:`import_csv`.
     """
-    return _import(path, log, "obd", {**OBD_MAPPING, **(mapping or {})}, OBD_OPTIONAL, kind="click", position_base=1,
-                   group_by=group_by, n_items=n_items, policy=policy, model_version=model_version, surface=surface,
-                   event_prefix=event_prefix, batch_rows=batch_rows, start_line=start_line, on_batch=on_batch,
-                   rounds=slots)
+    return _import(
+        path,
+        log,
+        "obd",
+        {**OBD_MAPPING, **(mapping or {})},
+        OBD_OPTIONAL,
+        kind="click",
+        position_base=1,
+        group_by=group_by,
+        n_items=n_items,
+        policy=policy,
+        model_version=model_version,
+        surface=surface,
+        event_prefix=event_prefix,
+        batch_rows=batch_rows,
+        start_line=start_line,
+        on_batch=on_batch,
+        rounds=slots,
+    )
 
 
 def parse_mapping(pairs: Sequence[str]) -> dict[str, str]:

@@ -63,9 +63,16 @@ class DecisionLog(LogReader, LogWriter):
     (WAL mode restarts the file only after a checkpoint that no commit overlapped).
     """
 
-    def __init__(self, path: str | Path = ":memory:", *, busy_timeout_ms: int = 5000,
-                 synchronous: str = "NORMAL", reward_window_s: float | None = None, process_lock: bool = False,
-                 checkpoint_interval_s: float | None = None):
+    def __init__(
+        self,
+        path: str | Path = ":memory:",
+        *,
+        busy_timeout_ms: int = 5000,
+        synchronous: str = "NORMAL",
+        reward_window_s: float | None = None,
+        process_lock: bool = False,
+        checkpoint_interval_s: float | None = None,
+    ):
         if synchronous not in ("NORMAL", "FULL"):
             raise ValidationError(f"synchronous must be NORMAL or FULL, got {synchronous!r}", "synchronous")
         if reward_window_s is not None:
@@ -105,8 +112,9 @@ class DecisionLog(LogReader, LogWriter):
         if checkpoint_interval_s is not None and self.path != ":memory:":
             interval = check_time(checkpoint_interval_s, "checkpoint_interval_s")
             if interval <= 0:
-                raise ValidationError(f"checkpoint_interval_s must be > 0, got {checkpoint_interval_s!r}",
-                                      "checkpoint_interval_s")
+                raise ValidationError(
+                    f"checkpoint_interval_s must be > 0, got {checkpoint_interval_s!r}", "checkpoint_interval_s"
+                )
             self.db.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_BACKSTOP_PAGES}")
             self._checkpointer = Checkpointer(self.path, interval)
 

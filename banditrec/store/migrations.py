@@ -95,7 +95,8 @@ def _late_events_models_items(db):
             -- JSON list of floats (full precision)
             features TEXT NOT NULL CHECK (CASE WHEN json_valid(features) THEN json_type(features) = 'array' ELSE 0 END),
             -- JSON object of business columns (price, margin, stock, ...)
-            attrs TEXT NOT NULL DEFAULT '{}' CHECK (CASE WHEN json_valid(attrs) THEN json_type(attrs) = 'object' ELSE 0 END)
+            attrs TEXT NOT NULL DEFAULT '{}' CHECK (CASE WHEN json_valid(attrs) THEN json_type(attrs) =
+            'object' ELSE 0 END)
         );
         """
     )
@@ -122,6 +123,9 @@ def _policy_names(db):
         renamed += db.execute(f"SELECT count(*) FROM {table} WHERE {where}").fetchone()[0]
         db.execute(f"UPDATE {table} SET policy = {case} WHERE {where}")
     if renamed:
-        warnings.warn(f"{renamed} logged rows renamed their policy to the current names "
-                      f"({', '.join(f'{o} -> {n}' for o, n in RENAMED_POLICIES.items())})",
-                      DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            f"{renamed} logged rows renamed their policy to the current names "
+            f"({', '.join(f'{o} -> {n}' for o, n in RENAMED_POLICIES.items())})",
+            DeprecationWarning,
+            stacklevel=2,
+        )

@@ -38,10 +38,11 @@ DAY_S = 86_400.0
 
 # the UTC day of a decision; SQLite's CAST truncates towards 0, so negative times step down one
 _DAY_SQL = "(CAST(d.ts / 86400.0 AS INTEGER) - (d.ts < 0 AND d.ts != CAST(d.ts / 86400.0 AS INTEGER) * 86400.0))"
-_DAY_STATS = (f"SELECT {_DAY_SQL} AS day, count(*), min(d.seq), max(d.seq) FROM decisions d "
-              "GROUP BY day ORDER BY day")
-_DAY_REWARDS = (f"SELECT {_DAY_SQL} AS day, count(r.rowid), coalesce(max(r.rowid), 0) FROM rewards r "
-                "JOIN decisions d ON d.event_id = r.event_id GROUP BY day")
+_DAY_STATS = f"SELECT {_DAY_SQL} AS day, count(*), min(d.seq), max(d.seq) FROM decisions d GROUP BY day ORDER BY day"
+_DAY_REWARDS = (
+    f"SELECT {_DAY_SQL} AS day, count(r.rowid), coalesce(max(r.rowid), 0) FROM rewards r "
+    "JOIN decisions d ON d.event_id = r.event_id GROUP BY day"
+)
 _ITEMS_STATS = "SELECT count(*), coalesce(max(rowid), 0) FROM items"
 _DAY_N_SLOTS = "SELECT seq, n_slots FROM decisions WHERE seq >= ? AND seq <= ?"
 
@@ -98,12 +99,25 @@ class Dataset:
 
     def manifest(self) -> dict:
         return {
-            "format": FORMAT, "schema_version": SCHEMA_VERSION, "items": ITEMS,
+            "format": FORMAT,
+            "schema_version": SCHEMA_VERSION,
+            "items": ITEMS,
             "items_fingerprint": list(self.items_fingerprint),
-            "partitions": [{"day": p.day, "path": str(p.path.relative_to(self.root)), "decisions": p.decisions,
-                            "rows": p.rows, "min_seq": p.min_seq, "max_seq": p.max_seq, "rewards": p.rewards,
-                            "max_reward_rowid": p.max_reward_rowid, "max_position": p.max_position,
-                            "max_item": p.max_item} for p in self.partitions],
+            "partitions": [
+                {
+                    "day": p.day,
+                    "path": str(p.path.relative_to(self.root)),
+                    "decisions": p.decisions,
+                    "rows": p.rows,
+                    "min_seq": p.min_seq,
+                    "max_seq": p.max_seq,
+                    "rewards": p.rewards,
+                    "max_reward_rowid": p.max_reward_rowid,
+                    "max_position": p.max_position,
+                    "max_item": p.max_item,
+                }
+                for p in self.partitions
+            ],
         }
 
 
@@ -119,20 +133,35 @@ def open_dataset(root: str | Path) -> Dataset:
     if not root.is_dir():
         raise PartitionError(f"no partitioned log at {root}: not a directory", "parquet")
     if not path.exists():
-        raise PartitionError(f"{root} is not a partitioned banditrec log: {path} is missing "
-                             "(write one with `banditrec export --format parquet --partition-by day`)", "parquet")
+        raise PartitionError(
+            f"{root} is not a partitioned banditrec log: {path} is missing "
+            "(write one with `banditrec export --format parquet --partition-by day`)",
+            "parquet",
+        )
     try:
         meta = json.loads(path.read_text())
         if meta.get("format") != FORMAT:
             raise PartitionError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}", "parquet")
         if int(meta.get("schema_version", -1)) != SCHEMA_VERSION:
-            raise PartitionError(f"{path}: schema version {meta.get('schema_version')!r}, this banditrec reads "
-                                 f"{SCHEMA_VERSION}", "parquet")
-        parts = [Partition(day=e["day"], path=root / e["path"], decisions=int(e["decisions"]), rows=int(e["rows"]),
-                           min_seq=int(e["min_seq"]), max_seq=int(e["max_seq"]), rewards=int(e["rewards"]),
-                           max_reward_rowid=int(e["max_reward_rowid"]), max_position=int(e["max_position"]),
-                           max_item=int(e["max_item"]))
-                 for e in meta["partitions"]]
+            raise PartitionError(
+                f"{path}: schema version {meta.get('schema_version')!r}, this banditrec reads {SCHEMA_VERSION}",
+                "parquet",
+            )
+        parts = [
+            Partition(
+                day=e["day"],
+                path=root / e["path"],
+                decisions=int(e["decisions"]),
+                rows=int(e["rows"]),
+                min_seq=int(e["min_seq"]),
+                max_seq=int(e["max_seq"]),
+                rewards=int(e["rewards"]),
+                max_reward_rowid=int(e["max_reward_rowid"]),
+                max_position=int(e["max_position"]),
+                max_item=int(e["max_item"]),
+            )
+            for e in meta["partitions"]
+        ]
     except PartitionError:
         raise
     except (ValueError, KeyError, TypeError) as exc:
@@ -179,8 +208,9 @@ def export_partitioned(log: DecisionLog, out: str | Path, *, batch_decisions: in
                         continue
                     table = batch_table(base, batch.rows)
                     seqs = table.column("seq").to_pylist()
-                    table = table.append_column(schema.field(N_SLOTS),
-                                                pa.array([n_slots_of[q] for q in seqs], pa.int64()))
+                    table = table.append_column(
+                        schema.field(N_SLOTS), pa.array([n_slots_of[q] for q in seqs], pa.int64())
+                    )
                     ts = table.column("ts").to_numpy()
                     mine = np.floor(ts / DAY_S).astype(np.int64) == int(day)
                     if not mine.all():  # decisions of other days logged in between (clock skew)
@@ -191,11 +221,23 @@ def export_partitioned(log: DecisionLog, out: str | Path, *, batch_decisions: in
                     n_rows += table.num_rows
                     max_pos = max(max_pos, int(pc.max(table.column("position")).as_py()))
                     flat, _ = _number_lists(table.column("candidate_index").to_pylist(), np.int64)
-                    max_item = max(max_item, int(pc.max(table.column("item_index")).as_py()),
-                                   int(flat.max()) if len(flat) else -1)
-            result.partitions.append(Partition(day=name, path=path, decisions=int(n_dec), rows=n_rows, min_seq=int(lo),
-                                               max_seq=int(hi), rewards=n_rew, max_reward_rowid=max_rid,
-                                               max_position=max_pos, max_item=max_item))
+                    max_item = max(
+                        max_item, int(pc.max(table.column("item_index")).as_py()), int(flat.max()) if len(flat) else -1
+                    )
+            result.partitions.append(
+                Partition(
+                    day=name,
+                    path=path,
+                    decisions=int(n_dec),
+                    rows=n_rows,
+                    min_seq=int(lo),
+                    max_seq=int(hi),
+                    rewards=n_rew,
+                    max_reward_rowid=max_rid,
+                    max_position=max_pos,
+                    max_item=max_item,
+                )
+            )
             result.written.append(name)
         items_fp = tuple(int(v) for v in conn.execute(_ITEMS_STATS).fetchone())
     if items_fp != tuple(old.items_fingerprint) or not (out / ITEMS).exists():
@@ -230,18 +272,23 @@ def read_partition(part: Partition, columns: list[str] | None = None):
 
     path = Path(part.path)
     if not path.exists():
-        raise PartitionError(f"partition file {path} (day {part.day}) is missing: the manifest lists it; "
-                             "re-run the export", "parquet")
+        raise PartitionError(
+            f"partition file {path} (day {part.day}) is missing: the manifest lists it; re-run the export", "parquet"
+        )
     try:
         pf = pq.ParquetFile(path)
         meta = pf.schema_arrow.metadata or {}
         version = meta.get(b"banditrec.schema_version")
         if version is None or int(version) != SCHEMA_VERSION:
-            raise PartitionError(f"partition file {path} has schema version {version!r}, expected {SCHEMA_VERSION}",
-                                 "parquet")
+            raise PartitionError(
+                f"partition file {path} has schema version {version!r}, expected {SCHEMA_VERSION}", "parquet"
+            )
         if pf.metadata.num_rows != part.rows:
-            raise PartitionError(f"partition file {path} has {pf.metadata.num_rows} rows, the manifest says "
-                                 f"{part.rows}: it was replaced or truncated", "parquet")
+            raise PartitionError(
+                f"partition file {path} has {pf.metadata.num_rows} rows, the manifest says "
+                f"{part.rows}: it was replaced or truncated",
+                "parquet",
+            )
         if columns is not None:
             have = set(pf.schema_arrow.names)
             columns = [c for c in columns if c in have]
@@ -270,8 +317,9 @@ def read_items(root: str | Path) -> np.ndarray:
     return np.column_stack([table.column(n).to_numpy() for n in names]).astype(float)
 
 
-def partition_decisions(table, *, kind: str = "click", default_reward: float = 0.0,
-                        first_decision: int = 0) -> LoggedDecisions:
+def partition_decisions(
+    table, *, kind: str = "click", default_reward: float = 0.0, first_decision: int = 0
+) -> LoggedDecisions:
     """A partition's table as :class:`LoggedDecisions` (what :meth:`DecisionLog.decisions` gives
     for the same decisions), from decision ``first_decision`` on (in seq order)."""
     seq_all = table.column("seq").to_numpy()
@@ -320,12 +368,23 @@ def partition_decisions(table, *, kind: str = "click", default_reward: float = 0
         last = np.zeros(len(seq), dtype=np.int64)
         np.maximum.at(last, decision_of_row, table.column("position").to_numpy())
         if (last + 1 != logged).any():
-            raise PartitionError(f"a partition of this export holds partly observed decisions but no {N_SLOTS} "
-                                 "column (it was written by an older banditrec); re-run the export", "parquet")
+            raise PartitionError(
+                f"a partition of this export holds partly observed decisions but no {N_SLOTS} "
+                "column (it was written by an older banditrec); re-run the export",
+                "parquet",
+            )
         n_slots = logged - pinned
     return LoggedDecisions(
-        event_id=event_id, seq=seq.astype(np.int64), context=context, candidates=candidates,
-        row_decision=row_decision, row_slot=row_slot, row_action=table.column("item_index").to_numpy()[keep],
-        row_pscore=table.column("marginal").to_numpy()[keep], row_reward=reward[keep],
-        decision_reward=decision_reward, row_propensity=table.column("propensity").to_numpy()[keep],
-        n_slots=n_slots.astype(np.int64))
+        event_id=event_id,
+        seq=seq.astype(np.int64),
+        context=context,
+        candidates=candidates,
+        row_decision=row_decision,
+        row_slot=row_slot,
+        row_action=table.column("item_index").to_numpy()[keep],
+        row_pscore=table.column("marginal").to_numpy()[keep],
+        row_reward=reward[keep],
+        decision_reward=decision_reward,
+        row_propensity=table.column("propensity").to_numpy()[keep],
+        n_slots=n_slots.astype(np.int64),
+    )

@@ -9,7 +9,7 @@ import contextlib
 import json
 import sqlite3
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import sqlite_utils
@@ -27,9 +27,7 @@ TABLES = ("decisions", "slots", "rewards", "events", "model_versions", "items")
 # exactly the decisions read. A window closes at ``ts + window``: a decision is read only when
 # ``closed`` is NULL or its window has closed by then. Rewards are joined to slots in numpy
 # by (decision, position), which is much faster than a LEFT JOIN per slot row.
-_READ_FILTER = (
-    "d.seq > :after AND d.seq <= :until AND (:closed IS NULL OR d.ts + :window <= :closed)"
-)
+_READ_FILTER = "d.seq > :after AND d.seq <= :until AND (:closed IS NULL OR d.ts + :window <= :closed)"
 READ_DECISIONS = (
     "SELECT d.seq, d.event_id, d.context, d.candidate_index, d.n_slots, "
     "(SELECT count(*) FROM slots s WHERE s.event_id = d.event_id) FROM decisions d "
@@ -115,8 +113,14 @@ class LogReader:
             return self.db.execute(MAX_SEQ).fetchone()[0]
 
     def decisions(
-        self, *, after_seq: int = 0, until_seq: int | None = None, kind: str = "click",
-        default_reward: float = 0.0, closed_before: float | None = None, include_late: bool = False,
+        self,
+        *,
+        after_seq: int = 0,
+        until_seq: int | None = None,
+        kind: str = "click",
+        default_reward: float = 0.0,
+        closed_before: float | None = None,
+        include_late: bool = False,
     ) -> LoggedDecisions:
         """Decisions with ``after_seq < seq <= until_seq``, slots joined to ``kind`` rewards.
 
@@ -140,15 +144,22 @@ class LogReader:
         if closed_before is not None:
             if window is None:
                 raise ValidationError(
-                    "closed_before needs a log with a reward window (reward_window_s)", "closed_before")
+                    "closed_before needs a log with a reward window (reward_window_s)", "closed_before"
+                )
             closed_before = check_time(closed_before, "closed_before")
         with self._lock, self.db.atomic():
             conn = self.db.conn
             until = conn.execute(MAX_SEQ).fetchone()[0]
             if until_seq is not None:
                 until = min(until, int(until_seq))
-            params = read_params(after_seq=after_seq, until_seq=until, kind=kind, window=window,
-                                 closed_before=closed_before, include_late=include_late)
+            params = read_params(
+                after_seq=after_seq,
+                until_seq=until,
+                kind=kind,
+                window=window,
+                closed_before=closed_before,
+                include_late=include_late,
+            )
             dec = conn.execute(READ_DECISIONS, params).fetchall()
             slots = np.fromiter(conn.execute(READ_SLOTS, params), dtype=_SLOT_ROW)
             n_rewards = conn.execute("SELECT coalesce(max(rowid), 0) FROM rewards").fetchone()[0]  # about
@@ -164,7 +175,9 @@ class LogReader:
         bounds = offsets.tolist()
         candidates = [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
         row_decision = np.searchsorted(seq, slots["seq"])
-        row_slot, row_action, row_pscore = (np.ascontiguousarray(slots[c]) for c in ("position", "item_index", "marginal"))
+        row_slot, row_action, row_pscore = (
+            np.ascontiguousarray(slots[c]) for c in ("position", "item_index", "marginal")
+        )
         row_reward = np.full(len(slots), default_reward, dtype=float)
         decision_reward = np.full(len(seq), default_reward, dtype=float)
         if rewards:
@@ -189,10 +202,19 @@ class LogReader:
         if len(slots):
             row_slot = row_slot - pinned[row_decision]  # the policy's slot: after the pinned ones, from 0
         return LoggedDecisions(
-            event_id=event_id, seq=seq, context=context, candidates=candidates, row_decision=row_decision,
-            row_slot=row_slot, row_action=row_action, row_pscore=row_pscore, row_reward=row_reward,
-            decision_reward=decision_reward, row_propensity=np.ascontiguousarray(slots["propensity"]),
-            n_slots=n_slots)
+            event_id=event_id,
+            seq=seq,
+            context=context,
+            candidates=candidates,
+            row_decision=row_decision,
+            row_slot=row_slot,
+            row_action=row_action,
+            row_pscore=row_pscore,
+            row_reward=row_reward,
+            decision_reward=decision_reward,
+            row_propensity=np.ascontiguousarray(slots["propensity"]),
+            n_slots=n_slots,
+        )
 
     def events(self, *, after_seq: int = 0, user_id: str | None = None) -> LoggedEvents:
         """Interaction events with ``seq > after_seq`` (of one user, if given), in log order."""
@@ -203,19 +225,22 @@ class LogReader:
         with self._lock:
             rows = self.db.conn.execute(sql + " ORDER BY seq", args).fetchall()
         cols = list(zip(*rows)) if rows else [()] * 6
-        return LoggedEvents(np.array(cols[0], dtype=np.int64), np.array(cols[1], dtype=float),
-                            *(object_array(c) for c in cols[2:]))
+        return LoggedEvents(
+            np.array(cols[0], dtype=np.int64), np.array(cols[1], dtype=float), *(object_array(c) for c in cols[2:])
+        )
 
-    def recent_events(self, user_id: str, *, since_ts: float, limit: int = 50
-                      ) -> tuple[list[str], list[str], list[float]]:
+    def recent_events(
+        self, user_id: str, *, since_ts: float, limit: int = 50
+    ) -> tuple[list[str], list[str], list[float]]:
         """The user's interaction events with ``ts >= since_ts``, newest first, at most
         ``limit``: ``(item ids, kinds, times)``. One indexed query (``events (user_id, ts)``), cheap
         enough to run on every decision; this is the session state a decision sees, shared by
         every process that opens the log."""
         with self._lock:
             rows = self.db.conn.execute(
-                "SELECT item_id, kind, ts FROM events WHERE user_id = ? AND ts >= ? ORDER BY ts DESC, seq DESC "
-                "LIMIT ?", (user_id, float(since_ts), int(limit))).fetchall()
+                "SELECT item_id, kind, ts FROM events WHERE user_id = ? AND ts >= ? ORDER BY ts DESC, seq DESC LIMIT ?",
+                (user_id, float(since_ts), int(limit)),
+            ).fetchall()
         if not rows:
             return [], [], []
         items, kinds, ts = zip(*rows)
@@ -230,12 +255,14 @@ class LogReader:
         could skip one still open below a closed one; reading up to this seq never does.
         """
         if self.reward_window_s is None:
-            raise ValidationError("closed_until_seq needs a log with a reward window (reward_window_s)",
-                                  "closed_before")
+            raise ValidationError(
+                "closed_until_seq needs a log with a reward window (reward_window_s)", "closed_before"
+            )
         cutoff = check_time(closed_before, "closed_before") - self.reward_window_s
         with self._lock:
             open_seq = self.db.conn.execute(
-                "SELECT min(seq) FROM decisions WHERE ts > ? AND seq > ?", (cutoff, int(after_seq))).fetchone()[0]
+                "SELECT min(seq) FROM decisions WHERE ts > ? AND seq > ?", (cutoff, int(after_seq))
+            ).fetchone()[0]
             if open_seq is not None:
                 return int(open_seq) - 1
             return max(int(after_seq), self.db.conn.execute(MAX_SEQ).fetchone()[0])
@@ -245,7 +272,8 @@ class LogReader:
         with self._lock:
             cur = self.db.conn.execute(
                 "SELECT version, policy, params, created_ts, path, sha256, n_updates, trained_until_seq "
-                "FROM model_versions ORDER BY created_ts, rowid")
+                "FROM model_versions ORDER BY created_ts, rowid"
+            )
             names = [c[0] for c in cur.description]
             rows = cur.fetchall()
         return [{**dict(zip(names, r)), "params": json.loads(r[2])} for r in rows]
@@ -254,7 +282,8 @@ class LogReader:
         """The logged item catalog: ``(ids, features (n, d), attrs)``, ``ids[i]`` at index ``i``."""
         with self._lock:
             rows = self.db.conn.execute(
-                "SELECT item_index, item_id, features, attrs FROM items ORDER BY item_index").fetchall()
+                "SELECT item_index, item_id, features, attrs FROM items ORDER BY item_index"
+            ).fetchall()
         if not rows:
             return [], np.empty((0, 0)), []
         index, ids, features, attrs = map(list, zip(*rows))
@@ -271,12 +300,14 @@ class LogReader:
             if not rows:
                 rows = self.db.conn.execute(
                     "SELECT DISTINCT k.value, j.value FROM decisions d, json_each(d.candidates) j, "
-                    "json_each(d.candidate_index) k WHERE j.key = k.key").fetchall()
+                    "json_each(d.candidate_index) k WHERE j.key = k.key"
+                ).fetchall()
         out: dict[int, str] = {}
         for index, item in rows:
             if out.setdefault(int(index), item) != item:
-                raise ValidationError(f"the log's item index {index} holds two ids, {out[int(index)]!r} and "
-                                      f"{item!r}", "items")
+                raise ValidationError(
+                    f"the log's item index {index} holds two ids, {out[int(index)]!r} and {item!r}", "items"
+                )
         return out
 
     def policies(self) -> list[str]:
@@ -289,5 +320,6 @@ class LogReader:
             return self.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
-_SLOT_ROW = np.dtype([("seq", np.int64), ("position", np.int64), ("item_index", np.int64), ("marginal", float),
-                      ("propensity", float)])
+_SLOT_ROW = np.dtype(
+    [("seq", np.int64), ("position", np.int64), ("item_index", np.int64), ("marginal", float), ("propensity", float)]
+)

@@ -9,9 +9,10 @@ import datetime as dt
 import json
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -48,21 +49,29 @@ class _VWExample:
     probability: float
 
 
-def _vw_examples(log: DecisionLog, kind: str, default_reward: float, min_probability: float | None,
-                 batch_decisions: int, counter: list[int]) -> Iterator[_VWExample]:
+def _vw_examples(
+    log: DecisionLog,
+    kind: str,
+    default_reward: float,
+    min_probability: float | None,
+    batch_decisions: int,
+    counter: list[int],
+) -> Iterator[_VWExample]:
     if not math.isfinite(default_reward):
         raise ValidationError(f"default_reward must be finite, got {default_reward!r}", "default_reward")
     if min_probability is not None and not (F32_TINY <= min_probability <= 1):
-        raise ValidationError(f"min_probability must be in [{F32_TINY:.3g}, 1], got {min_probability!r}",
-                              "min_probability")
+        raise ValidationError(
+            f"min_probability must be in [{F32_TINY:.3g}, 1], got {min_probability!r}", "min_probability"
+        )
     with log.snapshot() as conn:
         layout = read_layout(conn, False)
         cols = {c: i for i, c in enumerate(layout.columns)}
         i_event, i_pos, i_ts, i_item, i_marg = (cols[c] for c in ("event_id", "position", "ts", "item_id", "marginal"))
         i_reward = cols.get(f"reward:{kind}")
         if layout.kinds and kind not in layout.kinds:
-            raise ValidationError(f"the log has no {kind!r} rewards; it has {', '.join(map(repr, layout.kinds))}",
-                                  "kind")
+            raise ValidationError(
+                f"the log has no {kind!r} rewards; it has {', '.join(map(repr, layout.kinds))}", "kind"
+            )
         for batch in read_batches(conn, layout, batch_decisions):
             counter[1] += batch.n_decisions
             index_of: dict[str, int] = {}
@@ -76,11 +85,14 @@ def _vw_examples(log: DecisionLog, kind: str, default_reward: float, min_probabi
                     bad = [c for c in context if not (math.isfinite(c) and abs(c) <= F32_MAX)]
                     if bad:
                         raise ValidationError(
-                            f"{where}: context value {bad[0]!r} cannot be a VW feature (VW stores float32)", "context")
+                            f"{where}: context value {bad[0]!r} cannot be a VW feature (VW stores float32)", "context"
+                        )
                 chosen = index_of.get(row[i_item])
                 if chosen is None:
-                    raise ValidationError(f"{where}: item {row[i_item]!r} is not among the decision's "
-                                          f"{len(candidates)} candidates", "item_id")
+                    raise ValidationError(
+                        f"{where}: item {row[i_item]!r} is not among the decision's {len(candidates)} candidates",
+                        "item_id",
+                    )
                 reward = row[i_reward] if i_reward is not None else None
                 reward = default_reward if reward is None else reward
                 p = row[i_marg]
@@ -88,7 +100,9 @@ def _vw_examples(log: DecisionLog, kind: str, default_reward: float, min_probabi
                     if min_probability is None:
                         raise ValidationError(
                             f"{where}: marginal propensity {p!r} would read as 0 in VW (float32), which makes VW "
-                            f"skip the update; pass min_probability to clip it", "marginal")
+                            f"skip the update; pass min_probability to clip it",
+                            "marginal",
+                        )
                     p = min_probability
                     counter[2] += 1
                 counter[0] += 1
@@ -117,9 +131,17 @@ _VW_DOC = """
 """
 
 
-def export_vw(log: DecisionLog, path: str | Path, *, kind: str = "click", default_reward: float = 0.0,
-              min_probability: float | None = None, batch_decisions: int = 5000) -> ExportResult:
-    """Export as VW text multi-line ``--cb_adf`` / ``--cb_explore_adf`` examples, one per logged slot.
+def export_vw(
+    log: DecisionLog,
+    path: str | Path,
+    *,
+    kind: str = "click",
+    default_reward: float = 0.0,
+    min_probability: float | None = None,
+    batch_decisions: int = 5000,
+) -> ExportResult:
+    (
+        """Export as VW text multi-line ``--cb_adf`` / ``--cb_explore_adf`` examples, one per logged slot.
 
     Layout of one example (examples are separated by an empty line)::
 
@@ -132,7 +154,9 @@ def export_vw(log: DecisionLog, path: str | Path, *, kind: str = "click", defaul
     follow the decision's candidate order, item ids are escaped by :func:`vw_escape`. The
     namespaces start with different letters, so ``-q UA`` crosses user and action features.
     Train with e.g. ``python -m vowpalwabbit --cb_explore_adf -q UA -d FILE``.
-    """ + _VW_DOC
+    """
+        + _VW_DOC
+    )
     counter = [0, 0, 0]
     with atomic_output(path, "w", encoding="utf-8") as fh:
         for ex in _vw_examples(log, kind, default_reward, min_probability, batch_decisions, counter):
@@ -147,14 +171,22 @@ def export_vw(log: DecisionLog, path: str | Path, *, kind: str = "click", defaul
 
 def _iso(ts: float) -> str:
     try:
-        return dt.datetime.fromtimestamp(ts, tz=dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return dt.datetime.fromtimestamp(ts, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     except (OverflowError, OSError, ValueError):
         return repr(ts)  # not a Unix time; VW keeps Timestamp as an opaque string
 
 
-def export_dsjson(log: DecisionLog, path: str | Path, *, kind: str = "click", default_reward: float = 0.0,
-                  min_probability: float | None = None, batch_decisions: int = 5000) -> ExportResult:
-    """Export as VW decision-service JSON (``--dsjson --cb_explore_adf``), one line per logged slot.
+def export_dsjson(
+    log: DecisionLog,
+    path: str | Path,
+    *,
+    kind: str = "click",
+    default_reward: float = 0.0,
+    min_probability: float | None = None,
+    batch_decisions: int = 5000,
+) -> ExportResult:
+    (
+        """Export as VW decision-service JSON (``--dsjson --cb_explore_adf``), one line per logged slot.
 
     One line (wrapped here)::
 
@@ -171,7 +203,9 @@ def export_dsjson(log: DecisionLog, path: str | Path, *, kind: str = "click", de
     empty). Only the shown item's probability was logged for a slot, so ``p`` holds that one
     number, aligned with ``a[0]``; VW learns from ``_label_probability`` and ``_label_cost``.
     ``EventId`` is the decision's event id and the slot position, unique per line.
-    """ + _VW_DOC
+    """
+        + _VW_DOC
+    )
     counter = [0, 0, 0]
     with atomic_output(path, "w", encoding="utf-8") as fh:
         for ex in _vw_examples(log, kind, default_reward, min_probability, batch_decisions, counter):

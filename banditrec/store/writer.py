@@ -11,7 +11,8 @@ import json
 import sqlite3
 import threading
 import time
-from typing import Any, Iterable, NamedTuple, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import sqlite_utils
@@ -116,8 +117,7 @@ class LogWriter:
         except sqlite3.IntegrityError as exc:
             raise _refusal(exc, row[0]) from None
 
-    def write_decisions(self, items: Iterable[DecisionRecord | tuple], *,
-                        rewards: Iterable[Reward] = ()) -> list[str]:
+    def write_decisions(self, items: Iterable[DecisionRecord | tuple], *, rewards: Iterable[Reward] = ()) -> list[str]:
         """Write many decisions, then ``rewards`` (for them or for earlier decisions), in ONE
         transaction: all of it or, on any error, none of it. Returns the status of each reward,
         as :meth:`record_rewards` does.
@@ -141,22 +141,31 @@ class LogWriter:
             try:
                 record = DecisionRecord(*item)
             except TypeError:
-                raise _in_batch(ValidationError(
-                    "expected (decision, policy_params, candidate_index, slot_index, context[, surface]), got "
-                    f"{type(item).__name__} of {len(item) if hasattr(item, '__len__') else '?'}", "items"),
-                    "items", i, None) from None
+                raise _in_batch(
+                    ValidationError(
+                        "expected (decision, policy_params, candidate_index, slot_index, context[, surface]), got "
+                        f"{type(item).__name__} of {len(item) if hasattr(item, '__len__') else '?'}",
+                        "items",
+                    ),
+                    "items",
+                    i,
+                    None,
+                ) from None
             event_id = getattr(record.decision, "event_id", None)
             try:
                 row, slot_rows = decision_rows(*record)
             except BanditRecError as exc:
                 raise _in_batch(exc, "items", i, event_id) from None
             except (TypeError, ValueError, AttributeError) as exc:  # e.g. policy_params not JSON-able
-                raise _in_batch(ValidationError(f"{type(exc).__name__}: {exc}", "items"), "items", i,
-                                event_id) from exc
+                raise _in_batch(ValidationError(f"{type(exc).__name__}: {exc}", "items"), "items", i, event_id) from exc
             first = first_of.setdefault(row[0], i)
             if first != i:
-                raise _in_batch(ConflictError(f"event id {row[0]!r} is also items[{first}] of this batch",
-                                              "event_id"), "items", i, row[0])
+                raise _in_batch(
+                    ConflictError(f"event id {row[0]!r} is also items[{first}] of this batch", "event_id"),
+                    "items",
+                    i,
+                    row[0],
+                )
             rows.append((row, slot_rows))
         checked = self._checked_rewards(rewards)
         with self._writing():
@@ -238,9 +247,7 @@ class LogWriter:
             known[reward.event_id] = found
         n_slots, decision_ts = found
         if not WHOLE_DECISION <= position < n_slots:
-            raise ValidationError(
-                f"position must be in [0, {n_slots}) for this decision, got {position}", "position"
-            )
+            raise ValidationError(f"position must be in [0, {n_slots}) for this decision, got {position}", "position")
         late = self.reward_window_s is not None and ts > decision_ts + self.reward_window_s
         cur = self.db.execute(
             INSERT_REWARD, (reward.event_id, position, reward.kind, float(reward.value), ts, int(late))
@@ -260,8 +267,9 @@ class LogWriter:
             "reward",
         )
 
-    def write_event(self, user_id: str, item_id: str, kind: str, ts: float | None = None,
-                    event_id: str | None = None) -> int:
+    def write_event(
+        self, user_id: str, item_id: str, kind: str, ts: float | None = None, event_id: str | None = None
+    ) -> int:
         """Log an interaction event (``kind`` view, cart or purchase); returns its ``seq``.
 
         ``ts`` defaults to now; ``event_id`` attributes the event to a logged decision.
@@ -274,8 +282,10 @@ class LogWriter:
         if event_id is not None:
             check_name(event_id, "event_id")
         with self._writing():
-            if event_id is not None and self.db.execute(
-                    "SELECT 1 FROM decisions WHERE event_id = ?", (event_id,)).fetchone() is None:
+            if (
+                event_id is not None
+                and self.db.execute("SELECT 1 FROM decisions WHERE event_id = ?", (event_id,)).fetchone() is None
+            ):
                 raise NotFoundError(f"no decision with event_id {event_id!r}", "event_id")
             cur = self.db.execute(
                 "INSERT INTO events (ts, user_id, item_id, kind, event_id) VALUES (?, ?, ?, ?, ?)",
@@ -289,8 +299,9 @@ class LogWriter:
         nothing; the error names the first bad entry (``events[i]``). Returns the rows written."""
         cols = [list(c) for c in (user_ids, item_ids, kinds, ts)]
         if len({len(c) for c in cols}) != 1:
-            raise ValidationError(f"user_ids, item_ids, kinds and ts must have one length, got {[len(c) for c in cols]}",
-                                  "events")
+            raise ValidationError(
+                f"user_ids, item_ids, kinds and ts must have one length, got {[len(c) for c in cols]}", "events"
+            )
         rows = []
         for i, (user, item, kind, t) in enumerate(zip(*cols)):
             try:
@@ -305,8 +316,16 @@ class LogWriter:
             self.db.conn.executemany("INSERT INTO events (ts, user_id, item_id, kind) VALUES (?, ?, ?, ?)", rows)
         return len(rows)
 
-    def register_model(self, version: str, policy: str, params: dict, path: str | None = None,
-                       sha256: str | None = None, n_updates: int = 0, trained_until_seq: int = 0) -> str:
+    def register_model(
+        self,
+        version: str,
+        policy: str,
+        params: dict,
+        path: str | None = None,
+        sha256: str | None = None,
+        n_updates: int = 0,
+        trained_until_seq: int = 0,
+    ) -> str:
         """Record a model version; returns ``"recorded"``, or ``"duplicate"`` when the same
         version is already registered with the same content (a different one is a
         :class:`ConflictError`). ``trained_until_seq``: the last decision it learned from."""
@@ -315,19 +334,31 @@ class LogWriter:
         params_text = json_object(params, "params")
         if path is not None:
             path = check_name(str(path), "path")
-        if sha256 is not None and (not isinstance(sha256, str) or len(sha256) != 64
-                                   or any(c not in "0123456789abcdef" for c in sha256)):
+        if sha256 is not None and (
+            not isinstance(sha256, str) or len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256)
+        ):
             raise ValidationError(f"sha256 must be 64 lowercase hex digits, got {sha256!r}", "sha256")
-        row = (version, policy, params_text, path, sha256, check_count(n_updates, "n_updates"),
-               check_count(trained_until_seq, "trained_until_seq"))
+        row = (
+            version,
+            policy,
+            params_text,
+            path,
+            sha256,
+            check_count(n_updates, "n_updates"),
+            check_count(trained_until_seq, "trained_until_seq"),
+        )
         with self._writing():
             existing = self.db.execute(
                 "SELECT version, policy, params, path, sha256, n_updates, trained_until_seq "
-                "FROM model_versions WHERE version = ?", (version,)).fetchone()
+                "FROM model_versions WHERE version = ?",
+                (version,),
+            ).fetchone()
             if existing is None:
                 self.db.execute(
                     "INSERT INTO model_versions (version, policy, params, created_ts, path, sha256, n_updates, "
-                    "trained_until_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (*row[:3], time.time(), *row[3:]))
+                    "trained_until_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (*row[:3], time.time(), *row[3:]),
+                )
                 return "recorded"
         if tuple(existing) == row:
             return "duplicate"
@@ -356,15 +387,20 @@ class LogWriter:
         attrs = list(attrs)
         if len(attrs) != len(ids):
             raise ValidationError(f"attrs must hold one dict per item, got {len(attrs)} for {len(ids)}", "attrs")
-        rows = [(i, item, json.dumps(f), json_object(a, f"attrs[{i}]"))
-                for i, (item, f, a) in enumerate(zip(ids, feats.tolist(), attrs))]
+        rows = [
+            (i, item, json.dumps(f), json_object(a, f"attrs[{i}]"))
+            for i, (item, f, a) in enumerate(zip(ids, feats.tolist(), attrs))
+        ]
         with self._writing():
             width = self.db.execute("SELECT json_array_length(features) FROM items LIMIT 1").fetchone()
             if width is not None and rows and width[0] != feats.shape[1]:
-                raise ConflictError(
-                    f"logged items have {width[0]} features, these have {feats.shape[1]}", "features")
-            logged = {r[0]: tuple(r) for r in self.db.execute(
-                "SELECT item_index, item_id, features, attrs FROM items WHERE item_index < ?", (len(rows),))}
+                raise ConflictError(f"logged items have {width[0]} features, these have {feats.shape[1]}", "features")
+            logged = {
+                r[0]: tuple(r)
+                for r in self.db.execute(
+                    "SELECT item_index, item_id, features, attrs FROM items WHERE item_index < ?", (len(rows),)
+                )
+            }
             new = []
             for row in rows:
                 old = logged.get(row[0])
@@ -372,8 +408,11 @@ class LogWriter:
                     new.append(row)
                 elif old != row:
                     raise ConflictError(
-                        f"item index {row[0]} already holds {'item ' + repr(old[1]) if old[1] != row[1] else 'other content'}"
-                        f", not this {row[1]!r}", "ids")
+                        f"item index {row[0]} already holds "
+                        f"{'item ' + repr(old[1]) if old[1] != row[1] else 'other content'}"
+                        f", not this {row[1]!r}",
+                        "ids",
+                    )
             try:
                 self.db.conn.executemany("INSERT INTO items VALUES (?, ?, ?, ?)", new)
             except sqlite3.IntegrityError:

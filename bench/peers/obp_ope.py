@@ -46,8 +46,9 @@ def main(argv=None) -> None:
 
     with np.load(args.npz) as f:
         d = {k: f[k] for k in f.files}
-    common = dict(reward=d["reward"], action=d["action"], position=d["position"], pscore=d["pscore"],
-                  action_dist=d["action_dist"])
+    common = dict(
+        reward=d["reward"], action=d["action"], position=d["position"], pscore=d["pscore"], action_dist=d["action_dist"]
+    )
     q_hat = d["estimated_rewards_by_reg_model"]
     ipw, snipw, dr = InverseProbabilityWeighting(), SelfNormalizedInverseProbabilityWeighting(), DoublyRobust()
     cases = {
@@ -63,8 +64,11 @@ def main(argv=None) -> None:
         "python_version": sys.version.split()[0],
         "n_rows": int(len(d["reward"])),
         "estimators": {
-            name: {"value": values[name], "seconds_median": timings[name].p50 / 1e9,
-                   "seconds_all": [float(x) / 1e9 for x in timings[name].ns]}
+            name: {
+                "value": values[name],
+                "seconds_median": timings[name].p50 / 1e9,
+                "seconds_all": [float(x) / 1e9 for x in timings[name].ns],
+            }
             for name in cases
         },
     }

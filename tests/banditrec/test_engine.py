@@ -79,7 +79,9 @@ def test_a_decision_with_missing_slot_indices_is_refused_whole(log, engine):
     d = engine.decide("u1", 3, context=CTX)
     other = d.__class__(**{**d.__dict__, "event_id": "x"})
     with pytest.raises(ValidationError, match="needs as many indices, got 1 and"):
-        log.write_decision(other, policy_params={}, candidate_index=range(len(d.candidates)), slot_index=[0], context=CTX)
+        log.write_decision(
+            other, policy_params={}, candidate_index=range(len(d.candidates)), slot_index=[0], context=CTX
+        )
     assert log.count("decisions") == 0 and log.count("slots") == 0
 
 
@@ -92,7 +94,9 @@ def test_an_overflowing_context_is_a_context_error(engine):
 
 def test_unseeded_engines_take_event_ids_from_the_os(small_shop):
     a, b = make_engine(small_shop, seed=None), make_engine(small_shop, seed=None)
-    ids = {a.decide("u1", 2, context=CTX).event_id for _ in range(50)} | {b.decide("u1", 2, context=CTX).event_id for _ in range(50)}
+    ids = {a.decide("u1", 2, context=CTX).event_id for _ in range(50)} | {
+        b.decide("u1", 2, context=CTX).event_id for _ in range(50)
+    }
     assert len(ids) == 100 and all(len(i) == 32 for i in ids)
 
 
@@ -107,9 +111,10 @@ def test_unseeded_event_ids_start_with_the_wall_clock_in_milliseconds(small_shop
     assert all(before <= t <= after for t in stamps) and stamps == sorted(stamps)
     assert len({i[12:] for i in ids}) == 30 and all(int(i, 16) >= 0 for i in ids)
     # a seeded engine still draws its ids from its own stream: the same seed, the same ids
-    seeded = [[make_engine(small_shop, seed=5).decide("u1", 2, context=CTX).event_id for _ in range(1)][0]
-              for _ in range(2)]
-    assert seeded[0] == seeded[1] and abs(int(seeded[0][:12], 16) - before) > 10 ** 9
+    seeded = [
+        [make_engine(small_shop, seed=5).decide("u1", 2, context=CTX).event_id for _ in range(1)][0] for _ in range(2)
+    ]
+    assert seeded[0] == seeded[1] and abs(int(seeded[0][:12], 16) - before) > 10**9
 
 
 def test_served_exploration_floor_is_logged_with_the_policy_params(small_shop):
@@ -120,8 +125,17 @@ def test_served_exploration_floor_is_logged_with_the_policy_params(small_shop):
     params = json.loads(eng.log.db.execute("SELECT policy_params FROM decisions").fetchone()[0])
     # every param of the policy's config, plus the floor; the ones this spec sets, by value
     assert params == {**eng.policy.params, "min_epsilon": 0.05}
-    expected = {"epsilon": 0.0, "explore_from": 0, "objective": "", "sensitivity": "off", "max_per_type": 0,
-                "alpha": 1.0, "reg": 1.0, "gamma": 1.0, "min_epsilon": 0.05}
+    expected = {
+        "epsilon": 0.0,
+        "explore_from": 0,
+        "objective": "",
+        "sensitivity": "off",
+        "max_per_type": 0,
+        "alpha": 1.0,
+        "reg": 1.0,
+        "gamma": 1.0,
+        "min_epsilon": 0.05,
+    }
     assert {k: params.get(k) for k in expected} == expected
     n = len(d.candidates)
     assert min(s.marginal for s in d.slots) > 0
@@ -193,8 +207,10 @@ def _batch_requests(shop, rng):
 
 
 def _logged(eng):
-    rows = eng.log.db.execute("SELECT event_id, candidates, candidate_index, context, policy_params, joint_propensity, "
-                              "log_joint_propensity FROM decisions ORDER BY seq").fetchall()
+    rows = eng.log.db.execute(
+        "SELECT event_id, candidates, candidate_index, context, policy_params, joint_propensity, "
+        "log_joint_propensity FROM decisions ORDER BY seq"
+    ).fetchall()
     slots = eng.log.db.execute("SELECT * FROM slots ORDER BY event_id, position").fetchall()
     return rows, slots
 
@@ -216,10 +232,15 @@ def test_a_batch_serves_and_logs_what_one_at_a_time_would(small_shop, policy):
     batch = many.decide_batch(reqs)
     assert len(batch) == len(singles) == 13
     for a, b in zip(singles, batch):
-        assert (a.event_id, a.candidates, a.model_version, a.policy) == (b.event_id, b.candidates, b.model_version,
-                                                                          b.policy)
-        assert [(s.position, s.item_id, s.source, s.marginal_draws) for s in a.slots] == \
-               [(s.position, s.item_id, s.source, s.marginal_draws) for s in b.slots]
+        assert (a.event_id, a.candidates, a.model_version, a.policy) == (
+            b.event_id,
+            b.candidates,
+            b.model_version,
+            b.policy,
+        )
+        assert [(s.position, s.item_id, s.source, s.marginal_draws) for s in a.slots] == [
+            (s.position, s.item_id, s.source, s.marginal_draws) for s in b.slots
+        ]
         np.testing.assert_allclose([s.propensity for s in a.slots], [s.propensity for s in b.slots], rtol=0, atol=1e-12)
         np.testing.assert_allclose([s.marginal for s in a.slots], [s.marginal for s in b.slots], rtol=0, atol=1e-12)
         assert a.log_joint_propensity == pytest.approx(b.log_joint_propensity, abs=1e-12)
@@ -293,8 +314,15 @@ def test_a_candidate_generator_is_a_candidate_source_or_is_refused(small_shop):
     n = small_shop.catalog.n_items
     items = ItemTable(ids=tuple(small_shop.catalog.item_ids), features=small_shop.catalog.features)
     with pytest.raises(ValidationError, match="OnlyCandidates.*not a CandidateSource") as err:
-        Engine(items=items, policy=make_engine(small_shop).policy, log=None, candidate_generator=OnlyCandidates(),
-               user_items=small_shop.history, user_index={}, context_dim=4)
+        Engine(
+            items=items,
+            policy=make_engine(small_shop).policy,
+            log=None,
+            candidate_generator=OnlyCandidates(),
+            user_items=small_shop.history,
+            user_index={},
+            context_dim=4,
+        )
     assert err.value.field == "candidate_generator"
     cf = ItemItemCF(n_neighbors=20).fit(small_shop.history)
     assert isinstance(cf, CandidateSource)
@@ -307,12 +335,14 @@ def test_a_candidate_generator_is_a_candidate_source_or_is_refused(small_shop):
     assert n > 15
 
 
-def test_building_an_engine_leaves_its_log_unchanged_and_the_first_decision_logs_the_catalog(make_log, small_shop, tmp_path):
+def test_building_an_engine_leaves_its_log_unchanged_and_the_first_decision_logs_the_catalog(
+    make_log, small_shop, tmp_path
+):
     """The constructor writes nothing; the catalog reaches the log's items table with the first
     logged decision (one by one or in a batch), or earlier through ``log_items()``, once; a log
     that already holds items keeps them."""
-    from studies.coverage import build_engine
     from banditrec.store.reader import TABLES
+    from studies.coverage import build_engine
 
     ids = list(small_shop.catalog.item_ids)
     for how in ("decide", "batch", "explicit"):

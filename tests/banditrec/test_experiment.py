@@ -13,8 +13,20 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from banditrec.errors import ValidationError
-from banditrec.experiment import (analyse, assign, compare_means, compare_ratios, cuped, duration_days,
-                                  format_table, hash_unit, minimum_detectable_effect, power, sample_size, srm_check)
+from banditrec.experiment import (
+    analyse,
+    assign,
+    compare_means,
+    compare_ratios,
+    cuped,
+    duration_days,
+    format_table,
+    hash_unit,
+    minimum_detectable_effect,
+    power,
+    sample_size,
+    srm_check,
+)
 
 
 def within(x: float, target: float, tol: float) -> bool:
@@ -64,9 +76,11 @@ def test_a_new_salt_gives_an_independent_assignment():
 
 
 @settings(max_examples=60, deadline=None)
-@given(ids=st.lists(st.one_of(st.integers(), st.text(max_size=12)), max_size=40),
-       salt=st.text(max_size=10),
-       weights=st.lists(st.floats(min_value=1e-3, max_value=1e3), min_size=2, max_size=6))
+@given(
+    ids=st.lists(st.one_of(st.integers(), st.text(max_size=12)), max_size=40),
+    salt=st.text(max_size=10),
+    weights=st.lists(st.floats(min_value=1e-3, max_value=1e3), min_size=2, max_size=6),
+)
 def test_assign_always_returns_valid_indices(ids, salt, weights):
     arms = [f"arm{j}" for j in range(len(weights))]
     arm = assign(ids, arms, salt, weights=weights)
@@ -75,15 +89,18 @@ def test_assign_always_returns_valid_indices(ids, salt, weights):
     assert np.array_equal(arm, assign(ids, arms, salt, weights=weights))
 
 
-@pytest.mark.parametrize("arms, weights, field", [
-    (["only"], None, "arms"),
-    (["a", "a"], None, "arms"),
-    ("ab", None, "arms"),
-    (["a", "b"], [1.0, 0.0], "weights"),
-    (["a", "b"], [1.0, -1.0], "weights"),
-    (["a", "b"], [1.0, float("nan")], "weights"),
-    (["a", "b"], [1.0, 1.0, 1.0], "weights"),
-])
+@pytest.mark.parametrize(
+    "arms, weights, field",
+    [
+        (["only"], None, "arms"),
+        (["a", "a"], None, "arms"),
+        ("ab", None, "arms"),
+        (["a", "b"], [1.0, 0.0], "weights"),
+        (["a", "b"], [1.0, -1.0], "weights"),
+        (["a", "b"], [1.0, float("nan")], "weights"),
+        (["a", "b"], [1.0, 1.0, 1.0], "weights"),
+    ],
+)
 def test_assign_rejects_bad_arms_and_weights(arms, weights, field):
     with pytest.raises(ValidationError) as err:
         assign([1, 2, 3], arms, "s", weights=weights)
@@ -119,14 +136,17 @@ def test_srm_passes_a_real_assignment():
     assert srm_check(np.bincount(arm, minlength=3), weights=[0.5, 0.25, 0.25]).ok
 
 
-@pytest.mark.parametrize("counts, kw, field", [
-    ([10], {}, "counts"),
-    ([10, -1], {}, "counts"),
-    ([10, 2.5], {}, "counts"),
-    ([0, 0], {}, "counts"),
-    ([10, 10], {"weights": [1, 2, 3]}, "weights"),
-    ([10, 10], {"alpha": 0.0}, "alpha"),
-])
+@pytest.mark.parametrize(
+    "counts, kw, field",
+    [
+        ([10], {}, "counts"),
+        ([10, -1], {}, "counts"),
+        ([10, 2.5], {}, "counts"),
+        ([0, 0], {}, "counts"),
+        ([10, 10], {"weights": [1, 2, 3]}, "weights"),
+        ([10, 10], {"alpha": 0.0}, "alpha"),
+    ],
+)
 def test_srm_rejects_bad_input(counts, kw, field):
     with pytest.raises(ValidationError) as err:
         srm_check(counts, **kw)
@@ -166,13 +186,11 @@ def test_welch_and_lift_intervals_cover_the_truth():
     reps = 2000
     a = rng.normal(5.0, 1.0, (reps, 40))
     b = rng.normal(5.3, 3.0, (reps, 60))
-    hits = [(lambda c: c.diff_ci[0] <= 0.3 <= c.diff_ci[1])(compare_means(a[i], b[i], n_boot=0))
-            for i in range(reps)]
+    hits = [(lambda c: c.diff_ci[0] <= 0.3 <= c.diff_ci[1])(compare_means(a[i], b[i], n_boot=0)) for i in range(reps)]
     assert within(np.mean(hits), 0.95, 0.015), np.mean(hits)
     a = rng.normal(10.0, 3.0, (reps, 300))
     b = rng.normal(11.0, 3.0, (reps, 300))
-    hits = [(lambda c: c.lift_ci[0] <= 0.1 <= c.lift_ci[1])(compare_means(a[i], b[i], n_boot=0))
-            for i in range(reps)]
+    hits = [(lambda c: c.lift_ci[0] <= 0.1 <= c.lift_ci[1])(compare_means(a[i], b[i], n_boot=0)) for i in range(reps)]
     assert within(np.mean(hits), 0.95, 0.015), np.mean(hits)
 
 
@@ -216,15 +234,18 @@ def test_degenerate_arms_give_nan_rather_than_a_verdict():
     assert r.mean_a == 0 and math.isnan(r.lift) and r.diff == pytest.approx(0.05)
 
 
-@pytest.mark.parametrize("a, b, kw, field", [
-    ([], [1.0, 2.0], {}, "a"),
-    ([1.0], [1.0, 2.0], {}, "a"),
-    ([1.0, 2.0], [1.0, float("nan")], {}, "b"),
-    ([1.0, 2.0], [[1.0, 2.0]], {}, "b"),
-    ([1.0, 2.0], [1.0, 3.0], {"alpha": 0.0}, "alpha"),
-    ([1.0, 2.0], [1.0, 3.0], {"alpha": 1.5}, "alpha"),
-    ([1.0, 2.0], [1.0, 3.0], {"n_boot": -1}, "n_boot"),
-])
+@pytest.mark.parametrize(
+    "a, b, kw, field",
+    [
+        ([], [1.0, 2.0], {}, "a"),
+        ([1.0], [1.0, 2.0], {}, "a"),
+        ([1.0, 2.0], [1.0, float("nan")], {}, "b"),
+        ([1.0, 2.0], [[1.0, 2.0]], {}, "b"),
+        ([1.0, 2.0], [1.0, 3.0], {"alpha": 0.0}, "alpha"),
+        ([1.0, 2.0], [1.0, 3.0], {"alpha": 1.5}, "alpha"),
+        ([1.0, 2.0], [1.0, 3.0], {"n_boot": -1}, "n_boot"),
+    ],
+)
 def test_compare_means_rejects_bad_input(a, b, kw, field):
     with pytest.raises(ValidationError) as err:
         compare_means(a, b, **kw)
@@ -254,7 +275,8 @@ def test_cuped_is_the_pooled_ols_adjustment():
     slope = np.linalg.lstsq(np.column_stack([np.ones_like(x), x]), y, rcond=None)[0][1]
     assert theta == pytest.approx(slope, rel=1e-10)
     assert adj_b.mean() - adj_a.mean() == pytest.approx(
-        yb.mean() - ya.mean() - slope * (xb.mean() - xa.mean()), rel=1e-10)
+        yb.mean() - ya.mean() - slope * (xb.mean() - xa.mean()), rel=1e-10
+    )
     c = compare_means(ya, yb, covariates=(xa, xb), n_boot=0)
     assert c.kind == "cuped" and c.diff == pytest.approx(adj_b.mean() - adj_a.mean(), rel=1e-12)
     assert c.p_value == pytest.approx(stats.ttest_ind(adj_b, adj_a, equal_var=False).pvalue, rel=1e-9)
@@ -297,12 +319,15 @@ def test_a_constant_covariate_changes_nothing():
     assert theta == 0.0 and np.array_equal(adj_a, a) and np.array_equal(adj_b, b)
 
 
-@pytest.mark.parametrize("covariates, field", [
-    (([1.0, 2.0], [1.0, 2.0, 3.0]), "covariates"),  # a's covariate is one short
-    (([1.0, 2.0, 3.0],), "covariates"),
-    (([1.0, 2.0, np.nan], [1.0, 2.0, 3.0]), "covariate_a"),
-    ("x", "covariates"),
-])
+@pytest.mark.parametrize(
+    "covariates, field",
+    [
+        (([1.0, 2.0], [1.0, 2.0, 3.0]), "covariates"),  # a's covariate is one short
+        (([1.0, 2.0, 3.0],), "covariates"),
+        (([1.0, 2.0, np.nan], [1.0, 2.0, 3.0]), "covariate_a"),
+        ("x", "covariates"),
+    ],
+)
 def test_cuped_rejects_bad_covariates(covariates, field):
     with pytest.raises(ValidationError) as err:
         compare_means([1.0, 2.0, 4.0], [1.0, 3.0, 5.0], covariates=covariates)
@@ -406,13 +431,16 @@ def test_customers_without_a_denominator_count_as_zero():
     assert err.value.field == "den_b" and "sums to 0" in err.value.message
 
 
-@pytest.mark.parametrize("args, kw, field", [
-    (([1.0, 2.0], [1.0], [1.0, 2.0], [1.0, 2.0]), {}, "den_a"),
-    (([], [], [1.0, 2.0], [1.0, 2.0]), {}, "num_a"),
-    (([1.0, 2.0], [1.0, 2.0], [1.0, float("nan")], [1.0, 2.0]), {}, "num_b"),
-    (([1.0, 2.0], [1.0, 2.0], [1.0, 2.0], [1.0, -2.0]), {}, "den_b"),
-    (([1.0, 2.0], [1.0, 2.0], [1.0, 2.0], [1.0, 2.0]), {"alpha": -0.1}, "alpha"),
-])
+@pytest.mark.parametrize(
+    "args, kw, field",
+    [
+        (([1.0, 2.0], [1.0], [1.0, 2.0], [1.0, 2.0]), {}, "den_a"),
+        (([], [], [1.0, 2.0], [1.0, 2.0]), {}, "num_a"),
+        (([1.0, 2.0], [1.0, 2.0], [1.0, float("nan")], [1.0, 2.0]), {}, "num_b"),
+        (([1.0, 2.0], [1.0, 2.0], [1.0, 2.0], [1.0, -2.0]), {}, "den_b"),
+        (([1.0, 2.0], [1.0, 2.0], [1.0, 2.0], [1.0, 2.0]), {"alpha": -0.1}, "alpha"),
+    ],
+)
 def test_compare_ratios_rejects_bad_input(args, kw, field):
     with pytest.raises(ValidationError) as err:
         compare_ratios(*args, **kw)
@@ -439,8 +467,14 @@ def test_sample_size_is_the_closed_form():
     assert sample_size(baseline=0.1, mde=0.2) in {math.ceil(prop) - 1, math.ceil(prop)}
 
 
-@pytest.mark.parametrize("kw", [dict(baseline=10, sd=4, mde=0.05), dict(baseline=0.1, mde=0.2),
-                                dict(baseline=0.03, mde=0.1, alpha=0.01, power=0.9, ratio=0.5)])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(baseline=10, sd=4, mde=0.05),
+        dict(baseline=0.1, mde=0.2),
+        dict(baseline=0.03, mde=0.1, alpha=0.01, power=0.9, ratio=0.5),
+    ],
+)
 def test_sample_size_is_the_smallest_n_with_enough_power(kw):
     n = sample_size(**kw)
     target = kw.get("power", 0.8)
@@ -485,21 +519,24 @@ def test_duration_days():
     assert duration_days(10_000, 3000, 3, traffic_share=0.2) == 50
 
 
-@pytest.mark.parametrize("call, field", [
-    (lambda: sample_size(baseline=5, mde=0.1), "baseline"),
-    (lambda: sample_size(baseline=0.9, mde=0.2), "mde"),
-    (lambda: sample_size(baseline=10, sd=4, mde=0), "mde"),
-    (lambda: sample_size(baseline=10, sd=-4, mde=0.1), "sd"),
-    (lambda: sample_size(baseline=0, sd=4, mde=0.1), "baseline"),
-    (lambda: sample_size(baseline=10, sd=4, mde=0.1, alpha=1.0), "alpha"),
-    (lambda: sample_size(baseline=10, sd=4, mde=0.1, power=1.0), "power"),
-    (lambda: sample_size(baseline=10, sd=4, mde=0.1, ratio=0), "ratio"),
-    (lambda: power(0, baseline=10, sd=4, mde=0.1), "n_per_arm"),
-    (lambda: minimum_detectable_effect(10, baseline=0.999), "n_per_arm"),
-    (lambda: duration_days(100, 10, 1), "n_arms"),
-    (lambda: duration_days(100, 0, 2), "daily_eligible"),
-    (lambda: duration_days(100, 10, 2, traffic_share=1.5), "traffic_share"),
-])
+@pytest.mark.parametrize(
+    "call, field",
+    [
+        (lambda: sample_size(baseline=5, mde=0.1), "baseline"),
+        (lambda: sample_size(baseline=0.9, mde=0.2), "mde"),
+        (lambda: sample_size(baseline=10, sd=4, mde=0), "mde"),
+        (lambda: sample_size(baseline=10, sd=-4, mde=0.1), "sd"),
+        (lambda: sample_size(baseline=0, sd=4, mde=0.1), "baseline"),
+        (lambda: sample_size(baseline=10, sd=4, mde=0.1, alpha=1.0), "alpha"),
+        (lambda: sample_size(baseline=10, sd=4, mde=0.1, power=1.0), "power"),
+        (lambda: sample_size(baseline=10, sd=4, mde=0.1, ratio=0), "ratio"),
+        (lambda: power(0, baseline=10, sd=4, mde=0.1), "n_per_arm"),
+        (lambda: minimum_detectable_effect(10, baseline=0.999), "n_per_arm"),
+        (lambda: duration_days(100, 10, 1), "n_arms"),
+        (lambda: duration_days(100, 0, 2), "daily_eligible"),
+        (lambda: duration_days(100, 10, 2, traffic_share=1.5), "traffic_share"),
+    ],
+)
 def test_power_functions_reject_bad_input(call, field):
     with pytest.raises(ValidationError) as err:
         call()
@@ -523,9 +560,14 @@ def test_analyse_dispatches_and_gives_each_metric_its_own_stream():
     pre_a, pre_b = rev_a + rng.normal(0, 1, 400), rev_b + rng.normal(0, 1, 400)  # a CUPED covariate
     cuped = analyse({"revenue": (rev_a, rev_b), "revenue (CUPED)": (rev_a, rev_b, (pre_a, pre_b))}, n_boot=300, rng=15)
     assert cuped[0] == rows[0]
-    assert cuped[1] == compare_means(rev_a, rev_b, covariates=(pre_a, pre_b), n_boot=300,
-                                     rng=np.random.default_rng(15).spawn(2)[1],
-                                     metric="revenue (CUPED)")
+    assert cuped[1] == compare_means(
+        rev_a,
+        rev_b,
+        covariates=(pre_a, pre_b),
+        n_boot=300,
+        rng=np.random.default_rng(15).spawn(2)[1],
+        metric="revenue (CUPED)",
+    )
     assert cuped[1].se < rows[0].se  # the covariate explains most of the variance
     with pytest.raises(ValidationError) as err:
         analyse({"x": (rev_a, rev_b, rev_a)})
@@ -534,8 +576,14 @@ def test_analyse_dispatches_and_gives_each_metric_its_own_stream():
 
 def test_format_table_is_markdown_with_one_row_per_metric():
     rng = np.random.default_rng(16)
-    rows = analyse({"revenue": (rng.normal(10, 2, 500), rng.normal(11, 2, 500)),
-                    "retention": (rng.random(500) < 0.3, rng.random(500) < 0.3)}, n_boot=200, rng=17)
+    rows = analyse(
+        {
+            "revenue": (rng.normal(10, 2, 500), rng.normal(11, 2, 500)),
+            "retention": (rng.random(500) < 0.3, rng.random(500) < 0.3),
+        },
+        n_boot=200,
+        rng=17,
+    )
     table = format_table(rows)
     lines = table.strip().split("\n")
     assert len(lines) == 4 and all(line.startswith("|") and line.endswith("|") for line in lines)

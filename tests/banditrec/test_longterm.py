@@ -24,9 +24,13 @@ def _loop_windows(user, ts, amount, horizon, skip):
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 4), st.integers(0, 40), st.floats(0, 10, allow_nan=False)),
-                min_size=1, max_size=40),
-       st.integers(1, 15), st.integers(0, 5))
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 4), st.integers(0, 40), st.floats(0, 10, allow_nan=False)), min_size=1, max_size=40
+    ),
+    st.integers(1, 15),
+    st.integers(0, 5),
+)
 def test_window_sums_match_loops(rows, horizon, skip):
     skip = min(skip, horizon - 1)
     user = np.array([r[0] for r in rows])
@@ -56,7 +60,7 @@ def _loop_estimate(user, item, ts, margin, groups, horizon_s, skip_s, end, cap):
     for e in rows:
         by_group.setdefault(groups[item[e]], []).append(e)
     yc, xc = {}, {}
-    for g, es in by_group.items():
+    for _g, es in by_group.items():
         my, mx = np.mean([later[e] for e in es]), np.mean([prior[e] for e in es])
         for e in es:
             yc[e], xc[e] = later[e] - my, prior[e] - mx
@@ -76,8 +80,10 @@ def _loop_estimate(user, item, ts, margin, groups, horizon_s, skip_s, end, cap):
     return raw, b, s2, tau2, value
 
 
-@pytest.mark.parametrize("seed, cap, empty_group", [(0, 1.0, False), (1, 1.0, False), (2, 0.9, False),
-                                                    (3, 0.75, False), (4, 1.0, True), (5, 0.9, True)])
+@pytest.mark.parametrize(
+    "seed, cap, empty_group",
+    [(0, 1.0, False), (1, 1.0, False), (2, 0.9, False), (3, 0.75, False), (4, 1.0, True), (5, 0.9, True)],
+)
 def test_estimator_matches_loops(seed, cap, empty_group):
     """Raw values, slope, residual and prior spread and the shrunk values against loops; with
     ``empty_group`` two items nobody buys form a group whose label sorts first (it must not
@@ -89,8 +95,9 @@ def test_estimator_matches_loops(seed, cap, empty_group):
     ts = np.round(rng.uniform(0, 60, n), 2) * DAY_S
     margin = rng.uniform(1, 5, 14 if empty_group else 12)
     groups = np.r_[np.arange(12) % 3, [-1, -1] if empty_group else []].astype(int)
-    got = estimate_item_values(user, item, ts, margin, groups, horizon_days=10, skip_days=1, end_ts=60 * DAY_S,
-                               cap_quantile=cap)
+    got = estimate_item_values(
+        user, item, ts, margin, groups, horizon_days=10, skip_days=1, end_ts=60 * DAY_S, cap_quantile=cap
+    )
     raw, b, s2, tau2, value = _loop_estimate(user, item, ts, margin, groups, 10 * DAY_S, DAY_S, 60 * DAY_S, cap)
     np.testing.assert_allclose(got.raw, raw, atol=1e-9)
     assert got.slope == pytest.approx(b, abs=1e-9)
@@ -178,15 +185,18 @@ def test_censored_and_repeat_purchases_are_left_out():
     assert r.n_purchases == 3
 
 
-@pytest.mark.parametrize("kw, field", [
-    ({"horizon_days": 0}, "horizon_days"),
-    ({"skip_days": 30}, "skip_days"),
-    ({"item": [0, 9]}, "item"),
-    ({"ts": [0.0, np.nan]}, "ts"),
-    ({"groups": [0]}, "groups"),
-    ({"user": [0]}, "item"),
-    ({"cap_quantile": 0}, "cap_quantile"),
-])
+@pytest.mark.parametrize(
+    "kw, field",
+    [
+        ({"horizon_days": 0}, "horizon_days"),
+        ({"skip_days": 30}, "skip_days"),
+        ({"item": [0, 9]}, "item"),
+        ({"ts": [0.0, np.nan]}, "ts"),
+        ({"groups": [0]}, "groups"),
+        ({"user": [0]}, "item"),
+        ({"cap_quantile": 0}, "cap_quantile"),
+    ],
+)
 def test_bad_input_names_the_field(kw, field):
     args = {"user": [0, 1], "item": [0, 1], "ts": [0.0, 1.0], "item_margin": [1.0, 2.0], "groups": [0, 0]}
     opts = {"horizon_days": 30, "skip_days": 0, "cap_quantile": 0.99}
@@ -198,15 +208,23 @@ def test_bad_input_names_the_field(kw, field):
 
 
 def _gateway_study(boost, cut, seed=3):
-    cfg = SimConfig(n_items=600, n_types=30, n_customers=12000, gateway_share=0.08, history_days=90,
-                    gateway_visit_boost=boost, gateway_churn_cut=cut)
+    cfg = SimConfig(
+        n_items=600,
+        n_types=30,
+        n_customers=12000,
+        gateway_share=0.08,
+        history_days=90,
+        gateway_visit_boost=boost,
+        gateway_churn_cut=cut,
+    )
     env = Environment(cfg, seed=seed)
     h = env.warm_up()
     p = h.kind == 2
     ts = h.day[p] * DAY_S + np.arange(p.sum()) * 1e-3
     cat = env.catalog
-    r = estimate_item_values(h.customer[p], h.item[p], ts, cat.margin, cat.product_type, horizon_days=30,
-                             skip_days=1, end_ts=0.0)
+    r = estimate_item_values(
+        h.customer[p], h.item[p], ts, cat.margin, cat.product_type, horizon_days=30, skip_days=1, end_ts=0.0
+    )
     g, w = cat.gateway, r.n_buyers.astype(float)
     diff = np.average(r.raw[g], weights=w[g]) - np.average(r.raw[~g], weights=w[~g])
     se = r.residual_sd * np.sqrt(1 / w[g].sum() + 1 / w[~g].sum())
@@ -223,6 +241,7 @@ def test_simulated_gateway_items_have_higher_value():
 
 # ---- value-weighted policies -----------------------------------------------------------------------
 
+
 def _requests(rng, n_req=30, n_items=40, d=3):
     feats = rng.normal(size=(n_items, d))
     out = []
@@ -237,8 +256,7 @@ def test_value_column_ranks_by_score_times_value():
     reqs, feats = _requests(rng)
     value = rng.uniform(0.5, 3.0, 40)
     plain = make("linucb:alpha=0.5,epsilon=0", context_dim=3, item_dim=3)
-    weighted = make("linucb:alpha=0.5,epsilon=0,value=worth", context_dim=3, item_dim=3,
-                    item_columns={"worth": value})
+    weighted = make("linucb:alpha=0.5,epsilon=0,value=worth", context_dim=3, item_dim=3, item_columns={"worth": value})
     ctx = rng.normal(size=(200, 3))
     items = rng.integers(0, 40, 200)
     for p in (plain, weighted):

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from studies.coverage import evaluate_against_truth, simulate
 from banditrec.features import joint_features
+from studies.coverage import evaluate_against_truth, simulate
 from tests.helpers import make_engine
 from tests.reference import reference_linucb_scores, reference_noise_sd, reference_slot_pmf
 
@@ -17,9 +17,16 @@ TARGETS = ("uniform", "popularity:epsilon=0.2")
 def run(shop, seed, *, n=800, slots=3, batch=200, db=":memory:", policy="linucb:alpha=1.0,epsilon=0.2"):
     engine_seq, traffic_seq, click_seq = np.random.SeedSequence(seed).spawn(3)
     engine = make_engine(shop, policy, seed=engine_seq, db=db, n_candidates=15)
-    served = simulate(shop, engine, n_decisions=n, n_slots=slots, batch=batch,
-                      traffic=np.random.default_rng(traffic_seq), clicks=np.random.default_rng(click_seq),
-                      via="engine")
+    served = simulate(
+        shop,
+        engine,
+        n_decisions=n,
+        n_slots=slots,
+        batch=batch,
+        traffic=np.random.default_rng(traffic_seq),
+        clicks=np.random.default_rng(click_seq),
+        via="engine",
+    )
     return engine, served
 
 
@@ -37,8 +44,11 @@ def test_logged_propensities_equal_an_independent_recomputation(small_shop):
     X1 = joint_features(first.context[first.row_decision], engine.items.features[first.row_action])
     states = {
         "linucb-0": (np.eye(pol.dim) * pol.config.reg, np.zeros(pol.dim), 0.5),
-        "linucb-1": (np.eye(pol.dim) * pol.config.reg + X1.T @ X1, X1.T @ first.row_reward,
-                            reference_noise_sd(X1, first.row_reward, pol.config.reg)),
+        "linucb-1": (
+            np.eye(pol.dim) * pol.config.reg + X1.T @ X1,
+            X1.T @ first.row_reward,
+            reference_noise_sd(X1, first.row_reward, pol.config.reg),
+        ),
     }
     rows = engine.log.db.execute(
         "SELECT d.model_version, d.context, d.candidate_index, d.joint_propensity, "
@@ -66,8 +76,16 @@ def test_logged_marginals_equal_brute_force_enumeration(small_shop):
 
     engine_seq, traffic_seq, click_seq = np.random.SeedSequence(3).spawn(3)
     engine = make_engine(small_shop, "linucb:alpha=1.0,epsilon=0.3", seed=engine_seq, n_candidates=7)
-    simulate(small_shop, engine, n_decisions=16, n_slots=3, batch=8,
-             traffic=np.random.default_rng(traffic_seq), clicks=np.random.default_rng(click_seq), via="engine")
+    simulate(
+        small_shop,
+        engine,
+        n_decisions=16,
+        n_slots=3,
+        batch=8,
+        traffic=np.random.default_rng(traffic_seq),
+        clicks=np.random.default_rng(click_seq),
+        via="engine",
+    )
     pol = engine.policy
     # the model that served the second batch: ridge on the first batch's joined rows
     first = engine.log.decisions(until_seq=8)
@@ -136,7 +154,9 @@ def test_same_seed_same_log_and_different_seed_different_log(make_log, small_sho
         engine, served = run(small_shop, seed, n=300, batch=100, db=str(tmp_path / name))
         engine.log.close()
         log = make_log(tmp_path / name)
-        tables = {t: log.db.execute(f"SELECT * FROM {t} ORDER BY rowid").fetchall() for t in ("decisions", "slots", "rewards")}
+        tables = {
+            t: log.db.execute(f"SELECT * FROM {t} ORDER BY rowid").fetchall() for t in ("decisions", "slots", "rewards")
+        }
         log.close()
         return tables, served.truth
 

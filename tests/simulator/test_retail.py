@@ -41,8 +41,15 @@ def scalar_terms(env, req, r, j):
     due = bool(owned_days) and cat.consumable[t] and req.day - max(owned_days) >= cat.reorder_days[t]
     lp = math.log(cat.price[j]) - cat.log_price_ref
     taste = sum(float(a) * float(b) for a, b in zip(pop.preference[u], cat.latent[j]))
-    z = (c.base_logit + cat.bias[j] + taste - pop.price_sensitivity[u] * lp + c.complement_boost * comp
-         - c.owned_penalty * owned + c.reorder_boost * due)
+    z = (
+        c.base_logit
+        + cat.bias[j]
+        + taste
+        - pop.price_sensitivity[u] * lp
+        + c.complement_boost * comp
+        - c.owned_penalty * owned
+        + c.reorder_boost * due
+    )
     q = 1 / (1 + math.exp(-(c.purchase_logit - pop.price_sensitivity[u] * lp + c.complement_boost * comp)))
     return 1 / (1 + math.exp(-z)), q * bool(req.available[j]), (comp, owned, due)
 
@@ -93,7 +100,7 @@ def test_click_and_purchase_frequencies_match_the_exact_probabilities(click_mode
     if click_model == "cascade":  # at most one click per carousel, and the closed form
         assert out.click.sum(axis=1).max() == 1
         rho = env.config.cascade_patience
-        assert p_click[0, 2] == pytest.approx(a[0, 2] * rho ** 2 * (1 - a[0, 0]) * (1 - a[0, 1]))
+        assert p_click[0, 2] == pytest.approx(a[0, 2] * rho**2 * (1 - a[0, 0]) * (1 - a[0, 1]))
     else:
         theta = (np.arange(1, 5.0)) ** -(env.config.eta * np.asarray(env.config.device_eta)[base.device[0]])
         np.testing.assert_allclose(p_click[0], a[0] * theta)
@@ -108,10 +115,10 @@ def test_expected_reward_kinds_are_the_sum_over_slots(warm_env):
     pc = env.model.click_probabilities(req, slates)
     np.testing.assert_allclose(env.expected_reward(req, slates, "click"), pc.sum(1))
     np.testing.assert_allclose(env.expected_reward(req, slates, "purchase"), (pc * q).sum(1))
-    np.testing.assert_allclose(env.expected_reward(req, slates, "margin"),
-                               (pc * q * env.catalog.margin[slates]).sum(1))
-    np.testing.assert_allclose(env.expected_reward(req, slates, "royalty"),
-                               (pc * q * env.catalog.columns["royalty"][slates]).sum(1))
+    np.testing.assert_allclose(env.expected_reward(req, slates, "margin"), (pc * q * env.catalog.margin[slates]).sum(1))
+    np.testing.assert_allclose(
+        env.expected_reward(req, slates, "royalty"), (pc * q * env.catalog.columns["royalty"][slates]).sum(1)
+    )
     with pytest.raises(ValidationError, match="kind must be one of click, purchase, revenue, margin, royalty"):
         env.expected_reward(req, slates, "profit")
 
@@ -134,12 +141,13 @@ def test_complement_graph_does_not_depend_on_the_order_argpartition_returns(monk
     import simulator.world as world
 
     def build():
-        return world._complement_graph(40, np.arange(40) % 5, np.random.default_rng(2).normal(size=40), 4,
-                                       np.random.default_rng(3))
+        return world._complement_graph(
+            40, np.arange(40) % 5, np.random.default_rng(2).normal(size=40), 4, np.random.default_rng(3)
+        )
 
     def reordered(a, kth, axis=-1):  # the kth + 1 smallest first, as a set, in reverse order
         out = real(a, kth, axis=axis)
-        out[..., :kth + 1] = out[..., kth::-1]
+        out[..., : kth + 1] = out[..., kth::-1]
         return out
 
     want = build()
@@ -183,8 +191,9 @@ def _retention_by_gateway(config, seed):
     # strata of their (hidden) base visit rate and churn hazard: comparable customers
     pop = env.population
     keep = alive0 & bought_before.any(axis=1)
-    strata = (np.digitize(pop.visit_rate0, np.quantile(pop.visit_rate0, [0.25, 0.5, 0.75])) * 4
-              + np.digitize(pop.churn0, np.quantile(pop.churn0, [0.25, 0.5, 0.75])))
+    strata = np.digitize(pop.visit_rate0, np.quantile(pop.visit_rate0, [0.25, 0.5, 0.75])) * 4 + np.digitize(
+        pop.churn0, np.quantile(pop.churn0, [0.25, 0.5, 0.75])
+    )
     diffs, weights, variances = [], [], []
     for s in np.unique(strata[keep]):
         g = keep & (strata == s) & had_gateway
@@ -197,7 +206,7 @@ def _retention_by_gateway(config, seed):
         variances.append(max(pg * (1 - pg), 1e-3) / g.sum() + max(pn * (1 - pn), 1e-3) / n.sum())
     w = np.asarray(weights) / np.sum(weights)
     diff = float(w @ np.asarray(diffs))
-    se = float(np.sqrt(w ** 2 @ np.asarray(variances)))
+    se = float(np.sqrt(w**2 @ np.asarray(variances)))
     return diff, se
 
 
@@ -246,7 +255,7 @@ def test_lifetime_value_is_the_discounted_margin_of_recorded_purchases():
     expected = np.zeros(SMALL.n_customers)
     delta = (1 + SMALL.annual_discount) ** (-1 / 365)
     for cust, item, day in zip(events.customer, events.item, events.day):
-        expected[cust] += env.catalog.margin[item] * delta ** day
+        expected[cust] += env.catalog.margin[item] * delta**day
     np.testing.assert_allclose(env.state.ltv, expected)
     assert expected.sum() > 0
 
@@ -332,19 +341,25 @@ def test_request_and_respond_refuse_misuse(warm_env):
         env.respond(req, random_slates(env, req, 2, np.random.default_rng(0)), np.random.default_rng(0))
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"n_items": 0}, "SimConfig.n_items must be >= 1, got 0"),
-    ({"n_items": 2.5}, "SimConfig.n_items must be an integer, got 2.5"),
-    ({"gateway_share": 1.5}, "SimConfig.gateway_share must be <= 1.0, got 1.5"),
-    ({"visit_rate": 0.0}, "SimConfig.visit_rate must be > 0.0, got 0.0"),
-    ({"eta": float("nan")}, "SimConfig.eta must be a finite number, got nan"),
-    ({"click_model": "dbn"}, "SimConfig.click_model must be 'pbm' or 'cascade', got 'dbn'"),
-    ({"extra_columns": ["price"]}, "distinct names other than 'price' and 'margin'"),
-    ({"device_eta": [1.0, 2.0]}, "device_eta must have 3 numbers"),
-    ({"margin_rate_low": 0.5, "margin_rate_high": 0.2}, "margin_rate_low \\(0.5\\) must not exceed margin_rate_high"),
-    ({"n_types": 500, "n_items": 100}, "n_types \\(500\\) must not exceed n_items"),
-    ({"colour": 1}, "SimConfig has no field 'colour'"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"n_items": 0}, "SimConfig.n_items must be >= 1, got 0"),
+        ({"n_items": 2.5}, "SimConfig.n_items must be an integer, got 2.5"),
+        ({"gateway_share": 1.5}, "SimConfig.gateway_share must be <= 1.0, got 1.5"),
+        ({"visit_rate": 0.0}, "SimConfig.visit_rate must be > 0.0, got 0.0"),
+        ({"eta": float("nan")}, "SimConfig.eta must be a finite number, got nan"),
+        ({"click_model": "dbn"}, "SimConfig.click_model must be 'pbm' or 'cascade', got 'dbn'"),
+        ({"extra_columns": ["price"]}, "distinct names other than 'price' and 'margin'"),
+        ({"device_eta": [1.0, 2.0]}, "device_eta must have 3 numbers"),
+        (
+            {"margin_rate_low": 0.5, "margin_rate_high": 0.2},
+            "margin_rate_low \\(0.5\\) must not exceed margin_rate_high",
+        ),
+        ({"n_types": 500, "n_items": 100}, "n_types \\(500\\) must not exceed n_items"),
+        ({"colour": 1}, "SimConfig has no field 'colour'"),
+    ],
+)
 def test_config_errors_name_the_field_and_value(changes, message):
     with pytest.raises(ValidationError, match=message) as info:
         SimConfig().replace(**changes)
@@ -353,8 +368,10 @@ def test_config_errors_name_the_field_and_value(changes, message):
 
 def test_config_from_toml_tables_and_errors(tmp_path):
     good = tmp_path / "shop.toml"
-    good.write_text('[catalog]\nn_items = 300\nextra_columns = ["royalty", "shipping"]\n'
-                    '[customers]\nn_customers = 1000\n[choice]\nclick_model = "cascade"\n')
+    good.write_text(
+        '[catalog]\nn_items = 300\nextra_columns = ["royalty", "shipping"]\n'
+        '[customers]\nn_customers = 1000\n[choice]\nclick_model = "cascade"\n'
+    )
     c = SimConfig.from_toml(good)
     assert (c.n_items, c.n_customers, c.click_model, c.extra_columns) == (300, 1000, "cascade", ("royalty", "shipping"))
     assert SimConfig.from_dict(c.to_dict()) == c
@@ -384,8 +401,9 @@ def test_visit_rates_follow_the_configured_mean():
 
 
 def test_new_items_launch_on_day_zero_without_history():
-    env = Environment(SimConfig(n_items=2000, n_types=40, n_customers=5000, history_days=10, new_item_share=0.1),
-                      seed=3)
+    env = Environment(
+        SimConfig(n_items=2000, n_types=40, n_customers=5000, history_days=10, new_item_share=0.1), seed=3
+    )
     new = np.flatnonzero(env.catalog.launch_day == 0)
     assert 120 < len(new) < 280
     assert not env.stock.available[new].any()
@@ -421,8 +439,11 @@ def test_one_visitor_at_a_time_is_the_batch_response_of_that_visitor():
     slate = [7, 99, 12]
     one = a.respond_one(ra, 3, [f"i{j}" for j in slate], np.random.default_rng(5))
     batch = b.respond(rb.take(3), np.array([slate]), np.random.default_rng(5))
-    assert one == {"click": batch.click[0].astype(int).tolist(), "purchase": batch.purchase[0].astype(int).tolist(),
-                   "margin": batch.margin[0].tolist()}
+    assert one == {
+        "click": batch.click[0].astype(int).tolist(),
+        "purchase": batch.purchase[0].astype(int).tolist(),
+        "margin": batch.margin[0].tolist(),
+    }
     np.testing.assert_array_equal(a.state.purchases, b.state.purchases)
     with pytest.raises(ValidationError, match="item ids look like 'i42'"):
         a.respond_one(ra, 3, ["apple"], np.random.default_rng(5))
@@ -452,19 +473,21 @@ def test_recent_items_come_newest_first():
             # the ring holds the last V views (today's included): newest first
             today = events.select("view", from_day=req.day)
             all_views = np.r_[views, today.item[today.customer == c]]
-            np.testing.assert_array_equal(rec["views"], all_views[::-1][:len(rec["views"])])
+            np.testing.assert_array_equal(rec["views"], all_views[::-1][: len(rec["views"])])
             checked += 1
         days = req.owned_day[i][np.argsort(-req.owned_day[i].astype(int), kind="stable")]
-        assert len(rec["purchases"]) == 0 or (np.diff(days[:len(rec["purchases"])]) <= 0).all()
+        assert len(rec["purchases"]) == 0 or (np.diff(days[: len(rec["purchases"])]) <= 0).all()
     assert checked > 20
 
 
 def test_large_segment_counts_and_dimensions_keep_contexts_one_hot():
-    env = Environment(SimConfig(n_items=300, n_types=10, n_categories=2, n_customers=2000, dim=125, n_segments=200,
-                                history_days=0), seed=0)
+    env = Environment(
+        SimConfig(n_items=300, n_types=10, n_categories=2, n_customers=2000, dim=125, n_segments=200, history_days=0),
+        seed=0,
+    )
     req = env.requests()
     ctx = req.context
     c = env.config
-    np.testing.assert_array_equal(ctx[:, c.dim:c.dim + c.n_segments].sum(axis=1), 1.0)
-    np.testing.assert_array_equal(ctx[:, c.dim + c.n_segments:c.dim + c.n_segments + 3].sum(axis=1), 1.0)
-    np.testing.assert_array_equal(np.argmax(ctx[:, c.dim:c.dim + c.n_segments], axis=1), req.segment)
+    np.testing.assert_array_equal(ctx[:, c.dim : c.dim + c.n_segments].sum(axis=1), 1.0)
+    np.testing.assert_array_equal(ctx[:, c.dim + c.n_segments : c.dim + c.n_segments + 3].sum(axis=1), 1.0)
+    np.testing.assert_array_equal(np.argmax(ctx[:, c.dim : c.dim + c.n_segments], axis=1), req.segment)

@@ -11,17 +11,31 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from tests.helpers import ROOT_DIR
 from banditrec import experiment
 from banditrec.cli import main
 from banditrec.errors import ValidationError
-from simulator import SimConfig
 from banditrec.features import joint_features
 from banditrec.policies import make
-from studies.abtest import (AAStudy, MetricRow, Pooled, _LoggedDay, _warm_start, aa_table, analyse, load_config,
-                              metric_table, over_time_table, parse_arm, parse_arms, pool_seeds, run_abtest,
-                              write_report)
+from simulator import SimConfig
 from simulator.carousel import Response
+from studies.abtest import (
+    AAStudy,
+    MetricRow,
+    Pooled,
+    _LoggedDay,
+    _warm_start,
+    aa_table,
+    analyse,
+    load_config,
+    metric_table,
+    over_time_table,
+    parse_arm,
+    parse_arms,
+    pool_seeds,
+    run_abtest,
+    write_report,
+)
+from tests.helpers import ROOT_DIR
 
 SMALL = SimConfig(n_items=300, n_types=20, n_categories=5, n_customers=2500, history_days=20, gateway_share=0.05)
 
@@ -40,14 +54,17 @@ def test_parse_arms_presets_overrides_and_commas():
     assert parse_arm("uniform,weight=3").weight == 3.0
 
 
-@pytest.mark.parametrize("text, needle", [
-    ("margin", "at least two arms"),
-    ("margin,margin", "names must differ"),
-    ("margin,click,learn=revenue", "learn must be one of"),
-    ("margin,longterm,lambda=-1", "lambda must be >= 0"),
-    ("margin,uniform,weight=0", "weight must be > 0"),
-    ("margin,uniform,lambda=x", "must be numbers"),
-])
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("margin", "at least two arms"),
+        ("margin,margin", "names must differ"),
+        ("margin,click,learn=revenue", "learn must be one of"),
+        ("margin,longterm,lambda=-1", "lambda must be >= 0"),
+        ("margin,uniform,weight=0", "weight must be > 0"),
+        ("margin,uniform,lambda=x", "must be numbers"),
+    ],
+)
 def test_parse_arms_errors_name_the_problem(text, needle):
     with pytest.raises(ValidationError) as e:
         parse_arms(text)
@@ -104,7 +121,8 @@ def test_analysis_rows_match_direct_comparisons(small_run):
     ctr = by["ctr"]
     assert ctr.mean_a == pytest.approx(r.final.clicks[r.arm == 0].sum() / r.final.slots[r.arm == 0].sum())
     assert by["aov (week 7)"].mean_b == pytest.approx(
-        r.checkpoints[7].revenue[r.arm == 1].sum() / r.checkpoints[7].orders[r.arm == 1].sum())
+        r.checkpoints[7].revenue[r.arm == 1].sum() / r.checkpoints[7].orders[r.arm == 1].sum()
+    )
     table = metric_table(rows)
     assert table.count("\n") == len(rows) + 1 and "| ltv | longterm |" in table
 
@@ -116,8 +134,9 @@ def test_cuped_rows_adjust_for_the_pre_period_margin(small_run):
     r = small_run
     by = {x.metric: x.comparison for x in analyse(r, n_boot=0)}
     a, b = r.arm == 0, r.arm == 1
-    want = experiment.compare_means(r.final.ltv[a], r.final.ltv[b], covariates=(r.pre_margin[a], r.pre_margin[b]),
-                                    n_boot=0)
+    want = experiment.compare_means(
+        r.final.ltv[a], r.final.ltv[b], covariates=(r.pre_margin[a], r.pre_margin[b]), n_boot=0
+    )
     got = by["ltv (CUPED)"]
     assert got.kind == "cuped" and got.diff == pytest.approx(want.diff) and got.se == pytest.approx(want.se)
     assert np.corrcoef(r.pre_margin, r.final.ltv)[0, 1] > 0.1
@@ -136,8 +155,13 @@ def test_warm_start_is_the_ridge_fit_of_the_logged_slots():
         cand = np.stack([rng.permutation(n_items)[:6] for _ in range(m)])
         slates = cand[:, :k]
         z = np.zeros((m, k))
-        out = Response(click=rng.integers(0, 2, (m, k)), purchase=rng.integers(0, 2, (m, k)), cart=z,
-                       revenue=z, margin=rng.gamma(2.0, 3.0, (m, k)) * rng.integers(0, 2, (m, k)))
+        out = Response(
+            click=rng.integers(0, 2, (m, k)),
+            purchase=rng.integers(0, 2, (m, k)),
+            cart=z,
+            revenue=z,
+            margin=rng.gamma(2.0, 3.0, (m, k)) * rng.integers(0, 2, (m, k)),
+        )
         days.append(_LoggedDay(context=rng.normal(size=(m, d_c)), candidates=cand, slates=slates, out=out))
     pol = make("linucb:alpha=0.5,epsilon=0.1", context_dim=d_c, item_dim=d_i, n_items=n_items)
     assert _warm_start(pol, days, features, "margin") == 2 * 5 + 2 * 7
@@ -214,8 +238,10 @@ def test_aa_table_flags_a_miscalibrated_test():
     rng = np.random.default_rng(8)
     ps = np.column_stack([rng.random(400), rng.beta(0.6, 1.0, 400)])
     study = AAStudy(n_tests=400, alpha=0.05, metrics=("fine", "broken"), p_values=ps)
-    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
-            for line in aa_table(study).splitlines()[2:]}
+    rows = {
+        line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+        for line in aa_table(study).splitlines()[2:]
+    }
     assert float(rows["fine"][0]) == pytest.approx((ps[:, 0] < 0.05).mean(), abs=5e-4)
     assert float(rows["broken"][0]) == pytest.approx((ps[:, 1] < 0.05).mean(), abs=5e-4)
     assert float(rows["fine"][2]) > 0.01 and float(rows["broken"][2]) < 0.01  # KS
@@ -224,10 +250,28 @@ def test_aa_table_flags_a_miscalibrated_test():
 
 
 def _row(metric, diff, se):
-    c = experiment.Comparison(metric=metric, kind="mean", n_a=10, n_b=10, mean_a=1.0, mean_b=1.0 + diff, diff=diff,
-                              se=se, df=18.0, diff_ci=(0, 0), p_value=0.5, lift=diff, lift_se=se, lift_ci=(0, 0),
-                              boot_ci=(0, 0), boot_se=se, lift_boot_ci=(0, 0), alpha=0.05, n_boot=0,
-                              significant=False)
+    c = experiment.Comparison(
+        metric=metric,
+        kind="mean",
+        n_a=10,
+        n_b=10,
+        mean_a=1.0,
+        mean_b=1.0 + diff,
+        diff=diff,
+        se=se,
+        df=18.0,
+        diff_ci=(0, 0),
+        p_value=0.5,
+        lift=diff,
+        lift_se=se,
+        lift_ci=(0, 0),
+        boot_ci=(0, 0),
+        boot_se=se,
+        lift_boot_ci=(0, 0),
+        alpha=0.05,
+        n_boot=0,
+        significant=False,
+    )
     return MetricRow(metric=metric, arm="b", control="a", comparison=c)
 
 
@@ -239,14 +283,23 @@ def test_pooling_is_inverse_variance_weighted():
     assert pooled[0].diff == pytest.approx((w * d).sum() / w.sum())
     assert pooled[0].se == pytest.approx(1 / np.sqrt(w.sum()))
     from scipy import stats
+
     assert pooled[0].p_value == pytest.approx(2 * stats.norm.sf(abs(pooled[0].diff) / pooled[0].se))
 
 
 def test_longterm_arm_shows_more_gateway_items():
     """With a large lambda the long-term arm's value column favours items whose buyers spend
     more later; in the simulator those are the gateway items (ground truth)."""
-    cfg = SimConfig(n_items=400, n_types=20, n_categories=5, n_customers=6000, history_days=120, gateway_share=0.08,
-                    gateway_visit_boost=1.0, gateway_churn_cut=0.7)
+    cfg = SimConfig(
+        n_items=400,
+        n_types=20,
+        n_categories=5,
+        n_customers=6000,
+        history_days=120,
+        gateway_share=0.08,
+        gateway_visit_boost=1.0,
+        gateway_churn_cut=0.7,
+    )
     r = run_abtest(parse_arms("margin,longterm,lambda=20"), cfg, 7, seed=1, n_candidates=30)
     assert r.gateway_slots[1] > 1.5 * r.gateway_slots[0]
     assert r.longterm_value is not None and r.longterm_value.shape == (cfg.n_items,)
@@ -283,8 +336,10 @@ def test_report_and_cli(tmp_path, small_run):
 
     runner = CliRunner()
     cfg = tmp_path / "ab.toml"
-    cfg.write_text('n_items = 300\nn_types = 20\nn_categories = 5\nhistory_days = 20\n'
-                   '[abtest]\narms = "uniform,click"\ndays = 8\ncustomers = 1200\nseeds = 2\n')
+    cfg.write_text(
+        "n_items = 300\nn_types = 20\nn_categories = 5\nhistory_days = 20\n"
+        '[abtest]\narms = "uniform,click"\ndays = 8\ncustomers = 1200\nseeds = 2\n'
+    )
     out = runner.invoke(main, ["abtest", "--config", str(cfg), "--boot", "50", "--out", str(tmp_path / "cli")])
     assert out.exit_code == 0, out.output
     assert "seed 0:" in out.output and "seed 1:" in out.output
@@ -299,11 +354,14 @@ def test_report_and_cli(tmp_path, small_run):
     assert (tmp_path / "aa" / "aa_pvalues.png").exists()
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--arms", "margin"], "at least two arms"),
-    (["--arms", "margin,nosuch"], "unknown policy 'nosuch'"),
-    (["--config", "/nonexistent.toml"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--arms", "margin"], "at least two arms"),
+        (["--arms", "margin,nosuch"], "unknown policy 'nosuch'"),
+        (["--config", "/nonexistent.toml"], "does not exist"),
+    ],
+)
 def test_cli_errors_are_clean(args, needle, tmp_path):
     out = CliRunner().invoke(main, ["abtest", *args, "--out", str(tmp_path)])
     assert out.exit_code == 2
@@ -316,7 +374,7 @@ def test_config_file_errors(tmp_path):
     with pytest.raises(ValidationError) as e:
         load_config(bad)
     assert e.value.field == "days"
-    bad.write_text('[abtest]\ncolour = 1\n')
+    bad.write_text("[abtest]\ncolour = 1\n")
     with pytest.raises(ValidationError) as e:
         load_config(bad)
     assert "unknown key 'colour'" in str(e.value)
@@ -325,7 +383,6 @@ def test_config_file_errors(tmp_path):
 def test_the_documented_mild_study_config_is_what_the_docs_say():
     """docs/abtest-mild.toml (quoted in README and docs/abtest.md): the gateway scenario's
     catalog with SimConfig's default gateway effect, lambda 3, 5 seeds, no burn-in."""
-    from pathlib import Path
 
     from studies.abtest import SCENARIOS
 
@@ -333,8 +390,10 @@ def test_the_documented_mild_study_config_is_what_the_docs_say():
     gateway = SCENARIOS["gateway"]
     for key in ("n_items", "n_types", "gateway_share", "history_days"):
         assert getattr(config, key) == gateway[key]
-    assert (config.gateway_visit_boost, config.gateway_churn_cut) == (SimConfig().gateway_visit_boost,
-                                                                      SimConfig().gateway_churn_cut)
+    assert (config.gateway_visit_boost, config.gateway_churn_cut) == (
+        SimConfig().gateway_visit_boost,
+        SimConfig().gateway_churn_cut,
+    )
     assert opts.get("burn_in", 0) == 0 and opts["seeds"] == 5
     arms = parse_arms(opts["arms"])
     assert [a.name for a in arms] == ["margin", "longterm"] and arms[1].lam == 3.0
@@ -346,8 +405,24 @@ def test_an_aa_study_takes_one_arm_and_uses_only_the_first_of_several(tmp_path):
     runner = CliRunner()
 
     def table(arms):
-        out = runner.invoke(main, ["abtest", "--config", str(cfg), "--arms", arms, "--aa", "2", "--days", "5",
-                                   "--customers", "1200", "--out", str(tmp_path / arms.replace(",", "_"))])
+        out = runner.invoke(
+            main,
+            [
+                "abtest",
+                "--config",
+                str(cfg),
+                "--arms",
+                arms,
+                "--aa",
+                "2",
+                "--days",
+                "5",
+                "--customers",
+                "1200",
+                "--out",
+                str(tmp_path / arms.replace(",", "_")),
+            ],
+        )
         assert out.exit_code == 0, out.output
         return out.output.split("report:")[0]
 

@@ -22,8 +22,9 @@ def report():
     from banditrec.candidates.metadata import MetadataIndex
 
     def metadata(cat):
-        return MetadataIndex().fit(list(cat.title), fields={"type": cat.product_type, "brand": cat.brand},
-                                   numeric=cat.price[:, None])
+        return MetadataIndex().fit(
+            list(cat.title), fields={"type": cat.product_type, "brand": cat.brand}, numeric=cat.price[:, None]
+        )
 
     return evaluate_candidates(SMALL, seed=0, train_days=45, test_days=20, metadata_factory=metadata)
 
@@ -53,8 +54,14 @@ def test_metric_helpers_by_hand():
 
 def test_similar_prints_neighbours_from_a_simulated_log(tmp_path):
     db = tmp_path / "sim.db"
-    simulate(SimConfig(n_items=400, n_types=20, n_categories=4, n_customers=1500, history_days=15), "uniform",
-             days=2, db=db, n_slots=3, n_candidates=10)
+    simulate(
+        SimConfig(n_items=400, n_types=20, n_categories=4, n_customers=1500, history_days=15),
+        "uniform",
+        days=2,
+        db=db,
+        n_slots=3,
+        n_candidates=10,
+    )
     res = CliRunner().invoke(main, ["similar", "i7", "--db", str(db), "-n", "4"])
     assert res.exit_code == 0, res.output
     lines = res.output.splitlines()

@@ -7,14 +7,12 @@ import re
 import sqlite3
 
 import pytest
-
 from click.testing import CliRunner
 
 from banditrec.cli import main
+from simulator import SimConfig
 from studies.demo import run_shop_demo
 from tests.helpers import SMALL
-from simulator import SimConfig
-
 
 DEMO_SMALL = SimConfig(n_items=400, n_types=20, n_customers=1_500, history_days=12)
 
@@ -22,8 +20,16 @@ DEMO_SMALL = SimConfig(n_items=400, n_types=20, n_customers=1_500, history_days=
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    return run_shop_demo(days=4, n_slots=3, n_candidates=15, seed=3, out=out, config=DEMO_SMALL, echo=None,
-                         targets=("uniform", "popularity:epsilon=0.1"))
+    return run_shop_demo(
+        days=4,
+        n_slots=3,
+        n_candidates=15,
+        seed=3,
+        out=out,
+        config=DEMO_SMALL,
+        echo=None,
+        targets=("uniform", "popularity:epsilon=0.1"),
+    )
 
 
 @pytest.mark.slow
@@ -47,9 +53,11 @@ def test_the_demo_estimates_sit_near_the_exact_truth(demo):
     assert [c.spec for c in ev.candidates] == ["uniform", "popularity:epsilon=0.1"]
     # the logging policy's on-policy value is the observed clicks per evaluated decision
     con = sqlite3.connect(demo.db)
-    seqs = [s for (s,) in con.execute("SELECT seq FROM decisions ORDER BY seq")][ev.n_train:]
-    clicks = con.execute(f"SELECT count(*) FROM rewards r JOIN decisions d ON d.event_id = r.event_id "
-                         f"WHERE r.kind = 'click' AND d.seq >= {seqs[0]}").fetchone()[0]
+    seqs = [s for (s,) in con.execute("SELECT seq FROM decisions ORDER BY seq")][ev.n_train :]
+    clicks = con.execute(
+        f"SELECT count(*) FROM rewards r JOIN decisions d ON d.event_id = r.event_id "
+        f"WHERE r.kind = 'click' AND d.seq >= {seqs[0]}"
+    ).fetchone()[0]
     assert ev.logging.value == pytest.approx(clicks / len(seqs), rel=1e-12)
     for label, e in [("logging", ev.logging)] + [(c.spec, e) for c in ev.candidates for e in c.estimates.values()]:
         truth = demo.truth[label]
@@ -62,8 +70,9 @@ def test_the_demo_estimates_sit_near_the_exact_truth(demo):
 
 def test_cli_demo_prints_the_table_and_where_everything_is(tmp_path):
     out = tmp_path / "demo"
-    res = CliRunner().invoke(main, ["demo", "--days", "2", "--items", "300", "--customers", "800", "--out", str(out),
-                                    "--target", "uniform"])
+    res = CliRunner().invoke(
+        main, ["demo", "--days", "2", "--items", "300", "--customers", "800", "--out", str(out), "--target", "uniform"]
+    )
     assert res.exit_code == 0, res.output
     assert re.search(r"uniform\s+IPS\s+\d\.\d{4}\s+\[\d\.\d{3}, \d\.\d{3}\]\s+\d\.\d{4}", res.output)
     for line in (f"report: {out / 'report.md'}", f"log:    {out / 'log.db'}", f"shop:   {out / 'shop'}"):
@@ -72,8 +81,7 @@ def test_cli_demo_prints_the_table_and_where_everything_is(tmp_path):
 
 
 def test_cli_demo_bad_policy_is_a_usage_error(tmp_path):
-    res = CliRunner().invoke(main, ["demo", "--days", "2", "--policy", "linucb:beta=2", "--out",
-                                    str(tmp_path)])
+    res = CliRunner().invoke(main, ["demo", "--days", "2", "--policy", "linucb:beta=2", "--out", str(tmp_path)])
     assert res.exit_code == 2
     assert "policy linucb has no parameter beta" in res.output
     assert "Traceback" not in res.output
@@ -82,15 +90,25 @@ def test_cli_demo_bad_policy_is_a_usage_error(tmp_path):
 def test_coverage_study_counts_and_standardised_errors():
     from studies.coverage import coverage_study, coverage_table
 
-    rows = coverage_study(seeds=range(3), n_decisions=300, n_slots=3, n_candidates=15, batch=150,
-                          targets=("uniform",), shop_config=SMALL, echo=None)
+    rows = coverage_study(
+        seeds=range(3),
+        n_decisions=300,
+        n_slots=3,
+        n_candidates=15,
+        batch=150,
+        targets=("uniform",),
+        shop_config=SMALL,
+        echo=None,
+    )
     assert [(r.policy.split(":")[0], r.estimator) for r in rows] == [
-        ("linucb", "IPS"), ("linucb", "SNIPS"), ("uniform", "IPS"), ("uniform", "SNIPS")]
+        ("linucb", "IPS"),
+        ("linucb", "SNIPS"),
+        ("uniform", "IPS"),
+        ("uniform", "SNIPS"),
+    ]
     for r in rows:
         assert r.runs == 3 and len(r.z) == 3
         assert r.covered == int((abs(r.z) <= 1.959963984540054 + 1e-9).sum())
     table = coverage_table(rows)
     for r in rows:
         assert f"{r.covered:>4}/{r.runs:<4}" in table
-
-

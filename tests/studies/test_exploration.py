@@ -14,8 +14,8 @@ import dataclasses
 import json
 
 import numpy as np
-import scipy.sparse as sp
 import pytest
+import scipy.sparse as sp
 
 from banditrec.engine import Engine, ItemTable
 from banditrec.errors import ValidationError
@@ -39,11 +39,20 @@ class _NoCandidates:
 
 def engine_for(policy, n_items: int, *, min_epsilon: float = 0.05, log=None, cold=None, **kw) -> Engine:
     rng = np.random.default_rng(5)
-    items = ItemTable(ids=tuple(f"i{j}" for j in range(n_items)), features=rng.normal(size=(n_items, DI)),
-                      cold=cold)
-    return Engine(items=items, policy=policy, log=log, candidate_generator=_NoCandidates(),
-                  user_items=sp.csr_matrix((1, n_items)), user_index={}, context_dim=DC, min_epsilon=min_epsilon,
-                  seed=3, clock=iter(np.arange(1.0, 1e6)).__next__, **kw)
+    items = ItemTable(ids=tuple(f"i{j}" for j in range(n_items)), features=rng.normal(size=(n_items, DI)), cold=cold)
+    return Engine(
+        items=items,
+        policy=policy,
+        log=log,
+        candidate_generator=_NoCandidates(),
+        user_items=sp.csr_matrix((1, n_items)),
+        user_index={},
+        context_dim=DC,
+        min_epsilon=min_epsilon,
+        seed=3,
+        clock=iter(np.arange(1.0, 1e6)).__next__,
+        **kw,
+    )
 
 
 # ---- the floor and the learner's exploration -----------------------------------------------
@@ -186,7 +195,7 @@ def test_a_discounted_model_tracks_a_change_an_undiscounted_one_averages():
     for gamma in (0.99, 1.0):
         p = make(f"egreedy:gamma={gamma},reg=1e-6", context_dim=DC, item_dim=DI)
         for s in range(0, 500, 50):
-            p.update(C[s:s + 50], V[s:s + 50], r[s:s + 50])
+            p.update(C[s : s + 50], V[s : s + 50], r[s : s + 50])
         est[gamma] = p.mean(Request(np.zeros(DC), np.array([0]), np.zeros((1, DI))))[0]
     w = 0.99 ** np.arange(499, -1, -1.0)
     assert est[0.99] == pytest.approx(w @ r / w.sum(), rel=1e-5)
@@ -231,17 +240,21 @@ def test_honest_se_is_the_plain_one_plus_pseudo_terms_and_bounded():
     got = honest_se(x.mean(), x.std(ddof=1), 50, 0.0, 1.0)
     aug = np.r_[x, 0.0, 0.0, 1.0, 1.0]
     assert got == pytest.approx(aug.std() / np.sqrt(50), rel=1e-12)
-    assert honest_se(0.3, 0.0, 256, 0.0, 1.0) == pytest.approx(np.sqrt(2 * 0.5 ** 2 * 2 / 260 + 256 * 0 / 260) / 16,
-                                                               rel=0.2)
+    assert honest_se(0.3, 0.0, 256, 0.0, 1.0) == pytest.approx(
+        np.sqrt(2 * 0.5**2 * 2 / 260 + 256 * 0 / 260) / 16, rel=0.2
+    )
     assert honest_se(0.5, 0.5, 10, 0.0, 1.0) <= 0.5 / np.sqrt(10) + 1e-15
 
 
 # ---- the scenarios' truth ---------------------------------------------------------------------
-@pytest.mark.parametrize("changes", [
-    dict(reward="purchase"),
-    dict(drift_sd=0.3, season_amplitude=1.0, season_days=5.0),
-    dict(new_item_share=0.3, bias_sd=1.5),
-])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        dict(reward="purchase"),
+        dict(drift_sd=0.3, season_amplitude=1.0, season_days=5.0),
+        dict(new_item_share=0.3, bias_sd=1.5),
+    ],
+)
 def test_a_scenarios_expected_reward_is_exact_at_every_day(changes):
     """Each scenario's exact expected reward of a slate at day t against 40,000 sampled
     responses per slate (within 4 binomial standard errors), at two days -- purchases sampled
@@ -256,8 +269,12 @@ def test_a_scenarios_expected_reward_is_exact_at_every_day(changes):
         exact = shop.expected_reward(req.customer, slates, day=np.full(4, day))
         reps = 40_000
         many = Requests(customer=np.repeat(req.customer, reps), context=np.repeat(req.context, reps, axis=0))
-        got = shop.respond(many, np.repeat(slates, reps, axis=0), np.random.default_rng(1),
-                           day=np.full(4 * reps, day)).reshape(4, reps, 3).sum(axis=2).mean(axis=1)
+        got = (
+            shop.respond(many, np.repeat(slates, reps, axis=0), np.random.default_rng(1), day=np.full(4 * reps, day))
+            .reshape(4, reps, 3)
+            .sum(axis=2)
+            .mean(axis=1)
+        )
         p = shop.reward_probabilities(req.customer, slates, day=day)
         se = np.sqrt((p * (1 - p)).sum(axis=1) / reps)
         assert (np.abs(got - exact) <= 4 * se + 1e-12).all()
@@ -272,8 +289,9 @@ def test_a_scenarios_expected_reward_is_exact_at_every_day(changes):
             for d in range(1, int(day) + 1):
                 step = np.random.SeedSequence(seq.entropy, spawn_key=(*seq.spawn_key, d))
                 walk += np.random.default_rng(step).normal(0.0, c.drift_sd, size=c.n_items)
-            season = c.season_amplitude * np.sin(2 * np.pi * day / c.season_days
-                                                 + shop.season_phase[shop.catalog.product_type])
+            season = c.season_amplitude * np.sin(
+                2 * np.pi * day / c.season_days + shop.season_phase[shop.catalog.product_type]
+            )
             np.testing.assert_allclose(shop.appeal_shift(day), season + walk, rtol=1e-12, atol=1e-12)
 
 
@@ -311,5 +329,9 @@ def test_on_a_scenario_where_exploration_matters_the_hybrid_beats_epsilon_greedy
     for seed in range(3):
         hybrid, greedy, uniform = (regret_run(spec, seed, **kw) for spec in ("hybrid-linucb", "egreedy", "uniform"))
         assert hybrid.oracle == greedy.oracle == uniform.oracle
-        assert hybrid.cumulative[-1] < 0.9 * greedy.cumulative[-1] < 0.9 * uniform.cumulative[-1], \
-            (seed, hybrid.cumulative[-1], greedy.cumulative[-1], uniform.cumulative[-1])
+        assert hybrid.cumulative[-1] < 0.9 * greedy.cumulative[-1] < 0.9 * uniform.cumulative[-1], (
+            seed,
+            hybrid.cumulative[-1],
+            greedy.cumulative[-1],
+            uniform.cumulative[-1],
+        )

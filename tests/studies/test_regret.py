@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from banditrec.cli import main
-from studies.regret import regret_run, regret_study, regret_table
 from simulator import Shop
+from studies.regret import regret_run, regret_study, regret_table
 from tests.conftest import SMALL
 
 
@@ -25,8 +25,9 @@ def test_sorted_attraction_is_the_best_slate_by_brute_force():
         items = rng.choice(SMALL.n_items, size=7, replace=False)
         attraction = shop.model.attraction(np.full(7, c), items)
         oracle = theta @ np.sort(attraction)[::-1][:3]
-        brute = max(shop.expected_reward(np.array([c]), items[list(s)][None, :])[0]
-                    for s in itertools.permutations(range(7), 3))
+        brute = max(
+            shop.expected_reward(np.array([c]), items[list(s)][None, :])[0] for s in itertools.permutations(range(7), 3)
+        )
         assert oracle == pytest.approx(brute, rel=1e-12)
 
 
@@ -44,20 +45,36 @@ def test_regret_is_non_decreasing_and_learning_beats_uniform():
 
 
 def test_study_table_and_cli(tmp_path):
-    rows = regret_study(["uniform", "popularity:epsilon=0.2"], [0, 1], shop_config=SMALL, n_decisions=400,
-                        n_slots=2, n_candidates=10, batch=200)
+    rows = regret_study(
+        ["uniform", "popularity:epsilon=0.2"],
+        [0, 1],
+        shop_config=SMALL,
+        n_decisions=400,
+        n_slots=2,
+        n_candidates=10,
+        batch=200,
+    )
     table = regret_table(rows)
     assert "mean over 2 seeds" in table and table.index("popularity") < table.index("uniform")
-    res = CliRunner().invoke(main, ["regret", "--policy", "nope", "--seeds", "1", "--decisions", "10",
-                                    "--out", str(tmp_path)])
+    res = CliRunner().invoke(
+        main, ["regret", "--policy", "nope", "--seeds", "1", "--decisions", "10", "--out", str(tmp_path)]
+    )
     assert res.exit_code == 2 and "unknown policy 'nope'" in res.output
 
 
 def test_sensitivity_table_trades_relevance_for_the_business_column():
     from studies.regret import sensitivity_study, sensitivity_table
 
-    rows = sensitivity_study("linucb:alpha=1.0,epsilon=0.1", "price", shop_config=SMALL, n_train=1500,
-                             n_test=600, k=3, n_candidates=15, batch=250)
+    rows = sensitivity_study(
+        "linucb:alpha=1.0,epsilon=0.1",
+        "price",
+        shop_config=SMALL,
+        n_train=1500,
+        n_test=600,
+        k=3,
+        n_candidates=15,
+        batch=250,
+    )
     assert [r.sensitivity for r in rows] == ["off", "low", "medium", "high"]
     price = [r.metrics["price_in_top_k"] for r in rows]
     assert price == sorted(price) and price[-1] > price[0]
@@ -93,17 +110,39 @@ def test_adding_the_royalty_left_every_other_number_of_the_shop_unchanged():
     assert c.price[:5].tolist() == [5.18, 4.87, 39.55, 4.53, 12.71]
     assert round(float(c.price.sum()), 2) == 27628.47
     digest = hashlib.sha256()
-    for a in (c.price, c.product_type.astype(np.int64), shop.history.indptr.astype(np.int64),
-              shop.history.indices.astype(np.int64)):
+    for a in (
+        c.price,
+        c.product_type.astype(np.int64),
+        shop.history.indptr.astype(np.int64),
+        shop.history.indices.astype(np.int64),
+    ):
         digest.update(np.ascontiguousarray(a).tobytes())
     assert digest.hexdigest() == "d72c500f510a5779e7f6d60a4d2cc05aecb7c6d21bf5625b011e8dfdfe17df8f"
-    np.testing.assert_allclose(c.latent[0], [0.8878168558794796, -0.6219959592729907, 1.3082882502371451,
-                                             -0.4788561517190258, 0.07818554219660216, -0.3412116429746097],
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        c.latent[0],
+        [
+            0.8878168558794796,
+            -0.6219959592729907,
+            1.3082882502371451,
+            -0.4788561517190258,
+            0.07818554219660216,
+            -0.3412116429746097,
+        ],
+        rtol=1e-12,
+    )
     np.testing.assert_allclose(c.bias[:3], [-0.543310962365478, -0.513206230048083, -0.5579949761303986], rtol=1e-12)
-    np.testing.assert_allclose(shop.customers.observed[0], [-1.069744279806066, -0.8042974304984074,
-                                                            0.41046706339599737, 0.44650443292548736,
-                                                            -0.433580648561649, 0.41883635798556124], rtol=1e-12)
+    np.testing.assert_allclose(
+        shop.customers.observed[0],
+        [
+            -1.069744279806066,
+            -0.8042974304984074,
+            0.41046706339599737,
+            0.44650443292548736,
+            -0.433580648561649,
+            0.41883635798556124,
+        ],
+        rtol=1e-12,
+    )
     req = shop.requests(2000, np.random.default_rng(1))
     slates = np.random.default_rng(2).choice(c.n_items, size=(2000, 5))
     assert req.customer[:5].tolist() == [2365, 2559, 3775, 4752, 174]
@@ -129,8 +168,17 @@ def test_sensitivity_on_net_raises_what_the_shop_keeps_and_reports_the_royalty_p
     price - royalty is non-decreasing in the sensitivity, request by request and so on average."""
     from studies.regret import sensitivity_study, sensitivity_table
 
-    rows = sensitivity_study("linucb:alpha=1.0,epsilon=0.1", "net", shop_config=SMALL, seed=1, n_train=1500,
-                             n_test=600, k=3, n_candidates=15, batch=250)
+    rows = sensitivity_study(
+        "linucb:alpha=1.0,epsilon=0.1",
+        "net",
+        shop_config=SMALL,
+        seed=1,
+        n_train=1500,
+        n_test=600,
+        k=3,
+        n_candidates=15,
+        batch=250,
+    )
     net = [r.metrics["net_in_top_k"] for r in rows]
     assert all(b >= a - 1e-9 for a, b in zip(net, net[1:])), net
     assert net[-1] > net[0], net
@@ -157,8 +205,9 @@ def test_paired_differences_from_egreedy_are_the_t_interval_of_per_seed_differen
     a t interval computed here by hand (scipy's t quantile, numpy's sd)."""
     from scipy import stats
 
-    rows = regret_study(["egreedy", "uniform"], [0, 1, 2], shop_config=SMALL, n_decisions=300, n_slots=2,
-                        n_candidates=10, batch=150)
+    rows = regret_study(
+        ["egreedy", "uniform"], [0, 1, 2], shop_config=SMALL, n_decisions=300, n_slots=2, n_candidates=10, batch=150
+    )
     eg, uni = rows
     d = np.array([u.cumulative[-1] - e.cumulative[-1] for u, e in zip(uni.runs, eg.runs)])
     half = stats.t.ppf(0.975, 2) * d.std(ddof=1) / np.sqrt(3)

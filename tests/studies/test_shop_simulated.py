@@ -19,13 +19,40 @@ from studies.simulate import DAY_S, ShopCandidates, history_interactions
 @pytest.mark.parametrize("seed", [3, 8])
 def test_the_exported_shop_gives_the_in_process_shops_candidates(tmp_path, seed):
     config = SimConfig(n_items=600, n_customers=1500, n_types=30, history_days=20)
-    res = CliRunner().invoke(main, ["simulate", "--export-shop", str(tmp_path / "files"), "--items", "600",
-                                    "--customers", "1500", "--seed", str(seed), "--config", str(_toml(tmp_path))])
+    res = CliRunner().invoke(
+        main,
+        [
+            "simulate",
+            "--export-shop",
+            str(tmp_path / "files"),
+            "--items",
+            "600",
+            "--customers",
+            "1500",
+            "--seed",
+            str(seed),
+            "--config",
+            str(_toml(tmp_path)),
+        ],
+    )
     assert res.exit_code == 0, res.output
     files = tmp_path / "files"
-    res = CliRunner().invoke(main, ["build", "--items", str(files / "items.csv"), "--interactions",
-                                    str(files / "interactions.csv"), "--users", str(files / "users.csv"),
-                                    "--config", str(files / "build.toml"), "--out", str(tmp_path / "shop")])
+    res = CliRunner().invoke(
+        main,
+        [
+            "build",
+            "--items",
+            str(files / "items.csv"),
+            "--interactions",
+            str(files / "interactions.csv"),
+            "--users",
+            str(files / "users.csv"),
+            "--config",
+            str(files / "build.toml"),
+            "--out",
+            str(tmp_path / "shop"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     shop = Shop(tmp_path / "shop")
     # the same world in process, as `banditrec simulate` runs it
@@ -35,8 +62,10 @@ def test_the_exported_shop_gives_the_in_process_shops_candidates(tmp_path, seed)
     in_process = ShopCandidates(env, history_interactions(history, config.history_days * DAY_S))
     assert shop.n_items == config.n_items and len(shop.user_ids) == config.n_customers
     req = env.requests()
-    states = [UserState(cart=r["cart"], purchased=r["purchases"], viewed=r["views"], segment=int(req.segment[i]))
-              for i, r in ((i, req.recent(i)) for i in range(len(req)))]
+    states = [
+        UserState(cart=r["cart"], purchased=r["purchases"], viewed=r["views"], segment=int(req.segment[i]))
+        for i, r in ((i, req.recent(i)) for i in range(len(req)))
+    ]
     assert len(states) > 100 and sum(s.known for s in states) > 50
     in_process.stock_rule.available = shop.stock.available.copy()  # the stock the files were exported with
     ours = shop.generator.candidates_batch(states, 30)

@@ -80,8 +80,21 @@ def test_cli_prints_daily_kpis_and_logs(tmp_path):
     cfg = tmp_path / "shop.toml"
     cfg.write_text("[catalog]\nn_items = 300\nn_types = 15\nn_categories = 3\n[customers]\nhistory_days = 10\n")
     db = tmp_path / "out" / "sim.db"
-    args = ["simulate", "--days", "4", "--customers", "1200", "--config", str(cfg), "--db", str(db),
-            "--slots", "3", "--candidates", "12"]
+    args = [
+        "simulate",
+        "--days",
+        "4",
+        "--customers",
+        "1200",
+        "--config",
+        str(cfg),
+        "--db",
+        str(db),
+        "--slots",
+        "3",
+        "--candidates",
+        "12",
+    ]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     lines = res.output.splitlines()
@@ -107,8 +120,7 @@ def test_true_values_pair_policies_on_each_seed():
     from studies.simulate import paired_difference, true_values
 
     specs = ["uniform", "linucb:alpha=0.5,epsilon=0.05"]
-    values = true_values(specs, TINY.replace(n_customers=1000), days=6, seeds=range(4), n_slots=4,
-                         n_candidates=20)
+    values = true_values(specs, TINY.replace(n_customers=1000), days=6, seeds=range(4), n_slots=4, n_candidates=20)
     assert [(v.spec, v.seed) for v in values] == [(s, seed) for seed in range(4) for s in specs]
     diff, se, n = paired_difference(values, specs[1], specs[0], "clicks_per_carousel")
     assert n == 4 and diff > 3 * se > 0
@@ -137,6 +149,8 @@ def test_the_log_gets_events_of_every_simulated_day(uniform_run):
     _, db = uniform_run
     con = sqlite3.connect(db)
     start = TINY.history_days * 86_400.0
-    per_day = con.execute("SELECT CAST((ts - ?) / 86400 AS INTEGER) AS d, count(*) FROM events WHERE ts >= ? "
-                          "GROUP BY d ORDER BY d", (start, start)).fetchall()
+    per_day = con.execute(
+        "SELECT CAST((ts - ?) / 86400 AS INTEGER) AS d, count(*) FROM events WHERE ts >= ? GROUP BY d ORDER BY d",
+        (start, start),
+    ).fetchall()
     assert [d for d, _ in per_day] == list(range(6)) and min(n for _, n in per_day) > 100

@@ -10,8 +10,18 @@ import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from banditrec.candidates import (AlreadyBought, CandidateGenerator, ComplementModel, ExcludeCategories, Filters,
-                                  Interactions, OutOfStock, UserState, diversify, pair_signals)
+from banditrec.candidates import (
+    AlreadyBought,
+    CandidateGenerator,
+    ComplementModel,
+    ExcludeCategories,
+    Filters,
+    Interactions,
+    OutOfStock,
+    UserState,
+    diversify,
+    pair_signals,
+)
 from banditrec.candidates.signals import DAY_S, PURCHASE, VIEW
 from banditrec.errors import ValidationError
 
@@ -71,8 +81,9 @@ def test_pair_signals_count_distinct_users_as_written_out(seed):
 
 
 def test_sessions_are_inferred_from_gaps_and_kinds_from_names():
-    e = Interactions.from_arrays([0, 0, 0, 1], [1, 2, 3, 1], [0.0, 100.0, 5000.0, 50.0],
-                                 ["view", "purchase", "view", "cart"], session_gap_s=1800)
+    e = Interactions.from_arrays(
+        [0, 0, 0, 1], [1, 2, 3, 1], [0.0, 100.0, 5000.0, 50.0], ["view", "purchase", "view", "cart"], session_gap_s=1800
+    )
     assert e.session.tolist() == [0, 0, 1, 2] and e.kind.tolist() == [0, 2, 0, 1]
     with pytest.raises(ValidationError, match="kind must be one of view, cart, purchase; got 'click'"):
         Interactions.from_arrays([0], [1], [0.0], ["click"])
@@ -126,8 +137,12 @@ def test_type_backoff_fills_with_the_most_bought_items_of_complementary_types():
 
 
 @settings(max_examples=80, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 5), st.floats(0.01, 10)), min_size=0, max_size=40),
-       st.integers(1, 10), st.integers(1, 4), st.sampled_from([1.0, 0.7, 0.3]))
+@given(
+    st.lists(st.tuples(st.integers(0, 5), st.floats(0.01, 10)), min_size=0, max_size=40),
+    st.integers(1, 10),
+    st.integers(1, 4),
+    st.sampled_from([1.0, 0.7, 0.3]),
+)
 def test_diversify_caps_types_and_keeps_the_best(items, N, cap, decay):
     types = np.array([t for t, _ in items] + [0])
     ids = np.arange(len(items))
@@ -152,8 +167,9 @@ def test_rules_compose():
     types = np.array([0, 0, 1, 1, 2])
     cats = np.array(["a", "a", "b", "b", "c"])
     avail = np.array([True, True, True, False, True])
-    f = Filters([OutOfStock(avail), AlreadyBought(types, consumable_types=[False, True, False]),
-                 ExcludeCategories(cats, {"c"})])
+    f = Filters(
+        [OutOfStock(avail), AlreadyBought(types, consumable_types=[False, True, False]), ExcludeCategories(cats, {"c"})]
+    )
     state = UserState(purchased=[1, 2])
     assert f.banned(state, 5).tolist() == [True, True, False, True, True]
     avail[3] = True  # stock came back: the rule sees the array it was given
@@ -165,10 +181,19 @@ def test_rules_answer_for_the_pool_as_for_the_whole_catalog():
     g = np.random.default_rng(5)
     n = 50
     types = g.integers(0, 7, n)
-    rules = [OutOfStock(g.random(n) < 0.8), AlreadyBought(types, g.random(7) < 0.4),
-             ExcludeCategories(g.integers(0, 5, n), {1, 3})]
-    states = [UserState(cart=g.integers(0, n, g.integers(0, 4)), purchased=g.integers(0, n, g.integers(0, 5)),
-                        viewed=g.integers(0, n, g.integers(0, 6))) for _ in range(12)]
+    rules = [
+        OutOfStock(g.random(n) < 0.8),
+        AlreadyBought(types, g.random(7) < 0.4),
+        ExcludeCategories(g.integers(0, 5, n), {1, 3}),
+    ]
+    states = [
+        UserState(
+            cart=g.integers(0, n, g.integers(0, 4)),
+            purchased=g.integers(0, n, g.integers(0, 5)),
+            viewed=g.integers(0, n, g.integers(0, 6)),
+        )
+        for _ in range(12)
+    ]
     rows = g.integers(0, len(states), 200)
     items = g.integers(0, n, 200)
     for rule in rules + [Filters(rules)]:
@@ -189,7 +214,7 @@ def brute_coview(e: Interactions, max_distance):
     for u in range(e.n_users):
         seen = set()
         for s in np.unique(e.session[e.user == u]):
-            pos = np.flatnonzero((e.session == s))
+            pos = np.flatnonzero(e.session == s)
             pos = pos[np.lexsort((pos, e.ts[pos]))]
             for x in range(len(pos)):
                 for y in range(x + 1, min(len(pos), x + max_distance + 1)):
@@ -203,12 +228,19 @@ def brute_coview(e: Interactions, max_distance):
 
 
 @settings(max_examples=30, deadline=None)
-@given(seed=st.integers(0, 2 ** 32 - 1), cap=st.integers(1, 4))
+@given(seed=st.integers(0, 2**32 - 1), cap=st.integers(1, 4))
 def test_pair_cap_counts_only_events_at_most_the_cap_apart(seed, cap):
     g = np.random.default_rng(seed)
     E = 60
-    e = Interactions.from_arrays(g.integers(0, 4, E), g.integers(0, 8, E), np.round(g.uniform(0, DAY_S, E), -2),
-                                 g.choice([0, 0, 2], E), n_users=4, n_items=8, session_gap_s=DAY_S / 4)
+    e = Interactions.from_arrays(
+        g.integers(0, 4, E),
+        g.integers(0, 8, E),
+        np.round(g.uniform(0, DAY_S, E), -2),
+        g.choice([0, 0, 2], E),
+        n_users=4,
+        n_items=8,
+        session_gap_s=DAY_S / 4,
+    )
     np.testing.assert_array_equal(pair_signals(e, max_pair_distance=cap).co_view.toarray(), brute_coview(e, cap))
     np.testing.assert_array_equal(pair_signals(e, max_pair_distance=None).co_view.toarray(), brute_coview(e, E))
 
@@ -219,20 +251,30 @@ def shop_generator():
 
     env = Environment(SimConfig(n_items=1500, n_types=40, n_categories=6, n_customers=6000, history_days=40), seed=5)
     h = env.warm_up()
-    events = Interactions.from_arrays(h.customer, h.item, h.day * DAY_S, h.kind, session=h.session,
-                                      n_users=env.config.n_customers, n_items=env.config.n_items)
+    events = Interactions.from_arrays(
+        h.customer,
+        h.item,
+        h.day * DAY_S,
+        h.kind,
+        session=h.session,
+        n_users=env.config.n_customers,
+        n_items=env.config.n_items,
+    )
     cat = env.catalog
     filters = Filters([OutOfStock(env.stock.available), AlreadyBought(cat.product_type, cat.consumable)])
-    gen = CandidateGenerator(filters=filters, max_per_type=2).fit(events, cat.product_type,
-                                                                 user_segments=env.population.segment)
+    gen = CandidateGenerator(filters=filters, max_per_type=2).fit(
+        events, cat.product_type, user_segments=env.population.segment
+    )
     return env, gen
 
 
 def test_generator_batch_equals_one_at_a_time_and_obeys_its_rules(shop_generator):
     env, gen = shop_generator
     req = env.requests()
-    states = [UserState(cart=r["cart"], purchased=r["purchases"], viewed=r["views"], segment=int(req.segment[i]))
-              for i, r in ((i, req.recent(i)) for i in range(60))]
+    states = [
+        UserState(cart=r["cart"], purchased=r["purchases"], viewed=r["views"], segment=int(req.segment[i]))
+        for i, r in ((i, req.recent(i)) for i in range(60))
+    ]
     ids, scores, source = gen.candidates_batch(states, 30, exclude=[3, 4], chunk=7)
     types = env.catalog.product_type
     for r, state in enumerate(states):
@@ -255,8 +297,10 @@ def test_generator_candidates_are_better_than_popular_items_by_the_shops_truth(s
     if req is None:
         env.advance_day()
         req = env.requests()
-    states = [UserState(cart=r["cart"], purchased=r["purchases"], viewed=r["views"], segment=int(req.segment[i]))
-              for i, r in ((i, req.recent(i)) for i in range(len(req)))]
+    states = [
+        UserState(cart=r["cart"], purchased=r["purchases"], viewed=r["views"], segment=int(req.segment[i]))
+        for i, r in ((i, req.recent(i)) for i in range(len(req)))
+    ]
     ids, _, _ = gen.candidates_batch(states, 10)
     everyone = gen.popular[-1]
     popular = np.tile(everyone.indices[np.lexsort((everyone.indices, -everyone.data))][:5], (len(req), 1))
@@ -280,10 +324,12 @@ def test_unknown_users_get_their_segments_popular_items(shop_generator):
 
 def test_bad_item_ids_and_sizes_are_named_errors(shop_generator):
     _, gen = shop_generator
-    for call, field in ((lambda: gen.similar_items([10**6], 3), "item_ids"),
-                        (lambda: gen.similar_items([-1], 3), "item_ids"),
-                        (lambda: gen.complements([1], 0), "N"),
-                        (lambda: gen.candidates(UserState(), 5, exclude=[-1]), "exclude")):
+    for call, field in (
+        (lambda: gen.similar_items([10**6], 3), "item_ids"),
+        (lambda: gen.similar_items([-1], 3), "item_ids"),
+        (lambda: gen.complements([1], 0), "N"),
+        (lambda: gen.candidates(UserState(), 5, exclude=[-1]), "exclude"),
+    ):
         with pytest.raises(ValidationError) as info:
             call()
         assert info.value.field == field

@@ -11,12 +11,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from banditrec.candidates import (AlreadyBought, CandidateGenerator, ExcludeCategories, Filters, Interactions,
-                                  MetadataIndex, OutOfStock, UserState)
+from banditrec.candidates import (
+    AlreadyBought,
+    CandidateGenerator,
+    ExcludeCategories,
+    Filters,
+    Interactions,
+    MetadataIndex,
+    OutOfStock,
+    UserState,
+)
 from banditrec.candidates.generator import segment_popularity
+from banditrec.candidates.keys import distinct
 from banditrec.candidates.signals import DAY_S
 from banditrec.errors import ValidationError
-from banditrec.candidates.keys import distinct
 from tests.reference import reference_candidates, reference_diversify
 
 WORDS = ["acme", "bolt", "lamp", "shade", "cable", "plug", "drill"]
@@ -40,21 +48,35 @@ def small_world(seed: int, *, n_items=None, metadata=True, active_share=0.9):
     events = Interactions.from_arrays(user, item, ts, kind, n_users=n_users, n_items=n, session_gap_s=2 * DAY_S)
     seg = g.integers(0, int(g.integers(1, 4)), n_users)
     active = g.random(n) < active_share
-    rules = Filters([OutOfStock(g.random(n) < 0.9), AlreadyBought(types, g.random(n_types + 1) < 0.5),
-                     ExcludeCategories(g.integers(0, 4, n), {int(g.integers(0, 4))})])
+    rules = Filters(
+        [
+            OutOfStock(g.random(n) < 0.9),
+            AlreadyBought(types, g.random(n_types + 1) < 0.5),
+            ExcludeCategories(g.integers(0, 4, n), {int(g.integers(0, 4))}),
+        ]
+    )
     meta = None
     if metadata:
         titles = [" ".join(g.choice(WORDS, size=g.integers(0, 3))) + f" m{g.integers(1, 4)}" for _ in range(n)]
         meta = MetadataIndex(n_neighbors=int(g.integers(1, 6)), numeric_weight=0.3).fit(
-            titles, fields={"type": types}, numeric=g.lognormal(3.0, 1.0, n))
-    gen = CandidateGenerator(n_neighbors=int(g.integers(1, 7)), max_per_type=int(g.integers(1, 4)),
-                             type_decay=float(g.choice([1.0, 0.7, 0.5])), min_new=int(g.integers(0, 3)),
-                             n_popular=int(g.integers(1, 12)), n_backoff=int(g.integers(1, 6)), filters=rules,
-                             metadata=meta, weights={"similar": float(g.choice([0.3, 1.0]))})
+            titles, fields={"type": types}, numeric=g.lognormal(3.0, 1.0, n)
+        )
+    gen = CandidateGenerator(
+        n_neighbors=int(g.integers(1, 7)),
+        max_per_type=int(g.integers(1, 4)),
+        type_decay=float(g.choice([1.0, 0.7, 0.5])),
+        min_new=int(g.integers(0, 3)),
+        n_popular=int(g.integers(1, 12)),
+        n_backoff=int(g.integers(1, 6)),
+        filters=rules,
+        metadata=meta,
+        weights={"similar": float(g.choice([0.3, 1.0]))},
+    )
     gen.fit(events, types, user_segments=seg, active=active)
     now = float(events.ts.max()) if len(events) else 0.0
-    popularity = segment_popularity(events, gen._segments(seg, n_users), half_life_s=gen.half_life_s, now=now,
-                                    active=active)
+    popularity = segment_popularity(
+        events, gen._segments(seg, n_users), half_life_s=gen.half_life_s, now=now, active=active
+    )
     return g, gen, events, popularity
 
 
@@ -62,14 +84,20 @@ def random_states(g, n, k):
     out = []
     for _ in range(k):
         viewed = g.integers(0, n, g.integers(0, 6))
-        out.append(UserState(cart=g.integers(0, n, g.integers(0, 4)), purchased=g.integers(0, n, g.integers(0, 5)),
-                             viewed=viewed, view_age_s=g.uniform(0, 40 * DAY_S, len(viewed)) if g.random() < 0.5
-                             else None, segment=[None, 0, 1, 2, 7][int(g.integers(0, 5))]))
+        out.append(
+            UserState(
+                cart=g.integers(0, n, g.integers(0, 4)),
+                purchased=g.integers(0, n, g.integers(0, 5)),
+                viewed=viewed,
+                view_age_s=g.uniform(0, 40 * DAY_S, len(viewed)) if g.random() < 0.5 else None,
+                segment=[None, 0, 1, 2, 7][int(g.integers(0, 5))],
+            )
+        )
     return out
 
 
 @settings(max_examples=150, deadline=None)
-@given(seed=st.integers(0, 2 ** 32 - 1), N=st.integers(1, 15), metadata=st.booleans(), head=st.sampled_from([4, 1]))
+@given(seed=st.integers(0, 2**32 - 1), N=st.integers(1, 15), metadata=st.booleans(), head=st.sampled_from([4, 1]))
 def test_sparse_candidates_equal_the_dense_reference(seed, N, metadata, head):
     """Same candidates, scores (bit for bit), sources and order as the dense computation over
     the whole catalog, for a batch of users scored together and in chunks of one. ``head=1``
@@ -81,8 +109,7 @@ def test_sparse_candidates_equal_the_dense_reference(seed, N, metadata, head):
     exclude = g.integers(0, gen.n_items, g.integers(0, 3))
     ids, scores, source = gen.candidates_batch(states, N, exclude=exclude, chunk=int(g.integers(1, 7)))
     for r, state in enumerate(states):
-        want_ids, want_scores, want_source = reference_candidates(gen, state, N, popularity=popularity,
-                                                                  exclude=exclude)
+        want_ids, want_scores, want_source = reference_candidates(gen, state, N, popularity=popularity, exclude=exclude)
         k = len(want_ids)
         assert ids[r, :k].tolist() == want_ids.tolist()
         assert (ids[r, k:] == -1).all()
@@ -91,8 +118,14 @@ def test_sparse_candidates_equal_the_dense_reference(seed, N, metadata, head):
 
 
 @settings(max_examples=200, deadline=None)
-@given(seed=st.integers(0, 2 ** 32 - 1), N=st.integers(1, 3), cap=st.integers(1, 2), head=st.sampled_from([1, 2]),
-       decay=st.sampled_from([0.7, 0.3]), m=st.integers(1, 4))
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    N=st.integers(1, 3),
+    cap=st.integers(1, 2),
+    head=st.sampled_from([1, 2]),
+    decay=st.sampled_from([0.7, 0.3]),
+    m=st.integers(1, 4),
+)
 def test_spreading_a_head_of_each_row_first_gives_the_spread_over_the_whole_row(seed, N, cap, head, decay, m):
     """The request path spreads types over the best head x N x cap entries of a row, then
     checks the result against the best score left out; it must pick what the cap and spread
@@ -113,8 +146,9 @@ def test_spreading_a_head_of_each_row_first_gives_the_spread_over_the_whole_row(
         mine = ok[prow[ok] == r]
         items = pitem[mine]
         order = np.lexsort((items, -score[mine]))
-        want = mine[order][reference_diversify(items[order], score[mine][order], gen.types, N, max_per_type=cap,
-                                                type_decay=decay)]
+        want = mine[order][
+            reference_diversify(items[order], score[mine][order], gen.types, N, max_per_type=cap, type_decay=decay)
+        ]
         assert pick[prow[pick] == r].tolist() == want.tolist()
 
 
@@ -136,6 +170,7 @@ def test_a_defined_cut_the_back_off_reaches_each_seed_types_best_items_only():
 
 # ---- saving and loading -------------------------------------------------------------------
 
+
 def _npz_round_trip(arrays: dict, meta: dict):
     buf = io.BytesIO()
     np.savez(buf, **arrays)
@@ -154,8 +189,10 @@ def test_saved_and_loaded_generator_gives_identical_candidates(metadata):
     for a, b in zip(gen.candidates_batch(states, 10, exclude=[3]), back.candidates_batch(states, 10, exclude=[3])):
         np.testing.assert_array_equal(a, b)
     items = np.arange(gen.n_items)
-    for a, b in zip(gen.similar_items(items, 5) + gen.complements(items, 5),
-                    back.similar_items(items, 5) + back.complements(items, 5)):
+    for a, b in zip(
+        gen.similar_items(items, 5) + gen.complements(items, 5),
+        back.similar_items(items, 5) + back.complements(items, 5),
+    ):
         np.testing.assert_array_equal(a, b)
     assert back.params == gen.params
 
@@ -186,6 +223,7 @@ def test_loading_names_the_array_that_does_not_fit():
 
 # ---- growing catalogs -----------------------------------------------------------------------
 
+
 def test_a_rebuild_that_adds_and_removes_items_never_serves_a_removed_one():
     """Items appended by a rebuild keep the old indices stable; removed items stay in the index
     space as inactive: never a candidate, neighbour or popular item, even for users whose
@@ -194,13 +232,19 @@ def test_a_rebuild_that_adds_and_removes_items_never_serves_a_removed_one():
     n_old, n_new = gen.n_items, gen.n_items + 6
     titles = [f"{WORDS[j % len(WORDS)]} m{j % 3}" for j in range(n_new)]
     types = np.r_[gen.types, gen.types[:6]]
-    grown = Interactions.from_arrays(events.user, events.item, events.ts, events.kind, session=events.session,
-                                     n_users=events.n_users, n_items=n_new)
+    grown = Interactions.from_arrays(
+        events.user, events.item, events.ts, events.kind, session=events.session, n_users=events.n_users, n_items=n_new
+    )
     meta = MetadataIndex(n_neighbors=5).fit(titles, fields={"type": types})
     everything = CandidateGenerator(metadata=meta, min_new=2).fit(grown, types)
-    tables = lambda G: {"substitutes": G.substitutes, "complements": G.complement_model.scores,  # noqa: E731
-                        "new": G.meta_new, "popular": G.popular, "cf": G.cf.similarity,
-                        "backoff": G.complement_model.backoff_items}
+    tables = lambda G: {
+        "substitutes": G.substitutes,
+        "complements": G.complement_model.scores,  # noqa: E731
+        "new": G.meta_new,
+        "popular": G.popular,
+        "cf": G.cf.similarity,
+        "backoff": G.complement_model.backoff_items,
+    }
     # remove the items most often a neighbour or a popular item, and the most co-viewed ones
     held = sum(np.bincount(t.indices, minlength=n_new) for t in tables(everything).values())
     viewed = np.bincount(everything.signals.substitutes.indices, minlength=n_new)
@@ -223,8 +267,9 @@ def test_a_rebuild_that_adds_and_removes_items_never_serves_a_removed_one():
 
 
 def test_segment_popularity_is_the_recency_weighted_purchases_per_segment():
-    ev = Interactions.from_arrays([0, 0, 1, 2], [1, 2, 1, 0], [0.0, 10 * DAY_S, 10 * DAY_S, 10 * DAY_S],
-                                  [2, 0, 2, 2], n_users=3, n_items=3)
+    ev = Interactions.from_arrays(
+        [0, 0, 1, 2], [1, 2, 1, 0], [0.0, 10 * DAY_S, 10 * DAY_S, 10 * DAY_S], [2, 0, 2, 2], n_users=3, n_items=3
+    )
     seg = np.array([0, 1, 1])
     pop = segment_popularity(ev, seg, half_life_s=10 * DAY_S, now=10 * DAY_S, active=np.ones(3, bool))
     # segment 0: item 1 bought 10 days ago (0.5 + 1e-3 x 0.5), item 2 viewed now (1e-3)

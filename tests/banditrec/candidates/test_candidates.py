@@ -104,8 +104,10 @@ def test_candidates_batch_equals_one_user_at_a_time():
     cf = ItemItemCF(n_neighbors=10).fit(X)
     rows = [np.unique(gen.integers(0, 120, size=k)) for k in gen.integers(0, 6, size=40)]
     rows[3] = np.empty(0, dtype=np.int64)  # a user with no history gets the popular items
-    H = sp.csr_matrix((np.ones(sum(map(len, rows))), (np.repeat(np.arange(40), list(map(len, rows))),
-                                                      np.concatenate(rows))), shape=(40, 120))
+    H = sp.csr_matrix(
+        (np.ones(sum(map(len, rows))), (np.repeat(np.arange(40), list(map(len, rows))), np.concatenate(rows))),
+        shape=(40, 120),
+    )
     exclude = np.array([0, 7, 33])
     ids, scores, from_cf = cf.candidates_batch(H, 25, exclude=exclude, chunk=7)
     for r, hist in enumerate(rows):
@@ -125,7 +127,7 @@ def _dense_reference(X: np.ndarray, weighting: str, K1=1.2, B=0.75) -> np.ndarra
     """Item-item similarity written out with dense numpy, one formula per weighting."""
     n_users, n_items = X.shape
     if weighting == "cosine":
-        norms = np.sqrt((X ** 2).sum(axis=0))
+        norms = np.sqrt((X**2).sum(axis=0))
         W = X / np.where(norms > 0, norms, 1.0)
     else:
         idf = np.log(n_items) - np.log1p((X > 0).sum(axis=1))
@@ -168,7 +170,8 @@ def test_incremental_update_equals_a_refit_on_the_stacked_decayed_rows():
     # an item no new row touches, nor co-occurs with a touched one, keeps its row untouched
     untouched = np.setdiff1d(np.arange(60), touched)
     assert len(untouched) == 0 or np.array_equal(
-        cf.similarity[untouched].toarray(), ItemItemCF(8, keep_gram=True).fit(old).similarity[untouched].toarray())
+        cf.similarity[untouched].toarray(), ItemItemCF(8, keep_gram=True).fit(old).similarity[untouched].toarray()
+    )
     with pytest.raises(ValidationError, match="keep_gram"):
         ItemItemCF(n_neighbors=8).fit(old).update(new)
     with pytest.raises(ValidationError, match="need weighting='cosine'"):
@@ -244,14 +247,13 @@ def test_fit_in_chunks_on_threads_equals_one_chunk(weighting):
     heavy = sp.csr_matrix((gen.random((5, 90)) < 0.6).astype(float))  # a few heavy users: long, alike rows
     X = sp.vstack([heavy, light], format="csr")
     keep = weighting == "cosine"
-    one = ItemItemCF(n_neighbors=6, weighting=weighting, keep_gram=keep).fit(X, num_threads=1,
-                                                                             chunk_products=10**12)
-    many = ItemItemCF(n_neighbors=6, weighting=weighting, keep_gram=keep).fit(X, num_threads=2,
-                                                                              chunk_products=50)
+    one = ItemItemCF(n_neighbors=6, weighting=weighting, keep_gram=keep).fit(X, num_threads=1, chunk_products=10**12)
+    many = ItemItemCF(n_neighbors=6, weighting=weighting, keep_gram=keep).fit(X, num_threads=2, chunk_products=50)
     np.testing.assert_array_equal(many.similarity.toarray(), one.similarity.toarray())
     # the dense reference sums in another order: equal to the last bits, ties broken alike
-    np.testing.assert_allclose(many.similarity.toarray(),
-                               _reference_top_n(_dense_reference(X.toarray(), weighting), 6), rtol=1e-12)
+    np.testing.assert_allclose(
+        many.similarity.toarray(), _reference_top_n(_dense_reference(X.toarray(), weighting), 6), rtol=1e-12
+    )
     if keep:
         np.testing.assert_array_equal(many.gram.toarray(), X.toarray().T @ X.toarray())
 

@@ -10,7 +10,6 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,9 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import banditrec.candidates.metadata as metadata
-from tests.helpers import ROOT_DIR
 from banditrec.candidates.metadata import MetadataIndex, hash_tokens, tokenize
 from banditrec.errors import ValidationError
+from tests.helpers import ROOT_DIR
 
 REPO = ROOT_DIR
 WORDS = ["acme", "bolt", "widget", "gizmo", "spanner", "drill", "lamp", "shade", "cable", "plug"]
@@ -103,7 +102,7 @@ def test_hash_matches_independent_blake2b_values():
     expected = {"brand=17": 5835095136991951269, "kaloru": 10607585939894459782, "type=42": 3328000251689161138}
     for token, h in expected.items():
         assert blake(token) == h
-    cols, signs = hash_tokens(list(expected), 2 ** 18)
+    cols, signs = hash_tokens(list(expected), 2**18)
     assert cols.tolist() == [244133, 155014, 250290]
     assert signs.tolist() == [1.0, -1.0, 1.0]  # bit 63 set for "kaloru" only
     cols, signs = hash_tokens(list(expected), 1000, alternate_sign=False)
@@ -113,12 +112,20 @@ def test_hash_matches_independent_blake2b_values():
 def test_vectors_are_the_same_in_another_process_with_another_hash_seed():
     titles = ["Acme Bolt m12", "Lamp-Shade café", "drill"]
     fields = {"brand": [3, 3, 7], "type": ["x", "y", "x"]}
-    code = ("import json, sys; from banditrec.candidates.metadata import MetadataIndex; "
-            "a = json.loads(sys.argv[1]); V = MetadataIndex().fit(a['titles'], a['fields']).vectors.tocoo(); "
-            "print(json.dumps([V.row.tolist(), V.col.tolist(), V.data.tolist()]))")
+    code = (
+        "import json, sys; from banditrec.candidates.metadata import MetadataIndex; "
+        "a = json.loads(sys.argv[1]); V = MetadataIndex().fit(a['titles'], a['fields']).vectors.tocoo(); "
+        "print(json.dumps([V.row.tolist(), V.col.tolist(), V.data.tolist()]))"
+    )
     arg = json.dumps({"titles": titles, "fields": fields})
-    out = subprocess.run([sys.executable, "-c", code, arg], capture_output=True, text=True, check=True, cwd=REPO,
-                         env={**os.environ, "PYTHONHASHSEED": "12345"}).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code, arg],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONHASHSEED": "12345"},
+    ).stdout
     row, col, data = json.loads(out)
     V = MetadataIndex().fit(titles, fields).vectors.tocoo()
     assert sorted(zip(row, col, data)) == sorted(zip(V.row.tolist(), V.col.tolist(), V.data.tolist()))
@@ -139,11 +146,13 @@ def test_vectors_equal_the_dense_reference(alternate_sign):
     titles[6] = ""  # no title words, still has fields
     weights = {"title": 1.5, "title_digits": 0.1, "brand": 0.5, "type": 2.0}
     F = 64  # small, so that collisions (and signed cancellations) happen
-    idx = MetadataIndex(n_features=F, field_weights=weights, numeric_weight=0.4,
-                        alternate_sign=alternate_sign).fit(titles, fields, num)
+    idx = MetadataIndex(n_features=F, field_weights=weights, numeric_weight=0.4, alternate_sign=alternate_sign).fit(
+        titles, fields, num
+    )
     assert idx.vectors.shape == (40, F + 2) and sp.isspmatrix_csr(idx.vectors)
-    np.testing.assert_allclose(idx.vectors.toarray(), reference_vectors(titles, fields, num, F, weights, 0.4,
-                                                                        alternate_sign), atol=1e-12)
+    np.testing.assert_allclose(
+        idx.vectors.toarray(), reference_vectors(titles, fields, num, F, weights, 0.4, alternate_sign), atol=1e-12
+    )
     np.testing.assert_allclose(np.asarray(idx.vectors.multiply(idx.vectors).sum(axis=1)).ravel(), 1.0)
 
 
@@ -159,8 +168,13 @@ def test_item_without_any_metadata_has_a_zero_row_and_no_neighbours():
 
 
 @settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 2 ** 32 - 1), n=st.integers(2, 30), N=st.integers(1, 8), numeric=st.booleans(),
-       masked=st.booleans())
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(2, 30),
+    N=st.integers(1, 8),
+    numeric=st.booleans(),
+    masked=st.booleans(),
+)
 def test_neighbours_are_the_brute_force_top_n(seed, n, N, numeric, masked):
     rng = np.random.default_rng(seed)
     titles, fields, num = random_catalog(rng, n, numeric=numeric)
@@ -187,8 +201,15 @@ def test_chunked_products_and_blocked_thresholds_agree_with_one_chunk(monkeypatc
 
 
 @settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 2 ** 32 - 1), n=st.integers(30, 160), N=st.integers(1, 12), numeric=st.booleans(),
-       leaf=st.integers(1, 9), block=st.integers(1, 40), masked=st.booleans())
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(30, 160),
+    N=st.integers(1, 12),
+    numeric=st.booleans(),
+    leaf=st.integers(1, 9),
+    block=st.integers(1, 40),
+    masked=st.booleans(),
+)
 def test_grouped_bounded_scoring_equals_the_sparse_product_and_brute_force(seed, n, N, numeric, leaf, block, masked):
     """With every column heavy, queries go through the groups of shared heavy columns, the
     leaves' bounds and the two scoring rounds; they must find exactly what the sparse product
@@ -199,7 +220,7 @@ def test_grouped_bounded_scoring_equals_the_sparse_product_and_brute_force(seed,
     among = rng.random(n) < 0.6 if masked else None
     q = np.arange(n)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(metadata, "heavy_threshold", lambda allowed: 10 ** 9)  # the sparse product alone
+        mp.setattr(metadata, "heavy_threshold", lambda allowed: 10**9)  # the sparse product alone
         ids0, scores0 = idx.similar_items(q, N, among=among)
         mp.setattr(metadata, "heavy_threshold", lambda allowed: 0)  # every column is heavy
         mp.setattr(metadata, "_SMALL_GROUP", 0)
@@ -211,7 +232,7 @@ def test_grouped_bounded_scoring_equals_the_sparse_product_and_brute_force(seed,
     for i in range(n):
         row = table[i]
         top = np.lexsort((row.indices, -row.data))[:N]
-        ids1[i, :len(top)], scores1[i, :len(top)] = row.indices[top], row.data[top]
+        ids1[i, : len(top)], scores1[i, : len(top)] = row.indices[top], row.data[top]
     assert (ids1 == ids0).all() or _same_up_to_near_ties(ids0, scores0, ids1, scores1)
     np.testing.assert_allclose(scores1, scores0, atol=1e-11)
     brute_force_check(idx, ids1, scores1, q, N, among)
@@ -240,10 +261,14 @@ def test_row_kth_equals_sorting_each_row():
 
 
 def test_shared_type_and_brand_outrank_shared_category():
-    titles = ["acme drill hammer pro m100",  # the query
-              "zenit saw blade kit m200",  # same category only
-              "acme drill hammer pro m300",  # same type and brand
-              "other lamp shade set m400", "bright lamp bulb set m500", "other cable plug set m600"]
+    titles = [
+        "acme drill hammer pro m100",  # the query
+        "zenit saw blade kit m200",  # same category only
+        "acme drill hammer pro m300",  # same type and brand
+        "other lamp shade set m400",
+        "bright lamp bulb set m500",
+        "other cable plug set m600",
+    ]
     fields = {"brand": [1, 2, 1, 3, 4, 3], "category": [10, 10, 10, 20, 20, 30], "type": [5, 6, 5, 7, 8, 9]}
     ids, scores = MetadataIndex().fit(titles, fields).similar_items([0], N=5)
     assert ids[0].tolist() == [2, 1, -1, -1, -1]
@@ -358,9 +383,13 @@ def test_bad_inputs_name_the_field_and_the_value():
     e = error(MetadataIndex(log_numeric=[True]).fit, ["a", "b"], None, np.array([[1.0], [-2.0]]))
     assert e.field == "numeric" and "-2.0 at row 1" in e.message
 
-    for kwargs, field in [({"n_features": 0}, "n_features"), ({"numeric_weight": -1.0}, "numeric_weight"),
-                          ({"numeric_weight": float("inf")}, "numeric_weight"), ({"n_neighbors": 0}, "n_neighbors"),
-                          ({"field_weights": {"brand": "high"}}, "field_weights")]:
+    for kwargs, field in [
+        ({"n_features": 0}, "n_features"),
+        ({"numeric_weight": -1.0}, "numeric_weight"),
+        ({"numeric_weight": float("inf")}, "numeric_weight"),
+        ({"n_neighbors": 0}, "n_neighbors"),
+        ({"field_weights": {"brand": "high"}}, "field_weights"),
+    ]:
         assert error(MetadataIndex, **kwargs).field == field
 
     assert error(MetadataIndex().similar_items, [0], 3).field == "model"

@@ -25,12 +25,17 @@ from banditrec.errors import BanditRecError, ValidationError
 from banditrec.evaluation import estimate_files, evaluate_log, evaluate_parquet
 from banditrec.ope.estimators import DR, ESTIMATORS, IPS, SNIPS, Moments, OPEWarning, Replay
 from banditrec.store import DecisionLog
-from banditrec.store.partitioned import (PartitionError, export_partitioned, open_dataset,
-                                         partition_decisions, read_partition)
-from studies.sweep import parse_config, run_one, run_sweep
-from banditrec.types import LoggedDecisions, LoggedBandit, Reward
+from banditrec.store.partitioned import (
+    PartitionError,
+    export_partitioned,
+    open_dataset,
+    partition_decisions,
+    read_partition,
+)
+from banditrec.types import LoggedBandit, LoggedDecisions, Reward
 from simulator import SimConfig
 from studies.simulate import simulate
+from studies.sweep import parse_config, run_one, run_sweep
 
 TOL = 1e-9
 MERGEABLE = [name for name, cls in ESTIMATORS.items() if cls.mergeable]
@@ -40,8 +45,9 @@ SPECS = ["popularity:epsilon=0.1", "linucb:alpha=1.0,epsilon=0.1"]
 
 @pytest.fixture(scope="module")
 def client():
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                           dashboard_address="127.0.0.1:0")
+    cluster = LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0"
+    )
     c = Client(cluster)
     try:
         yield c
@@ -83,14 +89,27 @@ def synthetic(rng, n_decisions: int, n_slots: int = 3, zero_reward: bool = False
     target = rng.uniform(0.0, 0.8, size=n)
     reward = np.zeros(n) if zero_reward else rng.binomial(1, 0.3, size=n).astype(float)
     q_logged = rng.uniform(0, 0.5, size=n)
-    return {"decision": decision, "slot": slot, "reward": reward, "pscore": pscore, "target_pscore": target,
-            "q_hat_logged": q_logged, "q_hat_target": q_logged + rng.normal(0, 0.05, size=n)}
+    return {
+        "decision": decision,
+        "slot": slot,
+        "reward": reward,
+        "pscore": pscore,
+        "target_pscore": target,
+        "q_hat_logged": q_logged,
+        "q_hat_target": q_logged + rng.normal(0, 0.05, size=n),
+    }
 
 
 def bandit(cols: dict) -> LoggedBandit:
-    return LoggedBandit(reward=cols["reward"], action=np.zeros(len(cols["reward"]), dtype=np.int64),
-                        slot=cols["slot"], pscore=cols["pscore"], decision=cols["decision"], n_actions=1,
-                        n_slots=int(cols["slot"].max()) + 1)
+    return LoggedBandit(
+        reward=cols["reward"],
+        action=np.zeros(len(cols["reward"]), dtype=np.int64),
+        slot=cols["slot"],
+        pscore=cols["pscore"],
+        decision=cols["decision"],
+        n_actions=1,
+        n_slots=int(cols["slot"].max()) + 1,
+    )
 
 
 def whole(est, cols: dict, **kw):
@@ -221,8 +240,17 @@ def test_partitions_hold_exactly_what_the_log_reads(make_log, sim):
         log.close()
     got = LoggedDecisions.concat([partition_decisions(read_partition(p), kind="purchase") for p in ds.partitions])
     assert got.event_id == ref.event_id
-    for f in ("seq", "context", "row_decision", "row_slot", "row_action", "row_pscore", "row_reward",
-              "decision_reward", "row_propensity"):
+    for f in (
+        "seq",
+        "context",
+        "row_decision",
+        "row_slot",
+        "row_action",
+        "row_pscore",
+        "row_reward",
+        "decision_reward",
+        "row_propensity",
+    ):
         np.testing.assert_array_equal(getattr(got, f), getattr(ref, f), err_msg=f)
     assert all(np.array_equal(a, b) for a, b in zip(got.candidates, ref.candidates))
     meta = pq.read_schema(ds.partitions[0].path).metadata
@@ -252,8 +280,9 @@ def test_appending_a_day_leaves_old_partitions_alone(make_log, sim, tmp_path):
     first = export_partitioned(short, out)
     short.close()
     assert len(first.partitions) == 3
-    before = {p.day: (os.stat(p.path).st_ino, os.stat(p.path).st_mtime_ns, p.path.read_bytes())
-              for p in first.partitions}
+    before = {
+        p.day: (os.stat(p.path).st_ino, os.stat(p.path).st_mtime_ns, p.path.read_bytes()) for p in first.partitions
+    }
     shutil.copy(sim / "log.db", tmp_path / "full.db")
     full = make_log(str(tmp_path / "full.db"))
     try:
@@ -280,10 +309,10 @@ def test_evaluate_parquet_on_the_cluster_equals_in_process_and_the_log(sim, clie
     same_estimate(dist.logging, ref.logging)
     assert (dist.n_train, dist.n_eval, dist.n_rows) == (ref.n_train, ref.n_eval, ref.n_rows)
     assert dist.logging_policies == ref.logging_policies
-    for d, l, r in zip(dist.candidates, local.candidates, ref.candidates):
-        assert (d.safe, d.reason) == (l.safe, l.reason) == (r.safe, r.reason)
+    for d, loc, r in zip(dist.candidates, local.candidates, ref.candidates):
+        assert (d.safe, d.reason) == (loc.safe, loc.reason) == (r.safe, r.reason)
         for name in d.estimates:
-            same_estimate(d.estimates[name], l.estimates[name])
+            same_estimate(d.estimates[name], loc.estimates[name])
             assert close(d.estimates[name].unsupported, r.estimates[name].unsupported)
             # the same folds (hashed sequence numbers) and the same fit: the numbers of evaluate --db
             same_estimate(d.estimates[name], r.estimates[name])
@@ -323,10 +352,16 @@ def test_evaluate_parquet_reward_model_equals_ridge_fit_on_the_rows(sim):
     train, test = full.take(0, n_train), full.take(n_train, full.n_decisions)
     fold = decision_folds(test.seq, 2, 0)[test.row_decision]
     data = test.logged_bandit(len(features), ds.n_slots, with_context=True)
-    popularity = 1 + np.bincount(train.row_action, weights=(train.row_reward > 0).astype(float),
-                                 minlength=len(features))
-    policy = make(spec, context_dim=test.context.shape[1], item_dim=features.shape[1], popularity=popularity,
-                  n_items=len(features))
+    popularity = 1 + np.bincount(
+        train.row_action, weights=(train.row_reward > 0).astype(float), minlength=len(features)
+    )
+    policy = make(
+        spec,
+        context_dim=test.context.shape[1],
+        item_dim=features.shape[1],
+        popularity=popularity,
+        n_items=len(features),
+    )
     train_from_log(policy, train, features)
     kept = []
     pi = target_pscore(policy, test, features, on_decision=lambda d, i, m: kept.append((i, m)))
@@ -337,8 +372,9 @@ def test_evaluate_parquet_reward_model_equals_ridge_fit_on_the_rows(sim):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", OPEWarning)
         for name in ("DR", "SNDR"):
-            ref = ESTIMATORS[name](seed=0).estimate(data, target_pscore=pi, q_hat_logged=q_logged,
-                                                    q_hat_target=q_target)
+            ref = ESTIMATORS[name](seed=0).estimate(
+                data, target_pscore=pi, q_hat_logged=q_logged, q_hat_target=q_target
+            )
             same_estimate(got.candidates[0].estimates[name], ref)
 
 
@@ -346,29 +382,50 @@ def test_cli_evaluate_parquet_and_clean_errors(sim, client, tmp_path):
     runner = CliRunner()
     pq_dir = tmp_path / "pq"
     shutil.copytree(sim / "pq", pq_dir)
-    ok = runner.invoke(cli, ["evaluate", "--parquet", str(pq_dir), "--policy", SPECS[0], "--scheduler",
-                             client.scheduler.address, "--json", "--out", str(tmp_path / "ev")])
+    ok = runner.invoke(
+        cli,
+        [
+            "evaluate",
+            "--parquet",
+            str(pq_dir),
+            "--policy",
+            SPECS[0],
+            "--scheduler",
+            client.scheduler.address,
+            "--json",
+            "--out",
+            str(tmp_path / "ev"),
+        ],
+    )
     assert ok.exit_code == 0, ok.output
     ref = evaluate_log(str(sim / "log.db"), [SPECS[0]])
     assert f"{ref.candidates[0].estimates['IPS'].value:.6f}"[:6] in ok.output
     victim = open_dataset(pq_dir).partitions[2].path
     victim.write_bytes(b"not parquet at all")
-    bad = runner.invoke(cli, ["evaluate", "--parquet", str(pq_dir), "--policy", SPECS[0], "--scheduler",
-                              client.scheduler.address])
+    bad = runner.invoke(
+        cli, ["evaluate", "--parquet", str(pq_dir), "--policy", SPECS[0], "--scheduler", client.scheduler.address]
+    )
     assert bad.exit_code == 2 and str(victim) in bad.output and "not a readable Parquet file" in bad.output
     assert "Traceback" not in bad.output
     victim.unlink()
-    gone = runner.invoke(cli, ["evaluate", "--parquet", str(pq_dir), "--policy", SPECS[0], "--scheduler",
-                               client.scheduler.address])
+    gone = runner.invoke(
+        cli, ["evaluate", "--parquet", str(pq_dir), "--policy", SPECS[0], "--scheduler", client.scheduler.address]
+    )
     assert gone.exit_code == 2 and f"{victim} (day" in gone.output and "missing" in gone.output
-    both = runner.invoke(cli, ["evaluate", "--parquet", str(pq_dir), "--db", str(sim / "log.db"), "--policy", "uniform"])
+    both = runner.invoke(
+        cli, ["evaluate", "--parquet", str(pq_dir), "--db", str(sim / "log.db"), "--policy", "uniform"]
+    )
     assert both.exit_code == 2 and "exactly one of --db and --parquet" in both.output
     assert issubclass(PartitionError, BanditRecError)
 
 
 # ---- sweeps -----------------------------------------------------------------------------------------
 SWEEP = {
-    "seed": 7, "replicates": 2, "days": 2, "slots": 3, "candidates": 10,
+    "seed": 7,
+    "replicates": 2,
+    "days": 2,
+    "slots": 3,
+    "candidates": 10,
     "simulator": {"n_customers": 200, "n_items": 100, "n_types": 10, "history_days": 2},
     "policy": [{"name": "uniform"}, {"name": "popularity", "grid": {"epsilon": [0.05, 0.3]}}],
 }
@@ -407,12 +464,15 @@ def test_sweep_seed_streams_and_config_errors():
 
 def test_cli_sweep_on_the_cluster(client, tmp_path):
     cfg = tmp_path / "sweep.toml"
-    cfg.write_text('seed = 1\nreplicates = 1\ndays = 1\nslots = 2\ncandidates = 8\n'
-                   '[simulator]\nn_customers = 150\nn_items = 80\nn_types = 10\nhistory_days = 1\n'
-                   '[[policy]]\nname = "uniform"\n[[policy]]\nname = "popularity"\ngrid = { epsilon = [0.1] }\n')
+    cfg.write_text(
+        "seed = 1\nreplicates = 1\ndays = 1\nslots = 2\ncandidates = 8\n"
+        "[simulator]\nn_customers = 150\nn_items = 80\nn_types = 10\nhistory_days = 1\n"
+        '[[policy]]\nname = "uniform"\n[[policy]]\nname = "popularity"\ngrid = { epsilon = [0.1] }\n'
+    )
     out = tmp_path / "out"
-    res = CliRunner().invoke(cli, ["sweep", "--config", str(cfg), "--scheduler", client.scheduler.address,
-                                   "--out", str(out)])
+    res = CliRunner().invoke(
+        cli, ["sweep", "--config", str(cfg), "--scheduler", client.scheduler.address, "--out", str(out)]
+    )
     assert res.exit_code == 0, res.output
     assert "popularity:epsilon=0.1" in res.output and (out / "sweep.png").exists()
     rows = (out / "runs.csv").read_text().splitlines()

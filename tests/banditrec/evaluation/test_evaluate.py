@@ -9,11 +9,11 @@ import pytest
 from click.testing import CliRunner
 
 from banditrec.cli import main
-from studies.coverage import _run
 from banditrec.errors import ValidationError
 from banditrec.evaluation import evaluate_log
 from banditrec.policies import Request, make
 from banditrec.store import DecisionLog
+from studies.coverage import _run
 from tests.conftest import SMALL
 
 N_DEC, N_SLOTS, N_CAND = 1600, 3, 20
@@ -23,8 +23,17 @@ N_DEC, N_SLOTS, N_CAND = 1600, 3, 20
 def logged_run(tmp_path_factory):
     db = tmp_path_factory.mktemp("eval") / "log.db"
     log = DecisionLog(db)
-    shop, engine, served = _run(11, SMALL, "linucb:alpha=1.0,epsilon=0.3", log, n_decisions=N_DEC, n_slots=N_SLOTS,
-                                n_candidates=N_CAND, batch=200, via="engine")
+    shop, engine, served = _run(
+        11,
+        SMALL,
+        "linucb:alpha=1.0,epsilon=0.3",
+        log,
+        n_decisions=N_DEC,
+        n_slots=N_SLOTS,
+        n_candidates=N_CAND,
+        batch=200,
+        via="engine",
+    )
     log.close()
     return db, shop, engine, served
 
@@ -66,7 +75,7 @@ def test_estimates_cover_the_simulators_exact_value(make_log, logged_run):
     for name, e in res.candidates[0].estimates.items():
         assert abs(e.value - truth) < 3 * e.se, (name, e.value, truth, e.se)
     # the logging policy on-policy: its exact value on those decisions
-    assert abs(res.logging.value - served.truth[N_DEC // 2:].mean()) < 3 * res.logging.se
+    assert abs(res.logging.value - served.truth[N_DEC // 2 :].mean()) < 3 * res.logging.se
 
 
 def test_verdict_follows_the_primary_lower_bound(logged_run):

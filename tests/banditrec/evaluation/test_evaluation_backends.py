@@ -14,9 +14,14 @@ import pytest
 
 from banditrec.evaluation import evaluate_log, evaluate_parquet
 from banditrec.store import DecisionLog
-from banditrec.store.partitioned import (PartitionError, export_partitioned, open_dataset,
-                                         partition_decisions, read_partition)
-from banditrec.types import LoggedDecisions, Decision, Reward, Slot
+from banditrec.store.partitioned import (
+    PartitionError,
+    export_partitioned,
+    open_dataset,
+    partition_decisions,
+    read_partition,
+)
+from banditrec.types import Decision, LoggedDecisions, Reward, Slot
 
 N_ITEMS, N_SLOTS, N_DECISIONS, DAYS = 8, 3, 600, 3
 SPECS = ["disjoint-linucb", "linucb:alpha=1.0,epsilon=0.1", "egreedy:epsilon=0.1"]  # disjoint, shared, egreedy
@@ -41,10 +46,13 @@ def write_log(path, *, partial: bool, pinned: bool, seed: int = 0) -> None:
         kind = kinds[int(rng.integers(len(kinds)))]
         pins = [int(rng.integers(N_ITEMS))] if kind == 2 else []
         pool = [j for j in range(N_ITEMS) if j not in pins]
-        shown = pins + [int(j) for j in rng.permutation(pool)[:N_SLOTS - len(pins)]]
-        slots = [Slot(k, ids[j], 1.0, 1.0, source="pinned") if k < len(pins) else
-                 Slot(k, ids[j], 1.0 / (len(pool) - k + len(pins)), 1.0 / len(pool))
-                 for k, j in enumerate(shown)]
+        shown = pins + [int(j) for j in rng.permutation(pool)[: N_SLOTS - len(pins)]]
+        slots = [
+            Slot(k, ids[j], 1.0, 1.0, source="pinned")
+            if k < len(pins)
+            else Slot(k, ids[j], 1.0 / (len(pool) - k + len(pins)), 1.0 / len(pool))
+            for k, j in enumerate(shown)
+        ]
         n_slots = None
         if kind == 1:
             k = int(rng.integers(N_SLOTS))
@@ -52,10 +60,24 @@ def write_log(path, *, partial: bool, pinned: bool, seed: int = 0) -> None:
         log_joint = sum(math.log(s.propensity) for s in slots)
         event = f"e{t}"
         ts = 86400.0 * 40 + t * DAYS * 86400.0 / N_DECISIONS
-        log.write_decision(Decision(event, f"u{t % 50}", tuple(slots), math.exp(log_joint), log_joint, "uniform",
-                                    "v0", tuple(ids), ts, n_slots=n_slots),
-                           policy_params={}, candidate_index=np.arange(N_ITEMS), slot_index=shown,
-                           context=ctx.tolist())
+        log.write_decision(
+            Decision(
+                event,
+                f"u{t % 50}",
+                tuple(slots),
+                math.exp(log_joint),
+                log_joint,
+                "uniform",
+                "v0",
+                tuple(ids),
+                ts,
+                n_slots=n_slots,
+            ),
+            policy_params={},
+            candidate_index=np.arange(N_ITEMS),
+            slot_index=shown,
+            context=ctx.tolist(),
+        )
         for s, j in zip(slots, shown):
             if rng.random() < 1 / (1 + math.exp(1.0 + 0.3 * s.position - theta[j] @ ctx)):
                 rewards.append(Reward(event, 1.0, position=s.position, ts=ts + 1))
@@ -90,8 +112,18 @@ def test_the_parquet_reader_returns_what_the_log_reader_returns(make_log, logs):
         log.close()
     got = LoggedDecisions.concat([partition_decisions(read_partition(p)) for p in open_dataset(pq_dir).partitions])
     assert set(ref.n_slots.tolist()) == {2, 3} and (ref.slots_per_decision() > np.bincount(ref.row_decision)).any()
-    for name in ("seq", "context", "row_decision", "row_slot", "row_action", "row_pscore", "row_reward",
-                 "decision_reward", "row_propensity", "n_slots"):
+    for name in (
+        "seq",
+        "context",
+        "row_decision",
+        "row_slot",
+        "row_action",
+        "row_pscore",
+        "row_reward",
+        "decision_reward",
+        "row_propensity",
+        "n_slots",
+    ):
         np.testing.assert_array_equal(getattr(got, name), getattr(ref, name), err_msg=name)
     assert got.event_id == ref.event_id
     assert all(np.array_equal(a, b) for a, b in zip(got.candidates, ref.candidates))

@@ -10,7 +10,6 @@ from click.testing import CliRunner
 from scipy.stats import norm
 
 from banditrec.cli import main
-from studies.coverage import _run
 from banditrec.errors import ValidationError
 from banditrec.evaluation import PolicyEvaluation, evaluate_log, verdict
 from banditrec.evaluation.pipeline import candidate_env, candidate_policy
@@ -19,6 +18,7 @@ from banditrec.offline import target_pscore
 from banditrec.store import DecisionLog
 from banditrec.tuning import at_level, choose, expand_grid, expand_grids, simultaneous_level
 from banditrec.types import Estimate
+from studies.coverage import _run
 from tests.conftest import SMALL
 
 N_DEC, N_SLOTS, N_CAND = 2400, 3, 10
@@ -28,10 +28,14 @@ GRID = "linucb:alpha=0.5,epsilon=1.0|0.1"
 
 def test_grid_expands_in_order_and_bad_grids_are_named():
     assert expand_grid("linucb:alpha=0.25|0.5|1,epsilon=0.02|0.05") == [
-        f"linucb:alpha={a},epsilon={e}" for a in ("0.25", "0.5", "1") for e in ("0.02", "0.05")]
+        f"linucb:alpha={a},epsilon={e}" for a in ("0.25", "0.5", "1") for e in ("0.02", "0.05")
+    ]
     assert expand_grid("uniform") == ["uniform"]
-    assert expand_grids(["egreedy:epsilon=0.1|0.2", "uniform"]) == ["egreedy:epsilon=0.1", "egreedy:epsilon=0.2",
-                                                                     "uniform"]
+    assert expand_grids(["egreedy:epsilon=0.1|0.2", "uniform"]) == [
+        "egreedy:epsilon=0.1",
+        "egreedy:epsilon=0.2",
+        "uniform",
+    ]
     with pytest.raises(ValidationError, match=r"epsilon has an empty alternative in '0.1\|'"):
         expand_grid("egreedy:epsilon=0.1|")
     with pytest.raises(ValidationError, match=r"epsilon lists a value twice in '0.1\|0.1'"):
@@ -46,8 +50,18 @@ def test_grid_expands_in_order_and_bad_grids_are_named():
 
 def _estimate(value, se, warnings=()):
     z = norm.ppf(0.975)
-    return Estimate(estimator="DR", value=value, lower=value - z * se, upper=value + z * se, se=se, n=1000,
-                    n_rows=3000, ess=2000.0, max_weight=3.0, warnings=tuple(warnings))
+    return Estimate(
+        estimator="DR",
+        value=value,
+        lower=value - z * se,
+        upper=value + z * se,
+        se=se,
+        n=1000,
+        n_rows=3000,
+        ess=2000.0,
+        max_weight=3.0,
+        warnings=tuple(warnings),
+    )
 
 
 def test_the_rule_is_the_best_simultaneous_lower_bound_not_the_best_point():
@@ -55,9 +69,11 @@ def test_the_rule_is_the_best_simultaneous_lower_bound_not_the_best_point():
     better still but its diagnostics warn. Intervals are re-derived at 1 - 0.05 / 3 from the
     standard errors (closed form), and only the chosen setting passes the gate."""
     logging = _estimate(0.30, 0.001)
-    cands = [PolicyEvaluation("p:x=a", {"DR": _estimate(0.50, 0.10)}, True, ""),
-             PolicyEvaluation("p:x=b", {"DR": _estimate(0.40, 0.01)}, True, ""),
-             PolicyEvaluation("p:x=c", {"DR": _estimate(0.45, 0.001, ["DR: effective sample size 3"])}, True, "")]
+    cands = [
+        PolicyEvaluation("p:x=a", {"DR": _estimate(0.50, 0.10)}, True, ""),
+        PolicyEvaluation("p:x=b", {"DR": _estimate(0.40, 0.01)}, True, ""),
+        PolicyEvaluation("p:x=c", {"DR": _estimate(0.45, 0.001, ["DR: effective sample size 3"])}, True, ""),
+    ]
     t = choose(cands, ["p:x=a", "p:x=b", "p:x=c"], ["p:x=a|b|c"], "DR", logging, 0.95, verdict)
     assert t.chosen == "p:x=b" and t.level == pytest.approx(1 - 0.05 / 3)
     z = norm.ppf(1 - 0.05 / 6)
@@ -88,8 +104,9 @@ def test_at_level_keeps_the_point_and_widens_by_the_normal_quantile():
 def logged(tmp_path_factory):
     db = tmp_path_factory.mktemp("tune") / "log.db"
     log = DecisionLog(db)
-    shop, engine, served = _run(7, SMALL, "uniform", log, n_decisions=N_DEC, n_slots=N_SLOTS, n_candidates=N_CAND,
-                                batch=300, via="engine")
+    shop, engine, served = _run(
+        7, SMALL, "uniform", log, n_decisions=N_DEC, n_slots=N_SLOTS, n_candidates=N_CAND, batch=300, via="engine"
+    )
     log.close()
     return db, shop, served
 
@@ -110,8 +127,14 @@ def true_values(db, shop, served, specs) -> dict[str, float]:
     for spec in specs:
         policy = candidate_policy(spec, env, train, features)
         values = []
-        target_pscore(policy, test, features, on_decision=lambda d, items, marg: values.append(
-            shop.model.expected_reward_of_distribution(served.customer[half + d], items, marg)))
+        target_pscore(
+            policy,
+            test,
+            features,
+            on_decision=lambda d, items, marg: values.append(
+                shop.model.expected_reward_of_distribution(served.customer[half + d], items, marg)
+            ),
+        )
         out[spec] = float(np.mean(values))
     return out
 
@@ -146,8 +169,21 @@ def test_tune_chooses_the_setting_the_truth_prefers(logged, tmp_path):
 def test_cli_tune_and_its_errors(logged, tmp_path):
     db, *_ = logged
     runner = CliRunner()
-    ok = runner.invoke(main, ["evaluate", "--db", str(db), "--tune", "popularity:epsilon=0.1|0.5", "--json",
-                              "--estimator", "IPS", "--out", str(tmp_path)])
+    ok = runner.invoke(
+        main,
+        [
+            "evaluate",
+            "--db",
+            str(db),
+            "--tune",
+            "popularity:epsilon=0.1|0.5",
+            "--json",
+            "--estimator",
+            "IPS",
+            "--out",
+            str(tmp_path),
+        ],
+    )
     assert ok.exit_code == 0, ok.output
     doc = json.loads(ok.output)
     assert doc["tuning"]["settings"] == ["popularity:epsilon=0.1", "popularity:epsilon=0.5"]
@@ -155,8 +191,21 @@ def test_cli_tune_and_its_errors(logged, tmp_path):
     # --reward-model reaches the DM family: another model, another DR, the same IPS
     by_model = {}
     for model in ("ridge", "logistic"):
-        res = runner.invoke(main, ["evaluate", "--db", str(db), "--policy", "uniform", "--reward-model", model,
-                                   "--json", "--out", str(tmp_path)])
+        res = runner.invoke(
+            main,
+            [
+                "evaluate",
+                "--db",
+                str(db),
+                "--policy",
+                "uniform",
+                "--reward-model",
+                model,
+                "--json",
+                "--out",
+                str(tmp_path),
+            ],
+        )
         assert res.exit_code == 0, res.output
         by_model[model] = json.loads(res.output)
         assert by_model[model]["reward_model"] == model

@@ -121,9 +121,17 @@ def test_ips_is_exactly_unbiased_by_enumeration(n, k, seed, eps_log, eps_target)
         if p == 0:
             continue
         slots = np.arange(k)
-        data = LoggedBandit(reward=q[list(slate), slots], action=list(slate), slot=slots,
-                            pscore=mu_m[list(slate), slots], n_actions=n, n_slots=k, decision=np.zeros(k, int))
+        data = LoggedBandit(
+            reward=q[list(slate), slots],
+            action=list(slate),
+            slot=slots,
+            pscore=mu_m[list(slate), slots],
+            n_actions=n,
+            n_slots=k,
+            decision=np.zeros(k, int),
+        )
         from banditrec.ope.estimators import RowInputs
+
         inputs = RowInputs(pi=pi_m[list(slate), slots])
         expected += p * ips.terms(data, inputs, ips.weights(data, inputs)).plain.sum()
     assert expected == pytest.approx(truth, rel=1e-9, abs=1e-12)
@@ -142,8 +150,9 @@ def test_per_slot_estimates_add_up_to_the_whole(rng):
 
 
 def test_an_interval_needs_two_decisions():
-    data = LoggedBandit(reward=[1.0, 0.0], action=[0, 1], slot=[0, 1], pscore=[0.5, 0.5], decision=[4, 4],
-                        n_actions=2, n_slots=2)
+    data = LoggedBandit(
+        reward=[1.0, 0.0], action=[0, 1], slot=[0, 1], pscore=[0.5, 0.5], decision=[4, 4], n_actions=2, n_slots=2
+    )
     with pytest.raises(ValidationError, match="at least 2 decisions, got 1"):
         IPS().estimate(data, target_pscore=[0.5, 0.5])
 
@@ -207,9 +216,15 @@ def test_row_order_does_not_change_estimates(rng):
     """Decision ids compact the same way whether rows come grouped (fast path) or shuffled."""
     data, pi = random_log(rng, n_dec=50)
     perm = rng.permutation(data.n_rows)
-    shuffled = LoggedBandit(reward=data.reward[perm], action=data.action[perm], slot=data.slot[perm],
-                            pscore=data.pscore[perm], decision=data.decision[perm],
-                            n_actions=data.n_actions, n_slots=data.n_slots)
+    shuffled = LoggedBandit(
+        reward=data.reward[perm],
+        action=data.action[perm],
+        slot=data.slot[perm],
+        pscore=data.pscore[perm],
+        decision=data.decision[perm],
+        n_actions=data.n_actions,
+        n_slots=data.n_slots,
+    )
     for est in (IPS(), SNIPS()):
         a, b = est.estimate(data, target_pscore=pi), est.estimate(shuffled, target_pscore=pi[perm])
         assert a.value == pytest.approx(b.value, rel=1e-12)

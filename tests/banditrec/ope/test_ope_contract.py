@@ -25,8 +25,19 @@ from scipy.stats import norm
 
 from banditrec.errors import ValidationError
 from banditrec.ope import (
-    DM, DR, ESTIMATORS, IPS, SNDR, SNIPS, ClippedIPS, LoggedBandit, OPEWarning, Replay, RidgeRewardModel,
-    SlatePI, SwitchDR,
+    DM,
+    DR,
+    ESTIMATORS,
+    IPS,
+    SNDR,
+    SNIPS,
+    ClippedIPS,
+    LoggedBandit,
+    OPEWarning,
+    Replay,
+    RidgeRewardModel,
+    SlatePI,
+    SwitchDR,
 )
 from banditrec.policies import EpsilonGreedySlate
 
@@ -47,9 +58,15 @@ def slate_log(rng, n_dec, n_slots, m, *, pscore="uniform", reward=None):
     if reward is None:
         reward = rng.binomial(1, 0.4, size=rows) * rng.uniform(0.5, 2.0, size=rows)
     ps = np.full(rows, 1.0 / m) if pscore == "uniform" else rng.uniform(0.05, 1.0, size=rows)
-    return LoggedBandit(reward=reward, action=items.ravel(), slot=np.tile(np.arange(n_slots), n_dec),
-                        pscore=ps, decision=np.repeat(np.arange(n_dec) * 5 + 2, n_slots),
-                        n_actions=m, n_slots=n_slots)
+    return LoggedBandit(
+        reward=reward,
+        action=items.ravel(),
+        slot=np.tile(np.arange(n_slots), n_dec),
+        pscore=ps,
+        decision=np.repeat(np.arange(n_dec) * 5 + 2, n_slots),
+        n_actions=m,
+        n_slots=n_slots,
+    )
 
 
 def ragged_log(rng, n_dec, n_slots, m, *, uniform=False):
@@ -64,9 +81,15 @@ def ragged_log(rng, n_dec, n_slots, m, *, uniform=False):
     rows = len(dec)
     perm = rng.permutation(rows)
     ps = np.full(rows, 1.0 / m) if uniform else rng.uniform(0.05, 1.0, size=rows)
-    return LoggedBandit(reward=(rng.binomial(1, 0.4, size=rows) * rng.uniform(0.5, 2.0, size=rows))[perm],
-                        action=rng.integers(0, m, size=rows), slot=np.array(slot)[perm], pscore=ps,
-                        decision=np.array(dec)[perm], n_actions=m, n_slots=n_slots)
+    return LoggedBandit(
+        reward=(rng.binomial(1, 0.4, size=rows) * rng.uniform(0.5, 2.0, size=rows))[perm],
+        action=rng.integers(0, m, size=rows),
+        slot=np.array(slot)[perm],
+        pscore=ps,
+        decision=np.array(dec)[perm],
+        n_actions=m,
+        n_slots=n_slots,
+    )
 
 
 def by_decision_rows(data, per_decision):
@@ -193,14 +216,14 @@ def loop_reference(est, data, action_dist, q_hat=None):
     if name == "DR":
         return mean_se(by_decision([q_tgt[i] + w[i] * (r[i] - q_log[i]) for i in range(n)]))
     if name == "SwitchDR":
-        return mean_se(by_decision([q_tgt[i] + (w[i] if w[i] <= lam else 0.0) * (r[i] - q_log[i])
-                                    for i in range(n)]))
+        return mean_se(by_decision([q_tgt[i] + (w[i] if w[i] <= lam else 0.0) * (r[i] - q_log[i]) for i in range(n)]))
     # self-normalised: (n / D) * sum(w x) / sum(w) is the per-decision value of a per-row ratio
     if name == "SNIPS":
         return ratio_se([0.0] * D, [(n / D, by_decision([w[i] * r[i] for i in range(n)]), by_decision(w))])
     if name == "SNDR":
-        return ratio_se(by_decision(q_tgt),
-                        [(n / D, by_decision([w[i] * (r[i] - q_log[i]) for i in range(n)]), by_decision(w))])
+        return ratio_se(
+            by_decision(q_tgt), [(n / D, by_decision([w[i] * (r[i] - q_log[i]) for i in range(n)]), by_decision(w))]
+        )
     raise AssertionError(f"no loop reference for {name}: add one when adding an estimator")
 
 
@@ -228,7 +251,12 @@ def check_against_loop(name, data, kwargs):
     assert got.ess == pytest.approx(w.sum() ** 2 / (w**2).sum() if (w > 0).any() else 0.0, rel=1e-9)
     assert got.max_weight == pytest.approx(w.max())
     assert (got.estimator, got.n, got.n_rows, got.interval, got.level) == (
-        name, data.n_decisions, data.n_rows, "normal", 0.95)
+        name,
+        data.n_decisions,
+        data.n_rows,
+        "normal",
+        0.95,
+    )
 
 
 # ---- 1. vectorised == plain loop -----------------------------------------------------------
@@ -247,13 +275,19 @@ def test_matches_a_plain_loop(name, ragged, rng):
 
 @pytest.mark.parametrize("name", NAMES)
 @settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), n_dec=st.integers(2, 30), n_slots=st.integers(1, 3),
-       extra=st.integers(0, 3), ragged=st.booleans())
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n_dec=st.integers(2, 30),
+    n_slots=st.integers(1, 3),
+    extra=st.integers(0, 3),
+    ragged=st.booleans(),
+)
 def test_matches_a_plain_loop_on_random_inputs(name, seed, n_dec, n_slots, extra, ragged):
     """Random sizes from 2 decisions up, 1-3 slots, m = slots + 0..3 items (m = 1 included):
     the loop reference again; Replay with too few matches must refuse, naming the count."""
-    data, kwargs = inputs_for(name, np.random.default_rng(seed), n_dec=n_dec, n_slots=n_slots,
-                              m=n_slots + extra, ragged=ragged)
+    data, kwargs = inputs_for(
+        name, np.random.default_rng(seed), n_dec=n_dec, n_slots=n_slots, m=n_slots + extra, ragged=ragged
+    )
     if name == "SlatePI" and ragged and not whole_distinct_slates(data):
         with pytest.raises(ValidationError, match="SlatePI needs"):
             ESTIMATORS[name]().estimate(data, **kwargs)
@@ -266,8 +300,10 @@ def whole_distinct_slates(data):
     by_decision = {}
     for d, k, a in zip(data.decision.tolist(), data.slot.tolist(), data.action.tolist()):
         by_decision.setdefault(d, []).append((k, a))
-    return all(sorted(k for k, _ in rows) == list(range(data.n_slots)) and len({a for _, a in rows}) == len(rows)
-               for rows in by_decision.values())
+    return all(
+        sorted(k for k, _ in rows) == list(range(data.n_slots)) and len({a for _, a in rows}) == len(rows)
+        for rows in by_decision.values()
+    )
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -287,9 +323,15 @@ def on_policy_log(rng, n_dec=400, n_slots=3, m=6):
     u = rng.random((n_dec, n_slots, 1))
     items = np.minimum((mu.cumsum(axis=2) < u).sum(axis=2), m - 1)  # (D, K)
     dd, kk = np.meshgrid(np.arange(n_dec), np.arange(n_slots), indexing="ij")
-    data = LoggedBandit(reward=rng.binomial(1, 0.3, size=n_dec * n_slots) * 1.0, action=items.ravel(),
-                        slot=kk.ravel(), pscore=mu[dd, kk, items].ravel(), decision=dd.ravel(),
-                        n_actions=m, n_slots=n_slots)
+    data = LoggedBandit(
+        reward=rng.binomial(1, 0.3, size=n_dec * n_slots) * 1.0,
+        action=items.ravel(),
+        slot=kk.ravel(),
+        pscore=mu[dd, kk, items].ravel(),
+        decision=dd.ravel(),
+        n_actions=m,
+        n_slots=n_slots,
+    )
     return data, by_decision_rows(data, mu.transpose(0, 2, 1))
 
 
@@ -321,9 +363,15 @@ def test_dr_with_the_true_q_has_smaller_variance_than_ips():
         items = np.minimum((mu.cumsum(axis=2) < u).sum(axis=2), m - 1)
         q = g.uniform(0.1, 0.9, size=(D, m, K))
         dd, kk = np.meshgrid(np.arange(D), np.arange(K), indexing="ij")
-        data = LoggedBandit(reward=(g.random((D, K)) < q[dd, items, kk]).ravel() * 1.0, action=items.ravel(),
-                            slot=kk.ravel(), pscore=mu[dd, kk, items].ravel(), decision=dd.ravel(),
-                            n_actions=m, n_slots=K)
+        data = LoggedBandit(
+            reward=(g.random((D, K)) < q[dd, items, kk]).ravel() * 1.0,
+            action=items.ravel(),
+            slot=kk.ravel(),
+            pscore=mu[dd, kk, items].ravel(),
+            decision=dd.ravel(),
+            n_actions=m,
+            n_slots=K,
+        )
         pi = by_decision_rows(data, g.dirichlet(np.ones(m), size=(D, K)).transpose(0, 2, 1))
         ips.append(IPS().estimate(data, pi))
         dr.append(DR().estimate(data, pi, q_hat=by_decision_rows(data, q)))
@@ -461,9 +509,15 @@ def test_row_order_does_not_change_estimates(name, rng):
     given q_hat and for the cross-fitted reward model (folds are sets of decisions)."""
     data, kwargs = inputs_for(name, rng, n_dec=200)
     perm = rng.permutation(data.n_rows)
-    shuffled = LoggedBandit(reward=data.reward[perm], action=data.action[perm], slot=data.slot[perm],
-                            pscore=data.pscore[perm], decision=data.decision[perm],
-                            n_actions=data.n_actions, n_slots=data.n_slots)
+    shuffled = LoggedBandit(
+        reward=data.reward[perm],
+        action=data.action[perm],
+        slot=data.slot[perm],
+        pscore=data.pscore[perm],
+        decision=data.decision[perm],
+        n_actions=data.n_actions,
+        n_slots=data.n_slots,
+    )
     variants = [kwargs]
     if name in USES_Q:
         variants.append({"action_dist": kwargs["action_dist"]})  # reward model fitted on the log
@@ -531,16 +585,21 @@ def test_invalid_reward_models_raise_naming_what_was_found(name, rng):
     with pytest.raises(ValidationError, match="give q_hat or the compact q_hat_logged/q_hat_target, not both"):
         est.estimate(data, dist, q_hat=q, q_hat_logged=np.zeros(30), q_hat_target=np.zeros(30))
     pi = dist[np.arange(data.n_rows), data.action, data.slot]
-    with pytest.raises(ValidationError, match=f"{name} fits a reward model when q_hat is not given, which needs "
-                                              "the target as action_dist"):
+    with pytest.raises(
+        ValidationError,
+        match=f"{name} fits a reward model when q_hat is not given, which needs the target as action_dist",
+    ):
         est.estimate(data, target_pscore=pi)
 
 
 def test_replay_refuses_a_non_uniform_log(rng):
     data = slate_log(rng, 50, 2, 6, pscore="random")
     dist = random_target(rng, data, deterministic=True)
-    with pytest.raises(ValidationError, match=r"Replay needs a uniformly random logging policy; logged "
-                                              r"propensities in slot 0 range from 0\.\d+ to 0\.\d+"):
+    with pytest.raises(
+        ValidationError,
+        match=r"Replay needs a uniformly random logging policy; logged "
+        r"propensities in slot 0 range from 0\.\d+ to 0\.\d+",
+    ):
         Replay().estimate(data, dist)
 
 
@@ -551,16 +610,30 @@ def test_slate_pi_refuses_what_it_cannot_estimate(rng):
     with pytest.raises(ValidationError, match="SlatePI needs the target as action_dist"):
         SlatePI().estimate(data, target_pscore=pi)
     partial = data.subset(np.arange(data.n_rows) != 4)  # decision 1 loses its slot 1
-    with pytest.raises(ValidationError, match="SlatePI needs every decision to fill all 3 slots; decision 1 "
-                                              "logged 2 rows"):
+    with pytest.raises(
+        ValidationError, match="SlatePI needs every decision to fill all 3 slots; decision 1 logged 2 rows"
+    ):
         SlatePI().estimate(partial, dist[np.arange(data.n_rows) != 4])
-    twice = LoggedBandit(reward=data.reward, action=data.action, slot=np.where(data.slot == 2, 1, data.slot),
-                         pscore=data.pscore, decision=data.decision, n_actions=5, n_slots=3)
+    twice = LoggedBandit(
+        reward=data.reward,
+        action=data.action,
+        slot=np.where(data.slot == 2, 1, data.slot),
+        pscore=data.pscore,
+        decision=data.decision,
+        n_actions=5,
+        n_slots=3,
+    )
     with pytest.raises(ValidationError, match="SlatePI needs each decision to log slots 0..K-1 once each"):
         SlatePI().estimate(twice, dist)
-    ragged_ps = LoggedBandit(reward=data.reward, action=data.action, slot=data.slot,
-                             pscore=np.where(data.slot == 0, 0.2, 0.25), decision=data.decision, n_actions=5,
-                             n_slots=3)
+    ragged_ps = LoggedBandit(
+        reward=data.reward,
+        action=data.action,
+        slot=data.slot,
+        pscore=np.where(data.slot == 0, 0.2, 0.25),
+        decision=data.decision,
+        n_actions=5,
+        n_slots=3,
+    )
     with pytest.raises(ValidationError, match="SlatePI needs uniformly random logging without replacement"):
         SlatePI().estimate(ragged_ps, dist)
 
@@ -568,28 +641,37 @@ def test_slate_pi_refuses_what_it_cannot_estimate(rng):
 def test_dm_without_action_dist_and_without_q_hat_is_refused(rng):
     data, kwargs = inputs_for("DM", rng, n_dec=10)
     pi = kwargs["action_dist"][np.arange(data.n_rows), data.action, data.slot]
-    with pytest.raises(ValidationError, match=r"DM fits a reward model when q_hat is not given, which needs the "
-                                              r"target as action_dist; or pass q_hat_logged and q_hat_target"):
+    with pytest.raises(
+        ValidationError,
+        match=r"DM fits a reward model when q_hat is not given, which needs the "
+        r"target as action_dist; or pass q_hat_logged and q_hat_target",
+    ):
         DM().estimate(data, target_pscore=pi)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(interval="wald"), "interval must be 'normal' or 'bootstrap', got 'wald'"),
-    (dict(n_bootstrap=50), "n_bootstrap must be an integer >= 100, got 50"),
-    (dict(level=0.0), "level must be in"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(interval="wald"), "interval must be 'normal' or 'bootstrap', got 'wald'"),
+        (dict(n_bootstrap=50), "n_bootstrap must be an integer >= 100, got 50"),
+        (dict(level=0.0), "level must be in"),
+    ],
+)
 @pytest.mark.parametrize("name", NAMES)
 def test_invalid_hyperparameters_raise(name, kwargs, match):
     with pytest.raises(ValidationError, match=match):
         ESTIMATORS[name](**kwargs)
 
 
-@pytest.mark.parametrize("cls, kwargs, match", [
-    (ClippedIPS, dict(lambda_=0.0), "lambda_ must be a positive number, got 0.0"),
-    (SwitchDR, dict(lambda_=-1), "lambda_ must be a positive number, got -1"),
-    (DR, dict(n_folds=1), "n_folds must be an integer >= 2, got 1"),
-    (RidgeRewardModel, dict(alpha=0.0), "alpha must be a positive number, got 0.0"),
-])
+@pytest.mark.parametrize(
+    "cls, kwargs, match",
+    [
+        (ClippedIPS, dict(lambda_=0.0), "lambda_ must be a positive number, got 0.0"),
+        (SwitchDR, dict(lambda_=-1), "lambda_ must be a positive number, got -1"),
+        (DR, dict(n_folds=1), "n_folds must be an integer >= 2, got 1"),
+        (RidgeRewardModel, dict(alpha=0.0), "alpha must be a positive number, got 0.0"),
+    ],
+)
 def test_invalid_estimator_parameters_raise(cls, kwargs, match):
     with pytest.raises(ValidationError, match=match):
         cls(**kwargs)
@@ -639,8 +721,15 @@ def test_unsupported_share_equals_a_brute_force_count(name, rng):
         action = base.action.copy()
         action[base.slot == 0] %= 5
         action[base.slot == 2] = 5 + action[base.slot == 2] % 5
-        data = LoggedBandit(reward=base.reward, action=action, slot=base.slot, decision=base.decision,
-                            pscore=np.where(base.slot == 1, 0.1, 0.2), n_actions=m, n_slots=K)
+        data = LoggedBandit(
+            reward=base.reward,
+            action=action,
+            slot=base.slot,
+            decision=base.decision,
+            pscore=np.where(base.slot == 1, 0.1, 0.2),
+            n_actions=m,
+            n_slots=K,
+        )
     dist = random_target(rng, data, deterministic=name == "Replay", alpha=1.0)
     kwargs = {"q_hat": rng.uniform(size=dist.shape)} if name in USES_Q else {}
     est = ESTIMATORS[name]()
@@ -652,8 +741,9 @@ def test_unsupported_share_equals_a_brute_force_count(name, rng):
     for k in range(K):
         keep = data.slot == k
         part = est.estimate(data, dist, slot=k, **kwargs)
-        assert part.unsupported == pytest.approx(brute_force_unsupported(data.subset(keep), dist[keep]),
-                                                 rel=1e-12, abs=1e-15)
+        assert part.unsupported == pytest.approx(
+            brute_force_unsupported(data.subset(keep), dist[keep]), rel=1e-12, abs=1e-15
+        )
     assert est.estimate(data, dist, slot=1, **kwargs).unsupported == 0.0
 
 
@@ -664,9 +754,15 @@ def all_slates(m, K, q):
     slates = np.array(list(itertools.permutations(range(m), K)))
     D = len(slates)
     slot = np.tile(np.arange(K), D)
-    data = LoggedBandit(reward=q[slates.ravel(), slot], action=slates.ravel(), slot=slot,
-                        pscore=np.full(D * K, 1.0 / m), decision=np.repeat(np.arange(D), K),
-                        n_actions=m, n_slots=K)
+    data = LoggedBandit(
+        reward=q[slates.ravel(), slot],
+        action=slates.ravel(),
+        slot=slot,
+        pscore=np.full(D * K, 1.0 / m),
+        decision=np.repeat(np.arange(D), K),
+        n_actions=m,
+        n_slots=K,
+    )
     return data, slates
 
 
@@ -691,14 +787,27 @@ def test_ips_dr_and_slate_pi_are_exactly_unbiased_under_uniform_logging(m, K, se
     assert SlatePI().estimate(data, dist).value == pytest.approx(truth, rel=1e-9, abs=1e-12)
     totals = np.zeros((len(slates), K))
     totals[:, 0] = data.reward.reshape(-1, K).sum(axis=1)
-    moved = LoggedBandit(reward=totals.ravel(), action=data.action, slot=data.slot, pscore=data.pscore,
-                         decision=data.decision, n_actions=m, n_slots=K)
+    moved = LoggedBandit(
+        reward=totals.ravel(),
+        action=data.action,
+        slot=data.slot,
+        pscore=data.pscore,
+        decision=data.decision,
+        n_actions=m,
+        n_slots=K,
+    )
     assert SlatePI().estimate(moved, dist).value == pytest.approx(truth, rel=1e-9, abs=1e-12)
 
 
 @settings(max_examples=40, deadline=None)
-@given(n=st.integers(2, 5), K=st.integers(1, 3), seed=st.integers(0, 2**32 - 1), eps_log=st.floats(0.05, 1.0),
-       eps_target=st.floats(0.0, 1.0), on_policy=st.booleans())
+@given(
+    n=st.integers(2, 5),
+    K=st.integers(1, 3),
+    seed=st.integers(0, 2**32 - 1),
+    eps_log=st.floats(0.05, 1.0),
+    eps_target=st.floats(0.0, 1.0),
+    on_policy=st.booleans(),
+)
 def test_dr_is_exactly_unbiased_by_enumeration(n, K, seed, eps_log, eps_target, on_policy):
     """Epsilon-greedy logger, any fixed q_hat, target another epsilon-greedy ranking or the
     logger itself (then the truth is the on-policy value): summing each slate's DR term (the
@@ -720,8 +829,15 @@ def test_dr_is_exactly_unbiased_by_enumeration(n, K, seed, eps_log, eps_target, 
         if p == 0:
             continue
         a = np.tile(slate, 2)
-        data = LoggedBandit(reward=q[a, slots], action=a, slot=slots, pscore=mu_m[a, slots],
-                            decision=np.repeat([0, 1], K), n_actions=n, n_slots=K)
+        data = LoggedBandit(
+            reward=q[a, slots],
+            action=a,
+            slot=slots,
+            pscore=mu_m[a, slots],
+            decision=np.repeat([0, 1], K),
+            n_actions=n,
+            n_slots=K,
+        )
         expected += p * DR().estimate(data, dist, q_hat=q_hat).value
     assert expected == pytest.approx(truth, rel=1e-9, abs=1e-12)
 
@@ -737,8 +853,15 @@ def test_slate_pi_is_biased_when_the_reward_is_not_additive():
     bonus = np.array([0.5 if {0, 1} <= set(s.tolist()) else 0.0 for s in slates])
     reward = data.reward.reshape(-1, K).copy()
     reward[:, 0] += bonus
-    with_bonus = LoggedBandit(reward=reward.ravel(), action=data.action, slot=data.slot, pscore=data.pscore,
-                              decision=data.decision, n_actions=m, n_slots=K)
+    with_bonus = LoggedBandit(
+        reward=reward.ravel(),
+        action=data.action,
+        slot=data.slot,
+        pscore=data.pscore,
+        decision=data.decision,
+        n_actions=m,
+        n_slots=K,
+    )
     dist = np.broadcast_to(pi_m, (data.n_rows, m, K))
     # exact value of the target with the bonus: P(target shows 0 and 1) by enumeration
     target = EpsilonGreedySlate(np.array([3.0, 2.0, 1.0, 0.0]), [0.2, 0.2])
@@ -754,14 +877,22 @@ def test_ridge_fit_and_prediction_equal_the_dense_closed_form(rng):
     built densely; q_target = sum_a pi(a | x, k) q(x, a, k) from dense predictions."""
     D, K, m, d = 120, 3, 7, 2
     data = slate_log(rng, D, K, m, pscore="random")
-    data = LoggedBandit(reward=data.reward, action=data.action, slot=data.slot, pscore=data.pscore,
-                        decision=data.decision, context=rng.normal(size=(data.n_rows, d)), n_actions=m, n_slots=K)
+    data = LoggedBandit(
+        reward=data.reward,
+        action=data.action,
+        slot=data.slot,
+        pscore=data.pscore,
+        decision=data.decision,
+        context=rng.normal(size=(data.n_rows, d)),
+        n_actions=m,
+        n_slots=K,
+    )
     model = RidgeRewardModel(alpha=0.7)
     n = data.n_rows
     X = np.zeros((n, K + m + d))
     X[np.arange(n), data.slot] = 1
     X[np.arange(n), K + data.action] = 1
-    X[:, K + m:] = data.context
+    X[:, K + m :] = data.context
     coef = np.linalg.solve(X.T @ X + 0.7 * np.eye(K + m + d), X.T @ data.reward)
     np.testing.assert_allclose(model.fit(data), coef, rtol=1e-10, atol=1e-12)
     dist = random_target(rng, data)
@@ -770,7 +901,7 @@ def test_ridge_fit_and_prediction_equal_the_dense_closed_form(rng):
     dense = np.empty((n, m))  # q(x_i, a, k_i) for every item a
     for a in range(m):
         Xa = X.copy()
-        Xa[:, K:K + m] = 0
+        Xa[:, K : K + m] = 0
         Xa[:, K + a] = 1
         dense[:, a] = Xa @ coef
     np.testing.assert_allclose(logged, X @ coef, rtol=1e-12)
@@ -787,8 +918,15 @@ def test_cross_fitting_never_lets_a_decision_see_its_own_reward(rng):
     reward = data.reward.copy()
     own = data.decision == 17
     reward[own] = 5.0
-    changed = LoggedBandit(reward=reward, action=data.action, slot=data.slot, pscore=data.pscore,
-                           decision=data.decision, n_actions=6, n_slots=3)
+    changed = LoggedBandit(
+        reward=reward,
+        action=data.action,
+        slot=data.slot,
+        pscore=data.pscore,
+        decision=data.decision,
+        n_actions=6,
+        n_slots=3,
+    )
     moved = model.cross_fit(changed, target_rows, n_folds=3, rng=np.random.default_rng(4))
     for a, b in zip(base, moved):
         np.testing.assert_array_equal(a[own], b[own])
@@ -806,12 +944,14 @@ def test_fitted_dm_family_is_reproducible_given_the_seed(rng):
 def test_replay_refuses_a_deterministic_logger_with_equal_propensities():
     """Propensity 1 everywhere is 'equal' but not random: replay would return the logged
     item's mean reward whatever the target; 2 distinct items at 1/p = 1 is impossible too."""
-    data = LoggedBandit(reward=[1.0, 0.0, 1.0, 1.0], action=[3, 3, 3, 3], slot=[0, 0, 0, 0], pscore=[1.0] * 4,
-                        n_actions=5, n_slots=1)
+    data = LoggedBandit(
+        reward=[1.0, 0.0, 1.0, 1.0], action=[3, 3, 3, 3], slot=[0, 0, 0, 0], pscore=[1.0] * 4, n_actions=5, n_slots=1
+    )
     dist = np.full((4, 5, 1), 0.2)
     with pytest.raises(ValidationError, match="no uniform choice among 1/p candidates gives"):
         ESTIMATORS["Replay"]().estimate(data, dist)
-    data2 = LoggedBandit(reward=[1.0, 0.0, 1.0], action=[0, 1, 2], slot=[0, 0, 0], pscore=[0.5] * 3,
-                         n_actions=5, n_slots=1)
+    data2 = LoggedBandit(
+        reward=[1.0, 0.0, 1.0], action=[0, 1, 2], slot=[0, 0, 0], pscore=[0.5] * 3, n_actions=5, n_slots=1
+    )
     with pytest.raises(ValidationError, match="3 distinct items"):
         ESTIMATORS["Replay"]().estimate(data2, np.full((3, 5, 1), 0.2))

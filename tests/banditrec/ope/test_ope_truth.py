@@ -59,19 +59,27 @@ class World:
         return float((self.target * self.q).sum(axis=(1, 2)).mean())
 
 
-def make_world(*, n_items=60, n_customers=200, n_slots=3, dim=4, seed=11, target_eps=0.5,
-               logger_eps=0.7) -> World:
-    shop = Shop(ShopConfig(n_items=n_items, n_types=6, n_customers=n_customers, dim=dim, history_purchases=3),
-                seed=seed)
+def make_world(*, n_items=60, n_customers=200, n_slots=3, dim=4, seed=11, target_eps=0.5, logger_eps=0.7) -> World:
+    shop = Shop(
+        ShopConfig(n_items=n_items, n_types=6, n_customers=n_customers, dim=dim, history_purchases=3), seed=seed
+    )
     C, m = n_customers, n_items
     attraction = shop.model.attraction(np.repeat(np.arange(C), m), np.tile(np.arange(m), C)).reshape(C, m)
     personal = shop.customers.observed @ shop.catalog.latent.T
     target = np.stack([EpsilonGreedySlate(personal[c], [target_eps] * n_slots).marginals() for c in range(C)])
     popularity = np.asarray(shop.history.sum(axis=0)).ravel()
-    loggers = {"uniform": EpsilonGreedySlate(np.zeros(m), [1.0] * n_slots),
-               "popularity": EpsilonGreedySlate(popularity, [logger_eps] * n_slots)}
-    return World(shop=shop, n_slots=n_slots, attraction=attraction,
-                 examination=shop.model.examination(n_slots), target=target, loggers=loggers)
+    loggers = {
+        "uniform": EpsilonGreedySlate(np.zeros(m), [1.0] * n_slots),
+        "popularity": EpsilonGreedySlate(popularity, [logger_eps] * n_slots),
+    }
+    return World(
+        shop=shop,
+        n_slots=n_slots,
+        attraction=attraction,
+        examination=shop.model.examination(n_slots),
+        target=target,
+        loggers=loggers,
+    )
 
 
 def simulate_log(world: World, logger: str, n_decisions: int, seed) -> tuple[LoggedBandit, np.ndarray, np.ndarray]:
@@ -88,10 +96,16 @@ def simulate_log(world: World, logger: str, n_decisions: int, seed) -> tuple[Log
     slates = np.array([s.index for s in shown])
     clicks = world.shop.model.sample_clicks(customer, slates, clicks_rng)
     row_customer = np.repeat(customer, K)
-    data = LoggedBandit(reward=clicks.ravel().astype(float), action=slates.ravel(), slot=np.tile(np.arange(K), n_decisions),
-                        pscore=np.concatenate([s.marginal for s in shown]), decision=np.repeat(np.arange(n_decisions), K),
-                        context=world.shop.customers.observed[row_customer],
-                        n_actions=world.shop.config.n_items, n_slots=K)
+    data = LoggedBandit(
+        reward=clicks.ravel().astype(float),
+        action=slates.ravel(),
+        slot=np.tile(np.arange(K), n_decisions),
+        pscore=np.concatenate([s.marginal for s in shown]),
+        decision=np.repeat(np.arange(n_decisions), K),
+        context=world.shop.customers.observed[row_customer],
+        n_actions=world.shop.config.n_items,
+        n_slots=K,
+    )
     return data, world.target[row_customer], row_customer
 
 
@@ -164,12 +178,12 @@ ESTIMATORS = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def world() -> World:
     return make_world()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def study(logger: str) -> dict[str, Runs]:
     est = dict(ESTIMATORS, **({"Replay": lambda s: Replay(seed=s)} if logger == "uniform" else {}))
     return run_study(world(), logger, est, n_decisions=2000, seeds=SEEDS)
@@ -179,8 +193,7 @@ def test_the_truth_is_exact_and_the_world_is_as_described():
     """The population truth equals the shop's own exact value of each customer's slate
     distribution (PositionBasedModel.expected_reward_of_distribution), summed plainly."""
     w = world()
-    by_shop = np.mean([w.shop.model.expected_reward_of_distribution(c, np.arange(60), w.target[c])
-                       for c in range(200)])
+    by_shop = np.mean([w.shop.model.expected_reward_of_distribution(c, np.arange(60), w.target[c]) for c in range(200)])
     assert w.truth == pytest.approx(by_shop, rel=1e-12)
     np.testing.assert_allclose(w.loggers["uniform"].marginals(), 1 / 60)
     popularity = w.loggers["popularity"].marginals()

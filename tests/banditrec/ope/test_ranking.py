@@ -70,10 +70,8 @@ def problems(draw):
         length = draw(st.integers(0, min(m, n_items)))
         items = draw(st.permutations(range(n_items)))[:length]
         rows.append(list(items) + [-1] * (m - length))
-    relevant = [sorted(draw(st.sets(st.integers(0, n_items - 1), max_size=n_items)))
-                for _ in range(n_users)]
-    value = draw(st.none() | st.lists(st.sampled_from([0.0, 0.5, 1.0, 2.25, 7.0]),
-                                      min_size=n_items, max_size=n_items))
+    relevant = [sorted(draw(st.sets(st.integers(0, n_items - 1), max_size=n_items))) for _ in range(n_users)]
+    value = draw(st.none() | st.lists(st.sampled_from([0.0, 0.5, 1.0, 2.25, 7.0]), min_size=n_items, max_size=n_items))
     return np.array(rows, dtype=np.int64).reshape(n_users, m), relevant, k, n_items, value
 
 
@@ -86,8 +84,7 @@ def test_vectorised_metrics_match_the_plain_loop(problem, sparse_input):
     relevant = as_csr(rel_lists, n_items) if sparse_input else [np.array(r, dtype=int) for r in rel_lists]
     item_value = None if value is None else np.array(value)
     ref = reference(rec, rel_lists, k, n_items, item_value)
-    reward_defined = ref is not None and value is not None and any(
-        p["reward"] is not None for p in ref[0].values())
+    reward_defined = ref is not None and value is not None and any(p["reward"] is not None for p in ref[0].values())
     if ref is None or (value is not None and not reward_defined):
         with pytest.raises(ValidationError):
             ranking_metrics(rec, relevant, k=k, n_items=n_items, item_value=item_value)
@@ -119,6 +116,7 @@ def test_vectorised_metrics_match_the_plain_loop(problem, sparse_input):
 
 
 # --- Personalize's own worked examples -------------------------------------------------------
+
 
 def test_the_guide_example_hits_at_ranks_two_and_five():
     # Personalize guide, "Example": the 2nd and 5th recommendations match the testing data, K=5.
@@ -198,6 +196,7 @@ def test_ndcg_is_one_for_the_ideal_ranking(data):
 
 # --- users, padding and inputs ------------------------------------------------------------------
 
+
 def test_users_without_relevant_items_are_left_out_of_every_mean_and_of_coverage():
     rec = np.array([[0, 1], [2, 3], [4, 5]])
     relevant = [np.array([0]), np.array([], dtype=int), np.array([5])]
@@ -256,9 +255,17 @@ def test_result_is_frozen_and_as_dict_round_trips():
     with pytest.raises(AttributeError):
         got.precision = 1.0
     d = got.as_dict()
-    assert d == {"precision": 0.5, "ndcg": pytest.approx(1 / math.log2(3)), "mrr": 0.5,
-                 "coverage": 1.0, "average_reward": 1.0, "k": 2, "n_users": 1, "n_excluded": 0,
-                 "n_reward_users": 1}
+    assert d == {
+        "precision": 0.5,
+        "ndcg": pytest.approx(1 / math.log2(3)),
+        "mrr": 0.5,
+        "coverage": 1.0,
+        "average_reward": 1.0,
+        "k": 2,
+        "n_users": 1,
+        "n_excluded": 0,
+        "n_reward_users": 1,
+    }
     assert RankingMetrics(**d) == got
     per = ranking_metrics_per_user(np.array([[0, 1]]), [np.array([1])], k=2, n_items=2)
     assert isinstance(per, PerUserRankingMetrics) and per.average_reward is None
@@ -288,13 +295,16 @@ REC = np.array([[0, 1, 2], [3, 4, -1]])
 REL = [np.array([0]), np.array([4])]
 
 
-@pytest.mark.parametrize("k, message", [
-    (0, "k must be >= 1, got 0"),
-    (-2, "k must be >= 1, got -2"),
-    (2.0, "k must be an integer, got float 2.0"),
-    (True, "k must be an integer, got bool True"),
-    (4, r"k must be <= the number of columns of recommended \(3\), got 4"),
-])
+@pytest.mark.parametrize(
+    "k, message",
+    [
+        (0, "k must be >= 1, got 0"),
+        (-2, "k must be >= 1, got -2"),
+        (2.0, "k must be an integer, got float 2.0"),
+        (True, "k must be an integer, got bool True"),
+        (4, r"k must be <= the number of columns of recommended \(3\), got 4"),
+    ],
+)
 def test_invalid_k(k, message):
     with pytest.raises(ValidationError, match=message) as err:
         ranking_metrics(REC, REL, k=k, n_items=5)
@@ -314,38 +324,47 @@ def test_item_after_padding_is_refused():
         ranking_metrics(rec, REL, k=2, n_items=5)
 
 
-@pytest.mark.parametrize("rec, message", [
-    (np.array([[0, 1, 5], [3, 4, -1]]), r"in \[0, 5\) or -1 for padding, found 5 at row 0, column 2"),
-    (np.array([[0, 1, 2], [-3, 4, -1]]), "found -3 at row 1, column 0"),
-    (np.array([[0.0, 1.0, 2.0], [3.0, 4.0, -1.0]]), "integer item indices, got dtype float64"),
-    (np.array([0, 1, 2]), r"2-dimensional \(n_users, n_recommended\), got shape \(3,\)"),
-])
+@pytest.mark.parametrize(
+    "rec, message",
+    [
+        (np.array([[0, 1, 5], [3, 4, -1]]), r"in \[0, 5\) or -1 for padding, found 5 at row 0, column 2"),
+        (np.array([[0, 1, 2], [-3, 4, -1]]), "found -3 at row 1, column 0"),
+        (np.array([[0.0, 1.0, 2.0], [3.0, 4.0, -1.0]]), "integer item indices, got dtype float64"),
+        (np.array([0, 1, 2]), r"2-dimensional \(n_users, n_recommended\), got shape \(3,\)"),
+    ],
+)
 def test_bad_recommended(rec, message):
     with pytest.raises(ValidationError, match=message) as err:
         ranking_metrics(rec, REL, k=1, n_items=5)
     assert err.value.field == "recommended"
 
 
-@pytest.mark.parametrize("relevant, message", [
-    ([np.array([0])], "same number of users, got 2 and 1"),
-    (sp.csr_matrix((3, 5)), r"shape \(n_users, n_items\) = \(2, 5\) .* got \(3, 5\)"),
-    (sp.csr_matrix((2, 4)), r"= \(2, 5\) .* got \(2, 4\)"),
-    ([np.array([0]), np.array([5])], r"relevant items must be in \[0, 5\), found 5 for user 1"),
-    ([np.array([0.0]), np.array([4])], "relevant\\[0\\] must hold integer item indices"),
-    (np.zeros((2, 5)), "scipy.sparse matrix .* got ndarray"),
-    (sp.csr_matrix(np.array([[np.nan, 0, 0, 0, 0], [0, 0, 0, 0, 1.0]])), "relevant must be finite"),
-])
+@pytest.mark.parametrize(
+    "relevant, message",
+    [
+        ([np.array([0])], "same number of users, got 2 and 1"),
+        (sp.csr_matrix((3, 5)), r"shape \(n_users, n_items\) = \(2, 5\) .* got \(3, 5\)"),
+        (sp.csr_matrix((2, 4)), r"= \(2, 5\) .* got \(2, 4\)"),
+        ([np.array([0]), np.array([5])], r"relevant items must be in \[0, 5\), found 5 for user 1"),
+        ([np.array([0.0]), np.array([4])], "relevant\\[0\\] must hold integer item indices"),
+        (np.zeros((2, 5)), "scipy.sparse matrix .* got ndarray"),
+        (sp.csr_matrix(np.array([[np.nan, 0, 0, 0, 0], [0, 0, 0, 0, 1.0]])), "relevant must be finite"),
+    ],
+)
 def test_bad_relevant(relevant, message):
     with pytest.raises(ValidationError, match=message):
         ranking_metrics(REC, relevant, k=1, n_items=5)
 
 
-@pytest.mark.parametrize("value, message", [
-    ([1.0, 2.0], r"one entry per item \(5\), got 2"),
-    ([1.0, -0.5, 0, 0, 0], "item_value must be >= 0, found -0.5 at index 1"),
-    ([1.0, np.nan, 0, 0, 0], "item_value must be finite, found nan at index 1"),
-    ([0.0, 0, 0, 9.0, 0], "item_value is 0 for every held-out item"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ([1.0, 2.0], r"one entry per item \(5\), got 2"),
+        ([1.0, -0.5, 0, 0, 0], "item_value must be >= 0, found -0.5 at index 1"),
+        ([1.0, np.nan, 0, 0, 0], "item_value must be finite, found nan at index 1"),
+        ([0.0, 0, 0, 9.0, 0], "item_value is 0 for every held-out item"),
+    ],
+)
 def test_bad_item_value(value, message):
     with pytest.raises(ValidationError, match=message) as err:
         ranking_metrics(REC, REL, k=1, n_items=5, item_value=value)

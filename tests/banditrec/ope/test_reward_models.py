@@ -13,12 +13,23 @@ from scipy.special import expit
 
 from banditrec.errors import ValidationError
 from banditrec.ope import DM, LoggedBandit
-from banditrec.ope.reward_model import (DEFAULT_REWARD_MODEL, REWARD_MODELS, GBTRewardModel, LogisticRewardModel,
-                                        RidgeRewardModel, decision_folds, make_reward_model)
+from banditrec.ope.reward_model import (
+    DEFAULT_REWARD_MODEL,
+    REWARD_MODELS,
+    GBTRewardModel,
+    LogisticRewardModel,
+    RidgeRewardModel,
+    decision_folds,
+    make_reward_model,
+)
 from banditrec.policies import EpsilonGreedySlate
 
-MODELS = {"ridge": RidgeRewardModel(), "logistic": LogisticRewardModel(),
-          "logistic pooled": LogisticRewardModel(per_slot=False), "gbt": GBTRewardModel(max_iter=20)}
+MODELS = {
+    "ridge": RidgeRewardModel(),
+    "logistic": LogisticRewardModel(),
+    "logistic pooled": LogisticRewardModel(per_slot=False),
+    "gbt": GBTRewardModel(max_iter=20),
+}
 
 
 @pytest.fixture
@@ -32,9 +43,16 @@ def binary_log(rng, n_dec=300, K=3, m=8, d=2) -> LoggedBandit:
     ctx = rng.normal(size=(n_dec, d))
     logit = -1.0 + rng.normal(size=m)[items] + (ctx @ rng.normal(size=d))[:, None] - 0.4 * np.arange(K)
     reward = (rng.random((n_dec, K)) < expit(logit)).astype(float)
-    return LoggedBandit(reward=reward.ravel(), action=items.ravel(), slot=np.tile(np.arange(K), n_dec),
-                        pscore=np.full(n_dec * K, 1 / m), decision=np.repeat(np.arange(n_dec), K),
-                        context=np.repeat(ctx, K, axis=0), n_actions=m, n_slots=K)
+    return LoggedBandit(
+        reward=reward.ravel(),
+        action=items.ravel(),
+        slot=np.tile(np.arange(K), n_dec),
+        pscore=np.full(n_dec * K, 1 / m),
+        decision=np.repeat(np.arange(n_dec), K),
+        context=np.repeat(ctx, K, axis=0),
+        n_actions=m,
+        n_slots=K,
+    )
 
 
 def newton_logistic(x: np.ndarray, y: np.ndarray, C: float, iters: int = 50) -> np.ndarray:
@@ -70,9 +88,16 @@ def test_fractional_rewards_fit_the_fractional_logit(rng):
     """Rewards in [0, 1]: the quasi-likelihood optimum, which Newton's method on the same loss
     with fractional targets reaches (pooled model: [one-hot slot, one-hot item, context])."""
     data = binary_log(rng)
-    frac = LoggedBandit(reward=np.clip(data.reward * 0.7 + 0.3 * rng.random(data.n_rows), 0, 1), action=data.action,
-                        slot=data.slot, pscore=data.pscore, decision=data.decision, context=data.context,
-                        n_actions=data.n_actions, n_slots=data.n_slots)
+    frac = LoggedBandit(
+        reward=np.clip(data.reward * 0.7 + 0.3 * rng.random(data.n_rows), 0, 1),
+        action=data.action,
+        slot=data.slot,
+        pscore=data.pscore,
+        decision=data.decision,
+        context=data.context,
+        n_actions=data.n_actions,
+        n_slots=data.n_slots,
+    )
     model = LogisticRewardModel(C=2.0, per_slot=False)
     got = model.q(model.fit(frac), frac, np.arange(frac.n_rows), frac.action)
     x = np.hstack([np.eye(3)[frac.slot], np.eye(frac.n_actions)[frac.action], frac.context, np.ones((frac.n_rows, 1))])
@@ -108,9 +133,16 @@ def test_cross_fitting_never_lets_a_decision_see_its_own_reward(name, rng):
     model = MODELS[name]
     base = model.cross_fit(data, target, n_folds=2, rng=np.random.default_rng(4))
     own = data.decision == 17
-    flipped = LoggedBandit(reward=np.where(own, 1 - data.reward, data.reward), action=data.action, slot=data.slot,
-                           pscore=data.pscore, decision=data.decision, context=data.context,
-                           n_actions=data.n_actions, n_slots=data.n_slots)
+    flipped = LoggedBandit(
+        reward=np.where(own, 1 - data.reward, data.reward),
+        action=data.action,
+        slot=data.slot,
+        pscore=data.pscore,
+        decision=data.decision,
+        context=data.context,
+        n_actions=data.n_actions,
+        n_slots=data.n_slots,
+    )
     moved = model.cross_fit(flipped, target, n_folds=2, rng=np.random.default_rng(4))
     for a, b in zip(base, moved):
         np.testing.assert_array_equal(a[own], b[own])
@@ -125,9 +157,16 @@ def test_logistic_on_a_rewards_range_is_the_binary_fit_rescaled(rng):
     model = LogisticRewardModel()
     clicks = model.q(model.fit(data), data, rows, data.action)
     for scale, shift in ((3.0, 0.0), (2.0, -1.0)):
-        moved = LoggedBandit(reward=scale * data.reward + shift, action=data.action, slot=data.slot,
-                             pscore=data.pscore, decision=data.decision, context=data.context,
-                             n_actions=data.n_actions, n_slots=data.n_slots)
+        moved = LoggedBandit(
+            reward=scale * data.reward + shift,
+            action=data.action,
+            slot=data.slot,
+            pscore=data.pscore,
+            decision=data.decision,
+            context=data.context,
+            n_actions=data.n_actions,
+            n_slots=data.n_slots,
+        )
         got = model.q(model.fit(moved), moved, rows, moved.action)
         np.testing.assert_allclose(got, scale * clicks + shift, rtol=1e-9, atol=1e-12)
 
@@ -140,8 +179,16 @@ def test_gbt_is_reproducible_and_regresses_non_binary_rewards(rng):
     b = m.q(m.fit(data), data, rows, data.action)
     np.testing.assert_array_equal(a, b)
     assert ((a > 0) & (a < 1)).all()  # probabilities of a click
-    scaled = LoggedBandit(reward=3.0 * data.reward, action=data.action, slot=data.slot, pscore=data.pscore,
-                          decision=data.decision, context=data.context, n_actions=data.n_actions, n_slots=3)
+    scaled = LoggedBandit(
+        reward=3.0 * data.reward,
+        action=data.action,
+        slot=data.slot,
+        pscore=data.pscore,
+        decision=data.decision,
+        context=data.context,
+        n_actions=data.n_actions,
+        n_slots=3,
+    )
     r = m.q(m.fit(scaled), scaled, rows, scaled.action)
     assert r.max() > 1.0  # a regressor on the reward's own scale
     assert abs(r.mean() - scaled.reward.mean()) < 0.05
@@ -149,8 +196,16 @@ def test_gbt_is_reproducible_and_regresses_non_binary_rewards(rng):
 
 def test_constant_rewards_give_a_constant_model(rng):
     data = binary_log(rng, n_dec=50)
-    zero = LoggedBandit(reward=np.zeros(data.n_rows), action=data.action, slot=data.slot, pscore=data.pscore,
-                        decision=data.decision, context=data.context, n_actions=data.n_actions, n_slots=3)
+    zero = LoggedBandit(
+        reward=np.zeros(data.n_rows),
+        action=data.action,
+        slot=data.slot,
+        pscore=data.pscore,
+        decision=data.decision,
+        context=data.context,
+        n_actions=data.n_actions,
+        n_slots=3,
+    )
     rows = np.arange(data.n_rows)
     for model in MODELS.values():
         q = model.q(model.fit(zero), zero, rows, zero.action)
@@ -171,8 +226,16 @@ def test_bad_inputs_are_named(rng):
         make_reward_model("forest")
     with pytest.raises(ValidationError, match="reward_model must be a RewardModel"):
         DM(reward_model="ridge")
-    big = LoggedBandit(reward=data.reward, action=data.action, slot=data.slot, pscore=data.pscore,
-                       decision=data.decision, context=data.context, n_actions=300, n_slots=3)
+    big = LoggedBandit(
+        reward=data.reward,
+        action=data.action,
+        slot=data.slot,
+        pscore=data.pscore,
+        decision=data.decision,
+        context=data.context,
+        n_actions=300,
+        n_slots=3,
+    )
     with pytest.raises(ValidationError, match="takes items as categories up to 255 items; the log has 300"):
         GBTRewardModel().fit(big)
     features = rng.normal(size=(300, 2))
@@ -234,7 +297,7 @@ class LogisticWorld:
         return LogisticRewardModel(per_slot=False, C=100.0)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def logistic_world(n_customers=300, m=12, K=3, d=3, seed=5) -> LogisticWorld:
     gen = np.random.default_rng(seed)
     context = gen.normal(size=(n_customers, d))
@@ -256,9 +319,16 @@ def logistic_log(world: LogisticWorld, n_decisions: int, seed) -> tuple[LoggedBa
     p = world.q[customer[:, None], slates, np.arange(K)[None, :]]
     clicks = (clicks_rng.random(p.shape) < p).astype(float)
     row_customer = np.repeat(customer, K)
-    data = LoggedBandit(reward=clicks.ravel(), action=slates.ravel(), slot=np.tile(np.arange(K), n_decisions),
-                        pscore=np.concatenate([s.marginal for s in shown]), decision=np.repeat(np.arange(n_decisions), K),
-                        context=world.context[row_customer], n_actions=m, n_slots=K)
+    data = LoggedBandit(
+        reward=clicks.ravel(),
+        action=slates.ravel(),
+        slot=np.tile(np.arange(K), n_decisions),
+        pscore=np.concatenate([s.marginal for s in shown]),
+        decision=np.repeat(np.arange(n_decisions), K),
+        context=world.context[row_customer],
+        n_actions=m,
+        n_slots=K,
+    )
     return data, world.target[row_customer]
 
 
@@ -273,9 +343,9 @@ def test_the_default_models_dm_error_is_no_worse_than_a_correctly_specified_logi
         default.append(DM(seed=seed).estimate(data, dist).value - world.truth)
         true.append(DM(reward_model=world.true_model, seed=seed).estimate(data, dist).value - world.truth)
     default, true = np.array(default), np.array(true)
-    diff = default ** 2 - true ** 2
+    diff = default**2 - true**2
     se = diff.std(ddof=1) / np.sqrt(len(diff))
-    assert diff.mean() < 2 * se, (DEFAULT_REWARD_MODEL, np.sqrt((default ** 2).mean()), np.sqrt((true ** 2).mean()))
+    assert diff.mean() < 2 * se, (DEFAULT_REWARD_MODEL, np.sqrt((default**2).mean()), np.sqrt((true**2).mean()))
     t = default.mean() / (default.std(ddof=1) / np.sqrt(len(default)))
     assert abs(t) < 3, (default.mean(), t)
 

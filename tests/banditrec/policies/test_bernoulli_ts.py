@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import integrate, stats
 
 from banditrec.errors import ValidationError
@@ -20,8 +21,11 @@ def req(items, dc=2):
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 5), st.sampled_from([0.0, 1.0, 0.25]), st.floats(0.0, 3.0)),
-                min_size=1, max_size=30))
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 5), st.sampled_from([0.0, 1.0, 0.25]), st.floats(0.0, 3.0)), min_size=1, max_size=30
+    )
+)
 def test_posterior_is_the_prior_plus_weighted_hits_and_misses(rows):
     items = np.array([r[0] for r in rows])
     reward = np.array([r[1] for r in rows])
@@ -40,19 +44,25 @@ def test_posterior_is_the_prior_plus_weighted_hits_and_misses(rows):
 
 def p_largest(params, j):
     """P(draw j is the largest of independent Beta(a_i, b_i) draws), by integration."""
+
     def f(x):
         out = stats.beta.pdf(x, *params[j])
         for i, ab in enumerate(params):
             if i != j:
                 out *= stats.beta.cdf(x, *ab)
         return out
+
     return integrate.quad(f, 0, 1, limit=200)[0]
 
 
 def test_first_slot_marginals_are_the_probability_of_the_largest_draw():
     p = make("bernoulli-ts:epsilon=0", n_items=3, context_dim=2, mc_draws=4096)
-    p.update(np.zeros((9, 2)), np.zeros((9, 1)), np.array([1, 1, 0, 1, 0, 0, 0, 0, 1.0]),
-             items=np.array([0, 0, 0, 1, 1, 1, 2, 2, 2]))
+    p.update(
+        np.zeros((9, 2)),
+        np.zeros((9, 1)),
+        np.array([1, 1, 0, 1, 0, 0, 0, 0, 1.0]),
+        items=np.array([0, 0, 0, 1, 1, 1, 2, 2, 2]),
+    )
     dist = p.distribution(req([0, 1, 2]), 2)
     M = np.asarray(dist.marginals())
     params = [(3, 2), (2, 3), (2, 3)]  # Beta(1 + hits, 1 + misses)

@@ -25,8 +25,16 @@ def test_parse_spec():
 @pytest.mark.parametrize(
     "spec, match",
     [
-        ("nope", "unknown policy 'nope'; known: bernoulli-ts, disjoint-linucb, egreedy, hybrid-linucb, lints, linucb, popularity, softmax, uniform"),
-        ("linucb:beta=1", "policy linucb has no parameter beta; it takes: epsilon, explore_from, objective, sensitivity, max_per_type, value, alpha, reg"),
+        (
+            "nope",
+            "unknown policy 'nope'; known: bernoulli-ts, disjoint-linucb, egreedy, hybrid-linucb, "
+            "lints, linucb, popularity, softmax, uniform",
+        ),
+        (
+            "linucb:beta=1",
+            "policy linucb has no parameter beta; it takes: epsilon, explore_from, objective, "
+            "sensitivity, max_per_type, value, alpha, reg",
+        ),
         ("linucb:alpha=fast", "alpha must be a number, got 'fast'"),
         ("linucb:alpha", "must look like key=value"),
         ("linucb:alpha=1,alpha=2", "given twice"),
@@ -127,7 +135,9 @@ def test_linucb_recovers_a_known_parameter():
     rng = np.random.default_rng(3)
     policy: LinUCB = make("linucb:reg=1.0", **ENV)
     theta_star = rng.normal(size=policy.dim)
-    theta_star[joint_features(np.ones(3), np.zeros((1, 2)), [1])[0] != joint_features(np.ones(3), np.zeros((1, 2)))[0]] = 0
+    theta_star[
+        joint_features(np.ones(3), np.zeros((1, 2)), [1])[0] != joint_features(np.ones(3), np.zeros((1, 2)))[0]
+    ] = 0
     ctx, feats = rng.normal(size=(20_000, 3)), rng.normal(size=(20_000, 2))  # no item is cold: those terms stay 0
     X = joint_features(ctx, feats)
     policy.update(ctx, feats, X @ theta_star + rng.normal(0, 0.1, size=20_000))

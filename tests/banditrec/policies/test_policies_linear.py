@@ -27,8 +27,9 @@ SHARED = [LinTS, EpsilonGreedy, Softmax]  # one ridge model over joint features
 
 
 # the joint-feature coordinates that involve the cold flag
-COLD_TERMS = np.flatnonzero(joint_features(np.ones(DC), np.zeros((1, DI)), [1])[0]
-                            != joint_features(np.ones(DC), np.zeros((1, DI)))[0])
+COLD_TERMS = np.flatnonzero(
+    joint_features(np.ones(DC), np.zeros((1, DI)), [1])[0] != joint_features(np.ones(DC), np.zeros((1, DI)))[0]
+)
 
 
 def noise_sd(r, w, fitted, df):
@@ -37,7 +38,7 @@ def noise_sd(r, w, fitted, df):
     w = np.ones(len(r)) if w is None else np.asarray(w, dtype=float)
     seen = r[w > 0]
     spread = seen.max() - seen.min() if len(seen) and seen.max() > seen.min() else 1.0
-    return np.sqrt((w @ (r * r) - fitted + spread ** 2 / 4) / (max(w.sum() - df, 0.0) + 1.0))
+    return np.sqrt((w @ (r * r) - fitted + spread**2 / 4) / (max(w.sum() - df, 0.0) + 1.0))
 
 
 def shared_sigma(C, V, r, reg=1.0, w=None):
@@ -55,13 +56,15 @@ def build(cls, env=ENV, **config):
 
 def rows(rng, m, n_items=N_ITEMS):
     """Logged rows: contexts (m, DC), item features (m, DI), rewards (m,), items (m,)."""
-    return (rng.normal(size=(m, DC)), rng.normal(size=(m, DI)), rng.normal(size=m),
-            rng.integers(0, n_items, size=m))
+    return (rng.normal(size=(m, DC)), rng.normal(size=(m, DI)), rng.normal(size=m), rng.integers(0, n_items, size=m))
 
 
 def request(rng, n=5, n_items=N_ITEMS):
-    return Request(context=rng.normal(size=DC), items=rng.choice(n_items, size=n, replace=False),
-                   item_features=rng.normal(size=(n, DI)))
+    return Request(
+        context=rng.normal(size=DC),
+        items=rng.choice(n_items, size=n, replace=False),
+        item_features=rng.normal(size=(n, DI)),
+    )
 
 
 def arrays(policy) -> dict[str, np.ndarray]:
@@ -135,7 +138,7 @@ def joint_ridge(C, V, r, a, w, reg, n_items=N_ITEMS, kind="context"):
     def phi(ctx, v, item):
         out = np.zeros(k + n_items * d)
         out[:k] = joint_features(ctx, v[None])[0]
-        out[k + item * d: k + (item + 1) * d] = local(ctx, kind)
+        out[k + item * d : k + (item + 1) * d] = local(ctx, kind)
         return out
 
     Phi = np.array([phi(C[i], V[i], a[i]) for i in range(len(r))])
@@ -155,7 +158,7 @@ def test_hybrid_estimates_are_the_joint_ridge_solution(rng, single, kind):
     p = build(HybridLinUCB, alpha=0.7, reg=1.5, local=kind, item_reg=1.5)
     if single:
         for i in range(80):
-            p.update(C[i:i + 1], V[i:i + 1], r[i:i + 1], items=a[i:i + 1], weight=w[i:i + 1])
+            p.update(C[i : i + 1], V[i : i + 1], r[i : i + 1], items=a[i : i + 1], weight=w[i : i + 1])
     else:
         p.update(C, V, r, items=a, weight=w)
     sol, M_inv, phi, k, d = joint_ridge(C, V, r, a, w, 1.5, n_items=10, kind=kind)
@@ -163,18 +166,30 @@ def test_hybrid_estimates_are_the_joint_ridge_solution(rng, single, kind):
     # parameters k + n d - reg (trace(A0^-1) + sum_a trace(A_a^-1)), A0^-1 being M^-1's top block
     M = np.linalg.inv(M_inv)
     Phi = np.array([phi(C[i], V[i], a[i]) for i in range(80)])
-    df = k + 10 * d - 1.5 * (np.trace(M_inv[:k, :k]) + sum(
-        np.trace(np.linalg.inv(M[k + j * d:k + (j + 1) * d, k + j * d:k + (j + 1) * d])) for j in range(10)))
+    df = (
+        k
+        + 10 * d
+        - 1.5
+        * (
+            np.trace(M_inv[:k, :k])
+            + sum(
+                np.trace(np.linalg.inv(M[k + j * d : k + (j + 1) * d, k + j * d : k + (j + 1) * d])) for j in range(10)
+            )
+        )
+    )
     sigma = noise_sd(r, w, sol @ (Phi.T @ (w * r)), df)
     assert p.noise_sd == pytest.approx(sigma, rel=1e-9)
     np.testing.assert_allclose(p.beta, sol[:k], atol=1e-10)
     np.testing.assert_allclose(p.theta(np.arange(10)), sol[k:].reshape(10, d), atol=1e-10)
     req = request(rng, n=5, n_items=10)
     req = Request(req.context, np.r_[req.items[:4], 9], req.item_features)
-    expected = [phi(req.context, req.item_features[j], item) @ sol
-                + 0.7 * sigma * np.sqrt(phi(req.context, req.item_features[j], item) @ M_inv
-                                                      @ phi(req.context, req.item_features[j], item))
-                for j, item in enumerate(req.items)]
+    expected = [
+        phi(req.context, req.item_features[j], item) @ sol
+        + 0.7
+        * sigma
+        * np.sqrt(phi(req.context, req.item_features[j], item) @ M_inv @ phi(req.context, req.item_features[j], item))
+        for j, item in enumerate(req.items)
+    ]
     np.testing.assert_allclose(p.scores(req), expected, rtol=1e-10)
 
 
@@ -242,13 +257,14 @@ def test_hybrid_recovers_shared_and_per_item_parameters(kind):
     p = build(HybridLinUCB, env, local=kind)
     ones = joint_features(np.arange(1.0, DC + 1), np.zeros((1, DI)))[0]
     shared = np.flatnonzero(ones != 0)[: p.dim]  # the coordinates of 1 x [1, c] (or 1 x 1)
-    cold = np.flatnonzero(joint_features(np.ones(DC), np.zeros((1, DI)), [1])[0] != joint_features(
-        np.ones(DC), np.zeros((1, DI)))[0])
+    cold = np.flatnonzero(
+        joint_features(np.ones(DC), np.zeros((1, DI)), [1])[0] != joint_features(np.ones(DC), np.zeros((1, DI)))[0]
+    )
     beta_star, theta_star = rng.normal(size=p.k), rng.normal(size=(5, p.dim))
     beta_star[cold] = 0.0
     C, V, _, a = rows(rng, 20_000, n_items=5)
     X = np.c_[np.ones(20_000), C][:, : p.dim]
-    r = (joint_features(C, V) @ beta_star + np.einsum("md,md->m", X, theta_star[a]) + rng.normal(0, 0.1, size=20_000))
+    r = joint_features(C, V) @ beta_star + np.einsum("md,md->m", X, theta_star[a]) + rng.normal(0, 0.1, size=20_000)
     p.update(C, V, r, items=a)
     other = np.setdiff1d(np.arange(p.k), shared)
     assert np.abs(p.beta[other] - beta_star[other]).max() < 0.01
@@ -281,8 +297,9 @@ def test_disjoint_scores_match_a_loop_over_candidates(rng):
     df = sum(DC + 1 - np.trace(np.linalg.inv(p.A[i])) for i in range(N_ITEMS))
     s = noise_sd(r, None, fitted, df)
     assert p.noise_sd == pytest.approx(s, rel=1e-9)
-    expected = [x @ np.linalg.solve(p.A[i], p.b[i]) + 0.8 * s * np.sqrt(x @ np.linalg.inv(p.A[i]) @ x)
-                for i in req.items]
+    expected = [
+        x @ np.linalg.solve(p.A[i], p.b[i]) + 0.8 * s * np.sqrt(x @ np.linalg.inv(p.A[i]) @ x) for i in req.items
+    ]
     np.testing.assert_allclose(p.scores(req), expected, rtol=1e-10)
 
 
@@ -297,10 +314,10 @@ def test_hybrid_scores_match_the_papers_formula_in_a_loop(rng):
     x = x1(req.context)
     expected = []
     for j, i in enumerate(req.items):
-        z = joint_features(req.context, req.item_features[j:j + 1])[0]
+        z = joint_features(req.context, req.item_features[j : j + 1])[0]
         Ai, B = np.linalg.inv(p.A[i]), p.B[i]
         theta = Ai @ (p.b[i] - B @ beta)
-        s = (z @ A0i @ z - 2 * z @ A0i @ B.T @ Ai @ x + x @ Ai @ x + x @ Ai @ B @ A0i @ B.T @ Ai @ x)
+        s = z @ A0i @ z - 2 * z @ A0i @ B.T @ Ai @ x + x @ Ai @ x + x @ Ai @ B @ A0i @ B.T @ Ai @ x
         expected.append(z @ beta + x @ theta + 0.6 * p.noise_sd * np.sqrt(s))
     np.testing.assert_allclose(p.scores(req), expected, rtol=1e-10)
 
@@ -312,8 +329,9 @@ def test_shared_means_match_a_loop_over_candidates(rng, cls):
     p.update(C, V, r, items=a)
     req = request(rng)
     theta = np.linalg.solve(p.A, p.b)
-    expected = [np.r_[1.0, v, 0.0, np.outer(np.r_[1.0, v, 0.0], req.context).ravel()] @ theta
-                for v in req.item_features]
+    expected = [
+        np.r_[1.0, v, 0.0, np.outer(np.r_[1.0, v, 0.0], req.context).ravel()] @ theta for v in req.item_features
+    ]
     np.testing.assert_allclose(p.scores(req), expected, rtol=1e-10)
 
 
@@ -327,8 +345,7 @@ def test_softmax_weights_match_a_loop_and_never_overflow(rng):
     req = request(rng)
     s, T = p.scores(req), 0.5 * shared_sigma(C, V, r)
     assert p.temperature == pytest.approx(T, rel=1e-15)
-    np.testing.assert_allclose(p.weights(req), [np.exp(si / T) / np.exp(s.max() / T) for si in s],
-                               rtol=1e-12)
+    np.testing.assert_allclose(p.weights(req), [np.exp(si / T) / np.exp(s.max() / T) for si in s], rtol=1e-12)
     cold = build(Softmax, tau=1e-6)
     cold.update(C, V, (r + 5) * 1e3, items=a)  # means of order 5e3, T of order 1e-2: exp(mean / T) = inf
     with np.errstate(over="ignore"):
@@ -387,10 +404,12 @@ def test_lints_model_a_few_ulps_off_replays_the_same_monte_carlo_stream(rng):
     base = policy(lambda a: a)
     want = base.distribution(req, 3, 0.05).marginals()
     for ulps in (1, 2, 3):
+
         def move(a, ulps=ulps):
             for _ in range(ulps):
                 a = np.nextafter(a, np.inf)
             return a
+
         other = policy(move)
         assert other.replay_seed(req) == base.replay_seed(req)
         np.testing.assert_allclose(other.distribution(req, 3, 0.05).marginals(), want, rtol=1e-9, atol=1e-12)
@@ -411,12 +430,12 @@ def test_lints_posterior_draws_have_the_right_mean_and_covariance():
     T = p.posterior_samples(np.random.default_rng(22), n)
     # the posterior scale: v times the noise scale computed from the rows directly
     assert p.posterior_scale == pytest.approx(0.5 * shared_sigma(C, V, r), rel=1e-9)
-    S = p.posterior_scale ** 2 * np.linalg.inv(p.A)
+    S = p.posterior_scale**2 * np.linalg.inv(p.A)
     np.testing.assert_allclose(p.posterior_factor() @ p.posterior_factor().T, np.linalg.inv(p.A), atol=1e-12)
     se_mean = np.sqrt(np.diag(S) / n)
     assert (np.abs(T.mean(axis=0) - p.theta) < 4 * se_mean).all()
     cov = np.cov(T, rowvar=False)
-    se_cov = np.sqrt((np.outer(np.diag(S), np.diag(S)) + S ** 2) / n)
+    se_cov = np.sqrt((np.outer(np.diag(S), np.diag(S)) + S**2) / n)
     assert (np.abs(cov - S) < 5 * se_cov).all()
     # and the check has teeth: the same draws are refused as draws of a scale 1.2 times larger
     assert not (np.abs(cov - 1.44 * S) < 5 * se_cov).all()
@@ -490,7 +509,9 @@ def test_save_load_round_trip_gives_bit_identical_scores(rng, tmp_path, cls):
         np.testing.assert_array_equal(arrays(again)[k], v, err_msg=k)
     req = request(rng)
     np.testing.assert_array_equal(again.scores(req), p.scores(req))
-    np.testing.assert_array_equal(again.distribution(req, 3, 0.05).marginals(), p.distribution(req, 3, 0.05).marginals())
+    np.testing.assert_array_equal(
+        again.distribution(req, 3, 0.05).marginals(), p.distribution(req, 3, 0.05).marginals()
+    )
     # the restored model learns on exactly as the original does
     p.update(C[1:3], V[1:3], r[1:3], items=a[1:3])
     again.update(C[1:3], V[1:3], r[1:3], items=a[1:3])
@@ -552,31 +573,37 @@ def test_a_snapshot_from_another_environment_is_refused(rng, tmp_path, cls):
 
 
 # ---- invalid configs and inputs ------------------------------------------------------------
-@pytest.mark.parametrize("cls, config, match", [
-    (DisjointLinUCB, {"alpha": -1.0}, r"alpha must be a finite number >= 0, got -1.0"),
-    (DisjointLinUCB, {"reg": 0.0}, r"reg must be a finite number > 0, got 0.0"),
-    (HybridLinUCB, {"alpha": float("nan")}, r"alpha must be a finite number >= 0, got nan"),
-    (HybridLinUCB, {"epsilon": 1.5}, r"epsilon must be a number in \[0, 1\], got 1.5"),
-    (LinTS, {"v": 0.0}, r"v must be a finite number > 0, got 0.0"),
-    (LinTS, {"v": True}, r"v must be a finite number > 0, got True"),
-    (LinTS, {"max_per_type": 2}, r"max_per_type must be 0, got 2"),
-    (EpsilonGreedy, {"reg": -2}, r"reg must be a finite number > 0, got -2"),
-    (Softmax, {"tau": 0.0}, r"tau must be a finite number > 0, got 0.0"),
-    (Softmax, {"tau": float("inf")}, r"tau must be a finite number > 0, got inf"),
-])
+@pytest.mark.parametrize(
+    "cls, config, match",
+    [
+        (DisjointLinUCB, {"alpha": -1.0}, r"alpha must be a finite number >= 0, got -1.0"),
+        (DisjointLinUCB, {"reg": 0.0}, r"reg must be a finite number > 0, got 0.0"),
+        (HybridLinUCB, {"alpha": float("nan")}, r"alpha must be a finite number >= 0, got nan"),
+        (HybridLinUCB, {"epsilon": 1.5}, r"epsilon must be a number in \[0, 1\], got 1.5"),
+        (LinTS, {"v": 0.0}, r"v must be a finite number > 0, got 0.0"),
+        (LinTS, {"v": True}, r"v must be a finite number > 0, got True"),
+        (LinTS, {"max_per_type": 2}, r"max_per_type must be 0, got 2"),
+        (EpsilonGreedy, {"reg": -2}, r"reg must be a finite number > 0, got -2"),
+        (Softmax, {"tau": 0.0}, r"tau must be a finite number > 0, got 0.0"),
+        (Softmax, {"tau": float("inf")}, r"tau must be a finite number > 0, got inf"),
+    ],
+)
 def test_invalid_configs_name_the_field_and_value(cls, config, match):
     with pytest.raises(ValidationError, match=match) as err:
         cls.Config(**config)
     assert err.value.field == next(iter(config))
 
 
-@pytest.mark.parametrize("cls, env, match", [
-    (DisjointLinUCB, {"n_items": 5}, r"disjoint-linucb needs context_dim"),
-    (DisjointLinUCB, {"n_items": -1, "context_dim": 3}, r"n_items must be an integer >= 0, got -1"),
-    (DisjointLinUCB, {"n_items": 2.5, "context_dim": 3}, r"n_items must be an integer >= 0, got 2.5"),
-    (HybridLinUCB, {"n_items": 5, "context_dim": 3}, r"hybrid-linucb needs item_dim"),
-    (LinTS, {"context_dim": 3}, r"lints needs feature sizes"),
-])
+@pytest.mark.parametrize(
+    "cls, env, match",
+    [
+        (DisjointLinUCB, {"n_items": 5}, r"disjoint-linucb needs context_dim"),
+        (DisjointLinUCB, {"n_items": -1, "context_dim": 3}, r"n_items must be an integer >= 0, got -1"),
+        (DisjointLinUCB, {"n_items": 2.5, "context_dim": 3}, r"n_items must be an integer >= 0, got 2.5"),
+        (HybridLinUCB, {"n_items": 5, "context_dim": 3}, r"hybrid-linucb needs item_dim"),
+        (LinTS, {"context_dim": 3}, r"lints needs feature sizes"),
+    ],
+)
 def test_missing_environment_is_named(cls, env, match):
     with pytest.raises(ValidationError, match=match):
         cls(cls.Config(), **env)
@@ -639,8 +666,9 @@ def test_an_update_that_would_overflow_leaves_the_model_as_it_was(rng, cls):
     before, n_before = arrays(p), p.n_updates
     big = 1e155  # finite features whose squares overflow to inf
     for m in (1, 3):  # the one-row (Sherman-Morrison) path and the batch path
-        ctx, feats = (np.ones((m, DC)), np.full((m, DI), big)) if cls in SHARED else \
-            (np.full((m, DC), big), np.ones((m, DI)))
+        ctx, feats = (
+            (np.ones((m, DC)), np.full((m, DI), big)) if cls in SHARED else (np.full((m, DC), big), np.ones((m, DI)))
+        )
         with pytest.raises(ValidationError, match="non-finite"):
             p.update(ctx, feats, np.ones(m), items=a[:m])
     with pytest.raises(ValidationError, match="non-finite"):  # finite rows, overflowing rewards
@@ -655,7 +683,8 @@ def test_an_update_that_would_overflow_leaves_the_model_as_it_was(rng, cls):
 def test_disjoint_linucb_learns_to_pick_the_best_arm():
     """8 arms, context dim 3, reward = [1, x] . theta*_a + N(0, 0.3^2), 2,000 one-slot rounds of
     Algorithm 1 (alpha 2: a bound two posterior standard deviations of the mean wide;
-    epsilon 0: exploration by the confidence bound only; fixed seed), one-row updates. The last 500 rounds' mean regret is under 2% of a uniform choice's and a
+    epsilon 0: exploration by the confidence bound only; fixed seed), one-row updates. The last 500 rounds'
+    mean regret is under 2% of a uniform choice's and a
     tenth of the first 100 rounds'; after learning the greedy choice is the best arm on >= 95%
     of 1,000 fresh contexts. (Seeds 31-34 give 0.03-0.12% of uniform and 97-99.6%.)"""
     rng = np.random.default_rng(31)
@@ -700,6 +729,7 @@ def _trained_linucb(rng, d_c, d_i, alpha=1.0, batches=(200, 1, 37), value=None, 
     """A shared LinUCB updated by a Cholesky batch, one Sherman-Morrison row and another batch,
     so that theta and A^-1 are dense (and A^-1 not exactly symmetric)."""
     from banditrec.policies.linucb import LinUCB
+
     env = {"context_dim": d_c, "item_dim": d_i}
     if value is not None:
         env["item_columns"] = {"v": value}
@@ -717,7 +747,8 @@ def _direct_linucb_scores(p, request):
     var = np.array([x @ p.A_inv @ x for x in X])
     alpha = p.config.alpha * p.noise_sd
     scale = np.abs(X) @ np.abs(p.theta) + alpha * np.sqrt(
-        np.einsum("ij,jk,ik->i", np.abs(X), np.abs(p.A_inv), np.abs(X)))
+        np.einsum("ij,jk,ik->i", np.abs(X), np.abs(p.A_inv), np.abs(X))
+    )
     return X @ p.theta + alpha * np.sqrt(np.maximum(var, 0.0)), scale
 
 
@@ -763,14 +794,23 @@ def test_shared_linucb_scores_refuse_item_features_of_another_width():
 
 
 @settings(max_examples=60, deadline=None)
-@given(d_c=st.integers(1, 6), d_i=st.integers(1, 5), n=st.integers(1, 30), alpha=st.floats(0.0, 3.0),
-       scale=st.sampled_from([1e-3, 1.0, 1e3]), seed=st.integers(0, 2**32 - 1))
+@given(
+    d_c=st.integers(1, 6),
+    d_i=st.integers(1, 5),
+    n=st.integers(1, 30),
+    alpha=st.floats(0.0, 3.0),
+    scale=st.sampled_from([1e-3, 1.0, 1e3]),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_shared_linucb_factored_scores_property(d_c, d_i, n, alpha, scale, seed):
     """Any sizes, contexts and feature scales: the factored scores equal the direct formula."""
     rng = np.random.default_rng(seed)
     p = _trained_linucb(rng, d_c, d_i, alpha=alpha, batches=(int(rng.integers(1, 60)), 1))
-    req = Request(context=scale * rng.normal(size=d_c), items=np.arange(n),
-                  item_features=rng.normal(size=(n, d_i)) * rng.choice([0.0, 1.0, scale], size=(n, 1)))
+    req = Request(
+        context=scale * rng.normal(size=d_c),
+        items=np.arange(n),
+        item_features=rng.normal(size=(n, d_i)) * rng.choice([0.0, 1.0, scale], size=(n, 1)),
+    )
     want, s = _direct_linucb_scores(p, req)
     np.testing.assert_allclose(p.scores(req), want, rtol=1e-9, atol=1e-11 * s.max())
 
@@ -812,12 +852,17 @@ def test_shared_linucb_batched_distributions_with_values_equal_one_at_a_time(mon
     request whose weighted ranking has a near-tie is re-scored alone (the batched check ranks
     by the weighted scores, with its bound scaled by the values)."""
     from banditrec.policies.linucb import LinUCB
+
     rng = np.random.default_rng(8)
     value = rng.uniform(0.0, 2.0, 50)
     value[:10] = 0.0
     p = _trained_linucb(rng, 5, 4, value=value)
-    reqs = [Request(context=rng.normal(size=5), items=rng.choice(50, n, replace=False),
-                    item_features=rng.normal(size=(n, 4))) for n in (30, 30, 12, 30)]
+    reqs = [
+        Request(
+            context=rng.normal(size=5), items=rng.choice(50, n, replace=False), item_features=rng.normal(size=(n, 4))
+        )
+        for n in (30, 30, 12, 30)
+    ]
     _assert_same_distributions(p, reqs, [5, 5, 3, 5])
     # near-ties in the weighted ranking (values up to 2e6, so that an unscaled bound would be
     # far too small): per request, only candidates scoring > 0 (no ties at max(s, 0) = 0), and
@@ -849,10 +894,13 @@ def test_shared_linucb_batched_scores_are_rechecked_only_near_a_tie(monkeypatch)
     """Well-separated requests are served from the batched scores (no per-request re-score);
     one whose scores overflow is re-scored alone and refused exactly as one at a time."""
     from banditrec.policies.linucb import LinUCB
+
     rng = np.random.default_rng(12)
     p = _trained_linucb(rng, 6, 6)
-    reqs = [Request(context=rng.normal(size=6), items=np.arange(200), item_features=rng.normal(size=(200, 6)))
-            for _ in range(8)]
+    reqs = [
+        Request(context=rng.normal(size=6), items=np.arange(200), item_features=rng.normal(size=(200, 6)))
+        for _ in range(8)
+    ]
     alone = []
     original = LinUCB.scores
     monkeypatch.setattr(LinUCB, "scores", lambda self, r: alone.append(r) or original(self, r))
@@ -888,12 +936,17 @@ def test_shared_linucb_batched_refuses_bad_requests_like_one_at_a_time(bad):
     """A malformed request in a batch raises what the one-at-a-time loop raises (the batched
     context check is only a fast path)."""
     from banditrec.policies.base import Policy
+
     rng = np.random.default_rng(2)
     p = _trained_linucb(rng, 2, 3)
     good = Request(context=rng.normal(size=2), items=np.arange(4), item_features=rng.normal(size=(4, 3)))
-    ctx, feats = {"short": (np.ones(1), None), "nan": (np.array([0.0, np.nan]), None),
-                  "2d": (np.ones((1, 2)), None), "scalar": (np.float64(1.0), None),
-                  "width": (np.ones(2), np.ones((4, 2)))}[bad]
+    ctx, feats = {
+        "short": (np.ones(1), None),
+        "nan": (np.array([0.0, np.nan]), None),
+        "2d": (np.ones((1, 2)), None),
+        "scalar": (np.float64(1.0), None),
+        "width": (np.ones(2), np.ones((4, 2))),
+    }[bad]
     worse = Request(context=ctx, items=np.arange(4), item_features=good.item_features if feats is None else feats)
     batch = [good, worse] if bad != "scalar" else [worse, worse]  # two scalars: m == d_c
     with pytest.raises(ValidationError) as one:
@@ -942,8 +995,10 @@ def test_snapshots_written_before_the_intercept_and_the_reward_scale_still_load(
     x_old = np.array([np.r_[v, np.outer(v, req.context).ravel()] for v in req.item_features])
     np.testing.assert_allclose(p.mean(req), x_old @ theta_old, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValidationError, match="snapshot"):
-        p.set_state({"A": A_old[:-1, :-1], "A_inv": A_old[:-1, :-1], "b": b_old[:-1], "theta": theta_old[:-1]},
-                    {"dim": X_old.shape[1] - 1})
+        p.set_state(
+            {"A": A_old[:-1, :-1], "A_inv": A_old[:-1, :-1], "b": b_old[:-1], "theta": theta_old[:-1]},
+            {"dim": X_old.shape[1] - 1},
+        )
     d = build(DisjointLinUCB)
     d.update(C, V, r, items=a)
     arrays, meta = d.state()

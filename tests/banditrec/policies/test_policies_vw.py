@@ -19,8 +19,14 @@ from vowpalwabbit import Workspace
 import banditrec.policies as policies
 from banditrec.errors import ValidationError
 from banditrec.policies import Request
-from banditrec.policies.vw import (VWCCBConfig, VWConditionalContextualBandit, VWConfig, VWContextualBandit,
-                                   VWSlate, _Lines)
+from banditrec.policies.vw import (
+    VWCCBConfig,
+    VWConditionalContextualBandit,
+    VWConfig,
+    VWContextualBandit,
+    VWSlate,
+    _Lines,
+)
 
 N, DC, K = 6, 3, 3  # candidates, context dim, slots; item features are one-hot (item_dim = N)
 CLASSES = {"vw-cb": (VWContextualBandit, VWConfig), "vw-ccb": (VWConditionalContextualBandit, VWCCBConfig)}
@@ -84,9 +90,16 @@ def test_spec_round_trip_through_make(name, registry):
     assert "--bag" in policy.vw_args() and "--random_seed" in policy.vw_args()
 
 
-@pytest.mark.parametrize("explorer, learner", [
-    ("epsilon", "cb_explore_adf_greedy"), ("squarecb", "cb_explore_adf_squarecb"), ("bag", "cb_explore_adf_bag"),
-    ("cover", "cb_explore_adf_cover"), ("softmax", "cb_explore_adf_softmax")])
+@pytest.mark.parametrize(
+    "explorer, learner",
+    [
+        ("epsilon", "cb_explore_adf_greedy"),
+        ("squarecb", "cb_explore_adf_squarecb"),
+        ("bag", "cb_explore_adf_bag"),
+        ("cover", "cb_explore_adf_cover"),
+        ("softmax", "cb_explore_adf_softmax"),
+    ],
+)
 def test_every_explorer_builds_and_gives_a_pmf(explorer, learner, rng):
     policy = build("vw-cb", explorer=explorer, epsilon=0.1)
     assert learner in policy._learners
@@ -95,20 +108,23 @@ def test_every_explorer_builds_and_gives_a_pmf(explorer, learner, rng):
     assert pmf.shape == (N,) and abs(pmf.sum() - 1) < 1e-6 and (pmf >= 0.1 / N * (1 - 1e-6)).all()
 
 
-@pytest.mark.parametrize("params, match", [
-    ({"explorer": "thompson"}, "explorer must be one of epsilon, squarecb, bag, cover, softmax"),
-    ({"cb_type": "ips"}, "squarecb explorer learns with cb_type mtr only, got cb_type='ips'"),
-    ({"cb_type": "awesome"}, "cb_type must be one of"),
-    ({"explore_from": 2}, "explore_from must be 0 for Vowpal Wabbit policies"),
-    ({"objective": "margin"}, "do not blend a business objective"),
-    ({"gamma_scale": 0.0}, "gamma_scale must be a finite number > 0"),
-    ({"softmax_lambda": float("nan")}, "softmax_lambda must be a finite number > 0"),
-    ({"size": 0}, r"size must be an integer in \[1, 1024\]"),
-    ({"bits": 40}, r"bits must be an integer in \[4, 30\]"),
-    ({"draws": 1}, "draws must be an integer"),
-    ({"seed": -1}, "seed must be an integer"),
-    ({"epsilon": 1.5}, r"epsilon must be a number in \[0, 1\]"),
-])
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"explorer": "thompson"}, "explorer must be one of epsilon, squarecb, bag, cover, softmax"),
+        ({"cb_type": "ips"}, "squarecb explorer learns with cb_type mtr only, got cb_type='ips'"),
+        ({"cb_type": "awesome"}, "cb_type must be one of"),
+        ({"explore_from": 2}, "explore_from must be 0 for Vowpal Wabbit policies"),
+        ({"objective": "margin"}, "do not blend a business objective"),
+        ({"gamma_scale": 0.0}, "gamma_scale must be a finite number > 0"),
+        ({"softmax_lambda": float("nan")}, "softmax_lambda must be a finite number > 0"),
+        ({"size": 0}, r"size must be an integer in \[1, 1024\]"),
+        ({"bits": 40}, r"bits must be an integer in \[4, 30\]"),
+        ({"draws": 1}, "draws must be an integer"),
+        ({"seed": -1}, "seed must be an integer"),
+        ({"epsilon": 1.5}, r"epsilon must be a number in \[0, 1\]"),
+    ],
+)
 def test_bad_configs_raise_clear_errors(params, match):
     for _, config in CLASSES.values():
         with pytest.raises(ValidationError, match=match):
@@ -116,8 +132,13 @@ def test_bad_configs_raise_clear_errors(params, match):
 
 
 # ---- the contract ------------------------------------------------------------------------
-CONTRACT = [("vw-cb", {}), ("vw-cb", {"explorer": "epsilon"}), ("vw-cb", {"explorer": "softmax", "epsilon": 0.1}),
-            ("vw-ccb", {}), ("vw-ccb", {"explorer": "bag", "epsilon": 0.1})]
+CONTRACT = [
+    ("vw-cb", {}),
+    ("vw-cb", {"explorer": "epsilon"}),
+    ("vw-cb", {"explorer": "softmax", "epsilon": 0.1}),
+    ("vw-ccb", {}),
+    ("vw-ccb", {"explorer": "bag", "epsilon": 0.1}),
+]
 
 
 @pytest.mark.parametrize("name, params", CONTRACT)
@@ -171,15 +192,19 @@ def test_batch_update_equals_single_updates(name, rng):
     for req, draw, r in zip(reqs, draws, rewards):
         learn(single, req, draw, r)
     m = K * len(reqs)
-    kw = dict(candidates=[r.item_features for r in reqs for _ in range(K)],
-              chosen=np.concatenate([d.index for d in draws]))
+    kw = dict(
+        candidates=[r.item_features for r in reqs for _ in range(K)], chosen=np.concatenate([d.index for d in draws])
+    )
     if name == "vw-ccb":
         kw.update(propensity=np.concatenate([d.propensity for d in draws]), slot=np.tile(np.arange(K), len(reqs)))
     else:
         kw.update(pscore=np.concatenate([d.marginal for d in draws]))
-    batch.update(np.repeat([r.context for r in reqs], K, axis=0),
-                 np.concatenate([r.item_features[d.index] for r, d in zip(reqs, draws)]), np.concatenate(rewards),
-                 **kw)
+    batch.update(
+        np.repeat([r.context for r in reqs], K, axis=0),
+        np.concatenate([r.item_features[d.index] for r, d in zip(reqs, draws)]),
+        np.concatenate(rewards),
+        **kw,
+    )
     assert len(kw["chosen"]) == m
     assert weights(batch) == weights(single) and vw_rng_state(batch) == vw_rng_state(single)
     probe = request(rng)
@@ -212,8 +237,12 @@ def test_item_lines_fast_path_matches_the_plain_format(rng):
     are 0 in float32) left out; 9 significant digits give back exactly the float32 VW stores."""
     V = rng.normal(size=(40, 5)) * 10.0 ** rng.integers(-8, 8, size=(40, 5))
     V[3, 2], V[7], V[9, 0] = 0.0, 0.0, 1e-50
-    plain = [("|Action " + " ".join(f"f{j}:{float(np.float32(v)):.9g}" for j, v in enumerate(row)
-                                    if np.float32(v) != 0)).rstrip() for row in V]
+    plain = [
+        (
+            "|Action " + " ".join(f"f{j}:{float(np.float32(v)):.9g}" for j, v in enumerate(row) if np.float32(v) != 0)
+        ).rstrip()
+        for row in V
+    ]
     lines = _Lines()
     assert lines.items(V) == plain  # formatted
     assert lines.items(V[::-1].copy()) == plain[::-1]  # from the cache
@@ -236,8 +265,10 @@ def test_cost_sign_a_rewarded_item_gains_mass(name, rng):
     assert after[2] > before and after.argmax() == 2
 
 
-@pytest.mark.parametrize("name, bad", [("vw-cb", 0.0), ("vw-cb", 1e-40), ("vw-cb", 1.5), ("vw-cb", np.nan),
-                                       ("vw-ccb", 0.0), ("vw-ccb", 1e-40)])
+@pytest.mark.parametrize(
+    "name, bad",
+    [("vw-cb", 0.0), ("vw-cb", 1e-40), ("vw-cb", 1.5), ("vw-cb", np.nan), ("vw-ccb", 0.0), ("vw-ccb", 1e-40)],
+)
 def test_zero_probability_is_rejected_before_anything_is_learned(name, bad, rng):
     """Pitfall 2: a probability of 0 (or one that reads as 0 in float32) makes VW learn nothing,
     silently; every row is checked first, so a bad row leaves the model untouched."""
@@ -267,8 +298,8 @@ def test_shared_keyword_gives_one_probability_per_candidate(rng, monkeypatch):
     lines = policy.example(req.context, req.item_features)
     assert lines[0].startswith("shared |User ") and len(lines) == N + 1
     assert len(policy.pmf(req)) == N
-    assert len(policy._ws().predict([lines[0][len("shared "):], *lines[1:]])) == N + 1  # the pitfall itself
-    monkeypatch.setattr(policy, "example", lambda c, f, **kw: [lines[0][len("shared "):], *lines[1:]])
+    assert len(policy._ws().predict([lines[0][len("shared ") :], *lines[1:]])) == N + 1  # the pitfall itself
+    monkeypatch.setattr(policy, "example", lambda c, f, **kw: [lines[0][len("shared ") :], *lines[1:]])
     with pytest.raises(ValidationError, match="shared line missing its keyword"):
         policy.pmf(req)
 
@@ -391,8 +422,9 @@ def test_weight_is_applied_as_probability_over_weight(rng):
     with pytest.raises(ValidationError, match="weight 0.1 at row 0 is below its pscore 0.2"):
         c.update(x, v, [1.0, 0.0], pscore=[0.2, 0.3], weight=[0.1, 1.0], **kw)
     with pytest.raises(ValidationError, match="for cb_type mtr or ips only, not dr"):
-        build("vw-cb", explorer="epsilon", cb_type="dr").update(x, v, [1.0, 0.0], pscore=[0.2, 0.3],
-                                                                 weight=[2.0, 1.0], **kw)
+        build("vw-cb", explorer="epsilon", cb_type="dr").update(
+            x, v, [1.0, 0.0], pscore=[0.2, 0.3], weight=[2.0, 1.0], **kw
+        )
 
 
 # ---- snapshots that must fail ------------------------------------------------------------
@@ -413,12 +445,15 @@ def test_corrupt_or_truncated_model_fails_loudly_and_keeps_the_old_model(name, r
         policy.set_state({"payload": model[: len(model) // 2]}, meta)
     garbage = b"not a model" * 50
     with pytest.raises(ValidationError, match="Vowpal Wabbit cannot load the model"):
-        policy.set_state({"payload": garbage}, {**meta, "model_sha256": hashlib.sha256(garbage).hexdigest(),
-                                                "model_size": len(garbage)})
+        policy.set_state(
+            {"payload": garbage},
+            {**meta, "model_sha256": hashlib.sha256(garbage).hexdigest(), "model_size": len(garbage)},
+        )
     other = build(name, explorer="softmax")._model_bytes()
     with pytest.raises(ValidationError, match="reductions"):
-        policy.set_state({"payload": other}, {**meta, "model_sha256": hashlib.sha256(other).hexdigest(),
-                                              "model_size": len(other)})
+        policy.set_state(
+            {"payload": other}, {**meta, "model_sha256": hashlib.sha256(other).hexdigest(), "model_size": len(other)}
+        )
     with pytest.raises(ValidationError, match="lacks model_sha256"):
         policy.set_state(arrays, {})
     np.testing.assert_array_equal(policy.scores(req), serving)
@@ -492,8 +527,13 @@ def test_bad_requests_raise_validation_errors(name, rng):
     ok = request(rng)
     cases = [
         (policy, Request(ok.context, ok.items, ok.item_features), 7, 0.0, "cannot fill 7 slots from 6 candidates"),
-        (policy, Request(np.r_[np.nan, ok.context[1:]], ok.items, ok.item_features), 2, 0.0,
-         "context must be finite.*found nan at index 0"),
+        (
+            policy,
+            Request(np.r_[np.nan, ok.context[1:]], ok.items, ok.item_features),
+            2,
+            0.0,
+            "context must be finite.*found nan at index 0",
+        ),
         (policy, Request(ok.context, ok.items, np.full((N, N), 1e39)), 2, 0.0, "within float32 range"),
         (policy, Request(ok.context[None, :], ok.items, ok.item_features), 2, 0.0, "context must be 1-dimensional"),
         (policy, Request(ok.context, ok.items[:3], ok.item_features), 2, 0.0, "same length, got 3 and 6"),
@@ -525,11 +565,13 @@ def test_bad_updates_raise_and_learn_nothing(name, rng):
         (dict(weight=[1.0, -1.0, 1.0]), "weight must be finite and >= 0"),
     ]
     if name == "vw-ccb":
-        cases += [(dict(slot=[0, 2, 1]), r"must be slots 0..2 of one decision, got \[0, 2, 1\]"),
-                  (dict(slot=[1, 2, 3]), "slot must start each decision at 0"),
-                  (dict(slot=None), "groups rows into slates by slot"),
-                  (dict(pscore=draw.marginal, propensity=None), r"needs propensity=\(m,\)"),
-                  (dict(weight=[1.0, 0.0, 1.0]), "cannot skip one slot of a slate")]
+        cases += [
+            (dict(slot=[0, 2, 1]), r"must be slots 0..2 of one decision, got \[0, 2, 1\]"),
+            (dict(slot=[1, 2, 3]), "slot must start each decision at 0"),
+            (dict(slot=None), "groups rows into slates by slot"),
+            (dict(pscore=draw.marginal, propensity=None), r"needs propensity=\(m,\)"),
+            (dict(weight=[1.0, 0.0, 1.0]), "cannot skip one slot of a slate"),
+        ]
     for change, match in cases:
         with pytest.raises(ValidationError, match=match):
             policy.update(x, v, r, **{**base, **change})

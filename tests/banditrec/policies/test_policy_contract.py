@@ -156,10 +156,20 @@ def serve_rows(policy, rng: np.random.Generator, n_decisions: int = TRAIN_DECISI
         draw = policy.distribution(req, K, 0.05).sample(rng)
         v = req.item_features[draw.index]
         p_click = 1.0 / (1.0 + np.exp(-3.0 * (v @ TASTE.T @ req.context)))
-        parts.append(dict(
-            context=np.tile(req.context, (K, 1)), item_features=v, reward=(rng.random(K) < p_click).astype(float),
-            items=req.items[draw.index], pscore=draw.marginal, propensity=draw.propensity, slot=np.arange(K),
-            chosen=draw.index, candidates=[req.item_features] * K, weight=rng.uniform(1.0, 2.0, size=K)))
+        parts.append(
+            dict(
+                context=np.tile(req.context, (K, 1)),
+                item_features=v,
+                reward=(rng.random(K) < p_click).astype(float),
+                items=req.items[draw.index],
+                pscore=draw.marginal,
+                propensity=draw.propensity,
+                slot=np.arange(K),
+                chosen=draw.index,
+                candidates=[req.item_features] * K,
+                weight=rng.uniform(1.0, 2.0, size=K),
+            )
+        )
     cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k != "candidates"}
     return Rows(**cat, candidates=[c for p in parts for c in p["candidates"]])
 
@@ -167,9 +177,18 @@ def serve_rows(policy, rng: np.random.Generator, n_decisions: int = TRAIN_DECISI
 def learn(policy, rows: Rows, *, weighted: bool = False) -> None:
     """``policy.update`` on ``rows`` with everything the rows hold, through the one signature
     every policy has (each reads what it needs)."""
-    policy.update(rows.context, rows.item_features, rows.reward, items=rows.items, pscore=rows.pscore,
-                  propensity=rows.propensity, slot=rows.slot, candidates=rows.candidates, chosen=rows.chosen,
-                  weight=rows.weight if weighted else None)
+    policy.update(
+        rows.context,
+        rows.item_features,
+        rows.reward,
+        items=rows.items,
+        pscore=rows.pscore,
+        propensity=rows.propensity,
+        slot=rows.slot,
+        candidates=rows.candidates,
+        chosen=rows.chosen,
+        weight=rows.weight if weighted else None,
+    )
 
 
 def trained(name: str, seed: int = 0, **env):
@@ -247,8 +266,10 @@ def oracle_marginals(slates: np.ndarray, joint: np.ndarray, n: int) -> np.ndarra
 def assert_within(got: np.ndarray, want: np.ndarray, tol: np.ndarray, what: str) -> None:
     ratio = np.abs(got - want) / tol
     worst = np.unravel_index(ratio.argmax(), ratio.shape)
-    assert ratio[worst] <= 1.0, (f"{what}: cell {tuple(int(i) for i in worst)} is {got[worst]:.5f}, expected "
-                                 f"{want[worst]:.5f} within {tol[worst]:.5f}")
+    assert ratio[worst] <= 1.0, (
+        f"{what}: cell {tuple(int(i) for i in worst)} is {got[worst]:.5f}, expected "
+        f"{want[worst]:.5f} within {tol[worst]:.5f}"
+    )
 
 
 # ---- config, params, spec ----------------------------------------------------------------
@@ -264,8 +285,7 @@ def test_spec_round_trip_and_params_are_json(name):
     # params go into the decision log as JSON, and come back identical (types included)
     assert json.loads(json.dumps(policy.params)) == policy.params
     # non-default values, including the fields the spec leaves out while at their default
-    for variant in ("epsilon=0.1234567890123", "explore_from=1", "objective=margin,sensitivity=high",
-                    "max_per_type=2"):
+    for variant in ("epsilon=0.1234567890123", "explore_from=1", "objective=margin,sensitivity=high", "max_per_type=2"):
         keys = [kv.split("=")[0] for kv in variant.split(",")]
         try:
             p = build(name, f"{name}:{variant}")
@@ -316,8 +336,9 @@ def stream_twins(policy, count: int):
         return  # nothing learned, or a VW model file (its stream is seeded from the request)
     for j in range(1, count + 1):
         other = build(policy.name)
-        other.set_state({k: v * (1 + j * 1e-6) if np.asarray(v).dtype.kind == "f" else v
-                         for k, v in arrays.items()}, meta)
+        other.set_state(
+            {k: v * (1 + j * 1e-6) if np.asarray(v).dtype.kind == "f" else v for k, v in arrays.items()}, meta
+        )
         other.n_updates = policy.n_updates
         yield other
 
@@ -485,8 +506,14 @@ def test_every_policy_has_the_one_update_signature_and_declares_its_needs(name):
     assert type(policy).update is Policy.update
     assert set(policy.needs) <= set(OPTIONAL_INPUTS)
     rows = serve_rows(build(name), np.random.default_rng(10), n_decisions=2)
-    full = dict(items=rows.items, pscore=rows.pscore, propensity=rows.propensity, slot=rows.slot,
-                candidates=rows.candidates, chosen=rows.chosen)
+    full = dict(
+        items=rows.items,
+        pscore=rows.pscore,
+        propensity=rows.propensity,
+        slot=rows.slot,
+        candidates=rows.candidates,
+        chosen=rows.chosen,
+    )
     for need in sorted(policy.needs):
         with pytest.raises(ValidationError) as err:
             policy.update(rows.context, rows.item_features, rows.reward, **{**full, need: None})
@@ -505,9 +532,16 @@ def test_every_registered_policy_accepts_the_same_update_call():
     documented = inspect.signature(Policy.update)
     assert [p.name for p in documented.parameters.values() if p.kind is p.KEYWORD_ONLY] == list(OPTIONAL_INPUTS)
     rows = serve_rows(build(NAMES[0]), np.random.default_rng(13), n_decisions=2)
-    call = dict(items=rows.items, weight=rows.weight, pscore=rows.pscore, propensity=rows.propensity,
-                slot=rows.slot, candidates=rows.candidates, chosen=rows.chosen,
-                cold=np.zeros(len(rows.reward), dtype=bool))
+    call = dict(
+        items=rows.items,
+        weight=rows.weight,
+        pscore=rows.pscore,
+        propensity=rows.propensity,
+        slot=rows.slot,
+        candidates=rows.candidates,
+        chosen=rows.chosen,
+        cold=np.zeros(len(rows.reward), dtype=bool),
+    )
     assert set(call) == set(OPTIONAL_INPUTS)
     for name in NAMES:
         policy = build(name)
@@ -518,10 +552,13 @@ def test_every_registered_policy_accepts_the_same_update_call():
 def grown_env(extra: int) -> dict:
     """The environment of the catalog with ``extra`` items appended (old indices unchanged)."""
     rng = np.random.default_rng(77)
-    return {**ENV, "n_items": N_ITEMS + extra,
-            "popularity": np.r_[ENV["popularity"], np.zeros(extra)],
-            "item_types": np.r_[TYPES, rng.integers(0, TYPES.max() + 1, size=extra)],
-            "item_columns": {"margin": np.r_[ENV["item_columns"]["margin"], rng.uniform(1.0, 50.0, size=extra)]}}
+    return {
+        **ENV,
+        "n_items": N_ITEMS + extra,
+        "popularity": np.r_[ENV["popularity"], np.zeros(extra)],
+        "item_types": np.r_[TYPES, rng.integers(0, TYPES.max() + 1, size=extra)],
+        "item_columns": {"margin": np.r_[ENV["item_columns"]["margin"], rng.uniform(1.0, 50.0, size=extra)]},
+    }
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -547,15 +584,19 @@ def test_a_snapshot_from_a_smaller_catalog_restores_its_items_and_the_new_ones_s
     loaded = load(tmp_path / "small", **env)
     rng = np.random.default_rng(12)
     old = request(rng)
-    pair = Request(context=old.context, items=np.array([old_cold, N_ITEMS + 3]),
-                   item_features=np.tile(CATALOG[old_cold], (2, 1)))
+    pair = Request(
+        context=old.context, items=np.array([old_cold, N_ITEMS + 3]), item_features=np.tile(CATALOG[old_cold], (2, 1))
+    )
     for again in (restored, loaded):
         np.testing.assert_array_equal(again.scores(old), policy.scores(old))
         s = again.scores(pair)
         assert s[0] == s[1], f"new item {s[1]} vs old item never learned {s[0]}"
         again.distribution(pair, 2, 0.05).sample(np.random.default_rng(0))
-    far = Request(context=old.context, items=np.array([N_ITEMS + 500, N_ITEMS + 900]),
-                  item_features=np.tile(CATALOG[old_cold], (2, 1)))
+    far = Request(
+        context=old.context,
+        items=np.array([N_ITEMS + 500, N_ITEMS + 900]),
+        item_features=np.tile(CATALOG[old_cold], (2, 1)),
+    )
     try:
         s = build(name, **{k: v for k, v in ENV.items() if k not in ("item_types", "item_columns")}).scores(far)
     except ValidationError as exc:  # only a per-item business column may need the item listed
@@ -676,8 +717,12 @@ def test_diversity_cap_is_respected_or_refused(name):
         assert (joint[~feasible] == 0).all()
         np.testing.assert_allclose(joint[feasible].sum(), 1.0, rtol=0, atol=1e-6)
         exact = oracle_marginals(slates, joint, N)
-        assert_within(np.asarray(dist.marginals()), exact, mc_tol(dist, exact),
-                      f"capped marginals (floor {floor}) vs the enumeration")
+        assert_within(
+            np.asarray(dist.marginals()),
+            exact,
+            mc_tol(dist, exact),
+            f"capped marginals (floor {floor}) vs the enumeration",
+        )
 
 
 @pytest.mark.parametrize("name", each_policy("objective"))
@@ -721,15 +766,18 @@ def test_distributions_of_many_requests_equal_one_at_a_time(name):
     gen = np.random.default_rng(11)
     reqs = [request(gen, n) for n in (N, 5, N, 7)]
     tied = np.r_[np.arange(4), np.arange(4)]  # each item twice: exact ties in every score
-    reqs += [Request(context=gen.normal(size=DC), items=tied, item_features=CATALOG[tied]),
-             Request(context=np.zeros(DC), items=np.arange(N), item_features=CATALOG[:N])]
+    reqs += [
+        Request(context=gen.normal(size=DC), items=tied, item_features=CATALOG[tied]),
+        Request(context=np.zeros(DC), items=np.arange(N), item_features=CATALOG[:N]),
+    ]
     slots = [K, 2, 1, K, K, K]
     many = policy.distributions(reqs, slots, 0.05)
     assert len(many) == len(reqs)
     for i, (req, k, got) in enumerate(zip(reqs, slots, many)):
         want = policy.distribution(req, k, 0.05)
-        np.testing.assert_allclose(np.asarray(got.marginals()), np.asarray(want.marginals()), rtol=0, atol=1e-12,
-                                   err_msg=f"request {i}")
+        np.testing.assert_allclose(
+            np.asarray(got.marginals()), np.asarray(want.marginals()), rtol=0, atol=1e-12, err_msg=f"request {i}"
+        )
         for seed in range(3):
             a, b = got.sample(np.random.default_rng(seed)), want.sample(np.random.default_rng(seed))
             np.testing.assert_array_equal(a.index, b.index, err_msg=f"request {i}")

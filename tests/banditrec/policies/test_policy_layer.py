@@ -28,7 +28,9 @@ def test_objective_blend_is_the_documented_formula(rng, level):
     req = request(rng)
     s = plain.scores(req)
     w = SENSITIVITY[level]
-    expected = (1 - w) * (s - s.min()) / (s.max() - s.min()) + w * (margin - margin.min()) / (margin.max() - margin.min())
+    expected = (1 - w) * (s - s.min()) / (s.max() - s.min()) + w * (margin - margin.min()) / (
+        margin.max() - margin.min()
+    )
     got = blended.distribution(req, 3).scores
     np.testing.assert_allclose(got, expected, rtol=1e-12)
     # off leaves the policy's own scores untouched
@@ -40,9 +42,13 @@ def test_higher_sensitivity_shows_more_of_the_business_column(rng):
     margin = rng.uniform(0, 1, size=40)
     totals = []
     for level in ("off", "low", "medium", "high"):
-        p = make(f"popularity:epsilon=0.0,objective=margin,sensitivity={level}" if level != "off"
-                 else "popularity:epsilon=0.0", popularity=np.arange(40.0),
-                 item_columns={"margin": margin})
+        p = make(
+            f"popularity:epsilon=0.0,objective=margin,sensitivity={level}"
+            if level != "off"
+            else "popularity:epsilon=0.0",
+            popularity=np.arange(40.0),
+            item_columns={"margin": margin},
+        )
         total = 0.0
         r = np.random.default_rng(1)
         for _ in range(200):
@@ -58,8 +64,11 @@ def test_objective_errors_name_the_problem():
     with pytest.raises(ValidationError, match="objective 'royalty' is not an item column; known: margin"):
         make("popularity:objective=royalty,sensitivity=low", item_columns={"margin": np.ones(3)}, popularity=np.ones(3))
     with pytest.raises(ValidationError, match="sensitivity must be one of off, low, medium, high"):
-        make("popularity:objective=margin,sensitivity=extreme", item_columns={"margin": np.ones(3)},
-             popularity=np.ones(3))
+        make(
+            "popularity:objective=margin,sensitivity=extreme",
+            item_columns={"margin": np.ones(3)},
+            popularity=np.ones(3),
+        )
     with pytest.raises(ValidationError, match="sensitivity=low needs an objective column"):
         make("popularity:sensitivity=low", popularity=np.ones(3))
     with pytest.raises(ValidationError, match="uniform serves uniformly random slates"):

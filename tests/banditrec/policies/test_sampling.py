@@ -30,8 +30,9 @@ def enumerate_slates(dist, n, k):
 
 
 def brute_pmf(weights, eps, shown, k, types=None, cap=0):
-    elig = [a for a in range(len(weights)) if a not in shown
-            and (not cap or sum(types[s] == types[a] for s in shown) < cap)]
+    elig = [
+        a for a in range(len(weights)) if a not in shown and (not cap or sum(types[s] == types[a] for s in shown) < cap)
+    ]
     w = {a: weights[a] for a in elig}
     tot = sum(w.values())
     return {a: (1 - eps[k]) * (w[a] / tot if tot > 0 else 1 / len(elig)) + eps[k] / len(elig) for a in elig}
@@ -274,8 +275,16 @@ def test_bad_input_is_named(kwargs, match):
         SequentialSlate(**kwargs)
 
 
-@pytest.mark.parametrize("n,eps", [(200, [0.1] * 10), (5, [0.0, 1.0, 0.5, 0.3, 1.0]), (12, [0.9, 0.0, 0.01, 0.7]),
-                                   (1, [0.4]), (30, np.linspace(0.0, 1.0, 30))])
+@pytest.mark.parametrize(
+    "n,eps",
+    [
+        (200, [0.1] * 10),
+        (5, [0.0, 1.0, 0.5, 0.3, 1.0]),
+        (12, [0.9, 0.0, 0.01, 0.7]),
+        (1, [0.4]),
+        (30, np.linspace(0.0, 1.0, 30)),
+    ],
+)
 def test_untied_fast_sampler_equals_the_general_sampler_draw_for_draw(n, eps):
     """EpsilonGreedySlate.sample takes a shorter path when no scores tie; on the same stream
     it must serve what the tie-aware loop serves: same slate, propensities and marginals bit
@@ -343,9 +352,11 @@ def test_a_batch_of_slates_samples_what_one_at_a_time_would():
 
 def test_a_batch_with_other_slate_kinds_is_sampled_one_by_one_in_order():
     gen = np.random.default_rng(3)
-    dists = [EpsilonGreedySlate(gen.normal(size=20), [0.2] * 4),
-             PlackettLuceSlate(gen.uniform(0.1, 1.0, size=20), [0.1] * 3, draws=16),
-             EpsilonGreedySlate(gen.normal(size=20), [0.2] * 4)]
+    dists = [
+        EpsilonGreedySlate(gen.normal(size=20), [0.2] * 4),
+        PlackettLuceSlate(gen.uniform(0.1, 1.0, size=20), [0.1] * 3, draws=16),
+        EpsilonGreedySlate(gen.normal(size=20), [0.2] * 4),
+    ]
     a, b = np.random.default_rng(1), np.random.default_rng(1)
     _same_samples(sample_slates(dists, a), [d.sample(b) for d in dists])
     assert sample_slates([], a) == []

@@ -13,17 +13,26 @@ import math
 import pytest
 from flask import Flask
 from flask.json.provider import DefaultJSONProvider
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from banditrec.service import create_app, jsonio
 from tests.banditrec.service.test_service import assert_json_error
 
 # JSON values with the corners: non-ASCII and escaped text, big and negative integers,
 # every finite float including subnormals and -0.0
-scalars = (st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1)
-           | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20))
-values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=5)
-                      | st.dictionaries(st.text(max_size=8), inner, max_size=5), max_leaves=30)
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20)
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner, max_size=5),
+    max_leaves=30,
+)
 
 
 def same(a, b) -> bool:
@@ -46,8 +55,7 @@ def test_loads_parses_what_json_loads_parses(value, spaced):
     assert same(jsonio.loads(text.encode()), json.loads(text))
 
 
-@pytest.mark.parametrize("raw", [b'{"a": NaN}', b'[Infinity, -Infinity]', b'{"n": 1e400}',
-                                 b'"\\ud800"'])
+@pytest.mark.parametrize("raw", [b'{"a": NaN}', b"[Infinity, -Infinity]", b'{"n": 1e400}', b'"\\ud800"'])
 def test_what_orjson_refuses_is_parsed_as_json_loads_would(raw):
     assert same(jsonio.loads(raw), json.loads(raw))
 
@@ -58,10 +66,13 @@ def test_an_integer_beyond_64_bits_reads_as_the_nearest_float():
     assert got == [float(123456789012345678901234567890)] and type(got[0]) is float
 
 
-@pytest.mark.parametrize("path, body, field", [
-    ("/v1/decide", b'{"user_id": "u1", "slots": 123456789012345678901234567890}', "slots"),
-    ("/v1/reward", b'{"event_id": "EID", "reward": 1, "position": 123456789012345678901234567890}', "position"),
-])
+@pytest.mark.parametrize(
+    "path, body, field",
+    [
+        ("/v1/decide", b'{"user_id": "u1", "slots": 123456789012345678901234567890}', "slots"),
+        ("/v1/reward", b'{"event_id": "EID", "reward": 1, "position": 123456789012345678901234567890}', "position"),
+    ],
+)
 def test_a_huge_integer_field_is_refused_by_name(engine, path, body, field):
     client = create_app(engine).test_client()
     event_id = client.post("/v1/decide", json={"user_id": "u1", "slots": 2}).get_json()["event_id"]
@@ -88,8 +99,9 @@ def apps():
 
 
 @settings(max_examples=300, deadline=None)
-@given(values | st.dictionaries(st.integers(-5, 5), st.integers(), max_size=3)
-       | st.lists(st.floats(), max_size=4))  # NaN and infinities: written as the default does
+@given(
+    values | st.dictionaries(st.integers(-5, 5), st.integers(), max_size=3) | st.lists(st.floats(), max_size=4)
+)  # NaN and infinities: written as the default does
 def test_responses_decode_to_what_the_default_provider_writes(value):
     fast, slow = apps()
     with fast.app_context():
@@ -106,9 +118,15 @@ class Point:
     when: datetime.date
 
 
-@pytest.mark.parametrize("value", [{"when": datetime.date(2026, 11, 23)},  # an HTTP date in Flask
-                                   {"when": datetime.datetime(2026, 11, 23, 18, 0, 5)},
-                                   [Point(0.5, datetime.date(2026, 1, 2))], {"amount": decimal.Decimal("1.10")}])
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"when": datetime.date(2026, 11, 23)},  # an HTTP date in Flask
+        {"when": datetime.datetime(2026, 11, 23, 18, 0, 5)},
+        [Point(0.5, datetime.date(2026, 1, 2))],
+        {"amount": decimal.Decimal("1.10")},
+    ],
+)
 def test_types_orjson_writes_differently_go_through_the_default(value):
     fast, slow = apps()
     with fast.app_context():

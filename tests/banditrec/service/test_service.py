@@ -9,7 +9,8 @@ import urllib.error
 import urllib.request
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from werkzeug.serving import make_server
 
 from banditrec.service import create_app
@@ -96,7 +97,13 @@ def test_decide_happy_path_returns_slate_and_logs_it(engine, client):
     ).fetchone()
     assert row is not None
     user_id, policy, model_version, n_slots, candidates, context, joint, surface = row
-    assert (user_id, policy, model_version, n_slots, surface) == ("u3", body["policy"], body["model_version"], 4, "home")
+    assert (user_id, policy, model_version, n_slots, surface) == (
+        "u3",
+        body["policy"],
+        body["model_version"],
+        4,
+        "home",
+    )
     logged_candidates = json.loads(candidates)
     assert set(items) <= set(logged_candidates)
     assert json.loads(context) == CONTEXT
@@ -190,9 +197,7 @@ MALFORMED_DECIDE = [
 ]
 
 
-@pytest.mark.parametrize(
-    "raw, field", [pytest.param(raw, field, id=name) for name, raw, field in MALFORMED_DECIDE]
-)
+@pytest.mark.parametrize("raw, field", [pytest.param(raw, field, id=name) for name, raw, field in MALFORMED_DECIDE])
 def test_malformed_decide_is_a_json_400_and_logs_nothing(engine, client, raw, field):
     decide(client)  # the log is live: one decision before the bad request
     before = (engine.log.count("decisions"), engine.log.count("slots"))
@@ -321,13 +326,10 @@ def test_logged_decisions_join_rewards_to_slots(engine, client):
 
 
 # ---- 5. property: first value per key wins ---------------------------------------------------
-POSTS = st.lists(
-    st.tuples(st.integers(0, 1), st.integers(0, 3), st.sampled_from([0.0, 1.0])), min_size=1, max_size=25
-)
+POSTS = st.lists(st.tuples(st.integers(0, 1), st.integers(0, 3), st.sampled_from([0.0, 1.0])), min_size=1, max_size=25)
 
 
-@settings(max_examples=40, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(posts=POSTS)
 def test_rewards_keep_the_first_value_per_key(small_shop, posts):
     eng = make_engine(small_shop)

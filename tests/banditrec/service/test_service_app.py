@@ -10,15 +10,21 @@ import re
 import numpy as np
 import pytest
 
-from studies.coverage import policy_env
 from banditrec.learner import Learner, Refresh
 from banditrec.policies import make
 from banditrec.service import ServiceConfig, create_app
-from banditrec.service.schemas import (BatchDecideResponse, DecideResponse, EventResponse, HealthResponse,
-                                       ModelsResponse, ReloadResponse)
+from banditrec.service.schemas import (
+    BatchDecideResponse,
+    DecideResponse,
+    EventResponse,
+    HealthResponse,
+    ModelsResponse,
+    ReloadResponse,
+)
 from banditrec.store import DecisionLog
-from tests.helpers import make_engine
+from studies.coverage import policy_env
 from tests.banditrec.service.test_service import assert_json_error
+from tests.helpers import make_engine
 
 TOKEN = "t" * 20 + "-secret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -53,8 +59,9 @@ def test_batch_with_one_bad_request_logs_nothing_and_names_it(engine, client):
     assert "nope" in err["message"]
     assert engine.log.count("decisions") == 0
     # a schema error inside the list is named by its index too
-    assert_json_error(client.post("/v1/decide/batch", json={"requests": [{"user_id": "u", "slots": 0}]}), 400,
-                      "requests.0.slots")
+    assert_json_error(
+        client.post("/v1/decide/batch", json={"requests": [{"user_id": "u", "slots": 0}]}), 400, "requests.0.slots"
+    )
 
 
 def test_batch_size_is_capped_by_the_config(engine):
@@ -80,8 +87,13 @@ def chunked(client, path: str, body: bytes):
     server terminates (``wsgi.input_terminated``, as gunicorn sets)."""
     import io
 
-    return client.post(path, input_stream=io.BytesIO(body), content_type="application/json",
-                       headers={"Transfer-Encoding": "chunked"}, environ_overrides={"wsgi.input_terminated": True})
+    return client.post(
+        path,
+        input_stream=io.BytesIO(body),
+        content_type="application/json",
+        headers={"Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
 
 
 def issue_body(limit: int) -> bytes:
@@ -96,13 +108,12 @@ def test_a_chunked_body_over_the_limit_is_a_413_not_cut_and_parsed(engine):
     client = create_app(engine).test_client()
     limit = 1 << 20
     assert_json_error(chunked(client, "/v1/decide", issue_body(limit)), 413, "body")
-    assert_json_error(client.post("/v1/decide", data=issue_body(limit), content_type="application/json"), 413,
-                      "body")
+    assert_json_error(client.post("/v1/decide", data=issue_body(limit), content_type="application/json"), 413, "body")
     assert engine.log.count("decisions") == 0
     # at the limit exactly, and below it, chunked bodies are read whole
     assert chunked(client, "/v1/decide", issue_body(limit)[:limit]).status_code == 200
     assert chunked(client, "/v1/decide", b'{"user_id":"u","slots":2}').status_code == 200
-    assert_json_error(chunked(client, "/v1/decide", issue_body(limit)[:limit + 1]), 413, "body")
+    assert_json_error(chunked(client, "/v1/decide", issue_body(limit)[: limit + 1]), 413, "body")
     assert engine.log.count("decisions") == 2
 
 
@@ -141,12 +152,15 @@ def test_cart_add_changes_the_next_decisions_candidates_to_its_complements(engin
 
 
 def test_events_are_validated_and_logged(engine, client):
-    assert_json_error(client.post("/v1/events", json={"user_id": "u", "item_id": "i1", "kind": "like"}), 400,
-                      "kind")
-    assert_json_error(client.post("/v1/events", json={"user_id": "u", "item_id": "i1", "kind": "view",
-                                                      "ts": -5}), 400, "ts")
-    assert_json_error(client.post("/v1/events", json={"user_id": "u", "item_id": "i1", "kind": "view",
-                                                      "event_id": "0" * 32}), 404, "event_id")
+    assert_json_error(client.post("/v1/events", json={"user_id": "u", "item_id": "i1", "kind": "like"}), 400, "kind")
+    assert_json_error(
+        client.post("/v1/events", json={"user_id": "u", "item_id": "i1", "kind": "view", "ts": -5}), 400, "ts"
+    )
+    assert_json_error(
+        client.post("/v1/events", json={"user_id": "u", "item_id": "i1", "kind": "view", "event_id": "0" * 32}),
+        404,
+        "event_id",
+    )
     assert_json_error(client.post("/v1/events", json={"item_id": "i1", "kind": "view"}), 400, "user_id")
     assert engine.log.count("events") == 0
     ok = client.post("/v1/events", json={"user_id": "u", "item_id": "i1", "kind": "purchase", "ts": 1.5})
@@ -160,15 +174,21 @@ def test_write_and_admin_routes_need_the_token(engine):
     client = create_app(engine, settings=ServiceConfig(token=TOKEN)).test_client()
     event_id = client.post("/v1/decide", json={"user_id": "u3", "slots": 2}).get_json()["event_id"]  # open
     reward = {"event_id": event_id, "position": 0, "reward": 1}
-    for headers in ({}, {"Authorization": "Bearer wrong-token-of-some-length"}, {"Authorization": TOKEN},
-                    {"Authorization": "Basic " + TOKEN}, {"Authorization": f"Bearer {TOKEN}x"}):
+    for headers in (
+        {},
+        {"Authorization": "Bearer wrong-token-of-some-length"},
+        {"Authorization": TOKEN},
+        {"Authorization": "Basic " + TOKEN},
+        {"Authorization": f"Bearer {TOKEN}x"},
+    ):
         resp = client.post("/v1/reward", json=reward, headers=headers)
         assert_json_error(resp, 401, "Authorization")
         assert resp.headers["WWW-Authenticate"].startswith("Bearer")
     assert engine.log.count("rewards") == 0
     assert client.post("/v1/reward", json=reward, headers=AUTH).get_json()["status"] == "recorded"
-    assert_json_error(client.post("/v1/events", json={"user_id": "u", "item_id": "i1", "kind": "view"}), 401,
-                      "Authorization")
+    assert_json_error(
+        client.post("/v1/events", json={"user_id": "u", "item_id": "i1", "kind": "view"}), 401, "Authorization"
+    )
     assert_json_error(client.get("/v1/models"), 401, "Authorization")
     assert_json_error(client.post("/v1/models/reload"), 401, "Authorization")
     assert client.get("/v1/models", headers=AUTH).status_code == 200
@@ -179,16 +199,18 @@ def test_write_and_admin_routes_need_the_token(engine):
 def test_decide_auth_is_configurable(engine):
     client = create_app(engine, settings=ServiceConfig(token=TOKEN, decide_requires_auth=True)).test_client()
     assert_json_error(client.post("/v1/decide", json={"user_id": "u3", "slots": 2}), 401, "Authorization")
-    assert_json_error(client.post("/v1/decide/batch", json={"requests": [{"user_id": "u3", "slots": 2}]}), 401,
-                      "Authorization")
+    assert_json_error(
+        client.post("/v1/decide/batch", json={"requests": [{"user_id": "u3", "slots": 2}]}), 401, "Authorization"
+    )
     assert engine.log.count("decisions") == 0
     assert client.post("/v1/decide", json={"user_id": "u3", "slots": 2}, headers=AUTH).status_code == 200
 
 
 def test_config_from_env_reads_token_file_and_limits(tmp_path):
     (tmp_path / "tok").write_text(TOKEN + "\n")
-    cfg = ServiceConfig.from_env({"BANDITREC_API_TOKEN_FILE": str(tmp_path / "tok"), "BANDITREC_BATCH_MAX": "7",
-                                  "BANDITREC_DECIDE_AUTH": "1"})
+    cfg = ServiceConfig.from_env(
+        {"BANDITREC_API_TOKEN_FILE": str(tmp_path / "tok"), "BANDITREC_BATCH_MAX": "7", "BANDITREC_DECIDE_AUTH": "1"}
+    )
     assert (cfg.token, cfg.batch_max, cfg.decide_requires_auth) == (TOKEN, 7, True)
     assert ServiceConfig.from_env({"BANDITREC_API_TOKEN": "x" * 16}).token == "x" * 16
     with pytest.raises(ValueError, match="BANDITREC_BATCH_MAX"):
@@ -210,8 +232,9 @@ def test_an_empty_blank_or_short_token_file_is_refused(tmp_path, content):
 
 
 @pytest.mark.parametrize("content", ["", "  \n", "abc"])
-def test_banditrec_serve_refuses_an_empty_or_short_token_file_before_starting(tmp_path, monkeypatch, content,
-                                                                              sim_shop_dir):
+def test_banditrec_serve_refuses_an_empty_or_short_token_file_before_starting(
+    tmp_path, monkeypatch, content, sim_shop_dir
+):
     """`banditrec serve --token-file F` with F empty, blank or short: a usage error and a
     non-zero exit, and no server is started (gunicorn is never exec'ed)."""
     from click.testing import CliRunner
@@ -222,13 +245,26 @@ def test_banditrec_serve_refuses_an_empty_or_short_token_file_before_starting(tm
     monkeypatch.setattr(cli.os, "execvpe", lambda *a: started.append(a))
     monkeypatch.delenv("BANDITREC_API_TOKEN", raising=False)
     (tmp_path / "tok").write_text(content)
-    result = CliRunner().invoke(cli.main, ["serve", "--shop", str(sim_shop_dir), "--token-file", str(tmp_path / "tok"),
-                                           "--db", str(tmp_path / "log.db")])
+    result = CliRunner().invoke(
+        cli.main,
+        ["serve", "--shop", str(sim_shop_dir), "--token-file", str(tmp_path / "tok"), "--db", str(tmp_path / "log.db")],
+    )
     assert result.exit_code != 0 and not started, (result.exit_code, result.output, started)
     assert "token" in result.output and str(tmp_path / "tok") in result.output
     (tmp_path / "tok").write_text(TOKEN + "\n")
-    result = CliRunner().invoke(cli.main, ["serve", "--shop", str(sim_shop_dir), "--token-file", str(tmp_path / "tok"),
-                                           "--db", str(tmp_path / "log.db"), "--durable"])
+    result = CliRunner().invoke(
+        cli.main,
+        [
+            "serve",
+            "--shop",
+            str(sim_shop_dir),
+            "--token-file",
+            str(tmp_path / "tok"),
+            "--db",
+            str(tmp_path / "log.db"),
+            "--durable",
+        ],
+    )
     assert result.exit_code == 0 and started[0][2]["BANDITREC_API_TOKEN"] == TOKEN, result.output
     assert started[0][2]["BANDITREC_DURABLE"] == "1"
 
@@ -258,8 +294,7 @@ def metric(text: str, name: str, **labels) -> float:
 
 
 def test_metrics_count_requests_decisions_rewards_and_exploration(engine, client):
-    ids = [client.post("/v1/decide", json={"user_id": f"u{i}", "slots": 4}).get_json()["event_id"]
-           for i in range(30)]
+    ids = [client.post("/v1/decide", json={"user_id": f"u{i}", "slots": 4}).get_json()["event_id"] for i in range(30)]
     client.post("/v1/decide", json={"user_id": "u1", "slots": 0})  # a 400
     client.post("/v1/reward", json={"event_id": ids[0], "position": 1, "reward": 1})
     client.post("/v1/reward", json={"event_id": ids[0], "position": 1, "reward": 1})
@@ -277,8 +312,7 @@ def test_metrics_count_requests_decisions_rewards_and_exploration(engine, client
     assert metric(text, "banditrec_rewards_total", status="duplicate") == 1
     assert metric(text, "banditrec_model_info", policy="linucb", version=engine.model_version) == 1
     # the exploration share is the logged slots' share with conditional propensity < 0.5
-    (explored, total) = engine.log.db.execute(
-        "SELECT sum(propensity < 0.5), count(*) FROM slots").fetchone()
+    (explored, total) = engine.log.db.execute("SELECT sum(propensity < 0.5), count(*) FROM slots").fetchone()
     assert total == 126
     assert metric(text, "banditrec_exploration_share") == pytest.approx(explored / total)
     assert 0 < explored < total
@@ -288,13 +322,19 @@ def test_metrics_count_requests_decisions_rewards_and_exploration(engine, client
 def test_openapi_documents_every_route_with_the_models_that_validate_it(engine, client):
     doc = client.get("/openapi.json").get_json()
     app = create_app(engine)
-    served = {(r.rule, m.lower()) for r in app.url_map.iter_rules() if r.endpoint != "static"
-              for m in r.methods - {"HEAD", "OPTIONS"}}
+    served = {
+        (r.rule, m.lower())
+        for r in app.url_map.iter_rules()
+        if r.endpoint != "static"
+        for m in r.methods - {"HEAD", "OPTIONS"}
+    }
     documented = {(p, m) for p, ops in doc["paths"].items() for m in ops}
     assert documented == served
     schemas = doc["components"]["schemas"]
     decide = doc["paths"]["/v1/decide"]["post"]
-    assert decide["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/DecideRequest"}
+    assert decide["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/DecideRequest"
+    }
     assert set(schemas["DecideRequest"]["required"]) == {"user_id", "slots"}
     assert schemas["DecideRequest"]["additionalProperties"] is False
     assert schemas["EventRequest"]["properties"]["kind"]["enum"] == ["view", "cart", "purchase"]
@@ -308,8 +348,11 @@ def test_openapi_documents_every_route_with_the_models_that_validate_it(engine, 
     assert ModelsResponse.model_validate(client.get("/v1/models").get_json())
 
 
-VALID = {"/v1/decide": {"user_id": "u3", "slots": 2}, "/v1/decide/batch": {"requests": [{"user_id": "u3", "slots": 2}]},
-         "/v1/events": {"user_id": "u3", "item_id": "i1", "kind": "view"}}
+VALID = {
+    "/v1/decide": {"user_id": "u3", "slots": 2},
+    "/v1/decide/batch": {"requests": [{"user_id": "u3", "slots": 2}]},
+    "/v1/events": {"user_id": "u3", "item_id": "i1", "kind": "view"},
+}
 
 
 @pytest.mark.parametrize("token, decide_auth", [(None, False), (TOKEN, False), (TOKEN, True)])
@@ -342,20 +385,23 @@ def test_openapi_says_what_the_app_enforces(engine, token, decide_auth):
     bound = schemas["RewardRequest"]["properties"]["reward"]
     assert (bound["minimum"], bound["maximum"]) == (-1e12, 1e12)
     for kind, value, status in (("a", 1e12, 200), ("b", -1e12, 200), ("c", 1.000001e12, 400), ("d", -1.000001e12, 400)):
-        resp = client.post("/v1/reward", json={"event_id": event_id, "position": 1, "kind": kind,
-                                               "reward": value}, headers=AUTH)
+        resp = client.post(
+            "/v1/reward", json={"event_id": event_id, "position": 1, "kind": kind, "reward": value}, headers=AUTH
+        )
         assert resp.status_code == status, (value, resp.get_json())
         if status == 400:
             assert_json_error(resp, 400, "reward")
     # the configured batch size and the engine's context length
     assert schemas["BatchDecideRequest"]["properties"]["requests"]["maxItems"] == 3
-    assert_json_error(client.post("/v1/decide/batch", json={"requests": [VALID["/v1/decide"]] * 4}, headers=AUTH),
-                      400, "requests")
+    assert_json_error(
+        client.post("/v1/decide/batch", json={"requests": [VALID["/v1/decide"]] * 4}, headers=AUTH), 400, "requests"
+    )
     context = schemas["DecideRequest"]["properties"]["context"]["anyOf"][0]
     assert context["minItems"] == context["maxItems"] == engine.context_dim
     for n in (engine.context_dim - 1, engine.context_dim + 1):
-        assert_json_error(client.post("/v1/decide", json={**VALID["/v1/decide"], "context": [0.0] * n}, headers=AUTH),
-                          400, "context")
+        assert_json_error(
+            client.post("/v1/decide", json={**VALID["/v1/decide"], "context": [0.0] * n}, headers=AUTH), 400, "context"
+        )
     # reload with no snapshot directory, or nothing published: a documented 400
     assert "400" in doc["paths"]["/v1/models/reload"]["post"]["responses"]
     assert_json_error(client.post("/v1/models/reload", headers=AUTH), 400, "snapshot")
@@ -382,10 +428,18 @@ def served(small_shop, tmp_path, window=5.0, reload_check_ms=0):
     engine.log.close()
     engine.log, engine.clock = log, clock
     env = policy_env(small_shop, engine.cf)
-    app = create_app(engine, settings=ServiceConfig(snapshots=str(tmp_path / "snap"), reload_check_ms=reload_check_ms),
-                     policy_env=env)
-    learner = Learner(DecisionLog(tmp_path / "log.db", reward_window_s=window), make(SPEC, **env),
-                      small_shop.catalog.features, tmp_path / "snap", clock=clock)
+    app = create_app(
+        engine,
+        settings=ServiceConfig(snapshots=str(tmp_path / "snap"), reload_check_ms=reload_check_ms),
+        policy_env=env,
+    )
+    learner = Learner(
+        DecisionLog(tmp_path / "log.db", reward_window_s=window),
+        make(SPEC, **env),
+        small_shop.catalog.features,
+        tmp_path / "snap",
+        clock=clock,
+    )
     return engine, app.test_client(), learner, clock
 
 
@@ -565,8 +619,10 @@ def test_the_watcher_thread_reloads_without_requests_and_moves_the_model_gauge(s
             assert time.monotonic() < deadline, "the watcher thread did not reload in 10 s"
             time.sleep(0.01)
         registry = app.extensions["banditrec.metrics"].registry
-        gauge = [registry.get_sample_value("banditrec_model_info", {"policy": engine.policy.name, "version": v})
-                 for v in (v0, out.version)]
+        gauge = [
+            registry.get_sample_value("banditrec_model_info", {"policy": engine.policy.name, "version": v})
+            for v in (v0, out.version)
+        ]
         assert gauge == [0.0, 1.0]
     finally:
         watcher.stop(timeout=5)
@@ -583,8 +639,14 @@ def test_learner_resumes_from_its_pointer(make_log, small_shop, tmp_path):
     clock.t = 100.0
     out = learner.step()
     env = policy_env(small_shop, engine.cf)
-    again = Learner.resume(make_log(tmp_path / "log.db", reward_window_s=5.0), lambda: make(SPEC, **env),
-                           small_shop.catalog.features, tmp_path / "snap", env, clock=clock)
+    again = Learner.resume(
+        make_log(tmp_path / "log.db", reward_window_s=5.0),
+        lambda: make(SPEC, **env),
+        small_shop.catalog.features,
+        tmp_path / "snap",
+        env,
+        clock=clock,
+    )
     assert (again.learned_seq, again.version, again.policy.n_updates) == (3, out.version, 1)
     assert again.step() is None  # nothing new: nothing learned twice
 
@@ -595,8 +657,9 @@ def test_closed_until_seq_never_skips_an_open_decision(make_log, tmp_path):
 
     log = make_log(tmp_path / "log.db", reward_window_s=10.0)
     for event_id, ts in (("a", 5.0), ("b", 1.0), ("c", 2.0)):
-        log.write_decision(decision(event_id, ts), policy_params={}, candidate_index=[0, 1, 2], slot_index=[0, 1],
-                           context=[0.0])
+        log.write_decision(
+            decision(event_id, ts), policy_params={}, candidate_index=[0, 1, 2], slot_index=[0, 1], context=[0.0]
+        )
     assert log.closed_until_seq(after_seq=0, closed_before=12.0) == 0  # a (seq 1) is open at 12
     assert log.closed_until_seq(after_seq=0, closed_before=15.0) == 3
     assert log.closed_until_seq(after_seq=3, closed_before=15.0) == 3

@@ -18,12 +18,19 @@ from collections import Counter
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
-from schemathesis.checks import (content_type_conformance, ignored_auth, negative_data_rejection,
-                                 not_a_server_error, response_headers_conformance, response_schema_conformance,
-                                 status_code_conformance)
+from schemathesis.checks import (
+    content_type_conformance,
+    ignored_auth,
+    negative_data_rejection,
+    not_a_server_error,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from banditrec.service import ServiceConfig, create_app
 from tests.helpers import make_engine
@@ -44,8 +51,16 @@ def errors_name_a_field(ctx, response, case):
     return None
 
 
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
-          response_schema_conformance, negative_data_rejection, ignored_auth, errors_name_a_field]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    negative_data_rejection,
+    ignored_auth,
+    errors_name_a_field,
+]
 
 
 def realistic(case, pick: int, event_ids: list[str], item_ids: list[str]) -> None:
@@ -81,8 +96,14 @@ def fuzz(schema, name: str, *, headers: dict, event_ids, item_ids, call_kw=None)
     for result in schema.get_all_operations():
         op = result.ok()
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-            @settings(max_examples=EXAMPLES, derandomize=True, database=None, deadline=None,
-                      suppress_health_check=list(HealthCheck))
+
+            @settings(
+                max_examples=EXAMPLES,
+                derandomize=True,
+                database=None,
+                deadline=None,
+                suppress_health_check=list(HealthCheck),
+            )
             @given(case=op.as_strategy(generation_mode=mode), pick=st.integers(0, 2**16))
             def run(case, pick):
                 if mode is GenerationMode.POSITIVE:
@@ -116,8 +137,9 @@ def app_and_ids(small_shop):
         engine = make_engine(small_shop)
         app = create_app(engine, settings=settings)
         client = app.test_client()
-        event_ids = [client.post("/v1/decide", json={"user_id": f"f{i}", "slots": 2}).get_json()["event_id"]
-                     for i in range(4)]
+        event_ids = [
+            client.post("/v1/decide", json={"user_id": f"f{i}", "slots": 2}).get_json()["event_id"] for i in range(4)
+        ]
         return app, event_ids, list(engine.items.ids)
 
     return build
@@ -140,20 +162,27 @@ def test_fuzz_the_wsgi_app_from_its_openapi_document(app_and_ids, auth):
 def test_fuzz_a_real_server_with_auth_on_every_route(tmp_path, sim_shop_dir):
     """``--decide-auth``: every route but the ops ones needs the token; through HTTP on 127.0.0.1,
     serving a shop directory (named context fields)."""
-    from tests.banditrec.service.test_service_server import TOKEN as SERVER_TOKEN, Client, server_env
-
     from banditrec.service.runner import GunicornServer
     from banditrec.shop import Shop
+    from tests.banditrec.service.test_service_server import TOKEN as SERVER_TOKEN
+    from tests.banditrec.service.test_service_server import Client, server_env
 
     env = server_env(tmp_path, sim_shop_dir, BANDITREC_DECIDE_AUTH=1, BANDITREC_BATCH_MAX=8)
     with GunicornServer(env, workers=1, log=tmp_path / "gunicorn.log") as srv:
         client = Client(srv)
-        event_ids = [client.call("POST", "/v1/decide", {"user_id": f"f{i}", "slots": 2})[2]["event_id"]
-                     for i in range(4)]
+        event_ids = [
+            client.call("POST", "/v1/decide", {"user_id": f"f{i}", "slots": 2})[2]["event_id"] for i in range(4)
+        ]
         item_ids = list(Shop(sim_shop_dir).items.ids)  # the served shop's catalog
         schema = schemathesis.openapi.from_url(f"{srv.base}/openapi.json")
-        seen = fuzz(schema, "gunicorn, auth on every route", headers={"Authorization": f"Bearer {SERVER_TOKEN}"},
-                    event_ids=event_ids, item_ids=item_ids, call_kw={"base_url": srv.base, "timeout": 10})
+        seen = fuzz(
+            schema,
+            "gunicorn, auth on every route",
+            headers={"Authorization": f"Bearer {SERVER_TOKEN}"},
+            event_ids=event_ids,
+            item_ids=item_ids,
+            call_kw={"base_url": srv.base, "timeout": 10},
+        )
         client.close()
         log = srv.log_text()
     assert_reached(seen)
@@ -166,5 +195,7 @@ def teardown_module(module):
         codes = Counter()
         for (_, _, status), n in seen.items():
             codes[status] += n
-        print(f"\nschemathesis fuzz ({name}): {sum(seen.values())} requests, statuses {dict(sorted(codes.items()))}",
-              file=sys.stderr)
+        print(
+            f"\nschemathesis fuzz ({name}): {sum(seen.values())} requests, statuses {dict(sorted(codes.items()))}",
+            file=sys.stderr,
+        )

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import ROOT_DIR
 from banditrec.service.runner import GunicornServer
+from tests.helpers import ROOT_DIR
 
 TOKEN = "server-test-token-0123456789"
 LOAD_SECONDS = float(os.environ.get("BANDITREC_LOAD_SECONDS", "60"))
@@ -33,9 +33,15 @@ ROOT = ROOT_DIR
 
 
 def server_env(tmp: Path, shop: Path, **extra) -> dict:
-    return {"BANDITREC_DB": tmp / "log.db", "BANDITREC_SHOP": shop, "BANDITREC_API_TOKEN": TOKEN,
-            "BANDITREC_SNAPSHOTS": tmp / "snap", "BANDITREC_RELOAD_CHECK_MS": 200,
-            "BANDITREC_REWARD_WINDOW_S": 1, **extra}
+    return {
+        "BANDITREC_DB": tmp / "log.db",
+        "BANDITREC_SHOP": shop,
+        "BANDITREC_API_TOKEN": TOKEN,
+        "BANDITREC_SNAPSHOTS": tmp / "snap",
+        "BANDITREC_RELOAD_CHECK_MS": 200,
+        "BANDITREC_REWARD_WINDOW_S": 1,
+        **extra,
+    }
 
 
 @pytest.fixture
@@ -93,9 +99,26 @@ class Client:
 
 def learn_once(tmp: Path, shop: Path, window: float = 1.0) -> str:
     out = subprocess.run(
-        [sys.executable, "-m", "banditrec.cli", "learn", "--shop", str(shop), "--db", str(tmp / "log.db"), "--snapshots",
-         str(tmp / "snap"), "--reward-window", str(window), "--once"],
-        capture_output=True, text=True, timeout=120, cwd=ROOT)
+        [
+            sys.executable,
+            "-m",
+            "banditrec.cli",
+            "learn",
+            "--shop",
+            str(shop),
+            "--db",
+            str(tmp / "log.db"),
+            "--snapshots",
+            str(tmp / "snap"),
+            "--reward-window",
+            str(window),
+            "--once",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert out.returncode == 0, out.stderr
     return out.stdout
 
@@ -114,13 +137,15 @@ def test_decide_reward_learn_reload_end_to_end(start_server, tmp_path, sim_shop_
     assert (status, v0) == (200, "linucb-0")
     event_ids = []
     for i in range(30):
-        status, _, body = c.call("POST", "/v1/decide", {"user_id": f"c{i % 7}", "slots": 4,
-                                                         "context": {"device": "mobile"}})
+        status, _, body = c.call(
+            "POST", "/v1/decide", {"user_id": f"c{i % 7}", "slots": 4, "context": {"device": "mobile"}}
+        )
         assert status == 200, body
         assert body["model_version"] == v0
         event_ids.append(body["event_id"])
-        status, _, r = c.call("POST", "/v1/reward", {"event_id": body["event_id"], "position": 0,
-                                                    "reward": float(i % 2)})
+        status, _, r = c.call(
+            "POST", "/v1/reward", {"event_id": body["event_id"], "position": 0, "reward": float(i % 2)}
+        )
         assert (status, r["status"]) == (200, "recorded")
     time.sleep(1.2)  # the 1 s reward window closes
     out = learn_once(tmp_path, sim_shop_dir)
@@ -159,9 +184,13 @@ def test_decide_reward_learn_reload_end_to_end(start_server, tmp_path, sim_shop_
     assert c.call("POST", "/v1/events", {"user_id": "brand-new", "item_id": item, "kind": "cart"})[0] == 200
     second = Client(srv).call("POST", "/v1/decide", {"user_id": "brand-new", "slots": 3})[2]
     with open_db(tmp_path / "log.db") as db:
-        cands = {e: json.loads(t) for e, t in db.execute(
-            "SELECT event_id, candidates FROM decisions WHERE event_id IN (?, ?)",
-            (first["event_id"], second["event_id"]))}
+        cands = {
+            e: json.loads(t)
+            for e, t in db.execute(
+                "SELECT event_id, candidates FROM decisions WHERE event_id IN (?, ?)",
+                (first["event_id"], second["event_id"]),
+            )
+        }
         builds = {b for (b,) in db.execute("SELECT DISTINCT shop_build FROM decisions")}
     assert cands[first["event_id"]] != cands[second["event_id"]]
     assert item not in cands[second["event_id"]] and best in cands[second["event_id"]]
@@ -173,7 +202,7 @@ def per_worker_info(text: str, gauge: str, label: str) -> dict[str, str]:
     """pid -> ``label`` of the live series of a per-worker info ``gauge`` in a /metrics scrape."""
     out = {}
     for line in text.splitlines():
-        m = re.match(rf'^{gauge}\{{(.*)\}} (\S+)$', line)
+        m = re.match(rf"^{gauge}\{{(.*)\}} (\S+)$", line)
         if m and float(m.group(2)) == 1.0:
             labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
             out[labels["pid"]] = labels[label]
@@ -221,8 +250,9 @@ def test_a_corrupt_snapshot_is_refused_by_the_running_server(start_server, tmp_p
     manifest = json.loads((tmp_path / "snap" / pointer["manifest"]).read_text())
     manifest["payload"] = "damaged.npz"
     (tmp_path / "snap" / "damaged.json").write_text(json.dumps(manifest))
-    (tmp_path / "snap" / "CURRENT.json").write_text(json.dumps({**pointer, "version": "evil-1",
-                                                                "manifest": "damaged.json"}))
+    (tmp_path / "snap" / "CURRENT.json").write_text(
+        json.dumps({**pointer, "version": "evil-1", "manifest": "damaged.json"})
+    )
     status, _, err = c.call("POST", "/v1/models/reload")
     assert status == 400 and err["error"]["fields"][0]["field"] == "snapshot", err
     # both workers have met the damaged pointer (each refuses it, and logs which process did)
@@ -241,8 +271,13 @@ def chunked_post(srv, path: str, body: bytes, piece: int = 1 << 16):
     """POST ``body`` with ``Transfer-Encoding: chunked`` (no Content-Length): ``(status, JSON)``."""
     conn = http.client.HTTPConnection(srv.host, srv.port, timeout=30)
     try:
-        conn.request("POST", path, body=(body[i:i + piece] for i in range(0, len(body), piece)),
-                     headers={"Content-Type": "application/json"}, encode_chunked=True)
+        conn.request(
+            "POST",
+            path,
+            body=(body[i : i + piece] for i in range(0, len(body), piece)),
+            headers={"Content-Type": "application/json"},
+            encode_chunked=True,
+        )
         resp = conn.getresponse()
         return resp.status, json.loads(resp.read())
     finally:
@@ -269,8 +304,7 @@ def test_a_chunked_body_over_the_limit_is_a_413_from_the_real_server(start_serve
 
 
 @pytest.mark.slow
-def test_workers_restarted_with_a_corrupt_pointer_serve_the_newest_valid_snapshot(start_server, tmp_path,
-                                                                                  sim_shop_dir):
+def test_workers_restarted_with_a_corrupt_pointer_serve_the_newest_valid_snapshot(start_server, tmp_path, sim_shop_dir):
     """Issue 18, defect 3, on a real server: after the pointer is corrupted, a worker that is
     SIGKILLed and replaced serves what the surviving worker serves (the newest valid snapshot),
     not the untrained model; after a whole restart every worker does, and /healthz says so."""
@@ -327,12 +361,16 @@ class Load:
             try:
                 user = f"load{k}-{int(rng.integers(50))}"
                 if self.batch_every and i % self.batch_every == 0:
-                    status, _, body = c.call("POST", "/v1/decide/batch", {"requests": [
-                        {"user_id": user, "slots": 3}, {"user_id": user + "b", "slots": 2}]})
+                    status, _, body = c.call(
+                        "POST",
+                        "/v1/decide/batch",
+                        {"requests": [{"user_id": user, "slots": 3}, {"user_id": user + "b", "slots": 2}]},
+                    )
                     got = body["decisions"] if status == 200 else []
                 else:
-                    status, _, body = c.call("POST", "/v1/decide", {"user_id": user, "slots": 3,
-                                                                     "context": {"device": "app"}})
+                    status, _, body = c.call(
+                        "POST", "/v1/decide", {"user_id": user, "slots": 3, "context": {"device": "app"}}
+                    )
                     got = [body] if status == 200 else []
                 self.count(status)
                 for d in got:
@@ -341,14 +379,18 @@ class Load:
                         self.versions.add(d["model_version"])
                 if got:
                     d = got[0]
-                    status, _, r = c.call("POST", "/v1/reward", {"event_id": d["event_id"], "position": 0,
-                                                                  "reward": float(rng.random() < 0.3)})
+                    status, _, r = c.call(
+                        "POST",
+                        "/v1/reward",
+                        {"event_id": d["event_id"], "position": 0, "reward": float(rng.random() < 0.3)},
+                    )
                     self.count(status)
                     if status == 200:
                         with self.lock:
                             self.rewards.add((d["event_id"], 0))
-                    status, _, e = c.call("POST", "/v1/events", {"user_id": user, "item_id": d["slots"][0]["item_id"],
-                                                                  "kind": "view"})
+                    status, _, e = c.call(
+                        "POST", "/v1/events", {"user_id": user, "item_id": d["slots"][0]["item_id"], "kind": "view"}
+                    )
                     self.count(status)
                     if status == 200:
                         with self.lock:
@@ -411,10 +453,27 @@ def test_two_workers_and_the_learner_under_load(start_server, tmp_path, sim_shop
     srv = start_server(workers=2)
     learner_log = open(tmp_path / "learner.log", "wb")
     learner = subprocess.Popen(
-        [sys.executable, "-m", "banditrec.cli", "learn", "--shop", str(sim_shop_dir), "--db", str(tmp_path / "log.db"),
-         "--snapshots",
-         str(tmp_path / "snap"), "--reward-window", "1", "--interval", "0.5"],
-        stdout=learner_log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "banditrec.cli",
+            "learn",
+            "--shop",
+            str(sim_shop_dir),
+            "--db",
+            str(tmp_path / "log.db"),
+            "--snapshots",
+            str(tmp_path / "snap"),
+            "--reward-window",
+            "1",
+            "--interval",
+            "0.5",
+        ],
+        stdout=learner_log,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        start_new_session=True,
+    )
     try:
         with Load(srv, n_threads=4, batch_every=5) as load:
             time.sleep(LOAD_SECONDS)

@@ -13,12 +13,12 @@ import time
 import numpy as np
 import pytest
 
-from studies.coverage import policy_env
 from banditrec.errors import ValidationError
 from banditrec.learner import Learner
 from banditrec.policies import load, make, snapshot
 from banditrec.service import ServiceConfig, create_app
 from banditrec.service.reload import REQUEST_LOOK_S
+from studies.coverage import policy_env
 from tests.banditrec.service.test_service_app import SPEC, metric, served
 
 DECIDE = {"user_id": "u1", "slots": 2}
@@ -124,9 +124,16 @@ def test_a_forged_manifest_is_refused_by_its_schema(small_shop, tmp_path, name):
     forge_pointer(tmp_path / "snap", new)
     with pytest.raises(ValidationError) as info:
         snapshot.read_manifest(new.manifest)
-    expected = {"n_updates null": "meta.n_updates", "n_updates string": "meta.n_updates",
-                "n_updates 1e400": "meta.n_updates", "meta a string": "meta", "payload 123": "payload",
-                "payload null": "payload", "array entry 5": "arrays.", "manifest []": "JSON object"}[name]
+    expected = {
+        "n_updates null": "meta.n_updates",
+        "n_updates string": "meta.n_updates",
+        "n_updates 1e400": "meta.n_updates",
+        "meta a string": "meta",
+        "payload 123": "payload",
+        "payload null": "payload",
+        "array entry 5": "arrays.",
+        "manifest []": "JSON object",
+    }[name]
     assert expected in info.value.message and info.value.field == "snapshot"
     resp = client.post("/v1/models/reload")
     assert resp.status_code == 400 and resp.get_json()["error"]["fields"][0]["field"] == "snapshot"
@@ -137,9 +144,14 @@ def test_a_forged_manifest_is_refused_by_its_schema(small_shop, tmp_path, name):
 def forge_pointer(directory, published) -> None:
     """A pointer whose hashes match the manifest's bytes on disk, whatever they hold."""
     raw = published.manifest.read_bytes()
-    p = {"format": "banditrec.pointer/1", "version": published.version, "manifest": published.manifest.name,
-         "manifest_sha256": snapshot.sha256(raw), "trained_until_seq": published.trained_until_seq,
-         "published_ts": 1.0}
+    p = {
+        "format": "banditrec.pointer/1",
+        "version": published.version,
+        "manifest": published.manifest.name,
+        "manifest_sha256": snapshot.sha256(raw),
+        "trained_until_seq": published.trained_until_seq,
+        "published_ts": 1.0,
+    }
     p["checksum"] = snapshot.sha256(snapshot.canonical(p))
     (directory / POINTER).write_text(json.dumps(p))
 
@@ -161,10 +173,15 @@ def test_random_byte_flips_of_every_snapshot_file(small_shop, tmp_path):
 
     engine, client, learner, old, new = two_snapshots(small_shop, tmp_path)
     env = policy_env(small_shop, engine.cf)
-    references = {old.version: make_reference(small_shop, engine, old),
-                  new.version: make_reference(small_shop, engine, new)}
-    files = {"pointer": tmp_path / "snap" / POINTER, "manifest": new.manifest,
-             "payload": new.manifest.with_suffix(".npz")}
+    references = {
+        old.version: make_reference(small_shop, engine, old),
+        new.version: make_reference(small_shop, engine, new),
+    }
+    files = {
+        "pointer": tmp_path / "snap" / POINTER,
+        "manifest": new.manifest,
+        "payload": new.manifest.with_suffix(".npz"),
+    }
     expected_at_start = {"pointer": new.version, "manifest": old.version, "payload": old.version}
     pristine = {k: p.read_bytes() for k, p in files.items()}
     rng = np.random.default_rng(18)
@@ -224,14 +241,18 @@ def restarted(small_shop, tmp_path, engine):
     from tests.helpers import make_engine
 
     fresh = make_engine(small_shop)
-    app = create_app(fresh, settings=ServiceConfig(snapshots=str(tmp_path / "snap"), reload_check_ms=0),
-                     policy_env=policy_env(small_shop, fresh.cf))
+    app = create_app(
+        fresh,
+        settings=ServiceConfig(snapshots=str(tmp_path / "snap"), reload_check_ms=0),
+        policy_env=policy_env(small_shop, fresh.cf),
+    )
     return fresh, app.test_client()
 
 
 @pytest.mark.parametrize("damage", ["garbage", "empty", "missing", "wrong hash", "unknown manifest"])
-def test_a_worker_started_with_an_unusable_pointer_serves_the_newest_valid_snapshot(small_shop, tmp_path, damage,
-                                                                                    caplog):
+def test_a_worker_started_with_an_unusable_pointer_serves_the_newest_valid_snapshot(
+    small_shop, tmp_path, damage, caplog
+):
     """Issue 18, defect 3: a worker (re)started while CURRENT.json is unusable served the
     untrained built model. Now it serves what the running worker serves -- the newest snapshot
     that verifies -- and says so in a log line, /v1/models and /healthz."""
@@ -276,8 +297,11 @@ def test_the_newest_valid_snapshot_is_chosen_by_trained_until_seq_not_by_file_ti
         os.utime(path, (2e9, 2e9))
     (tmp_path / "snap" / POINTER).write_text("{}")
     found = resolve(tmp_path / "snap", lambda path, sha: path.name)
-    assert (found.source, found.value, found.trained_until_seq) == ("fallback", new.manifest.name,
-                                                                    new.trained_until_seq)
+    assert (found.source, found.value, found.trained_until_seq) == (
+        "fallback",
+        new.manifest.name,
+        new.trained_until_seq,
+    )
     # the newest one damaged: the one before it
     raw = bytearray(new.manifest.with_suffix(".npz").read_bytes())
     raw[40] ^= 1
@@ -298,16 +322,26 @@ def test_the_learner_resumes_from_the_newest_valid_snapshot_when_the_pointer_is_
     engine, client, learner, old, new = two_snapshots(small_shop, tmp_path)
     (tmp_path / "snap" / POINTER).write_bytes(b"\xff" * 10)
     env = policy_env(small_shop, engine.cf)
-    again = Learner.resume(make_log(tmp_path / "log.db", reward_window_s=5.0), lambda: make(SPEC, **env),
-                           small_shop.catalog.features, tmp_path / "snap", env)
+    again = Learner.resume(
+        make_log(tmp_path / "log.db", reward_window_s=5.0),
+        lambda: make(SPEC, **env),
+        small_shop.catalog.features,
+        tmp_path / "snap",
+        env,
+    )
     assert (again.version, again.learned_seq) == (new.version, new.trained_until_seq)
     assert same_state(again.policy, engine.policy)
     # nothing on disk verifies: refuse rather than relearn from scratch over the damage
     for p in (tmp_path / "snap").glob("*.npz"):
         p.write_bytes(b"broken")
     with pytest.raises(ValidationError, match="no snapshot in .* verifies"):
-        Learner.resume(make_log(tmp_path / "log.db", reward_window_s=5.0), lambda: make(SPEC, **env),
-                       small_shop.catalog.features, tmp_path / "snap", env)
+        Learner.resume(
+            make_log(tmp_path / "log.db", reward_window_s=5.0),
+            lambda: make(SPEC, **env),
+            small_shop.catalog.features,
+            tmp_path / "snap",
+            env,
+        )
 
 
 def test_the_pointer_covers_itself_and_the_manifest_bytes(tmp_path):
@@ -320,8 +354,12 @@ def test_the_pointer_covers_itself_and_the_manifest_bytes(tmp_path):
     good = read_pointer(tmp_path)
     assert good.manifest_sha256 == snapshot.sha256(manifest.read_bytes()) and good.trained_until_seq == 3
     data = json.loads((tmp_path / POINTER).read_text())
-    for key, value in (("version", "uniform-0.deadbeef"), ("trained_until_seq", 4), ("manifest", "../a.json"),
-                       ("manifest_sha256", "0" * 64)):
+    for key, value in (
+        ("version", "uniform-0.deadbeef"),
+        ("trained_until_seq", 4),
+        ("manifest", "../a.json"),
+        ("manifest_sha256", "0" * 64),
+    ):
         (tmp_path / POINTER).write_text(json.dumps({**data, key: value}))
         with pytest.raises(ValidationError, match="checksum"):
             read_pointer(tmp_path)

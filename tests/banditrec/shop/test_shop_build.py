@@ -23,8 +23,15 @@ def catalog(path, ids, *, stock=None, price=None):
         w.writerow(["item_id", "title", "type", "price", "in_stock"])
         for i in ids:
             k = int(i[1:]) if i[1:].isdigit() else len(i)  # attributes follow the id, not the file's order
-            w.writerow([i, f"{TYPES[k % 4]} {i}", TYPES[k % 4], price.get(i, 10 + k) if price else 10 + k,
-                        "no" if stock and i in stock else "yes"])
+            w.writerow(
+                [
+                    i,
+                    f"{TYPES[k % 4]} {i}",
+                    TYPES[k % 4],
+                    price.get(i, 10 + k) if price else 10 + k,
+                    "no" if stock and i in stock else "yes",
+                ]
+            )
     return path
 
 
@@ -34,8 +41,14 @@ def interactions(path, ids, n=600, seed=0):
         w = csv.writer(fh)
         w.writerow(["user_id", "item_id", "event_type", "timestamp"])
         for k in range(n):
-            w.writerow([f"u{rng.integers(30)}", ids[rng.integers(len(ids))], ("view", "cart", "purchase")[k % 3],
-                        1_700_000_000 + 30 * k])
+            w.writerow(
+                [
+                    f"u{rng.integers(30)}",
+                    ids[rng.integers(len(ids))],
+                    ("view", "cart", "purchase")[k % 3],
+                    1_700_000_000 + 30 * k,
+                ]
+            )
     return path
 
 
@@ -62,8 +75,9 @@ def test_a_rebuild_keeps_indices_appends_new_items_and_deactivates_removed_ones(
     old = Shop(shop_dir)
     ids = [f"i{k}" for k in range(40) if k not in (3, 7)] + ["new-a", "new-b"]
     ids = ids[::-1]  # the file's order does not matter
-    result = build_shop(catalog(tmp_path / "items2.csv", ids), interactions(tmp_path / "ev2.csv", ids[2:], seed=1),
-                        out=shop_dir)
+    result = build_shop(
+        catalog(tmp_path / "items2.csv", ids), interactions(tmp_path / "ev2.csv", ids[2:], seed=1), out=shop_dir
+    )
     assert (result.n_new_items, result.n_removed, result.previous) == (2, 2, old.build)
     new = Shop(shop_dir)
     assert new.items.ids[:40] == old.items.ids and new.items.ids[40:] == ("new-b", "new-a")
@@ -117,8 +131,11 @@ def test_a_running_engine_takes_a_rebuild_and_its_learned_state_carries_over(log
     watcher = ShopWatcher(shop_dir, engine, shop)
     assert watcher.check() == "unchanged"
     ids = [f"i{k}" for k in range(40) if k != 5] + ["fresh"]
-    build_shop(catalog(tmp_path / "items2.csv", ids, stock={"i6"}), interactions(tmp_path / "ev2.csv", ids, seed=2),
-               out=shop_dir)
+    build_shop(
+        catalog(tmp_path / "items2.csv", ids, stock={"i6"}),
+        interactions(tmp_path / "ev2.csv", ids, seed=2),
+        out=shop_dir,
+    )
     assert watcher.check() == "loaded"
     assert engine.build == read_pointer(shop_dir).build != shop.build
     assert np.array_equal(engine.policy.theta, theta), "the learned model was reset by the rebuild"
@@ -137,8 +154,13 @@ def test_a_rebuild_with_another_feature_space_is_refused_while_serving(make_log,
     shop = Shop(shop_dir)
     engine = engine_for_shop(shop, "linucb", make_log(), seed=0)
     watcher = ShopWatcher(shop_dir, engine, shop)
-    build_shop(shop_dir.parent / "items.csv", shop_dir.parent / "ev.csv", out=shop_dir, refit_features=True,
-               config=BuildConfig(item_dim=shop.item_dim - 2))
+    build_shop(
+        shop_dir.parent / "items.csv",
+        shop_dir.parent / "ev.csv",
+        out=shop_dir,
+        refit_features=True,
+        config=BuildConfig(item_dim=shop.item_dim - 2),
+    )
     assert Shop(shop_dir).item_dim == shop.item_dim - 2
     assert watcher.check() == "refused" and "cannot carry over" in watcher.last_error
     assert engine.build == shop.build
@@ -148,8 +170,9 @@ def test_the_context_featurizer_is_what_the_manifest_lists(shop_dir):
     shop = Shop(shop_dir)
     names = shop.context.names
     assert len(names) == shop.context_dim and "device=mobile" in names and "hour_sin" in names
-    v = shop.context.vector(shop.user_index["u1"], np.empty(0, dtype=np.int64), None, 0.0, {"device": "mobile"},
-                            shop.items.features)
+    v = shop.context.vector(
+        shop.user_index["u1"], np.empty(0, dtype=np.int64), None, 0.0, {"device": "mobile"}, shop.items.features
+    )
     assert v[names.index("device=mobile")] == 1.0 and v[names.index("device=app")] == 0.0
     assert v[names.index("hour_cos")] == 1.0  # midnight
     with pytest.raises(ValidationError, match="context.device must be one of desktop, mobile, app; got 'tv'"):
@@ -161,9 +184,12 @@ def test_the_context_featurizer_is_what_the_manifest_lists(shop_dir):
     taste = [names.index(f"taste{j}") for j in range(shop.item_dim)]
     rows = list(csv.DictReader(open(shop_dir.parent / "ev.csv")))
     held = sorted({int(r["item_id"][1:]) for r in rows if r["user_id"] == "u1" and r["event_type"] != "view"})
-    assert np.allclose(v[taste] * 0 + shop.context.vector(row, np.empty(0, dtype=np.int64), None, 0.0, None,
-                                                          shop.items.features)[taste],
-                       shop.items.features[held].mean(axis=0), atol=1e-5)
+    assert np.allclose(
+        v[taste] * 0
+        + shop.context.vector(row, np.empty(0, dtype=np.int64), None, 0.0, None, shop.items.features)[taste],
+        shop.items.features[held].mean(axis=0),
+        atol=1e-5,
+    )
 
 
 def test_policies_are_made_for_the_shop(shop_dir):
@@ -202,16 +228,33 @@ def test_sensitivity_and_recommend_on_a_shop(make_log, shop_dir, tmp_path):
     half = logged.n_decisions - 150
     price = shop.columns["price"]
     assert out.logging_objective == pytest.approx(price[logged.row_action[logged.row_decision >= half]].sum() / 150)
-    res = CliRunner().invoke(main, ["sensitivity", "--shop", str(shop_dir), "--db", str(tmp_path / "log.db"),
-                                    "--objective", "weight"])
+    res = CliRunner().invoke(
+        main, ["sensitivity", "--shop", str(shop_dir), "--db", str(tmp_path / "log.db"), "--objective", "weight"]
+    )
     assert res.exit_code == 2 and "objective 'weight' is not a business column of the shop; known: price" in res.output
-    res = CliRunner().invoke(main, ["recommend", "--shop", str(shop_dir), "--user", "u3", "--cart", "i2",
-                                    "--slots", "4", "--context", "device=app"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "recommend",
+            "--shop",
+            str(shop_dir),
+            "--user",
+            "u3",
+            "--cart",
+            "i2",
+            "--slots",
+            "4",
+            "--context",
+            "device=app",
+        ],
+    )
     assert res.exit_code == 0, res.output
     lines = res.output.splitlines()
     assert lines[0].startswith("u3 (known user); shop build ") and len(lines) == 3 + 4
-    assert all(any(why in line for why in ("goes with the cart", "like an item viewed", "popular", "new, like"))
-               for line in lines[3:])
+    assert all(
+        any(why in line for why in ("goes with the cart", "like an item viewed", "popular", "new, like"))
+        for line in lines[3:]
+    )
     res = CliRunner().invoke(main, ["recommend", "--shop", str(shop_dir), "--user", "u3", "--cart", "nope"])
     assert res.exit_code == 2 and "item 'nope' is not in the shop's catalog" in res.output
 
@@ -221,8 +264,9 @@ def test_a_serving_process_started_while_the_pointer_is_damaged_serves_the_newes
 
     first = Shop(shop_dir).build
     ids = [f"i{k}" for k in range(41)]
-    second = build_shop(catalog(tmp_path / "items2.csv", ids), interactions(tmp_path / "ev2.csv", ids, seed=4),
-                        out=shop_dir).build
+    second = build_shop(
+        catalog(tmp_path / "items2.csv", ids), interactions(tmp_path / "ev2.csv", ids, seed=4), out=shop_dir
+    ).build
     (shop_dir / "CURRENT.json").write_text('{"format": "banditrec.shop/1", "bui')  # torn
     app = create_shop_app(shop_dir, "linucb", str(tmp_path / "log.db"))
     health = app.test_client().get("/healthz").get_json()

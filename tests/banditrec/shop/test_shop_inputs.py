@@ -29,12 +29,22 @@ def write(path, header, rows):
 
 def files(tmp_path, *, items=None, events=None, users=None):
     ids = NASTY + [f"item-{i}" for i in range(20)]
-    items = items if items is not None else [[i, f"title {k % 3}", f"type{k % 4}", 1.5 + k, "yes"]
-                                             for k, i in enumerate(ids)]
+    items = (
+        items
+        if items is not None
+        else [[i, f"title {k % 3}", f"type{k % 4}", 1.5 + k, "yes"] for k, i in enumerate(ids)]
+    )
     rng = np.random.default_rng(0)
     if events is None:
-        events = [[f"user {rng.integers(12)}", ids[rng.integers(len(ids))], ["view", "cart", "purchase"][k % 3],
-                   1_700_000_000 + 60 * k] for k in range(300)]
+        events = [
+            [
+                f"user {rng.integers(12)}",
+                ids[rng.integers(len(ids))],
+                ["view", "cart", "purchase"][k % 3],
+                1_700_000_000 + 60 * k,
+            ]
+            for k in range(300)
+        ]
     it = write(tmp_path / "items.csv", ["item_id", "title", "type", "price", "in_stock"], items)
     ev = write(tmp_path / "interactions.csv", ["user_id", "item_id", "event_type", "timestamp"], events)
     us = None
@@ -46,8 +56,9 @@ def files(tmp_path, *, items=None, events=None, users=None):
 def refused(tmp_path, match, **kw):
     it, ev, us = files(tmp_path, **{k: v for k, v in kw.items() if k in ("items", "events", "users")})
     with pytest.raises(ValidationError, match=match) as info:
-        build_shop(kw.get("items_path", it), kw.get("events_path", ev), us, out=tmp_path / "shop",
-                   config=kw.get("config"))
+        build_shop(
+            kw.get("items_path", it), kw.get("events_path", ev), us, out=tmp_path / "shop", config=kw.get("config")
+        )
     assert list_builds(tmp_path / "shop") == [] and not (tmp_path / "shop" / "CURRENT.json").exists()
     assert not any((tmp_path / "shop" / "builds").iterdir()), "a half-built directory was left behind"
     return info.value
@@ -81,12 +92,15 @@ def test_csv_line_counts_quoted_line_breaks(tmp_path):
     assert [csv_line(str(path), r) for r in range(3)] == [2, 5, 6]
 
 
-@pytest.mark.parametrize("value, match", [
-    ("yesterday", "expected a timestamp \\(ISO-8601 or epoch seconds\\), found 'yesterday'"),
-    ("2024-13-45", "expected a timestamp"),
-    ("1700000000000", "looks like milliseconds"),
-    ("", "a timestamp is required, found an empty cell"),
-])
+@pytest.mark.parametrize(
+    "value, match",
+    [
+        ("yesterday", "expected a timestamp \\(ISO-8601 or epoch seconds\\), found 'yesterday'"),
+        ("2024-13-45", "expected a timestamp"),
+        ("1700000000000", "looks like milliseconds"),
+        ("", "a timestamp is required, found an empty cell"),
+    ],
+)
 def test_unparseable_timestamps_are_refused_by_name(tmp_path, value, match):
     events = [["u", "plain", "view", "2024-05-01T10:00:00Z"], ["u", "plain", "view", value]]
     err = refused(tmp_path, match, events=events)
@@ -94,8 +108,14 @@ def test_unparseable_timestamps_are_refused_by_name(tmp_path, value, match):
 
 
 def test_timestamps_in_every_documented_form_agree(tmp_path):
-    forms = ["2024-05-01T10:00:00Z", "2024-05-01 10:00:00", "2024-05-01T12:00:00+02:00", "1714557600",
-             "1714557600.0", "2024-05-01T10:00:00.000"]
+    forms = [
+        "2024-05-01T10:00:00Z",
+        "2024-05-01 10:00:00",
+        "2024-05-01T12:00:00+02:00",
+        "1714557600",
+        "1714557600.0",
+        "2024-05-01T10:00:00.000",
+    ]
     events = [["u", "plain", "purchase", f] for f in forms]
     it, ev, _ = files(tmp_path, events=events)
     from banditrec.shop.tables import read_table
@@ -125,10 +145,15 @@ def test_empty_files_and_header_only_files_are_refused_by_name(tmp_path):
 
 def test_a_missing_required_column_names_the_header_and_the_map_option(tmp_path):
     it = write(tmp_path / "items.csv", ["sku", "price"], [["a", 1]])
-    ev = write(tmp_path / "interactions.csv", ["user_id", "item_id", "event_type", "timestamp"], [["u", "a", "view", 1]])
-    with pytest.raises(ValidationError, match=r"items.csv, line 1, column 'item_id': the items file needs a column "
-                                              r"'item_id' \(or map one with --map item_id=COLUMN\); its header has "
-                                              r"'sku', 'price'"):
+    ev = write(
+        tmp_path / "interactions.csv", ["user_id", "item_id", "event_type", "timestamp"], [["u", "a", "view", 1]]
+    )
+    with pytest.raises(
+        ValidationError,
+        match=r"items.csv, line 1, column 'item_id': the items file needs a column "
+        r"'item_id' \(or map one with --map item_id=COLUMN\); its header has "
+        r"'sku', 'price'",
+    ):
         build_shop(it, ev, out=tmp_path / "shop")
     build_shop(it, ev, out=tmp_path / "shop", mapping=["items.item_id=sku"])
     assert Shop(tmp_path / "shop").items.ids == ("a",)
@@ -148,8 +173,13 @@ def test_a_row_with_too_few_cells_is_refused(tmp_path):
 
 
 def test_unknown_items_and_event_types_are_counted_and_reported_not_dropped_silently(tmp_path):
-    events = [["u", "plain", "view", 1], ["u", "ghost", "view", 2], ["u", "ghost", "cart", 3],
-              ["v", "plain", "wishlist", 4], ["v", "plain", "purchase", 5]]
+    events = [
+        ["u", "plain", "view", 1],
+        ["u", "ghost", "view", 2],
+        ["u", "ghost", "cart", 3],
+        ["v", "plain", "wishlist", 4],
+        ["v", "plain", "purchase", 5],
+    ]
     it, ev, _ = files(tmp_path, events=events)
     result = build_shop(it, ev, out=tmp_path / "shop")
     notes = " ".join(result.notes)
@@ -184,8 +214,9 @@ def test_a_bad_build_config_names_the_setting(tmp_path):
 def test_the_cli_prints_the_error_and_exits_nonzero(tmp_path):
     items = [["a", "t", "x", "free", "yes"]]
     it, ev, _ = files(tmp_path, items=items, events=[["u", "a", "view", 1]])
-    res = CliRunner().invoke(main, ["build", "--items", str(it), "--interactions", str(ev), "--out",
-                                    str(tmp_path / "shop")])
+    res = CliRunner().invoke(
+        main, ["build", "--items", str(it), "--interactions", str(ev), "--out", str(tmp_path / "shop")]
+    )
     assert res.exit_code == 2
     assert "items.csv, line 2, column 'price': expected a number, found 'free'" in res.output
     assert "Traceback" not in res.output
@@ -196,8 +227,10 @@ def test_parquet_inputs_name_the_row(tmp_path):
     import pyarrow.parquet as pq
 
     pq.write_table(pa.table({"item_id": ["a", "b"], "price": [1.0, -2.0]}), tmp_path / "items.parquet")
-    pq.write_table(pa.table({"user_id": ["u"], "item_id": ["a"], "event_type": ["view"], "timestamp": [1.0]}),
-                   tmp_path / "interactions.parquet")
+    pq.write_table(
+        pa.table({"user_id": ["u"], "item_id": ["a"], "event_type": ["view"], "timestamp": [1.0]}),
+        tmp_path / "interactions.parquet",
+    )
     with pytest.raises(ValidationError, match=r"items.parquet, row 2, column 'price': a price must be >= 0"):
         build_shop(tmp_path / "items.parquet", tmp_path / "interactions.parquet", out=tmp_path / "shop")
 

@@ -18,18 +18,18 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from tests.helpers import ROOT_DIR
 from banditrec.cli import main
 from banditrec.service.runner import GunicornServer
 from banditrec.shop import build_shop
 from banditrec.shop.directory import read_pointer
 from tests.banditrec.service.test_service_server import per_worker_info
+from tests.helpers import ROOT_DIR
 
 TOKEN = "shop-test-token-0123456789"
 ROOT = ROOT_DIR
 # ids a naive CSV writer, JSON encoder or SQL string would break: commas, quotes, backslashes,
 # a JSON-looking id, emoji, non-ASCII, spaces
-ODD = ['sku,42', 'say "hi"', 'back\\slash', '{"id": 1}', 'tent ⛺', 'crème brûlée', ' spaced ', "it's"]
+ODD = ["sku,42", 'say "hi"', "back\\slash", '{"id": 1}', "tent ⛺", "crème brûlée", " spaced ", "it's"]
 TYPES = ("tent", "stove", "lamp", "mat", "bag")
 REMOVED, ADDED = ODD[0], 'new "arrival" ✨'
 
@@ -42,7 +42,7 @@ def write_shop(root: Path, ids, seed: int) -> tuple[Path, Path, Path]:
         w.writerow(["item_id", "title", "type", "price", "brand", "in_stock"])
         for k, i in enumerate(ids):
             w.writerow([i, f"{TYPES[k % 5]} no. {k}", TYPES[k % 5], 5 + 3 * (k % 17), f"b{k % 3}", "yes"])
-    users = [f"user {k}, \"vip\"" if k % 4 == 0 else f"u{k}" for k in range(40)]
+    users = [f'user {k}, "vip"' if k % 4 == 0 else f"u{k}" for k in range(40)]
     with open(root / "users.csv", "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["user_id", "segment", "age"])
@@ -54,9 +54,14 @@ def write_shop(root: Path, ids, seed: int) -> tuple[Path, Path, Path]:
         t = 1_700_000_000
         for k in range(1500):
             t += int(rng.integers(1, 900))
-            w.writerow([users[rng.integers(len(users))], ids[rng.integers(len(ids))],
-                        ("view", "view", "cart", "purchase")[k % 4],
-                        time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))])
+            w.writerow(
+                [
+                    users[rng.integers(len(users))],
+                    ids[rng.integers(len(ids))],
+                    ("view", "view", "cart", "purchase")[k % 4],
+                    time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t)),
+                ]
+            )
     return root / "items.csv", root / "interactions.csv", root / "users.csv"
 
 
@@ -91,14 +96,19 @@ def wait_until(predicate, seconds: float = 30, what: str = "") -> None:
 def test_a_foreign_shop_end_to_end_under_gunicorn(shop, tmp_path):
     shop_dir, users_file = shop
     first = read_pointer(shop_dir).build
-    env = {"BANDITREC_SHOP": shop_dir, "BANDITREC_DB": tmp_path / "log.db", "BANDITREC_API_TOKEN": TOKEN,
-           "BANDITREC_SNAPSHOTS": tmp_path / "snap", "BANDITREC_RELOAD_CHECK_MS": 100,
-           "BANDITREC_REWARD_WINDOW_S": 1}
+    env = {
+        "BANDITREC_SHOP": shop_dir,
+        "BANDITREC_DB": tmp_path / "log.db",
+        "BANDITREC_API_TOKEN": TOKEN,
+        "BANDITREC_SNAPSHOTS": tmp_path / "snap",
+        "BANDITREC_RELOAD_CHECK_MS": 100,
+        "BANDITREC_REWARD_WINDOW_S": 1,
+    }
     with GunicornServer(env, log=tmp_path / "gunicorn.log", workers=2) as srv:
         # decide, post events and rewards with the odd ids
         events = []
         for k, item in enumerate(ODD):
-            user = "user 0, \"vip\"" if k % 2 else f"new user {k} ✨"
+            user = 'user 0, "vip"' if k % 2 else f"new user {k} ✨"
             post(srv, "/v1/events", {"user_id": user, "item_id": item, "kind": "cart"})
             d = post(srv, "/v1/decide", {"user_id": user, "slots": 3, "context": {"device": "mobile"}})
             assert d["shop_build"] == first and len(d["slots"]) == 3
@@ -107,13 +117,36 @@ def test_a_foreign_shop_end_to_end_under_gunicorn(shop, tmp_path):
             post(srv, "/v1/reward", {"event_id": d["event_id"], "position": 0, "reward": 1.0})
         # learn publishes; both workers reload it by themselves
         time.sleep(1.2)
-        out = subprocess.run([sys.executable, "-m", "banditrec.cli", "learn", "--shop", str(shop_dir), "--db",
-                              str(tmp_path / "log.db"), "--snapshots", str(tmp_path / "snap"), "--reward-window", "1",
-                              "--once"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "banditrec.cli",
+                "learn",
+                "--shop",
+                str(shop_dir),
+                "--db",
+                str(tmp_path / "log.db"),
+                "--snapshots",
+                str(tmp_path / "snap"),
+                "--reward-window",
+                "1",
+                "--once",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+        )
         assert out.returncode == 0 and "published" in out.stdout, out.stdout + out.stderr
         version = json.loads((tmp_path / "snap" / "CURRENT.json").read_text())["version"]
-        wait_until(lambda: all(srv.request("POST", "/v1/decide", {"user_id": "u1", "slots": 2})[1]["model_version"]
-                               == version for _ in range(6)), what="the workers did not reload the snapshot")
+        wait_until(
+            lambda: all(
+                srv.request("POST", "/v1/decide", {"user_id": "u1", "slots": 2})[1]["model_version"] == version
+                for _ in range(6)
+            ),
+            what="the workers did not reload the snapshot",
+        )
         # a rebuild while requests flow: one item removed, one added, the index kept
         acknowledged, errors, stop = [], [], threading.Event()
 
@@ -148,7 +181,9 @@ def test_a_foreign_shop_end_to_end_under_gunicorn(shop, tmp_path):
         assert "Traceback" not in srv.log_text()
     # nothing acknowledged was lost, and each decision names the build whose catalog it used
     con = sqlite3.connect(tmp_path / "log.db")
-    logged = {e: (b, json.loads(c)) for e, b, c in con.execute("SELECT event_id, shop_build, candidates FROM decisions")}
+    logged = {
+        e: (b, json.loads(c)) for e, b, c in con.execute("SELECT event_id, shop_build, candidates FROM decisions")
+    }
     assert set(acknowledged) | set(events) <= set(logged)
     assert {b for b, _ in logged.values()} == {first, second}
     for build, candidates in logged.values():
@@ -159,9 +194,23 @@ def test_a_foreign_shop_end_to_end_under_gunicorn(shop, tmp_path):
     ids_logged = {i for _, c in logged.values() for i in c}
     assert set(ODD) & ids_logged  # the odd ids went through JSON and SQLite intact
     # evaluate the log on the shop's features
-    res = CliRunner().invoke(main, ["evaluate", "--shop", str(shop_dir), "--db", str(tmp_path / "log.db"),
-                                    "--policy", "uniform", "--policy", "egreedy", "--out", str(tmp_path / "ev"),
-                                    "--json"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "evaluate",
+            "--shop",
+            str(shop_dir),
+            "--db",
+            str(tmp_path / "log.db"),
+            "--policy",
+            "uniform",
+            "--policy",
+            "egreedy",
+            "--out",
+            str(tmp_path / "ev"),
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     report = json.loads(res.output)
     assert [c["policy"] for c in report["candidates"]] == ["uniform", "egreedy"]

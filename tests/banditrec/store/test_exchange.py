@@ -14,10 +14,12 @@ import sqlite3
 import sys
 
 import numpy as np
+import pyarrow.parquet as pq  # the `parquet` extra, installed by `make test`: missing, this fails, never skips
 import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from vowpalwabbit import Workspace
 
 from banditrec.cli import main
 from banditrec.errors import ValidationError
@@ -29,37 +31,78 @@ from banditrec.store.importer import ImportFailedError, import_csv, import_obd
 from banditrec.store.vw import export_dsjson, export_vw, vw_escape
 from banditrec.types import Decision, Reward, Slot
 
-import pyarrow.parquet as pq  # the `parquet` extra, installed by `make test`: missing, this fails, never skips
-from vowpalwabbit import Workspace
-
-
 # ---- helpers ---------------------------------------------------------------------------------
 
-def write(log, event_id, items, props, margs, *, candidates, cand_index, context=(), ts=1.0, user="u",
-          policy="pol", model_version="m0", surface="home", params=None, sources=None, draws=None,
-          joint=None, log_joint=None):
+
+def write(
+    log,
+    event_id,
+    items,
+    props,
+    margs,
+    *,
+    candidates,
+    cand_index,
+    context=(),
+    ts=1.0,
+    user="u",
+    policy="pol",
+    model_version="m0",
+    surface="home",
+    params=None,
+    sources=None,
+    draws=None,
+    joint=None,
+    log_joint=None,
+):
     """Log one decision whose slots show ``items``; ``cand_index[j]`` is candidate j's catalog index."""
-    slots = tuple(Slot(position=k, item_id=it, propensity=p, marginal=m,
-                       source="cf" if sources is None else sources[k],
-                       marginal_draws=0 if draws is None else draws[k])
-                  for k, (it, p, m) in enumerate(zip(items, props, margs)))
+    slots = tuple(
+        Slot(
+            position=k,
+            item_id=it,
+            propensity=p,
+            marginal=m,
+            source="cf" if sources is None else sources[k],
+            marginal_draws=0 if draws is None else draws[k],
+        )
+        for k, (it, p, m) in enumerate(zip(items, props, margs))
+    )
     joint = float(np.prod(props)) if joint is None else joint
     log_joint = float(np.log(props).sum()) if log_joint is None else log_joint
-    d = Decision(event_id=event_id, user_id=user, slots=slots, joint_propensity=joint, log_joint_propensity=log_joint,
-                 policy=policy, model_version=model_version, candidates=tuple(candidates), ts=ts)
+    d = Decision(
+        event_id=event_id,
+        user_id=user,
+        slots=slots,
+        joint_propensity=joint,
+        log_joint_propensity=log_joint,
+        policy=policy,
+        model_version=model_version,
+        candidates=tuple(candidates),
+        ts=ts,
+    )
     index_of = dict(zip(candidates, cand_index))
-    log.write_decision(d, policy_params={"epsilon": 0.1} if params is None else params, candidate_index=cand_index,
-                       slot_index=[index_of[i] for i in items], context=context, surface=surface)
+    log.write_decision(
+        d,
+        policy_params={"epsilon": 0.1} if params is None else params,
+        candidate_index=cand_index,
+        slot_index=[index_of[i] for i in items],
+        context=context,
+        surface=surface,
+    )
 
 
 def tables(log) -> list[list[tuple]]:
     """Every row of the log's decision tables, floats as hex so that -0.0 and last bits count."""
+
     def cell(v):
         return float(v).hex() if isinstance(v, float) else v
 
     out = []
-    for sql in ("SELECT * FROM decisions ORDER BY seq", "SELECT * FROM slots ORDER BY event_id, position",
-                "SELECT * FROM rewards ORDER BY event_id, position, kind"):
+    for sql in (
+        "SELECT * FROM decisions ORDER BY seq",
+        "SELECT * FROM slots ORDER BY event_id, position",
+        "SELECT * FROM rewards ORDER BY event_id, position, kind",
+    ):
         out.append([tuple(cell(v) for v in row) for row in log.db.execute(sql).fetchall()])
     return out
 
@@ -76,8 +119,17 @@ def uniform_log(n_decisions=400, n_slots=2, good="i2", seed=0, ctx_dim=3):
     for e in range(n_decisions):
         shown = list(rng.permutation(cands)[:n_slots])
         props = [1 / (5 - k) for k in range(n_slots)]
-        write(log, f"e{e}", shown, props, [0.2] * n_slots, candidates=cands, cand_index=list(range(5)),
-              context=rng.normal(size=ctx_dim).tolist(), ts=1_700_000_000.0 + e)
+        write(
+            log,
+            f"e{e}",
+            shown,
+            props,
+            [0.2] * n_slots,
+            candidates=cands,
+            cand_index=list(range(5)),
+            context=rng.normal(size=ctx_dim).tolist(),
+            ts=1_700_000_000.0 + e,
+        )
         for k, item in enumerate(shown):
             log.record_reward(Reward(f"e{e}", 1.0 if item == good else 0.0, position=k))
     return log, cands
@@ -92,7 +144,8 @@ def logged_rows(log) -> list[tuple]:
     return log.db.execute(
         "SELECT s.event_id, s.position, s.item_id, s.marginal, r.reward FROM decisions d "
         "JOIN slots s ON s.event_id = d.event_id LEFT JOIN rewards r ON r.event_id = s.event_id "
-        "AND r.position = s.position AND r.kind = 'click' ORDER BY d.seq, s.position").fetchall()
+        "AND r.position = s.position AND r.kind = 'click' ORDER BY d.seq, s.position"
+    ).fetchall()
 
 
 # ---- export -> import round trip -------------------------------------------------------------
@@ -110,8 +163,9 @@ def logs(draw):
     log = DecisionLog(reward_window_s=window)
     catalog = draw(st.lists(_text, min_size=1, max_size=6, unique=True))
     index = draw(st.lists(st.integers(0, 10**6), min_size=len(catalog), max_size=len(catalog), unique=True))
-    events = draw(st.lists(st.text(min_size=1, max_size=8).filter(lambda s: "\x00" not in s), min_size=1,
-                           max_size=4, unique=True))
+    events = draw(
+        st.lists(st.text(min_size=1, max_size=8).filter(lambda s: "\x00" not in s), min_size=1, max_size=4, unique=True)
+    )
     width = draw(st.integers(0, 3))
     for event_id in events:
         cands = draw(st.permutations(list(range(len(catalog)))))[: draw(st.integers(1, len(catalog)))]
@@ -119,13 +173,26 @@ def logs(draw):
         shown = cands[:k]
         props = [draw(_prob) for _ in range(k)]
         joint = draw(st.floats(0, 1))
-        write(log, event_id, [catalog[i] for i in shown], props, [draw(_prob) for _ in range(k)],
-              candidates=[catalog[i] for i in cands], cand_index=[index[i] for i in cands],
-              context=[draw(_any) for _ in range(draw(st.integers(0, width)))], ts=draw(_any),
-              user=draw(_text), policy=draw(_text), model_version=draw(_text), surface=draw(_text),
-              params=draw(st.dictionaries(_text, _any, max_size=2)), sources=[draw(_text) for _ in range(k)],
-              draws=[draw(st.integers(0, 10**9)) for _ in range(k)], joint=joint,
-              log_joint=draw(st.floats(max_value=0, allow_infinity=False)))
+        write(
+            log,
+            event_id,
+            [catalog[i] for i in shown],
+            props,
+            [draw(_prob) for _ in range(k)],
+            candidates=[catalog[i] for i in cands],
+            cand_index=[index[i] for i in cands],
+            context=[draw(_any) for _ in range(draw(st.integers(0, width)))],
+            ts=draw(_any),
+            user=draw(_text),
+            policy=draw(_text),
+            model_version=draw(_text),
+            surface=draw(_text),
+            params=draw(st.dictionaries(_text, _any, max_size=2)),
+            sources=[draw(_text) for _ in range(k)],
+            draws=[draw(st.integers(0, 10**9)) for _ in range(k)],
+            joint=joint,
+            log_joint=draw(st.floats(max_value=0, allow_infinity=False)),
+        )
         for position in [None, *range(k)]:
             for kind in draw(st.lists(st.sampled_from(["click", "buy", "a:b,c"]), unique=True, max_size=2)):
                 log.record_reward(Reward(event_id, draw(_reward), position=position, kind=kind, ts=draw(_any)))
@@ -150,8 +217,17 @@ def test_csv_round_trip_is_bit_exact(tmp_path_factory, drawn):
 
 def test_export_columns_and_missing_rewards(make_log, tmp_path):
     log = make_log(reward_window_s=10.0)
-    write(log, "e1", ["a", "b"], [0.5, 0.25], [0.5, 0.3], candidates=["a", "b", "c"], cand_index=[7, 8, 9],
-          context=[0.1, -2.0], ts=100.0)
+    write(
+        log,
+        "e1",
+        ["a", "b"],
+        [0.5, 0.25],
+        [0.5, 0.3],
+        candidates=["a", "b", "c"],
+        cand_index=[7, 8, 9],
+        context=[0.1, -2.0],
+        ts=100.0,
+    )
     assert log.record_reward(Reward("e1", 1.0, position=1, ts=105.0)) == "recorded"
     assert log.record_reward(Reward("e1", 3.0, position=0, kind="buy", ts=200.0)) == "late"
     assert log.record_reward(Reward("e1", 2.0, kind="buy", ts=101.0)) == "recorded"
@@ -159,11 +235,37 @@ def test_export_columns_and_missing_rewards(make_log, tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "x.csv", newline="")))
     assert result.rows == 2 and result.decisions == 1
     assert list(rows[0]) == [
-        "event_id", "seq", "ts", "user_id", "surface", "policy", "model_version", "policy_params", "position",
-        "item_id", "item_index", "propensity", "marginal", "marginal_draws", "source", "n_candidates",
-        "joint_propensity", "log_joint_propensity", "context_0", "context_1",
-        "reward:buy", "reward_ts:buy", "reward_late:buy", "decision_reward:buy", "decision_reward_ts:buy",
-        "reward:click", "reward_ts:click", "reward_late:click", "decision_reward:click", "decision_reward_ts:click"]
+        "event_id",
+        "seq",
+        "ts",
+        "user_id",
+        "surface",
+        "policy",
+        "model_version",
+        "policy_params",
+        "position",
+        "item_id",
+        "item_index",
+        "propensity",
+        "marginal",
+        "marginal_draws",
+        "source",
+        "n_candidates",
+        "joint_propensity",
+        "log_joint_propensity",
+        "context_0",
+        "context_1",
+        "reward:buy",
+        "reward_ts:buy",
+        "reward_late:buy",
+        "decision_reward:buy",
+        "decision_reward_ts:buy",
+        "reward:click",
+        "reward_ts:click",
+        "reward_late:click",
+        "decision_reward:click",
+        "decision_reward_ts:click",
+    ]
     first, second = rows
     assert (first["item_id"], first["item_index"], first["propensity"], first["marginal"]) == ("a", "7", "0.5", "0.5")
     assert second["n_candidates"] == "3" and second["propensity"] == "0.25" and second["marginal"] == "0.3"
@@ -175,8 +277,17 @@ def test_export_columns_and_missing_rewards(make_log, tmp_path):
 
 def test_parquet_export_matches_the_log_and_carries_the_schema_version(log, tmp_path):
     p = 1 / 3 + 1e-15
-    write(log, "e1", ["a", "b"], [p, 0.25], [p, 1e-300], candidates=["a", "b", "c"], cand_index=[0, 1, 2],
-          context=[np.pi, -0.0], ts=1.5)
+    write(
+        log,
+        "e1",
+        ["a", "b"],
+        [p, 0.25],
+        [p, 1e-300],
+        candidates=["a", "b", "c"],
+        cand_index=[0, 1, 2],
+        context=[np.pi, -0.0],
+        ts=1.5,
+    )
     write(log, "e2", ["c"], [1.0], [1.0], candidates=["c", "a"], cand_index=[2, 0], context=[2.0], ts=2.5)
     log.record_reward(Reward("e1", 1.0, position=1, ts=3.0))
     result = export_parquet(log, tmp_path / "x.parquet", candidates=True)
@@ -213,6 +324,7 @@ def test_unknown_formats_are_validation_errors(make_log, tmp_path):
 
 # ---- Vowpal Wabbit -----------------------------------------------------------------------------
 
+
 def test_vw_text_export_is_parsed_and_learned_by_vw(tmp_path):
     """VW reads every exported example with the label on the shown item, cost = -reward and
     probability = the slot's marginal; after learning, its pmf favours the item that always pays."""
@@ -224,7 +336,7 @@ def test_vw_text_export_is_parsed_and_learned_by_vw(tmp_path):
     fresh = ["shared |User c0:0.3 c1:-0.2 c2:1.0"] + [f"|Action id={c}" for c in cands]
     with Workspace("--cb_explore_adf --quiet --random_seed 3") as vw:
         before = vw.predict(fresh)
-        for lines, (event_id, position, item, marginal, reward) in zip(examples, expected):
+        for lines, (_event_id, _position, item, marginal, reward) in zip(examples, expected):
             assert lines[0].startswith("shared |User ") and len(lines) == 1 + len(cands)
             parsed = vw.parse(lines)
             assert len(parsed) == 1 + len(cands)  # the shared line did not become an action
@@ -247,8 +359,12 @@ def test_dsjson_export_is_parsed_and_learned_by_vw(tmp_path):
     lines = (tmp_path / "x.json").read_text().splitlines()
     expected = logged_rows(log)
     assert result.rows == len(lines) == len(expected)
-    fresh = json.dumps({"a": [1, 2, 3, 4, 5], "c": {"User": {"c0": 0.3, "c1": -0.2, "c2": 1.0},
-                                                  "_multi": [{"Action": {"id": c}} for c in cands]}})
+    fresh = json.dumps(
+        {
+            "a": [1, 2, 3, 4, 5],
+            "c": {"User": {"c0": 0.3, "c1": -0.2, "c2": 1.0}, "_multi": [{"Action": {"id": c}} for c in cands]},
+        }
+    )
     with Workspace("--dsjson --cb_explore_adf --quiet --random_seed 3") as vw:
         before = vw.predict(fresh)
         for line, (event_id, position, item, marginal, reward) in zip(lines, expected):
@@ -311,8 +427,9 @@ def test_awkward_item_ids_stay_distinct_actions_in_vw(log, tmp_path):
     export_vw(log, tmp_path / "x.vw")
     export_dsjson(log, tmp_path / "x.json")
     with Workspace("--cb_explore_adf --quiet") as vw, Workspace("--dsjson --cb_explore_adf --quiet") as vd:
-        for parsed, w in [(vw.parse(lines), vw) for lines in vw_examples((tmp_path / "x.vw").read_text())] + \
-                         [(vd.parse(line), vd) for line in (tmp_path / "x.json").read_text().splitlines()]:
+        for parsed, w in [(vw.parse(lines), vw) for lines in vw_examples((tmp_path / "x.vw").read_text())] + [
+            (vd.parse(line), vd) for line in (tmp_path / "x.json").read_text().splitlines()
+        ]:
             assert len(parsed) == 6
             labelled = [j for j, ex in enumerate(parsed[1:]) if ex.get_label().costs]
             assert labelled in ([1], [3])
@@ -328,11 +445,31 @@ def obd_csv(rows, n_items=6) -> str:
     """An OBD-layout CSV (with the unnamed leading index column the real files have)."""
     out = io.StringIO()
     w = csv.writer(out)
-    w.writerow(["", "timestamp", "item_id", "position", "click", "propensity_score",
-                *[f"user_feature_{j}" for j in range(4)], *[f"user-item_affinity_{i}" for i in range(n_items)]])
+    w.writerow(
+        [
+            "",
+            "timestamp",
+            "item_id",
+            "position",
+            "click",
+            "propensity_score",
+            *[f"user_feature_{j}" for j in range(4)],
+            *[f"user-item_affinity_{i}" for i in range(n_items)],
+        ]
+    )
     for i, (ts, item, position, click, pscore, user) in enumerate(rows):
-        w.writerow([i, ts, item, position, click, pscore, *OBD_USERS[user],
-                    *[repr(0.5 * user + 0.125 * j) for j in range(n_items)]])
+        w.writerow(
+            [
+                i,
+                ts,
+                item,
+                position,
+                click,
+                pscore,
+                *OBD_USERS[user],
+                *[repr(0.5 * user + 0.125 * j) for j in range(n_items)],
+            ]
+        )
     return out.getvalue()
 
 
@@ -375,8 +512,14 @@ def test_obd_csv_imports_to_the_expected_logged_bandit(log, tmp_path):
     assert all((c == np.arange(6)).all() for c in got.candidates)
     # one-hot user features in sorted category order, then the affinities
     names = result.context_names
-    assert names[:6] == ("user_feature_0=81ce", "user_feature_0=cef3", "user_feature_1=03a5",
-                         "user_feature_1=6ff5", "user_feature_2=7bc9", "user_feature_2=c2e4")
+    assert names[:6] == (
+        "user_feature_0=81ce",
+        "user_feature_0=cef3",
+        "user_feature_1=03a5",
+        "user_feature_1=6ff5",
+        "user_feature_2=7bc9",
+        "user_feature_2=c2e4",
+    )
     assert names[6:8] == ("user_feature_3=2d0f", "user_feature_3=9b2d")
     assert names[8:] == tuple(f"user-item_affinity_{i}" for i in range(6))
     np.testing.assert_array_equal(got.context[0], [1, 0, 1, 0, 1, 0, 1, 0, *(0.125 * np.arange(6))])
@@ -404,8 +547,9 @@ def test_obd_rows_are_rounds_of_a_three_slot_carousel_as_obp_reads_them(log, mak
     from banditrec.offline import target_pscore
     from banditrec.policies import make
 
-    rows = [(f"2019-11-24 00:00:{k:02d}.5+00:00", (7 * k) % 6, 1 + k % 3, int(k % 4 == 0), 1 / 6, k % 3)
-            for k in range(9)]
+    rows = [
+        (f"2019-11-24 00:00:{k:02d}.5+00:00", (7 * k) % 6, 1 + k % 3, int(k % 4 == 0), 1 / 6, k % 3) for k in range(9)
+    ]
     (tmp_path / "all.csv").write_text(obd_csv(rows))
     result = import_obd(tmp_path / "all.csv", log)
     assert (result.decisions, result.slots, result.rewards) == (9, 9, 9)
@@ -437,17 +581,20 @@ def test_obd_rows_that_cannot_form_a_decision_are_rejected_with_their_line(log, 
     assert "start_line=5" in str(err.value)
 
 
-@pytest.mark.parametrize("column, value, message", [
-    ("propensity_score", "1.5", "must be in (0, 1], got '1.5'"),
-    ("propensity_score", "0", "must be in (0, 1], got '0'"),
-    ("propensity_score", "", "expected a number, got ''"),
-    ("click", "yes", "expected a number, got 'yes'"),
-    ("click", "nan", "must be a finite number"),
-    ("position", "x", "expected an integer, got 'x'"),
-    ("position", "0", "must be >= 1, got 0"),
-    ("timestamp", "yesterday", "expected Unix seconds or an ISO 8601 time"),
-    ("user-item_affinity_2", "1e999", "must be a finite number"),
-])
+@pytest.mark.parametrize(
+    "column, value, message",
+    [
+        ("propensity_score", "1.5", "must be in (0, 1], got '1.5'"),
+        ("propensity_score", "0", "must be in (0, 1], got '0'"),
+        ("propensity_score", "", "expected a number, got ''"),
+        ("click", "yes", "expected a number, got 'yes'"),
+        ("click", "nan", "must be a finite number"),
+        ("position", "x", "expected an integer, got 'x'"),
+        ("position", "0", "must be >= 1, got 0"),
+        ("timestamp", "yesterday", "expected Unix seconds or an ISO 8601 time"),
+        ("user-item_affinity_2", "1e999", "must be a finite number"),
+    ],
+)
 def test_bad_cells_name_their_line_and_column(make_log, tmp_path, column, value, message):
     text = obd_csv(OBD_ROWS)
     rows = list(csv.reader(io.StringIO(text)))
@@ -468,8 +615,11 @@ def test_bad_cells_name_their_line_and_column(make_log, tmp_path, column, value,
 def test_missing_columns_and_bad_mappings_are_reported_before_anything_is_written(log, make_log, tmp_path):
     text = obd_csv(OBD_ROWS).replace("propensity_score", "pscore", 1)
     (tmp_path / "a.csv").write_text(text)
-    with pytest.raises(ImportFailedError, match=r"line 1, column 'propensity_score': column 'propensity_score' "
-                                                r"\(for marginal\) is not in the header"):
+    with pytest.raises(
+        ImportFailedError,
+        match=r"line 1, column 'propensity_score': column 'propensity_score' "
+        r"\(for marginal\) is not in the header",
+    ):
         import_obd(tmp_path / "a.csv", log)
     assert import_obd(tmp_path / "a.csv", log, mapping={"marginal": "pscore"}, slots=None).decisions == 4
     with pytest.raises(ValidationError, match="unknown mapping field 'prob'"):
@@ -512,6 +662,7 @@ def test_a_failed_import_keeps_what_it_wrote_and_resumes(log, make_log, tmp_path
 
 # ---- generic CSV with a mapping -----------------------------------------------------------------
 
+
 def test_mapped_csv_with_event_ids_categories_and_string_items(log, tmp_path):
     (tmp_path / "m.csv").write_text(
         "session,slot,product,p,clicked,bought,when,country,age\n"
@@ -519,9 +670,22 @@ def test_mapped_csv_with_event_ids_categories_and_string_items(log, tmp_path):
         "s1,2,hat,0.25,0,9.5,1700000000,fr,31\n"
         "s2,1,hat,1.0,0,,1700000001,de,40\n"
     )
-    result = import_csv(tmp_path / "m.csv", log, {
-        "event": "session", "position": "slot", "item": "product", "marginal": "p", "reward": "clicked",
-        "reward:purchase": "bought", "ts": "when", "categorical": "country", "context": "age"}, position_base=1)
+    result = import_csv(
+        tmp_path / "m.csv",
+        log,
+        {
+            "event": "session",
+            "position": "slot",
+            "item": "product",
+            "marginal": "p",
+            "reward": "clicked",
+            "reward:purchase": "bought",
+            "ts": "when",
+            "categorical": "country",
+            "context": "age",
+        },
+        position_base=1,
+    )
     assert (result.decisions, result.rewards, result.n_items) == (2, 4, 2)
     assert result.context_names == ("country=de", "country=fr", "age")
     got = log.decisions()
@@ -547,18 +711,40 @@ def test_event_rows_must_be_consecutive_and_positions_unique(make_log, tmp_path)
 
 # ---- the command line ---------------------------------------------------------------------------
 
+
 def test_cli_export_and_import_round_trip(make_log, tmp_path):
     log = make_log(tmp_path / "src.db")
-    write(log, "e1", ["a", "b"], [0.5, 0.25], [0.5, 0.3], candidates=["a", "b", "c"], cand_index=[0, 1, 2],
-          context=[0.1, 1 / 3])
+    write(
+        log,
+        "e1",
+        ["a", "b"],
+        [0.5, 0.25],
+        [0.5, 0.3],
+        candidates=["a", "b", "c"],
+        cand_index=[0, 1, 2],
+        context=[0.1, 1 / 3],
+    )
     log.record_reward(Reward("e1", 1.0, position=0))
     runner = CliRunner()
     for fmt in ("csv", "parquet", "vw", "dsjson"):
-        res = runner.invoke(main, ["export", "--db", str(tmp_path / "src.db"), "--format", fmt,
-                                   "--out", str(tmp_path / f"out.{fmt}"), "--candidates"])
+        res = runner.invoke(
+            main,
+            [
+                "export",
+                "--db",
+                str(tmp_path / "src.db"),
+                "--format",
+                fmt,
+                "--out",
+                str(tmp_path / f"out.{fmt}"),
+                "--candidates",
+            ],
+        )
         assert res.exit_code == 0, res.output
         assert f"exported 2 logged slots of 1 decisions to {tmp_path / f'out.{fmt}'} ({fmt})" in res.output
-    res = runner.invoke(main, ["import", str(tmp_path / "out.csv"), "--format", "csv", "--db", str(tmp_path / "dst.db")])
+    res = runner.invoke(
+        main, ["import", str(tmp_path / "out.csv"), "--format", "csv", "--db", str(tmp_path / "dst.db")]
+    )
     assert res.exit_code == 0, res.output
     assert "imported 1 decisions (2 slots, 1 rewards) from lines 2-3" in res.output
     assert tables(make_log(tmp_path / "dst.db")) == tables(log)
@@ -566,24 +752,29 @@ def test_cli_export_and_import_round_trip(make_log, tmp_path):
 
 def test_cli_imports_obd_and_writes_the_encoding(tmp_path):
     (tmp_path / "all.csv").write_text(obd_csv(OBD_ROWS))
-    res = CliRunner().invoke(main, ["import", str(tmp_path / "all.csv"), "--format", "obd",
-                                    "--db", str(tmp_path / "log.db"), "--n-items", "80"])
+    res = CliRunner().invoke(
+        main,
+        ["import", str(tmp_path / "all.csv"), "--format", "obd", "--db", str(tmp_path / "log.db"), "--n-items", "80"],
+    )
     assert res.exit_code == 0, res.output
     encoding = next(tmp_path.glob("log.db.context-*.json"))
     assert str(encoding) in res.output and "14 context columns, 80 items" in res.output
     assert json.loads(encoding.read_text())["context_names"][0] == "user_feature_0=81ce"
 
 
-@pytest.mark.parametrize("args, message", [
-    (["import", "{bad}", "--format", "obd", "--db", "{db}"], "line 8, column 'propensity_score'"),
-    (["import", "{bad}", "--format", "csv", "--db", "{db}", "--map", "nonsense"], "--map takes field=column"),
-    (["import", "{bad}", "--format", "csv", "--db", "{db}", "--map", "colour=x"], "unknown mapping field 'colour'"),
-    (["import", "{bad}", "--format", "xml", "--db", "{db}"], "Invalid value for '--format'"),
-    (["import", "{bad}", "--format", "obd", "--db", "{db}", "--position-base", "1"], "OBD positions"),
-    (["export", "--db", "{notdb}", "--format", "csv", "--out", "{out}"], "is not a decision log"),
-    (["export", "--db", "{db}", "--format", "vw", "--out", "{out}", "--kind", "buy"], "no 'buy' rewards"),
-    (["export", "--db", "{db}", "--format", "tsv", "--out", "{out}"], "Invalid value for '--format'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["import", "{bad}", "--format", "obd", "--db", "{db}"], "line 8, column 'propensity_score'"),
+        (["import", "{bad}", "--format", "csv", "--db", "{db}", "--map", "nonsense"], "--map takes field=column"),
+        (["import", "{bad}", "--format", "csv", "--db", "{db}", "--map", "colour=x"], "unknown mapping field 'colour'"),
+        (["import", "{bad}", "--format", "xml", "--db", "{db}"], "Invalid value for '--format'"),
+        (["import", "{bad}", "--format", "obd", "--db", "{db}", "--position-base", "1"], "OBD positions"),
+        (["export", "--db", "{notdb}", "--format", "csv", "--out", "{out}"], "is not a decision log"),
+        (["export", "--db", "{db}", "--format", "vw", "--out", "{out}", "--kind", "buy"], "no 'buy' rewards"),
+        (["export", "--db", "{db}", "--format", "tsv", "--out", "{out}"], "Invalid value for '--format'"),
+    ],
+)
 def test_cli_bad_input_is_a_usage_error_not_a_traceback(make_log, tmp_path, args, message):
     rows = list(OBD_ROWS)
     rows[6] = rows[6][:4] + ("-1",) + rows[6][5:]
@@ -592,8 +783,12 @@ def test_cli_bad_input_is_a_usage_error_not_a_traceback(make_log, tmp_path, args
     log = make_log(tmp_path / "log.db")
     write(log, "e1", ["a"], [0.5], [0.5], candidates=["a", "b"], cand_index=[0, 1])
     log.record_reward(Reward("e1", 1.0, position=0))
-    fill = {"{bad}": str(tmp_path / "bad.csv"), "{db}": str(tmp_path / "log.db"), "{notdb}": str(tmp_path / "notdb"),
-            "{out}": str(tmp_path / "out")}
+    fill = {
+        "{bad}": str(tmp_path / "bad.csv"),
+        "{db}": str(tmp_path / "log.db"),
+        "{notdb}": str(tmp_path / "notdb"),
+        "{out}": str(tmp_path / "out"),
+    }
     res = CliRunner().invoke(main, [fill.get(a, a) for a in args])
     assert res.exit_code == 2, res.output
     assert message in res.output and "Traceback" not in res.output

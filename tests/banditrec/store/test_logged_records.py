@@ -42,12 +42,16 @@ def records(draw) -> LoggedDecisions:
     row_decision = np.repeat(np.arange(n), slots)
     n_rows = len(row_decision)
     return LoggedDecisions(
-        event_id=[f"e{i}" for i in range(n)], seq=np.cumsum(gen.integers(1, 4, size=n)),
+        event_id=[f"e{i}" for i in range(n)],
+        seq=np.cumsum(gen.integers(1, 4, size=n)),
         context=gen.normal(size=(n, draw(st.integers(0, 2)))),
-        candidates=[gen.integers(0, 50, size=gen.integers(0, 5)) for _ in range(n)], row_decision=row_decision,
+        candidates=[gen.integers(0, 50, size=gen.integers(0, 5)) for _ in range(n)],
+        row_decision=row_decision,
         row_slot=np.concatenate([np.arange(s) for s in slots]).astype(np.int64) if n else np.zeros(0, np.int64),
-        row_action=gen.integers(0, 50, size=n_rows), row_pscore=gen.uniform(0.01, 1, size=n_rows),
-        row_reward=gen.integers(0, 2, size=n_rows).astype(float), decision_reward=gen.normal(size=n),
+        row_action=gen.integers(0, 50, size=n_rows),
+        row_pscore=gen.uniform(0.01, 1, size=n_rows),
+        row_reward=gen.integers(0, 2, size=n_rows).astype(float),
+        decision_reward=gen.normal(size=n),
         row_propensity=gen.uniform(0.01, 1, size=n_rows) if draw(st.booleans()) else None,
         n_slots=slots + gen.integers(0, 2, size=n) if draw(st.booleans()) else None,
     )
@@ -58,33 +62,49 @@ def unpacked(logged: LoggedDecisions) -> list[dict]:
     out = []
     for d in range(logged.n_decisions):
         rows = [r for r in range(len(logged.row_decision)) if logged.row_decision[r] == d]
-        out.append({"event_id": logged.event_id[d], "seq": logged.seq[d], "context": logged.context[d],
-                    "candidates": logged.candidates[d], "decision_reward": logged.decision_reward[d],
-                    "n_slots": None if logged.n_slots is None else logged.n_slots[d],
-                    "filled": len(rows),
-                    "rows": {name: [getattr(logged, name)[r] for r in rows] for name in ROW_FIELDS
-                             if getattr(logged, name) is not None}})
+        out.append(
+            {
+                "event_id": logged.event_id[d],
+                "seq": logged.seq[d],
+                "context": logged.context[d],
+                "candidates": logged.candidates[d],
+                "decision_reward": logged.decision_reward[d],
+                "n_slots": None if logged.n_slots is None else logged.n_slots[d],
+                "filled": len(rows),
+                "rows": {
+                    name: [getattr(logged, name)[r] for r in rows]
+                    for name in ROW_FIELDS
+                    if getattr(logged, name) is not None
+                },
+            }
+        )
     return out
 
 
 def packed(decisions: list[dict], like: LoggedDecisions) -> LoggedDecisions:
     """The reference record of ``decisions`` (dicts of :func:`unpacked`), dtypes as in ``like``."""
+
     def rows(name):
         return np.array([v for d in decisions for v in d["rows"][name]], dtype=getattr(like, name).dtype)
 
     has_n_slots = like.n_slots is not None
     return LoggedDecisions(
-        event_id=[d["event_id"] for d in decisions], seq=np.array([d["seq"] for d in decisions], like.seq.dtype),
+        event_id=[d["event_id"] for d in decisions],
+        seq=np.array([d["seq"] for d in decisions], like.seq.dtype),
         context=np.array([d["context"] for d in decisions], float).reshape(len(decisions), like.context.shape[1]),
         candidates=[d["candidates"] for d in decisions],
-        row_decision=np.array([i for i, d in enumerate(decisions) for _ in range(d["filled"])],
-                              like.row_decision.dtype),
-        row_slot=rows("row_slot"), row_action=rows("row_action"), row_pscore=rows("row_pscore"),
+        row_decision=np.array(
+            [i for i, d in enumerate(decisions) for _ in range(d["filled"])], like.row_decision.dtype
+        ),
+        row_slot=rows("row_slot"),
+        row_action=rows("row_action"),
+        row_pscore=rows("row_pscore"),
         row_reward=rows("row_reward"),
         decision_reward=np.array([d["decision_reward"] for d in decisions], float),
         row_propensity=None if like.row_propensity is None else rows("row_propensity"),
-        n_slots=np.array([d["filled"] if d["n_slots"] is None else d["n_slots"] for d in decisions],
-                         np.int64) if has_n_slots else None,
+        n_slots=np.array([d["filled"] if d["n_slots"] is None else d["n_slots"] for d in decisions], np.int64)
+        if has_n_slots
+        else None,
     )
 
 
@@ -119,33 +139,54 @@ def test_concat_of_consecutive_takes_is_the_whole(logged, data):
 def test_concat_of_any_records_matches_the_reference(parts):
     parts = [p for p in parts if p.context.shape[1] == parts[0].context.shape[1]]
     # row_propensity only when every part has it; n_slots when any has it (the others' from their rows)
-    like = replace(parts[0], row_propensity=None if any(p.row_propensity is None for p in parts)
-                   else parts[0].row_propensity, n_slots=None if all(p.n_slots is None for p in parts) else [])
+    like = replace(
+        parts[0],
+        row_propensity=None if any(p.row_propensity is None for p in parts) else parts[0].row_propensity,
+        n_slots=None if all(p.n_slots is None for p in parts) else [],
+    )
     assert_same(LoggedDecisions.concat(parts), packed([d for p in parts for d in unpacked(p)], like))
 
 
 def test_take_and_concat_refuse_what_they_cannot_do():
-    logged = LoggedDecisions.from_slates(np.zeros((2, 1)), [np.arange(3)] * 2, np.array([[0, 1], [2, 0]]),
-                                         marginal=np.full(4, 0.5), propensity=np.full(4, 0.5), reward=np.zeros(4))
+    logged = LoggedDecisions.from_slates(
+        np.zeros((2, 1)),
+        [np.arange(3)] * 2,
+        np.array([[0, 1], [2, 0]]),
+        marginal=np.full(4, 0.5),
+        propensity=np.full(4, 0.5),
+        reward=np.zeros(4),
+    )
     for lo, hi in ((-1, 1), (1, 0), (0, 3)):
         with pytest.raises(ValidationError, match="take needs"):
             logged.take(lo, hi)
     with pytest.raises(ValidationError, match="at least one part"):
         LoggedDecisions.concat([])
     with pytest.raises(ValidationError, match="marginal"):
-        LoggedDecisions.from_slates(np.zeros((2, 1)), [np.arange(3)] * 2, np.array([[0, 1], [2, 0]]),
-                                    marginal=np.full(3, 0.5), propensity=np.full(4, 0.5), reward=np.zeros(4))
+        LoggedDecisions.from_slates(
+            np.zeros((2, 1)),
+            [np.arange(3)] * 2,
+            np.array([[0, 1], [2, 0]]),
+            marginal=np.full(3, 0.5),
+            propensity=np.full(4, 0.5),
+            reward=np.zeros(4),
+        )
 
 
 def regret_by_hand(context, cand_lists, slates, clicked, marg_rows, cond_rows) -> LoggedDecisions:
     """What studies/regret.py's ``learn`` built before ``from_slates``."""
     size, n_slots = slates.shape
     return LoggedDecisions(
-        event_id=[str(i) for i in range(size)], seq=np.arange(1, size + 1), context=context,
-        candidates=cand_lists, row_decision=np.repeat(np.arange(size), n_slots),
-        row_slot=np.tile(np.arange(n_slots), size), row_action=slates.ravel(),
-        row_pscore=np.concatenate(marg_rows), row_reward=clicked.ravel().astype(float),
-        decision_reward=np.zeros(size), row_propensity=np.concatenate(cond_rows),
+        event_id=[str(i) for i in range(size)],
+        seq=np.arange(1, size + 1),
+        context=context,
+        candidates=cand_lists,
+        row_decision=np.repeat(np.arange(size), n_slots),
+        row_slot=np.tile(np.arange(n_slots), size),
+        row_action=slates.ravel(),
+        row_pscore=np.concatenate(marg_rows),
+        row_reward=clicked.ravel().astype(float),
+        decision_reward=np.zeros(size),
+        row_propensity=np.concatenate(cond_rows),
     )
 
 
@@ -155,11 +196,18 @@ def abtest_by_hand(context, candidates, slates, response) -> LoggedDecisions:
     n = (candidates >= 0).sum(axis=1)
     rows, slot = np.repeat(np.arange(m), k), np.tile(np.arange(k), m)
     return LoggedDecisions(
-        event_id=[""] * m, seq=np.arange(m), context=context,
-        candidates=[c[c >= 0] for c in candidates], row_decision=rows, row_slot=slot,
-        row_action=slates.ravel(), row_pscore=(1.0 / n)[rows],
-        row_reward=response.ravel().astype(float), decision_reward=np.zeros(m),
-        row_propensity=1.0 / (n[rows] - slot))
+        event_id=[""] * m,
+        seq=np.arange(m),
+        context=context,
+        candidates=[c[c >= 0] for c in candidates],
+        row_decision=rows,
+        row_slot=slot,
+        row_action=slates.ravel(),
+        row_pscore=(1.0 / n)[rows],
+        row_reward=response.ravel().astype(float),
+        decision_reward=np.zeros(m),
+        row_propensity=1.0 / (n[rows] - slot),
+    )
 
 
 @settings(max_examples=100, deadline=None)
@@ -167,13 +215,14 @@ def abtest_by_hand(context, candidates, slates, response) -> LoggedDecisions:
 def test_from_slates_is_the_record_regret_built_by_hand(m, k, width, seed):
     gen = np.random.default_rng(seed)
     context = gen.normal(size=(m, width))
-    cand_lists = [gen.permutation(20)[:k + int(gen.integers(0, 4))] for _ in range(m)]
+    cand_lists = [gen.permutation(20)[: k + int(gen.integers(0, 4))] for _ in range(m)]
     slates = np.array([c[:k] for c in cand_lists], dtype=np.int64).reshape(m, k)
     clicked = gen.random((m, k)) < 0.3
     marg_rows = [gen.uniform(0.01, 1, size=k) for _ in range(m)]
     cond_rows = [gen.uniform(0.01, 1, size=k) for _ in range(m)]
-    got = LoggedDecisions.from_slates(context, cand_lists, slates, marginal=marg_rows, propensity=cond_rows,
-                                      reward=clicked)
+    got = LoggedDecisions.from_slates(
+        context, cand_lists, slates, marginal=marg_rows, propensity=cond_rows, reward=clicked
+    )
     assert_same(got, regret_by_hand(context, cand_lists, slates, clicked, marg_rows, cond_rows))
 
 
@@ -182,15 +231,24 @@ def test_from_slates_is_the_record_regret_built_by_hand(m, k, width, seed):
 def test_from_slates_is_the_record_the_ab_test_built_by_hand(m, k, seed):
     gen = np.random.default_rng(seed)
     width = k + 4
-    candidates = np.array([np.r_[gen.permutation(30)[:k + n_pad], [-1] * (4 - n_pad)]
-                           for n_pad in gen.integers(0, 5, size=m)], dtype=np.int64).reshape(m, width)
+    candidates = np.array(
+        [np.r_[gen.permutation(30)[: k + n_pad], [-1] * (4 - n_pad)] for n_pad in gen.integers(0, 5, size=m)],
+        dtype=np.int64,
+    ).reshape(m, width)
     slates = candidates[:, :k].copy()
     context = gen.normal(size=(m, 2))
     response = gen.integers(0, 2, size=(m, k))
     n = (candidates >= 0).sum(axis=1)
-    got = LoggedDecisions.from_slates(context, [c[c >= 0] for c in candidates], slates,
-                                      marginal=np.repeat(1.0 / n, k), propensity=1.0 / (n[:, None] - np.arange(k)),
-                                      reward=response, event_id=[""] * m, seq=np.arange(m))
+    got = LoggedDecisions.from_slates(
+        context,
+        [c[c >= 0] for c in candidates],
+        slates,
+        marginal=np.repeat(1.0 / n, k),
+        propensity=1.0 / (n[:, None] - np.arange(k)),
+        reward=response,
+        event_id=[""] * m,
+        seq=np.arange(m),
+    )
     assert_same(got, abtest_by_hand(context, candidates, slates, response))
 
 
@@ -202,12 +260,22 @@ def small_log():
     for i in range(30):
         k = int(gen.integers(1, 4))
         pinned = k > 1 and gen.random() < 0.3
-        slots = tuple(Slot(j, f"i{j}", 1.0 if pinned and j == 0 else 0.5, 1.0 if pinned and j == 0 else 0.5,
-                           source="pinned" if pinned and j == 0 else "candidates") for j in range(k))
-        d = Decision(f"e{i}", "u", slots, 0.5, float(np.log(0.5)), "p", "m0", tuple(f"i{j}" for j in range(4)),
-                     ts=float(i))
-        log.write_decision(d, policy_params={}, candidate_index=np.arange(4), slot_index=np.arange(k),
-                           context=gen.normal(size=2))
+        slots = tuple(
+            Slot(
+                j,
+                f"i{j}",
+                1.0 if pinned and j == 0 else 0.5,
+                1.0 if pinned and j == 0 else 0.5,
+                source="pinned" if pinned and j == 0 else "candidates",
+            )
+            for j in range(k)
+        )
+        d = Decision(
+            f"e{i}", "u", slots, 0.5, float(np.log(0.5)), "p", "m0", tuple(f"i{j}" for j in range(4)), ts=float(i)
+        )
+        log.write_decision(
+            d, policy_params={}, candidate_index=np.arange(4), slot_index=np.arange(k), context=gen.normal(size=2)
+        )
         for j in range(k):
             if gen.random() < 0.3:
                 log.record_reward(Reward(d.event_id, 1.0, position=j, ts=float(i)))

@@ -11,16 +11,17 @@ import time
 import numpy as np
 import pytest
 import sqlite_utils
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from studies.coverage import build_engine
 from banditrec.errors import ConflictError, NotFoundError, ValidationError
 from banditrec.store import DecisionLog
 from banditrec.store.codecs import decision_rows
 from banditrec.store.migrations import migrations
 from banditrec.store.writer import INSERT_DECISION, INSERT_SLOT
 from banditrec.types import Decision, Reward, Slot
+from studies.coverage import build_engine
 from tests.helpers import make_engine
 
 
@@ -29,14 +30,23 @@ def decision(event_id="e1", props=(0.5, 0.25), margs=(0.5, 0.3), items=("a", "b"
         Slot(position=k, item_id=items[k], propensity=props[k], marginal=margs[k], source="cf")
         for k in range(len(props))
     )
-    return Decision(event_id=event_id, user_id="u1", slots=slots, joint_propensity=float(np.prod(props)),
-                    log_joint_propensity=float(np.log(props).sum()) if min(props) > 0 else 0.0,
-                    policy="test", model_version="test-0", candidates=("a", "b", "c"), ts=1.0)
+    return Decision(
+        event_id=event_id,
+        user_id="u1",
+        slots=slots,
+        joint_propensity=float(np.prod(props)),
+        log_joint_propensity=float(np.log(props).sum()) if min(props) > 0 else 0.0,
+        policy="test",
+        model_version="test-0",
+        candidates=("a", "b", "c"),
+        ts=1.0,
+    )
 
 
 def write(log, d, context=(0.1, 0.2)):
-    log.write_decision(d, policy_params={"epsilon": 0.1}, candidate_index=[0, 1, 2],
-                       slot_index=[0, 1][: len(d.slots)], context=context)
+    log.write_decision(
+        d, policy_params={"epsilon": 0.1}, candidate_index=[0, 1, 2], slot_index=[0, 1][: len(d.slots)], context=context
+    )
 
 
 def test_round_trip_into_arrays_at_full_precision(log):
@@ -60,8 +70,11 @@ def test_round_trip_into_arrays_at_full_precision(log):
 
 
 @settings(max_examples=200, deadline=None)
-@given(hnp.arrays(np.float64, st.integers(1, 12), elements=st.floats(allow_nan=False, allow_infinity=False)),
-       st.lists(st.integers(0, 2**62), min_size=3, max_size=3), st.booleans())
+@given(
+    hnp.arrays(np.float64, st.integers(1, 12), elements=st.floats(allow_nan=False, allow_infinity=False)),
+    st.lists(st.integers(0, 2**62), min_size=3, max_size=3),
+    st.booleans(),
+)
 @pytest.mark.slow
 def test_logged_context_and_indices_are_json_that_reads_back_bit_exact(context, index, as_array):
     """The row's text (orjson) read by the standard library gives the same doubles and ints."""
@@ -134,8 +147,11 @@ def test_file_log_uses_wal_and_migrates_once(make_log, tmp_path):
     log.close()
     again = make_log(path)
     assert [m.name for m in migrations.applied(again.db)] == [
-        "0001_decisions_slots_rewards", "0002_late_rewards_events_models_items", "0003_decisions_shop_build",
-        "0004_policy_names"]
+        "0001_decisions_slots_rewards",
+        "0002_late_rewards_events_models_items",
+        "0003_decisions_shop_build",
+        "0004_policy_names",
+    ]
     assert again.count("decisions") == 1
     assert again.integrity_ok()
 
@@ -218,13 +234,16 @@ def test_events_round_trip_into_arrays(log):
     assert before <= log.events(after_seq=3).ts[0] <= time.time()
 
 
-@pytest.mark.parametrize("args, error, match", [
-    (("u1", "a", "click"), ValidationError, "kind must be one of view, cart, purchase, got 'click'"),
-    (("", "a", "view"), ValidationError, "user_id must be a non-empty string"),
-    (("u1", None, "view"), ValidationError, "item_id must be a non-empty string"),
-    (("u1", "a", "view", float("nan")), ValidationError, "ts must be finite"),
-    (("u1", "a", "view", 1.0, "nope"), NotFoundError, "no decision with event_id 'nope'"),
-])
+@pytest.mark.parametrize(
+    "args, error, match",
+    [
+        (("u1", "a", "click"), ValidationError, "kind must be one of view, cart, purchase, got 'click'"),
+        (("", "a", "view"), ValidationError, "user_id must be a non-empty string"),
+        (("u1", None, "view"), ValidationError, "item_id must be a non-empty string"),
+        (("u1", "a", "view", float("nan")), ValidationError, "ts must be finite"),
+        (("u1", "a", "view", 1.0, "nope"), NotFoundError, "no decision with event_id 'nope'"),
+    ],
+)
 def test_bad_events_are_refused_clearly(log, args, error, match):
     with pytest.raises(error, match=match):
         log.write_event(*args)
@@ -233,21 +252,52 @@ def test_bad_events_are_refused_clearly(log, args, error, match):
 
 def test_model_versions_register_once_and_list_in_order(log):
     digest = hashlib.sha256(b"model").hexdigest()
-    assert log.register_model("disjoint-linucb-1", "disjoint-linucb", {"alpha": 1.0}, path="m/1.npz", sha256=digest,
-                              n_updates=500, trained_until_seq=500) == "recorded"
+    assert (
+        log.register_model(
+            "disjoint-linucb-1",
+            "disjoint-linucb",
+            {"alpha": 1.0},
+            path="m/1.npz",
+            sha256=digest,
+            n_updates=500,
+            trained_until_seq=500,
+        )
+        == "recorded"
+    )
     assert log.register_model("disjoint-linucb-0", "disjoint-linucb", {"alpha": 1.0}) == "recorded"
-    assert log.register_model("disjoint-linucb-1", "disjoint-linucb", {"alpha": 1.0}, path="m/1.npz", sha256=digest,
-                              n_updates=500, trained_until_seq=500) == "duplicate"
+    assert (
+        log.register_model(
+            "disjoint-linucb-1",
+            "disjoint-linucb",
+            {"alpha": 1.0},
+            path="m/1.npz",
+            sha256=digest,
+            n_updates=500,
+            trained_until_seq=500,
+        )
+        == "duplicate"
+    )
     with pytest.raises(ConflictError, match="'disjoint-linucb-1' is already registered"):
         log.register_model("disjoint-linucb-1", "disjoint-linucb", {"alpha": 2.0}, path="m/1.npz", sha256=digest)
     got = log.model_versions()
     assert [m["version"] for m in got] == ["disjoint-linucb-1", "disjoint-linucb-0"]
-    assert got[0] == {"version": "disjoint-linucb-1", "policy": "disjoint-linucb", "params": {"alpha": 1.0},
-                      "created_ts": got[0]["created_ts"], "path": "m/1.npz", "sha256": digest,
-                      "n_updates": 500, "trained_until_seq": 500}
+    assert got[0] == {
+        "version": "disjoint-linucb-1",
+        "policy": "disjoint-linucb",
+        "params": {"alpha": 1.0},
+        "created_ts": got[0]["created_ts"],
+        "path": "m/1.npz",
+        "sha256": digest,
+        "n_updates": 500,
+        "trained_until_seq": 500,
+    }
     assert got[1]["path"] is None and got[1]["n_updates"] == 0
-    for bad, match in [(dict(sha256="abc"), "sha256 must be 64"), (dict(n_updates=-1), "n_updates"),
-                       (dict(params={"x": float("nan")}), "params must be JSON"), (dict(params=[1]), "params must be a dict")]:
+    for bad, match in [
+        (dict(sha256="abc"), "sha256 must be 64"),
+        (dict(n_updates=-1), "n_updates"),
+        (dict(params={"x": float("nan")}), "params must be JSON"),
+        (dict(params=[1]), "params must be a dict"),
+    ]:
         with pytest.raises(ValidationError, match=match):
             log.register_model("v", "p", **{"params": {}, **bad})
     assert log.count("model_versions") == 2
@@ -276,22 +326,33 @@ def test_items_round_trip_and_rewrite_idempotently(log):
     assert log.count("items") == 5  # a refused write leaves nothing behind
 
 
-@pytest.mark.parametrize("args, match", [
-    ((["a", "a"], np.zeros((2, 1))), "item ids must be unique"),
-    ((["a"], np.zeros((2, 1))), r"features must have shape \(1, d\)"),
-    ((["a"], [[float("inf")]]), "features must be finite"),
-    ((["a"], [[1.0]], [{"x": object()}]), r"attrs\[0\] must be JSON"),
-    ((["a"], [[1.0]], [{}, {}]), "one dict per item"),
-])
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        ((["a", "a"], np.zeros((2, 1))), "item ids must be unique"),
+        ((["a"], np.zeros((2, 1))), r"features must have shape \(1, d\)"),
+        ((["a"], [[float("inf")]]), "features must be finite"),
+        ((["a"], [[1.0]], [{"x": object()}]), r"attrs\[0\] must be JSON"),
+        ((["a"], [[1.0]], [{}, {}]), "one dict per item"),
+    ],
+)
 def test_bad_items_are_refused_clearly(make_log, args, match):
     with pytest.raises(ValidationError, match=match):
         make_log().write_items(*args)
 
 
-FEATURES = hnp.arrays(np.float64, hnp.array_shapes(min_dims=2, max_dims=2, min_side=0, max_side=5),
-                      elements=st.floats(allow_nan=False, allow_infinity=False))
-ATTRS = st.dictionaries(st.text(max_size=5), st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=5),
-                                                       st.floats(allow_nan=False, allow_infinity=False)), max_size=3)
+FEATURES = hnp.arrays(
+    np.float64,
+    hnp.array_shapes(min_dims=2, max_dims=2, min_side=0, max_side=5),
+    elements=st.floats(allow_nan=False, allow_infinity=False),
+)
+ATTRS = st.dictionaries(
+    st.text(max_size=5),
+    st.one_of(
+        st.none(), st.booleans(), st.integers(), st.text(max_size=5), st.floats(allow_nan=False, allow_infinity=False)
+    ),
+    max_size=3,
+)
 
 
 @pytest.mark.slow
@@ -333,8 +394,9 @@ def test_a_log_written_under_the_old_policy_names_is_renamed_with_a_warning(make
     names = {"e1": "linucb", "e2": "shared-linucb", "e3": "egreedy"}
     with db.atomic():
         for event_id, name in names.items():
-            row, slot_rows = decision_rows(dataclasses.replace(decision(event_id), policy=name), {"epsilon": 0.1},
-                                           [0, 1, 2], [0, 1], (0.25, -0.5))
+            row, slot_rows = decision_rows(
+                dataclasses.replace(decision(event_id), policy=name), {"epsilon": 0.1}, [0, 1, 2], [0, 1], (0.25, -0.5)
+            )
             db.execute(INSERT_DECISION, row)
             db.conn.executemany(INSERT_SLOT, slot_rows)
         db.execute("INSERT INTO model_versions (version, policy, params, created_ts) VALUES ('v1', 'linucb', '{}', 1)")
@@ -342,7 +404,10 @@ def test_a_log_written_under_the_old_policy_names_is_renamed_with_a_warning(make
     with pytest.warns(DeprecationWarning, match="3 logged rows"):
         log = make_log(path)
     assert dict(log.db.execute("SELECT event_id, policy FROM decisions").fetchall()) == {
-        "e1": "disjoint-linucb", "e2": "linucb", "e3": "egreedy"}
+        "e1": "disjoint-linucb",
+        "e2": "linucb",
+        "e3": "egreedy",
+    }
     assert [v["policy"] for v in log.model_versions()] == ["disjoint-linucb"]
     log.close()
 
@@ -363,10 +428,14 @@ def test_a_log_made_by_the_first_migration_only_is_migrated_with_its_data(make_l
 
     log = make_log(path, reward_window_s=10.0)
     assert [m.name for m in migrations.applied(log.db)] == [
-        "0001_decisions_slots_rewards", "0002_late_rewards_events_models_items", "0003_decisions_shop_build",
-        "0004_policy_names"]
+        "0001_decisions_slots_rewards",
+        "0002_late_rewards_events_models_items",
+        "0003_decisions_shop_build",
+        "0004_policy_names",
+    ]
     assert log.db.execute("SELECT event_id, position, reward, ts, late FROM rewards").fetchall() == [
-        ("e1", 1, 1.0, 5.0, 0)]
+        ("e1", 1, 1.0, 5.0, 0)
+    ]
     got = log.decisions()
     assert got.event_id == ["e1"] and got.context.tolist() == [[0.25, -0.5]]
     assert got.row_reward.tolist() == [0.0, 1.0] and got.row_pscore.tolist() == [0.5, 0.3]
@@ -378,11 +447,14 @@ def test_a_log_made_by_the_first_migration_only_is_migrated_with_its_data(make_l
 # ---- batch writes ---------------------------------------------------------------------------
 def _tables(log) -> list[list[tuple]]:
     """Every row of every table, floats as hex so that -0.0 and last bits count."""
+
     def cell(v):
         return float(v).hex() if isinstance(v, float) else v
 
-    return [[tuple(cell(v) for v in row) for row in log.db.execute(f"SELECT * FROM {t} ORDER BY rowid").fetchall()]
-            for t in ("decisions", "slots", "rewards", "sqlite_sequence")]
+    return [
+        [tuple(cell(v) for v in row) for row in log.db.execute(f"SELECT * FROM {t} ORDER BY rowid").fetchall()]
+        for t in ("decisions", "slots", "rewards", "sqlite_sequence")
+    ]
 
 
 def _random_batch(seed: int):
@@ -397,21 +469,46 @@ def _random_batch(seed: int):
         k = int(gen.integers(1, 5))
         props = [float(np.nextafter(1.0, 0)) if gen.random() < 0.2 else float(gen.uniform(1e-9, 1)) for _ in range(k)]
         margs = [float(gen.uniform(5e-324, 1)) for _ in range(k)]
-        slots = tuple(Slot(position=j, item_id=f"é{j}\t{i}", propensity=props[j], marginal=margs[j],
-                           source=["cf", "explore"][j % 2], marginal_draws=int(gen.integers(0, 1000)))
-                      for j in range(k))
+        slots = tuple(
+            Slot(
+                position=j,
+                item_id=f"é{j}\t{i}",
+                propensity=props[j],
+                marginal=margs[j],
+                source=["cf", "explore"][j % 2],
+                marginal_draws=int(gen.integers(0, 1000)),
+            )
+            for j in range(k)
+        )
         ts = float(gen.uniform(0, 100))
-        d = Decision(event_id=f"e{i}/{seed}", user_id=f"u{int(gen.integers(5))}", slots=slots,
-                     joint_propensity=float(np.prod(props)), log_joint_propensity=float(np.log(props).sum()),
-                     policy="linucb:alpha=1.0", model_version=f"v{i % 3}",
-                     candidates=tuple(f"c{j}" for j in range(k + 2)), ts=ts)
+        d = Decision(
+            event_id=f"e{i}/{seed}",
+            user_id=f"u{int(gen.integers(5))}",
+            slots=slots,
+            joint_propensity=float(np.prod(props)),
+            log_joint_propensity=float(np.log(props).sum()),
+            policy="linucb:alpha=1.0",
+            model_version=f"v{i % 3}",
+            candidates=tuple(f"c{j}" for j in range(k + 2)),
+            ts=ts,
+        )
         context = gen.choice(extremes, size=3) if gen.random() < 0.3 else gen.normal(size=3)
-        items.append((d, {"alpha": float(gen.normal()), "name": "ü"}, gen.integers(0, 99, size=k + 2),
-                      gen.integers(0, 99, size=k), context, ["home", "cart"][i % 2]))
+        items.append(
+            (
+                d,
+                {"alpha": float(gen.normal()), "name": "ü"},
+                gen.integers(0, 99, size=k + 2),
+                gen.integers(0, 99, size=k),
+                context,
+                ["home", "cart"][i % 2],
+            )
+        )
         for position in [None, *range(k)]:
             for kind in ("click", "purchase"):
                 if gen.random() < 0.35:
-                    delay = [0.0, 10.0, float(np.nextafter(10.0, np.inf)), float(gen.uniform(0, 20))][int(gen.integers(4))]
+                    delay = [0.0, 10.0, float(np.nextafter(10.0, np.inf)), float(gen.uniform(0, 20))][
+                        int(gen.integers(4))
+                    ]
                     r = Reward(d.event_id, float(gen.integers(0, 3)), position=position, kind=kind, ts=ts + delay)
                     rewards.append(r)
                     if gen.random() < 0.2:  # posted again, the same value: a duplicate
@@ -427,8 +524,9 @@ def test_a_batch_writes_exactly_what_single_writes_write(make_log, seed):
     items, rewards = _random_batch(seed)
     one = make_log(reward_window_s=10.0)
     for d, params, cand, chosen, ctx, surface in items:
-        one.write_decision(d, policy_params=params, candidate_index=cand, slot_index=chosen, context=ctx,
-                           surface=surface)
+        one.write_decision(
+            d, policy_params=params, candidate_index=cand, slot_index=chosen, context=ctx, surface=surface
+        )
     single = [one.record_reward(r) for r in rewards]
     assert {"recorded", "late", "duplicate"} <= set(single)
     together = make_log(reward_window_s=10.0)
@@ -455,14 +553,17 @@ def _good_items(n=4, first=0):
     return [(decision(f"b{i}"), {"epsilon": 0.1}, [0, 1, 2], [0, 1], (0.1, 0.2)) for i in range(first, first + n)]
 
 
-@pytest.mark.parametrize("bad, error, match", [
-    ((decision("b2", props=(0.5, 0.0)), {}, [0, 1, 2], [0, 1], ()), ValidationError, "CHECK constraint failed"),
-    ((decision("b2", margs=(0.5, 1.5)), {}, [0, 1, 2], [0, 1], ()), ValidationError, "CHECK constraint failed"),
-    ((decision("b2"), {}, [0, 1, 2], [0], ()), ValidationError, "needs as many indices, got 1 and 3"),
-    ((decision("b2"), {"x": object()}, [0, 1, 2], [0, 1], ()), ValidationError, "not JSON serializable"),
-    ((decision("b0"), {}, [0, 1, 2], [0, 1], ()), ConflictError, r"event id 'b0' is also items\[0\] of this batch"),
-    ((decision("e1"), {}, [0, 1, 2], [0, 1], ()), ConflictError, "event id 'e1' is already in the log"),
-])
+@pytest.mark.parametrize(
+    "bad, error, match",
+    [
+        ((decision("b2", props=(0.5, 0.0)), {}, [0, 1, 2], [0, 1], ()), ValidationError, "CHECK constraint failed"),
+        ((decision("b2", margs=(0.5, 1.5)), {}, [0, 1, 2], [0, 1], ()), ValidationError, "CHECK constraint failed"),
+        ((decision("b2"), {}, [0, 1, 2], [0], ()), ValidationError, "needs as many indices, got 1 and 3"),
+        ((decision("b2"), {"x": object()}, [0, 1, 2], [0, 1], ()), ValidationError, "not JSON serializable"),
+        ((decision("b0"), {}, [0, 1, 2], [0, 1], ()), ConflictError, r"event id 'b0' is also items\[0\] of this batch"),
+        ((decision("e1"), {}, [0, 1, 2], [0, 1], ()), ConflictError, "event id 'e1' is already in the log"),
+    ],
+)
 def test_a_bad_decision_leaves_the_log_unchanged_and_is_named(log, bad, error, match):
     write(log, decision())
     log.record_reward(Reward("e1", 1.0, position=0))
@@ -477,14 +578,21 @@ def test_a_bad_decision_leaves_the_log_unchanged_and_is_named(log, bad, error, m
     assert log.write_decisions(_good_items(), rewards=[Reward("b0", 1.0, position=0)]) == ["recorded"]
 
 
-@pytest.mark.parametrize("bad, error, match", [
-    (Reward("nope", 1.0, position=0), NotFoundError, "no decision with event_id 'nope'"),
-    (Reward("b1", 1.0, position=2), ValidationError, r"position must be in \[0, 2\) for this decision, got 2"),
-    (Reward("b1", float("nan"), position=0), ValidationError, "reward must be a finite number"),
-    (Reward("b1", 1.0, position=0, ts=float("inf")), ValidationError, "ts must be finite"),
-    (Reward("b0", 0.0, position=0), ConflictError, r"a click reward of 1.0 is already recorded for event 'b0' \(position 0\)"),
-    (Reward("e1", 2.0), ConflictError, r"a click reward of 3.0 is already recorded for event 'e1' \(the decision"),
-])
+@pytest.mark.parametrize(
+    "bad, error, match",
+    [
+        (Reward("nope", 1.0, position=0), NotFoundError, "no decision with event_id 'nope'"),
+        (Reward("b1", 1.0, position=2), ValidationError, r"position must be in \[0, 2\) for this decision, got 2"),
+        (Reward("b1", float("nan"), position=0), ValidationError, "reward must be a finite number"),
+        (Reward("b1", 1.0, position=0, ts=float("inf")), ValidationError, "ts must be finite"),
+        (
+            Reward("b0", 0.0, position=0),
+            ConflictError,
+            r"a click reward of 1.0 is already recorded for event 'b0' \(position 0\)",
+        ),
+        (Reward("e1", 2.0), ConflictError, r"a click reward of 3.0 is already recorded for event 'e1' \(the decision"),
+    ],
+)
 def test_a_bad_reward_leaves_the_log_unchanged_and_is_named(log, bad, error, match):
     """The reward at index 3 of 5 is bad: neither the batch's decisions nor the rewards before
     it are written, whether they come with decisions or alone."""
@@ -492,8 +600,13 @@ def test_a_bad_reward_leaves_the_log_unchanged_and_is_named(log, bad, error, mat
     log.record_reward(Reward("e1", 3.0))
     log.write_decisions(_good_items(2, first=100))
     before = _tables(log)
-    rewards = [Reward("b0", 1.0, position=0), Reward("b1", 0.0, position=1), Reward("b100", 1.0), bad,
-               Reward("b101", 1.0, position=0)]
+    rewards = [
+        Reward("b0", 1.0, position=0),
+        Reward("b1", 0.0, position=1),
+        Reward("b100", 1.0),
+        bad,
+        Reward("b101", 1.0, position=0),
+    ]
     with pytest.raises(error, match=match) as err:
         log.write_decisions(_good_items(), rewards=rewards)
     assert (err.value.batch, err.value.index) == ("rewards", 3)
@@ -513,19 +626,27 @@ def test_statuses_in_a_batch_say_recorded_late_or_duplicate_per_reward(make_log)
     statuses = log.write_decisions(
         [(dataclasses.replace(decision("e2"), ts=100.0), {}, [0, 1, 2], [0, 1], ())],
         rewards=[
-            Reward("e1", 1.0, position=0, ts=50.0),    # logged before the batch, same value
-            Reward("e2", 1.0, position=0, ts=110.0),   # at the window's edge: on time
-            Reward("e2", 0.0, position=1, ts=110.5),   # past it
-            Reward("e2", 0.0, position=1, ts=111.0),   # again in the same batch
-            Reward("e2", 1.0, position=0, ts=200.0),   # again, late this time: still the same reward
-            Reward("e2", 4.0, kind="buy", ts=99.0),    # the decision as a whole
-            Reward("e1", 1.0, position=1, ts=13.0),    # an earlier decision, late
-        ])
+            Reward("e1", 1.0, position=0, ts=50.0),  # logged before the batch, same value
+            Reward("e2", 1.0, position=0, ts=110.0),  # at the window's edge: on time
+            Reward("e2", 0.0, position=1, ts=110.5),  # past it
+            Reward("e2", 0.0, position=1, ts=111.0),  # again in the same batch
+            Reward("e2", 1.0, position=0, ts=200.0),  # again, late this time: still the same reward
+            Reward("e2", 4.0, kind="buy", ts=99.0),  # the decision as a whole
+            Reward("e1", 1.0, position=1, ts=13.0),  # an earlier decision, late
+        ],
+    )
     assert statuses == ["duplicate", "recorded", "late", "duplicate", "duplicate", "recorded", "late"]
     assert log.db.execute("SELECT event_id, position, kind, late FROM rewards ORDER BY rowid").fetchall() == [
-        ("e1", 0, "click", 0), ("e2", 0, "click", 0), ("e2", 1, "click", 1), ("e2", -1, "buy", 0), ("e1", 1, "click", 1)]
+        ("e1", 0, "click", 0),
+        ("e2", 0, "click", 0),
+        ("e2", 1, "click", 1),
+        ("e2", -1, "buy", 0),
+        ("e1", 1, "click", 1),
+    ]
     assert log.record_rewards([Reward("e2", 0.0, position=1), Reward("e1", 5.0, position=1, kind="buy", ts=1.0)]) == [
-        "duplicate", "recorded"]
+        "duplicate",
+        "recorded",
+    ]
     with pytest.raises(ConflictError, match=r"rewards\[1\] \(event 'e2'\): a buy reward of 7.0 is already recorded"):
         log.record_rewards([Reward("e2", 7.0, position=0, kind="buy"), Reward("e2", 8.0, position=0, kind="buy")])
     assert log.count("rewards") == 6  # the conflict took the first reward of its batch with it

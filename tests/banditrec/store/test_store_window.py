@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 
-from studies.coverage import build_engine
 from banditrec.errors import ConflictError, ValidationError
 from banditrec.service import create_app
 from banditrec.store import DecisionLog
@@ -15,21 +14,34 @@ from banditrec.store import reader as store_reader
 from banditrec.store.codecs import number_lists, read_params
 from banditrec.store.reader import READ_REWARDS, READ_REWARDS_SCAN
 from banditrec.types import Decision, Reward, Slot
+from studies.coverage import build_engine
 
 WINDOW = 10.0
 
 
 def decision(event_id: str, ts: float, n_slots: int = 2, n_candidates: int = 3) -> Decision:
-    slots = tuple(Slot(position=k, item_id=f"i{k}", propensity=0.5, marginal=0.25, source="cf")
-                  for k in range(n_slots))
-    return Decision(event_id=event_id, user_id="u1", slots=slots, joint_propensity=0.5 ** n_slots,
-                    log_joint_propensity=n_slots * float(np.log(0.5)), policy="test", model_version="test-0",
-                    candidates=tuple(f"i{j}" for j in range(n_candidates)), ts=ts)
+    slots = tuple(Slot(position=k, item_id=f"i{k}", propensity=0.5, marginal=0.25, source="cf") for k in range(n_slots))
+    return Decision(
+        event_id=event_id,
+        user_id="u1",
+        slots=slots,
+        joint_propensity=0.5**n_slots,
+        log_joint_propensity=n_slots * float(np.log(0.5)),
+        policy="test",
+        model_version="test-0",
+        candidates=tuple(f"i{j}" for j in range(n_candidates)),
+        ts=ts,
+    )
 
 
 def write(log: DecisionLog, event_id: str, ts: float, n_slots: int = 2) -> None:
-    log.write_decision(decision(event_id, ts, n_slots), policy_params={}, candidate_index=[0, 1, 2],
-                       slot_index=list(range(n_slots)), context=[0.5, -0.5])
+    log.write_decision(
+        decision(event_id, ts, n_slots),
+        policy_params={},
+        candidate_index=[0, 1, 2],
+        slot_index=list(range(n_slots)),
+        context=[0.5, -0.5],
+    )
 
 
 def late_flags(log: DecisionLog) -> list:
@@ -127,8 +139,9 @@ def test_closed_before_needs_a_window(log):
 def test_the_reward_endpoint_answers_late_then_duplicate(make_log, small_shop):
     now = [0.0]
     log = make_log(reward_window_s=WINDOW)
-    client = create_app(build_engine(small_shop, "linucb:alpha=1.0,epsilon=0.1", log, seed=3,
-                                     n_candidates=10, clock=lambda: now[0])).test_client()
+    client = create_app(
+        build_engine(small_shop, "linucb:alpha=1.0,epsilon=0.1", log, seed=3, n_candidates=10, clock=lambda: now[0])
+    ).test_client()
     event_id = client.post("/v1/decide", json={"user_id": "u3", "slots": 2}).get_json()["event_id"]
     body = {"event_id": event_id, "position": 1, "reward": 1}
     now[0] = WINDOW
@@ -144,17 +157,40 @@ def test_the_reward_endpoint_answers_late_then_duplicate(make_log, small_shop):
 
 
 # ---- 4. the fast reader against a slow obvious one -----------------------------------------
-def slow_decisions(log: DecisionLog, *, after_seq=0, until_seq=None, kind="click", default_reward=0.0,
-                   closed_before=None, include_late=False) -> dict:
+def slow_decisions(
+    log: DecisionLog,
+    *,
+    after_seq=0,
+    until_seq=None,
+    kind="click",
+    default_reward=0.0,
+    closed_before=None,
+    include_late=False,
+) -> dict:
     """One query per decision, per slot and per reward, in plain Python."""
     window = log.reward_window_s
-    out = {k: [] for k in ("event_id", "seq", "context", "candidates", "row_decision", "row_slot",
-                           "row_action", "row_pscore", "row_reward", "decision_reward")}
+    out = {
+        k: []
+        for k in (
+            "event_id",
+            "seq",
+            "context",
+            "candidates",
+            "row_decision",
+            "row_slot",
+            "row_action",
+            "row_pscore",
+            "row_reward",
+            "decision_reward",
+        )
+    }
     db = log.db.conn
 
     def reward_of(event_id, position, decision_ts):
-        row = db.execute("SELECT reward, ts, late FROM rewards WHERE event_id = ? AND position = ? AND kind = ?",
-                         (event_id, position, kind)).fetchone()
+        row = db.execute(
+            "SELECT reward, ts, late FROM rewards WHERE event_id = ? AND position = ? AND kind = ?",
+            (event_id, position, kind),
+        ).fetchone()
         if row is None:
             return default_reward
         value, ts, late = row
@@ -162,7 +198,8 @@ def slow_decisions(log: DecisionLog, *, after_seq=0, until_seq=None, kind="click
         return default_reward if is_late and not include_late else value
 
     for seq, event_id, ts, context, cands in db.execute(
-            "SELECT seq, event_id, ts, context, candidate_index FROM decisions ORDER BY seq").fetchall():
+        "SELECT seq, event_id, ts, context, candidate_index FROM decisions ORDER BY seq"
+    ).fetchall():
         if seq <= after_seq or (until_seq is not None and seq > until_seq):
             continue
         if closed_before is not None and not ts + window <= closed_before:
@@ -174,7 +211,8 @@ def slow_decisions(log: DecisionLog, *, after_seq=0, until_seq=None, kind="click
         out["candidates"].append(np.array(json.loads(cands), dtype=np.int64))
         out["decision_reward"].append(reward_of(event_id, -1, ts))
         for position, item, marginal in db.execute(
-                "SELECT position, item_index, marginal FROM slots WHERE event_id = ? ORDER BY position", (event_id,)):
+            "SELECT position, item_index, marginal FROM slots WHERE event_id = ? ORDER BY position", (event_id,)
+        ):
             out["row_decision"].append(d)
             out["row_slot"].append(position)
             out["row_action"].append(item)
@@ -206,15 +244,22 @@ def random_log(seed: int) -> DecisionLog:
         ts = float(gen.uniform(0, 100))
         d = decision(f"e{i}", ts, n_slots, n_cand)
         context = gen.choice(EXTREMES, size=width) if gen.random() < 0.3 else gen.normal(size=width)
-        log.write_decision(d, policy_params={}, candidate_index=gen.integers(0, 50, size=n_cand),
-                           slot_index=gen.integers(0, 50, size=n_slots), context=context)
+        log.write_decision(
+            d,
+            policy_params={},
+            candidate_index=gen.integers(0, 50, size=n_cand),
+            slot_index=gen.integers(0, 50, size=n_slots),
+            context=context,
+        )
         for position in range(-1, n_slots):
             for kind in ("click", "purchase"):
                 if gen.random() < 0.4:
                     delay = [0.0, WINDOW, float(np.nextafter(WINDOW, np.inf)), gen.uniform(0, 2 * WINDOW)][
-                        int(gen.integers(0, 4))]
-                    log.record_reward(Reward(d.event_id, float(gen.integers(0, 3)), position=position,
-                                             kind=kind, ts=ts + delay))
+                        int(gen.integers(0, 4))
+                    ]
+                    log.record_reward(
+                        Reward(d.event_id, float(gen.integers(0, 3)), position=position, kind=kind, ts=ts + delay)
+                    )
     if seed % 5 == 0:
         log.db.execute("UPDATE decisions SET candidate_index = replace(candidate_index, ' ', '')")
     log.reward_window_s = WINDOW  # read with a 10 s window, whatever the writer's was
@@ -231,8 +276,12 @@ def test_the_fast_reader_equals_a_row_by_row_reader_on_random_logs(seed, scan_ra
     gen = np.random.default_rng(1000 + seed)
     n = log.max_seq()
     for _ in range(8):
-        args = dict(after_seq=int(gen.integers(0, n)), kind=["click", "purchase"][int(gen.integers(0, 2))],
-                    default_reward=float(gen.choice([0.0, -1.0, 0.5])), include_late=bool(gen.random() < 0.5))
+        args = dict(
+            after_seq=int(gen.integers(0, n)),
+            kind=["click", "purchase"][int(gen.integers(0, 2))],
+            default_reward=float(gen.choice([0.0, -1.0, 0.5])),
+            include_late=bool(gen.random() < 0.5),
+        )
         if gen.random() < 0.5:
             args["until_seq"] = int(gen.integers(args["after_seq"], n + 2))
         if gen.random() < 0.5:
@@ -255,21 +304,43 @@ def test_both_reward_query_plans_give_the_same_rows(seed):
     log = random_log(seed)
     gen = np.random.default_rng(2000 + seed)
     for _ in range(8):
-        params = read_params(after_seq=int(gen.integers(0, 30)), until_seq=int(gen.integers(30, 90)),
-                             kind="click", window=WINDOW, closed_before=[None, 60.0][int(gen.integers(0, 2))],
-                             include_late=bool(gen.random() < 0.5))
+        params = read_params(
+            after_seq=int(gen.integers(0, 30)),
+            until_seq=int(gen.integers(30, 90)),
+            kind="click",
+            window=WINDOW,
+            closed_before=[None, 60.0][int(gen.integers(0, 2))],
+            include_late=bool(gen.random() < 0.5),
+        )
         rows = [sorted(log.db.execute(q, params).fetchall()) for q in (READ_REWARDS, READ_REWARDS_SCAN)]
         assert rows[0] == rows[1] and rows[0]
 
 
-@pytest.mark.parametrize("texts", [
-    ["[1, 2, 3]", "[4]", "[5, 6]"],
-    ["[]", "[1, 2]"], ["[1, 2]", "[]"], ["[]"], ["[]", "[]"], ["[ ]", "[1]"], ["[ ]"], [],  # empty lists
-    ["[1,2]", "[ 3 ,4 ]"], ["[\n1,\n2\n]", "[3]"], ["[1, 2]", "[3 ]"],        # other JSON spacing
-    [" []", "[1]"], ["[1]", "[] "], [" [1]", "[2] "], ["[]\n"], ["[1]", "\t[]"],  # outside the brackets
-    ["[1.0, 2.5]"], ["[1e3, -0.0]"], ["[0.1, 5e-324, 1.7976931348623157e308]"],
-    ["[NaN, 1]", "[1]"],
-])
+@pytest.mark.parametrize(
+    "texts",
+    [
+        ["[1, 2, 3]", "[4]", "[5, 6]"],
+        ["[]", "[1, 2]"],
+        ["[1, 2]", "[]"],
+        ["[]"],
+        ["[]", "[]"],
+        ["[ ]", "[1]"],
+        ["[ ]"],
+        [],  # empty lists
+        ["[1,2]", "[ 3 ,4 ]"],
+        ["[\n1,\n2\n]", "[3]"],
+        ["[1, 2]", "[3 ]"],  # other JSON spacing
+        [" []", "[1]"],
+        ["[1]", "[] "],
+        [" [1]", "[2] "],
+        ["[]\n"],
+        ["[1]", "\t[]"],  # outside the brackets
+        ["[1.0, 2.5]"],
+        ["[1e3, -0.0]"],
+        ["[0.1, 5e-324, 1.7976931348623157e308]"],
+        ["[NaN, 1]", "[1]"],
+    ],
+)
 @pytest.mark.parametrize("dtype", [np.int64, float])
 def test_number_lists_parse_like_json(texts, dtype):
     """The one-parse fast path for candidate lists and contexts never reads a list differently
