@@ -1,21 +1,10 @@
 """The learner: a process apart from serving that learns from closed decisions and publishes
-snapshots the serving workers reload (ARCHITECTURE.md, invariant 7).
+snapshots the serving workers reload.
 
-Each :meth:`Learner.step` reads the decisions whose reward window has closed and that it has
-not learned from (:meth:`DecisionLog.closed_until_seq` bounds the read so that a decision
-still open is never skipped), joins their rewards (a missing one is final: the default),
-updates the policy, and publishes:
+Each :meth:`Learner.step` reads the decisions whose reward window has closed, updates the
+policy, saves a snapshot, switches the pointer atomically and registers the model in the log.
 
-1. ``policy.save(<dir>/<version>)`` -- the ``.npz`` and its JSON manifest, each written to a
-   temporary file, fsynced and renamed (:mod:`banditrec.policies.snapshot`);
-2. the pointer ``<dir>/CURRENT.json`` (:mod:`banditrec.publish`: the version, the manifest's
-   name and the SHA-256 of its bytes, ``trained_until_seq``, and a checksum of its own), written
-   the same way -- the one atomic switch readers watch;
-3. ``log.register_model(...)``, so that ``GET /v1/models`` and the log say what was trained on what.
-
-A learner restarted on the same directory resumes from the snapshot the serving workers
-serve (:func:`banditrec.publish.resolve`: the pointer's, or the newest valid one when the
-pointer is unusable) and its ``trained_until_seq``. Serving never waits for learning: workers only ``stat`` the pointer.
+Details: docs/service.md, "The learner (`learner.py`)".
 """
 
 from __future__ import annotations

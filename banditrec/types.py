@@ -1,17 +1,9 @@
 """The few records every part of banditrec shares.
 
-Plain frozen dataclasses with numpy arrays inside; nothing heavy is imported here.
+Plain frozen dataclasses with numpy arrays inside; nothing heavy is imported here. One *row*
+is one slot of one decision.
 
-Vocabulary (see the architecture page): one *row* is one slot of one decision.
-
-- ``reward (n,)``   observed reward of the row (e.g. a click on that slot)
-- ``action (n,)``   integer index of the item shown, in ``[0, n_actions)``
-- ``slot (n,)``     position of the row in its carousel, in ``[0, n_slots)``
-- ``pscore (n,)``   the logging policy's *marginal* probability that this item is shown in
-                    this slot, given the context: P(slot k holds a | x)
-- ``decision (n,)`` which decision (carousel) the row belongs to; rows of one decision share
-                    a context, so intervals are computed over decisions, not rows
-- ``action_dist (n, n_actions, n_slots)`` a target policy's marginal probabilities
+Details: docs/how-it-works.md, "The records (`types.py`)".
 """
 
 from __future__ import annotations

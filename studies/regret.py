@@ -1,25 +1,10 @@
 """Cumulative regret of policies in the simulated shop, against its exact oracle.
 
-Wiring (it drives the simulator): each run builds the shop of a scenario
-(:mod:`simulator.scenarios`) for its seed, fits item-item CF on the pre-period purchases, and
-serves ``n_decisions`` carousel requests with one policy, which learns online from the
-sampled rewards (clicks, or purchases) every ``batch`` decisions. Requests arrive at
-``day_decisions`` a day, so a scenario's world changes under the policy (new items launch,
-appeal drifts). Regret is exact pseudo-regret from the shop's model: for decision t with
-customer c, candidates C and day d_t,
+Each run serves a scenario's customers with one policy that learns online; regret is the exact
+pseudo-regret of each shown slate against the best slate over the same candidates, with common
+random numbers across the policies of a seed.
 
-    regret_t = max_{slates s over C} E[reward | c, s, d_t] - E[reward | c, s_t, d_t]
-
-where the maximum puts the K candidates of highest expected reward per look in order (the
-position-based model is separable, so by the rearrangement inequality that slate is optimal),
-and ``s_t`` is the slate the policy actually showed. No sampling noise enters the regret
-itself; the rewards the policy learns from are sampled. Every policy of a seed sees the same
-shop, the same customers in the same order and the same candidates (common random numbers).
-
-Candidates are the customer's CF candidates; when items launch during the run, a sixth of them
-are drawn from the items launched in the last ``FRESH_DAYS`` days (flagged ``cold`` for the
-policy while younger than the shop's ``cold_days``), since CF fitted on the pre-period cannot
-propose them.
+Details: docs/policies.md, "The regret study (`studies/regret.py`)".
 """
 
 from __future__ import annotations

@@ -55,9 +55,9 @@ class DecisionLog(LogReader, LogWriter):
 
     ``checkpoint_interval_s``: checkpoint the WAL from a background thread this often instead
     of in the committing writer (a serving process sets it). SQLite's automatic checkpoint runs
-    in whichever commit pushes the WAL past 1000 pages -- one decision in ~100 with 200
-    candidates -- and that commit then copies the pages and waits for two fsyncs (5-30 ms
-    here) while it still holds the write lock, so every writer queues behind it. A passive
+    in whichever commit pushes the WAL past 1000 pages, and that commit then copies the pages
+    and waits for two fsyncs while it still holds the write lock, so every writer queues behind
+    it. A passive
     checkpoint on a connection of its own copies the same pages without the write lock; the
     writers' own automatic checkpoint stays as a backstop at ``CHECKPOINT_BACKSTOP_PAGES``
     (WAL mode restarts the file only after a checkpoint that no commit overlapped).
@@ -90,7 +90,7 @@ class DecisionLog(LogReader, LogWriter):
         # process_lock: writers of this file queue on an flock of "<path>.lock" before taking
         # SQLite's write lock. SQLite's own busy handler polls with sleeps of 1, 2, 5, 10, ...
         # ms, so processes that write often (gunicorn workers) wait milliseconds for a lock
-        # held for 0.1 ms; a blocked flock wakes as soon as it is released.
+        # held far shorter; a blocked flock wakes as soon as it is released.
         self._flock_fd = None
         if process_lock and self.path != ":memory:":
             self._flock_fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
