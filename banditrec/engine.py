@@ -576,9 +576,33 @@ class Engine:
     ) -> Decision:
         """Fill ``n_slots`` slots for ``user_id``, log the decision, and return it.
 
-        ``pinned`` item ids (promotions) take the first slots in that order, with propensity 1
-        and source ``"pinned"``; the policy fills the rest from the other candidates. Readers
-        leave pinned slots out of learning and evaluation: no policy chose them.
+        Parameters
+        ----------
+        user_id : str
+        n_slots : int
+            Slots of the carousel (at most the number of candidates).
+        context : array-like of float, optional
+            The request's context vector (the engine's ``context_dim`` numbers).
+        candidates : list of str, optional
+            Item ids to choose from; by default the candidate generator's.
+        exclude : list of str, optional
+            Item ids never to show.
+        surface : str
+            Where the carousel is shown; logged with the decision.
+        pinned : list of str, optional
+            Promotions: they take the first slots in this order, with propensity 1 and source
+            ``"pinned"``, and readers leave them out of learning and evaluation.
+
+        Returns
+        -------
+        Decision
+            The slots with their conditional and marginal propensities, the joint propensity,
+            the event id the rewards refer to.
+
+        Raises
+        ------
+        ValidationError
+            An unknown item, too few candidates, or a malformed context.
         """
         record = self._prepare(
             user_id, n_slots, context=context, candidates=candidates, exclude=exclude, surface=surface, pinned=pinned

@@ -118,12 +118,40 @@ def evaluate_log(
     shop=None,
     on_target=None,
 ) -> Evaluation:
-    """Evaluate each policy ``spec`` and every setting of the ``tune`` grids on the log at
-    ``db`` (:mod:`banditrec.evaluation.pipeline`); ``reward_model`` names the DM/DR family's
-    model. With a :class:`~banditrec.shop.Shop`, the candidates are built, trained and re-scored
-    on the shop's item features, product types and business columns. ``on_target(spec, test, d,
-    items, marginals)`` sees each candidate's marginals on every evaluated decision (e.g. to
-    compute its exact value in a simulator)."""
+    """Evaluate candidate policies off-policy on the decision log at ``db``.
+
+    Parameters
+    ----------
+    db : str
+        The decision log.
+    specs : list of str
+        Candidate policy specs.
+    estimators, primary : tuple of str, str
+        Estimators to report; the one whose lower bound decides the verdict.
+    kind, default_reward : str, float
+        The reward kind evaluated; the reward of a slot without one.
+    train_frac : float
+        Share of the decisions (oldest first) the candidates learn from.
+    tune : tuple of str
+        Grids of settings to choose from on the log (``docs/evaluation.md``).
+    reward_model : str, optional
+        The DM/DR family's model (``ridge``, ``logistic``, ``gbt``).
+    shop : Shop, optional
+        Build, train and re-score the candidates on the shop's items and business columns.
+    on_target : callable, optional
+        ``on_target(spec, test, d, items, marginals)`` sees each candidate's marginals on every
+        evaluated decision (e.g. to compute its exact value in a simulator).
+
+    Returns
+    -------
+    Evaluation
+        Every candidate's estimates and verdict, and the report's path when ``out`` is given.
+
+    Raises
+    ------
+    ValidationError
+        A bad argument, or a log with nothing to evaluate.
+    """
     request = check_request(
         specs,
         estimators=estimators,

@@ -66,7 +66,25 @@ def _convert(value: str, kind, name: str):
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
-    """Split ``"name:k=v,k=v"`` into the name and raw parameter strings."""
+    """Split a policy spec into its registry name and raw parameter strings.
+
+    Parameters
+    ----------
+    spec : str
+        ``"name"`` or ``"name:key=value,key=value"``.
+
+    Returns
+    -------
+    name : str
+        The registry name (a deprecated name is mapped to its current one, with a warning).
+    params : dict of str to str
+        The parameters, not yet converted.
+
+    Raises
+    ------
+    ValidationError
+        An empty spec, a parameter without ``=``, or a parameter given twice.
+    """
     if not isinstance(spec, str) or not spec.strip():
         raise ValidationError(f"policy spec must be a non-empty string, got {spec!r}", "policy")
     name, _, body = spec.strip().partition(":")
@@ -82,8 +100,28 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
 
 
 def make(spec: str, **env) -> Policy:
-    """Build a policy from a spec string; ``env`` passes what the deployment knows.
+    """Build a policy from a spec string.
 
+    Parameters
+    ----------
+    spec : str
+        ``"name:key=value,..."``; the names are in :data:`REGISTRY`, the keys are the fields of
+        the policy's ``Config``.
+    **env
+        What the deployment knows: ``context_dim``, ``item_dim``, ``n_items``, ``popularity``,
+        ... (the keys of ``banditrec.policies.base.ENVIRONMENT``).
+
+    Returns
+    -------
+    Policy
+
+    Raises
+    ------
+    ValidationError
+        An unknown policy, parameter or environment key, or a value out of range.
+
+    Examples
+    --------
     >>> make("uniform").name
     'uniform'
     """
@@ -122,11 +160,29 @@ def _check_params(manifest: dict, cls) -> dict:
 
 
 def load(path, *, manifest_sha256: str | None = None, **env) -> Policy:
-    """Rebuild a policy from a snapshot written by ``policy.save(path)``; ``env`` as for
-    :func:`make` (it may describe a larger catalog than the snapshot's: items added since start
-    cold); ``manifest_sha256``: the manifest's hash from a publishing pointer. A missing,
-    truncated, altered or ill-typed snapshot raises ``ValidationError``; a parameter the policy
-    gained since the snapshot was written takes its default."""
+    """Rebuild a policy from a snapshot written by ``policy.save(path)``.
+
+    Parameters
+    ----------
+    path : str or Path
+        The snapshot's manifest (``<stem>.json``).
+    manifest_sha256 : str, optional
+        The manifest's hash from a publishing pointer; a manifest that differs is refused.
+    **env
+        As for :func:`make`; it may describe a larger catalog than the snapshot's (items added
+        since start cold).
+
+    Returns
+    -------
+    Policy
+        With the snapshot's state. A parameter the policy gained since the snapshot was
+        written takes its default; a format-2 snapshot loads under the current policy name.
+
+    Raises
+    ------
+    ValidationError
+        A missing, truncated, altered or ill-typed snapshot.
+    """
     manifest, payload = snapshot.load(path, manifest_sha256=manifest_sha256)
     name = manifest["policy"]
     if manifest["format"] == snapshot.FORMAT_2:
