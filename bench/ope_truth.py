@@ -24,10 +24,9 @@ import numpy as np
 from common import table
 from scipy.stats import t as student_t
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from test_ope_truth import make_world, run_study  # noqa: E402  (the tests' study, at a larger size)
-
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository, for tests.*
 from banditrec.ope import DM, DR, IPS, SNDR, SNIPS, ClippedIPS, Replay, RidgeRewardModel, SlatePI, SwitchDR  # noqa: E402
+from tests.banditrec.ope.test_ope_truth import make_world, run_study  # noqa: E402  (the tests' study, at a larger size)
 
 RIDGE = RidgeRewardModel()  # the study's misspecified model (bench section rewardtruth compares models)
 WORLD = dict(n_items=100, n_customers=1000, n_slots=4, dim=6, seed=2024, target_eps=0.5, logger_eps=0.7)

@@ -28,12 +28,11 @@ from pathlib import Path
 import numpy as np
 from common import rng, table
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from test_ope_truth import make_world, simulate_log  # noqa: E402
-from test_reward_models import logistic_log, logistic_world  # noqa: E402
-
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository, for tests.*
 from banditrec.ope import DM, DR, IPS, SNDR, SNIPS, LoggedBandit, SwitchDR  # noqa: E402
 from banditrec.ope.reward_model import GBTRewardModel, LogisticRewardModel, RidgeRewardModel, decision_folds  # noqa: E402
+from tests.banditrec.ope.test_ope_truth import make_world, simulate_log  # noqa: E402
+from tests.banditrec.ope.test_reward_models import logistic_log, logistic_world  # noqa: E402
 
 OBD = Path(__file__).resolve().parent.parent / "data" / "obd"
 N_ACTIONS, LEN_LIST = 80, 3
