@@ -1,5 +1,7 @@
 """``banditrec evaluate --db``: the pipeline (:mod:`banditrec.evaluation.pipeline`) on a SQLite
-decision log, read whole into memory and evaluated as one chunk in this process; optionally on
+decision log in this process: the training share read whole, the evaluated decisions streamed
+a chunk of log sequence numbers at a time (:data:`CHUNK_DECISIONS`), so that memory does not
+grow with the log beyond the training share and the reward model's statistics; optionally on
 a shop directory's items (``--shop``). Also the objective-sensitivity table estimated from a
 shop's log (``banditrec sensitivity --shop --db``).
 """
@@ -13,12 +15,12 @@ import numpy as np
 
 from ..errors import ValidationError
 from ..store import DecisionLog
+from ..store.codecs import float_rows, number_lists
 from ..types import Estimate, LoggedDecisions
 from .pipeline import (
     DEFAULT_ESTIMATORS,
     Backend,
     Evaluation,
-    InMemoryChunk,
     Split,
     check_request,
     evaluate,
@@ -26,22 +28,20 @@ from .pipeline import (
 )
 
 
-def on_shop(logged: LoggedDecisions, item_ids: dict[int, str], shop) -> LoggedDecisions:
-    """``logged`` with its item indices translated to ``shop``'s index by item id (a log served
-    from the shop keeps them; an imported or older log is mapped), and its contexts checked
-    against the shop's context features."""
-    if logged.context.shape[1] != shop.context_dim:
-        raise ValidationError(
-            f"the log's decisions carry {logged.context.shape[1]} context features, the shop's context has "
-            f"{shop.context_dim}: evaluate a log served from this shop (or, for an imported log, build the shop "
-            "with --context-encoding FILE, the encoding `banditrec import` wrote)",
-            "shop",
-        )
+def shop_index(item_ids: dict[int, str], shop) -> tuple[np.ndarray, list[str | None]]:
+    """The shop's index of each log item index (-1 where the shop lacks the item), and the
+    log's item ids by index (None where the log has none)."""
     n_log = 1 + max(item_ids, default=-1)
     ids = [item_ids.get(j) for j in range(n_log)]
     to_shop = np.full(n_log, -1, dtype=np.int64)
     known = [j for j, item in enumerate(ids) if item is not None]
     to_shop[known] = shop.items.lookup([ids[j] for j in known])
+    return to_shop, ids
+
+
+def renumber(logged: LoggedDecisions, to_shop: np.ndarray, ids: list[str | None]) -> LoggedDecisions:
+    """``logged`` with its item indices mapped by ``to_shop`` (:func:`shop_index`)."""
+    n_log = len(to_shop)
     used = np.unique(np.concatenate([logged.row_action, *logged.candidates]))
     missing = used[(used >= n_log) | (to_shop[np.minimum(used, n_log - 1)] < 0)]
     if len(missing):
@@ -54,6 +54,24 @@ def on_shop(logged: LoggedDecisions, item_ids: dict[int, str], shop) -> LoggedDe
     return replace(logged, candidates=[to_shop[c] for c in logged.candidates], row_action=to_shop[logged.row_action])
 
 
+def check_context(width: int, shop) -> None:
+    if width != shop.context_dim:
+        raise ValidationError(
+            f"the log's decisions carry {width} context features, the shop's context has "
+            f"{shop.context_dim}: evaluate a log served from this shop (or, for an imported log, build the shop "
+            "with --context-encoding FILE, the encoding `banditrec import` wrote)",
+            "shop",
+        )
+
+
+def on_shop(logged: LoggedDecisions, item_ids: dict[int, str], shop) -> LoggedDecisions:
+    """``logged`` with its item indices translated to ``shop``'s index by item id (a log served
+    from the shop keeps them; an imported or older log is mapped), and its contexts checked
+    against the shop's context features."""
+    check_context(logged.context.shape[1], shop)
+    return renumber(logged, *shop_index(item_ids, shop))
+
+
 def item_features(log: DecisionLog, logged: LoggedDecisions) -> tuple[np.ndarray, bool]:
     """The features policies are built with, and whether the log has an item table."""
     n_items = 1 + max([int(c.max()) for c in logged.candidates if len(c)] + [0])
@@ -63,41 +81,153 @@ def item_features(log: DecisionLog, logged: LoggedDecisions) -> tuple[np.ndarray
     )
 
 
+CHUNK_DECISIONS = 32_768
+"""Evaluated decisions per chunk of ``evaluate --db``: what one step of the pipeline holds in
+memory (with each row's candidates: about 2 KB per logged slot at 50 candidates)."""
+
+# the policy slot of a row is its position after the decision's pinned slots (the reader's row_slot)
+_MAX_POLICY_SLOT = (
+    "SELECT max(top - pinned) FROM (SELECT max(CASE WHEN s.source != 'pinned' THEN s.position END) AS top, "
+    "sum(s.source = 'pinned') AS pinned FROM decisions d JOIN slots s ON s.event_id = d.event_id "
+    "WHERE d.seq > ? AND d.seq <= ? GROUP BY d.seq)"
+)
+
+
+@dataclass(frozen=True)
+class _Items:
+    """What a chunk checks and maps its item indices with: the item count (None: not checked),
+    and for a shop, the shop's index of each log item and the log's item ids."""
+
+    n_items: int | None = None
+    to_shop: np.ndarray | None = None
+    ids: list | None = None
+
+    def apply(self, logged: LoggedDecisions) -> LoggedDecisions:
+        if self.to_shop is not None:
+            return renumber(logged, self.to_shop, self.ids or [])
+        if self.n_items is not None and logged.n_decisions:
+            top = max((int(c.max()) for c in logged.candidates if len(c)), default=-1)
+            if top >= self.n_items:
+                raise ValidationError(
+                    f"the item table has {self.n_items} items but decisions refer to item index {top}", "items"
+                )
+        return logged
+
+
+@dataclass(frozen=True)
+class SQLiteChunk:
+    """The logged decisions with ``after_seq < seq <= until_seq``, read when loaded."""
+
+    db: str
+    after_seq: int
+    until_seq: int
+    kind: str
+    default_reward: float
+    items: _Items
+
+    def load(self) -> LoggedDecisions:
+        log = DecisionLog(self.db)
+        try:
+            logged = log.decisions(
+                after_seq=self.after_seq, until_seq=self.until_seq, kind=self.kind, default_reward=self.default_reward
+            )
+        finally:
+            log.close()
+        return self.items.apply(logged)
+
+
 class SQLiteBackend(Backend):
-    """The decision log at ``db``, read whole (``kind`` rewards, ``default_reward`` where none);
-    with a :class:`~banditrec.shop.Shop`, its items renumbered to the shop's, whose features,
-    cold flags, product types and business columns the candidates get."""
+    """The decision log at ``db`` (``kind`` rewards, ``default_reward`` where none), its
+    decisions up to the last one logged when opened: the training share read whole, the
+    evaluated ones ``chunk_decisions`` at a time (None: in one chunk); with a
+    :class:`~banditrec.shop.Shop`, its items renumbered to the shop's, whose features, cold
+    flags, product types and business columns the candidates get."""
 
     field = "db"
 
-    def __init__(self, db, *, kind: str = "click", default_reward: float = 0.0, shop=None):
+    def __init__(
+        self,
+        db,
+        *,
+        kind: str = "click",
+        default_reward: float = 0.0,
+        shop=None,
+        chunk_decisions: int | None = CHUNK_DECISIONS,
+    ):
         if not Path(db).exists():
             raise ValidationError(f"no decision log at {db}", "db")
-        self.name = str(db)
+        if chunk_decisions is not None and (isinstance(chunk_decisions, bool) or int(chunk_decisions) < 1):
+            raise ValidationError(f"chunk_decisions must be a positive integer, got {chunk_decisions!r}", "chunk")
+        self.name = self.db = str(db)
+        self.kind, self.default_reward, self.chunk = kind, float(default_reward), chunk_decisions
         log = DecisionLog(db)
         try:
-            full = log.decisions(kind=kind, default_reward=default_reward)
-            self.n_decisions = full.n_decisions
-            if shop is not None and full.n_decisions:
-                full = on_shop(full, log.item_ids(), shop)
+            conn = log.db.conn
+            self.until_seq = int(conn.execute("SELECT coalesce(max(seq), 0) FROM decisions").fetchone()[0])
+            self.n_decisions = int(
+                conn.execute("SELECT count(*) FROM decisions WHERE seq <= ?", (self.until_seq,)).fetchone()[0]
+            )
+            first = conn.execute("SELECT context FROM decisions ORDER BY seq LIMIT 1").fetchone()
+            self.context_dim = float_rows([first[0]]).shape[1] if first else 0
+            if shop is not None and self.n_decisions:
+                check_context(self.context_dim, shop)
+                to_shop, log_ids = shop_index(log.item_ids(), shop)
+                self.items = _Items(to_shop=to_shop, ids=log_ids)
                 self.features, self.has_item_table = shop.items.features, True
                 self.cold = shop.items.cold  # as the engine serving the shop puts them in requests
                 self.policy_env = shop.policy_env()
             else:
-                self.features, self.has_item_table = item_features(log, full)
+                ids, features, _ = log.items()
+                if len(ids):
+                    self.features, self.has_item_table = np.asarray(features, dtype=float), True
+                    self.items = _Items(n_items=len(self.features))
+                else:
+                    self.features = item_features_or_one_hot(np.zeros((0, 0)), max_candidate(conn, self.until_seq) + 1)
+                    self.has_item_table, self.items = False, _Items()
             self._policies = log.policies()
         finally:
             log.close()
-        self.full = full
-        self.context_dim = full.context.shape[1]
+
+    def _chunk(self, after_seq: int, until_seq: int) -> SQLiteChunk:
+        return SQLiteChunk(self.db, after_seq, until_seq, self.kind, self.default_reward, self.items)
 
     def split(self, n_train: int) -> Split:
-        test = self.full.take(n_train, self.full.n_decisions)
-        n_slots = int(test.row_slot.max()) + 1 if len(test.row_slot) else 1
-        return Split(self.full.take(0, n_train) if n_train else None, [InMemoryChunk(test)], n_slots)
+        log = DecisionLog(self.db)
+        try:
+            conn = log.db.conn
+
+            def seq_after(after: int, k: int) -> int:  # the seq of the k-th decision after ``after``
+                row = conn.execute(
+                    "SELECT seq FROM decisions WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT 1 OFFSET ?",
+                    (after, self.until_seq, k - 1),
+                ).fetchone()
+                return self.until_seq if row is None else int(row[0])
+
+            cut = seq_after(0, n_train) if n_train else 0
+            train = self._chunk(0, cut).load() if n_train else None
+            chunks, lo = [], cut
+            while lo < self.until_seq:
+                hi = self.until_seq if self.chunk is None else seq_after(lo, self.chunk)
+                chunks.append(self._chunk(lo, hi))
+                lo = hi
+            top = conn.execute(_MAX_POLICY_SLOT, (cut, self.until_seq)).fetchone()[0]
+        finally:
+            log.close()
+        return Split(train, chunks or [self._chunk(cut, cut)], 1 if top is None else int(top) + 1)
 
     def logging_policies(self) -> list[str]:
         return self._policies
+
+
+def max_candidate(conn, until_seq: int, batch: int = 50_000) -> int:
+    """The largest item index among the candidates of the decisions up to ``until_seq`` (-1
+    without any), read ``batch`` decisions at a time."""
+    top, cur = -1, conn.execute("SELECT candidate_index FROM decisions WHERE seq <= ? ORDER BY seq", (until_seq,))
+    while rows := cur.fetchmany(batch):
+        flat, _ = number_lists([r[0] for r in rows], np.int64)
+        if len(flat):
+            top = max(top, int(flat.max()))
+    return top
 
 
 def evaluate_log(

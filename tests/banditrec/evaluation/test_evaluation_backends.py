@@ -13,6 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from banditrec.evaluation import evaluate_log, evaluate_parquet
+from banditrec.evaluation.pipeline import check_request, evaluate
+from banditrec.evaluation.sqlite import SQLiteBackend
 from banditrec.store import DecisionLog
 from banditrec.store.partitioned import (
     PartitionError,
@@ -164,3 +166,34 @@ def test_a_partition_without_carousel_lengths_asks_for_a_re_export(make_log, log
         log.close()
     assert again.written == [part.day]
     assert "n_slots" in pq.read_schema(part.path).names
+
+
+@pytest.mark.parametrize("which, reward_model", [("mixed", "logistic"), ("mixed", "ridge"), ("pinned", "logistic")])
+def test_the_log_read_in_chunks_gives_the_estimates_of_the_whole_log(logs, which, reward_model):
+    """``evaluate --db`` streams the evaluated decisions a chunk of seqs at a time: at 37
+    decisions a chunk (9 chunks here), every estimate and interval is the one-chunk result's,
+    up to the order of floating-point sums."""
+    db, _ = logs[which]
+    request = check_request(SPECS, estimators=ESTIMATORS, reward_model=reward_model)
+    whole_log = SQLiteBackend(db, chunk_decisions=None)
+    streamed = SQLiteBackend(db, chunk_decisions=37)
+    n_train = N_DECISIONS // 2
+    whole_split, split = whole_log.split(n_train), streamed.split(n_train)
+    assert len(whole_split.chunks) == 1 and len(split.chunks) == 9
+    assert split.n_slots == whole_split.n_slots == 1 + int(whole_split.chunks[0].load().row_slot.max())
+    ref, got = evaluate(whole_log, request), evaluate(streamed, request)
+    assert (
+        (got.n_train, got.n_eval, got.n_rows) == (ref.n_train, ref.n_eval, ref.n_rows) == (n_train, n_train, ref.n_rows)
+    )
+    assert got.logging.value == pytest.approx(ref.logging.value, rel=1e-9)
+    assert [c.spec for c in got.candidates] == SPECS
+    for g, r in zip(got.candidates, ref.candidates):
+        assert (g.spec, g.safe) == (r.spec, r.safe)
+        for name in ESTIMATORS:
+            a, b = g.estimates[name], r.estimates[name]
+            assert (a.value, a.lower, a.upper, a.se) == pytest.approx((b.value, b.lower, b.upper, b.se), rel=1e-9), (
+                g.spec,
+                name,
+            )
+            assert (a.n, a.n_rows, a.ess) == (b.n, b.n_rows, pytest.approx(b.ess, rel=1e-9))
+            assert a.unsupported == pytest.approx(b.unsupported, rel=1e-9, abs=1e-15)
