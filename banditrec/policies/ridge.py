@@ -180,29 +180,44 @@ def grouped_outer(groups: np.ndarray, n_groups: int, weight: np.ndarray, X: np.n
     return out.reshape(n_groups, dx, dy)
 
 
-def ridge_step(A, A_inv, b, X, r, w, *, reg: float = 1.0, gamma: float = 1.0):
+def ridge_step(A, A_inv, b, X, r, w, *, reg: float = 1.0, gamma: float = 1.0, block: int | None = None):
     """New ``(A, A_inv, b, theta)`` after adding weighted rows ``X (m, d)``, ``r (m,)``, ``w (m,)``.
 
     Never modifies its inputs; raises the overflow error if a new array is not finite. One row
     uses Sherman-Morrison, more rows re-invert through a Cholesky factor (cheaper and more
     accurate than m rank-one updates). With ``gamma < 1`` the data part ``A - reg I`` and ``b``
     decay by ``gamma^m`` and row ``i`` counts ``gamma^(m - 1 - i) w_i`` (docs/policies.md, "Ridge statistics").
+    ``X`` may also be a function ``X(lo, hi)`` of rows ``lo:hi``, called ``block`` rows at a time
+    (all at once without ``block``): the sums are then built without ever holding ``X`` whole.
     """
-    age, decay = row_discounts(len(X), gamma)
+    m = len(r)
+    rows_of = X if callable(X) else (lambda lo, hi: X[lo:hi])
+    step = max(1, m if block is None else block)
+    age, decay = row_discounts(m, gamma)
+    first = np.zeros(0)  # the first row, for a one-row update
     with np.errstate(over="ignore", invalid="ignore"):
-        Xw = X * (w * age)[:, None]
         if decay != 1.0:
             prior = reg * np.eye(len(A))
             A, b = prior + decay * (A - prior), decay * b
-        A2 = A + Xw.T @ X
-        b2 = b + Xw.T @ r
+        A2, b2 = A, b
+        for lo in range(0, m, step):
+            x = rows_of(lo, min(m, lo + step))
+            first = x[0] if lo == 0 else first
+            xw = x * (w[lo : lo + step] * age[lo : lo + step])[:, None]
+            A2 = A2 + xw.T @ x
+            b2 = b2 + xw.T @ r[lo : lo + step]
         if not all_finite(A2, b2):
             raise overflow_error()
-        A_inv2 = sherman_morrison(A_inv, X[0], w[0]) if len(X) == 1 and decay == 1.0 else spd_inverse(A2)
+        A_inv2 = sherman_morrison(A_inv, first, w[0]) if m == 1 and decay == 1.0 else spd_inverse(A2)
         theta = A_inv2 @ b2
     if not all_finite(A_inv2, theta):
         raise overflow_error()
     return A2, A_inv2, b2, theta
+
+
+LEARN_BLOCK_ROWS = 65_536
+"""Rows whose joint features a batch update builds at a time: a large batch (a log's training
+share) never holds its ``(m, dim)`` features whole."""
 
 
 class RewardStats:
@@ -364,28 +379,40 @@ class JointRidgePolicy(Policy):
             rows.context, rows.item_features, rows.reward, context_dim=self.context_dim, item_dim=self.item_dim
         )
         cold = cold_flags(rows.cold, len(r), "cold")
-        with np.errstate(over="ignore", invalid="ignore"):  # overflow is refused by update_features
-            X = joint_features(C, V, cold)
-        self.update_features(X, r, rows.weight)
 
-    def update_features(self, features: np.ndarray, reward: np.ndarray, weight: np.ndarray | None = None) -> None:
-        """Ridge update from rows of joint features ``(m, dim)``, rewards ``(m,)`` and optional
+        def features(lo: int, hi: int) -> np.ndarray:
+            with np.errstate(over="ignore", invalid="ignore"):  # overflow is refused by update_features
+                return joint_features(C[lo:hi], V[lo:hi], None if cold is None else cold[lo:hi])
+
+        if len(r) <= LEARN_BLOCK_ROWS:
+            self.update_features(features(0, len(r)), r, rows.weight)
+        else:  # the same sums, without the (m, dim) joint features at once
+            self.update_features(features, r, rows.weight)
+
+    def update_features(self, features, reward: np.ndarray, weight: np.ndarray | None = None) -> None:
+        """Ridge update from rows of joint features ``(m, dim)`` (or a function of rows ``lo:hi``
+        giving theirs, built :data:`LEARN_BLOCK_ROWS` at a time), rewards ``(m,)`` and optional
         importance weights ``(m,)`` (``A += X^T W X``, ``b += X^T W r``, discounted by ``gamma``)."""
-        X = np.atleast_2d(np.asarray(features, dtype=float))
         r = np.atleast_1d(np.asarray(reward, dtype=float))
-        if X.shape[1] != self.dim or len(X) != len(r):
-            raise ValidationError(
-                f"update needs features (m, {self.dim}) and reward (m,), got {X.shape} and {r.shape}",
-                "features",
-            )
-        if not (np.isfinite(X).all() and np.isfinite(r).all()):
-            raise ValidationError("update features and rewards must be finite", "reward")
+        block = None
+        if callable(features):
+            block, make = LEARN_BLOCK_ROWS, features
+
+            def features(lo: int, hi: int) -> np.ndarray:
+                return self._checked_features(make(lo, hi), hi - lo)
+
+            if not np.isfinite(r).all():
+                raise ValidationError("update features and rewards must be finite", "reward")
+        else:
+            features = self._checked_features(features, len(r))
+            if not np.isfinite(r).all():
+                raise ValidationError("update features and rewards must be finite", "reward")
         w = check_weight(weight, len(r))
-        if len(X) == 0:
+        if len(r) == 0:
             return
         # computed on copies: a failed update keeps serving the old state, never a NaN model
         gamma = self._ridge.gamma
-        new = ridge_step(self.A, self.A_inv, self.b, X, r, w, reg=self._ridge.reg, gamma=gamma)
+        new = ridge_step(self.A, self.A_inv, self.b, features, r, w, reg=self._ridge.reg, gamma=gamma, block=block)
         stats = RewardStats.step(self.stats, r, w, gamma)
         if not np.isfinite(stats).all():
             raise overflow_error()
@@ -393,6 +420,17 @@ class JointRidgePolicy(Policy):
         self.stats = stats
         self.n_updates += 1
         self._changed()
+
+    def _checked_features(self, features, m: int) -> np.ndarray:
+        X = np.atleast_2d(np.asarray(features, dtype=float))
+        if X.shape[1] != self.dim or len(X) != m:
+            raise ValidationError(
+                f"update needs features (m, {self.dim}) and reward (m,), got {X.shape} and ({m},)",
+                "features",
+            )
+        if not np.isfinite(X).all():
+            raise ValidationError("update features and rewards must be finite", "reward")
+        return X
 
     def _changed(self) -> None:
         """Called after the state changed (update or restore): drop anything derived from it."""

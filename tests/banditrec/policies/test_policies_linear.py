@@ -1006,3 +1006,30 @@ def test_snapshots_written_before_the_intercept_and_the_reward_scale_still_load(
     again = build(DisjointLinUCB)
     again.set_state(old, meta)
     np.testing.assert_array_equal(again.theta, d.theta)
+
+
+@pytest.mark.parametrize("spec", ["linucb", "egreedy:epsilon=0.1", "linucb:gamma=0.99"])
+def test_a_large_batch_learns_its_joint_features_a_block_at_a_time(monkeypatch, spec):
+    """A log's training share is learned without its (m, dim) joint features at once: in
+    blocks of rows, the ridge sums and the model are the one-block update's up to rounding,
+    and a non-finite feature in a later block is refused as before, the model unchanged."""
+    from banditrec.policies import make, ridge
+
+    rng = np.random.default_rng(3)
+    m, d_c, d_i = 1000, 4, 3
+    C, V, r, w = rng.normal(size=(m, d_c)), rng.normal(size=(m, d_i)), rng.random(m), rng.random(m) + 0.5
+    whole, blocked = make(spec, context_dim=d_c, item_dim=d_i), make(spec, context_dim=d_c, item_dim=d_i)
+    whole.update(C, V, r, weight=w)
+    monkeypatch.setattr(ridge, "LEARN_BLOCK_ROWS", 64)
+    calls = []
+    monkeypatch.setattr(ridge, "joint_features", lambda *a: calls.append(len(a[0])) or joint_features(*a))
+    blocked.update(C, V, r, weight=w)
+    assert max(calls) == 64 and sum(calls) == m
+    for name in ("A", "A_inv", "b", "theta", "stats"):
+        np.testing.assert_allclose(getattr(blocked, name), getattr(whole, name), rtol=1e-12, atol=1e-12, err_msg=name)
+    assert blocked.n_updates == whole.n_updates == 1
+    before = blocked.A.copy()
+    V[900], C[900] = 1e200, 1e200  # finite rows whose joint features overflow, in a late block
+    with pytest.raises(ValidationError, match="update features and rewards must be finite"):
+        blocked.update(C, V, r, weight=w)
+    np.testing.assert_array_equal(blocked.A, before)
