@@ -29,6 +29,7 @@ from ..ope.estimators import ESTIMATORS, IPS, Moments, OPEWarning
 from ..ope.reward_model import (
     DEFAULT_REWARD_MODEL,
     Folds,
+    ReducibleRewardModel,
     RewardModel,
     decision_folds,
     make_reward_model,
@@ -377,7 +378,7 @@ def _reward_stats(chunk, shared: dict) -> dict:
         return {"n_rows": 0, "grams": None, "rows": None, "seen": np.zeros((0, 2), dtype=np.int64)}
     model = shared["model"]
     grams = rows = None
-    if shared["uses_q"] and model.reducible:
+    if shared["uses_q"] and isinstance(model, ReducibleRewardModel):
         grams = [model.gram(data, np.flatnonzero(fold == f)) for f in range(shared["n_folds"])]
     elif shared["uses_q"]:
         rows = {
@@ -396,7 +397,7 @@ def _reward_stats(chunk, shared: dict) -> dict:
 def fit_reward_model(model: RewardModel, stats: list[dict], n_folds: int, n_items: int, n_slots: int) -> tuple:
     """The per-fold fitted models from pass 1: summed Gram matrices solved (reducible), or the
     gathered rows fitted by :meth:`RewardModel.fit_folds`."""
-    if model.reducible:
+    if isinstance(model, ReducibleRewardModel):
         grams = [s["grams"] for s in stats if s["grams"] is not None]
         return tuple(
             model.solve(

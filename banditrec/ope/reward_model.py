@@ -84,7 +84,6 @@ class RewardModel(ABC):
     """
 
     name: ClassVar[str] = "model"
-    reducible: ClassVar[bool] = False  # its fit is a sum over rows (ridge): partitions reduce it
 
     @abstractmethod
     def fit(self, data: LoggedBandit, rows: np.ndarray | None = None) -> Any:
@@ -97,15 +96,6 @@ class RewardModel(ABC):
     def with_item_features(self, item_features: np.ndarray | None) -> RewardModel:
         """This model using ``item_features`` (models that use none return themselves)."""
         return self
-
-    # -- what a ``reducible`` model also provides (partitions reduce its fit to sums)
-    def gram(self, data: LoggedBandit, rows: np.ndarray) -> Any:
-        """The fit's sufficient statistics of ``rows``, summable over partitions."""
-        raise NotImplementedError(f"{type(self).__name__} is not reducible")
-
-    def solve(self, gram: Any, xty: np.ndarray) -> Any:
-        """The fitted state from summed :meth:`gram` statistics."""
-        raise NotImplementedError(f"{type(self).__name__} is not reducible")
 
     # -- shared machinery
     def predict(
@@ -225,8 +215,21 @@ def _check_item_features(features: ArrayLike | None, n_actions: int | None = Non
     return f
 
 
+class ReducibleRewardModel(RewardModel):
+    """A reward model whose fit is a sum over rows: partitions reduce it to :meth:`gram` sums,
+    and :meth:`solve` turns the summed statistics into the fitted state."""
+
+    @abstractmethod
+    def gram(self, data: LoggedBandit, rows: np.ndarray) -> tuple[Any, np.ndarray]:
+        """The fit's sufficient statistics of ``rows``, summable over partitions."""
+
+    @abstractmethod
+    def solve(self, gram: Any, xty: np.ndarray) -> Any:
+        """The fitted state from summed :meth:`gram` statistics."""
+
+
 @dataclass(frozen=True)
-class RidgeRewardModel(RewardModel):
+class RidgeRewardModel(ReducibleRewardModel):
     """Ridge regression ``q(x, a, k) = b_slot[k] + b_item[a] + x . theta`` (penalty ``alpha``).
 
     Deliberately simple and usually misspecified: the doubly robust estimators stay unbiased
@@ -236,7 +239,6 @@ class RidgeRewardModel(RewardModel):
 
     alpha: float = 1.0
     name: ClassVar[str] = "ridge"
-    reducible: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if not (isinstance(self.alpha, (int, float)) and np.isfinite(self.alpha) and self.alpha > 0):
