@@ -607,8 +607,7 @@ class Engine:
         record = self._prepare(
             user_id, n_slots, context=context, candidates=candidates, exclude=exclude, surface=surface, pinned=pinned
         )
-        if self._unlogged_items is not None:
-            self.log_items()
+        self.log_items()
         self.log.write_decision(
             record.decision,
             policy_params=record.policy_params,
@@ -647,8 +646,7 @@ class Engine:
                 samples[i] = sample
             draws = [self._stamp(sample) for sample in samples]
         records = [self._build(inp, draw) for inp, draw in zip(inputs, draws)]
-        if self._unlogged_items is not None:
-            self.log_items()
+        self.log_items()
         self.log.write_decisions(records)
         return [r.decision for r in records]
 

@@ -234,16 +234,6 @@ class Backend(ABC):
         """The policies that wrote the log, sorted."""
 
 
-@dataclass(frozen=True)
-class InMemoryChunk:
-    """Decisions already read (the SQLite backend's single chunk)."""
-
-    decisions: LoggedDecisions
-
-    def load(self) -> LoggedDecisions:
-        return self.decisions
-
-
 def item_features_or_one_hot(features: np.ndarray, n_items: int) -> np.ndarray:
     """The item table's features; without a table, one-hot items (up to MAX_ONE_HOT_ITEMS)."""
     if len(features):

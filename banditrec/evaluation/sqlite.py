@@ -72,15 +72,6 @@ def on_shop(logged: LoggedDecisions, item_ids: dict[int, str], shop) -> LoggedDe
     return renumber(logged, *shop_index(item_ids, shop))
 
 
-def item_features(log: DecisionLog, logged: LoggedDecisions) -> tuple[np.ndarray, bool]:
-    """The features policies are built with, and whether the log has an item table."""
-    n_items = 1 + max([int(c.max()) for c in logged.candidates if len(c)] + [0])
-    ids, features, _ = log.items()
-    return item_features_or_one_hot(np.asarray(features, dtype=float) if len(ids) else np.zeros((0, 0)), n_items), bool(
-        len(ids)
-    )
-
-
 CHUNK_DECISIONS = 32_768
 """Evaluated decisions per chunk of ``evaluate --db``: what one step of the pipeline holds in
 memory (with each row's candidates: about 2 KB per logged slot at 50 candidates)."""
@@ -118,7 +109,7 @@ class _Items:
 class SQLiteChunk:
     """The logged decisions with ``after_seq < seq <= until_seq``, read when loaded."""
 
-    db: str
+    log: DecisionLog
     after_seq: int
     until_seq: int
     kind: str
@@ -126,13 +117,9 @@ class SQLiteChunk:
     items: _Items
 
     def load(self) -> LoggedDecisions:
-        log = DecisionLog(self.db)
-        try:
-            logged = log.decisions(
-                after_seq=self.after_seq, until_seq=self.until_seq, kind=self.kind, default_reward=self.default_reward
-            )
-        finally:
-            log.close()
+        logged = self.log.decisions(
+            after_seq=self.after_seq, until_seq=self.until_seq, kind=self.kind, default_reward=self.default_reward
+        )
         return self.items.apply(logged)
 
 
@@ -141,7 +128,8 @@ class SQLiteBackend(Backend):
     decisions up to the last one logged when opened: the training share read whole, the
     evaluated ones ``chunk_decisions`` at a time (None: in one chunk); with a
     :class:`~banditrec.shop.Shop`, its items renumbered to the shop's, whose features, cold
-    flags, product types and business columns the candidates get."""
+    flags, product types and business columns the candidates get. The log is opened once and
+    read by every chunk; :meth:`close` closes it."""
 
     field = "db"
 
@@ -160,7 +148,7 @@ class SQLiteBackend(Backend):
             raise ValidationError(f"chunk_decisions must be a positive integer, got {chunk_decisions!r}", "chunk")
         self.name = self.db = str(db)
         self.kind, self.default_reward, self.chunk = kind, float(default_reward), chunk_decisions
-        log = DecisionLog(db)
+        self._log = log = DecisionLog(db)
         try:
             conn = log.db.conn
             self.until_seq = int(conn.execute("SELECT coalesce(max(seq), 0) FROM decisions").fetchone()[0])
@@ -185,34 +173,34 @@ class SQLiteBackend(Backend):
                     self.features = item_features_or_one_hot(np.zeros((0, 0)), max_candidate(conn, self.until_seq) + 1)
                     self.has_item_table, self.items = False, _Items()
             self._policies = log.policies()
-        finally:
+        except BaseException:
             log.close()
+            raise
+
+    def close(self) -> None:
+        self._log.close()
 
     def _chunk(self, after_seq: int, until_seq: int) -> SQLiteChunk:
-        return SQLiteChunk(self.db, after_seq, until_seq, self.kind, self.default_reward, self.items)
+        return SQLiteChunk(self._log, after_seq, until_seq, self.kind, self.default_reward, self.items)
 
     def split(self, n_train: int) -> Split:
-        log = DecisionLog(self.db)
-        try:
-            conn = log.db.conn
+        conn = self._log.db.conn
 
-            def seq_after(after: int, k: int) -> int:  # the seq of the k-th decision after ``after``
-                row = conn.execute(
-                    "SELECT seq FROM decisions WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT 1 OFFSET ?",
-                    (after, self.until_seq, k - 1),
-                ).fetchone()
-                return self.until_seq if row is None else int(row[0])
+        def seq_after(after: int, k: int) -> int:  # the seq of the k-th decision after ``after``
+            row = conn.execute(
+                "SELECT seq FROM decisions WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT 1 OFFSET ?",
+                (after, self.until_seq, k - 1),
+            ).fetchone()
+            return self.until_seq if row is None else int(row[0])
 
-            cut = seq_after(0, n_train) if n_train else 0
-            train = self._chunk(0, cut).load() if n_train else None
-            chunks, lo = [], cut
-            while lo < self.until_seq:
-                hi = self.until_seq if self.chunk is None else seq_after(lo, self.chunk)
-                chunks.append(self._chunk(lo, hi))
-                lo = hi
-            top = conn.execute(_MAX_POLICY_SLOT, (cut, self.until_seq)).fetchone()[0]
-        finally:
-            log.close()
+        cut = seq_after(0, n_train) if n_train else 0
+        train = self._chunk(0, cut).load() if n_train else None
+        chunks, lo = [], cut
+        while lo < self.until_seq:
+            hi = self.until_seq if self.chunk is None else seq_after(lo, self.chunk)
+            chunks.append(self._chunk(lo, hi))
+            lo = hi
+        top = conn.execute(_MAX_POLICY_SLOT, (cut, self.until_seq)).fetchone()[0]
         return Split(train, chunks or [self._chunk(cut, cut)], 1 if top is None else int(top) + 1)
 
     def logging_policies(self) -> list[str]:
@@ -296,7 +284,10 @@ def evaluate_log(
         n_folds=n_folds,
     )
     backend = SQLiteBackend(db, kind=kind, default_reward=default_reward, shop=shop)
-    return evaluate(backend, request, out=out, on_target=on_target)
+    try:
+        return evaluate(backend, request, out=out, on_target=on_target)
+    finally:
+        backend.close()
 
 
 @dataclass

@@ -176,7 +176,7 @@ class HybridLinUCB(PerItemPolicy):
                 new = self._single(a[0], X[0], Z[0], r[0], w[0])
             else:
                 new = self._batch(a, X, Z, r, w)
-        if not all_finite(new.A, new.A_inv, new.B, new.b, new.A0, new.A0_inv, new.b0, new.beta, new.ZZ, new.Zr, stats):
+        if not all_finite(*new[1:], stats):  # every statistic but the touched indices
             raise overflow_error()
         # every new value is checked: commit
         t = new.touched

@@ -384,10 +384,8 @@ class JointRidgePolicy(Policy):
             with np.errstate(over="ignore", invalid="ignore"):  # overflow is refused by update_features
                 return joint_features(C[lo:hi], V[lo:hi], None if cold is None else cold[lo:hi])
 
-        if len(r) <= LEARN_BLOCK_ROWS:
-            self.update_features(features(0, len(r)), r, rows.weight)
-        else:  # the same sums, without the (m, dim) joint features at once
-            self.update_features(features, r, rows.weight)
+        # built LEARN_BLOCK_ROWS rows at a time: never the (m, dim) joint features of a large batch at once
+        self.update_features(features, r, rows.weight)
 
     def update_features(self, features, reward: np.ndarray, weight: np.ndarray | None = None) -> None:
         """Ridge update from rows of joint features ``(m, dim)`` (or a function of rows ``lo:hi``

@@ -13,7 +13,7 @@ from banditrec.cli import main
 from banditrec.errors import ValidationError
 from banditrec.evaluation import PolicyEvaluation, evaluate_log, verdict
 from banditrec.evaluation.pipeline import candidate_env, candidate_policy
-from banditrec.evaluation.sqlite import item_features
+from banditrec.evaluation.sqlite import SQLiteBackend
 from banditrec.offline import target_pscore
 from banditrec.store import DecisionLog
 from banditrec.tuning import at_level, choose, expand_grid, expand_grids, simultaneous_level
@@ -117,9 +117,11 @@ def true_values(db, shop, served, specs) -> dict[str, float]:
     log = DecisionLog(db)
     try:
         full = log.decisions()
-        features, _ = item_features(log, full)
     finally:
         log.close()
+    backend = SQLiteBackend(db)
+    features = backend.features
+    backend.close()
     half = full.n_decisions // 2
     train, test = full.take(0, half), full.take(half, full.n_decisions)
     env = candidate_env(test.context.shape[1], features, train, len(features))
