@@ -209,6 +209,13 @@ def build(items, interactions, users, config_file, pairs, encoding, refit_featur
     help="Commit the log with synchronous=FULL: an acknowledged decision or reward survives a power "
     "loss too, not only a crash of the process (docs/service.md; its cost: docs/benchmarks.md).",
 )
+@click.option(
+    "--shard",
+    default=None,
+    type=click.IntRange(min=0, max=0xFFFF),
+    help="This node's log shard when several nodes serve behind a load balancer, each with its own --db "
+    "(docs/deployment.md); `banditrec compact` joins the shards.",
+)
 @click.option("--access-log", is_flag=True, help="Log every request to stdout.")
 @usage_errors
 def serve(
@@ -224,6 +231,7 @@ def serve(
     token_file,
     decide_auth,
     durable,
+    shard,
     access_log,
 ):
     """Serve a shop directory's carousels (decide, reward, events, models, metrics) under gunicorn."""
@@ -244,6 +252,10 @@ def serve(
     )
     if access_log:
         env["BANDITREC_ACCESSLOG"] = "-"
+    if shard is not None:
+        env["BANDITREC_SHARD"] = str(shard)
+    else:
+        env.pop("BANDITREC_SHARD", None)
     conf = os.path.join(os.path.dirname(__file__), "service", "gunicorn_conf.py")
     args = [
         sys.executable,
@@ -260,8 +272,9 @@ def serve(
         "banditrec.service.wsgi:app",
     ]
     shown = token_file if os.environ.get("BANDITREC_API_TOKEN") is None else "$BANDITREC_API_TOKEN"
+    where = db if shard is None else f"{db}, shard {shard}"
     click.echo(
-        f"serving {shop_dir} on http://{host}:{port} (log: {db}; snapshots: {snapshots}; token: {shown}); Ctrl-C stops"
+        f"serving {shop_dir} on http://{host}:{port} (log: {where}; snapshots: {snapshots}; token: {shown}); Ctrl-C stops"
     )
     os.execvpe(sys.executable, args, env)
 

@@ -23,6 +23,7 @@ from .policies.base import DEFAULT_FLOOR
 from .policies.slate import SlateDistribution, SlateSample, sample_slates
 from .store import DecisionLog, DecisionRecord
 from .store.codecs import LoggedParams
+from .store.shards import with_shard
 from .types import Decision, Reward, Slot
 from .validation import as_seed_sequence, check_positive_int
 
@@ -758,6 +759,8 @@ class Engine:
                 policy, policy.config, LoggedParams({**policy.params, "min_epsilon": self.min_epsilon})
             )
         event_id = self._ids.bytes(16).hex() if self._ids is not None else time_ordered_id()
+        if self.log.shard is not None:  # a sharded log's ids carry its shard (store/shards.py)
+            event_id = with_shard(event_id, self.log.shard)
         return _Draw(
             sample=sample,
             model_version=self.model_version,

@@ -13,6 +13,7 @@ import time
 from flask import Flask, g, request
 
 from ..engine import Engine
+from ..errors import ValidationError
 from . import decisions, errors, feedback, models, ops
 from .config import ServiceConfig
 from .jsonio import OrjsonProvider
@@ -55,9 +56,17 @@ def create_app(
     Raises
     ------
     ValueError
-        ``settings.snapshots`` without ``policy_env``.
+        ``settings.snapshots`` without ``policy_env``, or ``settings.shard`` unlike the shard of
+        the engine's log.
     """
     settings = settings or ServiceConfig()
+    if settings.shard is not None and engine.log.shard != settings.shard:
+        raise ValidationError(
+            f"create_app: settings.shard is {settings.shard} but the engine logs to "
+            f"{'an unsharded log' if engine.log.shard is None else f'shard {engine.log.shard}'} "
+            "(open its DecisionLog with shard=...)",
+            "shard",
+        )
     app = Flask(__name__)
     app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes)
     app.json = OrjsonProvider(app)

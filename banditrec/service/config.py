@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ValidationError
+from ..store.shards import MAX_SHARD, check_shard
 
 MIN_TOKEN_CHARS = 16
 
@@ -67,6 +68,10 @@ class ServiceConfig:
 
     ``token``: the bearer token; ``None`` leaves every route open, which is for in-process use
     (tests, the demo's test client) -- ``banditrec serve`` always sets one.
+
+
+    ``shard``: this node's log shard when several nodes serve behind a load balancer (each node
+    logs to its own file; docs/deployment.md); ``None``: the log's own (unsharded by default).
     """
 
     token: str | None = None
@@ -77,6 +82,7 @@ class ServiceConfig:
     snapshots: str | None = None
     reload_check_ms: int = 1000
     durable: bool = False
+    shard: int | None = None
 
     @property
     def synchronous(self) -> str:
@@ -89,6 +95,8 @@ class ServiceConfig:
         for name in ("max_body_bytes", "max_batch_bytes", "batch_max"):
             if getattr(self, name) < 1:
                 raise ValidationError(f"{name} must be >= 1, got {getattr(self, name)}", name)
+        if self.shard is not None:
+            check_shard(self.shard)
         if self.reload_check_ms < 0:
             raise ValidationError(f"reload_check_ms must be >= 0, got {self.reload_check_ms}", "reload_check_ms")
 
@@ -109,4 +117,15 @@ class ServiceConfig:
             snapshots=env.get("BANDITREC_SNAPSHOTS") or None,
             reload_check_ms=_int(env, "BANDITREC_RELOAD_CHECK_MS", 1000, 0),
             durable=env.get("BANDITREC_DURABLE", "0") not in ("", "0", "false", "no"),
+            shard=_shard(env),
         )
+
+
+def _shard(env) -> int | None:
+    raw = env.get("BANDITREC_SHARD")
+    if raw is None or raw == "":
+        return None
+    value = _int(env, "BANDITREC_SHARD", 0, 0)
+    if value > MAX_SHARD:
+        raise ValidationError(f"BANDITREC_SHARD must be <= {MAX_SHARD}, got {value}", "BANDITREC_SHARD")
+    return value

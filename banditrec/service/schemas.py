@@ -75,8 +75,9 @@ class RewardResponse(BaseModel):
     event_id: str
     position: int | None
     kind: str
-    # "late": recorded after the decision's reward window, flagged, and not learned from
-    status: Literal["recorded", "duplicate", "late"]
+    # "late": recorded after the decision's reward window, flagged, and not learned from;
+    # "routed": the decision is another shard's, the reward is kept here for compaction to join
+    status: Literal["recorded", "duplicate", "late", "routed"]
 
 
 class BatchDecideRequest(BaseModel):

@@ -73,6 +73,7 @@ def create_shop_app(
         process_lock=process_lock,
         checkpoint_interval_s=checkpoint_interval_s,
         synchronous=synchronous,
+        shard=None if settings is None else settings.shard,
     )
     engine = engine_for_shop(
         shop, policy, log, n_candidates=n_candidates, min_epsilon=min_epsilon, seed=seed, clock=clock

@@ -9,16 +9,18 @@ Details: docs/data-formats.md, "The decision log (`store/log.py`)".
 from __future__ import annotations
 
 import os
+import secrets
 import sqlite3
 import threading
 from pathlib import Path
 
 import sqlite_utils
 
-from ..errors import ValidationError
+from ..errors import ConflictError, ValidationError
 from .checks import check_time
 from .migrations import migrations
 from .reader import LogReader
+from .shards import check_shard
 from .writer import LogWriter
 
 CHECKPOINT_BACKSTOP_PAGES = 8000  # ~32 MB of WAL: the writers checkpoint only if the thread falls behind
@@ -61,6 +63,14 @@ class DecisionLog(LogReader, LogWriter):
     checkpoint on a connection of its own copies the same pages without the write lock; the
     writers' own automatic checkpoint stays as a backstop at ``CHECKPOINT_BACKSTOP_PAGES``
     (WAL mode restarts the file only after a checkpoint that no commit overlapped).
+
+    ``shard``: the shard number of a serving node's log (docs/deployment.md, "Serving on several
+    machines"). The file records it: a new or empty log takes it, a log that records another
+    shard, or that holds decisions logged unsharded, is refused. ``None`` opens the log as it
+    is; :attr:`shard` is then what the file records (``None``: unsharded). A sharded log takes
+    only decisions whose event id carries its shard, and keeps rewards for other shards' event
+    ids in ``routed_rewards`` for compaction to join (:meth:`record_reward`). :attr:`log_id` is
+    a random id the file keeps for life, by which compaction tells shard files apart.
     """
 
     def __init__(
@@ -72,7 +82,10 @@ class DecisionLog(LogReader, LogWriter):
         reward_window_s: float | None = None,
         process_lock: bool = False,
         checkpoint_interval_s: float | None = None,
+        shard: int | None = None,
     ):
+        if shard is not None:
+            shard = check_shard(shard)
         if synchronous not in ("NORMAL", "FULL"):
             raise ValidationError(f"synchronous must be NORMAL or FULL, got {synchronous!r}", "synchronous")
         if reward_window_s is not None:
@@ -104,6 +117,7 @@ class DecisionLog(LogReader, LogWriter):
         self.db.conn.execute("BEGIN IMMEDIATE")
         try:
             migrations.apply(self.db)
+            self.shard, self.log_id = self._claim_shard(shard)
         except BaseException:
             self.db.rollback()
             raise
@@ -117,6 +131,28 @@ class DecisionLog(LogReader, LogWriter):
                 )
             self.db.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_BACKSTOP_PAGES}")
             self._checkpointer = Checkpointer(self.path, interval)
+
+    def _claim_shard(self, shard: int | None) -> tuple[int | None, str]:
+        """Inside the opening transaction: the file's shard (recording ``shard`` on a new log)
+        and its log id (created on first open)."""
+        conn = self.db.conn
+        conn.execute("INSERT OR IGNORE INTO log_meta VALUES ('log_id', ?)", (secrets.token_hex(8),))
+        log_id = conn.execute("SELECT value FROM log_meta WHERE key = 'log_id'").fetchone()[0]
+        row = conn.execute("SELECT value FROM log_meta WHERE key = 'shard'").fetchone()
+        recorded = None if row is None else int(row[0])
+        if shard is None or recorded == shard:
+            return recorded, log_id
+        if recorded is not None:
+            raise ConflictError(f"the log {self.path} is shard {recorded}, not shard {shard}", "shard")
+        n = conn.execute("SELECT count(*) FROM decisions").fetchone()[0]
+        if n:
+            raise ValidationError(
+                f"the log {self.path} holds {n} decisions logged unsharded, whose event ids carry no shard; "
+                f"give shard {shard} a new log file",
+                "shard",
+            )
+        conn.execute("INSERT INTO log_meta VALUES ('shard', ?)", (str(shard),))
+        return shard, log_id
 
     def close(self) -> None:
         if self._checkpointer is not None:

@@ -129,3 +129,26 @@ def _policy_names(db):
             DeprecationWarning,
             stacklevel=2,
         )
+
+
+@migrations(name="0006_log_meta_routed_rewards")
+def _routed_rewards(db):
+    """Sharded serving: ``log_meta`` records the log's shard and a random id of the file, and
+    ``routed_rewards`` holds rewards this node acknowledged for decisions another shard logged
+    (no foreign key: the decision is in that shard's file). Compaction joins them."""
+    db.executescript(
+        """
+        CREATE TABLE log_meta (
+            key TEXT PRIMARY KEY NOT NULL,
+            value TEXT NOT NULL
+        );
+        CREATE TABLE routed_rewards (
+            event_id TEXT NOT NULL,
+            position INTEGER NOT NULL CHECK (position >= -1),   -- -1: the decision as a whole
+            kind TEXT NOT NULL,
+            reward REAL NOT NULL,
+            ts REAL NOT NULL,
+            PRIMARY KEY (event_id, position, kind)
+        );
+        """
+    )

@@ -20,7 +20,7 @@ from .checks import check_time
 from .codecs import WHOLE_DECISION, float_rows, number_lists, object_array, read_params
 
 MAX_SEQ = "SELECT coalesce(max(seq), 0) FROM decisions"
-TABLES = ("decisions", "slots", "rewards", "events", "model_versions", "items")
+TABLES = ("decisions", "slots", "rewards", "events", "model_versions", "items", "routed_rewards")
 
 # The readers' three queries, run in one read transaction. All take the named parameters of
 # ``read_params``; the decision filter is the same in each, so slots and rewards are those of

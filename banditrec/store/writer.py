@@ -21,6 +21,7 @@ from ..errors import BanditRecError, ConflictError, NotFoundError, ValidationErr
 from ..types import Decision, Reward
 from .checks import check_count, check_name, check_time, checked_reward, json_object
 from .codecs import WHOLE_DECISION, decision_rows
+from .shards import shard_of
 
 INSERT_DECISION = (
     "INSERT INTO decisions (event_id, ts, user_id, surface, policy, policy_params, model_version, n_slots, "
@@ -30,6 +31,7 @@ INSERT_DECISION = (
 INSERT_SLOT = "INSERT INTO slots VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 EVENT_KINDS = ("view", "cart", "purchase")
 INSERT_REWARD = "INSERT OR IGNORE INTO rewards (event_id, position, kind, reward, ts, late) VALUES (?, ?, ?, ?, ?, ?)"
+INSERT_ROUTED = "INSERT OR IGNORE INTO routed_rewards (event_id, position, kind, reward, ts) VALUES (?, ?, ?, ?, ?)"
 
 
 class DecisionRecord(NamedTuple):
@@ -66,8 +68,18 @@ class LogWriter:
 
     db: sqlite_utils.Database
     reward_window_s: float | None
+    shard: int | None
     _lock: threading.Lock
     _flock_fd: int | None
+
+    def _check_owned(self, event_id) -> None:
+        """On a sharded log: ``event_id`` must carry this log's shard (else a reward posted
+        elsewhere would be routed to the wrong shard)."""
+        if self.shard is not None and shard_of(event_id) != self.shard:
+            raise ValidationError(
+                f"event id {event_id!r} carries shard {shard_of(event_id)}; this log is shard {self.shard}",
+                "event_id",
+            )
 
     @contextlib.contextmanager
     def _writing(self):
@@ -110,6 +122,7 @@ class LogWriter:
         (0, 1]).
         """
         row, slot_rows = decision_rows(decision, policy_params, candidate_index, slot_index, context, surface)
+        self._check_owned(row[0])
         try:
             with self._writing():
                 self.db.execute(INSERT_DECISION, row)
@@ -154,6 +167,7 @@ class LogWriter:
             event_id = getattr(record.decision, "event_id", None)
             try:
                 row, slot_rows = decision_rows(*record)
+                self._check_owned(row[0])
             except BanditRecError as exc:
                 raise _in_batch(exc, "items", i, event_id) from None
             except (TypeError, ValueError, AttributeError) as exc:  # e.g. policy_params not JSON-able
@@ -197,6 +211,10 @@ class LogWriter:
         reward is recorded with ``late = 1`` (readers leave it out unless asked). Idempotent:
         the same (event_id, position, kind) with the same value is a duplicate (late or not)
         and changes nothing; with a different value it is a :class:`ConflictError`.
+
+        ``"routed"`` (a sharded log only): the event id carries another shard; the reward is
+        kept in ``routed_rewards`` for compaction to join to its decision (whose position
+        range and reward window are checked there), with the same duplicate rule.
         """
         position, ts = checked_reward(reward)
         with self._writing():
@@ -238,6 +256,8 @@ class LogWriter:
         """Inside a write transaction: insert one checked reward, or recognise a duplicate.
         ``known`` caches each decision's ``(n_slots, ts)`` by event id."""
         found = known.get(reward.event_id)
+        if found is None and self.shard is not None and shard_of(reward.event_id) != self.shard:
+            return self._route_reward(reward, position, ts)
         if found is None:
             found = self.db.execute(
                 "SELECT n_slots, ts FROM decisions WHERE event_id = ?", (reward.event_id,)
@@ -264,6 +284,22 @@ class LogWriter:
         raise ConflictError(
             f"a {reward.kind} reward of {existing} is already recorded for event {reward.event_id!r} "
             f"({where}); got {reward.value}",
+            "reward",
+        )
+
+    def _route_reward(self, reward: Reward, position: int, ts: float) -> str:
+        """Inside a write transaction: keep a reward for another shard's decision."""
+        key = (reward.event_id, position, reward.kind)
+        if self.db.execute(INSERT_ROUTED, (*key, float(reward.value), ts)).rowcount == 1:
+            return "routed"
+        (existing,) = self.db.execute(
+            "SELECT reward FROM routed_rewards WHERE event_id = ? AND position = ? AND kind = ?", key
+        ).fetchone()
+        if existing == float(reward.value):
+            return "duplicate"
+        raise ConflictError(
+            f"a {reward.kind} reward of {existing} is already routed for event {reward.event_id!r} "
+            f"(shard {shard_of(reward.event_id)}); got {reward.value}",
             "reward",
         )
 

@@ -151,6 +151,7 @@ def test_file_log_uses_wal_and_migrates_once(make_log, tmp_path):
         "0002_late_rewards_events_models_items",
         "0003_decisions_shop_build",
         "0004_policy_names",
+        "0006_log_meta_routed_rewards",
     ]
     assert again.count("decisions") == 1
     assert again.integrity_ok()
@@ -432,6 +433,7 @@ def test_a_log_made_by_the_first_migration_only_is_migrated_with_its_data(make_l
         "0002_late_rewards_events_models_items",
         "0003_decisions_shop_build",
         "0004_policy_names",
+        "0006_log_meta_routed_rewards",
     ]
     assert log.db.execute("SELECT event_id, position, reward, ts, late FROM rewards").fetchall() == [
         ("e1", 1, 1.0, 5.0, 0)
