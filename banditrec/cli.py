@@ -274,7 +274,8 @@ def serve(
     shown = token_file if os.environ.get("BANDITREC_API_TOKEN") is None else "$BANDITREC_API_TOKEN"
     where = db if shard is None else f"{db}, shard {shard}"
     click.echo(
-        f"serving {shop_dir} on http://{host}:{port} (log: {where}; snapshots: {snapshots}; token: {shown}); Ctrl-C stops"
+        f"serving {shop_dir} on http://{host}:{port} (log: {where}; snapshots: {snapshots}; token: {shown}); "
+        "Ctrl-C stops"
     )
     os.execvpe(sys.executable, args, env)
 

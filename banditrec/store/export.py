@@ -150,7 +150,8 @@ def read_batches(
 ) -> Iterator[Batch]:
     """Every logged slot in (seq, position) order, as rows in ``layout``'s columns, about
     ``batch_decisions`` decisions at a time (so memory stays flat on any log size); only the
-    decisions with ``after_seq < seq <= until_seq`` when those are given."""
+    decisions with ``after_seq < seq <= until_seq`` when those are given. A layout without
+    reward kinds reads no rewards."""
     until = conn.execute("SELECT coalesce(max(seq), 0) FROM decisions").fetchone()[0]
     if until_seq is not None:
         until = min(until, int(until_seq))
@@ -165,7 +166,7 @@ def read_batches(
         raw = conn.execute(READ_EXPORT_SLOTS, (after, end)).fetchall()
         # (event_id, position) -> flat reward cells of every kind
         rewards: dict[tuple[str, int], list[Any]] = {}
-        for event_id, position, kind, value, ts, *flag in conn.execute(reward_sql, (after, end)):
+        for event_id, position, kind, value, ts, *flag in conn.execute(reward_sql, (after, end)) if n_kinds else ():
             cells = rewards.setdefault((event_id, position), [None] * (n_kinds * 3))
             i = kind_slot[kind] * 3
             cells[i : i + 3] = (float(value), float(ts), None if not flag or flag[0] is None else int(flag[0]))

@@ -79,6 +79,7 @@ class Dataset:
     items_fingerprint: tuple = (0, 0)
     written: list[str] = field(default_factory=list)  # days (re)written by the last export
     kept: list[str] = field(default_factory=list)  # days left as they were
+    compaction: dict | None = None  # a compacted dataset's watermarks (store/compaction.py); None: an export
 
     @property
     def n_decisions(self) -> int:
@@ -98,6 +99,7 @@ class Dataset:
         return max((p.max_item for p in self.partitions), default=-1)
 
     def manifest(self) -> dict:
+        extra = {} if self.compaction is None else {"compaction": self.compaction}
         return {
             "format": FORMAT,
             "schema_version": SCHEMA_VERSION,
@@ -118,6 +120,7 @@ class Dataset:
                 }
                 for p in self.partitions
             ],
+            **extra,
         }
 
 
@@ -166,7 +169,10 @@ def open_dataset(root: str | Path) -> Dataset:
         raise
     except (ValueError, KeyError, TypeError) as exc:
         raise PartitionError(f"{path} is not a readable manifest: {type(exc).__name__}: {exc}", "parquet") from None
-    return Dataset(root, parts, tuple(meta.get("items_fingerprint", (0, 0))))
+    compaction = meta.get("compaction")
+    if compaction is not None and not isinstance(compaction, dict):
+        raise PartitionError(f"{path}: compaction must be an object, got {type(compaction).__name__}", "parquet")
+    return Dataset(root, parts, tuple(meta.get("items_fingerprint", (0, 0))), compaction=compaction)
 
 
 def export_partitioned(log: DecisionLog, out: str | Path, *, batch_decisions: int = 20000) -> Dataset:
@@ -182,6 +188,10 @@ def export_partitioned(log: DecisionLog, out: str | Path, *, batch_decisions: in
     if out.exists() and not out.is_dir():
         raise PartitionError(f"{out} exists and is not a directory", "out")
     old = open_dataset(out) if (out / MANIFEST).exists() else Dataset(out, [])
+    if old.compaction is not None:
+        raise PartitionError(
+            f"{out} is a compacted dataset of log shards (banditrec compact); export to another directory", "out"
+        )
     by_day = {p.day: p for p in old.partitions}
     result = Dataset(out, [], old.items_fingerprint)
     with log.snapshot() as conn:

@@ -1,0 +1,139 @@
+"""Serving on N machines: three nodes, each logging to its own shard, behind a round-robin
+client; rewards posted to any node are joined to their decisions exactly once by compaction."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pyarrow.compute as pc
+import pytest
+
+from banditrec.service import ServiceConfig, create_app
+from banditrec.store import DecisionLog
+from banditrec.store.compaction import compact
+from banditrec.store.partitioned import open_dataset, read_partition
+from banditrec.store.shards import shard_of
+from studies.coverage import build_engine
+
+N_NODES, N_DECISIONS, WINDOW = 3, 60, 100.0
+NOW = 1e6  # long after every window closed
+
+
+class RoundRobin:
+    """A load balancer: each request goes to the next node."""
+
+    def __init__(self, clients):
+        self.clients = clients
+        self._next = itertools.cycle(range(len(clients)))
+
+    def post(self, path, **kw):
+        return self.clients[next(self._next)].post(path, **kw)
+
+
+@pytest.fixture
+def nodes(small_shop, tmp_path):
+    """Three apps, node k logging to shard k's file; one clock, so decision times are distinct."""
+    t = [0.0]
+
+    def clock():
+        t[0] += 0.01
+        return t[0]
+
+    logs, apps = [], []
+    for k in range(N_NODES):
+        log = DecisionLog(tmp_path / f"node{k}.db", shard=k, reward_window_s=WINDOW)
+        engine = build_engine(small_shop, "linucb:alpha=1.0,epsilon=0.1", log, seed=k, n_candidates=20, clock=clock)
+        apps.append(create_app(engine, settings=ServiceConfig(shard=k)))
+        logs.append(log)
+    yield logs, [app.test_client() for app in apps]
+    for log in logs:
+        log.close()
+
+
+def joined_rewards(root) -> dict[tuple[str, int], float]:
+    """(event id, position) -> click reward of every slot row of the dataset that has one."""
+    out = {}
+    for p in open_dataset(root).partitions:
+        t = read_partition(p, ["event_id", "position", "reward:click"])
+        t = t.filter(pc.is_valid(t.column("reward:click")))
+        for e, pos, r in zip(*(t.column(c).to_pylist() for c in ("event_id", "position", "reward:click"))):
+            assert (e, pos) not in out, "a reward joined twice"
+            out[(e, pos)] = r
+    return out
+
+
+def test_rewards_posted_to_any_node_are_joined_exactly_once(nodes, tmp_path):
+    logs, clients = nodes
+    balancer = RoundRobin(clients)
+    decided = []
+    for i in range(N_DECISIONS):
+        res = balancer.post("/v1/decide", json={"user_id": f"u{i % 7}", "slots": 3})
+        assert res.status_code == 200, res.get_json()
+        decided.append(res.get_json()["event_id"])
+    assert [shard_of(e) for e in decided] == [i % N_NODES for i in range(N_DECISIONS)]
+    rng = np.random.default_rng(5)
+    expected, statuses, first_routed = {}, [], 0
+    for e in decided:
+        for pos in np.flatnonzero(rng.random(3) < 0.4).tolist():
+            value = float(rng.integers(1, 5))
+            expected[(e, pos)] = value
+            # to a random node, and a third of them a second time to a random node (a client's retry)
+            first = int(rng.integers(N_NODES))
+            targets = [first] + ([int(rng.integers(N_NODES))] if rng.random() < 1 / 3 else [])
+            first_routed += first != shard_of(e)
+            for k in targets:
+                res = clients[k].post("/v1/reward", json={"event_id": e, "reward": value, "position": pos})
+                assert res.status_code == 200, res.get_json()
+                statuses.append((k == shard_of(e), res.get_json()["status"]))
+    assert {s for own, s in statuses if not own} == {"routed", "duplicate"}
+    assert {s for own, s in statuses if own} == {"recorded", "duplicate"}
+    assert sum(s == "duplicate" for _, s in statuses) < len(statuses) - len(expected)  # some copies on two nodes
+
+    result = compact([log.path for log in logs], tmp_path / "ds", reward_window_s=WINDOW, now=NOW)
+    assert result.decisions == N_DECISIONS
+    assert joined_rewards(tmp_path / "ds") == expected
+    assert result.rewards == len(expected)
+    stored = sum(s != "duplicate" for _, s in statuses)  # a node keeps one copy of what it saw twice
+    assert result.duplicates == stored - len(expected) > 0  # the copies on a second node: joined once
+    assert (result.orphans, result.conflicts, result.pending) == (0, 0, 0)
+    assert result.routed == first_routed > 0  # the earliest copy is the one joined
+    assert result.late == 0
+
+
+def test_a_bad_reward_gets_a_clear_error_from_any_node(nodes):
+    logs, clients = nodes
+    mine = clients[1].post("/v1/decide", json={"user_id": "u1", "slots": 2}).get_json()["event_id"]
+    assert shard_of(mine) == 1
+    unknown = mine[:-1] + ("0" if mine[-1] != "0" else "1")  # shard 1's digits, no such decision
+    res = clients[1].post("/v1/reward", json={"event_id": unknown, "reward": 1.0})
+    assert res.status_code == 404
+    assert res.get_json()["error"]["fields"][0]["field"] == "event_id"
+    for bad in ("e17", mine.upper(), mine + "0", "zz" + mine[2:]):
+        res = clients[0].post("/v1/reward", json={"event_id": bad, "reward": 1.0})
+        assert res.status_code == 400, bad
+        body = res.get_json()["error"]
+        assert body["fields"][0]["field"] == "event_id" and "shard" in body["message"]
+    # a conflicting value on the routing node is refused as on the owner
+    assert clients[2].post("/v1/reward", json={"event_id": mine, "reward": 1.0}).get_json()["status"] == "routed"
+    res = clients[2].post("/v1/reward", json={"event_id": mine, "reward": 2.0})
+    assert res.status_code == 409 and res.get_json()["error"]["fields"][0]["field"] == "reward"
+
+
+def test_a_routed_reward_for_an_event_no_shard_logged_is_reported_an_orphan(nodes, tmp_path):
+    logs, clients = nodes
+    mine = clients[0].post("/v1/decide", json={"user_id": "u1", "slots": 2}).get_json()["event_id"]
+    ghost = mine[:12] + "0001" + "f" * 16  # shard 1 never logged it
+    assert clients[2].post("/v1/reward", json={"event_id": ghost, "reward": 1.0}).get_json()["status"] == "routed"
+    result = compact([log.path for log in logs], tmp_path / "ds", reward_window_s=WINDOW, now=NOW)
+    assert (result.decisions, result.orphans, result.orphan_ids) == (1, 1, (ghost,))
+    assert "orphans: 1" in result.summary()
+
+
+def test_a_node_refuses_a_shard_unlike_its_log(small_shop, tmp_path):
+    engine = build_engine(small_shop, "linucb", DecisionLog(tmp_path / "a.db", shard=2), seed=0)
+    try:
+        with pytest.raises(Exception, match="settings.shard is 1 but the engine logs to shard 2"):
+            create_app(engine, settings=ServiceConfig(shard=1))
+    finally:
+        engine.log.close()
