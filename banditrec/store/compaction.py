@@ -60,9 +60,10 @@ class CompactionResult:
     ``routed_rewards``, ``late`` of them flagged late); ``duplicates`` the copies of a reward
     seen more than once (on several nodes), counted once; ``conflicts`` the copies with another
     value (the earliest is kept); ``dropped`` routed rewards whose position is not one of their
-    decision's. Routed rewards not joined: ``pending`` (their decision is still open, or its
-    shard was not given), ``after_compaction`` (they reached a node after their decision was
-    compacted: late, not joined), ``orphans`` (no given shard logged their event id).
+    decision's. Routed rewards not joined by this run: ``pending`` (their decision is still
+    open, or its shard was not given), ``earlier`` (an earlier run compacted their decision:
+    joined then, or they arrived after it, late, and are not joined), ``orphans`` (no given
+    shard logged their event id).
     """
 
     out: str
@@ -78,7 +79,7 @@ class CompactionResult:
     conflicts: int = 0
     dropped: int = 0
     pending: int = 0
-    after_compaction: int = 0
+    earlier: int = 0
     orphans: int = 0
     orphan_ids: tuple[str, ...] = field(default=(), repr=False)
 
@@ -89,7 +90,7 @@ class CompactionResult:
             f"of {self.out} (run {self.run}); watermarks {marks}",
             f"rewards joined: {self.rewards} ({self.routed} routed from another node, {self.late} late); "
             f"duplicates {self.duplicates}, conflicts {self.conflicts}, dropped {self.dropped}",
-            f"routed rewards waiting: {self.pending}; arrived after compaction: {self.after_compaction}; "
+            f"routed rewards waiting: {self.pending}; of decisions compacted before: {self.earlier}; "
             f"orphans: {self.orphans}",
         ]
         if self.orphan_ids:
@@ -309,7 +310,7 @@ def _join(shards: list[_Shard], decisions: dict, window: float) -> tuple[dict, d
     ts, late)}``; and the counts of :class:`CompactionResult`."""
     best: dict[tuple[str, int, str], tuple[float, int, float, bool]] = {}
     counts = dict(
-        rewards=0, routed=0, late=0, duplicates=0, conflicts=0, dropped=0, pending=0, after_compaction=0, orphans=0
+        rewards=0, routed=0, late=0, duplicates=0, conflicts=0, dropped=0, pending=0, earlier=0, orphans=0
     )
     orphan_ids: list[str] = []
     by_key = {s.key: s for s in shards}
@@ -356,7 +357,7 @@ def _join(shards: list[_Shard], decisions: dict, window: float) -> tuple[dict, d
                     counts["orphans"] += 1
                     orphan_ids.append(event_id)
                 elif seq <= owner.watermark:
-                    counts["after_compaction"] += 1
+                    counts["earlier"] += 1
                 else:
                     counts["pending"] += 1
     for _, rank, _, late in best.values():

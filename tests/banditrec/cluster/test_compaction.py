@@ -1,0 +1,259 @@
+"""Compaction of log shards into the day-partitioned dataset: the same decisions logged by one
+node or split over three give the same dataset rows and the same estimates; a run adds only
+what closed since the last; a run killed midway loses nothing, and its rerun duplicates
+nothing."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from banditrec.errors import ConflictError, ValidationError
+from banditrec.evaluation import evaluate_log, evaluate_parquet
+from banditrec.store import DecisionLog
+from banditrec.store import compaction as compaction_module
+from banditrec.store.compaction import compact
+from banditrec.store.partitioned import (
+    MANIFEST,
+    PartitionError,
+    export_partitioned,
+    open_dataset,
+    partition_decisions,
+    read_partition,
+)
+from banditrec.store.shards import shard_of
+from banditrec.types import LoggedDecisions, Reward
+from studies.coverage import build_engine
+
+DAY = 86_400.0
+N_SHARDS, N_DECISIONS, N_SLOTS, WINDOW = 3, 240, 3, 600.0
+STEP = 3 * DAY / N_DECISIONS  # three days of decisions
+SPECS = ["linucb:alpha=1.0,epsilon=0.1", "egreedy:epsilon=0.1"]
+ESTIMATORS = ("IPS", "SNIPS", "DR")
+TOL = 1e-9
+END = 40 * DAY + N_DECISIONS * STEP + 10 * WINDOW  # every window closed
+
+
+def seeded_run(shop, nodes: list[DecisionLog], *, seed: int = 3) -> list[tuple[str, float, int]]:
+    """N_DECISIONS decisions of one seeded engine, decision i logged to ``nodes[i % n]`` (a
+    round-robin balancer), each click posted to a random node; contexts, clicks and nodes drawn
+    from streams of their own. Returns (event id, decision ts, n clicks) per decision."""
+    t = [0.0]
+
+    def clock():
+        return t[0]
+
+    engine = build_engine(shop, "linucb:alpha=1.0,epsilon=0.1", nodes[0], seed=seed, n_candidates=12, clock=clock)
+    ctx_rng, click_rng, node_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
+    out = []
+    for i in range(N_DECISIONS):
+        engine.log = nodes[i % len(nodes)]  # the node the balancer sent the request to
+        t[0] = 40 * DAY + i * STEP
+        d = engine.decide(f"u{i % 31}", N_SLOTS, context=ctx_rng.normal(size=shop.config.dim))
+        clicks = [s.position for s in d.slots if click_rng.random() < 0.2 + 0.15 * (s.position == 0)]
+        for pos in clicks:
+            reward = Reward(d.event_id, 1.0, position=pos, ts=d.ts + 1.0)
+            nodes[int(node_rng.integers(N_SHARDS)) % len(nodes)].record_reward(reward)
+        out.append((d.event_id, d.ts, len(clicks)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def cluster(small_shop, tmp_path_factory):
+    """One node's log and three shard logs of the same seeded decisions and clicks."""
+    root = tmp_path_factory.mktemp("shards")
+    single = DecisionLog(root / "single.db")
+    nodes = [DecisionLog(root / f"shard{k}.db", shard=k) for k in range(N_SHARDS)]
+    one = seeded_run(small_shop, [single])
+    many = seeded_run(small_shop, nodes)
+    for log in (single, *nodes):
+        log.close()
+    return root, one, many
+
+
+def shard_paths(root):
+    return [root / f"shard{k}.db" for k in range(N_SHARDS)]
+
+
+def dataset_decisions(root) -> LoggedDecisions:
+    return LoggedDecisions.concat([partition_decisions(read_partition(p)) for p in open_dataset(root).partitions])
+
+
+def test_the_shards_hold_the_one_nodes_decisions(cluster):
+    root, one, many = cluster
+    assert [(ts, n) for _, ts, n in one] == [(ts, n) for _, ts, n in many]
+    assert [shard_of(e) for e, _, _ in many] == [i % N_SHARDS for i in range(N_DECISIONS)]
+    assert [e[16:] for e, _, _ in one] == [e[16:] for e, _, _ in many]  # the same stream, another shard field
+    routed = 0
+    for k in range(N_SHARDS):
+        log = DecisionLog(root / f"shard{k}.db")
+        try:
+            assert log.shard == k
+            routed += log.count("routed_rewards")
+        finally:
+            log.close()
+    assert routed > 0
+
+
+def test_n_nodes_give_the_one_nodes_rows_and_estimates(cluster, tmp_path):
+    root, one, _ = cluster
+    result = compact(shard_paths(root), tmp_path / "many", reward_window_s=WINDOW, now=END)
+    assert result.decisions == N_DECISIONS and result.rewards == sum(n for _, _, n in one)
+    assert len(result.parts) == 3  # days 40, 41, 42
+    single = DecisionLog(root / "single.db")
+    try:
+        ref = single.decisions()
+    finally:
+        single.close()
+    got = dataset_decisions(tmp_path / "many")
+    for name in ("context", "row_decision", "row_slot", "row_action", "row_pscore", "row_reward", "n_slots"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(ref, name), err_msg=name)
+    np.testing.assert_array_equal(got.seq, np.arange(1, N_DECISIONS + 1))
+
+    a = evaluate_log(str(root / "single.db"), SPECS, estimators=ESTIMATORS)
+    b = evaluate_parquet(tmp_path / "many", SPECS, estimators=ESTIMATORS)
+    assert (a.n_train, a.n_eval, a.n_rows) == (b.n_train, b.n_eval, b.n_rows)
+    for x, y in zip(a.candidates, b.candidates):
+        for name in ESTIMATORS:
+            ex, ey = x.estimates[name], y.estimates[name]
+            assert (ey.value, ey.lower, ey.upper) == pytest.approx((ex.value, ex.lower, ex.upper), abs=TOL)
+
+
+def read_all(root) -> list:
+    return [read_partition(p) for p in open_dataset(root).partitions]
+
+
+def files(root) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.name != ".compact.lock"}
+
+
+def test_runs_add_only_what_closed_and_a_killed_run_loses_and_duplicates_nothing(cluster, tmp_path, monkeypatch):
+    root, _, _ = cluster
+    shards = shard_paths(root)
+    mid = 40 * DAY + 1.5 * DAY + WINDOW + 60  # about half the decisions closed (the grace is 60 s)
+    # the reference: two clean runs
+    first = compact(shards, tmp_path / "clean", reward_window_s=WINDOW, now=mid)
+    second = compact(shards, tmp_path / "clean", reward_window_s=WINDOW, now=END)
+    assert 0 < first.decisions < N_DECISIONS and first.decisions + second.decisions == N_DECISIONS
+    assert len(second.parts) >= 2
+    # the same, with the second run killed after its first part file
+    compact(shards, tmp_path / "ds", reward_window_s=WINDOW, now=mid)
+    manifest = (tmp_path / "ds" / MANIFEST).read_bytes()
+    real, calls = compaction_module._write_part, []
+
+    def dies_after_one_part(table, path):
+        calls.append(path)
+        if len(calls) == 2:
+            raise RuntimeError("killed")
+        real(table, path)
+
+    monkeypatch.setattr(compaction_module, "_write_part", dies_after_one_part)
+    with pytest.raises(RuntimeError, match="killed"):
+        compact(shards, tmp_path / "ds", reward_window_s=WINDOW, now=END)
+    monkeypatch.undo()
+    assert (tmp_path / "ds" / MANIFEST).read_bytes() == manifest  # the dataset is as it was
+    assert dataset_decisions(tmp_path / "ds").n_decisions == first.decisions
+    again = compact(shards, tmp_path / "ds", reward_window_s=WINDOW, now=END)
+    assert (again.decisions, again.rows, again.parts) == (second.decisions, second.rows, second.parts)
+    assert files(tmp_path / "ds") == files(tmp_path / "clean")  # no stray part of the killed run
+    for x, y in zip(read_all(tmp_path / "ds"), read_all(tmp_path / "clean")):
+        assert x.equals(y)
+    got = dataset_decisions(tmp_path / "ds")
+    np.testing.assert_array_equal(got.seq, np.arange(1, N_DECISIONS + 1))
+    assert len(set(got.event_id)) == N_DECISIONS
+    # idempotent: nothing newly closed, nothing written
+    manifest = (tmp_path / "ds" / MANIFEST).read_bytes()
+    third = compact(shards, tmp_path / "ds", reward_window_s=WINDOW, now=END + DAY)
+    assert (third.decisions, third.parts) == (0, ())
+    assert (tmp_path / "ds" / MANIFEST).read_bytes() == manifest
+
+
+def test_a_routed_reward_waits_for_its_decision_and_a_late_one_is_flagged(tmp_path):
+    nodes = [DecisionLog(tmp_path / f"n{k}.db", shard=k) for k in range(2)]
+    try:
+        from banditrec.types import Decision, Slot
+
+        def decide(k, i, ts):
+            event = f"{int(ts * 1000):012x}{k:04x}{i:016x}"
+            nodes[k].write_decision(
+                Decision(
+                    event,
+                    "u",
+                    (Slot(0, "a", 0.5, 0.5), Slot(1, "b", 0.5, 0.5)),
+                    0.25,
+                    np.log(0.25),
+                    "p",
+                    "v",
+                    ("a", "b"),
+                    ts,
+                ),
+                policy_params={},
+                candidate_index=[0, 1],
+                slot_index=[0, 1],
+                context=[1.0],
+            )
+            return event
+
+        early, later = decide(0, 1, 1000.0), decide(0, 2, 5000.0)
+        assert nodes[1].record_reward(Reward(early, 1.0, position=0, ts=1010.0)) == "routed"
+        assert nodes[1].record_reward(Reward(early, 1.0, position=1, ts=1000.0 + WINDOW + 1)) == "routed"  # late
+        assert nodes[1].record_reward(Reward(early, 1.0, position=5, ts=1010.0)) == "routed"  # no such slot
+        assert nodes[1].record_reward(Reward(later, 3.0, position=1, ts=5010.0)) == "routed"
+        paths = [n.path for n in nodes]
+        first = compact(paths, tmp_path / "ds", reward_window_s=WINDOW, now=3000.0)
+        assert (first.decisions, first.rewards, first.late, first.dropped, first.pending) == (1, 2, 1, 1, 1)
+        logged = dataset_decisions(tmp_path / "ds")
+        np.testing.assert_array_equal(logged.row_reward, [1.0, 0.0])  # the late click is not learned from
+        assert nodes[1].record_reward(Reward(early, 1.0, position=None, ts=3100.0)) == "routed"  # after compaction
+        second = compact(paths, tmp_path / "ds", reward_window_s=WINDOW, now=9000.0)
+        assert (second.decisions, second.rewards, second.pending, second.earlier) == (1, 1, 0, 4)  # 3 joined by the first run
+        np.testing.assert_array_equal(dataset_decisions(tmp_path / "ds").row_reward, [1.0, 0.0, 0.0, 3.0])
+    finally:
+        for n in nodes:
+            n.close()
+
+
+def test_compaction_refuses_inputs_it_cannot_join_safely(cluster, tmp_path):
+    root, _, _ = cluster
+    shards = shard_paths(root)
+    with pytest.raises(ValidationError, match="does not exist"):
+        compact([root / "nope.db"], tmp_path / "a", reward_window_s=WINDOW)
+    with pytest.raises(ValidationError, match="both shard 0"):
+        compact([shards[0], shards[0]], tmp_path / "a", reward_window_s=WINDOW)
+    compact(shards, tmp_path / "a", reward_window_s=WINDOW, now=40 * DAY + DAY)
+    with pytest.raises(ConflictError, match="reward window"):
+        compact(shards, tmp_path / "a", reward_window_s=WINDOW * 2)
+    other = DecisionLog(tmp_path / "other.db", shard=1)  # a new file claiming a compacted shard
+    other.close()
+    with pytest.raises(ConflictError, match="another log file"):
+        compact([shards[0], tmp_path / "other.db"], tmp_path / "a", reward_window_s=WINDOW)
+    single = DecisionLog(root / "single.db")
+    try:
+        export_partitioned(single, tmp_path / "export")
+    finally:
+        single.close()
+    with pytest.raises(PartitionError, match="written by `banditrec export`"):
+        compact(shards, tmp_path / "export", reward_window_s=WINDOW)
+    with pytest.raises(PartitionError, match="compacted dataset"):
+        single = DecisionLog(root / "single.db")
+        try:
+            export_partitioned(single, tmp_path / "a")
+        finally:
+            single.close()
+    assert json.loads((tmp_path / "a" / MANIFEST).read_text())["compaction"]["runs"] == 1
+
+
+def test_a_log_keeps_its_shard(tmp_path):
+    log = DecisionLog(tmp_path / "s.db", shard=4)
+    log.close()
+    again = DecisionLog(tmp_path / "s.db")
+    try:
+        assert again.shard == 4
+    finally:
+        again.close()
+    with pytest.raises(ConflictError, match="is shard 4, not shard 5"):
+        DecisionLog(tmp_path / "s.db", shard=5)
+    with pytest.raises(ValidationError, match="shard must be in"):
+        DecisionLog(tmp_path / "t.db", shard=70000)
