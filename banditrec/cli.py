@@ -6,6 +6,7 @@ Commands of other packages (the simulated-shop studies in ``studies``) join the 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -308,34 +309,93 @@ def serve(
 )
 @click.option("--kind", default="click", show_default=True, help="Reward kind to learn from.")
 @click.option("--once", is_flag=True, help="One step, then exit.")
+@click.option(
+    "--dataset",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Learn from the dataset `banditrec compact` writes (the closed decisions of every log shard) instead of --db.",
+)
+@click.option(
+    "--scheduler",
+    default=None,
+    help="With --dataset: read its partitions on this Dask scheduler (tcp://host:8786); default: in this process.",
+)
 @usage_errors
-def learn(shop_dir, db, policy, snapshots, reward_window, interval, kind, once):
-    """Learn from closed decisions in --db and publish snapshots for `banditrec serve` to reload."""
-    from .learner import Learner
+def learn(shop_dir, db, policy, snapshots, reward_window, interval, kind, once, dataset, scheduler):
+    """Learn from closed decisions in --db (or --dataset) and publish snapshots for `banditrec serve` to reload."""
+    from .learner import DatasetLearner, Learner
     from .shop import Shop, ShopFollower
 
-    log = _open_log(db, reward_window)
-    try:
+    if scheduler and not dataset:
+        raise click.UsageError("--scheduler reads a --dataset; a --db log is read in this process")
+    with contextlib.ExitStack() as stack:
         shop = Shop(shop_dir)
-        learner = Learner.resume(
-            log,
-            lambda: shop.policy(policy),
-            shop.items.features,
-            snapshots,
-            shop.policy_env(),
-            kind=kind,
-            item_cold=shop.items.cold,
+        common = dict(kind=kind, item_cold=shop.items.cold)
+        if dataset:
+            client = None
+            if scheduler:
+                from .evaluation.tasks import dask_client
+
+                client = stack.enter_context(dask_client(scheduler))
+            source, where = dataset, f"the compacted dataset {dataset}"
+            cls: type[Learner] = DatasetLearner
+            common["client"] = client
+        else:
+            log = _open_log(db, reward_window)
+            stack.callback(log.close)
+            source, where, cls = log, f"{db} (window {reward_window:g} s)", Learner
+        learner = cls.resume(
+            source, lambda: shop.policy(policy), shop.items.features, snapshots, shop.policy_env(), **common
         )
         learner.refresh = ShopFollower(shop, echo=click.echo)
         click.echo(
-            f"learning from {db} (window {reward_window:g} s) into {snapshots} for shop build {shop.build}; "
+            f"learning from {where} into {snapshots} for shop build {shop.build}; "
             f"from seq {learner.learned_seq}, model {learner.version or learner.policy.model_version}"
         )
-        learner.run(interval_s=interval, steps=1 if once else None, echo=click.echo)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        log.close()
+        with contextlib.suppress(KeyboardInterrupt):
+            learner.run(interval_s=interval, steps=1 if once else None, echo=click.echo)
+
+
+@main.command()
+@click.option(
+    "--shard",
+    "shards",
+    multiple=True,
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="A serving node's log (repeatable: every shard, so that rewards routed between them are joined).",
+)
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="The day-partitioned dataset.")
+@click.option(
+    "--reward-window",
+    default=3600.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="As `serve --reward-window`: a decision moves once its window has closed; fixed for the dataset's life.",
+)
+@click.option(
+    "--grace",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds more to wait past the window (clock differences between nodes, rewards in flight).",
+)
+@click.option(
+    "--max-decisions",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Move at most this many decisions per shard in this run (bounds its memory; the next run goes on).",
+)
+@usage_errors
+def compact(shards, out, reward_window, grace, max_decisions):
+    """Move closed decisions of the log shards, rewards joined from all of them, into --out.
+
+    Idempotent, and safe to stop: run it on a schedule (docs/deployment.md).
+    """
+    from .store.compaction import compact as compact_logs
+
+    result = compact_logs(list(shards), out, reward_window_s=reward_window, grace_s=grace, max_decisions=max_decisions)
+    click.echo(result.summary())
 
 
 @main.command()

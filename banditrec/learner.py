@@ -24,6 +24,7 @@ from .policies import Policy, load
 from .policies.snapshot import read_manifest
 from .publish import POINTER, resolve, write_pointer
 from .store import DecisionLog
+from .types import LoggedDecisions
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class Learner:
 
     def __init__(
         self,
-        log: DecisionLog,
+        log: DecisionLog | None,
         policy: Policy,
         item_features: np.ndarray,
         directory,
@@ -66,7 +67,7 @@ class Learner:
         learned_seq: int = 0,
         item_cold: np.ndarray | None = None,
     ):
-        if log.reward_window_s is None:
+        if log is not None and log.reward_window_s is None:
             raise ValidationError(
                 "the learner needs a log with a reward window: it learns only from decisions whose rewards are final",
                 "reward_window_s",
@@ -88,9 +89,11 @@ class Learner:
         self.refresh = None
 
     @classmethod
-    def resume(cls, log: DecisionLog, make_policy, item_features, directory, policy_env: dict, **kw) -> Learner:
-        """A learner that continues from the snapshot :func:`banditrec.publish.resolve` chooses
-        in ``directory`` (the one the serving workers serve), else from ``make_policy()``.
+    def resume(cls, log, make_policy, item_features, directory, policy_env: dict, **kw) -> Learner:
+        """A learner of ``log`` (what the class reads: a :class:`DecisionLog`, or a
+        :class:`DatasetLearner`'s dataset directory) that continues from the snapshot
+        :func:`banditrec.publish.resolve` chooses in ``directory`` (the one the serving workers
+        serve), else from ``make_policy()``.
         Snapshots on disk none of which verifies raise: learning from scratch over them would
         hide the damage."""
         directory = Path(directory)
@@ -125,6 +128,21 @@ class Learner:
                 self.policy = update.policy
                 self.item_features = np.asarray(update.item_features, dtype=float)
                 self.item_cold = None if update.item_cold is None else np.asarray(update.item_cold, dtype=bool)
+        found = self._closed()
+        if found is None:
+            return None
+        logged, until = found
+        n_rows = len(logged.row_reward)
+        if n_rows:
+            learn_from_log(self.policy, logged, self.item_features, cold=self.item_cold)
+        self.learned_seq = until
+        if not n_rows:  # only pinned slots closed: nothing learned, nothing to publish
+            return None
+        return self.publish(n_rows)
+
+    def _closed(self) -> tuple[LoggedDecisions, int] | None:
+        """The decisions closed since ``learned_seq`` and the seq learning reaches with them."""
+        assert self.log is not None  # a Learner without a log is a DatasetLearner, which overrides this
         now = float(self.clock())
         until = self.log.closed_until_seq(after_seq=self.learned_seq, closed_before=now)
         if until <= self.learned_seq:
@@ -136,28 +154,23 @@ class Learner:
             kind=self.kind,
             default_reward=self.default_reward,
         )
-        n_rows = len(logged.row_reward)
-        if n_rows:
-            learn_from_log(self.policy, logged, self.item_features, cold=self.item_cold)
-        self.learned_seq = until
-        if not n_rows:  # only pinned slots closed: nothing learned, nothing to publish
-            return None
-        return self.publish(n_rows)
+        return logged, until
 
     def publish(self, n_rows: int = 0) -> Published:
         stem = f"{self.policy.model_version}-seq{self.learned_seq}"
         manifest_path = self.policy.save(self.directory / stem, provenance={"trained_until_seq": self.learned_seq})
         pointer = write_pointer(self.directory, manifest_path, trained_until_seq=self.learned_seq)
         sha = read_manifest(manifest_path)["sha256"]  # the payload's
-        self.log.register_model(
-            pointer.version,
-            self.policy.name,
-            self.policy.params,
-            path=str(manifest_path),
-            sha256=sha,
-            n_updates=self.policy.n_updates,
-            trained_until_seq=self.learned_seq,
-        )
+        if self.log is not None:
+            self.log.register_model(
+                pointer.version,
+                self.policy.name,
+                self.policy.params,
+                path=str(manifest_path),
+                sha256=sha,
+                n_updates=self.policy.n_updates,
+                trained_until_seq=self.learned_seq,
+            )
         self.version = pointer.version
         self._prune(keep_names={manifest_path.name})
         return Published(pointer.version, manifest_path, sha, self.learned_seq, n_rows)
@@ -193,3 +206,56 @@ class Learner:
             if steps is None or done < steps:
                 time.sleep(max(0.0, interval_s - (time.monotonic() - t0)))
         return published
+
+
+class DatasetLearner(Learner):
+    """A :class:`Learner` of the compacted dataset at ``root`` (``banditrec compact``: the
+    closed decisions of every log shard) instead of a log.
+
+    Every decision there is closed, so each step learns the partitions past ``learned_seq``
+    (the dataset's ``seq``, which grows with every compaction run), at most ``partitions`` of
+    them, in seq order. With a Dask ``client`` the partitions are read and decoded as tasks on
+    its workers; the policy updates in this process, as it must for policies whose update
+    depends on order. Snapshots are published as by :class:`Learner` (a dataset has no model
+    registry: nothing is registered).
+    """
+
+    def __init__(
+        self, root, policy: Policy, item_features: np.ndarray, directory, *, client=None, partitions: int = 8, **kw
+    ):
+        super().__init__(None, policy, item_features, directory, **kw)
+        self.root = Path(root)
+        self.client = client
+        if partitions < 1:
+            raise ValidationError(f"partitions must be >= 1, got {partitions}", "partitions")
+        self.partitions = int(partitions)
+
+    def _closed(self) -> tuple[LoggedDecisions, int] | None:
+        from .evaluation.tasks import run_tasks
+        from .store.partitioned import open_dataset
+
+        todo = sorted(
+            (p for p in open_dataset(self.root).partitions if p.max_seq > self.learned_seq), key=lambda p: p.min_seq
+        )
+        if not todo:
+            return None
+        todo = todo[: self.partitions]
+        shared = {"after": self.learned_seq, "kind": self.kind, "default_reward": self.default_reward}
+        parts = run_tasks(_read_new, todo, client=self.client, shared=shared, desc="reading")
+        # a run numbers its decisions in time order, so its day parts hold consecutive seq ranges
+        logged = LoggedDecisions.concat([p for p in parts if p.n_decisions] or parts)
+        return logged, max(p.max_seq for p in todo)
+
+
+def _read_new(part, shared: dict) -> LoggedDecisions:
+    """A partition's decisions past ``shared["after"]`` (a task: runs on a Dask worker)."""
+    from .store.partitioned import partition_decisions, read_partition
+
+    table = read_partition(part)
+    seq = np.unique(table.column("seq").to_numpy())
+    return partition_decisions(
+        table,
+        kind=shared["kind"],
+        default_reward=shared["default_reward"],
+        first_decision=int(np.searchsorted(seq, shared["after"], side="right")),
+    )

@@ -309,9 +309,7 @@ def _join(shards: list[_Shard], decisions: dict, window: float) -> tuple[dict, d
     """The rewards of the moved decisions, one per (event_id, position, kind): ``{key: (value,
     ts, late)}``; and the counts of :class:`CompactionResult`."""
     best: dict[tuple[str, int, str], tuple[float, int, float, bool]] = {}
-    counts = dict(
-        rewards=0, routed=0, late=0, duplicates=0, conflicts=0, dropped=0, pending=0, earlier=0, orphans=0
-    )
+    counts = dict(rewards=0, routed=0, late=0, duplicates=0, conflicts=0, dropped=0, pending=0, earlier=0, orphans=0)
     orphan_ids: list[str] = []
     by_key = {s.key: s for s in shards}
 

@@ -210,7 +210,12 @@ def test_a_routed_reward_waits_for_its_decision_and_a_late_one_is_flagged(tmp_pa
         np.testing.assert_array_equal(logged.row_reward, [1.0, 0.0])  # the late click is not learned from
         assert nodes[1].record_reward(Reward(early, 1.0, position=None, ts=3100.0)) == "routed"  # after compaction
         second = compact(paths, tmp_path / "ds", reward_window_s=WINDOW, now=9000.0)
-        assert (second.decisions, second.rewards, second.pending, second.earlier) == (1, 1, 0, 4)  # 3 joined by the first run
+        assert (second.decisions, second.rewards, second.pending, second.earlier) == (
+            1,
+            1,
+            0,
+            4,
+        )  # 3 joined by the first run
         np.testing.assert_array_equal(dataset_decisions(tmp_path / "ds").row_reward, [1.0, 0.0, 0.0, 3.0])
     finally:
         for n in nodes:
@@ -259,3 +264,83 @@ def test_a_log_keeps_its_shard(tmp_path):
         DecisionLog(tmp_path / "s.db", shard=5)
     with pytest.raises(ValidationError, match="shard must be in"):
         DecisionLog(tmp_path / "t.db", shard=70000)
+
+
+def test_a_learner_of_the_dataset_learns_what_a_learner_of_one_log_learns(cluster, small_shop, tmp_path):
+    root, _, _ = cluster
+    compact(shard_paths(root), tmp_path / "ds", reward_window_s=WINDOW, now=END)
+    features = small_shop.catalog.features
+
+    def fresh_policy():
+        return build_engine(small_shop, "linucb:alpha=1.0,epsilon=0.1", DecisionLog(), seed=0).policy
+
+    from banditrec.learner import DatasetLearner, Learner
+    from banditrec.offline import target_pscore
+
+    many = DatasetLearner(tmp_path / "ds", fresh_policy(), features, tmp_path / "snap-many", partitions=2)
+    assert many.run(interval_s=0, steps=3) == 2  # 3 day partitions, 2 a step; the third step finds nothing
+    assert many.learned_seq == N_DECISIONS
+    single = DecisionLog(root / "single.db", reward_window_s=WINDOW)
+    try:
+        one = Learner(single, fresh_policy(), features, tmp_path / "snap-one", clock=lambda: END)
+        assert one.run(interval_s=0, steps=1) == 1
+        ref = single.decisions()
+    finally:
+        single.close()
+    np.testing.assert_allclose(
+        target_pscore(many.policy, ref, features), target_pscore(one.policy, ref, features), rtol=0, atol=TOL
+    )
+    assert many.policy.n_updates == one.policy.n_updates + 1  # the same rows, in two updates
+
+
+def test_the_compact_command(cluster, tmp_path):
+    from click.testing import CliRunner
+
+    from banditrec.cli import main
+
+    root, _, _ = cluster
+    args = ["compact", *(a for p in shard_paths(root) for a in ("--shard", str(p)))]
+    args += ["--out", str(tmp_path / "ds"), "--reward-window", str(WINDOW)]
+    runner = CliRunner()
+    first = runner.invoke(main, args)
+    assert first.exit_code == 0, first.output
+    assert f"compacted {N_DECISIONS} decisions" in first.output and "conflicts 0" in first.output
+    again = runner.invoke(main, args)
+    assert again.exit_code == 0 and "compacted 0 decisions" in again.output
+    missing = runner.invoke(main, ["compact", "--shard", str(tmp_path / "nope.db"), "--out", str(tmp_path / "x")])
+    assert missing.exit_code == 2 and "does not exist" in missing.output
+
+
+@pytest.mark.slow
+def test_evaluate_and_learn_read_the_dataset_on_dask(cluster, small_shop, tmp_path):
+    """`evaluate --parquet` on a LocalCluster gives the in-process estimates; a learner reading
+    the partitions on Dask learns what it learns reading them here."""
+    from click.testing import CliRunner
+
+    from banditrec.cli import main
+    from banditrec.evaluation import dask_client
+    from banditrec.learner import DatasetLearner
+    from banditrec.offline import target_pscore
+
+    root, _, _ = cluster
+    compact(shard_paths(root), tmp_path / "ds", reward_window_s=WINDOW, now=END)
+    out = CliRunner().invoke(main, ["evaluate", "--parquet", str(tmp_path / "ds"), "--policy", SPECS[1], "--json"])
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.output)
+    assert report["n_train_decisions"] + report["n_eval_decisions"] == N_DECISIONS
+    here = evaluate_parquet(tmp_path / "ds", SPECS[1:], estimators=("IPS", "SNIPS", "DR"))
+    got = {c["policy"]: c for c in report["candidates"]}[SPECS[1]]
+    for name in ("IPS", "SNIPS", "DR"):
+        assert got["estimates"][name]["value"] == pytest.approx(here.candidates[0].estimates[name].value, abs=TOL)
+
+    features = small_shop.catalog.features
+    learners = []
+    with dask_client(n_workers=2) as client:
+        for c in (client, None):
+            policy = build_engine(small_shop, SPECS[0], DecisionLog(), seed=0).policy
+            learner = DatasetLearner(tmp_path / "ds", policy, features, tmp_path / f"snap-{c is None}", client=c)
+            learner.run(interval_s=0, steps=1)
+            learners.append(learner)
+    logged = dataset_decisions(tmp_path / "ds")
+    a, b = (target_pscore(x.policy, logged, features) for x in learners)
+    np.testing.assert_allclose(a, b, rtol=0, atol=TOL)
