@@ -386,8 +386,13 @@ def learn(shop_dir, db, policy, snapshots, reward_window, interval, kind, once, 
     type=click.IntRange(min=1),
     help="Move at most this many decisions per shard in this run (bounds its memory; the next run goes on).",
 )
+@click.option(
+    "--prune",
+    is_flag=True,
+    help="Then delete from the shards what the dataset holds (compacted decisions, joined routed rewards).",
+)
 @usage_errors
-def compact(shards, out, reward_window, grace, max_decisions):
+def compact(shards, out, reward_window, grace, max_decisions, prune):
     """Move closed decisions of the log shards, rewards joined from all of them, into --out.
 
     Idempotent, and safe to stop: run it on a schedule (docs/deployment.md).

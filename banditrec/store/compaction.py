@@ -15,6 +15,7 @@ Details: docs/deployment.md, "Serving on several machines".
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -82,6 +83,8 @@ class CompactionResult:
     earlier: int = 0
     orphans: int = 0
     orphan_ids: tuple[str, ...] = field(default=(), repr=False)
+    pruned: int = 0  # decisions deleted from the shards (``prune``)
+    pruned_routed: int = 0  # routed rewards deleted from the shards
 
     def summary(self) -> str:
         marks = ", ".join(f"{k}: {v}" for k, v in sorted(self.watermarks.items()))
@@ -93,6 +96,8 @@ class CompactionResult:
             f"routed rewards waiting: {self.pending}; of decisions compacted before: {self.earlier}; "
             f"orphans: {self.orphans}",
         ]
+        if self.pruned or self.pruned_routed:
+            lines.append(f"pruned from the shards: {self.pruned} decisions, {self.pruned_routed} routed rewards")
         if self.orphan_ids:
             lines.append("orphan event ids: " + ", ".join(self.orphan_ids[:10]) + (" ..." if self.orphans > 10 else ""))
         return "\n".join(lines)
@@ -107,6 +112,7 @@ class _Shard:
     until: int = 0
     seq: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # decisions moved, in seq order
     gseq: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # their dataset seq
+    settled: list = field(default_factory=list)  # routed reward keys of compacted decisions
 
 
 def _key(shard: int | None) -> str:
@@ -128,6 +134,7 @@ def compact(
     now: float | None = None,
     grace_s: float = 60.0,
     max_decisions: int | None = None,
+    prune: bool = False,
 ) -> CompactionResult:
     """Move the closed decisions of ``logs`` (shard files or open logs) into the dataset at ``out``.
 
@@ -141,6 +148,12 @@ def compact(
     Idempotent: a second run with nothing newly closed writes nothing. A run that fails or is
     killed leaves the dataset as it was (its stray files are removed by the next run, which
     redoes its work). The window is part of the dataset: a run with another one is refused.
+
+    ``prune``: once the manifest is written, delete from the shards what the dataset now holds
+    (:meth:`DecisionLog.prune`): the routed rewards of compacted decisions on every node, then
+    each shard's decisions up to its watermark. A run killed before or during the prune leaves
+    rows that the next pruning run deletes. A routed reward that reaches a node after its
+    decision was pruned (late in any case) is reported as an orphan.
 
     Raises :class:`ValidationError` for a missing log file or two inputs with one shard,
     :class:`ConflictError` for a shard file that is not the one compacted before under that
@@ -180,9 +193,16 @@ def compact(
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise ConflictError(f"another compaction is running on {out}", "out") from None
-        for s in shards:
-            s.conn = stack.enter_context(s.log.snapshot())
-        return _compact(shards, out, window, now - grace - window, max_decisions)
+        with contextlib.ExitStack() as snapshots:
+            for s in shards:
+                s.conn = snapshots.enter_context(s.log.snapshot())
+            result = _compact(shards, out, window, now - grace - window, max_decisions)
+        if not prune:
+            return result
+        # every node's routed rewards first: while a decision is still in its shard, a routed
+        # reward of it left by a killed prune is recognised as compacted, not as an orphan
+        pruned = [s.log.prune(None, s.settled) for s in shards] + [s.log.prune(s.until) for s in shards]
+        return dataclasses.replace(result, pruned=sum(n for n, _ in pruned), pruned_routed=sum(r for _, r in pruned))
     raise AssertionError("unreachable")  # pragma: no cover - for mypy: ExitStack may swallow
 
 
@@ -335,27 +355,29 @@ def _join(shards: list[_Shard], decisions: dict, window: float) -> tuple[dict, d
         ):
             offer(event_id, int(position), kind, float(value), float(ts), bool(late), 0)
     for rank, s in enumerate(shards, start=1):
-        waiting: dict[str, list[str]] = {}  # owner shard key -> event ids to look up
+        waiting: dict[str, list[tuple[str, int, str]]] = {}  # owner shard key -> routed keys to look up
         for event_id, position, kind, value, ts in s.conn.execute(
             "SELECT event_id, position, kind, reward, ts FROM routed_rewards"
         ):
             if event_id in decisions:
                 offer(event_id, int(position), kind, float(value), float(ts), False, rank)
+                s.settled.append((event_id, position, kind))
             else:
-                waiting.setdefault(str(shard_of(event_id)), []).append(event_id)
-        for owner_key, event_ids in waiting.items():
+                waiting.setdefault(str(shard_of(event_id)), []).append((event_id, position, kind))
+        for owner_key, keys in waiting.items():
             owner = by_key.get(owner_key)
             if owner is None:  # its shard was not given: it waits for a run that has it
-                counts["pending"] += len(event_ids)
+                counts["pending"] += len(keys)
                 continue
-            seqs = _seqs_of(owner.conn, sorted(set(event_ids)))
-            for event_id in event_ids:
-                seq = seqs.get(event_id)
+            seqs = _seqs_of(owner.conn, sorted({k[0] for k in keys}))
+            for key in keys:
+                seq = seqs.get(key[0])
                 if seq is None:
                     counts["orphans"] += 1
-                    orphan_ids.append(event_id)
+                    orphan_ids.append(key[0])
                 elif seq <= owner.watermark:
                     counts["earlier"] += 1
+                    s.settled.append(key)
                 else:
                     counts["pending"] += 1
     for _, rank, _, late in best.values():

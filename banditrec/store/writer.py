@@ -303,6 +303,27 @@ class LogWriter:
             "reward",
         )
 
+    def prune(self, until_seq: int | None, routed: Iterable[tuple[str, int, str]] = ()) -> tuple[int, int]:
+        """Delete what compaction has moved: the decisions with ``seq <= until_seq`` (with
+        their slots and rewards; one an interaction event is attributed to stays; ``None``:
+        none) and the ``routed`` rewards, by ``(event_id, position, kind)``. One transaction;
+        returns ``(decisions, routed rewards)`` deleted. Call it only once the dataset's
+        manifest records ``until_seq`` as this shard's watermark."""
+        until = 0 if until_seq is None else check_count(until_seq, "until_seq")
+        gone = (
+            "SELECT event_id FROM decisions WHERE seq <= :until AND event_id NOT IN "
+            "(SELECT event_id FROM events WHERE event_id IS NOT NULL)"
+        )
+        with self._writing():
+            conn = self.db.conn
+            n_routed = conn.executemany(
+                "DELETE FROM routed_rewards WHERE event_id = ? AND position = ? AND kind = ?", list(routed)
+            ).rowcount
+            conn.execute(f"DELETE FROM rewards WHERE event_id IN ({gone})", {"until": until})
+            conn.execute(f"DELETE FROM slots WHERE event_id IN ({gone})", {"until": until})
+            n = conn.execute(f"DELETE FROM decisions WHERE event_id IN ({gone})", {"until": until}).rowcount
+        return int(n), int(max(n_routed, 0))
+
     def write_event(
         self, user_id: str, item_id: str, kind: str, ts: float | None = None, event_id: str | None = None
     ) -> int:

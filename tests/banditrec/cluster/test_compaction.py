@@ -6,6 +6,7 @@ nothing."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -344,3 +345,51 @@ def test_evaluate_and_learn_read_the_dataset_on_dask(cluster, small_shop, tmp_pa
     logged = dataset_decisions(tmp_path / "ds")
     a, b = (target_pscore(x.policy, logged, features) for x in learners)
     np.testing.assert_allclose(a, b, rtol=0, atol=TOL)
+
+
+def counts(paths, table) -> int:
+    total = 0
+    for p in paths:
+        log = DecisionLog(p)
+        try:
+            total += log.count(table)
+        finally:
+            log.close()
+    return total
+
+
+def test_prune_deletes_only_what_the_dataset_holds_and_finishes_after_a_kill(cluster, tmp_path, monkeypatch):
+    root, _, _ = cluster
+    copies = []
+    for p in shard_paths(root):
+        shutil.copy(p, tmp_path / p.name)
+        copies.append(tmp_path / p.name)
+    mid = 40 * DAY + 1.5 * DAY + WINDOW + 60
+    compact(shard_paths(root), tmp_path / "ref", reward_window_s=WINDOW, now=mid)
+    compact(shard_paths(root), tmp_path / "ref", reward_window_s=WINDOW, now=END)
+    routed = counts(copies, "routed_rewards")
+
+    first = compact(copies, tmp_path / "ds", reward_window_s=WINDOW, now=mid, prune=True)
+    assert first.pruned == first.decisions and 0 < first.pruned_routed < routed
+    assert counts(copies, "decisions") == N_DECISIONS - first.decisions
+    assert counts(copies, "routed_rewards") == routed - first.pruned_routed == first.pending
+
+    real, calls = DecisionLog.prune, []
+
+    def dies_on_the_second_shard(self, *args):
+        calls.append(self.shard)
+        if len(calls) == 2:
+            raise RuntimeError("killed")
+        return real(self, *args)
+
+    monkeypatch.setattr(DecisionLog, "prune", dies_on_the_second_shard)
+    with pytest.raises(RuntimeError, match="killed"):
+        compact(copies, tmp_path / "ds", reward_window_s=WINDOW, now=END, prune=True)
+    monkeypatch.undo()
+    assert open_dataset(tmp_path / "ds").n_decisions == N_DECISIONS  # the manifest was written first
+    last = compact(copies, tmp_path / "ds", reward_window_s=WINDOW, now=END, prune=True)
+    assert last.decisions == 0 and last.pruned > 0
+    assert counts(copies, "decisions") == counts(copies, "routed_rewards") == counts(copies, "slots") == 0
+    assert files(tmp_path / "ds") == files(tmp_path / "ref")
+    for x, y in zip(read_all(tmp_path / "ds"), read_all(tmp_path / "ref")):
+        assert x.equals(y)
