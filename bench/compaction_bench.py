@@ -7,7 +7,9 @@ most are routed). The same decisions and clicks go to one unsharded log. Timed: 
 shard (first run), the rerun with nothing new, ``--max-decisions`` runs of a tenth, and
 exporting the single log. The two datasets are checked to hold the same slot rows and rewards.
 
-    python bench/compaction_bench.py [--decisions 150000] [--shards 3]
+    python bench/compaction_bench.py [--decisions 150000] [--shards 3] [--keep DIR]
+
+``--keep DIR`` writes the logs there and keeps them (to time ``banditrec compact`` on them).
 """
 
 from __future__ import annotations
@@ -101,9 +103,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--decisions", type=int, default=150_000)
     ap.add_argument("--shards", type=int, default=3)
+    ap.add_argument("--keep", default=None, help="write the logs and datasets here, and keep them")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
+        root = Path(args.keep or tmp)
+        root.mkdir(parents=True, exist_ok=True)
         (shards, single), t_write = timed(lambda: write(root, args.decisions, args.shards))
         end = 50 * DAY
         first, t_first = timed(lambda: compact(shards, root / "ds", reward_window_s=600, now=end))
