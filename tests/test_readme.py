@@ -67,6 +67,7 @@ def test_readme_commands_exist():
         "similar",
         "sweep",
         "abtest",
+        "compact",
     }
     for command in documented:
         res = CliRunner().invoke(main, [command, "--help"])
