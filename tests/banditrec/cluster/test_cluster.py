@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 
+from banditrec.errors import ValidationError
 from banditrec.service import ServiceConfig, create_app
 from banditrec.store import DecisionLog
 from banditrec.store.compaction import compact
@@ -133,7 +134,7 @@ def test_a_routed_reward_for_an_event_no_shard_logged_is_reported_an_orphan(node
 def test_a_node_refuses_a_shard_unlike_its_log(small_shop, tmp_path):
     engine = build_engine(small_shop, "linucb", DecisionLog(tmp_path / "a.db", shard=2), seed=0)
     try:
-        with pytest.raises(Exception, match="settings.shard is 1 but the engine logs to shard 2"):
+        with pytest.raises(ValidationError, match="settings.shard is 1 but the engine logs to shard 2"):
             create_app(engine, settings=ServiceConfig(shard=1))
     finally:
         engine.log.close()
