@@ -138,3 +138,42 @@ def test_a_node_refuses_a_shard_unlike_its_log(small_shop, tmp_path):
             create_app(engine, settings=ServiceConfig(shard=1))
     finally:
         engine.log.close()
+
+
+def test_shop_nodes_compact_and_the_learner_publishes_from_the_dataset(sim_shop_dir, tmp_path):
+    """`serve --shard K`'s app (create_shop_app with ServiceConfig(shard=K)) on two nodes, then
+    `banditrec compact` and `banditrec learn --dataset --once`."""
+    from click.testing import CliRunner
+
+    from banditrec.cli import main
+    from banditrec.service.shopapp import create_shop_app
+
+    apps = [
+        create_shop_app(sim_shop_dir, "linucb", tmp_path / f"log-{k}.db", settings=ServiceConfig(shard=k), seed=k)
+        for k in range(2)
+    ]
+    clients = [app.test_client() for app in apps]
+    balancer = RoundRobin(clients)
+    for i in range(20):
+        res = balancer.post("/v1/decide", json={"user_id": f"u{i}", "slots": 3})
+        assert res.status_code == 200, res.get_json()
+        event = res.get_json()["event_id"]
+        assert shard_of(event) == i % 2
+        # half the rewards to the node that logged the decision, half to the other
+        reward = clients[(i + i // 2) % 2].post("/v1/reward", json={"event_id": event, "reward": 1.0, "position": 0})
+        assert reward.status_code == 200
+    for app in apps:
+        app.extensions["banditrec.engine"].log.close()
+    runner = CliRunner()
+    shards = [a for k in range(2) for a in ("--shard", str(tmp_path / f"log-{k}.db"))]
+    # the decisions are seconds old: a zero window and grace close them
+    out = runner.invoke(
+        main, ["compact", *shards, "--out", str(tmp_path / "ds"), "--reward-window", "0", "--grace", "0"]
+    )
+    assert out.exit_code == 0, out.output
+    assert "compacted 20 decisions" in out.output and "rewards joined: 20 (10 routed" in out.output
+    args = ["learn", "--shop", str(sim_shop_dir), "--dataset", str(tmp_path / "ds")]
+    learned = runner.invoke(main, [*args, "--snapshots", str(tmp_path / "snaps"), "--policy", "linucb", "--once"])
+    assert learned.exit_code == 0, learned.output
+    assert "published" in learned.output and "decisions up to seq 20" in learned.output
+    assert (tmp_path / "snaps" / "CURRENT.json").exists()
