@@ -150,6 +150,7 @@ class SQLiteBackend(Backend):
         self.kind, self.default_reward, self.chunk = kind, float(default_reward), chunk_decisions
         self._log = log = DecisionLog(db)
         try:
+            log.settle_pending()
             conn = log.db.conn
             self.until_seq = int(conn.execute("SELECT coalesce(max(seq), 0) FROM decisions").fetchone()[0])
             self.n_decisions = int(

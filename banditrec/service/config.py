@@ -77,6 +77,7 @@ class ServiceConfig:
     snapshots: str | None = None
     reload_check_ms: int = 1000
     durable: bool = False
+    defer_marginals: bool = True  # Monte-Carlo propensities logged off the request path (Engine.defer_marginals)
 
     @property
     def synchronous(self) -> str:
@@ -109,4 +110,5 @@ class ServiceConfig:
             snapshots=env.get("BANDITREC_SNAPSHOTS") or None,
             reload_check_ms=_int(env, "BANDITREC_RELOAD_CHECK_MS", 1000, 0),
             durable=env.get("BANDITREC_DURABLE", "0") not in ("", "0", "false", "no"),
+            defer_marginals=env.get("BANDITREC_EAGER_MARGINALS", "0") in ("", "0", "false", "no"),
         )
