@@ -184,19 +184,23 @@ class SequentialSlate:
                 )
         else:
             self.types, self.n_types = None, 0
-        self.seed = (
-            _content_seed(
-                seed_grid(values),
+        self._seed = self._seed_given = None if seed is None else int(seed)
+        self._marg: np.ndarray | None = None
+        self._se: np.ndarray | None = None
+
+    @property
+    def seed(self) -> int:
+        """Seed of the Monte-Carlo stream: the one given, else a hash of the inputs (computed
+        when first needed: a decision that defers its marginals never needs it)."""
+        if self._seed is None:
+            self._seed = _content_seed(
+                seed_grid(self.values),
                 self.epsilon,
                 np.array([self.max_per_type, self.draws]),
                 np.zeros(0) if self.types is None else self.types,
-                np.frombuffer(kind.encode(), np.uint8),
+                np.frombuffer(self.kind.encode(), np.uint8),
             )
-            if seed is None
-            else int(seed)
-        )
-        self._marg: np.ndarray | None = None
-        self._se: np.ndarray | None = None
+        return self._seed
 
     @property
     def n_candidates(self) -> int:
@@ -413,7 +417,8 @@ class SequentialSlate:
 
     def recipe(self) -> bytes:
         """What :func:`from_recipe` needs to rebuild this distribution, bit for bit: its
-        values, epsilon, types, cap, draws and seed (a few bytes per candidate)."""
+        values, epsilon, types, cap, draws and seed when one was given (else it is the same
+        hash of the same inputs); a few bytes per candidate."""
         types = np.zeros(0, dtype=np.int64) if self.types is None else self.types.astype(np.int64)
         head = json.dumps(
             {
@@ -423,7 +428,7 @@ class SequentialSlate:
                 "types": len(types),
                 "max_per_type": self.max_per_type,
                 "draws": self.draws,
-                "seed": str(self.seed),
+                "seed": None if self._seed_given is None else str(self._seed_given),
             }
         ).encode()
         return b"".join(
@@ -459,7 +464,7 @@ def from_recipe(recipe: bytes) -> SequentialSlate:
         types=None if types is None else types.copy(),
         max_per_type=head["max_per_type"],
         draws=head["draws"],
-        seed=int(head["seed"]),
+        seed=None if head["seed"] is None else int(head["seed"]),
     )
 
 

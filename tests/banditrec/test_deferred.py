@@ -182,8 +182,9 @@ def test_a_recipe_rebuilds_the_same_distribution(n, k, seed, capped, kind):
     values = rng.exponential(size=n) if kind == "weights" else rng.normal(size=n)
     types = rng.integers(0, 3, size=n) if capped else None
     cap = 0
-    if capped:
-        cap = int(np.ceil(k / len(np.unique(types))))
+    if capped:  # the smallest cap that can still fill k slots
+        counts = np.bincount(types)
+        cap = next(c for c in range(1, k + 1) if np.minimum(counts, c).sum() >= k)
     dist = SequentialSlate(values, rng.uniform(0, 1, size=k), kind=kind, types=types, max_per_type=cap, draws=16)
     again = from_recipe(dist.recipe())
     assert again.seed == dist.seed
