@@ -362,8 +362,9 @@ def _chunk_data(chunk, shared: dict):
 
 def _reward_stats(chunk, shared: dict) -> dict:
     """Pass 1: per fold, ``X^T X`` and ``X^T y`` of a reducible reward model, else the rows'
-    model inputs (neither when no estimator needs the model); the (item, slot) pairs logged."""
-    _, data, fold = _chunk_data(chunk, shared)
+    model inputs (neither when no estimator needs the model) -- of a bounded share of whole
+    decisions when the log has more than MAX_MODEL_ROWS rows; the (item, slot) pairs logged."""
+    logged, data, fold = _chunk_data(chunk, shared)
     if data is None:
         return {"n_rows": 0, "grams": None, "rows": None, "seen": np.zeros((0, 2), dtype=np.int64)}
     model = shared["model"]
@@ -371,17 +372,32 @@ def _reward_stats(chunk, shared: dict) -> dict:
     if shared["uses_q"] and isinstance(model, ReducibleRewardModel):
         grams = [model.gram(data, np.flatnonzero(fold == f)) for f in range(shared["n_folds"])]
     elif shared["uses_q"]:
+        keep = np.flatnonzero(model_sample(logged.seq, shared["model_share"], shared["seed"])[data.decision])
         rows = {
-            "reward": data.reward,
-            "action": data.action,
-            "slot": data.slot,
-            "pscore": data.pscore,
-            "decision": data.decision,
-            "context": data.context,
-            "fold": fold,
+            "reward": data.reward[keep],
+            "action": data.action[keep],
+            "slot": data.slot[keep],
+            "pscore": data.pscore[keep],
+            "decision": data.decision[keep],
+            "context": data.context[keep],
+            "fold": fold[keep],
         }
     seen = np.unique(np.column_stack([data.action, data.slot]), axis=0)
     return {"n_rows": data.n_rows, "grams": grams, "rows": rows, "seen": seen}
+
+
+MAX_MODEL_ROWS = 1_000_000
+"""Rows a reward model that is not reducible (logistic, gbt) is fitted on at most: beyond it, a
+uniform share of whole decisions, so that the driver's memory stays bounded on any log. Every
+row is still predicted and evaluated; DR stays unbiased whatever the model's quality."""
+
+
+def model_sample(seq: np.ndarray, share: float, seed: int) -> np.ndarray:
+    """Whether each decision (by log sequence number) is in the reward model's sample of
+    ``share``: a hash of the number, so the same decisions whatever the chunking or backend."""
+    if share >= 1.0:
+        return np.ones(len(seq), dtype=bool)
+    return decision_folds(seq, 1 << 30, seed + 7919) < share * (1 << 30)
 
 
 def fit_reward_model(model: RewardModel, stats: list[dict], n_folds: int, n_items: int, n_slots: int) -> tuple:
@@ -397,6 +413,7 @@ def fit_reward_model(model: RewardModel, stats: list[dict], n_folds: int, n_item
             for f in range(n_folds)
         )
     parts = [s["rows"] for s in stats if s["rows"] is not None]
+    parts = [p for p in parts if len(p["decision"])]  # a chunk may have none in the model's sample
     offsets = np.cumsum([0] + [int(p["decision"].max()) + 1 for p in parts[:-1]])
     cat = {k: np.concatenate([p[k] for p in parts]) for k in ("reward", "action", "slot", "pscore", "fold")}
     data = LoggedBandit(
@@ -500,6 +517,7 @@ def evaluate(
     n_items = len(features)
     uses_q = any(ESTIMATORS[name].needs_q for name in req.estimators)
     model = reward_model_for(req.reward_model, features, backend.has_item_table)
+    n_eval_rows = (backend.n_decisions - n_train) * split.n_slots  # at most
     shared = {
         "n_items": n_items,
         "n_slots": split.n_slots,
@@ -507,6 +525,7 @@ def evaluate(
         "n_folds": req.n_folds,
         "model": model,
         "uses_q": uses_q,
+        "model_share": min(1.0, MAX_MODEL_ROWS / max(n_eval_rows, 1)),
     }
     stats = run_tasks(_reward_stats, split.chunks, client=client, shared=shared, progress=progress, desc="reward model")
     if not any(s["n_rows"] for s in stats):
