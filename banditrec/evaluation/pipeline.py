@@ -14,7 +14,7 @@ import math
 import tempfile
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ import scipy.sparse as sp
 
 from .. import tuning
 from ..errors import ValidationError
-from ..offline import target_pscore, train_from_log
+from ..offline import ImportanceScale, learn_from_log, target_pscore, train_from_log
 from ..ope.estimators import ESTIMATORS, IPS, Moments, OPEWarning
 from ..ope.reward_model import (
     DEFAULT_REWARD_MODEL,
@@ -201,11 +201,11 @@ def check_request(
 # ---- what a backend hands over ----------------------------------------------------------------
 @dataclass
 class Split:
-    """The log split at ``n_train`` decisions: the training decisions (None without any), the
-    evaluated ones as chunks (picklable, each with ``load() -> LoggedDecisions``; a decision's
-    rows in one chunk) and an upper bound of their policy slot."""
+    """The log split at ``n_train`` decisions: the training decisions and the evaluated ones,
+    each as chunks in log order (picklable, each with ``load() -> LoggedDecisions``; a
+    decision's rows in one chunk), and an upper bound of the evaluated policy slot."""
 
-    train: LoggedDecisions | None
+    train: list
     chunks: list
     n_slots: int
 
@@ -257,8 +257,41 @@ def candidate_env(context_dim: int, features: np.ndarray, train: LoggedDecisions
     ``popularity`` policies rank by) 1 + the rewarded rows per item in the training share."""
     popularity = np.ones(n_items)
     if train is not None:
-        popularity += np.bincount(train.row_action, weights=(train.row_reward > 0).astype(float), minlength=n_items)
+        popularity += rewarded_rows(train, n_items)
     return {"context_dim": context_dim, "item_dim": features.shape[1], "popularity": popularity, "n_items": n_items}
+
+
+def rewarded_rows(logged: LoggedDecisions, n_items: int) -> np.ndarray:
+    return np.bincount(logged.row_action, weights=(logged.row_reward > 0).astype(float), minlength=n_items)
+
+
+def trained_candidates(
+    specs: Sequence[str], train: list, env: dict, features: np.ndarray, *, cold: np.ndarray | None = None
+) -> tuple[list, dict]:
+    """The candidates built with ``env`` (its ``popularity`` from the training share) and
+    trained on the training chunks, one chunk in memory at a time: a first pass for popularity
+    and the importance weights' scale over every training row, a second to learn (one pass
+    when the share is one chunk). The same policies as :func:`candidate_policy` on the whole
+    share, up to rounding of the ridge sums."""
+    n_items = len(features)
+    popularity, pscores, held = np.ones(n_items), [], None
+    for chunk in train:
+        logged = chunk.load()
+        popularity += rewarded_rows(logged, n_items)
+        pscores.append(logged.row_pscore)
+        held = logged if len(train) == 1 else None
+    env = {**env, "popularity": popularity}
+    policies = [candidate_policy(spec, env, None, features, cold=cold) for spec in specs]
+    rows = np.concatenate(pscores) if pscores else np.zeros(0)
+    if len(rows):
+        scale = ImportanceScale.of(rows)
+        for chunk in train:
+            logged = held if held is not None else chunk.load()
+            if logged.n_decisions:
+                weight = scale(logged.row_pscore)
+                for policy in policies:
+                    learn_from_log(policy, logged, features, cold=cold, weight=weight)
+    return policies, env
 
 
 def candidate_policy(
@@ -512,7 +545,6 @@ def evaluate(
         )
     n_train = int(round(req.train_frac * backend.n_decisions))
     split = backend.split(n_train)
-    train = split.train if split.train is not None and split.train.n_decisions else None
     features = backend.features
     n_items = len(features)
     uses_q = any(ESTIMATORS[name].needs_q for name in req.estimators)
@@ -536,10 +568,10 @@ def evaluate(
     seen = np.zeros((n_items, split.n_slots), dtype=bool)
     for s in stats:
         seen[s["seen"][:, 0], s["seen"][:, 1]] = True
-    env = candidate_env(backend.context_dim, features, train, n_items)
+    env = candidate_env(backend.context_dim, features, None, n_items)
     if backend.policy_env is not None:  # a shop's types and business columns; popularity from the training share
-        env = {**backend.policy_env, "popularity": env["popularity"]}
-    policies = [candidate_policy(spec, env, train, features, cold=backend.cold) for spec in req.specs]
+        env = {**backend.policy_env}
+    policies, env = trained_candidates(req.specs, split.train, env, features, cold=backend.cold)
     if client is not None:
         policies = [_snapshot_bytes(p) for p in policies]
     shared.update(
@@ -555,13 +587,14 @@ def evaluate(
         on_target=on_target,
     )
     parts = run_tasks(_chunk_moments, split.chunks, client=client, shared=shared, progress=progress, desc="evaluating")
+    n_train_decisions = n_train if split.train else 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", OPEWarning)
         logging = IPS(level=req.level).finish(Moments.total(p["logging"] for p in parts))
     result = Evaluation(
         db=backend.name,
         kind=req.kind,
-        n_train=0 if train is None else train.n_decisions,
+        n_train=n_train_decisions,
         n_eval=sum(p["n_decisions"] for p in parts),
         n_rows=logging.n_rows,
         primary=req.primary,
