@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import scipy.sparse as sp
@@ -35,6 +35,7 @@ from ..ope.reward_model import (
     make_reward_model,
 )
 from ..policies import make
+from ..policies.ridge import JointRidgePolicy
 from ..types import Estimate, LoggedBandit, LoggedDecisions
 from .tasks import run_tasks
 
@@ -266,32 +267,69 @@ def rewarded_rows(logged: LoggedDecisions, n_items: int) -> np.ndarray:
 
 
 def trained_candidates(
-    specs: Sequence[str], train: list, env: dict, features: np.ndarray, *, cold: np.ndarray | None = None
+    specs: Sequence[str],
+    train: list,
+    env: dict,
+    features: np.ndarray,
+    *,
+    cold: np.ndarray | None = None,
+    client=None,
+    progress: bool = False,
 ) -> tuple[list, dict]:
     """The candidates built with ``env`` (its ``popularity`` from the training share) and
     trained on the training chunks, one chunk in memory at a time: a first pass for popularity
-    and the importance weights' scale over every training row, a second to learn (one pass
-    when the share is one chunk). The same policies as :func:`candidate_policy` on the whole
-    share, up to rounding of the ridge sums."""
+    and the importance weights' scale over every training row, a second to learn. A policy
+    whose statistics are sums (the ridge family, undiscounted) learns each chunk in a fresh copy
+    where the chunk is (a Dask worker with ``client``) and merges the copies; the others learn
+    the chunks in order here. The same policies as :func:`candidate_policy` on the whole
+    share, up to the order of the sums."""
     n_items = len(features)
-    popularity, pscores, held = np.ones(n_items), [], None
-    for chunk in train:
-        logged = chunk.load()
-        popularity += rewarded_rows(logged, n_items)
-        pscores.append(logged.row_pscore)
-        held = logged if len(train) == 1 else None
+    firsts = run_tasks(
+        _train_pass, train, client=client, shared={"n_items": n_items}, progress=progress, desc="training share"
+    )
+    popularity = np.ones(n_items) + sum((f["rewarded"] for f in firsts), np.zeros(n_items))
     env = {**env, "popularity": popularity}
     policies = [candidate_policy(spec, env, None, features, cold=cold) for spec in specs]
-    rows = np.concatenate(pscores) if pscores else np.zeros(0)
-    if len(rows):
-        scale = ImportanceScale.of(rows)
+    rows = np.concatenate([f["pscore"] for f in firsts]) if firsts else np.zeros(0)
+    if not len(rows):
+        return policies, env
+    scale = ImportanceScale.of(rows)
+    merged = [j for j, p in enumerate(policies) if isinstance(p, JointRidgePolicy) and p.mergeable]
+    if merged:
+        todo = {"specs": [specs[j] for j in merged], "env": env, "features": features, "cold": cold, "scale": scale}
+        parts = run_tasks(_train_chunk, train, client=client, shared=todo, progress=progress, desc="training")
+        for k, j in enumerate(merged):
+            cast(JointRidgePolicy, policies[j]).merge([part[k] for part in parts if part is not None])
+    ordered = [p for j, p in enumerate(policies) if j not in merged]
+    if ordered:
         for chunk in train:
-            logged = held if held is not None else chunk.load()
+            logged = chunk.load()
             if logged.n_decisions:
                 weight = scale(logged.row_pscore)
-                for policy in policies:
+                for policy in ordered:
                     learn_from_log(policy, logged, features, cold=cold, weight=weight)
     return policies, env
+
+
+def _train_pass(chunk, shared: dict) -> dict:
+    """Training pass 1: a chunk's rewarded rows per item and its rows' logged marginals."""
+    logged = chunk.load()
+    return {"rewarded": rewarded_rows(logged, shared["n_items"]), "pscore": logged.row_pscore}
+
+
+def _train_chunk(chunk, shared: dict):
+    """Training pass 2 of the mergeable candidates: what a fresh copy of each learns from the
+    chunk (None for a chunk without decisions)."""
+    logged = chunk.load()
+    if not logged.n_decisions:
+        return None
+    weight = shared["scale"](logged.row_pscore)
+    out = []
+    for spec in shared["specs"]:
+        policy = cast(JointRidgePolicy, make(spec, **shared["env"]))
+        learn_from_log(policy, logged, shared["features"], cold=shared["cold"], weight=weight)
+        out.append(policy.learned())
+    return out
 
 
 def candidate_policy(
@@ -571,7 +609,9 @@ def evaluate(
     env = candidate_env(backend.context_dim, features, None, n_items)
     if backend.policy_env is not None:  # a shop's types and business columns; popularity from the training share
         env = {**backend.policy_env}
-    policies, env = trained_candidates(req.specs, split.train, env, features, cold=backend.cold)
+    policies, env = trained_candidates(
+        req.specs, split.train, env, features, cold=backend.cold, client=client, progress=progress
+    )
     if client is not None:
         policies = [_snapshot_bytes(p) for p in policies]
     shared.update(
