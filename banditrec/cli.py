@@ -211,6 +211,12 @@ def build(items, interactions, users, config_file, pairs, encoding, refit_featur
     "loss too, not only a crash of the process (docs/service.md; its cost: docs/benchmarks.md).",
 )
 @click.option(
+    "--eager-marginals",
+    is_flag=True,
+    help="Compute Monte-Carlo propensities (softmax, Thompson sampling, VW) before answering rather "
+    "than in each worker's background thread (docs/policies.md, 'Deferred marginals').",
+)
+@click.option(
     "--shard",
     default=None,
     type=click.IntRange(min=0, max=0xFFFF),
@@ -232,6 +238,7 @@ def serve(
     token_file,
     decide_auth,
     durable,
+    eager_marginals,
     shard,
     access_log,
 ):
@@ -250,6 +257,7 @@ def serve(
         BANDITREC_API_TOKEN=token,
         BANDITREC_DECIDE_AUTH="1" if decide_auth else "0",
         BANDITREC_DURABLE="1" if durable else "0",
+        BANDITREC_EAGER_MARGINALS="1" if eager_marginals else "0",
     )
     if access_log:
         env["BANDITREC_ACCESSLOG"] = "-"

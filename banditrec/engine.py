@@ -20,10 +20,12 @@ from .errors import ValidationError
 from .offline import learn_from_log
 from .policies import Policy, Request
 from .policies.base import DEFAULT_FLOOR
+from .policies.sampling import SequentialSlate
 from .policies.slate import SlateDistribution, SlateSample, sample_slates
 from .store import DecisionLog, DecisionRecord
 from .store.codecs import LoggedParams
 from .store.shards import with_shard
+from .store.writer import Completion
 from .types import Decision, Reward, Slot
 from .validation import as_seed_sequence, check_positive_int
 
@@ -86,6 +88,16 @@ class _Draw(NamedTuple):
     policy_name: str
     params: LoggedParams  # the policy's params and the serving floor, serialised once per config
     event_id: str
+    dist: SlateDistribution | None = None  # what completes a pending sample
+
+
+class _Pending(NamedTuple):
+    """A logged decision whose Monte-Carlo propensities are still to compute."""
+
+    event_id: str
+    first: int  # position of its first policy slot (after the pinned ones)
+    dist: SlateDistribution
+    sample: SlateSample
 
 
 class _LoggedParamsOf(NamedTuple):
@@ -402,6 +414,9 @@ class Engine:
         # server (or a learner thread) must not interleave them
         self._lock = threading.Lock()
         self._unlogged_items = None
+        self._defer = False
+        self._pending: list[_Pending] = []
+        self._pending_lock = threading.Lock()  # the queue; completion itself runs outside it
 
     def log_items(self) -> int:
         """Write the catalog the engine was built with to the log's items table when the table
@@ -416,6 +431,67 @@ class Engine:
         written = self.log.write_items(items.ids, items.features) if self.log.count("items") == 0 else 0
         self._unlogged_items = None
         return written
+
+    # ---- deferred Monte-Carlo propensities --------------------------------------------------
+    @property
+    def defer_marginals(self) -> bool:
+        """Whether decisions log Monte-Carlo propensities later (default ``False``).
+
+        On, a decision samples its slate and logs what is exact and cheap (the epsilon-greedy
+        family's marginals, sequential filling's conditionals); Monte-Carlo marginals (softmax,
+        vw-cb, vw-ccb) and Thompson sampling's propensities are logged as pending and computed
+        by :meth:`complete_pending` -- the service's background thread, or any read of the log
+        (:meth:`DecisionLog.settle_pending`) -- with the same values a decision-time computation
+        gives. Complete them before changing the policy's model outside :meth:`learn`.
+        """
+        return self._defer
+
+    @defer_marginals.setter
+    def defer_marginals(self, on: bool) -> None:
+        self._defer = bool(on)
+        if self._defer:
+            self.log.on_settle(self.complete_pending)
+
+    def complete_pending(self) -> int:
+        """Compute and log the Monte-Carlo propensities of this engine's pending decisions, in
+        one transaction; returns how many. Safe from any thread."""
+        with self._pending_lock:
+            todo, self._pending = self._pending, []
+        if not todo:
+            return 0
+        done = []
+        for p in todo:
+            full = p.dist.complete(p.sample)
+            done.append(
+                Completion(
+                    event_id=p.event_id,
+                    first=p.first,
+                    propensity=full.propensity,
+                    marginal=full.marginal,
+                    marginal_draws=int(full.marginal_draws),
+                    joint=full.joint,
+                    log_joint=full.log_joint,
+                )
+            )
+        return self.log.complete_pending(done)
+
+    def _queue(self, records: list[DecisionRecord], draws: list[_Draw]) -> None:
+        """Queue the logged decisions that left propensities for later."""
+        pending = [
+            _Pending(r.decision.event_id, len(r.decision.slots) - d.sample.index.size, d.dist, d.sample)
+            for r, d in zip(records, draws)
+            if d.sample is not None and d.dist is not None and d.sample.pending
+        ]
+        if pending:
+            with self._pending_lock:
+                self._pending.extend(pending)
+
+    @staticmethod
+    def _mark_pending(record: DecisionRecord, draw: _Draw) -> DecisionRecord:
+        if draw.sample is None or draw.dist is None or not draw.sample.pending:
+            return record
+        recipe = draw.dist.recipe() if isinstance(draw.dist, SequentialSlate) else True
+        return record._replace(pending=recipe)
 
     # ---- what is served -------------------------------------------------------------------
     @property
@@ -605,7 +681,7 @@ class Engine:
         ValidationError
             An unknown item, too few candidates, or a malformed context.
         """
-        record = self._prepare(
+        record, draw = self._prepare(
             user_id, n_slots, context=context, candidates=candidates, exclude=exclude, surface=surface, pinned=pinned
         )
         self.log_items()
@@ -616,7 +692,9 @@ class Engine:
             slot_index=record.slot_index,
             context=record.context,
             surface=record.surface,
+            pending=record.pending,
         )
+        self._queue([record], [draw])
         return record.decision
 
     def decide_batch(self, requests: list[dict]) -> list[Decision]:
@@ -643,12 +721,13 @@ class Engine:
             todo = [i for i, dist in enumerate(dists) if dist is not None]
             samples: list = [None] * len(inputs)
             # every slate from the one stream in request order, as decide() would draw them
-            for i, sample in zip(todo, sample_slates([dists[i] for i in todo], self._sampler)):
+            for i, sample in zip(todo, sample_slates([dists[i] for i in todo], self._sampler, defer=self._defer)):
                 samples[i] = sample
-            draws = [self._stamp(sample) for sample in samples]
-        records = [self._build(inp, draw) for inp, draw in zip(inputs, draws)]
+            draws = [self._stamp(sample, dist) for sample, dist in zip(samples, dists)]
+        records = [self._mark_pending(self._build(inp, draw), draw) for inp, draw in zip(inputs, draws)]
         self.log_items()
         self.log.write_decisions(records)
+        self._queue(records, draws)
         return [r.decision for r in records]
 
     def _prepare(
@@ -661,15 +740,15 @@ class Engine:
         exclude=None,
         surface: str = "home",
         pinned=None,
-    ) -> DecisionRecord:
-        """Sample a decision; returns it with what logs it."""
+    ) -> tuple[DecisionRecord, _Draw]:
+        """Sample a decision; returns what logs it, and the stamped draw."""
         inp = self._inputs(
             user_id, n_slots, context=context, candidates=candidates, exclude=exclude, surface=surface, pinned=pinned
         )
         with self._lock:
             dist = self._distribution(inp) if inp.n_policy else None
             draw = self._draw(inp, dist)
-        return self._build(inp, draw)
+        return self._mark_pending(self._build(inp, draw), draw), draw
 
     def _inputs(
         self,
@@ -746,9 +825,11 @@ class Engine:
 
     def _draw(self, inp: _Inputs, dist) -> _Draw:
         """Sample ``dist`` and take an event id (under the engine's lock)."""
-        return self._stamp(dist.sample(self._sampler) if dist is not None else None)
+        if dist is None:
+            return self._stamp(None)
+        return self._stamp(dist.draw(self._sampler) if self._defer else dist.sample(self._sampler), dist)
 
-    def _stamp(self, sample: SlateSample | None) -> _Draw:
+    def _stamp(self, sample: SlateSample | None, dist: SlateDistribution | None = None) -> _Draw:
         """A sampled slate (or ``None``) with the model version, policy, logged params and a
         new event id (under the engine's lock)."""
         policy = self.policy
@@ -767,6 +848,7 @@ class Engine:
             policy_name=policy.name,
             params=cached.logged,
             event_id=event_id,
+            dist=dist,
         )
 
     def _build(self, inp: _Inputs, stamped: _Draw) -> DecisionRecord:

@@ -9,7 +9,7 @@ truth, its full (candidates x slots) marginal matrix per decision. No SQL here.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -168,10 +168,26 @@ def importance_weights(pscore: np.ndarray, *, max_weight: float = 10.0) -> np.nd
         raise ValidationError("pscore must be a non-empty 1-D array in (0, 1]", "pscore")
     if not max_weight > 0:
         raise ValidationError(f"max_weight must be > 0, got {max_weight!r}", "max_weight")
-    inv = 1.0 / p
-    cap = max_weight * float(np.median(inv))
-    w = np.minimum(inv, cap)
-    return w / w.mean()
+    scale = ImportanceScale.of(p, max_weight=max_weight)
+    return scale(p)
+
+
+class ImportanceScale(NamedTuple):
+    """The clip ``cap`` and the normalising ``mean`` of :func:`importance_weights`, fitted on
+    every row of a training set, so that rows weighted a chunk at a time get the weights the
+    whole set would give them."""
+
+    cap: float
+    mean: float
+
+    @classmethod
+    def of(cls, pscore: np.ndarray, *, max_weight: float = 10.0) -> ImportanceScale:
+        inv = 1.0 / pscore
+        cap = max_weight * float(np.median(inv))
+        return cls(cap, float(np.minimum(inv, cap).mean()))
+
+    def __call__(self, pscore: np.ndarray) -> np.ndarray:
+        return np.minimum(1.0 / np.asarray(pscore, dtype=float), self.cap) / self.mean
 
 
 def train_from_log(

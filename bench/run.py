@@ -6,6 +6,10 @@ Sections (``--only NAME`` runs one):
              distribution().sample and the full Engine.decide logging to SQLite (WAL); then the
              issue's size (context 32, item features 8): every numpy policy's scores() and
              distribution().sample() beside a bare numpy scoring of its own matrices
+  requestpath  every registered policy's 10-slot decision over 200 candidates on the request
+             path (Monte-Carlo values deferred) beside its bare computation, the eager
+             sample it replaces and the deferred work; then its growth with candidates
+             (50 -> 800) and slots (1 -> 20) beside the bare scoring (bench/request_path_bench.py)
   marginals  the exact rank-slot marginal DP (uncached, cached, per decision) vs a
              Monte-Carlo estimate from 1,000 sampled slates: time and error
   log        DecisionLog.write_decision vs bare sqlite3 inserts of the same rows, and
@@ -1001,6 +1005,14 @@ def bench_http(cfg: dict, tmp: Path) -> None:
     print_table(*bench_service(seconds=cfg["http_seconds"], rounds=cfg["http_rounds"]))
 
 
+def bench_request_path(cfg: dict, tmp: Path) -> None:
+    """Every policy's request path beside its bare computation (bench/request_path_bench.py)."""
+    import request_path_bench
+
+    request_path_bench.bench_request_path(cfg, sys.modules[__name__])
+    request_path_bench.bench_growth(cfg, sys.modules[__name__])
+
+
 def bench_choices(cfg: dict, tmp: Path) -> None:
     """Speed choices in the code beside the plain alternative (bench/choices_bench.py)."""
     import choices_bench
@@ -1010,6 +1022,7 @@ def bench_choices(cfg: dict, tmp: Path) -> None:
 
 SECTIONS = {
     "decide": bench_decide,
+    "requestpath": bench_request_path,
     "marginals": bench_marginals,
     "log": bench_log,
     "logread": bench_logread,

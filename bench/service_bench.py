@@ -343,7 +343,8 @@ def log_ceiling(shop, bodies: list[dict], tmp: Path, n: int = 10_000) -> float:
     try:
         engine = build_engine(shop, SPEC, log, seed=0)
         prepared = [
-            engine._prepare(b["user_id"], b["slots"], context=b["context"], candidates=b["candidates"]) for b in bodies
+            engine._prepare(b["user_id"], b["slots"], context=b["context"], candidates=b["candidates"])[0]
+            for b in bodies
         ]
         rows = []
         for i in range(n):

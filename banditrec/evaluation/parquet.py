@@ -25,7 +25,7 @@ from ..store.partitioned import (
     read_items,
     read_partition,
 )
-from ..types import Estimate, LoggedBandit, LoggedDecisions
+from ..types import Estimate, LoggedBandit
 from .pipeline import (
     DEFAULT_ESTIMATORS,
     Backend,
@@ -47,13 +47,15 @@ target's probability of the logged item in its slot) and, for DM/DR, ``q_hat_log
 # ---- the day-partitioned export: banditrec evaluate --parquet ---------------------------------
 @dataclass(frozen=True)
 class PartitionChunk:
-    """One day's evaluated decisions: those from ``first`` on (the others trained the candidates)."""
+    """One day's decisions from ``first`` on, ``count`` of them (None: to the end): the evaluated
+    ones, or a training share's."""
 
     partition: Partition
     first: int
     kind: str
     default_reward: float
     n_items: int
+    count: int | None = None
 
     def load(self):
         logged = partition_decisions(
@@ -62,6 +64,8 @@ class PartitionChunk:
             default_reward=self.default_reward,
             first_decision=self.first,
         )
+        if self.count is not None:
+            logged = logged.take(0, self.count)
         if len(logged.row_action) and int(logged.row_action.max()) >= self.n_items:
             raise PartitionError(
                 f"partition file {self.partition.path} shows item index "
@@ -89,18 +93,18 @@ class ParquetBackend(Backend):
         self.context_dim = 0
 
     def split(self, n_train: int) -> Split:
-        train_parts, chunks, offset = [], [], 0
+        train, chunks, offset = [], [], 0
         for p in self.ds.partitions:
             if offset < n_train:
-                logged = partition_decisions(read_partition(p), kind=self.kind, default_reward=self.default_reward)
-                train_parts.append(logged.take(0, min(p.decisions, n_train - offset)))
+                count = min(p.decisions, n_train - offset)
+                train.append(PartitionChunk(p, 0, self.kind, self.default_reward, len(self.features), count))
             if offset + p.decisions > n_train:
                 chunks.append(
                     PartitionChunk(p, max(0, n_train - offset), self.kind, self.default_reward, len(self.features))
                 )
             offset += p.decisions
         self.context_dim = context_width(self.ds, chunks)
-        return Split(LoggedDecisions.concat(train_parts) if train_parts else None, chunks, self.ds.n_slots)
+        return Split(train, chunks, self.ds.n_slots)
 
     def logging_policies(self) -> list[str]:
         out: set[str] = set()

@@ -14,17 +14,17 @@ import math
 import tempfile
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import scipy.sparse as sp
 
 from .. import tuning
 from ..errors import ValidationError
-from ..offline import target_pscore, train_from_log
+from ..offline import ImportanceScale, learn_from_log, target_pscore, train_from_log
 from ..ope.estimators import ESTIMATORS, IPS, Moments, OPEWarning
 from ..ope.reward_model import (
     DEFAULT_REWARD_MODEL,
@@ -35,6 +35,7 @@ from ..ope.reward_model import (
     make_reward_model,
 )
 from ..policies import make
+from ..policies.ridge import JointRidgePolicy
 from ..types import Estimate, LoggedBandit, LoggedDecisions
 from .tasks import run_tasks
 
@@ -201,11 +202,11 @@ def check_request(
 # ---- what a backend hands over ----------------------------------------------------------------
 @dataclass
 class Split:
-    """The log split at ``n_train`` decisions: the training decisions (None without any), the
-    evaluated ones as chunks (picklable, each with ``load() -> LoggedDecisions``; a decision's
-    rows in one chunk) and an upper bound of their policy slot."""
+    """The log split at ``n_train`` decisions: the training decisions and the evaluated ones,
+    each as chunks in log order (picklable, each with ``load() -> LoggedDecisions``; a
+    decision's rows in one chunk), and an upper bound of the evaluated policy slot."""
 
-    train: LoggedDecisions | None
+    train: list
     chunks: list
     n_slots: int
 
@@ -257,8 +258,78 @@ def candidate_env(context_dim: int, features: np.ndarray, train: LoggedDecisions
     ``popularity`` policies rank by) 1 + the rewarded rows per item in the training share."""
     popularity = np.ones(n_items)
     if train is not None:
-        popularity += np.bincount(train.row_action, weights=(train.row_reward > 0).astype(float), minlength=n_items)
+        popularity += rewarded_rows(train, n_items)
     return {"context_dim": context_dim, "item_dim": features.shape[1], "popularity": popularity, "n_items": n_items}
+
+
+def rewarded_rows(logged: LoggedDecisions, n_items: int) -> np.ndarray:
+    return np.bincount(logged.row_action, weights=(logged.row_reward > 0).astype(float), minlength=n_items)
+
+
+def trained_candidates(
+    specs: Sequence[str],
+    train: list,
+    env: dict,
+    features: np.ndarray,
+    *,
+    cold: np.ndarray | None = None,
+    client=None,
+    progress: bool = False,
+) -> tuple[list, dict]:
+    """The candidates built with ``env`` (its ``popularity`` from the training share) and
+    trained on the training chunks, one chunk in memory at a time: a first pass for popularity
+    and the importance weights' scale over every training row, a second to learn. A policy
+    whose statistics are sums (the ridge family, undiscounted) learns each chunk in a fresh copy
+    where the chunk is (a Dask worker with ``client``) and merges the copies; the others learn
+    the chunks in order here. The same policies as :func:`candidate_policy` on the whole
+    share, up to the order of the sums."""
+    n_items = len(features)
+    firsts = run_tasks(
+        _train_pass, train, client=client, shared={"n_items": n_items}, progress=progress, desc="training share"
+    )
+    popularity = np.ones(n_items) + sum((f["rewarded"] for f in firsts), np.zeros(n_items))
+    env = {**env, "popularity": popularity}
+    policies = [candidate_policy(spec, env, None, features, cold=cold) for spec in specs]
+    rows = np.concatenate([f["pscore"] for f in firsts]) if firsts else np.zeros(0)
+    if not len(rows):
+        return policies, env
+    scale = ImportanceScale.of(rows)
+    merged = [j for j, p in enumerate(policies) if isinstance(p, JointRidgePolicy) and p.mergeable]
+    if merged:
+        todo = {"specs": [specs[j] for j in merged], "env": env, "features": features, "cold": cold, "scale": scale}
+        parts = run_tasks(_train_chunk, train, client=client, shared=todo, progress=progress, desc="training")
+        for k, j in enumerate(merged):
+            cast(JointRidgePolicy, policies[j]).merge([part[k] for part in parts if part is not None])
+    ordered = [p for j, p in enumerate(policies) if j not in merged]
+    if ordered:
+        for chunk in train:
+            logged = chunk.load()
+            if logged.n_decisions:
+                weight = scale(logged.row_pscore)
+                for policy in ordered:
+                    learn_from_log(policy, logged, features, cold=cold, weight=weight)
+    return policies, env
+
+
+def _train_pass(chunk, shared: dict) -> dict:
+    """Training pass 1: a chunk's rewarded rows per item and its rows' logged marginals."""
+    logged = chunk.load()
+    return {"rewarded": rewarded_rows(logged, shared["n_items"]), "pscore": logged.row_pscore}
+
+
+def _train_chunk(chunk, shared: dict):
+    """Training pass 2 of the mergeable candidates: what a fresh copy of each learns from the
+    chunk (None for a chunk without decisions)."""
+    logged = chunk.load()
+    if not logged.n_decisions:
+        return None
+    weight = shared["scale"](logged.row_pscore)
+    out = []
+    for spec in shared["specs"]:
+        policy = cast(JointRidgePolicy, make(spec, **shared["env"]))
+        learn_from_log(policy, logged, shared["features"], cold=shared["cold"], weight=weight)
+        out.append(policy.learned())
+    return out
 
 
 def candidate_policy(
@@ -362,8 +433,9 @@ def _chunk_data(chunk, shared: dict):
 
 def _reward_stats(chunk, shared: dict) -> dict:
     """Pass 1: per fold, ``X^T X`` and ``X^T y`` of a reducible reward model, else the rows'
-    model inputs (neither when no estimator needs the model); the (item, slot) pairs logged."""
-    _, data, fold = _chunk_data(chunk, shared)
+    model inputs (neither when no estimator needs the model) -- of a bounded share of whole
+    decisions when the log has more than MAX_MODEL_ROWS rows; the (item, slot) pairs logged."""
+    logged, data, fold = _chunk_data(chunk, shared)
     if data is None:
         return {"n_rows": 0, "grams": None, "rows": None, "seen": np.zeros((0, 2), dtype=np.int64)}
     model = shared["model"]
@@ -371,17 +443,32 @@ def _reward_stats(chunk, shared: dict) -> dict:
     if shared["uses_q"] and isinstance(model, ReducibleRewardModel):
         grams = [model.gram(data, np.flatnonzero(fold == f)) for f in range(shared["n_folds"])]
     elif shared["uses_q"]:
+        keep = np.flatnonzero(model_sample(logged.seq, shared["model_share"], shared["seed"])[data.decision])
         rows = {
-            "reward": data.reward,
-            "action": data.action,
-            "slot": data.slot,
-            "pscore": data.pscore,
-            "decision": data.decision,
-            "context": data.context,
-            "fold": fold,
+            "reward": data.reward[keep],
+            "action": data.action[keep],
+            "slot": data.slot[keep],
+            "pscore": data.pscore[keep],
+            "decision": data.decision[keep],
+            "context": data.context[keep],
+            "fold": fold[keep],
         }
     seen = np.unique(np.column_stack([data.action, data.slot]), axis=0)
     return {"n_rows": data.n_rows, "grams": grams, "rows": rows, "seen": seen}
+
+
+MAX_MODEL_ROWS = 1_000_000
+"""Rows a reward model that is not reducible (logistic, gbt) is fitted on at most: beyond it, a
+uniform share of whole decisions, so that the driver's memory stays bounded on any log. Every
+row is still predicted and evaluated; DR stays unbiased whatever the model's quality."""
+
+
+def model_sample(seq: np.ndarray, share: float, seed: int) -> np.ndarray:
+    """Whether each decision (by log sequence number) is in the reward model's sample of
+    ``share``: a hash of the number, so the same decisions whatever the chunking or backend."""
+    if share >= 1.0:
+        return np.ones(len(seq), dtype=bool)
+    return decision_folds(seq, 1 << 30, seed + 7919) < share * (1 << 30)
 
 
 def fit_reward_model(model: RewardModel, stats: list[dict], n_folds: int, n_items: int, n_slots: int) -> tuple:
@@ -397,6 +484,7 @@ def fit_reward_model(model: RewardModel, stats: list[dict], n_folds: int, n_item
             for f in range(n_folds)
         )
     parts = [s["rows"] for s in stats if s["rows"] is not None]
+    parts = [p for p in parts if len(p["decision"])]  # a chunk may have none in the model's sample
     offsets = np.cumsum([0] + [int(p["decision"].max()) + 1 for p in parts[:-1]])
     cat = {k: np.concatenate([p[k] for p in parts]) for k in ("reward", "action", "slot", "pscore", "fold")}
     data = LoggedBandit(
@@ -495,11 +583,11 @@ def evaluate(
         )
     n_train = int(round(req.train_frac * backend.n_decisions))
     split = backend.split(n_train)
-    train = split.train if split.train is not None and split.train.n_decisions else None
     features = backend.features
     n_items = len(features)
     uses_q = any(ESTIMATORS[name].needs_q for name in req.estimators)
     model = reward_model_for(req.reward_model, features, backend.has_item_table)
+    n_eval_rows = (backend.n_decisions - n_train) * split.n_slots  # at most
     shared = {
         "n_items": n_items,
         "n_slots": split.n_slots,
@@ -507,6 +595,7 @@ def evaluate(
         "n_folds": req.n_folds,
         "model": model,
         "uses_q": uses_q,
+        "model_share": min(1.0, MAX_MODEL_ROWS / max(n_eval_rows, 1)),
     }
     stats = run_tasks(_reward_stats, split.chunks, client=client, shared=shared, progress=progress, desc="reward model")
     if not any(s["n_rows"] for s in stats):
@@ -517,10 +606,12 @@ def evaluate(
     seen = np.zeros((n_items, split.n_slots), dtype=bool)
     for s in stats:
         seen[s["seen"][:, 0], s["seen"][:, 1]] = True
-    env = candidate_env(backend.context_dim, features, train, n_items)
+    env = candidate_env(backend.context_dim, features, None, n_items)
     if backend.policy_env is not None:  # a shop's types and business columns; popularity from the training share
-        env = {**backend.policy_env, "popularity": env["popularity"]}
-    policies = [candidate_policy(spec, env, train, features, cold=backend.cold) for spec in req.specs]
+        env = {**backend.policy_env}
+    policies, env = trained_candidates(
+        req.specs, split.train, env, features, cold=backend.cold, client=client, progress=progress
+    )
     if client is not None:
         policies = [_snapshot_bytes(p) for p in policies]
     shared.update(
@@ -536,13 +627,14 @@ def evaluate(
         on_target=on_target,
     )
     parts = run_tasks(_chunk_moments, split.chunks, client=client, shared=shared, progress=progress, desc="evaluating")
+    n_train_decisions = n_train if split.train else 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", OPEWarning)
         logging = IPS(level=req.level).finish(Moments.total(p["logging"] for p in parts))
     result = Evaluation(
         db=backend.name,
         kind=req.kind,
-        n_train=0 if train is None else train.n_decisions,
+        n_train=n_train_decisions,
         n_eval=sum(p["n_decisions"] for p in parts),
         n_rows=logging.n_rows,
         primary=req.primary,

@@ -125,8 +125,8 @@ class SQLiteChunk:
 
 class SQLiteBackend(Backend):
     """The decision log at ``db`` (``kind`` rewards, ``default_reward`` where none), its
-    decisions up to the last one logged when opened: the training share read whole, the
-    evaluated ones ``chunk_decisions`` at a time (None: in one chunk); with a
+    decisions up to the last one logged when opened, read ``chunk_decisions`` at a time (None:
+    the training share and the evaluated one each in one chunk); with a
     :class:`~banditrec.shop.Shop`, its items renumbered to the shop's, whose features, cold
     flags, product types and business columns the candidates get. The log is opened once and
     read by every chunk; :meth:`close` closes it."""
@@ -150,6 +150,7 @@ class SQLiteBackend(Backend):
         self.kind, self.default_reward, self.chunk = kind, float(default_reward), chunk_decisions
         self._log = log = DecisionLog(db)
         try:
+            log.settle_pending()
             conn = log.db.conn
             self.until_seq = int(conn.execute("SELECT coalesce(max(seq), 0) FROM decisions").fetchone()[0])
             self.n_decisions = int(
@@ -194,12 +195,17 @@ class SQLiteBackend(Backend):
             return self.until_seq if row is None else int(row[0])
 
         cut = seq_after(0, n_train) if n_train else 0
-        train = self._chunk(0, cut).load() if n_train else None
-        chunks, lo = [], cut
-        while lo < self.until_seq:
-            hi = self.until_seq if self.chunk is None else seq_after(lo, self.chunk)
-            chunks.append(self._chunk(lo, hi))
-            lo = hi
+
+        def chunked(lo: int, until: int) -> list[SQLiteChunk]:
+            out = []
+            while lo < until:
+                hi = until if self.chunk is None else min(until, seq_after(lo, self.chunk))
+                out.append(self._chunk(lo, hi))
+                lo = hi
+            return out
+
+        train = chunked(0, cut)
+        chunks = chunked(cut, self.until_seq)
         top = conn.execute(_MAX_POLICY_SLOT, (cut, self.until_seq)).fetchone()[0]
         return Split(train, chunks or [self._chunk(cut, cut)], 1 if top is None else int(top) + 1)
 

@@ -275,6 +275,15 @@ class RewardStats:
         return float(np.sqrt((rss + s * s / 4.0) / (max(float(stats[0]) - df, 0.0) + 1.0)))
 
 
+def _merge_stats(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """:class:`RewardStats` of two disjoint sets of rows (undiscounted)."""
+    if not a[5]:
+        return b.copy()
+    if not b[5]:
+        return a.copy()
+    return np.array([a[0] + b[0], a[1] + b[1], a[2] + b[2], min(a[3], b[3]), max(a[4], b[4]), a[5] + b[5]])
+
+
 def check_state(arrays: dict, shapes: dict[str, tuple], policy: str) -> None:
     """A snapshot's arrays must be exactly ``shapes`` (names and shapes), else raise."""
     if set(arrays) != set(shapes):
@@ -416,6 +425,39 @@ class JointRidgePolicy(Policy):
             raise overflow_error()
         self.A, self.A_inv, self.b, self.theta = new
         self.stats = stats
+        self.n_updates += 1
+        self._changed()
+
+    @property
+    def mergeable(self) -> bool:
+        """Undiscounted statistics are sums over rows: copies that learned disjoint rows merge
+        (:meth:`merge`) into the model that learned them all."""
+        return self._ridge.gamma == 1.0
+
+    def learned(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """What this model learned since its prior: ``(A - reg I, b, stats)``."""
+        return self.A - self._ridge.reg * np.eye(self.dim), self.b, self.stats
+
+    def merge(self, parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
+        """Add what copies of this policy (same config, from the prior) learned on other rows
+        (their :meth:`learned`): the model of every row, up to the order of the sums."""
+        parts = [p for p in parts if p[2][5] > 0]
+        if not self.mergeable:
+            raise ValidationError(f"{self.name} with gamma < 1 learns in row order; it cannot merge", "gamma")
+        if not parts:
+            return
+        A = self.A + sum(p[0] for p in parts)
+        b = self.b + sum(p[1] for p in parts)
+        stats = self.stats
+        for part in parts:
+            stats = _merge_stats(stats, part[2])
+        if not all_finite(A, b, stats):
+            raise overflow_error()
+        A_inv = spd_inverse(A)
+        theta = A_inv @ b
+        if not all_finite(A_inv, theta):
+            raise overflow_error()
+        self.A, self.A_inv, self.b, self.theta, self.stats = A, A_inv, b, theta, stats
         self.n_updates += 1
         self._changed()
 

@@ -8,6 +8,7 @@ Details: docs/policies.md, "Monte Carlo slates (`policies/sampling.py`)".
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable
 
 import numpy as np
@@ -16,6 +17,7 @@ from ..errors import ValidationError
 from .slate import EpsilonGreedySlate, SlateSample, rank_slot_marginals, tie_averaged
 
 DEFAULT_DRAWS = 256
+RECIPE_MAGIC = b"BRSEQ1"  # a SequentialSlate recipe (SequentialSlate.recipe)
 
 
 def honest_se(mean: np.ndarray, sd: np.ndarray, n: int, lo, hi) -> np.ndarray:
@@ -182,19 +184,23 @@ class SequentialSlate:
                 )
         else:
             self.types, self.n_types = None, 0
-        self.seed = (
-            _content_seed(
-                seed_grid(values),
+        self._seed = self._seed_given = None if seed is None else int(seed)
+        self._marg: np.ndarray | None = None
+        self._se: np.ndarray | None = None
+
+    @property
+    def seed(self) -> int:
+        """Seed of the Monte-Carlo stream: the one given, else a hash of the inputs (computed
+        when first needed: a decision that defers its marginals never needs it)."""
+        if self._seed is None:
+            self._seed = _content_seed(
+                seed_grid(self.values),
                 self.epsilon,
                 np.array([self.max_per_type, self.draws]),
                 np.zeros(0) if self.types is None else self.types,
-                np.frombuffer(kind.encode(), np.uint8),
+                np.frombuffer(self.kind.encode(), np.uint8),
             )
-            if seed is None
-            else int(seed)
-        )
-        self._marg: np.ndarray | None = None
-        self._se: np.ndarray | None = None
+        return self._seed
 
     @property
     def n_candidates(self) -> int:
@@ -394,10 +400,72 @@ class SequentialSlate:
     def sample(self, rng: np.random.Generator, marginals: bool = True) -> SlateSample:
         """Draw a slate with its exact conditionals and, unless ``marginals=False`` (NaN, for
         simulations that never log or divide by them), its Monte-Carlo marginals."""
+        sample = self.draw(rng)
+        return self.complete(sample) if marginals else sample
+
+    def draw(self, rng: np.random.Generator) -> SlateSample:
+        """A slate with its exact conditionals; the Monte-Carlo marginals NaN (see :meth:`complete`)."""
         index, cond, _, _ = self._run(rng, 1, collect=False)
-        index, cond = index[0], cond[0]
-        marg = self.marginals()[index, np.arange(self.n_slots)] if marginals else None
-        return slate_sample(index, cond, marg, draws=self.draws, marginal_draws=self.marginal_draws)
+        return slate_sample(index[0], cond[0], None, draws=self.draws, marginal_draws=self.marginal_draws)
+
+    def complete(self, sample: SlateSample) -> SlateSample:
+        """``sample`` with the marginals of its slots (:meth:`marginals`)."""
+        if not sample.pending:
+            return sample
+        marg = self.marginals()[sample.index, np.arange(self.n_slots)]
+        return slate_sample(sample.index, sample.propensity, marg, draws=self.draws, marginal_draws=self.marginal_draws)
+
+    def recipe(self) -> bytes:
+        """What :func:`from_recipe` needs to rebuild this distribution, bit for bit: its
+        values, epsilon, types, cap, draws and seed when one was given (else it is the same
+        hash of the same inputs); a few bytes per candidate."""
+        types = np.zeros(0, dtype=np.int64) if self.types is None else self.types.astype(np.int64)
+        head = json.dumps(
+            {
+                "kind": self.kind,
+                "n": self.n_candidates,
+                "k": self.n_slots,
+                "types": len(types),
+                "max_per_type": self.max_per_type,
+                "draws": self.draws,
+                "seed": None if self._seed_given is None else str(self._seed_given),
+            }
+        ).encode()
+        return b"".join(
+            [
+                RECIPE_MAGIC,
+                len(head).to_bytes(4, "little"),
+                head,
+                self.values.tobytes(),
+                self.epsilon.tobytes(),
+                types.tobytes(),
+            ]
+        )
+
+
+def from_recipe(recipe: bytes) -> SequentialSlate:
+    """The :class:`SequentialSlate` whose :meth:`~SequentialSlate.recipe` is ``recipe``."""
+    if not recipe.startswith(RECIPE_MAGIC):
+        raise ValidationError(f"not a sequential-slate recipe (starts {bytes(recipe[:8])!r})", "recipe")
+    at = len(RECIPE_MAGIC)
+    size = int.from_bytes(recipe[at : at + 4], "little")
+    head = json.loads(recipe[at + 4 : at + 4 + size])
+    body = np.frombuffer(recipe, dtype=np.uint8, offset=at + 4 + size)
+    n, k, t = head["n"], head["k"], head["types"]
+    if len(body) != 8 * (n + k + t):
+        raise ValidationError(f"a recipe for {n} candidates and {k} slots has {len(body)} bytes of arrays", "recipe")
+    values = body[: 8 * n].view(np.float64)
+    eps = body[8 * n : 8 * (n + k)].view(np.float64)
+    types = body[8 * (n + k) :].view(np.int64) if t else None
+    return SequentialSlate(
+        values.copy(),
+        eps.copy(),
+        kind=head["kind"],
+        types=None if types is None else types.copy(),
+        max_per_type=head["max_per_type"],
+        draws=head["draws"],
+        seed=None if head["seed"] is None else int(head["seed"]),
+    )
 
 
 class PlackettLuceSlate(SequentialSlate):
@@ -537,24 +605,43 @@ class SampledRankingSlate:
     def sample(self, rng: np.random.Generator, marginals: bool = True) -> SlateSample:
         """Draw a slate (a fresh posterior draw from ``rng``) with Monte-Carlo propensities;
         ``marginals=False`` leaves the marginals NaN (simulations that never log them)."""
-        scores = np.asarray(self.draw_scores(rng, 1), dtype=float).reshape(-1)
-        if scores.shape != (self._n,) or not np.isfinite(scores).all():
-            raise ValidationError(f"draw_scores must return finite scores for {self._n} candidates", "scores")
-        index = EpsilonGreedySlate(scores, self.epsilon).sample(rng).index
-        paths = self._path_probabilities(index)
+        sample = self.draw(rng)
         if not marginals:
+            paths = self._path_probabilities(sample.index)
             joint = np.cumprod(paths, axis=1).mean(axis=0)
             if (joint > 0).all():
                 cond = joint / np.r_[1.0, joint[:-1]]
                 log_joint = float(np.log(cond).sum())
                 return SlateSample(
-                    index=index,
+                    index=sample.index,
                     propensity=cond,
                     marginal=np.full(self.n_slots, np.nan),
                     joint=float(np.exp(log_joint)),
                     log_joint=log_joint,
                     marginal_draws=0,
                 )
+        return self.complete(sample)
+
+    def draw(self, rng: np.random.Generator) -> SlateSample:
+        """The slate ranked by one posterior draw from ``rng``, epsilon-greedy per slot; every
+        propensity NaN (Monte Carlo over posterior draws: :meth:`complete`), the draw kept."""
+        scores = np.asarray(self.draw_scores(rng, 1), dtype=float).reshape(-1)
+        if scores.shape != (self._n,) or not np.isfinite(scores).all():
+            raise ValidationError(f"draw_scores must return finite scores for {self._n} candidates", "scores")
+        index = EpsilonGreedySlate(scores, self.epsilon).sample(rng).index
+        nan = np.full(self.n_slots, np.nan)
+        return SlateSample(
+            index=index, propensity=nan, marginal=nan.copy(), joint=np.nan, log_joint=np.nan, served=scores
+        )
+
+    def complete(self, sample: SlateSample) -> SlateSample:
+        """``sample`` (from :meth:`draw`) with Monte-Carlo conditionals and marginals."""
+        if not sample.pending:
+            return sample
+        index, scores = sample.index, sample.served
+        if scores is None:
+            raise ValidationError("a Thompson-sampling slate completes from its own posterior draw", "served")
+        paths = self._path_probabilities(index)
         marg = self.marginals()[index, np.arange(self.n_slots)].copy()
         joint = np.cumprod(paths, axis=1).mean(axis=0)
         if (joint <= 0).any() or (marg <= 0).any():

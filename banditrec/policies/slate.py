@@ -106,6 +106,12 @@ class SlateSample:
     joint: float  # product of the conditionals (may underflow to 0 for long slates)
     log_joint: float  # sum of the log conditionals
     marginal_draws: int = 0  # Monte-Carlo draws behind ``marginal``; 0 when exact
+    served: np.ndarray | None = None  # what :meth:`SlateDistribution.complete` needs besides ``index``
+
+    @property
+    def pending(self) -> bool:
+        """Whether Monte-Carlo values were left for later (NaN): a :meth:`SlateDistribution.draw`."""
+        return bool(np.isnan(self.log_joint) or np.isnan(self.marginal).any() or np.isnan(self.propensity).any())
 
 
 class _Ranking(NamedTuple):
@@ -149,6 +155,17 @@ class SlateDistribution(Protocol):
 
     def marginals(self) -> np.ndarray:
         """``(n, K)``: P(slot k holds candidate j)."""
+        ...
+
+    def draw(self, rng: np.random.Generator) -> SlateSample:
+        """The slate :meth:`sample` would draw from ``rng`` (the same draws), with only what is
+        exact and cheap: Monte-Carlo propensities are NaN, left for :meth:`complete`. What the
+        request path logs."""
+        ...
+
+    def complete(self, sample: SlateSample) -> SlateSample:
+        """``sample`` (from :meth:`draw`) with its NaN propensities filled in: exactly what
+        :meth:`sample` returns for the same draws. Must run before the policy's model changes."""
         ...
 
     def conditionals(self, index) -> np.ndarray:
@@ -247,6 +264,14 @@ class EpsilonGreedySlate:
         few changed cells over the identity instead of as lists of length n.
         """
         return self._sample_u(rng.random(self.n_slots).tolist())
+
+    def draw(self, rng: np.random.Generator) -> SlateSample:
+        """:meth:`sample`: every propensity here is exact and cheap."""
+        return self.sample(rng)
+
+    def complete(self, sample: SlateSample) -> SlateSample:
+        """``sample`` itself: nothing is left for later."""
+        return sample
 
     def _sample_u(self, uniforms: list) -> SlateSample:
         """:meth:`sample` given its ``n_slots`` uniform draws."""
@@ -379,9 +404,12 @@ class EpsilonGreedySlate:
         return out
 
 
-def sample_slates(dists: list[SlateDistribution], rng: np.random.Generator) -> list[SlateSample]:
-    """``[d.sample(rng) for d in dists]``, the same samples from the same draws, with the
-    untied :class:`EpsilonGreedySlate` s of one shape sampled together (a batch of decisions).
+def sample_slates(
+    dists: list[SlateDistribution], rng: np.random.Generator, *, defer: bool = False
+) -> list[SlateSample]:
+    """``[d.sample(rng) for d in dists]`` (``defer``: ``d.draw(rng)``), the same samples from
+    the same draws, with the untied :class:`EpsilonGreedySlate` s of one shape sampled
+    together (a batch of decisions).
 
     Every epsilon-greedy slate takes its ``n_slots`` uniforms from ``rng`` in list order, so
     the whole batch's uniforms are one draw, handed out in that order (a Generator's doubles
@@ -393,7 +421,7 @@ def sample_slates(dists: list[SlateDistribution], rng: np.random.Generator) -> l
     """
     slates = [d for d in dists if type(d) is EpsilonGreedySlate]
     if len(slates) < len(dists):
-        return [d.sample(rng) for d in dists]
+        return [d.draw(rng) if defer else d.sample(rng) for d in dists]
     sizes = [d.n_slots for d in slates]
     flat = rng.random(sum(sizes))
     starts = np.concatenate(([0], np.cumsum(sizes))).tolist()

@@ -673,10 +673,23 @@ class VWSlate:
         model: the policy's lock is held throughout, so no update lands in between).
         ``marginals=False`` skips them (NaN), for simulations that never log or divide by them."""
         with self._policy._lock:
+            sample = self.draw(rng)
+            return self.complete(sample) if marginals else sample
+
+    def draw(self, rng: np.random.Generator) -> SlateSample:
+        """One slate sampled by VW with its conditionals (VW's probabilities, exact); the
+        Monte-Carlo marginals NaN, for :meth:`complete` before the model learns again."""
+        with self._policy._lock:
             index, cond, pmfs = self._run(rng.integers(0, _SEED_HIGH, size=self._k))
             self._check_floor(index, pmfs)
-            marg = self.marginals()[index, np.arange(self._k)] if marginals else None
-        return slate_sample(index, cond, marg, draws=self.draws, marginal_draws=self.marginal_draws)
+        return slate_sample(index, cond, None, draws=self.draws, marginal_draws=self.marginal_draws)
+
+    def complete(self, sample: SlateSample) -> SlateSample:
+        """``sample`` with the marginals of its slots (:meth:`marginals`)."""
+        if not sample.pending:
+            return sample
+        marg = self.marginals()[sample.index, np.arange(self._k)]
+        return slate_sample(sample.index, sample.propensity, marg, draws=self.draws, marginal_draws=self.marginal_draws)
 
     def marginals(self) -> np.ndarray:
         """(n, K) P(slot k holds candidate j): exact for slot 0, Rao-Blackwellised MC after."""

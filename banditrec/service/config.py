@@ -69,7 +69,6 @@ class ServiceConfig:
     ``token``: the bearer token; ``None`` leaves every route open, which is for in-process use
     (tests, the demo's test client) -- ``banditrec serve`` always sets one.
 
-
     ``shard``: this node's log shard when several nodes serve behind a load balancer (each node
     logs to its own file; docs/deployment.md); ``None``: the log's own (unsharded by default).
     """
@@ -82,6 +81,7 @@ class ServiceConfig:
     snapshots: str | None = None
     reload_check_ms: int = 1000
     durable: bool = False
+    defer_marginals: bool = True  # Monte-Carlo propensities logged off the request path (Engine.defer_marginals)
     shard: int | None = None
 
     @property
@@ -117,6 +117,7 @@ class ServiceConfig:
             snapshots=env.get("BANDITREC_SNAPSHOTS") or None,
             reload_check_ms=_int(env, "BANDITREC_RELOAD_CHECK_MS", 1000, 0),
             durable=env.get("BANDITREC_DURABLE", "0") not in ("", "0", "false", "no"),
+            defer_marginals=env.get("BANDITREC_EAGER_MARGINALS", "0") in ("", "0", "false", "no"),
             shard=_shard(env),
         )
 

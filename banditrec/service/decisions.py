@@ -40,8 +40,8 @@ def shaped(decision) -> dict:
             {
                 "position": s.position,
                 "item_id": s.item_id,
-                "propensity": s.propensity,
-                "marginal": s.marginal,
+                "propensity": s.propensity if s.propensity == s.propensity else None,  # NaN: pending
+                "marginal": s.marginal if s.marginal == s.marginal else None,
                 "source": s.source,
             }
             for s in decision.slots

@@ -44,12 +44,14 @@ class DecideRequest(BaseModel):
 
 class SlotOut(BaseModel):
     """``propensity``: P(item | earlier slots) at decision time; ``marginal``: P(this slot holds
-    this item); ``source``: where the candidate came from (cf, popular, request, pinned)."""
+    this item); ``source``: where the candidate came from (cf, popular, request, pinned). A
+    Monte-Carlo value is ``null`` in the response: the service logs it after answering
+    (docs/policies.md, "Deferred marginals")."""
 
     position: int
     item_id: str
-    propensity: float
-    marginal: float
+    propensity: float | None
+    marginal: float | None
     source: str
 
 

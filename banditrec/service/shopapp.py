@@ -3,6 +3,9 @@ worker, and what the demo and the tests build in process."""
 
 from __future__ import annotations
 
+import atexit
+import logging
+import threading
 import time
 
 from flask import Flask
@@ -100,4 +103,38 @@ def create_shop_app(
         engine, config, settings=settings, policy_env=lambda: watcher.shop.policy_env(), shop_watcher=watcher
     )
     app_ref["app"] = app
+    if (settings or ServiceConfig()).defer_marginals:
+        engine.defer_marginals = True
+        app.extensions["banditrec.completer"] = PendingCompleter(engine)
     return app
+
+
+class PendingCompleter:
+    """Completes the engine's pending decisions (:meth:`Engine.complete_pending`) every
+    ``interval_s`` from a daemon thread, off the request path, and once more at exit."""
+
+    def __init__(self, engine, interval_s: float = 0.05):
+        self.engine, self.interval_s = engine, interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="banditrec-pending", daemon=True)
+            self._thread.start()
+            atexit.register(self.stop)
+
+    def _run(self) -> None:
+        log = logging.getLogger("banditrec.service")
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.engine.complete_pending()
+            except Exception:  # logged and retried by the next read of the log; never kills the thread
+                log.exception("completing pending propensities failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self.engine.complete_pending()

@@ -32,5 +32,7 @@ def _build():
 
 
 app = _build()
+if "banditrec.completer" in app.extensions:  # Monte-Carlo propensities off the request path
+    app.extensions["banditrec.completer"].start()
 if "banditrec.watcher" in app.extensions:  # idle workers pick up snapshots too (docs/service.md, "Reloading snapshots")
     app.extensions["banditrec.watcher"].start()

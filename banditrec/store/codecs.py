@@ -111,13 +111,25 @@ def _params_json(policy_params) -> str:
 
 
 def decision_rows(
-    decision: Decision, policy_params: dict, candidate_index, slot_index, context, surface: str = "home"
+    decision: Decision,
+    policy_params: dict,
+    candidate_index,
+    slot_index,
+    context,
+    surface: str = "home",
+    pending: bytes | bool = False,
 ) -> tuple[tuple, list[tuple]]:
     """The ``decisions`` row and ``slots`` rows of one decision, checked for consistency.
 
     ``candidate_index`` holds the catalog index of each of ``decision.candidates`` and
-    ``slot_index`` that of each slot's item; slots must be at positions 0..K-1 in order.
+    ``slot_index`` that of each slot's item; slots must be at positions 0..K-1 in order. NaN
+    propensities (logged as NULL) are refused unless the decision is ``pending``.
     """
+    if not pending:
+        probs = [decision.joint_propensity, decision.log_joint_propensity]
+        probs += [v for s in decision.slots for v in (s.propensity, s.marginal)]
+        if any(v != v for v in probs):  # NaN: left for later only by a pending decision
+            raise ValidationError("a propensity is NaN in a decision that is not pending", "slots")
     if len(slot_index) != len(decision.slots) or len(candidate_index) != len(decision.candidates):
         raise ValidationError(
             f"a decision with {len(decision.slots)} slots and {len(decision.candidates)} candidates needs "

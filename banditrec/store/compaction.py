@@ -31,7 +31,7 @@ from ..errors import ConflictError, ValidationError
 from .checks import check_time
 from .codecs import WHOLE_DECISION
 from .codecs import number_lists as _number_lists
-from .export import Layout, _require_pyarrow, atomic_output, batch_table, parquet_schema, read_batches
+from .export import NOT_PENDING, Layout, _require_pyarrow, atomic_output, batch_table, parquet_schema, read_batches
 from .log import DecisionLog
 from .partitioned import (
     DAY_S,
@@ -83,6 +83,7 @@ class CompactionResult:
     earlier: int = 0
     orphans: int = 0
     orphan_ids: tuple[str, ...] = field(default=(), repr=False)
+    unsettled: int = 0  # closed decisions left out: their Monte-Carlo propensities never completed
     pruned: int = 0  # decisions deleted from the shards (``prune``)
     pruned_routed: int = 0  # routed rewards deleted from the shards
 
@@ -96,6 +97,11 @@ class CompactionResult:
             f"routed rewards waiting: {self.pending}; of decisions compacted before: {self.earlier}; "
             f"orphans: {self.orphans}",
         ]
+        if self.unsettled:
+            lines.append(
+                f"left out: {self.unsettled} closed decisions whose propensities were never completed "
+                "(their serving process stopped before completing them; docs/policies.md, 'Deferred marginals')"
+            )
         if self.pruned or self.pruned_routed:
             lines.append(f"pruned from the shards: {self.pruned} decisions, {self.pruned_routed} routed rewards")
         if self.orphan_ids:
@@ -143,7 +149,9 @@ def compact(
     up to the first one still open, at most ``max_decisions`` per shard per run. Every reward
     for them -- in the owner's ``rewards`` or any node's ``routed_rewards`` -- is joined once
     by ``(event_id, position, kind)``: the earliest copy wins, and it is late if the log flagged
-    it or ``ts > decision ts + reward_window_s``.
+    it or ``ts > decision ts + reward_window_s``. A closed decision whose Monte-Carlo
+    propensities are still pending (its serving process stopped before completing them, and its
+    recipe is not self-contained) is left out, as every reader of the log leaves it out.
 
     Idempotent: a second run with nothing newly closed writes nothing. A run that fails or is
     killed leaves the dataset as it was (its stray files are removed by the next run, which
@@ -264,6 +272,7 @@ def _compact(shards: list[_Shard], out: Path, window: float, cutoff: float, max_
     # the decisions to move: per shard, up to the first one still open
     decisions: dict[str, tuple[int, int, float, int]] = {}  # event id -> (shard index, seq, ts, n_slots)
     order = []
+    unsettled = 0
     for i, s in enumerate(shards):
         conn = s.conn
         open_seq = conn.execute(
@@ -280,9 +289,14 @@ def _compact(shards: list[_Shard], out: Path, window: float, cutoff: float, max_
             until = until if end is None else int(end[0])
         s.until = max(s.watermark, int(until))
         rows = conn.execute(
-            "SELECT seq, ts, event_id, n_slots FROM decisions WHERE seq > ? AND seq <= ? ORDER BY seq",
+            f"SELECT seq, ts, event_id, n_slots FROM decisions d WHERE seq > ? AND seq <= ? AND {NOT_PENDING} "
+            "ORDER BY seq",
             (s.watermark, s.until),
         ).fetchall()
+        unsettled += conn.execute(
+            "SELECT count(*) FROM decisions d JOIN pending p ON p.event_id = d.event_id WHERE d.seq > ? AND d.seq <= ?",
+            (s.watermark, s.until),
+        ).fetchone()[0]
         rank = -1 if s.log.shard is None else s.log.shard
         for seq, ts, event_id, n_slots in rows:
             if event_id in decisions:
@@ -321,6 +335,7 @@ def _compact(shards: list[_Shard], out: Path, window: float, cutoff: float, max_
         rows=n_rows,
         parts=tuple(str(p.path.relative_to(out)) for p in parts),
         watermarks={s.key: s.until for s in shards},
+        unsettled=unsettled,
         **counts,
     )
 
@@ -350,7 +365,7 @@ def _join(shards: list[_Shard], decisions: dict, window: float) -> tuple[dict, d
     for s in shards:
         for event_id, position, kind, value, ts, late in s.conn.execute(
             "SELECT r.event_id, r.position, r.kind, r.reward, r.ts, r.late FROM rewards r "
-            "JOIN decisions d ON d.event_id = r.event_id WHERE d.seq > ? AND d.seq <= ?",
+            f"JOIN decisions d ON d.event_id = r.event_id WHERE d.seq > ? AND d.seq <= ? AND {NOT_PENDING}",
             (s.watermark, s.until),
         ):
             offer(event_id, int(position), kind, float(value), float(ts), bool(late), 0)

@@ -39,16 +39,17 @@ def _require_pyarrow() -> tuple[Any, Any]:
     return pyarrow, pyarrow.parquet
 
 
+NOT_PENDING = "NOT EXISTS (SELECT 1 FROM pending p WHERE p.event_id = d.event_id)"  # store/pending.py
 READ_EXPORT_SLOTS = (
     "SELECT d.seq, d.event_id, d.ts, d.user_id, d.surface, d.policy, d.model_version, d.policy_params, "
     "s.position, s.item_id, s.item_index, s.propensity, s.marginal, s.marginal_draws, s.source, "
     "d.candidates, d.candidate_index, d.context, d.joint_propensity, d.log_joint_propensity "
     "FROM decisions d JOIN slots s ON s.event_id = d.event_id "
-    "WHERE d.seq > ? AND d.seq <= ? ORDER BY d.seq, s.position"
+    f"WHERE d.seq > ? AND d.seq <= ? AND {NOT_PENDING} ORDER BY d.seq, s.position"
 )
 READ_EXPORT_REWARDS = (
     "SELECT r.event_id, r.position, r.kind, r.reward, r.ts{late} FROM rewards r "
-    "JOIN decisions d ON d.event_id = r.event_id WHERE d.seq > ? AND d.seq <= ?"
+    f"JOIN decisions d ON d.event_id = r.event_id WHERE d.seq > ? AND d.seq <= ? AND {NOT_PENDING}"
 )
 # the last seq of the next batch of decisions (seq has gaps where an insert was rolled back)
 BATCH_END = "SELECT seq FROM decisions WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT 1 OFFSET ?"

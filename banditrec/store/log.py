@@ -100,6 +100,7 @@ class DecisionLog(LogReader, LogWriter):
         conn = sqlite3.connect(self.path, check_same_thread=False, timeout=busy_timeout_ms / 1000)
         self.db = sqlite_utils.Database(conn)
         self._lock = threading.Lock()
+        self._settlers: list = []  # engines' completers of pending decisions (LogReader.on_settle)
         # process_lock: writers of this file queue on an flock of "<path>.lock" before taking
         # SQLite's write lock. SQLite's own busy handler polls with sleeps of 1, 2, 5, 10, ...
         # ms, so processes that write often (gunicorn workers) wait milliseconds for a lock

@@ -131,6 +131,25 @@ def _policy_names(db):
         )
 
 
+@migrations(name="0005_pending_propensities")
+def _pending_propensities(db):
+    """Monte-Carlo propensities computed after the decision is logged: ``slots.propensity``,
+    ``slots.marginal`` and the decision's joint propensity may be NULL while the decision is
+    listed in ``pending`` (with the recipe that re-derives them, when one is self-contained).
+    The two tables are rebuilt (SQLite cannot drop a NOT NULL); every row, ``seq`` and CHECK is
+    kept."""
+    db["slots"].transform(not_null={"propensity": False, "marginal": False})
+    db["decisions"].transform(not_null={"joint_propensity": False, "log_joint_propensity": False})
+    db.executescript(
+        """
+        CREATE TABLE pending (
+            event_id TEXT PRIMARY KEY NOT NULL REFERENCES decisions(event_id),
+            recipe BLOB NULL  -- NULL: only the serving process can complete it (see docs/policies.md)
+        );
+        """
+    )
+
+
 @migrations(name="0006_log_meta_routed_rewards")
 def _routed_rewards(db):
     """Sharded serving: ``log_meta`` records the log's shard and a random id of the file, and

@@ -9,7 +9,7 @@ import contextlib
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import sqlite_utils
@@ -18,16 +18,20 @@ from ..errors import ValidationError
 from ..types import LoggedDecisions, LoggedEvents
 from .checks import check_time
 from .codecs import WHOLE_DECISION, float_rows, number_lists, object_array, read_params
+from .pending import READ_RECIPES, SETTLE_BATCH, from_log
 
 MAX_SEQ = "SELECT coalesce(max(seq), 0) FROM decisions"
-TABLES = ("decisions", "slots", "rewards", "events", "model_versions", "items", "routed_rewards")
+TABLES = ("decisions", "slots", "rewards", "events", "model_versions", "items", "pending", "routed_rewards")
 
 # The readers' three queries, run in one read transaction. All take the named parameters of
 # ``read_params``; the decision filter is the same in each, so slots and rewards are those of
 # exactly the decisions read. A window closes at ``ts + window``: a decision is read only when
 # ``closed`` is NULL or its window has closed by then. Rewards are joined to slots in numpy
 # by (decision, position), which is much faster than a LEFT JOIN per slot row.
-_READ_FILTER = "d.seq > :after AND d.seq <= :until AND (:closed IS NULL OR d.ts + :window <= :closed)"
+_READ_FILTER = (
+    "d.seq > :after AND d.seq <= :until AND (:closed IS NULL OR d.ts + :window <= :closed) "
+    "AND NOT EXISTS (SELECT 1 FROM pending p WHERE p.event_id = d.event_id)"  # see store/pending.py
+)
 READ_DECISIONS = (
     "SELECT d.seq, d.event_id, d.context, d.candidate_index, d.n_slots, "
     "(SELECT count(*) FROM slots s WHERE s.event_id = d.event_id) FROM decisions d "
@@ -68,6 +72,8 @@ class LogReader:
     reward_window_s: float | None
     _lock: threading.Lock
     _busy_timeout_s: float
+    _settlers: list[Callable[[], object]]
+    complete_pending: Callable[..., int]  # LogWriter's
 
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[sqlite3.Connection]:
@@ -79,8 +85,10 @@ class LogReader:
         on meanwhile and the snapshot does not see them. An in-memory log has only its own
         connection: the snapshot holds the log's lock, so writes from other threads wait, and
         a write from the same thread would deadlock. Writing through the connection raises
-        ``sqlite3.OperationalError`` (``PRAGMA query_only``).
+        ``sqlite3.OperationalError`` (``PRAGMA query_only``). Pending decisions are settled
+        first (:meth:`settle_pending`); those still pending are not part of the snapshot's reads.
         """
+        self.settle_pending()
         if self.path == ":memory:":
             with self._lock:
                 conn = self.db.conn
@@ -140,6 +148,7 @@ class LogReader:
         of device), and they are only there for decisions that happened to be read late, so
         counting them makes estimates depend on when the log was read and biases them.
         """
+        self.settle_pending()
         window = self.reward_window_s
         if closed_before is not None:
             if window is None:
@@ -215,6 +224,28 @@ class LogReader:
             row_propensity=np.ascontiguousarray(slots["propensity"]),
             n_slots=n_slots,
         )
+
+    def settle_pending(self) -> int:
+        """Complete the pending decisions that can be: those of the engines registered with
+        :meth:`on_settle` (their in-memory queues), then every self-contained recipe in the log,
+        in bulk. Returns the decisions still pending (readers leave them out)."""
+        for complete in list(self._settlers):
+            complete()
+        conn = self.db.conn
+        while True:
+            with self._lock:
+                rows = conn.execute(READ_RECIPES, (SETTLE_BATCH,)).fetchall()
+                done = [from_log(conn, *row) for row in rows]
+            if not done or self.complete_pending(done) == 0:
+                break
+        with self._lock:
+            return int(conn.execute("SELECT count(*) FROM pending").fetchone()[0])
+
+    def on_settle(self, complete: Callable[[], object]) -> None:
+        """Run ``complete`` (an engine's :meth:`~banditrec.engine.Engine.complete_pending`)
+        first whenever this log settles its pending decisions."""
+        if complete not in self._settlers:
+            self._settlers.append(complete)
 
     def events(self, *, after_seq: int = 0, user_id: str | None = None) -> LoggedEvents:
         """Interaction events with ``seq > after_seq`` (of one user, if given), in log order."""

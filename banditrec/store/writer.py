@@ -29,6 +29,7 @@ INSERT_DECISION = (
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 INSERT_SLOT = "INSERT INTO slots VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+INSERT_PENDING = "INSERT INTO pending (event_id, recipe) VALUES (?, ?)"
 EVENT_KINDS = ("view", "cart", "purchase")
 INSERT_REWARD = "INSERT OR IGNORE INTO rewards (event_id, position, kind, reward, ts, late) VALUES (?, ?, ?, ?, ?, ?)"
 INSERT_ROUTED = "INSERT OR IGNORE INTO routed_rewards (event_id, position, kind, reward, ts) VALUES (?, ?, ?, ?, ?)"
@@ -44,6 +45,7 @@ class DecisionRecord(NamedTuple):
     slot_index: Sequence[int] | np.ndarray
     context: Any
     surface: str = "home"
+    pending: bytes | bool = False  # Monte-Carlo propensities left for later: True, or the recipe
 
 
 def _in_batch(exc: BanditRecError, batch: str, index: int, event_id) -> BanditRecError:
@@ -53,6 +55,23 @@ def _in_batch(exc: BanditRecError, batch: str, index: int, event_id) -> BanditRe
     out = type(exc)(f"{batch}[{index}] (event {event_id!r}): {exc.message}", exc.field)
     out.batch, out.index, out.reason = batch, index, exc.message
     return out
+
+
+class Completion(NamedTuple):
+    """The Monte-Carlo propensities of a pending decision's policy slots, from position ``first``
+    (after its pinned slots) on."""
+
+    event_id: str
+    first: int
+    propensity: np.ndarray
+    marginal: np.ndarray
+    marginal_draws: int
+    joint: float
+    log_joint: float
+
+
+def _pending_row(event_id: str, pending: bytes | bool) -> tuple:
+    return (event_id, pending if isinstance(pending, bytes) else None)
 
 
 def _refusal(exc: sqlite3.IntegrityError, event_id) -> BanditRecError:
@@ -114,19 +133,24 @@ class LogWriter:
         slot_index,
         context,
         surface: str = "home",
+        pending: bytes | bool = False,
     ) -> None:
-        """Write a decision and all its slots in one transaction (see :func:`decision_rows`).
+        """Write a decision and all its slots in one transaction (see :func:`decision_rows`);
+        ``pending``: its Monte-Carlo propensities are NaN, to be completed later
+        (:meth:`complete_pending`), with the recipe that re-derives them when there is one.
 
         A row the schema refuses leaves nothing behind and raises :class:`ConflictError` (an
         event id already logged) or :class:`ValidationError` (a CHECK, e.g. a propensity outside
         (0, 1]).
         """
-        row, slot_rows = decision_rows(decision, policy_params, candidate_index, slot_index, context, surface)
+        row, slot_rows = decision_rows(decision, policy_params, candidate_index, slot_index, context, surface, pending)
         self._check_owned(row[0])
         try:
             with self._writing():
                 self.db.execute(INSERT_DECISION, row)
                 self.db.conn.executemany(INSERT_SLOT, slot_rows)
+                if pending:
+                    self.db.execute(INSERT_PENDING, _pending_row(row[0], pending))
         except sqlite3.IntegrityError as exc:
             raise _refusal(exc, row[0]) from None
 
@@ -149,6 +173,7 @@ class LogWriter:
         (a CHECK), as :meth:`write_decision` does.
         """
         rows = []
+        pending_rows: list[tuple] = []
         first_of: dict[str, int] = {}
         for i, item in enumerate(items):
             try:
@@ -181,6 +206,8 @@ class LogWriter:
                     row[0],
                 )
             rows.append((row, slot_rows))
+            if record.pending:
+                pending_rows.append(_pending_row(row[0], record.pending))
         checked = self._checked_rewards(rewards)
         with self._writing():
             conn = self.db.conn
@@ -190,6 +217,8 @@ class LogWriter:
             try:
                 conn.executemany(INSERT_DECISION, [row for row, _ in rows])
                 conn.executemany(INSERT_SLOT, [slot for _, slot_rows in rows for slot in slot_rows])
+                if pending_rows:
+                    conn.executemany(INSERT_PENDING, pending_rows)
             except sqlite3.IntegrityError:
                 conn.execute("ROLLBACK TO banditrec_batch")
                 for i, (row, slot_rows) in enumerate(rows):
@@ -203,6 +232,36 @@ class LogWriter:
             # (n_slots, ts) of the decisions just written, as the reward join reads them back
             known = {row[0]: (row[7], row[1]) for row, _ in rows}
             return self._join_rewards(checked, known)
+
+    def complete_pending(self, completions: Iterable[Completion]) -> int:
+        """Write the Monte-Carlo propensities of pending decisions (:class:`Completion` s) and
+        take them off the pending list, in one transaction. A decision no longer pending is
+        skipped (completing is idempotent). Returns the decisions completed."""
+        rows = list(completions)
+        for c in rows:
+            probs = np.concatenate([c.propensity, c.marginal])
+            if not (np.isfinite(probs).all() and (probs > 0).all() and (probs <= 1).all()) or not c.log_joint <= 0:
+                raise ValidationError(f"completed propensities of event {c.event_id!r} are not in (0, 1]", "slots")
+        slot_rows = [
+            (float(p), float(m), int(c.marginal_draws), c.event_id, c.first + k, c.event_id)
+            for c in rows
+            for k, (p, m) in enumerate(zip(c.propensity.tolist(), c.marginal.tolist()))
+        ]
+        with self._writing():
+            conn = self.db.conn
+            conn.executemany(
+                "UPDATE slots SET propensity = ?, marginal = ?, marginal_draws = ? WHERE event_id = ? AND position = ? "
+                "AND EXISTS (SELECT 1 FROM pending WHERE event_id = ?)",
+                slot_rows,
+            )
+            conn.executemany(
+                "UPDATE decisions SET joint_propensity = ?, log_joint_propensity = ? WHERE event_id = ? "
+                "AND EXISTS (SELECT 1 FROM pending WHERE event_id = ?)",
+                [(float(c.joint), float(c.log_joint), c.event_id, c.event_id) for c in rows],
+            )
+            before = conn.total_changes
+            conn.executemany("DELETE FROM pending WHERE event_id = ?", [(c.event_id,) for c in rows])
+            return conn.total_changes - before
 
     def record_reward(self, reward: Reward) -> str:
         """Join a reward to its decision. Returns ``"recorded"``, ``"late"`` or ``"duplicate"``.
@@ -305,14 +364,15 @@ class LogWriter:
 
     def prune(self, until_seq: int | None, routed: Iterable[tuple[str, int, str]] = ()) -> tuple[int, int]:
         """Delete what compaction has moved: the decisions with ``seq <= until_seq`` (with
-        their slots and rewards; one an interaction event is attributed to stays; ``None``:
-        none) and the ``routed`` rewards, by ``(event_id, position, kind)``. One transaction;
+        their slots and rewards; one an interaction event is attributed to, or one still
+        pending, stays; ``None``: none) and the ``routed`` rewards, by ``(event_id, position, kind)``. One transaction;
         returns ``(decisions, routed rewards)`` deleted. Call it only once the dataset's
         manifest records ``until_seq`` as this shard's watermark."""
         until = 0 if until_seq is None else check_count(until_seq, "until_seq")
         gone = (
-            "SELECT event_id FROM decisions WHERE seq <= :until AND event_id NOT IN "
-            "(SELECT event_id FROM events WHERE event_id IS NOT NULL)"
+            "SELECT event_id FROM decisions WHERE seq <= :until "
+            "AND event_id NOT IN (SELECT event_id FROM events WHERE event_id IS NOT NULL) "
+            "AND event_id NOT IN (SELECT event_id FROM pending)"
         )
         with self._writing():
             conn = self.db.conn

@@ -393,3 +393,28 @@ def test_prune_deletes_only_what_the_dataset_holds_and_finishes_after_a_kill(clu
     assert files(tmp_path / "ds") == files(tmp_path / "ref")
     for x, y in zip(read_all(tmp_path / "ds"), read_all(tmp_path / "ref")):
         assert x.equals(y)
+
+
+def test_a_decision_whose_propensities_never_completed_is_left_out_and_reported(small_shop, tmp_path):
+    """Thompson sampling's deferred propensities need the serving process's model: a decision
+    whose process stopped first stays pending, and compaction leaves it out as readers do."""
+    t = [1000.0]
+    log = DecisionLog(tmp_path / "s.db", shard=0)
+    engine = build_engine(small_shop, "lints", log, seed=1, n_candidates=10, clock=lambda: t[0])
+    engine.defer_marginals = True
+    ctx = np.zeros(small_shop.config.dim)
+    lost = engine.decide("u1", 2, context=ctx)
+    engine._pending.clear()  # the crash
+    t[0] += 1
+    kept = engine.decide("u2", 2, context=ctx)
+    engine.complete_pending()
+    log.close()
+    result = compact([tmp_path / "s.db"], tmp_path / "ds", reward_window_s=WINDOW, now=5000.0, prune=True)
+    assert (result.decisions, result.unsettled, result.pruned) == (1, 1, 1)
+    assert "left out: 1 closed decisions" in result.summary()
+    assert dataset_decisions(tmp_path / "ds").event_id == [kept.event_id]
+    left = DecisionLog(tmp_path / "s.db")
+    try:
+        assert [r[0] for r in left.db.execute("SELECT event_id FROM decisions")] == [lost.event_id]
+    finally:
+        left.close()

@@ -479,3 +479,29 @@ def test_cli_sweep_on_the_cluster(client, tmp_path):
     assert len(rows) == 3 and rows[0].startswith("spec,replicate")
     bad = CliRunner().invoke(cli, ["sweep", "--config", str(tmp_path / "none.toml"), "--in-process"])
     assert bad.exit_code == 2 and "does not exist" in bad.output and "Traceback" not in bad.output
+
+
+def test_a_large_log_fits_its_reward_model_on_the_same_bounded_sample_everywhere(sim, client, monkeypatch):
+    """Beyond MAX_MODEL_ROWS a logistic reward model is fitted on a hashed share of whole
+    decisions: both backends, in process and on the cluster, fit the same sample (the same
+    DR), and the sample mattered (not the full fit's DR)."""
+    from banditrec.evaluation import pipeline
+
+    spec = SPECS[1]
+    full = evaluate_log(str(sim / "log.db"), [spec], estimators=("DR",), reward_model="logistic")
+    monkeypatch.setattr(pipeline, "MAX_MODEL_ROWS", full.n_rows // 3)
+    ref = evaluate_log(str(sim / "log.db"), [spec], estimators=("DR",), reward_model="logistic")
+    dist = evaluate_parquet(sim / "pq", [spec], estimators=("DR",), reward_model="logistic", client=client)
+    same_estimate(dist.candidates[0].estimates["DR"], ref.candidates[0].estimates["DR"])
+    assert abs(ref.candidates[0].estimates["DR"].value - full.candidates[0].estimates["DR"].value) > 1e-9
+
+
+def test_the_model_sample_is_a_share_of_decisions_that_grows_with_the_share():
+    from banditrec.evaluation.pipeline import model_sample
+
+    seq = np.arange(1, 200_001)
+    small, large = model_sample(seq, 0.1, 0), model_sample(seq, 0.3, 0)
+    assert abs(small.mean() - 0.1) < 0.005 and abs(large.mean() - 0.3) < 0.005  # 7 and 10 standard errors
+    assert not (small & ~large).any()  # a larger share keeps every decision of a smaller one
+    assert model_sample(seq, 1.0, 0).all()
+    np.testing.assert_array_equal(model_sample(seq[::-1], 0.1, 0), small[::-1])  # by number, not position

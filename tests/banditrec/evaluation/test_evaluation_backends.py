@@ -170,9 +170,10 @@ def test_a_partition_without_carousel_lengths_asks_for_a_re_export(make_log, log
 
 @pytest.mark.parametrize("which, reward_model", [("mixed", "logistic"), ("mixed", "ridge"), ("pinned", "logistic")])
 def test_the_log_read_in_chunks_gives_the_estimates_of_the_whole_log(logs, which, reward_model):
-    """``evaluate --db`` streams the evaluated decisions a chunk of seqs at a time: at 37
-    decisions a chunk (9 chunks here), every estimate and interval is the one-chunk result's,
-    up to the order of floating-point sums."""
+    """``evaluate --db`` streams the log a chunk of seqs at a time, the candidates' training
+    share as well as the evaluated decisions: at 37 decisions a chunk (9 chunks of each here),
+    every estimate and interval is the one-chunk result's, up to the order of floating-point
+    sums (the importance weights of the training rows are scaled over the whole share)."""
     db, _ = logs[which]
     request = check_request(SPECS, estimators=ESTIMATORS, reward_model=reward_model)
     whole_log = SQLiteBackend(db, chunk_decisions=None)
@@ -180,6 +181,7 @@ def test_the_log_read_in_chunks_gives_the_estimates_of_the_whole_log(logs, which
     n_train = N_DECISIONS // 2
     whole_split, split = whole_log.split(n_train), streamed.split(n_train)
     assert len(whole_split.chunks) == 1 and len(split.chunks) == 9
+    assert len(whole_split.train) == 1 and len(split.train) == 9
     assert split.n_slots == 1 + int(whole_split.chunks[0].load().row_slot.max())
     ref, got = evaluate(whole_log, request), evaluate(streamed, request)
     whole_log.close()

@@ -151,6 +151,7 @@ def test_file_log_uses_wal_and_migrates_once(make_log, tmp_path):
         "0002_late_rewards_events_models_items",
         "0003_decisions_shop_build",
         "0004_policy_names",
+        "0005_pending_propensities",
         "0006_log_meta_routed_rewards",
     ]
     assert again.count("decisions") == 1
@@ -433,6 +434,7 @@ def test_a_log_made_by_the_first_migration_only_is_migrated_with_its_data(make_l
         "0002_late_rewards_events_models_items",
         "0003_decisions_shop_build",
         "0004_policy_names",
+        "0005_pending_propensities",
         "0006_log_meta_routed_rewards",
     ]
     assert log.db.execute("SELECT event_id, position, reward, ts, late FROM rewards").fetchall() == [
@@ -444,6 +446,12 @@ def test_a_log_made_by_the_first_migration_only_is_migrated_with_its_data(make_l
     assert log.record_reward(Reward("e1", 1.0, position=0, ts=100.0)) == "late"
     log.write_event("u1", "a", "view", ts=1.0, event_id="e1")
     assert log.count("events") == 1 and log.integrity_ok()
+    # 0005 rebuilt decisions and slots: seq goes on after the logged one, never reused
+    log.write_decision(
+        decision("e2"), policy_params={}, candidate_index=[0, 1, 2], slot_index=[0, 1], context=(0.0, 0.0)
+    )
+    assert log.db.execute("SELECT event_id, seq FROM decisions ORDER BY seq").fetchall() == [("e1", 1), ("e2", 2)]
+    assert log.db.execute("PRAGMA foreign_key_check").fetchall() == []
 
 
 # ---- batch writes ---------------------------------------------------------------------------
