@@ -177,3 +177,43 @@ def test_shop_nodes_compact_and_the_learner_publishes_from_the_dataset(sim_shop_
     assert learned.exit_code == 0, learned.output
     assert "published" in learned.output and "decisions up to seq 20" in learned.output
     assert (tmp_path / "snaps" / "CURRENT.json").exists()
+
+
+def test_nodes_on_real_servers_route_a_reward_over_http(small_shop, tmp_path):
+    """Two nodes as werkzeug servers on 127.0.0.1 (stopped at the end of the test): a decision
+    on one, its reward posted to the other, joined by compaction."""
+    import json as jsonlib
+    import threading
+    import urllib.request
+
+    from werkzeug.serving import make_server
+
+    servers, logs = [], []
+    try:
+        for k in range(2):
+            log = DecisionLog(tmp_path / f"n{k}.db", shard=k, reward_window_s=WINDOW)
+            logs.append(log)
+            engine = build_engine(small_shop, "linucb", log, seed=k, n_candidates=10)
+            server = make_server("127.0.0.1", 0, create_app(engine, settings=ServiceConfig(shard=k)), threaded=True)
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+            servers.append(server)
+
+        def post(k, path, body):
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{servers[k].server_port}{path}",
+                data=jsonlib.dumps(body).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            with urllib.request.urlopen(req, timeout=10) as res:
+                return jsonlib.loads(res.read())
+
+        event = post(1, "/v1/decide", {"user_id": "u1", "slots": 2})["event_id"]
+        assert post(0, "/v1/reward", {"event_id": event, "reward": 2.0, "position": 1})["status"] == "routed"
+    finally:
+        for server in servers:
+            server.shutdown()
+        for log in logs:
+            log.close()
+    result = compact([tmp_path / "n0.db", tmp_path / "n1.db"], tmp_path / "ds", reward_window_s=WINDOW, now=4e9)
+    assert (result.decisions, result.rewards, result.routed) == (1, 1, 1)
+    assert joined_rewards(tmp_path / "ds") == {(event, 1): 2.0}
