@@ -251,6 +251,16 @@ def test_compaction_refuses_inputs_it_cannot_join_safely(cluster, tmp_path):
         finally:
             single.close()
     assert json.loads((tmp_path / "a" / MANIFEST).read_text())["compaction"]["runs"] == 1
+    import fcntl
+    import os
+
+    fd = os.open(tmp_path / "a" / ".compact.lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # another compaction holds the dataset
+        with pytest.raises(ConflictError, match="another compaction is running"):
+            compact(shards, tmp_path / "a", reward_window_s=WINDOW)
+    finally:
+        os.close(fd)
 
 
 def test_a_log_keeps_its_shard(tmp_path):
