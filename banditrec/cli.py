@@ -65,6 +65,7 @@ def main():
       banditrec learn --shop shop/                # learns from its log, publishes snapshots
       banditrec evaluate --shop shop/ --db out/serve/log.db --policy egreedy
       banditrec recommend --shop shop/ --user u42
+      banditrec compact --shard log-0.db --shard log-1.db --out dataset/   # several nodes (--shard K)
     \b
     The simulated shop, end to end: banditrec demo
     """
