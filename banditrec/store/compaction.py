@@ -62,9 +62,10 @@ class CompactionResult:
     seen more than once (on several nodes), counted once; ``conflicts`` the copies with another
     value (the earliest is kept); ``dropped`` routed rewards whose position is not one of their
     decision's. Routed rewards not joined by this run: ``pending`` (their decision is still
-    open, or its shard was not given), ``earlier`` (an earlier run compacted their decision:
-    joined then, or they arrived after it, late, and are not joined), ``orphans`` (no given
-    shard logged their event id).
+    open, or its shard, known to the dataset, was not given), ``earlier`` (an earlier run
+    compacted their decision: joined then, or they arrived after it, late, and are not joined),
+    ``orphans`` (their event id is not in its shard's log, or names a shard the dataset has
+    never seen: a mistyped id, most likely).
     """
 
     out: str
@@ -310,7 +311,7 @@ def _compact(shards: list[_Shard], out: Path, window: float, cutoff: float, max_
     for i, s in enumerate(shards):
         s.gseq = np.array([gseq_of[(i, q)] for q in s.seq.tolist()], dtype=np.int64)
 
-    joined, counts = _join(shards, decisions, window)
+    joined, counts = _join(shards, decisions, window, known=set(state["shards"]))
     parts: list[Partition] = []
     n_rows = 0
     if decisions:
@@ -340,7 +341,7 @@ def _compact(shards: list[_Shard], out: Path, window: float, cutoff: float, max_
     )
 
 
-def _join(shards: list[_Shard], decisions: dict, window: float) -> tuple[dict, dict]:
+def _join(shards: list[_Shard], decisions: dict, window: float, known: set[str]) -> tuple[dict, dict]:
     """The rewards of the moved decisions, one per (event_id, position, kind): ``{key: (value,
     ts, late)}``; and the counts of :class:`CompactionResult`."""
     best: dict[tuple[str, int, str], tuple[float, int, float, bool]] = {}
@@ -381,8 +382,12 @@ def _join(shards: list[_Shard], decisions: dict, window: float) -> tuple[dict, d
                 waiting.setdefault(str(shard_of(event_id)), []).append((event_id, position, kind))
         for owner_key, keys in waiting.items():
             owner = by_key.get(owner_key)
-            if owner is None:  # its shard was not given: it waits for a run that has it
+            if owner is None and owner_key in known:  # its shard was not given: it waits for one that has it
                 counts["pending"] += len(keys)
+                continue
+            if owner is None:  # a shard no run has seen: a mistyped id, most likely
+                counts["orphans"] += len(keys)
+                orphan_ids.extend(k[0] for k in keys)
                 continue
             seqs = _seqs_of(owner.conn, sorted({k[0] for k in keys}))
             for key in keys:

@@ -217,3 +217,22 @@ def test_nodes_on_real_servers_route_a_reward_over_http(small_shop, tmp_path):
     result = compact([tmp_path / "n0.db", tmp_path / "n1.db"], tmp_path / "ds", reward_window_s=WINDOW, now=4e9)
     assert (result.decisions, result.rewards, result.routed) == (1, 1, 1)
     assert joined_rewards(tmp_path / "ds") == {(event, 1): 2.0}
+
+
+def test_a_routed_reward_waits_for_a_known_shard_left_out_and_names_an_unknown_one_an_orphan(nodes, tmp_path):
+    logs, clients = nodes
+    on_2 = clients[2].post("/v1/decide", json={"user_id": "u1", "slots": 2}).get_json()["event_id"]
+    typo = on_2[:12] + "0123" + on_2[16:]  # a shard no node has
+    for event in (on_2, typo):
+        assert clients[0].post("/v1/reward", json={"event_id": event, "reward": 1.0}).get_json()["status"] == "routed"
+    paths = [log.path for log in logs]
+    first = compact(paths, tmp_path / "ds", reward_window_s=WINDOW, now=NOW)  # every shard: shard 2 is known
+    assert (first.rewards, first.orphans, first.orphan_ids) == (1, 1, (typo,))
+    on_2_again = clients[2].post("/v1/decide", json={"user_id": "u2", "slots": 2}).get_json()["event_id"]
+    assert clients[1].post("/v1/reward", json={"event_id": on_2_again, "reward": 1.0}).get_json()["status"] == "routed"
+    second = compact(paths[:2], tmp_path / "ds", reward_window_s=WINDOW, now=NOW)  # node 2 down
+    # both of node 0's routed rewards for shard 2 wait (one was joined already: without its
+    # shard's log, a run cannot tell), and the typo is still an orphan
+    assert (second.decisions, second.pending, second.orphans) == (0, 2, 1)
+    third = compact(paths, tmp_path / "ds", reward_window_s=WINDOW, now=NOW)  # node 2 back
+    assert (third.decisions, third.rewards, third.pending, third.earlier) == (1, 1, 0, 1)
