@@ -473,7 +473,12 @@ class Engine:
                     log_joint=full.log_joint,
                 )
             )
-        return self.log.complete_pending(done)
+        try:
+            return self.log.complete_pending(done)
+        except BaseException:  # e.g. the log stayed locked: keep them for the next try
+            with self._pending_lock:
+                self._pending[:0] = todo
+            raise
 
     def _queue(self, records: list[DecisionRecord], draws: list[_Draw]) -> None:
         """Queue the logged decisions that left propensities for later."""
@@ -527,6 +532,7 @@ class Engine:
         ``rebuild(policy)`` returns (the same model for the new catalog). Atomic with respect
         to decisions in flight; a decision already past its candidates finishes on the build
         it started with (item indices are stable across builds)."""
+        self.complete_pending()  # on the model that sampled them, before a rebuild touches it
         with self._lock:
             policy = rebuild(self.policy)
             self._parts = parts
@@ -636,6 +642,7 @@ class Engine:
         """Serve ``policy`` from the next decision on (a reloaded snapshot), atomically with
         respect to decisions in flight: a decision is scored, sampled and versioned by one
         policy. ``model_version`` (e.g. the registered snapshot version) overrides the policy's."""
+        self.complete_pending()
         with self._lock:
             self.policy = policy
             self._model_version = model_version

@@ -167,8 +167,9 @@ def _numpy_openblas():
 
 @contextlib.contextmanager
 def blas_threads(n: int):
-    """Run the block with numpy's OpenBLAS on ``n`` threads; yields the count in force, or None
-    when the library's controls were not found (then nothing is changed). On a small machine
+    """Run the block with numpy's OpenBLAS (and scipy's, with threadpoolctl) on ``n`` threads;
+    yields the count in force, or None when the library's controls were not found (then nothing
+    is changed). On a small machine
     with other work running, threaded BLAS calls wait for CPU time slices (a small matrix
     product can take many times longer threaded than single-threaded), which says nothing
     about the code being timed."""
@@ -180,6 +181,14 @@ def blas_threads(n: int):
     before = getter()
     setter(ctypes.c_int(n))
     try:
-        yield getter()
+        from threadpoolctl import threadpool_limits  # scipy's own OpenBLAS too, where installed
+    except ImportError:
+        threadpool_limits = None
+    try:
+        if threadpool_limits is None:
+            yield getter()
+        else:
+            with threadpool_limits(limits=n, user_api="blas"):
+                yield getter()
     finally:
         setter(ctypes.c_int(before))

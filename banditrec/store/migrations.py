@@ -5,6 +5,7 @@ Never edit an applied migration: add a new one.
 
 from __future__ import annotations
 
+import re
 import warnings
 
 from sqlite_utils import Migrations
@@ -131,15 +132,40 @@ def _policy_names(db):
         )
 
 
+NULLABLE_0005 = {"slots": ("propensity", "marginal"), "decisions": ("joint_propensity", "log_joint_propensity")}
+
+
 @migrations(name="0005_pending_propensities")
 def _pending_propensities(db):
     """Monte-Carlo propensities computed after the decision is logged: ``slots.propensity``,
     ``slots.marginal`` and the decision's joint propensity may be NULL while the decision is
     listed in ``pending`` (with the recipe that re-derives them, when one is self-contained).
-    The two tables are rebuilt (SQLite cannot drop a NOT NULL); every row, ``seq`` and CHECK is
-    kept."""
-    db["slots"].transform(not_null={"propensity": False, "marginal": False})
-    db["decisions"].transform(not_null={"joint_propensity": False, "log_joint_propensity": False})
+
+    SQLite cannot drop a NOT NULL with ALTER TABLE. Its documented procedure for a change that
+    leaves the stored rows valid (removing a NOT NULL or CHECK constraint: "ALTER TABLE",
+    section 7) edits the table's SQL in the schema table and bumps ``schema_version``: O(1) on
+    a log of any size, where rebuilding the tables copies every row. A schema text this does not
+    recognise is rebuilt instead (sqlite-utils ``transform``)."""
+    edits = {}
+    for table, columns in NULLABLE_0005.items():
+        sql = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()[0]
+        for column in columns:
+            sql, n = re.subn(rf"(\b{column}\s+REAL)\s+NOT\s+NULL\b", r"\1", sql, flags=re.IGNORECASE)
+            if n != 1:
+                break
+        else:
+            edits[table] = sql
+            continue
+        db[table].transform(not_null=dict.fromkeys(columns, False))
+    if edits:
+        version = db.execute("PRAGMA schema_version").fetchone()[0]
+        db.execute("PRAGMA writable_schema = ON")
+        try:
+            for table, sql in edits.items():
+                db.execute("UPDATE sqlite_master SET sql = ? WHERE type = 'table' AND name = ?", (sql, table))
+            db.execute(f"PRAGMA schema_version = {int(version) + 1}")
+        finally:
+            db.execute("PRAGMA writable_schema = OFF")
     db.executescript(
         """
         CREATE TABLE pending (

@@ -196,3 +196,20 @@ def test_a_recipe_rebuilds_the_same_distribution(n, k, seed, capped, kind):
 def test_a_recipe_that_is_not_one_is_refused():
     with pytest.raises(ValidationError, match="recipe"):
         from_recipe(b"garbage")
+
+
+def test_a_failed_completion_keeps_the_queue_for_the_next_try(small_shop, monkeypatch):
+    eng = make_engine(small_shop, "lints")
+    eng.defer_marginals = True
+    eng.decide("u1", 3, context=CTX)
+    real = eng.log.complete_pending
+
+    def locked(done):
+        raise TimeoutError("database is locked")
+
+    monkeypatch.setattr(eng.log, "complete_pending", locked)
+    with pytest.raises(TimeoutError):
+        eng.complete_pending()
+    monkeypatch.setattr(eng.log, "complete_pending", real)
+    assert eng.complete_pending() == 1
+    assert eng.log.count("pending") == 0
