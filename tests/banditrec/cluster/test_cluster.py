@@ -236,3 +236,38 @@ def test_a_routed_reward_waits_for_a_known_shard_left_out_and_names_an_unknown_o
     assert (second.decisions, second.pending, second.orphans) == (0, 2, 1)
     third = compact(paths, tmp_path / "ds", reward_window_s=WINDOW, now=NOW)  # node 2 back
     assert (third.decisions, third.rewards, third.pending, third.earlier) == (1, 1, 0, 1)
+
+
+@pytest.mark.slow
+def test_two_gunicorn_nodes_from_the_environment_serve_their_shards(sim_shop_dir, tmp_path):
+    """What `banditrec serve --shard K` starts: gunicorn workers configured by BANDITREC_SHARD,
+    every worker stamping its node's shard; a reward routed between the nodes, then compacted."""
+    from banditrec.service.runner import GunicornServer
+
+    token = "t" * 32
+    servers = []
+    try:
+        for k in (4, 9):
+            env = {
+                "BANDITREC_DB": tmp_path / f"log-{k}.db",
+                "BANDITREC_SHOP": sim_shop_dir,
+                "BANDITREC_API_TOKEN": token,
+                "BANDITREC_REWARD_WINDOW_S": WINDOW,
+                "BANDITREC_SHARD": k,
+            }
+            servers.append(GunicornServer(env, log=tmp_path / f"gunicorn-{k}.log").start())
+        events = []
+        for i in range(8):  # over both workers of each node
+            status, body = servers[i % 2].request("POST", "/v1/decide", {"user_id": f"u{i}", "slots": 2})
+            assert status == 200, body
+            events.append(body["event_id"])
+        assert [shard_of(e) for e in events] == [4, 9] * 4
+        status, body = servers[0].request(
+            "POST", "/v1/reward", {"event_id": events[1], "reward": 1.0, "position": 0}, token=token
+        )
+        assert (status, body["status"]) == (200, "routed")
+    finally:
+        for server in servers:
+            server.stop()
+    result = compact([tmp_path / "log-4.db", tmp_path / "log-9.db"], tmp_path / "ds", reward_window_s=WINDOW, now=4e9)
+    assert (result.decisions, result.rewards, result.routed, result.orphans) == (8, 1, 1, 0)
