@@ -26,6 +26,8 @@ Sections (``--only NAME`` runs one):
              them a floor app doing the least a logged LinUCB decision needs (orjson, numpy,
              one SQLite commit), and every app called in-process without sockets
              (bench/service_bench.py)
+  nodes      POST /v1/decide/batch against serving nodes 1 -> 4 (one gunicorn process and shard
+             log each, round-robin client) beside the shard logs' own ceiling (bench/nodes_bench.py)
   opetruth   every estimator against the simulator's exact truth over 60 seeds, two loggers:
              bias, RMSE, interval coverage and width (bench/ope_truth.py, 80 s on 2 cores)
   sim        simulated carousel impressions per minute on one core at 20,000 and 1,000,000
@@ -1013,6 +1015,13 @@ def bench_request_path(cfg: dict, tmp: Path) -> None:
     request_path_bench.bench_growth(cfg, sys.modules[__name__])
 
 
+def bench_nodes(cfg: dict, tmp: Path) -> None:
+    """The batch route against serving nodes, 1 -> 4 (bench/nodes_bench.py)."""
+    import nodes_bench
+
+    nodes_bench.report(*nodes_bench.bench_nodes(seconds=cfg["http_seconds"]))
+
+
 def bench_choices(cfg: dict, tmp: Path) -> None:
     """Speed choices in the code beside the plain alternative (bench/choices_bench.py)."""
     import choices_bench
@@ -1028,6 +1037,7 @@ SECTIONS = {
     "logread": bench_logread,
     "ope": bench_ope,
     "http": bench_http,
+    "nodes": bench_nodes,
     "opetruth": bench_ope_truth,
     "vw": bench_vw,
     "sim": bench_sim,

@@ -92,6 +92,7 @@ def make_service_app():
         process_lock=True,
         synchronous=settings.synchronous,
         checkpoint_interval_s=0.05,
+        shard=settings.shard,  # bench nodes: one shard per node
     )
     engine = build_engine(shop, os.environ.get("BANDITREC_POLICY", SPEC), log, seed=None)
     app = create_app(engine, settings=settings, policy_env=policy_env(shop, engine.cf))
