@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from typing import cast
 
 from flask import Blueprint, current_app, jsonify, request
 
 from ..errors import ValidationError
 from . import auth
 from .errors import BadRequest, json_body
+from .jsonio import OrjsonProvider
 from .openapi import endpoint
 from .schemas import BatchDecideRequest, BatchDecideResponse, DecideRequest, DecideResponse
 
@@ -60,7 +62,9 @@ def answer(body: dict, decisions: list):
         finite = math.isfinite(sum(s.propensity + s.marginal for d in decisions for s in d.slots))
     except TypeError:  # a value that is not a number: the full search decides
         finite = False
-    return current_app.json.finite_response(body) if finite else jsonify(body)
+    if not finite:
+        return jsonify(body)
+    return cast(OrjsonProvider, current_app.json).finite_response(body)  # create_app installs it
 
 
 @auth.requires("decide")

@@ -56,4 +56,5 @@ class OrjsonProvider(DefaultJSONProvider):
             return super().response(obj)
         if not finite and b"null" in text and _has_non_finite(obj):  # orjson writes NaN as null; json, NaN
             return super().response(obj)
-        return self._app.response_class(text + b"\n", mimetype=self.mimetype)
+        # Flask types _app as the sansio App, whose response class takes no body
+        return self._app.response_class(text + b"\n", mimetype=self.mimetype)  # type: ignore[arg-type]
