@@ -6,9 +6,7 @@ No SQL runs here; :mod:`.writer` and :mod:`.reader` use these on both sides of t
 
 from __future__ import annotations
 
-import itertools
 import json
-import operator
 
 import numpy as np
 import orjson
@@ -127,14 +125,11 @@ def decision_rows(
             "slots",
         )
     slots = decision.slots
-    # the slots' fields as columns, read in C (attrgetter, zip): a slot row is then a zip of them
-    positions, item_ids, props, margs, draws, sources = zip(*map(_SLOT_FIELDS, slots)) if slots else ((),) * 6
+    positions = [s.position for s in slots]
     n_slots = len(slots) if decision.n_slots is None else decision.n_slots
     if n_slots == len(slots):
-        if positions != tuple(range(len(positions))):
-            raise ValidationError(
-                f"slot positions must be 0..{len(positions) - 1} in order, got {list(positions)}", "slots"
-            )
+        if positions != list(range(len(positions))):
+            raise ValidationError(f"slot positions must be 0..{len(positions) - 1} in order, got {positions}", "slots")
     elif not (
         isinstance(n_slots, int)
         and 0 < len(slots) < n_slots
@@ -144,9 +139,10 @@ def decision_rows(
     ):
         raise ValidationError(
             f"a decision observed at some of its {n_slots!r} positions needs them increasing "
-            f"within 0..{n_slots - 1 if isinstance(n_slots, int) else '?'}, got {list(positions)}",
+            f"within 0..{n_slots - 1 if isinstance(n_slots, int) else '?'}, got {positions}",
             "slots",
         )
+    sources = [s.source for s in slots]
     if "pinned" in sources and n_slots != len(slots):
         raise ValidationError("a partly observed decision cannot have pinned slots", "slots")
     if "pinned" in sources:  # (the pinned checks, only for decisions that pin)
@@ -173,29 +169,20 @@ def decision_rows(
         float(decision.log_joint_propensity),
         decision.build,
     )
-    slot_rows = list(
-        zip(
-            itertools.repeat(decision.event_id, len(slots)),
-            positions,
-            item_ids,
-            _int_list(slot_index),
-            _as_all(float, props),
-            _as_all(float, margs),
-            _as_all(int, draws),
-            sources,
+    slot_rows = [
+        (
+            decision.event_id,
+            s.position,
+            s.item_id,
+            idx,
+            float(s.propensity),
+            float(s.marginal),
+            int(s.marginal_draws),
+            s.source,
         )
-    )
+        for s, idx in zip(decision.slots, _int_list(slot_index), strict=True)
+    ]
     return row, slot_rows
-
-
-_SLOT_FIELDS = operator.attrgetter("position", "item_id", "propensity", "marginal", "marginal_draws", "source")
-
-
-def _as_all(kind: type, values: tuple) -> tuple | list:
-    """``values``, each converted by ``kind`` unless all are exactly of that type already."""
-    if set(map(type, values)) <= {kind}:
-        return values
-    return [kind(v) for v in values]
 
 
 def json_strings(values) -> str:
