@@ -9,7 +9,7 @@ from flask import Blueprint, current_app, jsonify, request
 
 from ..errors import ValidationError
 from . import auth
-from .errors import BadRequest, validated
+from .errors import BadRequest, json_body
 from .jsonio import OrjsonProvider
 from .openapi import endpoint
 from .schemas import BatchDecideRequest, BatchDecideResponse, DecideRequest, DecideResponse
@@ -69,7 +69,7 @@ def answer(body: dict, decisions: list):
 
 @auth.requires("decide")
 def decide():
-    req = validated(DecideRequest)
+    req = DecideRequest.model_validate(json_body())
     decision = engine().decide(**engine_args(req))
     current_app.extensions["banditrec.metrics"].observe_decisions([decision], "/v1/decide")
     return answer(shaped(decision), [decision])
@@ -89,7 +89,7 @@ endpoint(
 def decide_batch():
     settings = current_app.extensions["banditrec.settings"]
     request.max_content_length = settings.max_batch_bytes
-    req = validated(BatchDecideRequest)
+    req = BatchDecideRequest.model_validate(json_body())
     if len(req.requests) > settings.batch_max:
         raise BadRequest(f"a batch holds at most {settings.batch_max} requests, got {len(req.requests)}", "requests")
     try:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import TypeVar
 
 from flask import Flask, jsonify, request
-from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
@@ -14,7 +12,6 @@ from ..errors import BanditRecError, ConflictError, NotFoundError, ValidationErr
 from . import jsonio
 
 log = logging.getLogger("banditrec.service")
-M = TypeVar("M", bound=BaseModel)
 
 
 class BadRequest(Exception):
@@ -76,11 +73,9 @@ def read_body() -> bytes:
     return b"".join(parts)
 
 
-def json_body(raw: bytes | None = None) -> dict:
-    """The request body (``raw``, else :func:`read_body`) as a JSON object, or a
-    :class:`BadRequest` saying what is wrong."""
-    if raw is None:
-        raw = read_body()
+def json_body() -> dict:
+    """The request body as a JSON object, or a :class:`BadRequest` saying what is wrong."""
+    raw = read_body()
     if not raw:
         raise BadRequest("request body is empty; expected a JSON object", "body")
     try:
@@ -92,17 +87,6 @@ def json_body(raw: bytes | None = None) -> dict:
     if not isinstance(data, dict):
         raise BadRequest(f"request body must be a JSON object, got {type(data).__name__}", "body")
     return data
-
-
-def validated(model: type[M]) -> M:
-    """The request body as a ``model``, parsed and validated in one pass by pydantic's own JSON
-    parser; a body that fails it is read again as before (:func:`json_body`, then
-    ``model_validate``), so that what is accepted and every error message are unchanged."""
-    raw = read_body()
-    try:
-        return model.model_validate_json(raw)
-    except PydanticValidationError:
-        return model.model_validate(json_body(raw))
 
 
 def _field_name(loc) -> str:

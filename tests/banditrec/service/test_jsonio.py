@@ -161,37 +161,3 @@ def test_a_decision_answer_decodes_to_what_the_default_provider_writes(engine):
             want = slow.json.response(body).get_data()
         assert got.count(b"NaN") == want.count(b"NaN") == (d is odd)
         assert same(json.loads(got), json.loads(want))
-
-
-names = st.text(min_size=1, max_size=12)
-finite = st.floats(allow_nan=False, allow_infinity=False)
-decide_bodies = st.fixed_dictionaries(
-    {"user_id": names, "slots": st.integers(1, 100)},
-    optional={
-        "context": st.lists(finite | st.integers(-(2**53), 2**53), max_size=6)
-        | st.dictionaries(names, names | finite, max_size=3),
-        "candidates": st.lists(names, min_size=1, max_size=5),
-        "exclude": st.lists(names, max_size=3),
-        "surface": names,
-    },
-)
-
-
-@settings(max_examples=300, deadline=None)
-@given(decide_bodies, st.booleans())
-def test_a_body_validated_in_one_pass_is_the_model_of_the_body_parsed_first(body, ascii_only):
-    """The decide routes validate with pydantic's JSON parser (``errors.validated``) and fall
-    back to parsing first only for a body it refuses: on valid bodies the two give the same
-    request, floats bit for bit (subnormals, -0.0, integers in a float list included)."""
-    from banditrec.service.schemas import BatchDecideRequest, DecideRequest
-
-    raw = json.dumps(body, ensure_ascii=ascii_only).encode()
-    assert same(
-        DecideRequest.model_validate_json(raw).model_dump(),
-        DecideRequest.model_validate(jsonio.loads(raw)).model_dump(),
-    )
-    batch = json.dumps({"requests": [body, body]}).encode()
-    assert same(
-        BatchDecideRequest.model_validate_json(batch).model_dump(),
-        BatchDecideRequest.model_validate(jsonio.loads(batch)).model_dump(),
-    )
