@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
+from typing import cast
+
 from flask import Blueprint, current_app, jsonify, request
 
 from ..errors import ValidationError
 from . import auth
 from .errors import BadRequest, json_body
+from .jsonio import OrjsonProvider
 from .openapi import endpoint
 from .schemas import BatchDecideRequest, BatchDecideResponse, DecideRequest, DecideResponse
 
@@ -49,12 +53,26 @@ def shaped(decision) -> dict:
     }
 
 
+def answer(body: dict, decisions: list):
+    """``jsonify(body)`` of shaped ``decisions``, without searching the body for non-finite
+    floats (which orjson would write as ``null``) when one sum shows that the slots'
+    propensities and marginals, its only floats, are finite (they are once logged: the log
+    holds them in (0, 1])."""
+    try:
+        finite = math.isfinite(sum(s.propensity + s.marginal for d in decisions for s in d.slots))
+    except TypeError:  # a value that is not a number: the full search decides
+        finite = False
+    if not finite:
+        return jsonify(body)
+    return cast(OrjsonProvider, current_app.json).finite_response(body)  # create_app installs it
+
+
 @auth.requires("decide")
 def decide():
     req = DecideRequest.model_validate(json_body())
     decision = engine().decide(**engine_args(req))
     current_app.extensions["banditrec.metrics"].observe_decisions([decision], "/v1/decide")
-    return jsonify(shaped(decision))
+    return answer(shaped(decision), [decision])
 
 
 endpoint(
@@ -80,7 +98,7 @@ def decide_batch():
         exc.batch_field = "requests"
         raise
     current_app.extensions["banditrec.metrics"].observe_decisions(decisions, "/v1/decide/batch")
-    return jsonify({"decisions": [shaped(d) for d in decisions]})
+    return answer({"decisions": [shaped(d) for d in decisions]}, decisions)
 
 
 endpoint(

@@ -40,13 +40,21 @@ class OrjsonProvider(DefaultJSONProvider):
     same text); indented output (debug mode) and sorted keys go through the default."""
 
     def response(self, *args, **kwargs):
+        return self._response(self._prepare_response_obj(args, kwargs), finite=False)
+
+    def finite_response(self, obj):
+        """``response(obj)`` for an ``obj`` whose floats the caller has checked to be finite:
+        the whole of ``obj`` is not searched for NaN when orjson writes a ``null``."""
+        return self._response(obj, finite=True)
+
+    def _response(self, obj, *, finite: bool):
         if self.sort_keys or self.compact is False or (self.compact is None and self._app.debug):
-            return super().response(*args, **kwargs)
-        obj = self._prepare_response_obj(args, kwargs)
+            return super().response(obj)
         try:
             text = orjson.dumps(obj, option=_DUMP_OPTIONS)
         except TypeError:
             return super().response(obj)
-        if b"null" in text and _has_non_finite(obj):  # orjson writes NaN as null; json writes NaN
+        if not finite and b"null" in text and _has_non_finite(obj):  # orjson writes NaN as null; json, NaN
             return super().response(obj)
-        return self._app.response_class(text + b"\n", mimetype=self.mimetype)
+        # Flask types _app as the sansio App, whose response class takes no body
+        return self._app.response_class(text + b"\n", mimetype=self.mimetype)  # type: ignore[arg-type]

@@ -365,3 +365,21 @@ def test_building_an_engine_leaves_its_log_unchanged_and_the_first_decision_logs
     eng = build_engine(small_shop, "egreedy", log, seed=1)
     eng.decide("u1", 2, context=CTX)
     assert log.items()[0] == ["x"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["i0", "i3", "i7", "x", "i9"]), max_size=6))
+def test_item_indices_agree_with_a_dict_lookup_one_id_at_a_time(ids):
+    """``ItemTable.index_of`` (its fast path looks every id up in one call) against the obvious
+    loop: the same indices, and an unknown id refused by its position; ``skip_unknown`` drops it."""
+    from banditrec.engine import ItemTable
+
+    table = ItemTable(ids=tuple(f"i{j}" for j in range(10)), features=np.zeros((10, 2)))
+    want = [int(item[1:]) if item != "x" else -1 for item in ids]
+    assert table.index_of(ids, "candidates", skip_unknown=True).tolist() == [i for i in want if i >= 0]
+    if -1 in want:
+        with pytest.raises(ValidationError, match=rf"candidates\[{want.index(-1)}\]: unknown item id 'x'"):
+            table.index_of(ids, "candidates")
+    else:
+        got = table.index_of(ids, "candidates")
+        assert got.dtype == np.int64 and got.tolist() == want

@@ -141,3 +141,23 @@ def test_debug_mode_keeps_the_default_indented_output():
     with fast.app_context():
         text = fast.json.response({"a": [1, 2]}).get_data(as_text=True)
     assert text == '{\n  "a": [\n    1,\n    2\n  ]\n}\n'
+
+
+def test_a_decision_answer_decodes_to_what_the_default_provider_writes(engine):
+    """The decide routes skip the search for NaN when their floats sum to a finite number;
+    the body is the same as jsonify's either way, a non-finite marginal included."""
+    from banditrec.service.decisions import answer, shaped
+
+    fast, slow = apps()
+    decision = engine.decide("u1", 3)
+    odd = dataclasses.replace(
+        decision, slots=(dataclasses.replace(decision.slots[0], marginal=math.nan), *decision.slots[1:])
+    )
+    for d in (decision, odd):
+        body = {"decisions": [shaped(d)]}
+        with fast.app_context():
+            got = answer(body, [d]).get_data()
+        with slow.app_context():
+            want = slow.json.response(body).get_data()
+        assert got.count(b"NaN") == want.count(b"NaN") == (d is odd)
+        assert same(json.loads(got), json.loads(want))
