@@ -56,8 +56,8 @@ def shaped(decision) -> dict:
 def answer(body: dict, decisions: list):
     """``jsonify(body)`` of shaped ``decisions``, without searching the body for non-finite
     floats (which orjson would write as ``null``) when one sum shows that the slots'
-    propensities and marginals, its only floats, are finite (they are once logged: the log
-    holds them in (0, 1])."""
+    propensities and marginals, its only floats, are finite (a decision's are, except those
+    left for later, which :func:`shaped` writes as ``None``)."""
     try:
         finite = math.isfinite(sum(s.propensity + s.marginal for d in decisions for s in d.slots))
     except TypeError:  # a value that is not a number: the full search decides
