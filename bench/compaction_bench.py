@@ -99,12 +99,12 @@ def timed(fn):
     return out, time.perf_counter() - t0
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--decisions", type=int, default=150_000)
     ap.add_argument("--shards", type=int, default=3)
     ap.add_argument("--keep", default=None, help="write the logs and datasets here, and keep them")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.keep or tmp)
         root.mkdir(parents=True, exist_ok=True)

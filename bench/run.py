@@ -28,6 +28,8 @@ Sections (``--only NAME`` runs one):
              (bench/service_bench.py)
   nodes      POST /v1/decide/batch against serving nodes 1 -> 4 (one gunicorn process and shard
              log each, round-robin client) beside the shard logs' own ceiling (bench/nodes_bench.py)
+  compaction compacting 3 shard logs into the day-partitioned dataset beside the export of one log
+             holding the same decisions: first run, rerun, runs of --max-decisions (bench/compaction_bench.py)
   opetruth   every estimator against the simulator's exact truth over 60 seeds, two loggers:
              bias, RMSE, interval coverage and width (bench/ope_truth.py, 80 s on 2 cores)
   sim        simulated carousel impressions per minute on one core at 20,000 and 1,000,000
@@ -158,6 +160,7 @@ FULL = dict(
     scale1m=[1_000, 10_000, 100_000, 1_000_000],
     shopbuild=[1_000, 100_000],
     shopbuild1m=[1_000, 100_000, 1_000_000],
+    compaction=150_000,
 )
 QUICK = dict(
     decide=300,
@@ -192,6 +195,7 @@ QUICK = dict(
     scale1m=[1_000, 10_000],
     shopbuild=[1_000],
     shopbuild1m=[1_000],
+    compaction=6_000,
 )
 
 
@@ -1022,6 +1026,14 @@ def bench_nodes(cfg: dict, tmp: Path) -> None:
     nodes_bench.report(*nodes_bench.bench_nodes(seconds=cfg["http_seconds"]))
 
 
+def bench_compaction(cfg: dict, tmp: Path) -> None:
+    """Compacting shards beside exporting one log of the same decisions (bench/compaction_bench.py)."""
+    import compaction_bench
+
+    print("\n== compaction ==")
+    compaction_bench.main(["--decisions", str(cfg["compaction"])])
+
+
 def bench_choices(cfg: dict, tmp: Path) -> None:
     """Speed choices in the code beside the plain alternative (bench/choices_bench.py)."""
     import choices_bench
@@ -1038,6 +1050,7 @@ SECTIONS = {
     "ope": bench_ope,
     "http": bench_http,
     "nodes": bench_nodes,
+    "compaction": bench_compaction,
     "opetruth": bench_ope_truth,
     "vw": bench_vw,
     "sim": bench_sim,
