@@ -405,8 +405,36 @@ class SequentialSlate:
 
     def draw(self, rng: np.random.Generator) -> SlateSample:
         """A slate with its exact conditionals; the Monte-Carlo marginals NaN (see :meth:`complete`)."""
-        index, cond, _, _ = self._run(rng, 1, collect=False)
-        return slate_sample(index[0], cond[0], None, draws=self.draws, marginal_draws=self.marginal_draws)
+        if self.kind == "weights" and not self.max_per_type:
+            index, cond = self._draw_weights(rng)
+        else:
+            paths, conds, _, _ = self._run(rng, 1, collect=False)
+            index, cond = paths[0], conds[0]
+        return slate_sample(index, cond, None, draws=self.draws, marginal_draws=self.marginal_draws)
+
+    def _draw_weights(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`_run` for one path of uncapped weights: the same operations on the same numbers
+        (so the same slate and conditionals, bit for bit), on 1-D arrays kept across slots."""
+        n, K = self.n_candidates, self.n_slots
+        w = self.values.copy()  # where(eligible, values, 0), updated in place as items are shown
+        eligible = np.ones(n)
+        index = np.empty(K, dtype=np.int64)
+        cond = np.empty(K)
+        for k in range(K):
+            uniform = eligible / (n - k)
+            total = w.sum()
+            g = w / total if total > 0 else uniform
+            e = self.epsilon[k]
+            pmf = (1.0 - e) * g + e * uniform
+            cum = np.cumsum(pmf)
+            u = rng.random() * cum[-1]
+            pick = min(int(np.count_nonzero(cum <= u)), n - 1)
+            if pmf[pick] <= 0:  # rounding landed on a zero-probability tail item
+                pick = n - 1 - int(np.argmax(pmf[::-1] > 0))
+            index[k], cond[k] = pick, pmf[pick]
+            w[pick] = 0.0
+            eligible[pick] = 0.0
+        return index, cond
 
     def complete(self, sample: SlateSample) -> SlateSample:
         """``sample`` with the marginals of its slots (:meth:`marginals`)."""

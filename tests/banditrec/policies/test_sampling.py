@@ -360,3 +360,18 @@ def test_a_batch_with_other_slate_kinds_is_sampled_one_by_one_in_order():
     a, b = np.random.default_rng(1), np.random.default_rng(1)
     _same_samples(sample_slates(dists, a), [d.sample(b) for d in dists])
     assert sample_slates([], a) == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 30), zeros=st.floats(0, 1), all_zero=st.booleans())
+def test_one_path_of_weights_is_the_general_samplers_path_bit_for_bit(seed, n, zeros, all_zero):
+    """The request path's one-slate sampler of uncapped weights (``_draw_weights``) takes the
+    same slate and conditionals from the same draws as the general N-path sampler."""
+    g = np.random.default_rng(seed)
+    k = int(g.integers(1, n + 1))
+    w = g.exponential(size=n) * (g.random(n) >= zeros) * (not all_zero)
+    dist = SequentialSlate(w, g.uniform(0, 1, k) * (g.random(k) < 0.7))
+    index, cond = dist._draw_weights(np.random.default_rng(seed + 1))
+    paths, conds, _, _ = dist._run(np.random.default_rng(seed + 1), 1, collect=False)
+    np.testing.assert_array_equal(index, paths[0])
+    np.testing.assert_array_equal(cond, conds[0])
