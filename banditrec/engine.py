@@ -610,7 +610,8 @@ class Engine:
             source: str | np.ndarray = SOURCE_REQUEST  # every candidate's
         else:
             history = parts.history(user_id)
-            eligible = items.n_items - len(np.union1d(np.union1d(excluded, history), session.items))
+            unavailable = np.union1d(np.union1d(excluded, history), session.items)
+            eligible = items.n_items - len(unavailable)
             n = min(self.n_candidates, eligible)
             segment = None
             if parts.user_segment is not None:  # a shop's users have segments
@@ -620,7 +621,8 @@ class Engine:
                 history, session, n, exclude=excluded, segment=segment
             )
             if len(idx) < n and parts.backfill is not None:
-                idx, source = _backfill(idx, source, parts.backfill, excluded, n)
+                # what the generator left out stays out: the history and session too, not only `exclude`
+                idx, source = _backfill(idx, source, parts.backfill, unavailable, n)
         if n_slots > len(idx):
             raise ValidationError(f"slots ({n_slots}) is more than the number of candidates ({len(idx)})", "slots")
         return idx, source

@@ -215,3 +215,22 @@ def test_a_foreign_shop_end_to_end_under_gunicorn(shop, tmp_path):
     report = json.loads(res.output)
     assert [c["policy"] for c in report["candidates"]] == ["uniform", "egreedy"]
     assert report["n_train_decisions"] + report["n_eval_decisions"] == len(logged)
+
+
+def test_popular_backfill_never_brings_back_what_the_session_or_history_left_out(sim_shop_dir):
+    """When the generator's candidates are fewer than asked, popular items fill the rest: never
+    an item of the user's session (a cart event) or purchase history, which the generator leaves
+    out (the cart's item was served again when exploration picked it from the backfill)."""
+    from banditrec.shop import Shop, engine_for_shop
+    from banditrec.store import DecisionLog
+
+    shop = Shop(sim_shop_dir)
+    engine = engine_for_shop(shop, "linucb", DecisionLog(":memory:"), n_candidates=shop.items.n_items, seed=3)
+    popular = [engine.items.ids[int(i)] for i in engine.parts.backfill[:3]]
+    for item in popular:
+        engine.log.write_event("u-cart", item, "cart", ts=engine.clock())
+    session = engine.session("u-cart")
+    assert set(session.items.tolist()) >= set(engine.parts.backfill[:3].tolist())
+    cand, _ = engine._candidates(engine.parts, "u-cart", 3, None, None, session)
+    assert not set(popular) & {engine.items.ids[int(i)] for i in cand}
+    assert len(cand) > len(engine.parts.backfill) // 2  # the backfill did fill the list
