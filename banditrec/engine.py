@@ -461,20 +461,7 @@ class Engine:
             todo, self._pending = self._pending, []
         if not todo:
             return 0
-        done = []
-        for p in todo:
-            full = p.dist.complete(p.sample)
-            done.append(
-                Completion(
-                    event_id=p.event_id,
-                    first=p.first,
-                    propensity=full.propensity,
-                    marginal=full.marginal,
-                    marginal_draws=int(full.marginal_draws),
-                    joint=full.joint,
-                    log_joint=full.log_joint,
-                )
-            )
+        done = [Completion.of(p.event_id, p.first, p.dist.complete(p.sample)) for p in todo]
         try:
             return self.log.complete_pending(done)
         except BaseException:  # e.g. the log stayed locked: keep them for the next try
@@ -487,7 +474,7 @@ class Engine:
         pending = [
             _Pending(r.decision.event_id, len(r.decision.slots) - d.sample.index.size, d.dist, d.sample)
             for r, d in zip(records, draws)
-            if d.sample is not None and d.dist is not None and d.sample.pending
+            if r.pending and d.sample is not None and d.dist is not None  # _mark_pending set it
         ]
         if pending:
             with self._pending_lock:

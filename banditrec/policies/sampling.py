@@ -90,6 +90,14 @@ def _lift_onto(mean: np.ndarray, bound: np.ndarray) -> np.ndarray:
     return out
 
 
+def with_marginals(dist, index: np.ndarray, cond: np.ndarray) -> SlateSample:
+    """The slate ``index`` with its conditionals ``cond`` and ``dist``'s Monte-Carlo marginals
+    of its slots (:func:`slate_sample`): what ``complete`` gives for a slate whose conditionals
+    were exact at decision time."""
+    marg = dist.marginals()[index, np.arange(len(index))]
+    return slate_sample(index, cond, marg, draws=dist.draws, marginal_draws=dist.marginal_draws)
+
+
 def slate_sample(
     index: np.ndarray, cond: np.ndarray, marginal: np.ndarray | None, *, draws: int, marginal_draws: int
 ) -> SlateSample:
@@ -438,10 +446,7 @@ class SequentialSlate:
 
     def complete(self, sample: SlateSample) -> SlateSample:
         """``sample`` with the marginals of its slots (:meth:`marginals`)."""
-        if not sample.pending:
-            return sample
-        marg = self.marginals()[sample.index, np.arange(self.n_slots)]
-        return slate_sample(sample.index, sample.propensity, marg, draws=self.draws, marginal_draws=self.marginal_draws)
+        return with_marginals(self, sample.index, sample.propensity) if sample.pending else sample
 
     def recipe(self) -> bytes:
         """What :func:`from_recipe` needs to rebuild this distribution, bit for bit: its

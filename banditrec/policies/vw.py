@@ -23,7 +23,7 @@ from ..errors import ValidationError
 from ..validation import check_positive_int
 from . import snapshot
 from .base import Policy, PolicyConfig, Request, Rows
-from .sampling import DEFAULT_DRAWS, PlackettLuceSlate, honest_se, slate_sample
+from .sampling import DEFAULT_DRAWS, PlackettLuceSlate, honest_se, slate_sample, with_marginals
 from .slate import SlateSample
 
 F32_MAX = float(np.finfo(np.float32).max)
@@ -686,10 +686,7 @@ class VWSlate:
 
     def complete(self, sample: SlateSample) -> SlateSample:
         """``sample`` with the marginals of its slots (:meth:`marginals`)."""
-        if not sample.pending:
-            return sample
-        marg = self.marginals()[sample.index, np.arange(self._k)]
-        return slate_sample(sample.index, sample.propensity, marg, draws=self.draws, marginal_draws=self.marginal_draws)
+        return with_marginals(self, sample.index, sample.propensity) if sample.pending else sample
 
     def marginals(self) -> np.ndarray:
         """(n, K) P(slot k holds candidate j): exact for slot 0, Rao-Blackwellised MC after."""

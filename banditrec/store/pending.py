@@ -10,9 +10,11 @@ Readers leave pending decisions out. Details: docs/policies.md, "Deferred margin
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
-from ..policies.sampling import from_recipe, slate_sample
+from ..policies.sampling import from_recipe, with_marginals
 from .writer import Completion
 
 SETTLE_BATCH = 1024  # recipes completed per write transaction
@@ -24,24 +26,20 @@ READ_RECIPES = (
 READ_SLOTS = "SELECT position, item_index, propensity, source FROM slots WHERE event_id = ? ORDER BY position"
 
 
-def from_log(conn, event_id: str, recipe: bytes, candidate_index: str) -> Completion:
-    """The completion of one pending decision from its recipe and its logged slots."""
-    import json
+def read_recipes(conn, limit: int) -> list[tuple[str, bytes, list[tuple]]]:
+    """Up to ``limit`` pending decisions with a recipe, oldest first: ``(event_id, recipe,
+    [(candidate position, propensity, is pinned) per logged slot])`` (the log's lock held)."""
+    out = []
+    for event_id, recipe, candidate_index in conn.execute(READ_RECIPES, (limit,)).fetchall():
+        where = {int(item): j for j, item in enumerate(json.loads(candidate_index))}
+        slots = conn.execute(READ_SLOTS, (event_id,)).fetchall()
+        out.append((event_id, recipe, [(where[int(item)], p, source == "pinned") for _, item, p, source in slots]))
+    return out
 
-    dist = from_recipe(recipe)
-    slots = conn.execute(READ_SLOTS, (event_id,)).fetchall()
-    policy = [s for s in slots if s[3] != "pinned"]
-    where = {int(item): j for j, item in enumerate(json.loads(candidate_index))}
-    index = np.array([where[int(s[1])] for s in policy], dtype=np.int64)
-    cond = np.array([s[2] for s in policy], dtype=float)
-    marg = dist.marginals()[index, np.arange(dist.n_slots)]
-    done = slate_sample(index, cond, marg, draws=dist.draws, marginal_draws=dist.marginal_draws)
-    return Completion(
-        event_id=event_id,
-        first=len(slots) - len(policy),
-        propensity=done.propensity,
-        marginal=done.marginal,
-        marginal_draws=done.marginal_draws,
-        joint=done.joint,
-        log_joint=done.log_joint,
-    )
+
+def completion(event_id: str, recipe: bytes, slots: list[tuple]) -> Completion:
+    """The completion of one pending decision from its recipe and its logged slots (no I/O)."""
+    policy = [(j, p) for j, p, pinned in slots if not pinned]
+    index = np.array([j for j, _ in policy], dtype=np.int64)
+    cond = np.array([p for _, p in policy], dtype=float)
+    return Completion.of(event_id, len(slots) - len(policy), with_marginals(from_recipe(recipe), index, cond))

@@ -18,7 +18,7 @@ from ..errors import ValidationError
 from ..types import LoggedDecisions, LoggedEvents
 from .checks import check_time
 from .codecs import WHOLE_DECISION, float_rows, number_lists, object_array, read_params
-from .pending import READ_RECIPES, SETTLE_BATCH, from_log
+from .pending import SETTLE_BATCH, completion, read_recipes
 
 MAX_SEQ = "SELECT coalesce(max(seq), 0) FROM decisions"
 TABLES = ("decisions", "slots", "rewards", "events", "model_versions", "items", "pending", "routed_rewards")
@@ -234,8 +234,8 @@ class LogReader:
         conn = self.db.conn
         while True:
             with self._lock:
-                rows = conn.execute(READ_RECIPES, (SETTLE_BATCH,)).fetchall()
-                done = [from_log(conn, *row) for row in rows]
+                rows = read_recipes(conn, SETTLE_BATCH)
+            done = [completion(*row) for row in rows]  # the Monte Carlo, outside the log's lock
             if not done or self.complete_pending(done) == 0:
                 break
         with self._lock:

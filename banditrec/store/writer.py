@@ -69,6 +69,19 @@ class Completion(NamedTuple):
     joint: float
     log_joint: float
 
+    @classmethod
+    def of(cls, event_id: str, first: int, sample) -> Completion:
+        """The completion that logs a completed :class:`~banditrec.policies.slate.SlateSample`."""
+        return cls(
+            event_id,
+            first,
+            sample.propensity,
+            sample.marginal,
+            int(sample.marginal_draws),
+            sample.joint,
+            sample.log_joint,
+        )
+
 
 def _pending_row(event_id: str, pending: bytes | bool) -> tuple:
     return (event_id, pending if isinstance(pending, bytes) else None)
