@@ -9,81 +9,27 @@ write path stops being the limit, not what N machines would give (each would hav
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
-import socket
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-import numpy as np
 from common import rng, table
 from service_bench import (
     BATCH,
     BENCH,
-    CONNECTIONS,
-    PROCS,
     SPEC,
     TOKEN,
     count_decisions,
     decide_body,
+    drive_many,
     encode,
     log_ceiling,
-    one_call,
 )
 
 from banditrec.service.runner import GunicornServer
 
 NODES = (1, 2, 3, 4)
-
-
-def _client(targets: list, threads: int, offset: int, start_at: float, stop_at: float, out) -> None:
-    """``threads`` keep-alive connections, thread ``k`` to node ``(offset + k) % N`` (round robin);
-    sends back the latencies (ns) of calls started after ``start_at`` and the non-200 count."""
-    lat: list[list[int]] = [[] for _ in range(threads)]
-    bad = [0] * threads
-
-    def run(k):
-        port, payloads = targets[(offset + k) % len(targets)]
-        sock = socket.create_connection(("127.0.0.1", port))
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        buf, i = bytearray(), k
-        while time.time() < stop_at:
-            now, t0 = time.time(), time.perf_counter_ns()
-            status = one_call(sock, payloads[i % len(payloads)], buf)
-            i += 1
-            if now >= start_at:
-                lat[k].append(time.perf_counter_ns() - t0)
-                bad[k] += status != 200
-        sock.close()
-
-    ts = [threading.Thread(target=run, args=(k,)) for k in range(threads)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    out.put((np.concatenate([np.asarray(x, dtype=np.int64) for x in lat]), sum(bad)))
-
-
-def drive_many(targets: list, seconds: float, warmup: float = 1.0) -> dict:
-    """:func:`service_bench.drive` over several nodes: the same 2 client processes x 4 threads,
-    the connections spread round robin over ``targets`` ((port, payloads) each)."""
-    ctx = mp.get_context("fork")
-    q = ctx.Queue()
-    start_at = time.time() + 0.3 + warmup
-    stop_at = start_at + seconds
-    per = CONNECTIONS // PROCS
-    procs = [ctx.Process(target=_client, args=(targets, per, j * per, start_at, stop_at, q)) for j in range(PROCS)]
-    for p in procs:
-        p.start()
-    parts = [q.get(timeout=seconds + 60) for _ in procs]
-    for p in procs:
-        p.join(timeout=30)
-    lat = np.concatenate([p[0] for p in parts])
-    if sum(p[1] for p in parts):
-        raise RuntimeError(f"{sum(p[1] for p in parts)} responses were not 200")
-    return {"n": len(lat), "rps": len(lat) / seconds, "p50": float(np.median(lat))}
 
 
 def bench_nodes(seconds: float = 5.0) -> list[list]:

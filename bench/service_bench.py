@@ -243,13 +243,15 @@ def one_call(sock: socket.socket, payload: bytes, buf: bytearray) -> int:
     return status
 
 
-def client_process(port: int, payloads: list[bytes], threads: int, start_at: float, stop_at: float, out):
-    """``threads`` keep-alive connections until ``stop_at``; sends back latencies (ns) of
-    requests started after ``start_at`` (the warm-up is discarded), statuses and CPU time."""
+def client_process(targets: list, threads: int, offset: int, start_at: float, stop_at: float, out):
+    """``threads`` keep-alive connections until ``stop_at``, thread ``k`` to target ``(offset +
+    k) % len(targets)`` (``(port, payloads)`` each: round robin over nodes); sends back latencies
+    (ns) of requests started after ``start_at`` (the warm-up is discarded), statuses and CPU time."""
     lat: list[list[int]] = [[] for _ in range(threads)]
     bad = [0] * threads
 
     def run(k):
+        port, payloads = targets[(offset + k) % len(targets)]
         sock = socket.create_connection(("127.0.0.1", port))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         buf = bytearray()
@@ -284,13 +286,19 @@ def cpu_seconds(pid: int) -> float:
 
 
 def drive(port: int, payloads: list[bytes], seconds: float, warmup: float = 1.0, workers: list[int] = ()) -> dict:
+    return drive_many([(port, payloads)], seconds, warmup, workers)
+
+
+def drive_many(targets: list, seconds: float, warmup: float = 1.0, workers: list[int] = ()) -> dict:
+    """:func:`drive` with the connections spread round robin over ``targets`` ((port, payloads)
+    each: several serving nodes)."""
     ctx = mp.get_context("fork")
     q = ctx.Queue()
     start_at = time.time() + 0.3 + warmup
     stop_at = start_at + seconds
+    per = CONNECTIONS // PROCS
     procs = [
-        ctx.Process(target=client_process, args=(port, payloads, CONNECTIONS // PROCS, start_at, stop_at, q))
-        for _ in range(PROCS)
+        ctx.Process(target=client_process, args=(targets, per, j * per, start_at, stop_at, q)) for j in range(PROCS)
     ]
     for p in procs:
         p.start()
