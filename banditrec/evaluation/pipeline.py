@@ -278,15 +278,23 @@ def trained_candidates(
 ) -> tuple[list, dict]:
     """The candidates built with ``env`` (its ``popularity`` from the training share) and
     trained on the training chunks, one chunk in memory at a time: a first pass for popularity
-    and the importance weights' scale over every training row, a second to learn. A policy
-    whose statistics are sums (the ridge family, undiscounted) learns each chunk in a fresh copy
-    where the chunk is (a Dask worker with ``client``) and merges the copies; the others learn
-    the chunks in order here. The same policies as :func:`candidate_policy` on the whole
-    share, up to the order of the sums."""
+    and the importance weights' scale over every training row, a second to learn (in process,
+    a one-chunk share is read once). With ``client``, a policy whose statistics are sums (the
+    ridge family, undiscounted) learns each chunk in a fresh copy on the worker that reads it,
+    and the copies merge; the others learn the chunks in order here. The same policies as
+    :func:`candidate_policy` on the whole share, up to the order of the sums."""
     n_items = len(features)
-    firsts = run_tasks(
-        _train_pass, train, client=client, shared={"n_items": n_items}, progress=progress, desc="training share"
-    )
+    held = None  # in process, a one-chunk share is read once
+    if client is None:
+        firsts = []
+        for chunk in train:
+            logged = chunk.load()
+            firsts.append(_train_stats(logged, n_items))
+            held = logged if len(train) == 1 else None
+    else:
+        firsts = run_tasks(
+            _train_pass, train, client=client, shared={"n_items": n_items}, progress=progress, desc="training share"
+        )
     popularity = np.ones(n_items) + sum((f["rewarded"] for f in firsts), np.zeros(n_items))
     env = {**env, "popularity": popularity}
     policies = [candidate_policy(spec, env, None, features, cold=cold) for spec in specs]
@@ -294,27 +302,33 @@ def trained_candidates(
     if not len(rows):
         return policies, env
     scale = ImportanceScale.of(rows)
-    merged = [j for j, p in enumerate(policies) if isinstance(p, JointRidgePolicy) and p.mergeable]
-    if merged:
-        todo = {"specs": [specs[j] for j in merged], "env": env, "features": features, "cold": cold, "scale": scale}
+    remote = (
+        [] if client is None else [j for j, p in enumerate(policies) if isinstance(p, JointRidgePolicy) and p.mergeable]
+    )
+    if remote:
+        todo = {"specs": [specs[j] for j in remote], "env": env, "features": features, "cold": cold, "scale": scale}
         parts = run_tasks(_train_chunk, train, client=client, shared=todo, progress=progress, desc="training")
-        for k, j in enumerate(merged):
+        for k, j in enumerate(remote):
             cast(JointRidgePolicy, policies[j]).merge([part[k] for part in parts if part is not None])
-    ordered = [p for j, p in enumerate(policies) if j not in merged]
-    if ordered:
+    here = [p for j, p in enumerate(policies) if j not in remote]
+    if here:
         for chunk in train:
-            logged = chunk.load()
+            logged = held if held is not None else chunk.load()
             if logged.n_decisions:
                 weight = scale(logged.row_pscore)
-                for policy in ordered:
+                for policy in here:
                     learn_from_log(policy, logged, features, cold=cold, weight=weight)
     return policies, env
 
 
+def _train_stats(logged: LoggedDecisions, n_items: int) -> dict:
+    """Training pass 1 of a chunk: its rewarded rows per item and its rows' logged marginals."""
+    return {"rewarded": rewarded_rows(logged, n_items), "pscore": logged.row_pscore}
+
+
 def _train_pass(chunk, shared: dict) -> dict:
-    """Training pass 1: a chunk's rewarded rows per item and its rows' logged marginals."""
-    logged = chunk.load()
-    return {"rewarded": rewarded_rows(logged, shared["n_items"]), "pscore": logged.row_pscore}
+    """:func:`_train_stats` as a Dask task."""
+    return _train_stats(chunk.load(), shared["n_items"])
 
 
 def _train_chunk(chunk, shared: dict):
