@@ -125,10 +125,10 @@ def decision_rows(
     ``slot_index`` that of each slot's item; slots must be at positions 0..K-1 in order. NaN
     propensities (logged as NULL) are refused unless the decision is ``pending``.
     """
-    if not pending:
-        probs = [decision.joint_propensity, decision.log_joint_propensity]
-        probs += [v for s in decision.slots for v in (s.propensity, s.marginal)]
-        if any(v != v for v in probs):  # NaN: left for later only by a pending decision
+    if not pending:  # one sum: a NaN anywhere makes it NaN (values left for later: pending only)
+        total = decision.joint_propensity + decision.log_joint_propensity
+        total += sum(s.propensity + s.marginal for s in decision.slots)
+        if total != total:
             raise ValidationError("a propensity is NaN in a decision that is not pending", "slots")
     if len(slot_index) != len(decision.slots) or len(candidate_index) != len(decision.candidates):
         raise ValidationError(
