@@ -65,6 +65,8 @@ class Decision:
     # the carousel's length when ``slots`` holds only some of its positions (an imported log
     # that observed one position per round, as the Open Bandit Dataset does); None: all of them
     n_slots: int | None = None
+    # the source that proposed each of ``candidates`` (same order); None: the request brought them
+    candidate_sources: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)

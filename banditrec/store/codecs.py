@@ -180,6 +180,7 @@ def decision_rows(
         float(decision.joint_propensity),
         float(decision.log_joint_propensity),
         decision.build,
+        None if decision.candidate_sources is None else json_strings(decision.candidate_sources),
     )
     slot_rows = [
         (

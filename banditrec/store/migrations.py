@@ -197,3 +197,10 @@ def _routed_rewards(db):
         );
         """
     )
+
+
+@migrations(name="0007_candidate_sources")
+def _candidate_sources(db):
+    """Which candidate source proposed each candidate: a JSON list of source names in the order of
+    ``candidates`` (NULL: the request brought its candidates). The ablation report reads it."""
+    db.executescript("ALTER TABLE decisions ADD COLUMN candidate_sources TEXT NULL;")

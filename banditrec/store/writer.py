@@ -25,8 +25,8 @@ from .shards import shard_of
 
 INSERT_DECISION = (
     "INSERT INTO decisions (event_id, ts, user_id, surface, policy, policy_params, model_version, n_slots, "
-    "candidates, candidate_index, context, joint_propensity, log_joint_propensity, shop_build) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "candidates, candidate_index, context, joint_propensity, log_joint_propensity, shop_build, candidate_sources) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 INSERT_SLOT = "INSERT INTO slots VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 INSERT_PENDING = "INSERT INTO pending (event_id, recipe) VALUES (?, ?)"

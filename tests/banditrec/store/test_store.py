@@ -153,6 +153,7 @@ def test_file_log_uses_wal_and_migrates_once(make_log, tmp_path):
         "0004_policy_names",
         "0005_pending_propensities",
         "0006_log_meta_routed_rewards",
+        "0007_candidate_sources",
     ]
     assert again.count("decisions") == 1
     assert again.integrity_ok()
@@ -399,7 +400,7 @@ def test_a_log_written_under_the_old_policy_names_is_renamed_with_a_warning(make
             row, slot_rows = decision_rows(
                 dataclasses.replace(decision(event_id), policy=name), {"epsilon": 0.1}, [0, 1, 2], [0, 1], (0.25, -0.5)
             )
-            db.execute(INSERT_DECISION, row)
+            db.execute(INSERT_DECISION.replace(", candidate_sources)", ")").replace(", ?)", ")"), row[:-1])  # pre-0007
             db.conn.executemany(INSERT_SLOT, slot_rows)
         db.execute("INSERT INTO model_versions (version, policy, params, created_ts) VALUES ('v1', 'linucb', '{}', 1)")
     db.close()
@@ -421,9 +422,10 @@ def test_a_log_made_by_the_first_migration_only_is_migrated_with_its_data(make_l
     assert [m.name for m in migrations.applied(db)] == ["0001_decisions_slots_rewards"]
     assert "events" not in db.table_names()
     row, slot_rows = decision_rows(decision(), {"epsilon": 0.1}, [0, 1, 2], [0, 1], (0.25, -0.5))
-    insert_0001 = INSERT_DECISION.replace(", shop_build)", ")").replace(", ?)", ")")  # 0003 added shop_build
+    # 0003 added shop_build, 0007 candidate_sources
+    insert_0001 = INSERT_DECISION.replace(", shop_build, candidate_sources)", ")").replace(", ?, ?)", ")")
     with db.atomic():
-        db.execute(insert_0001, row[:-1])
+        db.execute(insert_0001, row[:-2])
         db.conn.executemany(INSERT_SLOT, slot_rows)
         db.execute("INSERT INTO rewards VALUES ('e1', 1, 'click', 1.0, 5.0)")  # the 0001 layout: 5 columns
     db.close()
@@ -436,6 +438,7 @@ def test_a_log_made_by_the_first_migration_only_is_migrated_with_its_data(make_l
         "0004_policy_names",
         "0005_pending_propensities",
         "0006_log_meta_routed_rewards",
+        "0007_candidate_sources",
     ]
     assert log.db.execute("SELECT event_id, position, reward, ts, late FROM rewards").fetchall() == [
         ("e1", 1, 1.0, 5.0, 0)
