@@ -601,12 +601,12 @@ class Engine:
             eligible = items.n_items - len(unavailable)
             n = min(self.n_candidates, eligible)
             segment = None
+            row = parts.user_index.get(user_id) if parts.user_index is not None else None
             if parts.user_segment is not None:  # a shop's users have segments
-                row = parts.user_index.get(user_id)
                 segment = None if row is None else int(parts.user_segment[row])
-            idx, _, source = parts.candidate_generator.candidates_for_session(
-                history, session, n, exclude=excluded, segment=segment
-            )
+            gen = parts.candidate_generator
+            more = {"user": row, "now": float(self.clock())} if getattr(gen, "per_user", False) else {}
+            idx, _, source = gen.candidates_for_session(history, session, n, exclude=excluded, segment=segment, **more)
             if len(idx) < n and parts.backfill is not None:
                 # what the generator left out stays out: the history and session too, not only `exclude`
                 idx, source = _backfill(idx, source, parts.backfill, unavailable, n)
@@ -883,6 +883,7 @@ class Engine:
             candidates=inp.cand_ids,
             ts=float(self.clock()),
             build=inp.parts.build,
+            candidate_sources=None if isinstance(inp.source, str) else tuple(inp.source.tolist()),
         )
         return DecisionRecord(
             decision=decision,

@@ -118,11 +118,16 @@ def reference_candidates(gen, state, N, *, popularity, exclude=()):
     last = len(popularity) - 1
     seg = state.segment if state.segment is not None and 0 <= state.segment < last else last
     pop = _dense_top(popularity[seg], gen.n_popular)
-    comps = np.stack([comp, sim, new, pop])
+    extra = _reference_extra(gen, state, cp, vw, n)
+    comps = np.stack([comp, sim, new, pop, *(np.zeros(n) if e is None else e for e in extra)])
     peak = comps.max(axis=1, keepdims=True)
     np.divide(comps, peak, out=comps, where=peak > 0)
-    w = [gen.weights[k] for k in ("complement", "similar", "new", "popular")]
+    names = np.array(["complement", "similar", "new", "popular", "factors", "reorder", "accessory"], dtype=object)
+    w = [gen.weights[k] for k in names]
     total = ((w[0] * comps[0] + w[1] * comps[1]) + w[2] * comps[2]) + w[3] * comps[3]
+    for c in range(4, 7):
+        if extra[c - 4] is not None:
+            total = total + w[c] * comps[c]
     banned = gen.filters.banned(state, n) | ~gen.active
     banned[np.asarray(state.cart, dtype=np.int64)] = True
     banned[np.asarray(exclude, dtype=np.int64)] = True
@@ -141,9 +146,84 @@ def reference_candidates(gen, state, N, *, popularity, exclude=()):
         add = cand[np.argsort(-score[cand], kind="stable")[: min(gen.min_new - have, N)]]
         if len(add):
             pick = np.r_[pick, add] if len(pick) + len(add) <= N else np.r_[pick[: N - len(add)], add]
-    names = np.array(["complement", "similar", "new", "popular"], dtype=object)
     source = names[np.argmax(comps[:, pick] * np.asarray(w)[:, None], axis=0)]
+    if gen.quotas:
+        pick, source = _reference_quotas(gen, pick, source, comps, score, N)
     return pick, score[pick], source
+
+
+def _reference_extra(gen, state, cp, vw, n):
+    """The dense factors, reorder and accessory components (None: the generator has none)."""
+    out = [None, None, None]
+    if gen.factors is not None:
+        out[0] = np.zeros(n)
+        seen = np.r_[state.cart, state.purchased, state.viewed]
+        if len(seen):
+            weights = np.r_[np.ones(len(state.cart)), 0.7 ** np.arange(len(state.purchased)), vw]
+            ids, sc = gen.factors.recommend(seen, weights=weights, N=gen.n_source)
+            keep = np.asarray(sc) > 0
+            out[0][np.asarray(ids)[keep]] = np.asarray(sc, dtype=float)[keep]
+    if gen.reorder is not None:
+        out[1] = np.zeros(n)
+        if state.user is not None and state.user >= 0 and state.now is not None:
+            ids, sc = gen.reorder.candidates(
+                state.user, state.now, gen.n_source, session_purchased=state.session_purchased
+            )
+            keep = np.asarray(sc) > 0
+            out[1][np.asarray(ids)[keep]] = np.asarray(sc, dtype=float)[keep]
+    if gen.accessory is not None:
+        out[2] = _add_rows(gen.accessory, cp, n)
+    return out
+
+
+def _reference_quotas(gen, pick, source, comps, score, N):
+    """The quota step over one user's picks, item by item: for each quota source in order, its
+    first ``q`` members in the row (and ``min_new`` new items) are protected; a short row takes
+    the source's best eligible items it lacks (type cap respected), dropping its lowest
+    unprotected picks when full."""
+    code = {k: c for c, k in enumerate(["complement", "similar", "new", "popular", "factors", "reorder", "accessory"])}
+    pick, source = list(pick.tolist()), list(source.tolist())
+    protected = [False] * len(pick)
+    if gen.min_new >= 1 and gen.meta_new is not None:
+        cold = [i for i, j in enumerate(pick) if gen.cold[j]][: gen.min_new]
+        for i in cold:
+            protected[i] = True
+    for s, q in gen.quotas.items():
+        c = code[s]
+        if not comps[c].any() and not _has(gen, s):
+            continue
+        member = [i for i, j in enumerate(pick) if comps[c][j] > 0]
+        for i in member[:q]:
+            protected[i] = True
+        need = q - len(member)
+        if need <= 0:
+            continue
+        counts = {}
+        for j in pick:
+            counts[int(gen.types[j])] = counts.get(int(gen.types[j]), 0) + 1
+        cand = [
+            j
+            for j in range(len(score))
+            if score[j] > 0
+            and comps[c][j] > 0
+            and j not in pick
+            and counts.get(int(gen.types[j]), 0) < gen.max_per_type
+        ]
+        cand.sort(key=lambda j: (-comps[c][j], j))
+        free = [i for i in range(len(pick)) if not protected[i]]
+        add = cand[: min(need, N - len(pick) + len(free))]
+        if not add:
+            continue
+        drop = set(free[len(free) - max(0, len(pick) + len(add) - N) :]) if len(pick) + len(add) > N else set()
+        keep = [i for i in range(len(pick)) if i not in drop]
+        pick = [pick[i] for i in keep] + add
+        source = [source[i] for i in keep] + [s] * len(add)
+        protected = [protected[i] for i in keep] + [True] * len(add)
+    return np.asarray(pick, dtype=np.int64), np.asarray(source, dtype=object)
+
+
+def _has(gen, s):
+    return {"factors": gen.factors, "reorder": gen.reorder, "accessory": gen.accessory}.get(s, True) is not None
 
 
 def reference_cf_candidates(similarity, popularity, history, N, exclude=()):

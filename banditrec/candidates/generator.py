@@ -20,11 +20,22 @@ from .keys import distinct, distinct_inverse
 from .rules import Filters, UserState, diversify_sorted
 from .signals import DAY_S, MAX_PAIR_DISTANCE, Interactions, pair_signals
 
-SOURCES = ("complement", "similar", "new", "popular")
-DEFAULT_WEIGHTS = {"complement": 1.0, "similar": 0.3, "new": 0.5, "popular": 0.5}
+SOURCES = ("complement", "similar", "new", "popular", "factors", "reorder", "accessory")
+DEFAULT_WEIGHTS = {
+    "complement": 1.0,
+    "similar": 0.3,
+    "new": 0.5,
+    "popular": 0.5,
+    "factors": 0.5,
+    "reorder": 1.0,
+    "accessory": 0.5,
+}
+QUOTA_SOURCES = ("complement", "similar", "popular", "factors", "reorder", "accessory")  # "new": min_new
 STEPS = ("signals", "cf", "complements", "substitutes", "metadata", "popularity")
 FORMAT = "banditrec.CandidateGenerator"
 _NAMES = np.asarray(SOURCES, dtype=object)
+_CODE = {name: c for c, name in enumerate(SOURCES)}
+_ABSENT = np.zeros(0)  # the component of a source the generator does not have
 
 
 class CandidateGenerator:
@@ -52,6 +63,18 @@ class CandidateGenerator:
         Popular items kept per segment; back-off items kept per product type.
     max_pair_distance : int or None
         The per-session pair cap of :func:`pair_signals`.
+    quotas : dict, optional
+        Source -> the fewest candidates a row keeps from that source when it has any eligible
+        (the ``new`` source's is ``min_new``). Sources: :data:`QUOTA_SOURCES`.
+    factors, reorder : optional
+        A fitted :class:`~banditrec.candidates.factors.LatentFactors` ("because you liked") and
+        :class:`~banditrec.candidates.reorder.ReorderModel` ("due to reorder"); None leaves the
+        source out. Set them before :meth:`fit` or after (they are fitted on their own).
+    accessory : scipy.sparse matrix (n_items, n_items), optional
+        ``accessory[a, x]``: weight of "x is an accessory of a" (the product graph's
+        ``accessory_of`` edges, reversed); cart and purchases seed it.
+    n_source : int, default 100
+        Candidates each per-user source (factors, reorder) proposes per row.
 
     Raises
     ------
@@ -77,6 +100,11 @@ class CandidateGenerator:
         n_popular: int = 300,
         n_backoff: int = 50,
         max_pair_distance: int | None = MAX_PAIR_DISTANCE,
+        quotas: dict | None = None,
+        factors=None,
+        reorder=None,
+        accessory=None,
+        n_source: int = 100,
     ):
         self.cf = ItemItemCF(n_neighbors, weighting=weighting)
         self.complement_model = ComplementModel(n_neighbors=n_neighbors, n_backoff=n_backoff)
@@ -94,6 +122,22 @@ class CandidateGenerator:
                 raise ValidationError(f"weights: unknown component {k!r}; known: {', '.join(SOURCES)}", "weights")
             w[k] = float(v)
         self.weights = w
+        q = {}
+        for k, v in (quotas or {}).items():
+            if k not in QUOTA_SOURCES:
+                raise ValidationError(
+                    f"quotas: unknown source {k!r}; known: {', '.join(QUOTA_SOURCES)} (new items: min_new)", "quotas"
+                )
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+                raise ValidationError(f"quotas.{k} must be an integer >= 0, got {v!r}", f"quotas.{k}")
+            if v:
+                q[k] = int(v)
+        self.quotas = q
+        if isinstance(n_source, bool) or not isinstance(n_source, int) or n_source < 1:
+            raise ValidationError(f"n_source must be a positive integer, got {n_source!r}", "n_source")
+        self.n_source = n_source
+        self.factors, self.reorder = factors, reorder
+        self.accessory = None if accessory is None else sp.csr_matrix(accessory)
         self.filters = filters or Filters()
         self.metadata = metadata
         self.fitted = False
@@ -114,6 +158,8 @@ class CandidateGenerator:
             "n_popular": self.n_popular,
             "n_backoff": self.complement_model.n_backoff,
             "max_pair_distance": self.max_pair_distance,
+            "quotas": dict(self.quotas),
+            "n_source": self.n_source,
         }
 
     # ---- fitting ---------------------------------------------------------------------------
@@ -328,6 +374,9 @@ class CandidateGenerator:
         prow, pitem = pool // n, pool % n
         w = [self.weights[s] for s in SOURCES]
         total = ((w[0] * comps[0] + w[1] * comps[1]) + w[2] * comps[2]) + w[3] * comps[3]
+        for c in range(4, len(SOURCES)):
+            if comps[c] is not _ABSENT:
+                total = total + w[c] * comps[c]
         cart_rows, cart_items = _entries([s.cart for s in states])
         banned = self.filters.banned_among_batch(states, prow, pitem) | ~self.active[pitem]
         if len(cart_items):
@@ -339,8 +388,13 @@ class CandidateGenerator:
         pick = self._diversified(ok, prow, pitem, score, N, len(states))
         if self.min_new >= 1 and self.meta_new is not None:
             pick = self._keep_new(pick, ok, prow, pitem, score, N)
-        weighted = np.stack([w[c] * comps[c][pick] for c in range(4)])
-        return prow[pick], pitem[pick], score[pick], np.argmax(weighted, axis=0)
+        weighted = np.stack(
+            [w[c] * comps[c][pick] if comps[c] is not _ABSENT else np.zeros(len(pick)) for c in range(len(SOURCES))]
+        )
+        source = np.argmax(weighted, axis=0)
+        if self.quotas:
+            pick, source = self._keep_quotas(pick, source, ok, prow, pitem, comps, N)
+        return prow[pick], pitem[pick], score[pick], source
 
     def _diversified(self, ok, prow, pitem, score, N: int, m: int) -> np.ndarray:
         """Pool positions picked by :func:`diversify` over each row's eligible entries ``ok``,
@@ -429,6 +483,93 @@ class CandidateGenerator:
         out.append(pick[last:])
         return np.concatenate(out)
 
+    def _keep_quotas(self, pick, source, ok, prow, pitem, comps, N: int):
+        """``(pick, source)`` with each row holding at least ``quotas[s]`` items from every
+        quota source ``s`` that has eligible items: a short row gets its best missing items of
+        that source (by the source's own score, type cap respected), which replace the row's
+        lowest unprotected picks when it is full. An item counts for ``s`` when ``s`` proposed it
+        (its component is positive); an added item's logged source is ``s``. The items that
+        meet an earlier quota, and the new items of ``min_new``, are protected."""
+        codes = [(_CODE[s], q) for s, q in self.quotas.items() if comps[_CODE[s]] is not _ABSENT]
+        if not codes or len(pick) == 0 and len(ok) == 0:
+            return pick, source
+        m = int(prow.max(initial=-1)) + 1
+        short = np.zeros(m, bool)
+        for c, q in codes:
+            have = np.bincount(prow[pick], weights=comps[c][pick] > 0, minlength=m)
+            avail = np.bincount(prow[ok], weights=comps[c][ok] > 0, minlength=m)
+            short |= (have < q) & (avail > have)
+        rows = np.flatnonzero(short)
+        if len(rows) == 0:
+            return pick, source
+        bounds = np.searchsorted(prow[pick], np.arange(m + 1))
+        okb = np.searchsorted(prow[ok], np.arange(m + 1))
+        n_types = int(self.types.max(initial=0)) + 1
+        out_pick, out_source, last = [], [], 0
+        for r in rows.tolist():
+            mine, msrc = pick[bounds[r] : bounds[r + 1]], source[bounds[r] : bounds[r + 1]]
+            mine_ok = ok[okb[r] : okb[r + 1]]
+            protected = np.zeros(len(mine), bool)
+            if self.min_new >= 1 and self.meta_new is not None:
+                protected[np.flatnonzero(self.cold[pitem[mine]])[: self.min_new]] = True
+            for c, q in codes:
+                member = np.flatnonzero(comps[c][mine] > 0)
+                protected[member[:q]] = True
+                need = q - len(member)
+                if need <= 0:
+                    continue
+                cand = mine_ok[(comps[c][mine_ok] > 0) & ~np.isin(mine_ok, mine)]
+                counts = np.bincount(self.types[pitem[mine]], minlength=n_types)
+                cand = cand[counts[self.types[pitem[cand]]] < self.max_per_type]
+                cand = cand[np.lexsort((pitem[cand], -comps[c][cand]))]
+                free = np.flatnonzero(~protected)
+                add = cand[: min(need, N - len(mine) + len(free))]
+                if len(add) == 0:
+                    continue
+                drop = max(0, len(mine) + len(add) - N)
+                keep = np.ones(len(mine), bool)
+                keep[free[len(free) - drop :] if drop else []] = False
+                mine = np.r_[mine[keep], add]
+                msrc = np.r_[msrc[keep], np.full(len(add), c)]
+                protected = np.r_[protected[keep], np.ones(len(add), bool)]
+            out_pick += [pick[last : bounds[r]], mine]
+            out_source += [source[last : bounds[r]], msrc]
+            last = bounds[r + 1]
+        out_pick.append(pick[last:])
+        out_source.append(source[last:])
+        return np.concatenate(out_pick), np.concatenate(out_source)
+
+    def _per_user_entries(self, states: list[UserState]) -> dict[str, Entries]:
+        """Entries ``(row, item, score)`` of the per-user sources: latent factors (a user
+        vector folded in from the cart, purchases and views, its ``n_source`` best items) and
+        reorder timing (the types due for each user at the request's time)."""
+        out: dict[str, Entries] = {}
+        if self.factors is not None:
+            rows, items, scores = [], [], []
+            for r, s in enumerate(states):
+                seen = np.r_[s.cart, s.purchased, s.viewed]
+                if len(seen) == 0:
+                    continue
+                w = np.r_[np.ones(len(s.cart)), 0.7 ** np.arange(len(s.purchased)), self._view_weights(s)]
+                ids, sc = self.factors.recommend(seen, weights=w, N=self.n_source)
+                keep = sc > 0
+                rows.append(np.full(int(keep.sum()), r, dtype=np.int64))
+                items.append(np.asarray(ids, dtype=np.int64)[keep])
+                scores.append(np.asarray(sc, dtype=float)[keep])
+            out["factors"] = _entries_of(rows, items, scores)
+        if self.reorder is not None:
+            rows, items, scores = [], [], []
+            for r, s in enumerate(states):
+                if s.user is None or s.user < 0 or s.now is None:
+                    continue
+                ids, sc = self.reorder.candidates(s.user, s.now, self.n_source, session_purchased=s.session_purchased)
+                keep = np.asarray(sc) > 0
+                rows.append(np.full(int(keep.sum()), r, dtype=np.int64))
+                items.append(np.asarray(ids, dtype=np.int64)[keep])
+                scores.append(np.asarray(sc, dtype=float)[keep])
+            out["reorder"] = _entries_of(rows, items, scores)
+        return out
+
     def _pool(self, states: list[UserState]) -> tuple[np.ndarray, list[np.ndarray]]:
         """The pool keys ``row * n_items + item`` (sorted) with a nonzero component entry, and
         the four components on it, each scaled so that a row's best item scores 1."""
@@ -480,15 +621,25 @@ class CandidateGenerator:
                 np.ones(m),
             )
         )
+        n_base = len(parts)
+        extra: dict[str, Entries] = self._per_user_entries(states) if self.factors or self.reorder else {}
+        if self.accessory is not None:
+            A = self.accessory
+            extra["accessory"] = gather_rows(A.indptr, A.indices, A.data, cp.rows, cp.cols, cp.weights)
+        extra_names = [k for k in ("factors", "reorder", "accessory") if k in extra]
+        parts += [extra[k] for k in extra_names]
         keys = np.concatenate([p.rows * n + p.cols for p in parts])
         pool, inv = self._dedupe(keys) if m == 1 else distinct_inverse(keys)
         P = len(pool)
         part = np.repeat(np.arange(len(parts)), [len(p.rows) for p in parts])
         val = _sum_by(part * P + inv, np.concatenate([p.weights for p in parts]), len(parts) * P).reshape(len(parts), P)
         new = val[3] if self.meta_new is not None else np.zeros(P)
-        comps = [val[0] + cm.backoff * val[1], val[2], new, val[-1]]
+        comps = [val[0] + cm.backoff * val[1], val[2], new, val[n_base - 1]]
+        comps += [val[n_base + extra_names.index(k)] if k in extra_names else _ABSENT for k in SOURCES[4:]]
         if m == 1:
             for c in comps:
+                if c is _ABSENT:
+                    continue
                 peak = c.max() if P else 0.0
                 if P < n:
                     peak = max(peak, 0.0)  # items off the pool score 0
@@ -500,6 +651,8 @@ class CandidateGenerator:
         size = np.diff(np.append(starts, P))
         has = size > 0
         for c in comps:
+            if c is _ABSENT:
+                continue
             peak = np.zeros(m)
             if P:
                 peak[has] = np.maximum.reduceat(c, starts[has])
@@ -527,16 +680,31 @@ class CandidateGenerator:
         return 0.7 ** np.arange(len(s.viewed))
 
     # ---- the engine's seam ---------------------------------------------------------------------
-    def candidates_for_session(self, history, session, N: int, exclude=None, segment: int | None = None):
+    per_user = True  # the engine passes ``user`` and ``now`` to candidates_for_session
+
+    def candidates_for_session(
+        self,
+        history,
+        session,
+        N: int,
+        exclude=None,
+        segment: int | None = None,
+        user: int | None = None,
+        now: float | None = None,
+    ):
         """The candidate source of :class:`banditrec.engine.Engine` (:class:`CandidateSource`):
         the user's known purchases plus the
         session's cart, purchases and views (newest first); ``segment``: the user's segment
-        index (None: unknown, the all-users popular list)."""
+        index (None: unknown, the all-users popular list); ``user``: the user's row in the
+        shop's users (None: unknown); ``now``: the request's time."""
         state = UserState(
             cart=session.cart,
             purchased=np.r_[session.purchased, np.asarray(history, dtype=np.int64)],
             viewed=session.viewed,
             segment=segment,
+            user=user,
+            now=now,
+            session_purchased=session.purchased,
         )
         return self.candidates(state, N, exclude=exclude)
 
@@ -553,7 +721,11 @@ class CandidateGenerator:
         if self.meta_new is not None:
             put_csr(out, "meta_new", self.meta_new)
         parts: dict[str, dict | None] = {}
-        for name, part in (("cf", self.cf), ("complements", self.complement_model), ("metadata", self.metadata)):
+        if self.accessory is not None:
+            put_csr(out, "accessory", self.accessory)
+        named = [("cf", self.cf), ("complements", self.complement_model), ("metadata", self.metadata)]
+        named += [("factors", self.factors), ("reorder", self.reorder)]
+        for name, part in named:
             if part is None:
                 parts[name] = None
                 continue
@@ -567,6 +739,7 @@ class CandidateGenerator:
             "n_types": int(self.types.max(initial=-1)) + 1,
             "n_segments": self.n_segments,
             "has_new": self.meta_new is not None,
+            "has_accessory": self.accessory is not None,
             "params": self.params,
             "parts": parts,
         }
@@ -588,7 +761,16 @@ class CandidateGenerator:
         metadata = None
         if parts["metadata"] is not None:
             metadata = MetadataIndex.from_arrays(Prefixed(arrays, "metadata."), parts["metadata"])
-        gen, meta = from_meta(cls, meta, FORMAT, filters=filters, metadata=metadata)
+        factors = reorder = None
+        if parts.get("factors") is not None:
+            from .factors import LatentFactors
+
+            factors = LatentFactors.from_arrays(Prefixed(arrays, "factors."), parts["factors"])
+        if parts.get("reorder") is not None:
+            from .reorder import ReorderModel
+
+            reorder = ReorderModel.from_arrays(Prefixed(arrays, "reorder."), parts["reorder"])
+        gen, meta = from_meta(cls, meta, FORMAT, filters=filters, metadata=metadata, factors=factors, reorder=reorder)
         gen.cf = ItemItemCF.from_arrays(Prefixed(arrays, "cf."), parts["cf"])
         gen.complement_model = ComplementModel.from_arrays(Prefixed(arrays, "complements."), parts["complements"])
         gen.types = take(arrays, "types", "i", (n,)).astype(np.int64)
@@ -607,6 +789,7 @@ class CandidateGenerator:
         gen.substitutes = take_csr(arrays, "substitutes", (n, n))
         gen.popular = take_csr(arrays, "popular", (n_seg + 1, n))
         gen.meta_new = take_csr(arrays, "meta_new", (n, n)) if meta.get("has_new") else None
+        gen.accessory = take_csr(arrays, "accessory", (n, n)) if meta.get("has_accessory") else None
         if (gen.meta_new is None) != (metadata is None):
             raise ValidationError("metadata 'has_new' and the metadata part disagree", "meta.has_new")
         gen.signals = None
@@ -700,6 +883,13 @@ def _substitute_table(pairs: sp.csr_matrix, cf: sp.csr_matrix, n: int, active: n
     table = sp.csr_matrix((val[keep], (row[keep], col[keep])), shape=pairs.shape)  # sums the two parts
     table.eliminate_zeros()
     return _top_n_per_row(table, n)
+
+
+def _entries_of(rows: list, items: list, scores: list) -> Entries:
+    """Per-row lists concatenated as entries (empty when there are none)."""
+    if not rows:
+        return Entries(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0))
+    return Entries(np.concatenate(rows), np.concatenate(items), np.concatenate(scores))
 
 
 def _entries(lists: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -20,16 +20,21 @@ EMPTY = np.empty(0, dtype=np.int64)
 class UserState:
     """Item indices, newest first: what is in the cart, bought and viewed lately. ``view_age_s``
     (seconds since each view) weights views by recency when given; ``segment`` selects the
-    popular-in-segment fallback; ``known`` is False for a user the shop has never seen."""
+    popular-in-segment fallback; ``known`` is False for a user the shop has never seen.
+    ``user``, ``now`` and ``session_purchased`` feed the per-user sources (latent factors,
+    reorder timing)."""
 
     cart: np.ndarray = field(default_factory=lambda: EMPTY)
     purchased: np.ndarray = field(default_factory=lambda: EMPTY)
     viewed: np.ndarray = field(default_factory=lambda: EMPTY)
     view_age_s: np.ndarray | None = None
     segment: int | None = None
+    user: int | None = None  # the user's row in the shop's users (None: unknown), for per-user models
+    now: float | None = None  # the request's time (seconds), for time-aware sources (reorder)
+    session_purchased: np.ndarray = field(default_factory=lambda: EMPTY)  # bought within the session
 
     def __post_init__(self):
-        for name in ("cart", "purchased", "viewed"):
+        for name in ("cart", "purchased", "viewed", "session_purchased"):
             arr = np.asarray(getattr(self, name), dtype=np.int64).ravel()
             object.__setattr__(self, name, arr)
         if self.view_age_s is not None:
@@ -45,7 +50,7 @@ class UserState:
         return bool(len(self.cart) or len(self.purchased) or len(self.viewed))
 
     def check(self, n_items: int) -> None:
-        for name in ("cart", "purchased", "viewed"):
+        for name in ("cart", "purchased", "viewed", "session_purchased"):
             arr = getattr(self, name)
             if len(arr) and (arr.min() < 0 or arr.max() >= n_items):
                 raise ValidationError(f"{name} holds item indices outside [0, {n_items})", name)
