@@ -544,6 +544,50 @@ def evaluate(
     click.echo(f"report: {result.report}")
 
 
+@main.command()
+@click.option(
+    "--db", required=True, type=click.Path(dir_okay=False), help="Decision log served with candidate sources."
+)
+@click.option(
+    "--shop",
+    "shop_dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="The shop directory that served the log (its item features); default the log's items table.",
+)
+@click.option("--policy", default=None, help="Target policy spec [default: the spec that logged most decisions].")
+@click.option("--kind", default="click", show_default=True, help="Reward kind.")
+@click.option(
+    "--train-frac",
+    default=0.5,
+    show_default=True,
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    help="Share of the log (oldest first) the target policy learns from before the ablation.",
+)
+@click.option("--estimator", default="SNIPS", show_default=True, type=click.Choice(["IPS", "SNIPS"]))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of the tables.")
+@usage_errors
+def ablation(db, shop_dir, policy, kind, train_frac, estimator, as_json):
+    """What each candidate source adds: the log's account per source and the off-policy value
+    of serving without each one (docs/candidates.md, "Ablation")."""
+    import json
+
+    from .evaluation.ablation import ablation_log
+    from .shop import Shop
+
+    if not Path(db).is_file():
+        raise click.UsageError(f"{db}: no such decision log")
+    result = ablation_log(
+        db,
+        policy=policy,
+        shop=Shop(shop_dir) if shop_dir else None,
+        kind=kind,
+        train_frac=train_frac,
+        estimator=estimator,
+    )
+    click.echo(json.dumps(result.as_json(), indent=2) if as_json else result.table())
+
+
 # ---- moving logs in and out (banditrec.store.exchange) -----------------------------------------
 
 

@@ -1,0 +1,331 @@
+"""``banditrec ablation``: what each candidate source adds, read off a decision log.
+
+Two tables per log:
+
+* **The log's account.** Per source: the candidates it proposed, the policy's slots shown from
+  it, the reward on those slots and its share of all reward. Every logged policy slot has one
+  source, so the columns sum to the log's totals.
+* **Off-policy ablation.** A target policy is trained on the first ``train_frac`` of the log,
+  then estimated on the rest twice per source: served every logged candidate, and served the
+  candidates without that source's (its slots fall to the remaining candidates). The
+  estimate is importance-weighted with the logged slot marginals (IPS, or self-normalised
+  SNIPS); the difference is paired by decision, so its interval is narrower than the two
+  intervals apart. Removing candidates only moves probability onto candidates the logger
+  could also show, so every row the target reaches has a logged propensity.
+
+Decisions whose candidates came with the request (no sources logged) count in the account
+as ``request`` and are left out of the ablation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, replace
+from statistics import NormalDist
+
+import numpy as np
+
+from ..errors import ValidationError
+from ..offline import train_from_log
+from ..policies import Request, make
+from ..types import LoggedDecisions
+from .pipeline import candidate_env, item_features_or_one_hot
+
+REQUEST = "request"  # the source of candidates a request brought
+
+
+@dataclass
+class SourceAccount:
+    source: str
+    candidates: int  # candidates it proposed (decisions with logged sources)
+    shown: int  # policy slots shown from it
+    reward: float  # reward on those slots
+    rate_ci: tuple[float, float]  # reward per shown slot, normal interval
+
+
+@dataclass
+class SourceAblation:
+    source: str
+    value_without: float  # estimated reward per decision without its candidates
+    delta: float  # value_without - value_all
+    delta_ci: tuple[float, float]
+    decisions_changed: int  # evaluated decisions where it proposed at least one candidate
+
+
+@dataclass
+class Ablation:
+    policy: str
+    estimator: str
+    n_train: int
+    n_eval: int
+    value_all: float
+    value_all_ci: tuple[float, float]
+    account: list[SourceAccount]
+    ablation: list[SourceAblation]
+    totals: dict = field(default_factory=dict)
+
+    def table(self) -> str:
+        lines = [
+            "The log's account (policy slots; pinned slots left out):",
+            "",
+            "| source | candidates | shown | share shown | reward | share of reward | reward per slot (95% CI) |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        shown, reward = self.totals["shown"], self.totals["reward"]
+        for a in self.account:
+            lines.append(
+                f"| {a.source} | {a.candidates:,} | {a.shown:,} | {a.shown / max(shown, 1):.3f} | {a.reward:,.1f} | "
+                f"{a.reward / reward if reward else 0.0:.3f} | "
+                f"{a.reward / max(a.shown, 1):.4f} ({a.rate_ci[0]:.4f}, {a.rate_ci[1]:.4f}) |"
+            )
+        lines.append(
+            f"| **total** | {self.totals['candidates']:,} | {shown:,} | 1.000 | {reward:,.1f} | 1.000 | "
+            f"{reward / max(shown, 1):.4f} |"
+        )
+        lines += [
+            "",
+            f"Off-policy ablation: `{self.policy}` trained on {self.n_train:,} decisions, {self.estimator} on "
+            f"{self.n_eval:,}; value = reward per decision.",
+            "",
+            "| without | value | change | change 95% CI | decisions it touched |",
+            "|---|---:|---:|---:|---:|",
+            f"| (nothing) | {self.value_all:.4f} | | ({self.value_all_ci[0]:.4f}, {self.value_all_ci[1]:.4f}) | |",
+        ]
+        for b in self.ablation:
+            lines.append(
+                f"| {b.source} | {b.value_without:.4f} | {b.delta:+.4f} | "
+                f"({b.delta_ci[0]:+.4f}, {b.delta_ci[1]:+.4f}) | {b.decisions_changed:,} |"
+            )
+        return "\n".join(lines)
+
+    def as_json(self) -> dict:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+def read_sources(log, logged: LoggedDecisions) -> tuple[list[np.ndarray | None], np.ndarray]:
+    """Each decision's candidate sources (None: the request brought its candidates) and each
+    policy row's slot source, aligned with ``logged``."""
+    with log.snapshot() as conn:
+        lo, hi = (int(logged.seq[0]), int(logged.seq[-1])) if logged.n_decisions else (0, -1)
+        dec = dict(conn.execute("SELECT seq, candidate_sources FROM decisions WHERE seq BETWEEN ? AND ?", (lo, hi)))
+        rows = conn.execute(
+            "SELECT d.seq, s.source FROM decisions d JOIN slots s ON s.event_id = d.event_id "
+            "WHERE d.seq BETWEEN ? AND ? AND s.source != 'pinned' ORDER BY d.seq, s.position",
+            (lo, hi),
+        ).fetchall()
+    per_decision: list[np.ndarray | None] = []
+    for d, seq in enumerate(logged.seq.tolist()):
+        text = dec.get(seq)
+        if text is None:
+            per_decision.append(None)
+            continue
+        sources = np.asarray(json.loads(text), dtype=object)
+        if len(sources) != len(logged.candidates[d]):
+            raise ValidationError(
+                f"decision {logged.event_id[d]!r} logs {len(sources)} candidate sources for "
+                f"{len(logged.candidates[d])} candidates",
+                "candidate_sources",
+            )
+        per_decision.append(sources)
+    wanted = set(logged.seq.tolist())
+    slot_source = np.asarray([s for seq, s in rows if seq in wanted], dtype=object)
+    if len(slot_source) != len(logged.row_action):
+        raise ValidationError("the log changed while it was read; read it again", "slots")
+    return per_decision, slot_source
+
+
+def account(logged: LoggedDecisions, per_decision, slot_source) -> tuple[list[SourceAccount], dict]:
+    """The log's account per source (see the module docstring) and its totals."""
+    z = NormalDist().inv_cdf(0.975)
+    proposed: dict[str, int] = {}
+    for d, sources in enumerate(per_decision):
+        if sources is None:
+            proposed[REQUEST] = proposed.get(REQUEST, 0) + len(logged.candidates[d])
+            continue
+        names, counts = np.unique(sources.astype(str), return_counts=True)
+        for k, c in zip(names.tolist(), counts.tolist()):
+            proposed[k] = proposed.get(k, 0) + c
+    out = []
+    reward = logged.row_reward
+    for name in sorted(set(proposed) | set(slot_source.tolist())):
+        mine = slot_source == name
+        n = int(mine.sum())
+        r = reward[mine]
+        mean = float(r.mean()) if n else 0.0
+        half = z * float(r.std(ddof=1)) / math.sqrt(n) if n > 1 else math.inf
+        out.append(SourceAccount(name, proposed.get(name, 0), n, float(r.sum()), (mean - half, mean + half)))
+    totals = {"candidates": sum(proposed.values()), "shown": len(reward), "reward": float(reward.sum())}
+    return out, totals
+
+
+def _target_rows(policy, logged: LoggedDecisions, features, cold, keep_of, min_epsilon: float) -> np.ndarray:
+    """(n_rows,) the target's marginal of each logged row when decision ``d`` offers only the
+    candidates ``keep_of(d)`` (a bool mask over its candidates; None: all of them)."""
+    out = np.zeros(len(logged.row_action))
+    starts = np.searchsorted(logged.row_decision, np.arange(logged.n_decisions + 1))
+    n_slots = logged.slots_per_decision()
+    for d in range(logged.n_decisions):
+        items = logged.candidates[d]
+        keep = keep_of(d)
+        if keep is not None:
+            items = items[keep]
+        k = min(int(n_slots[d]), len(items))
+        if k == 0:
+            continue
+        req = Request(
+            context=logged.context[d],
+            items=items,
+            item_features=features[items],
+            cold=None if cold is None else cold[items],
+        )
+        marg = policy.distribution(req, k, min_epsilon).marginals()
+        rows = slice(starts[d], starts[d + 1])
+        acts, slots = logged.row_action[rows], logged.row_slot[rows]
+        hit = items[None, :] == acts[:, None]
+        found = hit.any(axis=1) & (slots < k)
+        vals = np.zeros(len(acts))
+        vals[found] = marg[hit[found].argmax(axis=1), slots[found]]
+        out[rows] = vals
+    return out
+
+
+def _per_decision(logged: LoggedDecisions, weight: np.ndarray, self_normalised: bool) -> np.ndarray:
+    """Each decision's estimated reward: its rows' weighted rewards, summed (SNIPS: weights
+    scaled per slot position so that their mean is 1)."""
+    w = weight.copy()
+    if self_normalised:
+        for k in np.unique(logged.row_slot).tolist():
+            at = logged.row_slot == k
+            mean = w[at].mean()
+            if mean > 0:
+                w[at] /= mean
+    return np.bincount(logged.row_decision, weights=w * logged.row_reward, minlength=logged.n_decisions)
+
+
+def _mean_ci(x: np.ndarray) -> tuple[float, tuple[float, float]]:
+    z = NormalDist().inv_cdf(0.975)
+    m = float(x.mean())
+    half = z * float(x.std(ddof=1)) / math.sqrt(len(x)) if len(x) > 1 else math.inf
+    return m, (m - half, m + half)
+
+
+def ablation(
+    logged: LoggedDecisions,
+    per_decision: list,
+    slot_source: np.ndarray,
+    features: np.ndarray,
+    *,
+    policy: str,
+    cold: np.ndarray | None = None,
+    train_frac: float = 0.5,
+    estimator: str = "SNIPS",
+    min_epsilon: float = 0.0,
+) -> Ablation:
+    """The account and the off-policy ablation of ``logged`` (see the module docstring)."""
+    if estimator not in ("IPS", "SNIPS"):
+        raise ValidationError(f"estimator must be IPS or SNIPS, got {estimator!r}", "estimator")
+    if not 0 < train_frac < 1:
+        raise ValidationError(f"train_frac must be in (0, 1), got {train_frac!r}", "train_frac")
+    acc, totals = account(logged, per_decision, slot_source)
+    with_sources = np.array([s is not None for s in per_decision], dtype=bool)
+    D = logged.n_decisions
+    n_train = int(D * train_frac)
+    if n_train < 1 or D - n_train < 2:
+        raise ValidationError(f"the log has {D} decisions: too few to train on and evaluate", "db")
+    n_items = int(max(int(c.max(initial=-1)) for c in logged.candidates)) + 1
+    feats = item_features_or_one_hot(features, n_items)
+    train = logged.take(0, n_train)
+    target = make(policy, **candidate_env(logged.context.shape[1], feats, train, n_items))
+    train_from_log(target, train, feats, cold=cold)
+    test = logged.take(n_train, D)
+    srcs = per_decision[n_train:]
+    keep_rows = with_sources[n_train:][test.row_decision]
+    if not with_sources[n_train:].any():
+        raise ValidationError("no evaluated decision logged its candidate sources (all came with the request)", "db")
+    test = _only(test, with_sources[n_train:], keep_rows)
+    srcs = [s for s in srcs if s is not None]
+    sn = estimator == "SNIPS"
+    all_pi = _target_rows(target, test, feats, cold, lambda d: None, min_epsilon)
+    base = _per_decision(test, all_pi / test.row_pscore, sn)
+    value_all, ci_all = _mean_ci(base)
+    rows = []
+    names = sorted({str(x) for s in srcs for x in s.tolist()})
+    for name in names:
+        pi = _target_rows(target, test, feats, cold, lambda d, _n=name: srcs[d] != _n, min_epsilon)
+        without = _per_decision(test, pi / test.row_pscore, sn)
+        delta, ci = _mean_ci(without - base)
+        touched = sum(1 for s in srcs if (s == name).any())
+        rows.append(SourceAblation(name, float(without.mean()), delta, ci, touched))
+    return Ablation(policy, estimator, n_train, test.n_decisions, value_all, ci_all, acc, rows, totals)
+
+
+def _only(logged: LoggedDecisions, keep: np.ndarray, keep_rows: np.ndarray) -> LoggedDecisions:
+    """The decisions ``keep`` (bool mask) of ``logged`` with their rows, renumbered."""
+    if keep.all():
+        return logged
+    new_index = np.cumsum(keep) - 1
+    rows = np.flatnonzero(keep_rows)
+    return replace(
+        logged,
+        event_id=[e for e, k in zip(logged.event_id, keep.tolist()) if k],
+        seq=logged.seq[keep],
+        context=logged.context[keep],
+        candidates=[c for c, k in zip(logged.candidates, keep.tolist()) if k],
+        row_decision=new_index[logged.row_decision[rows]],
+        row_slot=logged.row_slot[rows],
+        row_action=logged.row_action[rows],
+        row_pscore=logged.row_pscore[rows],
+        row_reward=logged.row_reward[rows],
+        decision_reward=logged.decision_reward[keep],
+        row_propensity=None if logged.row_propensity is None else logged.row_propensity[rows],
+        n_slots=None if logged.n_slots is None else logged.n_slots[keep],
+    )
+
+
+def ablation_log(
+    db,
+    *,
+    policy: str | None = None,
+    shop=None,
+    kind: str = "click",
+    train_frac: float = 0.5,
+    estimator: str = "SNIPS",
+) -> Ablation:
+    """:func:`ablation` of the decision log at ``db``; ``shop`` (a :class:`~banditrec.shop.Shop`)
+    gives the item features of a log served from it; ``policy`` defaults to the spec that
+    logged the most decisions."""
+    from ..store import DecisionLog
+    from .sqlite import on_shop
+
+    log = DecisionLog(db)
+    try:
+        logged = log.decisions(kind=kind)
+        if logged.n_decisions == 0:
+            raise ValidationError(f"{db} holds no settled decisions", "db")
+        per_decision, slot_source = read_sources(log, logged)
+        cold = None
+        if shop is not None:
+            logged = on_shop(logged, log.item_ids(), shop)
+            features, cold = shop.items.features, shop.items.cold
+        else:
+            features = log.items()[1]
+        if policy is None:
+            with log.snapshot() as conn:
+                policy = conn.execute(
+                    "SELECT policy FROM decisions GROUP BY policy ORDER BY count(*) DESC, policy LIMIT 1"
+                ).fetchone()[0]
+    finally:
+        log.close()
+    return ablation(
+        logged,
+        per_decision,
+        slot_source,
+        features,
+        policy=policy,
+        cold=cold,
+        train_frac=train_frac,
+        estimator=estimator,
+    )
