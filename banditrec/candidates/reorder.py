@@ -171,11 +171,11 @@ class ReorderModel:
         new_occ = new_pair | np.r_[True, np.diff(ts) > self.occasion_gap_s] if len(key) else new_pair
         pair_of_row = np.cumsum(new_pair) - 1
         pair_first = np.flatnonzero(new_pair)
-        pair_last = np.r_[pair_first[1:], len(key)] - 1
         P = len(pair_first)
+        pair_last = np.r_[pair_first[1:], len(key)][:P] - 1
         occ = np.flatnonzero(new_occ)
         occ_pair = pair_of_row[occ]
-        occ_last_item = item[np.r_[occ[1:], len(key)] - 1]  # the last purchase of each occasion
+        occ_last_item = item[np.r_[occ[1:], len(key)][: len(occ)] - 1]  # the last purchase of each occasion
         same = occ_pair[1:] == occ_pair[:-1]  # consecutive occasions of one pair: an interval
         y = np.log(np.diff(ts[occ])[same] / DAY_S)
         y_pair = occ_pair[1:][same]
@@ -217,13 +217,10 @@ class ReorderModel:
         df_b = np.maximum(N - 1, 0)
         tau_g = max(float((df_b * tau_raw).sum() / df_b.sum()), VAR_FLOOR) if df_b.sum() > 0 else d2
         tau = np.maximum((df_b * tau_raw + k0 * tau_g) / (df_b + k0), VAR_FLOOR)
-        # the mean log cycle: precision-weighted mean of the customers' means, pooled
-        w = np.where(has, 1.0 / (tau[t] + noise[t] / np.maximum(n, 1)), 0.0)
-        sw = np.bincount(t, weights=w, minlength=T)
-        m_hat = np.divide(np.bincount(t, weights=w * ybar, minlength=T), sw, out=np.zeros(T), where=sw > 0)
-        m_g = float((N * m_hat).sum() / N.sum()) if N.sum() > 0 else float(np.log(self.default_cycle_days))
-        w0 = k0 / (tau + noise)
-        self.pop_mean = np.where(self.consumable, (sw * m_hat + w0 * m_g) / np.maximum(sw + w0, 1e-300), 0.0)
+        # the mean log cycle: the customers' means, unweighted (weighting by their counts would
+        # favour short cycles, which fit more intervals into the window), pooled
+        m_g = float((N * m_raw).sum() / N.sum()) if N.sum() > 0 else float(np.log(self.default_cycle_days))
+        self.pop_mean = np.where(self.consumable, (N * m_raw + k0 * m_g) / (N + k0), 0.0)
         self.between_var = np.where(self.consumable, tau, d2)
         self.noise_var = np.where(self.consumable, noise, d2)
         n_rep = np.bincount(t, weights=n, minlength=T)
