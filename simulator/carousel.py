@@ -65,7 +65,13 @@ class CarouselModel:
         consumable = cat.consumable[t_items]
         owned = has & ~consumable
         last = np.where(same, req.owned_day[:, None, :], -32768).max(axis=2)
-        due = has & consumable & (req.day - last >= cat.reorder_days[t_items])
+        cycle = self.population.reorder_cycle
+        if cycle is None:
+            due_after = cat.reorder_days[t_items]
+        else:  # the customer's own cycle of the type
+            col = np.maximum(cat.consumable_column[t_items], 0)
+            due_after = cycle[req.customer[:, None], col] if cycle.shape[1] else np.zeros(items.shape)
+        due = has & consumable & (req.day - last >= due_after)
         return comp, owned, due
 
     def attraction_and_purchase(self, req, items) -> tuple[np.ndarray, np.ndarray]:

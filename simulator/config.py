@@ -43,6 +43,27 @@ class SimConfig:
     )
     reorder_days_low: int = _f(14, "shortest reorder cycle of a consumable type, in days", "int", 1)
     reorder_days_high: int = _f(60, "longest reorder cycle of a consumable type, in days", "int", 1)
+    reorder_customer_spread: float = _f(
+        0.25, "sd of a customer's log reorder cycle of a consumable type around the type's (lognormal)", "float", 0.0
+    )
+    reorder_noise: float = _f(
+        0.3, "sd of the log of each realised reorder interval around the customer's cycle (lognormal)", "float", 0.0
+    )
+    replenish_rate: float = _f(
+        0.8,
+        "chance that a customer buys a consumable again on their own when it comes due (else they lapse until "
+        "they next buy the type)",
+        "float",
+        0.0,
+        1.0,
+    )
+    reorder_loyalty: float = _f(
+        0.8,
+        "chance that a replenishment is the item bought last (else the customer's pick among a few of the type)",
+        "float",
+        0.0,
+        1.0,
+    )
     gateway_share: float = _f(0.03, "share of items that are gateway products", "float", 0.0, 1.0)
     gateway_price_factor: float = _f(
         0.7, "a gateway item's price relative to its type's (entry products are cheaper)", "float", 0.0, low_open=True

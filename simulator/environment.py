@@ -6,7 +6,7 @@ Details: docs/simulator.md, "The environment (`simulator/environment.py`)".
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -16,13 +16,14 @@ from banditrec.validation import as_seed_sequence
 from .carousel import CarouselModel, Response, check_slates, sigmoid
 from .config import DEVICES, SimConfig
 from .history import CART, PURCHASE, VIEW, History
-from .state import CustomerState, Stock, push
-from .world import make_population, make_retail_catalog
+from .state import NOT_DUE, CustomerState, Stock, push
+from .world import make_population, make_reorder_cycles, make_retail_catalog
 
 NEVER = -32768
 SEED_POOL = 16  # items drawn from the segment's popularity before the customer picks one to view
 MAX_VIEWS = 8
 COMPLEMENT_POOL = 8  # items of the complementary type a customer compares before buying one
+SUBSTITUTE_POOL = 8  # items of a consumable type a customer compares when not rebuying the last one
 
 
 @dataclass(frozen=True)
@@ -135,9 +136,12 @@ class Environment:
         self.seed_seq = as_seed_sequence(seed)
         cat_rng, pop_rng, stock_rng = (np.random.default_rng(s) for s in self.seed_seq.spawn(3))
         self.catalog = make_retail_catalog(c, cat_rng)
-        self.population = make_population(c, pop_rng)
+        cycles = make_reorder_cycles(c, self.catalog, c.n_customers, np.random.default_rng(self._stream(-1, 97)))
+        self.population = replace(make_population(c, pop_rng), reorder_cycle=cycles)
         self.model = CarouselModel(self.catalog, self.population, c)
-        self.state = CustomerState.new(c)
+        self._consumable_column = self.catalog.consumable_column
+        self._consumable_type = np.flatnonzero(self.catalog.consumable)
+        self.state = CustomerState.new(c, len(self._consumable_type))
         self.stock = Stock.new(c, stock_rng, self.catalog.launch_day, start_day=-c.history_days)
         self.day = -c.history_days
         self.recording = False
@@ -151,6 +155,7 @@ class Environment:
         self.kpis: list[DayKPIs] = []
         self.initial_customers = c.n_customers
         self._requested_day: int | None = None
+        self._interval_rng = self._day_rng(14)  # noise of the reorder intervals started today
         self._prepare_sampling()
         # drift and seasons (docs/simulator.md): today's shift of each item's appeal
         self._walk = np.zeros(c.n_items) if c.drift_sd else None
@@ -289,6 +294,7 @@ class Environment:
         self._visited_today[visitors] = True
         st.last_visit[visitors] = self.day
         self._kpi.visits += m
+        self._replenish()
         brng = self._day_rng(1)
         self._checkout_carts(visitors, session, brng)
         self._browse(visitors, session, brng)
@@ -406,11 +412,52 @@ class Environment:
             self._walk += self._day_rng(13).normal(0.0, c.drift_sd, size=c.n_items)
         self._update_shift()
         self._kpi = DayKPIs(day=self.day)
+        self._interval_rng = self._day_rng(14)
         return k
 
     @property
     def retention(self) -> float:
         return float(self.state.alive.mean())
+
+    # ---- replenishment ----------------------------------------------------------------------
+    def _replenish(self) -> None:
+        """Live customers whose consumable types come due today buy them again on their own, each
+        with probability replenish_rate (else they lapse until they next buy the type): the
+        item bought last with probability reorder_loyalty, else their pick among SUBSTITUTE_POOL
+        launched items of the type. An item out of stock is tried again the next day. Each
+        customer's replenishments today form one session (an order without a carousel)."""
+        c, st, cat, pop = self.config, self.state, self.catalog, self.population
+        if st.due_day.shape[1] == 0:
+            return
+        rows, cols = np.nonzero((st.due_day <= self.day) & st.alive[:, None])
+        if len(rows) == 0:
+            return
+        rng = self._day_rng(15)
+        u = rng.random((2, len(rows)))
+        go = u[0] < c.replenish_rate
+        st.due_day[rows[~go], cols[~go]] = NOT_DUE
+        rows, cols, loyal = rows[go], cols[go], u[1, go] < c.reorder_loyalty
+        m = len(rows)
+        pool = cat.random_item_of_type(
+            np.repeat(self._consumable_type[cols], SUBSTITUTE_POOL), rng.random(m * SUBSTITUTE_POOL)
+        ).reshape(m, SUBSTITUTE_POOL)
+        taste = np.einsum("md,mkd->mk", pop.preference[rows], cat.latent[pool], dtype=float)
+        score = (
+            self._appeal(pool)
+            + taste
+            - pop.price_sensitivity[rows][:, None] * self._log_price[pool]
+            + rng.gumbel(size=pool.shape)
+        )
+        score = np.where(cat.launch_day[pool] <= self.day, score, -np.inf)
+        pick = pool[np.arange(m), np.argmax(score, axis=1)]
+        last = st.last_consumable[rows, cols]
+        item = np.where(loyal & (last >= 0), last, pick).astype(np.int64)
+        ok = self.stock.available[item] & (cat.launch_day[item] <= self.day)
+        rows, item = rows[ok], item[ok]
+        first = np.r_[True, rows[1:] != rows[:-1]] if len(rows) else np.empty(0, bool)
+        session = self._next_session + np.cumsum(first) - 1
+        self._next_session += int(first.sum())
+        self._purchase(rows, item, session.astype(np.int64))
 
     # ---- a visit's organic part ------------------------------------------------------------
     def _record(self, customers, items, sessions, kind):
@@ -508,6 +555,14 @@ class Environment:
         if 0 <= self.day < c.ltv_horizon_days:
             np.add.at(st.ltv, customers, cat.margin[items] * c.daily_discount**self.day)
         np.add.at(self._purchases_today, customers, 1)
+        col = self._consumable_column[cat.product_type[items]]
+        cons = col >= 0
+        if cons.any():  # the next replenishment of the type: a noisy draw around the customer's cycle
+            who, col = customers[cons], col[cons]
+            z = self._interval_rng.standard_normal(len(who))
+            days = np.rint(self.population.reorder_cycle[who, col] * np.exp(c.reorder_noise * z))
+            st.last_consumable[who, col] = items[cons]
+            st.due_day[who, col] = np.minimum(self.day + np.maximum(days, 1), NOT_DUE)
         st.gateway[customers[cat.gateway[items]]] = True
         self._bought_today[customers] = True
         k = self._kpi

@@ -1,8 +1,7 @@
 """What changes during a simulation, as arrays: customers' state, and the shop's stock.
 
 Fixed-size rings hold each customer's recent purchases, views and cart (``-1`` marks an empty
-entry), so memory is O(customers x ring size) whatever the number of days: at 1,000,000
-customers the state takes about 130 MB.
+entry), so memory is O(customers x (ring sizes + consumable types)) whatever the number of days.
 """
 
 from __future__ import annotations
@@ -12,6 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import SimConfig
+
+NOT_DUE = np.iinfo(np.int16).max
 
 
 @dataclass
@@ -32,9 +33,11 @@ class CustomerState:
     revenue: np.ndarray  # (n,) float64
     margin: np.ndarray  # (n,) float64
     ltv: np.ndarray  # (n,) float64: discounted margin within the horizon
+    due_day: np.ndarray  # (n, Tc) int16: day each consumable type is next replenished, NOT_DUE when not
+    last_consumable: np.ndarray  # (n, Tc) int32: the item of each consumable type bought last, -1 never
 
     @classmethod
-    def new(cls, c: SimConfig) -> CustomerState:
+    def new(cls, c: SimConfig, n_consumable: int = 0) -> CustomerState:
         n, R, V, C = c.n_customers, c.recent_purchases, c.recent_views, c.cart_size
         return cls(
             alive=np.ones(n, bool),
@@ -53,6 +56,8 @@ class CustomerState:
             revenue=np.zeros(n),
             margin=np.zeros(n),
             ltv=np.zeros(n),
+            due_day=np.full((n, n_consumable), NOT_DUE, np.int16),
+            last_consumable=np.full((n, n_consumable), -1, np.int32),
         )
 
     def copy(self) -> CustomerState:

@@ -56,6 +56,11 @@ class RetailCatalog(ItemArrays):
     def n_types(self) -> int:
         return len(self.consumable)
 
+    @property
+    def consumable_column(self) -> np.ndarray:
+        """(T,) int: each consumable type's column in per-customer consumable arrays, -1 for others."""
+        return np.where(self.consumable, np.cumsum(self.consumable) - 1, -1)
+
     def items_of_type(self, t: int) -> np.ndarray:
         return self.type_order[self.type_start[t] : self.type_start[t + 1]]
 
@@ -173,6 +178,8 @@ class Population:
     (preference + noise); segment (n,) int16, device (n,) int8; hour (n,) : usual hour of visit;
     price_sensitivity (n,); visit_rate0, churn0 (n,) : a new customer's daily rates
     segment_centre (S, d)
+    reorder_cycle (n, Tc) float32 : median days between purchases of each consumable type
+        (columns: ``RetailCatalog.consumable_column``); None: the types' ``reorder_days``
     """
 
     preference: np.ndarray
@@ -184,6 +191,7 @@ class Population:
     price_sensitivity: np.ndarray
     visit_rate0: np.ndarray
     churn0: np.ndarray
+    reorder_cycle: np.ndarray | None = None
 
     @property
     def n_customers(self) -> int:
@@ -217,3 +225,11 @@ def make_population(c: SimConfig, rng: np.random.Generator) -> Population:
         visit_rate0=visit,
         churn0=churn,
     )
+
+
+def make_reorder_cycles(c: SimConfig, catalog: RetailCatalog, n_customers: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_customers, Tc) float32: customer i's median reorder interval of consumable type t, in
+    days, ``reorder_days[t] exp(reorder_customer_spread z)`` with z standard normal."""
+    days = catalog.reorder_days[catalog.consumable].astype(float)
+    z = rng.standard_normal((n_customers, len(days)), dtype=np.float32)
+    return (days[None, :] * np.exp(c.reorder_customer_spread * z)).astype(np.float32)

@@ -38,7 +38,8 @@ def scalar_terms(env, req, r, j):
     t = cat.product_type[j]
     owned_days = [int(d) for x, d in zip(req.owned[r], req.owned_day[r]) if x >= 0 and cat.product_type[x] == t]
     owned = bool(owned_days) and not cat.consumable[t]
-    due = bool(owned_days) and cat.consumable[t] and req.day - max(owned_days) >= cat.reorder_days[t]
+    cycle = pop.reorder_cycle[u, cat.consumable_column[t]] if cat.consumable[t] else None
+    due = bool(owned_days) and cat.consumable[t] and req.day - max(owned_days) >= cycle
     lp = math.log(cat.price[j]) - cat.log_price_ref
     taste = sum(float(a) * float(b) for a, b in zip(pop.preference[u], cat.latent[j]))
     z = (
