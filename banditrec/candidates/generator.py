@@ -540,34 +540,38 @@ class CandidateGenerator:
         return np.concatenate(out_pick), np.concatenate(out_source)
 
     def _per_user_entries(self, states: list[UserState]) -> dict[str, Entries]:
-        """Entries ``(row, item, score)`` of the per-user sources: latent factors (a user
-        vector folded in from the cart, purchases and views, its ``n_source`` best items) and
-        reorder timing (the types due for each user at the request's time)."""
+        """Entries ``(row, item, score)`` of the per-user sources, positive scores only: latent
+        factors (a user vector folded in from the cart, purchases and views, its ``n_source``
+        best items; rows without any item have none) and reorder timing (the types due for
+        each known user at the request's time)."""
         out: dict[str, Entries] = {}
         if self.factors is not None:
-            rows, items, scores = [], [], []
-            for r, s in enumerate(states):
-                seen = np.r_[s.cart, s.purchased, s.viewed]
-                if len(seen) == 0:
-                    continue
-                w = np.r_[np.ones(len(s.cart)), 0.7 ** np.arange(len(s.purchased)), self._view_weights(s)]
-                ids, sc = self.factors.recommend(seen, weights=w, N=self.n_source)
-                keep = sc > 0
-                rows.append(np.full(int(keep.sum()), r, dtype=np.int64))
-                items.append(np.asarray(ids, dtype=np.int64)[keep])
-                scores.append(np.asarray(sc, dtype=float)[keep])
-            out["factors"] = _entries_of(rows, items, scores)
+            lists = [np.r_[s.cart, s.purchased, s.viewed] for s in states]
+            weights = [
+                np.r_[np.ones(len(s.cart)), 0.7 ** np.arange(len(s.purchased)), self._view_weights(s)] for s in states
+            ]
+            rows = np.flatnonzero([len(x) > 0 for x in lists])
+            if len(rows):
+                r_idx = np.repeat(np.arange(len(rows)), [len(lists[r]) for r in rows.tolist()])
+                H = sp.csr_matrix(
+                    (
+                        np.concatenate([weights[r] for r in rows.tolist()]),
+                        (r_idx, np.concatenate([lists[r] for r in rows.tolist()])),
+                    ),
+                    shape=(len(rows), self.n_items),
+                )
+                ids, sc = self.factors.recommend_batch(H, N=self.n_source)
+                out["factors"] = _positive_entries(rows, ids, sc)
         if self.reorder is not None:
-            rows, items, scores = [], [], []
-            for r, s in enumerate(states):
-                if s.user is None or s.user < 0 or s.now is None:
-                    continue
-                ids, sc = self.reorder.candidates(s.user, s.now, self.n_source, session_purchased=s.session_purchased)
-                keep = np.asarray(sc) > 0
-                rows.append(np.full(int(keep.sum()), r, dtype=np.int64))
-                items.append(np.asarray(ids, dtype=np.int64)[keep])
-                scores.append(np.asarray(sc, dtype=float)[keep])
-            out["reorder"] = _entries_of(rows, items, scores)
+            rows = np.flatnonzero([s.user is not None and s.user >= 0 and s.now is not None for s in states])
+            if len(rows):
+                ids, sc = self.reorder.candidates_batch(
+                    [states[r].user for r in rows.tolist()],
+                    np.array([states[r].now for r in rows.tolist()], dtype=float),
+                    self.n_source,
+                    session_purchased=[states[r].session_purchased for r in rows.tolist()],
+                )
+                out["reorder"] = _positive_entries(rows, ids, sc)
         return out
 
     def _pool(self, states: list[UserState]) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -885,11 +889,12 @@ def _substitute_table(pairs: sp.csr_matrix, cf: sp.csr_matrix, n: int, active: n
     return _top_n_per_row(table, n)
 
 
-def _entries_of(rows: list, items: list, scores: list) -> Entries:
-    """Per-row lists concatenated as entries (empty when there are none)."""
-    if not rows:
-        return Entries(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0))
-    return Entries(np.concatenate(rows), np.concatenate(items), np.concatenate(scores))
+def _positive_entries(rows: np.ndarray, ids: np.ndarray, scores: np.ndarray) -> Entries:
+    """The entries of padded per-row lists ``ids, scores (len(rows), N)`` (row ``i`` is request
+    row ``rows[i]``) whose item is real and score positive, row by row in list order."""
+    ok = (ids >= 0) & (scores > 0)
+    r, c = np.nonzero(ok)
+    return Entries(rows[r].astype(np.int64), ids[r, c].astype(np.int64), scores[r, c].astype(float))
 
 
 def _entries(lists: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -17,21 +17,28 @@ from tests.reference import reference_candidates
 
 
 class FakeFactors:
-    """``recommend``: the items scoring highest against the weighted sum of the seen items'
-    random factors, seen items left out (the shape of LatentFactors.recommend)."""
+    """``recommend``: the items scoring highest against the sum of the seen items' random
+    factors, seen items left out (the shape of LatentFactors.recommend)."""
 
     def __init__(self, g, n, k=3):
         self.Y = g.normal(size=(n, k))
 
     def recommend(self, items, weights=None, N=10, exclude=None):
-        items = np.asarray(items, dtype=np.int64)
-        w = np.ones(len(items)) if weights is None else np.asarray(weights, dtype=float)
-        u = (w[:, None] * self.Y[items]).sum(axis=0)
+        items = np.unique(np.asarray(items, dtype=np.int64))  # weights left out: one summation order
+        u = self.Y[items].sum(axis=0)
         score = self.Y @ u
         score[items] = -np.inf
         order = np.lexsort((np.arange(len(score)), -score))[:N]
         order = order[np.isfinite(score[order])]
         return order, score[order]
+
+    def recommend_batch(self, histories, N=10, exclude=None):
+        ids, scores = np.full((histories.shape[0], N), -1), np.full((histories.shape[0], N), -np.inf)
+        for r in range(histories.shape[0]):
+            row = histories.getrow(r)
+            i, s = self.recommend(row.indices, row.data, N)
+            ids[r, : len(i)], scores[r, : len(i)] = i, s
+        return ids, scores
 
 
 class FakeReorder:
@@ -47,6 +54,13 @@ class FakeReorder:
         ids, sc = self.table[user]
         keep = ~np.isin(ids, np.asarray(session_purchased if session_purchased is not None else [], dtype=np.int64))
         return ids[keep][:N], sc[keep][:N] * (1 + now / DAY_S)
+
+    def candidates_batch(self, users, now, N, exclude=None, session_purchased=None):
+        ids, scores = np.full((len(users), N), -1), np.zeros((len(users), N))
+        for r, u in enumerate(users):
+            i, s = self.candidates(u, now[r], N, session_purchased=session_purchased[r])
+            ids[r, : len(i)], scores[r, : len(i)] = i, s
+        return ids, scores
 
 
 def hybrid(seed, quotas):
