@@ -841,7 +841,7 @@ def graph(item_id, shop_dir, edge, limit, direction, as_json, export_to, fmt):
         suffix = Path(export_to).suffix.lstrip(".").lower()
         fmt = fmt or (suffix if suffix in ("csv", "graphml") else "parquet")
         g.export(export_to, fmt)
-        click.echo(f"{sum(g.n_edges.values()):,} edge rows of build {files.build} -> {export_to} ({fmt})")
+        click.echo(f"{sum(g.n_edges.values()):,} edge rows -> {export_to} ({fmt})")
         return
     where = {k: i for i, k in enumerate(ids.tolist())}
     if item_id not in where:
@@ -857,7 +857,7 @@ def graph(item_id, shop_dir, edge, limit, direction, as_json, export_to, fmt):
         for k, e, d, w, s in zip(nb.ids.tolist(), nb.edges, nb.directions, nb.weights.tolist(), nb.support.tolist())
     ]
     if as_json:
-        out = {"item_id": item_id, "type": kind[j], "title": title[j], "build": files.build, "neighbours": rows}
+        out = {"item_id": item_id, "type": kind[j], "title": title[j], "neighbours": rows}
         click.echo(json.dumps(out, indent=1))
         return
     click.echo(f"{item_id}  type {kind[j] or '?'}" + (f"  {title[j]}" if title[j] else ""))
