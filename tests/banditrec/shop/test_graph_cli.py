@@ -115,6 +115,8 @@ def test_graph_prints_an_items_neighbours_by_edge_type(shop):
     nb = graph.adjacent(ids.index("case"), direction="both", N=10)
     want = {(e, d, ids[k]) for e, d, k in zip(nb.edges, nb.directions, nb.ids.tolist())}
     assert found == want
+    res = run("charger", "--shop", out, "--edge", "accessory_of")
+    assert res.exit_code == 0 and res.output.splitlines()[1:] == ["  (no edges of type accessory_of)"]
 
 
 def test_graph_json_filters_by_edge_and_direction(shop):
