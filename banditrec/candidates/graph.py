@@ -544,7 +544,7 @@ def _codes(labels, n: int, field: str) -> np.ndarray | None:
     v = np.asarray(labels, dtype=object)
     if v.shape != (n,):
         raise ValidationError(f"{field} must hold {n} labels, got shape {v.shape}", field)
-    missing = np.equal(v, None) | (v != v)  # None or NaN
+    missing = (v == None) | (v != v)  # noqa: E711 (elementwise: None, or NaN)
     uniq, code = np.unique(np.where(missing, "", v).astype(str), return_inverse=True)
     code = code.astype(np.int64)
     if len(uniq) and uniq[0] == "":
