@@ -405,3 +405,17 @@ def test_graph_properties_on_random_histories(seed, n_items, n_events, cap):
     ids = np.array([f"x{k}" for k in range(n_items)], dtype=object)
     back = ProductGraph.from_table(graph.to_table(ids), n_items, item_ids=ids)
     assert back.to_table().equals(graph.to_table(ids))
+
+
+def test_missing_labels_and_types(fitted):
+    """A brand of None or NaN is as unknown as ""; without types there is no same_type edge and
+    an accessory may share its item's type."""
+    ev, gen, graph = fitted
+    for unknown in (None, float("nan")):
+        brand = BRAND.copy()
+        brand[IX["phone_d"]] = brand[IX["cable"]] = unknown
+        again = fit_graph(ev, TYPES, gen, brand=brand, price=PRICE, params=GraphParams(group_cap=2))
+        assert edges(again, "same_brand") == edges(graph, "same_brand"), unknown
+    untyped = fit_graph(ev, None, gen, price=PRICE)
+    assert untyped.edge_matrix("same_type").nnz == 0 and untyped.edge_matrix("same_brand").nnz == 0
+    assert edges(untyped, "accessory_of") == edges(graph, "accessory_of")  # none was same-type here
