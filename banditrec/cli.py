@@ -832,6 +832,92 @@ def similar(item_id, shop_dir, db, kind, n):
 
 
 @main.command()
+@click.argument("item_id", required=False)
+@click.option("--shop", "shop_dir", required=True, type=click.Path(file_okay=False), help="Shop directory.")
+@click.option(
+    "--edge",
+    default=None,
+    metavar="TYPE",
+    help="Only this edge type: complement, substitute, accessory_of, same_brand, same_type, bought_after.",
+)
+@click.option("--limit", default=10, show_default=True, type=click.IntRange(min=1), help="Edges per type and way.")
+@click.option(
+    "--direction",
+    default="both",
+    show_default=True,
+    type=click.Choice(("out", "in", "both")),
+    help="out: ITEM -> neighbour; in: neighbour -> ITEM; undirected edges are always shown.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--export", "export_to", default=None, type=click.Path(dir_okay=False), help="Write the whole graph.")
+@click.option(
+    "--format",
+    "fmt",
+    default=None,
+    type=click.Choice(("parquet", "csv", "graphml")),
+    help="--export's format (default: from the file's suffix, else parquet).",
+)
+@usage_errors
+def graph(item_id, shop_dir, edge, limit, direction, as_json, export_to, fmt):
+    """Print ITEM_ID's product-graph neighbours by edge type, or --export the graph (docs/graph.md)."""
+    import json
+
+    import numpy as np
+
+    from .candidates.graph import read_graph
+    from .errors import ValidationError
+    from .shop.build import catalog_from_table
+    from .shop.directory import BuildFiles
+
+    if (item_id is None) == (export_to is None):
+        raise click.UsageError("give exactly one of ITEM_ID and --export")
+    files = BuildFiles.open(shop_dir)
+    catalog = catalog_from_table(files.table("items.parquet"))
+    if "graph.parquet" not in files.manifest["files"]:
+        raise ValidationError(
+            f"build {files.build} of {shop_dir} has no graph.parquet (built before the product graph: "
+            "rebuild it with `banditrec build`)",
+            "shop",
+        )
+    ids = catalog.ids
+    g = read_graph(files, ids)
+    if export_to is not None:
+        suffix = Path(export_to).suffix.lstrip(".").lower()
+        fmt = fmt or (suffix if suffix in ("csv", "graphml") else "parquet")
+        g.export(export_to, fmt)
+        click.echo(f"{sum(g.n_edges.values()):,} edge rows -> {export_to} ({fmt})")
+        return
+    where = {k: i for i, k in enumerate(ids.tolist())}
+    if item_id not in where:
+        raise ValidationError(
+            f"item {item_id!r} is not in the shop's catalog ({len(ids):,} items, e.g. {ids[0]!r})", "item"
+        )
+    j = where[item_id]
+    nb = g.adjacent(j, edge=edge, direction=direction, N=limit)
+    kind = catalog.type if catalog.type is not None else np.full(len(ids), "", dtype=object)
+    title = catalog.text.get("title", np.full(len(ids), "", dtype=object))
+    rows = [
+        {"item_id": ids[k], "edge": e, "direction": d, "weight": w, "support": s, "type": kind[k], "title": title[k]}
+        for k, e, d, w, s in zip(nb.ids.tolist(), nb.edges, nb.directions, nb.weights.tolist(), nb.support.tolist())
+    ]
+    if as_json:
+        out = {"item_id": item_id, "type": kind[j], "title": title[j], "neighbours": rows}
+        click.echo(json.dumps(out, indent=1))
+        return
+    click.echo(f"{item_id}  type {kind[j] or '?'}" + (f"  {title[j]}" if title[j] else ""))
+    if not rows:
+        click.echo("  (no edges" + (f" of type {edge}" if edge else "") + ")")
+    width = max([9] + [len(r["item_id"]) for r in rows])
+    if rows:
+        click.echo(f"  {'edge':<12} {'direction':<10} {'neighbour':<{width}} {'weight':>9} {'support':>7}")
+    for r in rows:
+        click.echo(
+            f"  {r['edge']:<12} {r['direction']:<10} {r['item_id']:<{width}} {r['weight']:9.4f} "
+            f"{r['support']:>7}  type {r['type'] or '?'}" + (f"  {r['title']}" if r["title"] else "")
+        )
+
+
+@main.command()
 @click.option("--shop", "shop_dir", required=True, type=click.Path(file_okay=False), help="Shop directory.")
 @click.option("--user", "user_id", required=True, help="User id (unknown users get popular and new items).")
 @click.option("--cart", "cart", multiple=True, metavar="ITEM", help="An item in the cart (repeatable).")

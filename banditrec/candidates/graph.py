@@ -544,10 +544,8 @@ def _codes(labels, n: int, field: str) -> np.ndarray | None:
     v = np.asarray(labels, dtype=object)
     if v.shape != (n,):
         raise ValidationError(f"{field} must hold {n} labels, got shape {v.shape}", field)
-    text = np.array(
-        ["" if x is None or (isinstance(x, float) and np.isnan(x)) else str(x) for x in v.tolist()], dtype=object
-    )
-    uniq, code = np.unique(text.astype(str), return_inverse=True)
+    missing = (v == None) | (v != v)  # noqa: E711 (elementwise: None, or NaN)
+    uniq, code = np.unique(np.where(missing, "", v).astype(str), return_inverse=True)
     code = code.astype(np.int64)
     if len(uniq) and uniq[0] == "":
         code = code - 1  # "" sorts first: it becomes -1

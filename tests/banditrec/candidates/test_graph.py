@@ -28,7 +28,7 @@ ITEMS = [
     ("phone_c", "phone", "zeta", 280.0),
     ("phone_d", "phone", "", np.nan),
     ("charger", "charger", "zeta", 25.0),
-    ("cable", "cable", "zeta", 8.0),
+    ("cable", "cable", "", 8.0),
     ("strap", "strap", "acme", 100.0),
 ]
 NAMES = [i[0] for i in ITEMS]
@@ -157,10 +157,12 @@ def test_complement_edges_are_what_the_generator_serves(fitted):
 
 
 def test_substitute_edges_hold_every_served_substitute_both_ways(fitted):
-    _, gen, graph = fitted
+    ev = fitted[0]
+    gen = CandidateGenerator(window_s=WINDOW, n_neighbors=1).fit(ev, TYPES)  # one substitute each: one-way
+    graph = fit_graph(ev, TYPES, gen)
     W = graph.edge_matrix("substitute")
     S = gen.substitutes.tocoo()
-    assert S.nnz > 0
+    assert S.nnz > 0 and (gen.substitutes != gen.substitutes.T).nnz > 0
     for a, b, s in zip(S.row.tolist(), S.col.tolist(), S.data.tolist()):
         assert W[a, b] == W[b, a] == max(s, gen.substitutes[b, a])
     assert W.nnz == (gen.substitutes + gen.substitutes.T).nnz
@@ -245,6 +247,16 @@ def test_neighbours_and_rows_agree_and_order_by_weight(fitted):
     ins = graph.adjacent(IX["case"], edge="accessory_of", direction="in")
     assert ins.ids.tolist() == [IX["cover"]] and ins.directions.tolist() == ["in"] and ins.support.tolist() == [5]
     assert graph.adjacent(IX["case"], edge="accessory_of", direction="out").ids.size == 0
+    for e in EDGES:  # in-edges: the column of the edge matrix, with its weights and supports
+        W, S = graph.edge_matrix(e), graph.support_matrix(e)
+        for k in range(len(NAMES)):
+            nb = graph.adjacent(k, edge=e, direction="in" if DIRECTED[e] else "out", N=50)
+            assert sorted(nb.ids.tolist()) == sorted(W[:, k].nonzero()[0].tolist())
+            assert np.array_equal(nb.weights, W.toarray()[nb.ids, k]) and np.array_equal(
+                nb.support, S.toarray()[nb.ids, k]
+            )
+    both = graph.adjacent(IX["case"], direction="both", N=50)
+    assert set(both.directions.tolist()) == {"in", "out", "undirected"}
 
 
 # ---- the edge table ----------------------------------------------------------------------------
@@ -393,3 +405,17 @@ def test_graph_properties_on_random_histories(seed, n_items, n_events, cap):
     ids = np.array([f"x{k}" for k in range(n_items)], dtype=object)
     back = ProductGraph.from_table(graph.to_table(ids), n_items, item_ids=ids)
     assert back.to_table().equals(graph.to_table(ids))
+
+
+def test_missing_labels_and_types(fitted):
+    """A brand of None or NaN is as unknown as ""; without types there is no same_type edge and
+    an accessory may share its item's type."""
+    ev, gen, graph = fitted
+    for unknown in (None, float("nan")):
+        brand = BRAND.copy()
+        brand[IX["phone_d"]] = brand[IX["cable"]] = unknown
+        again = fit_graph(ev, TYPES, gen, brand=brand, price=PRICE, params=GraphParams(group_cap=2))
+        assert edges(again, "same_brand") == edges(graph, "same_brand"), unknown
+    untyped = fit_graph(ev, None, gen, price=PRICE)
+    assert untyped.edge_matrix("same_type").nnz == 0 and untyped.edge_matrix("same_brand").nnz == 0
+    assert edges(untyped, "accessory_of") == edges(graph, "accessory_of")  # none was same-type here
