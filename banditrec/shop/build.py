@@ -19,6 +19,8 @@ import pyarrow as pa
 import scipy.sparse as sp
 
 from ..candidates import AlreadyBought, CandidateGenerator, Filters, Interactions, MetadataIndex, OutOfStock
+from ..candidates.graph import write_graph
+from ..candidates.hybrid import BrainSettings, factor_embedding, fit_brains
 from ..errors import ValidationError
 from .config import BuildConfig
 from .directory import BuildFiles, BuildWriter, ShopDirError, list_builds, read_pointer, sha256_file
@@ -204,8 +206,8 @@ class _Steps:
         "read users",
         "read interactions",
         "item features",
-        "context features",
         "candidate model",
+        "context features",
         "write",
     )
 
@@ -339,31 +341,6 @@ def _build(items, interactions, users, *, out, config, maps, encoding, refit_fea
         session_gap_s=60.0 * config.session_gap_minutes,
     )
     now = float(events.ts.max())
-    purchases = ev.user_items("purchase")
-    purchases.data[:] = 1.0
-    held = (purchases + ev.user_items("cart")).tocsr()
-    held.data[:] = 1.0
-    taste_n = np.diff(held.indptr)
-    taste_sum = held @ item_features
-    last_ts = np.full(n_users, np.nan)
-    np.fmax.at(last_ts, ev.user, ev.ts)
-    names = []
-    if encoding is not None:
-        names = _encoding_columns(encoding)
-    context = fit_context(
-        parts=config.context_features,
-        users=user_table,
-        n_users=n_users,
-        user_index_of_file=None,
-        max_categories=config.max_categories,
-        taste_sum=taste_sum,
-        taste_n=taste_n,
-        last_ts=last_ts,
-        request_fields=config.request_fields,
-        encoding=names,
-        previous=prev.manifest["context"] if keep_features else None,
-    )
-    step("context features")
     if catalog.type is not None:
         types, type_labels = _codes(catalog.type)
     else:
@@ -394,9 +371,51 @@ def _build(items, interactions, users, *, out, config, maps, encoding, refit_fea
         weights=config.weights,
         filters=Filters([OutOfStock(available), AlreadyBought(types, consumable)]),
         metadata=metadata,
+        quotas=config.quotas,
     )
     generator.fit(ev, types, user_segments=segments, now=now, active=active, progress=step.detail)
+    brains = fit_brains(
+        generator,
+        ev,
+        types,
+        consumable=consumable,
+        brand=catalog.categorical.get(config.brand_column),
+        price=catalog.numeric.get("price"),
+        now=now,
+        settings=BrainSettings(config.factors_model, config.factors_dim, seed=config.seed),
+    )
     step("candidate model")
+    embedding = None
+    if brains.factors is not None and config.embedding_dim:
+        previous_embedding = prev.arrays("items").get("embedding") if keep_features else None
+        embedding = factor_embedding(brains.factors, config.embedding_dim, previous_embedding, active)
+        item_features = np.hstack([item_features, embedding])
+    purchases = ev.user_items("purchase")
+    purchases.data[:] = 1.0
+    held = (purchases + ev.user_items("cart")).tocsr()
+    held.data[:] = 1.0
+    taste_n = np.diff(held.indptr)
+    taste_sum = held @ item_features
+    last_ts = np.full(n_users, np.nan)
+    np.fmax.at(last_ts, ev.user, ev.ts)
+    names = []
+    if encoding is not None:
+        names = _encoding_columns(encoding)
+    context = fit_context(
+        parts=config.context_features,
+        users=user_table,
+        n_users=n_users,
+        user_index_of_file=None,
+        max_categories=config.max_categories,
+        taste_sum=taste_sum,
+        taste_n=taste_n,
+        last_ts=last_ts,
+        request_fields=config.request_fields,
+        encoding=names,
+        previous=prev.manifest["context"] if keep_features else None,
+        reorder=brains.reorder,
+    )
+    step("context features")
     touched = np.bincount(ev.item, minlength=n) > 0
     created = np.nan_to_num(catalog.created_at, nan=-np.inf)
     new = ~touched & (created >= now - config.new_item_days * DAY_S)
@@ -425,8 +444,10 @@ def _build(items, interactions, users, *, out, config, maps, encoding, refit_fea
                 "popularity": popularity,
                 "type": types,
                 "consumable": consumable,
+                **({"embedding": embedding} if embedding is not None else {}),
             },
         )
+        write_graph(writer, brains.graph, catalog.ids)
         writer.arrays("itemfeat", featurizer.arrays)
         writer.arrays("context", {k: v for k, v in _context_arrays(context).items() if v is not None})
         writer.arrays("history", {"data": purchases.data, "indices": purchases.indices, "indptr": purchases.indptr})
@@ -463,6 +484,7 @@ def _build(items, interactions, users, *, out, config, maps, encoding, refit_fea
             "types": type_labels,
             "segments": segment_labels,
             "candidates": gen_meta,
+            "graph": {"edges": brains.graph.n_edges, "params": brains.graph.params.params},
             "columns": _business_columns(catalog),
         }
         writer.publish(manifest, keep=config.keep_builds)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import ValidationError
 
-CONTEXT_FEATURES = ("segment", "user_numeric", "taste", "recency", "time")
+CONTEXT_FEATURES = ("segment", "user_numeric", "taste", "recency", "time", "reorder")
 EVENT_KINDS = ("view", "cart", "purchase")
 
 
@@ -63,6 +63,14 @@ class BuildConfig:
     min_new: int = 1
     weights: dict = field(default_factory=dict)
     new_item_days: float = 30.0  # an item created this recently and without interactions is "new"
+    quotas: dict = field(default_factory=lambda: {"factors": 2, "reorder": 2, "accessory": 1})
+    # [factors]: latent factors (implicit's ALS or BPR; "none" leaves them out)
+    factors_model: str = "als"
+    factors_dim: int = 32
+    embedding_dim: int = 8  # the factors' leading directions appended to the item features (0: none)
+    seed: int = 0
+    # [graph]
+    brand_column: str = "brand"
     # [build]
     keep_builds: int = 5
 
@@ -113,6 +121,9 @@ class BuildConfig:
             ("max_per_type", 1),
             ("min_new", 0),
             ("keep_builds", 1),
+            ("factors_dim", 1),
+            ("embedding_dim", 0),
+            ("seed", 0),
         ):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
@@ -121,6 +132,17 @@ class BuildConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
                 raise ValidationError(f"{name} must be a number > 0, got {v!r}", name)
+        if self.factors_model not in ("als", "bpr", "none"):
+            raise ValidationError(
+                f'factors_model must be "als", "bpr" or "none", got {self.factors_model!r}', "factors_model"
+            )
+        if self.embedding_dim > self.factors_dim:
+            raise ValidationError(
+                f"embedding_dim ({self.embedding_dim}) must not exceed factors_dim ({self.factors_dim})",
+                "embedding_dim",
+            )
+        if not isinstance(self.quotas, dict):
+            raise ValidationError(f"quotas must be a table of source = count, got {self.quotas!r}", "quotas")
         if not 0 < self.type_decay <= 1:
             raise ValidationError(f"type_decay must be in (0, 1], got {self.type_decay!r}", "type_decay")
 

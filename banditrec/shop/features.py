@@ -231,6 +231,7 @@ class ContextFeaturizer:
         self.taste_sum = arrays.get("taste_sum")  # (n_users, d_i) sum of bought/carted items' vectors
         self.taste_n = arrays.get("taste_n")  # (n_users,)
         self.last_ts = arrays.get("last_ts")  # (n_users,) last interaction, NaN none
+        self.reorder = None  # the build's ReorderModel (the "reorder" part), set by the shop
         self.parts = list(spec["parts"])
         self.fields = {k: (v if v == "number" else list(v)) for k, v in spec.get("request_fields", {}).items()}
         self.columns = list(spec.get("encoding", []))
@@ -293,6 +294,9 @@ class ContextFeaturizer:
                     age = None
                 hours = 1.0 if age is None else min(math.log1p(age / 3600.0) / RECENCY_SCALE_H, 1.0)
                 out.append(np.array([hours, math.log1p(len(session_items)) / math.log1p(50.0)]))
+            elif part == "reorder":  # the largest due probability over the user's consumable types
+                due = self.reorder.context_feature(user, now) if user >= 0 and self.reorder is not None else 0.0
+                out.append(np.array([due]))
             elif part == "time":
                 day = (now / DAY_S) % 7.0
                 hour = (now % DAY_S) / 3600.0
@@ -361,6 +365,7 @@ def fit_context(
     request_fields: dict,
     encoding: list[str],
     previous: dict | None = None,
+    reorder=None,
 ) -> ContextFeaturizer:
     """A :class:`ContextFeaturizer` for ``n_users`` users; ``users`` (a
     :class:`~banditrec.shop.inputs.Users` or None) gives segments and numeric attributes for
@@ -373,6 +378,8 @@ def fit_context(
             parts = [p for p in parts if p != "segment"]
         if users is None or not users.numeric:
             parts = [p for p in parts if p != "user_numeric"]
+        if reorder is None:
+            parts = [p for p in parts if p != "reorder"]
         spec["parts"] = parts
         spec["segments"] = _vocabulary(users.segment, max_categories) if "segment" in parts else []
         spec["user_numeric"] = (
@@ -411,9 +418,12 @@ def fit_context(
             "taste": [f"taste{j}" for j in range(d_i)],
             "recency": ["hours_since_active", "session_events"],
             "time": ["hour_sin", "hour_cos", "weekday_sin", "weekday_cos"],
+            "reorder": ["due_to_reorder"],
         }[part]
     for name, vocab in spec["request_fields"].items():
         names += [name] if vocab == "number" else [f"{name}={v}" for v in vocab]
     names += list(spec["encoding"])
     spec["names"] = names
-    return ContextFeaturizer(spec, arrays)
+    ctx = ContextFeaturizer(spec, arrays)
+    ctx.reorder = reorder
+    return ctx

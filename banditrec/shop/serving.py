@@ -77,6 +77,7 @@ class Shop:
             self.manifest["candidates"],
             filters=Filters([self.stock, AlreadyBought(self.types, self.consumable)]),
         )
+        self.context.reorder = self.generator.reorder
 
     @property
     def n_items(self) -> int:

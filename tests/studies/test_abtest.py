@@ -289,8 +289,10 @@ def test_pooling_is_inverse_variance_weighted():
 
 def test_longterm_arm_shows_more_gateway_items():
     """With a large lambda the long-term arm's value column favours items whose buyers spend
-    more later; in the simulator those are the gateway items (ground truth)."""
+    more later; in a simulator without consumables (whose buyers also spend more later, on
+    replenishment) those are the gateway items (ground truth)."""
     cfg = SimConfig(
+        consumable_share=0.0,
         n_items=400,
         n_types=20,
         n_categories=5,

@@ -74,7 +74,7 @@ def test_cli_demo_prints_the_table_and_where_everything_is(tmp_path):
         main, ["demo", "--days", "2", "--items", "300", "--customers", "800", "--out", str(out), "--target", "uniform"]
     )
     assert res.exit_code == 0, res.output
-    assert re.search(r"uniform\s+IPS\s+\d\.\d{4}\s+\[\d\.\d{3}, \d\.\d{3}\]\s+\d\.\d{4}", res.output)
+    assert re.search(r"uniform\s+IPS\s+-?\d\.\d{4}\s+\[-?\d\.\d{3}, -?\d\.\d{3}\]\s+\d\.\d{4}", res.output)
     for line in (f"report: {out / 'report.md'}", f"log:    {out / 'log.db'}", f"shop:   {out / 'shop'}"):
         assert line in res.output
     assert "export " in res.output and "build " in res.output and "serve     day  2" in res.output

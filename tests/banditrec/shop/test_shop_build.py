@@ -159,7 +159,7 @@ def test_a_rebuild_with_another_feature_space_is_refused_while_serving(make_log,
         shop_dir.parent / "ev.csv",
         out=shop_dir,
         refit_features=True,
-        config=BuildConfig(item_dim=shop.item_dim - 2),
+        config=BuildConfig(embedding_dim=BuildConfig().embedding_dim - 2),
     )
     assert Shop(shop_dir).item_dim == shop.item_dim - 2
     assert watcher.check() == "refused" and "cannot carry over" in watcher.last_error
