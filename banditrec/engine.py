@@ -122,6 +122,17 @@ def _backfill(idx: np.ndarray, source: np.ndarray, backfill: np.ndarray, exclude
     ]
 
 
+def _checked_sources(sources, n: int) -> np.ndarray:
+    """The request's candidate sources as an object array, one non-empty string per candidate."""
+    if isinstance(sources, str) or not isinstance(sources, (list, tuple)) or len(sources) != n:
+        raise ValidationError(
+            f"candidate_sources must be a list of {n} source names, one per candidate", "candidate_sources"
+        )
+    if not all(isinstance(x, str) and x and x != "pinned" for x in sources):
+        raise ValidationError('candidate_sources must hold non-empty strings other than "pinned"', "candidate_sources")
+    return np.asarray(sources, dtype=object)
+
+
 def time_ordered_id() -> str:
     """A 32-hex-digit event id: the wall clock in milliseconds (12 digits), then 80 random bits
     from the OS (as UUIDv7 lays them out, without the version bits).
@@ -581,7 +592,7 @@ class Engine:
             raise ValidationError("context must hold finite numbers", "context")
         return ctx
 
-    def _candidates(self, parts: ShopParts, user_id, n_slots, candidates, exclude, session):
+    def _candidates(self, parts: ShopParts, user_id, n_slots, candidates, exclude, session, candidate_sources=None):
         items = parts.items
         excluded = np.empty(0, dtype=np.int64)
         if exclude:  # ids the catalog no longer knows cannot be served anyway: ignore them
@@ -592,9 +603,14 @@ class Engine:
             idx = items.index_of(candidates, "candidates")
             if len(set(candidates)) != len(candidates):
                 raise ValidationError("candidates must not repeat an item", "candidates")
-            if len(excluded):
-                idx = idx[~np.isin(idx, excluded)]
             source: str | np.ndarray = SOURCE_REQUEST  # every candidate's
+            if candidate_sources is not None:
+                source = _checked_sources(candidate_sources, len(idx))
+            if len(excluded):
+                kept = ~np.isin(idx, excluded)
+                idx = idx[kept]
+                if not isinstance(source, str):
+                    source = source[kept]
         else:
             history = parts.history(user_id)
             unavailable = np.union1d(np.union1d(excluded, history), session.items)
@@ -648,6 +664,7 @@ class Engine:
         exclude=None,
         surface: str = "home",
         pinned=None,
+        candidate_sources=None,
     ) -> Decision:
         """Fill ``n_slots`` slots for ``user_id``, log the decision, and return it.
 
@@ -667,6 +684,9 @@ class Engine:
         pinned : list of str, optional
             Promotions: they take the first slots in this order, with propensity 1 and source
             ``"pinned"``, and readers leave them out of learning and evaluation.
+        candidate_sources : list of str, optional
+            With ``candidates``: the source that proposed each (logged, for ``banditrec
+            ablation``); by default every candidate's source is ``"request"``.
 
         Returns
         -------
@@ -680,7 +700,14 @@ class Engine:
             An unknown item, too few candidates, or a malformed context.
         """
         record, draw = self._prepare(
-            user_id, n_slots, context=context, candidates=candidates, exclude=exclude, surface=surface, pinned=pinned
+            user_id,
+            n_slots,
+            context=context,
+            candidates=candidates,
+            exclude=exclude,
+            surface=surface,
+            pinned=pinned,
+            candidate_sources=candidate_sources,
         )
         self.log_items()
         self.log.write_decision(
@@ -738,10 +765,18 @@ class Engine:
         exclude=None,
         surface: str = "home",
         pinned=None,
+        candidate_sources=None,
     ) -> tuple[DecisionRecord, _Draw]:
         """Sample a decision; returns what logs it, and the stamped draw."""
         inp = self._inputs(
-            user_id, n_slots, context=context, candidates=candidates, exclude=exclude, surface=surface, pinned=pinned
+            user_id,
+            n_slots,
+            context=context,
+            candidates=candidates,
+            exclude=exclude,
+            surface=surface,
+            pinned=pinned,
+            candidate_sources=candidate_sources,
         )
         with self._lock:
             dist = self._distribution(inp) if inp.n_policy else None
@@ -758,6 +793,7 @@ class Engine:
         exclude=None,
         surface: str = "home",
         pinned=None,
+        candidate_sources=None,
     ) -> _Inputs:
         """Everything a decision needs before the policy sees it, checked (no policy state read)."""
         if not isinstance(user_id, str) or not user_id:
@@ -781,7 +817,9 @@ class Engine:
         needs_session = (candidates is None and n_policy > 0) or parts.context is not None
         session = self.session(user_id, items) if needs_session else None
         ctx = self._context(parts, context, user_id, session)
-        cand_idx, source = self._candidates(parts, user_id, n_policy, candidates, excluded or None, session)
+        cand_idx, source = self._candidates(
+            parts, user_id, n_policy, candidates, excluded or None, session, candidate_sources
+        )
         if candidates is not None and len(cand_idx) == len(candidates):
             cand_ids = tuple(candidates)  # nothing excluded: the request's ids, in its order
         else:

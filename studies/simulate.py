@@ -21,6 +21,8 @@ from banditrec.candidates import (
     OutOfStock,
     UserState,
 )
+from banditrec.candidates.generator import SOURCES
+from banditrec.candidates.hybrid import DEFAULT_QUOTAS, BrainSettings, fit_brains
 from banditrec.engine import Engine, ItemTable
 from banditrec.errors import ValidationError
 from banditrec.policies import make
@@ -74,6 +76,8 @@ def simulate(
     refit_days: int = 7,
     progress: bool = False,
     echo=None,
+    brains: bool = False,
+    without: str | None = None,
 ) -> SimulationResult:
     """Run ``days`` days of the shop with the policy ``policy`` (a banditrec spec).
 
@@ -84,6 +88,10 @@ def simulate(
     visitor owns are filtered out. The log receives the catalog (features and attributes: type,
     category, brand, title, price, margin, ...) and every interaction event, so
     ``banditrec similar --db`` can inspect the candidate model from the log alone.
+
+    ``brains``: also latent factors, reorder timing and the product graph's accessories, with
+    quotas (:func:`banditrec.candidates.hybrid.fit_brains`); each candidate's source is logged.
+    ``without``: leave that source out (the ablation's arms).
 
     ``db``: the decision log's path (a new file; ``None`` keeps it in memory). ``echo(line)``
     receives the KPI table's lines as days end. Returns the daily KPIs, lifetime value and the
@@ -115,7 +123,7 @@ def simulate(
     log = DecisionLog(str(db) if db is not None else ":memory:")
     log.write_items(cat.item_ids, cat.latent.astype(float), item_attrs(cat))
     events = _write_events(log, env.take_events(), base_s)
-    shop = ShopCandidates(env, events)
+    shop = ShopCandidates(env, events, brains=brains, without=without)
     engine = shop.engine(
         shop.policy(policy),
         log,
@@ -138,9 +146,10 @@ def simulate(
         for _ in range(days):
             req = env.requests()
             m = len(req)
-            cand = shop.for_requests(req, n_candidates, n_slots)
-            clock.schedule(base_s + env.day * DAY_S + req.hour * 3600.0)  # each decision at its visit's hour
-            slates, event_ids = decide_requests(engine, req, np.arange(m), cand, n_slots)
+            times = base_s + env.day * DAY_S + req.hour * 3600.0
+            cand, sources = shop.with_sources(req, n_candidates, n_slots, times)
+            clock.schedule(times)  # each decision at its visit's hour
+            slates, event_ids = decide_requests(engine, req, np.arange(m), cand, n_slots, sources)
             for kind in REWARD_KINDS:
                 expected[kind] += float(env.expected_reward(req, slates, kind).sum())
             out = env.respond(req, slates, respond_rng)
@@ -171,10 +180,13 @@ def simulate(
     return result
 
 
-def decide_requests(engine, req, rows: np.ndarray, cand: np.ndarray, n_slots: int) -> tuple[np.ndarray, list[str]]:
+def decide_requests(
+    engine, req, rows: np.ndarray, cand: np.ndarray, n_slots: int, sources: np.ndarray | None = None
+) -> tuple[np.ndarray, list[str]]:
     """The carousels ``engine`` decides (in one batch) for the requests ``rows`` of ``req``
-    with candidates ``cand`` (item indices, -1 pads): their slates as item indices
-    ``(len(rows), n_slots)`` (through the engine's own item table) and their event ids."""
+    with candidates ``cand`` (item indices, -1 pads) and, optionally, their ``sources`` (logged
+    for the ablation): their slates as item indices ``(len(rows), n_slots)`` (through the
+    engine's own item table) and their event ids."""
     items = engine.items
     batch = [
         {
@@ -182,6 +194,11 @@ def decide_requests(engine, req, rows: np.ndarray, cand: np.ndarray, n_slots: in
             "n_slots": n_slots,
             "context": req.context[i],
             "candidates": [items.ids[j] for j in cand[i] if j >= 0],
+            **(
+                {"candidate_sources": [str(x) for x, j in zip(sources[i], cand[i]) if j >= 0]}
+                if sources is not None
+                else {}
+            ),
         }
         for i in rows.tolist()
     ]
@@ -232,23 +249,44 @@ class ShopCandidates:
     launched on day 0), filtered by stock and by the types a visitor owns, with the pre-period's
     best sellers filling rows that come up short."""
 
-    def __init__(self, env, events: Interactions):
+    def __init__(self, env, events: Interactions, *, brains: bool = False, without: str | None = None, seed: int = 0):
         cat = env.catalog
         self.env = env
+        self.brains, self.without, self.seed = brains, without, seed
+        if without is not None and without not in SOURCES:
+            raise ValidationError(f"without must be one of {', '.join(SOURCES)}; got {without!r}", "without")
         self.stock_rule = OutOfStock(env.stock.available)
         metadata = MetadataIndex().fit(
             list(cat.title), fields={"type": cat.product_type, "brand": cat.brand}, numeric=cat.price[:, None]
         )  # cold start: new items launch on day 0
         self.generator = CandidateGenerator(
-            filters=Filters([self.stock_rule, AlreadyBought(cat.product_type, cat.consumable)]), metadata=metadata
+            filters=Filters([self.stock_rule, AlreadyBought(cat.product_type, cat.consumable)]),
+            metadata=metadata,
+            quotas=dict(DEFAULT_QUOTAS) if brains else None,
         )
+        if without is not None:  # the source's component counts for nothing and keeps no quota
+            self.generator.weights[without] = 0.0
+            self.generator.quotas.pop(without, None)
+            if without == "new":
+                self.generator.min_new = 0
         self.purchases = np.bincount(events.item[events.kind == 2], minlength=cat.n_items).astype(float)
         self.fallback = np.argsort(-self.purchases, kind="stable")
         self._parts = [events]
         self.fit(events)
 
     def fit(self, events: Interactions) -> None:
-        self.generator.fit(events, self.env.catalog.product_type, user_segments=self.env.population.segment)
+        cat = self.env.catalog
+        self.generator.fit(events, cat.product_type, user_segments=self.env.population.segment)
+        if self.brains:
+            fit_brains(
+                self.generator,
+                events,
+                cat.product_type,
+                consumable=cat.consumable,
+                brand=cat.brand,
+                price=cat.price,
+                settings=BrainSettings(seed=self.seed, reorder=True),
+            )
 
     def add(self, events: Interactions) -> None:
         """Keep a day's events for the next :meth:`refit` (the model does not see them yet)."""
@@ -300,16 +338,33 @@ class ShopCandidates:
             clock=_SimClock(),
         )
 
-    def for_requests(self, req, n_candidates: int, n_slots: int) -> np.ndarray:
+    def for_requests(self, req, n_candidates: int, n_slots: int, now: float | None = None) -> np.ndarray:
         """(m, >= n_slots) candidate item indices for the day's requests (-1 pads)."""
+        return self.with_sources(req, n_candidates, n_slots, now)[0]
+
+    def with_sources(self, req, n_candidates: int, n_slots: int, now=None) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`for_requests` and each candidate's source (``""`` pads; ``"popular"`` for the
+        best sellers that fill short rows). ``now``: each request's time on the events' clock
+        (the reorder source needs it)."""
         self.stock_rule.available = req.available
+        times = np.broadcast_to(np.asarray(now if now is not None else np.nan, dtype=float), (len(req),))
         states = [
-            UserState(cart=r["cart"], purchased=r["purchases"], viewed=r["views"], segment=int(req.segment[i]))
+            UserState(
+                cart=r["cart"],
+                purchased=r["purchases"],
+                viewed=r["views"],
+                segment=int(req.segment[i]),
+                user=int(req.customer[i]),
+                now=None if np.isnan(times[i]) else float(times[i]),
+            )
             for i, r in ((i, req.recent(i)) for i in range(len(req)))
         ]
-        return _complete(
-            self.generator.candidates_batch(states, n_candidates)[0], self.fallback, n_slots, req.available
-        )
+        ids, _, source = self.generator.candidates_batch(states, n_candidates)
+        cand = _complete(ids, self.fallback, n_slots, req.available)
+        out = np.full(cand.shape, "", dtype=object)
+        out[:, : source.shape[1]] = source
+        out[(cand >= 0) & (out == "")] = "popular"
+        return cand, out
 
 
 def _concat(parts: list[Interactions]) -> Interactions:

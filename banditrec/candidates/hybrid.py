@@ -18,6 +18,9 @@ from .graph import GraphParams, ProductGraph, fit_graph
 from .reorder import ReorderModel
 from .signals import Interactions
 
+DEFAULT_QUOTAS = {"factors": 2, "reorder": 2, "accessory": 1}
+"""Candidates kept per request from each of the other brains when it has any (``quotas``)."""
+
 
 @dataclass(frozen=True)
 class BrainSettings:

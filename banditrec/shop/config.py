@@ -12,6 +12,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..candidates.hybrid import DEFAULT_QUOTAS
 from ..errors import ValidationError
 
 CONTEXT_FEATURES = ("segment", "user_numeric", "taste", "recency", "time", "reorder")
@@ -63,7 +64,7 @@ class BuildConfig:
     min_new: int = 1
     weights: dict = field(default_factory=dict)
     new_item_days: float = 30.0  # an item created this recently and without interactions is "new"
-    quotas: dict = field(default_factory=lambda: {"factors": 2, "reorder": 2, "accessory": 1})
+    quotas: dict = field(default_factory=lambda: dict(DEFAULT_QUOTAS))
     # [factors]: latent factors (implicit's ALS or BPR; "none" leaves them out)
     factors_model: str = "als"
     factors_dim: int = 32
