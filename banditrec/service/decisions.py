@@ -29,6 +29,7 @@ def engine_args(req: DecideRequest) -> dict:
         candidates=req.candidates,
         exclude=req.exclude,
         surface=req.surface,
+        candidate_sources=req.candidate_sources,
     )
 
 

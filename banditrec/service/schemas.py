@@ -38,6 +38,10 @@ class DecideRequest(BaseModel):
         | None
     ) = None
     candidates: Annotated[list[ItemId], Field(min_length=1, max_length=10_000)] | None = None
+    # with candidates: the source that proposed each (logged; `banditrec ablation` reads it)
+    candidate_sources: (
+        Annotated[list[Annotated[StrictStr, Field(min_length=1, max_length=64)]], Field(max_length=10_000)] | None
+    ) = None
     exclude: Annotated[list[ItemId], Field(max_length=10_000)] | None = None
     surface: Annotated[StrictStr, Field(min_length=1, max_length=64)] = "home"
 

@@ -64,6 +64,26 @@ def test_batch_with_one_bad_request_logs_nothing_and_names_it(engine, client):
     )
 
 
+def test_a_request_names_its_candidates_sources_and_they_are_logged(engine, client):
+    body = {"user_id": "u1", "slots": 2, "candidates": ["i1", "i2", "i3"], "candidate_sources": ["a", "b", "a"]}
+    resp = client.post("/v1/decide", json=body)
+    assert resp.status_code == 200, resp.get_json()
+    d = DecideResponse.model_validate(resp.get_json())
+    (text,) = engine.log.db.execute(
+        "SELECT candidate_sources FROM decisions WHERE event_id = ?", (d.event_id,)
+    ).fetchone()
+    assert json.loads(text) == ["a", "b", "a"]
+    by_item = dict(zip(body["candidates"], body["candidate_sources"]))
+    assert all(s.source == by_item[s.item_id] for s in d.slots)
+    # one per candidate, and never "pinned": refused with the field named, nothing logged
+    n = engine.log.count("decisions")
+    assert_json_error(client.post("/v1/decide", json={**body, "candidate_sources": ["a"]}), 400, "candidate_sources")
+    assert_json_error(
+        client.post("/v1/decide", json={**body, "candidate_sources": ["a", "pinned", "b"]}), 400, "candidate_sources"
+    )
+    assert engine.log.count("decisions") == n
+
+
 def test_batch_size_is_capped_by_the_config(engine):
     client = create_app(engine, settings=ServiceConfig(batch_max=3)).test_client()
     reqs = [{"user_id": "u1", "slots": 1}] * 4
