@@ -60,13 +60,15 @@ def fit_brains(
     price=None,
     now: float | None = None,
     settings: BrainSettings | None = None,
+    typed: bool = True,
 ) -> Brains:
     """Fit the latent factors, the reorder model (when some type is ``consumable``, a bool per
     type) and the product graph on ``events``, and plug them into the fitted ``generator``.
 
     The factors learn from the same recency-weighted user x item matrix as item-item CF. The
     generator's ``accessory`` table is the graph's ``accessory_of`` edges reversed (from the
-    main item to its accessories), so a cart or a purchase seeds its accessories."""
+    main item to its accessories), so a cart or a purchase seeds its accessories. ``typed``:
+    False when the catalog has no product types (``types`` all 0): no ``same_type`` edges."""
     settings = settings or BrainSettings()
     if not generator.fitted:
         raise ValidationError("fit the CandidateGenerator before its brains", "generator")
@@ -86,7 +88,7 @@ def fit_brains(
         reorder = ReorderModel().fit(
             events, types, np.asarray(consumable, dtype=bool), now=now, active=generator.active
         )
-    graph = fit_graph(events, types, generator, brand=brand, price=price, params=settings.graph)
+    graph = fit_graph(events, types if typed else None, generator, brand=brand, price=price, params=settings.graph)
     generator.factors, generator.reorder = factors, reorder
     generator.accessory = graph.edge_matrix("accessory_of").T.tocsr()
     return Brains(factors, reorder, graph)

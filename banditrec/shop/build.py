@@ -383,6 +383,7 @@ def _build(items, interactions, users, *, out, config, maps, encoding, refit_fea
         price=catalog.numeric.get("price"),
         now=now,
         settings=BrainSettings(config.factors_model, config.factors_dim, seed=config.seed),
+        typed=catalog.type is not None,
     )
     step("candidate model")
     embedding = None
