@@ -502,7 +502,7 @@ def _build(items, interactions, users, *, out, config, maps, encoding, refit_fea
         n_removed,
         n_users,
         len(ev),
-        featurizer.dim,
+        item_features.shape[1],
         context.dim,
         notes,
         time.perf_counter() - start,
