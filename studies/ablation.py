@@ -10,12 +10,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import click
 import numpy as np
 from scipy.stats import t as student_t
 
 from banditrec.candidates.generator import SOURCES
-from banditrec.cli import usage_errors
 from simulator.config import SimConfig
 
 from .simulate import simulate
@@ -72,30 +70,3 @@ def ablation_table(runs: list[ArmRun]) -> str:
                 cells.append(f"{d.mean():+.4f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-@click.command("simulate-ablation")
-@click.option("--policy", default="egreedy:epsilon=0.1", show_default=True, help="The policy every arm serves with.")
-@click.option("--days", default=14, show_default=True, type=click.IntRange(1))
-@click.option("--items", "n_items", default=300, show_default=True, type=click.IntRange(10))
-@click.option("--customers", "n_customers", default=1500, show_default=True, type=click.IntRange(10))
-@click.option("--history-days", default=60, show_default=True, type=click.IntRange(1))
-@click.option("--seeds", default=3, show_default=True, type=click.IntRange(1), help="Worlds (paired runs).")
-@click.option(
-    "--source",
-    "sources",
-    multiple=True,
-    type=click.Choice(SOURCES),
-    help="A source to leave out (repeatable) [default: each one].",
-)
-@usage_errors
-def simulate_ablation(policy, days, n_items, n_customers, history_days, seeds, sources):
-    """The simulated shop with every candidate source, then without each: the change in the
-    true clicks and margin per carousel and the customers' lifetime value."""
-    config = SimConfig(n_items=n_items, n_customers=n_customers, history_days=history_days)
-    runs = run_ablation(config, policy, days, sources=sources or SOURCES, seeds=range(seeds))
-    click.echo(
-        f"{policy}, {days} days, {n_items} items, {n_customers} customers, {seeds} seed(s); "
-        "change when the source is left out, paired by seed (95% CI):"
-    )
-    click.echo(ablation_table(runs))

@@ -1,4 +1,4 @@
-"""The study commands (demo, coverage, simulate, abtest, sweep, regret, sensitivity).
+"""The study commands (demo, coverage, simulate, abtest, sweep, regret, sensitivity, simulate-ablation).
 
 They join ``banditrec``'s command group through the ``banditrec.commands`` entry points in
 ``setup.cfg``; each drives the library on a simulated shop.
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from banditrec.candidates.generator import SOURCES
 from banditrec.cli import usage_errors
 from banditrec.policies.base import DEFAULT_FLOOR
 from simulator.scenarios import SCENARIOS
@@ -507,3 +508,34 @@ def abtest(arms, days, customers, seeds, first_seed, salt, scenario, config_file
             click.echo(pooled_table(pool_seeds(rows)))
         path = write_report(out, results=results, rows_by_seed=rows, command=command)
     click.echo(f"report: {path}")
+
+
+@click.command("simulate-ablation")
+@click.option("--policy", default="egreedy:epsilon=0.1", show_default=True, help="The policy every arm serves with.")
+@click.option("--days", default=14, show_default=True, type=click.IntRange(1))
+@click.option("--items", "n_items", default=300, show_default=True, type=click.IntRange(10))
+@click.option("--customers", "n_customers", default=1500, show_default=True, type=click.IntRange(10))
+@click.option("--history-days", default=60, show_default=True, type=click.IntRange(1))
+@click.option("--seeds", default=3, show_default=True, type=click.IntRange(1), help="Worlds (paired runs).")
+@click.option(
+    "--source",
+    "sources",
+    multiple=True,
+    type=click.Choice(SOURCES),
+    help="A source to leave out (repeatable) [default: each one].",
+)
+@usage_errors
+def simulate_ablation(policy, days, n_items, n_customers, history_days, seeds, sources):
+    """The simulated shop with every candidate source, then without each: the change in the
+    true clicks and margin per carousel and the customers' lifetime value."""
+    from simulator.config import SimConfig
+
+    from .ablation import ablation_table, run_ablation
+
+    config = SimConfig(n_items=n_items, n_customers=n_customers, history_days=history_days)
+    runs = run_ablation(config, policy, days, sources=sources or SOURCES, seeds=range(seeds))
+    click.echo(
+        f"{policy}, {days} days, {n_items} items, {n_customers} customers, {seeds} seed(s); "
+        "change when the source is left out, paired by seed (95% CI):"
+    )
+    click.echo(ablation_table(runs))

@@ -93,7 +93,7 @@ def test_every_study_command_is_registered_for_the_banditrec_command():
     cfg = configparser.ConfigParser()
     cfg.read(ROOT / "setup.cfg")
     registered = {
-        line.split("=")[0].strip()
+        line.split("=")[1].split(":")[1].strip()
         for line in cfg["options.entry_points"]["banditrec.commands"].splitlines()
         if line.strip()
     }

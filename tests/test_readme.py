@@ -68,6 +68,8 @@ def test_readme_commands_exist():
         "sweep",
         "abtest",
         "compact",
+        "graph",
+        "ablation",
     }
     for command in documented:
         res = CliRunner().invoke(main, [command, "--help"])
