@@ -58,6 +58,9 @@ Sections (``--only NAME`` runs one):
              interactions per item): build time by step, peak memory, per-request retrieval p50
              and p99, beside implicit's item-item build on the same users x items matrix
              (bench/scale_bench.py; implicit from its own venv, ``make bench-peers``)
+  brains     the fit time of latent factors (ALS, BPR), reorder timing and the product graph
+             beside the candidate generator's, and a request's candidates with each brain on
+             beside the four-source generator, 10,000 and 100,000 items (bench/brains_bench.py)
   scale1m    the same ladder up to 1,000,000 items and 10,000,000 interactions: ``--only scale1m``
   shopbuild  ``banditrec build`` from CSV files, end to end (1,000 and 100,000 items), the served
              directory's load time and a served decision's p50/p99 beside the candidate generator
@@ -157,6 +160,8 @@ FULL = dict(
     rm_seeds=20,
     rm_decisions=2000,
     scale=[1_000, 10_000, 100_000],
+    brains=[10_000, 100_000],
+    brains_requests=400,
     scale1m=[1_000, 10_000, 100_000, 1_000_000],
     shopbuild=[1_000, 100_000],
     shopbuild1m=[1_000, 100_000, 1_000_000],
@@ -192,6 +197,8 @@ QUICK = dict(
     rm_seeds=3,
     rm_decisions=500,
     scale=[1_000, 10_000],
+    brains=[1_000],
+    brains_requests=40,
     scale1m=[1_000, 10_000],
     shopbuild=[1_000],
     shopbuild1m=[1_000],
@@ -1034,6 +1041,13 @@ def bench_compaction(cfg: dict, tmp: Path) -> None:
     compaction_bench.main(["--decisions", str(cfg["compaction"])])
 
 
+def bench_brains(cfg: dict, tmp: Path) -> None:
+    """The other brains' fit and request cost beside the generator's (bench/brains_bench.py)."""
+    import brains_bench
+
+    brains_bench.bench_brains(cfg)
+
+
 def bench_choices(cfg: dict, tmp: Path) -> None:
     """Speed choices in the code beside the plain alternative (bench/choices_bench.py)."""
     import choices_bench
@@ -1057,6 +1071,7 @@ SECTIONS = {
     "candidates": bench_candidates,
     "candeval": bench_candeval,
     "scale": bench_scale,
+    "brains": bench_brains,
     "scale1m": bench_scale1m,
     "shopbuild": bench_shopbuild,
     "shopbuild1m": bench_shopbuild1m,
