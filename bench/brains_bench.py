@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 from common import compare, ratio, rng, table, us
 from shopgen import synthetic_shop
 
