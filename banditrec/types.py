@@ -263,6 +263,11 @@ class LoggedDecisions:
         keep = self.seq > after_seq
         if until_seq is not None:
             keep &= self.seq <= until_seq
+        return self.subset(keep)
+
+    def subset(self, keep: np.ndarray) -> LoggedDecisions:
+        """The decisions where ``keep (D,)`` is True, with their rows, ``row_decision`` renumbered."""
+        keep = np.asarray(keep, dtype=bool)
         rows = keep[self.row_decision]
         return self._pick(np.flatnonzero(keep), rows, (np.cumsum(keep) - 1)[self.row_decision[rows]])
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from statistics import NormalDist
 
 import numpy as np
@@ -242,10 +242,9 @@ def ablation(
     train_from_log(target, train, feats, cold=cold)
     test = logged.take(n_train, D)
     srcs = per_decision[n_train:]
-    keep_rows = with_sources[n_train:][test.row_decision]
     if not with_sources[n_train:].any():
         raise ValidationError("no evaluated decision logged its candidate sources (all came with the request)", "db")
-    test = _only(test, with_sources[n_train:], keep_rows)
+    test = test.subset(with_sources[n_train:])
     srcs = [s for s in srcs if s is not None]
     sn = estimator == "SNIPS"
     all_pi = _target_rows(target, test, feats, cold, lambda d: None, min_epsilon)
@@ -260,29 +259,6 @@ def ablation(
         touched = sum(1 for s in srcs if (s == name).any())
         rows.append(SourceAblation(name, float(without.mean()), delta, ci, touched))
     return Ablation(policy, estimator, n_train, test.n_decisions, value_all, ci_all, acc, rows, totals)
-
-
-def _only(logged: LoggedDecisions, keep: np.ndarray, keep_rows: np.ndarray) -> LoggedDecisions:
-    """The decisions ``keep`` (bool mask) of ``logged`` with their rows, renumbered."""
-    if keep.all():
-        return logged
-    new_index = np.cumsum(keep) - 1
-    rows = np.flatnonzero(keep_rows)
-    return replace(
-        logged,
-        event_id=[e for e, k in zip(logged.event_id, keep.tolist()) if k],
-        seq=logged.seq[keep],
-        context=logged.context[keep],
-        candidates=[c for c, k in zip(logged.candidates, keep.tolist()) if k],
-        row_decision=new_index[logged.row_decision[rows]],
-        row_slot=logged.row_slot[rows],
-        row_action=logged.row_action[rows],
-        row_pscore=logged.row_pscore[rows],
-        row_reward=logged.row_reward[rows],
-        decision_reward=logged.decision_reward[keep],
-        row_propensity=None if logged.row_propensity is None else logged.row_propensity[rows],
-        n_slots=None if logged.n_slots is None else logged.n_slots[keep],
-    )
 
 
 def ablation_log(
