@@ -31,9 +31,9 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
-# Peers for bench/run.py in their own venvs, never banditrec dependencies: Open Bandit Pipeline
-# 0.5.7 and implicit (its own target, below). obp's metadata says python<3.11 and pins
-# torch==1.12 (no 3.11 build), so: the machine's CPU torch 2.13.0 first, obp's runtime deps at
+# A peer for bench/run.py in its own venv, never a banditrec dependency: Open Bandit Pipeline
+# 0.5.7 (the other peer, implicit, is a dependency since the latent factors). obp's metadata
+# says python<3.11 and pins torch==1.12 (no 3.11 build), so: the machine's CPU torch 2.13.0 first, obp's runtime deps at
 # its pins where 3.11 wheels exist (numpy 1.23.5, scipy 1.9.3, scikit-learn 1.1.3, pandas
 # 1.5.2), then obp itself without resolving its pins.
 # pip check then lists torch, Pillow, PyYAML, pingouin and pyieoe: none is imported by obp.ope.
@@ -49,19 +49,6 @@ bench-peers:
 	  bench/.peers-venv/bin/python -c 'from obp.ope import InverseProbabilityWeighting, \
 	    SelfNormalizedInverseProbabilityWeighting, DoublyRobust, OffPolicyEvaluation' && \
 	  touch bench/.peers-venv/.installed; }
-	$(MAKE) bench/.implicit-venv/.installed
-
-# implicit 0.7.3 (item-item CosineRecommender etc., bench section `candidates`) in a venv of its
-# own, at the numpy and scipy versions of .venv so both libraries run on the same ones; the
-# bench hands it the data as .npz, so banditrec is not installed there.
-bench/.implicit-venv/.installed: $(STAMP)
-	test -x bench/.implicit-venv/bin/python || $(PY) -m venv bench/.implicit-venv
-	bench/.implicit-venv/bin/python -m pip install --quiet --upgrade pip
-	bench/.implicit-venv/bin/python -m pip install --quiet --only-binary :all: implicit==0.7.3 \
-	  $$($(BIN)/python -c 'import numpy, scipy; print(f"numpy=={numpy.__version__} scipy=={scipy.__version__}")')
-	bench/.implicit-venv/bin/python -c 'from implicit.nearest_neighbours import CosineRecommender, \
-	  TFIDFRecommender, BM25Recommender'
-	touch $@
 
 # The Open Bandit Dataset's small sample (10,000 rows per log; ZOZOTOWN, Saito et al. 2021) as it
 # ships inside obp 0.5.7's source distribution: data only, never obp's code. data/obd/ keeps
