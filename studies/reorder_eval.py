@@ -156,3 +156,5 @@ def reorder(customers, train_days, spread, seed):
     )
     click.echo("")
     click.echo(r.table())
+    click.echo("")
+    click.echo(f"standard error of each hit rate at most 0.5 / sqrt({r.users}) = {0.5 / max(r.users, 1) ** 0.5:.3f}")

@@ -23,10 +23,11 @@ TYPES = np.repeat(np.arange(len(CONSUMABLE)), ITEMS_PER_TYPE)
 HORIZON_DAYS = 365.0
 
 
-def renewal_events(n_users: int, seed: int, loyalty: float = 0.7):
+def renewal_events(n_users: int, seed: int, loyalty: float = 0.7, lapse: float = 0.0):
     """Purchases of a known lognormal renewal process: customer c's median cycle of type t is
     ``TYPE_CYCLE[t] exp(TAU z)``, each interval that times ``exp(SIGMA z')``; the process started
-    before the window (a random phase). Returns (events, true cycles (n_users, T))."""
+    before the window (a random phase); after each purchase the customer stops buying the type
+    with probability ``lapse``. Returns (events, true cycles (n_users, T))."""
     rng = np.random.default_rng(seed)
     T = len(CONSUMABLE)
     true = TYPE_CYCLE[None, :] * np.exp(TAU * rng.normal(size=(n_users, T)))
@@ -35,7 +36,8 @@ def renewal_events(n_users: int, seed: int, loyalty: float = 0.7):
         k = int(4 * HORIZON_DAYS / TYPE_CYCLE[t]) + 5
         iv = true[:, t : t + 1] * np.exp(SIGMA * rng.normal(size=(n_users, k)))
         times = np.cumsum(iv, axis=1) - rng.uniform(0, 1, size=(n_users, 1)) * iv[:, :1]
-        inside = times < HORIZON_DAYS
+        stopped = np.cumsum(rng.random((n_users, k)) < lapse, axis=1)
+        inside = (times < HORIZON_DAYS) & (np.c_[np.zeros((n_users, 1)), stopped[:, :-1]] == 0)
         favourite = rng.integers(0, ITEMS_PER_TYPE, size=(n_users, 1))
         pick = np.where(
             rng.random((n_users, k)) < loyalty, favourite, rng.integers(0, ITEMS_PER_TYPE, size=(n_users, k))
@@ -48,9 +50,12 @@ def renewal_events(n_users: int, seed: int, loyalty: float = 0.7):
     return ev, true
 
 
+LAPSE = 0.1
+
+
 @pytest.fixture(scope="module")
 def fitted():
-    ev, true = renewal_events(3000, seed=1)
+    ev, true = renewal_events(3000, seed=1, lapse=LAPSE)
     return ReorderModel().fit(ev, TYPES, CONSUMABLE, now=HORIZON_DAYS * DAY_S), ev, true
 
 
@@ -61,6 +66,14 @@ def test_population_parameters_recovered(fitted):
     np.testing.assert_allclose(np.exp(model.pop_mean[cons]), TYPE_CYCLE[cons], rtol=0.03)
     np.testing.assert_allclose(np.sqrt(model.between_var[cons]), TAU, atol=0.05)
     np.testing.assert_allclose(np.sqrt(model.noise_var[cons]), SIGMA, atol=0.05)
+    np.testing.assert_allclose(model.lapse[cons], LAPSE, atol=0.03)
+    assert model.lapse[2] == 0.0
+
+
+def test_no_lapses_estimated_where_there_are_none():
+    ev, _ = renewal_events(1000, seed=4)
+    model = ReorderModel().fit(ev, TYPES, CONSUMABLE, now=HORIZON_DAYS * DAY_S)
+    assert (model.lapse[CONSUMABLE] < 0.01).all()
 
 
 def test_customer_cycles_recovered_and_calibrated(fitted):
@@ -135,20 +148,22 @@ def test_posterior_sd_shrinks_with_the_count(fitted):
 
 
 def _mc_due(model, user, t, now, h, n=400_000, seed=0):
-    """Monte Carlo: log cycle from the posterior, an interval around it; the share of intervals
-    longer than the age that end within the horizon, and its standard error."""
+    """Monte Carlo: a lapse (never again) with the type's lapse share, else a log cycle from the
+    posterior and an interval around it; the share of intervals longer than the age that end
+    within the horizon, and its standard error."""
     rng = np.random.default_rng(seed)
     post = model.posterior([user], [t])
     p = model._pair_index(np.array([user]), np.array([t]))[0]
     mu = rng.normal(post.mean[0], post.sd[0], n)
     x = np.exp(mu + np.sqrt(model.noise_var[t]) * rng.normal(size=n)) * DAY_S
+    x[rng.random(n) < model.lapse[t]] = np.inf
     age = now - model.last_ts[p]
     alive = x > age
     frac = ((x <= age + h) & alive).sum() / alive.sum()
     return frac, np.sqrt(frac * (1 - frac) / alive.sum())
 
 
-@pytest.mark.parametrize("age_days", [0.0, 5.0, 18.0, 35.0])
+@pytest.mark.parametrize("age_days", [0.0, 5.0, 18.0, 35.0, 60.0])
 def test_due_matches_monte_carlo(fitted, age_days):
     """400,000 draws of the predictive interval; within 4 standard errors (+1e-4)."""
     model, _, _ = fitted
@@ -173,6 +188,9 @@ def test_due_table_shape_and_unknown_users(fitted):
     f = model.context_features(users, HORIZON_DAYS * DAY_S)
     assert f[0] == pytest.approx(D[0].toarray().max()) and f[1] == 0.0 and f[3] == 0.0
     assert model.context_feature(10_000, 0.0) == 0.0
+    # long overdue: a lapse is the likelier story, so the type is hardly due
+    p = model._pair_index(np.array([3]), np.array([3]))[0]
+    assert model.due([3], model.last_ts[p] + 200 * DAY_S)[0, 3] < 0.01
     # a longer horizon is at least as likely
     assert (model.due(users, HORIZON_DAYS * DAY_S, 14 * DAY_S).data >= D.data - 1e-12).all()
 
