@@ -33,16 +33,16 @@ def test_due_ranking_beats_recommending_the_last_purchase(report):
 
 def test_last_bought_lists_distinct_consumables_newest_first():
     ev = Interactions.from_arrays(
-        [0, 0, 0, 0, 1, 1, 2],
-        [3, 1, 3, 2, 1, 0, 2],
-        [1.0, 2.0, 3.0, 4.0, 1.0, 2.0, 5.0],
-        [2, 2, 2, 2, 2, 0, 2],
-        n_users=3,
+        [0, 0, 0, 1, 1, 2, 3, 3, 3],
+        [3, 1, 2, 1, 0, 2, 0, 3, 0],
+        [1.0, 2.0, 4.0, 1.0, 2.0, 5.0, 1.0, 2.0, 3.0],
+        [2, 2, 2, 2, 0, 2, 2, 2, 2],
+        n_users=4,
         n_items=4,
     )
     consumable_item = np.array([True, True, False, True])
-    got = last_bought(ev, consumable_item, np.array([0, 1, 2]), 3)
-    np.testing.assert_array_equal(got, [[3, 1, -1], [1, -1, -1], [-1, -1, -1]])
+    got = last_bought(ev, consumable_item, np.array([0, 1, 2, 3]), 3)
+    np.testing.assert_array_equal(got, [[1, 3, -1], [1, -1, -1], [-1, -1, -1], [0, 3, -1]])
 
 
 def test_hits_at_by_hand():
