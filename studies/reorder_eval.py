@@ -28,6 +28,13 @@ class ReorderEval:
     consumable_types: int
     hits: dict  # method -> {k: hit rate on items}
     type_hits: dict  # method -> {k: hit rate on product types}
+    first_hit: dict  # method -> (users,) rank of each user's first item hit (list length when none)
+
+    def difference(self, a: str, b: str, k: int) -> tuple[float, float]:
+        """Paired difference of item hit@k, method a minus b, over the same users, and its
+        standard error."""
+        d = (self.first_hit[a] < k).astype(float) - (self.first_hit[b] < k)
+        return float(d.mean()), (float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0)
 
     def table(self) -> str:
         head = "| method | " + " | ".join(f"hit@{k} items" for k in KS) + " | "
@@ -42,6 +49,12 @@ class ReorderEval:
                 + " | ".join(f"{t[k]:.3f}" for k in KS)
                 + " |"
             )
+        lines.append("")
+        for other in ("last bought", "population cycle only"):
+            diffs = ", ".join(
+                "k={}: {:+.3f} ± {:.3f}".format(k, *self.difference("reorder model", other, k)) for k in (1, 3)
+            )
+            lines.append(f"reorder model minus {other}, item hit@k (paired, ± 1 standard error): {diffs}")
         return "\n".join(lines)
 
 
@@ -65,15 +78,20 @@ def last_bought(events: Interactions, consumable_item: np.ndarray, users: np.nda
     return out
 
 
-def hits_at(lists: np.ndarray, truth_rows: np.ndarray, truth: np.ndarray, width: int, ks=KS) -> dict:
-    """Share of rows with a truth value among the first k of their list; ``(truth_rows, truth)``
-    lists each row's true values (values in [0, width))."""
+def first_hits(lists: np.ndarray, truth_rows: np.ndarray, truth: np.ndarray, width: int) -> np.ndarray:
+    """(m,) position of each row's first true value in its list (the list length when none);
+    ``(truth_rows, truth)`` lists each row's true values (values in [0, width))."""
     m = len(lists)
-    if m == 0:
-        return {k: 0.0 for k in ks}
     keys = np.arange(m)[:, None] * width + np.where(lists >= 0, lists, width)
     hit = np.isin(keys, truth_rows * width + truth) & (lists >= 0)
-    first = np.where(hit.any(axis=1), np.argmax(hit, axis=1), lists.shape[1])
+    return np.where(hit.any(axis=1), np.argmax(hit, axis=1), lists.shape[1])
+
+
+def hits_at(lists: np.ndarray, truth_rows: np.ndarray, truth: np.ndarray, width: int, ks=KS) -> dict:
+    """Share of rows with a true value among the first k of their list (see :func:`first_hits`)."""
+    if len(lists) == 0:
+        return {k: 0.0 for k in ks}
+    first = first_hits(lists, truth_rows, truth, width)
     return {k: float((first < k).mean()) for k in ks}
 
 
@@ -114,12 +132,15 @@ def evaluate_reorder(
         lists[name] = model.candidates_batch(users, cut, N)[0]
     lists["last bought"] = last_bought(train, cons_item, users, N)
     T = cat.n_types
-    hits, type_hits = {}, {}
+    hits, type_hits, first = {}, {}, {}
     for name, ids in lists.items():
         hits[name] = hits_at(ids, t_rows, t_items, cat.n_items)
+        first[name] = first_hits(ids, t_rows, t_items, cat.n_items)
         types = np.where(ids >= 0, cat.product_type[np.maximum(ids, 0)], -1)
         type_hits[name] = hits_at(_distinct(types), t_rows, cat.product_type[t_items], T)
-    return ReorderEval(users=len(users), consumable_types=int(cat.consumable.sum()), hits=hits, type_hits=type_hits)
+    return ReorderEval(
+        users=len(users), consumable_types=int(cat.consumable.sum()), hits=hits, type_hits=type_hits, first_hit=first
+    )
 
 
 def _distinct(lists: np.ndarray) -> np.ndarray:

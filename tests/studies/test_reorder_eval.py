@@ -28,7 +28,9 @@ def test_due_ranking_beats_recommending_the_last_purchase(report):
             assert all(h[a] <= h[b] for a, b in zip(KS, KS[1:]))
             assert 0.0 <= h[1] and h[max(KS)] <= 1.0
     lines = report.table().splitlines()
-    assert len(lines) == 2 + len(report.hits) and lines[2].startswith("| reorder model |")
+    assert lines[2].startswith("| reorder model |") and lines[2 + len(report.hits)] == ""
+    d, se = report.difference("reorder model", "last bought", 1)
+    assert d == pytest.approx(model[1] - naive[1]) and 0 < se < 0.03
 
 
 def test_last_bought_lists_distinct_consumables_newest_first():
