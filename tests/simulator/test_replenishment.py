@@ -223,3 +223,21 @@ def test_replenishment_settings_are_checked(changes, field):
     with pytest.raises(ValidationError) as exc:
         BASE.replace(**changes)
     assert exc.value.field == field
+
+
+def test_replenishments_count_in_revenue_not_in_visits_orders():
+    """Orders are visits with a purchase: a day with 3,000 replenishments has as many orders as
+    visitors who bought in their visit; purchases and revenue include the replenishments."""
+    env = Environment(BASE.replace(replenish_rate=1.0, history_days=0), seed=9)
+    cat = env.catalog
+    _due_today(env, [cat.items_of_type(t)[0] for t in np.flatnonzero(cat.consumable)])
+    env.stock.units[:] = 10**6
+    env.recording = True
+    env.requests()
+    k = env.advance_day()
+    p, repl = replenishments(env.events())
+    assert k.replenishments == repl.sum() > 2000
+    assert k.replenishment_revenue == pytest.approx(cat.price[p.item[repl]].sum())
+    assert k.purchases == len(p) and k.revenue == pytest.approx(cat.price[p.item].sum())
+    assert k.orders == len(np.unique(p.customer[~repl]))
+    assert k.aov == pytest.approx(cat.price[p.item[~repl]].sum() / k.orders)
