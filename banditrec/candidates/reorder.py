@@ -15,7 +15,7 @@ import scipy.sparse as sp
 from scipy.special import log_ndtr
 
 from ..errors import ValidationError
-from .arrays import from_meta, meta_int, take
+from .arrays import from_meta, full_name, meta_int, take
 from .signals import DAY_S, PURCHASE, Interactions
 
 FORMAT = "banditrec.ReorderModel"
@@ -539,34 +539,35 @@ class ReorderModel:
         model.repeat = take(arrays, "repeat", "f", (T,)).astype(float)
         model.lapse = take(arrays, "lapse", "f", (T,)).astype(float)
         if n and (model.types.min() < 0 or model.types.max() >= T):
-            _bad("types", f"must be in [0, {T})")
+            _bad(arrays, "types", f"must be in [0, {T})")
         if start[0] != 0 or start[-1] != P or (np.diff(start) < 0).any():
-            _bad("user_start", f"must rise from 0 to {P} (the number of pairs)")
+            _bad(arrays, "user_start", f"must rise from 0 to {P} (the number of pairs)")
         model.pair_user = np.repeat(np.arange(U, dtype=np.int64), np.diff(start))
         if P and (
             model.pair_type.min() < 0 or model.pair_type.max() >= T or not model.consumable[model.pair_type].all()
         ):
-            _bad("pair_type", f"must hold consumable types in [0, {T})")
+            _bad(arrays, "pair_type", f"must hold consumable types in [0, {T})")
         if P and ((np.diff(model.pair_type) <= 0) & (np.diff(model.pair_user) == 0)).any():
-            _bad("pair_type", "must rise strictly within each user")
+            _bad(arrays, "pair_type", "must rise strictly within each user")
         if P and (model.last_item.min() < 0 or model.last_item.max() >= n):
-            _bad("last_item", f"must be in [0, {n})")
+            _bad(arrays, "last_item", f"must be in [0, {n})")
         if P and model.n_intervals.min() < 0:
-            _bad("n_intervals", "must be >= 0")
+            _bad(arrays, "n_intervals", "must be >= 0")
         for name in ("between_var", "noise_var"):
             if T and getattr(model, name).min() <= 0:
-                _bad(name, "must be > 0")
+                _bad(arrays, name, "must be > 0")
         for name in ("repeat", "lapse"):
             if T and ((getattr(model, name) < 0) | (getattr(model, name) > 1)).any():
-                _bad(name, "must be in [0, 1]")
+                _bad(arrays, name, "must be in [0, 1]")
         if n and model.item_count.min() < 0:
-            _bad("item_count", "must be >= 0")
+            _bad(arrays, "item_count", "must be >= 0")
         model.user_start = start
         model._derive()
         return model
 
 
-def _bad(name: str, what: str) -> None:
+def _bad(arrays, key: str, what: str) -> None:
+    name = full_name(arrays, key)
     raise ValidationError(f"array {name!r} {what}", name)
 
 

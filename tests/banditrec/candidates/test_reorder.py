@@ -397,3 +397,17 @@ def test_recovers_the_simulated_shops_customer_cycles():
     assert many.sum() > 500
     assert err.mean() < 0.65 * pop_err.mean()
     assert (err < pop_err).mean() > 0.65
+
+
+def test_loads_from_prefixed_arrays_and_names_the_prefixed_array(fitted):
+    from banditrec.candidates.arrays import Prefixed
+
+    model, _, _ = fitted
+    arrays, meta = model.to_arrays()
+    shop = {f"reorder.{k}": v for k, v in arrays.items()}
+    loaded = ReorderModel.from_arrays(Prefixed(shop, "reorder."), meta)
+    np.testing.assert_array_equal(loaded.last_item, model.last_item)
+    shop["reorder.user_start"] = shop["reorder.user_start"][::-1].copy()
+    with pytest.raises(ValidationError) as exc:
+        ReorderModel.from_arrays(Prefixed(shop, "reorder."), meta)
+    assert exc.value.field == "reorder.user_start"
