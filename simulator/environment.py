@@ -112,6 +112,8 @@ class DayKPIs:
     margin: float = 0.0
     carousel_revenue: float = 0.0
     carousel_margin: float = 0.0
+    replenishments: int = 0  # purchases customers made on their own when a consumable came due (in purchases)
+    replenishment_revenue: float = 0.0  # (in revenue)
     alive: int = 0
     active_30d: int = 0
 
@@ -125,7 +127,8 @@ class DayKPIs:
 
     @property
     def aov(self) -> float:
-        return self.revenue / self.orders if self.orders else 0.0
+        """Average order value of the visits with a purchase (replenishments are not visits)."""
+        return (self.revenue - self.replenishment_revenue) / self.orders if self.orders else 0.0
 
 
 class Environment:
@@ -458,6 +461,12 @@ class Environment:
         session = self._next_session + np.cumsum(first) - 1
         self._next_session += int(first.sum())
         self._purchase(rows, item, session.astype(np.int64))
+        # not a visit: orders count visits with a purchase, and a visit's experience its own purchases
+        # (nothing else has been bought today when replenishment runs)
+        self._bought_today[rows] = False
+        self._purchases_today[rows] = 0
+        self._kpi.replenishments += len(item)
+        self._kpi.replenishment_revenue += float(cat.price[item].sum())
 
     # ---- a visit's organic part ------------------------------------------------------------
     def _record(self, customers, items, sessions, kind):

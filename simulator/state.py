@@ -13,6 +13,7 @@ import numpy as np
 from .config import SimConfig
 
 NOT_DUE = np.iinfo(np.int16).max
+NOT_WAITING = np.iinfo(np.int32).min  # an item's restock day when it is not waiting (days may be negative)
 
 
 @dataclass
@@ -101,7 +102,7 @@ class Stock:
     """Units in stock per item; an item that runs out comes back ``restock_days`` later on average."""
 
     units: np.ndarray  # (n_items,) int32
-    restock_day: np.ndarray  # (n_items,) int32, -1 when not waiting
+    restock_day: np.ndarray  # (n_items,) int32, NOT_WAITING when not waiting
 
     @classmethod
     def new(
@@ -110,7 +111,7 @@ class Stock:
         """Random initial units; an item launching after ``start_day`` has none until its
         launch day."""
         units = rng.integers(1, c.stock_level + 1, size=c.n_items).astype(np.int32)
-        restock = np.full(c.n_items, -1, np.int32)
+        restock = np.full(c.n_items, NOT_WAITING, np.int32)
         if launch_day is not None:
             later = launch_day > start_day
             units[later] = 0
@@ -128,9 +129,9 @@ class Stock:
             np.maximum(self.units, 0, out=self.units)
 
     def advance(self, day: int, c: SimConfig, rng: np.random.Generator) -> None:
-        out = (self.units == 0) & (self.restock_day < 0)
+        out = (self.units == 0) & (self.restock_day == NOT_WAITING)
         if out.any():
             self.restock_day[out] = day + rng.geometric(1.0 / c.restock_days, size=int(out.sum()))
-        back = (self.restock_day >= 0) & (self.restock_day <= day + 1)
+        back = (self.restock_day != NOT_WAITING) & (self.restock_day <= day + 1)
         self.units[back] = c.stock_level
-        self.restock_day[back] = -1
+        self.restock_day[back] = NOT_WAITING

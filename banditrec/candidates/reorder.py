@@ -15,11 +15,12 @@ import scipy.sparse as sp
 from scipy.special import log_ndtr
 
 from ..errors import ValidationError
-from .arrays import from_meta, meta_int, take
+from .arrays import from_meta, full_name, meta_int, take
 from .signals import DAY_S, PURCHASE, Interactions
 
 FORMAT = "banditrec.ReorderModel"
 VAR_FLOOR = 1e-4  # smallest between-customer or noise variance of a log cycle
+LAPSE_SDS = 2.5  # an occasion this many sds of log interval past the type's median cycle is old enough to tell a lapse
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,9 @@ class ReorderModel:
     default_cycle_days, default_log_sd : float
         Prior when no consumable type has any interval: median cycle, and both the between-customer
         and within-customer sd of log intervals.
+    personal : bool
+        False: every customer gets the type's population cycle (the prior), ignoring their own
+        intervals; an ablation.
     """
 
     def __init__(
@@ -71,6 +75,7 @@ class ReorderModel:
         pool_strength: float = 10.0,
         default_cycle_days: float = 30.0,
         default_log_sd: float = 0.5,
+        personal: bool = True,
     ):
         for name, v in (
             ("occasion_gap_s", occasion_gap_s),
@@ -92,6 +97,7 @@ class ReorderModel:
         self.pool_strength = float(pool_strength)
         self.default_cycle_days = float(default_cycle_days)
         self.default_log_sd = float(default_log_sd)
+        self.personal = bool(personal)
         self.user_start: np.ndarray | None = None
 
     @property
@@ -104,6 +110,7 @@ class ReorderModel:
             "pool_strength": self.pool_strength,
             "default_cycle_days": self.default_cycle_days,
             "default_log_sd": self.default_log_sd,
+            "personal": self.personal,
         }
 
     # ---- fitting ---------------------------------------------------------------------------
@@ -193,6 +200,16 @@ class ReorderModel:
         ssw = np.maximum(s2 - n * self.mean_log**2, 0.0)
         self.user_start = np.searchsorted(self.pair_user, np.arange(self.n_users + 1)).astype(np.int64)
         self._fit_population(ssw, np.bincount(self.pair_type[y_pair], weights=repeat.astype(float), minlength=T))
+        # lapses: among occasions old enough that a renewal would have come, the share without one
+        fit_now = float(now) if now is not None else (float(ts.max()) if len(ts) else 0.0)
+        occ_type = t[occ]
+        old = np.exp(self.pop_mean + LAPSE_SDS * np.sqrt(self.between_var + self.noise_var)) * DAY_S
+        eligible = (fit_now - ts[occ]) > old[occ_type]
+        followed = np.r_[same, False]
+        n_old = np.bincount(occ_type[eligible], minlength=T).astype(float)
+        n_lapsed = np.bincount(occ_type[eligible], weights=~followed[eligible], minlength=T)
+        g = float(n_lapsed.sum() / n_old.sum()) if n_old.sum() > 0 else 0.0
+        self.lapse = np.where(self.consumable, (n_lapsed + self.pool_strength * g) / (n_old + self.pool_strength), 0.0)
         self._derive()
         return self
 
@@ -229,7 +246,8 @@ class ReorderModel:
 
     def _derive(self) -> None:
         """Posterior per pair and the types' most-bought active items."""
-        t, n = self.pair_type, self.n_intervals
+        t = self.pair_type
+        n = self.n_intervals if self.personal else np.zeros_like(self.n_intervals)
         tau, noise = self.between_var[t], self.noise_var[t]
         prec = 1.0 / tau + n / noise
         self.post_mean = (self.pop_mean[t] / tau + n * self.mean_log / noise) / prec
@@ -277,7 +295,7 @@ class ReorderModel:
             sd=np.sqrt(var),
             predictive_sd=np.sqrt(var + noise),
             n_intervals=n,
-            weight=n * tau / (n * tau + noise),
+            weight=(n * tau / (n * tau + noise)) if self.personal else np.zeros(len(n)),
         )
 
     def _check_types(self, types) -> np.ndarray:
@@ -323,7 +341,8 @@ class ReorderModel:
         return np.repeat(np.arange(len(users)), lens), pairs
 
     def _due_pairs(self, pairs: np.ndarray, now: np.ndarray, horizon_s: float) -> np.ndarray:
-        """P(next occasion in (now, now + h] | none in (last, now]) from the predictive lognormal."""
+        """P(next occasion in (now, now + h] | none in (last, now]): the predictive lognormal's
+        survival S with the type's lapse share pi, ``(1 - pi) (S(a) - S(a + h)) / (pi + (1 - pi) S(a))``."""
         t = self.pair_type[pairs]
         mu = self.post_mean[pairs]
         s = np.sqrt(self.post_var[pairs] + self.noise_var[t])
@@ -333,7 +352,11 @@ class ReorderModel:
             with np.errstate(divide="ignore"):
                 return np.where(x > 0, log_ndtr(-(np.log(np.maximum(x, 1e-300)) - mu) / s), 0.0)
 
-        return -np.expm1(log_sf(age + horizon_s / DAY_S) - log_sf(age))
+        ls = log_sf(age)
+        renew = -np.expm1(log_sf(age + horizon_s / DAY_S) - ls)  # given that the customer has not lapsed
+        pi = self.lapse[t]
+        alive = (1.0 - pi) * np.exp(ls)
+        return np.divide(alive * renew, pi + alive, out=np.zeros(len(pairs)), where=(pi + alive) > 0)
 
     def _now(self, now, m: int) -> np.ndarray:
         try:
@@ -482,6 +505,7 @@ class ReorderModel:
             "between_var": self.between_var,
             "noise_var": self.noise_var,
             "repeat": self.repeat,
+            "lapse": self.lapse,
         }
         meta = {
             "format": FORMAT,
@@ -513,34 +537,37 @@ class ReorderModel:
         model.between_var = take(arrays, "between_var", "f", (T,)).astype(float)
         model.noise_var = take(arrays, "noise_var", "f", (T,)).astype(float)
         model.repeat = take(arrays, "repeat", "f", (T,)).astype(float)
+        model.lapse = take(arrays, "lapse", "f", (T,)).astype(float)
         if n and (model.types.min() < 0 or model.types.max() >= T):
-            _bad("types", f"must be in [0, {T})")
+            _bad(arrays, "types", f"must be in [0, {T})")
         if start[0] != 0 or start[-1] != P or (np.diff(start) < 0).any():
-            _bad("user_start", f"must rise from 0 to {P} (the number of pairs)")
+            _bad(arrays, "user_start", f"must rise from 0 to {P} (the number of pairs)")
         model.pair_user = np.repeat(np.arange(U, dtype=np.int64), np.diff(start))
         if P and (
             model.pair_type.min() < 0 or model.pair_type.max() >= T or not model.consumable[model.pair_type].all()
         ):
-            _bad("pair_type", f"must hold consumable types in [0, {T})")
+            _bad(arrays, "pair_type", f"must hold consumable types in [0, {T})")
         if P and ((np.diff(model.pair_type) <= 0) & (np.diff(model.pair_user) == 0)).any():
-            _bad("pair_type", "must rise strictly within each user")
+            _bad(arrays, "pair_type", "must rise strictly within each user")
         if P and (model.last_item.min() < 0 or model.last_item.max() >= n):
-            _bad("last_item", f"must be in [0, {n})")
+            _bad(arrays, "last_item", f"must be in [0, {n})")
         if P and model.n_intervals.min() < 0:
-            _bad("n_intervals", "must be >= 0")
+            _bad(arrays, "n_intervals", "must be >= 0")
         for name in ("between_var", "noise_var"):
             if T and getattr(model, name).min() <= 0:
-                _bad(name, "must be > 0")
-        if T and ((model.repeat < 0) | (model.repeat > 1)).any():
-            _bad("repeat", "must be in [0, 1]")
+                _bad(arrays, name, "must be > 0")
+        for name in ("repeat", "lapse"):
+            if T and ((getattr(model, name) < 0) | (getattr(model, name) > 1)).any():
+                _bad(arrays, name, "must be in [0, 1]")
         if n and model.item_count.min() < 0:
-            _bad("item_count", "must be >= 0")
+            _bad(arrays, "item_count", "must be >= 0")
         model.user_start = start
         model._derive()
         return model
 
 
-def _bad(name: str, what: str) -> None:
+def _bad(arrays, key: str, what: str) -> None:
+    name = full_name(arrays, key)
     raise ValidationError(f"array {name!r} {what}", name)
 
 

@@ -290,14 +290,15 @@ def test_days_use_common_random_numbers_across_policies():
     np.testing.assert_array_equal(r1.views, r2.views)
 
 
-def test_stock_runs_out_and_comes_back():
+@pytest.mark.parametrize("start", [0, -100])  # the pre-period's days are negative
+def test_stock_runs_out_and_comes_back(start):
     c = SimConfig(n_items=50, n_types=5, n_categories=1, stock_level=3, restock_days=4.0)
     stock = Stock.new(c, np.random.default_rng(0))
     stock.take(np.repeat(np.arange(10), 3))
     assert not stock.available[:10].any() and stock.available[10:].all()
     rng = np.random.default_rng(1)
     back_on = {}
-    for day in range(60):
+    for day in range(start, start + 60):
         stock.advance(day, c, rng)
         for i in np.flatnonzero(stock.available[:10]):
             back_on.setdefault(int(i), day)
