@@ -59,10 +59,16 @@ def test_the_demo_estimates_sit_near_the_exact_truth(demo):
         f"WHERE r.kind = 'click' AND d.seq >= {seqs[0]}"
     ).fetchone()[0]
     assert ev.logging.value == pytest.approx(clicks / len(seqs), rel=1e-12)
+    checked = []
     for label, e in [("logging", ev.logging)] + [(c.spec, e) for c in ev.candidates for e in c.estimates.values()]:
         truth = demo.truth[label]
         assert 0 < truth < 3
+        if e.ess < 100:  # resting on a handful of rows: it must say so, and its interval is not checked
+            assert any("effective sample size" in w for w in e.warnings), (label, e)
+            continue
         assert abs(e.value - truth) <= 4 * e.se, (label, e, truth)
+        checked.append(label)
+    assert "logging" in checked and "uniform" in checked  # the well-supported targets are always checked
     assert demo.truth["uniform"] < demo.truth["logging"]
     report = demo.report.read_text()
     assert "| clicks |" in report and "uniform" in report
