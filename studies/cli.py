@@ -1,4 +1,5 @@
-"""The study commands (demo, coverage, simulate, abtest, sweep, regret, sensitivity, simulate-ablation).
+"""The study commands (demo, coverage, simulate, abtest, sweep, regret, sensitivity, simulate-ablation,
+reorder).
 
 They join ``banditrec``'s command group through the ``banditrec.commands`` entry points in
 ``setup.cfg``; each drives the library on a simulated shop.
@@ -16,6 +17,8 @@ from banditrec.candidates.generator import SOURCES
 from banditrec.cli import usage_errors
 from banditrec.policies.base import DEFAULT_FLOOR
 from simulator.scenarios import SCENARIOS
+
+from .reorder_eval import REORDER_CONFIG
 
 SCENARIO_NAMES = tuple(SCENARIOS)
 
@@ -539,3 +542,31 @@ def simulate_ablation(policy, days, n_items, n_customers, history_days, seeds, s
         "change when the source is left out, paired by seed (95% CI):"
     )
     click.echo(ablation_table(runs))
+
+
+@click.command()
+@click.option("--customers", default=20_000, show_default=True, type=click.IntRange(min=100))
+@click.option("--train-days", default=120, show_default=True, type=click.IntRange(min=30))
+@click.option(
+    "--spread",
+    default=REORDER_CONFIG.reorder_customer_spread,
+    show_default=True,
+    type=click.FloatRange(min=0.0),
+    help="sd of customers' log reorder cycles around their type's (the simulator's reorder_customer_spread).",
+)
+@click.option("--seed", default=0, show_default=True, type=int)
+def reorder(customers, train_days, spread, seed):
+    """Reorder timing on the simulated shop: hit@k of due-to-reorder candidates in the week after
+    a cut, against recommending what was last bought."""
+    from .reorder_eval import evaluate_reorder
+
+    config = REORDER_CONFIG.replace(n_customers=customers, reorder_customer_spread=spread)
+    r = evaluate_reorder(config, seed=seed, train_days=train_days)
+    click.echo(
+        f"{r.users:,} customers with a consumable bought before day {train_days} and one in the 7 days "
+        f"after; {r.consumable_types} consumable types; customer cycle spread {spread}; seed {seed}"
+    )
+    click.echo("")
+    click.echo(r.table())
+    click.echo("")
+    click.echo(f"standard error of each hit rate at most 0.5 / sqrt({r.users}) = {0.5 / max(r.users, 1) ** 0.5:.3f}")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import click
 import numpy as np
 
 from banditrec.candidates.reorder import ReorderModel
@@ -153,29 +152,3 @@ def _distinct(lists: np.ndarray) -> np.ndarray:
         ok = ~seen
         out[np.flatnonzero(ok), pos[ok]] = col[ok]
     return out
-
-
-@click.command()
-@click.option("--customers", default=20_000, show_default=True, type=click.IntRange(min=100))
-@click.option("--train-days", default=120, show_default=True, type=click.IntRange(min=30))
-@click.option(
-    "--spread",
-    default=REORDER_CONFIG.reorder_customer_spread,
-    show_default=True,
-    type=click.FloatRange(min=0.0),
-    help="sd of customers' log reorder cycles around their type's (the simulator's reorder_customer_spread).",
-)
-@click.option("--seed", default=0, show_default=True, type=int)
-def reorder(customers, train_days, spread, seed):
-    """Reorder timing on the simulated shop: hit@k of due-to-reorder candidates in the week after
-    a cut, against recommending what was last bought."""
-    config = REORDER_CONFIG.replace(n_customers=customers, reorder_customer_spread=spread)
-    r = evaluate_reorder(config, seed=seed, train_days=train_days)
-    click.echo(
-        f"{r.users:,} customers with a consumable bought before day {train_days} and one in the 7 days "
-        f"after; {r.consumable_types} consumable types; customer cycle spread {spread}; seed {seed}"
-    )
-    click.echo("")
-    click.echo(r.table())
-    click.echo("")
-    click.echo(f"standard error of each hit rate at most 0.5 / sqrt({r.users}) = {0.5 / max(r.users, 1) ** 0.5:.3f}")

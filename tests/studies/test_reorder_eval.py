@@ -8,7 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from banditrec.candidates.signals import Interactions
-from studies.reorder_eval import KS, REORDER_CONFIG, evaluate_reorder, hits_at, last_bought, reorder
+from studies.cli import reorder
+from studies.reorder_eval import KS, REORDER_CONFIG, evaluate_reorder, hits_at, last_bought
 
 
 @pytest.fixture(scope="module")
