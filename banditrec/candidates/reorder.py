@@ -387,10 +387,13 @@ class ReorderModel:
 
     def context_features(self, users, now, horizon_s: float | None = None) -> np.ndarray:
         """(m,) the largest due probability over each user's consumable types (0 when none)."""
-        D = self.due(users, now, horizon_s)
-        out = np.zeros(D.shape[0])
-        rows = np.repeat(np.arange(D.shape[0]), np.diff(D.indptr))
-        np.maximum.at(out, rows, D.data)
+        self._check_fitted()
+        users = self._users(users)
+        now_a = self._now(now, len(users))
+        out = np.zeros(len(users))
+        rows, pairs = self._gather(users)
+        if len(pairs):  # (most users hold no consumable: nothing to compute on the request path)
+            np.maximum.at(out, rows, self._due_pairs(pairs, now_a[rows], self._horizon(horizon_s)))
         return out
 
     def context_feature(self, user: int, now: float, horizon_s: float | None = None) -> float:
@@ -420,6 +423,8 @@ class ReorderModel:
             raise ValidationError(f"N must be an integer >= 0, got {N!r}", "N")
         now_a = self._now(now, m)
         rows, pairs = self._gather(users)
+        if len(pairs) == 0:  # no user here ever bought a consumable
+            return np.full((m, N), -1, np.int64), np.zeros((m, N))
         p = self._due_pairs(pairs, now_a[rows], self._horizon(horizon_s))
         t = self.pair_type[pairs]
         T, n_items = self.n_types, self.n_items
