@@ -115,7 +115,8 @@ def metrics(ids: np.ndarray, targets: sp.csr_matrix, n_items: int, ks=KS) -> dic
     rel = np.zeros(ids.shape)
     ok = ids >= 0
     rows = np.repeat(np.arange(m), ids.shape[1]).reshape(ids.shape)
-    rel[ok] = np.asarray(targets[rows[ok], ids[ok]]).ravel() > 0
+    if ok.any():
+        rel[ok] = np.asarray(targets[rows[ok], ids[ok]]).ravel() > 0
     n_t = np.diff(targets.indptr)
     discount = 1.0 / np.log2(np.arange(ids.shape[1]) + 2.0)
     out = {}
