@@ -17,8 +17,10 @@ import numpy as np
 import scipy.sparse as sp
 
 from banditrec.candidates.factors import LatentFactors
+from banditrec.candidates.generator import CandidateGenerator
 from banditrec.candidates.itemknn import ItemItemCF, top_n_columns
-from banditrec.candidates.signals import DAY_S
+from banditrec.candidates.rules import UserState
+from banditrec.candidates.signals import DAY_S, Interactions
 from banditrec.errors import ValidationError
 from banditrec.shop.config import BuildConfig
 from banditrec.shop.inputs import read_catalog, read_events
@@ -27,13 +29,14 @@ KS = (10, 20)
 KIND_WEIGHTS = np.array([1.0, 2.0, 4.0])  # view, cart, purchase: a user's interest in an item
 PURCHASE = 2
 
-# recommend(histories (m, n_items) csr, N) -> ids (m, N), -1 padded
-Recommender = Callable[[sp.csr_matrix, int], np.ndarray]
+# recommend(users (m,), N) -> ids (m, N), -1 padded; the users' histories are the training events
+Recommender = Callable[[np.ndarray, int], np.ndarray]
 
 
 @dataclass(frozen=True)
 class ShopData:
-    """A shop's interactions as indices: ``user, item, kind (0 view, 1 cart, 2 purchase), ts``."""
+    """A shop's interactions as indices: ``user, item, kind (0 view, 1 cart, 2 purchase), ts``,
+    ``session`` (or None) and each item's product type code ``types (n_items,)``."""
 
     user: np.ndarray
     item: np.ndarray
@@ -42,6 +45,8 @@ class ShopData:
     n_users: int
     n_items: int
     source: str
+    session: np.ndarray | None = None
+    types: np.ndarray | None = None
 
 
 def _one_of(directory: Path, stem: str) -> Path:
@@ -60,8 +65,19 @@ def read_shop(directory) -> ShopData:
     config = BuildConfig.from_toml(toml) if toml.exists() else BuildConfig()
     catalog = read_catalog(_one_of(d, "items"), config, {})
     events = read_events(_one_of(d, "interactions"), config, {}, catalog.ids, None)
+    types = np.zeros(catalog.n_items, dtype=np.int64)
+    if catalog.type is not None:
+        types = np.unique(catalog.type, return_inverse=True)[1].astype(np.int64)
     return ShopData(
-        events.user, events.item, events.kind.astype(np.int64), events.ts, len(events.user_ids), catalog.n_items, str(d)
+        events.user,
+        events.item,
+        events.kind.astype(np.int64),
+        events.ts,
+        len(events.user_ids),
+        catalog.n_items,
+        str(d),
+        events.session,
+        types,
     )
 
 
@@ -78,18 +94,19 @@ def simulated_shop(*, n_items: int, n_customers: int, days: int, seed: int) -> S
         export_shop(env, history, tmp)
         data = read_shop(tmp)
     src = f"simulator: {n_items:,} items, {n_customers:,} customers, {days} days, seed {seed}"
-    return ShopData(data.user, data.item, data.kind, data.ts, data.n_users, data.n_items, src)
+    return ShopData(data.user, data.item, data.kind, data.ts, data.n_users, data.n_items, src, data.session, data.types)
 
 
 @dataclass(frozen=True)
 class Split:
     """``train (n_users, n_items)``: kind-weighted interactions before the cut; ``targets``:
     each user's purchases in ``[cut, end)`` of items they had not touched before the cut;
-    ``users``: the rows with at least one target."""
+    ``users``: the rows with at least one target; ``before``: the events before the cut."""
 
     train: sp.csr_matrix
     targets: sp.csr_matrix
     users: np.ndarray
+    before: np.ndarray
 
 
 def temporal_split(data: ShopData, cut: float, end: float = np.inf) -> Split:
@@ -104,7 +121,7 @@ def temporal_split(data: ShopData, cut: float, end: float = np.inf) -> Split:
     targets = (bought - bought.multiply(seen)).tocsr()
     targets.eliminate_zeros()
     users = np.flatnonzero(np.diff(targets.indptr) > 0)
-    return Split(train, targets, users)
+    return Split(train, targets, users, before)
 
 
 def metrics(ids: np.ndarray, targets: sp.csr_matrix, n_items: int, ks=KS) -> dict:
@@ -130,11 +147,15 @@ def metrics(ids: np.ndarray, targets: sp.csr_matrix, n_items: int, ks=KS) -> dic
 
 
 # ---- the brains ---------------------------------------------------------------------------------
-def popularity(train: sp.csr_matrix, params: dict, threads: int) -> Recommender:
-    """The most interacted-with items (kind-weighted) a user has not touched, ties by lower index."""
-    pop = np.asarray(train.sum(axis=0)).ravel()
+Fit = Callable[[ShopData, Split, dict, int], Recommender]
 
-    def rec(H, N):
+
+def popularity(data: ShopData, split: Split, params: dict, threads: int) -> Recommender:
+    """The most interacted-with items (kind-weighted) a user has not touched, ties by lower index."""
+    pop = np.asarray(split.train.sum(axis=0)).ravel()
+
+    def rec(users, N):
+        H = split.train[users]
         S = np.broadcast_to(pop, H.shape).copy()
         S[np.repeat(np.arange(H.shape[0]), np.diff(H.indptr)), H.indices] = -np.inf
         return top_n_columns(S, N)
@@ -142,23 +163,67 @@ def popularity(train: sp.csr_matrix, params: dict, threads: int) -> Recommender:
     return rec
 
 
-def item_cf(train: sp.csr_matrix, params: dict, threads: int) -> Recommender:
-    cf = ItemItemCF(**params).fit(train, num_threads=threads)
-    return lambda H, N: cf.candidates_batch(H, N)[0]
+def item_cf(data: ShopData, split: Split, params: dict, threads: int) -> Recommender:
+    cf = ItemItemCF(**params).fit(split.train, num_threads=threads)
+    return lambda users, N: cf.candidates_batch(split.train[users], N)[0]
 
 
-def factors(model: str) -> Callable[[sp.csr_matrix, dict, int], Recommender]:
-    def fit(train, params, threads):
-        lf = LatentFactors(model, **params, random_state=0, num_threads=threads).fit(train)
-        return lambda H, N: lf.recommend_batch(H, N)[0]
+def factors(model: str) -> Fit:
+    def fit(data, split, params, threads):
+        lf = LatentFactors(model, **params, random_state=0, num_threads=threads).fit(split.train)
+        return lambda users, N: lf.recommend_batch(split.train[users], N)[0]
 
     return fit
+
+
+def generator(data: ShopData, split: Split, params: dict, threads: int) -> Recommender:
+    """The full :class:`CandidateGenerator` (complements, substitutes, popular) fitted on the
+    events before the cut; each user's state is their whole history before it (newest first).
+    Items the user touched are dropped from its list afterwards (it may propose them; they
+    cannot be targets), from ``N + 50`` candidates asked for."""
+    b = split.before
+    session = None if data.session is None else data.session[b]
+    events = Interactions.from_arrays(
+        data.user[b],
+        data.item[b],
+        data.ts[b],
+        data.kind[b],
+        session=session,
+        n_users=data.n_users,
+        n_items=data.n_items,
+    )
+    types = np.zeros(data.n_items, dtype=np.int64) if data.types is None else data.types
+    gen = CandidateGenerator(**params).fit(events, types, num_threads=threads)
+    order = np.lexsort((-data.ts[b], data.user[b]))
+    u, it, k = data.user[b][order], data.item[b][order], data.kind[b][order]
+    starts = np.searchsorted(u, np.arange(data.n_users + 1))
+
+    def rec(users, N):
+        states = []
+        for x in users.tolist():
+            items, kinds = it[starts[x] : starts[x + 1]], k[starts[x] : starts[x + 1]]
+            states.append(UserState(cart=items[kinds == 1], purchased=items[kinds == 2], viewed=items[kinds == 0]))
+        ids = gen.candidates_batch(states, N + 50)[0]
+        H = split.train[users]
+        seen = np.zeros(ids.shape, dtype=bool)
+        ok = ids >= 0
+        rows = np.broadcast_to(np.arange(len(users))[:, None], ids.shape)
+        if ok.any():
+            seen[ok] = np.asarray(H[rows[ok], ids[ok]]).ravel() > 0
+        keep = ok & ~seen
+        out = np.full((len(users), N), -1, dtype=np.int64)
+        place = np.cumsum(keep, axis=1) - 1
+        sel = keep & (place < N)
+        out[rows[sel], place[sel]] = ids[sel]
+        return out
+
+    return rec
 
 
 @dataclass(frozen=True)
 class Brain:
     name: str
-    fit: Callable[[sp.csr_matrix, dict, int], Recommender]
+    fit: Fit
     grid: tuple[dict, ...]  # candidate parameters; the first is the default
 
 
@@ -170,6 +235,7 @@ def _grid(**axes) -> tuple[dict, ...]:
 
 BRAINS = (
     Brain("popularity", popularity, ({},)),
+    Brain("CandidateGenerator (defaults)", generator, ({},)),
     Brain("item-item CF (ItemItemCF)", item_cf, _grid(n_neighbors=[50, 20, 200], weighting=["cosine", "bm25"])),
     Brain("ALS (implicit)", factors("als"), _grid(factors=[32, 64], regularization=[1.0, 0.1], alpha=[10.0, 2.0])),
     Brain(
@@ -181,8 +247,7 @@ BRAINS = (
 
 
 def evaluate(rec: Recommender, split: Split, n_items: int) -> dict:
-    u = split.users
-    return metrics(rec(split.train[u], max(KS)), split.targets[u], n_items)
+    return metrics(rec(split.users, max(KS)), split.targets[split.users], n_items)
 
 
 @dataclass
@@ -230,10 +295,10 @@ def compare(
     for brain in BRAINS:
         params = brain.grid[0]
         if tune and len(brain.grid) > 1 and len(val.users):
-            scores = [evaluate(brain.fit(val.train, p, threads), val, data.n_items)["ndcg@10"] for p in brain.grid]
+            scores = [evaluate(brain.fit(data, val, p, threads), val, data.n_items)["ndcg@10"] for p in brain.grid]
             params = brain.grid[int(np.argmax(scores))]
         t0 = time.perf_counter()
-        res.rows[brain.name] = evaluate(brain.fit(test.train, params, threads), test, data.n_items)
+        res.rows[brain.name] = evaluate(brain.fit(data, test, params, threads), test, data.n_items)
         res.seconds[brain.name] = time.perf_counter() - t0
         res.chosen[brain.name] = params
     return res

@@ -67,7 +67,7 @@ def test_learned_brains_beat_popularity_on_planted_clusters():
     assert res.users > 500
     assert list(res.rows) == [b.name for b in BRAINS]
     pop = res.rows["popularity"]
-    for name in ("item-item CF (ItemItemCF)", "ALS (implicit)", "BPR (implicit)"):
+    for name in ("item-item CF (ItemItemCF)", "CandidateGenerator (defaults)", "ALS (implicit)", "BPR (implicit)"):
         r = res.rows[name]
         # in-cluster items are 1/4 of the catalogue and carry ~ 90% of the picks
         assert r["hit@10"] > 2 * pop["hit@10"] and r["ndcg@10"] > 2 * pop["ndcg@10"], (name, r, pop)
@@ -79,9 +79,9 @@ def test_learned_brains_beat_popularity_on_planted_clusters():
 def test_tuning_picks_from_the_grid_on_validation_only(monkeypatch):
     seen = []
 
-    def spy(train, params, threads):
-        seen.append((train.nnz, dict(params)))
-        return BRAINS[0].fit(train, params, threads)
+    def spy(data, split, params, threads):
+        seen.append((split.train.nnz, dict(params)))
+        return BRAINS[0].fit(data, split, params, threads)
 
     from studies import brains as module
 
