@@ -332,3 +332,7 @@ def brains(shop_files, n_items, customers, days, seed, test_days, val_days, tune
         f"{res.targets:,} new purchases (validation: {res.validation_users:,} users)\n"
     )
     click.echo(res.table())
+
+
+if __name__ == "__main__":
+    brains()
