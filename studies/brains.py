@@ -320,7 +320,8 @@ def compare(
 @click.option("--tune/--no-tune", default=True, show_default=True, help="Choose parameters on the validation split.")
 @click.option("--threads", default=2, show_default=True, type=click.IntRange(min=1))
 def brains(shop_files, n_items, customers, days, seed, test_days, val_days, tune, threads):
-    """Compare ALS, BPR, item-item CF and popularity on a temporal split (a markdown table)."""
+    """Compare ALS, BPR, item-item CF, the candidate generator and popularity on a temporal split
+    (a markdown table)."""
     if shop_files:
         data = read_shop(shop_files)
     else:
