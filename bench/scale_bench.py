@@ -17,7 +17,8 @@ stock, types already bought unless consumable, two excluded categories), type di
 (at most 5 per type). ``ItemItemCF.candidates`` (plain item-item CF, without the generator's other components) is
 timed on the same requests' items. implicit: ``CosineRecommender(K=51)`` (its item itself is
 among its K) on the same recency-weighted users x items matrix that banditrec's item-item CF
-is fitted on, in its own venv (``make bench-peers``), every core.
+is fitted on, every core, with this interpreter (implicit is a banditrec dependency), in its
+own process.
 """
 
 from __future__ import annotations
@@ -34,7 +35,15 @@ import numpy as np
 from common import status_mb
 
 BENCH = Path(__file__).resolve().parent
-IMPLICIT_PYTHON = BENCH / ".implicit-venv" / "bin" / "python"
+IMPLICIT_PYTHON = Path(sys.executable)  # implicit is a dependency: the same venv as banditrec
+
+
+def have_implicit() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("implicit") is not None
+
+
 N_CANDIDATES, N_REQUESTS, WARMUP = 50, 2000, 200
 STEPS = ("signals", "cf", "complements", "substitutes", "metadata", "popularity")
 
@@ -169,13 +178,13 @@ def _run(python: str, mode: str, spec: dict) -> dict:
 def bench_scale_ladder(sizes: list[int], tmp: Path, title: str) -> None:
     from common import table
 
-    have_implicit = IMPLICIT_PYTHON.exists()
+    run_implicit = have_implicit()
     rows, steps_rows, version = [], [], None
     first_p50 = None
     for i, n in enumerate(sizes):
         spec = {"items": n, "index": i, "matrix": str(tmp / f"user_items_{n}.npz")}
         ours = _run(sys.executable, "--child", spec)
-        theirs = _run(str(IMPLICIT_PYTHON), "--implicit", spec) if have_implicit else None
+        theirs = _run(str(IMPLICIT_PYTHON), "--implicit", spec) if run_implicit else None
         first_p50 = first_p50 or ours["p50_us"]
         if theirs:
             version = theirs["version"]
@@ -208,7 +217,7 @@ def bench_scale_ladder(sizes: list[int], tmp: Path, title: str) -> None:
             + [f"{ours['steps'][s]:.2f}" for s in STEPS]
             + [f"{ours['filled']:.3f}"]
         )
-    who = f"implicit {version}" if version else "implicit not run (`make bench-peers` installs it)"
+    who = f"implicit {version}" if version else "implicit not run (not installed)"
     note = (
         f"synthetic shops (bench/shopgen.py), 10 interactions per item; {N_REQUESTS:,} requests of N = "
         f"{N_CANDIDATES} after {WARMUP} warm-up, one at a time; {who}.\n"

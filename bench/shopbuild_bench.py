@@ -160,7 +160,7 @@ def child(spec: dict) -> dict:
 
 def bench_ladder(sizes: list[int], tmp: Path, title: str) -> None:
     from common import table
-    from scale_bench import IMPLICIT_PYTHON
+    from scale_bench import IMPLICIT_PYTHON, have_implicit
 
     rows, first, version = [], None, None
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
@@ -173,7 +173,7 @@ def bench_ladder(sizes: list[int], tmp: Path, title: str) -> None:
             raise RuntimeError(f"shopbuild {n} exited {proc.returncode}: {proc.stderr[-3000:]}")
         r = json.loads(proc.stdout.strip().splitlines()[-1])
         theirs = None
-        if IMPLICIT_PYTHON.exists():
+        if have_implicit():
             out = subprocess.run(
                 [str(IMPLICIT_PYTHON), str(BENCH / "scale_bench.py"), "--implicit", json.dumps(spec)],
                 capture_output=True,
@@ -200,7 +200,7 @@ def bench_ladder(sizes: list[int], tmp: Path, title: str) -> None:
                 f"{r['build_s'] / theirs['build_s']:.1f}x" if theirs else "-",
             ]
         )
-    who = f"implicit {version}" if version else "implicit not run (`make bench-peers` installs it)"
+    who = f"implicit {version}" if version else "implicit not run (not installed)"
     note = (
         "build s = banditrec.shop.build_shop from the three CSV files, what `banditrec build` runs (read and check, "
         "features, candidate model, write); peak MB = the build process's VmHWM;\nload s = a serving worker's "

@@ -122,6 +122,47 @@ def _top_n_per_row(S: sp.csr_matrix, n: int) -> sp.csr_matrix:
 CHUNK_PRODUCTS = 1_000_000  # multiply-adds of W^T W per chunk of item rows in fit()
 
 
+try:  # scipy's numeric sparse product kernel, called without its counting pass (see _product)
+    from scipy.sparse._sparsetools import csr_matmat as _csr_matmat
+except ImportError:  # pragma: no cover - a scipy that moved it: the public product
+    _csr_matmat = None
+
+
+def _product(A: sp.csr_matrix, B: sp.csr_matrix) -> sp.csr_matrix:
+    """``A @ B`` of two csr matrices, float64.
+
+    scipy's ``A @ B`` first runs a symbolic pass over both matrices only to count the result's
+    nonzeros, then the numeric pass. The number of multiply-adds (one gather over ``A``'s
+    entries) also bounds the nonzeros, so here the numeric kernel is called directly on arrays
+    of that size: the same kernel, the same values in the same order, one pass fewer. The
+    chunks of :func:`_neighbours` are cut by multiply-adds, so the arrays stay chunk-sized.
+    """
+    if _csr_matmat is None:
+        return sp.csr_matrix(A @ B, dtype=np.float64)
+    m, n = A.shape[0], B.shape[1]
+    bound = int(min(np.diff(B.indptr)[A.indices].sum(dtype=np.int64), m * n))
+    big = max(bound, A.nnz, B.nnz, n, m) > np.iinfo(np.int32).max
+    idx = np.int64 if big else np.int32
+    indptr = np.empty(m + 1, dtype=idx)
+    indices = np.empty(bound, dtype=idx)
+    data = np.empty(bound, dtype=np.float64)
+    _csr_matmat(
+        m,
+        n,
+        A.indptr.astype(idx, copy=False),
+        A.indices.astype(idx, copy=False),
+        A.data.astype(np.float64, copy=False),
+        B.indptr.astype(idx, copy=False),
+        B.indices.astype(idx, copy=False),
+        B.data.astype(np.float64, copy=False),
+        indptr,
+        indices,
+        data,
+    )
+    nnz = int(indptr[-1])
+    return sp.csr_matrix((data[:nnz], indices[:nnz], indptr), shape=(m, n))
+
+
 def _usable_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
@@ -161,7 +202,7 @@ def _neighbours(
     Wo = Wt[order]
 
     def chunk(lo: int, hi: int):
-        P = (Wo[lo:hi] @ W).tocsr()
+        P = _product(Wo[lo:hi], W)
         counts = np.diff(P.indptr)
         items = order[lo:hi]
         if scale is None:

@@ -302,3 +302,20 @@ def test_item_item_cf_round_trip_and_sparse_lists_equal_the_dense_reference():
         order = np.lexsort((np.arange(60), -dense[i]))[:5]
         keep = dense[i, order] > 0
         assert ids[i][keep].tolist() == order[keep].tolist() and (ids[i][~keep] == -1).all()
+
+
+def test_product_without_scipys_counting_pass_equals_scipys_product(monkeypatch):
+    """itemknn._product calls scipy's numeric kernel sized by the multiply-adds: the same
+    entries and values as ``A @ B``, and so does its fallback to the public product."""
+    from banditrec.candidates import itemknn
+
+    g = np.random.default_rng(4)
+    W = sp.random(300, 80, density=0.08, random_state=5, format="csr")
+    W.data[:] = g.integers(1, 4, W.nnz)
+    A = W.T.tocsr()[g.permutation(80)[:30]]
+    want = (A @ W).tocsr()
+    got = itemknn._product(A, W)
+    assert got.nnz == want.nnz
+    np.testing.assert_array_equal(got.toarray(), want.toarray())
+    monkeypatch.setattr(itemknn, "_csr_matmat", None)
+    np.testing.assert_array_equal(itemknn._product(A, W).toarray(), want.toarray())
