@@ -1,5 +1,5 @@
 """The study commands (demo, coverage, simulate, abtest, sweep, regret, sensitivity, simulate-ablation,
-reorder).
+reorder, brains).
 
 They join ``banditrec``'s command group through the ``banditrec.commands`` entry points in
 ``setup.cfg``; each drives the library on a simulated shop.
@@ -570,3 +570,36 @@ def reorder(customers, train_days, spread, seed):
     click.echo(r.table())
     click.echo("")
     click.echo(f"standard error of each hit rate at most 0.5 / sqrt({r.users}) = {0.5 / max(r.users, 1) ** 0.5:.3f}")
+
+
+@click.command()
+@click.option(
+    "--shop-files",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="A shop's files (items.csv|parquet, interactions.csv|parquet, optional build.toml); default: simulate one.",
+)
+@click.option("--items", "n_items", default=2000, show_default=True, type=click.IntRange(min=50))
+@click.option("--customers", default=6000, show_default=True, type=click.IntRange(min=100))
+@click.option("--days", default=120, show_default=True, type=click.IntRange(min=2), help="Simulated days.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--test-days", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--val-days", default=None, type=click.FloatRange(min=0, min_open=True), help="Default: --test-days.")
+@click.option("--tune/--no-tune", default=True, show_default=True, help="Choose parameters on the validation split.")
+@click.option("--threads", default=2, show_default=True, type=click.IntRange(min=1))
+def brains(shop_files, n_items, customers, days, seed, test_days, val_days, tune, threads):
+    """Compare ALS, BPR, item-item CF, the candidate generator and popularity on a temporal split
+    (a markdown table)."""
+    from .brains import compare, read_shop, simulated_shop
+
+    if shop_files:
+        data = read_shop(shop_files)
+    else:
+        data = simulated_shop(n_items=n_items, n_customers=customers, days=days, seed=seed)
+    res = compare(data, test_days=test_days, val_days=val_days, tune=tune, threads=threads)
+    click.echo(
+        f"{res.source}: {data.n_items:,} items, {len(data.user):,} interactions; cut after day "
+        f"{res.cut_day:.0f}, test = the last {test_days:g} days: {res.users:,} users with "
+        f"{res.targets:,} new purchases (validation: {res.validation_users:,} users)\n"
+    )
+    click.echo(res.table())

@@ -9,7 +9,8 @@ import scipy.sparse as sp
 from click.testing import CliRunner
 
 from banditrec.candidates.signals import DAY_S
-from studies.brains import BRAINS, ShopData, brains, compare, metrics, temporal_split
+from studies.brains import BRAINS, ShopData, compare, metrics, temporal_split
+from studies.cli import brains
 
 
 def test_metrics_equal_hand_counts():
