@@ -14,8 +14,8 @@ includes Python, the library and the data; the resident size just before the fir
 printed beside it in brackets). Not ``getrusage(RUSAGE_SELF).ru_maxrss``: Linux carries the
 resident size the parent had at fork() over exec() into it, so a small child of a big parent
 reports the parent's size (seen here: every case read the same figure).
-implicit runs in its own venv (``make bench-peers`` builds ``bench/.implicit-venv``; it is not
-a banditrec dependency).
+implicit (a banditrec dependency, for the latent factors) runs in its own process from the same
+venv.
 
 Neighbour overlap, per item with any neighbour: |ours & theirs| / K_i, K_i = the longer of the
 two lists (at most K), self left out of both (implicit keeps the item itself among its K, so it
@@ -28,6 +28,7 @@ no such credit. The mean is over items with a neighbour in either list.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -41,7 +42,7 @@ import scipy.sparse as sp
 from common import status_mb
 
 BENCH = Path(__file__).resolve().parent
-IMPLICIT_PYTHON = BENCH / ".implicit-venv" / "bin" / "python"  # built by `make bench-peers`
+IMPLICIT_PYTHON = Path(sys.executable)  # implicit is a dependency: the same venv as banditrec
 TIE_RTOL = 1e-9
 TARGET_RATIO, TARGET_OVERLAP = 1.5, 0.99
 
@@ -186,7 +187,7 @@ def bench_candidates(cfg: dict, tmp) -> None:
     data = tmp / "user_items.npz"
     np.savez(data, data=X.data, indices=X.indices, indptr=X.indptr, shape=np.array(X.shape))
     n_new = int(np.searchsorted(np.cumsum(X.sum(axis=1).A.ravel()[::-1]), 0.01 * c["events"])) + 1
-    have_implicit = IMPLICIT_PYTHON.exists()
+    have_implicit = importlib.util.find_spec("implicit") is not None
     ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
     def case(lib, weighting, threads, python=sys.executable, reps=1, warmup=1, **extra):
@@ -299,10 +300,7 @@ def bench_candidates(cfg: dict, tmp) -> None:
         "(1.0000 = the same neighbours)."
     )
     if not have_implicit:
-        note += (
-            f"\n(implicit peer skipped: {IMPLICIT_PYTHON} does not exist; "
-            "`make bench-peers` installs implicit 0.7.3 there, outside banditrec's dependencies)"
-        )
+        note += "\n(implicit peer skipped: implicit is not installed; `make install` installs it)"
     table(
         "candidates",
         note,

@@ -41,8 +41,7 @@ Sections (``--only NAME`` runs one):
              (bench/candeval_bench.py)
   candidates item-item neighbours on 1,000,000 interactions over 50,000 items: ItemItemCF
              (cosine, tfidf, bm25; incremental update vs refit) beside implicit's item-item
-             recommenders, build time, neighbour overlap, peak memory (bench/candidates_bench.py;
-             implicit from its own venv, ``make bench-peers``; a note when that venv is missing)
+             recommenders, build time, neighbour overlap, peak memory (bench/candidates_bench.py)
   synthetic  standard synthetic contextual-bandit problems (linear with one-hot arms, linear
              with action features, non-linear, binary rewards, an MLP), 4,000 interactions
              each, progressive validation: banditrec's policies beside a textbook LinUCB (Li et
@@ -57,7 +56,7 @@ Sections (``--only NAME`` runs one):
   scale      candidate generation on synthetic shops of 1,000, 10,000 and 100,000 items (10
              interactions per item): build time by step, peak memory, per-request retrieval p50
              and p99, beside implicit's item-item build on the same users x items matrix
-             (bench/scale_bench.py; implicit from its own venv, ``make bench-peers``)
+             (bench/scale_bench.py)
   brains     the fit time of latent factors (ALS, BPR), reorder timing and the product graph
              beside the candidate generator's, and a request's candidates with each brain on
              beside the four-source generator, 10,000 and 100,000 items (bench/brains_bench.py)
