@@ -109,6 +109,8 @@ class LatentFactors:
         self.item_rms = self.user_rms = self.fold_scale = 1.0
         self._yty: np.ndarray | None = None
         self._mean_item: np.ndarray | None = None
+        self._y = np.empty((0, 0))
+        self._inactive = np.empty(0, bool)
 
     @property
     def params(self) -> dict:
@@ -178,8 +180,10 @@ class LatentFactors:
         return a.copy()
 
     def _prepare(self) -> None:
-        """Caches derived from the item factors: ``Y^T Y`` (ALS) and the mean item (BPR)."""
-        Y = self.item_factors.astype(np.float64)  # type: ignore[union-attr]
+        """Caches derived from the item factors: float64 ``Y``, ``Y^T Y`` (ALS), the mean item
+        (BPR) and the inactive mask (what every request reads)."""
+        Y = self._y = self.item_factors.astype(np.float64)  # type: ignore[union-attr]
+        self._inactive = ~self.active  # type: ignore[operator]
         self._yty = Y.T @ Y if self.model == "als" else None
         self._mean_item = Y[:, :-1].mean(axis=0) if self.model == "bpr" else None
 
@@ -228,7 +232,7 @@ class LatentFactors:
     def _bpr_directions(self, H: sp.csr_matrix) -> np.ndarray:
         """Each row's weighted mean item factor minus the mean item (no bias column): the
         direction of the BPR log-likelihood's gradient at ``u = 0`` against uniform negatives."""
-        Y = self.item_factors[:, :-1].astype(np.float64)  # type: ignore[index]
+        Y = self._y[:, :-1]
         tot = np.asarray(H.sum(axis=1)).ravel()
         D = np.asarray(H @ Y)
         has = tot > 0
@@ -251,12 +255,16 @@ class LatentFactors:
         return self._als_fold_in(H)
 
     def _als_fold_in(self, H: sp.csr_matrix) -> np.ndarray:
-        Y = self.item_factors.astype(np.float64)  # type: ignore[union-attr]
+        Y = self._y
         k = Y.shape[1]
         m = H.shape[0]
         assert self._yty is not None  # set with the item factors (_prepare)
         base = self._yty + self.regularization * np.eye(k)
         out = np.zeros((m, k))
+        if m == 1:  # one request: the same solve with plain matrix products
+            Yi, c = Y[H.indices], self.alpha * H.data
+            out[0] = np.linalg.solve(base + (Yi.T * (c - 1.0)) @ Yi, Yi.T @ c)
+            return out
         lens = np.diff(H.indptr)
         per = max(1, CHUNK_ENTRIES // (k * k))  # entries whose outer products are held at once
         lo = 0
@@ -290,7 +298,7 @@ class LatentFactors:
 
     # ---- candidates -------------------------------------------------------------------------
     def _banned(self, exclude) -> np.ndarray:
-        banned = ~self.active  # type: ignore[operator]
+        banned = self._inactive
         if exclude is not None:
             try:
                 ex = np.asarray(exclude, dtype=np.int64).ravel()
@@ -322,7 +330,7 @@ class LatentFactors:
         return self._top(U, H, N, self._banned(exclude))
 
     def _top(self, U: np.ndarray, H: sp.csr_matrix, N: int, banned: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        Y = self.item_factors.astype(np.float64)  # type: ignore[union-attr]
+        Y = self._y
         n = Y.shape[0]
         m = U.shape[0]
         width = min(N, n)

@@ -432,6 +432,8 @@ class ReorderModel:
             r_s, it_s = self._per_user(session_purchased, m, "session_purchased")
             p = np.where(np.isin(rows * T + t, r_s * T + self.types[it_s]), 0.0, p)
         due = (p >= self.min_due) & (p > 0)
+        if not due.any():  # (the usual request: nothing due)
+            return np.full((m, N), -1, np.int64), np.zeros((m, N))
         rows, pairs, p, t = rows[due], pairs[due], p[due], t[due]
         r = self.repeat[t]
         last = self.last_item[pairs]
