@@ -17,6 +17,9 @@ WHY = {
     "new": "new, like an item looked at",
     "popular": "popular in the user's segment",
     "cf": "bought by people who bought the same",
+    "factors": "because you liked what you bought or viewed",
+    "reorder": "due to be bought again",
+    "accessory": "an accessory of the cart or a past purchase",
     "request": "given by the request",
     "pinned": "pinned",
 }
