@@ -15,6 +15,7 @@ from ..errors import ValidationError
 from .factors import MODELS, LatentFactors
 from .generator import CandidateGenerator
 from .graph import GraphParams, ProductGraph, fit_graph
+from .itemknn import _usable_cpus
 from .reorder import ReorderModel
 from .signals import Interactions
 
@@ -25,13 +26,14 @@ DEFAULT_QUOTAS = {"factors": 2, "reorder": 2, "accessory": 1}
 @dataclass(frozen=True)
 class BrainSettings:
     """What :func:`fit_brains` fits. ``factors_model``: "als", "bpr" or "none"; ``factors_dim``:
-    latent dimensions; ``seed``: the factors' initial draw; ``graph``: the product graph's
-    thresholds (None: its defaults)."""
+    latent dimensions; ``seed``: the factors' initial draw; ``num_threads``: ALS's (None: the
+    CPUs this process may use; ALS's result does not depend on it, BPR always runs on one);
+    ``graph``: the product graph's thresholds (None: its defaults)."""
 
     factors_model: str = "als"
     factors_dim: int = 32
     seed: int = 0
-    num_threads: int = 1
+    num_threads: int | None = None
     reorder: bool = True
     graph: GraphParams | None = None
 
@@ -81,7 +83,7 @@ def fit_brains(
             settings.factors_model,
             settings.factors_dim,
             random_state=settings.seed,
-            num_threads=settings.num_threads,
+            num_threads=settings.num_threads or _usable_cpus(),
         ).fit(X, active=generator.active)
     reorder = None
     if settings.reorder and consumable is not None and np.asarray(consumable, dtype=bool).any():
