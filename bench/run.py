@@ -771,8 +771,9 @@ def slot_log(path: Path, n_decisions: int, gen: np.random.Generator) -> None:
                 math.prod(q[0] for q in p),
                 sum(math.log(q[0]) for q in p),
                 None,
+                None,
             )
-        )  # no shop build
+        )  # no shop build, no candidate sources
         slots.extend((event_ids[i], j, f"item{row[j]}", row[j], p[j][0], p[j][1], 0, "request") for j in range(k))
     clicked = np.flatnonzero(gen.random(len(slots)) < 0.05).tolist()
     whole = np.flatnonzero(gen.random(n_decisions) < 0.02).tolist()
