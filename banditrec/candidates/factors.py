@@ -108,6 +108,7 @@ class LatentFactors:
         self.active: np.ndarray | None = None
         self.item_rms = self.user_rms = self.fold_scale = 1.0
         self._yty: np.ndarray | None = None
+        self._base: np.ndarray | None = None  # Y^T Y + lambda I (ALS)
         self._mean_item: np.ndarray | None = None
         self._y = np.empty((0, 0))
         self._inactive = np.empty(0, bool)
@@ -185,6 +186,7 @@ class LatentFactors:
         Y = self._y = self.item_factors.astype(np.float64)  # type: ignore[union-attr]
         self._inactive = ~self.active  # type: ignore[operator]
         self._yty = Y.T @ Y if self.model == "als" else None
+        self._base = self._yty + self.regularization * np.eye(Y.shape[1]) if self._yty is not None else None
         self._mean_item = Y[:, :-1].mean(axis=0) if self.model == "bpr" else None
 
     def _fitted_fold_scale(self, X: sp.csr_matrix) -> float:
@@ -227,7 +229,14 @@ class LatentFactors:
             w = np.asarray(weights, dtype=np.float64).ravel()
             if w.shape != ids.shape:
                 raise ValidationError(f"weights must have one entry per item ({len(ids)}), got {len(w)}", "weights")
-        return _checked_weights(sp.csr_matrix((w, (np.zeros(len(ids), dtype=np.int64), ids)), shape=(1, n)), "weights")
+        if len(w) and not (np.isfinite(w).all() and w.min() >= 0):
+            bad = w[~np.isfinite(w) | (w < 0)][0]
+            raise ValidationError(f"weights must be finite and non-negative, found {bad}", "weights")
+        seen, at = np.unique(ids, return_inverse=True)
+        summed = np.bincount(at, weights=w, minlength=len(seen))  # repeats add
+        keep = summed != 0
+        seen, summed = seen[keep], summed[keep]
+        return sp.csr_matrix((summed, seen, np.array([0, len(seen)])), shape=(1, n))
 
     def _bpr_directions(self, H: sp.csr_matrix) -> np.ndarray:
         """Each row's weighted mean item factor minus the mean item (no bias column): the
@@ -259,7 +268,8 @@ class LatentFactors:
         k = Y.shape[1]
         m = H.shape[0]
         assert self._yty is not None  # set with the item factors (_prepare)
-        base = self._yty + self.regularization * np.eye(k)
+        base = self._base
+        assert base is not None  # set with the item factors (_prepare)
         out = np.zeros((m, k))
         if m == 1:  # one request: the same solve with plain matrix products
             Yi, c = Y[H.indices], self.alpha * H.data
@@ -316,10 +326,23 @@ class LatentFactors:
         fold-in ``u`` of :meth:`user_vector`, best first, ties by lower index; the seed items
         and ``exclude`` left out. ``(ids (n,), scores (n,))`` with ``n = min(N, eligible)``."""
         N = _positive_int(N, "N")
-        H = self._history(items, weights)
-        ids, scores = self._top(self.user_vectors(H), H, N, self._banned(exclude))
-        keep = ids[0] >= 0
-        return ids[0][keep], scores[0][keep]
+        H = self._history(items, weights)  # checked, repeats added
+        seen, w = H.indices, H.data
+        if self.model == "als":  # the one-user solve of _als_fold_in, without a sparse round trip
+            Y, c = self._y, self.alpha * w
+            Yi = Y[seen]
+            base = self._base
+            assert base is not None  # set with the item factors (_prepare)
+            u = np.linalg.solve(base + (Yi.T * (c - 1.0)) @ Yi, Yi.T @ c)
+        else:
+            u = self.user_vectors(H)[0]
+        scores = self._y @ u
+        scores[self._banned(exclude)] = -np.inf
+        scores[seen] = -np.inf
+        cols = top_n_columns(scores[None, :], N)[0]
+        vals = scores[cols]
+        keep = vals > -np.inf
+        return cols[keep], vals[keep]
 
     def recommend_batch(self, histories: sp.spmatrix, N: int = 10, exclude=None) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`recommend` for each row of ``histories`` (m, n_items): ``(ids (m, N), scores

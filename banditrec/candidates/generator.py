@@ -551,7 +551,10 @@ class CandidateGenerator:
                 np.r_[np.ones(len(s.cart)), 0.7 ** np.arange(len(s.purchased)), self._view_weights(s)] for s in states
             ]
             rows = np.flatnonzero([len(x) > 0 for x in lists])
-            if len(rows):
+            if len(rows) == 1:  # one request: no sparse matrix of histories
+                ids1, sc1 = self.factors.recommend(lists[rows[0]], weights=weights[rows[0]], N=self.n_source)
+                out["factors"] = _positive_entries(rows, ids1[None, :], sc1[None, :])
+            elif len(rows):
                 r_idx = np.repeat(np.arange(len(rows)), [len(lists[r]) for r in rows.tolist()])
                 H = sp.csr_matrix(
                     (
