@@ -14,7 +14,8 @@ from banditrec.candidates.reorder import ReorderModel
 from banditrec.candidates.signals import DAY_S, PURCHASE, Interactions
 from simulator.config import SimConfig
 from simulator.environment import Environment
-from simulator.history import event_times
+
+from .simulate import history_interactions
 
 KS = (1, 3, 5, 10)
 # more consumables than the default shop, and stock that does not cap how much customers buy
@@ -103,15 +104,7 @@ def evaluate_reorder(
     env = Environment(config, seed=seed)
     h = env.warm_up()
     cat = env.catalog
-    ev = Interactions.from_arrays(
-        h.customer,
-        h.item,
-        event_times(h, config.history_days * DAY_S),
-        h.kind,
-        session=h.session,
-        n_users=config.n_customers,
-        n_items=cat.n_items,
-    )
+    ev = history_interactions(h, config.history_days * DAY_S)
     cut = train_days * DAY_S
     train = ev.select(ev.ts < cut)
     p = ev.of_kind(PURCHASE)
