@@ -25,20 +25,30 @@ def replay_marginals(
     *,
     min_epsilon: float = 0.0,
     cold: np.ndarray | None = None,
+    offered: Callable[[int], np.ndarray | None] | None = None,
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """Yield ``(d, candidate items (n_d,), marginals (n_d, K_d))`` for each logged decision;
-    ``cold (n_items,)``: the catalog's cold flags, as the engine puts them in a request."""
+    ``cold (n_items,)``: the catalog's cold flags, as the engine puts them in a request.
+    ``offered(d)``: a bool mask of decision ``d``'s candidates the target may choose from (None:
+    all of them); with fewer left than slots it fills as many slots as it has candidates."""
     n_slots = logged.slots_per_decision()
     cold = None if cold is None else np.asarray(cold, dtype=bool)
     for d in range(logged.n_decisions):
         items = logged.candidates[d]
+        keep = None if offered is None else offered(d)
+        if keep is not None:
+            items = items[keep]
+        k = min(int(n_slots[d]), len(items))
+        if k == 0:
+            yield d, items, np.zeros((len(items), 0))
+            continue
         req = Request(
             context=logged.context[d],
             items=items,
             item_features=item_features[items],
             cold=None if cold is None else cold[items],
         )
-        yield d, items, policy.distribution(req, int(n_slots[d]), min_epsilon).marginals()
+        yield d, items, policy.distribution(req, k, min_epsilon).marginals()
 
 
 def target_pscore(
@@ -49,24 +59,33 @@ def target_pscore(
     min_epsilon: float = 0.0,
     on_decision: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
     cold: np.ndarray | None = None,
+    offered: Callable[[int], np.ndarray | None] | None = None,
 ) -> np.ndarray:
     """(n_rows,) the target policy's marginal probability of each logged (item, slot) row.
 
     ``on_decision(d, items, marginals)`` is called for every decision, e.g. to compute the
     exact value of the target policy in a simulator; ``cold (n_items,)``: the catalog's cold
     flags (what the engine served with, :attr:`~banditrec.engine.ItemTable.cold`).
+    ``offered``: as in :func:`replay_marginals`; a row whose item the target was not offered,
+    or whose slot it did not fill, gets 0.
     """
     out = np.empty(len(logged.row_action))
     starts = np.searchsorted(logged.row_decision, np.arange(logged.n_decisions + 1))
-    for d, items, marg in replay_marginals(policy, logged, item_features, min_epsilon=min_epsilon, cold=cold):
+    for d, items, marg in replay_marginals(
+        policy, logged, item_features, min_epsilon=min_epsilon, cold=cold, offered=offered
+    ):
         rows = slice(starts[d], starts[d + 1])
-        acts = logged.row_action[rows]
+        acts, slots = logged.row_action[rows], logged.row_slot[rows]
         hit = items[None, :] == acts[:, None]
-        if not hit.any(axis=1).all():
+        found = hit.any(axis=1) & (slots < marg.shape[1])
+        if offered is None and not found.all():
             raise ValidationError(
                 f"decision {logged.event_id[d]!r} shows an item that is not among its candidates", "candidates"
             )
-        out[rows] = marg[hit.argmax(axis=1), logged.row_slot[rows]]
+        vals = np.zeros(len(acts))
+        if found.any():
+            vals[found] = marg[hit[found].argmax(axis=1), slots[found]]
+        out[rows] = vals
         if on_decision is not None:
             on_decision(d, items, marg)
     return out

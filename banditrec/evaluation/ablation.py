@@ -8,10 +8,11 @@ Two tables per log:
 * **Off-policy ablation.** A target policy is trained on the first ``train_frac`` of the log,
   then estimated on the rest twice per source: served every logged candidate, and served the
   candidates without that source's (its slots fall to the remaining candidates). The
-  estimate is importance-weighted with the logged slot marginals (IPS, or self-normalised
-  SNIPS); the difference is paired by decision, so its interval is narrower than the two
-  intervals apart. Removing candidates only moves probability onto candidates the logger
-  could also show, so every row the target reaches has a logged propensity.
+  estimate is the library's IPS or SNIPS with the logged slot marginals (as ``banditrec
+  evaluate`` computes them); the difference is paired by decision (the difference of the two
+  estimates' influence functions), so its interval is narrower than the two intervals apart.
+  Removing candidates only moves probability onto candidates the logger could also show, so
+  every row the target reaches has a logged propensity.
 
 Decisions whose candidates came with the request (no sources logged) count in the account
 as ``request`` and are left out of the ablation.
@@ -27,8 +28,9 @@ from statistics import NormalDist
 import numpy as np
 
 from ..errors import ValidationError
-from ..offline import train_from_log
-from ..policies import Request, make
+from ..offline import target_pscore, train_from_log
+from ..ope.estimators import IPS, SNIPS
+from ..policies import make
 from ..types import LoggedDecisions
 from .pipeline import candidate_env, item_features_or_one_hot
 
@@ -161,55 +163,18 @@ def account(logged: LoggedDecisions, per_decision, slot_source) -> tuple[list[So
     return out, totals
 
 
-def _target_rows(policy, logged: LoggedDecisions, features, cold, keep_of, min_epsilon: float) -> np.ndarray:
-    """(n_rows,) the target's marginal of each logged row when decision ``d`` offers only the
-    candidates ``keep_of(d)`` (a bool mask over its candidates; None: all of them)."""
-    out = np.zeros(len(logged.row_action))
-    starts = np.searchsorted(logged.row_decision, np.arange(logged.n_decisions + 1))
-    n_slots = logged.slots_per_decision()
-    for d in range(logged.n_decisions):
-        items = logged.candidates[d]
-        keep = keep_of(d)
-        if keep is not None:
-            items = items[keep]
-        k = min(int(n_slots[d]), len(items))
-        if k == 0:
-            continue
-        req = Request(
-            context=logged.context[d],
-            items=items,
-            item_features=features[items],
-            cold=None if cold is None else cold[items],
-        )
-        marg = policy.distribution(req, k, min_epsilon).marginals()
-        rows = slice(starts[d], starts[d + 1])
-        acts, slots = logged.row_action[rows], logged.row_slot[rows]
-        hit = items[None, :] == acts[:, None]
-        found = hit.any(axis=1) & (slots < k)
-        vals = np.zeros(len(acts))
-        vals[found] = marg[hit[found].argmax(axis=1), slots[found]]
-        out[rows] = vals
-    return out
+def _interval(value: float, influence: np.ndarray) -> tuple[float, float]:
+    """The normal 95% interval of an estimate from its per-decision influence function."""
+    n = len(influence)
+    half = NormalDist().inv_cdf(0.975) * math.sqrt(float(influence.var(ddof=1)) / n) if n > 1 else math.inf
+    return value - half, value + half
 
 
-def _per_decision(logged: LoggedDecisions, weight: np.ndarray, self_normalised: bool) -> np.ndarray:
-    """Each decision's estimated reward: its rows' weighted rewards, summed (SNIPS: weights
-    scaled per slot position so that their mean is 1)."""
-    w = weight.copy()
-    if self_normalised:
-        for k in np.unique(logged.row_slot).tolist():
-            at = logged.row_slot == k
-            mean = w[at].mean()
-            if mean > 0:
-                w[at] /= mean
-    return np.bincount(logged.row_decision, weights=w * logged.row_reward, minlength=logged.n_decisions)
-
-
-def _mean_ci(x: np.ndarray) -> tuple[float, tuple[float, float]]:
-    z = NormalDist().inv_cdf(0.975)
-    m = float(x.mean())
-    half = z * float(x.std(ddof=1)) / math.sqrt(len(x)) if len(x) > 1 else math.inf
-    return m, (m - half, m + half)
+def _paired(a: tuple[float, np.ndarray], b: tuple[float, np.ndarray]) -> tuple[float, tuple[float, float]]:
+    """``b``'s value minus ``a``'s, with the interval of the difference of their influence
+    functions (the two estimates are on the same decisions)."""
+    delta = b[0] - a[0]
+    return delta, _interval(delta, b[1] - a[1])
 
 
 def ablation(
@@ -246,18 +211,21 @@ def ablation(
         raise ValidationError("no evaluated decision logged its candidate sources (all came with the request)", "db")
     test = test.subset(with_sources[n_train:])
     srcs = [s for s in srcs if s is not None]
-    sn = estimator == "SNIPS"
-    all_pi = _target_rows(target, test, feats, cold, lambda d: None, min_epsilon)
-    base = _per_decision(test, all_pi / test.row_pscore, sn)
-    value_all, ci_all = _mean_ci(base)
+    est = {"IPS": IPS, "SNIPS": SNIPS}[estimator]()
+    data = test.logged_bandit(n_items, int(test.row_slot.max()) + 1)
+
+    def estimate(offered) -> tuple[float, np.ndarray]:
+        pi = target_pscore(target, test, feats, min_epsilon=min_epsilon, cold=cold, offered=offered)
+        return est.decision_terms(data, target_pscore=pi).value_and_influence()
+
+    every = estimate(None)
+    value_all, ci_all = every[0], _interval(*every)
     rows = []
-    names = sorted({str(x) for s in srcs for x in s.tolist()})
-    for name in names:
-        pi = _target_rows(target, test, feats, cold, lambda d, _n=name: srcs[d] != _n, min_epsilon)
-        without = _per_decision(test, pi / test.row_pscore, sn)
-        delta, ci = _mean_ci(without - base)
+    for name in sorted({str(x) for s in srcs for x in s.tolist()}):
+        without = estimate(lambda d, _n=name: srcs[d] != _n)
+        delta, ci = _paired(every, without)
         touched = sum(1 for s in srcs if (s == name).any())
-        rows.append(SourceAblation(name, float(without.mean()), delta, ci, touched))
+        rows.append(SourceAblation(name, without[0], delta, ci, touched))
     return Ablation(policy, estimator, n_train, test.n_decisions, value_all, ci_all, acc, rows, totals)
 
 

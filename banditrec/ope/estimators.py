@@ -520,6 +520,18 @@ class IPS:
         boot = terms.padded(n_all) if self.interval == "bootstrap" else None
         return self.finish(moments, unsupported=_unsupported_share(data, inputs), terms=boot, boot_rng=boot_rng)
 
+    def decision_terms(self, data: LoggedBandit, *, target_pscore: ArrayLike) -> Terms:
+        """The per-decision terms behind :meth:`estimate` for a target given by its row
+        probabilities: two targets' terms on the same log give a paired difference (the
+        difference of their influence functions). IPS-family estimators only."""
+        if self.needs_q:
+            raise ValidationError(
+                f"{self.name} needs a reward model; decision_terms takes IPS-family estimators", "estimator"
+            )
+        _, other_rng = self._streams()
+        inputs = self._inputs(data, None, target_pscore, None, None, None, other_rng)
+        return self._terms(data, inputs, self.weights(data, inputs), other_rng)
+
     mergeable: ClassVar[bool] = True  # its terms are per-decision sums needing nothing global
     n_ratios: ClassVar[int] = 0
     row_normalised: ClassVar[bool] = False  # ratio denominators are _row_share (SNIPS, SNDR)

@@ -60,11 +60,10 @@ def test_the_account_sums_to_the_log(served):
     assert len(per_source) >= 2  # the generator's sources, and the request's
 
 
-def test_the_uniform_policy_without_a_source_has_a_closed_form(served):
+def _uniform_terms(path):
     """Uniform over the candidates left: every item's marginal at every slot is 1 / (how many
-    are left), so IPS without source s is a sum over the log computed here from SQL."""
-    shop, path = served
-    result = ablation_log(path, shop=shop, policy="uniform", estimator="IPS", train_frac=0.5)
+    are left). Returns the log and ``terms(without)``: each evaluated decision's IPS term
+    (summed weighted rewards), computed row by row from SQL."""
     log = DecisionLog(path)
     logged = log.decisions()
     with sqlite3.connect(path) as db:
@@ -72,18 +71,31 @@ def test_the_uniform_policy_without_a_source_has_a_closed_form(served):
     log.close()
     D = logged.n_decisions
     test = [d for d in range(D // 2, D) if srcs[int(logged.seq[d])] is not None]
-    cand_index = {d: logged.candidates[d] for d in test}
-    for row in result.ablation:
-        total = 0.0
+
+    def terms(without):
+        out = []
         for d in test:
             sources = np.asarray(json.loads(srcs[int(logged.seq[d])]), dtype=object)
-            left = cand_index[d][sources != row.source]
+            left = logged.candidates[d][sources != without]
             k = min(3, len(left))
-            at = np.flatnonzero(logged.row_decision == d)
-            for r in at.tolist():
+            total = 0.0
+            for r in np.flatnonzero(logged.row_decision == d).tolist():
                 if logged.row_action[r] in left and logged.row_slot[r] < k:
                     total += logged.row_reward[r] / len(left) / logged.row_pscore[r]
-        assert row.value_without == pytest.approx(total / len(test), rel=1e-9)
+            out.append(total)
+        return np.array(out)
+
+    return logged, test, terms
+
+
+def test_the_uniform_policy_without_a_source_has_a_closed_form(served):
+    """IPS without source s is the mean of the hand-computed terms."""
+    shop, path = served
+    result = ablation_log(path, shop=shop, policy="uniform", estimator="IPS", train_frac=0.5)
+    logged, test, terms = _uniform_terms(path)
+    D = logged.n_decisions
+    for row in result.ablation:
+        assert row.value_without == pytest.approx(terms(row.source).mean(), rel=1e-9)
     # with every source, the library's IPS on the same rows and target
     rows = np.isin(logged.row_decision, test)
     data = logged.take(0, D).logged_bandit(shop.n_items, 3)
@@ -101,16 +113,18 @@ def test_the_uniform_policy_without_a_source_has_a_closed_form(served):
     assert result.value_all == pytest.approx(IPS().estimate(sub, target_pscore=target[rows]).value, rel=1e-9)
 
 
-def test_a_source_absent_from_the_evaluated_decisions_changes_nothing(served):
-    """Removing a source that proposed nothing in the evaluated decisions leaves every row's
-    target probability as it was; every interval holds its estimate."""
+def test_the_change_and_its_interval_are_paired_by_decision(served):
+    """The change is the difference of the two estimates, and its interval the normal one of
+    the per-decision differences (narrower than the two intervals apart when they move together)."""
     shop, path = served
-    result = ablation_log(path, shop=shop, policy="uniform", estimator="SNIPS")
+    result = ablation_log(path, shop=shop, policy="uniform", estimator="IPS", train_frac=0.5)
+    _, _, terms = _uniform_terms(path)
+    every = terms(None)
     for row in result.ablation:
-        if row.decisions_changed == 0:
-            assert row.delta == 0.0
-        lo, hi = row.delta_ci
-        assert lo <= row.delta <= hi
+        diff = terms(row.source) - every
+        half = 1.959963984540054 * diff.std(ddof=1) / np.sqrt(len(diff))
+        assert row.delta == pytest.approx(diff.mean(), abs=1e-12)
+        assert row.delta_ci == pytest.approx((diff.mean() - half, diff.mean() + half), abs=1e-12)
 
 
 def test_the_command_prints_both_tables_and_refuses_a_missing_log(served, tmp_path):
