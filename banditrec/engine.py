@@ -755,29 +755,10 @@ class Engine:
         self._queue(records, draws)
         return [r.decision for r in records]
 
-    def _prepare(
-        self,
-        user_id: str,
-        n_slots: int,
-        *,
-        context=None,
-        candidates=None,
-        exclude=None,
-        surface: str = "home",
-        pinned=None,
-        candidate_sources=None,
-    ) -> tuple[DecisionRecord, _Draw]:
-        """Sample a decision; returns what logs it, and the stamped draw."""
-        inp = self._inputs(
-            user_id,
-            n_slots,
-            context=context,
-            candidates=candidates,
-            exclude=exclude,
-            surface=surface,
-            pinned=pinned,
-            candidate_sources=candidate_sources,
-        )
+    def _prepare(self, user_id: str, n_slots: int, **request) -> tuple[DecisionRecord, _Draw]:
+        """Sample a decision (``request``: :meth:`decide`'s keyword arguments); returns what
+        logs it, and the stamped draw."""
+        inp = self._inputs(user_id, n_slots, **request)
         with self._lock:
             dist = self._distribution(inp) if inp.n_policy else None
             draw = self._draw(inp, dist)
