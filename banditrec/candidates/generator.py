@@ -539,17 +539,16 @@ class CandidateGenerator:
         out_source.append(source[last:])
         return np.concatenate(out_pick), np.concatenate(out_source)
 
-    def _per_user_entries(self, states: list[UserState]) -> dict[str, Entries]:
+    def _per_user_entries(self, states: list[UserState], seeds: list, seed_weights: list) -> dict[str, Entries]:
         """Entries ``(row, item, score)`` of the per-user sources, positive scores only: latent
-        factors (a user vector folded in from the cart, purchases and views, its ``n_source``
-        best items; rows without any item have none) and reorder timing (the types due for
-        each known user at the request's time)."""
+        factors (a user vector folded in from the cart, purchases and views with the weights
+        :meth:`_pool` gave them, its ``n_source`` best items; rows without any item have none)
+        and reorder timing (the types due for each known user at the request's time).
+        ``seeds``, ``seed_weights``: :meth:`_pool`'s per-row lists (6 and 4 per row)."""
         out: dict[str, Entries] = {}
         if self.factors is not None:
-            lists = [np.r_[s.cart, s.purchased, s.viewed] for s in states]
-            weights = [
-                np.r_[np.ones(len(s.cart)), 0.7 ** np.arange(len(s.purchased)), self._view_weights(s)] for s in states
-            ]
+            lists = [np.concatenate(seeds[6 * r : 6 * r + 3]) for r in range(len(states))]
+            weights = [np.concatenate(seed_weights[4 * r : 4 * r + 3]) for r in range(len(states))]
             rows = np.flatnonzero([len(x) > 0 for x in lists])
             if len(rows) == 1:  # one request: no sparse matrix of histories
                 ids1, sc1 = self.factors.recommend(lists[rows[0]], weights=weights[rows[0]], N=self.n_source)
@@ -629,7 +628,9 @@ class CandidateGenerator:
             )
         )
         n_base = len(parts)
-        extra: dict[str, Entries] = self._per_user_entries(states) if self.factors or self.reorder else {}
+        extra: dict[str, Entries] = (
+            self._per_user_entries(states, lists, weights) if self.factors or self.reorder else {}
+        )
         if self.accessory is not None:
             A = self.accessory
             extra["accessory"] = gather_rows(A.indptr, A.indices, A.data, cp.rows, cp.cols, cp.weights)
