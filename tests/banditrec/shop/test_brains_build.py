@@ -24,7 +24,7 @@ def test_a_build_fits_and_serves_every_brain(sim_shop_dir, tmp_path):
     graph = read_graph(shop.files, shop.items.ids)
     assert (gen.accessory != graph.edge_matrix("accessory_of").T).nnz == 0
     assert shop.manifest["graph"]["edges"] == graph.n_edges
-    assert (shop.files.root / GRAPH_FILE).exists() or shop.files.path(GRAPH_FILE).exists()
+    assert shop.files.path(GRAPH_FILE).exists()
     # the embedding: the last embedding_dim item features, the factors' leading directions
     emb = shop.files.arrays("items")["embedding"]
     assert emb.shape == (shop.n_items, 8)
