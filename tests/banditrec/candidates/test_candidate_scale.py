@@ -107,7 +107,14 @@ def test_sparse_candidates_equal_the_dense_reference(seed, N, metadata, head):
     gen.head = head
     states = random_states(g, gen.n_items, 6)
     exclude = g.integers(0, gen.n_items, g.integers(0, 3))
-    ids, scores, source = gen.candidates_batch(states, N, exclude=exclude, chunk=int(g.integers(1, 7)))
+    assert_batch_is_the_reference(gen, states, N, popularity, exclude, chunk=int(g.integers(1, 7)))
+
+
+def assert_batch_is_the_reference(gen, states, N, popularity, exclude, *, chunk, one_at_a_time=False):
+    """``candidates_batch`` (in chunks of ``chunk`` users), row by row, equals
+    :func:`reference_candidates`: ids, -1 padding, scores bit for bit, sources; with
+    ``one_at_a_time``, ``candidates`` of each state too."""
+    ids, scores, source = gen.candidates_batch(states, N, exclude=exclude, chunk=chunk)
     for r, state in enumerate(states):
         want_ids, want_scores, want_source = reference_candidates(gen, state, N, popularity=popularity, exclude=exclude)
         k = len(want_ids)
@@ -115,6 +122,9 @@ def test_sparse_candidates_equal_the_dense_reference(seed, N, metadata, head):
         assert (ids[r, k:] == -1).all()
         np.testing.assert_array_equal(scores[r, :k], want_scores)
         assert source[r, :k].tolist() == want_source.tolist()
+        if one_at_a_time:
+            one = gen.candidates(state, N, exclude=exclude)
+            assert one[0].tolist() == want_ids.tolist() and one[2].tolist() == want_source.tolist()
 
 
 @settings(max_examples=200, deadline=None)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from banditrec.candidates import CandidateGenerator, UserState
 from banditrec.candidates.signals import DAY_S
 from banditrec.errors import ValidationError
-from tests.banditrec.candidates.test_candidate_scale import random_states, small_world
+from tests.banditrec.candidates.test_candidate_scale import assert_batch_is_the_reference, random_states, small_world
 from tests.reference import reference_candidates
 
 
@@ -102,15 +102,7 @@ def test_hybrid_candidates_equal_the_dense_reference(seed, N, quotas):
     time and a batch in chunks, with every source on and random quotas."""
     g, gen, popularity, states = hybrid(seed, {k: v for k, v in quotas.items() if v})
     exclude = g.integers(0, gen.n_items, g.integers(0, 3))
-    ids, scores, source = gen.candidates_batch(states, N, exclude=exclude, chunk=int(g.integers(1, 7)))
-    for r, state in enumerate(states):
-        want_ids, want_scores, want_source = reference_candidates(gen, state, N, popularity=popularity, exclude=exclude)
-        k = len(want_ids)
-        assert ids[r, :k].tolist() == want_ids.tolist()
-        np.testing.assert_array_equal(scores[r, :k], want_scores)
-        assert source[r, :k].tolist() == want_source.tolist()
-        one = gen.candidates(state, N, exclude=exclude)
-        assert one[0].tolist() == want_ids.tolist() and one[2].tolist() == want_source.tolist()
+    assert_batch_is_the_reference(gen, states, N, popularity, exclude, chunk=int(g.integers(1, 7)), one_at_a_time=True)
 
 
 @settings(max_examples=80, deadline=None)
