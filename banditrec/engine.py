@@ -27,6 +27,7 @@ from .store import DecisionLog, DecisionRecord
 from .store.codecs import LoggedParams
 from .store.shards import with_shard
 from .store.writer import Completion
+from .suppression import Suppressor, drop_pinned
 from .types import Decision, Reward, Slot
 from .validation import as_seed_sequence, check_positive_int
 
@@ -156,12 +157,14 @@ def _policy_error(exc: ValidationError) -> ValidationError:
 
 @dataclass(frozen=True)
 class ItemTable:
-    """Catalog item ids, their index, the attribute vectors policies see, and which items are
-    cold (no interaction history yet; ``None``: none is)."""
+    """Catalog item ids, their index, the attribute vectors policies see, which items are
+    cold (no interaction history yet; ``None``: none is), and each item's product type (``None``:
+    not known; a hide of scope ``type`` needs it)."""
 
     ids: tuple[str, ...]
     features: np.ndarray  # (n_items, d_i)
     cold: np.ndarray | None = None  # (n_items,) bool: no interactions yet (None: none known to be)
+    types: np.ndarray | None = None  # (n_items,) int: product type codes (None: not known)
     _index: dict[str, int] = field(default_factory=dict, init=False, repr=False, compare=False)  # id -> index
 
     def __post_init__(self):
@@ -175,6 +178,14 @@ class ItemTable:
             if cold.shape != (len(self.ids),):
                 raise ValidationError(f"cold must have shape ({len(self.ids)},), got {cold.shape}", "cold")
             object.__setattr__(self, "cold", cold)
+        if self.types is not None:
+            types = np.asarray(self.types)
+            if types.shape != (len(self.ids),) or types.dtype.kind not in "iu":
+                raise ValidationError(
+                    f"types must be {len(self.ids)} integer type codes, got {types.dtype} of shape {types.shape}",
+                    "types",
+                )
+            object.__setattr__(self, "types", types.astype(np.int64))
         if len(set(self.ids)) != len(self.ids):
             raise ValidationError("item ids must be unique", "item_ids")
         object.__setattr__(self, "features", feats)
@@ -412,6 +423,7 @@ class Engine:
         if log is None:
             log = DecisionLog(":memory:")
         self.log = log
+        self._suppress = Suppressor()  # the block list and users' hides (docs/feedback.md)
         self.n_candidates = check_positive_int(n_candidates, "n_candidates")
         self.min_epsilon = float(min_epsilon)
         sampler_seq, id_seq = as_seed_sequence(seed).spawn(2)
@@ -592,11 +604,15 @@ class Engine:
             raise ValidationError("context must hold finite numbers", "context")
         return ctx
 
-    def _candidates(self, parts: ShopParts, user_id, n_slots, candidates, exclude, session, candidate_sources=None):
+    def _candidates(
+        self, parts: ShopParts, user_id, n_slots, candidates, exclude, session, candidate_sources=None, suppressed=None
+    ):
         items = parts.items
         excluded = np.empty(0, dtype=np.int64)
         if exclude:  # ids the catalog no longer knows cannot be served anyway: ignore them
             excluded = items.index_of(exclude, "exclude", skip_unknown=True)
+        if suppressed is not None and len(suppressed):  # blocked or hidden (Suppressor)
+            excluded = np.union1d(excluded, suppressed)
         if n_slots == 0 and candidates is None:  # every slot pinned: the policy picks nothing
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=object)
         if candidates is not None:
@@ -627,7 +643,10 @@ class Engine:
                 # what the generator left out stays out: the history and session too, not only `exclude`
                 idx, source = _backfill(idx, source, parts.backfill, unavailable, n)
         if n_slots > len(idx):
-            raise ValidationError(f"slots ({n_slots}) is more than the number of candidates ({len(idx)})", "slots")
+            left = " left after blocked and hidden items" if suppressed is not None and len(suppressed) else ""
+            raise ValidationError(
+                f"slots ({n_slots}) is more than the number of candidates{left} ({len(idx)})", "slots"
+            )
         return idx, source
 
     def request(self, context, items, parts: ShopParts | None = None) -> Request:
@@ -793,13 +812,17 @@ class Engine:
             if len(pin_idx) > n_slots:
                 raise ValidationError(f"{len(pin_idx)} pinned items do not fit in {n_slots} slots", "pinned")
             pin_ids = [items.ids[int(i)] for i in pin_idx.tolist()]
+        # blocked and hidden items leave before the policy scores, so propensities are over the rest;
+        # a suppressed pinned item is dropped and its slot goes to the policy
+        suppressed = self._suppress(self.log, items, user_id, self.clock)
+        pin_idx, pin_ids = drop_pinned(pin_idx, pin_ids, suppressed)
         n_policy = n_slots - len(pin_idx)
         excluded = [*(exclude or []), *pin_ids]
         needs_session = (candidates is None and n_policy > 0) or parts.context is not None
         session = self.session(user_id, items) if needs_session else None
         ctx = self._context(parts, context, user_id, session)
         cand_idx, source = self._candidates(
-            parts, user_id, n_policy, candidates, excluded or None, session, candidate_sources
+            parts, user_id, n_policy, candidates, excluded or None, session, candidate_sources, suppressed
         )
         if candidates is not None and len(cand_idx) == len(candidates):
             cand_ids = tuple(candidates)  # nothing excluded: the request's ids, in its order

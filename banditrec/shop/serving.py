@@ -57,7 +57,10 @@ class Shop:
         self.popularity = np.asarray(a["popularity"], dtype=float)
         self.consumable = np.asarray(a["consumable"], dtype=bool)
         self.items = ItemTable(
-            ids=tuple(self.catalog.ids.tolist()), features=np.asarray(a["features"], dtype=float), cold=self.cold
+            ids=tuple(self.catalog.ids.tolist()),
+            features=np.asarray(a["features"], dtype=float),
+            cold=self.cold,
+            types=self.types,
         )
         users = files.table("users.parquet")
         self.user_ids = users.column("user_id").to_pylist()

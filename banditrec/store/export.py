@@ -285,7 +285,7 @@ INTERACTION_COLUMNS = ("user_id", "item_id", "event_type", "timestamp", "value",
 _INTERACTIONS = (
     # interaction events as posted, then every positive reward of a shown item (its kind is the
     # event type); a decision without a user id is its own session and "user"
-    "SELECT user_id, item_id, kind, ts, NULL, event_id FROM events "
+    "SELECT user_id, item_id, kind, ts, NULL, event_id FROM events WHERE kind IN ('view', 'cart', 'purchase') "
     "UNION ALL "
     "SELECT CASE WHEN d.user_id = '' THEN d.event_id ELSE d.user_id END, s.item_id, r.kind, r.ts, r.reward, "
     "d.event_id FROM rewards r JOIN slots s ON s.event_id = r.event_id AND s.position = r.position "

@@ -17,6 +17,7 @@ from pathlib import Path
 import sqlite_utils
 
 from ..errors import ConflictError, ValidationError
+from .blocklist import FeedbackLog
 from .checks import check_time
 from .migrations import migrations
 from .reader import LogReader
@@ -48,7 +49,7 @@ class Checkpointer:
         self._conn.close()
 
 
-class DecisionLog(LogReader, LogWriter):
+class DecisionLog(LogReader, LogWriter, FeedbackLog):
     """The SQLite decision log. ``path=":memory:"`` gives a private in-memory log.
 
     ``reward_window_s``: seconds after a decision within which its rewards count; a reward

@@ -204,3 +204,62 @@ def _candidate_sources(db):
     """Which candidate source proposed each candidate: a JSON list of source names in the order of
     ``candidates`` (NULL: the request brought its candidates). The ablation report reads it."""
     db.executescript("ALTER TABLE decisions ADD COLUMN candidate_sources TEXT NULL;")
+
+
+HIDE_KINDS_0009 = ("hide", "not_interested")
+
+
+@migrations(name="0009_negative_feedback_blocklist")
+def _negative_feedback_blocklist(db):
+    """Negative feedback and the global block list (docs/feedback.md).
+
+    ``events`` takes the kinds ``hide`` and ``not_interested``, with the hide's ``scope``
+    (``item`` or ``type``) and ``expires_ts`` (when its suppression ends; NULL for the other
+    kinds); a partial index finds a user's hides without reading their views. The kind CHECK is
+    widened by editing the table's SQL in place, as 0005 removes its NOT NULLs (every stored
+    row still passes the wider check); a schema text this does not recognise is rebuilt with
+    sqlite-utils ``transform``. ``blocklist`` holds the items no user may be shown,
+    ``audit`` the trail of changes (this list's and other admin switches'), and ``log_meta``
+    the key ``blocklist_generation`` that serving processes compare to see a change."""
+    sql = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'events'").fetchone()[0]
+    wider = ", ".join(f"'{k}'" for k in ("view", "cart", "purchase", *HIDE_KINDS_0009))
+    edited, n = re.subn(
+        r"CHECK\s*\(\s*kind\s+IN\s*\(\s*'view'\s*,\s*'cart'\s*,\s*'purchase'\s*\)\s*\)",
+        f"CHECK (kind IN ({wider}))",
+        sql,
+        flags=re.IGNORECASE,
+    )
+    if n == 1:
+        version = db.execute("PRAGMA schema_version").fetchone()[0]
+        db.execute("PRAGMA writable_schema = ON")
+        try:
+            db.execute("UPDATE sqlite_master SET sql = ? WHERE type = 'table' AND name = 'events'", (edited,))
+            db.execute(f"PRAGMA schema_version = {int(version) + 1}")
+        finally:
+            db.execute("PRAGMA writable_schema = OFF")
+    else:
+        db["events"].transform()  # rebuilt without its CHECK on kind
+        db.execute("CREATE INDEX IF NOT EXISTS events_user_ts ON events (user_id, ts)")
+    for statement in (
+        "ALTER TABLE events ADD COLUMN scope TEXT NULL CHECK (scope IS NULL OR scope IN ('item', 'type'))",
+        "ALTER TABLE events ADD COLUMN expires_ts REAL NULL",
+        "CREATE INDEX events_hidden ON events (user_id, expires_ts) WHERE expires_ts IS NOT NULL",
+        """CREATE TABLE blocklist (
+            item_id TEXT PRIMARY KEY NOT NULL,
+            ts REAL NOT NULL,
+            reason TEXT NOT NULL,
+            actor TEXT NOT NULL
+        )""",
+        """CREATE TABLE audit (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            ts REAL NOT NULL,
+            actor TEXT NOT NULL,
+            action TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            detail TEXT NOT NULL DEFAULT '{}'
+                CHECK (CASE WHEN json_valid(detail) THEN json_type(detail) = 'object' ELSE 0 END)
+        )""",
+        "CREATE INDEX audit_action ON audit (action, seq)",
+        "INSERT OR IGNORE INTO log_meta VALUES ('blocklist_generation', '0')",
+    ):
+        db.execute(statement)

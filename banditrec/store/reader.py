@@ -21,7 +21,19 @@ from .codecs import WHOLE_DECISION, float_rows, number_lists, object_array, read
 from .pending import SETTLE_BATCH, completion, read_recipes
 
 MAX_SEQ = "SELECT coalesce(max(seq), 0) FROM decisions"
-TABLES = ("decisions", "slots", "rewards", "events", "model_versions", "items", "pending", "routed_rewards")
+INTERACTION = "kind IN ('view', 'cart', 'purchase')"  # the events that are not hides
+TABLES = (
+    "decisions",
+    "slots",
+    "rewards",
+    "events",
+    "model_versions",
+    "items",
+    "pending",
+    "routed_rewards",
+    "blocklist",
+    "audit",
+)
 
 # The readers' three queries, run in one read transaction. All take the named parameters of
 # ``read_params``; the decision filter is the same in each, so slots and rewards are those of
@@ -248,8 +260,9 @@ class LogReader:
             self._settlers.append(complete)
 
     def events(self, *, after_seq: int = 0, user_id: str | None = None) -> LoggedEvents:
-        """Interaction events with ``seq > after_seq`` (of one user, if given), in log order."""
-        sql = "SELECT seq, ts, user_id, item_id, kind, event_id FROM events WHERE seq > ?"
+        """Interaction events (views, cart adds, purchases) with ``seq > after_seq`` (of one user,
+        if given), in log order. Hides are negative feedback, not interactions: :meth:`hidden_items`."""
+        sql = f"SELECT seq, ts, user_id, item_id, kind, event_id FROM events WHERE seq > ? AND {INTERACTION}"
         args: tuple = (int(after_seq),)
         if user_id is not None:  # a separate statement, so that SQLite uses the (user_id, ts) index
             sql, args = sql + " AND user_id = ?", (*args, user_id)
@@ -269,7 +282,8 @@ class LogReader:
         every process that opens the log."""
         with self._lock:
             rows = self.db.conn.execute(
-                "SELECT item_id, kind, ts FROM events WHERE user_id = ? AND ts >= ? ORDER BY ts DESC, seq DESC LIMIT ?",
+                f"SELECT item_id, kind, ts FROM events WHERE user_id = ? AND ts >= ? AND {INTERACTION} "
+                "ORDER BY ts DESC, seq DESC LIMIT ?",
                 (user_id, float(since_ts), int(limit)),
             ).fetchall()
         if not rows:

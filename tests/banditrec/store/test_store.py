@@ -154,6 +154,7 @@ def test_file_log_uses_wal_and_migrates_once(make_log, tmp_path):
         "0005_pending_propensities",
         "0006_log_meta_routed_rewards",
         "0007_candidate_sources",
+        "0009_negative_feedback_blocklist",
     ]
     assert again.count("decisions") == 1
     assert again.integrity_ok()
@@ -439,6 +440,7 @@ def test_a_log_made_by_the_first_migration_only_is_migrated_with_its_data(make_l
         "0005_pending_propensities",
         "0006_log_meta_routed_rewards",
         "0007_candidate_sources",
+        "0009_negative_feedback_blocklist",
     ]
     assert log.db.execute("SELECT event_id, position, reward, ts, late FROM rewards").fetchall() == [
         ("e1", 1, 1.0, 5.0, 0)

@@ -1,0 +1,90 @@
+"""What a decision must leave out before the policy scores: the global block list and the user's
+unexpired hides (an item, or every item of its type). Details: docs/feedback.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NamedTuple
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from .engine import ItemTable
+    from .store import DecisionLog
+
+_NONE = np.empty(0, dtype=np.int64)
+_NONE.setflags(write=False)
+
+
+class _BlockedIndex(NamedTuple):
+    ids: frozenset  # the log's blocked ids, compared by identity
+    items: object  # the catalog the indices are of, by identity
+    indices: np.ndarray
+
+
+class Suppressor:
+    """Catalog indices a decision for a user may not show, read from the log per decision.
+
+    The block list costs one ``PRAGMA data_version`` per call while it is unchanged
+    (:meth:`DecisionLog.blocked_ids`); its catalog indices are recomputed only when the list or
+    the catalog changes. Hides cost one indexed query on the user's unexpired hides.
+    """
+
+    def __init__(self):
+        self._blocked = _BlockedIndex(frozenset(), None, _NONE)
+
+    def blocked(self, log: DecisionLog, items: ItemTable) -> np.ndarray:
+        """Sorted catalog indices of the blocked items (ids the catalog lacks are left out)."""
+        ids = log.blocked_ids()
+        cached = self._blocked
+        if cached.ids is ids and cached.items is items:
+            return cached.indices
+        index = _NONE
+        if ids:
+            found = items.lookup(sorted(ids))
+            index = np.unique(found[found >= 0])
+            index.setflags(write=False)
+        self._blocked = _BlockedIndex(ids, items, index)
+        return index
+
+    def hidden(self, log: DecisionLog, items: ItemTable, user_id: str, clock: Callable[[], float]) -> np.ndarray:
+        """Sorted catalog indices ``user_id`` hid and whose hide has not expired at ``clock()``:
+        the item, or with scope ``type`` every item of its type (:attr:`ItemTable.types`). The
+        clock is read only for a user who ever hid something."""
+        expiry = log.hide_expiry(user_id)
+        if expiry is None:
+            return _NONE
+        now = float(clock())
+        if expiry <= now:
+            return _NONE
+        hides = log.hidden_items(user_id, now)
+        if not hides:
+            return _NONE
+        found = items.lookup([h.item_id for h in hides])
+        scope = np.array([h.scope for h in hides], dtype=object)
+        out = found[(found >= 0) & (scope == "item")]
+        by_type = found[(found >= 0) & (scope == "type")]
+        if len(by_type) and items.types is not None:
+            out = np.concatenate([out, np.flatnonzero(np.isin(items.types, items.types[by_type]))])
+        return np.unique(out)
+
+    def __call__(self, log: DecisionLog, items: ItemTable, user_id: str, clock: Callable[[], float]) -> np.ndarray:
+        """Sorted catalog indices of ``log``'s blocked items, and of those hidden for ``user_id``
+        at ``clock()``."""
+        blocked = self.blocked(log, items)
+        hidden = self.hidden(log, items, user_id, clock)
+        if not len(hidden):
+            return blocked
+        return np.union1d(blocked, hidden) if len(blocked) else hidden
+
+
+def drop_pinned(pin_idx: np.ndarray, pin_ids: list, suppressed: np.ndarray) -> tuple[np.ndarray, list]:
+    """The pinned items that are not suppressed, in their order (a dropped pin's slot goes to the
+    policy)."""
+    if not len(suppressed) or not len(pin_idx):
+        return pin_idx, pin_ids
+    keep = ~np.isin(pin_idx, suppressed)
+    if keep.all():
+        return pin_idx, pin_ids
+    return pin_idx[keep], [p for p, k in zip(pin_ids, keep.tolist()) if k]
