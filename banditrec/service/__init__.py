@@ -1,6 +1,6 @@
 """The decision service: a Flask application factory around an :class:`~banditrec.engine.Engine`.
 
-Blueprints per resource (``decisions``, ``feedback``, ``models``, ``ops``); request and
+Blueprints per resource (``decisions``, ``feedback``, ``blocklist``, ``models``, ``ops``); request and
 response models in :mod:`.schemas` validate requests and generate ``/openapi.json``; every
 error is JSON naming the field (:mod:`.errors`); bearer-token auth (:mod:`.auth`); Prometheus
 metrics (:mod:`.metrics`); snapshot reloads (:mod:`.reload`). No policy or estimator logic here.
@@ -14,7 +14,7 @@ from flask import Flask, g, request
 
 from ..engine import Engine
 from ..errors import ValidationError
-from . import decisions, errors, feedback, models, ops
+from . import blocklist, decisions, errors, feedback, models, ops
 from .config import ServiceConfig
 from .jsonio import OrjsonProvider
 from .metrics import Metrics
@@ -101,7 +101,7 @@ def create_app(
         app.extensions["banditrec.shop_watcher"] = shop_watcher
         app.extensions["banditrec.shop_looks"] = _Throttle(shop_watcher.check)
     errors.register(app)
-    for module in (decisions, feedback, models, ops):
+    for module in (decisions, feedback, blocklist, models, ops):
         app.register_blueprint(module.bp)
 
     @app.before_request

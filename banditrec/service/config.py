@@ -6,14 +6,19 @@ Details: docs/service.md, "Settings (`service/config.py`)".
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ValidationError
+from ..store.checks import MAX_ABS_REWARD
 from ..store.shards import MAX_SHARD, check_shard
 
 MIN_TOKEN_CHARS = 16
+HIDE_WINDOW_S = 30 * 86400.0  # a hide without its own ttl_s lasts this long
+MAX_HIDE_TTL_S = 10 * 365 * 86400.0
 
 
 def check_token(token, source: str) -> str:
@@ -71,6 +76,10 @@ class ServiceConfig:
 
     ``shard``: this node's log shard when several nodes serve behind a load balancer (each node
     logs to its own file; docs/deployment.md); ``None``: the log's own (unsharded by default).
+
+    Negative feedback (docs/feedback.md): ``hide_window_s`` is how long a hide event without
+    its own ``ttl_s`` suppresses its item; ``hide_reward`` (``None``: off) is the reward of kind
+    ``hide_reward_kind`` recorded for the slot a hide event names.
     """
 
     token: str | None = None
@@ -83,6 +92,9 @@ class ServiceConfig:
     durable: bool = False
     defer_marginals: bool = True  # Monte-Carlo propensities logged off the request path (Engine.defer_marginals)
     shard: int | None = None
+    hide_window_s: float = HIDE_WINDOW_S
+    hide_reward: float | None = None
+    hide_reward_kind: str = "click"
 
     @property
     def synchronous(self) -> str:
@@ -99,6 +111,29 @@ class ServiceConfig:
             check_shard(self.shard)
         if self.reload_check_ms < 0:
             raise ValidationError(f"reload_check_ms must be >= 0, got {self.reload_check_ms}", "reload_check_ms")
+        window = self.hide_window_s
+        if isinstance(window, bool) or not isinstance(window, (int, float)) or not 0 < window <= MAX_HIDE_TTL_S:
+            raise ValidationError(
+                f"hide_window_s must be a number of seconds in (0, {MAX_HIDE_TTL_S:g}], got {window!r}", "hide_window_s"
+            )
+        reward = self.hide_reward
+        if reward is not None and (
+            isinstance(reward, bool)
+            or not isinstance(reward, (int, float))
+            or not math.isfinite(reward)
+            or abs(reward) > MAX_ABS_REWARD
+        ):
+            raise ValidationError(
+                f"hide_reward must be a finite number within +-{MAX_ABS_REWARD:g} or None, got {reward!r}",
+                "hide_reward",
+            )
+        if not isinstance(self.hide_reward_kind, str) or not re.fullmatch(
+            r"[a-z][a-z0-9_]{0,31}", self.hide_reward_kind
+        ):
+            raise ValidationError(
+                f"hide_reward_kind must be a reward kind such as 'click', got {self.hide_reward_kind!r}",
+                "hide_reward_kind",
+            )
 
     @classmethod
     def from_env(cls, env=None) -> ServiceConfig:
@@ -119,7 +154,20 @@ class ServiceConfig:
             durable=env.get("BANDITREC_DURABLE", "0") not in ("", "0", "false", "no"),
             defer_marginals=env.get("BANDITREC_EAGER_MARGINALS", "0") in ("", "0", "false", "no"),
             shard=_shard(env),
+            hide_window_s=_float(env, "BANDITREC_HIDE_WINDOW_S", HIDE_WINDOW_S),
+            hide_reward=_float(env, "BANDITREC_HIDE_REWARD", None),
+            hide_reward_kind=env.get("BANDITREC_HIDE_REWARD_KIND") or "click",
         )
+
+
+def _float(env, name: str, default):
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValidationError(f"{name} must be a number, got {raw!r}", name) from None
 
 
 def _shard(env) -> int | None:

@@ -9,6 +9,7 @@ context length.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from flask import Blueprint, Flask
@@ -84,6 +85,13 @@ def context_schema(engine) -> dict:
     return {"anyOf": [given, {"type": "null"}], "default": None, "title": "Context"}
 
 
+def openapi_path(rule: str) -> tuple[str, list[str]]:
+    """A Flask rule as an OpenAPI path (``/v1/blocklist/<path:item_id>`` -> ``/v1/blocklist/{item_id}``)
+    and its path parameters."""
+    names = re.findall(r"<(?:[^:<>]+:)?([^:<>]+)>", rule)
+    return re.sub(r"<(?:[^:<>]+:)?([^:<>]+)>", r"{\1}", rule), names
+
+
 def document(app: Flask) -> dict:
     routes = []
     for rule in app.url_map.iter_rules():
@@ -93,7 +101,7 @@ def document(app: Flask) -> dict:
             continue
         assert rule.methods is not None  # Flask gives every rule its methods
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
-            routes.append((rule.rule, method.lower(), view, meta))
+            routes.append((*openapi_path(rule.rule), method.lower(), view, meta))
     models: set[type[BaseModel]] = {ErrorResponse}
     for *_, meta in routes:
         models.update(m for m in (meta["body"], meta["response"]) if m is not None)
@@ -113,8 +121,12 @@ def document(app: Flask) -> dict:
         schemas["DecideRequest"]["properties"]["context"] = context_schema(engine)
     paths: dict = {}
     needs_auth = False
-    for path, method, view, meta in sorted(routes, key=lambda r: (r[0], r[1])):
+    for path, params, method, view, meta in sorted(routes, key=lambda r: (r[0], r[2])):
         op: dict = {"summary": meta["summary"], "operationId": view.__name__, "responses": {}}
+        if params:
+            op["parameters"] = [
+                {"name": n, "in": "path", "required": True, "schema": {"type": "string"}} for n in params
+            ]
         scope = getattr(view, "auth_scope", None)
         secured = protected(scope, settings)
         if scope is not None:

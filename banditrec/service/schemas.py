@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from ..store.checks import MAX_ABS_REWARD
+from .config import MAX_HIDE_TTL_S
 
 BATCH_HARD_MAX = 10_000  # the configured batch_max (ServiceConfig) is checked below this
 
@@ -99,25 +100,74 @@ class BatchDecideResponse(BaseModel):
 
 
 class EventRequest(BaseModel):
-    """An interaction: it joins the user's session at once, for every serving process."""
+    """An interaction (view, cart, purchase): it joins the user's session at once, for every
+    serving process. Or negative feedback (``hide``, or its synonym ``not_interested``): the
+    user's decisions leave out the item (``scope`` ``"type"``: every item of its product type)
+    for ``ttl_s`` seconds from ``ts`` (absent: the service's ``hide_window_s``); with
+    ``event_id``, the slot that showed it (``position``, or found by its item) may get the
+    configured negative reward (docs/feedback.md)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
     user_id: Annotated[StrictStr, Field(min_length=1, max_length=256)]
     item_id: ItemId
-    kind: Literal["view", "cart", "purchase"]
+    kind: Literal["view", "cart", "purchase", "hide", "not_interested"]
     # seconds since the epoch; absent: now
     ts: Annotated[float, Field(allow_inf_nan=False, strict=True, ge=0, le=1e11)] | None = None
     event_id: Annotated[StrictStr, Field(min_length=1, max_length=128)] | None = None
+    # hide and not_interested only
+    scope: Literal["item", "type"] | None = None
+    ttl_s: Annotated[float, Field(allow_inf_nan=False, strict=True, gt=0, le=MAX_HIDE_TTL_S)] | None = None
+    position: Annotated[StrictInt, Field(ge=0)] | None = None
 
 
 class EventResponse(BaseModel):
+    """``scope`` and ``expires_ts`` (when its suppression ends) for a hide, else ``null``;
+    ``reward_status``: the negative reward's (``kept_existing``: the slot already had a reward of
+    that kind, which stands), ``null`` when none was recorded."""
+
     seq: int
     user_id: str
     item_id: str
     kind: str
     ts: float
     status: Literal["recorded"]
+    scope: Literal["item", "type"] | None = None
+    expires_ts: float | None = None
+    reward_status: Literal["recorded", "late", "duplicate", "routed", "kept_existing"] | None = None
+
+
+class BlockRequest(BaseModel):
+    """Items no user may be shown (legal, recall), with the reason and who asks; exactly one of
+    ``item_id`` and ``item_ids``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    item_id: ItemId | None = None
+    item_ids: Annotated[list[ItemId], Field(min_length=1, max_length=10_000)] | None = None
+    reason: Annotated[StrictStr, Field(min_length=1, max_length=1000)]
+    # what the audit trail records as the actor (the bearer token does not identify a person)
+    actor: Annotated[StrictStr, Field(min_length=1, max_length=256)] = "api"
+
+
+class BlockedItemOut(BaseModel):
+    item_id: str
+    ts: float
+    reason: str
+    actor: str
+
+
+class BlockStatus(BaseModel):
+    item_id: str
+    status: Literal["blocked", "already_blocked", "unblocked"]
+
+
+class BlockResponse(BaseModel):
+    items: list[BlockStatus]
+
+
+class BlocklistResponse(BaseModel):
+    items: list[BlockedItemOut]
 
 
 class ModelVersion(BaseModel):

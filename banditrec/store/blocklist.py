@@ -133,6 +133,12 @@ class FeedbackLog:
             return "kept_existing"
         return self._join_reward(reward, position, ts, {})  # type: ignore[attr-defined]
 
+    def has_decision(self, event_id: str) -> bool:
+        with self._lock:
+            return (
+                self.db.conn.execute("SELECT 1 FROM decisions WHERE event_id = ?", (event_id,)).fetchone() is not None
+            )
+
     def slot_of(self, event_id: str, item_id: str) -> int | None:
         """The position at which decision ``event_id`` showed ``item_id`` (``None``: not shown)."""
         with self._lock:

@@ -13,6 +13,7 @@ import pytest
 from banditrec.learner import Learner, Refresh
 from banditrec.policies import make
 from banditrec.service import ServiceConfig, create_app
+from banditrec.service.openapi import openapi_path
 from banditrec.service.schemas import (
     BatchDecideResponse,
     DecideResponse,
@@ -343,7 +344,7 @@ def test_openapi_documents_every_route_with_the_models_that_validate_it(engine, 
     doc = client.get("/openapi.json").get_json()
     app = create_app(engine)
     served = {
-        (r.rule, m.lower())
+        (openapi_path(r.rule)[0], m.lower())
         for r in app.url_map.iter_rules()
         if r.endpoint != "static"
         for m in r.methods - {"HEAD", "OPTIONS"}
@@ -357,7 +358,13 @@ def test_openapi_documents_every_route_with_the_models_that_validate_it(engine, 
     }
     assert set(schemas["DecideRequest"]["required"]) == {"user_id", "slots"}
     assert schemas["DecideRequest"]["additionalProperties"] is False
-    assert schemas["EventRequest"]["properties"]["kind"]["enum"] == ["view", "cart", "purchase"]
+    assert schemas["EventRequest"]["properties"]["kind"]["enum"] == [
+        "view",
+        "cart",
+        "purchase",
+        "hide",
+        "not_interested",
+    ]
     # this app has no token: nothing is documented as authenticated (test_openapi_says_what_...)
     assert "401" not in doc["paths"]["/v1/reward"]["post"]["responses"]
     assert doc["paths"]["/v1/reward"]["post"]["security"] == []
@@ -396,7 +403,11 @@ def test_openapi_says_what_the_app_enforces(engine, token, decide_auth):
             authed = client.open(path, method=method.upper(), json=bodies.get(path), headers=AUTH)
             for resp in (open_, authed):
                 assert str(resp.status_code) in op["responses"], (path, method, resp.status_code, op["responses"])
-    expected = {"/v1/reward", "/v1/events", "/v1/models", "/v1/models/reload"} if token else set()
+    expected = (
+        {"/v1/reward", "/v1/events", "/v1/models", "/v1/models/reload", "/v1/blocklist", "/v1/blocklist/{item_id}"}
+        if token
+        else set()
+    )
     if token and decide_auth:
         expected |= {"/v1/decide", "/v1/decide/batch"}
     assert {p for p, ops in doc["paths"].items() if any(op["security"] for op in ops.values())} == expected

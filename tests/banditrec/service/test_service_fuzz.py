@@ -136,7 +136,7 @@ def assert_reached(seen: Counter) -> None:
     for label in ("POST /v1/decide", "POST /v1/reward", "POST /v1/events", "POST /v1/decide/batch"):
         assert {200, 400} <= statuses(seen, label), (label, statuses(seen, label))
     assert 400 in statuses(seen, "POST /v1/models/reload")  # nothing published yet
-    assert sum(seen.values()) <= 9 * 2 * EXAMPLES
+    assert sum(seen.values()) <= 12 * 2 * EXAMPLES
 
 
 @pytest.fixture
@@ -160,7 +160,15 @@ def test_fuzz_the_wsgi_app_from_its_openapi_document(app_and_ids, auth):
     headers = {"Authorization": f"Bearer {TOKEN}"} if auth == "on" else {}
     seen = fuzz(schema, f"wsgi, auth {auth}", headers=headers, event_ids=event_ids, item_ids=item_ids)
     assert_reached(seen)
-    protected = {"POST /v1/reward", "POST /v1/events", "GET /v1/models", "POST /v1/models/reload"}
+    protected = {
+        "POST /v1/reward",
+        "POST /v1/events",
+        "GET /v1/models",
+        "POST /v1/models/reload",
+        "POST /v1/blocklist",
+        "GET /v1/blocklist",
+        "DELETE /v1/blocklist/{item_id}",
+    }
     for label in protected:  # schema-invalid auth (negative mode) is refused where auth is on, only there
         assert (401 in statuses(seen, label)) == (auth == "on"), (label, statuses(seen, label))
     assert 401 not in statuses(seen, "POST /v1/decide")
