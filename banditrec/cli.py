@@ -224,6 +224,20 @@ def build(items, interactions, users, config_file, pairs, encoding, refit_featur
     help="This node's log shard when several nodes serve behind a load balancer, each with its own --db "
     "(docs/deployment.md); `banditrec compact` joins the shards.",
 )
+@click.option(
+    "--hide-window",
+    default=30 * 86400.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds a hide event without its own ttl_s suppresses its item for that user (docs/feedback.md).",
+)
+@click.option(
+    "--hide-reward",
+    default=None,
+    type=float,
+    help="Reward recorded for the slot a hide event names (e.g. -1); default: none.",
+)
+@click.option("--hide-reward-kind", default="click", show_default=True, help="The kind of --hide-reward's rewards.")
 @click.option("--access-log", is_flag=True, help="Log every request to stdout.")
 @usage_errors
 def serve(
@@ -241,12 +255,17 @@ def serve(
     durable,
     eager_marginals,
     shard,
+    hide_window,
+    hide_reward,
+    hide_reward_kind,
     access_log,
 ):
     """Serve a shop directory's carousels (decide, reward, events, models, metrics) under gunicorn."""
+    from .service.config import ServiceConfig
     from .shop import Shop
 
     Shop(shop_dir).policy(policy)  # a bad directory or spec fails here, not in every worker
+    ServiceConfig(hide_window_s=hide_window, hide_reward=hide_reward, hide_reward_kind=hide_reward_kind)
     token = _token(token_file)
     env = dict(
         os.environ,
@@ -259,6 +278,9 @@ def serve(
         BANDITREC_DECIDE_AUTH="1" if decide_auth else "0",
         BANDITREC_DURABLE="1" if durable else "0",
         BANDITREC_EAGER_MARGINALS="1" if eager_marginals else "0",
+        BANDITREC_HIDE_WINDOW_S=repr(hide_window),
+        BANDITREC_HIDE_REWARD="" if hide_reward is None else repr(hide_reward),
+        BANDITREC_HIDE_REWARD_KIND=hide_reward_kind,
     )
     if access_log:
         env["BANDITREC_ACCESSLOG"] = "-"
@@ -967,6 +989,105 @@ def recommend(shop_dir, user_id, cart, views, slots, policy, snapshots, fields, 
         seed=seed,
     )
     click.echo(rec.table())
+
+
+# ---- the global block list (banditrec.store.blocklist; docs/feedback.md) ------------------------
+
+
+def _utc(ts: float) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _actor(actor: str | None) -> str:
+    import getpass
+
+    if actor:
+        return actor
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+def _catalog_check(log, shop_dir: str | None, item_ids) -> str:
+    """Refuse ids the catalog lacks (the shop's when ``--shop`` is given, else the log's items
+    table); returns what was checked against, or a note that nothing could be."""
+    from .errors import ValidationError
+
+    if shop_dir is not None:
+        from .shop import Shop
+
+        known = set(Shop(shop_dir).items.ids)
+        where = f"the catalog of {shop_dir}"
+    elif log.count("items"):
+        known = set(log.item_ids().values())
+        where = "the log's items table"
+    else:
+        return "not checked against a catalog (give --shop DIR)"
+    for i, item in enumerate(item_ids):
+        if item not in known:
+            raise ValidationError(f"ITEM {i + 1}: {item!r} is not in {where}", "item_ids")
+    return f"checked against {where}"
+
+
+@main.command()
+@click.argument("item_ids", nargs=-1, metavar="ITEM...")
+@click.option("--db", required=True, type=click.Path(dir_okay=False), help="The serving decision log.")
+@click.option("--reason", default=None, help="Why (legal, recall, ...); required to block.")
+@click.option("--actor", default=None, help="Who asks, for the audit trail [default: cli:$USER].")
+@click.option("--shop", "shop_dir", default=None, type=click.Path(file_okay=False), help="Check ids against it.")
+@click.option("--list", "show", is_flag=True, help="Print the block list instead.")
+@click.option("--audit", "audit", is_flag=True, help="Print the audit trail instead.")
+@usage_errors
+def block(item_ids, db, reason, actor, shop_dir, show, audit):
+    """Block ITEM... for every user (effective in every serving process at once; audited), or --list
+    the block list, or print the --audit trail (docs/feedback.md)."""
+    import json
+
+    log = _open_log(db)
+    try:
+        if show or audit:
+            if item_ids or reason:
+                raise click.UsageError("--list and --audit take no ITEM and no --reason")
+            if show:
+                rows = log.blocklist()
+                click.echo(f"{len(rows)} blocked item(s)")
+                for r in rows:
+                    click.echo(f"  {r.item_id}  since {_utc(r.ts)}  by {r.actor}: {r.reason}")
+            else:
+                for a in log.audit_rows():
+                    click.echo(f"{a.seq:>5}  {_utc(a.ts)}  {a.actor}  {a.action} {a.subject}  {json.dumps(a.detail)}")
+            return
+        if not item_ids:
+            raise click.UsageError("give the ITEM ids to block, or --list")
+        if not reason:
+            raise click.UsageError("--reason is required: the audit trail records why")
+        note = _catalog_check(log, shop_dir, item_ids)
+        statuses = log.block(list(item_ids), reason=reason, actor=_actor(actor))
+        for item, status in zip(item_ids, statuses):
+            click.echo(f"{item}: {status.replace('_', ' ')}")
+        click.echo(f"({note}; {len(log.blocklist())} item(s) on the block list)")
+    finally:
+        log.close()
+
+
+@main.command()
+@click.argument("item_ids", nargs=-1, required=True, metavar="ITEM...")
+@click.option("--db", required=True, type=click.Path(dir_okay=False), help="The serving decision log.")
+@click.option("--reason", default="", help="Why the block is lifted (recorded in the audit trail).")
+@click.option("--actor", default=None, help="Who asks, for the audit trail [default: cli:$USER].")
+@usage_errors
+def unblock(item_ids, db, reason, actor):
+    """Lift the block of ITEM... (each change audited; an item not blocked is an error)."""
+    log = _open_log(db)
+    try:
+        for item in item_ids:
+            entry = log.unblock(item, actor=_actor(actor), reason=reason)
+            click.echo(f"{item}: unblocked (blocked since {_utc(entry.ts)} by {entry.actor}: {entry.reason})")
+    finally:
+        log.close()
 
 
 if __name__ == "__main__":  # pragma: no cover
