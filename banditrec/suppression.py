@@ -33,6 +33,7 @@ class Suppressor:
 
     def __init__(self):
         self._blocked = _BlockedIndex(frozenset(), None, _NONE)
+        self._types: tuple | None = None  # (catalog, item indices sorted by type, each type's bounds)
 
     def blocked(self, log: DecisionLog, items: ItemTable) -> np.ndarray:
         """Sorted catalog indices of the blocked items (ids the catalog lacks are left out)."""
@@ -61,13 +62,30 @@ class Suppressor:
         hides = log.hidden_items(user_id, now)
         if not hides:
             return _NONE
-        found = items.lookup([h.item_id for h in hides])
-        scope = np.array([h.scope for h in hides], dtype=object)
-        out = found[(found >= 0) & (scope == "item")]
-        by_type = found[(found >= 0) & (scope == "type")]
-        if len(by_type) and items.types is not None:
-            out = np.concatenate([out, np.flatnonzero(np.isin(items.types, items.types[by_type]))])
-        return np.unique(out)
+        found = items.lookup([h.item_id for h in hides]).tolist()
+        single, types = [], set()
+        for hide, j in zip(hides, found):
+            if j < 0:  # not in this catalog
+                continue
+            if hide.scope == "type" and items.types is not None:
+                types.add(int(items.types[j]))
+            else:  # an item, or a type hide in a catalog without types: the item itself
+                single.append(j)
+        parts = [np.asarray(single, dtype=np.int64), *(self._of_type(items, t) for t in types)]
+        return np.unique(np.concatenate(parts))
+
+    def _of_type(self, items: ItemTable, code: int) -> np.ndarray:
+        """The catalog indices of the items of type ``code`` (a slice of a per-catalog index)."""
+        cached = self._types
+        if cached is None or cached[0] is not items:
+            types = np.asarray(items.types)
+            order = np.argsort(types, kind="stable")
+            bounds = np.searchsorted(types[order], np.arange(int(types.max(initial=0)) + 2))
+            cached = self._types = (items, order, bounds)
+        _, order, bounds = cached
+        if not 0 <= code < len(bounds) - 1:
+            return _NONE
+        return order[bounds[code] : bounds[code + 1]]
 
     def __call__(self, log: DecisionLog, items: ItemTable, user_id: str, clock: Callable[[], float]) -> np.ndarray:
         """Sorted catalog indices of ``log``'s blocked items, and of those hidden for ``user_id``
