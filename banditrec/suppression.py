@@ -4,14 +4,22 @@ unexpired hides (an item, or every item of its type). Details: docs/feedback.md.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple
+from collections.abc import Callable, Sequence
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from .engine import ItemTable
-    from .store import DecisionLog
+from .store import DecisionLog
+
+
+class ItemTable(Protocol):
+    """What suppression reads of a catalog (:class:`banditrec.engine.ItemTable`)."""
+
+    @property
+    def types(self) -> np.ndarray | None: ...
+
+    def lookup(self, item_ids: Sequence[str]) -> np.ndarray: ...
+
 
 _NONE = np.empty(0, dtype=np.int64)
 _NONE.setflags(write=False)
