@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from banditrec.cli import main
+from banditrec.errors import ValidationError
 from banditrec.service import ServiceConfig, create_app
 from banditrec.service.schemas import BlocklistResponse, BlockResponse, EventResponse
 from banditrec.store import DecisionLog
@@ -210,3 +211,25 @@ def test_the_cli_blocks_lists_and_unblocks_and_a_serving_engine_follows(small_sh
     bad = runner.invoke(main, ["unblock", "--db", path, "i199"])
     assert bad.exit_code == 2 and "not on the block list" in bad.output
     engine.log.close()
+
+
+def test_the_hide_settings_are_checked_and_read_from_the_environment():
+    for kw, field in (
+        ({"hide_window_s": 0}, "hide_window_s"),
+        ({"hide_window_s": -1.0}, "hide_window_s"),
+        ({"hide_reward": float("nan")}, "hide_reward"),
+        ({"hide_reward": 1e13}, "hide_reward"),
+        ({"hide_reward_kind": "Bad Kind"}, "hide_reward_kind"),
+    ):
+        with pytest.raises(ValidationError) as err:
+            ServiceConfig(**kw)
+        assert err.value.field == field
+    got = ServiceConfig.from_env(
+        {"BANDITREC_HIDE_WINDOW_S": "60", "BANDITREC_HIDE_REWARD": "-0.5", "BANDITREC_HIDE_REWARD_KIND": "hide"}
+    )
+    assert (got.hide_window_s, got.hide_reward, got.hide_reward_kind) == (60.0, -0.5, "hide")
+    default = ServiceConfig.from_env({"BANDITREC_HIDE_REWARD": ""})
+    assert (default.hide_window_s, default.hide_reward, default.hide_reward_kind) == (30 * 86400.0, None, "click")
+    with pytest.raises(ValidationError) as err:
+        ServiceConfig.from_env({"BANDITREC_HIDE_REWARD": "minus one"})
+    assert err.value.field == "BANDITREC_HIDE_REWARD"
