@@ -217,10 +217,11 @@ def _negative_feedback_blocklist(db):
     (``item`` or ``type``) and ``expires_ts`` (when its suppression ends; NULL for the other
     kinds); a partial index finds a user's hides without reading their views. The kind CHECK is
     widened by editing the table's SQL in place, as 0005 removes its NOT NULLs (every stored
-    row still passes the wider check); a schema text this does not recognise is rebuilt with
-    sqlite-utils ``transform``. ``blocklist`` holds the items no user may be shown,
-    ``audit`` the trail of changes (this list's and other admin switches'), and ``log_meta``
-    the key ``blocklist_generation`` that serving processes compare to see a change."""
+    row still passes the wider check); a table text this does not recognise is copied into a new
+    table with the wider check instead (sqlite-utils ``transform`` would keep the old check).
+    ``blocklist`` holds the items no user may be shown, ``audit`` the trail of changes (this
+    list's and other admin switches'), and ``log_meta`` the key ``blocklist_generation`` that
+    serving processes compare to see a change."""
     sql = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'events'").fetchone()[0]
     wider = ", ".join(f"'{k}'" for k in ("view", "cart", "purchase", *HIDE_KINDS_0009))
     edited, n = re.subn(
@@ -237,9 +238,28 @@ def _negative_feedback_blocklist(db):
             db.execute(f"PRAGMA schema_version = {int(version) + 1}")
         finally:
             db.execute("PRAGMA writable_schema = OFF")
-    else:
-        db["events"].transform()  # rebuilt without its CHECK on kind
-        db.execute("CREATE INDEX IF NOT EXISTS events_user_ts ON events (user_id, ts)")
+    else:  # rebuilt with the 0002 layout and the wider check, keeping its rows and seq counter
+        kinds = f"CHECK (kind IN ({wider}))"
+        db.execute(
+            f"""CREATE TABLE events_0009 (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            ts REAL NOT NULL,
+            user_id TEXT NOT NULL,
+            item_id TEXT NOT NULL,
+            kind TEXT NOT NULL {kinds},
+            event_id TEXT NULL REFERENCES decisions(event_id)  -- the decision it is attributed to
+        )"""
+        )
+        db.execute(
+            "INSERT INTO events_0009 (seq, ts, user_id, item_id, kind, event_id) "
+            "SELECT seq, ts, user_id, item_id, kind, event_id FROM events"
+        )
+        last = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+        db.execute("DROP TABLE events")
+        db.execute("ALTER TABLE events_0009 RENAME TO events")
+        if last is not None:
+            db.execute("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'events'", (last[0],))
+        db.execute("CREATE INDEX events_user_ts ON events (user_id, ts)")
     for statement in (
         "ALTER TABLE events ADD COLUMN scope TEXT NULL CHECK (scope IS NULL OR scope IN ('item', 'type'))",
         "ALTER TABLE events ADD COLUMN expires_ts REAL NULL",

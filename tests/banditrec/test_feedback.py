@@ -308,3 +308,31 @@ def test_0009_widens_an_existing_log_in_place_and_keeps_its_events(tmp_path):
         log.db.execute("INSERT INTO events (ts, user_id, item_id, kind) VALUES (1.0, 'u', 'i1', 'bogus')")
     assert log.integrity_ok()
     log.close()
+
+
+def test_0009_rebuilds_an_events_table_whose_check_it_does_not_recognise(tmp_path):
+    """The fallback path: the rows, their seq and the seq counter survive; the check is the wider one."""
+    path = tmp_path / "odd.db"
+    db = sqlite_utils.Database(path)
+    migrations.apply(db, stop_before="0009_negative_feedback_blocklist")
+    db.executescript(
+        """
+        DROP INDEX events_user_ts; DROP TABLE events;
+        CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, user_id TEXT NOT NULL,
+            item_id TEXT NOT NULL, kind TEXT NOT NULL CHECK (kind = 'view' OR kind = 'cart' OR kind = 'purchase'),
+            event_id TEXT NULL REFERENCES decisions(event_id));
+        CREATE INDEX events_user_ts ON events (user_id, ts);
+        INSERT INTO events (ts, user_id, item_id, kind) VALUES (1.0, 'u', 'i1', 'view'), (2.0, 'u', 'i2', 'cart');
+        DELETE FROM events WHERE seq = 2;
+        """
+    )
+    db.close()
+    log = DecisionLog(path)
+    assert log.events().item_id.tolist() == ["i1"]
+    assert log.write_hide("u", "i3", ts=3.0, ttl_s=5.0).seq == 3  # the counter went on past the deleted row
+    assert [h.item_id for h in log.hidden_items("u", 4.0)] == ["i3"]
+    with pytest.raises(Exception, match="CHECK"):
+        log.db.execute("INSERT INTO events (ts, user_id, item_id, kind) VALUES (1.0, 'u', 'i1', 'bogus')")
+    indexes = {r[0] for r in log.db.execute("SELECT name FROM sqlite_master WHERE tbl_name = 'events'")}
+    assert {"events_user_ts", "events_hidden"} <= indexes and log.integrity_ok()
+    log.close()
