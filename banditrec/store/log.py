@@ -19,6 +19,7 @@ import sqlite_utils
 from ..errors import ConflictError, ValidationError
 from .checks import check_time
 from .migrations import migrations
+from .modes import ModesStore
 from .reader import LogReader
 from .shards import check_shard
 from .writer import LogWriter
@@ -48,7 +49,7 @@ class Checkpointer:
         self._conn.close()
 
 
-class DecisionLog(LogReader, LogWriter):
+class DecisionLog(LogReader, LogWriter, ModesStore):
     """The SQLite decision log. ``path=":memory:"`` gives a private in-memory log.
 
     ``reward_window_s``: seconds after a decision within which its rewards count; a reward
