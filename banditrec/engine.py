@@ -1012,7 +1012,11 @@ class Engine:
         """
         with self._lock:
             logged = self.log.decisions(
-                after_seq=self._learned_seq, until_seq=until_seq, kind=kind, default_reward=default_reward, training=True
+                after_seq=self._learned_seq,
+                until_seq=until_seq,
+                kind=kind,
+                default_reward=default_reward,
+                training=True,
             )
             if logged.n_decisions == 0:
                 return 0

@@ -19,10 +19,15 @@ from banditrec.errors import ConflictError, NotFoundError, ValidationError
 from banditrec.store import DecisionLog
 from banditrec.store.codecs import decision_rows
 from banditrec.store.migrations import migrations
-from banditrec.store.writer import DECISION_COLUMNS, INSERT_DECISION, INSERT_SLOT, SLOT_COLUMNS, insert_sql
+from banditrec.store.writer import DECISION_COLUMNS, SLOT_COLUMNS, insert_sql
 from banditrec.types import Decision, Reward, Slot
 from studies.coverage import build_engine
+
 from tests.helpers import make_engine
+
+SLOTS_0001 = (
+    "INSERT INTO slots (event_id, position, item_id, item_index, propensity, marginal, marginal_draws, source) VALUES "
+)
 
 
 def decision(event_id="e1", props=(0.5, 0.25), margs=(0.5, 0.3), items=("a", "b")):
@@ -107,10 +112,10 @@ def test_a_non_finite_context_is_refused_by_name(log, bad):
 @pytest.mark.parametrize(
     "sql",
     [
-        "INSERT INTO slots (event_id, position, item_id, item_index, propensity, marginal, marginal_draws, source) VALUES ('e1', 5, 'x', 0, 0.0, 0.5, 0, 'cf')",
-        "INSERT INTO slots (event_id, position, item_id, item_index, propensity, marginal, marginal_draws, source) VALUES ('e1', 5, 'x', 0, 0.5, 1.5, 0, 'cf')",
-        "INSERT INTO slots (event_id, position, item_id, item_index, propensity, marginal, marginal_draws, source) VALUES ('e1', -1, 'x', 0, 0.5, 0.5, 0, 'cf')",
-        "INSERT INTO slots (event_id, position, item_id, item_index, propensity, marginal, marginal_draws, source) VALUES ('nope', 5, 'x', 0, 0.5, 0.5, 0, 'cf')",
+        SLOTS_0001 + "('e1', 5, 'x', 0, 0.0, 0.5, 0, 'cf')",
+        SLOTS_0001 + "('e1', 5, 'x', 0, 0.5, 1.5, 0, 'cf')",
+        SLOTS_0001 + "('e1', -1, 'x', 0, 0.5, 0.5, 0, 'cf')",
+        SLOTS_0001 + "('nope', 5, 'x', 0, 0.5, 0.5, 0, 'cf')",
         "UPDATE decisions SET joint_propensity = -0.5",
         "UPDATE decisions SET log_joint_propensity = 0.1",
         "INSERT INTO rewards (event_id, position, kind, reward, ts) VALUES ('e1', -2, 'click', 1.0, 0)",
