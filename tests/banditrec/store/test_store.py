@@ -22,7 +22,6 @@ from banditrec.store.migrations import migrations
 from banditrec.store.writer import DECISION_COLUMNS, SLOT_COLUMNS, insert_sql
 from banditrec.types import Decision, Reward, Slot
 from studies.coverage import build_engine
-
 from tests.helpers import make_engine
 
 SLOTS_0001 = (
