@@ -224,6 +224,29 @@ def build(items, interactions, users, config_file, pairs, encoding, refit_featur
     help="This node's log shard when several nodes serve behind a load balancer, each with its own --db "
     "(docs/deployment.md); `banditrec compact` joins the shards.",
 )
+@click.option(
+    "--mode",
+    default="live",
+    show_default=True,
+    type=click.Choice(["live", "apprentice"]),
+    help="The mode of a log without a recorded switch: apprentice serves each request's baseline and "
+    "logs what the policy would have done (docs/production.md; `banditrec mode` switches).",
+)
+@click.option(
+    "--holdout",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Share of users served by the policy but never learned from (the analysis holdout).",
+)
+@click.option(
+    "--control",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Share of users served by the request's baseline (the control arm; `banditrec abtest --db`).",
+)
+@click.option("--salt", default="banditrec-holdout", show_default=True, help="Salt of the users' arm assignment.")
 @click.option("--access-log", is_flag=True, help="Log every request to stdout.")
 @usage_errors
 def serve(
@@ -241,12 +264,19 @@ def serve(
     durable,
     eager_marginals,
     shard,
+    mode,
+    holdout,
+    control,
+    salt,
     access_log,
 ):
     """Serve a shop directory's carousels (decide, reward, events, models, metrics) under gunicorn."""
     from .shop import Shop
 
     Shop(shop_dir).policy(policy)  # a bad directory or spec fails here, not in every worker
+    from .apprentice import Arms
+
+    Arms(holdout=holdout, control=control, salt=salt)  # and bad shares
     token = _token(token_file)
     env = dict(
         os.environ,
@@ -259,6 +289,10 @@ def serve(
         BANDITREC_DECIDE_AUTH="1" if decide_auth else "0",
         BANDITREC_DURABLE="1" if durable else "0",
         BANDITREC_EAGER_MARGINALS="1" if eager_marginals else "0",
+        BANDITREC_MODE=mode,
+        BANDITREC_HOLDOUT=repr(holdout),
+        BANDITREC_CONTROL=repr(control),
+        BANDITREC_SALT=salt,
     )
     if access_log:
         env["BANDITREC_ACCESSLOG"] = "-"
