@@ -508,6 +508,12 @@ def compact(shards, out, reward_window, grace, max_decisions, prune):
     type=click.Path(file_okay=False),
     help="Directory for the report and plot.",
 )
+@click.option(
+    "--record",
+    is_flag=True,
+    help="With --db: write each candidate's verdict to the log, where `banditrec mode live` and "
+    "POST /v1/mode read it (docs/production.md).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of the table.")
 @usage_errors
 def evaluate(
@@ -524,6 +530,7 @@ def evaluate(
     train_frac,
     seed,
     out,
+    record,
     as_json,
 ):
     """Estimate candidate policies' value on a logged period, with a safe-to-deploy verdict."""
@@ -537,6 +544,8 @@ def evaluate(
         raise click.UsageError("--scheduler goes with --parquet")
     if shop_dir and parquet:
         raise click.UsageError("--shop goes with --db")
+    if record and not db:
+        raise click.UsageError("--record goes with --db")
     if parquet:
         from .evaluation import dask_client, evaluate_parquet
 
@@ -571,11 +580,81 @@ def evaluate(
             reward_model=reward_model,
             shop=Shop(shop_dir) if shop_dir else None,
         )
+    summary = None
+    if db:
+        from .evaluation.apprentice import apprentice_summary, verdict_rows
+        from .store import DecisionLog
+
+        log = DecisionLog(db)
+        summary = apprentice_summary(log, kind)
+        if record:
+            log.record_verdicts(verdict_rows(result))
+        log.close()
     if as_json:
-        click.echo(json.dumps(result.as_json(), indent=2))
+        body = result.as_json()
+        if summary is not None:
+            body["apprentice"] = summary.as_json()
+        click.echo(json.dumps(body, indent=2))
         return
     click.echo(result.table())
+    if summary is not None:
+        click.echo("")
+        click.echo("\n".join(summary.lines()))
+        for c in result.candidates:
+            e = c.estimates[primary]
+            click.echo(
+                f"  estimated lift of switching to {c.spec}: {e.value - result.logging.value:+.4f} per decision "
+                f"({primary} lower bound {e.lower - result.logging.value:+.4f})"
+            )
+    if record:
+        click.echo(f"recorded {len(result.candidates)} verdict(s) in {db}")
     click.echo(f"report: {result.report}")
+
+
+@main.command()
+@click.argument("mode", required=False, type=click.Choice(["live", "apprentice"]))
+@click.option("--db", required=True, type=click.Path(dir_okay=False), help="The serving log.")
+@click.option(
+    "--policy",
+    default=None,
+    help="The served policy's spec or name, whose recorded verdict going live needs (required for live).",
+)
+@click.option("--reason", default=None, help="Why (recorded with the switch; required to switch).")
+@click.option("--actor", default=lambda: os.environ.get("USER") or "cli", help="Who (recorded)  [default: $USER]")
+@click.option("--force", is_flag=True, help="Go live without a safe recorded verdict (recorded as forced).")
+@usage_errors
+def mode(mode, db, policy, reason, actor, force):
+    """Show the serving mode and its history, or switch every serving process on the log."""
+    from .apprentice import switch_mode
+    from .policies import parse_spec
+    from .store import DecisionLog
+
+    if not os.path.exists(db):
+        raise click.UsageError(f"no decision log at {db}")
+    log = DecisionLog(db)
+    try:
+        if mode is not None:
+            if not reason:
+                raise click.UsageError("a switch needs --reason")
+            if mode == "live" and not policy:
+                raise click.UsageError("going live needs --policy (the served policy's spec or name)")
+            name = parse_spec(policy)[0] if policy else ""
+            row = switch_mode(log, mode, policy=name, actor=actor, reason=reason, force=force)
+            click.echo(f"switched to {row['mode']} (seq {row['seq']}); serving processes follow within a second")
+        history = log.mode_history()
+        if not history:
+            click.echo("no switch recorded: each process serves its starting mode (banditrec serve --mode)")
+        for row in history:
+            gate = row["gate"] or {}
+            verdict = gate.get("verdict") or {}
+            note = ""
+            if verdict:
+                note = f"; verdict {verdict['spec']}: {'safe' if verdict['safe'] else 'NOT safe'}"
+            if gate.get("forced"):
+                note += "; FORCED"
+            click.echo(f"{row['seq']:>4}  {row['mode']:<10} by {row['actor']}: {row['reason']}{note}")
+    finally:
+        log.close()
 
 
 @main.command()
