@@ -84,13 +84,14 @@ def verdict_rows(result: Evaluation) -> list[dict]:
     """One ``gate_verdicts`` row per candidate of ``result`` (its primary estimator)."""
     out = []
     for c in result.candidates:
-        e = c.estimates[result.primary]
+        name = c.gate or result.primary
+        e = c.estimates.get(name) or c.estimates[result.primary]
         out.append(
             {
                 "policy": parse_spec(c.spec)[0],
                 "spec": c.spec,
                 "safe": int(c.safe),
-                "estimator": result.primary,
+                "estimator": name if name in c.estimates else result.primary,
                 "value": e.value,
                 "lower": e.lower,
                 "upper": e.upper,
