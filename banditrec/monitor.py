@@ -49,7 +49,7 @@ class Thresholds:
     min_window_rows: int = 200
     max_reward_drop: float = 0.25
     reward_alpha: float = 0.01
-    min_propensity: float = 1e-4
+    min_propensity: float = 1e-5
     max_floor_violation_share: float = 0.0
     min_ess_share: float = 0.01
     srm_alpha: float = 0.001
@@ -74,7 +74,9 @@ class Thresholds:
         if self.psi_bins < 2:
             raise ValidationError(f"threshold psi_bins must be >= 2, got {self.psi_bins!r}", "psi_bins")
         if self.min_window_rows < 2:
-            raise ValidationError(f"threshold min_window_rows must be >= 2, got {self.min_window_rows!r}", "min_window_rows")
+            raise ValidationError(
+                f"threshold min_window_rows must be >= 2, got {self.min_window_rows!r}", "min_window_rows"
+            )
 
     @classmethod
     def names(cls) -> list[str]:
@@ -231,8 +233,16 @@ def rate_table(by: str, keys: np.ndarray, reward: np.ndarray, labels=None) -> li
         lo, hi = mean - half, mean + half
     names = [str(labels(k)) if labels else str(k) for k in uniq.tolist()]
     return [
-        RateRow(by, names[j], int(n[j]), float(total[j]), float(mean[j]), float(lo[j]), float(hi[j]),
-                "wilson" if binary else "normal")
+        RateRow(
+            by,
+            names[j],
+            int(n[j]),
+            float(total[j]),
+            float(mean[j]),
+            float(lo[j]),
+            float(hi[j]),
+            "wilson" if binary else "normal",
+        )
         for j in range(len(uniq))
     ]
 
@@ -283,8 +293,16 @@ def feature_shifts(
     p_val = np.where(np.isnan(p_val), 1.0, p_val)  # NaN: a constant column in both windows
     mr, mc = ref.mean(axis=0), cur.mean(axis=0)
     return [
-        FeatureShift(group, names[j], float(p_psi[j]), float(d_stat[j]), float(p_val[j]), float(mr[j]), float(mc[j]),
-                     bool(p_val[j] < p_cut and p_psi[j] >= psi_min))
+        FeatureShift(
+            group,
+            names[j],
+            float(p_psi[j]),
+            float(d_stat[j]),
+            float(p_val[j]),
+            float(mr[j]),
+            float(mc[j]),
+            bool(p_val[j] < p_cut and p_psi[j] >= psi_min),
+        )
         for j in range(ref.shape[1])
     ]
 
@@ -360,18 +378,21 @@ class Check:
 
     name: str
     value: float | None
-    threshold: str
+    threshold: str  # the rule, e.g. "< 1e-05"
     status: str
     detail: str = ""
+    limit: float | None = None  # the rule's number
 
     @property
     def alert(self) -> bool:
         return self.status == "alert"
 
     def log_line(self) -> str:
+        """``banditrec.monitor ALERT <check>=<value> threshold=<limit> rule="..." detail="..."``."""
         value = "nan" if self.value is None else f"{self.value:.6g}"
-        line = f"banditrec.monitor ALERT {self.name}={value} threshold={self.threshold.replace(' ', '')}"
-        return f"{line} detail={self.detail!r}" if self.detail else line
+        limit = "nan" if self.limit is None else f"{self.limit:.6g}"
+        line = f'banditrec.monitor ALERT {self.name}={value} threshold={limit} rule="{self.threshold}"'
+        return f'{line} detail="{self.detail}"' if self.detail else line
 
 
 @dataclass
@@ -473,9 +494,9 @@ class MonitorReport:
         if self.srm is not None:
             users = gauge("arm_users", "distinct users served per arm", ("arm",))
             share = gauge("arm_share_configured", "configured share per arm", ("arm",))
-            for a, n, s in zip(self.srm.arms, self.srm.users, self.srm.shares):
+            for a, n, sh in zip(self.srm.arms, self.srm.users, self.srm.shares):
                 users.labels(a).set(n)
-                share.labels(a).set(s)
+                share.labels(a).set(sh)
             gauge("srm_pvalue", "sample-ratio-mismatch chi-square p-value").set(self.srm.p_value)
         lag = gauge("join_lag_seconds", "reward ts - decision ts", ("quantile",))
         for q, v in self.lag.quantiles.items():
@@ -513,7 +534,9 @@ def _contexts(rows: MonitorRows, notes: list[str]) -> tuple[np.ndarray, np.ndarr
     width = int(lengths[-1])
     keep = np.flatnonzero(lengths == width)
     if len(keep) < len(lengths):
-        notes.append(f"{len(lengths) - len(keep):,} decisions log a context of another width than {width}; left out of drift")
+        notes.append(
+            f"{len(lengths) - len(keep):,} decisions log a context of another width than {width}; left out of drift"
+        )
     idx = rows.context_offsets[keep][:, None] + np.arange(width)[None, :]
     return rows.context_flat[idx].reshape(len(keep), width), keep
 
@@ -629,7 +652,9 @@ def run_monitor(
     checks = [_reward_check(rate_windows, th)]
 
     # drift
-    shifts, p_cut = _drift(rows, cur_sel, ref_rows, ref_sel, th, context_names, item_names, item_features, notes, checks)
+    shifts, p_cut = _drift(
+        rows, cur_sel, ref_rows, ref_sel, th, context_names, item_names, item_features, notes, checks
+    )
 
     # propensity health
     prop = _propensity(rows, pinned, notes)
@@ -685,7 +710,9 @@ def _reward_check(windows: dict, th: Thresholds) -> Check:
     threshold = f"drop > {th.max_reward_drop:g} and p < {th.reward_alpha:g}"
     if ref is None or cur is None or min(ref.slots, cur.slots) < th.min_window_rows:
         n = (0 if ref is None else ref.slots, 0 if cur is None else cur.slots)
-        return Check("reward_drop", None, threshold, "skipped", f"slots (reference, current) = {n}, need {th.min_window_rows}")
+        return Check(
+            "reward_drop", None, threshold, "skipped", f"slots (reference, current) = {n}, need {th.min_window_rows}"
+        )
     if ref.rate <= 0:
         return Check("reward_drop", 0.0, threshold, "skipped", "no reward in the reference window")
     drop = 1.0 - cur.rate / ref.rate
@@ -695,8 +722,12 @@ def _reward_check(windows: dict, th: Thresholds) -> Check:
     p = 1.0 - NormalDist().cdf(z)
     alert = drop > th.max_reward_drop and p < th.reward_alpha
     return Check(
-        "reward_drop", drop, threshold, "alert" if alert else "ok",
+        "reward_drop",
+        drop,
+        threshold,
+        "alert" if alert else "ok",
         f"rate {ref.rate:.4g} -> {cur.rate:.4g}, p = {p:.3g}",
+        th.max_reward_drop,
     )
 
 
@@ -724,7 +755,7 @@ def _drift(rows, cur_sel, ref_rows, ref_sel, th, context_names, item_names, item
         groups.append(("item", _names(item_names, feats.shape[1], "item"), it_ref, it_cur))
     m = sum(g[2].shape[1] for g in groups)
     p_cut = th.drift_alpha / max(m, 1)
-    threshold = f"KS p < {th.drift_alpha:g}/{m} and PSI >= {th.psi_min:g}"
+    threshold = f"features with KS p < {th.drift_alpha:g}/{m} and PSI >= {th.psi_min:g}: > 0"
     shifts: list[FeatureShift] = []
     for group in ("context", "item"):
         g = [x for x in groups if x[0] == group]
@@ -735,8 +766,13 @@ def _drift(rows, cur_sel, ref_rows, ref_sel, th, context_names, item_names, item
         _, names, ref, cur = g[0]
         if min(len(ref), len(cur)) < th.min_window_rows:
             checks.append(
-                Check(name, None, threshold, "skipped", f"rows (reference, current) = ({len(ref)}, {len(cur)}), "
-                      f"need {th.min_window_rows}")
+                Check(
+                    name,
+                    None,
+                    threshold,
+                    "skipped",
+                    f"rows (reference, current) = ({len(ref)}, {len(cur)}), need {th.min_window_rows}",
+                )
             )
             continue
         found = feature_shifts(group, names, ref, cur, p_cut=p_cut, psi_min=th.psi_min, bins=th.psi_bins)
@@ -744,7 +780,7 @@ def _drift(rows, cur_sel, ref_rows, ref_sel, th, context_names, item_names, item
         drifted = [s for s in found if s.drifted]
         top = sorted(drifted, key=lambda s: -s.psi)[:3]
         detail = ", ".join(f"{s.feature} PSI {s.psi:.3g}" for s in top)
-        checks.append(Check(name, float(len(drifted)), threshold, "alert" if drifted else "ok", detail))
+        checks.append(Check(name, float(len(drifted)), threshold, "alert" if drifted else "ok", detail, 0.0))
     return shifts, p_cut
 
 
@@ -793,23 +829,44 @@ def _propensity_checks(p: PropensityHealth, th: Thresholds) -> list[Check]:
         out.append(Check("min_propensity", None, f"< {th.min_propensity:g}", "skipped", "no settled policy slots"))
     else:
         low = min(p.min_propensity, p.min_marginal)
-        out.append(Check("min_propensity", low, f"< {th.min_propensity:g}", "alert" if low < th.min_propensity else "ok"))
+        out.append(
+            Check(
+                "min_propensity",
+                low,
+                f"< {th.min_propensity:g}",
+                "alert" if low < th.min_propensity else "ok",
+                "conditional or marginal",
+                th.min_propensity,
+            )
+        )
     thr = f"> {th.max_floor_violation_share:g}"
     if p.floor_checked == 0:
         out.append(Check("floor_violations", None, thr, "skipped", "no slot logged with a min_epsilon"))
     else:
         share = p.floor_violation_share
         out.append(
-            Check("floor_violations", share, thr, "alert" if share > th.max_floor_violation_share else "ok",
-                  f"{p.floor_violations:,} of {p.floor_checked:,} slots")
+            Check(
+                "floor_violations",
+                share,
+                thr,
+                "alert" if share > th.max_floor_violation_share else "ok",
+                f"{p.floor_violations:,} of {p.floor_checked:,} slots",
+                th.max_floor_violation_share,
+            )
         )
     thr = f"< {th.min_ess_share:g}"
     if math.isnan(p.ess_share):
         out.append(Check("ess_share", None, thr, "skipped", "no settled marginals"))
     else:
         out.append(
-            Check("ess_share", p.ess_share, thr, "alert" if p.ess_share < th.min_ess_share else "ok",
-                  f"ESS {p.ess:,.0f} of {p.slots - p.pending:,} slots (uniform target)")
+            Check(
+                "ess_share",
+                p.ess_share,
+                thr,
+                "alert" if p.ess_share < th.min_ess_share else "ok",
+                f"ESS {p.ess:,.0f} of {p.slots - p.pending:,} slots (uniform target)",
+                th.min_ess_share,
+            )
         )
     return out
 
@@ -820,19 +877,23 @@ def _srm(rows: MonitorRows, given: dict[str, float] | None, th: Thresholds) -> t
         return None, Check("srm", None, thr, "skipped", "the log has no decisions.arm column (no served groups)")
     shares = _arm_shares(rows, given)
     if shares is None:
-        return None, Check("srm", None, thr, "skipped", "no configured arm shares (policy_params 'arms' or --arm-shares)")
+        return None, Check(
+            "srm", None, thr, "skipped", "no configured arm shares (policy_params 'arms' or --arm-shares)"
+        )
     arm = rows.arm.astype(str)
     pairs = np.unique(np.stack([arm, rows.user_id.astype(str)]), axis=1)
     names, users = np.unique(pairs[0], return_counts=True)
     unknown = sorted(set(names.tolist()) - set(shares))
     if unknown:
-        return None, Check("srm", None, thr, "alert", f"arm {unknown[0]!r} served but has no configured share")
+        return None, Check(
+            "srm", None, thr, "alert", f"arm {unknown[0]!r} served but has no configured share", th.srm_alpha
+        )
     arms = tuple(shares)
     counts = np.asarray([int(users[names == a].sum()) for a in arms])
     res = srm_check(counts, [shares[a] for a in arms], alpha=th.srm_alpha)
     result = SRMResult(arms, tuple(int(c) for c in counts), tuple(shares[a] for a in arms), res.chi2, res.p_value)
     detail = ", ".join(f"{a} {c:,} users ({shares[a]:.3g})" for a, c in zip(arms, counts))
-    return result, Check("srm", res.p_value, thr, "ok" if res.ok else "alert", detail)
+    return result, Check("srm", res.p_value, thr, "ok" if res.ok else "alert", detail, th.srm_alpha)
 
 
 def _join_lag(rows: MonitorRows) -> JoinLag:
@@ -852,7 +913,20 @@ def _lag_checks(lag: JoinLag, th: Thresholds) -> list[Check]:
         ]
     p99 = lag.quantiles["p99"]
     return [
-        Check("late_share", lag.late_share, f"> {th.max_late_share:g}",
-              "alert" if lag.late_share > th.max_late_share else "ok", f"{lag.late:,} of {lag.rewards:,} rewards"),
-        Check("join_lag_p99", p99, f"> {th.max_join_lag_p99_s:g} s", "alert" if p99 > th.max_join_lag_p99_s else "ok"),
+        Check(
+            "late_share",
+            lag.late_share,
+            f"> {th.max_late_share:g}",
+            "alert" if lag.late_share > th.max_late_share else "ok",
+            f"{lag.late:,} of {lag.rewards:,} rewards",
+            th.max_late_share,
+        ),
+        Check(
+            "join_lag_p99",
+            p99,
+            f"> {th.max_join_lag_p99_s:g} s",
+            "alert" if p99 > th.max_join_lag_p99_s else "ok",
+            "",
+            th.max_join_lag_p99_s,
+        ),
     ]

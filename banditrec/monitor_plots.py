@@ -33,8 +33,8 @@ def markdown_report(rep: MonitorReport) -> str:
         f"Reference window {_fmt_ts(rep.reference[0])} .. {_fmt_ts(rep.reference[1])}; "
         f"current window {_fmt_ts(rep.current[0])} .. {_fmt_ts(rep.current[1])}.",
         "",
-        f"**{len(alerts)} alert(s)**" + (f": {', '.join(c.name for c in alerts)} (exit {ALERT_EXIT})" if alerts else
-                                          " (exit 0)"),
+        f"**{len(alerts)} alert(s)**"
+        + (f": {', '.join(c.name for c in alerts)} (exit {ALERT_EXIT})" if alerts else " (exit 0)"),
         "",
         rep.checks_table(),
         "",
@@ -57,7 +57,11 @@ def markdown_report(rep: MonitorReport) -> str:
         f"{len({(s.group, s.feature) for s in rep.shifts})} features) and PSI >= {th.psi_min:g}; "
         f"{len(flagged)} feature(s) drifted. Top {TOP_FEATURES} by PSI:"
     )
-    out += ["", "| group | feature | PSI | KS | KS p | mean ref | mean cur | drifted |", "|---|---|---:|---:|---:|---:|---:|---|"]
+    out += [
+        "",
+        "| group | feature | PSI | KS | KS p | mean ref | mean cur | drifted |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
     for s in sorted(rep.shifts, key=lambda s: -s.psi)[:TOP_FEATURES]:
         out.append(
             f"| {s.group} | {s.feature} | {s.psi:.4f} | {s.ks:.4f} | {s.p_value:.3g} | {s.mean_reference:.4g} | "
@@ -88,8 +92,8 @@ def markdown_report(rep: MonitorReport) -> str:
     else:
         out += ["| arm | users | configured share | observed share |", "|---|---:|---:|---:|"]
         total = sum(rep.srm.users)
-        for a, n, s in zip(rep.srm.arms, rep.srm.users, rep.srm.shares):
-            out.append(f"| {a} | {n:,} | {s:.4f} | {n / total:.4f} |")
+        for a, n, sh in zip(rep.srm.arms, rep.srm.users, rep.srm.shares):
+            out.append(f"| {a} | {n:,} | {sh:.4f} | {n / total:.4f} |")
         out.append(f"\nchi2 = {rep.srm.chi2:.3f}, p = {rep.srm.p_value:.3g}")
     q = rep.lag.quantiles
     out += ["", "## Reward join lag", ""]
@@ -142,8 +146,9 @@ def write_plots(rep: MonitorReport, out: Path) -> list[Path]:
             ax.fill_between(x, rate - err[0], rate + err[1], alpha=0.25)
         else:
             ax.bar(x, rate, yerr=err, capsize=3, color="tab:blue", alpha=0.8)
-        ax.set_xticks(x, [r.key[5:] if by == "day" else r.key for r in rows], rotation=45 if by != "position" else 0,
-                      fontsize=7)
+        ax.set_xticks(
+            x, [r.key[5:] if by == "day" else r.key for r in rows], rotation=45 if by != "position" else 0, fontsize=7
+        )
         ax.set_title(f"{rep.kind} rate by {by} (95%)", fontsize=9)
     save(fig, "reward")
 
@@ -163,15 +168,16 @@ def write_plots(rep: MonitorReport, out: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(6, 3.2))
     p = rep.propensity
     if math.isfinite(p.min_marginal) and rep.rows is not None:
-        rows = rep.rows
-        pol = rows.source != "pinned"
-        logs = [np.log10(v[np.isfinite(v) & (v > 0)]) for v in (rows.propensity[pol], rows.marginal[pol])]
+        window = rep.rows
+        pol = window.source != "pinned"
+        logs = [np.log10(v[np.isfinite(v) & (v > 0)]) for v in (window.propensity[pol], window.marginal[pol])]
         lo, hi = min(x.min(initial=0.0) for x in logs), max(x.max(initial=-1.0) for x in logs)
         bins = np.linspace(lo - 0.1, hi + 0.1, 41)
         for v, label in zip(logs, ("conditional", "marginal")):
-            ax.hist(v, bins=bins, alpha=0.55, label=label)
-        ax.axvline(math.log10(max(rep.thresholds.min_propensity, 1e-12)), color="k", ls="--", lw=1,
-                   label="min_propensity")
+            ax.hist(v, bins=bins.tolist(), alpha=0.55, label=label)
+        ax.axvline(
+            math.log10(max(rep.thresholds.min_propensity, 1e-12)), color="k", ls="--", lw=1, label="min_propensity"
+        )
         ax.legend(fontsize=8)
     ax.set_xlabel("log10 propensity")
     ax.set_title(f"propensities; floor violations {p.floor_violations:,}, ESS share {p.ess_share:.3f}", fontsize=9)
@@ -179,8 +185,7 @@ def write_plots(rep: MonitorReport, out: Path) -> list[Path]:
 
     fig, ax = plt.subplots(figsize=(6, 3.2))
     if rep.lag.rewards and rep.rows is not None:
-        rows = rep.rows
-        lag = np.sort(np.maximum(rows.lag_s, 1e-3))
+        lag = np.sort(np.maximum(rep.rows.lag_s, 1e-3))
         ax.step(lag / 3600, np.arange(1, len(lag) + 1) / len(lag), where="post")
         ax.set_xscale("symlog", linthresh=0.1)
     ax.set_xlabel("reward ts - decision ts (hours)")

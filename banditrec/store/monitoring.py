@@ -28,10 +28,7 @@ _SLOTS = (
     "AND r.position = s.position AND r.kind = :kind AND r.late = 0) "
     f"FROM decisions d JOIN slots s ON s.event_id = d.event_id WHERE {_WINDOW} ORDER BY d.seq, s.position"
 )
-_LAGS = (
-    "SELECT r.ts - d.ts, r.late, r.kind FROM decisions d JOIN rewards r ON r.event_id = d.event_id "
-    f"WHERE {_WINDOW}"
-)
+_LAGS = f"SELECT r.ts - d.ts, r.late, r.kind FROM decisions d JOIN rewards r ON r.event_id = d.event_id WHERE {_WINDOW}"
 _SPAN = "SELECT min(ts), max(ts), count(*) FROM decisions"
 
 
@@ -134,6 +131,8 @@ def read_monitor_rows(
     params = [json.loads(t) for t in texts]
     ctx_flat, ctx_off = number_lists([r[5] for r in dec], float)
     slot_seq = np.fromiter((r[0] for r in slots), dtype=np.int64, count=len(slots))
+    features: np.ndarray | None
+    known: np.ndarray | None
     if items:
         index = np.fromiter((r[0] for r in items), dtype=np.int64, count=len(items))
         rows = float_rows([r[1] for r in items])
@@ -141,7 +140,7 @@ def read_monitor_rows(
         known = np.zeros(int(index.max()) + 1, dtype=bool)
         features[index], known[index] = rows, True
     else:
-        features = known = None
+        features, known = None, None
 
     def col(rows, j, dtype):
         return np.asarray([r[j] for r in rows], dtype=dtype).reshape(len(rows))
