@@ -281,15 +281,42 @@ class FeatureShift:
     drifted: bool
 
 
+def kish_size(cluster: np.ndarray) -> float:
+    """Kish's effective sample size ``(sum m_c)^2 / sum m_c^2`` of rows in clusters of sizes
+    ``m_c`` (``cluster``: each row's cluster key): the size of an independent sample whose mean
+    is as variable as the rows' when rows of a cluster are perfectly correlated."""
+    if len(cluster) == 0:
+        return 0.0
+    _, m = np.unique(cluster, return_counts=True)
+    m = m.astype(float)
+    return float(m.sum() ** 2 / np.sum(m * m))
+
+
 def feature_shifts(
-    group: str, names: list[str], ref: np.ndarray, cur: np.ndarray, *, p_cut: float, psi_min: float, bins: int
+    group: str,
+    names: list[str],
+    ref: np.ndarray,
+    cur: np.ndarray,
+    *,
+    p_cut: float,
+    psi_min: float,
+    bins: int,
+    n_eff: tuple[float, float] | None = None,
 ) -> list[FeatureShift]:
-    """PSI and two-sample KS test per column; drifted: ``p < p_cut`` and ``PSI >= psi_min``."""
+    """PSI and two-sample KS test per column; drifted: ``p < p_cut`` and ``PSI >= psi_min``.
+
+    ``n_eff``: the windows' effective sizes when rows are not independent (a user's decisions, a
+    slate's items); the KS p-value is then the asymptotic one (``kstwobign``) of the KS distance at
+    those sizes. ``None``: scipy's ``ks_2samp`` p-value at the row counts.
+    """
     if ref.shape[1] == 0:
         return []
     p_psi = psi_columns(ref, cur, bins)
     ks = stats.ks_2samp(ref, cur, axis=0)
     d_stat, p_val = np.atleast_1d(ks.statistic), np.atleast_1d(ks.pvalue)
+    if n_eff is not None:
+        n1, n2 = (max(float(x), 1.0) for x in n_eff)
+        p_val = stats.kstwobign.sf(d_stat * math.sqrt(n1 * n2 / (n1 + n2)))
     p_val = np.where(np.isnan(p_val), 1.0, p_val)  # NaN: a constant column in both windows
     mr, mc = ref.mean(axis=0), cur.mean(axis=0)
     return [
@@ -738,8 +765,14 @@ def _drift(rows, cur_sel, ref_rows, ref_sel, th, context_names, item_names, item
     ctx_cur_x = ctx_cur[cur_sel[keep_cur]]
     ctx_ref_x = ctx_ref[ref_sel[keep_ref]]
     groups = []
+    # rows of one user are one cluster (a user's context repeats, a slate's items go together)
+    n_eff: dict[str, tuple[float, float]] = {}
     if ctx_ref_x.shape[1] == ctx_cur_x.shape[1]:
         groups.append(("context", _names(context_names, ctx_cur.shape[1], "ctx"), ctx_ref_x, ctx_cur_x))
+        n_eff["context"] = (
+            kish_size(ref_rows.user_id[keep_ref][ref_sel[keep_ref]]),
+            kish_size(rows.user_id[keep_cur][cur_sel[keep_cur]]),
+        )
     else:
         notes.append("the reference and current windows log contexts of different widths; context drift not tested")
     feats = rows.item_features
@@ -750,9 +783,10 @@ def _drift(rows, cur_sel, ref_rows, ref_sel, th, context_names, item_names, item
     if feats is None:
         notes.append("no item features (the log's items table is empty and no --shop given); item drift not tested")
     else:
-        it_cur = _shown_features(rows, cur_sel, feats, known, notes)
-        it_ref = _shown_features(ref_rows, ref_sel, feats, known, [])
+        it_cur, users_cur = _shown_features(rows, cur_sel, feats, known, notes)
+        it_ref, users_ref = _shown_features(ref_rows, ref_sel, feats, known, [])
         groups.append(("item", _names(item_names, feats.shape[1], "item"), it_ref, it_cur))
+        n_eff["item"] = (kish_size(users_ref), kish_size(users_cur))
     m = sum(g[2].shape[1] for g in groups)
     p_cut = th.drift_alpha / max(m, 1)
     threshold = f"features with KS p < {th.drift_alpha:g}/{m} and PSI >= {th.psi_min:g}: > 0"
@@ -775,7 +809,9 @@ def _drift(rows, cur_sel, ref_rows, ref_sel, th, context_names, item_names, item
                 )
             )
             continue
-        found = feature_shifts(group, names, ref, cur, p_cut=p_cut, psi_min=th.psi_min, bins=th.psi_bins)
+        found = feature_shifts(
+            group, names, ref, cur, p_cut=p_cut, psi_min=th.psi_min, bins=th.psi_bins, n_eff=n_eff[group]
+        )
         shifts += found
         drifted = [s for s in found if s.drifted]
         top = sorted(drifted, key=lambda s: -s.psi)[:3]
@@ -784,13 +820,14 @@ def _drift(rows, cur_sel, ref_rows, ref_sel, th, context_names, item_names, item
     return shifts, p_cut
 
 
-def _shown_features(rows, sel, feats, known, notes) -> np.ndarray:
+def _shown_features(rows, sel, feats, known, notes) -> tuple[np.ndarray, np.ndarray]:
+    """The features of the shown items of the selected decisions, and each row's user."""
     slot_sel = _slot_mask(rows, sel)
     idx = rows.item_index[slot_sel]
     ok = (idx < len(feats)) & known[np.minimum(idx, len(feats) - 1)]
     if not ok.all():
         notes.append(f"{int((~ok).sum()):,} shown slots name items without features; left out of item drift")
-    return feats[idx[ok]]
+    return feats[idx[ok]], rows.user_id[rows.decision[slot_sel][ok]]
 
 
 def _propensity(rows: MonitorRows, pinned: np.ndarray, notes: list[str]) -> PropensityHealth:
