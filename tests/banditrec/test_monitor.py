@@ -408,3 +408,32 @@ def test_cli_reports_a_bad_threshold_file_without_a_traceback(tmp_path, stationa
     assert res.exit_code == 2
     assert f"{bad}: threshold min_ess_share must be >= 0, got -1.0" in res.stderr
     assert "Traceback" not in res.output + res.stderr
+
+
+def test_the_simulators_mix_shift_moves_devices_from_its_day_only():
+    """Off by default; on, the days before the shift are the same draws, and from the shift a
+    share s of customers are on mobile besides those already there: 0.45 + 0.55 s in expectation."""
+    from simulator.environment import Environment
+
+    small = TINY.replace(history_days=2)
+    share = 0.5
+
+    def devices(config):
+        env = Environment(config, seed=3)
+        env.warm_up()
+        out = []
+        for _ in range(4):
+            req = env.requests()
+            out.append(req.device.copy())
+            env.respond(req, np.tile(np.arange(4), (len(req.customer), 1)), np.random.default_rng(0))
+            env.advance_day()
+        return out, env.population.device
+
+    base, _ = devices(small)
+    shifted, population = devices(small.replace(mix_shift_day=2, mix_shift_share=share))
+    for day in (0, 1):
+        np.testing.assert_array_equal(base[day], shifted[day])
+    mobile = float((population == 1).mean())
+    sd = math.sqrt(0.25 / len(population))
+    assert abs(mobile - (0.45 + 0.55 * share)) < 4 * sd
+    assert (shifted[2] == 1).mean() > (base[2] == 1).mean() + 0.15
