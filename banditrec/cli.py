@@ -658,11 +658,13 @@ def monitor(shop_dir, db, since, until, reference, kind, thresholds_file, pairs,
 
     th = Thresholds.from_toml(thresholds_file) if thresholds_file else Thresholds()
     th = Thresholds.from_pairs(pairs, th)
-    shop = None
+    shop, names = None, (None, None)
     if shop_dir:
+        from .monitor import shop_feature_names
         from .shop.serving import open_newest_valid
 
         shop, _ = open_newest_valid(shop_dir)
+        names = shop_feature_names(shop)
     report = run_monitor(
         db,
         since=since,
@@ -670,8 +672,8 @@ def monitor(shop_dir, db, since, until, reference, kind, thresholds_file, pairs,
         reference=reference,
         thresholds=th,
         kind=kind,
-        context_names=None if shop is None else list(shop.context.names),
-        item_names=None if shop is None else list(shop.manifest["item_features"]["names"]),
+        context_names=names[0],
+        item_names=names[1],
         item_features=None if shop is None else shop.items.features,
         arm_shares=parse_arm_shares(arm_shares),
     )

@@ -568,6 +568,14 @@ def _contexts(rows: MonitorRows, notes: list[str]) -> tuple[np.ndarray, np.ndarr
     return rows.context_flat[idx].reshape(len(keep), width), keep
 
 
+def shop_feature_names(shop) -> tuple[list[str], list[str]]:
+    """A shop build's context and item feature names. The item vector is the featurizer's columns
+    followed by the factor embedding (``embedding0``, ...) when the build has one."""
+    items = list(shop.manifest["item_features"]["names"])
+    items += [f"embedding{j}" for j in range(shop.item_dim - len(items))]
+    return list(shop.context.names), items
+
+
 def _names(given: list[str] | None, width: int, prefix: str) -> list[str]:
     if given is not None and len(given) == width:
         return list(given)

@@ -185,11 +185,16 @@ def write_plots(rep: MonitorReport, out: Path) -> list[Path]:
 
     fig, ax = plt.subplots(figsize=(6, 3.2))
     if rep.lag.rewards and rep.rows is not None:
-        lag = np.sort(np.maximum(rep.rows.lag_s, 1e-3))
-        ax.step(lag / 3600, np.arange(1, len(lag) + 1) / len(lag), where="post")
-        ax.set_xscale("symlog", linthresh=0.1)
-    ax.set_xlabel("reward ts - decision ts (hours)")
-    ax.set_ylabel("share of rewards")
+        lag = np.maximum(rep.rows.lag_s, 1e-3)
+        lo, hi = math.log10(lag.min()), math.log10(lag.max())
+        ax.hist(lag, bins=np.logspace(lo - 0.5, hi + 0.5, 41).tolist(), color="tab:blue", alpha=0.8, label="all")
+        late = rep.rows.late
+        if late.any():
+            ax.hist(lag[late], bins=np.logspace(lo - 0.5, hi + 0.5, 41).tolist(), color="tab:red", label="late")
+        ax.set_xscale("log")
+        ax.legend(fontsize=8)
+    ax.set_xlabel("reward ts - decision ts (seconds)")
+    ax.set_ylabel("rewards")
     ax.set_title(f"join lag; late share {rep.lag.late_share:.3%}", fontsize=9)
     save(fig, "lag")
     return paths
