@@ -642,9 +642,18 @@ def ablation(db, shop_dir, policy, kind, train_frac, estimator, as_json):
     type=click.Path(dir_okay=False),
     help="Also write the gauges to this node_exporter textfile (e.g. /var/lib/node_exporter/banditrec.prom).",
 )
+@click.option(
+    "--target",
+    default=None,
+    metavar="SPEC",
+    help="With --shop: the reference target of the ESS, a policy spec as configured (untrained), e.g. "
+    "popularity:epsilon=0.1 [default: uniform over the logged candidates].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of the checks table.")
 @usage_errors
-def monitor(shop_dir, db, since, until, reference, kind, thresholds_file, pairs, arm_shares, out, prom, as_json):
+def monitor(
+    shop_dir, db, since, until, reference, kind, thresholds_file, pairs, arm_shares, out, prom, target, as_json
+):
     """Health of a served log: reward rates, feature drift, propensities, sample ratio, join lag.
 
     Exit status 0 when every check passes (or is skipped), 3 when any alerts; each alert is
@@ -658,6 +667,8 @@ def monitor(shop_dir, db, since, until, reference, kind, thresholds_file, pairs,
 
     th = Thresholds.from_toml(thresholds_file) if thresholds_file else Thresholds()
     th = Thresholds.from_pairs(pairs, th)
+    if target and not shop_dir:
+        raise click.UsageError("--target needs --shop (the target scores the shop's items)")
     shop, names = None, (None, None)
     if shop_dir:
         from .monitor import shop_feature_names
@@ -676,6 +687,8 @@ def monitor(shop_dir, db, since, until, reference, kind, thresholds_file, pairs,
         item_names=names[1],
         item_features=None if shop is None else shop.items.features,
         arm_shares=parse_arm_shares(arm_shares),
+        target=shop.policy(target) if shop is not None and target else None,
+        item_cold=None if shop is None else shop.items.cold,
     )
     path = write_report(report, out)
     if prom:

@@ -361,8 +361,9 @@ class PropensityHealth:
     A floor violation: a slot's logged conditional propensity is under
     ``min_epsilon / (n_candidates - k)``, ``k`` the policy slots filled before it (the slate
     samplers explore each slot at least ``min_epsilon`` uniformly over the candidates still
-    free). ESS: of the uniform target over each decision's logged candidates, whose marginal in
-    every slot is ``1 / n_candidates``, with the logged marginals: ``w = (1/n) / marginal``.
+    free). ESS ``(sum w)^2 / sum w^2`` of the weights ``w = target marginal / logged marginal``
+    of the reference ``target``: by default the uniform policy over each decision's logged
+    candidates, whose marginal in every slot is ``1 / n_candidates``.
     """
 
     slots: int
@@ -373,6 +374,7 @@ class PropensityHealth:
     floor_violations: int
     ess: float
     ess_share: float
+    target: str = "uniform over the logged candidates"
 
     @property
     def floor_violation_share(self) -> float:
@@ -516,7 +518,7 @@ class MonitorReport:
         gauge("floor_violations", "policy slots under the exploration floor").set(p.floor_violations)
         gauge("floor_violation_share", "share of checked policy slots under the floor").set(p.floor_violation_share)
         gauge("pending_slots", "policy slots whose propensities are still pending").set(p.pending)
-        gauge("ess", "effective sample size for the uniform target").set(p.ess)
+        gauge("ess", "effective sample size for the reference target (see docs/monitor.md)").set(p.ess)
         gauge("ess_share", "ESS / settled policy slots").set(p.ess_share)
         if self.srm is not None:
             users = gauge("arm_users", "distinct users served per arm", ("arm",))
@@ -628,6 +630,8 @@ def run_monitor(
     item_names: list[str] | None = None,
     item_features: np.ndarray | None = None,
     arm_shares: dict[str, float] | None = None,
+    target=None,
+    item_cold: np.ndarray | None = None,
 ) -> MonitorReport:
     """Every figure and check of the monitor on the log at ``db`` (docs/monitor.md).
 
@@ -635,7 +639,9 @@ def run_monitor(
     whole log). ``reference``: ``START:END`` of the drift and reward-drop reference window;
     default the first half of the window (the current window is then the second half, else the
     whole window). ``item_features``: the shop's item features, used when the log's ``items``
-    table is empty.
+    table is empty. ``target``: a :class:`~banditrec.policies.base.Policy` (as configured, not
+    trained) whose ESS on the window replaces the uniform target's; it needs ``item_features``
+    (and ``item_cold``, the shop's cold flags).
     """
     th = thresholds or Thresholds()
     notes: list[str] = []
@@ -693,6 +699,8 @@ def run_monitor(
 
     # propensity health
     prop = _propensity(rows, pinned, notes)
+    if target is not None:
+        prop = _target_ess(db, rows, prop, target, item_features, item_cold)
     checks += _propensity_checks(prop, th)
 
     # sample-ratio mismatch
@@ -868,6 +876,30 @@ def _propensity(rows: MonitorRows, pinned: np.ndarray, notes: list[str]) -> Prop
     )
 
 
+def _target_ess(db, rows: MonitorRows, prop: PropensityHealth, target, item_features, item_cold) -> PropensityHealth:
+    """``prop`` with the ESS of ``target`` on the window's settled policy rows (the target's
+    marginals replayed with the off-policy machinery, the serving floor applied as logged)."""
+    from .offline import target_pscore
+    from .store import DecisionLog
+
+    if item_features is None:
+        raise ValidationError("a target policy's ESS needs the shop's item features (--shop)", "target")
+    eps = [p.get("min_epsilon", 0.0) for p in rows.params]
+    log = DecisionLog(db)
+    try:
+        logged = log.decisions(after_seq=int(rows.seq.min()) - 1, until_seq=int(rows.seq.max()))
+    finally:
+        log.close()
+    pi = target_pscore(
+        target, logged, np.asarray(item_features, float), min_epsilon=float(max(eps, default=0.0)), cold=item_cold
+    )
+    keep = np.isin(logged.seq[logged.row_decision], rows.seq)
+    w = pi[keep] / logged.row_pscore[keep]
+    ess = effective_sample_size(w)
+    n = int(keep.sum())
+    return dataclasses.replace(prop, ess=ess, ess_share=ess / n if n else math.nan, target=target.spec)
+
+
 def _propensity_checks(p: PropensityHealth, th: Thresholds) -> list[Check]:
     out = []
     if math.isnan(p.min_marginal):
@@ -909,7 +941,7 @@ def _propensity_checks(p: PropensityHealth, th: Thresholds) -> list[Check]:
                 p.ess_share,
                 thr,
                 "alert" if p.ess_share < th.min_ess_share else "ok",
-                f"ESS {p.ess:,.0f} of {p.slots - p.pending:,} slots (uniform target)",
+                f"ESS {p.ess:,.0f} of {p.slots - p.pending:,} slots ({p.target})",
                 th.min_ess_share,
             )
         )

@@ -78,8 +78,7 @@ def markdown_report(rep: MonitorReport) -> str:
         f"- minimum conditional propensity {p.min_propensity:.4g}, minimum marginal {p.min_marginal:.4g}",
         f"- floor violations (conditional propensity < min_epsilon / (candidates - slots filled before)): "
         f"{p.floor_violations:,} of {p.floor_checked:,} ({p.floor_violation_share:.4%})",
-        f"- ESS of the uniform target over the logged candidates: {p.ess:,.1f} "
-        f"({p.ess_share:.4f} of the settled slots)",
+        f"- ESS of the reference target ({p.target}): {p.ess:,.1f} ({p.ess_share:.4f} of the settled slots)",
         "",
         "![propensities](monitor-propensity.png)",
         "",

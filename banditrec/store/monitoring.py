@@ -36,7 +36,7 @@ _SPAN = "SELECT min(ts), max(ts), count(*) FROM decisions"
 class MonitorRows:
     """One window of the log, as arrays.
 
-    Per decision ``(n,)``: ``ts``, ``user_id``, ``n_candidates``, ``params_index`` (into ``params``,
+    Per decision ``(n,)``: ``seq``, ``ts``, ``user_id``, ``n_candidates``, ``params_index`` (into ``params``,
     the distinct logged ``policy_params``), ``arm`` (``None`` when the log has no ``arm`` column),
     and the logged contexts as ``context_flat`` with ``context_offsets (n + 1,)``.
     Per shown slot ``(m,)``: ``decision`` (row in the decision arrays), ``position``,
@@ -48,6 +48,7 @@ class MonitorRows:
     ``log_span``: ``(first ts, last ts, decisions)`` of the whole log.
     """
 
+    seq: np.ndarray
     ts: np.ndarray
     user_id: np.ndarray
     n_candidates: np.ndarray
@@ -146,6 +147,7 @@ def read_monitor_rows(
         return np.asarray([r[j] for r in rows], dtype=dtype).reshape(len(rows))
 
     return MonitorRows(
+        seq=seq,
         ts=col(dec, 1, float),
         user_id=col(dec, 2, object),
         n_candidates=col(dec, 4, np.int64),
