@@ -624,6 +624,13 @@ def ablation(db, shop_dir, policy, kind, train_frac, estimator, as_json):
     "--threshold", "pairs", multiple=True, metavar="NAME=VALUE", help="One threshold (repeatable; beats the file)."
 )
 @click.option(
+    "--ignore-feature",
+    "ignore",
+    multiple=True,
+    metavar="NAME",
+    help="A feature left out of the drift checks, still reported (repeatable; adds to ignore_features).",
+)
+@click.option(
     "--arm-shares",
     default=None,
     metavar="ARM=SHARE,...",
@@ -652,7 +659,7 @@ def ablation(db, shop_dir, policy, kind, train_frac, estimator, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of the checks table.")
 @usage_errors
 def monitor(
-    shop_dir, db, since, until, reference, kind, thresholds_file, pairs, arm_shares, out, prom, target, as_json
+    shop_dir, db, since, until, reference, kind, thresholds_file, pairs, ignore, arm_shares, out, prom, target, as_json
 ):
     """Health of a served log: reward rates, feature drift, propensities, sample ratio, join lag.
 
@@ -667,6 +674,8 @@ def monitor(
 
     th = Thresholds.from_toml(thresholds_file) if thresholds_file else Thresholds()
     th = Thresholds.from_pairs(pairs, th)
+    if ignore:
+        th = th.replace({"ignore_features": (*th.ignore_features, *ignore)}, source="--ignore-feature")
     if target and not shop_dir:
         raise click.UsageError("--target needs --shop (the target scores the shop's items)")
     shop, names = None, (None, None)

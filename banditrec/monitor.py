@@ -55,9 +55,16 @@ class Thresholds:
     srm_alpha: float = 0.001
     max_late_share: float = 0.05
     max_join_lag_p99_s: float = math.inf
+    ignore_features: tuple[str, ...] = ()  # names left out of the drift checks (still reported)
 
     def __post_init__(self):
+        names = self.ignore_features
+        if isinstance(names, str) or not isinstance(names, list | tuple) or not all(isinstance(x, str) for x in names):
+            raise ValidationError(f"ignore_features must be a list of feature names, got {names!r}", "ignore_features")
+        object.__setattr__(self, "ignore_features", tuple(names))
         for f in dataclasses.fields(self):
+            if f.name == "ignore_features":
+                continue
             value = getattr(self, f.name)
             kind = int if f.type in ("int", int) else float
             if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
@@ -279,6 +286,7 @@ class FeatureShift:
     mean_reference: float
     mean_current: float
     drifted: bool
+    ignored: bool = False  # named in ignore_features: reported, never drifted
 
 
 def kish_size(cluster: np.ndarray) -> float:
@@ -803,7 +811,8 @@ def _drift(rows, cur_sel, ref_rows, ref_sel, th, context_names, item_names, item
         it_ref, users_ref = _shown_features(ref_rows, ref_sel, feats, known, [])
         groups.append(("item", _names(item_names, feats.shape[1], "item"), it_ref, it_cur))
         n_eff["item"] = (kish_size(users_ref), kish_size(users_cur))
-    m = sum(g[2].shape[1] for g in groups)
+    ignored = set(th.ignore_features)
+    m = sum(sum(name not in ignored for name in g[1]) for g in groups)
     p_cut = th.drift_alpha / max(m, 1)
     threshold = f"features with KS p < {th.drift_alpha:g}/{m} and PSI >= {th.psi_min:g}: > 0"
     shifts: list[FeatureShift] = []
@@ -828,6 +837,7 @@ def _drift(rows, cur_sel, ref_rows, ref_sel, th, context_names, item_names, item
         found = feature_shifts(
             group, names, ref, cur, p_cut=p_cut, psi_min=th.psi_min, bins=th.psi_bins, n_eff=n_eff[group]
         )
+        found = [dataclasses.replace(s, drifted=False, ignored=True) if s.feature in ignored else s for s in found]
         shifts += found
         drifted = [s for s in found if s.drifted]
         top = sorted(drifted, key=lambda s: -s.psi)[:3]

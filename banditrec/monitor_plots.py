@@ -65,7 +65,7 @@ def markdown_report(rep: MonitorReport) -> str:
     for s in sorted(rep.shifts, key=lambda s: -s.psi)[:TOP_FEATURES]:
         out.append(
             f"| {s.group} | {s.feature} | {s.psi:.4f} | {s.ks:.4f} | {s.p_value:.3g} | {s.mean_reference:.4g} | "
-            f"{s.mean_current:.4g} | {'**yes**' if s.drifted else 'no'} |"
+            f"{s.mean_current:.4g} | {'**yes**' if s.drifted else ('ignored' if s.ignored else 'no')} |"
         )
     p = rep.propensity
     out += [

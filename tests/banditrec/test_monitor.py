@@ -458,3 +458,17 @@ def test_a_target_spec_replayed_on_the_log_gives_the_closed_form_uniform_ess(tmp
 
 def closed_ctx_dim(con) -> int:
     return len(json.loads(con.execute("SELECT context FROM decisions LIMIT 1").fetchone()[0]))
+
+
+def test_ignored_features_are_reported_but_never_alarm(tmp_path, drifted):
+    toml = tmp_path / "th.toml"
+    toml.write_text(f'ignore_features = ["ctx[{MOBILE}]"]\n')
+    res = _run(
+        "--db", drifted, "--out", tmp_path / "out", "--thresholds", toml, "--ignore-feature", f"ctx[{MOBILE - 1}]"
+    )
+    assert res.exit_code == 0, res.stderr
+    rep = run_monitor(drifted, thresholds=Thresholds.from_toml(toml))
+    mobile = next(s for s in rep.shifts if s.feature == f"ctx[{MOBILE}]")
+    assert mobile.ignored and not mobile.drifted and mobile.psi > 0.1
+    with pytest.raises(ValidationError, match="ignore_features must be a list"):
+        Thresholds(ignore_features="ctx[0]")
