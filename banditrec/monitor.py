@@ -678,10 +678,10 @@ def run_monitor(
         ref_rows = read_monitor_rows(db, since=ref_bounds[0], until=ref_bounds[1], kind=kind)
         ref_sel = np.ones(ref_rows.n_decisions, dtype=bool)
         cur_sel = np.ones(rows.n_decisions, dtype=bool)
-        ref_window = (
-            float(ref_rows.ts.min()) if ref_bounds[0] is None and ref_rows.n_decisions else (ref_bounds[0] or w_lo),
-            ref_bounds[1] if ref_bounds[1] is not None else w_hi,
-        )
+        ref_lo = ref_bounds[0]
+        if ref_lo is None:
+            ref_lo = float(ref_rows.ts.min()) if ref_rows.n_decisions else w_lo
+        ref_window = (ref_lo, ref_bounds[1] if ref_bounds[1] is not None else w_hi)
         cur_window = (w_lo, w_hi)
 
     pinned = rows.source == "pinned"
@@ -694,11 +694,9 @@ def run_monitor(
     }
     ref_slot = _slot_mask(ref_rows, ref_sel)
     cur_slot = cur_sel[rows.decision]
-    rate_windows = {
-        "reference": _window_rate(ref_rows.reward[ref_slot]),
-        "current": _window_rate(rows.reward[cur_slot]),
-    }
-    checks = [_reward_check(rate_windows, th)]
+    ref_reward, cur_reward = ref_rows.reward[ref_slot], rows.reward[cur_slot]
+    rate_windows = {"reference": _window_rate(ref_reward), "current": _window_rate(cur_reward)}
+    checks = [_reward_check(ref_reward, cur_reward, th)]
 
     # drift
     shifts, p_cut = _drift(
@@ -756,20 +754,21 @@ def _window_rate(reward: np.ndarray) -> RateRow | None:
     return table[0] if table else None
 
 
-def _reward_check(windows: dict, th: Thresholds) -> Check:
-    ref, cur = windows["reference"], windows["current"]
+def _reward_check(ref_reward: np.ndarray, cur_reward: np.ndarray, th: Thresholds) -> Check:
+    """Relative drop of the current window's reward per slot, with a one-sided two-sample z-test
+    (normal approximation of the two means)."""
     threshold = f"drop > {th.max_reward_drop:g} and p < {th.reward_alpha:g}"
-    if ref is None or cur is None or min(ref.slots, cur.slots) < th.min_window_rows:
-        n = (0 if ref is None else ref.slots, 0 if cur is None else cur.slots)
+    n = (len(ref_reward), len(cur_reward))
+    if min(n) < th.min_window_rows:
         return Check(
             "reward_drop", None, threshold, "skipped", f"slots (reference, current) = {n}, need {th.min_window_rows}"
         )
-    if ref.rate <= 0:
+    ref, cur = float(ref_reward.mean()), float(cur_reward.mean())
+    if ref <= 0:
         return Check("reward_drop", 0.0, threshold, "skipped", "no reward in the reference window")
-    drop = 1.0 - cur.rate / ref.rate
-    # one-sided test of a lower current mean, normal approximation of the two means
-    se = math.sqrt((((ref.upper - ref.lower) / (2 * Z95)) ** 2) + (((cur.upper - cur.lower) / (2 * Z95)) ** 2))
-    z = (ref.rate - cur.rate) / se if se > 0 else 0.0
+    drop = 1.0 - cur / ref
+    se = math.sqrt(float(ref_reward.var(ddof=1)) / n[0] + float(cur_reward.var(ddof=1)) / n[1])
+    z = (ref - cur) / se if se > 0 else 0.0
     p = 1.0 - NormalDist().cdf(z)
     alert = drop > th.max_reward_drop and p < th.reward_alpha
     return Check(
@@ -777,7 +776,7 @@ def _reward_check(windows: dict, th: Thresholds) -> Check:
         drop,
         threshold,
         "alert" if alert else "ok",
-        f"rate {ref.rate:.4g} -> {cur.rate:.4g}, p = {p:.3g}",
+        f"rate {ref:.4g} -> {cur:.4g}, p = {p:.3g}",
         th.max_reward_drop,
     )
 
@@ -967,8 +966,11 @@ def _srm(rows: MonitorRows, given: dict[str, float] | None, th: Thresholds) -> t
         return None, Check(
             "srm", None, thr, "skipped", "no configured arm shares (policy_params 'arms' or --arm-shares)"
         )
-    arm = rows.arm.astype(str)
-    pairs = np.unique(np.stack([arm, rows.user_id.astype(str)]), axis=1)
+    logged = np.asarray([a is not None for a in rows.arm], dtype=bool)
+    if not logged.any():
+        return None, Check("srm", None, thr, "skipped", "no decision in the window logs its arm")
+    arm = rows.arm[logged].astype(str)
+    pairs = np.unique(np.stack([arm, rows.user_id[logged].astype(str)]), axis=1)
     names, users = np.unique(pairs[0], return_counts=True)
     unknown = sorted(set(names.tolist()) - set(shares))
     if unknown:

@@ -190,7 +190,9 @@ def test_join_lag_matches_numpy_on_the_logged_rewards(stationary):
 # ---------------------------------------------------------------------------------------- planted logs
 
 
-def _planted(path, *, n=400, arms=None, arm_shares=None, min_epsilon=0.1, props=None, late_every=0, seed=0):
+def _planted(
+    path, *, n=400, arms=None, arm_shares=None, min_epsilon=0.1, props=None, late_every=0, seed=0, rewarded=None
+):
     """A log written with SQL: ``n`` decisions of 10 candidates and 2 slots a minute apart, one
     user each; slot propensities ``props`` (default 0.5, 0.5); every ``late_every``-th reward late."""
     DecisionLog(path).close()
@@ -230,6 +232,8 @@ def _planted(path, *, n=400, arms=None, arm_shares=None, min_epsilon=0.1, props=
         for k in range(2):
             p = float(props[i, k])
             con.execute("INSERT INTO slots VALUES (?, ?, ?, ?, ?, ?, 0, 'popular')", (eid, k, f"i{k}", k, p, p))
+        if rewarded is not None and not rewarded(i):
+            continue
         late = int(late_every > 0 and i % late_every == 0)
         con.execute("INSERT INTO rewards VALUES (?, 0, 'click', 1.0, ?, ?)", (eid, 60.0 * i + 30 + i, late))
     con.commit()
@@ -472,3 +476,14 @@ def test_ignored_features_are_reported_but_never_alarm(tmp_path, drifted):
     assert mobile.ignored and not mobile.drifted and mobile.psi > 0.1
     with pytest.raises(ValidationError, match="ignore_features must be a list"):
         Thresholds(ignore_features="ctx[0]")
+
+
+def test_reward_drop_alerts_when_the_current_rate_falls(tmp_path):
+    """The first half of the decisions earn a click on slot 0 (rate 0.5 per slot), the second
+    half 40% of that: a drop of 0.6 against the default 0.25."""
+    rep = run_monitor(_planted(tmp_path / "log.db", rewarded=lambda i: i < 200 or i % 5 < 2))
+    check = next(c for c in rep.checks if c.name == "reward_drop")
+    assert check.alert and check.value == pytest.approx(0.6)
+    assert rep.rate_windows["reference"].rate == pytest.approx(0.5)
+    steady = run_monitor(_planted(tmp_path / "steady.db"))
+    assert next(c for c in steady.checks if c.name == "reward_drop").status == "ok"
