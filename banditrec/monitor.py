@@ -320,7 +320,7 @@ def feature_shifts(
     if ref.shape[1] == 0:
         return []
     p_psi = psi_columns(ref, cur, bins)
-    ks = stats.ks_2samp(ref, cur, axis=0)
+    ks = stats.ks_2samp(ref, cur, axis=0, method="auto" if n_eff is None else "asymp")
     d_stat, p_val = np.atleast_1d(ks.statistic), np.atleast_1d(ks.pvalue)
     if n_eff is not None:
         n1, n2 = (max(float(x), 1.0) for x in n_eff)
