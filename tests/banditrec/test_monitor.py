@@ -487,3 +487,45 @@ def test_reward_drop_alerts_when_the_current_rate_falls(tmp_path):
     assert rep.rate_windows["reference"].rate == pytest.approx(0.5)
     steady = run_monitor(_planted(tmp_path / "steady.db"))
     assert next(c for c in steady.checks if c.name == "reward_drop").status == "ok"
+
+
+@pytest.fixture(scope="module")
+def shop_served(sim_shop_dir, tmp_path_factory):
+    """300 decisions served from a shop directory, a minute apart, the first slot clicked at times."""
+    from banditrec.shop import Shop, engine_for_shop
+
+    shop = Shop(sim_shop_dir)
+    path = tmp_path_factory.mktemp("served") / "log.db"
+    log = DecisionLog(path)
+    clock = {"now": float(shop.manifest["now"])}
+    engine = engine_for_shop(shop, "egreedy:epsilon=0.3", log, seed=5, n_candidates=20, clock=lambda: clock["now"])
+    rng = np.random.default_rng(3)
+    users = list(shop.parts().user_index)[:150]
+    for k in range(300):
+        clock["now"] += 60.0
+        d = engine.decide(users[k % len(users)], 3)
+        if rng.random() < 0.3:
+            engine.reward(d.event_id, 1.0, position=0)
+    log.close()
+    return shop, sim_shop_dir, path
+
+
+def test_cli_names_features_from_the_shop_and_replays_a_target(tmp_path, shop_served):
+    from banditrec.monitor import shop_feature_names
+
+    shop, shop_dir, db = shop_served
+    res = _run(
+        "--shop", shop_dir, "--db", db, "--out", tmp_path / "out", "--json",
+        "--threshold", "min_window_rows=50", "--target", "uniform",
+    )  # fmt: skip
+    assert res.exit_code in (0, ALERT_EXIT), res.output
+    report = json.loads(res.stdout)
+    context_names, item_names = shop_feature_names(shop)
+    assert len(item_names) == shop.item_dim and len(context_names) == shop.context_dim
+    assert [s["feature"] for s in report["shifts"] if s["group"] == "context"] == context_names
+    assert [s["feature"] for s in report["shifts"] if s["group"] == "item"] == item_names
+    closed = run_monitor(db, thresholds=Thresholds(min_window_rows=50)).propensity
+    assert report["propensity"]["target"] == "uniform:epsilon=1.0"
+    assert report["propensity"]["ess"] == pytest.approx(closed.ess, rel=1e-9)
+    res = _run("--db", db, "--out", tmp_path / "out", "--target", "uniform")
+    assert res.exit_code == 2 and "--target needs --shop" in res.stderr
