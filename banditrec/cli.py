@@ -701,6 +701,131 @@ def ablation(db, shop_dir, policy, kind, train_frac, estimator, as_json):
     click.echo(json.dumps(result.as_json(), indent=2) if as_json else result.table())
 
 
+@main.command()
+@click.option(
+    "--shop",
+    "shop_dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="The shop directory that served the log: names the context and item features, and gives the "
+    "item features when the log's items table is empty.",
+)
+@click.option("--db", required=True, type=click.Path(dir_okay=False), help="Decision log to check.")
+@click.option(
+    "--since",
+    default=None,
+    help="Window start: epoch seconds, ISO date/datetime (UTC), or -N[dhms] before "
+    "the newest decision [default: the log's first decision].",
+)
+@click.option("--until", default=None, help="Window end (exclusive), same forms [default: after the newest decision].")
+@click.option(
+    "--reference",
+    default=None,
+    metavar="START:END",
+    help="Reference window of the drift and reward-drop checks (START..END when the bounds carry colons) "
+    "[default: the first half of the window, compared with the second half].",
+)
+@click.option("--kind", default="click", show_default=True, help="Reward kind of the reward rates.")
+@click.option(
+    "--thresholds",
+    "thresholds_file",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help='TOML file of thresholds (docs/monitor.md, "Thresholds"), top level or under [monitor].',
+)
+@click.option(
+    "--threshold", "pairs", multiple=True, metavar="NAME=VALUE", help="One threshold (repeatable; beats the file)."
+)
+@click.option(
+    "--ignore-feature",
+    "ignore",
+    multiple=True,
+    metavar="NAME",
+    help="A feature left out of the drift checks, still reported (repeatable; adds to ignore_features).",
+)
+@click.option(
+    "--arm-shares",
+    default=None,
+    metavar="ARM=SHARE,...",
+    help='Configured shares of the served groups [default: policy_params\' "arms"]; main takes the rest.',
+)
+@click.option(
+    "--out",
+    default="out/monitor",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Directory for monitor.md and its plots.",
+)
+@click.option(
+    "--prom",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Also write the gauges to this node_exporter textfile (e.g. /var/lib/node_exporter/banditrec.prom).",
+)
+@click.option(
+    "--target",
+    default=None,
+    metavar="SPEC",
+    help="With --shop: the reference target of the ESS, a policy spec as configured (untrained), e.g. "
+    "popularity:epsilon=0.1 [default: uniform over the logged candidates].",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of the checks table.")
+@usage_errors
+def monitor(
+    shop_dir, db, since, until, reference, kind, thresholds_file, pairs, ignore, arm_shares, out, prom, target, as_json
+):
+    """Health of a served log: reward rates, feature drift, propensities, sample ratio, join lag.
+
+    Exit status 0 when every check passes (or is skipped), 3 when any alerts; each alert is
+    also one line on stderr: ``banditrec.monitor ALERT <check>=<value> threshold=...``.
+    See docs/monitor.md.
+    """
+    import json
+
+    from .monitor import Thresholds, parse_arm_shares, run_monitor
+    from .monitor_plots import write_report
+
+    th = Thresholds.from_toml(thresholds_file) if thresholds_file else Thresholds()
+    th = Thresholds.from_pairs(pairs, th)
+    if ignore:
+        th = th.replace({"ignore_features": (*th.ignore_features, *ignore)}, source="--ignore-feature")
+    if target and not shop_dir:
+        raise click.UsageError("--target needs --shop (the target scores the shop's items)")
+    shop, names = None, (None, None)
+    if shop_dir:
+        from .monitor import shop_feature_names
+        from .shop.serving import open_newest_valid
+
+        shop, _ = open_newest_valid(shop_dir)
+        names = shop_feature_names(shop)
+    report = run_monitor(
+        db,
+        since=since,
+        until=until,
+        reference=reference,
+        thresholds=th,
+        kind=kind,
+        context_names=names[0],
+        item_names=names[1],
+        item_features=None if shop is None else shop.items.features,
+        arm_shares=parse_arm_shares(arm_shares),
+        target=shop.policy(target) if shop is not None and target else None,
+        item_cold=None if shop is None else shop.items.cold,
+    )
+    path = write_report(report, out)
+    if prom:
+        report.write_prom(prom)
+    if as_json:
+        click.echo(json.dumps(report.as_json(), indent=2))
+    else:
+        click.echo(report.checks_table())
+        click.echo(f"report: {path}")
+    for check in report.alerts:
+        click.echo(check.log_line(), err=True)
+    if report.exit_code:
+        sys.exit(report.exit_code)
+
+
 # ---- moving logs in and out (banditrec.store.exchange) -----------------------------------------
 
 
