@@ -599,6 +599,10 @@ def _arm_shares(rows: MonitorRows, given: dict[str, float] | None) -> dict[str, 
     if shares is None and rows.params:
         counts = np.bincount(rows.params_index, minlength=len(rows.params))
         shares = rows.params[int(np.argmax(counts))].get("arms")
+        if isinstance(shares, dict):  # the engine logs the assignment's salt beside the shares
+            shares = {k: v for k, v in shares.items() if k != "salt"}
+            if not any(shares.values()):
+                shares = None
     if not shares:
         return None
     if not isinstance(shares, dict) or not all(isinstance(v, int | float) and 0 <= v < 1 for v in shares.values()):

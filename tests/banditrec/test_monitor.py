@@ -198,8 +198,6 @@ def _planted(
     DecisionLog(path).close()
     rng = np.random.default_rng(seed)
     con = sqlite3.connect(path)
-    if arms is not None:
-        con.execute("ALTER TABLE decisions ADD COLUMN arm TEXT NULL")
     params = {"min_epsilon": min_epsilon}
     if arm_shares:
         params["arms"] = arm_shares
@@ -231,7 +229,11 @@ def _planted(
         con.execute(f"INSERT INTO decisions ({cols}) VALUES ({', '.join('?' * len(row))})", row)
         for k in range(2):
             p = float(props[i, k])
-            con.execute("INSERT INTO slots VALUES (?, ?, ?, ?, ?, ?, 0, 'popular')", (eid, k, f"i{k}", k, p, p))
+            con.execute(
+                "INSERT INTO slots (event_id, position, item_id, item_index, propensity, marginal, marginal_draws, "
+                "source) VALUES (?, ?, ?, ?, ?, ?, 0, 'popular')",
+                (eid, k, f"i{k}", k, p, p),
+            )
         if rewarded is not None and not rewarded(i):
             continue
         late = int(late_every > 0 and i % late_every == 0)
