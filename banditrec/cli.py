@@ -601,10 +601,11 @@ def evaluate(
         click.echo("")
         click.echo("\n".join(summary.lines()))
         for c in result.candidates:
-            e = c.estimates[primary]
+            name = c.gate or primary  # the estimator the gate decided on
+            e = c.estimates[name]
             click.echo(
                 f"  estimated lift of switching to {c.spec}: {e.value - result.logging.value:+.4f} per decision "
-                f"({primary} lower bound {e.lower - result.logging.value:+.4f})"
+                f"({name} lower bound {e.lower - result.logging.value:+.4f})"
             )
     if record:
         click.echo(f"recorded {len(result.candidates)} verdict(s) in {db}")
