@@ -16,6 +16,7 @@ from typing import NamedTuple, Protocol
 import numpy as np
 import scipy.sparse as sp
 
+from .apprentice import Arms, ServingMode, baseline_slate, greedy_flags
 from .candidates import CandidateSource
 from .errors import ValidationError
 from .offline import learn_from_log
@@ -32,6 +33,8 @@ from .types import Decision, Reward, Slot
 from .validation import as_seed_sequence, check_positive_int
 
 SOURCE_REQUEST = "request"
+SOURCE_BASELINE = "baseline"  # a baseline item the candidates did not hold
+SOURCE_PROMOTED = "promoted"  # an item the request promoted into the candidates
 SESSION_WEIGHTS = {"cart": 3, "purchase": 2, "view": 1}  # how many times a session item counts as a seed
 
 
@@ -80,6 +83,8 @@ class _Inputs(NamedTuple):
     cand_ids: tuple
     source: np.ndarray | str  # each candidate's source, or one source for all (request candidates)
     surface: str
+    arm: str = "main"  # the user's analysis group (apprentice.Arms)
+    baseline: np.ndarray | None = None  # catalog indices of the baseline slate served instead
 
 
 class _Draw(NamedTuple):
@@ -121,6 +126,20 @@ def _backfill(idx: np.ndarray, source: np.ndarray, backfill: np.ndarray, exclude
     return np.r_[idx, extra].astype(np.int64), np.r_[
         np.asarray(source, dtype=object), np.full(len(extra), "popular", dtype=object)
     ]
+
+
+def _extend(idx: np.ndarray, source, extra: np.ndarray, name: str):
+    """``idx`` with the items of ``extra`` it lacks appended, their source ``name``."""
+    extra = extra[~np.isin(extra, idx)]
+    if not len(extra):
+        return idx, source
+    if isinstance(source, str):
+        source = np.full(len(idx), source, dtype=object)
+    return np.r_[idx, extra].astype(np.int64), np.r_[source, np.full(len(extra), name, dtype=object)]
+
+
+def _flags(flags: np.ndarray | None) -> tuple[bool, ...] | None:
+    return None if flags is None else tuple(flags.tolist())
 
 
 def _checked_sources(sources, n: int) -> np.ndarray:
@@ -338,6 +357,8 @@ class Engine:
         session_window_s: float | None = 1800.0,
         session_limit: int = 50,
         floor_off: bool = False,
+        arms: Arms | None = None,
+        mode: str = "live",
     ):
         parts = ShopParts(
             items=items,
@@ -357,6 +378,8 @@ class Engine:
             session_window_s=session_window_s,
             session_limit=session_limit,
             floor_off=floor_off,
+            arms=arms,
+            mode=mode,
         )
         self._unlogged_items = items  # written by log_items(), at the latest with the first decision
 
@@ -374,6 +397,8 @@ class Engine:
         session_window_s: float | None = 1800.0,
         session_limit: int = 50,
         floor_off: bool = False,
+        arms: Arms | None = None,
+        mode: str = "live",
     ) -> Engine:
         """An engine serving a shop directory's build (:mod:`banditrec.shop`): the catalog is the
         build's, so nothing is written to the log's items table; decisions log the build's id.
@@ -390,6 +415,8 @@ class Engine:
             session_window_s=session_window_s,
             session_limit=session_limit,
             floor_off=floor_off,
+            arms=arms,
+            mode=mode,
         )
         return engine
 
@@ -406,6 +433,8 @@ class Engine:
         session_window_s,
         session_limit,
         floor_off: bool = False,
+        arms: Arms | None = None,
+        mode: str = "live",
     ) -> None:
         if floor_off:
             if min_epsilon != 0:
@@ -442,6 +471,8 @@ class Engine:
         self._defer = False
         self._pending: list[_Pending] = []
         self._pending_lock = threading.Lock()  # the queue; completion itself runs outside it
+        self.arms = Arms() if arms is None else arms
+        self.modes = ServingMode(lambda: self.log.serving_mode(), default=mode)
 
     def log_items(self) -> int:
         """Write the catalog the engine was built with to the log's items table when the table
@@ -505,7 +536,7 @@ class Engine:
 
     @staticmethod
     def _mark_pending(record: DecisionRecord, draw: _Draw) -> DecisionRecord:
-        if draw.sample is None or draw.dist is None or not draw.sample.pending:
+        if draw.sample is None or draw.dist is None or not draw.sample.pending or record.decision.served != "policy":
             return record
         recipe = draw.dist.recipe() if isinstance(draw.dist, SequentialSlate) else True
         return record._replace(pending=recipe)
@@ -684,6 +715,8 @@ class Engine:
         surface: str = "home",
         pinned=None,
         candidate_sources=None,
+        baseline=None,
+        promoted=None,
     ) -> Decision:
         """Fill ``n_slots`` slots for ``user_id``, log the decision, and return it.
 
@@ -706,6 +739,14 @@ class Engine:
         candidate_sources : list of str, optional
             With ``candidates``: the source that proposed each (logged, for ``banditrec
             ablation``); by default every candidate's source is ``"request"``.
+        baseline : list of str, optional
+            The shop's own ranking, best first. In apprentice mode (:attr:`mode`) and for users
+            of the control arm (:attr:`arms`) its first slots are served as they are (without
+            a baseline: the candidates in their order) and the policy's draw is only logged;
+            otherwise it is ignored.
+        promoted : list of str, optional
+            Items the policy must consider: added to the candidates (source ``"promoted"``)
+            unless excluded or pinned; the policy decides whether and where they show.
 
         Returns
         -------
@@ -727,6 +768,8 @@ class Engine:
             surface=surface,
             pinned=pinned,
             candidate_sources=candidate_sources,
+            baseline=baseline,
+            promoted=promoted,
         )
         self.log_items()
         self.log.write_decision(
@@ -794,6 +837,8 @@ class Engine:
         surface: str = "home",
         pinned=None,
         candidate_sources=None,
+        baseline=None,
+        promoted=None,
     ) -> _Inputs:
         """Everything a decision needs before the policy sees it, checked (no policy state read)."""
         if not isinstance(user_id, str) or not user_id:
@@ -824,11 +869,34 @@ class Engine:
         cand_idx, source = self._candidates(
             parts, user_id, n_policy, candidates, excluded or None, session, candidate_sources, suppressed
         )
+        n_given = len(cand_idx)
+        excl = items.index_of(excluded, "exclude", skip_unknown=True) if excluded else _NO_ITEMS
+        if len(suppressed):  # neither promoted nor a baseline brings a blocked or hidden item back
+            excl = np.union1d(excl, suppressed)
+        if promoted and n_policy:
+            if isinstance(promoted, str):
+                raise ValidationError("promoted must be a list of item ids, got a string", "promoted")
+            pro = items.index_of(list(promoted), "promoted")
+            if len(np.unique(pro)) != len(pro):
+                raise ValidationError("promoted lists an item twice", "promoted")
+            cand_idx, source = _extend(cand_idx, source, pro[~np.isin(pro, excl)], SOURCE_PROMOTED)
+        arm = self.arms.of(user_id)
+        base_idx = None
+        if n_policy and (arm == "control" or self.modes.current() == "apprentice"):
+            if baseline is None:  # the candidates in their order: the generator's ranking, or the request's
+                base_idx = cand_idx[:n_policy].copy()
+            else:  # the policy scores the baseline's items too
+                base_idx = baseline_slate(items, baseline, n_policy, excl)
+                cand_idx, source = _extend(cand_idx, source, base_idx, SOURCE_BASELINE)
+        if candidates is not None and len(cand_idx) != n_given:
+            candidates = None  # the ids come from the extended list
         if candidates is not None and len(cand_idx) == len(candidates):
             cand_ids = tuple(candidates)  # nothing excluded: the request's ids, in its order
         else:
             cand_ids = tuple(map(items.ids.__getitem__, cand_idx.tolist()))
-        return _Inputs(parts, user_id, n_policy, ctx, pin_idx, pin_ids, cand_idx, cand_ids, source, surface)
+        return _Inputs(
+            parts, user_id, n_policy, ctx, pin_idx, pin_ids, cand_idx, cand_ids, source, surface, arm, base_idx
+        )
 
     def _distribution(self, inp: _Inputs):
         try:
@@ -877,7 +945,15 @@ class Engine:
         if cached is None or cached.policy is not policy or cached.config is not policy.config:
             # the logged params of a policy change only with its (frozen) config: serialised once
             cached = self._params = _LoggedParamsOf(
-                policy, policy.config, LoggedParams({**policy.params, "min_epsilon": self.min_epsilon})
+                policy,
+                policy.config,
+                LoggedParams(
+                    {
+                        **policy.params,
+                        "min_epsilon": self.min_epsilon,
+                        **({"arms": self.arms.logged()} if self.arms.active else {}),
+                    }
+                ),
             )
         event_id = self._ids.bytes(16).hex() if self._ids is not None else time_ordered_id()
         if self.log.shard is not None:  # a sharded log's ids carry its shard (store/shards.py)
@@ -901,7 +977,12 @@ class Engine:
         slots = tuple(
             Slot(position=k, item_id=pin_ids[k], propensity=1.0, marginal=1.0, source="pinned") for k in range(p)
         )
-        if draw is not None:
+        shadow = None
+        if draw is not None and inp.baseline is not None:
+            slots += self._baseline_slots(inp, stamped)
+            shadow = tuple(map(inp.cand_ids.__getitem__, index.tolist()))
+            chosen = inp.baseline
+        elif draw is not None:
             ids, source = inp.parts.items.ids, inp.source
             draws = int(draw.marginal_draws)
             sources = [source] * len(index) if isinstance(source, str) else [str(source[j]) for j in index.tolist()]
@@ -911,7 +992,7 @@ class Engine:
                     zip(chosen.tolist(), sources, draw.propensity.tolist(), draw.marginal.tolist())
                 )
             )
-        joint, log_joint = (draw.joint, draw.log_joint) if draw is not None else (1.0, 0.0)
+        joint, log_joint = (draw.joint, draw.log_joint) if draw is not None and shadow is None else (1.0, 0.0)
         if p:
             chosen = np.concatenate([inp.pin_idx, chosen])
         decision = Decision(
@@ -926,6 +1007,10 @@ class Engine:
             ts=float(self.clock()),
             build=inp.parts.build,
             candidate_sources=None if isinstance(inp.source, str) else tuple(inp.source.tolist()),
+            arm=inp.arm,
+            served="policy" if shadow is None else "baseline",
+            shadow=shadow,
+            greedy=None if draw is None or shadow is not None else _flags(greedy_flags(stamped.dist, index)),
         )
         return DecisionRecord(
             decision=decision,
@@ -935,6 +1020,34 @@ class Engine:
             context=inp.context,
             surface=inp.surface,
         )
+
+    @staticmethod
+    def _baseline_slots(inp: _Inputs, stamped: _Draw) -> tuple[Slot, ...]:
+        """The baseline's slots: propensity 1 (what the baseline gave them), each with the
+        policy's probability of that item in that slot."""
+        assert inp.baseline is not None and stamped.dist is not None
+        p = len(inp.pin_ids)
+        where = {int(i): j for j, i in enumerate(inp.cand_idx.tolist())}
+        at = np.array([where[int(i)] for i in inp.baseline.tolist()], dtype=np.int64)
+        policy_marg = np.asarray(stamped.dist.marginals())[at, np.arange(len(at))]
+        ids = inp.parts.items.ids
+        source = inp.source
+        return tuple(
+            Slot(
+                position=p + k,
+                item_id=ids[i],
+                propensity=1.0,
+                marginal=1.0,
+                source=source if isinstance(source, str) else str(source[j]),
+                policy_marginal=float(pm),
+            )
+            for k, (i, j, pm) in enumerate(zip(inp.baseline.tolist(), at.tolist(), policy_marg.tolist()))
+        )
+
+    @property
+    def mode(self) -> str:
+        """``"live"`` or ``"apprentice"``: the log's newest switch, else the engine's starting mode."""
+        return self.modes.current()
 
     def reward(self, event_id: str, value: float, *, position: int | None = None, kind: str = "click") -> str:
         """Join a reward to a logged decision; returns ``"recorded"``, ``"late"`` (after the
@@ -953,7 +1066,11 @@ class Engine:
         """
         with self._lock:
             logged = self.log.decisions(
-                after_seq=self._learned_seq, until_seq=until_seq, kind=kind, default_reward=default_reward
+                after_seq=self._learned_seq,
+                until_seq=until_seq,
+                kind=kind,
+                default_reward=default_reward,
+                training=True,
             )
             if logged.n_decisions == 0:
                 return 0

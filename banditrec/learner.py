@@ -153,6 +153,7 @@ class Learner:
             closed_before=now,
             kind=self.kind,
             default_reward=self.default_reward,
+            training=True,
         )
         return logged, until
 

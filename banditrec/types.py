@@ -46,6 +46,9 @@ class Slot:
     marginal: float
     source: str = "candidates"
     marginal_draws: int = 0
+    # a baseline-served slot (apprentice mode, the control arm): the policy's probability that
+    # this slot holds this item; None when the policy filled the slot
+    policy_marginal: float | None = None
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,12 @@ class Decision:
     n_slots: int | None = None
     # the source that proposed each of ``candidates`` (same order); None: the request brought them
     candidate_sources: tuple[str, ...] | None = None
+    arm: str = "main"  # the user's analysis group: main, holdout (never learned from) or control
+    served: str = "policy"  # what filled the slots: the policy, or the request's baseline
+    shadow: tuple[str, ...] | None = None  # baseline-served: the slate the policy drew instead
+    # per policy-filled slot, whether it holds the policy's greedy choice given the slots before
+    # (not logged; the service's exploration share); None: not known for this policy
+    greedy: tuple[bool, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ def read_params(
     window: float | None = None,
     closed_before: float | None = None,
     include_late: bool = False,
+    training: bool = False,
 ) -> dict:
     """The named parameters of the ``READ_*`` queries."""
     return {
@@ -35,6 +36,7 @@ def read_params(
         "window": window,
         "closed": closed_before,
         "include_late": int(bool(include_late)),
+        "training": int(bool(training)),
     }
 
 
@@ -110,6 +112,10 @@ def _params_json(policy_params) -> str:
     return json.dumps(policy_params, sort_keys=True)
 
 
+ARMS = ("main", "holdout", "control")  # decisions.arm (migration 0008)
+SERVED = ("policy", "baseline")  # decisions.served
+
+
 def decision_rows(
     decision: Decision,
     policy_params: dict,
@@ -136,6 +142,10 @@ def decision_rows(
             f"as many indices, got {len(slot_index)} and {len(candidate_index)}",
             "slots",
         )
+    if decision.arm not in ARMS:
+        raise ValidationError(f"arm must be one of {', '.join(ARMS)}, got {decision.arm!r}", "arm")
+    if decision.served not in SERVED:
+        raise ValidationError(f"served must be one of {', '.join(SERVED)}, got {decision.served!r}", "served")
     slots = decision.slots
     positions = [s.position for s in slots]
     n_slots = len(slots) if decision.n_slots is None else decision.n_slots
@@ -181,6 +191,9 @@ def decision_rows(
         float(decision.log_joint_propensity),
         decision.build,
         None if decision.candidate_sources is None else json_strings(decision.candidate_sources),
+        decision.arm,
+        decision.served,
+        None if decision.shadow is None else json_strings(decision.shadow),
     )
     slot_rows = [
         (
@@ -192,6 +205,7 @@ def decision_rows(
             float(s.marginal),
             int(s.marginal_draws),
             s.source,
+            None if s.policy_marginal is None else float(s.policy_marginal),
         )
         for s, idx in zip(decision.slots, _int_list(slot_index), strict=True)
     ]

@@ -20,6 +20,7 @@ from ..errors import ConflictError, ValidationError
 from .blocklist import FeedbackLog
 from .checks import check_time
 from .migrations import migrations
+from .modes import ModesStore
 from .reader import LogReader
 from .shards import check_shard
 from .writer import LogWriter
@@ -49,7 +50,7 @@ class Checkpointer:
         self._conn.close()
 
 
-class DecisionLog(LogReader, LogWriter, FeedbackLog):
+class DecisionLog(LogReader, LogWriter, ModesStore, FeedbackLog):
     """The SQLite decision log. ``path=":memory:"`` gives a private in-memory log.
 
     ``reward_window_s``: seconds after a decision within which its rewards count; a reward

@@ -206,6 +206,56 @@ def _candidate_sources(db):
     db.executescript("ALTER TABLE decisions ADD COLUMN candidate_sources TEXT NULL;")
 
 
+@migrations(name="0008_arms_baseline_modes")
+def _arms_baseline_modes(db):
+    """Serving a baseline beside the policy.
+
+    ``decisions.arm``: the user's analysis group (``main``; ``holdout``: served by the policy,
+    never learned from; ``control``: served by the baseline). ``decisions.served``: what filled
+    the slots, the policy or the request's baseline (apprentice mode and the control arm).
+    ``decisions.shadow``: for a baseline-served decision, the slate the policy drew instead
+    (JSON list of item ids). ``slots.policy_marginal``: the policy's probability that this
+    slot holds this item, logged beside the baseline's propensity of 1. ``serving_modes``:
+    every switch between apprentice and live serving, with who asked, why and the gate's
+    figures; the newest row is the mode. ``gate_verdicts``: the safe-deploy verdicts
+    ``banditrec evaluate --record`` wrote, which the switch to live reads.
+    """
+    db.executescript(
+        """
+        ALTER TABLE decisions ADD COLUMN arm TEXT NOT NULL DEFAULT 'main'
+            CHECK (arm IN ('main', 'holdout', 'control'));
+        ALTER TABLE decisions ADD COLUMN served TEXT NOT NULL DEFAULT 'policy'
+            CHECK (served IN ('policy', 'baseline'));
+        ALTER TABLE decisions ADD COLUMN shadow TEXT NULL;
+        ALTER TABLE slots ADD COLUMN policy_marginal REAL NULL
+            CHECK (policy_marginal IS NULL OR (policy_marginal >= 0 AND policy_marginal <= 1));
+        CREATE TABLE serving_modes (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            ts REAL NOT NULL,
+            mode TEXT NOT NULL CHECK (mode IN ('apprentice', 'live')),
+            actor TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            gate TEXT NULL CHECK (gate IS NULL OR json_valid(gate))  -- the verdict it relied on
+        );
+        CREATE TABLE gate_verdicts (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            ts REAL NOT NULL,
+            policy TEXT NOT NULL,        -- the candidate's registry name (linucb, ...)
+            spec TEXT NOT NULL,
+            safe INTEGER NOT NULL CHECK (safe IN (0, 1)),
+            estimator TEXT NOT NULL,
+            value REAL NOT NULL,
+            lower REAL NOT NULL,
+            upper REAL NOT NULL,
+            baseline REAL NOT NULL,      -- the logging policy's on-policy value
+            n_decisions INTEGER NOT NULL,
+            reason TEXT NOT NULL
+        );
+        CREATE INDEX decisions_arm ON decisions (arm) WHERE arm != 'main';
+        """
+    )
+
+
 HIDE_KINDS_0009 = ("hide", "not_interested")
 
 

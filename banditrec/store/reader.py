@@ -42,7 +42,8 @@ TABLES = (
 # by (decision, position), which is much faster than a LEFT JOIN per slot row.
 _READ_FILTER = (
     "d.seq > :after AND d.seq <= :until AND (:closed IS NULL OR d.ts + :window <= :closed) "
-    "AND NOT EXISTS (SELECT 1 FROM pending p WHERE p.event_id = d.event_id)"  # see store/pending.py
+    "AND NOT EXISTS (SELECT 1 FROM pending p WHERE p.event_id = d.event_id) "  # see store/pending.py
+    "AND NOT (:training AND d.arm = 'holdout')"  # the analysis holdout is never learned from
 )
 READ_DECISIONS = (
     "SELECT d.seq, d.event_id, d.context, d.candidate_index, d.n_slots, "
@@ -141,6 +142,7 @@ class LogReader:
         default_reward: float = 0.0,
         closed_before: float | None = None,
         include_late: bool = False,
+        training: bool = False,
     ) -> LoggedDecisions:
         """Decisions with ``after_seq < seq <= until_seq``, slots joined to ``kind`` rewards.
 
@@ -159,6 +161,9 @@ class LogReader:
         purchase after a long consideration, a retried client, a batch upload from one kind
         of device), and they are only there for decisions that happened to be read late, so
         counting them makes estimates depend on when the log was read and biases them.
+
+        ``training``: leave out the analysis holdout (``arm = 'holdout'``), whose users a policy
+        must never learn from; what learners read.
         """
         self.settle_pending()
         window = self.reward_window_s
@@ -180,6 +185,7 @@ class LogReader:
                 window=window,
                 closed_before=closed_before,
                 include_late=include_late,
+                training=training,
             )
             dec = conn.execute(READ_DECISIONS, params).fetchall()
             slots = np.fromiter(conn.execute(READ_SLOTS, params), dtype=_SLOT_ROW)

@@ -23,12 +23,22 @@ from .checks import check_count, check_name, check_time, checked_reward, json_ob
 from .codecs import WHOLE_DECISION, decision_rows
 from .shards import shard_of
 
-INSERT_DECISION = (
-    "INSERT INTO decisions (event_id, ts, user_id, surface, policy, policy_params, model_version, n_slots, "
-    "candidates, candidate_index, context, joint_propensity, log_joint_propensity, shop_build, candidate_sources) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-INSERT_SLOT = "INSERT INTO slots VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+DECISION_COLUMNS = (
+    "event_id, ts, user_id, surface, policy, policy_params, model_version, n_slots, candidates, candidate_index, "
+    "context, joint_propensity, log_joint_propensity, shop_build, candidate_sources, arm, served, shadow"
+).split(", ")
+SLOT_COLUMNS = (
+    "event_id, position, item_id, item_index, propensity, marginal, marginal_draws, source, policy_marginal"
+).split(", ")
+
+
+def insert_sql(table: str, columns) -> str:
+    """``INSERT INTO table (columns) VALUES (?, ...)``."""
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+
+
+INSERT_DECISION = insert_sql("decisions", DECISION_COLUMNS)
+INSERT_SLOT = insert_sql("slots", SLOT_COLUMNS)
 INSERT_PENDING = "INSERT INTO pending (event_id, recipe) VALUES (?, ?)"
 EVENT_KINDS = ("view", "cart", "purchase")
 INSERT_REWARD = "INSERT OR IGNORE INTO rewards (event_id, position, kind, reward, ts, late) VALUES (?, ?, ?, ?, ?, ?)"

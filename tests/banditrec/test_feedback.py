@@ -34,8 +34,9 @@ class Clock:
         return self.t
 
 
-def typed_engine(shop, clock, *, seed=3, log=None, spec=SPEC) -> Engine:
-    """The small simulated shop's engine, with its items' product types."""
+def typed_engine(shop, clock, *, seed=3, log=None, spec=SPEC, **kw) -> Engine:
+    """The small simulated shop's engine, with its items' product types (``kw``: more of
+    :class:`Engine`'s arguments)."""
     items = ItemTable(ids=tuple(shop.catalog.item_ids), features=shop.catalog.features, types=shop.catalog.product_type)
     cf = ItemItemCF(n_neighbors=50).fit(shop.history)
     return Engine(
@@ -49,6 +50,7 @@ def typed_engine(shop, clock, *, seed=3, log=None, spec=SPEC) -> Engine:
         n_candidates=20,
         seed=seed,
         clock=clock,
+        **kw,
     )
 
 
@@ -336,3 +338,18 @@ def test_0009_rebuilds_an_events_table_whose_check_it_does_not_recognise(tmp_pat
     indexes = {r[0] for r in log.db.execute("SELECT name FROM sqlite_master WHERE tbl_name = 'events'")}
     assert {"events_user_ts", "events_hidden"} <= indexes and log.integrity_ok()
     log.close()
+
+
+def test_promoted_and_baseline_items_do_not_bring_a_blocked_or_hidden_item_back(small_shop):
+    """Apprentice mode serves the request's baseline, and promoted items join the candidates:
+    neither may show what the block list or the user's hides leave out."""
+    clock = Clock()
+    engine = typed_engine(small_shop, clock)
+    cands = [f"i{j}" for j in range(10, 20)]
+    engine.log.write_hide("u1", "i3", ts=clock.t, ttl_s=60)
+    engine.log.block(["i4"], reason="recall", actor="test")
+    d = engine.decide("u1", 3, context=CTX, candidates=cands, promoted=["i3", "i4", "i5"])
+    assert "i5" in d.candidates and not {"i3", "i4"} & set(d.candidates)
+    apprentice = typed_engine(small_shop, clock, log=engine.log, mode="apprentice", seed=4)
+    d = apprentice.decide("u1", 3, context=CTX, candidates=cands, baseline=["i3", "i4", "i6", "i7", "i8"])
+    assert d.served == "baseline" and [s.item_id for s in d.slots] == ["i6", "i7", "i8"]

@@ -379,6 +379,7 @@ VALID = {
     "/v1/decide": {"user_id": "u3", "slots": 2},
     "/v1/decide/batch": {"requests": [{"user_id": "u3", "slots": 2}]},
     "/v1/events": {"user_id": "u3", "item_id": "i1", "kind": "view"},
+    "/v1/mode": {"mode": "apprentice", "reason": "the document's check"},
 }
 
 
@@ -404,7 +405,15 @@ def test_openapi_says_what_the_app_enforces(engine, token, decide_auth):
             for resp in (open_, authed):
                 assert str(resp.status_code) in op["responses"], (path, method, resp.status_code, op["responses"])
     expected = (
-        {"/v1/reward", "/v1/events", "/v1/models", "/v1/models/reload", "/v1/blocklist", "/v1/blocklist/{item_id}"}
+        {
+            "/v1/reward",
+            "/v1/events",
+            "/v1/models",
+            "/v1/models/reload",
+            "/v1/mode",
+            "/v1/blocklist",
+            "/v1/blocklist/{item_id}",
+        }
         if token
         else set()
     )

@@ -136,7 +136,7 @@ def assert_reached(seen: Counter) -> None:
     for label in ("POST /v1/decide", "POST /v1/reward", "POST /v1/events", "POST /v1/decide/batch"):
         assert {200, 400} <= statuses(seen, label), (label, statuses(seen, label))
     assert 400 in statuses(seen, "POST /v1/models/reload")  # nothing published yet
-    assert sum(seen.values()) <= 12 * 2 * EXAMPLES
+    assert sum(seen.values()) <= 14 * 2 * EXAMPLES
 
 
 @pytest.fixture

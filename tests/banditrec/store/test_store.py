@@ -19,10 +19,14 @@ from banditrec.errors import ConflictError, NotFoundError, ValidationError
 from banditrec.store import DecisionLog
 from banditrec.store.codecs import decision_rows
 from banditrec.store.migrations import migrations
-from banditrec.store.writer import INSERT_DECISION, INSERT_SLOT
+from banditrec.store.writer import DECISION_COLUMNS, SLOT_COLUMNS, insert_sql
 from banditrec.types import Decision, Reward, Slot
 from studies.coverage import build_engine
 from tests.helpers import make_engine
+
+SLOTS_0001 = (
+    "INSERT INTO slots (event_id, position, item_id, item_index, propensity, marginal, marginal_draws, source) VALUES "
+)
 
 
 def decision(event_id="e1", props=(0.5, 0.25), margs=(0.5, 0.3), items=("a", "b")):
@@ -107,10 +111,10 @@ def test_a_non_finite_context_is_refused_by_name(log, bad):
 @pytest.mark.parametrize(
     "sql",
     [
-        "INSERT INTO slots VALUES ('e1', 5, 'x', 0, 0.0, 0.5, 0, 'cf')",
-        "INSERT INTO slots VALUES ('e1', 5, 'x', 0, 0.5, 1.5, 0, 'cf')",
-        "INSERT INTO slots VALUES ('e1', -1, 'x', 0, 0.5, 0.5, 0, 'cf')",
-        "INSERT INTO slots VALUES ('nope', 5, 'x', 0, 0.5, 0.5, 0, 'cf')",
+        SLOTS_0001 + "('e1', 5, 'x', 0, 0.0, 0.5, 0, 'cf')",
+        SLOTS_0001 + "('e1', 5, 'x', 0, 0.5, 1.5, 0, 'cf')",
+        SLOTS_0001 + "('e1', -1, 'x', 0, 0.5, 0.5, 0, 'cf')",
+        SLOTS_0001 + "('nope', 5, 'x', 0, 0.5, 0.5, 0, 'cf')",
         "UPDATE decisions SET joint_propensity = -0.5",
         "UPDATE decisions SET log_joint_propensity = 0.1",
         "INSERT INTO rewards (event_id, position, kind, reward, ts) VALUES ('e1', -2, 'click', 1.0, 0)",
@@ -154,6 +158,7 @@ def test_file_log_uses_wal_and_migrates_once(make_log, tmp_path):
         "0005_pending_propensities",
         "0006_log_meta_routed_rewards",
         "0007_candidate_sources",
+        "0008_arms_baseline_modes",
         "0009_negative_feedback_blocklist",
     ]
     assert again.count("decisions") == 1
@@ -401,8 +406,8 @@ def test_a_log_written_under_the_old_policy_names_is_renamed_with_a_warning(make
             row, slot_rows = decision_rows(
                 dataclasses.replace(decision(event_id), policy=name), {"epsilon": 0.1}, [0, 1, 2], [0, 1], (0.25, -0.5)
             )
-            db.execute(INSERT_DECISION.replace(", candidate_sources)", ")").replace(", ?)", ")"), row[:-1])  # pre-0007
-            db.conn.executemany(INSERT_SLOT, slot_rows)
+            db.execute(insert_sql("decisions", DECISION_COLUMNS[:14]), row[:14])  # pre-0007
+            db.conn.executemany(insert_sql("slots", SLOT_COLUMNS[:8]), [r[:8] for r in slot_rows])  # pre-0008
         db.execute("INSERT INTO model_versions (version, policy, params, created_ts) VALUES ('v1', 'linucb', '{}', 1)")
     db.close()
     with pytest.warns(DeprecationWarning, match="3 logged rows"):
@@ -423,11 +428,10 @@ def test_a_log_made_by_the_first_migration_only_is_migrated_with_its_data(make_l
     assert [m.name for m in migrations.applied(db)] == ["0001_decisions_slots_rewards"]
     assert "events" not in db.table_names()
     row, slot_rows = decision_rows(decision(), {"epsilon": 0.1}, [0, 1, 2], [0, 1], (0.25, -0.5))
-    # 0003 added shop_build, 0007 candidate_sources
-    insert_0001 = INSERT_DECISION.replace(", shop_build, candidate_sources)", ")").replace(", ?, ?)", ")")
+    # 0003 added shop_build, 0007 candidate_sources, 0008 the arm, what served and the policy's marginal
     with db.atomic():
-        db.execute(insert_0001, row[:-2])
-        db.conn.executemany(INSERT_SLOT, slot_rows)
+        db.execute(insert_sql("decisions", DECISION_COLUMNS[:13]), row[:13])
+        db.conn.executemany(insert_sql("slots", SLOT_COLUMNS[:8]), [r[:8] for r in slot_rows])
         db.execute("INSERT INTO rewards VALUES ('e1', 1, 'click', 1.0, 5.0)")  # the 0001 layout: 5 columns
     db.close()
 
@@ -440,6 +444,7 @@ def test_a_log_made_by_the_first_migration_only_is_migrated_with_its_data(make_l
         "0005_pending_propensities",
         "0006_log_meta_routed_rewards",
         "0007_candidate_sources",
+        "0008_arms_baseline_modes",
         "0009_negative_feedback_blocklist",
     ]
     assert log.db.execute("SELECT event_id, position, reward, ts, late FROM rewards").fetchall() == [
