@@ -735,7 +735,9 @@ class Engine:
             Where the carousel is shown; logged with the decision.
         pinned : list of str, optional
             Promotions: they take the first slots in this order, with propensity 1 and source
-            ``"pinned"``, and readers leave them out of learning and evaluation.
+            ``"pinned"``, and readers leave them out of learning and evaluation. A blocked item,
+            or one the user hid, is dropped and its slot filled by the policy; blocked and hidden
+            items leave the candidates too, before the policy scores (docs/feedback.md).
         candidate_sources : list of str, optional
             With ``candidates``: the source that proposed each (logged, for ``banditrec
             ablation``); by default every candidate's source is ``"request"``.
