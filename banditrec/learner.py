@@ -218,8 +218,7 @@ class DatasetLearner(Learner):
     them, in seq order, leaving out the analysis holdout as :class:`Learner` does. With a Dask
     ``client`` the partitions are read and decoded as tasks on its workers; the policy updates
     in this process, as it must for policies whose update depends on order. Snapshots are
-    published as by :class:`Learner` (a dataset has no model
-    registry: nothing is registered).
+    published as by :class:`Learner` (a dataset has no model registry: nothing is registered).
     """
 
     def __init__(
