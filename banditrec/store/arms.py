@@ -33,6 +33,7 @@ READ_SHARES = (
     f"WHERE {_WINDOW} AND json_valid(d.policy_params) AND json_extract(d.policy_params, '$.arms') IS NOT NULL"
 )
 FIRST_ARM_TS = "SELECT min(ts) FROM decisions WHERE arm != 'main'"
+READ_ARMS_BETWEEN = "SELECT seq, arm FROM decisions WHERE seq BETWEEN ? AND ?"
 
 
 @dataclass(frozen=True)
@@ -123,3 +124,13 @@ def first_arm_ts(log: DecisionLog) -> float | None:
     with log.snapshot() as conn:
         value = conn.execute(FIRST_ARM_TS).fetchone()[0]
     return None if value is None else float(value)
+
+
+def arms_of(log: DecisionLog, seq: np.ndarray) -> np.ndarray:
+    """(n,) the arm (object array) of each decision of ``seq`` (the log's sequence numbers)."""
+    seq = np.asarray(seq, dtype=np.int64)
+    if not len(seq):
+        return np.zeros(0, dtype=object)
+    with log.snapshot() as conn:
+        arm = dict(conn.execute(READ_ARMS_BETWEEN, (int(seq.min()), int(seq.max()))).fetchall())
+    return np.array([arm[q] for q in seq.tolist()], dtype=object)

@@ -180,3 +180,22 @@ def test_evaluates_training_share_skips_the_holdout_and_its_evaluated_share_keep
     assert train == [e for e in order[:n_train] if ref[user_of[e]] != "holdout"]
     assert evaluated == order[n_train:]
     assert any(ref[user_of[e]] == "holdout" for e in evaluated)
+
+
+def test_the_ablation_target_trains_without_the_holdout(served, monkeypatch):
+    import banditrec.evaluation.ablation as ablation_module
+
+    path, engine, user_of = served
+    ref = reference_arms(sorted(set(user_of.values())))
+    calls: list[list[str]] = []
+    real = ablation_module.train_from_log
+
+    def train(policy, logged, *args, **kw):
+        calls.append(list(logged.event_id))
+        return real(policy, logged, *args, **kw)
+
+    monkeypatch.setattr(ablation_module, "train_from_log", train)
+    result = ablation_module.ablation_log(path, policy="linucb:alpha=1.0,epsilon=0.1", estimator="IPS")
+    order = [e for (e,) in engine.log.db.execute("SELECT event_id FROM decisions ORDER BY seq")]
+    (trained,) = calls
+    assert trained == [e for e in order[: result.n_train] if ref[user_of[e]] != "holdout"]
