@@ -329,3 +329,30 @@ def test_parse_time_reads_epoch_seconds_and_iso_dates_as_utc():
     assert parse_time("1970-01-02T01:00:00+01:00") == 86400.0
     with pytest.raises(ValidationError, match="until must be"):
         parse_time("soon", "until")
+
+
+def test_a_covariate_mapping_gives_what_the_pre_period_gives(balanced):
+    log, _ = balanced
+    by_pre = analyse_log(log, kinds=("click",), pre_days=10, n_boot=0)
+    pre = per_user_sql(log, "click", "d.ts < ? AND d.ts >= ?", (by_pre.since, by_pre.since - 10 * DAY))
+    by_map = analyse_log(log, kinds=("click",), covariate={u: v for u, (_, v) in pre.items()}, n_boot=0)
+    assert by_map.comparisons[0].theta["click"] == pytest.approx(by_pre.comparisons[0].theta["click"], rel=1e-12)
+    cuped = "click per user, CUPED"
+    assert row(by_map, "holdout", cuped).diff == pytest.approx(row(by_pre, "holdout", cuped).diff, rel=1e-12)
+    assert "shop's build" in by_map.covariate
+
+
+def test_the_shop_option_takes_each_users_interactions(balanced, sim_shop_dir):
+    from banditrec.evaluation.abtest_log import shop_interactions
+    from banditrec.shop import Shop
+
+    log, _ = balanced
+    shop = Shop(sim_shop_dir)
+    counts = shop_interactions(shop.user_ids, shop.history)
+    dense = shop.history.toarray()
+    assert counts == {u: float((dense[i] != 0).sum()) for i, u in enumerate(shop.user_ids)}
+    out = CliRunner().invoke(abtest, ["--db", str(log.path), "--shop", str(sim_shop_dir), "--boot", "0"])
+    assert out.exit_code == 0, out.output
+    assert "CUPED covariate: each user's interactions in the shop's build" in out.output
+    both = CliRunner().invoke(abtest, ["--db", str(log.path), "--shop", str(sim_shop_dir), "--pre-days", "3"])
+    assert both.exit_code == 2 and "give one of them" in both.output
