@@ -29,7 +29,8 @@ DAY_S = 86_400.0
 ARM_NAMES = ("main", "holdout", "control")
 TREATMENTS = ("holdout", "main")
 CONTROL = "control"
-PER_USER, PER_USER_CUPED, PER_DECISION, DECISIONS = "{} per user", "{} per user, CUPED", "{} per decision", "decisions"
+PER_USER, PER_USER_CUPED, PER_DECISION = "{} per user", "{} per user, CUPED", "{} per decision"
+DECISIONS = "decisions per user"
 
 
 @dataclass(frozen=True)
@@ -331,61 +332,26 @@ def analyse_log(
         raise ValidationError(f"{name} has no decisions between {_iso(start)} and the window's end", "since")
     end = float(until) if until is not None else float(dec.ts.max())
 
-    anonymous = dec.user_id == ""
-    if anonymous.any():
-        warnings.append(f"{int(anonymous.sum())} decisions without a user id are left out (users are the unit)")
-    keep = ~anonymous
-    users, index = np.unique(dec.user_id[keep].astype(str), return_inverse=True)
-    n_users = len(users)
-    code = np.searchsorted(np.array(sorted(ARM_NAMES)), dec.arm[keep].astype(str))  # control 0, holdout 1, main 2
-    lo = np.full(n_users, 3)
-    hi = np.full(n_users, -1)
-    np.minimum.at(lo, index, code)
-    np.maximum.at(hi, index, code)
-    crossover = lo != hi
-    user_arm = np.array(sorted(ARM_NAMES), dtype=object)[np.minimum(lo, 2)]
-    if crossover.any():
-        warnings.append(
-            f"{int(crossover.sum())} users were logged in more than one arm (the shares or the salt changed "
-            "within the window); they are left out"
-        )
-    n_dec = _per_user(index, n_users, np.ones(len(index)))
-    y = {k: _per_user(index, n_users, dec.reward[k][keep]) for k in kinds}
-    kept = ~crossover
-    arm_of_dec = dec.arm[keep]
+    per_user = _per_user_totals(dec, kinds, warnings)
+    kept, user_arm = per_user.kept, per_user.arm
     counts = {a: int(((user_arm == a) & kept).sum()) for a in ARM_NAMES}
-    decisions = {a: int((arm_of_dec == a).sum()) for a in ARM_NAMES}
-
-    holdout_baseline = int(((arm_of_dec == "holdout") & (dec.served[keep] == "baseline")).sum())
+    decisions = {a: int(per_user.n_decisions[(user_arm == a) & kept].sum()) for a in ARM_NAMES}
+    holdout_baseline = int(((dec.arm == "holdout") & (dec.served == "baseline")).sum())
     if holdout_baseline:
         warnings.append(
             f"{holdout_baseline} decisions of holdout users were served the baseline (apprentice mode); "
             "they stay in the holdout (users are compared as assigned)"
         )
 
-    # the covariate
-    x: dict[str, np.ndarray] | None = None
-    cov_text = "none"
+    x, cov_text = None, "none"
     if pre_days > 0:
-        pre = arm_decisions(log, kinds=kinds, since=start - pre_days * DAY_S, until=start, include_late=include_late)
+        x = _pre_period(log, per_user.users, kinds, start, pre_days, include_late, warnings)
         cov_text = f"each user's reward of the same kind in the {pre_days:g} days before the window"
-        if pre.n_decisions == 0:
-            warnings.append(f"no decisions in the {pre_days:g} days before the window: CUPED has no covariate")
-            x = None
-        else:
-            if (pre.arm != "main").any():
-                warnings.append(
-                    f"{int((pre.arm != 'main').sum())} decisions of the pre-period were already in an arm: "
-                    "the covariate may carry the treatment's effect; choose a pre-period before the arms"
-                )
-            p_users, p_index = np.unique(pre.user_id.astype(str), return_inverse=True)
-            x = {k: _lookup(users, p_users, _per_user(p_index, len(p_users), pre.reward[k])) for k in kinds}
     elif covariate is not None:
-        values = np.array([float(covariate.get(u, 0.0)) for u in users.tolist()])
+        values = np.array([float(covariate.get(u, 0.0)) for u in per_user.users.tolist()])
         x = {k: values for k in kinds}
         cov_text = "each user's interactions in the shop's build (before the window)"
 
-    # the shares and the sample-ratio check
     if shares is None:
         found = logged_shares(log, since=start, until=until)
         if len(found) == 1:
@@ -393,58 +359,13 @@ def analyse_log(
             shares = Shares(float(f.get("holdout", 0)), float(f.get("control", 0)), f.get("salt"), "log")
         elif len(found) > 1:
             warnings.append(f"the window's decisions were logged with {len(found)} arm configurations: {found}")
-    srm = None
-    mismatched = None
-    if shares is None:
-        warnings.append("the configured shares are unknown (pass shares=, --shares): no sample-ratio check")
-    else:
-        w = shares.weights()
-        arms = [a for a in ARM_NAMES if w[a] > 0]
-        if len(arms) >= 2 and any(counts[a] for a in arms):
-            srm = srm_check([counts[a] for a in arms], [w[a] for a in arms], alpha=srm_alpha)
-        stray = [a for a in ARM_NAMES if w[a] == 0 and counts[a]]
-        if stray:
-            warnings.append(f"users in arms whose configured share is 0: {', '.join(stray)}")
-        if shares.salt:
-            assigner = Arms(holdout=shares.holdout, control=shares.control, salt=shares.salt)
-            expected = np.array([assigner.of(u) for u in users[kept].tolist()], dtype=object)
-            mismatched = int((expected != user_arm[kept]).sum())
-            if mismatched:
-                warnings.append(f"{mismatched} users were logged in another arm than the salt's hash gives")
+    srm, mismatched = _sample_ratio(shares, counts, per_user, srm_alpha, warnings)
 
-    # the comparisons
-    comparisons = []
-    in_control = kept & (user_arm == CONTROL)
     streams = np.random.default_rng(rng).spawn(len(treatments))
-    for treatment, stream in zip(treatments, streams):
-        in_treat = kept & (user_arm == treatment)
-        for arm, mask in ((CONTROL, in_control), (treatment, in_treat)):
-            if mask.sum() < 2:
-                raise ValidationError(
-                    f"{name} has {int(mask.sum())} {arm} users in the window; a comparison needs at least 2 per arm",
-                    "db",
-                )
-        metrics: dict[str, tuple] = {}
-        power_rows = []
-        theta = {}
-        na, nb = n_dec[in_control], n_dec[in_treat]
-        for k in kinds:
-            ya, yb = y[k][in_control], y[k][in_treat]
-            metrics[PER_USER.format(k)] = (ya, yb)
-            power_rows.append(_power_row(PER_USER.format(k), ya, yb, alpha, power))
-            if x is not None:
-                xa, xb = x[k][in_control], x[k][in_treat]
-                adj_a, adj_b, theta[k] = cuped(ya, yb, xa, xb)
-                if theta[k] != 0.0:
-                    metrics[PER_USER_CUPED.format(k)] = (ya, yb, (xa, xb))
-                    power_rows.append(_power_row(PER_USER_CUPED.format(k), adj_a, adj_b, alpha, power))
-            if na.sum() > 0 and nb.sum() > 0:
-                metrics[PER_DECISION.format(k)] = (ya, na, yb, nb)
-        metrics[DECISIONS + " per user"] = (na, nb)
-        power_rows.append(_power_row(DECISIONS + " per user", na, nb, alpha, power))
-        rows = analyse(metrics, alpha=alpha, n_boot=n_boot, rng=stream)
-        comparisons.append(ArmComparison(treatment, CONTROL, tuple(rows), tuple(power_rows), theta))
-
+    comparisons = tuple(
+        _compare(name, per_user, treatment, x, kinds, alpha=alpha, power=power, n_boot=n_boot, rng=stream)
+        for treatment, stream in zip(treatments, streams)
+    )
     return LogABTest(
         db=name,
         since=float(start),
@@ -456,7 +377,139 @@ def analyse_log(
         shares=shares,
         srm=srm,
         mismatched=mismatched,
-        crossovers=int(crossover.sum()),
-        comparisons=tuple(comparisons),
+        crossovers=int((~kept).sum()),
+        comparisons=comparisons,
         warnings=tuple(warnings),
     )
+
+
+@dataclass(frozen=True)
+class _PerUser:
+    """The window's totals per user (``users`` sorted): their arm, whether they are kept (in
+    one arm only), their decisions and their summed reward of each kind."""
+
+    users: np.ndarray
+    arm: np.ndarray
+    kept: np.ndarray
+    n_decisions: np.ndarray
+    reward: dict[str, np.ndarray]
+
+
+def _per_user_totals(dec, kinds: Sequence[str], warnings: list[str]) -> _PerUser:
+    anonymous = dec.user_id == ""
+    if anonymous.any():
+        warnings.append(f"{int(anonymous.sum())} decisions without a user id are left out (users are the unit)")
+    keep = ~anonymous
+    users, index = np.unique(dec.user_id[keep].astype(str), return_inverse=True)
+    n = len(users)
+    names = np.array(sorted(ARM_NAMES), dtype=object)
+    code = np.searchsorted(names.astype(str), dec.arm[keep].astype(str))
+    lo, hi = np.full(n, len(names)), np.full(n, -1)
+    np.minimum.at(lo, index, code)
+    np.maximum.at(hi, index, code)
+    crossover = lo != hi
+    if crossover.any():
+        warnings.append(
+            f"{int(crossover.sum())} users were logged in more than one arm (the shares or the salt changed "
+            "within the window); they are left out"
+        )
+    return _PerUser(
+        users=users,
+        arm=names[np.minimum(lo, len(names) - 1)],
+        kept=~crossover,
+        n_decisions=_per_user(index, n, np.ones(len(index))),
+        reward={k: _per_user(index, n, dec.reward[k][keep]) for k in kinds},
+    )
+
+
+def _pre_period(
+    log: DecisionLog,
+    users: np.ndarray,
+    kinds: Sequence[str],
+    start: float,
+    pre_days: float,
+    include_late: bool,
+    warnings: list[str],
+) -> dict[str, np.ndarray] | None:
+    """Each user's summed reward of each kind in the ``pre_days`` days before ``start``."""
+    pre = arm_decisions(log, kinds=tuple(kinds), since=start - pre_days * DAY_S, until=start, include_late=include_late)
+    if pre.n_decisions == 0:
+        warnings.append(f"no decisions in the {pre_days:g} days before the window: CUPED has no covariate")
+        return None
+    armed = int((pre.arm != "main").sum())
+    if armed:
+        warnings.append(
+            f"{armed} decisions of the pre-period were already in an arm: the covariate may carry the "
+            "treatment's effect; choose a pre-period before the arms"
+        )
+    p_users, p_index = np.unique(pre.user_id.astype(str), return_inverse=True)
+    return {k: _lookup(users, p_users, _per_user(p_index, len(p_users), pre.reward[k])) for k in kinds}
+
+
+def _sample_ratio(
+    shares: Shares | None, counts: dict[str, int], per_user: _PerUser, srm_alpha: float, warnings: list[str]
+) -> tuple[SRM | None, int | None]:
+    """The sample-ratio check of the users per arm against ``shares``, and (with the salt) the
+    users whose logged arm is not the one their hash gives."""
+    if shares is None:
+        warnings.append("the configured shares are unknown (pass shares=, --shares): no sample-ratio check")
+        return None, None
+    w = shares.weights()
+    arms = [a for a in ARM_NAMES if w[a] > 0]
+    srm = None
+    if len(arms) >= 2 and any(counts[a] for a in arms):
+        srm = srm_check([counts[a] for a in arms], [w[a] for a in arms], alpha=srm_alpha)
+    stray = [a for a in ARM_NAMES if w[a] == 0 and counts[a]]
+    if stray:
+        warnings.append(f"users in arms whose configured share is 0: {', '.join(stray)}")
+    if not shares.salt:
+        return srm, None
+    assigner = Arms(holdout=shares.holdout, control=shares.control, salt=shares.salt)
+    kept = per_user.kept
+    expected = np.array([assigner.of(u) for u in per_user.users[kept].tolist()], dtype=object)
+    mismatched = int((expected != per_user.arm[kept]).sum())
+    if mismatched:
+        warnings.append(f"{mismatched} users were logged in another arm than the salt's hash gives")
+    return srm, mismatched
+
+
+def _compare(
+    name: str,
+    per_user: _PerUser,
+    treatment: str,
+    x: dict[str, np.ndarray] | None,
+    kinds: Sequence[str],
+    *,
+    alpha: float,
+    power: float,
+    n_boot: int,
+    rng: np.random.Generator,
+) -> ArmComparison:
+    """``treatment``'s users against the control's: per kind the reward per user (and CUPED's,
+    with a covariate) and per decision, then the decisions per user."""
+    in_control = per_user.kept & (per_user.arm == CONTROL)
+    in_treat = per_user.kept & (per_user.arm == treatment)
+    for arm, mask in ((CONTROL, in_control), (treatment, in_treat)):
+        if mask.sum() < 2:
+            raise ValidationError(
+                f"{name} has {int(mask.sum())} {arm} users in the window; a comparison needs at least 2 per arm", "db"
+            )
+    metrics: dict[str, tuple] = {}
+    power_rows = []
+    theta = {}
+    na, nb = per_user.n_decisions[in_control], per_user.n_decisions[in_treat]
+    for k in kinds:
+        ya, yb = per_user.reward[k][in_control], per_user.reward[k][in_treat]
+        metrics[PER_USER.format(k)] = (ya, yb)
+        power_rows.append(_power_row(PER_USER.format(k), ya, yb, alpha, power))
+        if x is not None:
+            xa, xb = x[k][in_control], x[k][in_treat]
+            adj_a, adj_b, theta[k] = cuped(ya, yb, xa, xb)
+            if theta[k] != 0.0:  # a constant covariate adjusts nothing
+                metrics[PER_USER_CUPED.format(k)] = (ya, yb, (xa, xb))
+                power_rows.append(_power_row(PER_USER_CUPED.format(k), adj_a, adj_b, alpha, power))
+        metrics[PER_DECISION.format(k)] = (ya, na, yb, nb)
+    metrics[DECISIONS] = (na, nb)
+    power_rows.append(_power_row(DECISIONS, na, nb, alpha, power))
+    rows = analyse(metrics, alpha=alpha, n_boot=n_boot, rng=rng)
+    return ArmComparison(treatment, CONTROL, tuple(rows), tuple(power_rows), theta)
