@@ -199,3 +199,20 @@ def test_the_ablation_target_trains_without_the_holdout(served, monkeypatch):
     order = [e for (e,) in engine.log.db.execute("SELECT event_id FROM decisions ORDER BY seq")]
     (trained,) = calls
     assert trained == [e for e in order[: result.n_train] if ref[user_of[e]] != "holdout"]
+
+
+def test_a_re_export_rewrites_a_day_written_before_the_arm_column(served, tmp_path):
+    import pyarrow.parquet as pq
+
+    from banditrec.store.partitioned import export_partitioned
+
+    path, engine, user_of = served
+    first = export_partitioned(engine.log, tmp_path / "export")
+    part = first.partitions[0]
+    old = read_partition(part).drop_columns(["arm", "served"])
+    pq.write_table(old, part.path)  # as an older banditrec wrote it: same rows, no arm
+    again = export_partitioned(engine.log, tmp_path / "export")
+    assert again.written == [part.day]
+    table = read_partition(again.partitions[0])
+    assert "holdout" in set(table.column("arm").to_pylist())
+    assert again.compaction is None and not again.kept
