@@ -224,6 +224,29 @@ def build(items, interactions, users, config_file, pairs, encoding, refit_featur
     help="This node's log shard when several nodes serve behind a load balancer, each with its own --db "
     "(docs/deployment.md); `banditrec compact` joins the shards.",
 )
+@click.option(
+    "--mode",
+    default="live",
+    show_default=True,
+    type=click.Choice(["live", "apprentice"]),
+    help="The mode of a log without a recorded switch: apprentice serves each request's baseline and "
+    "logs what the policy would have done (docs/production.md; `banditrec mode` switches).",
+)
+@click.option(
+    "--holdout",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Share of users served by the policy but never learned from (the analysis holdout).",
+)
+@click.option(
+    "--control",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Share of users served by the request's baseline (the control arm; `banditrec abtest --db`).",
+)
+@click.option("--salt", default="banditrec-holdout", show_default=True, help="Salt of the users' arm assignment.")
 @click.option("--access-log", is_flag=True, help="Log every request to stdout.")
 @usage_errors
 def serve(
@@ -241,12 +264,19 @@ def serve(
     durable,
     eager_marginals,
     shard,
+    mode,
+    holdout,
+    control,
+    salt,
     access_log,
 ):
     """Serve a shop directory's carousels (decide, reward, events, models, metrics) under gunicorn."""
     from .shop import Shop
 
     Shop(shop_dir).policy(policy)  # a bad directory or spec fails here, not in every worker
+    from .apprentice import Arms
+
+    Arms(holdout=holdout, control=control, salt=salt)  # and bad shares
     token = _token(token_file)
     env = dict(
         os.environ,
@@ -259,6 +289,10 @@ def serve(
         BANDITREC_DECIDE_AUTH="1" if decide_auth else "0",
         BANDITREC_DURABLE="1" if durable else "0",
         BANDITREC_EAGER_MARGINALS="1" if eager_marginals else "0",
+        BANDITREC_MODE=mode,
+        BANDITREC_HOLDOUT=repr(holdout),
+        BANDITREC_CONTROL=repr(control),
+        BANDITREC_SALT=salt,
     )
     if access_log:
         env["BANDITREC_ACCESSLOG"] = "-"
@@ -474,6 +508,12 @@ def compact(shards, out, reward_window, grace, max_decisions, prune):
     type=click.Path(file_okay=False),
     help="Directory for the report and plot.",
 )
+@click.option(
+    "--record",
+    is_flag=True,
+    help="With --db: write each candidate's verdict to the log, where `banditrec mode live` and "
+    "POST /v1/mode read it (docs/production.md).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of the table.")
 @usage_errors
 def evaluate(
@@ -490,6 +530,7 @@ def evaluate(
     train_frac,
     seed,
     out,
+    record,
     as_json,
 ):
     """Estimate candidate policies' value on a logged period, with a safe-to-deploy verdict."""
@@ -503,6 +544,8 @@ def evaluate(
         raise click.UsageError("--scheduler goes with --parquet")
     if shop_dir and parquet:
         raise click.UsageError("--shop goes with --db")
+    if record and not db:
+        raise click.UsageError("--record goes with --db")
     if parquet:
         from .evaluation import dask_client, evaluate_parquet
 
@@ -537,11 +580,82 @@ def evaluate(
             reward_model=reward_model,
             shop=Shop(shop_dir) if shop_dir else None,
         )
+    summary = None
+    if db:
+        from .evaluation.apprentice import apprentice_summary, verdict_rows
+        from .store import DecisionLog
+
+        log = DecisionLog(db)
+        summary = apprentice_summary(log, kind)
+        if record:
+            log.record_verdicts(verdict_rows(result))
+        log.close()
     if as_json:
-        click.echo(json.dumps(result.as_json(), indent=2))
+        body = result.as_json()
+        if summary is not None:
+            body["apprentice"] = summary.as_json()
+        click.echo(json.dumps(body, indent=2))
         return
     click.echo(result.table())
+    if summary is not None:
+        click.echo("")
+        click.echo("\n".join(summary.lines()))
+        for c in result.candidates:
+            name = c.gate or primary  # the estimator the gate decided on
+            e = c.estimates[name]
+            click.echo(
+                f"  estimated lift of switching to {c.spec}: {e.value - result.logging.value:+.4f} per decision "
+                f"({name} lower bound {e.lower - result.logging.value:+.4f})"
+            )
+    if record:
+        click.echo(f"recorded {len(result.candidates)} verdict(s) in {db}")
     click.echo(f"report: {result.report}")
+
+
+@main.command()
+@click.argument("mode", required=False, type=click.Choice(["live", "apprentice"]))
+@click.option("--db", required=True, type=click.Path(dir_okay=False), help="The serving log.")
+@click.option(
+    "--policy",
+    default=None,
+    help="The served policy's spec or name, whose recorded verdict going live needs (required for live).",
+)
+@click.option("--reason", default=None, help="Why (recorded with the switch; required to switch).")
+@click.option("--actor", default=lambda: os.environ.get("USER") or "cli", help="Who (recorded)  [default: $USER]")
+@click.option("--force", is_flag=True, help="Go live without a safe recorded verdict (recorded as forced).")
+@usage_errors
+def mode(mode, db, policy, reason, actor, force):
+    """Show the serving mode and its history, or switch every serving process on the log."""
+    from .apprentice import switch_mode
+    from .policies import parse_spec
+    from .store import DecisionLog
+
+    if not os.path.exists(db):
+        raise click.UsageError(f"no decision log at {db}")
+    log = DecisionLog(db)
+    try:
+        if mode is not None:
+            if not reason:
+                raise click.UsageError("a switch needs --reason")
+            if mode == "live" and not policy:
+                raise click.UsageError("going live needs --policy (the served policy's spec or name)")
+            name = parse_spec(policy)[0] if policy else ""
+            row = switch_mode(log, mode, policy=name, actor=actor, reason=reason, force=force)
+            click.echo(f"switched to {row['mode']} (seq {row['seq']}); serving processes follow within a second")
+        history = log.mode_history()
+        if not history:
+            click.echo("no switch recorded: each process serves its starting mode (banditrec serve --mode)")
+        for row in history:
+            gate = row["gate"] or {}
+            verdict = gate.get("verdict") or {}
+            note = ""
+            if verdict:
+                note = f"; verdict {verdict['spec']}: {'safe' if verdict['safe'] else 'NOT safe'}"
+            if gate.get("forced"):
+                note += "; FORCED"
+            click.echo(f"{row['seq']:>4}  {row['mode']:<10} by {row['actor']}: {row['reason']}{note}")
+    finally:
+        log.close()
 
 
 @main.command()
@@ -586,6 +700,131 @@ def ablation(db, shop_dir, policy, kind, train_frac, estimator, as_json):
         estimator=estimator,
     )
     click.echo(json.dumps(result.as_json(), indent=2) if as_json else result.table())
+
+
+@main.command()
+@click.option(
+    "--shop",
+    "shop_dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="The shop directory that served the log: names the context and item features, and gives the "
+    "item features when the log's items table is empty.",
+)
+@click.option("--db", required=True, type=click.Path(dir_okay=False), help="Decision log to check.")
+@click.option(
+    "--since",
+    default=None,
+    help="Window start: epoch seconds, ISO date/datetime (UTC), or -N[dhms] before "
+    "the newest decision [default: the log's first decision].",
+)
+@click.option("--until", default=None, help="Window end (exclusive), same forms [default: after the newest decision].")
+@click.option(
+    "--reference",
+    default=None,
+    metavar="START:END",
+    help="Reference window of the drift and reward-drop checks (START..END when the bounds carry colons) "
+    "[default: the first half of the window, compared with the second half].",
+)
+@click.option("--kind", default="click", show_default=True, help="Reward kind of the reward rates.")
+@click.option(
+    "--thresholds",
+    "thresholds_file",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help='TOML file of thresholds (docs/monitor.md, "Thresholds"), top level or under [monitor].',
+)
+@click.option(
+    "--threshold", "pairs", multiple=True, metavar="NAME=VALUE", help="One threshold (repeatable; beats the file)."
+)
+@click.option(
+    "--ignore-feature",
+    "ignore",
+    multiple=True,
+    metavar="NAME",
+    help="A feature left out of the drift checks, still reported (repeatable; adds to ignore_features).",
+)
+@click.option(
+    "--arm-shares",
+    default=None,
+    metavar="ARM=SHARE,...",
+    help='Configured shares of the served groups [default: policy_params\' "arms"]; main takes the rest.',
+)
+@click.option(
+    "--out",
+    default="out/monitor",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Directory for monitor.md and its plots.",
+)
+@click.option(
+    "--prom",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Also write the gauges to this node_exporter textfile (e.g. /var/lib/node_exporter/banditrec.prom).",
+)
+@click.option(
+    "--target",
+    default=None,
+    metavar="SPEC",
+    help="With --shop: the reference target of the ESS, a policy spec as configured (untrained), e.g. "
+    "popularity:epsilon=0.1 [default: uniform over the logged candidates].",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of the checks table.")
+@usage_errors
+def monitor(
+    shop_dir, db, since, until, reference, kind, thresholds_file, pairs, ignore, arm_shares, out, prom, target, as_json
+):
+    """Health of a served log: reward rates, feature drift, propensities, sample ratio, join lag.
+
+    Exit status 0 when every check passes (or is skipped), 3 when any alerts; each alert is
+    also one line on stderr: ``banditrec.monitor ALERT <check>=<value> threshold=...``.
+    See docs/monitor.md.
+    """
+    import json
+
+    from .monitor import Thresholds, parse_arm_shares, run_monitor
+    from .monitor_plots import write_report
+
+    th = Thresholds.from_toml(thresholds_file) if thresholds_file else Thresholds()
+    th = Thresholds.from_pairs(pairs, th)
+    if ignore:
+        th = th.replace({"ignore_features": (*th.ignore_features, *ignore)}, source="--ignore-feature")
+    if target and not shop_dir:
+        raise click.UsageError("--target needs --shop (the target scores the shop's items)")
+    shop, names = None, (None, None)
+    if shop_dir:
+        from .monitor import shop_feature_names
+        from .shop.serving import open_newest_valid
+
+        shop, _ = open_newest_valid(shop_dir)
+        names = shop_feature_names(shop)
+    report = run_monitor(
+        db,
+        since=since,
+        until=until,
+        reference=reference,
+        thresholds=th,
+        kind=kind,
+        context_names=names[0],
+        item_names=names[1],
+        item_features=None if shop is None else shop.items.features,
+        arm_shares=parse_arm_shares(arm_shares),
+        target=shop.policy(target) if shop is not None and target else None,
+        item_cold=None if shop is None else shop.items.cold,
+    )
+    path = write_report(report, out)
+    if prom:
+        report.write_prom(prom)
+    if as_json:
+        click.echo(json.dumps(report.as_json(), indent=2))
+    else:
+        click.echo(report.checks_table())
+        click.echo(f"report: {path}")
+    for check in report.alerts:
+        click.echo(check.log_line(), err=True)
+    if report.exit_code:
+        sys.exit(report.exit_code)
 
 
 # ---- moving logs in and out (banditrec.store.exchange) -----------------------------------------

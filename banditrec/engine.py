@@ -33,6 +33,7 @@ from .validation import as_seed_sequence, check_positive_int
 
 SOURCE_REQUEST = "request"
 SOURCE_BASELINE = "baseline"  # a baseline item the candidates did not hold
+SOURCE_PROMOTED = "promoted"  # an item the request promoted into the candidates
 SESSION_WEIGHTS = {"cart": 3, "purchase": 2, "view": 1}  # how many times a session item counts as a seed
 
 
@@ -124,6 +125,16 @@ def _backfill(idx: np.ndarray, source: np.ndarray, backfill: np.ndarray, exclude
     return np.r_[idx, extra].astype(np.int64), np.r_[
         np.asarray(source, dtype=object), np.full(len(extra), "popular", dtype=object)
     ]
+
+
+def _extend(idx: np.ndarray, source, extra: np.ndarray, name: str):
+    """``idx`` with the items of ``extra`` it lacks appended, their source ``name``."""
+    extra = extra[~np.isin(extra, idx)]
+    if not len(extra):
+        return idx, source
+    if isinstance(source, str):
+        source = np.full(len(idx), source, dtype=object)
+    return np.r_[idx, extra].astype(np.int64), np.r_[source, np.full(len(extra), name, dtype=object)]
 
 
 def _flags(flags: np.ndarray | None) -> tuple[bool, ...] | None:
@@ -686,6 +697,7 @@ class Engine:
         pinned=None,
         candidate_sources=None,
         baseline=None,
+        promoted=None,
     ) -> Decision:
         """Fill ``n_slots`` slots for ``user_id``, log the decision, and return it.
 
@@ -713,6 +725,9 @@ class Engine:
             of the control arm (:attr:`arms`) its first slots are served as they are (without
             a baseline: the candidates in their order) and the policy's draw is only logged;
             otherwise it is ignored.
+        promoted : list of str, optional
+            Items the policy must consider: added to the candidates (source ``"promoted"``)
+            unless excluded or pinned; the policy decides whether and where they show.
 
         Returns
         -------
@@ -735,6 +750,7 @@ class Engine:
             pinned=pinned,
             candidate_sources=candidate_sources,
             baseline=baseline,
+            promoted=promoted,
         )
         self.log_items()
         self.log.write_decision(
@@ -803,6 +819,7 @@ class Engine:
         pinned=None,
         candidate_sources=None,
         baseline=None,
+        promoted=None,
     ) -> _Inputs:
         """Everything a decision needs before the policy sees it, checked (no policy state read)."""
         if not isinstance(user_id, str) or not user_id:
@@ -829,21 +846,25 @@ class Engine:
         cand_idx, source = self._candidates(
             parts, user_id, n_policy, candidates, excluded or None, session, candidate_sources
         )
+        n_given = len(cand_idx)
+        excl = items.index_of(excluded, "exclude", skip_unknown=True) if excluded else _NO_ITEMS
+        if promoted and n_policy:
+            if isinstance(promoted, str):
+                raise ValidationError("promoted must be a list of item ids, got a string", "promoted")
+            pro = items.index_of(list(promoted), "promoted")
+            if len(np.unique(pro)) != len(pro):
+                raise ValidationError("promoted lists an item twice", "promoted")
+            cand_idx, source = _extend(cand_idx, source, pro[~np.isin(pro, excl)], SOURCE_PROMOTED)
         arm = self.arms.of(user_id)
         base_idx = None
         if n_policy and (arm == "control" or self.modes.current() == "apprentice"):
             if baseline is None:  # the candidates in their order: the generator's ranking, or the request's
                 base_idx = cand_idx[:n_policy].copy()
-            else:
-                excl = items.index_of(excluded, "exclude", skip_unknown=True) if excluded else _NO_ITEMS
+            else:  # the policy scores the baseline's items too
                 base_idx = baseline_slate(items, baseline, n_policy, excl)
-                extra = base_idx[~np.isin(base_idx, cand_idx)]
-                if len(extra):  # the policy scores the baseline's items too
-                    cand_idx = np.r_[cand_idx, extra].astype(np.int64)
-                    if isinstance(source, str):
-                        source = np.full(len(cand_idx), source, dtype=object)
-                    source = np.r_[source, np.full(len(extra), SOURCE_BASELINE, dtype=object)]
-                    candidates = None  # the ids below come from the extended list
+                cand_idx, source = _extend(cand_idx, source, base_idx, SOURCE_BASELINE)
+        if candidates is not None and len(cand_idx) != n_given:
+            candidates = None  # the ids come from the extended list
         if candidates is not None and len(cand_idx) == len(candidates):
             cand_ids = tuple(candidates)  # nothing excluded: the request's ids, in its order
         else:
@@ -899,7 +920,15 @@ class Engine:
         if cached is None or cached.policy is not policy or cached.config is not policy.config:
             # the logged params of a policy change only with its (frozen) config: serialised once
             cached = self._params = _LoggedParamsOf(
-                policy, policy.config, LoggedParams({**policy.params, "min_epsilon": self.min_epsilon})
+                policy,
+                policy.config,
+                LoggedParams(
+                    {
+                        **policy.params,
+                        "min_epsilon": self.min_epsilon,
+                        **({"arms": self.arms.logged()} if self.arms.active else {}),
+                    }
+                ),
             )
         event_id = self._ids.bytes(16).hex() if self._ids is not None else time_ordered_id()
         if self.log.shard is not None:  # a sharded log's ids carry its shard (store/shards.py)

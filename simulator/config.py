@@ -83,6 +83,10 @@ class SimConfig:
         0.0, "amplitude of each product type's seasonal appeal (logit; 0: no seasons)", "float", 0.0
     )
     season_days: float = _f(30.0, "the seasons' period in days", "float", 0.0, low_open=True)
+    mix_shift_day: int = _f(0, "day (0-based, serving days) from which the device mix shifts (mix_shift_share)", "int")
+    mix_shift_share: float = _f(
+        0.0, "share of customers who switch to mobile on mix_shift_day (0: no shift)", "float", 0.0, 1.0
+    )
     brands_per_category: int = _f(12, "brands in each category (item metadata)", "int", 1)
     stock_level: int = _f(40, "units of an item in stock after a restock", "int", 1)
     restock_days: float = _f(5.0, "mean days until an item that ran out is restocked", "float", 1.0)

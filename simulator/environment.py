@@ -414,9 +414,18 @@ class Environment:
         if self._walk is not None:
             self._walk += self._day_rng(13).normal(0.0, c.drift_sd, size=c.n_items)
         self._update_shift()
+        if c.mix_shift_share > 0 and self.day == c.mix_shift_day:
+            self._shift_device_mix()
         self._kpi = DayKPIs(day=self.day)
         self._interval_rng = self._day_rng(14)
         return k
+
+    def _shift_device_mix(self) -> None:
+        """Covariate drift (docs/simulator.md): a ``mix_shift_share`` of all customers switch to
+        mobile from today, drawn from the day's own stream, so the rest of the world's draws are
+        those of the run without the shift."""
+        move = self._day_rng(16).random(self.config.n_customers) < self.config.mix_shift_share
+        self.population.device[move] = DEVICES.index("mobile")
 
     @property
     def retention(self) -> float:

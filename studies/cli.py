@@ -1,5 +1,5 @@
 """The study commands (demo, coverage, simulate, abtest, sweep, regret, sensitivity, simulate-ablation,
-reorder, brains).
+reorder, brains, rollout).
 
 They join ``banditrec``'s command group through the ``banditrec.commands`` entry points in
 ``setup.cfg``; each drives the library on a simulated shop.
@@ -774,3 +774,42 @@ def brains(shop_files, n_items, customers, days, seed, test_days, val_days, tune
         f"{res.targets:,} new purchases (validation: {res.validation_users:,} users)\n"
     )
     click.echo(res.table())
+
+
+@click.command()
+@click.option(
+    "--apprentice-days", default=4, show_default=True, type=click.IntRange(1), help="Days served in apprentice mode."
+)
+@click.option("--live-days", default=3, show_default=True, type=click.IntRange(0), help="Days served after the switch.")
+@click.option("--items", "n_items", default=1000, show_default=True, type=click.IntRange(50))
+@click.option("--customers", "n_customers", default=4000, show_default=True, type=click.IntRange(100))
+@click.option("--holdout", default=0.1, show_default=True, type=click.FloatRange(0, 1))
+@click.option("--control", default=0.1, show_default=True, type=click.FloatRange(0, 1))
+@click.option("--policy", default="linucb:alpha=1.0,epsilon=0.1", show_default=True)
+@click.option("--force-live", is_flag=True, help="Go live (recorded as forced) when the gate refuses.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--out", default="out/rollout", show_default=True, type=click.Path(file_okay=False))
+@usage_errors
+def rollout(apprentice_days, live_days, n_items, n_customers, holdout, control, policy, force_live, seed, out):
+    """The simulated shop switches a bandit on the safe way: apprentice days, the gate, the switch, live days."""
+    from simulator import SimConfig
+    from studies.rollout import ROLLOUT_CONFIG, run_rollout
+
+    config = SimConfig(
+        n_items=n_items,
+        n_types=ROLLOUT_CONFIG.n_types,
+        n_customers=n_customers,
+        history_days=ROLLOUT_CONFIG.history_days,
+    )
+    run_rollout(
+        apprentice_days=apprentice_days,
+        live_days=live_days,
+        holdout=holdout,
+        control=control,
+        policy=policy,
+        seed=seed,
+        force=force_live,
+        out=out,
+        config=config,
+        echo=click.echo,
+    )

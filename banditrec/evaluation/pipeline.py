@@ -50,6 +50,7 @@ class PolicyEvaluation:
     estimates: dict[str, Estimate]
     safe: bool
     reason: str
+    gate: str | None = None  # the estimator whose lower bound decided (None: the primary)
 
 
 @dataclass
@@ -233,6 +234,15 @@ class Backend(ABC):
     @abstractmethod
     def logging_policies(self) -> list[str]:
         """The policies that wrote the log, sorted."""
+
+    def baseline_served(self) -> bool:
+        """Whether a deterministic baseline served some of the decisions (apprentice mode, a
+        control arm): then a slot the baseline never showed an item in has no support at all."""
+        return False
+
+    def min_reward(self) -> float | None:
+        """The smallest logged reward of the evaluated kind (None: none logged)."""
+        return None
 
 
 def item_features_or_one_hot(features: np.ndarray, n_items: int) -> np.ndarray:
@@ -566,6 +576,33 @@ def _chunk_moments(chunk, shared: dict) -> dict:
 
 
 # ---- the pipeline -----------------------------------------------------------------------------
+UNSUPPORTED_MAX = 0.2  # on a baseline-served log, more of a target's mass off the baseline's support: IPS decides
+
+
+def baseline_verdict(estimates: dict[str, Estimate], share: float, logging: Estimate, min_reward) -> tuple[bool, str]:
+    """The gate on a log a deterministic baseline served, for a target that puts ``share`` of
+    its probability on (item, slot) pairs the baseline never showed: there, every estimate of
+    those slots rests on the reward model alone. IPS counts only the slots where the target
+    agrees with the baseline, so for rewards that are never negative it is a lower bound on
+    the target's value: safe when IPS's lower bound beats the baseline's value."""
+    head = f"{share:.0%} of the policy's slot probability falls where the baseline never showed that item"
+    ips = estimates.get("IPS")
+    if ips is None:
+        return False, f"{head}; only IPS bounds the value there, and it was not estimated"
+    if min_reward is not None and min_reward < 0:
+        return False, f"{head}; rewards can be negative ({min_reward:g}), so IPS does not bound the value from below"
+    if ips.lower > logging.value:
+        return (
+            True,
+            f"{head}; even counting only the slots where it agrees, IPS lower bound {ips.lower:.4f} beats "
+            f"the baseline's {logging.value:.4f}",
+        )
+    return False, (
+        f"{head}; counting only the slots where it agrees (a lower bound), IPS lower bound {ips.lower:.4f} does not "
+        f"beat the baseline's {logging.value:.4f}: the log cannot show the switch safe"
+    )
+
+
 def verdict(main: Estimate, primary: str, logging: Estimate) -> tuple[bool, str]:
     """Safe to deploy when ``primary``'s lower bound beats the logging policy's on-policy value
     and no diagnostic warns."""
@@ -596,6 +633,7 @@ def evaluate(
             f"the log at {backend.name} has {backend.n_decisions} decisions; evaluation needs at least 4", backend.field
         )
     n_train = int(round(req.train_frac * backend.n_decisions))
+    deterministic = backend.baseline_served()
     split = backend.split(n_train)
     features = backend.features
     n_items = len(features)
@@ -666,12 +704,17 @@ def evaluate(
         # reported, not warned on: the target only re-ranks each decision's logged candidates,
         # which the logger's exploration floor gave a positive probability in every slot, so an
         # (item, slot) pair absent from the log here is sparsity of a large catalog, not a lack
-        # of support (the estimators warn on it for dense action_dists, where it can be)
+        # of support (the estimators warn on it for dense action_dists, where it can be) -- unless
+        # a deterministic baseline served, which gives the pairs it never showed probability 0
         share = sum(p["unsupported"][j] for p in parts) / max(logging.n_rows, 1)
         estimates = {k: replace(e, unsupported=share) for k, e in estimates.items()}
-        result.candidates.append(
-            PolicyEvaluation(spec, estimates, *verdict(estimates[req.primary], req.primary, logging))
-        )
+        if deterministic and share > UNSUPPORTED_MAX:
+            safe, reason = baseline_verdict(estimates, share, logging, backend.min_reward())
+            result.candidates.append(PolicyEvaluation(spec, estimates, safe, reason, gate="IPS"))
+        else:
+            result.candidates.append(
+                PolicyEvaluation(spec, estimates, *verdict(estimates[req.primary], req.primary, logging))
+            )
     if req.settings:
         result.tuning = tuning.choose(
             result.candidates, list(req.settings), list(req.tune), req.primary, logging, req.level, verdict

@@ -220,6 +220,17 @@ class SQLiteBackend(Backend):
     def logging_policies(self) -> list[str]:
         return self._policies
 
+    def baseline_served(self) -> bool:
+        conn = self._log.db.conn
+        return bool(
+            conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM decisions WHERE served = 'baseline' AND seq <= ?)", (self.until_seq,)
+            ).fetchone()[0]
+        )
+
+    def min_reward(self) -> float | None:
+        return self._log.db.conn.execute("SELECT min(reward) FROM rewards WHERE kind = ?", (self.kind,)).fetchone()[0]
+
 
 def max_candidate(conn, until_seq: int, batch: int = 50_000) -> int:
     """The largest item index among the candidates of the decisions up to ``until_seq`` (-1

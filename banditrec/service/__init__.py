@@ -14,7 +14,7 @@ from flask import Flask, g, request
 
 from ..engine import Engine
 from ..errors import ValidationError
-from . import decisions, errors, feedback, models, ops
+from . import decisions, errors, feedback, models, modes, ops
 from .config import ServiceConfig
 from .jsonio import OrjsonProvider
 from .metrics import Metrics
@@ -101,7 +101,7 @@ def create_app(
         app.extensions["banditrec.shop_watcher"] = shop_watcher
         app.extensions["banditrec.shop_looks"] = _Throttle(shop_watcher.check)
     errors.register(app)
-    for module in (decisions, feedback, models, ops):
+    for module in (decisions, feedback, models, modes, ops):
         app.register_blueprint(module.bp)
 
     @app.before_request

@@ -10,7 +10,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..apprentice import Arms
 from ..errors import ValidationError
+from ..store.modes import check_mode
 from ..store.shards import MAX_SHARD, check_shard
 
 MIN_TOKEN_CHARS = 16
@@ -83,6 +85,12 @@ class ServiceConfig:
     durable: bool = False
     defer_marginals: bool = True  # Monte-Carlo propensities logged off the request path (Engine.defer_marginals)
     shard: int | None = None
+    # apprentice mode and the analysis holdout (banditrec/apprentice.py; docs/production.md): the
+    # mode a log without a recorded switch starts in, and the holdout's and control arm's shares
+    mode: str = "live"
+    holdout: float = 0.0
+    control: float = 0.0
+    salt: str = "banditrec-holdout"
 
     @property
     def synchronous(self) -> str:
@@ -97,8 +105,14 @@ class ServiceConfig:
                 raise ValidationError(f"{name} must be >= 1, got {getattr(self, name)}", name)
         if self.shard is not None:
             check_shard(self.shard)
+        check_mode(self.mode)
+        self.arms()  # checks the shares and the salt
         if self.reload_check_ms < 0:
             raise ValidationError(f"reload_check_ms must be >= 0, got {self.reload_check_ms}", "reload_check_ms")
+
+    def arms(self) -> Arms:
+        """The analysis holdout these settings configure."""
+        return Arms(holdout=self.holdout, control=self.control, salt=self.salt)
 
     @classmethod
     def from_env(cls, env=None) -> ServiceConfig:
@@ -119,7 +133,24 @@ class ServiceConfig:
             durable=env.get("BANDITREC_DURABLE", "0") not in ("", "0", "false", "no"),
             defer_marginals=env.get("BANDITREC_EAGER_MARGINALS", "0") in ("", "0", "false", "no"),
             shard=_shard(env),
+            mode=env.get("BANDITREC_MODE") or "live",
+            holdout=_share(env, "BANDITREC_HOLDOUT"),
+            control=_share(env, "BANDITREC_CONTROL"),
+            salt=env.get("BANDITREC_SALT") or "banditrec-holdout",
         )
+
+
+def _share(env, name: str) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return 0.0
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValidationError(f"{name} must be a number in [0, 1], got {raw!r}", name) from None
+    if not 0.0 <= value <= 1.0:
+        raise ValidationError(f"{name} must be a number in [0, 1], got {raw!r}", name)
+    return value
 
 
 def _shard(env) -> int | None:

@@ -30,6 +30,9 @@ def engine_args(req: DecideRequest) -> dict:
         exclude=req.exclude,
         surface=req.surface,
         candidate_sources=req.candidate_sources,
+        pinned=req.pinned,
+        promoted=req.promoted,
+        baseline=req.baseline,
     )
 
 
@@ -41,6 +44,8 @@ def shaped(decision) -> dict:
         "policy": decision.policy,
         "model_version": decision.model_version,
         "shop_build": decision.build,
+        "served": decision.served,
+        "arm": decision.arm,
         "slots": [
             {
                 "position": s.position,

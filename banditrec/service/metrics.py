@@ -1,5 +1,6 @@
 """Prometheus metrics: requests and latency per route, decisions, rewards, events, the
-exploration share, and the model version each worker serves (multiprocess mode under gunicorn).
+exploration share, the apprentice's match rate, the serving mode and the newest gate verdict, and
+the model version each worker serves (multiprocess mode under gunicorn).
 
 Details: docs/service.md, "Metrics (`service/metrics.py`)".
 """
@@ -18,10 +19,11 @@ from prometheus_client import (
     generate_latest,
 )
 
+from ..store.modes import MODES
+
 disable_created_metrics()  # no *_created series: timestamps of process start, noise in a scrape
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-EXPLORED_BELOW = 0.5
 
 
 def multiprocess_dir() -> str | None:
@@ -50,7 +52,19 @@ class Metrics:
         )
         self.decisions = Counter("banditrec_decisions", "Decisions served and logged.", ["route"], registry=r)
         self.slots = Counter(
-            "banditrec_slots", "Carousel slots served, by whether the slot explored.", ["explored"], registry=r
+            "banditrec_slots",
+            "Slots the policy filled, by whether the item is not its greedy choice given the slots before "
+            "(unknown: a policy that does not expose it, vw-ccb).",
+            ["explored"],
+            registry=r,
+        )
+        self.apprentice_slots = Counter(
+            "banditrec_apprentice_slots", "Baseline-served slots (apprentice mode, control arm).", registry=r
+        )
+        self.apprentice_match = Counter(
+            "banditrec_apprentice_match",
+            "Sum over baseline-served slots of the policy's probability of the baseline's item there.",
+            registry=r,
         )
         self.rewards = Counter("banditrec_rewards", "Rewards posted, by outcome.", ["status"], registry=r)
         self.events = Counter("banditrec_events", "Interaction events recorded.", ["kind"], registry=r)
@@ -107,23 +121,34 @@ class Metrics:
         self._shop_build = build
 
     def observe_decisions(self, decisions, route: str) -> None:
-        explored = kept = 0
+        explored = kept = unknown = baseline = 0
+        match = 0.0
         for d in decisions:
-            for s in d.slots:
-                if s.source == "pinned":
-                    continue
-                if s.propensity < EXPLORED_BELOW:
-                    explored += 1
-                else:
-                    kept += 1
+            if d.served == "baseline":
+                for s in d.slots:
+                    if s.policy_marginal is not None:
+                        baseline += 1
+                        match += s.policy_marginal
+                continue
+            flags = d.greedy
+            if flags is None:
+                unknown += sum(s.source != "pinned" for s in d.slots)
+                continue
+            greedy = sum(flags)
+            kept += greedy
+            explored += len(flags) - greedy
         self.child(self.decisions, route).inc(len(decisions))
-        if explored:
-            self.child(self.slots, "true").inc(explored)
-        if kept:
-            self.child(self.slots, "false").inc(kept)
+        for label, n in (("true", explored), ("false", kept), ("unknown", unknown)):
+            if n:
+                self.child(self.slots, label).inc(n)
+        if baseline:
+            self.apprentice_slots.inc(baseline)
+            self.apprentice_match.inc(match)
 
-    def exposition(self) -> bytes:
-        """The Prometheus text format of every worker's metrics (or this app's)."""
+    def exposition(self, engine=None) -> bytes:
+        """The Prometheus text format of every worker's metrics (or this app's), with the
+        shares computed from them and, given the ``engine``, its log's serving mode and the
+        newest safe-deploy verdict for the served policy."""
         if multiprocess_dir():
             from prometheus_client import multiprocess
 
@@ -132,18 +157,57 @@ class Metrics:
         else:
             registry = self.registry
         text = generate_latest(registry)
-        slots = {"true": 0.0, "false": 0.0}
+        slots = {"true": 0.0, "false": 0.0, "unknown": 0.0}
+        sums = {"banditrec_apprentice_slots_total": 0.0, "banditrec_apprentice_match_total": 0.0}
         for family in registry.collect():
-            if family.name == "banditrec_slots":
-                for sample in family.samples:
-                    if sample.name == "banditrec_slots_total":
-                        slots[sample.labels.get("explored", "false")] += sample.value
+            for sample in family.samples:
+                if sample.name == "banditrec_slots_total":
+                    slots[sample.labels.get("explored", "unknown")] += sample.value
+                elif sample.name in sums:
+                    sums[sample.name] += sample.value
         total = slots["true"] + slots["false"]
-        share = slots["true"] / total if total else 0.0
-        extra = (
-            "# HELP banditrec_exploration_share Share of served slots that explored "
-            f"(conditional propensity < {EXPLORED_BELOW}).\n"
-            "# TYPE banditrec_exploration_share gauge\n"
-            f"banditrec_exploration_share {share!r}\n"
-        )
-        return text + extra.encode()
+        lines = [
+            _gauge(
+                "banditrec_exploration_share",
+                "Share of policy-filled slots whose item is not the policy's greedy choice given the slots before.",
+                slots["true"] / total if total else 0.0,
+            )
+        ]
+        n_base = sums["banditrec_apprentice_slots_total"]
+        if n_base:
+            lines.append(
+                _gauge(
+                    "banditrec_apprentice_match_rate",
+                    "Mean probability the policy gave the baseline's item in its slot (baseline-served slots).",
+                    sums["banditrec_apprentice_match_total"] / n_base,
+                )
+            )
+        if engine is not None:
+            mode = engine.mode
+            lines.append(
+                "# HELP banditrec_serving_mode 1 for the serving mode of this log.\n"
+                "# TYPE banditrec_serving_mode gauge\n"
+                + "".join(f'banditrec_serving_mode{{mode="{m}"}} {float(m == mode)!r}\n' for m in MODES)
+            )
+            verdict = engine.log.latest_verdict(engine.policy.name)
+            if verdict is not None:
+                lines.append(
+                    _gauge(
+                        "banditrec_estimated_lift",
+                        "The newest recorded verdict's estimate of the served policy minus the logging policy's "
+                        "value, per decision (banditrec evaluate --record).",
+                        verdict["value"] - verdict["baseline"],
+                    )
+                )
+                lines.append(
+                    _gauge(
+                        "banditrec_gate_safe",
+                        "1 when that verdict cleared the safe-deploy gate.",
+                        float(verdict["safe"]),
+                    )
+                )
+        return text + "".join(lines).encode()
+
+
+def _gauge(name: str, help_text: str, value: float) -> str:
+    return f"# HELP {name} {help_text}\n# TYPE {name} gauge\n{name} {float(value)!r}\n"

@@ -43,7 +43,9 @@ endpoint(
 def metrics():
     m = current_app.extensions["banditrec.metrics"]
     return Response(
-        m.exposition(), mimetype=CONTENT_TYPE_LATEST.split(";")[0], headers={"Content-Type": CONTENT_TYPE_LATEST}
+        m.exposition(current_app.extensions["banditrec.engine"]),
+        mimetype=CONTENT_TYPE_LATEST.split(";")[0],
+        headers={"Content-Type": CONTENT_TYPE_LATEST},
     )
 
 

@@ -44,6 +44,13 @@ class DecideRequest(BaseModel):
     ) = None
     exclude: Annotated[list[ItemId], Field(max_length=10_000)] | None = None
     surface: Annotated[StrictStr, Field(min_length=1, max_length=64)] = "home"
+    # promotions that take the first slots in this order (propensity 1, never learned from)
+    pinned: Annotated[list[ItemId], Field(max_length=100)] | None = None
+    # items the policy must consider: added to the candidates with source "promoted"
+    promoted: Annotated[list[ItemId], Field(max_length=1_000)] | None = None
+    # the shop's own ranking, best first: served as it is in apprentice mode and to the control
+    # arm, while the policy's draw is logged (docs/production.md); ignored otherwise
+    baseline: Annotated[list[ItemId], Field(min_length=1, max_length=10_000)] | None = None
 
 
 class SlotOut(BaseModel):
@@ -64,6 +71,9 @@ class DecideResponse(BaseModel):
     policy: str
     model_version: str
     shop_build: str | None  # the shop-directory build that served it (None: not served from one)
+    # what filled the slots: the policy, or the request's baseline (apprentice mode, control arm)
+    served: Literal["policy", "baseline"]
+    arm: Literal["main", "holdout", "control"]  # the user's analysis group
     slots: list[SlotOut]
 
 
@@ -174,6 +184,29 @@ class HealthResponse(BaseModel):
     last_reload_error: str | None
     shop_build: str | None = None  # the shop-directory build served
     last_shop_error: str | None = None  # why the newest published build was refused, if it was
+
+
+class ModeRequest(BaseModel):
+    """Switch the serving mode of every process on this log. Going live needs a safe verdict
+    for the served policy recorded by ``banditrec evaluate --record``, unless ``force``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    mode: Literal["apprentice", "live"]
+    reason: Annotated[StrictStr, Field(min_length=1, max_length=1_000)]
+    actor: Annotated[StrictStr, Field(min_length=1, max_length=256)] = "api"
+    force: bool = False
+
+
+class ModeResponse(BaseModel):
+    """The serving mode: ``since`` the switch (``None``: the starting mode, no switch recorded),
+    with who asked, why, and the verdict it relied on."""
+
+    mode: Literal["apprentice", "live"]
+    since: float | None
+    actor: str | None
+    reason: str | None
+    gate: dict | None
 
 
 class ErrorField(BaseModel):

@@ -78,8 +78,17 @@ def create_shop_app(
         synchronous=synchronous,
         shard=None if settings is None else settings.shard,
     )
+    serving = settings or ServiceConfig()
     engine = engine_for_shop(
-        shop, policy, log, n_candidates=n_candidates, min_epsilon=min_epsilon, seed=seed, clock=clock
+        shop,
+        policy,
+        log,
+        n_candidates=n_candidates,
+        min_epsilon=min_epsilon,
+        seed=seed,
+        clock=clock,
+        arms=serving.arms(),
+        mode=serving.mode,
     )
     app_ref: dict = {}
 

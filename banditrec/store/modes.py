@@ -108,3 +108,17 @@ def _mode_row(row) -> dict:
         "reason": reason,
         "gate": None if gate is None else json.loads(gate),
     }
+
+
+READ_BASELINE_SLOTS = (
+    "SELECT d.seq, d.shadow, s.position, s.item_id, s.policy_marginal, "
+    "(SELECT r.reward FROM rewards r WHERE r.event_id = s.event_id AND r.position = s.position AND r.kind = ?) "
+    "FROM decisions d JOIN slots s ON s.event_id = d.event_id "
+    "WHERE d.served = 'baseline' AND s.policy_marginal IS NOT NULL ORDER BY d.seq, s.position"
+)
+
+
+def baseline_slots(conn, kind: str = "click"):
+    """Every baseline-served slot that logged the policy's probability: ``(seq, shadow JSON,
+    position, item_id, policy_marginal, reward or None)`` rows, in log order."""
+    return conn.execute(READ_BASELINE_SLOTS, (kind,)).fetchall()

@@ -372,6 +372,7 @@ VALID = {
     "/v1/decide": {"user_id": "u3", "slots": 2},
     "/v1/decide/batch": {"requests": [{"user_id": "u3", "slots": 2}]},
     "/v1/events": {"user_id": "u3", "item_id": "i1", "kind": "view"},
+    "/v1/mode": {"mode": "apprentice", "reason": "the document's check"},
 }
 
 
@@ -396,7 +397,7 @@ def test_openapi_says_what_the_app_enforces(engine, token, decide_auth):
             authed = client.open(path, method=method.upper(), json=bodies.get(path), headers=AUTH)
             for resp in (open_, authed):
                 assert str(resp.status_code) in op["responses"], (path, method, resp.status_code, op["responses"])
-    expected = {"/v1/reward", "/v1/events", "/v1/models", "/v1/models/reload"} if token else set()
+    expected = {"/v1/reward", "/v1/events", "/v1/models", "/v1/models/reload", "/v1/mode"} if token else set()
     if token and decide_auth:
         expected |= {"/v1/decide", "/v1/decide/batch"}
     assert {p for p, ops in doc["paths"].items() if any(op["security"] for op in ops.values())} == expected
