@@ -285,6 +285,15 @@ def test_the_engine_with_arms_end_to_end_finds_the_planted_effect(small_shop, tm
     )
     assert text.exit_code == 0, text.output
     assert "holdout (the policy, not trained on) vs control (baseline)" in text.output
+    # the engine logs its shares and salt with each decision: no --shares needed
+    logged = runner.invoke(abtest, ["--db", str(path), "--boot", "0", "--json"])
+    assert logged.exit_code == 0, logged.output
+    assert json.loads(logged.output)["shares"] == {
+        "holdout": HOLDOUT,
+        "control": CONTROL,
+        "salt": SALT,
+        "source": "log",
+    }
     assert (tmp_path / "rep" / "report.md").read_text() in text.output + "\n"
     assert json.loads((tmp_path / "rep" / "abtest.json").read_text())["users"]["control"] > 0
 
