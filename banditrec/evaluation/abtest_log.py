@@ -322,7 +322,8 @@ def analyse_log(
     if start is None:
         raise ValidationError(
             f"{name} has no decision of a holdout or control user: the arms were never switched on "
-            "(serve with `Engine(arms=Arms(holdout=..., control=...))`; docs/abtest.md, 'Analysing a live log')",
+            "(serve with `banditrec serve --holdout H --control C`, or `Engine(arms=Arms(holdout=H, control=C))`; "
+            "docs/abtest.md, 'Analysing a live log')",
             "db",
         )
     if until is not None and until <= start:
