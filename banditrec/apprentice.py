@@ -152,13 +152,15 @@ def greedy_flags(dist, index: np.ndarray) -> np.ndarray | None:
     return out
 
 
-def switch_mode(log, mode: str, *, policy: str, actor: str, reason: str, force: bool = False) -> dict:
+def switch_mode(
+    log, mode: str, *, policy: str, actor: str, reason: str, force: bool = False, ts: float | None = None
+) -> dict:
     """Record a switch of ``log``'s serving mode to ``mode`` and return the row.
 
     Going live needs the newest safe-deploy verdict recorded for ``policy`` (its registry
     name; :meth:`DecisionLog.record_verdicts`, written by ``banditrec evaluate --record``) to
     be safe; ``force`` overrides, and the row says so. Going back to apprentice is always
-    allowed.
+    allowed. ``ts``: the switch's time (default now; the service passes its engine's clock).
 
     Raises
     ------
@@ -183,4 +185,4 @@ def switch_mode(log, mode: str, *, policy: str, actor: str, reason: str, force: 
                     "mode",
                 )
         gate = {"verdict": verdict, "forced": bool(force)}
-    return log.set_serving_mode(mode, actor=actor, reason=reason, gate=gate)
+    return log.set_serving_mode(mode, actor=actor, reason=reason, gate=gate, ts=ts)

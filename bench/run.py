@@ -106,6 +106,7 @@ from sim_bench import bench_sim
 from synthetic_bench import bench_synthetic
 from vw_bench import bench_vw
 
+from banditrec.apprentice import ServingMode
 from banditrec.features import item_vectors, joint_features
 from banditrec.ope import DR, IPS, SNIPS
 from banditrec.policies import EpsilonGreedySlate, Request, make, rank_slot_marginals
@@ -244,6 +245,9 @@ def bench_decide(cfg: dict, tmp: Path) -> None:
     bare = bare_factored(request.context, request.item_features, A_inv, theta, weight)
     assert np.allclose(direct(), policy.scores(request)) and np.allclose(bare(), policy.scores(request))
     engine, candidates, context = shop_engine(tmp / "decide.db", 2)
+    apprentice, _, _ = shop_engine(tmp / "apprentice.db", 2)
+    apprentice.modes = ServingMode(apprentice.log.serving_mode, default="apprentice")
+    baseline = candidates[:N_SLOTS]
     eng_request = engine.request(np.asarray(context), engine.items.index_of(candidates, "candidates"))
     sampler = rng(3)
     cases = {
@@ -253,9 +257,11 @@ def bench_decide(cfg: dict, tmp: Path) -> None:
         "c": lambda: policy.distribution(request, N_SLOTS, MIN_EPSILON).sample(sampler),
         "c42": lambda: engine.policy.distribution(eng_request, N_SLOTS, MIN_EPSILON).sample(sampler),
         "d": lambda: engine.decide("u17", N_SLOTS, context=context, candidates=candidates),
+        "e": lambda: apprentice.decide("u17", N_SLOTS, context=context, candidates=candidates, baseline=baseline),
     }
     t = compare(cases, repeats=cfg["decide"])
     engine.log.close()
+    apprentice.log.close()
     labels = {
         "a": ("(a) bare numpy V@t + alpha*sqrt(rowsum(V@B * V)), B = e'Qe", 35),
         "a0": ("(a0) bare numpy on joint features X@theta + alpha*sqrt(x'A^-1 x)", 35),
@@ -268,6 +274,16 @@ def bench_decide(cfg: dict, tmp: Path) -> None:
         [label, dim, us(t[k].p50), us(t[k].p99), ratio(t[k].p50, t["a"].p50), "(a)"]
         for k, (label, dim) in labels.items()
     ]
+    rows.append(
+        [
+            "(e) (d) in apprentice mode: the baseline served, the policy's draw and marginals logged",
+            42,
+            us(t["e"].p50),
+            us(t["e"].p99),
+            ratio(t["e"].p50, t["d"].p50),
+            "(d)",
+        ]
+    )
     table(
         "decide",
         f"One decision: {N_CAND} candidates, {N_SLOTS} slots, alpha=1, epsilon=0.1; "

@@ -70,6 +70,7 @@ def run_rollout(
 ) -> RolloutResult:
     """Run the rollout (see the module docstring); writes the shop, log and evaluation under ``out``."""
     start = time.perf_counter()
+    echo = echo or (lambda line: None)
     out = Path(out)
     for name in ("files", "shop", "snapshots", "evaluate"):
         shutil.rmtree(out / name, ignore_errors=True)

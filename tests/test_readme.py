@@ -70,6 +70,9 @@ def test_readme_commands_exist():
         "compact",
         "graph",
         "ablation",
+        "mode",
+        "monitor",
+        "rollout",
     }
     for command in documented:
         res = CliRunner().invoke(main, [command, "--help"])

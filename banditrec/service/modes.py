@@ -36,7 +36,15 @@ endpoint(
 def set_mode():
     req = ModeRequest.model_validate(json_body())
     engine = current_app.extensions["banditrec.engine"]
-    switch_mode(engine.log, req.mode, policy=engine.policy.name, actor=req.actor, reason=req.reason, force=req.force)
+    switch_mode(
+        engine.log,
+        req.mode,
+        policy=engine.policy.name,
+        actor=req.actor,
+        reason=req.reason,
+        force=req.force,
+        ts=float(engine.clock()),
+    )
     engine.modes.refresh()  # this process at once; the others within their refresh interval
     return jsonify(_state(engine))
 

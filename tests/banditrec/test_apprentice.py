@@ -3,6 +3,7 @@ items over HTTP, and cart events seeding the directional complements."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import re
@@ -368,3 +369,17 @@ def test_the_gate_on_an_apprentice_log_decides_on_ips_and_says_why(shop_app, sim
     assert c.estimates["DR"].unsupported > UNSUPPORTED_MAX
     assert c.gate == "IPS" and not c.safe and "IPS lower bound" in c.reason
     assert c.estimates["IPS"].lower <= c.estimates["IPS"].value <= result.logging.value
+
+
+def test_a_batch_in_apprentice_mode_serves_what_single_decisions_serve(small_shop):
+    ids = list(small_shop.catalog.item_ids)
+    requests = [
+        {"user_id": f"u{u}", "n_slots": 3, "context": CTX, "baseline": ids[u : u + 4] if u % 2 else None}
+        for u in range(8)
+    ]
+    one = apprentice(make_engine(small_shop, seed=9))
+    batch = apprentice(make_engine(small_shop, seed=9))
+    untimed = lambda ds: [dataclasses.replace(d, ts=0.0) for d in ds]  # noqa: E731 (the test clock ticks per call)
+    singles = [one.decide(**r) for r in requests]
+    assert untimed(batch.decide_batch(requests)) == untimed(singles)
+    assert all(d.served == "baseline" for d in singles)
