@@ -459,7 +459,7 @@ class Engine:
         self._defer = False
         self._pending: list[_Pending] = []
         self._pending_lock = threading.Lock()  # the queue; completion itself runs outside it
-        self.arms = Arms() if arms is None else arms
+        self._arms = Arms() if arms is None else arms
         self.modes = ServingMode(lambda: self.log.serving_mode(), default=mode)
 
     def log_items(self) -> int:
@@ -1018,6 +1018,17 @@ class Engine:
             )
             for k, (i, j, pm) in enumerate(zip(inp.baseline.tolist(), at.tolist(), policy_marg.tolist()))
         )
+
+    @property
+    def arms(self) -> Arms:
+        """The analysis holdout: which users are served by the baseline or never learned from."""
+        return self._arms
+
+    @arms.setter
+    def arms(self, arms: Arms) -> None:
+        with self._lock:
+            self._arms = arms
+            self._params = None  # the logged params carry the shares
 
     @property
     def mode(self) -> str:

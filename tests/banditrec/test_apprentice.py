@@ -119,13 +119,14 @@ def test_a_bad_baseline_is_refused_and_nothing_is_logged(small_shop):
 # ---- the analysis holdout's assignment --------------------------------------------------
 def test_arms_follow_the_salted_hash_and_control_users_get_the_baseline_in_live_mode(small_shop):
     eng = make_engine(small_shop)
+    eng.decide("before", 2, context=CTX)  # arms set after a decision still reach the logged params
     eng.arms = Arms(holdout=0.3, control=0.3, salt="s1")
     users = [f"user-{k}" for k in range(120)]
     u = hash_unit(users, "s1")
     want = np.where(u < 0.3, "holdout", np.where(u < 0.6, "control", "main"))
     got = [eng.decide(user, 2, context=CTX).arm for user in users]
     assert got == want.tolist()
-    rows = eng.log.db.execute("SELECT user_id, arm, served, policy_params FROM decisions").fetchall()
+    rows = eng.log.db.execute("SELECT user_id, arm, served, policy_params FROM decisions WHERE seq > 1").fetchall()
     for _user, arm, served, params in rows:
         assert served == ("baseline" if arm == "control" else "policy")
         assert json.loads(params)["arms"] == {"holdout": 0.3, "control": 0.3, "salt": "s1"}
