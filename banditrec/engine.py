@@ -794,7 +794,9 @@ class Engine:
         for i, req in enumerate(requests):
             try:
                 if "explain" in req:  # explanations are per decision (decide)
-                    raise ValidationError("explain is not available in a batch: ask decide() for one decision", "explain")
+                    raise ValidationError(
+                        "explain is not available in a batch: ask decide() for one decision", "explain"
+                    )
                 inputs.append(self._inputs(**req))
             except ValidationError as exc:
                 exc.index = i

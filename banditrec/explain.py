@@ -93,7 +93,11 @@ def explain_slate(
                 else f"{policy.name}'s slate did not keep the posterior draw it ranked by"
             )
             return tuple(Explanation.unavailable(why) for _ in index)
-        a = np.ones(len(base)) if policy.value_weight is None else np.where(served > 0, policy.value_weight[request.items], 0.0)
+        a = (
+            np.ones(len(base))
+            if policy.value_weight is None
+            else np.where(served > 0, policy.value_weight[request.items], 0.0)
+        )
         bonus = served - a * base  # the draw minus the mean, in the sampler's units
         return tuple(_slot(terms, j, float(a[j]), 0.0, float(bonus[j]), top) for j in index)
     raw = base + terms.bonus

@@ -84,7 +84,7 @@ class Explanation:
     def unavailable(cls, why: str) -> Explanation:
         return cls(available=False, why=why)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """The JSON shape of the decide response's ``explanation`` (every key, always)."""
         return {
             "available": self.available,

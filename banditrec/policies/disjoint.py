@@ -12,7 +12,6 @@ from .base import Request, Rows
 from .checks import check_context, check_rows, check_weight
 from .linucb import LinUCBConfig  # alpha, epsilon, reg, gamma: the same knobs as every LinUCB
 from .peritem import PerItemPolicy
-from .terms import FeatureNames, ScoreTerms
 from .ridge import (
     RewardStats,
     all_finite,
@@ -28,6 +27,7 @@ from .ridge import (
     stacked_inverse,
     with_intercept,
 )
+from .terms import FeatureNames, ScoreTerms
 
 
 class DisjointLinUCB(PerItemPolicy):

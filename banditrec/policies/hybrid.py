@@ -18,7 +18,6 @@ from .base import Request, Rows, cold_flags
 from .checks import check_context, check_rows, check_weight
 from .linucb import LinUCBConfig
 from .peritem import PerItemPolicy
-from .terms import FeatureNames, ScoreTerms
 from .ridge import (
     RewardStats,
     all_finite,
@@ -36,6 +35,7 @@ from .ridge import (
     stacked_inverse,
     with_intercept,
 )
+from .terms import FeatureNames, ScoreTerms
 
 LOCAL = ("bias", "context")
 

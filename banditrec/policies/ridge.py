@@ -381,9 +381,7 @@ class JointRidgePolicy(Policy):
         """``x_i theta_i`` per joint feature (:meth:`FeatureNames.joint` names them) and
         :meth:`bonus` of every candidate: their sum is :meth:`scores`."""
         X = self.features(request)
-        return ScoreTerms(
-            names.joint(self.context_dim, self.item_dim), X * self.theta, self.bonus(X), self.bonus_kind
-        )
+        return ScoreTerms(names.joint(self.context_dim, self.item_dim), X * self.theta, self.bonus(X), self.bonus_kind)
 
     def bonus(self, X: np.ndarray) -> np.ndarray:
         """(n,) the exploration part of the scores of joint features ``X`` (n, dim); 0 here."""

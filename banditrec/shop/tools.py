@@ -67,14 +67,14 @@ def explanation_lines(slot: int, item_id: str, e: Explanation) -> list[str]:
     and score (docs/explanations.md)."""
     if not e.available:
         return [f"slot {slot} {item_id}: no explanation ({e.why})"]
-    rows = [(c.feature, c.value) for c in e.contributions]
+    rows: list[tuple[str, float | None]] = [(c.feature, c.value) for c in e.contributions]
     rows += [("= base (sum of the above)", e.base), (f"+ bonus ({e.kind})", e.bonus)]
     if e.objective:
         rows.append(("+ objective blend", e.objective))
     rows.append(("= score", e.score))
     width = max(len(r[0]) for r in rows)
     out = [f"slot {slot} {item_id}: why this score"]
-    out += [f"  {name:<{width}}  {value:+.6f}" for name, value in rows]
+    out += [f"  {name:<{width}}  {value or 0.0:+.6f}" for name, value in rows]
     if e.why:
         out.append(f"  ({e.why})")
     return out
