@@ -750,10 +750,11 @@ class Engine:
         """
         if not isinstance(explain, bool):
             raise ValidationError(f"explain must be true or false, got {explain!r}", "explain")
-        record, draw, explained = self._prepare(
+        explained: list[Explanation] | None = [] if explain else None
+        record, draw = self._prepare(
             user_id,
             n_slots,
-            explain,
+            explained,
             context=context,
             candidates=candidates,
             exclude=exclude,
@@ -776,7 +777,7 @@ class Engine:
         self._queue([record], [draw])
         if explained is None:
             return record.decision
-        return replace(record.decision, explanations=explained)
+        return replace(record.decision, explanations=tuple(explained))
 
     def decide_batch(self, requests: list[dict]) -> list[Decision]:
         """Decide every request (keyword arguments of :meth:`decide`: ``user_id``, ``n_slots``,
@@ -815,15 +816,19 @@ class Engine:
         self._queue(records, draws)
         return [r.decision for r in records]
 
-    def _prepare(self, user_id: str, n_slots: int, explain: bool = False, **request):
+    def _prepare(
+        self, user_id: str, n_slots: int, explained: list | None = None, **request
+    ) -> tuple[DecisionRecord, _Draw]:
         """Sample a decision (``request``: :meth:`decide`'s keyword arguments); returns what
-        logs it, the stamped draw, and with ``explain`` its slots' explanations (else ``None``)."""
+        logs it, and the stamped draw. ``explained``: a list that receives the slots'
+        explanations, made under the same lock as the draw."""
         inp = self._inputs(user_id, n_slots, **request)
         with self._lock:
             dist = self._distribution(inp) if inp.n_policy else None
             draw = self._draw(inp, dist)
-            explained = self._explain(inp, draw) if explain else None
-        return self._mark_pending(self._build(inp, draw), draw), draw, explained
+            if explained is not None:
+                explained.extend(self._explain(inp, draw))
+        return self._mark_pending(self._build(inp, draw), draw), draw
 
     def _explain(self, inp: _Inputs, draw: _Draw) -> tuple[Explanation, ...]:
         """Every slot's explanation (under the lock, from the policy that drew ``draw``)."""
