@@ -836,7 +836,16 @@ class Engine:
         if draw.sample is None:
             return pinned
         request = self.request(inp.context, inp.cand_idx, inp.parts)
-        return pinned + explain_slate(self.policy, request, draw.sample, inp.parts.feature_names)
+        if inp.baseline is None:
+            return pinned + explain_slate(self.policy, request, draw.sample, inp.parts.feature_names)
+        # the baseline served in the draw's place: the policy's scores of the baseline's items
+        where = {int(i): j for j, i in enumerate(inp.cand_idx.tolist())}
+        at = [where[int(i)] for i in inp.baseline.tolist()]
+        why = "served from the request's baseline; these are the policy's own scores of its items"
+        return pinned + tuple(
+            replace(e, why=f"{why} ({e.why})" if e.why else why) if e.available else e
+            for e in explain_slate(self.policy, request, draw.sample, inp.parts.feature_names, index=at)
+        )
 
     def _inputs(
         self,

@@ -67,11 +67,13 @@ def explain_slate(
     sample: SlateSample,
     names: FeatureNames | None = None,
     *,
+    index=None,
     top: int = TOP,
 ) -> tuple[Explanation, ...]:
     """One :class:`~banditrec.types.Explanation` per slot of ``sample`` (drawn from ``policy``'s
     distribution for ``request``), from the policy's state as it is now: call it before the
-    model changes. Reads no random stream.
+    model changes. Reads no random stream. ``index``: the candidate positions to explain
+    instead of the slate's (a baseline served in its place), scored as the slate was.
 
     ``score`` is what the sampler ranked by: the policy's blended score, or for a posterior-draw
     policy the served draw (``sample.served``), whose ``bonus`` is the draw minus the mean.
@@ -79,7 +81,7 @@ def explain_slate(
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise ValidationError(f"top must be an integer >= 1, got {top!r}", "top")
     terms = policy.score_terms(request, names or FeatureNames())
-    index = sample.index.tolist()
+    index = (sample.index if index is None else np.asarray(index, dtype=np.int64)).tolist()
     if isinstance(terms, Unexplained):
         return tuple(Explanation.unavailable(terms.why) for _ in index)
     base = terms.base

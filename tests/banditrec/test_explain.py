@@ -333,3 +333,24 @@ def test_explain_must_be_a_bool_and_a_batch_refuses_it(engine):
         )
     assert err.value.field == "explain" and err.value.index == 1
     assert engine.log.count("decisions") == 0
+
+
+def test_a_baseline_served_decision_explains_the_items_it_shows(small_shop):
+    """Apprentice mode serves the request's baseline: the explanation is the policy's own score of
+    each shown baseline item, says so, and the decision is the one served without explain."""
+    from banditrec.apprentice import ServingMode
+
+    engines = [make_engine(small_shop, "linucb:alpha=0.5") for _ in range(2)]
+    for eng in engines:
+        eng.modes = ServingMode(eng.log.serving_mode, default="apprentice")
+    ids = list(small_shop.catalog.item_ids)
+    baseline = [ids[7], ids[2], ids[11]]
+    plain = engines[0].decide("u1", 3, context=CTX, candidates=ids[:10], baseline=baseline)
+    d = engines[1].decide("u1", 3, context=CTX, candidates=ids[:10], baseline=baseline, explain=True)
+    assert d.served == "baseline" and [s.item_id for s in d.slots] == baseline
+    assert replace(d, explanations=None) == plain
+    cand = engines[1].items.lookup(list(d.candidates))
+    scores = engines[1].policy.scores(engines[1].request(np.asarray(CTX, dtype=float), cand))
+    at = [list(d.candidates).index(i) for i in baseline]
+    np.testing.assert_allclose([e.score for e in d.explanations], scores[at], rtol=0, atol=1e-9)
+    assert all(e.available and e.why.startswith("served from the request's baseline") for e in d.explanations)
