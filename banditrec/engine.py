@@ -796,7 +796,8 @@ class Engine:
             try:
                 if "explain" in req:  # explanations are per decision (decide)
                     raise ValidationError(
-                        "explain is not available in a batch: ask decide() for one decision", "explain"
+                        "explain is not available in a batch: explanations come one decision at a time (decide)",
+                        "explain",
                     )
                 inputs.append(self._inputs(**req))
             except ValidationError as exc:
