@@ -128,9 +128,10 @@ class Shop:
     @property
     def feature_names(self) -> FeatureNames:
         """The context's and the items' column names; item columns past the featurizer's are
-        the factor embedding's (``factor0``, ...), which the build appends."""
+        the factor embedding's (``embedding0``, ...), which the build appends (the names
+        ``banditrec monitor`` reports drift under)."""
         item = list(self.manifest["item_features"].get("names", ()))
-        item += [f"factor{j}" for j in range(self.item_dim - len(item))]
+        item += [f"embedding{j}" for j in range(self.item_dim - len(item))]
         return FeatureNames(context=tuple(self.context.names), item=tuple(item))
 
     @property
