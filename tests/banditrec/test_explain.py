@@ -354,3 +354,17 @@ def test_a_baseline_served_decision_explains_the_items_it_shows(small_shop):
     at = [list(d.candidates).index(i) for i in baseline]
     np.testing.assert_allclose([e.score for e in d.explanations], scores[at], rtol=0, atol=1e-9)
     assert all(e.available and e.why.startswith("served from the request's baseline") for e in d.explanations)
+
+
+def test_a_thompson_draw_that_cannot_be_split_says_why():
+    rows, request, env = _world(4, 2, 2, 6, 20)
+    blended = make("lints:objective=margin,sensitivity=low", **env)
+    blended.update(**rows)
+    sample = blended.distribution(request, 2).sample(np.random.default_rng(0))
+    assert sample.served is not None
+    for e in explain_slate(blended, request, sample):
+        assert not e.available and "min-max" in e.why
+    plain = make("lints", **env)
+    kept = plain.distribution(request, 2).sample(np.random.default_rng(0))
+    for e in explain_slate(plain, request, replace(kept, served=None)):  # a sample without its draw
+        assert not e.available and "did not keep the posterior draw" in e.why
