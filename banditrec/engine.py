@@ -951,7 +951,9 @@ class Engine:
         """Sample ``dist`` and take an event id (under the engine's lock)."""
         if dist is None:
             return self._stamp(None)
-        return self._stamp(dist.draw(self._sampler) if self._defer else dist.sample(self._sampler), dist)
+        # a baseline-served decision logs only the shadow slate: its propensities are never needed
+        cheap = self._defer or inp.baseline is not None
+        return self._stamp(dist.draw(self._sampler) if cheap else dist.sample(self._sampler), dist)
 
     def _stamp(self, sample: SlateSample | None, dist: SlateDistribution | None = None) -> _Draw:
         """A sampled slate (or ``None``) with the model version, policy, logged params and a
