@@ -1204,8 +1204,13 @@ def graph(item_id, shop_dir, edge, limit, direction, as_json, export_to, fmt):
     help="A request context field, e.g. device=mobile (repeatable).",
 )
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the slot sampler.")
+@click.option(
+    "--explain",
+    is_flag=True,
+    help="Also print, per slot, the score's top feature contributions, exploration bonus and total.",
+)
 @usage_errors
-def recommend(shop_dir, user_id, cart, views, slots, policy, snapshots, fields, seed):
+def recommend(shop_dir, user_id, cart, views, slots, policy, snapshots, fields, seed, explain):
     """Print the carousel the shop would show USER: ids, titles, types, and why each is there."""
     from .shop.tables import is_float
     from .shop.tools import recommend as run
@@ -1226,6 +1231,7 @@ def recommend(shop_dir, user_id, cart, views, slots, policy, snapshots, fields, 
         snapshots=snapshots,
         context=context or None,
         seed=seed,
+        explain=explain,
     )
     click.echo(rec.table())
 

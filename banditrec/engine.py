@@ -10,7 +10,7 @@ import operator
 import secrets
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple, Protocol
 
 import numpy as np
@@ -19,17 +19,19 @@ import scipy.sparse as sp
 from .apprentice import Arms, ServingMode, baseline_slate, greedy_flags
 from .candidates import CandidateSource
 from .errors import ValidationError
+from .explain import explain_slate
 from .offline import learn_from_log
 from .policies import Policy, Request
 from .policies.base import DEFAULT_FLOOR
 from .policies.sampling import SequentialSlate
 from .policies.slate import SlateDistribution, SlateSample, sample_slates
+from .policies.terms import FeatureNames
 from .store import DecisionLog, DecisionRecord
 from .store.codecs import LoggedParams
 from .store.shards import with_shard
 from .store.writer import Completion
 from .suppression import Suppressor, drop_pinned
-from .types import Decision, Reward, Slot
+from .types import Decision, Explanation, Reward, Slot
 from .validation import as_seed_sequence, check_positive_int
 
 SOURCE_REQUEST = "request"
@@ -279,6 +281,7 @@ class ShopParts:
     context: ContextSource | None = None
     build: str | None = None
     backfill: np.ndarray | None = None
+    feature_names: FeatureNames | None = None  # what explanations call the features (None: ctx[k], item[j])
 
     def __post_init__(self):
         if not isinstance(self.candidate_generator, CandidateSource):
@@ -471,7 +474,7 @@ class Engine:
         self._defer = False
         self._pending: list[_Pending] = []
         self._pending_lock = threading.Lock()  # the queue; completion itself runs outside it
-        self.arms = Arms() if arms is None else arms
+        self._arms = Arms() if arms is None else arms
         self.modes = ServingMode(lambda: self.log.serving_mode(), default=mode)
 
     def log_items(self) -> int:
@@ -717,6 +720,7 @@ class Engine:
         candidate_sources=None,
         baseline=None,
         promoted=None,
+        explain: bool = False,
     ) -> Decision:
         """Fill ``n_slots`` slots for ``user_id``, log the decision, and return it.
 
@@ -749,21 +753,29 @@ class Engine:
         promoted : list of str, optional
             Items the policy must consider: added to the candidates (source ``"promoted"``)
             unless excluded or pinned; the policy decides whether and where they show.
+        explain : bool
+            Also return, per slot, why its item scored what it did (``Decision.explanations``;
+            docs/explanations.md), from the policy state and request the slate was drawn from.
+            The draw, the log and the random streams are the same either way.
 
         Returns
         -------
         Decision
             The slots with their conditional and marginal propensities, the joint propensity,
-            the event id the rewards refer to.
+            the event id the rewards refer to; with ``explain``, the slots' explanations.
 
         Raises
         ------
         ValidationError
             An unknown item, too few candidates, or a malformed context.
         """
+        if not isinstance(explain, bool):
+            raise ValidationError(f"explain must be true or false, got {explain!r}", "explain")
+        explained: list[Explanation] | None = [] if explain else None
         record, draw = self._prepare(
             user_id,
             n_slots,
+            explained,
             context=context,
             candidates=candidates,
             exclude=exclude,
@@ -784,7 +796,9 @@ class Engine:
             pending=record.pending,
         )
         self._queue([record], [draw])
-        return record.decision
+        if explained is None:
+            return record.decision
+        return replace(record.decision, explanations=tuple(explained))
 
     def decide_batch(self, requests: list[dict]) -> list[Decision]:
         """Decide every request (keyword arguments of :meth:`decide`: ``user_id``, ``n_slots``,
@@ -801,6 +815,11 @@ class Engine:
         inputs = []
         for i, req in enumerate(requests):
             try:
+                if "explain" in req:  # explanations are per decision (decide)
+                    raise ValidationError(
+                        "explain is not available in a batch: explanations come one decision at a time (decide)",
+                        "explain",
+                    )
                 inputs.append(self._inputs(**req))
             except ValidationError as exc:
                 exc.index = i
@@ -819,14 +838,36 @@ class Engine:
         self._queue(records, draws)
         return [r.decision for r in records]
 
-    def _prepare(self, user_id: str, n_slots: int, **request) -> tuple[DecisionRecord, _Draw]:
+    def _prepare(
+        self, user_id: str, n_slots: int, explained: list | None = None, **request
+    ) -> tuple[DecisionRecord, _Draw]:
         """Sample a decision (``request``: :meth:`decide`'s keyword arguments); returns what
-        logs it, and the stamped draw."""
+        logs it, and the stamped draw. ``explained``: a list that receives the slots'
+        explanations, made under the same lock as the draw."""
         inp = self._inputs(user_id, n_slots, **request)
         with self._lock:
             dist = self._distribution(inp) if inp.n_policy else None
             draw = self._draw(inp, dist)
+            if explained is not None:
+                explained.extend(self._explain(inp, draw))
         return self._mark_pending(self._build(inp, draw), draw), draw
+
+    def _explain(self, inp: _Inputs, draw: _Draw) -> tuple[Explanation, ...]:
+        """Every slot's explanation (under the lock, from the policy that drew ``draw``)."""
+        pinned = tuple(Explanation.unavailable("pinned by the request") for _ in inp.pin_ids)
+        if draw.sample is None:
+            return pinned
+        request = self.request(inp.context, inp.cand_idx, inp.parts)
+        if inp.baseline is None:
+            return pinned + explain_slate(self.policy, request, draw.sample, inp.parts.feature_names)
+        # the baseline served in the draw's place: the policy's scores of the baseline's items
+        where = {int(i): j for j, i in enumerate(inp.cand_idx.tolist())}
+        at = [where[int(i)] for i in inp.baseline.tolist()]
+        why = "served from the request's baseline; these are the policy's own scores of its items"
+        return pinned + tuple(
+            replace(e, why=f"{why} ({e.why})" if e.why else why) if e.available else e
+            for e in explain_slate(self.policy, request, draw.sample, inp.parts.feature_names, index=at)
+        )
 
     def _inputs(
         self,
@@ -937,7 +978,9 @@ class Engine:
         """Sample ``dist`` and take an event id (under the engine's lock)."""
         if dist is None:
             return self._stamp(None)
-        return self._stamp(dist.draw(self._sampler) if self._defer else dist.sample(self._sampler), dist)
+        # a baseline-served decision logs only the shadow slate: its propensities are never needed
+        cheap = self._defer or inp.baseline is not None
+        return self._stamp(dist.draw(self._sampler) if cheap else dist.sample(self._sampler), dist)
 
     def _stamp(self, sample: SlateSample | None, dist: SlateDistribution | None = None) -> _Draw:
         """A sampled slate (or ``None``) with the model version, policy, logged params and a
@@ -1045,6 +1088,17 @@ class Engine:
             )
             for k, (i, j, pm) in enumerate(zip(inp.baseline.tolist(), at.tolist(), policy_marg.tolist()))
         )
+
+    @property
+    def arms(self) -> Arms:
+        """The analysis holdout: which users are served by the baseline or never learned from."""
+        return self._arms
+
+    @arms.setter
+    def arms(self, arms: Arms) -> None:
+        with self._lock:
+            self._arms = arms
+            self._params = None  # the logged params carry the shares
 
     @property
     def mode(self) -> str:

@@ -215,10 +215,10 @@ class DatasetLearner(Learner):
 
     Every decision there is closed, so each step learns the partitions past ``learned_seq``
     (the dataset's ``seq``, which grows with every compaction run), at most ``partitions`` of
-    them, in seq order. With a Dask ``client`` the partitions are read and decoded as tasks on
-    its workers; the policy updates in this process, as it must for policies whose update
-    depends on order. Snapshots are published as by :class:`Learner` (a dataset has no model
-    registry: nothing is registered).
+    them, in seq order, leaving out the analysis holdout as :class:`Learner` does. With a Dask
+    ``client`` the partitions are read and decoded as tasks on its workers; the policy updates
+    in this process, as it must for policies whose update depends on order. Snapshots are
+    published as by :class:`Learner` (a dataset has no model registry: nothing is registered).
     """
 
     def __init__(
@@ -259,4 +259,5 @@ def _read_new(part, shared: dict) -> LoggedDecisions:
         kind=shared["kind"],
         default_reward=shared["default_reward"],
         first_decision=int(np.searchsorted(seq, shared["after"], side="right")),
+        training=True,  # the analysis holdout is never learned from
     )

@@ -581,9 +581,8 @@ def _contexts(rows: MonitorRows, notes: list[str]) -> tuple[np.ndarray, np.ndarr
 def shop_feature_names(shop) -> tuple[list[str], list[str]]:
     """A shop build's context and item feature names. The item vector is the featurizer's columns
     followed by the factor embedding (``embedding0``, ...) when the build has one."""
-    items = list(shop.manifest["item_features"]["names"])
-    items += [f"embedding{j}" for j in range(shop.item_dim - len(items))]
-    return list(shop.context.names), items
+    names = shop.feature_names
+    return list(names.context), list(names.item)
 
 
 def _names(given: list[str] | None, width: int, prefix: str) -> list[str]:

@@ -52,6 +52,53 @@ class Slot:
 
 
 @dataclass(frozen=True)
+class Contribution:
+    """One named term of an explained score (``feature`` is e.g. ``ctx:device=mobile × item:price``,
+    or ``other``: the terms left out of the top ones, summed)."""
+
+    feature: str
+    value: float
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Why a slot's item scored what it did (docs/explanations.md).
+
+    Available: ``score == base + bonus + objective`` and ``base`` is the sum of
+    ``contributions`` (the largest by magnitude, then ``other``), to floating tolerance.
+    ``score`` is what the sampler ranked by; ``bonus`` the exploration part (``kind`` says
+    which); ``objective`` what the business blend added. Not available: ``why`` says so, the
+    numbers are ``None``.
+    """
+
+    available: bool
+    kind: str | None = None
+    score: float | None = None
+    base: float | None = None
+    bonus: float | None = None
+    objective: float | None = None
+    contributions: tuple[Contribution, ...] = ()
+    why: str | None = None
+
+    @classmethod
+    def unavailable(cls, why: str) -> Explanation:
+        return cls(available=False, why=why)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape of the decide response's ``explanation`` (every key, always)."""
+        return {
+            "available": self.available,
+            "kind": self.kind,
+            "score": self.score,
+            "base": self.base,
+            "bonus": self.bonus,
+            "objective": self.objective,
+            "contributions": [{"feature": c.feature, "value": c.value} for c in self.contributions],
+            "why": self.why,
+        }
+
+
+@dataclass(frozen=True)
 class Decision:
     """A served carousel: what was shown, how likely it was, and what produced it."""
 
@@ -76,6 +123,8 @@ class Decision:
     # per policy-filled slot, whether it holds the policy's greedy choice given the slots before
     # (not logged; the service's exploration share); None: not known for this policy
     greedy: tuple[bool, ...] | None = None
+    # one per slot when the decision was asked to explain itself (``Engine.decide(explain=True)``)
+    explanations: tuple[Explanation, ...] | None = None
 
 
 @dataclass(frozen=True)

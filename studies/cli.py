@@ -453,11 +453,125 @@ def simulate(
     "false-positive rate; --arms may then name one arm.",
 )
 @click.option("--boot", default=2000, show_default=True, type=click.IntRange(min=0), help="Bootstrap resamples.")
-@click.option("--out", default="out/abtest", show_default=True, type=click.Path(file_okay=False))
+@click.option(
+    "--out",
+    default="out/abtest",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Report directory (with --db: written only when given).",
+)
+@click.option(
+    "--db",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Instead analyse this live decision log's holdout against its control (docs/abtest.md, "
+    "'Analysing a live log').",
+)
+@click.option(
+    "--shop",
+    "shop_dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="With --db and no --pre-days: CUPED on each user's interactions in the shop's build.",
+)
+@click.option(
+    "--metric",
+    "--kind",
+    "metrics",
+    multiple=True,
+    help="With --db: a reward kind to analyse (repeatable) [default: every kind in the log, click first].",
+)
+@click.option(
+    "--since",
+    default=None,
+    help="With --db: the window's start, an ISO date or time (UTC) or epoch seconds "
+    "[default: the first decision of a holdout or control user].",
+)
+@click.option("--until", default=None, help="With --db: the window's end (exclusive) [default: the last decision].")
+@click.option(
+    "--pre-days",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="With --db: CUPED on each user's reward in this many days before the window.",
+)
+@click.option(
+    "--shares",
+    default=None,
+    help="With --db: the configured shares, holdout=H,control=C[,salt=S] [default: as the decisions logged them].",
+)
+@click.option("--vs-main", is_flag=True, help="With --db: also compare the main arm (trained on) with the control.")
+@click.option(
+    "--alpha",
+    default=0.05,
+    show_default=True,
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    help="With --db: level of the intervals and tests.",
+)
+@click.option("--seed", default=0, show_default=True, type=int, help="With --db: the bootstrap's seed.")
+@click.option("--json", "as_json", is_flag=True, help="With --db: print JSON instead of the tables.")
 @usage_errors
-def abtest(arms, days, customers, seeds, first_seed, salt, scenario, config_file, burn_in, aa_tests, boot, out):
-    """Simulate an A/B test of carousel policies; print the metric table and write a report."""
+def abtest(
+    arms,
+    days,
+    customers,
+    seeds,
+    first_seed,
+    salt,
+    scenario,
+    config_file,
+    burn_in,
+    aa_tests,
+    boot,
+    out,
+    db,
+    shop_dir,
+    metrics,
+    since,
+    until,
+    pre_days,
+    shares,
+    vs_main,
+    alpha,
+    seed,
+    as_json,
+):
+    """Simulate an A/B test of carousel policies; print the metric table and write a report.
+
+    With --db, analyse a live log instead: its holdout (served by the policy, never learned
+    from) against its control (served by the baseline), users as the unit. Exit status 1 on a
+    sample-ratio mismatch.
+    """
     import numpy as np
+
+    ctx = click.get_current_context()
+    flags = {p.name: p.opts[0] for p in ctx.command.params}
+    given = [n for n in flags if ctx.get_parameter_source(n) is not click.core.ParameterSource.DEFAULT]
+    if db is not None:
+        clash = [flags[n] for n in given if n in SIMULATOR_ONLY]
+        if clash:
+            raise click.UsageError(
+                f"{', '.join(clash)} simulate a test; --db analyses a live log: drop one or the other"
+            )
+        _abtest_log(
+            db,
+            shop_dir=shop_dir,
+            metrics=metrics,
+            since=since,
+            until=until,
+            pre_days=pre_days,
+            shares=shares,
+            vs_main=vs_main,
+            alpha=alpha,
+            boot=boot,
+            seed=seed,
+            as_json=as_json,
+            out=out if "out" in given else None,
+        )
+        return
+    stray = [flags[n] for n in given if n in LOG_ONLY]
+    if stray:
+        raise click.UsageError(f"{', '.join(stray)} need --db (the analysis of a live log)")
 
     from studies.abtest import (
         SCENARIO_BURN_IN,
@@ -511,6 +625,63 @@ def abtest(arms, days, customers, seeds, first_seed, salt, scenario, config_file
             click.echo(pooled_table(pool_seeds(rows)))
         path = write_report(out, results=results, rows_by_seed=rows, command=command)
     click.echo(f"report: {path}")
+
+
+SIMULATOR_ONLY = (
+    *("arms", "days", "customers", "seeds", "first_seed", "salt"),
+    *("scenario", "config_file", "burn_in", "aa_tests"),
+)
+LOG_ONLY = ("shop_dir", "metrics", "since", "until", "pre_days", "shares", "vs_main", "alpha", "seed", "as_json")
+
+
+def _abtest_log(db, *, shop_dir, metrics, since, until, pre_days, shares, vs_main, alpha, boot, seed, as_json, out):
+    """``abtest --db``: wiring of :func:`banditrec.evaluation.abtest_log.analyse_log`."""
+    import json
+    import sqlite3
+
+    from banditrec.evaluation.abtest_log import Shares, analyse_log, parse_time, shop_interactions
+    from banditrec.store import DecisionLog
+
+    if not Path(db).is_file():
+        raise click.UsageError(f"no decision log at {db}")
+    covariate = None
+    if shop_dir is not None:
+        if pre_days:
+            raise click.UsageError("--shop gives CUPED's covariate when --pre-days is 0; give one of them")
+        from banditrec.shop import Shop
+
+        shop = Shop(shop_dir)
+        covariate = shop_interactions(shop.user_ids, shop.history)
+    try:
+        log = DecisionLog(db)
+    except sqlite3.DatabaseError as exc:
+        raise click.UsageError(f"{db} is not a decision log: {exc}") from None
+    try:
+        result = analyse_log(
+            log,
+            kinds=tuple(metrics) or None,
+            since=parse_time(since, "since"),
+            until=parse_time(until, "until"),
+            pre_days=pre_days,
+            covariate=covariate,
+            shares=None if shares is None else Shares.parse(shares),
+            treatments=("holdout", "main") if vs_main else ("holdout",),
+            alpha=alpha,
+            n_boot=boot,
+            rng=seed,
+        )
+    finally:
+        log.close()
+    text = json.dumps(result.to_dict(), indent=1) if as_json else result.table()
+    click.echo(text.rstrip("\n"))
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "report.md").write_text(result.table())
+        (Path(out) / "abtest.json").write_text(json.dumps(result.to_dict(), indent=1))
+        if not as_json:
+            click.echo(f"report: {Path(out) / 'report.md'}")
+    if not result.ok:
+        sys.exit(1)
 
 
 @click.command("simulate-ablation")

@@ -188,8 +188,11 @@ def ablation(
     train_frac: float = 0.5,
     estimator: str = "SNIPS",
     min_epsilon: float = 0.0,
+    holdout: np.ndarray | None = None,
 ) -> Ablation:
-    """The account and the off-policy ablation of ``logged`` (see the module docstring)."""
+    """The account and the off-policy ablation of ``logged`` (see the module docstring);
+    ``holdout`` (n_decisions,) bool: the analysis holdout's decisions, which the target does
+    not train on (they stay in the evaluated share)."""
     if estimator not in ("IPS", "SNIPS"):
         raise ValidationError(f"estimator must be IPS or SNIPS, got {estimator!r}", "estimator")
     if not 0 < train_frac < 1:
@@ -203,6 +206,8 @@ def ablation(
     n_items = int(max(int(c.max(initial=-1)) for c in logged.candidates)) + 1
     feats = item_features_or_one_hot(features, n_items)
     train = logged.take(0, n_train)
+    if holdout is not None:
+        train = train.subset(~np.asarray(holdout, dtype=bool)[:n_train])
     target = make(policy, **candidate_env(logged.context.shape[1], feats, train, n_items))
     train_from_log(target, train, feats, cold=cold)
     test = logged.take(n_train, D)
@@ -242,6 +247,7 @@ def ablation_log(
     gives the item features of a log served from it; ``policy`` defaults to the spec that
     logged the most decisions."""
     from ..store import DecisionLog
+    from ..store.arms import arms_of
     from .sqlite import on_shop
 
     log = DecisionLog(db)
@@ -250,6 +256,7 @@ def ablation_log(
         if logged.n_decisions == 0:
             raise ValidationError(f"{db} holds no settled decisions", "db")
         per_decision, slot_source = read_sources(log, logged)
+        holdout = arms_of(log, logged.seq) == "holdout"
         cold = None
         if shop is not None:
             logged = on_shop(logged, log.item_ids(), shop)
@@ -272,4 +279,5 @@ def ablation_log(
         cold=cold,
         train_frac=train_frac,
         estimator=estimator,
+        holdout=holdout,
     )

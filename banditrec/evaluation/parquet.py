@@ -48,7 +48,7 @@ target's probability of the logged item in its slot) and, for DM/DR, ``q_hat_log
 @dataclass(frozen=True)
 class PartitionChunk:
     """One day's decisions from ``first`` on, ``count`` of them (None: to the end): the evaluated
-    ones, or a training share's."""
+    ones, or a training share's (``training``: without the analysis holdout)."""
 
     partition: Partition
     first: int
@@ -56,16 +56,23 @@ class PartitionChunk:
     default_reward: float
     n_items: int
     count: int | None = None
+    training: bool = False
 
     def load(self):
+        table = read_partition(self.partition)
+        if self.count is not None:  # the share's decisions, counted with the holdout's
+            seq = np.unique(table.column("seq").to_numpy())
+            last = seq[min(len(seq), self.first + self.count) - 1] if len(seq) else 0
+            import pyarrow as pa
+
+            table = table.filter(pa.array(table.column("seq").to_numpy() <= last))
         logged = partition_decisions(
-            read_partition(self.partition),
+            table,
             kind=self.kind,
             default_reward=self.default_reward,
             first_decision=self.first,
+            training=self.training,
         )
-        if self.count is not None:
-            logged = logged.take(0, self.count)
         if len(logged.row_action) and int(logged.row_action.max()) >= self.n_items:
             raise PartitionError(
                 f"partition file {self.partition.path} shows item index "
@@ -97,7 +104,9 @@ class ParquetBackend(Backend):
         for p in self.ds.partitions:
             if offset < n_train:
                 count = min(p.decisions, n_train - offset)
-                train.append(PartitionChunk(p, 0, self.kind, self.default_reward, len(self.features), count))
+                train.append(
+                    PartitionChunk(p, 0, self.kind, self.default_reward, len(self.features), count, training=True)
+                )
             if offset + p.decisions > n_train:
                 chunks.append(
                     PartitionChunk(p, max(0, n_train - offset), self.kind, self.default_reward, len(self.features))

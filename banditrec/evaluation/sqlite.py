@@ -107,7 +107,8 @@ class _Items:
 
 @dataclass(frozen=True)
 class SQLiteChunk:
-    """The logged decisions with ``after_seq < seq <= until_seq``, read when loaded."""
+    """The logged decisions with ``after_seq < seq <= until_seq``, read when loaded
+    (``training``: without the analysis holdout)."""
 
     log: DecisionLog
     after_seq: int
@@ -115,10 +116,15 @@ class SQLiteChunk:
     kind: str
     default_reward: float
     items: _Items
+    training: bool = False
 
     def load(self) -> LoggedDecisions:
         logged = self.log.decisions(
-            after_seq=self.after_seq, until_seq=self.until_seq, kind=self.kind, default_reward=self.default_reward
+            after_seq=self.after_seq,
+            until_seq=self.until_seq,
+            kind=self.kind,
+            default_reward=self.default_reward,
+            training=self.training,
         )
         return self.items.apply(logged)
 
@@ -181,8 +187,8 @@ class SQLiteBackend(Backend):
     def close(self) -> None:
         self._log.close()
 
-    def _chunk(self, after_seq: int, until_seq: int) -> SQLiteChunk:
-        return SQLiteChunk(self._log, after_seq, until_seq, self.kind, self.default_reward, self.items)
+    def _chunk(self, after_seq: int, until_seq: int, training: bool = False) -> SQLiteChunk:
+        return SQLiteChunk(self._log, after_seq, until_seq, self.kind, self.default_reward, self.items, training)
 
     def split(self, n_train: int) -> Split:
         conn = self._log.db.conn
@@ -196,15 +202,17 @@ class SQLiteBackend(Backend):
 
         cut = seq_after(0, n_train) if n_train else 0
 
-        def chunked(lo: int, until: int) -> list[SQLiteChunk]:
+        def chunked(lo: int, until: int, training: bool = False) -> list[SQLiteChunk]:
             out = []
             while lo < until:
                 hi = until if self.chunk is None else min(until, seq_after(lo, self.chunk))
-                out.append(self._chunk(lo, hi))
+                out.append(self._chunk(lo, hi, training))
                 lo = hi
             return out
 
-        train = chunked(0, cut)
+        # candidates train as a learner would, without the analysis holdout; its decisions,
+        # served by the policy with exact propensities, stay in the evaluated share
+        train = chunked(0, cut, training=True)
         chunks = chunked(cut, self.until_seq)
         top = conn.execute(_MAX_POLICY_SLOT, (cut, self.until_seq)).fetchone()[0]
         return Split(train, chunks or [self._chunk(cut, cut)], 1 if top is None else int(top) + 1)

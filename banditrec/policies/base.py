@@ -20,6 +20,7 @@ from . import snapshot
 from .checks import check_context, check_rows, check_weight
 from .sampling import DEFAULT_DRAWS, SequentialSlate
 from .slate import EpsilonGreedySlate, SlateDistribution
+from .terms import FeatureNames, ScoreTerms, Unexplained
 
 DEFAULT_FLOOR = 0.01
 """The serving floor's default: every served slot explores uniformly at least this much, so that
@@ -262,6 +263,11 @@ class Policy(ABC):
     @abstractmethod
     def scores(self, request: Request) -> np.ndarray:
         """One score per candidate of ``request``, shape (n,); higher is better."""
+
+    def score_terms(self, request: Request, names: FeatureNames) -> ScoreTerms | Unexplained:
+        """The exact split of :meth:`scores` into named feature terms and an exploration bonus
+        (docs/explanations.md); a policy whose scores have none says why."""
+        return Unexplained(f"explanations are not available for {self.name}: its scores are not linear in features")
 
     def epsilon_per_slot(self, n_slots: int) -> np.ndarray:
         eps = np.full(n_slots, float(self.config.epsilon))

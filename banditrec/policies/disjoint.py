@@ -27,6 +27,7 @@ from .ridge import (
     stacked_inverse,
     with_intercept,
 )
+from .terms import FeatureNames, ScoreTerms
 
 
 class DisjointLinUCB(PerItemPolicy):
@@ -60,6 +61,15 @@ class DisjointLinUCB(PerItemPolicy):
         Px = self._gather("A_inv", idx) @ x  # (n, d): A_a^{-1} x for every candidate in one batched product
         mean = self._gather("theta", idx) @ x
         return mean + self.config.alpha * self.noise_sd * np.sqrt(np.maximum(Px @ x, 0.0))
+
+    def score_terms(self, request: Request, names: FeatureNames) -> ScoreTerms:
+        """``x_k theta_{a,k}`` of each candidate's own model (``x = [1, c]``, named ``own`` and
+        ``own × ctx:...``) and the UCB width ``alpha sigma sqrt(x^T A_a^{-1} x)``."""
+        x = with_intercept(check_context(request.context, self.context_dim))
+        idx = check_candidates(request)
+        var = (self._gather("A_inv", idx) @ x) @ x
+        bonus = self.config.alpha * self.noise_sd * np.sqrt(np.maximum(var, 0.0))
+        return ScoreTerms(names.own(self.context_dim), self._gather("theta", idx) * x, bonus, "ucb")
 
     def learn(self, rows: Rows) -> None:
         """Learn from rows ``context (m, d_c)``, ``reward (m,)`` of items ``items (m,)``

@@ -35,6 +35,7 @@ from .ridge import (
     stacked_inverse,
     with_intercept,
 )
+from .terms import FeatureNames, ScoreTerms
 
 LOCAL = ("bias", "context")
 
@@ -168,6 +169,20 @@ class HybridLinUCB(PerItemPolicy):
     def scores(self, request: Request) -> np.ndarray:
         mean, s = self._parts(request)
         return mean + self.config.alpha * self.noise_sd * np.sqrt(np.maximum(s, 0.0))
+
+    def score_terms(self, request: Request, names: FeatureNames) -> ScoreTerms:
+        """The shared terms ``z_j beta_j`` (joint features, named as LinUCB's), then the item's own
+        ``x_l theta_{a,l}`` (``own``, and ``own × ctx:...`` with ``local=context``), and the UCB
+        width of :meth:`scores`: ``z . beta + x . theta_a`` is the mean of :meth:`_parts`."""
+        _, s = self._parts(request)
+        c = check_context(request.context, self.context_dim)
+        V = np.asarray(request.item_features, dtype=float)
+        Z = joint_features(c, V, cold_flags(request.cold, len(V), "cold"))
+        x = self.local_features(c)
+        own = names.own(self.context_dim) if self.config.local == "context" else ("own",)
+        values = np.concatenate([Z * self.beta, self.theta(check_candidates(request)) * x], axis=1)
+        bonus = self.config.alpha * self.noise_sd * np.sqrt(np.maximum(s, 0.0))
+        return ScoreTerms((*names.joint(self.context_dim, self.item_dim), *own), values, bonus, "ucb")
 
     def learn(self, rows: Rows) -> None:
         """Learn from rows ``context (m, d_c)``, ``item_features (m, d_i)``, ``reward (m,)`` of

@@ -109,6 +109,13 @@ class LinUCB(JointRidgePolicy):
         """``alpha`` times the noise standard deviation: what multiplies ``sqrt(x^T A^{-1} x)``."""
         return self.config.alpha * self.noise_sd
 
+    bonus_kind = "ucb"
+
+    def bonus(self, X: np.ndarray) -> np.ndarray:
+        """``alpha sigma sqrt(x^T A^{-1} x)`` per row of joint features ``X`` (n, dim)."""
+        var = np.einsum("ij,ij->i", X @ self.A_inv, X)
+        return self.bonus_weight * np.sqrt(np.maximum(var, 0.0))
+
     def scores(self, request: Request) -> np.ndarray:
         c = check_context(request.context, self.context_dim)
         V = self._items(request)

@@ -21,6 +21,7 @@ from ..features import ITEM_EXTRA, joint_dim, joint_features
 from .base import Policy, Request, Rows, cold_flags
 from .checks import check_context, check_rows, check_weight
 from .sampling import seed_grid
+from .terms import FeatureNames, ScoreTerms
 
 _OUTER_CHUNK_FLOATS = 1 << 21  # rows per chunk of grouped outer products: at most 16 MB each
 
@@ -373,6 +374,18 @@ class JointRidgePolicy(Policy):
     def mean(self, request: Request) -> np.ndarray:
         """The ridge estimate ``x^T theta`` of every candidate's reward, shape (n,)."""
         return self.features(request) @ self.theta
+
+    bonus_kind = "none"  # what score_terms' bonus is (ScoreTerms.kind)
+
+    def score_terms(self, request: Request, names: FeatureNames) -> ScoreTerms:
+        """``x_i theta_i`` per joint feature (:meth:`FeatureNames.joint` names them) and
+        :meth:`bonus` of every candidate: their sum is :meth:`scores`."""
+        X = self.features(request)
+        return ScoreTerms(names.joint(self.context_dim, self.item_dim), X * self.theta, self.bonus(X), self.bonus_kind)
+
+    def bonus(self, X: np.ndarray) -> np.ndarray:
+        """(n,) the exploration part of the scores of joint features ``X`` (n, dim); 0 here."""
+        return np.zeros(len(X))
 
     @property
     def noise_sd(self) -> float:

@@ -652,6 +652,7 @@ class SampledRankingSlate:
                     joint=float(np.exp(log_joint)),
                     log_joint=log_joint,
                     marginal_draws=0,
+                    served=sample.served,
                 )
         return self.complete(sample)
 
@@ -693,4 +694,5 @@ class SampledRankingSlate:
             joint=float(np.exp(log_joint)),
             log_joint=log_joint,
             marginal_draws=self.draws,
+            served=scores,  # the draw that ranked the slate (explanations split it)
         )

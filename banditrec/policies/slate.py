@@ -106,7 +106,7 @@ class SlateSample:
     joint: float  # product of the conditionals (may underflow to 0 for long slates)
     log_joint: float  # sum of the log conditionals
     marginal_draws: int = 0  # Monte-Carlo draws behind ``marginal``; 0 when exact
-    served: np.ndarray | None = None  # what :meth:`SlateDistribution.complete` needs besides ``index``
+    served: np.ndarray | None = None  # a sampled ranking's scores: what complete() needs, what explanations split
 
     @property
     def pending(self) -> bool:

@@ -77,6 +77,8 @@ class LinTS(JointRidgePolicy):
         g = rng.standard_normal((size, self.dim))
         return self.theta + self.posterior_scale * (g @ self.posterior_factor().T)
 
+    bonus_kind = "posterior-draw"  # the served draw minus the mean: banditrec.explain reads the draw
+
     def scores(self, request: Request) -> np.ndarray:
         return self.mean(request)
 

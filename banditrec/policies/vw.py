@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+import subprocess
+import sys
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -25,6 +27,7 @@ from . import snapshot
 from .base import Policy, PolicyConfig, Request, Rows
 from .sampling import DEFAULT_DRAWS, PlackettLuceSlate, honest_se, slate_sample, with_marginals
 from .slate import SlateSample
+from .terms import FeatureNames, ScoreTerms, Unexplained
 
 F32_MAX = float(np.finfo(np.float32).max)
 F32_TINY = float(np.finfo(np.float32).tiny)  # VW reads probabilities as float32: below this is 0
@@ -200,6 +203,52 @@ def _slot_line(k: int, *, seed: int | None = None, include: int | None = None, l
 
 def _label_number(x: float) -> str:
     return repr(float(x))
+
+
+AUDIT_TIMEOUT_S = 30.0
+_AUDITED = ("squarecb", "epsilon", "softmax")  # explorers over one regressor's per-action costs
+
+
+@dataclass(frozen=True)
+class Audit:
+    """VW's ``--audit`` of one example, per action: ``terms[a]`` lists ``(name, weight index)``
+    of every feature VW used (namespace ``^`` feature, ``*`` for interactions) and
+    ``predictions[a]`` the cost VW predicted (printed to 6 decimals, after VW clips it)."""
+
+    terms: tuple[tuple[tuple[str, int], ...], ...]
+    predictions: tuple[float, ...]
+
+
+def vw_audit(model: bytes, lines: list[str]) -> Audit:
+    """Run ``python -m vowpalwabbit -i MODEL --audit -t`` on one multi-line example and parse its
+    audit: the wheel has no ``vw`` binary, and the audit is written to the process's standard
+    output, so it runs in a child process (the serving process's output is left alone)."""
+    with tempfile.TemporaryDirectory(prefix="banditrec-vw-audit-") as tmp:
+        model_path, data_path = Path(tmp) / "model.vw", Path(tmp) / "example.txt"
+        model_path.write_bytes(model)
+        data_path.write_text("\n".join(lines) + "\n\n")
+        args = [sys.executable, "-m", "vowpalwabbit", "-i", str(model_path), "--audit", "-t", "--quiet"]
+        try:
+            out = subprocess.run(
+                [*args, "-d", str(data_path)], capture_output=True, text=True, timeout=AUDIT_TIMEOUT_S, check=True
+            )
+        except (subprocess.SubprocessError, OSError) as exc:
+            raise ValidationError(f"Vowpal Wabbit's audit failed: {exc}", "explain") from None
+    terms: list[tuple[tuple[str, int], ...]] = []
+    predictions: list[float] = []
+    for line in out.stdout.splitlines():
+        if not line.strip():
+            continue
+        if not line.startswith("\t"):
+            predictions.append(float(line.split()[0]))
+            terms.append(())
+            continue
+        parsed = []
+        for field in line.split("\t")[1:]:
+            name, index, _, _ = field.rsplit(":", 3)  # name:index:value:weight[@...]
+            parsed.append((name, int(index)))
+        terms[-1] = tuple(parsed)
+    return Audit(tuple(terms), tuple(predictions))
 
 
 class VWPolicy(Policy):
@@ -517,6 +566,54 @@ class VWContextualBandit(VWPolicy):
     def scores(self, request: Request) -> np.ndarray:
         return self.pmf(request)
 
+    def score_terms(self, request: Request, names: FeatureNames) -> ScoreTerms | Unexplained:
+        """VW's ``--audit`` of the request (:func:`vw_audit`): each candidate's estimated reward
+        (minus VW's cost) as ``-value x weight`` per feature, with the weights read from this
+        workspace; VW's explorer turned those costs into the PMF the slots were drawn from."""
+        if self.config.explorer not in _AUDITED:
+            return Unexplained(
+                f"vw-cb with explorer={self.config.explorer} draws from the votes of several VW models; "
+                "no single score per candidate to audit"
+            )
+        context, features, _, _ = self._request_arrays(request, 1, 0.0)
+        lines = self.example(context, features)
+        with self._lock:
+            audit = vw_audit(self._model_bytes(), lines)
+            ws = self._ws()
+            weight = {i: ws.get_weight(i) for a in audit.terms for _, i in a}
+        n = len(features)
+        if len(audit.terms) != n:
+            return Unexplained(f"Vowpal Wabbit's audit listed {len(audit.terms)} actions for {n} candidates")
+        c32, v32 = context.astype(np.float32), features.astype(np.float32)
+        columns: dict[str, int] = {}
+        cells: list[tuple[int, int, float]] = []
+        for a, terms in enumerate(audit.terms):
+            for name, index in terms:
+                value, label = _audit_value(name, c32, v32[a], names)
+                j = columns.setdefault(label, len(columns))
+                cells.append((a, j, -float(value) * weight[index]))
+        values = np.zeros((n, len(columns) + 1))
+        for a, j, x in cells:
+            values[a, j] += x
+        # VW clips each predicted cost to the range of costs seen: the clip is a term of its own
+        reward = -np.asarray(audit.predictions)
+        clip = reward - values.sum(axis=1)
+        values[:, -1] = np.where(np.abs(clip) > 1e-5 * np.maximum(1.0, np.abs(reward)), clip, 0.0)
+        labels: tuple[str, ...] = (*columns, "vw:clipped to the costs seen")
+        if not values[:, -1].any():
+            labels, values = labels[:-1], values[:, :-1]
+        return ScoreTerms(
+            labels,
+            values,
+            np.zeros(n),
+            "vw-audit",
+            blended=False,
+            note=(
+                f"minus VW's predicted cost, from its audit; VW's {self.config.explorer} explorer turned every "
+                "candidate's cost into the PMF the slot was drawn from"
+            ),
+        )
+
     def distribution(self, request: Request, n_slots: int, min_epsilon: float = 0.0) -> PlackettLuceSlate:
         """Plackett-Luce over VW's PMF, each slot mixed with the serving floor ``min_epsilon``."""
         context, features, n_slots, min_epsilon = self._request_arrays(request, n_slots, min_epsilon)
@@ -554,6 +651,26 @@ class VWContextualBandit(VWPolicy):
             learned += 1
         if learned:
             self.n_updates += 1
+
+
+def _audit_value(name: str, context: np.ndarray, item: np.ndarray, names: FeatureNames) -> tuple[np.float32, str]:
+    """The float32 value VW multiplies a weight by for audited feature ``name`` (``Constant``,
+    ``User^f3``, ``Action^f1``, ``User^f3*Action^f1``), and its name in the shop's terms."""
+    value, labels = np.float32(1.0), []
+    for part in name.split("*"):
+        ns, _, feature = part.partition("^")
+        if ns == "User" and feature.startswith("f"):
+            k = int(feature[1:])
+            value, label = value * context[k], names.ctx(k)
+        elif ns == "Action" and feature.startswith("f"):
+            j = int(feature[1:])
+            value, label = value * item[j], names.itm(j)
+        elif ns == "Constant":
+            label = "intercept"
+        else:
+            raise ValidationError(f"Vowpal Wabbit's audit names a feature banditrec did not write: {name!r}", "explain")
+        labels.append(label)
+    return value, " × ".join(labels)
 
 
 class VWSlate:
@@ -744,6 +861,12 @@ class VWConditionalContextualBandit(VWPolicy):
     config: VWCCBConfig
     _reduction = "--ccb_explore_adf"
     needs = frozenset({"propensity", "slot", "candidates", "chosen"})
+
+    def score_terms(self, request: Request, names: FeatureNames) -> Unexplained:
+        return Unexplained(
+            "vw-ccb: VW samples each slot itself over slot-dependent features, and its audit re-samples "
+            "the earlier slots; it cannot describe the served slate"
+        )
 
     def scores(self, request: Request) -> np.ndarray:
         """VW's slot-0 PMF over the candidates (exact; later slots depend on earlier ones)."""

@@ -22,7 +22,8 @@ def engine():
 
 
 def engine_args(req: DecideRequest) -> dict:
-    return dict(
+    """:meth:`Engine.decide`'s keyword arguments (``explain`` only when asked: a batch refuses it)."""
+    args = dict(
         user_id=req.user_id,
         n_slots=req.slots,
         context=req.context,
@@ -34,12 +35,15 @@ def engine_args(req: DecideRequest) -> dict:
         promoted=req.promoted,
         baseline=req.baseline,
     )
+    if req.explain:
+        args["explain"] = True
+    return args
 
 
 def shaped(decision) -> dict:
     # built as plain dicts (the response model's fields, in order): this is the hot path, and
     # DecideResponse documents it in /openapi.json; tests check the two agree
-    return {
+    body = {
         "event_id": decision.event_id,
         "policy": decision.policy,
         "model_version": decision.model_version,
@@ -57,6 +61,10 @@ def shaped(decision) -> dict:
             for s in decision.slots
         ],
     }
+    if decision.explanations is not None:
+        for slot, e in zip(body["slots"], decision.explanations):
+            slot["explanation"] = e.to_dict()
+    return body
 
 
 def answer(body: dict, decisions: list):
@@ -68,7 +76,7 @@ def answer(body: dict, decisions: list):
         finite = math.isfinite(sum(s.propensity + s.marginal for d in decisions for s in d.slots))
     except TypeError:  # a value that is not a number: the full search decides
         finite = False
-    if not finite:
+    if not finite or any(d.explanations is not None for d in decisions):  # explanations: searched too
         return jsonify(body)
     return cast(OrjsonProvider, current_app.json).finite_response(body)  # create_app installs it
 

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    model_serializer,
+)
 
 from ..store.checks import MAX_ABS_REWARD
 from .config import MAX_HIDE_TTL_S
@@ -52,6 +61,37 @@ class DecideRequest(BaseModel):
     # the shop's own ranking, best first: served as it is in apprentice mode and to the control
     # arm, while the policy's draw is logged (docs/production.md); ignored otherwise
     baseline: Annotated[list[ItemId], Field(min_length=1, max_length=10_000)] | None = None
+    # true: each slot of the response carries its `explanation` (docs/explanations.md); not in a batch
+    explain: StrictBool = False
+
+
+class ContributionOut(BaseModel):
+    """One named term of a score: ``ctx:device=mobile × item:price`` is the context field's value
+    times the item attribute's times their learned coefficient; ``other`` sums the terms left out."""
+
+    feature: str
+    value: float
+
+
+class ExplanationOut(BaseModel):
+    """Why a slot's item scored what it did (with ``explain: true``; docs/explanations.md).
+
+    ``available``: ``score == base + bonus + objective`` to floating tolerance, ``base`` is the
+    sum of ``contributions`` (the largest by magnitude, then ``other``); ``score`` is what the
+    sampler ranked by; ``bonus`` the exploration part of kind ``kind`` (``ucb``: the confidence
+    width, ``posterior-draw``: a Thompson draw minus the mean, ``none``, ``vw-audit``);
+    ``objective`` what the business blend added. Not available (a policy without a linear score,
+    a pinned slot): ``why`` says so and the numbers are ``null``. ``why`` may also qualify an
+    available explanation."""
+
+    available: bool
+    kind: str | None
+    score: float | None
+    base: float | None
+    bonus: float | None
+    objective: float | None
+    contributions: list[ContributionOut]
+    why: str | None
 
 
 class SlotOut(BaseModel):
@@ -65,6 +105,14 @@ class SlotOut(BaseModel):
     propensity: float | None
     marginal: float | None
     source: str
+    explanation: ExplanationOut | None = None  # present only when the request asked to explain
+
+    @model_serializer(mode="wrap")
+    def _absent_without_explain(self, handler: SerializerFunctionWrapHandler) -> dict:
+        out = handler(self)
+        if self.explanation is None:  # the answer without explain has no such key
+            out.pop("explanation", None)
+        return out
 
 
 class DecideResponse(BaseModel):

@@ -23,6 +23,7 @@ from ..engine import Engine, ItemTable, ShopParts
 from ..errors import ValidationError
 from ..learner import Refresh
 from ..policies import Policy, make
+from ..policies.terms import FeatureNames
 from ..store import DecisionLog
 from .build import catalog_from_table
 from .directory import BuildFiles, Pointer, list_builds, pointer_signature, read_pointer
@@ -124,7 +125,17 @@ class Shop:
             context=self.context,
             build=self.build,
             backfill=self.best_sellers,
+            feature_names=self.feature_names,
         )
+
+    @property
+    def feature_names(self) -> FeatureNames:
+        """The context's and the items' column names; item columns past the featurizer's are
+        the factor embedding's (``embedding0``, ...), which the build appends (the names
+        ``banditrec monitor`` reports drift under)."""
+        item = list(self.manifest["item_features"].get("names", ()))
+        item += [f"embedding{j}" for j in range(self.item_dim - len(item))]
+        return FeatureNames(context=tuple(self.context.names), item=tuple(item))
 
     @property
     def best_sellers(self) -> np.ndarray:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..policies import load
 from ..store import DecisionLog
-from ..types import Decision
+from ..types import Decision, Explanation
 from .serving import Shop, engine_for_shop
 
 WHY = {
@@ -56,7 +56,28 @@ class Recommendation:
             fmt.format(*("-" * w for w in widths)),
         ]
         lines += [fmt.format(*r) for r in rows]
+        if d.explanations is not None:
+            for s, e in zip(d.slots, d.explanations):
+                lines += ["", *explanation_lines(s.position + 1, s.item_id, e)]
         return "\n".join(lines)
+
+
+def explanation_lines(slot: int, item_id: str, e: Explanation) -> list[str]:
+    """A slot's explanation as a small table: its contributions, then base, bonus, objective
+    and score (docs/explanations.md)."""
+    if not e.available:
+        return [f"slot {slot} {item_id}: no explanation ({e.why})"]
+    rows: list[tuple[str, float | None]] = [(c.feature, c.value) for c in e.contributions]
+    rows += [("= base (sum of the above)", e.base), (f"+ bonus ({e.kind})", e.bonus)]
+    if e.objective:
+        rows.append(("+ objective blend", e.objective))
+    rows.append(("= score", e.score))
+    width = max(len(r[0]) for r in rows)
+    out = [f"slot {slot} {item_id}: why this score"]
+    out += [f"  {name:<{width}}  {value or 0.0:+.6f}" for name, value in rows]
+    if e.why:
+        out.append(f"  ({e.why})")
+    return out
 
 
 def recommend(
@@ -70,9 +91,11 @@ def recommend(
     snapshots=None,
     context: dict | None = None,
     seed=0,
+    explain: bool = False,
 ) -> Recommendation:
     """The carousel ``shop_dir`` would show ``user_id`` now, with ``cart`` and ``views`` as the
-    session; decided on an in-memory log (nothing is written anywhere)."""
+    session; decided on an in-memory log (nothing is written anywhere). ``explain``: with each
+    slot's explanation (:meth:`Engine.decide`)."""
     shop = Shop(shop_dir)
     if snapshots is not None:
         from ..publish import read_pointer
@@ -89,7 +112,7 @@ def recommend(
                 shop.item_id(item)  # an unknown id is an error that names it
                 log.write_event(user_id, item, kind, ts=now - 1.0)
         engine = engine_for_shop(shop, served, log, seed=seed, clock=lambda: now)
-        decision = engine.decide(user_id, n_slots, context=context)
+        decision = engine.decide(user_id, n_slots, context=context, explain=explain)
     finally:
         log.close()
     return Recommendation(shop, decision, user_id in shop.user_index)

@@ -43,7 +43,7 @@ NOT_PENDING = "NOT EXISTS (SELECT 1 FROM pending p WHERE p.event_id = d.event_id
 READ_EXPORT_SLOTS = (
     "SELECT d.seq, d.event_id, d.ts, d.user_id, d.surface, d.policy, d.model_version, d.policy_params, "
     "s.position, s.item_id, s.item_index, s.propensity, s.marginal, s.marginal_draws, s.source, "
-    "d.candidates, d.candidate_index, d.context, d.joint_propensity, d.log_joint_propensity "
+    "d.candidates, d.candidate_index, d.context, d.joint_propensity, d.log_joint_propensity, d.arm, d.served "
     "FROM decisions d JOIN slots s ON s.event_id = d.event_id "
     f"WHERE d.seq > ? AND d.seq <= ? AND {NOT_PENDING} ORDER BY d.seq, s.position"
 )
@@ -73,7 +73,11 @@ BASE_COLUMNS = (
     "n_candidates",
     "joint_propensity",
     "log_joint_propensity",
+    "arm",
+    "served",
 )
+# what a dataset written before the columns holds: every decision was the main arm's, policy-served
+ARM_DEFAULTS = {"arm": "main", "served": "policy"}
 _INT_COLUMNS = {"seq", "position", "item_index", "marginal_draws", "n_candidates"}
 _STR_COLUMNS = {
     "event_id",
@@ -86,6 +90,8 @@ _STR_COLUMNS = {
     "source",
     "candidates",
     "candidate_index",
+    "arm",
+    "served",
 }
 
 
@@ -197,6 +203,8 @@ def read_batches(
             context_json,
             joint,
             log_joint,
+            arm,
+            served,
         ) in raw:
             if event_id != last_event:
                 last_event, n_decisions = event_id, n_decisions + 1
@@ -223,6 +231,8 @@ def read_batches(
                 len(candidate_ids),
                 float(joint),
                 float(log_joint),
+                arm,
+                served,
             ]
             if layout.candidates:
                 row += [candidate_json, index_json]

@@ -20,6 +20,7 @@ from ..errors import BanditRecError
 from ..types import LoggedDecisions
 from .codecs import number_lists as _number_lists
 from .export import (
+    ARM_DEFAULTS,
     SCHEMA_VERSION,
     _require_pyarrow,
     atomic_output,
@@ -266,11 +267,12 @@ def export_partitioned(log: DecisionLog, out: str | Path, *, batch_decisions: in
 
 def _intact(part: Partition) -> bool:
     """Whether the partition's file is there, its footer says the manifest's row count and it
-    has the ``n_slots`` column (a file written before the column is rewritten)."""
+    has the ``n_slots``, ``arm`` and ``served`` columns (a file written before them is rewritten)."""
     _, pq = _require_pyarrow()
     try:
         pf = pq.ParquetFile(part.path)
-        return pf.metadata.num_rows == part.rows and N_SLOTS in pf.schema_arrow.names
+        names = set(pf.schema_arrow.names)
+        return pf.metadata.num_rows == part.rows and {N_SLOTS, *ARM_DEFAULTS} <= names
     except Exception:  # noqa: BLE001 -- missing, truncated, not Parquet: rewrite it
         return False
 
@@ -327,11 +329,24 @@ def read_items(root: str | Path) -> np.ndarray:
     return np.column_stack([table.column(n).to_numpy() for n in names]).astype(float)
 
 
+def partition_arms(table) -> np.ndarray:
+    """(rows,) each row's ``arm`` (object array); ``main`` throughout for a partition written
+    before the column."""
+    if "arm" not in table.column_names:
+        return np.full(table.num_rows, ARM_DEFAULTS["arm"], dtype=object)
+    return np.asarray(table.column("arm").to_numpy(zero_copy_only=False), dtype=object)
+
+
 def partition_decisions(
-    table, *, kind: str = "click", default_reward: float = 0.0, first_decision: int = 0
+    table, *, kind: str = "click", default_reward: float = 0.0, first_decision: int = 0, training: bool = False
 ) -> LoggedDecisions:
     """A partition's table as :class:`LoggedDecisions` (what :meth:`DecisionLog.decisions` gives
-    for the same decisions), from decision ``first_decision`` on (in seq order)."""
+    for the same decisions), from decision ``first_decision`` on (in seq order; counted before
+    ``training`` leaves any out).
+
+    ``training``: leave out the analysis holdout (``arm == "holdout"``), as
+    ``DecisionLog.decisions(training=True)`` does; what learners read.
+    """
     seq_all = table.column("seq").to_numpy()
     seq, first_row = np.unique(seq_all, return_index=True)  # rows come in (seq, position) order
     seq, first_row = seq[first_decision:], first_row[first_decision:]
@@ -339,6 +354,14 @@ def partition_decisions(
     table = table.slice(row0)
     seq_all = seq_all[row0:]
     first_row = first_row - row0
+    if training:
+        learnable = partition_arms(table) != "holdout"
+        if not learnable.all():
+            import pyarrow as pa
+
+            table = table.filter(pa.array(learnable))
+            seq_all = seq_all[learnable]
+            seq, first_row = np.unique(seq_all, return_index=True)
     n = table.num_rows
     width = sum(1 for c in table.column_names if c.startswith("context_"))
     if width:

@@ -3,6 +3,7 @@ items over HTTP, and cart events seeding the directional complements."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import re
@@ -118,13 +119,14 @@ def test_a_bad_baseline_is_refused_and_nothing_is_logged(small_shop):
 # ---- the analysis holdout's assignment --------------------------------------------------
 def test_arms_follow_the_salted_hash_and_control_users_get_the_baseline_in_live_mode(small_shop):
     eng = make_engine(small_shop)
+    eng.decide("before", 2, context=CTX)  # arms set after a decision still reach the logged params
     eng.arms = Arms(holdout=0.3, control=0.3, salt="s1")
     users = [f"user-{k}" for k in range(120)]
     u = hash_unit(users, "s1")
     want = np.where(u < 0.3, "holdout", np.where(u < 0.6, "control", "main"))
     got = [eng.decide(user, 2, context=CTX).arm for user in users]
     assert got == want.tolist()
-    rows = eng.log.db.execute("SELECT user_id, arm, served, policy_params FROM decisions").fetchall()
+    rows = eng.log.db.execute("SELECT user_id, arm, served, policy_params FROM decisions WHERE seq > 1").fetchall()
     for _user, arm, served, params in rows:
         assert served == ("baseline" if arm == "control" else "policy")
         assert json.loads(params)["arms"] == {"holdout": 0.3, "control": 0.3, "salt": "s1"}
@@ -368,3 +370,17 @@ def test_the_gate_on_an_apprentice_log_decides_on_ips_and_says_why(shop_app, sim
     assert c.estimates["DR"].unsupported > UNSUPPORTED_MAX
     assert c.gate == "IPS" and not c.safe and "IPS lower bound" in c.reason
     assert c.estimates["IPS"].lower <= c.estimates["IPS"].value <= result.logging.value
+
+
+def test_a_batch_in_apprentice_mode_serves_what_single_decisions_serve(small_shop):
+    ids = list(small_shop.catalog.item_ids)
+    requests = [
+        {"user_id": f"u{u}", "n_slots": 3, "context": CTX, "baseline": ids[u : u + 4] if u % 2 else None}
+        for u in range(8)
+    ]
+    one = apprentice(make_engine(small_shop, seed=9))
+    batch = apprentice(make_engine(small_shop, seed=9))
+    untimed = lambda ds: [dataclasses.replace(d, ts=0.0) for d in ds]  # noqa: E731 (the test clock ticks per call)
+    singles = [one.decide(**r) for r in requests]
+    assert untimed(batch.decide_batch(requests)) == untimed(singles)
+    assert all(d.served == "baseline" for d in singles)

@@ -253,6 +253,8 @@ def test_export_columns_and_missing_rewards(make_log, tmp_path):
         "n_candidates",
         "joint_propensity",
         "log_joint_propensity",
+        "arm",
+        "served",
         "context_0",
         "context_1",
         "reward:buy",
