@@ -71,6 +71,9 @@ class ModesStore:
                 (ts, mode, actor, reason, None if gate is None else json.dumps(gate, sort_keys=True)),
             )
             seq = int(cur.lastrowid)
+            # the log's one audit trail (store/blocklist.py) records it too, in the same transaction
+            detail = {"mode_seq": seq, "reason": reason, "gate": gate}
+            self._audit_row(ts, actor, "serving_mode", mode, detail)  # type: ignore[attr-defined]
         return {"seq": seq, "ts": ts, "mode": mode, "actor": actor, "reason": reason, "gate": gate}
 
     def record_verdicts(self, rows: list[dict], ts: float | None = None) -> int:

@@ -192,6 +192,8 @@ def test_going_live_needs_a_safe_recorded_verdict_and_every_worker_follows(shop_
     r = client.post("/v1/mode", json={"mode": "live", "reason": "override", "force": True})
     assert r.get_json()["gate"]["forced"] is True
     assert [h["mode"] for h in engine.log.mode_history()] == ["live", "apprentice", "live"]
+    audit = engine.log.audit_rows(action="serving_mode")
+    assert [(a.subject, a.actor) for a in audit] == [("live", "ana"), ("apprentice", "api"), ("live", "api")]
     assert client.post("/v1/mode", json={"mode": "sideways", "reason": "x"}).status_code == 400
 
 
