@@ -60,6 +60,8 @@ Sections (``--only NAME`` runs one):
   brains     the fit time of latent factors (ALS, BPR), reorder timing and the product graph
              beside the candidate generator's, and a request's candidates with each brain on
              beside the four-source generator, 10,000 and 100,000 items (bench/brains_bench.py)
+  feedback   the block list's check and a user's hides per decision beside the bare SQLite they run,
+             and a logged decision for scale (bench/feedback_bench.py)
   scale1m    the same ladder up to 1,000,000 items and 10,000,000 interactions: ``--only scale1m``
   shopbuild  ``banditrec build`` from CSV files, end to end (1,000 and 100,000 items), the served
              directory's load time and a served decision's p50/p99 beside the candidate generator
@@ -1071,6 +1073,13 @@ def bench_choices(cfg: dict, tmp: Path) -> None:
     choices_bench.run(cfg, tmp, slot_log)
 
 
+def bench_feedback(cfg: dict, tmp: Path) -> None:
+    """The block list's and hides' cost per decision beside the bare SQLite they run (bench/feedback_bench.py)."""
+    import feedback_bench
+
+    feedback_bench.main()
+
+
 SECTIONS = {
     "decide": bench_decide,
     "requestpath": bench_request_path,
@@ -1096,6 +1105,7 @@ SECTIONS = {
     "rewardtruth": bench_reward_truth,
     "synthetic": bench_synthetic,
     "choices": bench_choices,
+    "feedback": bench_feedback,
 }
 OPT_IN = {"scale1m", "shopbuild1m"}  # sections too long for the default run: only with --only
 
