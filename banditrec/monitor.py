@@ -218,7 +218,8 @@ def wilson(successes: np.ndarray, n: np.ndarray, z: float = Z95) -> tuple[np.nda
     p = np.asarray(successes, dtype=float) / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return np.clip(centre - half, 0.0, 1.0), np.clip(centre + half, 0.0, 1.0)
+    # the bounds hold the rate exactly (rounding can put a bound a few ulps past it, or past 0 or 1)
+    return np.clip(np.minimum(centre - half, p), 0.0, 1.0), np.clip(np.maximum(centre + half, p), 0.0, 1.0)
 
 
 def rate_table(by: str, keys: np.ndarray, reward: np.ndarray, labels=None) -> list[RateRow]:

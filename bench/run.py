@@ -790,9 +790,12 @@ def slot_log(path: Path, n_decisions: int, gen: np.random.Generator) -> None:
                 sum(math.log(q[0]) for q in p),
                 None,
                 None,
+                "main",
+                "policy",
+                None,
             )
-        )  # no shop build, no candidate sources
-        slots.extend((event_ids[i], j, f"item{row[j]}", row[j], p[j][0], p[j][1], 0, "request") for j in range(k))
+        )  # no shop build, no candidate sources, no arm, served by the policy
+        slots.extend((event_ids[i], j, f"item{row[j]}", row[j], p[j][0], p[j][1], 0, "request", None) for j in range(k))
     clicked = np.flatnonzero(gen.random(len(slots)) < 0.05).tolist()
     whole = np.flatnonzero(gen.random(n_decisions) < 0.02).tolist()
     rewards = [(slots[j][0], slots[j][1], "click", 1.0, float(j // k) + 1.0) for j in clicked]

@@ -119,7 +119,11 @@ def make_floor_app():
     from banditrec.features import item_vectors
     from banditrec.store import DecisionLog
     from banditrec.store.codecs import floats_json, index_json, json_strings
-    from banditrec.store.writer import INSERT_DECISION, INSERT_SLOT
+    from banditrec.store.writer import DECISION_COLUMNS, SLOT_COLUMNS, insert_sql
+
+    # the columns this bare path writes; the others keep their defaults (no sources, arm main)
+    INSERT_DECISION = insert_sql("decisions", DECISION_COLUMNS[:14])  # noqa: N806
+    INSERT_SLOT = insert_sql("slots", SLOT_COLUMNS[:8])  # noqa: N806
     from simulator import Shop
     from studies.coverage import build_engine
 
