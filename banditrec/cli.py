@@ -261,6 +261,12 @@ def build(items, interactions, users, config_file, pairs, encoding, refit_featur
     help="Reward recorded for the slot a hide event names (e.g. -1); default: none.",
 )
 @click.option("--hide-reward-kind", default="click", show_default=True, help="The kind of --hide-reward's rewards.")
+@click.option(
+    "--monitor-prom",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="The file `banditrec monitor --prom` writes (e.g. from cron): /metrics serves its gauges too.",
+)
 @click.option("--access-log", is_flag=True, help="Log every request to stdout.")
 @usage_errors
 def serve(
@@ -285,6 +291,7 @@ def serve(
     hide_window,
     hide_reward,
     hide_reward_kind,
+    monitor_prom,
     access_log,
 ):
     """Serve a shop directory's carousels (decide, reward, events, models, metrics) under gunicorn."""
@@ -315,6 +322,7 @@ def serve(
         BANDITREC_HIDE_WINDOW_S=repr(hide_window),
         BANDITREC_HIDE_REWARD="" if hide_reward is None else repr(hide_reward),
         BANDITREC_HIDE_REWARD_KIND=hide_reward_kind,
+        BANDITREC_MONITOR_PROM=monitor_prom or "",
     )
     if access_log:
         env["BANDITREC_ACCESSLOG"] = "-"

@@ -103,6 +103,8 @@ class ServiceConfig:
     hide_window_s: float = HIDE_WINDOW_S
     hide_reward: float | None = None
     hide_reward_kind: str = "click"
+    # a file `banditrec monitor --prom` writes: /metrics serves its gauges beside the service's own
+    monitor_prom: str | None = None
 
     @property
     def synchronous(self) -> str:
@@ -175,6 +177,7 @@ class ServiceConfig:
             hide_window_s=_float(env, "BANDITREC_HIDE_WINDOW_S", HIDE_WINDOW_S),
             hide_reward=_float(env, "BANDITREC_HIDE_REWARD", None),
             hide_reward_kind=env.get("BANDITREC_HIDE_REWARD_KIND") or "click",
+            monitor_prom=env.get("BANDITREC_MONITOR_PROM") or None,
         )
 
 

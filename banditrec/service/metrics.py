@@ -145,10 +145,11 @@ class Metrics:
             self.apprentice_slots.inc(baseline)
             self.apprentice_match.inc(match)
 
-    def exposition(self, engine=None) -> bytes:
+    def exposition(self, engine=None, monitor_prom: str | None = None) -> bytes:
         """The Prometheus text format of every worker's metrics (or this app's), with the
         shares computed from them and, given the ``engine``, its log's serving mode and the
-        newest safe-deploy verdict for the served policy."""
+        newest safe-deploy verdict for the served policy; with ``monitor_prom``, the gauges the
+        newest ``banditrec monitor --prom`` run wrote there (nothing while the file is missing)."""
         if multiprocess_dir():
             from prometheus_client import multiprocess
 
@@ -206,6 +207,12 @@ class Metrics:
                         float(verdict["safe"]),
                     )
                 )
+        if monitor_prom:
+            try:
+                with open(monitor_prom, "rb") as fh:
+                    lines.append(fh.read().decode("utf-8", "replace"))
+            except OSError:  # not written yet, or being replaced: the next scrape has it
+                pass
         return text + "".join(lines).encode()
 
 

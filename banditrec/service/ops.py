@@ -43,7 +43,9 @@ endpoint(
 def metrics():
     m = current_app.extensions["banditrec.metrics"]
     return Response(
-        m.exposition(current_app.extensions["banditrec.engine"]),
+        m.exposition(
+            current_app.extensions["banditrec.engine"], current_app.extensions["banditrec.settings"].monitor_prom
+        ),
         mimetype=CONTENT_TYPE_LATEST.split(";")[0],
         headers={"Content-Type": CONTENT_TYPE_LATEST},
     )

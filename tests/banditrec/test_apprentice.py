@@ -386,3 +386,31 @@ def test_a_batch_in_apprentice_mode_serves_what_single_decisions_serve(small_sho
     singles = [one.decide(**r) for r in requests]
     assert untimed(batch.decide_batch(requests)) == untimed(singles)
     assert all(d.served == "baseline" for d in singles)
+
+
+def test_metrics_serve_the_monitors_gauges(shop_app, sim_shop_dir, tmp_path):
+    prom = tmp_path / "monitor.prom"
+    app = shop_app(monitor_prom=str(prom))
+    client = app.test_client()
+    assert client.get("/metrics").status_code == 200  # no monitor run yet: the service's own metrics
+    for u in range(30):
+        client.post("/v1/decide", json={"user_id": f"u{u}", "slots": 3})
+    app.extensions["banditrec.engine"].log.db.conn.commit()
+    out = CliRunner().invoke(
+        main,
+        [
+            "monitor",
+            "--shop",
+            str(sim_shop_dir),
+            "--db",
+            str(tmp_path / "log.db"),
+            "--out",
+            str(tmp_path / "m"),
+            "--prom",
+            str(prom),
+        ],
+    )
+    assert out.exit_code in (0, 3), out.output
+    text = client.get("/metrics").get_data(as_text=True)
+    written = prom.read_text()
+    assert written in text and re.search(r'^banditrec_monitor_alert\{check="srm"\} [01]\.0$', text, re.M)
