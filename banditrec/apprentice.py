@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import ValidationError
+from .errors import ConflictError, ValidationError
 from .experiment import hash_unit
 from .store.modes import check_mode
 
@@ -155,3 +155,39 @@ def greedy_flags(dist, index: np.ndarray) -> np.ndarray | None:
         out[k] = v >= next(best for best, j in ranked if j not in shown)
         shown.add(i)
     return out
+
+
+def switch_mode(
+    log, mode: str, *, policy: str, actor: str, reason: str, force: bool = False, ts: float | None = None
+) -> dict:
+    """Record a switch of ``log``'s serving mode to ``mode`` and return the row.
+
+    Going live needs the newest safe-deploy verdict recorded for ``policy`` (its registry
+    name; :meth:`DecisionLog.record_verdicts`, written by ``banditrec evaluate --record``) to
+    be safe; ``force`` overrides, and the row says so. Going back to apprentice is always
+    allowed. ``ts``: the switch's time (default now; the service passes its engine's clock).
+
+    Raises
+    ------
+    ConflictError
+        Going live without a safe verdict and without ``force``.
+    """
+    mode = check_mode(mode)
+    gate = None
+    if mode == "live":
+        verdict = log.latest_verdict(policy)
+        if not force:
+            if verdict is None:
+                raise ConflictError(
+                    f"no safe-deploy verdict is recorded for {policy!r} in {log.path}: run `banditrec evaluate "
+                    "--db LOG --policy SPEC --record` on the apprentice log first (or force the switch)",
+                    "mode",
+                )
+            if not verdict["safe"]:
+                raise ConflictError(
+                    f"the newest verdict for {policy!r} (seq {verdict['seq']}, {verdict['spec']}) is not safe: "
+                    f"{verdict['reason']}",
+                    "mode",
+                )
+        gate = {"verdict": verdict, "forced": bool(force)}
+    return log.set_serving_mode(mode, actor=actor, reason=reason, gate=gate, ts=ts)
