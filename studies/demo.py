@@ -80,6 +80,28 @@ class ShopDemoResult:
         return "\n".join(lines)
 
 
+def simulated_shop(out: Path, config: SimConfig, seed):
+    """A fresh ``out`` with the simulated shop warmed up, its files exported (``files/``) and
+    built (``shop/``), and no log at ``log.db`` yet: ``(env, files, built, db, serve_seed,
+    respond_seed)``, the last two for the service's and the customers' streams."""
+    for name in ("files", "shop", "snapshots", "evaluate"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    db = out / "log.db"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    world, serve_seq, respond_seq = np.random.SeedSequence(seed).spawn(3)
+    env = Environment(config, seed=world)
+    env.recording = True
+    history = env.warm_up()
+    env.take_events()  # the pre-period is in the exported files, not posted again
+    files = export_shop(env, history, out / "files")
+    built = build_shop(
+        files.items, files.interactions, files.users, out=out / "shop", config=BuildConfig.from_toml(files.config)
+    )
+    return env, files, built, db, serve_seq, respond_seq
+
+
 class _Clock:
     """The service's clock in simulated seconds, set before each request."""
 
@@ -117,24 +139,10 @@ def run_shop_demo(
     start = time.perf_counter()
     echo = echo or (lambda line: None)
     out = Path(out)
-    for name in ("files", "shop", "snapshots", "evaluate"):
-        shutil.rmtree(out / name, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
-    db = out / "log.db"
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{db}{suffix}").unlink(missing_ok=True)
-    world, serve_seq, respond_seq = np.random.SeedSequence(seed).spawn(3)
-    env = Environment(config, seed=world)
-    env.recording = True
-    history = env.warm_up()
-    env.take_events()  # the pre-period is in the exported files, not posted again
-    files = export_shop(env, history, out / "files")
+    env, files, built, db, serve_seq, respond_seq = simulated_shop(out, config, seed)
     echo(
         f"export    {files.items.parent}: {files.n_items:,} items, {files.n_interactions:,} interactions, "
         f"{files.n_users:,} users"
-    )
-    built = build_shop(
-        files.items, files.interactions, files.users, out=out / "shop", config=BuildConfig.from_toml(files.config)
     )
     echo(
         f"build     {built.directory}: {built.build}, {built.item_dim} item and {built.context_dim} context features "
@@ -204,16 +212,7 @@ def run_shop_demo(
             for d, sq in enumerate(logged.seq.tolist()):
                 truths.requests[sq] = (req, int(order[d]))
             daily.append(float(truth_day.mean()))
-            response = env.respond(req, slates, respond)
-            for kind, values in (("click", response.click), ("purchase", response.purchase)):
-                for i, k in zip(*np.nonzero(values)):
-                    clock.now = float(when[i]) + REWARD_DELAY_S
-                    _post(
-                        client,
-                        "/v1/reward",
-                        {"event_id": event_ids[i], "position": int(k), "reward": 1.0, "kind": kind},
-                    )
-                    counts["rewards"] += 1
+            counts["rewards"] += _post_rewards(client, clock, env.respond(req, slates, respond), event_ids, when)
             clock.now = day_start + DAY_S - 1.0
             env.advance_day()
             counts["events"] += _post_events(client, clock, env.take_events(), None, None)
@@ -278,6 +277,17 @@ def _post(client, route: str, body: dict) -> dict:
     if resp.status_code != 200:
         raise RuntimeError(f"{route} answered {resp.status_code}: {resp.get_json()}")
     return resp.get_json()
+
+
+def _post_rewards(client, clock: _Clock, response, event_ids: list, when: np.ndarray) -> int:
+    """Post each carousel's clicks and purchases to ``/v1/reward``, ``REWARD_DELAY_S`` after it."""
+    n = 0
+    for kind, values in (("click", response.click), ("purchase", response.purchase)):
+        for i, k in zip(*np.nonzero(values)):
+            clock.now = float(when[i]) + REWARD_DELAY_S
+            _post(client, "/v1/reward", {"event_id": event_ids[i], "position": int(k), "reward": 1.0, "kind": kind})
+            n += 1
+    return n
 
 
 def _post_events(client, clock: _Clock, history, req, when) -> int:

@@ -12,7 +12,6 @@ Details: docs/production.md.
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,14 +25,12 @@ from banditrec.learner import Learner
 from banditrec.offline import target_pscore
 from banditrec.service.config import ServiceConfig
 from banditrec.service.shopapp import create_shop_app
-from banditrec.shop import BuildConfig, Shop, build_shop
+from banditrec.shop import Shop
 from banditrec.store import DecisionLog
 from simulator import SimConfig
-from simulator.environment import Environment
-from simulator.export import export_shop
 from simulator.history import DAY_S
 
-from .demo import REWARD_DELAY_S, REWARD_WINDOW_S, _Clock, _device, _exact, _post, _post_events
+from .demo import REWARD_WINDOW_S, _Clock, _device, _exact, _post, _post_events, _post_rewards, simulated_shop
 
 ROLLOUT_CONFIG = SimConfig(n_items=1_000, n_types=40, n_customers=4_000, history_days=30)
 BASELINE_LENGTH = 20  # the bestseller list the shop's own carousel shows from
@@ -72,21 +69,7 @@ def run_rollout(
     start = time.perf_counter()
     echo = echo or (lambda line: None)
     out = Path(out)
-    for name in ("files", "shop", "snapshots", "evaluate"):
-        shutil.rmtree(out / name, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
-    db = out / "log.db"
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{db}{suffix}").unlink(missing_ok=True)
-    world, serve_seq, respond_seq = np.random.SeedSequence(seed).spawn(3)
-    env = Environment(config, seed=world)
-    env.recording = True
-    history = env.warm_up()
-    env.take_events()
-    files = export_shop(env, history, out / "files")
-    build_shop(
-        files.items, files.interactions, files.users, out=out / "shop", config=BuildConfig.from_toml(files.config)
-    )
+    env, _, _, db, serve_seq, respond_seq = simulated_shop(out, config, seed)
     shop = Shop(out / "shop")
     # the shop's own carousel: its bestsellers, the same for everyone
     bestsellers = [shop.items.ids[i] for i in np.argsort(-shop.popularity, kind="stable")[:BASELINE_LENGTH].tolist()]
@@ -178,15 +161,7 @@ def run_rollout(
                     on_decision=exact,
                     cold=engine.items.cold,
                 )
-            response = env.respond(req, slates, respond)
-            for kind, values in (("click", response.click), ("purchase", response.purchase)):
-                for i, k in zip(*np.nonzero(values)):
-                    clock.now = float(when[i]) + REWARD_DELAY_S
-                    _post(
-                        client,
-                        "/v1/reward",
-                        {"event_id": event_ids[i], "position": int(k), "reward": 1.0, "kind": kind},
-                    )
+            _post_rewards(client, clock, env.respond(req, slates, respond), event_ids, when)
             clock.now = day_start + DAY_S - 1.0
             env.advance_day()
             _post_events(client, clock, env.take_events(), None, None)
