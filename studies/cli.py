@@ -783,6 +783,10 @@ def brains(shop_files, n_items, customers, days, seed, test_days, val_days, tune
 @click.option("--live-days", default=3, show_default=True, type=click.IntRange(0), help="Days served after the switch.")
 @click.option("--items", "n_items", default=1000, show_default=True, type=click.IntRange(50))
 @click.option("--customers", "n_customers", default=4000, show_default=True, type=click.IntRange(100))
+@click.option("--types", "n_types", default=40, show_default=True, type=click.IntRange(1), help="Product types.")
+@click.option(
+    "--history-days", default=30, show_default=True, type=click.IntRange(1), help="Days of pre-period history."
+)
 @click.option("--holdout", default=0.1, show_default=True, type=click.FloatRange(0, 1))
 @click.option("--control", default=0.1, show_default=True, type=click.FloatRange(0, 1))
 @click.option("--policy", default="linucb:alpha=1.0,epsilon=0.1", show_default=True)
@@ -790,17 +794,25 @@ def brains(shop_files, n_items, customers, days, seed, test_days, val_days, tune
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--out", default="out/rollout", show_default=True, type=click.Path(file_okay=False))
 @usage_errors
-def rollout(apprentice_days, live_days, n_items, n_customers, holdout, control, policy, force_live, seed, out):
+def rollout(
+    apprentice_days,
+    live_days,
+    n_items,
+    n_customers,
+    n_types,
+    history_days,
+    holdout,
+    control,
+    policy,
+    force_live,
+    seed,
+    out,
+):
     """The simulated shop switches a bandit on the safe way: apprentice days, the gate, the switch, live days."""
     from simulator import SimConfig
-    from studies.rollout import ROLLOUT_CONFIG, run_rollout
+    from studies.rollout import run_rollout
 
-    config = SimConfig(
-        n_items=n_items,
-        n_types=ROLLOUT_CONFIG.n_types,
-        n_customers=n_customers,
-        history_days=ROLLOUT_CONFIG.history_days,
-    )
+    config = SimConfig(n_items=n_items, n_types=n_types, n_customers=n_customers, history_days=history_days)
     run_rollout(
         apprentice_days=apprentice_days,
         live_days=live_days,
