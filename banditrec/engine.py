@@ -913,9 +913,13 @@ class Engine:
             parts, user_id, n_policy, candidates, excluded or None, session, candidate_sources, suppressed
         )
         n_given = len(cand_idx)
-        excl = items.index_of(excluded, "exclude", skip_unknown=True) if excluded else _NO_ITEMS
-        if len(suppressed):  # neither promoted nor a baseline brings a blocked or hidden item back
-            excl = np.union1d(excl, suppressed)
+        arm = self.arms.of(user_id)
+        serve_baseline = bool(n_policy) and (arm == "control" or self.modes.current() == "apprentice")
+        excl = _NO_ITEMS  # what promoted items and a baseline leave out: only when there are some
+        if (promoted and n_policy) or (serve_baseline and baseline is not None):
+            excl = items.index_of(excluded, "exclude", skip_unknown=True) if excluded else _NO_ITEMS
+            if len(suppressed):  # neither brings a blocked or hidden item back
+                excl = np.union1d(excl, suppressed)
         if promoted and n_policy:
             if isinstance(promoted, str):
                 raise ValidationError("promoted must be a list of item ids, got a string", "promoted")
@@ -923,9 +927,8 @@ class Engine:
             if len(np.unique(pro)) != len(pro):
                 raise ValidationError("promoted lists an item twice", "promoted")
             cand_idx, source = _extend(cand_idx, source, pro[~np.isin(pro, excl)], SOURCE_PROMOTED)
-        arm = self.arms.of(user_id)
         base_idx = None
-        if n_policy and (arm == "control" or self.modes.current() == "apprentice"):
+        if serve_baseline:
             if baseline is None:  # the candidates in their order: the generator's ranking, or the request's
                 base_idx = cand_idx[:n_policy].copy()
             else:  # the policy scores the baseline's items too
