@@ -277,8 +277,16 @@ def test_pinned_and_promoted_items_over_http(shop_app):
     assert all(s["propensity"] == 1.0 for s in body["slots"][:2])
     cands, sources = engine.log.db.execute("SELECT candidates, candidate_sources FROM decisions").fetchone()
     by_item = dict(zip(json.loads(cands), json.loads(sources)))
-    assert by_item[ids[2]] in ("promoted", *by_item.values()) and ids[9] in by_item
+    assert ids[2] in by_item and ids[9] in by_item
     assert ids[3] not in by_item  # a pinned item is not also a candidate
+    # with the request's own candidates: the promoted items join them, named as promoted
+    own = ids[20:30]
+    client.post("/v1/decide", json={"user_id": "u8", "slots": 3, "candidates": own, "promoted": [ids[2], ids[9]]})
+    cands, sources = engine.log.db.execute(
+        "SELECT candidates, candidate_sources FROM decisions ORDER BY seq DESC LIMIT 1"
+    ).fetchone()
+    assert json.loads(cands) == [*own, ids[2], ids[9]]
+    assert json.loads(sources) == ["request"] * 10 + ["promoted", "promoted"]
     bad = client.post("/v1/decide", json={"user_id": "u7", "slots": 2, "promoted": ["no such item"]})
     assert bad.status_code == 400 and bad.get_json()["error"]["fields"][0]["field"] == "promoted"
 
