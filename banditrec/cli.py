@@ -777,7 +777,7 @@ def ablation(db, shop_dir, policy, kind, train_frac, estimator, as_json):
 @click.option(
     "--arm-shares",
     default=None,
-    metavar="ARM=SHARE,...",
+    metavar="holdout=H,control=C",
     help='Configured shares of the served groups [default: policy_params\' "arms"]; main takes the rest.',
 )
 @click.option(

@@ -19,7 +19,9 @@ from statistics import NormalDist
 import numpy as np
 from scipy import stats
 
+from .apprentice import Arms
 from .errors import ValidationError
+from .evaluation.abtest_log import Shares
 from .experiment import srm_check
 from .store.monitoring import MonitorRows, log_span, read_monitor_rows
 
@@ -599,35 +601,25 @@ def _arm_shares(rows: MonitorRows, given: dict[str, float] | None) -> dict[str, 
     if shares is None and rows.params:
         counts = np.bincount(rows.params_index, minlength=len(rows.params))
         shares = rows.params[int(np.argmax(counts))].get("arms")
-        if isinstance(shares, dict):  # the engine logs the assignment's salt beside the shares
-            shares = {k: v for k, v in shares.items() if k != "salt"}
-            if not any(shares.values()):
-                shares = None
     if not shares:
         return None
-    if not isinstance(shares, dict) or not all(isinstance(v, int | float) and 0 <= v < 1 for v in shares.values()):
-        raise ValidationError(f"arm shares must map arm names to shares in [0, 1), got {shares!r}", "arms")
-    out = {str(k): float(v) for k, v in shares.items() if k != "main"}
-    rest = 1.0 - sum(out.values())
-    if rest <= 0:
+    if not isinstance(shares, dict):
+        raise ValidationError(f"arm shares must map holdout and control to shares, got {shares!r}", "arms")
+    arms = Arms(holdout=shares.get("holdout", 0.0), control=shares.get("control", 0.0))  # checks them
+    if not arms.active:
+        return None
+    out = arms.shares()
+    if out["main"] <= 0:
         raise ValidationError(f"arm shares must leave a share for 'main', got {shares!r}", "arms")
-    return {"main": rest, **out}
+    return out
 
 
 def parse_arm_shares(text: str | None) -> dict[str, float] | None:
-    """``holdout=0.05,control=0.05`` as a dict (``--arm-shares``)."""
+    """``holdout=0.05,control=0.05`` as a dict (``--arm-shares``, read as ``abtest --shares``)."""
     if not text:
         return None
-    out = {}
-    for part in text.split(","):
-        name, sep, value = part.partition("=")
-        try:
-            out[name.strip()] = float(value)
-        except ValueError:
-            sep = ""
-        if not sep or not name.strip():
-            raise ValidationError(f"--arm-shares takes ARM=SHARE,..., got {text!r}", "arm_shares")
-    return out
+    shares = Shares.parse(text)
+    return {"holdout": shares.holdout, "control": shares.control}
 
 
 def run_monitor(

@@ -61,7 +61,7 @@ class Shares:
             raise ValidationError(f"shares must be numbers, got {text!r}", "shares") from None
 
     def weights(self) -> dict[str, float]:
-        return {"main": 1.0 - self.holdout - self.control, "holdout": self.holdout, "control": self.control}
+        return Arms(holdout=self.holdout, control=self.control).shares()
 
 
 @dataclass(frozen=True)
