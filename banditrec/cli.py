@@ -824,11 +824,10 @@ def monitor(
         raise click.UsageError("--target needs --shop (the target scores the shop's items)")
     shop, names = None, (None, None)
     if shop_dir:
-        from .monitor import shop_feature_names
         from .shop.serving import open_newest_valid
 
         shop, _ = open_newest_valid(shop_dir)
-        names = shop_feature_names(shop)
+        names = (list(shop.feature_names.context), list(shop.feature_names.item))
     report = run_monitor(
         db,
         since=since,

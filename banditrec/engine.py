@@ -1075,8 +1075,7 @@ class Engine:
         policy's probability of that item in that slot."""
         assert inp.baseline is not None and stamped.dist is not None
         p = len(inp.pin_ids)
-        where = {int(i): j for j, i in enumerate(inp.cand_idx.tolist())}
-        at = np.array([where[int(i)] for i in inp.baseline.tolist()], dtype=np.int64)
+        at = np.argmax(inp.cand_idx[:, None] == inp.baseline[None, :], axis=0)  # each baseline item's candidate
         policy_marg = np.asarray(stamped.dist.marginals())[at, np.arange(len(at))]
         ids = inp.parts.items.ids
         source = inp.source

@@ -581,13 +581,6 @@ def _contexts(rows: MonitorRows, notes: list[str]) -> tuple[np.ndarray, np.ndarr
     return rows.context_flat[idx].reshape(len(keep), width), keep
 
 
-def shop_feature_names(shop) -> tuple[list[str], list[str]]:
-    """A shop build's context and item feature names. The item vector is the featurizer's columns
-    followed by the factor embedding (``embedding0``, ...) when the build has one."""
-    names = shop.feature_names
-    return list(names.context), list(names.item)
-
-
 def _names(given: list[str] | None, width: int, prefix: str) -> list[str]:
     if given is not None and len(given) == width:
         return list(given)

@@ -513,8 +513,6 @@ def shop_served(sim_shop_dir, tmp_path_factory):
 
 
 def test_cli_names_features_from_the_shop_and_replays_a_target(tmp_path, shop_served):
-    from banditrec.monitor import shop_feature_names
-
     shop, shop_dir, db = shop_served
     res = _run(
         "--shop", shop_dir, "--db", db, "--out", tmp_path / "out", "--json",
@@ -522,7 +520,7 @@ def test_cli_names_features_from_the_shop_and_replays_a_target(tmp_path, shop_se
     )  # fmt: skip
     assert res.exit_code in (0, ALERT_EXIT), res.output
     report = json.loads(res.stdout)
-    context_names, item_names = shop_feature_names(shop)
+    context_names, item_names = list(shop.feature_names.context), list(shop.feature_names.item)
     assert len(item_names) == shop.item_dim and len(context_names) == shop.context_dim
     assert [s["feature"] for s in report["shifts"] if s["group"] == "context"] == context_names
     assert [s["feature"] for s in report["shifts"] if s["group"] == "item"] == item_names
